@@ -1,0 +1,1 @@
+"""Correspondence Gateway: every letter received, registered, routed, tracked and archived."""

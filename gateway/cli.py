@@ -1,0 +1,395 @@
+"""The `gateway` command."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gateway import config as config_mod
+from gateway import logs
+from gateway.config import Config, ConfigError
+
+EX_TEMPFAIL = 75
+
+
+class State:
+    def __init__(self, config_arg: str | None):
+        self.config_arg = config_arg
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = config_mod.load(self.config_arg)
+            except ConfigError as exc:
+                for issue in exc.issues:
+                    click.echo(f"error: {issue}", err=True)
+                sys.exit(2)
+            logs.setup(self._config.model.logging.level, timestamps=self._config.model.logging.timestamps)
+        return self._config
+
+    def registry(self) -> Any:
+        from gateway.registry import Registry, RegistryUnavailable
+
+        cfg = self.config
+        registry = Registry(cfg.registry_url, number_template=cfg.model.gateway.letter_number,
+                            timezone_name=cfg.model.gateway.timezone, echo=cfg.model.registry.echo_sql)
+        try:
+            registry.upgrade()
+        except RegistryUnavailable as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EX_TEMPFAIL)
+        return registry
+
+    def spool(self) -> Any:
+        from gateway.spool import Spool
+
+        cfg = self.config
+        return Spool(cfg.spool_dir, cfg.message_dir, max_attempts=cfg.model.spool.max_attempts)
+
+    def link(self) -> Any:
+        from gateway.events import DaemonLink
+
+        return DaemonLink(self.config.endpoint(self.config.model.daemon.wakeup_endpoint))
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group()
+@click.option("--config", "config_arg", metavar="PATH", envvar=config_mod.ENV_VAR,
+              help="Configuration file (default: $GATEWAY_CONFIG, else the checkout's config/gateway.toml, "
+                   "else /etc/gateway/gateway.toml).")
+@click.version_option(package_name="correspondence-gateway")
+@click.pass_context
+def main(ctx: click.Context, config_arg: str | None) -> None:
+    """Correspondence Gateway: receive, register, route and track letters."""
+    ctx.obj = State(config_arg)
+
+
+@main.command()
+@pass_state
+def run(state: State) -> None:
+    """Run the daemon in the foreground (systemd Type=notify)."""
+    from gateway.daemon import Daemon
+
+    sys.exit(Daemon(state.config, state.config_arg).run())
+
+
+@main.command("check-config")
+@pass_state
+def check_config(state: State) -> None:
+    """Validate the configuration; print every error with file, key and reason."""
+    try:
+        cfg = config_mod.load(state.config_arg)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(f"error: {issue}", err=True)
+        click.echo(f"{len(exc.issues)} error(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{cfg.path}: OK ({len(cfg.model.departments)} departments, state in {cfg.state_dir}, "
+               f"registry {cfg.registry_url.split('@')[-1]})")
+
+
+@main.group()
+def db() -> None:
+    """The registry's schema."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: State) -> None:
+    """Apply pending schema migrations."""
+    from gateway.registry import schema
+
+    registry = state.registry()
+    click.echo(f"registry {registry.safe_url} is at revision {schema.current_revision(registry.engine)}")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def ingest(state: State, files: tuple[Path, ...]) -> None:
+    """Push message files through the same pipeline as the daemon."""
+    from gateway.faults import checkpoint
+    from gateway.pipeline import Pipeline
+    from gateway.spool import SpoolError
+
+    cfg = state.config
+    spool, registry, link = state.spool(), state.registry(), state.link()
+    pipeline = Pipeline(cfg, spool, registry, link.publish)
+    failures = tempfail = 0
+    for path in files:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
+            failures += 1
+            continue
+        meta = {"channel": "email", "intake": "file",
+                "source": {"path": str(path.resolve()), "size": len(raw)}}
+        try:
+            item = spool.enqueue(raw, meta, claim=True)
+        except SpoolError as exc:
+            click.echo(f"{path}: {exc}", err=True)
+            failures += 1
+            continue
+        checkpoint("after-spool")
+        [outcome] = pipeline.process([item])
+        if outcome.number:
+            word = {"registered": "registered as", "duplicate": "already registered as",
+                    "known": "already registered as"}[outcome.result]
+            click.echo(f"{path}: {word} {outcome.number}")
+        elif outcome.result == "released":
+            tempfail += 1
+            link.wake()
+            click.echo(f"{path}: spooled as item {outcome.item_id}; the registry is unavailable, "
+                       f"the daemon registers it when it is back ({outcome.reason})", err=True)
+        else:
+            failures += 1
+            click.echo(f"{path}: {outcome.result} (item {outcome.item_id}): {outcome.reason}", err=True)
+    link.close()
+    registry.close()
+    sys.exit(1 if failures else EX_TEMPFAIL if tempfail else 0)
+
+
+# -- letters --------------------------------------------------------------
+@main.group()
+def letters() -> None:
+    """The register."""
+
+
+def _day_start(day: date, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=tz).astimezone(timezone.utc)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def letter_summary(letter: Any) -> dict[str, Any]:
+    return {"number": letter.number, "status": letter.status, "channel": letter.channel,
+            "received_at": _iso(letter.received_at), "sender_name": letter.sender_name,
+            "sender_address": letter.sender_address, "department": letter.department,
+            "category": letter.category, "urgency": letter.urgency, "subject": letter.subject}
+
+
+def letter_detail(letter: Any) -> dict[str, Any]:
+    out = letter_summary(letter)
+    out.update({
+        "intake": letter.intake, "recipient": letter.recipient, "recipients": letter.recipients,
+        "sent_at": _iso(letter.sent_at), "message_id": letter.message_id, "summary": letter.summary,
+        "confidentiality": letter.confidentiality, "deadline": _iso(letter.deadline),
+        "raw_sha256": letter.raw_sha256, "raw_size": letter.raw_size, "raw_path": letter.raw_path,
+        "envelope": letter.envelope, "defects": letter.defects, "flags": letter.flags,
+        "fax": {"number": letter.fax_number, "caller_id": letter.fax_caller_id,
+                "sender_name": letter.fax_sender_name, "pages": letter.fax_pages,
+                "sent_at": _iso(letter.fax_sent_at)},
+        "attachments": [{"filename": a.filename, "original_filename": a.original_filename,
+                         "declared_type": a.declared_type, "detected_type": a.detected_type,
+                         "size": a.size, "sha256": a.sha256, "origin": a.origin} for a in letter.attachments],
+        "events": [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
+                    "from_department": e.from_department, "to_department": e.to_department,
+                    "details": e.details} for e in letter.events],
+    })
+    return out
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@letters.command("list")
+@click.option("--status")
+@click.option("--department")
+@click.option("--category")
+@click.option("--channel", type=click.Choice(["email", "fax"]))
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--limit", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def letters_list(state: State, status: str | None, department: str | None, category: str | None,
+                 channel: str | None, since: datetime | None, until: datetime | None, limit: int | None,
+                 as_json: bool) -> None:
+    """List letters, oldest first."""
+    tz = ZoneInfo(state.config.model.gateway.timezone)
+    registry = state.registry()
+    rows = registry.letters(
+        status=status, department=department, category=category, channel=channel,
+        since=_day_start(since.date(), tz) if since else None,
+        until=_day_start(until.date() + timedelta(days=1), tz) if until else None, limit=limit)
+    if as_json:
+        _print_json([letter_summary(r) for r in rows])
+        return
+    table = Table(title=f"{len(rows)} letter(s)")
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Status"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
+                      r.sender_address or r.sender_name or "-", r.subject or "(no subject)",
+                      r.department or "-", r.status)
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@letters.command("show")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def letters_show(state: State, number: str, as_json: bool) -> None:
+    """Every field of one letter, its attachments and its events."""
+    letter = state.registry().letter(number)
+    if letter is None:
+        click.echo(f"error: no letter {number}", err=True)
+        sys.exit(1)
+    detail = letter_detail(letter)
+    if as_json:
+        _print_json(detail)
+        return
+    tz = ZoneInfo(state.config.model.gateway.timezone)
+    console = Console(width=max(Console().width, 120))
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column(overflow="fold")
+    for key, value in detail.items():
+        if key in ("attachments", "events", "recipients", "envelope", "fax"):
+            continue
+        if key.endswith("_at") or key == "deadline":
+            value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
+        fields.add_row(key, "-" if value in (None, "", []) else
+                       ("; ".join(value) if isinstance(value, list) else str(value)))
+    fields.add_row("recipients", json.dumps(detail["recipients"], ensure_ascii=False))
+    if detail["envelope"]:
+        fields.add_row("envelope", json.dumps(detail["envelope"], ensure_ascii=False))
+    if letter.channel == "fax":
+        fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
+    console.print(fields)
+    attachments = Table(title="Attachments")
+    for column in ("#", "Name", "Detected type", "Size", "SHA-256"):
+        attachments.add_column(column, overflow="fold")
+    for i, a in enumerate(detail["attachments"], 1):
+        attachments.add_row(str(i), a["filename"], a["detected_type"], str(a["size"]), a["sha256"])
+    console.print(attachments)
+    events = Table(title="Events")
+    for column in ("At", "Actor", "Action", "From", "To", "Details"):
+        events.add_column(column, overflow="fold")
+    for e in detail["events"]:
+        events.add_row(datetime.fromisoformat(e["at"]).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+                       e["actor"], e["action"], e["from_department"] or "", e["to_department"] or "",
+                       json.dumps(e["details"], ensure_ascii=False))
+    console.print(events)
+
+
+@letters.command("extract")
+@click.argument("number")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+def letters_extract(state: State, number: str, directory: Path) -> None:
+    """Write a letter's attachments into DIRECTORY, under their safe names."""
+    from gateway.normalise import normalise, safe_join
+    from gateway.spool import read_raw
+
+    letter = state.registry().letter(number)
+    if letter is None:
+        click.echo(f"error: no letter {number}", err=True)
+        sys.exit(1)
+    parsed = normalise(read_raw(state.config.state_dir / letter.raw_path))
+    directory.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for attachment in parsed.attachments:
+        name = attachment.filename
+        stem, dot, ext = name.rpartition(".")
+        n = 1
+        while name in used:  # two attachments may share a name
+            n += 1
+            name = f"{stem}-{n}.{ext}" if dot else f"{attachment.filename}-{n}"
+        used.add(name)
+        target = safe_join(directory, name)
+        target.write_bytes(attachment.content)
+        click.echo(str(target))
+
+
+# -- quarantine -----------------------------------------------------------
+@main.group()
+def quarantine() -> None:
+    """Items that failed repeatedly, kept with their raw bytes and the reason."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def quarantine_list(state: State, as_json: bool) -> None:
+    items = state.spool().quarantined()
+    if as_json:
+        _print_json([{"id": q.id, "reason": q.reason, "attempts": q.attempts,
+                      "quarantined_at": q.quarantined_at, "intake": q.meta.get("intake")} for q in items])
+        return
+    table = Table(title=f"{len(items)} quarantined item(s)")
+    for column in ("Item", "Quarantined", "Attempts", "Intake", "Reason"):
+        table.add_column(column, overflow="fold")
+    for q in items:
+        table.add_row(q.id, q.quarantined_at[:19], str(q.attempts), str(q.meta.get("intake", "?")), q.reason)
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@quarantine.command("show")
+@click.argument("item_id")
+@click.option("--raw", is_flag=True, help="Write the raw bytes to stdout.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def quarantine_show(state: State, item_id: str, raw: bool, as_json: bool) -> None:
+    from gateway.spool import read_raw
+
+    try:
+        q = state.spool().quarantined_item(item_id)
+    except KeyError:
+        click.echo(f"error: no quarantined item {item_id}", err=True)
+        sys.exit(1)
+    if raw:
+        sys.stdout.buffer.write(read_raw(q.path))
+        return
+    data = {"id": q.id, "path": str(q.path), "reason": q.reason, "attempts": q.attempts,
+            "quarantined_at": q.quarantined_at, "history": q.history, "meta": q.meta}
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        click.echo(f"{key}: {json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value}")
+
+
+@quarantine.command("retry")
+@click.argument("item_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every quarantined item.")
+@pass_state
+def quarantine_retry(state: State, item_ids: tuple[str, ...], retry_all: bool) -> None:
+    """Put items back in the spool; the daemon (woken now) processes them."""
+    spool = state.spool()
+    ids = [q.id for q in spool.quarantined()] if retry_all else list(item_ids)
+    if not ids:
+        raise click.UsageError("name at least one item, or --all")
+    missing = 0
+    for item_id in ids:
+        try:
+            spool.retry(item_id)
+            click.echo(f"{item_id}: back in the spool")
+        except KeyError:
+            click.echo(f"error: no quarantined item {item_id}", err=True)
+            missing += 1
+    link = state.link()
+    link.wake()
+    link.close()
+    logging.getLogger("gateway.cli").debug("woke the daemon")
+    sys.exit(1 if missing else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Configuration: one TOML file, typed and validated before anything starts.
+
+Every error names the file, the key and the reason, so an operator can fix a
+broken file without reading code. Relative paths resolve against the
+directory of the config file, so a checkout runs the same from any cwd.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_VAR = "GATEWAY_CONFIG"
+CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+SYSTEM_CONFIG = Path("/etc/gateway/gateway.toml")
+
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an e-mail address")
+    return value.lower()
+
+
+Email = Annotated[str, Field(min_length=3)]
+
+
+class Department(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    name: str = Field(min_length=1)
+    owners: list[Email] = Field(min_length=1)
+    head: Email
+    addresses: list[Email] = []
+
+    @field_validator("owners", "addresses")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        return [_check_address(v) for v in values]
+
+    @field_validator("head")
+    @classmethod
+    def _head(cls, value: str) -> str:
+        return _check_address(value)
+
+
+class GatewaySection(_Strict):
+    state_dir: Path = Path("../storage")
+    timezone: str = "UTC"
+    letter_number: str = "{year}-{seq:06d}"
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("letter_number")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        # Imported here: numbering depends on nothing but the template.
+        from gateway.registry.numbers import NumberTemplate
+
+        NumberTemplate(value)  # raises ValueError naming the problem
+        return value
+
+
+class RegistrySection(_Strict):
+    url: str = ""
+    echo_sql: bool = False
+
+
+class SpoolSection(_Strict):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    workers: int = Field(default=2, ge=1, le=64)
+    batch_size: int = Field(default=32, ge=1, le=1000)
+    rescan_seconds: float = Field(default=30.0, gt=0)
+
+
+class NormaliseSection(_Strict):
+    summary_chars: int = Field(default=300, ge=40, le=5000)
+
+
+class TriageSection(_Strict):
+    department: str
+
+
+class DaemonSection(_Strict):
+    wakeup_endpoint: str = "ipc://{state_dir}/run/wakeup.sock"
+    events_endpoint: str = "ipc://{state_dir}/run/events.sock"
+    events_hwm: int = Field(default=100_000, ge=1000)
+    shutdown_grace_seconds: float = Field(default=20.0, gt=0)
+
+
+class LoggingSection(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    timestamps: bool = True
+
+
+class ConfigModel(_Strict):
+    gateway: GatewaySection = GatewaySection()
+    registry: RegistrySection = RegistrySection()
+    spool: SpoolSection = SpoolSection()
+    normalise: NormaliseSection = NormaliseSection()
+    triage: TriageSection
+    daemon: DaemonSection = DaemonSection()
+    logging: LoggingSection = LoggingSection()
+    departments: list[Department] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: Path
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key or '(top level)'}: {self.reason}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration with every path made absolute."""
+
+    path: Path
+    model: ConfigModel
+    state_dir: Path
+
+    @property
+    def departments(self) -> dict[str, Department]:
+        return {d.id: d for d in self.model.departments}
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def message_dir(self) -> Path:
+        return self.state_dir / "messages"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def registry_url(self) -> str:
+        return self.model.registry.url or f"sqlite:///{self.state_dir / 'registry.sqlite3'}"
+
+    def endpoint(self, template: str) -> str:
+        return template.replace("{state_dir}", str(self.state_dir))
+
+    def department_for_address(self, address: str) -> str | None:
+        address = address.lower()
+        for dept in self.model.departments:
+            if address in dept.addresses:
+                return dept.id
+        return None
+
+
+def locate(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config wins, then $GATEWAY_CONFIG, then the checkout's example, then /etc."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    if CHECKOUT_CONFIG.exists():
+        return CHECKOUT_CONFIG
+    return SYSTEM_CONFIG
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _reason(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return f"wrong type: {msg.lower()} (got {err.get('input')!r})"
+    return msg
+
+
+def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True) -> Config:
+    """Read, validate and resolve the configuration, or raise ConfigError listing every problem."""
+    file = locate(path).resolve()
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(file, "", f"cannot read: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(file, "", f"not valid TOML: {exc}")]) from None
+
+    try:
+        model = ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        issues = [ConfigIssue(file, _key_path(e["loc"]), _reason(e)) for e in exc.errors()]
+        raise ConfigError(issues) from None
+
+    state_dir = model.gateway.state_dir
+    if not state_dir.is_absolute():
+        state_dir = (file.parent / state_dir).resolve()
+    config = Config(path=file, model=model, state_dir=state_dir)
+
+    issues = _cross_checks(config)
+    if check_dirs:
+        issues += _directory_checks(config)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def _cross_checks(config: Config) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    known: dict[str, int] = {}
+    claimed: dict[str, str] = {}
+    for i, dept in enumerate(config.model.departments):
+        if dept.id in known:
+            issues.append(ConfigIssue(config.path, f"departments[{i}].id",
+                                      f"duplicate department id {dept.id!r} (also departments[{known[dept.id]}])"))
+        known.setdefault(dept.id, i)
+        for j, address in enumerate(dept.addresses):
+            if address in claimed and claimed[address] != dept.id:
+                issues.append(ConfigIssue(config.path, f"departments[{i}].addresses[{j}]",
+                                          f"{address} already belongs to department {claimed[address]!r}"))
+            claimed.setdefault(address, dept.id)
+    if config.model.triage.department not in known:
+        issues.append(ConfigIssue(config.path, "triage.department",
+                                  f"no department with id {config.model.triage.department!r}"
+                                  f" (known: {', '.join(sorted(known))})"))
+    return issues
+
+
+def _directory_checks(config: Config) -> list[ConfigIssue]:
+    state = config.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [ConfigIssue(config.path, "gateway.state_dir", f"cannot create {state}: {exc.strerror}")]
+    if not state.is_dir():
+        return [ConfigIssue(config.path, "gateway.state_dir", f"{state} is not a directory")]
+    # A real write, not os.access(): root passes os.access() on read-only mounts.
+    probe = state / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return [ConfigIssue(config.path, "gateway.state_dir",
+                            f"directory {state} is not writable: {exc.strerror}")]
+    return []

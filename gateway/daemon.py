@@ -1,0 +1,264 @@
+"""`gateway run`: workers on the spool, ZeroMQ, periodic jobs, systemd integration."""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from gateway import config as config_mod
+from gateway import logs
+from gateway.config import Config, ConfigError
+from gateway.events import EventPublisher
+from gateway.pipeline import Pipeline
+from gateway.registry import Registry, RegistryUnavailable
+from gateway.sdnotify import Notifier
+from gateway.spool import Spool
+
+log = logging.getLogger("gateway.daemon")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class PidLock:
+    """One daemon per state directory; the lock dies with the process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+            os.close(self._fd)
+            raise AlreadyRunning(f"another gateway daemon (pid {other or '?'}) runs on {path.parent.parent}") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_arg: str | None = None):
+        self.config = config
+        self._config_arg = config_arg
+        self.notifier = Notifier()
+        self.spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
+        self.registry = Registry(config.registry_url, number_template=config.model.gateway.letter_number,
+                                 timezone_name=config.model.gateway.timezone, echo=config.model.registry.echo_sql)
+        self.totals: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._wakeups: list[threading.Event] = []
+        self._workers: list[threading.Thread] = []
+        self._totals_lock = threading.Lock()
+        self._stop: asyncio.Event | None = None
+        self.publisher: EventPublisher | None = None
+        self.pipeline: Pipeline | None = None
+
+    # -- life cycle -----------------------------------------------------
+    def run(self) -> int:
+        try:
+            return asyncio.run(self._main())
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            return 1
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+        pidlock = PidLock(self.config.run_dir / "gateway.pid")
+        self.notifier.status("starting: opening the registry")
+        if not await self._wait_for_registry():
+            pidlock.release()
+            return 0
+
+        self.notifier.status("starting: recovering the spool")
+        requeued, quarantined = await asyncio.to_thread(self.spool.recover)
+        if requeued or quarantined:
+            log.warning("recovered %d interrupted item(s), quarantined %d", requeued, quarantined)
+
+        context = zmq.asyncio.Context()
+        sync_context = zmq.Context.shadow(context)
+        try:
+            self.publisher = EventPublisher(sync_context, self.config.endpoint(self.config.model.daemon.events_endpoint),
+                                            self.config.model.daemon.events_hwm)
+            wakeup = context.socket(zmq.PULL)
+            wakeup.setsockopt(zmq.LINGER, 0)
+            wakeup.bind(self.config.endpoint(self.config.model.daemon.wakeup_endpoint))
+        except zmq.ZMQError as exc:
+            log.error("cannot bind ZeroMQ endpoint: %s", exc)
+            pidlock.release()
+            return 1
+        self.pipeline = Pipeline(self.config, self.spool, self.registry, self.publisher.publish)
+
+        self._start_workers()
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
+                          id="spool-rescan", max_instances=1, coalesce=True)
+        scheduler.start()
+        tasks = [asyncio.create_task(self._listen(wakeup))]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(self._watchdog(interval)))
+
+        waiting = len(self.spool.pending())
+        log.info("gateway ready: registry %s, state in %s, %d item(s) waiting, %d worker(s)",
+                 self.registry.safe_url, self.config.state_dir, waiting, len(self._workers))
+        self.notifier.ready(f"ready: {waiting} waiting, {len(self.spool.quarantined())} quarantined")
+
+        await self._stop.wait()
+
+        self.notifier.stopping("stopping: finishing items in progress")
+        log.info("stopping: letting in-flight items finish")
+        scheduler.shutdown(wait=False)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self._stop_workers)
+        wakeup.close(0)
+        self.publisher.close()
+        context.term()
+        self.registry.close()
+        log.info("stopped: %s", self._summary())
+        pidlock.release()
+        return 0
+
+    async def _wait_for_registry(self) -> bool:
+        assert self._stop is not None
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                if await asyncio.to_thread(self.registry.upgrade):
+                    log.info("registry schema upgraded")
+                return True
+            except RegistryUnavailable as exc:
+                log.error("registry unavailable, retrying in %.0f s: %s", delay, exc)
+                self.notifier.status(f"waiting for the registry: {exc}")
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 60.0)
+        return False
+
+    # -- workers --------------------------------------------------------
+    def _start_workers(self) -> None:
+        for n in range(self.config.model.spool.workers):
+            wake = threading.Event()
+            wake.set()
+            self._wakeups.append(wake)
+            thread = threading.Thread(target=self._work, args=(wake,), name=f"worker-{n}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+
+    def _stop_workers(self) -> None:
+        self._stopping.set()
+        self.wake()
+        grace = self.config.model.daemon.shutdown_grace_seconds
+        for thread in self._workers:
+            thread.join(grace)
+        if any(t.is_alive() for t in self._workers):
+            # Claimed items stay in work/; their locks die with us and the next start recovers them.
+            log.warning("workers still busy after %.0f s; their items will be recovered at next start", grace)
+
+    def wake(self) -> None:
+        for event in self._wakeups:
+            event.set()
+
+    def _work(self, wake: threading.Event) -> None:
+        assert self.pipeline is not None
+        backoff = 0.0
+        batch = self.config.model.spool.batch_size
+        while not self._stopping.is_set():
+            if backoff:
+                self._stopping.wait(backoff)
+            items = self.spool.claim(batch)
+            if not items:
+                wake.wait(self.config.model.spool.rescan_seconds)
+                wake.clear()
+                continue
+            try:
+                outcomes = self.pipeline.process(items)
+            except Exception:  # the pipeline handles item faults; this is a bug, keep the worker alive
+                log.exception("worker: unexpected error; items return to the spool")
+                for item in items:
+                    if item.path.exists() and item._fd is not None:
+                        self.spool.release(item)
+                backoff = 5.0
+                continue
+            with self._totals_lock:
+                self.totals.update(o.result for o in outcomes)
+            released = any(o.result == "released" for o in outcomes)
+            backoff = min(max(backoff * 2, 1.0), 30.0) if released else 0.0
+
+    def _summary(self) -> str:
+        with self._totals_lock:
+            return ", ".join(f"{v} {k}" for k, v in sorted(self.totals.items())) or "nothing processed"
+
+    # -- periodic and signalled jobs -----------------------------------
+    async def _rescan(self) -> None:
+        requeued, quarantined = await asyncio.to_thread(self.spool.recover)
+        if requeued or quarantined:
+            log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
+        self.wake()
+        self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
+
+    async def _listen(self, socket: Any) -> None:
+        assert self.publisher is not None
+        while True:
+            frames = await socket.recv_multipart()
+            if frames[0] == b"wake":
+                self.wake()
+            elif frames[0] == b"event" and len(frames) == 3:
+                self.publisher.publish_frames(frames[1:])
+            else:
+                log.warning("ignored unknown message on the wake-up socket: %r", frames[0][:40])
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            # Ping only while every worker is alive: a dead worker should get us restarted.
+            if all(t.is_alive() for t in self._workers):
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = config_mod.load(self._config_arg)
+        except ConfigError as exc:
+            log.error("reload refused, previous configuration stays in force: %s",
+                      "; ".join(str(i) for i in exc.issues))
+            self.notifier.status("running (reload refused: configuration invalid)")
+            self.notifier.notify("READY=1")
+            return
+        restart_needed = [key for key, old, cur in (
+            ("gateway.state_dir", self.config.state_dir, new.state_dir),
+            ("registry.url", self.config.registry_url, new.registry_url),
+            ("gateway.letter_number", self.config.model.gateway.letter_number, new.model.gateway.letter_number),
+            ("daemon", self.config.model.daemon, new.model.daemon),
+            ("spool", self.config.model.spool, new.model.spool),
+        ) if old != cur]
+        self.config = new
+        if self.pipeline is not None:
+            self.pipeline.config = new
+        logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
+        log.info("configuration reloaded from %s%s", new.path,
+                 f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
+        self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")

@@ -1,0 +1,41 @@
+"""Logging for journald and terminals alike.
+
+Under systemd (JOURNAL_STREAM is set) each line starts with a `<N>` syslog
+priority, which journald turns into the entry's level, and carries no
+timestamp of its own. Elsewhere lines carry a timestamp and the level name.
+Loggers are per subsystem (gateway.intake, gateway.pipeline, ...) and lines
+about a letter start with its number.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        prio = _PRIORITY.get(record.levelno, 6)
+        # Continuation lines (tracebacks) keep the priority too.
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup(level: str = "INFO", *, timestamps: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    elif timestamps:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries speak only when something is wrong.
+    for noisy in ("apscheduler", "alembic", "sqlalchemy", "mail-parser", "mailparser"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

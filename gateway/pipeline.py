@@ -1,0 +1,165 @@
+"""The stages an item goes through after intake: normalise, then register.
+
+A worker's whole contract is `process(items)`: every claimed item leaves it
+finished (registered, its file kept as the raw copy), failed (back in line
+with a backoff, or quarantined) or released (the registry is down; not the
+item's fault, so the attempt does not count).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from gateway.config import Config
+from gateway.faults import checkpoint
+from gateway.normalise import Normalised, normalise
+from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
+from gateway.spool import Spool, SpoolItem
+
+log = logging.getLogger("gateway.pipeline")
+
+Publish = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    item_id: str
+    result: str  # registered | duplicate | known | retry | quarantined | released
+    number: str | None = None
+    reason: str | None = None
+
+
+def _parse_time(value: str | None) -> datetime:
+    if value:
+        try:
+            parsed = datetime.fromisoformat(value)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return datetime.now(timezone.utc)
+
+
+class Pipeline:
+    def __init__(self, config: Config, spool: Spool, registry: Registry,
+                 publish: Publish | None = None):
+        self.config = config
+        self.spool = spool
+        self.registry = registry
+        self.publish = publish or (lambda topic, body: None)
+
+    def build(self, item: SpoolItem) -> NewLetter:
+        """Everything that can fail because of the item itself happens here."""
+        raw = item.raw
+        meta = item.meta
+        sha = hashlib.sha256(raw).hexdigest()
+        parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars)
+        envelope: dict[str, Any] = meta.get("envelope") or {}
+        rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]
+        to = [a.address for a in parsed.to]
+        cc = [a.address for a in parsed.cc]
+        department = next(
+            (d for d in (self.config.department_for_address(a) for a in [*rcpts, *to, *cc]) if d), None)
+        keys = [f"spool:{item.id}"]
+        if meta.get("source_key"):
+            keys.append(str(meta["source_key"]))
+        return NewLetter(
+            intake_keys=keys,
+            channel=meta.get("channel", "email"),
+            intake=meta.get("intake", "file"),
+            received_at=_parse_time(meta.get("received_at")),
+            raw_sha256=sha,
+            raw_size=len(raw),
+            raw_path=str(self.spool.stored_path(sha).relative_to(self.config.state_dir)),
+            sender_name=parsed.sender.name if parsed.sender else "",
+            sender_address=parsed.sender.address if parsed.sender else "",
+            recipients={"to": [vars(a) for a in parsed.to], "cc": [vars(a) for a in parsed.cc],
+                        "envelope": rcpts},
+            recipient=(rcpts or to or [""])[0],
+            department=department,
+            subject=parsed.subject,
+            sent_at=parsed.date,
+            message_id=parsed.message_id,
+            summary=parsed.summary,
+            body_text=parsed.body_text,
+            envelope=envelope,
+            defects=parsed.defects,
+            flags=list(meta.get("flags", [])),
+            attachments=[NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
+                                       a.size, a.sha256, a.origin) for a in parsed.attachments],
+        )
+
+    def process(self, items: list[SpoolItem]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        ready: list[tuple[SpoolItem, NewLetter]] = []
+        for item in items:
+            try:
+                ready.append((item, self.build(item)))
+            except Exception as exc:  # one bad item never blocks the others
+                outcomes.append(self._failed(item, f"cannot read item: {type(exc).__name__}: {exc}"))
+        if not ready:
+            return outcomes
+        checkpoint("before-commit")
+        try:
+            results = self.registry.register([new for _, new in ready])
+        except RegistryUnavailable as exc:
+            log.warning("registry unavailable, %d item(s) stay spooled: %s", len(ready), exc)
+            for item, _ in ready:
+                self.spool.release(item)
+            return outcomes + [Outcome(item.id, "released", reason=str(exc)) for item, _ in ready]
+        except Exception:
+            if len(ready) == 1:
+                item, _ = ready[0]
+                log.exception("item %s: registration failed", item.id)
+                return outcomes + [self._failed(item, "registration failed (see log)")]
+            # Find the one that fails without holding back the rest.
+            for item, new in ready:
+                outcomes += self._register_alone(item, new)
+            return outcomes
+        checkpoint("after-commit")
+        for (item, new), result in zip(ready, results):
+            outcomes.append(self._finish(item, new, result))
+        return outcomes
+
+    def _register_alone(self, item: SpoolItem, new: NewLetter) -> list[Outcome]:
+        try:
+            [result] = self.registry.register([new])
+        except RegistryUnavailable as exc:
+            self.spool.release(item)
+            return [Outcome(item.id, "released", reason=str(exc))]
+        except Exception as exc:
+            log.exception("item %s: registration failed", item.id)
+            return [self._failed(item, f"registration failed: {type(exc).__name__}: {exc}")]
+        return [self._finish(item, new, result)]
+
+    def _finish(self, item: SpoolItem, new: NewLetter, result: Registered) -> Outcome:
+        self.spool.finish(item, new.raw_sha256)
+        if result.outcome == "registered":
+            log.info("%s registered: %s from %s <%s>, %d attachment(s)%s", result.number,
+                     _quote(new.subject), new.sender_name, new.sender_address, len(new.attachments),
+                     f", {len(new.defects)} defect(s)" if new.defects else "")
+        elif result.outcome == "duplicate":
+            log.info("%s received again (same bytes, item %s): recorded as an event", result.number, item.id)
+        self.publish(f"letter.{result.outcome}", {
+            "number": result.number, "status": result.status, "channel": new.channel,
+            "department": new.department, "item": item.id, "at": time.time()})
+        return Outcome(item.id, result.outcome, result.number)
+
+    def _failed(self, item: SpoolItem, reason: str) -> Outcome:
+        quarantined = self.spool.fail(item, reason)
+        if quarantined:
+            log.error("item %s quarantined after %d attempts: %s", item.id, item.attempts + 1, reason)
+            self.publish("item.quarantined", {"item": item.id, "reason": reason, "at": time.time()})
+            return Outcome(item.id, "quarantined", reason=reason)
+        log.warning("item %s failed (attempt %d of %d), will retry: %s", item.id, item.attempts + 1,
+                    self.spool.max_attempts, reason)
+        return Outcome(item.id, "retry", reason=reason)
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    text = text.replace("\n", " ")
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

@@ -1,0 +1,146 @@
+"""The register: one row per item, its attachments, and an append-only event log."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator, UniqueConstraint)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (which has no zones) too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class NumberSeries(Base):
+    """The last number handed out per series; its row lock makes numbering gap-free."""
+
+    __tablename__ = "number_series"
+    series: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Letter(Base):
+    __tablename__ = "letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    series: Mapped[str] = mapped_column(String(64), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    channel: Mapped[str] = mapped_column(String(16), nullable=False)  # email | fax
+    intake: Mapped[str] = mapped_column(String(32), nullable=False)  # file | smtp | imap | fax-drop
+    status: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+
+    sender_name: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    sender_address: Mapped[str] = mapped_column(String(320), nullable=False, default="", index=True)
+    recipients: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    recipient: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    department: Mapped[str | None] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    message_id: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    body_text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+    category: Mapped[str | None] = mapped_column(String(64), index=True)
+    urgency: Mapped[str] = mapped_column(String(16), nullable=False, default="regular")
+    confidentiality: Mapped[str] = mapped_column(String(16), nullable=False, default="normal")
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    raw_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    raw_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    raw_path: Mapped[str] = mapped_column(Text, nullable=False)
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    defects: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    flags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+
+    fax_number: Mapped[str | None] = mapped_column(String(64))
+    fax_caller_id: Mapped[str | None] = mapped_column(String(64))
+    fax_sender_name: Mapped[str | None] = mapped_column(Text)
+    fax_pages: Mapped[int | None] = mapped_column(Integer)
+    fax_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="letter", order_by="Attachment.position", cascade="all, delete-orphan")
+    events: Mapped[list[Event]] = relationship(
+        back_populates="letter", order_by="Event.id", cascade="all")
+
+    __table_args__ = (UniqueConstraint("series", "seq", name="uq_letters_series_seq"),)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    original_filename: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    declared_type: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    detected_type: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    origin: Mapped[str] = mapped_column(String(32), nullable=False, default="mime")
+
+    letter: Mapped[Letter] = relationship(back_populates="attachments")
+
+
+class Event(Base):
+    """Append-only: triggers installed by the migration refuse UPDATE and DELETE."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    actor: Mapped[str] = mapped_column(String(320), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    from_department: Mapped[str | None] = mapped_column(String(64))
+    to_department: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+    letter: Mapped[Letter | None] = relationship(back_populates="events")
+
+
+class IntakeKey(Base):
+    """Source identities already registered (spool item, IMAP UID, SMTP session, fax file)."""
+
+    __tablename__ = "intake_keys"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+Index("ix_letters_channel_received", Letter.channel, Letter.received_at)

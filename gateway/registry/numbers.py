@@ -1,0 +1,51 @@
+"""Letter numbers: a configurable template, one gap-free counter per series.
+
+The template is a Python format string. `{seq}` (with an optional width such
+as `{seq:06d}`) is the running number; the other fields name the series, so
+"{year}-{seq:06d}" gives one series per year: 2026-000001, 2026-000002, ...
+"""
+from __future__ import annotations
+
+import string
+from datetime import datetime
+
+FIELDS = {"year", "month", "day", "channel"}
+_SEQ = "seq"
+
+
+class NumberTemplate:
+    def __init__(self, template: str):
+        fields = []
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ValueError(f"letter number template {template!r}: {exc}") from None
+        for _literal, field, spec, conversion in parsed:
+            if field is None:
+                continue
+            if field not in FIELDS | {_SEQ}:
+                raise ValueError(f"letter number template {template!r}: unknown field {{{field}}}"
+                                 f" (allowed: {', '.join(sorted(FIELDS | {_SEQ}))})")
+            if conversion:
+                raise ValueError(f"letter number template {template!r}: conversions are not allowed")
+            if field == _SEQ and spec and not spec.endswith("d"):
+                raise ValueError(f"letter number template {template!r}: {{seq}} needs an integer format like 06d")
+            fields.append(field)
+        if fields.count(_SEQ) != 1:
+            raise ValueError(f"letter number template {template!r}: must contain {{seq}} exactly once")
+        self.template = template
+        # The series key is the template with the counter taken out.
+        self._series_template = "".join(
+            lit + ("" if f is None or f == _SEQ else "{" + f + (":" + s if s else "") + "}")
+            for lit, f, s, _ in parsed
+        )
+
+    def _fields(self, received_at: datetime, channel: str) -> dict[str, str]:
+        return {"year": f"{received_at.year:04d}", "month": f"{received_at.month:02d}",
+                "day": f"{received_at.day:02d}", "channel": channel}
+
+    def series(self, received_at: datetime, channel: str) -> str:
+        return self._series_template.format(**self._fields(received_at, channel))
+
+    def render(self, received_at: datetime, channel: str, seq: int) -> str:
+        return self.template.format(seq=seq, **self._fields(received_at, channel))

@@ -1,0 +1,368 @@
+"""The spool: the first of the two places where durability lives.
+
+An item is one file: a header line `GWSPOOL1 <json meta>\\n` followed by the
+raw bytes exactly as received. Its life, by directory:
+
+    tmp/         being written (locked by the writer; unlocked leftovers are debris)
+    new/         durable and waiting: written, fsynced, renamed, directory fsynced
+    work/        claimed by a worker, which holds an flock on it while processing
+    quarantine/  failed too often; a `<id>.reason.json` beside it says why
+
+File names are `<id>.<attempts>`; ids sort by arrival time. A worker that
+dies releases its flock with its process, so `recover()` can tell an
+abandoned claim from a live one and puts only the abandoned back in `new/`.
+Finishing an item renames the file into the message store (`messages/`),
+where it stays as the raw copy of the registered letter.
+
+Failed attempts set the file's mtime into the future as a "not before" time,
+so a failing item backs off without another file to keep in step.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+MAGIC = b"GWSPOOL1 "
+_DIRS = ("tmp", "new", "work", "quarantine")
+
+
+class SpoolError(Exception):
+    """The spool cannot take an item (disk full, permissions): nothing was accepted."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_item_id() -> str:
+    # Nanosecond time first so that a sorted listing is arrival order.
+    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+
+
+def _split_name(name: str) -> tuple[str, int] | None:
+    item_id, dot, attempts = name.rpartition(".")
+    if not dot or not attempts.isdigit() or not item_id:
+        return None
+    return item_id, int(attempts)
+
+
+def read_item_file(path: Path) -> tuple[dict[str, Any], bytes]:
+    """Split a spool or message-store file into its meta and its raw bytes."""
+    with open(path, "rb") as fh:
+        return _parse(fh.read(), path)
+
+
+def read_raw(path: Path) -> bytes:
+    return read_item_file(path)[1]
+
+
+def _parse(data: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
+    if not data.startswith(MAGIC):
+        raise ValueError(f"{path}: not a spool item (bad header)")
+    end = data.index(b"\n")
+    return json.loads(data[len(MAGIC):end]), data[end + 1:]
+
+
+@dataclass
+class SpoolItem:
+    id: str
+    attempts: int
+    path: Path
+    meta: dict[str, Any]
+    _fd: int | None = field(default=None, repr=False)
+    _raw: bytes | None = field(default=None, repr=False)
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self.meta, self._raw = read_item_file(self.path)
+        return self._raw
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True)
+class QuarantinedItem:
+    id: str
+    path: Path
+    reason: str
+    attempts: int
+    quarantined_at: str
+    meta: dict[str, Any]
+    history: list[str]
+
+
+class SpoolWriter:
+    """Streams one item to tmp/; nothing is visible until commit() returns."""
+
+    def __init__(self, spool: Spool, meta: dict[str, Any]):
+        self._spool = spool
+        self.id = new_item_id()
+        self._tmp = spool.root / "tmp" / f"{self.id}.0"
+        self.size = 0
+        meta = {**meta, "id": self.id}
+        meta.setdefault("received_at", datetime.now(timezone.utc).isoformat())
+        self.meta = meta
+        try:
+            self._fh: BinaryIO = open(self._tmp, "xb")
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fh.write(MAGIC + json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            self.abort()
+            raise SpoolError(f"spool {spool.root}: cannot create item: {exc.strerror or exc}") from exc
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._fh.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise SpoolError(f"spool {self._spool.root}: cannot write item: {exc.strerror or exc}") from exc
+        self.size += len(chunk)
+
+    def commit(self, *, claim: bool = False) -> SpoolItem:
+        """fsync, then rename into new/ (or straight into work/, locked, when claim=True)."""
+        target_dir = self._spool.root / ("work" if claim else "new")
+        target = target_dir / f"{self.id}.0"
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            os.rename(self._tmp, target)
+            _fsync_dir(target_dir)
+        except OSError as exc:
+            self.abort()
+            target.unlink(missing_ok=True)
+            raise SpoolError(f"spool {self._spool.root}: cannot commit item: {exc.strerror or exc}") from exc
+        item = SpoolItem(self.id, 0, target, self.meta)
+        if claim:
+            # Keep the lock the writer already holds: recover() must not take it from us.
+            item._fd = os.dup(self._fh.fileno())
+        self._fh.close()
+        return item
+
+    def abort(self) -> None:
+        fh = getattr(self, "_fh", None)
+        if fh is not None and not fh.closed:
+            fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class Spool:
+    def __init__(self, root: Path, message_dir: Path, *, max_attempts: int = 5):
+        self.root = root
+        self.message_dir = message_dir
+        self.max_attempts = max_attempts
+        for name in _DIRS:
+            (root / name).mkdir(parents=True, exist_ok=True)
+        message_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- intake ---------------------------------------------------------
+    def writer(self, meta: dict[str, Any]) -> SpoolWriter:
+        return SpoolWriter(self, meta)
+
+    def enqueue(self, raw: bytes | Iterable[bytes], meta: dict[str, Any], *, claim: bool = False) -> SpoolItem:
+        """Make an item durable. Returns only after fsync; raises SpoolError otherwise."""
+        writer = self.writer(meta)
+        for chunk in ([raw] if isinstance(raw, bytes) else raw):
+            writer.write(chunk)
+        return writer.commit(claim=claim)
+
+    # -- workers --------------------------------------------------------
+    def pending(self) -> list[str]:
+        return sorted(os.listdir(self.root / "new"))
+
+    def claim(self, limit: int) -> list[SpoolItem]:
+        """Take up to `limit` waiting items, oldest first, each locked to this process."""
+        claimed: list[SpoolItem] = []
+        now = time.time()
+        new_dir, work_dir = self.root / "new", self.root / "work"
+        for name in self.pending():
+            if len(claimed) >= limit:
+                break
+            parsed = _split_name(name)
+            if parsed is None:
+                continue
+            item_id, attempts = parsed
+            src = new_dir / name
+            try:
+                fd = os.open(src, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # another worker took it
+            try:
+                if attempts and os.fstat(fd).st_mtime > now:
+                    os.close(fd)
+                    continue  # still backing off
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                dst = work_dir / name
+                # The lock travels with the inode; if the rename fails the
+                # other claimer won and has already moved or finished it.
+                os.rename(src, dst)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.ENOENT):
+                    continue
+                raise
+            claimed.append(SpoolItem(item_id, attempts, dst, {}, _fd=fd))
+        return claimed
+
+    def finish(self, item: SpoolItem, sha256: str | None) -> Path | None:
+        """Processing is committed: keep the file as the raw copy, or drop it if one exists."""
+        stored = None
+        if sha256 is not None:
+            stored = self.stored_path(sha256)
+            if stored.exists():
+                item.path.unlink(missing_ok=True)
+            else:
+                stored.parent.mkdir(exist_ok=True)
+                os.rename(item.path, stored)
+        else:
+            item.path.unlink(missing_ok=True)
+        item._unlock()
+        # An item retried from quarantine leaves its reason file behind until now.
+        self.forget_reason(item.id)
+        return stored
+
+    def stored_path(self, sha256: str) -> Path:
+        return self.message_dir / sha256[:2] / f"{sha256}.msg"
+
+    def fail(self, item: SpoolItem, reason: str, *, backoff_seconds: float = 5.0) -> bool:
+        """A processing attempt failed. Returns True when the item went to quarantine."""
+        attempts = item.attempts + 1
+        try:
+            if attempts >= self.max_attempts:
+                self._quarantine(item.path, item.id, attempts, reason)
+                return True
+            dst = self.root / "new" / f"{item.id}.{attempts}"
+            os.rename(item.path, dst)
+            delay = backoff_seconds * 2 ** (attempts - 1)
+            os.utime(dst, (time.time(), time.time() + delay))
+            return False
+        finally:
+            item._unlock()
+
+    def release(self, item: SpoolItem) -> None:
+        """Give an item back untouched (shutdown before it was processed)."""
+        try:
+            os.rename(item.path, self.root / "new" / item.path.name)
+        finally:
+            item._unlock()
+
+    def recover(self) -> tuple[int, int]:
+        """Return abandoned claims to new/ and clear debris; (requeued, quarantined)."""
+        requeued = quarantined = 0
+        for name in sorted(os.listdir(self.root / "work")):
+            parsed = _split_name(name)
+            path = self.root / "work" / name
+            if parsed is None:
+                continue
+            with self._try_lock(path) as locked:
+                if not locked:
+                    continue  # a live worker holds it
+                item_id, attempts = parsed
+                attempts += 1  # the attempt that was cut short counts
+                if attempts >= self.max_attempts:
+                    self._quarantine(path, item_id, attempts,
+                                     f"processing was interrupted {attempts} times (the process died)")
+                    quarantined += 1
+                else:
+                    os.rename(path, self.root / "new" / f"{item_id}.{attempts}")
+                    requeued += 1
+        for name in os.listdir(self.root / "tmp"):
+            path = self.root / "tmp" / name
+            with self._try_lock(path) as locked:
+                if locked:
+                    path.unlink(missing_ok=True)  # never acknowledged: the sender still has it
+        return requeued, quarantined
+
+    @contextmanager
+    def _try_lock(self, path: Path) -> Iterator[bool]:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    # -- quarantine -----------------------------------------------------
+    def _quarantine(self, path: Path, item_id: str, attempts: int, reason: str) -> None:
+        qdir = self.root / "quarantine"
+        reason_file = qdir / f"{item_id}.reason.json"
+        history: list[str] = []
+        if reason_file.exists():
+            history = json.loads(reason_file.read_text()).get("history", [])
+        record = {"id": item_id, "reason": reason, "attempts": attempts,
+                  "quarantined_at": datetime.now(timezone.utc).isoformat(),
+                  "history": history + [reason]}
+        tmp = qdir / f".{item_id}.reason.tmp"
+        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2))
+        os.rename(tmp, reason_file)
+        os.rename(path, qdir / f"{item_id}.item")
+        _fsync_dir(qdir)
+
+    def quarantined(self) -> list[QuarantinedItem]:
+        out = []
+        for name in sorted(os.listdir(self.root / "quarantine")):
+            if name.endswith(".item"):
+                out.append(self.quarantined_item(name.removesuffix(".item")))
+        return out
+
+    def quarantined_item(self, item_id: str) -> QuarantinedItem:
+        qdir = self.root / "quarantine"
+        path = qdir / f"{item_id}.item"
+        if "/" in item_id or not path.exists():
+            raise KeyError(item_id)
+        try:
+            record = json.loads((qdir / f"{item_id}.reason.json").read_text())
+        except (OSError, ValueError):
+            record = {"reason": "(reason file missing)", "attempts": 0, "quarantined_at": "", "history": []}
+        try:
+            meta, _ = read_item_file(path)
+        except ValueError as exc:
+            meta = {"error": str(exc)}
+        return QuarantinedItem(item_id, path, record["reason"], record["attempts"],
+                               record["quarantined_at"], meta, record.get("history", []))
+
+    def retry(self, item_id: str) -> None:
+        """Put a quarantined item back in line with a fresh attempt count."""
+        item = self.quarantined_item(item_id)
+        os.rename(item.path, self.root / "new" / f"{item_id}.0")
+        _fsync_dir(self.root / "new")
+        # The reason file stays as history until the item is processed (see finish()).
+
+    def forget_reason(self, item_id: str) -> None:
+        (self.root / "quarantine" / f"{item_id}.reason.json").unlink(missing_ok=True)
+
+    # -- health ---------------------------------------------------------
+    def oldest_waiting_age(self) -> float | None:
+        names = self.pending() or sorted(os.listdir(self.root / "work"))
+        if not names:
+            return None
+        return max(0.0, time.time() - int(names[0].split("-", 1)[0]) / 1e9)
+
+    def disk_free(self) -> int:
+        return shutil.disk_usage(self.root).free

@@ -1,0 +1,209 @@
+"""Fixtures: real servers on loopback, real processes, real files."""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# -- PostgreSQL -------------------------------------------------------------
+class PostgresServer:
+    """A throwaway cluster run as the unprivileged `postgres` user (it refuses root)."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql); run scripts/test")
+        self.bindir = Path(bins[-1]).parent
+        self.user = pwd.getpwnam("postgres")
+        self.dir = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        os.chmod(self.dir, 0o755)
+        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run([self.bindir / "initdb", "-D", self.dir / "data", "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, user="postgres",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.bindir / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-h", "127.0.0.1",
+             "-k", str(self.dir), "-c", "fsync=off", "-c", "max_connections=200"],
+            user="postgres", stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "ab"),
+            cwd=self.dir)
+        wait_for(self._accepts, 30, "PostgreSQL to accept connections")
+
+    def _accepts(self) -> bool:
+        try:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2)  # fast shutdown; SIGTERM would wait for clients
+            self.proc.wait(30)
+        self.proc = None
+
+    def dsn(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self) -> str:
+        name = f"gw_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    return postgres.create_database()
+
+
+# -- configuration and processes ---------------------------------------------
+DEPARTMENTS = textwrap.dedent("""
+    [[departments]]
+    id = "general-office"
+    name = "General Office"
+    owners = ["office@example.org"]
+    head = "office.head@example.org"
+    addresses = ["liaison@example.org"]
+
+    [[departments]]
+    id = "business"
+    name = "Business"
+    owners = ["sales.desk@example.org"]
+    head = "business.head@example.org"
+    addresses = ["sales@example.org"]
+""")
+
+
+class Gateway:
+    """One configured gateway: its config file, state directory and commands."""
+
+    def __init__(self, tmp: Path, registry_url: str = "", extra: str = ""):
+        self.state = tmp / "storage"
+        self.config = tmp / "gateway.toml"
+        self.config.write_text(textwrap.dedent(f"""
+            [gateway]
+            state_dir = "{self.state}"
+            timezone = "Asia/Shanghai"
+
+            [registry]
+            url = "{registry_url}"
+
+            [spool]
+            max_attempts = 3
+            rescan_seconds = 1
+
+            [triage]
+            department = "general-office"
+
+            [logging]
+            level = "INFO"
+        """) + extra + DEPARTMENTS)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "NOTIFY_", "WATCHDOG_"))}
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config), *args],
+                              capture_output=True, text=True, env=env or self.env(), cwd=ROOT,
+                              timeout=timeout, input=input.decode() if input else None)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"gateway {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def start(self, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(self.config), "run"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=self.env(**env), cwd=ROOT)
+
+    def list_json(self, *args: str) -> list[dict[str, object]]:
+        import json
+
+        return json.loads(self.run("letters", "list", "--json", *args).stdout)
+
+    def show_json(self, number: str) -> dict[str, object]:
+        import json
+
+        return json.loads(self.run("letters", "show", number, "--json").stdout)
+
+    def spool_files(self, sub: str) -> list[str]:
+        d = self.state / "spool" / sub
+        return sorted(os.listdir(d)) if d.exists() else []
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Gateway:
+    return Gateway(tmp_path)
+
+
+@pytest.fixture
+def pg_gateway(tmp_path: Path, pg_url: str) -> Gateway:
+    return Gateway(tmp_path, registry_url=pg_url)
+
+
+def make_message(n: int = 0, *, subject: str | None = None, body: str = "Hello.\n", size: int = 0,
+                 sender: str = "Alice Partner <alice@partner.example>", to: str = "liaison@example.org",
+                 message_id: str | None = "auto") -> bytes:
+    """A plain RFC 5322 message; `size` pads the body to about that many bytes."""
+    mid = f"<msg-{n}-{uuid.uuid4().hex}@partner.example>" if message_id == "auto" else message_id
+    headers = [f"From: {sender}", f"To: {to}", f"Subject: {subject or f'Letter {n}'}",
+               "Date: Mon, 23 Nov 2026 10:00:00 +0800", "MIME-Version: 1.0",
+               "Content-Type: text/plain; charset=utf-8"]
+    if mid:
+        headers.insert(3, f"Message-ID: {mid}")
+    text = body
+    if size:
+        line = f"Letter {n}: we would like to discuss the contract for the next quarter.\n"
+        text += line * max(0, (size - len(text) - 300) // len(line))
+    return ("\r\n".join(headers) + "\r\n\r\n" + text.replace("\n", "\r\n")).encode()
