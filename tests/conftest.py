@@ -57,11 +57,11 @@ class PostgresServer:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.dir)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.bindir / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(self.dir), "-c", "fsync=off", "-c", "max_connections=200"],
-            user="postgres", stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "ab"),
-            cwd=self.dir)
+        with open(self.dir / "server.log", "ab") as server_log:
+            self.proc = subprocess.Popen(
+                [self.bindir / "postgres", "-D", self.dir / "data", "-p", str(self.port), "-h", "127.0.0.1",
+                 "-k", str(self.dir), "-c", "fsync=off", "-c", "max_connections=200"],
+                user="postgres", stdout=subprocess.DEVNULL, stderr=server_log, cwd=self.dir)
         wait_for(self._accepts, 30, "PostgreSQL to accept connections")
 
     def _accepts(self) -> bool:

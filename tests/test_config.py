@@ -1,0 +1,146 @@
+"""Configuration: the shipped example is valid, and every error names file, key and reason."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, Gateway
+
+from gateway import config as config_mod
+
+
+def _check(path: Path, *, user: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(path), "check-config"],
+                          capture_output=True, text=True, cwd=ROOT, user=user, env=env)
+
+
+def test_shipped_config_is_valid() -> None:
+    """The example in config/ passes, and a checkout with no --config uses it with state in storage/."""
+    cfg = config_mod.load(ROOT / "config" / "gateway.toml")
+    assert cfg.state_dir == ROOT / "storage"
+    assert cfg.registry_url == f"sqlite:///{ROOT / 'storage' / 'registry.sqlite3'}"
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config"], capture_output=True, text=True,
+                          cwd="/", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{ROOT / 'config' / 'gateway.toml'}: OK" in proc.stdout
+
+
+def test_gateway_config_variable_chooses_the_file(gateway: Gateway) -> None:
+    """GATEWAY_CONFIG is used when --config is not given."""
+    env = {**os.environ, "GATEWAY_CONFIG": str(gateway.config)}
+    proc = subprocess.run([sys.executable, "-m", "gateway", "check-config"], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{gateway.config}: OK" in proc.stdout
+
+
+def test_unknown_key_wrong_type_and_unknown_department(gateway: Gateway) -> None:
+    """Each error is reported on its own line with file, dotted key and reason; exit status is non-zero."""
+    text = gateway.config.read_text()
+    text = text.replace("max_attempts = 3", "max_attempts = \"three\"\nmax_atempts = 4")
+    text = text.replace('department = "general-office"', 'department = "mailroom"')
+    text = text.replace('owners = ["sales.desk@example.org"]', 'owners = ["not an address"]')
+    gateway.config.write_text(text)
+    proc = _check(gateway.config)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert f"error: {gateway.config}: spool.max_attempts: wrong type: input should be a valid integer, " \
+           f"unable to parse string as an integer (got 'three')" in lines
+    assert f"error: {gateway.config}: spool.max_atempts: unknown key" in lines
+    assert f"error: {gateway.config}: departments[1].owners: 'not an address' is not an e-mail address" in lines
+    # Cross-checks run only once the types are right, so fix those and look again.
+    gateway.config.write_text(text.replace("max_attempts = \"three\"\nmax_atempts = 4", "max_attempts = 3")
+                              .replace('["not an address"]', '["sales.desk@example.org"]'))
+    proc = _check(gateway.config)
+    assert proc.returncode == 1
+    assert (f"error: {gateway.config}: triage.department: no department with id 'mailroom' "
+            f"(known: business, general-office)") in proc.stderr.splitlines()
+
+
+def test_duplicate_department_and_shared_address(gateway: Gateway) -> None:
+    """Two departments with one id, or one address claimed by two departments, are refused."""
+    gateway.config.write_text(gateway.config.read_text() + '''
+[[departments]]
+id = "business"
+name = "Business again"
+owners = ["x@example.org"]
+head = "y@example.org"
+addresses = ["liaison@example.org"]
+''')
+    proc = _check(gateway.config)
+    assert proc.returncode == 1
+    assert f"{gateway.config}: departments[2].id: duplicate department id 'business' (also departments[1])" in proc.stderr
+    assert (f"{gateway.config}: departments[2].addresses[0]: liaison@example.org already belongs to "
+            f"department 'general-office'") in proc.stderr
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
+    """A syntax error names the line; a missing file says so."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway]\nstate_dir = \n")
+    proc = _check(bad)
+    assert proc.returncode == 1
+    assert f"{bad}: (top level): not valid TOML: Invalid value (at line 2, column 13)" in proc.stderr
+    proc = _check(tmp_path / "nope.toml")
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'nope.toml'}: (top level): file not found" in proc.stderr
+
+
+def test_missing_required_sections(tmp_path: Path) -> None:
+    """An empty file lacks departments and triage, and says which."""
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    proc = _check(empty)
+    assert proc.returncode == 1
+    assert f"{empty}: triage: required key is missing" in proc.stderr
+    assert f"{empty}: departments: required key is missing" in proc.stderr
+
+
+def test_bad_timezone_and_number_template(gateway: Gateway) -> None:
+    """Values that parse but make no sense are refused with the reason."""
+    gateway.config.write_text(gateway.config.read_text().replace(
+        'timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"\nletter_number = "{year}-{serial}"'))
+    proc = _check(gateway.config)
+    assert proc.returncode == 1
+    assert f"{gateway.config}: gateway.timezone: unknown time zone 'Mars/Olympus'" in proc.stderr
+    assert (f"{gateway.config}: gateway.letter_number: letter number template '{{year}}-{{serial}}': "
+            f"unknown field {{serial}} (allowed: channel, day, month, seq, year)") in proc.stderr
+
+
+def test_unwritable_state_directory() -> None:
+    """A state directory the daemon's user cannot write is an error naming the directory."""
+    # Not pytest's tmp_path: its base is 0700 and the child must read the config.
+    tmp_path = Path(tempfile.mkdtemp(prefix="gw-cfg-"))
+    os.chmod(tmp_path, 0o755)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)  # owned by root: not writable for nobody
+    gw = Gateway(tmp_path)
+    gw.config.write_text(gw.config.read_text().replace(str(gw.state), str(locked)))
+    config_text = gw.config.read_text()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes `nobody`, as a daemon's dedicated user would be
+        os.close(read_end)
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            config_mod.load(gw.config)
+            message = "accepted"
+        except config_mod.ConfigError as exc:
+            message = str(exc)
+        except OSError as exc:  # the config file itself might be unreadable
+            message = f"oserror {exc}"
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        message = fh.read()
+    os.waitpid(pid, 0)
+    shutil.rmtree(tmp_path)
+    assert config_text
+    assert message == f"{gw.config}: gateway.state_dir: directory {locked} is not writable: Permission denied"

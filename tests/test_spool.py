@@ -1,0 +1,173 @@
+"""The spool: durable before acknowledged, claimed under a lock, recovered after a crash."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+from gateway.spool import Spool, SpoolError, read_item_file
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool", tmp_path / "messages", max_attempts=3)
+
+
+def test_enqueue_is_visible_only_when_complete(spool: Spool) -> None:
+    """A streamed item is in tmp/ while written and appears in new/ with its bytes and meta on commit."""
+    writer = spool.writer({"intake": "smtp"})
+    writer.write(b"Subject: x\r\n\r\n")
+    assert spool.pending() == []
+    assert len(os.listdir(spool.root / "tmp")) == 1
+    writer.write(b"body\r\n")
+    item = writer.commit()
+    assert spool.pending() == [f"{item.id}.0"]
+    assert os.listdir(spool.root / "tmp") == []
+    meta, raw = read_item_file(spool.root / "new" / f"{item.id}.0")
+    assert raw == b"Subject: x\r\n\r\nbody\r\n"
+    assert meta["intake"] == "smtp" and meta["id"] == item.id and meta["received_at"]
+
+
+def test_claim_is_oldest_first_and_exclusive(spool: Spool) -> None:
+    """Claims come in arrival order; a second claimer gets nothing that is already taken."""
+    ids = [spool.enqueue(f"m{i}".encode(), {}).id for i in range(5)]
+    first = spool.claim(3)
+    assert [i.id for i in first] == ids[:3]
+    second = spool.claim(10)
+    assert [i.id for i in second] == ids[3:]
+    assert spool.claim(10) == []
+    assert first[0].raw == b"m0"
+
+
+def test_finish_keeps_the_raw_copy_once(spool: Spool) -> None:
+    """Finishing moves the file into the message store; the same bytes again are not stored twice."""
+    a = spool.enqueue(b"same", {})
+    b = spool.enqueue(b"same", {})
+    [ia, ib] = spool.claim(2)
+    stored = spool.finish(ia, "ab" * 32)
+    assert stored is not None and read_item_file(stored)[1] == b"same"
+    assert spool.finish(ib, "ab" * 32) == stored
+    assert os.listdir(spool.root / "work") == []
+    assert os.listdir(stored.parent) == [stored.name]
+    assert a.id != b.id
+
+
+def test_failures_back_off_then_quarantine(spool: Spool) -> None:
+    """A failing item waits before its next try, and after max_attempts sits in quarantine with its reasons."""
+    item = spool.enqueue(b"poison", {"intake": "file"})
+    [claimed] = spool.claim(1)
+    assert spool.fail(claimed, "boom 1", backoff_seconds=60) is False
+    assert spool.claim(1) == []  # backing off
+    os.utime(spool.root / "new" / f"{item.id}.1", (time.time(), time.time() - 1))
+    [claimed] = spool.claim(1)
+    assert claimed.attempts == 1
+    assert spool.fail(claimed, "boom 2", backoff_seconds=0) is False
+    [claimed] = spool.claim(1)
+    assert spool.fail(claimed, "boom 3") is True
+    [q] = spool.quarantined()
+    assert q.id == item.id and q.reason == "boom 3" and q.attempts == 3
+    assert q.meta["intake"] == "file"
+    assert read_item_file(q.path)[1] == b"poison"
+    spool.retry(item.id)
+    assert spool.quarantined() == []
+    [again] = spool.claim(1)
+    assert again.attempts == 0 and again.raw == b"poison"
+    assert spool.fail(again, "boom 4", backoff_seconds=0) is False
+
+
+def test_quarantine_history_survives_a_retry(spool: Spool) -> None:
+    """An item quarantined twice keeps the reasons of both times."""
+    spool.max_attempts = 1
+    item = spool.enqueue(b"x", {})
+    spool.fail(spool.claim(1)[0], "first")
+    spool.retry(item.id)
+    spool.fail(spool.claim(1)[0], "second")
+    assert spool.quarantined_item(item.id).history == ["first", "second"]
+    with pytest.raises(KeyError):
+        spool.quarantined_item("../../etc/passwd")
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from gateway.spool import Spool
+s = Spool(Path(sys.argv[1]), Path(sys.argv[2]), max_attempts=3)
+items = s.claim(10)
+print(len(items), flush=True)
+time.sleep(600)
+"""
+
+
+def test_recover_takes_only_abandoned_claims(spool: Spool, tmp_path: Path) -> None:
+    """A claim held by a live process is left alone; once that process is SIGKILLed, recover() requeues it."""
+    item = spool.enqueue(b"letter", {})
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(spool.root), str(spool.message_dir)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "1"
+        assert spool.recover() == (0, 0)
+        assert os.listdir(spool.root / "work") == [f"{item.id}.0"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert spool.recover() == (1, 0)
+    [again] = spool.claim(1)
+    assert again.id == item.id and again.attempts == 1 and again.raw == b"letter"
+
+
+def test_recover_quarantines_an_item_that_keeps_killing_the_process(spool: Spool) -> None:
+    """An item whose processing died max_attempts times goes to quarantine instead of looping forever."""
+    item = spool.enqueue(b"deadly", {})
+    for _ in range(3):
+        [claimed] = spool.claim(1)
+        claimed._unlock()  # as if the process had died holding it
+        spool.recover()
+    [q] = spool.quarantined()
+    assert q.id == item.id
+    assert q.reason == "processing was interrupted 3 times (the process died)"
+
+
+def test_recover_clears_unacknowledged_partial_writes(spool: Spool) -> None:
+    """A half-written item of a dead writer is removed; one still being written is not."""
+    live = spool.writer({})
+    live.write(b"partial")
+    dead = spool.root / "tmp" / "123-dead.0"
+    dead.write_bytes(b"GWSPOOL1 {}\npart")
+    spool.recover()
+    assert os.listdir(spool.root / "tmp") == [f"{live.id}.0"]
+    live.write(b" and the rest")
+    assert live.commit().raw == b"partial and the rest"
+
+
+def test_enqueue_into_a_missing_spool_fails_cleanly(spool: Spool) -> None:
+    """When the spool cannot be written, SpoolError is raised and nothing is left behind."""
+    os.rename(spool.root / "tmp", spool.root / "tmp-gone")
+    with pytest.raises(SpoolError, match="cannot create item"):
+        spool.enqueue(b"x", {})
+    os.rename(spool.root / "tmp-gone", spool.root / "tmp")
+    assert spool.pending() == [] and os.listdir(spool.root / "tmp") == []
+
+
+def test_enqueue_on_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
+    """ENOSPC while writing: SpoolError, and no partial file stays in tmp/ or new/."""
+    full = tmp_path / "full"
+    full.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs to fill: {proc.stderr.decode()}")
+    try:
+        spool = Spool(full / "spool", full / "messages")
+        with pytest.raises(SpoolError):
+            spool.enqueue(b"x" * 200_000, {})
+        assert os.listdir(full / "spool" / "tmp") == [] and spool.pending() == []
+        assert spool.enqueue(b"small", {}).raw == b"small"
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
