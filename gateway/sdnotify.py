@@ -12,6 +12,8 @@ class Notifier:
         self._sock: socket.socket | None = None
         if address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # A full receiver queue must never stall the daemon: drop instead.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -23,7 +25,7 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(fields).encode(), self._address)
         except OSError:
-            pass  # systemd gone or socket full: never a reason to stop processing mail
+            pass  # systemd gone or its queue full: never a reason to stop processing mail
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

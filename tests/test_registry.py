@@ -185,3 +185,15 @@ def test_two_processes_on_postgresql_never_duplicate_or_skip_a_number(pg_url: st
 def test_two_processes_on_sqlite_never_duplicate_or_skip_a_number(tmp_path: Path) -> None:
     """The same on the embedded SQLite registry."""
     _concurrent_writers(f"sqlite:///{tmp_path / 'r.sqlite3'}", 400, 20)
+
+
+def test_schema_head_constant_matches_the_migrations(tmp_path: Path) -> None:
+    """schema.HEAD is the newest Alembic revision, and a fresh database is upgraded to it."""
+    from gateway.registry import schema
+
+    assert schema.HEAD == schema.head_revision()
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    assert reg.upgrade() is True
+    assert schema.current_revision(reg.engine) == schema.HEAD
+    assert reg.upgrade() is False
+    reg.close()

@@ -1,0 +1,208 @@
+"""`gateway run`: readiness, events, quarantine, reload, and the registry going away."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import Gateway, PostgresServer, make_message, wait_for
+from test_pipeline import Notify, start_and_wait_ready, stop
+
+from gateway.events import DaemonLink
+from gateway.spool import Spool
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Notify:
+    n = Notify(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def test_ready_status_watchdog_and_graceful_stop(gateway: Gateway, notify: Notify) -> None:
+    """READY=1 with a STATUS in words, watchdog pings when WatchdogSec is set, and SIGTERM exits 0."""
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="400000")
+    seen = notify.wait_for("READY=1")
+    assert any(m.startswith("STATUS=starting") for m in seen)
+    ready = seen[-1].split("\n")
+    assert "STATUS=ready: 0 waiting, 0 quarantined" in ready
+    notify.wait_for("WATCHDOG=1")
+    proc.send_signal(signal.SIGTERM)
+    assert any("STOPPING=1" in m for m in notify.wait_for("STOPPING=1"))
+    out = stop(proc)
+    assert "stopped: nothing processed" in out
+
+
+def test_second_daemon_on_the_same_state_is_refused(gateway: Gateway, notify: Notify) -> None:
+    """Only one daemon per state directory; the second says which pid holds it."""
+    first = start_and_wait_ready(gateway, notify)
+    try:
+        second = gateway.run("run", check=False, timeout=60)
+        assert second.returncode == 1
+        assert f"another gateway daemon (pid {first.pid}) runs on {gateway.state}" in second.stderr
+    finally:
+        stop(first)
+
+
+def test_events_are_published_for_work_done_by_other_processes(gateway: Gateway, notify: Notify,
+                                                                 tmp_path: Path) -> None:
+    """A subscriber sees letter.registered for a letter ingested by the CLI while the daemon runs."""
+    daemon = start_and_wait_ready(gateway, notify)
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"letter.")
+    sub.setsockopt(zmq.RCVTIMEO, 20000)
+    sub.connect(f"ipc://{gateway.state}/run/events.sock")
+    try:
+        msg = tmp_path / "a.eml"
+        # Subscriptions take a moment to reach the publisher: keep sending until one arrives.
+        frames = None
+        for n in range(20):
+            msg.write_bytes(make_message(n))
+            gateway.run("ingest", str(msg))
+            try:
+                frames = sub.recv_multipart()
+                break
+            except zmq.Again:
+                continue
+        assert frames is not None
+        body = json.loads(frames[1])
+        assert frames[0] == b"letter.registered"
+        assert body["number"].startswith("2026-") and body["status"] == "registered" and body["channel"] == "email"
+    finally:
+        sub.close(0)
+        context.term()
+        stop(daemon)
+
+
+def test_daemon_processes_items_spooled_elsewhere_when_woken(gateway: Gateway, notify: Notify) -> None:
+    """An item put in the spool by another process is registered after a ZeroMQ wake-up."""
+    daemon = start_and_wait_ready(gateway, notify)
+    try:
+        spool = Spool(gateway.state / "spool", gateway.state / "messages")
+        spool.enqueue(make_message(7), {"intake": "file", "channel": "email"})
+        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
+        link.wake()
+        link.close()
+        wait_for(lambda: gateway.list_json(), 20, "the daemon to register the item")
+        assert gateway.list_json()[0]["subject"] == "Letter 7"
+    finally:
+        stop(daemon)
+
+
+def test_poison_item_is_quarantined_without_blocking_others_and_can_be_retried(
+        gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """An item the registry keeps refusing goes to quarantine after max_attempts; the rest go through; retry works."""
+    gateway.run("db", "upgrade")
+    db = gateway.state / "registry.sqlite3"
+    with sqlite3.connect(db) as conn:  # a registry that refuses one letter, as a broken constraint would
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON letters WHEN NEW.subject = 'poison' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused by the registry'); END")
+    spool = Spool(gateway.state / "spool", gateway.state / "messages")
+    spool.enqueue(make_message(1, subject="poison"), {"intake": "file"})
+    for n in range(2, 6):
+        spool.enqueue(make_message(n), {"intake": "file"})
+    gateway.config.write_text(gateway.config.read_text().replace("[spool]", "[spool]\nbatch_size = 8"))
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: len(gateway.list_json()) == 4, 30, "the four good letters")
+        # Backoff is 5 s, 10 s: give the third attempt time.
+        quarantined = wait_for(lambda: json.loads(gateway.run("quarantine", "list", "--json").stdout), 60,
+                               "the poison item in quarantine")
+        [q] = quarantined
+        assert q["attempts"] == 3 and "registration failed" in q["reason"] and q["intake"] == "file"
+        shown = json.loads(gateway.run("quarantine", "show", q["id"], "--json").stdout)
+        assert len(shown["history"]) == 1
+        raw = gateway.run("quarantine", "show", q["id"], "--raw").stdout
+        assert "Subject: poison" in raw
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse")
+        assert gateway.run("quarantine", "retry", q["id"]).stdout.strip() == f"{q['id']}: back in the spool"
+        wait_for(lambda: len(gateway.list_json()) == 5, 20, "the retried letter")
+        assert json.loads(gateway.run("quarantine", "list", "--json").stdout) == []
+        assert not (gateway.state / "spool" / "quarantine" / f"{q['id']}.reason.json").exists()
+    finally:
+        out = stop(daemon)
+    assert f"item {q['id']} quarantined after 3 attempts" in out
+    missing = gateway.run("quarantine", "retry", "nope", check=False)
+    assert missing.returncode == 1 and "no quarantined item nope" in missing.stderr
+
+
+def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """A valid change is applied on SIGHUP; a broken file is refused in one log line and the old one stays."""
+    daemon = start_and_wait_ready(gateway, notify)
+    good = gateway.config.read_text()
+    try:
+        gateway.config.write_text(good.replace('addresses = ["sales@example.org"]',
+                                               'addresses = ["sales@example.org", "orders@example.org"]'))
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        gateway.config.write_text(good + "\n[bogus]\n")
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        assert any("reload refused" in m for m in notify.wait_for("READY=1"))
+        gateway.config.write_text(good)
+        # The daemon still uses the last good configuration (orders@ belongs to business).
+        spool = Spool(gateway.state / "spool", gateway.state / "messages")
+        spool.enqueue(make_message(1, to="orders@example.org"), {"intake": "file"})
+        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
+        link.wake()
+        link.close()
+        wait_for(lambda: gateway.list_json(), 20, "the letter")
+        assert gateway.list_json()[0]["department"] == "business"
+    finally:
+        out = stop(daemon)
+    assert "configuration reloaded from" in out
+    refused = [line for line in out.splitlines() if "reload refused" in line]
+    assert len(refused) == 1 and "bogus: unknown key" in refused[0]
+
+
+def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, notify: Notify) -> None:
+    """With PostgreSQL stopped, ingest spools and exits 75; the daemon registers the item once it is back."""
+    server = PostgresServer()
+    server.start()
+    try:
+        gw = Gateway(tmp_path, registry_url=server.create_database())
+        gw.run("db", "upgrade")
+        server.stop()
+        msg = tmp_path / "a.eml"
+        msg.write_bytes(make_message(1))
+        proc = gw.run("ingest", str(msg), check=False)
+        assert proc.returncode == 75, proc.stderr
+        assert "registry" in proc.stderr
+        # Refused before the spool took it: the user has the file and nothing was lost.
+        daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+        try:
+            seen = notify.wait_for("STATUS=starting: opening the registry")
+            assert seen
+            status = notify.sock.recv(4096).decode()
+            assert status.startswith("STATUS=waiting for the registry")
+            server.start()
+            notify.wait_for("READY=1")
+            proc = gw.run("ingest", str(msg))
+            assert "registered as 2026-000001" in proc.stdout
+            # Now take the database away while the daemon runs, with an item waiting.
+            server.stop()
+            spool = Spool(gw.state / "spool", gw.state / "messages")
+            spool.enqueue(make_message(2), {"intake": "file"})
+            link = DaemonLink(f"ipc://{gw.state}/run/wakeup.sock")
+            link.wake()
+            link.close()
+            # The worker tries, finds no registry, and puts the item back without counting it.
+            wait_for(lambda: gw.spool_files("new") and not gw.spool_files("work"), 20, "a failed try")
+            server.start()
+            wait_for(lambda: len(gw.list_json()) == 2, 60, "the spooled item to be registered")
+            assert gw.spool_files("new") == gw.spool_files("work") == []
+            assert json.loads(gw.run("quarantine", "list", "--json").stdout) == []
+        finally:
+            out = stop(daemon)
+        assert "registry unavailable, 1 item(s) stay spooled" in out
+    finally:
+        server.destroy()

@@ -1,0 +1,204 @@
+"""From a file to a numbered register entry, through the same pipeline the daemon runs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, make_message
+
+
+def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path: Path) -> None:
+    """One message in, one numbered letter out, with sender, recipients, summary, department and events."""
+    msg = tmp_path / "a.eml"
+    msg.write_bytes(make_message(1, subject="Contract renewal", to="Sales <sales@example.org>",
+                                 body="Dear team. We propose to renew the contract for 2027! Regards.\n"))
+    proc = gateway.run("ingest", str(msg))
+    assert proc.stdout.strip() == f"{msg}: registered as 2026-000001"
+    detail = gateway.show_json("2026-000001")
+    assert detail["subject"] == "Contract renewal"
+    assert (detail["sender_name"], detail["sender_address"]) == ("Alice Partner", "alice@partner.example")
+    assert detail["recipients"]["to"] == [{"name": "Sales", "address": "sales@example.org"}]
+    assert detail["department"] == "business"
+    assert detail["status"] == "registered" and detail["channel"] == "email" and detail["intake"] == "file"
+    assert detail["summary"] == "Dear team. We propose to renew the contract for 2027! Regards."
+    assert detail["sent_at"] == "2026-11-23T02:00:00+00:00"
+    assert [e["action"] for e in detail["events"]] == ["received", "registered"]
+    raw = msg.read_bytes()
+    assert detail["raw_size"] == len(raw)
+    stored = gateway.state / detail["raw_path"]
+    assert stored.read_bytes().endswith(raw)
+    assert gateway.spool_files("new") == gateway.spool_files("work") == []
+    table = gateway.run("letters", "show", "2026-000001").stdout
+    assert "Contract renewal" in table and "alice@partner.example" in table and "registered" in table
+
+
+def test_same_file_twice_is_one_letter(gateway: Gateway, tmp_path: Path) -> None:
+    """Ingesting identical bytes again is recorded on the existing letter, not registered anew."""
+    msg = tmp_path / "a.eml"
+    msg.write_bytes(make_message(1))
+    gateway.run("ingest", str(msg))
+    assert gateway.run("ingest", str(msg)).stdout.strip() == f"{msg}: already registered as 2026-000001"
+    assert len(gateway.list_json()) == 1
+    actions = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
+    assert actions == ["received", "registered", "duplicate-arrival"]
+
+
+def test_shared_and_missing_message_ids_are_separate_letters(gateway: Gateway, tmp_path: Path) -> None:
+    """Two messages with one Message-ID, and two without any, are four letters."""
+    files = []
+    for i, mid in enumerate(["<same@x>", "<same@x>", None, None]):
+        f = tmp_path / f"{i}.eml"
+        f.write_bytes(make_message(i, message_id=mid))
+        files.append(str(f))
+    gateway.run("ingest", *files)
+    assert [l["number"] for l in gateway.list_json()] == [f"2026-00000{i}" for i in range(1, 5)]
+
+
+def test_list_filters_and_json(gateway: Gateway, tmp_path: Path) -> None:
+    """letters list filters by department and date, as a table or JSON."""
+    a, b = tmp_path / "a.eml", tmp_path / "b.eml"
+    a.write_bytes(make_message(1, to="sales@example.org"))
+    b.write_bytes(make_message(2, to="someone@else.example"))
+    gateway.run("ingest", str(a), str(b))
+    assert [l["number"] for l in gateway.list_json("--department", "business")] == ["2026-000001"]
+    assert len(gateway.list_json("--status", "registered", "--channel", "email")) == 2
+    assert gateway.list_json("--since", "2999-01-01") == []
+    today = gateway.list_json()[0]["received_at"][:10]
+    assert len(gateway.list_json("--since", "2000-01-01", "--until", "2999-01-01")) == 2
+    assert today
+    table = gateway.run("letters", "list").stdout
+    assert "2 letter(s)" in table and "2026-000002" in table
+
+
+def test_unknown_letter_is_an_error(gateway: Gateway) -> None:
+    """Asking for a number that does not exist says so and exits non-zero."""
+    proc = gateway.run("letters", "show", "2026-999999", check=False)
+    assert proc.returncode == 1 and "no letter 2026-999999" in proc.stderr
+
+
+def test_unreadable_file_is_reported(gateway: Gateway, tmp_path: Path) -> None:
+    """A missing file is named; the others are still ingested."""
+    ok = tmp_path / "ok.eml"
+    ok.write_bytes(make_message(1))
+    proc = gateway.run("ingest", str(tmp_path / "missing.eml"), str(ok), check=False)
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'missing.eml'}: cannot read: No such file or directory" in proc.stderr
+    assert f"{ok}: registered as 2026-000001" in proc.stdout
+
+
+def test_extract_never_writes_outside_the_directory(gateway: Gateway, tmp_path: Path) -> None:
+    """Attachments named to escape (../, absolute, NUL, backslashes) land inside the target directory."""
+    msg = EmailMessage()
+    msg["From"] = "x@partner.example"
+    msg["To"] = "liaison@example.org"
+    msg["Subject"] = "hostile names"
+    msg.set_content("see attached")
+    names = ["../../escape.txt", "/etc/cron.d/evil", "a\x00b.txt", "..\\..\\win.ini", "..", "."]
+    for i, name in enumerate(names):
+        msg.add_attachment(f"payload {i}".encode(), maintype="application", subtype="octet-stream",
+                           filename=name)
+    eml = tmp_path / "hostile.eml"
+    eml.write_bytes(msg.as_bytes())
+    gateway.run("ingest", str(eml))
+    detail = gateway.show_json("2026-000001")
+    assert len(detail["attachments"]) == len(names)
+    for a in detail["attachments"]:
+        assert "/" not in a["filename"] and "\\" not in a["filename"] and "\x00" not in a["filename"]
+        assert a["filename"] not in ("", ".", "..")
+    out = tmp_path / "out"
+    written = gateway.run("letters", "extract", "2026-000001", str(out)).stdout.split("\n")[:-1]
+    assert len(written) == len(names)
+    for path in written:
+        assert Path(path).parent == out
+    assert sorted(p.read_bytes() for p in out.iterdir()) == sorted(f"payload {i}".encode() for i in range(6))
+    assert not (tmp_path / "escape.txt").exists() and not Path("/etc/cron.d/evil").exists()
+
+
+# -- crashes ---------------------------------------------------------------
+class Notify:
+    """A stand-in for systemd's notify socket: a real datagram socket the daemon writes to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(60)
+
+    def wait_for(self, field: str) -> list[str]:
+        seen = []
+        while True:
+            msg = self.sock.recv(4096).decode()
+            seen.append(msg)
+            if field in msg.split("\n"):
+                return seen
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Notify:
+    n = Notify(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+def start_and_wait_ready(gateway: Gateway, notify: Notify) -> subprocess.Popen[str]:
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.parametrize("point", ["after-spool", "before-commit", "after-commit"])
+def test_sigkill_at_each_durable_step_gives_exactly_one_letter(gateway: Gateway, notify: Notify,
+                                                                tmp_path: Path, point: str) -> None:
+    """Killed after the spool write, before the registry commit or before the spool release: one letter after restart."""
+    msg = tmp_path / "a.eml"
+    msg.write_bytes(make_message(1))
+    proc = gateway.run("ingest", str(msg), check=False, env=gateway.env(GATEWAY_CRASH_AT=point))
+    assert proc.returncode == -9
+    assert len(gateway.spool_files("work")) == 1  # the claim died with the process
+    expected = 1 if point == "after-commit" else 0
+    assert len(gateway.list_json()) == expected
+    daemon = start_and_wait_ready(gateway, notify)  # READY comes after recovery
+    try:
+        letters = gateway.list_json()
+        assert len(letters) == 1 and letters[0]["number"] == "2026-000001"
+        assert gateway.spool_files("work") == gateway.spool_files("new") == []
+        events = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
+        assert events == ["received", "registered"]
+    finally:
+        stop(daemon)
+    # And the same file ingested once more is known, not new.
+    assert "already registered as 2026-000001" in gateway.run("ingest", str(msg)).stdout
+
+
+def test_the_daemon_killed_while_processing_recovers_on_restart(gateway: Gateway, notify: Notify,
+                                                                 tmp_path: Path) -> None:
+    """SIGKILL of the daemon before its commit: the item is processed exactly once by the next daemon."""
+    msg = tmp_path / "a.eml"
+    msg.write_bytes(make_message(1))
+    # Spool it without processing: the ingest process dies right after the spool write.
+    gateway.run("ingest", str(msg), check=False, env=gateway.env(GATEWAY_CRASH_AT="after-spool"))
+    crashing = gateway.start(GATEWAY_CRASH_AT="before-commit")
+    crashing.communicate(timeout=60)
+    assert crashing.returncode == -9
+    assert gateway.list_json() == []
+    daemon = start_and_wait_ready(gateway, notify)
+    try:
+        assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+    finally:
+        stop(daemon)
