@@ -172,6 +172,10 @@ class Spool:
         for name in _DIRS:
             (root / name).mkdir(parents=True, exist_ok=True)
         message_dir.mkdir(parents=True, exist_ok=True)
+        # The store's 256 fan-out folders exist up front: no mkdir on the hot path.
+        if not (message_dir / "ff").is_dir():
+            for n in range(256):
+                (message_dir / f"{n:02x}").mkdir(exist_ok=True)
 
     # -- intake ---------------------------------------------------------
     def writer(self, meta: dict[str, Any]) -> SpoolWriter:
@@ -230,7 +234,6 @@ class Spool:
             if stored.exists():
                 item.path.unlink(missing_ok=True)
             else:
-                stored.parent.mkdir(exist_ok=True)
                 os.rename(item.path, stored)
         else:
             item.path.unlink(missing_ok=True)

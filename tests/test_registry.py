@@ -76,6 +76,16 @@ def test_same_bytes_twice_give_one_letter_and_an_event(registry: Registry) -> No
     assert letter.events[2].details["keys"] == ["spool:other"]
 
 
+def test_same_bytes_twice_in_one_batch(registry: Registry) -> None:
+    """Identical bytes arriving in the same batch: the first is registered, the second recorded on it."""
+    results = registry.register([new_letter(1, body=b"twin"), new_letter(2),
+                                 new_letter(3, body=b"twin", keys=["spool:twin-2"])])
+    assert [r.outcome for r in results] == ["registered", "registered", "duplicate"]
+    assert results[2].number == results[0].number == "2026-000001"
+    assert results[1].number == "2026-000002"
+    assert [e.action for e in registry.letter("2026-000001").events][-1] == "duplicate-arrival"
+
+
 def test_same_intake_key_again_is_known_without_a_new_event(registry: Registry) -> None:
     """Re-registering an item already committed (crash before release) adds nothing."""
     [first] = registry.register([new_letter(1)])

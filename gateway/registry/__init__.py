@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import selectinload, sessionmaker
 
 from gateway.registry import schema
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries
@@ -140,8 +140,8 @@ class Registry:
         """Register a batch in one transaction; retried when a concurrent writer collides."""
         for attempt in range(5):
             try:
-                with self.sessions.begin() as session:
-                    return [self._register_one(session, new) for new in letters]
+                with self.engine.begin() as conn:
+                    return self._register_batch(conn, list(letters))
             except IntegrityError:
                 # Another process registered the same bytes or took the same
                 # new series at the same moment; a fresh look will see it.
@@ -151,73 +151,115 @@ class Registry:
                 raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
         raise AssertionError("unreachable")
 
-    def _register_one(self, session: Session, new: NewLetter) -> Registered:
-        known = session.execute(
-            select(Letter.id, Letter.number, Letter.status).join(IntakeKey, IntakeKey.letter_id == Letter.id)
-            .where(IntakeKey.key.in_(new.intake_keys)).limit(1)).first()
-        if known is not None:
-            # Registered before, the spool copy was not released (crash): nothing to add.
-            self._add_keys(session, known.id, new.intake_keys)
-            return Registered(known.number, known.id, "known", known.status)
-
+    def _register_batch(self, conn: Connection, letters: list[NewLetter]) -> list[Registered]:
+        # Core statements, a handful per batch rather than several per letter:
+        # registration is the hot path of every intake.
         now = _utcnow()
-        same_bytes = session.execute(
-            select(Letter.id, Letter.number, Letter.status).where(Letter.raw_sha256 == new.raw_sha256)).first()
-        if same_bytes is not None:
-            session.add(Event(letter_id=same_bytes.id, at=now, actor=new.actor, action="duplicate-arrival",
-                              details={"intake": new.intake, "keys": new.intake_keys,
+        all_keys = [k for new in letters for k in new.intake_keys]
+        known = {row.key: row for row in conn.execute(
+            select(IntakeKey.key, Letter.id, Letter.number, Letter.status)
+            .join(Letter, IntakeKey.letter_id == Letter.id).where(IntakeKey.key.in_(all_keys)))}
+        by_sha = {row.raw_sha256: row for row in conn.execute(
+            select(Letter.raw_sha256, Letter.id, Letter.number, Letter.status)
+            .where(Letter.raw_sha256.in_({new.raw_sha256 for new in letters})))}
+
+        results: list[Registered | None] = [None] * len(letters)
+        fresh: list[int] = []  # indexes of letters to insert
+        first_in_batch: dict[str, int] = {}
+        for i, new in enumerate(letters):
+            hit = next((known[k] for k in new.intake_keys if k in known), None)
+            if hit is not None:
+                # Registered before; the spool copy was not released (crash).
+                results[i] = Registered(hit.number, hit.id, "known", hit.status)
+            elif new.raw_sha256 not in by_sha and new.raw_sha256 not in first_in_batch:
+                first_in_batch[new.raw_sha256] = i
+                fresh.append(i)
+
+        # Numbers: one counter update per series for the whole batch.
+        locals_ = {i: letters[i].received_at.astimezone(self.tz) for i in fresh}
+        per_series: dict[str, list[int]] = {}
+        for i in fresh:
+            per_series.setdefault(self.template.series(locals_[i], letters[i].channel), []).append(i)
+        seqs: dict[int, tuple[str, int]] = {}
+        for series, members in per_series.items():
+            last = self._advance(conn, series, len(members))
+            for offset, i in enumerate(members):
+                seqs[i] = (series, last - len(members) + 1 + offset)
+
+        rows = []
+        for i in fresh:
+            new, (series, seq) = letters[i], seqs[i]
+            fax = new.fax
+            rows.append({
+                "number": self.template.render(locals_[i], new.channel, seq), "series": series, "seq": seq,
+                "channel": new.channel, "intake": new.intake, "status": "registered",
+                "sender_name": new.sender_name, "sender_address": new.sender_address,
+                "recipients": new.recipients, "recipient": new.recipient, "department": new.department,
+                "subject": new.subject, "received_at": new.received_at, "sent_at": new.sent_at,
+                "message_id": new.message_id, "summary": new.summary, "body_text": new.body_text,
+                "category": None, "urgency": "regular", "confidentiality": "normal", "deadline": None,
+                "raw_sha256": new.raw_sha256, "raw_size": new.raw_size, "raw_path": new.raw_path,
+                "envelope": new.envelope, "defects": new.defects, "flags": new.flags,
+                "fax_number": fax.get("number"), "fax_caller_id": fax.get("caller_id"),
+                "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),
+                "fax_sent_at": fax.get("sent_at"), "created_at": now, "updated_at": now,
+            })
+        ids: list[int] = []
+        if rows:
+            ids = list(conn.execute(insert(Letter).returning(Letter.id, sort_by_parameter_order=True),
+                                    rows).scalars())
+
+        events: list[dict[str, Any]] = []
+        attachments: list[dict[str, Any]] = []
+        for i, letter_id, row in zip(fresh, ids, rows):
+            new = letters[i]
+            results[i] = Registered(row["number"], letter_id, "registered", "registered")
+            attachments += [{"letter_id": letter_id, "position": n, **vars(a)}
+                            for n, a in enumerate(new.attachments)]
+            events.append(self._event(letter_id, new.received_at, new.intake, "received", None,
+                                      {"keys": new.intake_keys, "size": new.raw_size}))
+            events.append(self._event(letter_id, now, new.actor, "registered", new.department,
+                                      {"number": row["number"], "defects": len(new.defects),
+                                       "attachments": len(new.attachments)}))
+        for i, new in enumerate(letters):
+            if results[i] is not None:
+                continue
+            # The same bytes as an earlier letter, or as one earlier in this batch.
+            same = by_sha.get(new.raw_sha256)
+            if same is not None:
+                original = Registered(same.number, same.id, "duplicate", same.status)
+            else:
+                original = replace(results[first_in_batch[new.raw_sha256]], outcome="duplicate")  # type: ignore[arg-type]
+            results[i] = original
+            events.append(self._event(original.letter_id, now, new.actor, "duplicate-arrival", None,
+                                      {"intake": new.intake, "keys": new.intake_keys,
                                        "received_at": new.received_at.isoformat()}))
-            self._add_keys(session, same_bytes.id, new.intake_keys)
-            return Registered(same_bytes.number, same_bytes.id, "duplicate", same_bytes.status)
 
-        local = new.received_at.astimezone(self.tz)
-        series = self.template.series(local, new.channel)
-        seq = self._next_seq(session, series)
-        number = self.template.render(local, new.channel, seq)
-        fax = new.fax
-        letter = Letter(
-            number=number, series=series, seq=seq, channel=new.channel, intake=new.intake,
-            status="registered", sender_name=new.sender_name, sender_address=new.sender_address,
-            recipients=new.recipients, recipient=new.recipient, department=new.department,
-            subject=new.subject, received_at=new.received_at, sent_at=new.sent_at,
-            message_id=new.message_id, summary=new.summary, body_text=new.body_text,
-            raw_sha256=new.raw_sha256, raw_size=new.raw_size, raw_path=new.raw_path,
-            envelope=new.envelope, defects=new.defects, flags=new.flags,
-            fax_number=fax.get("number"), fax_caller_id=fax.get("caller_id"),
-            fax_sender_name=fax.get("sender_name"), fax_pages=fax.get("pages"),
-            fax_sent_at=fax.get("sent_at"), created_at=now, updated_at=now,
-            urgency="regular", confidentiality="normal",
-        )
-        letter.attachments = [Attachment(position=i, **vars(a)) for i, a in enumerate(new.attachments)]
-        session.add(letter)
-        session.flush()
-        session.add_all([
-            Event(letter_id=letter.id, at=new.received_at, actor=new.intake, action="received",
-                  details={"keys": new.intake_keys, "size": new.raw_size}),
-            Event(letter_id=letter.id, at=now, actor=new.actor, action="registered",
-                  to_department=new.department,
-                  details={"number": number, "defects": len(new.defects),
-                           "attachments": len(new.attachments)}),
-        ])
-        self._add_keys(session, letter.id, new.intake_keys)
-        return Registered(number, letter.id, "registered", letter.status)
+        # Every key of every item, so that the next arrival of any of them is recognised.
+        key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}  # type: ignore[union-attr]
+                    for new, r in zip(letters, results) for k in new.intake_keys if k not in known}
+        for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values()))):
+            if values:
+                conn.execute(insert(table), values)
+        return results  # type: ignore[return-value]
 
-    def _add_keys(self, session: Session, letter_id: int, keys: list[str]) -> None:
-        if not keys:
-            return
-        existing = set(session.scalars(select(IntakeKey.key).where(IntakeKey.key.in_(keys))))
-        now = _utcnow()
-        session.add_all(IntakeKey(key=k, letter_id=letter_id, at=now) for k in keys if k not in existing)
+    @staticmethod
+    def _event(letter_id: int, at: datetime, actor: str, action: str, to_department: str | None,
+               details: dict[str, Any]) -> dict[str, Any]:
+        return {"letter_id": letter_id, "at": at, "actor": actor, "action": action,
+                "from_department": None, "to_department": to_department, "details": details}
 
-    def _next_seq(self, session: Session, series: str) -> int:
-        # One statement: create the series at 1 or add 1, and hold the row lock
-        # until commit, which is what makes numbers gap-free across processes.
-        dialect = session.get_bind().dialect.name
-        ins = (pg_insert if dialect == "postgresql" else sqlite_insert)(NumberSeries)
-        stmt = ins.values(series=series, last_seq=1).on_conflict_do_update(
-            index_elements=[NumberSeries.series], set_={"last_seq": NumberSeries.last_seq + 1},
+    def _advance(self, conn: Connection, series: str, count: int) -> int:
+        """Add `count` to a series (creating it) and return its new last number.
+
+        One statement that holds the counter's row lock until commit: that is
+        what keeps numbers gap-free across processes.
+        """
+        ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(NumberSeries)
+        stmt = ins.values(series=series, last_seq=count).on_conflict_do_update(
+            index_elements=[NumberSeries.series], set_={"last_seq": NumberSeries.last_seq + count},
         ).returning(NumberSeries.last_seq)
-        return int(session.execute(stmt).scalar_one())
+        return int(conn.execute(stmt).scalar_one())
 
     # -- reading --------------------------------------------------------
     def letter(self, number: str) -> Letter | None:
