@@ -105,6 +105,46 @@ class DaemonSection(_Strict):
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
 
 
+class SmtpSection(_Strict):
+    enabled: bool = True
+    listen: list[str] = Field(default=["127.0.0.1:2525"], min_length=1)
+    hostname: str = Field(default="localhost", min_length=1, pattern=r"^[A-Za-z0-9.-]+$")
+    accept_addresses: list[str] = []
+    accept_domains: list[str] = []
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_sessions: int = Field(default=100, ge=1)
+    max_recipients: int = Field(default=100, ge=1)
+    max_connections_per_minute: int = Field(default=60, ge=0)
+    command_timeout: float = Field(default=300.0, gt=0)
+    data_timeout: float = Field(default=600.0, gt=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    require_tls: bool = False
+    auth_users_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, values: list[str]) -> list[str]:
+        for value in values:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not HOST:PORT")
+        return values
+
+    @field_validator("accept_addresses")
+    @classmethod
+    def _accept(cls, values: list[str]) -> list[str]:
+        return [_check_address(v) for v in values]
+
+    @field_validator("accept_domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if "@" in value or "." not in value:
+                raise ValueError(f"{value!r} is not a domain name")
+        return [v.lower() for v in values]
+
+
 class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     timestamps: bool = True
@@ -117,6 +157,7 @@ class ConfigModel(_Strict):
     normalise: NormaliseSection = NormaliseSection()
     triage: TriageSection
     daemon: DaemonSection = DaemonSection()
+    smtp: SmtpSection = SmtpSection()
     logging: LoggingSection = LoggingSection()
     departments: list[Department] = Field(min_length=1)
 
@@ -167,6 +208,16 @@ class Config:
 
     def endpoint(self, template: str) -> str:
         return template.replace("{state_dir}", str(self.state_dir))
+
+    def smtp_path(self, value: Path | None) -> Path | None:
+        return None if value is None else (value if value.is_absolute() else self.path.parent / value)
+
+    def accepts(self, address: str) -> bool:
+        """Is this a recipient the SMTP listener takes mail for?"""
+        address = address.lower()
+        smtp = self.model.smtp
+        return (address in smtp.accept_addresses or address.rpartition("@")[2] in smtp.accept_domains
+                or self.department_for_address(address) is not None)
 
     def department_for_address(self, address: str) -> str | None:
         address = address.lower()
@@ -255,6 +306,19 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                 issues.append(ConfigIssue(config.path, f"departments[{i}].addresses[{j}]",
                                           f"{address} already belongs to department {claimed[address]!r}"))
             claimed.setdefault(address, dept.id)
+    smtp = config.model.smtp
+    for key in ("tls_certificate", "tls_key", "auth_users_file"):
+        path = config.smtp_path(getattr(smtp, key))
+        if path is not None and not os.access(path, os.R_OK):
+            issues.append(ConfigIssue(config.path, f"smtp.{key}", f"cannot read {path}"))
+    if (smtp.tls_certificate is None) != (smtp.tls_key is None):
+        issues.append(ConfigIssue(config.path, "smtp.tls_key" if smtp.tls_key is None else "smtp.tls_certificate",
+                                  "tls_certificate and tls_key go together"))
+    if smtp.auth_users_file is not None and smtp.tls_certificate is None:
+        issues.append(ConfigIssue(config.path, "smtp.auth_users_file",
+                                  "AUTH is offered only over TLS: set tls_certificate and tls_key"))
+    if smtp.require_tls and smtp.tls_certificate is None:
+        issues.append(ConfigIssue(config.path, "smtp.require_tls", "needs tls_certificate and tls_key"))
     if config.model.triage.department not in known:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import signal
+import ssl
 import threading
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,8 @@ from gateway import config as config_mod
 from gateway import logs
 from gateway.config import Config, ConfigError
 from gateway.events import EventPublisher
-from gateway.pipeline import Pipeline
+from gateway.adapters.smtp import SmtpIntake
+from gateway.pipeline import Pipeline, Registrar
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.sdnotify import Notifier
 from gateway.spool import Spool
@@ -67,6 +69,8 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self.publisher: EventPublisher | None = None
         self.pipeline: Pipeline | None = None
+        self.registrar: Registrar | None = None
+        self.smtp: SmtpIntake | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -107,6 +111,18 @@ class Daemon:
             pidlock.release()
             return 1
         self.pipeline = Pipeline(self.config, self.spool, self.registry, self.publisher.publish)
+        self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size)
+        listening = ""
+        if self.config.model.smtp.enabled:
+            try:
+                self.smtp = SmtpIntake(self.config, self.spool, self.registrar)
+                listening = ", SMTP on " + ", ".join(await self.smtp.start())
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.error("cannot start the SMTP listener: %s", exc)
+                self.registrar.close()
+                self.publisher.close()
+                pidlock.release()
+                return 1
 
         self._start_workers()
         scheduler = AsyncIOScheduler()
@@ -119,19 +135,22 @@ class Daemon:
             tasks.append(asyncio.create_task(self._watchdog(interval)))
 
         waiting = len(self.spool.pending())
-        log.info("gateway ready: registry %s, state in %s, %d item(s) waiting, %d worker(s)",
-                 self.registry.safe_url, self.config.state_dir, waiting, len(self._workers))
+        log.info("gateway ready: registry %s, state in %s, %d item(s) waiting, %d worker(s)%s",
+                 self.registry.safe_url, self.config.state_dir, waiting, len(self._workers), listening)
         self.notifier.ready(f"ready: {waiting} waiting, {len(self.spool.quarantined())} quarantined")
 
         await self._stop.wait()
 
         self.notifier.stopping("stopping: finishing items in progress")
         log.info("stopping: letting in-flight items finish")
+        if self.smtp is not None:
+            await self.smtp.stop()  # no new sessions; sessions in DATA finish their reply
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self._stop_workers)
+        await asyncio.to_thread(self.registrar.close)
         wakeup.close(0)
         self.publisher.close()
         context.term()
@@ -254,11 +273,20 @@ class Daemon:
             ("gateway.letter_number", self.config.model.gateway.letter_number, new.model.gateway.letter_number),
             ("daemon", self.config.model.daemon, new.model.daemon),
             ("spool", self.config.model.spool, new.model.spool),
+            ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
         ) if old != cur]
         self.config = new
         if self.pipeline is not None:
             self.pipeline.config = new
+        if self.smtp is not None:
+            self.smtp.reload(new)
         logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
         log.info("configuration reloaded from %s%s", new.path,
                  f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
         self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")
+
+
+def _listener_settings(config: Config) -> tuple[object, ...]:
+    smtp = config.model.smtp
+    return (smtp.enabled, smtp.listen, smtp.hostname, smtp.tls_certificate, smtp.tls_key,
+            smtp.auth_users_file, smtp.max_message_bytes, smtp.command_timeout, smtp.require_tls)

@@ -7,8 +7,11 @@ item's fault, so the attempt does not count).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,7 +96,10 @@ class Pipeline:
                                        a.size, a.sha256, a.origin) for a in parsed.attachments],
         )
 
-    def process(self, items: list[SpoolItem]) -> list[Outcome]:
+    def process(self, items: list[SpoolItem], *, discard_when_unavailable: bool = False) -> list[Outcome]:
+        """Normalise and register a batch. With discard_when_unavailable (an intake
+        that can still answer "try again", like SMTP), items the registry could
+        not take are deleted instead of kept, so that the retry is the only copy."""
         outcomes: list[Outcome] = []
         ready: list[tuple[SpoolItem, NewLetter]] = []
         for item in items:
@@ -107,9 +113,13 @@ class Pipeline:
         try:
             results = self.registry.register([new for _, new in ready])
         except RegistryUnavailable as exc:
-            log.warning("registry unavailable, %d item(s) stay spooled: %s", len(ready), exc)
+            if discard_when_unavailable:
+                log.warning("registry unavailable, %d item(s) refused for a retry by the sender: %s",
+                            len(ready), exc)
+            else:
+                log.warning("registry unavailable, %d item(s) stay spooled: %s", len(ready), exc)
             for item, _ in ready:
-                self.spool.release(item)
+                (self.spool.discard if discard_when_unavailable else self.spool.release)(item)
             return outcomes + [Outcome(item.id, "released", reason=str(exc)) for item, _ in ready]
         except Exception:
             if len(ready) == 1:
@@ -118,18 +128,18 @@ class Pipeline:
                 return outcomes + [self._failed(item, "registration failed (see log)")]
             # Find the one that fails without holding back the rest.
             for item, new in ready:
-                outcomes += self._register_alone(item, new)
+                outcomes += self._register_alone(item, new, discard_when_unavailable)
             return outcomes
         checkpoint("after-commit")
         for (item, new), result in zip(ready, results):
             outcomes.append(self._finish(item, new, result))
         return outcomes
 
-    def _register_alone(self, item: SpoolItem, new: NewLetter) -> list[Outcome]:
+    def _register_alone(self, item: SpoolItem, new: NewLetter, discard_when_unavailable: bool) -> list[Outcome]:
         try:
             [result] = self.registry.register([new])
         except RegistryUnavailable as exc:
-            self.spool.release(item)
+            (self.spool.discard if discard_when_unavailable else self.spool.release)(item)
             return [Outcome(item.id, "released", reason=str(exc))]
         except Exception as exc:
             log.exception("item %s: registration failed", item.id)
@@ -163,3 +173,67 @@ class Pipeline:
 def _quote(text: str, limit: int = 80) -> str:
     text = text.replace("\n", " ")
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+class Registrar:
+    """Registers items handed over by in-process intakes, in batches, off the event loop.
+
+    Sessions that finish DATA at the same moment share one registry
+    transaction (group commit); each gets its own outcome back.
+    """
+
+    def __init__(self, pipeline: Pipeline, batch_size: int):
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self._queue: queue.SimpleQueue[tuple[SpoolItem, asyncio.Future[Outcome]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="registrar", daemon=True)
+        self._thread.start()
+
+    async def register(self, item: SpoolItem) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put((item, future))
+        return await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.batch_size:
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is None:
+                    stop = True
+                    break
+                batch.append(entry)
+            try:
+                outcomes = self.pipeline.process([item for item, _ in batch], discard_when_unavailable=True)
+                by_id = {o.item_id: o for o in outcomes}
+                for item, future in batch:
+                    future.get_loop().call_soon_threadsafe(_resolve, future, by_id[item.id])
+            except Exception as exc:  # a bug: the senders are told to retry, so drop our copies
+                log.exception("registrar: unexpected error")
+                for item, future in batch:
+                    if item._fd is not None:
+                        self.pipeline.spool.discard(item)
+                    future.get_loop().call_soon_threadsafe(_fail, future, exc)
+            if stop:
+                return
+
+
+def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _fail(future: asyncio.Future[Outcome], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)

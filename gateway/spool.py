@@ -267,6 +267,13 @@ class Spool:
         finally:
             item._unlock()
 
+    def discard(self, item: SpoolItem) -> None:
+        """Drop an item that its sender was told to send again (SMTP 4xx)."""
+        try:
+            item.path.unlink(missing_ok=True)
+        finally:
+            item._unlock()
+
     def recover(self) -> tuple[int, int]:
         """Return abandoned claims to new/ and clear debris; (requeued, quarantined)."""
         requeued = quarantined = 0

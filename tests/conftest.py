@@ -126,6 +126,7 @@ class Gateway:
     """One configured gateway: its config file, state directory and commands."""
 
     def __init__(self, tmp: Path, registry_url: str = "", extra: str = ""):
+        self.smtp_port = free_port()
         self.state = tmp / "storage"
         self.config = tmp / "gateway.toml"
         self.config.write_text(textwrap.dedent(f"""
@@ -145,6 +146,11 @@ class Gateway:
 
             [logging]
             level = "INFO"
+
+            [smtp]
+            listen = ["127.0.0.1:{self.smtp_port}"]
+            hostname = "gw.example.org"
+            accept_addresses = ["fax-inbox@example.org"]
         """) + extra + DEPARTMENTS)
 
     def env(self, **extra: str) -> dict[str, str]:

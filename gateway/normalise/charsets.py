@@ -71,9 +71,14 @@ def resolve_charset(label: str) -> str | None:
         return _SUPERSET_BY_LABEL[normalised]
     try:
         codec = codecs.lookup(normalised)
-        b"".decode(codec.name)  # refuses bytes-to-bytes codecs such as base64 or zlib
     except (LookupError, ValueError, TypeError):
         return None
+    try:
+        b"a".decode(codec.name)
+    except UnicodeError:
+        pass  # a text codec that merely rejects this byte
+    except LookupError:
+        return None  # a bytes-to-bytes codec such as base64 or zlib
     if codec.name in _NOT_MAIL_CHARSETS:
         return None
     return codec.name
@@ -102,13 +107,25 @@ def decode_bytes(data: bytes, charset: str | None) -> tuple[str, str | None]:
     if codec == "ascii":
         text, used = _best_effort(data)
         return text, f"charset {shown} declared but 8-bit bytes found, decoded as {used}"
-    # Valid UTF-8 is strong evidence of a mislabelled part; any other guess is not.
+    # Valid UTF-8 is strong evidence of a mislabelled part; gb18030 validity is weak evidence,
+    # so it is only tried when text labelled utf-8 is mostly invalid (GBK sent as "utf-8").
     if codec != "utf-8":
         try:
             return data.decode("utf-8"), f"text is not valid {shown}, decoded as utf-8"
         except UnicodeDecodeError:
             pass
-    return data.decode(codec, "replace"), f"invalid bytes for charset {shown}, replaced"
+    replaced = data.decode(codec, "replace")
+    if codec == "utf-8" and _mostly_invalid(data, replaced):
+        try:
+            return data.decode("gb18030"), f"text is not valid {shown}, decoded as gb18030"
+        except UnicodeDecodeError:
+            pass
+    return replaced, f"invalid bytes for charset {shown}, replaced"
+
+
+def _mostly_invalid(data: bytes, replaced: str) -> bool:
+    eight_bit = len(data) - len(data.translate(None, bytes(range(0x80, 0x100))))
+    return replaced.count("\ufffd") * 5 > eight_bit
 
 
 def _decode_undeclared(data: bytes) -> tuple[str, str | None]:

@@ -1,0 +1,358 @@
+"""SMTP intake: mail sent straight to the organisation, accepted only when durable.
+
+The server is aiosmtpd's protocol with DATA replaced: the message streams
+into a spool item (a Received: trace header first) instead of a list of lines
+in memory, and 250 is answered only after the item is fsynced and registered.
+When the spool or the registry cannot take it, the item is dropped and the
+client gets a 451, so the sending MTA keeps its copy and retries.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+import time
+from collections import defaultdict, deque
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from gateway.config import Config
+from gateway.pipeline import Registrar
+from gateway.spool import Spool, SpoolError, SpoolWriter
+
+log = logging.getLogger("gateway.intake.smtp")
+
+IDENT = "Correspondence Gateway"
+
+
+# -- credentials ---------------------------------------------------------------
+def hash_password(password: str, *, n: int = 2 ** 14, r: int = 8, p: int = 1) -> str:
+    """A line for auth_users_file is `user:` followed by this."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _verify(password: bytes, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(password, salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(base64.b64decode(digest)))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+class Credentials:
+    """`user:scrypt$...` lines; read at start and on reload, never logged."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.users: dict[str, str] = {}
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, encoded = line.partition(":")
+            if not sep or not encoded.startswith("scrypt$"):
+                raise ValueError(f"{path}:{number}: expected 'user:scrypt$...'")
+            self.users[user] = encoded
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode(errors="replace")
+            encoded = self.users.get(user)
+            if encoded is not None and _verify(auth_data.password, encoded):
+                return AuthResult(success=True, auth_data=user)
+            log.warning("%s: AUTH %s failed for user %r", _peer(session), mechanism, user)
+        return AuthResult(success=False, handled=False)
+
+
+# -- limits ------------------------------------------------------------------
+class Limits:
+    """Concurrent sessions overall and new connections per client address per minute."""
+
+    def __init__(self, max_sessions: int, per_minute: int):
+        self.max_sessions = max_sessions
+        self.per_minute = per_minute
+        self.sessions = 0
+        self._recent: dict[str, deque[float]] = defaultdict(deque)
+
+    def admit(self, address: str) -> str | None:
+        """None to admit, else the reason for a 421."""
+        if self.sessions >= self.max_sessions:
+            return f"too many sessions ({self.max_sessions}), try again later"
+        if self.per_minute:
+            now = time.monotonic()
+            recent = self._recent[address]
+            while recent and recent[0] < now - 60:
+                recent.popleft()
+            if len(recent) >= self.per_minute:
+                return f"too many connections from {address} ({self.per_minute} a minute), try again later"
+            recent.append(now)
+        return None
+
+
+def _peer(session: Session | None) -> str:
+    if session is None or not session.peer:
+        return "?"
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def _clean(value: str, limit: int = 200) -> str:
+    """Client-supplied text for a header: printable ASCII only, one line, bounded."""
+    return "".join(c if 32 < ord(c) < 127 else "?" for c in value)[:limit]
+
+
+# -- the protocol ------------------------------------------------------------
+class IntakeSMTP(SMTP):
+    # Real mail has lines longer than RFC 5321's 1000 octets; Postfix takes
+    # them, and so do we (bounded, so memory stays bounded).
+    line_length_limit = 64 * 1024
+
+    def __init__(self, intake: SmtpIntake, **kwargs: Any):
+        self.intake = intake
+        self._counted = False
+        self._transactions = 0
+        self._session_id = secrets.token_hex(6)
+        super().__init__(intake, **kwargs)
+
+    async def _handle_client(self) -> None:
+        refusal = self.intake.limits.admit(_peer(self.session))
+        if refusal is not None:
+            log.warning("%s: refused connection: %s", _peer(self.session), refusal)
+            await self.push(f"421 4.7.0 {self.hostname} {refusal}")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.intake.limits.sessions += 1
+        self._counted = True
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self.intake.limits.sessions -= 1
+            self._counted = False
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        # Say why before hanging up, and log it once.
+        log.warning("%s: session %s timed out", _peer(self.session), self._session_id)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(f"421 4.4.2 {self.hostname} timeout exceeded, closing\r\n".encode())
+        super()._timeout_cb()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and self.session is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        self._transactions += 1
+        try:
+            writer = self.intake.spool.writer(self.intake.meta(self, self._transactions))
+            writer.write(self.intake.received_header(self, self._session_id))
+        except SpoolError as exc:
+            log.error("%s: cannot spool: %s", _peer(self.session), exc)
+            await self.push("451 4.3.0 Error: cannot store the message now, try again later")
+            self._set_post_data_state()
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            status = await self._receive(writer)
+        except BaseException:  # connection lost mid-DATA: nothing was acknowledged
+            writer.abort()
+            raise
+        if status is not None:
+            writer.abort()
+            self._set_post_data_state()
+            await self.push(status)
+            return
+        status = await self.intake.accept(writer, self)
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def _receive(self, writer: SpoolWriter) -> str | None:
+        """Stream the data into the spool writer; None when it all arrived and fits."""
+        limit = self.data_size_limit
+        failure: str | None = None
+        received = 0
+        while self.transport is not None:
+            # A stalled client is cut off after data_timeout of silence.
+            self._reset_timeout(self.intake.data_timeout)
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                line = await self._reader.read(exc.consumed)
+                failure = failure or "500 5.5.2 Error: line too long"
+                continue
+            if line == b".\r\n":
+                break
+            if line.startswith(b"."):
+                line = line[1:]
+            received += len(line)
+            if limit and received > limit:
+                failure = failure or "552 5.3.4 Error: message exceeds the fixed maximum message size"
+            if failure is None:
+                try:
+                    writer.write(line)
+                except SpoolError as exc:
+                    log.error("%s: cannot spool: %s", _peer(self.session), exc)
+                    failure = "451 4.3.0 Error: cannot store the message now, try again later"
+        self._reset_timeout()
+        if failure:
+            log.warning("%s: message refused: %s (%d bytes)", _peer(self.session), failure, received)
+        return failure
+
+
+class SmtpIntake:
+    """The listener(s) and the handler hooks aiosmtpd calls."""
+
+    def __init__(self, config: Config, spool: Spool, registrar: Registrar):
+        self.config = config
+        self.spool = spool
+        self.registrar = registrar
+        smtp = config.model.smtp
+        self.limits = Limits(smtp.max_sessions, smtp.max_connections_per_minute)
+        self.data_timeout = smtp.data_timeout
+        self.tls_context: ssl.SSLContext | None = None
+        if smtp.tls_certificate and smtp.tls_key:
+            self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls_context.load_cert_chain(config.smtp_path(smtp.tls_certificate),  # type: ignore[arg-type]
+                                             config.smtp_path(smtp.tls_key))
+        auth_file = config.smtp_path(smtp.auth_users_file)
+        self.credentials = Credentials(auth_file) if auth_file else None
+        self._servers: list[asyncio.base_events.Server] = []
+
+    def reload(self, config: Config) -> None:
+        """Accepted addresses and limits follow the configuration; listeners need a restart."""
+        self.config = config
+        smtp = config.model.smtp
+        self.limits.max_sessions = smtp.max_sessions
+        self.limits.per_minute = smtp.max_connections_per_minute
+        self.data_timeout = smtp.data_timeout
+
+    def _protocol(self) -> IntakeSMTP:
+        smtp = self.config.model.smtp
+        kwargs: dict[str, Any] = dict(
+            data_size_limit=smtp.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+            hostname=smtp.hostname, ident=IDENT, timeout=smtp.command_timeout,
+            tls_context=self.tls_context, require_starttls=smtp.require_tls, auth_require_tls=True,
+        )
+        if self.credentials is not None:
+            kwargs["authenticator"] = self.credentials
+        else:
+            kwargs["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
+        return IntakeSMTP(self, **kwargs)
+
+    async def start(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        bound = []
+        for address in self.config.model.smtp.listen:
+            host, _, port = address.rpartition(":")
+            server = await loop.create_server(self._protocol, host=host.strip("[]"), port=int(port),
+                                              reuse_address=True)
+            self._servers.append(server)
+            bound.append(address)
+        return bound
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    # -- aiosmtpd hooks ----------------------------------------------------
+    async def handle_MAIL(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.config.model.smtp.require_tls and session.ssl is None:
+            return "530 5.7.0 Must issue a STARTTLS command first"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if not self.config.accepts(address):
+            log.info("%s: refused recipient <%s> (not ours; no relaying)", _peer(session), _clean(address))
+            return "550 5.7.1 <{}>: relay access denied".format(_clean(address))
+        if len(envelope.rcpt_tos) >= self.config.model.smtp.max_recipients:
+            return "452 4.5.3 Error: too many recipients"
+        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    # -- what DATA produces ------------------------------------------------
+    def meta(self, server: IntakeSMTP, transaction: int) -> dict[str, Any]:
+        session, envelope = server.session, server.envelope
+        assert session is not None and envelope is not None
+        mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        return {
+            "intake": "smtp", "channel": "email",
+            "source_key": f"smtp:{server._session_id}:{transaction}",
+            "envelope": {
+                "mail_from": mail_from, "rcpt_to": list(envelope.rcpt_tos), "client": _peer(session),
+                "helo": session.host_name or "", "tls": session.ssl is not None,
+                "auth_user": session.auth_data if session.authenticated else None,
+                "session": server._session_id,
+            },
+            "flags": ["bounce"] if not mail_from else [],
+        }
+
+    def received_header(self, server: IntakeSMTP, session_id: str) -> bytes:
+        session, envelope = server.session, server.envelope
+        assert session is not None and envelope is not None
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.ssl is not None:
+            protocol += "S"
+        if session.authenticated:
+            protocol += "A"
+        tls = ""
+        if session.ssl is not None and server.transport is not None:
+            ssl_object = server.transport.get_extra_info("ssl_object")
+            if ssl_object is not None:
+                tls = f" (using {ssl_object.version()} with cipher {ssl_object.cipher()[0]})"
+        rcpt = f"\r\n\tfor <{_clean(envelope.rcpt_tos[0])}>" if len(envelope.rcpt_tos) == 1 else ""
+        stamp = format_datetime(datetime.now(timezone.utc))
+        header = (f"Received: from {_clean(session.host_name or 'unknown')} ([{_peer(session)}])\r\n"
+                  f"\tby {server.hostname} ({IDENT}) with {protocol} id {session_id}{tls}{rcpt};\r\n"
+                  f"\t{stamp}\r\n")
+        return header.encode("ascii")
+
+    async def accept(self, writer: SpoolWriter, server: IntakeSMTP) -> str:
+        """Commit the item, register it, and say what happened in the reply."""
+        peer = _peer(server.session)
+        try:
+            item = await asyncio.to_thread(writer.commit, claim=True)
+        except SpoolError as exc:
+            log.error("%s: cannot spool: %s", peer, exc)
+            return "451 4.3.0 Error: cannot store the message now, try again later"
+        try:
+            outcome = await self.registrar.register(item)
+        except Exception:
+            return "451 4.3.0 Error: local problem, try again later"
+        if outcome.result == "released":
+            return "451 4.3.0 Error: the register is unavailable, try again later"
+        if outcome.number:
+            verb = "registered as" if outcome.result == "registered" else "already registered as"
+            return f"250 2.0.0 OK {verb} {outcome.number}"
+        # Durable in the spool, to be registered after a retry or by an operator.
+        return f"250 2.0.0 OK queued as {item.id}"

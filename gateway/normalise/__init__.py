@@ -1,0 +1,18 @@
+"""Turns a raw e-mail into the decoded fields, body text and attachments the register needs."""
+
+from .charsets import decode_bytes
+from .filenames import safe_filename, safe_join
+from .message import normalise
+from .model import Address, Attachment, Normalised
+from .summary import summarise
+
+__all__ = [
+    "Address",
+    "Attachment",
+    "Normalised",
+    "decode_bytes",
+    "normalise",
+    "safe_filename",
+    "safe_join",
+    "summarise",
+]

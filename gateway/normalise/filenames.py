@@ -1,0 +1,92 @@
+"""File names from untrusted mail, made safe to create on disk and in archives."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+from .charsets import decode_bytes, resolve_charset
+from .headers import decode_header_value
+
+MAX_NAME_BYTES = 200
+_MAX_EXTENSION_BYTES = 16
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{n}" for n in range(1, 10)}
+    | {f"LPT{n}" for n in range(1, 10)}
+)
+# Characters Windows refuses in names; replaced so archives open everywhere.
+_WINDOWS_FORBIDDEN = str.maketrans({ch: "_" for ch in '<>:"|?*'})
+# Controls, format characters (bidi overrides that disguise extensions), surrogates, line separators.
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_RFC2231_VALUE = re.compile(r"^([A-Za-z0-9_.:-]+)'([A-Za-z0-9-]*)'(.*%[0-9A-Fa-f]{2}.*)$", re.S)
+
+
+def safe_filename(name: str, fallback: str = "attachment") -> str:
+    """A name without directories, controls, leading dots or reserved device names.
+
+    Encoded names (RFC 2231 or RFC 2047) are decoded first. The result is at most 200 bytes of
+    UTF-8 with the extension kept; if nothing usable is left, `fallback` (made safe too) is used.
+    """
+    cleaned = _sanitise(_decode_filename(name))
+    if cleaned:
+        return cleaned
+    return _sanitise(fallback) or "attachment"
+
+
+def numbered_variant(name: str, number: int) -> str:
+    """`name` with '-<number>' before its extension, still within the length limit."""
+    stem, extension = _split_extension(name)
+    suffix = f"-{number}{extension}"
+    return _truncate_utf8(stem, MAX_NAME_BYTES - len(suffix.encode())) + suffix
+
+
+def safe_join(root: Path, name: str) -> Path:
+    """root/name, resolved; raises ValueError unless the result lies strictly inside root."""
+    if not name or "\x00" in name:
+        raise ValueError(f"unusable file name {name!r}")
+    base = Path(root).resolve()
+    candidate = (base / name).resolve()
+    if base not in candidate.parents:
+        raise ValueError(f"{name!r} resolves outside {str(base)!r}")
+    return candidate
+
+
+def _decode_filename(name: str) -> str:
+    encoded = _RFC2231_VALUE.match(name)
+    if encoded and resolve_charset(encoded.group(1)):
+        text, _ = decode_bytes(unquote_to_bytes(encoded.group(3)), encoded.group(1))
+        return text
+    text, _ = decode_header_value(name)
+    return text
+
+
+def _sanitise(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = " ".join(name.translate(_WINDOWS_FORBIDDEN).split())
+    name = name.strip(". ")
+    if not name:
+        return ""
+    if name.split(".", 1)[0].strip().upper() in _WINDOWS_RESERVED:
+        name = "_" + name
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, extension = _split_extension(name)
+    return _truncate_utf8(stem, MAX_NAME_BYTES - len(extension.encode())) + extension
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    stem, dot, extension = name.rpartition(".")
+    if dot and stem and len(extension.encode()) <= _MAX_EXTENSION_BYTES and " " not in extension:
+        return stem, "." + extension
+    return name, ""
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    # Cutting the encoded form can split a character; the partial tail is dropped.
+    cut = text.encode()[:max(limit, 0)].decode("utf-8", "ignore")
+    return cut.rstrip(". ") if cut != text else cut

@@ -1,0 +1,200 @@
+"""Header decoding: RFC 2047 encoded words, raw 8-bit values, addresses, dates, message ids."""
+
+from __future__ import annotations
+
+import binascii
+import re
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+
+from .charsets import decode_bytes, resolve_charset
+from .model import Address
+
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+# Control characters are dropped from decoded header text; tabs and line breaks become spaces.
+_HEADER_CONTROLS = {code: None for code in (*range(0x20), 0x7F)} | {ord(ch): " " for ch in "\t\r\n"}
+_HAS_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_WHITESPACE = re.compile(r"\s")
+# "Name <local@domain>" or "local@domain" with nothing that needs the full RFC 5322 parser.
+_ADDR_SPEC = r"[^\s<>\"(),;:\\]+@[^\s<>\"(),;:\\]+"
+_SIMPLE_MAILBOX = re.compile(rf"\s*(?:([^<>\"(),;:\\]*?)\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*")
+_NEEDS_FULL_PARSER = re.compile(r"[\"(\\:;]")
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+_ZONE_MINUS_ZERO = re.compile(r"-0000\b")
+
+
+def unfold(value: str) -> str:
+    """Join folded header lines (RFC 5322 §2.2.3); stray line breaks go too."""
+    return value.replace("\r", "").replace("\n", "")
+
+
+def decode_header_value(value: str) -> tuple[str, list[str]]:
+    """Decode a header value as the stdlib parser stores it (raw 8-bit bytes as surrogates).
+
+    Returns (text, defects). Adjacent encoded words in the same charset are joined as bytes
+    before decoding, so a multibyte character split across two words comes out whole.
+    """
+    value = unfold(value)
+    if value.isascii() and "=?" not in value:
+        return _clean_header_text(value), []
+    defects: list[str] = []
+    pieces: list[str] = []
+    run_label: str | None = None
+    run_key: str | None = None
+    run_bytes = bytearray()
+
+    def flush_run() -> None:
+        nonlocal run_label, run_key
+        if run_label is not None:
+            text, defect = decode_bytes(bytes(run_bytes), run_label)
+            pieces.append(text)
+            if defect:
+                defects.append(defect)
+        run_label = run_key = None
+        run_bytes.clear()
+
+    position = 0
+    after_encoded_word = False
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[position:match.start()]
+        # RFC 2047 §6.2: whitespace between two encoded words is not part of the text.
+        if gap and not (after_encoded_word and gap.isspace()):
+            flush_run()
+            pieces.append(_decode_raw(gap, defects))
+        label = match.group(1).split("*", 1)[0]  # drop an RFC 2231 language suffix
+        key = resolve_charset(label) or label.lower()
+        if run_key is not None and key != run_key:
+            flush_run()
+        data, defect = _decode_encoded_text(match.group(2), match.group(3))
+        if defect:
+            defects.append(f"encoded word {match.group(0)[:60]!r}: {defect}")
+        run_label, run_key = label, key
+        run_bytes += data
+        position = match.end()
+        after_encoded_word = True
+    flush_run()
+    pieces.append(_decode_raw(value[position:], defects))
+    return _clean_header_text("".join(pieces)), defects
+
+
+def _decode_encoded_text(encoding: str, text: str) -> tuple[bytes, str | None]:
+    raw = text.encode("ascii", "surrogateescape")
+    if encoding in "qQ":
+        return binascii.a2b_qp(raw, header=True), None
+    return lenient_b64decode(raw)
+
+
+def lenient_b64decode(data: bytes) -> tuple[bytes, str | None]:
+    """Base64 that ignores stray characters and missing padding; (bytes, defect or None)."""
+    alphabet_only = _NOT_BASE64.sub(b"", data)
+    defect = None
+    if len(alphabet_only) % 4 == 1:
+        alphabet_only = alphabet_only[:-1]
+        defect = "truncated base64"
+    padded = alphabet_only + b"=" * (-len(alphabet_only) % 4)
+    return binascii.a2b_base64(padded), defect
+
+
+def _decode_raw(text: str, defects: list[str]) -> str:
+    """Text outside encoded words: ASCII, or raw 8-bit bytes carried as surrogates."""
+    if text.isascii():
+        return text
+    # Surrogates map back to the original bytes; any real non-ASCII characters become UTF-8.
+    data = text.encode("utf-8", "surrogateescape")
+    decoded, defect = decode_bytes(data, None)
+    if defect:
+        defects.append(f"raw {defect}")
+    return decoded
+
+
+def _clean_header_text(text: str) -> str:
+    text = text.replace("\t", " ")  # folding leaves tabs in most long headers
+    return text.translate(_HEADER_CONTROLS) if _HAS_CONTROL.search(text) else text
+
+
+def collapse_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_addresses(raw_values: list[str], header: str) -> tuple[list[Address], list[str]]:
+    """Addresses from all occurrences of one address header; groups are flattened."""
+    addresses: list[Address] = []
+    defects: list[str] = []
+    for raw in raw_values:
+        unfolded = unfold(raw)
+        if not unfolded.strip():
+            continue
+        found: list[Address] = []
+        unparseable = False
+        for name, addr_spec in _mailboxes(unfolded):
+            addr_spec = addr_spec.strip()
+            if _is_addr_spec(addr_spec):
+                display_name, name_defects = decode_header_value(name)
+                address, address_defects = decode_header_value(addr_spec)
+                found.append(Address(collapse_whitespace(display_name), address))
+                defects.extend(f"header {header}: {d}" for d in name_defects + address_defects)
+            elif name or addr_spec:
+                unparseable = True
+        if unparseable:
+            shown, _ = decode_header_value(unfolded)
+            problem = "unparseable address in"
+            if not found and shown != unfolded:
+                # Some mailers encode the whole "Name <address>" as one encoded word.
+                found = [Address(collapse_whitespace(name), addr_spec.strip())
+                         for name, addr_spec in _mailboxes(shown) if _is_addr_spec(addr_spec.strip())]
+                if found:
+                    problem = "address hidden in encoded text"
+            defects.append(f"header {header}: {problem} {shown[:200]!r}")
+        addresses.extend(found)
+    return addresses, defects
+
+
+def _mailboxes(value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs; common simple lists skip the slow full parser."""
+    if not _NEEDS_FULL_PARSER.search(value):
+        pairs = []
+        for entry in value.split(","):
+            if not entry.strip():
+                continue
+            simple = _SIMPLE_MAILBOX.fullmatch(entry)
+            if simple is None:
+                break
+            pairs.append((simple.group(1) or "", simple.group(2) or simple.group(3)))
+        else:
+            return pairs
+    return getaddresses([value])
+
+
+def _is_addr_spec(candidate: str) -> bool:
+    local, at, domain = candidate.rpartition("@")
+    return bool(at and local and domain) and not _WHITESPACE.search(candidate)
+
+
+def parse_date(raw: str | None) -> tuple[datetime | None, str | None]:
+    """(timezone-aware date or None, defect or None)."""
+    if raw is None or not raw.strip():
+        return None, "message: missing Date header"
+    value = decode_header_value(raw)[0].strip()
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None, f"header Date: unparseable date {value[:100]!r}"
+    if parsed.tzinfo is not None:
+        return parsed, None
+    # "-0000" means UTC with the sender's zone unknown (RFC 5322 §3.3); no zone at all is a defect.
+    parsed = parsed.replace(tzinfo=UTC)
+    if _ZONE_MINUS_ZERO.search(value):
+        return parsed, None
+    return parsed, f"header Date: no time zone in {value[:100]!r}, assumed UTC"
+
+
+def message_ids(value: str | None) -> list[str]:
+    """Message ids (from a decoded header value) without angle brackets, in order.
+
+    Bare tokens are returned if no brackets were used.
+    """
+    if value is None:
+        return []
+    found = _MESSAGE_ID.findall(value)
+    return found if found else value.split()

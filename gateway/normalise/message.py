@@ -1,0 +1,435 @@
+"""normalise(): raw message bytes to the fields the register needs, never raising."""
+
+from __future__ import annotations
+
+import binascii
+import email
+import hashlib
+import io
+import mimetypes
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from email import policy as email_policy
+from email.errors import MessageDefect
+from email.generator import BytesGenerator
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import unquote
+
+import magic
+from inscriptis import get_text as html_to_text
+
+from .charsets import decode_bytes
+from .filenames import numbered_variant, safe_filename
+from .headers import (
+    collapse_whitespace,
+    decode_header_value,
+    lenient_b64decode,
+    message_ids,
+    parse_addresses,
+    parse_date,
+)
+from .model import Address, Attachment, Normalised
+from .summary import summarise
+from .tnef import extract_tnef, is_tnef
+
+MAX_NESTING = 40
+_BODY_TYPES = frozenset({"text/plain", "text/html"})
+_KNOWN_TRANSFER_ENCODINGS = frozenset(
+    {"7bit", "8bit", "binary", "base64", "quoted-printable", "uuencode", "x-uuencode", "uue",
+     "x-uue"}
+)
+_BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
+
+
+def normalise(raw: bytes) -> Normalised:
+    """Parse one raw message. Never raises: what cannot be read is recorded in `defects`."""
+    defects: list[str] = []
+    result = Normalised(
+        sender=None, to=[], cc=[], reply_to=[], subject="", date=None, message_id=None,
+        in_reply_to=None, references=[], body_text="", summary="", attachments=[],
+        defects=defects, header_fields=[],
+    )
+    try:
+        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+        structure_readable = True
+    except RecursionError:
+        # The parser recurses once per nesting level; a hostile message can exhaust the stack.
+        message = BytesParser(policy=email_policy.compat32).parsebytes(raw, headersonly=True)
+        structure_readable = False
+        defects.append("message: MIME structure nested too deeply to parse; headers only")
+    except Exception as exc:  # the stdlib parser is lenient, but one bad input must not stop intake
+        defects.append(f"message: could not be parsed ({type(exc).__name__}: {exc})")
+        return result
+    if not raw.strip():
+        defects.append("message: empty")
+    elif not message.keys():
+        defects.append("message: no header fields")
+
+    _guarded(defects, "headers", lambda: _read_headers(message, result))
+    walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n")
+    if structure_readable:
+        _guarded(defects, "body", lambda: _read_body(message, walker, result))
+    result.attachments = walker.attachments
+    result.summary = summarise(result.body_text)
+    result.defects = list(dict.fromkeys(defects))  # the same defect can surface on two paths
+    return result
+
+
+def _guarded(defects: list[str], step: str, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except Exception as exc:
+        defects.append(f"{step}: could not be read ({type(exc).__name__}: {exc})")
+
+
+def _read_headers(message: Message, result: Normalised) -> None:
+    defects = result.defects
+    first_raw: dict[str, str] = {}
+    first_decoded: dict[str, str] = {}
+    all_raw: dict[str, list[str]] = {}
+    for name, raw_value in message.raw_items():
+        name = name.strip()
+        raw_value = str(raw_value)
+        key = name.lower()
+        value, value_defects = decode_header_value(raw_value)
+        result.header_fields.append((name, value))
+        if value_defects:
+            defects.extend(f"header {name}: {d}" for d in value_defects)
+        if key not in first_raw:
+            first_raw[key] = raw_value
+            first_decoded[key] = value
+        all_raw.setdefault(key, []).append(raw_value)
+
+    result.subject = collapse_whitespace(first_decoded.get("subject", ""))
+
+    def addresses(header: str) -> list[Address]:
+        if header.lower() not in all_raw:
+            return []
+        found, address_defects = parse_addresses(all_raw[header.lower()], header)
+        defects.extend(address_defects)
+        return found
+
+    from_addresses = addresses("From")
+    sender_addresses = addresses("Sender")
+    if from_addresses:
+        result.sender = from_addresses[0]
+    elif sender_addresses:
+        result.sender = sender_addresses[0]
+    elif first_decoded.get("from", "").strip():
+        # Keep what the sender wrote so a person can still see who it was.
+        result.sender = Address(collapse_whitespace(first_decoded["from"]), "")
+    if "from" not in first_raw:
+        defects.append("message: missing From header")
+    result.to = addresses("To")
+    result.cc = addresses("Cc")
+    result.reply_to = addresses("Reply-To")
+
+    result.date, date_defect = parse_date(first_raw.get("date"))
+    if date_defect:
+        defects.append(date_defect)
+    result.message_id = next(iter(message_ids(first_decoded.get("message-id"))), None)
+    result.in_reply_to = next(iter(message_ids(first_decoded.get("in-reply-to"))), None)
+    result.references = message_ids(first_decoded.get("references"))
+
+
+def _read_body(message: Message, walker: _PartWalker, result: Normalised) -> None:
+    fragments = walker.visit(message, "", origin="mime", depth=0)
+    texts = [text for text in (fragment.render(result.defects) for fragment in fragments) if text]
+    if not texts and walker.tnef_bodies:
+        texts = [walker.tnef_bodies[0].render(result.defects)]
+    result.body_text = "\n\n".join(texts)
+
+
+@dataclass
+class _Fragment:
+    """A piece of body text; HTML is rendered only if it is the alternative chosen."""
+
+    kind: str  # 'plain' or 'html'
+    content: str
+    where: str
+
+    def meaningful(self) -> bool:
+        if self.kind == "plain":
+            return bool(self.content.strip())
+        return bool(_HTML_TAG.sub("", _SCRIPT_OR_STYLE.sub("", self.content)).strip())
+
+    def render(self, defects: list[str]) -> str:
+        if self.kind == "plain":
+            return self.content.strip()
+        try:
+            return _tidy_rendered_html(html_to_text(self.content))
+        except Exception as exc:
+            defects.append(f"{self.where}: HTML could not be rendered ({exc}), tags stripped")
+            return collapse_whitespace(_HTML_TAG.sub(" ", _SCRIPT_OR_STYLE.sub("", self.content)))
+
+
+def _tidy_rendered_html(text: str) -> str:
+    return "\n".join(line.rstrip() for line in text.splitlines()).strip()
+
+
+def _clean_body(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
+    return _BODY_CONTROLS.sub("", text) if _BODY_CONTROLS.search(text) else text
+
+
+class _PartWalker:
+    """Walks the MIME tree once: collects body fragments, attachments and part defects."""
+
+    def __init__(self, defects: list[str], linesep: str) -> None:
+        self.defects = defects
+        self.attachments: list[Attachment] = []
+        self.tnef_bodies: list[_Fragment] = []
+        self._linesep = linesep
+        self._taken_names: set[str] = set()
+
+    def visit(self, part: Message, label: str, origin: str, depth: int) -> list[_Fragment]:
+        where = f"part {label}" if label else "message"
+        defects_seen = len(part.defects)
+        try:
+            self._record_defects(part.defects, where)
+            if depth > MAX_NESTING:
+                self.defects.append(f"{where}: nested more than {MAX_NESTING} deep, not examined")
+                return []
+            return self._visit(part, label, where, origin, depth)
+        except Exception as exc:
+            self.defects.append(f"{where}: could not be read ({type(exc).__name__}: {exc})")
+            return []
+        finally:
+            # Decoding a payload can add defects (bad base64 padding, ...).
+            self._record_defects(part.defects[defects_seen:], where)
+
+    def _record_defects(self, defects: list[MessageDefect], where: str) -> None:
+        for defect in defects:
+            self.defects.append(f"{where}: {_describe_defect(defect)}")
+
+    def _visit(self, part: Message, label: str, where: str, origin: str,
+               depth: int) -> list[_Fragment]:
+        content_type = part.get_content_type()
+        if content_type in ("message/rfc822", "message/global"):
+            self._attached_message(part, label, where, origin, depth)
+            return []
+        main_type = content_type.split("/", 1)[0]
+        if part.is_multipart():
+            if main_type != "multipart":  # e.g. message/delivery-status
+                self._add_attachment(self._flatten_payload(part), self._filename(part, where),
+                                     content_type, origin, where)
+                return []
+            options = [
+                self.visit(child, _child_label(label, number), origin, depth + 1)
+                for number, child in enumerate(part.get_payload(), 1)
+            ]
+            if content_type == "multipart/alternative":
+                return _choose_alternative(options)
+            return [fragment for option in options for fragment in option]
+        return self._leaf(part, where, content_type, main_type, origin)
+
+    def _leaf(self, part: Message, where: str, content_type: str, main_type: str,
+              origin: str) -> list[_Fragment]:
+        filename = self._filename(part, where)
+        disposition = part.get_content_disposition()
+        self._check_transfer_encoding(part, where)
+        if main_type == "multipart":
+            # A multipart without a usable boundary: its text is all there is, so keep it as text.
+            return [_Fragment("plain", self._text(part, where, html=False), where)]
+        if content_type in _BODY_TYPES and disposition != "attachment" and not filename:
+            html = content_type == "text/html"
+            return [_Fragment("html" if html else "plain", self._text(part, where, html), where)]
+        content = _payload_bytes(part)
+        if is_tnef(content_type, filename):
+            self._tnef(content, filename, content_type, origin, where)
+        else:
+            self._add_attachment(content, filename, content_type, origin, where)
+        return []
+
+    def _text(self, part: Message, where: str, html: bool) -> str:
+        payload = _payload_bytes(part)
+        charset = part.get_content_charset(None)
+        if charset is None and html:
+            declared = _HTML_META_CHARSET.search(payload[:4096])
+            charset = declared.group(1).decode("ascii") if declared else None
+        text, defect = decode_bytes(payload, charset)
+        if defect:
+            self.defects.append(f"{where}: {defect}")
+        return _clean_body(text)
+
+    def _check_transfer_encoding(self, part: Message, where: str) -> None:
+        encoding = (_raw_header(part, "content-transfer-encoding") or "7bit").strip().lower()
+        if encoding not in _KNOWN_TRANSFER_ENCODINGS:
+            self.defects.append(
+                f"{where}: unknown Content-Transfer-Encoding {encoding[:40]!r}, content taken as is")
+
+    def _filename(self, part: Message, where: str) -> str:
+        for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+            value = _param(part, param, header)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                # RFC 2231: (charset, language, bytes percent-decoded as latin-1)
+                charset, _language, text = value
+                name, defect = decode_bytes(text.encode("latin-1", "replace"), charset or None)
+                defects = [defect] if defect else []
+            else:
+                raw = unquote(value).encode("latin-1", "replace").decode("ascii", "surrogateescape")
+                name, defects = decode_header_value(raw)
+            self.defects.extend(f"{where} file name: {d}" for d in defects)
+            if name.strip():
+                return name
+        return ""
+
+    def _attached_message(self, part: Message, label: str, where: str, origin: str,
+                          depth: int) -> None:
+        attached, content = self._unwrap_message(part, where)
+        original = self._filename(part, where)
+        subject = collapse_whitespace(decode_header_value(_raw_header(attached, "subject"))[0])
+        self._add_attachment(content, original, part.get_content_type(), origin, where,
+                             name_hint=original or (f"{subject}.eml" if subject else ""))
+        # IMAP numbering: the parts of a multipart message attached as part 2 are 2.1, 2.2, ...;
+        # the body of a single-part one is 2.1. Its body text is not part of this message's body.
+        multipart_root = attached.get_content_maintype() == "multipart" and attached.is_multipart()
+        root_label = label if multipart_root else _child_label(label, 1)
+        self.visit(attached, root_label, "message/rfc822", depth + 1)
+
+    def _unwrap_message(self, part: Message, where: str) -> tuple[Message, bytes]:
+        """The attached message, parsed, and its bytes."""
+        payload = part.get_payload()
+        encoding = _raw_header(part, "content-transfer-encoding").strip().lower()
+        if (isinstance(payload, list) and payload and isinstance(payload[0], Message)
+                and encoding not in ("base64", "quoted-printable")):
+            try:
+                content = self._flatten_payload(part)
+            except RecursionError:
+                self.defects.append(f"{where}: attached message nested too deeply to re-serialise")
+                content = b""
+            return payload[0], content
+        content = self._flatten_payload(part)
+        if encoding == "base64":  # not allowed for message/rfc822, but sent anyway
+            content, defect = lenient_b64decode(content)
+            if defect:
+                self.defects.append(f"{where}: {defect}")
+        elif encoding == "quoted-printable":
+            content = binascii.a2b_qp(content)
+        return email.message_from_bytes(content, policy=email_policy.compat32), content
+
+    def _flatten_payload(self, part: Message) -> bytes:
+        """The body of a part the parser split into sub-messages, as bytes again."""
+        payload = part.get_payload()
+        if isinstance(payload, str):
+            return payload.encode("ascii", "surrogateescape").lstrip(b"\r\n")
+        items = payload if isinstance(payload, list) else [payload]
+        sub_messages = [item for item in items if isinstance(item, Message)]
+        buffer = io.BytesIO()
+        generator = BytesGenerator(buffer, mangle_from_=False, maxheaderlen=0)
+        for sub_message in sub_messages:
+            generator.flatten(sub_message, linesep=self._linesep)
+        flattened = buffer.getvalue()
+        if len(sub_messages) == 1 and not sub_messages[0].keys():
+            # A header-less sub-message is written with a leading blank line.
+            flattened = flattened.removeprefix(self._linesep.encode())
+        return flattened
+
+    def _tnef(self, content: bytes, filename: str, content_type: str, origin: str,
+              where: str) -> None:
+        try:
+            extracted = extract_tnef(content)
+        except Exception as exc:
+            self.defects.append(
+                f"{where}: TNEF could not be decoded ({type(exc).__name__}: {exc}), kept as is")
+            self._add_attachment(content, filename, content_type, origin, where)
+            return
+        self.defects.extend(f"{where}: {defect}" for defect in extracted.defects)
+        for inner in extracted.files:
+            self._add_attachment(inner.content, inner.name, inner.declared_type, "tnef", where)
+        if extracted.body_text and extracted.body_text.strip():
+            self.tnef_bodies.append(_Fragment("plain", _clean_body(extracted.body_text), where))
+        elif extracted.body_html:
+            self.tnef_bodies.append(_Fragment("html", _clean_body(extracted.body_html), where))
+
+    def _add_attachment(self, content: bytes, original_filename: str, declared_type: str,
+                        origin: str, where: str, name_hint: str = "") -> None:
+        try:
+            detected_type = magic.from_buffer(content, mime=True)
+        except Exception as exc:
+            self.defects.append(f"{where}: content type could not be detected ({exc})")
+            detected_type = "application/octet-stream"
+        extension = (mimetypes.guess_extension(detected_type)
+                     or mimetypes.guess_extension(declared_type) or ".bin")
+        number = len(self.attachments) + 1
+        stem = "message" if declared_type.startswith("message/") else "attachment"
+        filename = safe_filename(name_hint or original_filename, f"{stem}-{number}{extension}")
+        self.attachments.append(Attachment(
+            filename=self._unique(filename),
+            original_filename=original_filename,
+            declared_type=declared_type,
+            detected_type=detected_type,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            content=content,
+            origin=origin,
+        ))
+
+    def _unique(self, filename: str) -> str:
+        candidate, number = filename, 1
+        while candidate.casefold() in self._taken_names:
+            number += 1
+            candidate = numbered_variant(filename, number)
+        self._taken_names.add(candidate.casefold())
+        return candidate
+
+
+def _child_label(label: str, number: int) -> str:
+    """Part numbers as IMAP gives them: 1, 2, 2.1, 2.2, ..."""
+    return f"{label}.{number}" if label else str(number)
+
+
+def _raw_header(message: Message, name: str) -> str:
+    """The first value of a header as stored, '' if absent (compat32 `get` may wrap 8-bit values)."""
+    wanted = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == wanted:
+            return str(value)
+    return ""
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """The transfer-decoded content of a leaf part."""
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _param(part: Message, name: str, header: str) -> str | tuple[str | None, str | None, str] | None:
+    """A header parameter with raw 8-bit bytes kept as latin-1 characters.
+
+    compat32 replaces 8-bit bytes in headers it hands out, so a header that has them is
+    re-read from its stored form.
+    """
+    raw = _raw_header(part, header)
+    if name not in raw.lower():  # spares the slow parameter parser for most parts
+        return None
+    if raw.isascii():
+        return part.get_param(name, None, header)
+    readable = Message()
+    readable[header] = raw.encode("ascii", "surrogateescape").decode("latin-1")
+    return readable.get_param(name, None, header)
+
+
+def _choose_alternative(options: list[list[_Fragment]]) -> list[_Fragment]:
+    """Plain text when an alternative has some; otherwise the richest alternative with content."""
+    for option in options:
+        if option and all(f.kind == "plain" for f in option) and any(f.meaningful() for f in option):
+            return option
+    for option in reversed(options):
+        if any(fragment.meaningful() for fragment in option):
+            return option
+    return []
+
+
+def _describe_defect(defect: MessageDefect) -> str:
+    name = type(defect).__name__.removesuffix("Defect")
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower()
+    detail = str(defect)
+    return f"{words} ({detail})" if detail else words

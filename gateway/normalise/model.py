@@ -1,0 +1,42 @@
+"""What a normalised message looks like to the rest of the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str  # display name, decoded; '' if none
+    address: str  # addr-spec as given; '' if unparseable
+
+
+@dataclass
+class Attachment:
+    filename: str  # safe to use as a file name; unique within the message; never empty
+    original_filename: str  # decoded name as the sender gave it; '' if none
+    declared_type: str  # Content-Type the message claims
+    detected_type: str  # from the content itself (libmagic over the whole content)
+    size: int
+    sha256: str  # hex
+    content: bytes
+    origin: str  # 'mime', 'tnef' (from winmail.dat) or 'message/rfc822' (inside an attached message)
+
+
+@dataclass
+class Normalised:
+    sender: Address | None  # From (first), else Sender, else None
+    to: list[Address]
+    cc: list[Address]
+    reply_to: list[Address]
+    subject: str  # decoded, whitespace collapsed; '' if missing
+    date: datetime | None  # timezone-aware; None if missing or unparseable
+    message_id: str | None  # without angle brackets
+    in_reply_to: str | None
+    references: list[str]
+    body_text: str  # text/plain preferred, else HTML rendered as text
+    summary: str
+    attachments: list[Attachment]
+    defects: list[str]  # human-readable, each naming where it was found
+    header_fields: list[tuple[str, str]]  # all top-level headers, decoded, in order
