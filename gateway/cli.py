@@ -304,18 +304,22 @@ def letters_extract(state: State, number: str, directory: Path) -> None:
         sys.exit(1)
     parsed = normalise(read_raw(state.config.state_dir / letter.raw_path))
     directory.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    for attachment in parsed.attachments:
-        name = attachment.filename
-        stem, dot, ext = name.rpartition(".")
-        n = 1
-        while name in used:  # two attachments may share a name
-            n += 1
-            name = f"{stem}-{n}.{ext}" if dot else f"{attachment.filename}-{n}"
-        used.add(name)
-        target = safe_join(directory, name)
+    for attachment in parsed.attachments:  # names are safe and unique within a letter
+        target = safe_join(directory, attachment.filename)
         target.write_bytes(attachment.content)
         click.echo(str(target))
+
+
+@main.command("smtp-passwd")
+@click.argument("user")
+@click.password_option("--password", prompt="Password", help="Read from the terminal when not given.")
+def smtp_passwd(user: str, password: str) -> None:
+    """Print a line for [smtp] auth_users_file: USER and a salted scrypt hash."""
+    from gateway.adapters.smtp import hash_password
+
+    if ":" in user or not user.strip():
+        raise click.BadParameter("a user name without ':'", param_hint="USER")
+    click.echo(f"{user}:{hash_password(password)}")
 
 
 # -- quarantine -----------------------------------------------------------

@@ -37,5 +37,12 @@ def setup(level: str = "INFO", *, timestamps: bool = True) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Libraries speak only when something is wrong.
-    for noisy in ("apscheduler", "alembic", "sqlalchemy", "mail-parser", "mailparser"):
+    # aiosmtpd's "mail.log" logs every command at INFO; our intake logs what matters.
+    logging.getLogger("mail.log").addFilter(_drop_aiosmtpd_self_warning)
+    for noisy in ("apscheduler", "alembic", "sqlalchemy", "mail-parser", "mailparser", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _drop_aiosmtpd_self_warning(record: logging.LogRecord) -> bool:
+    # aiosmtpd warns about its own use of a deprecated attribute on every AUTH.
+    return "login_data is deprecated" not in str(record.msg)

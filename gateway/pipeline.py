@@ -60,7 +60,7 @@ class Pipeline:
         raw = item.raw
         meta = item.meta
         sha = hashlib.sha256(raw).hexdigest()
-        parsed: Normalised = normalise(raw)
+        parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars)
         envelope: dict[str, Any] = meta.get("envelope") or {}
         rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]
         to = [a.address for a in parsed.to]

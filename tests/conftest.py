@@ -168,10 +168,8 @@ class Gateway:
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def start(self, **env: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(self.config), "run"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=self.env(**env), cwd=ROOT)
+    def start(self, **env: str) -> Daemon:
+        return Daemon(self, env)
 
     def list_json(self, *args: str) -> list[dict[str, object]]:
         import json
@@ -186,6 +184,40 @@ class Gateway:
     def spool_files(self, sub: str) -> list[str]:
         d = self.state / "spool" / sub
         return sorted(os.listdir(d)) if d.exists() else []
+
+
+class Daemon:
+    """`gateway run` as a child process, logging to a file (a pipe nobody reads would fill and block it)."""
+
+    def __init__(self, gateway: Gateway, env: dict[str, str]):
+        Daemon.started += 1
+        self.log = gateway.config.parent / f"daemon-{Daemon.started}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(gateway.config), "run"],
+                                         stdout=log, stderr=subprocess.STDOUT, env=gateway.env(**env), cwd=ROOT)
+        self.pid = self.proc.pid
+
+    started = 0
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> str:
+        """SIGTERM, wait, and return everything it logged."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(60)
+        return self.output()
 
 
 @pytest.fixture

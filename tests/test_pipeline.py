@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, make_message
+from conftest import Daemon, Gateway, make_message
 
 
 def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path: Path) -> None:
@@ -149,16 +148,15 @@ def notify(tmp_path: Path) -> Notify:
     n.close()
 
 
-def start_and_wait_ready(gateway: Gateway, notify: Notify) -> subprocess.Popen[str]:
+def start_and_wait_ready(gateway: Gateway, notify: Notify) -> Daemon:
     proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     return proc
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.terminate()
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+def stop(daemon: Daemon) -> str:
+    out = daemon.stop()
+    assert daemon.returncode == 0, out
     return out
 
 
@@ -194,8 +192,7 @@ def test_the_daemon_killed_while_processing_recovers_on_restart(gateway: Gateway
     # Spool it without processing: the ingest process dies right after the spool write.
     gateway.run("ingest", str(msg), check=False, env=gateway.env(GATEWAY_CRASH_AT="after-spool"))
     crashing = gateway.start(GATEWAY_CRASH_AT="before-commit")
-    crashing.communicate(timeout=60)
-    assert crashing.returncode == -9
+    assert crashing.wait() == -9
     assert gateway.list_json() == []
     daemon = start_and_wait_ready(gateway, notify)
     try:

@@ -90,17 +90,20 @@ class Limits:
         self._recent: dict[str, deque[float]] = defaultdict(deque)
 
     def admit(self, address: str) -> str | None:
-        """None to admit, else the reason for a 421."""
-        if self.sessions >= self.max_sessions:
-            return f"too many sessions ({self.max_sessions}), try again later"
+        """None to admit, else the reason for a 421. Every attempt counts towards the rate."""
         if self.per_minute:
             now = time.monotonic()
+            if len(self._recent) > 4096:  # forget clients that have been quiet for a minute
+                for quiet in [a for a, times in self._recent.items() if times[-1] < now - 60]:
+                    del self._recent[quiet]
             recent = self._recent[address]
             while recent and recent[0] < now - 60:
                 recent.popleft()
-            if len(recent) >= self.per_minute:
-                return f"too many connections from {address} ({self.per_minute} a minute), try again later"
             recent.append(now)
+            if len(recent) > self.per_minute:
+                return f"too many connections from {address} ({self.per_minute} a minute), try again later"
+        if self.sessions >= self.max_sessions:
+            return f"too many sessions ({self.max_sessions}), try again later"
         return None
 
 

@@ -46,7 +46,7 @@ _HTML_TAG = re.compile(r"<[^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 
 
-def normalise(raw: bytes) -> Normalised:
+def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
     """Parse one raw message. Never raises: what cannot be read is recorded in `defects`."""
     defects: list[str] = []
     result = Normalised(
@@ -75,7 +75,7 @@ def normalise(raw: bytes) -> Normalised:
     if structure_readable:
         _guarded(defects, "body", lambda: _read_body(message, walker, result))
     result.attachments = walker.attachments
-    result.summary = summarise(result.body_text)
+    result.summary = summarise(result.body_text, summary_chars)
     result.defects = list(dict.fromkeys(defects))  # the same defect can surface on two paths
     return result
 
@@ -342,6 +342,9 @@ class _PartWalker:
             self._add_attachment(content, filename, content_type, origin, where)
             return
         self.defects.extend(f"{where}: {defect}" for defect in extracted.defects)
+        if not extracted.files:
+            # Nothing to list in its place (e.g. only an RTF body): list the container itself.
+            self._add_attachment(content, filename, content_type, origin, where)
         for inner in extracted.files:
             self._add_attachment(inner.content, inner.name, inner.declared_type, "tnef", where)
         if extracted.body_text and extracted.body_text.strip():

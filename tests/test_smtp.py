@@ -1,0 +1,351 @@
+"""SMTP intake, with real clients: smtplib, swaks and Postfix's smtp-source."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, Gateway, PostgresServer, make_message, wait_for
+from test_pipeline import Notify
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Notify:
+    n = Notify(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
+class Running:
+    def __init__(self, gateway: Gateway, proc: Daemon):
+        self.gateway = gateway
+        self.proc = proc
+
+    def client(self, timeout: float = 30) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.gateway.smtp_port, local_hostname="client.partner.example",
+                            timeout=timeout)
+
+    def stop(self) -> str:
+        return self.proc.stop()
+
+
+def start(gateway: Gateway, notify: Notify, extra_smtp: str = "", **env: str) -> Running:
+    if extra_smtp:
+        text = gateway.config.read_text().replace("[smtp]\n", "[smtp]\n" + extra_smtp + "\n", 1)
+        gateway.config.write_text(text)
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path), **env)
+    notify.wait_for("READY=1")
+    return Running(gateway, proc)
+
+
+@pytest.fixture
+def smtp(gateway: Gateway, notify: Notify) -> Running:
+    running = start(gateway, notify)
+    yield running
+    running.stop()
+
+
+def test_accepted_and_refused_recipients(smtp: Running) -> None:
+    """Our addresses get 250, anyone else's 550 at RCPT; the reply to DATA names the letter number."""
+    with smtp.client() as c:
+        c.ehlo()
+        assert c.mail("alice@partner.example")[0] == 250
+        assert c.rcpt("liaison@example.org")[0] == 250
+        code, reply = c.rcpt("victim@elsewhere.example")
+        assert code == 550 and b"relay access denied" in reply
+        assert c.rcpt("fax-inbox@example.org")[0] == 250
+        code, reply = c.data(make_message(1, subject="Partnership"))
+        assert code == 250 and reply == b"2.0.0 OK registered as 2026-000001"
+    detail = smtp.gateway.show_json("2026-000001")
+    assert detail["intake"] == "smtp" and detail["subject"] == "Partnership"
+    env = detail["envelope"]
+    assert env["mail_from"] == "alice@partner.example"
+    assert env["rcpt_to"] == ["liaison@example.org", "fax-inbox@example.org"]
+    assert env["client"] == "127.0.0.1" and env["helo"] == "client.partner.example"
+    assert env["tls"] is False and env["auth_user"] is None
+    assert detail["department"] == "general-office"
+    raw = (smtp.gateway.state / detail["raw_path"]).read_bytes()
+    received = raw.split(b"\n", 1)[1].split(b"From: ")[0].decode()
+    assert received.startswith("Received: from client.partner.example ([127.0.0.1])\r\n"
+                               f"\tby gw.example.org (Correspondence Gateway) with ESMTP id {env['session']};")
+
+
+def test_one_transaction_to_two_local_addresses_is_one_letter(smtp: Running) -> None:
+    """liaison@ and sales@ in one transaction: one entry naming both, received by the first's department."""
+    with smtp.client() as c:
+        c.sendmail("alice@partner.example", ["sales@example.org", "liaison@example.org"], make_message(1))
+    [letter] = smtp.gateway.list_json()
+    detail = smtp.gateway.show_json(letter["number"])
+    assert detail["envelope"]["rcpt_to"] == ["sales@example.org", "liaison@example.org"]
+    assert detail["recipients"]["envelope"] == ["sales@example.org", "liaison@example.org"]
+    assert detail["department"] == "business"
+
+
+def test_null_sender_is_accepted_and_flagged(smtp: Running) -> None:
+    """A bounce (MAIL FROM:<>) is registered with the 'bounce' flag."""
+    with smtp.client() as c:
+        c.sendmail("<>", ["liaison@example.org"], make_message(1, sender="MAILER-DAEMON@partner.example"))
+    [letter] = smtp.gateway.list_json()
+    detail = smtp.gateway.show_json(letter["number"])
+    assert detail["flags"] == ["bounce"] and detail["envelope"]["mail_from"] == ""
+
+
+def test_oversize_is_refused_and_not_stored(gateway: Gateway, notify: Notify) -> None:
+    """SIZE above the maximum gets 552 at MAIL; data above it gets 552 after DATA; nothing is kept."""
+    running = start(gateway, notify, "max_message_bytes = 20000")
+    try:
+        with running.client() as c:
+            c.ehlo()
+            assert b"SIZE 20000" in c.ehlo_resp  # type: ignore[operator]
+            code, _ = c.mail("alice@partner.example", ["SIZE=50000"])
+            assert code == 552
+            c.rset()
+            c.mail("alice@partner.example")
+            c.rcpt("liaison@example.org")
+            code, reply = c.data(make_message(1, size=60000))
+            assert code == 552 and b"maximum message size" in reply
+            # The session goes on: a message that fits is taken.
+            c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(2, size=10000))
+        assert [l["subject"] for l in gateway.list_json()] == ["Letter 2"]
+        assert gateway.spool_files("tmp") == gateway.spool_files("new") == gateway.spool_files("work") == []
+    finally:
+        running.stop()
+
+
+def test_large_message_streams_to_disk_with_bounded_memory(gateway: Gateway, notify: Notify) -> None:
+    """While a 20 MiB message is being received, it is on disk, not in the daemon's memory; it is stored intact."""
+    running = start(gateway, notify)
+    try:
+        def rss_mib() -> float:
+            for line in Path(f"/proc/{running.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+            raise AssertionError("no VmRSS")
+        with running.client() as c:  # warm up every code path once
+            c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(0))
+        before = rss_mib()
+        body = make_message(1, size=20 * 1024 * 1024)
+        with socket.create_connection(("127.0.0.1", gateway.smtp_port), timeout=60) as s:
+            f = s.makefile("rb")
+            f.readline()
+            for command in (b"EHLO x\r\n", b"MAIL FROM:<a@partner.example>\r\n",
+                            b"RCPT TO:<liaison@example.org>\r\n", b"DATA\r\n"):
+                s.sendall(command)
+                while (line := f.readline())[3:4] == b"-":
+                    pass
+            assert line.startswith(b"354")
+            s.sendall(body)
+            spooled = lambda: sum(p.stat().st_size for p in (gateway.state / "spool" / "tmp").iterdir())
+            wait_for(lambda: spooled() >= len(body), 60, "the data to reach the spool")
+            during = rss_mib()
+            s.sendall(b".\r\n")
+            reply = f.readline()
+            f.close()
+        assert reply == b"250 2.0.0 OK registered as 2026-000002\r\n"
+        assert during - before < 16, f"memory grew by {during - before:.0f} MiB while receiving 20 MiB"
+        detail = gateway.show_json("2026-000002")
+        assert (gateway.state / detail["raw_path"]).read_bytes().endswith(body)
+    finally:
+        running.stop()
+
+
+def test_451_while_the_registry_is_down_then_accepted(tmp_path: Path, notify: Notify) -> None:
+    """With PostgreSQL stopped, DATA gets 451 and nothing stays behind; once it is back, the retry gets 250."""
+    server = PostgresServer()
+    server.start()
+    try:
+        gw = Gateway(tmp_path, registry_url=server.create_database())
+        running = start(gw, notify)
+        try:
+            server.stop()
+            with running.client() as c:
+                c.ehlo()
+                c.mail("alice@partner.example")
+                c.rcpt("liaison@example.org")
+                code, reply = c.data(make_message(1))
+                assert code == 451 and b"try again later" in reply
+            assert gw.spool_files("new") == gw.spool_files("work") == gw.spool_files("tmp") == []
+            server.start()
+            with running.client() as c:
+                c.ehlo()
+                c.mail("alice@partner.example")
+                c.rcpt("liaison@example.org")
+                code, reply = c.data(make_message(1))
+                assert code == 250 and reply == b"2.0.0 OK registered as 2026-000001", reply
+        finally:
+            out = running.stop()
+        assert "registry unavailable, 1 item(s) refused for a retry by the sender" in out
+    finally:
+        server.destroy()
+
+
+def test_sigkill_under_load_loses_nothing_that_got_250(gateway: Gateway, notify: Notify) -> None:
+    """500 messages from 4 clients, SIGKILL midway: after restart every message that got 250 is registered once."""
+    running = start(gateway, notify, "max_connections_per_minute = 0")
+    acked: dict[str, str] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        for n in range(worker, 500, 4):
+            if stop.is_set():
+                return
+            try:
+                with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as c:
+                    c.ehlo()
+                    c.mail("alice@partner.example")
+                    c.rcpt("liaison@example.org")
+                    code, reply = c.data(make_message(n, subject=f"load {n}"))
+                if code == 250:
+                    with lock:
+                        acked[f"load {n}"] = reply.decode().rsplit(" ", 1)[1]
+            except (OSError, smtplib.SMTPException):
+                pass  # the server died under us: not acknowledged, the client would retry
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 150, 120, "150 acknowledged messages")
+    running.proc.send_signal(signal.SIGKILL)
+    running.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    running.stop()
+    restarted = start(gateway, notify)
+    try:
+        letters = gateway.list_json()
+    finally:
+        restarted.stop()
+    by_subject: dict[str, list[str]] = {}
+    for letter in letters:
+        by_subject.setdefault(letter["subject"], []).append(letter["number"])
+    assert acked, "nothing was acknowledged"
+    for subject, number in acked.items():
+        assert by_subject.get(subject) == [number], subject
+    assert all(len(numbers) == 1 for numbers in by_subject.values())
+    seqs = sorted(int(l["number"].split("-")[1]) for l in letters)
+    assert seqs == list(range(1, len(letters) + 1))
+
+
+def test_smtp_source_load_is_registered_in_full(gateway: Gateway, notify: Notify) -> None:
+    """Postfix's smtp-source, 200 messages over 4 sessions: 200 letters."""
+    running = start(gateway, notify, "max_connections_per_minute = 0")
+    try:
+        proc = subprocess.run(["smtp-source", "-s", "4", "-m", "200", "-l", "4096", "-f", "load@partner.example",
+                               "-t", "liaison@example.org", f"127.0.0.1:{gateway.smtp_port}"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert len(gateway.list_json()) == 200
+    finally:
+        running.stop()
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=gw.example.org", "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+def test_starttls_and_auth(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """STARTTLS with a self-signed certificate; AUTH is refused before TLS and records the identity after."""
+    cert, key = _certificate(tmp_path)
+    users = tmp_path / "users"
+    users.write_text(gateway.run("smtp-passwd", "clerk", "--password", "s3cret").stdout)
+    running = start(gateway, notify, f'tls_certificate = "{cert}"\ntls_key = "{key}"\n'
+                                     f'auth_users_file = "{users}"')
+    try:
+        with running.client() as c:
+            c.ehlo()
+            assert c.has_extn("starttls") and not c.has_extn("auth")
+            code, reply = c.docmd("AUTH", "PLAIN AGNsZXJrAHMzY3JldA==")
+            assert code == 538 and b"Encryption required" in reply
+            context = ssl.create_default_context(cafile=str(cert))
+            context.check_hostname = False
+            c.starttls(context=context)
+            c.ehlo()
+            assert c.has_extn("auth")
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                c.login("clerk", "wrong")
+            c.login("clerk", "s3cret")
+            c.sendmail("clerk@example.org", ["liaison@example.org"], make_message(1, sender="clerk@example.org"))
+        detail = gateway.show_json("2026-000001")
+        assert detail["envelope"]["tls"] is True and detail["envelope"]["auth_user"] == "clerk"
+        raw = (gateway.state / detail["raw_path"]).read_bytes()
+        assert b"with ESMTPSA id" in raw and b"(using TLSv1.3" in raw
+        # swaks, another real client, over STARTTLS with AUTH LOGIN.
+        proc = subprocess.run(["swaks", "--server", f"127.0.0.1:{gateway.smtp_port}", "--tls",
+                               "--auth", "LOGIN", "--auth-user", "clerk", "--auth-password", "s3cret",
+                               "--from", "clerk@example.org", "--to", "sales@example.org",
+                               "--header", "Subject: via swaks"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "250 2.0.0 OK registered as 2026-000002" in proc.stdout
+    finally:
+        out = running.stop()
+    assert "AUTH PLAIN failed for user 'clerk'" in out
+    assert "s3cret" not in out and "wrong" not in out and "deprecated" not in out
+
+
+def test_recipient_and_session_limits(gateway: Gateway, notify: Notify) -> None:
+    """Too many recipients get 452; sessions beyond the maximum and connections beyond the rate get 421."""
+    running = start(gateway, notify, "max_recipients = 2\nmax_sessions = 2\nmax_connections_per_minute = 4")
+    try:
+        with running.client() as c:
+            c.ehlo()
+            c.mail("alice@partner.example")
+            assert c.rcpt("liaison@example.org")[0] == 250
+            assert c.rcpt("sales@example.org")[0] == 250
+            assert c.rcpt("fax-inbox@example.org")[0] == 452
+            with running.client() as d:  # second session: allowed
+                assert d.noop()[0] == 250
+                with pytest.raises(smtplib.SMTPConnectError) as refused:
+                    running.client()
+                assert refused.value.smtp_code == 421 and b"too many sessions" in refused.value.smtp_error
+        # Three connection attempts so far this minute (refused ones count): one more, then the limit.
+        with running.client() as e:
+            e.noop()
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            running.client()
+        assert refused.value.smtp_code == 421 and b"a minute" in refused.value.smtp_error
+    finally:
+        out = running.stop()
+    assert out.count("too many sessions") == 1 and out.count("connections from 127.0.0.1") == 1
+
+
+def test_command_and_data_timeouts(gateway: Gateway, notify: Notify) -> None:
+    """A silent client gets 421 and is disconnected; a stall in DATA leaves nothing stored."""
+    running = start(gateway, notify, "command_timeout = 1\ndata_timeout = 1")
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.smtp_port), timeout=10) as s:
+            f = s.makefile("rb")
+            assert f.readline().startswith(b"220 ")
+            assert f.readline().startswith(b"421 4.4.2 gw.example.org timeout exceeded")
+            f.close()
+        with socket.create_connection(("127.0.0.1", gateway.smtp_port), timeout=10) as s:
+            f = s.makefile("rb")
+            f.readline()
+            for command in (b"HELO x\r\n", b"MAIL FROM:<a@partner.example>\r\n", b"RCPT TO:<liaison@example.org>\r\n",
+                            b"DATA\r\n"):
+                s.sendall(command)
+                f.readline()
+            s.sendall(b"Subject: half\r\n\r\nand then nothing")
+            assert f.readline().startswith(b"421 4.4.2")
+            f.close()
+        wait_for(lambda: not gateway.spool_files("tmp"), 10, "the partial message to be dropped")
+        assert gateway.spool_files("new") == gateway.spool_files("work") == []
+        assert gateway.list_json() == []
+    finally:
+        running.stop()
