@@ -8,7 +8,6 @@ item's fault, so the attempt does not count).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import queue
 import threading
@@ -57,9 +56,9 @@ class Pipeline:
 
     def build(self, item: SpoolItem) -> NewLetter:
         """Everything that can fail because of the item itself happens here."""
-        raw = item.raw
+        raw = item.raw  # checked against the spool seal while reading
         meta = item.meta
-        sha = hashlib.sha256(raw).hexdigest()
+        sha = meta["sha256"]
         parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars)
         envelope: dict[str, Any] = meta.get("envelope") or {}
         rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]

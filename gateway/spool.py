@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
+import logging
 import os
 import secrets
-import shutil
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -33,7 +35,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+log = logging.getLogger("gateway.spool")
+
 MAGIC = b"GWSPOOL1 "
+_SEAL_AT = len(MAGIC)
+_UNSEALED = b"-" * 16 + b" " + b"-" * 64
+_SEAL_LEN = len(_UNSEALED)
+
+
+class DamagedItem(ValueError):
+    """A spool file whose bytes do not match its seal: written but never completed."""
 _DIRS = ("tmp", "new", "work", "quarantine")
 
 
@@ -47,6 +58,41 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectorySync:
+    """fsync a directory, shared by threads that renamed into it at the same time.
+
+    A rename is durable once its directory is fsynced. Each caller takes a
+    ticket after its rename; an fsync that starts after that ticket covers it,
+    so concurrent intakes pay for one directory fsync between them.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._done < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                covers = self._requested
+                self._cond.release()
+                try:
+                    _fsync_dir(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._done = max(self._done, covers)
 
 
 def new_item_id() -> str:
@@ -73,9 +119,21 @@ def read_raw(path: Path) -> bytes:
 
 def _parse(data: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
     if not data.startswith(MAGIC):
-        raise ValueError(f"{path}: not a spool item (bad header)")
-    end = data.index(b"\n")
-    return json.loads(data[len(MAGIC):end]), data[end + 1:]
+        raise DamagedItem(f"{path}: not a spool item (bad header)")
+    seal = data[_SEAL_AT:_SEAL_AT + _SEAL_LEN]
+    end = data.find(b"\n")
+    if seal == _UNSEALED or end < 0:
+        raise DamagedItem(f"{path}: incomplete spool item (never sealed)")
+    raw = data[end + 1:]
+    length, _, sha = seal.partition(b" ")
+    if not length.isdigit() or int(length) != len(raw) or hashlib.sha256(raw).hexdigest().encode() != sha:
+        raise DamagedItem(f"{path}: damaged spool item ({len(raw)} bytes do not match the seal)")
+    try:
+        meta = json.loads(data[_SEAL_AT + _SEAL_LEN + 1:end])
+    except ValueError:
+        raise DamagedItem(f"{path}: damaged spool item (unreadable header)") from None
+    meta["sha256"] = sha.decode()
+    return meta, raw
 
 
 @dataclass
@@ -124,7 +182,9 @@ class SpoolWriter:
         try:
             self._fh: BinaryIO = open(self._tmp, "xb")
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fh.write(MAGIC + json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+            self._fh.write(MAGIC + _UNSEALED + b" " +
+                           json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+            self._hash = hashlib.sha256()
         except OSError as exc:
             self.abort()
             raise SpoolError(f"spool {spool.root}: cannot create item: {exc.strerror or exc}") from exc
@@ -132,25 +192,36 @@ class SpoolWriter:
     def write(self, chunk: bytes) -> None:
         try:
             self._fh.write(chunk)
+            self._hash.update(chunk)
         except OSError as exc:
             self.abort()
             raise SpoolError(f"spool {self._spool.root}: cannot write item: {exc.strerror or exc}") from exc
         self.size += len(chunk)
 
     def commit(self, *, claim: bool = False) -> SpoolItem:
-        """fsync, then rename into new/ (or straight into work/, locked, when claim=True)."""
-        target_dir = self._spool.root / ("work" if claim else "new")
-        target = target_dir / f"{self.id}.0"
+        """Seal and make durable in new/ (or in work/, still locked by us, when claim=True)."""
+        target = self._spool.root / ("work" if claim else "new") / f"{self.id}.0"
         try:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
-            os.rename(self._tmp, target)
-            _fsync_dir(target_dir)
+            os.pwrite(self._fh.fileno(), f"{self.size:016d} {self._hash.hexdigest()}".encode(), _SEAL_AT)
+            if claim:
+                # Rename first: the file fsync then commits the rename in the same
+                # journal transaction, and the directory fsync finds nothing left to
+                # do. Until fsync returns nothing is acknowledged; a crash before
+                # that leaves a locked-then-abandoned item whose seal does not
+                # match, which recover() drops.
+                os.rename(self._tmp, target)
+                os.fsync(self._fh.fileno())
+            else:
+                # Waiting items must be complete the moment they are visible in new/.
+                os.fsync(self._fh.fileno())
+                os.rename(self._tmp, target)
+            self._spool.dir_sync["work" if claim else "new"].sync()
         except OSError as exc:
             self.abort()
             target.unlink(missing_ok=True)
             raise SpoolError(f"spool {self._spool.root}: cannot commit item: {exc.strerror or exc}") from exc
-        item = SpoolItem(self.id, 0, target, self.meta)
+        item = SpoolItem(self.id, 0, target, {**self.meta, "sha256": self._hash.hexdigest()})
         if claim:
             # Keep the lock the writer already holds: recover() must not take it from us.
             item._fd = os.dup(self._fh.fileno())
@@ -171,6 +242,7 @@ class Spool:
         self.max_attempts = max_attempts
         for name in _DIRS:
             (root / name).mkdir(parents=True, exist_ok=True)
+        self.dir_sync = {name: DirectorySync(root / name) for name in ("new", "work")}
         message_dir.mkdir(parents=True, exist_ok=True)
         # The store's 256 fan-out folders exist up front: no mkdir on the hot path.
         if not (message_dir / "ff").is_dir():
@@ -206,9 +278,12 @@ class Spool:
             item_id, attempts = parsed
             src = new_dir / name
             try:
-                fd = os.open(src, os.O_RDWR)
+                fd = os.open(src, os.O_RDONLY)  # flock needs no write access
             except FileNotFoundError:
                 continue  # another worker took it
+            except OSError as exc:
+                log.error("cannot open spool item %s: %s", src, exc.strerror)
+                continue
             try:
                 if attempts and os.fstat(fd).st_mtime > now:
                     os.close(fd)
@@ -220,9 +295,9 @@ class Spool:
                 os.rename(src, dst)
             except OSError as exc:
                 os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.ENOENT):
-                    continue
-                raise
+                if exc.errno not in (errno.EWOULDBLOCK, errno.ENOENT):
+                    log.error("cannot claim spool item %s: %s", src, exc.strerror)
+                continue
             claimed.append(SpoolItem(item_id, attempts, dst, {}, _fd=fd))
         return claimed
 
@@ -286,6 +361,16 @@ class Spool:
                 if not locked:
                     continue  # a live worker holds it
                 item_id, attempts = parsed
+                try:
+                    read_item_file(path)
+                except DamagedItem as exc:
+                    # Acknowledgement comes only after the fsync that completes an
+                    # item, so a damaged one was most likely never acknowledged;
+                    # it is kept for an operator all the same.
+                    log.warning("quarantined a damaged item (cut short before it was acknowledged?): %s", exc)
+                    self._quarantine(path, item_id, attempts, str(exc))
+                    quarantined += 1
+                    continue
                 attempts += 1  # the attempt that was cut short counts
                 if attempts >= self.max_attempts:
                     self._quarantine(path, item_id, attempts,
@@ -294,8 +379,14 @@ class Spool:
                 else:
                     os.rename(path, self.root / "new" / f"{item_id}.{attempts}")
                     requeued += 1
+        stale = time.time() - 60  # a writer locks its file right after creating it; leave young ones be
         for name in os.listdir(self.root / "tmp"):
             path = self.root / "tmp" / name
+            try:
+                if path.stat().st_mtime > stale:
+                    continue
+            except FileNotFoundError:
+                continue
             with self._try_lock(path) as locked:
                 if locked:
                     path.unlink(missing_ok=True)  # never acknowledged: the sender still has it
@@ -304,8 +395,10 @@ class Spool:
     @contextmanager
     def _try_lock(self, path: Path) -> Iterator[bool]:
         try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.error("cannot open spool item %s: %s", path, exc.strerror)
             yield False
             return
         try:
@@ -366,13 +459,3 @@ class Spool:
 
     def forget_reason(self, item_id: str) -> None:
         (self.root / "quarantine" / f"{item_id}.reason.json").unlink(missing_ok=True)
-
-    # -- health ---------------------------------------------------------
-    def oldest_waiting_age(self) -> float | None:
-        names = self.pending() or sorted(os.listdir(self.root / "work"))
-        if not names:
-            return None
-        return max(0.0, time.time() - int(names[0].split("-", 1)[0]) / 1e9)
-
-    def disk_free(self) -> int:
-        return shutil.disk_usage(self.root).free

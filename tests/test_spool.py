@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from conftest import ROOT
 
-from gateway.spool import Spool, SpoolError, read_item_file
+from gateway.spool import DamagedItem, Spool, SpoolError, read_item_file
 
 
 @pytest.fixture
@@ -141,7 +143,14 @@ def test_recover_clears_unacknowledged_partial_writes(spool: Spool) -> None:
     live.write(b"partial")
     dead = spool.root / "tmp" / "123-dead.0"
     dead.write_bytes(b"GWSPOOL1 {}\npart")
+    young = spool.root / "tmp" / "456-young.0"
+    young.write_bytes(b"GWSPOOL1 {}\npart")
+    os.utime(dead, (time.time() - 120, time.time() - 120))
+    os.utime(live._tmp, (time.time() - 120, time.time() - 120))
     spool.recover()
+    # Unlocked and old: debris. Locked: being written. Young: maybe not locked yet.
+    assert sorted(os.listdir(spool.root / "tmp")) == sorted([f"{live.id}.0", "456-young.0"])
+    young.unlink()
     assert os.listdir(spool.root / "tmp") == [f"{live.id}.0"]
     live.write(b" and the rest")
     assert live.commit().raw == b"partial and the rest"
@@ -171,3 +180,62 @@ def test_enqueue_on_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
         assert spool.enqueue(b"small", {}).raw == b"small"
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+def test_seal_catches_damaged_bytes(spool: Spool) -> None:
+    """A spool file whose bytes no longer match its seal is refused when read, naming the file."""
+    item = spool.enqueue(b"original bytes", {})
+    path = spool.root / "new" / f"{item.id}.0"
+    data = path.read_bytes()
+    path.write_bytes(data[:-5] + b"XXXXX")
+    [claimed] = spool.claim(1)
+    with pytest.raises(DamagedItem, match="do not match the seal"):
+        claimed.raw
+    assert spool.fail(claimed, "damaged") is False  # it stays visible until quarantined
+
+
+def test_recover_sets_aside_a_claimed_item_cut_short_before_its_fsync(spool: Spool) -> None:
+    """Killed between rename and fsync of a claimed item: it is not processed, but kept in quarantine."""
+    writer = spool.writer({"intake": "smtp"})
+    writer.write(b"Subject: x\r\n\r\nbody")
+    item = writer.commit(claim=True)
+    path = spool.root / "work" / f"{item.id}.0"
+    # What a crash could leave: the rename made it, the data did not.
+    path.write_bytes(path.read_bytes()[:-4])
+    item._unlock()
+    assert spool.recover() == (0, 1)
+    assert os.listdir(spool.root / "work") == [] and spool.pending() == []
+    [q] = spool.quarantined()
+    assert q.id == item.id and "do not match the seal" in q.reason
+    # An intact abandoned claim is requeued, as before.
+    intact = spool.enqueue(b"intact", {}, claim=True)
+    intact._unlock()
+    assert spool.recover() == (1, 0)
+
+
+def test_an_unreadable_item_does_not_stop_the_others() -> None:
+    """A file the daemon's user cannot open is logged and skipped; the next item is still claimed."""
+    base = Path(tempfile.mkdtemp(prefix="gw-spool-"))
+    try:
+        spool = Spool(base / "spool", base / "messages")
+        first = spool.enqueue(b"one", {})
+        second = spool.enqueue(b"two", {})
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        bad = spool.root / "new" / f"{first.id}.0"
+        os.chown(bad, 0, 0)  # left behind by a command run as root
+        os.chmod(bad, 0o600)
+        pid = os.fork()
+        if pid == 0:  # the daemon's unprivileged user
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                claimed = Spool(spool.root, spool.message_dir).claim(10)
+                spool.recover()
+                os._exit(0 if [c.id for c in claimed] == [second.id] else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        shutil.rmtree(base)

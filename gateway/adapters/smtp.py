@@ -196,13 +196,20 @@ class IntakeSMTP(SMTP):
         limit = self.data_size_limit
         failure: str | None = None
         received = 0
+        pending = bytearray()  # lines are written in 64 KiB pieces, not one call each
+        loop = self.loop
+        timer_set = 0.0
         while self.transport is not None:
-            # A stalled client is cut off after data_timeout of silence.
-            self._reset_timeout(self.intake.data_timeout)
+            # A stalled client is cut off after data_timeout of silence; re-arming
+            # the timer once a second is enough and much cheaper than every line.
+            now = loop.time()
+            if now - timer_set > 1.0:
+                self._reset_timeout(self.intake.data_timeout)
+                timer_set = now
             try:
                 line = await self._reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as exc:
-                line = await self._reader.read(exc.consumed)
+                await self._reader.read(exc.consumed)
                 failure = failure or "500 5.5.2 Error: line too long"
                 continue
             if line == b".\r\n":
@@ -213,15 +220,25 @@ class IntakeSMTP(SMTP):
             if limit and received > limit:
                 failure = failure or "552 5.3.4 Error: message exceeds the fixed maximum message size"
             if failure is None:
-                try:
-                    writer.write(line)
-                except SpoolError as exc:
-                    log.error("%s: cannot spool: %s", _peer(self.session), exc)
-                    failure = "451 4.3.0 Error: cannot store the message now, try again later"
+                pending += line
+                if len(pending) >= 65536:
+                    failure = self._flush(writer, pending)
+        if failure is None and pending:
+            failure = self._flush(writer, pending)
         self._reset_timeout()
         if failure:
             log.warning("%s: message refused: %s (%d bytes)", _peer(self.session), failure, received)
         return failure
+
+    def _flush(self, writer: SpoolWriter, pending: bytearray) -> str | None:
+        try:
+            writer.write(bytes(pending))
+        except SpoolError as exc:
+            log.error("%s: cannot spool: %s", _peer(self.session), exc)
+            return "451 4.3.0 Error: cannot store the message now, try again later"
+        finally:
+            pending.clear()
+        return None
 
 
 class SmtpIntake:
