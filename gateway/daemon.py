@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,8 @@ class Daemon:
         self.notifier.stopping("stopping: finishing items in progress")
         log.info("stopping: letting in-flight items finish")
         if self.smtp is not None:
-            await self.smtp.stop()  # no new sessions; sessions in DATA finish their reply
+            # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
+            await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
@@ -170,6 +172,8 @@ class Daemon:
             except RegistryUnavailable as exc:
                 log.error("registry unavailable, retrying in %.0f s: %s", delay, exc)
                 self.notifier.status(f"waiting for the registry: {exc}")
+                # Waiting for the database is start-up, not a hang: ask systemd for time.
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}")
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
@@ -190,9 +194,10 @@ class Daemon:
     def _stop_workers(self) -> None:
         self._stopping.set()
         self.wake()
-        grace = self.config.model.daemon.shutdown_grace_seconds
+        deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
         for thread in self._workers:
-            thread.join(grace)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        grace = self.config.model.daemon.shutdown_grace_seconds
         if any(t.is_alive() for t in self._workers):
             # Claimed items stay in work/; their locks die with us and the next start recovers them.
             log.warning("workers still busy after %.0f s; their items will be recovered at next start", grace)
@@ -275,6 +280,11 @@ class Daemon:
             ("spool", self.config.model.spool, new.model.spool),
             ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
         ) if old != cur]
+        if restart_needed:
+            # Keep what only a restart can change; apply the rest now.
+            old = self.config.model
+            new = Config(path=new.path, state_dir=self.config.state_dir, model=new.model.model_copy(update={
+                "gateway": old.gateway, "registry": old.registry, "daemon": old.daemon, "spool": old.spool}))
         self.config = new
         if self.pipeline is not None:
             self.pipeline.config = new

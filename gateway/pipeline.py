@@ -66,10 +66,15 @@ class Pipeline:
         cc = [a.address for a in parsed.cc]
         department = next(
             (d for d in (self.config.department_for_address(a) for a in [*rcpts, *to, *cc]) if d), None)
+        flags = list(meta.get("flags", []))
+        if department is None:
+            # Nobody's address: the triage department owns it until someone settles it.
+            department = self.config.model.triage.department
+            flags.append("needs-triage")
         keys = [f"spool:{item.id}"]
         if meta.get("source_key"):
             keys.append(str(meta["source_key"]))
-        return NewLetter(
+        return _storable(NewLetter(
             intake_keys=keys,
             channel=meta.get("channel", "email"),
             intake=meta.get("intake", "file"),
@@ -90,10 +95,10 @@ class Pipeline:
             body_text=parsed.body_text,
             envelope=envelope,
             defects=parsed.defects,
-            flags=list(meta.get("flags", [])),
+            flags=flags,
             attachments=[NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
                                        a.size, a.sha256, a.origin) for a in parsed.attachments],
-        )
+        ))
 
     def process(self, items: list[SpoolItem], *, discard_when_unavailable: bool = False) -> list[Outcome]:
         """Normalise and register a batch. With discard_when_unavailable (an intake
@@ -106,6 +111,7 @@ class Pipeline:
                 ready.append((item, self.build(item)))
             except Exception as exc:  # one bad item never blocks the others
                 outcomes.append(self._failed(item, f"cannot read item: {type(exc).__name__}: {exc}"))
+            item.forget_raw()  # a batch of large messages must not stay in memory
         if not ready:
             return outcomes
         checkpoint("before-commit")
@@ -117,9 +123,7 @@ class Pipeline:
                             len(ready), exc)
             else:
                 log.warning("registry unavailable, %d item(s) stay spooled: %s", len(ready), exc)
-            for item, _ in ready:
-                (self.spool.discard if discard_when_unavailable else self.spool.release)(item)
-            return outcomes + [Outcome(item.id, "released", reason=str(exc)) for item, _ in ready]
+            return outcomes + [self._unavailable(item, exc, discard_when_unavailable) for item, _ in ready]
         except Exception:
             if len(ready) == 1:
                 item, _ = ready[0]
@@ -138,24 +142,37 @@ class Pipeline:
         try:
             [result] = self.registry.register([new])
         except RegistryUnavailable as exc:
-            (self.spool.discard if discard_when_unavailable else self.spool.release)(item)
-            return [Outcome(item.id, "released", reason=str(exc))]
+            return [self._unavailable(item, exc, discard_when_unavailable)]
         except Exception as exc:
             log.exception("item %s: registration failed", item.id)
             return [self._failed(item, f"registration failed: {type(exc).__name__}: {exc}")]
         return [self._finish(item, new, result)]
 
+    def _unavailable(self, item: SpoolItem, exc: Exception, discard: bool) -> Outcome:
+        (self.spool.discard if discard else self.spool.release)(item)
+        return Outcome(item.id, "released", reason=str(exc))
+
     def _finish(self, item: SpoolItem, new: NewLetter, result: Registered) -> Outcome:
-        self.spool.finish(item, new.raw_sha256)
+        # Committed: from here on nothing may undo the registration or lose the bytes.
+        try:
+            self.spool.finish(item, new.raw_sha256)
+        except OSError as exc:
+            # The file stays in work/; recover() brings it back and it is recognised as known.
+            log.error("%s registered, but its spool file could not be moved to the store: %s",
+                      result.number, exc)
+            item._unlock()
         if result.outcome == "registered":
             log.info("%s registered: %s from %s <%s>, %d attachment(s)%s", result.number,
                      _quote(new.subject), new.sender_name, new.sender_address, len(new.attachments),
                      f", {len(new.defects)} defect(s)" if new.defects else "")
         elif result.outcome == "duplicate":
             log.info("%s received again (same bytes, item %s): recorded as an event", result.number, item.id)
-        self.publish(f"letter.{result.outcome}", {
-            "number": result.number, "status": result.status, "channel": new.channel,
-            "department": new.department, "item": item.id, "at": time.time()})
+        try:
+            self.publish(f"letter.{result.outcome}", {
+                "number": result.number, "status": result.status, "channel": new.channel,
+                "department": new.department, "item": item.id, "at": time.time()})
+        except Exception:
+            log.exception("%s: event not published", result.number)
         return Outcome(item.id, result.outcome, result.number)
 
     def _failed(self, item: SpoolItem, reason: str) -> Outcome:
@@ -167,6 +184,30 @@ class Pipeline:
         log.warning("item %s failed (attempt %d of %d), will retry: %s", item.id, item.attempts + 1,
                     self.spool.max_attempts, reason)
         return Outcome(item.id, "retry", reason=reason)
+
+
+_NUL = "\x00"
+
+
+def _clean(value: Any) -> Any:
+    """PostgreSQL refuses NUL in text and JSON; a hostile message must still register."""
+    if isinstance(value, str):
+        return value.replace(_NUL, "\ufffd") if _NUL in value else value
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def _storable(new: NewLetter) -> NewLetter:
+    for name, value in vars(new).items():
+        if name != "attachments":
+            setattr(new, name, _clean(value))
+    for attachment in new.attachments:
+        for name, value in vars(attachment).items():
+            setattr(attachment, name, _clean(value))
+    return new
 
 
 def _quote(text: str, limit: int = 80) -> str:

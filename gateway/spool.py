@@ -151,6 +151,9 @@ class SpoolItem:
             self.meta, self._raw = read_item_file(self.path)
         return self._raw
 
+    def forget_raw(self) -> None:
+        self._raw = None
+
     def _unlock(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

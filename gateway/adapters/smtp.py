@@ -53,8 +53,15 @@ def _verify(password: bytes, encoded: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
 class Credentials:
-    """`user:scrypt$...` lines; read at start and on reload, never logged."""
+    """`user:scrypt$...` lines; read at start and on reload, never logged.
+
+    Checking runs scrypt (about 50 ms) on the event loop, as aiosmtpd calls
+    authenticators synchronously; AUTH is for a few internal submitters.
+    """
 
     def __init__(self, path: Path):
         self.path = path
@@ -72,8 +79,9 @@ class Credentials:
                  auth_data: Any) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             user = auth_data.login.decode(errors="replace")
-            encoded = self.users.get(user)
-            if encoded is not None and _verify(auth_data.password, encoded):
+            # Unknown users cost the same hash, so timing does not tell which names exist.
+            encoded = self.users.get(user, _DUMMY_HASH)
+            if _verify(auth_data.password, encoded) and user in self.users:
                 return AuthResult(success=True, auth_data=user)
             log.warning("%s: AUTH %s failed for user %r", _peer(session), mechanism, user)
         return AuthResult(success=False, handled=False)
@@ -127,6 +135,7 @@ class IntakeSMTP(SMTP):
 
     def __init__(self, intake: SmtpIntake, **kwargs: Any):
         self.intake = intake
+        self.in_transaction = False
         self._counted = False
         self._transactions = 0
         self._session_id = secrets.token_hex(6)
@@ -140,15 +149,33 @@ class IntakeSMTP(SMTP):
             assert self.transport is not None
             self.transport.close()
             return
+        if self.intake.stopping:
+            await self.push(f"421 4.3.2 {self.hostname} shutting down, try again later")
+            assert self.transport is not None
+            self.transport.close()
+            return
         self.intake.limits.sessions += 1
         self._counted = True
+        self.intake.sessions.add(self)
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self.intake.limits.sessions -= 1
             self._counted = False
+        self.intake.sessions.discard(self)
         super().connection_lost(error)
+
+    def hang_up(self, reply: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write((reply.format(self.hostname) + "\r\n").encode())
+            self.transport.close()
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode(errors="replace") if isinstance(status, bytes) else status
+        if text.startswith("552 Error: message size exceeds"):  # aiosmtpd's own SIZE check at MAIL
+            log.warning("%s: refused MAIL: SIZE above %s bytes", _peer(self.session), self.data_size_limit)
+        await super().push(status)
 
     def _timeout_cb(self) -> None:
         # Say why before hanging up, and log it once.
@@ -168,6 +195,14 @@ class IntakeSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         self._transactions += 1
+        self.in_transaction = True
+        try:
+            await self._transaction()
+        finally:
+            self.in_transaction = False
+
+    async def _transaction(self) -> None:
+        assert self.envelope is not None and self.session is not None
         try:
             writer = self.intake.spool.writer(self.intake.meta(self, self._transactions))
             writer.write(self.intake.received_header(self, self._session_id))
@@ -187,7 +222,12 @@ class IntakeSMTP(SMTP):
             self._set_post_data_state()
             await self.push(status)
             return
-        status = await self.intake.accept(writer, self)
+        # Registration must not be cut off half-way: neither by the client going
+        # away (the task runs on; the letter is registered or refused cleanly)
+        # nor by the command timeout while the registry works.
+        self._reset_timeout(self.intake.data_timeout)
+        status = await asyncio.shield(asyncio.ensure_future(self.intake.accept(writer, self)))
+        self._reset_timeout()
         self._set_post_data_state()
         await self.push(status)
 
@@ -199,6 +239,8 @@ class IntakeSMTP(SMTP):
         pending = bytearray()  # lines are written in 64 KiB pieces, not one call each
         loop = self.loop
         timer_set = 0.0
+        overlong = False  # inside a line longer than the reader's limit
+        ended = False
         while self.transport is not None:
             # A stalled client is cut off after data_timeout of silence; re-arming
             # the timer once a second is enough and much cheaper than every line.
@@ -211,8 +253,14 @@ class IntakeSMTP(SMTP):
             except asyncio.LimitOverrunError as exc:
                 await self._reader.read(exc.consumed)
                 failure = failure or "500 5.5.2 Error: line too long"
+                overlong = True
+                continue
+            if overlong:
+                # The tail of an over-long line, never the end of DATA, even if it is ".\r\n".
+                overlong = False
                 continue
             if line == b".\r\n":
+                ended = True
                 break
             if line.startswith(b"."):
                 line = line[1:]
@@ -223,6 +271,8 @@ class IntakeSMTP(SMTP):
                 pending += line
                 if len(pending) >= 65536:
                     failure = self._flush(writer, pending)
+        if not ended:
+            failure = "451 4.3.0 connection closed during DATA"
         if failure is None and pending:
             failure = self._flush(writer, pending)
         self._reset_timeout()
@@ -259,6 +309,19 @@ class SmtpIntake:
         auth_file = config.smtp_path(smtp.auth_users_file)
         self.credentials = Credentials(auth_file) if auth_file else None
         self._servers: list[asyncio.base_events.Server] = []
+        self.sessions: set[IntakeSMTP] = set()
+        self.stopping = False
+        # Listener settings are fixed for the life of the listener (a reload
+        # changes accepted addresses and limits; these need a restart).
+        self._kwargs: dict[str, Any] = dict(
+            data_size_limit=smtp.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
+            hostname=smtp.hostname, ident=IDENT, timeout=smtp.command_timeout,
+            tls_context=self.tls_context, require_starttls=smtp.require_tls, auth_require_tls=True,
+        )
+        if self.credentials is not None:
+            self._kwargs["authenticator"] = self.credentials
+        else:
+            self._kwargs["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
 
     def reload(self, config: Config) -> None:
         """Accepted addresses and limits follow the configuration; listeners need a restart."""
@@ -267,19 +330,14 @@ class SmtpIntake:
         self.limits.max_sessions = smtp.max_sessions
         self.limits.per_minute = smtp.max_connections_per_minute
         self.data_timeout = smtp.data_timeout
+        if self.credentials is not None:
+            try:
+                self.credentials.users = Credentials(self.credentials.path).users
+            except (OSError, ValueError) as exc:
+                log.error("AUTH users not reloaded, the previous ones stay in force: %s", exc)
 
     def _protocol(self) -> IntakeSMTP:
-        smtp = self.config.model.smtp
-        kwargs: dict[str, Any] = dict(
-            data_size_limit=smtp.max_message_bytes, enable_SMTPUTF8=True, decode_data=False,
-            hostname=smtp.hostname, ident=IDENT, timeout=smtp.command_timeout,
-            tls_context=self.tls_context, require_starttls=smtp.require_tls, auth_require_tls=True,
-        )
-        if self.credentials is not None:
-            kwargs["authenticator"] = self.credentials
-        else:
-            kwargs["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
-        return IntakeSMTP(self, **kwargs)
+        return IntakeSMTP(self, **self._kwargs)
 
     async def start(self) -> list[str]:
         loop = asyncio.get_running_loop()
@@ -292,18 +350,21 @@ class SmtpIntake:
             bound.append(address)
         return bound
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float) -> None:
+        """Stop listening; let transactions in DATA finish their reply; close the rest with 421."""
+        self.stopping = True
         for server in self._servers:
             server.close()
-        for server in self._servers:
-            await server.wait_closed()
         self._servers.clear()
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(s.in_transaction for s in self.sessions) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.hang_up("421 4.3.2 {} shutting down, try again later")
 
     # -- aiosmtpd hooks ----------------------------------------------------
     async def handle_MAIL(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
-        if self.config.model.smtp.require_tls and session.ssl is None:
-            return "530 5.7.0 Must issue a STARTTLS command first"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -314,6 +375,8 @@ class SmtpIntake:
             log.info("%s: refused recipient <%s> (not ours; no relaying)", _peer(session), _clean(address))
             return "550 5.7.1 <{}>: relay access denied".format(_clean(address))
         if len(envelope.rcpt_tos) >= self.config.model.smtp.max_recipients:
+            log.warning("%s: refused recipient <%s>: more than %d recipients", _peer(session), _clean(address),
+                        self.config.model.smtp.max_recipients)
             return "452 4.5.3 Error: too many recipients"
         if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
             envelope.rcpt_tos.append(address)

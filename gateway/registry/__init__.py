@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from gateway.registry import schema
@@ -83,6 +83,11 @@ class Registered:
     status: str
 
 
+def _unreachable(exc: DBAPIError) -> bool:
+    """Is this the database being away (retry later) rather than this item's fault?"""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -103,9 +108,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # Take the write lock up front: a deferred transaction that upgrades
-            # later fails with "database is locked" instead of waiting.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front: a deferred transaction that
+            # upgrades later fails with "database is locked" instead of waiting.
+            # Readers do not, so listing letters never queues behind intake.
+            immediate = conn.get_execution_options().get("write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     if url.startswith("postgresql://"):
@@ -118,6 +125,7 @@ class Registry:
                  timezone_name: str = "UTC", echo: bool = False):
         self.url = url
         self.engine = make_engine(url, echo=echo)
+        self.writer = self.engine.execution_options(write=True)
         self.template = NumberTemplate(number_template)
         self.tz = ZoneInfo(timezone_name)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -140,15 +148,17 @@ class Registry:
         """Register a batch in one transaction; retried when a concurrent writer collides."""
         for attempt in range(5):
             try:
-                with self.engine.begin() as conn:
+                with self.writer.begin() as conn:
                     return self._register_batch(conn, list(letters))
             except IntegrityError:
                 # Another process registered the same bytes or took the same
                 # new series at the same moment; a fresh look will see it.
                 if attempt == 4:
                     raise
-            except OperationalError as exc:
-                raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+            except DBAPIError as exc:
+                if _unreachable(exc):
+                    raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+                raise
         raise AssertionError("unreachable")
 
     def _register_batch(self, conn: Connection, letters: list[NewLetter]) -> list[Registered]:
@@ -289,10 +299,3 @@ class Registry:
     def count(self) -> int:
         with self.sessions() as session:
             return int(session.scalar(select(func.count(Letter.id))) or 0)
-
-    def ping(self) -> None:
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except OperationalError as exc:
-            raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc

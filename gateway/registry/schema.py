@@ -43,7 +43,7 @@ def upgrade(engine: Engine) -> bool:
     from alembic import command
 
     cfg = _alembic_config()
-    with engine.begin() as conn:
+    with engine.execution_options(write=True).begin() as conn:
         # Two processes starting at once must not both run the migration.
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(724311)"))
