@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
 
 from gateway import config as config_mod
@@ -40,15 +41,21 @@ class State:
     def registry(self) -> Any:
         from gateway.registry import Registry, RegistryUnavailable
 
-        cfg = self.config
-        registry = Registry(cfg.registry_url, number_template=cfg.model.gateway.letter_number,
-                            timezone_name=cfg.model.gateway.timezone, echo=cfg.model.registry.echo_sql)
+        registry = Registry.from_config(self.config)
         try:
             registry.upgrade()
         except RegistryUnavailable as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EX_TEMPFAIL)
         return registry
+
+    def letter(self, number: str) -> Any:
+        """The letter with this number, or exit 1 saying there is none."""
+        letter = self.registry().letter(number)
+        if letter is None:
+            click.echo(f"error: no letter {number}", err=True)
+            sys.exit(1)
+        return letter
 
     def spool(self) -> Any:
         from gateway.spool import Spool
@@ -189,6 +196,8 @@ def letter_detail(letter: Any) -> dict[str, Any]:
         "intake": letter.intake, "recipient": letter.recipient, "recipients": letter.recipients,
         "sent_at": _iso(letter.sent_at), "message_id": letter.message_id, "summary": letter.summary,
         "confidentiality": letter.confidentiality, "deadline": _iso(letter.deadline),
+        "series": letter.series, "seq": letter.seq, "created_at": _iso(letter.created_at),
+        "updated_at": _iso(letter.updated_at), "body_text": letter.body_text,
         "raw_sha256": letter.raw_sha256, "raw_size": letter.raw_size, "raw_path": letter.raw_path,
         "envelope": letter.envelope, "defects": letter.defects, "flags": letter.flags,
         "fax": {"number": letter.fax_number, "caller_id": letter.fax_caller_id,
@@ -247,10 +256,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
 @pass_state
 def letters_show(state: State, number: str, as_json: bool) -> None:
     """Every field of one letter, its attachments and its events."""
-    letter = state.registry().letter(number)
-    if letter is None:
-        click.echo(f"error: no letter {number}", err=True)
-        sys.exit(1)
+    letter = state.letter(number)
     detail = letter_detail(letter)
     if as_json:
         _print_json(detail)
@@ -261,7 +267,7 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
     fields.add_column(style="bold")
     fields.add_column(overflow="fold")
     for key, value in detail.items():
-        if key in ("attachments", "events", "recipients", "envelope", "fax"):
+        if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text"):
             continue
         if key.endswith("_at") or key == "deadline":
             value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
@@ -273,6 +279,7 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
     if letter.channel == "fax":
         fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
     console.print(fields)
+    console.print(Panel(letter.body_text or "(no text)", title="Text", title_align="left"))
     attachments = Table(title="Attachments")
     for column in ("#", "Name", "Detected type", "Size", "SHA-256"):
         attachments.add_column(column, overflow="fold")
@@ -298,10 +305,7 @@ def letters_extract(state: State, number: str, directory: Path) -> None:
     from gateway.normalise import normalise, safe_join
     from gateway.spool import read_raw
 
-    letter = state.registry().letter(number)
-    if letter is None:
-        click.echo(f"error: no letter {number}", err=True)
-        sys.exit(1)
+    letter = state.letter(number)
     parsed = normalise(read_raw(state.config.state_dir / letter.raw_path))
     directory.mkdir(parents=True, exist_ok=True)
     for attachment in parsed.attachments:  # names are safe and unique within a letter
@@ -394,6 +398,3 @@ def quarantine_retry(state: State, item_ids: tuple[str, ...], retry_all: bool) -
     logging.getLogger("gateway.cli").debug("woke the daemon")
     sys.exit(1 if missing else 0)
 
-
-if __name__ == "__main__":
-    main()

@@ -60,8 +60,7 @@ class Daemon:
         self._config_arg = config_arg
         self.notifier = Notifier()
         self.spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
-        self.registry = Registry(config.registry_url, number_template=config.model.gateway.letter_number,
-                                 timezone_name=config.model.gateway.timezone, echo=config.model.registry.echo_sql)
+        self.registry = Registry.from_config(config)
         self.totals: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._wakeups: list[threading.Event] = []

@@ -134,7 +134,7 @@ class Pipeline:
                 outcomes += self._register_alone(item, new, discard_when_unavailable)
             return outcomes
         checkpoint("after-commit")
-        for (item, new), result in zip(ready, results):
+        for (item, new), result in zip(ready, results, strict=True):
             outcomes.append(self._finish(item, new, result))
         return outcomes
 

@@ -15,10 +15,6 @@ class Notifier:
             # A full receiver queue must never stall the daemon: drop instead.
             self._sock.setblocking(False)
 
-    @property
-    def enabled(self) -> bool:
-        return self._sock is not None
-
     def notify(self, *fields: str) -> None:
         if self._sock is None:
             return

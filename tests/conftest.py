@@ -220,6 +220,34 @@ class Daemon:
         return self.output()
 
 
+class Notify:
+    """A stand-in for systemd's notify socket: a real datagram socket the daemon writes to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(60)
+
+    def wait_for(self, field: str) -> list[str]:
+        seen = []
+        while True:
+            msg = self.sock.recv(4096).decode()
+            seen.append(msg)
+            if field in msg.split("\n"):
+                return seen
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Notify]:
+    n = Notify(tmp_path / "notify.sock")
+    yield n
+    n.close()
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Gateway:
     return Gateway(tmp_path)

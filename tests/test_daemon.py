@@ -4,24 +4,17 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 from pathlib import Path
 
-import pytest
 import zmq
 
-from conftest import Gateway, PostgresServer, make_message, wait_for
-from test_pipeline import Notify, start_and_wait_ready, stop
+from conftest import Gateway, Notify, PostgresServer, make_message, wait_for
+from test_pipeline import start_and_wait_ready, stop
 
 from gateway.events import DaemonLink
 from gateway.spool import Spool
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Notify:
-    n = Notify(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 def test_ready_status_watchdog_and_graceful_stop(gateway: Gateway, notify: Notify) -> None:

@@ -1,15 +1,12 @@
 """From a file to a numbered register entry, through the same pipeline the daemon runs."""
 from __future__ import annotations
 
-import json
-import os
-import socket
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, make_message
+from conftest import Daemon, Gateway, Notify, make_message
 
 
 def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path: Path) -> None:
@@ -120,34 +117,6 @@ def test_extract_never_writes_outside_the_directory(gateway: Gateway, tmp_path: 
 
 
 # -- crashes ---------------------------------------------------------------
-class Notify:
-    """A stand-in for systemd's notify socket: a real datagram socket the daemon writes to."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(60)
-
-    def wait_for(self, field: str) -> list[str]:
-        seen = []
-        while True:
-            msg = self.sock.recv(4096).decode()
-            seen.append(msg)
-            if field in msg.split("\n"):
-                return seen
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Notify:
-    n = Notify(tmp_path / "notify.sock")
-    yield n
-    n.close()
-
-
 def start_and_wait_ready(gateway: Gateway, notify: Notify) -> Daemon:
     proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
@@ -199,3 +168,29 @@ def test_the_daemon_killed_while_processing_recovers_on_restart(gateway: Gateway
         assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
     finally:
         stop(daemon)
+
+
+def test_hostile_headers_register_on_postgresql(pg_gateway: Gateway, tmp_path: Path) -> None:
+    """NUL bytes in names and over-long addresses and types still give a letter on PostgreSQL."""
+    long_sender = "x" * 400 + "@partner.example"
+    raw = (f"From: {long_sender}\r\nTo: liaison@example.org\r\nSubject: nul\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+           f"--b\r\nContent-Type: application/{'y' * 300}\r\n"
+           "Content-Disposition: attachment; filename*=utf-8''a%00b.txt\r\n\r\npayload\r\n--b--\r\n").encode()
+    eml = tmp_path / "nul.eml"
+    eml.write_bytes(raw)
+    assert "registered as 2026-000001" in pg_gateway.run("ingest", str(eml)).stdout
+    detail = pg_gateway.show_json("2026-000001")
+    assert detail["sender_address"] == long_sender
+    [attachment] = detail["attachments"]
+    assert "\x00" not in attachment["original_filename"] and attachment["declared_type"].startswith("application/yyy")
+    assert detail["department"] == "general-office"
+
+
+def test_letters_to_nobody_in_particular_go_to_triage(gateway: Gateway, tmp_path: Path) -> None:
+    """A letter to no department address is received by the triage department and flagged."""
+    eml = tmp_path / "a.eml"
+    eml.write_bytes(make_message(1, to="someone@elsewhere.example"))
+    gateway.run("ingest", str(eml))
+    detail = gateway.show_json("2026-000001")
+    assert detail["department"] == "general-office" and detail["flags"] == ["needs-triage"]

@@ -109,7 +109,7 @@ def test_rolled_back_registration_leaves_no_gap(registry: Registry) -> None:
     [a] = registry.register([new_letter(1)])
     bad = new_letter(2)
     bad.received_at = datetime(2026, 11, 23, 10, 0)  # naive: refused inside the transaction
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="naive datetime"):  # noqa: B017
         registry.register([new_letter(3), bad])
     [b] = registry.register([new_letter(4)])
     assert (a.number, b.number) == ("2026-000001", "2026-000002")

@@ -1,30 +1,21 @@
 """SMTP intake, with real clients: smtplib, swaks and Postfix's smtp-source."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import smtplib
 import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, PostgresServer, make_message, wait_for
-from test_pipeline import Notify
+from conftest import Daemon, Gateway, Notify, PostgresServer, make_message, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture
-def notify(tmp_path: Path) -> Notify:
-    n = Notify(tmp_path / "notify.sock")
-    yield n
-    n.close()
 
 
 class Running:
@@ -350,3 +341,81 @@ def test_command_and_data_timeouts(gateway: Gateway, notify: Notify) -> None:
         assert gateway.list_json() == []
     finally:
         running.stop()
+
+
+def _dialogue(port: int) -> tuple[socket.socket, object]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    f = s.makefile("rb")
+    f.readline()
+    for command in (b"EHLO x\r\n", b"MAIL FROM:<a@partner.example>\r\n", b"RCPT TO:<liaison@example.org>\r\n",
+                    b"DATA\r\n"):
+        s.sendall(command)
+        while (line := f.readline())[3:4] == b"-":
+            pass
+    assert line.startswith(b"354"), line
+    return s, f
+
+
+def test_sigterm_lets_a_transaction_in_data_finish(gateway: Gateway, notify: Notify) -> None:
+    """SIGTERM while a client is in DATA: new connections are refused, the transaction gets its 250."""
+    running = start(gateway, notify)
+    s, f = _dialogue(gateway.smtp_port)
+    try:
+        s.sendall(make_message(1)[:40])
+        running.proc.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        wait_for(lambda: _refused(gateway.smtp_port), 10, "the listener to close")
+        s.sendall(make_message(1)[40:] + b"\r\n.\r\n")
+        assert f.readline() == b"250 2.0.0 OK registered as 2026-000001\r\n"
+    finally:
+        f.close()
+        s.close()
+    out = running.stop()
+    assert running.proc.returncode == 0, out
+    assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def test_451_when_the_spool_cannot_take_the_message(gateway: Gateway, notify: Notify) -> None:
+    """With the spool unwritable, DATA is refused with 451 and nothing is registered; then it works again."""
+    running = start(gateway, notify)
+    tmp = gateway.state / "spool" / "tmp"
+    try:
+        tmp.rename(tmp.with_name("tmp-away"))
+        with running.client() as c:
+            c.ehlo()
+            c.mail("alice@partner.example")
+            c.rcpt("liaison@example.org")
+            # Refused before the client sends a byte of the message.
+            code, reply = c.docmd("DATA")
+            assert code == 451 and b"cannot store the message" in reply
+        tmp.with_name("tmp-away").rename(tmp)
+        with running.client() as c:
+            c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1))
+        assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+    finally:
+        out = running.stop()
+    assert "cannot spool" in out
+
+
+def test_a_line_longer_than_the_limit_is_refused_without_ending_data(gateway: Gateway, notify: Notify) -> None:
+    """A 100 KiB line gets 500 after the real end of DATA; nothing is stored and the session goes on."""
+    running = start(gateway, notify)
+    s, f = _dialogue(gateway.smtp_port)
+    try:
+        s.sendall(b"Subject: long\r\n\r\n" + b"a" * 100_000 + b".\r\n.\r\nQUIT\r\n")
+        reply = f.readline()
+        assert reply.startswith(b"500 5.5.2"), reply
+        assert f.readline().startswith(b"221")
+    finally:
+        f.close()
+        s.close()
+        running.stop()
+    assert gateway.list_json() == [] and gateway.spool_files("tmp") == []

@@ -15,12 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import selectinload, sessionmaker
 
+from gateway.config import Config
 from gateway.registry import schema
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries
 from gateway.registry.numbers import NumberTemplate
@@ -130,6 +131,12 @@ class Registry:
         self.tz = ZoneInfo(timezone_name)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @classmethod
+    def from_config(cls, config: Config) -> Registry:
+        model = config.model
+        return cls(config.registry_url, number_template=model.gateway.letter_number,
+                   timezone_name=model.gateway.timezone, echo=model.registry.echo_sql)
+
     def upgrade(self) -> bool:
         try:
             return schema.upgrade(self.engine)
@@ -221,7 +228,7 @@ class Registry:
 
         events: list[dict[str, Any]] = []
         attachments: list[dict[str, Any]] = []
-        for i, letter_id, row in zip(fresh, ids, rows):
+        for i, letter_id, row in zip(fresh, ids, rows, strict=True):
             new = letters[i]
             results[i] = Registered(row["number"], letter_id, "registered", "registered")
             attachments += [{"letter_id": letter_id, "position": n, **vars(a)}
@@ -247,7 +254,7 @@ class Registry:
 
         # Every key of every item, so that the next arrival of any of them is recognised.
         key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}  # type: ignore[union-attr]
-                    for new, r in zip(letters, results) for k in new.intake_keys if k not in known}
+                    for new, r in zip(letters, results, strict=True) for k in new.intake_keys if k not in known}
         for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values()))):
             if values:
                 conn.execute(insert(table), values)
