@@ -132,8 +132,10 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
     daemon = start_and_wait_ready(gateway, notify)
     good = gateway.config.read_text()
     try:
+        # A change that applies now (orders@), and one that needs a restart (state_dir).
         gateway.config.write_text(good.replace('addresses = ["sales@example.org"]',
-                                               'addresses = ["sales@example.org", "orders@example.org"]'))
+                                               'addresses = ["sales@example.org", "orders@example.org"]')
+                                  .replace(str(gateway.state), str(tmp_path / "elsewhere")))
         daemon.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING=1")
         notify.wait_for("READY=1")
@@ -152,7 +154,9 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
         assert gateway.list_json()[0]["department"] == "business"
     finally:
         out = stop(daemon)
-    assert "configuration reloaded from" in out
+    [reloaded] = [line for line in out.splitlines() if "configuration reloaded from" in line]
+    assert "gateway.state_dir" in reloaded and "takes effect at restart" in reloaded
+    assert not (tmp_path / "elsewhere" / "registry.sqlite3").exists()
     refused = [line for line in out.splitlines() if "reload refused" in line]
     assert len(refused) == 1 and "bogus: unknown key" in refused[0]
 

@@ -194,3 +194,12 @@ def test_letters_to_nobody_in_particular_go_to_triage(gateway: Gateway, tmp_path
     gateway.run("ingest", str(eml))
     detail = gateway.show_json("2026-000001")
     assert detail["department"] == "general-office" and detail["flags"] == ["needs-triage"]
+
+
+def test_logs_for_journald_carry_priority_and_letter_number(gateway: Gateway, tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM set) lines carry a syslog priority, no timestamp, and the letter number first."""
+    eml = tmp_path / "a.eml"
+    eml.write_bytes(make_message(1, subject="Journal"))
+    proc = gateway.run("ingest", str(eml), env=gateway.env(JOURNAL_STREAM="8:12345"))
+    assert "<6>gateway.pipeline: 2026-000001 registered: 'Journal' from Alice Partner <alice@partner.example>" \
+        in proc.stderr.splitlines()[0]
