@@ -162,8 +162,9 @@ class Pipeline:
                       result.number, exc)
             item._unlock()
         if result.outcome == "registered":
-            log.info("%s registered: %s from %s <%s>, %d attachment(s)%s", result.number,
-                     _quote(new.subject), new.sender_name, new.sender_address, len(new.attachments),
+            sender = f"{new.sender_name} <{new.sender_address}>" if new.sender_name else f"<{new.sender_address}>"
+            log.info("%s registered: %s from %s, %d attachment(s)%s", result.number,
+                     _quote(new.subject), sender, len(new.attachments),
                      f", {len(new.defects)} defect(s)" if new.defects else "")
         elif result.outcome == "duplicate":
             log.info("%s received again (same bytes, item %s): recorded as an event", result.number, item.id)
@@ -216,10 +217,13 @@ def _quote(text: str, limit: int = 80) -> str:
 
 
 class Registrar:
-    """Registers items handed over by in-process intakes, in batches, off the event loop.
+    """Makes durable and registers items handed over by in-process intakes, in
+    batches, off the event loop.
 
-    Sessions that finish DATA at the same moment share one registry
-    transaction (group commit); each gets its own outcome back.
+    Sessions that finish DATA at the same moment share one syncfs of the spool
+    and one registry transaction (group commit); each gets its own outcome back.
+    Items come sealed and renamed but not yet fsynced; nobody has been told
+    they are accepted until their batch's sync has returned.
     """
 
     def __init__(self, pipeline: Pipeline, batch_size: int):
@@ -255,6 +259,14 @@ class Registrar:
                     break
                 batch.append(entry)
             try:
+                try:
+                    self.pipeline.spool.sync()  # the whole batch durable at once
+                except OSError as exc:
+                    log.error("spool: cannot make items durable: %s", exc)
+                    for item, future in batch:
+                        self.pipeline.spool.discard(item)
+                        future.get_loop().call_soon_threadsafe(_resolve, future, Outcome(item.id, "unstored"))
+                    continue
                 outcomes = self.pipeline.process([item for item, _ in batch], discard_when_unavailable=True)
                 by_id = {o.item_id: o for o in outcomes}
                 for item, future in batch:

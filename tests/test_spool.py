@@ -239,3 +239,19 @@ def test_an_unreadable_item_does_not_stop_the_others() -> None:
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         shutil.rmtree(base)
+
+
+def test_a_batch_made_durable_with_one_sync(spool: Spool) -> None:
+    """Claimed items committed without their own fsync become durable with one Spool.sync() for the batch."""
+    items = []
+    for n in range(3):
+        writer = spool.writer({"intake": "smtp"})
+        writer.write(f"message {n}".encode())
+        items.append(writer.commit(claim=True, durable=False))
+    spool.sync()
+    assert sorted(os.listdir(spool.root / "work")) == sorted(f"{i.id}.0" for i in items)
+    assert [i.raw for i in items] == [b"message 0", b"message 1", b"message 2"]
+    unclaimed = spool.writer({})
+    with pytest.raises(AssertionError):
+        unclaimed.commit(durable=False)  # only claimed items may wait for a batch sync
+    unclaimed.abort()

@@ -424,7 +424,7 @@ class SmtpIntake:
         """Commit the item, register it, and say what happened in the reply."""
         peer = _peer(server.session)
         try:
-            item = await asyncio.to_thread(writer.commit, claim=True)
+            item = await asyncio.to_thread(writer.commit, claim=True, durable=False)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", peer, exc)
             return "451 4.3.0 Error: cannot store the message now, try again later"
@@ -434,6 +434,8 @@ class SmtpIntake:
             return "451 4.3.0 Error: local problem, try again later"
         if outcome.result == "released":
             return "451 4.3.0 Error: the register is unavailable, try again later"
+        if outcome.result == "unstored":
+            return "451 4.3.0 Error: cannot store the message now, try again later"
         if outcome.number:
             verb = "registered as" if outcome.result == "registered" else "already registered as"
             return f"250 2.0.0 OK {verb} {outcome.number}"
