@@ -173,20 +173,18 @@ def _declared_type(attachment: TNEFAttachment) -> str:
     return "application/octet-stream"
 
 
+def _body(value: object, charset: str, label: str, defects: list[str]) -> str:
+    """A TNEF body as text: bytes in the stream's code page, NUL padding removed."""
+    if isinstance(value, bytes):
+        text, defect = decode_bytes(value.rstrip(b"\x00"), charset)
+        if defect:
+            defects.append(f"{label}: {defect}")
+        return text
+    return value.rstrip("\x00") if isinstance(value, str) else ""
+
+
 def _read_body(stream: TNEF, charset: str, result: TnefContent) -> None:
-    if isinstance(stream.body, bytes):
-        text, defect = decode_bytes(stream.body.rstrip(b"\x00"), charset)
-        if defect:
-            result.defects.append(f"TNEF body: {defect}")
-        result.body_text = text
-    elif isinstance(stream.body, str):
-        result.body_text = stream.body.rstrip("\x00")
-    if isinstance(stream.htmlbody, bytes):
-        html, defect = decode_bytes(stream.htmlbody.rstrip(b"\x00"), charset)
-        if defect:
-            result.defects.append(f"TNEF HTML body: {defect}")
-        result.body_html = html
-    elif isinstance(stream.htmlbody, str):
-        result.body_html = stream.htmlbody.rstrip("\x00")
+    result.body_text = _body(stream.body, charset, "TNEF body", result.defects)
+    result.body_html = _body(stream.htmlbody, charset, "TNEF HTML body", result.defects)
     if stream.has_body() and not (result.body_text or result.body_html):
         result.defects.append("TNEF body is compressed RTF only; its text was not extracted")
