@@ -84,7 +84,7 @@ def gateway(messages: list[bytes], workdir: Path) -> float:
     """))
     cfg = config_mod.load(cfg_path)
     spool = Spool(cfg.spool_dir, cfg.message_dir)
-    registry = Registry(cfg.registry_url)
+    registry = Registry.from_config(cfg)
     registry.upgrade()
     pipeline = Pipeline(cfg, spool, registry)
     batch = cfg.model.spool.batch_size

@@ -125,11 +125,7 @@ class Pipeline:
                 log.warning("registry unavailable, %d item(s) stay spooled: %s", len(ready), exc)
             return outcomes + [self._unavailable(item, exc, discard_when_unavailable) for item, _ in ready]
         except Exception:
-            if len(ready) == 1:
-                item, _ = ready[0]
-                log.exception("item %s: registration failed", item.id)
-                return outcomes + [self._failed(item, "registration failed (see log)")]
-            # Find the one that fails without holding back the rest.
+            # Try each alone: the one that fails must not hold back the rest.
             for item, new in ready:
                 outcomes += self._register_alone(item, new, discard_when_unavailable)
             return outcomes

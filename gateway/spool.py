@@ -314,17 +314,13 @@ class Spool:
             claimed.append(SpoolItem(item_id, attempts, dst, {}, _fd=fd))
         return claimed
 
-    def finish(self, item: SpoolItem, sha256: str | None) -> Path | None:
+    def finish(self, item: SpoolItem, sha256: str) -> Path:
         """Processing is committed: keep the file as the raw copy, or drop it if one exists."""
-        stored = None
-        if sha256 is not None:
-            stored = self.stored_path(sha256)
-            if stored.exists():
-                item.path.unlink(missing_ok=True)
-            else:
-                os.rename(item.path, stored)
-        else:
+        stored = self.stored_path(sha256)
+        if stored.exists():
             item.path.unlink(missing_ok=True)
+        else:
+            os.rename(item.path, stored)
         item._unlock()
         # An item retried from quarantine leaves its reason file behind until now.
         self.forget_reason(item.id)

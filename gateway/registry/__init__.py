@@ -140,8 +140,10 @@ class Registry:
     def upgrade(self) -> bool:
         try:
             return schema.upgrade(self.engine)
-        except OperationalError as exc:
-            raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+        except DBAPIError as exc:
+            if _unreachable(exc):
+                raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+            raise
 
     @property
     def safe_url(self) -> str:
