@@ -107,6 +107,67 @@ def check_config(state: State) -> None:
                f"registry {cfg.registry_url.split('@')[-1]})")
 
 
+def _daemon_pid(config: Config) -> int | None:
+    """The pid of the daemon holding this state directory's lock, or None."""
+    import fcntl
+    import os
+
+    path = config.run_dir / "gateway.pid"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def status(state: State, as_json: bool) -> None:
+    """The daemon, the spool, the register, and the health of every IMAP folder."""
+    from gateway.registry.ledger import ImapLedger
+
+    cfg = state.config
+    spool = state.spool()
+    registry = state.registry()
+    pid = _daemon_pid(cfg)
+    folders = {(r["account"], r["folder"]): r for r in ImapLedger(registry).status()}
+    imap = []
+    for account in cfg.model.imap.accounts:
+        for folder in account.folders:
+            row = folders.get((account.name, folder), {})
+            imap.append({"account": account.name, "folder": folder, "host": account.host,
+                         "last_poll_at": _iso(row.get("last_poll_at")), "last_error": row.get("last_error"),
+                         "last_error_at": _iso(row.get("last_error_at")), "backlog": row.get("backlog"),
+                         "failing": row.get("failing", 0), "uidvalidity": row.get("uidvalidity") or None,
+                         "last_uid": row.get("last_uid")})
+    data = {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
+            "spool": {"waiting": len(spool.pending()), "quarantined": len(spool.quarantined())}, "imap": imap}
+    if as_json:
+        _print_json(data)
+        return
+    console = Console()
+    console.print(f"daemon: {'running, pid ' + str(pid) if pid else 'not running'}; {data['letters']} letter(s); "
+                  f"spool: {data['spool']['waiting']} waiting, {data['spool']['quarantined']} quarantined")
+    if imap:
+        table = Table(title="IMAP folders")
+        for column in ("account/folder", "last successful poll", "backlog", "failing", "last error"):
+            table.add_column(column, overflow="fold")
+        for row in imap:
+            error = f"{row['last_error']} ({row['last_error_at']})" if row["last_error"] else ""
+            table.add_row(f"{row['account']}/{row['folder']}", row["last_poll_at"] or "never",
+                          "" if row["backlog"] is None else str(row["backlog"]), str(row["failing"]),
+                          error)
+        console.print(table)
+
+
 @main.group()
 def db() -> None:
     """The registry's schema."""

@@ -10,11 +10,12 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_VAR = "GATEWAY_CONFIG"
 CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -145,6 +146,59 @@ class SmtpSection(_Strict):
         return [v.lower() for v in values]
 
 
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+class ImapAccount(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", max_length=128)
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    tls: Literal["implicit", "starttls", "plain"] = "implicit"
+    tls_ca_file: Path | None = None
+    username: str = Field(min_length=1)
+    auth: Literal["password", "xoauth2", "oauthbearer"] = "password"
+    password_env: str | None = None
+    password_file: Path | None = None
+    token_command: list[str] | None = Field(default=None, min_length=1)
+    folders: list[str] = Field(default=["INBOX"], min_length=1)
+    department: str | None = None
+    poll_seconds: float = Field(default=60.0, gt=0)
+    idle: bool = True
+    after: Literal["seen", "move", "delete", "keep"] = "seen"
+    move_to: str | None = None
+    first_import: Literal["all", "since", "unseen"] = "all"
+    import_since: date | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImapAccount:
+        if self.tls == "plain" and self.host.lower() not in _LOOPBACK:
+            raise ValueError(f"tls = \"plain\" is allowed only towards loopback, not {self.host!r}")
+        if self.after == "move" and not self.move_to:
+            raise ValueError('after = "move" needs move_to')
+        if self.first_import == "since" and self.import_since is None:
+            raise ValueError('first_import = "since" needs import_since')
+        if self.auth == "password" and (self.password_env is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password_env and password_file")
+        if self.auth != "password" and not self.token_command:
+            raise ValueError(f"auth = {self.auth!r} needs token_command")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.tls == "implicit" else 143)
+
+
+class ImapSection(_Strict):
+    fetch_batch: int = Field(default=200, ge=1, le=5000)
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    idle_renew_seconds: float = Field(default=25 * 60.0, gt=0, le=29 * 60.0)
+    reconnect_min_seconds: float = Field(default=2.0, gt=0)
+    reconnect_max_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    accounts: list[ImapAccount] = []
+
+
 class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     timestamps: bool = True
@@ -158,6 +212,7 @@ class ConfigModel(_Strict):
     triage: TriageSection
     daemon: DaemonSection = DaemonSection()
     smtp: SmtpSection = SmtpSection()
+    imap: ImapSection = ImapSection()
     logging: LoggingSection = LoggingSection()
     departments: list[Department] = Field(min_length=1)
 
@@ -209,7 +264,8 @@ class Config:
     def endpoint(self, template: str) -> str:
         return template.replace("{state_dir}", str(self.state_dir))
 
-    def smtp_path(self, value: Path | None) -> Path | None:
+    def resolve(self, value: Path | None) -> Path | None:
+        """A path from the config file, relative to the file's folder."""
         return None if value is None else (value if value.is_absolute() else self.path.parent / value)
 
     def accepts(self, address: str) -> bool:
@@ -308,7 +364,7 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
             claimed.setdefault(address, dept.id)
     smtp = config.model.smtp
     for key in ("tls_certificate", "tls_key", "auth_users_file"):
-        path = config.smtp_path(getattr(smtp, key))
+        path = config.resolve(getattr(smtp, key))
         if path is not None and not os.access(path, os.R_OK):
             issues.append(ConfigIssue(config.path, f"smtp.{key}", f"cannot read {path}"))
     if (smtp.tls_certificate is None) != (smtp.tls_key is None):
@@ -319,6 +375,21 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                                   "AUTH is offered only over TLS: set tls_certificate and tls_key"))
     if smtp.require_tls and smtp.tls_certificate is None:
         issues.append(ConfigIssue(config.path, "smtp.require_tls", "needs tls_certificate and tls_key"))
+    names: dict[str, int] = {}
+    for i, account in enumerate(config.model.imap.accounts):
+        key = f"imap.accounts[{i}]"
+        if account.name in names:
+            issues.append(ConfigIssue(config.path, f"{key}.name",
+                                      f"duplicate account name {account.name!r} (also imap.accounts[{names[account.name]}])"))
+        names.setdefault(account.name, i)
+        if account.department is not None and account.department not in known:
+            issues.append(ConfigIssue(config.path, f"{key}.department",
+                                      f"no department with id {account.department!r}"
+                                      f" (known: {', '.join(sorted(known))})"))
+        for field in ("password_file", "tls_ca_file"):
+            path = config.resolve(getattr(account, field))
+            if path is not None and not os.access(path, os.R_OK):
+                issues.append(ConfigIssue(config.path, f"{key}.{field}", f"cannot read {path}"))
     if config.model.triage.department not in known:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"

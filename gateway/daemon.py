@@ -20,10 +20,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from gateway import config as config_mod
 from gateway import logs
 from gateway.config import Config, ConfigError
-from gateway.events import EventPublisher
+from gateway.adapters.imap import ImapIntake
 from gateway.adapters.smtp import SmtpIntake
-from gateway.pipeline import Pipeline, Registrar
+from gateway.events import EventPublisher
+from gateway.pipeline import Pipeline
+from gateway.registrar import Registrar
 from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry.ledger import ImapLedger
 from gateway.sdnotify import Notifier
 from gateway.spool import Spool
 
@@ -71,6 +74,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.registrar: Registrar | None = None
         self.smtp: SmtpIntake | None = None
+        self.imap: ImapIntake | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -111,9 +115,13 @@ class Daemon:
             pidlock.release()
             return 1
         self.pipeline = Pipeline(self.config, self.spool, self.registry, self.publisher.publish)
-        self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size)
         listening = ""
+        if self.config.model.smtp.enabled or self.config.model.imap.accounts:
+            self.notifier.status("starting: the registrar")
+            self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size)
+            await asyncio.to_thread(self.registrar.wait_ready)
         if self.config.model.smtp.enabled:
+            assert self.registrar is not None
             try:
                 self.smtp = SmtpIntake(self.config, self.spool, self.registrar)
                 listening = ", SMTP on " + ", ".join(await self.smtp.start())
@@ -124,6 +132,10 @@ class Daemon:
                 pidlock.release()
                 return 1
 
+        if self.config.model.imap.accounts:
+            assert self.registrar is not None
+            self.imap = ImapIntake(self.config, self.spool, self.registrar, ImapLedger(self.registry), self.wake)
+            listening += ", IMAP " + ", ".join(self.imap.start())
         self._start_workers()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
@@ -146,12 +158,15 @@ class Daemon:
         if self.smtp is not None:
             # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
+        if self.imap is not None:
+            await asyncio.to_thread(self.imap.stop)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(self._stop_workers)
-        await asyncio.to_thread(self.registrar.close)
+        if self.registrar is not None:
+            await asyncio.to_thread(self.registrar.close)
         wakeup.close(0)
         self.publisher.close()
         context.term()
@@ -257,7 +272,7 @@ class Daemon:
     async def _watchdog(self, interval: float) -> None:
         while True:
             # Ping only while every worker is alive: a dead worker should get us restarted.
-            if all(t.is_alive() for t in self._workers):
+            if all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive()):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
@@ -289,6 +304,8 @@ class Daemon:
             self.pipeline.config = new
         if self.smtp is not None:
             self.smtp.reload(new)
+        if self.imap is not None:
+            self.imap.reload(new)
         logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
         log.info("configuration reloaded from %s%s", new.path,
                  f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")

@@ -7,10 +7,7 @@ item's fault, so the attempt does not count).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +64,8 @@ class Pipeline:
         department = next(
             (d for d in (self.config.department_for_address(a) for a in [*rcpts, *to, *cc]) if d), None)
         flags = list(meta.get("flags", []))
+        if department is None and meta.get("department_hint") in self.config.departments:
+            department = meta["department_hint"]  # the mailbox it came from belongs to someone
         if department is None:
             # Nobody's address: the triage department owns it until someone settles it.
             department = self.config.model.triage.department
@@ -210,78 +209,3 @@ def _storable(new: NewLetter) -> NewLetter:
 def _quote(text: str, limit: int = 80) -> str:
     text = text.replace("\n", " ")
     return repr(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
-class Registrar:
-    """Makes durable and registers items handed over by in-process intakes, in
-    batches, off the event loop.
-
-    Sessions that finish DATA at the same moment share one syncfs of the spool
-    and one registry transaction (group commit); each gets its own outcome back.
-    Items come sealed and renamed but not yet fsynced; nobody has been told
-    they are accepted until their batch's sync has returned.
-    """
-
-    def __init__(self, pipeline: Pipeline, batch_size: int):
-        self.pipeline = pipeline
-        self.batch_size = batch_size
-        self._queue: queue.SimpleQueue[tuple[SpoolItem, asyncio.Future[Outcome]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="registrar", daemon=True)
-        self._thread.start()
-
-    async def register(self, item: SpoolItem) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.put((item, future))
-        return await future
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.batch_size:
-                try:
-                    entry = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if entry is None:
-                    stop = True
-                    break
-                batch.append(entry)
-            try:
-                try:
-                    self.pipeline.spool.sync()  # the whole batch durable at once
-                except OSError as exc:
-                    log.error("spool: cannot make items durable: %s", exc)
-                    for item, future in batch:
-                        self.pipeline.spool.discard(item)
-                        future.get_loop().call_soon_threadsafe(_resolve, future, Outcome(item.id, "unstored"))
-                    continue
-                outcomes = self.pipeline.process([item for item, _ in batch], discard_when_unavailable=True)
-                by_id = {o.item_id: o for o in outcomes}
-                for item, future in batch:
-                    future.get_loop().call_soon_threadsafe(_resolve, future, by_id[item.id])
-            except Exception as exc:  # a bug: the senders are told to retry, so drop our copies
-                log.exception("registrar: unexpected error")
-                for item, future in batch:
-                    if item._fd is not None:
-                        self.pipeline.spool.discard(item)
-                    future.get_loop().call_soon_threadsafe(_fail, future, exc)
-            if stop:
-                return
-
-
-def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
-    if not future.done():
-        future.set_result(outcome)
-
-
-def _fail(future: asyncio.Future[Outcome], exc: Exception) -> None:
-    if not future.done():
-        future.set_exception(exc)

@@ -432,6 +432,17 @@ class Spool:
             os.close(fd)
 
     # -- quarantine -----------------------------------------------------
+    def quarantine_new(self, raw: bytes, meta: dict[str, Any], reason: str) -> str:
+        """Set aside something an intake could not take whole, straight into quarantine."""
+        writer = self.writer(meta)
+        writer.write(raw)
+        item = writer.commit(claim=True)
+        try:
+            self._quarantine(item.path, item.id, 0, reason)
+        finally:
+            item._unlock()
+        return item.id
+
     def _quarantine(self, path: Path, item_id: str, attempts: int, reason: str) -> None:
         qdir = self.root / "quarantine"
         reason_file = qdir / f"{item_id}.reason.json"

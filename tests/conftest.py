@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from dovecot_server import dovecot_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +98,10 @@ def postgres() -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.destroy()
+
+
+# -- Dovecot (tests/dovecot_server.py): one server for the session, a fresh user per test --------
+dovecot = dovecot_fixture(scope="session")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """SMTP intake, with real clients: smtplib, swaks and Postfix's smtp-source."""
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -182,44 +183,62 @@ def test_451_while_the_registry_is_down_then_accepted(tmp_path: Path, notify: No
         server.destroy()
 
 
-def test_sigkill_under_load_loses_nothing_that_got_250(gateway: Gateway, notify: Notify) -> None:
-    """500 messages from 4 clients, SIGKILL midway: after restart every message that got 250 is registered once."""
-    running = start(gateway, notify, "max_connections_per_minute = 0")
-    acked: dict[str, str] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
+class Load:
+    """Four smtplib clients sending `total` messages, one per connection, noting each 250."""
 
-    def client(worker: int) -> None:
-        for n in range(worker, 500, 4):
-            if stop.is_set():
+    def __init__(self, gateway: Gateway, total: int = 500, clients: int = 4):
+        self.acked: dict[str, str] = {}
+        self.refused: list[str] = []
+        self._gateway = gateway
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(w, total, clients)) for w in range(clients)]
+        for t in self._threads:
+            t.start()
+
+    def _client(self, worker: int, total: int, clients: int) -> None:
+        for n in range(worker, total, clients):
+            if self._stop.is_set():
                 return
             try:
-                with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as c:
+                with smtplib.SMTP("127.0.0.1", self._gateway.smtp_port, timeout=30) as c:
                     c.ehlo()
                     c.mail("alice@partner.example")
                     c.rcpt("liaison@example.org")
                     code, reply = c.data(make_message(n, subject=f"load {n}"))
-                if code == 250:
-                    with lock:
-                        acked[f"load {n}"] = reply.decode().rsplit(" ", 1)[1]
-            except (OSError, smtplib.SMTPException):
-                pass  # the server died under us: not acknowledged, the client would retry
+                with self._lock:
+                    if code == 250:
+                        self.acked[f"load {n}"] = reply.decode().rsplit(" ", 1)[1]
+                    else:
+                        self.refused.append(f"{code} {reply.decode()}")
+            except (OSError, smtplib.SMTPException) as exc:
+                with self._lock:  # the server died under us: not acknowledged, the client would retry
+                    self.refused.append(f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(acked) >= 150, 120, "150 acknowledged messages")
-    running.proc.send_signal(signal.SIGKILL)
-    running.proc.wait()
-    stop.set()
-    for t in threads:
-        t.join()
-    running.stop()
-    restarted = start(gateway, notify)
+    def wait_acked(self, count: int) -> None:
+        wait_for(lambda: len(self.acked) >= count, 120, f"{count} acknowledged messages")
+
+    def finish(self, *, stop: bool = False) -> None:
+        if stop:
+            self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir()
+            for p in (task / "children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
     try:
-        letters = gateway.list_json()
-    finally:
-        restarted.stop()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def assert_each_acked_message_registered_once(gateway: Gateway, acked: dict[str, str]) -> list[dict]:
+    letters = gateway.list_json()
     by_subject: dict[str, list[str]] = {}
     for letter in letters:
         by_subject.setdefault(letter["subject"], []).append(letter["number"])
@@ -229,6 +248,44 @@ def test_sigkill_under_load_loses_nothing_that_got_250(gateway: Gateway, notify:
     assert all(len(numbers) == 1 for numbers in by_subject.values())
     seqs = sorted(int(l["number"].split("-")[1]) for l in letters)
     assert seqs == list(range(1, len(letters) + 1))
+    return letters
+
+
+def test_sigkill_under_load_loses_nothing_that_got_250(gateway: Gateway, notify: Notify) -> None:
+    """500 messages from 4 clients, SIGKILL midway: after restart every message that got 250 is registered once."""
+    running = start(gateway, notify, "max_connections_per_minute = 0")
+    [helper] = children(running.proc.pid)
+    load = Load(gateway)
+    load.wait_acked(150)
+    running.proc.send_signal(signal.SIGKILL)
+    running.proc.wait()
+    load.finish(stop=True)
+    running.stop()
+    # The registrar helper goes down with the daemon, as one process would.
+    wait_for(lambda: not alive(helper), 10, "the registrar helper to die with the daemon")
+    restarted = start(gateway, notify)
+    try:
+        assert_each_acked_message_registered_once(gateway, load.acked)
+    finally:
+        restarted.stop()
+
+
+def test_the_registrar_helper_killed_under_load_costs_no_message(gateway: Gateway, notify: Notify) -> None:
+    """The helper process dies mid-batch: the daemon registers that batch itself and starts a new helper."""
+    running = start(gateway, notify, "max_connections_per_minute = 0")
+    try:
+        [helper] = children(running.proc.pid)
+        load = Load(gateway, total=400)
+        load.wait_acked(100)
+        os.kill(helper, signal.SIGKILL)
+        load.finish()
+        assert load.refused == []
+        assert len(load.acked) == 400
+        assert len(assert_each_acked_message_registered_once(gateway, load.acked)) == 400
+        wait_for(lambda: [p for p in children(running.proc.pid) if p != helper], 30, "a new registrar helper")
+    finally:
+        log = running.stop()
+    assert f"registrar helper (pid {helper}) failed" in log
 
 
 def test_smtp_source_load_is_registered_in_full(gateway: Gateway, notify: Notify) -> None:

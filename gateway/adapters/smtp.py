@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import Config
-from gateway.pipeline import Registrar
+from gateway.registrar import Registrar
 from gateway.spool import Spool, SpoolError, SpoolWriter
 
 log = logging.getLogger("gateway.intake.smtp")
@@ -304,9 +304,9 @@ class SmtpIntake:
         self.tls_context: ssl.SSLContext | None = None
         if smtp.tls_certificate and smtp.tls_key:
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.tls_context.load_cert_chain(config.smtp_path(smtp.tls_certificate),  # type: ignore[arg-type]
-                                             config.smtp_path(smtp.tls_key))
-        auth_file = config.smtp_path(smtp.auth_users_file)
+            self.tls_context.load_cert_chain(config.resolve(smtp.tls_certificate),  # type: ignore[arg-type]
+                                             config.resolve(smtp.tls_key))
+        auth_file = config.resolve(smtp.auth_users_file)
         self.credentials = Credentials(auth_file) if auth_file else None
         self._servers: list[asyncio.base_events.Server] = []
         self.sessions: set[IntakeSMTP] = set()

@@ -143,4 +143,41 @@ class IntakeKey(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class ImapFolder(Base):
+    """Where an IMAP folder stands: its UIDVALIDITY, the highest UID settled, and its health."""
+
+    __tablename__ = "imap_folders"
+
+    account: Mapped[str] = mapped_column(String(128), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(512), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_uid: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    importing_until: Mapped[int | None] = mapped_column(BigInteger)  # during the first import
+    last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    backlog: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ImapMessage(Base):
+    """The ledger: one row per message settled, keyed by its server identity."""
+
+    __tablename__ = "imap_ledger"
+
+    account: Mapped[str] = mapped_column(String(128), primary_key=True)
+    folder: Mapped[str] = mapped_column(String(512), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # registered | duplicate | known | retry | quarantined (the item's outcome) | unfetchable
+    outcome: Mapped[str] = mapped_column(String(32), nullable=False)
+    number: Mapped[str | None] = mapped_column(String(64))
+    item_id: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)  # what was done on the server
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
 Index("ix_letters_channel_received", Letter.channel, Letter.received_at)

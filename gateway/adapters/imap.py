@@ -1,0 +1,521 @@
+"""IMAP intake: every configured folder of every account, watched by a thread of its own.
+
+For each folder the watcher connects, selects, settles what is new, then
+waits with IDLE (re-issued well before the server's 29-minute limit) or
+sleeps until the next poll. A message is fetched with BODY.PEEK (so nothing is
+marked \\Seen early), written to the spool, made durable and registered, and
+only then is the account's action (seen, move, delete, keep) applied on the
+server and the UID recorded in the ledger. A crash anywhere in between makes
+the next sync fetch the message again, and the registry recognises it by its
+source key: no duplicate, and nothing skipped.
+
+One folder failing (a refused login, a dropped connection, a message the
+server cannot deliver) never holds up another: each watcher reconnects on its
+own with exponential backoff and jitter.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+
+from gateway.config import Config, ImapAccount
+from gateway.faults import checkpoint
+from gateway.registrar import Registrar
+from gateway.registry import RegistryUnavailable
+from gateway.registry.ledger import FolderState, ImapLedger, Settled
+from gateway.spool import Spool, SpoolError, SpoolItem
+
+log = logging.getLogger("gateway.imap")
+
+# Outcomes after which the bytes are safe with us, so the server copy may be acted on.
+_DURABLE = {"registered", "duplicate", "known", "retry", "quarantined"}
+_OVERSIZE_HEADERS = b"BODY[HEADER]"
+
+
+class AccountError(Exception):
+    """Something about the account or the connection; the watcher backs off and reconnects."""
+
+
+def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def read_password(config: Config, account: ImapAccount) -> str:
+    import os
+
+    if account.password_env is not None:
+        value = os.environ.get(account.password_env)
+        if value is None:
+            raise AccountError(f"the environment variable {account.password_env} is not set")
+        return value
+    path = config.resolve(account.password_file)
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise AccountError(f"cannot read the password file {path}: {exc.strerror}") from None
+
+
+def fetch_token(account: ImapAccount, timeout: float = 30.0) -> str:
+    """Run the configured command for a fresh OAuth2 access token (on every connect)."""
+    assert account.token_command
+    try:
+        proc = subprocess.run(account.token_command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AccountError(f"token command {account.token_command[0]} failed: {exc}") from None
+    token = proc.stdout.strip()
+    if proc.returncode != 0 or not token:
+        detail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        raise AccountError(f"token command {account.token_command[0]} failed (exit {proc.returncode})"
+                           f"{': ' + detail if detail else ', no token printed'}")
+    return token
+
+
+def connect(config: Config, account: ImapAccount) -> IMAPClient:
+    timeout = config.model.imap.timeout_seconds
+    context = None
+    if account.tls != "plain":
+        context = ssl.create_default_context(cafile=str(config.resolve(account.tls_ca_file))
+                                             if account.tls_ca_file else None)
+    try:
+        client = IMAPClient(account.host, port=account.effective_port, ssl=account.tls == "implicit",
+                            ssl_context=context, timeout=timeout)
+    except (OSError, IMAPClientError) as exc:
+        raise AccountError(f"cannot connect to {account.host}:{account.effective_port}: {exc}") from None
+    try:
+        if account.tls == "starttls":
+            client.starttls(context)
+        if account.auth == "password":
+            client.login(account.username, read_password(config, account))
+        elif account.auth == "xoauth2":
+            client.oauth2_login(account.username, fetch_token(account))
+        else:
+            client.oauthbearer_login(account.username, fetch_token(account))
+    except LoginError as exc:
+        _close(client)
+        raise AccountError(f"login as {account.username} refused: {_text(exc)}") from None
+    except AccountError:
+        _close(client)
+        raise
+    except (OSError, IMAPClientError) as exc:
+        _close(client)
+        raise AccountError(f"{account.host}: {_text(exc)}") from None
+    return client
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return text or type(exc).__name__
+
+
+def _close(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:
+        try:
+            client.shutdown()
+        except Exception:
+            pass
+
+
+class FolderWatcher:
+    """One account's one folder: connect, settle what is new, wait, again."""
+
+    def __init__(self, config: Config, account: ImapAccount, folder: str, spool: Spool,
+                 registrar: Registrar, ledger: ImapLedger, wake: Callable[[], None] | None = None):
+        self.config = config
+        self.account = account
+        self.folder = folder
+        self.spool = spool
+        self.registrar = registrar
+        self.ledger = ledger
+        self.name = f"{account.name}/{folder}"
+        self._stop = threading.Event()
+        self._wake_spool = wake
+        self._thread = threading.Thread(target=self._run, name=f"imap {self.name}", daemon=True)
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self._failures = 0  # consecutive failed attempts, reset by a successful sync
+        self._suspects: set[int] = set()  # UIDs fetched during a dropped connection
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the watcher thread --------------------------------------------
+    def _run(self) -> None:
+        settings = self.config.model.imap
+        while not self._stop.is_set():
+            client: IMAPClient | None = None
+            try:
+                client = connect(self.config, self.account)
+                self._watch(client)
+            except (AccountError, RegistryUnavailable, IMAPClientError, OSError) as exc:
+                self._failures += 1
+                failures = self._failures
+                if isinstance(exc, AccountError | RegistryUnavailable):
+                    reason = str(exc)
+                elif isinstance(exc, IMAPClientAbortError | OSError):
+                    reason = f"connection lost: {_text(exc)}"
+                else:
+                    reason = f"server error: {_text(exc)}"
+                delay = min(settings.reconnect_max_seconds, settings.reconnect_min_seconds * 2 ** (failures - 1))
+                delay *= random.uniform(0.5, 1.0)  # jitter: many watchers must not reconnect in step
+                # Logged once per change of reason, then every tenth attempt: no flood.
+                if reason != self.last_error or failures % 10 == 0:
+                    log.error("%s: %s; retrying in %.0f s (attempt %d)", self.name, reason, delay, failures)
+                self.last_error = reason
+                self.ledger.failed(self.account.name, self.folder, reason)
+                self._stop.wait(delay)
+            except Exception as exc:  # a bug must not end the watcher
+                self._failures += 1
+                failures = self._failures
+                log.exception("%s: unexpected error", self.name)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.ledger.failed(self.account.name, self.folder, self.last_error)
+                self._stop.wait(settings.reconnect_max_seconds if failures > 3 else settings.reconnect_min_seconds)
+            finally:
+                if client is not None:
+                    _close(client)
+
+    def _watch(self, client: IMAPClient) -> None:
+        settings = self.config.model.imap
+        use_idle = self.account.idle and client.has_capability("IDLE")
+        if self.account.idle and not use_idle:
+            log.info("%s: the server offers no IDLE; polling every %.0f s", self.name, self.account.poll_seconds)
+        while not self._stop.is_set():
+            self._sync(client)
+            if self._failures:
+                log.info("%s: working again after %d failed attempt(s)", self.name, self._failures)
+                self._failures = 0
+            self.last_success = time.time()
+            self.last_error = None
+            if not use_idle:
+                self._stop.wait(self.account.poll_seconds)
+                client.noop()  # keeps the connection honest: a dead one raises here
+                continue
+            # IDLE until the server announces a message, the poll interval passes (a safety
+            # net for servers that forget to tell), or the renewal time is reached.
+            limit = min(self.account.poll_seconds, settings.idle_renew_seconds)
+            try:
+                client.idle()
+            except IMAPClientError as exc:
+                log.warning("%s: IDLE refused (%s); polling every %.0f s instead", self.name, _text(exc),
+                            self.account.poll_seconds)
+                use_idle = False
+                continue
+            started = time.monotonic()
+            try:
+                while not self._stop.is_set() and time.monotonic() - started < limit:
+                    responses = client.idle_check(timeout=1)
+                    if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                        break
+            finally:
+                client.idle_done()
+
+    # -- settling a folder ---------------------------------------------
+    def _sync(self, client: IMAPClient) -> None:
+        account = self.account
+        info = client.select_folder(self.folder)
+        uidvalidity = int(info[b"UIDVALIDITY"])
+        state = self.ledger.folder(account.name, self.folder)
+        if state is not None and state.uidvalidity != uidvalidity:
+            # The folder was recreated or the server rebuilt its index: its UIDs mean nothing now.
+            # Every message is looked at again; the registry knows the ones it has by their bytes.
+            log.warning("%s: UIDVALIDITY changed from %d to %d; checking every message in the folder again",
+                        self.name, state.uidvalidity, uidvalidity)
+            state = FolderState(uidvalidity, 0, None)
+        if state is None:
+            everything = client.search(["ALL"])
+            state = FolderState(uidvalidity, 0, max(everything, default=0) or None)
+            log.info("%s: first sync of %d message(s), importing %s", self.name, len(everything),
+                     {"all": "all of them", "unseen": "the unseen ones",
+                      "since": f"those since {account.import_since}"}[account.first_import])
+        if state.importing_until:
+            # The first import: what the account chose, up to the newest UID seen at its start.
+            # Resumable: the position records how far it got.
+            criteria: list[Any] = {"all": [], "unseen": ["UNSEEN"],
+                                   "since": ["SINCE", account.import_since]}[account.first_import]
+            # No CHARSET argument: many servers refuse one, and these criteria are ASCII.
+            found = client.search([*criteria, "UID", f"{state.last_uid + 1}:{state.importing_until}"])
+            uids = sorted(u for u in found if state.last_uid < u <= state.importing_until)
+            self._settle_all(client, uidvalidity, uids, state, backlog=True)
+            if self._stop.is_set():
+                return
+            state = FolderState(uidvalidity, state.importing_until, None)
+            self.ledger.settle(account.name, self.folder, uidvalidity, [], last_uid=state.last_uid, backlog=0)
+            log.info("%s: first import done", self.name)
+        found = client.search(["UID", f"{state.last_uid + 1}:*"])
+        uids = sorted(u for u in found if u > state.last_uid)
+        self._settle_all(client, uidvalidity, uids, state, backlog=False)
+
+    def _settle_all(self, client: IMAPClient, uidvalidity: int, uids: list[int], state: FolderState,
+                    *, backlog: bool) -> None:
+        retrying = self.ledger.attempts(self.account.name, self.folder, uidvalidity)
+        todo = sorted(set(uids) | set(retrying))
+        last_uid, remaining = state.last_uid, len(todo)
+        if not todo:
+            self.ledger.settle(self.account.name, self.folder, uidvalidity, [], last_uid=last_uid, backlog=0,
+                               importing_until=state.importing_until)
+            return
+        for batch in _chunks(todo, self.config.model.imap.fetch_batch):
+            if self._stop.is_set():
+                return
+            remaining -= len(batch)
+            last_uid = max(last_uid, max(batch))
+            self._settle_batch(client, uidvalidity, batch, retrying, backlog=backlog, last_uid=last_uid,
+                               remaining=remaining, importing_until=state.importing_until)
+
+    def _settle_batch(self, client: IMAPClient, uidvalidity: int, uids: list[int], retrying: dict[int, tuple[int, str]],
+                      *, backlog: bool, last_uid: int, remaining: int, importing_until: int | None) -> None:
+        account, limit = self.account, self.config.model.imap.max_message_bytes
+        max_attempts = self.config.model.imap.max_attempts
+        # Messages that broke the connection too often are not fetched again.
+        failing: dict[int, tuple[int, str]] = {
+            u: retrying[u] for u in uids if u in retrying and retrying[u][0] >= max_attempts}
+        uids = [u for u in uids if u not in failing]
+        # Sizes first, so that an oversize message is never downloaded whole.
+        found, failing_sizes = self._fetch(client, uidvalidity, uids, [b"RFC822.SIZE"], b"RFC822.SIZE", retrying)
+        failing.update(failing_sizes)
+        sizes = {uid: int(size) for uid, size in found.items()}
+        wanted = [u for u in uids if u in sizes and sizes[u] <= limit]
+        oversize = [u for u in uids if u in sizes and sizes[u] > limit]
+        bodies, failing_bodies = self._fetch(client, uidvalidity, wanted, [b"BODY.PEEK[]"], b"BODY[]", retrying)
+        heads, failing_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
+                                           _OVERSIZE_HEADERS, retrying)
+        failing.update(failing_bodies)
+        failing.update(failing_heads)
+
+        items: list[tuple[int, SpoolItem]] = []
+        try:
+            for uid, raw in [*bodies.items(), *heads.items()]:
+                flags = ["backlog"] if backlog else []
+                if uid in heads:
+                    flags.append("oversize")
+                    log.warning("ALERT %s: UID %d is %d bytes, over the %d-byte limit: registered from its "
+                                "headers only, flagged 'oversize'; the full message stays on the server",
+                                self.name, uid, sizes[uid], limit)
+                items.append((uid, self._spool_item(uidvalidity, uid, raw, flags, sizes[uid])))
+        except SpoolError as exc:
+            for _, item in items:
+                self.spool.discard(item)
+            raise AccountError(f"cannot spool: {exc}") from None
+        # Whatever could not be fetched, time after time, is set aside and the folder moves on.
+        given_up = {uid: reason for uid, (attempts, reason) in failing.items() if attempts >= max_attempts}
+        for uid, reason in given_up.items():
+            del failing[uid]
+            self._quarantine_unfetchable(uidvalidity, uid, reason)
+
+        outcomes = self.registrar.register_all([item for _, item in items]) if items else []
+        by_uid = dict(zip([uid for uid, _ in items], outcomes, strict=True))
+        durable = [uid for uid, o in by_uid.items() if o.result in _DURABLE]
+        undone = [uid for uid, o in by_uid.items() if o.result not in _DURABLE]
+        checkpoint("before-imap-action")
+        actions = self._act(client, durable, oversize=set(heads))
+        settled = [Settled(uid, by_uid[uid].result, actions[uid], by_uid[uid].number, by_uid[uid].item_id,
+                           sizes.get(uid)) for uid in durable]
+        settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]
+        if undone:
+            # Nothing of these was kept (the registry is unavailable): the server copies stay
+            # untouched, and the folder's position stops before the first of them.
+            self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=min(undone) - 1,
+                               backlog=remaining + len(undone), failing=failing, importing_until=importing_until)
+            first = by_uid[undone[0]]
+            raise AccountError(f"{len(undone)} message(s) not registered: {first.reason or first.result}")
+        self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
+                           backlog=remaining, failing=failing, importing_until=importing_until)
+        self._suspects.difference_update(durable)
+        self._suspects.difference_update(given_up)
+        registered = sum(1 for u in durable if by_uid[u].result == "registered")
+        if durable or given_up:
+            log.info("%s: %d message(s) taken (%d new letter(s)), %d still to do%s", self.name, len(durable),
+                     registered, remaining, f", {len(failing)} failing" if failing else "")
+        if self._wake_spool is not None and any(by_uid[u].result == "retry" for u in durable):
+            self._wake_spool()  # the spool workers retry those
+
+    def _fetch(self, client: IMAPClient, uidvalidity: int, uids: list[int], what: list[bytes], key: bytes,
+               retrying: dict[int, tuple[int, str]]) -> tuple[dict[int, Any], dict[int, tuple[int, str]]]:
+        """Fetch a batch so that one bad message fails alone.
+
+        A batch the server refuses is fetched again one message at a time. A
+        batch during which the server drops the connection marks its messages
+        as suspects, fetched one at a time from then on, so the one that
+        drops it is found, counted in the ledger, and in the end given up.
+        A UID that is simply gone (expunged since the search) is in neither result.
+        """
+        if not uids:
+            return {}, {}
+        singles = [u for u in uids if u in self._suspects or u in retrying]
+        batch = [u for u in uids if u not in singles]
+        got: dict[int, Any] = {}
+        if batch:
+            try:
+                data = client.fetch(batch, what)
+            except IMAPClientAbortError:
+                self._suspects.update(batch)
+                raise
+            except IMAPClientError:
+                singles += batch
+            else:
+                got = {uid: d[key] for uid, d in data.items() if d.get(key) is not None}
+                singles += [u for u in batch if u not in got]
+        failing: dict[int, tuple[int, str]] = {}
+        for uid in sorted(singles):
+            attempts = retrying.get(uid, (0, ""))[0] + 1
+            try:
+                one = client.fetch([uid], what).get(uid, {})
+                if one.get(key) is not None:
+                    got[uid] = one[key]
+                    continue
+                if uid not in client.search(["UID", str(uid)]):
+                    continue  # expunged meanwhile
+                reason = "the server returned no content"
+            except IMAPClientAbortError as exc:
+                reason = f"the server dropped the connection fetching it: {_text(exc)}"
+                log.warning("%s: UID %d could not be fetched (attempt %d of %d): %s", self.name, uid, attempts,
+                            self.config.model.imap.max_attempts, reason)
+                self.ledger.failing(self.account.name, self.folder, uidvalidity, uid, attempts, reason)
+                raise
+            except IMAPClientError as exc:
+                reason = f"the server refused to deliver it: {_text(exc)}"
+            log.warning("%s: UID %d could not be fetched (attempt %d of %d): %s", self.name, uid, attempts,
+                        self.config.model.imap.max_attempts, reason)
+            failing[uid] = (attempts, reason)
+        return got, failing
+
+    def _spool_item(self, uidvalidity: int, uid: int, raw: bytes, flags: list[str], size: int) -> SpoolItem:
+        source_key = f"imap:{self.account.name}:{self.folder}:{uidvalidity}:{uid}"
+        meta: dict[str, Any] = {
+            "channel": "email", "intake": "imap", "source_key": source_key, "flags": flags,
+            "imap": {"account": self.account.name, "folder": self.folder, "uidvalidity": uidvalidity,
+                     "uid": uid, "size": size},
+        }
+        if self.account.department:
+            meta["department_hint"] = self.account.department
+        writer = self.spool.writer(meta)
+        writer.write(raw)
+        # Made durable by the registrar's group sync, together with the rest of the batch.
+        return writer.commit(claim=True, durable=False)
+
+    def _quarantine_unfetchable(self, uidvalidity: int, uid: int, reason: str) -> None:
+        # Nothing to keep but the fact: a spool quarantine entry makes it visible
+        # next to the other items an operator must look at, with the server identity.
+        meta = {"channel": "email", "intake": "imap",
+                "source_key": f"imap:{self.account.name}:{self.folder}:{uidvalidity}:{uid}",
+                "imap": {"account": self.account.name, "folder": self.folder, "uidvalidity": uidvalidity,
+                         "uid": uid}}
+        why = f"IMAP {self.name} UID {uid} could not be fetched: {reason}"
+        self.spool.quarantine_new(b"", meta, why)
+        log.error("ALERT %s: UID %d given up after %d attempts and quarantined (the message stays on the "
+                  "server): %s", self.name, uid, self.config.model.imap.max_attempts, reason)
+
+    def _act(self, client: IMAPClient, uids: list[int], *, oversize: set[int]) -> dict[int, str]:
+        """Apply the account's action to messages whose bytes are safe with us."""
+        after = self.account.after
+        actions = {u: after for u in uids}
+        if after == "delete":
+            # Only the headers of an oversize message are ours: never delete the original.
+            partial = [u for u in uids if u in oversize]
+            if partial:
+                client.add_flags(partial, [b"\\Seen"], silent=True)
+                actions.update({u: "seen" for u in partial})
+            uids = [u for u in uids if u not in oversize]
+        if not uids or after == "keep":
+            return actions
+        if after == "seen":
+            client.add_flags(uids, [b"\\Seen"], silent=True)
+        elif after == "move":
+            target = self.account.move_to
+            assert target is not None
+            if not client.folder_exists(target):
+                try:
+                    client.create_folder(target)
+                    log.info("%s: created folder %s", self.name, target)
+                except IMAPClientError:
+                    if not client.folder_exists(target):  # another watcher may have just made it
+                        raise
+            if client.has_capability("MOVE"):
+                client.move(uids, target)
+            else:
+                client.copy(uids, target)
+                self._expunge(client, uids)
+        elif after == "delete":
+            self._expunge(client, uids)
+        return actions
+
+    def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
+        client.add_flags(uids, [b"\\Deleted"], silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(uids)
+        else:
+            client.expunge()  # without UIDPLUS, every \\Deleted message in the folder goes
+
+
+class ImapIntake:
+    """All the watchers; started and stopped by the daemon."""
+
+    def __init__(self, config: Config, spool: Spool, registrar: Registrar, ledger: ImapLedger,
+                 wake: Callable[[], None] | None = None):
+        self.spool = spool
+        self.registrar = registrar
+        self.ledger = ledger
+        self._wake = wake
+        self.config = config
+        self.watchers: dict[tuple[str, str], tuple[ImapAccount, FolderWatcher]] = {}
+
+    def start(self) -> list[str]:
+        for account in self.config.model.imap.accounts:
+            for folder in account.folders:
+                self._start(account, folder)
+        return [w.name for _, w in self.watchers.values()]
+
+    def _start(self, account: ImapAccount, folder: str) -> None:
+        watcher = FolderWatcher(self.config, account, folder, self.spool, self.registrar, self.ledger, self._wake)
+        self.watchers[(account.name, folder)] = (account, watcher)
+        watcher.start()
+
+    def reload(self, config: Config) -> None:
+        """Restart the watchers whose account changed; start new ones, stop removed ones."""
+        self.config = config
+        wanted = {(a.name, f): a for a in config.model.imap.accounts for f in a.folders}
+        for key, (account, watcher) in list(self.watchers.items()):
+            if wanted.get(key) != account:
+                watcher.stop()
+                watcher.join(30)
+                del self.watchers[key]
+        for key, account in wanted.items():
+            if key not in self.watchers:
+                self._start(account, key[1])
+        for _, watcher in self.watchers.values():
+            watcher.config = config
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for _, watcher in self.watchers.values():
+            watcher.stop()
+        deadline = time.monotonic() + timeout
+        for _, watcher in self.watchers.values():
+            watcher.join(max(0.0, deadline - time.monotonic()))
+
+    def alive(self) -> bool:
+        return all(w.alive() for _, w in self.watchers.values())
+

@@ -1,0 +1,154 @@
+"""The IMAP ledger: which server messages are settled, and how each folder is doing.
+
+A message is settled once its bytes are durable (registered, recognised, or
+left to the spool's retries) and the account's action has been applied on the
+server. Keyed by account, folder, UIDVALIDITY and UID: a UIDVALIDITY the
+ledger has not seen means every UID in the folder is new to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
+
+from gateway.registry import Registry, RegistryUnavailable, _unreachable
+from gateway.registry.models import ImapFolder, ImapMessage
+
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int
+    last_uid: int
+    importing_until: int | None = None  # set while the first import is under way
+
+
+@dataclass(frozen=True)
+class Settled:
+    uid: int
+    outcome: str
+    action: str
+    number: str | None = None
+    item_id: str | None = None
+    size: int | None = None
+    reason: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ImapLedger:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    def _upsert(self, conn: Any, table: type, values: list[dict[str, Any]] | dict[str, Any],
+                keys: list[str], update_columns: list[str]) -> None:
+        ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+        stmt = ins.on_conflict_do_update(index_elements=keys,
+                                         set_={c: getattr(ins.excluded, c) for c in update_columns})
+        conn.execute(stmt, values)
+
+    def _write(self):  # type: ignore[no-untyped-def]
+        return self.registry.writer.begin()
+
+    def folder(self, account: str, folder: str) -> FolderState | None:
+        try:
+            with self.registry.engine.connect() as conn:
+                row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid,
+                                          ImapFolder.importing_until).where(
+                    ImapFolder.account == account, ImapFolder.folder == folder)).first()
+        except DBAPIError as exc:
+            raise self._wrap(exc) from exc
+        return FolderState(row.uidvalidity, row.last_uid, row.importing_until) if row and row.uidvalidity else None
+
+    def attempts(self, account: str, folder: str, uidvalidity: int) -> dict[int, tuple[int, str]]:
+        """UIDs that could not be fetched yet: how often that was tried, and the last reason."""
+        try:
+            with self.registry.engine.connect() as conn:
+                rows = conn.execute(select(ImapMessage.uid, ImapMessage.attempts, ImapMessage.reason).where(
+                    ImapMessage.account == account, ImapMessage.folder == folder,
+                    ImapMessage.uidvalidity == uidvalidity, ImapMessage.outcome == "failing"))
+                return {row.uid: (row.attempts, row.reason or "") for row in rows}
+        except DBAPIError as exc:
+            raise self._wrap(exc) from exc
+
+    def failing(self, account: str, folder: str, uidvalidity: int, uid: int, attempts: int, reason: str) -> None:
+        """Count a failed fetch on its own (the connection is about to be given up)."""
+        row = {"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": uid, "outcome": "failing",
+               "number": None, "item_id": None, "size": None, "action": "none", "attempts": attempts,
+               "reason": reason, "at": _now()}
+        try:
+            with self._write() as conn:
+                self._upsert(conn, ImapMessage, row, ["account", "folder", "uidvalidity", "uid"],
+                             ["outcome", "attempts", "reason", "at"])
+        except DBAPIError as exc:
+            raise self._wrap(exc) from exc
+
+    def settle(self, account: str, folder: str, uidvalidity: int, settled: list[Settled],
+               *, last_uid: int, backlog: int, failing: dict[int, tuple[int, str]] | None = None,
+               importing_until: int | None = None) -> None:
+        """Record settled messages, failed fetches and the folder's new position in one transaction."""
+        now = _now()
+        rows = [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": s.uid,
+                 "outcome": s.outcome, "number": s.number, "item_id": s.item_id, "size": s.size,
+                 "action": s.action, "attempts": 0, "reason": s.reason, "at": now} for s in settled]
+        rows += [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": uid,
+                  "outcome": "failing", "number": None, "item_id": None, "size": None, "action": "none",
+                  "attempts": attempts, "reason": reason, "at": now}
+                 for uid, (attempts, reason) in (failing or {}).items()]
+        try:
+            with self._write() as conn:
+                if rows:
+                    self._upsert(conn, ImapMessage, rows, ["account", "folder", "uidvalidity", "uid"],
+                                 ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
+                self._upsert(conn, ImapFolder, {
+                    "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
+                    "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None, "backlog": backlog,
+                    "updated_at": now}, ["account", "folder"],
+                    ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
+                     "updated_at"])
+        except DBAPIError as exc:
+            raise self._wrap(exc) from exc
+
+    def polled(self, account: str, folder: str) -> None:
+        self._health(account, folder, {"last_poll_at": _now(), "last_error": None, "last_error_at": None,
+                                       "backlog": 0})
+
+    def failed(self, account: str, folder: str, error: str) -> None:
+        self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})
+
+    def _health(self, account: str, folder: str, values: dict[str, Any]) -> None:
+        # A folder that was never synced (a login that fails from the start) gets a row
+        # with UIDVALIDITY 0, which the next sync reads as "first import".
+        now = _now()
+        row = {"account": account, "folder": folder, "uidvalidity": 0, "last_uid": 0, "importing_until": None,
+               "last_poll_at": None,
+               "last_error": None, "last_error_at": None, "backlog": 0, "updated_at": now, **values}
+        try:
+            with self._write() as conn:
+                self._upsert(conn, ImapFolder, row, ["account", "folder"], [*values, "updated_at"])
+        except DBAPIError:
+            pass  # health is best effort; the registry being down is logged elsewhere
+
+    def status(self) -> list[dict[str, Any]]:
+        with self.registry.engine.connect() as conn:
+            unfetchable = dict(conn.execute(
+                select(ImapMessage.account + "/" + ImapMessage.folder, func.count())
+                .where(ImapMessage.outcome.in_(["unfetchable", "failing"]))
+                .group_by(ImapMessage.account, ImapMessage.folder)).all())
+            rows = conn.execute(select(ImapFolder.__table__).order_by(ImapFolder.account, ImapFolder.folder))
+            return [{"account": r.account, "folder": r.folder, "uidvalidity": r.uidvalidity,
+                     "last_uid": r.last_uid, "last_poll_at": r.last_poll_at, "last_error": r.last_error,
+                     "last_error_at": r.last_error_at, "backlog": r.backlog,
+                     "failing": unfetchable.get(f"{r.account}/{r.folder}", 0)}
+                    for r in rows]
+
+    def _wrap(self, exc: DBAPIError) -> Exception:
+        if _unreachable(exc):
+            return RegistryUnavailable(f"registry {self.registry.safe_url}: {exc.orig}")
+        return exc
