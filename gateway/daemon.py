@@ -133,8 +133,7 @@ class Daemon:
                 return 1
 
         if self.config.model.imap.accounts:
-            assert self.registrar is not None
-            self.imap = ImapIntake(self.config, self.spool, self.registrar, ImapLedger(self.registry), self.wake)
+            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake)
             listening += ", IMAP " + ", ".join(self.imap.start())
         self._start_workers()
         scheduler = AsyncIOScheduler()
@@ -233,7 +232,10 @@ class Daemon:
                 wake.clear()
                 continue
             try:
-                outcomes = self.pipeline.process(items)
+                # Through the registrar's helper process when there is one: the CPU work
+                # then leaves this process (and its intakes) alone.
+                outcomes = (self.registrar.register_all(items) if self.registrar is not None
+                            else self.pipeline.process(items))
             except Exception:  # the pipeline handles item faults; this is a bug, keep the worker alive
                 log.exception("worker: unexpected error; items return to the spool")
                 for item in items:

@@ -1,7 +1,8 @@
-"""Registration for in-process intakes (SMTP), in batches, in a process of its own.
+"""Registration, in batches, in a process of its own.
 
-A session that has streamed its message into the spool hands the item over
-and waits for the outcome before it answers. Sessions that finish DATA at the
+Two kinds of items come here: those an SMTP session has just streamed into the
+spool, whose sender waits for the answer, and durable items the spool workers
+have claimed (from IMAP, the drop folder, `gateway ingest`, or a retry). Sessions that finish DATA at the
 same moment share one syncfs of the spool and one registry transaction (group
 commit). Items come sealed and renamed but not yet fsynced; nobody is told
 they are accepted until their batch's sync has returned.
@@ -43,11 +44,15 @@ log = logging.getLogger("gateway.registrar")
 _RESTART_DELAY = 5.0
 _START_TIMEOUT = 120.0
 
-Entry = tuple[SpoolItem, "Future[Outcome]"]
+Entry = tuple[SpoolItem, "Future[Outcome]", bool]  # the item, its answer, already durable?
 
 
-def register_batch(pipeline: Pipeline, items: list[SpoolItem]) -> list[Outcome]:
-    """Make a batch durable with one sync, then register it."""
+def register_batch(pipeline: Pipeline, items: list[SpoolItem], durable: bool) -> list[Outcome]:
+    """Register a batch. Items that are not durable yet (their sender still waits for an
+    answer) are made durable first with one sync, and dropped again if the registry cannot
+    take them: the sender's retry is then the only copy. Durable items stay spooled."""
+    if durable:
+        return pipeline.process(items)
     try:
         pipeline.spool.sync()
     except OSError as exc:
@@ -77,15 +82,15 @@ class Registrar:
     async def register(self, item: SpoolItem) -> Outcome:
         """For the event loop: one item, answered when its batch is done."""
         future: Future[Outcome] = Future()
-        self._queue.put((item, future))
+        self._queue.put((item, future, False))
         return await asyncio.wrap_future(future)
 
-    def register_all(self, items: list[SpoolItem]) -> list[Outcome]:
-        """For an intake thread: a batch of its own, in the same group commits."""
+    def register_all(self, items: list[SpoolItem], *, durable: bool = True) -> list[Outcome]:
+        """For a thread (a spool worker): durable items, registered in the same group commits."""
         futures: list[Future[Outcome]] = []
         for item in items:
             futures.append(Future())
-            self._queue.put((item, futures[-1]))
+            self._queue.put((item, futures[-1], durable))
         return [f.result() for f in futures]
 
     def close(self) -> None:
@@ -108,7 +113,7 @@ class Registrar:
                     continue
                 if first is None:
                     return
-                batch = [first]
+                batch, others = [first], []
                 stop = False
                 while len(batch) < self.batch_size:
                     try:
@@ -118,8 +123,11 @@ class Registrar:
                     if entry is None:
                         stop = True
                         break
-                    batch.append(entry)
+                    # A batch is all of one kind: durable items or items whose sender waits.
+                    (batch if entry[2] == first[2] else others).append(entry)
                 self._register(batch)
+                if others:
+                    self._register(others)
                 if stop:
                     return
         finally:
@@ -127,21 +135,24 @@ class Registrar:
                 self._helper.stop()
 
     def _register(self, batch: list[Entry]) -> None:
-        items = [item for item, _ in batch]
+        items = [item for item, _, _ in batch]
+        durable = batch[0][2]
         try:
-            outcomes = self._by_helper(items)
+            outcomes = self._by_helper(items, durable)
             if outcomes is None:
-                outcomes = register_batch(self.pipeline, items)
+                outcomes = register_batch(self.pipeline, items, durable)
             by_id = {o.item_id: o for o in outcomes}
-            for item, future in batch:
+            for item, future, _ in batch:
                 item._unlock()  # after the helper is done with it, not before
                 if not future.done():  # a session that timed out no longer waits
                     future.set_result(by_id[item.id])
-        except Exception as exc:  # a bug: the senders are told to retry, so drop our copies
+        except Exception as exc:
+            # A bug. Senders still waiting are told to retry, so their copies go;
+            # durable items go back to the spool for a later attempt.
             log.exception("registrar: unexpected error")
-            for item, future in batch:
+            for item, future, _ in batch:
                 if item._fd is not None:
-                    self.pipeline.spool.discard(item)
+                    (self.pipeline.spool.release if durable else self.pipeline.spool.discard)(item)
                 if not future.done():
                     future.set_exception(exc)
 
@@ -153,12 +164,12 @@ class Registrar:
                 and time.monotonic() - self._helper_failed_at >= _RESTART_DELAY):
             self._start_helper()
 
-    def _by_helper(self, items: list[SpoolItem]) -> list[Outcome] | None:
+    def _by_helper(self, items: list[SpoolItem], durable: bool) -> list[Outcome] | None:
         self._restart_helper_when_due()
         if self._helper is None:
             return None
         try:
-            outcomes, events = self._helper.register(self.pipeline.config, items)
+            outcomes, events = self._helper.register(self.pipeline.config, items, durable)
         except Exception as exc:  # died, or talks nonsense: either way it must not touch these items again
             log.error("registrar helper (pid %s) failed (%s); this batch is registered by the daemon itself",
                       self._helper.pid, str(exc) or type(exc).__name__)
@@ -202,11 +213,12 @@ class _Helper:
             raise TimeoutError(f"no answer within {_START_TIMEOUT:.0f} s")
         self._conn.recv()  # "ready", or EOFError when it could not start
 
-    def register(self, config: Config, items: list[SpoolItem]) -> tuple[list[Outcome], list[tuple[str, Any]]]:
+    def register(self, config: Config, items: list[SpoolItem],
+                 durable: bool) -> tuple[list[Outcome], list[tuple[str, Any]]]:
         if config is not self._config:  # reloaded: departments and addresses may have changed
             self._conn.send(("config", config))
             self._config = config
-        self._conn.send(("batch", [(i.id, i.attempts, str(i.path), i.meta) for i in items]))
+        self._conn.send(("batch", ([(i.id, i.attempts, str(i.path), i.meta) for i in items], durable)))
         return self._conn.recv()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
@@ -261,8 +273,9 @@ def _helper_main(fd: int) -> None:
             if kind == "config":
                 pipeline.config = body
                 continue
-            items = [SpoolItem(item_id, attempts, Path(path), meta) for item_id, attempts, path, meta in body]
-            outcomes = register_batch(pipeline, items)
+            entries, durable = body
+            items = [SpoolItem(item_id, attempts, Path(path), meta) for item_id, attempts, path, meta in entries]
+            outcomes = register_batch(pipeline, items, durable)
             conn.send((outcomes, events[:]))
             events.clear()
     finally:

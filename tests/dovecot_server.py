@@ -166,7 +166,9 @@ class DovecotServer:
     host = HOST
 
     def __init__(self, *, mail_format: Literal["maildir", "sdbox"] = "maildir",
-                 directory: str | Path | None = None) -> None:
+                 directory: str | Path | None = None, capabilities: str | None = None) -> None:
+        """`capabilities` replaces what the server announces after login (Dovecot's
+        imap_capability), to play a server without IDLE or MOVE."""
         if mail_format not in ("maildir", "sdbox"):
             raise ValueError("mail_format must be 'maildir' or 'sdbox'")
         if not os.path.exists(DOVECOT):
@@ -175,6 +177,7 @@ class DovecotServer:
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-", dir=directory))
         self.port = _free_port()
         self.mail_format = mail_format
+        self.capabilities = capabilities
         self.config = self.dir / "dovecot.conf"
         self.log_path = self.dir / "dovecot.log"
         self.users_dir = self.dir / "users"  # one passwd-file per user, see _write_user()
@@ -315,6 +318,16 @@ class DovecotServer:
     def revoke(self, token: str) -> None:
         self.oauth.revoke(token)
 
+    def record_traffic(self, user: str) -> Path:
+        """From the next login on, Dovecot writes each session's IMAP traffic of this user
+        (`*.in`: what the client sent, `*.out`: the server's answers) into the folder returned."""
+        home = self.user_dir(user)
+        rawlog = home / "dovecot.rawlog"
+        for path in (home, rawlog):
+            path.mkdir(exist_ok=True)
+            os.chown(path, self._mail_uid, self._mail_gid)
+        return rawlog
+
     def user_dir(self, user: str) -> Path:
         """The user's home, holding `Maildir/` (or `sdbox/`)."""
         return self.mail_root / user
@@ -410,6 +423,7 @@ class DovecotServer:
             default_login_user = {self._login_user}
             # Room for many parallel connections (by default 100 processes, 10 per user and IP).
             mail_max_userip_connections = 400
+            {f"imap_capability = {self.capabilities}" if self.capabilities else ""}
 
             auth_mechanisms = plain login xoauth2 oauthbearer
             auth_verbose = yes
@@ -456,6 +470,13 @@ class DovecotServer:
 
             service imap {{
               process_limit = 400
+              # Every session's traffic lands in ~/dovecot.rawlog/ of users that have that folder.
+              executable = imap postlogin
+            }}
+            service postlogin {{
+              executable = script-login -d rawlog
+              unix_listener postlogin {{
+              }}
             }}
 
             service imap-login {{

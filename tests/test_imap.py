@@ -5,6 +5,7 @@ import json
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -399,3 +400,63 @@ def test_imap_department_and_duplicate_names_are_checked(tmp_path: Path, dovecot
     assert "imap.accounts[0].department: no department with id 'nobody'" in proc.stderr
     assert "imap.accounts[1].name: duplicate account name 'same'" in proc.stderr
 
+
+
+@pytest.fixture(scope="module")
+def plain_dovecot() -> Iterator[DovecotServer]:
+    """A server that offers neither IDLE nor MOVE (nor UIDPLUS), as some still do."""
+    server = DovecotServer(capabilities="IMAP4rev1 LITERAL+ SASL-IR NAMESPACE")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_without_idle_or_move_it_polls_and_copies_then_expunges(plain_dovecot: DovecotServer, tmp_path: Path,
+                                                                 notify: Notify) -> None:
+    box = Mailbox(plain_dovecot, tmp_path)
+    with plain_dovecot.client(box.user) as imap:
+        assert not imap.has_capability("IDLE") and not imap.has_capability("MOVE")
+    box.deliver(make_message(1, subject="no idle 1"))
+    gateway = configure(tmp_path, box.account(idle=True, poll_seconds=1, after="move", move_to="Done"))
+    daemon = start(gateway, notify)
+    try:
+        wait_letters(gateway, 1)
+        box.deliver(make_message(2, subject="no idle 2"))
+        assert sorted(wait_letters(gateway, 2)) == ["no idle 1", "no idle 2"]
+        wait_for(lambda: len(box.flags("Done")) == 2 and not box.flags(), 20, "both copied and expunged")
+    finally:
+        log = daemon.stop()
+    assert "the server offers no IDLE; polling every 1 s" in log
+
+
+def test_what_the_server_sees_peek_no_charset_and_idle_renewed(mailbox: Mailbox, tmp_path: Path,
+                                                               notify: Notify) -> None:
+    """Checked in Dovecot's own record of the session (rawlog), not in the gateway's."""
+    rawlog = mailbox.dovecot.record_traffic(mailbox.user)
+    mailbox.deliver(make_message(1, subject="watched"))
+    settings = IMAP_SETTINGS + "idle_renew_seconds = 1\n"
+    gateway = configure(tmp_path, mailbox.account(idle=True, poll_seconds=600, first_import="since",
+                                                  import_since="2026-01-01"), settings=settings)
+    daemon = start(gateway, notify)
+    try:
+        wait_letters(gateway, 1)
+        try:
+            wait_for(lambda: sum(p.read_text().count(" IDLE\n") for p in rawlog.glob("*.in")) >= 3, 20,
+                     "IDLE issued again after the renewal time")
+        except AssertionError:
+            raise AssertionError({p.name: p.read_text()[-500:] for p in rawlog.iterdir()}) from None
+    finally:
+        daemon.stop()
+    sent = "".join(p.read_text() for p in sorted(rawlog.glob("*.in")))
+    commands = [line.split(" ", 1)[1] for line in sent.splitlines() if " " in line]
+    fetches = [c for c in commands if c.startswith("UID FETCH")]
+    assert fetches and all("BODY.PEEK[" in c or "BODY[" not in c for c in fetches), fetches
+    searches = [c for c in commands if c.startswith("UID SEARCH")]
+    assert searches and not any("CHARSET" in c for c in searches), searches
+    assert any("SINCE" in c for c in searches)
+    # \Seen is set only after the message was fetched (and made durable).
+    store = next(i for i, c in enumerate(commands) if c.startswith("UID STORE") and "\\Seen" in c)
+    assert store > next(i for i, c in enumerate(commands) if c.startswith("UID FETCH") and "BODY.PEEK[]" in c)
+    assert sent.count("\nDONE\n") >= 2

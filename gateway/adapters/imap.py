@@ -2,12 +2,13 @@
 
 For each folder the watcher connects, selects, settles what is new, then
 waits with IDLE (re-issued well before the server's 29-minute limit) or
-sleeps until the next poll. A message is fetched with BODY.PEEK (so nothing is
-marked \\Seen early), written to the spool, made durable and registered, and
-only then is the account's action (seen, move, delete, keep) applied on the
-server and the UID recorded in the ledger. A crash anywhere in between makes
-the next sync fetch the message again, and the registry recognises it by its
-source key: no duplicate, and nothing skipped.
+sleeps until the next poll. Messages are fetched in batches with BODY.PEEK (so
+nothing is marked \\Seen early) and written to the spool; one sync makes the
+batch durable; only then is the account's action (seen, move, delete, keep)
+applied on the server and each UID recorded in the ledger with its spool item.
+The spool workers register the items. A crash anywhere in between makes the
+next sync fetch a message again, and the registry recognises the second copy
+by its source key: no duplicate, and nothing skipped.
 
 One folder failing (a refused login, a dropped connection, a message the
 server cannot deliver) never holds up another: each watcher reconnects on its
@@ -29,16 +30,13 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from gateway.config import Config, ImapAccount
 from gateway.faults import checkpoint
-from gateway.registrar import Registrar
 from gateway.registry import RegistryUnavailable
 from gateway.registry.ledger import FolderState, ImapLedger, Settled
 from gateway.spool import Spool, SpoolError, SpoolItem
 
 log = logging.getLogger("gateway.imap")
 
-# Outcomes after which the bytes are safe with us, so the server copy may be acted on.
-_DURABLE = {"registered", "duplicate", "known", "retry", "quarantined"}
-_OVERSIZE_HEADERS = b"BODY[HEADER]"
+_HEADERS = b"BODY[HEADER]"
 
 
 class AccountError(Exception):
@@ -134,12 +132,11 @@ class FolderWatcher:
     """One account's one folder: connect, settle what is new, wait, again."""
 
     def __init__(self, config: Config, account: ImapAccount, folder: str, spool: Spool,
-                 registrar: Registrar, ledger: ImapLedger, wake: Callable[[], None] | None = None):
+                 ledger: ImapLedger, wake: Callable[[], None] | None = None):
         self.config = config
         self.account = account
         self.folder = folder
         self.spool = spool
-        self.registrar = registrar
         self.ledger = ledger
         self.name = f"{account.name}/{folder}"
         self._stop = threading.Event()
@@ -294,16 +291,18 @@ class FolderWatcher:
         failing: dict[int, tuple[int, str]] = {
             u: retrying[u] for u in uids if u in retrying and retrying[u][0] >= max_attempts}
         uids = [u for u in uids if u not in failing]
-        # Sizes first, so that an oversize message is never downloaded whole.
-        found, failing_sizes = self._fetch(client, uidvalidity, uids, [b"RFC822.SIZE"], b"RFC822.SIZE", retrying)
-        failing.update(failing_sizes)
-        sizes = {uid: int(size) for uid, size in found.items()}
-        wanted = [u for u in uids if u in sizes and sizes[u] <= limit]
-        oversize = [u for u in uids if u in sizes and sizes[u] > limit]
-        bodies, failing_bodies = self._fetch(client, uidvalidity, wanted, [b"BODY.PEEK[]"], b"BODY[]", retrying)
-        heads, failing_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
-                                           _OVERSIZE_HEADERS, retrying)
+        # Size and body in one round trip; the body is cut at the limit, so an oversize
+        # message is never downloaded whole (its headers are fetched on their own).
+        partial = b"BODY[]<0>"
+        found, failing_bodies = self._fetch(
+            client, uidvalidity, uids, [b"RFC822.SIZE", f"BODY.PEEK[]<0.{limit + 1}>".encode()], partial, retrying)
         failing.update(failing_bodies)
+        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in found.items()}
+        bodies = {uid: data[partial] for uid, data in found.items() if sizes[uid] <= limit}
+        oversize = [uid for uid in found if sizes[uid] > limit]
+        found_heads, failing_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
+                                                 _HEADERS, retrying)
+        heads = {uid: data[_HEADERS] for uid, data in found_heads.items()}
         failing.update(failing_heads)
 
         items: list[tuple[int, SpoolItem]] = []
@@ -326,36 +325,34 @@ class FolderWatcher:
             del failing[uid]
             self._quarantine_unfetchable(uidvalidity, uid, reason)
 
-        outcomes = self.registrar.register_all([item for _, item in items]) if items else []
-        by_uid = dict(zip([uid for uid, _ in items], outcomes, strict=True))
-        durable = [uid for uid, o in by_uid.items() if o.result in _DURABLE]
-        undone = [uid for uid, o in by_uid.items() if o.result not in _DURABLE]
+        # One sync makes the whole batch durable; then it is the spool workers' to register.
+        if items:
+            try:
+                self.spool.sync()
+            except OSError as exc:
+                for _, item in items:
+                    self.spool.discard(item)
+                raise AccountError(f"cannot make the spool durable: {exc}") from None
+            for _, item in items:
+                self.spool.release(item)
+            if self._wake_spool is not None:
+                self._wake_spool()
+        safe = [uid for uid, _ in items]
         checkpoint("before-imap-action")
-        actions = self._act(client, durable, oversize=set(heads))
-        settled = [Settled(uid, by_uid[uid].result, actions[uid], by_uid[uid].number, by_uid[uid].item_id,
-                           sizes.get(uid)) for uid in durable]
+        actions = self._act(client, safe, oversize=set(heads))
+        settled = [Settled(uid, "spooled", actions[uid], None, item.id, sizes.get(uid)) for uid, item in items]
         settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]
-        if undone:
-            # Nothing of these was kept (the registry is unavailable): the server copies stay
-            # untouched, and the folder's position stops before the first of them.
-            self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=min(undone) - 1,
-                               backlog=remaining + len(undone), failing=failing, importing_until=importing_until)
-            first = by_uid[undone[0]]
-            raise AccountError(f"{len(undone)} message(s) not registered: {first.reason or first.result}")
         self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
                            backlog=remaining, failing=failing, importing_until=importing_until)
-        self._suspects.difference_update(durable)
+        self._suspects.difference_update(safe)
         self._suspects.difference_update(given_up)
-        registered = sum(1 for u in durable if by_uid[u].result == "registered")
-        if durable or given_up:
-            log.info("%s: %d message(s) taken (%d new letter(s)), %d still to do%s", self.name, len(durable),
-                     registered, remaining, f", {len(failing)} failing" if failing else "")
-        if self._wake_spool is not None and any(by_uid[u].result == "retry" for u in durable):
-            self._wake_spool()  # the spool workers retry those
+        if safe or given_up:
+            log.info("%s: %d message(s) taken, %d still to do%s", self.name, len(safe), remaining,
+                     f", {len(failing)} failing" if failing else "")
 
     def _fetch(self, client: IMAPClient, uidvalidity: int, uids: list[int], what: list[bytes], key: bytes,
-               retrying: dict[int, tuple[int, str]]) -> tuple[dict[int, Any], dict[int, tuple[int, str]]]:
-        """Fetch a batch so that one bad message fails alone.
+               retrying: dict[int, tuple[int, str]]) -> tuple[dict[int, dict[bytes, Any]], dict[int, tuple[int, str]]]:
+        """Fetch a batch so that one bad message fails alone; returns each UID's data.
 
         A batch the server refuses is fetched again one message at a time. A
         batch during which the server drops the connection marks its messages
@@ -367,7 +364,7 @@ class FolderWatcher:
             return {}, {}
         singles = [u for u in uids if u in self._suspects or u in retrying]
         batch = [u for u in uids if u not in singles]
-        got: dict[int, Any] = {}
+        got: dict[int, dict[bytes, Any]] = {}
         if batch:
             try:
                 data = client.fetch(batch, what)
@@ -377,7 +374,7 @@ class FolderWatcher:
             except IMAPClientError:
                 singles += batch
             else:
-                got = {uid: d[key] for uid, d in data.items() if d.get(key) is not None}
+                got = {uid: d for uid, d in data.items() if d.get(key) is not None}
                 singles += [u for u in batch if u not in got]
         failing: dict[int, tuple[int, str]] = {}
         for uid in sorted(singles):
@@ -385,7 +382,7 @@ class FolderWatcher:
             try:
                 one = client.fetch([uid], what).get(uid, {})
                 if one.get(key) is not None:
-                    got[uid] = one[key]
+                    got[uid] = one
                     continue
                 if uid not in client.search(["UID", str(uid)]):
                     continue  # expunged meanwhile
@@ -414,7 +411,7 @@ class FolderWatcher:
             meta["department_hint"] = self.account.department
         writer = self.spool.writer(meta)
         writer.write(raw)
-        # Made durable by the registrar's group sync, together with the rest of the batch.
+        # Made durable by one sync for the whole batch.
         return writer.commit(claim=True, durable=False)
 
     def _quarantine_unfetchable(self, uidvalidity: int, uid: int, reason: str) -> None:
@@ -474,10 +471,9 @@ class FolderWatcher:
 class ImapIntake:
     """All the watchers; started and stopped by the daemon."""
 
-    def __init__(self, config: Config, spool: Spool, registrar: Registrar, ledger: ImapLedger,
+    def __init__(self, config: Config, spool: Spool, ledger: ImapLedger,
                  wake: Callable[[], None] | None = None):
         self.spool = spool
-        self.registrar = registrar
         self.ledger = ledger
         self._wake = wake
         self.config = config
@@ -490,7 +486,7 @@ class ImapIntake:
         return [w.name for _, w in self.watchers.values()]
 
     def _start(self, account: ImapAccount, folder: str) -> None:
-        watcher = FolderWatcher(self.config, account, folder, self.spool, self.registrar, self.ledger, self._wake)
+        watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake)
         self.watchers[(account.name, folder)] = (account, watcher)
         watcher.start()
 

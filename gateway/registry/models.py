@@ -169,7 +169,7 @@ class ImapMessage(Base):
     folder: Mapped[str] = mapped_column(String(512), primary_key=True)
     uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    # registered | duplicate | known | retry | quarantined (the item's outcome) | unfetchable
+    # spooled (durable, its item registered by the spool workers) | failing | unfetchable
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)
     number: Mapped[str | None] = mapped_column(String(64))
     item_id: Mapped[str | None] = mapped_column(String(64))

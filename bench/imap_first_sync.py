@@ -1,0 +1,149 @@
+"""First sync of a full mailbox over IMAP, end to end (fetched, spooled, registered), against a same-run baseline.
+
+A real Dovecot (the test suite's fixture) holds N messages of 4 KiB in one
+user's INBOX. Baseline: imapclient fetching them in batches of 500 with
+BODY.PEEK[] and writing each to its own file. Gateway: the daemon with one
+IMAP account (first_import = "all", after = "seen"), timed from READY until
+the mailbox is synced (every message durable in the spool, marked \\Seen on
+the server and recorded in the ledger), and until every message is in the
+register (the spool workers register in a helper process while the sync goes on).
+
+    .venv/bin/python bench/imap_first_sync.py [--count 10000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dovecot_server import DovecotServer  # noqa: E402
+
+
+def message(n: int, size: int = 4096) -> bytes:
+    head = (f"From: Partner {n} <p{n}@partner.example>\r\nTo: liaison@example.org\r\n"
+            f"Subject: Inquiry number {n}\r\nMessage-ID: <bench-{n}@partner.example>\r\n"
+            "Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n")
+    line = f"Letter {n}: we would like to discuss the contract for the next quarter.\r\n"
+    return (head + line * ((size - len(head)) // len(line))).encode()
+
+
+def baseline(server: DovecotServer, user: str, workdir: Path) -> float:
+    out = workdir / "baseline"
+    out.mkdir()
+    start = time.perf_counter()
+    with server.client(user, timeout=300) as imap:
+        imap.select_folder("INBOX", readonly=True)
+        uids = imap.search(["ALL"])
+        for i in range(0, len(uids), 500):
+            for uid, data in imap.fetch(uids[i:i + 500], ["BODY.PEEK[]"]).items():
+                (out / f"{uid}.eml").write_bytes(data[b"BODY[]"])
+    return len(uids) / (time.perf_counter() - start)
+
+
+def gateway(server: DovecotServer, user: str, count: int, workdir: Path) -> tuple[float, float]:
+    """Messages per second until the mailbox is synced (every message durable in the
+    spool, marked \\Seen and in the ledger), and until every one is registered."""
+    state = workdir / "state"
+    config = workdir / "gateway.toml"
+    (workdir / "pw").write_text(server.password(user))
+    config.write_text(textwrap.dedent(f"""
+        [gateway]
+        state_dir = "{state}"
+        [triage]
+        department = "office"
+        [logging]
+        level = "WARNING"
+        [smtp]
+        enabled = false
+        [imap]
+        fetch_batch = 500
+        [[imap.accounts]]
+        name = "bench"
+        host = "127.0.0.1"
+        port = {server.port}
+        tls = "plain"
+        username = "{user}"
+        password_file = "{workdir / 'pw'}"
+        idle = false
+        poll_seconds = 3600
+        after = "seen"
+        [[departments]]
+        id = "office"
+        name = "Office"
+        owners = ["office@example.org"]
+        head = "head@example.org"
+        addresses = ["liaison@example.org"]
+    """))
+    notify_path = workdir / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    daemon = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "run"], env=env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        start = time.perf_counter()
+        db = sqlite3.connect(state / "registry.sqlite3", timeout=30)
+        deadline = start + 1800
+        synced = 0.0
+        while db.execute("SELECT count(*) FROM letters").fetchone()[0] < count:
+            if time.perf_counter() > deadline or daemon.poll() is not None:
+                raise RuntimeError("the gateway did not register every message")
+            if not synced and db.execute("SELECT count(*) FROM imap_ledger WHERE outcome = 'spooled'"
+                                         ).fetchone()[0] >= count:
+                synced = time.perf_counter() - start
+            time.sleep(0.02)
+        registered = time.perf_counter() - start
+        db.close()
+        return count / (synced or registered), count / registered
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+        notify.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000, help="messages of 4 KiB in the mailbox")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline and gateway runs, alternating")
+    args = parser.parse_args()
+    print(f"{'round':>5} {'messages':>8} {'baseline msg/s':>15} {'synced msg/s':>13} {'ratio':>6} "
+          f"{'registered msg/s':>17} {'ratio':>6}")
+    ratios: list[tuple[float, float]] = []
+    with DovecotServer() as server:
+        server.start()
+        user = "bench"
+        server.add_user(user, "bench-password")
+        server.append_many(user, (message(n) for n in range(args.count)))
+        for round_ in range(1, args.rounds + 1):
+            with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+                workdir = Path(tmp)
+                # The spool's sync flushes the whole filesystem: flush what loading the mailbox and
+                # the baseline left dirty first, so that neither side pays for the other.
+                os.sync()
+                base = baseline(server, user, workdir)
+                os.sync()
+                synced, registered = gateway(server, user, args.count, workdir)
+            ratios.append((synced / base, registered / base))
+            print(f"{round_:>5} {args.count:>8} {base:>15.0f} {synced:>13.0f} {synced / base:>6.2f} "
+                  f"{registered:>17.0f} {registered / base:>6.2f}", flush=True)
+    print(f"median ratio: synced {statistics.median(r[0] for r in ratios):.2f}, "
+          f"registered {statistics.median(r[1] for r in ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
