@@ -144,3 +144,23 @@ def test_unwritable_state_directory() -> None:
     shutil.rmtree(tmp_path)
     assert config_text
     assert message == f"{gw.config}: gateway.state_dir: directory {locked} is not writable: Permission denied"
+
+
+def test_shipped_imap_examples_are_valid_and_every_account_key_is_documented(tmp_path: Path) -> None:
+    text = (ROOT / "config" / "gateway.toml").read_text()
+    for key in config_mod.ImapAccount.model_fields:
+        assert f"#   {key}" in text or f"{key}, " in text or f", {key}" in text, f"{key} is not documented"
+    examples = [line[2:] for line in text.splitlines()
+                if line.startswith("# ") and ("=" in line[2:] or line[2:].startswith("[[imap"))
+                and not line.startswith("#  ")]
+    block = "\n".join(examples[examples.index("[[imap.accounts]]"):])
+    assert block.count("[[imap.accounts]]") == 2
+    secret = tmp_path / "imap-liaison.password"
+    secret.write_text("secret\n")
+    block = block.replace("/etc/gateway/imap-liaison.password", str(secret))
+    copy = tmp_path / "gateway.toml"
+    copy.write_text(text.replace("[logging]", block + "\n\n[logging]", 1).replace(
+        'state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"'))
+    cfg = config_mod.load(copy)
+    assert [a.name for a in cfg.model.imap.accounts] == ["liaison", "sales"]
+    assert cfg.model.imap.accounts[1].token_command == ["/usr/local/bin/m365-token", "sales@example.org"]

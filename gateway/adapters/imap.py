@@ -496,8 +496,9 @@ class ImapIntake:
         wanted = {(a.name, f): a for a in config.model.imap.accounts for f in a.folders}
         for key, (account, watcher) in list(self.watchers.items()):
             if wanted.get(key) != account:
+                # Not joined: the old watcher ends after its current batch, and anything both
+                # of them fetch is recognised by its source key.
                 watcher.stop()
-                watcher.join(30)
                 del self.watchers[key]
         for key, account in wanted.items():
             if key not in self.watchers:
