@@ -7,7 +7,7 @@ when smtp-source finishes, every message is in the register.
 Baseline: an aiosmtpd handler that only writes each message to its own file,
 fsyncs it and answers 250.
 
-    .venv/bin/python bench/smtp_intake.py [--count 1000]
+    .venv/bin/python bench/smtp_intake.py [--count 1000] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import statistics
 import sys
 import tempfile
 import textwrap
@@ -121,20 +122,29 @@ def gateway(sessions: int, count: int, size: int, workdir: Path) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="4 KiB messages per run (100 KiB: a quarter)")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline and gateway runs per case, alternating")
     args = parser.parse_args()
     print(f"{'size':>8} {'sessions':>8} {'messages':>8} {'baseline msg/s':>15} {'gateway msg/s':>14} "
           f"{'ratio':>6} {'daemon peak MiB':>16}")
+    medians = []
     for size, label in ((4096, "4 KiB"), (100 * 1024, "100 KiB")):
         count = args.count if size == 4096 else max(args.count // 4, 40)
         for sessions in (1, 8):
-            workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-            try:
-                base = baseline(sessions, count, size, workdir)
-                ours, peak = gateway(sessions, count, size, workdir)
-            finally:
-                shutil.rmtree(workdir)
-            print(f"{label:>8} {sessions:>8} {count:>8} {base:>15.0f} {ours:>14.0f} {ours / base:>6.2f} {peak:>16.0f}",
-                  flush=True)
+            ratios = []
+            for _ in range(args.rounds):
+                workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+                try:
+                    os.sync()  # neither side pays for what the other left dirty
+                    base = baseline(sessions, count, size, workdir)
+                    os.sync()
+                    ours, peak = gateway(sessions, count, size, workdir)
+                finally:
+                    shutil.rmtree(workdir)
+                ratios.append(ours / base)
+                print(f"{label:>8} {sessions:>8} {count:>8} {base:>15.0f} {ours:>14.0f} {ours / base:>6.2f} "
+                      f"{peak:>16.0f}", flush=True)
+            medians.append(f"{label} x {sessions}: {statistics.median(ratios):.2f}")
+    print("median ratios: " + ", ".join(medians))
 
 
 if __name__ == "__main__":

@@ -375,7 +375,7 @@ def test_a_failing_token_command_is_an_alert_and_retried(mailbox: Mailbox, tmp_p
         wait_for(lambda: sum(1 for r in status(gateway)["imap"] if r["last_error"]) == 2, 30, "both failing")
     finally:
         log = daemon.stop()
-    assert "token command" in log and "token service down" in log
+    assert "ALERT tokenless/INBOX: token command" in log and "token service down" in log
     assert "revoked/Other: login as" in log
     assert log.count("tokenless/INBOX: token command") < 10  # not one line per attempt
 

@@ -43,6 +43,10 @@ class AccountError(Exception):
     """Something about the account or the connection; the watcher backs off and reconnects."""
 
 
+class TokenError(AccountError):
+    """The token command failed: an operator must look (expired consent, revoked secret)."""
+
+
 def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -70,11 +74,11 @@ def fetch_token(account: ImapAccount, timeout: float = 30.0) -> str:
     try:
         proc = subprocess.run(account.token_command, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AccountError(f"token command {account.token_command[0]} failed: {exc}") from None
+        raise TokenError(f"token command {account.token_command[0]} failed: {exc}") from None
     token = proc.stdout.strip()
     if proc.returncode != 0 or not token:
         detail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-        raise AccountError(f"token command {account.token_command[0]} failed (exit {proc.returncode})"
+        raise TokenError(f"token command {account.token_command[0]} failed (exit {proc.returncode})"
                            f"{': ' + detail if detail else ', no token printed'}")
     return token
 
@@ -180,7 +184,8 @@ class FolderWatcher:
                 delay *= random.uniform(0.5, 1.0)  # jitter: many watchers must not reconnect in step
                 # Logged once per change of reason, then every tenth attempt: no flood.
                 if reason != self.last_error or failures % 10 == 0:
-                    log.error("%s: %s; retrying in %.0f s (attempt %d)", self.name, reason, delay, failures)
+                    log.error("%s%s: %s; retrying in %.0f s (attempt %d)",
+                              "ALERT " if isinstance(exc, TokenError) else "", self.name, reason, delay, failures)
                 self.last_error = reason
                 self.ledger.failed(self.account.name, self.folder, reason)
                 self._stop.wait(delay)
