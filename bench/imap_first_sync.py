@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -26,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+from daemon import running_daemon  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 from dovecot_server import DovecotServer  # noqa: E402
 
@@ -86,16 +86,7 @@ def gateway(server: DovecotServer, user: str, count: int, workdir: Path) -> tupl
         head = "head@example.org"
         addresses = ["liaison@example.org"]
     """))
-    notify_path = workdir / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    notify.settimeout(60)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-    daemon = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "run"], env=env,
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while b"READY=1" not in notify.recv(4096):
-            pass
+    with running_daemon(config, workdir) as daemon:
         start = time.perf_counter()
         db = sqlite3.connect(state / "registry.sqlite3", timeout=30)
         deadline = start + 1800
@@ -110,10 +101,6 @@ def gateway(server: DovecotServer, user: str, count: int, workdir: Path) -> tupl
         registered = time.perf_counter() - start
         db.close()
         return count / (synced or registered), count / registered
-    finally:
-        daemon.terminate()
-        daemon.wait(60)
-        notify.close()
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from daemon import running_daemon  # noqa: E402  (bench/ is the script's folder, on sys.path)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -93,16 +95,7 @@ def gateway(sessions: int, count: int, size: int, workdir: Path) -> tuple[float,
         head = "head@example.org"
         addresses = ["liaison@example.org"]
     """))
-    notify_path = workdir / "notify.sock"
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(notify_path))
-    notify.settimeout(60)
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
-    daemon = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "run"], env=env,
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while b"READY=1" not in notify.recv(4096):
-            pass
+    with running_daemon(config, workdir) as daemon:
         rate = count / smtp_source(port, sessions, count, size)
         # The daemon and its registrar helper together.
         pids = [daemon.pid] + [int(p) for task in Path(f"/proc/{daemon.pid}/task").iterdir()
@@ -113,10 +106,6 @@ def gateway(sessions: int, count: int, size: int, workdir: Path) -> tuple[float,
                                      "--json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
         assert registered.count('"number"') == count, "not every message was registered"
         return rate, peak_kib / 1024
-    finally:
-        daemon.terminate()
-        daemon.wait(60)
-        notify.close()
 
 
 def main() -> None:

@@ -187,7 +187,7 @@ def db_upgrade(state: State) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @pass_state
 def ingest(state: State, files: tuple[Path, ...]) -> None:
-    """Push message files through the same pipeline as the daemon."""
+    """Push message files (.eml) and fax files (TIFF, PDF) through the same pipeline as the daemon."""
     from gateway.faults import checkpoint
     from gateway.pipeline import Pipeline
     from gateway.spool import SpoolError
@@ -203,8 +203,19 @@ def ingest(state: State, files: tuple[Path, ...]) -> None:
             click.echo(f"{path}: cannot read: {exc.strerror}", err=True)
             failures += 1
             continue
-        meta = {"channel": "email", "intake": "file",
-                "source": {"path": str(path.resolve()), "size": len(raw)}}
+        meta: dict[str, Any] = {"channel": "email", "intake": "file",
+                                "source": {"path": str(path.resolve()), "size": len(raw)}}
+        if raw[:4] in (b"II*\0", b"MM\0*") or raw[:5] == b"%PDF-":  # a fax file, not a message
+            from gateway.adapters.fax_drop import fax_facts
+            from gateway.fax.document import FaxUnreadable, read_fax
+            from gateway.fax.metadata import find_sidecar
+
+            try:
+                meta.update(channel="fax", fax=fax_facts(cfg, path, read_fax(raw, path.name), find_sidecar(path)))
+            except FaxUnreadable as exc:
+                click.echo(f"{path}: {exc}", err=True)
+                failures += 1
+                continue
         try:
             item = spool.enqueue(raw, meta, claim=True)
         except SpoolError as exc:

@@ -199,6 +199,71 @@ class ImapSection(_Strict):
     accounts: list[ImapAccount] = []
 
 
+def _check_regex(value: str | None, groups: set[str]) -> str | None:
+    if value is None:
+        return None
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    unknown = set(compiled.groupindex) - groups
+    if unknown:
+        raise ValueError(f"unknown group(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(groups))}")
+    return value
+
+
+FAX_FIELDS = {"number", "caller_id", "sender_name", "received", "pages"}
+
+
+class FaxEmailSection(_Strict):
+    senders: list[str] = []  # addresses, or "@domain" for any address there
+    subject_pattern: str | None = (r"(?i)fax\s+from\s+(?P<number>\+?[0-9][0-9 -]{3,}[0-9])"
+                                    r"(?:\s*\((?P<pages>[0-9]+)\s*pages?\))?")
+    body_pattern: str | None = r"(?i)(?P<pages>[0-9]+)\s*(?:pages?|页|頁)"
+    time_format: str = "%Y-%m-%d %H:%M:%S"
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            if value.startswith("@"):
+                if "." not in value:
+                    raise ValueError(f"{value!r} is not @domain")
+                out.append(value.lower())
+            else:
+                out.append(_check_address(value))
+        return out
+
+    @field_validator("subject_pattern", "body_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        return _check_regex(value, FAX_FIELDS)
+
+    def is_fax_service(self, address: str) -> bool:
+        address = address.lower()
+        return address in self.senders or "@" + address.rpartition("@")[2] in self.senders
+
+
+class FaxSection(_Strict):
+    enabled: bool = True
+    drop_folder: Path = Path("fax-drop")
+    poll_seconds: float = Field(default=5.0, gt=0)
+    stable_seconds: float = Field(default=10.0, ge=0)
+    ignore: list[str] = [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~", "*.lock"]
+    filename_pattern: str | None = None
+    filename_time_format: str = "%Y%m%d%H%M%S"
+    ocr_languages: str = Field(default="eng+chi_sim+chi_tra", pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")
+    ocr_workers: int = Field(default=1, ge=1, le=16)
+    ocr_timeout_seconds: float = Field(default=120.0, gt=0)
+    email: FaxEmailSection = FaxEmailSection()
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        return _check_regex(value, FAX_FIELDS)
+
+
 class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     timestamps: bool = True
@@ -213,6 +278,7 @@ class ConfigModel(_Strict):
     daemon: DaemonSection = DaemonSection()
     smtp: SmtpSection = SmtpSection()
     imap: ImapSection = ImapSection()
+    fax: FaxSection = FaxSection()
     logging: LoggingSection = LoggingSection()
     departments: list[Department] = Field(min_length=1)
 
@@ -252,6 +318,11 @@ class Config:
     @property
     def message_dir(self) -> Path:
         return self.state_dir / "messages"
+
+    @property
+    def fax_drop_dir(self) -> Path:
+        folder = self.model.fax.drop_folder
+        return folder if folder.is_absolute() else self.state_dir / folder
 
     @property
     def run_dir(self) -> Path:

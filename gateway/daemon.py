@@ -20,9 +20,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from gateway import config as config_mod
 from gateway import logs
 from gateway.config import Config, ConfigError
+from gateway.adapters.fax_drop import FaxDropWatcher
 from gateway.adapters.imap import ImapIntake
 from gateway.adapters.smtp import SmtpIntake
 from gateway.events import EventPublisher
+from gateway.fax.text import TextReader
 from gateway.pipeline import Pipeline
 from gateway.registrar import Registrar
 from gateway.registry import Registry, RegistryUnavailable
@@ -75,6 +77,8 @@ class Daemon:
         self.registrar: Registrar | None = None
         self.smtp: SmtpIntake | None = None
         self.imap: ImapIntake | None = None
+        self.fax_drop: FaxDropWatcher | None = None
+        self.text_reader: TextReader | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -135,6 +139,12 @@ class Daemon:
         if self.config.model.imap.accounts:
             self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake)
             listening += ", IMAP " + ", ".join(self.imap.start())
+        if self.config.model.fax.enabled:
+            self.fax_drop = FaxDropWatcher(self.config, self.spool, self.wake)
+            self.fax_drop.start()
+            listening += f", fax drop folder {self.config.fax_drop_dir}"
+        self.text_reader = TextReader(self.config, self.registry)
+        self.text_reader.start()
         self._start_workers()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
@@ -159,6 +169,10 @@ class Daemon:
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
         if self.imap is not None:
             await asyncio.to_thread(self.imap.stop)
+        if self.fax_drop is not None:
+            await asyncio.to_thread(self.fax_drop.stop)
+        if self.text_reader is not None:
+            await asyncio.to_thread(self.text_reader.stop)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
@@ -274,7 +288,8 @@ class Daemon:
     async def _watchdog(self, interval: float) -> None:
         while True:
             # Ping only while every worker is alive: a dead worker should get us restarted.
-            if all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive()):
+            if (all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive())
+                    and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader))):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
@@ -295,6 +310,9 @@ class Daemon:
             ("daemon", self.config.model.daemon, new.model.daemon),
             ("spool", self.config.model.spool, new.model.spool),
             ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
+            ("fax drop folder and OCR pool", (self.config.fax_drop_dir, self.config.model.fax.enabled,
+                                              self.config.model.fax.ocr_workers),
+             (new.fax_drop_dir, new.model.fax.enabled, new.model.fax.ocr_workers)),
         ) if old != cur]
         if restart_needed:
             # Keep what only a restart can change; apply the rest now.
@@ -308,6 +326,10 @@ class Daemon:
             self.smtp.reload(new)
         if self.imap is not None:
             self.imap.reload(new)
+        if self.fax_drop is not None and new.fax_drop_dir == self.fax_drop.folder:
+            self.fax_drop.config = new  # patterns and timings; another folder needs a restart
+        if self.text_reader is not None:
+            self.text_reader.config = new  # languages and time allowed; the pool size needs a restart
         logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
         log.info("configuration reloaded from %s%s", new.path,
                  f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")

@@ -39,7 +39,7 @@ def setup(level: str = "INFO", *, timestamps: bool = True) -> None:
     # Libraries speak only when something is wrong.
     # aiosmtpd's "mail.log" logs every command at INFO; our intake logs what matters.
     logging.getLogger("mail.log").addFilter(_drop_aiosmtpd_self_warning)
-    for noisy in ("apscheduler", "alembic", "sqlalchemy", "mail.log", "imapclient"):
+    for noisy in ("apscheduler", "alembic", "sqlalchemy", "mail.log", "imapclient", "pypdf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

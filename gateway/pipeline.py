@@ -8,15 +8,20 @@ item's fault, so the attempt does not count).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.config import Config
+from gateway.fax.document import FaxUnreadable, read_fax
+from gateway.fax.metadata import FaxFacts, parse_time
 from gateway.faults import checkpoint
 from gateway.normalise import Normalised, normalise
+from gateway.normalise.filenames import safe_filename
 from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
 from gateway.spool import Spool, SpoolItem
 
@@ -55,6 +60,8 @@ class Pipeline:
         """Everything that can fail because of the item itself happens here."""
         raw = item.raw  # checked against the spool seal while reading
         meta = item.meta
+        if meta.get("channel") == "fax" and "fax" in meta:  # a fax file, not a mail
+            return _storable(self._build_fax_file(item, raw))
         sha = meta["sha256"]
         parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars)
         envelope: dict[str, Any] = meta.get("envelope") or {}
@@ -73,9 +80,15 @@ class Pipeline:
         keys = [f"spool:{item.id}"]
         if meta.get("source_key"):
             keys.append(str(meta["source_key"]))
+        channel, fax, needs_ocr, defects = meta.get("channel", "email"), {}, False, list(parsed.defects)
+        if parsed.sender and self.config.model.fax.email.is_fax_service(parsed.sender.address):
+            channel = "fax"
+            fax, needs_ocr, fax_flags, fax_defects = fax_from_mail(self.config, parsed)
+            flags += fax_flags
+            defects += fax_defects
         return _storable(NewLetter(
             intake_keys=keys,
-            channel=meta.get("channel", "email"),
+            channel=channel,
             intake=meta.get("intake", "file"),
             received_at=_parse_time(meta.get("received_at")),
             raw_sha256=sha,
@@ -93,11 +106,47 @@ class Pipeline:
             summary=parsed.summary,
             body_text=parsed.body_text,
             envelope=envelope,
-            defects=parsed.defects,
+            defects=defects,
             flags=flags,
             attachments=[NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
                                        a.size, a.sha256, a.origin) for a in parsed.attachments],
+            fax=fax,
+            needs_ocr=needs_ocr,
         ))
+
+    def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
+        """A fax from the drop folder: its pages counted again from the bytes, its facts from intake."""
+        meta = item.meta
+        facts: dict[str, Any] = meta.get("fax") or {}
+        name = str(facts.get("file_name") or "fax")
+        document = read_fax(raw, name)  # FaxUnreadable is the item's fault: retried, then quarantined
+        flags = list(meta.get("flags", []))
+        defects = [f"fax: {field.replace('_', ' ')} unknown" for field in facts.get("missing", [])]
+        defects += [f"fax: {problem}" for problem in facts.get("problems", [])]
+        declared = facts.get("declared_pages")
+        if declared is not None and declared != document.page_count:
+            flags.append("partial-reception")
+            defects.append(f"fax: {declared} page(s) announced, {document.page_count} received")
+        flags += ["needs-triage", "ocr-pending"]
+        number, sender = facts.get("number"), facts.get("sender_name")
+        subject = f"Fax from {number or 'an unknown number'}{f' ({sender})' if sender else ''}, " \
+                  f"{document.page_count} page(s)"
+        sha = meta["sha256"]
+        keys = [f"spool:{item.id}"] + ([str(meta["source_key"])] if meta.get("source_key") else [])
+        return NewLetter(
+            intake_keys=keys, channel="fax", intake=meta.get("intake", "fax-drop"),
+            received_at=_parse_time(meta.get("received_at")),
+            raw_sha256=sha, raw_size=len(raw),
+            raw_path=str(self.spool.stored_path(sha).relative_to(self.config.state_dir)),
+            sender_name=sender or "", sender_address="", recipients={}, recipient="",
+            department=self.config.model.triage.department, subject=subject,
+            sent_at=None, message_id=None, summary="", body_text="", envelope={},
+            defects=defects, flags=flags,
+            attachments=[NewAttachment(safe_filename(name), name, "", _detected_type(raw), len(raw), sha, "fax")],
+            fax={"number": number, "caller_id": facts.get("caller_id"), "sender_name": sender,
+                 "pages": document.page_count, "sent_at": _parse_optional(facts.get("received"))},
+            needs_ocr=True,
+        )
 
     def process(self, items: list[SpoolItem], *, discard_when_unavailable: bool = False) -> list[Outcome]:
         """Normalise and register a batch. With discard_when_unavailable (an intake
@@ -180,6 +229,57 @@ class Pipeline:
         log.warning("item %s failed (attempt %d of %d), will retry: %s", item.id, item.attempts + 1,
                     self.spool.max_attempts, reason)
         return Outcome(item.id, "retry", reason=reason)
+
+
+def _parse_optional(value: str | None) -> datetime | None:
+    return _parse_time(value) if value else None
+
+
+def _detected_type(data: bytes) -> str:
+    import magic
+
+    return str(magic.from_buffer(data, mime=True))
+
+
+def fax_from_mail(config: Config, parsed: Normalised) -> tuple[dict[str, Any], bool, list[str], list[str]]:
+    """Fax-to-email: the fax fields from the subject and body, the pages from the attachment(s).
+
+    Returns the fax fields, whether there is a document to read, flags and defects.
+    """
+    settings = config.model.fax.email
+    tz = ZoneInfo(config.model.gateway.timezone)
+    facts = FaxFacts()
+    for pattern, text, source in ((settings.subject_pattern, parsed.subject, "subject"),
+                                  (settings.body_pattern, parsed.body_text, "body")):
+        match = re.search(pattern, text) if pattern else None
+        for group, value in (match.groupdict() if match else {}).items():
+            if group == "received" and value:
+                parsed_time = parse_time(value, tz, (settings.time_format,))
+                if parsed_time is not None and facts.received is None:
+                    facts.received = parsed_time
+            else:
+                facts.offer(group, value, source, tz)
+    flags: list[str] = []
+    defects = [f"fax: {field.replace('_', ' ')} unknown" for field in facts.missing()
+               if field in ("number", "received")]
+    documents = []
+    for attachment in parsed.attachments:
+        try:
+            documents.append(read_fax(attachment.content, attachment.filename))
+        except FaxUnreadable:
+            continue
+    pages = sum(d.page_count for d in documents)
+    if not documents:
+        flags.append("partial-reception")
+        defects.append("fax: the fax mail carries no TIFF or PDF document")
+    elif facts.declared_pages is not None and facts.declared_pages != pages:
+        flags.append("partial-reception")
+        defects.append(f"fax: {facts.declared_pages} page(s) announced, {pages} received")
+    if documents:
+        flags.append("ocr-pending")
+    fax = {"number": facts.number, "caller_id": facts.caller_id, "sender_name": facts.sender_name,
+           "pages": pages if documents else 0, "sent_at": facts.received}
+    return fax, bool(documents), flags, defects
 
 
 _NUL = "\x00"

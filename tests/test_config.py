@@ -150,10 +150,10 @@ def test_shipped_imap_examples_are_valid_and_every_account_key_is_documented(tmp
     text = (ROOT / "config" / "gateway.toml").read_text()
     for key in config_mod.ImapAccount.model_fields:
         assert f"#   {key}" in text or f"{key}, " in text or f", {key}" in text, f"{key} is not documented"
-    examples = [line[2:] for line in text.splitlines()
-                if line.startswith("# ") and ("=" in line[2:] or line[2:].startswith("[[imap"))
-                and not line.startswith("#  ")]
-    block = "\n".join(examples[examples.index("[[imap.accounts]]"):])
+    lines = text.splitlines()
+    first = lines.index("# [[imap.accounts]]")
+    end = next(i for i in range(first, len(lines)) if not lines[i].startswith("#"))
+    block = "\n".join(line[2:] for line in lines[first:end])
     assert block.count("[[imap.accounts]]") == 2
     secret = tmp_path / "imap-liaison.password"
     secret.write_text("secret\n")

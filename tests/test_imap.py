@@ -250,9 +250,10 @@ def test_a_message_the_server_cannot_deliver_is_quarantined_and_the_rest_go_on(
     # Make the middle message unreadable to Dovecot's mail process: every FETCH of it fails.
     cur = sorted((mailbox.dovecot.user_dir(mailbox.user) / "Maildir" / "cur").iterdir())
     new = sorted((mailbox.dovecot.user_dir(mailbox.user) / "Maildir" / "new").iterdir())
-    files = sorted([*cur, *new], key=lambda p: p.name)
+    files = [*cur, *new]
     assert len(files) == 3
-    files[1].chmod(0)
+    [poison] = [f for f in files if b"Subject: poison test 1" in f.read_bytes()]
+    poison.chmod(0)
     gateway = configure(tmp_path, mailbox.account(after="seen"))
     daemon = start(gateway, notify)
     try:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import selectinload, sessionmaker
 
 from gateway.config import Config
 from gateway.registry import schema
-from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries
+from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob
 from gateway.registry.numbers import NumberTemplate
 
 log = logging.getLogger("gateway.registry")
@@ -74,6 +74,7 @@ class NewLetter:
     attachments: list[NewAttachment] = field(default_factory=list)
     fax: dict[str, Any] = field(default_factory=dict)
     actor: str = "gateway"
+    needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,10 @@ class Registry:
         # Every key of every item, so that the next arrival of any of them is recognised.
         key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}  # type: ignore[union-attr]
                     for new, r in zip(letters, results, strict=True) for k in new.intake_keys if k not in known}
-        for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values()))):
+        ocr_jobs = [{"letter_id": letter_id, "created_at": now, "attempts": 0}
+                    for i, letter_id in zip(fresh, ids, strict=True) if letters[i].needs_ocr]
+        for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values())),
+                              (OcrJob, ocr_jobs)):
             if values:
                 conn.execute(insert(table), values)
         return results  # type: ignore[return-value]
@@ -279,6 +283,39 @@ class Registry:
             index_elements=[NumberSeries.series], set_={"last_seq": NumberSeries.last_seq + count},
         ).returning(NumberSeries.last_seq)
         return int(conn.execute(stmt).scalar_one())
+
+    # -- reading a fax's text afterwards ---------------------------------
+    def ocr_jobs(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, str]]:
+        """Letters waiting for their text: (letter id, raw path)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(OcrJob.letter_id, Letter.raw_path)
+                                .join(Letter, OcrJob.letter_id == Letter.id)
+                                .where(OcrJob.letter_id.not_in(exclude) if exclude else True)
+                                .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
+            return [(r.letter_id, r.raw_path) for r in rows]
+
+    def ocr_done(self, letter_id: int, text: str, summary_chars: int, defects: list[str], pages: int,
+                 seconds: float) -> str:
+        """Store a fax's text: it becomes the letter's text and summary. Returns the number."""
+        from gateway.normalise.summary import summarise
+
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags)
+                               .where(Letter.id == letter_id)).one()
+            body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
+            values: dict[str, Any] = {
+                "body_text": body.replace("\x00", "\ufffd"), "defects": [*row.defects, *defects],
+                "flags": [f for f in row.flags if f != "ocr-pending"] + ([] if text.strip() else ["no-text"]),
+                "updated_at": now}
+            if text.strip():
+                values["summary"] = summarise(text, summary_chars)
+            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(**values))
+            conn.execute(insert(Event), [self._event(letter_id, now, "gateway", "text-read", None,
+                                                     {"pages": pages, "characters": len(text),
+                                                      "defects": defects, "seconds": round(seconds, 2)})])
+            conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
+        return str(row.number)
 
     # -- reading --------------------------------------------------------
     def letter(self, number: str) -> Letter | None:

@@ -143,6 +143,16 @@ class IntakeKey(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class OcrJob(Base):
+    """A fax letter whose text is still to be read (OCR runs after registration, off its path)."""
+
+    __tablename__ = "ocr_jobs"
+
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
 class ImapFolder(Base):
     """Where an IMAP folder stands: its UIDVALIDITY, the highest UID settled, and its health."""
 

@@ -1,0 +1,1 @@
+"""Faxes: reading fax documents and their text."""

@@ -1,0 +1,149 @@
+"""What is known about a received fax besides its pages: who sent it, and when.
+
+Three sources, in this order of trust: a HylaFAX-style information file beside
+the fax (qfile `key:value` lines or `faxinfo` `Key: Value` output), the TIFF
+tags written by the receiving fax server (ImageDescription carries the
+sender's TSI, DateTime the time of reception), and a configurable pattern on
+the file name. A field no source gives is recorded as missing, never guessed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+FIELDS = ("number", "caller_id", "sender_name", "received", "pages")
+SIDECAR_SUFFIXES = (".info", ".qf", ".txt")
+
+# Keys seen in qfiles, faxinfo output and fax servers' own sidecars, per field.
+_KEYS = {
+    "number": {"sender", "tsi", "csid", "number", "faxnumber", "fax", "from", "remoteid", "remote_id"},
+    "caller_id": {"callid1", "callid", "callerid", "caller_id", "cidnumber", "ani"},
+    "sender_name": {"callid2", "cidname", "sendername", "sender_name", "name", "company"},
+    "received": {"received", "receivetime", "receive_time", "date", "time", "datetime"},
+    "pages": {"pages", "npages", "pagecount", "totpages", "page_count"},
+}
+_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_ -]*?)\s*[:=]\s*(.*?)\s*$")
+_TIME_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y/%m/%d %H:%M:%S",
+                 "%Y%m%d%H%M%S", "%Y%m%d-%H%M%S", "%Y-%m-%d %H:%M")
+_NUMBERISH = re.compile(r"^\+?[0-9][0-9 ()./-]{2,}$")
+
+
+@dataclass
+class FaxFacts:
+    number: str | None = None  # the sender's fax number (TSI/CSID)
+    caller_id: str | None = None
+    sender_name: str | None = None
+    received: datetime | None = None
+    declared_pages: int | None = None  # what the sender or fax server says, to compare with the count
+    sources: dict[str, str] = field(default_factory=dict)  # field -> where it came from
+    problems: list[str] = field(default_factory=list)
+
+    def missing(self) -> list[str]:
+        return [name for name, value in (("number", self.number), ("caller_id", self.caller_id),
+                                         ("sender_name", self.sender_name), ("received", self.received))
+                if value is None]
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"number": self.number, "caller_id": self.caller_id, "sender_name": self.sender_name,
+                "received": self.received.isoformat() if self.received else None,
+                "declared_pages": self.declared_pages, "sources": self.sources,
+                "missing": self.missing(), "problems": self.problems}
+
+    def offer(self, name: str, value: str | None, source: str, tz: ZoneInfo) -> None:
+        """Take a value for a field that no more trusted source has given yet."""
+        if value is None or not value.strip():
+            return
+        value = " ".join(value.split())
+        if name == "pages":
+            if self.declared_pages is None:
+                if value.isdigit():
+                    self.declared_pages = int(value)
+                    self.sources["pages"] = source
+                else:
+                    self.problems.append(f"{source}: page count {value!r} is not a number")
+            return
+        if name == "received":
+            if self.received is None:
+                parsed = parse_time(value, tz)
+                if parsed is None:
+                    self.problems.append(f"{source}: time {value!r} not understood")
+                else:
+                    self.received = parsed
+                    self.sources["received"] = source
+            return
+        if getattr(self, name) is None:
+            setattr(self, name, value[:200])
+            self.sources[name] = source
+
+
+def parse_time(value: str, tz: ZoneInfo, formats: tuple[str, ...] = _TIME_FORMATS) -> datetime | None:
+    value = value.strip()
+    if value.isdigit() and len(value) in (9, 10):  # seconds since the epoch
+        return datetime.fromtimestamp(int(value), timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+        for fmt in formats:
+            try:
+                parsed = datetime.strptime(value, fmt)
+                break
+            except ValueError:
+                continue
+    if parsed is None:
+        return None
+    # A fax server writes local time without a zone: the organisation's.
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def find_sidecar(fax_path: Path) -> Path | None:
+    for candidate in [*(fax_path.with_suffix(s) for s in SIDECAR_SUFFIXES),
+                      *(fax_path.with_name(fax_path.name + s) for s in SIDECAR_SUFFIXES)]:
+        if candidate != fax_path and candidate.is_file():
+            return candidate
+    return None
+
+
+def read_sidecar(text: str, facts: FaxFacts, source: str, tz: ZoneInfo) -> None:
+    for line in text.splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        key = match.group(1).lower().replace(" ", "").replace("-", "")
+        for name, keys in _KEYS.items():
+            if key in keys:
+                facts.offer(name, match.group(2), source, tz)
+
+
+def read_tiff_tags(tags: dict[str, str], facts: FaxFacts, tz: ZoneInfo) -> None:
+    description = tags.get("ImageDescription", "").strip()
+    # HylaFAX and most fax servers put the sender's TSI in ImageDescription.
+    if description and _NUMBERISH.match(description):
+        facts.offer("number", description, "TIFF ImageDescription", tz)
+    if tags.get("DateTime"):
+        facts.offer("received", tags["DateTime"], "TIFF DateTime", tz)
+
+
+def read_filename(name: str, pattern: str | None, time_format: str, facts: FaxFacts, tz: ZoneInfo) -> None:
+    if not pattern:
+        return
+    match = re.search(pattern, name)
+    if not match:
+        facts.problems.append(f"file name {name!r} does not match the configured pattern")
+        return
+    for group, value in match.groupdict().items():
+        if value is None:
+            continue
+        if group == "received":
+            parsed = parse_time(value, tz, (time_format, *_TIME_FORMATS))
+            if parsed is None:
+                facts.problems.append(f"file name: time {value!r} does not match {time_format!r}")
+            elif facts.received is None:
+                facts.received = parsed
+                facts.sources["received"] = "file name"
+        else:
+            facts.offer(group, value.replace("_", " "), "file name", tz)

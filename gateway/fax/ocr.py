@@ -1,0 +1,133 @@
+"""The text of a fax, read with the tesseract command, page by page."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .document import FaxPages
+
+DEFAULT_LANGUAGES = "eng+chi_sim+chi_tra"
+
+# "--psm 6" (one uniform block of text) reads Chinese lines far better than automatic page
+# segmentation, and a fax page is mostly such a block.
+_TESSERACT_OPTIONS = ("--psm", "6")
+_LANGUAGE_LIST = re.compile(r"[A-Za-z0-9_]+(?:\+[A-Za-z0-9_]+)*")
+_FAILED_LANGUAGE = re.compile(r"Failed loading language '([^']*)'")
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    text: str  # the pages that were read, separated by form feeds
+    pages: int  # pages in the document
+    defects: list[str]  # one per page that could not be read, and what else went wrong
+
+
+class _OcrFailed(Exception):
+    pass
+
+
+def ocr_document(data: bytes, kind: str, *, languages: str = DEFAULT_LANGUAGES,
+                 timeout: float = 120.0) -> OcrResult:
+    """Read the text of every page of a fax ("tiff" or "pdf"). Never raises for an OCR failure.
+
+    `timeout` bounds the whole document; pages not reached in time are reported as defects.
+    """
+    deadline = time.monotonic() + timeout
+    if not _LANGUAGE_LIST.fullmatch(languages):
+        return OcrResult(text="", pages=0, defects=[f"OCR not run: invalid language list {languages!r}"])
+    try:
+        pages = FaxPages(data, kind)
+    except Exception as exc:  # whatever keeps the document from opening is reported, not raised
+        return OcrResult(text="", pages=0, defects=[f"document unreadable: {exc}"])
+    texts: list[str] = []
+    defects: list[str] = []
+    missing_languages: set[str] = set()
+    with pages:
+        for index in range(pages.count):
+            number = index + 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                defects.append(f"page {number}: OCR skipped: the time limit of {timeout:g} s was reached")
+                continue
+            try:
+                image = pages.image(index, timeout=remaining)
+            except Exception as exc:  # one bad page must not cost the others
+                defects.append(f"page {number}: unreadable: {exc}")
+                continue
+            try:
+                text, missing = _tesseract(image, languages, deadline - time.monotonic())
+            except _OcrFailed as exc:
+                defects.append(f"page {number}: OCR failed: {exc}")
+                continue
+            missing_languages.update(missing)
+            texts.append(clean_cjk_spacing(text.replace("\f", "\n")))
+    if missing_languages:
+        defects.append(f"OCR language data not installed: {', '.join(sorted(missing_languages))} "
+                       "(read without it)")
+    return OcrResult(text="\f".join(texts), pages=pages.count, defects=defects)
+
+
+def _tesseract(image: Image.Image, languages: str, timeout: float) -> tuple[str, list[str]]:
+    """The text tesseract reads on `image`, and the languages it could not load."""
+    if timeout <= 0:
+        raise _OcrFailed("the time limit was reached")
+    png = io.BytesIO()
+    dpi = image.info.get("dpi", (200, 200))
+    image.save(png, "PNG", dpi=dpi)  # tesseract reads the resolution from the PNG
+    # One thread per process: OpenMP's threads spin on a small image and make a page about
+    # five times slower on two cores.
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    # The input is always a PNG written here: tesseract takes stdin that is not an image as a
+    # list of file names to read.
+    command = ["tesseract", "stdin", "stdout", "-l", languages, *_TESSERACT_OPTIONS]
+    try:
+        done = subprocess.run(command, input=png.getvalue(), capture_output=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise _OcrFailed("tesseract is not installed (Debian package tesseract-ocr)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise _OcrFailed(f"tesseract took longer than {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise _OcrFailed(f"tesseract could not be started: {exc}") from exc
+    stderr = done.stderr.decode("utf-8", "replace")
+    missing = _FAILED_LANGUAGE.findall(stderr)
+    if done.returncode != 0:
+        if missing:
+            raise _OcrFailed(f"language data not installed: {', '.join(missing)}")
+        if done.returncode < 0:
+            raise _OcrFailed(f"tesseract was killed by signal {-done.returncode}")
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        raise _OcrFailed(lines[-1] if lines else f"tesseract exit status {done.returncode}")
+    return done.stdout.decode("utf-8", "replace"), missing
+
+
+# Tesseract's Chinese and Japanese models emit a space between every pair of characters, but
+# these scripts put no spaces between words; Korean does, so Hangul is joined only to
+# punctuation. Ideographic and full-width punctuation carries its own spacing, so a space next
+# to it is never meant, whatever is on the other side. Between Latin and CJK (and digits and
+# CJK) a space may be real, so it stays.
+_HAN = ("\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3400-\u4dbf\u4e00-\u9fff"
+        "\uf900-\ufaff\U00020000-\U0003134f")
+_KANA_BOPOMOFO = "\u3041-\u30ff\u3100-\u312f\u31a0-\u31bf\u31f0-\u31ff\uff66-\uff9f"
+_FULLWIDTH_ALNUM = "\uff10-\uff19\uff21-\uff3a\uff41-\uff5a"
+_CJK_PUNCTUATION = ("\u3001-\u3004\u3008-\u3020\u3030-\u3037\u303c-\u303f\ufe10-\ufe1f\ufe30-\ufe6f"
+                    "\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65\uffe0-\uffee")
+_JOINED = f"{_HAN}{_KANA_BOPOMOFO}{_FULLWIDTH_ALNUM}{_CJK_PUNCTUATION}"
+_SPURIOUS_SPACE = re.compile(
+    rf"(?<=[{_JOINED}])[ \t]+(?=[{_JOINED}])"
+    rf"|(?<=\S)[ \t]+(?=[{_CJK_PUNCTUATION}])"
+    rf"|(?<=[{_CJK_PUNCTUATION}])[ \t]+(?=\S)")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def clean_cjk_spacing(text: str) -> str:
+    """`text` without the spaces OCR puts inside CJK runs, trailing spaces or runs of blank lines."""
+    lines = [_SPURIOUS_SPACE.sub("", line).rstrip() for line in text.splitlines()]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")

@@ -1,0 +1,322 @@
+"""Fax intake: the drop folder and fax-to-email, with faxes the suite renders and the real tesseract."""
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import sqlite3
+import time
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from fax_samples import ENGLISH, SIMPLIFIED, TRADITIONAL, corrupt, pdf_fax, tiff_fax
+
+pytestmark = pytest.mark.timeout(300)
+
+FAX_SETTINGS = """
+[fax]
+poll_seconds = 0.2
+stable_seconds = 1
+filename_pattern = '^fax_(?P<number>[0-9+]+)_(?P<received>[0-9]{8}-[0-9]{6})'
+filename_time_format = "%Y%m%d-%H%M%S"
+ocr_workers = 1
+
+[fax.email]
+senders = ["fax@faxservice.example"]
+"""
+
+
+@pytest.fixture(scope="module")
+def faxes() -> dict[str, bytes]:
+    """Rendered once: G4 fine with tags, G3 standard in Chinese, a PDF, and a 2-page G4."""
+    return {
+        "tagged": tiff_fax([ENGLISH, ENGLISH, ENGLISH], resolution="fine", compression="group4",
+                           tags={"ImageDescription": "+86 10 8888 1234", "DateTime": "2026:11:23 10:15:00"}),
+        "chinese": tiff_fax([SIMPLIFIED, TRADITIONAL], resolution="standard", compression="group3"),
+        "pdf": pdf_fax([ENGLISH, SIMPLIFIED]),
+        "two": tiff_fax([ENGLISH, ENGLISH], resolution="fine", compression="group4"),
+    }
+
+
+def shanghai(iso: str) -> str:
+    """A stored time as the organisation reads it (the test gateway's time zone)."""
+    return datetime.fromisoformat(iso).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def configure(tmp_path: Path, extra: str = "") -> Gateway:
+    return Gateway(tmp_path, extra=FAX_SETTINGS + extra)
+
+
+def start(gateway: Gateway, notify: Notify, **env: str) -> Daemon:
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path), **env)
+    notify.wait_for("READY=1")
+    return daemon
+
+
+def drop(gateway: Gateway, name: str, data: bytes, *, age: float = 5.0) -> Path:
+    """Write a fax into the drop folder as a fax server would: under a temporary name, then renamed."""
+    folder = gateway.state / "fax-drop"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{name}.part"
+    partial.write_bytes(data)
+    past = time.time() - age
+    os.utime(partial, (past, past))
+    target = folder / name
+    os.rename(partial, target)
+    return target
+
+
+def fax_letters(gateway: Gateway, count: int, timeout: float = 60) -> list[dict]:
+    wait_for(lambda: len(gateway.list_json("--channel", "fax")) >= count, timeout, f"{count} fax letter(s)")
+    return [gateway.show_json(str(l["number"])) for l in gateway.list_json("--channel", "fax")]
+
+
+def text_read(gateway: Gateway, number: str, timeout: float = 90) -> dict:
+    wait_for(lambda: "ocr-pending" not in gateway.show_json(number)["flags"], timeout, f"the text of {number}")
+    return gateway.show_json(number)
+
+
+def test_a_dropped_fax_is_registered_with_its_pages_tags_and_text(tmp_path: Path, notify: Notify,
+                                                                  faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    daemon = start(gateway, notify)
+    try:
+        path = drop(gateway, "incoming.tif", faxes["tagged"])
+        [letter] = fax_letters(gateway, 1)
+        assert letter["channel"] == "fax" and letter["intake"] == "fax-drop"
+        assert letter["fax"]["pages"] == 3
+        assert letter["fax"]["number"] == "+86 10 8888 1234"
+        assert shanghai(letter["fax"]["sent_at"]) == "2026-11-23 10:15:00"  # the fax server's local time
+        assert letter["subject"] == "Fax from +86 10 8888 1234, 3 page(s)"
+        assert not path.exists()
+        # The original is kept unchanged as the letter's raw copy and attachment.
+        [attachment] = letter["attachments"]
+        assert attachment["detected_type"] == "image/tiff" and attachment["size"] == len(faxes["tagged"])
+        assert (gateway.state / letter["raw_path"]).exists()
+        # What no source gave is recorded, not guessed.
+        assert "fax: caller id unknown" in letter["defects"]
+        letter = text_read(gateway, str(letter["number"]))
+        assert "PURCHASE" in letter["body_text"].upper() and "DELIVERY" in letter["body_text"].upper()
+        assert letter["summary"]
+        assert "text-read" in [e["action"] for e in letter["events"]]
+    finally:
+        daemon.stop()
+
+
+def test_sidecar_and_filename_give_the_facts_and_chinese_is_read_without_spaces(
+        tmp_path: Path, notify: Notify, faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    folder = gateway.state / "fax-drop"
+    folder.mkdir(parents=True)
+    (folder / "fax_0105551234_20261120-083000.info").write_text(
+        "Sender: +86 21 5555 0000\nPages: 2\nCallID1: 02155550000\nCallID2: Example Trading\n")
+    drop(gateway, "fax_0105551234_20261120-083000.tif", faxes["chinese"])
+    daemon = start(gateway, notify)  # taken as backlog at start-up
+    try:
+        [letter] = fax_letters(gateway, 1)
+        fax = letter["fax"]
+        # The sidecar is trusted before the file name.
+        assert fax["number"] == "+86 21 5555 0000"
+        assert fax["caller_id"] == "02155550000" and fax["sender_name"] == "Example Trading"
+        assert shanghai(fax["sent_at"]) == "2026-11-20 08:30:00"
+        assert fax["pages"] == 2 and "partial-reception" not in letter["flags"]
+        assert not list(folder.glob("fax_*"))  # the sidecar left with the fax
+        text = text_read(gateway, str(letter["number"]))["body_text"]
+        assert "采购订单" in text or "交货日期" in text
+        assert "採購訂單" in text or "交貨日期" in text
+        assert "采 购" not in text and "交 货" not in text
+    finally:
+        daemon.stop()
+
+
+def test_filename_pattern_and_a_pdf_fax(tmp_path: Path, notify: Notify, faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    daemon = start(gateway, notify)
+    try:
+        drop(gateway, "fax_+8675512345_20261121-140500.pdf", faxes["pdf"])
+        [letter] = fax_letters(gateway, 1)
+        assert letter["fax"]["number"] == "+8675512345" and letter["fax"]["pages"] == 2
+        assert shanghai(letter["fax"]["sent_at"]) == "2026-11-21 14:05:00"
+        assert letter["attachments"][0]["detected_type"] == "application/pdf"
+    finally:
+        daemon.stop()
+
+
+def test_declared_pages_that_differ_are_a_partial_reception(tmp_path: Path, notify: Notify,
+                                                            faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    folder = gateway.state / "fax-drop"
+    folder.mkdir(parents=True)
+    (folder / "short.tif.info").write_text("Sender: 075512345\nPages: 5\n")
+    drop(gateway, "short.tif", faxes["two"])
+    daemon = start(gateway, notify)
+    try:
+        [letter] = fax_letters(gateway, 1)
+        assert "partial-reception" in letter["flags"]
+        assert "fax: 5 page(s) announced, 2 received" in letter["defects"]
+    finally:
+        daemon.stop()
+
+
+def test_a_file_still_being_written_or_with_a_temporary_name_is_not_taken(
+        tmp_path: Path, notify: Notify, faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path, "")
+    folder = gateway.state / "fax-drop"
+    folder.mkdir(parents=True)
+    data = faxes["two"]
+    growing = folder / "growing.tif"
+    for name in ("upload.tif.part", ".hidden.tif", "scan.tmp"):
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, (time.time() - 60, time.time() - 60))
+    daemon = start(gateway, notify)
+    try:
+        # Written slowly, a little at a time: never quiet for stable_seconds, so never taken.
+        step = max(1, len(data) // 8)
+        with open(growing, "wb") as out:
+            for offset in range(0, len(data), step):
+                out.write(data[offset:offset + step])
+                out.flush()
+                time.sleep(0.5)
+                assert growing.exists(), f"taken after {offset + step} of {len(data)} bytes"
+        fax_letters(gateway, 1)  # complete and quiet: taken
+        assert not growing.exists()
+        assert sorted(os.listdir(folder)) == [".hidden.tif", "quarantine", "scan.tmp", "upload.tif.part"]
+    finally:
+        daemon.stop()
+
+
+def test_an_unreadable_file_goes_to_quarantine_with_its_reason(tmp_path: Path, notify: Notify,
+                                                               faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    daemon = start(gateway, notify)
+    try:
+        drop(gateway, "broken.tif", corrupt(faxes["two"]))
+        drop(gateway, "notes.txt", b"not a fax at all\n")
+        quarantine = gateway.state / "fax-drop" / "quarantine"
+        wait_for(lambda: (quarantine / "broken.tif").exists() and (quarantine / "notes.txt").exists(), 30,
+                 "both set aside")
+        reason = (quarantine / "broken.tif.reason.txt").read_text()
+        assert "broken.tif" in reason
+        assert (quarantine / "notes.txt").read_bytes() == b"not a fax at all\n"  # nothing is deleted
+        assert gateway.list_json("--channel", "fax") == []
+    finally:
+        log = daemon.stop()
+    assert "fax broken.tif set aside" in log
+
+
+def test_sigkill_between_spool_and_removal_gives_exactly_one_letter(tmp_path: Path, notify: Notify,
+                                                                    faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    path = drop(gateway, "crash.tif", faxes["two"])
+    crashing = gateway.start(GATEWAY_CRASH_AT="before-fax-remove")
+    assert crashing.wait(60) == -signal.SIGKILL
+    assert path.exists()  # durable in the spool, but still in the drop folder
+    daemon = start(gateway, notify)
+    try:
+        fax_letters(gateway, 1)
+        wait_for(lambda: not path.exists(), 30, "the file removed")
+        time.sleep(2)
+        assert len(gateway.list_json("--channel", "fax")) == 1
+    finally:
+        daemon.stop()
+
+
+def fax_mail(subject: str, attachments: list[tuple[str, bytes]]) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Fax Service <fax@faxservice.example>"
+    msg["To"] = "fax-inbox@example.org"
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 23 Nov 2026 10:00:00 +0800"
+    msg.set_content("You have received a fax. Received: 2026-11-23 09:58:00\n")
+    for name, data in attachments:
+        maintype, subtype = ("application", "pdf") if name.endswith(".pdf") else ("image", "tiff")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes()
+
+
+def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify: Notify,
+                                                          faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    daemon = start(gateway, notify)
+    try:
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("fax@faxservice.example", ["fax-inbox@example.org"],
+                            fax_mail("Fax from +86 21 6666 7777 (2 pages)", [("fax.tif", faxes["two"])]))
+            client.sendmail("fax@faxservice.example", ["fax-inbox@example.org"],
+                            fax_mail("Fax from +86 21 6666 8888 (3 pages)", [("fax.tif", faxes["two"])]))
+            client.sendmail("fax@faxservice.example", ["fax-inbox@example.org"],
+                            fax_mail("Fax from +86 21 6666 9999", []))
+            client.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1, subject="plain"))
+        letters = {l["fax"]["number"]: l for l in fax_letters(gateway, 3)}
+        complete, short, empty = (letters["+86 21 6666 7777"], letters["+86 21 6666 8888"],
+                                  letters["+86 21 6666 9999"])
+        assert complete["channel"] == "fax" and complete["fax"]["pages"] == 2
+        assert "partial-reception" not in complete["flags"]
+        assert "partial-reception" in short["flags"] and "fax: 3 page(s) announced, 2 received" in short["defects"]
+        assert "partial-reception" in empty["flags"]
+        assert "fax: the fax mail carries no TIFF or PDF document" in empty["defects"]
+        assert [l["channel"] for l in gateway.list_json() if l["subject"] == "plain"] == ["email"]
+        assert "DELIVERY" in text_read(gateway, str(complete["number"]))["body_text"].upper()
+    finally:
+        daemon.stop()
+
+
+def test_an_ocr_failure_is_a_defect_and_registration_goes_on(tmp_path: Path, notify: Notify,
+                                                             faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    gateway.config.write_text(gateway.config.read_text().replace("ocr_workers = 1",
+                                                                 'ocr_workers = 1\nocr_languages = "xxx"'))
+    daemon = start(gateway, notify)
+    try:
+        drop(gateway, "unreadable-text.tif", faxes["two"])
+        [letter] = fax_letters(gateway, 1)
+        letter = text_read(gateway, str(letter["number"]))
+        assert letter["body_text"] == "" and "no-text" in letter["flags"]
+        assert any("OCR" in d or "ocr" in d for d in letter["defects"]), letter["defects"]
+    finally:
+        daemon.stop()
+
+
+def test_a_burst_of_faxes_does_not_hold_up_email(tmp_path: Path, notify: Notify) -> None:
+    gateway = configure(tmp_path)
+    faxes = [tiff_fax([ENGLISH, SIMPLIFIED, ENGLISH], tags={"ImageDescription": f"+86 10 {n}"}) for n in range(6)]
+    daemon = start(gateway, notify)
+    db = sqlite3.connect(gateway.state / "registry.sqlite3", timeout=30)
+    try:
+        for n, data in enumerate(faxes):  # six different faxes (the same bytes twice would be one letter)
+            drop(gateway, f"burst-{n}.tif", data)
+        wait_for(lambda: db.execute("SELECT count(*) FROM ocr_jobs").fetchone()[0] >= 4, 30, "the faxes registered")
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1, subject="urgent"))
+        answered = time.monotonic() - started
+        waiting = db.execute("SELECT count(*) FROM ocr_jobs").fetchone()[0]
+        assert waiting >= 2, "the OCR backlog was already gone; the test proves nothing"
+        assert answered < 5, f"e-mail waited {answered:.1f} s behind {waiting} faxes' OCR"
+        wait_for(lambda: db.execute("SELECT count(*) FROM ocr_jobs").fetchone()[0] == 0, 180, "every text read")
+    finally:
+        db.close()
+        daemon.stop()
+
+
+def test_gateway_ingest_takes_a_fax_file_and_the_daemon_reads_its_text_later(
+        tmp_path: Path, notify: Notify, faxes: dict[str, bytes]) -> None:
+    gateway = configure(tmp_path)
+    path = tmp_path / "fax_+8620123456_20261122-090000.tif"
+    path.write_bytes(faxes["two"])
+    out = gateway.run("ingest", str(path)).stdout
+    assert "registered as" in out
+    [letter] = gateway.list_json("--channel", "fax")
+    detail = gateway.show_json(str(letter["number"]))
+    assert detail["fax"]["number"] == "+8620123456" and detail["fax"]["pages"] == 2
+    assert "ocr-pending" in detail["flags"] and detail["body_text"] == ""
+    daemon = start(gateway, notify)  # the text job waits in the registry for the daemon
+    try:
+        assert "DELIVERY" in text_read(gateway, str(letter["number"]))["body_text"].upper()
+    finally:
+        daemon.stop()
