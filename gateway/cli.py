@@ -259,7 +259,8 @@ def letter_summary(letter: Any) -> dict[str, Any]:
     return {"number": letter.number, "status": letter.status, "channel": letter.channel,
             "received_at": _iso(letter.received_at), "sender_name": letter.sender_name,
             "sender_address": letter.sender_address, "department": letter.department,
-            "category": letter.category, "urgency": letter.urgency, "subject": letter.subject}
+            "category": letter.category, "urgency": letter.urgency, "subject": letter.subject,
+            "flags": letter.flags}
 
 
 def letter_detail(letter: Any) -> dict[str, Any]:
@@ -313,12 +314,12 @@ def letters_list(state: State, status: str | None, department: str | None, categ
         _print_json([letter_summary(r) for r in rows])
         return
     table = Table(title=f"{len(rows)} letter(s)")
-    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Status"):
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Status", "Flags"):
         table.add_column(column, overflow="fold")
     for r in rows:
+        sender = r.sender_address or r.fax_number or r.sender_name or "-"
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
-                      r.sender_address or r.sender_name or "-", r.subject or "(no subject)",
-                      r.department or "-", r.status)
+                      sender, r.subject or "(no subject)", r.department or "-", r.status, " ".join(r.flags))
     Console(width=max(Console().width, 120)).print(table)
 
 

@@ -159,6 +159,9 @@ def test_declared_pages_that_differ_are_a_partial_reception(tmp_path: Path, noti
         [letter] = fax_letters(gateway, 1)
         assert "partial-reception" in letter["flags"]
         assert "fax: 5 page(s) announced, 2 received" in letter["defects"]
+        # Shown in the register itself, not only in the letter's details.
+        assert "partial-reception" in gateway.list_json()[0]["flags"]
+        assert "partial" in gateway.run("letters", "list").stdout
     finally:
         daemon.stop()
 
