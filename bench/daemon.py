@@ -5,11 +5,32 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(workdir: Path, sections: str) -> Path:
+    """A gateway.toml in workdir with state in workdir/state, one department, quiet logs, and `sections`."""
+    config = workdir / "gateway.toml"
+    config.write_text(textwrap.dedent(f"""
+        [gateway]
+        state_dir = "{workdir / 'state'}"
+        [triage]
+        department = "office"
+        [logging]
+        level = "WARNING"
+        [[departments]]
+        id = "office"
+        name = "Office"
+        owners = ["office@example.org"]
+        head = "head@example.org"
+        addresses = ["liaison@example.org"]
+    """) + textwrap.dedent(sections))
+    return config
 
 
 @contextmanager

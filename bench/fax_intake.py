@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from PIL import Image, ImageSequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import running_daemon  # noqa: E402  (bench/ is the script's folder, on sys.path)
+from daemon import running_daemon, write_config  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 from fax_samples import ENGLISH, SIMPLIFIED, tiff_fax  # noqa: E402
 
@@ -52,14 +51,7 @@ def baseline(faxes: list[bytes], workdir: Path) -> float:
 
 def gateway(faxes: list[bytes], workdir: Path, workers: int) -> float:
     state = workdir / "state"
-    config = workdir / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [gateway]
-        state_dir = "{state}"
-        [triage]
-        department = "office"
-        [logging]
-        level = "WARNING"
+    config = write_config(workdir, f"""
         [smtp]
         enabled = false
         [fax]
@@ -67,12 +59,7 @@ def gateway(faxes: list[bytes], workdir: Path, workers: int) -> float:
         stable_seconds = 0
         ocr_languages = "{LANGUAGES}"
         ocr_workers = {workers}
-        [[departments]]
-        id = "office"
-        name = "Office"
-        owners = ["office@example.org"]
-        head = "head@example.org"
-    """))
+    """)
     with running_daemon(config, workdir) as daemon:
         staging = workdir / "staging"
         staging.mkdir()

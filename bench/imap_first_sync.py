@@ -19,14 +19,13 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import running_daemon  # noqa: E402  (bench/ is the script's folder, on sys.path)
+from daemon import running_daemon, write_config  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 from dovecot_server import DovecotServer  # noqa: E402
 
@@ -57,15 +56,8 @@ def gateway(server: DovecotServer, user: str, count: int, workdir: Path) -> tupl
     """Messages per second until the mailbox is synced (every message durable in the
     spool and in the ledger), and until every one is registered."""
     state = workdir / "state"
-    config = workdir / "gateway.toml"
     (workdir / "pw").write_text(server.password(user))
-    config.write_text(textwrap.dedent(f"""
-        [gateway]
-        state_dir = "{state}"
-        [triage]
-        department = "office"
-        [logging]
-        level = "WARNING"
+    config = write_config(workdir, f"""
         [smtp]
         enabled = false
         [spool]
@@ -82,13 +74,7 @@ def gateway(server: DovecotServer, user: str, count: int, workdir: Path) -> tupl
         idle = false
         poll_seconds = 3600
         after = "keep"
-        [[departments]]
-        id = "office"
-        name = "Office"
-        owners = ["office@example.org"]
-        head = "head@example.org"
-        addresses = ["liaison@example.org"]
-    """))
+    """)
     with running_daemon(config, workdir) as daemon:
         start = time.perf_counter()
         db = sqlite3.connect(state / "registry.sqlite3", timeout=30)

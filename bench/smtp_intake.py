@@ -19,7 +19,6 @@ import subprocess
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from daemon import running_daemon  # noqa: E402  (bench/ is the script's folder, on sys.path)
+from daemon import running_daemon, write_config  # noqa: E402  (bench/ is the script's folder, on sys.path)
 
 
 def free_port() -> int:
@@ -76,25 +75,11 @@ def baseline(sessions: int, count: int, size: int, workdir: Path) -> float:
 
 def gateway(sessions: int, count: int, size: int, workdir: Path) -> tuple[float, float]:
     port = free_port()
-    state = workdir / "state"
-    config = workdir / "gateway.toml"
-    config.write_text(textwrap.dedent(f"""
-        [gateway]
-        state_dir = "{state}"
-        [triage]
-        department = "office"
-        [logging]
-        level = "WARNING"
+    config = write_config(workdir, f"""
         [smtp]
         listen = ["127.0.0.1:{port}"]
         max_connections_per_minute = 0
-        [[departments]]
-        id = "office"
-        name = "Office"
-        owners = ["office@example.org"]
-        head = "head@example.org"
-        addresses = ["liaison@example.org"]
-    """))
+    """)
     with running_daemon(config, workdir) as daemon:
         rate = count / smtp_source(port, sessions, count, size)
         # The daemon and its registrar helper together.

@@ -223,7 +223,8 @@ def test_sigkill_between_spool_and_removal_gives_exactly_one_letter(tmp_path: Pa
     try:
         fax_letters(gateway, 1)
         wait_for(lambda: not path.exists(), 30, "the file removed")
-        time.sleep(2)
+        # The copy taken again after the restart is processed too, and recognised.
+        wait_for(lambda: not gateway.spool_files("new") and not gateway.spool_files("work"), 30, "the spool empty")
         assert len(gateway.list_json("--channel", "fax")) == 1
     finally:
         daemon.stop()

@@ -146,7 +146,6 @@ class FolderWatcher:
         self._stop = threading.Event()
         self._wake_spool = wake
         self._thread = threading.Thread(target=self._run, name=f"imap {self.name}", daemon=True)
-        self.last_success: float | None = None
         self.last_error: str | None = None
         self._failures = 0  # consecutive failed attempts, reset by a successful sync
         self._suspects: set[int] = set()  # UIDs fetched during a dropped connection
@@ -210,7 +209,6 @@ class FolderWatcher:
             if self._failures:
                 log.info("%s: working again after %d failed attempt(s)", self.name, self._failures)
                 self._failures = 0
-            self.last_success = time.time()
             self.last_error = None
             if not use_idle:
                 self._stop.wait(self.account.poll_seconds)

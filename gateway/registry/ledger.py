@@ -115,10 +115,6 @@ class ImapLedger:
         except DBAPIError as exc:
             raise self._wrap(exc) from exc
 
-    def polled(self, account: str, folder: str) -> None:
-        self._health(account, folder, {"last_poll_at": _now(), "last_error": None, "last_error_at": None,
-                                       "backlog": 0})
-
     def failed(self, account: str, folder: str, error: str) -> None:
         self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})
 
