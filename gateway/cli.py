@@ -105,6 +105,8 @@ def check_config(state: State) -> None:
         sys.exit(1)
     click.echo(f"{cfg.path}: OK ({len(cfg.model.departments)} departments, state in {cfg.state_dir}, "
                f"registry {cfg.registry_url.split('@')[-1]})")
+    rules = cfg.ruleset
+    click.echo(f"{rules.file}: OK ({len(rules)} rule(s), {len(rules.keywords)} keyword(s), version {rules.version})")
 
 
 def _daemon_pid(config: Config) -> int | None:
@@ -148,14 +150,21 @@ def status(state: State, as_json: bool) -> None:
                          "last_error_at": _iso(row.get("last_error_at")), "backlog": row.get("backlog"),
                          "failing": row.get("failing", 0), "uidvalidity": row.get("uidvalidity") or None,
                          "last_uid": row.get("last_uid")})
+    outbox = registry.outbox_counts()
     data = {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
-            "spool": {"waiting": len(spool.pending()), "quarantined": len(spool.quarantined())}, "imap": imap}
+            "spool": {"waiting": len(spool.pending()), "quarantined": len(spool.quarantined())},
+            "outbox": {"pending": outbox.get("pending", 0), "sent": outbox.get("sent", 0),
+                       "dead": outbox.get("dead", 0), "relay": cfg.model.outbound.relay or None},
+            "imap": imap}
     if as_json:
         _print_json(data)
         return
     console = Console()
     console.print(f"daemon: {'running, pid ' + str(pid) if pid else 'not running'}; {data['letters']} letter(s); "
                   f"spool: {data['spool']['waiting']} waiting, {data['spool']['quarantined']} quarantined")
+    out = data["outbox"]
+    console.print(f"outbox: {out['pending']} pending, {out['dead']} dead-lettered, {out['sent']} sent; "
+                  f"relay {out['relay'] or 'not configured'}")
     if imap:
         table = Table(title="IMAP folders")
         for column in ("account/folder", "last successful poll", "backlog", "failing", "last error"):
@@ -263,9 +272,11 @@ def letter_summary(letter: Any) -> dict[str, Any]:
             "flags": letter.flags}
 
 
-def letter_detail(letter: Any) -> dict[str, Any]:
+def letter_detail(letter: Any, outbox: list[Any] | None = None) -> dict[str, Any]:
     out = letter_summary(letter)
     out.update({
+        "owner": letter.owner, "tags": letter.tags, "classification": letter.classification,
+        "outbox": [outbox_row(m) for m in outbox or []],
         "intake": letter.intake, "recipient": letter.recipient, "recipients": letter.recipients,
         "sent_at": _iso(letter.sent_at), "message_id": letter.message_id, "summary": letter.summary,
         "confidentiality": letter.confidentiality, "deadline": _iso(letter.deadline),
@@ -284,6 +295,39 @@ def letter_detail(letter: Any) -> dict[str, Any]:
                     "details": e.details} for e in letter.events],
     })
     return out
+
+
+def outbox_row(mail: Any) -> dict[str, Any]:
+    return {"id": mail.id, "letter_id": mail.letter_id, "kind": mail.kind, "recipient": mail.recipient,
+            "status": mail.status, "attempts": mail.attempts, "created_at": _iso(mail.created_at),
+            "next_attempt_at": _iso(mail.next_attempt_at), "sent_at": _iso(mail.sent_at),
+            "last_error": mail.last_error, "message_id": mail.message_id}
+
+
+def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "Decision") -> None:
+    """The decision trace: which rules matched, on what, and what each set."""
+    if not trace:
+        console.print(Panel("not classified yet (a fax is classified once its text is read)",
+                            title=title, title_align="left"))
+        return
+    lines = []
+    for m in trace.get("matched", []):
+        sets = ", ".join(f"{k}={v if not isinstance(v, list) else ' '.join(v)}" for k, v in m["set"].items())
+        lines.append(f"rule {m['rule']!r} (line {m.get('line')}){'' if m.get('stop') else ', continue'}: "
+                     f"{sets or 'nothing new'}")
+        lines += [f"    because {e}" for e in m["evidence"]]
+        lines += [f"    kept {k}: {why}" for k, why in (m.get("kept") or {}).items()]
+    if not trace.get("matched"):
+        lines.append("no rule matched")
+    if trace.get("triage"):
+        t = trace["triage"]
+        lines.append(f"triage: {t['reason']}; likely departments: {', '.join(t['candidates']) or 'none found'}")
+    result = trace.get("result", {})
+    lines.append("result: " + ", ".join(f"{k}={v}" for k, v in result.items()
+                                       if v not in (None, [], "") and k != "tags")
+                 + (f", tags={' '.join(result['tags'])}" if result.get("tags") else ""))
+    lines.append(f"rules version {trace.get('rules')}")
+    console.print(Panel("\n".join(lines), title=title, title_align="left"))
 
 
 def _print_json(data: Any) -> None:
@@ -314,12 +358,14 @@ def letters_list(state: State, status: str | None, department: str | None, categ
         _print_json([letter_summary(r) for r in rows])
         return
     table = Table(title=f"{len(rows)} letter(s)")
-    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Status", "Flags"):
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Flags"):
         table.add_column(column, overflow="fold")
     for r in rows:
         sender = r.sender_address or r.fax_number or r.sender_name or "-"
+        urgent = "" if r.urgency == "regular" else f" ({r.urgency})"
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
-                      sender, r.subject or "(no subject)", r.department or "-", r.status, " ".join(r.flags))
+                      sender, r.subject or "(no subject)", r.department or "-", (r.category or "-") + urgent,
+                      r.status, " ".join(r.flags))
     Console(width=max(Console().width, 120)).print(table)
 
 
@@ -330,7 +376,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
 def letters_show(state: State, number: str, as_json: bool) -> None:
     """Every field of one letter, its attachments and its events."""
     letter = state.letter(number)
-    detail = letter_detail(letter)
+    detail = letter_detail(letter, state.registry().outbox(letter_id=letter.id))
     if as_json:
         _print_json(detail)
         return
@@ -340,7 +386,8 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
     fields.add_column(style="bold")
     fields.add_column(overflow="fold")
     for key, value in detail.items():
-        if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text"):
+        if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text", "classification",
+                   "outbox"):
             continue
         if key.endswith("_at") or key == "deadline":
             value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
@@ -352,6 +399,7 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
     if letter.channel == "fax":
         fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
     console.print(fields)
+    print_trace(console, letter.classification)
     console.print(Panel(letter.body_text or "(no text)", title="Text", title_align="left"))
     attachments = Table(title="Attachments")
     for column in ("#", "Name", "Detected type", "Size", "SHA-256"):
@@ -367,6 +415,54 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
                        e["actor"], e["action"], e["from_department"] or "", e["to_department"] or "",
                        json.dumps(e["details"], ensure_ascii=False))
     console.print(events)
+    if detail["outbox"]:
+        mails = Table(title="Mail sent about it")
+        for column in ("#", "Kind", "To", "Status", "Attempts", "Last error"):
+            mails.add_column(column, overflow="fold")
+        for m in detail["outbox"]:
+            mails.add_row(str(m["id"]), m["kind"], m["recipient"], m["status"], str(m["attempts"]),
+                          m["last_error"] or "")
+        console.print(mails)
+
+
+def _actor(by: str | None) -> str:
+    import getpass
+    import os
+
+    return by or os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+@letters.command("reassign")
+@click.argument("number")
+@click.argument("department")
+@click.option("--reason", required=True, help="Why: recorded in the letter's events.")
+@click.option("--by", help="Who decides (default: the user running the command).")
+@pass_state
+def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
+    """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
+    from gateway.outbound.plan import NewMail
+
+    cfg = state.config
+    if department not in cfg.departments:
+        click.echo(f"error: no department {department!r} (known: {', '.join(sorted(cfg.departments))})", err=True)
+        sys.exit(1)
+    if not reason.strip():
+        raise click.BadParameter("say why", param_hint="--reason")
+    registry = state.registry()
+    notify = [NewMail("notification", owner, {"department": department, "reassigned": True})
+              for owner in cfg.departments[department].owners]
+    try:
+        before, after = registry.reassign(number, department, reason=reason.strip(), actor=_actor(by), notify=notify)
+    except LookupError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    link = state.link()
+    link.wake()
+    link.close()
+    click.echo(f"{number}: {before} -> {after}; {', '.join(m.recipient for m in notify)} notified")
 
 
 @letters.command("extract")
@@ -471,3 +567,159 @@ def quarantine_retry(state: State, item_ids: tuple[str, ...], retry_all: bool) -
     logging.getLogger("gateway.cli").debug("woke the daemon")
     sys.exit(1 if missing else 0)
 
+
+
+# -- rules ----------------------------------------------------------------
+@main.group()
+def rules() -> None:
+    """Try the classification rules without registering anything."""
+
+
+@rules.command("test")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ocr", is_flag=True, help="Read the text of fax files first (slow), as the daemon does.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) -> None:
+    """Classify message files (.eml) and fax files (TIFF, PDF) and print why."""
+    from gateway.classify.facts import Facts, facts_from_mail
+    from gateway.outbound.plan import plan
+
+    cfg = state.config
+    console = Console(width=max(Console().width, 120))
+    results = []
+    for path in files:
+        raw = path.read_bytes()
+        envelope_from = None
+        if raw[:4] in (b"II*\0", b"MM\0*") or raw[:5] == b"%PDF-":
+            from gateway.adapters.fax_drop import fax_facts
+            from gateway.fax.document import FaxUnreadable, read_fax
+            from gateway.fax.metadata import find_sidecar
+
+            try:
+                facts_of_fax = fax_facts(cfg, path, read_fax(raw, path.name), find_sidecar(path))
+            except FaxUnreadable as exc:
+                click.echo(f"{path}: {exc}", err=True)
+                continue
+            text = ""
+            if ocr:
+                from gateway.fax.text import read_text
+
+                text = read_text(str(path), cfg.model.fax.ocr_languages, cfg.model.fax.ocr_timeout_seconds)[0]
+            facts = Facts("fax", sender_name=facts_of_fax.get("sender_name") or "", body=text,
+                          subject=f"Fax from {facts_of_fax.get('number') or 'an unknown number'}",
+                          fax_number=facts_of_fax.get("number"))
+        else:
+            from gateway.normalise import normalise
+
+            parsed = normalise(raw)
+            channel = "fax" if parsed.sender and cfg.model.fax.email.is_fax_service(parsed.sender.address) else "email"
+            facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=[], mailbox_department=None)
+        decision = cfg.ruleset.classify(facts)
+        routing = plan(cfg, decision, received_at=datetime.now(timezone.utc), sender=facts.sender_address,
+                       subject=facts.subject, body=facts.body, channel=facts.channel, headers=facts.headers,
+                       envelope_from=envelope_from, backlog=False)
+        receipt = (f"a receipt ({routing.receipt.details['language']}) to {routing.receipt.recipient}"
+                   if routing.receipt else f"no receipt: {routing.no_receipt}")
+        notify = ", ".join(m.recipient for m in routing.mail)
+        results.append({"file": str(path), "trace": decision.trace(), "status": routing.status,
+                        "notify": [m.recipient for m in routing.mail], "receipt": receipt})
+        if not as_json:
+            print_trace(console, decision.trace(), title=f"{path}")
+            console.print(f"  -> {routing.status} to {routing.department}; notify {notify}; {receipt}")
+    if as_json:
+        _print_json(results)
+
+
+@rules.command("replay")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Letters received on or after this day.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--all", "show_all", is_flag=True, help="List every letter, not only those that would change.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def rules_replay(state: State, since: datetime, until: datetime | None, show_all: bool, as_json: bool) -> None:
+    """How the current rules would classify past letters; lists those that would change. Changes nothing."""
+    from gateway.outbound.plan import letter_facts
+
+    cfg = state.config
+    tz = ZoneInfo(cfg.model.gateway.timezone)
+    registry = state.registry()
+    rows = registry.letters(since=_day_start(since.date(), tz),
+                            until=_day_start(until.date() + timedelta(days=1), tz) if until else None,
+                            with_attachments=True)
+    fields = ("category", "department", "urgency", "confidentiality")
+    report = []
+    for letter in rows:
+        if letter.classification is None:
+            continue  # not classified yet: a fax waiting for its text
+        decision = cfg.ruleset.classify(letter_facts(cfg, letter))
+        then = letter.classification.get("result", {})
+        now = decision.trace()["result"]
+        changes = {f: [then.get(f), now.get(f)] for f in fields if then.get(f) != now.get(f)}
+        if changes or show_all:
+            report.append({"number": letter.number, "changes": changes,
+                           "rules_then": [m["rule"] for m in letter.classification.get("matched", [])],
+                           "rules_now": [m["rule"] for m in decision.matched],
+                           "department_now": letter.department,
+                           "reassigned_by_person": letter.department != then.get("department")})
+    changed = sum(1 for r in report if r["changes"])
+    if as_json:
+        _print_json({"replayed": len(rows), "would_change": changed, "letters": report,
+                     "rules_version": cfg.ruleset.version})
+        return
+    console = Console(width=max(Console().width, 120))
+    table = Table(title=f"{len(rows)} letter(s) replayed with rules {cfg.ruleset.version}; {changed} would change")
+    for column in ("Number", "Changes", "Rules then", "Rules now"):
+        table.add_column(column, overflow="fold")
+    for r in report:
+        table.add_row(r["number"], "; ".join(f"{f}: {a} -> {b}" for f, (a, b) in r["changes"].items()) or "same",
+                      ", ".join(r["rules_then"]) or "-", ", ".join(r["rules_now"]) or "-")
+    console.print(table)
+
+
+# -- outbox ---------------------------------------------------------------
+@main.group()
+def outbox() -> None:
+    """Mail the gateway sends: notifications and receipts."""
+
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["pending", "sent", "dead"]))
+@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> None:
+    registry = state.registry()
+    mails = registry.outbox(status=status, limit=limit)
+    if as_json:
+        _print_json([outbox_row(m) for m in mails])
+        return
+    table = Table(title=f"{len(mails)} mail(s)")
+    for column in ("#", "Letter", "Kind", "To", "Status", "Attempts", "Next try", "Last error"):
+        table.add_column(column, overflow="fold")
+    numbers = {letter.id: letter.number for letter in registry.letters_by_id({m.letter_id for m in mails})}
+    for m in mails:
+        table.add_row(str(m.id), numbers.get(m.letter_id, "-"), m.kind, m.recipient, m.status, str(m.attempts),
+                      m.next_attempt_at.isoformat(" ", "seconds") if m.status == "pending" else "",
+                      m.last_error or "")
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@outbox.command("retry")
+@click.argument("mail_ids", nargs=-1, type=int, required=True)
+@pass_state
+def outbox_retry(state: State, mail_ids: tuple[int, ...]) -> None:
+    """Queue dead-lettered mail again (after fixing what stopped it)."""
+    registry = state.registry()
+    failed = 0
+    for mail_id in mail_ids:
+        try:
+            mail = registry.outbox_requeue(mail_id, _actor(None))
+            click.echo(f"{mail_id}: {mail.kind} to {mail.recipient} queued again")
+        except (LookupError, ValueError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed += 1
+    link = state.link()
+    link.wake()
+    link.close()
+    sys.exit(1 if failed else 0)

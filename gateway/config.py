@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from gateway.classify.rules import RuleSet
 
 ENV_VAR = "GATEWAY_CONFIG"
 CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -43,8 +46,9 @@ class Department(_Strict):
     owners: list[Email] = Field(min_length=1)
     head: Email
     addresses: list[Email] = []
+    members: list[Email] = []
 
-    @field_validator("owners", "addresses")
+    @field_validator("owners", "addresses", "members")
     @classmethod
     def _addresses(cls, values: list[str]) -> list[str]:
         return [_check_address(v) for v in values]
@@ -59,6 +63,15 @@ class GatewaySection(_Strict):
     state_dir: Path = Path("../storage")
     timezone: str = "UTC"
     letter_number: str = "{year}-{seq:06d}"
+    domains: list[str] = []
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if "@" in value or "." not in value or not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+                raise ValueError(f"{value!r} is not a domain name")
+        return [v.lower() for v in values]
 
     @field_validator("timezone")
     @classmethod
@@ -97,6 +110,58 @@ class NormaliseSection(_Strict):
 
 class TriageSection(_Strict):
     department: str
+
+
+class ClassifySection(_Strict):
+    # Unset: rules.yaml beside this file if there is one, else no rules (all to triage).
+    rules_file: Path | None = None
+
+
+class OutboundSection(_Strict):
+    relay: str = ""  # HOST:PORT; empty: mail waits in the outbox until one is set
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    tls_ca_file: Path | None = None
+    username: str | None = None
+    password_env: str | None = None
+    from_address: Email = "gateway@localhost"
+    from_name: str = "Correspondence Gateway"
+    helo_name: str = Field(default="localhost", pattern=r"^[A-Za-z0-9.-]+$")
+    poll_seconds: float = Field(default=5.0, gt=0)
+    retry_min_seconds: float = Field(default=60.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    give_up_hours: float = Field(default=48.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    attach_original_max_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    loop_id: str = Field(default="", pattern=r"^[A-Za-z0-9.@_-]*$")
+
+    @field_validator("relay")
+    @classmethod
+    def _relay(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @field_validator("from_address")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        return _check_address(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OutboundSection:
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("username and password_env go together")
+        if self.username is not None and self.tls == "none":
+            raise ValueError('a password is sent only over TLS: set tls = "starttls" or "implicit"')
+        return self
+
+
+class ReceiptsSection(_Strict):
+    enabled: bool = True
+    per_sender_per_day: int = Field(default=3, ge=0, le=1000)
+    default_language: Literal["zh", "en"] = "zh"
+    templates: Path | None = None  # a folder of receipt.<language>.txt; unset: the built-in ones
 
 
 class DaemonSection(_Strict):
@@ -275,6 +340,9 @@ class ConfigModel(_Strict):
     spool: SpoolSection = SpoolSection()
     normalise: NormaliseSection = NormaliseSection()
     triage: TriageSection
+    classify: ClassifySection = ClassifySection()
+    outbound: OutboundSection = OutboundSection()
+    receipts: ReceiptsSection = ReceiptsSection()
     daemon: DaemonSection = DaemonSection()
     smtp: SmtpSection = SmtpSection()
     imap: ImapSection = ImapSection()
@@ -288,9 +356,11 @@ class ConfigIssue:
     file: Path
     key: str
     reason: str
+    line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.key or '(top level)'}: {self.reason}"
+        where = f"{self.file}:{self.line}" if self.line else str(self.file)
+        return f"{where}: {self.key or '(top level)'}: {self.reason}"
 
 
 class ConfigError(Exception):
@@ -306,6 +376,45 @@ class Config:
     path: Path
     model: ConfigModel
     state_dir: Path
+    rules: RuleSet | None = None  # loaded by load(); None only for a Config built by hand
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled conditions are closures, which do not pickle: the registrar's
+        # helper process gets the rules' text and compiles the very same rules.
+        state = dict(self.__dict__)
+        rules = state.pop("rules")
+        state["rules_source"] = None if rules is None else (rules.file, rules.text)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        source = state.pop("rules_source")
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "rules", None)
+        if source is not None:
+            from gateway.classify.rules import compile_rules
+
+            object.__setattr__(self, "rules", compile_rules(source[0], source[1], self))
+
+    @property
+    def ruleset(self) -> RuleSet:
+        if self.rules is None:
+            raise RuntimeError("configuration loaded without its rules")
+        return self.rules
+
+    @property
+    def rules_path(self) -> Path | None:
+        """The rules file, or None when none is configured and none sits beside the config."""
+        configured = self.resolve(self.model.classify.rules_file)
+        if configured is not None:
+            return configured
+        beside = self.path.parent / "rules.yaml"
+        return beside if beside.exists() else None
+
+    @property
+    def loop_id(self) -> str:
+        """Marks mail the gateway sent itself (X-Gateway-Loop), so that it never answers itself."""
+        return self.model.outbound.loop_id or self.model.outbound.from_address
 
     @property
     def departments(self) -> dict[str, Department]:
@@ -416,7 +525,14 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
         issues += _directory_checks(config)
     if issues:
         raise ConfigError(issues)
-    return config
+    from gateway.classify.rules import load_rules, no_rules
+    from gateway.classify.source import RulesError
+
+    try:
+        rules = load_rules(config.rules_path, config) if config.rules_path else no_rules(config)
+    except RulesError as exc:
+        raise ConfigError([ConfigIssue(i.file, i.key, i.reason, i.line) for i in exc.issues]) from None
+    return replace(config, rules=rules)
 
 
 def _cross_checks(config: Config) -> list[ConfigIssue]:
@@ -461,6 +577,15 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
             path = config.resolve(getattr(account, field))
             if path is not None and not os.access(path, os.R_OK):
                 issues.append(ConfigIssue(config.path, f"{key}.{field}", f"cannot read {path}"))
+    outbound = config.model.outbound
+    path = config.resolve(outbound.tls_ca_file)
+    if path is not None and not os.access(path, os.R_OK):
+        issues.append(ConfigIssue(config.path, "outbound.tls_ca_file", f"cannot read {path}"))
+    templates = config.resolve(config.model.receipts.templates)
+    for language in ("zh", "en") if templates is not None else ():
+        template = templates / f"receipt.{language}.txt"
+        if not os.access(template, os.R_OK):
+            issues.append(ConfigIssue(config.path, "receipts.templates", f"cannot read {template}"))
     if config.model.triage.department not in known:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"

@@ -25,6 +25,7 @@ from gateway.adapters.imap import ImapIntake
 from gateway.adapters.smtp import SmtpIntake
 from gateway.events import EventPublisher
 from gateway.fax.text import TextReader
+from gateway.outbound.sender import OutboxSender
 from gateway.pipeline import Pipeline
 from gateway.registrar import Registrar
 from gateway.registry import Registry, RegistryUnavailable
@@ -79,6 +80,7 @@ class Daemon:
         self.imap: ImapIntake | None = None
         self.fax_drop: FaxDropWatcher | None = None
         self.text_reader: TextReader | None = None
+        self.outbox: OutboxSender | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -118,7 +120,15 @@ class Daemon:
             log.error("cannot bind ZeroMQ endpoint: %s", exc)
             pidlock.release()
             return 1
-        self.pipeline = Pipeline(self.config, self.spool, self.registry, self.publisher.publish)
+        self.outbox = OutboxSender(self.config, self.registry)
+        publisher, outbox = self.publisher, self.outbox
+
+        def publish(topic: str, body: dict[str, Any]) -> None:
+            publisher.publish(topic, body)
+            if topic == "letter.registered":
+                outbox.wake()  # a routed letter has mail waiting
+
+        self.pipeline = Pipeline(self.config, self.spool, self.registry, publish)
         listening = ""
         if self.config.model.smtp.enabled or self.config.model.imap.accounts:
             self.notifier.status("starting: the registrar")
@@ -143,8 +153,11 @@ class Daemon:
             self.fax_drop = FaxDropWatcher(self.config, self.spool, self.wake)
             self.fax_drop.start()
             listening += f", fax drop folder {self.config.fax_drop_dir}"
-        self.text_reader = TextReader(self.config, self.registry)
+        self.text_reader = TextReader(self.config, self.registry, on_routed=self.outbox.wake)
         self.text_reader.start()
+        self.outbox.start()
+        rules = self.config.ruleset
+        log.info("rules: %d from %s (version %s)", len(rules), rules.file, rules.version)
         self._start_workers()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
@@ -173,6 +186,8 @@ class Daemon:
             await asyncio.to_thread(self.fax_drop.stop)
         if self.text_reader is not None:
             await asyncio.to_thread(self.text_reader.stop)
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.stop)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
@@ -280,6 +295,8 @@ class Daemon:
             frames = await socket.recv_multipart()
             if frames[0] == b"wake":
                 self.wake()
+                if self.outbox is not None:
+                    self.outbox.wake()  # e.g. `gateway outbox retry`, a reassignment
             elif frames[0] == b"event" and len(frames) == 3:
                 self.publisher.publish_frames(frames[1:])
             else:
@@ -289,7 +306,7 @@ class Daemon:
         while True:
             # Ping only while every worker is alive: a dead worker should get us restarted.
             if (all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive())
-                    and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader))):
+                    and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader, self.outbox))):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
@@ -317,8 +334,10 @@ class Daemon:
         if restart_needed:
             # Keep what only a restart can change; apply the rest now.
             old = self.config.model
-            new = Config(path=new.path, state_dir=self.config.state_dir, model=new.model.model_copy(update={
-                "gateway": old.gateway, "registry": old.registry, "daemon": old.daemon, "spool": old.spool}))
+            new = Config(path=new.path, state_dir=self.config.state_dir, rules=new.rules,
+                         model=new.model.model_copy(update={
+                             "gateway": old.gateway, "registry": old.registry, "daemon": old.daemon,
+                             "spool": old.spool}))
         self.config = new
         if self.pipeline is not None:
             self.pipeline.config = new
@@ -330,8 +349,12 @@ class Daemon:
             self.fax_drop.config = new  # patterns and timings; another folder needs a restart
         if self.text_reader is not None:
             self.text_reader.config = new  # languages and time allowed; the pool size needs a restart
+        if self.outbox is not None:
+            self.outbox.config = new
+            self.outbox.wake()
         logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
-        log.info("configuration reloaded from %s%s", new.path,
+        log.info("configuration reloaded from %s, %d rule(s) from %s (version %s)%s", new.path,
+                 len(new.ruleset), new.ruleset.file, new.ruleset.version,
                  f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
         self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")
 

@@ -16,12 +16,14 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.classify.facts import facts_from_mail
 from gateway.config import Config
 from gateway.fax.document import FaxUnreadable, read_fax
 from gateway.fax.metadata import FaxFacts, parse_time
 from gateway.faults import checkpoint
 from gateway.normalise import Normalised, normalise
 from gateway.normalise.filenames import safe_filename
+from gateway.outbound.plan import route
 from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
 from gateway.spool import Spool, SpoolItem
 
@@ -68,15 +70,10 @@ class Pipeline:
         rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]
         to = [a.address for a in parsed.to]
         cc = [a.address for a in parsed.cc]
-        department = next(
-            (d for d in (self.config.department_for_address(a) for a in [*rcpts, *to, *cc]) if d), None)
         flags = list(meta.get("flags", []))
-        if department is None and meta.get("department_hint") in self.config.departments:
-            department = meta["department_hint"]  # the mailbox it came from belongs to someone
-        if department is None:
-            # Nobody's address: the triage department owns it until someone settles it.
-            department = self.config.model.triage.department
-            flags.append("needs-triage")
+        hint = meta.get("department_hint") if meta.get("department_hint") in self.config.departments else None
+        if hint:
+            envelope = {**envelope, "department_hint": hint}  # the mailbox it came from belongs to someone
         keys = [f"spool:{item.id}"]
         if meta.get("source_key"):
             keys.append(str(meta["source_key"]))
@@ -86,11 +83,18 @@ class Pipeline:
             fax, needs_ocr, fax_flags, fax_defects = fax_from_mail(self.config, parsed)
             flags += fax_flags
             defects += fax_defects
+        received_at = _parse_time(meta.get("received_at"))
+        routing = None
+        if not needs_ocr:  # a fax with pages to read is classified once its text is known
+            facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
+                                    fax_number=fax.get("number"))
+            routing = route(self.config, facts, received_at=received_at, envelope_from=envelope.get("mail_from"),
+                            backlog="backlog" in flags)
         return _storable(NewLetter(
             intake_keys=keys,
             channel=channel,
             intake=meta.get("intake", "file"),
-            received_at=_parse_time(meta.get("received_at")),
+            received_at=received_at,
             raw_sha256=sha,
             raw_size=len(raw),
             raw_path=str(self.spool.stored_path(sha).relative_to(self.config.state_dir)),
@@ -99,7 +103,7 @@ class Pipeline:
             recipients={"to": [vars(a) for a in parsed.to], "cc": [vars(a) for a in parsed.cc],
                         "envelope": rcpts},
             recipient=(rcpts or to or [""])[0],
-            department=department,
+            department=routing.department if routing else self.config.model.triage.department,
             subject=parsed.subject,
             sent_at=parsed.date,
             message_id=parsed.message_id,
@@ -112,6 +116,7 @@ class Pipeline:
                                        a.size, a.sha256, a.origin) for a in parsed.attachments],
             fax=fax,
             needs_ocr=needs_ocr,
+            routing=routing,
         ))
 
     def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
@@ -127,7 +132,7 @@ class Pipeline:
         if declared is not None and declared != document.page_count:
             flags.append("partial-reception")
             defects.append(f"fax: {declared} page(s) announced, {document.page_count} received")
-        flags += ["needs-triage", "ocr-pending"]
+        flags += ["ocr-pending"]
         number, sender = facts.get("number"), facts.get("sender_name")
         subject = f"Fax from {number or 'an unknown number'}{f' ({sender})' if sender else ''}, " \
                   f"{document.page_count} page(s)"

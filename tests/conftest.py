@@ -127,13 +127,28 @@ DEPARTMENTS = textwrap.dedent("""
 """)
 
 
+# Letters go to the department they are addressed to (or whose mailbox they
+# came from); the rest to triage. Tests of classification bring their own rules.
+ADDRESS_RULES = textwrap.dedent("""
+    rules:
+      - name: by-address
+        when:
+          any:
+            - recipient_department: any
+            - mailbox_department: any
+        set: {department: recipient}
+""")
+
+
 class Gateway:
     """One configured gateway: its config file, state directory and commands."""
 
-    def __init__(self, tmp: Path, registry_url: str = "", extra: str = ""):
+    def __init__(self, tmp: Path, registry_url: str = "", extra: str = "", rules: str = ADDRESS_RULES):
         self.smtp_port = free_port()
         self.state = tmp / "storage"
         self.config = tmp / "gateway.toml"
+        self.rules = tmp / "rules.yaml"
+        self.rules.write_text(rules)
         self.config.write_text(textwrap.dedent(f"""
             [gateway]
             state_dir = "{self.state}"

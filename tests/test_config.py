@@ -159,6 +159,7 @@ def test_shipped_imap_examples_are_valid_and_every_account_key_is_documented(tmp
     secret.write_text("secret\n")
     block = block.replace("/etc/gateway/imap-liaison.password", str(secret))
     copy = tmp_path / "gateway.toml"
+    shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
     copy.write_text(text.replace("[logging]", block + "\n\n[logging]", 1).replace(
         'state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"'))
     cfg = config_mod.load(copy)

@@ -21,10 +21,10 @@ def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path
     assert (detail["sender_name"], detail["sender_address"]) == ("Alice Partner", "alice@partner.example")
     assert detail["recipients"]["to"] == [{"name": "Sales", "address": "sales@example.org"}]
     assert detail["department"] == "business"
-    assert detail["status"] == "registered" and detail["channel"] == "email" and detail["intake"] == "file"
+    assert detail["status"] == "routed" and detail["channel"] == "email" and detail["intake"] == "file"
     assert detail["summary"] == "Dear team. We propose to renew the contract for 2027! Regards."
     assert detail["sent_at"] == "2026-11-23T02:00:00+00:00"
-    assert [e["action"] for e in detail["events"]] == ["received", "registered"]
+    assert [e["action"] for e in detail["events"]] == ["received", "registered", "classified", "routed", "receipt-queued"]
     raw = msg.read_bytes()
     assert detail["raw_size"] == len(raw)
     stored = gateway.state / detail["raw_path"]
@@ -42,7 +42,7 @@ def test_same_file_twice_is_one_letter(gateway: Gateway, tmp_path: Path) -> None
     assert gateway.run("ingest", str(msg)).stdout.strip() == f"{msg}: already registered as 2026-000001"
     assert len(gateway.list_json()) == 1
     actions = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
-    assert actions == ["received", "registered", "duplicate-arrival"]
+    assert [a for a in actions if a != "classified" and not a.startswith(("routed", "receipt"))] == ["received", "registered", "duplicate-arrival"]
 
 
 def test_shared_and_missing_message_ids_are_separate_letters(gateway: Gateway, tmp_path: Path) -> None:
@@ -63,7 +63,8 @@ def test_list_filters_and_json(gateway: Gateway, tmp_path: Path) -> None:
     b.write_bytes(make_message(2, to="someone@else.example"))
     gateway.run("ingest", str(a), str(b))
     assert [l["number"] for l in gateway.list_json("--department", "business")] == ["2026-000001"]
-    assert len(gateway.list_json("--status", "registered", "--channel", "email")) == 2
+    assert len(gateway.list_json("--status", "routed", "--channel", "email")) == 1
+    assert len(gateway.list_json("--status", "needs-triage", "--channel", "email")) == 1
     assert gateway.list_json("--since", "2999-01-01") == []
     today = gateway.list_json()[0]["received_at"][:10]
     assert len(gateway.list_json("--since", "2000-01-01", "--until", "2999-01-01")) == 2
@@ -146,7 +147,7 @@ def test_sigkill_at_each_durable_step_gives_exactly_one_letter(gateway: Gateway,
         assert len(letters) == 1 and letters[0]["number"] == "2026-000001"
         assert gateway.spool_files("work") == gateway.spool_files("new") == []
         events = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
-        assert events == ["received", "registered"]
+        assert events[:2] == ["received", "registered"] and events.count("routed") == 1 and "duplicate-arrival" not in events
     finally:
         stop(daemon)
     # And the same file ingested once more is known, not new.

@@ -13,10 +13,12 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.outbound.plan import route_letter
 from gateway.registry import Registry, RegistryUnavailable
 
 log = logging.getLogger("gateway.fax")
@@ -56,8 +58,10 @@ def read_text(raw_path: str, languages: str, timeout: float) -> tuple[str, list[
 class TextReader:
     """Takes OCR jobs from the registry and runs them in the pool; one thread to feed it."""
 
-    def __init__(self, config: Config, registry: Registry, poll_seconds: float = 2.0):
+    def __init__(self, config: Config, registry: Registry, poll_seconds: float = 2.0,
+                 on_routed: Callable[[], None] | None = None):
         self.config = config
+        self.on_routed = on_routed  # routing queues mail: wake the outbox
         self.registry = registry
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
@@ -118,8 +122,12 @@ class TextReader:
                 text, defects, pages, seconds = future.result()
             except Exception as exc:  # the worker died or the stored file is unreadable
                 text, defects, pages, seconds = "", [f"fax: text not read: {type(exc).__name__}: {exc}"], 0, 0.0
-            number = self.registry.ocr_done(letter_id, text, self.config.model.normalise.summary_chars,
-                                            defects, pages, seconds)
+            config = self.config
+            number, status = self.registry.ocr_done(letter_id, text, config.model.normalise.summary_chars,
+                                                    defects, pages, seconds,
+                                                    route=lambda letter: route_letter(config, letter))
             del self._running[letter_id]
-            log.info("%s text read: %d page(s), %d character(s) in %.1f s%s", number, pages, len(text), seconds,
-                     f", {len(defects)} defect(s)" if defects else "")
+            log.info("%s text read: %d page(s), %d character(s) in %.1f s%s; %s", number, pages, len(text), seconds,
+                     f", {len(defects)} defect(s)" if defects else "", status)
+            if self.on_routed is not None:
+                self.on_routed()

@@ -9,9 +9,10 @@ gives its number back and the series has no gaps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,8 +23,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from gateway.config import Config
+from gateway.outbound.plan import NewMail, Routing
 from gateway.registry import schema
-from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob
+from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob, OutboxMail
 from gateway.registry.numbers import NumberTemplate
 
 log = logging.getLogger("gateway.registry")
@@ -75,6 +77,7 @@ class NewLetter:
     fax: dict[str, Any] = field(default_factory=dict)
     actor: str = "gateway"
     needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
+    routing: Routing | None = None  # None: classified later (a fax, once its text is read)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,16 @@ class Registered:
     letter_id: int
     outcome: str  # "registered" | "duplicate" (same bytes seen before) | "known" (this intake already done)
     status: str
+
+
+def _routed_columns(routing: Routing, flags: list[str]) -> dict[str, Any]:
+    return {"status": routing.status, "department": routing.department, "category": routing.category,
+            "urgency": routing.urgency, "confidentiality": routing.confidentiality, "deadline": routing.deadline,
+            "owner": routing.owner, "tags": routing.tags, "classification": routing.trace}
+
+
+def _merge(flags: list[str], more: list[str]) -> list[str]:
+    return [*flags, *(f for f in more if f not in flags)]
 
 
 def _unreachable(exc: DBAPIError) -> bool:
@@ -124,8 +137,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 class Registry:
     def __init__(self, url: str, *, number_template: str = "{year}-{seq:06d}",
-                 timezone_name: str = "UTC", echo: bool = False):
+                 timezone_name: str = "UTC", echo: bool = False, mail_domain: str = "localhost"):
         self.url = url
+        self.mail_domain = mail_domain  # the right-hand side of the Message-IDs of our own mail
         self.engine = make_engine(url, echo=echo)
         self.writer = self.engine.execution_options(write=True)
         self.template = NumberTemplate(number_template)
@@ -136,7 +150,8 @@ class Registry:
     def from_config(cls, config: Config) -> Registry:
         model = config.model
         return cls(config.registry_url, number_template=model.gateway.letter_number,
-                   timezone_name=model.gateway.timezone, echo=model.registry.echo_sql)
+                   timezone_name=model.gateway.timezone, echo=model.registry.echo_sql,
+                   mail_domain=model.outbound.from_address.rpartition("@")[2])
 
     def upgrade(self) -> bool:
         try:
@@ -210,6 +225,7 @@ class Registry:
         for i in fresh:
             new, (series, seq) = letters[i], seqs[i]
             fax = new.fax
+            routing = new.routing
             rows.append({
                 "number": self.template.render(locals_[i], new.channel, seq), "series": series, "seq": seq,
                 "channel": new.channel, "intake": new.intake, "status": "registered",
@@ -217,9 +233,12 @@ class Registry:
                 "recipients": new.recipients, "recipient": new.recipient, "department": new.department,
                 "subject": new.subject, "received_at": new.received_at, "sent_at": new.sent_at,
                 "message_id": new.message_id, "summary": new.summary, "body_text": new.body_text,
-                "category": None, "urgency": "regular", "confidentiality": "normal", "deadline": None,
+                **(_routed_columns(routing, new.flags) if routing is not None else
+                   {"category": None, "urgency": "regular", "confidentiality": "normal", "deadline": None,
+                    "owner": None, "tags": [], "classification": None}),
                 "raw_sha256": new.raw_sha256, "raw_size": new.raw_size, "raw_path": new.raw_path,
-                "envelope": new.envelope, "defects": new.defects, "flags": new.flags,
+                "envelope": new.envelope, "defects": new.defects,
+                "flags": _merge(new.flags, routing.flags) if routing is not None else new.flags,
                 "fax_number": fax.get("number"), "fax_caller_id": fax.get("caller_id"),
                 "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),
                 "fax_sent_at": fax.get("sent_at"), "created_at": now, "updated_at": now,
@@ -231,9 +250,12 @@ class Registry:
 
         events: list[dict[str, Any]] = []
         attachments: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        receipts_sent = self._receipts_today(conn, [letters[i].routing.receipt.recipient for i in fresh  # type: ignore[union-attr]
+                                                    if letters[i].routing and letters[i].routing.receipt], now)
         for i, letter_id, row in zip(fresh, ids, rows, strict=True):
             new = letters[i]
-            results[i] = Registered(row["number"], letter_id, "registered", "registered")
+            results[i] = Registered(row["number"], letter_id, "registered", row["status"])
             attachments += [{"letter_id": letter_id, "position": n, **vars(a)}
                             for n, a in enumerate(new.attachments)]
             events.append(self._event(letter_id, new.received_at, new.intake, "received", None,
@@ -241,6 +263,10 @@ class Registry:
             events.append(self._event(letter_id, now, new.actor, "registered", new.department,
                                       {"number": row["number"], "defects": len(new.defects),
                                        "attachments": len(new.attachments)}))
+            if new.routing is not None:
+                more_events, mail = self._routed(letter_id, new.routing, now, receipts_sent)
+                events += more_events
+                outbox += mail
         for i, new in enumerate(letters):
             if results[i] is not None:
                 continue
@@ -261,16 +287,67 @@ class Registry:
         ocr_jobs = [{"letter_id": letter_id, "created_at": now, "attempts": 0}
                     for i, letter_id in zip(fresh, ids, strict=True) if letters[i].needs_ocr]
         for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values())),
-                              (OcrJob, ocr_jobs)):
+                              (OcrJob, ocr_jobs), (OutboxMail, outbox)):
             if values:
                 conn.execute(insert(table), values)
         return results  # type: ignore[return-value]
 
     @staticmethod
     def _event(letter_id: int, at: datetime, actor: str, action: str, to_department: str | None,
-               details: dict[str, Any]) -> dict[str, Any]:
+               details: dict[str, Any], from_department: str | None = None) -> dict[str, Any]:
         return {"letter_id": letter_id, "at": at, "actor": actor, "action": action,
-                "from_department": None, "to_department": to_department, "details": details}
+                "from_department": from_department, "to_department": to_department, "details": details}
+
+    # -- routing --------------------------------------------------------
+    def _receipts_today(self, conn: Connection, senders: list[str], now: datetime) -> dict[str, int]:
+        """Receipts queued per sender in the last 24 hours (the per-sender cap counts them)."""
+        if not senders:
+            return {}
+        rows = conn.execute(select(OutboxMail.recipient, func.count(OutboxMail.id))
+                            .where(OutboxMail.kind == "receipt", OutboxMail.recipient.in_(set(senders)),
+                                   OutboxMail.created_at > now - timedelta(days=1))
+                            .group_by(OutboxMail.recipient))
+        return {row[0]: int(row[1]) for row in rows}
+
+    def _routed(self, letter_id: int, routing: Routing, now: datetime, receipts_sent: dict[str, int],
+                actor: str = "gateway") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The events and outbox rows of a routing decision (the caller inserts them)."""
+        trace = routing.trace
+        events = [
+            self._event(letter_id, now, actor, "classified", None, {
+                "rules": trace.get("rules"), "matched": [m["rule"] for m in trace.get("matched", [])],
+                "category": routing.category, "urgency": routing.urgency,
+                "confidentiality": routing.confidentiality, "tags": routing.tags}),
+            self._event(letter_id, now, actor, "needs-triage" if routing.status == "needs-triage" else "routed",
+                        routing.department, {"owner": routing.owner,
+                                             "notify": [m.recipient for m in routing.mail],
+                                             **({"candidates": trace["triage"]["candidates"],
+                                                 "reason": trace["triage"]["reason"]}
+                                                if trace.get("triage") else {})}),
+        ]
+        mail = [self._mail(letter_id, m, now) for m in routing.mail]
+        receipt = routing.receipt
+        if receipt is not None:
+            cap = routing.receipt_cap
+            sent = receipts_sent.get(receipt.recipient, 0)
+            if sent >= cap:
+                events.append(self._event(letter_id, now, actor, "receipt-suppressed", None, {
+                    "to": receipt.recipient, "reason": f"{sent} receipt(s) to this sender in 24 hours (cap {cap})"}))
+            else:
+                receipts_sent[receipt.recipient] = sent + 1
+                mail.append(self._mail(letter_id, receipt, now))
+                events.append(self._event(letter_id, now, actor, "receipt-queued", None,
+                                          {"to": receipt.recipient, **receipt.details}))
+        elif routing.no_receipt:
+            events.append(self._event(letter_id, now, actor, "receipt-suppressed", None,
+                                      {"reason": routing.no_receipt}))
+        return events, mail
+
+    def _mail(self, letter_id: int | None, mail: NewMail, now: datetime) -> dict[str, Any]:
+        return {"letter_id": letter_id, "kind": mail.kind, "recipient": mail.recipient,
+                "message_id": f"<{uuid.uuid4().hex}@{self.mail_domain}>", "status": "pending", "attempts": 0,
+                "next_attempt_at": now, "created_at": now, "updated_at": now, "sent_at": None,
+                "last_error": None, "details": mail.details}
 
     def _advance(self, conn: Connection, series: str, count: int) -> int:
         """Add `count` to a series (creating it) and return its new last number.
@@ -295,27 +372,162 @@ class Registry:
             return [(r.letter_id, r.raw_path) for r in rows]
 
     def ocr_done(self, letter_id: int, text: str, summary_chars: int, defects: list[str], pages: int,
-                 seconds: float) -> str:
-        """Store a fax's text: it becomes the letter's text and summary. Returns the number."""
+                 seconds: float, route: Callable[[Letter], Routing] | None = None) -> tuple[str, str]:
+        """Store a fax's text: it becomes the letter's text and summary; then classify and route it
+        with `route` (given the letter with its text), unless a person routed it meanwhile.
+        Returns the number and the status."""
         from gateway.normalise.summary import summarise
 
         now = _utcnow()
         with self.writer.begin() as conn:
-            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags)
+            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)
                                .where(Letter.id == letter_id)).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
+            flags = [f for f in row.flags if f != "ocr-pending"] + ([] if text.strip() else ["no-text"])
             values: dict[str, Any] = {
                 "body_text": body.replace("\x00", "\ufffd"), "defects": [*row.defects, *defects],
-                "flags": [f for f in row.flags if f != "ocr-pending"] + ([] if text.strip() else ["no-text"]),
-                "updated_at": now}
+                "flags": flags, "updated_at": now}
             if text.strip():
                 values["summary"] = summarise(text, summary_chars)
+            events = [self._event(letter_id, now, "gateway", "text-read", None,
+                                  {"pages": pages, "characters": len(text), "defects": defects,
+                                   "seconds": round(seconds, 2)})]
+            outbox: list[dict[str, Any]] = []
+            status = row.status
+            if route is not None and row.status == "registered":
+                with self.sessions(bind=conn) as session:
+                    letter = session.scalars(select(Letter).where(Letter.id == letter_id)
+                                             .options(selectinload(Letter.attachments))).one()
+                    letter.body_text = values["body_text"]
+                    session.expunge(letter)
+                routing = route(letter)
+                values.update(_routed_columns(routing, flags), flags=_merge(flags, routing.flags))
+                status = routing.status
+                receipts = self._receipts_today(conn, [routing.receipt.recipient] if routing.receipt else [], now)
+                more, outbox = self._routed(letter_id, routing, now, receipts)
+                events += more
             conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(**values))
-            conn.execute(insert(Event), [self._event(letter_id, now, "gateway", "text-read", None,
-                                                     {"pages": pages, "characters": len(text),
-                                                      "defects": defects, "seconds": round(seconds, 2)})])
+            conn.execute(insert(Event), events)
+            if outbox:
+                conn.execute(insert(OutboxMail), outbox)
             conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
-        return str(row.number)
+        return str(row.number), status
+
+    # -- people's decisions ---------------------------------------------
+    def reassign(self, number: str, department: str, *, reason: str, actor: str,
+                 notify: list[NewMail]) -> tuple[str | None, str]:
+        """A person moves a letter to another department. Returns (from, to).
+
+        Recorded as a `reassigned` event with `by_person`, which the accuracy
+        rate counts; the new department's owners are notified in the same transaction.
+        """
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            row = conn.execute(select(Letter.id, Letter.department, Letter.flags, Letter.status)
+                               .where(Letter.number == number)).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            if row.department == department:
+                raise ValueError(f"{number} is already with {department}")
+            status = "routed" if row.status in ("registered", "needs-triage") else row.status
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
+                department=department, status=status, updated_at=now,
+                flags=[f for f in row.flags if f != "needs-triage"]))
+            conn.execute(insert(Event), [self._event(row.id, now, actor, "reassigned", department,
+                                                     {"reason": reason, "by_person": True,
+                                                      "notify": [m.recipient for m in notify]},
+                                                     from_department=row.department)])
+            if notify:
+                conn.execute(insert(OutboxMail), [self._mail(row.id, m, now) for m in notify])
+        return row.department, department
+
+    # -- the outbox -----------------------------------------------------
+    def outbox_due(self, limit: int, now: datetime | None = None) -> list[OutboxMail]:
+        with self.sessions() as session:
+            return list(session.scalars(
+                select(OutboxMail).where(OutboxMail.status == "pending",
+                                         OutboxMail.next_attempt_at <= (now or _utcnow()))
+                .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit)))
+
+    def outbox_next_due(self) -> datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(OutboxMail.next_attempt_at))
+                                .where(OutboxMail.status == "pending")).scalar()
+
+    def outbox_sent(self, mail_id: int, response: str) -> None:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
+                                       OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
+            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+                status="sent", sent_at=now, updated_at=now, attempts=mail.attempts + 1, last_error=None))
+            if mail.letter_id is not None:
+                conn.execute(insert(Event), [self._event(mail.letter_id, now, "gateway", f"{mail.kind}-sent", None,
+                                                         {"to": mail.recipient, "outbox": mail_id,
+                                                          "relay": response[:200]})])
+
+    def outbox_retry_later(self, mail_id: int, error: str, at: datetime) -> int:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            attempts = conn.execute(select(OutboxMail.attempts).where(OutboxMail.id == mail_id)).scalar_one() + 1
+            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+                attempts=attempts, next_attempt_at=at, updated_at=now, last_error=error[:1000]))
+        return attempts
+
+    def outbox_dead(self, mail_id: int, error: str) -> None:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
+                                       OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
+            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+                status="dead", updated_at=now, attempts=mail.attempts + 1, last_error=error[:1000]))
+            if mail.letter_id is not None:
+                conn.execute(insert(Event), [self._event(mail.letter_id, now, "gateway", f"{mail.kind}-dead-lettered",
+                                                         None, {"to": mail.recipient, "outbox": mail_id,
+                                                                "error": error[:500]})])
+
+    def outbox_requeue(self, mail_id: int, actor: str) -> OutboxMail:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            mail = conn.execute(select(OutboxMail.status, OutboxMail.letter_id).where(OutboxMail.id == mail_id)).first()
+            if mail is None:
+                raise LookupError(f"no outbox mail {mail_id}")
+            if mail.status != "dead":
+                raise ValueError(f"outbox mail {mail_id} is {mail.status}, not dead")
+            # A fresh queue time: the give-up clock starts again.
+            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+                status="pending", next_attempt_at=now, created_at=now, updated_at=now))
+            if mail.letter_id is not None:
+                conn.execute(insert(Event), [self._event(mail.letter_id, now, actor, "mail-requeued", None,
+                                                         {"outbox": mail_id})])
+        with self.sessions() as session:
+            return session.get_one(OutboxMail, mail_id)
+
+    def outbox(self, *, status: str | None = None, letter_id: int | None = None,
+               limit: int | None = None) -> list[OutboxMail]:
+        stmt = select(OutboxMail).order_by(OutboxMail.id)
+        if status is not None:
+            stmt = stmt.where(OutboxMail.status == status)
+        if letter_id is not None:
+            stmt = stmt.where(OutboxMail.letter_id == letter_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.sessions() as session:
+            return list(session.scalars(stmt))
+
+    def outbox_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(
+                select(OutboxMail.status, func.count(OutboxMail.id)).group_by(OutboxMail.status))}
+
+    def letters_by_id(self, ids: set[int | None]) -> list[Letter]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Letter).where(Letter.id.in_({i for i in ids if i is not None}))))
+
+    def letter_by_id(self, letter_id: int) -> Letter | None:
+        with self.sessions() as session:
+            return session.scalars(select(Letter).where(Letter.id == letter_id)
+                                   .options(selectinload(Letter.attachments))).first()
 
     # -- reading --------------------------------------------------------
     def letter(self, number: str) -> Letter | None:
@@ -327,8 +539,10 @@ class Registry:
     def letters(self, *, status: str | None = None, department: str | None = None,
                 category: str | None = None, channel: str | None = None,
                 since: datetime | None = None, until: datetime | None = None,
-                limit: int | None = None) -> list[Letter]:
+                limit: int | None = None, with_attachments: bool = False) -> list[Letter]:
         stmt = select(Letter).order_by(Letter.received_at, Letter.id)
+        if with_attachments:
+            stmt = stmt.options(selectinload(Letter.attachments))
         for column, value in ((Letter.status, status), (Letter.department, department),
                               (Letter.category, category), (Letter.channel, channel)):
             if value is not None:

@@ -74,6 +74,9 @@ class Letter(Base):
     urgency: Mapped[str] = mapped_column(String(16), nullable=False, default="regular")
     confidentiality: Mapped[str] = mapped_column(String(16), nullable=False, default="normal")
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    owner: Mapped[str | None] = mapped_column(Text)  # a person, when a rule named one
+    tags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    classification: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # the decision trace
 
     raw_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     raw_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -153,6 +156,29 @@ class OcrJob(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
+class OutboxMail(Base):
+    """Mail the gateway sends, written in the transaction of the change that causes it.
+
+    One row per recipient, so that one refusal does not hold back the others.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # notification | receipt
+    recipient: Mapped[str] = mapped_column(Text, nullable=False)
+    message_id: Mapped[str] = mapped_column(Text, nullable=False)  # the same on every attempt
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending | sent | dead
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+
 class ImapFolder(Base):
     """Where an IMAP folder stands: its UIDVALIDITY, the highest UID settled, and its health."""
 
@@ -191,3 +217,6 @@ class ImapMessage(Base):
 
 
 Index("ix_letters_channel_received", Letter.channel, Letter.received_at)
+Index("ix_outbox_due", OutboxMail.status, OutboxMail.next_attempt_at)
+Index("ix_outbox_letter", OutboxMail.letter_id)
+Index("ix_outbox_kind_recipient", OutboxMail.kind, OutboxMail.recipient, OutboxMail.created_at)

@@ -1,0 +1,28 @@
+"""Text folded for matching: case folded, and traditional Chinese characters mapped to simplified.
+
+Both the keywords and the letter are folded the same way, so 投訴 finds 投诉 and
+"Complaint" finds "COMPLAINT". The character table is OpenCC's (TSCharacters),
+applied one character to one character so that positions in the folded text are
+positions in the original (what the decision trace quotes).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=1)
+def _t2s() -> dict[int, int]:
+    table: dict[int, int] = {}
+    text = resources.files("opencc").joinpath("dictionary/TSCharacters.txt").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        traditional, _, simplified = line.partition("\t")
+        first = simplified.split(" ")[0]
+        if len(traditional) == 1 and len(first) == 1:
+            table[ord(traditional)] = ord(first)
+    return table
+
+
+def fold(text: str) -> str:
+    """Same length as `text` whenever lower() keeps it (all but a few letters like İ)."""
+    return text.lower().translate(_t2s())

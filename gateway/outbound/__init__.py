@@ -1,0 +1,1 @@
+"""What the gateway sends: notifications to departments, receipts to senders, through the outbox."""

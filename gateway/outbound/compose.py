@@ -1,0 +1,176 @@
+"""The mail the gateway writes: notifications to departments and receipts to senders.
+
+Nothing taken from an incoming message reaches a header as it came: values
+are stripped of CR, LF and other control characters, shortened, and set
+through the `email` package, which encodes them; addresses must be plain
+addr-specs. A subject carrying "\r\nBcc: someone" becomes one harmless line.
+"""
+from __future__ import annotations
+
+import re
+import string
+from datetime import datetime
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.mime.message import MIMEMessage
+from email.policy import SMTP, compat32
+from email.utils import format_datetime, formataddr
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.config import Config
+from gateway.outbound.policy import safe_address
+from gateway.registry.models import Letter, OutboxMail
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
+
+
+def clean(value: str | None, limit: int = 200) -> str:
+    """One line of plain text, safe in a header or a template."""
+    text = _CONTROLS.sub(" ", value or "").strip()
+    text = re.sub(r" {2,}", " ", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ComposeError(Exception):
+    """This mail cannot be written (an unsafe address, a missing letter): dead-letter it."""
+
+
+def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Letter) -> EmailMessage:
+    if not safe_address(mail.recipient):
+        raise ComposeError(f"recipient {mail.recipient!r} is not a plain address")
+    out = config.model.outbound
+    message = EmailMessage(policy=SMTP)
+    message["From"] = formataddr((clean(out.from_name, 80), out.from_address))
+    message["To"] = mail.recipient
+    message["Subject"] = clean(subject, 250)
+    message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
+    message["Message-ID"] = mail.message_id
+    # RFC 3834: mark it as automatic, so that well-behaved systems do not answer it.
+    message["Auto-Submitted"] = auto
+    message["X-Gateway-Loop"] = config.loop_id
+    message["X-Gateway-Letter"] = letter.number
+    return message
+
+
+def _local(config: Config, when: datetime | None) -> str:
+    if when is None:
+        return "none set"
+    return when.astimezone(ZoneInfo(config.model.gateway.timezone)).strftime("%Y-%m-%d %H:%M")
+
+
+def _sender(letter: Letter) -> str:
+    if letter.channel == "fax" and not letter.sender_address:
+        name = clean(letter.fax_sender_name or letter.sender_name, 80)
+        return f"fax {clean(letter.fax_number, 40) or 'from an unknown number'}{f' ({name})' if name else ''}"
+    name = clean(letter.sender_name, 80)
+    address = clean(letter.sender_address, 120) or "(no address)"
+    return f"{name} <{address}>" if name else address
+
+
+def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | None) -> EmailMessage:
+    department = config.departments.get(letter.department or "")
+    dept_name = department.name if department else (letter.department or "?")
+    zone = config.model.gateway.timezone
+    if letter.confidentiality == "confidential":
+        # Only what lets the owner find it in the register: no subject, no text, no attachment.
+        message = _base(config, mail, f"[{letter.number}] Confidential letter", "auto-generated", letter)
+        message.set_content("\n".join([
+            f"A confidential letter was routed to {dept_name}.",
+            "",
+            f"Number:    {letter.number}",
+            f"From:      {_sender(letter)}",
+            f"Deadline:  {_local(config, letter.deadline)} ({zone})" if letter.deadline else "Deadline:  none set",
+            "",
+            "Its content is not sent by mail; read it in the register:",
+            f"  gateway letters show {letter.number}",
+        ]) + "\n")
+        return message
+    message = _base(config, mail, f"[{letter.number}] {letter.subject or '(no subject)'}", "auto-generated", letter)
+    trace = letter.classification or {}
+    lines = [
+        f"Letter {letter.number} was routed to {dept_name}."
+        if letter.status != "needs-triage" else
+        f"Letter {letter.number} needs triage: no rule decided which department owns it.",
+        "",
+        f"Number:      {letter.number}",
+        f"Received:    {_local(config, letter.received_at)} ({zone}) by {letter.channel} ({letter.intake})",
+        f"From:        {_sender(letter)}",
+        f"To:          {clean(letter.recipient, 200) or '-'}",
+        f"Subject:     {clean(letter.subject, 300) or '(no subject)'}",
+        f"Category:    {letter.category or 'not decided'}",
+        f"Urgency:     {letter.urgency}",
+        f"Deadline:    {_local(config, letter.deadline)}",
+    ]
+    if letter.fax_pages is not None:
+        lines.append(f"Pages:       {letter.fax_pages}")
+    if letter.flags:
+        lines.append(f"Flags:       {', '.join(letter.flags)}")
+    if letter.tags:
+        lines.append(f"Tags:        {', '.join(letter.tags)}")
+    for n, attachment in enumerate(letter.attachments):
+        lines.append(f"{'Attachments:' if n == 0 else '':<13}{clean(attachment.filename, 120)} "
+                     f"({attachment.detected_type}, {attachment.size} bytes)")
+    lines += ["", "Why:"] + [f"  rule {m['rule']!r} (line {m.get('line')}): {'; '.join(m['evidence'])}"
+                             for m in trace.get("matched", [])]
+    if trace.get("triage"):
+        triage = trace["triage"]
+        candidates = ", ".join(triage.get("candidates") or []) or "none found"
+        lines.append(f"  {triage.get('reason')}; likely departments: {candidates}")
+    if letter.summary:
+        lines += ["", "Summary:", letter.summary]
+    limit = config.model.outbound.attach_original_max_bytes
+    attach = raw is not None and 0 < len(raw) <= limit
+    lines += ["", "The original is attached." if attach else
+              f"The original ({letter.raw_size} bytes) is not attached; it is in the register."]
+    message.set_content("\n".join(lines) + "\n")
+    if attach:
+        assert raw is not None
+        if letter.channel == "fax" and letter.intake == "fax-drop":
+            name = letter.attachments[0].filename if letter.attachments else "fax"
+            kind = (letter.attachments[0].detected_type if letter.attachments else "") or "application/octet-stream"
+            maintype, _, subtype = kind.partition("/")
+            message.add_attachment(raw, maintype=maintype, subtype=subtype or "octet-stream", filename=name)
+        else:
+            message.make_mixed()
+            message.attach(_rfc822(raw))
+    return message
+
+
+def _rfc822(raw: bytes) -> MIMEMessage:
+    # compat32 keeps a malformed original as it came instead of failing on it.
+    part = MIMEMessage(message_from_bytes(raw, policy=compat32), "rfc822")
+    part.add_header("Content-Disposition", "attachment", filename="original.eml")
+    return part
+
+
+def template(config: Config, kind: str, language: str) -> tuple[str, str]:
+    """(subject template, body template) from the configured folder, else the built-in ones."""
+    folder = config.resolve(config.model.receipts.templates)
+    name = f"{kind}.{language}.txt"
+    text = ((folder / name).read_text(encoding="utf-8") if folder is not None else
+            resources.files("gateway.outbound").joinpath("templates", name).read_text(encoding="utf-8"))
+    head, _, body = text.partition("\n\n")
+    if not head.lower().startswith("subject:"):
+        raise ComposeError(f"template {name}: the first line must be 'Subject: ...'")
+    return head.split(":", 1)[1].strip(), body
+
+
+def receipt(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
+    language = str(mail.details.get("language", config.model.receipts.default_language))
+    subject, body = template(config, "receipt", language)
+    department = config.departments.get(letter.department or "")
+    values: dict[str, Any] = {
+        "number": letter.number, "subject": clean(letter.subject, 200) or "-",
+        "received": _local(config, letter.received_at),
+        "department": clean(department.name if department else letter.department, 100),
+        "organisation": clean(config.model.outbound.from_name, 100)}
+    message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-replied", letter)
+    original = _MESSAGE_ID.match(letter.message_id or "")
+    if original:
+        message["In-Reply-To"] = f"<{original.group(1)}>"
+        message["References"] = f"<{original.group(1)}>"
+    message.set_content(string.Template(body).safe_substitute(values))
+    return message

@@ -1,0 +1,115 @@
+"""From a classification decision to what changes on the letter and what mail it causes.
+
+The result is applied by the registry in the transaction that registers (or
+routes) the letter, so a letter is never routed without its notification
+queued, nor a notification queued for a letter that was rolled back.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from gateway.classify.facts import Facts, facts_from_letter, headers_of
+from gateway.classify.rules import Decision, deadline_after
+from gateway.config import Config
+
+if TYPE_CHECKING:
+    from gateway.registry.models import Letter
+from gateway.outbound.policy import no_reply_reason
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass
+class NewMail:
+    kind: str  # notification | receipt
+    recipient: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Routing:
+    status: str  # routed | needs-triage
+    department: str
+    category: str | None
+    urgency: str
+    confidentiality: str
+    owner: str | None
+    tags: list[str]
+    deadline: datetime | None
+    trace: dict[str, Any]
+    flags: list[str]  # added to the letter's
+    mail: list[NewMail]
+    receipt: NewMail | None  # sent unless the sender's daily cap is reached
+    no_receipt: str | None  # why no receipt, for the event
+    receipt_cap: int = 3  # receipts per sender in 24 hours
+
+
+def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
+         channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool) -> Routing:
+    departments = config.departments
+    department = departments[decision.department or config.model.triage.department]
+    deadline = None
+    if decision.deadline_days is not None:
+        deadline = deadline_after(received_at.astimezone(ZoneInfo(config.model.gateway.timezone)),
+                                  decision.deadline_days)
+    owners = [decision.owner] if decision.owner else list(department.owners)
+    mail = [NewMail("notification", owner, {"department": department.id}) for owner in owners]
+    receipt, reason = None, _no_receipt(config, sender, channel, headers, envelope_from, backlog)
+    if reason is None:
+        language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
+            "en" if subject or body else config.model.receipts.default_language)
+        receipt = NewMail("receipt", sender.lower(), {"language": language})
+    triage = decision.needs_triage
+    return Routing(
+        status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
+        urgency=decision.urgency or "regular", confidentiality=decision.confidentiality or "normal",
+        owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
+        flags=["needs-triage"] if triage else [], mail=mail, receipt=receipt, no_receipt=reason,
+        receipt_cap=config.model.receipts.per_sender_per_day)
+
+
+def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
+          backlog: bool) -> Routing:
+    """Classify by the rules in force and plan the mail that routing causes."""
+    decision = config.ruleset.classify(facts)
+    return plan(config, decision, received_at=received_at, sender=facts.sender_address, subject=facts.subject,
+                body=facts.body, channel=facts.channel, headers=facts.headers, envelope_from=envelope_from,
+                backlog=backlog)
+
+
+def letter_facts(config: Config, letter: Letter) -> Facts:
+    """The facts of a registered letter, its headers read again from the stored original."""
+    headers: dict[str, list[str]] = {}
+    if not (letter.channel == "fax" and letter.intake == "fax-drop"):  # a fax file has no headers
+        try:
+            headers = headers_of((config.state_dir / letter.raw_path).read_bytes())
+        except OSError:
+            pass
+    return facts_from_letter(letter, headers, config)
+
+
+def route_letter(config: Config, letter: Letter) -> Routing:
+    """Classify and plan a registered letter (a fax whose text was just read)."""
+    return route(config, letter_facts(config, letter), received_at=letter.received_at,
+                 envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags)
+
+
+def _no_receipt(config: Config, sender: str, channel: str, headers: dict[str, list[str]],
+                envelope_from: str | None, backlog: bool) -> str | None:
+    settings = config.model.receipts
+    if not settings.enabled or settings.per_sender_per_day == 0:
+        return "receipts are switched off"
+    if backlog:
+        return "backlog import"
+    if channel == "fax":
+        return "a fax: no address to answer"
+    domain = sender.lower().rpartition("@")[2]
+    if domain and any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+        return "internal sender"
+    if sender.lower() == config.model.outbound.from_address:
+        return "our own address"
+    return no_reply_reason(headers, sender, envelope_from, config.loop_id)

@@ -1,0 +1,49 @@
+"""Whether a letter may be answered automatically (RFC 3834, and mail loops of our own)."""
+from __future__ import annotations
+
+import re
+
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_ROBOT_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply", "donotreply",
+                      "bounce", "bounces", "listserv", "majordomo", "owner-")
+
+
+def safe_address(address: str) -> bool:
+    """A plain addr-spec we can put in RCPT TO and a header: no spaces, quotes, CR/LF or comments."""
+    return len(address) <= 254 and bool(_ADDRESS.match(address))
+
+
+def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None,
+                    loop_id: str) -> str | None:
+    """Why no automatic reply may go to this letter's sender, or None if one may."""
+    def first(name: str) -> str:
+        values = headers.get(name)
+        return values[0].strip().lower() if values else ""
+
+    if envelope_from is not None and envelope_from.strip() in ("", "<>"):
+        return "null envelope sender (a bounce or a notification)"
+    if first("return-path") == "<>":
+        return "null sender (Return-Path: <>)"
+    auto = first("auto-submitted")
+    if auto and auto.split(";")[0].strip() != "no":
+        return f"Auto-Submitted: {auto[:40]}"
+    precedence = first("precedence")
+    if precedence in ("bulk", "junk", "list"):
+        return f"Precedence: {precedence}"
+    listed = sorted(name for name in headers if name.startswith("list-"))
+    if listed:
+        return f"mailing list ({listed[0]})"
+    suppress = {token.strip() for token in first("x-auto-response-suppress").split(",")}
+    if suppress & {"all", "autoreply", "oof"}:  # Microsoft's names for "no automatic answers"
+        return f"X-Auto-Response-Suppress: {first('x-auto-response-suppress')[:40]}"
+    if any(loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", [])):
+        return "our own loop header (X-Gateway-Loop)"
+    if not sender:
+        return "no sender address"
+    local = sender.lower().partition("@")[0]
+    if any(local == part or (part.endswith("-") and local.startswith(part)) for part in _ROBOT_LOCAL_PARTS):
+        return f"sender {sender} is a robot address"
+    if not safe_address(sender):
+        return f"sender address {sender!r} is not one we can write to safely"
+    return None

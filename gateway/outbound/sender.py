@@ -1,0 +1,226 @@
+"""Delivering the outbox through the relay: retries with backoff, dead letters with an alert.
+
+A row is marked sent only after the relay accepted it, so a crash between the
+two sends it again at the next start (with the same Message-ID): at least
+once, never lost. Connection failures and 4xx answers are retried, doubling
+the wait each time; a 5xx answer, or no delivery within `give_up_hours`,
+dead-letters the mail and says so in the log (ALERT) and on the letter.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import smtplib
+import ssl
+import threading
+from datetime import datetime, timedelta, timezone
+
+from gateway.config import Config
+from gateway.outbound.compose import ComposeError, notification, receipt
+from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry.models import OutboxMail
+
+log = logging.getLogger("gateway.outbox")
+
+BATCH = 50
+
+
+class Refused(Exception):
+    def __init__(self, code: int, text: str):
+        self.code = code
+        super().__init__(f"{code} {text}")
+
+
+class OutboxSender:
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._told_no_relay = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(self.config.model.outbound.timeout_seconds + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.config.model.outbound.poll_seconds
+            try:
+                if self.config.model.outbound.relay:
+                    self._told_no_relay = False
+                    if self.deliver_due() == BATCH:
+                        continue  # more waiting
+                    due = self.registry.outbox_next_due()
+                    if due is not None:
+                        wait = max(0.05, min(wait, (due - datetime.now(timezone.utc)).total_seconds()))
+                elif not self._told_no_relay:
+                    counts = self.registry.outbox_counts()
+                    log.warning("no outbound relay configured ([outbound] relay): %d mail(s) wait in the outbox",
+                                counts.get("pending", 0))
+                    self._told_no_relay = True
+            except RegistryUnavailable as exc:
+                log.warning("outbox: registry unavailable: %s", exc)
+            except Exception:
+                log.exception("outbox: unexpected error")
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    # -- one round --------------------------------------------------------
+    def deliver_due(self) -> int:
+        """Try every mail that is due (up to a batch); returns how many were looked at."""
+        due = self.registry.outbox_due(BATCH)
+        if not due:
+            return 0
+        settings = self.config.model.outbound
+        give_up = timedelta(hours=settings.give_up_hours)
+        now = datetime.now(timezone.utc)
+        live = []
+        for mail in due:
+            if now - mail.created_at > give_up:
+                self._dead(mail, f"not delivered within {settings.give_up_hours:g} hours: {mail.last_error or '-'}")
+            else:
+                live.append(mail)
+        if not live:
+            return len(due)
+        try:
+            client = self._connect()
+        except (OSError, smtplib.SMTPException) as exc:
+            error = _describe(exc)
+            code = getattr(exc, "smtp_code", None)
+            for mail in live:
+                if isinstance(code, int) and 500 <= code < 600 and not isinstance(exc, smtplib.SMTPAuthenticationError):
+                    self._dead(mail, f"relay {settings.relay} refused the session: {error}")
+                else:
+                    self._later(mail, f"relay {settings.relay}: {error}")
+            return len(due)
+        try:
+            for n, mail in enumerate(live):
+                if self._stop.is_set():
+                    break
+                try:
+                    self._send(client, mail)
+                except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                    # The connection is gone: this one and the rest wait for the next round.
+                    for rest in live[n:]:
+                        self._later(rest, f"relay {settings.relay}: {_describe(exc)}")
+                    return len(due)
+        finally:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+        return len(due)
+
+    def _connect(self) -> smtplib.SMTP:
+        settings = self.config.model.outbound
+        host, _, port = settings.relay.rpartition(":")
+        context = None
+        if settings.tls != "none":
+            context = ssl.create_default_context(cafile=str(self.config.resolve(settings.tls_ca_file))
+                                                 if settings.tls_ca_file else None)
+        client: smtplib.SMTP
+        if settings.tls == "implicit":
+            client = smtplib.SMTP_SSL(host, int(port), local_hostname=settings.helo_name,
+                                      timeout=settings.timeout_seconds, context=context)
+        else:
+            client = smtplib.SMTP(host, int(port), local_hostname=settings.helo_name,
+                                  timeout=settings.timeout_seconds)
+        try:
+            client.ehlo()
+            if settings.tls == "starttls":
+                client.starttls(context=context)
+                client.ehlo()
+            if settings.username is not None:
+                password = os.environ.get(settings.password_env or "")
+                if password is None:
+                    raise smtplib.SMTPAuthenticationError(0, f"environment variable {settings.password_env} is not set")
+                client.login(settings.username, password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _send(self, client: smtplib.SMTP, mail: OutboxMail) -> None:
+        letter = self.registry.letter_by_id(mail.letter_id) if mail.letter_id is not None else None
+        try:
+            if letter is None:
+                raise ComposeError(f"letter {mail.letter_id} is not in the register")
+            if mail.kind == "receipt":
+                message = receipt(self.config, mail, letter)
+            else:
+                raw = self._original(letter.raw_path) if letter.confidentiality != "confidential" else None
+                message = notification(self.config, mail, letter, raw)
+            data = message.as_bytes()
+        except (ComposeError, OSError, ValueError, LookupError) as exc:
+            self._dead(mail, f"cannot be written: {exc}")
+            return
+        sender = self.config.model.outbound.from_address
+        try:
+            refused = client.sendmail(sender, [mail.recipient], data)
+            if refused:
+                code, text = refused[mail.recipient]
+                raise Refused(code, text.decode(errors="replace"))
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, text = exc.recipients.get(mail.recipient, (550, b"refused"))
+            self._answered(mail, code, text.decode(errors="replace"))
+            return
+        except smtplib.SMTPResponseException as exc:  # sender refused, DATA refused, and the like
+            error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+            self._answered(mail, exc.smtp_code, error)
+            return
+        except Refused as exc:
+            self._answered(mail, exc.code, str(exc))
+            return
+        self.registry.outbox_sent(mail.id, f"250 accepted by {self.config.model.outbound.relay}")
+        number = letter.number
+        log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
+
+    def _original(self, raw_path: str) -> bytes | None:
+        path = self.config.state_dir / raw_path
+        try:
+            if path.stat().st_size > self.config.model.outbound.attach_original_max_bytes:
+                return None
+            return path.read_bytes()
+        except OSError as exc:
+            log.error("outbox: original %s unreadable, notification sent without it: %s", path, exc)
+            return None
+
+    def _answered(self, mail: OutboxMail, code: int, text: str) -> None:
+        error = f"relay answered {code} {text.strip()[:300]}"
+        if 400 <= code < 500:
+            self._later(mail, error)
+        else:
+            self._dead(mail, error)
+
+    def _later(self, mail: OutboxMail, error: str) -> None:
+        settings = self.config.model.outbound
+        delay = min(settings.retry_min_seconds * 2 ** mail.attempts, settings.retry_max_seconds)
+        delay *= random.uniform(0.9, 1.1)  # many mails failing together do not retry together
+        attempts = self.registry.outbox_retry_later(mail.id, error, datetime.now(timezone.utc) + timedelta(seconds=delay))
+        log.warning("outbox: %s #%d to %s not delivered (attempt %d), next try in %.0f s: %s",
+                    mail.kind, mail.id, mail.recipient, attempts, delay, error)
+
+    def _dead(self, mail: OutboxMail, error: str) -> None:
+        self.registry.outbox_dead(mail.id, error)
+        log.error("ALERT outbox: %s #%d to %s dead-lettered: %s (gateway outbox retry %d queues it again)",
+                  mail.kind, mail.id, mail.recipient, error, mail.id)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return f"{exc.smtp_code} {text}"
+    return str(exc) or type(exc).__name__
