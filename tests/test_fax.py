@@ -31,6 +31,14 @@ senders = ["fax@faxservice.example"]
 """
 
 
+INQUIRY_RULES = """
+rules:
+  - name: inquiries
+    when: {keywords: ["咨询", "采购订单"]}
+    set: {category: external.business, department: business}
+"""
+
+
 @pytest.fixture(scope="module")
 def faxes() -> dict[str, bytes]:
     """Rendered once: G4 fine with tags, G3 standard in Chinese, a PDF, and a 2-page G4."""
@@ -48,8 +56,8 @@ def shanghai(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def configure(tmp_path: Path, extra: str = "") -> Gateway:
-    return Gateway(tmp_path, extra=FAX_SETTINGS + extra)
+def configure(tmp_path: Path, extra: str = "", **kwargs: str) -> Gateway:
+    return Gateway(tmp_path, extra=FAX_SETTINGS + extra, **kwargs)
 
 
 def start(gateway: Gateway, notify: Notify, **env: str) -> Daemon:
@@ -110,7 +118,7 @@ def test_a_dropped_fax_is_registered_with_its_pages_tags_and_text(tmp_path: Path
 
 def test_sidecar_and_filename_give_the_facts_and_chinese_is_read_without_spaces(
         tmp_path: Path, notify: Notify, faxes: dict[str, bytes]) -> None:
-    gateway = configure(tmp_path)
+    gateway = configure(tmp_path, rules=INQUIRY_RULES)
     folder = gateway.state / "fax-drop"
     folder.mkdir(parents=True)
     (folder / "fax_0105551234_20261120-083000.info").write_text(
@@ -126,7 +134,13 @@ def test_sidecar_and_filename_give_the_facts_and_chinese_is_read_without_spaces(
         assert shanghai(fax["sent_at"]) == "2026-11-20 08:30:00"
         assert fax["pages"] == 2 and "partial-reception" not in letter["flags"]
         assert not list(folder.glob("fax_*"))  # the sidecar left with the fax
-        text = text_read(gateway, str(letter["number"]))["body_text"]
+        letter = text_read(gateway, str(letter["number"]))
+        text = letter["body_text"]
+        # Classified and routed once its text is known, by a word only the text has.
+        assert letter["status"] == "routed" and letter["department"] == "business"
+        assert letter["classification"]["matched"][0]["rule"] == "inquiries"
+        actions = [e["action"] for e in letter["events"]]
+        assert actions.index("text-read") < actions.index("classified") < actions.index("routed")
         assert "采购订单" in text or "交货日期" in text
         assert "採購訂單" in text or "交貨日期" in text
         assert "采 购" not in text and "交 货" not in text
@@ -149,7 +163,7 @@ def test_filename_pattern_and_a_pdf_fax(tmp_path: Path, notify: Notify, faxes: d
 
 def test_declared_pages_that_differ_are_a_partial_reception(tmp_path: Path, notify: Notify,
                                                             faxes: dict[str, bytes]) -> None:
-    gateway = configure(tmp_path)
+    gateway = configure(tmp_path, rules=INQUIRY_RULES)
     folder = gateway.state / "fax-drop"
     folder.mkdir(parents=True)
     (folder / "short.tif.info").write_text("Sender: 075512345\nPages: 5\n")

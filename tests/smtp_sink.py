@@ -1,0 +1,96 @@
+"""A real SMTP server on loopback standing in for the outbound relay.
+
+It keeps what it receives and can be told to answer 4xx or 5xx, to RCPT
+(per recipient) or to DATA, or to be down altogether.
+"""
+from __future__ import annotations
+
+import email
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink):
+        self.sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        answer = self.sink.rcpt_answers.get(address.lower(), self.sink.rcpt_answer)
+        if answer.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return answer
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.sink.attempts += 1
+        if not self.sink.data_answer.startswith("250"):
+            return self.sink.data_answer
+        with self.sink.lock:
+            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK queued"
+
+
+class SmtpSink:
+    def __init__(self, port: int | None = None):
+        if port is None:
+            with socket.socket() as s:  # aiosmtpd cannot be given port 0
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self.received: list[Received] = []
+        self.attempts = 0
+        self.lock = threading.Lock()
+        self.rcpt_answer = "250 OK"
+        self.rcpt_answers: dict[str, str] = {}
+        self.data_answer = "250 OK"
+        self._controller: Controller | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> SmtpSink:
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port,
+                                      server_kwargs={"data_size_limit": 50 * 1024 * 1024})
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def accept(self) -> None:
+        self.rcpt_answer = self.data_answer = "250 OK"
+        self.rcpt_answers.clear()
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if address in r.rcpt_tos]
+
+    def wait_for(self, count: int, timeout: float = 30.0, to: str | None = None) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.to(to) if to else list(self.received)
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"sink got {len(self.to(to) if to else self.received)} message(s), "
+                             f"expected {count}{' to ' + to if to else ''}")
