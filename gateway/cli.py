@@ -25,18 +25,31 @@ class State:
     def __init__(self, config_arg: str | None):
         self.config_arg = config_arg
         self._config: Config | None = None
+        self._with_rules = False
 
     @property
     def config(self) -> Config:
+        """The configuration; the rules are read only by commands that classify."""
         if self._config is None:
-            try:
-                self._config = config_mod.load(self.config_arg)
-            except ConfigError as exc:
-                for issue in exc.issues:
-                    click.echo(f"error: {issue}", err=True)
-                sys.exit(2)
-            logs.setup(self._config.model.logging.level, timestamps=self._config.model.logging.timestamps)
+            self._config = self._load(False)
         return self._config
+
+    @property
+    def config_with_rules(self) -> Config:
+        if self._config is None or not self._with_rules:
+            self._config = self._load(True)
+            self._with_rules = True
+        return self._config
+
+    def _load(self, with_rules: bool) -> Config:
+        try:
+            config = config_mod.load(self.config_arg, with_rules=with_rules)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                click.echo(f"error: {issue}", err=True)
+            sys.exit(2)
+        logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
+        return config
 
     def registry(self) -> Any:
         from gateway.registry import Registry, RegistryUnavailable
@@ -89,7 +102,7 @@ def run(state: State) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
     from gateway.daemon import Daemon
 
-    sys.exit(Daemon(state.config, state.config_arg).run())
+    sys.exit(Daemon(state.config_with_rules, state.config_arg).run())
 
 
 @main.command("check-config")
@@ -201,7 +214,7 @@ def ingest(state: State, files: tuple[Path, ...]) -> None:
     from gateway.pipeline import Pipeline
     from gateway.spool import SpoolError
 
-    cfg = state.config
+    cfg = state.config_with_rules
     spool, registry, link = state.spool(), state.registry(), state.link()
     pipeline = Pipeline(cfg, spool, registry, link.publish)
     failures = tempfail = 0
@@ -585,7 +598,7 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
     from gateway.classify.facts import Facts, facts_from_mail
     from gateway.outbound.plan import plan
 
-    cfg = state.config
+    cfg = state.config_with_rules
     console = Console(width=max(Console().width, 120))
     results = []
     for path in files:
@@ -641,7 +654,7 @@ def rules_replay(state: State, since: datetime, until: datetime | None, show_all
     """How the current rules would classify past letters; lists those that would change. Changes nothing."""
     from gateway.outbound.plan import letter_facts
 
-    cfg = state.config
+    cfg = state.config_with_rules
     tz = ZoneInfo(cfg.model.gateway.timezone)
     registry = state.registry()
     rows = registry.letters(since=_day_start(since.date(), tz),

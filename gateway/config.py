@@ -497,8 +497,11 @@ def _reason(err: dict[str, Any]) -> str:
     return msg
 
 
-def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True) -> Config:
-    """Read, validate and resolve the configuration, or raise ConfigError listing every problem."""
+def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True, with_rules: bool = True) -> Config:
+    """Read, validate and resolve the configuration, or raise ConfigError listing every problem.
+
+    Without with_rules, the rules file is not read (commands that only look at the register
+    must work while an operator mends a broken rules file)."""
     file = locate(path).resolve()
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -525,6 +528,8 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
         issues += _directory_checks(config)
     if issues:
         raise ConfigError(issues)
+    if not with_rules:
+        return config
     from gateway.classify.rules import load_rules, no_rules
     from gateway.classify.source import RulesError
 

@@ -153,6 +153,7 @@ class Gateway:
             [gateway]
             state_dir = "{self.state}"
             timezone = "Asia/Shanghai"
+            domains = ["example.org"]
 
             [registry]
             url = "{registry_url}"

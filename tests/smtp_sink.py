@@ -68,7 +68,7 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port,
-                                      server_kwargs={"data_size_limit": 50 * 1024 * 1024})
+                                      data_size_limit=50 * 1024 * 1024)
         self._controller.start()
         return self
 

@@ -19,6 +19,7 @@ from gateway.config import Config
 if TYPE_CHECKING:
     from gateway.registry.models import Letter
 from gateway.outbound.policy import no_reply_reason
+from gateway.spool import DamagedItem, read_raw
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
@@ -86,8 +87,8 @@ def letter_facts(config: Config, letter: Letter) -> Facts:
     headers: dict[str, list[str]] = {}
     if not (letter.channel == "fax" and letter.intake == "fax-drop"):  # a fax file has no headers
         try:
-            headers = headers_of((config.state_dir / letter.raw_path).read_bytes())
-        except OSError:
+            headers = headers_of(read_raw(config.state_dir / letter.raw_path))
+        except (OSError, DamagedItem):
             pass
     return facts_from_letter(letter, headers, config)
 

@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 from gateway.config import Config
 from gateway.outbound.compose import ComposeError, notification, receipt
 from gateway.registry import Registry, RegistryUnavailable
-from gateway.registry.models import OutboxMail
+from gateway.registry.models import Letter, OutboxMail
+from gateway.spool import DamagedItem, read_raw
 
 log = logging.getLogger("gateway.outbox")
 
@@ -161,7 +162,7 @@ class OutboxSender:
             if mail.kind == "receipt":
                 message = receipt(self.config, mail, letter)
             else:
-                raw = self._original(letter.raw_path) if letter.confidentiality != "confidential" else None
+                raw = self._original(letter) if letter.confidentiality != "confidential" else None
                 message = notification(self.config, mail, letter, raw)
             data = message.as_bytes()
         except (ComposeError, OSError, ValueError, LookupError) as exc:
@@ -188,14 +189,15 @@ class OutboxSender:
         number = letter.number
         log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
 
-    def _original(self, raw_path: str) -> bytes | None:
-        path = self.config.state_dir / raw_path
+    def _original(self, letter: Letter) -> bytes | None:
+        if letter.raw_size > self.config.model.outbound.attach_original_max_bytes:
+            return None
+        path = self.config.state_dir / letter.raw_path
         try:
-            if path.stat().st_size > self.config.model.outbound.attach_original_max_bytes:
-                return None
-            return path.read_bytes()
-        except OSError as exc:
-            log.error("outbox: original %s unreadable, notification sent without it: %s", path, exc)
+            return read_raw(path)  # checked against its seal
+        except (OSError, DamagedItem) as exc:
+            log.error("ALERT outbox: %s: original %s unreadable, notification sent without it: %s",
+                      letter.number, path, exc)
             return None
 
     def _answered(self, mail: OutboxMail, code: int, text: str) -> None:
