@@ -412,3 +412,31 @@ def test_rules_test_command_prints_the_trace_without_registering(shipped: Config
     table = gateway("rules", "test", str(complaint))
     assert "rule 'complaints'" in table and "because subject has '投诉'" in table
     assert json.loads(gateway("letters", "list", "--json")) == []  # nothing registered
+
+
+def test_every_category_reaches_its_departments_owners(shipped: Config, tmp_path: Path) -> None:
+    """Each sample through `gateway ingest` with the shipped configuration: its notification is queued
+    for exactly the owners of the department its category belongs to, in the registering transaction."""
+    import json
+
+    files = []
+    for n, sample in enumerate(SAMPLES):
+        path = tmp_path / f"{n:02d}.eml"
+        path.write_bytes(sample.raw.replace(b"Message-ID: <m@x.example>", f"Message-ID: <m{n}@x.example>".encode()))
+        files.append(str(path))
+
+    def gateway(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "gateway", "--config", str(shipped.path), *args],
+                              capture_output=True, text=True, cwd=ROOT, check=True).stdout
+
+    gateway("ingest", *files)
+    owners = {d.id: sorted(d.owners) for d in shipped.model.departments}
+    listed = json.loads(gateway("letters", "list", "--json"))
+    assert len(listed) == len(SAMPLES)
+    for sample, letter in zip(SAMPLES, listed, strict=True):
+        detail = json.loads(gateway("letters", "show", str(letter["number"]), "--json"))
+        assert (detail["category"], detail["department"], detail["urgency"]) == (
+            sample.category, sample.department, sample.urgency), sample.name
+        notified = sorted(m["recipient"] for m in detail["outbox"] if m["kind"] == "notification")
+        assert notified == owners[sample.department], sample.name
+        assert detail["status"] == ("needs-triage" if sample.triage else "routed")

@@ -66,7 +66,7 @@ def test_events_are_published_for_work_done_by_other_processes(gateway: Gateway,
         assert frames is not None
         body = json.loads(frames[1])
         assert frames[0] == b"letter.registered"
-        assert body["number"].startswith("2026-") and body["status"] == "registered" and body["channel"] == "email"
+        assert body["number"].startswith("2026-") and body["status"] == "routed" and body["channel"] == "email"
     finally:
         sub.close(0)
         context.term()

@@ -119,7 +119,12 @@ def test_polling_registers_each_message_once_and_marks_it_seen(mailbox: Mailbox,
         assert {first["department"], second["department"]} == {"business"}
         # A first import is a backlog (never answered automatically); later mail is not.
         assert "backlog" in detail["flags"]
-        assert "backlog" not in gateway.show_json(str(second["number"]))["flags"]
+        later = gateway.show_json(str(second["number"]))
+        assert "backlog" not in later["flags"]
+        assert {"reason": "backlog import"} in [e["details"] for e in detail["events"]
+                                                 if e["action"] == "receipt-suppressed"]
+        assert [m["recipient"] for m in detail["outbox"] if m["kind"] == "receipt"] == []
+        assert [m["recipient"] for m in later["outbox"] if m["kind"] == "receipt"] == ["alice@partner.example"]
         wait_for(lambda: all(SEEN in f for f in mailbox.flags().values()), 20, "both marked \\Seen")
         health = status(gateway)["imap"]
         assert health[0]["account"] == "liaison" and health[0]["folder"] == "INBOX"

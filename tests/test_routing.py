@@ -396,3 +396,10 @@ def test_a_person_reassigns_a_letter(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already with business" in again.stderr
     unknown = gateway.run("letters", "reassign", "2026-000001", "legal", "--reason", "x", check=False)
     assert unknown.returncode == 1 and "no department 'legal'" in unknown.stderr
+
+
+def test_the_daemon_does_not_start_with_a_broken_rules_file(tmp_path: Path) -> None:
+    gateway = configure(tmp_path, "", rules="rules:\n  - name: a\n    when: {channel: telex}\n    set: {department: business}\n")
+    proc = gateway.run("run", check=False, timeout=60)
+    assert proc.returncode == 2
+    assert f"{gateway.rules}:3: rules[0].when.channel: unknown channel 'telex'; use email or fax" in proc.stderr

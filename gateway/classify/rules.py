@@ -6,7 +6,7 @@ and fill fields left unset), and a matching rule stops the search unless it
 says `stop: false`. Whatever no rule routes goes to triage.
 
 Speed does not depend much on the number of rules: every keyword of every rule
-sits in one Aho-Corasick automaton that reads each field of a letter once, and
+sits in one Aho-Corasick automaton (a DFA) that reads each field of a letter once, and
 a rule that needs a keyword (or a sender domain) is only looked at when that
 keyword was found (or the domain matches). Rules that need neither are always
 looked at.
@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import ahocorasick
+import ahocorasick_rs
 import regex
 
 from gateway.classify.facts import Facts
@@ -89,16 +89,15 @@ class Scan:
         self.hits: dict[str, dict[int, int]] = {}  # field -> keyword id -> end of first hit
         for name, text in self.text.items():
             found: dict[int, int] = {}
-            if text and len(automaton):
+            if text and keywords:
                 folded = fold(text)
-                for end, kw_id in automaton.iter(folded):
+                for kw_id, start, end in automaton.find_matches_as_indexes(folded, overlapping=True):
                     if kw_id in found:
                         continue
-                    start = end - len(keywords[kw_id]) + 1
                     # Latin-script keywords start at a word: "order" is not found in "border".
                     if _ASCII_WORD.match(keywords[kw_id][0]) and start > 0 and _ASCII_WORD.match(folded[start - 1]):
                         continue
-                    found[kw_id] = end
+                    found[kw_id] = end - 1
             self.hits[name] = found
         self.found_ids = {kw for found in self.hits.values() for kw in found}
 
@@ -241,11 +240,8 @@ class RuleSet:
         self.defaults = defaults
         self.regex_timeout = regex_timeout
         self.triage_department = triage_department
-        self.automaton = ahocorasick.Automaton()
-        for kw_id, word in enumerate(keywords):
-            self.automaton.add_word(word, kw_id)
-        if keywords:
-            self.automaton.make_automaton()
+        # A DFA: its cost per character hardly grows with the number of keywords.
+        self.automaton = ahocorasick_rs.AhoCorasick(keywords, implementation=ahocorasick_rs.Implementation.DFA)
         self.always: list[int] = []
         self.by_trigger: dict[tuple[str, Any], list[int]] = {}
         for index, rule in enumerate(rules):
