@@ -403,3 +403,22 @@ def test_the_daemon_does_not_start_with_a_broken_rules_file(tmp_path: Path) -> N
     proc = gateway.run("run", check=False, timeout=60)
     assert proc.returncode == 2
     assert f"{gateway.rules}:3: rules[0].when.channel: unknown channel 'telex'; use email or fax" in proc.stderr
+
+
+def test_a_crash_after_the_relay_accepted_sends_again_with_the_same_message_id(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = configure(tmp_path, sink.address)
+    crashing = gateway.start(NOTIFY_SOCKET=str(notify.path), GATEWAY_CRASH_AT="after-relay-accepted")
+    notify.wait_for("READY=1")
+    send(gateway, make_message(1, to="sales@example.org"), to=("sales@example.org",))
+    crashing.wait(30)  # killed itself right after the relay's 250, before marking the mail sent
+    [first] = sink.wait_for(1)
+    assert {m["status"] for m in outbox(gateway)} == {"pending"}
+    daemon = start(gateway, notify)
+    try:
+        wait_for(lambda: {m["status"] for m in outbox(gateway)} == {"sent"}, 30, "everything sent")
+        again = [r for r in sink.received if r.rcpt_tos == first.rcpt_tos]
+        assert len(again) == 2  # at least once: the same mail twice, never none
+        assert again[0].message["Message-ID"] == again[1].message["Message-ID"]  # so the receiver can tell
+    finally:
+        daemon.stop()

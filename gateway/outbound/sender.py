@@ -17,6 +17,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
+from gateway.faults import checkpoint
 from gateway.outbound.compose import ComposeError, notification, receipt
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
@@ -185,6 +186,7 @@ class OutboxSender:
         except Refused as exc:
             self._answered(mail, exc.code, str(exc))
             return
+        checkpoint("after-relay-accepted")  # the relay has it, the outbox does not know yet
         self.registry.outbox_sent(mail.id, f"250 accepted by {self.config.model.outbound.relay}")
         number = letter.number
         log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
