@@ -1,0 +1,111 @@
+"""The mail the gateway writes, composed from register entries (no relay needed)."""
+from __future__ import annotations
+
+import email
+import shutil
+from datetime import datetime, timezone
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from gateway import config as config_mod
+from gateway.config import Config
+from gateway.outbound.compose import ComposeError, clean, notification, receipt
+from gateway.registry.models import Attachment, Letter, OutboxMail
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    folder = tmp_path_factory.mktemp("compose")
+    text = (ROOT / "config" / "gateway.toml").read_text()
+    (folder / "gateway.toml").write_text(text.replace('state_dir = "../storage"', f'state_dir = "{folder / "state"}"'))
+    shutil.copy(ROOT / "config" / "rules.yaml", folder / "rules.yaml")
+    return config_mod.load(folder / "gateway.toml")
+
+
+def letter(**fields: object) -> Letter:
+    values: dict[str, object] = dict(
+        id=1, number="2026-000042", channel="email", intake="smtp", status="routed", sender_name="Alice",
+        sender_address="alice@partner.example", recipient="liaison@example.org", department="business",
+        subject="Contract", received_at=datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc), summary="Please sign.",
+        category="external.business", urgency="regular", confidentiality="normal", deadline=None, flags=[], tags=[],
+        classification={"matched": [{"rule": "business", "line": 3, "evidence": ["subject has 'contract'"]}]},
+        raw_size=10, raw_path="x", message_id="orig@partner.example", fax_pages=None, fax_number=None,
+        fax_sender_name=None)
+    values.update(fields)
+    row = Letter(**{k: v for k, v in values.items() if k != "attachments"})
+    row.attachments = list(values.get("attachments", []))  # type: ignore[arg-type]
+    return row
+
+
+def mail(kind: str = "notification", to: str = "sales.desk@example.org", **details: object) -> OutboxMail:
+    return OutboxMail(id=7, kind=kind, recipient=to, message_id="<m7@example.org>", details=dict(details))
+
+
+def parsed(message: email.message.EmailMessage) -> email.message.EmailMessage:
+    return email.message_from_bytes(message.as_bytes(), policy=policy.default)  # type: ignore[return-value]
+
+
+def test_a_fax_notification_carries_the_fax_file(config: Config) -> None:
+    tiff = b"II*\x00" + b"\x00" * 60
+    fax = letter(channel="fax", intake="fax-drop", sender_address="", sender_name="", fax_number="+86 10 6555 0101",
+                 fax_sender_name="District Office", fax_pages=2, subject="Fax from +86 10 6555 0101, 2 page(s)",
+                 attachments=[Attachment(position=0, filename="fax_0101.tif", original_filename="fax_0101.tif",
+                                         declared_type="", detected_type="image/tiff", size=len(tiff), sha256="0" * 64,
+                                         origin="fax")])
+    m = parsed(notification(config, mail(), fax, tiff))
+    [part] = list(m.iter_attachments())
+    assert part.get_content_type() == "image/tiff" and part.get_filename() == "fax_0101.tif"
+    assert part.get_content() == tiff
+    body = m.get_body(("plain",)).get_content()
+    assert "fax +86 10 6555 0101 (District Office)" in body and "Pages:       2" in body
+
+
+def test_triage_notifications_name_the_likely_departments(config: Config) -> None:
+    triage = letter(status="needs-triage", department="general-office", category=None, flags=["needs-triage"],
+                    classification={"matched": [], "triage": {"reason": "no rule matched",
+                                                              "candidates": ["business", "hr"]}})
+    body = parsed(notification(config, mail(), triage, None)).get_content()
+    assert "needs triage" in body and "likely departments: business, hr" in body
+    assert "The original (10 bytes) is not attached" in body
+
+
+def test_an_original_too_large_is_not_attached_and_a_confidential_one_never(config: Config) -> None:
+    secret = letter(confidentiality="confidential", subject="机密 合同", summary="secret terms",
+                    deadline=datetime(2026, 11, 26, 15, 59, tzinfo=timezone.utc))
+    m = parsed(notification(config, mail(), secret, b"From: a@b\r\n\r\nsecret terms\r\n"))
+    assert not m.is_multipart() and "secret" not in m.as_string() and "合同" not in m.as_string()
+    assert "Deadline:  2026-11-26 23:59 (Asia/Shanghai)" in m.get_content()
+
+
+def test_headers_take_one_clean_line_and_addresses_must_be_plain(config: Config) -> None:
+    hostile = letter(subject="Hi\r\nBcc: victim@evil.example\x00\x1b[31m", sender_name="Eve\nTo: x@evil.example")
+    m = parsed(notification(config, mail(), hostile, None))
+    assert m["Subject"] == "[2026-000042] Hi Bcc: victim@evil.example [31m" and "Bcc" not in m
+    assert clean("a\u2028b\x85c") == "a b c" and len(clean("x" * 500, 200)) == 200
+    with pytest.raises(ComposeError):
+        notification(config, mail(to="x@evil.example\r\nBcc: y@evil.example"), hostile, None)
+
+
+def test_receipts_in_both_languages_reply_to_the_letter(config: Config) -> None:
+    zh = parsed(receipt(config, mail("receipt", "alice@partner.example", language="zh"),
+                        letter(subject="关于合同", department="business")))
+    assert zh["Subject"] == "来函已收到，登记编号 2026-000042"
+    assert "Business Development" in zh.get_content() and "《关于合同》" in zh.get_content()
+    assert zh["In-Reply-To"] == "<orig@partner.example>" and zh["Auto-Submitted"] == "auto-replied"
+    en = parsed(receipt(config, mail("receipt", "alice@partner.example", language="en"), letter()))
+    assert en["Subject"] == "Received: your letter is registered as 2026-000042"
+    assert '"Contract"' in en.get_content() and en["X-Gateway-Loop"] == "gateway@example.org"
+
+
+def test_operator_templates_replace_the_built_in_ones(config: Config, tmp_path: Path) -> None:
+    (tmp_path / "receipt.en.txt").write_text("Subject: Got it ($number)\n\nThanks, $organisation.\n")
+    (tmp_path / "receipt.zh.txt").write_text("no subject line\n\nbody\n")
+    custom = config.model.model_copy(update={"receipts": config.model.receipts.model_copy(update={"templates": tmp_path})})
+    own = Config(path=config.path, model=custom, state_dir=config.state_dir, rules=config.rules)
+    en = parsed(receipt(own, mail("receipt", "a@b.example", language="en"), letter()))
+    assert en["Subject"] == "Got it (2026-000042)" and en.get_content().strip() == "Thanks, Correspondence Gateway."
+    with pytest.raises(ComposeError, match="first line must be 'Subject: ...'"):
+        receipt(own, mail("receipt", "a@b.example", language="zh"), letter())
