@@ -332,6 +332,8 @@ def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "De
         lines += [f"    kept {k}: {why}" for k, why in (m.get("kept") or {}).items()]
     if not trace.get("matched"):
         lines.append("no rule matched")
+    for skipped in trace.get("skipped", []):
+        lines.append(f"rule {skipped['rule']!r} (line {skipped.get('line')}) not decided: {skipped['reason']}")
     if trace.get("triage"):
         t = trace["triage"]
         lines.append(f"triage: {t['reason']}; likely departments: {', '.join(t['candidates']) or 'none found'}")
@@ -453,7 +455,7 @@ def _actor(by: str | None) -> str:
 @pass_state
 def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
     """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
-    from gateway.outbound.plan import NewMail
+    from gateway.outbound.plan import new_mail
 
     cfg = state.config
     if department not in cfg.departments:
@@ -462,7 +464,7 @@ def letters_reassign(state: State, number: str, department: str, reason: str, by
     if not reason.strip():
         raise click.BadParameter("say why", param_hint="--reason")
     registry = state.registry()
-    notify = [NewMail("notification", owner, {"department": department, "reassigned": True})
+    notify = [new_mail(cfg, "notification", owner, department=department, reassigned=True)
               for owner in cfg.departments[department].owners]
     try:
         before, after = registry.reassign(number, department, reason=reason.strip(), actor=_actor(by), notify=notify)

@@ -554,6 +554,12 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                 issues.append(ConfigIssue(config.path, f"departments[{i}].addresses[{j}]",
                                           f"{address} already belongs to department {claimed[address]!r}"))
             claimed.setdefault(address, dept.id)
+    for i, dept in enumerate(config.model.departments):
+        for j, owner in enumerate(dept.owners):
+            if owner in claimed:
+                issues.append(ConfigIssue(config.path, f"departments[{i}].owners[{j}]",
+                                          f"{owner} is an address of department {claimed[owner]!r}: its "
+                                          "notifications would come back as letters; give owners their own addresses"))
     smtp = config.model.smtp
     for key in ("tls_certificate", "tls_key", "auth_users_file"):
         path = config.resolve(getattr(smtp, key))

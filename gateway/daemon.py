@@ -320,6 +320,10 @@ class Daemon:
             self.notifier.status("running (reload refused: configuration invalid)")
             self.notifier.notify("READY=1")
             return
+        except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
+            log.exception("reload refused, previous configuration stays in force: %s", exc)
+            self.notifier.notify("READY=1")
+            return
         restart_needed = [key for key, old, cur in (
             ("gateway.state_dir", self.config.state_dir, new.state_dir),
             ("registry.url", self.config.registry_url, new.registry_url),

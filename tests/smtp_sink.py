@@ -32,6 +32,12 @@ class _Handler:
     def __init__(self, sink: SmtpSink):
         self.sink = sink
 
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if self.sink.mail_answer.startswith("250"):
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+        return self.sink.mail_answer
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
         answer = self.sink.rcpt_answers.get(address.lower(), self.sink.rcpt_answer)
         if answer.startswith("250"):
@@ -57,6 +63,7 @@ class SmtpSink:
         self.received: list[Received] = []
         self.attempts = 0
         self.lock = threading.Lock()
+        self.mail_answer = "250 OK"
         self.rcpt_answer = "250 OK"
         self.rcpt_answers: dict[str, str] = {}
         self.data_answer = "250 OK"
@@ -78,7 +85,7 @@ class SmtpSink:
             self._controller = None
 
     def accept(self) -> None:
-        self.rcpt_answer = self.data_answer = "250 OK"
+        self.mail_answer = self.rcpt_answer = self.data_answer = "250 OK"
         self.rcpt_answers.clear()
 
     def to(self, address: str) -> list[Received]:

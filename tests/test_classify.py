@@ -240,16 +240,18 @@ def test_a_runaway_regex_is_cut_off_by_its_time_limit(shipped: Config) -> None:
         settings: {regex_timeout_ms: 20}
         rules:
           - name: catastrophic
-            when: {regex: "(a+)+$"}
+            when: {regex: "(a|aa)+$"}
             set: {department: hr}
           - name: after-it
             when: {subject: [hello]}
             set: {department: business}
     """)
     started = time.monotonic()
-    decision = ruleset.classify(Facts("email", "x@y.example", subject="hello", body="a" * 40 + "!"))
+    decision = ruleset.classify(Facts("email", "x@y.example", subject="hello", body="a" * 60 + "b"))
     assert time.monotonic() - started < 1.0  # unbounded, this pattern takes minutes
     assert decision.department == "business"
+    [skipped] = decision.skipped  # not decided either way, and the trace says so
+    assert skipped["rule"] == "catastrophic" and "took longer than 20 ms" in skipped["reason"]
 
 
 def test_first_rule_wins_a_field_later_rules_fill_the_rest_and_stop_ends_it(shipped: Config) -> None:
@@ -299,6 +301,10 @@ BROKEN = [
      3, "rules[0].when.subject[0]", "keyword must be non-empty text (got True; quote it)"),
     ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {deadline_days: -1}\n",
      4, "rules[0].set.deadline_days", "a whole number of working days"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {owner: \"a,b@example.org\"}\n",
+     4, "rules[0].set.owner", "is not a plain e-mail address"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    stop: !!int abc\n    set: {department: hr}\n",
+     4, "rules[0].stop", "cannot read this value"),
 ]
 
 
@@ -365,6 +371,10 @@ def test_ten_thousand_rules_still_find_the_one_that_matches(shipped: Config) -> 
     ({"x-gateway-loop": ["gateway@example.org"]}, None, "a@b.example", "loop header"),
     ({}, None, "", "no sender"),
     ({}, None, '"a b"@b.example', "not one we can write to safely"),
+    ({}, None, "a@b.example\n", "not one we can write to safely"),
+    ({"precedence": ["bulk; reason=x"]}, None, "a@b.example", "Precedence: bulk"),
+    ({"return-path": ["< >"]}, None, "a@b.example", "null sender"),
+    ({}, None, "news-request@b.example", "robot address"),
 ])
 def test_no_automatic_reply_where_rfc_3834_says_not_to(headers: dict[str, list[str]], envelope_from: str | None,
                                                        sender: str, why: str) -> None:
@@ -393,6 +403,11 @@ def test_receipts_go_only_to_external_senders_of_live_mail(shipped: Config) -> N
     assert receipt(external, channel="fax") == "a fax: no address to answer"
     assert receipt(mail("bob@example.org", "liaison@example.org", "Hi")) == "internal sender"
     assert receipt(mail("bob@sub.example.org", "liaison@example.org", "Hi")) == "internal sender"
+    # RFC 3834 section 4: the reply goes to the Return-Path (the envelope sender), not a forged From.
+    f = facts(mail("ceo@bank.example", "liaison@example.org", "Contract", headers="Return-Path: <x@mailer.example>"))
+    r = plan(shipped, shipped.ruleset.classify(f), received_at=datetime.now(timezone.utc), sender=f.sender_address,
+             subject=f.subject, body=f.body, channel="email", headers=f.headers, envelope_from=None, backlog=False)
+    assert r.receipt is not None and r.receipt.recipient == "x@mailer.example"
 
 
 def test_rules_test_command_prints_the_trace_without_registering(shipped: Config, tmp_path: Path) -> None:

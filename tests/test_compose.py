@@ -109,3 +109,16 @@ def test_operator_templates_replace_the_built_in_ones(config: Config, tmp_path: 
     assert en["Subject"] == "Got it (2026-000042)" and en.get_content().strip() == "Thanks, Correspondence Gateway."
     with pytest.raises(ComposeError, match="first line must be 'Subject: ...'"):
         receipt(own, mail("receipt", "a@b.example", language="zh"), letter())
+
+
+def test_an_original_the_email_package_cannot_rewrite_is_attached_as_a_file(config: Config) -> None:
+    from gateway.outbound.sender import OutboxSender
+
+    raw = b"From: a@b.example\r\nReply-To: x:;" + b"a" * 80 + b"@\r\nSubject: s\r\n\r\nbody\r\n"
+    with pytest.raises(AttributeError):  # what the standard library does with it as message/rfc822
+        notification(config, mail(), letter(raw_size=len(raw)), raw).as_bytes()
+    sender = OutboxSender(config, registry=None)  # type: ignore[arg-type]
+    sender._original = lambda _letter: raw  # type: ignore[method-assign]
+    m = email.message_from_bytes(sender._compose(mail(), letter(raw_size=len(raw))), policy=policy.default)
+    [part] = list(m.iter_attachments())
+    assert part.get_filename() == "original.eml" and part.get_content() == raw

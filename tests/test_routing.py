@@ -204,12 +204,32 @@ def test_4xx_is_retried_5xx_is_dead_lettered_and_a_dead_letter_can_be_queued_aga
         number = gateway.list_json()[1]["number"]
         assert "notification-dead-lettered" in [e["action"] for e in gateway.show_json(number)["events"]]
         assert gateway.run("outbox", "retry", "999", check=False).returncode == 1
+        state = json.loads(gateway.run("status", "--json").stdout)["outbox"]
+        assert (state["dead"], state["sent"], state["relay"]) == (2, 2, sink.address)
+        assert "outbox: 0 pending, 2 dead-lettered, 2 sent" in gateway.run("status").stdout
 
         sink.accept()
         gateway.run("outbox", "retry", *(str(m["id"]) for m in dead))
         sink.wait_for(4)
         assert {m["status"] for m in outbox(gateway)} == {"sent"}
         assert "mail-requeued" in [e["action"] for e in gateway.show_json(number)["events"]]
+    finally:
+        daemon.stop()
+
+
+def test_a_relay_refusing_the_gateway_itself_dead_letters_nothing(tmp_path: Path, notify: Notify,
+                                                                   sink: SmtpSink) -> None:
+    gateway = configure(tmp_path, sink.address)
+    sink.mail_answer = "553 5.7.1 Sender address rejected: not owned by user"
+    daemon = start(gateway, notify)
+    try:
+        send(gateway, make_message(1, to="sales@example.org"), to=("sales@example.org",))
+        wait_for(lambda: all(m["attempts"] >= 2 for m in outbox(gateway)), 30, "retries")
+        assert {m["status"] for m in outbox(gateway)} == {"pending"}
+        assert "ALERT outbox: relay refused the sender gateway@example.org: 553" in daemon.output()
+        sink.accept()
+        sink.wait_for(2)
+        wait_for(lambda: {m["status"] for m in outbox(gateway)} == {"sent"}, 30, "delivery")
     finally:
         daemon.stop()
 
@@ -277,7 +297,7 @@ def test_no_receipt_where_rfc_3834_says_not_and_at_most_n_per_sender_a_day(
         for n in range(5):  # five letters from one person: three receipts
             send(gateway, complaint(100 + n, sender="Carol <carol@customer.example>"), mail_from="carol@customer.example")
         send(gateway, complaint(200, sender="Dan <dan@example.org>"), mail_from="dan@example.org")  # internal
-        total = len(AUTOMATIC) + 5 + 1
+        total = len(AUTOMATIC) + 5 + 1 - 1  # our own mail coming back is not forwarded again
         wait_for(lambda: len(by_kind(sink.received)["notification"]) == 2 * total, 60, "every notification")
         time.sleep(1.0)
         receipts = by_kind(sink.received)["receipt"]
@@ -291,6 +311,11 @@ def test_no_receipt_where_rfc_3834_says_not_and_at_most_n_per_sender_a_day(
                     "robot address", "internal sender"):
             assert any(why in r for r in reasons), (why, reasons)
         assert sum("receipt(s) to this sender in 24 hours (cap 3)" in r for r in reasons) == 2
+        looped = [e["details"] for letter in gateway.list_json()
+                  for e in gateway.show_json(str(letter["number"]))["events"] if e["action"] == "routed"
+                  and e["details"].get("not_notified")]
+        assert looped == [{"owner": None, "notify": [],
+                           "not_notified": "the gateway's own mail came back (X-Gateway-Loop)"}]
     finally:
         daemon.stop()
 
@@ -307,9 +332,9 @@ def test_nothing_from_an_incoming_message_can_inject_a_header(tmp_path: Path, no
         send(gateway, b"From: Eve <eve@partner.example>\r\nTo: liaison@example.org\r\n" + hostile_subject +
                       b"Message-ID: <a@evil.example>\r\n\tBcc: x@evil.example\r\n\r\nInjected again\r\n",
              mail_from="eve@partner.example")
-        received = sink.wait_for(5)
+        received = sink.wait_for(6)  # two notifications and a receipt (to the envelope sender) each
         time.sleep(0.5)
-        assert len(sink.received) == 5
+        assert len(sink.received) == 6
         for r in received:
             assert r.rcpt_tos in (["service.desk@example.org"], ["service.two@example.org"], ["eve@partner.example"])
             head = r.data.split(b"\r\n\r\n", 1)[0]
@@ -318,13 +343,10 @@ def test_nothing_from_an_incoming_message_can_inject_a_header(tmp_path: Path, no
             assert "Bcc" not in m and "\n" not in str(m["Subject"]) and "\r" not in str(m["Subject"])
             assert len(m.get_all("To")) == 1 and len(m.get_all("Subject")) == 1
         mails = by_kind(received)
-        assert len(mails["receipt"]) == 1
-        assert mails["receipt"][0].message["In-Reply-To"] == "<a@evil.example>"  # the id, nothing folded after it
+        assert len(mails["receipt"]) == 2
+        assert {r.message["In-Reply-To"] for r in mails["receipt"]} == {"<a@evil.example>"}  # the id, nothing after
         note = mails["notification"][0].message
         assert "Bcc: victim@evil.example" in note["Subject"]  # kept as one harmless line
-        first = gateway.show_json("2026-000001")
-        assert any("not one we can write to safely" in e["details"].get("reason", "")
-                   for e in first["events"] if e["action"] == "receipt-suppressed")
     finally:
         daemon.stop()
 

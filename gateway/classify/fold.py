@@ -24,5 +24,8 @@ def _t2s() -> dict[int, int]:
 
 
 def fold(text: str) -> str:
-    """Same length as `text` whenever lower() keeps it (all but a few letters like İ)."""
-    return text.lower().translate(_t2s())
+    """Lower case, simplified script, and always the same length as `text`."""
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a few letters (İ) lower to two characters
+        lowered = "".join(c.lower()[:1] for c in text)
+    return lowered.translate(_t2s())

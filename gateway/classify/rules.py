@@ -28,6 +28,7 @@ import regex
 from gateway.classify.facts import Facts
 from gateway.classify.fold import fold
 from gateway.classify.source import Located, Path_, RuleIssue, RulesError
+from gateway.outbound.policy import safe_address
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -39,7 +40,6 @@ CONFIDENTIALITIES = ("normal", "confidential")
 CHANNELS = ("email", "fax")
 TEXT_FIELDS = ("subject", "body", "sender_name", "attachment_names")
 SCALAR_ACTIONS = ("category", "department", "owner", "urgency", "confidentiality", "deadline_days")
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 _ASCII_WORD = re.compile(r"[0-9a-z]")
 
 Evidence = list[str]
@@ -107,6 +107,10 @@ class Scan:
         before, after = text[max(0, start - 12):start], text[end + 1:end + 13]
         snippet = f"{before}[{text[start:end + 1]}]{after}".replace("\n", " ")
         return f"{name.replace('_', ' ')} has {keyword!r}: …{snippet}…"
+
+
+class RegexTimedOut(Exception):
+    """A regular expression ran out of time: its rule can be decided neither way."""
 
 
 class Condition:
@@ -216,6 +220,7 @@ class Decision:
     matched: list[dict[str, Any]] = field(default_factory=list)
     triage: dict[str, Any] | None = None
     rules_version: str = ""
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # rules that could not be decided
 
     @property
     def needs_triage(self) -> bool:
@@ -223,6 +228,7 @@ class Decision:
 
     def trace(self) -> dict[str, Any]:
         return {"rules": self.rules_version, "matched": self.matched, "triage": self.triage,
+                **({"skipped": self.skipped} if self.skipped else {}),
                 "result": {"category": self.category, "department": self.department, "owner": self.owner,
                            "urgency": self.urgency, "confidentiality": self.confidentiality,
                            "deadline_days": self.deadline_days, "tags": self.tags}}
@@ -274,7 +280,12 @@ class RuleSet:
         nearly: list[str] = []
         for index in self._candidates(scan):
             rule = self.rules[index]
-            evidence = rule.condition.check(scan)
+            try:
+                evidence = rule.condition.check(scan)
+            except RegexTimedOut as exc:
+                decision.skipped.append({"rule": rule.name, "line": rule.line,
+                                         "reason": f"{exc} took longer than {self.regex_timeout * 1000:g} ms"})
+                continue
             if evidence is None:
                 if rule.department_literal and rule.condition.keyword_ids & scan.found_ids:
                     nearly.append(rule.department_literal)
@@ -568,7 +579,8 @@ class _Compiler:
                 try:
                     match = pattern.search(s.text[name], timeout=s.regex_timeout)
                 except TimeoutError:
-                    return None  # bounded: a pathological pattern costs its timeout, not the daemon
+                    # Bounded: a pathological pattern costs its time limit, not the daemon.
+                    raise RegexTimedOut(f"/{pattern.pattern}/ on the {name}") from None
                 if match:
                     return f"{name.replace('_', ' ')} matches /{pattern.pattern}/: {match.group(0)[:60]!r}"
             return None
@@ -637,7 +649,7 @@ class _Compiler:
                     if pattern.search(v, timeout=s.regex_timeout):
                         return f"header {name}: {v[:80]!r} matches /{pattern.pattern}/"
                 except TimeoutError:
-                    return None
+                    raise RegexTimedOut(f"/{pattern.pattern}/ on header {name}") from None
             return None
         return Test(regex_test)
 
@@ -686,10 +698,10 @@ class _Compiler:
                 return None
             return value
         if key == "owner":
-            if not isinstance(value, str) or not _EMAIL.match(value):
-                self.fail(where, f"{value!r} is not an e-mail address")
+            if not isinstance(value, str) or not safe_address(value.strip()):
+                self.fail(where, f"{value!r} is not a plain e-mail address")
                 return None
-            return value.lower()
+            return value.strip().lower()
         if key == "deadline_days":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 365:
                 self.fail(where, "a whole number of working days from 0 to 365")

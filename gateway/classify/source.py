@@ -55,7 +55,10 @@ class Located:
             problem = getattr(exc, "problem", None) or str(exc)
             raise RulesError([RuleIssue(file, mark.line + 1 if mark else None, "",
                                         f"not valid YAML: {problem}")]) from None
-        self.data: Any = {} if node is None else self._value(node, ())
+        try:
+            self.data: Any = {} if node is None else self._value(node, ())
+        except RecursionError:
+            raise RulesError([RuleIssue(file, None, "", "an alias refers to itself (or nesting is too deep)")]) from None
         if self.issues:
             raise RulesError(self.issues)
 
@@ -78,7 +81,13 @@ class Located:
         if isinstance(node, yaml.SequenceNode):
             return [self._value(child, (*path, i)) for i, child in enumerate(node.value)]
         # Scalars through the safe constructor: true/false, numbers, strings.
-        return self._constructor.construct_object(node, deep=True)
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc)
+            self.issues.append(RuleIssue(self.file, node.start_mark.line + 1, key_path(path),
+                                         f"cannot read this value ({node.tag}): {problem}"))
+            return None
 
     def line(self, path: Path_) -> int | None:
         while path:

@@ -70,7 +70,8 @@ def _sender(letter: Letter) -> str:
     return f"{name} <{address}>" if name else address
 
 
-def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | None) -> EmailMessage:
+def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | None,
+                 original_as_file: bool = False) -> EmailMessage:
     department = config.departments.get(letter.department or "")
     dept_name = department.name if department else (letter.department or "?")
     zone = config.model.gateway.timezone
@@ -133,6 +134,8 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
             kind = (letter.attachments[0].detected_type if letter.attachments else "") or "application/octet-stream"
             maintype, _, subtype = kind.partition("/")
             message.add_attachment(raw, maintype=maintype, subtype=subtype or "octet-stream", filename=name)
+        elif original_as_file:
+            message.add_attachment(raw, maintype="application", subtype="octet-stream", filename="original.eml")
         else:
             message.make_mixed()
             message.attach(_rfc822(raw))

@@ -7,7 +7,8 @@ queued, nor a notification queued for a letter that was rolled back.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -28,7 +29,13 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 class NewMail:
     kind: str  # notification | receipt
     recipient: str
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
+    message_id: str  # the same on every attempt, so that a receiver can tell a repeat
+
+
+def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
+    domain = config.model.outbound.from_address.rpartition("@")[2]
+    return NewMail(kind, recipient, details, f"<{uuid.uuid4().hex}@{domain}>")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Routing:
     receipt: NewMail | None  # sent unless the sender's daily cap is reached
     no_receipt: str | None  # why no receipt, for the event
     receipt_cap: int = 3  # receipts per sender in 24 hours
+    no_notification: str | None = None  # why nobody is notified, for the event
 
 
 def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
@@ -58,19 +66,25 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         deadline = deadline_after(received_at.astimezone(ZoneInfo(config.model.gateway.timezone)),
                                   decision.deadline_days)
     owners = [decision.owner] if decision.owner else list(department.owners)
-    mail = [NewMail("notification", owner, {"department": department.id}) for owner in owners]
-    receipt, reason = None, _no_receipt(config, sender, channel, headers, envelope_from, backlog)
+    mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
+    no_notification = None
+    if loop_id_seen(config, headers):
+        # Our own mail came back in (a forward, an owner's rule): registered, never answered
+        # and never forwarded again, or each notification would beget another.
+        mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
+    reply_to = reply_address(sender, headers, envelope_from)
+    receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog)
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
-        receipt = NewMail("receipt", sender.lower(), {"language": language})
+        receipt = new_mail(config, "receipt", reply_to.lower(), language=language)
     triage = decision.needs_triage
     return Routing(
         status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
         urgency=decision.urgency or "regular", confidentiality=decision.confidentiality or "normal",
         owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
         flags=["needs-triage"] if triage else [], mail=mail, receipt=receipt, no_receipt=reason,
-        receipt_cap=config.model.receipts.per_sender_per_day)
+        receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)
 
 
 def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
@@ -99,7 +113,22 @@ def route_letter(config: Config, letter: Letter) -> Routing:
                  envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags)
 
 
-def _no_receipt(config: Config, sender: str, channel: str, headers: dict[str, list[str]],
+def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
+    return any(config.loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", []))
+
+
+def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:
+    """Where an automatic reply goes (RFC 3834 section 4): the envelope sender or Return-Path,
+    else the From address."""
+    if envelope_from:
+        return envelope_from.strip().strip("<>").strip()
+    return_path = (headers.get("return-path") or [""])[0].strip()
+    if return_path:
+        return return_path.strip("<>").strip()
+    return sender
+
+
+def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, headers: dict[str, list[str]],
                 envelope_from: str | None, backlog: bool) -> str | None:
     settings = config.model.receipts
     if not settings.enabled or settings.per_sender_per_day == 0:
@@ -108,9 +137,10 @@ def _no_receipt(config: Config, sender: str, channel: str, headers: dict[str, li
         return "backlog import"
     if channel == "fax":
         return "a fax: no address to answer"
-    domain = sender.lower().rpartition("@")[2]
-    if domain and any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
-        return "internal sender"
-    if sender.lower() == config.model.outbound.from_address:
+    for address in (sender, reply_to):
+        domain = address.lower().rpartition("@")[2]
+        if domain and any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+            return "internal sender"
+    if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
         return "our own address"
-    return no_reply_reason(headers, sender, envelope_from, config.loop_id)
+    return no_reply_reason(headers, reply_to, envelope_from, config.loop_id)

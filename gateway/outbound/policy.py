@@ -7,29 +7,30 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
 _ROBOT_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply", "donotreply",
                       "bounce", "bounces", "listserv", "majordomo", "owner-")
+_ROBOT_SUFFIXES = ("-request", "-bounces", "-owner")
 
 
 def safe_address(address: str) -> bool:
     """A plain addr-spec we can put in RCPT TO and a header: no spaces, quotes, CR/LF or comments."""
-    return len(address) <= 254 and bool(_ADDRESS.match(address))
+    return len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
 
 
 def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None,
                     loop_id: str) -> str | None:
-    """Why no automatic reply may go to this letter's sender, or None if one may."""
+    """Why no automatic reply may go to `sender` (the reply address), or None if one may."""
     def first(name: str) -> str:
         values = headers.get(name)
         return values[0].strip().lower() if values else ""
 
     if envelope_from is not None and envelope_from.strip() in ("", "<>"):
         return "null envelope sender (a bounce or a notification)"
-    if first("return-path") == "<>":
+    if first("return-path").replace(" ", "") == "<>":
         return "null sender (Return-Path: <>)"
     auto = first("auto-submitted")
     if auto and auto.split(";")[0].strip() != "no":
         return f"Auto-Submitted: {auto[:40]}"
-    precedence = first("precedence")
-    if precedence in ("bulk", "junk", "list"):
+    precedence = first("precedence").split(";")[0].strip()
+    if precedence in ("bulk", "junk", "list", "auto_reply"):
         return f"Precedence: {precedence}"
     listed = sorted(name for name in headers if name.startswith("list-"))
     if listed:
@@ -42,7 +43,8 @@ def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: s
     if not sender:
         return "no sender address"
     local = sender.lower().partition("@")[0]
-    if any(local == part or (part.endswith("-") and local.startswith(part)) for part in _ROBOT_LOCAL_PARTS):
+    if (any(local == part or (part.endswith("-") and local.startswith(part)) for part in _ROBOT_LOCAL_PARTS)
+            or local.endswith(_ROBOT_SUFFIXES)):
         return f"sender {sender} is a robot address"
     if not safe_address(sender):
         return f"sender address {sender!r} is not one we can write to safely"

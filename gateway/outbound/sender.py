@@ -100,13 +100,13 @@ class OutboxSender:
         try:
             client = self._connect()
         except (OSError, smtplib.SMTPException) as exc:
+            # The relay refusing us is not any mail's fault: nothing is dead-lettered for it.
             error = _describe(exc)
-            code = getattr(exc, "smtp_code", None)
+            if isinstance(getattr(exc, "smtp_code", None), int):
+                log.error("ALERT outbox: relay %s refuses the gateway: %s; %d mail(s) wait", settings.relay,
+                          error, len(live))
             for mail in live:
-                if isinstance(code, int) and 500 <= code < 600 and not isinstance(exc, smtplib.SMTPAuthenticationError):
-                    self._dead(mail, f"relay {settings.relay} refused the session: {error}")
-                else:
-                    self._later(mail, f"relay {settings.relay}: {error}")
+                self._later(mail, f"relay {settings.relay}: {error}")
             return len(due)
         try:
             for n, mail in enumerate(live):
@@ -160,14 +160,9 @@ class OutboxSender:
         try:
             if letter is None:
                 raise ComposeError(f"letter {mail.letter_id} is not in the register")
-            if mail.kind == "receipt":
-                message = receipt(self.config, mail, letter)
-            else:
-                raw = self._original(letter) if letter.confidentiality != "confidential" else None
-                message = notification(self.config, mail, letter, raw)
-            data = message.as_bytes()
-        except (ComposeError, OSError, ValueError, LookupError) as exc:
-            self._dead(mail, f"cannot be written: {exc}")
+            data = self._compose(mail, letter)
+        except Exception as exc:  # this mail's fault, never the whole outbox's
+            self._dead(mail, f"cannot be written: {type(exc).__name__}: {exc}")
             return
         sender = self.config.model.outbound.from_address
         try:
@@ -179,7 +174,13 @@ class OutboxSender:
             code, text = exc.recipients.get(mail.recipient, (550, b"refused"))
             self._answered(mail, code, text.decode(errors="replace"))
             return
-        except smtplib.SMTPResponseException as exc:  # sender refused, DATA refused, and the like
+        except smtplib.SMTPSenderRefused as exc:
+            # MAIL FROM refused: the relay's view of us, not of this mail; retried, with an alert.
+            error = f"relay refused the sender {sender}: {_describe(exc)}"
+            log.error("ALERT outbox: %s", error)
+            self._later(mail, error)
+            return
+        except smtplib.SMTPResponseException as exc:  # DATA refused, and the like
             error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
             self._answered(mail, exc.smtp_code, error)
             return
@@ -190,6 +191,20 @@ class OutboxSender:
         self.registry.outbox_sent(mail.id, f"250 accepted by {self.config.model.outbound.relay}")
         number = letter.number
         log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
+
+    def _compose(self, mail: OutboxMail, letter: Letter) -> bytes:
+        if mail.kind == "receipt":
+            return receipt(self.config, mail, letter).as_bytes()
+        raw = self._original(letter) if letter.confidentiality != "confidential" else None
+        try:
+            return notification(self.config, mail, letter, raw).as_bytes()
+        except ComposeError:
+            raise
+        except Exception as exc:
+            # An original the email package cannot re-serialise as message/rfc822 (hostile
+            # headers): attach its bytes as a file instead; the department still hears of it.
+            log.warning("%s: original attached as a file (%s: %s)", letter.number, type(exc).__name__, exc)
+            return notification(self.config, mail, letter, raw, original_as_file=True).as_bytes()
 
     def _original(self, letter: Letter) -> bytes | None:
         if letter.raw_size > self.config.model.outbound.attach_original_max_bytes:

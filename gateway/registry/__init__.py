@@ -9,7 +9,6 @@ gives its number back and the series has no gaps.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -137,9 +136,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 class Registry:
     def __init__(self, url: str, *, number_template: str = "{year}-{seq:06d}",
-                 timezone_name: str = "UTC", echo: bool = False, mail_domain: str = "localhost"):
+                 timezone_name: str = "UTC", echo: bool = False):
         self.url = url
-        self.mail_domain = mail_domain  # the right-hand side of the Message-IDs of our own mail
         self.engine = make_engine(url, echo=echo)
         self.writer = self.engine.execution_options(write=True)
         self.template = NumberTemplate(number_template)
@@ -150,8 +148,7 @@ class Registry:
     def from_config(cls, config: Config) -> Registry:
         model = config.model
         return cls(config.registry_url, number_template=model.gateway.letter_number,
-                   timezone_name=model.gateway.timezone, echo=model.registry.echo_sql,
-                   mail_domain=model.outbound.from_address.rpartition("@")[2])
+                   timezone_name=model.gateway.timezone, echo=model.registry.echo_sql)
 
     def upgrade(self) -> bool:
         try:
@@ -321,6 +318,8 @@ class Registry:
             self._event(letter_id, now, actor, "needs-triage" if routing.status == "needs-triage" else "routed",
                         routing.department, {"owner": routing.owner,
                                              "notify": [m.recipient for m in routing.mail],
+                                             **({"not_notified": routing.no_notification}
+                                                if routing.no_notification else {}),
                                              **({"candidates": trace["triage"]["candidates"],
                                                  "reason": trace["triage"]["reason"]}
                                                 if trace.get("triage") else {})}),
@@ -345,7 +344,7 @@ class Registry:
 
     def _mail(self, letter_id: int | None, mail: NewMail, now: datetime) -> dict[str, Any]:
         return {"letter_id": letter_id, "kind": mail.kind, "recipient": mail.recipient,
-                "message_id": f"<{uuid.uuid4().hex}@{self.mail_domain}>", "status": "pending", "attempts": 0,
+                "message_id": mail.message_id, "status": "pending", "attempts": 0,
                 "next_attempt_at": now, "created_at": now, "updated_at": now, "sent_at": None,
                 "last_error": None, "details": mail.details}
 
@@ -380,8 +379,9 @@ class Registry:
 
         now = _utcnow()
         with self.writer.begin() as conn:
+            # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)
-                               .where(Letter.id == letter_id)).one()
+                               .where(Letter.id == letter_id).with_for_update()).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
             flags = [f for f in row.flags if f != "ocr-pending"] + ([] if text.strip() else ["no-text"])
             values: dict[str, Any] = {
@@ -424,7 +424,7 @@ class Registry:
         now = _utcnow()
         with self.writer.begin() as conn:
             row = conn.execute(select(Letter.id, Letter.department, Letter.flags, Letter.status)
-                               .where(Letter.number == number)).first()
+                               .where(Letter.number == number).with_for_update()).first()
             if row is None:
                 raise LookupError(f"no letter {number}")
             if row.department == department:

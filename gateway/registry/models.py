@@ -76,7 +76,9 @@ class Letter(Base):
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     owner: Mapped[str | None] = mapped_column(Text)  # a person, when a rule named one
     tags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
-    classification: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # the decision trace
+    # The decision trace; SQL NULL (not JSON null) until the letter is classified.
+    classification: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"))
 
     raw_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     raw_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
