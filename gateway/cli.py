@@ -282,7 +282,7 @@ def letter_summary(letter: Any) -> dict[str, Any]:
             "received_at": _iso(letter.received_at), "sender_name": letter.sender_name,
             "sender_address": letter.sender_address, "department": letter.department,
             "category": letter.category, "urgency": letter.urgency, "subject": letter.subject,
-            "flags": letter.flags}
+            "deadline": _iso(letter.deadline), "flags": letter.flags}
 
 
 def letter_detail(letter: Any, outbox: list[Any] | None = None) -> dict[str, Any]:
@@ -356,31 +356,37 @@ def _print_json(data: Any) -> None:
 @click.option("--channel", type=click.Choice(["email", "fax"]))
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
+              help="With --overdue: overdue by the end of this day (local) instead of now.")
 @click.option("--limit", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
 def letters_list(state: State, status: str | None, department: str | None, category: str | None,
-                 channel: str | None, since: datetime | None, until: datetime | None, limit: int | None,
-                 as_json: bool) -> None:
+                 channel: str | None, since: datetime | None, until: datetime | None, overdue: bool,
+                 as_of: datetime | None, limit: int | None, as_json: bool) -> None:
     """List letters, oldest first."""
     tz = ZoneInfo(state.config.model.gateway.timezone)
     registry = state.registry()
     rows = registry.letters(
         status=status, department=department, category=category, channel=channel,
         since=_day_start(since.date(), tz) if since else None,
-        until=_day_start(until.date() + timedelta(days=1), tz) if until else None, limit=limit)
+        until=_day_start(until.date() + timedelta(days=1), tz) if until else None, limit=limit,
+        overdue_at=(_day_start(as_of.date() + timedelta(days=1), tz) if as_of else datetime.now(timezone.utc))
+        if overdue else None)
     if as_json:
         _print_json([letter_summary(r) for r in rows])
         return
     table = Table(title=f"{len(rows)} letter(s)")
-    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Flags"):
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Deadline", "Flags"):
         table.add_column(column, overflow="fold")
     for r in rows:
         sender = r.sender_address or r.fax_number or r.sender_name or "-"
         urgent = "" if r.urgency == "regular" else f" ({r.urgency})"
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
                       sender, r.subject or "(no subject)", r.department or "-", (r.category or "-") + urgent,
-                      r.status, " ".join(r.flags))
+                      r.status, r.deadline.astimezone(tz).strftime("%Y-%m-%d") if r.deadline else "-",
+                      " ".join(r.flags))
     Console(width=max(Console().width, 120)).print(table)
 
 
@@ -456,6 +462,7 @@ def _actor(by: str | None) -> str:
 def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
     """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
     from gateway.outbound.plan import new_mail
+    from gateway.track.lifecycle import TransitionRefused
 
     cfg = state.config
     if department not in cfg.departments:
@@ -468,16 +475,81 @@ def letters_reassign(state: State, number: str, department: str, reason: str, by
               for owner in cfg.departments[department].owners]
     try:
         before, after = registry.reassign(number, department, reason=reason.strip(), actor=_actor(by), notify=notify)
-    except LookupError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except ValueError as exc:
+    except (LookupError, ValueError, TransitionRefused) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     link = state.link()
     link.wake()
     link.close()
     click.echo(f"{number}: {before} -> {after}; {', '.join(m.recipient for m in notify)} notified")
+
+
+def _step(state: State, number: str, action: str, text: str, by: str | None) -> None:
+    from gateway.track.lifecycle import TransitionRefused
+
+    try:
+        before, after = state.registry().transition(number, action, actor=_actor(by), text=text.strip())
+    except (LookupError, TransitionRefused) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{number}: {before} -> {after}" if before != after else f"{number}: note recorded ({after})")
+
+
+_BY = click.option("--by", help="Who (default: the user running the command).")
+
+
+@letters.command("ack")
+@click.argument("number")
+@click.option("--text", default="", help="A remark, recorded with the event.")
+@_BY
+@pass_state
+def letters_ack(state: State, number: str, text: str, by: str | None) -> None:
+    """The department has received the letter (routed -> acknowledged)."""
+    _step(state, number, "ack", text, by)
+
+
+@letters.command("progress")
+@click.argument("number")
+@click.option("--text", default="")
+@_BY
+@pass_state
+def letters_progress(state: State, number: str, text: str, by: str | None) -> None:
+    """Work on the letter has begun (-> in-progress)."""
+    _step(state, number, "progress", text, by)
+
+
+@letters.command("answer")
+@click.argument("number")
+@click.option("--text", default="", help="What was answered.")
+@_BY
+@pass_state
+def letters_answer(state: State, number: str, text: str, by: str | None) -> None:
+    """The department has answered the sender (-> answered)."""
+    _step(state, number, "answer", text, by)
+
+
+@letters.command("close")
+@click.argument("number")
+@click.option("--result", required=True, help="The outcome, recorded with the event.")
+@_BY
+@pass_state
+def letters_close(state: State, number: str, result: str, by: str | None) -> None:
+    """The letter is dealt with (-> closed)."""
+    if not result.strip():
+        raise click.BadParameter("say what the outcome was", param_hint="--result")
+    _step(state, number, "close", result, by)
+
+
+@letters.command("note")
+@click.argument("number")
+@click.argument("text")
+@_BY
+@pass_state
+def letters_note(state: State, number: str, text: str, by: str | None) -> None:
+    """Record a remark on the letter; its state does not change."""
+    if not text.strip():
+        raise click.BadParameter("an empty note", param_hint="TEXT")
+    _step(state, number, "note", text, by)
 
 
 @letters.command("extract")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 if TYPE_CHECKING:
     from gateway.classify.rules import RuleSet
+    from gateway.track.calendar import WorkingCalendar
 
 ENV_VAR = "GATEWAY_CONFIG"
 CHECKOUT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -110,6 +111,48 @@ class NormaliseSection(_Strict):
 
 class TriageSection(_Strict):
     department: str
+
+
+_WEEKDAYS = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+CATEGORY_NAMES = ("internal.inter_department", "internal.employee_to_department", "internal.employee_to_employee",
+                  "external.business", "external.official", "external.inquiry_complaint")
+
+
+class CalendarSection(_Strict):
+    weekend: list[_WEEKDAYS] = ["saturday", "sunday"]
+    holidays: list[date] = []
+    working_days: list[date] = []  # make-up working days: worked although they fall on a weekend
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CalendarSection:
+        both = sorted(set(self.holidays) & set(self.working_days))
+        if both:
+            raise ValueError(f"{both[0].isoformat()} is both a holiday and a working day")
+        if len(set(self.weekend)) == 7:
+            raise ValueError("every day of the week is a weekend day: nothing could ever be due")
+        return self
+
+
+class DeadlinesSection(_Strict):
+    acknowledge_days: int = Field(default=1, ge=0, le=365)
+    answer_days: int = Field(default=5, ge=0, le=365)
+    category: dict[str, int] = {}
+    urgency: dict[Literal["regular", "urgent", "special"], int] = {"urgent": 2, "special": 1}
+
+    @field_validator("category")
+    @classmethod
+    def _categories(cls, values: dict[str, int]) -> dict[str, int]:
+        for key, days in values.items():
+            if key not in CATEGORY_NAMES:
+                raise ValueError(f"{key!r} is not a category; use {', '.join(CATEGORY_NAMES)}")
+            if not 0 <= days <= 365:
+                raise ValueError(f"{key}: {days} is not a number of working days from 0 to 365")
+        return values
+
+    def answer_within(self, category: str | None, urgency: str) -> int:
+        """Working days to answer: the category's (or the default), shortened by urgency."""
+        days = self.category.get(category or "", self.answer_days)
+        return min(days, self.urgency.get(urgency, days))  # type: ignore[call-overload]
 
 
 class ClassifySection(_Strict):
@@ -341,6 +384,8 @@ class ConfigModel(_Strict):
     normalise: NormaliseSection = NormaliseSection()
     triage: TriageSection
     classify: ClassifySection = ClassifySection()
+    calendar: CalendarSection = CalendarSection()
+    deadlines: DeadlinesSection = DeadlinesSection()
     outbound: OutboundSection = OutboundSection()
     receipts: ReceiptsSection = ReceiptsSection()
     daemon: DaemonSection = DaemonSection()
@@ -410,6 +455,13 @@ class Config:
             return configured
         beside = self.path.parent / "rules.yaml"
         return beside if beside.exists() else None
+
+    @property
+    def calendar(self) -> WorkingCalendar:
+        from gateway.track.calendar import WorkingCalendar
+
+        cal = self.model.calendar
+        return WorkingCalendar(self.model.gateway.timezone, list(cal.weekend), cal.holidays, cal.working_days)
 
     @property
     def loop_id(self) -> str:

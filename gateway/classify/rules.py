@@ -18,7 +18,6 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +27,13 @@ import regex
 from gateway.classify.facts import Facts
 from gateway.classify.fold import fold
 from gateway.classify.source import Located, Path_, RuleIssue, RulesError
+from gateway.config import CATEGORY_NAMES
 from gateway.outbound.policy import safe_address
 
 if TYPE_CHECKING:
     from gateway.config import Config
 
-CATEGORIES = ("internal.inter_department", "internal.employee_to_department", "internal.employee_to_employee",
-              "external.business", "external.official", "external.inquiry_complaint")
+CATEGORIES = CATEGORY_NAMES
 URGENCIES = ("regular", "urgent", "special")
 CONFIDENTIALITIES = ("normal", "confidential")
 CHANNELS = ("email", "fax")
@@ -817,16 +816,3 @@ def load_rules(file: Path, config: Config) -> RuleSet:
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError([RuleIssue(file, None, "", f"cannot read: {exc}")]) from None
     return compile_rules(file, text, config)
-
-
-def deadline_after(start: datetime, working_days: int) -> datetime:
-    """The end of the n-th working day (Monday to Friday) after `start`, in start's time zone."""
-    from datetime import timedelta
-
-    day = start.date()
-    left = working_days
-    while left > 0:
-        day += timedelta(days=1)
-        if day.weekday() < 5:
-            left -= 1
-    return datetime.combine(day, datetime.max.time().replace(microsecond=0), start.tzinfo)

@@ -11,10 +11,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 from gateway.classify.facts import Facts, facts_from_letter, headers_of
-from gateway.classify.rules import Decision, deadline_after
+from gateway.classify.rules import Decision
 from gateway.config import Config
 
 if TYPE_CHECKING:
@@ -61,10 +60,10 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
          channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool) -> Routing:
     departments = config.departments
     department = departments[decision.department or config.model.triage.department]
-    deadline = None
-    if decision.deadline_days is not None:
-        deadline = deadline_after(received_at.astimezone(ZoneInfo(config.model.gateway.timezone)),
-                                  decision.deadline_days)
+    urgency = decision.urgency or "regular"
+    days = (decision.deadline_days if decision.deadline_days is not None
+            else config.model.deadlines.answer_within(decision.category, urgency))
+    deadline = config.calendar.deadline(received_at, days)
     owners = [decision.owner] if decision.owner else list(department.owners)
     mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
     no_notification = None
@@ -81,7 +80,7 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     triage = decision.needs_triage
     return Routing(
         status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
-        urgency=decision.urgency or "regular", confidentiality=decision.confidentiality or "normal",
+        urgency=urgency, confidentiality=decision.confidentiality or "normal",
         owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
         flags=["needs-triage"] if triage else [], mail=mail, receipt=receipt, no_receipt=reason,
         receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)

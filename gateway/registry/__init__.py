@@ -26,6 +26,7 @@ from gateway.outbound.plan import NewMail, Routing
 from gateway.registry import schema
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob, OutboxMail
 from gateway.registry.numbers import NumberTemplate
+from gateway.track import lifecycle
 
 log = logging.getLogger("gateway.registry")
 
@@ -318,6 +319,7 @@ class Registry:
             self._event(letter_id, now, actor, "needs-triage" if routing.status == "needs-triage" else "routed",
                         routing.department, {"owner": routing.owner,
                                              "notify": [m.recipient for m in routing.mail],
+                                             "deadline": routing.deadline.isoformat() if routing.deadline else None,
                                              **({"not_notified": routing.no_notification}
                                                 if routing.no_notification else {}),
                                              **({"candidates": trace["triage"]["candidates"],
@@ -427,6 +429,7 @@ class Registry:
                                .where(Letter.number == number).with_for_update()).first()
             if row is None:
                 raise LookupError(f"no letter {number}")
+            lifecycle.check(number, row.status, "reassign")
             if row.department == department:
                 raise ValueError(f"{number} is already with {department}")
             status = "routed" if row.status in ("registered", "needs-triage") else row.status
@@ -440,6 +443,26 @@ class Registry:
             if notify:
                 conn.execute(insert(OutboxMail), [self._mail(row.id, m, now) for m in notify])
         return row.department, department
+
+    def transition(self, number: str, action: str, *, actor: str, text: str = "") -> tuple[str, str]:
+        """A person's step in the letter's life (ack, progress, answer, close, note).
+
+        Refused with TransitionRefused when the letter's state does not allow it.
+        Returns (state before, state after).
+        """
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            row = conn.execute(select(Letter.id, Letter.status, Letter.department)
+                               .where(Letter.number == number).with_for_update()).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            move = lifecycle.check(number, row.status, action)
+            after = move.to or row.status
+            if move.to is not None:
+                conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(status=after, updated_at=now))
+            conn.execute(insert(Event), [self._event(row.id, now, actor, move.name, None,
+                                                     {"from": row.status, "to": after, **({"text": text} if text else {})})])
+        return row.status, after
 
     # -- the outbox -----------------------------------------------------
     def outbox_due(self, limit: int, now: datetime | None = None) -> list[OutboxMail]:
@@ -539,8 +562,11 @@ class Registry:
     def letters(self, *, status: str | None = None, department: str | None = None,
                 category: str | None = None, channel: str | None = None,
                 since: datetime | None = None, until: datetime | None = None,
-                limit: int | None = None, with_attachments: bool = False) -> list[Letter]:
+                limit: int | None = None, with_attachments: bool = False,
+                overdue_at: datetime | None = None) -> list[Letter]:
         stmt = select(Letter).order_by(Letter.received_at, Letter.id)
+        if overdue_at is not None:  # still open, and past its deadline
+            stmt = stmt.where(Letter.deadline < overdue_at, Letter.status.in_(lifecycle.OPEN))
         if with_attachments:
             stmt = stmt.options(selectinload(Letter.attachments))
         for column, value in ((Letter.status, status), (Letter.department, department),

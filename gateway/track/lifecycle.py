@@ -1,0 +1,44 @@
+"""The states of a letter and the moves between them; anything else is refused, saying why.
+
+received -> registered -> routed -> acknowledged -> in-progress -> answered -> closed -> archived,
+beside needs-triage (no department yet), quarantined (an item that could not be registered, kept
+in the spool) and dead-lettered (mail about it that could not be delivered; an event, the letter
+keeps its state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATES = ("received", "registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered",
+          "closed", "archived")
+OPEN = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered")
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str  # the event recorded
+    to: str | None  # the new state; None: the state stays (a note)
+    allowed_from: tuple[str, ...]
+    verb: str  # for messages: "acknowledged", "closed", ...
+
+
+ACTIONS = {
+    "ack": Action("acknowledged", "acknowledged", ("routed",), "acknowledged"),
+    "progress": Action("in-progress", "in-progress", ("routed", "acknowledged", "answered"), "put in progress"),
+    "answer": Action("answered", "answered", ("routed", "acknowledged", "in-progress"), "marked answered"),
+    "close": Action("closed", "closed", ("routed", "acknowledged", "in-progress", "answered"), "closed"),
+    "note": Action("note", None, OPEN + ("closed",), "annotated"),
+    "reassign": Action("reassigned", None, OPEN, "reassigned"),
+}
+
+
+class TransitionRefused(Exception):
+    """The letter's state does not allow this action."""
+
+
+def check(number: str, status: str, action: str) -> Action:
+    move = ACTIONS[action]
+    if status not in move.allowed_from:
+        allowed = ", ".join(move.allowed_from)
+        raise TransitionRefused(f"{number} is {status}: it cannot be {move.verb} (only when {allowed})")
+    return move

@@ -1,0 +1,130 @@
+"""Tracking: working days across weekends, holidays and make-up days; deadlines; the lifecycle."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, make_message
+from gateway.track.calendar import WorkingCalendar
+
+# 2026: 1-7 October a holiday week; Saturday 10 October worked instead.
+CAL = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"],
+                      [date(2026, 10, d) for d in (1, 2, 5, 6, 7)], [date(2026, 10, 10)])
+
+
+def local(y: int, m: int, d: int, h: int = 10) -> datetime:
+    return datetime(y, m, d, h, tzinfo=CAL.tz)
+
+
+@pytest.mark.parametrize("received,days,due", [
+    (local(2026, 11, 23), 1, "2026-11-24"),   # Monday + 1 = Tuesday
+    (local(2026, 11, 27), 1, "2026-11-30"),   # Friday + 1 = Monday: the weekend does not count
+    (local(2026, 11, 28), 0, "2026-11-30"),   # received on Saturday: counts from Monday
+    (local(2026, 11, 28), 1, "2026-12-01"),
+    (local(2026, 9, 30), 1, "2026-10-08"),    # the holiday week and its weekend skipped
+    (local(2026, 10, 9), 1, "2026-10-10"),    # Friday + 1 = the make-up Saturday
+    (local(2026, 10, 3), 2, "2026-10-10"),    # received in the holidays: counted from the 8th
+    (local(2026, 11, 23), 5, "2026-11-30"),
+])
+def test_working_days_skip_weekends_and_holidays_and_count_make_up_days(received: datetime, days: int,
+                                                                       due: str) -> None:
+    deadline = CAL.deadline(received, days)
+    assert deadline.isoformat() == f"{due}T23:59:59+08:00"
+
+
+def test_the_time_zone_decides_the_day() -> None:
+    # 2026-11-27 17:00 UTC is already Saturday 01:00 in Shanghai.
+    assert CAL.deadline(datetime(2026, 11, 27, 17, 0, tzinfo=timezone.utc), 0).date() == date(2026, 11, 30)
+    assert CAL.working_days_between(local(2026, 9, 30), local(2026, 10, 12)) == 4  # 8, 9, 10 and 12 October
+
+
+def test_deadlines_come_from_category_and_urgency(tmp_path: Path) -> None:
+    rules = """
+rules:
+  - name: urgent
+    when: {subject: [urgent]}
+    set: {urgency: urgent}
+    stop: false
+  - name: official
+    when: {subject: [notice]}
+    set: {category: external.official, department: business}
+  - name: quick
+    when: {subject: [quick]}
+    set: {department: business, deadline_days: 0}
+"""
+    gateway = Gateway(tmp_path, rules=rules, extra="""
+[calendar]
+holidays = [2026-11-25]
+
+[deadlines]
+answer_days = 5
+urgency = { urgent = 1 }
+
+[deadlines.category]
+"external.official" = 3
+""")
+    files = []
+    for n, subject in enumerate(["notice", "urgent notice", "quick", "hello"]):
+        path = tmp_path / f"{n}.eml"
+        path.write_bytes(make_message(n, subject=subject))
+        files.append(str(path))
+    gateway.run("ingest", *files)
+    received = {l["subject"]: l for l in gateway.list_json()}
+    start = datetime.fromisoformat(str(received["notice"]["received_at"]))
+    cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [date(2026, 11, 25)], [])
+    expected = {"notice": 3, "urgent notice": 1, "quick": 0, "hello": 5}
+    for subject, days in expected.items():
+        assert received[subject]["deadline"] == cal.deadline(start, days).astimezone(timezone.utc).isoformat(), subject
+    routed = [e for e in gateway.show_json(str(received["notice"]["number"]))["events"] if e["action"] == "routed"]
+    assert routed[0]["details"]["deadline"] == cal.deadline(start, 3).isoformat()
+
+
+def test_the_lifecycle_moves_and_refuses(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    path = tmp_path / "a.eml"
+    path.write_bytes(make_message(1, to="sales@example.org"))
+    gateway.run("ingest", str(path))
+
+    def step(*args: str, ok: bool = True) -> str:
+        proc = gateway.run("letters", *args, check=False)
+        assert (proc.returncode == 0) == ok, proc.stderr
+        return proc.stdout + proc.stderr
+
+    assert "2026-000001: routed -> acknowledged" in step("ack", "2026-000001", "--by", "li.wei")
+    assert "it cannot be acknowledged (only when routed)" in step("ack", "2026-000001", ok=False)
+    assert "note recorded (acknowledged)" in step("note", "2026-000001", "called the sender back")
+    assert "acknowledged -> in-progress" in step("progress", "2026-000001")
+    assert "in-progress -> answered" in step("answer", "2026-000001", "--text", "sent the quotation")
+    assert "answered -> closed" in step("close", "2026-000001", "--result", "quotation accepted")
+    assert "2026-000001 is closed: it cannot be put in progress" in step("progress", "2026-000001", ok=False)
+    assert "2026-000001 is closed: it cannot be reassigned" in step(
+        "reassign", "2026-000001", "general-office", "--reason", "x", ok=False)
+    assert "no letter 2026-000099" in step("ack", "2026-000099", ok=False)
+    events = gateway.show_json("2026-000001")["events"]
+    moves = [(e["action"], e["details"].get("from"), e["details"].get("to")) for e in events
+             if e["action"] in ("acknowledged", "note", "in-progress", "answered", "closed")]
+    assert moves == [("acknowledged", "routed", "acknowledged"), ("note", "acknowledged", "acknowledged"),
+                     ("in-progress", "acknowledged", "in-progress"), ("answered", "in-progress", "answered"),
+                     ("closed", "answered", "closed")]
+    actors = {e["action"]: e["actor"] for e in events}
+    assert actors["acknowledged"] == "li.wei"
+    assert [e["details"].get("text") for e in events if e["action"] == "closed"] == ["quotation accepted"]
+
+
+def test_overdue_lists_open_letters_past_their_deadline(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, rules="rules:\n  - name: all\n    when: {channel: email}\n"
+                                      "    set: {department: business, deadline_days: 2}\n")
+    files = []
+    for n in range(3):
+        path = tmp_path / f"{n}.eml"
+        path.write_bytes(make_message(n))
+        files.append(str(path))
+    gateway.run("ingest", *files)
+    gateway.run("letters", "close", "2026-000002", "--result", "done")
+    assert gateway.list_json("--overdue") == []  # nothing is due yet
+    deadline = datetime.fromisoformat(str(gateway.list_json()[0]["deadline"]))
+    later = deadline.astimezone(CAL.tz).date().isoformat()
+    overdue = gateway.list_json("--overdue", "--as-of", later)
+    assert [l["number"] for l in overdue] == ["2026-000001", "2026-000003"]  # the closed one is not overdue
