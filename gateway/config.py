@@ -372,6 +372,19 @@ class FaxSection(_Strict):
         return _check_regex(value, FAX_FIELDS)
 
 
+class MetricsSection(_Strict):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+
 class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     timestamps: bool = True
@@ -392,6 +405,7 @@ class ConfigModel(_Strict):
     smtp: SmtpSection = SmtpSection()
     imap: ImapSection = ImapSection()
     fax: FaxSection = FaxSection()
+    metrics: MetricsSection = MetricsSection()
     logging: LoggingSection = LoggingSection()
     departments: list[Department] = Field(min_length=1)
 

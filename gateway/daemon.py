@@ -28,6 +28,7 @@ from gateway.fax.text import TextReader
 from gateway.outbound.sender import OutboxSender
 from gateway.pipeline import Pipeline
 from gateway.registrar import Registrar
+from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.ledger import ImapLedger
 from gateway.sdnotify import Notifier
@@ -81,6 +82,7 @@ class Daemon:
         self.fax_drop: FaxDropWatcher | None = None
         self.text_reader: TextReader | None = None
         self.outbox: OutboxSender | None = None
+        self.metrics: MetricsServer | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -124,6 +126,9 @@ class Daemon:
         publisher, outbox = self.publisher, self.outbox
 
         def publish(topic: str, body: dict[str, Any]) -> None:
+            # Every intake's registrations pass here (SMTP's, the workers', the helper's).
+            with self._totals_lock:
+                self.totals[topic.rpartition(".")[2]] += 1
             publisher.publish(topic, body)
             if topic == "letter.registered":
                 outbox.wake()  # a routed letter has mail waiting
@@ -158,6 +163,13 @@ class Daemon:
         self.outbox.start()
         rules = self.config.ruleset
         log.info("rules: %d from %s (version %s)", len(rules), rules.file, rules.version)
+        if self.config.model.metrics.enabled:
+            metrics = MetricsServer(self.config.model.metrics.listen, self.registry, self.spool, self._totals)
+            try:
+                listening += f", metrics on {metrics.start()}"
+                self.metrics = metrics
+            except OSError as exc:  # intake matters more than monitoring: go on without it
+                log.error("ALERT cannot serve metrics on %s: %s", self.config.model.metrics.listen, exc)
         self._start_workers()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
@@ -188,6 +200,8 @@ class Daemon:
             await asyncio.to_thread(self.text_reader.stop)
         if self.outbox is not None:
             await asyncio.to_thread(self.outbox.stop)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
@@ -272,10 +286,14 @@ class Daemon:
                         self.spool.release(item)
                 backoff = 5.0
                 continue
-            with self._totals_lock:
-                self.totals.update(o.result for o in outcomes)
+            with self._totals_lock:  # the rest is counted as it is published
+                self.totals.update(o.result for o in outcomes if o.result in ("retry", "released"))
             released = any(o.result == "released" for o in outcomes)
             backoff = min(max(backoff * 2, 1.0), 30.0) if released else 0.0
+
+    def _totals(self) -> Counter[str]:
+        with self._totals_lock:
+            return Counter(self.totals)
 
     def _summary(self) -> str:
         with self._totals_lock:
@@ -330,6 +348,7 @@ class Daemon:
             ("gateway.letter_number", self.config.model.gateway.letter_number, new.model.gateway.letter_number),
             ("daemon", self.config.model.daemon, new.model.daemon),
             ("spool", self.config.model.spool, new.model.spool),
+            ("metrics", self.config.model.metrics, new.model.metrics),
             ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
             ("fax drop folder and OCR pool", (self.config.fax_drop_dir, self.config.model.fax.enabled,
                                               self.config.model.fax.ocr_workers),

@@ -277,6 +277,22 @@ class Spool:
     def pending(self) -> list[str]:
         return sorted(os.listdir(self.root / "new"))
 
+    def oldest_age(self) -> float:
+        """Seconds since the oldest item waiting or in work was spooled (0 when there is none)."""
+        oldest = None
+        for name in ("new", "work"):
+            try:
+                with os.scandir(self.root / name) as entries:
+                    for entry in entries:
+                        try:
+                            mtime = entry.stat().st_mtime
+                        except FileNotFoundError:
+                            continue
+                        oldest = mtime if oldest is None else min(oldest, mtime)
+            except FileNotFoundError:
+                continue
+        return max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
     def claim(self, limit: int) -> list[SpoolItem]:
         """Take up to `limit` waiting items, oldest first, each locked to this process."""
         claimed: list[SpoolItem] = []

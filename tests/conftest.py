@@ -145,6 +145,7 @@ class Gateway:
 
     def __init__(self, tmp: Path, registry_url: str = "", extra: str = "", rules: str = ADDRESS_RULES):
         self.smtp_port = free_port()
+        self.metrics_port = free_port()
         self.state = tmp / "storage"
         self.config = tmp / "gateway.toml"
         self.rules = tmp / "rules.yaml"
@@ -164,6 +165,9 @@ class Gateway:
 
             [triage]
             department = "general-office"
+
+            [metrics]
+            listen = "127.0.0.1:{self.metrics_port}"
 
             [logging]
             level = "INFO"

@@ -444,3 +444,36 @@ def test_a_crash_after_the_relay_accepted_sends_again_with_the_same_message_id(
         assert again[0].message["Message-ID"] == again[1].message["Message-ID"]  # so the receiver can tell
     finally:
         daemon.stop()
+
+
+def test_metrics_are_scraped_over_http(tmp_path: Path, notify: Notify) -> None:
+    import urllib.request
+
+    down = SmtpSink()  # nothing listens: the mail stays in the outbox, retrying
+    gateway = configure(tmp_path, down.address)
+    daemon = start(gateway, notify)
+    try:
+        send(gateway, complaint())
+        wait_for(lambda: all(m["attempts"] >= 1 for m in outbox(gateway)) and len(outbox(gateway)) == 3, 30,
+                 "failed attempts")
+
+        def scrape() -> dict[str, float]:
+            url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines() if line and not line.startswith("#")}
+        metrics = scrape()
+        assert metrics['gateway_letters_received_total{channel="email"}'] == 1.0
+        assert metrics['gateway_letters{status="routed"}'] == 1.0
+        assert metrics['gateway_outbox_mails{status="pending"}'] == 3.0
+        assert metrics["gateway_outbox_retrying"] == 3.0
+        assert metrics['gateway_outbox_mails{status="dead"}'] == 0.0
+        assert metrics["gateway_letters_overdue"] == 0.0
+        assert metrics['gateway_spool_items{state="waiting"}'] == 0.0
+        assert metrics["gateway_oldest_unprocessed_age_seconds"] == 0.0
+        assert metrics["gateway_registry_up"] == 1.0
+        assert metrics['gateway_items_processed_total{outcome="registered"}'] == 1.0
+        assert f"metrics on http://127.0.0.1:{gateway.metrics_port}/metrics" in daemon.output()
+    finally:
+        daemon.stop()

@@ -1,0 +1,1 @@
+"""What the organisation is judged by: metrics for monitoring (and, later, reports)."""
