@@ -810,3 +810,33 @@ def outbox_retry(state: State, mail_ids: tuple[int, ...]) -> None:
     link.wake()
     link.close()
     sys.exit(1 if failed else 0)
+
+
+# -- reminders ------------------------------------------------------------
+@main.group()
+def reminders() -> None:
+    """Reminders before and at deadlines, and escalations (the daemon runs them periodically)."""
+
+
+@reminders.command("run")
+@click.option("--now", "at", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"]),
+              help="Decide as if it were this local time (default: now).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be sent.")
+@pass_state
+def reminders_run(state: State, at: datetime | None, dry_run: bool) -> None:
+    """One pass: queue the reminders and escalations that are due, and print them."""
+    from gateway.track import reminders as reminders_mod
+
+    cfg = state.config
+    tz = ZoneInfo(cfg.model.gateway.timezone)
+    now = at.replace(tzinfo=tz) if at else datetime.now(timezone.utc)
+    done = reminders_mod.run(cfg, state.registry(), now, dry_run=dry_run)
+    for r in done:
+        click.echo(f"{r.letter.number}: {'escalation' if r.kind == 'escalation' else 'reminder (' + r.kind + ')'} "
+                   f"to {', '.join(m.recipient for m in r.mail)}{' (not sent: dry run)' if dry_run else ''}")
+    if not done:
+        click.echo("nothing due")
+    elif not dry_run:
+        link = state.link()
+        link.wake()
+        link.close()

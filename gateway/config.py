@@ -155,6 +155,14 @@ class DeadlinesSection(_Strict):
         return min(days, self.urgency.get(urgency, days))  # type: ignore[call-overload]
 
 
+class RemindersSection(_Strict):
+    enabled: bool = True
+    check_minutes: float = Field(default=30.0, gt=0)
+    before_working_days: int = Field(default=1, ge=0, le=30)
+    repeat_working_days: int = Field(default=1, ge=1, le=30)
+    escalate_after: int = Field(default=2, ge=1, le=100)
+
+
 class ClassifySection(_Strict):
     # Unset: rules.yaml beside this file if there is one, else no rules (all to triage).
     rules_file: Path | None = None
@@ -399,6 +407,7 @@ class ConfigModel(_Strict):
     classify: ClassifySection = ClassifySection()
     calendar: CalendarSection = CalendarSection()
     deadlines: DeadlinesSection = DeadlinesSection()
+    reminders: RemindersSection = RemindersSection()
     outbound: OutboundSection = OutboundSection()
     receipts: ReceiptsSection = ReceiptsSection()
     daemon: DaemonSection = DaemonSection()

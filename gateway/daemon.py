@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,9 @@ class Daemon:
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
                           id="spool-rescan", max_instances=1, coalesce=True)
+        if self.config.model.reminders.enabled:
+            scheduler.add_job(self._remind, "interval", minutes=self.config.model.reminders.check_minutes,
+                              id="reminders", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
         scheduler.start()
         tasks = [asyncio.create_task(self._listen(wakeup))]
         interval = self.notifier.watchdog_interval()
@@ -306,6 +310,24 @@ class Daemon:
             log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
         self.wake()
         self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
+
+    async def _remind(self) -> None:
+        from gateway.track import reminders
+
+        try:
+            sent = await asyncio.to_thread(reminders.run, self.config, self.registry, datetime.now(timezone.utc))
+        except RegistryUnavailable as exc:
+            log.warning("reminders: registry unavailable: %s", exc)
+            return
+        except Exception:
+            log.exception("reminders: unexpected error")
+            return
+        for reminder in sent:
+            log.info("%s: %s to %s (reminder %d)", reminder.letter.number,
+                     "escalation" if reminder.kind == "escalation" else f"reminder ({reminder.kind})",
+                     ", ".join(m.recipient for m in reminder.mail), reminder.count)
+        if sent and self.outbox is not None:
+            self.outbox.wake()
 
     async def _listen(self, socket: Any) -> None:
         assert self.publisher is not None

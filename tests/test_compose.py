@@ -122,3 +122,19 @@ def test_an_original_the_email_package_cannot_rewrite_is_attached_as_a_file(conf
     m = email.message_from_bytes(sender._compose(mail(), letter(raw_size=len(raw))), policy=policy.default)
     [part] = list(m.iter_attachments())
     assert part.get_filename() == "original.eml" and part.get_content() == raw
+
+
+def test_reminders_and_escalations_say_what_is_due_and_never_a_secret(config: Config) -> None:
+    from gateway.outbound.compose import reminder
+
+    due = datetime(2026, 11, 26, 15, 59, 59, tzinfo=timezone.utc)
+    before = parsed(reminder(config, mail("reminder", reminder="before", count=1), letter(deadline=due)))
+    assert before["Subject"] == "[2026-000042] Reminder: due 2026-11-26 23:59"
+    assert "Letter 2026-000042 is due on 2026-11-26 23:59." in before.get_content()
+    assert before["Auto-Submitted"] == "auto-generated"
+    escalation = parsed(reminder(config, mail("escalation", "business.head@example.org", reminder="escalation",
+                                              count=3), letter(deadline=due, confidentiality="confidential",
+                                                               subject="机密 合同")))
+    assert escalation["Subject"] == "[2026-000042] Escalation: overdue since 2026-11-26 23:59"
+    text = escalation.get_content()
+    assert "after 3 reminder(s)" in text and "Confidential letter" in text and "合同" not in text

@@ -128,3 +128,53 @@ def test_overdue_lists_open_letters_past_their_deadline(tmp_path: Path) -> None:
     later = deadline.astimezone(CAL.tz).date().isoformat()
     overdue = gateway.list_json("--overdue", "--as-of", later)
     assert [l["number"] for l in overdue] == ["2026-000001", "2026-000003"]  # the closed one is not overdue
+
+
+def test_reminders_before_and_at_the_deadline_then_escalation_under_a_controlled_clock(tmp_path: Path) -> None:
+    import json
+    from datetime import timedelta
+
+    gateway = Gateway(tmp_path, rules="rules:\n  - name: all\n    when: {channel: email}\n"
+                                      "    set: {department: business, deadline_days: 2}\n", extra="""
+[reminders]
+before_working_days = 1
+repeat_working_days = 1
+escalate_after = 3
+""")
+    path = tmp_path / "a.eml"
+    path.write_bytes(make_message(1))
+    gateway.run("ingest", str(path))
+    [letter] = gateway.list_json()
+    cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [], [])
+    received = datetime.fromisoformat(str(letter["received_at"])).astimezone(cal.tz)
+    first = cal.add_working_days(received.date(), 0)
+    due = cal.add_working_days(first, 2)
+    assert datetime.fromisoformat(str(letter["deadline"])).astimezone(cal.tz).date() == due
+
+    def run(day: date, hour: int = 9) -> list[str]:
+        out = gateway.run("reminders", "run", "--now", f"{day.isoformat()} {hour:02d}:00").stdout
+        return [line for line in out.splitlines() if line != "nothing due"]
+
+    before = cal.add_working_days(first, 1)
+    assert gateway.run("reminders", "run", "--now", f"{before.isoformat()} 09:00", "--dry-run").stdout.strip() == \
+        "2026-000001: reminder (before) to sales.desk@example.org (not sent: dry run)"
+    assert run(before) == ["2026-000001: reminder (before) to sales.desk@example.org"]
+    assert run(before, 15) == []  # once
+    assert run(due) == ["2026-000001: reminder (unacknowledged) to sales.desk@example.org"]  # still only routed
+    after = cal.add_working_days(due, 1)
+    assert run(after) == ["2026-000001: reminder (overdue) to sales.desk@example.org",
+                          "2026-000001: escalation to business.head@example.org"]
+    assert run(after, 16) == []
+    assert run(after + timedelta(days=1 if after.weekday() < 4 else 3)) == [
+        "2026-000001: reminder (overdue) to sales.desk@example.org"]  # the next working day; no second escalation
+    gateway.run("letters", "close", "2026-000001", "--result", "answered by phone")
+    assert run(after + timedelta(days=7)) == []  # closed letters are left alone
+
+    detail = gateway.show_json("2026-000001")
+    kinds = [(e["action"], e["details"]["kind"]) for e in detail["events"] if e["action"] in ("reminded", "escalated")]
+    assert kinds == [("reminded", "before"), ("reminded", "unacknowledged"), ("reminded", "overdue"),
+                     ("escalated", "escalation"), ("reminded", "overdue")]
+    mails = [(m["kind"], m["recipient"]) for m in detail["outbox"] if m["kind"] in ("reminder", "escalation")]
+    assert mails == [("reminder", "sales.desk@example.org")] * 3 + [("escalation", "business.head@example.org"),
+                                                                   ("reminder", "sales.desk@example.org")]
+    assert json.loads(gateway.run("status", "--json").stdout)["outbox"]["pending"] >= 5

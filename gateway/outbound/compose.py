@@ -177,3 +177,40 @@ def receipt(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
         message["References"] = f"<{original.group(1)}>"
     message.set_content(string.Template(body).safe_substitute(values))
     return message
+
+
+_REMINDER_LINES = {
+    "unacknowledged": "has not been acknowledged yet (acknowledge it: gateway letters ack {number})",
+    "before": "is due on {deadline}",
+    "overdue": "is overdue: it was due on {deadline}",
+}
+
+
+def reminder(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
+    """A reminder to the owners, or an escalation to the department head; never the letter's content."""
+    kind = str(mail.details.get("reminder", "overdue"))
+    department = config.departments.get(letter.department or "")
+    dept_name = department.name if department else (letter.department or "?")
+    deadline = _local(config, letter.deadline)
+    subject = clean(letter.subject, 120) if letter.confidentiality != "confidential" else "Confidential letter"
+    if kind == "escalation":
+        title = f"[{letter.number}] Escalation: overdue since {deadline}"
+        first = (f"Letter {letter.number}, routed to {dept_name}, is overdue (due {deadline}) after "
+                 f"{mail.details.get('count', '?')} reminder(s) to its owners.")
+    else:
+        line = _REMINDER_LINES.get(kind, _REMINDER_LINES["overdue"]).format(number=letter.number, deadline=deadline)
+        title = f"[{letter.number}] Reminder: {'overdue' if kind == 'overdue' else 'due ' + deadline}"
+        first = f"Letter {letter.number} {line}."
+    message = _base(config, mail, title, "auto-generated", letter)
+    message.set_content("\n".join([
+        first, "",
+        f"Number:    {letter.number}",
+        f"Subject:   {subject or '(no subject)'}",
+        f"From:      {_sender(letter)}",
+        f"Status:    {letter.status}",
+        f"Deadline:  {deadline} ({config.model.gateway.timezone})",
+        f"Reminder:  {mail.details.get('count', '?')}",
+        "",
+        f"See it with: gateway letters show {letter.number}",
+    ]) + "\n")
+    return message

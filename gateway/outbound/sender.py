@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
 from gateway.faults import checkpoint
-from gateway.outbound.compose import ComposeError, notification, receipt
+from gateway.outbound.compose import ComposeError, notification, receipt, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.spool import DamagedItem, read_raw
@@ -195,6 +195,8 @@ class OutboxSender:
     def _compose(self, mail: OutboxMail, letter: Letter) -> bytes:
         if mail.kind == "receipt":
             return receipt(self.config, mail, letter).as_bytes()
+        if mail.kind in ("reminder", "escalation"):
+            return reminder(self.config, mail, letter).as_bytes()
         raw = self._original(letter) if letter.confidentiality != "confidential" else None
         try:
             return notification(self.config, mail, letter, raw).as_bytes()

@@ -464,6 +464,29 @@ class Registry:
                                                      {"from": row.status, "to": after, **({"text": text} if text else {})})])
         return row.status, after
 
+    # -- reminders ------------------------------------------------------
+    def reminder_state(self) -> list[tuple[Letter, list[dict[str, Any]]]]:
+        """Open letters with a deadline, each with the reminders already recorded for it."""
+        with self.sessions() as session:
+            letters = list(session.scalars(select(Letter).where(Letter.status.in_(lifecycle.OPEN),
+                                                                Letter.deadline.is_not(None)).order_by(Letter.id)))
+            sent: dict[int, list[dict[str, Any]]] = {}
+            if letters:
+                for event in session.scalars(select(Event).where(Event.action.in_(("reminded", "escalated")),
+                                                                 Event.letter_id.in_([l.id for l in letters]))):
+                    sent.setdefault(event.letter_id, []).append({"kind": event.details.get("kind"), "at": event.at})
+        return [(letter, sent.get(letter.id, [])) for letter in letters]
+
+    def remind(self, letter_id: int, kind: str, mail: list[NewMail], count: int, at: datetime) -> None:
+        """Queue a reminder (or an escalation) and record it, in one transaction."""
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            conn.execute(insert(Event), [self._event(letter_id, at, "gateway",
+                                                     "escalated" if kind == "escalation" else "reminded", None,
+                                                     {"kind": kind, "count": count, "to": [m.recipient for m in mail]})])
+            if mail:
+                conn.execute(insert(OutboxMail), [self._mail(letter_id, m, now) for m in mail])
+
     # -- the outbox -----------------------------------------------------
     def outbox_due(self, limit: int, now: datetime | None = None) -> list[OutboxMail]:
         with self.sessions() as session:

@@ -1,0 +1,74 @@
+"""Reminders before and at a deadline, and escalation to the department head.
+
+One pass looks at every open letter with a deadline and decides, from the
+reminders already recorded as its events, what is due now:
+
+- `unacknowledged`: still only routed after `[deadlines] acknowledge_days`;
+- `before`: the deadline is `before_working_days` working days away or less;
+- `overdue`: the deadline has passed; repeated every `repeat_working_days`;
+- `escalation`: to the department head, once, after `escalate_after` reminders
+  when the letter is overdue.
+
+Each is an outbox mail and an event written in one transaction, so a pass that
+is cut short sends nothing twice and loses nothing. The clock is a parameter:
+`gateway reminders run --now ...` shows what a given moment would send.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.config import Config
+from gateway.outbound.plan import NewMail, new_mail
+from gateway.registry import Registry
+from gateway.registry.models import Letter
+
+
+@dataclass
+class Reminder:
+    letter: Letter
+    kind: str  # unacknowledged | before | overdue | escalation
+    mail: list[NewMail]
+    count: int  # reminders for this letter including this one
+
+
+def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
+    settings = config.model.reminders
+    calendar = config.calendar
+    out: list[Reminder] = []
+    for letter, sent in registry.reminder_state():
+        department = config.departments.get(letter.department or "")
+        if department is None or letter.deadline is None:
+            continue
+        owners = [letter.owner] if letter.owner else list(department.owners)
+        kinds = [s["kind"] for s in sent]
+        reminders = sum(1 for k in kinds if k != "escalation")
+
+        def make(kind: str, to: list[str], count: int) -> Reminder:
+            return Reminder(letter, kind, [new_mail(config, kind if kind == "escalation" else "reminder", r,
+                                                    reminder=kind, count=count) for r in to], count)
+
+        ack_deadline = calendar.deadline(letter.received_at, config.model.deadlines.acknowledge_days)
+        if letter.status == "routed" and now > ack_deadline and "unacknowledged" not in kinds:
+            reminders += 1
+            out.append(make("unacknowledged", owners, reminders))
+        if now > letter.deadline:
+            overdue = [s["at"] for s in sent if s["kind"] == "overdue"]
+            if not overdue or calendar.working_days_between(max(overdue), now) >= settings.repeat_working_days:
+                reminders += 1
+                out.append(make("overdue", owners, reminders))
+            if reminders >= settings.escalate_after and "escalation" not in kinds:
+                out.append(make("escalation", [department.head], reminders))
+        elif ("before" not in kinds and settings.before_working_days > 0
+              and calendar.working_days_between(now, letter.deadline) <= settings.before_working_days):
+            reminders += 1
+            out.append(make("before", owners, reminders))
+    return out
+
+
+def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
+    reminders = due(config, registry, now)
+    if not dry_run:
+        for reminder in reminders:
+            registry.remind(reminder.letter.id, reminder.kind, reminder.mail, reminder.count, now)
+    return reminders
