@@ -248,7 +248,7 @@ def ingest(state: State, files: tuple[Path, ...]) -> None:
         [outcome] = pipeline.process([item])
         if outcome.number:
             word = {"registered": "registered as", "duplicate": "already registered as",
-                    "known": "already registered as"}[outcome.result]
+                    "known": "already registered as", "answer": "an answer, recorded on"}[outcome.result]
             click.echo(f"{path}: {word} {outcome.number}")
         elif outcome.result == "released":
             tempfail += 1

@@ -528,7 +528,9 @@ class Config:
         address = address.lower()
         smtp = self.model.smtp
         return (address in smtp.accept_addresses or address.rpartition("@")[2] in smtp.accept_domains
-                or self.department_for_address(address) is not None)
+                or self.department_for_address(address) is not None
+                # Departments answer the gateway's notifications by replying to them.
+                or address == self.model.outbound.from_address)
 
     def department_for_address(self, address: str) -> str | None:
         address = address.lower()

@@ -23,7 +23,8 @@ from gateway.fax.metadata import FaxFacts, parse_time
 from gateway.faults import checkpoint
 from gateway.normalise import Normalised, normalise
 from gateway.normalise.filenames import safe_filename
-from gateway.outbound.plan import route
+from gateway.outbound.plan import NewMail, new_mail, route
+from gateway.track.answers import Answer, bracketed_numbers, own_text, parse_command
 from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
 from gateway.spool import Spool, SpoolItem
 
@@ -33,9 +34,20 @@ Publish = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
+class AnswerItem:
+    """A department's answer to one of our letters: recorded on that letter, not registered anew."""
+
+    answer: Answer
+    keys: list[str]
+    sha256: str
+    raw_path: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class Outcome:
     item_id: str
-    result: str  # registered | duplicate | known | retry | quarantined | released
+    result: str  # registered | duplicate | known | answer | retry | quarantined | released
     number: str | None = None
     reason: str | None = None
 
@@ -58,7 +70,7 @@ class Pipeline:
         self.registry = registry
         self.publish = publish or (lambda topic, body: None)
 
-    def build(self, item: SpoolItem) -> NewLetter:
+    def build(self, item: SpoolItem) -> NewLetter | AnswerItem:
         """Everything that can fail because of the item itself happens here."""
         raw = item.raw  # checked against the spool seal while reading
         meta = item.meta
@@ -84,6 +96,11 @@ class Pipeline:
             flags += fax_flags
             defects += fax_defects
         received_at = _parse_time(meta.get("received_at"))
+        answer = self._answer(parsed, channel)
+        if answer is not None:
+            keys.append(f"answer:{sha}")  # the same answer again is recognised, not obeyed twice
+            return AnswerItem(answer, keys, sha, str(self.spool.stored_path(sha).relative_to(self.config.state_dir)),
+                              received_at)
         routing = None
         if not needs_ocr:  # a fax with pages to read is classified once its text is known
             facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
@@ -118,6 +135,26 @@ class Pipeline:
             needs_ocr=needs_ocr,
             routing=routing,
         ))
+
+    def _answer(self, parsed: Normalised, channel: str) -> Answer | None:
+        """Is this a department answering one of our notifications? Only people of the
+        organisation answer; anyone else's reply is correspondence, registered as a letter."""
+        if channel != "email" or parsed.sender is None:
+            return None
+        sender = parsed.sender.address.lower()
+        domain = sender.rpartition("@")[2]
+        if not any(domain == d or domain.endswith("." + d) for d in self.config.model.gateway.domains):
+            return None
+        numbers = bracketed_numbers(parsed.subject)
+        ids = [i for i in [parsed.in_reply_to, *parsed.references] if i]
+        if not numbers and not ids:
+            return None
+        number = self.registry.answered_letter(numbers, ids)
+        if number is None:
+            return None
+        text = own_text(parsed.body_text)
+        command, argument = parse_command(text)
+        return Answer(number, sender, command, argument, text)
 
     def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
         """A fax from the drop folder: its pages counted again from the bytes, its facts from intake."""
@@ -161,10 +198,16 @@ class Pipeline:
         ready: list[tuple[SpoolItem, NewLetter]] = []
         for item in items:
             try:
-                ready.append((item, self.build(item)))
+                built = self.build(item)
             except Exception as exc:  # one bad item never blocks the others
                 outcomes.append(self._failed(item, f"cannot read item: {type(exc).__name__}: {exc}"))
+                item.forget_raw()
+                continue
             item.forget_raw()  # a batch of large messages must not stay in memory
+            if isinstance(built, AnswerItem):
+                outcomes.append(self._record_answer(item, built, discard_when_unavailable))
+            else:
+                ready.append((item, built))
         if not ready:
             return outcomes
         checkpoint("before-commit")
@@ -186,6 +229,38 @@ class Pipeline:
         for (item, new), result in zip(ready, results, strict=True):
             outcomes.append(self._finish(item, new, result))
         return outcomes
+
+    def _record_answer(self, item: SpoolItem, answer: AnswerItem, discard_when_unavailable: bool) -> Outcome:
+        departments = self.config.departments
+        allowed = {d.id: {*d.owners, d.head} for d in departments.values()}
+
+        def notify(target: str) -> list[NewMail]:
+            return [new_mail(self.config, "notification", owner, department=target, reassigned=True)
+                    for owner in departments[target].owners]
+        try:
+            result = self.registry.apply_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
+                                                raw_path=answer.raw_path, received_at=answer.received_at,
+                                                allowed=allowed, departments=set(departments), notify=notify)
+        except RegistryUnavailable as exc:
+            return self._unavailable(item, exc, discard_when_unavailable)
+        except Exception as exc:
+            log.exception("item %s: answer not recorded", item.id)
+            return self._failed(item, f"answer not recorded: {type(exc).__name__}: {exc}")
+        try:
+            self.spool.finish(item, answer.sha256)
+        except OSError as exc:
+            log.error("%s: answer recorded, but its spool file could not be moved to the store: %s",
+                      result.number, exc)
+            item._unlock()
+        a = answer.answer
+        log.info("%s: answer from %s%s", result.number, a.sender,
+                 f": {a.command} {a.argument}".rstrip() if a.command else " (no command)")
+        try:
+            self.publish(f"letter.{result.outcome}", {"number": result.number, "status": result.status,
+                                                      "item": item.id, "at": time.time()})
+        except Exception:
+            log.exception("%s: event not published", result.number)
+        return Outcome(item.id, result.outcome, result.number)
 
     def _register_alone(self, item: SpoolItem, new: NewLetter, discard_when_unavailable: bool) -> list[Outcome]:
         try:

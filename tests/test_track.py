@@ -178,3 +178,75 @@ escalate_after = 3
     assert mails == [("reminder", "sales.desk@example.org")] * 3 + [("escalation", "business.head@example.org"),
                                                                    ("reminder", "sales.desk@example.org")]
     assert json.loads(gateway.run("status", "--json").stdout)["outbox"]["pending"] >= 5
+
+
+def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_path: Path) -> None:
+    import json
+
+    gateway = Gateway(tmp_path)
+    letter = tmp_path / "letter.eml"
+    letter.write_bytes(make_message(1, subject="Quotation please", to="sales@example.org"))
+    gateway.run("ingest", str(letter))
+    [notification] = [m for m in gateway.show_json("2026-000001")["outbox"] if m["kind"] == "notification"]
+
+    def answer(n: int, sender: str, body: str, *, subject: str = "Re: [2026-000001] Quotation please",
+               in_reply_to: str | None = None) -> str:
+        path = tmp_path / f"answer{n}.eml"
+        raw = make_message(100 + n, subject=subject, sender=sender, to="gateway@example.org", body=body)
+        if in_reply_to:
+            raw = raw.replace(b"MIME-Version", f"In-Reply-To: {in_reply_to}\r\nMIME-Version".encode(), 1)
+        path.write_bytes(raw)
+        return gateway.run("ingest", str(path)).stdout.strip()
+
+    # A stranger in the organisation: recorded, not obeyed.
+    assert answer(1, "Bob <bob@example.org>", "done: not mine to close\n").endswith("an answer, recorded on 2026-000001")
+    assert gateway.show_json("2026-000001")["status"] == "routed"
+    # The owner: by the number in the subject, then by In-Reply-To alone, with the quote below ignored.
+    answer(2, "Sales Desk <sales.desk@example.org>", "Received.\n\n> Letter 2026-000001 was routed\n")
+    assert gateway.show_json("2026-000001")["status"] == "acknowledged"
+    answer(3, "sales.desk@example.org", "办理中\n", subject="Re: your mail", in_reply_to=notification["message_id"])
+    assert gateway.show_json("2026-000001")["status"] == "in-progress"
+    answer(4, "sales.desk@example.org", "Just to say we called them.\n")
+    answer(5, "sales.desk@example.org", "reassign nowhere\n")
+    answer(6, "sales.desk@example.org", "done: quotation sent, order expected\n")
+    answer(7, "sales.desk@example.org", "received\n")  # too late: the letter is closed
+    detail = gateway.show_json("2026-000001")
+    assert detail["status"] == "closed"
+    answers = [e for e in detail["events"] if e["action"] == "answer"]
+    assert [(a["actor"], a["details"]["command"], a["details"]["obeyed"]) for a in answers] == [
+        ("bob@example.org", "close", False), ("sales.desk@example.org", "ack", True),
+        ("sales.desk@example.org", "progress", True), ("sales.desk@example.org", None, False),
+        ("sales.desk@example.org", "reassign", False), ("sales.desk@example.org", "close", True),
+        ("sales.desk@example.org", "ack", False)]
+    assert "is not an owner of business" in answers[0]["details"]["refused"]
+    assert answers[3]["details"]["text"] == "Just to say we called them."
+    assert answers[4]["details"]["refused"] == "no department 'nowhere'"
+    assert "2026-000001 is closed: it cannot be acknowledged" in answers[6]["details"]["refused"]
+    [closed] = [e for e in detail["events"] if e["action"] == "closed"]
+    assert closed["details"] == {"from": "in-progress", "to": "closed", "by_mail": True,
+                                 "text": "quotation sent, order expected"}
+    assert len(gateway.list_json()) == 1  # answers are not letters
+    # The same answer again is recognised, not obeyed twice; its bytes are kept.
+    assert gateway.run("ingest", str(tmp_path / "answer6.eml")).stdout.strip().endswith("already registered as 2026-000001")
+    stored = gateway.state / answers[5]["details"]["raw_path"]
+    assert stored.exists()
+    # Mail from outside that quotes a number is correspondence: a letter of its own.
+    outside = answer(8, "Alice <alice@partner.example>", "done: thanks\n")
+    assert outside.endswith("registered as 2026-000002")
+
+
+def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    path = tmp_path / "letter.eml"
+    path.write_bytes(make_message(1, subject="Wrong desk", to="sales@example.org"))
+    gateway.run("ingest", str(path))
+    reply = tmp_path / "reply.eml"
+    reply.write_bytes(make_message(2, subject="RE: [2026-000001] Wrong desk", sender="sales.desk@example.org",
+                                   to="gateway@example.org", body="转 general-office\n这封信应由办公室处理。\n"))
+    gateway.run("ingest", str(reply))
+    detail = gateway.show_json("2026-000001")
+    assert detail["department"] == "general-office"
+    [moved] = [e for e in detail["events"] if e["action"] == "reassigned"]
+    assert (moved["from_department"], moved["to_department"], moved["details"]["by_mail"]) == (
+        "business", "general-office", True)
+    assert [m["recipient"] for m in detail["outbox"] if m["kind"] == "notification"][-1] == "office@example.org"

@@ -437,7 +437,7 @@ class SmtpIntake:
         if outcome.result == "unstored":
             return "451 4.3.0 Error: cannot store the message now, try again later"
         if outcome.number:
-            verb = "registered as" if outcome.result == "registered" else "already registered as"
+            verb = {"registered": "registered as", "answer": "recorded on"}.get(outcome.result, "already registered as")
             return f"250 2.0.0 OK {verb} {outcome.number}"
         # Durable in the spool, to be registered after a retry or by an operator.
         return f"250 2.0.0 OK queued as {item.id}"

@@ -27,6 +27,7 @@ from gateway.registry import schema
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob, OutboxMail
 from gateway.registry.numbers import NumberTemplate
 from gateway.track import lifecycle
+from gateway.track.answers import Answer
 
 log = logging.getLogger("gateway.registry")
 
@@ -463,6 +464,100 @@ class Registry:
             conn.execute(insert(Event), [self._event(row.id, now, actor, move.name, None,
                                                      {"from": row.status, "to": after, **({"text": text} if text else {})})])
         return row.status, after
+
+    # -- answers from departments ---------------------------------------
+    def answered_letter(self, numbers: list[str], message_ids: list[str]) -> str | None:
+        """The letter a mail answers: a number in its subject, or our mail it replies to."""
+        with self.engine.connect() as conn:
+            if numbers:
+                found = conn.execute(select(Letter.number).where(Letter.number.in_(numbers))).scalars().first()
+                if found:
+                    return str(found)
+            if message_ids:
+                wanted = [f"<{m.strip('<>')}>" for m in message_ids]
+                found = conn.execute(select(Letter.number).join(OutboxMail, OutboxMail.letter_id == Letter.id)
+                                     .where(OutboxMail.message_id.in_(wanted),
+                                            OutboxMail.kind.in_(("notification", "reminder", "escalation")))
+                                     ).scalars().first()
+                if found:
+                    return str(found)
+        return None
+
+    def apply_answer(self, answer: Answer, *, keys: list[str], raw_sha256: str, raw_path: str, received_at: datetime,
+                     allowed: dict[str, set[str]], departments: set[str],
+                     notify: Callable[[str], list[NewMail]]) -> Registered:
+        """Record a department's answer on its letter, and obey its command if its sender may give it.
+
+        One transaction: the event(s), the change of state, the new owners' notifications and the
+        intake keys that make a second arrival of the same mail recognisable.
+        """
+        now = _utcnow()
+        try:
+            with self.writer.begin() as conn:
+                known = conn.execute(select(IntakeKey.key, Letter.id, Letter.number, Letter.status)
+                                     .join(Letter, IntakeKey.letter_id == Letter.id)
+                                     .where(IntakeKey.key.in_(keys))).first()
+                if known is not None:
+                    return Registered(known.number, known.id, "known", known.status)
+                row = conn.execute(select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner,
+                                          Letter.flags)
+                                   .where(Letter.number == answer.number).with_for_update()).one()
+                may = answer.sender.lower() in allowed.get(row.department or "", set()) | {(row.owner or "").lower()}
+                details: dict[str, Any] = {"from": answer.sender, "text": answer.text, "command": answer.command,
+                                           "argument": answer.argument, "raw_sha256": raw_sha256, "raw_path": raw_path,
+                                           "received_at": received_at.isoformat()}
+                refused = None
+                if answer.command is None:
+                    pass
+                elif not may:
+                    refused = (f"{answer.sender} is not an owner of {row.department}: recorded, not obeyed")
+                else:
+                    try:
+                        refused = self._obey(conn, row, answer, departments, notify, now)
+                    except lifecycle.TransitionRefused as exc:
+                        refused = str(exc)
+                details["obeyed"] = answer.command is not None and refused is None
+                if refused:
+                    details["refused"] = refused
+                events = [self._event(row.id, now, answer.sender, "answer", None, details)]
+                conn.execute(insert(Event), events)
+                conn.execute(insert(IntakeKey), [{"key": k, "letter_id": row.id, "at": now} for k in keys])
+                status = conn.execute(select(Letter.status).where(Letter.id == row.id)).scalar_one()
+                return Registered(row.number, row.id, "answer", status)
+        except DBAPIError as exc:
+            if _unreachable(exc):
+                raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+            raise
+
+    def _obey(self, conn: Connection, row: Any, answer: Answer, departments: set[str],
+              notify: Callable[[str], list[NewMail]], now: datetime) -> str | None:
+        """Apply an answer's command; returns why it was not applied, or None."""
+        actor = answer.sender
+        if answer.command == "reassign":
+            target = answer.argument
+            lifecycle.check(row.number, row.status, "reassign")
+            if target not in departments:
+                return f"no department {target!r}"
+            if target == row.department:
+                return f"{row.number} is already with {target}"
+            mails = notify(target)
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
+                department=target, updated_at=now, flags=[f for f in row.flags if f != "needs-triage"],
+                status="routed" if row.status in ("registered", "needs-triage") else row.status))
+            conn.execute(insert(Event), [self._event(row.id, now, actor, "reassigned", target,
+                                                     {"reason": answer.text[:500], "by_person": True, "by_mail": True,
+                                                      "notify": [m.recipient for m in mails]},
+                                                     from_department=row.department)])
+            if mails:
+                conn.execute(insert(OutboxMail), [self._mail(row.id, m, now) for m in mails])
+            return None
+        move = lifecycle.check(row.number, row.status, str(answer.command))
+        if move.to is not None:
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(status=move.to, updated_at=now))
+        conn.execute(insert(Event), [self._event(row.id, now, actor, move.name, None,
+                                                 {"from": row.status, "to": move.to or row.status, "by_mail": True,
+                                                  **({"text": answer.argument} if answer.argument else {})})])
+        return None
 
     # -- reminders ------------------------------------------------------
     def reminder_state(self) -> list[tuple[Letter, list[dict[str, Any]]]]:

@@ -40,6 +40,7 @@ def upgrade() -> None:
     op.create_index('ix_outbox_due', 'outbox', ['status', 'next_attempt_at'])
     op.create_index('ix_outbox_letter', 'outbox', ['letter_id'])
     op.create_index('ix_outbox_kind_recipient', 'outbox', ['kind', 'recipient', 'created_at'])
+    op.create_index('ix_outbox_message_id', 'outbox', ['message_id'])
 
 
 def downgrade() -> None:
