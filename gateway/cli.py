@@ -485,14 +485,24 @@ def letters_reassign(state: State, number: str, department: str, reason: str, by
 
 
 def _step(state: State, number: str, action: str, text: str, by: str | None) -> None:
+    from gateway.outbound.plan import feedback
     from gateway.track.lifecycle import TransitionRefused
 
+    registry = state.registry()
+
+    def on_close(letter_id: int, result: str) -> list[Any]:
+        letter = registry.letter_by_id(letter_id)
+        return feedback(state.config, letter, result) if letter is not None else []
     try:
-        before, after = state.registry().transition(number, action, actor=_actor(by), text=text.strip())
+        before, after = registry.transition(number, action, actor=_actor(by), text=text.strip(), on_close=on_close)
     except (LookupError, TransitionRefused) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(f"{number}: {before} -> {after}" if before != after else f"{number}: note recorded ({after})")
+    if after == "closed":
+        link = state.link()
+        link.wake()  # the result may be on its way to the sender
+        link.close()
 
 
 _BY = click.option("--by", help="Who (default: the user running the command).")

@@ -670,8 +670,8 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
     if path is not None and not os.access(path, os.R_OK):
         issues.append(ConfigIssue(config.path, "outbound.tls_ca_file", f"cannot read {path}"))
     templates = config.resolve(config.model.receipts.templates)
-    for language in ("zh", "en") if templates is not None else ():
-        template = templates / f"receipt.{language}.txt"
+    for template in ([templates / f"{kind}.{language}.txt" for kind in ("receipt", "feedback")
+                      for language in ("zh", "en")] if templates is not None else []):
         if not os.access(template, os.R_OK):
             issues.append(ConfigIssue(config.path, "receipts.templates", f"cannot read {template}"))
     if config.model.triage.department not in known:

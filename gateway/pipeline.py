@@ -23,7 +23,7 @@ from gateway.fax.metadata import FaxFacts, parse_time
 from gateway.faults import checkpoint
 from gateway.normalise import Normalised, normalise
 from gateway.normalise.filenames import safe_filename
-from gateway.outbound.plan import NewMail, new_mail, route
+from gateway.outbound.plan import NewMail, feedback, new_mail, route
 from gateway.track.answers import Answer, bracketed_numbers, own_text, parse_command
 from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
 from gateway.spool import Spool, SpoolItem
@@ -230,6 +230,10 @@ class Pipeline:
             outcomes.append(self._finish(item, new, result))
         return outcomes
 
+    def feedback_for(self, letter_id: int, result: str) -> list[NewMail]:
+        letter = self.registry.letter_by_id(letter_id)
+        return feedback(self.config, letter, result) if letter is not None else []
+
     def _record_answer(self, item: SpoolItem, answer: AnswerItem, discard_when_unavailable: bool) -> Outcome:
         departments = self.config.departments
         allowed = {d.id: {*d.owners, d.head} for d in departments.values()}
@@ -240,7 +244,8 @@ class Pipeline:
         try:
             result = self.registry.apply_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
                                                 raw_path=answer.raw_path, received_at=answer.received_at,
-                                                allowed=allowed, departments=set(departments), notify=notify)
+                                                allowed=allowed, departments=set(departments), notify=notify,
+                                                on_close=self.feedback_for)
         except RegistryUnavailable as exc:
             return self._unavailable(item, exc, discard_when_unavailable)
         except Exception as exc:

@@ -477,3 +477,42 @@ def test_metrics_are_scraped_over_http(tmp_path: Path, notify: Notify) -> None:
         assert f"metrics on http://127.0.0.1:{gateway.metrics_port}/metrics" in daemon.output()
     finally:
         daemon.stop()
+
+
+def test_closing_an_inquiry_or_complaint_sends_its_result_to_the_sender(tmp_path: Path, notify: Notify,
+                                                                       sink: SmtpSink) -> None:
+    gateway = configure(tmp_path, sink.address)
+    daemon = start(gateway, notify)
+    try:
+        send(gateway, complaint(1))
+        send(gateway, complaint(2, subject="关于发票的投诉", sender="张三 <zhang@customer.example>"),
+             mail_from="zhang@customer.example")
+        send(gateway, make_message(3, to="sales@example.org"), to=("sales@example.org",))  # business: no feedback
+        sink.wait_for(2 + 1 + 2 + 1 + 1 + 1)
+        gateway.run("letters", "close", "2026-000001", "--result", "The delivery was re-sent; a refund follows.")
+        # The second is closed by its owner answering the notification by mail.
+        [note] = [m for m in gateway.show_json("2026-000002")["outbox"] if m["kind"] == "notification"][:1]
+        answer = EmailMessage()
+        answer["From"] = "service.desk@example.org"
+        answer["To"] = "gateway@example.org"
+        answer["Subject"] = "Re: [2026-000002] 关于发票的投诉"
+        answer["In-Reply-To"] = note["message_id"]
+        answer.set_content("办结：已重新开具发票并寄出。\n\n> 原通知\n")
+        send(gateway, answer.as_bytes(), mail_from="service.desk@example.org", to=("gateway@example.org",))
+        gateway.run("letters", "close", "2026-000003", "--result", "order booked")
+        wait_for(lambda: len([r for r in sink.received if "result" in str(r.message["Subject"])
+                              or "办理结果" in str(r.message["Subject"])]) == 2, 30, "two results")
+        results = {r.rcpt_tos[0]: r.message for r in sink.received
+                   if "result" in str(r.message["Subject"]) or "办理结果" in str(r.message["Subject"])}
+        assert results["alice@partner.example"]["Subject"] == "Your letter 2026-000001: the result"
+        assert "The delivery was re-sent; a refund follows." in results["alice@partner.example"].get_content()
+        assert results["zhang@customer.example"]["Subject"] == "来函办理结果（编号 2026-000002）"
+        assert "已重新开具发票并寄出。" in results["zhang@customer.example"].get_content()
+        assert results["zhang@customer.example"]["Auto-Submitted"] == "auto-replied"
+        assert gateway.show_json("2026-000002")["status"] == "closed"
+        time.sleep(0.5)
+        assert not [r for r in sink.received if r.rcpt_tos == ["alice@partner.example"]
+                    and "order booked" in r.message.get_content()]  # a business letter's result stays inside
+        assert "feedback-queued" in [e["action"] for e in gateway.show_json("2026-000001")["events"]]
+    finally:
+        daemon.stop()

@@ -161,15 +161,17 @@ def template(config: Config, kind: str, language: str) -> tuple[str, str]:
     return head.split(":", 1)[1].strip(), body
 
 
-def receipt(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
+def receipt(config: Config, mail: OutboxMail, letter: Letter, kind: str = "receipt") -> EmailMessage:
+    """A receipt naming the letter number, or (kind "feedback") the result of a closed letter."""
     language = str(mail.details.get("language", config.model.receipts.default_language))
-    subject, body = template(config, "receipt", language)
+    subject, body = template(config, kind, language)
     department = config.departments.get(letter.department or "")
     values: dict[str, Any] = {
         "number": letter.number, "subject": clean(letter.subject, 200) or "-",
         "received": _local(config, letter.received_at),
         "department": clean(department.name if department else letter.department, 100),
-        "organisation": clean(config.model.outbound.from_name, 100)}
+        "organisation": clean(config.model.outbound.from_name, 100),
+        "result": str(mail.details.get("result", "")).replace("\r", "")}
     message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-replied", letter)
     original = _MESSAGE_ID.match(letter.message_id or "")
     if original:

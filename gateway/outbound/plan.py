@@ -143,3 +143,20 @@ def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, header
     if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
         return "our own address"
     return no_reply_reason(headers, reply_to, envelope_from, config.loop_id)
+
+
+def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
+    """The result of a closed inquiry or complaint, for its sender (when it may be answered)."""
+    if letter.category != "external.inquiry_complaint" or letter.channel != "email":
+        return []
+    facts = letter_facts(config, letter)
+    envelope_from = (letter.envelope or {}).get("mail_from")
+    reply_to = reply_address(facts.sender_address, facts.headers, envelope_from)
+    for address in (facts.sender_address, reply_to):
+        domain = address.lower().rpartition("@")[2]
+        if not domain or any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+            return []
+    if no_reply_reason(facts.headers, reply_to, envelope_from, config.loop_id) is not None:
+        return []
+    language = "zh" if _CJK.search(letter.subject) or _CJK.search(letter.body_text[:2000]) else "en"
+    return [new_mail(config, "feedback", reply_to.lower(), language=language, result=result[:4000])]

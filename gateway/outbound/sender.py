@@ -193,8 +193,8 @@ class OutboxSender:
         log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
 
     def _compose(self, mail: OutboxMail, letter: Letter) -> bytes:
-        if mail.kind == "receipt":
-            return receipt(self.config, mail, letter).as_bytes()
+        if mail.kind in ("receipt", "feedback"):
+            return receipt(self.config, mail, letter, mail.kind).as_bytes()
         if mail.kind in ("reminder", "escalation"):
             return reminder(self.config, mail, letter).as_bytes()
         raw = self._original(letter) if letter.confidentiality != "confidential" else None

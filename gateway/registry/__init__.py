@@ -445,7 +445,8 @@ class Registry:
                 conn.execute(insert(OutboxMail), [self._mail(row.id, m, now) for m in notify])
         return row.department, department
 
-    def transition(self, number: str, action: str, *, actor: str, text: str = "") -> tuple[str, str]:
+    def transition(self, number: str, action: str, *, actor: str, text: str = "",
+                   on_close: Callable[[int, str], list[NewMail]] | None = None) -> tuple[str, str]:
         """A person's step in the letter's life (ack, progress, answer, close, note).
 
         Refused with TransitionRefused when the letter's state does not allow it.
@@ -463,7 +464,16 @@ class Registry:
                 conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(status=after, updated_at=now))
             conn.execute(insert(Event), [self._event(row.id, now, actor, move.name, None,
                                                      {"from": row.status, "to": after, **({"text": text} if text else {})})])
+            if move.to == "closed" and on_close is not None:
+                self._feedback(conn, row.id, on_close(row.id, text), now)
         return row.status, after
+
+    def _feedback(self, conn: Connection, letter_id: int, mails: list[NewMail], now: datetime) -> None:
+        """The result of a closed letter, queued for its sender with the closing."""
+        if mails:
+            conn.execute(insert(OutboxMail), [self._mail(letter_id, m, now) for m in mails])
+            conn.execute(insert(Event), [self._event(letter_id, now, "gateway", "feedback-queued", None,
+                                                     {"to": [m.recipient for m in mails]})])
 
     # -- answers from departments ---------------------------------------
     def answered_letter(self, numbers: list[str], message_ids: list[str]) -> str | None:
@@ -485,7 +495,8 @@ class Registry:
 
     def apply_answer(self, answer: Answer, *, keys: list[str], raw_sha256: str, raw_path: str, received_at: datetime,
                      allowed: dict[str, set[str]], departments: set[str],
-                     notify: Callable[[str], list[NewMail]]) -> Registered:
+                     notify: Callable[[str], list[NewMail]],
+                     on_close: Callable[[int, str], list[NewMail]] | None = None) -> Registered:
         """Record a department's answer on its letter, and obey its command if its sender may give it.
 
         One transaction: the event(s), the change of state, the new owners' notifications and the
@@ -513,7 +524,7 @@ class Registry:
                     refused = (f"{answer.sender} is not an owner of {row.department}: recorded, not obeyed")
                 else:
                     try:
-                        refused = self._obey(conn, row, answer, departments, notify, now)
+                        refused = self._obey(conn, row, answer, departments, notify, now, on_close)
                     except lifecycle.TransitionRefused as exc:
                         refused = str(exc)
                 details["obeyed"] = answer.command is not None and refused is None
@@ -530,7 +541,8 @@ class Registry:
             raise
 
     def _obey(self, conn: Connection, row: Any, answer: Answer, departments: set[str],
-              notify: Callable[[str], list[NewMail]], now: datetime) -> str | None:
+              notify: Callable[[str], list[NewMail]], now: datetime,
+              on_close: Callable[[int, str], list[NewMail]] | None) -> str | None:
         """Apply an answer's command; returns why it was not applied, or None."""
         actor = answer.sender
         if answer.command == "reassign":
@@ -557,6 +569,8 @@ class Registry:
         conn.execute(insert(Event), [self._event(row.id, now, actor, move.name, None,
                                                  {"from": row.status, "to": move.to or row.status, "by_mail": True,
                                                   **({"text": answer.argument} if answer.argument else {})})])
+        if move.to == "closed" and on_close is not None:
+            self._feedback(conn, row.id, on_close(row.id, answer.argument), now)
         return None
 
     # -- reminders ------------------------------------------------------
