@@ -289,6 +289,8 @@ def letter_detail(letter: Any, outbox: list[Any] | None = None) -> dict[str, Any
     out = letter_summary(letter)
     out.update({
         "owner": letter.owner, "tags": letter.tags, "classification": letter.classification,
+        "archive_number": letter.archive_number, "archived_at": _iso(letter.archived_at),
+        "legal_hold": letter.legal_hold, "raw_released": letter.raw_released, "purged_at": _iso(letter.purged_at),
         "outbox": [outbox_row(m) for m in outbox or []],
         "intake": letter.intake, "recipient": letter.recipient, "recipients": letter.recipients,
         "sent_at": _iso(letter.sent_at), "message_id": letter.message_id, "summary": letter.summary,
@@ -568,12 +570,18 @@ def letters_note(state: State, number: str, text: str, by: str | None) -> None:
 @pass_state
 def letters_extract(state: State, number: str, directory: Path) -> None:
     """Write a letter's attachments into DIRECTORY, under their safe names."""
+    from gateway.archive.packer import read_original
     from gateway.normalise import normalise, safe_join
-    from gateway.spool import read_raw
 
     letter = state.letter(number)
-    parsed = normalise(read_raw(state.config.state_dir / letter.raw_path))
+    raw = read_original(state.config, state.registry(), letter)
     directory.mkdir(parents=True, exist_ok=True)
+    if letter.is_fax_file:  # the fax itself is the document
+        target = safe_join(directory, letter.attachments[0].filename)
+        target.write_bytes(raw)
+        click.echo(str(target))
+        return
+    parsed = normalise(raw)
     for attachment in parsed.attachments:  # names are safe and unique within a letter
         target = safe_join(directory, attachment.filename)
         target.write_bytes(attachment.content)
@@ -850,3 +858,121 @@ def reminders_run(state: State, at: datetime | None, dry_run: bool) -> None:
         link = state.link()
         link.wake()
         link.close()
+
+
+# -- the archive ----------------------------------------------------------
+@main.group()
+def archive() -> None:
+    """The monthly archive: packages by month and category, verification, retention."""
+
+
+def _month(value: str) -> str:
+    from gateway.archive.packer import MONTH
+
+    if not MONTH.match(value):
+        raise click.BadParameter(f"{value!r} is not YYYY-MM", param_hint="--month")
+    return value
+
+
+@archive.command("run")
+@click.option("--month", required=True, help="YYYY-MM: the month whose letters are archived.")
+@click.option("--no-verify", is_flag=True, help="Do not re-read the new packages afterwards.")
+@pass_state
+def archive_run(state: State, month: str, no_verify: bool) -> None:
+    """Pack a month's letters (idempotent: letters already archived are skipped; safe to run again)."""
+    from gateway.archive.packer import ArchiveError, Archiver
+
+    archiver = Archiver(state.config, state.registry())
+    try:
+        written = archiver.run(_month(month))
+    except ArchiveError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for w in written:
+        click.echo(f"{w.package}: {w.letters} letter(s), {w.size} bytes")
+    if not written:
+        click.echo(f"{month}: nothing (more) to archive")
+    if not no_verify:
+        _report_checks(archiver.verify(month))
+
+
+def _report_checks(checked: list[Any]) -> None:
+    bad = 0
+    for c in checked:
+        if c.ok:
+            click.echo(f"{c.package.path}: verified ({c.package.letters} letter(s))")
+        else:
+            bad += 1
+            for problem in c.problems:
+                click.echo(f"error: {c.package.path}: {problem}", err=True)
+    if bad:
+        logging.getLogger("gateway.archive").error("ALERT archive: %d package(s) failed verification", bad)
+        sys.exit(1)
+
+
+@archive.command("verify")
+@click.option("--month", help="YYYY-MM (default: every package).")
+@pass_state
+def archive_verify(state: State, month: str | None) -> None:
+    """Re-read every package and check every hash; then release the message store's copies."""
+    from gateway.archive.packer import Archiver
+
+    _report_checks(Archiver(state.config, state.registry()).verify(_month(month) if month else None))
+
+
+@archive.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def archive_list(state: State, as_json: bool) -> None:
+    registry = state.registry()
+    packages = registry.archive_packages(None)
+    rows = [{"month": p.month, "category": p.category, "kind": p.kind, "part": p.part, "path": p.path,
+             "manifest": p.manifest, "letters": p.letters, "size": p.size, "sha256": p.sha256, "status": p.status,
+             "created_at": _iso(p.created_at), "verified_at": _iso(p.verified_at)} for p in packages]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} package(s) in {state.config.archive_dir}")
+    for column in ("Month", "Category", "Kind", "Path", "Letters", "Size", "Status", "Verified"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["month"], r["category"], r["kind"], r["path"], str(r["letters"]), str(r["size"]), r["status"],
+                      (r["verified_at"] or "")[:19])
+    Console(width=max(Console().width, 120)).print(table)
+
+
+@archive.command("purge")
+@click.option("--approved-by", help="Who approved the destruction (required to destroy anything).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be destroyed.")
+@pass_state
+def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
+    """Destroy packages past their category's retention, never letters on legal hold; records who approved."""
+    from gateway.archive.packer import Archiver
+
+    if not dry_run and not (approved_by or "").strip():
+        click.echo("error: destruction needs --approved-by NAME (or --dry-run to see what is due)", err=True)
+        sys.exit(2)
+    destroyed, kept = Archiver(state.config, state.registry()).purge(
+        approved_by=(approved_by or "").strip(), actor=_actor(None), now=datetime.now(timezone.utc), dry_run=dry_run)
+    for path in destroyed:
+        click.echo(f"{path}: {'would be destroyed' if dry_run else 'destroyed'}")
+    for reason in kept:
+        click.echo(f"kept {reason}")
+    if not destroyed:
+        click.echo("nothing is past retention")
+
+
+@letters.command("hold")
+@click.argument("number")
+@click.option("--reason", required=True)
+@click.option("--release", is_flag=True, help="Lift the hold instead.")
+@_BY
+@pass_state
+def letters_hold(state: State, number: str, reason: str, release: bool, by: str | None) -> None:
+    """Put a letter on legal hold: its archive package is never destroyed while it lasts."""
+    try:
+        state.registry().hold(number, on=not release, reason=reason, actor=_actor(by))
+    except (LookupError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{number}: {'hold lifted' if release else 'on legal hold'}")

@@ -163,6 +163,27 @@ class RemindersSection(_Strict):
     escalate_after: int = Field(default=2, ge=1, le=100)
 
 
+class ArchiveSection(_Strict):
+    enabled: bool = True
+    folder: Path = Path("archive")  # relative to state_dir
+    compression: Literal["zstd", "gzip"] = "zstd"
+    run_day: int = Field(default=1, ge=1, le=28)
+    run_hour: int = Field(default=2, ge=0, le=23)
+    retention_years: int = Field(default=10, ge=1, le=100)
+    retention: dict[str, int] = {}
+    release_after_verify: bool = True
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, values: dict[str, int]) -> dict[str, int]:
+        for key, years in values.items():
+            if key not in CATEGORY_NAMES and key != "uncategorised":
+                raise ValueError(f"{key!r} is not a category; use {', '.join(CATEGORY_NAMES)} or uncategorised")
+            if not 1 <= years <= 100:
+                raise ValueError(f"{key}: {years} is not a number of years from 1 to 100")
+        return values
+
+
 class ClassifySection(_Strict):
     # Unset: rules.yaml beside this file if there is one, else no rules (all to triage).
     rules_file: Path | None = None
@@ -408,6 +429,7 @@ class ConfigModel(_Strict):
     calendar: CalendarSection = CalendarSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     reminders: RemindersSection = RemindersSection()
+    archive: ArchiveSection = ArchiveSection()
     outbound: OutboundSection = OutboundSection()
     receipts: ReceiptsSection = ReceiptsSection()
     daemon: DaemonSection = DaemonSection()
@@ -506,6 +528,11 @@ class Config:
     @property
     def fax_drop_dir(self) -> Path:
         folder = self.model.fax.drop_folder
+        return folder if folder.is_absolute() else self.state_dir / folder
+
+    @property
+    def archive_dir(self) -> Path:
+        folder = self.model.archive.folder
         return folder if folder.is_absolute() else self.state_dir / folder
 
     @property

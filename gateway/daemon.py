@@ -175,6 +175,11 @@ class Daemon:
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
                           id="spool-rescan", max_instances=1, coalesce=True)
+        if self.config.model.archive.enabled:
+            settings = self.config.model.archive
+            scheduler.add_job(self._archive_last_month, "cron", day=settings.run_day, hour=settings.run_hour,
+                              timezone=self.config.model.gateway.timezone, id="archive", max_instances=1,
+                              coalesce=True, misfire_grace_time=24 * 3600)
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._remind, "interval", minutes=self.config.model.reminders.check_minutes,
                               id="reminders", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
@@ -310,6 +315,26 @@ class Daemon:
             log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
         self.wake()
         self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
+
+    async def _archive_last_month(self) -> None:
+        from zoneinfo import ZoneInfo
+
+        from gateway.archive.packer import Archiver
+
+        today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
+        month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
+        archiver = Archiver(self.config, self.registry)
+        try:
+            written = await asyncio.to_thread(archiver.run, month)
+            checked = await asyncio.to_thread(archiver.verify, month)
+        except Exception as exc:
+            log.error("ALERT archive of %s failed: %s", month, exc)
+            return
+        bad = [c for c in checked if not c.ok]
+        log.info("archive of %s: %d package(s) written, %d letter(s); %d verified, %d failed", month, len(written),
+                 sum(w.letters for w in written), len(checked) - len(bad), len(bad))
+        for c in bad:
+            log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
 
     async def _remind(self) -> None:
         from gateway.track import reminders

@@ -129,7 +129,7 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
     message.set_content("\n".join(lines) + "\n")
     if attach:
         assert raw is not None
-        if letter.channel == "fax" and letter.intake == "fax-drop":
+        if letter.is_fax_file:
             name = letter.attachments[0].filename if letter.attachments else "fax"
             kind = (letter.attachments[0].detected_type if letter.attachments else "") or "application/octet-stream"
             maintype, _, subtype = kind.partition("/")

@@ -98,7 +98,7 @@ def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from:
 def letter_facts(config: Config, letter: Letter) -> Facts:
     """The facts of a registered letter, its headers read again from the stored original."""
     headers: dict[str, list[str]] = {}
-    if not (letter.channel == "fax" and letter.intake == "fax-drop"):  # a fax file has no headers
+    if not letter.is_fax_file:  # a fax file has no headers
         try:
             headers = headers_of(read_raw(config.state_dir / letter.raw_path))
         except (OSError, DamagedItem):

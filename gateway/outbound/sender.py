@@ -21,7 +21,8 @@ from gateway.faults import checkpoint
 from gateway.outbound.compose import ComposeError, notification, receipt, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
-from gateway.spool import DamagedItem, read_raw
+from gateway.archive.packer import ArchiveError, read_original
+from gateway.spool import DamagedItem
 
 log = logging.getLogger("gateway.outbox")
 
@@ -213,8 +214,8 @@ class OutboxSender:
             return None
         path = self.config.state_dir / letter.raw_path
         try:
-            return read_raw(path)  # checked against its seal
-        except (OSError, DamagedItem) as exc:
+            return read_original(self.config, self.registry, letter)  # checked against its seal
+        except (OSError, DamagedItem, ArchiveError) as exc:
             log.error("ALERT outbox: %s: original %s unreadable, notification sent without it: %s",
                       letter.number, path, exc)
             return None

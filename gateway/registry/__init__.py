@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -24,7 +24,8 @@ from sqlalchemy.orm import selectinload, sessionmaker
 from gateway.config import Config
 from gateway.outbound.plan import NewMail, Routing
 from gateway.registry import schema
-from gateway.registry.models import Attachment, Event, IntakeKey, Letter, NumberSeries, OcrJob, OutboxMail
+from gateway.registry.models import (ArchivePackage, Attachment, DestructionRecord, Event, IntakeKey, Letter,
+                                     NumberSeries, OcrJob, OutboxMail)
 from gateway.registry.numbers import NumberTemplate
 from gateway.track import lifecycle
 from gateway.track.answers import Answer
@@ -572,6 +573,123 @@ class Registry:
         if move.to == "closed" and on_close is not None:
             self._feedback(conn, row.id, on_close(row.id, answer.argument), now)
         return None
+
+    # -- the archive ----------------------------------------------------
+    def letters_to_archive(self, start: datetime, end: datetime) -> list[Letter]:
+        with self.sessions() as session:
+            return list(session.scalars(
+                select(Letter).where(Letter.received_at >= start, Letter.received_at < end,
+                                     Letter.archive_number.is_(None))
+                .options(selectinload(Letter.attachments)).order_by(Letter.received_at, Letter.id)))
+
+    def archive_paths(self, month: str) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(ArchivePackage.path, ArchivePackage.manifest).where(ArchivePackage.month == month))
+            return {p for row in rows for p in row}
+
+    def next_archive_part(self, month: str, category: str, kind: str) -> int:
+        with self.engine.connect() as conn:
+            last = conn.execute(select(func.max(ArchivePackage.part)).where(
+                ArchivePackage.month == month, ArchivePackage.category == category,
+                ArchivePackage.kind == kind)).scalar()
+            return int(last or 0) + 1
+
+    def series_last(self, series: str) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(NumberSeries.last_seq).where(NumberSeries.series == series)).scalar() or 0)
+
+    def archive_commit(self, *, package: dict[str, Any], assignments: list[tuple[int, str]], series: str,
+                       expected_last: int) -> int:
+        """Record a written package and give its letters their archive numbers, in one transaction."""
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            last = self._advance(conn, series, len(assignments))
+            if last != expected_last + len(assignments):
+                raise RuntimeError(f"archive series {series} moved while packing (at {last}); run again")
+            package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
+                {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None}]).scalar_one()
+            table = Letter.__table__
+            for letter_id, number in assignments:
+                conn.execute(table.update().where(table.c.id == letter_id).values(
+                    archive_number=number, archived_at=now, archive_package_id=package_id, updated_at=now,
+                    status=case((table.c.status == "closed", "archived"), else_=table.c.status)))
+            conn.execute(insert(Event), [self._event(letter_id, now, "gateway", "archived", None,
+                                                     {"archive_number": number, "package": package["path"]})
+                                         for letter_id, number in assignments])
+            return int(package_id)
+
+    def archive_packages(self, month: str | None) -> list[ArchivePackage]:
+        stmt = select(ArchivePackage).order_by(ArchivePackage.month, ArchivePackage.category, ArchivePackage.kind,
+                                               ArchivePackage.part)
+        if month is not None:
+            stmt = stmt.where(ArchivePackage.month == month)
+        with self.sessions() as session:
+            return list(session.scalars(stmt))
+
+    def archive_package(self, package_id: int) -> ArchivePackage | None:
+        with self.sessions() as session:
+            return session.get(ArchivePackage, package_id)
+
+    def archive_checked(self, package_id: int, problems: list[str]) -> None:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id == package_id).values(
+                status="corrupt" if problems else "verified", verified_at=None if problems else now))
+
+    def archived_hashes(self, package_id: int) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(
+                select(Letter.archive_number, Letter.raw_sha256).where(Letter.archive_package_id == package_id))}
+
+    def archived_letters(self, package_id: int) -> list[Letter]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Letter).where(Letter.archive_package_id == package_id)))
+
+    def releasable(self, package_id: int) -> list[tuple[int, str]]:
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(select(Letter.id, Letter.raw_path).where(
+                Letter.archive_package_id == package_id, Letter.raw_released.is_(False)))]
+
+    def mark_released(self, letter_id: int) -> None:
+        with self.writer.begin() as conn:
+            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(raw_released=True))
+
+    def record_destruction(self, package_ids: list[int], *, approved_by: str, actor: str) -> int:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            packages = conn.execute(select(ArchivePackage.id, ArchivePackage.path)
+                                    .where(ArchivePackage.id.in_(package_ids))).all()
+            letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number)
+                                   .where(Letter.archive_package_id.in_(package_ids))).all()
+            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id.in_(package_ids)).values(
+                status="purged", purged_at=now))
+            conn.execute(Letter.__table__.update().where(Letter.archive_package_id.in_(package_ids)).values(
+                purged_at=now, updated_at=now))
+            record = conn.execute(insert(DestructionRecord).returning(DestructionRecord.id), [{
+                "at": now, "approved_by": approved_by, "actor": actor, "packages": [p.path for p in packages],
+                "letters": [[l.number, l.archive_number] for l in letters]}]).scalar_one()
+            if letters:
+                conn.execute(insert(Event), [self._event(l.id, now, actor, "destroyed", None,
+                                                         {"approved_by": approved_by, "record": int(record)})
+                                             for l in letters])
+            return int(record)
+
+    def destruction_records(self) -> list[DestructionRecord]:
+        with self.sessions() as session:
+            return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))
+
+    def hold(self, number: str, *, on: bool, reason: str, actor: str) -> None:
+        now = _utcnow()
+        with self.writer.begin() as conn:
+            row = conn.execute(select(Letter.id, Letter.legal_hold).where(Letter.number == number)
+                               .with_for_update()).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            if row.legal_hold == on:
+                raise ValueError(f"{number} is {'already' if on else 'not'} on legal hold")
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(legal_hold=on, updated_at=now))
+            conn.execute(insert(Event), [self._event(row.id, now, actor, "hold" if on else "hold-released", None,
+                                                     {"reason": reason})])
 
     # -- reminders ------------------------------------------------------
     def reminder_state(self) -> list[tuple[Letter, list[dict[str, Any]]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
                         TypeDecorator, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -79,6 +79,12 @@ class Letter(Base):
     # The decision trace; SQL NULL (not JSON null) until the letter is classified.
     classification: Mapped[dict[str, Any] | None] = mapped_column(
         JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql"))
+    archive_number: Mapped[str | None] = mapped_column(String(64), unique=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archive_package_id: Mapped[int | None] = mapped_column(Integer)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    raw_released: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)  # only in the archive now
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     raw_sha256: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
     raw_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
@@ -102,6 +108,11 @@ class Letter(Base):
         back_populates="letter", order_by="Event.id", cascade="all")
 
     __table_args__ = (UniqueConstraint("series", "seq", name="uq_letters_series_seq"),)
+
+    @property
+    def is_fax_file(self) -> bool:
+        """A fax registered from its file (drop folder or `gateway ingest`): its original is not a mail."""
+        return self.channel == "fax" and any(a.origin == "fax" for a in self.attachments)
 
 
 class Attachment(Base):
@@ -179,6 +190,40 @@ class OutboxMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+
+class ArchivePackage(Base):
+    """One file of the monthly archive (mail as mbox, or a folder of fax originals) and its manifest."""
+
+    __tablename__ = "archive_packages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), nullable=False)  # YYYY-MM
+    category: Mapped[str] = mapped_column(String(64), nullable=False)
+    part: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # mail | fax
+    path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to the archive folder
+    manifest: Mapped[str] = mapped_column(Text, nullable=False)
+    letters: Mapped[int] = mapped_column(Integer, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)  # of the package file (fax: of the manifest)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # written | verified | corrupt | purged
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("month", "category", "kind", "part", name="uq_archive_packages_part"),)
+
+
+class DestructionRecord(Base):
+    __tablename__ = "destruction_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    approved_by: Mapped[str] = mapped_column(Text, nullable=False)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    packages: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
+    letters: Mapped[list[Any]] = mapped_column(JSONType, nullable=False)
 
 
 class ImapFolder(Base):

@@ -1,0 +1,1 @@
+"""The monthly archive: packages in standard formats, a manifest each, verification, retention."""

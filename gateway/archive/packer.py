@@ -1,0 +1,397 @@
+"""Packing a month of correspondence, checking it, and destroying only what retention allows.
+
+Layout under the archive folder, one set per month and category:
+
+    2026/11/external.business/part-001.mbox.zst           mail (mboxrd), zstd or gzip
+    2026/11/external.business/part-001.manifest.csv       archive no., letter no., SHA-256, size, ...
+    2026/11/external.official/part-001-faxes/A202611-00007_fax.tif   fax originals, as received
+    2026/11/external.official/part-001-faxes.manifest.csv
+
+`zstd -dc part-001.mbox.zst > part-001.mbox` and any mail client opens it; the
+manifest is CSV. Each message sits in the mbox byte for byte (mboxrd quoting
+of "From " lines aside, which reading undoes), so its SHA-256 can be checked
+against the register.
+
+A run is idempotent and resumable: letters already archived are skipped, a
+package is written under a temporary name, fsynced and renamed before the
+registry records it (with the letters' archive numbers) in one transaction,
+and files a crash left unrecorded are removed by the next run. The copies in
+the message store are deleted only once `verify` has re-read the package.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import gzip
+import hashlib
+import io
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, time, timezone
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import zstandard
+
+from gateway.config import Config
+from gateway.faults import checkpoint
+from gateway.normalise.filenames import safe_filename
+from gateway.registry import Registry
+from gateway.registry.models import ArchivePackage, Letter
+from gateway.spool import DamagedItem, read_raw
+
+MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_FROM_LINE = re.compile(rb"^>*From ")
+_QUOTED_FROM = re.compile(rb"^>+From ")
+MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", "sha256", "size", "offset", "length",
+                   "file"]
+
+
+class ArchiveError(Exception):
+    pass
+
+
+@dataclass
+class Written:
+    package: str
+    letters: int
+    size: int
+
+
+@dataclass
+class Checked:
+    package: ArchivePackage
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def month_bounds(month: str, timezone_name: str) -> tuple[datetime, datetime]:
+    match = MONTH.match(month)
+    if not match:
+        raise ArchiveError(f"{month!r} is not a month (YYYY-MM)")
+    year, mon = int(match.group(1)), int(match.group(2))
+    tz = ZoneInfo(timezone_name)
+    start = datetime.combine(datetime(year, mon, 1).date(), time.min, tz)
+    end = datetime.combine(datetime(year + (mon == 12), mon % 12 + 1, 1).date(), time.min, tz)
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def mbox_escape(raw: bytes) -> bytes:
+    """mboxrd: one more '>' before every line that is '>'* then 'From '; reading removes it."""
+    lines = raw.split(b"\n")
+    return b"\n".join(b">" + line if _FROM_LINE.match(line) else line for line in lines)
+
+
+def mbox_unescape(data: bytes) -> bytes:
+    return b"\n".join(line[1:] if _QUOTED_FROM.match(line) else line for line in data.split(b"\n"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Archiver:
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self.root = config.archive_dir
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ArchiveError(f"another archive run holds {self.root / '.lock'}") from None
+            yield
+        finally:
+            os.close(fd)
+
+    # -- packing ------------------------------------------------------------
+    def run(self, month: str) -> list[Written]:
+        start, end = month_bounds(month, self.config.model.gateway.timezone)
+        with self._locked():
+            self._remove_unrecorded(month)
+            letters = self.registry.letters_to_archive(start, end)
+            groups: dict[tuple[str, str], list[Letter]] = {}
+            for letter in letters:
+                kind = "fax" if letter.is_fax_file else "mail"
+                groups.setdefault((letter.category or "uncategorised", kind), []).append(letter)
+            written = []
+            for (category, kind), members in sorted(groups.items()):
+                written.append(self._pack(month, category, kind, members))
+            return written
+
+    def _folder(self, month: str, category: str) -> Path:
+        year, mon = month.split("-")
+        return self.root / year / mon / category
+
+    def _remove_unrecorded(self, month: str) -> None:
+        """Files a crashed run left behind, never recorded: nothing refers to them."""
+        year, mon = month.split("-")
+        base = self.root / year / mon
+        if not base.is_dir():
+            return
+        recorded = self.registry.archive_paths(month)
+        for folder in base.iterdir():
+            for entry in folder.iterdir() if folder.is_dir() else []:
+                relative = str(entry.relative_to(self.root))
+                if relative in recorded or not entry.name.startswith(("part-", ".part-")):
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+    def _pack(self, month: str, category: str, kind: str, letters: list[Letter]) -> Written:
+        folder = self._folder(month, category)
+        folder.mkdir(parents=True, exist_ok=True)
+        part = self.registry.next_archive_part(month, category, kind)
+        series = f"archive-{month}"
+        first = self.registry.series_last(series) + 1
+        numbers = [f"A{month.replace('-', '')}-{first + i:05d}" for i in range(len(letters))]
+        rows: list[dict[str, Any]] = []
+        if kind == "mail":
+            suffix = ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
+            name = f"part-{part:03d}{suffix}"
+            target = folder / name
+            tmp = folder / f".{name}.tmp"
+            offset = 0
+            with open(tmp, "wb") as raw_file, self._compressor(raw_file) as out:
+                for letter, number in zip(letters, numbers, strict=True):
+                    raw = self._raw(letter)
+                    when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
+                    block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
+                    block += b"\n" if block.endswith(b"\n") else b"\n\n"
+                    out.write(block)
+                    rows.append(self._row(number, letter, raw, offset, len(block), ""))
+                    offset += len(block)
+                out.flush()
+            with open(tmp, "rb+") as done:
+                os.fsync(done.fileno())
+            size, sha = tmp.stat().st_size, _sha_file(tmp)
+            manifest = folder / f"part-{part:03d}.manifest.csv"
+        else:
+            name = f"part-{part:03d}-faxes"
+            target = folder / name
+            tmp = folder / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            size = 0
+            for letter, number in zip(letters, numbers, strict=True):
+                raw = self._raw(letter)
+                original = letter.attachments[0].filename if letter.attachments else "fax"
+                file_name = f"{number}_{safe_filename(original)}"
+                with open(tmp / file_name, "wb") as out_file:
+                    out_file.write(raw)
+                    os.fsync(out_file.fileno())
+                rows.append(self._row(number, letter, raw, 0, len(raw), file_name))
+                size += len(raw)
+            _fsync_dir(tmp)
+            manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
+            sha = ""
+        manifest_tmp = manifest.with_name(f".{manifest.name}.tmp")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        data = text.getvalue().encode()
+        with open(manifest_tmp, "wb") as out_file:
+            out_file.write(data)
+            os.fsync(out_file.fileno())
+        if kind == "fax":
+            sha = hashlib.sha256(data).hexdigest()
+        os.rename(tmp, target)
+        os.rename(manifest_tmp, manifest)
+        _fsync_dir(folder)
+        checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
+        self.registry.archive_commit(
+            package={"month": month, "category": category, "part": part, "kind": kind,
+                     "path": str(target.relative_to(self.root)), "manifest": str(manifest.relative_to(self.root)),
+                     "letters": len(letters), "size": size, "sha256": sha},
+            assignments=[(letter.id, number) for letter, number in zip(letters, numbers, strict=True)],
+            series=series, expected_last=first - 1)
+        return Written(str(target.relative_to(self.root)), len(letters), size)
+
+    def _compressor(self, raw_file: IO[bytes]) -> Any:
+        if self.config.model.archive.compression == "zstd":
+            return zstandard.ZstdCompressor(level=3).stream_writer(raw_file, closefd=False)
+        return gzip.GzipFile(fileobj=raw_file, mode="wb", compresslevel=6, mtime=0)
+
+    def _raw(self, letter: Letter) -> bytes:
+        try:
+            raw = read_raw(self.config.state_dir / letter.raw_path)
+        except (OSError, DamagedItem) as exc:
+            raise ArchiveError(f"{letter.number}: its original cannot be read: {exc}") from exc
+        if hashlib.sha256(raw).hexdigest() != letter.raw_sha256:
+            raise ArchiveError(f"{letter.number}: its stored original does not match the register's SHA-256")
+        return raw
+
+    @staticmethod
+    def _row(number: str, letter: Letter, raw: bytes, offset: int, length: int, file_name: str) -> dict[str, Any]:
+        return {"archive_number": number, "letter_number": letter.number,
+                "received_at": letter.received_at.isoformat(), "channel": letter.channel,
+                "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "offset": offset, "length": length,
+                "file": file_name}
+
+    # -- checking ---------------------------------------------------------
+    def verify(self, month: str | None = None) -> list[Checked]:
+        results = []
+        for package in self.registry.archive_packages(month):
+            if package.status == "purged":
+                continue
+            checked = Checked(package, self._check(package))
+            self.registry.archive_checked(package.id, checked.problems)
+            if checked.ok and self.config.model.archive.release_after_verify:
+                self._release(package)
+            results.append(checked)
+        return results
+
+    def _check(self, package: ArchivePackage) -> list[str]:
+        path, manifest_path = self.root / package.path, self.root / package.manifest
+        try:
+            manifest_bytes = manifest_path.read_bytes()
+        except OSError as exc:
+            return [f"manifest {package.manifest}: {exc.strerror or exc}"]
+        rows = list(csv.DictReader(io.StringIO(manifest_bytes.decode())))
+        registered = self.registry.archived_hashes(package.id)
+        problems: list[str] = []
+        if len(rows) != package.letters:
+            problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
+        if package.kind == "mail":
+            try:
+                if _sha_file(path) != package.sha256:
+                    problems.append("SHA-256 differs from the one recorded when it was written")
+                data = self._decompress(path)
+            except (OSError, zstandard.ZstdError, EOFError, gzip.BadGzipFile) as exc:
+                return problems + [f"cannot be read: {exc}"]
+            for row in rows:
+                block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
+                raw = _message_of(block, int(row["size"]))
+                problems += _compare(row, raw, registered)
+        else:
+            if hashlib.sha256(manifest_bytes).hexdigest() != package.sha256:
+                problems.append(f"manifest {package.manifest}: SHA-256 differs from the one recorded when it was written")
+            for row in rows:
+                try:
+                    raw = (path / row["file"]).read_bytes()
+                except OSError as exc:
+                    problems.append(f"{row['archive_number']}: {row['file']}: {exc.strerror or exc}")
+                    continue
+                problems += _compare(row, raw, registered)
+        return problems
+
+    def _decompress(self, path: Path) -> bytes:
+        with open(path, "rb") as f:
+            if path.name.endswith(".zst"):
+                return zstandard.ZstdDecompressor().stream_reader(f).read()
+            return gzip.GzipFile(fileobj=f).read()
+
+    def _release(self, package: ArchivePackage) -> None:
+        """The package is re-read and right: the message store's copies can go."""
+        for letter_id, raw_path in self.registry.releasable(package.id):
+            try:
+                (self.config.state_dir / raw_path).unlink()
+            except FileNotFoundError:
+                pass
+            self.registry.mark_released(letter_id)
+
+    def read(self, letter: Letter) -> bytes:
+        """A letter's original from its package (once the message store's copy is released)."""
+        package = self.registry.archive_package(letter.archive_package_id or 0)
+        if package is None or package.status == "purged":
+            raise ArchiveError(f"{letter.number}: its original was destroyed or is not archived")
+        for row in csv.DictReader(io.StringIO((self.root / package.manifest).read_text())):
+            if row["letter_number"] != letter.number:
+                continue
+            if package.kind == "fax":
+                return (self.root / package.path / row["file"]).read_bytes()
+            data = self._decompress(self.root / package.path)
+            return _message_of(data[int(row["offset"]):int(row["offset"]) + int(row["length"])], int(row["size"]))
+        raise ArchiveError(f"{letter.number}: not in the manifest of {package.path}")
+
+    # -- destruction ------------------------------------------------------
+    def purge(self, *, approved_by: str, actor: str, now: datetime, dry_run: bool = False) -> tuple[list[str], list[str]]:
+        """Destroy packages whose every letter is past retention and none on legal hold.
+        Returns (destroyed packages, packages kept with the reason)."""
+        settings = self.config.model.archive
+        destroyed: list[ArchivePackage] = []
+        kept: list[str] = []
+        for package in self.registry.archive_packages(None):
+            if package.status == "purged":
+                continue
+            letters = self.registry.archived_letters(package.id)
+            years = settings.retention.get(package.category, settings.retention_years)
+            held = [l.number for l in letters if l.legal_hold]
+            young = [l.number for l in letters if _add_years(l.received_at, years) > now]
+            if held:
+                kept.append(f"{package.path}: on legal hold ({', '.join(held[:5])})")
+            elif young:
+                kept.append(f"{package.path}: retention of {years} years not over ({len(young)} letter(s))")
+            else:
+                destroyed.append(package)
+        if dry_run or not destroyed:
+            return [p.path for p in destroyed], kept
+        with self._locked():
+            for package in destroyed:
+                for path in (self.root / package.path, self.root / package.manifest):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    elif path.exists():
+                        path.unlink()
+                for letter in self.registry.archived_letters(package.id):
+                    if not letter.raw_released:
+                        (self.config.state_dir / letter.raw_path).unlink(missing_ok=True)
+            self.registry.record_destruction([p.id for p in destroyed], approved_by=approved_by, actor=actor)
+        return [p.path for p in destroyed], kept
+
+
+def _message_of(block: bytes, size: int) -> bytes:
+    body = block.split(b"\n", 1)[1] if b"\n" in block else b""  # the "From " separator line
+    return mbox_unescape(body)[:size]
+
+
+def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
+    sha = hashlib.sha256(raw).hexdigest()
+    problems = []
+    if sha != row["sha256"] or len(raw) != int(row["size"]):
+        problems.append(f"{row['archive_number']} ({row['letter_number']}): content differs from the manifest")
+    elif registered.get(row["archive_number"]) != sha:
+        problems.append(f"{row['archive_number']} ({row['letter_number']}): the register's SHA-256 differs")
+    return problems
+
+
+def _sha_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _add_years(when: datetime, years: int) -> datetime:
+    try:
+        return when.replace(year=when.year + years)
+    except ValueError:  # 29 February
+        return when.replace(year=when.year + years, day=28)
+
+
+def read_original(config: Config, registry: Registry, letter: Letter) -> bytes:
+    """A letter's original bytes, from the message store or, once released, from the archive."""
+    if letter.raw_released:
+        return Archiver(config, registry).read(letter)
+    return read_raw(config.state_dir / letter.raw_path)

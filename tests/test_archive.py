@@ -1,0 +1,170 @@
+"""The monthly archive: mixed mail and fax, verification, corruption, a crash midway, retention and hold."""
+from __future__ import annotations
+
+import csv
+import json
+import mailbox
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, make_message
+from fax_samples import ENGLISH, tiff_fax
+
+RULES = """
+rules:
+  - name: complaints
+    when: {subject: [complaint]}
+    set: {category: external.inquiry_complaint, department: business}
+  - name: business
+    when: {recipient_department: [business]}
+    set: {category: external.business, department: business}
+"""
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> tuple[Gateway, str]:
+    """Four mails in two categories and a fax, one letter closed, all received in 2026-03."""
+    gateway = Gateway(tmp_path, rules=RULES)
+    files = []
+    for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
+                                       ("Order 2\nFrom here", "sales@example.org"), ("complaint two", "liaison@example.org")]):
+        path = tmp_path / f"{n}.eml"
+        body = "Dear team,\nFrom the start we were unhappy.\n>From a quote.\n" if n == 0 else "Hello.\n"
+        path.write_bytes(make_message(n, subject=subject.split("\n")[0], to=to, body=body))
+        files.append(str(path))
+    fax = tmp_path / "fax_0105551234.tif"
+    fax.write_bytes(tiff_fax([ENGLISH], resolution="fine", compression="group4"))
+    files.append(str(fax))
+    gateway.run("ingest", *files)
+    gateway.run("letters", "close", "2026-000001", "--result", "answered")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # as if received in March
+        db.execute("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000'")
+    return gateway, "2026-03"
+
+
+def package_rows(gateway: Gateway) -> list[dict]:
+    return json.loads(gateway.run("archive", "list", "--json").stdout)
+
+
+def test_a_month_of_mail_and_fax_is_packed_verified_and_released(archived: tuple[Gateway, str]) -> None:
+    gateway, month = archived
+    out = gateway.run("archive", "run", "--month", month).stdout
+    packages = {(p["category"], p["kind"]): p for p in package_rows(gateway)}
+    assert set(packages) == {("external.inquiry_complaint", "mail"), ("external.business", "mail"),
+                             ("uncategorised", "fax")}
+    assert all(p["status"] == "verified" for p in packages.values()), out
+    root = gateway.state / "archive"
+    complaints = packages[("external.inquiry_complaint", "mail")]
+    assert complaints["path"] == "2026/03/external.inquiry_complaint/part-001.mbox.zst"
+    # Ordinary tools open it: zstd, then any mbox reader.
+    mbox_file = root / "complaints.mbox"
+    mbox_file.write_bytes(subprocess.run(["zstd", "-dc", str(root / complaints["path"])], capture_output=True,
+                                         check=True).stdout)
+    box = mailbox.mbox(str(mbox_file))
+    messages = list(box)
+    box.close()
+    assert sorted(m["Subject"] for m in messages) == ["complaint one", "complaint two"]
+    assert "From the start" in messages[0].get_payload() or "From the start" in messages[1].get_payload()
+    with open(root / complaints["manifest"], newline="") as f:
+        manifest = list(csv.DictReader(f))
+    assert [r["letter_number"] for r in manifest] == ["2026-000001", "2026-000004"]
+    assert all(r["archive_number"].startswith("A202603-") and len(r["sha256"]) == 64 for r in manifest)
+    fax = packages[("uncategorised", "fax")]
+    [fax_file] = list((root / fax["path"]).iterdir())
+    assert fax_file.name.endswith("_fax_0105551234.tif") and fax_file.read_bytes()[:4] == b"II*\x00"
+
+    letters = {l["number"]: gateway.show_json(str(l["number"])) for l in gateway.list_json()}
+    numbers = sorted(l["archive_number"] for l in letters.values())
+    assert numbers == [f"A202603-{n:05d}" for n in range(1, 6)]  # unique, gap-free
+    assert letters["2026-000001"]["status"] == "archived"  # closed, then archived
+    assert letters["2026-000002"]["status"] == "routed"  # still open: archived copy, live letter
+    assert all(l["raw_released"] for l in letters.values())
+    assert not (gateway.state / letters["2026-000002"]["raw_path"]).exists()  # released after verification
+    extracted = gateway.run("letters", "extract", "2026-000005", str(gateway.state.parent / "x")).stdout
+    assert extracted.strip().endswith(".tif")  # read back from the archive
+    assert "archived" in [e["action"] for e in letters["2026-000003"]["events"]]
+    # Idempotent.
+    assert "nothing (more) to archive" in gateway.run("archive", "run", "--month", month).stdout
+    assert len(package_rows(gateway)) == 3
+
+
+def test_a_corrupted_package_is_detected(archived: tuple[Gateway, str]) -> None:
+    gateway, month = archived
+    gateway.run("archive", "run", "--month", month, "--no-verify")
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    path = gateway.state / "archive" / business["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fax = next(p for p in package_rows(gateway) if p["kind"] == "fax")
+    [fax_file] = list((gateway.state / "archive" / fax["path"]).iterdir())
+    fax_file.write_bytes(fax_file.read_bytes()[:-10])
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1
+    assert f"error: {business['path']}: SHA-256 differs from the one recorded when it was written" in proc.stderr
+    assert "content differs from the manifest" in proc.stderr
+    statuses = {p["category"]: p["status"] for p in package_rows(gateway)}
+    assert statuses == {"external.business": "corrupt", "external.inquiry_complaint": "verified",
+                        "uncategorised": "corrupt"}
+    # Nothing of a corrupt package is released from the message store.
+    assert (gateway.state / gateway.show_json("2026-000002")["raw_path"]).exists()
+
+
+def test_a_crash_midway_then_the_run_resumes(archived: tuple[Gateway, str]) -> None:
+    gateway, month = archived
+    crashed = gateway.run("archive", "run", "--month", month, check=False,
+                          env=gateway.env(GATEWAY_CRASH_AT="archive-before-commit"))
+    assert crashed.returncode == -9
+    assert package_rows(gateway) == []
+    leftovers = list((gateway.state / "archive").rglob("part-001*"))
+    assert leftovers  # written, never recorded
+    gateway.run("archive", "run", "--month", month)
+    rows = package_rows(gateway)
+    assert len(rows) == 3 and all(r["part"] == 1 and r["status"] == "verified" for r in rows)
+    numbers = [gateway.show_json(str(l["number"]))["archive_number"] for l in gateway.list_json()]
+    assert sorted(numbers) == [f"A202603-{n:05d}" for n in range(1, 6)]
+
+
+def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, rules=RULES, extra="[archive]\nretention_years = 10\n[archive.retention]\n"
+                                                   '"external.business" = 5\n')
+    files = []
+    for n, subject in enumerate(["complaint", "order"]):
+        path = tmp_path / f"{n}.eml"
+        path.write_bytes(make_message(n, subject=subject, to="sales@example.org" if n else "liaison@example.org"))
+        files.append(str(path))
+    gateway.run("ingest", *files)
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # received long ago
+        db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
+    gateway.run("archive", "run", "--month", "2019-05")
+
+    refused = gateway.run("archive", "purge", check=False)
+    assert refused.returncode == 2 and "destruction needs --approved-by" in refused.stderr
+    dry = gateway.run("archive", "purge", "--dry-run").stdout
+    # Business letters keep 5 years (over); complaints the default 10 (not over).
+    assert "2019/05/external.business/part-001.mbox.zst: would be destroyed" in dry
+    assert "retention of 10 years not over" in dry
+
+    gateway.run("letters", "hold", "2026-000002", "--reason", "court case 17/2026")
+    held = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    assert "on legal hold (2026-000002)" in held and "nothing is past retention" in held
+    assert (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
+
+    gateway.run("letters", "hold", "2026-000002", "--reason", "case closed", "--release")
+    done = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    assert "2019/05/external.business/part-001.mbox.zst: destroyed" in done
+    assert not (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
+    assert not (gateway.state / "archive/2019/05/external.business/part-001.manifest.csv").exists()
+    assert (gateway.state / "archive/2019/05/external.inquiry_complaint/part-001.mbox.zst").exists()
+    letter = gateway.show_json("2026-000002")
+    assert letter["purged_at"] and letter["archive_number"]  # the register entry stays
+    [destroyed] = [e for e in letter["events"] if e["action"] == "destroyed"]
+    assert destroyed["details"]["approved_by"] == "Director Wang"
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        [(approved, packages, letters)] = db.execute("SELECT approved_by, packages, letters FROM destruction_records")
+    assert approved == "Director Wang" and json.loads(packages) == ["2019/05/external.business/part-001.mbox.zst"]
+    assert json.loads(letters) == [["2026-000002", letter["archive_number"]]]
+    assert "nothing is past retention" in gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
