@@ -314,8 +314,8 @@ def test_no_receipt_where_rfc_3834_says_not_and_at_most_n_per_sender_a_day(
         looped = [e["details"] for letter in gateway.list_json()
                   for e in gateway.show_json(str(letter["number"]))["events"] if e["action"] == "routed"
                   and e["details"].get("not_notified")]
-        assert looped == [{"owner": None, "notify": [],
-                           "not_notified": "the gateway's own mail came back (X-Gateway-Loop)"}]
+        assert [(d["notify"], d["not_notified"]) for d in looped] == [
+            ([], "the gateway's own mail came back (X-Gateway-Loop)")]
     finally:
         daemon.stop()
 

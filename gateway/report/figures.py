@@ -1,0 +1,126 @@
+"""The figures the organisation is judged by, for a month or a quarter.
+
+Letters belong to the period in which they were received (local time). Times
+come from the events of each letter:
+
+- timeliness rate: of the period's letters that were closed, the share closed
+  by their deadline;
+- time to acknowledge: from registration to the department's acknowledgement;
+  time to close: from receipt to closing (mean and 90th percentile, hours);
+- overdue: the period's letters still open past their deadline at the report's
+  moment (the end of the period, or now if it has not ended);
+- accuracy rate: of the period's letters that were routed by the rules, the
+  share not re-routed by a person afterwards;
+- archive completeness: of the period's letters due for archiving (received in
+  a month that has ended), the share that has an archive number.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, time, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from gateway.registry import Registry
+from gateway.registry.models import Letter
+from gateway.track.lifecycle import OPEN
+
+PERIOD = re.compile(r"^(\d{4})-(?:(0[1-9]|1[0-2])|Q([1-4]))$")
+
+
+@dataclass(frozen=True)
+class Period:
+    name: str
+    start: datetime  # UTC
+    end: datetime  # UTC, exclusive
+
+    @classmethod
+    def parse(cls, value: str, timezone_name: str) -> Period:
+        match = PERIOD.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is neither a month (YYYY-MM) nor a quarter (YYYY-Qn)")
+        year = int(match.group(1))
+        first = int(match.group(2)) if match.group(2) else (int(match.group(3)) - 1) * 3 + 1
+        months = 1 if match.group(2) else 3
+        tz = ZoneInfo(timezone_name)
+        last = first + months
+        start = datetime.combine(datetime(year, first, 1).date(), time.min, tz)
+        end = datetime.combine(datetime(year + (last > 12), (last - 1) % 12 + 1, 1).date(), time.min, tz)
+        return cls(value, start.astimezone(timezone.utc), end.astimezone(timezone.utc))
+
+
+def _stats(hours: list[float]) -> dict[str, float | int | None]:
+    if not hours:
+        return {"count": 0, "mean_hours": None, "p90_hours": None}
+    ordered = sorted(hours)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]  # nearest rank
+    return {"count": len(ordered), "mean_hours": round(sum(ordered) / len(ordered), 2), "p90_hours": round(p90, 2)}
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def compute(registry: Registry, period: Period, timezone_name: str, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(timezone.utc)
+    moment = min(now, period.end)
+    tz = ZoneInfo(timezone_name)
+    this_month = now.astimezone(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    with registry.sessions() as session:
+        letters = list(session.scalars(
+            select(Letter).where(Letter.received_at >= period.start, Letter.received_at < period.end)
+            .options(selectinload(Letter.events)).order_by(Letter.received_at, Letter.id)))
+
+    by_channel, by_category, by_department = Counter(), Counter(), Counter()
+    closed = within = routed = rerouted = due_archive = archived = 0
+    to_ack: list[float] = []
+    to_close: list[float] = []
+    overdue = []
+    for letter in letters:
+        by_channel[letter.channel] += 1
+        by_category[letter.category or "uncategorised"] += 1
+        by_department[letter.department or "-"] += 1
+        events = letter.events
+        registered = next((e.at for e in events if e.action == "registered"), letter.received_at)
+        acked = next((e.at for e in events if e.action == "acknowledged"), None)
+        closed_at = next((e.at for e in events if e.action == "closed"), None)
+        if acked is not None:
+            to_ack.append((acked - registered).total_seconds() / 3600)
+        if closed_at is not None:
+            closed += 1
+            to_close.append((closed_at - letter.received_at).total_seconds() / 3600)
+            if letter.deadline is None or closed_at <= letter.deadline:
+                within += 1
+        routed_at = next((e.at for e in events if e.action == "routed"), None)
+        if routed_at is not None:
+            routed += 1
+            if any(e.action == "reassigned" and (e.details or {}).get("by_person") and e.at >= routed_at
+                   for e in events):
+                rerouted += 1
+        if letter.received_at.astimezone(tz) < this_month:  # its month has ended: due for archiving
+            due_archive += 1
+            archived += letter.archive_number is not None
+        open_at_moment = closed_at is None or closed_at > moment
+        if open_at_moment and letter.deadline is not None and letter.deadline < moment:
+            overdue.append({"number": letter.number, "department": letter.department, "category": letter.category,
+                            "deadline": letter.deadline.isoformat(), "status": letter.status,
+                            "subject": letter.subject if letter.confidentiality != "confidential" else "(confidential)",
+                            "days_overdue": round((moment - letter.deadline).total_seconds() / 86400, 1)})
+    return {
+        "period": period.name, "from": period.start.isoformat(), "until": period.end.isoformat(),
+        "as_of": moment.isoformat(), "letters": len(letters),
+        "volumes": {"channel": dict(sorted(by_channel.items())), "category": dict(sorted(by_category.items())),
+                    "department": dict(sorted(by_department.items()))},
+        "timeliness": {"closed": closed, "closed_within_deadline": within, "rate": _rate(within, closed)},
+        "time_to_acknowledge": _stats(to_ack),
+        "time_to_close": _stats(to_close),
+        "overdue": overdue,
+        "accuracy": {"routed": routed, "rerouted_by_a_person": rerouted, "rate": _rate(routed - rerouted, routed)},
+        "archive": {"due": due_archive, "archived": archived, "completeness": _rate(archived, due_archive)},
+    }

@@ -1,0 +1,85 @@
+"""A report as JSON, as CSV (one figure per row) and as one HTML file with its charts inline (SVG)."""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from typing import Any
+
+
+def as_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    out: list[tuple[str, str, Any]] = [("period", "name", report["period"]), ("period", "letters", report["letters"])]
+    for dimension, counts in report["volumes"].items():
+        out += [(f"volume by {dimension}", key, value) for key, value in counts.items()]
+    for section in ("timeliness", "time_to_acknowledge", "time_to_close", "accuracy", "archive"):
+        out += [(section, key, value) for key, value in report[section].items()]
+    out += [("overdue", item["number"], item["days_overdue"]) for item in report["overdue"]]
+    return out
+
+
+def as_csv(report: dict[str, Any]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["section", "key", "value"])
+    writer.writerows((section, key, "" if value is None else value) for section, key, value in rows(report))
+    return text.getvalue()
+
+
+def _bars(title: str, counts: dict[str, int]) -> str:
+    """A horizontal bar chart as inline SVG: opens in any browser, needs nothing else."""
+    if not counts:
+        return f"<h3>{html.escape(title)}</h3><p>none</p>"
+    top = max(counts.values()) or 1
+    height = 26 * len(counts) + 10
+    parts = [f'<h3>{html.escape(title)}</h3>',
+             f'<svg role="img" aria-label="{html.escape(title)}" width="640" height="{height}" '
+             f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="13">']
+    for i, (label, value) in enumerate(counts.items()):
+        width = int(380 * value / top)
+        y = 8 + i * 26
+        parts.append(f'<text x="0" y="{y + 14}">{html.escape(str(label))}</text>'
+                     f'<rect x="230" y="{y}" width="{max(width, 1)}" height="18" fill="#3b6ea5"/>'
+                     f'<text x="{236 + width}" y="{y + 14}">{value}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate * 100:.1f}%"
+
+
+def as_html(report: dict[str, Any], organisation: str = "") -> str:
+    t, a, c = report["timeliness"], report["accuracy"], report["archive"]
+    ack, close = report["time_to_acknowledge"], report["time_to_close"]
+    overdue_rows = "".join(
+        f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
+        f"<td>{html.escape(str(o['category']))}</td><td>{html.escape(o['deadline'][:16])}</td>"
+        f"<td>{o['days_overdue']}</td><td>{html.escape(o['subject'])}</td></tr>" for o in report["overdue"])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Correspondence report {html.escape(report['period'])}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.k{{font-size:1.6em;font-weight:bold}}</style></head>
+<body>
+<h1>Correspondence report {html.escape(report['period'])}{(' — ' + html.escape(organisation)) if organisation else ''}</h1>
+<p>Letters received from {html.escape(report['from'][:10])} to before {html.escape(report['until'][:10])};
+figures as of {html.escape(report['as_of'][:16])}. {report['letters']} letter(s).</p>
+<table>
+<tr><th>Timeliness rate</th><td class="k">{_pct(t['rate'])}</td><td>{t['closed_within_deadline']} of {t['closed']} closed letters within their deadline</td></tr>
+<tr><th>Classification accuracy</th><td class="k">{_pct(a['rate'])}</td><td>{a['routed'] - a['rerouted_by_a_person']} of {a['routed']} routed letters not re-routed by a person</td></tr>
+<tr><th>Archive completeness</th><td class="k">{_pct(c['completeness'])}</td><td>{c['archived']} of {c['due']} letters due for archiving</td></tr>
+<tr><th>Time to acknowledge</th><td>{ack['mean_hours'] if ack['mean_hours'] is not None else '–'} h mean</td><td>{ack['p90_hours'] if ack['p90_hours'] is not None else '–'} h at the 90th percentile ({ack['count']} letters)</td></tr>
+<tr><th>Time to close</th><td>{close['mean_hours'] if close['mean_hours'] is not None else '–'} h mean</td><td>{close['p90_hours'] if close['p90_hours'] is not None else '–'} h at the 90th percentile ({close['count']} letters)</td></tr>
+</table>
+{_bars('Letters by channel', report['volumes']['channel'])}
+{_bars('Letters by category', report['volumes']['category'])}
+{_bars('Letters by department', report['volumes']['department'])}
+<h2>Overdue ({len(report['overdue'])})</h2>
+<table><tr><th>Number</th><th>Department</th><th>Category</th><th>Deadline</th><th>Days overdue</th><th>Subject</th></tr>
+{overdue_rows}</table>
+</body></html>
+"""

@@ -1,0 +1,95 @@
+"""Reports: the figures checked against values computed here by hand from the letters' own events."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from conftest import Gateway, make_message
+
+RULES = """
+rules:
+  - name: complaints
+    when: {subject: [complaint]}
+    set: {category: external.inquiry_complaint, department: business}
+  - name: orders
+    when: {subject: [order]}
+    set: {category: external.business, department: business}
+"""
+
+
+def test_quarter_report_figures_as_json_csv_and_html(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, rules=RULES)
+    files = []
+    for n, subject in enumerate(["A complaint", "Order 1", "Hello", "Order 2"]):
+        path = tmp_path / f"{n}.eml"
+        path.write_bytes(make_message(n, subject=subject))
+        files.append(str(path))
+    gateway.run("ingest", *files)
+    gateway.run("letters", "ack", "2026-000001")
+    gateway.run("letters", "close", "2026-000001", "--result", "answered")
+    gateway.run("letters", "close", "2026-000002", "--result", "late")
+    gateway.run("letters", "reassign", "2026-000003", "business", "--reason", "settled from triage")
+    gateway.run("letters", "reassign", "2026-000004", "general-office", "--reason", "misrouted")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        for number, received, deadline in [("2026-000001", "2026-03-10 02:00:00", "2099-01-01 00:00:00"),
+                                           ("2026-000002", "2026-03-10 02:00:00", "2026-03-11 15:59:59"),
+                                           ("2026-000003", "2026-03-10 02:00:00", "2099-01-01 00:00:00"),
+                                           ("2026-000004", "2026-02-15 02:00:00", "2026-02-20 15:59:59")]:
+            db.execute("UPDATE letters SET received_at = ?, deadline = ? WHERE number = ?",
+                       (received + ".000000", deadline + ".000000", number))
+    gateway.run("archive", "run", "--month", "2026-03")  # February is not archived
+
+    events = {n: gateway.show_json(n)["events"] for n in ("2026-000001", "2026-000002")}
+
+    def at(number: str, action: str) -> datetime:
+        return datetime.fromisoformat(next(e["at"] for e in events[number] if e["action"] == action))
+    march = datetime(2026, 3, 10, 2, 0, tzinfo=timezone.utc)
+    ack_hours = (at("2026-000001", "acknowledged") - at("2026-000001", "registered")).total_seconds() / 3600
+    close_hours = sorted((at(n, "closed") - march).total_seconds() / 3600 for n in ("2026-000001", "2026-000002"))
+    end_of_quarter = datetime(2026, 3, 31, 16, 0, tzinfo=timezone.utc)  # 1 April, 00:00 in Shanghai
+
+    report = json.loads(gateway.run("report", "--quarter", "2026-Q1", "--format", "json").stdout)
+    assert report["letters"] == 4
+    assert report["volumes"] == {
+        "channel": {"email": 4},
+        "category": {"external.business": 2, "external.inquiry_complaint": 1, "uncategorised": 1},
+        "department": {"business": 3, "general-office": 1}}
+    assert report["timeliness"] == {"closed": 2, "closed_within_deadline": 1, "rate": 0.5}
+    assert report["time_to_acknowledge"] == {"count": 1, "mean_hours": round(ack_hours, 2),
+                                             "p90_hours": round(ack_hours, 2)}
+    assert report["time_to_close"] == {"count": 2, "mean_hours": round(sum(close_hours) / 2, 2),
+                                       "p90_hours": round(close_hours[1], 2)}
+    # As of the end of the quarter, the late order (closed only later) and the February order were open and late.
+    assert [(o["number"], o["days_overdue"]) for o in report["overdue"]] == [
+        ("2026-000004", round((end_of_quarter - datetime(2026, 2, 20, 15, 59, 59, tzinfo=timezone.utc))
+                              .total_seconds() / 86400, 1)),
+        ("2026-000002", round((end_of_quarter - datetime(2026, 3, 11, 15, 59, 59, tzinfo=timezone.utc))
+                              .total_seconds() / 86400, 1))]
+    # Routed by the rules: 1, 2 and 4 (3 went to triage); 4 was re-routed by a person.
+    assert report["accuracy"] == {"routed": 3, "rerouted_by_a_person": 1, "rate": round(2 / 3, 4)}
+    assert report["archive"] == {"due": 4, "archived": 3, "completeness": 0.75}
+    assert report["as_of"] == end_of_quarter.isoformat()
+
+    march_only = json.loads(gateway.run("report", "--month", "2026-03", "--format", "json").stdout)
+    assert march_only["letters"] == 3 and march_only["archive"]["completeness"] == 1.0
+
+    table = list(csv.reader(io.StringIO(gateway.run("report", "--quarter", "2026-Q1", "--format", "csv").stdout)))
+    assert table[0] == ["section", "key", "value"]
+    assert ["timeliness", "rate", "0.5"] in table and ["archive", "completeness", "0.75"] in table
+    assert ["volume by department", "business", "3"] in table and ["overdue", "2026-000004", str(
+        report["overdue"][0]["days_overdue"])] in table
+
+    out = tmp_path / "q1.html"
+    gateway.run("report", "--quarter", "2026-Q1", "--output", str(out))
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3  # channel, category, department
+    assert "50.0%" in page and "66.7%" in page and "75.0%" in page and "2026-000004" in page
+    assert not math.isnan(report["time_to_close"]["mean_hours"])
+
+    bad = gateway.run("report", "--month", "2026-13", check=False)
+    assert bad.returncode == 2 and "neither a month (YYYY-MM) nor a quarter (YYYY-Qn)" in bad.stderr
