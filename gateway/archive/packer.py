@@ -41,13 +41,13 @@ import zstandard
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.normalise.filenames import safe_filename
-from gateway.registry import Registry
+from gateway.registry import Registry, ToArchive
 from gateway.registry.models import ArchivePackage, Letter
-from gateway.spool import DamagedItem, read_raw
+from gateway.spool import DamagedItem, read_item_file, read_raw
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-_FROM_LINE = re.compile(rb"^>*From ")
-_QUOTED_FROM = re.compile(rb"^>+From ")
+_FROM_LINE = re.compile(rb"^(>*From )", re.M)
+_QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
 MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", "sha256", "size", "offset", "length",
                    "file"]
 
@@ -86,12 +86,11 @@ def month_bounds(month: str, timezone_name: str) -> tuple[datetime, datetime]:
 
 def mbox_escape(raw: bytes) -> bytes:
     """mboxrd: one more '>' before every line that is '>'* then 'From '; reading removes it."""
-    lines = raw.split(b"\n")
-    return b"\n".join(b">" + line if _FROM_LINE.match(line) else line for line in lines)
+    return _FROM_LINE.sub(rb">\1", raw) if b"From " in raw else raw  # most messages have none
 
 
 def mbox_unescape(data: bytes) -> bytes:
-    return b"\n".join(line[1:] if _QUOTED_FROM.match(line) else line for line in data.split(b"\n"))
+    return _QUOTED_FROM.sub(rb"\1", data) if b"From " in data else data
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,9 +126,9 @@ class Archiver:
         with self._locked():
             self._remove_unrecorded(month)
             letters = self.registry.letters_to_archive(start, end)
-            groups: dict[tuple[str, str], list[Letter]] = {}
+            groups: dict[tuple[str, str], list[ToArchive]] = {}
             for letter in letters:
-                kind = "fax" if letter.is_fax_file else "mail"
+                kind = "fax" if letter.fax_file_name is not None else "mail"
                 groups.setdefault((letter.category or "uncategorised", kind), []).append(letter)
             written = []
             for (category, kind), members in sorted(groups.items()):
@@ -157,7 +156,7 @@ class Archiver:
                 else:
                     entry.unlink()
 
-    def _pack(self, month: str, category: str, kind: str, letters: list[Letter]) -> Written:
+    def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive]) -> Written:
         folder = self._folder(month, category)
         folder.mkdir(parents=True, exist_ok=True)
         part = self.registry.next_archive_part(month, category, kind)
@@ -178,7 +177,7 @@ class Archiver:
                     block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
                     block += b"\n" if block.endswith(b"\n") else b"\n\n"
                     out.write(block)
-                    rows.append(self._row(number, letter, raw, offset, len(block), ""))
+                    rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
                     offset += len(block)
                 out.flush()
             with open(tmp, "rb+") as done:
@@ -194,12 +193,11 @@ class Archiver:
             size = 0
             for letter, number in zip(letters, numbers, strict=True):
                 raw = self._raw(letter)
-                original = letter.attachments[0].filename if letter.attachments else "fax"
-                file_name = f"{number}_{safe_filename(original)}"
+                file_name = f"{number}_{safe_filename(letter.fax_file_name or 'fax')}"
                 with open(tmp / file_name, "wb") as out_file:
                     out_file.write(raw)
                     os.fsync(out_file.fileno())
-                rows.append(self._row(number, letter, raw, 0, len(raw), file_name))
+                rows.append(self._row(number, letter, len(raw), 0, len(raw), file_name))
                 size += len(raw)
             _fsync_dir(tmp)
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
@@ -232,21 +230,21 @@ class Archiver:
             return zstandard.ZstdCompressor(level=3).stream_writer(raw_file, closefd=False)
         return gzip.GzipFile(fileobj=raw_file, mode="wb", compresslevel=6, mtime=0)
 
-    def _raw(self, letter: Letter) -> bytes:
+    def _raw(self, letter: ToArchive) -> bytes:
         try:
-            raw = read_raw(self.config.state_dir / letter.raw_path)
+            # Checked against its seal (length and SHA-256) while reading.
+            meta, raw = read_item_file(self.config.state_dir / letter.raw_path)
         except (OSError, DamagedItem) as exc:
             raise ArchiveError(f"{letter.number}: its original cannot be read: {exc}") from exc
-        if hashlib.sha256(raw).hexdigest() != letter.raw_sha256:
+        if meta["sha256"] != letter.raw_sha256:
             raise ArchiveError(f"{letter.number}: its stored original does not match the register's SHA-256")
         return raw
 
     @staticmethod
-    def _row(number: str, letter: Letter, raw: bytes, offset: int, length: int, file_name: str) -> dict[str, Any]:
+    def _row(number: str, letter: ToArchive, size: int, offset: int, length: int, file_name: str) -> dict[str, Any]:
         return {"archive_number": number, "letter_number": letter.number,
                 "received_at": letter.received_at.isoformat(), "channel": letter.channel,
-                "sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "offset": offset, "length": length,
-                "file": file_name}
+                "sha256": letter.raw_sha256, "size": size, "offset": offset, "length": length, "file": file_name}
 
     # -- checking ---------------------------------------------------------
     def verify(self, month: str | None = None) -> list[Checked]:
@@ -302,13 +300,13 @@ class Archiver:
             return gzip.GzipFile(fileobj=f).read()
 
     def _release(self, package: ArchivePackage) -> None:
-        """The package is re-read and right: the message store's copies can go."""
-        for letter_id, raw_path in self.registry.releasable(package.id):
-            try:
-                (self.config.state_dir / raw_path).unlink()
-            except FileNotFoundError:
-                pass
-            self.registry.mark_released(letter_id)
+        """The package is re-read and right: the message store's copies can go.
+
+        Recorded first, then deleted: a crash in between leaves a copy too many, never too few."""
+        releasable = self.registry.releasable(package.id)
+        self.registry.mark_released([letter_id for letter_id, _ in releasable])
+        for _, raw_path in releasable:
+            (self.config.state_dir / raw_path).unlink(missing_ok=True)
 
     def read(self, letter: Letter) -> bytes:
         """A letter's original from its package (once the message store's copy is released)."""

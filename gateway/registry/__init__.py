@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, case, create_engine, event, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -80,6 +80,18 @@ class NewLetter:
     actor: str = "gateway"
     needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
     routing: Routing | None = None  # None: classified later (a fax, once its text is read)
+
+
+@dataclass(frozen=True)
+class ToArchive:
+    id: int
+    number: str
+    received_at: datetime
+    channel: str
+    category: str | None
+    raw_path: str
+    raw_sha256: str
+    fax_file_name: str | None  # a fax registered from its file: its original is that file
 
 
 @dataclass(frozen=True)
@@ -575,12 +587,21 @@ class Registry:
         return None
 
     # -- the archive ----------------------------------------------------
-    def letters_to_archive(self, start: datetime, end: datetime) -> list[Letter]:
-        with self.sessions() as session:
-            return list(session.scalars(
-                select(Letter).where(Letter.received_at >= start, Letter.received_at < end,
-                                     Letter.archive_number.is_(None))
-                .options(selectinload(Letter.attachments)).order_by(Letter.received_at, Letter.id)))
+    def letters_to_archive(self, start: datetime, end: datetime) -> list[ToArchive]:
+        """The month's letters not archived yet: only what packing needs (a month can be large)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Letter.id, Letter.number, Letter.received_at, Letter.channel, Letter.category,
+                                       Letter.raw_path, Letter.raw_sha256)
+                                .where(Letter.received_at >= start, Letter.received_at < end,
+                                       Letter.archive_number.is_(None))
+                                .order_by(Letter.received_at, Letter.id)).all()
+            faxes = dict(conn.execute(select(Attachment.letter_id, Attachment.filename)
+                                      .join(Letter, Attachment.letter_id == Letter.id)
+                                      .where(Letter.received_at >= start, Letter.received_at < end,
+                                             Letter.archive_number.is_(None), Letter.channel == "fax",
+                                             Attachment.origin == "fax")).all())
+        return [ToArchive(r.id, r.number, r.received_at, r.channel, r.category, r.raw_path, r.raw_sha256,
+                          faxes.get(r.id)) for r in rows]
 
     def archive_paths(self, month: str) -> set[str]:
         with self.engine.connect() as conn:
@@ -609,10 +630,11 @@ class Registry:
             package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
                 {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None}]).scalar_one()
             table = Letter.__table__
-            for letter_id, number in assignments:
-                conn.execute(table.update().where(table.c.id == letter_id).values(
-                    archive_number=number, archived_at=now, archive_package_id=package_id, updated_at=now,
-                    status=case((table.c.status == "closed", "archived"), else_=table.c.status)))
+            # One statement executed for many rows: a month can hold tens of thousands of letters.
+            conn.execute(table.update().where(table.c.id == bindparam("letter_id")).values(
+                archive_number=bindparam("archive_number"), archived_at=now, archive_package_id=package_id,
+                updated_at=now, status=case((table.c.status == "closed", "archived"), else_=table.c.status)),
+                [{"letter_id": letter_id, "archive_number": number} for letter_id, number in assignments])
             conn.execute(insert(Event), [self._event(letter_id, now, "gateway", "archived", None,
                                                      {"archive_number": number, "package": package["path"]})
                                          for letter_id, number in assignments])
@@ -650,9 +672,13 @@ class Registry:
             return [(r[0], r[1]) for r in conn.execute(select(Letter.id, Letter.raw_path).where(
                 Letter.archive_package_id == package_id, Letter.raw_released.is_(False)))]
 
-    def mark_released(self, letter_id: int) -> None:
+    def mark_released(self, letter_ids: list[int]) -> None:
+        if not letter_ids:
+            return
         with self.writer.begin() as conn:
-            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(raw_released=True))
+            for start in range(0, len(letter_ids), 1000):
+                conn.execute(Letter.__table__.update().where(Letter.id.in_(letter_ids[start:start + 1000]))
+                             .values(raw_released=True))
 
     def record_destruction(self, package_ids: list[int], *, approved_by: str, actor: str) -> int:
         now = _utcnow()
