@@ -24,10 +24,24 @@ rules:
 """
 
 
-@pytest.fixture
-def archived(tmp_path: Path) -> tuple[Gateway, str]:
+def execute(gateway: Gateway, url: str, sql: str) -> None:
+    """Change the register behind the gateway's back (the tests' time machine)."""
+    if url:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.replace("'2026-03-10 02:00:00.000000'", "'2026-03-10 02:00:00+00'")
+                         .replace("'2019-05-10 02:00:00.000000'", "'2019-05-10 02:00:00+00'"))
+    else:
+        with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+            db.execute(sql)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archived(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Gateway, str]:
     """Four mails in two categories and a fax, one letter closed, all received in 2026-03."""
-    gateway = Gateway(tmp_path, rules=RULES)
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    gateway = Gateway(tmp_path, rules=RULES, registry_url=url)
     files = []
     for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
                                        ("Order 2\nFrom here", "sales@example.org"), ("complaint two", "liaison@example.org")]):
@@ -40,8 +54,7 @@ def archived(tmp_path: Path) -> tuple[Gateway, str]:
     files.append(str(fax))
     gateway.run("ingest", *files)
     gateway.run("letters", "close", "2026-000001", "--result", "answered")
-    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # as if received in March
-        db.execute("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000'")
+    execute(gateway, url, "UPDATE letters SET received_at = '2026-03-10 02:00:00.000000'")  # as if in March
     return gateway, "2026-03"
 
 
