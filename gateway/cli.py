@@ -475,8 +475,13 @@ def letters_reassign(state: State, number: str, department: str, reason: str, by
     registry = state.registry()
     notify = [new_mail(cfg, "notification", owner, department=department, reassigned=True)
               for owner in cfg.departments[department].owners]
+    letter = state.letter(number)
+    # Used only when the letter has no deadline yet (a fax routed before its text was read).
+    deadline = cfg.calendar.deadline(letter.received_at, cfg.model.deadlines.answer_within(letter.category,
+                                                                                          letter.urgency))
     try:
-        before, after = registry.reassign(number, department, reason=reason.strip(), actor=_actor(by), notify=notify)
+        before, after = registry.reassign(number, department, reason=reason.strip(), actor=_actor(by), notify=notify,
+                                          deadline=deadline)
     except (LookupError, ValueError, TransitionRefused) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -24,7 +24,7 @@ from gateway.faults import checkpoint
 from gateway.normalise import Normalised, normalise
 from gateway.normalise.filenames import safe_filename
 from gateway.outbound.plan import NewMail, feedback, new_mail, route
-from gateway.track.answers import Answer, bracketed_numbers, own_text, parse_command
+from gateway.track.answers import FORWARD, Answer, bracketed_numbers, own_text, parse_command
 from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
 from gateway.spool import Spool, SpoolItem
 
@@ -98,7 +98,11 @@ class Pipeline:
         received_at = _parse_time(meta.get("received_at"))
         answer = self._answer(parsed, channel)
         if answer is not None:
-            keys.append(f"answer:{sha}")  # the same answer again is recognised, not obeyed twice
+            # The same answer again (the same bytes, or the same mail through another mailbox)
+            # is recognised, not obeyed twice.
+            keys.append(f"answer:{sha}")
+            if parsed.message_id:
+                keys.append(f"answer-message-id:{parsed.message_id[:400]}")
             return AnswerItem(answer, keys, sha, str(self.spool.stored_path(sha).relative_to(self.config.state_dir)),
                               received_at)
         routing = None
@@ -145,6 +149,8 @@ class Pipeline:
         domain = sender.rpartition("@")[2]
         if not any(domain == d or domain.endswith("." + d) for d in self.config.model.gateway.domains):
             return None
+        if FORWARD.match(parsed.subject):
+            return None  # someone passing on mail: correspondence of its own, not an answer
         numbers = bracketed_numbers(parsed.subject)
         ids = [i for i in [parsed.in_reply_to, *parsed.references] if i]
         if not numbers and not ids:

@@ -233,6 +233,9 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
     # Mail from outside that quotes a number is correspondence: a letter of its own.
     outside = answer(8, "Alice <alice@partner.example>", "done: thanks\n")
     assert outside.endswith("registered as 2026-000002")
+    # Passing a mail on is not an answer either, even from an owner.
+    forward = answer(9, "sales.desk@example.org", "done: see below\n", subject="Fwd: [2026-000001] Quotation please")
+    assert forward.endswith("registered as 2026-000003")
 
 
 def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> None:
@@ -242,7 +245,7 @@ def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> 
     gateway.run("ingest", str(path))
     reply = tmp_path / "reply.eml"
     reply.write_bytes(make_message(2, subject="RE: [2026-000001] Wrong desk", sender="sales.desk@example.org",
-                                   to="gateway@example.org", body="转 general-office\n这封信应由办公室处理。\n"))
+                                   to="gateway@example.org", body="转 General-Office\n这封信应由办公室处理。\n"))
     gateway.run("ingest", str(reply))
     detail = gateway.show_json("2026-000001")
     assert detail["department"] == "general-office"

@@ -140,7 +140,8 @@ class Archiver:
         return self.root / year / mon / category
 
     def _remove_unrecorded(self, month: str) -> None:
-        """Files a crashed run left behind, never recorded: nothing refers to them."""
+        """Files a crashed run left behind, never recorded. Moved aside to orphans/, not deleted:
+        after a registry restored from an older backup they could be the only copies."""
         year, mon = month.split("-")
         base = self.root / year / mon
         if not base.is_dir():
@@ -151,10 +152,12 @@ class Archiver:
                 relative = str(entry.relative_to(self.root))
                 if relative in recorded or not entry.name.startswith(("part-", ".part-")):
                     continue
-                if entry.is_dir():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
+                if entry.name.startswith("."):  # never renamed into place: incomplete
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    continue
+                aside = self.root / "orphans" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") / relative
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(entry, aside)
 
     def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive]) -> Written:
         folder = self._folder(month, category)
@@ -248,6 +251,10 @@ class Archiver:
 
     # -- checking ---------------------------------------------------------
     def verify(self, month: str | None = None) -> list[Checked]:
+        with self._locked():  # never beside a purge
+            return self._verify(month)
+
+    def _verify(self, month: str | None) -> list[Checked]:
         results = []
         for package in self.registry.archive_packages(month):
             if package.status == "purged":
@@ -325,37 +332,49 @@ class Archiver:
     # -- destruction ------------------------------------------------------
     def purge(self, *, approved_by: str, actor: str, now: datetime, dry_run: bool = False) -> tuple[list[str], list[str]]:
         """Destroy packages whose every letter is past retention and none on legal hold.
-        Returns (destroyed packages, packages kept with the reason)."""
+        Returns (destroyed packages, packages kept with the reason).
+
+        The destruction is recorded first (the registry re-checks every hold under lock in that
+        transaction), then the files go: a crash in between leaves files of a purged package,
+        which the next purge removes, never a register pointing at files that are gone."""
         settings = self.config.model.archive
-        destroyed: list[ArchivePackage] = []
+        due: list[ArchivePackage] = []
         kept: list[str] = []
         for package in self.registry.archive_packages(None):
             if package.status == "purged":
                 continue
             letters = self.registry.archived_letters(package.id)
-            years = settings.retention.get(package.category, settings.retention_years)
             held = [l.number for l in letters if l.legal_hold]
-            young = [l.number for l in letters if _add_years(l.received_at, years) > now]
+            # Each letter by its own category now (a fax may have been classified after packing).
+            young = [(l.number, years) for l in letters
+                     if _add_years(l.received_at, years := settings.retention.get(
+                         l.category or "uncategorised", settings.retention_years)) > now]
             if held:
                 kept.append(f"{package.path}: on legal hold ({', '.join(held[:5])})")
             elif young:
-                kept.append(f"{package.path}: retention of {years} years not over ({len(young)} letter(s))")
+                kept.append(f"{package.path}: retention of {max(y for _, y in young)} years not over "
+                            f"({len(young)} letter(s))")
             else:
-                destroyed.append(package)
-        if dry_run or not destroyed:
-            return [p.path for p in destroyed], kept
+                due.append(package)
+        if dry_run:
+            return [p.path for p in due], kept
         with self._locked():
-            for package in destroyed:
-                for path in (self.root / package.path, self.root / package.manifest):
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    elif path.exists():
-                        path.unlink()
-                for letter in self.registry.archived_letters(package.id):
-                    if not letter.raw_released:
-                        (self.config.state_dir / letter.raw_path).unlink(missing_ok=True)
-            self.registry.record_destruction([p.id for p in destroyed], approved_by=approved_by, actor=actor)
-        return [p.path for p in destroyed], kept
+            destroyed_ids, refused = self.registry.record_destruction(
+                [p.id for p in due], approved_by=approved_by, actor=actor) if due else ([], [])
+            kept += [f"{path}: on legal hold (placed meanwhile)" for path in refused]
+            for package in self.registry.archive_packages(None):
+                if package.status == "purged":  # this run's, and any a crash left with files
+                    self._delete_files(package)
+        return [p.path for p in due if p.id in destroyed_ids], kept
+
+    def _delete_files(self, package: ArchivePackage) -> None:
+        for path in (self.root / package.path, self.root / package.manifest):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for letter in self.registry.archived_letters(package.id):
+            (self.config.state_dir / letter.raw_path).unlink(missing_ok=True)
 
 
 def _message_of(block: bytes, size: int) -> bytes:

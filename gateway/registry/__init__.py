@@ -431,7 +431,7 @@ class Registry:
 
     # -- people's decisions ---------------------------------------------
     def reassign(self, number: str, department: str, *, reason: str, actor: str,
-                 notify: list[NewMail]) -> tuple[str | None, str]:
+                 notify: list[NewMail], deadline: datetime | None = None) -> tuple[str | None, str]:
         """A person moves a letter to another department. Returns (from, to).
 
         Recorded as a `reassigned` event with `by_person`, which the accuracy
@@ -447,8 +447,11 @@ class Registry:
             if row.department == department:
                 raise ValueError(f"{number} is already with {department}")
             status = "routed" if row.status in ("registered", "needs-triage") else row.status
+            # The new department's owners own it now (a rule's owner belonged to the old one); a
+            # letter routed before it was classified (a fax awaiting its text) gets its deadline.
             conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
-                department=department, status=status, updated_at=now,
+                department=department, status=status, updated_at=now, owner=None,
+                deadline=func.coalesce(Letter.deadline, deadline),
                 flags=[f for f in row.flags if f != "needs-triage"]))
             conn.execute(insert(Event), [self._event(row.id, now, actor, "reassigned", department,
                                                      {"reason": reason, "by_person": True,
@@ -491,6 +494,14 @@ class Registry:
     # -- answers from departments ---------------------------------------
     def answered_letter(self, numbers: list[str], message_ids: list[str]) -> str | None:
         """The letter a mail answers: a number in its subject, or our mail it replies to."""
+        try:
+            return self._answered_letter(numbers, message_ids)
+        except DBAPIError as exc:
+            if _unreachable(exc):  # the registry is away: not the mail's fault
+                raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+            raise
+
+    def _answered_letter(self, numbers: list[str], message_ids: list[str]) -> str | None:
         with self.engine.connect() as conn:
             if numbers:
                 found = conn.execute(select(Letter.number).where(Letter.number.in_(numbers))).scalars().first()
@@ -567,7 +578,7 @@ class Registry:
                 return f"{row.number} is already with {target}"
             mails = notify(target)
             conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
-                department=target, updated_at=now, flags=[f for f in row.flags if f != "needs-triage"],
+                department=target, updated_at=now, flags=[f for f in row.flags if f != "needs-triage"], owner=None,
                 status="routed" if row.status in ("registered", "needs-triage") else row.status))
             conn.execute(insert(Event), [self._event(row.id, now, actor, "reassigned", target,
                                                      {"reason": answer.text[:500], "by_person": True, "by_mail": True,
@@ -655,7 +666,8 @@ class Registry:
     def archive_checked(self, package_id: int, problems: list[str]) -> None:
         now = _utcnow()
         with self.writer.begin() as conn:
-            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id == package_id).values(
+            conn.execute(ArchivePackage.__table__.update().where(
+                ArchivePackage.id == package_id, ArchivePackage.status != "purged").values(
                 status="corrupt" if problems else "verified", verified_at=None if problems else now))
 
     def archived_hashes(self, package_id: int) -> dict[str, str]:
@@ -669,8 +681,10 @@ class Registry:
 
     def releasable(self, package_id: int) -> list[tuple[int, str]]:
         with self.engine.connect() as conn:
+            # Open letters keep their copy: they are still being worked on (text to read, answers).
             return [(r[0], r[1]) for r in conn.execute(select(Letter.id, Letter.raw_path).where(
-                Letter.archive_package_id == package_id, Letter.raw_released.is_(False)))]
+                Letter.archive_package_id == package_id, Letter.raw_released.is_(False),
+                Letter.status.in_(("closed", "archived"))))]
 
     def mark_released(self, letter_ids: list[int]) -> None:
         if not letter_ids:
@@ -680,25 +694,37 @@ class Registry:
                 conn.execute(Letter.__table__.update().where(Letter.id.in_(letter_ids[start:start + 1000]))
                              .values(raw_released=True))
 
-    def record_destruction(self, package_ids: list[int], *, approved_by: str, actor: str) -> int:
+    def record_destruction(self, package_ids: list[int], *, approved_by: str,
+                           actor: str) -> tuple[list[int], list[str]]:
+        """Mark packages destroyed and write the destruction record, re-checking legal holds under
+        lock. Returns (package ids destroyed, paths refused because a hold was placed meanwhile)."""
         now = _utcnow()
         with self.writer.begin() as conn:
+            letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number, Letter.legal_hold,
+                                          Letter.archive_package_id)
+                                   .where(Letter.archive_package_id.in_(package_ids)).with_for_update()).all()
+            held = {l.archive_package_id for l in letters if l.legal_hold}
             packages = conn.execute(select(ArchivePackage.id, ArchivePackage.path)
-                                    .where(ArchivePackage.id.in_(package_ids))).all()
-            letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number)
-                                   .where(Letter.archive_package_id.in_(package_ids))).all()
-            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id.in_(package_ids)).values(
+                                    .where(ArchivePackage.id.in_(package_ids), ArchivePackage.status != "purged")
+                                    .with_for_update()).all()
+            refused = [p.path for p in packages if p.id in held]
+            chosen = [p for p in packages if p.id not in held]
+            ids = [p.id for p in chosen]
+            letters = [l for l in letters if l.archive_package_id in ids]
+            if not ids:
+                return [], refused
+            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id.in_(ids)).values(
                 status="purged", purged_at=now))
-            conn.execute(Letter.__table__.update().where(Letter.archive_package_id.in_(package_ids)).values(
+            conn.execute(Letter.__table__.update().where(Letter.archive_package_id.in_(ids)).values(
                 purged_at=now, updated_at=now))
             record = conn.execute(insert(DestructionRecord).returning(DestructionRecord.id), [{
-                "at": now, "approved_by": approved_by, "actor": actor, "packages": [p.path for p in packages],
+                "at": now, "approved_by": approved_by, "actor": actor, "packages": [p.path for p in chosen],
                 "letters": [[l.number, l.archive_number] for l in letters]}]).scalar_one()
             if letters:
                 conn.execute(insert(Event), [self._event(l.id, now, actor, "destroyed", None,
                                                          {"approved_by": approved_by, "record": int(record)})
                                              for l in letters])
-            return int(record)
+            return ids, refused
 
     def destruction_records(self) -> list[DestructionRecord]:
         with self.sessions() as session:
@@ -734,6 +760,14 @@ class Registry:
         """Queue a reminder (or an escalation) and record it, in one transaction."""
         now = _utcnow()
         with self.writer.begin() as conn:
+            # Locked and looked at again: two passes at once (the daemon's and a hand-run one)
+            # must not both send the same reminder.
+            conn.execute(select(Letter.id).where(Letter.id == letter_id).with_for_update()).first()
+            earlier = conn.execute(select(Event.at).where(
+                Event.letter_id == letter_id, Event.action.in_(("reminded", "escalated")),
+                Event.details["kind"].as_string() == kind)).scalars().all()
+            if earlier and (kind != "overdue" or any(abs((at - e).total_seconds()) < 12 * 3600 for e in earlier)):
+                return
             conn.execute(insert(Event), [self._event(letter_id, at, "gateway",
                                                      "escalated" if kind == "escalation" else "reminded", None,
                                                      {"kind": kind, "count": count, "to": [m.recipient for m in mail]})])

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 _BRACKETED = re.compile(r"\[([^\[\]\s]{3,64})\]")
+FORWARD = re.compile(r"^\s*(?:(?:re|aw|回复|回覆)\s*[:：]\s*)*(?:fwd?|fw|转发|轉寄|转|wg)\s*[:：]", re.I)
 _COMMANDS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?:received|ack(?:nowledged)?|收到|已收到)[.!。！]?$", re.I), "ack"),
     (re.compile(r"^(?:in[ -]progress|progress|working on it|办理中|辦理中|处理中|處理中)[.!。！]?$", re.I), "progress"),
@@ -66,5 +67,6 @@ def parse_command(text: str) -> tuple[str | None, str]:
     for pattern, command in _COMMANDS:
         match = pattern.match(first)
         if match:
-            return command, (match.groupdict().get("text") or "").strip()
+            argument = (match.groupdict().get("text") or "").strip()
+            return command, argument.lower() if command == "reassign" else argument
     return None, ""
