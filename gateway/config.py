@@ -41,6 +41,13 @@ def _check_address(value: str) -> str:
 Email = Annotated[str, Field(min_length=3)]
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
 class Department(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     name: str = Field(min_length=1)
@@ -209,11 +216,7 @@ class OutboundSection(_Strict):
     @field_validator("relay")
     @classmethod
     def _relay(cls, value: str) -> str:
-        if value:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{value!r} is not HOST:PORT")
-        return value
+        return _host_port(value) if value else value
 
     @field_validator("from_address")
     @classmethod
@@ -263,11 +266,7 @@ class SmtpSection(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, values: list[str]) -> list[str]:
-        for value in values:
-            host, sep, port = value.rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{value!r} is not HOST:PORT")
-        return values
+        return [_host_port(value) for value in values]
 
     @field_validator("accept_addresses")
     @classmethod
@@ -408,10 +407,7 @@ class MetricsSection(_Strict):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{value!r} is not HOST:PORT")
-        return value
+        return _host_port(value)
 
 
 class LoggingSection(_Strict):

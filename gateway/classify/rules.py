@@ -517,6 +517,16 @@ class _Compiler:
             return None
         return Test(test)
 
+    def _fields(self, value: Any, path: Path_) -> tuple[str, ...] | None:
+        """The `in:` of a keyword or regex condition: which texts of the letter to look at."""
+        where = self.strings(value, path, "field")
+        if where is None:
+            return None
+        if bad := [f for f in where if f not in TEXT_FIELDS]:
+            self.fail(path, f"unknown field {bad[0]!r}; use {', '.join(TEXT_FIELDS)}")
+            return None
+        return tuple(where)
+
     def _keywords(self, value: Any, path: Path_, fields: tuple[str, ...]) -> Condition | None:
         mode = "any"
         if isinstance(value, dict):
@@ -528,13 +538,10 @@ class _Compiler:
                 self.fail(path, "give exactly one of any and all")
                 return None
             if "in" in value:
-                where = self.strings(value["in"], (*path, "in"), "field")
+                where = self._fields(value["in"], (*path, "in"))
                 if where is None:
                     return None
-                if bad := [f for f in where if f not in TEXT_FIELDS]:
-                    self.fail((*path, "in"), f"unknown field {bad[0]!r}; use {', '.join(TEXT_FIELDS)}")
-                    return None
-                fields = tuple(where)
+                fields = where
             mode = "any" if "any" in value else "all"
             path, value = (*path, mode), value[mode]
         words = self.strings(value, path, "keyword")
@@ -561,13 +568,10 @@ class _Compiler:
                 self.fail(path, "give pattern and, optionally, in")
                 return None
             if "in" in value:
-                where = self.strings(value["in"], (*path, "in"), "field")
+                where = self._fields(value["in"], (*path, "in"))
                 if where is None:
                     return None
-                if bad := [f for f in where if f not in TEXT_FIELDS]:
-                    self.fail((*path, "in"), f"unknown field {bad[0]!r}; use {', '.join(TEXT_FIELDS)}")
-                    return None
-                fields = tuple(where)
+                fields = where
             path, value = (*path, "pattern"), value["pattern"]
         pattern = self._regex(value, path)
         if pattern is None:
