@@ -130,6 +130,13 @@ def test_shipped_rules_route_every_category(shipped: Config, sample: Sample) -> 
         assert decision.matched and decision.matched[-1]["evidence"]  # every decision says why
 
 
+def test_shipped_rules_know_the_official_fax_numbers(shipped: Config) -> None:
+    official = shipped.ruleset.classify(Facts("fax", fax_number="+86 10 6555 0101", body="关于年度检查的通知"))
+    assert (official.category, official.department) == ("external.official", "administration")
+    unknown = shipped.ruleset.classify(Facts("fax", fax_number="+86 21 1234 5678", body="你好"))
+    assert unknown.needs_triage
+
+
 def test_unmatched_letters_name_the_likely_departments(shipped: Config) -> None:
     # Addressed to customer service, but nothing in it says inquiry or complaint.
     decision = shipped.ruleset.classify(facts(mail("x@else.example", "service@example.org", "Hi")))
