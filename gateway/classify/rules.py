@@ -470,39 +470,30 @@ class _Compiler:
             return False
         return set(ids)
 
-    def _when_sender_department(self, value: Any, path: Path_) -> Condition | None:
+    def _department_condition(self, value: Any, path: Path_, found: Callable[[Scan], list[str]],
+                              says: str) -> Condition | None:
+        """sender_department, recipient_department, mailbox_department: `any` or a list of ids."""
         wanted = self._departments(value, path)
         if wanted is False:
             return None
 
         def test(s: Scan) -> str | None:
-            dept = s.ctx.sender_department(s.facts)
-            if dept is None or (wanted is not True and dept not in wanted):  # type: ignore[operator]
-                return None
-            return f"sender {s.facts.sender_address} belongs to {dept}"
+            depts = [d for d in found(s) if wanted is True or d in wanted]  # type: ignore[operator]
+            return says.format(dept=depts[0], sender=s.facts.sender_address) if depts else None
         return Test(test)
+
+    def _when_sender_department(self, value: Any, path: Path_) -> Condition | None:
+        return self._department_condition(value, path, lambda s: [d] if (d := s.ctx.sender_department(s.facts)) else [],
+                                           "sender {sender} belongs to {dept}")
 
     def _when_recipient_department(self, value: Any, path: Path_) -> Condition | None:
-        wanted = self._departments(value, path)
-        if wanted is False:
-            return None
-
-        def test(s: Scan) -> str | None:
-            depts = [d for d in s.ctx.recipient_departments(s.facts) if wanted is True or d in wanted]  # type: ignore[operator]
-            return f"addressed to department {depts[0]}" if depts else None
-        return Test(test)
+        return self._department_condition(value, path, lambda s: s.ctx.recipient_departments(s.facts),
+                                          "addressed to department {dept}")
 
     def _when_mailbox_department(self, value: Any, path: Path_) -> Condition | None:
-        wanted = self._departments(value, path)
-        if wanted is False:
-            return None
-
-        def test(s: Scan) -> str | None:
-            dept = s.facts.mailbox_department
-            if dept is None or (wanted is not True and dept not in wanted):  # type: ignore[operator]
-                return None
-            return f"fetched from the mailbox of {dept}"
-        return Test(test)
+        return self._department_condition(
+            value, path, lambda s: [s.facts.mailbox_department] if s.facts.mailbox_department else [],
+            "fetched from the mailbox of {dept}")
 
     def _when_recipient(self, value: Any, path: Path_) -> Condition | None:
         patterns = self.globs(value, path, "address pattern")
