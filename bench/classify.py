@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import config as config_mod  # noqa: E402
-from gateway.classify.facts import Facts  # noqa: E402
-from gateway.classify.rules import RuleSet, compile_rules  # noqa: E402
+from gateway.stages.classify.facts import Facts  # noqa: E402
+from gateway.stages.classify.rules import RuleSet, compile_rules  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Common characters of business Chinese: generated keywords are words made of them.

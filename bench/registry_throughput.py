@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import config as config_mod  # noqa: E402
-from gateway.pipeline import Pipeline  # noqa: E402
+from gateway.daemon.pipeline import Pipeline  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from gateway.spool import Spool  # noqa: E402
 

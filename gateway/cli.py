@@ -77,7 +77,7 @@ class State:
         return Spool(cfg.spool_dir, cfg.message_dir, max_attempts=cfg.model.spool.max_attempts)
 
     def link(self) -> Any:
-        from gateway.events import DaemonLink
+        from gateway.daemon.events import DaemonLink
 
         return DaemonLink(self.config.endpoint(self.config.model.daemon.wakeup_endpoint))
 
@@ -100,7 +100,7 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 @pass_state
 def run(state: State) -> None:
     """Run the daemon in the foreground (systemd Type=notify)."""
-    from gateway.daemon import Daemon
+    from gateway.daemon.daemon import Daemon
 
     sys.exit(Daemon(state.config_with_rules, state.config_arg).run())
 
@@ -211,7 +211,7 @@ def db_upgrade(state: State) -> None:
 def ingest(state: State, files: tuple[Path, ...]) -> None:
     """Push message files (.eml) and fax files (TIFF, PDF) through the same pipeline as the daemon."""
     from gateway.faults import checkpoint
-    from gateway.pipeline import Pipeline
+    from gateway.daemon.pipeline import Pipeline
     from gateway.spool import SpoolError
 
     cfg = state.config_with_rules
@@ -229,8 +229,8 @@ def ingest(state: State, files: tuple[Path, ...]) -> None:
                                 "source": {"path": str(path.resolve()), "size": len(raw)}}
         if raw[:4] in (b"II*\0", b"MM\0*") or raw[:5] == b"%PDF-":  # a fax file, not a message
             from gateway.adapters.fax_drop import fax_facts
-            from gateway.fax.document import FaxUnreadable, read_fax
-            from gateway.fax.metadata import find_sidecar
+            from gateway.stages.fax.document import FaxUnreadable, read_fax
+            from gateway.stages.fax.metadata import find_sidecar
 
             try:
                 meta.update(channel="fax", fax=fax_facts(cfg, path, read_fax(raw, path.name), find_sidecar(path)))
@@ -463,8 +463,8 @@ def _actor(by: str | None) -> str:
 @pass_state
 def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
     """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
-    from gateway.outbound.plan import new_mail
-    from gateway.track.lifecycle import TransitionRefused
+    from gateway.stages.route import new_mail
+    from gateway.registry.lifecycle import TransitionRefused
 
     cfg = state.config
     if department not in cfg.departments:
@@ -492,8 +492,8 @@ def letters_reassign(state: State, number: str, department: str, reason: str, by
 
 
 def _step(state: State, number: str, action: str, text: str, by: str | None) -> None:
-    from gateway.outbound.plan import feedback
-    from gateway.track.lifecycle import TransitionRefused
+    from gateway.stages.route import feedback
+    from gateway.registry.lifecycle import TransitionRefused
 
     registry = state.registry()
 
@@ -576,7 +576,7 @@ def letters_note(state: State, number: str, text: str, by: str | None) -> None:
 def letters_extract(state: State, number: str, directory: Path) -> None:
     """Write a letter's attachments into DIRECTORY, under their safe names."""
     from gateway.archive.packer import read_original
-    from gateway.normalise import normalise, safe_join
+    from gateway.stages.normalise import normalise, safe_join
 
     letter = state.letter(number)
     raw = read_original(state.config, state.registry(), letter)
@@ -692,8 +692,8 @@ def rules() -> None:
 @pass_state
 def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) -> None:
     """Classify message files (.eml) and fax files (TIFF, PDF) and print why."""
-    from gateway.classify.facts import Facts, facts_from_mail
-    from gateway.outbound.plan import plan
+    from gateway.stages.classify.facts import Facts, facts_from_mail
+    from gateway.stages.route import plan
 
     cfg = state.config_with_rules
     console = Console(width=max(Console().width, 120))
@@ -703,8 +703,8 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
         envelope_from = None
         if raw[:4] in (b"II*\0", b"MM\0*") or raw[:5] == b"%PDF-":
             from gateway.adapters.fax_drop import fax_facts
-            from gateway.fax.document import FaxUnreadable, read_fax
-            from gateway.fax.metadata import find_sidecar
+            from gateway.stages.fax.document import FaxUnreadable, read_fax
+            from gateway.stages.fax.metadata import find_sidecar
 
             try:
                 facts_of_fax = fax_facts(cfg, path, read_fax(raw, path.name), find_sidecar(path))
@@ -713,14 +713,14 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
                 continue
             text = ""
             if ocr:
-                from gateway.fax.text import read_text
+                from gateway.stages.fax.text import read_text
 
                 text = read_text(str(path), cfg.model.fax.ocr_languages, cfg.model.fax.ocr_timeout_seconds)[0]
             facts = Facts("fax", sender_name=facts_of_fax.get("sender_name") or "", body=text,
                           subject=f"Fax from {facts_of_fax.get('number') or 'an unknown number'}",
                           fax_number=facts_of_fax.get("number"))
         else:
-            from gateway.normalise import normalise
+            from gateway.stages.normalise import normalise
 
             parsed = normalise(raw)
             channel = "fax" if parsed.sender and cfg.model.fax.email.is_fax_service(parsed.sender.address) else "email"
@@ -749,7 +749,7 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
 @pass_state
 def rules_replay(state: State, since: datetime, until: datetime | None, show_all: bool, as_json: bool) -> None:
     """How the current rules would classify past letters; lists those that would change. Changes nothing."""
-    from gateway.outbound.plan import letter_facts
+    from gateway.stages.route import letter_facts
 
     cfg = state.config_with_rules
     tz = ZoneInfo(cfg.model.gateway.timezone)

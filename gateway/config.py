@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from gateway.classify.rules import RuleSet
+    from gateway.stages.classify.rules import RuleSet
     from gateway.track.calendar import WorkingCalendar
 
 ENV_VAR = "GATEWAY_CONFIG"
@@ -478,7 +478,7 @@ class Config:
             object.__setattr__(self, key, value)
         object.__setattr__(self, "rules", None)
         if source is not None:
-            from gateway.classify.rules import compile_rules
+            from gateway.stages.classify.rules import compile_rules
 
             object.__setattr__(self, "rules", compile_rules(source[0], source[1], self))
 
@@ -630,8 +630,8 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True,
         raise ConfigError(issues)
     if not with_rules:
         return config
-    from gateway.classify.rules import load_rules, no_rules
-    from gateway.classify.source import RulesError
+    from gateway.stages.classify.rules import load_rules, no_rules
+    from gateway.stages.classify.source import RulesError
 
     try:
         rules = load_rules(config.rules_path, config) if config.rules_path else no_rules(config)

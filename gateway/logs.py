@@ -3,7 +3,7 @@
 Under systemd (JOURNAL_STREAM is set) each line starts with a `<N>` syslog
 priority, which journald turns into the entry's level, and carries no
 timestamp of its own. Elsewhere lines carry a timestamp and the level name.
-Loggers are per subsystem (gateway.intake, gateway.pipeline, ...) and lines
+Loggers are per subsystem (gateway.intake, gateway.daemon.pipeline, ...) and lines
 about a letter start with its number.
 """
 from __future__ import annotations

@@ -15,13 +15,13 @@ import pytest
 
 from conftest import ROOT
 from gateway import config as config_mod
-from gateway.classify.facts import Facts, facts_from_mail
-from gateway.classify.rules import compile_rules
-from gateway.classify.source import RulesError
+from gateway.stages.classify.facts import Facts, facts_from_mail
+from gateway.stages.classify.rules import compile_rules
+from gateway.stages.classify.source import RulesError
 from gateway.config import Config, ConfigError
-from gateway.normalise import normalise
-from gateway.outbound.plan import plan
-from gateway.outbound.policy import no_reply_reason
+from gateway.stages.normalise import normalise
+from gateway.stages.route import plan
+from gateway.stages.autoreply import no_reply_reason
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import zmq
 from conftest import Gateway, Notify, PostgresServer, make_message, wait_for
 from test_pipeline import start_and_wait_ready, stop
 
-from gateway.events import DaemonLink
+from gateway.daemon.events import DaemonLink
 from gateway.spool import Spool
 
 

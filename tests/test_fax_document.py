@@ -21,8 +21,8 @@ from fax_samples import (
 )
 from PIL import Image
 
-from gateway.fax.document import FaxUnreadable, page_images, read_fax
-from gateway.fax.ocr import OcrResult, clean_cjk_spacing, ocr_document
+from gateway.stages.fax.document import FaxUnreadable, page_images, read_fax
+from gateway.stages.fax.ocr import OcrResult, clean_cjk_spacing, ocr_document
 
 FIRST_PAGE = ENGLISH + SIMPLIFIED
 OCR_PAGES = [FIRST_PAGE, TRADITIONAL]

@@ -1,4 +1,4 @@
-"""Tests for gateway.normalise: decoding, body selection, attachments, hostile input."""
+"""Tests for gateway.stages.normalise: decoding, body selection, attachments, hostile input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
-from gateway.normalise import (
+from gateway.stages.normalise import (
     Address,
     Normalised,
     decode_bytes,

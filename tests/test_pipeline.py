@@ -202,5 +202,5 @@ def test_logs_for_journald_carry_priority_and_letter_number(gateway: Gateway, tm
     eml = tmp_path / "a.eml"
     eml.write_bytes(make_message(1, subject="Journal"))
     proc = gateway.run("ingest", str(eml), env=gateway.env(JOURNAL_STREAM="8:12345"))
-    assert "<6>gateway.pipeline: 2026-000001 registered: 'Journal' from Alice Partner <alice@partner.example>" \
+    assert "<6>gateway.daemon.pipeline: 2026-000001 registered: 'Journal' from Alice Partner <alice@partner.example>" \
         in proc.stderr.splitlines()[0]

@@ -228,7 +228,7 @@ class Load:
 def children(pid: int) -> list[int]:
     """The daemon's registrar helper processes (it has other children too, such as the OCR pool)."""
     pids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
-    return [p for p in pids if b"gateway.registrar" in _cmdline(p)]
+    return [p for p in pids if b"gateway.daemon.registrar" in _cmdline(p)]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -22,12 +22,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.fax.document import FaxDocument, FaxUnreadable, read_fax
-from gateway.fax.metadata import FaxFacts, find_sidecar, read_filename, read_sidecar, read_tiff_tags
+from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_fax
+from gateway.stages.fax.metadata import FaxFacts, find_sidecar, read_filename, read_sidecar, read_tiff_tags
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError
 
-log = logging.getLogger("gateway.fax")
+log = logging.getLogger("gateway.stages.fax")
 
 QUARANTINE = "quarantine"
 

@@ -25,7 +25,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import Config
-from gateway.registrar import Registrar
+from gateway.daemon.registrar import Registrar
 from gateway.spool import Spool, SpoolError, SpoolWriter
 
 log = logging.getLogger("gateway.intake.smtp")

@@ -40,7 +40,7 @@ import zstandard
 
 from gateway.config import Config
 from gateway.faults import checkpoint
-from gateway.normalise.filenames import safe_filename
+from gateway.stages.normalise.filenames import safe_filename
 from gateway.registry import Registry, ToArchive
 from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, read_item_file, read_raw

@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.outbound.policy import safe_address
+from gateway.stages.autoreply import safe_address
 from gateway.registry.models import Letter, OutboxMail
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")

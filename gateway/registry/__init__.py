@@ -22,13 +22,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import selectinload, sessionmaker
 
 from gateway.config import Config
-from gateway.outbound.plan import NewMail, Routing
+from gateway.stages.route import NewMail, Routing
 from gateway.registry import schema
 from gateway.registry.models import (ArchivePackage, Attachment, DestructionRecord, Event, IntakeKey, Letter,
                                      NumberSeries, OcrJob, OutboxMail)
 from gateway.registry.numbers import NumberTemplate
-from gateway.track import lifecycle
-from gateway.track.answers import Answer
+from gateway.registry import lifecycle
+from gateway.stages.answers import Answer
 
 log = logging.getLogger("gateway.registry")
 
@@ -391,7 +391,7 @@ class Registry:
         """Store a fax's text: it becomes the letter's text and summary; then classify and route it
         with `route` (given the letter with its text), unless a person routed it meanwhile.
         Returns the number and the status."""
-        from gateway.normalise.summary import summarise
+        from gateway.stages.normalise.summary import summarise
 
         now = _utcnow()
         with self.writer.begin() as conn:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
 from gateway.registry.models import Letter
-from gateway.track.lifecycle import OPEN
+from gateway.registry.lifecycle import OPEN
 
 PERIOD = re.compile(r"^(\d{4})-(?:(0[1-9]|1[0-2])|Q([1-4]))$")
 

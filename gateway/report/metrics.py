@@ -24,7 +24,7 @@ from gateway.registry import Registry
 from gateway.registry.ledger import ImapLedger
 from gateway.registry.models import Letter, OutboxMail
 from gateway.spool import Spool
-from gateway.track.lifecycle import OPEN
+from gateway.registry.lifecycle import OPEN
 
 log = logging.getLogger("gateway.metrics")
 

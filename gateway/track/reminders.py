@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.config import Config
-from gateway.outbound.plan import NewMail, new_mail
+from gateway.stages.route import NewMail, new_mail
 from gateway.registry import Registry
 from gateway.registry.models import Letter
 

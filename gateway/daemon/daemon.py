@@ -1,0 +1,440 @@
+"""`gateway run`: workers on the spool, ZeroMQ, periodic jobs, systemd integration."""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import ssl
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from gateway import config as config_mod
+from gateway import logs
+from gateway.config import Config, ConfigError
+from gateway.adapters.fax_drop import FaxDropWatcher
+from gateway.adapters.imap import ImapIntake
+from gateway.adapters.smtp import SmtpIntake
+from gateway.daemon.events import EventPublisher
+from gateway.stages.fax.text import TextReader
+from gateway.outbound.sender import OutboxSender
+from gateway.daemon.pipeline import Pipeline
+from gateway.daemon.registrar import Registrar
+from gateway.report.metrics import MetricsServer
+from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry.ledger import ImapLedger
+from gateway.daemon.sdnotify import Notifier
+from gateway.spool import Spool
+
+log = logging.getLogger("gateway.daemon")
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class PidLock:
+    """One daemon per state directory; the lock dies with the process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+            os.close(self._fd)
+            raise AlreadyRunning(f"another gateway daemon (pid {other or '?'}) runs on {path.parent.parent}") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_arg: str | None = None):
+        self.config = config
+        self._config_arg = config_arg
+        self.notifier = Notifier()
+        self.spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
+        self.registry = Registry.from_config(config)
+        self.totals: Counter[str] = Counter()
+        self._stopping = threading.Event()
+        self._wakeups: list[threading.Event] = []
+        self._workers: list[threading.Thread] = []
+        self._totals_lock = threading.Lock()
+        self._stop: asyncio.Event | None = None
+        self.publisher: EventPublisher | None = None
+        self.pipeline: Pipeline | None = None
+        self.registrar: Registrar | None = None
+        self.smtp: SmtpIntake | None = None
+        self.imap: ImapIntake | None = None
+        self.fax_drop: FaxDropWatcher | None = None
+        self.text_reader: TextReader | None = None
+        self.outbox: OutboxSender | None = None
+        self.metrics: MetricsServer | None = None
+
+    # -- life cycle -----------------------------------------------------
+    def run(self) -> int:
+        try:
+            return asyncio.run(self._main())
+        except AlreadyRunning as exc:
+            log.error("%s", exc)
+            return 1
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+        pidlock = PidLock(self.config.run_dir / "gateway.pid")
+        self.notifier.status("starting: opening the registry")
+        if not await self._wait_for_registry():
+            pidlock.release()
+            return 0
+
+        self.notifier.status("starting: recovering the spool")
+        requeued, quarantined = await asyncio.to_thread(self.spool.recover)
+        if requeued or quarantined:
+            log.warning("recovered %d interrupted item(s), quarantined %d", requeued, quarantined)
+
+        context = zmq.asyncio.Context()
+        sync_context = zmq.Context.shadow(context)
+        try:
+            self.publisher = EventPublisher(sync_context, self.config.endpoint(self.config.model.daemon.events_endpoint),
+                                            self.config.model.daemon.events_hwm)
+            wakeup = context.socket(zmq.PULL)
+            wakeup.setsockopt(zmq.LINGER, 0)
+            wakeup.bind(self.config.endpoint(self.config.model.daemon.wakeup_endpoint))
+        except zmq.ZMQError as exc:
+            log.error("cannot bind ZeroMQ endpoint: %s", exc)
+            pidlock.release()
+            return 1
+        self.outbox = OutboxSender(self.config, self.registry)
+        publisher, outbox = self.publisher, self.outbox
+
+        def publish(topic: str, body: dict[str, Any]) -> None:
+            # Every intake's registrations pass here (SMTP's, the workers', the helper's).
+            with self._totals_lock:
+                self.totals[topic.rpartition(".")[2]] += 1
+            publisher.publish(topic, body)
+            if topic == "letter.registered":
+                outbox.wake()  # a routed letter has mail waiting
+
+        self.pipeline = Pipeline(self.config, self.spool, self.registry, publish)
+        listening = ""
+        if self.config.model.smtp.enabled or self.config.model.imap.accounts:
+            self.notifier.status("starting: the registrar")
+            self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size)
+            await asyncio.to_thread(self.registrar.wait_ready)
+        if self.config.model.smtp.enabled:
+            assert self.registrar is not None
+            try:
+                self.smtp = SmtpIntake(self.config, self.spool, self.registrar)
+                listening = ", SMTP on " + ", ".join(await self.smtp.start())
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.error("cannot start the SMTP listener: %s", exc)
+                self.registrar.close()
+                self.publisher.close()
+                pidlock.release()
+                return 1
+
+        if self.config.model.imap.accounts:
+            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake)
+            listening += ", IMAP " + ", ".join(self.imap.start())
+        if self.config.model.fax.enabled:
+            self.fax_drop = FaxDropWatcher(self.config, self.spool, self.wake)
+            self.fax_drop.start()
+            listening += f", fax drop folder {self.config.fax_drop_dir}"
+        self.text_reader = TextReader(self.config, self.registry, on_routed=self.outbox.wake)
+        self.text_reader.start()
+        self.outbox.start()
+        rules = self.config.ruleset
+        log.info("rules: %d from %s (version %s)", len(rules), rules.file, rules.version)
+        if self.config.model.metrics.enabled:
+            metrics = MetricsServer(self.config.model.metrics.listen, self.registry, self.spool, self._totals)
+            try:
+                listening += f", metrics on {metrics.start()}"
+                self.metrics = metrics
+            except OSError as exc:  # intake matters more than monitoring: go on without it
+                log.error("ALERT cannot serve metrics on %s: %s", self.config.model.metrics.listen, exc)
+        self._start_workers()
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
+                          id="spool-rescan", max_instances=1, coalesce=True)
+        if self.config.model.archive.enabled:
+            settings = self.config.model.archive
+            scheduler.add_job(self._archive_last_month, "cron", day=settings.run_day, hour=settings.run_hour,
+                              timezone=self.config.model.gateway.timezone, id="archive", max_instances=1,
+                              coalesce=True, misfire_grace_time=24 * 3600)
+        if self.config.model.reminders.enabled:
+            scheduler.add_job(self._remind, "interval", minutes=self.config.model.reminders.check_minutes,
+                              id="reminders", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+        scheduler.start()
+        tasks = [asyncio.create_task(self._listen(wakeup))]
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            tasks.append(asyncio.create_task(self._watchdog(interval)))
+
+        waiting = len(self.spool.pending())
+        log.info("gateway ready: registry %s, state in %s, %d item(s) waiting, %d worker(s)%s",
+                 self.registry.safe_url, self.config.state_dir, waiting, len(self._workers), listening)
+        self.notifier.ready(f"ready: {waiting} waiting, {len(self.spool.quarantined())} quarantined")
+
+        await self._stop.wait()
+
+        self.notifier.stopping("stopping: finishing items in progress")
+        log.info("stopping: letting in-flight items finish")
+        if self.smtp is not None:
+            # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
+            await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
+        if self.imap is not None:
+            await asyncio.to_thread(self.imap.stop)
+        if self.fax_drop is not None:
+            await asyncio.to_thread(self.fax_drop.stop)
+        if self.text_reader is not None:
+            await asyncio.to_thread(self.text_reader.stop)
+        if self.outbox is not None:
+            await asyncio.to_thread(self.outbox.stop)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+        scheduler.shutdown(wait=False)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self._stop_workers)
+        if self.registrar is not None:
+            await asyncio.to_thread(self.registrar.close)
+        wakeup.close(0)
+        self.publisher.close()
+        context.term()
+        self.registry.close()
+        log.info("stopped: %s", self._summary())
+        pidlock.release()
+        return 0
+
+    async def _wait_for_registry(self) -> bool:
+        assert self._stop is not None
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                if await asyncio.to_thread(self.registry.upgrade):
+                    log.info("registry schema upgraded")
+                return True
+            except RegistryUnavailable as exc:
+                log.error("registry unavailable, retrying in %.0f s: %s", delay, exc)
+                self.notifier.status(f"waiting for the registry: {exc}")
+                # Waiting for the database is start-up, not a hang: ask systemd for time.
+                self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}")
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 60.0)
+        return False
+
+    # -- workers --------------------------------------------------------
+    def _start_workers(self) -> None:
+        for n in range(self.config.model.spool.workers):
+            wake = threading.Event()
+            wake.set()
+            self._wakeups.append(wake)
+            thread = threading.Thread(target=self._work, args=(wake,), name=f"worker-{n}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+
+    def _stop_workers(self) -> None:
+        self._stopping.set()
+        self.wake()
+        deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
+        for thread in self._workers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        grace = self.config.model.daemon.shutdown_grace_seconds
+        if any(t.is_alive() for t in self._workers):
+            # Claimed items stay in work/; their locks die with us and the next start recovers them.
+            log.warning("workers still busy after %.0f s; their items will be recovered at next start", grace)
+
+    def wake(self) -> None:
+        for event in self._wakeups:
+            event.set()
+
+    def _work(self, wake: threading.Event) -> None:
+        assert self.pipeline is not None
+        backoff = 0.0
+        batch = self.config.model.spool.batch_size
+        while not self._stopping.is_set():
+            if backoff:
+                self._stopping.wait(backoff)
+            items = self.spool.claim(batch)
+            if not items:
+                wake.wait(self.config.model.spool.rescan_seconds)
+                wake.clear()
+                continue
+            try:
+                # Through the registrar's helper process when there is one: the CPU work
+                # then leaves this process (and its intakes) alone.
+                outcomes = (self.registrar.register_all(items) if self.registrar is not None
+                            else self.pipeline.process(items))
+            except Exception:  # the pipeline handles item faults; this is a bug, keep the worker alive
+                log.exception("worker: unexpected error; items return to the spool")
+                for item in items:
+                    if item.path.exists() and item._fd is not None:
+                        self.spool.release(item)
+                backoff = 5.0
+                continue
+            with self._totals_lock:  # the rest is counted as it is published
+                self.totals.update(o.result for o in outcomes if o.result in ("retry", "released"))
+            released = any(o.result == "released" for o in outcomes)
+            backoff = min(max(backoff * 2, 1.0), 30.0) if released else 0.0
+
+    def _totals(self) -> Counter[str]:
+        with self._totals_lock:
+            return Counter(self.totals)
+
+    def _summary(self) -> str:
+        with self._totals_lock:
+            return ", ".join(f"{v} {k}" for k, v in sorted(self.totals.items())) or "nothing processed"
+
+    # -- periodic and signalled jobs -----------------------------------
+    async def _rescan(self) -> None:
+        requeued, quarantined = await asyncio.to_thread(self.spool.recover)
+        if requeued or quarantined:
+            log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
+        self.wake()
+        self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
+
+    async def _archive_last_month(self) -> None:
+        from zoneinfo import ZoneInfo
+
+        from gateway.archive.packer import Archiver
+
+        today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
+        month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
+        archiver = Archiver(self.config, self.registry)
+        try:
+            written = await asyncio.to_thread(archiver.run, month)
+            checked = await asyncio.to_thread(archiver.verify, month)
+        except Exception as exc:
+            log.error("ALERT archive of %s failed: %s", month, exc)
+            return
+        bad = [c for c in checked if not c.ok]
+        log.info("archive of %s: %d package(s) written, %d letter(s); %d verified, %d failed", month, len(written),
+                 sum(w.letters for w in written), len(checked) - len(bad), len(bad))
+        for c in bad:
+            log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
+
+    async def _remind(self) -> None:
+        from gateway.track import reminders
+
+        try:
+            sent = await asyncio.to_thread(reminders.run, self.config, self.registry, datetime.now(timezone.utc))
+        except RegistryUnavailable as exc:
+            log.warning("reminders: registry unavailable: %s", exc)
+            return
+        except Exception:
+            log.exception("reminders: unexpected error")
+            return
+        for reminder in sent:
+            log.info("%s: %s to %s (reminder %d)", reminder.letter.number,
+                     "escalation" if reminder.kind == "escalation" else f"reminder ({reminder.kind})",
+                     ", ".join(m.recipient for m in reminder.mail), reminder.count)
+        if sent and self.outbox is not None:
+            self.outbox.wake()
+
+    async def _listen(self, socket: Any) -> None:
+        assert self.publisher is not None
+        while True:
+            frames = await socket.recv_multipart()
+            if frames[0] == b"wake":
+                self.wake()
+                if self.outbox is not None:
+                    self.outbox.wake()  # e.g. `gateway outbox retry`, a reassignment
+            elif frames[0] == b"event" and len(frames) == 3:
+                self.publisher.publish_frames(frames[1:])
+            else:
+                log.warning("ignored unknown message on the wake-up socket: %r", frames[0][:40])
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            # Ping only while every worker is alive: a dead worker should get us restarted.
+            if (all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive())
+                    and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader, self.outbox))):
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = config_mod.load(self._config_arg)
+        except ConfigError as exc:
+            log.error("reload refused, previous configuration stays in force: %s",
+                      "; ".join(str(i) for i in exc.issues))
+            self.notifier.status("running (reload refused: configuration invalid)")
+            self.notifier.notify("READY=1")
+            return
+        except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
+            log.exception("reload refused, previous configuration stays in force: %s", exc)
+            self.notifier.notify("READY=1")
+            return
+        restart_needed = [key for key, old, cur in (
+            ("gateway.state_dir", self.config.state_dir, new.state_dir),
+            ("registry.url", self.config.registry_url, new.registry_url),
+            ("gateway.letter_number", self.config.model.gateway.letter_number, new.model.gateway.letter_number),
+            ("daemon", self.config.model.daemon, new.model.daemon),
+            ("spool", self.config.model.spool, new.model.spool),
+            ("metrics", self.config.model.metrics, new.model.metrics),
+            ("reminder and archive schedules",
+             (self.config.model.reminders.enabled, self.config.model.reminders.check_minutes,
+              self.config.model.archive.enabled, self.config.model.archive.run_day, self.config.model.archive.run_hour),
+             (new.model.reminders.enabled, new.model.reminders.check_minutes,
+              new.model.archive.enabled, new.model.archive.run_day, new.model.archive.run_hour)),
+            ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
+            ("fax drop folder and OCR pool", (self.config.fax_drop_dir, self.config.model.fax.enabled,
+                                              self.config.model.fax.ocr_workers),
+             (new.fax_drop_dir, new.model.fax.enabled, new.model.fax.ocr_workers)),
+        ) if old != cur]
+        if restart_needed:
+            # Keep what only a restart can change; apply the rest now.
+            old = self.config.model
+            new = Config(path=new.path, state_dir=self.config.state_dir, rules=new.rules,
+                         model=new.model.model_copy(update={
+                             "gateway": old.gateway, "registry": old.registry, "daemon": old.daemon,
+                             "spool": old.spool}))
+        self.config = new
+        if self.pipeline is not None:
+            self.pipeline.config = new
+        if self.smtp is not None:
+            self.smtp.reload(new)
+        if self.imap is not None:
+            self.imap.reload(new)
+        if self.fax_drop is not None and new.fax_drop_dir == self.fax_drop.folder:
+            self.fax_drop.config = new  # patterns and timings; another folder needs a restart
+        if self.text_reader is not None:
+            self.text_reader.config = new  # languages and time allowed; the pool size needs a restart
+        if self.outbox is not None:
+            self.outbox.config = new
+            self.outbox.wake()
+        logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
+        log.info("configuration reloaded from %s, %d rule(s) from %s (version %s)%s", new.path,
+                 len(new.ruleset), new.ruleset.file, new.ruleset.version,
+                 f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
+        self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")
+
+
+def _listener_settings(config: Config) -> tuple[object, ...]:
+    smtp = config.model.smtp
+    return (smtp.enabled, smtp.listen, smtp.hostname, smtp.tls_certificate, smtp.tls_key,
+            smtp.auth_users_file, smtp.max_message_bytes, smtp.command_timeout, smtp.require_tls)

@@ -1,0 +1,286 @@
+"""Registration, in batches, in a process of its own.
+
+Two kinds of items come here: those an SMTP session has just streamed into the
+spool, whose sender waits for the answer, and durable items the spool workers
+have claimed (from IMAP, the drop folder, `gateway ingest`, or a retry). Sessions that finish DATA at the
+same moment share one syncfs of the spool and one registry transaction (group
+commit). Items come sealed and renamed but not yet fsynced; nobody is told
+they are accepted until their batch's sync has returned.
+
+Normalising and registering are CPU work; in the event loop's process they
+would compete with the SMTP sessions for the interpreter lock. So a batch is
+done by a helper process (a fresh interpreter, so it shares no lock or thread
+state with the daemon), while the daemon keeps each item's spool lock until the answer
+comes back: recovery elsewhere can never take an item that is being
+registered. If the helper dies, the daemon registers that batch itself (the
+registry recognises anything the helper had already committed) and starts a
+new helper a little later: the senders never notice.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from gateway import logs
+from gateway.config import Config
+from gateway.daemon.pipeline import Outcome, Pipeline
+from gateway.registry import Registry
+from gateway.spool import Spool, SpoolItem
+
+log = logging.getLogger("gateway.daemon.registrar")
+
+_RESTART_DELAY = 5.0
+_START_TIMEOUT = 120.0
+
+Entry = tuple[SpoolItem, "Future[Outcome]", bool]  # the item, its answer, already durable?
+
+
+def register_batch(pipeline: Pipeline, items: list[SpoolItem], durable: bool) -> list[Outcome]:
+    """Register a batch. Items that are not durable yet (their sender still waits for an
+    answer) are made durable first with one sync, and dropped again if the registry cannot
+    take them: the sender's retry is then the only copy. Durable items stay spooled."""
+    if durable:
+        return pipeline.process(items)
+    try:
+        pipeline.spool.sync()
+    except OSError as exc:
+        log.error("spool: cannot make items durable: %s", exc)
+        for item in items:
+            pipeline.spool.discard(item)
+        return [Outcome(item.id, "unstored") for item in items]
+    return pipeline.process(items, discard_when_unavailable=True)
+
+
+class Registrar:
+    def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True):
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
+        self._helper: _Helper | None = None
+        self._use_helper = helper
+        self._helper_failed_at = 0.0
+        self._closing = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registrar", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float = _START_TIMEOUT) -> None:
+        self._ready.wait(timeout)
+
+    async def register(self, item: SpoolItem) -> Outcome:
+        """For the event loop: one item, answered when its batch is done."""
+        future: Future[Outcome] = Future()
+        self._queue.put((item, future, False))
+        return await asyncio.wrap_future(future)
+
+    def register_all(self, items: list[SpoolItem], *, durable: bool = True) -> list[Outcome]:
+        """For a thread (a spool worker): durable items, registered in the same group commits."""
+        futures: list[Future[Outcome]] = []
+        for item in items:
+            futures.append(Future())
+            self._queue.put((item, futures[-1], durable))
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._closing = True
+        self._queue.put(None)
+        self._thread.join()
+
+    # -- the registrar thread --------------------------------------------
+    def _run(self) -> None:
+        if self._use_helper:
+            self._start_helper()
+        self._ready.set()
+        try:
+            while True:
+                try:
+                    # Without a helper, wake up to start a new one even when idle.
+                    first = self._queue.get(timeout=_RESTART_DELAY if self._helper_missing() else None)
+                except queue.Empty:
+                    self._restart_helper_when_due()
+                    continue
+                if first is None:
+                    return
+                batch, others = [first], []
+                stop = False
+                while len(batch) < self.batch_size:
+                    try:
+                        entry = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if entry is None:
+                        stop = True
+                        break
+                    # A batch is all of one kind: durable items or items whose sender waits.
+                    (batch if entry[2] == first[2] else others).append(entry)
+                self._register(batch)
+                if others:
+                    self._register(others)
+                if stop:
+                    return
+        finally:
+            if self._helper is not None:
+                self._helper.stop()
+
+    def _register(self, batch: list[Entry]) -> None:
+        items = [item for item, _, _ in batch]
+        durable = batch[0][2]
+        try:
+            outcomes = self._by_helper(items, durable)
+            if outcomes is None:
+                outcomes = register_batch(self.pipeline, items, durable)
+            by_id = {o.item_id: o for o in outcomes}
+            for item, future, _ in batch:
+                item._unlock()  # after the helper is done with it, not before
+                if not future.done():  # a session that timed out no longer waits
+                    future.set_result(by_id[item.id])
+        except Exception as exc:
+            # A bug. Senders still waiting are told to retry, so their copies go;
+            # durable items go back to the spool for a later attempt.
+            log.exception("registrar: unexpected error")
+            for item, future, _ in batch:
+                if item._fd is not None:
+                    (self.pipeline.spool.release if durable else self.pipeline.spool.discard)(item)
+                if not future.done():
+                    future.set_exception(exc)
+
+    def _helper_missing(self) -> bool:
+        return self._use_helper and self._helper is None
+
+    def _restart_helper_when_due(self) -> None:
+        if (self._helper_missing() and not self._closing
+                and time.monotonic() - self._helper_failed_at >= _RESTART_DELAY):
+            self._start_helper()
+
+    def _by_helper(self, items: list[SpoolItem], durable: bool) -> list[Outcome] | None:
+        self._restart_helper_when_due()
+        if self._helper is None:
+            return None
+        try:
+            outcomes, events = self._helper.register(self.pipeline.config, items, durable)
+        except Exception as exc:  # died, or talks nonsense: either way it must not touch these items again
+            log.error("registrar helper (pid %s) failed (%s); this batch is registered by the daemon itself",
+                      self._helper.pid, str(exc) or type(exc).__name__)
+            self._helper.kill()
+            self._helper = None
+            self._helper_failed_at = time.monotonic()
+            return None
+        for topic, body in events:
+            try:
+                self.pipeline.publish(topic, body)
+            except Exception:
+                log.exception("event %s not published", topic)
+        return outcomes
+
+    def _start_helper(self) -> None:
+        try:
+            self._helper = _Helper(self.pipeline.config)
+            log.info("registrar helper started (pid %d)", self._helper.pid)
+        except (OSError, EOFError, TimeoutError) as exc:
+            log.error("cannot start the registrar helper, registering in the daemon: %s", exc)
+            self._helper = None
+            self._helper_failed_at = time.monotonic()
+
+
+class _Helper:
+    """The daemon's end of the helper process: `python -m gateway.daemon.registrar FD`."""
+
+    def __init__(self, config: Config):
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "gateway.daemon.registrar", str(theirs.fileno())],
+                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self.pid = self._process.pid
+        self._config = config
+        self._conn.send(config)
+        if not self._conn.poll(_START_TIMEOUT):
+            self.stop()
+            raise TimeoutError(f"no answer within {_START_TIMEOUT:.0f} s")
+        self._conn.recv()  # "ready", or EOFError when it could not start
+
+    def register(self, config: Config, items: list[SpoolItem],
+                 durable: bool) -> tuple[list[Outcome], list[tuple[str, Any]]]:
+        if config is not self._config:  # reloaded: departments and addresses may have changed
+            self._conn.send(("config", config))
+            self._config = config
+        self._conn.send(("batch", ([(i.id, i.attempts, str(i.path), i.meta) for i in items], durable)))
+        return self._conn.recv()  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait()
+        self._conn.close()
+
+    def stop(self) -> None:
+        try:
+            self._conn.send(("stop", None))
+        except OSError:
+            pass
+        self._conn.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def _die_with_parent() -> None:
+    # If the daemon is killed, so is the helper, at once, as one process would be.
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _helper_main(fd: int) -> None:
+    _die_with_parent()
+    conn = Connection(fd)
+    try:
+        config: Config = conn.recv()
+    except EOFError:
+        return
+    # systemd signals the whole control group; the daemon decides when the helper stops.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
+    events: list[tuple[str, Any]] = []
+    spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
+    registry = Registry.from_config(config)
+    pipeline = Pipeline(config, spool, registry, lambda topic, body: events.append((topic, body)))
+    conn.send("ready")
+    try:
+        while True:
+            try:
+                kind, body = conn.recv()
+            except EOFError:
+                return
+            if kind == "stop":
+                return
+            if kind == "config":
+                pipeline.config = body
+                continue
+            entries, durable = body
+            items = [SpoolItem(item_id, attempts, Path(path), meta) for item_id, attempts, path, meta in entries]
+            outcomes = register_batch(pipeline, items, durable)
+            conn.send((outcomes, events[:]))
+            events.clear()
+    finally:
+        registry.close()
+
+
+if __name__ == "__main__":
+    _helper_main(int(sys.argv[1]))

@@ -1,0 +1,93 @@
+"""What the rules look at: the facts of one letter, whichever way they were gathered."""
+from __future__ import annotations
+
+import email
+from dataclasses import dataclass, field
+from email import policy as email_policy
+from typing import TYPE_CHECKING, Any
+
+from gateway.stages.normalise.headers import decode_header_value
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+    from gateway.stages.normalise import Normalised
+    from gateway.registry.models import Letter
+
+# Matching reads at most this much of a body: a 20 MB text attachment rendered
+# as body must not make classification slow; the opening of a letter decides it.
+BODY_LIMIT = 200_000
+
+
+@dataclass
+class Facts:
+    channel: str  # email | fax
+    sender_address: str = ""  # lower case; '' for a fax
+    sender_name: str = ""
+    recipients: list[str] = field(default_factory=list)  # envelope, To and Cc; lower case
+    subject: str = ""
+    body: str = ""
+    attachments: list[tuple[str, str]] = field(default_factory=list)  # (file name, detected type)
+    headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> decoded values
+    fax_number: str | None = None
+    mailbox_department: str | None = None  # the department whose IMAP mailbox it came from
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2] if "@" in self.sender_address else ""
+
+
+def header_map(fields: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in fields:
+        out.setdefault(name.strip().lower(), []).append(value)
+    return out
+
+
+def headers_of(raw: bytes) -> dict[str, list[str]]:
+    """The top-level headers of a stored message, decoded (cheap: the body is not parsed)."""
+    parser = email.parser.BytesHeaderParser(policy=email_policy.compat32)
+    try:
+        message = parser.parsebytes(raw)
+    except Exception:
+        return {}
+    return header_map([(name, decode_header_value(str(value))[0]) for name, value in message.raw_items()])
+
+
+def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[str],
+                    mailbox_department: str | None, fax_number: str | None = None) -> Facts:
+    return Facts(
+        channel=channel,
+        sender_address=parsed.sender.address.lower() if parsed.sender else "",
+        sender_name=parsed.sender.name if parsed.sender else "",
+        recipients=_unique([*envelope_rcpts, *(a.address.lower() for a in [*parsed.to, *parsed.cc])]),
+        subject=parsed.subject,
+        body=parsed.body_text[:BODY_LIMIT],
+        attachments=[(a.original_filename or a.filename, a.detected_type) for a in parsed.attachments],
+        headers=header_map(parsed.header_fields),
+        fax_number=fax_number,
+        mailbox_department=mailbox_department,
+    )
+
+
+def facts_from_letter(letter: Letter, headers: dict[str, list[str]], config: Config | None = None) -> Facts:
+    """Facts from a registered letter (replay, and faxes classified once their text is read)."""
+    recipients: dict[str, Any] = letter.recipients or {}
+    listed = [*recipients.get("envelope", []),
+              *(a.get("address", "") for a in [*recipients.get("to", []), *recipients.get("cc", [])])]
+    hint = (letter.envelope or {}).get("department_hint") if letter.envelope else None
+    return Facts(
+        channel=letter.channel,
+        sender_address=(letter.sender_address or "").lower(),
+        sender_name=letter.sender_name or letter.fax_sender_name or "",
+        recipients=_unique([str(a).lower() for a in listed if a]),
+        subject=letter.subject,
+        body=letter.body_text[:BODY_LIMIT],
+        attachments=[(a.original_filename or a.filename, a.detected_type) for a in letter.attachments],
+        headers=headers,
+        fax_number=letter.fax_number,
+        mailbox_department=hint if config is None or hint in config.departments else None,
+    )
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))

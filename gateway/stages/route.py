@@ -1,0 +1,162 @@
+"""From a classification decision to what changes on the letter and what mail it causes.
+
+The result is applied by the registry in the transaction that registers (or
+routes) the letter, so a letter is never routed without its notification
+queued, nor a notification queued for a letter that was rolled back.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
+from gateway.stages.classify.rules import Decision
+from gateway.config import Config
+
+if TYPE_CHECKING:
+    from gateway.registry.models import Letter
+from gateway.stages.autoreply import no_reply_reason
+from gateway.spool import DamagedItem, read_raw
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+@dataclass
+class NewMail:
+    kind: str  # notification | receipt
+    recipient: str
+    details: dict[str, Any]
+    message_id: str  # the same on every attempt, so that a receiver can tell a repeat
+
+
+def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
+    domain = config.model.outbound.from_address.rpartition("@")[2]
+    return NewMail(kind, recipient, details, f"<{uuid.uuid4().hex}@{domain}>")
+
+
+@dataclass
+class Routing:
+    status: str  # routed | needs-triage
+    department: str
+    category: str | None
+    urgency: str
+    confidentiality: str
+    owner: str | None
+    tags: list[str]
+    deadline: datetime | None
+    trace: dict[str, Any]
+    flags: list[str]  # added to the letter's
+    mail: list[NewMail]
+    receipt: NewMail | None  # sent unless the sender's daily cap is reached
+    no_receipt: str | None  # why no receipt, for the event
+    receipt_cap: int = 3  # receipts per sender in 24 hours
+    no_notification: str | None = None  # why nobody is notified, for the event
+
+
+def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
+         channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool) -> Routing:
+    departments = config.departments
+    department = departments[decision.department or config.model.triage.department]
+    urgency = decision.urgency or "regular"
+    days = (decision.deadline_days if decision.deadline_days is not None
+            else config.model.deadlines.answer_within(decision.category, urgency))
+    deadline = config.calendar.deadline(received_at, days)
+    owners = [decision.owner] if decision.owner else list(department.owners)
+    mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
+    no_notification = None
+    if loop_id_seen(config, headers):
+        # Our own mail came back in (a forward, an owner's rule): registered, never answered
+        # and never forwarded again, or each notification would beget another.
+        mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
+    reply_to = reply_address(sender, headers, envelope_from)
+    receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog)
+    if reason is None:
+        language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
+            "en" if subject or body else config.model.receipts.default_language)
+        receipt = new_mail(config, "receipt", reply_to.lower(), language=language)
+    triage = decision.needs_triage
+    return Routing(
+        status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
+        urgency=urgency, confidentiality=decision.confidentiality or "normal",
+        owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
+        flags=["needs-triage"] if triage else [], mail=mail, receipt=receipt, no_receipt=reason,
+        receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)
+
+
+def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
+          backlog: bool) -> Routing:
+    """Classify by the rules in force and plan the mail that routing causes."""
+    decision = config.ruleset.classify(facts)
+    return plan(config, decision, received_at=received_at, sender=facts.sender_address, subject=facts.subject,
+                body=facts.body, channel=facts.channel, headers=facts.headers, envelope_from=envelope_from,
+                backlog=backlog)
+
+
+def letter_facts(config: Config, letter: Letter) -> Facts:
+    """The facts of a registered letter, its headers read again from the stored original."""
+    headers: dict[str, list[str]] = {}
+    if not letter.is_fax_file:  # a fax file has no headers
+        try:
+            headers = headers_of(read_raw(config.state_dir / letter.raw_path))
+        except (OSError, DamagedItem):
+            pass
+    return facts_from_letter(letter, headers, config)
+
+
+def route_letter(config: Config, letter: Letter) -> Routing:
+    """Classify and plan a registered letter (a fax whose text was just read)."""
+    return route(config, letter_facts(config, letter), received_at=letter.received_at,
+                 envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags)
+
+
+def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
+    return any(config.loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", []))
+
+
+def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:
+    """Where an automatic reply goes (RFC 3834 section 4): the envelope sender or Return-Path,
+    else the From address."""
+    if envelope_from:
+        return envelope_from.strip().strip("<>").strip()
+    return_path = (headers.get("return-path") or [""])[0].strip()
+    if return_path:
+        return return_path.strip("<>").strip()
+    return sender
+
+
+def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, headers: dict[str, list[str]],
+                envelope_from: str | None, backlog: bool) -> str | None:
+    settings = config.model.receipts
+    if not settings.enabled or settings.per_sender_per_day == 0:
+        return "receipts are switched off"
+    if backlog:
+        return "backlog import"
+    if channel == "fax":
+        return "a fax: no address to answer"
+    for address in (sender, reply_to):
+        domain = address.lower().rpartition("@")[2]
+        if domain and any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+            return "internal sender"
+    if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
+        return "our own address"
+    return no_reply_reason(headers, reply_to, envelope_from, config.loop_id)
+
+
+def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
+    """The result of a closed inquiry or complaint, for its sender (when it may be answered)."""
+    if letter.category != "external.inquiry_complaint" or letter.channel != "email":
+        return []
+    facts = letter_facts(config, letter)
+    envelope_from = (letter.envelope or {}).get("mail_from")
+    reply_to = reply_address(facts.sender_address, facts.headers, envelope_from)
+    for address in (facts.sender_address, reply_to):
+        domain = address.lower().rpartition("@")[2]
+        if not domain or any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+            return []
+    if no_reply_reason(facts.headers, reply_to, envelope_from, config.loop_id) is not None:
+        return []
+    language = "zh" if _CJK.search(letter.subject) or _CJK.search(letter.body_text[:2000]) else "en"
+    return [new_mail(config, "feedback", reply_to.lower(), language=language, result=result[:4000])]
