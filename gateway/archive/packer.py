@@ -44,6 +44,7 @@ from gateway.stages.normalise.filenames import safe_filename
 from gateway.registry import Registry, ToArchive
 from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, read_item_file, read_raw
+from gateway.spool.durable import make_dirs, move, write_file, writing
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _FROM_LINE = re.compile(rb"^(>*From )", re.M)
@@ -91,14 +92,6 @@ def mbox_escape(raw: bytes) -> bytes:
 
 def mbox_unescape(data: bytes) -> bytes:
     return _QUOTED_FROM.sub(rb"\1", data) if b"From " in data else data
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Archiver:
@@ -156,12 +149,12 @@ class Archiver:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                     continue
                 aside = self.root / "orphans" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") / relative
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(entry, aside)
+                make_dirs(aside.parent)
+                move(entry, aside)
 
     def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive]) -> Written:
         folder = self._folder(month, category)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)
         part = self.registry.next_archive_part(month, category, kind)
         series = f"archive-{month}"
         first = self.registry.series_last(series) + 1
@@ -169,56 +162,47 @@ class Archiver:
         rows: list[dict[str, Any]] = []
         if kind == "mail":
             suffix = ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
-            name = f"part-{part:03d}{suffix}"
-            target = folder / name
-            tmp = folder / f".{name}.tmp"
+            target = folder / f"part-{part:03d}{suffix}"
             offset = 0
-            with open(tmp, "wb") as raw_file, self._compressor(raw_file) as out:
-                for letter, number in zip(letters, numbers, strict=True):
-                    raw = self._raw(letter)
-                    when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
-                    block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
-                    block += b"\n" if block.endswith(b"\n") else b"\n\n"
-                    out.write(block)
-                    rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
-                    offset += len(block)
-                out.flush()
-            with open(tmp, "rb+") as done:
-                os.fsync(done.fileno())
-            size, sha = tmp.stat().st_size, _sha_file(tmp)
+            # In place only once complete and durable; a crash leaves a hidden
+            # temporary file, which the next run removes.
+            with writing(target) as raw_file:
+                with self._compressor(raw_file) as out:
+                    for letter, number in zip(letters, numbers, strict=True):
+                        raw = self._raw(letter)
+                        when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
+                        block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
+                        block += b"\n" if block.endswith(b"\n") else b"\n\n"
+                        out.write(block)
+                        rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
+                        offset += len(block)
+            size, sha = target.stat().st_size, _sha_file(target)
             manifest = folder / f"part-{part:03d}.manifest.csv"
         else:
             name = f"part-{part:03d}-faxes"
             target = folder / name
             tmp = folder / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            make_dirs(tmp)
             size = 0
             for letter, number in zip(letters, numbers, strict=True):
                 raw = self._raw(letter)
                 file_name = f"{number}_{safe_filename(letter.fax_file_name or 'fax')}"
-                with open(tmp / file_name, "wb") as out_file:
-                    out_file.write(raw)
-                    os.fsync(out_file.fileno())
+                write_file(tmp / file_name, raw)
                 rows.append(self._row(number, letter, len(raw), 0, len(raw), file_name))
                 size += len(raw)
-            _fsync_dir(tmp)
+            # The folder is complete and durable: now it takes its name.
+            move(tmp, target)
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
             sha = ""
-        manifest_tmp = manifest.with_name(f".{manifest.name}.tmp")
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         data = text.getvalue().encode()
-        with open(manifest_tmp, "wb") as out_file:
-            out_file.write(data)
-            os.fsync(out_file.fileno())
         if kind == "fax":
             sha = hashlib.sha256(data).hexdigest()
-        os.rename(tmp, target)
-        os.rename(manifest_tmp, manifest)
-        _fsync_dir(folder)
+        write_file(manifest, data)
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
         self.registry.archive_commit(
             package={"month": month, "category": category, "part": part, "kind": kind,

@@ -8,6 +8,9 @@ raw bytes exactly as received. Its life, by directory:
     work/        claimed by a worker, which holds an flock on it while processing
     quarantine/  failed too often; a `<id>.reason.json` beside it says why
 
+Every rename, unlink and directory that must survive a power cut goes through
+`gateway.spool.durable`, the one module of durable-file primitives.
+
 File names are `<id>.<attempts>`; ids sort by arrival time. A worker that
 dies releases its flock with its process, so `recover()` can tell an
 abandoned claim from a live one and puts only the abandoned back in `new/`.
@@ -27,7 +30,6 @@ import json
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from gateway.spool.durable import DirectorySync, fsync_dir, make_dirs, move, remove, write_file
 
 log = logging.getLogger("gateway.spool")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -52,49 +56,6 @@ _DIRS = ("tmp", "new", "work", "quarantine")
 
 class SpoolError(Exception):
     """The spool cannot take an item (disk full, permissions): nothing was accepted."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class DirectorySync:
-    """fsync a directory, shared by threads that renamed into it at the same time.
-
-    A rename is durable once its directory is fsynced. Each caller takes a
-    ticket after its rename; an fsync that starts after that ticket covers it,
-    so concurrent intakes pay for one directory fsync between them.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._cond = threading.Condition()
-        self._requested = 0
-        self._done = 0
-        self._running = False
-
-    def sync(self) -> None:
-        with self._cond:
-            self._requested += 1
-            ticket = self._requested
-            while self._done < ticket:
-                if self._running:
-                    self._cond.wait()
-                    continue
-                self._running = True
-                covers = self._requested
-                self._cond.release()
-                try:
-                    _fsync_dir(self.path)
-                finally:
-                    self._cond.acquire()
-                    self._running = False
-                    self._cond.notify_all()
-                self._done = max(self._done, covers)
 
 
 def new_item_id() -> str:
@@ -253,14 +214,16 @@ class Spool:
         self.root = root
         self.message_dir = message_dir
         self.max_attempts = max_attempts
-        for name in _DIRS:
-            (root / name).mkdir(parents=True, exist_ok=True)
+        make_dirs(*(root / name for name in _DIRS), message_dir)
         self.dir_sync = {name: DirectorySync(root / name) for name in ("new", "work")}
-        message_dir.mkdir(parents=True, exist_ok=True)
         # The store's 256 fan-out folders exist up front: no mkdir on the hot path.
+        # "ff" is made last, after the others are durable: its presence says they all are.
         if not (message_dir / "ff").is_dir():
-            for n in range(256):
+            for n in range(255):
                 (message_dir / f"{n:02x}").mkdir(exist_ok=True)
+            fsync_dir(message_dir)
+            make_dirs(message_dir / "ff")
+        self._store_sync = {n: DirectorySync(message_dir / f"{n:02x}") for n in range(256)}
 
     # -- intake ---------------------------------------------------------
     def writer(self, meta: dict[str, Any]) -> SpoolWriter:
@@ -321,6 +284,8 @@ class Spool:
                 dst = work_dir / name
                 # The lock travels with the inode; if the rename fails the
                 # other claimer won and has already moved or finished it.
+                # Not made durable on purpose: a claim a crash undoes leaves the
+                # item in new/, where it is simply claimed again.
                 os.rename(src, dst)
             except OSError as exc:
                 os.close(fd)
@@ -333,11 +298,16 @@ class Spool:
     def finish(self, item: SpoolItem, sha256: str) -> Path:
         """Processing is committed: keep the file as the raw copy, or drop it if one exists."""
         stored = self.stored_path(sha256)
-        if stored.exists():
-            item.path.unlink(missing_ok=True)
-        else:
-            os.rename(item.path, stored)
-        item._unlock()
+        try:
+            if stored.exists():
+                item.path.unlink(missing_ok=True)
+            else:
+                os.rename(item.path, stored)
+                self._store_sync[int(sha256[:2], 16)].sync()
+            # Gone from work/ for good: a crash must not bring it back to be processed again.
+            self.dir_sync["work"].sync()
+        finally:
+            item._unlock()
         # An item retried from quarantine leaves its reason file behind until now.
         self.forget_reason(item.id)
         return stored
@@ -353,9 +323,9 @@ class Spool:
                 self._quarantine(item.path, item.id, attempts, reason)
                 return True
             dst = self.root / "new" / f"{item.id}.{attempts}"
-            os.rename(item.path, dst)
             delay = backoff_seconds * 2 ** (attempts - 1)
-            os.utime(dst, (time.time(), time.time() + delay))
+            os.utime(item.path, (time.time(), time.time() + delay))
+            move(item.path, dst)  # the attempt count is in the name: it must survive a crash
             return False
         finally:
             item._unlock()
@@ -363,7 +333,7 @@ class Spool:
     def release(self, item: SpoolItem) -> None:
         """Give an item back untouched (shutdown before it was processed)."""
         try:
-            os.rename(item.path, self.root / "new" / item.path.name)
+            move(item.path, self.root / "new" / item.path.name)
         finally:
             item._unlock()
 
@@ -381,7 +351,8 @@ class Spool:
     def discard(self, item: SpoolItem) -> None:
         """Drop an item that its sender was told to send again (SMTP 4xx)."""
         try:
-            item.path.unlink(missing_ok=True)
+            # Durably: an item its sender will send again must not come back after a crash.
+            remove(item.path)
         finally:
             item._unlock()
 
@@ -413,7 +384,7 @@ class Spool:
                                      f"processing was interrupted {attempts} times (the process died)")
                     quarantined += 1
                 else:
-                    os.rename(path, self.root / "new" / f"{item_id}.{attempts}")
+                    move(path, self.root / "new" / f"{item_id}.{attempts}")
                     requeued += 1
         stale = time.time() - 60  # a writer locks its file right after creating it; leave young ones be
         for name in os.listdir(self.root / "tmp"):
@@ -424,8 +395,8 @@ class Spool:
             except FileNotFoundError:
                 continue
             with self._try_lock(path) as locked:
-                if locked:
-                    path.unlink(missing_ok=True)  # never acknowledged: the sender still has it
+                if locked:  # never acknowledged: the sender still has it, nothing to make durable
+                    path.unlink(missing_ok=True)
         return requeued, quarantined
 
     @contextmanager
@@ -468,11 +439,9 @@ class Spool:
         record = {"id": item_id, "reason": reason, "attempts": attempts,
                   "quarantined_at": datetime.now(timezone.utc).isoformat(),
                   "history": history + [reason]}
-        tmp = qdir / f".{item_id}.reason.tmp"
-        tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2))
-        os.rename(tmp, reason_file)
-        os.rename(path, qdir / f"{item_id}.item")
-        _fsync_dir(qdir)
+        # The reason first: a quarantined item is never without one.
+        write_file(reason_file, json.dumps(record, ensure_ascii=False, indent=2).encode())
+        move(path, qdir / f"{item_id}.item")
 
     def quarantined(self) -> list[QuarantinedItem]:
         out = []
@@ -500,9 +469,8 @@ class Spool:
     def retry(self, item_id: str) -> None:
         """Put a quarantined item back in line with a fresh attempt count."""
         item = self.quarantined_item(item_id)
-        os.rename(item.path, self.root / "new" / f"{item_id}.0")
-        _fsync_dir(self.root / "new")
+        move(item.path, self.root / "new" / f"{item_id}.0")
         # The reason file stays as history until the item is processed (see finish()).
 
     def forget_reason(self, item_id: str) -> None:
-        (self.root / "quarantine" / f"{item_id}.reason.json").unlink(missing_ok=True)
+        remove(self.root / "quarantine" / f"{item_id}.reason.json")

@@ -1,0 +1,128 @@
+"""Durable files: the one place outside the registry where bytes are made to survive a power cut.
+
+The rules, for a filesystem that may drop anything not yet synced:
+
+- a file's bytes are durable once the file is fsynced; fsync it *before* renaming
+  it into place, or a crash can leave the new name pointing at missing bytes;
+- a name (created, renamed, unlinked) is durable once its directory is fsynced:
+  fsync the directory *after* the rename, and both directories when it moved;
+- a new directory exists only once its parent is fsynced.
+
+The spool, the message store, the quarantine and the archive use these and
+nothing else; no other module calls fsync or renames a file into place.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["DirectorySync", "fsync_dir", "make_dirs", "move", "remove", "write_file", "writing"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in a directory (created, renamed, removed) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(*paths: Path) -> None:
+    """mkdir -p, with every directory created made durable in its parent."""
+    parents: set[Path] = set()
+    for path in paths:
+        missing = []
+        for candidate in (path, *path.parents):
+            if candidate.is_dir():
+                break
+            missing.append(candidate)
+        for directory in reversed(missing):
+            directory.mkdir(exist_ok=True)
+            parents.add(directory.parent)
+    for parent in sorted(parents):
+        fsync_dir(parent)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[BinaryIO]:
+    """Stream a file into place: written under a hidden temporary name beside it,
+    fsynced, renamed, the directory fsynced. Until the block ends without an
+    exception nothing is visible under `path`; on an exception the temporary
+    file is removed and `path` is untouched."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    out = open(tmp, "wb")
+    try:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        os.rename(tmp, path)
+    except BaseException:
+        out.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write a whole file durably (tmp, fsync, rename, fsync the directory)."""
+    with writing(path) as out:
+        out.write(data)
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename durably: the new name, and the old one's disappearance, both survive a crash."""
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def remove(path: Path) -> bool:
+    """Unlink durably; False when there was nothing to remove (and nothing to sync)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+class DirectorySync:
+    """fsync a directory, shared by threads that renamed into it at the same time.
+
+    A rename is durable once its directory is fsynced. Each caller takes a
+    ticket after its rename; an fsync that starts after that ticket covers it,
+    so concurrent intakes pay for one directory fsync between them.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._done = 0
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._done < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                covers = self._requested
+                self._cond.release()
+                try:
+                    fsync_dir(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._done = max(self._done, covers)
