@@ -23,9 +23,10 @@ from gateway.stages.fax.metadata import FaxFacts, parse_time
 from gateway.faults import checkpoint
 from gateway.stages.normalise import Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
-from gateway.stages.route import NewMail, feedback, new_mail, route
-from gateway.stages.answers import FORWARD, Answer, bracketed_numbers, own_text, parse_command
-from gateway.registry import NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
+from gateway.stages.route import route
+from gateway.registry import Answer, NewAttachment, NewLetter, Registered, Registry, RegistryUnavailable
+from gateway.services.letters import LetterSteps
+from gateway.stages.answers import FORWARD, bracketed_numbers, own_text, parse_command
 from gateway.spool import Spool, SpoolItem
 
 log = logging.getLogger("gateway.daemon.pipeline")
@@ -69,6 +70,7 @@ class Pipeline:
         self.spool = spool
         self.registry = registry
         self.publish = publish or (lambda topic, body: None)
+        self.steps = LetterSteps(config, registry)
 
     def build(self, item: SpoolItem) -> NewLetter | AnswerItem:
         """Everything that can fail because of the item itself happens here."""
@@ -236,22 +238,10 @@ class Pipeline:
             outcomes.append(self._finish(item, new, result))
         return outcomes
 
-    def feedback_for(self, letter_id: int, result: str) -> list[NewMail]:
-        letter = self.registry.letter_by_id(letter_id)
-        return feedback(self.config, letter, result) if letter is not None else []
-
     def _record_answer(self, item: SpoolItem, answer: AnswerItem, discard_when_unavailable: bool) -> Outcome:
-        departments = self.config.departments
-        allowed = {d.id: {*d.owners, d.head} for d in departments.values()}
-
-        def notify(target: str) -> list[NewMail]:
-            return [new_mail(self.config, "notification", owner, department=target, reassigned=True)
-                    for owner in departments[target].owners]
         try:
-            result = self.registry.apply_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
-                                                raw_path=answer.raw_path, received_at=answer.received_at,
-                                                allowed=allowed, departments=set(departments), notify=notify,
-                                                on_close=self.feedback_for)
+            result = self.steps.record_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
+                                              raw_path=answer.raw_path, received_at=answer.received_at)
         except RegistryUnavailable as exc:
             return self._unavailable(item, exc, discard_when_unavailable)
         except Exception as exc:

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
-from gateway.registry import Registry, RegistryUnavailable, _unreachable
+from gateway.registry.store import RegistryUnavailable, Store
 from gateway.registry.models import ImapFolder, ImapMessage
 
 
@@ -43,7 +43,7 @@ def _now() -> datetime:
 
 
 class ImapLedger:
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Store):
         self.registry = registry
 
     def _upsert(self, conn: Any, table: type, values: list[dict[str, Any]] | dict[str, Any],
@@ -53,41 +53,29 @@ class ImapLedger:
                                          set_={c: getattr(ins.excluded, c) for c in update_columns})
         conn.execute(stmt, values)
 
-    def _write(self):  # type: ignore[no-untyped-def]
-        return self.registry.writer.begin()
-
     def folder(self, account: str, folder: str) -> FolderState | None:
-        try:
-            with self.registry.engine.connect() as conn:
-                row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid,
-                                          ImapFolder.importing_until).where(
-                    ImapFolder.account == account, ImapFolder.folder == folder)).first()
-        except DBAPIError as exc:
-            raise self._wrap(exc) from exc
+        with self.registry.read() as conn:
+            row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid,
+                                      ImapFolder.importing_until).where(
+                ImapFolder.account == account, ImapFolder.folder == folder)).first()
         return FolderState(row.uidvalidity, row.last_uid, row.importing_until) if row and row.uidvalidity else None
 
     def attempts(self, account: str, folder: str, uidvalidity: int) -> dict[int, tuple[int, str]]:
         """UIDs that could not be fetched yet: how often that was tried, and the last reason."""
-        try:
-            with self.registry.engine.connect() as conn:
-                rows = conn.execute(select(ImapMessage.uid, ImapMessage.attempts, ImapMessage.reason).where(
-                    ImapMessage.account == account, ImapMessage.folder == folder,
-                    ImapMessage.uidvalidity == uidvalidity, ImapMessage.outcome == "failing"))
-                return {row.uid: (row.attempts, row.reason or "") for row in rows}
-        except DBAPIError as exc:
-            raise self._wrap(exc) from exc
+        with self.registry.read() as conn:
+            rows = conn.execute(select(ImapMessage.uid, ImapMessage.attempts, ImapMessage.reason).where(
+                ImapMessage.account == account, ImapMessage.folder == folder,
+                ImapMessage.uidvalidity == uidvalidity, ImapMessage.outcome == "failing"))
+            return {row.uid: (row.attempts, row.reason or "") for row in rows}
 
     def failing(self, account: str, folder: str, uidvalidity: int, uid: int, attempts: int, reason: str) -> None:
         """Count a failed fetch on its own (the connection is about to be given up)."""
         row = {"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": uid, "outcome": "failing",
                "number": None, "item_id": None, "size": None, "action": "none", "attempts": attempts,
                "reason": reason, "at": _now()}
-        try:
-            with self._write() as conn:
-                self._upsert(conn, ImapMessage, row, ["account", "folder", "uidvalidity", "uid"],
-                             ["outcome", "attempts", "reason", "at"])
-        except DBAPIError as exc:
-            raise self._wrap(exc) from exc
+        with self.registry.write() as conn:
+            self._upsert(conn, ImapMessage, row, ["account", "folder", "uidvalidity", "uid"],
+                         ["outcome", "attempts", "reason", "at"])
 
     def settle(self, account: str, folder: str, uidvalidity: int, settled: list[Settled],
                *, last_uid: int, backlog: int, failing: dict[int, tuple[int, str]] | None = None,
@@ -101,19 +89,16 @@ class ImapLedger:
                   "outcome": "failing", "number": None, "item_id": None, "size": None, "action": "none",
                   "attempts": attempts, "reason": reason, "at": now}
                  for uid, (attempts, reason) in (failing or {}).items()]
-        try:
-            with self._write() as conn:
-                if rows:
-                    self._upsert(conn, ImapMessage, rows, ["account", "folder", "uidvalidity", "uid"],
-                                 ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
-                self._upsert(conn, ImapFolder, {
-                    "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
-                    "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None, "backlog": backlog,
-                    "updated_at": now}, ["account", "folder"],
-                    ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
-                     "updated_at"])
-        except DBAPIError as exc:
-            raise self._wrap(exc) from exc
+        with self.registry.write() as conn:
+            if rows:
+                self._upsert(conn, ImapMessage, rows, ["account", "folder", "uidvalidity", "uid"],
+                             ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
+            self._upsert(conn, ImapFolder, {
+                "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
+                "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None, "backlog": backlog,
+                "updated_at": now}, ["account", "folder"],
+                ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
+                 "updated_at"])
 
     def failed(self, account: str, folder: str, error: str) -> None:
         self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})
@@ -126,13 +111,13 @@ class ImapLedger:
                "last_poll_at": None,
                "last_error": None, "last_error_at": None, "backlog": 0, "updated_at": now, **values}
         try:
-            with self._write() as conn:
+            with self.registry.write() as conn:
                 self._upsert(conn, ImapFolder, row, ["account", "folder"], [*values, "updated_at"])
-        except DBAPIError:
+        except (DBAPIError, RegistryUnavailable):
             pass  # health is best effort; the registry being down is logged elsewhere
 
     def status(self) -> list[dict[str, Any]]:
-        with self.registry.engine.connect() as conn:
+        with self.registry.read() as conn:
             unfetchable = dict(conn.execute(
                 select(ImapMessage.account + "/" + ImapMessage.folder, func.count())
                 .where(ImapMessage.outcome.in_(["unfetchable", "failing"]))
@@ -143,8 +128,3 @@ class ImapLedger:
                      "last_error_at": r.last_error_at, "backlog": r.backlog,
                      "failing": unfetchable.get(f"{r.account}/{r.folder}", 0)}
                     for r in rows]
-
-    def _wrap(self, exc: DBAPIError) -> Exception:
-        if _unreachable(exc):
-            return RegistryUnavailable(f"registry {self.registry.safe_url}: {exc.orig}")
-        return exc

@@ -72,7 +72,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
     moment = min(now, period.end)
     tz = ZoneInfo(timezone_name)
     this_month = now.astimezone(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    with registry.sessions() as session:
+    with registry.session() as session:
         letters = list(session.scalars(
             select(Letter).where(Letter.received_at >= period.start, Letter.received_at < period.end)
             .options(selectinload(Letter.events)).order_by(Letter.received_at, Letter.id)))

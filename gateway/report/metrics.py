@@ -59,7 +59,7 @@ class GatewayCollector(Collector):
 
     def _query(self) -> list[Any]:
         now = datetime.now(timezone.utc)
-        with self.registry.engine.connect() as conn:
+        with self.registry.read() as conn:
             by_channel = conn.execute(select(Letter.channel, func.count(Letter.id)).group_by(Letter.channel)).all()
             by_status = conn.execute(select(Letter.status, func.count(Letter.id)).group_by(Letter.status)).all()
             overdue = conn.execute(select(func.count(Letter.id)).where(

@@ -20,7 +20,8 @@ the mail itself in the message store.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from gateway.registry.plan import Answer
 
 _BRACKETED = re.compile(r"\[([^\[\]\s]{3,64})\]")
 FORWARD = re.compile(r"^\s*(?:(?:re|aw|回复|回覆)\s*[:：]\s*)*(?:fwd?|fw|转发|轉寄|转|wg)\s*[:：]", re.I)
@@ -33,16 +34,6 @@ _COMMANDS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?:note|备注|備註)\s*[:：]\s*(?P<text>.+)$", re.I), "note"),
 ]
 
-
-@dataclass
-class Answer:
-    """A mail found to answer one of our letters."""
-
-    number: str  # the letter it answers
-    sender: str
-    command: str | None  # ack | progress | close | reassign | note | None (just text)
-    argument: str  # the result, note or department
-    text: str  # the answer's own text (without the quoted part), as recorded
 
 
 def bracketed_numbers(subject: str) -> list[str]:

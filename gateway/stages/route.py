@@ -8,52 +8,26 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.config import Config
+from gateway.registry.plan import NewMail, Routing
+from gateway.spool import DamagedItem, read_raw
+from gateway.stages.autoreply import no_reply_reason
 from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
 from gateway.stages.classify.rules import Decision
-from gateway.config import Config
+from gateway.stages.normalise.summary import summarise
 
 if TYPE_CHECKING:
     from gateway.registry.models import Letter
-from gateway.stages.autoreply import no_reply_reason
-from gateway.spool import DamagedItem, read_raw
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
-@dataclass
-class NewMail:
-    kind: str  # notification | receipt
-    recipient: str
-    details: dict[str, Any]
-    message_id: str  # the same on every attempt, so that a receiver can tell a repeat
 
 
 def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
     domain = config.model.outbound.from_address.rpartition("@")[2]
     return NewMail(kind, recipient, details, f"<{uuid.uuid4().hex}@{domain}>")
-
-
-@dataclass
-class Routing:
-    status: str  # routed | needs-triage
-    department: str
-    category: str | None
-    urgency: str
-    confidentiality: str
-    owner: str | None
-    tags: list[str]
-    deadline: datetime | None
-    trace: dict[str, Any]
-    flags: list[str]  # added to the letter's
-    mail: list[NewMail]
-    receipt: NewMail | None  # sent unless the sender's daily cap is reached
-    no_receipt: str | None  # why no receipt, for the event
-    receipt_cap: int = 3  # receipts per sender in 24 hours
-    no_notification: str | None = None  # why nobody is notified, for the event
 
 
 def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
@@ -110,6 +84,16 @@ def route_letter(config: Config, letter: Letter) -> Routing:
     """Classify and plan a registered letter (a fax whose text was just read)."""
     return route(config, letter_facts(config, letter), received_at=letter.received_at,
                  envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags)
+
+
+def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Routing | None]:
+    """A fax letter whose text was just read: the summary of that text, and its routing, decided
+    now (before the registry's transaction) unless the letter was routed already."""
+    summary = summarise(text, config.model.normalise.summary_chars) if text.strip() else ""
+    if letter.status != "registered":
+        return summary, None
+    letter.body_text = f"{letter.body_text.rstrip()}\n\n{text}".strip() if letter.body_text.strip() else text
+    return summary, route_letter(config, letter)
 
 
 def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:

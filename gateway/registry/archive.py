@@ -1,0 +1,145 @@
+"""The archive's records: packages, archive numbers, verification, release and destruction."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, case, func, insert, select
+
+from gateway.registry.models import ArchivePackage, Attachment, DestructionRecord, Event, Letter, NumberSeries
+from gateway.registry.plan import ToArchive
+from gateway.registry.store import Store, utcnow
+
+
+class ArchiveRecords(Store):
+    def letters_to_archive(self, start: datetime, end: datetime) -> list[ToArchive]:
+        """The month's letters not archived yet: only what packing needs (a month can be large)."""
+        with self.read() as conn:
+            rows = conn.execute(select(Letter.id, Letter.number, Letter.received_at, Letter.channel, Letter.category,
+                                       Letter.raw_path, Letter.raw_sha256)
+                                .where(Letter.received_at >= start, Letter.received_at < end,
+                                       Letter.archive_number.is_(None))
+                                .order_by(Letter.received_at, Letter.id)).all()
+            faxes = dict(conn.execute(select(Attachment.letter_id, Attachment.filename)
+                                      .join(Letter, Attachment.letter_id == Letter.id)
+                                      .where(Letter.received_at >= start, Letter.received_at < end,
+                                             Letter.archive_number.is_(None), Letter.channel == "fax",
+                                             Attachment.origin == "fax")).all())
+        return [ToArchive(r.id, r.number, r.received_at, r.channel, r.category, r.raw_path, r.raw_sha256,
+                          faxes.get(r.id)) for r in rows]
+
+    def archive_paths(self, month: str) -> set[str]:
+        with self.read() as conn:
+            rows = conn.execute(select(ArchivePackage.path, ArchivePackage.manifest).where(ArchivePackage.month == month))
+            return {p for row in rows for p in row}
+
+    def next_archive_part(self, month: str, category: str, kind: str) -> int:
+        with self.read() as conn:
+            last = conn.execute(select(func.max(ArchivePackage.part)).where(
+                ArchivePackage.month == month, ArchivePackage.category == category,
+                ArchivePackage.kind == kind)).scalar()
+            return int(last or 0) + 1
+
+    def series_last(self, series: str) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(NumberSeries.last_seq).where(NumberSeries.series == series)).scalar() or 0)
+
+    def archive_commit(self, *, package: dict[str, Any], assignments: list[tuple[int, str]], series: str,
+                       expected_last: int) -> int:
+        """Record a written package and give its letters their archive numbers, in one transaction."""
+        now = utcnow()
+        with self.write() as conn:
+            last = self.advance(conn, series, len(assignments))
+            if last != expected_last + len(assignments):
+                raise RuntimeError(f"archive series {series} moved while packing (at {last}); run again")
+            package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
+                {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None}]).scalar_one()
+            table = Letter.__table__
+            # One statement executed for many rows: a month can hold tens of thousands of letters.
+            conn.execute(table.update().where(table.c.id == bindparam("letter_id")).values(
+                archive_number=bindparam("archive_number"), archived_at=now, archive_package_id=package_id,
+                updated_at=now, status=case((table.c.status == "closed", "archived"), else_=table.c.status)),
+                [{"letter_id": letter_id, "archive_number": number} for letter_id, number in assignments])
+            conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "archived", None,
+                                                     {"archive_number": number, "package": package["path"]})
+                                         for letter_id, number in assignments])
+            return int(package_id)
+
+    def archive_packages(self, month: str | None) -> list[ArchivePackage]:
+        stmt = select(ArchivePackage).order_by(ArchivePackage.month, ArchivePackage.category, ArchivePackage.kind,
+                                               ArchivePackage.part)
+        if month is not None:
+            stmt = stmt.where(ArchivePackage.month == month)
+        with self.session() as session:
+            return list(session.scalars(stmt))
+
+    def archive_package(self, package_id: int) -> ArchivePackage | None:
+        with self.session() as session:
+            return session.get(ArchivePackage, package_id)
+
+    def archive_checked(self, package_id: int, problems: list[str]) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(ArchivePackage.__table__.update().where(
+                ArchivePackage.id == package_id, ArchivePackage.status != "purged").values(
+                status="corrupt" if problems else "verified", verified_at=None if problems else now))
+
+    def archived_hashes(self, package_id: int) -> dict[str, str]:
+        with self.read() as conn:
+            return {row[0]: row[1] for row in conn.execute(
+                select(Letter.archive_number, Letter.raw_sha256).where(Letter.archive_package_id == package_id))}
+
+    def archived_letters(self, package_id: int) -> list[Letter]:
+        with self.session() as session:
+            return list(session.scalars(select(Letter).where(Letter.archive_package_id == package_id)))
+
+    def releasable(self, package_id: int) -> list[tuple[int, str]]:
+        with self.read() as conn:
+            # Open letters keep their copy: they are still being worked on (text to read, answers).
+            return [(r[0], r[1]) for r in conn.execute(select(Letter.id, Letter.raw_path).where(
+                Letter.archive_package_id == package_id, Letter.raw_released.is_(False),
+                Letter.status.in_(("closed", "archived"))))]
+
+    def mark_released(self, letter_ids: list[int]) -> None:
+        if not letter_ids:
+            return
+        with self.write() as conn:
+            for start in range(0, len(letter_ids), 1000):
+                conn.execute(Letter.__table__.update().where(Letter.id.in_(letter_ids[start:start + 1000]))
+                             .values(raw_released=True))
+
+    def record_destruction(self, package_ids: list[int], *, approved_by: str,
+                           actor: str) -> tuple[list[int], list[str]]:
+        """Mark packages destroyed and write the destruction record, re-checking legal holds under
+        lock. Returns (package ids destroyed, paths refused because a hold was placed meanwhile)."""
+        now = utcnow()
+        with self.write() as conn:
+            letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number, Letter.legal_hold,
+                                          Letter.archive_package_id)
+                                   .where(Letter.archive_package_id.in_(package_ids)).with_for_update()).all()
+            held = {l.archive_package_id for l in letters if l.legal_hold}
+            packages = conn.execute(select(ArchivePackage.id, ArchivePackage.path)
+                                    .where(ArchivePackage.id.in_(package_ids), ArchivePackage.status != "purged")
+                                    .with_for_update()).all()
+            refused = [p.path for p in packages if p.id in held]
+            chosen = [p for p in packages if p.id not in held]
+            ids = [p.id for p in chosen]
+            letters = [l for l in letters if l.archive_package_id in ids]
+            if not ids:
+                return [], refused
+            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id.in_(ids)).values(
+                status="purged", purged_at=now))
+            conn.execute(Letter.__table__.update().where(Letter.archive_package_id.in_(ids)).values(
+                purged_at=now, updated_at=now))
+            record = conn.execute(insert(DestructionRecord).returning(DestructionRecord.id), [{
+                "at": now, "approved_by": approved_by, "actor": actor, "packages": [p.path for p in chosen],
+                "letters": [[l.number, l.archive_number] for l in letters]}]).scalar_one()
+            if letters:
+                conn.execute(insert(Event), [self.event_row(l.id, now, actor, "destroyed", None,
+                                                         {"approved_by": approved_by, "record": int(record)})
+                                             for l in letters])
+            return ids, refused
+
+    def destruction_records(self) -> list[DestructionRecord]:
+        with self.session() as session:
+            return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))

@@ -1,0 +1,175 @@
+"""People's decisions on a letter: reassignment, the steps of its life, answers by e-mail, holds.
+
+Reassignment is written once (`_move`) whether a person does it in the CLI or the web or by
+answering a notification, so both get the same deadline, owner and triage handling.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select
+
+from gateway.registry import lifecycle
+from gateway.registry.models import Event, IntakeKey, Letter, OutboxMail
+from gateway.registry.plan import AnswerPlan, NewMail, Registered
+from gateway.registry.store import Store, utcnow
+
+
+class Decisions(Store):
+    def reassign(self, number: str, department: str, *, reason: str, actor: str, notify: list[NewMail],
+                 deadline: datetime | None = None, by_mail: bool = False) -> tuple[str | None, str]:
+        """A person moves a letter to another department. Returns (from, to).
+
+        Recorded as a `reassigned` event with `by_person`, which the accuracy rate counts; the new
+        department's owners are notified in the same transaction. `deadline` is used only when the
+        letter has none yet (a fax moved before its text was read)."""
+        with self.write() as conn:
+            row = self._locked(conn, number)
+            lifecycle.check(number, row.status, "reassign")
+            if row.department == department:
+                raise ValueError(f"{number} is already with {department}")
+            self._move(conn, row, department, reason=reason, actor=actor, notify=notify, deadline=deadline,
+                       by_mail=by_mail, now=utcnow())
+        return row.department, department
+
+    def _move(self, conn: Connection, row: Any, department: str, *, reason: str, actor: str,
+              notify: list[NewMail], deadline: datetime | None, by_mail: bool, now: datetime) -> None:
+        status = "routed" if row.status in ("registered", "needs-triage") else row.status
+        # The new department's owners own it now (a rule's owner belonged to the old one).
+        conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
+            department=department, status=status, updated_at=now, owner=None,
+            deadline=func.coalesce(Letter.deadline, deadline),
+            flags=[f for f in row.flags if f != "needs-triage"]))
+        conn.execute(insert(Event), [self.event_row(row.id, now, actor, "reassigned", department,
+                                                    {"reason": reason, "by_person": True,
+                                                     **({"by_mail": True} if by_mail else {}),
+                                                     "notify": [m.recipient for m in notify]},
+                                                    from_department=row.department)])
+        if notify:
+            conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in notify])
+
+    def transition(self, number: str, action: str, *, actor: str, text: str = "",
+                   on_close: list[NewMail] | None = None, by_mail: bool = False) -> tuple[str, str]:
+        """A person's step in the letter's life (ack, progress, answer, close, note).
+
+        `on_close` is the mail queued if the step closes the letter (its result for the sender),
+        composed by the caller beforehand. Refused with TransitionRefused when the letter's state
+        does not allow it. Returns (state before, state after).
+        """
+        with self.write() as conn:
+            row = self._locked(conn, number)
+            after = self._step(conn, row, action, actor=actor, text=text, on_close=on_close or [],
+                               by_mail=by_mail, now=utcnow())
+        return row.status, after
+
+    def _step(self, conn: Connection, row: Any, action: str, *, actor: str, text: str, on_close: list[NewMail],
+              by_mail: bool, now: datetime) -> str:
+        move = lifecycle.check(row.number, row.status, action)
+        after = move.to or row.status
+        if move.to is not None:
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(status=after, updated_at=now))
+        conn.execute(insert(Event), [self.event_row(row.id, now, actor, move.name, None,
+                                                    {"from": row.status, "to": after,
+                                                     **({"by_mail": True} if by_mail else {}),
+                                                     **({"text": text} if text else {})})])
+        if move.to == "closed" and on_close:
+            # The result of a closed letter, queued for its sender with the closing.
+            conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in on_close])
+            conn.execute(insert(Event), [self.event_row(row.id, now, "gateway", "feedback-queued", None,
+                                                        {"to": [m.recipient for m in on_close]})])
+        return after
+
+    @staticmethod
+    def _locked(conn: Connection, number: str) -> Any:
+        row = conn.execute(select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner,
+                                  Letter.flags).where(Letter.number == number).with_for_update()).first()
+        if row is None:
+            raise LookupError(f"no letter {number}")
+        return row
+
+    # -- answers from departments ---------------------------------------
+    def answered_letter(self, numbers: list[str], message_ids: list[str]) -> str | None:
+        """The letter a mail answers: a number in its subject, or our mail it replies to."""
+        with self.read() as conn:
+            if numbers:
+                found = conn.execute(select(Letter.number).where(Letter.number.in_(numbers))).scalars().first()
+                if found:
+                    return str(found)
+            if message_ids:
+                wanted = [f"<{m.strip('<>')}>" for m in message_ids]
+                found = conn.execute(select(Letter.number).join(OutboxMail, OutboxMail.letter_id == Letter.id)
+                                     .where(OutboxMail.message_id.in_(wanted),
+                                            OutboxMail.kind.in_(("notification", "reminder", "escalation")))
+                                     ).scalars().first()
+                if found:
+                    return str(found)
+        return None
+
+    def apply_answer(self, plan: AnswerPlan) -> Registered:
+        """Record a department's answer on its letter, and obey its command if its sender may give it.
+
+        One transaction: the event(s), the change of state, the new owners' notifications and the
+        intake keys that make a second arrival of the same mail recognisable. Whether the sender
+        may command is decided here, under the letter's lock, from the plan's `entitled` table.
+        """
+        answer, now = plan.answer, utcnow()
+        with self.write() as conn:
+            known = conn.execute(select(IntakeKey.key, Letter.id, Letter.number, Letter.status)
+                                 .join(Letter, IntakeKey.letter_id == Letter.id)
+                                 .where(IntakeKey.key.in_(plan.keys))).first()
+            if known is not None:
+                return Registered(known.number, known.id, "known", known.status)
+            row = self._locked(conn, answer.number)
+            may = answer.sender.lower() in plan.entitled.get(row.department or "", set()) | {(row.owner or "").lower()}
+            details: dict[str, Any] = {"from": answer.sender, "text": answer.text, "command": answer.command,
+                                       "argument": answer.argument, "raw_sha256": plan.raw_sha256,
+                                       "raw_path": plan.raw_path, "received_at": plan.received_at.isoformat()}
+            refused = None
+            if answer.command is None:
+                pass
+            elif not may:
+                refused = f"{answer.sender} is not an owner of {row.department}: recorded, not obeyed"
+            else:
+                try:
+                    refused = self._obey(conn, row, plan, now)
+                except lifecycle.TransitionRefused as exc:
+                    refused = str(exc)
+            details["obeyed"] = answer.command is not None and refused is None
+            if refused:
+                details["refused"] = refused
+            conn.execute(insert(Event), [self.event_row(row.id, now, answer.sender, "answer", None, details)])
+            conn.execute(insert(IntakeKey), [{"key": k, "letter_id": row.id, "at": now} for k in plan.keys])
+            status = conn.execute(select(Letter.status).where(Letter.id == row.id)).scalar_one()
+            return Registered(row.number, row.id, "answer", status)
+
+    def _obey(self, conn: Connection, row: Any, plan: AnswerPlan, now: datetime) -> str | None:
+        """Apply an answer's command; returns why it was not applied, or None."""
+        answer = plan.answer
+        if answer.command == "reassign":
+            target = answer.argument
+            lifecycle.check(row.number, row.status, "reassign")
+            if target not in plan.departments:
+                return f"no department {target!r}"
+            if target == row.department:
+                return f"{row.number} is already with {target}"
+            self._move(conn, row, target, reason=answer.text[:500], actor=answer.sender, notify=plan.notify,
+                       deadline=plan.deadline, by_mail=True, now=now)
+            return None
+        self._step(conn, row, str(answer.command), actor=answer.sender, text=answer.argument,
+                   on_close=plan.feedback, by_mail=True, now=now)
+        return None
+
+    # -- legal hold -----------------------------------------------------
+    def hold(self, number: str, *, on: bool, reason: str, actor: str) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            row = conn.execute(select(Letter.id, Letter.legal_hold).where(Letter.number == number)
+                               .with_for_update()).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            if row.legal_hold == on:
+                raise ValueError(f"{number} is {'already' if on else 'not'} on legal hold")
+            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(legal_hold=on, updated_at=now))
+            conn.execute(insert(Event), [self.event_row(row.id, now, actor, "hold" if on else "hold-released", None,
+                                                        {"reason": reason})])

@@ -1,0 +1,263 @@
+"""Registration: a batch of new letters, their events, attachments, intake keys, OCR jobs and the
+mail their routing causes, in one transaction; then the text of a fax once it is read."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OutboxMail
+from gateway.registry.plan import NewLetter, Registered, Routing
+from gateway.registry.store import Store, utcnow
+
+
+def routed_columns(routing: Routing) -> dict[str, Any]:
+    return {"status": routing.status, "department": routing.department, "category": routing.category,
+            "urgency": routing.urgency, "confidentiality": routing.confidentiality, "deadline": routing.deadline,
+            "owner": routing.owner, "tags": routing.tags, "classification": routing.trace}
+
+
+def merged(flags: list[str], more: list[str]) -> list[str]:
+    return [*flags, *(f for f in more if f not in flags)]
+
+
+class Registration(Store):
+    # -- registration ---------------------------------------------------
+    def register(self, letters: Sequence[NewLetter]) -> list[Registered]:
+        """Register a batch in one transaction; retried when a concurrent writer collides."""
+        for attempt in range(5):
+            try:
+                with self.write() as conn:
+                    return self._register_batch(conn, list(letters))
+            except IntegrityError:
+                # Another process registered the same bytes or took the same
+                # new series at the same moment; a fresh look will see it.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _register_batch(self, conn: Connection, letters: list[NewLetter]) -> list[Registered]:
+        # Core statements, a handful per batch rather than several per letter:
+        # registration is the hot path of every intake.
+        now = utcnow()
+        all_keys = [k for new in letters for k in new.intake_keys]
+        known = {row.key: row for row in conn.execute(
+            select(IntakeKey.key, Letter.id, Letter.number, Letter.status)
+            .join(Letter, IntakeKey.letter_id == Letter.id).where(IntakeKey.key.in_(all_keys)))}
+        by_sha = {row.raw_sha256: row for row in conn.execute(
+            select(Letter.raw_sha256, Letter.id, Letter.number, Letter.status)
+            .where(Letter.raw_sha256.in_({new.raw_sha256 for new in letters})))}
+
+        results: list[Registered | None] = [None] * len(letters)
+        fresh: list[int] = []  # indexes of letters to insert
+        first_in_batch: dict[str, int] = {}
+        for i, new in enumerate(letters):
+            hit = next((known[k] for k in new.intake_keys if k in known), None)
+            if hit is not None:
+                # Registered before; the spool copy was not released (crash).
+                results[i] = Registered(hit.number, hit.id, "known", hit.status)
+            elif new.raw_sha256 not in by_sha and new.raw_sha256 not in first_in_batch:
+                first_in_batch[new.raw_sha256] = i
+                fresh.append(i)
+
+        # Numbers: one counter update per series for the whole batch.
+        locals_ = {i: letters[i].received_at.astimezone(self.tz) for i in fresh}
+        per_series: dict[str, list[int]] = {}
+        for i in fresh:
+            per_series.setdefault(self.template.series(locals_[i], letters[i].channel), []).append(i)
+        seqs: dict[int, tuple[str, int]] = {}
+        for series, members in per_series.items():
+            last = self.advance(conn, series, len(members))
+            for offset, i in enumerate(members):
+                seqs[i] = (series, last - len(members) + 1 + offset)
+
+        rows = []
+        for i in fresh:
+            new, (series, seq) = letters[i], seqs[i]
+            fax = new.fax
+            routing = new.routing
+            rows.append({
+                "number": self.template.render(locals_[i], new.channel, seq), "series": series, "seq": seq,
+                "channel": new.channel, "intake": new.intake, "status": "registered",
+                "sender_name": new.sender_name, "sender_address": new.sender_address,
+                "recipients": new.recipients, "recipient": new.recipient, "department": new.department,
+                "subject": new.subject, "received_at": new.received_at, "sent_at": new.sent_at,
+                "message_id": new.message_id, "summary": new.summary, "body_text": new.body_text,
+                **(routed_columns(routing) if routing is not None else
+                   {"category": None, "urgency": "regular", "confidentiality": "normal", "deadline": None,
+                    "owner": None, "tags": [], "classification": None}),
+                "raw_sha256": new.raw_sha256, "raw_size": new.raw_size, "raw_path": new.raw_path,
+                "envelope": new.envelope, "defects": new.defects,
+                "flags": merged(new.flags, routing.flags) if routing is not None else new.flags,
+                "fax_number": fax.get("number"), "fax_caller_id": fax.get("caller_id"),
+                "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),
+                "fax_sent_at": fax.get("sent_at"), "created_at": now, "updated_at": now,
+            })
+        ids: list[int] = []
+        if rows:
+            ids = list(conn.execute(insert(Letter).returning(Letter.id, sort_by_parameter_order=True),
+                                    rows).scalars())
+
+        events: list[dict[str, Any]] = []
+        attachments: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        receipts_sent = self.receipts_today(conn, [letters[i].routing.receipt.recipient for i in fresh  # type: ignore[union-attr]
+                                                    if letters[i].routing and letters[i].routing.receipt], now)
+        for i, letter_id, row in zip(fresh, ids, rows, strict=True):
+            new = letters[i]
+            results[i] = Registered(row["number"], letter_id, "registered", row["status"])
+            attachments += [{"letter_id": letter_id, "position": n, **vars(a)}
+                            for n, a in enumerate(new.attachments)]
+            events.append(self.event_row(letter_id, new.received_at, new.intake, "received", None,
+                                      {"keys": new.intake_keys, "size": new.raw_size}))
+            events.append(self.event_row(letter_id, now, new.actor, "registered", new.department,
+                                      {"number": row["number"], "defects": len(new.defects),
+                                       "attachments": len(new.attachments)}))
+            if new.routing is not None:
+                more_events, mail = self.routed_rows(letter_id, new.routing, now, receipts_sent)
+                events += more_events
+                outbox += mail
+        for i, new in enumerate(letters):
+            if results[i] is not None:
+                continue
+            # The same bytes as an earlier letter, or as one earlier in this batch.
+            same = by_sha.get(new.raw_sha256)
+            if same is not None:
+                original = Registered(same.number, same.id, "duplicate", same.status)
+            else:
+                original = replace(results[first_in_batch[new.raw_sha256]], outcome="duplicate")  # type: ignore[arg-type]
+            results[i] = original
+            events.append(self.event_row(original.letter_id, now, new.actor, "duplicate-arrival", None,
+                                      {"intake": new.intake, "keys": new.intake_keys,
+                                       "received_at": new.received_at.isoformat()}))
+
+        # Every key of every item, so that the next arrival of any of them is recognised.
+        key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}  # type: ignore[union-attr]
+                    for new, r in zip(letters, results, strict=True) for k in new.intake_keys if k not in known}
+        ocr_jobs = [{"letter_id": letter_id, "created_at": now, "attempts": 0}
+                    for i, letter_id in zip(fresh, ids, strict=True) if letters[i].needs_ocr]
+        for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values())),
+                              (OcrJob, ocr_jobs), (OutboxMail, outbox)):
+            if values:
+                conn.execute(insert(table), values)
+        return results  # type: ignore[return-value]
+
+    def receipts_today(self, conn: Connection, senders: list[str], now: datetime) -> dict[str, int]:
+        """Receipts queued per sender in the last 24 hours (the per-sender cap counts them)."""
+        if not senders:
+            return {}
+        rows = conn.execute(select(OutboxMail.recipient, func.count(OutboxMail.id))
+                            .where(OutboxMail.kind == "receipt", OutboxMail.recipient.in_(set(senders)),
+                                   OutboxMail.created_at > now - timedelta(days=1))
+                            .group_by(OutboxMail.recipient))
+        return {row[0]: int(row[1]) for row in rows}
+
+    def routed_rows(self, letter_id: int, routing: Routing, now: datetime, receipts_sent: dict[str, int],
+                actor: str = "gateway") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The events and outbox rows of a routing decision (the caller inserts them)."""
+        trace = routing.trace
+        events = [
+            self.event_row(letter_id, now, actor, "classified", None, {
+                "rules": trace.get("rules"), "matched": [m["rule"] for m in trace.get("matched", [])],
+                "category": routing.category, "urgency": routing.urgency,
+                "confidentiality": routing.confidentiality, "tags": routing.tags}),
+            self.event_row(letter_id, now, actor, "needs-triage" if routing.status == "needs-triage" else "routed",
+                        routing.department, {"owner": routing.owner,
+                                             "notify": [m.recipient for m in routing.mail],
+                                             "deadline": routing.deadline.isoformat() if routing.deadline else None,
+                                             **({"not_notified": routing.no_notification}
+                                                if routing.no_notification else {}),
+                                             **({"candidates": trace["triage"]["candidates"],
+                                                 "reason": trace["triage"]["reason"]}
+                                                if trace.get("triage") else {})}),
+        ]
+        mail = [self.mail_row(letter_id, m, now) for m in routing.mail]
+        receipt = routing.receipt
+        if receipt is not None:
+            cap = routing.receipt_cap
+            sent = receipts_sent.get(receipt.recipient, 0)
+            if sent >= cap:
+                events.append(self.event_row(letter_id, now, actor, "receipt-suppressed", None, {
+                    "to": receipt.recipient, "reason": f"{sent} receipt(s) to this sender in 24 hours (cap {cap})"}))
+            else:
+                receipts_sent[receipt.recipient] = sent + 1
+                mail.append(self.mail_row(letter_id, receipt, now))
+                events.append(self.event_row(letter_id, now, actor, "receipt-queued", None,
+                                          {"to": receipt.recipient, **receipt.details}))
+        elif routing.no_receipt:
+            events.append(self.event_row(letter_id, now, actor, "receipt-suppressed", None,
+                                      {"reason": routing.no_receipt}))
+        return events, mail
+
+    # -- reading a fax's text afterwards ---------------------------------
+    def ocr_jobs(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, str]]:
+        """Letters waiting for their text: (letter id, raw path)."""
+        with self.read() as conn:
+            rows = conn.execute(select(OcrJob.letter_id, Letter.raw_path)
+                                .join(Letter, OcrJob.letter_id == Letter.id)
+                                .where(OcrJob.letter_id.not_in(exclude) if exclude else True)
+                                .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
+            return [(r.letter_id, r.raw_path) for r in rows]
+
+    def ocr_done(self, letter_id: int, text: str, *, summary: str, defects: list[str], pages: int,
+                 seconds: float, routing: Routing | None) -> tuple[str, str]:
+        """Store a fax's text: it becomes the letter's text and summary; the routing decided from it
+        (outside this transaction) is applied only if the letter is still waiting for it — a person
+        who routed it meanwhile is not overruled. Returns the number and the status."""
+        now = utcnow()
+        with self.write() as conn:
+            # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
+            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)
+                               .where(Letter.id == letter_id).with_for_update()).one()
+            body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
+            flags = [f for f in row.flags if f not in ("ocr-pending", "ocr-failed")] + \
+                ([] if text.strip() else ["no-text"])
+            values: dict[str, Any] = {
+                "body_text": body.replace("\x00", "\ufffd"), "defects": [*row.defects, *defects],
+                "flags": flags, "updated_at": now}
+            if text.strip():
+                values["summary"] = summary
+            events = [self.event_row(letter_id, now, "gateway", "text-read", None,
+                                     {"pages": pages, "characters": len(text), "defects": defects,
+                                      "seconds": round(seconds, 2)})]
+            outbox: list[dict[str, Any]] = []
+            status = row.status
+            if routing is not None and row.status == "registered":
+                values.update(routed_columns(routing), flags=merged(flags, routing.flags))
+                status = routing.status
+                receipts = self.receipts_today(conn, [routing.receipt.recipient] if routing.receipt else [], now)
+                more, outbox = self.routed_rows(letter_id, routing, now, receipts)
+                events += more
+            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(**values))
+            conn.execute(insert(Event), events)
+            if outbox:
+                conn.execute(insert(OutboxMail), outbox)
+            conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
+        return str(row.number), status
+
+    def ocr_failed(self, letter_id: int, error: str, *, give_up_after: int) -> bool:
+        """Count a failed attempt to read or store a fax's text. After `give_up_after` attempts the
+        job is given up: the letter is flagged `ocr-failed`, an event says why, and the job goes.
+        Returns True when given up. The letter stays registered (and routable by a person)."""
+        now = utcnow()
+        with self.write() as conn:
+            attempts = conn.execute(select(OcrJob.attempts).where(OcrJob.letter_id == letter_id)
+                                    .with_for_update()).scalar()
+            if attempts is None:
+                return True  # done meanwhile
+            attempts += 1
+            if attempts < give_up_after:
+                conn.execute(OcrJob.__table__.update().where(OcrJob.letter_id == letter_id)
+                             .values(attempts=attempts))
+                return False
+            row = conn.execute(select(Letter.flags).where(Letter.id == letter_id).with_for_update()).one()
+            flags = merged([f for f in row.flags if f != "ocr-pending"], ["ocr-failed"])
+            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(flags=flags, updated_at=now))
+            conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "text-not-read", None,
+                                                        {"attempts": attempts, "error": error[:1000]})])
+            conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
+            return True

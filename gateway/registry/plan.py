@@ -1,0 +1,135 @@
+"""What the stages and services hand to the registry: plain data, decided before any write.
+
+A stage (normalise, classify, route) or a service (a person's step) works out *what* should
+happen — the letter, its events, the mail it causes — without touching the database; the
+registry then applies the plan in one transaction, doing no rule, file or template work while
+its write lock is held.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class NewMail:
+    """One outbox mail to queue: a notification, receipt, reminder, escalation or feedback."""
+
+    kind: str
+    recipient: str
+    details: dict[str, Any]
+    message_id: str  # the same on every attempt, so that a receiver can tell a repeat
+
+
+@dataclass
+class Routing:
+    """A classification decision and the mail routing causes."""
+
+    status: str  # routed | needs-triage
+    department: str
+    category: str | None
+    urgency: str
+    confidentiality: str
+    owner: str | None
+    tags: list[str]
+    deadline: datetime | None
+    trace: dict[str, Any]
+    flags: list[str]  # added to the letter's
+    mail: list[NewMail]
+    receipt: NewMail | None  # sent unless the sender's daily cap is reached
+    no_receipt: str | None  # why no receipt, for the event
+    receipt_cap: int = 3  # receipts per sender in 24 hours
+    no_notification: str | None = None  # why nobody is notified, for the event
+
+
+@dataclass
+class NewAttachment:
+    filename: str
+    original_filename: str
+    declared_type: str
+    detected_type: str
+    size: int
+    sha256: str
+    origin: str
+
+
+@dataclass
+class NewLetter:
+    """A letter to register, built from one spool item."""
+
+    intake_keys: list[str]           # e.g. "spool:<id>", "imap:acct/INBOX/uidvalidity/uid"
+    channel: str
+    intake: str
+    received_at: datetime
+    raw_sha256: str
+    raw_size: int
+    raw_path: str
+    sender_name: str = ""
+    sender_address: str = ""
+    recipients: dict[str, Any] = field(default_factory=dict)
+    recipient: str = ""
+    department: str | None = None
+    subject: str = ""
+    sent_at: datetime | None = None
+    message_id: str | None = None
+    summary: str = ""
+    body_text: str = ""
+    envelope: dict[str, Any] = field(default_factory=dict)
+    defects: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    attachments: list[NewAttachment] = field(default_factory=list)
+    fax: dict[str, Any] = field(default_factory=dict)
+    actor: str = "gateway"
+    needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
+    routing: Routing | None = None  # None: classified later (a fax, once its text is read)
+
+
+@dataclass
+class Answer:
+    """A mail found to answer one of our letters."""
+
+    number: str  # the letter it answers
+    sender: str
+    command: str | None  # ack | progress | close | reassign | note | None (just text)
+    argument: str  # the result, note or department
+    text: str  # the answer's own text (without the quoted part), as recorded
+
+
+@dataclass
+class AnswerPlan:
+    """An answer to record on its letter, with everything obeying it may cause, composed beforehand.
+
+    Whether it is obeyed is decided under the letter's lock from `entitled` (the addresses
+    that may command, per department, plus the letter's own owner)."""
+
+    answer: Answer
+    keys: list[str]  # intake keys: a second arrival of the same mail is recognised
+    raw_sha256: str
+    raw_path: str
+    received_at: datetime
+    entitled: dict[str, set[str]]  # department -> addresses whose commands are obeyed
+    departments: set[str]
+    notify: list[NewMail] = field(default_factory=list)  # the new department's owners, for reassign
+    deadline: datetime | None = None  # for reassign, when the letter has none yet
+    feedback: list[NewMail] = field(default_factory=list)  # the result for the sender, if it closes
+
+
+@dataclass(frozen=True)
+class ToArchive:
+    id: int
+    number: str
+    received_at: datetime
+    channel: str
+    category: str | None
+    raw_path: str
+    raw_sha256: str
+    fax_file_name: str | None  # a fax registered from its file: its original is that file
+
+
+@dataclass(frozen=True)
+class Registered:
+    number: str
+    letter_id: int
+    outcome: str  # "registered" | "duplicate" (same bytes seen before) | "known" (this intake already done) | "answer"
+    status: str

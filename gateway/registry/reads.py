@@ -1,0 +1,55 @@
+"""Reading the register: letters by number, id and filters. No writes here."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from gateway.registry import lifecycle
+from gateway.registry.models import Letter
+from gateway.registry.store import Store
+
+
+class Reads(Store):
+    def letters_by_id(self, ids: set[int | None]) -> list[Letter]:
+        with self.session() as session:
+            return list(session.scalars(select(Letter).where(Letter.id.in_({i for i in ids if i is not None}))))
+
+    def letter_by_id(self, letter_id: int) -> Letter | None:
+        with self.session() as session:
+            return session.scalars(select(Letter).where(Letter.id == letter_id)
+                                   .options(selectinload(Letter.attachments))).first()
+
+    def letter(self, number: str) -> Letter | None:
+        with self.session() as session:
+            return session.scalars(
+                select(Letter).where(Letter.number == number)
+                .options(selectinload(Letter.attachments), selectinload(Letter.events))).first()
+
+    def letters(self, *, status: str | None = None, department: str | None = None,
+                category: str | None = None, channel: str | None = None,
+                since: datetime | None = None, until: datetime | None = None,
+                limit: int | None = None, with_attachments: bool = False,
+                overdue_at: datetime | None = None) -> list[Letter]:
+        stmt = select(Letter).order_by(Letter.received_at, Letter.id)
+        if overdue_at is not None:  # still open, and past its deadline
+            stmt = stmt.where(Letter.deadline < overdue_at, Letter.status.in_(lifecycle.OPEN))
+        if with_attachments:
+            stmt = stmt.options(selectinload(Letter.attachments))
+        for column, value in ((Letter.status, status), (Letter.department, department),
+                              (Letter.category, category), (Letter.channel, channel)):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if since is not None:
+            stmt = stmt.where(Letter.received_at >= since)
+        if until is not None:
+            stmt = stmt.where(Letter.received_at < until)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.session() as session:
+            return list(session.scalars(stmt))
+
+    def count(self) -> int:
+        with self.session() as session:
+            return int(session.scalar(select(func.count(Letter.id))) or 0)

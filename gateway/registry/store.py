@@ -1,0 +1,143 @@
+"""The registry's engine and its unit of work: every write is one transaction through `write()`.
+
+Errors are translated in one place: a database that is away (connection refused, dropped,
+read-only) becomes RegistryUnavailable, which callers treat as "keep the item and try again
+later", never as the item's fault.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.registry import schema
+from gateway.registry.models import NumberSeries
+from gateway.registry.numbers import NumberTemplate
+from gateway.registry.plan import NewMail
+
+
+class RegistryUnavailable(Exception):
+    """The database cannot be reached or written; the caller keeps the item and retries."""
+
+
+def unreachable(exc: DBAPIError) -> bool:
+    """Is this the database being away (retry later) rather than this item's fault?"""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the spool copy is released.
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the write lock up front: a deferred transaction that
+            # upgrades later fails with "database is locked" instead of waiting.
+            # Readers do not, so listing letters never queues behind intake.
+            immediate = conn.get_execution_options().get("write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+class Store:
+    """The engine, the unit of work and the row builders every part of the registry shares."""
+
+    def __init__(self, url: str, *, number_template: str = "{year}-{seq:06d}",
+                 timezone_name: str = "UTC", echo: bool = False):
+        self.url = url
+        self.engine = make_engine(url, echo=echo)
+        self.writer = self.engine.execution_options(write=True)
+        self.template = NumberTemplate(number_template)
+        self.tz = ZoneInfo(timezone_name)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def upgrade(self) -> bool:
+        with self._translated():
+            return schema.upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- the unit of work -----------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self._translated(), self.writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._translated(), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A read-only ORM session whose objects stay usable after it ends."""
+        with self._translated(), self.sessions() as session:
+            yield session
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            if unreachable(exc):
+                raise RegistryUnavailable(f"registry {self.safe_url}: {exc.orig}") from exc
+            raise
+
+    # -- rows every part writes -----------------------------------------
+    @staticmethod
+    def event_row(letter_id: int, at: datetime, actor: str, action: str, to_department: str | None,
+                  details: dict[str, Any], from_department: str | None = None) -> dict[str, Any]:
+        return {"letter_id": letter_id, "at": at, "actor": actor, "action": action,
+                "from_department": from_department, "to_department": to_department, "details": details}
+
+    @staticmethod
+    def mail_row(letter_id: int | None, mail: NewMail, now: datetime) -> dict[str, Any]:
+        return {"letter_id": letter_id, "kind": mail.kind, "recipient": mail.recipient,
+                "message_id": mail.message_id, "status": "pending", "attempts": 0,
+                "next_attempt_at": now, "created_at": now, "updated_at": now, "sent_at": None,
+                "last_error": None, "details": mail.details}
+
+    @staticmethod
+    def advance(conn: Connection, series: str, count: int) -> int:
+        """Add `count` to a series (creating it) and return its new last number.
+
+        One statement that holds the counter's row lock until commit: that is
+        what keeps numbers gap-free across processes.
+        """
+        ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(NumberSeries)
+        stmt = ins.values(series=series, last_seq=count).on_conflict_do_update(
+            index_elements=[NumberSeries.series], set_={"last_seq": NumberSeries.last_seq + count},
+        ).returning(NumberSeries.last_seq)
+        return int(conn.execute(stmt).scalar_one())

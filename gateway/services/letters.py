@@ -1,0 +1,90 @@
+"""A person's steps on a letter: reassign, acknowledge, progress, answer, close, note, hold, and
+the same steps given by answering a notification by e-mail."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from gateway.config import Config
+from gateway.registry import Registry
+from gateway.registry.lifecycle import ACTIONS
+from gateway.registry.models import Letter
+from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
+from gateway.stages.route import feedback, new_mail
+
+
+class UnknownDepartment(ValueError):
+    """The department named is not configured."""
+
+
+class LetterSteps:
+    """The steps on letters, for one configuration and registry."""
+
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+
+    def notifications(self, department: str) -> list[NewMail]:
+        """The mail telling a department's owners that a letter was moved to them."""
+        return [new_mail(self.config, "notification", owner, department=department, reassigned=True)
+                for owner in self.config.departments[department].owners]
+
+    def deadline(self, letter: Letter) -> datetime | None:
+        """The deadline a letter gets when a person routes it before any rule set one (a fax moved
+        before its text was read): by its category and urgency, counted from its arrival."""
+        days = self.config.model.deadlines.answer_within(letter.category, letter.urgency)
+        return self.config.calendar.deadline(letter.received_at, days)
+
+    def reassign(self, number: str, department: str, *, reason: str,
+                 actor: str) -> tuple[str | None, str, list[NewMail]]:
+        """Move a letter to another department; its owners are notified. Returns (from, to, mail).
+
+        Raises LookupError (no such letter), UnknownDepartment, ValueError (already there, no
+        reason) and TransitionRefused (a closed letter)."""
+        if department not in self.config.departments:
+            known = ", ".join(sorted(self.config.departments))
+            raise UnknownDepartment(f"no department {department!r} (known: {known})")
+        if not reason.strip():
+            raise ValueError("a reassignment needs a reason")
+        letter = self._letter(number)
+        notify = self.notifications(department)
+        before, after = self.registry.reassign(number, department, reason=reason.strip(), actor=actor,
+                                               notify=notify, deadline=self.deadline(letter))
+        return before, after, notify
+
+    def step(self, number: str, action: str, *, actor: str, text: str = "") -> tuple[str, str]:
+        """A step in the letter's life (ack, progress, answer, close, note). Returns (before, after).
+
+        Raises LookupError and TransitionRefused."""
+        if action not in ACTIONS or action == "reassign":
+            raise ValueError(f"no step {action!r}")
+        letter = self._letter(number)
+        # Composed before the transaction; queued only if the step really closes the letter.
+        result_mail = feedback(self.config, letter, text.strip()) if ACTIONS[action].to == "closed" else []
+        return self.registry.transition(number, action, actor=actor, text=text.strip(), on_close=result_mail)
+
+    def hold(self, number: str, *, on: bool, reason: str, actor: str) -> None:
+        self.registry.hold(number, on=on, reason=reason, actor=actor)
+
+    def record_answer(self, answer: Answer, *, keys: list[str], raw_sha256: str, raw_path: str,
+                      received_at: datetime) -> Registered:
+        """A department's answer by e-mail: recorded on its letter, its command obeyed if its sender
+        is entitled (decided by the registry under the letter's lock)."""
+        letter = self._letter(answer.number)
+        departments = self.config.departments
+        plan = AnswerPlan(answer=answer, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
+                          received_at=received_at,
+                          entitled={d.id: {a.lower() for a in (*d.owners, d.head) if a} for d in departments.values()},
+                          departments=set(departments))
+        if answer.command == "reassign" and answer.argument in departments:
+            plan.notify = self.notifications(answer.argument)
+            plan.deadline = self.deadline(letter)
+        elif answer.command is not None and ACTIONS.get(answer.command) is not None \
+                and ACTIONS[answer.command].to == "closed":
+            plan.feedback = feedback(self.config, letter, answer.argument)
+        return self.registry.apply_answer(plan)
+
+    def _letter(self, number: str) -> Letter:
+        letter = self.registry.letter(number)
+        if letter is None:
+            raise LookupError(f"no letter {number}")
+        return letter
