@@ -296,6 +296,36 @@ def test_the_registrar_helper_killed_under_load_costs_no_message(gateway: Gatewa
     assert f"registrar helper (pid {helper}) failed" in log
 
 
+def test_a_registrar_helper_dying_after_its_commit_costs_no_message(gateway: Gateway, notify: Notify) -> None:
+    """Each helper dies after its batch is committed and moved into the message store, before it answers:
+    the daemon finds the items gone from work/ and answers with the numbers the registry gave them."""
+    running = start(gateway, notify, GATEWAY_CRASH_AT="registrar-helper-before-answer")
+    acked: dict[str, str] = {}
+    helpers: list[int] = []
+    try:
+        for n in (1, 2):  # the first helper, then the one started in its place
+            [helper] = wait_for(lambda: [p for p in children(running.proc.pid) if p not in helpers], 30,
+                                "a registrar helper")  # type: ignore[misc]
+            helpers.append(helper)
+            with running.client() as c:
+                c.ehlo()
+                c.mail("alice@partner.example")
+                c.rcpt("liaison@example.org")
+                code, reply = c.data(make_message(n, subject=f"letter {n}"))
+            assert code == 250 and reply == f"2.0.0 OK already registered as 2026-00000{n}".encode()
+            acked[f"letter {n}"] = f"2026-00000{n}"
+            assert not alive(helper)
+        assert_each_acked_message_registered_once(gateway, acked)
+        assert gateway.spool_files("work") == gateway.spool_files("new") == gateway.spool_files("quarantine") == []
+        raw = (gateway.state / gateway.show_json("2026-000002")["raw_path"]).read_bytes()
+        assert b"Subject: letter 2" in raw
+    finally:
+        log = running.stop()
+    for helper in helpers:
+        assert f"registrar helper (pid {helper}) failed (EOFError)" in log
+    assert "unexpected error" not in log
+
+
 def test_smtp_source_load_is_registered_in_full(gateway: Gateway, notify: Notify) -> None:
     """Postfix's smtp-source, 200 messages over 4 sessions: 200 letters."""
     running = start(gateway, notify, "max_connections_per_minute = 0")

@@ -15,6 +15,12 @@ comes back: recovery elsewhere can never take an item that is being
 registered. If the helper dies, the daemon registers that batch itself (the
 registry recognises anything the helper had already committed) and starts a
 new helper a little later: the senders never notice.
+
+A helper can die anywhere in a batch, also after its commit while it moves
+the items out of work/ one by one (into the message store, or back to new/).
+The daemon holds every item's lock, so whatever is still in work/ is untouched
+and simply registered again; an item that has gone is answered from where the
+helper put it (`settle_batch_of_dead_helper`), never read from work/ again.
 """
 from __future__ import annotations
 
@@ -36,8 +42,9 @@ from typing import Any
 from gateway import logs
 from gateway.config import Config
 from gateway.daemon.pipeline import Outcome, Pipeline
+from gateway.faults import checkpoint
 from gateway.registry import Registry
-from gateway.spool import Spool, SpoolItem
+from gateway.spool import Spool, SpoolItem, read_raw
 
 log = logging.getLogger("gateway.daemon.registrar")
 
@@ -61,6 +68,57 @@ def register_batch(pipeline: Pipeline, items: list[SpoolItem], durable: bool) ->
             pipeline.spool.discard(item)
         return [Outcome(item.id, "unstored") for item in items]
     return pipeline.process(items, discard_when_unavailable=True)
+
+
+def settle_batch_of_dead_helper(pipeline: Pipeline, items: list[SpoolItem], durable: bool) -> list[Outcome]:
+    """Register, in the daemon, a batch whose helper died before answering (and has been reaped).
+
+    Items still in work/ were not touched after any commit: registered again, the registry
+    recognises what the helper had committed. Items that have gone were moved by the helper:
+    answered from where they went."""
+    outcomes: dict[str, Outcome] = {}
+    again: list[SpoolItem] = []
+    stored: set[str] = set()  # registered for certain: in the store, out of work/
+    for item in items:
+        if item.path.exists():
+            again.append(item)
+            continue
+        moved = _moved_by_helper(pipeline.spool, item, durable)
+        if moved is None:
+            again.append(item)  # the registry answers with the number the helper gave it
+            stored.add(item.id)
+        else:
+            outcomes[item.id] = moved
+    for outcome in register_batch(pipeline, again, durable) if again else []:
+        if outcome.result == "released" and outcome.item_id in stored:
+            # The registry went away just now, but the helper's commit stands: a "try again"
+            # would register the letter a second time. Accepted, its number not known here.
+            outcome = Outcome(outcome.item_id, "known", reason=outcome.reason)
+        outcomes[outcome.item_id] = outcome
+    return [outcomes[item.id] for item in items]
+
+
+def _moved_by_helper(spool: Spool, item: SpoolItem, durable: bool) -> Outcome | None:
+    """Where the helper put an item it took out of work/: None when it is in the message store,
+    where `finish` moves it only after the registry committed; the item then reads its raw bytes
+    from there. The daemon still holds the item's lock, so nobody else has moved it since."""
+    if (spool.root / "new" / item.path.name).exists():
+        return Outcome(item.id, "released", reason="given back to the spool (the registry was unavailable)")
+    if (spool.root / "new" / f"{item.id}.{item.attempts + 1}").exists():
+        return Outcome(item.id, "retry", reason="failed; back in the spool for a later attempt")
+    if (spool.root / "quarantine" / f"{item.id}.item").exists():
+        return Outcome(item.id, "quarantined", reason="failed too often")
+    sha256 = item.meta.get("sha256")
+    stored = spool.stored_path(sha256) if sha256 else None
+    if stored is not None and stored.exists():
+        item._raw = read_raw(stored)
+        return None
+    if durable:
+        # A claimed item's content is not known here (the helper read it), and a durable
+        # item is never discarded: it was registered and is in the store.
+        return Outcome(item.id, "known")
+    # Discarded because the registry could not take it: the sender's copy is the only one.
+    return Outcome(item.id, "released", reason="the registry was unavailable")
 
 
 class Registrar:
@@ -152,7 +210,10 @@ class Registrar:
             log.exception("registrar: unexpected error")
             for item, future, _ in batch:
                 if item._fd is not None:
-                    (self.pipeline.spool.release if durable else self.pipeline.spool.discard)(item)
+                    try:
+                        (self.pipeline.spool.release if durable else self.pipeline.spool.discard)(item)
+                    except OSError as cleanup_error:  # the registrar thread must live on for the next batches
+                        log.error("spool item %s: %s", item.id, cleanup_error)
                 if not future.done():
                     future.set_exception(exc)
 
@@ -165,6 +226,7 @@ class Registrar:
             self._start_helper()
 
     def _by_helper(self, items: list[SpoolItem], durable: bool) -> list[Outcome] | None:
+        """The batch's outcomes; None when there is no helper to do it."""
         self._restart_helper_when_due()
         if self._helper is None:
             return None
@@ -173,10 +235,10 @@ class Registrar:
         except Exception as exc:  # died, or talks nonsense: either way it must not touch these items again
             log.error("registrar helper (pid %s) failed (%s); this batch is registered by the daemon itself",
                       self._helper.pid, str(exc) or type(exc).__name__)
-            self._helper.kill()
+            self._helper.kill()  # reaped: from here on it moves no more files
             self._helper = None
             self._helper_failed_at = time.monotonic()
-            return None
+            return settle_batch_of_dead_helper(self.pipeline, items, durable)
         for topic, body in events:
             try:
                 self.pipeline.publish(topic, body)
@@ -276,6 +338,7 @@ def _helper_main(fd: int) -> None:
             entries, durable = body
             items = [SpoolItem(item_id, attempts, Path(path), meta) for item_id, attempts, path, meta in entries]
             outcomes = register_batch(pipeline, items, durable)
+            checkpoint("registrar-helper-before-answer")  # done, items moved out of work/, nobody told
             conn.send((outcomes, events[:]))
             events.clear()
     finally:
