@@ -1,0 +1,109 @@
+"""`gateway archive`: the monthly archive."""
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+from rich.table import Table
+
+from gateway.cli.state import State, actor, fail, pass_state, print_json, wide_console
+
+
+@click.group()
+def archive() -> None:
+    """The monthly archive: packages by month and category, verification, retention."""
+
+
+def _month(value: str) -> str:
+    from gateway.archive.packer import MONTH
+
+    if not MONTH.match(value):
+        raise click.BadParameter(f"{value!r} is not YYYY-MM", param_hint="--month")
+    return value
+
+
+@archive.command("run")
+@click.option("--month", required=True, help="YYYY-MM: the month whose letters are archived.")
+@click.option("--no-verify", is_flag=True, help="Do not re-read the new packages afterwards.")
+@pass_state
+def archive_run(state: State, month: str, no_verify: bool) -> None:
+    """Pack a month's letters (idempotent: letters already archived are skipped; safe to run again)."""
+    from gateway.archive.packer import ArchiveError, Archiver
+
+    archiver = Archiver(state.config, state.registry())
+    try:
+        written = archiver.run(_month(month))
+    except ArchiveError as exc:
+        fail(str(exc))
+    for w in written:
+        click.echo(f"{w.package}: {w.letters} letter(s), {w.size} bytes")
+    if not written:
+        click.echo(f"{month}: nothing (more) to archive")
+    if not no_verify:
+        _report_checks(archiver.verify(month))
+
+
+def _report_checks(checked: list[Any]) -> None:
+    bad = 0
+    for c in checked:
+        if c.ok:
+            click.echo(f"{c.package.path}: verified ({c.package.letters} letter(s))")
+        else:
+            bad += 1
+            for problem in c.problems:
+                click.echo(f"error: {c.package.path}: {problem}", err=True)
+    if bad:
+        logging.getLogger("gateway.archive").error("ALERT archive: %d package(s) failed verification", bad)
+        sys.exit(1)
+
+
+@archive.command("verify")
+@click.option("--month", help="YYYY-MM (default: every package).")
+@pass_state
+def archive_verify(state: State, month: str | None) -> None:
+    """Re-read every package and check every hash; then release the message store's copies."""
+    from gateway.archive.packer import Archiver
+
+    _report_checks(Archiver(state.config, state.registry()).verify(_month(month) if month else None))
+
+
+@archive.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def archive_list(state: State, as_json: bool) -> None:
+    from gateway.services.queries import archive_packages
+
+    rows = archive_packages(state.registry())
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} package(s) in {state.config.archive_dir}")
+    for column in ("Month", "Category", "Kind", "Path", "Letters", "Size", "Status", "Verified"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["month"], r["category"], r["kind"], r["path"], str(r["letters"]), str(r["size"]), r["status"],
+                      (r["verified_at"] or "")[:19])
+    wide_console().print(table)
+
+
+@archive.command("purge")
+@click.option("--approved-by", help="Who approved the destruction (required to destroy anything).")
+@click.option("--dry-run", is_flag=True, help="Only show what would be destroyed.")
+@pass_state
+def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
+    """Destroy packages past their category's retention, never letters on legal hold; records who approved."""
+    from gateway.archive.packer import Archiver
+
+    if not dry_run and not (approved_by or "").strip():
+        fail("destruction needs --approved-by NAME (or --dry-run to see what is due)", code=2)
+    destroyed, kept = Archiver(state.config, state.registry()).purge(
+        approved_by=(approved_by or "").strip(), actor=actor(None), now=datetime.now(timezone.utc), dry_run=dry_run)
+    for path in destroyed:
+        click.echo(f"{path}: {'would be destroyed' if dry_run else 'destroyed'}")
+    for reason in kept:
+        click.echo(f"kept {reason}")
+    if not destroyed:
+        click.echo("nothing is past retention")

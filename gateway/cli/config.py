@@ -1,0 +1,27 @@
+"""`gateway check-config`."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gateway import config as config_mod
+from gateway.cli.state import State, pass_state
+from gateway.config import ConfigError
+
+
+@click.command("check-config")
+@pass_state
+def check_config(state: State) -> None:
+    """Validate the configuration; print every error with file, key and reason."""
+    try:
+        cfg = config_mod.load(state.config_arg)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(f"error: {issue}", err=True)
+        click.echo(f"{len(exc.issues)} error(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{cfg.path}: OK ({len(cfg.model.departments)} departments, state in {cfg.state_dir}, "
+               f"registry {cfg.registry_url.split('@')[-1]})")
+    rules = cfg.ruleset
+    click.echo(f"{rules.file}: OK ({len(rules)} rule(s), {len(rules.keywords)} keyword(s), version {rules.version})")

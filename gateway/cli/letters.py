@@ -1,0 +1,240 @@
+"""`gateway letters`: the register, and a person's steps on a letter."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich.panel import Panel
+from rich.table import Table
+
+from gateway.cli.state import State, actor, by_option, fail, pass_state, print_json, print_trace, wide_console
+
+
+@click.group()
+def letters() -> None:
+    """The register."""
+
+
+@letters.command("list")
+@click.option("--status")
+@click.option("--department")
+@click.option("--category")
+@click.option("--channel", type=click.Choice(["email", "fax"]))
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
+              help="With --overdue: overdue by the end of this day (local) instead of now.")
+@click.option("--limit", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def letters_list(state: State, status: str | None, department: str | None, category: str | None,
+                 channel: str | None, since: datetime | None, until: datetime | None, overdue: bool,
+                 as_of: datetime | None, limit: int | None, as_json: bool) -> None:
+    """List letters, oldest first."""
+    from gateway.services import queries
+
+    cfg = state.config
+    rows = queries.list_letters(cfg, state.registry(), status=status, department=department, category=category,
+                                channel=channel, since=since.date() if since else None,
+                                until=until.date() if until else None, overdue=overdue,
+                                as_of=as_of.date() if as_of else None, limit=limit)
+    if as_json:
+        print_json([queries.letter_summary(r) for r in rows])
+        return
+    tz = queries.local_zone(cfg)
+    table = Table(title=f"{len(rows)} letter(s)")
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Deadline", "Flags"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received", "Deadline"))
+    for r in rows:
+        sender = r.sender_address or r.fax_number or r.sender_name or "-"
+        urgent = "" if r.urgency == "regular" else f" ({r.urgency})"
+        table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
+                      sender, r.subject or "(no subject)", r.department or "-", (r.category or "-") + urgent,
+                      r.status, r.deadline.astimezone(tz).strftime("%Y-%m-%d") if r.deadline else "-",
+                      " ".join(r.flags))
+    wide_console().print(table)
+
+
+@letters.command("show")
+@click.argument("number")
+@click.option("--json", "as_json", is_flag=True)
+@pass_state
+def letters_show(state: State, number: str, as_json: bool) -> None:
+    """Every field of one letter, its attachments and its events."""
+    from gateway.services import queries
+
+    try:
+        letter, detail = queries.show_letter(state.registry(), number)
+    except LookupError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(detail)
+        return
+    tz = queries.local_zone(state.config)
+    console = wide_console()
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column(overflow="fold")
+    for key, value in detail.items():
+        if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text", "classification",
+                   "outbox"):
+            continue
+        if key.endswith("_at") or key == "deadline":
+            value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
+        fields.add_row(key, "-" if value in (None, "", []) else
+                       ("; ".join(value) if isinstance(value, list) else str(value)))
+    fields.add_row("recipients", json.dumps(detail["recipients"], ensure_ascii=False))
+    if detail["envelope"]:
+        fields.add_row("envelope", json.dumps(detail["envelope"], ensure_ascii=False))
+    if letter.channel == "fax":
+        fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
+    console.print(fields)
+    print_trace(console, letter.classification)
+    console.print(Panel(letter.body_text or "(no text)", title="Text", title_align="left"))
+    attachments = Table(title="Attachments")
+    for column in ("#", "Name", "Detected type", "Size", "SHA-256"):
+        attachments.add_column(column, overflow="fold")
+    for i, a in enumerate(detail["attachments"], 1):
+        attachments.add_row(str(i), a["filename"], a["detected_type"], str(a["size"]), a["sha256"])
+    console.print(attachments)
+    events = Table(title="Events")
+    for column in ("At", "Actor", "Action", "From", "To", "Details"):
+        events.add_column(column, overflow="fold")
+    for e in detail["events"]:
+        events.add_row(datetime.fromisoformat(e["at"]).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+                       e["actor"], e["action"], e["from_department"] or "", e["to_department"] or "",
+                       json.dumps(e["details"], ensure_ascii=False))
+    console.print(events)
+    if detail["outbox"]:
+        mails = Table(title="Mail sent about it")
+        for column in ("#", "Kind", "To", "Status", "Attempts", "Last error"):
+            mails.add_column(column, overflow="fold")
+        for m in detail["outbox"]:
+            mails.add_row(str(m["id"]), m["kind"], m["recipient"], m["status"], str(m["attempts"]),
+                          m["last_error"] or "")
+        console.print(mails)
+
+
+@letters.command("reassign")
+@click.argument("number")
+@click.argument("department")
+@click.option("--reason", required=True, help="Why: recorded in the letter's events.")
+@click.option("--by", help="Who decides (default: the user running the command).")
+@pass_state
+def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
+    """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
+    from gateway.registry.lifecycle import TransitionRefused
+    from gateway.services.letters import LetterSteps
+
+    if not reason.strip():
+        raise click.BadParameter("say why", param_hint="--reason")
+    steps = LetterSteps(state.config, state.registry())
+    try:
+        before, after, notified = steps.reassign(number, department, reason=reason, actor=actor(by))
+    except (LookupError, ValueError, TransitionRefused) as exc:
+        fail(str(exc))
+    state.wake_daemon()
+    click.echo(f"{number}: {before} -> {after}; {', '.join(m.recipient for m in notified)} notified")
+
+
+def _step(state: State, number: str, action: str, text: str, by: str | None) -> None:
+    from gateway.registry.lifecycle import TransitionRefused
+    from gateway.services.letters import LetterSteps
+
+    try:
+        before, after = LetterSteps(state.config, state.registry()).step(number, action, actor=actor(by), text=text)
+    except (LookupError, ValueError, TransitionRefused) as exc:
+        fail(str(exc))
+    click.echo(f"{number}: {before} -> {after}" if before != after else f"{number}: note recorded ({after})")
+    if after == "closed":
+        state.wake_daemon()  # the result may be on its way to the sender
+
+
+@letters.command("ack")
+@click.argument("number")
+@click.option("--text", default="", help="A remark, recorded with the event.")
+@by_option
+@pass_state
+def letters_ack(state: State, number: str, text: str, by: str | None) -> None:
+    """The department has received the letter (routed -> acknowledged)."""
+    _step(state, number, "ack", text, by)
+
+
+@letters.command("progress")
+@click.argument("number")
+@click.option("--text", default="")
+@by_option
+@pass_state
+def letters_progress(state: State, number: str, text: str, by: str | None) -> None:
+    """Work on the letter has begun (-> in-progress)."""
+    _step(state, number, "progress", text, by)
+
+
+@letters.command("answer")
+@click.argument("number")
+@click.option("--text", default="", help="What was answered.")
+@by_option
+@pass_state
+def letters_answer(state: State, number: str, text: str, by: str | None) -> None:
+    """The department has answered the sender (-> answered)."""
+    _step(state, number, "answer", text, by)
+
+
+@letters.command("close")
+@click.argument("number")
+@click.option("--result", required=True, help="The outcome, recorded with the event.")
+@by_option
+@pass_state
+def letters_close(state: State, number: str, result: str, by: str | None) -> None:
+    """The letter is dealt with (-> closed)."""
+    if not result.strip():
+        raise click.BadParameter("say what the outcome was", param_hint="--result")
+    _step(state, number, "close", result, by)
+
+
+@letters.command("note")
+@click.argument("number")
+@click.argument("text")
+@by_option
+@pass_state
+def letters_note(state: State, number: str, text: str, by: str | None) -> None:
+    """Record a remark on the letter; its state does not change."""
+    if not text.strip():
+        raise click.BadParameter("an empty note", param_hint="TEXT")
+    _step(state, number, "note", text, by)
+
+
+@letters.command("hold")
+@click.argument("number")
+@click.option("--reason", required=True)
+@click.option("--release", is_flag=True, help="Lift the hold instead.")
+@by_option
+@pass_state
+def letters_hold(state: State, number: str, reason: str, release: bool, by: str | None) -> None:
+    """Put a letter on legal hold: its archive package is never destroyed while it lasts."""
+    from gateway.services.letters import LetterSteps
+
+    try:
+        LetterSteps(state.config, state.registry()).hold(number, on=not release, reason=reason, actor=actor(by))
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"{number}: {'hold lifted' if release else 'on legal hold'}")
+
+
+@letters.command("extract")
+@click.argument("number")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+def letters_extract(state: State, number: str, directory: Path) -> None:
+    """Write a letter's attachments into DIRECTORY, under their safe names."""
+    from gateway.services import queries
+
+    try:
+        written = queries.extract_attachments(state.config, state.registry(), number, directory)
+    except LookupError as exc:
+        fail(str(exc))
+    for target in written:
+        click.echo(str(target))

@@ -1,0 +1,132 @@
+"""What every command shares: the configuration and the connections it opens, and output helpers."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.panel import Panel
+
+from gateway import config as config_mod
+from gateway import logs
+from gateway.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from gateway.daemon.events import DaemonLink
+    from gateway.registry import Registry
+    from gateway.spool import Spool
+
+EX_TEMPFAIL = 75
+
+
+class State:
+    def __init__(self, config_arg: str | None):
+        self.config_arg = config_arg
+        self._config: Config | None = None
+        self._with_rules = False
+
+    @property
+    def config(self) -> Config:
+        """The configuration; the rules are read only by commands that classify."""
+        if self._config is None:
+            self._config = self._load(False)
+        return self._config
+
+    @property
+    def config_with_rules(self) -> Config:
+        if self._config is None or not self._with_rules:
+            self._config = self._load(True)
+            self._with_rules = True
+        return self._config
+
+    def _load(self, with_rules: bool) -> Config:
+        try:
+            config = config_mod.load(self.config_arg, with_rules=with_rules)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                click.echo(f"error: {issue}", err=True)
+            sys.exit(2)
+        logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
+        return config
+
+    def registry(self) -> Registry:
+        from gateway.registry import Registry, RegistryUnavailable
+
+        registry = Registry.from_config(self.config)
+        try:
+            registry.upgrade()
+        except RegistryUnavailable as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EX_TEMPFAIL)
+        return registry
+
+    def spool(self) -> Spool:
+        from gateway.spool import Spool
+
+        cfg = self.config
+        return Spool(cfg.spool_dir, cfg.message_dir, max_attempts=cfg.model.spool.max_attempts)
+
+    def link(self) -> DaemonLink:
+        from gateway.daemon.events import DaemonLink
+
+        return DaemonLink(self.config.endpoint(self.config.model.daemon.wakeup_endpoint))
+
+    def wake_daemon(self) -> None:
+        """Tell a running daemon there is work (mail to send, items to process); harmless if none runs."""
+        link = self.link()
+        link.wake()
+        link.close()
+
+
+pass_state = click.make_pass_decorator(State)
+
+by_option = click.option("--by", help="Who (default: the user running the command).")
+
+
+def actor(by: str | None) -> str:
+    return by or os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def wide_console() -> Console:
+    return Console(width=max(Console().width, 120))
+
+
+def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "Decision") -> None:
+    """The decision trace: which rules matched, on what, and what each set."""
+    if not trace:
+        console.print(Panel("not classified yet (a fax is classified once its text is read)",
+                            title=title, title_align="left"))
+        return
+    lines = []
+    for m in trace.get("matched", []):
+        sets = ", ".join(f"{k}={v if not isinstance(v, list) else ' '.join(v)}" for k, v in m["set"].items())
+        lines.append(f"rule {m['rule']!r} (line {m.get('line')}){'' if m.get('stop') else ', continue'}: "
+                     f"{sets or 'nothing new'}")
+        lines += [f"    because {e}" for e in m["evidence"]]
+        lines += [f"    kept {k}: {why}" for k, why in (m.get("kept") or {}).items()]
+    if not trace.get("matched"):
+        lines.append("no rule matched")
+    for skipped in trace.get("skipped", []):
+        lines.append(f"rule {skipped['rule']!r} (line {skipped.get('line')}) not decided: {skipped['reason']}")
+    if trace.get("triage"):
+        t = trace["triage"]
+        lines.append(f"triage: {t['reason']}; likely departments: {', '.join(t['candidates']) or 'none found'}")
+    result = trace.get("result", {})
+    lines.append("result: " + ", ".join(f"{k}={v}" for k, v in result.items()
+                                       if v not in (None, [], "") and k != "tags")
+                 + (f", tags={' '.join(result['tags'])}" if result.get("tags") else ""))
+    lines.append(f"rules version {trace.get('rules')}")
+    console.print(Panel("\n".join(lines), title=title, title_align="left"))

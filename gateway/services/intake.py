@@ -1,0 +1,67 @@
+"""Taking a file in by hand (`gateway ingest`): spooled and registered like any other intake.
+
+A message file (.eml) is spooled as it is; a fax file (TIFF, PDF) gets the same fax facts the
+drop folder gives its faxes (sidecar, TIFF tags, file name), so the pipeline cannot tell them apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.adapters.fax_drop import fax_facts
+from gateway.config import Config
+from gateway.daemon.pipeline import Pipeline
+from gateway.faults import checkpoint
+from gateway.spool import Spool, SpoolError
+from gateway.stages.fax.document import FaxUnreadable, read_fax
+from gateway.stages.fax.metadata import find_sidecar
+
+TIFF_MAGIC = (b"II*\0", b"MM\0*")
+PDF_MAGIC = b"%PDF-"
+
+
+def is_fax_file(raw: bytes) -> bool:
+    """A fax document (TIFF or PDF) rather than a message."""
+    return raw[:4] in TIFF_MAGIC or raw[:5] == PDF_MAGIC
+
+
+def file_meta(config: Config, path: Path, raw: bytes) -> dict[str, Any]:
+    """The spool item's meta for a file taken in by hand. Raises FaxUnreadable for a broken fax."""
+    meta: dict[str, Any] = {"channel": "email", "intake": "file",
+                            "source": {"path": str(path.resolve()), "size": len(raw)}}
+    if is_fax_file(raw):
+        meta.update(channel="fax", fax=fax_facts(config, path, read_fax(raw, path.name), find_sidecar(path)))
+    return meta
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What became of one file."""
+
+    path: Path
+    # registered | duplicate | known | answer | released (registry down, stays spooled) |
+    # retry | quarantined | refused (never spooled: unreadable file or fax, spool full)
+    result: str
+    number: str | None = None
+    item_id: str | None = None
+    reason: str | None = None
+
+
+def ingest_file(config: Config, spool: Spool, pipeline: Pipeline, path: Path) -> Ingested:
+    """Spool one file and push it through the pipeline at once, as the daemon would."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return Ingested(path, "refused", reason=f"cannot read: {exc.strerror}")
+    try:
+        meta = file_meta(config, path, raw)
+    except FaxUnreadable as exc:
+        return Ingested(path, "refused", reason=str(exc))
+    try:
+        item = spool.enqueue(raw, meta, claim=True)
+    except SpoolError as exc:
+        return Ingested(path, "refused", reason=str(exc))
+    checkpoint("after-spool")
+    [outcome] = pipeline.process([item])
+    return Ingested(path, outcome.result, outcome.number, outcome.item_id, outcome.reason)

@@ -1,0 +1,146 @@
+"""Reading the register: letters listed and shown, the outbox and the archive's packages, and the
+organisation's local days that bound a listing."""
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.config import Config
+from gateway.registry import Registry
+from gateway.registry.models import Letter, OutboxMail
+
+
+def local_zone(config: Config) -> ZoneInfo:
+    return ZoneInfo(config.model.gateway.timezone)
+
+
+def day_start(day: date, tz: ZoneInfo) -> datetime:
+    """The first moment of a local day, in UTC."""
+    return datetime.combine(day, time.min, tzinfo=tz).astimezone(timezone.utc)
+
+
+def received_between(config: Config, since: date | None,
+                     until: date | None) -> tuple[datetime | None, datetime | None]:
+    """From the start of local day `since` to the end of local day `until` (either may be open)."""
+    tz = local_zone(config)
+    return (day_start(since, tz) if since else None,
+            day_start(until + timedelta(days=1), tz) if until else None)
+
+
+def overdue_moment(config: Config, as_of: date | None) -> datetime:
+    """Overdue by the end of local day `as_of`, or by now."""
+    return day_start(as_of + timedelta(days=1), local_zone(config)) if as_of else datetime.now(timezone.utc)
+
+
+def local_moment(config: Config, at: datetime | None) -> datetime:
+    """A wall-clock time given on the command line, read in the organisation's time zone; now if none."""
+    return at.replace(tzinfo=local_zone(config)) if at else datetime.now(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def list_letters(config: Config, registry: Registry, *, status: str | None = None,
+                 department: str | None = None, category: str | None = None, channel: str | None = None,
+                 since: date | None = None, until: date | None = None, overdue: bool = False,
+                 as_of: date | None = None, limit: int | None = None) -> list[Letter]:
+    """Letters, oldest first; with `overdue`, only open letters past their deadline (by `as_of`)."""
+    start, end = received_between(config, since, until)
+    return registry.letters(status=status, department=department, category=category, channel=channel,
+                            since=start, until=end, limit=limit,
+                            overdue_at=overdue_moment(config, as_of) if overdue else None)
+
+
+def letter_summary(letter: Letter) -> dict[str, Any]:
+    return {"number": letter.number, "status": letter.status, "channel": letter.channel,
+            "received_at": iso(letter.received_at), "sender_name": letter.sender_name,
+            "sender_address": letter.sender_address, "department": letter.department,
+            "category": letter.category, "urgency": letter.urgency, "subject": letter.subject,
+            "deadline": iso(letter.deadline), "flags": letter.flags}
+
+
+def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None) -> dict[str, Any]:
+    """Every field of a letter, its attachments, events and the mail sent about it."""
+    out = letter_summary(letter)
+    out.update({
+        "owner": letter.owner, "tags": letter.tags, "classification": letter.classification,
+        "archive_number": letter.archive_number, "archived_at": iso(letter.archived_at),
+        "legal_hold": letter.legal_hold, "raw_released": letter.raw_released, "purged_at": iso(letter.purged_at),
+        "outbox": [outbox_row(m) for m in outbox or []],
+        "intake": letter.intake, "recipient": letter.recipient, "recipients": letter.recipients,
+        "sent_at": iso(letter.sent_at), "message_id": letter.message_id, "summary": letter.summary,
+        "confidentiality": letter.confidentiality, "deadline": iso(letter.deadline),
+        "series": letter.series, "seq": letter.seq, "created_at": iso(letter.created_at),
+        "updated_at": iso(letter.updated_at), "body_text": letter.body_text,
+        "raw_sha256": letter.raw_sha256, "raw_size": letter.raw_size, "raw_path": letter.raw_path,
+        "envelope": letter.envelope, "defects": letter.defects, "flags": letter.flags,
+        "fax": {"number": letter.fax_number, "caller_id": letter.fax_caller_id,
+                "sender_name": letter.fax_sender_name, "pages": letter.fax_pages,
+                "sent_at": iso(letter.fax_sent_at)},
+        "attachments": [{"filename": a.filename, "original_filename": a.original_filename,
+                         "declared_type": a.declared_type, "detected_type": a.detected_type,
+                         "size": a.size, "sha256": a.sha256, "origin": a.origin} for a in letter.attachments],
+        "events": [{"at": iso(e.at), "actor": e.actor, "action": e.action,
+                    "from_department": e.from_department, "to_department": e.to_department,
+                    "details": e.details} for e in letter.events],
+    })
+    return out
+
+
+def letter_or_fail(registry: Registry, number: str) -> Letter:
+    letter = registry.letter(number)
+    if letter is None:
+        raise LookupError(f"no letter {number}")
+    return letter
+
+
+def show_letter(registry: Registry, number: str) -> tuple[Letter, dict[str, Any]]:
+    """The letter and its detail. Raises LookupError."""
+    letter = letter_or_fail(registry, number)
+    return letter, letter_detail(letter, registry.outbox(letter_id=letter.id))
+
+
+def outbox_row(mail: OutboxMail) -> dict[str, Any]:
+    return {"id": mail.id, "letter_id": mail.letter_id, "kind": mail.kind, "recipient": mail.recipient,
+            "status": mail.status, "attempts": mail.attempts, "created_at": iso(mail.created_at),
+            "next_attempt_at": iso(mail.next_attempt_at), "sent_at": iso(mail.sent_at),
+            "last_error": mail.last_error, "message_id": mail.message_id}
+
+
+def outbox_mail(registry: Registry, *, status: str | None,
+                limit: int) -> tuple[list[OutboxMail], dict[int, str]]:
+    """The outbox's mail, and the number of the letter each is about (by letter id)."""
+    mails = registry.outbox(status=status, limit=limit)
+    numbers = {letter.id: letter.number for letter in registry.letters_by_id({m.letter_id for m in mails})}
+    return mails, numbers
+
+
+def extract_attachments(config: Config, registry: Registry, number: str, directory: Path) -> list[Path]:
+    """Write a letter's documents into `directory` under their safe names; returns the files written.
+    Raises LookupError."""
+    from gateway.archive.packer import read_original
+    from gateway.stages.normalise import normalise, safe_join
+
+    letter = letter_or_fail(registry, number)
+    raw = read_original(config, registry, letter)
+    directory.mkdir(parents=True, exist_ok=True)
+    if letter.is_fax_file:  # the fax itself is the document
+        documents = [(letter.attachments[0].filename, raw)]
+    else:  # names are safe and unique within a letter
+        documents = [(a.filename, a.content) for a in normalise(raw).attachments]
+    written = []
+    for filename, content in documents:
+        target = safe_join(directory, filename)
+        target.write_bytes(content)
+        written.append(target)
+    return written
+
+
+def archive_packages(registry: Registry) -> list[dict[str, Any]]:
+    return [{"month": p.month, "category": p.category, "kind": p.kind, "part": p.part, "path": p.path,
+             "manifest": p.manifest, "letters": p.letters, "size": p.size, "sha256": p.sha256, "status": p.status,
+             "created_at": iso(p.created_at), "verified_at": iso(p.verified_at)}
+            for p in registry.archive_packages(None)]
