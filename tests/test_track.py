@@ -253,3 +253,27 @@ def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> 
     assert (moved["from_department"], moved["to_department"], moved["details"]["by_mail"]) == (
         "business", "general-office", True)
     assert [m["recipient"] for m in detail["outbox"] if m["kind"] == "notification"][-1] == "office@example.org"
+
+
+def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path) -> None:
+    """A fax moved before its text was read has no deadline yet; moving it gives it one, by mail
+    exactly as from the command line (one reassignment, written once)."""
+    from fax_samples import tiff_fax
+
+    gateway = Gateway(tmp_path)
+    page = ["Delivery delayed", "Please confirm the new date."]
+    for n in (1, 2):
+        fax = tmp_path / f"fax_+862012345{n}_20261122-09000{n}.tif"
+        fax.write_bytes(tiff_fax([page + [f"Ref {n}"]]))
+        gateway.run("ingest", str(fax))
+    by_cli, by_mail = gateway.show_json("2026-000001"), gateway.show_json("2026-000002")
+    assert by_cli["deadline"] is None and by_mail["deadline"] is None  # the text is not read yet
+    gateway.run("letters", "reassign", "2026-000001", "business", "--reason", "a delivery", "--by", "clerk")
+    reply = tmp_path / "reply.eml"  # from an owner of the triage department, where the fax waits
+    reply.write_bytes(make_message(3, subject="Re: [2026-000002] Fax", sender="office@example.org",
+                                   to="gateway@example.org", body="reassign business\n"))
+    gateway.run("ingest", str(reply))
+    by_cli, by_mail = gateway.show_json("2026-000001"), gateway.show_json("2026-000002")
+    assert by_mail["department"] == by_cli["department"] == "business"
+    assert by_mail["status"] == by_cli["status"] == "routed"
+    assert by_cli["deadline"] is not None and by_mail["deadline"] == by_cli["deadline"]
