@@ -5,9 +5,9 @@ import sys
 
 import click
 
-from gateway import config as config_mod
 from gateway.cli.state import State, pass_state
 from gateway.config import ConfigError
+from gateway.stages import rulebook
 
 
 @click.command("check-config")
@@ -15,7 +15,7 @@ from gateway.config import ConfigError
 def check_config(state: State) -> None:
     """Validate the configuration; print every error with file, key and reason."""
     try:
-        cfg = config_mod.load(state.config_arg)
+        cfg = rulebook.load(state.config_arg)
     except ConfigError as exc:
         for issue in exc.issues:
             click.echo(f"error: {issue}", err=True)

@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.panel import Panel
 
-from gateway import config as config_mod
 from gateway import logs
 from gateway.config import Config, ConfigError
+from gateway.stages import rulebook
 
 if TYPE_CHECKING:
     from gateway.daemon.events import DaemonLink
@@ -45,7 +45,7 @@ class State:
 
     def _load(self, with_rules: bool) -> Config:
         try:
-            config = config_mod.load(self.config_arg, with_rules=with_rules)
+            config = rulebook.load(self.config_arg, with_rules=with_rules)
         except ConfigError as exc:
             for issue in exc.issues:
                 click.echo(f"error: {issue}", err=True)

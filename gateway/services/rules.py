@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config
-from gateway.daemon.pipeline import AnswerItem, Pipeline
-from gateway.registry import NewLetter, Registry
+from gateway.registry import Registry
+from gateway.registry.plan import NewLetter
 from gateway.registry.models import Attachment, Letter
 from gateway.services.intake import file_meta
 from gateway.services.queries import received_between
 from gateway.spool import Spool
+from gateway.stages.build import AnswerItem, LetterBuilder
 from gateway.stages.fax.document import FaxUnreadable
 from gateway.stages.fax.text import read_text
 from gateway.stages.route import Routing, letter_facts, route_letter
@@ -34,9 +35,10 @@ class FileDecision:
 
 
 def classify_file(config: Config, registry: Registry, path: Path, *, ocr: bool) -> FileDecision:
-    """The file goes through the daemon's own steps in a scratch state directory: spooled, built
-    by the pipeline, stored; a fax's text read (with `ocr`) by the daemon's reader; classified and
-    routed. Nothing reaches the real spool, message store or register."""
+    """The file goes through the daemon's own steps in a scratch state directory: spooled with
+    the meta `gateway ingest` gives it, built into a letter's plan, stored; a fax's text read (with
+    `ocr`) by the daemon's reader; classified and routed. Nothing reaches the real spool, message
+    store or register; the registry is only asked whether a mail answers one of its letters."""
     raw = path.read_bytes()
     try:
         meta = file_meta(config, path, raw)
@@ -46,9 +48,10 @@ def classify_file(config: Config, registry: Registry, path: Path, *, ocr: bool) 
         scratch = dataclasses.replace(config, state_dir=Path(scratch_dir))
         spool = Spool(scratch.spool_dir, scratch.message_dir)
         item = spool.enqueue(raw, meta, claim=True)
+        builder = LetterBuilder(scratch, registry.answered_letter,
+                                lambda sha: str(spool.stored_path(sha).relative_to(scratch.state_dir)))
         try:
-            # The registry is only read: whether a mail answers one of our letters.
-            built = Pipeline(scratch, spool, registry).build(item)
+            built = builder.build(item)
         except BaseException:
             spool.discard(item)
             raise

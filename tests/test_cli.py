@@ -1,0 +1,141 @@
+"""The services under the CLI: files tried against the rules as the daemon would classify them,
+files taken in by hand, the register's local days, and the spool's quarantine."""
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, make_message
+from fax_samples import ENGLISH, corrupt, tiff_fax
+from gateway import config as config_mod
+from gateway.config import Config
+from gateway.daemon.pipeline import Pipeline
+from gateway.registry import Registry
+from gateway.services import intake, operations, queries
+from gateway.spool import Spool
+from gateway.stages import rulebook
+
+pytestmark = pytest.mark.timeout(240)
+
+FAX_SETTINGS = """
+[fax]
+filename_pattern = '^fax_(?P<number>[0-9+]+)_(?P<received>[0-9]{8}-[0-9]{6})'
+filename_time_format = "%Y%m%d-%H%M%S"
+ocr_workers = 1
+"""
+
+# Only the fax's text says it is about a delivery: classified by it only once it is read.
+DELIVERY_RULES = """
+rules:
+  - name: deliveries
+    when: {keywords: ["delivery date"]}
+    set: {category: external.business, department: business}
+"""
+
+
+@pytest.fixture(scope="module")
+def fax() -> bytes:
+    return tiff_fax([ENGLISH], tags={"ImageDescription": "+86 10 8888 1234"})
+
+
+def loaded(gateway: Gateway) -> Config:
+    return config_mod.load(str(gateway.config))
+
+
+def test_rules_test_reads_a_fax_file_and_classifies_it_by_its_text(tmp_path: Path, fax: bytes) -> None:
+    gateway = Gateway(tmp_path, extra=FAX_SETTINGS, rules=DELIVERY_RULES)
+    path = tmp_path / "fax_+8620123456_20261122-090000.tif"
+    path.write_bytes(fax)
+    table = gateway.run("rules", "test", "--ocr", str(path)).stdout
+    assert "rule 'deliveries'" in table and "category=external.business" in table
+    assert "-> routed to business; notify sales.desk@example.org; no receipt: a fax: no address to answer" in table
+    [result] = json.loads(gateway.run("rules", "test", "--ocr", "--json", str(path)).stdout)
+    assert result["trace"]["result"]["category"] == "external.business"
+    assert result["trace"]["result"]["department"] == "business" and result["status"] == "routed"
+    # Without its text the fax is a fax from a number, and nothing in the rules knows it.
+    [unread] = json.loads(gateway.run("rules", "test", "--json", str(path)).stdout)
+    assert unread["status"] == "needs-triage" and unread["trace"]["result"]["department"] == "general-office"
+    # Nothing registered, spooled or stored; the file stays where it was.
+    assert gateway.list_json() == [] and gateway.spool_files("new") == [] and gateway.spool_files("work") == []
+    assert not list((gateway.state / "messages").rglob("*.msg")) and path.read_bytes() == fax
+
+
+def test_rules_test_sets_an_unreadable_fax_aside_and_goes_on(tmp_path: Path, fax: bytes) -> None:
+    gateway = Gateway(tmp_path, extra=FAX_SETTINGS, rules=DELIVERY_RULES)
+    broken, mail = tmp_path / "broken.tif", tmp_path / "a.eml"
+    broken.write_bytes(corrupt(fax, keep=0.01))
+    mail.write_bytes(make_message(1, subject="Please confirm the delivery date"))
+    proc = gateway.run("rules", "test", "--json", str(broken), str(mail))
+    [result] = json.loads(proc.stdout)
+    assert result["file"] == str(mail) and result["trace"]["result"]["department"] == "business"
+    assert f"{broken}: " in proc.stderr
+
+
+def test_a_fax_file_taken_in_by_hand_has_the_drop_folders_facts(tmp_path: Path, fax: bytes) -> None:
+    gateway = Gateway(tmp_path, extra=FAX_SETTINGS)
+    config = loaded(gateway)
+    path = tmp_path / "fax_+8620123456_20261122-090000.tif"
+    path.write_bytes(fax)
+    (tmp_path / "fax_+8620123456_20261122-090000.info").write_text("Sender: +86 21 5555 0000\nPages: 1\n")
+    meta = intake.file_meta(config, path, fax)
+    assert (meta["channel"], meta["intake"]) == ("fax", "file")
+    assert meta["fax"]["number"] == "+86 21 5555 0000"  # the sidecar before the file name
+    assert meta["fax"]["pages"] == 1 and meta["fax"]["file_name"] == path.name
+    assert intake.file_meta(config, tmp_path / "a.eml", make_message(1))["channel"] == "email"
+
+
+def test_ingest_file_registers_a_message_and_refuses_what_it_cannot_read(tmp_path: Path, fax: bytes) -> None:
+    gateway = Gateway(tmp_path, extra=FAX_SETTINGS)
+    config = rulebook.load(str(gateway.config))
+    spool = Spool(config.spool_dir, config.message_dir)
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    try:
+        pipeline = Pipeline(config, spool, registry)
+        mail, broken = tmp_path / "a.eml", tmp_path / "broken.tif"
+        mail.write_bytes(make_message(1))
+        broken.write_bytes(corrupt(fax, keep=0.01))
+        first = intake.ingest_file(config, spool, pipeline, mail)
+        assert (first.result, first.number) == ("registered", "2026-000001")
+        again = intake.ingest_file(config, spool, pipeline, mail)
+        assert (again.result, again.number) == ("duplicate", "2026-000001")
+        refused = intake.ingest_file(config, spool, pipeline, broken)
+        assert refused.result == "refused" and refused.number is None and spool.pending() == []
+        missing = intake.ingest_file(config, spool, pipeline, tmp_path / "missing.eml")
+        assert missing.result == "refused" and missing.reason == "cannot read: No such file or directory"
+    finally:
+        registry.close()
+
+
+def test_local_days_bound_listings_in_the_organisations_time_zone(tmp_path: Path) -> None:
+    config = loaded(Gateway(tmp_path))  # Asia/Shanghai, UTC+8
+    start, end = queries.received_between(config, date(2026, 11, 1), date(2026, 11, 30))
+    assert start == datetime(2026, 10, 31, 16, 0, tzinfo=timezone.utc)
+    assert end == datetime(2026, 11, 30, 16, 0, tzinfo=timezone.utc)
+    assert queries.received_between(config, None, None) == (None, None)
+    assert queries.overdue_moment(config, date(2026, 11, 23)) == datetime(2026, 11, 23, 16, 0, tzinfo=timezone.utc)
+    assert queries.local_moment(config, datetime(2026, 11, 23, 9, 0)).astimezone(timezone.utc) == \
+        datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
+
+
+def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:
+    config = loaded(Gateway(tmp_path))
+    spool = Spool(config.spool_dir, config.message_dir)
+    item_id = spool.quarantine_new(b"not a message", {"intake": "smtp"}, "cannot read item: test")
+    _, detail = operations.quarantine_detail(spool, item_id)
+    assert detail["reason"] == "cannot read item: test" and detail["meta"]["intake"] == "smtp"
+    with pytest.raises(LookupError, match="no quarantined item nope"):
+        operations.quarantine_detail(spool, "nope")
+    done = operations.retry_quarantined(spool, [item_id, "nope"])
+    assert [(r.item_id, r.found) for r in done] == [(item_id, True), ("nope", False)]
+    assert spool.quarantined() == [] and len(spool.pending()) == 1
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    try:
+        status = operations.status(config, spool, registry)
+    finally:
+        registry.close()
+    assert status["spool"] == {"waiting": 1, "quarantined": 0} and status["daemon"] == {"running": False, "pid": None}
