@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -462,25 +462,9 @@ class Config:
     path: Path
     model: ConfigModel
     state_dir: Path
-    rules: RuleSet | None = None  # loaded by load(); None only for a Config built by hand
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Compiled conditions are closures, which do not pickle: the registrar's
-        # helper process gets the rules' text and compiles the very same rules.
-        state = dict(self.__dict__)
-        rules = state.pop("rules")
-        state["rules_source"] = None if rules is None else (rules.file, rules.text)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        source = state.pop("rules_source")
-        for key, value in state.items():
-            object.__setattr__(self, key, value)
-        object.__setattr__(self, "rules", None)
-        if source is not None:
-            from gateway.stages.classify.rules import compile_rules
-
-            object.__setattr__(self, "rules", compile_rules(source[0], source[1], self))
+    # The compiled rules, set by whoever loads the rules with the configuration
+    # (gateway.stages.rulebook); this module never compiles rules itself.
+    rules: RuleSet | None = None
 
     @property
     def ruleset(self) -> RuleSet:
@@ -597,11 +581,10 @@ def _reason(err: dict[str, Any]) -> str:
     return msg
 
 
-def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True, with_rules: bool = True) -> Config:
+def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True) -> Config:
     """Read, validate and resolve the configuration, or raise ConfigError listing every problem.
 
-    Without with_rules, the rules file is not read (commands that only look at the register
-    must work while an operator mends a broken rules file)."""
+    The rules file is not read here: gateway.stages.rulebook.load reads both."""
     file = locate(path).resolve()
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -628,16 +611,7 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True,
         issues += _directory_checks(config)
     if issues:
         raise ConfigError(issues)
-    if not with_rules:
-        return config
-    from gateway.stages.classify.rules import load_rules, no_rules
-    from gateway.stages.classify.source import RulesError
-
-    try:
-        rules = load_rules(config.rules_path, config) if config.rules_path else no_rules(config)
-    except RulesError as exc:
-        raise ConfigError([ConfigIssue(i.file, i.key, i.reason, i.line) for i in exc.issues]) from None
-    return replace(config, rules=rules)
+    return config
 
 
 def _cross_checks(config: Config) -> list[ConfigIssue]:

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT
 from gateway import config as config_mod
 from gateway.stages.classify.facts import Facts, facts_from_mail
+from gateway.stages import rulebook
 from gateway.stages.classify.rules import compile_rules
 from gateway.stages.classify.source import RulesError
 from gateway.config import Config, ConfigError
@@ -31,7 +32,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Config:
     text = (ROOT / "config" / "gateway.toml").read_text()
     (folder / "gateway.toml").write_text(text.replace('state_dir = "../storage"', f'state_dir = "{folder / "state"}"'))
     shutil.copy(ROOT / "config" / "rules.yaml", folder / "rules.yaml")
-    return config_mod.load(folder / "gateway.toml")
+    return rulebook.load(folder / "gateway.toml")
 
 
 def mail(sender: str, to: str, subject: str, body: str = "Hello.", headers: str = "",
@@ -157,7 +158,7 @@ def test_the_trace_quotes_the_text_that_matched(shipped: Config) -> None:
 
 
 def rules(config: Config, text: str):  # type: ignore[no-untyped-def]
-    return compile_rules(Path("rules.yaml"), textwrap.dedent(text), config)
+    return compile_rules(Path("rules.yaml"), textwrap.dedent(text), rulebook.organisation(config))
 
 
 def test_keywords_fold_case_and_script_and_latin_words_start_at_a_word(shipped: Config) -> None:
@@ -319,7 +320,7 @@ BROKEN = [
 def test_rule_errors_name_file_line_key_and_reason(shipped: Config, text: str, line: int, key: str,
                                                    reason: str) -> None:
     with pytest.raises(RulesError) as caught:
-        compile_rules(Path("/etc/gateway/rules.yaml"), text, shipped)
+        compile_rules(Path("/etc/gateway/rules.yaml"), text, rulebook.organisation(shipped))
     [issue] = caught.value.issues
     assert (issue.line, issue.key) == (line, key), str(issue)
     assert reason in issue.reason
@@ -339,11 +340,13 @@ def test_check_config_refuses_a_broken_rules_file(tmp_path: Path) -> None:
     # A configured rules file must exist; an unconfigured one may be absent (all to triage).
     gateway.config.write_text(gateway.config.read_text() + '\n[classify]\nrules_file = "missing.yaml"\n')
     with pytest.raises(ConfigError, match="missing.yaml: .*file not found"):
-        config_mod.load(gateway.config)
+        rulebook.load(gateway.config)
 
 
 def test_rules_travel_to_the_helper_process_as_text(shipped: Config) -> None:
-    copy = pickle.loads(pickle.dumps(shipped))
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(shipped)  # compiled conditions are closures: never pickled by accident
+    copy = rulebook.restored(pickle.loads(pickle.dumps(rulebook.portable(shipped))))
     raw = mail("a@b.example", "liaison@example.org", "投訴")
     assert copy.ruleset.version == shipped.ruleset.version
     assert copy.ruleset.classify(facts(raw)).trace() == shipped.ruleset.classify(facts(raw)).trace()
@@ -354,7 +357,7 @@ def test_ten_thousand_rules_still_find_the_one_that_matches(shipped: Config) -> 
     for n in range(10_000):
         lines += [f"  - name: project-{n}", f"    when: {{keywords: [\"项目{n:05d}号\", \"project-x{n:05d}\"]}}",
                   f"    set: {{department: {'business' if n % 2 else 'hr'}, tags: [p{n}]}}"]
-    big = compile_rules(Path("big.yaml"), "\n".join(lines) + "\n", shipped)
+    big = compile_rules(Path("big.yaml"), "\n".join(lines) + "\n", rulebook.organisation(shipped))
     decision = big.classify(Facts("email", "a@b.example", subject="关于项目07777号的进度", body="Hello " * 500))
     assert (decision.department, decision.tags) == ("business", ["p7777"])
     assert [m["rule"] for m in decision.matched] == ["project-7777"]

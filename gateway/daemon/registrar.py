@@ -269,7 +269,7 @@ class _Helper:
         self._conn = Connection(ours.detach())
         self.pid = self._process.pid
         self._config = config
-        self._conn.send(config)
+        self._conn.send(rulebook.portable(config))
         if not self._conn.poll(_START_TIMEOUT):
             self.stop()
             raise TimeoutError(f"no answer within {_START_TIMEOUT:.0f} s")
@@ -278,7 +278,7 @@ class _Helper:
     def register(self, config: Config, items: list[SpoolItem],
                  durable: bool) -> tuple[list[Outcome], list[tuple[str, Any]]]:
         if config is not self._config:  # reloaded: departments and addresses may have changed
-            self._conn.send(("config", config))
+            self._conn.send(("config", rulebook.portable(config)))
             self._config = config
         self._conn.send(("batch", ([(i.id, i.attempts, str(i.path), i.meta) for i in items], durable)))
         return self._conn.recv()  # type: ignore[no-any-return]
@@ -312,7 +312,7 @@ def _helper_main(fd: int) -> None:
     _die_with_parent()
     conn = Connection(fd)
     try:
-        config: Config = conn.recv()
+        config = rulebook.restored(conn.recv())
     except EOFError:
         return
     # systemd signals the whole control group; the daemon decides when the helper stops.
@@ -333,7 +333,7 @@ def _helper_main(fd: int) -> None:
             if kind == "stop":
                 return
             if kind == "config":
-                pipeline.config = body
+                pipeline.config = rulebook.restored(body)
                 continue
             entries, durable = body
             items = [SpoolItem(item_id, attempts, Path(path), meta) for item_id, attempts, path, meta in entries]

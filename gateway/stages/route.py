@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import Config
 from gateway.registry.plan import NewMail, Routing
 from gateway.spool import DamagedItem, read_raw
+from gateway.stages.addresses import is_internal
 from gateway.stages.autoreply import no_reply_reason
 from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
 from gateway.stages.classify.rules import Decision
@@ -77,7 +78,7 @@ def letter_facts(config: Config, letter: Letter) -> Facts:
             headers = headers_of(read_raw(config.state_dir / letter.raw_path))
         except (OSError, DamagedItem):
             pass
-    return facts_from_letter(letter, headers, config)
+    return facts_from_letter(letter, headers, config.departments)
 
 
 def route_letter(config: Config, letter: Letter) -> Routing:
@@ -120,10 +121,8 @@ def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, header
         return "backlog import"
     if channel == "fax":
         return "a fax: no address to answer"
-    for address in (sender, reply_to):
-        domain = address.lower().rpartition("@")[2]
-        if domain and any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
-            return "internal sender"
+    if any(is_internal(address, config.model.gateway.domains) for address in (sender, reply_to)):
+        return "internal sender"
     if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
         return "our own address"
     return no_reply_reason(headers, reply_to, envelope_from, config.loop_id)
@@ -137,8 +136,7 @@ def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
     envelope_from = (letter.envelope or {}).get("mail_from")
     reply_to = reply_address(facts.sender_address, facts.headers, envelope_from)
     for address in (facts.sender_address, reply_to):
-        domain = address.lower().rpartition("@")[2]
-        if not domain or any(domain == d or domain.endswith("." + d) for d in config.model.gateway.domains):
+        if not address.strip() or is_internal(address, config.model.gateway.domains):
             return []
     if no_reply_reason(facts.headers, reply_to, envelope_from, config.loop_id) is not None:
         return []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email
+from collections.abc import Container
 from dataclasses import dataclass, field
 from email import policy as email_policy
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from gateway.stages.normalise.headers import decode_header_value
 
 if TYPE_CHECKING:
-    from gateway.config import Config
     from gateway.stages.normalise import Normalised
     from gateway.registry.models import Letter
 
@@ -69,8 +69,11 @@ def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[st
     )
 
 
-def facts_from_letter(letter: Letter, headers: dict[str, list[str]], config: Config | None = None) -> Facts:
-    """Facts from a registered letter (replay, and faxes classified once their text is read)."""
+def facts_from_letter(letter: Letter, headers: dict[str, list[str]],
+                      departments: Container[str] | None = None) -> Facts:
+    """Facts from a registered letter (replay, and faxes classified once their text is read).
+
+    A mailbox's department is kept only if it is among `departments` (the configured ids), when given."""
     recipients: dict[str, Any] = letter.recipients or {}
     listed = [*recipients.get("envelope", []),
               *(a.get("address", "") for a in [*recipients.get("to", []), *recipients.get("cc", [])])]
@@ -85,7 +88,7 @@ def facts_from_letter(letter: Letter, headers: dict[str, list[str]], config: Con
         attachments=[(a.original_filename or a.filename, a.detected_type) for a in letter.attachments],
         headers=headers,
         fax_number=letter.fax_number,
-        mailbox_department=hint if config is None or hint in config.departments else None,
+        mailbox_department=hint if departments is None or hint in departments else None,
     )
 
 

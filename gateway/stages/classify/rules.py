@@ -19,67 +19,28 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ahocorasick_rs
 import regex
+from pydantic import ValidationError
 
+from gateway.stages.classify import schema
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.fold import fold
+from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.source import Located, Path_, RuleIssue, RulesError
-from gateway.config import CATEGORY_NAMES
-from gateway.stages.autoreply import safe_address
 
-if TYPE_CHECKING:
-    from gateway.config import Config
-
-CATEGORIES = CATEGORY_NAMES
-URGENCIES = ("regular", "urgent", "special")
-CONFIDENTIALITIES = ("normal", "confidential")
-CHANNELS = ("email", "fax")
-TEXT_FIELDS = ("subject", "body", "sender_name", "attachment_names")
-SCALAR_ACTIONS = ("category", "department", "owner", "urgency", "confidentiality", "deadline_days")
 _ASCII_WORD = re.compile(r"[0-9a-z]")
 
 Evidence = list[str]
 
 
-@dataclass
-class Context:
-    """What a condition may consult besides the letter: the organisation."""
-
-    own_domains: frozenset[str]
-    department_addresses: dict[str, str]  # address -> department id
-    department_people: dict[str, str]  # owner, head or member address -> department id
-
-    @classmethod
-    def of(cls, config: Config) -> Context:
-        addresses: dict[str, str] = {}
-        people: dict[str, str] = {}
-        for dept in config.model.departments:
-            for address in dept.addresses:
-                addresses.setdefault(address, dept.id)
-            for person in [*dept.owners, dept.head, *dept.members]:
-                people.setdefault(person, dept.id)
-        return cls(frozenset(config.model.gateway.domains), addresses, people)
-
-    def is_internal(self, address: str) -> bool:
-        domain = address.rpartition("@")[2]
-        return bool(domain) and any(domain == d or domain.endswith("." + d) for d in self.own_domains)
-
-    def sender_department(self, facts: Facts) -> str | None:
-        address = facts.sender_address
-        return self.department_addresses.get(address) or self.department_people.get(address)
-
-    def recipient_departments(self, facts: Facts) -> list[str]:
-        found = [self.department_addresses[a] for a in facts.recipients if a in self.department_addresses]
-        return list(dict.fromkeys(found))
-
-
 class Scan:
     """One letter as the conditions see it: folded fields and the keywords found in them."""
 
-    def __init__(self, facts: Facts, ctx: Context, automaton: Any, keywords: list[str], regex_timeout: float):
+    def __init__(self, facts: Facts, ctx: Organisation, automaton: Any, keywords: list[str],
+                 regex_timeout: float):
         self.facts = facts
         self.ctx = ctx
         self.regex_timeout = regex_timeout
@@ -233,18 +194,32 @@ class Decision:
                            "deadline_days": self.deadline_days, "tags": self.tags}}
 
 
+@dataclass(frozen=True)
+class RulesSource:
+    """What a rule set is compiled from: plain data, cheap to pickle. A compiled rule set is not
+    (its conditions are closures): a process of its own gets this and compiles the rules itself."""
+
+    file: Path
+    text: str
+    organisation: Organisation
+
+    def compile(self) -> RuleSet:
+        return compile_rules(self.file, self.text, self.organisation)
+
+
 class RuleSet:
-    def __init__(self, file: Path, text: str, rules: list[Rule], keywords: list[str], ctx: Context,
-                 defaults: dict[str, str], regex_timeout: float, triage_department: str):
-        self.file = file
-        self.text = text
-        self.version = hashlib.sha256(text.encode()).hexdigest()[:12]
+    def __init__(self, source: RulesSource, rules: list[Rule], keywords: list[str], defaults: dict[str, str],
+                 regex_timeout: float):
+        self.source = source
+        self.file = source.file
+        self.text = source.text
+        self.version = hashlib.sha256(source.text.encode()).hexdigest()[:12]
         self.rules = rules
         self.keywords = keywords
-        self.ctx = ctx
+        self.ctx = source.organisation
         self.defaults = defaults
         self.regex_timeout = regex_timeout
-        self.triage_department = triage_department
+        self.triage_department = source.organisation.triage_department
         # A DFA: its cost per character hardly grows with the number of keywords.
         self.automaton = ahocorasick_rs.AhoCorasick(keywords, implementation=ahocorasick_rs.Implementation.DFA)
         self.always: list[int] = []
@@ -332,92 +307,38 @@ class RuleSet:
 
 # -- compiling ------------------------------------------------------------
 
-class _Compiler:
-    def __init__(self, source: Located, config: Config):
-        self.src = source
-        self.config = config
-        self.departments = set(config.departments)
-        self.issues: list[RuleIssue] = []
+class _Builder:
+    """Validated rules (schema.py) into conditions that run: closures, keyword ids, triggers."""
+
+    def __init__(self) -> None:
         self.keywords: list[str] = []
         self.keyword_ids: dict[str, int] = {}
-        self.regex_timeout = 0.05
-
-    def fail(self, path: Path_, reason: str) -> None:
-        self.issues.append(self.src.issue(path, reason))
 
     def keyword(self, word: str) -> int:
-        folded = fold(word.strip())
+        folded = fold(word)
         if folded not in self.keyword_ids:
             self.keyword_ids[folded] = len(self.keywords)
             self.keywords.append(folded)
         return self.keyword_ids[folded]
 
-    def strings(self, value: Any, path: Path_, what: str) -> list[str] | None:
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            self.fail(path, f"give at least one {what}")
-            return None
-        out: list[str] = []
-        for i, v in enumerate(values):
-            where = (*path, i) if isinstance(value, list) else path
-            if not isinstance(v, str) or not v.strip():
-                self.fail(where, f"{what} must be non-empty text (got {v!r}; quote it)")
-                return None
-            out.append(v.strip())
-        return out
-
-    def globs(self, value: Any, path: Path_, what: str) -> list[str] | None:
-        values = self.strings(value, path, what)
-        return None if values is None else [v.lower() for v in values]
-
-    def condition(self, node: Any, path: Path_) -> Condition | None:
-        if not isinstance(node, dict) or not node:
-            self.fail(path, "a condition is a mapping such as {sender_domain: [\"*.gov.cn\"]}")
-            return None
-        parts: list[Condition] = []
-        for key, value in node.items():
-            handler = getattr(self, f"_when_{key}", None)
-            if handler is None:
-                self.fail((*path, key), f"unknown condition; use one of {', '.join(_CONDITIONS)}")
-                continue
-            compiled = handler(value, (*path, key))
-            if compiled is not None:
-                parts.append(compiled)
-        if len(parts) != len(node):
-            return None
+    def condition(self, when: schema.Conditions) -> Condition:
+        parts = [getattr(self, f"_when_{key}")(value) for key, value in when.given()]
         return parts[0] if len(parts) == 1 else AllOf(parts)
 
     # Conditions, one method each; the name after _when_ is the key in rules.yaml.
-    def _when_all(self, value: Any, path: Path_) -> Condition | None:
-        return self._group(value, path, AllOf)
+    def _when_all(self, value: list[schema.Conditions]) -> Condition:
+        return AllOf([self.condition(c) for c in value])
 
-    def _when_any(self, value: Any, path: Path_) -> Condition | None:
-        return self._group(value, path, AnyOf)
+    def _when_any(self, value: list[schema.Conditions]) -> Condition:
+        return AnyOf([self.condition(c) for c in value])
 
-    def _group(self, value: Any, path: Path_, kind: type[AllOf] | type[AnyOf]) -> Condition | None:
-        if not isinstance(value, list) or not value:
-            self.fail(path, "give a list of conditions")
-            return None
-        parts = [self.condition(v, (*path, i)) for i, v in enumerate(value)]
-        return None if any(p is None for p in parts) else kind(parts)  # type: ignore[arg-type]
+    def _when_not(self, value: schema.Conditions) -> Condition:
+        return Not(self.condition(value), value.label())
 
-    def _when_not(self, value: Any, path: Path_) -> Condition | None:
-        part = self.condition(value, path)
-        return None if part is None else Not(part, "; ".join(f"{k}: {v}" for k, v in value.items()))
-
-    def _when_channel(self, value: Any, path: Path_) -> Condition | None:
-        channels = self.strings(value, path, "channel")
-        if channels is None:
-            return None
-        if bad := [c for c in channels if c not in CHANNELS]:
-            self.fail(path, f"unknown channel {bad[0]!r}; use email or fax")
-            return None
+    def _when_channel(self, channels: list[str]) -> Condition:
         return Test(lambda s: f"channel is {s.facts.channel}" if s.facts.channel in channels else None)
 
-    def _when_sender(self, value: Any, path: Path_) -> Condition | None:
-        patterns = self.globs(value, path, "address pattern")
-        if patterns is None:
-            return None
+    def _when_sender(self, patterns: list[str]) -> Condition:
         exact = all(not any(c in p for c in "*?[") for p in patterns)
 
         def test(s: Scan) -> str | None:
@@ -425,10 +346,7 @@ class _Compiler:
             return None if hit is None else f"sender {s.facts.sender_address} matches {hit!r}"
         return Test(test, frozenset(("sender", p) for p in patterns) if exact else None)
 
-    def _when_sender_domain(self, value: Any, path: Path_) -> Condition | None:
-        patterns = self.globs(value, path, "domain pattern")
-        if patterns is None:
-            return None
+    def _when_sender_domain(self, patterns: list[str]) -> Condition:
         needs: set[tuple[str, Any]] | None = set()
         for p in patterns:
             if p.startswith("*.") and not any(c in p[2:] for c in "*?["):
@@ -444,14 +362,7 @@ class _Compiler:
             return None if hit is None else f"sender domain {s.facts.sender_domain} matches {hit!r}"
         return Test(test, frozenset(needs) if needs is not None else None)
 
-    def _when_sender_internal(self, value: Any, path: Path_) -> Condition | None:
-        if not isinstance(value, bool):
-            self.fail(path, "true or false")
-            return None
-        if not self.config.model.gateway.domains:
-            self.fail(path, "needs the organisation's domains: set gateway.domains in the configuration")
-            return None
-
+    def _when_sender_internal(self, value: bool) -> Condition:
         def test(s: Scan) -> str | None:
             internal = bool(s.facts.sender_address) and s.ctx.is_internal(s.facts.sender_address)
             if internal != value:
@@ -459,47 +370,30 @@ class _Compiler:
             return f"sender {s.facts.sender_address or '(none)'} is {'' if internal else 'not '}in the organisation"
         return Test(test)
 
-    def _departments(self, value: Any, path: Path_) -> set[str] | None | bool:
-        if value == "any":
-            return True
-        ids = self.strings(value, path, "department id")
-        if ids is None:
-            return False
-        if unknown := [d for d in ids if d not in self.departments]:
-            self.fail(path, f"no department with id {unknown[0]!r} (known: {', '.join(sorted(self.departments))})")
-            return False
-        return set(ids)
-
-    def _department_condition(self, value: Any, path: Path_, found: Callable[[Scan], list[str]],
-                              says: str) -> Condition | None:
+    @staticmethod
+    def _department_condition(ids: list[str], found: Callable[[Scan], list[str]], says: str) -> Condition:
         """sender_department, recipient_department, mailbox_department: `any` or a list of ids."""
-        wanted = self._departments(value, path)
-        if wanted is False:
-            return None
+        wanted = None if ids == ["any"] else set(ids)
 
         def test(s: Scan) -> str | None:
-            depts = [d for d in found(s) if wanted is True or d in wanted]  # type: ignore[operator]
+            depts = [d for d in found(s) if wanted is None or d in wanted]
             return says.format(dept=depts[0], sender=s.facts.sender_address) if depts else None
         return Test(test)
 
-    def _when_sender_department(self, value: Any, path: Path_) -> Condition | None:
-        return self._department_condition(value, path, lambda s: [d] if (d := s.ctx.sender_department(s.facts)) else [],
-                                           "sender {sender} belongs to {dept}")
+    def _when_sender_department(self, ids: list[str]) -> Condition:
+        return self._department_condition(ids, lambda s: [d] if (d := s.ctx.sender_department(s.facts)) else [],
+                                          "sender {sender} belongs to {dept}")
 
-    def _when_recipient_department(self, value: Any, path: Path_) -> Condition | None:
-        return self._department_condition(value, path, lambda s: s.ctx.recipient_departments(s.facts),
+    def _when_recipient_department(self, ids: list[str]) -> Condition:
+        return self._department_condition(ids, lambda s: s.ctx.recipient_departments(s.facts),
                                           "addressed to department {dept}")
 
-    def _when_mailbox_department(self, value: Any, path: Path_) -> Condition | None:
+    def _when_mailbox_department(self, ids: list[str]) -> Condition:
         return self._department_condition(
-            value, path, lambda s: [s.facts.mailbox_department] if s.facts.mailbox_department else [],
+            ids, lambda s: [s.facts.mailbox_department] if s.facts.mailbox_department else [],
             "fetched from the mailbox of {dept}")
 
-    def _when_recipient(self, value: Any, path: Path_) -> Condition | None:
-        patterns = self.globs(value, path, "address pattern")
-        if patterns is None:
-            return None
-
+    def _when_recipient(self, patterns: list[str]) -> Condition:
         def test(s: Scan) -> str | None:
             for address in s.facts.recipients:
                 hit = _first_glob(address, patterns)
@@ -508,96 +402,41 @@ class _Compiler:
             return None
         return Test(test)
 
-    def _fields(self, value: Any, path: Path_) -> tuple[str, ...] | None:
-        """The `in:` of a keyword or regex condition: which texts of the letter to look at."""
-        where = self.strings(value, path, "field")
-        if where is None:
-            return None
-        if bad := [f for f in where if f not in TEXT_FIELDS]:
-            self.fail(path, f"unknown field {bad[0]!r}; use {', '.join(TEXT_FIELDS)}")
-            return None
-        return tuple(where)
+    def _keywords(self, match: schema.KeywordMatch, fields: tuple[str, ...]) -> Condition:
+        words = match.words
+        return Keywords([self.keyword(w) for w in words], words, match.mode,
+                        tuple(match.in_) if match.in_ is not None else fields)
 
-    def _keywords(self, value: Any, path: Path_, fields: tuple[str, ...]) -> Condition | None:
-        mode = "any"
-        if isinstance(value, dict):
-            unknown = set(value) - {"any", "all", "in"}
-            if unknown:
-                self.fail((*path, sorted(unknown)[0]), "unknown key; use any, all and in")
-                return None
-            if ("any" in value) == ("all" in value):
-                self.fail(path, "give exactly one of any and all")
-                return None
-            if "in" in value:
-                where = self._fields(value["in"], (*path, "in"))
-                if where is None:
-                    return None
-                fields = where
-            mode = "any" if "any" in value else "all"
-            path, value = (*path, mode), value[mode]
-        words = self.strings(value, path, "keyword")
-        if words is None:
-            return None
-        return Keywords([self.keyword(w) for w in words], words, mode, fields)
+    def _when_keywords(self, match: schema.KeywordMatch) -> Condition:
+        return self._keywords(match, ("subject", "body"))
 
-    def _when_keywords(self, value: Any, path: Path_) -> Condition | None:
-        return self._keywords(value, path, ("subject", "body"))
+    def _when_subject(self, match: schema.KeywordMatch) -> Condition:
+        return self._keywords(match, ("subject",))
 
-    def _when_subject(self, value: Any, path: Path_) -> Condition | None:
-        return self._keywords(value, path, ("subject",))
+    def _when_body(self, match: schema.KeywordMatch) -> Condition:
+        return self._keywords(match, ("body",))
 
-    def _when_body(self, value: Any, path: Path_) -> Condition | None:
-        return self._keywords(value, path, ("body",))
+    def _when_sender_name(self, match: schema.KeywordMatch) -> Condition:
+        return self._keywords(match, ("sender_name",))
 
-    def _when_sender_name(self, value: Any, path: Path_) -> Condition | None:
-        return self._keywords(value, path, ("sender_name",))
-
-    def _when_regex(self, value: Any, path: Path_) -> Condition | None:
-        fields: tuple[str, ...] = ("subject", "body")
-        if isinstance(value, dict):
-            if set(value) - {"pattern", "in"} or "pattern" not in value:
-                self.fail(path, "give pattern and, optionally, in")
-                return None
-            if "in" in value:
-                where = self._fields(value["in"], (*path, "in"))
-                if where is None:
-                    return None
-                fields = where
-            path, value = (*path, "pattern"), value["pattern"]
-        pattern = self._regex(value, path)
-        if pattern is None:
-            return None
+    def _when_regex(self, match: schema.RegexMatch) -> Condition:
+        fields = tuple(match.in_) if match.in_ is not None else ("subject", "body")
+        pattern = regex.compile(match.pattern)
 
         def test(s: Scan) -> str | None:
             for name in fields:
                 try:
-                    match = pattern.search(s.text[name], timeout=s.regex_timeout)
+                    found = pattern.search(s.text[name], timeout=s.regex_timeout)
                 except TimeoutError:
                     # Bounded: a pathological pattern costs its time limit, not the daemon.
                     raise RegexTimedOut(f"/{pattern.pattern}/ on the {name}") from None
-                if match:
-                    return f"{name.replace('_', ' ')} matches /{pattern.pattern}/: {match.group(0)[:60]!r}"
+                if found:
+                    return f"{name.replace('_', ' ')} matches /{pattern.pattern}/: {found.group(0)[:60]!r}"
             return None
         return Test(test)
 
-    def _regex(self, value: Any, path: Path_) -> Any:
-        if not isinstance(value, str) or not value:
-            self.fail(path, "a regular expression (quote it)")
-            return None
-        try:
-            return regex.compile(value)
-        except regex.error as exc:
-            self.fail(path, f"not a valid regular expression: {exc}")
-            return None
-
-    def _when_attachment(self, value: Any, path: Path_) -> Condition | None:
-        if not isinstance(value, dict) or not value or set(value) - {"type", "name"}:
-            self.fail(path, "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}")
-            return None
-        types = self.globs(value["type"], (*path, "type"), "type pattern") if "type" in value else []
-        names = self.globs(value["name"], (*path, "name"), "name pattern") if "name" in value else []
-        if types is None or names is None:
-            return None
+    def _when_attachment(self, match: schema.AttachmentMatch) -> Condition:
+        types, names = match.type_ or [], match.name or []
 
         def test(s: Scan) -> str | None:
             for name, kind in s.facts.attachments:
@@ -606,26 +445,14 @@ class _Compiler:
             return None
         return Test(test)
 
-    def _when_header(self, value: Any, path: Path_) -> Condition | None:
-        if not isinstance(value, dict) or "name" not in value or not isinstance(value["name"], str):
-            self.fail(path, "give name and one of present, value or matches")
-            return None
-        tests = set(value) - {"name"}
-        if len(tests) != 1 or not tests <= {"present", "value", "matches"}:
-            self.fail(path, "give exactly one of present (true/false), value (a pattern) or matches (a regex)")
-            return None
-        name = value["name"].strip().lower()
-        if "present" in value:
-            present = value["present"]
-            if not isinstance(present, bool):
-                self.fail((*path, "present"), "true or false")
-                return None
+    def _when_header(self, match: schema.HeaderMatch) -> Condition:
+        name = match.name
+        if match.present is not None:
+            present = match.present
             return Test(lambda s: (f"header {name} is {'present' if present else 'absent'}"
                                    if (name in s.facts.headers) == present else None))
-        if "value" in value:
-            globs = self.globs(value["value"], (*path, "value"), "value pattern")
-            if globs is None:
-                return None
+        if match.value is not None:
+            globs = match.value
 
             def glob_test(s: Scan) -> str | None:
                 for v in s.facts.headers.get(name, []):
@@ -633,9 +460,7 @@ class _Compiler:
                         return f"header {name}: {v[:80]!r}"
                 return None
             return Test(glob_test)
-        pattern = self._regex(value["matches"], (*path, "matches"))
-        if pattern is None:
-            return None
+        pattern = regex.compile(match.matches)
 
         def regex_test(s: Scan) -> str | None:
             for v in s.facts.headers.get(name, []):
@@ -647,10 +472,7 @@ class _Compiler:
             return None
         return Test(regex_test)
 
-    def _when_fax_number(self, value: Any, path: Path_) -> Condition | None:
-        patterns = self.strings(value, path, "fax number pattern")
-        if patterns is None:
-            return None
+    def _when_fax_number(self, patterns: list[str]) -> Condition:
         compact = [_digits(p) for p in patterns]
 
         def test(s: Scan) -> str | None:
@@ -658,60 +480,6 @@ class _Compiler:
             hit = _first_glob(number, compact) if number else None
             return None if hit is None else f"fax number {s.facts.fax_number} matches {hit!r}"
         return Test(test)
-
-    # -- actions ---------------------------------------------------------
-    def actions(self, node: Any, path: Path_) -> tuple[dict[str, Any], list[str]] | None:
-        if not isinstance(node, dict) or not node:
-            self.fail(path, f"give the fields to set: {', '.join((*SCALAR_ACTIONS, 'tags'))}")
-            return None
-        out: dict[str, Any] = {}
-        tags: list[str] = []
-        ok = True
-        for key, value in node.items():
-            where = (*path, key)
-            checked = self.action(key, value, where)
-            if checked is None:
-                ok = False
-            elif key == "tags":
-                tags = checked
-            else:
-                out[key] = checked
-        return (out, tags) if ok else None
-
-    def action(self, key: str, value: Any, where: Path_) -> Any:
-        choices = {"category": CATEGORIES, "urgency": URGENCIES, "confidentiality": CONFIDENTIALITIES}
-        if key in choices:
-            if value not in choices[key]:
-                self.fail(where, f"{value!r} is not a {key}; use one of {', '.join(choices[key])}")
-                return None
-            return value
-        if key == "department":
-            if value not in self.departments and value not in ("recipient", "sender"):
-                self.fail(where, f"no department with id {value!r} (known: {', '.join(sorted(self.departments))};"
-                                 " or recipient, sender)")
-                return None
-            return value
-        if key == "owner":
-            if not isinstance(value, str) or not safe_address(value.strip()):
-                self.fail(where, f"{value!r} is not a plain e-mail address")
-                return None
-            return value.strip().lower()
-        if key == "deadline_days":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 365:
-                self.fail(where, "a whole number of working days from 0 to 365")
-                return None
-            return value
-        if key == "tags":
-            tags = self.strings(value, where, "tag")
-            if tags is not None and (bad := [t for t in tags if not re.fullmatch(r"[\w.:-]+", t)]):
-                self.fail(where, f"tag {bad[0]!r}: letters, digits, '.', ':', '_' and '-' only")
-                return None
-            return tags
-        self.fail(where, f"unknown action; use one of {', '.join((*SCALAR_ACTIONS, 'tags'))}")
-        return None
-
-
-_CONDITIONS = sorted(name.removeprefix("_when_") for name in vars(_Compiler) if name.startswith("_when_"))
 
 
 def _first_glob(value: str, patterns: Iterable[str]) -> str | None:
@@ -722,92 +490,99 @@ def _digits(number: str) -> str:
     return "".join(c for c in number if c.isdigit() or c in "+*?[]")
 
 
-def compile_rules(file: Path, text: str, config: Config) -> RuleSet:
-    source = Located(file, text)
-    compiler = _Compiler(source, config)
-    data = source.data
-    if not isinstance(data, dict):
-        raise RulesError([source.issue((), "the file must be a mapping with a `rules:` list")])
-    for key in data:
-        if key not in ("version", "settings", "defaults", "rules"):
-            compiler.fail((key,), "unknown key; use version, settings, defaults and rules")
-    if data.get("version", 1) != 1:
-        compiler.fail(("version",), "only version 1 is known")
-    settings = data.get("settings") or {}
-    if not isinstance(settings, dict):
-        compiler.fail(("settings",), "a mapping")
-    else:
-        for key, value in settings.items():
-            if key != "regex_timeout_ms":
-                compiler.fail(("settings", key), "unknown setting; use regex_timeout_ms")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 10_000:
-                compiler.fail(("settings", key), "milliseconds from 1 to 10000")
-            else:
-                compiler.regex_timeout = value / 1000
-    defaults: dict[str, str] = {"urgency": "regular", "confidentiality": "normal"}
-    given = data.get("defaults") or {}
-    if not isinstance(given, dict):
-        compiler.fail(("defaults",), "a mapping")
-    else:
-        for key, value in given.items():
-            if key not in ("urgency", "confidentiality", "category"):
-                compiler.fail(("defaults", key), "unknown default; use urgency, confidentiality or category")
-            elif (checked := compiler.action(key, value, ("defaults", key))) is not None:
-                defaults[key] = checked
-    rules: list[Rule] = []
-    names: dict[str, int] = {}
-    listed = data.get("rules")
-    if not isinstance(listed, list):
-        compiler.fail(("rules",), "required: a list of rules")
-        listed = []
-    for i, node in enumerate(listed):
-        path: Path_ = ("rules", i)
-        if not isinstance(node, dict):
-            compiler.fail(path, "a rule is a mapping with name, when and set")
+def _data_path(loc: tuple[str | int, ...], data: Any) -> Path_:
+    """Pydantic's error location as a path into the file's data.
+
+    A location also names things the file does not have: union members, and the
+    `any` or `pattern` a shorthand (`subject: [..]`, `regex: ".."`) stands for.
+    Only the steps that exist in the data are kept, and a last key that does not
+    (a required key that is missing)."""
+    path: list[str | int] = []
+    for n, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif isinstance(data, dict) and n == len(loc) - 1:
+            path.append(part)
+            break
+        else:
             continue
-        for key in node:
-            if key not in ("name", "description", "when", "set", "stop"):
-                compiler.fail((*path, key), "unknown key; use name, description, when, set and stop")
-        name = node.get("name")
+        path.append(part)
+    return tuple(path)
+
+
+def _issues(error: ValidationError, source: Located) -> list[RuleIssue]:
+    issues = []
+    for e in error.errors(include_url=False):
+        path = _data_path(e["loc"], source.data)
+        kind = e["type"]
+        if kind == "missing":
+            key = path[-1] if path else ""
+            reason = ("required: a name for the rule" if key == "name" and len(path) == 3
+                      else schema.MISSING.get(str(key), "required"))
+        elif kind in ("bool_type", "bool_parsing"):
+            reason = "true or false"
+        else:
+            reason = e["msg"].removeprefix("Value error, ")
+        issues.append(source.issue(path, reason))
+    return issues
+
+
+def _duplicate_names(source: Located) -> list[RuleIssue]:
+    """Every rule's name is its own: the trace and the statistics name rules."""
+    listed = source.data.get("rules") if isinstance(source.data, dict) else None
+    issues: list[RuleIssue] = []
+    first: dict[str, int] = {}
+    for i, rule in enumerate(listed if isinstance(listed, list) else []):
+        name = rule.get("name") if isinstance(rule, dict) else None
         if not isinstance(name, str) or not name.strip():
-            compiler.fail((*path, "name"), "required: a name for the rule")
-            name = f"rules[{i}]"
-        elif name in names:
-            compiler.fail((*path, "name"), f"another rule is called {name!r} (line {source.line(('rules', names[name]))})")
-        names.setdefault(name, i)
-        if "when" not in node:
-            compiler.fail(path, "required: when (the conditions)")
             continue
-        if "set" not in node:
-            compiler.fail(path, "required: set (the actions)")
-            continue
-        condition = compiler.condition(node["when"], (*path, "when"))
-        actions = compiler.actions(node["set"], (*path, "set"))
-        stop = node.get("stop", True)
-        if not isinstance(stop, bool):
-            compiler.fail((*path, "stop"), "true or false")
-        if condition is None or actions is None:
-            continue
-        department = actions[0].get("department")
-        rules.append(Rule(name=name, line=source.line(path), condition=condition, actions=actions[0],
-                          tags=actions[1], stop=bool(stop),
-                          department_literal=department if department in compiler.departments else None))
-    if compiler.issues:
-        raise RulesError(compiler.issues)
-    return RuleSet(file, text, rules, compiler.keywords, Context.of(config), defaults,
-                   compiler.regex_timeout, config.model.triage.department)
+        if name in first:
+            issues.append(source.issue(("rules", i, "name"),
+                                       f"another rule is called {name!r} (line {source.line(('rules', first[name]))})"))
+        first.setdefault(name, i)
+    return issues
 
 
-def no_rules(config: Config) -> RuleSet:
+def compile_rules(file: Path, text: str, organisation: Organisation) -> RuleSet:
+    """Validate and compile a rules file, or raise RulesError naming file, line, key and reason of every problem.
+
+    `organisation` gives what validation checks against (department ids, categories,
+    domains, intake addresses) and what conditions consult when they run."""
+    source = Located(file, text)
+    issues = _duplicate_names(source)
+    try:
+        validated = schema.RulesFile.model_validate(source.data, context={"organisation": organisation})
+    except ValidationError as exc:
+        issues += _issues(exc, source)
+    if issues:
+        raise RulesError(sorted(issues, key=lambda i: i.line or 0))
+    builder = _Builder()
+    rules: list[Rule] = []
+    for i, rule in enumerate(validated.rules):
+        actions = rule.actions.scalars()
+        department = actions.get("department")
+        rules.append(Rule(name=rule.name, line=source.line(("rules", i)), condition=builder.condition(rule.when),
+                          actions=actions, tags=rule.actions.tags or [], stop=rule.stop,
+                          department_literal=department if department in organisation.departments else None))
+    return RuleSet(RulesSource(file, text, organisation), rules, builder.keywords, validated.defaults.given(),
+                   validated.settings.regex_timeout_ms / 1000)
+
+
+def no_rules(organisation: Organisation) -> RuleSet:
     """No rules file: every letter goes to triage, and the trace says why."""
-    return compile_rules(Path("(no rules file)"), "rules: []\n", config)
+    return compile_rules(Path("(no rules file)"), "rules: []\n", organisation)
 
 
-def load_rules(file: Path, config: Config) -> RuleSet:
+def load_rules(file: Path | None, organisation: Organisation) -> RuleSet:
+    """The rules of this file, or no rules when there is none to read."""
+    if file is None:
+        return no_rules(organisation)
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RulesError([RuleIssue(file, None, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError([RuleIssue(file, None, "", f"cannot read: {exc}")]) from None
-    return compile_rules(file, text, config)
+    return compile_rules(file, text, organisation)

@@ -1,0 +1,449 @@
+"""The schema of rules.yaml, as pydantic models.
+
+Validation needs a little of the organisation (its departments, categories,
+domains and intake addresses): it comes as the validation context, an
+`Organisation` of plain values, never the configuration itself. Every message
+is written for an operator; `rules.py` turns pydantic's error locations back
+into the file's lines and key paths.
+
+Unknown keys are refused through a typed `__pydantic_extra__`: the error then
+sits on the unknown key itself and can say what that mapping accepts.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+import regex
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, ValidationInfo,
+                      ValidatorFunctionWrapHandler, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+from gateway.stages.autoreply import safe_address
+from gateway.stages.classify.organisation import Organisation
+
+URGENCIES = ("regular", "urgent", "special")
+CONFIDENTIALITIES = ("normal", "confidential")
+CHANNELS = ("email", "fax")
+TEXT_FIELDS = ("subject", "body", "sender_name", "attachment_names")
+SCALAR_ACTIONS = ("category", "department", "owner", "urgency", "confidentiality", "deadline_days")
+DEPARTMENT_REFERENCES = ("recipient", "sender")  # `department: recipient` and `department: sender`
+
+
+def _organisation(info: ValidationInfo) -> Organisation:
+    return info.context["organisation"]  # type: ignore[index,no-any-return]
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    # Braces in a quoted value would otherwise be read as placeholders of the message template.
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+
+
+def _refusing(reason: str) -> Any:
+    """The type of a model's extra keys: every one is refused, saying which keys the mapping takes."""
+    def refuse(value: Any) -> NoReturn:
+        raise _error("unknown_key", reason)
+    return dict[str, Annotated[Any, BeforeValidator(refuse)]]
+
+
+def _mapping(value: Any, hint: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise _error("shape", hint)
+    return value
+
+
+def _text(what: str, *, lower: bool = False) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise _error("text", f"{what} must be non-empty text (got {value!r}; quote it)")
+        return value.strip().lower() if lower else value.strip()
+    return check
+
+
+def _texts(what: str, *, lower: bool = False) -> Any:
+    """One text or a list of them, each non-empty and stripped (and lower-cased for patterns)."""
+    def one_or_more(value: Any) -> list[Any]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise _error("empty", f"give at least one {what}")
+        return values
+    return Annotated[list[Annotated[str, BeforeValidator(_text(what, lower=lower))]], BeforeValidator(one_or_more)]
+
+
+def _check_regex(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _error("regex", "a regular expression (quote it)")
+    try:
+        regex.compile(value)  # the module caches it: compiling the rule again costs nothing
+    except regex.error as exc:
+        raise _error("regex", f"not a valid regular expression: {exc}") from None
+    return value
+
+
+def _check_fields(value: list[str] | None) -> list[str] | None:
+    if value is not None and (bad := [f for f in value if f not in TEXT_FIELDS]):
+        raise _error("field", f"unknown field {bad[0]!r}; use {', '.join(TEXT_FIELDS)}")
+    return value
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Any:
+    if value not in choices:
+        raise _error("choice", f"{value!r} is not a {key}; use one of {', '.join(choices)}")
+    return value
+
+
+# The value types of rules.yaml, each with the words its errors use.
+Keywords = _texts("keyword")
+TextFields = _texts("field")
+Channels = _texts("channel")
+AddressPatterns = _texts("address pattern", lower=True)
+DomainPatterns = _texts("domain pattern", lower=True)
+DepartmentIds = _texts("department id")  # or `any`
+FaxNumberPatterns = _texts("fax number pattern")
+TypePatterns = _texts("type pattern", lower=True)
+NamePatterns = _texts("name pattern", lower=True)
+ValuePatterns = _texts("value pattern", lower=True)
+Tags = _texts("tag")
+Regex = Annotated[str, BeforeValidator(_check_regex)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _Ordered(_Schema):
+    """Remembers the order its keys were written in: evidence and traces follow the file."""
+
+    _keys: tuple[str, ...] = PrivateAttr(())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_order(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        model = handler(value)
+        model._keys = tuple(value)
+        return model
+
+    def given(self) -> list[tuple[str, Any]]:
+        """(key in rules.yaml, validated value), in the file's order."""
+        attribute = {(f.alias or name): name for name, f in type(self).model_fields.items()}
+        return [(key, getattr(self, attribute[key])) for key in self._keys]
+
+
+class KeywordMatch(_Schema):
+    """`[..]`, `{any: [..]}` or `{all: [..]}`, optionally with `in: [fields]`."""
+
+    __pydantic_extra__: _refusing("unknown key; use any, all and in")
+    any_: Keywords | None = Field(None, alias="any")
+    all_: Keywords | None = Field(None, alias="all")
+    in_: TextFields | None = Field(None, alias="in")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else {"any": value}
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> KeywordMatch:
+        if (self.any_ is None) == (self.all_ is None):
+            raise _error("keywords", "give exactly one of any and all")
+        return self
+
+    _fields = field_validator("in_")(_check_fields)
+
+    @property
+    def mode(self) -> str:
+        return "any" if self.any_ is not None else "all"
+
+    @property
+    def words(self) -> list[str]:
+        return self.any_ if self.any_ is not None else self.all_  # type: ignore[return-value]
+
+
+class RegexMatch(_Schema):
+    """A pattern, or `{pattern: .., in: [fields]}`."""
+
+    __pydantic_extra__: _refusing("unknown key; use pattern and in")
+    pattern: Regex
+    in_: TextFields | None = Field(None, alias="in")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else {"pattern": value}
+
+    _fields = field_validator("in_")(_check_fields)
+
+
+class AttachmentMatch(_Schema):
+    __pydantic_extra__: _refusing("unknown key; use type and name")
+    type_: TypePatterns | None = Field(None, alias="type")
+    name: NamePatterns | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        return _mapping(value, "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}")
+
+
+class HeaderMatch(_Schema):
+    __pydantic_extra__: _refusing("unknown key; use name and one of present, value or matches")
+    name: Annotated[str, BeforeValidator(_text("header name", lower=True))]
+    present: StrictBool | None = None
+    value: ValuePatterns | None = None
+    matches: Regex | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        return _mapping(value, "give name and one of present, value or matches")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> HeaderMatch:
+        if sum(test is not None for test in (self.present, self.value, self.matches)) != 1:
+            raise _error("header", "give exactly one of present (true/false), value (a pattern) or matches (a regex)")
+        return self
+
+
+def _refuse_condition(value: Any) -> NoReturn:
+    raise _error("unknown_key", f"unknown condition; use one of {', '.join(CONDITION_KEYS)}")
+
+
+class Conditions(_Ordered):
+    """`when:`. Several conditions in one mapping must all hold. Keys are those of rules.yaml."""
+
+    __pydantic_extra__: dict[str, Annotated[Any, BeforeValidator(_refuse_condition)]]
+    channel: Channels | None = None
+    sender: AddressPatterns | None = None
+    sender_domain: DomainPatterns | None = None
+    sender_name: KeywordMatch | None = None
+    sender_internal: StrictBool | None = None
+    sender_department: DepartmentIds | None = None  # ids, or `any`
+    recipient_department: DepartmentIds | None = None
+    mailbox_department: DepartmentIds | None = None
+    recipient: AddressPatterns | None = None
+    keywords: KeywordMatch | None = None
+    subject: KeywordMatch | None = None
+    body: KeywordMatch | None = None
+    regex: RegexMatch | None = None
+    attachment: AttachmentMatch | None = None
+    header: HeaderMatch | None = None
+    fax_number: FaxNumberPatterns | None = None
+    all_: list[Conditions] | None = Field(None, alias="all")
+    any_: list[Conditions] | None = Field(None, alias="any")
+    not_: Conditions | None = Field(None, alias="not")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        return _mapping(value, "a condition is a mapping such as {sender_domain: [\"*.gov.cn\"]}")
+
+    @field_validator("all_", "any_", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise _error("group", "give a list of conditions")
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: list[str]) -> list[str]:
+        if bad := [c for c in value if c not in CHANNELS]:
+            raise _error("channel", f"unknown channel {bad[0]!r}; use email or fax")
+        return value
+
+    @field_validator("sender_internal")
+    @classmethod
+    def _needs_domains(cls, value: bool, info: ValidationInfo) -> bool:
+        if not _organisation(info).domains:
+            raise _error("domains", "needs the organisation's domains: set gateway.domains in the configuration")
+        return value
+
+    @field_validator("sender_department", "recipient_department", "mailbox_department")
+    @classmethod
+    def _departments(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known = _organisation(info).departments
+        if value != ["any"] and (unknown := [d for d in value if d not in known]):
+            raise _error("department", f"no department with id {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        return value
+
+    def label(self) -> str:
+        """The conditions as an operator wrote them, for a trace (`not (...)`)."""
+        return "; ".join(f"{key}: {_plain(value)}" for key, value in self.given())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+CONDITION_KEYS = sorted((f.alias or name) for name, f in Conditions.model_fields.items())
+ACTION_KEYS = (*SCALAR_ACTIONS, "tags")
+
+
+class Actions(_Ordered):
+    """`set:`, the fields a matching rule sets."""
+
+    __pydantic_extra__: _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")
+    category: Any = None
+    department: Any = None
+    owner: Any = None
+    urgency: Any = None
+    confidentiality: Any = None
+    deadline_days: Any = None
+    tags: Tags | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        return _mapping(value, f"give the fields to set: {', '.join(ACTION_KEYS)}")
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, value: Any, info: ValidationInfo) -> Any:
+        return _choice("category", value, _organisation(info).categories)
+
+    @field_validator("urgency")
+    @classmethod
+    def _urgency(cls, value: Any) -> Any:
+        return _choice("urgency", value, URGENCIES)
+
+    @field_validator("confidentiality")
+    @classmethod
+    def _confidentiality(cls, value: Any) -> Any:
+        return _choice("confidentiality", value, CONFIDENTIALITIES)
+
+    @field_validator("department")
+    @classmethod
+    def _department(cls, value: Any, info: ValidationInfo) -> Any:
+        known = _organisation(info).departments
+        if value not in known and value not in DEPARTMENT_REFERENCES:
+            raise _error("department", f"no department with id {value!r} (known: {', '.join(sorted(known))};"
+                                       " or recipient, sender)")
+        return value
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: Any, info: ValidationInfo) -> str:
+        if not isinstance(value, str) or not safe_address(value.strip()):
+            raise _error("owner", f"{value!r} is not a plain e-mail address")
+        address = value.strip().lower()
+        department = _organisation(info).department_addresses.get(address)
+        if department is not None:
+            # As for a department's owners in the configuration: what is sent there comes back as a letter.
+            raise _error("owner", f"{address} is an address of department {department!r}: its notifications "
+                                  "would come back as letters; give the owner's own address")
+        return address
+
+    @field_validator("deadline_days")
+    @classmethod
+    def _days(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 365:
+            raise _error("days", "a whole number of working days from 0 to 365")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        if bad := [t for t in value if not re.fullmatch(r"[\w.:-]+", t)]:
+            raise _error("tag", f"tag {bad[0]!r}: letters, digits, '.', ':', '_' and '-' only")
+        return value
+
+    def scalars(self) -> dict[str, Any]:
+        """The fields set besides tags, in the file's order (the trace follows it)."""
+        return {key: value for key, value in self.given() if key != "tags"}
+
+
+class Rule(_Schema):
+    __pydantic_extra__: _refusing("unknown key; use name, description, when, set and stop")
+    name: Annotated[str, BeforeValidator(_text("rule name"))]
+    description: Any = None
+    when: Conditions
+    actions: Actions = Field(alias="set")
+    stop: StrictBool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        return _mapping(value, "a rule is a mapping with name, when and set")
+
+
+class Settings(_Schema):
+    __pydantic_extra__: _refusing("unknown setting; use regex_timeout_ms")
+    regex_timeout_ms: float = 50
+
+    @field_validator("regex_timeout_ms", mode="before")
+    @classmethod
+    def _milliseconds(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 10_000:
+            raise _error("milliseconds", "milliseconds from 1 to 10000")
+        return value
+
+
+class Defaults(_Schema):
+    __pydantic_extra__: _refusing("unknown default; use urgency, confidentiality or category")
+    urgency: str = "regular"
+    confidentiality: str = "normal"
+    category: str | None = None
+
+    @field_validator("urgency", mode="before")
+    @classmethod
+    def _urgency(cls, value: Any) -> Any:
+        return _choice("urgency", value, URGENCIES)
+
+    @field_validator("confidentiality", mode="before")
+    @classmethod
+    def _confidentiality(cls, value: Any) -> Any:
+        return _choice("confidentiality", value, CONFIDENTIALITIES)
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _category(cls, value: Any, info: ValidationInfo) -> Any:
+        return _choice("category", value, _organisation(info).categories)
+
+    def given(self) -> dict[str, str]:
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
+def _optional_mapping(value: Any) -> Any:
+    if value is None:  # `settings:` written with nothing under it
+        return {}
+    if not isinstance(value, dict):
+        raise _error("shape", "a mapping")
+    return value
+
+
+def _rule_list(value: Any) -> Any:
+    if not isinstance(value, list):
+        raise _error("rules", "required: a list of rules")
+    return value
+
+
+class RulesFile(_Schema):
+    __pydantic_extra__: _refusing("unknown key; use version, settings, defaults and rules")
+    version: Any = 1
+    settings: Annotated[Settings, BeforeValidator(_optional_mapping)] = Settings()
+    defaults: Annotated[Defaults, BeforeValidator(_optional_mapping)] = Defaults()
+    rules: Annotated[list[Rule], BeforeValidator(_rule_list)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _error("shape", "the file must be a mapping with a `rules:` list")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: Any) -> int:
+        if isinstance(value, bool) or value != 1:
+            raise _error("version", "only version 1 is known")
+        return 1
+
+
+# A missing required key: what the operator has to add.
+MISSING = {"rules": "required: a list of rules", "when": "required: when (the conditions)",
+           "set": "required: set (the actions)", "pattern": "required: pattern (a regular expression)"}
