@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from gateway.config import Config
 from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
+from gateway.stages.addresses import is_internal
 from gateway.stages.answers import FORWARD, bracketed_numbers, own_text, parse_command
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
@@ -134,8 +135,7 @@ class LetterBuilder:
         if channel != "email" or parsed.sender is None:
             return None
         sender = parsed.sender.address.lower()
-        domain = sender.rpartition("@")[2]
-        if not any(domain == d or domain.endswith("." + d) for d in self.config.model.gateway.domains):
+        if not is_internal(sender, self.config.model.gateway.domains):
             return None
         if FORWARD.match(parsed.subject):
             return None  # someone passing on mail: correspondence of its own, not an answer
