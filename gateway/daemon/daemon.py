@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from gateway import config as config_mod
+from gateway.stages import rulebook
 from gateway import logs
 from gateway.config import Config, ConfigError
 from gateway.adapters.fax_drop import FaxDropWatcher
@@ -378,7 +378,7 @@ class Daemon:
     def reload(self) -> None:
         self.notifier.reloading()
         try:
-            new = config_mod.load(self._config_arg)
+            new = rulebook.load(self._config_arg)
         except ConfigError as exc:
             log.error("reload refused, previous configuration stays in force: %s",
                       "; ".join(str(i) for i in exc.issues))
