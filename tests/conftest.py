@@ -92,6 +92,23 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_in_the_checkout() -> Iterator[None]:
+    """Tests and what they start write only under the system temp dir: a run leaves no new file
+    in the checkout (beside what .gitignore names, such as storage/ and caches)."""
+    def untracked() -> set[str]:
+        listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "--others", "--exclude-standard"],
+                                capture_output=True, text=True)
+        return set(listed.stdout.splitlines()) if listed.returncode == 0 else set()
+    before = untracked()
+    yield
+    left = sorted(untracked() - before)
+    assert not left, f"the test run left files in the checkout: {left[:10]}"
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
