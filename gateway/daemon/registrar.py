@@ -45,6 +45,7 @@ from gateway.daemon.pipeline import Outcome, Pipeline
 from gateway.faults import checkpoint
 from gateway.registry import Registry
 from gateway.spool import Spool, SpoolItem, read_raw
+from gateway.stages import rulebook
 
 log = logging.getLogger("gateway.daemon.registrar")
 
@@ -171,7 +172,8 @@ class Registrar:
                     continue
                 if first is None:
                     return
-                batch, others = [first], []
+                batch: list[Entry] = [first]
+                others: list[Entry] = []
                 stop = False
                 while len(batch) < self.batch_size:
                     try:
@@ -281,7 +283,8 @@ class _Helper:
             self._conn.send(("config", rulebook.portable(config)))
             self._config = config
         self._conn.send(("batch", ([(i.id, i.attempts, str(i.path), i.meta) for i in items], durable)))
-        return self._conn.recv()  # type: ignore[no-any-return]
+        answer: tuple[list[Outcome], list[tuple[str, Any]]] = self._conn.recv()
+        return answer
 
     def kill(self) -> None:
         self._process.kill()
