@@ -1,6 +1,7 @@
 """Fax intake: the drop folder and fax-to-email, with faxes the suite renders and the real tesseract."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -14,6 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from gateway.spool import read_raw
+
 from fax_samples import ENGLISH, SIMPLIFIED, TRADITIONAL, corrupt, pdf_fax, tiff_fax
 
 pytestmark = pytest.mark.timeout(300)
@@ -202,28 +205,50 @@ def test_a_file_still_being_written_or_with_a_temporary_name_is_not_taken(
                 assert growing.exists(), f"taken after {offset + step} of {len(data)} bytes"
         fax_letters(gateway, 1)  # complete and quiet: taken
         assert not growing.exists()
-        assert sorted(os.listdir(folder)) == [".hidden.tif", "quarantine", "scan.tmp", "upload.tif.part"]
+        assert sorted(os.listdir(folder)) == [".hidden.tif", "scan.tmp", "upload.tif.part"]
     finally:
         daemon.stop()
 
 
-def test_an_unreadable_file_goes_to_quarantine_with_its_reason(tmp_path: Path, notify: Notify,
-                                                               faxes: dict[str, bytes]) -> None:
+def test_an_unreadable_file_goes_to_the_spool_quarantine_with_its_reason(tmp_path: Path, notify: Notify,
+                                                                         faxes: dict[str, bytes]) -> None:
+    """A file that is no readable fax leaves the drop folder for the spool's quarantine, with its
+    name, its sidecar's content and the reason; `gateway quarantine` lists, shows and retries it."""
     gateway = configure(tmp_path)
     daemon = start(gateway, notify)
     try:
-        drop(gateway, "broken.tif", corrupt(faxes["two"]))
+        broken = corrupt(faxes["two"])
+        drop(gateway, "broken.tif", broken)
+        (gateway.state / "fax-drop" / "broken.info").write_text("Caller-ID: +86 10 5555 0000\n")
         drop(gateway, "notes.txt", b"not a fax at all\n")
-        quarantine = gateway.state / "fax-drop" / "quarantine"
-        wait_for(lambda: (quarantine / "broken.tif").exists() and (quarantine / "notes.txt").exists(), 30,
-                 "both set aside")
-        reason = (quarantine / "broken.tif.reason.txt").read_text()
-        assert "broken.tif" in reason
-        assert (quarantine / "notes.txt").read_bytes() == b"not a fax at all\n"  # nothing is deleted
+        folder = gateway.state / "fax-drop"
+        listed = wait_for(lambda: len(json.loads(gateway.run("quarantine", "list", "--json").stdout)) == 2
+                          and json.loads(gateway.run("quarantine", "list", "--json").stdout), 30, "both set aside")
+        assert isinstance(listed, list)
+        wait_for(lambda: os.listdir(folder) == [], 10, "the drop folder empty")
+        by_name = {}
+        for entry in listed:
+            shown = json.loads(gateway.run("quarantine", "show", entry["id"], "--json").stdout)
+            by_name[shown["meta"]["fax_drop"]["file_name"]] = shown
+            assert entry["intake"] == "fax-drop"
+        assert set(by_name) == {"broken.tif", "notes.txt"}
+        rejected = by_name["broken.tif"]
+        assert "broken.tif" in rejected["reason"]
+        assert rejected["meta"]["fax_drop"]["sidecar_name"] == "broken.info"
+        assert "+86 10 5555 0000" in rejected["meta"]["fax_drop"]["sidecar"]
+        assert by_name["notes.txt"]["meta"]["fax_drop"]["sidecar"] is None
+        assert read_raw(gateway.state / "spool" / "quarantine" / f"{rejected['id']}.item") == broken  # nothing lost
         assert gateway.list_json("--channel", "fax") == []
+
+        # Retried, it goes through the pipeline again: still no fax, so back in quarantine with its history.
+        gateway.run("quarantine", "retry", rejected["id"])
+        wait_for(lambda: json.loads(gateway.run("quarantine", "show", rejected["id"], "--json").stdout)["attempts"]
+                 == 3, 60, "quarantined again after its attempts")
+        again = json.loads(gateway.run("quarantine", "show", rejected["id"], "--json").stdout)
+        assert len(again["history"]) >= 2 and "broken.tif" in again["history"][0]
     finally:
         log = daemon.stop()
-    assert "fax broken.tif set aside" in log
+    assert "fax broken.tif set aside in quarantine" in log
 
 
 def test_sigkill_between_spool_and_removal_gives_exactly_one_letter(tmp_path: Path, notify: Notify,

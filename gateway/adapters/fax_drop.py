@@ -5,15 +5,16 @@ inotify does not fire. A file is taken only when its size and modification
 time have stayed the same for `stable_seconds`; temporary and partial names
 are never taken. The file (and its information sidecar, if any) leaves the
 folder only after its bytes are durable in the spool. A file that is not a
-readable TIFF or PDF fax goes to `quarantine/` in the drop folder with a
-`.reason.txt` beside it: nothing is ever deleted unread.
+readable TIFF or PDF fax goes, with its sidecar's content and the reason, to
+the spool's quarantine (`gateway quarantine list`), from where `retry` puts it
+through the pipeline again; it too leaves the folder only once durable there:
+nothing is ever deleted unread.
 """
 from __future__ import annotations
 
 import fnmatch
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -25,58 +26,57 @@ from gateway.config import Config
 from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, find_sidecar, read_filename, read_sidecar, read_tiff_tags
 from gateway.faults import checkpoint
+from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.stages.fax")
 
-QUARANTINE = "quarantine"
+
+def read_sidecar_text(sidecar: Path | None) -> str | None:
+    if sidecar is None:
+        return None
+    try:
+        return sidecar.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
 
 
-def fax_facts(config: Config, path: Path, document: FaxDocument, sidecar: Path | None) -> dict[str, Any]:
-    """Everything known about a fax file, for its spool item: sidecar, then TIFF tags, then name."""
+def fax_facts(config: Config, path: Path, document: FaxDocument | None, sidecar: Path | None) -> dict[str, Any]:
+    """Everything known about a fax file, for its spool item: sidecar, then TIFF tags, then name.
+    Without a document (a file that is no readable fax) only the sidecar and the name speak."""
     tz = ZoneInfo(config.model.gateway.timezone)
     facts = FaxFacts()
     if sidecar is not None:
-        try:
-            read_sidecar(sidecar.read_text(encoding="utf-8", errors="replace"), facts, f"sidecar {sidecar.name}", tz)
-        except OSError as exc:
-            facts.problems.append(f"sidecar {sidecar.name} cannot be read: {exc.strerror}")
-    read_tiff_tags(document.tags, facts, tz)
+        text = read_sidecar_text(sidecar)
+        if text is None:
+            facts.problems.append(f"sidecar {sidecar.name} cannot be read")
+        else:
+            read_sidecar(text, facts, f"sidecar {sidecar.name}", tz)
+    if document is not None:
+        read_tiff_tags(document.tags, facts, tz)
     settings = config.model.fax
     read_filename(path.name, settings.filename_pattern, settings.filename_time_format, facts, tz)
+    if document is None:
+        return {**facts.as_meta(), "file_name": path.name}
     return {**facts.as_meta(), "file_name": path.name, "kind": document.kind, "pages": document.page_count,
             "resolution": sorted({p.resolution for p in document.pages})}
 
 
-class FaxDropWatcher:
+class FaxDropWatcher(Runner):
+    """Polls the drop folder: one pass is one `scan()`."""
+
     def __init__(self, config: Config, spool: Spool, wake: Callable[[], None] | None = None):
-        self.config = config
+        super().__init__("fax-drop", config, interval=config.model.fax.poll_seconds, logger=log)
         self.spool = spool
+        # Fixed for the daemon's life: another folder takes a restart (reload keeps this one).
         self.folder = config.fax_drop_dir
-        self._wake = wake
-        self._stop = threading.Event()
+        self._wake_spool = wake
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) at the last scan
-        self._thread = threading.Thread(target=self._run, name="fax-drop", daemon=True)
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / QUARANTINE).mkdir(exist_ok=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.scan()
-            except Exception:  # a bug or a vanished share must not end the watcher
-                log.exception("fax drop folder %s: scan failed", self.folder)
-            self._stop.wait(self.config.model.fax.poll_seconds)
+    def run_once(self) -> float:
+        self.scan()
+        return self.config.model.fax.poll_seconds
 
     # -- one pass over the folder --------------------------------------
     def scan(self) -> int:
@@ -92,7 +92,7 @@ class FaxDropWatcher:
             return 0
         names = {e.name for e in entries}
         for entry in sorted(entries, key=lambda e: e.name):
-            if self._stop.is_set():
+            if self.stopping:
                 break
             name = entry.name
             if not entry.is_file(follow_symlinks=False) or self._ignored(name) or self._is_sidecar(name, names):
@@ -112,8 +112,8 @@ class FaxDropWatcher:
             if self._take(Path(entry.path), state):
                 taken += 1
         self._seen = current
-        if taken and self._wake is not None:
-            self._wake()
+        if taken and self._wake_spool is not None:
+            self._wake_spool()
         return taken
 
     def _ignored(self, name: str) -> bool:
@@ -142,20 +142,28 @@ class FaxDropWatcher:
         try:
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
-            self._quarantine(path, sidecar, str(exc))
+            self._quarantine(path, sidecar, data, state, str(exc))
             return False
-        meta = {
-            "channel": "fax", "intake": "fax-drop",
-            "source_key": f"fax-drop:{path.name}:{state[0]}:{state[1]}",
-            "received_at": datetime.now(timezone.utc).isoformat(),
-            "fax": fax_facts(self.config, path, document, sidecar),
-        }
+        meta = self._meta(path, state, fax_facts(self.config, path, document, sidecar))
         try:
             item = self.spool.enqueue(data, meta)
         except SpoolError as exc:
             log.error("fax %s not taken: %s", path.name, exc)
             return False
         checkpoint("before-fax-remove")
+        self._remove(path, sidecar, item.id)
+        log.info("fax %s taken: %d page(s), from %s (item %s)", path.name, document.page_count,
+                 meta["fax"]["number"] or "an unknown number", item.id)
+        return True
+
+    @staticmethod
+    def _meta(path: Path, state: tuple[int, int], facts: dict[str, Any]) -> dict[str, Any]:
+        return {"channel": "fax", "intake": "fax-drop",
+                "source_key": f"fax-drop:{path.name}:{state[0]}:{state[1]}",
+                "received_at": datetime.now(timezone.utc).isoformat(), "fax": facts}
+
+    @staticmethod
+    def _remove(path: Path, sidecar: Path | None, item_id: str) -> None:
         # Durable in the spool: only now may the original leave the drop folder.
         for leaving in (path, sidecar):
             if leaving is not None:
@@ -165,26 +173,22 @@ class FaxDropWatcher:
                     pass
                 except OSError as exc:
                     log.error("fax %s is spooled (item %s) but cannot be removed from the drop folder: %s; "
-                              "it will be recognised if taken again", leaving.name, item.id, exc.strerror)
-        log.info("fax %s taken: %d page(s), from %s (item %s)", path.name, document.page_count,
-                 meta["fax"]["number"] or "an unknown number", item.id)
-        return True
+                              "it will be recognised if taken again", leaving.name, item_id, exc.strerror)
 
-    def _quarantine(self, path: Path, sidecar: Path | None, reason: str) -> None:
-        target_dir = self.folder / QUARANTINE
-        target = target_dir / path.name
-        n = 1
-        while target.exists():
-            target = target_dir / f"{path.stem}.{n}{path.suffix}"
-            n += 1
+    def _quarantine(self, path: Path, sidecar: Path | None, data: bytes, state: tuple[int, int],
+                    reason: str) -> None:
+        """Not a readable fax: into the spool's quarantine with everything known about it,
+        where operators see it beside every other item set aside, and can retry it."""
+        meta = self._meta(path, state, fax_facts(self.config, path, None, sidecar))
+        meta["fax_drop"] = {"file_name": path.name, "reason": reason,
+                            "sidecar_name": sidecar.name if sidecar is not None else None,
+                            "sidecar": read_sidecar_text(sidecar)}
         try:
-            target.with_name(target.name + ".reason.txt").write_text(
-                f"{datetime.now(timezone.utc).isoformat()} {path.name}: {reason}\n", encoding="utf-8")
-            os.rename(path, target)
-            if sidecar is not None:
-                os.rename(sidecar, target_dir / (target.name + sidecar.suffix))
-        except OSError as exc:
-            log.error("fax %s is unreadable (%s) and cannot be moved to quarantine: %s", path.name, reason,
-                      exc.strerror)
+            item_id = self.spool.quarantine_new(data, meta, f"fax drop file {path.name}: {reason}")
+        except (SpoolError, OSError) as exc:
+            log.error("fax %s is unreadable (%s) and cannot be set aside in quarantine: %s; it stays in the "
+                      "drop folder", path.name, reason, exc)
             return
-        log.error("fax %s set aside in %s: %s", path.name, target, reason)
+        checkpoint("before-fax-remove")
+        self._remove(path, sidecar, item_id)
+        log.error("fax %s set aside in quarantine as item %s: %s", path.name, item_id, reason)

@@ -27,12 +27,13 @@ from gateway.adapters.smtp import SmtpIntake
 from gateway.daemon.events import EventPublisher
 from gateway.stages.fax.text import TextReader
 from gateway.outbound.sender import OutboxSender
-from gateway.daemon.pipeline import Pipeline
+from gateway.daemon.pipeline import Outcome, Pipeline
 from gateway.daemon.registrar import Registrar
 from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.ledger import ImapLedger
 from gateway.daemon.sdnotify import Notifier
+from gateway.daemon.workers import SpoolWorker
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway.daemon")
@@ -70,9 +71,7 @@ class Daemon:
         self.spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
         self.registry = Registry.from_config(config)
         self.totals: Counter[str] = Counter()
-        self._stopping = threading.Event()
-        self._wakeups: list[threading.Event] = []
-        self._workers: list[threading.Thread] = []
+        self._workers: list[SpoolWorker] = []
         self._totals_lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self.publisher: EventPublisher | None = None
@@ -248,57 +247,30 @@ class Daemon:
 
     # -- workers --------------------------------------------------------
     def _start_workers(self) -> None:
+        assert self.pipeline is not None
         for n in range(self.config.model.spool.workers):
-            wake = threading.Event()
-            wake.set()
-            self._wakeups.append(wake)
-            thread = threading.Thread(target=self._work, args=(wake,), name=f"worker-{n}", daemon=True)
-            thread.start()
-            self._workers.append(thread)
+            worker = SpoolWorker(n, self.config, self.spool, self.pipeline, self.registrar, self._count)
+            worker.start()
+            self._workers.append(worker)
 
     def _stop_workers(self) -> None:
-        self._stopping.set()
-        self.wake()
-        deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
-        for thread in self._workers:
-            thread.join(max(0.0, deadline - time.monotonic()))
         grace = self.config.model.daemon.shutdown_grace_seconds
-        if any(t.is_alive() for t in self._workers):
+        deadline = time.monotonic() + grace
+        for worker in self._workers:
+            worker.stop(0)  # all told at once; then each waited for within the one grace period
+        for worker in self._workers:
+            worker.stop(max(0.0, deadline - time.monotonic()))
+        if any(w.alive() for w in self._workers):
             # Claimed items stay in work/; their locks die with us and the next start recovers them.
             log.warning("workers still busy after %.0f s; their items will be recovered at next start", grace)
 
     def wake(self) -> None:
-        for event in self._wakeups:
-            event.set()
+        for worker in self._workers:
+            worker.wake()
 
-    def _work(self, wake: threading.Event) -> None:
-        assert self.pipeline is not None
-        backoff = 0.0
-        batch = self.config.model.spool.batch_size
-        while not self._stopping.is_set():
-            if backoff:
-                self._stopping.wait(backoff)
-            items = self.spool.claim(batch)
-            if not items:
-                wake.wait(self.config.model.spool.rescan_seconds)
-                wake.clear()
-                continue
-            try:
-                # Through the registrar's helper process when there is one: the CPU work
-                # then leaves this process (and its intakes) alone.
-                outcomes = (self.registrar.register_all(items) if self.registrar is not None
-                            else self.pipeline.process(items))
-            except Exception:  # the pipeline handles item faults; this is a bug, keep the worker alive
-                log.exception("worker: unexpected error; items return to the spool")
-                for item in items:
-                    if item.path.exists() and item._fd is not None:
-                        self.spool.release(item)
-                backoff = 5.0
-                continue
-            with self._totals_lock:  # the rest is counted as it is published
-                self.totals.update(o.result for o in outcomes if o.result in ("retry", "released"))
-            released = any(o.result == "released" for o in outcomes)
-            backoff = min(max(backoff * 2, 1.0), 30.0) if released else 0.0
+    def _count(self, outcomes: list[Outcome]) -> None:
+        with self._totals_lock:  # the rest is counted as it is published
+            self.totals.update(o.result for o in outcomes if o.result in ("retry", "released"))
 
     def _totals(self) -> Counter[str]:
         with self._totals_lock:
@@ -370,7 +342,7 @@ class Daemon:
     async def _watchdog(self, interval: float) -> None:
         while True:
             # Ping only while every worker is alive: a dead worker should get us restarted.
-            if (all(t.is_alive() for t in self._workers) and (self.imap is None or self.imap.alive())
+            if (all(w.alive() for w in self._workers) and (self.imap is None or self.imap.alive())
                     and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader, self.outbox))):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
@@ -420,13 +392,11 @@ class Daemon:
             self.smtp.reload(new)
         if self.imap is not None:
             self.imap.reload(new)
-        if self.fax_drop is not None and new.fax_drop_dir == self.fax_drop.folder:
-            self.fax_drop.config = new  # patterns and timings; another folder needs a restart
-        if self.text_reader is not None:
-            self.text_reader.config = new  # languages and time allowed; the pool size needs a restart
-        if self.outbox is not None:
-            self.outbox.config = new
-            self.outbox.wake()
+        # Each takes what it can at its next pass: the fax drop its patterns and timings (another folder
+        # needs a restart), the text reader its languages and time allowed (the pool size needs a restart).
+        for runner in (self.fax_drop, self.text_reader, self.outbox, *self._workers):
+            if runner is not None:
+                runner.reload(new)
         logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
         log.info("configuration reloaded from %s, %d rule(s) from %s (version %s)%s", new.path,
                  len(new.ruleset), new.ruleset.file, new.ruleset.version,

@@ -13,7 +13,6 @@ import os
 import random
 import smtplib
 import ssl
-import threading
 from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
@@ -21,6 +20,7 @@ from gateway.faults import checkpoint
 from gateway.outbound.compose import ComposeError, notification, receipt, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
+from gateway.runner import Runner
 from gateway.archive.packer import ArchiveError, read_original
 from gateway.spool import DamagedItem
 
@@ -35,51 +35,36 @@ class Refused(Exception):
         super().__init__(f"{code} {text}")
 
 
-class OutboxSender:
+class OutboxSender(Runner):
+    """Delivers what is due; one pass is one batch, and the next pass comes when the
+    earliest retry is due, the poll interval passes, or something wakes it."""
+
     def __init__(self, config: Config, registry: Registry):
-        self.config = config
+        super().__init__("outbox", config, interval=config.model.outbound.poll_seconds, logger=log,
+                         expected=(RegistryUnavailable,))
         self.registry = registry
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self._told_no_relay = False
 
-    def start(self) -> None:
-        self._thread.start()
+    @property
+    def stop_timeout(self) -> float:  # type: ignore[override]
+        return float(self.config.model.outbound.timeout_seconds + 5)  # a delivery under way may finish
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(self.config.model.outbound.timeout_seconds + 5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            wait = self.config.model.outbound.poll_seconds
-            try:
-                if self.config.model.outbound.relay:
-                    self._told_no_relay = False
-                    if self.deliver_due() == BATCH:
-                        continue  # more waiting
-                    due = self.registry.outbox_next_due()
-                    if due is not None:
-                        wait = max(0.05, min(wait, (due - datetime.now(timezone.utc)).total_seconds()))
-                elif not self._told_no_relay:
-                    counts = self.registry.outbox_counts()
-                    log.warning("no outbound relay configured ([outbound] relay): %d mail(s) wait in the outbox",
-                                counts.get("pending", 0))
-                    self._told_no_relay = True
-            except RegistryUnavailable as exc:
-                log.warning("outbox: registry unavailable: %s", exc)
-            except Exception:
-                log.exception("outbox: unexpected error")
-            self._wake.wait(wait)
-            self._wake.clear()
+    def run_once(self) -> bool | float:
+        wait = self.config.model.outbound.poll_seconds
+        if not self.config.model.outbound.relay:
+            if not self._told_no_relay:
+                counts = self.registry.outbox_counts()
+                log.warning("no outbound relay configured ([outbound] relay): %d mail(s) wait in the outbox",
+                            counts.get("pending", 0))
+                self._told_no_relay = True
+            return wait
+        self._told_no_relay = False
+        if self.deliver_due() == BATCH:
+            return True  # more waiting
+        due = self.registry.outbox_next_due()
+        if due is not None:
+            wait = max(0.05, min(wait, (due - datetime.now(timezone.utc)).total_seconds()))
+        return wait
 
     # -- one round --------------------------------------------------------
     def deliver_due(self) -> int:
@@ -111,7 +96,7 @@ class OutboxSender:
             return len(due)
         try:
             for n, mail in enumerate(live):
-                if self._stop.is_set():
+                if self.stopping:
                     break
                 try:
                     self._send(client, mail)

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.stages.route import route_letter
+from gateway.stages.route import route_with_text
 from gateway.registry import Registry, RegistryUnavailable
+from gateway.runner import Runner
 
 log = logging.getLogger("gateway.stages.fax")
+
+GIVE_UP_AFTER = 3  # failed attempts to store a fax's text before its job is given up
 
 
 def read_text(raw_path: str, languages: str, timeout: float) -> tuple[str, list[str], int, float]:
@@ -55,34 +58,25 @@ def read_text(raw_path: str, languages: str, timeout: float) -> tuple[str, list[
     return "\n\n".join(texts), defects, pages, time.monotonic() - started
 
 
-class TextReader:
-    """Takes OCR jobs from the registry and runs them in the pool; one thread to feed it."""
+class TextReader(Runner):
+    """Takes OCR jobs from the registry and runs them in the pool; one pass collects the
+    finished jobs and hands the free workers new ones.
+
+    A job whose result cannot be stored (the registry refuses it) is a failed attempt,
+    counted on the job; after `GIVE_UP_AFTER` of them the registry gives it up (the letter is
+    flagged `ocr-failed` and a `text-not-read` event says why). Either way its worker is free again.
+    """
 
     def __init__(self, config: Config, registry: Registry, poll_seconds: float = 2.0,
                  on_routed: Callable[[], None] | None = None):
-        self.config = config
+        super().__init__("fax-text", config, interval=poll_seconds, logger=log, expected=(RegistryUnavailable,))
         self.on_routed = on_routed  # routing queues mail: wake the outbox
         self.registry = registry
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._pool: ProcessPoolExecutor | None = None  # made on the first job: most days have none
         self._running: dict[int, Future[tuple[str, list[str], int, float]]] = {}
-        self._thread = threading.Thread(target=self._run, name="fax-text", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(30)
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
         # Jobs cut short stay in the registry and run again at the next start.
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -94,25 +88,17 @@ class TextReader:
                                              mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    def _run(self) -> None:
+    def run_once(self) -> None:
         settings = self.config.model.fax
-        while not self._stop.is_set():
-            try:
-                self._collect()
-                free = settings.ocr_workers - len(self._running)
-                if free > 0:
-                    for letter_id, raw_path in self.registry.ocr_jobs(free, set(self._running)):
-                        path = str(self.config.state_dir / raw_path)
-                        future = self._workers().submit(read_text, path, settings.ocr_languages,
-                                                   settings.ocr_timeout_seconds)
-                        future.add_done_callback(lambda _: self._wake.set())
-                        self._running[letter_id] = future
-            except RegistryUnavailable as exc:
-                log.warning("fax text: registry unavailable: %s", exc)
-            except Exception:
-                log.exception("fax text: unexpected error")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
+        self._collect()
+        free = settings.ocr_workers - len(self._running)
+        if free > 0:
+            for letter_id, raw_path in self.registry.ocr_jobs(free, set(self._running)):
+                path = str(self.config.state_dir / raw_path)
+                future = self._workers().submit(read_text, path, settings.ocr_languages,
+                                                settings.ocr_timeout_seconds)
+                future.add_done_callback(lambda _: self.wake())
+                self._running[letter_id] = future
 
     def _collect(self) -> None:
         for letter_id, future in list(self._running.items()):
@@ -122,12 +108,27 @@ class TextReader:
                 text, defects, pages, seconds = future.result()
             except Exception as exc:  # the worker died or the stored file is unreadable
                 text, defects, pages, seconds = "", [f"fax: text not read: {type(exc).__name__}: {exc}"], 0, 0.0
-            config = self.config
-            number, status = self.registry.ocr_done(letter_id, text, config.model.normalise.summary_chars,
-                                                    defects, pages, seconds,
-                                                    route=lambda letter: route_letter(config, letter))
+            try:
+                number, status = self._store(letter_id, text, defects, pages, seconds)
+            except RegistryUnavailable:
+                raise  # not the job's fault: its result waits here, and the pass backs off
+            except Exception as exc:
+                # The worker is free again; a job not given up is offered again by ocr_jobs() and read anew.
+                del self._running[letter_id]
+                self.unit_failed(f"the text of letter {letter_id}", f"cannot be stored: {type(exc).__name__}: {exc}",
+                                 partial(self.registry.ocr_failed, letter_id, give_up_after=GIVE_UP_AFTER))
+                continue
             del self._running[letter_id]
             log.info("%s text read: %d page(s), %d character(s) in %.1f s%s; %s", number, pages, len(text), seconds,
                      f", {len(defects)} defect(s)" if defects else "", status)
             if self.on_routed is not None:
                 self.on_routed()
+
+    def _store(self, letter_id: int, text: str, defects: list[str], pages: int, seconds: float) -> tuple[str, str]:
+        letter = self.registry.letter_by_id(letter_id)
+        if letter is None:
+            raise LookupError(f"letter {letter_id} is not in the register")
+        # Classified and routed on its text before the registry's transaction, which applies it.
+        summary, routing = route_with_text(self.config, letter, text)
+        return self.registry.ocr_done(letter_id, text, summary=summary, defects=defects, pages=pages,
+                                      seconds=seconds, routing=routing)
