@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import config as config_mod  # noqa: E402
 from gateway.stages.classify.facts import Facts  # noqa: E402
+from gateway.stages import rulebook  # noqa: E402
+from gateway.stages.classify.organisation import Organisation  # noqa: E402
 from gateway.stages.classify.rules import RuleSet, compile_rules  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,9 +64,9 @@ def generated_rules(count: int, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rule_set(config: config_mod.Config, count: int) -> RuleSet:
+def rule_set(organisation: Organisation, count: int) -> RuleSet:
     text = "rules:\n" + generated_rules(count, random.Random(count))
-    return compile_rules(Path(f"{count}-generated.yaml"), text, config)
+    return compile_rules(Path(f"{count}-generated.yaml"), text, organisation)
 
 
 def letters(rng: random.Random) -> list[Facts]:
@@ -95,12 +97,11 @@ def main() -> None:
         text = (ROOT / "config" / "gateway.toml").read_text().replace('state_dir = "../storage"',
                                                                       f'state_dir = "{tmp}/state"')
         (Path(tmp) / "gateway.toml").write_text(text)
-        (Path(tmp) / "rules.yaml").write_text((ROOT / "config" / "rules.yaml").read_text())
-        config = config_mod.load(Path(tmp) / "gateway.toml")
+        organisation = rulebook.organisation(config_mod.load(Path(tmp) / "gateway.toml"))
     sets = {}
     for total in (10, 1000, 10000):
         started = time.perf_counter()
-        sets[total] = rule_set(config, total)
+        sets[total] = rule_set(organisation, total)
         print(f"{len(sets[total]):>6} rules, {len(sets[total].keywords):>6} keywords: compiled in "
               f"{time.perf_counter() - started:.2f} s")
     sample = letters(random.Random(1))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway import config as config_mod  # noqa: E402
+from gateway.stages import rulebook  # noqa: E402
 from gateway.daemon.pipeline import Pipeline  # noqa: E402
 from gateway.registry import Registry  # noqa: E402
 from gateway.spool import Spool  # noqa: E402
@@ -82,7 +82,7 @@ def gateway(messages: list[bytes], workdir: Path) -> float:
         head = "head@example.org"
         addresses = ["sales@example.org"]
     """))
-    cfg = config_mod.load(cfg_path)
+    cfg = rulebook.load(cfg_path)
     spool = Spool(cfg.spool_dir, cfg.message_dir)
     registry = Registry.from_config(cfg)
     registry.upgrade()

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from gateway import config as config_mod
 from gateway.stages.classify.facts import Facts, facts_from_mail
 from gateway.stages import rulebook
 from gateway.stages.classify.rules import compile_rules
@@ -313,6 +312,24 @@ BROKEN = [
      4, "rules[0].set.owner", "is not a plain e-mail address"),
     ("rules:\n  - name: a\n    when: {subject: [x]}\n    stop: !!int abc\n    set: {department: hr}\n",
      4, "rules[0].stop", "cannot read this value"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    stop: maybe\n    set: {department: hr}\n",
+     4, "rules[0].stop", "true or false"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {owner: Liaison@example.org}\n",
+     4, "rules[0].set.owner", "liaison@example.org is an address of department 'general-office'"),
+    ("rules:\n  - name: a\n    when:\n      keywords: {any: [x], inn: [body]}\n    set: {department: hr}\n",
+     4, "rules[0].when.keywords.inn", "unknown key; use any, all and in"),
+    ("rules:\n  - name: a\n    when:\n      keywords: {all: [x], in: [footer]}\n    set: {department: hr}\n",
+     4, "rules[0].when.keywords.in", "unknown field 'footer'"),
+    ("rules:\n  - name: a\n    when:\n      any: []\n    set: {department: hr}\n",
+     4, "rules[0].when.any", "give a list of conditions"),
+    ("rules:\n  - name: a\n    when:\n      not: {sender_department: [hr, legal]}\n    set: {department: hr}\n",
+     4, "rules[0].when.not.sender_department", "no department with id 'legal'"),
+    ("rules:\n  - name: a\n    when:\n      header: {name: X-Spam, present: true, value: yes*}\n"
+     "    set: {department: hr}\n", 4, "rules[0].when.header", "give exactly one of present"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n", 2, "rules[0].set", "required: set (the actions)"),
+    ("settings:\n  regex_timeout_ms: 0\nrules: []\n", 2, "settings.regex_timeout_ms", "milliseconds from 1 to 10000"),
+    ("rules:\n  - name: a\n    when: [subject, x]\n    set: {department: hr}\n",
+     3, "rules[0].when", "a condition is a mapping"),
 ]
 
 

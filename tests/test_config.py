@@ -165,3 +165,22 @@ def test_shipped_imap_examples_are_valid_and_every_account_key_is_documented(tmp
     cfg = config_mod.load(copy)
     assert [a.name for a in cfg.model.imap.accounts] == ["liaison", "sales"]
     assert cfg.model.imap.accounts[1].token_command == ["/usr/local/bin/m365-token", "sales@example.org"]
+
+
+def _modules_after_import(module: str) -> set[str]:
+    """The gateway modules a fresh interpreter has loaded after importing `module`."""
+    proc = subprocess.run([sys.executable, "-c", f"import sys, {module}; "
+                           "print(' '.join(m for m in sys.modules if m.startswith('gateway')))"],
+                          capture_output=True, text=True, cwd=ROOT, check=True)
+    return set(proc.stdout.split())
+
+
+def test_configuration_and_classification_import_each_other_not() -> None:
+    """The configuration knows nothing of the rules, and the rules nothing of the configuration."""
+    config_side = _modules_after_import("gateway.config")
+    assert "gateway.config" in config_side
+    assert not {m for m in config_side if m.startswith("gateway.stages")}, config_side
+    for module in ("gateway.stages.classify.rules", "gateway.stages.classify.schema"):
+        rules_side = _modules_after_import(module)
+        assert module in rules_side
+        assert "gateway.config" not in rules_side, rules_side

@@ -36,8 +36,8 @@ def _organisation(info: ValidationInfo) -> Organisation:
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
-    # Braces in a quoted value would otherwise be read as placeholders of the message template.
-    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+    # Without a context the message is taken as written: braces in it stay braces.
+    return PydanticCustomError(kind, message)
 
 
 def _refusing(reason: str) -> Any:
@@ -130,10 +130,13 @@ class _Ordered(_Schema):
         return [(key, getattr(self, attribute[key])) for key in self._keys]
 
 
+_KeywordMatchKeys = _refusing("unknown key; use any, all and in")
+
+
 class KeywordMatch(_Schema):
     """`[..]`, `{any: [..]}` or `{all: [..]}`, optionally with `in: [fields]`."""
 
-    __pydantic_extra__: _refusing("unknown key; use any, all and in")
+    __pydantic_extra__: _KeywordMatchKeys
     any_: Keywords | None = Field(None, alias="any")
     all_: Keywords | None = Field(None, alias="all")
     in_: TextFields | None = Field(None, alias="in")
@@ -160,10 +163,13 @@ class KeywordMatch(_Schema):
         return self.any_ if self.any_ is not None else self.all_  # type: ignore[return-value]
 
 
+_RegexMatchKeys = _refusing("unknown key; use pattern and in")
+
+
 class RegexMatch(_Schema):
     """A pattern, or `{pattern: .., in: [fields]}`."""
 
-    __pydantic_extra__: _refusing("unknown key; use pattern and in")
+    __pydantic_extra__: _RegexMatchKeys
     pattern: Regex
     in_: TextFields | None = Field(None, alias="in")
 
@@ -175,8 +181,11 @@ class RegexMatch(_Schema):
     _fields = field_validator("in_")(_check_fields)
 
 
+_AttachmentMatchKeys = _refusing("unknown key; use type and name")
+
+
 class AttachmentMatch(_Schema):
-    __pydantic_extra__: _refusing("unknown key; use type and name")
+    __pydantic_extra__: _AttachmentMatchKeys
     type_: TypePatterns | None = Field(None, alias="type")
     name: NamePatterns | None = None
 
@@ -186,8 +195,11 @@ class AttachmentMatch(_Schema):
         return _mapping(value, "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}")
 
 
+_HeaderMatchKeys = _refusing("unknown key; use name and one of present, value or matches")
+
+
 class HeaderMatch(_Schema):
-    __pydantic_extra__: _refusing("unknown key; use name and one of present, value or matches")
+    __pydantic_extra__: _HeaderMatchKeys
     name: Annotated[str, BeforeValidator(_text("header name", lower=True))]
     present: StrictBool | None = None
     value: ValuePatterns | None = None
@@ -284,10 +296,13 @@ CONDITION_KEYS = sorted((f.alias or name) for name, f in Conditions.model_fields
 ACTION_KEYS = (*SCALAR_ACTIONS, "tags")
 
 
+_ActionsKeys = _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")
+
+
 class Actions(_Ordered):
     """`set:`, the fields a matching rule sets."""
 
-    __pydantic_extra__: _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")
+    __pydantic_extra__: _ActionsKeys
     category: Any = None
     department: Any = None
     owner: Any = None
@@ -357,8 +372,11 @@ class Actions(_Ordered):
         return {key: value for key, value in self.given() if key != "tags"}
 
 
+_RuleKeys = _refusing("unknown key; use name, description, when, set and stop")
+
+
 class Rule(_Schema):
-    __pydantic_extra__: _refusing("unknown key; use name, description, when, set and stop")
+    __pydantic_extra__: _RuleKeys
     name: Annotated[str, BeforeValidator(_text("rule name"))]
     description: Any = None
     when: Conditions
@@ -371,8 +389,11 @@ class Rule(_Schema):
         return _mapping(value, "a rule is a mapping with name, when and set")
 
 
+_SettingsKeys = _refusing("unknown setting; use regex_timeout_ms")
+
+
 class Settings(_Schema):
-    __pydantic_extra__: _refusing("unknown setting; use regex_timeout_ms")
+    __pydantic_extra__: _SettingsKeys
     regex_timeout_ms: float = 50
 
     @field_validator("regex_timeout_ms", mode="before")
@@ -383,8 +404,11 @@ class Settings(_Schema):
         return value
 
 
+_DefaultsKeys = _refusing("unknown default; use urgency, confidentiality or category")
+
+
 class Defaults(_Schema):
-    __pydantic_extra__: _refusing("unknown default; use urgency, confidentiality or category")
+    __pydantic_extra__: _DefaultsKeys
     urgency: str = "regular"
     confidentiality: str = "normal"
     category: str | None = None
@@ -422,8 +446,11 @@ def _rule_list(value: Any) -> Any:
     return value
 
 
+_RulesFileKeys = _refusing("unknown key; use version, settings, defaults and rules")
+
+
 class RulesFile(_Schema):
-    __pydantic_extra__: _refusing("unknown key; use version, settings, defaults and rules")
+    __pydantic_extra__: _RulesFileKeys
     version: Any = 1
     settings: Annotated[Settings, BeforeValidator(_optional_mapping)] = Settings()
     defaults: Annotated[Defaults, BeforeValidator(_optional_mapping)] = Defaults()
