@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -27,19 +28,18 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
     cfg = state.config_with_rules
     registry = state.registry()
     console = wide_console()
-    results = []
+    results: list[dict[str, Any]] = []
     for path in files:
         tested = classify_file(cfg, registry, path, ocr=ocr)
         if tested.unreadable is not None:
             click.echo(f"{path}: {tested.unreadable}", err=True)
             continue
-        if tested.answers is not None:
+        routing = tested.routing
+        if routing is None:  # a department's answer to one of our letters
             results.append({"file": str(path), "answers": tested.answers})
             if not as_json:
                 console.print(f"{path}: an answer to {tested.answers}: recorded on that letter, not classified")
             continue
-        routing = tested.routing
-        assert routing is not None
         receipt = (f"a receipt ({routing.receipt.details['language']}) to {routing.receipt.recipient}"
                    if routing.receipt else f"no receipt: {routing.no_receipt}")
         notify = [m.recipient for m in routing.mail]
@@ -54,7 +54,8 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
 
 
 @rules.command("replay")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Letters received on or after this day.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True,
+              help="Letters received on or after this day.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
 @click.option("--all", "show_all", is_flag=True, help="List every letter, not only those that would change.")
 @click.option("--json", "as_json", is_flag=True)

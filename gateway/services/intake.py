@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.adapters.fax_drop import fax_facts
 from gateway.config import Config
-from gateway.daemon.pipeline import Pipeline
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import find_sidecar
+
+if TYPE_CHECKING:
+    from gateway.daemon.pipeline import Pipeline
 
 TIFF_MAGIC = (b"II*\0", b"MM\0*")
 PDF_MAGIC = b"%PDF-"

@@ -111,10 +111,11 @@ def outbox_row(mail: OutboxMail) -> dict[str, Any]:
 
 
 def outbox_mail(registry: Registry, *, status: str | None,
-                limit: int) -> tuple[list[OutboxMail], dict[int, str]]:
+                limit: int) -> tuple[list[OutboxMail], dict[int | None, str]]:
     """The outbox's mail, and the number of the letter each is about (by letter id)."""
     mails = registry.outbox(status=status, limit=limit)
-    numbers = {letter.id: letter.number for letter in registry.letters_by_id({m.letter_id for m in mails})}
+    letters = registry.letters_by_id({m.letter_id for m in mails if m.letter_id is not None})
+    numbers: dict[int | None, str] = {letter.id: letter.number for letter in letters}
     return mails, numbers
 
 
