@@ -166,16 +166,15 @@ class Archiver:
             offset = 0
             # In place only once complete and durable; a crash leaves a hidden
             # temporary file, which the next run removes.
-            with writing(target) as raw_file:
-                with self._compressor(raw_file) as out:
-                    for letter, number in zip(letters, numbers, strict=True):
-                        raw = self._raw(letter)
-                        when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
-                        block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
-                        block += b"\n" if block.endswith(b"\n") else b"\n\n"
-                        out.write(block)
-                        rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
-                        offset += len(block)
+            with writing(target) as raw_file, self._compressor(raw_file) as out:
+                for letter, number in zip(letters, numbers, strict=True):
+                    raw = self._raw(letter)
+                    when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
+                    block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
+                    block += b"\n" if block.endswith(b"\n") else b"\n\n"
+                    out.write(block)
+                    rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
+                    offset += len(block)
             size, sha = target.stat().st_size, _sha_file(target)
             manifest = folder / f"part-{part:03d}.manifest.csv"
         else:
@@ -274,7 +273,8 @@ class Archiver:
                 problems += _compare(row, raw, registered)
         else:
             if hashlib.sha256(manifest_bytes).hexdigest() != package.sha256:
-                problems.append(f"manifest {package.manifest}: SHA-256 differs from the one recorded when it was written")
+                problems.append(f"manifest {package.manifest}: SHA-256 differs from the one recorded "
+                                "when it was written")
             for row in rows:
                 try:
                     raw = (path / row["file"]).read_bytes()
@@ -314,7 +314,8 @@ class Archiver:
         raise ArchiveError(f"{letter.number}: not in the manifest of {package.path}")
 
     # -- destruction ------------------------------------------------------
-    def purge(self, *, approved_by: str, actor: str, now: datetime, dry_run: bool = False) -> tuple[list[str], list[str]]:
+    def purge(self, *, approved_by: str, actor: str, now: datetime,
+              dry_run: bool = False) -> tuple[list[str], list[str]]:
         """Destroy packages whose every letter is past retention and none on legal hold.
         Returns (destroyed packages, packages kept with the reason).
 
@@ -328,11 +329,11 @@ class Archiver:
             if package.status == "purged":
                 continue
             letters = self.registry.archived_letters(package.id)
-            held = [l.number for l in letters if l.legal_hold]
+            held = [letter.number for letter in letters if letter.legal_hold]
             # Each letter by its own category now (a fax may have been classified after packing).
-            young = [(l.number, years) for l in letters
-                     if _add_years(l.received_at, years := settings.retention.get(
-                         l.category or "uncategorised", settings.retention_years)) > now]
+            young = [(letter.number, years) for letter in letters
+                     if _add_years(letter.received_at, years := settings.retention.get(
+                         letter.category or "uncategorised", settings.retention_years)) > now]
             if held:
                 kept.append(f"{package.path}: on legal hold ({', '.join(held[:5])})")
             elif young:

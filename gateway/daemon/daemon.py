@@ -111,9 +111,10 @@ class Daemon:
             log.warning("recovered %d interrupted item(s), quarantined %d", requeued, quarantined)
 
         context = zmq.asyncio.Context()
-        sync_context = zmq.Context.shadow(context)
+        sync_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(context)
         try:
-            self.publisher = EventPublisher(sync_context, self.config.endpoint(self.config.model.daemon.events_endpoint),
+            self.publisher = EventPublisher(sync_context,
+                                            self.config.endpoint(self.config.model.daemon.events_endpoint),
                                             self.config.model.daemon.events_hwm)
             wakeup = context.socket(zmq.PULL)
             wakeup.setsockopt(zmq.LINGER, 0)

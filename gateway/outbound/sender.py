@@ -167,8 +167,7 @@ class OutboxSender(Runner):
             self._later(mail, error)
             return
         except smtplib.SMTPResponseException as exc:  # DATA refused, and the like
-            error = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-            self._answered(mail, exc.smtp_code, error)
+            self._answered(mail, exc.smtp_code, _describe(exc).partition(" ")[2])
             return
         except Refused as exc:
             self._answered(mail, exc.code, str(exc))
@@ -216,7 +215,8 @@ class OutboxSender(Runner):
         settings = self.config.model.outbound
         delay = min(settings.retry_min_seconds * 2 ** mail.attempts, settings.retry_max_seconds)
         delay *= random.uniform(0.9, 1.1)  # many mails failing together do not retry together
-        attempts = self.registry.outbox_retry_later(mail.id, error, datetime.now(timezone.utc) + timedelta(seconds=delay))
+        next_try = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        attempts = self.registry.outbox_retry_later(mail.id, error, next_try)
         log.warning("outbox: %s #%d to %s not delivered (attempt %d), next try in %.0f s: %s",
                     mail.kind, mail.id, mail.recipient, attempts, delay, error)
 
