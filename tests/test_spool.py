@@ -255,3 +255,60 @@ def test_a_batch_made_durable_with_one_sync(spool: Spool) -> None:
     with pytest.raises(AssertionError):
         unclaimed.commit(durable=False)  # only claimed items may wait for a batch sync
     unclaimed.abort()
+
+
+DURABLE_STEPS = """
+import sys
+from pathlib import Path
+from gateway.spool import Spool
+root = Path(sys.argv[1])
+spool = Spool(root / "spool", root / "messages", max_attempts=2)
+spool.enqueue(b"x", {})
+[item] = spool.claim(1); spool.fail(item, "first", backoff_seconds=0)
+[item] = spool.claim(1); spool.fail(item, "second", backoff_seconds=0)
+spool.retry(item.id)
+[item] = spool.claim(1); spool.finish(item, "ab" * 32)
+spool.quarantine_new(b"y", {}, "set aside at once")
+"""
+
+
+def test_every_name_that_must_survive_a_power_cut_is_synced(tmp_path: Path) -> None:
+    """Under strace: each file is fsynced before it is renamed into place, and every directory
+    an item was created in, renamed into or out of, or removed from is fsynced afterwards.
+    Only a claim (new/ to work/) is left to chance: a crash that undoes it leaves the item waiting."""
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=rename,renameat,renameat2,fsync,unlink,mkdir",
+                    "-o", str(trace), sys.executable, "-c", DURABLE_STEPS, str(tmp_path)],
+                   check=True, cwd=ROOT, timeout=60)
+    base = str(tmp_path)
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if base in line]
+    synced_at: dict[str, list[int]] = {}
+    for n, call in enumerate(calls):
+        if call.startswith("fsync("):
+            synced_at.setdefault(call.split("<", 1)[1].split(">", 1)[0], []).append(n)
+
+    def synced_after(path: str, n: int) -> bool:
+        return any(at > n for at in synced_at.get(path, []))
+
+    checked = 0
+    for n, call in enumerate(calls):
+        if call.startswith("rename("):
+            src, dst = call.split('"')[1], call.split('"')[3]
+            if os.path.dirname(src).endswith("/new") and os.path.dirname(dst).endswith("/work"):
+                continue  # a claim
+            if os.path.dirname(src).endswith("/tmp") and os.path.dirname(dst).endswith("/work"):
+                # Committed claimed: renamed first, then synced, and acknowledged only after (recover()
+                # sets aside one cut short in between, its seal not matching).
+                assert synced_after(dst, n), f"claimed item never synced: {call}"
+            elif os.path.basename(src).startswith(".") or os.path.dirname(src).endswith("/tmp"):
+                # A file just written (an item moved on was synced under its first name).
+                assert any(at < n for at in synced_at.get(src, [])), f"renamed before its bytes were synced: {call}"
+            assert synced_after(os.path.dirname(dst), n), f"directory not synced after {call}"
+            if not os.path.dirname(src).endswith("/tmp"):  # tmp/ holds nothing anyone relies on
+                assert synced_after(os.path.dirname(src), n), f"source directory not synced after {call}"
+            checked += 1
+        elif call.startswith(("unlink(", "mkdir(")):
+            path = call.split('"')[1]
+            assert synced_after(os.path.dirname(path), n), f"directory not synced after {call}"
+            checked += 1
+    assert checked > 10
