@@ -38,13 +38,22 @@ class Outcome:
 class Pipeline:
     def __init__(self, config: Config, spool: Spool, registry: Registry,
                  publish: Publish | None = None):
-        self.config = config
         self.spool = spool
         self.registry = registry
         self.publish = publish or (lambda topic, body: None)
         self.steps = LetterSteps(config, registry)
         self.builder = LetterBuilder(config, registry.answered_letter,
-                                     lambda sha: str(spool.stored_path(sha).relative_to(config.state_dir)))
+                                     lambda sha: str(spool.stored_path(sha).relative_to(self.config.state_dir)))
+
+    @property
+    def config(self) -> Config:
+        return self.builder.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A reload: the next items are built and answers decided with the new settings and rules."""
+        self.builder.config = config
+        self.steps.config = config
 
     def build(self, item: SpoolItem) -> NewLetter | AnswerItem:
         return self.builder.build(item)

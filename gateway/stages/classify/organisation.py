@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.stages.addresses import is_internal
 from gateway.stages.classify.facts import Facts
 
 
@@ -46,8 +47,7 @@ class Organisation:
         return cls(tuple(ids), tuple(categories), triage_department, frozenset(domains), addresses, people)
 
     def is_internal(self, address: str) -> bool:
-        domain = address.rpartition("@")[2]
-        return bool(domain) and any(domain == d or domain.endswith("." + d) for d in self.domains)
+        return is_internal(address, self.domains)
 
     def sender_department(self, facts: Facts) -> str | None:
         address = facts.sender_address
