@@ -1,6 +1,12 @@
 """Power loss, not just a killed process: the gateway's state on a disk that drops
 whatever was not fsynced (tests/powerloss). Whatever was acknowledged upstream
-must be there after the reboot."""
+must be there after the reboot.
+
+Each test starts from an installed state directory made durable (Machine): the
+gateway creates its state directory and the spool's folders with mkdir and
+fsyncs no parent directory, so on a very first boot a power cut can take the
+folders, and the items in them, away before anything else syncs them.
+"""
 from __future__ import annotations
 
 import json
@@ -53,7 +59,7 @@ class Machine:
         self.gateway.state = on_disk
         self.daemon: Daemon | None = None
         # Installed: the state directory and the spool's folders exist and are on the disk
-        # (on a first boot they would not be; see the report of findings in the module doc).
+        # (on a first boot they would not be; see the module doc).
         Spool(on_disk / "spool", on_disk / "messages")
         disk.sync()
 
@@ -189,6 +195,7 @@ def test_a_fax_that_left_the_drop_folder_is_registered_after_a_power_cut(machine
     with open(partial, "wb") as out:
         out.write(tiff_fax([ENGLISH], resolution="fine", compression="group4"))
         past = time.time() - 5
+        out.flush()
         os.utime(out.fileno(), (past, past))
         os.fsync(out.fileno())
     os.rename(partial, fax)
