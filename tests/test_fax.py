@@ -242,8 +242,10 @@ def test_an_unreadable_file_goes_to_the_spool_quarantine_with_its_reason(tmp_pat
 
         # Retried, it goes through the pipeline again: still no fax, so back in quarantine with its history.
         gateway.run("quarantine", "retry", rejected["id"])
-        wait_for(lambda: json.loads(gateway.run("quarantine", "show", rejected["id"], "--json").stdout)["attempts"]
-                 == 3, 60, "quarantined again after its attempts")
+        def back_in_quarantine() -> bool:  # out of it while the pipeline tries it again
+            shown = gateway.run("quarantine", "show", rejected["id"], "--json", check=False)
+            return shown.returncode == 0 and json.loads(shown.stdout)["attempts"] == 3
+        wait_for(back_in_quarantine, 60, "quarantined again after its attempts")
         again = json.loads(gateway.run("quarantine", "show", rejected["id"], "--json").stdout)
         assert len(again["history"]) >= 2 and "broken.tif" in again["history"][0]
     finally:
