@@ -8,12 +8,13 @@ into the file's lines and key paths.
 
 Unknown keys are refused through a typed `__pydantic_extra__`: the error then
 sits on the unknown key itself and can say what that mapping accepts.
+(Its `Field(init=False)` only keeps it out of the `__init__` that type checkers see.)
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeAlias
 
 import regex
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, ValidationInfo,
@@ -32,7 +33,10 @@ DEPARTMENT_REFERENCES = ("recipient", "sender")  # `department: recipient` and `
 
 
 def _organisation(info: ValidationInfo) -> Organisation:
-    return info.context["organisation"]  # type: ignore[index,no-any-return]
+    if info.context is None:
+        raise RuntimeError("rules are validated with the organisation as the context")
+    organisation: Organisation = info.context["organisation"]
+    return organisation
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
@@ -40,11 +44,11 @@ def _error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)
 
 
-def _refusing(reason: str) -> Any:
-    """The type of a model's extra keys: every one is refused, saying which keys the mapping takes."""
+def _refusing(reason: str) -> BeforeValidator:
+    """The validator of a model's extra keys: every one is refused, saying which keys the mapping takes."""
     def refuse(value: Any) -> NoReturn:
         raise _error("unknown_key", reason)
-    return dict[str, Annotated[Any, BeforeValidator(refuse)]]
+    return BeforeValidator(refuse)
 
 
 def _mapping(value: Any, hint: str) -> dict[str, Any]:
@@ -61,14 +65,19 @@ def _text(what: str, *, lower: bool = False) -> Callable[[Any], str]:
     return check
 
 
-def _texts(what: str, *, lower: bool = False) -> Any:
-    """One text or a list of them, each non-empty and stripped (and lower-cased for patterns)."""
+def _one_or_more(what: str) -> BeforeValidator:
+    """One text or a list of them (each item is checked by `_item`)."""
     def one_or_more(value: Any) -> list[Any]:
         values = value if isinstance(value, list) else [value]
         if not values:
             raise _error("empty", f"give at least one {what}")
         return values
-    return Annotated[list[Annotated[str, BeforeValidator(_text(what, lower=lower))]], BeforeValidator(one_or_more)]
+    return BeforeValidator(one_or_more)
+
+
+def _item(what: str, *, lower: bool = False) -> BeforeValidator:
+    """Each item non-empty and stripped (and lower-cased for patterns)."""
+    return BeforeValidator(_text(what, lower=lower))
 
 
 def _check_regex(value: Any) -> str:
@@ -94,18 +103,25 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Any:
 
 
 # The value types of rules.yaml, each with the words its errors use.
-Keywords = _texts("keyword")
-TextFields = _texts("field")
-Channels = _texts("channel")
-AddressPatterns = _texts("address pattern", lower=True)
-DomainPatterns = _texts("domain pattern", lower=True)
-DepartmentIds = _texts("department id")  # or `any`
-FaxNumberPatterns = _texts("fax number pattern")
-TypePatterns = _texts("type pattern", lower=True)
-NamePatterns = _texts("name pattern", lower=True)
-ValuePatterns = _texts("value pattern", lower=True)
-Tags = _texts("tag")
-Regex = Annotated[str, BeforeValidator(_check_regex)]
+Keywords: TypeAlias = Annotated[list[Annotated[str, _item("keyword")]], _one_or_more("keyword")]
+TextFields: TypeAlias = Annotated[list[Annotated[str, _item("field")]], _one_or_more("field")]
+Channels: TypeAlias = Annotated[list[Annotated[str, _item("channel")]], _one_or_more("channel")]
+AddressPatterns: TypeAlias = Annotated[list[Annotated[str, _item("address pattern", lower=True)]],
+                                       _one_or_more("address pattern")]
+DomainPatterns: TypeAlias = Annotated[list[Annotated[str, _item("domain pattern", lower=True)]],
+                                      _one_or_more("domain pattern")]
+DepartmentIds: TypeAlias = Annotated[list[Annotated[str, _item("department id")]],
+                                     _one_or_more("department id")]  # or `any`
+FaxNumberPatterns: TypeAlias = Annotated[list[Annotated[str, _item("fax number pattern")]],
+                                         _one_or_more("fax number pattern")]
+TypePatterns: TypeAlias = Annotated[list[Annotated[str, _item("type pattern", lower=True)]],
+                                    _one_or_more("type pattern")]
+NamePatterns: TypeAlias = Annotated[list[Annotated[str, _item("name pattern", lower=True)]],
+                                    _one_or_more("name pattern")]
+ValuePatterns: TypeAlias = Annotated[list[Annotated[str, _item("value pattern", lower=True)]],
+                                     _one_or_more("value pattern")]
+Tags: TypeAlias = Annotated[list[Annotated[str, _item("tag")]], _one_or_more("tag")]
+Regex: TypeAlias = Annotated[str, BeforeValidator(_check_regex)]
 
 
 class _Schema(BaseModel):
@@ -130,13 +146,13 @@ class _Ordered(_Schema):
         return [(key, getattr(self, attribute[key])) for key in self._keys]
 
 
-_KeywordMatchKeys = _refusing("unknown key; use any, all and in")
+_KeywordMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use any, all and in")]]
 
 
 class KeywordMatch(_Schema):
     """`[..]`, `{any: [..]}` or `{all: [..]}`, optionally with `in: [fields]`."""
 
-    __pydantic_extra__: _KeywordMatchKeys
+    __pydantic_extra__: _KeywordMatchKeys = Field(init=False)
     any_: Keywords | None = Field(None, alias="any")
     all_: Keywords | None = Field(None, alias="all")
     in_: TextFields | None = Field(None, alias="in")
@@ -163,13 +179,13 @@ class KeywordMatch(_Schema):
         return self.any_ if self.any_ is not None else self.all_  # type: ignore[return-value]
 
 
-_RegexMatchKeys = _refusing("unknown key; use pattern and in")
+_RegexMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use pattern and in")]]
 
 
 class RegexMatch(_Schema):
     """A pattern, or `{pattern: .., in: [fields]}`."""
 
-    __pydantic_extra__: _RegexMatchKeys
+    __pydantic_extra__: _RegexMatchKeys = Field(init=False)
     pattern: Regex
     in_: TextFields | None = Field(None, alias="in")
 
@@ -181,11 +197,11 @@ class RegexMatch(_Schema):
     _fields = field_validator("in_")(_check_fields)
 
 
-_AttachmentMatchKeys = _refusing("unknown key; use type and name")
+_AttachmentMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use type and name")]]
 
 
 class AttachmentMatch(_Schema):
-    __pydantic_extra__: _AttachmentMatchKeys
+    __pydantic_extra__: _AttachmentMatchKeys = Field(init=False)
     type_: TypePatterns | None = Field(None, alias="type")
     name: NamePatterns | None = None
 
@@ -195,11 +211,12 @@ class AttachmentMatch(_Schema):
         return _mapping(value, "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}")
 
 
-_HeaderMatchKeys = _refusing("unknown key; use name and one of present, value or matches")
+_HeaderMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
+    "unknown key; use name and one of present, value or matches")]]
 
 
 class HeaderMatch(_Schema):
-    __pydantic_extra__: _HeaderMatchKeys
+    __pydantic_extra__: _HeaderMatchKeys = Field(init=False)
     name: Annotated[str, BeforeValidator(_text("header name", lower=True))]
     present: StrictBool | None = None
     value: ValuePatterns | None = None
@@ -224,7 +241,7 @@ def _refuse_condition(value: Any) -> NoReturn:
 class Conditions(_Ordered):
     """`when:`. Several conditions in one mapping must all hold. Keys are those of rules.yaml."""
 
-    __pydantic_extra__: dict[str, Annotated[Any, BeforeValidator(_refuse_condition)]]
+    __pydantic_extra__: dict[str, Annotated[Any, BeforeValidator(_refuse_condition)]] = Field(init=False)
     channel: Channels | None = None
     sender: AddressPatterns | None = None
     sender_domain: DomainPatterns | None = None
@@ -296,13 +313,13 @@ CONDITION_KEYS = sorted((f.alias or name) for name, f in Conditions.model_fields
 ACTION_KEYS = (*SCALAR_ACTIONS, "tags")
 
 
-_ActionsKeys = _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")
+_ActionsKeys: TypeAlias = dict[str, Annotated[Any, _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")]]
 
 
 class Actions(_Ordered):
     """`set:`, the fields a matching rule sets."""
 
-    __pydantic_extra__: _ActionsKeys
+    __pydantic_extra__: _ActionsKeys = Field(init=False)
     category: Any = None
     department: Any = None
     owner: Any = None
@@ -372,11 +389,11 @@ class Actions(_Ordered):
         return {key: value for key, value in self.given() if key != "tags"}
 
 
-_RuleKeys = _refusing("unknown key; use name, description, when, set and stop")
+_RuleKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use name, description, when, set and stop")]]
 
 
 class Rule(_Schema):
-    __pydantic_extra__: _RuleKeys
+    __pydantic_extra__: _RuleKeys = Field(init=False)
     name: Annotated[str, BeforeValidator(_text("rule name"))]
     description: Any = None
     when: Conditions
@@ -389,11 +406,11 @@ class Rule(_Schema):
         return _mapping(value, "a rule is a mapping with name, when and set")
 
 
-_SettingsKeys = _refusing("unknown setting; use regex_timeout_ms")
+_SettingsKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown setting; use regex_timeout_ms")]]
 
 
 class Settings(_Schema):
-    __pydantic_extra__: _SettingsKeys
+    __pydantic_extra__: _SettingsKeys = Field(init=False)
     regex_timeout_ms: float = 50
 
     @field_validator("regex_timeout_ms", mode="before")
@@ -404,11 +421,12 @@ class Settings(_Schema):
         return value
 
 
-_DefaultsKeys = _refusing("unknown default; use urgency, confidentiality or category")
+_DefaultsKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
+    "unknown default; use urgency, confidentiality or category")]]
 
 
 class Defaults(_Schema):
-    __pydantic_extra__: _DefaultsKeys
+    __pydantic_extra__: _DefaultsKeys = Field(init=False)
     urgency: str = "regular"
     confidentiality: str = "normal"
     category: str | None = None
@@ -446,11 +464,12 @@ def _rule_list(value: Any) -> Any:
     return value
 
 
-_RulesFileKeys = _refusing("unknown key; use version, settings, defaults and rules")
+_RulesFileKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
+    "unknown key; use version, settings, defaults and rules")]]
 
 
 class RulesFile(_Schema):
-    __pydantic_extra__: _RulesFileKeys
+    __pydantic_extra__: _RulesFileKeys = Field(init=False)
     version: Any = 1
     settings: Annotated[Settings, BeforeValidator(_optional_mapping)] = Settings()
     defaults: Annotated[Defaults, BeforeValidator(_optional_mapping)] = Defaults()
