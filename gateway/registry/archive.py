@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, case, func, insert, select
+from sqlalchemy import Table, bindparam, case, func, insert, select, update
 
 from gateway.registry.models import ArchivePackage, Attachment, DestructionRecord, Event, Letter, NumberSeries
 from gateway.registry.plan import ToArchive
@@ -30,7 +30,8 @@ class ArchiveRecords(Store):
 
     def archive_paths(self, month: str) -> set[str]:
         with self.read() as conn:
-            rows = conn.execute(select(ArchivePackage.path, ArchivePackage.manifest).where(ArchivePackage.month == month))
+            rows = conn.execute(select(ArchivePackage.path, ArchivePackage.manifest)
+                                .where(ArchivePackage.month == month))
             return {p for row in rows for p in row}
 
     def next_archive_part(self, month: str, category: str, kind: str) -> int:
@@ -53,8 +54,9 @@ class ArchiveRecords(Store):
             if last != expected_last + len(assignments):
                 raise RuntimeError(f"archive series {series} moved while packing (at {last}); run again")
             package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
-                {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None}]).scalar_one()
-            table = Letter.__table__
+                {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None},
+            ]).scalar_one()
+            table = cast(Table, Letter.__table__)  # the Core table: one UPDATE executed for many parameter sets
             # One statement executed for many rows: a month can hold tens of thousands of letters.
             conn.execute(table.update().where(table.c.id == bindparam("letter_id")).values(
                 archive_number=bindparam("archive_number"), archived_at=now, archive_package_id=package_id,
@@ -80,14 +82,16 @@ class ArchiveRecords(Store):
     def archive_checked(self, package_id: int, problems: list[str]) -> None:
         now = utcnow()
         with self.write() as conn:
-            conn.execute(ArchivePackage.__table__.update().where(
+            conn.execute(update(ArchivePackage).where(
                 ArchivePackage.id == package_id, ArchivePackage.status != "purged").values(
                 status="corrupt" if problems else "verified", verified_at=None if problems else now))
 
     def archived_hashes(self, package_id: int) -> dict[str, str]:
         with self.read() as conn:
-            return {row[0]: row[1] for row in conn.execute(
-                select(Letter.archive_number, Letter.raw_sha256).where(Letter.archive_package_id == package_id))}
+            rows = conn.execute(select(Letter.archive_number, Letter.raw_sha256)
+                                .where(Letter.archive_package_id == package_id))
+            # A packed letter always has its archive number: both are written in one transaction.
+            return {number: sha256 for number, sha256 in rows if number is not None}
 
     def archived_letters(self, package_id: int) -> list[Letter]:
         with self.session() as session:
@@ -105,7 +109,7 @@ class ArchiveRecords(Store):
             return
         with self.write() as conn:
             for start in range(0, len(letter_ids), 1000):
-                conn.execute(Letter.__table__.update().where(Letter.id.in_(letter_ids[start:start + 1000]))
+                conn.execute(update(Letter).where(Letter.id.in_(letter_ids[start:start + 1000]))
                              .values(raw_released=True))
 
     def record_destruction(self, package_ids: list[int], *, approved_by: str,
@@ -117,27 +121,27 @@ class ArchiveRecords(Store):
             letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number, Letter.legal_hold,
                                           Letter.archive_package_id)
                                    .where(Letter.archive_package_id.in_(package_ids)).with_for_update()).all()
-            held = {l.archive_package_id for l in letters if l.legal_hold}
+            held = {letter.archive_package_id for letter in letters if letter.legal_hold}
             packages = conn.execute(select(ArchivePackage.id, ArchivePackage.path)
                                     .where(ArchivePackage.id.in_(package_ids), ArchivePackage.status != "purged")
                                     .with_for_update()).all()
             refused = [p.path for p in packages if p.id in held]
             chosen = [p for p in packages if p.id not in held]
             ids = [p.id for p in chosen]
-            letters = [l for l in letters if l.archive_package_id in ids]
+            letters = [letter for letter in letters if letter.archive_package_id in ids]
             if not ids:
                 return [], refused
-            conn.execute(ArchivePackage.__table__.update().where(ArchivePackage.id.in_(ids)).values(
+            conn.execute(update(ArchivePackage).where(ArchivePackage.id.in_(ids)).values(
                 status="purged", purged_at=now))
-            conn.execute(Letter.__table__.update().where(Letter.archive_package_id.in_(ids)).values(
+            conn.execute(update(Letter).where(Letter.archive_package_id.in_(ids)).values(
                 purged_at=now, updated_at=now))
             record = conn.execute(insert(DestructionRecord).returning(DestructionRecord.id), [{
                 "at": now, "approved_by": approved_by, "actor": actor, "packages": [p.path for p in chosen],
-                "letters": [[l.number, l.archive_number] for l in letters]}]).scalar_one()
+                "letters": [[letter.number, letter.archive_number] for letter in letters]}]).scalar_one()
             if letters:
-                conn.execute(insert(Event), [self.event_row(l.id, now, actor, "destroyed", None,
+                conn.execute(insert(Event), [self.event_row(letter.id, now, actor, "destroyed", None,
                                                          {"approved_by": approved_by, "record": int(record)})
-                                             for l in letters])
+                                             for letter in letters])
             return ids, refused
 
     def destruction_records(self) -> list[DestructionRecord]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, update
 
 from gateway.registry import lifecycle
 from gateway.registry.models import Event, IntakeKey, Letter, OutboxMail
@@ -37,7 +37,7 @@ class Decisions(Store):
               notify: list[NewMail], deadline: datetime | None, by_mail: bool, now: datetime) -> None:
         status = "routed" if row.status in ("registered", "needs-triage") else row.status
         # The new department's owners own it now (a rule's owner belonged to the old one).
-        conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(
+        conn.execute(update(Letter).where(Letter.id == row.id).values(
             department=department, status=status, updated_at=now, owner=None,
             deadline=func.coalesce(Letter.deadline, deadline),
             flags=[f for f in row.flags if f != "needs-triage"]))
@@ -68,7 +68,7 @@ class Decisions(Store):
         move = lifecycle.check(row.number, row.status, action)
         after = move.to or row.status
         if move.to is not None:
-            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(status=after, updated_at=now))
+            conn.execute(update(Letter).where(Letter.id == row.id).values(status=after, updated_at=now))
         conn.execute(insert(Event), [self.event_row(row.id, now, actor, move.name, None,
                                                     {"from": row.status, "to": after,
                                                      **({"by_mail": True} if by_mail else {}),
@@ -170,6 +170,6 @@ class Decisions(Store):
                 raise LookupError(f"no letter {number}")
             if row.legal_hold == on:
                 raise ValueError(f"{number} is {'already' if on else 'not'} on legal hold")
-            conn.execute(Letter.__table__.update().where(Letter.id == row.id).values(legal_hold=on, updated_at=now))
+            conn.execute(update(Letter).where(Letter.id == row.id).values(legal_hold=on, updated_at=now))
             conn.execute(insert(Event), [self.event_row(row.id, now, actor, "hold" if on else "hold-released", None,
                                                         {"reason": reason})])

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OutboxMail
@@ -105,8 +105,9 @@ class Registration(Store):
         events: list[dict[str, Any]] = []
         attachments: list[dict[str, Any]] = []
         outbox: list[dict[str, Any]] = []
-        receipts_sent = self.receipts_today(conn, [letters[i].routing.receipt.recipient for i in fresh  # type: ignore[union-attr]
-                                                    if letters[i].routing and letters[i].routing.receipt], now)
+        receipt_recipients = [routing.receipt.recipient for routing in (letters[i].routing for i in fresh)
+                              if routing and routing.receipt]
+        receipts_sent = self.receipts_today(conn, receipt_recipients, now)
         for i, letter_id, row in zip(fresh, ids, rows, strict=True):
             new = letters[i]
             results[i] = Registered(row["number"], letter_id, "registered", row["status"])
@@ -129,22 +130,27 @@ class Registration(Store):
             if same is not None:
                 original = Registered(same.number, same.id, "duplicate", same.status)
             else:
-                original = replace(results[first_in_batch[new.raw_sha256]], outcome="duplicate")  # type: ignore[arg-type]
+                first = results[first_in_batch[new.raw_sha256]]
+                assert first is not None  # the first in the batch was registered above
+                original = replace(first, outcome="duplicate")
             results[i] = original
             events.append(self.event_row(original.letter_id, now, new.actor, "duplicate-arrival", None,
                                       {"intake": new.intake, "keys": new.intake_keys,
                                        "received_at": new.received_at.isoformat()}))
 
+        registered = [r for r in results if r is not None]
+        assert len(registered) == len(letters)  # every letter has its outcome now
+
         # Every key of every item, so that the next arrival of any of them is recognised.
-        key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}  # type: ignore[union-attr]
-                    for new, r in zip(letters, results, strict=True) for k in new.intake_keys if k not in known}
+        key_rows = {k: {"key": k, "letter_id": r.letter_id, "at": now}
+                    for new, r in zip(letters, registered, strict=True) for k in new.intake_keys if k not in known}
         ocr_jobs = [{"letter_id": letter_id, "created_at": now, "attempts": 0}
                     for i, letter_id in zip(fresh, ids, strict=True) if letters[i].needs_ocr]
         for table, values in ((Attachment, attachments), (Event, events), (IntakeKey, list(key_rows.values())),
                               (OcrJob, ocr_jobs), (OutboxMail, outbox)):
             if values:
                 conn.execute(insert(table), values)
-        return results  # type: ignore[return-value]
+        return registered
 
     def receipts_today(self, conn: Connection, senders: list[str], now: datetime) -> dict[str, int]:
         """Receipts queued per sender in the last 24 hours (the per-sender cap counts them)."""
@@ -199,7 +205,7 @@ class Registration(Store):
         with self.read() as conn:
             rows = conn.execute(select(OcrJob.letter_id, Letter.raw_path)
                                 .join(Letter, OcrJob.letter_id == Letter.id)
-                                .where(OcrJob.letter_id.not_in(exclude) if exclude else True)
+                                .where(OcrJob.letter_id.not_in(exclude) if exclude else true())
                                 .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
             return [(r.letter_id, r.raw_path) for r in rows]
 
@@ -232,11 +238,11 @@ class Registration(Store):
                 receipts = self.receipts_today(conn, [routing.receipt.recipient] if routing.receipt else [], now)
                 more, outbox = self.routed_rows(letter_id, routing, now, receipts)
                 events += more
-            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(**values))
+            conn.execute(update(Letter).where(Letter.id == letter_id).values(**values))
             conn.execute(insert(Event), events)
             if outbox:
                 conn.execute(insert(OutboxMail), outbox)
-            conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
+            conn.execute(delete(OcrJob).where(OcrJob.letter_id == letter_id))
         return str(row.number), status
 
     def ocr_failed(self, letter_id: int, error: str, *, give_up_after: int) -> bool:
@@ -251,13 +257,13 @@ class Registration(Store):
                 return True  # done meanwhile
             attempts += 1
             if attempts < give_up_after:
-                conn.execute(OcrJob.__table__.update().where(OcrJob.letter_id == letter_id)
+                conn.execute(update(OcrJob).where(OcrJob.letter_id == letter_id)
                              .values(attempts=attempts))
                 return False
             row = conn.execute(select(Letter.flags).where(Letter.id == letter_id).with_for_update()).one()
             flags = merged([f for f in row.flags if f != "ocr-pending"], ["ocr-failed"])
-            conn.execute(Letter.__table__.update().where(Letter.id == letter_id).values(flags=flags, updated_at=now))
+            conn.execute(update(Letter).where(Letter.id == letter_id).values(flags=flags, updated_at=now))
             conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "text-not-read", None,
                                                         {"attempts": attempts, "error": error[:1000]})])
-            conn.execute(OcrJob.__table__.delete().where(OcrJob.letter_id == letter_id))
+            conn.execute(delete(OcrJob).where(OcrJob.letter_id == letter_id))
             return True

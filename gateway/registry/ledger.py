@@ -95,8 +95,8 @@ class ImapLedger:
                              ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
             self._upsert(conn, ImapFolder, {
                 "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
-                "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None, "backlog": backlog,
-                "updated_at": now}, ["account", "folder"],
+                "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None,
+                "backlog": backlog, "updated_at": now}, ["account", "folder"],
                 ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
                  "updated_at"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from gateway.registry.models import Event, OutboxMail
 from gateway.registry.store import Store, utcnow
@@ -28,7 +28,7 @@ class Outbox(Store):
         with self.write() as conn:
             mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
                                        OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
-            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
                 status="sent", sent_at=now, updated_at=now, attempts=mail.attempts + 1, last_error=None))
             if mail.letter_id is not None:
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, "gateway", f"{mail.kind}-sent", None,
@@ -39,7 +39,7 @@ class Outbox(Store):
         now = utcnow()
         with self.write() as conn:
             attempts = conn.execute(select(OutboxMail.attempts).where(OutboxMail.id == mail_id)).scalar_one() + 1
-            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
                 attempts=attempts, next_attempt_at=at, updated_at=now, last_error=error[:1000]))
         return attempts
 
@@ -48,12 +48,13 @@ class Outbox(Store):
         with self.write() as conn:
             mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
                                        OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
-            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
                 status="dead", updated_at=now, attempts=mail.attempts + 1, last_error=error[:1000]))
             if mail.letter_id is not None:
-                conn.execute(insert(Event), [self.event_row(mail.letter_id, now, "gateway", f"{mail.kind}-dead-lettered",
-                                                         None, {"to": mail.recipient, "outbox": mail_id,
-                                                                "error": error[:500]})])
+                conn.execute(insert(Event), [self.event_row(mail.letter_id, now, "gateway",
+                                                         f"{mail.kind}-dead-lettered", None,
+                                                         {"to": mail.recipient, "outbox": mail_id,
+                                                          "error": error[:500]})])
 
     def outbox_requeue(self, mail_id: int, actor: str) -> OutboxMail:
         now = utcnow()
@@ -64,7 +65,7 @@ class Outbox(Store):
             if mail.status != "dead":
                 raise ValueError(f"outbox mail {mail_id} is {mail.status}, not dead")
             # A fresh queue time: the give-up clock starts again.
-            conn.execute(OutboxMail.__table__.update().where(OutboxMail.id == mail_id).values(
+            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
                 status="pending", next_attempt_at=now, created_at=now, updated_at=now))
             if mail.letter_id is not None:
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, actor, "mail-requeued", None,

@@ -18,10 +18,12 @@ class ReminderRecords(Store):
         with self.session() as session:
             letters = list(session.scalars(select(Letter).where(Letter.status.in_(lifecycle.OPEN),
                                                                 Letter.deadline.is_not(None)).order_by(Letter.id)))
-            sent: dict[int, list[dict[str, Any]]] = {}
+            # Keyed by the event's letter id, which the type allows to be None (the query never yields one).
+            sent: dict[int | None, list[dict[str, Any]]] = {}
             if letters:
+                letter_ids = [letter.id for letter in letters]
                 for event in session.scalars(select(Event).where(Event.action.in_(("reminded", "escalated")),
-                                                                 Event.letter_id.in_([l.id for l in letters]))):
+                                                                 Event.letter_id.in_(letter_ids))):
                     sent.setdefault(event.letter_id, []).append({"kind": event.details.get("kind"), "at": event.at})
         return [(letter, sent.get(letter.id, [])) for letter in letters]
 
@@ -37,8 +39,8 @@ class ReminderRecords(Store):
                 Event.details["kind"].as_string() == kind)).scalars().all()
             if earlier and (kind != "overdue" or any(abs((at - e).total_seconds()) < 12 * 3600 for e in earlier)):
                 return
-            conn.execute(insert(Event), [self.event_row(letter_id, at, "gateway",
-                                                     "escalated" if kind == "escalation" else "reminded", None,
-                                                     {"kind": kind, "count": count, "to": [m.recipient for m in mail]})])
+            action = "escalated" if kind == "escalation" else "reminded"
+            details = {"kind": kind, "count": count, "to": [m.recipient for m in mail]}
+            conn.execute(insert(Event), [self.event_row(letter_id, at, "gateway", action, None, details)])
             if mail:
                 conn.execute(insert(OutboxMail), [self.mail_row(letter_id, m, now) for m in mail])

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, inspect, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -13,7 +17,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 HEAD = "0005"
 
 
-def _alembic_config():  # type: ignore[no-untyped-def]
+def _alembic_config() -> AlembicConfig:
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()

@@ -57,6 +57,7 @@ def downgrade() -> None:
     op.drop_table('destruction_records')
     with op.batch_alter_table('letters') as batch:
         batch.drop_constraint('uq_letters_archive_number', type_='unique')
-        for column in ('purged_at', 'raw_released', 'legal_hold', 'archive_package_id', 'archived_at', 'archive_number'):
+        for column in ('purged_at', 'raw_released', 'legal_hold', 'archive_package_id', 'archived_at',
+                       'archive_number'):
             batch.drop_column(column)
     op.drop_table('archive_packages')
