@@ -254,8 +254,9 @@ class FolderWatcher:
         if state.importing_until:
             # The first import: what the account chose, up to the newest UID seen at its start.
             # Resumable: the position records how far it got.
-            criteria: list[Any] = {"all": [], "unseen": ["UNSEEN"],
-                                   "since": ["SINCE", account.import_since]}[account.first_import]
+            criteria_for: dict[str, list[Any]] = {"all": [], "unseen": ["UNSEEN"],
+                                                  "since": ["SINCE", account.import_since]}
+            criteria = criteria_for[account.first_import]
             # No CHARSET argument: many servers refuse one, and these criteria are ASCII.
             found = client.search([*criteria, "UID", f"{state.last_uid + 1}:{state.importing_until}"])
             uids = sorted(u for u in found if state.last_uid < u <= state.importing_until)
@@ -432,7 +433,7 @@ class FolderWatcher:
     def _act(self, client: IMAPClient, uids: list[int], *, oversize: set[int]) -> dict[int, str]:
         """Apply the account's action to messages whose bytes are safe with us."""
         after = self.account.after
-        actions = {u: after for u in uids}
+        actions: dict[int, str] = {u: after for u in uids}
         if after == "delete":
             # Only the headers of an oversize message are ours: never delete the original.
             partial = [u for u in uids if u in oversize]

@@ -20,7 +20,7 @@ from collections import defaultdict, deque
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -166,12 +166,17 @@ class IntakeSMTP(SMTP):
         self.intake.sessions.discard(self)
         super().connection_lost(error)
 
-    def hang_up(self, reply: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write((reply.format(self.hostname) + "\r\n").encode())
-            self.transport.close()
+    def _stream(self) -> asyncio.Transport | None:
+        # aiosmtpd types its transport as a BaseTransport; a stream server's (plain or TLS) can write.
+        return cast("asyncio.Transport | None", self.transport)
 
-    async def push(self, status: str | bytes) -> None:
+    def hang_up(self, reply: str) -> None:
+        transport = self._stream()
+        if transport is not None and not transport.is_closing():
+            transport.write((reply.format(self.hostname) + "\r\n").encode())
+            transport.close()
+
+    async def push(self, status: AnyStr) -> None:
         text = status.decode(errors="replace") if isinstance(status, bytes) else status
         if text.startswith("552 Error: message size exceeds"):  # aiosmtpd's own SIZE check at MAIL
             log.warning("%s: refused MAIL: SIZE above %s bytes", _peer(self.session), self.data_size_limit)
@@ -180,8 +185,9 @@ class IntakeSMTP(SMTP):
     def _timeout_cb(self) -> None:
         # Say why before hanging up, and log it once.
         log.warning("%s: session %s timed out", _peer(self.session), self._session_id)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {self.hostname} timeout exceeded, closing\r\n".encode())
+        transport = self._stream()
+        if transport is not None and not transport.is_closing():
+            transport.write(f"421 4.4.2 {self.hostname} timeout exceeded, closing\r\n".encode())
         super()._timeout_cb()
 
     async def smtp_DATA(self, arg: str) -> None:
