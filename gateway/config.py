@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 if TYPE_CHECKING:
     from gateway.stages.classify.rules import RuleSet
@@ -568,7 +569,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _reason(err: dict[str, Any]) -> str:
+def _reason(err: ErrorDetails) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"
@@ -651,8 +652,8 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
     for i, account in enumerate(config.model.imap.accounts):
         key = f"imap.accounts[{i}]"
         if account.name in names:
-            issues.append(ConfigIssue(config.path, f"{key}.name",
-                                      f"duplicate account name {account.name!r} (also imap.accounts[{names[account.name]}])"))
+            issues.append(ConfigIssue(config.path, f"{key}.name", f"duplicate account name {account.name!r}"
+                                                                  f" (also imap.accounts[{names[account.name]}])"))
         names.setdefault(account.name, i)
         if account.department is not None and account.department not in known:
             issues.append(ConfigIssue(config.path, f"{key}.department",

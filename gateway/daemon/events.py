@@ -56,7 +56,7 @@ class DaemonLink:
     """How a command-line process tells a running daemon about its work (best effort)."""
 
     def __init__(self, endpoint: str):
-        self._context = zmq.Context.instance()
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.LINGER, 200)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)

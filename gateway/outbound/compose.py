@@ -138,7 +138,8 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
             message.add_attachment(raw, maintype="application", subtype="octet-stream", filename="original.eml")
         else:
             message.make_mixed()
-            message.attach(_rfc822(raw))
+            # typeshed lets an EmailMessage attach only its own kind; any Message is attached alike at run time.
+            message.attach(_rfc822(raw))  # type: ignore[arg-type]
     return message
 
 

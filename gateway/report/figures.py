@@ -29,7 +29,6 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
 from gateway.registry.models import Letter
-from gateway.registry.lifecycle import OPEN
 
 PERIOD = re.compile(r"^(\d{4})-(?:(0[1-9]|1[0-2])|Q([1-4]))$")
 
@@ -77,7 +76,9 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
             select(Letter).where(Letter.received_at >= period.start, Letter.received_at < period.end)
             .options(selectinload(Letter.events)).order_by(Letter.received_at, Letter.id)))
 
-    by_channel, by_category, by_department = Counter(), Counter(), Counter()
+    by_channel: Counter[str] = Counter()
+    by_category: Counter[str] = Counter()
+    by_department: Counter[str] = Counter()
     closed = within = routed = rerouted = due_archive = archived = 0
     to_ack: list[float] = []
     to_close: list[float] = []

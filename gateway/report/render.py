@@ -53,6 +53,14 @@ def _pct(rate: float | None) -> str:
     return "–" if rate is None else f"{rate * 100:.1f}%"
 
 
+def _hours(value: float | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _row(heading: str, *cells: str) -> str:
+    return f"<tr><th>{heading}</th>{''.join(cells)}</tr>"
+
+
 def as_html(report: dict[str, Any], organisation: str = "") -> str:
     t, a, c = report["timeliness"], report["accuracy"], report["archive"]
     ack, close = report["time_to_acknowledge"], report["time_to_close"]
@@ -60,26 +68,38 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
         f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
         f"<td>{html.escape(str(o['category']))}</td><td>{html.escape(o['deadline'][:16])}</td>"
         f"<td>{o['days_overdue']}</td><td>{html.escape(o['subject'])}</td></tr>" for o in report["overdue"])
+    figures = "\n".join([
+        _row("Timeliness rate", f'<td class="k">{_pct(t["rate"])}</td>',
+             f"<td>{t['closed_within_deadline']} of {t['closed']} closed letters within their deadline</td>"),
+        _row("Classification accuracy", f'<td class="k">{_pct(a["rate"])}</td>',
+             f"<td>{a['routed'] - a['rerouted_by_a_person']} of {a['routed']} routed letters"
+             " not re-routed by a person</td>"),
+        _row("Archive completeness", f'<td class="k">{_pct(c["completeness"])}</td>',
+             f"<td>{c['archived']} of {c['due']} letters due for archiving</td>"),
+        _row("Time to acknowledge", f"<td>{_hours(ack['mean_hours'])} h mean</td>",
+             f"<td>{_hours(ack['p90_hours'])} h at the 90th percentile ({ack['count']} letters)</td>"),
+        _row("Time to close", f"<td>{_hours(close['mean_hours'])} h mean</td>",
+             f"<td>{_hours(close['p90_hours'])} h at the 90th percentile ({close['count']} letters)</td>"),
+    ])
+    overdue_head = "".join(f"<th>{name}</th>" for name in
+                           ("Number", "Department", "Category", "Deadline", "Days overdue", "Subject"))
+    by = f" — {html.escape(organisation)}" if organisation else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Correspondence report {html.escape(report['period'])}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.k{{font-size:1.6em;font-weight:bold}}</style></head>
 <body>
-<h1>Correspondence report {html.escape(report['period'])}{(' — ' + html.escape(organisation)) if organisation else ''}</h1>
+<h1>Correspondence report {html.escape(report['period'])}{by}</h1>
 <p>Letters received from {html.escape(report['from'][:10])} to before {html.escape(report['until'][:10])};
 figures as of {html.escape(report['as_of'][:16])}. {report['letters']} letter(s).</p>
 <table>
-<tr><th>Timeliness rate</th><td class="k">{_pct(t['rate'])}</td><td>{t['closed_within_deadline']} of {t['closed']} closed letters within their deadline</td></tr>
-<tr><th>Classification accuracy</th><td class="k">{_pct(a['rate'])}</td><td>{a['routed'] - a['rerouted_by_a_person']} of {a['routed']} routed letters not re-routed by a person</td></tr>
-<tr><th>Archive completeness</th><td class="k">{_pct(c['completeness'])}</td><td>{c['archived']} of {c['due']} letters due for archiving</td></tr>
-<tr><th>Time to acknowledge</th><td>{ack['mean_hours'] if ack['mean_hours'] is not None else '–'} h mean</td><td>{ack['p90_hours'] if ack['p90_hours'] is not None else '–'} h at the 90th percentile ({ack['count']} letters)</td></tr>
-<tr><th>Time to close</th><td>{close['mean_hours'] if close['mean_hours'] is not None else '–'} h mean</td><td>{close['p90_hours'] if close['p90_hours'] is not None else '–'} h at the 90th percentile ({close['count']} letters)</td></tr>
+{figures}
 </table>
 {_bars('Letters by channel', report['volumes']['channel'])}
 {_bars('Letters by category', report['volumes']['category'])}
 {_bars('Letters by department', report['volumes']['department'])}
 <h2>Overdue ({len(report['overdue'])})</h2>
-<table><tr><th>Number</th><th>Department</th><th>Category</th><th>Deadline</th><th>Days overdue</th><th>Subject</th></tr>
+<table><tr>{overdue_head}</tr>
 {overdue_rows}</table>
 </body></html>
 """

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 
-from gateway.registry.plan import Answer
 
 _BRACKETED = re.compile(r"\[([^\[\]\s]{3,64})\]")
 FORWARD = re.compile(r"^\s*(?:(?:re|aw|回复|回覆)\s*[:：]\s*)*(?:fwd?|fw|转发|轉寄|转|wg)\s*[:：]", re.I)

@@ -78,7 +78,8 @@ class LetterBuilder:
         keys = [f"spool:{item.id}"]
         if meta.get("source_key"):
             keys.append(str(meta["source_key"]))
-        channel, fax, needs_ocr, defects = meta.get("channel", "email"), {}, False, list(parsed.defects)
+        fax: dict[str, Any] = {}
+        channel, needs_ocr, defects = meta.get("channel", "email"), False, list(parsed.defects)
         if parsed.sender and self.config.model.fax.email.is_fax_service(parsed.sender.address):
             channel = "fax"
             fax, needs_ocr, fax_flags, fax_defects = fax_from_mail(self.config, parsed)

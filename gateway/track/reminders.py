@@ -32,6 +32,11 @@ class Reminder:
     count: int  # reminders for this letter including this one
 
 
+def _reminder(config: Config, letter: Letter, kind: str, to: list[str], count: int) -> Reminder:
+    return Reminder(letter, kind, [new_mail(config, kind if kind == "escalation" else "reminder", r,
+                                            reminder=kind, count=count) for r in to], count)
+
+
 def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
     settings = config.model.reminders
     calendar = config.calendar
@@ -44,25 +49,21 @@ def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
         kinds = [s["kind"] for s in sent]
         reminders = sum(1 for k in kinds if k != "escalation")
 
-        def make(kind: str, to: list[str], count: int) -> Reminder:
-            return Reminder(letter, kind, [new_mail(config, kind if kind == "escalation" else "reminder", r,
-                                                    reminder=kind, count=count) for r in to], count)
-
         ack_deadline = calendar.deadline(letter.received_at, config.model.deadlines.acknowledge_days)
         if letter.status == "routed" and now > ack_deadline and "unacknowledged" not in kinds:
             reminders += 1
-            out.append(make("unacknowledged", owners, reminders))
+            out.append(_reminder(config, letter, "unacknowledged", owners, reminders))
         if now > letter.deadline:
             overdue = [s["at"] for s in sent if s["kind"] == "overdue"]
             if not overdue or calendar.working_days_between(max(overdue), now) >= settings.repeat_working_days:
                 reminders += 1
-                out.append(make("overdue", owners, reminders))
+                out.append(_reminder(config, letter, "overdue", owners, reminders))
             if reminders >= settings.escalate_after and "escalation" not in kinds:
-                out.append(make("escalation", [department.head], reminders))
+                out.append(_reminder(config, letter, "escalation", [department.head], reminders))
         elif ("before" not in kinds and settings.before_working_days > 0
               and calendar.working_days_between(now, letter.deadline) <= settings.before_working_days):
             reminders += 1
-            out.append(make("before", owners, reminders))
+            out.append(_reminder(config, letter, "before", owners, reminders))
     return out
 
 

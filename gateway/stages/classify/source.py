@@ -58,7 +58,8 @@ class Located:
         try:
             self.data: Any = {} if node is None else self._value(node, ())
         except RecursionError:
-            raise RulesError([RuleIssue(file, None, "", "an alias refers to itself (or nesting is too deep)")]) from None
+            issue = RuleIssue(file, None, "", "an alias refers to itself (or nesting is too deep)")
+            raise RulesError([issue]) from None
         if self.issues:
             raise RulesError(self.issues)
 
