@@ -107,21 +107,11 @@ class Pipeline:
         except Exception as exc:
             log.exception("item %s: answer not recorded", item.id)
             return self._failed(item, f"answer not recorded: {type(exc).__name__}: {exc}")
-        try:
-            self.spool.finish(item, answer.sha256)
-        except OSError as exc:
-            log.error("%s: answer recorded, but its spool file could not be moved to the store: %s",
-                      result.number, exc)
-            item._unlock()
+        self._store(item, answer.sha256, result)
         a = answer.answer
         log.info("%s: answer from %s%s", result.number, a.sender,
                  f": {a.command} {a.argument}".rstrip() if a.command else " (no command)")
-        try:
-            self.publish(f"letter.{result.outcome}", {"number": result.number, "status": result.status,
-                                                      "item": item.id, "at": time.time()})
-        except Exception:
-            log.exception("%s: event not published", result.number)
-        return Outcome(item.id, result.outcome, result.number)
+        return self._published(item, result)
 
     def _register_alone(self, item: SpoolItem, new: NewLetter, discard_when_unavailable: bool) -> list[Outcome]:
         try:
@@ -138,14 +128,7 @@ class Pipeline:
         return Outcome(item.id, "released", reason=str(exc))
 
     def _finish(self, item: SpoolItem, new: NewLetter, result: Registered) -> Outcome:
-        # Committed: from here on nothing may undo the registration or lose the bytes.
-        try:
-            self.spool.finish(item, new.raw_sha256)
-        except OSError as exc:
-            # The file stays in work/; recover() brings it back and it is recognised as known.
-            log.error("%s registered, but its spool file could not be moved to the store: %s",
-                      result.number, exc)
-            item._unlock()
+        self._store(item, new.raw_sha256, result)
         if result.outcome == "registered":
             sender = f"{new.sender_name} <{new.sender_address}>" if new.sender_name else f"<{new.sender_address}>"
             log.info("%s registered: %s from %s, %d attachment(s)%s", result.number,
@@ -153,10 +136,23 @@ class Pipeline:
                      f", {len(new.defects)} defect(s)" if new.defects else "")
         elif result.outcome == "duplicate":
             log.info("%s received again (same bytes, item %s): recorded as an event", result.number, item.id)
+        return self._published(item, result, channel=new.channel, department=new.department)
+
+    def _store(self, item: SpoolItem, sha256: str, result: Registered) -> None:
+        """Committed: from here on nothing may undo the registration or lose the bytes."""
         try:
-            self.publish(f"letter.{result.outcome}", {
-                "number": result.number, "status": result.status, "channel": new.channel,
-                "department": new.department, "item": item.id, "at": time.time()})
+            self.spool.finish(item, sha256)
+        except OSError as exc:
+            # The file stays in work/; recover() brings it back and it is recognised as known.
+            log.error("%s %s, but its spool file could not be moved to the store: %s", result.number,
+                      "recorded" if result.outcome == "answer" else "registered", exc)
+            item._unlock()
+
+    def _published(self, item: SpoolItem, result: Registered, **details: Any) -> Outcome:
+        """Tell listeners (a wake-up, never the only copy: see events.py)."""
+        try:
+            self.publish(f"letter.{result.outcome}", {"number": result.number, "status": result.status,
+                                                      **details, "item": item.id, "at": time.time()})
         except Exception:
             log.exception("%s: event not published", result.number)
         return Outcome(item.id, result.outcome, result.number)
@@ -170,7 +166,6 @@ class Pipeline:
         log.warning("item %s failed (attempt %d of %d), will retry: %s", item.id, item.attempts + 1,
                     self.spool.max_attempts, reason)
         return Outcome(item.id, "retry", reason=reason)
-
 
 
 def _quote(text: str, limit: int = 80) -> str:
