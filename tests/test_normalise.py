@@ -142,12 +142,15 @@ def defects_mentioning(result: Normalised, *needles: str) -> list[str]:
 
 
 def test_gb2312_label_decodes_gbk_only_characters():
-    """Text labelled gb2312 that uses GBK-only characters (镕, 喆) decodes exactly."""
+    """Text labelled gb2312 that uses GBK-only characters (镕, 喆) decodes exactly; the repair is named."""
     text = "朱镕基与陶喆"
     with pytest.raises(UnicodeEncodeError):
         text.encode("gb2312")
-    for label in ("gb2312", "GBK", "x-gbk", "cp936", "euc-cn"):
+    for label in ("GBK", "x-gbk", "cp936"):
         assert decode_bytes(text.encode("gbk"), label) == (text, None)
+    for label in ("gb2312", "euc-cn"):
+        assert decode_bytes(text.encode("gbk"), label) == (
+            text, f"charset '{label}' declared, decoded as gbk")
 
 
 def test_big5_label_decodes_hkscs_characters():
@@ -158,17 +161,21 @@ def test_big5_label_decodes_hkscs_characters():
             hkscs_only.encode("big5")
         with pytest.raises(UnicodeEncodeError):
             hkscs_only.encode("cp950")
-    for label in ("big5", "Big5-HKSCS", "cp950"):
-        assert decode_bytes(text.encode("big5hkscs"), label) == (text, None)
+    assert decode_bytes(text.encode("big5hkscs"), "Big5-HKSCS") == (text, None)
+    assert decode_bytes(text.encode("big5hkscs"), "big5") == (
+        text, "charset 'big5' declared, decoded as big5-hkscs")
+    assert decode_bytes(text.encode("big5hkscs"), "cp950") == (
+        text, "charset 'cp950' declared, decoded as big5-hkscs+cp950")
 
 
 def test_unknown_charset_is_decoded_best_effort_with_defect():
-    """An unknown charset falls back to utf-8, then gb18030, then latin-1, naming the charset."""
+    """An unknown charset falls back to utf-8, then gb18030, then windows-1252, naming the charset."""
     assert decode_bytes("你好".encode(), "x-unknown") == (
         "你好", "unknown charset 'x-unknown', decoded as utf-8")
     assert decode_bytes("你好".encode("gb18030"), "utf-9") == (
         "你好", "unknown charset 'utf-9', decoded as gb18030")
-    assert decode_bytes(b"caf\xe9 ", "bogus") == ("café ", "unknown charset 'bogus', decoded as latin-1")
+    assert decode_bytes(b"caf\xe9 ", "bogus") == (
+        "café ", "unknown charset 'bogus', decoded as windows-1252")
 
 
 def test_bytes_to_bytes_codec_names_are_not_charsets():
@@ -179,13 +186,13 @@ def test_bytes_to_bytes_codec_names_are_not_charsets():
 def test_ascii_label_with_8bit_utf8_is_decoded_as_utf8():
     """us-ascii declared but UTF-8 sent: decoded as UTF-8 with a defect."""
     assert decode_bytes("Grüße".encode(), "us-ascii") == (
-        "Grüße", "charset 'us-ascii' declared but 8-bit bytes found, decoded as utf-8")
+        "Grüße", "charset 'us-ascii' declared, decoded as utf-8")
 
 
 def test_gbk_text_labelled_utf8_is_decoded_as_gb18030():
     """GBK text mislabelled utf-8 (almost every byte invalid) is decoded as gb18030."""
     assert decode_bytes("请尽快回复".encode("gbk"), "utf-8") == (
-        "请尽快回复", "text is not valid 'utf-8', decoded as gb18030")
+        "请尽快回复", "charset 'utf-8' declared, decoded as gb18030")
 
 
 def test_utf8_with_one_bad_byte_keeps_utf8_and_replaces():
@@ -400,7 +407,7 @@ def test_gb2312_body_in_each_transfer_encoding(encoding):
                    b"Content-Transfer-Encoding: " + encoding.encode()], encoded)
     result = normalise(raw)
     assert result.body_text == "尊敬的陶喆先生：\n关于朱镕基纪念馆的来函已收悉。"
-    assert result.defects == []
+    assert result.defects == ["message: charset 'gb2312' declared, decoded as gbk"]
 
 
 def test_big5_body_with_hkscs_characters():
@@ -437,7 +444,7 @@ def test_html_charset_from_meta_tag():
     raw = message([b"Content-Type: text/html"], html.encode("gbk"))
     result = normalise(raw)
     assert result.body_text == "陶喆来信"
-    assert result.defects == []
+    assert result.defects == ["message: charset 'gb2312' declared, decoded as gbk"]
 
 
 def test_alternative_prefers_plain_text():
@@ -558,7 +565,7 @@ def test_attachment_names_rfc2231_and_encoded_words():
     result = normalise(message([header], body))
     assert [(a.filename, a.original_filename) for a in result.attachments] == [
         ("陶喆合同.pdf", "陶喆合同.pdf"), ("陶喆合同-2.pdf", "陶喆合同.pdf")]
-    assert result.defects == []
+    assert result.defects == ["part 2 file name: charset 'gb2312' declared, decoded as gbk"]
 
 
 def test_unnamed_attachment_gets_fallback_name():

@@ -1,43 +1,95 @@
-"""Turning bytes into text with the charset fallbacks that real mail needs."""
+"""Turning bytes into text as a careful mail client does.
+
+What each charset label means, and how text declared with it is decoded, is one table
+(`CHARSETS`) with the reason for each row. Labels follow the web's Encoding Standard (WHATWG),
+which records what real senders mean by them; where a label is routinely put on text in a wider
+vendor encoding, the wider decoders are tried next and their use is reported as a repair.
+"""
 
 from __future__ import annotations
 
 import codecs
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
-# Mail routinely declares a narrower charset than it actually uses: GBK text labelled gb2312,
-# HKSCS text labelled big5, Shift_JIS with Windows extensions labelled shift_jis. Decoding with
-# the superset gives the same result for conforming text and the right one for the rest.
-_SUPERSET_BY_LABEL: dict[str, str] = {
-    **dict.fromkeys(
-        ("gb2312", "gbk", "x-gbk", "cp936", "ms936", "windows-936", "euc-cn", "x-euc-cn",
-         "csgb2312", "gb-2312-80", "gb2312-80", "chinese", "gb18030"),
-        "gb18030",
-    ),
-    **dict.fromkeys(
-        ("big5", "x-big5", "csbig5", "cn-big5", "big5-hkscs", "big5hkscs", "cp950", "ms950",
-         "windows-950", "x-x-big5"),
-        "big5hkscs",
-    ),
-    **dict.fromkeys(
-        ("shift-jis", "shift_jis", "sjis", "x-sjis", "ms-kanji", "csshiftjis", "windows-31j",
-         "cp932", "ms932"),
-        "cp932",
-    ),
-    **dict.fromkeys(
-        ("euc-kr", "cseuckr", "ks-c-5601-1987", "ks-c-5601", "ksc5601", "korean", "cp949",
-         "windows-949", "x-windows-949"),
-        "cp949",
-    ),
-    **dict.fromkeys(("iso-2022-jp", "csiso2022jp", "iso-2022-jp-ms", "cp50220", "cp50221",
-                     "cp50222"), "iso-2022-jp"),
-    # Labels Python does not know but whose meaning is clear.
-    "iso-8859-8-i": "iso8859_8",
-    "iso-8859-8-e": "iso8859_8",
-    "iso-8859-6-i": "iso8859_6",
-    "iso-8859-6-e": "iso8859_6",
-    "unicode-1-1-utf-7": "utf-7",
-}
+
+@dataclass(frozen=True)
+class Charset:
+    """What a family of labels means and how text declared with one of them is decoded."""
+
+    labels: tuple[str, ...]  # lower case, '_' written '-'; the first names the family
+    exact: tuple[str, ...]  # decoders for text that is what the label says: no defect
+    repairs: tuple[str, ...]  # wider decoders tried next, narrowest first: each use is a defect
+    reason: str
+    # Single-byte charsets decode any bytes, so valid UTF-8 under their label (which text in them
+    # practically never is) is taken for the mislabelled UTF-8 it is.
+    single_byte: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.labels[0]
+
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        return self.exact + self.repairs
+
+
+# A guess for undeclared 8-bit text: (charset label, where it was declared, e.g. "of part 2").
+Guess = tuple[str, str]
+
+_LATIN1_LABELS = ("iso-8859-1", "iso8859-1", "iso88591", "iso-8859-1:1987", "latin1", "latin-1",
+                  "l1", "cp819", "ibm819", "iso-ir-100", "csisolatin1", "8859-1")
+_ASCII_LABELS = ("us-ascii", "ascii", "ansi-x3.4-1968", "us", "iso646-us", "csascii", "646",
+                 "iso-ir-6", "ansi-x3.4-1986", "cp367", "ibm367")
+
+CHARSETS: tuple[Charset, ...] = (
+    Charset(_ASCII_LABELS, ("us-ascii",), ("windows-1252",), single_byte=True, reason=(
+        "WHATWG: us-ascii means windows-1252; senders put smart quotes, € and … under it")),
+    Charset(_LATIN1_LABELS, ("iso-8859-1",), ("windows-1252",), single_byte=True, reason=(
+        "WHATWG: iso-8859-1 means windows-1252; its bytes 0x80-0x9F are never the C1 controls "
+        "but Windows punctuation (… is 0x85, which would otherwise vanish as whitespace)")),
+    Charset(("windows-1252", "cp1252", "x-cp1252", "ms-ansi"), ("windows-1252",), (),
+            single_byte=True, reason="Windows Western; the five unassigned bytes are C1 controls"),
+    Charset(("iso-8859-9", "iso8859-9", "iso88599", "latin5", "l5", "iso-ir-148", "csisolatin5"),
+            ("iso-8859-9",), ("windows-1254",), single_byte=True,
+            reason="WHATWG: iso-8859-9 means windows-1254, as with Latin-1"),
+    Charset(("gb2312", "euc-cn", "x-euc-cn", "csgb2312", "gb-2312", "gb-2312-80", "gb2312-80",
+             "chinese", "iso-ir-58", "csiso58gb231280"), ("gb2312",), ("gbk", "gb18030"), reason=(
+        "Chinese mail labelled gb2312 routinely uses GBK characters (镕, 喆) and cp936's €")),
+    Charset(("gbk", "x-gbk", "cp936", "ms936", "windows-936"), ("gbk",), ("gb18030",), reason=(
+        "GBK as Windows writes it (code page 936, 0x80 is €), which the WHATWG gbk decoder keeps")),
+    Charset(("gb18030",), ("gb18030",), (), reason="WHATWG gb18030, 0x80 read as € like GBK"),
+    Charset(("big5", "x-big5", "csbig5", "cn-big5", "x-x-big5"), ("big5",),
+            ("big5-hkscs", "big5-hkscs+cp950"), reason=(
+        "Big5 mail routinely uses Hong Kong (HKSCS: 㗎, 嘅) and Windows (cp950: € at A3E1) "
+        "extensions; HKSCS wins where the two disagree, as in the WHATWG big5 decoder")),
+    Charset(("cp950", "ms950", "windows-950"), ("cp950",), ("big5-hkscs+cp950",), reason=(
+        "Windows Big5; HKSCS characters are its usual companions")),
+    Charset(("big5-hkscs", "big5hkscs", "hkscs"), ("big5-hkscs",), ("big5-hkscs+cp950",),
+            reason="Hong Kong Big5; cp950's € and kana fill its gaps"),
+    Charset(("shift-jis", "shift_jis", "sjis", "x-sjis", "ms-kanji", "csshiftjis", "windows-31j",
+             "cp932", "ms932", "x-ms-cp932"), ("windows-31j",), (), reason=(
+        "WHATWG: Shift_JIS means windows-31j (NEC and IBM rows: ①, ㈱, 髙)")),
+    Charset(("euc-kr", "cseuckr", "ks-c-5601-1987", "ks-c-5601-1989", "ks-c-5601", "ksc5601",
+             "ksc-5601", "korean", "iso-ir-149", "csksc56011987", "cp949", "windows-949",
+             "x-windows-949", "uhc"), ("windows-949",), (), reason=(
+        "WHATWG: euc-kr means windows-949 (Unified Hangul Code)")),
+    Charset(("iso-2022-jp", "csiso2022jp", "iso-2022-jp-ms", "cp50220", "cp50221", "cp50222"),
+            ("iso-2022-jp",), (), reason=(
+        "JIS with half-width kana and Windows' NEC/IBM rows (code page 50221), see _decode_iso2022jp")),
+    Charset(("utf-8", "utf8", "unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8",
+             "x-unicode20utf8"), ("utf-8",), (), reason="WHATWG utf-8 labels"),
+    Charset(("iso-8859-8-i", "iso-8859-8-e", "csiso88598i", "logical"), ("iso-8859-8",), (),
+            reason="Hebrew in logical or visual order: the same bytes"),
+    Charset(("iso-8859-6-i", "iso-8859-6-e"), ("iso-8859-6",), (), reason="Arabic, as iso-8859-6"),
+    Charset(("unicode-1-1-utf-7", "utf-7", "csunicode11utf7"), ("utf-7",), (), reason="RFC 2152"),
+)
+
+_BY_LABEL: dict[str, Charset] = {label: entry for entry in CHARSETS for label in entry.labels}
+_ISO2022JP = _BY_LABEL["iso-2022-jp"]
+_UTF8 = _BY_LABEL["utf-8"]
 
 # Python codecs that are not charsets a sender could mean.
 _NOT_MAIL_CHARSETS = frozenset(
@@ -54,8 +106,10 @@ _LABEL_BY_CODEPAGE: dict[int, str] = {
     **{28590 + n: f"iso-8859-{n}" for n in range(1, 10)},
 }
 
-_ISO2022JP = "iso-2022-jp"
-_BEST_EFFORT_ORDER = ("utf-8", "gb18030", "latin-1")
+# A byte-order mark outranks any label (WHATWG "decode"): the sender's software wrote it.
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"))
+_FALLBACKS = ("gb18030", "windows-1252")  # after UTF-8 and any guesses; the last decodes anything
 
 
 def charset_for_windows_codepage(codepage: int) -> str:
@@ -63,12 +117,16 @@ def charset_for_windows_codepage(codepage: int) -> str:
     return _LABEL_BY_CODEPAGE.get(codepage, f"cp{codepage}")
 
 
+def _normalised_label(label: str) -> str:
+    return label.strip().strip("\"'").lower().replace("_", "-")
+
+
 @lru_cache(maxsize=512)
-def resolve_charset(label: str) -> str | None:
-    """The Python codec to decode text declared as `label`, or None if it is unknown."""
-    normalised = label.strip().strip("\"'").lower().replace("_", "-")
-    if normalised in _SUPERSET_BY_LABEL:
-        return _SUPERSET_BY_LABEL[normalised]
+def charset_for(label: str) -> Charset | None:
+    """The table row for `label`, or a row for a Python codec of that name; None if unknown."""
+    normalised = _normalised_label(label)
+    if normalised in _BY_LABEL:
+        return _BY_LABEL[normalised]
     try:
         codec = codecs.lookup(normalised)
     except (LookupError, ValueError, TypeError):
@@ -81,46 +139,161 @@ def resolve_charset(label: str) -> str | None:
         return None  # a bytes-to-bytes codec such as base64 or zlib
     if codec.name in _NOT_MAIL_CHARSETS:
         return None
-    return codec.name
+    if codec.name in _BY_LABEL:  # another spelling of a label in the table
+        return _BY_LABEL[codec.name]
+    module = sys.modules.get(getattr(codec.decode, "__module__", None) or "")
+    return Charset((codec.name,), (codec.name,), (), reason="Python codec",
+                   single_byte=hasattr(module, "decoding_table"))
 
 
-def decode_bytes(data: bytes, charset: str | None) -> tuple[str, str | None]:
+def resolve_charset(label: str) -> str | None:
+    """The name of the charset `label` means (e.g. 'GB_2312-80' -> 'gb2312'), None if unknown."""
+    entry = charset_for(label)
+    return entry.name if entry else None
+
+
+# -- decoders -------------------------------------------------------------------------------------
+
+def _single_byte_table(codec: str, *, c1_controls: bool) -> str:
+    """A charmap table from `codec`: with C1 controls undefined, or with unassigned bytes as C1."""
+    table = []
+    for byte in range(256):
+        try:
+            char = bytes((byte,)).decode(codec)
+        except UnicodeDecodeError:
+            char = chr(byte)  # WHATWG windows-1252: the unassigned bytes are the C1 controls
+        if not c1_controls and 0x80 <= byte <= 0x9F:
+            char = "\ufffe"  # undefined: text labelled iso-8859-x never means a C1 control
+        table.append(char)
+    return "".join(table)
+
+
+_CHARMAP_TABLES = {
+    "iso-8859-1": _single_byte_table("latin-1", c1_controls=False),
+    "iso-8859-9": _single_byte_table("iso8859-9", c1_controls=False),
+    "windows-1252": _single_byte_table("cp1252", c1_controls=True),
+}
+_PYTHON_CODECS = {"us-ascii": "ascii", "windows-31j": "cp932", "windows-949": "cp949",
+                  "big5-hkscs": "big5hkscs", "windows-1254": "cp1254", "iso-2022-jp": "iso2022_jp_ext"}
+
+
+def _cp936_euro(exc: UnicodeError, replace: bool) -> tuple[str, int]:
+    """cp936's single byte 0x80 (€), which Python's gbk and gb18030 codecs reject."""
+    if isinstance(exc, UnicodeDecodeError):
+        if exc.object[exc.start] == 0x80:
+            return "€", exc.start + 1
+        if replace:
+            return "\ufffd", exc.end
+    raise exc
+
+
+def _cp950_gaps(exc: UnicodeError, replace: bool) -> tuple[str, int]:
+    """cp950's characters where big5hkscs has none (€ at A3E1, a few kana)."""
+    if isinstance(exc, UnicodeDecodeError):
+        pair = exc.object[exc.start:exc.start + 2]
+        try:
+            char = pair.decode("cp950") if len(pair) == 2 and pair[0] >= 0x81 else ""
+        except UnicodeDecodeError:
+            char = ""
+        if len(char) == 1:
+            return char, exc.start + 2
+        if replace:
+            return "\ufffd", exc.end
+    raise exc
+
+
+# Registered under names of our own: the codecs call them at each undecodable byte, in one pass.
+codecs.register_error("gateway-cp936-euro", lambda exc: _cp936_euro(exc, replace=False))
+codecs.register_error("gateway-cp936-euro-replace", lambda exc: _cp936_euro(exc, replace=True))
+codecs.register_error("gateway-cp950-gaps", lambda exc: _cp950_gaps(exc, replace=False))
+codecs.register_error("gateway-cp950-gaps-replace", lambda exc: _cp950_gaps(exc, replace=True))
+_WITH_ERROR_HANDLER = {
+    "gbk": ("gbk", "gateway-cp936-euro"),
+    "gb18030": ("gb18030", "gateway-cp936-euro"),
+    "big5-hkscs+cp950": ("big5hkscs", "gateway-cp950-gaps"),
+}
+
+
+def decode_with(data: bytes, decoder: str, errors: str = "strict") -> str:
+    """Decode with one of the table's decoders (or a Python codec); `errors` is strict or replace."""
+    if decoder in _CHARMAP_TABLES:
+        return codecs.charmap_decode(data, errors, _CHARMAP_TABLES[decoder])[0]
+    if decoder in _WITH_ERROR_HANDLER:
+        codec, handler = _WITH_ERROR_HANDLER[decoder]
+        return data.decode(codec, handler if errors == "strict" else f"{handler}-replace")
+    return data.decode(_PYTHON_CODECS.get(decoder, decoder), errors)
+
+
+def _first_fit(data: bytes, decoders: Iterable[str]) -> tuple[str, str] | None:
+    for decoder in decoders:
+        try:
+            return decode_with(data, decoder), decoder
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+def decode_bytes(data: bytes, charset: str | None,
+                 guesses: Sequence[Guess] = ()) -> tuple[str, str | None]:
     """Decode `data` declared as `charset`; returns (text, defect or None).
 
-    Never raises. An unknown charset or bytes that do not fit the declared one are decoded
-    best-effort (utf-8, then gb18030, then latin-1) and the defect says what was done.
+    Never raises. A byte-order mark outranks the label. Text that does not fit the label is
+    decoded with the table's wider decoders, then as UTF-8; undeclared or unknown-charset text
+    as UTF-8, then by `guesses` (charsets the message declares elsewhere), then gb18030 and
+    windows-1252. Every such repair is the returned defect, naming what was declared and used.
     """
     label = (charset or "").strip()
-    if not label:
-        return _decode_undeclared(data)
     shown = repr(label[:40])
-    codec = resolve_charset(label)
-    if codec is None:
-        text, used = _best_effort(data)
-        return text, f"unknown charset {shown}, decoded as {used}"
-    if codec == _ISO2022JP:
+    for bom, bom_charset in _BOMS:
+        if data.startswith(bom):
+            return _decode_after_bom(data[len(bom):], bom_charset, label, shown)
+    if not label:
+        return _decode_undeclared(data, guesses, "8-bit text without charset is not valid utf-8")
+    entry = charset_for(label)
+    if entry is None:
+        return _decode_undeclared(data, guesses, f"unknown charset {shown}", always_report=True)
+    if entry is _ISO2022JP:
         return _decode_iso2022jp(data, shown)
-    try:
-        return data.decode(codec), None
-    except UnicodeError:
-        pass
-    if codec == "ascii":
-        text, used = _best_effort(data)
-        return text, f"charset {shown} declared but 8-bit bytes found, decoded as {used}"
-    # Valid UTF-8 is strong evidence of a mislabelled part; gb18030 validity is weak evidence,
-    # so it is only tried when text labelled utf-8 is mostly invalid (GBK sent as "utf-8").
-    if codec != "utf-8":
+    if entry.single_byte and not data.isascii():
         try:
-            return data.decode("utf-8"), f"text is not valid {shown}, decoded as utf-8"
+            return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
         except UnicodeDecodeError:
             pass
-    replaced = data.decode(codec, "replace")
-    if codec == "utf-8" and _mostly_invalid(data, replaced):
+    fit = _first_fit(data, entry.exact)
+    if fit is not None:
+        return fit[0], None
+    fit = _first_fit(data, entry.repairs)
+    if fit is not None:
+        return fit[0], f"charset {shown} declared, decoded as {fit[1]}"
+    # Valid UTF-8 is strong evidence of a mislabelled part; gb18030 validity is weak evidence,
+    # so it is only tried when text labelled utf-8 is mostly invalid (GBK sent as "utf-8").
+    if entry is not _UTF8:
         try:
-            return data.decode("gb18030"), f"text is not valid {shown}, decoded as gb18030"
+            return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
+        except UnicodeDecodeError:
+            pass
+    replaced = decode_with(data, entry.decoders[-1], "replace")
+    if entry is _UTF8 and _mostly_invalid(data, replaced):
+        try:
+            return decode_with(data, "gb18030"), f"charset {shown} declared, decoded as gb18030"
         except UnicodeDecodeError:
             pass
     return replaced, f"invalid bytes for charset {shown}, replaced"
+
+
+def _decode_after_bom(data: bytes, bom_charset: str, label: str,
+                      shown: str) -> tuple[str, str | None]:
+    declared = resolve_charset(label) if label else None
+    agrees = not label or declared == bom_charset or (
+        declared == "utf-16" and bom_charset.startswith("utf-16"))
+    defect = None if agrees else f"charset {shown} declared, byte-order mark says {bom_charset}"
+    try:
+        return data.decode(bom_charset), f"{defect}, decoded as {bom_charset}" if defect else None
+    except UnicodeDecodeError:
+        replaced = f"invalid bytes for {bom_charset}, replaced"
+        return data.decode(bom_charset, "replace"), f"{defect}, {replaced}" if defect else replaced
 
 
 def _mostly_invalid(data: bytes, replaced: str) -> bool:
@@ -128,22 +301,26 @@ def _mostly_invalid(data: bytes, replaced: str) -> bool:
     return replaced.count("\ufffd") * 5 > eight_bit
 
 
-def _decode_undeclared(data: bytes) -> tuple[str, str | None]:
-    if data.isascii():
-        return data.decode("ascii"), None
-    text, used = _best_effort(data)
-    if used == "utf-8":
-        return text, None
-    return text, f"8-bit text without charset is not valid utf-8, decoded as {used}"
-
-
-def _best_effort(data: bytes) -> tuple[str, str]:
-    for codec in _BEST_EFFORT_ORDER[:-1]:
-        try:
-            return data.decode(codec), codec
-        except UnicodeDecodeError:
-            continue
-    return data.decode(_BEST_EFFORT_ORDER[-1]), _BEST_EFFORT_ORDER[-1]
+def _decode_undeclared(data: bytes, guesses: Sequence[Guess], problem: str,
+                       always_report: bool = False) -> tuple[str, str | None]:
+    """UTF-8, then the guesses, then the fallbacks; `problem` opens the defect."""
+    try:
+        text = data.decode("utf-8")
+        return text, f"{problem}, decoded as utf-8" if always_report else None
+    except UnicodeDecodeError:
+        pass
+    # Multibyte guesses first: a single-byte charset decodes any bytes, right or wrong.
+    entries = [(entry, source) for label, source in guesses
+               if (entry := charset_for(label)) is not None and entry is not _UTF8]
+    ordered = ([pair for pair in entries if not pair[0].single_byte]
+               + [pair for pair in entries if pair[0].single_byte])
+    for entry, source in ordered:
+        fit = _first_fit(data, entry.decoders)
+        if fit is not None:
+            return fit[0], f"{problem}, decoded as {fit[1]}, the charset {source}"
+    fit = _first_fit(data, _FALLBACKS)
+    assert fit is not None  # windows-1252 decodes any bytes
+    return fit[0], f"{problem}, decoded as {fit[1]}"
 
 
 def _decode_iso2022jp(data: bytes, shown: str) -> tuple[str, str | None]:

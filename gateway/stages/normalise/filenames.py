@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from .charsets import decode_bytes, resolve_charset
-from .headers import decode_header_value
+from .headers import collapse_whitespace, decode_header_value
 
 MAX_NAME_BYTES = 200
 _MAX_EXTENSION_BYTES = 16
@@ -67,7 +67,7 @@ def _sanitise(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = " ".join(name.translate(_WINDOWS_FORBIDDEN).split())
+    name = collapse_whitespace(name.translate(_WINDOWS_FORBIDDEN))  # U+3000 and the like stay
     name = name.strip(". ")
     if not name:
         return ""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 
-from .charsets import decode_bytes, resolve_charset
+from .charsets import Guess, decode_bytes, resolve_charset
 from .model import Address
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
@@ -16,6 +17,9 @@ _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _HEADER_CONTROLS = {code: None for code in (*range(0x20), 0x7F)} | {ord(ch): " " for ch in "\t\r\n"}
 _HAS_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WHITESPACE = re.compile(r"\s")
+# Only ASCII whitespace (and folding, already spaces) is collapsed: U+3000 and no-break spaces in
+# Chinese and Japanese names and subjects are written on purpose.
+_ASCII_WHITESPACE_RUN = re.compile(r"[ \t\r\n\f\v]+")
 # "Name <local@domain>" or "local@domain" with nothing that needs the full RFC 5322 parser.
 _ADDR_SPEC = r"[^\s<>\"(),;:\\]+@[^\s<>\"(),;:\\]+"
 _SIMPLE_MAILBOX = re.compile(rf"\s*(?:([^<>\"(),;:\\]*?)\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*")
@@ -29,9 +33,10 @@ def unfold(value: str) -> str:
     return value.replace("\r", "").replace("\n", "")
 
 
-def decode_header_value(value: str) -> tuple[str, list[str]]:
+def decode_header_value(value: str, guesses: Sequence[Guess] = ()) -> tuple[str, list[str]]:
     """Decode a header value as the stdlib parser stores it (raw 8-bit bytes as surrogates).
 
+    Raw 8-bit text is read as UTF-8, else in the charsets the message declares (`guesses`).
     Returns (text, defects). Adjacent encoded words in the same charset are joined as bytes
     before decoding, so a multibyte character split across two words comes out whole.
     """
@@ -61,7 +66,7 @@ def decode_header_value(value: str) -> tuple[str, list[str]]:
         # RFC 2047 §6.2: whitespace between two encoded words is not part of the text.
         if gap and not (after_encoded_word and gap.isspace()):
             flush_run()
-            pieces.append(_decode_raw(gap, defects))
+            pieces.append(_decode_raw(gap, defects, guesses))
         label = match.group(1).split("*", 1)[0]  # drop an RFC 2231 language suffix
         key = resolve_charset(label) or label.lower()
         if run_key is not None and key != run_key:
@@ -74,7 +79,7 @@ def decode_header_value(value: str) -> tuple[str, list[str]]:
         position = match.end()
         after_encoded_word = True
     flush_run()
-    pieces.append(_decode_raw(value[position:], defects))
+    pieces.append(_decode_raw(value[position:], defects, guesses))
     return _clean_header_text("".join(pieces)), defects
 
 
@@ -96,13 +101,13 @@ def lenient_b64decode(data: bytes) -> tuple[bytes, str | None]:
     return binascii.a2b_base64(padded), defect
 
 
-def _decode_raw(text: str, defects: list[str]) -> str:
+def _decode_raw(text: str, defects: list[str], guesses: Sequence[Guess]) -> str:
     """Text outside encoded words: ASCII, or raw 8-bit bytes carried as surrogates."""
     if text.isascii():
         return text
     # Surrogates map back to the original bytes; any real non-ASCII characters become UTF-8.
     data = text.encode("utf-8", "surrogateescape")
-    decoded, defect = decode_bytes(data, None)
+    decoded, defect = decode_bytes(data, None, guesses)
     if defect:
         defects.append(f"raw {defect}")
     return decoded
@@ -114,10 +119,12 @@ def _clean_header_text(text: str) -> str:
 
 
 def collapse_whitespace(text: str) -> str:
-    return " ".join(text.split())
+    """Runs of ASCII whitespace as one space, none at the ends; other spaces are kept."""
+    return _ASCII_WHITESPACE_RUN.sub(" ", text).strip(" ")
 
 
-def parse_addresses(raw_values: list[str], header: str) -> tuple[list[Address], list[str]]:
+def parse_addresses(raw_values: list[str], header: str,
+                    guesses: Sequence[Guess] = ()) -> tuple[list[Address], list[str]]:
     """Addresses from all occurrences of one address header; groups are flattened."""
     addresses: list[Address] = []
     defects: list[str] = []
@@ -130,14 +137,14 @@ def parse_addresses(raw_values: list[str], header: str) -> tuple[list[Address], 
         for name, addr_spec in _mailboxes(unfolded):
             addr_spec = addr_spec.strip()
             if _is_addr_spec(addr_spec):
-                display_name, name_defects = decode_header_value(name)
-                address, address_defects = decode_header_value(addr_spec)
+                display_name, name_defects = decode_header_value(name, guesses)
+                address, address_defects = decode_header_value(addr_spec, guesses)
                 found.append(Address(collapse_whitespace(display_name), address))
                 defects.extend(f"header {header}: {d}" for d in name_defects + address_defects)
             elif name or addr_spec:
                 unparseable = True
         if unparseable:
-            shown, _ = decode_header_value(unfolded)
+            shown, _ = decode_header_value(unfolded, guesses)
             problem = "unparseable address in"
             if not found and shown != unfolded:
                 # Some mailers encode the whole "Name <address>" as one encoded word.

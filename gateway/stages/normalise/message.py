@@ -15,13 +15,13 @@ from email.errors import MessageDefect
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
-from email.utils import unquote
 
 import magic
 from inscriptis import get_text as html_to_text
 
-from .charsets import decode_bytes
+from .charsets import Guess, decode_bytes, resolve_charset
 from .filenames import numbered_variant, safe_filename
+from .flowed import unflow
 from .headers import (
     collapse_whitespace,
     decode_header_value,
@@ -31,6 +31,7 @@ from .headers import (
     parse_date,
 )
 from .model import Address, Attachment, Normalised
+from .params import read_parameter
 from .summary import summarise
 from .tnef import extract_tnef, is_tnef
 
@@ -44,6 +45,10 @@ _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
+_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)[^?\s]*\?[bBqQ]\?")
+_MAX_GUESSES = 8
+# File name parameters, best first: RFC 2231 values carry their charset, plain ones do not.
+_FILE_NAME_PARAMETERS = (("content-disposition", "filename"), ("content-type", "name"))
 
 
 def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
@@ -70,8 +75,9 @@ def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
     elif not message.keys():
         defects.append("message: no header fields")
 
-    _guarded(defects, "headers", lambda: _read_headers(message, result))
-    walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n")
+    guesses = _declared_charsets(message, structure_readable)
+    _guarded(defects, "headers", lambda: _read_headers(message, result, guesses))
+    walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n", guesses=guesses)
     if structure_readable:
         _guarded(defects, "body", lambda: _read_body(message, walker, result))
     result.attachments = walker.attachments
@@ -87,7 +93,34 @@ def _guarded(defects: list[str], step: str, action: Callable[[], None]) -> None:
         defects.append(f"{step}: could not be read ({type(exc).__name__}: {exc})")
 
 
-def _read_headers(message: Message, result: Normalised) -> None:
+def _declared_charsets(message: Message, structure_readable: bool) -> list[Guess]:
+    """Charsets the message declares (its headers' encoded words, its parts), best guess first.
+
+    Raw 8-bit headers and file names carry no charset; a careful mail client reads them in the
+    charset the message itself uses.
+    """
+    labels: list[str] = []
+    for _name, value in message.raw_items():
+        labels.extend(_ENCODED_WORD_CHARSET.findall(str(value)))
+    parts = message.walk() if structure_readable else iter([message])
+    try:
+        for part in parts:
+            if len(labels) > 100:
+                break
+            label = part.get_param("charset", None)
+            if isinstance(label, str):
+                labels.append(label)
+    except RecursionError:
+        pass  # a hostile nesting depth: the charsets found so far will do
+    guesses: dict[str, Guess] = {}
+    for label in labels:
+        name = resolve_charset(label)
+        if name is not None and name not in guesses and len(guesses) < _MAX_GUESSES:
+            guesses[name] = (label, "declared in the message")
+    return list(guesses.values())
+
+
+def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) -> None:
     defects = result.defects
     first_raw: dict[str, str] = {}
     first_decoded: dict[str, str] = {}
@@ -96,7 +129,7 @@ def _read_headers(message: Message, result: Normalised) -> None:
         name = name.strip()
         raw_value = str(raw_value)
         key = name.lower()
-        value, value_defects = decode_header_value(raw_value)
+        value, value_defects = decode_header_value(raw_value, guesses)
         result.header_fields.append((name, value))
         if value_defects:
             defects.extend(f"header {name}: {d}" for d in value_defects)
@@ -110,7 +143,7 @@ def _read_headers(message: Message, result: Normalised) -> None:
     def addresses(header: str) -> list[Address]:
         if header.lower() not in all_raw:
             return []
-        found, address_defects = parse_addresses(all_raw[header.lower()], header)
+        found, address_defects = parse_addresses(all_raw[header.lower()], header, guesses)
         defects.extend(address_defects)
         return found
 
@@ -180,8 +213,9 @@ def _clean_body(text: str) -> str:
 class _PartWalker:
     """Walks the MIME tree once: collects body fragments, attachments and part defects."""
 
-    def __init__(self, defects: list[str], linesep: str) -> None:
+    def __init__(self, defects: list[str], linesep: str, guesses: list[Guess]) -> None:
         self.defects = defects
+        self.guesses = guesses
         self.attachments: list[Attachment] = []
         self.tnef_bodies: list[_Fragment] = []
         self._linesep = linesep
@@ -252,10 +286,13 @@ class _PartWalker:
         if charset is None and html:
             declared = _HTML_META_CHARSET.search(payload[:4096])
             charset = declared.group(1).decode("ascii") if declared else None
-        text, defect = decode_bytes(payload, charset)
+        text, defect = decode_bytes(payload, charset, self.guesses)
         if defect:
             self.defects.append(f"{where}: {defect}")
-        return _clean_body(text)
+        text = _clean_body(text)
+        if not html and str(part.get_param("format", "")).lower() == "flowed":
+            text = unflow(text, delsp=str(part.get_param("delsp", "")).lower() == "yes")
+        return text
 
     def _check_transfer_encoding(self, part: Message, where: str) -> None:
         encoding = (_raw_header(part, "content-transfer-encoding") or "7bit").strip().lower()
@@ -264,22 +301,45 @@ class _PartWalker:
                 f"{where}: unknown Content-Transfer-Encoding {encoding[:40]!r}, content taken as is")
 
     def _filename(self, part: Message, where: str) -> str:
-        for param, header in (("filename", "content-disposition"), ("name", "content-type")):
-            value = _param(part, param, header)
-            if value is None:
+        """The part's file name: RFC 2231 values first (filename*, name*), then plain ones."""
+        found = [(name, read_parameter(_raw_header_bytes(part, header), name))
+                 for header, name in _FILE_NAME_PARAMETERS]
+        guesses = self._guesses_for(part, where)
+        for name, parameter in found:
+            if parameter.extended is None:
                 continue
-            if isinstance(value, tuple):
-                # RFC 2231: (charset, language, bytes percent-decoded as latin-1)
-                charset, _language, text = value
-                name, defect = decode_bytes(text.encode("latin-1", "replace"), charset or None)
-                defects = [defect] if defect else []
-            else:
-                raw = unquote(value).encode("latin-1", "replace").decode("ascii", "surrogateescape")
-                name, defects = decode_header_value(raw)
-            self.defects.extend(f"{where} file name: {d}" for d in defects)
-            if name.strip():
-                return name
+            extended = parameter.extended
+            text, defect = decode_bytes(extended.octets, extended.charset or None, guesses)
+            if not text.strip():
+                continue
+            if defect:
+                self.defects.append(f"{where} file name: {defect}")
+            if parameter.plain is not None:
+                # Webmail often sends both, the plain one with '?' for every non-ASCII character.
+                plain = self._plain_name(parameter.plain, guesses, where, report=False)
+                if plain != text:
+                    self.defects.append(f"{where} file name: {name}={plain[:100]!r} and "
+                                        f"{name}*={text[:100]!r} differ, {name}* used")
+            return text
+        for _name, parameter in found:
+            if parameter.plain is not None:
+                text = self._plain_name(parameter.plain, guesses, where)
+                if text.strip():
+                    return text
         return ""
+
+    def _plain_name(self, value: bytes, guesses: list[Guess], where: str, report: bool = True) -> str:
+        """A plain parameter value: ASCII, encoded words (common, if not allowed) or raw 8-bit."""
+        text, defects = decode_header_value(value.decode("ascii", "surrogateescape"), guesses)
+        if report:
+            self.defects.extend(f"{where} file name: {defect}" for defect in defects)
+        return text
+
+    def _guesses_for(self, part: Message, where: str) -> list[Guess]:
+        """The part's own charset first, then the message's."""
+        label = part.get_param("charset", None)
+        own: list[Guess] = [(label, f"of {where}")] if isinstance(label, str) else []
+        return own + self.guesses
 
     def _attached_message(self, part: Message, label: str, where: str, origin: str,
                           depth: int) -> None:
@@ -398,26 +458,16 @@ def _raw_header(message: Message, name: str) -> str:
     return ""
 
 
+def _raw_header_bytes(message: Message, name: str) -> bytes:
+    """The first value of a header as it was sent, 8-bit bytes and all, unfolded."""
+    value = _raw_header(message, name).replace("\r", "").replace("\n", "")
+    return value.encode("utf-8", "surrogateescape")
+
+
 def _payload_bytes(part: Message) -> bytes:
     """The transfer-decoded content of a leaf part."""
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
-
-
-def _param(part: Message, name: str, header: str) -> str | tuple[str | None, str | None, str] | None:
-    """A header parameter with raw 8-bit bytes kept as latin-1 characters.
-
-    compat32 replaces 8-bit bytes in headers it hands out, so a header that has them is
-    re-read from its stored form.
-    """
-    raw = _raw_header(part, header)
-    if name not in raw.lower():  # spares the slow parameter parser for most parts
-        return None
-    if raw.isascii():
-        return part.get_param(name, None, header)
-    readable = Message()
-    readable[header] = raw.encode("ascii", "surrogateescape").decode("latin-1")
-    return readable.get_param(name, None, header)
 
 
 def _choose_alternative(options: list[list[_Fragment]]) -> list[_Fragment]:

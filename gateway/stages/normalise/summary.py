@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .headers import collapse_whitespace
+
 ELLIPSIS = "…"
 # A sentence ends at ASCII . ! ? followed by a space or the end, or at CJK 。！？ (which need no
 # space); closing quotes and brackets right after the mark belong to the sentence.
@@ -20,9 +22,9 @@ def summarise(text: str, limit: int = 300) -> str:
         return ""
     # Only the opening matters; collapse a generous prefix unless it is mostly whitespace.
     prefix = text[:8 * limit + 64]
-    collapsed = " ".join(prefix.split())
+    collapsed = collapse_whitespace(prefix)  # ASCII whitespace only: U+3000 indents are text
     if len(collapsed) <= limit + 1 and len(prefix) < len(text):
-        collapsed = " ".join(text.split())
+        collapsed = collapse_whitespace(text)
     if len(collapsed) <= limit:
         return collapsed
     ends = [match.end() for match in _SENTENCE_END.finditer(collapsed, 0, limit + 1)]

@@ -1,0 +1,115 @@
+"""MIME header parameters (RFC 2045 §5.1, RFC 2231) read from the raw bytes.
+
+The stdlib reads parameters from text it has already decoded and treats a backslash in a quoted
+string as an escape. In Big5, GBK and Shift_JIS the second byte of a character can be 0x5C
+(許 is B3 5C), so a raw 8-bit name such as "蓋" swallows its closing quote there. This reader
+keeps the bytes and takes a backslash right after an 8-bit byte as that second byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+_BACKSLASH, _QUOTE, _SEMICOLON, _EQUALS = 0x5C, 0x22, 0x3B, 0x3D
+_BLANKS = b" \t\r\n"
+# name, name*, name*0, name*0*, name*1, ... (RFC 2231 §3, §4)
+_SECTION = re.compile(r"^(?P<name>[^*]+)(?:\*(?P<number>[0-9]+))?(?P<encoded>\*)?$")
+
+
+@dataclass(frozen=True)
+class ExtendedValue:
+    """An RFC 2231 value: the octets after percent-decoding and the charset it names."""
+
+    octets: bytes
+    charset: str  # '' if none was given
+
+
+@dataclass(frozen=True)
+class Parameter:
+    extended: ExtendedValue | None  # name*=... or continuations name*0...
+    plain: bytes | None  # name=... as sent (quotes removed, 8-bit bytes kept)
+
+
+def read_parameter(header_value: bytes, wanted: str) -> Parameter:
+    """The RFC 2231 and plain forms of parameter `wanted` in one header's raw value."""
+    plain: bytes | None = None
+    sections: dict[int, tuple[bytes, bool]] = {}
+    for name, value in _parameters(header_value):
+        section = _SECTION.match(name)
+        if section is None or section["name"] != wanted:
+            continue
+        if section["number"] is None and not section["encoded"]:
+            plain = value if plain is None else plain
+        else:
+            sections.setdefault(int(section["number"] or 0), (value, bool(section["encoded"])))
+    return Parameter(_joined(sections) if sections else None, plain)
+
+
+def _joined(sections: dict[int, tuple[bytes, bool]]) -> ExtendedValue:
+    """Continuations in order up to the first missing number; encoded ones percent-decoded."""
+    octets = bytearray()
+    charset = ""
+    number = 0
+    while number in sections:
+        value, encoded = sections[number]
+        if encoded:
+            if number == 0 and value.count(b"'") >= 2:
+                declared, _language, value = value.split(b"'", 2)
+                charset = declared.decode("ascii", "replace").strip()
+            value = unquote_to_bytes(value)
+        octets += value
+        number += 1
+    return ExtendedValue(bytes(octets), charset)
+
+
+def _parameters(data: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, value) for every parameter after the header's main value."""
+    found: list[tuple[str, bytes]] = []
+    index = _end_of_main_value(data)
+    end = len(data)
+    while index < end:
+        if data[index] == _SEMICOLON or data[index] in _BLANKS:
+            index += 1
+            continue
+        name_end = index
+        while name_end < end and data[name_end] not in (_EQUALS, _SEMICOLON):
+            name_end += 1
+        name = data[index:name_end].strip(_BLANKS).lower().decode("ascii", "replace")
+        if name_end >= end or data[name_end] == _SEMICOLON:
+            index = name_end  # a name without a value
+            continue
+        index = name_end + 1
+        while index < end and data[index] in _BLANKS:
+            index += 1
+        if index < end and data[index] == _QUOTE:
+            value, index = _quoted_string(data, index + 1)
+        else:
+            value_end = data.find(b";", index)
+            value_end = end if value_end < 0 else value_end
+            value, index = data[index:value_end].strip(_BLANKS), value_end
+        found.append((name, value))
+    return found
+
+
+def _end_of_main_value(data: bytes) -> int:
+    semicolon = data.find(b";")
+    return len(data) if semicolon < 0 else semicolon
+
+
+def _quoted_string(data: bytes, index: int) -> tuple[bytes, int]:
+    """The content of a quoted string starting after its opening quote, and the index after it."""
+    content = bytearray()
+    end = len(data)
+    while index < end:
+        byte = data[index]
+        if byte == _QUOTE:
+            return bytes(content), index + 1
+        if byte == _BACKSLASH and index + 1 < end and not (index and data[index - 1] >= 0x80):
+            content.append(data[index + 1])  # a quoted pair (RFC 5322 §3.2.4)
+            index += 2
+            continue
+        content.append(byte)  # after an 8-bit byte, 0x5C is the second byte of a character
+        index += 1
+    return bytes(content), end  # no closing quote: the rest is the value
