@@ -2,10 +2,12 @@
 whatever was not fsynced (tests/powerloss). Whatever was acknowledged upstream
 must be there after the reboot.
 
-Each test starts from an installed state directory made durable (Machine): the
-gateway creates its state directory and the spool's folders with mkdir and
-fsyncs no parent directory, so on a very first boot a power cut can take the
-folders, and the items in them, away before anything else syncs them.
+Most tests start from an installed state directory made durable (Machine); one
+starts from an empty disk, a very first boot, where the gateway itself must make
+its state directory, the spool's folders and the registry's file durable.
+
+Two tests show the checks have teeth: the same scenario with the spool's syncfs
+made a no-op, or its per-file fsyncs, loses what the gateway acknowledged.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import os
 import smtplib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,22 +50,23 @@ def disk(tmp_path: Path) -> Iterator[PowerLossDisk]:
 class Machine:
     """A gateway whose state directory is on the power-loss disk (its config and logs are not)."""
 
-    def __init__(self, tmp: Path, disk: PowerLossDisk, notify: Notify, *, syncfs: bool = True, extra: str = "",
-                 rules: str = ADDRESS_RULES):
+    def __init__(self, tmp: Path, disk: PowerLossDisk, notify: Notify, *, syncfs: bool = True,
+                 file_fsync: bool = True, installed: bool = True, extra: str = "", rules: str = ADDRESS_RULES):
         self.disk = disk
         self.notify = notify
         self.gateway = Gateway(tmp, extra=extra, rules=rules)
-        self.env = disk.env(syncfs=syncfs)
         on_disk = disk.mount / "storage"
+        # Without file_fsync, only the spool's and the message store's files go unsynced: the registry still commits.
+        self.env = disk.env(syncfs=syncfs,
+                            no_file_fsync_under=() if file_fsync else (on_disk / "spool", on_disk / "messages"))
         config = self.gateway.config.read_text()
         config = config.replace(f'state_dir = "{self.gateway.state}"', f'state_dir = "{on_disk}"')
         self.gateway.config.write_text(config.replace("[smtp]\n", "[smtp]\nmax_connections_per_minute = 0\n", 1))
         self.gateway.state = on_disk
         self.daemon: Daemon | None = None
-        # Installed: the state directory and the spool's folders exist and are on the disk
-        # (on a first boot they would not be; see the module doc).
-        Spool(on_disk / "spool", on_disk / "messages")
-        disk.sync()
+        if installed:  # the state directory and the spool's folders exist and are on the disk
+            Spool(on_disk / "spool", on_disk / "messages")
+            disk.sync()
 
     def start(self, **env: str) -> Daemon:
         self.daemon = self.gateway.start(NOTIFY_SOCKET=str(self.notify.path), **self.env, **env)
@@ -94,7 +99,8 @@ class Machine:
 
 
     def registry(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(self.gateway.state / "registry.sqlite3") as db:
+        # Closed, not just committed: an open file keeps the disk from unmounting.
+        with closing(sqlite3.connect(self.gateway.state / "registry.sqlite3")) as db, db:
             return db.execute(sql).fetchall()
 
     def letters_without_raw_copy(self) -> list[str]:
@@ -109,23 +115,26 @@ class Machine:
         return missing
 
 
+MachineFactory = Callable[..., Machine]  # Machine's keyword arguments
+
+
 @pytest.fixture
-def machine_factory(tmp_path: Path, disk: PowerLossDisk, notify: Notify) -> Iterator[type[Machine]]:
+def machine_factory(tmp_path: Path, disk: PowerLossDisk, notify: Notify) -> Iterator[MachineFactory]:
     made: list[Machine] = []
 
-    def make(**kwargs: object) -> Machine:
-        m = Machine(tmp_path, disk, notify, **kwargs)  # type: ignore[arg-type]
+    def make(**kwargs: Any) -> Machine:
+        m = Machine(tmp_path, disk, notify, **kwargs)
         made.append(m)
         return m
 
-    yield make  # type: ignore[misc]
+    yield make
     for m in made:
         if m.daemon is not None and m.daemon.returncode is None:
             m.daemon.stop()
 
 
 @pytest.fixture
-def machine(machine_factory: type[Machine]) -> Machine:
+def machine(machine_factory: MachineFactory) -> Machine:
     return machine_factory()
 
 
@@ -177,13 +186,13 @@ def test_an_ingested_letter_is_registered_once_whatever_the_moment_of_the_cut(ma
     machine.pull_plug()
     machine.start()
     machine.wait_spool_empty()
-    letters = {l["subject"]: l["number"] for l in machine.letters()}
+    letters = {letter["subject"]: letter["number"] for letter in machine.letters()}
     assert letters == {"registered before": "2026-000001", "the crash": "2026-000002"}
     assert machine.letters_without_raw_copy() == []
     machine.stop()
 
 
-def test_a_fax_that_left_the_drop_folder_is_registered_after_a_power_cut(machine_factory: type[Machine]) -> None:
+def test_a_fax_that_left_the_drop_folder_is_registered_after_a_power_cut(machine_factory: MachineFactory) -> None:
     machine = machine_factory(extra=FAX_SETTINGS)
     folder = machine.gateway.state / "fax-drop"
     folder.mkdir(parents=True)
@@ -209,7 +218,7 @@ def test_a_fax_that_left_the_drop_folder_is_registered_after_a_power_cut(machine
     machine.wait_spool_empty()
     wait_for(lambda: not fax.exists(), 30, "the drop folder emptied")
     letters = machine.letters()
-    assert [(l["channel"], l["number"]) for l in letters] == [("fax", "2026-000001")], (
+    assert [(letter["channel"], letter["number"]) for letter in letters] == [("fax", "2026-000001")], (
         "a fax removed from the drop folder was lost in the power cut: its spool copy was not durable "
         "before the removal")
     machine.stop()
@@ -217,7 +226,7 @@ def test_a_fax_that_left_the_drop_folder_is_registered_after_a_power_cut(machine
 
 @pytest.mark.parametrize("after", ["move", "delete"])
 def test_a_message_moved_or_deleted_on_the_server_survives_a_power_cut(
-        machine_factory: type[Machine], dovecot: DovecotServer, tmp_path: Path, after: str) -> None:
+        machine_factory: MachineFactory, dovecot: DovecotServer, tmp_path: Path, after: str) -> None:
     mailbox = Mailbox(dovecot, tmp_path)
     for n in range(3):
         mailbox.deliver(make_message(n, subject=f"imap {n}"))
@@ -228,14 +237,14 @@ def test_a_message_moved_or_deleted_on_the_server_survives_a_power_cut(
     machine.pull_plug()  # the instant the server let go of the last one
     machine.start()
     machine.wait_spool_empty()
-    subjects = sorted(l["subject"] for l in machine.letters())
+    subjects = sorted(letter["subject"] for letter in machine.letters())
     assert subjects == ["imap 0", "imap 1", "imap 2"]
     assert machine.letters_without_raw_copy() == []
     machine.stop()
 
 
 def test_queued_mail_is_delivered_after_a_power_cut_with_the_same_message_id(
-        machine_factory: type[Machine]) -> None:
+        machine_factory: MachineFactory) -> None:
     sink = SmtpSink().start()
     try:
         machine = machine_factory(extra=outbound(sink.address) + SERVICE)
@@ -261,7 +270,7 @@ def test_queued_mail_is_delivered_after_a_power_cut_with_the_same_message_id(
     assert set(delivered) == {m["message_id"].strip("<>") for m in queued}
 
 
-def test_an_archive_run_that_returned_survives_a_power_cut(machine_factory: type[Machine], tmp_path: Path) -> None:
+def test_an_archive_run_that_returned_survives_a_power_cut(machine_factory: MachineFactory, tmp_path: Path) -> None:
     machine = machine_factory(rules=ARCHIVE_RULES)
     files = []
     for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
@@ -286,7 +295,7 @@ def test_an_archive_run_that_returned_survives_a_power_cut(machine_factory: type
 
 
 def test_without_the_spools_syncfs_the_power_cut_loses_acknowledged_messages(
-        machine_factory: type[Machine]) -> None:
+        machine_factory: MachineFactory) -> None:
     """The same SMTP scenario with the spool's syncfs made a no-op (the registrar's Spool.sync(), the only thing
     that makes an SMTP item durable before 250): the disk really drops what was never synced."""
     machine = machine_factory(syncfs=False)
@@ -295,8 +304,48 @@ def test_without_the_spools_syncfs_the_power_cut_loses_acknowledged_messages(
     machine.pull_plug()
     machine.start()
     machine.wait_spool_empty()
-    registered = {l["subject"] for l in machine.letters()}
+    registered = {letter["subject"] for letter in machine.letters()}
     lost = machine.letters_without_raw_copy()
     machine.stop()
     assert set(acked) <= registered  # the registry's own fsyncs kept the rows...
     assert len(lost) == len(acked)  # ...but not one of the messages themselves survived
+
+
+@pytest.mark.parametrize("file_fsync", [True, False], ids=["with-file-fsync", "without-file-fsync"])
+def test_an_ingested_letter_keeps_its_raw_copy_only_if_the_spool_fsyncs_the_file(
+        machine_factory: MachineFactory, tmp_path: Path, file_fsync: bool) -> None:
+    """`gateway ingest` reported the letter registered, then the power is cut. With the spool's fsync of the
+    item file (Spool.enqueue, durable) the raw copy survives; with that fsync made a no-op, the renames and the
+    directory fsyncs still make the name durable, but not the bytes behind it."""
+    machine = machine_factory(file_fsync=file_fsync)
+    letter = tmp_path / "letter.eml"
+    letter.write_bytes(make_message(1, subject="fsynced or not"))
+    reported = machine.run("ingest", str(letter))
+    number = reported.split("registered as ", 1)[1].split()[0]
+    machine.pull_plug()
+    assert machine.registry("SELECT number FROM letters") == [(number,)]  # the registry's own fsyncs kept the row
+    lost = machine.letters_without_raw_copy()
+    if file_fsync:
+        assert lost == []
+    else:
+        assert lost == [number]  # the check fails: the bytes never reached the disk
+
+
+def test_a_letter_ingested_on_the_very_first_boot_survives_a_power_cut(
+        machine_factory: MachineFactory, tmp_path: Path) -> None:
+    """Nothing installed, nothing synced: the gateway makes its state directory, the spool's folders, the message
+    store and the registry's database file durable itself before it reports a letter registered."""
+    machine = machine_factory(installed=False)
+    assert list(machine.disk.mount.iterdir()) == []
+    letter = tmp_path / "letter.eml"
+    letter.write_bytes(make_message(1, subject="first boot"))
+    reported = machine.run("ingest", str(letter))
+    number = reported.split("registered as ", 1)[1].split()[0]
+    machine.pull_plug()
+    assert machine.gateway.state.is_dir(), "the state directory was lost: its name in its parent was never fsynced"
+    assert {"messages", "spool"} <= {path.name for path in machine.gateway.state.iterdir()}, (
+        "a folder the spool created was lost: its name in the state directory was never fsynced")
+    assert (machine.gateway.state / "registry.sqlite3").exists(), (
+        "the registry's database file was lost: its name in the state directory was never fsynced")
+    assert machine.registry("SELECT number, subject FROM letters") == [(number, "first boot")]
+    assert machine.letters_without_raw_copy() == []

@@ -48,11 +48,15 @@ class PowerLossDisk:
         self._proc: subprocess.Popen[bytes] | None = None
         self.power_on()
 
-    def env(self, *, syncfs: bool = True) -> dict[str, str]:
-        """What a gateway process on this disk needs: the syncfs forwarder (fs.py says why)."""
+    def env(self, *, syncfs: bool = True, no_file_fsync_under: tuple[Path, ...] = ()) -> dict[str, str]:
+        """What a gateway process on this disk needs: the syncfs forwarder (fs.py says why).
+
+        syncfs=False makes the process's syncfs() promise nothing; no_file_fsync_under makes
+        its os.fsync() of a regular file under those directories a no-op (shim/sitecustomize.py)."""
         path = os.pathsep.join(p for p in (str(_SHIM), os.environ.get("PYTHONPATH", "")) if p)
         return {"PYTHONPATH": path, "POWERLOSS_CONTROL": str(self.control),
-                "POWERLOSS_MOUNT": str(self.mount), "POWERLOSS_SYNCFS": "forward" if syncfs else "ignore"}
+                "POWERLOSS_MOUNT": str(self.mount), "POWERLOSS_SYNCFS": "forward" if syncfs else "ignore",
+                "POWERLOSS_NO_FILE_FSYNC": os.pathsep.join(str(d) for d in no_file_fsync_under)}
 
     def power_on(self) -> None:
         assert self._proc is None

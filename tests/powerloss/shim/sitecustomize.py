@@ -5,17 +5,24 @@ so after the real call this forwards each of them on the mount to the
 filesystem's control socket as `sync`: the same promise, kept by the only
 party that can keep it. POWERLOSS_SYNCFS=ignore forwards nothing instead,
 which is what a spool without its syncfs would leave on the disk.
+
+POWERLOSS_NO_FILE_FSYNC (directories joined by os.pathsep) makes os.fsync a
+no-op for regular files under those directories, directories themselves still
+fsynced: what a spool that forgot its per-file fsync would leave on the disk.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import socket
+import stat
 from typing import Any
 
 _CONTROL = os.environ.get("POWERLOSS_CONTROL", "")
 _MOUNT = os.environ.get("POWERLOSS_MOUNT", "")
 _FORWARD = os.environ.get("POWERLOSS_SYNCFS", "forward") == "forward"
+_NO_FILE_FSYNC = tuple(p.rstrip("/") + "/" for p in os.environ.get("POWERLOSS_NO_FILE_FSYNC", "").split(os.pathsep)
+                       if p)
 
 
 def _sync_disk() -> bool:
@@ -26,6 +33,16 @@ def _sync_disk() -> bool:
             return conn.recv(16).startswith(b"ok")
     except OSError:
         return False  # the disk is gone
+
+
+def _file_fsync_skipped(fd: int) -> bool:
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return path.startswith(_NO_FILE_FSYNC)
 
 
 def _on_mount(fd: int) -> bool:
@@ -66,3 +83,13 @@ if _CONTROL and _MOUNT:
             _sync_disk()
 
     os.sync = _sync
+
+if _NO_FILE_FSYNC:
+    _real_fsync = os.fsync
+
+    def _fsync(fd: Any) -> None:
+        fileno = fd if isinstance(fd, int) else fd.fileno()
+        if not _file_fsync_skipped(fileno):
+            _real_fsync(fileno)
+
+    os.fsync = _fsync
