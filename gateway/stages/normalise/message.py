@@ -47,6 +47,7 @@ _HTML_TAG = re.compile(r"<[^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 _ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)[^?\s]*\?[bBqQ]\?")
 _MAX_GUESSES = 8
+_ASCII_WHITESPACE = " \t\r\n\f\v"
 # File name parameters, best first: RFC 2231 values carry their charset, plain ones do not.
 _FILE_NAME_PARAMETERS = (("content-disposition", "filename"), ("content-type", "name"))
 
@@ -193,7 +194,7 @@ class _Fragment:
 
     def render(self, defects: list[str]) -> str:
         if self.kind == "plain":
-            return self.content.strip()
+            return self.content.strip(_ASCII_WHITESPACE)  # a letter may open with U+3000 indents
         try:
             return _tidy_rendered_html(html_to_text(self.content))
         except Exception as exc:

@@ -1,0 +1,339 @@
+"""A corpus of real-world-shaped letters, each built from known strings, decoded exactly.
+
+Every case names the decoding trap it sets; the truth (subject, display name, attachment names and
+SHA-256, body text, and the repairs reported) is checked by exact equality, by the parser and
+through the register on SQLite and PostgreSQL as `gateway letters show --json` prints it.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import quopri
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway
+from gateway.stages.normalise import normalise
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def b_word(charset: str, text: str, encoding: str | None = None) -> bytes:
+    """One RFC 2047 encoded word (base64) of `text` in `encoding` (default: the charset)."""
+    data = text.encode(encoding or charset)
+    return b"=?" + charset.encode() + b"?B?" + base64.b64encode(data) + b"?="
+
+
+def letter(headers: list[bytes], body: bytes) -> bytes:
+    """A letter to a department address with CRLF line ends; From/Date/To added unless given."""
+    names = {h.split(b":", 1)[0].lower() for h in headers}
+    defaults = [value for name, value in (
+        (b"from", b"From: Sender <sender@partner.example>"),
+        (b"to", b"To: liaison@example.org"),
+        (b"date", b"Date: Tue, 05 Mar 2024 09:30:00 +0800"),
+    ) if name not in names]
+    return b"\r\n".join([*defaults, b"MIME-Version: 1.0", *headers]) + b"\r\n\r\n" + body
+
+
+def part(headers: list[bytes], body: bytes) -> bytes:
+    return b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+def mixed(*parts: bytes, subtype: str = "mixed") -> tuple[bytes, bytes]:
+    """(Content-Type header, body) of a multipart entity."""
+    body = b"".join(b"--BOUNDARY\r\n" + p + b"\r\n" for p in parts) + b"--BOUNDARY--\r\n"
+    return b"Content-Type: multipart/" + subtype.encode() + b'; boundary="BOUNDARY"', body
+
+
+def multipart_letter(headers: list[bytes], *parts: bytes) -> bytes:
+    content_type, body = mixed(*parts)
+    return letter([*headers, content_type], body)
+
+
+def b64(data: bytes) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
+
+
+def attachment(disposition: bytes, content: bytes, content_type: bytes = b"application/octet-stream") -> bytes:
+    return part([b"Content-Type: " + content_type, b"Content-Disposition: " + disposition,
+                 b"Content-Transfer-Encoding: base64"], b64(content))
+
+
+def text_part(charset: bytes, body: bytes, encoding: bytes = b"base64", extra: bytes = b"") -> bytes:
+    payload = {b"base64": b64(body), b"quoted-printable": quopri.encodestring(body)}.get(encoding, body)
+    return part([b"Content-Type: text/plain; charset=" + charset + extra,
+                 b"Content-Transfer-Encoding: " + encoding], payload)
+
+
+def percent(text: str, charset: str = "utf-8") -> bytes:
+    return "".join(f"%{byte:02X}" for byte in text.encode(charset)).encode()
+
+
+@dataclass
+class Case:
+    """A letter and the exact truth it must decode to."""
+
+    raw: bytes
+    subject: str
+    sender_name: str
+    body: str
+    attachments: list[tuple[str, bytes]] = field(default_factory=list)  # (name, content)
+    defects: list[str] = field(default_factory=list)
+
+    @property
+    def attachment_truth(self) -> list[tuple[str, str]]:
+        return [(name, hashlib.sha256(content).hexdigest()) for name, content in self.attachments]
+
+
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+SHEET = b"PK\x03\x04 a spreadsheet, as far as this test cares"
+SCAN = b"\x89PNG\r\n\x1a\n not really an image"
+
+# --- the classes of the issue --------------------------------------------------------------------
+
+
+RAW_8BIT_BIG5 = ("raw 8-bit text without charset is not valid utf-8, decoded as big5, "
+                 "the charset declared in the message")
+
+
+def big5_raw_file_names() -> Case:
+    """Raw 8-bit Big5 names (許功蓋: every second byte is 0x5C, one right before the closing
+    quote), read in the charset the message declares, not guessed as UTF-8 or GB18030."""
+    body = "附件為許功蓋報價單，請查收。"
+    raw = multipart_letter(
+        [b"From: " + "許先生".encode("big5") + b" <hsu@partner.example>",
+         b"Subject: " + b_word("big5", "報價單：許功蓋")],
+        text_part(b"big5", body.encode("big5")),
+        attachment(b'attachment; filename="' + "許功蓋報價.pdf".encode("big5") + b'"', PDF,
+                   b"application/pdf"),
+        attachment(b'attachment; filename="' + "功蓋".encode("big5") + b'"', SCAN),
+    )
+    return Case(raw, "報價單：許功蓋", "許先生", body, [("許功蓋報價.pdf", PDF), ("功蓋", SCAN)], [
+        f"header From: {RAW_8BIT_BIG5}", f"part 2 file name: {RAW_8BIT_BIG5}",
+        f"part 3 file name: {RAW_8BIT_BIG5}"])
+
+
+def rfc2231_over_plain() -> Case:
+    """filename="????.xlsx" beside filename*= (webmail): the RFC 2231 value wins, in
+    Content-Disposition and Content-Type alike, continuations included."""
+    raw = multipart_letter(
+        [b"Subject: budget"],
+        text_part(b"utf-8", "见附件。".encode()),
+        attachment(b'attachment; filename="????.xlsx"; filename*=UTF-8\'\'' + percent("预算表.xlsx"),
+                   SHEET),
+        part([b'Content-Type: application/pdf; name="=?utf-8?B?5bm05bqm5oql5ZGKLnBkZg==?="; '
+              b"name*0*=utf-8''" + percent("年度") + b"; name*1*=" + percent("报告.pdf"),
+              b"Content-Transfer-Encoding: base64"], b64(PDF)),
+    )
+    return Case(raw, "budget", "Sender", "见附件。", [("预算表.xlsx", SHEET), ("年度报告.pdf", PDF)], [
+        "part 2 file name: filename='????.xlsx' and filename*='预算表.xlsx' differ, filename* used"])
+
+
+FLOWED_DELSP = (
+    "各位同事：\r\n"
+    "关于下周一的会议安 \r\n排如下，请准时出 \r\n席。\r\n"
+    "The meeting  \r\nstarts at nine.\r\n"
+    "> 原文第一 \r\n> 行内容\r\n"
+)
+
+
+def flowed_delsp_yes() -> Case:
+    """format=flowed; delsp=yes: the space before each soft break is deleted, lines joined."""
+    raw = letter([b"Subject: flowed", b'Content-Type: text/plain; charset="utf-8"; format=flowed; delsp=yes',
+                  b"Content-Transfer-Encoding: 8bit"], FLOWED_DELSP.encode())
+    return Case(raw, "flowed", "Sender", "各位同事：\n关于下周一的会议安排如下，请准时出席。\n"
+                "The meeting starts at nine.\n> 原文第一行内容")
+
+
+FLOWED = (
+    "请于本周五前 \r\n提交报告。\r\n"
+    "Please send the \r\nreport by Friday.\r\n"
+    "회의는 \r\n월요일입니다.\r\n"
+    " From here on, stuffed.\r\n"
+    "-- \r\n张三\r\n"
+)
+
+
+def flowed_without_delsp() -> Case:
+    """format=flowed without delsp: the space stays in spaced scripts (English, Korean) and goes
+    between Chinese characters; space-stuffing and the signature separator are respected."""
+    raw = letter([b"Subject: flowed", b"Content-Type: text/plain; charset=gb18030; format=flowed",
+                  b"Content-Transfer-Encoding: base64"], b64(FLOWED.encode("gb18030")))
+    return Case(raw, "flowed", "Sender", "请于本周五前提交报告。\nPlease send the report by Friday.\n"
+                "회의는 월요일입니다.\nFrom here on, stuffed.\n-- \n张三")
+
+
+def windows_1252_under_latin1_labels() -> Case:
+    """iso-8859-1 and us-ascii labels on windows-1252 text: smart quotes, dashes, € and … (0x85,
+    which a Latin-1 decoder turns into a line break that whitespace collapsing swallows)."""
+    raw = multipart_letter(
+        [b"From: =?us-ascii?Q?Caf=E9_=93Chez_Nous=94?= <chez@partner.example>",
+         b"Subject: =?iso-8859-1?Q?=93Offer=94_=96_=80100=85_d=E9j=E0?="],
+        text_part(b"iso-8859-1", "Résumé attached.".encode("latin-1"), b"quoted-printable"),
+        text_part(b'"ISO-8859-1"', "We can’t wait – see you soon…\r\nPrice: € 20".encode("cp1252"),
+                  b"quoted-printable"),
+    )
+    return Case(raw, "“Offer” – €100… déjà", "Café “Chez Nous”",
+                "Résumé attached.\n\nWe can’t wait – see you soon…\nPrice: € 20", [], [
+                    "header From: charset 'us-ascii' declared, decoded as windows-1252",
+                    "header Subject: charset 'iso-8859-1' declared, decoded as windows-1252",
+                    "part 2: charset 'iso-8859-1' declared, decoded as windows-1252"])
+
+
+def meaningful_spaces() -> Case:
+    """U+3000 and no-break spaces in subject, display name and file name are kept; only ASCII
+    whitespace and folding are collapsed."""
+    raw = multipart_letter(
+        [b"From: " + "山田\u3000太郎".encode() + b" <yamada@partner.example>",
+         b"Subject: " + b_word("utf-8", "会議通知\u3000第二期") + b"\r\n \t  Price\xc2\xa0list"],
+        text_part(b"utf-8", "\u3000\u3000お世話になっております。".encode()),
+        attachment(b"attachment; filename*=utf-8''" + percent("議事録\u3000最終版.pdf"), PDF,
+                   b"application/pdf"),
+    )
+    return Case(raw, "会議通知\u3000第二期 Price\u00a0list", "山田\u3000太郎",
+                "\u3000\u3000お世話になっております。", [("議事録\u3000最終版.pdf", PDF)])
+
+
+def vendor_extensions() -> Case:
+    """big5 text with cp950's € (A3E1) and gb2312 text with cp936's single-byte € (0x80)."""
+    raw = multipart_letter(
+        [b"Subject: " + b_word("big5", "報價：€100", "cp950")],
+        text_part(b"big5", "價格：€100（含稅）".encode("cp950")),
+        text_part(b"gb2312", b"\xb5\xa5\xbc\xdb\xa3\xba\x8050"),  # 单价：€50 as Windows writes it
+    )
+    return Case(raw, "報價：€100", "Sender", "價格：€100（含稅）\n\n单价：€50", [], [
+        "header Subject: charset 'big5' declared, decoded as big5-hkscs+cp950",
+        "part 1: charset 'big5' declared, decoded as big5-hkscs+cp950",
+        "part 2: charset 'gb2312' declared, decoded as gbk"])
+
+
+def bom_against_label() -> Case:
+    """A byte-order mark outranks the label: UTF-8 under gb2312, UTF-16LE under us-ascii."""
+    raw = multipart_letter(
+        [b"Subject: bom"],
+        text_part(b"gb2312", codecs.BOM_UTF8 + "这是带签名的正文。".encode()),
+        text_part(b"us-ascii", codecs.BOM_UTF16_LE + "附言：请回复。".encode("utf-16-le")),
+    )
+    return Case(raw, "bom", "Sender", "这是带签名的正文。\n\n附言：请回复。", [], [
+        "part 1: charset 'gb2312' declared, byte-order mark says utf-8, decoded as utf-8",
+        "part 2: charset 'us-ascii' declared, byte-order mark says utf-16-le, decoded as utf-16-le"])
+
+
+# --- classes handled before, kept pinned ---------------------------------------------------------
+
+
+def gbk_under_gb2312() -> Case:
+    """gb2312 labels on GBK text (镕, 喆): subject split mid-character, body, RFC 2231 name."""
+    subject = "朱镕基致陶喆".encode("gbk")
+    raw = multipart_letter(
+        [b"From: " + b_word("gb2312", "陶喆", "gbk") + b" <tao@partner.example>",
+         b"Subject: =?gb2312?B?" + base64.b64encode(subject[:3]) + b"?=\r\n =?GB2312?B?"
+         + base64.b64encode(subject[3:]) + b"?="],
+        text_part(b"gb2312", "尊敬的陶喆先生：\r\n来函已收悉。".encode("gbk"), b"quoted-printable"),
+        attachment(b"attachment; filename*=gb2312''" + percent("陶喆合同.pdf", "gbk"), PDF),
+    )
+    repair = "charset 'gb2312' declared, decoded as gbk"
+    return Case(raw, "朱镕基致陶喆", "陶喆", "尊敬的陶喆先生：\n来函已收悉。", [("陶喆合同.pdf", PDF)], [
+        f"header From: {repair}", f"header Subject: {repair.replace('gb2312', 'GB2312', 1)}",
+        f"part 1: {repair}",
+        f"part 2 file name: {repair}"])
+
+
+def hkscs_under_big5() -> Case:
+    """big5 labels on Hong Kong text (㗎, 嘅, 嘢)."""
+    raw = letter([b"Subject: " + b_word("big5", "查詢：佢嘅嘢㗎", "big5hkscs"),
+                  b"Content-Type: text/plain; charset=big5", b"Content-Transfer-Encoding: base64"],
+                 b64("你哋嘅報價單幾時有㗎？".encode("big5hkscs")))
+    repair = "charset 'big5' declared, decoded as big5-hkscs"
+    return Case(raw, "查詢：佢嘅嘢㗎", "Sender", "你哋嘅報價單幾時有㗎？", [], [
+        f"header Subject: {repair}", f"message: {repair}"])
+
+
+def iso2022jp_windows_rows() -> Case:
+    """ISO-2022-JP with Windows' NEC and IBM rows (①, ㈱, 髙) in a name, subject and body."""
+    raw = letter([b"From: =?ISO-2022-JP?B?" + base64.b64encode(b"\x1b$B-j|b66\x1b(B") + b"?= <t@partner.example>",
+                  b"Subject: " + b_word("ISO-2022-JP", "見積書の送付について", "iso2022_jp"),
+                  b"Content-Type: text/plain; charset=ISO-2022-JP", b"Content-Transfer-Encoding: 7bit"],
+                 "お世話になっております。\r\n".encode("iso2022_jp") + b"\x1b$B-!\x1b(B")
+    return Case(raw, "見積書の送付について", "㈱髙橋", "お世話になっております。\n①")
+
+
+def raw_utf8_headers() -> Case:
+    """Raw 8-bit UTF-8 in subject, display name and file name (no encoding at all)."""
+    raw = multipart_letter(
+        [b"From: " + "王五".encode() + b" <wang@partner.example>",
+         b"Subject: " + "关于 2024 年度预算的请示".encode()],
+        text_part(b"utf-8", "请审阅。".encode(), b"8bit"),
+        attachment(b'attachment; filename="' + "预算（草案）.pdf".encode() + b'"', PDF),
+    )
+    return Case(raw, "关于 2024 年度预算的请示", "王五", "请审阅。", [("预算（草案）.pdf", PDF)])
+
+
+def gbk_labelled_utf8() -> Case:
+    """GBK text labelled utf-8, almost every byte invalid: read as gb18030, reported."""
+    raw = letter([b"Subject: x", b"Content-Type: text/plain; charset=utf-8",
+                  b"Content-Transfer-Encoding: 8bit"], "请尽快回复，谢谢。".encode("gbk"))
+    return Case(raw, "x", "Sender", "请尽快回复，谢谢。", [],
+                ["message: charset 'utf-8' declared, decoded as gb18030"])
+
+
+def shift_jis_windows_characters() -> Case:
+    """Shift_JIS labels mean windows-31j: ① and ～ as Windows writes them."""
+    raw = letter([b"Subject: " + b_word("shift_jis", "納期①", "cp932"),
+                  b"Content-Type: text/plain; charset=Shift_JIS", b"Content-Transfer-Encoding: 8bit"],
+                 "①　午前９時～正午".encode("cp932"))
+    return Case(raw, "納期①", "Sender", "①　午前９時～正午")
+
+
+def euc_kr_unified_hangul() -> Case:
+    """euc-kr labels mean windows-949: syllables outside KS X 1001 (똠) decode."""
+    raw = letter([b"Subject: " + b_word("euc-kr", "똠방각하", "cp949"),
+                  b"Content-Type: text/plain; charset=euc-kr", b"Content-Transfer-Encoding: base64"],
+                 b64("회의는 월요일입니다. 똠".encode("cp949")))
+    return Case(raw, "똠방각하", "Sender", "회의는 월요일입니다. 똠")
+
+
+def html_meta_charset() -> Case:
+    """HTML without a charset parameter, its <meta> naming gb2312 for GBK text."""
+    html = '<html><head><meta charset="gb2312"></head><body><p>陶喆来信</p></body></html>'
+    raw = letter([b"Subject: html", b"Content-Type: text/html"], html.encode("gbk"))
+    return Case(raw, "html", "Sender", "陶喆来信", [], ["message: charset 'gb2312' declared, decoded as gbk"])
+
+
+# --- real-world messages: CPython's email test data (PSF licence), from the installed stdlib -----
+
+def cpython_message(name: str) -> bytes:
+    import test.test_email
+
+    return (Path(test.test_email.__file__).parent / "data" / name).read_bytes()
+
+
+def cpython_msg_07() -> Case:
+    """A GIF attachment beside a us-ascii part (msg_07.txt)."""
+    raw = cpython_message("msg_07.txt")
+    return Case(raw, "Here is your dingus fish", "Barry", "Hi there,\n\nThis is the dingus fish.",
+                [("dingusfish.gif", base64.b64decode(re.search(rb"filename=\"dingusfish.gif\"\n\n(.*?)\n\n", raw, re.S)[1]))])
+
+
+CASES = {case.__name__: case for case in (
+    big5_raw_file_names, rfc2231_over_plain, flowed_delsp_yes, flowed_without_delsp,
+    windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
+    gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
+    shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
+)}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_decodes_exactly(name: str) -> None:
+    case = CASES[name]()
+    result = normalise(case.raw)
+    assert result.subject == case.subject
+    assert result.sender is not None and result.sender.name == case.sender_name
+    assert [(a.filename, a.sha256) for a in result.attachments] == case.attachment_truth
+    assert result.body_text == case.body
+    assert result.defects == case.defects
