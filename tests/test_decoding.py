@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import codecs
+import email
+import email.message
+import email.policy
 import hashlib
 import quopri
 import re
@@ -313,11 +316,38 @@ def cpython_message(name: str) -> bytes:
     return (Path(test.test_email.__file__).parent / "data" / name).read_bytes()
 
 
+def stdlib_attachments(raw: bytes) -> list[tuple[str, bytes]]:
+    """(file name, content) as the stdlib's own parser reads them: an independent truth."""
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    return [(str(a.get_filename()), a.get_payload(decode=True)) for a in parsed.iter_attachments()
+            if a.get_filename()]
+
+
 def cpython_msg_07() -> Case:
-    """A GIF attachment beside a us-ascii part (msg_07.txt)."""
+    """CPython msg_07.txt: a GIF beside a us-ascii text part."""
     raw = cpython_message("msg_07.txt")
     return Case(raw, "Here is your dingus fish", "Barry", "Hi there,\n\nThis is the dingus fish.",
-                [("dingusfish.gif", base64.b64decode(re.search(rb"filename=\"dingusfish.gif\"\n\n(.*?)\n\n", raw, re.S)[1]))])
+                stdlib_attachments(raw))
+
+
+def cpython_msg_22() -> Case:
+    """CPython msg_22.txt: format=flowed us-ascii parts between two JPEGs, no subject."""
+    raw = cpython_message("msg_22.txt")
+    return Case(raw, "", "", "Text text text.\n\nText text text.", stdlib_attachments(raw))
+
+
+def cpython_msg_32() -> Case:
+    """CPython msg_32.txt: the charset itself given in RFC 2231 form (ansi-x3.4-1968)."""
+    raw = cpython_message("msg_32.txt")
+    return Case(raw, "Re: Limiting Perl CPU Utilization...", "Anne Person", "Some message.")
+
+
+def cpython_msg_46() -> Case:
+    """CPython msg_46.txt: a Groupwise forward, the whole message a message/rfc822."""
+    raw = cpython_message("msg_46.txt")
+    return Case(raw, "GroupwiseForwardingTest", "Sender", "",
+                [("GroupwiseForwardingTest.eml", raw.split(b"\n\n", 1)[1])])
 
 
 CASES = {case.__name__: case for case in (
@@ -325,6 +355,7 @@ CASES = {case.__name__: case for case in (
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
+    cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,
 )}
 
 
@@ -337,3 +368,34 @@ def test_corpus_decodes_exactly(name: str) -> None:
     assert [(a.filename, a.sha256) for a in result.attachments] == case.attachment_truth
     assert result.body_text == case.body
     assert result.defects == case.defects
+
+
+END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "flowed_delsp_yes", "flowed_without_delsp",
+              "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions",
+              "bom_against_label", "gbk_under_gb2312", "cpython_msg_07")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_register_stores_and_shows_the_decoded_truth(backend: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    """What is stored is what is shown: `letters show --json` gives every case's truth exactly."""
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else ""
+    gateway = Gateway(tmp_path, registry_url=url)
+    files = []
+    for name in END_TO_END:
+        path = tmp_path / f"{name}.eml"
+        path.write_bytes(CASES[name]().raw)
+        files.append(str(path))
+    output = gateway.run("ingest", *files).stdout
+    numbers = dict(re.findall(r"^(\S+)\.eml: registered as (\S+)$", output.replace(f"{tmp_path}/", ""), re.M))
+    assert sorted(numbers) == sorted(END_TO_END)
+    for name in END_TO_END:
+        case = CASES[name]()
+        shown = gateway.show_json(numbers[name])
+        assert shown["subject"] == case.subject, name
+        assert shown["sender_name"] == case.sender_name, name
+        assert shown["body_text"] == case.body, name
+        attachments = shown["attachments"]
+        assert isinstance(attachments, list)
+        assert [(a["filename"], a["sha256"]) for a in attachments] == case.attachment_truth, name
+        assert shown["defects"] == case.defects, name
