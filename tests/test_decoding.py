@@ -311,9 +311,8 @@ def html_meta_charset() -> Case:
 # --- real-world messages: CPython's email test data (PSF licence), from the installed stdlib -----
 
 def cpython_message(name: str) -> bytes:
-    import test.test_email
-
-    return (Path(test.test_email.__file__).parent / "data" / name).read_bytes()
+    """A message of CPython's email test suite, kept beside the tests (see its README)."""
+    return (Path(__file__).parent / "data" / "cpython-email" / name).read_bytes()
 
 
 def stdlib_attachments(raw: bytes) -> list[tuple[str, bytes]]:
