@@ -398,3 +398,15 @@ def test_register_stores_and_shows_the_decoded_truth(backend: str, tmp_path: Pat
         assert isinstance(attachments, list)
         assert [(a["filename"], a["sha256"]) for a in attachments] == case.attachment_truth, name
         assert shown["defects"] == case.defects, name
+
+
+def test_a_quoted_big5_display_name_ending_in_a_backslash_byte_is_one_clean_address() -> None:
+    """蓋 is A5 5C in Big5: inside a quoted display name its second byte must not escape the quote."""
+    raw = (b'From: "' + "許功蓋".encode("big5") + b'" <hsu@example.tw>\r\nTo: liaison@example.org\r\n'
+           b"Subject: x\r\nDate: Mon, 23 Nov 2026 09:00:00 +0800\r\nContent-Type: text/plain; charset=big5\r\n\r\n"
+           + "您好".encode("big5") + b"\r\n")
+    parsed = normalise(raw, summary_chars=100)
+    assert parsed.sender is not None
+    assert (parsed.sender.name, parsed.sender.address) == ("許功蓋", "hsu@example.tw")
+    assert parsed.defects == ["header From: raw 8-bit text without charset is not valid utf-8, decoded as big5, "
+                              "the charset declared in the message"]

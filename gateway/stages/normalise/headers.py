@@ -132,6 +132,13 @@ def parse_addresses(raw_values: list[str], header: str,
         unfolded = unfold(raw)
         if not unfolded.strip():
             continue
+        if not unfolded.isascii():
+            # Raw 8-bit bytes are decoded before the address parser sees them: in Big5, GBK or
+            # Shift_JIS a character's second byte can be a backslash (許功蓋), which the parser
+            # would take as an escape inside a quoted display name.
+            raw_defects: list[str] = []
+            unfolded = _decode_raw(unfolded, raw_defects, guesses)
+            defects.extend(f"header {header}: {d}" for d in raw_defects)
         found: list[Address] = []
         unparseable = False
         for name, addr_spec in _mailboxes(unfolded):
