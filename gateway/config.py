@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from gateway.spool.durable import make_dirs
+
 if TYPE_CHECKING:
     from gateway.stages.classify.rules import RuleSet
     from gateway.track.calendar import WorkingCalendar
@@ -682,7 +684,7 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
 def _directory_checks(config: Config) -> list[ConfigIssue]:
     state = config.state_dir
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        make_dirs(state)  # durable: on first boot, everything the gateway keeps lives below it
     except OSError as exc:
         return [ConfigIssue(config.path, "gateway.state_dir", f"cannot create {state}: {exc.strerror}")]
     if not state.is_dir():

@@ -33,18 +33,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_dirs(*paths: Path) -> None:
-    """mkdir -p, with every directory created made durable in its parent.
-
-    The nearest directory that already existed is made durable in its parent too: it may
-    be fresh from a plain mkdir (the configuration check creates the state directory),
-    and whatever is created in it is lost with it."""
+    """mkdir -p, with every directory created made durable in its parent."""
     parents: set[Path] = set()
     for path in paths:
         missing: list[Path] = []
         for candidate in (path, *path.parents):
             if candidate.is_dir():
-                if missing:
-                    parents.add(candidate.parent)
                 break
             missing.append(candidate)
         for directory in reversed(missing):
