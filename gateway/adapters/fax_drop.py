@@ -20,46 +20,16 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_fax
-from gateway.stages.fax.metadata import FaxFacts, find_sidecar, read_filename, read_sidecar, read_tiff_tags
+from gateway.stages.fax.document import FaxUnreadable, read_fax
+from gateway.stages.fax.facts import fax_facts, read_sidecar_text
+from gateway.stages.fax.metadata import find_sidecar
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.stages.fax")
-
-
-def read_sidecar_text(sidecar: Path | None) -> str | None:
-    if sidecar is None:
-        return None
-    try:
-        return sidecar.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def fax_facts(config: Config, path: Path, document: FaxDocument | None, sidecar: Path | None) -> dict[str, Any]:
-    """Everything known about a fax file, for its spool item: sidecar, then TIFF tags, then name.
-    Without a document (a file that is no readable fax) only the sidecar and the name speak."""
-    tz = ZoneInfo(config.model.gateway.timezone)
-    facts = FaxFacts()
-    if sidecar is not None:
-        text = read_sidecar_text(sidecar)
-        if text is None:
-            facts.problems.append(f"sidecar {sidecar.name} cannot be read")
-        else:
-            read_sidecar(text, facts, f"sidecar {sidecar.name}", tz)
-    if document is not None:
-        read_tiff_tags(document.tags, facts, tz)
-    settings = config.model.fax
-    read_filename(path.name, settings.filename_pattern, settings.filename_time_format, facts, tz)
-    if document is None:
-        return {**facts.as_meta(), "file_name": path.name}
-    return {**facts.as_meta(), "file_name": path.name, "kind": document.kind, "pages": document.page_count,
-            "resolution": sorted({p.resolution for p in document.pages})}
 
 
 class FaxDropWatcher(Runner):

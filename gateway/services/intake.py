@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.adapters.fax_drop import fax_facts
+from gateway.stages.fax.facts import fax_facts
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError
