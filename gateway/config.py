@@ -265,6 +265,22 @@ class SmtpSection(_Strict):
     tls_key: Path | None = None
     require_tls: bool = False
     auth_users_file: Path | None = None
+    # AUTH user -> the organisation addresses its mail may carry in From (see auth_user_may_send_as).
+    auth_senders: dict[str, list[str]] = {}
+    # Failed AUTH attempts: per session, then 421 and hang up; per client address within the window.
+    max_auth_failures_per_session: int = Field(default=3, ge=1)
+    max_auth_failures_per_address: int = Field(default=10, ge=1)
+    auth_failure_window: float = Field(default=600.0, gt=0)
+    auth_failure_delay: float = Field(default=1.0, ge=0, le=30)
+    auth_check_threads: int = Field(default=2, ge=1, le=16)
+
+    @field_validator("auth_senders")
+    @classmethod
+    def _auth_senders(cls, values: dict[str, list[str]]) -> dict[str, list[str]]:
+        for user in values:
+            if not user or ":" in user or user != user.strip():
+                raise ValueError(f"{user!r} is not a user name of auth_users_file")
+        return {user: [_check_address(a) for a in addresses] for user, addresses in values.items()}
 
     @field_validator("listen")
     @classmethod
@@ -418,6 +434,33 @@ class LoggingSection(_Strict):
     timestamps: bool = True
 
 
+class TrustSection(_Strict):
+    """The check stage: the resolver for DKIM, SPF and DMARC, whose Authentication-Results count,
+    and what to do when DMARC says reject."""
+
+    nameservers: list[str] = []  # "IP" or "IP:PORT" ("[v6]:PORT"); empty: the system's resolvers
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60)  # one query to one server
+    lifetime_seconds: float = Field(default=5.0, gt=0, le=120)  # one lookup, all tries together
+    trusted_authserv_ids: list[str] = []  # Authentication-Results written by the organisation's MTAs
+    dmarc_policy: Literal["record", "refuse"] = "record"
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, values: list[str]) -> list[str]:
+        from gateway.stages.check import split_nameserver
+
+        for value in values:
+            split_nameserver(value)  # ValueError names the entry
+        return values
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, values: list[str]) -> list[str]:
+        if bad := [v for v in values if not v.strip() or any(c.isspace() or c == ";" for c in v.strip())]:
+            raise ValueError(f"{bad[0]!r} is not an authserv-id (a host name such as mx.example.org)")
+        return [v.strip().lower() for v in values]
+
+
 class ConfigModel(_Strict):
     gateway: GatewaySection = GatewaySection()
     registry: RegistrySection = RegistrySection()
@@ -433,6 +476,7 @@ class ConfigModel(_Strict):
     receipts: ReceiptsSection = ReceiptsSection()
     daemon: DaemonSection = DaemonSection()
     smtp: SmtpSection = SmtpSection()
+    trust: TrustSection = TrustSection()
     imap: ImapSection = ImapSection()
     fax: FaxSection = FaxSection()
     metrics: MetricsSection = MetricsSection()
@@ -542,6 +586,15 @@ class Config:
                 # Departments answer the gateway's notifications by replying to them.
                 or address == self.model.outbound.from_address)
 
+    def auth_user_may_send_as(self, user: str | None, address: str | None) -> bool:
+        """Does mail submitted by this SMTP AUTH user prove this From address?
+
+        Only the addresses listed for the user under [smtp.auth_senders]; a
+        user without an entry proves no address at all."""
+        if not user or not address:
+            return False
+        return address.strip().strip("<>").lower() in self.model.smtp.auth_senders.get(user, ())
+
     def department_for_address(self, address: str) -> str | None:
         address = address.lower()
         for dept in self.model.departments:
@@ -650,6 +703,15 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                                   "AUTH is offered only over TLS: set tls_certificate and tls_key"))
     if smtp.require_tls and smtp.tls_certificate is None:
         issues.append(ConfigIssue(config.path, "smtp.require_tls", "needs tls_certificate and tls_key"))
+    if smtp.auth_senders and smtp.auth_users_file is None:
+        issues.append(ConfigIssue(config.path, "smtp.auth_senders", "needs auth_users_file"))
+    domains = config.model.gateway.domains
+    for user, addresses in smtp.auth_senders.items():
+        for j, address in enumerate(addresses):
+            if address.rpartition("@")[2] not in domains:
+                issues.append(ConfigIssue(config.path, f"smtp.auth_senders.{user}[{j}]",
+                                          f"{address} is not in the organisation's domains (gateway.domains: "
+                                          f"{', '.join(domains) or 'none'}); AUTH proves only our own senders"))
     names: dict[str, int] = {}
     for i, account in enumerate(config.model.imap.accounts):
         key = f"imap.accounts[{i}]"

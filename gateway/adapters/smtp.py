@@ -17,6 +17,7 @@ import secrets
 import ssl
 import time
 from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,11 +58,7 @@ _DUMMY_HASH = hash_password(secrets.token_hex(8))
 
 
 class Credentials:
-    """`user:scrypt$...` lines; read at start and on reload, never logged.
-
-    Checking runs scrypt (about 50 ms) on the event loop, as aiosmtpd calls
-    authenticators synchronously; AUTH is for a few internal submitters.
-    """
+    """`user:scrypt$...` lines; read at start and on reload, never logged."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -75,16 +72,64 @@ class Credentials:
                 raise ValueError(f"{path}:{number}: expected 'user:scrypt$...'")
             self.users[user] = encoded
 
-    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                 auth_data: Any) -> AuthResult:
-        if isinstance(auth_data, LoginPassword):
-            user = auth_data.login.decode(errors="replace")
-            # Unknown users cost the same hash, so timing does not tell which names exist.
-            encoded = self.users.get(user, _DUMMY_HASH)
-            if _verify(auth_data.password, encoded) and user in self.users:
-                return AuthResult(success=True, auth_data=user)
-            log.warning("%s: AUTH %s failed for user %r", _peer(session), mechanism, user)
-        return AuthResult(success=False, handled=False)
+    def check(self, user: str, password: bytes) -> bool:
+        """scrypt, tens of milliseconds of CPU: called in AuthGuard's threads, never on the event loop."""
+        users = self.users  # replaced whole on reload, never changed in place
+        # Unknown users cost the same hash, so timing does not tell which names exist.
+        return _verify(password, users.get(user, _DUMMY_HASH)) and user in users
+
+
+def _offer(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
+    """The authenticator aiosmtpd calls: it only hands the credentials to IntakeSMTP.smtp_AUTH.
+
+    aiosmtpd calls authenticators synchronously, on the event loop; the
+    password is checked afterwards in a thread while the loop serves others.
+    "Handled" tells aiosmtpd to answer nothing itself.
+    """
+    if isinstance(server, IntakeSMTP) and isinstance(auth_data, LoginPassword):
+        server.offered = (mechanism, auth_data)
+    return AuthResult(success=False, handled=True)
+
+
+class AuthGuard:
+    """Password checks in a small thread pool, and failed AUTH attempts per client address.
+
+    An address is barred while its failures within the window, plus the
+    checks it has running, reach the maximum; successes erase nothing, so a
+    valid account does not buy an attacker more guesses.
+    """
+
+    def __init__(self, max_failures: int, window: float, threads: int):
+        self.max_failures = max_failures
+        self.window = window
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smtp-auth")
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._running: dict[str, int] = defaultdict(int)
+
+    def barred(self, address: str) -> bool:
+        now = time.monotonic()
+        if len(self._failures) > 4096:  # forget addresses whose failures have all aged out
+            for quiet in [a for a, times in self._failures.items() if not times or times[-1] < now - self.window]:
+                del self._failures[quiet]
+        failures = self._failures.get(address)
+        while failures and failures[0] < now - self.window:
+            failures.popleft()
+        return len(failures or ()) + self._running.get(address, 0) >= self.max_failures
+
+    async def check(self, credentials: Credentials, address: str, user: str, password: bytes) -> bool | None:
+        """True or False, or None when the address is barred and nothing was checked."""
+        if self.barred(address):
+            return None
+        self._running[address] += 1
+        try:
+            valid = await asyncio.get_running_loop().run_in_executor(self.pool, credentials.check, user, password)
+        finally:
+            self._running[address] -= 1
+            if not self._running[address]:
+                del self._running[address]
+        if not valid:
+            self._failures[address].append(time.monotonic())
+        return valid
 
 
 # -- limits ------------------------------------------------------------------
@@ -139,6 +184,8 @@ class IntakeSMTP(SMTP):
         self._counted = False
         self._transactions = 0
         self._session_id = secrets.token_hex(6)
+        self._auth_failures = 0
+        self.offered: tuple[str, LoginPassword] | None = None  # set by _offer during AUTH
         super().__init__(intake, **kwargs)
 
     async def _handle_client(self) -> None:
@@ -189,6 +236,48 @@ class IntakeSMTP(SMTP):
         if transport is not None and not transport.is_closing():
             transport.write(f"421 4.4.2 {self.hostname} timeout exceeded, closing\r\n".encode())
         super()._timeout_cb()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """aiosmtpd's AUTH dialogue, with the password checked off the event loop and failures capped."""
+        intake, peer = self.intake, _peer(self.session)
+        if intake.auth_guard.barred(peer):
+            await self._refuse_auth(f"421 4.7.0 Too many failed authentication attempts from {peer}, "
+                                    "try again later", f"AUTH refused: too many failures from {peer}")
+            return
+        self.offered = None
+        await super().smtp_AUTH(arg)  # syntax, TLS, mechanism, the challenges; then _offer
+        offered, self.offered = self.offered, None
+        if offered is None or intake.credentials is None or self.session is None:
+            return  # answered already: nothing to check
+        mechanism, auth_data = offered
+        user = auth_data.login.decode(errors="replace")
+        valid = await intake.auth_guard.check(intake.credentials, peer, user, auth_data.password)
+        transport = self._stream()
+        if transport is None or transport.is_closing():  # the client left, or the daemon is stopping
+            return
+        if valid:
+            self.session.authenticated = True
+            self.session.auth_data = user
+            self.session.login_data = auth_data.login
+            await self.push("235 2.7.0 Authentication successful")
+            return
+        if valid is None:
+            await self._refuse_auth(f"421 4.7.0 Too many failed authentication attempts from {peer}, "
+                                    "try again later", f"AUTH refused: too many failures from {peer}")
+            return
+        self._auth_failures += 1
+        log.warning("%s: AUTH %s failed for user %r", peer, mechanism, user)
+        await asyncio.sleep(intake.auth_failure_delay)
+        await self.push("535 5.7.8 Authentication credentials invalid")
+        if self._auth_failures >= intake.config.model.smtp.max_auth_failures_per_session:
+            log.warning("%s: session %s closed after %d failed AUTH attempts", peer, self._session_id,
+                        self._auth_failures)
+            self.hang_up("421 4.7.0 Too many failed authentication attempts, closing")
+
+    async def _refuse_auth(self, reply: str, why: str) -> None:
+        log.warning("%s: %s", _peer(self.session), why)
+        await asyncio.sleep(self.intake.auth_failure_delay)  # a client retrying at once is slowed, no one else
+        self.hang_up(reply)
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -314,6 +403,9 @@ class SmtpIntake:
                                              config.resolve(smtp.tls_key))
         auth_file = config.resolve(smtp.auth_users_file)
         self.credentials = Credentials(auth_file) if auth_file else None
+        self.auth_guard = AuthGuard(smtp.max_auth_failures_per_address, smtp.auth_failure_window,
+                                    smtp.auth_check_threads)
+        self.auth_failure_delay = smtp.auth_failure_delay
         self._servers: list[asyncio.base_events.Server] = []
         self.sessions: set[IntakeSMTP] = set()
         self.stopping = False
@@ -325,7 +417,7 @@ class SmtpIntake:
             tls_context=self.tls_context, require_starttls=smtp.require_tls, auth_require_tls=True,
         )
         if self.credentials is not None:
-            self._kwargs["authenticator"] = self.credentials
+            self._kwargs["authenticator"] = _offer
         else:
             self._kwargs["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
 
@@ -336,6 +428,9 @@ class SmtpIntake:
         self.limits.max_sessions = smtp.max_sessions
         self.limits.per_minute = smtp.max_connections_per_minute
         self.data_timeout = smtp.data_timeout
+        self.auth_guard.max_failures = smtp.max_auth_failures_per_address
+        self.auth_guard.window = smtp.auth_failure_window
+        self.auth_failure_delay = smtp.auth_failure_delay
         if self.credentials is not None:
             try:
                 self.credentials.users = Credentials(self.credentials.path).users
@@ -367,6 +462,7 @@ class SmtpIntake:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             session.hang_up("421 4.3.2 {} shutting down, try again later")
+        self.auth_guard.pool.shutdown(wait=False)
 
     # -- aiosmtpd hooks ----------------------------------------------------
     async def handle_MAIL(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
