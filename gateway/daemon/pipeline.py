@@ -21,6 +21,7 @@ from gateway.registry import NewLetter, Registered, Registry, RegistryUnavailabl
 from gateway.services.letters import LetterSteps
 from gateway.spool import Spool, SpoolItem
 from gateway.stages.build import AnswerItem, LetterBuilder
+from gateway.stages.check import DmarcRefused
 
 log = logging.getLogger("gateway.daemon.pipeline")
 
@@ -30,7 +31,7 @@ Publish = Callable[[str, dict[str, Any]], None]
 @dataclass(frozen=True)
 class Outcome:
     item_id: str
-    result: str  # registered | duplicate | known | answer | retry | quarantined | released
+    result: str  # registered | duplicate | known | answer | retry | quarantined | released | refused
     number: str | None = None
     reason: str | None = None
 
@@ -55,8 +56,8 @@ class Pipeline:
         self.builder.config = config
         self.steps.config = config
 
-    def build(self, item: SpoolItem) -> NewLetter | AnswerItem:
-        return self.builder.build(item)
+    def build(self, item: SpoolItem, *, may_refuse: bool = False) -> NewLetter | AnswerItem:
+        return self.builder.build(item, may_refuse=may_refuse)
 
     def process(self, items: list[SpoolItem], *, discard_when_unavailable: bool = False) -> list[Outcome]:
         """Normalise and register a batch. With discard_when_unavailable (an intake
@@ -66,7 +67,14 @@ class Pipeline:
         ready: list[tuple[SpoolItem, NewLetter]] = []
         for item in items:
             try:
-                built = self.build(item)
+                # Only a sender still waiting for the answer can be refused; for anything
+                # already accepted the verdict is just recorded.
+                built = self.build(item, may_refuse=discard_when_unavailable)
+            except DmarcRefused as exc:
+                log.info("item %s refused: %s", item.id, exc.reason)
+                self.spool.discard(item)  # nothing registered, nothing quarantined: the sender is told 550
+                outcomes.append(Outcome(item.id, "refused", reason=exc.reason))
+                continue
             except Exception as exc:  # one bad item never blocks the others
                 outcomes.append(self._failed(item, f"cannot read item: {type(exc).__name__}: {exc}"))
                 item.forget_raw()
@@ -101,7 +109,8 @@ class Pipeline:
     def _record_answer(self, item: SpoolItem, answer: AnswerItem, discard_when_unavailable: bool) -> Outcome:
         try:
             result = self.steps.record_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
-                                              raw_path=answer.raw_path, received_at=answer.received_at)
+                                              raw_path=answer.raw_path, received_at=answer.received_at,
+                                              trust=answer.trust)
         except RegistryUnavailable as exc:
             return self._unavailable(item, exc, discard_when_unavailable)
         except Exception as exc:

@@ -91,7 +91,7 @@ class Registration(Store):
                    {"category": None, "urgency": "regular", "confidentiality": "normal", "deadline": None,
                     "owner": None, "tags": [], "classification": None}),
                 "raw_sha256": new.raw_sha256, "raw_size": new.raw_size, "raw_path": new.raw_path,
-                "envelope": new.envelope, "defects": new.defects,
+                "envelope": new.envelope, "defects": new.defects, "trust": new.trust,
                 "flags": merged(new.flags, routing.flags) if routing is not None else new.flags,
                 "fax_number": fax.get("number"), "fax_caller_id": fax.get("caller_id"),
                 "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),

@@ -92,6 +92,8 @@ class Letter(Base):
     envelope: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     defects: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
     flags: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    # The check stage's verdict (gateway/stages/check.py); {} for letters registered before it.
+    trust: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
 
     fax_number: Mapped[str | None] = mapped_column(String(64))
     fax_caller_id: Mapped[str | None] = mapped_column(String(64))

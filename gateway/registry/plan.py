@@ -83,6 +83,7 @@ class NewLetter:
     actor: str = "gateway"
     needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
     routing: Routing | None = None  # None: classified later (a fax, once its text is read)
+    trust: dict[str, Any] = field(default_factory=dict)  # the check stage's verdict (stages/check.py)
 
 
 @dataclass
@@ -94,14 +95,17 @@ class Answer:
     command: str | None  # ack | progress | close | reassign | note | None (just text)
     argument: str  # the result, note or department
     text: str  # the answer's own text (without the quoted part), as recorded
+    reply_addresses: list[str] = field(default_factory=list)  # our signed reply addresses it was sent to
 
 
 @dataclass
 class AnswerPlan:
     """An answer to record on its letter, with everything obeying it may cause, composed beforehand.
 
-    Whether it is obeyed is decided under the letter's lock from `entitled` (the addresses
-    that may command, per department, plus the letter's own owner)."""
+    Whether it is obeyed is decided under the letter's lock: its sender must be authenticated
+    (`authenticated`), have answered through a reply address signed for this letter and for
+    them (`token_refusal` None), and be in `entitled` (the addresses that may command, per
+    department, plus the letter's own owner). The subject's number alone grants nothing."""
 
     answer: Answer
     keys: list[str]  # intake keys: a second arrival of the same mail is recognised
@@ -113,6 +117,10 @@ class AnswerPlan:
     notify: list[NewMail] = field(default_factory=list)  # the new department's owners, for reassign
     deadline: datetime | None = None  # for reassign, when the letter has none yet
     feedback: list[NewMail] = field(default_factory=list)  # the result for the sender, if it closes
+    authenticated: str | None = None  # the sender's address as the check stage proved it; None: not proved
+    token_refusal: str | None = "no reply token"  # why the reply token does not vouch for it; None: it does
+    # department -> the notices to its owners that a command was refused, one each (queued only then)
+    refusal_notices: dict[str, list[NewMail]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,12 +18,14 @@ from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
 from gateway.stages.answers import FORWARD, bracketed_numbers, own_text, parse_command
+from gateway.stages.check import Checker, TrustPolicy, make_resolver
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, parse_time
 from gateway.stages.normalise import Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.route import route
+from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
 # The letter a mail answers, if any: (numbers in its subject, Message-IDs it replies to) -> number.
 FindAnswered = Callable[[list[str], list[str]], "str | None"]
@@ -38,6 +40,7 @@ class AnswerItem:
     sha256: str
     raw_path: str
     received_at: datetime
+    trust: dict[str, Any] = field(default_factory=dict)  # the check stage's verdict of the answer's sender
 
 
 
@@ -59,9 +62,24 @@ class LetterBuilder:
         self.config = config
         self.answered_letter = answered_letter
         self.stored_path = stored_path  # sha256 -> the raw copy's path, relative to the state directory
+        self._checker: tuple[Config, Checker] | None = None
 
-    def build(self, item: SpoolItem) -> NewLetter | AnswerItem:
-        """Everything that can fail because of the item itself happens here."""
+    def checker(self) -> Checker:
+        """The check stage for the configuration in force (built again after a reload)."""
+        if self._checker is None or self._checker[0] is not self.config:
+            trust = self.config.model.trust
+            self._checker = (self.config, Checker(
+                make_resolver(trust.nameservers, trust.timeout_seconds, trust.lifetime_seconds),
+                TrustPolicy(frozenset(trust.trusted_authserv_ids), trust.dmarc_policy == "refuse",
+                            tuple(self.config.model.gateway.domains)),
+                self.config.auth_user_may_send_as))
+        return self._checker[1]
+
+    def build(self, item: SpoolItem, *, may_refuse: bool = False) -> NewLetter | AnswerItem:
+        """Everything that can fail because of the item itself happens here.
+
+        With may_refuse (an SMTP client still waits for the answer), mail the DMARC policy in
+        force refuses raises DmarcRefused instead of being built."""
         raw = item.raw  # checked against the spool seal while reading
         meta = item.meta
         if meta.get("channel") == "fax" and "fax" in meta:  # a fax file, not a mail
@@ -72,6 +90,9 @@ class LetterBuilder:
         rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]
         to = [a.address for a in parsed.to]
         flags = list(meta.get("flags", []))
+        trust = self.checker().check(raw, parsed.sender.address if parsed.sender else "", parsed.header_fields,
+                                     envelope, str(meta.get("intake", "file")), may_refuse=may_refuse).as_dict()
+        flags += [f for f in trust["flags"] if f not in flags]
         hint = meta.get("department_hint") if meta.get("department_hint") in self.config.departments else None
         if hint:
             envelope = {**envelope, "department_hint": hint}  # the mailbox it came from belongs to someone
@@ -86,7 +107,7 @@ class LetterBuilder:
             flags += fax_flags
             defects += fax_defects
         received_at = _parse_time(meta.get("received_at"))
-        answer = self._answer(parsed, channel)
+        answer = self._answer(parsed, channel, rcpts)
         if answer is not None:
             # The same answer again (the same bytes, or the same mail through another mailbox)
             # is recognised, not obeyed twice.
@@ -94,11 +115,11 @@ class LetterBuilder:
             if parsed.message_id:
                 keys.append(f"answer-message-id:{parsed.message_id[:400]}")
             return AnswerItem(answer, keys, sha, self.stored_path(sha),
-                              received_at)
+                              received_at, trust=trust)
         routing = None
         if not needs_ocr:  # a fax with pages to read is classified once its text is known
             facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
-                                    fax_number=fax.get("number"))
+                                    fax_number=fax.get("number"), trust=trust)
             routing = route(self.config, facts, received_at=received_at, envelope_from=envelope.get("mail_from"),
                             backlog="backlog" in flags)
         return _storable(NewLetter(
@@ -128,28 +149,39 @@ class LetterBuilder:
             fax=fax,
             needs_ocr=needs_ocr,
             routing=routing,
+            trust=trust,
         ))
 
-    def _answer(self, parsed: Normalised, channel: str) -> Answer | None:
-        """Is this a department answering one of our notifications? Only people of the
-        organisation answer; anyone else's reply is correspondence, registered as a letter."""
+    def _answer(self, parsed: Normalised, channel: str, rcpts: list[str]) -> Answer | None:
+        """Is this a department answering one of our notifications? It names the letter by the
+        number in its subject, by the mail of ours it replies to, or by the signed reply address it
+        was sent to. From the organisation's domains that makes it an answer (whether it is obeyed
+        is decided later, from its authentication and reply token); from anyone else only a reply
+        address issued to that very sender does, or it is correspondence, registered as a letter."""
         if channel != "email" or parsed.sender is None:
             return None
         sender = parsed.sender.address.lower()
-        if not is_internal(sender, self.config.model.gateway.domains):
-            return None
         if FORWARD.match(parsed.subject):
             return None  # someone passing on mail: correspondence of its own, not an answer
+        addresses = [*rcpts, *(a.address for a in [*parsed.to, *parsed.cc])]
+        tokens = find_reply_tokens(self.config, addresses)
+        internal = is_internal(sender, self.config.model.gateway.domains)
+        if not internal and not tokens:
+            return None
         numbers = bracketed_numbers(parsed.subject)
         ids = [i for i in [parsed.in_reply_to, *parsed.references] if i]
-        if not numbers and not ids:
-            return None
-        number = self.answered_letter(numbers, ids)
+        number = self.answered_letter(numbers, ids) if numbers or ids else None
+        by_token = [t.number for t in tokens if t.number]
+        if number is None and by_token:
+            number = self.answered_letter(by_token, [])
         if number is None:
+            return None
+        if not internal and not any(check_reply_token(self.config, t, number, sender) is None for t in tokens):
             return None
         text = own_text(parsed.body_text)
         command, argument = parse_command(text)
-        return Answer(number, sender, command, argument, text)
+        reply_addresses = list(dict.fromkeys(a.lower() for a in addresses if find_reply_tokens(self.config, [a])))
+        return Answer(number, sender, command, argument, text, reply_addresses)
 
     def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
         """A fax from the drop folder: its pages counted again from the bytes, its facts from intake."""

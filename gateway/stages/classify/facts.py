@@ -30,6 +30,9 @@ class Facts:
     headers: dict[str, list[str]] = field(default_factory=dict)  # lower-case name -> decoded values
     fax_number: str | None = None
     mailbox_department: str | None = None  # the department whose IMAP mailbox it came from
+    sender_verified: bool = False  # the check stage proved the sender address (stages/check.py)
+    # The From address claims the organisation but is not proven: treated as external.
+    unverified_internal: bool = False
 
     @property
     def sender_domain(self) -> str:
@@ -53,8 +56,17 @@ def headers_of(raw: bytes) -> dict[str, list[str]]:
     return header_map([(name, decode_header_value(str(value))[0]) for name, value in message.raw_items()])
 
 
+def _trust_facts(trust: dict[str, Any] | None) -> dict[str, bool]:
+    """What the rules may know of a verdict; without one nothing is proven (and nothing flagged:
+    letters registered before the check stage existed keep their classification on replay)."""
+    trust = trust or {}
+    return {"sender_verified": bool(trust.get("authenticated")),
+            "unverified_internal": "unverified-internal-sender" in trust.get("flags", [])}
+
+
 def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[str],
-                    mailbox_department: str | None, fax_number: str | None = None) -> Facts:
+                    mailbox_department: str | None, fax_number: str | None = None,
+                    trust: dict[str, Any] | None = None) -> Facts:
     return Facts(
         channel=channel,
         sender_address=parsed.sender.address.lower() if parsed.sender else "",
@@ -66,6 +78,7 @@ def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[st
         headers=header_map(parsed.header_fields),
         fax_number=fax_number,
         mailbox_department=mailbox_department,
+        **_trust_facts(trust),
     )
 
 
@@ -89,6 +102,7 @@ def facts_from_letter(letter: Letter, headers: dict[str, list[str]],
         headers=headers,
         fax_number=letter.fax_number,
         mailbox_department=hint if departments is None or hint in departments else None,
+        **_trust_facts(letter.trust),
     )
 
 

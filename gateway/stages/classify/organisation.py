@@ -49,7 +49,13 @@ class Organisation:
     def is_internal(self, address: str) -> bool:
         return is_internal(address, self.domains)
 
+    def sender_is_internal(self, facts: Facts) -> bool:
+        """A sender of the organisation, unless it only claims to be (see Facts.unverified_internal)."""
+        return bool(facts.sender_address) and not facts.unverified_internal and self.is_internal(facts.sender_address)
+
     def sender_department(self, facts: Facts) -> str | None:
+        if facts.unverified_internal:
+            return None  # a forged From earns no department's privileges
         address = facts.sender_address
         return self.department_addresses.get(address) or self.department_people.get(address)
 

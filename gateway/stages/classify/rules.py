@@ -366,10 +366,20 @@ class _Builder:
 
     def _when_sender_internal(self, value: bool) -> Condition:
         def test(s: Scan) -> str | None:
-            internal = bool(s.facts.sender_address) and s.ctx.is_internal(s.facts.sender_address)
+            internal = s.ctx.sender_is_internal(s.facts)
             if internal != value:
                 return None
+            if s.facts.unverified_internal:
+                return f"sender {s.facts.sender_address} claims the organisation but is not verified"
             return f"sender {s.facts.sender_address or '(none)'} is {'' if internal else 'not '}in the organisation"
+        return Test(test)
+
+    def _when_sender_verified(self, value: bool) -> Condition:
+        def test(s: Scan) -> str | None:
+            verified = s.facts.sender_verified
+            if verified != value:
+                return None
+            return f"sender {s.facts.sender_address or '(none)'} is {'' if verified else 'not '}verified"
         return Test(test)
 
     @staticmethod

@@ -247,6 +247,7 @@ class Conditions(_Ordered):
     sender_domain: DomainPatterns | None = None
     sender_name: KeywordMatch | None = None
     sender_internal: StrictBool | None = None
+    sender_verified: StrictBool | None = None  # the check stage proved the From address
     sender_department: DepartmentIds | None = None  # ids, or `any`
     recipient_department: DepartmentIds | None = None
     mailbox_department: DepartmentIds | None = None

@@ -1,0 +1,445 @@
+"""The check stage: who really sent this mail?
+
+Every e-mail item gets a *trust verdict* before it is classified or obeyed: whether its From
+address is proven, how, and the evidence. A From header alone proves nothing — anyone can
+write one. The address counts as proven by
+
+- SMTP AUTH: the session authenticated as a user allowed to send as that address;
+- DKIM: a valid signature whose d= is aligned with the From domain;
+- DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
+- a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
+  (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
+  with an aligned d=. Every other Authentication-Results header is ignored (and recorded).
+
+DKIM, SPF and DMARC are checked only for mail received by the SMTP listener, which saw the
+connection. Mail fetched by IMAP, from the fax inbox or taken in by hand has no SMTP
+envelope worth checking: its verdict comes from trusted Authentication-Results only.
+
+DNS goes through a resolver built from `[trust]` (its own servers and time limits). A lookup
+that fails or times out is a `temperror` on the verdict: recorded, never a crash and never a
+refusal by itself.
+
+Alignment uses a simple organisational domain: the last two labels of a name
+(mail.example.com -> example.com). It does not know public suffixes such as com.cn, so under
+those, relaxed alignment is only as strict as the second-level name; strict alignment
+(adkim=s / aspf=s) compares whole domains.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dkim
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import spf
+
+from gateway.stages.addresses import is_internal
+
+UNVERIFIED_INTERNAL = "unverified-internal-sender"
+MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
+_SMTP_INTAKE = "smtp"
+
+
+class DmarcRefused(Exception):
+    """The From domain's DMARC policy says reject and the policy in force refuses such mail."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Verdict:
+    from_address: str
+    from_domain: str
+    authenticated: bool = False
+    address: str | None = None  # the From address, when proven
+    method: str | None = None  # smtp-auth | dkim | dmarc | authentication-results
+    smtp_auth_user: str | None = None
+    dkim: list[dict[str, Any]] = field(default_factory=list)  # domain, selector, result, aligned
+    spf: dict[str, Any] | None = None  # result, domain
+    dmarc: dict[str, Any] | None = None  # result, policy, domain
+    authentication_results: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {"trusted": [], "ignored": []})
+    flags: list[str] = field(default_factory=list)
+    temperror: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def prove(self, method: str) -> None:
+        if not self.authenticated:
+            self.authenticated, self.method, self.address = True, method, self.from_address
+
+
+def is_authenticated(trust: dict[str, Any] | None) -> bool:
+    """A stored verdict's answer; no verdict at all proves nothing."""
+    return bool(trust and trust.get("authenticated"))
+
+
+def describe(trust: dict[str, Any] | None) -> str:
+    """One line for people: the method and its evidence, or why nothing is proven."""
+    if not trust:
+        return "not checked"
+    if trust.get("authenticated"):
+        method = trust.get("method")
+        evidence = ""
+        if method == "smtp-auth":
+            evidence = f"SMTP AUTH user {trust.get('smtp_auth_user')}"
+        elif method == "dkim":
+            passed = [d for d in trust.get("dkim", []) if d.get("result") == "pass" and d.get("aligned")]
+            evidence = ", ".join(f"d={d['domain']} s={d['selector']}" for d in passed)
+        elif method == "dmarc":
+            dmarc, spf_result = trust.get("dmarc") or {}, trust.get("spf") or {}
+            evidence = f"DMARC pass for {dmarc.get('domain')}, SPF {spf_result.get('result')} " \
+                       f"for {spf_result.get('domain')}"
+        elif method == "authentication-results":
+            evidence = "trusted Authentication-Results from " + ", ".join(
+                r["authserv_id"] for r in trust.get("authentication_results", {}).get("trusted", []))
+        return f"yes, {trust.get('address')} by {method} ({evidence})"
+    found = []
+    for d in trust.get("dkim", []):
+        found.append(f"DKIM {d.get('result')} d={d.get('domain')} s={d.get('selector')}"
+                     f"{'' if d.get('aligned') else ' (not aligned)'}")
+    if trust.get("spf"):
+        found.append(f"SPF {trust['spf'].get('result')} for {trust['spf'].get('domain')}")
+    if trust.get("dmarc"):
+        dmarc = trust["dmarc"]
+        found.append(f"DMARC {dmarc.get('result')} (policy {dmarc.get('policy') or 'none'}) for {dmarc.get('domain')}")
+    ignored = trust.get("authentication_results", {}).get("ignored", [])
+    if ignored:
+        found.append(f"{len(ignored)} untrusted Authentication-Results ignored")
+    if trust.get("temperror"):
+        found.append("DNS temperror")
+    return "no" + (f" ({'; '.join(found)})" if found else "")
+
+
+# -- the resolver ---------------------------------------------------------
+
+def make_resolver(nameservers: list[str], timeout: float, lifetime: float) -> dns.resolver.Resolver:
+    """A resolver with its own servers ("IP" or "IP:PORT", "[v6]:PORT") and time limits;
+    no servers: the system's (resolv.conf)."""
+    if nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
+                                for host, port in map(split_nameserver, nameservers)]
+    else:
+        resolver = dns.resolver.Resolver()
+    resolver.timeout = timeout
+    resolver.lifetime = lifetime
+    resolver.cache = None  # records change (key rotation): each check asks afresh
+    return resolver
+
+
+def split_nameserver(entry: str) -> tuple[str, int]:
+    """"127.0.0.1:5353" -> ("127.0.0.1", 5353); a bare address uses port 53. Raises ValueError."""
+    entry = entry.strip()
+    host, port = entry, "53"
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{entry!r}: expected [address]:port")
+            port = rest[1:]
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    ipaddress.ip_address(host)  # a name would need a resolver of its own
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r}: port must be 1-65535")
+    return host, int(port)
+
+
+class DnsTempError(Exception):
+    """A lookup failed for now (timeout, no server answered)."""
+
+
+def txt_records(resolver: dns.resolver.Resolver, name: str) -> list[bytes]:
+    """The TXT records of a name, each joined from its strings; [] if none (NXDOMAIN, no answer)."""
+    try:
+        answer = resolver.resolve(name, dns.rdatatype.TXT, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as exc:
+        raise DnsTempError(f"{name}: {type(exc).__name__}") from exc
+    except dns.exception.DNSException as exc:
+        raise DnsTempError(f"{name}: {exc}") from exc
+    return [b"".join(rdata.strings) for rdata in answer]
+
+
+# pyspf looks records up through its module-level DNSLookup; during a check it is the
+# resolver of that check (a context variable, so that concurrent checks keep theirs).
+_spf_resolver: ContextVar[dns.resolver.Resolver | None] = ContextVar("spf_resolver", default=None)
+
+
+def _spf_lookup(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list[tuple[Any, Any]]:
+    resolver = _spf_resolver.get()
+    if resolver is None:
+        raise spf.TempError("DNS: no resolver configured for SPF")
+    try:
+        answer = resolver.resolve(name, qtype, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.DNSException as exc:
+        raise spf.TempError(f"DNS {type(exc).__name__}") from exc
+    found: list[tuple[Any, Any]] = []
+    for rdata in answer:
+        if qtype in ("A", "AAAA"):
+            found.append(((name, qtype), rdata.address))
+        elif qtype == "MX":
+            found.append(((name, qtype), (rdata.preference, rdata.exchange)))
+        elif qtype == "PTR":
+            found.append(((name, qtype), rdata.target.to_text(True)))
+        elif qtype in ("TXT", "SPF"):
+            found.append(((name, qtype), rdata.strings))
+    return found
+
+
+spf.DNSLookup = _spf_lookup
+
+
+@contextmanager
+def _spf_using(resolver: dns.resolver.Resolver) -> Iterator[None]:
+    token = _spf_resolver.set(resolver)
+    try:
+        yield
+    finally:
+        _spf_resolver.reset(token)
+
+
+# -- domains --------------------------------------------------------------
+
+def organisational_domain(domain: str) -> str:
+    """The last two labels (see the module's docstring for what this does not know)."""
+    labels = domain.lower().strip(".").split(".")
+    return ".".join(labels[-2:])
+
+
+def aligned(domain: str, from_domain: str, mode: str) -> bool:
+    domain, from_domain = domain.lower().strip("."), from_domain.lower().strip(".")
+    if not domain or not from_domain:
+        return False
+    if mode == "s":
+        return domain == from_domain
+    return organisational_domain(domain) == organisational_domain(from_domain)
+
+
+def _tags(record: bytes | str) -> dict[str, str]:
+    text = record.decode("ascii", "replace") if isinstance(record, bytes) else record
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            tags[key.strip().lower()] = re.sub(r"\s+", "", value)
+    return tags
+
+
+# -- Authentication-Results (RFC 8601) ------------------------------------
+
+_AR_RESULT = re.compile(r"\b(dkim|spf|dmarc)\s*=\s*([a-z]+)((?:\s+[a-z]+\.[a-z-]+\s*=\s*[^\s;]+)*)", re.I)
+_AR_PROPERTY = re.compile(r"([a-z]+\.[a-z-]+)\s*=\s*([^\s;]+)", re.I)
+
+
+def _strip_comments(value: str) -> str:
+    out, depth = [], 0
+    for char in value:
+        if char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif not depth:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_authentication_results(value: str) -> dict[str, Any]:
+    """{"authserv_id", "results": [{"method", "result", "properties": {...}}]}."""
+    text = " ".join(_strip_comments(value).split())
+    head, _, rest = text.partition(";")
+    authserv_id = head.split()[0].lower() if head.split() else ""
+    results = []
+    for match in _AR_RESULT.finditer(rest):
+        properties = {k.lower(): v.strip('"').lower() for k, v in _AR_PROPERTY.findall(match.group(3))}
+        results.append({"method": match.group(1).lower(), "result": match.group(2).lower(),
+                        "properties": properties})
+    return {"authserv_id": authserv_id, "results": results}
+
+
+def _proves(results: list[dict[str, Any]], from_domain: str) -> bool:
+    """Does a trusted header say the From domain is authenticated?"""
+    for r in results:
+        if r["result"] != "pass":
+            continue
+        props = r["properties"]
+        if r["method"] == "dmarc" and props.get("header.from", "") == from_domain:
+            return True
+        if r["method"] == "dkim" and aligned(props.get("header.d", props.get("header.i", "").rpartition("@")[2]),
+                                             from_domain, "r"):
+            return True
+    return False
+
+
+# -- the check --------------------------------------------------------------
+
+MaySendAs = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    trusted_authserv_ids: frozenset[str]
+    refuse_dmarc_reject: bool
+    internal_domains: tuple[str, ...]
+
+
+class Checker:
+    def __init__(self, resolver: dns.resolver.Resolver, policy: TrustPolicy, may_send_as: MaySendAs):
+        self.resolver = resolver
+        self.policy = policy
+        self.may_send_as = may_send_as
+
+    def check(self, raw: bytes, from_address: str, header_fields: list[tuple[str, str]],
+              envelope: dict[str, Any], intake: str, *, may_refuse: bool = False) -> Verdict:
+        """The verdict of one mail. Raises DmarcRefused only with may_refuse (an SMTP client
+        still waiting for the answer) and the refuse policy."""
+        from_address = from_address.strip().lower()
+        from_domain = from_address.rpartition("@")[2] if "@" in from_address else ""
+        verdict = Verdict(from_address=from_address, from_domain=from_domain)
+        smtp = intake == _SMTP_INTAKE
+        auth_user = envelope.get("auth_user") if smtp else None
+        if auth_user:
+            verdict.smtp_auth_user = str(auth_user)
+            if from_address and self.may_send_as(str(auth_user), from_address):
+                verdict.prove("smtp-auth")
+        if smtp and from_domain:
+            self._dkim(raw, verdict)
+            self._spf(envelope, verdict)
+            self._dmarc(verdict)
+        self._authentication_results(header_fields, verdict)
+        if from_domain and not verdict.authenticated and is_internal(from_address, self.policy.internal_domains):
+            verdict.flags.append(UNVERIFIED_INTERNAL)
+        dmarc = verdict.dmarc or {}
+        if (may_refuse and smtp and self.policy.refuse_dmarc_reject and not verdict.authenticated
+                and dmarc.get("result") == "fail" and dmarc.get("policy") == "reject"):
+            raise DmarcRefused(f"DMARC policy of {dmarc.get('domain')} says reject: "
+                               f"no aligned DKIM or SPF pass for {from_domain}")
+        return verdict
+
+    def _dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
+        """dkimpy's dnsfunc: the key record, None if there is none."""
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        try:
+            records = txt_records(self.resolver, text)
+        except DnsTempError as exc:
+            raise dkim.DnsTimeoutError(str(exc)) from exc
+        return records[0] if records else None
+
+    def _dkim(self, raw: bytes, verdict: Verdict) -> None:
+        try:
+            checker = dkim.DKIM(raw)
+            signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+        except Exception:
+            return  # not parseable as a message: no signature can be checked
+        for index, value in enumerate(signatures[:MAX_SIGNATURES]):
+            tags = _tags(value)
+            domain, selector = tags.get("d", "").lower(), tags.get("s", "")
+            try:
+                result = "pass" if checker.verify(idx=index, dnsfunc=self._dkim_txt) else "fail"
+            except dkim.DnsTimeoutError:
+                result = "temperror"
+                verdict.temperror = True
+            except dkim.KeyFormatError:
+                result = "permerror"  # wrong selector: no key there
+            except dkim.DKIMException:
+                result = "fail"
+            except Exception:
+                result = "permerror"  # a malformed signature must not break the check
+            verdict.dkim.append({"domain": domain, "selector": selector, "result": result,
+                                 "aligned": aligned(domain, verdict.from_domain, "r")})
+
+    def _spf(self, envelope: dict[str, Any], verdict: Verdict) -> None:
+        client = str(envelope.get("client") or "")
+        helo = str(envelope.get("helo") or "")
+        mail_from = str(envelope.get("mail_from") or "")
+        domain = mail_from.rpartition("@")[2].lower() if "@" in mail_from else helo.lower()
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            verdict.spf = {"result": "none", "domain": domain}
+            return
+        sender = mail_from or f"postmaster@{helo}"
+        lifetime = float(self.resolver.lifetime or 5)
+        with _spf_using(self.resolver):
+            try:
+                result, _explanation = spf.check2(i=client, s=sender, h=helo, timeout=lifetime * 4,
+                                                  querytime=lifetime * 4)
+            except Exception:  # pyspf raises on some malformed input; an SPF question, not a crash
+                result = "permerror"
+        if result == "temperror":
+            verdict.temperror = True
+        verdict.spf = {"result": str(result), "domain": domain}
+
+    def _dmarc(self, verdict: Verdict) -> None:
+        from_domain = verdict.from_domain
+        organisational = organisational_domain(from_domain)
+        record: dict[str, str] | None = None
+        found_at = from_domain
+        try:
+            for candidate in dict.fromkeys([from_domain, organisational]):
+                records = [r for r in txt_records(self.resolver, f"_dmarc.{candidate}.")
+                           if r.lower().startswith(b"v=dmarc1")]
+                if records:
+                    record, found_at = _tags(records[0]), candidate
+                    break
+        except DnsTempError:
+            verdict.temperror = True
+            verdict.dmarc = {"result": "temperror", "policy": None, "domain": from_domain}
+            return
+        if record is None:
+            verdict.dmarc = {"result": "none", "policy": None, "domain": from_domain}
+            self._dkim_alone(verdict)
+            return
+        policy = record.get("p", "none").lower()
+        if found_at != from_domain and "sp" in record:
+            policy = record["sp"].lower()  # a subdomain under its organisation's record
+        adkim, aspf = record.get("adkim", "r").lower(), record.get("aspf", "r").lower()
+        for entry in verdict.dkim:
+            entry["aligned"] = aligned(entry["domain"], from_domain, adkim)
+        dkim_pass = any(d["result"] == "pass" and d["aligned"] for d in verdict.dkim)
+        spf_pass = bool(verdict.spf and verdict.spf["result"] == "pass"
+                        and aligned(verdict.spf["domain"], from_domain, aspf))
+        passed = dkim_pass or spf_pass
+        verdict.dmarc = {"result": "pass" if passed else "fail", "policy": policy, "domain": found_at}
+        if dkim_pass:
+            verdict.prove("dkim")
+        elif spf_pass:
+            verdict.prove("dmarc")
+
+    @staticmethod
+    def _dkim_alone(verdict: Verdict) -> None:
+        """No DMARC record: an aligned DKIM signature still proves the From domain; SPF alone
+        proves only the envelope sender, never the From header."""
+        if any(d["result"] == "pass" and d["aligned"] for d in verdict.dkim):
+            verdict.prove("dkim")
+
+    def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict) -> None:
+        for name, value in header_fields:
+            if name.strip().lower() != "authentication-results":
+                continue
+            parsed = parse_authentication_results(value)
+            entry = {"authserv_id": parsed["authserv_id"],
+                     "results": [f"{r['method']}={r['result']}" + "".join(
+                         f" {k}={v}" for k, v in r["properties"].items()) for r in parsed["results"]]}
+            if parsed["authserv_id"] and parsed["authserv_id"] in self.policy.trusted_authserv_ids:
+                verdict.authentication_results["trusted"].append(entry)
+                if verdict.from_domain and _proves(parsed["results"], verdict.from_domain):
+                    verdict.prove("authentication-results")
+            else:
+                verdict.authentication_results["ignored"].append(
+                    {**entry, "reason": "authserv-id not trusted"})
