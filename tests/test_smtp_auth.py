@@ -1,0 +1,247 @@
+"""SMTP AUTH for internal senders, with real clients over STARTTLS: checks off the event loop,
+failed attempts capped per session and per client address, and the addresses each user may send as."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import smtplib
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Gateway, Notify, make_message
+from gateway import config as config_mod
+from gateway.adapters.smtp import hash_password
+
+pytestmark = pytest.mark.timeout(600)
+
+CLERK_SENDERS = '[smtp.auth_senders]\n"clerk" = ["clerk@example.org", "sales.desk@example.org"]\n'
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=gw.example.org", "-keyout", str(key), "-out", str(cert)], check=True,
+                   capture_output=True)
+    return cert, key
+
+
+class Listener:
+    """A running gateway whose SMTP listener offers STARTTLS and AUTH to the user clerk."""
+
+    def __init__(self, gateway: Gateway, notify: Notify, tmp_path: Path, smtp: str = "",
+                 users: str | None = None, senders: str = CLERK_SENDERS):
+        self.gateway = gateway
+        self.cert, key = _certificate(tmp_path)
+        users_file = tmp_path / "smtp-users"
+        users_file.write_text(users if users is not None else f"clerk:{hash_password('s3cret')}\n")
+        text = gateway.config.read_text().replace(
+            "[smtp]\n", f'[smtp]\ntls_certificate = "{self.cert}"\ntls_key = "{key}"\n'
+                        f'auth_users_file = "{users_file}"\n{smtp}\n', 1)
+        # [smtp.auth_senders] is a table of its own: after the departments, at the end of the file.
+        gateway.config.write_text(text + "\n" + senders)
+        self.proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+        notify.wait_for("READY=1")
+
+    def client(self, tls: bool = True) -> smtplib.SMTP:
+        c = smtplib.SMTP("127.0.0.1", self.gateway.smtp_port, local_hostname="client.example.org", timeout=60)
+        c.ehlo()
+        if tls:
+            context = ssl.create_default_context(cafile=str(self.cert))
+            context.check_hostname = False
+            c.starttls(context=context)
+            c.ehlo()
+        return c
+
+    def stop(self) -> str:
+        return self.proc.stop()
+
+
+def _plain(user: str, password: str) -> str:
+    return "PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def _closed(c: smtplib.SMTP) -> bool:
+    try:
+        c.noop()
+    except (smtplib.SMTPServerDisconnected, OSError):
+        return True
+    return False
+
+
+def test_failed_attempts_capped_per_session(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """Three wrong passwords: 535 each, after the delay; then 421 and the session is closed. Others may still log in."""
+    listener = Listener(gateway, notify, tmp_path, "auth_failure_delay = 0.3")
+    try:
+        c = listener.client()
+        for _ in range(3):
+            started = time.monotonic()
+            code, reply = c.docmd("AUTH", _plain("clerk", "guess"))
+            assert (code, reply) == (535, b"5.7.8 Authentication credentials invalid")
+            assert time.monotonic() - started >= 0.3
+        code, reply = c.getreply()  # sent right after the third 535, unasked
+        assert (code, reply) == (421, b"4.7.0 Too many failed authentication attempts, closing")
+        assert _closed(c)
+        with listener.client() as ok:  # 3 failures from this address: below the address's 10
+            ok.login("clerk", "s3cret")
+    finally:
+        out = listener.stop()
+    assert out.count("AUTH PLAIN failed for user 'clerk'") == 3
+    assert "closed after 3 failed AUTH attempts" in out and "guess" not in out and "s3cret" not in out
+
+
+def test_failed_attempts_capped_per_address_over_a_window(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """Failures from one address add up across sessions; a success in between erases none; once barred,
+    even the right password gets 421 without a check, until the failures age out of the window."""
+    listener = Listener(gateway, notify, tmp_path, "max_auth_failures_per_address = 4\nauth_failure_window = 4\n"
+                                                   "auth_failure_delay = 0.2")
+    try:
+        c = listener.client()
+        for _ in range(3):
+            assert c.docmd("AUTH", _plain("clerk", "guess"))[0] == 535
+        assert c.getreply()[0] == 421 and _closed(c)
+        with listener.client() as ok:  # 3 of 4: the right password still works
+            ok.login("clerk", "s3cret")
+        c = listener.client()
+        assert c.docmd("AUTH", _plain("nobody", "guess"))[0] == 535  # the 4th failure: the success reset nothing
+        assert c.docmd("AUTH", _plain("clerk", "s3cret")) == (
+            421, b"4.7.0 Too many failed authentication attempts from 127.0.0.1, try again later")
+        assert _closed(c)
+        barred_at = time.monotonic()
+        c = listener.client()
+        started = time.monotonic()
+        assert c.docmd("AUTH", _plain("clerk", "s3cret"))[0] == 421  # a new session: barred at once
+        assert time.monotonic() - started >= 0.2 and _closed(c)
+        time.sleep(max(0.0, 4.5 - (time.monotonic() - barred_at)))  # the failures age out of the window
+        with listener.client() as ok:
+            ok.login("clerk", "s3cret")
+    finally:
+        out = listener.stop()
+    assert out.count("AUTH refused: too many failures from 127.0.0.1") == 2
+
+
+def test_password_guessing_does_not_delay_other_sessions(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """Two clients guess passwords against a costly hash; a third session's NOOP and EHLO stay quick.
+
+    Were checks run on the event loop, a command arriving during one would wait for it (and
+    for the other guesser's), so the worst round-trip would be about one check or more."""
+    n, r, p = 2 ** 14, 8, 8  # 16 MiB of memory per check, as the default; p makes each check cost more
+    started = time.monotonic()
+    hashlib.scrypt(b"guess", salt=b"0123456789abcdef", n=n, r=r, p=p, dklen=32)
+    one_check = time.monotonic() - started
+    listener = Listener(gateway, notify, tmp_path,
+                        "max_auth_failures_per_session = 1000\nmax_auth_failures_per_address = 1000\n"
+                        "auth_failure_delay = 0",
+                        users=f"clerk:{hash_password('s3cret', n=n, r=r, p=p)}\n")
+    guesses, refused = 8, []
+    try:
+        def guess() -> None:
+            with listener.client() as c:
+                refused.extend(c.docmd("AUTH", _plain("clerk", f"guess{i}"))[0] for i in range(guesses))
+
+        other = listener.client(tls=False)
+        guessers = [threading.Thread(target=guess) for _ in range(2)]
+        for thread in guessers:
+            thread.start()
+        round_trips = []
+        while any(thread.is_alive() for thread in guessers):
+            for command in (other.noop, other.ehlo):
+                sent = time.monotonic()
+                assert command()[0] == 250
+                round_trips.append(time.monotonic() - sent)
+            time.sleep(0.01)
+        for thread in guessers:
+            thread.join()
+        other.quit()
+    finally:
+        listener.stop()
+    assert refused == [535] * (2 * guesses)
+    checking = 2 * guesses * one_check
+    assert max(round_trips) < one_check / 2, (max(round_trips), one_check)
+    assert max(round_trips) < checking / 3
+    assert len(round_trips) > 2 * guesses  # the other session was busy all along
+
+
+def _config_with(tmp_path: Path, smtp: str, senders: str, shipped: dict[str, str] | None = None) -> Path:
+    """The shipped configuration with AUTH set up (its files exist: only readability is checked),
+    `shipped` lines replaced."""
+    for name in ("smtp.crt", "smtp.key", "smtp-users"):
+        (tmp_path / name).write_text("")
+    text = (ROOT / "config" / "gateway.toml").read_text()
+    for line, replacement in (shipped or {}).items():
+        assert text.count(f"\n{line}\n") == 1
+        text = text.replace(f"\n{line}\n", f"\n{replacement}\n")
+    text = text.replace("[smtp]\n", f'[smtp]\ntls_certificate = "{tmp_path / "smtp.crt"}"\n'
+                                    f'tls_key = "{tmp_path / "smtp.key"}"\n{smtp}\n', 1)
+    text = text.replace('state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"')
+    text = text.replace("[imap]\n", f"{senders}\n[imap]\n", 1)
+    shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def test_auth_user_may_send_as(tmp_path: Path) -> None:
+    """Only the listed addresses, in any case or with angle brackets; user names are exact; no entry: nothing."""
+    path = _config_with(tmp_path, f'auth_users_file = "{tmp_path / "smtp-users"}"',
+                        '[smtp.auth_senders]\n"alice" = ["alice@example.org", "Sales.Desk@example.org"]\n'
+                        '"bob" = []\n')
+    config = config_mod.load(path)
+    assert config.auth_user_may_send_as("alice", "alice@example.org")
+    assert config.auth_user_may_send_as("alice", "SALES.DESK@EXAMPLE.ORG")
+    assert config.auth_user_may_send_as("alice", "<alice@example.org>")
+    assert not config.auth_user_may_send_as("alice", "office@example.org")
+    assert not config.auth_user_may_send_as("alice", "alice@example.org.evil.example")
+    assert not config.auth_user_may_send_as("Alice", "alice@example.org")
+    assert not config.auth_user_may_send_as("bob", "alice@example.org")
+    assert not config.auth_user_may_send_as("carol", "alice@example.org")
+    assert not config.auth_user_may_send_as(None, "alice@example.org")
+    assert not config.auth_user_may_send_as("alice", None)
+    defaults = config.model.smtp
+    assert (defaults.max_auth_failures_per_session, defaults.max_auth_failures_per_address,
+            defaults.auth_failure_window) == (3, 10, 600)
+
+
+def test_auth_settings_are_validated(tmp_path: Path) -> None:
+    """Each mistake is named with file, key and reason."""
+    path = _config_with(tmp_path, f'auth_users_file = "{tmp_path / "smtp-users"}"',
+                        '[smtp.auth_senders]\n"alice" = ["alice@example.org"]\n',
+                        {"max_auth_failures_per_session = 3": "max_auth_failures_per_session = 0",
+                         "auth_failure_delay = 1.0": "auth_failure_delay = -1"})
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.load(path)
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{path}: smtp.max_auth_failures_per_session: Input should be greater than or equal to 1",
+        f"{path}: smtp.auth_failure_delay: Input should be greater than or equal to 0",
+    ]
+    path = _config_with(tmp_path, "", '[smtp.auth_senders]\n"alice" = ["alice@example.org", "not an address"]\n')
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.load(path)
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{path}: smtp.auth_senders: 'not an address' is not an e-mail address"]
+    path = _config_with(tmp_path, "", '[smtp.auth_senders]\n"alice" = ["alice@example.org", "partner@elsewhere.example"]\n')
+    with pytest.raises(config_mod.ConfigError) as caught:
+        config_mod.load(path)
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{path}: smtp.auth_senders: needs auth_users_file",
+        f"{path}: smtp.auth_senders.alice[1]: partner@elsewhere.example is not in the organisation's domains "
+        "(gateway.domains: example.org); AUTH proves only our own senders",
+    ]
+
+
+def test_auth_user_sending_as_itself_is_recorded(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """The AUTH user is recorded on the letter with the session; mail from its own address and another's."""
+    listener = Listener(gateway, notify, tmp_path)
+    try:
+        with listener.client() as c:
+            c.login("clerk", "s3cret")
+            c.sendmail("clerk@example.org", ["liaison@example.org"], make_message(1, sender="clerk@example.org"))
+    finally:
+        listener.stop()
+    detail = gateway.show_json("2026-000001")
+    assert detail["envelope"]["auth_user"] == "clerk"  # type: ignore[index]
