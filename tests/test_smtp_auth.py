@@ -138,7 +138,7 @@ def test_password_guessing_does_not_delay_other_sessions(gateway: Gateway, notif
                         "max_auth_failures_per_session = 1000\nmax_auth_failures_per_address = 1000\n"
                         "auth_failure_delay = 0",
                         users=f"clerk:{hash_password('s3cret', n=n, r=r, p=p)}\n")
-    guesses, refused = 8, []
+    guesses, refused = 8, list[int]()
     try:
         def guess() -> None:
             with listener.client() as c:
@@ -224,7 +224,8 @@ def test_auth_settings_are_validated(tmp_path: Path) -> None:
         config_mod.load(path)
     assert [str(issue) for issue in caught.value.issues] == [
         f"{path}: smtp.auth_senders: 'not an address' is not an e-mail address"]
-    path = _config_with(tmp_path, "", '[smtp.auth_senders]\n"alice" = ["alice@example.org", "partner@elsewhere.example"]\n')
+    path = _config_with(tmp_path, "",
+                        '[smtp.auth_senders]\n"alice" = ["alice@example.org", "partner@elsewhere.example"]\n')
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.load(path)
     assert [str(issue) for issue in caught.value.issues] == [
