@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, Gateway, Notify, make_message
 from gateway import config as config_mod
 from gateway.adapters.smtp import hash_password
+from gateway.stages.check import UNVERIFIED_INTERNAL
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -235,14 +236,30 @@ def test_auth_settings_are_validated(tmp_path: Path) -> None:
     ]
 
 
-def test_auth_user_sending_as_itself_is_recorded(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
-    """The AUTH user is recorded on the letter with the session; mail from its own address and another's."""
-    listener = Listener(gateway, notify, tmp_path)
+def test_auth_user_proves_only_the_addresses_it_may_send_as(gateway: Gateway, notify: Notify,
+                                                            tmp_path: Path) -> None:
+    """clerk may send as clerk@ and sales.desk@: such mail is authenticated by "smtp-auth". The same
+    session sending as office@, and a user with no auth_senders entry, prove nothing."""
+    users = f"clerk:{hash_password('s3cret')}\ntemp:{hash_password('t3mp')}\n"
+    listener = Listener(gateway, notify, tmp_path, users=users)
     try:
         with listener.client() as c:
             c.login("clerk", "s3cret")
             c.sendmail("clerk@example.org", ["liaison@example.org"], make_message(1, sender="clerk@example.org"))
+            c.sendmail("clerk@example.org", ["liaison@example.org"],
+                       make_message(2, sender="Sales Desk <Sales.Desk@example.org>"))
+            c.sendmail("clerk@example.org", ["liaison@example.org"], make_message(3, sender="office@example.org"))
+        with listener.client() as c:
+            c.login("temp", "t3mp")
+            c.sendmail("temp@example.org", ["liaison@example.org"], make_message(4, sender="temp@example.org"))
     finally:
         listener.stop()
-    detail = gateway.show_json("2026-000001")
-    assert detail["envelope"]["auth_user"] == "clerk"  # type: ignore[index]
+    trust = [gateway.show_json(f"2026-00000{n}")["trust"] for n in range(1, 5)]
+    seen = [(v["authenticated"], v["method"], v["address"], v["smtp_auth_user"], v["from_address"])  # type: ignore[index]
+            for v in trust]
+    assert seen == [(True, "smtp-auth", "clerk@example.org", "clerk", "clerk@example.org"),
+                    (True, "smtp-auth", "sales.desk@example.org", "clerk", "sales.desk@example.org"),
+                    (False, None, None, "clerk", "office@example.org"),
+                    (False, None, None, "temp", "temp@example.org")]
+    # Not proven, an internal From counts as external (no authority, no internal routing).
+    assert [UNVERIFIED_INTERNAL in v["flags"] for v in trust] == [False, False, True, True]  # type: ignore[index]
