@@ -539,7 +539,9 @@ class SmtpIntake:
         if outcome.result == "unstored":
             return "451 4.3.0 Error: cannot store the message now, try again later"
         if outcome.result == "refused":  # the DMARC policy in force; the item is gone
-            return f"550 5.7.1 {_clean(outcome.reason or 'refused')}"
+            # Printable ASCII on one line: the reason names a domain taken from the From header.
+            reason = "".join(c if " " <= c <= "~" else "?" for c in outcome.reason or "refused")[:300]
+            return f"550 5.7.1 {reason}"
         if outcome.number:
             verb = {"registered": "registered as", "answer": "recorded on"}.get(outcome.result, "already registered as")
             return f"250 2.0.0 OK {verb} {outcome.number}"

@@ -65,6 +65,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
 def letters_show(state: State, number: str, as_json: bool) -> None:
     """Every field of one letter, its attachments and its events."""
     from gateway.services import queries
+    from gateway.stages.check import describe
 
     try:
         letter, detail = queries.show_letter(state.registry(), number)
@@ -80,7 +81,7 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
     fields.add_column(overflow="fold")
     for key, value in detail.items():
         if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text", "classification",
-                   "outbox"):
+                   "outbox", "trust"):
             continue
         if key.endswith("_at") or key == "deadline":
             value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
@@ -91,6 +92,8 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
         fields.add_row("envelope", json.dumps(detail["envelope"], ensure_ascii=False))
     if letter.channel == "fax":
         fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
+    if letter.channel == "email" or detail["trust"]:
+        fields.add_row("Sender verified", describe(detail["trust"]))
     console.print(fields)
     print_trace(console, letter.classification)
     console.print(Panel(letter.body_text or "(no text)", title="Text", title_align="left"))

@@ -77,6 +77,7 @@ def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None) -> dic
         "updated_at": iso(letter.updated_at), "body_text": letter.body_text,
         "raw_sha256": letter.raw_sha256, "raw_size": letter.raw_size, "raw_path": letter.raw_path,
         "envelope": letter.envelope, "defects": letter.defects, "flags": letter.flags,
+        "trust": letter.trust or {},
         "fax": {"number": letter.fax_number, "caller_id": letter.fax_caller_id,
                 "sender_name": letter.fax_sender_name, "pages": letter.fax_pages,
                 "sent_at": iso(letter.fax_sent_at)},

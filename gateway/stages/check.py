@@ -27,6 +27,7 @@ those, relaxed alignment is only as strict as the second-level name; strict alig
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ import spf
 from gateway.stages.addresses import is_internal
 
 UNVERIFIED_INTERNAL = "unverified-internal-sender"
+_DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 _SMTP_INTAKE = "smtp"
 
@@ -331,35 +333,41 @@ class Checker:
                                f"no aligned DKIM or SPF pass for {from_domain}")
         return verdict
 
-    def _dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
-        """dkimpy's dnsfunc: the key record, None if there is none."""
-        text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        try:
-            records = txt_records(self.resolver, text)
-        except DnsTempError as exc:
-            raise dkim.DnsTimeoutError(str(exc)) from exc
-        return records[0] if records else None
-
     def _dkim(self, raw: bytes, verdict: Verdict) -> None:
         try:
-            checker = dkim.DKIM(raw)
+            checker = dkim.DKIM(raw, logger=_DKIM_LOG)
             signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
         except Exception:
             return  # not parseable as a message: no signature can be checked
         for index, value in enumerate(signatures[:MAX_SIGNATURES]):
             tags = _tags(value)
             domain, selector = tags.get("d", "").lower(), tags.get("s", "")
+            # dkimpy turns most errors into a plain False: the key lookup says which it was.
+            lookup: dict[str, str] = {}
+
+            def key_record(name: bytes | str, timeout: float = 5,
+                           lookup: dict[str, str] = lookup) -> bytes | None:
+                text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+                try:
+                    records = txt_records(self.resolver, text)
+                except DnsTempError as exc:
+                    lookup["error"] = "temperror"
+                    raise dkim.DnsTimeoutError(str(exc)) from exc
+                if not records:
+                    lookup["error"] = "permerror"  # no key at that selector
+                return records[0] if records else None
             try:
-                result = "pass" if checker.verify(idx=index, dnsfunc=self._dkim_txt) else "fail"
+                result = "pass" if checker.verify(idx=index, dnsfunc=key_record) else "fail"
             except dkim.DnsTimeoutError:
                 result = "temperror"
-                verdict.temperror = True
-            except dkim.KeyFormatError:
-                result = "permerror"  # wrong selector: no key there
             except dkim.DKIMException:
-                result = "fail"
+                result = "fail"  # body hash or signature does not match
             except Exception:
                 result = "permerror"  # a malformed signature must not break the check
+            if result != "pass" and lookup.get("error"):
+                result = lookup["error"]
+            if result == "temperror":
+                verdict.temperror = True
             verdict.dkim.append({"domain": domain, "selector": selector, "result": result,
                                  "aligned": aligned(domain, verdict.from_domain, "r")})
 

@@ -33,6 +33,7 @@ class Facts:
     sender_verified: bool = False  # the check stage proved the sender address (stages/check.py)
     # The From address claims the organisation but is not proven: treated as external.
     unverified_internal: bool = False
+    trust_method: str | None = None  # how the sender was proven (smtp-auth, dkim, ...), for the trace
 
     @property
     def sender_domain(self) -> str:
@@ -56,12 +57,13 @@ def headers_of(raw: bytes) -> dict[str, list[str]]:
     return header_map([(name, decode_header_value(str(value))[0]) for name, value in message.raw_items()])
 
 
-def _trust_facts(trust: dict[str, Any] | None) -> dict[str, bool]:
+def _trust_facts(trust: dict[str, Any] | None) -> dict[str, Any]:
     """What the rules may know of a verdict; without one nothing is proven (and nothing flagged:
     letters registered before the check stage existed keep their classification on replay)."""
     trust = trust or {}
     return {"sender_verified": bool(trust.get("authenticated")),
-            "unverified_internal": "unverified-internal-sender" in trust.get("flags", [])}
+            "unverified_internal": "unverified-internal-sender" in trust.get("flags", []),
+            "trust_method": trust.get("method") if trust.get("authenticated") else None}
 
 
 def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[str],

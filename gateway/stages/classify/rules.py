@@ -183,6 +183,7 @@ class Decision:
     triage: dict[str, Any] | None = None
     rules_version: str = ""
     skipped: list[dict[str, Any]] = field(default_factory=list)  # rules that could not be decided
+    trust: dict[str, Any] = field(default_factory=dict)  # what the rules knew of the sender's verdict
 
     @property
     def needs_triage(self) -> bool:
@@ -191,6 +192,7 @@ class Decision:
     def trace(self) -> dict[str, Any]:
         return {"rules": self.rules_version, "matched": self.matched, "triage": self.triage,
                 **({"skipped": self.skipped} if self.skipped else {}),
+                "trust": self.trust,
                 "result": {"category": self.category, "department": self.department, "owner": self.owner,
                            "urgency": self.urgency, "confidentiality": self.confidentiality,
                            "deadline_days": self.deadline_days, "tags": self.tags}}
@@ -252,7 +254,9 @@ class RuleSet:
 
     def classify(self, facts: Facts) -> Decision:
         scan = Scan(facts, self.ctx, self.automaton, self.keywords, self.regex_timeout)
-        decision = Decision(rules_version=self.version)
+        decision = Decision(rules_version=self.version, trust={
+            "sender_verified": facts.sender_verified, "method": facts.trust_method,
+            "unverified_internal_sender": facts.unverified_internal})
         nearly: list[str] = []
         for index in self._candidates(scan):
             rule = self.rules[index]

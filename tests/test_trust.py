@@ -1,0 +1,182 @@
+"""The check stage: DKIM, SPF and DMARC against a real DNS server (dnsmasq on loopback),
+Authentication-Results, spoofed internal senders, and the verdict stored and shown."""
+from __future__ import annotations
+
+import smtplib
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway, Notify
+from dns_server import DnsServer, dns_server, silent_nameserver  # noqa: F401  (fixtures)
+from gateway.stages.check import Checker, DmarcRefused, TrustPolicy, make_resolver
+from gateway.stages.classify.facts import Facts
+from gateway.stages.classify.organisation import Organisation
+from gateway.stages.classify.rules import compile_rules
+
+pytestmark = pytest.mark.timeout(600)
+
+SMTP_ENVELOPE = {"client": "127.0.0.1", "helo": "mx.partner.example"}
+
+
+def message(sender: str, subject: str = "Quarterly figures", body: str = "Please find the figures.\r\n",
+            extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: liaison@example.org\r\nSubject: {subject}\r\n"
+            f"Date: Tue, 01 Dec 2026 10:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@x>\r\n{extra}"
+            f"\r\n{body}").encode()
+
+
+def checker(nameserver: str, *, refuse: bool = False, trusted: tuple[str, ...] = ("mx.example.org",),
+            lifetime: float = 3.0) -> Checker:
+    return Checker(make_resolver([nameserver], min(1.0, lifetime), lifetime),
+                   TrustPolicy(frozenset(trusted), refuse, ("example.org",)), lambda user, address: False)
+
+
+def headers(raw: bytes) -> list[tuple[str, str]]:
+    import email
+
+    return [(k, str(v)) for k, v in email.message_from_bytes(raw).items()]
+
+
+def check(c: Checker, raw: bytes, sender: str, mail_from: str, intake: str = "smtp", **kw: bool) -> dict:
+    return c.check(raw, sender, headers(raw), {**SMTP_ENVELOPE, "mail_from": mail_from}, intake, **kw).as_dict()
+
+
+def test_aligned_dkim_pass_authenticates_and_a_tampered_body_does_not(dns_server: DnsServer) -> None:
+    c = checker(dns_server.nameserver)
+    signed = dns_server.sign(message("Ann <ann@signed.example>"), "signed.example", "sel1")
+    verdict = check(c, signed, "ann@signed.example", "ann@signed.example")
+    assert verdict["authenticated"] and verdict["method"] == "dkim" and verdict["address"] == "ann@signed.example"
+    assert verdict["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "pass", "aligned": True}]
+    assert verdict["spf"] == {"result": "pass", "domain": "signed.example"}
+    assert verdict["dmarc"] == {"result": "pass", "policy": "reject", "domain": "signed.example"}
+    assert not verdict["temperror"] and not verdict["flags"]
+
+    tampered = signed.replace(b"Please find the figures.", b"Please wire the money.")
+    verdict = check(c, tampered, "ann@signed.example", "bounce@elsewhere.example")
+    assert not verdict["authenticated"] and verdict["address"] is None
+    assert verdict["dkim"][0]["result"] == "fail"
+    assert verdict["dmarc"]["result"] == "fail"
+
+
+def test_wrong_selector_and_unaligned_signature_prove_nothing(dns_server: DnsServer) -> None:
+    c = checker(dns_server.nameserver)
+    signed = dns_server.sign(message("ann@signed.example"), "signed.example", "sel1")
+    wrong = signed.replace(b"s=sel1", b"s=nokey", 1)
+    verdict = check(c, wrong, "ann@signed.example", "")
+    assert verdict["dkim"][0]["selector"] == "nokey" and verdict["dkim"][0]["result"] == "permerror"
+    assert not verdict["authenticated"]
+    # A valid signature of another domain: DKIM passes, but says nothing about the From address.
+    other = dns_server.sign(message("boss@forged.example"), "signed.example", "sel1")
+    verdict = check(c, other, "boss@forged.example", "")
+    assert verdict["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "pass", "aligned": False}]
+    assert not verdict["authenticated"] and verdict["dmarc"]["result"] == "fail"
+
+
+def test_spf_fail_with_dmarc_reject_is_refused_only_when_the_policy_says_so(dns_server: DnsServer) -> None:
+    raw = message("ceo@forged.example")
+    recorded = check(checker(dns_server.nameserver), raw, "ceo@forged.example", "ceo@forged.example",
+                     may_refuse=True)
+    assert recorded["spf"] == {"result": "fail", "domain": "forged.example"}
+    assert recorded["dmarc"] == {"result": "fail", "policy": "reject", "domain": "forged.example"}
+    with pytest.raises(DmarcRefused, match="DMARC policy of forged.example says reject"):
+        check(checker(dns_server.nameserver, refuse=True), raw, "ceo@forged.example", "ceo@forged.example",
+              may_refuse=True)
+    # Nobody left to refuse (already accepted): recorded only.
+    assert not check(checker(dns_server.nameserver, refuse=True), raw, "ceo@forged.example",
+                     "ceo@forged.example")["authenticated"]
+
+
+def test_dns_timeout_is_a_temperror_not_a_crash_nor_a_refusal(silent_nameserver: str) -> None:
+    c = checker(silent_nameserver, refuse=True, lifetime=0.5)
+    raw = message("ann@signed.example", extra="DKIM-Signature: v=1; a=rsa-sha256; d=signed.example; s=sel1; "
+                                              "h=from; bh=AAAA; b=AAAA\r\n")
+    started = time.monotonic()
+    verdict = check(c, raw, "ann@signed.example", "ann@signed.example", may_refuse=True)
+    assert verdict["temperror"] and not verdict["authenticated"]
+    assert verdict["dkim"][0]["result"] == "temperror"
+    assert verdict["dmarc"]["result"] == "temperror"
+    assert verdict["spf"]["result"] == "temperror"
+    assert time.monotonic() - started < 20
+
+
+def test_authentication_results_count_only_from_a_trusted_authserv_id(dns_server: DnsServer) -> None:
+    c = checker(dns_server.nameserver)
+    header = "Authentication-Results: {id}; dkim=pass header.d=example.org; dmarc=pass header.from=example.org\r\n"
+    untrusted = message("office@example.org", extra=header.format(id="mx.attacker.example"))
+    verdict = check(c, untrusted, "office@example.org", "", intake="imap")
+    assert not verdict["authenticated"] and "unverified-internal-sender" in verdict["flags"]
+    assert verdict["authentication_results"]["ignored"][0]["authserv_id"] == "mx.attacker.example"
+    assert verdict["dkim"] == [] and verdict["spf"] is None  # fetched mail: no SMTP envelope to check
+    trusted = message("office@example.org", extra=header.format(id="mx.example.org"))
+    verdict = check(c, trusted, "office@example.org", "", intake="imap")
+    assert verdict["authenticated"] and verdict["method"] == "authentication-results"
+    assert verdict["address"] == "office@example.org" and not verdict["flags"]
+    # A trusted header about another domain proves nothing for this From.
+    other = message("office@example.org", extra=header.format(id="mx.example.org").replace("example.org;", "x.example;")
+                    .replace("header.d=example.org", "header.d=x.example").replace("header.from=example.org",
+                                                                                   "header.from=x.example"))
+    assert not check(c, other, "office@example.org", "", intake="imap")["authenticated"]
+
+
+def test_sender_verified_rule_and_spoofed_internal_sender_is_external() -> None:
+    rules = textwrap.dedent("""
+        rules:
+          - name: verified-internal
+            when: {sender_internal: true, sender_verified: true}
+            set: {category: internal.employee_to_employee, department: sender}
+          - name: unverified
+            when: {sender_verified: false}
+            set: {department: general-office, tags: [unverified]}
+    """)
+    org = Organisation.of([], categories=["internal.employee_to_employee"], triage_department="general-office",
+                          domains=["example.org"])
+    org = Organisation(("general-office", "business"), org.categories, "general-office", org.domains, {},
+                       {"sales.desk@example.org": "business"})
+    ruleset = compile_rules(Path("rules.yaml"), rules, org)
+    proven = ruleset.classify(Facts("email", "sales.desk@example.org", sender_verified=True, trust_method="dkim"))
+    assert (proven.category, proven.department) == ("internal.employee_to_employee", "business")
+    assert proven.trace()["trust"] == {"sender_verified": True, "method": "dkim", "unverified_internal_sender": False}
+    spoofed = ruleset.classify(Facts("email", "sales.desk@example.org", unverified_internal=True))
+    assert (spoofed.category, spoofed.department, spoofed.tags) == (None, "general-office", ["unverified"])
+    assert spoofed.trace()["trust"]["unverified_internal_sender"] is True
+
+
+def test_over_smtp_verdict_stored_shown_and_dmarc_reject_refused(tmp_path: Path, notify: Notify,
+                                                                  dns_server: DnsServer) -> None:
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+        trusted_authserv_ids = ["mx.example.org"]
+        dmarc_policy = "refuse"
+    """))
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.signed.example", timeout=60) as c:
+            signed = dns_server.sign(message("Ann <ann@signed.example>"), "signed.example", "sel1")
+            code, reply = c.sendmail("ann@signed.example", ["liaison@example.org"], signed) or (250, b"")
+            code, reply = c.mail("ceo@forged.example")
+            c.rcpt("liaison@example.org")
+            code, reply = c.data(message("ceo@forged.example", subject="Wire transfer"))
+            assert code == 550 and reply.startswith(b"5.7.1 DMARC policy of forged.example says reject"), reply
+            c.rset()
+            c.sendmail("someone@partner.example", ["liaison@example.org"],
+                       message("office@example.org", subject="Internal memo"))
+        letters = {row["subject"]: row for row in gateway.list_json()}
+        assert set(letters) == {"Quarterly figures", "Internal memo"}  # the refused mail is nowhere
+        assert gateway.spool_files("quarantine") == []
+        good = gateway.show_json(str(letters["Quarterly figures"]["number"]))
+        assert good["trust"]["authenticated"] and good["trust"]["method"] == "dkim"
+        assert good["classification"]["trust"]["sender_verified"] is True
+        shown = gateway.run("letters", "show", str(letters["Quarterly figures"]["number"])).stdout
+        assert "Sender verified" in shown and "by dkim" in shown and "s=sel1" in shown
+        memo = gateway.show_json(str(letters["Internal memo"]["number"]))
+        assert not memo["trust"]["authenticated"] and "unverified-internal-sender" in memo["flags"]
+        assert memo["classification"]["trust"]["unverified_internal_sender"] is True
+    finally:
+        proc.stop()
