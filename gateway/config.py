@@ -242,6 +242,12 @@ class ReceiptsSection(_Strict):
     templates: Path | None = None  # a folder of receipt.<language>.txt; unset: the built-in ones
 
 
+class RepliesSection(_Strict):
+    """Signed reply addresses (gateway.stages.tokens): how long a retired key still counts."""
+
+    previous_key_grace_days: float = Field(default=14.0, ge=0, le=365)
+
+
 class DaemonSection(_Strict):
     wakeup_endpoint: str = "ipc://{state_dir}/run/wakeup.sock"
     events_endpoint: str = "ipc://{state_dir}/run/events.sock"
@@ -474,6 +480,7 @@ class ConfigModel(_Strict):
     archive: ArchiveSection = ArchiveSection()
     outbound: OutboundSection = OutboundSection()
     receipts: ReceiptsSection = ReceiptsSection()
+    replies: RepliesSection = RepliesSection()
     daemon: DaemonSection = DaemonSection()
     smtp: SmtpSection = SmtpSection()
     trust: TrustSection = TrustSection()
@@ -583,8 +590,15 @@ class Config:
         smtp = self.model.smtp
         return (address in smtp.accept_addresses or address.rpartition("@")[2] in smtp.accept_domains
                 or self.department_for_address(address) is not None
-                # Departments answer the gateway's notifications by replying to them.
-                or address == self.model.outbound.from_address)
+                # Departments answer the gateway's notifications by replying to them, at its
+                # address or at a signed reply address (<local>+<token>@<domain>) of it.
+                or address == self.model.outbound.from_address or self.is_reply_address(address))
+
+    def is_reply_address(self, address: str) -> bool:
+        """One of the gateway's own reply addresses, <local>+...@<domain> of from_address."""
+        local, _, domain = self.model.outbound.from_address.lower().rpartition("@")
+        mine, _, theirs = address.lower().rpartition("@")
+        return theirs == domain and mine.startswith(f"{local}+")
 
     def auth_user_may_send_as(self, user: str | None, address: str | None) -> bool:
         """Does mail submitted by this SMTP AUTH user prove this From address?

@@ -97,7 +97,8 @@ def test_receipts_in_both_languages_reply_to_the_letter(config: Config) -> None:
     assert zh["In-Reply-To"] == "<orig@partner.example>" and zh["Auto-Submitted"] == "auto-replied"
     en = parsed(receipt(config, mail("receipt", "alice@partner.example", language="en"), letter()))
     assert en["Subject"] == "Received: your letter is registered as 2026-000042"
-    assert '"Contract"' in en.get_content() and en["X-Gateway-Loop"] == "gateway@example.org"
+    assert '"Contract"' in en.get_content() and en["X-Gateway-Loop"].startswith("gateway@example.org; token=")
+    assert en["Reply-To"] is None  # a receipt is not to be answered with a command
 
 
 def test_operator_templates_replace_the_built_in_ones(config: Config, tmp_path: Path) -> None:
@@ -138,3 +139,54 @@ def test_reminders_and_escalations_say_what_is_due_and_never_a_secret(config: Co
     assert escalation["Subject"] == "[2026-000042] Escalation: overdue since 2026-11-26 23:59"
     text = escalation.get_content()
     assert "after 3 reminder(s)" in text and "Confidential letter" in text and "合同" not in text
+
+
+def test_mail_an_owner_may_answer_carries_a_reply_address_signed_for_the_letter_and_them(config: Config) -> None:
+    from gateway.outbound.compose import reminder
+    from gateway.stages.tokens import check_reply_token, find_reply_tokens
+
+    due = datetime(2026, 11, 26, 15, 59, 59, tzinfo=timezone.utc)
+    sent = [notification(config, mail(), letter(), None),
+            notification(config, mail(), letter(confidentiality="confidential"), None),
+            reminder(config, mail("reminder", reminder="overdue", count=2), letter(deadline=due)),
+            reminder(config, mail("escalation", "business.head@example.org", reminder="escalation", count=3),
+                     letter(deadline=due))]
+    for message in map(parsed, sent):
+        address = message["Reply-To"]
+        assert address.startswith("gateway+2026-000042.") and address.endswith("@example.org")
+        [token] = find_reply_tokens(config, [address.upper()])  # a mail system may change the case
+        assert token.number == "2026-000042"
+        assert check_reply_token(config, token, "2026-000042", message["To"]) is None
+        assert "not issued to" in str(check_reply_token(config, token, "2026-000042", "someone@example.org"))
+        assert "for letter 2026-000042, not 2026-000043" in str(
+            check_reply_token(config, token, "2026-000043", message["To"]))
+
+
+def test_the_loop_marker_is_signed_over_the_mails_own_message_id(config: Config) -> None:
+    from gateway.stages.tokens import loop_marker_state
+
+    m = parsed(notification(config, mail(), letter(), None))
+    ours = {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]}
+    assert loop_marker_state(config, ours) == "ours"
+    assert loop_marker_state(config, {**ours, "message-id": ["<other@example.org>"]}) == "forged"
+    assert loop_marker_state(config, {**ours, "x-gateway-loop": ["gateway@example.org"]}) == "forged"
+    assert loop_marker_state(config, {"x-gateway-loop": ["another-gateway@partner.example"]}) is None
+    assert loop_marker_state(config, {}) is None
+
+
+def test_a_refused_command_is_told_to_the_owners_in_both_languages(config: Config) -> None:
+    from gateway.outbound.compose import refusal
+
+    details = dict(sender="sales.desk@example.org", authenticated=None, command="reassign",
+                   argument="general-office", received_at="2026-11-23T02:00:00+00:00",
+                   reason="the sender sales.desk@example.org is not authenticated\r\nBcc: x@evil.example")
+    en = parsed(refusal(config, mail("refused-command", language="en", **details), letter()))
+    assert en["Subject"] == "[2026-000042] A command by mail was not obeyed" and "Bcc" not in en
+    text = en.get_content()
+    assert "reassign general-office" in text and "is not authenticated Bcc: x@evil.example" in text
+    assert "2026-11-23 10:00" in text and en["Reply-To"] is None and en["Auto-Submitted"] == "auto-generated"
+    zh = parsed(refusal(config, mail("refused-command", language="zh", **details), letter(subject="合同")))
+    assert zh["Subject"] == "[2026-000042] 邮件指令未执行" and "《合同》" in zh.get_content()
+    secret = parsed(refusal(config, mail("refused-command", language="en", **details),
+                            letter(confidentiality="confidential", subject="机密 合同")))
+    assert "合同" not in secret.get_content()

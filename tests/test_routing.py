@@ -1,6 +1,7 @@
 """Routing and forwarding, end to end: SMTP in, rules, the outbox, and a real SMTP sink as the relay."""
 from __future__ import annotations
 
+import email
 import json
 import os
 import signal
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from gateway import config as config_mod
+from gateway.config import Config
+from gateway.stages.tokens import check_reply_token, find_reply_tokens, loop_marker, loop_marker_state
 from smtp_sink import Received, SmtpSink
 
 pytestmark = pytest.mark.timeout(240)
@@ -62,8 +66,23 @@ def sink() -> SmtpSink:
     s.stop()
 
 
+# Answers by mail count only when authenticated: here by an Authentication-Results header of the
+# organisation's own MTA. No DNS is asked (a closed port answers nothing, at once).
+TRUST = """
+[trust]
+trusted_authserv_ids = ["mx.example.org"]
+nameservers = ["127.0.0.1:9"]
+timeout_seconds = 0.2
+lifetime_seconds = 0.5
+"""
+
+
 def configure(tmp_path: Path, relay: str, *, rules: str = RULES, extra: str = "", registry_url: str = "") -> Gateway:
-    return Gateway(tmp_path, registry_url=registry_url, extra=outbound(relay, extra) + SERVICE, rules=rules)
+    return Gateway(tmp_path, registry_url=registry_url, extra=outbound(relay, extra) + TRUST + SERVICE, rules=rules)
+
+
+def loaded(gateway: Gateway) -> Config:
+    return config_mod.load(gateway.config)
 
 
 def start(gateway: Gateway, notify: Notify) -> Daemon:
@@ -125,7 +144,11 @@ def test_a_routed_letter_notifies_every_owner_and_receipts_the_sender(tmp_path: 
             m = r.message
             assert r.mail_from == "gateway@example.org" and len(r.rcpt_tos) == 1
             assert m["Subject"] == f"[{number}] A complaint about order 4711"
-            assert m["Auto-Submitted"] == "auto-generated" and m["X-Gateway-Loop"] == "gateway@example.org"
+            assert m["Auto-Submitted"] == "auto-generated" and m["X-Gateway-Loop"].startswith("gateway@example.org; ")
+            assert loop_marker_state(loaded(gateway), {"x-gateway-loop": [m["X-Gateway-Loop"]],
+                                                       "message-id": [m["Message-ID"]]}) == "ours"
+            [token] = find_reply_tokens(loaded(gateway), [m["Reply-To"]])
+            assert check_reply_token(loaded(gateway), token, number, r.rcpt_tos[0]) is None
             assert m["X-Gateway-Letter"] == number and m["To"] == r.rcpt_tos[0]
             body = m.get_body(("plain",)).get_content()
             assert f"Letter {number} was routed to Customer Service." in body
@@ -279,7 +302,7 @@ AUTOMATIC = [
     ("Precedence", {"Precedence": "bulk"}, "alice@partner.example"),
     ("List-Id", {"List-Id": "<news.partner.example>"}, "alice@partner.example"),
     ("X-Auto-Response-Suppress", {"X-Auto-Response-Suppress": "All"}, "alice@partner.example"),
-    ("X-Gateway-Loop", {"X-Gateway-Loop": "gateway@example.org"}, "alice@partner.example"),
+    ("X-Gateway-Loop", {"X-Gateway-Loop": "signed"}, "alice@partner.example"),  # signed as we sign ours
     ("null sender", {}, ""),
     ("mailer-daemon", {}, "MAILER-DAEMON@partner.example"),
 ]
@@ -293,6 +316,10 @@ def test_no_receipt_where_rfc_3834_says_not_and_at_most_n_per_sender_a_day(
         for n, (_, headers, sender) in enumerate(AUTOMATIC):
             raw = complaint(n, headers=headers, sender=f"Robot <{sender or 'alice@partner.example'}>"
                             if sender != "MAILER-DAEMON@partner.example" else sender)
+            if "X-Gateway-Loop" in headers:  # our own mail come back: its marker verifies
+                message_id = email.message_from_bytes(raw)["Message-ID"]
+                marker = loop_marker(loaded(gateway), message_id)
+                raw = raw.replace(b"X-Gateway-Loop: signed", f"X-Gateway-Loop: {marker}".encode())
             send(gateway, raw, mail_from=sender)
         for n in range(5):  # five letters from one person: three receipts
             send(gateway, complaint(100 + n, sender="Carol <carol@customer.example>"), mail_from="carol@customer.example")
@@ -491,14 +518,16 @@ def test_closing_an_inquiry_or_complaint_sends_its_result_to_the_sender(tmp_path
         sink.wait_for(2 + 1 + 2 + 1 + 1 + 1)
         gateway.run("letters", "close", "2026-000001", "--result", "The delivery was re-sent; a refund follows.")
         # The second is closed by its owner answering the notification by mail.
-        [note] = [m for m in gateway.show_json("2026-000002")["outbox"] if m["kind"] == "notification"][:1]
+        [note] = [r.message for r in sink.received if r.rcpt_tos == ["service.desk@example.org"]
+                  and r.message["X-Gateway-Letter"] == "2026-000002"]
         answer = EmailMessage()
+        answer["Authentication-Results"] = "mx.example.org; dkim=pass header.d=example.org"
         answer["From"] = "service.desk@example.org"
-        answer["To"] = "gateway@example.org"
+        answer["To"] = note["Reply-To"]
         answer["Subject"] = "Re: [2026-000002] 关于发票的投诉"
-        answer["In-Reply-To"] = note["message_id"]
+        answer["In-Reply-To"] = note["Message-ID"]
         answer.set_content("办结：已重新开具发票并寄出。\n\n> 原通知\n")
-        send(gateway, answer.as_bytes(), mail_from="service.desk@example.org", to=("gateway@example.org",))
+        send(gateway, answer.as_bytes(), mail_from="service.desk@example.org", to=(note["Reply-To"],))
         gateway.run("letters", "close", "2026-000003", "--result", "order booked")
         wait_for(lambda: len([r for r in sink.received if "result" in str(r.message["Subject"])
                               or "办理结果" in str(r.message["Subject"])]) == 2, 30, "two results")

@@ -180,26 +180,47 @@ escalate_after = 3
     assert json.loads(gateway.run("status", "--json").stdout)["outbox"]["pending"] >= 5
 
 
-def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_path: Path) -> None:
-    import json
+# Answers by mail count only when authenticated: here by an Authentication-Results header from
+# the organisation's own MTA (a trusted authserv-id), as a file ingested after it would carry.
+TRUSTED_MTA = """
+[trust]
+trusted_authserv_ids = ["mx.example.org"]
+"""
 
-    gateway = Gateway(tmp_path)
+
+def authenticated(raw: bytes, domain: str = "example.org") -> bytes:
+    return f"Authentication-Results: mx.example.org; dmarc=pass header.from={domain}\r\n".encode() + raw
+
+
+def reply_address(gateway: Gateway, number: str, owner: str) -> str:
+    """The signed reply address the owner's notifications for this letter carry."""
+    return gateway.run("keys", "reply-address", number, owner).stdout.strip()
+
+
+def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
     letter = tmp_path / "letter.eml"
     letter.write_bytes(make_message(1, subject="Quotation please", to="sales@example.org"))
     gateway.run("ingest", str(letter))
     [notification] = [m for m in gateway.show_json("2026-000001")["outbox"] if m["kind"] == "notification"]
+    owner_reply = reply_address(gateway, "2026-000001", "sales.desk@example.org")
+    assert owner_reply.startswith("gateway+2026-000001.") and owner_reply.endswith("@localhost")
 
     def answer(n: int, sender: str, body: str, *, subject: str = "Re: [2026-000001] Quotation please",
-               in_reply_to: str | None = None) -> str:
+               in_reply_to: str | None = None, to: str = owner_reply, proven: bool = True) -> str:
         path = tmp_path / f"answer{n}.eml"
-        raw = make_message(100 + n, subject=subject, sender=sender, to="gateway@example.org", body=body)
+        raw = make_message(100 + n, subject=subject, sender=sender, to=to, body=body)
         if in_reply_to:
             raw = raw.replace(b"MIME-Version", f"In-Reply-To: {in_reply_to}\r\nMIME-Version".encode(), 1)
-        path.write_bytes(raw)
+        path.write_bytes(authenticated(raw) if proven else raw)
         return gateway.run("ingest", str(path)).stdout.strip()
 
-    # A stranger in the organisation: recorded, not obeyed.
+    # A stranger in the organisation, through a colleague's reply address: recorded, not obeyed.
     assert answer(1, "Bob <bob@example.org>", "done: not mine to close\n").endswith("an answer, recorded on 2026-000001")
+    assert gateway.show_json("2026-000001")["status"] == "routed"
+    # The owner unauthenticated, then authenticated but to the plain address: recorded, not obeyed.
+    answer(10, "sales.desk@example.org", "received\n", proven=False)
+    answer(11, "sales.desk@example.org", "received\n", to="gateway@localhost")
     assert gateway.show_json("2026-000001")["status"] == "routed"
     # The owner: by the number in the subject, then by In-Reply-To alone, with the quote below ignored.
     answer(2, "Sales Desk <sales.desk@example.org>", "Received.\n\n> Letter 2026-000001 was routed\n")
@@ -214,38 +235,58 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
     assert detail["status"] == "closed"
     answers = [e for e in detail["events"] if e["action"] == "answer"]
     assert [(a["actor"], a["details"]["command"], a["details"]["obeyed"]) for a in answers] == [
-        ("bob@example.org", "close", False), ("sales.desk@example.org", "ack", True),
+        ("bob@example.org", "close", False), ("sales.desk@example.org", "ack", False),
+        ("sales.desk@example.org", "ack", False), ("sales.desk@example.org", "ack", True),
         ("sales.desk@example.org", "progress", True), ("sales.desk@example.org", None, False),
         ("sales.desk@example.org", "reassign", False), ("sales.desk@example.org", "close", True),
         ("sales.desk@example.org", "ack", False)]
     assert "is not an owner of business" in answers[0]["details"]["refused"]
-    assert answers[3]["details"]["text"] == "Just to say we called them."
-    assert answers[4]["details"]["refused"] == "no department 'nowhere'"
-    assert "2026-000001 is closed: it cannot be acknowledged" in answers[6]["details"]["refused"]
+    assert "the reply token was not issued to bob@example.org" in answers[0]["details"]["refused"]
+    assert "is not authenticated" in answers[1]["details"]["refused"]
+    assert answers[1]["details"]["authenticated"] is None
+    assert answers[2]["details"]["refused"].startswith("no reply token")
+    assert answers[3]["details"]["authenticated"] == "sales.desk@example.org"
+    assert answers[5]["details"]["text"] == "Just to say we called them."
+    assert answers[6]["details"]["refused"] == "no department 'nowhere'"
+    assert "2026-000001 is closed: it cannot be acknowledged" in answers[8]["details"]["refused"]
+    # Each command refused for want of authority is told to the department's owner, once.
+    refusals = [m for m in detail["outbox"] if m["kind"] == "refused-command"]
+    assert [m["recipient"] for m in refusals] == ["sales.desk@example.org"] * 3
+    assert [a["details"].get("refusal_notice") for a in answers] == [
+        ["sales.desk@example.org"]] * 3 + [None] * 6
     [closed] = [e for e in detail["events"] if e["action"] == "closed"]
     assert closed["details"] == {"from": "in-progress", "to": "closed", "by_mail": True,
                                  "text": "quotation sent, order expected"}
     assert len(gateway.list_json()) == 1  # answers are not letters
     # The same answer again is recognised, not obeyed twice; its bytes are kept.
     assert gateway.run("ingest", str(tmp_path / "answer6.eml")).stdout.strip().endswith("already registered as 2026-000001")
-    stored = gateway.state / answers[5]["details"]["raw_path"]
+    stored = gateway.state / answers[7]["details"]["raw_path"]
     assert stored.exists()
+    # A refused command arriving again is no second notice either.
+    gateway.run("ingest", str(tmp_path / "answer1.eml"))
+    assert len([m for m in gateway.show_json("2026-000001")["outbox"] if m["kind"] == "refused-command"]) == 3
     # Mail from outside that quotes a number is correspondence: a letter of its own.
-    outside = answer(8, "Alice <alice@partner.example>", "done: thanks\n")
+    outside = answer(8, "Alice <alice@partner.example>", "done: thanks\n", to="gateway@localhost")
     assert outside.endswith("registered as 2026-000002")
+    # Through the owner's reply address too: it was not issued to her.
+    outside = answer(12, "Alice <alice@partner.example>", "done: thanks\n")
+    assert outside.endswith("registered as 2026-000003")
     # Passing a mail on is not an answer either, even from an owner.
     forward = answer(9, "sales.desk@example.org", "done: see below\n", subject="Fwd: [2026-000001] Quotation please")
-    assert forward.endswith("registered as 2026-000003")
+    assert forward.endswith("registered as 2026-000004")
 
 
 def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path)
+    gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
     path = tmp_path / "letter.eml"
     path.write_bytes(make_message(1, subject="Wrong desk", to="sales@example.org"))
     gateway.run("ingest", str(path))
     reply = tmp_path / "reply.eml"
-    reply.write_bytes(make_message(2, subject="RE: [2026-000001] Wrong desk", sender="sales.desk@example.org",
-                                   to="gateway@example.org", body="转 General-Office\n这封信应由办公室处理。\n"))
+    # The reply address alone names the letter: the subject need not.
+    reply.write_bytes(authenticated(make_message(
+        2, subject="RE: Wrong desk", sender="sales.desk@example.org",
+        to=reply_address(gateway, "2026-000001", "sales.desk@example.org").upper(),  # case is not the token's
+        body="转 General-Office\n这封信应由办公室处理。\n")))
     gateway.run("ingest", str(reply))
     detail = gateway.show_json("2026-000001")
     assert detail["department"] == "general-office"
@@ -260,7 +301,7 @@ def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path
     exactly as from the command line (one reassignment, written once)."""
     from fax_samples import tiff_fax
 
-    gateway = Gateway(tmp_path)
+    gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
     page = ["Delivery delayed", "Please confirm the new date."]
     for n in (1, 2):
         fax = tmp_path / f"fax_+862012345{n}_20261122-09000{n}.tif"
@@ -270,8 +311,9 @@ def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path
     assert by_cli["deadline"] is None and by_mail["deadline"] is None  # the text is not read yet
     gateway.run("letters", "reassign", "2026-000001", "business", "--reason", "a delivery", "--by", "clerk")
     reply = tmp_path / "reply.eml"  # from an owner of the triage department, where the fax waits
-    reply.write_bytes(make_message(3, subject="Re: [2026-000002] Fax", sender="office@example.org",
-                                   to="gateway@example.org", body="reassign business\n"))
+    reply.write_bytes(authenticated(make_message(
+        3, subject="Re: [2026-000002] Fax", sender="office@example.org",
+        to=reply_address(gateway, "2026-000002", "office@example.org"), body="reassign business\n")))
     gateway.run("ingest", str(reply))
     by_cli, by_mail = gateway.show_json("2026-000001"), gateway.show_json("2026-000002")
     assert by_mail["department"] == by_cli["department"] == "business"

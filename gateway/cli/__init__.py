@@ -9,6 +9,7 @@ from gateway.cli.archive import archive
 from gateway.cli.config import check_config
 from gateway.cli.db import db
 from gateway.cli.intake import ingest
+from gateway.cli.keys import keys
 from gateway.cli.letters import letters
 from gateway.cli.outbox import outbox
 from gateway.cli.quarantine import quarantine
@@ -35,5 +36,5 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
 
 for command in (run, check_config, status, db, ingest, letters, quarantine, rules, outbox, reminders, archive,
-                report, smtp_passwd):
+                report, smtp_passwd, keys):
     main.add_command(command)

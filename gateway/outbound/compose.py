@@ -20,8 +20,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.stages.autoreply import safe_address
 from gateway.registry.models import Letter, OutboxMail
+from gateway.stages.autoreply import safe_address
+from gateway.stages.tokens import loop_marker, reply_address
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
@@ -50,8 +51,16 @@ def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Let
     message["Message-ID"] = mail.message_id
     # RFC 3834: mark it as automatic, so that well-behaved systems do not answer it.
     message["Auto-Submitted"] = auto
-    message["X-Gateway-Loop"] = config.loop_id
+    # Signed over this mail's Message-ID: only our own mail coming back stops a loop.
+    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id)
     message["X-Gateway-Letter"] = letter.number
+    return message
+
+
+def _answerable(config: Config, message: EmailMessage, mail: OutboxMail, letter: Letter) -> EmailMessage:
+    """A mail its recipient may answer with a command: the reply address signed for this letter
+    and this recipient, the only way an answer by mail is obeyed."""
+    message["Reply-To"] = reply_address(config, letter.number, mail.recipient)
     return message
 
 
@@ -77,7 +86,8 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
     zone = config.model.gateway.timezone
     if letter.confidentiality == "confidential":
         # Only what lets the owner find it in the register: no subject, no text, no attachment.
-        message = _base(config, mail, f"[{letter.number}] Confidential letter", "auto-generated", letter)
+        message = _answerable(config, _base(config, mail, f"[{letter.number}] Confidential letter",
+                                            "auto-generated", letter), mail, letter)
         message.set_content("\n".join([
             f"A confidential letter was routed to {dept_name}.",
             "",
@@ -89,7 +99,8 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
             f"  gateway letters show {letter.number}",
         ]) + "\n")
         return message
-    message = _base(config, mail, f"[{letter.number}] {letter.subject or '(no subject)'}", "auto-generated", letter)
+    message = _answerable(config, _base(config, mail, f"[{letter.number}] {letter.subject or '(no subject)'}",
+                                        "auto-generated", letter), mail, letter)
     trace = letter.classification or {}
     lines = [
         f"Letter {letter.number} was routed to {dept_name}."
@@ -151,10 +162,14 @@ def _rfc822(raw: bytes) -> MIMEMessage:
 
 
 def template(config: Config, kind: str, language: str) -> tuple[str, str]:
-    """(subject template, body template) from the configured folder, else the built-in ones."""
+    """(subject template, body template) from the configured folder, else the built-in ones.
+
+    The folder must hold the receipt and feedback templates (the configuration check says so);
+    any other kind it does not hold (refused-command) is taken from the built-in ones."""
     folder = config.resolve(config.model.receipts.templates)
     name = f"{kind}.{language}.txt"
-    text = ((folder / name).read_text(encoding="utf-8") if folder is not None else
+    own = folder is not None and (kind in ("receipt", "feedback") or (folder / name).exists())
+    text = ((folder / name).read_text(encoding="utf-8") if own and folder is not None else
             resources.files("gateway.outbound").joinpath("templates", name).read_text(encoding="utf-8"))
     head, _, body = text.partition("\n\n")
     if not head.lower().startswith("subject:"):
@@ -204,7 +219,7 @@ def reminder(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
         line = _REMINDER_LINES.get(kind, _REMINDER_LINES["overdue"]).format(number=letter.number, deadline=deadline)
         title = f"[{letter.number}] Reminder: {'overdue' if kind == 'overdue' else 'due ' + deadline}"
         first = f"Letter {letter.number} {line}."
-    message = _base(config, mail, title, "auto-generated", letter)
+    message = _answerable(config, _base(config, mail, title, "auto-generated", letter), mail, letter)
     message.set_content("\n".join([
         first, "",
         f"Number:    {letter.number}",
@@ -216,4 +231,27 @@ def reminder(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
         "",
         f"See it with: gateway letters show {letter.number}",
     ]) + "\n")
+    return message
+
+
+def refusal(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
+    """To a department's owners: a command by mail on one of their letters was not obeyed, and why.
+
+    No reply address: nothing in it is to be answered with a command."""
+    language = str(mail.details.get("language", config.model.receipts.default_language))
+    subject, body = template(config, "refused-command", language)
+    department = config.departments.get(letter.department or "")
+    received = mail.details.get("received_at")
+    values: dict[str, Any] = {
+        "number": letter.number,
+        "subject": clean(letter.subject, 200) if letter.confidentiality != "confidential" else "-",
+        "department": clean(department.name if department else letter.department, 100),
+        "sender": clean(str(mail.details.get("sender", "")), 200) or "-",
+        "authenticated": clean(str(mail.details.get("authenticated") or "-"), 200),
+        "command": clean(" ".join(str(mail.details.get(k) or "") for k in ("command", "argument")), 300),
+        "reason": clean(str(mail.details.get("reason", "")), 1000),
+        "received": _local(config, datetime.fromisoformat(received)) if isinstance(received, str) else "-",
+        "organisation": clean(config.model.outbound.from_name, 100)}
+    message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-generated", letter)
+    message.set_content(string.Template(body).safe_substitute(values))
     return message

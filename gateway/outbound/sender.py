@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
 from gateway.faults import checkpoint
-from gateway.outbound.compose import ComposeError, notification, receipt, reminder
+from gateway.outbound.compose import ComposeError, notification, receipt, refusal, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
@@ -182,6 +182,8 @@ class OutboxSender(Runner):
             return receipt(self.config, mail, letter, mail.kind).as_bytes()
         if mail.kind in ("reminder", "escalation"):
             return reminder(self.config, mail, letter).as_bytes()
+        if mail.kind == "refused-command":
+            return refusal(self.config, mail, letter).as_bytes()
         raw = self._original(letter) if letter.confidentiality != "confidential" else None
         try:
             return notification(self.config, mail, letter, raw).as_bytes()

@@ -121,15 +121,21 @@ class Decisions(Store):
             if known is not None:
                 return Registered(known.number, known.id, "known", known.status)
             row = self._locked(conn, answer.number)
-            may = answer.sender.lower() in plan.entitled.get(row.department or "", set()) | {(row.owner or "").lower()}
-            details: dict[str, Any] = {"from": answer.sender, "text": answer.text, "command": answer.command,
+            details: dict[str, Any] = {"from": answer.sender, "authenticated": plan.authenticated,
+                                       "text": answer.text, "command": answer.command,
                                        "argument": answer.argument, "raw_sha256": plan.raw_sha256,
                                        "raw_path": plan.raw_path, "received_at": plan.received_at.isoformat()}
             refused = None
             if answer.command is None:
                 pass
-            elif not may:
-                refused = f"{answer.sender} is not an owner of {row.department}: recorded, not obeyed"
+            elif unentitled := self._no_authority(row, plan):
+                refused = f"{'; '.join(unentitled)}: recorded, not obeyed"
+                # The owners hear of it, once: a second arrival of this mail stops at its intake key.
+                notices = [NewMail(m.kind, m.recipient, {**m.details, "reason": refused}, m.message_id)
+                           for m in plan.refusal_notices.get(row.department or "", [])]
+                if notices:
+                    conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in notices])
+                    details["refusal_notice"] = [m.recipient for m in notices]
             else:
                 try:
                     refused = self._obey(conn, row, plan, now)
@@ -142,6 +148,24 @@ class Decisions(Store):
             conn.execute(insert(IntakeKey), [{"key": k, "letter_id": row.id, "at": now} for k in plan.keys])
             status = conn.execute(select(Letter.status).where(Letter.id == row.id)).scalar_one()
             return Registered(row.number, row.id, "answer", status)
+
+    @staticmethod
+    def _no_authority(row: Any, plan: AnswerPlan) -> list[str]:
+        """Why the answer's sender may not command this letter; empty when they may.
+
+        All three must hold: the sender is authenticated, answered through a reply address signed
+        for this letter and for them, and is an owner or the head of the letter's department or
+        the letter's own owner (as the letter is now, under its lock)."""
+        who = plan.authenticated or plan.answer.sender.lower()
+        reasons = []
+        if who not in plan.entitled.get(row.department or "", set()) | {(row.owner or "").lower()}:
+            reasons.append(f"{who} is not an owner of {row.department}")
+        if plan.authenticated is None:
+            reasons.append(f"the sender {plan.answer.sender} is not authenticated (no SMTP AUTH allowed for "
+                           f"that address, aligned DKIM or DMARC pass, or trusted Authentication-Results)")
+        if plan.token_refusal is not None:
+            reasons.append(plan.token_refusal)
+        return reasons
 
     def _obey(self, conn: Connection, row: Any, plan: AnswerPlan, now: datetime) -> str | None:
         """Apply an answer's command; returns why it was not applied, or None."""

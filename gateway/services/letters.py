@@ -3,6 +3,7 @@ the same steps given by answering a notification by e-mail."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from gateway.config import Config
 from gateway.registry import Registry
@@ -10,6 +11,7 @@ from gateway.registry.lifecycle import ACTIONS
 from gateway.registry.models import Letter
 from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
 from gateway.stages.route import feedback, new_mail
+from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
 
 class UnknownDepartment(ValueError):
@@ -66,15 +68,28 @@ class LetterSteps:
         self.registry.hold(number, on=on, reason=reason, actor=actor)
 
     def record_answer(self, answer: Answer, *, keys: list[str], raw_sha256: str, raw_path: str,
-                      received_at: datetime) -> Registered:
-        """A department's answer by e-mail: recorded on its letter, its command obeyed if its sender
-        is entitled (decided by the registry under the letter's lock)."""
+                      received_at: datetime, trust: dict[str, Any] | None = None) -> Registered:
+        """A department's answer by e-mail: recorded on its letter, its command obeyed only if its
+        sender is authenticated (`trust`, the check stage's verdict; none: not authenticated),
+        answered through a reply address signed for this letter and for them, and is entitled
+        (decided by the registry under the letter's lock). A command refused for want of
+        authority is told to the department's owners."""
         letter = self._letter(answer.number)
         departments = self.config.departments
+        authenticated = str(trust["address"]).lower() if trust and trust.get("authenticated") and trust.get("address") \
+            else None
         plan = AnswerPlan(answer=answer, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
                           received_at=received_at,
                           entitled={d.id: {a.lower() for a in (*d.owners, d.head) if a} for d in departments.values()},
-                          departments=set(departments))
+                          departments=set(departments), authenticated=authenticated,
+                          token_refusal=self._token_refusal(answer, authenticated or answer.sender))
+        if answer.command is not None:
+            language = self.config.model.receipts.default_language
+            plan.refusal_notices = {
+                d.id: [new_mail(self.config, "refused-command", owner, language=language, sender=answer.sender,
+                                authenticated=authenticated, command=answer.command,
+                                argument=answer.argument[:300], received_at=received_at.isoformat())
+                       for owner in d.owners] for d in departments.values()}
         if answer.command == "reassign" and answer.argument in departments:
             plan.notify = self.notifications(answer.argument)
             plan.deadline = self.deadline(letter)
@@ -82,6 +97,19 @@ class LetterSteps:
                 and ACTIONS[answer.command].to == "closed":
             plan.feedback = feedback(self.config, letter, answer.argument)
         return self.registry.apply_answer(plan)
+
+    def _token_refusal(self, answer: Answer, address: str) -> str | None:
+        """Why none of the answer's reply addresses vouches for (its letter, `address`), or None."""
+        tokens = find_reply_tokens(self.config, answer.reply_addresses)
+        if not tokens:
+            return "no reply token: commands count only through the reply address of a notification or reminder"
+        reasons = []
+        for token in tokens:
+            reason = check_reply_token(self.config, token, answer.number, address)
+            if reason is None:
+                return None
+            reasons.append(reason)
+        return "; ".join(reasons)
 
     def _letter(self, number: str) -> Letter:
         letter = self.registry.letter(number)

@@ -15,9 +15,12 @@ def safe_address(address: str) -> bool:
     return len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
 
 
-def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None,
-                    loop_id: str) -> str | None:
-    """Why no automatic reply may go to `sender` (the reply address), or None if one may."""
+def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None, *,
+                    own_mail: bool) -> str | None:
+    """Why no automatic reply may go to `sender` (the reply address), or None if one may.
+
+    `own_mail`: the mail carries our X-Gateway-Loop marker and its token verifies
+    (gateway.stages.tokens.loop_marker_state); the header's mere presence proves nothing."""
     def first(name: str) -> str:
         values = headers.get(name)
         return values[0].strip().lower() if values else ""
@@ -38,7 +41,7 @@ def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: s
     suppress = {token.strip() for token in first("x-auto-response-suppress").split(",")}
     if suppress & {"all", "autoreply", "oof"}:  # Microsoft's names for "no automatic answers"
         return f"X-Auto-Response-Suppress: {first('x-auto-response-suppress')[:40]}"
-    if any(loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", [])):
+    if own_mail:
         return "our own loop header (X-Gateway-Loop)"
     if not sender:
         return "no sender address"

@@ -19,6 +19,7 @@ from gateway.stages.autoreply import no_reply_reason
 from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
 from gateway.stages.classify.rules import Decision
 from gateway.stages.normalise.summary import summarise
+from gateway.stages.tokens import loop_marker_state
 
 if TYPE_CHECKING:
     from gateway.registry.models import Letter
@@ -42,12 +43,14 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     owners = [decision.owner] if decision.owner else list(department.owners)
     mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
     no_notification = None
-    if loop_id_seen(config, headers):
+    marker = loop_marker_state(config, headers)
+    if marker == "ours":
         # Our own mail came back in (a forward, an owner's rule): registered, never answered
         # and never forwarded again, or each notification would beget another.
         mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
     reply_to = reply_address(sender, headers, envelope_from)
-    receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog)
+    receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
+                                        own_mail=marker == "ours")
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
@@ -57,7 +60,9 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
         urgency=urgency, confidentiality=decision.confidentiality or "normal",
         owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
-        flags=["needs-triage"] if triage else [], mail=mail, receipt=receipt, no_receipt=reason,
+        # A marker naming us that does not verify suppressed nothing; the letter says it had one.
+        flags=(["needs-triage"] if triage else []) + (["forged-loop-marker"] if marker == "forged" else []),
+        mail=mail, receipt=receipt, no_receipt=reason,
         receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)
 
 
@@ -98,7 +103,9 @@ def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Rou
 
 
 def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
-    return any(config.loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", []))
+    """Is this our own mail come back: an X-Gateway-Loop marker whose token verifies against
+    the mail's Message-ID? Anyone can write the header; only we can sign it."""
+    return loop_marker_state(config, headers) == "ours"
 
 
 def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:
@@ -113,7 +120,7 @@ def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str
 
 
 def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, headers: dict[str, list[str]],
-                envelope_from: str | None, backlog: bool) -> str | None:
+                envelope_from: str | None, backlog: bool, *, own_mail: bool) -> str | None:
     settings = config.model.receipts
     if not settings.enabled or settings.per_sender_per_day == 0:
         return "receipts are switched off"
@@ -125,7 +132,7 @@ def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, header
         return "internal sender"
     if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
         return "our own address"
-    return no_reply_reason(headers, reply_to, envelope_from, config.loop_id)
+    return no_reply_reason(headers, reply_to, envelope_from, own_mail=own_mail)
 
 
 def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
@@ -138,7 +145,8 @@ def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
     for address in (facts.sender_address, reply_to):
         if not address.strip() or is_internal(address, config.model.gateway.domains):
             return []
-    if no_reply_reason(facts.headers, reply_to, envelope_from, config.loop_id) is not None:
+    if no_reply_reason(facts.headers, reply_to, envelope_from,
+                       own_mail=loop_id_seen(config, facts.headers)) is not None:
         return []
     language = "zh" if _CJK.search(letter.subject) or _CJK.search(letter.body_text[:2000]) else "en"
     return [new_mail(config, "feedback", reply_to.lower(), language=language, result=result[:4000])]

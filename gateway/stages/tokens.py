@@ -1,0 +1,276 @@
+"""Signed reply addresses and the signed loop marker.
+
+Every notification, reminder and escalation is sent with a reply address of its own,
+
+    Reply-To: <local>+<number>.<token>@<domain>      (local and domain from [outbound] from_address)
+
+where the token is a key id and an HMAC-SHA256 over the letter number and the recipient's
+address, in lower-case base32 (address-safe, and mail systems that change the case of a local
+part do not break it). An answer carries it back in its envelope recipient or in To/Cc; it is
+obeyed only when the token is valid for *that* letter and was issued to the authenticated
+sender (gateway.registry.decisions). The number in the address only finds the letter; the
+HMAC is what vouches for it.
+
+The loop marker, `X-Gateway-Loop: <loop_id>; token=<token>`, is an HMAC over the Message-ID of
+the mail it is on: mail that comes back with a marker that verifies is ours; one that names
+our loop id but does not verify is forged, suppresses nothing and is flagged on the letter.
+
+The secret: <state>/keys/replies.json (mode 0600, its folder 0700), created the first time it
+is needed, holding the current key and the previous ones with when they were retired.
+`gateway keys rotate` makes a new current key; a retired key is still accepted for
+[replies] previous_key_grace_days. The daemon, the registrar helper and the CLI read the same
+file, re-reading it when it changes (by inode, mtime and size).
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.config import Config
+from gateway.spool.durable import make_dirs, writing
+
+KEY_ID_CHARS = 4
+MAC_CHARS = 16  # 80 bits of HMAC-SHA256: guessing one is hopeless, and the address stays short
+TOKEN_CHARS = KEY_ID_CHARS + MAC_CHARS
+_BASE32 = "a-z2-7"
+# A letter number goes into the reply address only when it is made of characters every mail
+# system keeps as they are; otherwise the answer's subject or In-Reply-To names the letter.
+_ADDRESS_SAFE_NUMBER = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_LOOP_TOKEN = re.compile(rf"\btoken=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
+
+
+@dataclass(frozen=True)
+class Key:
+    id: str
+    secret: bytes | None  # None once its grace period is over and it was dropped at a rotation
+    created_at: datetime
+    retired_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Keyring:
+    current: Key
+    previous: tuple[Key, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        def one(key: Key) -> dict[str, Any]:
+            return {"id": key.id, "secret": key.secret.hex() if key.secret is not None else None,
+                    "created_at": key.created_at.isoformat(),
+                    "retired_at": key.retired_at.isoformat() if key.retired_at else None}
+        return {"current": one(self.current), "previous": [one(k) for k in self.previous]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Keyring:
+        def one(item: dict[str, Any]) -> Key:
+            secret = item.get("secret")
+            return Key(str(item["id"]).lower(), bytes.fromhex(secret) if secret else None,
+                       datetime.fromisoformat(item["created_at"]),
+                       datetime.fromisoformat(item["retired_at"]) if item.get("retired_at") else None)
+        return cls(one(data["current"]), tuple(one(k) for k in data.get("previous", [])))
+
+
+class KeyFileError(Exception):
+    """The key file exists but cannot be read as one: never replaced silently, or every reply
+    address sent so far would stop counting."""
+
+
+def keys_path(config: Config) -> Path:
+    return config.state_dir / "keys" / "replies.json"
+
+
+_cache: dict[Path, tuple[tuple[int, int, int], Keyring]] = {}
+_cache_lock = threading.Lock()
+
+
+def keyring(config: Config) -> Keyring:
+    """The keys in force, read again only when the file changed; created if there are none."""
+    path = keys_path(config)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        with _exclusive(config):
+            if not path.exists():  # another process may have created it while we waited
+                _write(path, Keyring(_new_key(), ()))
+        return keyring(config)
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    with _cache_lock:
+        cached = _cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    try:
+        ring = Keyring.from_json(json.loads(path.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyFileError(f"{path}: {exc}") from exc
+    with _cache_lock:
+        _cache[path] = (stamp, ring)
+    return ring
+
+
+def rotate(config: Config, *, now: datetime | None = None) -> tuple[Keyring, Key]:
+    """Make a new current key; the old one is accepted for the grace period. Keys past their
+    grace lose their secret (kept by id, so that an answer using one is told why it failed).
+    Returns the new keyring and the key retired."""
+    now = now or datetime.now(timezone.utc)
+    grace = timedelta(days=config.model.replies.previous_key_grace_days)
+    with _exclusive(config):
+        old = keyring(config)
+        retired = Key(old.current.id, old.current.secret, old.current.created_at, now)
+        previous = [retired] + [k if k.retired_at is None or now - k.retired_at <= grace
+                                else Key(k.id, None, k.created_at, k.retired_at) for k in old.previous]
+        taken = {k.id for k in previous}
+        new = _new_key()
+        while new.id in taken:
+            new = _new_key()
+        ring = Keyring(new, tuple(previous))
+        _write(keys_path(config), ring)
+    return ring, retired
+
+
+def _new_key() -> Key:
+    key_id = base64.b32encode(secrets.token_bytes(5)).decode().lower()[:KEY_ID_CHARS]
+    return Key(key_id, secrets.token_bytes(32), datetime.now(timezone.utc), None)
+
+
+@contextmanager
+def _exclusive(config: Config) -> Iterator[None]:
+    """One writer of the key file at a time, across processes (the daemon, the registrar, the CLI)."""
+    folder = keys_path(config).parent
+    make_dirs(folder)
+    os.chmod(folder, 0o700)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, ring: Keyring) -> None:
+    with writing(path) as out:
+        os.fchmod(out.fileno(), 0o600)  # before a byte of the secret is in it
+        out.write(json.dumps(ring.as_json(), indent=2).encode() + b"\n")
+
+
+def _mac(secret: bytes, *parts: str) -> str:
+    digest = hmac.new(secret, "\x00".join(parts).encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:MAC_CHARS]
+
+
+def _usable_key(config: Config, key_id: str, now: datetime | None) -> tuple[Key | None, str | None]:
+    """The key a token names, or why it may not be used."""
+    ring = keyring(config)
+    if key_id == ring.current.id:
+        return ring.current, None
+    grace_days = config.model.replies.previous_key_grace_days
+    for key in ring.previous:
+        if key.id != key_id:
+            continue
+        retired = key.retired_at or key.created_at
+        if key.secret is None or (now or datetime.now(timezone.utc)) - retired > timedelta(days=grace_days):
+            return None, (f"its key {key_id} was retired on {retired:%Y-%m-%d %H:%M} UTC, more than "
+                          f"{grace_days:g} day(s) ago")
+        return key, None
+    return None, f"its key {key_id} is not one of this gateway's"
+
+
+# -- reply addresses ----------------------------------------------------------
+@dataclass(frozen=True)
+class ReplyToken:
+    """A reply token found on an incoming mail."""
+
+    number: str | None  # the letter number the address names, if it names one
+    token: str  # key id + MAC, lower-case
+
+
+def reply_token(config: Config, number: str, recipient: str) -> str:
+    key = keyring(config).current
+    assert key.secret is not None
+    return key.id + _mac(key.secret, "reply", number, recipient.strip().lower())
+
+
+def reply_address(config: Config, number: str, recipient: str) -> str:
+    """The address `recipient` answers letter `number` at."""
+    local, _, domain = config.model.outbound.from_address.rpartition("@")
+    numbered = f"{number}." if _ADDRESS_SAFE_NUMBER.fullmatch(number) else ""
+    return f"{local}+{numbered}{reply_token(config, number, recipient)}@{domain}"
+
+
+def _reply_pattern(config: Config) -> re.Pattern[str]:
+    local, _, domain = config.model.outbound.from_address.rpartition("@")
+    return re.compile(rf"{re.escape(local)}\+(?:(?P<number>{_ADDRESS_SAFE_NUMBER.pattern})\.)?"
+                      rf"(?P<token>[{_BASE32}]{{{TOKEN_CHARS}}})@{re.escape(domain)}", re.I)
+
+
+def find_reply_tokens(config: Config, addresses: Iterable[str]) -> list[ReplyToken]:
+    """The reply tokens among a mail's addresses (envelope recipients, To, Cc), each once."""
+    pattern, found = _reply_pattern(config), []
+    for address in addresses:
+        match = pattern.fullmatch(address.strip())
+        if match:
+            token = ReplyToken(match.group("number"), match.group("token").lower())
+            if token not in found:
+                found.append(token)
+    return found
+
+
+def check_reply_token(config: Config, token: ReplyToken, number: str, address: str,
+                      now: datetime | None = None) -> str | None:
+    """None when `token` was issued for letter `number` to `address`; else why it does not count."""
+    if token.number is not None and token.number.lower() != number.lower():
+        return f"the reply token is for letter {token.number}, not {number}"
+    key, reason = _usable_key(config, token.token[:KEY_ID_CHARS], now)
+    if key is None or key.secret is None:
+        return f"the reply token does not count: {reason}"
+    if not hmac.compare_digest(_mac(key.secret, "reply", number, address.strip().lower()),
+                               token.token[KEY_ID_CHARS:]):
+        return f"the reply token was not issued to {address.strip().lower()} for {number}"
+    return None
+
+
+
+# -- the loop marker ------------------------------------------------------------
+def _message_id(value: str) -> str:
+    return value.strip().strip("<>").strip()
+
+
+def loop_marker(config: Config, message_id: str) -> str:
+    """The X-Gateway-Loop value for the mail with this Message-ID."""
+    key = keyring(config).current
+    assert key.secret is not None
+    return f"{config.loop_id}; token={key.id}{_mac(key.secret, 'loop', _message_id(message_id))}"
+
+
+LoopMarker = Literal["ours", "forged"]
+
+
+def loop_marker_state(config: Config, headers: dict[str, list[str]],
+                      now: datetime | None = None) -> LoopMarker | None:
+    """"ours" when a mail carries our loop marker and it verifies against the mail's Message-ID;
+    "forged" when it names our loop id but nothing verifies; None when there is no marker of ours
+    (another system's X-Gateway-Loop is none of our business)."""
+    values = [v for v in headers.get("x-gateway-loop", []) if config.loop_id.lower() in v.lower()]
+    if not values:
+        return None
+    message_ids = [_message_id(m) for m in headers.get("message-id", []) if m.strip()]
+    for value in values:
+        for match in _LOOP_TOKEN.finditer(value):
+            token = match.group(1).lower()
+            key, _ = _usable_key(config, token[:KEY_ID_CHARS], now)
+            if key is None or key.secret is None:
+                continue
+            if any(hmac.compare_digest(_mac(key.secret, "loop", mid), token[KEY_ID_CHARS:]) for mid in message_ids):
+                return "ours"
+    return "forged"
