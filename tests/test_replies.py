@@ -1,0 +1,200 @@
+"""Who may command a letter by mail, over the daemon's real SMTP listener with a real SMTP sink as
+the relay: the forged answer of issue 13 refused, a signed reply address that counts only for its
+letter, its recipient and its key's lifetime, and a loop marker nobody else can write."""
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Daemon, Gateway, Notify, wait_for
+from gateway import config as config_mod
+from gateway.stages.tokens import loop_marker
+from smtp_sink import SmtpSink
+
+pytestmark = pytest.mark.timeout(300)
+
+RULES = """
+rules:
+  - name: complaints
+    when: {keywords: [complaint]}
+    set: {category: external.inquiry_complaint, department: business}
+"""
+
+# Retired keys stop counting at once, so that a rotation shows it without waiting for days;
+# answers are authenticated by the organisation's MTA (a trusted Authentication-Results); no
+# DNS is asked (a closed port answers nothing, at once).
+EXTRA = """
+[outbound]
+relay = "{relay}"
+from_address = "gateway@example.org"
+poll_seconds = 0.2
+retry_min_seconds = 0.3
+retry_max_seconds = 1
+
+[replies]
+previous_key_grace_days = 0
+
+[trust]
+trusted_authserv_ids = ["mx.example.org"]
+nameservers = ["127.0.0.1:9"]
+timeout_seconds = 0.2
+lifetime_seconds = 0.5
+"""
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "gateway@example.org",
+         mail_from: str | None = None, authenticated: bool = False, headers: dict[str, str] | None = None,
+         rcpt: str | None = None) -> None:
+    """One mail over a plain, unauthenticated SMTP session, as anyone on the Internet can send it."""
+    message = EmailMessage()
+    if authenticated:  # as the organisation's MTA stamps a mail it authenticated
+        message["Authentication-Results"] = f"mx.example.org; dmarc=pass header.from={sender.rpartition('@')[2]}"
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{time.time_ns()}@{sender.rpartition('@')[2]}>"
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.sendmail(mail_from or sender, [rcpt or to], message.as_bytes())
+
+
+def answers(gateway: Gateway, number: str) -> list[dict[str, Any]]:
+    return [e for e in gateway.show_json(number)["events"] if e["action"] == "answer"]  # type: ignore[index]
+
+
+def wait_answers(gateway: Gateway, number: str, count: int) -> list[dict[str, Any]]:
+    wait_for(lambda: len(answers(gateway, number)) >= count, 30, f"{count} answer(s) on {number}")
+    return answers(gateway, number)
+
+
+def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_for_them_commands(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address), rules=RULES)
+    daemon: Daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        for n in (1, 2):
+            send(gateway, sender="alice@partner.example", to="sales@example.org", subject=f"A complaint {n}",
+                 body="I want to complain about the delivery.\n")
+        sink.wait_for(4)  # a notification to the owner and a receipt to the sender, each
+        notes = {r.message["X-Gateway-Letter"]: r.message for r in sink.to("sales.desk@example.org")}
+        first, second = notes["2026-000001"], notes["2026-000002"]
+        assert first["Reply-To"] != second["Reply-To"]
+
+        # The attack of issue 13: an owner's From, the number in the subject, a command.
+        send(gateway, sender="sales.desk@example.org", mail_from="attacker@evil.example",
+             subject="Re: [2026-000001] A complaint 1", body="reassign general-office\n")
+        send(gateway, sender="office@example.org", mail_from="attacker@evil.example",
+             subject="Re: [2026-000001] A complaint 1", body="done: all settled, we pay you double\n")
+        # Even with the owner's real reply address (seen somewhere), unauthenticated it is nothing.
+        send(gateway, sender="sales.desk@example.org", mail_from="attacker@evil.example",
+             subject="Re: [2026-000001] A complaint 1", to=first["Reply-To"], body="done: closed by a stranger\n")
+        refused = wait_answers(gateway, "2026-000001", 3)
+        letter = gateway.show_json("2026-000001")
+        assert (letter["status"], letter["department"]) == ("routed", "business")
+        assert [a["details"]["obeyed"] for a in refused] == [False, False, False]
+        assert all("is not authenticated" in a["details"]["refused"] for a in refused)
+        assert "no reply token" in refused[0]["details"]["refused"]
+        assert "office@example.org is not an owner of business" in refused[1]["details"]["refused"]
+        assert "no reply token" not in refused[2]["details"]["refused"]  # its token was right; its sender not proven
+        # The owner hears of each refused command once; the letter's sender hears nothing.
+        notices = [m for m in letter["outbox"] if m["kind"] == "refused-command"]  # type: ignore[union-attr]
+        assert [m["recipient"] for m in notices] == ["sales.desk@example.org"] * 3
+        wait_for(lambda: len(sink.to("sales.desk@example.org")) == 5, 30, "three notices beside two notifications")
+        told = [r.message for r in sink.to("sales.desk@example.org") if r.message["X-Gateway-Letter"] == "2026-000001"
+                and r.message["Reply-To"] is None]
+        assert len(told) == 3 and all("is not authenticated" in m.get_content() for m in told)
+
+        # A token for another letter, from the owner, authenticated: refused.
+        send(gateway, sender="sales.desk@example.org", authenticated=True, to=first["Reply-To"],
+             subject="Re: [2026-000002] A complaint 2", body="received\n")
+        [other] = wait_answers(gateway, "2026-000002", 1)
+        assert other["details"]["refused"] == ("the reply token is for letter 2026-000001, not 2026-000002: "
+                                               "recorded, not obeyed")
+        # The owner's token replayed by another sender, entitled and authenticated herself: refused.
+        send(gateway, sender="business.head@example.org", authenticated=True, to=first["Reply-To"],
+             subject="Re: [2026-000001] A complaint 1", body="received\n")
+        replayed = wait_answers(gateway, "2026-000001", 4)[-1]
+        assert replayed["details"]["refused"] == ("the reply token was not issued to business.head@example.org "
+                                                  "for 2026-000001: recorded, not obeyed")
+        assert gateway.show_json("2026-000001")["status"] == "routed"
+
+        # The owner, authenticated, through her own reply address: obeyed (the subject need not say more).
+        send(gateway, sender="sales.desk@example.org", authenticated=True, to=first["Reply-To"],
+             subject="Re: your notification", body="received\n")
+        obeyed = wait_answers(gateway, "2026-000001", 5)[-1]
+        assert (obeyed["details"]["obeyed"], obeyed["details"]["authenticated"]) == (True, "sales.desk@example.org")
+        assert gateway.show_json("2026-000001")["status"] == "acknowledged"
+
+        # After a rotation the old key's addresses stop counting (grace 0 here); the new key's count.
+        assert "is accepted for 0 more day(s)" in gateway.run("keys", "rotate").stdout
+        send(gateway, sender="sales.desk@example.org", authenticated=True, to=second["Reply-To"],
+             subject="Re: [2026-000002] A complaint 2", body="received\n")
+        expired = wait_answers(gateway, "2026-000002", 2)[-1]
+        assert "the reply token does not count: its key" in expired["details"]["refused"]
+        assert "more than 0 day(s) ago" in expired["details"]["refused"]
+        fresh = gateway.run("keys", "reply-address", "2026-000002", "sales.desk@example.org").stdout.strip()
+        assert fresh != second["Reply-To"]
+        send(gateway, sender="sales.desk@example.org", authenticated=True, to=fresh.upper(), rcpt=fresh,
+             subject="Re: [2026-000002] A complaint 2", body="received\n")
+        assert wait_answers(gateway, "2026-000002", 3)[-1]["details"]["obeyed"] is True
+        assert gateway.show_json("2026-000002")["status"] == "acknowledged"
+        listed = gateway.run("keys", "list").stdout
+        assert "current" in listed and "expired" in listed
+
+        time.sleep(1.0)  # anything more sent would arrive now
+        to_sender = [r.message["Subject"] for r in sink.to("alice@partner.example")]
+        assert len(to_sender) == 2 and all("2026-00000" in s and "办理结果" not in s for s in to_sender)  # receipts
+        assert not sink.to("attacker@evil.example") and not sink.to("office@example.org")
+    finally:
+        daemon.stop()
+
+
+def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address), rules=RULES)
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        # The public loop id, as every earlier gateway mail showed it, without a valid token.
+        send(gateway, sender="alice@partner.example", to="sales@example.org", subject="A complaint",
+             body="I want to complain.\n",
+             headers={"X-Gateway-Loop": "gateway@example.org; token=" + "a" * 20})
+        sink.wait_for(2)  # the owner notified, the sender receipted
+        [forged] = gateway.list_json()
+        assert "forged-loop-marker" in forged["flags"]
+        assert [r.message["X-Gateway-Letter"] for r in sink.to("sales.desk@example.org")] == ["2026-000001"]
+        # Our own mail come back: its marker verifies against its Message-ID; nobody is told again.
+        message = EmailMessage()
+        message["From"] = "alice@partner.example"
+        message["To"] = "sales@example.org"
+        message["Subject"] = "A complaint, come back"
+        message["Message-ID"] = "<looped.1@example.org>"
+        message["X-Gateway-Loop"] = loop_marker(config_mod.load(gateway.config), "<looped.1@example.org>")
+        message.set_content("I want to complain.\n")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("alice@partner.example", ["sales@example.org"], message.as_bytes())
+        wait_for(lambda: len(gateway.list_json()) == 2, 30, "the looped letter")
+        looped = gateway.show_json("2026-000002")
+        [routed] = [e for e in looped["events"] if e["action"] == "routed"]  # type: ignore[union-attr]
+        assert routed["details"]["not_notified"] == "the gateway's own mail came back (X-Gateway-Loop)"
+        assert "forged-loop-marker" not in looped["flags"]  # type: ignore[operator]
+        time.sleep(1.0)
+        assert len(sink.received) == 2
+    finally:
+        daemon.stop()
