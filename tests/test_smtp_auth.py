@@ -10,11 +10,13 @@ import ssl
 import subprocess
 import threading
 import time
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import ROOT, Gateway, Notify, make_message
+from conftest import ROOT, Gateway, Notify, make_message, wait_for
 from gateway import config as config_mod
 from gateway.adapters.smtp import hash_password
 from gateway.stages.check import UNVERIFIED_INTERNAL
@@ -263,3 +265,60 @@ def test_auth_user_proves_only_the_addresses_it_may_send_as(gateway: Gateway, no
                     (False, None, None, "temp", "temp@example.org")]
     # Not proven, an internal From counts as external (no authority, no internal routing).
     assert [UNVERIFIED_INTERNAL in v["flags"] for v in trust] == [False, False, True, True]  # type: ignore[index]
+
+
+# No DNS is asked (a closed port answers nothing, at once); reply addresses are at example.org.
+ANSWERS_EXTRA = """
+[outbound]
+from_address = "gateway@example.org"
+
+[trust]
+nameservers = ["127.0.0.1:9"]
+timeout_seconds = 0.2
+lifetime_seconds = 0.5
+"""
+
+
+def _answers(gateway: Gateway, number: str, count: int) -> list[dict[str, Any]]:
+    def recorded() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = gateway.show_json(number)["events"]  # type: ignore[assignment]
+        return [e for e in events if e["action"] == "answer"]
+    wait_for(lambda: len(recorded()) >= count, 30, f"{count} answer(s) on {number}")
+    return recorded()
+
+
+def test_an_answer_submitted_with_auth_counts_only_from_the_users_own_addresses(tmp_path: Path,
+                                                                                notify: Notify) -> None:
+    """clerk may send as sales.desk@ (the owner of business), not as business.head@: through the
+    head's own signed reply address clerk's command is refused; through the owner's it is obeyed."""
+    gateway = Gateway(tmp_path, extra=ANSWERS_EXTRA)
+    listener = Listener(gateway, notify, tmp_path)
+    try:
+        with listener.client(tls=False) as c:
+            c.sendmail("alice@partner.example", ["sales@example.org"], make_message(1, to="sales@example.org"))
+        assert gateway.show_json("2026-000001")["department"] == "business"
+
+        def answer(sender: str) -> None:
+            reply_to = gateway.run("keys", "reply-address", "2026-000001", sender).stdout.strip()
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = sender, reply_to, "Re: [2026-000001] Letter 1"
+            message["Message-ID"] = f"<{time.time_ns()}@example.org>"
+            message.set_content("reassign general-office\n")
+            with listener.client() as c:
+                c.login("clerk", "s3cret")
+                c.sendmail(sender, [reply_to], message.as_bytes())
+
+        answer("business.head@example.org")
+        [refused] = _answers(gateway, "2026-000001", 1)
+        assert refused["details"]["obeyed"] is False
+        # The head's own token, for this letter: only the proof of the From address is missing.
+        assert "is not authenticated" in refused["details"]["refused"]
+        assert "token" not in refused["details"]["refused"]
+        assert gateway.show_json("2026-000001")["department"] == "business"
+
+        answer("sales.desk@example.org")
+        obeyed = _answers(gateway, "2026-000001", 2)[-1]
+        assert (obeyed["details"]["obeyed"], obeyed["details"]["authenticated"]) == (True, "sales.desk@example.org")
+        assert gateway.show_json("2026-000001")["department"] == "general-office"
+    finally:
+        listener.stop()
