@@ -102,6 +102,7 @@ class Pipeline:
                 outcomes += self._register_alone(item, new, discard_when_unavailable)
             return outcomes
         checkpoint("after-commit")
+        self._store([(item, new.raw_sha256) for item, new in ready], results)
         for (item, new), result in zip(ready, results, strict=True):
             outcomes.append(self._finish(item, new, result))
         return outcomes
@@ -116,7 +117,7 @@ class Pipeline:
         except Exception as exc:
             log.exception("item %s: answer not recorded", item.id)
             return self._failed(item, f"answer not recorded: {type(exc).__name__}: {exc}")
-        self._store(item, answer.sha256, result)
+        self._store([(item, answer.sha256)], [result])
         a = answer.answer
         log.info("%s: answer from %s%s", result.number, a.sender,
                  f": {a.command} {a.argument}".rstrip() if a.command else " (no command)")
@@ -130,6 +131,7 @@ class Pipeline:
         except Exception as exc:
             log.exception("item %s: registration failed", item.id)
             return [self._failed(item, f"registration failed: {type(exc).__name__}: {exc}")]
+        self._store([(item, new.raw_sha256)], [result])
         return [self._finish(item, new, result)]
 
     def _unavailable(self, item: SpoolItem, exc: Exception, discard: bool) -> Outcome:
@@ -137,7 +139,7 @@ class Pipeline:
         return Outcome(item.id, "released", reason=str(exc))
 
     def _finish(self, item: SpoolItem, new: NewLetter, result: Registered) -> Outcome:
-        self._store(item, new.raw_sha256, result)
+        """A registered (and stored) item: logged and published."""
         if result.outcome == "registered":
             sender = f"{new.sender_name} <{new.sender_address}>" if new.sender_name else f"<{new.sender_address}>"
             log.info("%s registered: %s from %s, %d attachment(s)%s", result.number,
@@ -147,15 +149,14 @@ class Pipeline:
             log.info("%s received again (same bytes, item %s): recorded as an event", result.number, item.id)
         return self._published(item, result, channel=new.channel, department=new.department)
 
-    def _store(self, item: SpoolItem, sha256: str, result: Registered) -> None:
+    def _store(self, finished: list[tuple[SpoolItem, str]], results: list[Registered]) -> None:
         """Committed: from here on nothing may undo the registration or lose the bytes."""
         try:
-            self.spool.finish(item, sha256)
+            self.spool.finish_all(finished)
         except OSError as exc:
-            # The file stays in work/; recover() brings it back and it is recognised as known.
-            log.error("%s %s, but its spool file could not be moved to the store: %s", result.number,
-                      "recorded" if result.outcome == "answer" else "registered", exc)
-            item._unlock()
+            # The files stay in work/; recover() brings them back and they are recognised as known.
+            log.error("%s recorded, but the spool could not move them to the store: %s",
+                      ", ".join(r.number for r in results), exc)
 
     def _published(self, item: SpoolItem, result: Registered, **details: Any) -> Outcome:
         """Tell listeners (a wake-up, never the only copy: see events.py)."""

@@ -223,7 +223,6 @@ class Spool:
                 (message_dir / f"{n:02x}").mkdir(exist_ok=True)
             fsync_dir(message_dir)
             make_dirs(message_dir / "ff")
-        self._store_sync = {n: DirectorySync(message_dir / f"{n:02x}") for n in range(256)}
 
     # -- intake ---------------------------------------------------------
     def writer(self, meta: dict[str, Any]) -> SpoolWriter:
@@ -297,20 +296,40 @@ class Spool:
 
     def finish(self, item: SpoolItem, sha256: str) -> Path:
         """Processing is committed: keep the file as the raw copy, or drop it if one exists."""
-        stored = self.stored_path(sha256)
+        self.finish_all([(item, sha256)])
+        return self.stored_path(sha256)
+
+    def finish_all(self, finished: list[tuple[SpoolItem, str]]) -> None:
+        """A batch is committed: each file becomes its letter's raw copy in the message store
+        (or goes, if the store has those bytes already), with one sync for the batch.
+
+        The copy's new name is made durable before the old one goes: a second name (link),
+        then the store folders synced, then the spool's name removed, unsynced. A power cut
+        before that sync loses only the new name; one after it may bring the old name back,
+        and recover() finds the item in work/, the registry recognises it by its intake key,
+        and it is finished again. Renaming instead would let another item's sync of work/
+        make the removal durable before the new name is: the bytes would be in neither place.
+        Raises OSError (every item is unlocked; what was linked stays, which is harmless)."""
         try:
-            if stored.exists():
+            folders: set[Path] = set()
+            for item, sha256 in finished:
+                stored = self.stored_path(sha256)
+                try:
+                    os.link(item.path, stored)
+                    folders.add(stored.parent)
+                except FileExistsError:
+                    pass  # the same bytes arrived before: their copy is the letter's
+            for folder in sorted(folders):
+                # On a journalling filesystem the first of these commits all the links at once.
+                fsync_dir(folder)
+            for item, _ in finished:
                 item.path.unlink(missing_ok=True)
-            else:
-                os.rename(item.path, stored)
-                self._store_sync[int(sha256[:2], 16)].sync()
-            # Gone from work/ for good: a crash must not bring it back to be processed again.
-            self.dir_sync["work"].sync()
         finally:
-            item._unlock()
-        # An item retried from quarantine leaves its reason file behind until now.
-        self.forget_reason(item.id)
-        return stored
+            for item, _ in finished:
+                item._unlock()
+        for item, _ in finished:
+            # An item retried from quarantine leaves its reason file behind until now.
+            self.forget_reason(item.id)
 
     def stored_path(self, sha256: str) -> Path:
         return self.message_dir / sha256[:2] / f"{sha256}.msg"
