@@ -137,7 +137,9 @@ def make_resolver(nameservers: list[str], timeout: float, lifetime: float) -> dn
         resolver = dns.resolver.Resolver()
     resolver.timeout = timeout
     resolver.lifetime = lifetime
-    resolver.cache = None  # records change (key rotation): each check asks afresh
+    # Answers are kept for their TTL, NXDOMAIN included: a burst of mail from one domain (or
+    # from none, as most senders publish no DMARC) asks once, not twice a message.
+    resolver.cache = dns.resolver.LRUCache()
     return resolver
 
 
