@@ -198,3 +198,20 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         assert len(sink.received) == 2
     finally:
         daemon.stop()
+
+
+def test_the_reply_keys_are_made_at_first_start_and_a_damaged_file_stops_the_start(
+        tmp_path: Path, notify: Notify) -> None:
+    """The secret exists before the first notification is composed; a damaged keys file is refused at
+    start, naming the file, rather than failing each mail later."""
+    gateway = Gateway(tmp_path)
+    keys = gateway.state / "keys" / "replies.json"
+    assert not keys.exists()
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    assert keys.exists() and oct(keys.stat().st_mode & 0o777) == "0o600"
+    daemon.stop()
+    keys.write_text("{not json")
+    proc = gateway.run("run", check=False, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot start: the reply keys: {keys}" in proc.stderr

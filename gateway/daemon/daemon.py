@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from gateway.stages import rulebook
+from gateway.stages import rulebook, tokens
 from gateway import logs
 from gateway.config import Config, ConfigError
 from gateway.adapters.fax_drop import FaxDropWatcher
@@ -104,6 +104,15 @@ class Daemon:
         if not await self._wait_for_registry():
             pidlock.release()
             return 0
+
+        try:
+            # Created at first start; a damaged file stops the start here, naming it, instead of
+            # failing every notification and answer later.
+            await asyncio.to_thread(tokens.keyring, self.config)
+        except (tokens.KeyFileError, OSError) as exc:
+            log.error("cannot start: the reply keys: %s", exc)
+            pidlock.release()
+            return 1
 
         self.notifier.status("starting: recovering the spool")
         requeued, quarantined = await asyncio.to_thread(self.spool.recover)
