@@ -5,18 +5,27 @@ from __future__ import annotations
 import smtplib
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import dkim
 import pytest
 
-from conftest import Gateway, Notify
-from dns_server import DnsServer, dns_server, silent_nameserver  # noqa: F401  (fixtures)
+from conftest import Gateway, Notify, wait_for
+import dns_server as dns_fixtures
+from dns_server import DkimKey, DnsServer
 from gateway.stages.check import Checker, DmarcRefused, TrustPolicy, make_resolver
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
+from smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(600)
+
+# The loopback DNS server's fixtures, used here by name.
+dns_server = dns_fixtures.dns_server
+silent_nameserver = dns_fixtures.silent_nameserver
 
 SMTP_ENVELOPE = {"client": "127.0.0.1", "helo": "mx.partner.example"}
 
@@ -180,3 +189,93 @@ def test_over_smtp_verdict_stored_shown_and_dmarc_reject_refused(tmp_path: Path,
         assert memo["classification"]["trust"]["unverified_internal_sender"] is True
     finally:
         proc.stop()
+
+
+def test_a_dkim_signed_reply_from_the_owner_through_her_reply_address_is_obeyed_and_a_broken_one_refused(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """Over the daemon's SMTP listener, no SMTP AUTH, no Authentication-Results: the owner's reply
+    proves its From only by its DKIM signature (example.org publishes SPF -all, so from here
+    DMARC can pass only through an aligned DKIM pass). Three replies, identical but for the
+    signature: body changed after signing, signed under a selector example.org does not
+    publish, and intact. Only the intact one is obeyed."""
+    sink = SmtpSink().start()
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [outbound]
+        relay = "{sink.address}"
+        from_address = "gateway@example.org"
+        poll_seconds = 0.2
+        retry_min_seconds = 0.3
+        retry_max_seconds = 1
+
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+        trusted_authserv_ids = ["mx.example.org"]
+    """))
+    owner = "sales.desk@example.org"
+    # A key of example.org's, but not the one its DNS publishes at this selector (none is).
+    unpublished = DkimKey.generate("example.org", "old")
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("alice@partner.example", ["sales@example.org"],
+                       message("alice@partner.example", subject="Delivery late", body="Where is my order?\r\n")
+                       .replace(b"To: liaison@example.org", b"To: sales@example.org"))
+        wait_for(lambda: sink.to(owner), 30, "the owner's notification")
+        [notification] = [r.message for r in sink.to(owner)]
+        number, reply_to = str(notification["X-Gateway-Letter"]), str(notification["Reply-To"])
+        assert reply_to.startswith("gateway+") and reply_to.endswith("@example.org")
+        assert gateway.show_json(number)["department"] == "business"
+
+        def reply(body: str) -> bytes:
+            return (f"From: Sales Desk <{owner}>\r\nTo: {reply_to}\r\nSubject: Re: [{number}] Delivery late\r\n"
+                    f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
+                    f"\r\n{body}").encode()
+
+        def tampered() -> bytes:
+            # Signed as "received", changed on the way into a command to move the letter.
+            return dns_server.sign(reply("received\r\n"), "example.org", "mail").replace(
+                b"\r\n\r\nreceived\r\n", b"\r\n\r\nreassign general-office\r\n")
+
+        def wrong_selector() -> bytes:
+            raw = reply("received\r\n")
+            return dkim.sign(raw, b"old", b"example.org", unpublished.private_pem,
+                             include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + raw
+
+        def intact() -> bytes:
+            return dns_server.sign(reply("received\r\n"), "example.org", "mail")
+
+        cases: list[tuple[Callable[[], bytes], bool]] = [(tampered, False), (wrong_selector, False), (intact, True)]
+        for count, (make, obeyed) in enumerate(cases, start=1):
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+                c.sendmail(owner, [reply_to], make())
+            answer = wait_answers(gateway, number, count)[-1]["details"]
+            assert answer["from"] == owner and answer["obeyed"] is obeyed, (make.__name__, answer)
+            if obeyed:
+                # Authenticated, and by DKIM: nothing else here could have proven the From.
+                assert answer["authenticated"] == owner and "refused" not in answer
+            else:
+                # The one reason: authentication (the token and the owner were right).
+                assert answer["authenticated"] is None, make.__name__
+                assert answer["refused"].startswith(f"the sender {owner} is not authenticated"), answer["refused"]
+                assert "reply token" not in answer["refused"] and "not an owner" not in answer["refused"]
+                assert answer["refusal_notice"] == [owner]
+                letter = gateway.show_json(number)
+                assert (letter["status"], letter["department"]) == ("routed", "business"), make.__name__
+        letter = gateway.show_json(number)
+        assert (letter["status"], letter["department"]) == ("acknowledged", "business")
+    finally:
+        proc.stop()
+        sink.stop()
+
+
+def answers(gateway: Gateway, number: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = gateway.show_json(number)["events"]  # type: ignore[assignment]
+    return [e for e in events if e["action"] == "answer"]
+
+
+def wait_answers(gateway: Gateway, number: str, count: int) -> list[dict[str, Any]]:
+    wait_for(lambda: len(answers(gateway, number)) >= count, 30, f"{count} answer(s) on {number}")
+    return answers(gateway, number)
