@@ -255,7 +255,8 @@ def test_a_dkim_signed_reply_from_the_owner_through_her_reply_address_is_obeyed_
             assert answer["from"] == owner and answer["obeyed"] is obeyed, (make.__name__, answer)
             if obeyed:
                 # Authenticated, and by DKIM: nothing else here could have proven the From.
-                assert answer["authenticated"] == owner and "refused" not in answer
+                assert answer["authenticated"] == owner and answer["authenticated_by"] == "dkim"
+                assert "refused" not in answer
             else:
                 # The one reason: authentication (the token and the owner were right).
                 assert answer["authenticated"] is None, make.__name__

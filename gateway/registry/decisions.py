@@ -122,6 +122,7 @@ class Decisions(Store):
                 return Registered(known.number, known.id, "known", known.status)
             row = self._locked(conn, answer.number)
             details: dict[str, Any] = {"from": answer.sender, "authenticated": plan.authenticated,
+                                       "authenticated_by": plan.authenticated_by,
                                        "text": answer.text, "command": answer.command,
                                        "argument": answer.argument, "raw_sha256": plan.raw_sha256,
                                        "raw_path": plan.raw_path, "received_at": plan.received_at.isoformat()}

@@ -118,6 +118,7 @@ class AnswerPlan:
     deadline: datetime | None = None  # for reassign, when the letter has none yet
     feedback: list[NewMail] = field(default_factory=list)  # the result for the sender, if it closes
     authenticated: str | None = None  # the sender's address as the check stage proved it; None: not proved
+    authenticated_by: str | None = None  # how: smtp-auth | dkim | dmarc | authentication-results
     token_refusal: str | None = "no reply token"  # why the reply token does not vouch for it; None: it does
     # department -> the notices to its owners that a command was refused, one each (queued only then)
     refusal_notices: dict[str, list[NewMail]] = field(default_factory=dict)
