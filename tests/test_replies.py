@@ -215,3 +215,16 @@ def test_the_reply_keys_are_made_at_first_start_and_a_damaged_file_stops_the_sta
     proc = gateway.run("run", check=False, timeout=60)
     assert proc.returncode == 1
     assert f"cannot start: the reply keys: {keys}" in proc.stderr
+
+
+def test_keys_rotate_on_a_fresh_installation_makes_a_key_and_returns(tmp_path: Path) -> None:
+    """Rotating before any key exists once waited for ever on its own lock."""
+    gateway = Gateway(tmp_path)
+    keys = gateway.state / "keys" / "replies.json"
+    assert not keys.exists()
+    started = time.monotonic()
+    proc = gateway.run("keys", "rotate", timeout=30)
+    assert time.monotonic() - started < 20
+    assert proc.stdout.startswith("new key ") and keys.exists()
+    listed = gateway.run("keys", "list", "--json").stdout
+    assert '"current"' in listed

@@ -98,13 +98,26 @@ _cache_lock = threading.Lock()
 def keyring(config: Config) -> Keyring:
     """The keys in force, read again only when the file changed; created if there are none."""
     path = keys_path(config)
+    ring = _read(path)
+    if ring is None:
+        with _exclusive(config):
+            ring = _read(path)  # another process may have created it while we waited
+            if ring is None:
+                ring = Keyring(_new_key(), ())
+                _write(path, ring)
+    return ring
+
+
+def _read(path: Path) -> Keyring | None:
+    """The key file's keys (cached by inode, mtime and size); None when there is no file.
+
+    Takes no lock, so that a holder of the lock (rotate) may call it."""
     try:
         stat = path.stat()
     except FileNotFoundError:
-        with _exclusive(config):
-            if not path.exists():  # another process may have created it while we waited
-                _write(path, Keyring(_new_key(), ()))
-        return keyring(config)
+        return None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: {exc}") from exc
     stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
     with _cache_lock:
         cached = _cache.get(path)
@@ -122,11 +135,15 @@ def keyring(config: Config) -> Keyring:
 def rotate(config: Config, *, now: datetime | None = None) -> tuple[Keyring, Key]:
     """Make a new current key; the old one is accepted for the grace period. Keys past their
     grace lose their secret (kept by id, so that an answer using one is told why it failed).
-    Returns the new keyring and the key retired."""
+    Returns the new keyring and the key retired (on a fresh installation, a first key made
+    only to be retired)."""
     now = now or datetime.now(timezone.utc)
     grace = timedelta(days=config.model.replies.previous_key_grace_days)
+    path = keys_path(config)
     with _exclusive(config):
-        old = keyring(config)
+        # Read without keyring(): it would take this same lock on another descriptor and
+        # wait for ever when there is no file yet.
+        old = _read(path) or Keyring(_new_key(), ())
         retired = Key(old.current.id, old.current.secret, old.current.created_at, now)
         previous = [retired] + [k if k.retired_at is None or now - k.retired_at <= grace
                                 else Key(k.id, None, k.created_at, k.retired_at) for k in old.previous]
@@ -135,7 +152,7 @@ def rotate(config: Config, *, now: datetime | None = None) -> tuple[Keyring, Key
         while new.id in taken:
             new = _new_key()
         ring = Keyring(new, tuple(previous))
-        _write(keys_path(config), ring)
+        _write(path, ring)
     return ring, retired
 
 
