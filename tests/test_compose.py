@@ -97,7 +97,8 @@ def test_receipts_in_both_languages_reply_to_the_letter(config: Config) -> None:
     assert zh["In-Reply-To"] == "<orig@partner.example>" and zh["Auto-Submitted"] == "auto-replied"
     en = parsed(receipt(config, mail("receipt", "alice@partner.example", language="en"), letter()))
     assert en["Subject"] == "Received: your letter is registered as 2026-000042"
-    assert '"Contract"' in en.get_content() and en["X-Gateway-Loop"].startswith("gateway@example.org; token=")
+    assert '"Contract"' in en.get_content()
+    assert en["X-Gateway-Loop"].startswith("gateway@example.org; kind=receipt; token=")
     assert en["Reply-To"] is None  # a receipt is not to be answered with a command
 
 
@@ -172,6 +173,29 @@ def test_the_loop_marker_is_signed_over_the_mails_own_message_id(config: Config)
     assert loop_marker_state(config, {**ours, "x-gateway-loop": ["gateway@example.org"]}) == "forged"
     assert loop_marker_state(config, {"x-gateway-loop": ["another-gateway@partner.example"]}) is None
     assert loop_marker_state(config, {}) is None
+
+
+def test_a_receipts_loop_marker_names_its_kind_under_the_mac_and_spares_only_a_receipt(config: Config) -> None:
+    """A receipt's marker is in an outsider's hands: verified, it says "to-sender" (no automatic reply),
+    never "ours" (nobody notified); relabelled as another kind it does not verify."""
+    from gateway.stages.tokens import loop_marker, loop_marker_state
+
+    m = parsed(receipt(config, mail("receipt", to="alice@partner.example", language="en"), letter()))
+    assert "; kind=receipt; token=" in m["X-Gateway-Loop"]
+    theirs = {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]}
+    assert loop_marker_state(config, theirs) == "to-sender"
+    for kind in ("notification", "reminder", "escalation", "refused-command"):
+        relabelled = m["X-Gateway-Loop"].replace("kind=receipt", f"kind={kind}")
+        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [relabelled]}) == "forged"
+        ours = loop_marker(config, m["Message-ID"], kind=kind)
+        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [ours]}) == "ours"
+    feedback = loop_marker(config, m["Message-ID"], kind="feedback")
+    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [feedback]}) == "to-sender"
+    # A receipt's marker beside a forged notification's: it still counts only as a receipt's.
+    forged = m["X-Gateway-Loop"].replace("kind=receipt", "kind=notification")
+    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [forged, m["X-Gateway-Loop"]]}) == "to-sender"
+    with pytest.raises(ValueError):
+        loop_marker(config, m["Message-ID"], kind="anything")
 
 
 def test_a_refused_command_is_told_to_the_owners_in_both_languages(config: Config) -> None:

@@ -174,28 +174,62 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         # The public loop id, as every earlier gateway mail showed it, without a valid token.
         send(gateway, sender="alice@partner.example", to="sales@example.org", subject="A complaint",
              body="I want to complain.\n",
-             headers={"X-Gateway-Loop": "gateway@example.org; token=" + "a" * 20})
+             headers={"X-Gateway-Loop": "gateway@example.org; kind=notification; token=" + "a" * 20})
         sink.wait_for(2)  # the owner notified, the sender receipted
         [forged] = gateway.list_json()
         assert "forged-loop-marker" in forged["flags"]
         assert [r.message["X-Gateway-Letter"] for r in sink.to("sales.desk@example.org")] == ["2026-000001"]
-        # Our own mail come back: its marker verifies against its Message-ID; nobody is told again.
+        [receipt] = [r.message for r in sink.to("alice@partner.example")]
+
+        # The receipt's Message-ID and marker, both in the sender's hands, copied onto a new mail:
+        # the marker verifies, but as a receipt's; the owners are told, only the receipt is spared.
+        replay = EmailMessage()
+        replay["From"] = "alice@partner.example"
+        replay["To"] = "sales@example.org"
+        replay["Subject"] = "Another complaint, with a receipt's marker"
+        replay["Message-ID"] = receipt["Message-ID"]
+        replay["X-Gateway-Loop"] = receipt["X-Gateway-Loop"]
+        replay.set_content("I want to complain again.\n")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("alice@partner.example", ["sales@example.org"], replay.as_bytes())
+        wait_for(lambda: len(sink.to("sales.desk@example.org")) == 2, 30, "the replayed letter's notification")
+        replayed = gateway.show_json("2026-000002")
+        assert "receipt-loop-marker" in replayed["flags"] and "forged-loop-marker" not in replayed["flags"]  # type: ignore[operator]
+        [routed] = [e for e in replayed["events"] if e["action"] == "routed"]  # type: ignore[union-attr]
+        assert "not_notified" not in routed["details"]
+        [suppressed] = [e for e in replayed["events"] if e["action"] == "receipt-suppressed"]  # type: ignore[union-attr]
+        assert "our own loop header" in suppressed["details"]["reason"]
+        # The same marker relabelled as a notification's no longer verifies: forged, nothing spared.
+        relabelled = receipt["X-Gateway-Loop"].replace("kind=receipt", "kind=notification")
+        assert relabelled != receipt["X-Gateway-Loop"]
+        del replay["X-Gateway-Loop"], replay["Subject"]
+        replay["X-Gateway-Loop"] = relabelled
+        replay["Subject"] = "A third complaint, relabelled"
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("alice@partner.example", ["sales@example.org"], replay.as_bytes())
+        wait_for(lambda: len(sink.to("sales.desk@example.org")) == 3, 30, "the relabelled letter's notification")
+        assert "forged-loop-marker" in gateway.show_json("2026-000003")["flags"]  # type: ignore[operator]
+
+        # Our own notification come back: its marker verifies against its Message-ID; nobody is told again.
         message = EmailMessage()
         message["From"] = "alice@partner.example"
         message["To"] = "sales@example.org"
         message["Subject"] = "A complaint, come back"
         message["Message-ID"] = "<looped.1@example.org>"
-        message["X-Gateway-Loop"] = loop_marker(config_mod.load(gateway.config), "<looped.1@example.org>")
+        message["X-Gateway-Loop"] = loop_marker(config_mod.load(gateway.config), "<looped.1@example.org>",
+                                                kind="notification")
         message.set_content("I want to complain.\n")
         with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
             client.sendmail("alice@partner.example", ["sales@example.org"], message.as_bytes())
-        wait_for(lambda: len(gateway.list_json()) == 2, 30, "the looped letter")
-        looped = gateway.show_json("2026-000002")
+        wait_for(lambda: len(gateway.list_json()) == 4, 30, "the looped letter")
+        looped = gateway.show_json("2026-000004")
         [routed] = [e for e in looped["events"] if e["action"] == "routed"]  # type: ignore[union-attr]
         assert routed["details"]["not_notified"] == "the gateway's own mail came back (X-Gateway-Loop)"
         assert "forged-loop-marker" not in looped["flags"]  # type: ignore[operator]
         time.sleep(1.0)
-        assert len(sink.received) == 2
+        # Receipts: the first letter's, and the relabelled one's (its marker is forged); none to the replay or the loop.
+        assert len(sink.to("alice@partner.example")) == 2 and len(sink.to("sales.desk@example.org")) == 3
+        assert len(sink.received) == 5
     finally:
         daemon.stop()
 

@@ -51,8 +51,9 @@ def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Let
     message["Message-ID"] = mail.message_id
     # RFC 3834: mark it as automatic, so that well-behaved systems do not answer it.
     message["Auto-Submitted"] = auto
-    # Signed over this mail's Message-ID: only our own mail coming back stops a loop.
-    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id)
+    # Signed over this mail's kind and Message-ID: only our own internal mail coming back spares
+    # the owners a notification; a receipt's marker (an outsider holds it) stops only a receipt.
+    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id, kind=mail.kind)
     message["X-Gateway-Letter"] = letter.number
     return message
 

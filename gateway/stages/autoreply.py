@@ -19,8 +19,9 @@ def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: s
                     own_mail: bool) -> str | None:
     """Why no automatic reply may go to `sender` (the reply address), or None if one may.
 
-    `own_mail`: the mail carries our X-Gateway-Loop marker and its token verifies
-    (gateway.stages.tokens.loop_marker_state); the header's mere presence proves nothing."""
+    `own_mail`: the mail carries our X-Gateway-Loop marker, of any kind of our mail, and its
+    token verifies (gateway.stages.tokens.loop_marker_state); the header's mere presence
+    proves nothing."""
     def first(name: str) -> str:
         values = headers.get(name)
         return values[0].strip().lower() if values else ""

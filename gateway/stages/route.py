@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.registry.models import Letter
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_MARKER_FLAGS = {"forged": ["forged-loop-marker"], "to-sender": ["receipt-loop-marker"]}
 
 
 def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
@@ -45,12 +46,13 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     no_notification = None
     marker = loop_marker_state(config, headers)
     if marker == "ours":
-        # Our own mail came back in (a forward, an owner's rule): registered, never answered
-        # and never forwarded again, or each notification would beget another.
+        # Our own internal mail came back in (a forward, an owner's rule): registered, never
+        # answered and never forwarded again, or each notification would beget another. A
+        # receipt's marker ("to-sender") never gets here: its holder could hide any letter.
         mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
     reply_to = reply_address(sender, headers, envelope_from)
     receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
-                                        own_mail=marker == "ours")
+                                        own_mail=marker in ("ours", "to-sender"))
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
@@ -60,8 +62,9 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         status="needs-triage" if triage else "routed", department=department.id, category=decision.category,
         urgency=urgency, confidentiality=decision.confidentiality or "normal",
         owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
-        # A marker naming us that does not verify suppressed nothing; the letter says it had one.
-        flags=(["needs-triage"] if triage else []) + (["forged-loop-marker"] if marker == "forged" else []),
+        # A marker naming us that does not verify suppressed nothing, and a receipt's marker only
+        # the receipt; the letter says which it had.
+        flags=(["needs-triage"] if triage else []) + (_MARKER_FLAGS.get(marker, []) if marker else []),
         mail=mail, receipt=receipt, no_receipt=reason,
         receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)
 
@@ -103,9 +106,9 @@ def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Rou
 
 
 def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
-    """Is this our own mail come back: an X-Gateway-Loop marker whose token verifies against
-    the mail's Message-ID? Anyone can write the header; only we can sign it."""
-    return loop_marker_state(config, headers) == "ours"
+    """Does this mail carry a verified X-Gateway-Loop marker of any kind of our mail, so that
+    no automatic reply may go to it? Anyone can write the header; only we can sign it."""
+    return loop_marker_state(config, headers) in ("ours", "to-sender")
 
 
 def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:

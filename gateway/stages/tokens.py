@@ -11,9 +11,13 @@ obeyed only when the token is valid for *that* letter and was issued to the auth
 sender (gateway.registry.decisions). The number in the address only finds the letter; the
 HMAC is what vouches for it.
 
-The loop marker, `X-Gateway-Loop: <loop_id>; token=<token>`, is an HMAC over the Message-ID of
-the mail it is on: mail that comes back with a marker that verifies is ours; one that names
-our loop id but does not verify is forged, suppresses nothing and is flagged on the letter.
+The loop marker, `X-Gateway-Loop: <loop_id>; kind=<kind>; token=<token>`, is an HMAC over the
+kind of mail and the Message-ID of the mail it is on. Only a verified marker of mail we send
+inside the organisation (notification, reminder, escalation, refused-command) means "our own
+mail came back" and spares the owners another notification; a receipt's or feedback's marker
+is in an outsider's hands (they may copy it and the Message-ID onto any new mail), so it
+stops only the automatic reply. A marker that names our loop id but does not verify is
+forged, suppresses nothing and is flagged on the letter.
 
 The secret: <state>/keys/replies.json (mode 0600, its folder 0700), created the first time it
 is needed, holding the current key and the previous ones with when they were retired.
@@ -259,35 +263,57 @@ def check_reply_token(config: Config, token: ReplyToken, number: str, address: s
 
 
 # -- the loop marker ------------------------------------------------------------
+# Mail we send only inside the organisation: when one comes back, nobody needs telling again.
+INTERNAL_KINDS = frozenset({"notification", "reminder", "escalation", "refused-command"})
+# Mail we send to outside senders: its marker is in their hands, and anyone may copy it with
+# the Message-ID onto a new mail, so it may stop an automatic reply but never a notification.
+TO_SENDER_KINDS = frozenset({"receipt", "feedback"})
+_LOOP_KIND = re.compile(r"\bkind=([a-z-]{1,40})\b", re.I)
+
+
 def _message_id(value: str) -> str:
     return value.strip().strip("<>").strip()
 
 
-def loop_marker(config: Config, message_id: str) -> str:
-    """The X-Gateway-Loop value for the mail with this Message-ID."""
+def loop_marker(config: Config, message_id: str, *, kind: str) -> str:
+    """The X-Gateway-Loop value for the mail of this kind with this Message-ID."""
+    if kind not in INTERNAL_KINDS | TO_SENDER_KINDS:
+        raise ValueError(f"no loop marker for mail of kind {kind!r}")
     key = keyring(config).current
     assert key.secret is not None
-    return f"{config.loop_id}; token={key.id}{_mac(key.secret, 'loop', _message_id(message_id))}"
+    return f"{config.loop_id}; kind={kind}; token={key.id}{_mac(key.secret, 'loop', kind, _message_id(message_id))}"
 
 
-LoopMarker = Literal["ours", "forged"]
+# "ours": our own internal mail came back (a forward, an owner's rule): nobody is notified again.
+# "to-sender": a receipt or feedback of ours came back, or its marker was copied: no automatic
+#   reply, but the owners are told as of any letter.
+# "forged": it names our loop id and nothing verifies.
+LoopMarker = Literal["ours", "to-sender", "forged"]
 
 
 def loop_marker_state(config: Config, headers: dict[str, list[str]],
                       now: datetime | None = None) -> LoopMarker | None:
-    """"ours" when a mail carries our loop marker and it verifies against the mail's Message-ID;
-    "forged" when it names our loop id but nothing verifies; None when there is no marker of ours
-    (another system's X-Gateway-Loop is none of our business)."""
+    """What a mail's X-Gateway-Loop says, verified against its Message-ID and the kind it names
+    (both under the MAC); None when there is no marker of ours (another system's
+    X-Gateway-Loop is none of our business)."""
     values = [v for v in headers.get("x-gateway-loop", []) if config.loop_id.lower() in v.lower()]
     if not values:
         return None
     message_ids = [_message_id(m) for m in headers.get("message-id", []) if m.strip()]
+    found: LoopMarker = "forged"
     for value in values:
+        kind_match = _LOOP_KIND.search(value)
+        kind = kind_match.group(1).lower() if kind_match else ""
+        if kind not in INTERNAL_KINDS | TO_SENDER_KINDS:
+            continue
         for match in _LOOP_TOKEN.finditer(value):
             token = match.group(1).lower()
             key, _ = _usable_key(config, token[:KEY_ID_CHARS], now)
             if key is None or key.secret is None:
                 continue
-            if any(hmac.compare_digest(_mac(key.secret, "loop", mid), token[KEY_ID_CHARS:]) for mid in message_ids):
-                return "ours"
-    return "forged"
+            if any(hmac.compare_digest(_mac(key.secret, "loop", kind, mid), token[KEY_ID_CHARS:])
+                   for mid in message_ids):
+                if kind in INTERNAL_KINDS:
+                    return "ours"
+                found = "to-sender"
+    return found
