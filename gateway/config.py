@@ -448,6 +448,9 @@ class TrustSection(_Strict):
     timeout_seconds: float = Field(default=2.0, gt=0, le=60)  # one query to one server
     lifetime_seconds: float = Field(default=5.0, gt=0, le=120)  # one lookup, all tries together
     trusted_authserv_ids: list[str] = []  # Authentication-Results written by the organisation's MTAs
+    # Over SMTP, those count only when the client is one of these relays (IPs or CIDRs).
+    trusted_relays: list[str] = []
+    check_deadline_seconds: float = Field(default=8.0, gt=0, le=300)  # all DNS lookups of one message
     dmarc_policy: Literal["record", "refuse"] = "record"
 
     @field_validator("nameservers")
@@ -458,6 +461,13 @@ class TrustSection(_Strict):
         for value in values:
             split_nameserver(value)  # ValueError names the entry
         return values
+
+    @field_validator("trusted_relays")
+    @classmethod
+    def _relays(cls, values: list[str]) -> list[str]:
+        from gateway.stages.check import parse_relays
+
+        return [str(network) for network in parse_relays(values)]  # ValueError names the entry
 
     @field_validator("trusted_authserv_ids")
     @classmethod

@@ -48,9 +48,10 @@ class DkimKey:
 
 @dataclass
 class DnsZone:
-    """The records served: name -> TXT text."""
+    """The records served: name -> TXT text, and more records for names that have several."""
 
     txt: dict[str, str] = field(default_factory=dict)
+    more_txt: list[tuple[str, str]] = field(default_factory=list)
     keys: dict[tuple[str, str], DkimKey] = field(default_factory=dict)
 
     def add_key(self, domain: str, selector: str) -> DkimKey:
@@ -94,7 +95,7 @@ def start_dns(zone: DnsZone) -> DnsServer:
             f"--pid-file={scratch / 'dnsmasq.pid'}", "--log-facility=-", "--conf-file=/dev/null",
             # Every name not published here has no answer, instead of being asked upstream.
             "--address=/#/", "--local=/#/"]
-    args += [_txt_option(name, text) for name, text in zone.txt.items()]
+    args += [_txt_option(name, text) for name, text in [*zone.txt.items(), *zone.more_txt]]
     process = subprocess.Popen([a for a in args if a], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = DnsServer(port, zone, process)
     _wait_ready(server)
@@ -112,7 +113,8 @@ def _wait_ready(server: DnsServer) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"dnsmasq exited: {server.process.stderr.read().decode() if server.process.stderr else ''}")
+            output = server.process.stderr.read().decode() if server.process.stderr else ""
+            raise RuntimeError(f"dnsmasq exited: {output}")
         try:
             dns.query.udp(dns.message.make_query("ready.test.", "TXT"), "127.0.0.1", timeout=0.5, port=server.port)
             return
@@ -138,7 +140,9 @@ def dns_server() -> Iterator[DnsServer]:
     - signed.example: DKIM key `sel1`, SPF pass for 127.0.0.1, DMARC p=reject;
     - forged.example: SPF -all, DMARC p=reject (nothing it sends from here passes);
     - example.org (the organisation): DKIM key `mail`, SPF -all, DMARC p=quarantine;
-    - nodmarc.example: DKIM key `k1`, SPF pass, no DMARC record."""
+    - nodmarc.example: DKIM key `k1`, SPF pass, no DMARC record;
+    - twice.example: SPF -all and two DMARC records (p=reject, p=quarantine): no DMARC at all;
+    - signed.example's selector `multi`: a site-verification TXT record answered before its DKIM key."""
     zone = DnsZone()
     zone.add_key("signed.example", "sel1")
     zone.add_key("example.org", "mail")
@@ -151,7 +155,15 @@ def dns_server() -> Iterator[DnsServer]:
         "example.org": "v=spf1 -all",
         "_dmarc.example.org": "v=DMARC1; p=quarantine",
         "nodmarc.example": "v=spf1 ip4:127.0.0.1 -all",
+        "twice.example": "v=spf1 -all",
     })
+    zone.more_txt += [("_dmarc.twice.example", "v=DMARC1; p=reject"),
+                      ("_dmarc.twice.example", "v=DMARC1; p=quarantine")]
+    multi = DkimKey.generate("signed.example", "multi")
+    zone.keys[("signed.example", "multi")] = multi
+    # dnsmasq answers a name's records in the reverse of their order here: the other one first.
+    zone.more_txt += [("multi._domainkey.signed.example", multi.record()),
+                      ("multi._domainkey.signed.example", "site-verification=4f2a9c")]
     server = start_dns(zone)
     try:
         yield server

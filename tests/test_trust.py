@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import dns.resolver
 import pytest
 
 from conftest import Gateway, Notify, wait_for
 import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
-from gateway.stages.check import Checker, DmarcRefused, TrustPolicy, make_resolver
+from gateway.stages.check import (MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Checker, DmarcRefused, TrustPolicy,
+                                  aligned, make_resolver, organisational_domain, parse_relays)
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
@@ -38,9 +40,11 @@ def message(sender: str, subject: str = "Quarterly figures", body: str = "Please
 
 
 def checker(nameserver: str, *, refuse: bool = False, trusted: tuple[str, ...] = ("mx.example.org",),
-            lifetime: float = 3.0) -> Checker:
-    return Checker(make_resolver([nameserver], min(1.0, lifetime), lifetime),
-                   TrustPolicy(frozenset(trusted), refuse, ("example.org",)), lambda user, address: False)
+            lifetime: float = 3.0, relays: tuple[str, ...] = (), deadline: float = 8.0,
+            resolver: dns.resolver.Resolver | None = None) -> Checker:
+    return Checker(resolver or make_resolver([nameserver], min(1.0, lifetime), lifetime),
+                   TrustPolicy(frozenset(trusted), refuse, ("example.org",), parse_relays(list(relays)), deadline),
+                   lambda user, address: False)
 
 
 def headers(raw: bytes) -> list[tuple[str, str]]:
@@ -280,3 +284,150 @@ def answers(gateway: Gateway, number: str) -> list[dict[str, Any]]:
 def wait_answers(gateway: Gateway, number: str, count: int) -> list[dict[str, Any]]:
     wait_for(lambda: len(answers(gateway, number)) >= count, 30, f"{count} answer(s) on {number}")
     return answers(gateway, number)
+
+
+AR_FORGED = "mx.example.org; dmarc=pass header.from=example.org"
+
+
+def test_trusted_authentication_results_over_smtp_count_only_from_a_trusted_relay(dns_server: DnsServer) -> None:
+    raw = message("office@example.org", extra=f"Authentication-Results: {AR_FORGED}\r\n")
+    # Straight to the listener from a client that is not a relay: anyone could have written it.
+    verdict = check(checker(dns_server.nameserver, relays=("192.0.2.0/24",)), raw, "office@example.org",
+                    "someone@partner.example")
+    assert not verdict["authenticated"] and "unverified-internal-sender" in verdict["flags"]
+    assert verdict["authentication_results"]["trusted"] == []
+    [ignored] = verdict["authentication_results"]["ignored"]
+    assert (ignored["authserv_id"], ignored["reason"]) == ("mx.example.org", NOT_A_TRUSTED_RELAY)
+    # Handed over by the organisation's MTA (IPv4-mapped, as a dual-stack listener reports it).
+    relay = checker(dns_server.nameserver, relays=("127.0.0.0/8",))
+    verdict = relay.check(raw, "office@example.org", headers(raw),
+                          {**SMTP_ENVELOPE, "client": "::ffff:127.0.0.1", "mail_from": "someone@partner.example"},
+                          "smtp").as_dict()
+    assert verdict["authenticated"] and verdict["method"] == "authentication-results"
+    # Fetched from the organisation's mailboxes: no SMTP client to ask about, as before.
+    assert check(checker(dns_server.nameserver), raw, "office@example.org", "", intake="imap")["authenticated"]
+
+
+@pytest.mark.parametrize("relays, counts", [('["192.0.2.0/24"]', False), ('["127.0.0.1"]', True)])
+def test_over_smtp_a_trusted_authserv_id_counts_only_from_a_configured_relay(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer, relays: str, counts: bool) -> None:
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+        trusted_authserv_ids = ["mx.example.org"]
+        trusted_relays = {relays}
+    """))
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("someone@partner.example", ["liaison@example.org"],
+                       message("office@example.org", subject="Internal memo",
+                               extra=f"Authentication-Results: {AR_FORGED}\r\n"))
+        [row] = gateway.list_json()
+        letter = gateway.show_json(str(row["number"]))
+        trust = letter["trust"]
+        if counts:
+            assert trust["authenticated"] and trust["method"] == "authentication-results"
+            assert trust["address"] == "office@example.org" and "unverified-internal-sender" not in letter["flags"]
+            assert [r["authserv_id"] for r in trust["authentication_results"]["trusted"]] == ["mx.example.org"]
+        else:
+            assert not trust["authenticated"] and trust["address"] is None
+            assert "unverified-internal-sender" in letter["flags"]
+            assert trust["authentication_results"]["trusted"] == []
+            assert [r["reason"] for r in trust["authentication_results"]["ignored"]] == [NOT_A_TRUSTED_RELAY]
+    finally:
+        proc.stop()
+
+
+def test_relaxed_alignment_knows_public_suffixes() -> None:
+    assert not aligned("evil.com.cn", "example.com.cn", "r")
+    assert aligned("mail.example.com.cn", "example.com.cn", "r")
+    assert not aligned("com.cn", "example.com.cn", "r") and organisational_domain("com.cn") == "com.cn"
+    assert not aligned("tax.gov.cn", "police.gov.cn", "r")
+    assert aligned("mx.beijing.gov.cn", "beijing.gov.cn", "r")
+    assert organisational_domain("a.b.example.gov.cn") == "example.gov.cn"
+    assert not aligned("evil.co.uk", "example.co.uk", "r")
+    assert aligned("Mail.Example.co.uk", "example.co.uk", "r")
+    assert not aligned("mail.example.co.uk", "example.co.uk", "s")
+    assert organisational_domain("mx.partner.example") == "partner.example"  # unknown TLD: one label
+
+
+class SplitResolver(dns.resolver.Resolver):
+    """DMARC records asked of one server, every other lookup (DKIM keys, SPF) of another."""
+
+    def __init__(self, dmarc: dns.resolver.Resolver, other: dns.resolver.Resolver):
+        super().__init__(configure=False)
+        self.dmarc, self.other = dmarc, other
+        self.lifetime = max(float(dmarc.lifetime), float(other.lifetime))
+
+    def resolve(self, qname: Any, rdtype: Any = "A", *args: Any, **kwargs: Any) -> dns.resolver.Answer:
+        target = self.dmarc if str(qname).startswith("_dmarc.") else self.other
+        kwargs["lifetime"] = min(float(kwargs.get("lifetime") or target.lifetime), float(target.lifetime))
+        return target.resolve(qname, rdtype, *args, **kwargs)
+
+
+def test_dmarc_reject_with_dkim_and_spf_unanswered_is_a_temperror_never_refused(
+        dns_server: DnsServer, silent_nameserver: str) -> None:
+    resolver = SplitResolver(make_resolver([dns_server.nameserver], 1.0, 2.0),
+                             make_resolver([silent_nameserver], 0.3, 0.5))
+    c = checker(dns_server.nameserver, refuse=True, resolver=resolver)
+    signed = dns_server.sign(message("ann@signed.example"), "signed.example", "sel1")
+    verdict = check(c, signed, "ann@signed.example", "ann@signed.example", may_refuse=True)  # no DmarcRefused
+    assert verdict["dkim"][0]["result"] == "temperror" and verdict["spf"]["result"] == "temperror"
+    assert verdict["dmarc"] == {"result": "temperror", "policy": "reject", "domain": "signed.example"}
+    assert verdict["temperror"] and not verdict["authenticated"]
+    # A failed lookup that could not have made DMARC pass changes nothing: an unaligned signature.
+    other = dns_server.sign(message("ceo@forged.example"), "signed.example", "sel1")
+    verdict = check(checker(dns_server.nameserver, refuse=True, resolver=SplitResolver(
+        make_resolver([dns_server.nameserver], 1.0, 2.0), make_resolver([silent_nameserver], 0.3, 0.5))),
+        other, "ceo@forged.example", "bounce@signed.example")
+    assert verdict["dkim"][0]["result"] == "temperror" and verdict["dmarc"]["result"] == "fail"
+
+
+def test_one_check_keeps_one_dns_deadline_however_many_lookups(silent_nameserver: str) -> None:
+    # Three signatures, SPF and DMARC, each lookup allowed 3 s: some 15 s without the deadline.
+    signatures = "".join(f"DKIM-Signature: v=1; a=rsa-sha256; d=slow{n}.example; s=s; h=from; bh=AAAA; b=AAAA\r\n"
+                         for n in range(3))
+    c = checker(silent_nameserver, lifetime=3.0, deadline=1.0, refuse=True)
+    started = time.monotonic()
+    verdict = check(c, message("ann@slow0.example", extra=signatures), "ann@slow0.example", "ann@slow0.example",
+                    may_refuse=True)
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + 1.5, elapsed
+    assert [d["result"] for d in verdict["dkim"]] == ["temperror"] * 3
+    assert verdict["spf"]["result"] == "temperror" and verdict["dmarc"]["result"] == "temperror"
+    assert verdict["temperror"] and not verdict["authenticated"]
+
+
+def test_dkim_key_among_other_txt_records_several_dmarc_records_and_a_malformed_from(dns_server: DnsServer) -> None:
+    c = checker(dns_server.nameserver)
+    # The selector's first TXT record is not the key: the one starting v=DKIM1 is taken.
+    signed = dns_server.sign(message("ann@signed.example"), "signed.example", "multi")
+    verdict = check(c, signed, "ann@signed.example", "")
+    assert verdict["dkim"] == [{"domain": "signed.example", "selector": "multi", "result": "pass", "aligned": True}]
+    assert verdict["authenticated"] and verdict["method"] == "dkim"
+    # Two DMARC records: no DMARC (RFC 7489 6.6.3), so its p=reject cannot refuse anything.
+    verdict = check(checker(dns_server.nameserver, refuse=True), message("ceo@twice.example"), "ceo@twice.example",
+                    "ceo@twice.example", may_refuse=True)
+    assert verdict["spf"]["result"] == "fail"
+    assert verdict["dmarc"] == {"result": "none", "policy": None, "domain": "twice.example"}
+    # A From domain that cannot exist is a permanent error, not a DNS failure to try again.
+    verdict = check(c, message("ann@bad..example"), "ann@bad..example", "")
+    assert verdict["dmarc"] == {"result": "permerror", "policy": None, "domain": "bad..example"}
+    assert not verdict["temperror"] and not verdict["authenticated"]
+
+
+def test_stored_authentication_results_are_capped() -> None:
+    c = checker("127.0.0.1:9")
+    many = "".join(f"Authentication-Results: mx{n}.attacker.example; dmarc=pass header.from=example.org\r\n"
+                   for n in range(MAX_AUTHENTICATION_RESULTS + 10))
+    many += "".join(f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=n{n}.example\r\n"
+                    for n in range(MAX_AUTHENTICATION_RESULTS + 10))
+    many += f"Authentication-Results: {AR_FORGED}\r\n"  # the last one still counts
+    verdict = check(c, message("office@example.org", extra=many), "office@example.org", "", intake="imap")
+    assert len(verdict["authentication_results"]["ignored"]) == MAX_AUTHENTICATION_RESULTS
+    assert len(verdict["authentication_results"]["trusted"]) == MAX_AUTHENTICATION_RESULTS
+    assert verdict["authenticated"] and verdict["method"] == "authentication-results"

@@ -18,7 +18,7 @@ from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
 from gateway.stages.answers import FORWARD, bracketed_numbers, own_text, parse_command
-from gateway.stages.check import Checker, TrustPolicy, make_resolver
+from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, parse_time
@@ -71,7 +71,8 @@ class LetterBuilder:
             self._checker = (self.config, Checker(
                 make_resolver(trust.nameservers, trust.timeout_seconds, trust.lifetime_seconds),
                 TrustPolicy(frozenset(trust.trusted_authserv_ids), trust.dmarc_policy == "refuse",
-                            tuple(self.config.model.gateway.domains)),
+                            tuple(self.config.model.gateway.domains), parse_relays(trust.trusted_relays),
+                            trust.check_deadline_seconds),
                 self.config.auth_user_may_send_as))
         return self._checker[1]
 

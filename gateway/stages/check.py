@@ -15,20 +15,26 @@ DKIM, SPF and DMARC are checked only for mail received by the SMTP listener, whi
 connection. Mail fetched by IMAP, from the fax inbox or taken in by hand has no SMTP
 envelope worth checking: its verdict comes from trusted Authentication-Results only.
 
-DNS goes through a resolver built from `[trust]` (its own servers and time limits). A lookup
-that fails or times out is a `temperror` on the verdict: recorded, never a crash and never a
-refusal by itself.
+A trusted Authentication-Results header on mail received by the SMTP listener counts only when
+the SMTP client is one of the organisation's relays (`[trust] trusted_relays`): anyone else
+connecting to the listener could have written it.
 
-Alignment uses a simple organisational domain: the last two labels of a name
-(mail.example.com -> example.com). It does not know public suffixes such as com.cn, so under
-those, relaxed alignment is only as strict as the second-level name; strict alignment
-(adkim=s / aspf=s) compares whole domains.
+DNS goes through a resolver built from `[trust]` (its own servers and time limits), and all of
+one message's lookups share one deadline (`check_deadline_seconds`): after it, a lookup is a
+temperror without being asked, so one slow domain cannot hold up registration. A lookup that
+fails or times out is a `temperror` on the verdict: recorded, never a crash and never a refusal
+by itself (DMARC is then `temperror`, not `fail`, when the failed lookup could have made it pass).
+
+The organisational domain (relaxed alignment, the DMARC record's fallback) comes from the
+Public Suffix List shipped with the `publicsuffixlist` package: evil.com.cn and example.com.cn
+are two organisations, mail.example.co.uk belongs to example.co.uk.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,17 +43,22 @@ from typing import Any
 
 import dkim
 import dns.exception
+import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import spf
+from publicsuffixlist import PublicSuffixList
 
 from gateway.stages.addresses import is_internal
 
 UNVERIFIED_INTERNAL = "unverified-internal-sender"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
+MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
 _SMTP_INTAKE = "smtp"
+NOT_A_TRUSTED_RELAY = "added before it reached us: the client is not a trusted relay"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class DmarcRefused(Exception):
@@ -165,10 +176,38 @@ class DnsTempError(Exception):
     """A lookup failed for now (timeout, no server answered)."""
 
 
-def txt_records(resolver: dns.resolver.Resolver, name: str) -> list[bytes]:
-    """The TXT records of a name, each joined from its strings; [] if none (NXDOMAIN, no answer)."""
+class DeadlinePassed(dns.exception.DNSException):
+    """The check's DNS deadline has passed: the lookup was not asked."""
+
+
+class Lookups:
+    """The DNS of one check: the resolver, and one deadline for all the check's lookups
+    (DKIM keys, SPF's up to ten, DMARC's two), however many there are."""
+
+    def __init__(self, resolver: dns.resolver.Resolver, deadline_seconds: float):
+        self.resolver = resolver
+        self.deadline = time.monotonic() + deadline_seconds
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def resolve(self, name: str, rdtype: Any) -> dns.resolver.Answer:
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise DeadlinePassed()
+        lifetime = min(float(self.resolver.lifetime or remaining), remaining)
+        return self.resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
+
+
+def txt_records(lookups: Lookups, name: str) -> list[bytes]:
+    """The TXT records of a name, each joined from its strings; [] if none (NXDOMAIN, no answer,
+    or a name that cannot exist, such as one with an empty label)."""
     try:
-        answer = resolver.resolve(name, dns.rdatatype.TXT, search=False)
+        dns.name.from_text(name)
+    except dns.exception.DNSException:
+        return []  # a syntax question, not a DNS failure: asking again will not help
+    try:
+        answer = lookups.resolve(name, dns.rdatatype.TXT)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.LifetimeTimeout) as exc:
@@ -179,16 +218,16 @@ def txt_records(resolver: dns.resolver.Resolver, name: str) -> list[bytes]:
 
 
 # pyspf looks records up through its module-level DNSLookup; during a check it is the
-# resolver of that check (a context variable, so that concurrent checks keep theirs).
-_spf_resolver: ContextVar[dns.resolver.Resolver | None] = ContextVar("spf_resolver", default=None)
+# lookups of that check (a context variable, so that concurrent checks keep theirs).
+_spf_lookups: ContextVar[Lookups | None] = ContextVar("spf_lookups", default=None)
 
 
 def _spf_lookup(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list[tuple[Any, Any]]:
-    resolver = _spf_resolver.get()
-    if resolver is None:
+    lookups = _spf_lookups.get()
+    if lookups is None:
         raise spf.TempError("DNS: no resolver configured for SPF")
     try:
-        answer = resolver.resolve(name, qtype, search=False)
+        answer = lookups.resolve(name, qtype)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     except dns.exception.DNSException as exc:
@@ -210,20 +249,54 @@ spf.DNSLookup = _spf_lookup
 
 
 @contextmanager
-def _spf_using(resolver: dns.resolver.Resolver) -> Iterator[None]:
-    token = _spf_resolver.set(resolver)
+def _spf_using(lookups: Lookups) -> Iterator[None]:
+    token = _spf_lookups.set(lookups)
     try:
         yield
     finally:
-        _spf_resolver.reset(token)
+        _spf_lookups.reset(token)
 
 
 # -- domains --------------------------------------------------------------
 
+_PUBLIC_SUFFIXES = PublicSuffixList()  # the list shipped in the package: no network needed
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
 def organisational_domain(domain: str) -> str:
-    """The last two labels (see the module's docstring for what this does not know)."""
-    labels = domain.lower().strip(".").split(".")
-    return ".".join(labels[-2:])
+    """The registered name under its public suffix (mail.example.com.cn -> example.com.cn);
+    a public suffix itself (com.cn) is its own, so it aligns with nothing beneath it."""
+    domain = domain.lower().strip(".")
+    return str(_PUBLIC_SUFFIXES.privatesuffix(domain) or domain)
+
+
+def valid_domain(domain: str) -> bool:
+    """A domain a From address can really have: host-name labels (IDN allowed), two or more."""
+    try:
+        ascii_name = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_name.lower().split(".")
+    return len(ascii_name) <= 253 and len(labels) >= 2 and all(_LDH_LABEL.match(label) for label in labels)
+
+
+def parse_relays(values: list[str]) -> tuple[Network, ...]:
+    """"192.0.2.7", "2001:db8::/32" -> networks. Raises ValueError naming the entry."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address or network") from exc
+    return tuple(networks)
+
+
+def _dkim_key(records: list[bytes]) -> bytes | None:
+    """The key record among a selector's TXT records: the one starting v=DKIM1, or the only one."""
+    keys = [r for r in records if re.match(rb"\s*v\s*=\s*DKIM1\s*(;|\Z)", r, re.I)]
+    if keys:
+        return keys[0]
+    return records[0] if len(records) == 1 else None
 
 
 def aligned(domain: str, from_domain: str, mode: str) -> bool:
@@ -300,6 +373,8 @@ class TrustPolicy:
     trusted_authserv_ids: frozenset[str]
     refuse_dmarc_reject: bool
     internal_domains: tuple[str, ...]
+    trusted_relays: tuple[Network, ...] = ()  # SMTP clients whose trusted Authentication-Results count
+    check_deadline_seconds: float = 8.0  # all of one message's DNS lookups
 
 
 class Checker:
@@ -322,10 +397,17 @@ class Checker:
             if from_address and self.may_send_as(str(auth_user), from_address):
                 verdict.prove("smtp-auth")
         if smtp and from_domain:
-            self._dkim(raw, verdict)
-            self._spf(envelope, verdict)
-            self._dmarc(verdict)
-        self._authentication_results(header_fields, verdict)
+            lookups = Lookups(self.resolver, self.policy.check_deadline_seconds)
+            self._dkim(raw, verdict, lookups)
+            self._spf(envelope, verdict, lookups)
+            if valid_domain(from_domain):
+                self._dmarc(verdict, lookups)
+            else:  # no DNS answer could ever exist for it: a permanent error, not a temporary one
+                verdict.dmarc = {"result": "permerror", "policy": None, "domain": from_domain}
+        # Over SMTP, anyone can connect and write an Authentication-Results header; it is the
+        # organisation's MTA's only when that MTA is the client.
+        relayed = not smtp or self._trusted_relay(envelope.get("client"))
+        self._authentication_results(header_fields, verdict, relayed)
         if from_domain and not verdict.authenticated and is_internal(from_address, self.policy.internal_domains):
             verdict.flags.append(UNVERIFIED_INTERNAL)
         dmarc = verdict.dmarc or {}
@@ -335,7 +417,16 @@ class Checker:
                                f"no aligned DKIM or SPF pass for {from_domain}")
         return verdict
 
-    def _dkim(self, raw: bytes, verdict: Verdict) -> None:
+    def _trusted_relay(self, client: object) -> bool:
+        try:
+            address = ipaddress.ip_address(str(client or ""))
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.policy.trusted_relays)
+
+    def _dkim(self, raw: bytes, verdict: Verdict, lookups: Lookups) -> None:
         try:
             checker = dkim.DKIM(raw, logger=_DKIM_LOG)
             signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
@@ -351,13 +442,13 @@ class Checker:
                            lookup: dict[str, str] = lookup) -> bytes | None:
                 text = name.decode("ascii", "replace") if isinstance(name, bytes) else name
                 try:
-                    records = txt_records(self.resolver, text)
+                    key = _dkim_key(txt_records(lookups, text))
                 except DnsTempError as exc:
                     lookup["error"] = "temperror"
                     raise dkim.DnsTimeoutError(str(exc)) from exc
-                if not records:
+                if key is None:
                     lookup["error"] = "permerror"  # no key at that selector
-                return records[0] if records else None
+                return key
             try:
                 result = "pass" if checker.verify(idx=index, dnsfunc=key_record) else "fail"
             except dkim.DnsTimeoutError:
@@ -373,7 +464,7 @@ class Checker:
             verdict.dkim.append({"domain": domain, "selector": selector, "result": result,
                                  "aligned": aligned(domain, verdict.from_domain, "r")})
 
-    def _spf(self, envelope: dict[str, Any], verdict: Verdict) -> None:
+    def _spf(self, envelope: dict[str, Any], verdict: Verdict, lookups: Lookups) -> None:
         client = str(envelope.get("client") or "")
         helo = str(envelope.get("helo") or "")
         mail_from = str(envelope.get("mail_from") or "")
@@ -384,26 +475,28 @@ class Checker:
             verdict.spf = {"result": "none", "domain": domain}
             return
         sender = mail_from or f"postmaster@{helo}"
-        lifetime = float(self.resolver.lifetime or 5)
-        with _spf_using(self.resolver):
+        # pyspf's own limit, besides the deadline each lookup keeps to
+        limit = max(0.1, min(float(self.resolver.lifetime or 5) * 4, lookups.remaining()))
+        with _spf_using(lookups):
             try:
-                result, _explanation = spf.check2(i=client, s=sender, h=helo, timeout=lifetime * 4,
-                                                  querytime=lifetime * 4)
+                result, _explanation = spf.check2(i=client, s=sender, h=helo, timeout=limit, querytime=limit)
             except Exception:  # pyspf raises on some malformed input; an SPF question, not a crash
                 result = "permerror"
         if result == "temperror":
             verdict.temperror = True
         verdict.spf = {"result": str(result), "domain": domain}
 
-    def _dmarc(self, verdict: Verdict) -> None:
+    def _dmarc(self, verdict: Verdict, lookups: Lookups) -> None:
         from_domain = verdict.from_domain
         organisational = organisational_domain(from_domain)
         record: dict[str, str] | None = None
         found_at = from_domain
         try:
             for candidate in dict.fromkeys([from_domain, organisational]):
-                records = [r for r in txt_records(self.resolver, f"_dmarc.{candidate}.")
-                           if r.lower().startswith(b"v=dmarc1")]
+                records = [r for r in txt_records(lookups, f"_dmarc.{candidate}.")
+                           if re.match(rb"\s*v\s*=\s*DMARC1\s*(;|\Z)", r, re.I)]
+                if len(records) > 1:
+                    break  # RFC 7489 6.6.3: more than one record, no DMARC at all
                 if records:
                     record, found_at = _tags(records[0]), candidate
                     break
@@ -425,7 +518,12 @@ class Checker:
         spf_pass = bool(verdict.spf and verdict.spf["result"] == "pass"
                         and aligned(verdict.spf["domain"], from_domain, aspf))
         passed = dkim_pass or spf_pass
-        verdict.dmarc = {"result": "pass" if passed else "fail", "policy": policy, "domain": found_at}
+        # A lookup that failed for now might have passed: the answer is "try later", never "fail"
+        # (a fail under p=reject may be refused; a DNS hiccup must not be).
+        undecided = any(d["result"] == "temperror" and d["aligned"] for d in verdict.dkim) or bool(
+            verdict.spf and verdict.spf["result"] == "temperror" and aligned(verdict.spf["domain"], from_domain, aspf))
+        result = "pass" if passed else "temperror" if undecided else "fail"
+        verdict.dmarc = {"result": result, "policy": policy, "domain": found_at}
         if dkim_pass:
             verdict.prove("dkim")
         elif spf_pass:
@@ -438,18 +536,28 @@ class Checker:
         if any(d["result"] == "pass" and d["aligned"] for d in verdict.dkim):
             verdict.prove("dkim")
 
-    def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict) -> None:
+    def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict,
+                                relayed: bool) -> None:
+        """relayed: the mail came through the organisation's own MTAs (or was fetched from their
+        mailboxes), so a header with their authserv-id is theirs."""
+        stored = verdict.authentication_results
         for name, value in header_fields:
             if name.strip().lower() != "authentication-results":
                 continue
             parsed = parse_authentication_results(value)
-            entry = {"authserv_id": parsed["authserv_id"],
-                     "results": [f"{r['method']}={r['result']}" + "".join(
-                         f" {k}={v}" for k, v in r["properties"].items()) for r in parsed["results"]]}
-            if parsed["authserv_id"] and parsed["authserv_id"] in self.policy.trusted_authserv_ids:
-                verdict.authentication_results["trusted"].append(entry)
+            entry: dict[str, Any] = {"authserv_id": parsed["authserv_id"],
+                                     "results": [f"{r['method']}={r['result']}" + "".join(
+                                         f" {k}={v}" for k, v in r["properties"].items()) for r in parsed["results"]]}
+            if not parsed["authserv_id"] or parsed["authserv_id"] not in self.policy.trusted_authserv_ids:
+                entry["reason"] = "authserv-id not trusted"
+            elif not relayed:
+                entry["reason"] = NOT_A_TRUSTED_RELAY
+            else:
+                if len(stored["trusted"]) < MAX_AUTHENTICATION_RESULTS:
+                    stored["trusted"].append(entry)
                 if verdict.from_domain and _proves(parsed["results"], verdict.from_domain):
                     verdict.prove("authentication-results")
-            else:
-                verdict.authentication_results["ignored"].append(
-                    {**entry, "reason": "authserv-id not trusted"})
+                continue
+            # Bounded: a message can carry any number of such headers.
+            if len(stored["ignored"]) < MAX_AUTHENTICATION_RESULTS:
+                stored["ignored"].append(entry)
