@@ -5,7 +5,7 @@ answering a notification, so both get the same deadline, owner and triage handli
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -14,6 +14,10 @@ from gateway.registry import lifecycle
 from gateway.registry.models import Event, IntakeKey, Letter, OutboxMail
 from gateway.registry.plan import AnswerPlan, NewMail, Registered
 from gateway.registry.store import Store, utcnow
+
+# At most one notice of a refused command per letter, owner and this long: forged answers,
+# each with different bytes, must not become a way to flood the owners.
+REFUSAL_NOTICE_INTERVAL = timedelta(hours=1)
 
 
 class Decisions(Store):
@@ -123,6 +127,7 @@ class Decisions(Store):
             row = self._locked(conn, answer.number)
             details: dict[str, Any] = {"from": answer.sender, "authenticated": plan.authenticated,
                                        "authenticated_by": plan.authenticated_by,
+                                       "method": plan.method, "temperror": plan.temperror,
                                        "text": answer.text, "command": answer.command,
                                        "argument": answer.argument, "raw_sha256": plan.raw_sha256,
                                        "raw_path": plan.raw_path, "received_at": plan.received_at.isoformat()}
@@ -131,12 +136,20 @@ class Decisions(Store):
                 pass
             elif unentitled := self._no_authority(row, plan):
                 refused = f"{'; '.join(unentitled)}: recorded, not obeyed"
-                # The owners hear of it, once: a second arrival of this mail stops at its intake key.
-                notices = [NewMail(m.kind, m.recipient, {**m.details, "reason": refused}, m.message_id)
-                           for m in plan.refusal_notices.get(row.department or "", [])]
+                # The owners hear of it, once: a second arrival of this mail stops at its intake key,
+                # and another refused answer on this letter within the interval only counts.
+                told = self._recently_told(conn, row.id, now)
+                notices, suppressed = [], []
+                for m in plan.refusal_notices.get(row.department or "", []):
+                    if m.recipient.lower() in told:
+                        suppressed.append(m.recipient)
+                    else:
+                        notices.append(NewMail(m.kind, m.recipient, {**m.details, "reason": refused}, m.message_id))
                 if notices:
                     conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in notices])
                     details["refusal_notice"] = [m.recipient for m in notices]
+                if suppressed:
+                    details["notice_suppressed"] = suppressed
             else:
                 try:
                     refused = self._obey(conn, row, plan, now)
@@ -151,6 +164,15 @@ class Decisions(Store):
             return Registered(row.number, row.id, "answer", status)
 
     @staticmethod
+    def _recently_told(conn: Connection, letter_id: int, now: datetime) -> set[str]:
+        """Who was sent a notice of a refused command on this letter within the interval (read
+        from its answer events, under the letter's lock)."""
+        recent = conn.execute(select(Event.details).where(
+            Event.letter_id == letter_id, Event.action == "answer",
+            Event.at > now - REFUSAL_NOTICE_INTERVAL)).scalars()
+        return {str(address).lower() for details in recent for address in (details or {}).get("refusal_notice", [])}
+
+    @staticmethod
     def _no_authority(row: Any, plan: AnswerPlan) -> list[str]:
         """Why the answer's sender may not command this letter; empty when they may.
 
@@ -161,7 +183,11 @@ class Decisions(Store):
         reasons = []
         if who not in plan.entitled.get(row.department or "", set()) | {(row.owner or "").lower()}:
             reasons.append(f"{who} is not an owner of {row.department}")
-        if plan.authenticated is None:
+        if plan.authenticated is None and plan.temperror:
+            # A DNS failure is no proof of forgery: the sender may well be who they say.
+            reasons.append(f"the sender {plan.answer.sender} could not be verified (DNS temporary error): "
+                           f"send again")
+        elif plan.authenticated is None:
             reasons.append(f"the sender {plan.answer.sender} is not authenticated (no SMTP AUTH allowed for "
                            f"that address, aligned DKIM or DMARC pass, or trusted Authentication-Results)")
         if plan.token_refusal is not None:

@@ -105,7 +105,8 @@ class AnswerPlan:
     Whether it is obeyed is decided under the letter's lock: its sender must be authenticated
     (`authenticated`), have answered through a reply address signed for this letter and for
     them (`token_refusal` None), and be in `entitled` (the addresses that may command, per
-    department, plus the letter's own owner). The subject's number alone grants nothing."""
+    department, plus the letter's own owner). The subject's number alone grants nothing.
+    Notices of a refused command go to each owner at most once per letter an hour."""
 
     answer: Answer
     keys: list[str]  # intake keys: a second arrival of the same mail is recognised
@@ -119,6 +120,8 @@ class AnswerPlan:
     feedback: list[NewMail] = field(default_factory=list)  # the result for the sender, if it closes
     authenticated: str | None = None  # the sender's address as the check stage proved it; None: not proved
     authenticated_by: str | None = None  # how: smtp-auth | dkim | dmarc | authentication-results
+    method: str | None = None  # the check stage's verdict's method, as it gave it
+    temperror: bool = False  # a DNS lookup of the check failed: unproven is then not disproven
     token_refusal: str | None = "no reply token"  # why the reply token does not vouch for it; None: it does
     # department -> the notices to its owners that a command was refused, one each (queued only then)
     refusal_notices: dict[str, list[NewMail]] = field(default_factory=dict)

@@ -83,6 +83,8 @@ class LetterSteps:
                           entitled={d.id: {a.lower() for a in (*d.owners, d.head) if a} for d in departments.values()},
                           departments=set(departments), authenticated=authenticated,
                           authenticated_by=str(trust.get("method")) if authenticated and trust else None,
+                          method=str(trust["method"]) if trust and trust.get("method") else None,
+                          temperror=bool(trust and trust.get("temperror")),
                           token_refusal=self._token_refusal(answer, authenticated or answer.sender))
         if answer.command is not None:
             language = self.config.model.receipts.default_language
