@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email
+import re
 import shutil
 from datetime import datetime, timezone
 from email import policy
@@ -214,3 +215,57 @@ def test_a_refused_command_is_told_to_the_owners_in_both_languages(config: Confi
     secret = parsed(refusal(config, mail("refused-command", language="en", **details),
                             letter(confidentiality="confidential", subject="机密 合同")))
     assert "合同" not in secret.get_content()
+
+
+def test_an_unreadable_keys_file_holds_mail_back_and_never_dead_letters_it(tmp_path: Path) -> None:
+    """Every mail carries a signed loop marker; a damaged keys file is the installation's fault, mended
+    by a person: the mail waits (an ALERT in the log) and goes once the file is restored."""
+    import smtplib
+
+    from gateway.outbound.sender import OutboxSender
+    from gateway.registry import Registry
+    from gateway.registry.plan import NewLetter, NewMail, Routing
+    from gateway.stages.tokens import keyring, keys_path
+    from smtp_sink import SmtpSink
+
+    sink = SmtpSink().start()
+    try:
+        text = (ROOT / "config" / "gateway.toml").read_text()
+        text = text.replace('state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"')
+        text = text.replace('relay = ""', f'relay = "{sink.address}"').replace(
+            "retry_min_seconds = 60", "retry_min_seconds = 0.01")
+        text = re.sub(r"(?m)^retry_max_seconds = .*$", "retry_max_seconds = 0.01", text)
+        (tmp_path / "gateway.toml").write_text(text)
+        shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
+        own = config_mod.load(tmp_path / "gateway.toml")
+        registry = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+        registry.upgrade()
+        routing = Routing(status="routed", department="business", category=None, urgency="regular",
+                          confidentiality="normal", owner=None, tags=[], deadline=None, trace={}, flags=[],
+                          mail=[NewMail("notification", "sales.desk@example.org", {}, "<n1@example.org>")],
+                          receipt=None, no_receipt="a test")
+        registry.register([NewLetter(["test:1"], "email", "smtp", datetime.now(timezone.utc), "0" * 64, 0, "none",
+                                     subject="Contract", routing=routing)])
+        keyring(own)
+        good = keys_path(own).read_bytes()
+        keys_path(own).write_text("{not json")
+        sender = OutboxSender(own, registry)
+
+        assert sender.deliver_due() == 1  # held back before anything is composed
+        [mail] = registry.outbox_due(10, now=datetime(2100, 1, 1, tzinfo=timezone.utc))
+        assert (mail.status, mail.attempts) == ("pending", 1) and "reply keys cannot be read" in str(mail.last_error)
+        with smtplib.SMTP(*sink.address.rsplit(":", 1)) as client:  # damaged while a round was under way
+            sender._send(client, mail)
+        [mail] = registry.outbox_due(10, now=datetime(2100, 1, 1, tzinfo=timezone.utc))
+        assert (mail.status, mail.attempts) == ("pending", 2) and not sink.received
+
+        keys_path(own).write_bytes(good)
+        deadline = datetime.now(timezone.utc).timestamp() + 10
+        while not sink.received and datetime.now(timezone.utc).timestamp() < deadline:
+            sender.deliver_due()
+        [delivered] = sink.received
+        assert delivered.rcpt_tos == ["sales.desk@example.org"]
+        assert registry.outbox_due(10, now=datetime(2100, 1, 1, tzinfo=timezone.utc)) == []
+        registry.close()
+    finally:
+        sink.stop()

@@ -4,7 +4,8 @@ A row is marked sent only after the relay accepted it, so a crash between the
 two sends it again at the next start (with the same Message-ID): at least
 once, never lost. Connection failures and 4xx answers are retried, doubling
 the wait each time; a 5xx answer, or no delivery within `give_up_hours`,
-dead-letters the mail and says so in the log (ALERT) and on the letter.
+dead-letters the mail and says so in the log (ALERT) and on the letter. An
+unreadable reply-keys file holds every mail back (ALERT), never dead-letters it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
 from gateway.archive.packer import ArchiveError, read_original
 from gateway.spool import DamagedItem
+from gateway.stages.tokens import KeyFileError, keyring
 
 log = logging.getLogger("gateway.outbox")
 
@@ -73,6 +75,12 @@ class OutboxSender(Runner):
         if not due:
             return 0
         settings = self.config.model.outbound
+        try:
+            keyring(self.config)  # every mail carries a signed loop marker
+        except KeyFileError as exc:
+            # Not any mail's fault, and mended by a person: everything waits, nothing is given up.
+            self._keys_broken(due, exc)
+            return len(due)
         give_up = timedelta(hours=settings.give_up_hours)
         now = datetime.now(timezone.utc)
         live = []
@@ -147,6 +155,9 @@ class OutboxSender(Runner):
             if letter is None:
                 raise ComposeError(f"letter {mail.letter_id} is not in the register")
             data = self._compose(mail, letter)
+        except KeyFileError as exc:  # damaged since the round began: the installation's fault
+            self._keys_broken([mail], exc)
+            return
         except Exception as exc:  # this mail's fault, never the whole outbox's
             self._dead(mail, f"cannot be written: {type(exc).__name__}: {exc}")
             return
@@ -205,6 +216,12 @@ class OutboxSender(Runner):
             log.error("ALERT outbox: %s: original %s unreadable, notification sent without it: %s",
                       letter.number, path, exc)
             return None
+
+    def _keys_broken(self, mails: list[OutboxMail], exc: KeyFileError) -> None:
+        log.error("ALERT outbox: the reply keys cannot be read (%s); %d mail(s) wait until the file is "
+                  "mended or restored", exc, len(mails))
+        for mail in mails:
+            self._later(mail, f"the reply keys cannot be read: {exc}")
 
     def _answered(self, mail: OutboxMail, code: int, text: str) -> None:
         error = f"relay answered {code} {text.strip()[:300]}"
