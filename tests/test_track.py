@@ -249,11 +249,13 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
     assert answers[5]["details"]["text"] == "Just to say we called them."
     assert answers[6]["details"]["refused"] == "no department 'nowhere'"
     assert "2026-000001 is closed: it cannot be acknowledged" in answers[8]["details"]["refused"]
-    # Each command refused for want of authority is told to the department's owner, once.
+    # A command refused for want of authority is told to the department's owner, at most once an hour
+    # per letter; the later refusals count the notice not sent.
     refusals = [m for m in detail["outbox"] if m["kind"] == "refused-command"]
-    assert [m["recipient"] for m in refusals] == ["sales.desk@example.org"] * 3
-    assert [a["details"].get("refusal_notice") for a in answers] == [
-        ["sales.desk@example.org"]] * 3 + [None] * 6
+    assert [m["recipient"] for m in refusals] == ["sales.desk@example.org"]
+    assert [a["details"].get("refusal_notice") for a in answers] == [["sales.desk@example.org"]] + [None] * 8
+    assert [a["details"].get("notice_suppressed") for a in answers] == [
+        None] + [["sales.desk@example.org"]] * 2 + [None] * 6
     [closed] = [e for e in detail["events"] if e["action"] == "closed"]
     assert closed["details"] == {"from": "in-progress", "to": "closed", "by_mail": True,
                                  "text": "quotation sent, order expected"}
@@ -264,7 +266,7 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
     assert stored.exists()
     # A refused command arriving again is no second notice either.
     gateway.run("ingest", str(tmp_path / "answer1.eml"))
-    assert len([m for m in gateway.show_json("2026-000001")["outbox"] if m["kind"] == "refused-command"]) == 3
+    assert len([m for m in gateway.show_json("2026-000001")["outbox"] if m["kind"] == "refused-command"]) == 1
     # Mail from outside that quotes a number is correspondence: a letter of its own.
     outside = answer(8, "Alice <alice@partner.example>", "done: thanks\n", to="gateway@localhost")
     assert outside.endswith("registered as 2026-000002")
