@@ -435,6 +435,68 @@ class MetricsSection(_Strict):
         return _host_port(value)
 
 
+class OidcSection(_Strict):
+    """Single sign-on through an OpenID Connect provider (optional)."""
+
+    issuer: str = ""  # e.g. https://sso.example.org/realms/org; empty: no single sign-on
+    client_id: str = ""
+    client_secret_env: str = "GATEWAY_OIDC_SECRET"  # the secret comes from this environment variable
+    scopes: str = "openid email profile"
+    label: str = "Single sign-on"  # the button on the sign-in page
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OidcSection:
+        if self.issuer and not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ValueError(f"issuer {self.issuer!r} must be an https:// URL")
+        if self.issuer and not self.client_id:
+            raise ValueError("issuer is set but client_id is empty")
+        return self
+
+
+class WebSection(_Strict):
+    """The web register."""
+
+    enabled: bool = True  # served by `gateway run` too
+    listen: str = "127.0.0.1:8080"
+    workers: int = Field(default=1, ge=1, le=64)  # `gateway web` only
+    language: Literal["zh", "en"] = "zh"  # a person's own choice wins
+    # The address people use (https://register.example.org); links in mail point there. Behind a
+    # TLS-terminating reverse proxy its https:// makes session cookies Secure.
+    base_url: str = ""
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (IPs or CIDRs).
+    trusted_proxies: list[str] = []
+    session_idle_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    session_absolute_hours: int = Field(default=12, ge=1, le=24 * 30)
+    # Failed sign-ins allowed within signin_window_minutes, per account and per client address.
+    signin_failures_per_account: int = Field(default=5, ge=1, le=1000)
+    signin_failures_per_address: int = Field(default=20, ge=1, le=100000)
+    signin_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    oidc: OidcSection = OidcSection()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _host_port(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        from gateway.stages.check import parse_relays
+
+        return [str(network) for network in parse_relays(values)]  # ValueError names the entry
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://")
+
+
 class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     timestamps: bool = True
@@ -497,6 +559,7 @@ class ConfigModel(_Strict):
     imap: ImapSection = ImapSection()
     fax: FaxSection = FaxSection()
     metrics: MetricsSection = MetricsSection()
+    web: WebSection = WebSection()
     logging: LoggingSection = LoggingSection()
     departments: list[Department] = Field(min_length=1)
 
