@@ -9,7 +9,8 @@ above it: no rules, no templates, no files.
 
 One module per concern, over one unit of work (`store.Store.write`):
 `intake` (registration, a fax's text), `decisions` (people's steps, reassignment, answers,
-holds), `outbox`, `reminders`, `archive`, `reads`.
+holds), `outbox`, `reminders`, `archive`, `reads`, `people` (people, sessions, grants, the audit log and
+the letters a person's scope covers).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway.registry.decisions import Decisions
 from gateway.registry.intake import Registration
 from gateway.registry.models import Attachment, Event, Letter
 from gateway.registry.outbox import Outbox
+from gateway.registry.people import LetterFilter, PeopleRecords, Scope
 from gateway.registry.plan import (Answer, AnswerPlan, NewAttachment, NewLetter, NewMail, Registered, Routing,
                                    ToArchive)
 from gateway.registry.reads import Reads
@@ -30,10 +32,10 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 __all__ = ["Registry", "NewLetter", "NewAttachment", "NewMail", "Routing", "Answer", "AnswerPlan", "Registered",
-           "ToArchive", "RegistryUnavailable", "Letter", "Attachment", "Event", "make_engine"]
+           "ToArchive", "Scope", "LetterFilter", "RegistryUnavailable", "Letter", "Attachment", "Event", "make_engine"]
 
 
-class Registry(Registration, Decisions, Outbox, ReminderRecords, ArchiveRecords, Reads):
+class Registry(Registration, Decisions, Outbox, ReminderRecords, ArchiveRecords, Reads, PeopleRecords):
     """The register, as one object over one engine."""
 
     @classmethod

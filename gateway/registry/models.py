@@ -265,8 +265,80 @@ class ImapMessage(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
 
 
+class Person(Base):
+    """Someone who signs in to the web register or is named in the CLI: their roles and departments.
+
+    Rights derived from the configuration ([[departments]] owners, head, members, matched by
+    address) are added when a person is read, never stored, so the file stays the truth for them."""
+
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    emails: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    departments: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    roles: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    language: Mapped[str | None] = mapped_column(String(8))
+    disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is kept here."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), nullable=False, index=True)
+    csrf: Mapped[str] = mapped_column(String(64), nullable=False)
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Grant(Base):
+    """An explicit right of one person to read one letter's content (a confidential letter's, or
+    any letter's for a role that sees no content, such as an auditor)."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), nullable=False)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    granted_by: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (UniqueConstraint("person_id", "letter_id", name="uq_grants_person_letter"),)
+
+
+class AuditRow(Base):
+    """Who read what, signed in or out, and changed whose rights. Append-only like events."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)  # a login, "cli:<user>", or the name tried
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    letter_id: Mapped[int | None] = mapped_column(ForeignKey("letters.id"))
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")  # an attachment, a person, a query
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")  # the client's IP
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+
+
 Index("ix_letters_channel_received", Letter.channel, Letter.received_at)
 Index("ix_outbox_due", OutboxMail.status, OutboxMail.next_attempt_at)
 Index("ix_outbox_letter", OutboxMail.letter_id)
 Index("ix_outbox_kind_recipient", OutboxMail.kind, OutboxMail.recipient, OutboxMail.created_at)
 Index("ix_outbox_message_id", OutboxMail.message_id)
+Index("ix_events_to_department", Event.to_department, Event.letter_id)
+Index("ix_letters_department_received", Letter.department, Letter.received_at)
+Index("ix_letters_deadline", Letter.deadline)
+Index("ix_audit_letter", AuditRow.letter_id, AuditRow.at)
+Index("ix_audit_actor_action", AuditRow.actor, AuditRow.action, AuditRow.at)
+Index("ix_audit_address_action", AuditRow.address, AuditRow.action, AuditRow.at)

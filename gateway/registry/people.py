@@ -1,0 +1,266 @@
+"""People, their sessions and content grants, the audit log, and the letters a person's scope covers.
+
+Who may see what is decided above (gateway/services/access.py) and arrives here as a `Scope`, plain
+data the queries filter by, so that the rule lives in one place and every list, count and page
+obeys the same one."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, update
+
+from gateway.registry import lifecycle
+from gateway.registry.models import AuditRow, Event, Grant, Letter, Person, WebSession
+from gateway.registry.store import Store, utcnow
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The letters a person may see at all (their register entries; content is decided per letter)."""
+
+    everything: bool = False
+    departments: frozenset[str] = frozenset()  # letters with, or once with, these departments
+    owners: frozenset[str] = frozenset()  # letters assigned to these addresses
+    person_id: int | None = None  # letters granted to this person
+
+
+@dataclass(frozen=True)
+class LetterFilter:
+    statuses: tuple[str, ...] = ()
+    category: str | None = None
+    urgency: str | None = None
+    channel: str | None = None
+    departments: tuple[str, ...] = ()  # the current department is one of these
+    owners: tuple[str, ...] = ()  # assigned to one of these addresses
+    since: datetime | None = None  # received at or after
+    until: datetime | None = None  # received before
+    deadline_before: datetime | None = None
+    overdue_at: datetime | None = None  # open and past the deadline at this moment
+
+
+SORTS: dict[str, Any] = {
+    "received": (Letter.received_at, Letter.id), "-received": (Letter.received_at.desc(), Letter.id.desc()),
+    "deadline": (Letter.deadline.is_(None), Letter.deadline, Letter.id),
+    "-deadline": (Letter.deadline.is_(None), Letter.deadline.desc(), Letter.id.desc()),
+    "number": (Letter.series, Letter.seq), "-number": (Letter.series.desc(), Letter.seq.desc()),
+}
+
+
+def scope_clause(scope: Scope) -> ColumnElement[bool]:
+    if scope.everything:
+        return true()
+    parts: list[ColumnElement[bool]] = []
+    if scope.departments:
+        departments = sorted(scope.departments)
+        parts.append(Letter.department.in_(departments))
+        parts.append(Letter.id.in_(select(Event.letter_id).where(Event.to_department.in_(departments))))
+    if scope.owners:
+        parts.append(func.lower(Letter.owner).in_(sorted(scope.owners)))
+    if scope.person_id is not None:
+        parts.append(Letter.id.in_(select(Grant.letter_id).where(Grant.person_id == scope.person_id)))
+    return or_(*parts) if parts else false()
+
+
+def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
+    parts: list[ColumnElement[bool]] = []
+    if f.statuses:
+        parts.append(Letter.status.in_(f.statuses))
+    for column, value in ((Letter.category, f.category), (Letter.urgency, f.urgency), (Letter.channel, f.channel)):
+        if value:
+            parts.append(column == value)
+    if f.departments:
+        parts.append(Letter.department.in_(f.departments))
+    if f.owners:
+        parts.append(func.lower(Letter.owner).in_(f.owners))
+    if f.since is not None:
+        parts.append(Letter.received_at >= f.since)
+    if f.until is not None:
+        parts.append(Letter.received_at < f.until)
+    if f.deadline_before is not None:
+        parts.append(Letter.deadline < f.deadline_before)
+    if f.overdue_at is not None:
+        parts.append(and_(Letter.deadline < f.overdue_at, Letter.status.in_(lifecycle.OPEN)))
+    return and_(true(), *parts)
+
+
+class PeopleRecords(Store):
+    # -- people ---------------------------------------------------------
+    def person(self, login: str) -> Person | None:
+        with self.session() as session:
+            return session.scalars(select(Person).where(Person.login == login)).first()
+
+    def person_by_id(self, person_id: int) -> Person | None:
+        with self.session() as session:
+            return session.get(Person, person_id)
+
+    def people(self) -> list[Person]:
+        with self.session() as session:
+            return list(session.scalars(select(Person).order_by(Person.login)))
+
+    def people_count(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count(Person.id))).scalar() or 0)
+
+    def add_person(self, values: dict[str, Any], *, audit: dict[str, Any]) -> Person:
+        """A new person, and the audit row saying who added them, in one transaction. Raises
+        ValueError when the sign-in name is taken."""
+        now = utcnow()
+        with self.write() as conn:
+            if conn.execute(select(Person.id).where(Person.login == values["login"])).first():
+                raise ValueError(f"a person named {values['login']!r} exists already")
+            conn.execute(insert(Person).values(created_at=now, updated_at=now, **values))
+            conn.execute(insert(AuditRow).values(at=now, **audit))
+        person = self.person(values["login"])
+        assert person is not None
+        return person
+
+    def update_person(self, login: str, values: dict[str, Any], *, audit: dict[str, Any] | None,
+                      end_sessions: bool = False) -> None:
+        """Change a person; with `end_sessions` (disabled, new password) every browser of theirs is
+        signed out in the same transaction. Raises LookupError."""
+        now = utcnow()
+        with self.write() as conn:
+            person_id = conn.execute(select(Person.id).where(Person.login == login)).scalar()
+            if person_id is None:
+                raise LookupError(f"no person named {login!r}")
+            conn.execute(update(Person).where(Person.id == person_id).values(updated_at=now, **values))
+            if end_sessions:
+                conn.execute(update(WebSession).where(WebSession.person_id == person_id,
+                                                      WebSession.ended_at.is_(None)).values(ended_at=now))
+            if audit is not None:
+                conn.execute(insert(AuditRow).values(at=now, **audit))
+
+    # -- content grants -------------------------------------------------
+    def set_grant(self, person_id: int, letter_id: int, *, granted_by: str, reason: str, revoke: bool,
+                  audit: dict[str, Any]) -> bool:
+        """Grant (or revoke) one person the content of one letter. Returns whether anything changed."""
+        now = utcnow()
+        with self.write() as conn:
+            existing = conn.execute(select(Grant.id).where(Grant.person_id == person_id,
+                                                           Grant.letter_id == letter_id)).scalar()
+            if revoke and existing is not None:
+                conn.execute(delete(Grant).where(Grant.id == existing))
+            elif not revoke and existing is None:
+                conn.execute(insert(Grant).values(person_id=person_id, letter_id=letter_id, granted_by=granted_by,
+                                                  reason=reason, at=now))
+            else:
+                return False
+            conn.execute(insert(AuditRow).values(at=now, **audit))
+        return True
+
+    def granted(self, person_id: int, letter_id: int) -> bool:
+        with self.read() as conn:
+            return conn.execute(select(Grant.id).where(Grant.person_id == person_id,
+                                                       Grant.letter_id == letter_id)).first() is not None
+
+    # -- sessions -------------------------------------------------------
+    def open_web_session(self, token_hash: str, person_id: int, csrf: str, address: str,
+                         audit: dict[str, Any]) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(insert(WebSession).values(token_hash=token_hash, person_id=person_id, csrf=csrf,
+                                                   address=address, created_at=now, last_seen_at=now))
+            conn.execute(insert(AuditRow).values(at=now, **audit))
+
+    def web_session(self, token_hash: str) -> WebSession | None:
+        with self.session() as session:
+            return session.get(WebSession, token_hash)
+
+    def touch_web_session(self, token_hash: str, now: datetime) -> None:
+        with self.write() as conn:
+            conn.execute(update(WebSession).where(WebSession.token_hash == token_hash).values(last_seen_at=now))
+
+    def end_web_session(self, token_hash: str, audit: dict[str, Any] | None) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            ended = conn.execute(update(WebSession).where(WebSession.token_hash == token_hash,
+                                                          WebSession.ended_at.is_(None)).values(ended_at=now))
+            if ended.rowcount and audit is not None:
+                conn.execute(insert(AuditRow).values(at=now, **audit))
+
+    # -- the audit log --------------------------------------------------
+    def audit(self, rows: Sequence[dict[str, Any]]) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(insert(AuditRow), [{"at": now, "letter_id": None, "subject": "", "address": "",
+                                             "details": {}, **row} for row in rows])
+
+    def audit_rows(self, *, since: datetime | None = None, until: datetime | None = None,
+                   actor: str | None = None, action: str | None = None, letter_id: int | None = None,
+                   actions: tuple[str, ...] = (), limit: int = 500) -> list[tuple[AuditRow, str | None]]:
+        """Audit rows, newest first, each with its letter's number."""
+        stmt = (select(AuditRow, Letter.number).outerjoin(Letter, Letter.id == AuditRow.letter_id)
+                .order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit))
+        for clause, value in ((AuditRow.at >= since, since), (AuditRow.at < until, until),
+                              (AuditRow.actor == actor, actor), (AuditRow.action == action, action),
+                              (AuditRow.letter_id == letter_id, letter_id)):
+            if value is not None and value != "":
+                stmt = stmt.where(clause)
+        if actions:
+            stmt = stmt.where(AuditRow.action.in_(actions))
+        with self.session() as session:
+            return [(row, number) for row, number in session.execute(stmt).tuples()]
+
+    def failures_since(self, since: datetime, *, actor: str | None = None, address: str | None = None) -> int:
+        """Failed sign-ins since a moment, for one account or one client address."""
+        stmt = select(func.count(AuditRow.id)).where(AuditRow.action == "sign-in-failed", AuditRow.at >= since)
+        stmt = stmt.where(AuditRow.actor == actor) if actor is not None else stmt.where(AuditRow.address == address)
+        with self.read() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
+    def last_success(self, actor: str) -> datetime | None:
+        with self.read() as conn:
+            return conn.execute(select(func.max(AuditRow.at)).where(AuditRow.actor == actor,
+                                                                    AuditRow.action == "sign-in")).scalar()
+
+    # -- letters within a scope -----------------------------------------
+    def letters_page(self, scope: Scope, letter_filter: LetterFilter, *, sort: str, offset: int,
+                     limit: int) -> tuple[list[Letter], int]:
+        """One page of the letters a scope covers, and how many there are in all: two queries."""
+        where = and_(scope_clause(scope), filter_clause(letter_filter))
+        with self.session() as session:
+            total = int(session.scalar(select(func.count(Letter.id)).where(where)) or 0)
+            rows = list(session.scalars(select(Letter).where(where).order_by(*SORTS[sort])
+                                        .offset(offset).limit(limit)))
+        return rows, total
+
+    def letters_count(self, scope: Scope, letter_filter: LetterFilter) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count(Letter.id)).where(scope_clause(scope),
+                                                                        filter_clause(letter_filter))).scalar() or 0)
+
+    def in_scope(self, scope: Scope, letter_id: int) -> bool:
+        with self.read() as conn:
+            return conn.execute(select(Letter.id).where(Letter.id == letter_id,
+                                                        scope_clause(scope))).first() is not None
+
+    def departments_of(self, letter_id: int) -> set[str]:
+        """Every department a letter is or was with."""
+        with self.read() as conn:
+            past = conn.execute(select(Event.to_department).where(Event.letter_id == letter_id,
+                                                                  Event.to_department.is_not(None))).scalars()
+            now = conn.execute(select(Letter.department).where(Letter.id == letter_id)).scalar()
+        return {d for d in (*past, now) if d}
+
+    def assign(self, number: str, owner: str | None, *, actor: str, note: str) -> tuple[str | None, str | None]:
+        """Assign a letter to a person (their address), or clear it. Returns (before, after).
+        Raises LookupError and TransitionRefused (a closed letter)."""
+        now = utcnow()
+        with self.write() as conn:
+            row = conn.execute(select(Letter.id, Letter.status, Letter.owner, Letter.department)
+                               .where(Letter.number == number).with_for_update()).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            if row.status not in lifecycle.OPEN:
+                raise lifecycle.TransitionRefused(f"{number} is {row.status}: it cannot be assigned "
+                                                  f"(only when {', '.join(lifecycle.OPEN)})")
+            if (row.owner or "").lower() == (owner or ""):
+                raise ValueError(f"{number} is already assigned to {owner}" if owner else f"{number} has no one")
+            conn.execute(update(Letter).where(Letter.id == row.id).values(owner=owner, updated_at=now))
+            conn.execute(insert(Event), [self.event_row(row.id, now, actor, "assigned", None,
+                                                        {"from": row.owner, "to": owner,
+                                                         **({"text": note} if note else {})})])
+        return row.owner, owner

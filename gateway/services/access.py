@@ -1,0 +1,426 @@
+"""Who may see and do what with a letter — decided here and nowhere else.
+
+The web register, the CLI and answers by e-mail all ask this module. It hands out a letter with
+the caller's rights, or nothing (which the web shows as 404, the same as a number that does not
+exist), and writes an audit row for every read of content: opening a letter's text, downloading an
+attachment or its original, exporting a list.
+
+The rule, in words:
+- The register entry (number, sender, status, dates, department) of a letter: the registry office,
+  leaders, auditors and administrators see every letter's; members and heads see those that are,
+  or once were, with one of their departments, those assigned to them, and those granted to them.
+- Its content (subject, text, attachments, original, OCR text, trace): for an ordinary letter, the
+  registry office, leaders, and members and heads who see its entry; auditors and administrators
+  only with a grant. A confidential letter's content only its owner, a head of its department,
+  and people granted it.
+- Steps: members and heads of its department (and the person it is assigned to) acknowledge,
+  handle, answer and close it; the registry office and the department reassign; the registry
+  office and the department's people assign; the registry office, leaders and the department's
+  head put it under legal hold; anyone who may act, and leaders and the registry office, add notes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timezone
+from typing import Any
+
+from gateway.config import Config
+from gateway.registry import LetterFilter, Registry, Scope, lifecycle
+from gateway.registry.models import AuditRow, Letter, OutboxMail
+from gateway.services import queries
+from gateway.services.letters import LetterSteps, UnknownDepartment
+from gateway.services.people import People, PersonRecord, Principal
+
+ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold")
+QUEUES = ("mine", "departments", "triage", "overdue", "all")
+CONTENT_READS = ("read", "download", "original", "preview")
+
+
+class Refused(Exception):
+    """A step the letter's state or the person's rights do not allow; the message says why."""
+
+
+@dataclass(frozen=True)
+class Rights:
+    content: bool
+    actions: frozenset[str]
+    reasons: dict[str, str] = field(default_factory=dict)  # why an action is not among `actions`
+
+    def refusal(self, action: str) -> str | None:
+        if action in self.actions:
+            return None
+        return self.reasons.get(action, f"{action} is not possible here")
+
+
+@dataclass
+class LetterView:
+    letter: Letter
+    rights: Rights
+
+
+@dataclass(frozen=True)
+class QueueQuery:
+    queue: str = "mine"
+    status: str | None = None
+    category: str | None = None
+    urgency: str | None = None
+    channel: str | None = None
+    department: str | None = None
+    since: date | None = None
+    until: date | None = None
+    deadline_before: date | None = None
+    sort: str = "-received"
+    page: int = 1
+    per_page: int = 50
+
+
+@dataclass
+class QueuePage:
+    rows: list[Letter]
+    total: int
+    page: int
+    pages: int
+    query: QueueQuery
+    content: set[int] = field(default_factory=set)  # ids of rows whose subject the person may see
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    letter_number: str | None
+    subject: str
+    address: str
+    details: dict[str, Any]
+
+
+def _record(row: AuditRow, number: str | None) -> AuditRecord:
+    return AuditRecord(row.id, row.at, row.actor, row.action, number, row.subject, row.address, row.details)
+
+
+class Access:
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self.people = People(config, registry)
+        self.steps = LetterSteps(config, registry)
+
+    # -- what a person sees -------------------------------------------
+    def scope(self, who: Principal) -> Scope:
+        if who.has("registry", "leader", "auditor", "admin"):
+            return Scope(everything=True)
+        return Scope(departments=who.departments, owners=who.emails, person_id=who.person_id)
+
+    def content_allowed(self, who: Principal, letter: Letter) -> bool:
+        return letter.id in self.content_ids(who, [letter])
+
+    def content_ids(self, who: Principal, letters: list[Letter]) -> set[int]:
+        """Of these letters (all within the person's scope), those whose content they may read."""
+        if who.is_operator:
+            return {letter.id for letter in letters}
+        allowed = set()
+        undecided = []
+        for letter in letters:
+            owner = (letter.owner or "").lower() in who.emails
+            if letter.confidentiality == "confidential":
+                if owner or letter.department in who.headed:
+                    allowed.add(letter.id)
+                else:
+                    undecided.append(letter)
+            elif who.has("registry", "leader") or owner or self._related(who, letter):
+                allowed.add(letter.id)
+            else:  # auditors and administrators: content only by grant
+                undecided.append(letter)
+        if undecided and who.person_id is not None:
+            allowed |= {letter.id for letter in undecided if self.registry.granted(who.person_id, letter.id)}
+        return allowed
+
+    def _related(self, who: Principal, letter: Letter) -> bool:
+        """Is, or was, the letter with one of the person's departments?"""
+        if letter.department in who.departments:
+            return True
+        return bool(who.departments and self.registry.departments_of(letter.id) & who.departments)
+
+    def visible(self, who: Principal, number: str) -> Letter | None:
+        letter = self.registry.letter(number)
+        if letter is None or not self.registry.in_scope(self.scope(who), letter.id):
+            return None
+        return letter
+
+    def rights(self, who: Principal, letter: Letter) -> Rights:
+        content = self.content_allowed(who, letter)
+        in_department = letter.department in who.departments or who.is_operator
+        assigned = (letter.owner or "").lower() in who.emails
+        head = letter.department in who.headed or who.is_operator
+        registry = who.has("registry")
+        may: dict[str, bool] = {
+            "ack": in_department or assigned, "progress": in_department or assigned,
+            "answer": in_department or assigned, "close": in_department or assigned,
+            "note": in_department or assigned or who.has("registry", "leader"),
+            "assign": registry or in_department, "reassign": registry or in_department,
+            "hold": registry or who.has("leader") or head,
+        }
+        actions, reasons = set(), {}
+        department = letter.department or "-"
+        for action, allowed in may.items():
+            if not allowed:
+                reasons[action] = (f"only the people of department {department}"
+                                   + (" and the registry office" if action in ("assign", "reassign") else "")
+                                   + (", the registry office and leaders" if action == "hold" else "")
+                                   + f" may {action} {letter.number}")
+                continue
+            if action in ("assign",):
+                if letter.status not in lifecycle.OPEN:
+                    reasons[action] = f"{letter.number} is {letter.status}: only an open letter can be assigned"
+                    continue
+            elif action == "hold":
+                if letter.purged_at is not None:
+                    reasons[action] = f"{letter.number} was destroyed"
+                    continue
+            else:
+                move = lifecycle.ACTIONS[action]
+                if letter.status not in move.allowed_from:
+                    reasons[action] = (f"{letter.number} is {letter.status}: it cannot be {move.verb} "
+                                       f"(only when {', '.join(move.allowed_from)})")
+                    continue
+            actions.add(action)
+        return Rights(content=content, actions=frozenset(actions), reasons=reasons)
+
+    def letter(self, who: Principal, number: str, *, address: str, audit: bool = True) -> LetterView | None:
+        """The letter with the person's rights, or None if they may not know of it. Showing its
+        content is an audited read."""
+        letter = self.visible(who, number)
+        if letter is None:
+            return None
+        rights = self.rights(who, letter)
+        if rights.content and audit:
+            self.record(who, "read", address=address, letter_id=letter.id, subject=letter.number)
+        return LetterView(letter, rights)
+
+    def _content(self, who: Principal, number: str) -> Letter | None:
+        letter = self.visible(who, number)
+        return letter if letter is not None and self.content_allowed(who, letter) else None
+
+    def attachment(self, who: Principal, number: str, position: int, *, address: str,
+                   purpose: str = "download") -> tuple[str, bytes, str] | None:
+        """(name, bytes, detected type) of one attachment; an audited read."""
+        from gateway.archive.packer import read_original
+        from gateway.stages.normalise import normalise
+
+        letter = self._content(who, number)
+        if letter is None:
+            return None
+        attachment = next((a for a in letter.attachments if a.position == position), None)
+        if attachment is None:
+            return None
+        raw = read_original(self.config, self.registry, letter)
+        if letter.is_fax_file:  # the fax itself is the document
+            content: bytes | None = raw
+        else:
+            content = next((a.content for a in normalise(raw).attachments if a.sha256 == attachment.sha256), None)
+        if content is None:
+            return None
+        self.record(who, purpose, address=address, letter_id=letter.id, subject=attachment.filename)
+        return attachment.filename, content, attachment.detected_type or "application/octet-stream"
+
+    def original(self, who: Principal, number: str, *, address: str) -> tuple[str, bytes] | None:
+        """The original as received (.eml, or the fax file); an audited read."""
+        from gateway.archive.packer import read_original
+
+        letter = self._content(who, number)
+        if letter is None:
+            return None
+        raw = read_original(self.config, self.registry, letter)
+        name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"
+        self.record(who, "original", address=address, letter_id=letter.id, subject=name)
+        return name, raw
+
+    def readers(self, who: Principal, number: str) -> list[AuditRecord]:
+        """Who read the letter's content, newest first."""
+        letter = self.visible(who, number)
+        if letter is None:
+            return []
+        return [_record(row, n) for row, n in self.registry.audit_rows(letter_id=letter.id, actions=CONTENT_READS)]
+
+    def outbox(self, who: Principal, number: str) -> list[OutboxMail]:
+        letter = self.visible(who, number)
+        return self.registry.outbox(letter_id=letter.id) if letter is not None else []
+
+    # -- queues ---------------------------------------------------------
+    def queues(self, who: Principal) -> list[str]:
+        if who.has("registry", "leader", "auditor", "admin") and not who.departments and not who.emails:
+            return ["all", "triage", "overdue"] if who.has("registry") else ["all", "overdue"]
+        names = ["mine", "departments"] if who.departments or who.emails else []
+        if who.has("registry") or self.config.model.triage.department in who.departments:
+            names.append("triage")
+        names.append("overdue")
+        names.append("all")
+        return names
+
+    def _filter(self, who: Principal, query: QueueQuery) -> LetterFilter:
+        since, until = queries.received_between(self.config, query.since, query.until)
+        deadline_before = queries.day_start(query.deadline_before, queries.local_zone(self.config)) \
+            if query.deadline_before else None
+        f = LetterFilter(statuses=(query.status,) if query.status else (), category=query.category,
+                         urgency=query.urgency, channel=query.channel,
+                         departments=(query.department,) if query.department else (),
+                         since=since, until=until, deadline_before=deadline_before)
+        if query.queue == "mine":
+            return replace(f, owners=tuple(sorted(who.emails)) or ("\0",),
+                           statuses=f.statuses or lifecycle.OPEN)
+        if query.queue == "departments":
+            departments = tuple(sorted(who.departments)) or ("\0",)
+            if query.department:
+                departments = tuple(d for d in departments if d == query.department) or ("\0",)
+            return replace(f, departments=departments)
+        if query.queue == "triage":
+            return replace(f, statuses=("needs-triage",))
+        if query.queue == "overdue":
+            return replace(f, overdue_at=datetime.now(timezone.utc))
+        return f
+
+    def queue(self, who: Principal, query: QueueQuery) -> QueuePage:
+        if query.queue not in QUEUES:
+            raise ValueError(f"no queue {query.queue!r}")
+        from gateway.registry.people import SORTS
+
+        sort = query.sort if query.sort in SORTS else "-received"
+        per_page = max(1, min(query.per_page, 200))
+        page = max(1, query.page)
+        rows, total = self.registry.letters_page(self.scope(who), self._filter(who, query), sort=sort,
+                                                 offset=(page - 1) * per_page, limit=per_page)
+        pages = max(1, -(-total // per_page))
+        return QueuePage(rows, total, page, pages, replace(query, sort=sort, page=page, per_page=per_page),
+                         self.content_ids(who, rows))
+
+    def counts(self, who: Principal) -> dict[str, int]:
+        scope = self.scope(who)
+        return {name: self.registry.letters_count(scope, self._filter(who, QueueQuery(queue=name)))
+                for name in self.queues(who)}
+
+    def export_csv(self, who: Principal, query: QueueQuery, *, address: str, limit: int = 10000) -> str:
+        """A queue as CSV (subjects only where the person may read them); an audited export."""
+        page = self.queue(who, replace(query, page=1, per_page=200))
+        rows: list[Letter] = []
+        number = 1
+        while True:
+            rows += page.rows
+            if number >= page.pages or len(rows) >= limit:
+                break
+            number += 1
+            page = self.queue(who, replace(query, page=number, per_page=200))
+        allowed = self.content_ids(who, rows)
+        tz = queries.local_zone(self.config)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["number", "received_at", "channel", "sender_name", "sender_address", "subject",
+                         "department", "category", "urgency", "confidentiality", "status", "deadline"])
+        for r in rows[:limit]:
+            writer.writerow([r.number, r.received_at.astimezone(tz).isoformat(), r.channel, r.sender_name,
+                             r.sender_address, r.subject if r.id in allowed else "", r.department or "",
+                             r.category or "", r.urgency, r.confidentiality, r.status,
+                             r.deadline.astimezone(tz).isoformat() if r.deadline else ""])
+        self.record(who, "export", address=address, subject=f"queue {query.queue}",
+                    details={"rows": min(len(rows), limit), "query": {k: str(v) for k, v in vars(query).items()
+                                                                       if v not in (None, "")}})
+        return out.getvalue()
+
+    # -- steps ----------------------------------------------------------
+    def assignees(self, who: Principal, number: str) -> list[PersonRecord]:
+        """People a letter may be assigned to: those of its department with an address."""
+        letter = self.visible(who, number)
+        if letter is None or letter.department is None:
+            return []
+        out = []
+        for record in self.people.list():
+            principal = self.people.principal(record.login)
+            if principal and principal.emails and letter.department in principal.departments:
+                out.append(record)
+        return out
+
+    def act(self, who: Principal, number: str, action: str, *, text: str = "", department: str | None = None,
+            assignee: str | None = None, on: bool | None = None, address: str = "") -> str:
+        """Take a step on a letter. Returns what happened, in words. Raises LookupError (no letter
+        the person may know of) and Refused (why not)."""
+        if action not in ACTIONS:
+            raise Refused(f"no step {action!r}")
+        letter = self.visible(who, number)
+        if letter is None:
+            raise LookupError(f"no letter {number}")
+        why = self.rights(who, letter).refusal(action)
+        if why is not None:
+            raise Refused(why)
+        text = text.strip()
+        try:
+            if action == "reassign":
+                if not department:
+                    raise Refused("choose the department to send it to")
+                before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login)
+                return f"{number}: {before or '-'} → {after}"
+            if action == "assign":
+                return self._assign(who, letter, assignee, text)
+            if action == "hold":
+                if not text:
+                    raise Refused("a legal hold needs a reason")
+                on = not letter.legal_hold if on is None else on
+                self.steps.hold(number, on=on, reason=text, actor=who.login)
+                return f"{number}: legal hold {'on' if on else 'off'}"
+            if action == "note" and not text:
+                raise Refused("a note needs text")
+            if action == "close" and letter.category == "external.inquiry_complaint" and not text:
+                raise Refused("closing an inquiry or complaint needs its result: the sender receives it")
+            before, after = self.steps.step(number, action, actor=who.login, text=text)
+            return f"{number}: {before} → {after}"
+        except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
+            raise Refused(str(exc)) from None
+
+    def _assign(self, who: Principal, letter: Letter, assignee: str | None, note: str) -> str:
+        if not assignee:
+            raise Refused("choose the person to assign it to")
+        person = self.people.principal(assignee)
+        if person is None or not person.emails:
+            raise Refused(f"no one named {assignee!r} can be assigned letters (unknown, disabled or no address)")
+        if letter.department not in person.departments:
+            raise Refused(f"{person.name} is not in department {letter.department}")
+        email = sorted(person.emails)[0]
+        self.registry.assign(letter.number, email, actor=who.login, note=note)
+        return f"{letter.number}: assigned to {person.name}"
+
+    # -- the audit log --------------------------------------------------
+    def record(self, who: Principal, action: str, *, address: str, letter_id: int | None = None,
+               subject: str = "", details: dict[str, Any] | None = None) -> None:
+        self.registry.audit([{"actor": who.login, "action": action, "letter_id": letter_id, "subject": subject,
+                              "address": address, "details": details or {}}])
+
+    def audit(self, who: Principal, *, since: date | None = None, until: date | None = None,
+              actor: str | None = None, action: str | None = None, letter: str | None = None,
+              limit: int = 500) -> list[AuditRecord]:
+        """Audit rows, newest first; only for auditors. Raises Refused."""
+        if not who.has("auditor"):
+            raise Refused("only auditors read the audit log")
+        start, end = queries.received_between(self.config, since, until)
+        letter_id = None
+        if letter:
+            row = self.registry.letter(letter)
+            if row is None:
+                return []
+            letter_id = row.id
+        return [_record(row, number) for row, number in
+                self.registry.audit_rows(since=start, until=end, actor=actor or None, action=action or None,
+                                         letter_id=letter_id, limit=limit)]
+
+    def audit_csv(self, who: Principal, *, address: str, **filters: Any) -> str:
+        rows = self.audit(who, limit=100000, **filters)
+        tz = queries.local_zone(self.config)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["at", "actor", "action", "letter", "subject", "address", "details"])
+        for r in rows:
+            writer.writerow([r.at.astimezone(tz).isoformat(), r.actor, r.action, r.letter_number or "", r.subject,
+                             r.address, "; ".join(f"{k}={v}" for k, v in r.details.items())])
+        self.record(who, "audit-export", address=address, details={"rows": len(rows)})
+        return out.getvalue()

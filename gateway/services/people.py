@@ -1,0 +1,367 @@
+"""People: who they are, what they may do (roles and departments), how they sign in, and their
+browsers' sessions. Every sign-in, failure, sign-out and change of rights is an audit row.
+
+Rights come from two places: what is stored for a person (`gateway users`, the people page) and
+what the configuration says of their addresses — a department's owners and members are its
+members, its head is its head — so a department's people need no second list to keep in step."""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from gateway.config import Config
+from gateway.registry import Registry
+from gateway.registry.models import Person
+from gateway.registry.store import utcnow
+
+# registry = the registry office (收发室)
+ROLES = ("registry", "member", "head", "leader", "auditor", "admin")
+LANGUAGES = ("zh", "en")
+MIN_PASSWORD = 10
+_LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+_HASHER = PasswordHasher()
+# Verified against when the name is unknown, so that a wrong name takes as long as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting, with their effective rights."""
+
+    login: str
+    name: str
+    emails: frozenset[str]
+    departments: frozenset[str]  # member or head of these
+    roles: frozenset[str]
+    headed: frozenset[str] = frozenset()  # head of these
+    language: str | None = None
+    person_id: int | None = None
+    kind: str = "person"  # person | operator (a shell on the server: everything, audited)
+
+    def has(self, *roles: str) -> bool:
+        return self.is_operator or bool(self.roles.intersection(roles))
+
+    @property
+    def is_operator(self) -> bool:
+        return self.kind == "operator"
+
+    @classmethod
+    def operator(cls, login: str) -> Principal:
+        return cls(login=f"cli:{login}", name=login, emails=frozenset(), departments=frozenset(),
+                   roles=frozenset(ROLES), kind="operator")
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    login: str
+    name: str
+    emails: list[str]
+    departments: list[str]
+    roles: list[str]
+    disabled: bool
+    language: str | None
+    has_password: bool
+    created_at: datetime
+    person_id: int
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    principal: Principal
+    csrf: str
+    token_hash: str
+
+
+class SignInRefused(Exception):
+    """Sign-in refused; the message is what the person is told (never which part was wrong)."""
+
+
+class Throttled(SignInRefused):
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# Module-level names for the types: inside People, `list` is its method.
+Names = list[str] | tuple[str, ...]
+Records = list[PersonRecord]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _record(person: Person) -> PersonRecord:
+    return PersonRecord(login=person.login, name=person.name, emails=list(person.emails),
+                        departments=list(person.departments), roles=list(person.roles), disabled=person.disabled,
+                        language=person.language, has_password=bool(person.password_hash),
+                        created_at=person.created_at, person_id=person.id)
+
+
+class People:
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self.web = config.model.web
+
+    # -- the people -----------------------------------------------------
+    def count(self) -> int:
+        return self.registry.people_count()
+
+    def list(self) -> Records:
+        return [_record(p) for p in self.registry.people()]
+
+    def get(self, login: str) -> PersonRecord | None:
+        person = self.registry.person(login)
+        return _record(person) if person else None
+
+    def add(self, login: str, *, name: str = "", emails: Names = (),
+            departments: Names = (), roles: Names = (),
+            password: str | None = None, language: str | None = None, actor: str,
+            address: str = "") -> PersonRecord:
+        """Raises ValueError naming what is wrong."""
+        login = login.strip().lower()
+        if not _LOGIN.match(login):
+            raise ValueError(f"sign-in name {login!r}: use lower-case letters, digits, '.', '_' or '-' "
+                             "(at most 64, starting with a letter or digit)")
+        values = self._checked(name=name or login, emails=emails, departments=departments, roles=roles,
+                               language=language)
+        if password is not None:
+            values["password_hash"] = self._hash(password)
+        person = self.registry.add_person(
+            {"login": login, "disabled": False, **values},
+            audit=self._audit(actor, "person-added", login, address,
+                              {k: v for k, v in values.items() if k != "password_hash"}))
+        return _record(person)
+
+    def update(self, login: str, *, name: str | None = None, emails: Names | None = None,
+               departments: Names | None = None, roles: Names | None = None,
+               language: str | None = None, actor: str, address: str = "") -> PersonRecord:
+        """Raises LookupError and ValueError."""
+        current = self._person(login)
+        values = self._checked(name=current.name if name is None else name,
+                               emails=current.emails if emails is None else emails,
+                               departments=current.departments if departments is None else departments,
+                               roles=current.roles if roles is None else roles,
+                               language=current.language if language is None else language)
+        changed = {k: v for k, v in values.items() if getattr(current, k) != v}
+        self.registry.update_person(login, values, audit=self._audit(actor, "person-changed", login, address, changed))
+        return self._person(login)
+
+    def set_password(self, login: str, password: str, *, actor: str, address: str = "") -> None:
+        """A new password; the person's browsers are signed out. Raises LookupError and ValueError."""
+        self._person(login)
+        self.registry.update_person(login, {"password_hash": self._hash(password)}, end_sessions=True,
+                                    audit=self._audit(actor, "password-set", login, address, {}))
+
+    def set_disabled(self, login: str, disabled: bool, *, actor: str, address: str = "") -> None:
+        """Disabling signs the person out everywhere at once. Raises LookupError."""
+        self._person(login)
+        self.registry.update_person(login, {"disabled": disabled}, end_sessions=disabled,
+                                    audit=self._audit(actor, "person-disabled" if disabled else "person-enabled",
+                                                      login, address, {}))
+
+    def set_language(self, login: str, language: str) -> None:
+        if language not in LANGUAGES:
+            raise ValueError(f"language {language!r}: one of {', '.join(LANGUAGES)}")
+        self.registry.update_person(login, {"language": language}, audit=None)
+
+    def grant(self, login: str, *, roles: Names = (),
+              departments: Names = (), letter: str | None = None, reason: str = "",
+              revoke: bool = False, actor: str, address: str = "") -> Names:
+        """Add (or with `revoke` take away) roles, departments, or the content of one letter.
+        Returns what changed, in words. Raises LookupError and ValueError."""
+        person = self._person(login)
+        changes: list[str] = []
+        if roles or departments:
+            new_roles = self._merge(person.roles, roles, revoke)
+            new_departments = self._merge(person.departments, departments, revoke)
+            self.update(login, roles=new_roles, departments=new_departments, actor=actor, address=address)
+            for label, before, after in (("role", person.roles, new_roles),
+                                         ("department", person.departments, new_departments)):
+                changes += [f"+{label} {v}" for v in after if v not in before]
+                changes += [f"-{label} {v}" for v in before if v not in after]
+        if letter:
+            row = self.registry.letter(letter)
+            if row is None:
+                raise LookupError(f"no letter {letter}")
+            if self.registry.set_grant(person.person_id, row.id, granted_by=actor, reason=reason, revoke=revoke,
+                                       audit={**self._audit(actor, "grant-revoked" if revoke else "grant", login,
+                                                            address, {"reason": reason} if reason else {}),
+                                              "letter_id": row.id}):
+                changes.append(f"{'-' if revoke else '+'}content of {letter}")
+        return changes
+
+    def principal(self, login: str) -> Principal | None:
+        person = self.registry.person(login)
+        return self._principal(person) if person and not person.disabled else None
+
+    def principal_by_email(self, address: str) -> Principal | None:
+        """The enabled person with this address, or, for an address the configuration names as a
+        department's owner, head or member and no person holds, its rights alone (answers by mail)."""
+        address = address.strip().lower()
+        for person in self.registry.people():
+            if not person.disabled and address in (e.lower() for e in person.emails):
+                return self._principal(person)
+        departments, headed = self._configured(frozenset({address}))
+        if not departments:
+            return None
+        roles = {"member"} | ({"head"} if headed else set())
+        return Principal(login=address, name=address, emails=frozenset({address}), departments=departments,
+                         roles=frozenset(roles), headed=headed)
+
+    # -- signing in -----------------------------------------------------
+    def authenticate(self, login: str, password: str, *, address: str) -> Principal:
+        """Check a name and password, throttled per account and per client address. Raises
+        SignInRefused (generic message) or Throttled."""
+        login = login.strip().lower()[:64]
+        now = utcnow()
+        window = timedelta(minutes=self.web.signin_window_minutes)
+        since = now - window
+        if (self.registry.failures_since(since, actor=login) >= self.web.signin_failures_per_account
+                or self.registry.failures_since(since, address=address) >= self.web.signin_failures_per_address):
+            self.registry.audit([self._audit(login, "sign-in-throttled", login, address, {})])
+            raise Throttled("too many failed sign-ins; try again later",
+                            retry_after=int(window.total_seconds()))
+        person = self.registry.person(login)
+        try:
+            _HASHER.verify(person.password_hash if person and person.password_hash else _DUMMY_HASH, password)
+            ok = person is not None and bool(person.password_hash) and not person.disabled
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            ok = False
+        if not ok or person is None:
+            why = "unknown name" if person is None else "disabled" if person.disabled else \
+                "no password" if not person.password_hash else "wrong password"
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address, {"reason": why})])
+            raise SignInRefused("wrong name or password")
+        if person.password_hash and _HASHER.check_needs_rehash(person.password_hash):
+            self.registry.update_person(login, {"password_hash": _HASHER.hash(password)}, audit=None)
+        return self._principal(person)
+
+    def principal_for_oidc(self, claims: dict[str, Any], *, address: str) -> Principal:
+        """The person single sign-on vouches for: matched by a verified e-mail address; the
+        provider never creates people or grants rights. Raises SignInRefused."""
+        email = str(claims.get("email") or "").lower()
+        if not email or claims.get("email_verified") is False:
+            self.registry.audit([self._audit(email or "(none)", "sign-in-failed", email, address,
+                                             {"reason": "no verified e-mail from single sign-on"})])
+            raise SignInRefused("single sign-on gave no verified e-mail address")
+        for person in self.registry.people():
+            if email in (e.lower() for e in person.emails) and not person.disabled:
+                return self._principal(person)
+        self.registry.audit([self._audit(email, "sign-in-failed", email, address,
+                                         {"reason": "no person with this address", "method": "oidc"})])
+        raise SignInRefused(f"no one with the address {email} may sign in here; ask an administrator")
+
+    # -- sessions -------------------------------------------------------
+    def open_session(self, principal: Principal, *, address: str, method: str = "password") -> tuple[str, str]:
+        """A new session (sign-in). Returns (cookie token, CSRF token); only the token's hash is stored."""
+        if principal.person_id is None:
+            raise ValueError("only a person can have a session")
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        self.registry.open_web_session(token_hash(token), principal.person_id, csrf, address,
+                                       audit=self._audit(principal.login, "sign-in", principal.login, address,
+                                                         {"method": method}))
+        return token, csrf
+
+    def session(self, token: str) -> SessionInfo | None:
+        """The signed-in person of a cookie, or None when it is unknown, ended, idle too long or too old."""
+        if not token or len(token) > 200:
+            return None
+        hashed = token_hash(token)
+        row = self.registry.web_session(hashed)
+        if row is None or row.ended_at is not None:
+            return None
+        now = utcnow()
+        if (now - row.last_seen_at > timedelta(minutes=self.web.session_idle_minutes)
+                or now - row.created_at > timedelta(hours=self.web.session_absolute_hours)):
+            self.registry.end_web_session(hashed, audit=None)
+            return None
+        person = self.registry.person_by_id(row.person_id)
+        if person is None or person.disabled:
+            return None
+        # Written at most once a minute: every page view need not be a write transaction.
+        if now - row.last_seen_at > timedelta(seconds=60):
+            self.registry.touch_web_session(hashed, now)
+        return SessionInfo(self._principal(person), row.csrf, hashed)
+
+    def close_session(self, token: str, *, address: str) -> None:
+        info = self.session(token)
+        if info is not None:
+            self.registry.end_web_session(info.token_hash, audit=self._audit(info.principal.login, "sign-out",
+                                                                             info.principal.login, address, {}))
+
+    # -- helpers --------------------------------------------------------
+    def _person(self, login: str) -> PersonRecord:
+        record = self.get(login)
+        if record is None:
+            raise LookupError(f"no person named {login!r}")
+        return record
+
+    def _principal(self, person: Person) -> Principal:
+        emails = frozenset(e.lower() for e in person.emails)
+        configured, headed = self._configured(emails)
+        stored_departments = frozenset(person.departments)
+        roles = set(person.roles)
+        if configured:
+            roles.add("member")
+        if headed:
+            roles.add("head")
+        if "head" in person.roles:  # a head by role heads the departments stored for them
+            headed |= stored_departments
+        return Principal(login=person.login, name=person.name or person.login, emails=emails,
+                         departments=stored_departments | configured, roles=frozenset(roles), headed=headed,
+                         language=person.language, person_id=person.id)
+
+    def _configured(self, emails: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """(departments, headed) the configuration gives these addresses."""
+        member, head = set(), set()
+        for department in self.config.model.departments:
+            if emails.intersection(department.owners) or emails.intersection(department.members):
+                member.add(department.id)
+            if department.head in emails:
+                member.add(department.id)
+                head.add(department.id)
+        return frozenset(member), frozenset(head)
+
+    def _checked(self, *, name: str, emails: Any, departments: Any, roles: Any, language: str | None) -> dict[str, Any]:
+        emails = [e.strip().lower() for e in emails if e.strip()]
+        if bad := [e for e in emails if not _EMAIL.match(e)]:
+            raise ValueError(f"{bad[0]!r} is not an e-mail address")
+        known = self.config.departments
+        departments = [*dict.fromkeys(d.strip() for d in departments if d.strip())]
+        if bad := [d for d in departments if d not in known]:
+            raise ValueError(f"no department {bad[0]!r} (known: {', '.join(sorted(known))})")
+        roles = [*dict.fromkeys(r.strip() for r in roles if r.strip())]
+        if bad := [r for r in roles if r not in ROLES]:
+            raise ValueError(f"no role {bad[0]!r} (roles: {', '.join(ROLES)})")
+        if language is not None and language not in LANGUAGES:
+            raise ValueError(f"language {language!r}: one of {', '.join(LANGUAGES)}")
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ValueError("a name of 1 to 200 characters is needed")
+        return {"name": name, "emails": emails, "departments": departments, "roles": roles, "language": language}
+
+    @staticmethod
+    def _merge(current: Names, change: Names, revoke: bool) -> Names:
+        return [v for v in current if v not in change] if revoke else [*dict.fromkeys([*current, *change])]
+
+    @staticmethod
+    def _hash(password: str) -> str:
+        if len(password) < MIN_PASSWORD:
+            raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
+        if len(password) > 1024:
+            raise ValueError("a password of at most 1024 characters")
+        return _HASHER.hash(password)
+
+    @staticmethod
+    def _audit(actor: str, action: str, subject: str, address: str, details: dict[str, Any]) -> dict[str, Any]:
+        return {"actor": actor, "action": action, "subject": subject, "address": address, "details": details}

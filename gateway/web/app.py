@@ -1,0 +1,248 @@
+"""The web register's application: one Starlette app over the register's services.
+
+Every page is a plain function of a `Req` (the request, its person and form), run in a worker
+thread because the services are synchronous; `page()` wraps it with what every route needs:
+the session, the person's language, sign-in redirects, role checks and the CSRF check. Access to
+letters is never decided here: Access and People answer, the pages only show the answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from markupsafe import Markup
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from gateway.config import Config
+from gateway.web import i18n, security
+from gateway.web.i18n import _
+
+if TYPE_CHECKING:
+    from gateway.registry import Registry
+    from gateway.services.access import Access
+    from gateway.services.people import People, Principal, SessionInfo
+
+log = logging.getLogger("gateway.web")
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+TEMPLATE_DIR = HERE / "templates"
+
+
+@dataclass
+class Web:
+    """What the pages share: the configuration, the services and the templates."""
+
+    config: Config
+    registry: Registry
+    people: People
+    access: Access
+    env: jinja2.Environment
+    proxies: list[Any]
+    tz: ZoneInfo
+    oauth: Any = None
+
+    @property
+    def secure(self) -> bool:
+        return self.config.model.web.secure_cookies
+
+    def when(self, value: datetime | None) -> str:
+        return value.astimezone(self.tz).strftime("%Y-%m-%d %H:%M") if value else ""
+
+    def day(self, value: datetime | None) -> str:
+        return value.astimezone(self.tz).strftime("%Y-%m-%d") if value else ""
+
+
+class Problem(Exception):
+    """Stop and show an error page with this status and message."""
+
+    def __init__(self, status: int, message: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Req:
+    request: Request
+    web: Web
+    address: str
+    form: FormData
+    lang: str
+    session: SessionInfo | None = None
+    session_token: str | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def who(self) -> Principal:
+        assert self.session is not None  # page() lets only signed-in people through
+        return self.session.principal
+
+    def field(self, name: str, default: str = "") -> str:
+        value = self.form.get(name)
+        return value.strip() if isinstance(value, str) else default
+
+    def fields(self, name: str) -> list[str]:
+        return [v for v in self.form.getlist(name) if isinstance(v, str)]
+
+    def arg(self, name: str) -> str:
+        return self.request.query_params.get(name, "").strip()
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return render(self, template, status, **context)
+
+    def error(self, status: int, message: str = "") -> HTMLResponse:
+        return render(self, "error.html", status, status=status, message=message)
+
+
+def render(req: Req, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    web = req.web
+    i18n.use(req.lang)
+    who = req.session.principal if req.session else None
+    queues: list[tuple[str, int]] = []
+    if who is not None:
+        counts = web.access.counts(who)
+        queues = [(name, counts.get(name, 0)) for name in web.access.queues(who)]
+    page = web.env.get_template(template).render(
+        request=req.request, path=req.request.url.path, who=who, lang=req.lang, queues=queues,
+        csrf=req.session.csrf if req.session else "", label=i18n.label, when=web.when, day=web.day,
+        languages=i18n.LANGUAGE_NAMES, html_lang=i18n.HTML_LANG[req.lang], **context)
+    headers = dict(req.extra_headers)
+    if who is not None:
+        headers["Cache-Control"] = "no-store"  # pages of a signed-in person may show letters
+    return HTMLResponse(page, status_code=status, headers=headers)
+
+
+Handler = Callable[[Req], Response]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler], Endpoint]:
+    """Make `handler` a route: session and language first; then, unless `public`, a signed-in
+    person (else to the sign-in page), the role if one is named, and on POST the CSRF token."""
+    def wrap(handler: Handler) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            form = await request.form() if request.method in security.UNSAFE_METHODS else FormData()
+            try:
+                return await run_in_threadpool(serve, request, form, handler, public, role)
+            finally:
+                await form.close()
+        endpoint.__name__ = handler.__name__
+        return endpoint
+    return wrap
+
+
+def serve(request: Request, form: FormData, handler: Handler, public: bool, role: str | None) -> Response:
+    req = start(request, form)
+    try:
+        if not public:
+            if req.session is None:
+                return RedirectResponse(security.signin_url(request), status_code=303)
+            if role and not req.who.has(role):
+                raise Problem(403, _("This page is for people with the role: %(role)s.")
+                              % {"role": i18n.label("role", role)})
+            if request.method in security.UNSAFE_METHODS and not security.tokens_match(
+                    req.session.csrf, req.field(security.CSRF_FIELD) or request.headers.get(security.CSRF_HEADER)):
+                raise Problem(403, _("This form has expired. Reload the page and try again."))
+        return handler(req)
+    except Problem as problem:
+        return req.error(problem.status, problem.message)
+    except Exception:
+        log.exception("web: %s %s failed", request.method, request.url.path)
+        return req.error(500)
+
+
+def start(request: Request, form: FormData) -> Req:
+    """The request's person (if signed in) and language."""
+    web: Web = request.app.state.web
+    token = request.cookies.get(security.SESSION_COOKIE)
+    info = web.people.session(token) if token else None
+    default = web.config.model.web.language
+    if info is not None:
+        lang = i18n.language_of(info.principal.language, default)
+    else:
+        wanted = request.query_params.get("lang") or form.get("lang") or request.cookies.get("gw_lang")
+        lang = i18n.language_of(wanted if isinstance(wanted, str) else None, default)
+    i18n.use(lang)
+    return Req(request=request, web=web, address=security.client_address(request, web.proxies), form=form,
+               lang=lang, session=info, session_token=token if info else None)
+
+
+# -- errors outside any page (unknown paths, wrong methods) --------------------------------------
+async def http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    req = await run_in_threadpool(start, request, FormData())
+    return await run_in_threadpool(req.error, status, "")
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
+                             extensions=["jinja2.ext.i18n"], undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+    env.filters["nl2br"] = lambda text: Markup("<br>").join(str(text).splitlines())
+    return env
+
+
+def routes() -> list[BaseRoute]:
+    from gateway.web.routes import audit, auth, letters, people
+
+    return [*auth.routes(), *letters.routes(), *audit.routes(), *people.routes(),
+            Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static")]
+
+
+def create_app(config: Config, *, registry: Registry | None = None) -> Starlette:
+    """The web register for this configuration; it opens its own registry connection unless given one."""
+    from gateway.registry import Registry
+    from gateway.services.access import Access
+    from gateway.services.people import People
+
+    registry = registry or Registry.from_config(config)
+    web = Web(config=config, registry=registry, people=People(config, registry), access=Access(config, registry),
+              env=environment(), proxies=security.parse_networks(config.model.web.trusted_proxies),
+              tz=ZoneInfo(config.model.gateway.timezone))
+    middleware = [Middleware(security.SecurityHeaders)]
+    oidc = config.model.web.oidc
+    if oidc.issuer:
+        from authlib.integrations.starlette_client import OAuth
+        from starlette.middleware.sessions import SessionMiddleware
+
+        secret = os.environ.get(oidc.client_secret_env, "")
+        web.oauth = OAuth()
+        web.oauth.register("oidc", server_metadata_url=oidc.issuer.rstrip("/") + "/.well-known/openid-configuration",
+                           client_id=oidc.client_id, client_secret=secret or None,
+                           client_kwargs={"scope": oidc.scopes})
+        # The sign-on's state and nonce wait in a signed cookie between the redirect and the callback;
+        # its key derives from the client secret so that every worker process agrees on it.
+        key = hashlib.sha256(f"gateway-web-oidc:{secret}:{oidc.client_id}".encode()).hexdigest() if secret \
+            else secrets.token_hex(32)
+        middleware.append(Middleware(SessionMiddleware, secret_key=key, session_cookie="gw_oidc",
+                                     max_age=600, same_site="lax", https_only=web.secure))
+    app = Starlette(routes=routes(), middleware=middleware,
+                    exception_handlers={HTTPException: http_error})
+    app.state.web = web
+    return app
+
+
+def factory() -> Starlette:
+    """For `uvicorn --factory` in worker processes: the configuration from $GATEWAY_CONFIG."""
+    from gateway.stages import rulebook
+
+    return create_app(rulebook.load(os.environ.get("GATEWAY_CONFIG"), with_rules=False))

@@ -1,0 +1,112 @@
+"""Languages of the web register: simplified Chinese and English, every string through gettext.
+
+The catalogue is the .po file itself, read once at start and turned into a gettext catalogue in
+memory (no compiled .mo file in the repository). The language of the request being served sits in
+a context variable, so that the same gettext functions serve templates and Python code alike.
+"""
+from __future__ import annotations
+
+import gettext as gettext_mod
+import io
+from contextvars import ContextVar
+from functools import cache
+from pathlib import Path
+
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+LANGUAGES = ("zh", "en")
+# Our language codes to the catalogue's locale folder; English is the source language.
+CATALOGUES = {"zh": "zh_Hans"}
+LANGUAGE_NAMES = {"zh": "中文", "en": "English"}
+HTML_LANG = {"zh": "zh-Hans", "en": "en"}
+
+_current: ContextVar[str] = ContextVar("web_language", default="en")
+
+
+def N_(message: str) -> str:
+    """Marks a string for the catalogue; it is translated where it is shown."""
+    return message
+
+
+@cache
+def translations(language: str) -> gettext_mod.NullTranslations:
+    locale = CATALOGUES.get(language)
+    if locale is None:
+        return gettext_mod.NullTranslations()
+    with open(LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po", "rb") as po:
+        catalog = read_po(po, locale=locale)
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog)
+    buffer.seek(0)
+    return gettext_mod.GNUTranslations(buffer)
+
+
+def language_of(value: str | None, default: str) -> str:
+    return value if value in LANGUAGES else default
+
+
+def use(language: str) -> None:
+    """Serve the rest of this request in `language`."""
+    _current.set(language if language in LANGUAGES else "en")
+
+
+def current() -> str:
+    return _current.get()
+
+
+def gettext(message: str) -> str:
+    return translations(_current.get()).gettext(message)
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    return translations(_current.get()).ngettext(singular, plural, n)
+
+
+_ = gettext
+
+# The register's values, shown translated wherever they appear.
+STATUS = {
+    "received": N_("received"), "registered": N_("registered"), "needs-triage": N_("needs triage"),
+    "routed": N_("routed"), "acknowledged": N_("acknowledged"), "in-progress": N_("in progress"),
+    "answered": N_("answered"), "closed": N_("closed"), "archived": N_("archived"),
+}
+CATEGORY = {
+    "internal.inter_department": N_("internal: between departments"),
+    "internal.employee_to_department": N_("internal: employee to department"),
+    "internal.employee_to_employee": N_("internal: employee to employee"),
+    "external.business": N_("external: business"),
+    "external.official": N_("external: official"),
+    "external.inquiry_complaint": N_("external: inquiry or complaint"),
+}
+URGENCY = {"regular": N_("regular"), "urgent": N_("urgent"), "special": N_("special")}
+CHANNEL = {"email": N_("e-mail"), "fax": N_("fax")}
+CONFIDENTIALITY = {"normal": N_("normal"), "confidential": N_("confidential")}
+QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage": N_("Triage"),
+         "overdue": N_("Overdue"), "all": N_("All letters")}
+ACTION = {"ack": N_("Acknowledge"), "progress": N_("In progress"), "answer": N_("Answered"),
+          "close": N_("Close"), "note": N_("Note"), "assign": N_("Assign"), "reassign": N_("Reassign"),
+          "hold": N_("Legal hold")}
+ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("department head"),
+        "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
+# Event and audit actions (what happened), as recorded in the timeline and the audit log.
+EVENT = {
+    "registered": N_("registered"), "routed": N_("routed"), "needs-triage": N_("sent to triage"),
+    "acknowledged": N_("acknowledged"), "in-progress": N_("in progress"), "answered": N_("answered"),
+    "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
+    "archived": N_("archived"), "legal-hold": N_("legal hold"), "dead-lettered": N_("mail undeliverable"),
+    "read": N_("read"), "download": N_("download"), "original": N_("original downloaded"),
+    "export": N_("export"), "sign-in": N_("sign-in"), "sign-in-failed": N_("sign-in failed"),
+    "sign-out": N_("sign-out"),
+}
+KINDS = {"status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
+         "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT}
+
+
+def label(kind: str, value: str | None) -> str:
+    """A register value in the current language; an unknown value is shown as it is."""
+    if value is None:
+        return ""
+    known = KINDS[kind].get(value)
+    return gettext(known) if known else value
