@@ -163,6 +163,7 @@ class Gateway:
     def __init__(self, tmp: Path, registry_url: str = "", extra: str = "", rules: str = ADDRESS_RULES):
         self.smtp_port = free_port()
         self.metrics_port = free_port()
+        self.web_port = free_port()
         self.state = tmp / "storage"
         self.config = tmp / "gateway.toml"
         self.rules = tmp / "rules.yaml"
@@ -185,6 +186,9 @@ class Gateway:
 
             [metrics]
             listen = "127.0.0.1:{self.metrics_port}"
+
+            [web]
+            listen = "127.0.0.1:{self.web_port}"
 
             [logging]
             level = "INFO"

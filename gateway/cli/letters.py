@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.panel import Panel
 from rich.table import Table
 
-from gateway.cli.state import State, actor, by_option, fail, pass_state, print_json, print_trace, wide_console
+from gateway.cli.state import (State, as_option, by_option, fail, pass_state, principal, print_json, print_trace,
+                               wide_console)
 
 
 @click.group()
@@ -29,18 +31,27 @@ def letters() -> None:
               help="With --overdue: overdue by the end of this day (local) instead of now.")
 @click.option("--limit", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@as_option
 @pass_state
 def letters_list(state: State, status: str | None, department: str | None, category: str | None,
                  channel: str | None, since: datetime | None, until: datetime | None, overdue: bool,
-                 as_of: datetime | None, limit: int | None, as_json: bool) -> None:
-    """List letters, oldest first."""
+                 as_of: datetime | None, limit: int | None, as_json: bool, as_login: str | None) -> None:
+    """List letters, oldest first (with --as, those the person may see; subjects they may not read blank)."""
     from gateway.services import queries
+    from gateway.services.access import Access
 
     cfg = state.config
-    rows = queries.list_letters(cfg, state.registry(), status=status, department=department, category=category,
+    registry = state.registry()
+    who = principal(state, as_login)
+    rows = queries.list_letters(cfg, registry, status=status, department=department, category=category,
                                 channel=channel, since=since.date() if since else None,
                                 until=until.date() if until else None, overdue=overdue,
-                                as_of=as_of.date() if as_of else None, limit=limit)
+                                as_of=as_of.date() if as_of else None, limit=limit,
+                                scope=Access(cfg, registry).scope(who))
+    readable = Access(cfg, registry).content_ids(who, rows)
+    for r in rows:
+        if r.id not in readable:
+            r.subject = ""  # a detached copy: nothing is written back
     if as_json:
         print_json([queries.letter_summary(r) for r in rows])
         return
@@ -61,16 +72,31 @@ def letters_list(state: State, status: str | None, department: str | None, categ
 @letters.command("show")
 @click.argument("number")
 @click.option("--json", "as_json", is_flag=True)
+@as_option
+@by_option
 @pass_state
-def letters_show(state: State, number: str, as_json: bool) -> None:
-    """Every field of one letter, its attachments and its events."""
+def letters_show(state: State, number: str, as_json: bool, as_login: str | None, by: str | None) -> None:
+    """Every field of one letter, its attachments and its events (an audited read of its content)."""
     from gateway.services import queries
+    from gateway.services.access import Access
     from gateway.stages.check import describe
 
-    try:
-        letter, detail = queries.show_letter(state.registry(), number)
-    except LookupError as exc:
-        fail(str(exc))
+    registry = state.registry()
+    view = Access(state.config, registry).letter(principal(state, as_login, by), number, address="cli")
+    if view is None:
+        fail(f"no letter {number}")
+    if not view.rights.content:
+        entry = queries.letter_summary(view.letter)
+        entry.update(subject="", confidentiality=view.letter.confidentiality,
+                     content="not yours to read: confidential letters are read by their owner, the head of "
+                             "their department and people granted them")
+        if as_json:
+            print_json(entry)
+        else:
+            for key, value in entry.items():
+                click.echo(f"{key}: {'-' if value in (None, '', []) else value}")
+        return
+    letter, detail = view.letter, queries.letter_detail(view.letter, registry.outbox(letter_id=view.letter.id))
     if as_json:
         print_json(detail)
         return
@@ -126,88 +152,97 @@ def letters_show(state: State, number: str, as_json: bool) -> None:
 @click.argument("department")
 @click.option("--reason", required=True, help="Why: recorded in the letter's events.")
 @click.option("--by", help="Who decides (default: the user running the command).")
+@as_option
 @pass_state
-def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None) -> None:
+def letters_reassign(state: State, number: str, department: str, reason: str, by: str | None,
+                     as_login: str | None) -> None:
     """Move a letter to another department; its owners are notified. Counts against classification accuracy."""
-    from gateway.registry.lifecycle import TransitionRefused
-    from gateway.services.letters import LetterSteps
-
     if not reason.strip():
         raise click.BadParameter("say why", param_hint="--reason")
-    steps = LetterSteps(state.config, state.registry())
+    owners = state.config.departments[department].owners if department in state.config.departments else []
+    _act(state, number, "reassign", reason, by, as_login, department=department)
+    click.echo(f"{', '.join(owners)} notified")
+
+
+def _act(state: State, number: str, action: str, text: str, by: str | None, as_login: str | None,
+         **options: Any) -> str:
+    """One step through the access service: refused with the reason when the person may not."""
+    from gateway.services.access import Access, Refused
+
+    access = Access(state.config, state.registry())
     try:
-        before, after, notified = steps.reassign(number, department, reason=reason, actor=actor(by))
-    except (LookupError, ValueError, TransitionRefused) as exc:
+        done = access.act(principal(state, as_login, by), number, action, text=text, address="cli", **options)
+    except LookupError as exc:
         fail(str(exc))
-    state.wake_daemon()
-    click.echo(f"{number}: {before} -> {after}; {', '.join(m.recipient for m in notified)} notified")
-
-
-def _step(state: State, number: str, action: str, text: str, by: str | None) -> None:
-    from gateway.registry.lifecycle import TransitionRefused
-    from gateway.services.letters import LetterSteps
-
-    try:
-        before, after = LetterSteps(state.config, state.registry()).step(number, action, actor=actor(by), text=text)
-    except (LookupError, ValueError, TransitionRefused) as exc:
+    except Refused as exc:
         fail(str(exc))
-    click.echo(f"{number}: {before} -> {after}" if before != after else f"{number}: note recorded ({after})")
-    if after == "closed":
-        state.wake_daemon()  # the result may be on its way to the sender
+    click.echo(done.replace("→", "->"))
+    if action in ("close", "reassign"):
+        state.wake_daemon()  # the result or the notification may be on its way
+    return done
+
+
+def _step(state: State, number: str, action: str, text: str, by: str | None, as_login: str | None = None) -> None:
+    _act(state, number, action, text, by, as_login)
 
 
 @letters.command("ack")
 @click.argument("number")
 @click.option("--text", default="", help="A remark, recorded with the event.")
 @by_option
+@as_option
 @pass_state
-def letters_ack(state: State, number: str, text: str, by: str | None) -> None:
+def letters_ack(state: State, number: str, text: str, by: str | None, as_login: str | None) -> None:
     """The department has received the letter (routed -> acknowledged)."""
-    _step(state, number, "ack", text, by)
+    _step(state, number, "ack", text, by, as_login)
 
 
 @letters.command("progress")
 @click.argument("number")
 @click.option("--text", default="")
 @by_option
+@as_option
 @pass_state
-def letters_progress(state: State, number: str, text: str, by: str | None) -> None:
+def letters_progress(state: State, number: str, text: str, by: str | None, as_login: str | None) -> None:
     """Work on the letter has begun (-> in-progress)."""
-    _step(state, number, "progress", text, by)
+    _step(state, number, "progress", text, by, as_login)
 
 
 @letters.command("answer")
 @click.argument("number")
 @click.option("--text", default="", help="What was answered.")
 @by_option
+@as_option
 @pass_state
-def letters_answer(state: State, number: str, text: str, by: str | None) -> None:
+def letters_answer(state: State, number: str, text: str, by: str | None, as_login: str | None) -> None:
     """The department has answered the sender (-> answered)."""
-    _step(state, number, "answer", text, by)
+    _step(state, number, "answer", text, by, as_login)
 
 
 @letters.command("close")
 @click.argument("number")
 @click.option("--result", required=True, help="The outcome, recorded with the event.")
 @by_option
+@as_option
 @pass_state
-def letters_close(state: State, number: str, result: str, by: str | None) -> None:
+def letters_close(state: State, number: str, result: str, by: str | None, as_login: str | None) -> None:
     """The letter is dealt with (-> closed)."""
     if not result.strip():
         raise click.BadParameter("say what the outcome was", param_hint="--result")
-    _step(state, number, "close", result, by)
+    _step(state, number, "close", result, by, as_login)
 
 
 @letters.command("note")
 @click.argument("number")
 @click.argument("text")
 @by_option
+@as_option
 @pass_state
-def letters_note(state: State, number: str, text: str, by: str | None) -> None:
+def letters_note(state: State, number: str, text: str, by: str | None, as_login: str | None) -> None:
     """Record a remark on the letter; its state does not change."""
     if not text.strip():
         raise click.BadParameter("an empty note", param_hint="TEXT")
-    _step(state, number, "note", text, by)
+    _step(state, number, "note", text, by, as_login)
 
 
 @letters.command("hold")
@@ -215,29 +250,35 @@ def letters_note(state: State, number: str, text: str, by: str | None) -> None:
 @click.option("--reason", required=True)
 @click.option("--release", is_flag=True, help="Lift the hold instead.")
 @by_option
+@as_option
 @pass_state
-def letters_hold(state: State, number: str, reason: str, release: bool, by: str | None) -> None:
+def letters_hold(state: State, number: str, reason: str, release: bool, by: str | None,
+                 as_login: str | None) -> None:
     """Put a letter on legal hold: its archive package is never destroyed while it lasts."""
-    from gateway.services.letters import LetterSteps
-
-    try:
-        LetterSteps(state.config, state.registry()).hold(number, on=not release, reason=reason, actor=actor(by))
-    except (LookupError, ValueError) as exc:
-        fail(str(exc))
-    click.echo(f"{number}: {'hold lifted' if release else 'on legal hold'}")
+    _act(state, number, "hold", reason, by, as_login, on=not release)
 
 
 @letters.command("extract")
 @click.argument("number")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@as_option
+@by_option
 @pass_state
-def letters_extract(state: State, number: str, directory: Path) -> None:
-    """Write a letter's attachments into DIRECTORY, under their safe names."""
+def letters_extract(state: State, number: str, directory: Path, as_login: str | None, by: str | None) -> None:
+    """Write a letter's attachments into DIRECTORY, under their safe names (an audited read)."""
     from gateway.services import queries
+    from gateway.services.access import Access
 
+    registry = state.registry()
+    who = principal(state, as_login, by)
+    access = Access(state.config, registry)
+    letter = access.visible(who, number)
+    if letter is None or not access.content_allowed(who, letter):
+        fail(f"no letter {number}" if letter is None else f"{number}: its content is not yours to read")
     try:
-        written = queries.extract_attachments(state.config, state.registry(), number, directory)
+        written = queries.extract_attachments(state.config, registry, number, directory)
     except LookupError as exc:
         fail(str(exc))
+    access.record(who, "download", address="cli", letter_id=letter.id, subject=", ".join(p.name for p in written))
     for target in written:
         click.echo(str(target))

@@ -18,6 +18,7 @@ from gateway.stages import rulebook
 if TYPE_CHECKING:
     from gateway.daemon.events import DaemonLink
     from gateway.registry import Registry
+    from gateway.services.people import Principal
     from gateway.spool import Spool
 
 EX_TEMPFAIL = 75
@@ -85,10 +86,27 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 by_option = click.option("--by", help="Who (default: the user running the command).")
+as_option = click.option("--as", "as_login", metavar="LOGIN",
+                         help="Act as this person of the web register, with their rights only "
+                              "(default: the server's operator, who may do everything).")
 
 
 def actor(by: str | None) -> str:
     return by or os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def principal(state: State, as_login: str | None, by: str | None = None) -> Principal:
+    """Who a command acts as: a person named with --as (their rights), or the operator at the
+    server's shell (every right; named by --by or the login user). Either way, reads of content are
+    audited under that name."""
+    from gateway.services.people import People, Principal
+
+    if as_login is None:
+        return Principal.operator(actor(by))
+    person = People(state.config, state.registry()).principal(as_login)
+    if person is None:
+        fail(f"no enabled person named {as_login!r} (gateway users list)")
+    return person
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -8,6 +8,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry import lifecycle
 from gateway.registry.models import Letter
+from gateway.registry.people import Scope, scope_clause
 from gateway.registry.store import Store
 
 
@@ -31,8 +32,10 @@ class Reads(Store):
                 category: str | None = None, channel: str | None = None,
                 since: datetime | None = None, until: datetime | None = None,
                 limit: int | None = None, with_attachments: bool = False,
-                overdue_at: datetime | None = None) -> list[Letter]:
+                overdue_at: datetime | None = None, scope: Scope | None = None) -> list[Letter]:
         stmt = select(Letter).order_by(Letter.received_at, Letter.id)
+        if scope is not None:
+            stmt = stmt.where(scope_clause(scope))
         if overdue_at is not None:  # still open, and past its deadline
             stmt = stmt.where(Letter.deadline < overdue_at, Letter.status.in_(lifecycle.OPEN))
         if with_attachments:

@@ -374,7 +374,7 @@ class Access:
             if action == "close" and letter.category == "external.inquiry_complaint" and not text:
                 raise Refused("closing an inquiry or complaint needs its result: the sender receives it")
             before, after = self.steps.step(number, action, actor=who.login, text=text)
-            return f"{number}: {before} → {after}"
+            return f"{number}: {before} → {after}" if before != after else f"{number}: note recorded ({after})"
         except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
 

@@ -10,6 +10,7 @@ from gateway.registry import Registry
 from gateway.registry.lifecycle import ACTIONS
 from gateway.registry.models import Letter
 from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
+from gateway.services.people import People
 from gateway.stages.route import feedback, new_mail
 from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
@@ -80,7 +81,9 @@ class LetterSteps:
             else None
         plan = AnswerPlan(answer=answer, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
                           received_at=received_at,
-                          entitled={d.id: {a.lower() for a in (*d.owners, d.head) if a} for d in departments.values()},
+                          # Who may act, as the access service says (gateway/services/access.py);
+                          # the registry applies it to the letter's department under its lock.
+                          entitled=People(self.config, self.registry).department_addresses(),
                           departments=set(departments), authenticated=authenticated,
                           authenticated_by=str(trust.get("method")) if authenticated and trust else None,
                           method=str(trust["method"]) if trust and trust.get("method") else None,

@@ -55,7 +55,7 @@ class Principal:
 
     @classmethod
     def operator(cls, login: str) -> Principal:
-        return cls(login=f"cli:{login}", name=login, emails=frozenset(), departments=frozenset(),
+        return cls(login=login, name=login, emails=frozenset(), departments=frozenset(),
                    roles=frozenset(ROLES), kind="operator")
 
 
@@ -217,6 +217,18 @@ class People:
         roles = {"member"} | ({"head"} if headed else set())
         return Principal(login=address, name=address, emails=frozenset({address}), departments=departments,
                          roles=frozenset(roles), headed=headed)
+
+    def department_addresses(self) -> dict[str, set[str]]:
+        """For each department, the addresses whose mail may act on its letters: the owners, head
+        and members [[departments]] names, and every enabled person of the department."""
+        out = {d.id: {a.lower() for a in (*d.owners, d.head, *d.members) if a} for d in self.config.model.departments}
+        for person in self.registry.people():
+            if person.disabled:
+                continue
+            principal = self._principal(person)
+            for department in principal.departments & set(out):
+                out[department] |= principal.emails
+        return out
 
     # -- signing in -----------------------------------------------------
     def authenticate(self, login: str, password: str, *, address: str) -> Principal:

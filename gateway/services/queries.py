@@ -8,7 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.registry import Registry
+from gateway.registry import Registry, Scope
 from gateway.registry.models import Letter, OutboxMail
 
 
@@ -46,12 +46,13 @@ def iso(value: datetime | None) -> str | None:
 def list_letters(config: Config, registry: Registry, *, status: str | None = None,
                  department: str | None = None, category: str | None = None, channel: str | None = None,
                  since: date | None = None, until: date | None = None, overdue: bool = False,
-                 as_of: date | None = None, limit: int | None = None) -> list[Letter]:
-    """Letters, oldest first; with `overdue`, only open letters past their deadline (by `as_of`)."""
+                 as_of: date | None = None, limit: int | None = None, scope: Scope | None = None) -> list[Letter]:
+    """Letters, oldest first; with `overdue`, only open letters past their deadline (by `as_of`);
+    with a `scope`, only those it covers (gateway/services/access.py decides it)."""
     start, end = received_between(config, since, until)
     return registry.letters(status=status, department=department, category=category, channel=channel,
                             since=start, until=end, limit=limit,
-                            overdue_at=overdue_moment(config, as_of) if overdue else None)
+                            overdue_at=overdue_moment(config, as_of) if overdue else None, scope=scope)
 
 
 def letter_summary(letter: Letter) -> dict[str, Any]:
