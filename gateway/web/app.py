@@ -105,14 +105,14 @@ class Req:
     def arg(self, name: str) -> str:
         return self.request.query_params.get(name, "").strip()
 
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return render(self, template, status, **context)
+    def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        return render(self, template, status_code, **context)
 
     def error(self, status: int, message: str = "") -> HTMLResponse:
         return render(self, "error.html", status, status=status, message=message)
 
 
-def render(req: Req, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def render(req: Req, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     web = req.web
     i18n.use(req.lang)
     who = req.session.principal if req.session else None
@@ -127,7 +127,7 @@ def render(req: Req, template: str, status: int = 200, **context: Any) -> HTMLRe
     headers = dict(req.extra_headers)
     if who is not None:
         headers["Cache-Control"] = "no-store"  # pages of a signed-in person may show letters
-    return HTMLResponse(page, status_code=status, headers=headers)
+    return HTMLResponse(page, status_code=status_code, headers=headers)
 
 
 Handler = Callable[[Req], Response]

@@ -1,0 +1,1 @@
+"""The web register's pages, one module per group; each has routes()."""

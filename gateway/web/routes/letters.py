@@ -1,0 +1,225 @@
+"""The queues, the letter page, its steps, attachments, previews and original."""
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.services.access import ACTIONS, QUEUES, LetterView, QueueQuery, Refused
+from gateway.web import i18n, preview, security
+from gateway.web.app import Problem, Req, page
+from gateway.web.i18n import N_, _
+
+FILTERS = ("status", "category", "urgency", "channel", "department", "since", "until", "deadline_before")
+SORTS = ("received", "-received", "deadline", "-deadline", "number", "-number")
+# What a successful step says (the service's own message is English only).
+DONE = {"ack": N_("Acknowledged."), "progress": N_("Marked in progress."), "answer": N_("Marked answered."),
+        "close": N_("Closed."), "note": N_("Note added."), "assign": N_("Assigned."),
+        "reassign": N_("Reassigned."), "hold-on": N_("Legal hold set."), "hold-off": N_("Legal hold lifted.")}
+MAX_PREVIEW_PAGES = 30
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", home, methods=["GET"]),
+        Route("/letters", queue, methods=["GET"]),
+        Route("/letters.csv", queue_csv, methods=["GET"]),
+        Route("/letters/{number}", letter, methods=["GET"]),
+        Route("/letters/{number}/act", act, methods=["POST"]),
+        Route("/letters/{number}/original", original, methods=["GET"]),
+        Route("/letters/{number}/attachments/{position:int}", attachment, methods=["GET"]),
+        Route("/letters/{number}/attachments/{position:int}/pages", attachment_pages, methods=["GET"]),
+        Route("/letters/{number}/attachments/{position:int}/pages/{page:int}.png", attachment_page,
+              methods=["GET"]),
+    ]
+
+
+def letter_url(number: str) -> str:
+    return "/letters/" + quote(number, safe="")
+
+
+@page()
+def home(req: Req) -> Response:
+    queues = req.web.access.queues(req.who)
+    if queues:
+        return RedirectResponse(f"/letters?queue={queues[0]}", status_code=303)
+    if req.who.has("auditor"):
+        return RedirectResponse("/audit", status_code=303)
+    if req.who.has("admin"):
+        return RedirectResponse("/people", status_code=303)
+    return req.render("empty.html")
+
+
+def _day(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": text}) from None
+
+
+def _query(req: Req) -> QueueQuery:
+    queues = req.web.access.queues(req.who)
+    name = req.arg("queue") or (queues[0] if queues else "all")
+    if name not in QUEUES or name not in queues:
+        raise Problem(404)
+    try:
+        number = max(1, int(req.arg("page") or 1))
+    except ValueError:
+        number = 1
+    sort = req.arg("sort")
+    return QueueQuery(queue=name, status=req.arg("status") or None, category=req.arg("category") or None,
+                      urgency=req.arg("urgency") or None, channel=req.arg("channel") or None,
+                      department=req.arg("department") or None, since=_day(req.arg("since")),
+                      until=_day(req.arg("until")), deadline_before=_day(req.arg("deadline_before")),
+                      sort=sort if sort in SORTS else "-received", page=number)
+
+
+@page()
+def queue(req: Req) -> Response:
+    query = _query(req)
+    result = req.web.access.queue(req.who, query)
+    kept = {name: req.arg(name) for name in ("queue", *FILTERS) if req.arg(name)}
+    kept["queue"] = query.queue
+
+    def link(**change: Any) -> str:
+        params = {**kept, "sort": query.sort, "page": str(query.page), **{k: str(v) for k, v in change.items()}}
+        return "/letters?" + urlencode({k: v for k, v in params.items() if v and not (k == "page" and v == "1")})
+
+    def sort_link(column: str) -> tuple[str, str]:
+        """The link that sorts by `column` (reversing the current order) and the arrow shown."""
+        if query.sort == column:
+            return link(sort="-" + column, page=1), "▲"
+        if query.sort == "-" + column:
+            return link(sort=column, page=1), "▼"
+        return link(sort="-" + column if column != "number" else column, page=1), ""
+
+    now = datetime.now(timezone.utc)
+    return req.render("letters.html", result=result, query=query, filters=kept, link=link, sort_link=sort_link,
+                      now=now, departments=req.web.config.departments, statuses=i18n.STATUS,
+                      categories=i18n.CATEGORY, urgencies=i18n.URGENCY, channels=i18n.CHANNEL,
+                      csv_link="/letters.csv?" + urlencode(kept), letter_url=letter_url)
+
+
+@page()
+def queue_csv(req: Req) -> Response:
+    query = _query(req)
+    text = req.web.access.export_csv(req.who, query, address=req.address)
+    return Response(text.encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": security.content_disposition(f"letters-{query.queue}.csv"),
+                             "Cache-Control": "no-store"})
+
+
+def _view(req: Req, number: str) -> LetterView:
+    view = req.web.access.letter(req.who, number, address=req.address)
+    if view is None:
+        raise Problem(404)
+    return view
+
+
+def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str = "", error: str = "",
+                 failed_action: str = "") -> Response:
+    access, who, number = req.web.access, req.who, view.letter.number
+    rights = view.rights
+    assignees = access.assignees(who, number) if "assign" in rights.actions else []
+    letter = view.letter
+    events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
+    return req.render(
+        "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
+        failed_action=failed_action, events=events,
+        readers=access.readers(who, number) if rights.content else [],
+        outbox=access.outbox(who, number) if rights.content else [],
+        assignees=assignees, departments=req.web.config.departments, actions=ACTIONS,
+        previewable=lambda a: preview.kind(a.detected_type) is not None,
+        letter_url=letter_url(number), trace=letter.classification if rights.content else None,
+        overdue=bool(letter.deadline and letter.deadline < datetime.now(timezone.utc)
+                     and letter.status not in ("closed", "archived")))
+
+
+@page()
+def letter(req: Req) -> Response:
+    view = _view(req, req.request.path_params["number"])
+    done = req.arg("done")
+    return _letter_page(req, view, message=i18n.gettext(DONE[done]) if done in DONE else "")
+
+
+@page()
+def act(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    action = req.field("action")
+    hold_on = {"on": True, "off": False}.get(req.field("on"))
+    try:
+        req.web.access.act(req.who, number, action, text=req.field("text"), department=req.field("department") or None,
+                           assignee=req.field("assignee") or None, on=hold_on, address=req.address)
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        view = req.web.access.letter(req.who, number, address=req.address, audit=False)
+        if view is None:
+            raise Problem(404) from None
+        # A step the person has no right to is 403 (Access words those "only ... may"); the rest 409.
+        by_rights = action not in view.rights.actions and str(exc).startswith("only ")
+        return _letter_page(req, view, status=403 if by_rights else 409, failed_action=action,
+                            error=_("Not done: %(reason)s") % {"reason": str(exc)})
+    done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")
+    return RedirectResponse(f"{letter_url(number)}?done={done}", status_code=303)
+
+
+@page()
+def original(req: Req) -> Response:
+    found = req.web.access.original(req.who, req.request.path_params["number"], address=req.address)
+    if found is None:
+        raise Problem(404)
+    name, data = found
+    media = "message/rfc822" if name.endswith(".eml") else "application/octet-stream"
+    return _download(name, data, media)
+
+
+def _attachment(req: Req, purpose: str = "download") -> tuple[str, bytes, str]:
+    params = req.request.path_params
+    found = req.web.access.attachment(req.who, params["number"], params["position"], address=req.address,
+                                      purpose=purpose)
+    if found is None:
+        raise Problem(404)
+    return found
+
+
+def _download(name: str, data: bytes, media: str) -> Response:
+    # Never shown in the browser: HTML, SVG and the like would run in our origin.
+    return Response(data, media_type=media or "application/octet-stream",
+                    headers={"Content-Disposition": security.content_disposition(name), "Cache-Control": "no-store",
+                             "Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+@page()
+def attachment(req: Req) -> Response:
+    name, data, detected = _attachment(req)
+    return _download(name, data, detected)
+
+
+@page()
+def attachment_pages(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    position = req.request.path_params["position"]
+    view = _view(req, number)
+    name, data, detected = _attachment(req, "preview")
+    try:
+        count = preview.page_count(data, detected)
+        error = ""
+    except preview.PreviewError as exc:
+        count, error = 0, str(exc)
+    return req.render("pages.html", letter=view.letter, rights=view.rights, name=name, count=count,
+                      shown=min(count, MAX_PREVIEW_PAGES), error=error, position=position,
+                      letter_url=letter_url(number))
+
+
+@page()
+def attachment_page(req: Req) -> Response:
+    name, data, detected = _attachment(req, "preview")
+    try:
+        png = preview.render_page(data, detected, req.request.path_params["page"])
+    except preview.PreviewError as exc:
+        raise Problem(404 if str(exc) == "no such page" else 422, str(exc)) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
