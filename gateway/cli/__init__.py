@@ -20,6 +20,7 @@ from gateway.cli.run import run
 from gateway.cli.smtp import smtp_passwd
 from gateway.cli.status import status
 from gateway.cli.users import users
+from gateway.cli.web import web
 from gateway.cli.state import EX_TEMPFAIL, State
 
 __all__ = ["EX_TEMPFAIL", "State", "main"]
@@ -37,5 +38,5 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
 
 for command in (run, check_config, status, db, ingest, letters, quarantine, rules, outbox, reminders, archive,
-                report, smtp_passwd, keys, users):
+                report, smtp_passwd, keys, users, web):
     main.add_command(command)

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -35,6 +35,9 @@ from gateway.registry.ledger import ImapLedger
 from gateway.daemon.sdnotify import Notifier
 from gateway.daemon.workers import SpoolWorker
 from gateway.spool import Spool
+
+if TYPE_CHECKING:
+    from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.daemon")
 
@@ -83,6 +86,7 @@ class Daemon:
         self.text_reader: TextReader | None = None
         self.outbox: OutboxSender | None = None
         self.metrics: MetricsServer | None = None
+        self.web: WebServer | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -180,6 +184,8 @@ class Daemon:
                 self.metrics = metrics
             except OSError as exc:  # intake matters more than monitoring: go on without it
                 log.error("ALERT cannot serve metrics on %s: %s", self.config.model.metrics.listen, exc)
+        if self.config.model.web.enabled:
+            listening += await asyncio.to_thread(self._start_web)
         self._start_workers()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
@@ -220,6 +226,8 @@ class Daemon:
             await asyncio.to_thread(self.outbox.stop)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        if self.web is not None:
+            await asyncio.to_thread(self.web.stop)
         scheduler.shutdown(wait=False)
         for task in tasks:
             task.cancel()
@@ -234,6 +242,26 @@ class Daemon:
         log.info("stopped: %s", self._summary())
         pidlock.release()
         return 0
+
+    def _start_web(self) -> str:
+        """The web register, served from a thread of the daemon; like metrics, it is not worth
+        refusing mail for, so a port that cannot be had is an alert, not a failed start."""
+        from gateway.services.people import People
+        from gateway.web.server import WebServer
+
+        listen = self.config.model.web.listen
+        web = WebServer(self.config, listen)
+        try:
+            address = web.start()
+        except (OSError, RuntimeError) as exc:
+            log.error("ALERT cannot serve the web register on %s: %s", listen, exc)
+            return ""
+        self.web = web
+        if People(self.config, self.registry).count() == 0:
+            log.warning("the web register has no people yet: create the first administrator with "
+                        "`gateway users add NAME --role admin --email ADDRESS`, then sign in at http://%s/",
+                        address)
+        return f", web register on http://{address}/"
 
     async def _wait_for_registry(self) -> bool:
         assert self._stop is not None
