@@ -80,30 +80,40 @@ def _sender(letter: Letter) -> str:
     return f"{name} <{address}>" if name else address
 
 
+def _register_link(config: Config, letter: Letter) -> str:
+    """Where the recipient reads the letter: its page in the web register, when its address is known."""
+    base = config.model.web.base_url
+    return f"  {base}/letters/{letter.number}" if base else f"  gateway letters show {letter.number}"
+
+
 def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | None,
                  original_as_file: bool = False) -> EmailMessage:
     department = config.departments.get(letter.department or "")
     dept_name = department.name if department else (letter.department or "?")
     zone = config.model.gateway.timezone
+    assigned_by = (mail.details or {}).get("assigned_by")
+    headline = (f"Letter {letter.number} of {dept_name} was assigned to you by {clean(str(assigned_by), 80)}."
+                if assigned_by else None)
     if letter.confidentiality == "confidential":
         # Only what lets the owner find it in the register: no subject, no text, no attachment.
         message = _answerable(config, _base(config, mail, f"[{letter.number}] Confidential letter",
                                             "auto-generated", letter), mail, letter)
         message.set_content("\n".join([
-            f"A confidential letter was routed to {dept_name}.",
+            headline or f"A confidential letter was routed to {dept_name}.",
             "",
             f"Number:    {letter.number}",
             f"From:      {_sender(letter)}",
             f"Deadline:  {_local(config, letter.deadline)} ({zone})" if letter.deadline else "Deadline:  none set",
             "",
             "Its content is not sent by mail; read it in the register:",
-            f"  gateway letters show {letter.number}",
+            _register_link(config, letter),
         ]) + "\n")
         return message
     message = _answerable(config, _base(config, mail, f"[{letter.number}] {letter.subject or '(no subject)'}",
                                         "auto-generated", letter), mail, letter)
     trace = letter.classification or {}
     lines = [
+        headline if headline else
         f"Letter {letter.number} was routed to {dept_name}."
         if letter.status != "needs-triage" else
         f"Letter {letter.number} needs triage: no rule decided which department owns it.",
@@ -138,6 +148,8 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
     attach = raw is not None and 0 < len(raw) <= limit
     lines += ["", "The original is attached." if attach else
               f"The original ({letter.raw_size} bytes) is not attached; it is in the register."]
+    if config.model.web.base_url:
+        lines += ["", "In the register:", _register_link(config, letter)]
     message.set_content("\n".join(lines) + "\n")
     if attach:
         assert raw is not None

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, update
 
 from gateway.registry import lifecycle
-from gateway.registry.models import AuditRow, Event, Grant, Letter, Person, WebSession
+from gateway.registry.models import AuditRow, Event, Grant, Letter, OutboxMail, Person, WebSession
+from gateway.registry.plan import NewMail
 from gateway.registry.store import Store, utcnow
 
 
@@ -245,9 +246,11 @@ class PeopleRecords(Store):
             now = conn.execute(select(Letter.department).where(Letter.id == letter_id)).scalar()
         return {d for d in (*past, now) if d}
 
-    def assign(self, number: str, owner: str | None, *, actor: str, note: str) -> tuple[str | None, str | None]:
-        """Assign a letter to a person (their address), or clear it. Returns (before, after).
-        Raises LookupError and TransitionRefused (a closed letter)."""
+    def assign(self, number: str, owner: str | None, *, actor: str, note: str,
+               notify: list[NewMail]) -> tuple[str | None, str | None]:
+        """Assign a letter to a person (their address), or clear it; they are notified in the same
+        transaction. Returns (before, after). Raises LookupError, ValueError (already theirs) and
+        TransitionRefused (a closed letter)."""
         now = utcnow()
         with self.write() as conn:
             row = conn.execute(select(Letter.id, Letter.status, Letter.owner, Letter.department)
@@ -262,5 +265,8 @@ class PeopleRecords(Store):
             conn.execute(update(Letter).where(Letter.id == row.id).values(owner=owner, updated_at=now))
             conn.execute(insert(Event), [self.event_row(row.id, now, actor, "assigned", None,
                                                         {"from": row.owner, "to": owner,
-                                                         **({"text": note} if note else {})})])
+                                                         **({"text": note} if note else {}),
+                                                         "notify": [m.recipient for m in notify]})])
+            if notify:
+                conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in notify])
         return row.owner, owner

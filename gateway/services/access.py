@@ -32,6 +32,7 @@ from gateway.registry.models import AuditRow, Letter, OutboxMail
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
+from gateway.stages.route import new_mail
 
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold")
 QUEUES = ("mine", "departments", "triage", "overdue", "all")
@@ -252,13 +253,20 @@ class Access:
 
     # -- queues ---------------------------------------------------------
     def queues(self, who: Principal) -> list[str]:
-        if who.has("registry", "leader", "auditor", "admin") and not who.departments and not who.emails:
-            return ["all", "triage", "overdue"] if who.has("registry") else ["all", "overdue"]
-        names = ["mine", "departments"] if who.departments or who.emails else []
-        if who.has("registry") or self.config.model.triage.department in who.departments:
-            names.append("triage")
+        """The person's queues, the one they land on first: triage for the registry office, the
+        department's for its people, the whole register for leaders, auditors and administrators."""
+        names = ["triage"] if who.has("registry") else []
+        if who.departments:
+            names.append("departments")
+            if self.config.model.triage.department in who.departments and "triage" not in names:
+                names.append("triage")
+        if who.has("registry", "leader", "auditor", "admin"):
+            names.append("all")
+        if who.emails or who.departments:
+            names.append("mine")
         names.append("overdue")
-        names.append("all")
+        if "all" not in names:
+            names.append("all")
         return names
 
     def _filter(self, who: Principal, query: QueueQuery) -> LetterFilter:
@@ -387,7 +395,9 @@ class Access:
         if letter.department not in person.departments:
             raise Refused(f"{person.name} is not in department {letter.department}")
         email = sorted(person.emails)[0]
-        self.registry.assign(letter.number, email, actor=who.login, note=note)
+        notify = [] if email in who.emails else [
+            new_mail(self.config, "notification", email, department=letter.department, assigned_by=who.name)]
+        self.registry.assign(letter.number, email, actor=who.login, note=note, notify=notify)
         return f"{letter.number}: assigned to {person.name}"
 
     # -- the audit log --------------------------------------------------
