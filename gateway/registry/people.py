@@ -195,15 +195,20 @@ class PeopleRecords(Store):
         """Audit rows, newest first, each with its letter's number."""
         stmt = (select(AuditRow, Letter.number).outerjoin(Letter, Letter.id == AuditRow.letter_id)
                 .order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit))
-        for clause, value in ((AuditRow.at >= since, since), (AuditRow.at < until, until),
-                              (AuditRow.actor == actor, actor), (AuditRow.action == action, action),
-                              (AuditRow.letter_id == letter_id, letter_id)):
-            if value is not None and value != "":
-                stmt = stmt.where(clause)
+        if since is not None:
+            stmt = stmt.where(AuditRow.at >= since)
+        if until is not None:
+            stmt = stmt.where(AuditRow.at < until)
+        if actor:
+            stmt = stmt.where(AuditRow.actor == actor)
+        if action:
+            stmt = stmt.where(AuditRow.action == action)
+        if letter_id is not None:
+            stmt = stmt.where(AuditRow.letter_id == letter_id)
         if actions:
             stmt = stmt.where(AuditRow.action.in_(actions))
         with self.session() as session:
-            return [(row, number) for row, number in session.execute(stmt).tuples()]
+            return [(row, number) for row, number in session.execute(stmt)]
 
     def failures_since(self, since: datetime, *, actor: str | None = None, address: str | None = None) -> int:
         """Failed sign-ins since a moment, for one account or one client address."""
