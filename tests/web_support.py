@@ -1,6 +1,6 @@
 """A small organisation for web tests: a configured gateway with people in every role and a few
-letters (ordinary, confidential, urgent, an inquiry, a fax, one for triage), and helpers to sign in
-with Starlette's TestClient (in-process) or through a real uvicorn on 127.0.0.1 (WebServer)."""
+letters (ordinary, confidential, urgent, an inquiry, a fax, one for triage), the web register
+served by a real uvicorn on 127.0.0.1 (WebServer), and httpx clients that sign in."""
 from __future__ import annotations
 
 import re
@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import Gateway, make_message
 from fax_samples import ENGLISH, tiff_fax
 from starlette.applications import Starlette
-from starlette.testclient import TestClient
 
 from gateway.config import Config
 from gateway.daemon.pipeline import Pipeline
@@ -24,6 +24,7 @@ from gateway.services.people import People
 from gateway.spool import Spool
 from gateway.stages import rulebook
 from gateway.web.app import create_app
+from gateway.web.server import WebServer
 
 PASSWORD = "correct horse battery"
 
@@ -97,6 +98,8 @@ class Site:
         self.access = Access(self.config, self.registry)
         self.letters: dict[str, str] = {}  # name -> number
         self._app: Starlette | None = None
+        self._server: WebServer | None = None
+        self._clients: list[httpx.Client] = []
 
     # -- contents -------------------------------------------------------
     def add_people(self, people: tuple[Person, ...] = PEOPLE) -> None:
@@ -131,10 +134,21 @@ class Site:
             self._app = create_app(self.config, registry=self.registry)
         return self._app
 
-    def client(self) -> TestClient:
-        return TestClient(self.app, base_url="http://testserver", follow_redirects=False)
+    @property
+    def url(self) -> str:
+        """The web register's address (served from the first call on)."""
+        if self._server is None:
+            self._server = WebServer(self.app, "127.0.0.1:0")
+            self._server.start()
+        return self._server.url
 
-    def sign_in(self, login: str, password: str = PASSWORD, client: TestClient | None = None) -> TestClient:
+    def client(self) -> httpx.Client:
+        """A browser without a session; redirects are not followed unless asked."""
+        client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30)
+        self._clients.append(client)
+        return client
+
+    def sign_in(self, login: str, password: str = PASSWORD, client: httpx.Client | None = None) -> httpx.Client:
         """A client signed in as `login`; its `csrf` attribute holds the session's CSRF token."""
         client = client or self.client()
         form = client.get("/signin")
@@ -146,6 +160,10 @@ class Site:
         return client
 
     def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        if self._server is not None:
+            self._server.stop()
         self.registry.close()
 
 

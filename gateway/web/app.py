@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import jinja2
-from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -197,8 +196,19 @@ def environment() -> jinja2.Environment:
                              extensions=["jinja2.ext.i18n"], undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
-    env.filters["nl2br"] = lambda text: Markup("<br>").join(str(text).splitlines())
+    env.filters["show"] = show
     return env
+
+
+def show(value: Any) -> str:
+    """A detail value (from an event or audit row) as words: lists joined, nothing as a dash."""
+    if value is None or value == "" or value == []:
+        return "—"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(show(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={show(v)}" for k, v in value.items())
+    return str(value)
 
 
 def routes() -> list[BaseRoute]:

@@ -92,16 +92,32 @@ ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("d
         "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
 # Event and audit actions (what happened), as recorded in the timeline and the audit log.
 EVENT = {
-    "registered": N_("registered"), "routed": N_("routed"), "needs-triage": N_("sent to triage"),
-    "acknowledged": N_("acknowledged"), "in-progress": N_("in progress"), "answered": N_("answered"),
+    "received": N_("received"), "registered": N_("registered"), "classified": N_("classified"),
+    "routed": N_("routed"), "needs-triage": N_("sent to triage"), "acknowledged": N_("acknowledged"),
+    "in-progress": N_("in progress"), "answered": N_("answered"), "answer": N_("answer received"),
     "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
-    "archived": N_("archived"), "legal-hold": N_("legal hold"), "dead-lettered": N_("mail undeliverable"),
-    "read": N_("read"), "download": N_("download"), "original": N_("original downloaded"),
-    "export": N_("export"), "sign-in": N_("sign-in"), "sign-in-failed": N_("sign-in failed"),
-    "sign-out": N_("sign-out"),
+    "archived": N_("archived"), "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
+    "hold-released": N_("legal hold lifted"), "text-read": N_("fax text read"),
+    "text-not-read": N_("fax text not readable"), "duplicate-arrival": N_("arrived again"),
+    "receipt-queued": N_("receipt queued"), "receipt-suppressed": N_("receipt not sent"),
+    "feedback-queued": N_("result to sender queued"), "mail-requeued": N_("mail queued again"),
+    "notification-sent": N_("notification sent"), "receipt-sent": N_("receipt sent"),
+    "feedback-sent": N_("result sent to sender"), "reminder-sent": N_("reminder sent"),
+    "escalation-sent": N_("escalation sent"), "reminded": N_("reminded"), "escalated": N_("escalated"),
+    "dead-lettered": N_("mail undeliverable"),
+    "read": N_("read"), "preview": N_("preview"), "download": N_("download"), "original": N_("original downloaded"),
+    "export": N_("export"), "audit-export": N_("audit log exported"), "sign-in": N_("sign-in"),
+    "sign-in-failed": N_("sign-in failed"), "sign-in-throttled": N_("sign-in throttled"),
+    "sign-out": N_("sign-out"), "person-added": N_("person added"), "person-changed": N_("person changed"),
+    "password-set": N_("password set"), "person-disabled": N_("person disabled"),
+    "person-enabled": N_("person enabled"), "grant": N_("access granted"), "grant-revoked": N_("access revoked"),
 }
+MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feedback": N_("result to sender"),
+             "reminder": N_("reminder"), "escalation": N_("escalation")}
+MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
 KINDS = {"status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
-         "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT}
+         "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT,
+         "mail_kind": MAIL_KIND, "mail_status": MAIL_STATUS}
 
 
 def label(kind: str, value: str | None) -> str:

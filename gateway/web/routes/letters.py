@@ -1,6 +1,7 @@
 """The queues, the letter page, its steps, attachments, previews and original."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -8,7 +9,7 @@ from urllib.parse import quote, urlencode
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.access import ACTIONS, QUEUES, LetterView, QueueQuery, Refused
+from gateway.services.access import ACTIONS, QUEUES, AuditRecord, LetterView, QueueQuery, Refused
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
@@ -129,13 +130,33 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     return req.render(
         "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
         failed_action=failed_action, events=events,
-        readers=access.readers(who, number) if rights.content else [],
+        readers=_readers(access.readers(who, number)) if rights.content else [],
         outbox=access.outbox(who, number) if rights.content else [],
         assignees=assignees, departments=req.web.config.departments, actions=ACTIONS,
         previewable=lambda a: preview.kind(a.detected_type) is not None,
         letter_url=letter_url(number), trace=letter.classification if rights.content else None,
         overdue=bool(letter.deadline and letter.deadline < datetime.now(timezone.utc)
                      and letter.status not in ("closed", "archived")))
+
+
+@dataclass
+class Reader:
+    actor: str
+    at: datetime
+    address: str
+    count: int
+
+
+def _readers(rows: list[AuditRecord]) -> list[Reader]:
+    """Who read the letter's content, one line a person: the latest read and how many (the audit
+    log has every row)."""
+    readers: dict[str, Reader] = {}
+    for row in rows:  # newest first
+        if row.actor in readers:
+            readers[row.actor].count += 1
+        else:
+            readers[row.actor] = Reader(row.actor, row.at, row.address, 1)
+    return list(readers.values())
 
 
 @page()

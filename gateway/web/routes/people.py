@@ -45,7 +45,7 @@ def _form(req: Req, record: PersonRecord | None, *, status: int = 200, error: st
                          {"login": "", "name": "", "emails": "", "departments": [], "roles": [], "language": ""})
     done = req.arg("done")
     return req.render("person.html", status, record=record, values=current, error=error, roles=ROLES,
-                      departments=req.web.config.departments, languages=i18n.LANGUAGE_NAMES,
+                      departments=req.web.config.departments,
                       message=i18n.gettext(DONE[done]) if done in DONE else "",
                       action=person_url(record.login) if record else "/people")
 

@@ -1,0 +1,262 @@
+"""The web register's pages: they render in both languages, carry the security headers, refuse a
+form without its CSRF token, sign in and out, and show attachment pages as pictures."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+from web_support import PASSWORD, Site, hidden, site  # noqa: F401  (site is a fixture)
+
+from gateway.web import i18n, preview, security
+
+
+def test_signing_in_and_out(site: Site) -> None:
+    client = site.client()
+    assert client.get("/letters?queue=all").headers["location"] == "/signin?next=%2Fletters%3Fqueue%3Dall"
+    form = client.get("/signin?next=/letters%3Fqueue%3Dall")
+    token = hidden(form.text, "csrf")
+    assert 'name="next" value="/letters?queue=all"' in form.text
+    wrong = client.post("/signin", data={"login": "rita", "password": "nope", "csrf": token})
+    assert wrong.status_code == 401 and "Wrong name or password" in wrong.text or "名称或密码" in wrong.text
+    done = client.post("/signin", data={"login": "rita", "password": PASSWORD, "csrf": token,
+                                        "next": "/letters?queue=all"})
+    assert done.status_code == 303 and done.headers["location"] == "/letters?queue=all"
+    cookie = done.headers["set-cookie"]
+    assert "gw_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    page = client.get("/letters?queue=all")
+    assert page.status_code == 200 and site.letters["business"] in page.text
+    csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    assert client.post("/signout", data={"csrf": csrf}).headers["location"] == "/signin"
+    assert client.get("/letters?queue=all").status_code == 303
+    actions = [r.action for r in site.access.audit(site.people.principal("audrey"), actor="rita")]  # type: ignore[arg-type]
+    assert actions[:3] == ["sign-out", "sign-in", "sign-in-failed"] or \
+        {"sign-in", "sign-out", "sign-in-failed"} <= set(actions)
+
+
+def test_sign_in_refuses_a_form_without_its_token_and_foreign_next(site: Site) -> None:
+    client = site.client()
+    client.get("/signin")
+    refused = client.post("/signin", data={"login": "rita", "password": PASSWORD, "csrf": "forged"})
+    assert refused.status_code == 403 and "gw_session" not in refused.headers.get("set-cookie", "")
+    token = hidden(client.get("/signin").text, "csrf")
+    done = client.post("/signin", data={"login": "rita", "password": PASSWORD, "csrf": token,
+                                        "next": "//evil.example/x"})
+    assert done.headers["location"] == "/"
+
+
+def test_sign_in_is_throttled(site: Site) -> None:
+    client = site.client()
+    token = hidden(client.get("/signin?lang=en").text, "csrf")
+    for _ in range(site.config.model.web.signin_failures_per_account):
+        client.post("/signin", data={"login": "sam", "password": "wrong", "csrf": token, "lang": "en"})
+    throttled = client.post("/signin", data={"login": "sam", "password": PASSWORD, "csrf": token, "lang": "en"})
+    assert throttled.status_code == 429
+    assert re.search(r"Too many failed attempts; try again in \d+ minutes", throttled.text)
+
+
+def test_first_start_explains_how_to_create_an_administrator(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    empty = Site(tmp_path)
+    try:
+        page = empty.client().get("/signin?lang=en")
+        assert "gateway users add NAME --role admin --email" in page.text
+    finally:
+        empty.close()
+
+
+def test_every_page_has_the_security_headers_and_letter_pages_are_not_stored(site: Site) -> None:
+    client = site.sign_in("rita")
+    for url in ("/signin", "/static/app.css", "/letters?queue=all", f"/letters/{site.letters['business']}",
+                "/no/such/page"):
+        response = client.get(url)
+        assert response.headers["content-security-policy"] == security.CSP, url
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "same-origin"
+    assert client.get(f"/letters/{site.letters['business']}").headers["cache-control"] == "no-store"
+    assert "<script>" not in "".join(re.findall(r"<script[^>]*>[^<]+</script>",
+                                                client.get("/letters?queue=all").text))  # no inline script
+    assert client.get("/static/../web_support.py").status_code == 404
+
+
+def test_pages_render_in_both_languages(site: Site) -> None:
+    n = site.letters
+    pages = {"rita": ["/letters?queue=all", "/letters?queue=triage&sort=deadline", f"/letters/{n['business']}",
+                      f"/letters/{n['fax']}", f"/letters/{n['fax']}/attachments/0/pages"],
+             "sam": [f"/letters/{n['secret']}", "/letters?queue=departments"],
+             "ada": ["/people", "/people/sam", "/people/new"],
+             "audrey": ["/audit", "/audit?action=read"]}
+    words = {"zh": ["退出登录"], "en": ["Sign out"]}
+    for login, urls in pages.items():
+        for lang in ("zh", "en"):
+            site.people.set_language(login, lang)
+            client = site.sign_in(login)
+            for url in urls:
+                page = client.get(url)
+                assert page.status_code == 200, (login, lang, url, page.text[-2000:])
+                assert all(w in page.text for w in words[lang]), (login, lang, url)
+                assert f'<html lang="{i18n.HTML_LANG[lang]}">' in page.text
+
+
+def test_the_chinese_catalogue_translates_every_string() -> None:
+    from babel.messages.pofile import read_po
+
+    with open(i18n.LOCALE_DIR / "zh_Hans" / "LC_MESSAGES" / "messages.po", "rb") as po:
+        catalog = read_po(po)
+    untranslated = [m.id for m in catalog if m.id and not m.string]
+    assert not untranslated, untranslated[:10]
+    for table in i18n.KINDS.values():
+        for text in table.values():
+            assert text in catalog, text
+
+
+def test_a_confidential_letter_shows_only_its_entry(site: Site) -> None:
+    site.people.set_language("sam", "en")
+    page = site.sign_in("sam").get(f"/letters/{site.letters['secret']}")
+    assert page.status_code == 200
+    assert "merger" not in page.text and "The terms are attached" not in page.text
+    assert "Confidential: the content is visible to its owner" in page.text
+    listing = site.sign_in("sam").get("/letters?queue=departments")
+    assert "merger" not in listing.text and site.letters["secret"] in listing.text
+
+
+def test_a_letter_one_may_not_see_is_not_found(site: Site) -> None:
+    client = site.sign_in("gina")
+    hidden_letter = client.get(f"/letters/{site.letters['business']}")
+    missing = client.get("/letters/2099-999999")
+    assert hidden_letter.status_code == missing.status_code == 404
+    assert client.get(f"/letters/{site.letters['business']}/attachments/0").status_code == 404
+    assert client.get(f"/letters/{site.letters['business']}/original").status_code == 404
+    assert client.get("/audit").status_code == 403 and client.get("/people").status_code == 403
+
+
+def test_html_in_a_letter_is_shown_as_text(site: Site) -> None:
+    page = site.sign_in("rita").get(f"/letters/{site.letters['business']}")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert(1)" not in page.text
+
+
+def test_a_step_without_the_csrf_token_is_refused(site: Site) -> None:
+    client = site.sign_in("sam")
+    url = f"/letters/{site.letters['business']}/act"
+    for data, headers in (({"action": "ack"}, {}), ({"action": "ack", "csrf": "wrong"}, {}),
+                          ({"action": "ack"}, {"X-CSRF-Token": "wrong"})):
+        refused = client.post(url, data=data, headers=headers)
+        assert refused.status_code == 403
+    assert site.registry.letter(site.letters["business"]).status == "routed"  # type: ignore[union-attr]
+    by_header = client.post(url, data={"action": "ack"}, headers={"X-CSRF-Token": client.csrf})  # type: ignore[attr-defined]
+    assert by_header.status_code == 303
+    assert site.registry.letter(site.letters["business"]).status == "acknowledged"  # type: ignore[union-attr]
+
+
+def test_steps_are_taken_and_refusals_say_why(site: Site) -> None:
+    site.people.set_language("sam", "en")
+    client = site.sign_in("sam")
+    number = site.letters["inquiry"]
+    url = f"/letters/{number}/act"
+    done = client.post(url, data={"action": "ack", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert done.headers["location"] == f"/letters/{number}?done=ack"
+    assert "Acknowledged." in client.get(done.headers["location"]).text
+    again = client.post(url, data={"action": "ack", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert again.status_code == 409 and "Not done:" in again.text and "cannot be acknowledged" in again.text
+    empty_close = client.post(url, data={"action": "close", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert empty_close.status_code == 409 and "the sender receives it" in empty_close.text
+    closed = client.post(url, data={"action": "close", "text": "Delivery on Monday.",
+                                    "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert closed.status_code == 303
+    assert site.registry.letter(number).status == "closed"  # type: ignore[union-attr]
+    gina = site.sign_in("gina")
+    office = site.letters["office"]
+    leo = site.sign_in("leo")
+    refused = leo.post(f"/letters/{office}/act", data={"action": "ack", "csrf": leo.csrf})  # type: ignore[attr-defined]
+    assert refused.status_code == 403
+    assert gina.post(f"/letters/{office}/act",
+                     data={"action": "note", "text": "Called back.", "csrf": gina.csrf}).status_code == 303  # type: ignore[attr-defined]
+
+
+def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:
+    client = site.sign_in("ada")
+    added = client.post("/people", data={"login": "nora", "name": "Nora", "emails": "nora@example.org",
+                                         "roles": ["member"], "departments": ["business"], "language": "zh",
+                                         "password": "a long enough password", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert added.status_code == 303, added.text
+    nora = site.sign_in("nora", "a long enough password")
+    assert "退出登录" in nora.get("/letters?queue=departments").text
+    bad = client.post("/people", data={"login": "Bad Name", "name": "x", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert bad.status_code == 400 and "sign-in name" in bad.text
+    assert client.post("/people/nora/disabled", data={"disabled": "1", "csrf": client.csrf}).status_code == 303  # type: ignore[attr-defined]
+    assert nora.get("/letters?queue=departments").status_code == 303  # signed out at once
+
+
+def test_the_audit_log_and_its_export(site: Site) -> None:
+    site.sign_in("rita").get(f"/letters/{site.letters['business']}")
+    client = site.sign_in("audrey")
+    page = client.get(f"/audit?letter={site.letters['business']}")
+    assert page.status_code == 200 and "rita" in page.text
+    export = client.get("/audit.csv?actor=rita")
+    assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
+    assert "attachment;" in export.headers["content-disposition"] and ",rita,read," in export.text
+
+
+def test_language_is_switched_per_person(site: Site) -> None:
+    client = site.sign_in("rita")
+    client.post("/me/language", data={"language": "en", "next": "/letters?queue=all", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert "All letters" in client.get("/letters?queue=all").text
+    client.post("/me/language", data={"language": "zh", "next": "/", "csrf": client.csrf})  # type: ignore[attr-defined]
+    assert "全部信件" in client.get("/letters?queue=all").text
+    assert site.people.get("rita").language == "zh"  # type: ignore[union-attr]
+
+
+def test_attachments_are_downloads_with_their_sniffed_type(site: Site) -> None:
+    client = site.sign_in("rita")
+    fax = site.letters["fax"]
+    download = client.get(f"/letters/{fax}/attachments/0")
+    assert download.status_code == 200 and download.headers["content-type"] == "image/tiff"
+    assert download.headers["content-disposition"].startswith("attachment; filename=")
+    assert "filename*=UTF-8''fax_%2B8620123456_20261122-090000.tif" in download.headers["content-disposition"]
+    second = client.get(f"/letters/{fax}/attachments/0/pages/2.png")
+    assert second.status_code == 200 and second.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(second.content)).format == "PNG"
+    assert client.get(f"/letters/{fax}/attachments/0/pages/3.png").status_code == 404
+    original = client.get(f"/letters/{site.letters['business']}/original")
+    assert original.headers["content-disposition"].startswith("attachment;")
+    assert b"Order 4711" in original.content
+
+
+def test_previews_are_redrawn_and_bombs_refused() -> None:
+    picture = Image.new("RGB", (3000, 1000), "white")
+    out = io.BytesIO()
+    picture.save(out, "JPEG")
+    png = preview.render_page(out.getvalue(), "image/jpeg", 1)
+    assert Image.open(io.BytesIO(png)).size == (1600, 533)
+    pdf = io.BytesIO()
+    Image.new("RGB", (600, 800), "white").save(pdf, "PDF", save_all=True,
+                                                append_images=[Image.new("RGB", (600, 800), "black")])
+    assert preview.page_count(pdf.getvalue(), "application/pdf") == 2
+    page = Image.open(io.BytesIO(preview.render_page(pdf.getvalue(), "application/pdf", 2)))
+    assert page.getpixel((10, 10)) in (0, (0, 0, 0))
+    with pytest.raises(preview.PreviewError, match="no such page"):
+        preview.render_page(pdf.getvalue(), "application/pdf", 3)
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")
+    with pytest.raises(preview.PreviewError, match="too large"):
+        preview.render_page(bomb.getvalue(), "image/png", 1)
+    with pytest.raises(preview.PreviewError, match="no preview"):
+        preview.render_page(b"<html>", "text/html", 1)
+    with pytest.raises(preview.PreviewError, match="at most 50 MB"):
+        preview.page_count(b"\0" * (preview.MAX_BYTES + 1), "image/png")
+
+
+def test_client_address_is_believed_only_through_trusted_proxies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proxied = Site(tmp_path, extra='\n[web]\ntrusted_proxies = ["127.0.0.1"]\n')
+    try:
+        proxied.add_people()
+        client = proxied.client()
+        token = hidden(client.get("/signin").text, "csrf")
+        client.post("/signin", data={"login": "rita", "password": "wrong", "csrf": token},
+                    headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9"})
+        [row] = [r for r in proxied.access.audit(proxied.people.principal("audrey"),  # type: ignore[arg-type]
+                                                 action="sign-in-failed")]
+        assert row.address == "203.0.113.9"
+    finally:
+        proxied.close()
