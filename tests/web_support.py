@@ -83,12 +83,22 @@ PEOPLE = (
 )
 
 
+class Browser(httpx.Client):
+    """A client with the session's CSRF token, as a page gives it to forms and htmx."""
+
+    csrf = ""
+
+
 class Site:
     """The gateway, its registry and services, people and letters; `client()` is a browser."""
 
-    def __init__(self, tmp: Path, extra: str = "", rules: str = WEB_RULES):
+    def __init__(self, tmp: Path, extra: str = "", rules: str = WEB_RULES, web: str = ""):
+        """`extra`: more TOML sections; `web`: more lines of the [web] section."""
         self.tmp = tmp
         self.gateway = Gateway(tmp, extra=FAX_SETTINGS + extra, rules=rules)
+        if web:
+            text = self.gateway.config.read_text()
+            self.gateway.config.write_text(text.replace("\n[web]\n", f"\n[web]\n{web.strip()}\n", 1))
         self.config: Config = rulebook.load(str(self.gateway.config))
         self.registry = Registry.from_config(self.config)
         self.registry.upgrade()
@@ -99,7 +109,7 @@ class Site:
         self.letters: dict[str, str] = {}  # name -> number
         self._app: Starlette | None = None
         self._server: WebServer | None = None
-        self._clients: list[httpx.Client] = []
+        self._clients: list[Browser] = []
 
     # -- contents -------------------------------------------------------
     def add_people(self, people: tuple[Person, ...] = PEOPLE) -> None:
@@ -142,21 +152,21 @@ class Site:
             self._server.start()
         return self._server.url
 
-    def client(self) -> httpx.Client:
+    def client(self) -> Browser:
         """A browser without a session; redirects are not followed unless asked."""
-        client = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30)
+        client = Browser(base_url=self.url, follow_redirects=False, timeout=30)
         self._clients.append(client)
         return client
 
-    def sign_in(self, login: str, password: str = PASSWORD, client: httpx.Client | None = None) -> httpx.Client:
-        """A client signed in as `login`; its `csrf` attribute holds the session's CSRF token."""
+    def sign_in(self, login: str, password: str = PASSWORD, client: Browser | None = None) -> Browser:
+        """A browser signed in as `login`, with the session's CSRF token."""
         client = client or self.client()
         form = client.get("/signin")
         token = hidden(form.text, "csrf")
         done = client.post("/signin", data={"login": login, "password": password, "csrf": token})
         assert done.status_code == 303, done.text
         page = client.get("/", follow_redirects=True)
-        client.csrf = meta_csrf(page.text)  # type: ignore[attr-defined]
+        client.csrf = meta_csrf(page.text)
         return client
 
     def close(self) -> None:
@@ -178,8 +188,8 @@ def meta_csrf(html: str) -> str:
     return found.group(1) if found else ""
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@pytest.fixture(name="site")
+def site_fixture(tmp_path: Path) -> Iterator[Site]:
     """People in every role and the standard letters."""
     s = Site(tmp_path)
     s.add_people()
