@@ -240,6 +240,31 @@ class Access:
         self.record(who, "original", address=address, letter_id=letter.id, subject=name)
         return name, raw
 
+    def formatted(self, who: Principal, number: str) -> str | None:
+        """The letter's HTML as its sender formatted it, made safe to show inside a page: scripts,
+        styles, forms and event handlers removed by nh3, and remote content blocked (images only
+        from data: URLs, so opening a letter never tells its sender so). None when it has no HTML
+        or the person may not read it. Part of the read `letter()` audits."""
+        import nh3
+
+        from gateway.archive.packer import read_original
+        from gateway.stages.normalise import html_body
+
+        letter = self._content(who, number)
+        if letter is None or letter.is_fax_file:
+            return None
+        html = html_body(read_original(self.config, self.registry, letter))
+        if not html:
+            return None
+
+        def keep(tag: str, attribute: str, value: str) -> str | None:
+            if attribute == "src":
+                return value if value.startswith("data:image/") else None
+            return value
+
+        return nh3.clean(html, url_schemes={"http", "https", "mailto", "data"}, attribute_filter=keep,
+                         link_rel="noopener noreferrer nofollow", strip_comments=True)
+
     def readers(self, who: Principal, number: str) -> list[AuditRecord]:
         """Who read the letter's content, newest first."""
         letter = self.visible(who, number)

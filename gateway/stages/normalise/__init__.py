@@ -2,7 +2,7 @@
 
 from .charsets import decode_bytes
 from .filenames import safe_filename, safe_join
-from .message import normalise
+from .message import html_body, normalise
 from .model import Address, Attachment, Normalised
 from .summary import summarise
 
@@ -11,6 +11,7 @@ __all__ = [
     "Attachment",
     "Normalised",
     "decode_bytes",
+    "html_body",
     "normalise",
     "safe_filename",
     "safe_join",

@@ -87,6 +87,24 @@ def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
     return result
 
 
+def html_body(raw: bytes) -> str | None:
+    """The HTML a message's sender wrote (its first inline text/html part, decoded like its text),
+    or None when it has none. For showing the letter as it was formatted; never for the register."""
+    try:
+        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+    except Exception:  # a message that cannot be parsed has no HTML to show; its text says why
+        return None
+    walker = _PartWalker([], linesep="\n", guesses=_declared_charsets(message, True))
+    for part in message.walk():
+        if (part.get_content_type() == "text/html" and part.get_content_disposition() != "attachment"
+                and not part.get_filename()):
+            try:
+                return walker._text(part, "html", True)
+            except Exception:
+                return None
+    return None
+
+
 def _guarded(defects: list[str], step: str, action: Callable[[], None]) -> None:
     try:
         action()
