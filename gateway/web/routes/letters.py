@@ -6,6 +6,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -135,6 +136,8 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
         assignees=assignees, departments=req.web.config.departments, actions=ACTIONS,
         previewable=lambda a: preview.kind(a.detected_type) is not None,
         letter_url=letter_url(number), trace=letter.classification if rights.content else None,
+        # Sanitised by Access (nh3, remote content blocked); safe to place in the page as it is.
+        formatted=Markup(html) if rights.content and (html := access.formatted(who, number)) else None,
         overdue=bool(letter.deadline and letter.deadline < datetime.now(timezone.utc)
                      and letter.status not in ("closed", "archived")))
 
