@@ -69,6 +69,54 @@ def letters_list(state: State, status: str | None, department: str | None, categ
     wide_console().print(table)
 
 
+@letters.command("search")
+@click.argument("query")
+@click.option("--status")
+@click.option("--department")
+@click.option("--category")
+@click.option("--channel", type=click.Choice(["email", "fax"]))
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@as_option
+@by_option
+@pass_state
+def letters_search(state: State, query: str, status: str | None, department: str | None, category: str | None,
+                   channel: str | None, since: datetime | None, until: datetime | None, limit: int, as_json: bool,
+                   as_login: str | None, by: str | None) -> None:
+    """Full-text search: subject, text (a fax's read text too), sender, attachment names, numbers.
+
+    Chinese words are found inside sentences and in either script (合同, 投訴 = 投诉); Latin words
+    by prefix; every word must occur. Best match first; an audited search."""
+    from gateway.services import queries
+    from gateway.services.access import Access, QueueQuery
+
+    registry = state.registry()
+    access = Access(state.config, registry)
+    filters = QueueQuery(queue="all", status=status, department=department, category=category, channel=channel,
+                         since=since.date() if since else None, until=until.date() if until else None,
+                         per_page=limit)
+    page = access.search(principal(state, as_login, by), query, filters, address="cli")
+    rows = page.rows
+    for r in rows:
+        if r.id not in page.content:
+            r.subject = ""  # a detached copy: nothing is written back
+    if as_json:
+        print_json({"query": query, "matches": page.total, "letters": [queries.letter_summary(r) for r in rows]})
+        return
+    tz = queries.local_zone(state.config)
+    table = Table(title=f"{page.total} letter(s) match {query!r}" + (f", the best {len(rows)} shown"
+                                                                  if page.total > len(rows) else ""))
+    for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Status"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received"))
+    for r in rows:
+        table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
+                      r.sender_address or r.fax_number or r.sender_name or "-", r.subject or "-",
+                      r.department or "-", r.status)
+    wide_console().print(table)
+
+
 @letters.command("show")
 @click.argument("number")
 @click.option("--json", "as_json", is_flag=True)

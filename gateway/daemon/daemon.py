@@ -187,6 +187,7 @@ class Daemon:
         if self.config.model.web.enabled:
             listening += await asyncio.to_thread(self._start_web)
         self._start_workers()
+        threading.Thread(target=self._index_older_letters, name="search-index", daemon=True).start()
         scheduler = AsyncIOScheduler()
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
                           id="spool-rescan", max_instances=1, coalesce=True)
@@ -282,6 +283,19 @@ class Daemon:
                 pass
             delay = min(delay * 2, 60.0)
         return False
+
+    def _index_older_letters(self) -> None:
+        """Letters registered before the search index existed are indexed once, in the background:
+        a large register must not hold up the start (new letters are indexed as they register)."""
+        from gateway.services.queries import reindex_missing
+
+        try:
+            done = reindex_missing(self.registry)
+        except RegistryUnavailable as exc:
+            log.warning("search index: older letters not indexed yet (%s); next start tries again", exc)
+            return
+        if done:
+            log.info("search index: %d older letter(s) indexed", done)
 
     # -- workers --------------------------------------------------------
     def _start_workers(self) -> None:

@@ -10,7 +10,7 @@ above it: no rules, no templates, no files.
 One module per concern, over one unit of work (`store.Store.write`):
 `intake` (registration, a fax's text), `decisions` (people's steps, reassignment, answers,
 holds), `outbox`, `reminders`, `archive`, `reads`, `people` (people, sessions, grants, the audit log and
-the letters a person's scope covers).
+the letters a person's scope covers), `search` (the full-text index).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from gateway.registry.plan import (Answer, AnswerPlan, NewAttachment, NewLetter,
                                    ToArchive)
 from gateway.registry.reads import Reads
 from gateway.registry.reminders import ReminderRecords
+from gateway.registry.search import SearchRecords
 from gateway.registry.store import RegistryUnavailable, make_engine
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ __all__ = ["Registry", "NewLetter", "NewAttachment", "NewMail", "Routing", "Answ
            "ToArchive", "Scope", "LetterFilter", "RegistryUnavailable", "Letter", "Attachment", "Event", "make_engine"]
 
 
-class Registry(Registration, Decisions, Outbox, ReminderRecords, ArchiveRecords, Reads, PeopleRecords):
+class Registry(Registration, Decisions, Outbox, ReminderRecords, ArchiveRecords, Reads, PeopleRecords,
+               SearchRecords):
     """The register, as one object over one engine."""
 
     @classmethod

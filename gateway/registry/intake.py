@@ -9,10 +9,12 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OutboxMail
 from gateway.registry.plan import NewLetter, Registered, Routing
-from gateway.registry.store import Store, utcnow
+from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms
+from gateway.registry.store import utcnow
 
 
 def routed_columns(routing: Routing) -> dict[str, Any]:
@@ -25,14 +27,20 @@ def merged(flags: list[str], more: list[str]) -> list[str]:
     return [*flags, *(f for f in more if f not in flags)]
 
 
-class Registration(Store):
+class Registration(SearchRecords):
     # -- registration ---------------------------------------------------
     def register(self, letters: Sequence[NewLetter]) -> list[Registered]:
         """Register a batch in one transaction; retried when a concurrent writer collides."""
+        # The search terms are cut before the write lock is taken; only the number is added inside.
+        terms = [(entry_terms(number="", sender_name=new.sender_name, sender_address=new.sender_address,
+                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name")),
+                  content_terms(subject=new.subject, body_text=new.body_text,
+                                attachment_names=[a.original_filename or a.filename for a in new.attachments]))
+                 for new in letters]
         for attempt in range(5):
             try:
                 with self.write() as conn:
-                    return self._register_batch(conn, list(letters))
+                    return self._register_batch(conn, list(letters), terms)
             except IntegrityError:
                 # Another process registered the same bytes or took the same
                 # new series at the same moment; a fresh look will see it.
@@ -40,7 +48,8 @@ class Registration(Store):
                     raise
         raise AssertionError("unreachable")
 
-    def _register_batch(self, conn: Connection, letters: list[NewLetter]) -> list[Registered]:
+    def _register_batch(self, conn: Connection, letters: list[NewLetter],
+                        terms: list[tuple[str, str]]) -> list[Registered]:
         # Core statements, a handful per batch rather than several per letter:
         # registration is the hot path of every intake.
         now = utcnow()
@@ -108,6 +117,8 @@ class Registration(Store):
         receipt_recipients = [routing.receipt.recipient for routing in (letters[i].routing for i in fresh)
                               if routing and routing.receipt]
         receipts_sent = self.receipts_today(conn, receipt_recipients, now)
+        self.write_terms(conn, [(letter_id, f"{index_terms(row['number'])} {terms[i][0]}", terms[i][1])
+                                for i, letter_id, row in zip(fresh, ids, rows, strict=True)])
         for i, letter_id, row in zip(fresh, ids, rows, strict=True):
             new = letters[i]
             results[i] = Registered(row["number"], letter_id, "registered", row["status"])
@@ -215,11 +226,21 @@ class Registration(Store):
         (outside this transaction) is applied only if the letter is still waiting for it — a person
         who routed it meanwhile is not overruled. Returns the number and the status."""
         now = utcnow()
+        # What the letter is found by from now on, cut before the write lock is taken.
+        with self.session() as session:
+            before = session.scalars(select(Letter).where(Letter.id == letter_id)
+                                     .options(selectinload(Letter.attachments))).one()
+            terms = (entry_terms(number=before.number, sender_name=before.sender_name,
+                                 sender_address=before.sender_address, fax_number=before.fax_number,
+                                 fax_sender=before.fax_sender_name),
+                     content_terms(subject=before.subject, body_text=f"{before.body_text}\n\n{text}",
+                                   attachment_names=[a.original_filename or a.filename for a in before.attachments]))
         with self.write() as conn:
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)
                                .where(Letter.id == letter_id).with_for_update()).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
+            self.write_terms(conn, [(letter_id, *terms)])
             flags = [f for f in row.flags if f not in ("ocr-pending", "ocr-failed")] + \
                 ([] if text.strip() else ["no-text"])
             values: dict[str, Any] = {

@@ -29,6 +29,38 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class ContentScope:
+    """The letters (within a Scope) whose content a person may read, as plain data."""
+
+    everything: bool = False
+    ordinary: bool = False  # every letter that is not confidential
+    related: frozenset[str] = frozenset()  # letters not confidential that are or were with these departments
+    owners: frozenset[str] = frozenset()  # letters assigned to these addresses
+    headed: frozenset[str] = frozenset()  # letters of the departments they head
+    person_id: int | None = None  # letters granted to them
+
+
+def content_clause(scope: ContentScope) -> ColumnElement[bool]:
+    if scope.everything:
+        return true()
+    parts: list[ColumnElement[bool]] = []
+    if scope.ordinary:
+        parts.append(Letter.confidentiality != "confidential")
+    elif scope.related:
+        departments = sorted(scope.related)
+        parts.append(and_(Letter.confidentiality != "confidential",
+                          or_(Letter.department.in_(departments),
+                              Letter.id.in_(select(Event.letter_id).where(Event.to_department.in_(departments))))))
+    if scope.owners:
+        parts.append(func.lower(Letter.owner).in_(sorted(scope.owners)))
+    if scope.headed:
+        parts.append(Letter.department.in_(sorted(scope.headed)))
+    if scope.person_id is not None:
+        parts.append(Letter.id.in_(select(Grant.letter_id).where(Grant.person_id == scope.person_id)))
+    return or_(*parts) if parts else false()
+
+
+@dataclass(frozen=True)
 class LetterFilter:
     statuses: tuple[str, ...] = ()
     category: str | None = None

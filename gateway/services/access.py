@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
+from gateway.registry.people import ContentScope
 from gateway.registry.models import AuditRow, Letter, OutboxMail
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
@@ -115,6 +116,13 @@ class Access:
         if who.has("registry", "leader", "auditor", "admin"):
             return Scope(everything=True)
         return Scope(departments=who.departments, owners=who.emails, person_id=who.person_id)
+
+    def content_scope(self, who: Principal) -> ContentScope:
+        """The same rule as content_ids(), as a filter the registry applies in SQL (search)."""
+        if who.is_operator:
+            return ContentScope(everything=True)
+        return ContentScope(ordinary=who.has("registry", "leader"), related=who.departments, owners=who.emails,
+                            headed=who.headed, person_id=who.person_id)
 
     def content_allowed(self, who: Principal, letter: Letter) -> bool:
         return letter.id in self.content_ids(who, [letter])
@@ -329,6 +337,25 @@ class Access:
         pages = max(1, -(-total // per_page))
         return QueuePage(rows, total, page, pages, replace(query, sort=sort, page=page, per_page=per_page),
                          self.content_ids(who, rows))
+
+    def search(self, who: Principal, text: str, query: QueueQuery, *, address: str) -> QueuePage:
+        """Letters the person may see that hold every word of `text` (a Chinese word anywhere in a
+        sentence, traditional or simplified; Latin words by prefix), within the queue's filters, best
+        match first. Subjects they may not read stay hidden, and a word found only in a confidential
+        letter's content does not show it to them: such letters are searched by their register entry
+        alone. Each search is an audit row."""
+        from gateway.registry.search import query_terms
+
+        terms = query_terms(text)
+        per_page = max(1, min(query.per_page, 200))
+        page = max(1, query.page)
+        rows, total = self.registry.search_page(self.scope(who), self.content_scope(who), self._filter(who, query),
+                                                terms, offset=(page - 1) * per_page, limit=per_page)
+        content = self.content_ids(who, rows)
+        self.record(who, "search", address=address, subject=text[:200],
+                    details={"queue": query.queue, "matches": total})
+        return QueuePage(rows, total, page, max(1, -(-total // per_page)),
+                         replace(query, page=page, per_page=per_page), content)
 
     def counts(self, who: Principal) -> dict[str, int]:
         scope = self.scope(who)

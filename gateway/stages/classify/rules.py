@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from gateway.stages.classify import schema
 from gateway.stages.classify.facts import Facts
-from gateway.stages.classify.fold import fold
+from gateway.fold import fold
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.source import Located, Path_, RuleIssue, RulesError
 

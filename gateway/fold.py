@@ -1,6 +1,7 @@
 """Text folded for matching: case folded, and traditional Chinese characters mapped to simplified.
 
-Both the keywords and the letter are folded the same way, so 投訴 finds 投诉 and
+Used by the rules (gateway/stages/classify) and the register's search index (gateway/registry/
+search.py) alike, so it stands apart from both. Both sides are folded the same way, so 投訴 finds 投诉 and
 "Complaint" finds "COMPLAINT". The character table is OpenCC's (TSCharacters),
 applied one character to one character so that positions in the folded text are
 positions in the original (what the decision trace quotes).

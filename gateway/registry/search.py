@@ -1,0 +1,164 @@
+"""The register's full-text index: its terms for a letter and for a query, and the queries.
+
+Chinese is written without spaces, and neither SQLite FTS5's tokenizers nor PostgreSQL's parsers
+cut it into words: `unicode61` keeps a run of Chinese as one token and `trigram` needs three
+characters, so 合同 inside 供货合同续签 is never found. Every run of Chinese (and Japanese, Korean)
+characters is therefore indexed as overlapping two-character tokens (供货 货合 合同 同续 续签), and
+a query's run is looked up as the same tokens in a row (a phrase), which finds any substring of two
+characters or more. A single character stands for itself. Traditional characters are folded to
+simplified on both sides (投訴 finds 投诉), Latin text to lower case, and Latin words match by
+prefix. The tokens are plain words separated by spaces, which FTS5's `unicode61` and PostgreSQL's
+`simple` configuration both take as they are."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import regex
+from sqlalchemy import Connection, and_, column, or_, delete, func, insert, literal, literal_column, select, table
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import selectinload
+
+from gateway.fold import fold
+from gateway.registry.models import Letter
+from gateway.registry.people import ContentScope, LetterFilter, Scope, content_clause, filter_clause, scope_clause
+from gateway.registry.store import Store
+
+# Han, kana and hangul: the scripts written without spaces between words.
+_CJK_RUN = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+")
+_PIECES = regex.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+"
+                        r"|[[\p{L}\p{N}]--[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]]+", regex.V1)
+MAX_INDEXED_CHARS = 200_000  # of one letter's text: enough for any letter, bounded for a hostile one
+
+
+def _bigrams(run: str) -> list[str]:
+    return [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]
+
+
+def index_terms(*texts: str) -> str:
+    """The tokens of a letter's searchable text, in order, separated by spaces."""
+    tokens: list[str] = []
+    budget = MAX_INDEXED_CHARS
+    for text in texts:
+        if not text or budget <= 0:
+            continue
+        text = fold(text[:budget])
+        budget -= len(text)
+        for piece in _PIECES.findall(text):
+            tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+    return " ".join(tokens)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One word of a query: tokens that must follow each other; the last may be a prefix."""
+
+    tokens: tuple[str, ...]
+    prefix: bool
+
+
+def query_terms(query: str) -> list[Term]:
+    """The query's words: a Chinese run is a phrase of its two-character tokens, a Latin word or
+    number a prefix; words joined by punctuation (an address, a letter number) are one phrase."""
+    terms = []
+    for word in fold(query[:500]).split():
+        pieces = _PIECES.findall(word)
+        if not pieces:
+            continue
+        tokens: list[str] = []
+        for piece in pieces:
+            tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+        last = pieces[-1]
+        # A lone Chinese character is found at the start of a two-character token (合 finds 合同).
+        terms.append(Term(tuple(tokens), prefix=not _CJK_RUN.fullmatch(last) or len(last) == 1))
+    return terms
+
+
+def entry_terms(*, number: str, sender_name: str = "", sender_address: str = "", fax_number: str | None = None,
+                fax_sender: str | None = None) -> str:
+    """What anyone who sees a letter's register entry may find it by: number and sender."""
+    return index_terms(number, sender_name, sender_address, fax_number or "", fax_sender or "")
+
+
+def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = ()) -> str:
+    """What only those who may read a letter's content find it by: subject, text (a fax's read
+    text included) and attachment names."""
+    return index_terms(subject, " ".join(attachment_names), body_text)
+
+
+def _fts5_query(terms: list[Term]) -> str:
+    # Tokens are letters and digits only, so quoting them needs no escaping.
+    return " ".join(f'"{" ".join(t.tokens)}"' + ("*" if t.prefix else "") for t in terms)
+
+
+def _tsquery(terms: list[Term]) -> str:
+    return " & ".join("(" + " <-> ".join(f"'{token}'" for token in t.tokens) + (":*" if t.prefix else "") + ")"
+                      for t in terms)
+
+
+_SQLITE_INDEX = table("letter_search", column("rowid"), column("entry"), column("content"))
+_PG_INDEX = table("letter_search", column("letter_id"), column("entry"), column("content"), column("tsv"),
+                  column("tsv_entry"))
+
+
+class SearchRecords(Store):
+    """The full-text index: one row per letter with the terms of its register entry and of its
+    content (an FTS5 table on SQLite, tsvectors with GIN indexes on PostgreSQL), written in the
+    transaction that changes what the letter is found by."""
+
+    def write_terms(self, conn: Connection, rows: Sequence[tuple[int, str, str]]) -> None:
+        """(letter id, entry terms, content terms) for each letter."""
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            stmt = pg_insert(_PG_INDEX).values([{"letter_id": i, "entry": e, "content": c} for i, e, c in rows])
+            conn.execute(stmt.on_conflict_do_update(index_elements=["letter_id"],
+                                                    set_={"entry": stmt.excluded.entry,
+                                                          "content": stmt.excluded.content}))
+            return
+        # An FTS5 table has no upsert: the old row goes first.
+        conn.execute(delete(_SQLITE_INDEX).where(_SQLITE_INDEX.c.rowid.in_([i for i, _, _ in rows])))
+        conn.execute(insert(_SQLITE_INDEX), [{"rowid": i, "entry": e, "content": c} for i, e, c in rows])
+
+    def unindexed(self, limit: int) -> list[Letter]:
+        """Letters not in the index yet (registered before it existed), with their attachments."""
+        with self.session() as session:
+            index = _PG_INDEX.c.letter_id if self.engine.dialect.name == "postgresql" else _SQLITE_INDEX.c.rowid
+            missing = select(Letter).where(Letter.id.not_in(select(index))).order_by(Letter.id).limit(limit) \
+                .options(selectinload(Letter.attachments))
+            return list(session.scalars(missing))
+
+    def index_letters(self, rows: Sequence[tuple[int, str, str]]) -> None:
+        with self.write() as conn:
+            self.write_terms(conn, rows)
+
+    def search_page(self, scope: Scope, content: ContentScope, letter_filter: LetterFilter, terms: list[Term], *,
+                    offset: int, limit: int) -> tuple[list[Letter], int]:
+        """The letters within a scope that hold every term, best match first (then newest): a page
+        and the number of all matches. A letter whose content is outside `content` counts only if
+        its register entry alone holds the terms, so a search never tells what such a letter says."""
+        if not terms:
+            return [], 0
+        if self.engine.dialect.name == "postgresql":
+            query = func.to_tsquery(literal("simple"), literal(_tsquery(terms)))
+            hits = (select(_PG_INDEX.c.letter_id.label("letter_id"),
+                           (-func.ts_rank_cd(_PG_INDEX.c.tsv, query)).label("rank"))
+                    .where(_PG_INDEX.c.tsv.op("@@")(query)).subquery())
+            in_entry = select(_PG_INDEX.c.letter_id).where(_PG_INDEX.c.tsv_entry.op("@@")(query))
+        else:
+            match = _fts5_query(terms)
+            # bm25() is lower for better matches.
+            hits = (select(_SQLITE_INDEX.c.rowid.label("letter_id"),
+                           literal_column("bm25(letter_search)").label("rank"))
+                    .where(literal_column("letter_search").op("MATCH")(literal(match))).subquery())
+            in_entry = select(_SQLITE_INDEX.c.rowid).where(
+                literal_column("letter_search").op("MATCH")(literal(f"entry : ({match})")))
+        where = and_(scope_clause(scope), filter_clause(letter_filter),
+                     or_(content_clause(content), Letter.id.in_(in_entry)))
+        with self.session() as session:
+            total = int(session.scalar(select(func.count()).select_from(Letter)
+                                       .join(hits, hits.c.letter_id == Letter.id).where(where)) or 0)
+            rows = list(session.scalars(select(Letter).join(hits, hits.c.letter_id == Letter.id).where(where)
+                                        .order_by(hits.c.rank, Letter.received_at.desc(), Letter.id.desc())
+                                        .offset(offset).limit(limit)))
+        return rows, total
