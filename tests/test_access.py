@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from conftest import Gateway, PostgresServer, make_message
+from conftest import Gateway, PostgresServer
 from gateway import config as config_mod
 from gateway.registry import Registry
 from gateway.registry.models import WebSession
@@ -108,17 +108,23 @@ EXPECTED: dict[str, dict[str, tuple[bool, frozenset[str]] | None]] = {
 IN_A = {"reg", "mem.a", "head.a", "leader", "auditor", "admin"}
 
 
-def letter_mail(n: int, subject: str, to: str) -> bytes:
-    if n:
-        return make_message(n, subject=subject, to=to)
-    message = EmailMessage()  # the first one carries an attachment
+def png(text: str) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (40 + len(text), 20), color=200).save(out, "PNG")
+    return out.getvalue()
+
+
+def letter_mail(n: int, key: str, subject: str, to: str) -> bytes:
+    """A letter with a small image attached (named after its key)."""
+    message = EmailMessage()
     message["From"] = "Alice Partner <alice@partner.example>"
     message["To"] = to
     message["Subject"] = subject
-    message["Message-ID"] = "<order-4711@partner.example>"
-    message.set_content("Dear team,\nplease find the order attached.\nAlice\n")
-    message.add_attachment(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", maintype="application",
-                           subtype="pdf", filename="order-4711.pdf")
+    message["Message-ID"] = f"<letter-{n}-{key.lower()}@partner.example>"
+    message.set_content(f"Dear team,\nplease see the scan attached ({key}).\nAlice\n")
+    message.add_attachment(png(key), maintype="image", subtype="png", filename=f"{key.lower()}-scan.png")
     return message.as_bytes()
 
 
@@ -145,13 +151,14 @@ def with_web_settings(gateway: Gateway, settings: str) -> None:
     gateway.config.write_text(text.replace("\n[web]\n", "\n[web]\n" + settings, 1))
 
 
-def build_world(tmp: Path, registry_url: str, *, backend: str) -> World:
+def build_world(tmp: Path, registry_url: str, *, cli: bool) -> World:
+    """Letters by `gateway ingest`; people by `gateway users add` (`cli`) or the service it calls."""
     gateway = Gateway(tmp, registry_url=registry_url, rules=RULES)
     with_web_settings(gateway, WEB)
     files = []
     for i, (key, (subject, to)) in enumerate(LETTERS.items()):
         path = tmp / f"{i}-{key}.eml"
-        path.write_bytes(letter_mail(i, subject, to))
+        path.write_bytes(letter_mail(i, key, subject, to))
         files.append(path)
     out = gateway.run("ingest", *map(str, files)).stdout
     numbers = dict(re.findall(r"\d+-(\w+)\.eml: registered as (\S+)", out))
@@ -159,7 +166,7 @@ def build_world(tmp: Path, registry_url: str, *, backend: str) -> World:
     config = config_mod.load(gateway.config)
     registry = Registry.from_config(config)
     people = People(config, registry)
-    if backend == "sqlite":
+    if cli:
         with ThreadPoolExecutor(4) as pool:  # one process each: the slow part is Python starting
             list(pool.map(lambda item: gateway.run("users", "add", item[0], *item[1], "--password-stdin",
                                                    input=f"{PASSWORD}\n".encode()), PEOPLE.items()))
@@ -186,7 +193,7 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
         url = server.create_database()
-    w = build_world(tmp_path_factory.mktemp(f"access-{request.param}"), url, backend=request.param)
+    w = build_world(tmp_path_factory.mktemp(f"access-{request.param}"), url, cli=request.param == "sqlite")
     yield w
     w.registry.close()
 
@@ -288,11 +295,11 @@ def test_reads_downloads_originals_and_exports_are_audited(world: World) -> None
 
     [attachment] = access.letter(mem_a, number, address="198.51.100.2").letter.attachments  # type: ignore[union-attr]
     name, content, kind = access.attachment(mem_a, number, attachment.position, address="198.51.100.3") or ("", b"", "")
-    assert (name, kind) == ("order-4711.pdf", "application/pdf") and content.startswith(b"%PDF-1.4")
+    assert (name, kind, content) == ("a-scan.png", "image/png", png("A"))
     assert rows_for(world, actor="mem.a", action="download", number=number) == ["198.51.100.3"]
 
     original = access.original(mem_a, number, address="198.51.100.4")
-    assert original is not None and original[0] == f"{number}.eml" and b"order-4711@partner.example" in original[1]
+    assert original is not None and original[0] == f"{number}.eml" and b"<letter-0-a@partner.example>" in original[1]
     assert rows_for(world, actor="mem.a", action="original", number=number) == ["198.51.100.4"]
 
     # without content: no read, no attachment, no original, and no row
