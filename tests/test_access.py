@@ -151,9 +151,10 @@ def with_web_settings(gateway: Gateway, settings: str) -> None:
     gateway.config.write_text(text.replace("\n[web]\n", "\n[web]\n" + settings, 1))
 
 
-def build_world(tmp: Path, registry_url: str, *, cli: bool) -> World:
-    """Letters by `gateway ingest`; people by `gateway users add` (`cli`) or the service it calls."""
-    gateway = Gateway(tmp, registry_url=registry_url, rules=RULES)
+def build_world(tmp: Path, registry_url: str, *, cli: bool, extra: str = "") -> World:
+    """Letters by `gateway ingest`; people by `gateway users add` (`cli`) or the service it calls.
+    `extra`: more sections of the configuration."""
+    gateway = Gateway(tmp, registry_url=registry_url, rules=RULES, extra=extra)
     with_web_settings(gateway, WEB)
     files = []
     for i, (key, (subject, to)) in enumerate(LETTERS.items()):

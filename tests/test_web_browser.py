@@ -1,0 +1,208 @@
+"""The web register in a real browser (Debian's chromium driven by Playwright) against `gateway run`:
+signing in and out, a department's queue, a confidential letter's content, acknowledging and
+closing a complaint (its sender receives the result at an SMTP sink), switching language.
+
+One daemon and one browser for the module; each test has its own browser context (cookies). A
+failing test leaves a screenshot of its pages, whose path it prints."""
+from __future__ import annotations
+
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from conftest import Daemon, Notify, wait_for
+from smtp_sink import SmtpSink
+from test_access import LETTERS, PASSWORD, World, build_world
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Register:
+    world: World
+    daemon: Daemon
+    sink: SmtpSink
+    url: str
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def register(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Register]:
+    sink = SmtpSink().start()
+    tmp = tmp_path_factory.mktemp("web-browser")
+    world = build_world(tmp, "", cli=False, extra=f"""
+[outbound]
+relay = "{sink.address}"
+from_address = "gateway@example.org"
+poll_seconds = 0.2
+retry_min_seconds = 0.3
+retry_max_seconds = 1
+""")
+    notify = Notify(tmp / "notify.sock")
+    daemon = world.gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: listening(world.gateway.web_port), 20, "the web register")
+        yield Register(world, daemon, sink, f"http://127.0.0.1:{world.gateway.web_port}")
+    finally:
+        output = daemon.stop()
+        notify.close()
+        sink.stop()
+        world.registry.close()
+        assert "Traceback" not in output, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+SignIn = Callable[..., Page]
+
+
+@pytest.fixture
+def sign_in(register: Register, browser: Browser, request: pytest.FixtureRequest) -> Iterator[SignIn]:
+    """sign_in(login) -> a page of a new browser context, signed in, showing English pages."""
+    contexts: list[BrowserContext] = []
+
+    def open_as(login: str, password: str = PASSWORD) -> Page:
+        context = browser.new_context(base_url=register.url, locale="en-GB")
+        context.set_default_timeout(15000)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto("/signin?lang=en")
+        page.fill("input[name=login]", login)
+        page.fill("input[name=password]", password)
+        page.click("form[action='/signin'] button[type=submit]")
+        expect(page.locator(".topbar .who")).to_contain_text(login)
+        if page.locator("html").get_attribute("lang") != "en":
+            page.click("form[action='/me/language'] button[value=en]")
+            expect(page.locator("html")).to_have_attribute("lang", "en")
+        return page
+
+    failed = request.session.testsfailed
+    yield open_as
+    if request.session.testsfailed > failed:
+        folder = Path(tempfile.mkdtemp(prefix=f"gw-shots-{request.node.name[:40]}-"))
+        for i, context in enumerate(contexts):
+            for j, page in enumerate(context.pages):
+                shot = folder / f"page-{i}-{j}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot of {page.url}: {shot}")
+    for context in contexts:
+        context.close()
+
+
+def test_sign_in_and_out(register: Register, sign_in: SignIn) -> None:
+    page = sign_in("mem.a")
+    expect(page).to_have_url(f"{register.url}/letters?queue=departments")
+    page.click("form[action='/signout'] button")
+    expect(page).to_have_url(f"{register.url}/signin")
+    page.goto("/letters?queue=all")
+    expect(page).to_have_url(f"{register.url}/signin?next=%2Fletters%3Fqueue%3Dall")
+    expect(page.locator("input[name=password]")).to_be_visible()
+
+
+def test_a_wrong_password_is_refused(register: Register, browser: Browser) -> None:
+    context = browser.new_context(base_url=register.url)
+    try:
+        page = context.new_page()
+        page.goto("/signin?lang=en")
+        page.fill("input[name=login]", "leader")
+        page.fill("input[name=password]", "not the password")
+        page.click("form[action='/signin'] button[type=submit]")
+        expect(page.locator(".flash.error")).to_have_text("Wrong name or password.")
+        expect(page.locator(".topbar")).to_have_count(0)
+    finally:
+        context.close()
+
+
+def test_a_member_sees_the_queue_of_her_department_and_not_another(register: Register, sign_in: SignIn) -> None:
+    world = register.world
+    page = sign_in("mem.b")
+    table = page.locator("main table")
+    expect(table).to_contain_text(world.n("B"))
+    expect(table).to_contain_text(world.n("AB"))  # reassigned to business
+    expect(table).not_to_contain_text(world.n("A"))
+    page.goto("/letters?queue=all")
+    expect(page.locator("main table")).not_to_contain_text(world.n("A"))
+    response = page.goto(f"/letters/{world.n('A')}")
+    assert response is not None and response.status == 404
+    other = sign_in("mem.a")
+    expect(other.locator("main table")).to_contain_text(world.n("A"))
+    expect(other.locator("main table")).not_to_contain_text(world.n("B"))
+
+
+def test_a_confidential_letter_is_hidden_from_a_member_and_shown_to_its_owner(register: Register,
+                                                                              sign_in: SignIn) -> None:
+    number, subject = register.world.n("CO"), LETTERS["CO"][0]
+    member = sign_in("mem.a")
+    member.goto("/letters?queue=departments")
+    row = member.locator("main table tr", has_text=number)
+    expect(row).to_have_count(1)
+    expect(row).not_to_contain_text(subject)
+    member.goto(f"/letters/{number}")
+    expect(member.locator(".notice")).to_contain_text("Confidential")
+    expect(member.locator("main")).not_to_contain_text(subject)
+    expect(member.locator("main")).not_to_contain_text("scan attached")
+
+    owner = sign_in("owen")
+    owner.goto(f"/letters/{number}")
+    expect(owner.locator("h1")).to_contain_text(subject)
+    expect(owner.locator("pre.body")).to_contain_text("please see the scan attached (CO)")
+    expect(owner.locator(".previews img")).to_have_count(1)
+    assert owner.locator(".previews img").evaluate("img => img.complete && img.naturalWidth > 0")
+
+
+def test_acknowledge_then_close_with_a_result_the_sender_receives(register: Register, sign_in: SignIn) -> None:
+    number = register.world.n("ACT")
+    page = sign_in("mem.a")
+    page.goto(f"/letters/{number}")
+    page.click("button[name=action][value=ack]")
+    expect(page.locator(".flash.ok")).to_have_text("Acknowledged.")
+    expect(page.locator(".page-head .badge").first).to_have_class("badge status-acknowledged")
+    close = page.locator("form:has(input[name=action][value=close])")
+    expect(close.locator(".hint")).to_contain_text("the sender receives this result")
+    close.locator("textarea[name=text]").fill("The parcel was sent again on Monday.")
+    close.locator("button[type=submit]").click()
+    expect(page.locator(".flash.ok")).to_have_text("Closed.")
+    expect(page.locator(".page-head .badge").first).to_have_class("badge status-closed")
+    expect(page.locator("table.timeline")).to_contain_text("mem.a")
+
+    def result() -> object:
+        return [r for r in register.sink.received if r.rcpt_tos == ["alice@partner.example"]
+                and "The parcel was sent again on Monday." in r.message.get_content()]
+    [mail] = wait_for(result, 30, "the result at the sender")  # type: ignore[misc]
+    assert number in str(mail.message["Subject"])
+    letter = register.world.registry.letter(number)
+    assert letter is not None and letter.status == "closed"
+    assert [(e.action, e.actor) for e in letter.events if e.action in ("acknowledged", "closed")] == [
+        ("acknowledged", "mem.a"), ("closed", "mem.a")]
+
+
+def test_switching_language(register: Register, sign_in: SignIn) -> None:
+    page = sign_in("leader")
+    sign_out = page.locator("form[action='/signout'] button")
+    expect(sign_out).to_have_text("Sign out")
+    page.click("form[action='/me/language'] button[value=zh]")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-Hans")
+    expect(sign_out).to_have_text("退出登录")
+    page.goto(f"/letters/{register.world.n('CA')}")  # the choice is kept for the next page
+    expect(page.locator(".notice")).to_contain_text("机密信件")
+    page.click("form[action='/me/language'] button[value=en]")
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    expect(page.locator(".notice")).to_contain_text("Confidential")
+    expect(page).to_have_url(f"{register.url}/letters/{register.world.n('CA')}")
