@@ -316,6 +316,20 @@ class Grant(Base):
     __table_args__ = (UniqueConstraint("person_id", "letter_id", name="uq_grants_person_letter"),)
 
 
+class SavedView(Base):
+    """A person's named queue: its filters and sort, shown in their sidebar."""
+
+    __tablename__ = "saved_views"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    query: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (UniqueConstraint("person_id", "name", name="uq_saved_views_person_name"),)
+
+
 class AuditRow(Base):
     """Who read what, signed in or out, and changed whose rights. Append-only like events."""
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, update
 
 from gateway.registry import lifecycle
-from gateway.registry.models import AuditRow, Event, Grant, Letter, OutboxMail, Person, WebSession
+from gateway.registry.models import AuditRow, Event, Grant, Letter, OutboxMail, Person, SavedView, WebSession
 from gateway.registry.plan import NewMail
 from gateway.registry.store import Store, utcnow
 
@@ -214,6 +214,44 @@ class PeopleRecords(Store):
             if ended.rowcount and audit is not None:
                 conn.execute(insert(AuditRow).values(at=now, **audit))
 
+    # -- saved views ----------------------------------------------------
+    def saved_views(self, person_id: int) -> list[SavedView]:
+        with self.session() as session:
+            return list(session.scalars(select(SavedView).where(SavedView.person_id == person_id)
+                                        .order_by(SavedView.name)))
+
+    def save_view(self, person_id: int, name: str, query: dict[str, Any]) -> int:
+        """Save (or replace, by name) a view; returns its id."""
+        now = utcnow()
+        with self.write() as conn:
+            existing = conn.execute(select(SavedView.id).where(SavedView.person_id == person_id,
+                                                               SavedView.name == name)).scalar()
+            if existing is not None:
+                conn.execute(update(SavedView).where(SavedView.id == existing).values(query=query))
+                return int(existing)
+            return int(conn.execute(insert(SavedView).values(person_id=person_id, name=name, query=query,
+                                                             created_at=now).returning(SavedView.id)).scalar_one())
+
+    def delete_view(self, person_id: int, view_id: int) -> bool:
+        with self.write() as conn:
+            return bool(conn.execute(delete(SavedView).where(SavedView.id == view_id,
+                                                             SavedView.person_id == person_id)).rowcount)
+
+    # -- tags ---------------------------------------------------------------
+    def add_tag(self, number: str, tag: str, *, actor: str) -> bool:
+        """Add a tag to a letter (an event); False when it has it already. Raises LookupError."""
+        now = utcnow()
+        with self.write() as conn:
+            row = conn.execute(select(Letter.id, Letter.tags).where(Letter.number == number)
+                               .with_for_update()).first()
+            if row is None:
+                raise LookupError(f"no letter {number}")
+            if tag in row.tags:
+                return False
+            conn.execute(update(Letter).where(Letter.id == row.id).values(tags=[*row.tags, tag], updated_at=now))
+            conn.execute(insert(Event), [self.event_row(row.id, now, actor, "tagged", None, {"tag": tag})])
+        return True
+
     # -- the audit log --------------------------------------------------
     def audit(self, rows: Sequence[dict[str, Any]]) -> None:
         now = utcnow()
@@ -241,6 +279,13 @@ class PeopleRecords(Store):
             stmt = stmt.where(AuditRow.action.in_(actions))
         with self.session() as session:
             return [(row, number) for row, number in session.execute(stmt)]
+
+    def read_since(self, actor: str, letter_id: int, since: datetime, actions: tuple[str, ...]) -> bool:
+        """Has this person read this letter (one of `actions`) since a moment?"""
+        with self.read() as conn:
+            return conn.execute(select(AuditRow.id).where(AuditRow.actor == actor, AuditRow.letter_id == letter_id,
+                                                          AuditRow.action.in_(actions), AuditRow.at >= since)
+                                .limit(1)).first() is not None
 
     def failures_since(self, since: datetime, *, actor: str | None = None, address: str | None = None) -> int:
         """Failed sign-ins since a moment, for one account or one client address."""

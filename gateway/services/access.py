@@ -23,8 +23,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
+
+import regex
 
 from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
@@ -35,25 +37,39 @@ from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
 from gateway.stages.route import new_mail
 
-ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold")
+ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
+BULK_LIMIT = 500  # letters in one bulk step
 QUEUES = ("mine", "departments", "triage", "overdue", "all")
 CONTENT_READS = ("read", "download", "original", "preview")
+PREVIEW_WITHIN_READ = timedelta(minutes=10)
 
 
 class Refused(Exception):
-    """A step the letter's state or the person's rights do not allow; the message says why."""
+    """A step the letter's state does not allow, or its input is wanting; the message says why.
+
+    `key` names the reason for those who word it in another language (the web register), with
+    `params` to fill in; the message is the English wording."""
+
+    def __init__(self, message: str, key: str = "", **params: str):
+        super().__init__(message)
+        self.key = key
+        self.params = params
+
+
+class Forbidden(Refused):
+    """A step the person has no right to take."""
 
 
 @dataclass(frozen=True)
 class Rights:
     content: bool
     actions: frozenset[str]
-    reasons: dict[str, str] = field(default_factory=dict)  # why an action is not among `actions`
+    reasons: dict[str, Refused] = field(default_factory=dict)  # why an action is not among `actions`
 
-    def refusal(self, action: str) -> str | None:
+    def refusal(self, action: str) -> Refused | None:
         if action in self.actions:
             return None
-        return self.reasons.get(action, f"{action} is not possible here")
+        return self.reasons.get(action, Refused(f"{action} is not possible here", "impossible", action=action))
 
 
 @dataclass
@@ -98,6 +114,59 @@ class AuditRecord:
     subject: str
     address: str
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    number: str
+    done: bool
+    message: str  # what happened, or why not (English)
+    refusal: Refused | None = None
+
+
+@dataclass(frozen=True)
+class SavedViewRecord:
+    id: int
+    name: str
+    query: QueueQuery
+
+
+_VIEW_FIELDS = ("queue", "status", "category", "urgency", "channel", "department", "since", "until",
+                "deadline_before", "sort", "per_page")
+
+
+def query_to_dict(query: QueueQuery) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _VIEW_FIELDS:
+        value = getattr(query, name)
+        if value not in (None, ""):
+            out[name] = value.isoformat() if isinstance(value, date) else value
+    return out
+
+
+def query_from_dict(data: dict[str, Any]) -> QueueQuery:
+    values: dict[str, Any] = {}
+    for name in _VIEW_FIELDS:
+        value = data.get(name)
+        if value in (None, ""):
+            continue
+        if name in ("since", "until", "deadline_before"):
+            try:
+                value = date.fromisoformat(str(value))
+            except ValueError:
+                continue
+        values[name] = value
+    return QueueQuery(**values)
+
+
+_TAG = regex.compile(r"^[\p{L}\p{N}][\p{L}\p{N}._-]{0,39}$")
+
+
+def _tag(text: str) -> str:
+    tag = text.strip()
+    if not _TAG.match(tag):
+        raise Refused(f"{tag[:50]!r} is not a tag: 1 to 40 letters, digits, '.', '_' or '-'", "bad-tag")
+    return tag
 
 
 def _record(row: AuditRow, number: str | None) -> AuditRecord:
@@ -172,29 +241,40 @@ class Access:
             "note": in_department or assigned or who.has("registry", "leader"),
             "assign": registry or in_department, "reassign": registry or in_department,
             "hold": registry or who.has("leader") or head,
+            "tag": in_department or assigned or who.has("registry", "leader"),
         }
-        actions, reasons = set(), {}
-        department = letter.department or "-"
+        actions: set[str] = set()
+        reasons: dict[str, Refused] = {}
+        known = self.config.departments.get(letter.department or "")
+        department = known.name if known else (letter.department or "-")
         for action, allowed in may.items():
             if not allowed:
-                reasons[action] = (f"only the people of department {department}"
-                                   + (" and the registry office" if action in ("assign", "reassign") else "")
-                                   + (", the registry office and leaders" if action == "hold" else "")
-                                   + f" may {action} {letter.number}")
+                who_may = {"assign": "the people of department {d} and the registry office",
+                           "reassign": "the people of department {d} and the registry office",
+                           "hold": "the head of department {d}, the registry office and leaders"}.get(
+                    action, "the people of department {d}" + (", the registry office and leaders"
+                                                               if action in ("note", "tag") else ""))
+                reasons[action] = Forbidden(f"only {who_may.format(d=department)} may {action} {letter.number}",
+                                            f"forbidden-{action}", department=department, number=letter.number)
                 continue
-            if action in ("assign",):
+            if action == "tag":
+                pass  # any letter, open or not, may be tagged
+            elif action == "assign":
                 if letter.status not in lifecycle.OPEN:
-                    reasons[action] = f"{letter.number} is {letter.status}: only an open letter can be assigned"
+                    reasons[action] = Refused(f"{letter.number} is {letter.status}: only an open letter can be "
+                                              "assigned", "state", number=letter.number, status=letter.status,
+                                              action=action)
                     continue
             elif action == "hold":
                 if letter.purged_at is not None:
-                    reasons[action] = f"{letter.number} was destroyed"
+                    reasons[action] = Refused(f"{letter.number} was destroyed", "destroyed", number=letter.number)
                     continue
             else:
                 move = lifecycle.ACTIONS[action]
                 if letter.status not in move.allowed_from:
-                    reasons[action] = (f"{letter.number} is {letter.status}: it cannot be {move.verb} "
-                                       f"(only when {', '.join(move.allowed_from)})")
+                    reasons[action] = Refused(f"{letter.number} is {letter.status}: it cannot be {move.verb} "
+                                              f"(only when {', '.join(move.allowed_from)})", "state",
+                                              number=letter.number, status=letter.status, action=action)
                     continue
             actions.add(action)
         return Rights(content=content, actions=frozenset(actions), reasons=reasons)
@@ -233,7 +313,10 @@ class Access:
             content = next((a.content for a in normalise(raw).attachments if a.sha256 == attachment.sha256), None)
         if content is None:
             return None
-        self.record(who, purpose, address=address, letter_id=letter.id, subject=attachment.filename)
+        # The page images of a letter just opened are part of that read: one row, not one per image.
+        if purpose != "preview" or not self.registry.read_since(
+                who.login, letter.id, datetime.now(timezone.utc) - PREVIEW_WITHIN_READ, ("read", "preview")):
+            self.record(who, purpose, address=address, letter_id=letter.id, subject=attachment.filename)
         return attachment.filename, content, attachment.detected_type or "application/octet-stream"
 
     def original(self, who: Principal, number: str, *, address: str) -> tuple[str, bytes] | None:
@@ -407,45 +490,93 @@ class Access:
         """Take a step on a letter. Returns what happened, in words. Raises LookupError (no letter
         the person may know of) and Refused (why not)."""
         if action not in ACTIONS:
-            raise Refused(f"no step {action!r}")
+            raise Refused(f"no step {action!r}", "impossible", action=action)
         letter = self.visible(who, number)
         if letter is None:
             raise LookupError(f"no letter {number}")
         why = self.rights(who, letter).refusal(action)
         if why is not None:
-            raise Refused(why)
+            raise why
         text = text.strip()
         try:
             if action == "reassign":
                 if not department:
-                    raise Refused("choose the department to send it to")
+                    raise Refused("choose the department to send it to", "need-department")
                 before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login)
                 return f"{number}: {before or '-'} → {after}"
             if action == "assign":
                 return self._assign(who, letter, assignee, text)
             if action == "hold":
                 if not text:
-                    raise Refused("a legal hold needs a reason")
+                    raise Refused("a legal hold needs a reason", "need-reason")
                 on = not letter.legal_hold if on is None else on
                 self.steps.hold(number, on=on, reason=text, actor=who.login)
                 return f"{number}: legal hold {'on' if on else 'off'}"
+            if action == "tag":
+                tag = _tag(text)
+                added = self.registry.add_tag(number, tag, actor=who.login)
+                return f"{number}: tagged {tag}" if added else f"{number}: already tagged {tag}"
             if action == "note" and not text:
-                raise Refused("a note needs text")
+                raise Refused("a note needs text", "need-text")
             if action == "close" and letter.category == "external.inquiry_complaint" and not text:
-                raise Refused("closing an inquiry or complaint needs its result: the sender receives it")
+                raise Refused("closing an inquiry or complaint needs its result: the sender receives it",
+                              "need-result")
             before, after = self.steps.step(number, action, actor=who.login, text=text)
             return f"{number}: {before} → {after}" if before != after else f"{number}: note recorded ({after})"
         except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
 
+    def bulk(self, who: Principal, numbers: list[str], action: str, *, text: str = "",
+             department: str | None = None, assignee: str | None = None, address: str = "") -> list[BulkResult]:
+        """One step on many letters, each checked for rights and state on its own: what one refuses
+        does not stop the others. The results in the order given."""
+        numbers = list(dict.fromkeys(n.strip() for n in numbers if n.strip()))
+        if len(numbers) > BULK_LIMIT:
+            raise Refused(f"at most {BULK_LIMIT} letters at once", "too-many", limit=str(BULK_LIMIT))
+        results = []
+        for number in numbers:
+            try:
+                done = self.act(who, number, action, text=text, department=department, assignee=assignee,
+                                address=address)
+                results.append(BulkResult(number, True, done))
+            except LookupError:
+                results.append(BulkResult(number, False, f"no letter {number}",
+                                          Refused(f"no letter {number}", "no-letter", number=number)))
+            except Refused as exc:
+                results.append(BulkResult(number, False, str(exc), exc))
+        return results
+
+    # -- saved views ------------------------------------------------------
+    def views(self, who: Principal) -> list[SavedViewRecord]:
+        if who.person_id is None:
+            return []
+        return [SavedViewRecord(v.id, v.name, query_from_dict(v.query))
+                for v in self.registry.saved_views(who.person_id)]
+
+    def save_view(self, who: Principal, name: str, query: QueueQuery) -> int:
+        """Save the queue's filters and sort under a name (replacing a view of that name)."""
+        name = " ".join(name.split())
+        if not 1 <= len(name) <= 60:
+            raise Refused("a view needs a name of 1 to 60 characters", "view-name")
+        if who.person_id is None:
+            raise Refused("only a person has saved views", "view-person")
+        if query.queue not in QUEUES:
+            raise Refused(f"no queue {query.queue!r}", "impossible", action=query.queue)
+        return self.registry.save_view(who.person_id, name, query_to_dict(query))
+
+    def delete_view(self, who: Principal, view_id: int) -> bool:
+        return who.person_id is not None and self.registry.delete_view(who.person_id, view_id)
+
     def _assign(self, who: Principal, letter: Letter, assignee: str | None, note: str) -> str:
         if not assignee:
-            raise Refused("choose the person to assign it to")
+            raise Refused("choose the person to assign it to", "need-person")
         person = self.people.principal(assignee)
         if person is None or not person.emails:
-            raise Refused(f"no one named {assignee!r} can be assigned letters (unknown, disabled or no address)")
+            raise Refused(f"no one named {assignee!r} can be assigned letters (unknown, disabled or no address)",
+                          "no-assignee", person=assignee)
         if letter.department not in person.departments:
-            raise Refused(f"{person.name} is not in department {letter.department}")
+            raise Refused(f"{person.name} is not in department {letter.department}", "not-in-department",
+                          person=person.name, department=str(letter.department))
         email = sorted(person.emails)[0]
         notify = [] if email in who.emails else [
             new_mail(self.config, "notification", email, department=letter.department, assigned_by=who.name)]
@@ -463,7 +594,7 @@ class Access:
               limit: int = 500) -> list[AuditRecord]:
         """Audit rows, newest first; only for auditors. Raises Refused."""
         if not who.has("auditor"):
-            raise Refused("only auditors read the audit log")
+            raise Forbidden("only auditors read the audit log", "forbidden-audit")
         start, end = queries.received_between(self.config, since, until)
         letter_id = None
         if letter:

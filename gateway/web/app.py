@@ -212,9 +212,9 @@ def show(value: Any) -> str:
 
 
 def routes() -> list[BaseRoute]:
-    from gateway.web.routes import audit, auth, letters, people
+    from gateway.web.routes import audit, auth, letters, overview, people, work
 
-    return [*auth.routes(), *letters.routes(), *audit.routes(), *people.routes(),
+    return [*auth.routes(), *work.routes(), *letters.routes(), *audit.routes(), *people.routes(), *overview.routes(),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static")]
 
 

@@ -11,9 +11,13 @@ import io
 from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
+
+if TYPE_CHECKING:
+    from gateway.services.access import Refused
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 LANGUAGES = ("zh", "en")
@@ -35,8 +39,19 @@ def translations(language: str) -> gettext_mod.NullTranslations:
     locale = CATALOGUES.get(language)
     if locale is None:
         return gettext_mod.NullTranslations()
-    with open(LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po", "rb") as po:
-        catalog = read_po(po, locale=locale)
+    # One catalogue from every .po file of the language (a file per group of pages).
+    catalog = None
+    for path in sorted((LOCALE_DIR / locale / "LC_MESSAGES").glob("*.po")):
+        with open(path, "rb") as po:
+            part = read_po(po, locale=locale)
+        if catalog is None:
+            catalog = part
+            continue
+        for message in part:
+            if message.id:
+                catalog[message.id] = message
+    if catalog is None:
+        return gettext_mod.NullTranslations()
     buffer = io.BytesIO()
     write_mo(buffer, catalog)
     buffer.seek(0)
@@ -87,7 +102,7 @@ QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage"
          "overdue": N_("Overdue"), "all": N_("All letters")}
 ACTION = {"ack": N_("Acknowledge"), "progress": N_("In progress"), "answer": N_("Answered"),
           "close": N_("Close"), "note": N_("Note"), "assign": N_("Assign"), "reassign": N_("Reassign"),
-          "hold": N_("Legal hold")}
+          "hold": N_("Legal hold"), "tag": N_("Tag")}
 ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("department head"),
         "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
 # Event and audit actions (what happened), as recorded in the timeline and the audit log.
@@ -97,7 +112,8 @@ EVENT = {
     "in-progress": N_("in progress"), "answered": N_("answered"), "answer": N_("answer received"),
     "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
     "archived": N_("archived"), "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
-    "hold-released": N_("legal hold lifted"), "text-read": N_("fax text read"),
+    "hold-released": N_("legal hold lifted"), "tagged": N_("tagged"), "search": N_("search"),
+    "text-read": N_("fax text read"),
     "text-not-read": N_("fax text not readable"), "duplicate-arrival": N_("arrived again"),
     "receipt-queued": N_("receipt queued"), "receipt-suppressed": N_("receipt not sent"),
     "feedback-queued": N_("result to sender queued"), "mail-requeued": N_("mail queued again"),
@@ -126,3 +142,47 @@ def label(kind: str, value: str | None) -> str:
         return ""
     known = KINDS[kind].get(value)
     return gettext(known) if known else value
+
+
+# Why a step was refused (gateway/services/access.py Refused.key), worded in the page's language.
+REFUSAL = {
+    "forbidden-ack": N_("only the people of department %(department)s may do this"),
+    "forbidden-progress": N_("only the people of department %(department)s may do this"),
+    "forbidden-answer": N_("only the people of department %(department)s may do this"),
+    "forbidden-close": N_("only the people of department %(department)s may do this"),
+    "forbidden-note": N_("only the people of department %(department)s, the registry office and leaders may add "
+                         "notes"),
+    "forbidden-assign": N_("only the people of department %(department)s and the registry office may assign it"),
+    "forbidden-reassign": N_("only the people of department %(department)s and the registry office may reassign "
+                             "it"),
+    "forbidden-hold": N_("only the head of department %(department)s, the registry office and leaders may put it "
+                         "on legal hold"),
+    "forbidden-tag": N_("only the people of department %(department)s, the registry office and leaders may tag it"),
+    "forbidden-audit": N_("only auditors read the audit log"),
+    "bad-tag": N_("a tag is 1 to 40 letters, digits, '.', '_' or '-'"),
+    "no-letter": N_("no letter %(number)s"),
+    "too-many": N_("at most %(limit)s letters at once"),
+    "view-name": N_("a view needs a name of 1 to 60 characters"),
+    "state": N_("%(number)s is %(status)s: “%(action)s” is not possible now"),
+    "destroyed": N_("%(number)s was destroyed"),
+    "need-department": N_("choose the department to send it to"),
+    "need-reason": N_("give the reason"),
+    "need-text": N_("a note needs text"),
+    "need-result": N_("closing an inquiry or complaint needs its result: the sender receives it"),
+    "need-person": N_("choose the person to assign it to"),
+    "no-assignee": N_("%(person)s cannot be assigned letters (unknown, disabled or no e-mail address)"),
+    "not-in-department": N_("%(person)s is not in department %(department)s"),
+}
+
+
+def refusal(exc: Refused) -> str:
+    """A refusal in the current language: in English the service's own (more detailed) words."""
+    template = REFUSAL.get(exc.key)
+    if template is None or current() == "en":
+        return str(exc)
+    params = dict(exc.params)
+    if "status" in params:
+        params["status"] = label("status", params["status"])
+    if "action" in params:
+        params["action"] = label("action", params["action"])
+    return gettext(template) % params

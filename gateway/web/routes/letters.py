@@ -10,7 +10,7 @@ from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.access import ACTIONS, QUEUES, AuditRecord, LetterView, QueueQuery, Refused
+from gateway.services.access import ACTIONS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery, Refused
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
@@ -183,10 +183,8 @@ def act(req: Req) -> Response:
         view = req.web.access.letter(req.who, number, address=req.address, audit=False)
         if view is None:
             raise Problem(404) from None
-        # A step the person has no right to is 403 (Access words those "only ... may"); the rest 409.
-        by_rights = action not in view.rights.actions and str(exc).startswith("only ")
-        return _letter_page(req, view, status=403 if by_rights else 409, failed_action=action,
-                            error=_("Not done: %(reason)s") % {"reason": str(exc)})
+        return _letter_page(req, view, status=403 if isinstance(exc, Forbidden) else 409, failed_action=action,
+                            error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
     done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")
     return RedirectResponse(f"{letter_url(number)}?done={done}", status_code=303)
 
