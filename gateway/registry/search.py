@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
-from sqlalchemy import Connection, and_, column, or_, delete, func, insert, literal, literal_column, select, table
+from sqlalchemy import (Connection, Text, and_, cast, column, delete, func, insert, literal, literal_column, or_,
+                        select, table)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import selectinload
 
@@ -140,7 +141,8 @@ class SearchRecords(Store):
         if not terms:
             return [], 0
         if self.engine.dialect.name == "postgresql":
-            query = func.to_tsquery(literal("simple"), literal(_tsquery(terms)))
+            # 'simple' as a bare literal, so PostgreSQL reads it as the regconfig it is.
+            query = func.to_tsquery(literal_column("'simple'"), cast(literal(_tsquery(terms)), Text))
             hits = (select(_PG_INDEX.c.letter_id.label("letter_id"),
                            (-func.ts_rank_cd(_PG_INDEX.c.tsv, query)).label("rank"))
                     .where(_PG_INDEX.c.tsv.op("@@")(query)).subquery())

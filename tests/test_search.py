@@ -1,0 +1,196 @@
+"""Full-text search of the register: Chinese words inside sentences in either script, Latin words
+by prefix, numbers, addresses and attachment names, a fax's text once read — on SQLite FTS5 and
+PostgreSQL — and never a letter, or a word of a letter's content, the person may not read."""
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from conftest import Gateway, make_message
+from fax_samples import ENGLISH, tiff_fax
+from sqlalchemy import text
+
+from gateway.daemon.pipeline import Pipeline
+from gateway.registry import Registry
+from gateway.services import intake
+from gateway.services.access import Access, QueueQuery
+from gateway.services.people import People, Principal
+from gateway.services.queries import reindex_missing
+from gateway.spool import Spool
+from gateway.stages import rulebook
+
+RULES = textwrap.dedent("""
+    rules:
+      - name: confidential
+        when:
+          keywords: {any: ["机密"], in: [subject]}
+        set: {confidentiality: confidential}
+        stop: false
+      - name: by-address
+        when:
+          any:
+            - recipient_department: any
+            - mailbox_department: any
+        set: {department: recipient, category: external.business}
+""")
+FAX = """
+[fax]
+filename_pattern = '^fax_(?P<number>[0-9+]+)_(?P<received>[0-9]{8}-[0-9]{6})'
+filename_time_format = "%Y%m%d-%H%M%S"
+"""
+OPERATOR = Principal.operator("clerk")
+
+
+class Register:
+    def __init__(self, tmp: Path, registry_url: str = ""):
+        self.tmp = tmp
+        self.gateway = Gateway(tmp, registry_url=registry_url, extra=FAX, rules=RULES)
+        self.config = rulebook.load(str(self.gateway.config))
+        self.registry = Registry.from_config(self.config)
+        self.registry.upgrade()
+        self.spool = Spool(self.config.spool_dir, self.config.message_dir)
+        self.pipeline = Pipeline(self.config, self.spool, self.registry)
+        self.access = Access(self.config, self.registry)
+        self.people = People(self.config, self.registry)
+        self.numbers: dict[str, str] = {}
+
+    def ingest(self, name: str, raw: bytes, filename: str = "") -> str:
+        path = self.tmp / (filename or f"{name}.eml")
+        path.write_bytes(raw)
+        done = intake.ingest_file(self.config, self.spool, self.pipeline, path)
+        assert done.result == "registered" and done.number, done
+        self.numbers[name] = done.number
+        return done.number
+
+    def find(self, query: str, who: Principal = OPERATOR, **filters: object) -> list[str]:
+        page = self.access.search(who, query, QueueQuery(queue="all", **filters), address="127.0.0.1")  # type: ignore[arg-type]
+        names = {number: name for name, number in self.numbers.items()}
+        return [names.get(r.number, r.number) for r in page.rows]
+
+
+def with_attachment(subject: str, sender: str, to: str, name: str) -> bytes:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = sender, to, subject
+    message["Date"] = "Mon, 23 Nov 2026 10:00:00 +0800"
+    message.set_content("Please find the document attached.\n")
+    message.add_attachment(b"%PDF-1.4\n%%EOF\n", maintype="application", subtype="pdf", filename=name)
+    return bytes(message)
+
+
+def fill(register: Register) -> None:
+    register.ingest("contract", make_message(1, subject="关于2027年度供货合同的续签事宜", to="sales@example.org",
+                                            body="王经理您好：附件为合同草案，请审阅。\n"))
+    register.ingest("complaint", make_message(2, subject="投訴：訂單延遲交付", to="liaison@example.org",
+                                             body="我在十一月初下的訂單至今未到貨。\n"))
+    register.ingest("quotation", make_message(3, subject="Quotation request for 500 units", to="sales@example.org",
+                                              body="Please send a quotation.\n"))
+    register.ingest("attached", with_attachment("Documents", "Zhang Wei <zhang.wei@partner.cn>",
+                                                "sales@example.org", "报价单2026.pdf"))
+    register.ingest("secret", make_message(5, subject="机密：并购条款", to="sales@example.org",
+                                          sender="Wang Fang <wang.fang@partner.cn>", body="关于并购谈判的条款。\n"))
+
+
+@pytest.fixture
+def register(tmp_path: Path) -> Iterator[Register]:
+    r = Register(tmp_path)
+    fill(r)
+    yield r
+    r.registry.close()
+
+
+@pytest.fixture
+def pg_register(tmp_path: Path, pg_url: str) -> Iterator[Register]:
+    r = Register(tmp_path, registry_url=pg_url)
+    fill(r)
+    yield r
+    r.registry.close()
+
+
+def check_finding(register: Register) -> None:
+    assert register.find("合同") == ["contract"]  # two characters inside a sentence
+    assert register.find("续签") == ["contract"]
+    assert register.find("合同 续签") == ["contract"]  # every word
+    assert register.find("合同续签") == []  # a phrase that is not in it
+    assert register.find("供货合同") == ["contract"]
+    assert register.find("合") == ["contract"]  # a lone character begins a word
+    assert register.find("投诉") == ["complaint"]  # simplified finds traditional
+    assert register.find("訂單") == ["complaint"]  # and traditional itself
+    assert register.find("订单") == ["complaint"]
+    assert register.find("quot") == ["quotation"]  # Latin by prefix, any case
+    assert register.find("UNITS quotation") == ["quotation"]
+    assert register.find("zhang.wei@partner") == ["attached"]  # an address
+    assert register.find("报价单") == ["attached"]  # an attachment's name
+    assert register.find(register.numbers["quotation"]) == ["quotation"]  # a letter number
+    assert register.find("合同 quotation") == []
+    assert register.find("   ") == [] and register.find("!!!") == []
+    # Filters combine with the search.
+    assert register.find("合同", department="general-office") == []
+    assert register.find("合同", department="business") == ["contract"]
+
+
+def test_chinese_latin_numbers_addresses_and_attachment_names_are_found(register: Register) -> None:
+    check_finding(register)
+
+
+def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
+    check_finding(pg_register)
+    check_access(pg_register)
+
+
+def check_access(register: Register) -> None:
+    register.people.add("sam", emails=["sales.desk@example.org"], actor="test")  # a member of business
+    register.people.add("gina", departments=["general-office"], roles=["member"], emails=["gina@example.org"],
+                        actor="test")
+    register.people.add("bella", emails=["business.head@example.org"], actor="test")  # the head of business
+    sam, gina, bella = (register.people.principal(n) for n in ("sam", "gina", "bella"))
+    assert sam and gina and bella
+    # Letters of another department are not found at all.
+    assert register.find("合同", gina) == [] and register.find("投诉", gina) == ["complaint"]
+    # A confidential letter's content words find nothing for a member who may not read it...
+    assert register.find("并购", sam) == []
+    # ...its register entry still finds it, without its subject.
+    page = register.access.search(sam, "wang.fang", QueueQuery(queue="all"), address="127.0.0.1")
+    assert [r.number for r in page.rows] == [register.numbers["secret"]] and page.content == set()
+    # The department's head reads it, so finds it by its content.
+    assert register.find("并购", bella) == ["secret"]
+    assert register.find("并购") == ["secret"]  # and the operator at the server
+    # Each search is an audit row naming who searched for what and how much was found.
+    rows = [(r.actor, r.subject, r.details["matches"]) for r, _ in register.registry.audit_rows(action="search")
+            if r.actor in ("sam", "gina")]
+    assert ("sam", "并购", 0) in rows and ("gina", "投诉", 1) in rows
+
+
+def test_search_never_shows_what_the_person_may_not_read(register: Register) -> None:
+    check_access(register)
+
+
+def test_a_faxs_text_is_found_once_read_and_older_letters_are_indexed(register: Register) -> None:
+    number = register.ingest("fax", tiff_fax([ENGLISH]), filename="fax_+8620123456_20261122-090000.tif")
+    assert register.find("8620123456") == ["fax"]  # its number, before any text is read
+    assert register.find("采购") == []
+    letter = register.registry.letter(number)
+    assert letter is not None
+    register.registry.ocr_done(letter.id, "关于采购订单的咨询\n报价单见附件", summary="关于采购订单的咨询", defects=[],
+                               pages=1, seconds=0.5, routing=None)
+    assert register.find("采购") == ["fax"] and register.find("咨询 8620123456") == ["fax"]
+    # A register that predates the index: its letters are indexed by the daemon's start.
+    with register.registry.write() as conn:
+        conn.execute(text("DELETE FROM letter_search"))
+    assert register.find("合同") == []
+    assert reindex_missing(register.registry) == len(register.numbers)
+    assert register.find("合同") == ["contract"] and register.find("采购") == ["fax"]
+    assert reindex_missing(register.registry) == 0
+
+
+def test_gateway_letters_search(register: Register) -> None:
+    register.gateway.run("users", "add", "sam", "--email", "sales.desk@example.org", "--no-password")
+    found = json.loads(register.gateway.run("letters", "search", "投訴", "--json").stdout)
+    assert found["matches"] == 1 and found["letters"][0]["number"] == register.numbers["complaint"]
+    as_sam = json.loads(register.gateway.run("letters", "search", "wang.fang", "--json", "--as", "sam").stdout)
+    assert [(row["number"], row["subject"]) for row in as_sam["letters"]] == [(register.numbers["secret"], "")]
+    table = register.gateway.run("letters", "search", "合同").stdout
+    assert register.numbers["contract"] in table and "1 letter(s) match '合同'" in table
