@@ -93,3 +93,23 @@ def test_quarter_report_figures_as_json_csv_and_html(tmp_path: Path) -> None:
 
     bad = gateway.run("report", "--month", "2026-13", check=False)
     assert bad.returncode == 2 and "neither a month (YYYY-MM) nor a quarter (YYYY-Qn)" in bad.stderr
+
+
+def test_the_period_is_shown_in_the_organisations_local_dates(tmp_path: Path) -> None:
+    from gateway.report.figures import Period
+
+    december = Period.parse("2026-12", "Asia/Shanghai")
+    assert december.start == datetime(2026, 11, 30, 16, 0, tzinfo=timezone.utc)  # 1 December, 00:00 in Shanghai
+    assert december.days("Asia/Shanghai") == (datetime(2026, 12, 1).date(), datetime(2026, 12, 31).date())
+    assert Period.parse("2026-Q1", "Asia/Shanghai").days("Asia/Shanghai") == (
+        datetime(2026, 1, 1).date(), datetime(2026, 3, 31).date())
+
+    gateway = Gateway(tmp_path, rules=RULES)
+    report = json.loads(gateway.run("report", "--month", "2026-12", "--format", "json").stdout)
+    assert (report["first_day"], report["last_day"], report["timezone"]) == ("2026-12-01", "2026-12-31",
+                                                                           "Asia/Shanghai")
+    assert report["from"] == "2026-12-01T00:00:00+08:00" and report["until"] == "2027-01-01T00:00:00+08:00"
+    table = list(csv.reader(io.StringIO(gateway.run("report", "--month", "2026-12", "--format", "csv").stdout)))
+    assert ["period", "first_day", "2026-12-01"] in table and ["period", "last_day", "2026-12-31"] in table
+    page = gateway.run("report", "--month", "2026-12").stdout
+    assert "2026-12-01 – 2026-12-31" in page and "2026-11-30" not in page and "to before" not in page

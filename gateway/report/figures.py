@@ -20,11 +20,11 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
@@ -53,6 +53,21 @@ class Period:
         end = datetime.combine(datetime(year + (last > 12), (last - 1) % 12 + 1, 1).date(), time.min, tz)
         return cls(value, start.astimezone(timezone.utc), end.astimezone(timezone.utc))
 
+    def days(self, timezone_name: str) -> tuple[date, date]:
+        """The period's first and last local day (the organisation's dates, not UTC's)."""
+        tz = ZoneInfo(timezone_name)
+        return self.start.astimezone(tz).date(), (self.end.astimezone(tz) - timedelta(microseconds=1)).date()
+
+
+def on_time(closed_at: datetime, deadline: datetime | None) -> bool:
+    """Timeliness: a letter closed by its deadline (one without a deadline is always on time)."""
+    return deadline is None or closed_at <= deadline
+
+
+def on_time_clause(closed_at: Any, deadline: Any) -> ColumnElement[bool]:
+    """on_time() as SQL, for figures counted in the database (the dashboard)."""
+    return or_(deadline.is_(None), closed_at <= deadline)
+
 
 def _stats(hours: list[float]) -> dict[str, float | int | None]:
     if not hours:
@@ -71,6 +86,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
     moment = min(now, period.end)
     tz = ZoneInfo(timezone_name)
     this_month = now.astimezone(tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    first, last = period.days(timezone_name)
     with registry.session() as session:
         letters = list(session.scalars(
             select(Letter).where(Letter.received_at >= period.start, Letter.received_at < period.end)
@@ -96,7 +112,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         if closed_at is not None:
             closed += 1
             to_close.append((closed_at - letter.received_at).total_seconds() / 3600)
-            if letter.deadline is None or closed_at <= letter.deadline:
+            if on_time(closed_at, letter.deadline):
                 within += 1
         routed_at = next((e.at for e in events if e.action == "routed"), None)
         if routed_at is not None:
@@ -110,11 +126,14 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         open_at_moment = closed_at is None or closed_at > moment
         if open_at_moment and letter.deadline is not None and letter.deadline < moment:
             overdue.append({"number": letter.number, "department": letter.department, "category": letter.category,
-                            "deadline": letter.deadline.isoformat(), "status": letter.status,
+                            "deadline": letter.deadline.astimezone(tz).isoformat(), "status": letter.status,
                             "subject": letter.subject if letter.confidentiality != "confidential" else "(confidential)",
                             "days_overdue": round((moment - letter.deadline).total_seconds() / 86400, 1)})
     return {
-        "period": period.name, "from": period.start.isoformat(), "until": period.end.isoformat(),
+        # The bounds in the organisation's time zone: the same instants, its own dates.
+        "period": period.name, "from": period.start.astimezone(tz).isoformat(),
+        "until": period.end.astimezone(tz).isoformat(), "first_day": first.isoformat(),
+        "last_day": last.isoformat(), "timezone": timezone_name,
         "as_of": moment.isoformat(), "letters": len(letters),
         "volumes": {"channel": dict(sorted(by_channel.items())), "category": dict(sorted(by_category.items())),
                     "department": dict(sorted(by_department.items()))},

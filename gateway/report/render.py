@@ -5,7 +5,9 @@ import csv
 import html
 import io
 import json
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 
 def as_json(report: dict[str, Any]) -> str:
@@ -13,7 +15,11 @@ def as_json(report: dict[str, Any]) -> str:
 
 
 def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    out: list[tuple[str, str, Any]] = [("period", "name", report["period"]), ("period", "letters", report["letters"])]
+    out: list[tuple[str, str, Any]] = [("period", "name", report["period"]),
+                                       ("period", "first_day", report["first_day"]),
+                                       ("period", "last_day", report["last_day"]),
+                                       ("period", "timezone", report["timezone"]),
+                                       ("period", "letters", report["letters"])]
     for dimension, counts in report["volumes"].items():
         out += [(f"volume by {dimension}", key, value) for key, value in counts.items()]
     for section in ("timeliness", "time_to_acknowledge", "time_to_close", "accuracy", "archive"):
@@ -49,6 +55,11 @@ def _bars(title: str, counts: dict[str, int]) -> str:
     return "".join(parts)
 
 
+def _local(moment: str, timezone_name: str) -> str:
+    """An ISO instant as the organisation's wall-clock time."""
+    return datetime.fromisoformat(moment).astimezone(ZoneInfo(timezone_name)).strftime("%Y-%m-%d %H:%M")
+
+
 def _pct(rate: float | None) -> str:
     return "–" if rate is None else f"{rate * 100:.1f}%"
 
@@ -66,7 +77,7 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
     ack, close = report["time_to_acknowledge"], report["time_to_close"]
     overdue_rows = "".join(
         f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
-        f"<td>{html.escape(str(o['category']))}</td><td>{html.escape(o['deadline'][:16])}</td>"
+        f"<td>{html.escape(str(o['category']))}</td><td>{html.escape(_local(o['deadline'], report['timezone']))}</td>"
         f"<td>{o['days_overdue']}</td><td>{html.escape(o['subject'])}</td></tr>" for o in report["overdue"])
     figures = "\n".join([
         _row("Timeliness rate", f'<td class="k">{_pct(t["rate"])}</td>',
@@ -90,8 +101,9 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.k{{font-size:1.6em;font-weight:bold}}</style></head>
 <body>
 <h1>Correspondence report {html.escape(report['period'])}{by}</h1>
-<p>Letters received from {html.escape(report['from'][:10])} to before {html.escape(report['until'][:10])};
-figures as of {html.escape(report['as_of'][:16])}. {report['letters']} letter(s).</p>
+<p>Letters received {html.escape(report['first_day'])} – {html.escape(report['last_day'])}
+({html.escape(report['timezone'])}); figures as of {html.escape(_local(report['as_of'], report['timezone']))}.
+{report['letters']} letter(s).</p>
 <table>
 {figures}
 </table>
