@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from conftest import Daemon, Notify, wait_for
-from smtp_sink import SmtpSink
+from smtp_sink import Received, SmtpSink
 from test_access import LETTERS, PASSWORD, World, build_world
 
 pytestmark = pytest.mark.timeout(300)
@@ -182,10 +182,11 @@ def test_acknowledge_then_close_with_a_result_the_sender_receives(register: Regi
     expect(page.locator(".page-head .badge").first).to_have_class("badge status-closed")
     expect(page.locator("table.timeline")).to_contain_text("mem.a")
 
-    def result() -> object:
+    def result() -> list[Received]:
         return [r for r in register.sink.received if r.rcpt_tos == ["alice@partner.example"]
                 and "The parcel was sent again on Monday." in r.message.get_content()]
-    [mail] = wait_for(result, 30, "the result at the sender")  # type: ignore[misc]
+    wait_for(result, 30, "the result at the sender")
+    [mail] = result()
     assert number in str(mail.message["Subject"])
     letter = register.world.registry.letter(number)
     assert letter is not None and letter.status == "closed"
