@@ -1,0 +1,164 @@
+"""The dashboard's figures for one person: counted in SQL over the letters their scope covers
+(Access.scope decides it), each with the queue that lists the same letters.
+
+A figure's `url` opens `/letters` with filters giving exactly its count, unless `exact` is False:
+then the queue is the nearest one the queue filters can express (it shows more letters), and
+the page says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, and_, case, func, select
+
+from gateway.config import Config
+from gateway.registry import Registry, lifecycle
+from gateway.registry.models import Event, Letter
+from gateway.registry.people import scope_clause
+from gateway.report.figures import Period, on_time_clause
+from gateway.services.access import Access
+from gateway.services.people import Principal
+from gateway.spool import Spool
+
+CHANNELS = ("email", "fax")
+# The open states, in the order a letter goes through them.
+WORK_STATES = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered")
+
+
+def queue_url(queue: str = "all", **filters: str) -> str:
+    return "/letters?" + urlencode({"queue": queue, **{k: v for k, v in filters.items() if v}})
+
+
+@dataclass(frozen=True)
+class Figure:
+    count: int
+    url: str | None = None  # the queue behind the number
+    exact: bool = True  # the queue lists exactly `count` letters
+
+
+@dataclass
+class DepartmentFigures:
+    id: str
+    name: str
+    open: Figure
+    by_status: dict[str, Figure]  # open letters by state (each exact)
+    overdue: Figure
+    due_this_week: Figure
+
+
+@dataclass
+class Timeliness:
+    month: str  # YYYY-MM
+    closed: Figure  # letters received this month and closed
+    on_time: Figure  # of those, closed by their deadline
+    rate: float | None
+
+
+@dataclass
+class Dashboard:
+    today: date
+    week_end: date  # the last day of this week (Sunday)
+    intake: dict[str, Figure]  # today's letters by channel
+    intake_total: Figure
+    departments: list[DepartmentFigures]
+    open_total: Figure
+    overdue_total: Figure
+    due_this_week_total: Figure
+    timeliness: Timeliness
+    triage: Figure
+    quarantined: Figure | None = None  # administrators and the registry office
+    dead_letters: Figure | None = None
+    statuses: tuple[str, ...] = field(default=WORK_STATES)
+
+
+def _between(column: Any, start: datetime, end: datetime) -> ColumnElement[bool]:
+    return and_(column >= start, column < end)
+
+
+def compute(config: Config, registry: Registry, access: Access, who: Principal,
+            now: datetime | None = None) -> Dashboard:
+    now = now or datetime.now(timezone.utc)
+    tz = ZoneInfo(config.model.gateway.timezone)
+    local = now.astimezone(tz)
+    today = local.date()
+    tomorrow = today + timedelta(days=1)
+    day_start = datetime.combine(today, datetime.min.time(), tz).astimezone(timezone.utc)
+    day_end = datetime.combine(tomorrow, datetime.min.time(), tz).astimezone(timezone.utc)
+    week_end = today + timedelta(days=6 - today.weekday())  # Sunday
+    week_stop = datetime.combine(week_end + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
+    month = Period.parse(f"{today.year}-{today.month:02d}", config.model.gateway.timezone)
+    month_first = month.days(config.model.gateway.timezone)[0]
+    scope = scope_clause(access.scope(who))
+    is_open = Letter.status.in_(lifecycle.OPEN)
+    overdue = and_(Letter.deadline.is_not(None), Letter.deadline < now)
+    due = and_(Letter.deadline.is_not(None), Letter.deadline >= now, Letter.deadline < week_stop)
+    # The first "closed" event of each letter received this month (the report's definition).
+    closed = (select(Letter.id, Letter.deadline, func.min(Event.at).label("closed_at"))
+              .join(Event, Event.letter_id == Letter.id)
+              .where(scope, Event.action == "closed", _between(Letter.received_at, month.start, month.end))
+              .group_by(Letter.id, Letter.deadline).subquery())
+    with registry.read() as conn:
+        intake = dict(conn.execute(
+            select(Letter.channel, func.count(Letter.id))
+            .where(scope, _between(Letter.received_at, day_start, day_end)).group_by(Letter.channel)).all())
+        work = conn.execute(
+            select(Letter.department, Letter.status, func.count(Letter.id),
+                   func.sum(case((overdue, 1), else_=0)), func.sum(case((due, 1), else_=0)))
+            .where(scope, is_open)
+            .group_by(Letter.department, Letter.status)).all()
+        triage = int(conn.execute(select(func.count(Letter.id))
+                                  .where(scope, Letter.status == "needs-triage")).scalar() or 0)
+        closed_count, on_time_count = conn.execute(
+            select(func.count(), func.sum(case((on_time_clause(closed.c.closed_at, closed.c.deadline), 1),
+                                               else_=0))).select_from(closed)).one()
+    today_text = today.isoformat()
+    week_text = (week_end + timedelta(days=1)).isoformat()  # deadline_before: the day after the week
+
+    per: dict[str | None, dict[str, list[int]]] = {}
+    for department, status, count, late, soon in work:
+        per.setdefault(department, {})[status] = [int(count), int(late or 0), int(soon or 0)]
+    totals = [sum(v[i] for states in per.values() for v in states.values()) for i in range(3)]
+    known = config.departments
+    # Letters without a department (triage) count in the totals, not in a department's row.
+    order = [d for d in known if d in per] + sorted(d for d in per if d is not None and d not in known)
+    departments = []
+    for dep in order:
+        states = per[dep]
+        total = sum(v[0] for v in states.values())
+        departments.append(DepartmentFigures(
+            id=dep, name=known[dep].name if dep in known else dep,
+            # "Open" is several states; the queue filters take one state, so its queue shows closed letters too.
+            open=Figure(total, queue_url(department=dep, sort="deadline"), exact=False),
+            by_status={s: Figure(states[s][0], queue_url(department=dep, status=s))
+                       for s in (*WORK_STATES, *sorted(set(states) - set(WORK_STATES))) if s in states},
+            overdue=Figure(sum(v[1] for v in states.values()), queue_url("overdue", department=dep)),
+            # Due by Sunday and not yet late: the queue filters have no "deadline from" or "open".
+            due_this_week=Figure(sum(v[2] for v in states.values()),
+                                 queue_url(department=dep, deadline_before=week_text, sort="deadline"),
+                                 exact=False)))
+    queues = access.queues(who)
+    closed_url = queue_url(status="closed", since=month_first.isoformat())
+    board = Dashboard(
+        today=today, week_end=week_end,
+        intake={c: Figure(int(intake.get(c, 0)), queue_url(channel=c, since=today_text, until=today_text))
+                for c in (*CHANNELS, *sorted(set(intake) - set(CHANNELS)))},
+        intake_total=Figure(sum(int(v) for v in intake.values()), queue_url(since=today_text, until=today_text)),
+        departments=departments,
+        open_total=Figure(totals[0], queue_url(sort="deadline"), exact=False),
+        overdue_total=Figure(totals[1], queue_url("overdue")),
+        due_this_week_total=Figure(totals[2], queue_url(deadline_before=week_text, sort="deadline"), exact=False),
+        timeliness=Timeliness(
+            month=f"{today.year}-{today.month:02d}", closed=Figure(int(closed_count or 0), closed_url),
+            on_time=Figure(int(on_time_count or 0), closed_url, exact=False),
+            rate=round(int(on_time_count or 0) / closed_count, 4) if closed_count else None),
+        triage=Figure(triage, queue_url("triage") if "triage" in queues else queue_url(status="needs-triage")))
+    if who.has("admin", "registry"):
+        spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
+        url = "/operations" if who.has("admin") else None
+        board.quarantined = Figure(len(spool.quarantined()), url + "#quarantine" if url else None)
+        board.dead_letters = Figure(registry.outbox_counts().get("dead", 0), url + "#dead" if url else None)
+    return board

@@ -1,0 +1,243 @@
+"""The dashboard, the reports and the operations page over a real server: the dashboard's numbers
+checked against the register and against the queues they link to, for the registry office and for
+a member who sees one department; report downloads and their audit rows; a quarantined item and
+an undeliverable mail retried; the wrong roles refused; the charts drawn in chromium."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import update
+from web_support import PASSWORD, Browser, Site
+
+from gateway.registry import lifecycle
+from gateway.registry.models import Letter
+from gateway.services.people import Principal
+
+pytestmark = pytest.mark.timeout(120)
+FIGURE = re.compile(r'<a class="figure[^"]*" href="([^"]+)"( title="[^"]*")?>(\d+)')
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The standard people and letters, with known deadlines and states:
+    business overdue, office closed late, secret due within the hour, inquiry closed on time,
+    urgent acknowledged and overdue, one in triage, the fax received 40 days ago."""
+    s = Site(tmp_path_factory.mktemp("web-overview"))
+    s.add_people()
+    s.add_letters()
+    now = datetime.now(timezone.utc)
+    n = s.letters
+    with s.registry.write() as conn:
+        for name, deadline in (("business", now - timedelta(days=2)), ("office", now - timedelta(days=1)),
+                               ("secret", now + timedelta(hours=1)), ("urgent", now - timedelta(days=1))):
+            conn.execute(update(Letter).where(Letter.number == n[name]).values(deadline=deadline))
+        conn.execute(update(Letter).where(Letter.number == n["fax"]).values(received_at=now - timedelta(days=40)))
+    gina, sam = principal(s, "gina"), principal(s, "sam")
+    s.access.act(gina, n["office"], "close", text="done late", address="127.0.0.1")
+    s.access.act(sam, n["inquiry"], "close", text="Delivery on Monday.", address="127.0.0.1")
+    s.access.act(gina, n["urgent"], "ack", address="127.0.0.1")
+    yield s
+    s.close()
+
+
+def principal(site: Site, login: str) -> Principal:
+    who = site.people.principal(login)
+    assert who is not None
+    return who
+
+
+def figures(html: str) -> list[tuple[str, bool, int]]:
+    """(queue URL, exact, number) of every number on a page."""
+    return [(url.replace("&amp;", "&"), not title, int(count)) for url, title, count in FIGURE.findall(html)]
+
+
+def queue_total(client: Browser, url: str) -> int:
+    page = client.get(url)
+    assert page.status_code == 200, url
+    found = re.search(r"<h1>[^<]*</h1>\s*<p class=\"muted\">\D*(\d+)", page.text)
+    assert found, url
+    return int(found.group(1))
+
+
+def tile(html: str, name: str) -> int:
+    found = re.search(rf'id="tile-{name}">\s*<h2>[^<]*</h2>\s*<(?:a|span) class="figure big"[^>]*>(\d+)', html)
+    assert found, name
+    return int(found.group(1))
+
+
+def expected(site: Site, who: Principal) -> dict[str, object]:
+    """The dashboard's figures worked out here from the letters themselves."""
+    tz = ZoneInfo(site.config.model.gateway.timezone)
+    now = datetime.now(timezone.utc)
+    today = now.astimezone(tz).date()
+    week_stop = datetime.combine(today + timedelta(days=7 - today.weekday()), datetime.min.time(), tz)
+    month_start = datetime.combine(today.replace(day=1), datetime.min.time(), tz)
+    letters = site.registry.letters(scope=site.access.scope(who))
+    open_ = [x for x in letters if x.status in lifecycle.OPEN]
+    by_department: dict[str, int] = {}
+    for x in open_:
+        if x.department:
+            by_department[x.department] = by_department.get(x.department, 0) + 1
+    closed = [x for x in letters if x.received_at >= month_start and x.status == "closed"]
+    on_time = [x for x in closed if x.deadline is None or max(e.at for e in site.registry.letter(x.number).events
+                                                                if e.action == "closed") <= x.deadline]
+    return {
+        "intake": sum(1 for x in letters if x.received_at.astimezone(tz).date() == today),
+        "open": len(open_), "by_department": by_department,
+        "overdue": sum(1 for x in open_ if x.deadline and x.deadline < now),
+        "week": sum(1 for x in open_ if x.deadline and now <= x.deadline < week_stop),
+        "triage": sum(1 for x in letters if x.status == "needs-triage"),
+        "closed": len(closed), "on_time": len(on_time),
+    }
+
+
+def test_the_dashboard_counts_the_register_and_each_number_opens_its_letters(site: Site) -> None:
+    rita = site.sign_in("rita")
+    page = rita.get("/dashboard")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    want = expected(site, principal(site, "rita"))
+    assert want == {"intake": 6, "open": 5, "by_department": {"business": 2, "general-office": 3}, "overdue": 2,
+                    "week": 1, "triage": 1, "closed": 2, "on_time": 1}
+    html = page.text
+    assert (tile(html, "intake"), tile(html, "open"), tile(html, "overdue"), tile(html, "week"),
+            tile(html, "triage")) == (want["intake"], want["open"], want["overdue"], want["week"], want["triage"])
+    assert "50%" in html  # timeliness this month: the inquiry on time, the office letter late
+    assert tile(html, "quarantine") == len(site.spool.quarantined())
+    numbers = figures(html)
+    exact = [(url, count) for url, is_exact, count in numbers if is_exact]
+    assert len(exact) >= 10
+    for url, count in exact:
+        assert queue_total(rita, url) == count, url
+    # The numbers without an exact queue open one that holds at least as many letters.
+    for url, is_exact, count in numbers:
+        if not is_exact:
+            assert queue_total(rita, url) >= count, url
+    assert ("/letters?queue=overdue&department=business", True, 1) in numbers
+    assert ("/letters?queue=all&department=general-office&status=acknowledged", True, 1) in numbers
+    assert ("/letters?queue=triage", True, 1) in numbers
+
+
+def test_a_member_sees_only_the_figures_of_their_departments(site: Site) -> None:
+    sam = site.sign_in("sam")
+    html = sam.get("/dashboard").text
+    want = expected(site, principal(site, "sam"))
+    assert want["by_department"] == {"business": 2} and want["intake"] == 3
+    assert (tile(html, "intake"), tile(html, "open"), tile(html, "overdue"), tile(html, "week")) == (
+        want["intake"], want["open"], want["overdue"], want["week"])
+    assert "General Office" not in html and "department=general-office" not in html
+    assert 'id="tile-quarantine"' not in html and "/operations" not in html
+    for url, is_exact, count in figures(html):
+        if is_exact:
+            assert queue_total(sam, url) == count, url
+
+
+def test_reports_in_the_browser_and_downloaded_as_html_csv_and_json(site: Site) -> None:
+    tz = ZoneInfo(site.config.model.gateway.timezone)
+    month = datetime.now(timezone.utc).astimezone(tz).strftime("%Y-%m")
+    rita = site.sign_in("rita")
+    page = rita.get(f"/reports?period={month}")
+    assert page.status_code == 200 and page.text.count('class="chart bars"') == 3
+    assert f"{month}-01 – " in page.text and site.letters["business"] in page.text  # overdue at the report's moment
+    data = rita.get(f"/reports/download?period={month}&format=json")
+    assert data.headers["content-disposition"].startswith("attachment") and data.headers["cache-control"] == "no-store"
+    report = json.loads(data.text)
+    assert report["letters"] == 6 and report["first_day"] == f"{month}-01"
+    assert report["timeliness"] == {"closed": 2, "closed_within_deadline": 1, "rate": 0.5}
+    text = rita.get(f"/reports/download?period={month}&format=csv").text
+    table = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    assert ["period", "first_day", f"{month}-01"] in table and ["timeliness", "rate", "0.5"] in table
+    html = rita.get(f"/reports/download?period={month}&format=html")
+    assert html.text.startswith("<!DOCTYPE html>") and html.headers["content-type"].startswith("text/html")
+    assert "sandbox" in html.headers["content-security-policy"]
+    rows = site.access.audit(principal(site, "audrey"), actor="rita", action="export")
+    assert {r.subject for r in rows} >= {f"report {month} ({fmt})" for fmt in ("json", "csv", "html")}
+    # Auditors read the figures, not the letters: no subjects in their overdue list.
+    audrey = site.sign_in("audrey")
+    theirs = json.loads(audrey.get(f"/reports/download?period={month}&format=json").text)
+    assert theirs["overdue"] and all(o["subject"] == "" for o in theirs["overdue"])
+    assert "Order 4711" not in audrey.get(f"/reports?period={month}").text
+    assert rita.get("/reports?period=2026-13").status_code == 400
+    assert rita.get(f"/reports/download?period={month}&format=pdf").status_code == 404
+
+
+def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: Site) -> None:
+    item = site.spool.quarantine_new(b"not a message", {"intake": "smtp"}, "cannot read item: test")
+    mail = site.registry.outbox(status="pending")[0]
+    site.registry.outbox_dead(mail.id, "550 5.1.1 no such user")
+    ada = site.sign_in("ada")
+    page = ada.get("/operations")
+    assert page.status_code == 200
+    assert item in page.text and "cannot read item: test" in page.text and "550 5.1.1 no such user" in page.text
+    assert ada.post("/operations/quarantine/retry", data={"item": item}).status_code == 403  # no CSRF token
+    done = ada.post("/operations/quarantine/retry", data={"item": item, "csrf": ada.csrf})
+    assert done.status_code == 303 and done.headers["location"] == "/operations?done=item"
+    assert site.spool.quarantined() == [] and len(site.spool.pending()) == 1
+    assert ada.post("/operations/quarantine/retry", data={"item": item, "csrf": ada.csrf}).status_code == 404
+    sent = ada.post("/operations/outbox/retry", data={"mail": str(mail.id), "csrf": ada.csrf})
+    assert sent.status_code == 303
+    assert next(m for m in site.registry.outbox() if m.id == mail.id).status == "pending"
+    assert ada.post("/operations/outbox/retry", data={"mail": str(mail.id), "csrf": ada.csrf}).status_code == 409
+    assert ada.post("/operations/outbox/retry", data={"mail": "99999", "csrf": ada.csrf}).status_code == 404
+    after = ada.get("/operations?done=mail")
+    assert "Nothing in quarantine" in after.text or "隔离区为空" in after.text
+    actions = {r.action for r in site.access.audit(principal(site, "audrey"), actor="ada")}
+    assert {"quarantine-retry", "mail-requeued"} <= actions
+
+
+def test_the_wrong_roles_are_refused(site: Site) -> None:
+    sam, ada, rita, leo = (site.sign_in(login) for login in ("sam", "ada", "rita", "leo"))
+    for client, url in ((sam, "/operations"), (rita, "/operations"), (leo, "/operations"), (sam, "/reports"),
+                        (ada, "/reports"), (sam, "/reports/download?format=json"), (ada, "/reports/download")):
+        assert client.get(url).status_code == 403, url
+    assert rita.post("/operations/quarantine/retry", data={"all": "1", "csrf": rita.csrf}).status_code == 403
+    assert leo.get("/reports").status_code == 200 and leo.get("/dashboard").status_code == 200
+    anonymous = site.client()
+    assert anonymous.get("/dashboard").status_code == 303 and anonymous.get("/operations").status_code == 303
+    assert rita.get("/dashboards").status_code == 404
+    # The sidebar offers each page only to those who may open it.
+    assert 'href="/operations"' in ada.get("/dashboard").text and 'href="/reports"' not in ada.get("/dashboard").text
+    assert 'href="/reports"' in rita.get("/dashboard").text and 'href="/operations"' not in rita.get("/dashboard").text
+
+
+def test_the_dashboard_draws_its_charts_in_chromium(site: Site, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            refused: list[str] = []
+            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(site.url + "/signin")
+            page.fill("input[name=login]", "rita")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            page.goto(site.url + "/dashboard")
+            try:
+                assert page.locator("svg.chart").count() == 3  # departments, timeliness, intake
+                bar = page.locator("svg.chart.bars rect.bar").first
+                box = bar.bounding_box()
+                assert box is not None and box["width"] > 50 and box["height"] > 5
+                # Coloured by the stylesheet (no inline style): the CSP lets it through.
+                assert bar.evaluate("e => getComputedStyle(e).fill") == "rgb(59, 110, 165)"
+                assert page.locator("svg.chart.stacked rect.seg").count() >= 4
+                assert page.locator("svg.chart.gauge path.value").count() == 1
+                assert refused == []
+                page.locator("svg.chart.stacked a").first.click()
+                page.wait_for_url("**/letters?**")
+            except AssertionError:
+                shot = tmp_path / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot}")
+                raise
+        finally:
+            browser.close()
