@@ -62,9 +62,11 @@ def _day(text: str) -> date | None:
         raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": text}) from None
 
 
-def _query(req: Req) -> QueueQuery:
+def _query(req: Req, default: str = "") -> QueueQuery:
+    """The queue and its filters from the request's query string (`default`: the queue when none
+    is named; else the person's first)."""
     queues = req.web.access.queues(req.who)
-    name = req.arg("queue") or (queues[0] if queues else "all")
+    name = req.arg("queue") or default or (queues[0] if queues else "all")
     if name not in QUEUES or name not in queues:
         raise Problem(404)
     try:
@@ -98,11 +100,14 @@ def queue(req: Req) -> Response:
             return link(sort=column, page=1), "▼"
         return link(sort="-" + column if column != "number" else column, page=1), ""
 
+    from gateway.web.routes import work
+
     now = datetime.now(timezone.utc)
     return req.render("letters.html", result=result, query=query, filters=kept, link=link, sort_link=sort_link,
                       now=now, departments=req.web.config.departments, statuses=i18n.STATUS,
                       categories=i18n.CATEGORY, urgencies=i18n.URGENCY, channels=i18n.CHANNEL,
-                      csv_link="/letters.csv?" + urlencode(kept), letter_url=letter_url)
+                      csv_link="/letters.csv?" + urlencode(kept), letter_url=letter_url,
+                      **work.queue_context(req, query, result))
 
 
 @page()

@@ -1,8 +1,205 @@
-"""Daily work at volume: search, triage, bulk steps, saved views."""
+"""Daily work at volume: search, triage, bulk steps, saved views.
+
+Access is the services' answer here too: search and queues return only what the person may see
+(and say whose subjects they may read), and every step — one letter settled from the triage page
+or fifty acknowledged at once — goes through Access.act, which checks each letter on its own.
+"""
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.services.access import Forbidden, QueuePage, QueueQuery, Refused, query_from_dict, query_to_dict
+from gateway.web import i18n
+from gateway.web.app import Problem, Req, page
+from gateway.web.i18n import N_, _
+from gateway.web.routes.letters import DONE, FILTERS, _query, letter_url
+
+BULK_ACTIONS = ("ack", "assign", "reassign", "tag")
+BULK_DONE = {**DONE, "tag": N_("Tag added.")}
+# The triage reasons the classifier gives (gateway/stages/classify/rules.py), in the page's language.
+TRIAGE_REASON = {"no rule matched": N_("no rule matched"), "no rule set a department": N_("no rule set a department")}
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        Route("/search", search, methods=["GET"]),
+        Route("/triage", triage, methods=["GET"]),
+        Route("/triage", settle, methods=["POST"]),
+        Route("/letters/bulk", bulk, methods=["POST"]),
+        Route("/views", save_view, methods=["POST"]),
+        Route("/views/{id:int}/delete", delete_view, methods=["POST"]),
+    ]
+
+
+def view_url(query: QueueQuery, view_id: int) -> str:
+    """The queue page a saved view opens: its filters and sort, and which view it is."""
+    params = {k: str(v) for k, v in query_to_dict(query).items() if k != "per_page"}
+    return "/letters?" + urlencode({**params, "view": str(view_id)})
+
+
+def local_path(value: str, fallback: str) -> str:
+    """Where to go back to: only a path on this site."""
+    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else fallback
+
+
+def _department_name(req: Req, department: str | None) -> str:
+    known = req.web.config.departments.get(department or "")
+    return known.name if known else (department or "—")
+
+
+# -- the queue page's bulk selection and saved views (context for letters.html) ----------------
+def queue_context(req: Req, query: QueueQuery, result: QueuePage) -> dict[str, Any]:
+    """What the queue page needs for selecting letters, acting on them at once and saving its
+    filters as a view. The bulk bar lists only the steps the person's roles can ever take (the
+    service still checks each letter)."""
+    who = req.who
+    steps = [a for a in BULK_ACTIONS
+             if (a == "ack" and who.departments) or (a in ("assign", "reassign") and (who.departments or who.has(
+                 "registry"))) or (a == "tag" and (who.departments or who.has("registry", "leader")))]
+    # People of the departments on this page, for "assign" (the service checks each letter's department).
+    assignees: dict[str, str] = {}
+    if "assign" in steps:
+        seen: set[str] = set()
+        for row in result.rows:
+            if row.department and row.department not in seen:
+                seen.add(row.department)
+                for person in req.web.access.assignees(who, row.number):
+                    assignees.setdefault(person.login, person.name)
+    views = req.web.access.views(who)
+    current = next((v for v in views if str(v.id) == req.arg("view")), None)
+    back = req.request.url.path + (f"?{req.request.url.query}" if req.request.url.query else "")
+    params = {k: v for k, v in req.request.query_params.items() if k != "view"}
+    return {"bulk_actions": steps, "assignees": sorted(assignees.items(), key=lambda p: p[1]), "back": back,
+            "current_view": current, "unsaved": "/letters?" + urlencode(params)}
+
+
+# -- search ----------------------------------------------------------------------------------------
+@page()
+def search(req: Req) -> Response:
+    text = req.arg("q")
+    query = _query(req, default="all")
+    result = req.web.access.search(req.who, text, query, address=req.address) if text else None
+    kept = {name: req.arg(name) for name in FILTERS if req.arg(name)}
+
+    def link(**change: Any) -> str:
+        params = {"q": text, "queue": query.queue, **kept, "page": str(query.page),
+                  **{k: str(v) for k, v in change.items()}}
+        return "/search?" + urlencode({k: v for k, v in params.items() if v and not (k == "page" and v == "1")})
+
+    return req.render("work/search.html", text=text, result=result, query=query, filters=kept, link=link,
+                      search_queues=req.web.access.queues(req.who), now=datetime.now(timezone.utc),
+                      departments=req.web.config.departments, statuses=i18n.STATUS, categories=i18n.CATEGORY,
+                      urgencies=i18n.URGENCY, channels=i18n.CHANNEL, letter_url=letter_url)
+
+
+# -- triage ------------------------------------------------------------------------------------------
+def _triage_page(req: Req, *, status: int = 200, message: str = "", error: str = "", failed: str = "") -> Response:
+    who = req.who
+    if "triage" not in req.web.access.queues(who):
+        raise Problem(404)
+    try:
+        number = max(1, int(req.arg("page") or 1))
+    except ValueError:
+        number = 1
+    result = req.web.access.queue(who, QueueQuery(queue="triage", sort="received", page=number))
+    items = []
+    for letter in result.rows:
+        rights = req.web.access.rights(who, letter)
+        trace = (letter.classification or {}) if letter.id in result.content else {}
+        triage = (letter.classification or {}).get("triage") or {}
+        reason = triage.get("reason", "")
+        refusal = rights.refusal("reassign")
+        items.append({
+            "letter": letter, "content": letter.id in result.content,
+            "candidates": [c for c in triage.get("candidates", []) if c in req.web.config.departments],
+            "reason": i18n.gettext(TRIAGE_REASON[reason]) if reason in TRIAGE_REASON else reason,
+            "matched": trace.get("matched", []),
+            "refusal": i18n.refusal(refusal) if refusal is not None else "",
+        })
+    return req.render("work/triage.html", status, result=result, items=items, message=message, error=error,
+                      failed=failed, departments=req.web.config.departments, letter_url=letter_url,
+                      triage_link=lambda page: f"/triage?page={page}",
+                      default_reason=_("Settled on the triage page"))
+
+
+@page()
+def triage(req: Req) -> Response:
+    done, to = req.arg("done"), req.arg("to")
+    message = _("%(number)s sent to %(department)s.") % {"number": done, "department": _department_name(req, to)} \
+        if done else ""
+    return _triage_page(req, message=message)
+
+
+@page()
+def settle(req: Req) -> Response:
+    """Send a letter from triage to a department: the department's button, or the one chosen."""
+    number = req.field("number")
+    department = req.field("department") or req.field("other")
+    try:
+        req.web.access.act(req.who, number, "reassign", department=department or None,
+                           text=req.field("reason") or _("Settled on the triage page"), address=req.address)
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _triage_page(req, status=403 if isinstance(exc, Forbidden) else 409, failed=number,
+                            error=_("%(number)s not sent: %(reason)s") % {"number": number,
+                                                                          "reason": i18n.refusal(exc)})
+    return RedirectResponse("/triage?" + urlencode({"done": number, "to": department}), status_code=303)
+
+
+# -- bulk steps ----------------------------------------------------------------------------------------
+@page()
+def bulk(req: Req) -> Response:
+    action = req.field("action")
+    back = local_path(req.field("back"), "/letters")
+    numbers = req.fields("number")
+    if action not in BULK_ACTIONS:
+        return req.render("work/bulk.html", 400, results=[], action=action, back=back,
+                          error=_("Choose what to do with the selected letters."))
+    if not numbers:
+        return req.render("work/bulk.html", 400, results=[], action=action, back=back,
+                          error=_("No letters selected: tick the boxes of the letters first."))
+    try:
+        results = req.web.access.bulk(req.who, numbers, action, text=req.field("text"),
+                                      department=req.field("department") or None,
+                                      assignee=req.field("assignee") or None, address=req.address)
+    except Refused as exc:
+        return req.render("work/bulk.html", 409, results=[], action=action, back=back,
+                          error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
+    rows = [{"number": r.number, "done": r.done,
+             "message": i18n.gettext(BULK_DONE[action]) if r.done
+             else (i18n.refusal(r.refusal) if r.refusal is not None else r.message)} for r in results]
+    done = sum(1 for r in results if r.done)
+    return req.render("work/bulk.html", results=rows, action=action, back=back, done=done,
+                      refused=len(results) - done, letter_url=letter_url, error="",
+                      target=_department_name(req, req.field("department")) if action == "reassign" else "")
+
+
+# -- saved views ----------------------------------------------------------------------------------------
+@page()
+def save_view(req: Req) -> Response:
+    """Save the queue's filters and sort (the hidden fields of the queue page's form) under a name."""
+    queues = req.web.access.queues(req.who)
+    name = req.field("queue")
+    if name not in queues:
+        raise Problem(404)
+    values = {k: req.field(k) for k in ("status", "category", "urgency", "channel", "department", "since", "until",
+                                         "deadline_before", "sort")}
+    query = query_from_dict({"queue": name, **{k: v for k, v in values.items() if v}})
+    try:
+        view_id = req.web.access.save_view(req.who, req.field("name"), query)
+    except Refused as exc:
+        raise Problem(409, _("The view was not saved: %(reason)s") % {"reason": i18n.refusal(exc)}) from None
+    return RedirectResponse(view_url(query, view_id), status_code=303)
+
+
+@page()
+def delete_view(req: Req) -> Response:
+    if not req.web.access.delete_view(req.who, req.request.path_params["id"]):
+        raise Problem(404)
+    return RedirectResponse(local_path(req.field("back"), "/letters"), status_code=303)
