@@ -72,6 +72,7 @@ class LetterFilter:
     until: datetime | None = None  # received before
     deadline_before: datetime | None = None
     overdue_at: datetime | None = None  # open and past the deadline at this moment
+    nothing: bool = False  # matches no letter (a queue the person has none of)
 
 
 SORTS: dict[str, Any] = {
@@ -98,6 +99,8 @@ def scope_clause(scope: Scope) -> ColumnElement[bool]:
 
 
 def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
+    if f.nothing:
+        return false()
     parts: list[ColumnElement[bool]] = []
     if f.statuses:
         parts.append(Letter.status.in_(f.statuses))

@@ -394,13 +394,13 @@ class Access:
                          departments=(query.department,) if query.department else (),
                          since=since, until=until, deadline_before=deadline_before)
         if query.queue == "mine":
-            return replace(f, owners=tuple(sorted(who.emails)) or ("\0",),
+            return replace(f, owners=tuple(sorted(who.emails)), nothing=not who.emails,
                            statuses=f.statuses or lifecycle.OPEN)
         if query.queue == "departments":
-            departments = tuple(sorted(who.departments)) or ("\0",)
+            departments = tuple(sorted(who.departments))
             if query.department:
-                departments = tuple(d for d in departments if d == query.department) or ("\0",)
-            return replace(f, departments=departments)
+                departments = tuple(d for d in departments if d == query.department)
+            return replace(f, departments=departments, nothing=not departments)
         if query.queue == "triage":
             return replace(f, statuses=("needs-triage",))
         if query.queue == "overdue":

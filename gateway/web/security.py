@@ -83,7 +83,8 @@ def _within(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6N
 
 
 def tokens_match(expected: str | None, given: str | None) -> bool:
-    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a form may send anything.
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected).encode(), str(given).encode())
 
 
 def new_token() -> str:
