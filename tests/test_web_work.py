@@ -185,7 +185,7 @@ def test_bulk_acknowledge_of_fifty_letters_some_refused_with_reasons(site: Site,
     expect(page.locator("[data-bulk-count]")).to_have_text(f"{BATCH} selected")
     page.select_option("select[name=action]", "ack")
     page.click("form#bulk button[type=submit]")
-    expect(page.locator(".bulk-summary")).to_contain_text("40 letters done; 10 refused")
+    expect(page.locator(".bulk-summary")).to_contain_text("40 letters done. 10 refused")
     refused = page.locator("table.bulk-results tr.refused")
     expect(refused).to_have_count(10)
     expect(page.locator("table.bulk-results tr.done")).to_have_count(40)
