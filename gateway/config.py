@@ -265,6 +265,10 @@ class SmtpSection(_Strict):
     max_sessions: int = Field(default=100, ge=1)
     max_recipients: int = Field(default=100, ge=1)
     max_connections_per_minute: int = Field(default=60, ge=0)
+    # The connection rate counts sessions accepted within this many seconds (a minute unless shortened).
+    rate_limit_window: float = Field(default=60.0, ge=1, le=3600)
+    # Networks (the organisation's own relays) whose connections the rate limit never refuses.
+    rate_limit_exempt: list[str] = []
     command_timeout: float = Field(default=300.0, gt=0)
     data_timeout: float = Field(default=600.0, gt=0)
     tls_certificate: Path | None = None
@@ -297,6 +301,19 @@ class SmtpSection(_Strict):
     @classmethod
     def _accept(cls, values: list[str]) -> list[str]:
         return [_check_address(v) for v in values]
+
+    @field_validator("rate_limit_exempt")
+    @classmethod
+    def _exempt(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        networks = []
+        for value in values:
+            try:
+                networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network (such as 10.0.0.0/8)") from None
+        return networks
 
     @field_validator("accept_domains")
     @classmethod

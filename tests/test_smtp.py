@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -401,15 +403,48 @@ def test_recipient_and_session_limits(gateway: Gateway, notify: Notify) -> None:
                 with pytest.raises(smtplib.SMTPConnectError) as refused:
                     running.client()
                 assert refused.value.smtp_code == 421 and b"too many sessions" in refused.value.smtp_error
-        # Three connection attempts so far this minute (refused ones count): one more, then the limit.
-        with running.client() as e:
-            e.noop()
+        # Two sessions so far this minute (the refused attempt does not count): two more, then the limit.
+        for _ in range(2):
+            with running.client() as e:
+                e.noop()
         with pytest.raises(smtplib.SMTPConnectError) as refused:
             running.client()
-        assert refused.value.smtp_code == 421 and b"a minute" in refused.value.smtp_error
+        assert refused.value.smtp_code == 421 and b"(4 in 60 s), try again in" in refused.value.smtp_error
     finally:
         out = running.stop()
     assert out.count("too many sessions") == 1 and out.count("connections from 127.0.0.1") == 1
+
+
+def test_a_client_connecting_steadily_is_slowed_down_not_locked_out(gateway: Gateway, notify: Notify) -> None:
+    """One address connecting every 0.1 s, 2 sessions a second allowed: it gets its 2 sessions in every
+    second, however often it was refused, each refusal saying when to come back; an exempt relay is never
+    refused."""
+    running = start(gateway, notify, 'max_connections_per_minute = 2\nrate_limit_window = 1\n'
+                                     'rate_limit_exempt = ["127.0.0.2/32"]')
+    try:
+        accepted: list[float] = []
+        hints: list[int] = []
+        began = time.monotonic()
+        for n in range(30):
+            time.sleep(max(0.0, began + n * 0.1 - time.monotonic()))
+            try:
+                with running.client() as c:
+                    assert c.noop()[0] == 250
+                accepted.append(time.monotonic() - began)
+            except smtplib.SMTPConnectError as refused:
+                assert refused.smtp_code == 421, refused
+                hint = re.search(rb"\(2 in 1 s\), try again in (\d+) s$", refused.smtp_error)
+                assert hint is not None, refused.smtp_error
+                hints.append(int(hint[1]))
+        # About 2 a second over 3 s; counting refusals would have stopped it after the first 2.
+        assert len(accepted) >= 4 and accepted[-1] > 2.0, accepted
+        assert hints and all(h == 1 for h in hints)
+        # The organisation's relay (another loopback address) is never refused.
+        for _ in range(10):
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, source_address=("127.0.0.2", 0), timeout=30) as relay:
+                assert relay.noop()[0] == 250
+    finally:
+        running.stop()
 
 
 def test_command_and_data_timeouts(gateway: Gateway, notify: Notify) -> None:

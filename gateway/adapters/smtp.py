@@ -12,7 +12,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -134,29 +136,52 @@ class AuthGuard:
 
 # -- limits ------------------------------------------------------------------
 class Limits:
-    """Concurrent sessions overall and new connections per client address per minute."""
+    """Concurrent sessions overall, and sessions per client address within the rate window.
 
-    def __init__(self, max_sessions: int, per_minute: int):
+    Only accepted sessions count towards the rate: a client refused and trying again
+    (as every MTA does) is admitted as soon as its older sessions leave the window, so a
+    busy relay is slowed down, never locked out. Exempt networks are never rate-limited.
+    """
+
+    def __init__(self, max_sessions: int, per_window: int, window: float, exempt: list[str]):
         self.max_sessions = max_sessions
-        self.per_minute = per_minute
         self.sessions = 0
-        self._recent: dict[str, deque[float]] = defaultdict(deque)
+        self._recent: dict[str, deque[float]] = {}
+        self.configure(per_window, window, exempt)
+
+    def configure(self, per_window: int, window: float, exempt: list[str]) -> None:
+        self.per_window = per_window
+        self.window = window
+        self.exempt = [ipaddress.ip_network(n) for n in exempt]
+
+    def _exempt(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.exempt)
 
     def admit(self, address: str) -> str | None:
-        """None to admit, else the reason for a 421. Every attempt counts towards the rate."""
-        if self.per_minute:
-            now = time.monotonic()
-            if len(self._recent) > 4096:  # forget clients that have been quiet for a minute
-                for quiet in [a for a, times in self._recent.items() if times[-1] < now - 60]:
-                    del self._recent[quiet]
-            recent = self._recent[address]
-            while recent and recent[0] < now - 60:
-                recent.popleft()
-            recent.append(now)
-            if len(recent) > self.per_minute:
-                return f"too many connections from {address} ({self.per_minute} a minute), try again later"
+        """None to admit (and count the session), else the reason for a 421."""
         if self.sessions >= self.max_sessions:
             return f"too many sessions ({self.max_sessions}), try again later"
+        if not self.per_window or self._exempt(address):
+            return None
+        now = time.monotonic()
+        horizon = now - self.window
+        if len(self._recent) > 4096:  # forget clients that have been quiet for a window
+            for quiet in [a for a, times in self._recent.items() if not times or times[-1] < horizon]:
+                del self._recent[quiet]
+        recent = self._recent.setdefault(address, deque())
+        while recent and recent[0] < horizon:
+            recent.popleft()
+        if len(recent) >= self.per_window:
+            wait = max(1, math.ceil(recent[0] - horizon))  # until the oldest session leaves the window
+            return (f"too many connections from {address} ({self.per_window} in {self.window:g} s), "
+                    f"try again in {wait} s")
+        recent.append(now)
         return None
 
 
@@ -189,15 +214,15 @@ class IntakeSMTP(SMTP):
         super().__init__(intake, **kwargs)
 
     async def _handle_client(self) -> None:
+        if self.intake.stopping:
+            await self.push(f"421 4.3.2 {self.hostname} shutting down, try again later")
+            assert self.transport is not None
+            self.transport.close()
+            return
         refusal = self.intake.limits.admit(_peer(self.session))
         if refusal is not None:
             log.warning("%s: refused connection: %s", _peer(self.session), refusal)
             await self.push(f"421 4.7.0 {self.hostname} {refusal}")
-            assert self.transport is not None
-            self.transport.close()
-            return
-        if self.intake.stopping:
-            await self.push(f"421 4.3.2 {self.hostname} shutting down, try again later")
             assert self.transport is not None
             self.transport.close()
             return
@@ -394,7 +419,8 @@ class SmtpIntake:
         self.spool = spool
         self.registrar = registrar
         smtp = config.model.smtp
-        self.limits = Limits(smtp.max_sessions, smtp.max_connections_per_minute)
+        self.limits = Limits(smtp.max_sessions, smtp.max_connections_per_minute, smtp.rate_limit_window,
+                             smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
         self.tls_context: ssl.SSLContext | None = None
         if smtp.tls_certificate and smtp.tls_key:
@@ -426,7 +452,7 @@ class SmtpIntake:
         self.config = config
         smtp = config.model.smtp
         self.limits.max_sessions = smtp.max_sessions
-        self.limits.per_minute = smtp.max_connections_per_minute
+        self.limits.configure(smtp.max_connections_per_minute, smtp.rate_limit_window, smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
         self.auth_guard.max_failures = smtp.max_auth_failures_per_address
         self.auth_guard.window = smtp.auth_failure_window
