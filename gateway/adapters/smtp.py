@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import Config
 from gateway.daemon.registrar import Registrar
+from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError, SpoolWriter
 
 log = logging.getLogger("gateway.intake.smtp")
@@ -323,9 +324,10 @@ class IntakeSMTP(SMTP):
 
     async def _transaction(self) -> None:
         assert self.envelope is not None and self.session is not None
+        trace = self.intake.received_header(self, self._session_id)
         try:
-            writer = self.intake.spool.writer(self.intake.meta(self, self._transactions))
-            writer.write(self.intake.received_header(self, self._session_id))
+            writer = self.intake.spool.writer(self.intake.meta(self, self._transactions, trace))
+            writer.write(trace)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
             await self.push("451 4.3.0 Error: cannot store the message now, try again later")
@@ -512,7 +514,7 @@ class SmtpIntake:
         return "250 2.1.5 OK"
 
     # -- what DATA produces ------------------------------------------------
-    def meta(self, server: IntakeSMTP, transaction: int) -> dict[str, Any]:
+    def meta(self, server: IntakeSMTP, transaction: int, trace: bytes) -> dict[str, Any]:
         session, envelope = server.session, server.envelope
         assert session is not None and envelope is not None
         mail_from = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
@@ -526,6 +528,9 @@ class SmtpIntake:
                 "session": server._session_id,
             },
             "flags": ["bounce"] if not mail_from else [],
+            # Our Received: header comes first; what follows is the message as the client sent it,
+            # which a retry of the same message (another session, another header) sends again.
+            "trace_bytes": len(trace),
         }
 
     def received_header(self, server: IntakeSMTP, session_id: str) -> bytes:
@@ -560,6 +565,7 @@ class SmtpIntake:
             outcome = await self.registrar.register(item)
         except Exception:
             return "451 4.3.0 Error: local problem, try again later"
+        checkpoint("smtp-before-reply")  # durable and registered, the client not told yet
         if outcome.result == "released":
             return "451 4.3.0 Error: the register is unavailable, try again later"
         if outcome.result == "unstored":

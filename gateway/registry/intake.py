@@ -27,6 +27,34 @@ def merged(flags: list[str], more: list[str]) -> list[str]:
     return [*flags, *(f for f in more if f not in flags)]
 
 
+_SENT = "sent:"
+
+
+def sent_key(sha256: str) -> str:
+    """The intake key of a message as its SMTP client sent it (the SHA-256 of the bytes after our own
+    Received: header): a client retrying after a crash sends these bytes again in another session."""
+    return f"{_SENT}{sha256}"
+
+
+def _content(new: NewLetter) -> str:
+    """What makes two arrivals the same message: the bytes as sent, else the raw bytes."""
+    return next((k for k in new.intake_keys if k.startswith(_SENT)), new.raw_sha256)
+
+
+def _arrival_envelope(first: dict[str, Any] | None, again: dict[str, Any]) -> dict[str, Any]:
+    """For the event of a message arriving again: the envelope it came with, and whether that is
+    the first arrival's (a retry) or another sender's or recipients' (the same bytes sent twice)."""
+    if not again.get("rcpt_to"):
+        return {}  # no envelope: a file, an IMAP copy
+
+    def key(envelope: dict[str, Any]) -> tuple[str, list[str]]:
+        return (str(envelope.get("mail_from") or "").lower(),
+                sorted({str(r).lower() for r in envelope.get("rcpt_to") or []}))
+    return {"envelope": {"mail_from": again.get("mail_from") or "", "rcpt_to": list(again["rcpt_to"]),
+                         "client": again.get("client")},
+            "retry": key(first or {}) == key(again)}
+
+
 class Registration(SearchRecords):
     # -- registration ---------------------------------------------------
     def register(self, letters: Sequence[NewLetter]) -> list[Registered]:
@@ -55,22 +83,23 @@ class Registration(SearchRecords):
         now = utcnow()
         all_keys = [k for new in letters for k in new.intake_keys]
         known = {row.key: row for row in conn.execute(
-            select(IntakeKey.key, Letter.id, Letter.number, Letter.status)
+            select(IntakeKey.key, Letter.id, Letter.number, Letter.status, Letter.envelope)
             .join(Letter, IntakeKey.letter_id == Letter.id).where(IntakeKey.key.in_(all_keys)))}
         by_sha = {row.raw_sha256: row for row in conn.execute(
-            select(Letter.raw_sha256, Letter.id, Letter.number, Letter.status)
+            select(Letter.raw_sha256, Letter.id, Letter.number, Letter.status, Letter.envelope)
             .where(Letter.raw_sha256.in_({new.raw_sha256 for new in letters})))}
 
         results: list[Registered | None] = [None] * len(letters)
         fresh: list[int] = []  # indexes of letters to insert
         first_in_batch: dict[str, int] = {}
         for i, new in enumerate(letters):
-            hit = next((known[k] for k in new.intake_keys if k in known), None)
+            hit = next((known[k] for k in new.intake_keys if k in known and not k.startswith(_SENT)), None)
+            content = _content(new)
             if hit is not None:
                 # Registered before; the spool copy was not released (crash).
                 results[i] = Registered(hit.number, hit.id, "known", hit.status)
-            elif new.raw_sha256 not in by_sha and new.raw_sha256 not in first_in_batch:
-                first_in_batch[new.raw_sha256] = i
+            elif new.raw_sha256 not in by_sha and content not in known and content not in first_in_batch:
+                first_in_batch[content] = i
                 fresh.append(i)
 
         # Numbers: one counter update per series for the whole batch.
@@ -136,18 +165,23 @@ class Registration(SearchRecords):
         for i, new in enumerate(letters):
             if results[i] is not None:
                 continue
-            # The same bytes as an earlier letter, or as one earlier in this batch.
-            same = by_sha.get(new.raw_sha256)
+            # The same message as an earlier letter, or as one earlier in this batch: the same
+            # bytes, or the same bytes as sent by an SMTP client (its retry, or a second envelope).
+            content = _content(new)
+            same = by_sha.get(new.raw_sha256) or known.get(content)
             if same is not None:
                 original = Registered(same.number, same.id, "duplicate", same.status)
+                first_envelope = same.envelope
             else:
-                first = results[first_in_batch[new.raw_sha256]]
+                first = results[first_in_batch[content]]
                 assert first is not None  # the first in the batch was registered above
                 original = replace(first, outcome="duplicate")
+                first_envelope = letters[first_in_batch[content]].envelope
             results[i] = original
             events.append(self.event_row(original.letter_id, now, new.actor, "duplicate-arrival", None,
                                       {"intake": new.intake, "keys": new.intake_keys,
-                                       "received_at": new.received_at.isoformat()}))
+                                       "received_at": new.received_at.isoformat(),
+                                       **_arrival_envelope(first_envelope, new.envelope)}))
 
         registered = [r for r in results if r is not None]
         assert len(registered) == len(letters)  # every letter has its outcome now

@@ -6,6 +6,7 @@ or quarantine that item alone.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
+from gateway.registry.intake import sent_key
 from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
@@ -100,6 +102,9 @@ class LetterBuilder:
         keys = [f"spool:{item.id}"]
         if meta.get("source_key"):
             keys.append(str(meta["source_key"]))
+        sent = _as_sent(raw, meta)
+        if sent is not None:
+            keys.append(sent_key(sent))
         fax: dict[str, Any] = {}
         channel, needs_ocr, defects = meta.get("channel", "email"), False, list(parsed.defects)
         if parsed.sender and self.config.model.fax.email.is_fax_service(parsed.sender.address):
@@ -112,7 +117,7 @@ class LetterBuilder:
         if answer is not None:
             # The same answer again (the same bytes, or the same mail through another mailbox)
             # is recognised, not obeyed twice.
-            keys.append(f"answer:{sha}")
+            keys.append(f"answer:{sent or sha}")
             if parsed.message_id:
                 keys.append(f"answer-message-id:{parsed.message_id[:400]}")
             return AnswerItem(answer, keys, sha, self.stored_path(sha),
@@ -217,6 +222,15 @@ class LetterBuilder:
                  "pages": document.page_count, "sent_at": _parse_optional(facts.get("received"))},
             needs_ocr=True,
         )
+
+
+def _as_sent(raw: bytes, meta: dict[str, Any]) -> str | None:
+    """The SHA-256 of the message as its SMTP client sent it: the bytes after the Received: header
+    the listener put first (its session id and time differ on every attempt). None for other intakes."""
+    trace = meta.get("trace_bytes")
+    if not isinstance(trace, int) or not 0 < trace <= len(raw):
+        return None
+    return hashlib.sha256(memoryview(raw)[trace:]).hexdigest()
 
 
 def _parse_optional(value: str | None) -> datetime | None:
