@@ -117,6 +117,12 @@ class SpoolSection(_Strict):
 
 class NormaliseSection(_Strict):
     summary_chars: int = Field(default=300, ge=40, le=5000)
+    # How much of one message is examined (see gateway/stages/normalise/model.py `Limits`); the
+    # rest stays in the original and is named in a defect. Bounds keep a hostile message cheap.
+    max_parts: int = Field(default=1000, ge=10, le=100_000)
+    max_depth: int = Field(default=40, ge=2, le=100)
+    max_header_fields: int = Field(default=500, ge=50, le=100_000)
+    max_header_bytes: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
 
 
 class TriageSection(_Strict):

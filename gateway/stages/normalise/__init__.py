@@ -3,12 +3,13 @@
 from .charsets import decode_bytes
 from .filenames import safe_filename, safe_join
 from .message import html_body, normalise
-from .model import Address, Attachment, Normalised
+from .model import Address, Attachment, Limits, Normalised
 from .summary import summarise
 
 __all__ = [
     "Address",
     "Attachment",
+    "Limits",
     "Normalised",
     "decode_bytes",
     "html_body",

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import binascii
-import email
 import hashlib
 import io
 import mimetypes
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from email import policy as email_policy
 from email.errors import MessageDefect
 from email.generator import BytesGenerator
 from email.message import Message
-from email.parser import BytesParser
 
 import magic
 from inscriptis import get_text as html_to_text
 
+from .bounded import BoundedMessage, Budget, parse, parse_headers
 from .charsets import Guess, decode_bytes, resolve_charset
 from .filenames import numbered_variant, safe_filename
 from .flowed import unflow
@@ -30,12 +28,11 @@ from .headers import (
     parse_addresses,
     parse_date,
 )
-from .model import Address, Attachment, Normalised
+from .model import Address, Attachment, Limits, Normalised
 from .params import read_parameter
 from .summary import summarise
 from .tnef import extract_tnef, is_tnef
 
-MAX_NESTING = 40
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
 _KNOWN_TRANSFER_ENCODINGS = frozenset(
     {"7bit", "8bit", "binary", "base64", "quoted-printable", "uuencode", "x-uuencode", "uue",
@@ -52,8 +49,11 @@ _ASCII_WHITESPACE = " \t\r\n\f\v"
 _FILE_NAME_PARAMETERS = (("content-disposition", "filename"), ("content-type", "name"))
 
 
-def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
-    """Parse one raw message. Never raises: what cannot be read is recorded in `defects`."""
+def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = None) -> Normalised:
+    """Parse one raw message. Never raises: what cannot be read is recorded in `defects`, and so
+    is whatever lies beyond `limits` (parts, nesting, header fields), which is not examined."""
+    limits = limits or Limits()
+    budget = Budget(limits)
     defects: list[str] = []
     result = Normalised(
         sender=None, to=[], cc=[], reply_to=[], subject="", date=None, message_id=None,
@@ -61,16 +61,19 @@ def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
         defects=defects, header_fields=[],
     )
     try:
-        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+        message = parse(raw, budget)
         structure_readable = True
     except RecursionError:
         # The parser recurses once per nesting level; a hostile message can exhaust the stack.
-        message = BytesParser(policy=email_policy.compat32).parsebytes(raw, headersonly=True)
+        message = parse_headers(raw, limits)
         structure_readable = False
         defects.append("message: MIME structure nested too deeply to parse; headers only")
     except Exception as exc:  # the stdlib parser is lenient, but one bad input must not stop intake
         defects.append(f"message: could not be parsed ({type(exc).__name__}: {exc})")
         return result
+    if budget.too_deep:
+        defects.append(f"message: MIME parts nested more than {limits.max_depth} deep; the part found "
+                       "there and everything after it were not examined (they are in the original)")
     if not raw.strip():
         defects.append("message: empty")
     elif not message.keys():
@@ -78,23 +81,30 @@ def normalise(raw: bytes, *, summary_chars: int = 300) -> Normalised:
 
     guesses = _declared_charsets(message, structure_readable)
     _guarded(defects, "headers", lambda: _read_headers(message, result, guesses))
-    walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n", guesses=guesses)
+    walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n", guesses=guesses,
+                         budget=budget)
     if structure_readable:
         _guarded(defects, "body", lambda: _read_body(message, walker, result))
+    else:
+        walker.header_defects(message, "message")
+    if budget.too_many_parts:
+        defects.append(f"message: more than {limits.max_parts} MIME parts; the first {limits.max_parts} "
+                       "were examined, the rest only kept in the original")
     result.attachments = walker.attachments
     result.summary = summarise(result.body_text, summary_chars)
     result.defects = list(dict.fromkeys(defects))  # the same defect can surface on two paths
     return result
 
 
-def html_body(raw: bytes) -> str | None:
+def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
     """The HTML a message's sender wrote (its first inline text/html part, decoded like its text),
     or None when it has none. For showing the letter as it was formatted; never for the register."""
+    budget = Budget(limits or Limits())
     try:
-        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+        message = parse(raw, budget)
     except Exception:  # a message that cannot be parsed has no HTML to show; its text says why
         return None
-    walker = _PartWalker([], linesep="\n", guesses=_declared_charsets(message, True))
+    walker = _PartWalker([], linesep="\n", guesses=_declared_charsets(message, True), budget=budget)
     for part in message.walk():
         if (part.get_content_type() == "text/html" and part.get_content_disposition() != "attachment"
                 and not part.get_filename()):
@@ -232,21 +242,28 @@ def _clean_body(text: str) -> str:
 class _PartWalker:
     """Walks the MIME tree once: collects body fragments, attachments and part defects."""
 
-    def __init__(self, defects: list[str], linesep: str, guesses: list[Guess]) -> None:
+    def __init__(self, defects: list[str], linesep: str, guesses: list[Guess], budget: Budget) -> None:
         self.defects = defects
         self.guesses = guesses
+        self.budget = budget
+        self.limits = budget.limits
         self.attachments: list[Attachment] = []
         self.tnef_bodies: list[_Fragment] = []
+        self.attachments_left_out = 0
         self._linesep = linesep
         self._taken_names: set[str] = set()
+        # Per name, the number after the last one taken: thousands of parts named alike must not
+        # each try every number from 2 again (quadratic in the number of parts).
+        self._next_number: dict[str, int] = {}
 
     def visit(self, part: Message, label: str, origin: str, depth: int) -> list[_Fragment]:
         where = f"part {label}" if label else "message"
         defects_seen = len(part.defects)
         try:
             self._record_defects(part.defects, where)
-            if depth > MAX_NESTING:
-                self.defects.append(f"{where}: nested more than {MAX_NESTING} deep, not examined")
+            self.header_defects(part, where)
+            if depth > self.limits.max_depth:
+                self.defects.append(f"{where}: nested more than {self.limits.max_depth} deep, not examined")
                 return []
             return self._visit(part, label, where, origin, depth)
         except Exception as exc:
@@ -255,6 +272,17 @@ class _PartWalker:
         finally:
             # Decoding a payload can add defects (bad base64 padding, ...).
             self._record_defects(part.defects[defects_seen:], where)
+
+    def header_defects(self, part: Message, where: str) -> None:
+        """What the parser left out of the part's header (see bounded.py)."""
+        if not isinstance(part, BoundedMessage):
+            return
+        if part.fields_dropped:
+            self.defects.append(f"{where}: {part.fields_dropped} header field(s) beyond the first "
+                                f"{self.limits.max_header_fields} not read")
+        if part.fields_cut:
+            self.defects.append(f"{where}: {part.fields_cut} header field(s) longer than "
+                                f"{self.limits.max_header_bytes} bytes cut short")
 
     def _record_defects(self, defects: list[MessageDefect], where: str) -> None:
         for defect in defects:
@@ -362,7 +390,7 @@ class _PartWalker:
 
     def _attached_message(self, part: Message, label: str, where: str, origin: str,
                           depth: int) -> None:
-        attached, content = self._unwrap_message(part, where)
+        attached, content = self._unwrap_message(part, where, depth)
         original = self._filename(part, where)
         subject = collapse_whitespace(decode_header_value(_raw_header(attached, "subject"))[0])
         self._add_attachment(content, original, part.get_content_type(), origin, where,
@@ -373,7 +401,7 @@ class _PartWalker:
         root_label = label if multipart_root else _child_label(label, 1)
         self.visit(attached, root_label, "message/rfc822", depth + 1)
 
-    def _unwrap_message(self, part: Message, where: str) -> tuple[Message, bytes]:
+    def _unwrap_message(self, part: Message, where: str, depth: int) -> tuple[Message, bytes]:
         """The attached message, parsed, and its bytes."""
         payload = part.get_payload()
         encoding = _raw_header(part, "content-transfer-encoding").strip().lower()
@@ -392,7 +420,8 @@ class _PartWalker:
                 self.defects.append(f"{where}: {defect}")
         elif encoding == "quoted-printable":
             content = binascii.a2b_qp(content)
-        return email.message_from_bytes(content, policy=email_policy.compat32), content
+        # Parsed here, not by the parser of the whole message: within what is left of its budget.
+        return parse(content, self.budget, depth=depth + 1), content
 
     def _flatten_payload(self, part: Message) -> bytes:
         """The body of a part the parser split into sub-messages, as bytes again."""
@@ -433,6 +462,12 @@ class _PartWalker:
 
     def _add_attachment(self, content: bytes, original_filename: str, declared_type: str,
                         origin: str, where: str, name_hint: str = "") -> None:
+        if len(self.attachments) >= self.limits.max_parts:  # files inside winmail.dat count too
+            if not self.attachments_left_out:
+                self.defects.append(f"{where}: more than {self.limits.max_parts} attachments; "
+                                    "the rest are not listed (they are in the original)")
+            self.attachments_left_out += 1
+            return
         try:
             detected_type = magic.from_buffer(content, mime=True)
         except Exception as exc:
@@ -455,10 +490,14 @@ class _PartWalker:
         ))
 
     def _unique(self, filename: str) -> str:
-        candidate, number = filename, 1
+        key = filename.casefold()
+        candidate, number = filename, self._next_number.get(key, 1)
+        if number > 1:
+            candidate = numbered_variant(filename, number)
         while candidate.casefold() in self._taken_names:
             number += 1
             candidate = numbered_variant(filename, number)
+        self._next_number[key] = number + 1
         self._taken_names.add(candidate.casefold())
         return candidate
 

@@ -40,3 +40,14 @@ class Normalised:
     attachments: list[Attachment]
     defects: list[str]  # human-readable, each naming where it was found
     header_fields: list[tuple[str, str]]  # all top-level headers, decoded, in order
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much of one message is examined. Whatever lies beyond is named in a defect; it is
+    never lost, since the original is kept as it came."""
+
+    max_parts: int = 1000  # MIME parts (attached messages and their parts included) and attachments
+    max_depth: int = 40  # how deep parts may nest inside one another
+    max_header_fields: int = 500  # fields in the header of the message or of any one part
+    max_header_bytes: int = 65536  # one header field, its continuation lines included

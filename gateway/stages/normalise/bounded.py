@@ -1,0 +1,124 @@
+"""The standard parser, held to the limits of one message.
+
+The parser's work grows with every part, with every header field and, for each line, with the
+depth of the part it lies in (each enclosing multipart tries its boundary on it). A hostile
+message of 25 MiB can hold hundreds of thousands of parts or fields, or nest deep enough to make
+each line cost hundreds of matches, and hold up all intake while it is parsed. So the parser
+builds its parts through a factory that counts them: at the part after the last one allowed, or
+at a part nested too deep, parsing stops and the tree built so far is what is examined. Header
+fields beyond the allowed number are not kept and overlong ones are cut short.
+"""
+
+from __future__ import annotations
+
+from email import policy as email_policy
+from email.message import Message
+from email.feedparser import BytesFeedParser
+from email.parser import BytesParser
+from typing import Any
+
+from .model import Limits
+
+
+class Budget:
+    """What one message may cost, shared by the message and any message attached to it that
+    has to be parsed on its own (one sent base64-encoded, for instance)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.parts = 0
+        self.too_many_parts = False
+        self.too_deep = False
+
+
+class _Stop(Exception):
+    """Raised inside the parser to end it where a limit was reached."""
+
+
+# Beyond the allowed number of fields, the first of each of these is still kept: without them
+# the structure, the sender or the subject would be lost to a few hundred fields put before them.
+_ALWAYS_READ = frozenset({
+    "content-type", "content-transfer-encoding", "content-disposition", "mime-version",
+    "from", "sender", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references",
+})
+
+
+class BoundedMessage(Message):
+    """A part that keeps at most so many header fields, each of at most so many bytes, and
+    knows how deep it lies."""
+
+    limits = Limits()
+    depth = 0
+    budget: Budget | None = None
+
+    def __init__(self, policy: Any = email_policy.compat32) -> None:
+        super().__init__(policy)
+        self.fields_dropped = 0  # header fields beyond the limit, not kept
+        self.fields_cut = 0  # header fields kept, but cut short
+        self._always_read_seen: set[str] = set()
+
+    def set_raw(self, name: str, value: Any) -> None:  # the parser stores each field with this
+        key = name.strip().lower()
+        if key in _ALWAYS_READ:
+            if len(self) >= self.limits.max_header_fields and key in self._always_read_seen:
+                self.fields_dropped += 1
+                return
+            self._always_read_seen.add(key)
+        elif len(self) >= self.limits.max_header_fields:
+            self.fields_dropped += 1
+            return
+        if isinstance(value, str) and len(name) + len(value) > self.limits.max_header_bytes:
+            value = value[:max(self.limits.max_header_bytes - len(name), 0)]
+            self.fields_cut += 1
+        super().set_raw(name, value)
+
+    def attach(self, payload: Any) -> None:  # the parser attaches each new part to its parent
+        if isinstance(payload, BoundedMessage):
+            payload.depth = self.depth + 1
+            if payload.depth > self.limits.max_depth and self.budget is not None:
+                self.budget.too_deep = True
+                raise _Stop
+        super().attach(payload)
+
+
+_FEED_BYTES = 8192  # as the standard parser reads: lines are parsed as they come, not all held at once
+
+
+def parse(raw: bytes, budget: Budget, *, depth: int = 0) -> Message:
+    """The message as far as the budget reaches; never raises because of a limit."""
+    limits = budget.limits
+    made: list[BoundedMessage] = []
+    probing = True  # the parser calls the factory once, when it is made, to see how to call it
+
+    def factory(policy: Any = email_policy.compat32) -> BoundedMessage:
+        message = BoundedMessage(policy)
+        message.limits, message.budget, message.depth = limits, budget, depth
+        if probing:
+            return message
+        if made and budget.parts >= limits.max_parts:
+            budget.too_many_parts = True
+            raise _Stop
+        budget.parts += 1
+        made.append(message)
+        return message
+
+    parser = BytesFeedParser(_factory=factory, policy=email_policy.compat32)
+    probing = False
+    try:
+        for start in range(0, len(raw), _FEED_BYTES):
+            parser.feed(raw[start:start + _FEED_BYTES])
+        return parser.close()
+    except _Stop:
+        # Every part made so far hangs from the first; those still open simply end here.
+        return made[0]
+
+
+def parse_headers(raw: bytes, limits: Limits) -> Message:
+    """Only the header of the message, held to the same limits."""
+
+    def factory(policy: Any = email_policy.compat32) -> BoundedMessage:
+        message = BoundedMessage(policy)
+        message.limits = limits
+        return message
+
+    return BytesParser(_class=factory, policy=email_policy.compat32).parsebytes(raw, headersonly=True)

@@ -1,0 +1,197 @@
+"""A hostile MIME structure costs its own message a bounded time and never holds up other mail:
+normalising is linear in the number of parts, and parts, nesting, header fields and header
+sizes are bounded (configurable), the excess a defect. Against a real daemon over SMTP."""
+from __future__ import annotations
+
+import smtplib
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from gateway.config import ConfigError, load
+from gateway.stages.normalise import Limits, normalise
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def many_parts(count: int, name: str = "a.bin") -> bytes:
+    """A short text and `count` one-byte attachments, every one with the same file name."""
+    lines = ["From: Mallory <mallory@attacker.example>", "To: liaison@example.org", "Subject: parts",
+             "Date: Mon, 23 Nov 2026 10:00:00 +0800", "MIME-Version: 1.0",
+             'Content-Type: multipart/mixed; boundary="B"', "", "--B", "Content-Type: text/plain", "",
+             "See the attachments."]
+    for _ in range(count):
+        lines += ["--B", f'Content-Type: application/octet-stream; name="{name}"',
+                  f'Content-Disposition: attachment; filename="{name}"', "", "x"]
+    return ("\r\n".join(lines + ["--B--", ""])).encode()
+
+
+def nested(depth: int, body_lines: int = 1) -> bytes:
+    """Multiparts inside one another, `depth` deep, a text at the bottom."""
+    head = [b"From: a@attacker.example", b"To: liaison@example.org", b"Subject: deep", b"MIME-Version: 1.0"]
+    opening = [b'Content-Type: multipart/mixed; boundary="L%d"\r\n\r\n--L%d\r\n' % (d, d) for d in range(depth)]
+    closing = [b"\r\n--L%d--\r\n" % d for d in reversed(range(depth))]
+    return (b"\r\n".join(head) + b"\r\n" + b"".join(opening) + b"Content-Type: text/plain\r\n\r\n"
+            + b"x\r\n" * body_lines + b"".join(closing))
+
+
+def seconds(action: object) -> float:
+    start = time.perf_counter()
+    action()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+# -- the daemon: a 10,000-part message beside ordinary mail ------------------------------------
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Daemon]]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    gateway = Gateway(tmp)
+    notify = Notify(tmp / "notify.sock")
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        yield gateway, daemon
+    finally:
+        daemon.stop()
+        notify.close()
+
+
+def send(port: int, raw: bytes, timeout: float) -> tuple[float, bytes]:
+    """Seconds from the end of DATA to the reply, and the reply."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as client:
+        client.ehlo("client.partner.example")
+        client.mail("sender@partner.example")
+        client.rcpt("liaison@example.org")
+        start = time.monotonic()
+        code, reply = client.data(raw)
+        assert code == 250, (code, reply)
+        return time.monotonic() - start, reply
+
+
+def test_ten_thousand_parts_do_not_hold_up_ordinary_mail(running: tuple[Gateway, Daemon]) -> None:
+    """A 1 MB message of 10,000 parts all named a.bin is answered within seconds, and so is every
+    ordinary message sent while it is being registered; its letter lists the first parts and says
+    that the rest were not examined."""
+    gateway, daemon = running
+    hostile = many_parts(10_000)
+    answered: dict[str, object] = {}
+
+    def send_hostile() -> None:
+        try:
+            answered["hostile"] = send(gateway.smtp_port, hostile, timeout=120)
+        except Exception as exc:  # reported by the assertion below
+            answered["hostile"] = exc
+
+    sender = threading.Thread(target=send_hostile)
+    sender.start()
+    # The hostile message has been received whole once its item is waiting to be registered.
+    wait_for(lambda: gateway.spool_files("work"), 30, "the hostile message in spool/work")
+    with ThreadPoolExecutor(4) as pool:
+        latencies = list(pool.map(lambda n: send(gateway.smtp_port, make_message(n), timeout=60)[0], range(20)))
+    sender.join(130)
+    assert not isinstance(answered["hostile"], Exception), answered["hostile"]
+    hostile_seconds, reply = answered["hostile"]  # type: ignore[misc]
+    assert max(latencies) < 5, f"ordinary mail waited {max(latencies):.1f} s for its 250"
+    assert hostile_seconds < 10, f"the hostile message took {hostile_seconds:.1f} s"
+
+    number = reply.decode().rsplit(" ", 1)[-1]
+    letter = gateway.show_json(number)
+    assert len(letter["attachments"]) == 998  # type: ignore[arg-type]  # root + text + 998 = 1000 parts
+    names = [a["filename"] for a in letter["attachments"]]  # type: ignore[union-attr, index]
+    assert names[:3] == ["a.bin", "a-2.bin", "a-3.bin"] and len(set(names)) == 998
+    assert ("message: more than 1000 MIME parts; the first 1000 were examined, the rest only kept in "
+            "the original") in letter["defects"]  # type: ignore[operator]
+    assert len(gateway.list_json()) == 21
+    assert "Traceback" not in daemon.output()
+
+
+# -- normalising: linear, bounded, configurable -------------------------------------------------
+def test_normalising_is_linear_in_the_number_of_parts() -> None:
+    """Four times the parts (every one named alike) take about four times as long, not sixteen."""
+    unbounded = Limits(max_parts=100_000)
+    small, large = many_parts(1_000), many_parts(4_000)
+    normalise(small, limits=unbounded)  # warm up (libmagic, mimetypes)
+    t_small = min(seconds(lambda: normalise(small, limits=unbounded)) for _ in range(2))
+    t_large = min(seconds(lambda: normalise(large, limits=unbounded)) for _ in range(2))
+    assert t_large / t_small < 8, f"1,000 parts: {t_small:.2f} s, 4,000 parts: {t_large:.2f} s"
+    names = [a.filename for a in normalise(large, limits=unbounded).attachments]
+    assert len(names) == 4_000 and len(set(names)) == 4_000 and names[-1] == "a-4000.bin"
+
+
+def test_names_taken_by_the_sender_are_skipped_when_numbering() -> None:
+    """A sender's own 'a-2.bin' is kept; the second 'a.bin' becomes a-3.bin, not a duplicate."""
+    raw = many_parts(1, "a.bin").replace(b"--B--", b"\r\n".join([
+        b'--B', b'Content-Disposition: attachment; filename="a-2.bin"', b"", b"y",
+        b'--B', b'Content-Disposition: attachment; filename="A.BIN"', b"", b"z",
+        b'--B', b'Content-Disposition: attachment; filename="a.bin"', b"", b"w", b"--B--"]))
+    assert [a.filename for a in normalise(raw).attachments] == ["a.bin", "a-2.bin", "A-3.BIN", "a-4.bin"]
+
+
+def test_parts_beyond_the_limit_are_a_defect() -> None:
+    result = normalise(many_parts(50), limits=Limits(max_parts=20))
+    assert len(result.attachments) == 18 and result.body_text == "See the attachments."
+    assert result.defects == ["message: more than 20 MIME parts; the first 20 were examined, "
+                              "the rest only kept in the original"]
+
+
+def test_nesting_beyond_the_limit_is_a_defect_and_costs_little() -> None:
+    """Each line is matched against every enclosing boundary: 300 levels over 100,000 lines would
+    take half a minute to parse; parsing stops at the part nested too deep."""
+    assert "nested" not in " ".join(normalise(nested(5), limits=Limits(max_depth=5)).defects)
+    elapsed = seconds(lambda: normalise(nested(300, body_lines=100_000)))
+    result = normalise(nested(8), limits=Limits(max_depth=5))
+    assert result.subject == "deep"
+    assert result.defects[0] == ("message: MIME parts nested more than 5 deep; the part found there and "
+                                 "everything after it were not examined (they are in the original)")
+    assert elapsed < 3, f"{elapsed:.1f} s"
+
+
+def test_header_fields_beyond_the_limits_are_a_defect() -> None:
+    """Too many fields: the first are kept, and the first of those that give the structure, the
+    sender, the subject and the like wherever they are. Too long a field: cut short. In a part too."""
+    fields = b"".join(b"X-Filler-%d: value\r\n" % n for n in range(200))
+    long_subject = b"Subject: " + b"long " * 1000 + b"\r\n"
+    part = b"--B\r\nContent-Type: text/plain\r\n" + fields + b"\r\nthe text\r\n--B--\r\n"
+    raw = (b"From: a@partner.example\r\nTo: liaison@example.org\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\n"
+           + long_subject + fields
+           + b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n' + part)
+    result = normalise(raw, limits=Limits(max_header_fields=100, max_header_bytes=1024))
+    assert len(result.header_fields) == 102  # the first 100, MIME-Version and Content-Type
+    assert result.sender is not None and result.sender.address == "a@partner.example"
+    assert result.subject.startswith("long long") and len(result.subject) < 1024
+    assert result.body_text == "the text"
+    assert result.defects == [
+        "message: 104 header field(s) beyond the first 100 not read",
+        "message: 1 header field(s) longer than 1024 bytes cut short",
+        "part 1: 101 header field(s) beyond the first 100 not read",
+    ]
+    # Hundreds of thousands of fields: a bounded header, in linear time.
+    many = b"From: a@partner.example\r\n" + b"X-A: b\r\n" * 300_000 + b"\r\nbody\r\n"
+    elapsed = seconds(lambda: normalise(many))
+    assert len(normalise(many).header_fields) == 500 and elapsed < 5
+
+
+def test_limits_are_configured_in_the_normalise_section(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    base = gateway.config.read_text()
+    gateway.config.write_text(base + textwrap.dedent("""
+        [normalise]
+        max_parts = 200
+        max_depth = 10
+        max_header_fields = 60
+        max_header_bytes = 2048
+    """))
+    section = load(gateway.config, check_dirs=False).model.normalise
+    assert (section.max_parts, section.max_depth, section.max_header_fields, section.max_header_bytes) == (
+        200, 10, 60, 2048)
+    assert load(Path(__file__).parent.parent / "config" / "gateway.toml", check_dirs=False).model.normalise == (
+        type(section)())  # the shipped file shows the defaults
+    gateway.config.write_text(base + "\n[normalise]\nmax_depth = 1000\n")
+    with pytest.raises(ConfigError, match="normalise.max_depth"):
+        load(gateway.config, check_dirs=False)
