@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
-                        TypeDecorator, UniqueConstraint)
+                        TypeDecorator, UniqueConstraint, func)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -353,6 +353,8 @@ Index("ix_outbox_message_id", OutboxMail.message_id)
 Index("ix_events_to_department", Event.to_department, Event.letter_id)
 Index("ix_letters_department_received", Letter.department, Letter.received_at)
 Index("ix_letters_deadline", Letter.deadline)
+Index("ix_letters_status_deadline", Letter.status, Letter.deadline)
+Index("ix_letters_owner_lower", func.lower(Letter.owner))
 Index("ix_audit_letter", AuditRow.letter_id, AuditRow.at)
 Index("ix_audit_actor_action", AuditRow.actor, AuditRow.action, AuditRow.at)
 Index("ix_audit_address_action", AuditRow.address, AuditRow.action, AuditRow.at)

@@ -71,6 +71,7 @@ class LetterFilter:
     since: datetime | None = None  # received at or after
     until: datetime | None = None  # received before
     deadline_before: datetime | None = None
+    deadline_after: datetime | None = None
     overdue_at: datetime | None = None  # open and past the deadline at this moment
     nothing: bool = False  # matches no letter (a queue the person has none of)
 
@@ -117,6 +118,8 @@ def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
         parts.append(Letter.received_at < f.until)
     if f.deadline_before is not None:
         parts.append(Letter.deadline < f.deadline_before)
+    if f.deadline_after is not None:
+        parts.append(Letter.deadline >= f.deadline_after)
     if f.overdue_at is not None:
         parts.append(and_(Letter.deadline < f.overdue_at, Letter.status.in_(lifecycle.OPEN)))
     return and_(true(), *parts)

@@ -89,6 +89,7 @@ class QueueQuery:
     since: date | None = None
     until: date | None = None
     deadline_before: date | None = None
+    deadline_after: date | None = None  # deadline on or after this local day
     sort: str = "-received"
     page: int = 1
     per_page: int = 50
@@ -132,7 +133,7 @@ class SavedViewRecord:
 
 
 _VIEW_FIELDS = ("queue", "status", "category", "urgency", "channel", "department", "since", "until",
-                "deadline_before", "sort", "per_page")
+                "deadline_before", "deadline_after", "sort", "per_page")
 
 
 def query_to_dict(query: QueueQuery) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def query_from_dict(data: dict[str, Any]) -> QueueQuery:
         value = data.get(name)
         if value in (None, ""):
             continue
-        if name in ("since", "until", "deadline_before"):
+        if name in ("since", "until", "deadline_before", "deadline_after"):
             try:
                 value = date.fromisoformat(str(value))
             except ValueError:
@@ -393,6 +394,10 @@ class Access:
                          urgency=query.urgency, channel=query.channel,
                          departments=(query.department,) if query.department else (),
                          since=since, until=until, deadline_before=deadline_before)
+        if query.status == "open":  # any state before closed
+            f = replace(f, statuses=lifecycle.OPEN)
+        if query.deadline_after is not None:
+            f = replace(f, deadline_after=queries.day_start(query.deadline_after, queries.local_zone(self.config)))
         if query.queue == "mine":
             return replace(f, owners=tuple(sorted(who.emails)), nothing=not who.emails,
                            statuses=f.statuses or lifecycle.OPEN)
@@ -404,7 +409,11 @@ class Access:
         if query.queue == "triage":
             return replace(f, statuses=("needs-triage",))
         if query.queue == "overdue":
-            return replace(f, overdue_at=datetime.now(timezone.utc))
+            f = replace(f, overdue_at=datetime.now(timezone.utc))
+            # A department's people chase their department's letters, not those it passed on.
+            if who.departments and not query.department and not self.scope(who).everything:
+                f = replace(f, departments=tuple(sorted(who.departments)))
+            return f
         return f
 
     def queue(self, who: Principal, query: QueueQuery) -> QueuePage:
@@ -441,9 +450,11 @@ class Access:
                          replace(query, page=page, per_page=per_page), content)
 
     def counts(self, who: Principal) -> dict[str, int]:
+        """The sidebar's numbers. "All" is counted on its own page only: for a department's people it
+        is the costliest count (letters once with them), and it says the least."""
         scope = self.scope(who)
         return {name: self.registry.letters_count(scope, self._filter(who, QueueQuery(queue=name)))
-                for name in self.queues(who)}
+                for name in self.queues(who) if name != "all"}
 
     def export_csv(self, who: Principal, query: QueueQuery, *, address: str, limit: int = 10000) -> str:
         """A queue as CSV (subjects only where the person may read them); an audited export."""

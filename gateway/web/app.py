@@ -115,10 +115,10 @@ def render(req: Req, template: str, status_code: int = 200, **context: Any) -> H
     web = req.web
     i18n.use(req.lang)
     who = req.session.principal if req.session else None
-    queues: list[tuple[str, int]] = []
+    queues: list[tuple[str, int | None]] = []
     if who is not None:
         counts = web.access.counts(who)
-        queues = [(name, counts.get(name, 0)) for name in web.access.queues(who)]
+        queues = [(name, counts.get(name)) for name in web.access.queues(who)]
     page = web.env.get_template(template).render(
         request=req.request, path=req.request.url.path, who=who, lang=req.lang, queues=queues,
         csrf=req.session.csrf if req.session else "", label=i18n.label, when=web.when, day=web.day,

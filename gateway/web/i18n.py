@@ -83,6 +83,7 @@ _ = gettext
 
 # The register's values, shown translated wherever they appear.
 STATUS = {
+    "open": N_("open (not yet closed)"),
     "received": N_("received"), "registered": N_("registered"), "needs-triage": N_("needs triage"),
     "routed": N_("routed"), "acknowledged": N_("acknowledged"), "in-progress": N_("in progress"),
     "answered": N_("answered"), "closed": N_("closed"), "archived": N_("archived"),
@@ -126,7 +127,9 @@ EVENT = {
     "sign-in-failed": N_("sign-in failed"), "sign-in-throttled": N_("sign-in throttled"),
     "sign-out": N_("sign-out"), "person-added": N_("person added"), "person-changed": N_("person changed"),
     "password-set": N_("password set"), "person-disabled": N_("person disabled"),
-    "person-enabled": N_("person enabled"), "grant": N_("access granted"), "grant-revoked": N_("access revoked"),
+    "person-enabled": N_("person enabled"),
+    "quarantine-retry": N_("quarantined item retried"), "grant": N_("access granted"),
+    "grant-revoked": N_("access revoked"),
 }
 MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feedback": N_("result to sender"),
              "reminder": N_("reminder"), "escalation": N_("escalation")}
