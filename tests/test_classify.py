@@ -161,6 +161,27 @@ def rules(config: Config, text: str):  # type: ignore[no-untyped-def]
     return compile_rules(Path("rules.yaml"), textwrap.dedent(text), rulebook.organisation(config))
 
 
+def test_a_rule_indexed_by_its_sender_still_names_its_department_for_a_shared_keyword(shipped: Config) -> None:
+    ruleset = rules(shipped, """
+        rules:
+          - name: partner-contracts
+            when:
+              all:
+                - keywords: {any: ["合同", "订单"]}
+                - sender_domain: partner.example
+            set: {department: business}
+          - name: leave
+            when: {keywords: ["请假"]}
+            set: {department: hr}
+    """)
+    # From elsewhere, with the keyword: the rule does not match, but its department is likely.
+    decision = ruleset.classify(Facts("email", "x@else.example", subject="关于供货合同"))
+    assert decision.needs_triage and decision.triage["candidates"] == ["business"]
+    both = ruleset.classify(Facts("email", "x@else.example", subject="订单", body="请假"))
+    assert both.department == "hr" and not both.needs_triage
+    assert ruleset.classify(Facts("email", "x@partner.example", subject="合同")).department == "business"
+
+
 def test_keywords_fold_case_and_script_and_latin_words_start_at_a_word(shipped: Config) -> None:
     ruleset = rules(shipped, """
         rules:

@@ -228,12 +228,20 @@ class RuleSet:
         self.automaton = ahocorasick_rs.AhoCorasick(keywords, implementation=ahocorasick_rs.Implementation.DFA)
         self.always: list[int] = []
         self.by_trigger: dict[tuple[str, Any], list[int]] = {}
+        # Keyword -> rules naming a department that use it: a letter with the keyword but not the
+        # rest of such a rule names that department as a likely one when it goes to triage. Not
+        # found through the triggers: a rule is indexed under its narrowest condition (a domain,
+        # say), which a letter that only shares its keyword never reaches.
+        self.department_rules_by_keyword: dict[int, list[int]] = {}
         for index, rule in enumerate(rules):
             if rule.condition.needs is None:
                 self.always.append(index)
             else:
                 for trigger in rule.condition.needs:
                     self.by_trigger.setdefault(trigger, []).append(index)
+            if rule.department_literal:
+                for keyword in rule.condition.keyword_ids:
+                    self.department_rules_by_keyword.setdefault(keyword, []).append(index)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -257,7 +265,7 @@ class RuleSet:
         decision = Decision(rules_version=self.version, trust={
             "sender_verified": facts.sender_verified, "method": facts.trust_method,
             "unverified_internal_sender": facts.unverified_internal})
-        nearly: list[str] = []
+        matched: set[int] = set()
         for index in self._candidates(scan):
             rule = self.rules[index]
             try:
@@ -267,9 +275,8 @@ class RuleSet:
                                          "reason": f"{exc} took longer than {self.regex_timeout * 1000:g} ms"})
                 continue
             if evidence is None:
-                if rule.department_literal and rule.condition.keyword_ids & scan.found_ids:
-                    nearly.append(rule.department_literal)
                 continue
+            matched.add(index)
             entry: dict[str, Any] = {"rule": rule.name, "line": rule.line, "evidence": evidence, "set": {},
                                      "kept": {}}
             for key, value in rule.actions.items():
@@ -297,6 +304,8 @@ class RuleSet:
             decision.matched.append(entry)
             if rule.stop:
                 break
+        nearly = [self.rules[i].department_literal or "" for i in sorted(
+            {i for keyword in scan.found_ids for i in self.department_rules_by_keyword.get(keyword, ())} - matched)]
         for key, value in self.defaults.items():
             if getattr(decision, key) is None:
                 setattr(decision, key, value)
