@@ -131,14 +131,14 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
         total = sum(v[0] for v in states.values())
         departments.append(DepartmentFigures(
             id=dep, name=known[dep].name if dep in known else dep,
-            # "Open" is several states; the queue filters take one state, so its queue shows closed letters too.
-            open=Figure(total, queue_url(department=dep, sort="deadline"), exact=False),
+            open=Figure(total, queue_url(department=dep, status="open", sort="deadline")),
             by_status={s: Figure(states[s][0], queue_url(department=dep, status=s))
                        for s in (*WORK_STATES, *sorted(set(states) - set(WORK_STATES))) if s in states},
             overdue=Figure(sum(v[1] for v in states.values()), queue_url("overdue", department=dep)),
-            # Due by Sunday and not yet late: the queue filters have no "deadline from" or "open".
+            # Due by Sunday and not yet late: the queue's days also hold today's letters already late.
             due_this_week=Figure(sum(v[2] for v in states.values()),
-                                 queue_url(department=dep, deadline_before=week_text, sort="deadline"),
+                                 queue_url(department=dep, status="open", deadline_after=today_text,
+                                           deadline_before=week_text, sort="deadline"),
                                  exact=False)))
     queues = access.queues(who)
     closed_url = queue_url(status="closed", since=month_first.isoformat())
@@ -148,9 +148,10 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
                 for c in (*CHANNELS, *sorted(set(intake) - set(CHANNELS)))},
         intake_total=Figure(sum(int(v) for v in intake.values()), queue_url(since=today_text, until=today_text)),
         departments=departments,
-        open_total=Figure(totals[0], queue_url(sort="deadline"), exact=False),
+        open_total=Figure(totals[0], queue_url(status="open", sort="deadline")),
         overdue_total=Figure(totals[1], queue_url("overdue")),
-        due_this_week_total=Figure(totals[2], queue_url(deadline_before=week_text, sort="deadline"), exact=False),
+        due_this_week_total=Figure(totals[2], queue_url(status="open", deadline_after=today_text,
+                                                        deadline_before=week_text, sort="deadline"), exact=False),
         timeliness=Timeliness(
             month=f"{today.year}-{today.month:02d}", closed=Figure(int(closed_count or 0), closed_url),
             on_time=Figure(int(on_time_count or 0), closed_url, exact=False),
