@@ -1,6 +1,7 @@
 """Reminders and escalations: what was sent for which open letter, and queueing the next."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,19 +13,35 @@ from gateway.registry.plan import NewMail
 from gateway.registry.store import Store, utcnow
 
 
+@dataclass(frozen=True)
+class OpenLetter:
+    """What the reminder pass decides with: never a letter's text, attachments or trace, which
+    for thousands of open letters would take hundreds of megabytes on every pass."""
+
+    id: int
+    number: str
+    status: str
+    department: str | None
+    owner: str | None
+    received_at: datetime
+    deadline: datetime | None  # never None here (the query asks for a deadline); typed as the column is
+
+
 class ReminderRecords(Store):
-    def reminder_state(self) -> list[tuple[Letter, list[dict[str, Any]]]]:
+    def reminder_state(self) -> list[tuple[OpenLetter, list[dict[str, Any]]]]:
         """Open letters with a deadline, each with the reminders already recorded for it."""
-        with self.session() as session:
-            letters = list(session.scalars(select(Letter).where(Letter.status.in_(lifecycle.OPEN),
-                                                                Letter.deadline.is_not(None)).order_by(Letter.id)))
-            # Keyed by the event's letter id, which the type allows to be None (the query never yields one).
-            sent: dict[int | None, list[dict[str, Any]]] = {}
-            if letters:
-                letter_ids = [letter.id for letter in letters]
-                for event in session.scalars(select(Event).where(Event.action.in_(("reminded", "escalated")),
-                                                                 Event.letter_id.in_(letter_ids))):
-                    sent.setdefault(event.letter_id, []).append({"kind": event.details.get("kind"), "at": event.at})
+        open_with_deadline = (Letter.status.in_(lifecycle.OPEN), Letter.deadline.is_not(None))
+        with self.read() as conn:
+            letters = [OpenLetter(*row) for row in conn.execute(
+                select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner,
+                       Letter.received_at, Letter.deadline).where(*open_with_deadline).order_by(Letter.id))]
+            sent: dict[int, list[dict[str, Any]]] = {}
+            # A subquery, not a list of thousands of ids (SQLite caps the parameters of a statement).
+            for letter_id, details, at in conn.execute(
+                    select(Event.letter_id, Event.details, Event.at).where(
+                        Event.action.in_(("reminded", "escalated")),
+                        Event.letter_id.in_(select(Letter.id).where(*open_with_deadline)))):
+                sent.setdefault(letter_id, []).append({"kind": details.get("kind"), "at": at})
         return [(letter, sent.get(letter.id, [])) for letter in letters]
 
     def remind(self, letter_id: int, kind: str, mail: list[NewMail], count: int, at: datetime) -> None:

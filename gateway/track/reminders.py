@@ -21,18 +21,18 @@ from datetime import datetime
 from gateway.config import Config
 from gateway.stages.route import NewMail, new_mail
 from gateway.registry import Registry
-from gateway.registry.models import Letter
+from gateway.registry.reminders import OpenLetter
 
 
 @dataclass
 class Reminder:
-    letter: Letter
+    letter: OpenLetter
     kind: str  # unacknowledged | before | overdue | escalation
     mail: list[NewMail]
     count: int  # reminders for this letter including this one
 
 
-def _reminder(config: Config, letter: Letter, kind: str, to: list[str], count: int) -> Reminder:
+def _reminder(config: Config, letter: OpenLetter, kind: str, to: list[str], count: int) -> Reminder:
     return Reminder(letter, kind, [new_mail(config, kind if kind == "escalation" else "reminder", r,
                                             reminder=kind, count=count) for r in to], count)
 
