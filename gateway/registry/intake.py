@@ -3,7 +3,8 @@ mail their routing causes, in one transaction; then the text of a fax once it is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,8 @@ from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob
 from gateway.registry.plan import NewLetter, Registered, Routing
 from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms
 from gateway.registry.store import utcnow
+
+log = logging.getLogger("gateway.registry")
 
 
 def routed_columns(routing: Routing) -> dict[str, Any]:
@@ -53,6 +56,50 @@ def _arrival_envelope(first: dict[str, Any] | None, again: dict[str, Any]) -> di
     return {"envelope": {"mail_from": again.get("mail_from") or "", "rcpt_to": list(again["rcpt_to"]),
                          "client": again.get("client")},
             "retry": key(first or {}) == key(again)}
+
+
+# When each receipt cap last tripped in this process (a domain, or "*" for all), so that a storm
+# alerts once an hour rather than once per suppressed receipt.
+_TRIPPED: dict[str, datetime] = {}
+
+
+@dataclass
+class ReceiptCounts:
+    """Receipts already queued, as the caps count them; counted up as a batch queues more."""
+
+    per_sender: dict[str, int] = field(default_factory=dict)  # last 24 hours
+    per_domain: dict[str, int] = field(default_factory=dict)  # last hour
+    last_hour: int = 0
+
+    def capped(self, recipient: str, routing: Routing, now: datetime) -> str | None:
+        """Why no receipt may go to `recipient` now, or None."""
+        sent = self.per_sender.get(recipient, 0)
+        if sent >= routing.receipt_cap:
+            return f"{sent} receipt(s) to this sender in 24 hours (cap {routing.receipt_cap})"
+        domain = recipient.rpartition("@")[2].lower()
+        sent = self.per_domain.get(domain, 0)
+        if sent >= routing.receipt_domain_cap:
+            return self._tripped(domain, f"{sent} receipt(s) to {domain} in the last hour "
+                                         f"(cap {routing.receipt_domain_cap}, [receipts] per_domain_per_hour)", now)
+        if self.last_hour >= routing.receipt_hourly_cap:
+            return self._tripped("*", f"{self.last_hour} receipt(s) in the last hour "
+                                      f"(cap {routing.receipt_hourly_cap}, [receipts] per_hour)", now)
+        return None
+
+    def count(self, recipient: str) -> None:
+        self.per_sender[recipient] = self.per_sender.get(recipient, 0) + 1
+        domain = recipient.rpartition("@")[2].lower()
+        self.per_domain[domain] = self.per_domain.get(domain, 0) + 1
+        self.last_hour += 1
+
+    @staticmethod
+    def _tripped(key: str, reason: str, now: datetime) -> str:
+        last = _TRIPPED.get(key)
+        if last is None or now - last > timedelta(hours=1):
+            _TRIPPED[key] = now
+            log.error("ALERT receipts suppressed: %s; an auto-responder answering every receipt from a new "
+                      "address looks like this. Letters are still registered.", reason)
+        return reason
 
 
 class Registration(SearchRecords):
@@ -197,8 +244,10 @@ class Registration(SearchRecords):
                 conn.execute(insert(table), values)
         return registered
 
-    def receipts_today(self, conn: Connection, senders: list[str], now: datetime) -> dict[str, int]:
-        """Receipts queued per sender in the last 24 hours (the per-sender cap counts them)."""
+    def receipts_today(self, conn: Connection, senders: list[str], now: datetime) -> ReceiptCounts:
+        """Receipts queued per sender in the last 24 hours, and per recipient domain and altogether
+        in the last hour: what the caps count."""
+        counts = ReceiptCounts()
         if not senders:
             return {}
         rows = conn.execute(select(OutboxMail.recipient, func.count(OutboxMail.id))
@@ -207,7 +256,7 @@ class Registration(SearchRecords):
                             .group_by(OutboxMail.recipient))
         return {row[0]: int(row[1]) for row in rows}
 
-    def routed_rows(self, letter_id: int, routing: Routing, now: datetime, receipts_sent: dict[str, int],
+    def routed_rows(self, letter_id: int, routing: Routing, now: datetime, receipts_sent: ReceiptCounts,
                 actor: str = "gateway") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The events and outbox rows of a routing decision (the caller inserts them)."""
         trace = routing.trace
@@ -229,13 +278,12 @@ class Registration(SearchRecords):
         mail = [self.mail_row(letter_id, m, now) for m in routing.mail]
         receipt = routing.receipt
         if receipt is not None:
-            cap = routing.receipt_cap
-            sent = receipts_sent.get(receipt.recipient, 0)
-            if sent >= cap:
+            capped = receipts_sent.capped(receipt.recipient, routing, now)
+            if capped is not None:
                 events.append(self.event_row(letter_id, now, actor, "receipt-suppressed", None, {
                     "to": receipt.recipient, "reason": f"{sent} receipt(s) to this sender in 24 hours (cap {cap})"}))
             else:
-                receipts_sent[receipt.recipient] = sent + 1
+                receipts_sent.count(receipt.recipient)
                 mail.append(self.mail_row(letter_id, receipt, now))
                 events.append(self.event_row(letter_id, now, actor, "receipt-queued", None,
                                           {"to": receipt.recipient, **receipt.details}))

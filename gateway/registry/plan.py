@@ -40,6 +40,8 @@ class Routing:
     receipt: NewMail | None  # sent unless the sender's daily cap is reached
     no_receipt: str | None  # why no receipt, for the event
     receipt_cap: int = 3  # receipts per sender in 24 hours
+    receipt_domain_cap: int = 30  # receipts per recipient domain in the last hour
+    receipt_hourly_cap: int = 300  # receipts altogether in the last hour
     no_notification: str | None = None  # why nobody is notified, for the event
 
 

@@ -8,11 +8,23 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0
 _ROBOT_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply", "donotreply",
                       "bounce", "bounces", "listserv", "majordomo", "owner-")
 _ROBOT_SUFFIXES = ("-request", "-bounces", "-owner")
+# The Message-IDs we give our own mail (gateway.stages.route.new_mail): 32 hex digits at our domain.
+_OUR_MESSAGE_ID = re.compile(r"<([0-9a-f]{32})@([^<>\s]+)>", re.IGNORECASE)
 
 
 def safe_address(address: str) -> bool:
     """A plain addr-spec we can put in RCPT TO and a header: no spaces, quotes, CR/LF or comments."""
     return len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
+
+
+def answers_our_mail(headers: dict[str, list[str]], our_domain: str) -> bool:
+    """Does this mail name one of our own Message-IDs in In-Reply-To or References, so that it is
+    an answer to mail we sent (a receipt, most likely)? An auto-responder that writes from a new
+    address every time (VERP) is still recognised by what it answers."""
+    domain = our_domain.lower()
+    return any(found.group(2).lower() == domain
+               for name in ("in-reply-to", "references") for value in headers.get(name, [])
+               for found in _OUR_MESSAGE_ID.finditer(value))
 
 
 def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None, *,

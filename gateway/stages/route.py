@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.registry.plan import NewMail, Routing
 from gateway.spool import DamagedItem, read_raw
 from gateway.stages.addresses import is_internal
-from gateway.stages.autoreply import no_reply_reason
+from gateway.stages.autoreply import answers_our_mail, no_reply_reason
 from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
 from gateway.stages.classify.rules import Decision
 from gateway.stages.normalise.summary import summarise
@@ -66,7 +66,9 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         # the receipt; the letter says which it had.
         flags=(["needs-triage"] if triage else []) + (_MARKER_FLAGS.get(marker, []) if marker else []),
         mail=mail, receipt=receipt, no_receipt=reason,
-        receipt_cap=config.model.receipts.per_sender_per_day, no_notification=no_notification)
+        receipt_cap=config.model.receipts.per_sender_per_day,
+        receipt_domain_cap=config.model.receipts.per_domain_per_hour,
+        receipt_hourly_cap=config.model.receipts.per_hour, no_notification=no_notification)
 
 
 def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
@@ -135,6 +137,9 @@ def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, header
         return "internal sender"
     if config.model.outbound.from_address in (sender.lower(), reply_to.lower()):
         return "our own address"
+    if answers_our_mail(headers, config.model.outbound.from_address.rpartition("@")[2]):
+        # An answer to a receipt is answered by no receipt, or two auto-responders play ping-pong.
+        return "an answer to our own mail (In-Reply-To/References)"
     return no_reply_reason(headers, reply_to, envelope_from, own_mail=own_mail)
 
 
