@@ -113,6 +113,9 @@ class SpoolSection(_Strict):
     workers: int = Field(default=2, ge=1, le=64)
     batch_size: int = Field(default=32, ge=1, le=1000)
     rescan_seconds: float = Field(default=30.0, gt=0)
+    # Below this much free space on the state directory's filesystem, SMTP answers 452 at MAIL
+    # and IMAP fetches nothing (the mail waits with its sender or on the server); 0: no floor.
+    min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2 ** 50)
 
 
 class NormaliseSection(_Strict):

@@ -42,6 +42,7 @@ class FaxDropWatcher(Runner):
         self.folder = config.fax_drop_dir
         self._wake_spool = wake
         self._seen: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) at the last scan
+        self._spool_failure: str | None = None  # logged once, not at every poll while the disk is full
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def run_once(self) -> float:
@@ -118,8 +119,14 @@ class FaxDropWatcher(Runner):
         try:
             item = self.spool.enqueue(data, meta)
         except SpoolError as exc:
-            log.error("fax %s not taken: %s", path.name, exc)
+            # The file stays in the folder and is taken at a later poll, once the spool can take it.
+            if str(exc) != self._spool_failure:
+                log.error("fax %s not taken, it stays in the drop folder: %s", path.name, exc)
+            self._spool_failure = str(exc)
             return False
+        if self._spool_failure is not None:
+            log.warning("the spool takes faxes again")
+            self._spool_failure = None
         checkpoint("before-fax-remove")
         self._remove(path, sidecar, item.id)
         log.info("fax %s taken: %d page(s), from %s (item %s)", path.name, document.page_count,

@@ -291,6 +291,12 @@ class FolderWatcher:
                       *, backlog: bool, last_uid: int, remaining: int, importing_until: int | None) -> None:
         account, limit = self.account, self.config.model.imap.max_message_bytes
         max_attempts = self.config.model.imap.max_attempts
+        floor = self.config.model.spool.min_free_bytes
+        if floor and self.spool.free_bytes() < floor:
+            # Nothing is fetched, so nothing is flagged, moved or deleted: the messages wait on the
+            # server, and the next attempt after the backoff takes them once space has returned.
+            raise AccountError(f"the spool's disk has less than min_free_bytes ({floor}) free; "
+                               "messages stay on the server until space returns")
         # Messages that broke the connection too often are not fetched again.
         failing: dict[int, tuple[int, str]] = {
             u: retrying[u] for u in uids if u in retrying and retrying[u][0] >= max_attempts}

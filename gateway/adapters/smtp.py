@@ -186,6 +186,15 @@ class Limits:
         return None
 
 
+_CANNOT_STORE = "451 4.3.0 Error: cannot store the message now, try again later"
+_NO_SPACE = "451 4.3.1 Error: insufficient system storage, try again later"
+
+
+def _unstored(exc: SpoolError) -> str:
+    """The reply when the spool could not take a message: either way the sender keeps it and retries."""
+    return _NO_SPACE if exc.full else _CANNOT_STORE
+
+
 def _peer(session: Session | None) -> str:
     if session is None or not session.peer:
         return "?"
@@ -330,7 +339,7 @@ class IntakeSMTP(SMTP):
             writer.write(trace)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
-            await self.push("451 4.3.0 Error: cannot store the message now, try again later")
+            await self.push(_unstored(exc))
             self._set_post_data_state()
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
@@ -407,7 +416,7 @@ class IntakeSMTP(SMTP):
             writer.write(bytes(pending))
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
-            return "451 4.3.0 Error: cannot store the message now, try again later"
+            return _unstored(exc)
         finally:
             pending.clear()
         return None
@@ -437,6 +446,7 @@ class SmtpIntake:
         self._servers: list[asyncio.base_events.Server] = []
         self.sessions: set[IntakeSMTP] = set()
         self.stopping = False
+        self._low_space = False  # below the spool's free-space floor at the last MAIL
         # Listener settings are fixed for the life of the listener (a reload
         # changes accepted addresses and limits; these need a restart).
         self._kwargs: dict[str, Any] = dict(
@@ -492,9 +502,31 @@ class SmtpIntake:
             session.hang_up("421 4.3.2 {} shutting down, try again later")
         self.auth_guard.pool.shutdown(wait=False)
 
+    def _short_of_space(self, mail_options: list[str]) -> bool:
+        """Whether the spool's filesystem is below the free-space floor, or would be with the
+        message the client announced (SIZE=); the change of state is logged, not every MAIL."""
+        floor = self.config.model.spool.min_free_bytes
+        try:
+            free = self.spool.free_bytes()
+        except OSError as exc:
+            log.error("spool %s: cannot tell the free space: %s", self.spool.root, exc.strerror or exc)
+            return False  # the spool's own writes will tell
+        low = free < floor
+        if low != self._low_space:
+            self._low_space = low
+            if low:
+                log.error("ALERT spool %s: %d bytes free, below min_free_bytes (%d): new mail is refused "
+                          "with 452 until space returns", self.spool.root, free, floor)
+            else:
+                log.warning("spool %s: %d bytes free again, mail is accepted", self.spool.root, free)
+        size = next((int(o[5:]) for o in mail_options if o.startswith("SIZE=") and o[5:].isdigit()), 0)
+        return low or (size > 0 and free - size < floor)
+
     # -- aiosmtpd hooks ----------------------------------------------------
     async def handle_MAIL(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if self._short_of_space(mail_options):
+            return "452 4.3.1 Error: insufficient system storage, try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -560,7 +592,7 @@ class SmtpIntake:
             item = await asyncio.to_thread(writer.commit, claim=True, durable=False)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", peer, exc)
-            return "451 4.3.0 Error: cannot store the message now, try again later"
+            return _unstored(exc)
         try:
             outcome = await self.registrar.register(item)
         except Exception:
@@ -569,7 +601,7 @@ class SmtpIntake:
         if outcome.result == "released":
             return "451 4.3.0 Error: the register is unavailable, try again later"
         if outcome.result == "unstored":
-            return "451 4.3.0 Error: cannot store the message now, try again later"
+            return _CANNOT_STORE
         if outcome.result == "refused":  # the DMARC policy in force; the item is gone
             # Printable ASCII on one line: the reason names a domain taken from the From header.
             reason = "".join(c if " " <= c <= "~" else "?" for c in outcome.reason or "refused")[:300]

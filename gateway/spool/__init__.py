@@ -57,6 +57,19 @@ _DIRS = ("tmp", "new", "work", "quarantine")
 class SpoolError(Exception):
     """The spool cannot take an item (disk full, permissions): nothing was accepted."""
 
+    def __init__(self, message: str, *, code: int | None = None):
+        super().__init__(message)
+        self.errno = code  # of the OSError behind it
+
+    @property
+    def full(self) -> bool:
+        """Out of space or quota: it passes by itself once space returns."""
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _failed(spool: Spool, what: str, exc: OSError) -> SpoolError:
+    return SpoolError(f"spool {spool.root}: {what}: {exc.strerror or exc}", code=exc.errno)
+
 
 def new_item_id() -> str:
     # Nanosecond time first so that a sorted listing is arrival order.
@@ -153,7 +166,7 @@ class SpoolWriter:
             self._hash = hashlib.sha256()
         except OSError as exc:
             self.abort()
-            raise SpoolError(f"spool {spool.root}: cannot create item: {exc.strerror or exc}") from exc
+            raise _failed(spool, "cannot create item", exc) from exc
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -161,7 +174,7 @@ class SpoolWriter:
             self._hash.update(chunk)
         except OSError as exc:
             self.abort()
-            raise SpoolError(f"spool {self._spool.root}: cannot write item: {exc.strerror or exc}") from exc
+            raise _failed(self._spool, "cannot write item", exc) from exc
         self.size += len(chunk)
 
     def commit(self, *, claim: bool = False, durable: bool = True) -> SpoolItem:
@@ -193,8 +206,8 @@ class SpoolWriter:
                 self._spool.dir_sync["work" if claim else "new"].sync()
         except OSError as exc:
             self.abort()
-            target.unlink(missing_ok=True)
-            raise SpoolError(f"spool {self._spool.root}: cannot commit item: {exc.strerror or exc}") from exc
+            _unlink_quietly(target)
+            raise _failed(self._spool, "cannot commit item", exc) from exc
         item = SpoolItem(self.id, 0, target, {**self.meta, "sha256": self._hash.hexdigest()})
         if claim:
             # Keep the lock the writer already holds: recover() must not take it from us.
@@ -203,10 +216,23 @@ class SpoolWriter:
         return item
 
     def abort(self) -> None:
+        """Drop the partial item. Never raises: it runs while an error is being handled, most
+        often ENOSPC, which closing the file would raise again while flushing its buffer."""
         fh = getattr(self, "_fh", None)
         if fh is not None and not fh.closed:
-            fh.close()
-        self._tmp.unlink(missing_ok=True)
+            try:
+                fh.close()
+            except OSError:
+                pass  # the descriptor (and its lock) is closed all the same; the bytes go with the file
+        _unlink_quietly(self._tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a file nobody was told about; a leftover is logged, recover() clears tmp/ later."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("cannot remove %s: %s", path, exc.strerror or exc)
 
 
 class Spool:
@@ -234,6 +260,11 @@ class Spool:
         for chunk in ([raw] if isinstance(raw, bytes) else raw):
             writer.write(chunk)
         return writer.commit(claim=claim)
+
+    def free_bytes(self) -> int:
+        """Space left on the spool's filesystem for an unprivileged writer (the daemon's user)."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     # -- workers --------------------------------------------------------
     def pending(self) -> list[str]:
@@ -445,6 +476,13 @@ class Spool:
         item = writer.commit(claim=True)
         try:
             self._quarantine(item.path, item.id, 0, reason)
+        except OSError as exc:
+            # Not set aside: the intake keeps its original, and no half-entry stays behind
+            # for recover() to take for an ordinary item.
+            qdir = self.root / "quarantine"
+            for leftover in (item.path, qdir / f"{item.id}.item", qdir / f"{item.id}.reason.json"):
+                _unlink_quietly(leftover)
+            raise _failed(self, "cannot quarantine item", exc) from exc
         finally:
             item._unlock()
         return item.id

@@ -63,7 +63,10 @@ def writing(path: Path) -> Iterator[BinaryIO]:
         out.close()
         os.rename(tmp, path)
     except BaseException:
-        out.close()
+        try:
+            out.close()
+        except OSError:
+            pass  # ENOSPC again while flushing the buffer: the descriptor is closed all the same
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
