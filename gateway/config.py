@@ -247,16 +247,13 @@ class OutboundSection(_Strict):
 class ReceiptsSection(_Strict):
     enabled: bool = True
     per_sender_per_day: int = Field(default=3, ge=0, le=1000)
-    default_language: Literal["zh", "en"] = "zh"
-    templates: Path | None = None  # a folder of receipt.<language>.txt; unset: the built-in ones
-
     # Against auto-responders that answer from a new address each time (VERP): caps per
     # recipient domain and altogether, over the last hour.
     per_domain_per_hour: int = Field(default=30, ge=0, le=100_000)
     per_hour: int = Field(default=300, ge=0, le=1_000_000)
+    default_language: Literal["zh", "en"] = "zh"
+    templates: Path | None = None  # a folder of receipt.<language>.txt; unset: the built-in ones
 
-class RepliesSection(_Strict):
-    """Signed reply addresses (gateway.stages.tokens): how long a retired key still counts."""
     @model_validator(mode="after")
     def _caps(self) -> ReceiptsSection:
         if self.per_domain_per_hour > self.per_hour:
@@ -264,6 +261,9 @@ class RepliesSection(_Strict):
                              "one domain could never reach it")
         return self
 
+
+class RepliesSection(_Strict):
+    """Signed reply addresses (gateway.stages.tokens): how long a retired key still counts."""
 
     previous_key_grace_days: float = Field(default=14.0, ge=0, le=365)
 

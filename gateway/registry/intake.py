@@ -249,12 +249,21 @@ class Registration(SearchRecords):
         in the last hour: what the caps count."""
         counts = ReceiptCounts()
         if not senders:
-            return {}
+            return counts
         rows = conn.execute(select(OutboxMail.recipient, func.count(OutboxMail.id))
                             .where(OutboxMail.kind == "receipt", OutboxMail.recipient.in_(set(senders)),
                                    OutboxMail.created_at > now - timedelta(days=1))
                             .group_by(OutboxMail.recipient))
-        return {row[0]: int(row[1]) for row in rows}
+        counts.per_sender.update({row[0]: int(row[1]) for row in rows})
+        # At most the hourly cap's worth of rows: the cap is what keeps this small.
+        for recipient, count in conn.execute(
+                select(OutboxMail.recipient, func.count(OutboxMail.id))
+                .where(OutboxMail.kind == "receipt", OutboxMail.created_at > now - timedelta(hours=1))
+                .group_by(OutboxMail.recipient)):
+            domain = recipient.rpartition("@")[2].lower()
+            counts.per_domain[domain] = counts.per_domain.get(domain, 0) + int(count)
+            counts.last_hour += int(count)
+        return counts
 
     def routed_rows(self, letter_id: int, routing: Routing, now: datetime, receipts_sent: ReceiptCounts,
                 actor: str = "gateway") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -281,7 +290,7 @@ class Registration(SearchRecords):
             capped = receipts_sent.capped(receipt.recipient, routing, now)
             if capped is not None:
                 events.append(self.event_row(letter_id, now, actor, "receipt-suppressed", None, {
-                    "to": receipt.recipient, "reason": f"{sent} receipt(s) to this sender in 24 hours (cap {cap})"}))
+                    "to": receipt.recipient, "reason": capped}))
             else:
                 receipts_sent.count(receipt.recipient)
                 mail.append(self.mail_row(letter_id, receipt, now))
