@@ -424,7 +424,8 @@ class Access:
         sort = query.sort if query.sort in SORTS else "-received"
         per_page = max(1, min(query.per_page, 200))
         page = max(1, query.page)
-        rows, total = self.registry.letters_page(self.scope(who), self._filter(who, query), sort=sort,
+        letter_filter = self._filter(who, query)
+        rows, total = self.registry.letters_page(self._scope_for(who, letter_filter), letter_filter, sort=sort,
                                                  offset=(page - 1) * per_page, limit=per_page)
         pages = max(1, -(-total // per_page))
         return QueuePage(rows, total, page, pages, replace(query, sort=sort, page=page, per_page=per_page),
@@ -452,9 +453,25 @@ class Access:
     def counts(self, who: Principal) -> dict[str, int]:
         """The sidebar's numbers. "All" is counted on its own page only: for a department's people it
         is the costliest count (letters once with them), and it says the least."""
+        counts = {}
+        for name in self.queues(who):
+            if name != "all":
+                letter_filter = self._filter(who, QueueQuery(queue=name))
+                counts[name] = self.registry.letters_count(self._scope_for(who, letter_filter), letter_filter)
+        return counts
+
+    def _scope_for(self, who: Principal, letter_filter: LetterFilter) -> Scope:
+        """The person's scope, or none at all when the filter alone keeps within it (their own
+        departments' letters, or those assigned to them): the same rows, without the costly part
+        of the scope (letters once with their departments)."""
         scope = self.scope(who)
-        return {name: self.registry.letters_count(scope, self._filter(who, QueueQuery(queue=name)))
-                for name in self.queues(who) if name != "all"}
+        if scope.everything:
+            return scope
+        if letter_filter.departments and set(letter_filter.departments) <= who.departments:
+            return Scope(everything=True)
+        if letter_filter.owners and set(letter_filter.owners) <= who.emails:
+            return Scope(everything=True)
+        return scope
 
     def export_csv(self, who: Principal, query: QueueQuery, *, address: str, limit: int = 10000) -> str:
         """A queue as CSV (subjects only where the person may read them); an audited export."""
