@@ -153,6 +153,9 @@ class People:
                                roles=current.roles if roles is None else roles,
                                language=current.language if language is None else language)
         changed = {k: v for k, v in values.items() if getattr(current, k) != v}
+        if actor == login and ({"roles", "departments"} & set(changed)):
+            # An administrator who could widen their own rights could read what the roles keep from them.
+            raise ValueError("no one changes their own roles or departments: another administrator must")
         self.registry.update_person(login, values, audit=self._audit(actor, "person-changed", login, address, changed))
         return self._person(login)
 
@@ -181,6 +184,8 @@ class People:
         Returns what changed, in words. Raises LookupError and ValueError."""
         person = self._person(login)
         changes: list[str] = []
+        if actor == login:
+            raise ValueError("no one grants rights to themselves: another administrator must")
         if roles or departments:
             new_roles = self._merge(person.roles, roles, revoke)
             new_departments = self._merge(person.departments, departments, revoke)
