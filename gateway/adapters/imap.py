@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta, timezone
 from typing import Any
 
 from imapclient import IMAPClient
@@ -239,13 +240,21 @@ class FolderWatcher:
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         state = self.ledger.folder(account.name, self.folder)
+        seen_since: date | None = None
         if state is not None and state.uidvalidity != uidvalidity:
             # The folder was recreated or the server rebuilt its index: its UIDs mean nothing now.
-            # Every message is looked at again; the registry knows the ones it has by their bytes.
-            log.warning("%s: UIDVALIDITY changed from %d to %d; checking every message in the folder again",
-                        self.name, state.uidvalidity, uidvalidity)
-            state = FolderState(uidvalidity, 0, None)
-        if state is None:
+            # Every message is looked at again (the registry knows the ones it has by their bytes),
+            # within the first import's scope and as backlog, like the first import: what was
+            # registered, or left out by the first import, must not be answered as new mail.
+            # With first_import = "unseen", read mail that came in since the last sync is taken too
+            # (from the day before it, to be safe).
+            everything = client.search(["ALL"])
+            log.warning("%s: UIDVALIDITY changed from %d to %d; checking the %d message(s) in the folder again "
+                        "as backlog (no receipts)", self.name, state.uidvalidity, uidvalidity, len(everything))
+            if state.last_poll_at is not None:
+                seen_since = state.last_poll_at.astimezone(timezone.utc).date() - timedelta(days=1)
+            state = FolderState(uidvalidity, 0, max(everything, default=0) or None)
+        elif state is None:
             everything = client.search(["ALL"])
             state = FolderState(uidvalidity, 0, max(everything, default=0) or None)
             log.info("%s: first sync of %d message(s), importing %s", self.name, len(everything),
@@ -257,6 +266,8 @@ class FolderWatcher:
             criteria_for: dict[str, list[Any]] = {"all": [], "unseen": ["UNSEEN"],
                                                   "since": ["SINCE", account.import_since]}
             criteria = criteria_for[account.first_import]
+            if seen_since is not None and account.first_import == "unseen":
+                criteria = ["OR", "UNSEEN", "SINCE", seen_since]  # ("since" takes such mail anyway)
             # No CHARSET argument: many servers refuse one, and these criteria are ASCII.
             found = client.search([*criteria, "UID", f"{state.last_uid + 1}:{state.importing_until}"])
             uids = sorted(u for u in found if state.last_uid < u <= state.importing_until)

@@ -25,6 +25,7 @@ class FolderState:
     uidvalidity: int
     last_uid: int
     importing_until: int | None = None  # set while the first import is under way
+    last_poll_at: datetime | None = None  # the last sync that settled the folder
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,11 @@ class ImapLedger:
 
     def folder(self, account: str, folder: str) -> FolderState | None:
         with self.registry.read() as conn:
-            row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid,
-                                      ImapFolder.importing_until).where(
+            row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid, ImapFolder.importing_until,
+                                      ImapFolder.last_poll_at).where(
                 ImapFolder.account == account, ImapFolder.folder == folder)).first()
-        return FolderState(row.uidvalidity, row.last_uid, row.importing_until) if row and row.uidvalidity else None
+        return (FolderState(row.uidvalidity, row.last_uid, row.importing_until, row.last_poll_at)
+                if row and row.uidvalidity else None)
 
     def attempts(self, account: str, folder: str, uidvalidity: int) -> dict[int, tuple[int, str]]:
         """UIDs that could not be fetched yet: how often that was tried, and the last reason."""
