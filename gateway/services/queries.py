@@ -2,6 +2,8 @@
 organisation's local days that bound a listing."""
 from __future__ import annotations
 
+import os
+import stat
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -121,25 +123,72 @@ def outbox_mail(registry: Registry, *, status: str | None,
     return mails, numbers
 
 
+class ExtractRefused(LookupError):
+    """The folder has something in the way of a document: nothing is written. A LookupError, so
+    that whoever reports a letter that is not there reports this the same way."""
+
+
 def extract_attachments(config: Config, registry: Registry, number: str, directory: Path) -> list[Path]:
     """Write a letter's documents into `directory` under their safe names; returns the files written.
-    Raises LookupError."""
+
+    A file of the same name is replaced. Anything else of that name (a symbolic link, a folder, a
+    pipe) makes it refuse before writing anything: a link could send a document anywhere, and
+    half an extract is worse than none. Raises LookupError (ExtractRefused for the folder)."""
     from gateway.archive.packer import read_original
-    from gateway.stages.normalise import normalise, safe_join
+    from gateway.stages.normalise import Limits, normalise
 
     letter = letter_or_fail(registry, number)
     raw = read_original(config, registry, letter)
-    directory.mkdir(parents=True, exist_ok=True)
     if letter.is_fax_file:  # the fax itself is the document
         documents = [(letter.attachments[0].filename, raw)]
     else:  # names are safe and unique within a letter
-        documents = [(a.filename, a.content) for a in normalise(raw).attachments]
-    written = []
-    for filename, content in documents:
-        target = safe_join(directory, filename)
-        target.write_bytes(content)
-        written.append(target)
+        documents = [(a.filename, a.content)
+                     for a in normalise(raw, limits=Limits.of(config.model.normalise)).attachments]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExtractRefused(f"cannot extract into {directory}: {exc.strerror or exc}") from None
+    base = directory.resolve()
+    targets = [(_free_target(base, filename), content) for filename, content in documents]
+    folder = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    written: list[Path] = []
+    try:
+        for target, content in targets:
+            try:
+                # O_NOFOLLOW: a link put there since the check is not written through either;
+                # O_NONBLOCK: nor does a pipe put there hold the command up.
+                fd = os.open(target.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, 0o644, dir_fd=folder)
+            except OSError as exc:
+                raise ExtractRefused(f"{target}: {exc.strerror or exc}; {len(written)} of {len(targets)} "
+                                     "document(s) written before it") from None
+            with open(fd, "wb") as out:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ExtractRefused(f"{target} is no longer a file; {len(written)} of {len(targets)} "
+                                         "document(s) written before it")
+                out.write(content)
+            written.append(target)
+    finally:
+        os.close(folder)
     return written
+
+
+def _free_target(base: Path, filename: str) -> Path:
+    """base/filename if a document may be written there: nothing of that name yet, or a file."""
+    from gateway.stages.normalise import safe_join
+
+    where = "where an attachment would be written: nothing written (remove {}, or extract into another folder)"
+    try:
+        mode: int | None = (base / filename).lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and stat.S_ISLNK(mode):
+        raise ExtractRefused(f"{base} holds a symbolic link named {filename!r} {where.format('the link')}")
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ExtractRefused(f"{base} holds a folder named {filename!r} {where.format('the folder')}")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise ExtractRefused(f"{base} holds something other than a file named {filename!r} {where.format('it')}")
+    return safe_join(base, filename)  # one entry of the folder, whatever the name
 
 
 def archive_packages(registry: Registry) -> list[dict[str, Any]]:

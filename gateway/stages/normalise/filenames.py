@@ -44,13 +44,15 @@ def numbered_variant(name: str, number: int) -> str:
 
 
 def safe_join(root: Path, name: str) -> Path:
-    """root/name, resolved; raises ValueError unless the result lies strictly inside root."""
-    if not name or "\x00" in name:
+    """root/name for a name that is one plain entry of root (resolved), and not a symbolic link
+    there; raises ValueError otherwise. What is written at the result lands in root itself, not
+    where a link points (open it with O_NOFOLLOW all the same: a link can appear later)."""
+    if not name or "\x00" in name or "/" in name or name in (".", ".."):
         raise ValueError(f"unusable file name {name!r}")
     base = Path(root).resolve()
-    candidate = (base / name).resolve()
-    if base not in candidate.parents:
-        raise ValueError(f"{name!r} resolves outside {str(base)!r}")
+    candidate = base / name
+    if candidate.is_symlink():
+        raise ValueError(f"{name!r} is a symbolic link in {str(base)!r}")
     return candidate
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,9 @@ class Limits:
     max_depth: int = 40  # how deep parts may nest inside one another
     max_header_fields: int = 500  # fields in the header of the message or of any one part
     max_header_bytes: int = 65536  # one header field, its continuation lines included
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        """The limits configured in `[normalise]` (a NormaliseSection, or anything like it)."""
+        return cls(max_parts=settings.max_parts, max_depth=settings.max_depth,
+                   max_header_fields=settings.max_header_fields, max_header_bytes=settings.max_header_bytes)

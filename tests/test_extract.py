@@ -1,0 +1,101 @@
+"""`gateway letters extract` into a folder that holds a symbolic link where an attachment would
+go: refused with a clear message before anything is written (a link elsewhere in the folder is
+left alone); no file is ever written through a link."""
+from __future__ import annotations
+
+import os
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway
+from gateway.config import load
+from gateway.registry import Registry
+from gateway.services import queries
+
+NAMES = [f"document-{n:02d}.txt" for n in range(1, 18)]  # 17 attachments
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
+    tmp = tmp_path_factory.mktemp("extract")
+    gateway = Gateway(tmp)
+    msg = EmailMessage()
+    msg["From"] = "alice@partner.example"
+    msg["To"] = "liaison@example.org"
+    msg["Subject"] = "seventeen documents"
+    msg.set_content("See the attachments.")
+    for name in NAMES:
+        msg.add_attachment(f"content of {name}".encode(), maintype="text", subtype="plain", filename=name)
+    (tmp / "letter.eml").write_bytes(msg.as_bytes())
+    gateway.run("ingest", str(tmp / "letter.eml"))
+    return gateway
+
+
+def test_a_link_where_an_attachment_would_go_is_refused_before_anything_is_written(
+        registered: Gateway, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not to be overwritten")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / NAMES[6]).symlink_to(outside)  # the 7th of 17
+    proc = registered.run("letters", "extract", "2026-000001", str(folder), check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: {folder.resolve()} holds a symbolic link named '{NAMES[6]}' where an attachment would be "
+        "written: nothing written (remove the link, or extract into another folder)")
+    assert sorted(p.name for p in folder.iterdir()) == [NAMES[6]]
+    assert outside.read_text() == "not to be overwritten"
+
+
+def extract(gateway: Gateway, folder: Path) -> list[Path]:
+    """The command's service, in this process (the command itself is run above and below)."""
+    config = load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        return queries.extract_attachments(config, registry, "2026-000001", folder)
+    finally:
+        registry.close()
+
+
+def test_a_link_inside_the_folder_is_not_written_through_either(registered: Gateway, tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("mine")
+    (folder / NAMES[0]).symlink_to("kept.txt")
+    with pytest.raises(queries.ExtractRefused, match=f"symbolic link named '{NAMES[0]}'"):
+        extract(registered, folder)
+    assert (folder / "kept.txt").read_text() == "mine"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([NAMES[0], "kept.txt"])
+
+
+def test_other_things_in_the_way_are_refused_too(registered: Gateway, tmp_path: Path) -> None:
+    """A folder or a named pipe of an attachment's name: refused (writing would fail, or block)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / NAMES[3]).mkdir()
+    with pytest.raises(queries.ExtractRefused, match=f"holds a folder named '{NAMES[3]}'"):
+        extract(registered, folder)
+    (folder / NAMES[3]).rmdir()
+    os.mkfifo(folder / NAMES[4])
+    with pytest.raises(queries.ExtractRefused, match=f"holds something other than a file named '{NAMES[4]}'"):
+        extract(registered, folder)
+    assert [p.name for p in folder.iterdir()] == [NAMES[4]]
+    with pytest.raises(queries.ExtractRefused, match="cannot extract into"):
+        extract(registered, folder / NAMES[4] / "below")
+
+
+def test_links_of_other_names_are_left_alone_and_files_are_written(registered: Gateway, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "shortcut").symlink_to(outside)
+    (folder / NAMES[2]).write_text("an older copy")  # a file of ours from an earlier extract: replaced
+    written = registered.run("letters", "extract", "2026-000001", str(folder)).stdout.split()
+    assert [Path(p).name for p in written] == NAMES
+    assert all(Path(p).parent == folder.resolve() for p in written)
+    assert (folder / NAMES[2]).read_text() == f"content of {NAMES[2]}"
+    assert list(outside.iterdir()) == [] and (folder / "shortcut").is_symlink()
