@@ -7,13 +7,12 @@ failing test leaves a screenshot of its pages, whose path it prints."""
 from __future__ import annotations
 
 import socket
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from playwright.sync_api import Browser, expect
 
 from conftest import Daemon, Notify, wait_for
 from smtp_sink import Received, SmtpSink
@@ -62,48 +61,10 @@ retry_max_seconds = 1
         assert "Traceback" not in output, output[-3000:]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-SignIn = Callable[..., Page]
-
-
 @pytest.fixture
 def sign_in(register: Register, browser: Browser, request: pytest.FixtureRequest) -> Iterator[SignIn]:
     """sign_in(login) -> a page of a new browser context, signed in, showing English pages."""
-    contexts: list[BrowserContext] = []
-
-    def open_as(login: str, password: str = PASSWORD) -> Page:
-        context = browser.new_context(base_url=register.url, locale="en-GB")
-        context.set_default_timeout(15000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/signin?lang=en")
-        page.fill("input[name=login]", login)
-        page.fill("input[name=password]", password)
-        page.click("form[action='/signin'] button[type=submit]")
-        expect(page.locator(".topbar .who")).to_contain_text(login)
-        if page.locator("html").get_attribute("lang") != "en":
-            page.click("form[action='/me/language'] button[value=en]")
-            expect(page.locator("html")).to_have_attribute("lang", "en")
-        return page
-
-    failed = request.session.testsfailed
-    yield open_as
-    if request.session.testsfailed > failed:
-        folder = Path(tempfile.mkdtemp(prefix=f"gw-shots-{request.node.name[:40]}-"))
-        for i, context in enumerate(contexts):
-            for j, page in enumerate(context.pages):
-                shot = folder / f"page-{i}-{j}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"screenshot of {page.url}: {shot}")
-    for context in contexts:
-        context.close()
+    yield from signed_in_pages(browser, register.url, PASSWORD, request)
 
 
 def test_sign_in_and_out(register: Register, sign_in: SignIn) -> None:

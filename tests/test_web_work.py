@@ -8,14 +8,13 @@ One register (web_support.Site on a real uvicorn) and one browser for the module
 own browser context. A failing test leaves screenshots of its pages and prints their paths."""
 from __future__ import annotations
 
-import tempfile
 import textwrap
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 from conftest import make_message
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from playwright.sync_api import Browser, Page, expect
 from web_support import PASSWORD, WEB_RULES, Site
 
 from gateway.services.people import Principal
@@ -67,50 +66,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     s.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
-
-
-SignIn = Callable[..., Page]
-
-
 @pytest.fixture
 def sign_in(site: Site, browser: Browser, request: pytest.FixtureRequest) -> Iterator[SignIn]:
     """sign_in(login, lang="en") -> a page of a new browser context, signed in, in that language."""
-    contexts: list[BrowserContext] = []
-    url = site.url
-
-    def open_as(login: str, lang: str = "en") -> Page:
-        context = browser.new_context(base_url=url, viewport={"width": 1200, "height": 900})
-        context.set_default_timeout(15000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto(f"/signin?lang={lang}")
-        page.fill("input[name=login]", login)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("form[action='/signin'] button[type=submit]")
-        expect(page.locator(".topbar .who")).to_contain_text(login)
-        html_lang = "zh-Hans" if lang == "zh" else "en"
-        if page.locator("html").get_attribute("lang") != html_lang:
-            page.click(f"form[action='/me/language'] button[value={lang}]")
-            expect(page.locator("html")).to_have_attribute("lang", html_lang)
-        return page
-
-    failed = request.session.testsfailed
-    yield open_as
-    if request.session.testsfailed > failed:
-        folder = Path(tempfile.mkdtemp(prefix=f"gw-shots-{request.node.name[:40]}-"))
-        for i, context in enumerate(contexts):
-            for j, page in enumerate(context.pages):
-                shot = folder / f"page-{i}-{j}.png"
-                page.screenshot(path=str(shot), full_page=True)
-                print(f"screenshot of {page.url}: {shot}")
-    for context in contexts:
-        context.close()
+    yield from signed_in_pages(browser, site.url, PASSWORD, request)
 
 
 def search(page: Page, text: str) -> None:

@@ -299,7 +299,7 @@ class Access:
                    purpose: str = "download") -> tuple[str, bytes, str] | None:
         """(name, bytes, detected type) of one attachment; an audited read."""
         from gateway.archive.packer import read_original
-        from gateway.stages.normalise import normalise
+        from gateway.stages.normalise import Limits, normalise
 
         letter = self._content(who, number)
         if letter is None:
@@ -311,7 +311,8 @@ class Access:
         if letter.is_fax_file:  # the fax itself is the document
             content: bytes | None = raw
         else:
-            content = next((a.content for a in normalise(raw).attachments if a.sha256 == attachment.sha256), None)
+            content = next((a.content for a in normalise(raw, limits=Limits.of(self.config.model.normalise)).attachments
+                            if a.sha256 == attachment.sha256), None)
         if content is None:
             return None
         # The page images of a letter just opened are part of that read: one row, not one per image.

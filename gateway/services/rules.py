@@ -19,6 +19,7 @@ from gateway.spool import Spool
 from gateway.stages.build import AnswerItem, LetterBuilder
 from gateway.stages.fax.document import FaxUnreadable
 from gateway.stages.fax.text import read_text
+from gateway.stages.normalise import Limits
 from gateway.stages.route import Routing, letter_facts, route_letter
 
 CLASSIFICATION_FIELDS = ("category", "department", "urgency", "confidentiality")
@@ -65,7 +66,7 @@ def classify_file(config: Config, registry: Registry, path: Path, *, ocr: bool) 
         if ocr:
             settings = config.model.fax
             text = read_text(str(scratch.state_dir / built.raw_path), settings.ocr_languages,
-                             settings.ocr_timeout_seconds)[0]
+                             settings.ocr_timeout_seconds, Limits.of(config.model.normalise))[0]
         letter = _as_letter(built, text)
         return FileDecision(path, routing=route_letter(scratch, letter))
 

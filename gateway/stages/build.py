@@ -24,7 +24,7 @@ from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_rela
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, parse_time
-from gateway.stages.normalise import Normalised, normalise
+from gateway.stages.normalise import Limits, Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.route import route
 from gateway.stages.tokens import check_reply_token, find_reply_tokens
@@ -88,7 +88,8 @@ class LetterBuilder:
         if meta.get("channel") == "fax" and "fax" in meta:  # a fax file, not a mail
             return _storable(self._build_fax_file(item, raw))
         sha = meta["sha256"]
-        parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars)
+        parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars,
+                                       limits=Limits.of(self.config.model.normalise))
         envelope: dict[str, Any] = meta.get("envelope") or {}
         rcpts = [r.lower() for r in envelope.get("rcpt_to", [])]
         to = [a.address for a in parsed.to]

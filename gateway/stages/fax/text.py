@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.stages.normalise import Limits
 from gateway.stages.route import route_with_text
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.runner import Runner
@@ -27,8 +28,10 @@ log = logging.getLogger("gateway.stages.fax")
 GIVE_UP_AFTER = 3  # failed attempts to store a fax's text before its job is given up
 
 
-def read_text(raw_path: str, languages: str, timeout: float) -> tuple[str, list[str], int, float]:
-    """In a worker process: the text of every fax document in a stored letter.
+def read_text(raw_path: str, languages: str, timeout: float,
+              limits: Limits | None = None) -> tuple[str, list[str], int, float]:
+    """In a worker process: the text of every fax document in a stored letter (a fax-to-email
+    message examined within the configured [normalise] limits).
 
     Returns the text, the defects, the pages read and the seconds it took.
     """
@@ -43,7 +46,7 @@ def read_text(raw_path: str, languages: str, timeout: float) -> tuple[str, list[
         read_fax(raw)
         documents = [raw]  # a fax file
     except FaxUnreadable:  # fax-to-email: the TIFF and PDF attachments
-        documents = [a.content for a in normalise(raw).attachments]
+        documents = [a.content for a in normalise(raw, limits=limits or Limits()).attachments]
     texts, defects, pages = [], [], 0
     for data in documents:
         try:
@@ -96,7 +99,7 @@ class TextReader(Runner):
             for letter_id, raw_path in self.registry.ocr_jobs(free, set(self._running)):
                 path = str(self.config.state_dir / raw_path)
                 future = self._workers().submit(read_text, path, settings.ocr_languages,
-                                                settings.ocr_timeout_seconds)
+                                                settings.ocr_timeout_seconds, Limits.of(self.config.model.normalise))
                 future.add_done_callback(lambda _: self.wake())
                 self._running[letter_id] = future
 
