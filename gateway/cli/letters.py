@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 from rich.panel import Panel
@@ -14,18 +15,28 @@ from gateway.cli.state import (State, as_option, by_option, fail, pass_state, pr
                                wide_console)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register_filters(command: F) -> F:
+    """The filters `list` and `search` share: status, department, category, channel, received days."""
+    for option in reversed([
+        click.option("--status"), click.option("--department"), click.option("--category"),
+        click.option("--channel", type=click.Choice(["email", "fax"])),
+        click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time)."),
+        click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group()
 def letters() -> None:
     """The register."""
 
 
 @letters.command("list")
-@click.option("--status")
-@click.option("--department")
-@click.option("--category")
-@click.option("--channel", type=click.Choice(["email", "fax"]))
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@register_filters
 @click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
 @click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
               help="With --overdue: overdue by the end of this day (local) instead of now.")
@@ -71,12 +82,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
 
 @letters.command("search")
 @click.argument("query")
-@click.option("--status")
-@click.option("--department")
-@click.option("--category")
-@click.option("--channel", type=click.Choice(["email", "fax"]))
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time).")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@register_filters
 @click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @as_option
