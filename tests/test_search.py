@@ -10,18 +10,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import Gateway, make_message
+from conftest import make_message
 from fax_samples import ENGLISH, tiff_fax
 from sqlalchemy import text
+from web_support import Site
 
-from gateway.daemon.pipeline import Pipeline
-from gateway.registry import Registry
-from gateway.services import intake
-from gateway.services.access import Access, QueueQuery
-from gateway.services.people import People, Principal
+from gateway.services.access import QueueQuery
+from gateway.services.people import Principal
 from gateway.services.queries import reindex_missing
-from gateway.spool import Spool
-from gateway.stages import rulebook
 
 RULES = textwrap.dedent("""
     rules:
@@ -37,38 +33,19 @@ RULES = textwrap.dedent("""
             - mailbox_department: any
         set: {department: recipient, category: external.business}
 """)
-FAX = """
-[fax]
-filename_pattern = '^fax_(?P<number>[0-9+]+)_(?P<received>[0-9]{8}-[0-9]{6})'
-filename_time_format = "%Y%m%d-%H%M%S"
-"""
 OPERATOR = Principal.operator("clerk")
 
 
-class Register:
-    def __init__(self, tmp: Path, registry_url: str = ""):
-        self.tmp = tmp
-        self.gateway = Gateway(tmp, registry_url=registry_url, extra=FAX, rules=RULES)
-        self.config = rulebook.load(str(self.gateway.config))
-        self.registry = Registry.from_config(self.config)
-        self.registry.upgrade()
-        self.spool = Spool(self.config.spool_dir, self.config.message_dir)
-        self.pipeline = Pipeline(self.config, self.spool, self.registry)
-        self.access = Access(self.config, self.registry)
-        self.people = People(self.config, self.registry)
-        self.numbers: dict[str, str] = {}
+class Register(Site):
+    """A register with the search's letters; `find` lists the names of the letters a search finds."""
 
-    def ingest(self, name: str, raw: bytes, filename: str = "") -> str:
-        path = self.tmp / (filename or f"{name}.eml")
-        path.write_bytes(raw)
-        done = intake.ingest_file(self.config, self.spool, self.pipeline, path)
-        assert done.result == "registered" and done.number, done
-        self.numbers[name] = done.number
-        return done.number
+    @property
+    def numbers(self) -> dict[str, str]:
+        return self.letters
 
     def find(self, query: str, who: Principal = OPERATOR, **filters: object) -> list[str]:
         page = self.access.search(who, query, QueueQuery(queue="all", **filters), address="127.0.0.1")  # type: ignore[arg-type]
-        names = {number: name for name, number in self.numbers.items()}
+        names = {number: name for name, number in self.letters.items()}
         return [names.get(r.number, r.number) for r in page.rows]
 
 
@@ -96,18 +73,18 @@ def fill(register: Register) -> None:
 
 @pytest.fixture
 def register(tmp_path: Path) -> Iterator[Register]:
-    r = Register(tmp_path)
+    r = Register(tmp_path, rules=RULES)
     fill(r)
     yield r
-    r.registry.close()
+    r.close()
 
 
 @pytest.fixture
 def pg_register(tmp_path: Path, pg_url: str) -> Iterator[Register]:
-    r = Register(tmp_path, registry_url=pg_url)
+    r = Register(tmp_path, rules=RULES, registry_url=pg_url)
     fill(r)
     yield r
-    r.registry.close()
+    r.close()
 
 
 def check_finding(register: Register) -> None:

@@ -92,10 +92,11 @@ class Browser(httpx.Client):
 class Site:
     """The gateway, its registry and services, people and letters; `client()` is a browser."""
 
-    def __init__(self, tmp: Path, extra: str = "", rules: str = WEB_RULES, web: str = ""):
-        """`extra`: more TOML sections; `web`: more lines of the [web] section."""
+    def __init__(self, tmp: Path, extra: str = "", rules: str = WEB_RULES, web: str = "", registry_url: str = ""):
+        """`extra`: more TOML sections; `web`: more lines of the [web] section; `registry_url`: a
+        PostgreSQL database instead of SQLite."""
         self.tmp = tmp
-        self.gateway = Gateway(tmp, extra=FAX_SETTINGS + extra, rules=rules)
+        self.gateway = Gateway(tmp, registry_url=registry_url, extra=FAX_SETTINGS + extra, rules=rules)
         if web:
             text = self.gateway.config.read_text()
             self.gateway.config.write_text(text.replace("\n[web]\n", f"\n[web]\n{web.strip()}\n", 1))
