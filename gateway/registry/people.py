@@ -26,6 +26,7 @@ class Scope:
     departments: frozenset[str] = frozenset()  # letters with, or once with, these departments
     owners: frozenset[str] = frozenset()  # letters assigned to these addresses
     person_id: int | None = None  # letters granted to this person
+    current_only: bool = False  # only letters with the departments now, not once
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def scope_clause(scope: Scope) -> ColumnElement[bool]:
     if scope.departments:
         departments = sorted(scope.departments)
         parts.append(Letter.department.in_(departments))
-        parts.append(Letter.id.in_(select(Event.letter_id).where(Event.to_department.in_(departments))))
+        if not scope.current_only:
+            parts.append(Letter.id.in_(select(Event.letter_id).where(Event.to_department.in_(departments))))
     if scope.owners:
         parts.append(func.lower(Letter.owner).in_(sorted(scope.owners)))
     if scope.person_id is not None:

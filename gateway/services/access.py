@@ -187,6 +187,13 @@ class Access:
             return Scope(everything=True)
         return Scope(departments=who.departments, owners=who.emails, person_id=who.person_id)
 
+    def work_scope(self, who: Principal) -> Scope:
+        """The letters a person works on: for a department's people, those with their departments
+        now (not those they passed on), those assigned to them and those granted; for the roles that
+        see the whole register, all of it. What the dashboard counts."""
+        scope = self.scope(who)
+        return scope if scope.everything else replace(scope, current_only=True)
+
     def content_scope(self, who: Principal) -> ContentScope:
         """The same rule as content_ids(), as a filter the registry applies in SQL (search)."""
         if who.is_operator:

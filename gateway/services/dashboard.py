@@ -92,7 +92,7 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     week_stop = datetime.combine(week_end + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
     month = Period.parse(f"{today.year}-{today.month:02d}", config.model.gateway.timezone)
     month_first = month.days(config.model.gateway.timezone)[0]
-    scope = scope_clause(access.scope(who))
+    scope = scope_clause(access.work_scope(who))
     is_open = Letter.status.in_(lifecycle.OPEN)
     overdue = and_(Letter.deadline.is_not(None), Letter.deadline < now)
     due = and_(Letter.deadline.is_not(None), Letter.deadline >= now, Letter.deadline < week_stop)
