@@ -116,6 +116,9 @@ class SpoolSection(_Strict):
     # Below this much free space on the state directory's filesystem, SMTP answers 452 at MAIL
     # and IMAP fetches nothing (the mail waits with its sender or on the server); 0: no floor.
     min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2 ** 50)
+    # Items larger than this are registered in a lane of their own (a second helper process), so
+    # that parsing a huge message never keeps ordinary senders waiting; 0: one lane for all.
+    large_item_bytes: int = Field(default=1024 * 1024, ge=0, le=2 ** 40)
 
 
 class NormaliseSection(_Strict):

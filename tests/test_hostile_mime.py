@@ -111,6 +111,35 @@ def test_ten_thousand_parts_do_not_hold_up_ordinary_mail(running: tuple[Gateway,
     assert "Traceback" not in daemon.output()
 
 
+def test_a_huge_slow_message_is_registered_in_a_lane_of_its_own(running: tuple[Gateway, Daemon]) -> None:
+    """3 MB of short lines forty multiparts deep cost the parser seconds (each line is checked
+    against every enclosing boundary); ordinary mail sent meanwhile is answered at once, because
+    items over [spool] large_item_bytes are registered by a helper of their own."""
+    gateway, daemon = running
+    hostile = nested(40, body_lines=1_000_000)
+    assert len(hostile) > 1024 * 1024
+    answered: dict[str, object] = {}
+
+    def send_hostile() -> None:
+        try:
+            answered["hostile"] = send(gateway.smtp_port, hostile, timeout=240)
+        except Exception as exc:  # reported by the assertion below
+            answered["hostile"] = exc
+
+    before = len(gateway.list_json())
+    sender = threading.Thread(target=send_hostile)
+    sender.start()
+    wait_for(lambda: gateway.spool_files("work"), 60, "the huge message in spool/work")
+    with ThreadPoolExecutor(4) as pool:
+        latencies = list(pool.map(lambda n: send(gateway.smtp_port, make_message(100 + n), timeout=60)[0],
+                                  range(8)))
+    sender.join(250)
+    assert max(latencies) < 3, f"ordinary mail waited {max(latencies):.1f} s for its 250"
+    assert not isinstance(answered["hostile"], Exception), answered["hostile"]
+    assert len(gateway.list_json()) == before + 9
+    assert "Traceback" not in daemon.output()
+
+
 # -- normalising: linear, bounded, configurable -------------------------------------------------
 def test_normalising_is_linear_in_the_number_of_parts() -> None:
     """Four times the parts (every one named alike) take about four times as long, not sixteen."""

@@ -151,7 +151,8 @@ class Daemon:
         listening = ""
         if self.config.model.smtp.enabled or self.config.model.imap.accounts:
             self.notifier.status("starting: the registrar")
-            self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size)
+            self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size,
+                                       large_item_bytes=self.config.model.spool.large_item_bytes)
             await asyncio.to_thread(self.registrar.wait_ready)
         if self.config.model.smtp.enabled:
             assert self.registrar is not None

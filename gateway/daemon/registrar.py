@@ -123,9 +123,15 @@ def _moved_by_helper(spool: Spool, item: SpoolItem, durable: bool) -> Outcome | 
 
 
 class Registrar:
-    def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True):
+    """Registers items in batches through a helper process. With `large_item_bytes`, items larger
+    than that go through a second registrar (its own thread and helper): parsing one huge or
+    hostile message can take seconds, and the senders of ordinary mail must not wait behind it."""
+
+    def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True, large_item_bytes: int = 0):
         self.pipeline = pipeline
         self.batch_size = batch_size
+        self.large_item_bytes = large_item_bytes
+        self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper) if large_item_bytes else None
         self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._helper: _Helper | None = None
         self._use_helper = helper
@@ -137,25 +143,36 @@ class Registrar:
 
     def wait_ready(self, timeout: float = _START_TIMEOUT) -> None:
         self._ready.wait(timeout)
+        if self._large is not None:
+            self._large.wait_ready(timeout)
 
     async def register(self, item: SpoolItem) -> Outcome:
         """For the event loop: one item, answered when its batch is done."""
-        future: Future[Outcome] = Future()
-        self._queue.put((item, future, False))
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self._submit(item, durable=False))
 
     def register_all(self, items: list[SpoolItem], *, durable: bool = True) -> list[Outcome]:
         """For a thread (a spool worker): durable items, registered in the same group commits."""
-        futures: list[Future[Outcome]] = []
-        for item in items:
-            futures.append(Future())
-            self._queue.put((item, futures[-1], durable))
+        futures = [self._submit(item, durable=durable) for item in items]
         return [f.result() for f in futures]
+
+    def _submit(self, item: SpoolItem, *, durable: bool) -> Future[Outcome]:
+        lane = self
+        if self._large is not None:
+            try:
+                if item.path.stat().st_size > self.large_item_bytes:
+                    lane = self._large
+            except OSError:
+                pass  # the registration itself says what is wrong with the item
+        future: Future[Outcome] = Future()
+        lane._queue.put((item, future, durable))
+        return future
 
     def close(self) -> None:
         self._closing = True
         self._queue.put(None)
         self._thread.join()
+        if self._large is not None:
+            self._large.close()
 
     # -- the registrar thread --------------------------------------------
     def _run(self) -> None:
