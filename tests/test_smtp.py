@@ -228,9 +228,10 @@ class Load:
 
 
 def children(pid: int) -> list[int]:
-    """The daemon's registrar helper processes (it has other children too, such as the OCR pool)."""
+    """The daemon's registrar helper processes for ordinary items (it has other children too: the OCR
+    pool, and the helper for large items, named by its last argument)."""
     pids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
-    return [p for p in pids if b"gateway.daemon.registrar" in _cmdline(p)]
+    return [p for p in pids if b"gateway.daemon.registrar" in _cmdline(p) and not _cmdline(p).endswith(b"\0large\0")]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -127,11 +127,14 @@ class Registrar:
     than that go through a second registrar (its own thread and helper): parsing one huge or
     hostile message can take seconds, and the senders of ordinary mail must not wait behind it."""
 
-    def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True, large_item_bytes: int = 0):
+    def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True, large_item_bytes: int = 0,
+                 lane: str = ""):
         self.pipeline = pipeline
         self.batch_size = batch_size
         self.large_item_bytes = large_item_bytes
-        self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper) if large_item_bytes else None
+        self.lane = lane  # "" for ordinary items, "large" for the lane of large ones
+        self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper, lane="large") \
+            if large_item_bytes else None
         self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._helper: _Helper | None = None
         self._use_helper = helper
@@ -267,8 +270,8 @@ class Registrar:
 
     def _start_helper(self) -> None:
         try:
-            self._helper = _Helper(self.pipeline.config)
-            log.info("registrar helper started (pid %d)", self._helper.pid)
+            self._helper = _Helper(self.pipeline.config, self.lane)
+            log.info("registrar helper%s started (pid %d)", " for large items" if self.lane else "", self._helper.pid)
         except (OSError, EOFError, TimeoutError) as exc:
             log.error("cannot start the registrar helper, registering in the daemon: %s", exc)
             self._helper = None
@@ -276,12 +279,14 @@ class Registrar:
 
 
 class _Helper:
-    """The daemon's end of the helper process: `python -m gateway.daemon.registrar FD`."""
+    """The daemon's end of the helper process: `python -m gateway.daemon.registrar FD [LANE]` (the
+    lane only names the process for `ps`)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, lane: str = ""):
         ours, theirs = socket.socketpair()
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "gateway.daemon.registrar", str(theirs.fileno())],
+            self._process = subprocess.Popen([sys.executable, "-m", "gateway.daemon.registrar", str(theirs.fileno()),
+                                              *([lane] if lane else [])],
                                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
