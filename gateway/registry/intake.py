@@ -14,7 +14,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OutboxMail
 from gateway.registry.plan import NewLetter, Registered, Routing
-from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms
+from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms, registered_terms
 from gateway.registry.store import utcnow
 
 log = logging.getLogger("gateway.registry")
@@ -321,11 +321,7 @@ class Registration(SearchRecords):
         with self.session() as session:
             before = session.scalars(select(Letter).where(Letter.id == letter_id)
                                      .options(selectinload(Letter.attachments))).one()
-            terms = (entry_terms(number=before.number, sender_name=before.sender_name,
-                                 sender_address=before.sender_address, fax_number=before.fax_number,
-                                 fax_sender=before.fax_sender_name),
-                     content_terms(subject=before.subject, body_text=f"{before.body_text}\n\n{text}",
-                                   attachment_names=[a.original_filename or a.filename for a in before.attachments]))
+            terms = registered_terms(before, f"{before.body_text}\n\n{text}")
         with self.write() as conn:
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)

@@ -87,6 +87,14 @@ def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[st
     return index_terms(subject, " ".join(attachment_names), body_text)
 
 
+def registered_terms(letter: Letter, body_text: str | None = None) -> tuple[str, str]:
+    """(entry terms, content terms) of a registered letter, with `body_text` for its text if given."""
+    return (entry_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
+                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name),
+            content_terms(subject=letter.subject, body_text=letter.body_text if body_text is None else body_text,
+                          attachment_names=[a.original_filename or a.filename for a in letter.attachments]))
+
+
 def _fts5_query(terms: list[Term]) -> str:
     # Tokens are letters and digits only, so quoting them needs no escaping.
     return " ".join(f'"{" ".join(t.tokens)}"' + ("*" if t.prefix else "") for t in terms)

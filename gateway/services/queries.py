@@ -200,16 +200,10 @@ def archive_packages(registry: Registry) -> list[dict[str, Any]]:
 
 def reindex_missing(registry: Registry, *, batch: int = 500) -> int:
     """Put letters registered before the search index existed into it; returns how many."""
-    from gateway.registry.search import content_terms, entry_terms
+    from gateway.registry.search import registered_terms
 
     done = 0
     while letters := registry.unindexed(batch):
-        registry.index_letters([
-            (letter.id,
-             entry_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
-                         fax_number=letter.fax_number, fax_sender=letter.fax_sender_name),
-             content_terms(subject=letter.subject, body_text=letter.body_text,
-                           attachment_names=[a.original_filename or a.filename for a in letter.attachments]))
-            for letter in letters])
+        registry.index_letters([(letter.id, *registered_terms(letter)) for letter in letters])
         done += len(letters)
     return done
