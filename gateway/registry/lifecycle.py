@@ -1,17 +1,21 @@
 """The states of a letter and the moves between them; anything else is refused, saying why.
 
 received -> registered -> routed -> acknowledged -> in-progress -> answered -> closed -> archived,
-beside needs-triage (no department yet), quarantined (an item that could not be registered, kept
-in the spool) and dead-lettered (mail about it that could not be delivered; an event, the letter
-keeps its state).
+beside needs-triage (no department yet), awaiting-sender (materials are missing: the sender was asked
+for them and the deadline waits), withdrawn (the sender never sent them; ended like closed),
+quarantined (an item that could not be registered, kept in the spool) and dead-lettered (mail about
+it that could not be delivered; an event, the letter keeps its state). A dissatisfied sender's
+rating reopens an answered or closed letter.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATES = ("received", "registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered",
-          "closed", "archived")
-OPEN = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered")
+STATES = ("received", "registered", "needs-triage", "routed", "acknowledged", "in-progress", "awaiting-sender",
+          "answered", "closed", "withdrawn", "archived")
+OPEN = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "awaiting-sender", "answered")
+# Ended: nothing more is expected of anyone; archived with the month.
+ENDED = ("closed", "withdrawn")
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,14 @@ ACTIONS = {
     "progress": Action("in-progress", "in-progress", ("routed", "acknowledged", "answered"), "put in progress"),
     "answer": Action("answered", "answered", ("routed", "acknowledged", "in-progress"), "marked answered"),
     "close": Action("closed", "closed", ("routed", "acknowledged", "in-progress", "answered"), "closed"),
-    "note": Action("note", None, OPEN + ("closed",), "annotated"),
+    # Materials are missing: the sender is asked and the letter waits with its deadline paused.
+    "incomplete": Action("incomplete", "awaiting-sender", ("routed", "acknowledged", "in-progress"),
+                         "marked incomplete"),
+    "supplement": Action("supplemented", "in-progress", ("awaiting-sender",), "resumed with a supplement"),
+    "withdraw": Action("withdrawn", "withdrawn", ("awaiting-sender",), "closed as withdrawn"),
+    # A dissatisfied sender: the case goes on until they are satisfied.
+    "reopen": Action("reopened", "in-progress", ("answered", "closed"), "reopened"),
+    "note": Action("note", None, OPEN + ENDED, "annotated"),
     "reassign": Action("reassigned", None, OPEN, "reassigned"),
 }
 
