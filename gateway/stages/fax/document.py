@@ -3,6 +3,9 @@
 The type and the page count always come from the content, never from a file name. A TIFF is
 checked twice: its directory chain and strip table must lie inside the file (this is what
 catches a transfer that was cut off), and every page must decode.
+
+A paper letter's scans are read the same way (`read_scan`), and may also be JPEG or PNG
+pictures of one page each (kind "image").
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Self
 
 import magic
 import pypdf
-from PIL import Image
+from PIL import Image, ImageOps
 from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
 
 from gateway.stages.normalise.charsets import decode_bytes
@@ -31,6 +34,9 @@ from gateway.stages.normalise.charsets import decode_bytes
 # PDF pages are rendered at the fax's own horizontal resolution when it is known (so the
 # scanned raster maps 1:1 across the line), otherwise at this one.
 RENDER_DPI = 200.0
+# A picture that says nothing sensible about its resolution (cameras write 72) is taken to be a
+# scan at this one: what OCR assumes of the text's size.
+SCAN_DPI = 300.0
 
 
 class FaxUnreadable(Exception):
@@ -57,7 +63,7 @@ class FaxPage:
 
 @dataclass(frozen=True)
 class FaxDocument:
-    kind: str  # "tiff" | "pdf"
+    kind: str  # "tiff" | "pdf" | "image" (a JPEG or PNG scan, one page)
     pages: list[FaxPage]
     tags: dict[str, str]
 
@@ -71,6 +77,17 @@ def read_fax(data: bytes, name: str = "fax") -> FaxDocument:
     kind = _detect_kind(data, name)
     if kind == "tiff":
         return _read_tiff(data, name)
+    return _read_pdf(data, name)
+
+
+def read_scan(data: bytes, name: str = "scan") -> FaxDocument:
+    """Identify, check and describe a scan of a paper letter: a TIFF or PDF (checked as a fax is)
+    or a JPEG or PNG picture of one page. Raises FaxUnreadable naming the file and the fault."""
+    kind = _detect_kind(data, name, images=True)
+    if kind == "tiff":
+        return _read_tiff(data, name)
+    if kind == "image":
+        return FaxDocument(kind="image", pages=[_image_page(data, name)], tags={})
     return _read_pdf(data, name)
 
 
@@ -93,7 +110,7 @@ class FaxPages:
     """
 
     def __init__(self, data: bytes, kind: str, name: str = "fax") -> None:
-        if kind not in ("tiff", "pdf"):
+        if kind not in ("tiff", "pdf", "image"):
             raise ValueError(f"unknown fax kind {kind!r}")
         self.kind = kind
         self.name = name
@@ -105,6 +122,9 @@ class FaxPages:
                 self._image = Image.open(io.BytesIO(data), formats=["TIFF"])
             except Exception as exc:  # Pillow reports bad input with many exception types
                 raise FaxUnreadable(f"{name}: TIFF is damaged: {_reason(exc)}") from exc
+        elif kind == "image":
+            self.pages = [_image_page(data, name)]
+            self._image = Image.open(io.BytesIO(data), formats=list(_IMAGE_FORMATS.values()))
         else:
             self.pages = [_pdf_page(page, number, name)
                           for number, page in enumerate(_open_pdf(data, name).pages, 1)]
@@ -119,6 +139,8 @@ class FaxPages:
         page = self.pages[index]
         if self.kind == "tiff":
             return self._tiff_image(index, page)
+        if self.kind == "image":
+            return self._scan_image(page)
         return self._pdf_image(index, page, timeout)
 
     def close(self) -> None:
@@ -152,6 +174,16 @@ class FaxPages:
             image = image.resize((image.width, image.height * rows), Image.Resampling.NEAREST)
         dpi = page.x_dpi or page.y_dpi or RENDER_DPI
         image.info["dpi"] = (dpi, dpi)
+        return image
+
+    def _scan_image(self, page: FaxPage) -> Image.Image:
+        assert self._image is not None, "pages already closed"
+        try:
+            # A photographed page is stored as the camera held it; its EXIF orientation turns it upright.
+            image = ImageOps.exif_transpose(self._image).convert("L")
+        except Exception as exc:  # Pillow reports bad input with many exception types
+            raise FaxUnreadable(f"{self.name}: picture is damaged: {_reason(exc)}") from exc
+        image.info["dpi"] = (page.x_dpi, page.y_dpi)
         return image
 
     def _pdf_image(self, index: int, page: FaxPage, timeout: float) -> Image.Image:
@@ -193,9 +225,11 @@ class FaxPages:
 # -- Detection ----------------------------------------------------------------------------
 _TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
 _TIFF_MIME_TYPES = frozenset({"image/tiff", "image/tiff-fx"})
+_IMAGE_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}  # detected type -> Pillow's format
 
 
-def _detect_kind(data: bytes, name: str) -> str:
+def _detect_kind(data: bytes, name: str, *, images: bool = False) -> str:
+    """"tiff", "pdf", or with `images` also "image" (JPEG, PNG)."""
     if not data:
         raise FaxUnreadable(f"{name}: file is empty")
     try:
@@ -204,6 +238,8 @@ def _detect_kind(data: bytes, name: str) -> str:
         mime = "unknown"
     if mime in _TIFF_MIME_TYPES:
         return "tiff"
+    if images and mime in _IMAGE_FORMATS:
+        return "image"
     if mime == "application/pdf":
         return "pdf"
     # libmagic's PDF rule wants "%PDF-" at offset 0, but readers accept it anywhere in the
@@ -212,7 +248,29 @@ def _detect_kind(data: bytes, name: str) -> str:
         return "tiff"
     if b"%PDF-" in data[:1024]:
         return "pdf"
-    raise FaxUnreadable(f"{name}: not a TIFF or PDF (detected: {mime})")
+    raise FaxUnreadable(f"{name}: not a {'PDF, TIFF, JPEG or PNG' if images else 'TIFF or PDF'} (detected: {mime})")
+
+
+# -- JPEG and PNG scans -------------------------------------------------------------------
+def _image_page(data: bytes, name: str) -> FaxPage:
+    """The one page of a JPEG or PNG scan, decoded once to be sure it can be."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(_IMAGE_FORMATS.values())) as image:
+            kind = (image.format or "").lower()
+            width, height = image.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and width * height > limit:
+                raise FaxUnreadable(f"{name}: picture is too large ({width} x {height} pixels)")
+            image.load()
+            dpi = image.info.get("dpi") or (0, 0)
+    except FaxUnreadable:
+        raise
+    except Exception as exc:  # Pillow reports bad input with many exception types
+        raise FaxUnreadable(f"{name}: picture is damaged: {_reason(exc)}") from exc
+    x_dpi, y_dpi = (float(d) for d in dpi[:2])
+    if not (100.0 <= x_dpi <= 1200.0 and 100.0 <= y_dpi <= 1200.0):
+        x_dpi = y_dpi = SCAN_DPI
+    return FaxPage(width=width, height=height, x_dpi=round(x_dpi, 2), y_dpi=round(y_dpi, 2), compression=kind)
 
 
 # -- TIFF ---------------------------------------------------------------------------------
