@@ -1,0 +1,447 @@
+"""A backlog from another mail system (`gateway import PATH`): an mbox file, a Maildir or a folder
+of .eml files, taken in through the spool and the pipeline like any other intake.
+
+Each message is a backlog item: flagged `backlog` (no receipt) and `imported`, and unless the
+import notifies (`--notify`) also `no-notifications` — no department notification and no deadline,
+since the old system handled it (see gateway.stages.route). The source identity of a message is
+("import", the source's path, its place in it: an mbox's message index, a Maildir's unique name, an
+.eml file's relative path); with the SHA-256 of its bytes it makes a second run skip, before any
+spooling, what is already registered.
+
+Messages go in batches: spooled (one sync for the batch), then registered in one transaction. An
+interrupted batch stays in the spool, claimed; the next run (or the daemon) recovers it, and the
+registry's intake keys keep it from being registered twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from gateway.registry.models import IntakeKey, Letter
+from gateway.spool import Spool, SpoolError, SpoolItem
+from gateway.stages.route import IMPORTED, QUIET
+
+if TYPE_CHECKING:
+    from gateway.daemon.pipeline import Outcome, Pipeline
+    from gateway.registry import Registry
+
+INTAKE = "import"
+_KEY_LIMIT = 512  # intake_keys.key
+
+# An mbox separator as mail systems write it: "From <sender> <asctime date>", the zone optional,
+# e.g. "From alice@example.org Mon Nov 23 10:00:00 2026" or "From - Mon Nov 23 10:00:00 +0800 2026".
+# A body line that merely begins with "From " (an unescaped one: mboxo) does not split a message.
+_STRICT_FROM = re.compile(
+    rb"^From \S+ +(?:[A-Z][a-z]{2},? +)?[A-Z][a-z]{2} +\d{1,2} +\d{1,2}:\d\d(?::\d\d)?"
+    rb"(?: +[-+]?[A-Za-z0-9]+)? +\d{4}[ \t]*\r?$", re.MULTILINE)
+# Exporters that write no date: then "From " after a blank line (or at the start) separates.
+_LOOSE_FROM = re.compile(rb"(?:\A|(?<=\n\n)|(?<=\n\r\n))From [^\n]*\n")
+_FROM_TIME = re.compile(rb"([A-Z][a-z]{2}) +(\d{1,2}) +(\d{1,2}:\d\d(?::\d\d)?)(?: +([-+]\d{4}|[A-Z]{3,4}))? +(\d{4})")
+_DATE_HEADER = re.compile(rb"^Date:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MAILDIR_TIME = re.compile(r"^(\d{9,11})\.")
+
+
+class SourceError(Exception):
+    """The path is no mbox, Maildir or folder of .eml files (or cannot be read)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of the backlog, read."""
+
+    locator: str  # its place in the source: "#<index>" (mbox), the Maildir unique name, a relative path
+    raw: bytes
+    received_at: datetime
+
+
+class Source:
+    """An export of another mail system: the messages in a stable order, each with a stable locator."""
+
+    kind = ""
+
+    def __init__(self, path: Path, tz: ZoneInfo):
+        self.path = path
+        self.tz = tz
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def messages(self) -> Iterator[Message | tuple[str, str]]:
+        """Each message, or (locator, why it cannot be read)."""
+        raise NotImplementedError
+
+    def key(self, locator: str) -> str:
+        """The intake key of a message: the source's path and the message's place in it."""
+        key = f"{INTAKE}:{self.path}{locator if locator.startswith('#') else '/' + locator}"
+        if len(key) <= _KEY_LIMIT:
+            return key
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        return f"{INTAKE}:sha256:{digest}"
+
+
+class Mbox(Source):
+    """One file of messages, each after a "From " line (mboxo or mboxrd; kept byte for byte)."""
+
+    kind = "mbox"
+
+    def __init__(self, path: Path, tz: ZoneInfo):
+        super().__init__(path, tz)
+        self._spans: list[tuple[int, int, int]] | None = None  # (From line start, message start, end)
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        if self._spans is None:
+            with open(self.path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    self._spans = []
+                    return self._spans
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    self._spans = _mbox_spans(data)
+        return self._spans
+
+    def count(self) -> int:
+        return len(self.spans())
+
+    def messages(self) -> Iterator[Message | tuple[str, str]]:
+        spans = self.spans()
+        if not spans:
+            return
+        mtime = datetime.fromtimestamp(self.path.stat().st_mtime, timezone.utc)
+        with open(self.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for index, (line_start, start, end) in enumerate(spans):
+                raw = data[start:end]
+                from_line = data[line_start:start]
+                yield Message(f"#{index}", raw, _received_at(raw, [_from_line_time(from_line, self.tz)], mtime))
+
+
+def _mbox_spans(data: mmap.mmap) -> list[tuple[int, int, int]]:
+    """Where each message of an mbox is: its From line, its first byte and its end (without the blank
+    line that ends it). Raises SourceError when the file does not begin like an mbox."""
+    if data[:5] != b"From ":
+        raise SourceError("not an mbox: its first line is not a \"From \" line")
+    first = _STRICT_FROM.match(data)
+    # A first line the strict pattern takes means the exporter writes dates: only such lines separate.
+    starts = [m.start() for m in (_STRICT_FROM if first else _LOOSE_FROM).finditer(data)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    spans = []
+    for n, line_start in enumerate(starts):
+        newline = data.find(b"\n", line_start)
+        start = len(data) if newline < 0 else newline + 1
+        end = starts[n + 1] if n + 1 < len(starts) else len(data)
+        # The blank line before the next From line belongs to the mbox, not to the message.
+        if data[max(start, end - 2):end] == b"\n\n":
+            end -= 1
+        elif data[max(start, end - 3):end] == b"\n\r\n":
+            end -= 2
+        spans.append((line_start, start, max(start, end)))
+    return spans
+
+
+class Maildir(Source):
+    """A folder with cur/ and new/ (tmp/ holds deliveries in progress, never read). A message's
+    locator is its unique name, which stays when the old system moved it or changed its flags."""
+
+    kind = "Maildir"
+
+    def __init__(self, path: Path, tz: ZoneInfo):
+        super().__init__(path, tz)
+        self._files: list[tuple[str, Path]] | None = None
+
+    def files(self) -> list[tuple[str, Path]]:
+        if self._files is None:
+            found: dict[str, Path] = {}
+            for sub in ("new", "cur"):  # a name in both (a crash of the old system mid-move): cur/ wins
+                with os.scandir(self.path / sub) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                            continue
+                        found[entry.name.split(":", 1)[0]] = Path(entry.path)
+            self._files = sorted(found.items())
+        return self._files
+
+    def count(self) -> int:
+        return len(self.files())
+
+    def messages(self) -> Iterator[Message | tuple[str, str]]:
+        for unique, path in self.files():
+            try:
+                raw, mtime = _read_file(path)
+            except OSError as exc:
+                yield unique, f"cannot read {path}: {exc.strerror or exc}"
+                continue
+            delivered = _MAILDIR_TIME.match(unique)
+            hints = [datetime.fromtimestamp(int(delivered.group(1)), timezone.utc)] if delivered else []
+            yield Message(unique, raw, _received_at(raw, hints, mtime))
+
+
+class EmlFolder(Source):
+    """A folder (and its subfolders) of .eml files, in the order of their relative paths."""
+
+    kind = "folder of .eml files"
+
+    def __init__(self, path: Path, tz: ZoneInfo):
+        super().__init__(path, tz)
+        self._files: list[str] | None = None
+
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._files = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                                 if p.suffix.lower() == ".eml" and p.is_file() and not p.is_symlink())
+        return self._files
+
+    def count(self) -> int:
+        return len(self.files())
+
+    def messages(self) -> Iterator[Message | tuple[str, str]]:
+        for name in self.files():
+            try:
+                raw, mtime = _read_file(self.path / name)
+            except OSError as exc:
+                yield name, f"cannot read: {exc.strerror or exc}"
+                continue
+            yield Message(name, raw, _received_at(raw, [], mtime))
+
+
+def _read_file(path: Path) -> tuple[bytes, datetime]:
+    with open(path, "rb") as fh:
+        mtime = datetime.fromtimestamp(os.fstat(fh.fileno()).st_mtime, timezone.utc)
+        return fh.read(), mtime
+
+
+def open_source(path: Path, tz: ZoneInfo) -> Source:
+    """The kind of export at `path`, found from what is there (not from its name)."""
+    path = path.resolve()
+    if path.is_dir():
+        if (path / "cur").is_dir() and (path / "new").is_dir():
+            return Maildir(path, tz)
+        folder = EmlFolder(path, tz)
+        if folder.count():
+            return folder
+        raise SourceError(f"{path}: neither a Maildir (no cur/ and new/) nor a folder of .eml files")
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a file or folder")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(5)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if head != b"From " and head:
+        raise SourceError(f"{path}: not an mbox (its first line is not a \"From \" line); "
+                          f"a single message is taken in with `gateway ingest`")
+    source = Mbox(path, tz)
+    try:
+        source.spans()
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    return source
+
+
+def _from_line_time(line: bytes, tz: ZoneInfo) -> datetime | None:
+    """The delivery time an mbox's From line gives (the old server's local time, unless it names a zone)."""
+    found = _FROM_TIME.search(line)
+    if not found:
+        return None
+    month, day, clock, zone, year = (g.decode("ascii") if g else "" for g in found.groups())
+    try:
+        value = parsedate_to_datetime(f"{day} {month} {year} {clock} {zone}".strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+def _date_header(raw: bytes) -> datetime | None:
+    end = _HEADER_END.search(raw)
+    head = raw[: end.start() if end else 64 * 1024]
+    found = _DATE_HEADER.search(head)
+    if not found:
+        return None
+    try:
+        value = parsedate_to_datetime(found.group(1).decode("ascii", "replace").replace("\r\n", "").strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _received_at(raw: bytes, delivered: Sequence[datetime | None], fallback: datetime) -> datetime:
+    """When the old system received a message: its delivery time if the export kept one, else the
+    Date header, else the file's time. A time in the future or before 1980 is not believed."""
+    now = datetime.now(timezone.utc)
+    for value in [*delivered, _date_header(raw)]:
+        if value is not None and datetime(1980, 1, 1, tzinfo=timezone.utc) <= value <= now + timedelta(days=1):
+            return value.astimezone(timezone.utc)
+    return min(fallback, now)
+
+
+# -- the import ------------------------------------------------------------------
+@dataclass
+class Summary:
+    """What an import did, for its summary and exit status."""
+
+    total: int = 0  # messages in the source
+    seen: int = 0  # of those, looked at so far
+    registered: int = 0
+    recovered: int = 0  # of `registered`: left in the spool by an interrupted earlier run
+    already: int = 0  # registered before (by an earlier run, or the same bytes through another intake)
+    quarantined: dict[str, str] = field(default_factory=dict)  # locator or item -> reason
+    refused: dict[str, str] = field(default_factory=dict)  # never spooled: locator -> reason
+    waiting: int = 0  # spooled but not registered (the registry is unavailable): the daemon or a re-run does it
+    answers: int = 0  # answers to letters of ours, recorded on them
+    numbers: list[str] = field(default_factory=list)  # of the letters registered
+    interrupted: bool = False
+    unavailable: str | None = None  # why the registry could not take more
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "seen": self.seen, "registered": self.registered, "recovered": self.recovered,
+                "already_registered": self.already, "answers": self.answers,
+                "quarantined": len(self.quarantined), "refused": len(self.refused), "waiting": self.waiting,
+                "quarantine_reasons": self.quarantined, "refusal_reasons": self.refused,
+                "interrupted": self.interrupted, "registry_unavailable": self.unavailable}
+
+
+Progress = Callable[[Summary], None]
+
+
+class BacklogImport:
+    """One run of `gateway import` over one source."""
+
+    def __init__(self, spool: Spool, pipeline: Pipeline, registry: Registry, source: Source, *,
+                 notify: bool = False, batch_size: int = 200, limit: int | None = None):
+        self.spool = spool
+        self.pipeline = pipeline
+        self.registry = registry
+        self.source = source
+        self.flags = ["backlog", IMPORTED] + ([] if notify else [QUIET])
+        self.batch_size = max(1, batch_size)
+        self.limit = limit
+        self.stop = False  # set (by a signal handler) to end after the batch in hand
+        self.summary = Summary()
+
+    def run(self, progress: Progress | None = None) -> Summary:
+        report = progress or (lambda summary: None)
+        summary = self.summary
+        summary.total = self.source.count()
+        self._recover(report)
+        taken = 0
+        batch: list[Message] = []
+        for message in self.source.messages():
+            if self.stop or summary.unavailable:
+                break
+            summary.seen += 1
+            if isinstance(message, tuple):
+                summary.refused[message[0]] = message[1]
+                continue
+            batch.append(message)
+            room = self.batch_size if self.limit is None else min(self.batch_size, self.limit - taken)
+            if len(batch) >= room:
+                taken += self._batch(batch)
+                batch = []
+                report(summary)
+                if self.limit is not None and taken >= self.limit:
+                    break
+        if batch and not summary.unavailable:
+            taken += self._batch(batch)
+        summary.interrupted = self.stop
+        report(summary)
+        return summary
+
+    def _recover(self, report: Progress) -> None:
+        """Register what an interrupted earlier run (or any intake) left in the spool, before going on:
+        its keys then tell this run to skip those messages."""
+        self.spool.recover()
+        while not self.stop and not self.summary.unavailable:
+            items = self.spool.claim(self.batch_size)
+            if not items:
+                return
+            for outcome in self.pipeline.process(items):
+                self._count(outcome, outcome.item_id, recovered=True)
+            report(self.summary)
+
+    def _batch(self, batch: list[Message]) -> int:
+        """Skip what is registered, spool the rest and register it. Returns how many were spooled."""
+        summary = self.summary
+        keys = {m.locator: self.source.key(m.locator) for m in batch}
+        shas = {m.locator: hashlib.sha256(m.raw).hexdigest() for m in batch}
+        known_keys, known_shas = self._known(list(keys.values()), list(shas.values()))
+        items: list[SpoolItem] = []
+        locators: dict[str, str] = {}
+        for message in batch:
+            if keys[message.locator] in known_keys or shas[message.locator] in known_shas:
+                summary.already += 1
+                continue
+            meta = {"channel": "email", "intake": INTAKE, "source_key": keys[message.locator],
+                    "flags": self.flags, "received_at": message.received_at.isoformat(),
+                    "source": {"path": str(self.source.path), "kind": self.source.kind,
+                               "locator": message.locator, "size": len(message.raw)}}
+            if not message.raw.strip():
+                self._quarantine_empty(message, meta)
+                continue
+            try:
+                writer = self.spool.writer(meta)
+                writer.write(message.raw)
+                item = writer.commit(claim=True, durable=False)
+            except SpoolError as exc:
+                # Nothing more can be spooled (full disk, permissions): what is spooled is registered.
+                summary.unavailable = str(exc)
+                break
+            # The bytes come from a file that stays: a message the pipeline cannot read now will not
+            # read better later, so it is quarantined at once (retryable there) rather than retried.
+            item.attempts = self.spool.max_attempts - 1
+            items.append(item)
+            locators[item.id] = message.locator
+        if not items:
+            return 0
+        self.spool.sync()  # durable before registration: each file becomes its letter's raw copy
+        for outcome in self.pipeline.process(items):
+            self._count(outcome, locators.get(outcome.item_id, outcome.item_id))
+        return len(items)
+
+    def _quarantine_empty(self, message: Message, meta: dict[str, Any]) -> None:
+        reason = "an empty message"
+        try:
+            self.spool.quarantine_new(message.raw, meta, reason)
+        except SpoolError as exc:
+            self.summary.refused[message.locator] = f"{reason}, and it cannot be quarantined: {exc}"
+            return
+        self.summary.quarantined[message.locator] = reason
+
+    def _known(self, keys: list[str], shas: list[str]) -> tuple[set[str], set[str]]:
+        """Which of these source identities and raw digests the registry has (two indexed lookups)."""
+        with self.registry.read() as conn:
+            known_keys = set(conn.execute(select(IntakeKey.key).where(IntakeKey.key.in_(keys))).scalars())
+            known_shas = set(conn.execute(select(Letter.raw_sha256).where(Letter.raw_sha256.in_(shas))).scalars())
+        return known_keys, known_shas
+
+    def _count(self, outcome: Outcome, locator: str, *, recovered: bool = False) -> None:
+        summary = self.summary
+        if outcome.result == "registered":
+            summary.registered += 1
+            summary.recovered += recovered
+            if outcome.number:
+                summary.numbers.append(outcome.number)
+        elif outcome.result in ("duplicate", "known"):
+            summary.already += not recovered
+        elif outcome.result == "answer":
+            summary.answers += 1
+        elif outcome.result == "released":
+            summary.waiting += 1
+            summary.unavailable = outcome.reason or "the registry is unavailable"
+        elif outcome.result == "quarantined":
+            summary.quarantined[locator] = outcome.reason or ""
+        elif outcome.result == "retry":  # an item of another intake, recovered: the daemon retries it
+            summary.waiting += 1
+        else:
+            summary.refused[locator] = f"{outcome.result}: {outcome.reason}"
