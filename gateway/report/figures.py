@@ -12,7 +12,17 @@ come from the events of each letter:
 - accuracy rate: of the period's letters that were routed by the rules, the
   share not re-routed by a person afterwards;
 - archive completeness: of the period's letters due for archiving (received in
-  a month that has ended), the share that has an archive number.
+  a month that has ended), the share that has an archive number;
+- volumes by channel: e-mail, fax and the paper channels (post, courier,
+  front desk) each on their own, and paper as a whole;
+- incomplete submissions: the period's letters whose sender was asked for
+  missing materials, and how that ended (supplemented, withdrawn, still
+  awaiting the sender at the report's moment);
+- satisfaction: each rated letter counts with its sender's latest rating (a
+  dissatisfied sender's case goes on, and their last word is the one that
+  stands); mean score and the share of satisfied senders (4 or 5), overall,
+  per department and per category;
+- reopened: letters a sender's low rating reopened, and how often.
 """
 from __future__ import annotations
 
@@ -29,6 +39,9 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
 from gateway.registry.models import Letter
+
+PAPER_CHANNELS = ("post", "courier", "front-desk")
+SATISFIED = 4  # a rating of 4 or 5 of 5
 
 PERIOD = re.compile(r"^(\d{4})-(?:(0[1-9]|1[0-2])|Q([1-4]))$")
 
@@ -81,6 +94,30 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+def _satisfaction(scores: list[int]) -> dict[str, Any]:
+    satisfied = sum(score >= SATISFIED for score in scores)
+    return {"rated": len(scores), "mean": round(sum(scores) / len(scores), 2) if scores else None,
+            "satisfied": satisfied, "share_satisfied": _rate(satisfied, len(scores))}
+
+
+def _incomplete_outcome(events: list[Any], moment: datetime) -> str | None:
+    """How the letter's last request for missing materials ended by `moment` (None: never asked)."""
+    outcome = None
+    for event in events:
+        if event.at > moment:
+            break
+        if event.action == "incomplete":
+            outcome = "awaiting"
+        elif outcome == "awaiting" and event.action in ("supplemented", "withdrawn"):
+            outcome = event.action
+    return outcome
+
+
+def _score(event: Any) -> int | None:
+    score = (event.details or {}).get("score")
+    return score if isinstance(score, int) and 1 <= score <= 5 else None
+
+
 def compute(registry: Registry, period: Period, timezone_name: str, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     moment = min(now, period.end)
@@ -99,11 +136,28 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
     to_ack: list[float] = []
     to_close: list[float] = []
     overdue = []
+    incomplete: Counter[str] = Counter()
+    scores: list[int] = []
+    scores_by: dict[str, dict[str, list[int]]] = {"department": {}, "category": {}}
+    reopened_letters = reopened_times = 0
     for letter in letters:
         by_channel[letter.channel] += 1
         by_category[letter.category or "uncategorised"] += 1
         by_department[letter.department or "-"] += 1
-        events = letter.events
+        events = sorted(letter.events, key=lambda e: (e.at, e.id))
+        outcome = _incomplete_outcome(events, moment)
+        if outcome is not None:
+            incomplete["requested"] += 1
+            incomplete[outcome] += 1
+        latest = next((score for e in reversed(events)
+                       if e.action == "rated" and e.at <= moment and (score := _score(e)) is not None), None)
+        if latest is not None:
+            scores.append(latest)
+            scores_by["department"].setdefault(letter.department or "-", []).append(latest)
+            scores_by["category"].setdefault(letter.category or "uncategorised", []).append(latest)
+        reopenings = sum(e.action == "reopened" and e.at <= moment for e in events)
+        reopened_letters += reopenings > 0
+        reopened_times += reopenings
         registered = next((e.at for e in events if e.action == "registered"), letter.received_at)
         acked = next((e.at for e in events if e.action == "acknowledged"), None)
         closed_at = next((e.at for e in events if e.action == "closed"), None)
@@ -137,10 +191,17 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         "as_of": moment.isoformat(), "letters": len(letters),
         "volumes": {"channel": dict(sorted(by_channel.items())), "category": dict(sorted(by_category.items())),
                     "department": dict(sorted(by_department.items()))},
+        "paper": sum(by_channel[channel] for channel in PAPER_CHANNELS),
         "timeliness": {"closed": closed, "closed_within_deadline": within, "rate": _rate(within, closed)},
         "time_to_acknowledge": _stats(to_ack),
         "time_to_close": _stats(to_close),
         "overdue": overdue,
         "accuracy": {"routed": routed, "rerouted_by_a_person": rerouted, "rate": _rate(routed - rerouted, routed)},
         "archive": {"due": due_archive, "archived": archived, "completeness": _rate(archived, due_archive)},
+        "incomplete": {"requested": incomplete["requested"], "supplemented": incomplete["supplemented"],
+                       "withdrawn": incomplete["withdrawn"], "awaiting": incomplete["awaiting"]},
+        "satisfaction": {**_satisfaction(scores),
+                         **{f"by_{dimension}": {key: _satisfaction(values) for key, values in sorted(groups.items())}
+                            for dimension, groups in scores_by.items()}},
+        "reopened": {"letters": reopened_letters, "times": reopened_times},
     }

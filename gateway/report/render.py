@@ -24,6 +24,15 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
         out += [(f"volume by {dimension}", key, value) for key, value in counts.items()]
     for section in ("timeliness", "time_to_acknowledge", "time_to_close", "accuracy", "archive"):
         out += [(section, key, value) for key, value in report[section].items()]
+    out.append(("volume by channel", "paper (post, courier, front desk)", report["paper"]))
+    out += [("incomplete submissions", key, value) for key, value in report["incomplete"].items()]
+    satisfaction = report["satisfaction"]
+    out += [("satisfaction", key, satisfaction[key]) for key in ("rated", "mean", "satisfied", "share_satisfied")]
+    for dimension in ("department", "category"):
+        for group, figures in satisfaction[f"by_{dimension}"].items():
+            out += [(f"satisfaction by {dimension}", f"{group} {key}", figures[key])
+                    for key in ("rated", "mean", "share_satisfied")]
+    out += [("reopened", key, value) for key, value in report["reopened"].items()]
     out += [("overdue", item["number"], item["days_overdue"]) for item in report["overdue"]]
     return out
 
@@ -72,8 +81,20 @@ def _row(heading: str, *cells: str) -> str:
     return f"<tr><th>{heading}</th>{''.join(cells)}</tr>"
 
 
+def _satisfaction_table(report: dict[str, Any]) -> str:
+    parts = []
+    for dimension in ("department", "category"):
+        groups = report["satisfaction"][f"by_{dimension}"]
+        body = "".join(f"<tr><td>{html.escape(str(group))}</td><td>{f['rated']}</td><td>{_hours(f['mean'])}</td>"
+                       f"<td>{_pct(f['share_satisfied'])}</td></tr>" for group, f in groups.items())
+        parts.append(f"<h3>Satisfaction by {dimension}</h3><table><tr><th>{dimension.title()}</th><th>Rated</th>"
+                     f"<th>Mean (1–5)</th><th>Satisfied (4–5)</th></tr>{body}</table>" if groups else "")
+    return "".join(parts)
+
+
 def as_html(report: dict[str, Any], organisation: str = "") -> str:
     t, a, c = report["timeliness"], report["accuracy"], report["archive"]
+    s, i, r = report["satisfaction"], report["incomplete"], report["reopened"]
     ack, close = report["time_to_acknowledge"], report["time_to_close"]
     overdue_rows = "".join(
         f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
@@ -91,6 +112,14 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
              f"<td>{_hours(ack['p90_hours'])} h at the 90th percentile ({ack['count']} letters)</td>"),
         _row("Time to close", f"<td>{_hours(close['mean_hours'])} h mean</td>",
              f"<td>{_hours(close['p90_hours'])} h at the 90th percentile ({close['count']} letters)</td>"),
+        _row("Satisfaction", f'<td class="k">{_pct(s["share_satisfied"])}</td>',
+             f"<td>{s['satisfied']} of {s['rated']} rated letters rated 4 or 5; mean {_hours(s['mean'])} of 5</td>"),
+        _row("Incomplete submissions", f"<td>{i['requested']}</td>",
+             f"<td>senders asked for missing materials: {i['supplemented']} supplemented, {i['withdrawn']} withdrawn, "
+             f"{i['awaiting']} awaiting the sender</td>"),
+        _row("Reopened", f"<td>{r['letters']}</td>",
+             f"<td>letters reopened after a sender's low rating ({r['times']} time(s))</td>"),
+        _row("Paper letters", f"<td>{report['paper']}</td>", "<td>by post, courier and at the front desk</td>"),
     ])
     overdue_head = "".join(f"<th>{name}</th>" for name in
                            ("Number", "Department", "Category", "Deadline", "Days overdue", "Subject"))
@@ -110,6 +139,7 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}.k{{font-size:1.
 {_bars('Letters by channel', report['volumes']['channel'])}
 {_bars('Letters by category', report['volumes']['category'])}
 {_bars('Letters by department', report['volumes']['department'])}
+{_satisfaction_table(report)}
 <h2>Overdue ({len(report['overdue'])})</h2>
 <table><tr>{overdue_head}</tr>
 {overdue_rows}</table>

@@ -87,6 +87,7 @@ STATUS = {
     "received": N_("received"), "registered": N_("registered"), "needs-triage": N_("needs triage"),
     "routed": N_("routed"), "acknowledged": N_("acknowledged"), "in-progress": N_("in progress"),
     "answered": N_("answered"), "closed": N_("closed"), "archived": N_("archived"),
+    "awaiting-sender": N_("awaiting the sender"), "withdrawn": N_("withdrawn"),
 }
 CATEGORY = {
     "internal.inter_department": N_("internal: between departments"),
@@ -97,7 +98,8 @@ CATEGORY = {
     "external.inquiry_complaint": N_("external: inquiry or complaint"),
 }
 URGENCY = {"regular": N_("regular"), "urgent": N_("urgent"), "special": N_("special")}
-CHANNEL = {"email": N_("e-mail"), "fax": N_("fax")}
+CHANNEL = {"email": N_("e-mail"), "fax": N_("fax"), "post": N_("post"), "courier": N_("courier"),
+           "front-desk": N_("front desk")}
 CONFIDENTIALITY = {"normal": N_("normal"), "confidential": N_("confidential")}
 QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage": N_("Triage"),
          "overdue": N_("Overdue"), "all": N_("All letters")}
@@ -112,6 +114,8 @@ EVENT = {
     "routed": N_("routed"), "needs-triage": N_("sent to triage"), "acknowledged": N_("acknowledged"),
     "in-progress": N_("in progress"), "answered": N_("answered"), "answer": N_("answer received"),
     "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
+    "incomplete": N_("materials requested from the sender"), "supplemented": N_("supplement received"),
+    "withdrawn": N_("withdrawn"), "rated": N_("rated by the sender"), "reopened": N_("reopened"),
     "archived": N_("archived"), "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
     "hold-released": N_("legal hold lifted"), "tagged": N_("tagged"), "search": N_("search"),
     "text-read": N_("fax text read"),
