@@ -16,10 +16,26 @@ An answer is obeyed only when it comes from an owner or the head of the
 letter's department (or the letter's own owner); anyone else's is recorded on
 the letter, not obeyed. Whatever happens, the text is kept as an event and
 the mail itself in the message store.
+
+A letter's sender writes back too (`sender_follow_up`): with the materials a
+request asked for (a supplement, recorded on the letter, never a letter of its
+own), or with a rating of the result, a first line of 1 to 5 (the rest is the
+comment). A supplement names its letter by replying to our request or by the
+number in its subject; it resumes the letter only when it comes from the
+letter's sender or replies to our request. A rating counts only from the
+address the result went to (or the letter's sender) and when it replies to the
+result mail or names the letter's number.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+from gateway.registry.outward import FollowUp, SenderThread
+from gateway.registry.plan import NewAttachment
+from gateway.stages.addresses import is_internal
+from gateway.stages.autoreply import no_reply_reason
+from gateway.stages.normalise import Normalised
 
 
 _BRACKETED = re.compile(r"\[([^\[\]\s]{3,64})\]")
@@ -60,3 +76,76 @@ def parse_command(text: str) -> tuple[str | None, str]:
             argument = (match.groupdict().get("text") or "").strip()
             return command, argument.lower() if command == "reassign" else argument
     return None, ""
+
+
+# "4", "2 - too slow", "5分", "3。还行": a score from 1 to 5 first, then the comment.
+_RATING = re.compile(r"^([1-5])(?![0-9.,])\s*(?:分|points?|/\s*5)?\s*[-–—:：.。,，;；!！]*\s*(?P<comment>.*)$",
+                     re.I | re.S)
+FindSenderThread = Callable[[list[str], list[str]], "SenderThread | None"]
+
+
+def parse_rating(text: str) -> tuple[int, str] | None:
+    """(score, comment) when the first line of its own is a score from 1 to 5."""
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[0]:
+        lines.pop(0)
+    if not lines:
+        return None
+    match = _RATING.match(lines[0])
+    if match is None:
+        return None
+    comment = "\n".join([match.group("comment").strip(), *lines[1:]]).strip()
+    return int(match.group(1)), comment
+
+
+def sender_follow_up(*, subject: str, sender: str, message_ids: list[str], body: str, message_id: str | None,
+                     internal: bool, automatic: bool, find: FindSenderThread) -> FollowUp | None:
+    """Is this a letter's sender writing back about it (a supplement, a rating)? None: it is
+    not (a department's answer, or correspondence of its own)."""
+    if FORWARD.match(subject) or not sender:
+        return None
+    numbers = bracketed_numbers(subject)
+    if not numbers and not message_ids:
+        return None
+    thread = find(numbers, message_ids)
+    if thread is None:
+        return None
+    sender = sender.lower()
+    from_sender = bool(thread.sender_address) and sender == thread.sender_address.lower()
+    text = own_text(body)
+    named = thread.number in numbers
+    rating = parse_rating(text) if thread.feedback_id and not automatic else None
+    if rating is not None and thread.replied_to != "request" and (thread.replied_to == "feedback" or named) \
+            and (from_sender or sender == (thread.feedback_to or "").lower()):
+        return FollowUp(thread.number, "rating", sender, text, True, "reply" if thread.replied_to else "number",
+                        subject=subject, message_id=message_id, score=rating[0], feedback_id=thread.feedback_id)
+    if automatic:
+        return None  # an automatic reply (an absence notice) supplies nothing
+    if thread.replied_to == "request" or (thread.status == "awaiting-sender" and named
+                                          and (from_sender or not internal)):
+        # Anyone outside may write quoting the number: recorded on the letter; only the sender,
+        # or a reply in our request's thread, resumes it. Nothing else rests on a follow-up.
+        return FollowUp(thread.number, "supplement", sender, text, thread.replied_to == "request" or from_sender,
+                        "reply" if thread.replied_to == "request" else "number", subject=subject,
+                        message_id=message_id)
+    return None
+
+
+def follow_up_of(parsed: Normalised, *, envelope_from: str | None, domains: list[str],
+                 find: FindSenderThread) -> FollowUp | None:
+    """`sender_follow_up` for a normalised mail, its attachments with it."""
+    if parsed.sender is None:
+        return None
+    headers: dict[str, list[str]] = {}
+    for name, value in parsed.header_fields:
+        headers.setdefault(name.lower(), []).append(value)
+    follow = sender_follow_up(
+        subject=parsed.subject, sender=parsed.sender.address,
+        message_ids=[i for i in [parsed.in_reply_to, *parsed.references] if i], body=parsed.body_text,
+        message_id=parsed.message_id, internal=is_internal(parsed.sender.address, domains),
+        automatic=no_reply_reason(headers, parsed.sender.address, envelope_from, own_mail=False) is not None,
+        find=find)
+    if follow is not None and follow.kind == "supplement":
+        follow.attachments = [NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
+                                            a.size, a.sha256, a.origin) for a in parsed.attachments]
+    return follow

@@ -1,0 +1,188 @@
+"""Incomplete submissions: asking a letter's sender for what is missing, and what comes back.
+
+The registry office or the letter's department marks a letter incomplete, naming what is missing
+and the day it is needed by. The sender is asked by mail (or, with no address to write to, the
+person is told to reach them another way, and that is recorded); the letter waits as
+awaiting-sender with its deadline paused. The sender's follow-up (a reply to our request, or a
+mail with the letter's number in its subject) is recorded on the letter as a supplement and
+resumes it; a day passed without one reminds the department once, and it may withdraw the letter.
+The web, the CLI and the daemon all come through here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import TYPE_CHECKING
+
+from gateway.config import Config
+from gateway.registry import Registry
+from gateway.registry.models import Letter, SenderRequest
+from gateway.registry.outward import FollowUp, OutwardRecords
+from gateway.registry.plan import NewMail, Registered
+from gateway.services.access import Access, Forbidden, Refused
+from gateway.services.people import Principal
+from gateway.stages.autoreply import safe_address
+from gateway.stages.route import new_mail
+
+if TYPE_CHECKING:
+    from gateway.track.reminders import Reminder
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+MAX_ITEMS = 20
+# Refusals for what was filled in (the others: rights and the letter's state).
+INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "need-date", "date-passed"})
+MAX_ITEM_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Marked:
+    """What marking a letter incomplete did: the request, and whom it was sent to ('' when the
+    sender has no address and must be reached another way)."""
+
+    request: SenderRequest
+    sent_to: str
+
+
+def language_of(letter: Letter) -> str:
+    """The sender's language as their letter shows it: Chinese when it holds any Chinese."""
+    return "zh" if _CJK.search(letter.subject) or _CJK.search(letter.body_text[:2000]) else "en"
+
+
+def request_address(letter: Letter) -> str:
+    """Where the sender can be asked by mail; '' when nowhere (a fax, or a paper letter with only a phone)."""
+    address = (letter.sender_address or "").strip().lower()
+    return address if address and safe_address(address) else ""
+
+
+class Incomplete:
+    """Incomplete submissions, for one configuration and registry."""
+
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self.records = OutwardRecords(registry)
+        self.access = Access(config, registry)
+
+    def may(self, who: Principal, letter: Letter) -> bool:
+        """The registry office and the letter's department (its people, head and owner) may."""
+        return (who.is_operator or who.has("registry") or letter.department in who.departments
+                or (letter.owner or "").lower() in who.emails)
+
+    def _letter(self, who: Principal, number: str, action: str) -> Letter:
+        letter = self.access.visible(who, number)
+        if letter is None:
+            raise LookupError(f"no letter {number}")
+        if not self.may(who, letter):
+            known = self.config.departments.get(letter.department or "")
+            department = known.name if known else (letter.department or "-")
+            raise Forbidden(f"only the people of department {department} and the registry office may {action} "
+                            f"{number}", f"forbidden-{action}", department=department, number=number)
+        return letter
+
+    def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
+        """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
+
+        Raises LookupError (no letter the person may know of), Forbidden (not theirs to ask) and
+        Refused (nothing named, no day or one already past, a state that does not allow it)."""
+        letter = self._letter(who, number, "incomplete")
+        items = [" ".join(m.split())[:MAX_ITEM_CHARS] for m in missing if m.strip()]
+        if not items:
+            raise Refused("name what is missing", "need-missing")
+        if len(items) > MAX_ITEMS:
+            raise Refused(f"at most {MAX_ITEMS} missing items", "too-many-missing", limit=str(MAX_ITEMS))
+        if by is None:
+            raise Refused("give the day it is needed by", "need-date")
+        calendar = self.config.calendar
+        due_at = datetime.combine(by, time(23, 59, 59), calendar.tz)
+        if due_at <= datetime.now(calendar.tz):
+            raise Refused(f"{by.isoformat()} has passed: give a later day", "date-passed", day=by.isoformat())
+        address = request_address(letter)
+        mail = new_mail(self.config, "request", address, language=language_of(letter), missing=items,
+                        by=by.isoformat()) if address else None
+
+        def remaining(deadline: datetime | None, now: datetime) -> int | None:
+            if deadline is None:
+                return None
+            return calendar.working_days_between(now, deadline) if deadline > now else 0
+
+        try:
+            request = self.records.mark_incomplete(number, actor=who.login, missing=items, due_at=due_at,
+                                                   remaining=remaining, recipient=address, request=mail)
+        except ValueError as exc:  # TransitionRefused among them
+            raise Refused(str(exc), "state", number=number, status=letter.status, action="incomplete") from None
+        return Marked(request, address)
+
+    def withdraw(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str]:
+        """Close a letter whose sender never sent what was missing (awaiting-sender -> withdrawn)."""
+        letter = self._letter(who, number, "withdraw")
+        from gateway.registry.lifecycle import TransitionRefused
+
+        try:
+            return self.records.withdraw(number, actor=who.login, reason=reason.strip())
+        except TransitionRefused as exc:
+            raise Refused(str(exc), "state", number=number, status=letter.status, action="withdraw") from None
+
+    def request(self, number: str) -> SenderRequest | None:
+        """The letter's latest request to its sender, if it had any."""
+        return self.records.waiting_request(number)
+
+    # -- the reminder pass ---------------------------------------------------------
+    def expired(self, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
+        """Remind the department, once, of each request whose day passed without a supplement:
+        it may withdraw the letter (or go on without). Part of `gateway reminders run`."""
+        from gateway.registry.reminders import OpenLetter
+        from gateway.track.reminders import Reminder
+
+        out = []
+        for waiting in self.records.expired(now):
+            department = self.config.departments.get(waiting.department or "")
+            if department is None:
+                continue
+            owners = [waiting.owner] if waiting.owner else list(department.owners)
+            mail = [new_mail(self.config, "sender-notice", owner, about="expired", missing=waiting.missing,
+                             by=waiting.due_at.isoformat()) for owner in owners]
+            if dry_run or self.records.remind_expired(waiting.request_id, mail, now):
+                out.append(Reminder(OpenLetter(waiting.letter_id, waiting.number, "awaiting-sender", waiting.department,
+                                               waiting.owner, waiting.received_at, None), "awaiting-sender", mail, 1))
+        return out
+
+
+class SenderMail:
+    """A letter's sender writing back (found by gateway.stages.answers): a supplement or a rating."""
+
+    def __init__(self, config: Config, registry: Registry):
+        self.config = config
+        self.registry = registry
+        self.records = OutwardRecords(registry)
+
+    def record(self, follow: FollowUp, *, keys: list[str], raw_sha256: str, raw_path: str,
+               received_at: datetime) -> Registered:
+        letter = self.registry.letter(follow.number)
+        if letter is None:
+            raise LookupError(f"no letter {follow.number}")
+        if follow.kind == "rating":
+            from gateway.services.satisfaction import Satisfaction
+
+            return Satisfaction(self.config, self.registry).by_mail(letter, follow, keys=keys, raw_sha256=raw_sha256,
+                                                                     raw_path=raw_path)
+        calendar = self.config.calendar
+
+        def resume(days: int | None, now: datetime) -> datetime | None:
+            return calendar.deadline(now, days) if days is not None else None
+
+        return self.records.supplement(follow, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
+                                       received_at=received_at, resume=resume,
+                                       notify=department_notice(self.config, letter, "supplemented",
+                                                                sender=follow.sender,
+                                                                attachments=[a.filename for a in follow.attachments]))
+
+
+def department_notice(config: Config, letter: Letter, about: str, *, head: bool = False, **details: object
+                      ) -> list[NewMail]:
+    """A notice to the letter's people (its owner, else its department's owners; or the head)."""
+    department = config.departments.get(letter.department or "")
+    if department is None:
+        return []
+    to = [department.head] if head else ([letter.owner] if letter.owner else list(department.owners))
+    return [new_mail(config, "sender-notice", r, about=about, **details) for r in dict.fromkeys(to) if r]
