@@ -12,7 +12,7 @@ from sqlalchemy import Connection, delete, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OutboxMail
+from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OcrReading, OutboxMail
 from gateway.registry.plan import NewLetter, Registered, Routing
 from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms, registered_terms
 from gateway.registry.store import utcnow
@@ -312,10 +312,14 @@ class Registration(SearchRecords):
             return [(r.letter_id, r.raw_path) for r in rows]
 
     def ocr_done(self, letter_id: int, text: str, *, summary: str, defects: list[str], pages: int,
-                 seconds: float, routing: Routing | None) -> tuple[str, str]:
+                 seconds: float, routing: Routing | None, reading: dict[str, Any] | None = None) -> tuple[str, str]:
         """Store a fax's text: it becomes the letter's text and summary; the routing decided from it
         (outside this transaction) is applied only if the letter is still waiting for it — a person
-        who routed it meanwhile is not overruled. Returns the number and the status."""
+        who routed it meanwhile is not overruled. Returns the number and the status.
+
+        `reading` (reader, version, confidences, low_confidence, header, and the fax number and send
+        time the header line gave) is recorded; pages of low confidence flag the letter `ocr-check`,
+        and the header line's number and time fill the letter's only where nothing else gave them."""
         now = utcnow()
         # What the letter is found by from now on, cut before the write lock is taken.
         with self.session() as session:
@@ -324,20 +328,33 @@ class Registration(SearchRecords):
             terms = registered_terms(before, f"{before.body_text}\n\n{text}")
         with self.write() as conn:
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
-            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status)
+            row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status,
+                                      Letter.fax_number, Letter.fax_sent_at)
                                .where(Letter.id == letter_id).with_for_update()).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
             self.write_terms(conn, [(letter_id, *terms)])
-            flags = [f for f in row.flags if f not in ("ocr-pending", "ocr-failed")] + \
-                ([] if text.strip() else ["no-text"])
+            check = bool(reading and reading.get("low_confidence"))
+            flags = [f for f in row.flags if f not in ("ocr-pending", "ocr-failed", "ocr-check")] + \
+                ([] if text.strip() else ["no-text"]) + (["ocr-check"] if check else [])
             values: dict[str, Any] = {
                 "body_text": body.replace("\x00", "\ufffd"), "defects": [*row.defects, *defects],
                 "flags": flags, "updated_at": now}
             if text.strip():
                 values["summary"] = summary
-            events = [self.event_row(letter_id, now, "gateway", "text-read", None,
-                                     {"pages": pages, "characters": len(text), "defects": defects,
-                                      "seconds": round(seconds, 2)})]
+            details: dict[str, Any] = {"pages": pages, "characters": len(text), "defects": defects,
+                                       "seconds": round(seconds, 2)}
+            if reading:
+                details.update(reader=reading["reader"], version=reading["version"],
+                               confidences=reading["confidences"], low_confidence=reading["low_confidence"])
+                if row.fax_number is None and reading.get("number"):
+                    values["fax_number"] = str(reading["number"])[:64]
+                if row.fax_sent_at is None and reading.get("sent_at") is not None:
+                    values["fax_sent_at"] = reading["sent_at"]
+                conn.execute(insert(OcrReading).values(
+                    letter_id=letter_id, reader=reading["reader"], version=reading["version"], pages=pages,
+                    confidences=reading["confidences"], low_confidence=reading["low_confidence"],
+                    header=reading.get("header"), read_at=now))
+            events = [self.event_row(letter_id, now, "gateway", "text-read", None, details)]
             outbox: list[dict[str, Any]] = []
             status = row.status
             if routing is not None and row.status == "registered":

@@ -147,3 +147,40 @@ def read_filename(name: str, pattern: str | None, time_format: str, facts: FaxFa
                 facts.sources["received"] = "file name"
         else:
             facts.offer(group, value.replace("_", " "), "file name", tz)
+
+
+# The line a sending fax machine prints across the top of every page: its time, its number (TSI)
+# and often its name, and the page as n/m, e.g. "2026-03-06 10:42  FROM: +86 21 6234 5679  P.01/02"
+# or "MAR-06-2026 10:42 FROM ... P. 1".
+_HEADER_NUMBER = re.compile(r"(?:FROM|TSI|FAX|TEL|传真|傳真)\s*[:：.]?\s*(\+?\d[\d ()-]{5,}\d)", re.IGNORECASE)
+_HEADER_ANY_NUMBER = re.compile(r"(?<![\d:/.-])(\+?\d[\d ()-]{6,}\d)(?![\d:/.-])")
+_HEADER_WHEN = re.compile(
+    r"(?P<date>\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}|[A-Za-z]{3}[- ]\d{1,2}[- ,]+\d{4})"
+    r"[ T,]*(?P<time>\d{1,2}:\d{2}(?::\d{2})?)?")
+_HEADER_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%d/%m/%Y", "%d-%m-%Y", "%d.%m.%Y",
+                        "%b-%d-%Y", "%b %d %Y", "%b-%d %Y")
+
+
+def read_header_line(line: str, facts: FaxFacts, tz: ZoneInfo) -> None:
+    """Offer what the sending machine's header line says (its number, the send time) to `facts`:
+    taken only where the sidecar and the TIFF tags said nothing."""
+    source = "fax header line"
+    number = _HEADER_NUMBER.search(line) or _HEADER_ANY_NUMBER.search(line)
+    if number:
+        facts.offer("number", number.group(1).strip(), source, tz)
+    when = _HEADER_WHEN.search(line)
+    if when and facts.received is None:
+        date = re.sub(r"[ ,]+", " ", when.group("date"))
+        for fmt in _HEADER_DATE_FORMATS:
+            try:
+                day = datetime.strptime(date, fmt)
+                break
+            except ValueError:
+                continue
+        else:
+            return
+        if when.group("time"):
+            hour, minute, *rest = (int(part) for part in when.group("time").split(":"))
+            day = day.replace(hour=hour, minute=minute, second=rest[0] if rest else 0)
+        facts.received = day.replace(tzinfo=tz)
+        facts.sources["received"] = source

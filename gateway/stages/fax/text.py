@@ -16,8 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from gateway.config import Config
+from gateway.stages.fax.ocr import DEFAULT_MIN_CONFIDENCE
 from gateway.stages.normalise import Limits
 from gateway.stages.route import route_with_text
 from gateway.registry import Registry, RegistryUnavailable
@@ -28,14 +31,32 @@ log = logging.getLogger("gateway.stages.fax")
 GIVE_UP_AFTER = 3  # failed attempts to store a fax's text before its job is given up
 
 
-def read_text(raw_path: str, languages: str, timeout: float,
-              limits: Limits | None = None) -> tuple[str, list[str], int, float]:
-    """In a worker process: the text of every fax document in a stored letter (a fax-to-email
-    message examined within the configured [normalise] limits).
+class TextRead(NamedTuple):
+    text: str
+    defects: list[str]
+    pages: int
+    seconds: float
+    reading: dict[str, Any] | None  # reader, version, per-page confidence, low pages, header facts
 
-    Returns the text, the defects, the pages read and the seconds it took.
+
+def warm_up(reader: str) -> None:
+    """A worker process's initializer: load the reader's models once, not for every fax."""
+    if reader != "tesseract":
+        try:
+            from gateway.stages.fax.reader import engine
+            engine()
+        except Exception:  # reported with the first fax it cannot read, not here
+            log.debug("the OCR engine did not load", exc_info=True)
+
+
+def read_text(raw_path: str, languages: str, timeout: float, limits: Limits | None = None, *,
+              reader: str = "auto", min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+              timezone: str = "UTC") -> TextRead:
+    """In a worker process: the text of every fax document or scan in a stored letter (a
+    fax-to-email message examined within the configured [normalise] limits), and how it was read.
     """
     from gateway.stages.fax.document import FaxUnreadable, read_fax
+    from gateway.stages.fax.metadata import FaxFacts, read_header_line
     from gateway.stages.fax.ocr import ocr_document
     from gateway.stages.normalise import normalise
     from gateway.spool import read_raw
@@ -48,17 +69,37 @@ def read_text(raw_path: str, languages: str, timeout: float,
     except FaxUnreadable:  # fax-to-email: the TIFF and PDF attachments
         documents = [a.content for a in normalise(raw, limits=limits or Limits()).attachments]
     texts, defects, pages = [], [], 0
+    readers: list[str] = []
+    version = ""
+    confidences: list[float | None] = []
+    low: list[int] = []
+    header: str | None = None
     for data in documents:
         try:
             kind = read_fax(data).kind
         except FaxUnreadable:
             continue
-        result = ocr_document(data, kind, languages=languages, timeout=timeout)
+        result = ocr_document(data, kind, languages=languages, timeout=timeout, reader=reader,
+                              min_confidence=min_confidence)
+        # Page numbers run on across the documents of one letter.
+        low += [pages + number for number in result.low_confidence]
         pages += result.pages
         defects += [f"fax: {d}" for d in result.defects]
+        readers.append(result.reader)
+        version = version or result.version
+        confidences += result.confidences
+        header = header or result.header
         if result.text.strip():
             texts.append(result.text.strip())
-    return "\n\n".join(texts), defects, pages, time.monotonic() - started
+    reading: dict[str, Any] | None = None
+    if readers:
+        reading = {"reader": "ppocr+tesseract" if "ppocr+tesseract" in readers else readers[0],
+                   "version": version, "confidences": confidences, "low_confidence": low, "header": header}
+        if header:
+            facts = FaxFacts()
+            read_header_line(header, facts, ZoneInfo(timezone))
+            reading.update(number=facts.number, sent_at=facts.received)
+    return TextRead("\n\n".join(texts), defects, pages, time.monotonic() - started, reading)
 
 
 class TextReader(Runner):
@@ -76,7 +117,7 @@ class TextReader(Runner):
         self.on_routed = on_routed  # routing queues mail: wake the outbox
         self.registry = registry
         self._pool: ProcessPoolExecutor | None = None  # made on the first job: most days have none
-        self._running: dict[int, Future[tuple[str, list[str], int, float]]] = {}
+        self._running: dict[int, Future[TextRead]] = {}
 
     def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
@@ -86,9 +127,12 @@ class TextReader(Runner):
 
     def _workers(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # Spawned, not forked: the daemon has threads, and a fork would copy their locks.
-            self._pool = ProcessPoolExecutor(max_workers=self.config.model.fax.ocr_workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
+            # Spawned, not forked: the daemon has threads, and a fork would copy their locks. Each
+            # worker loads the reader's models once, when it starts.
+            settings = self.config.model.fax
+            self._pool = ProcessPoolExecutor(max_workers=settings.ocr_workers,
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=warm_up, initargs=(settings.ocr_reader,))
         return self._pool
 
     def run_once(self) -> None:
@@ -99,7 +143,9 @@ class TextReader(Runner):
             for letter_id, raw_path in self.registry.ocr_jobs(free, set(self._running)):
                 path = str(self.config.state_dir / raw_path)
                 future = self._workers().submit(read_text, path, settings.ocr_languages,
-                                                settings.ocr_timeout_seconds, Limits.of(self.config.model.normalise))
+                                                settings.ocr_timeout_seconds, Limits.of(self.config.model.normalise),
+                                                reader=settings.ocr_reader, min_confidence=settings.ocr_min_confidence,
+                                                timezone=self.config.model.gateway.timezone)
                 future.add_done_callback(lambda _: self.wake())
                 self._running[letter_id] = future
 
@@ -108,11 +154,12 @@ class TextReader(Runner):
             if not future.done():
                 continue
             try:
-                text, defects, pages, seconds = future.result()
+                text, defects, pages, seconds, reading = future.result()
             except Exception as exc:  # the worker died or the stored file is unreadable
                 text, defects, pages, seconds = "", [f"fax: text not read: {type(exc).__name__}: {exc}"], 0, 0.0
+                reading = None
             try:
-                number, status = self._store(letter_id, text, defects, pages, seconds)
+                number, status = self._store(letter_id, text, defects, pages, seconds, reading)
             except RegistryUnavailable:
                 raise  # not the job's fault: its result waits here, and the pass backs off
             except Exception as exc:
@@ -122,16 +169,21 @@ class TextReader(Runner):
                                  partial(self.registry.ocr_failed, letter_id, give_up_after=GIVE_UP_AFTER))
                 continue
             del self._running[letter_id]
-            log.info("%s text read: %d page(s), %d character(s) in %.1f s%s; %s", number, pages, len(text), seconds,
-                     f", {len(defects)} defect(s)" if defects else "", status)
+            log.info("%s text read: %d page(s), %d character(s) in %.1f s%s%s; %s", number, pages, len(text), seconds,
+                     f", {len(defects)} defect(s)" if defects else "",
+                     f", page(s) {reading['low_confidence']} to check" if reading and reading["low_confidence"] else "",
+                     status)
             if self.on_routed is not None:
                 self.on_routed()
 
-    def _store(self, letter_id: int, text: str, defects: list[str], pages: int, seconds: float) -> tuple[str, str]:
+    def _store(self, letter_id: int, text: str, defects: list[str], pages: int, seconds: float,
+               reading: dict[str, Any] | None) -> tuple[str, str]:
         letter = self.registry.letter_by_id(letter_id)
         if letter is None:
             raise LookupError(f"letter {letter_id} is not in the register")
+        if reading and reading.get("number") and letter.fax_number is None:
+            letter.fax_number = reading["number"]  # rules on the fax number see the header line's
         # Classified and routed on its text before the registry's transaction, which applies it.
         summary, routing = route_with_text(self.config, letter, text)
         return self.registry.ocr_done(letter_id, text, summary=summary, defects=defects, pages=pages,
-                                      seconds=seconds, routing=routing)
+                                      seconds=seconds, routing=routing, reading=reading)
