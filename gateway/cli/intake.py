@@ -1,22 +1,51 @@
-"""`gateway ingest`: files through the same pipeline as the daemon."""
+"""`gateway ingest`: files through the same pipeline as the daemon; with --channel, the files are
+the scans of one paper letter."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from gateway.cli.state import EX_TEMPFAIL, State, pass_state
+from gateway.cli.state import EX_TEMPFAIL, State, actor, by_option, pass_state
+
+if TYPE_CHECKING:
+    from gateway.services.paper import PaperRefused
 
 _REGISTERED = {"registered": "registered as", "duplicate": "already registered as",
                "known": "already registered as", "answer": "an answer, recorded on"}
+_PAPER_OPTIONS = ("sender", "organisation", "address", "phone", "email", "subject", "received_at", "note")
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--channel", type=click.Choice(["post", "courier", "front-desk"]),
+              help="The files are the scans (PDF, TIFF, JPEG, PNG) of ONE paper letter that came this way.")
+@click.option("--sender", help="A paper letter's sender (name); needed with --channel.")
+@click.option("--organisation", default="", help="The sender's organisation.")
+@click.option("--address", default="", help="The sender's postal address.")
+@click.option("--phone", default="", help="The sender's telephone number.")
+@click.option("--email", default="", help="The sender's e-mail address: receipts go only there.")
+@click.option("--subject", default="", help="The letter's subject (default: channel, sender and pages).")
+@click.option("--received-at", default="", help="When it arrived, e.g. '2026-11-22 09:30' (default: now; "
+                                                "the organisation's time zone unless an offset is given).")
+@click.option("--note", default="", help="A note of the registry office.")
+@by_option
 @pass_state
-def ingest(state: State, files: tuple[Path, ...]) -> None:
-    """Push message files (.eml) and fax files (TIFF, PDF) through the same pipeline as the daemon."""
+def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: str | None, organisation: str,
+           address: str, phone: str, email: str, subject: str, received_at: str, note: str, by: str | None) -> None:
+    """Push message files (.eml) and fax files (TIFF, PDF) through the same pipeline as the daemon.
+
+    With --channel post|courier|front-desk the files are the scans of one paper letter instead."""
+    if channel is not None:
+        _paper(state, files, channel, sender or "", organisation, address, phone, email, subject, received_at,
+               note, actor(by))
+        return
+    given = [name for name, value in zip(_PAPER_OPTIONS, (sender, organisation, address, phone, email, subject,
+                                                          received_at, note), strict=True) if value]
+    if given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} describes a paper letter: give --channel too")
     from gateway.daemon.pipeline import Pipeline
     from gateway.services.intake import ingest_file
 
@@ -42,3 +71,63 @@ def ingest(state: State, files: tuple[Path, ...]) -> None:
     link.close()
     registry.close()
     sys.exit(1 if failures else EX_TEMPFAIL if tempfail else 0)
+
+
+def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, organisation: str, address: str,
+           phone: str, email: str, subject: str, received_at: str, note: str, by: str) -> None:
+    """The files as the scans of one paper letter, through the service the web page uses."""
+    from zoneinfo import ZoneInfo
+
+    from gateway.daemon.pipeline import Pipeline
+    from gateway.services.paper import PaperLetter, PaperRefused, Scan, parse_received, register_paper
+    from gateway.spool import SpoolError
+
+    cfg = state.config_with_rules
+    scans = []
+    for path in files:
+        try:
+            scans.append(Scan(path.name, path.read_bytes()))
+        except OSError as exc:
+            click.echo(f"error: {path}: cannot read: {exc.strerror}", err=True)
+            sys.exit(1)
+    try:
+        when = parse_received(received_at, ZoneInfo(cfg.model.gateway.timezone)) if received_at else None
+    except PaperRefused as refused:
+        _refused(refused)
+    letter = PaperLetter(channel=channel, sender_name=sender, scans=scans, organisation=organisation,
+                         address=address, phone=phone, email=email, subject=subject, note=note, received_at=when)
+    spool, registry, link = state.spool(), state.registry(), state.link()
+    try:
+        done = register_paper(cfg, spool, Pipeline(cfg, spool, registry, link.publish), letter, by=by,
+                              intake="file")
+        if done.result == "released":
+            link.wake()  # a running daemon registers it as soon as the registry is back
+    except PaperRefused as refused:
+        _refused(refused)
+    except SpoolError as exc:
+        click.echo(f"error: not taken: {exc}", err=True)
+        sys.exit(EX_TEMPFAIL if exc.full else 1)
+    finally:
+        link.close()
+        registry.close()
+    names = ", ".join(str(p) for p in files)
+    if done.number:
+        click.echo(f"{names}: {_REGISTERED[done.result]} {done.number} ({channel}, {done.pages} page(s))")
+    elif done.result == "released":
+        click.echo(f"{names}: spooled as item {done.item_id}; the registry is unavailable, "
+                   f"the daemon registers it when it is back ({done.reason})", err=True)
+        sys.exit(EX_TEMPFAIL)
+    else:
+        click.echo(f"{names}: {done.result} (item {done.item_id}): {done.reason}", err=True)
+        sys.exit(1)
+
+
+def _refused(refused: PaperRefused) -> NoReturn:
+    for error in refused.errors:
+        click.echo(f"error: {_option(error.field)}: {error}", err=True)
+    sys.exit(1)
+
+
+def _option(field: str) -> str:
+    return {"sender_name": "--sender", "scans": "FILES", "channel": "--channel"}.get(
+        field, f"--{field.replace('_', '-')}")
