@@ -89,7 +89,7 @@ def ocr_document(data: bytes, kind: str, *, languages: str = DEFAULT_LANGUAGES,
         defects.append(f"OCR language data not installed: {', '.join(sorted(missing_languages))} "
                        "(read without it)")
     return OcrResult(text="\f".join(texts), pages=pages.count, defects=defects,
-                     version=_tesseract_version())
+                     version=_tesseract_version() if texts else "")
 
 
 def _tesseract_version() -> str:
