@@ -103,16 +103,15 @@ def _moved_by_helper(spool: Spool, item: SpoolItem, durable: bool) -> Outcome | 
     """Where the helper put an item it took out of work/: None when it is in the message store,
     where `finish` moves it only after the registry committed; the item then reads its raw bytes
     from there. The daemon still holds the item's lock, so nobody else has moved it since."""
-    if (spool.root / "new" / item.path.name).exists():
+    place = spool.whereabouts(item)
+    if place == "released":
         return Outcome(item.id, "released", reason="given back to the spool (the registry was unavailable)")
-    if (spool.root / "new" / f"{item.id}.{item.attempts + 1}").exists():
+    if place == "retry":
         return Outcome(item.id, "retry", reason="failed; back in the spool for a later attempt")
-    if (spool.root / "quarantine" / f"{item.id}.item").exists():
+    if place == "quarantined":
         return Outcome(item.id, "quarantined", reason="failed too often")
-    sha256 = item.meta.get("sha256")
-    stored = spool.stored_path(sha256) if sha256 else None
-    if stored is not None and stored.exists():
-        item._raw = read_raw(stored)
+    if place == "stored":
+        item._raw = read_raw(spool.stored_path(item.meta["sha256"]))
         return None
     if durable:
         # A claimed item's content is not known here (the helper read it), and a durable

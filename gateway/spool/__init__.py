@@ -365,6 +365,21 @@ class Spool:
     def stored_path(self, sha256: str) -> Path:
         return self.message_dir / sha256[:2] / f"{sha256}.msg"
 
+    def whereabouts(self, item: SpoolItem) -> str:
+        """Where another process put a claimed item that left work/: "released" (back in new/
+        untouched), "retry" (back in new/ after a failed attempt), "quarantined", "stored" (in the
+        message store: registered) or "gone" (discarded)."""
+        if (self.root / "new" / item.path.name).exists():
+            return "released"
+        if (self.root / "new" / f"{item.id}.{item.attempts + 1}").exists():
+            return "retry"
+        if (self.root / "quarantine" / f"{item.id}.item").exists():
+            return "quarantined"
+        sha256 = item.meta.get("sha256")
+        if sha256 and self.stored_path(sha256).exists():
+            return "stored"
+        return "gone"
+
     def fail(self, item: SpoolItem, reason: str, *, backoff_seconds: float = 5.0) -> bool:
         """A processing attempt failed. Returns True when the item went to quarantine."""
         attempts = item.attempts + 1

@@ -102,6 +102,13 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> Any:
     return value
 
 
+def _grade(value: Any, info: ValidationInfo) -> Any:
+    """A category, urgency or confidentiality (the field's name says which): one of its values."""
+    key = info.field_name or ""
+    fixed = {"urgency": URGENCIES, "confidentiality": CONFIDENTIALITIES}
+    return _choice(key, value, fixed[key] if key in fixed else _organisation(info).categories)
+
+
 # The value types of rules.yaml, each with the words its errors use.
 Keywords: TypeAlias = Annotated[list[Annotated[str, _item("keyword")]], _one_or_more("keyword")]
 TextFields: TypeAlias = Annotated[list[Annotated[str, _item("field")]], _one_or_more("field")]
@@ -334,20 +341,7 @@ class Actions(_Ordered):
     def _shape(cls, value: Any) -> Any:
         return _mapping(value, f"give the fields to set: {', '.join(ACTION_KEYS)}")
 
-    @field_validator("category")
-    @classmethod
-    def _category(cls, value: Any, info: ValidationInfo) -> Any:
-        return _choice("category", value, _organisation(info).categories)
-
-    @field_validator("urgency")
-    @classmethod
-    def _urgency(cls, value: Any) -> Any:
-        return _choice("urgency", value, URGENCIES)
-
-    @field_validator("confidentiality")
-    @classmethod
-    def _confidentiality(cls, value: Any) -> Any:
-        return _choice("confidentiality", value, CONFIDENTIALITIES)
+    _grades = field_validator("category", "urgency", "confidentiality")(_grade)
 
     @field_validator("department")
     @classmethod
@@ -432,20 +426,7 @@ class Defaults(_Schema):
     confidentiality: str = "normal"
     category: str | None = None
 
-    @field_validator("urgency", mode="before")
-    @classmethod
-    def _urgency(cls, value: Any) -> Any:
-        return _choice("urgency", value, URGENCIES)
-
-    @field_validator("confidentiality", mode="before")
-    @classmethod
-    def _confidentiality(cls, value: Any) -> Any:
-        return _choice("confidentiality", value, CONFIDENTIALITIES)
-
-    @field_validator("category", mode="before")
-    @classmethod
-    def _category(cls, value: Any, info: ValidationInfo) -> Any:
-        return _choice("category", value, _organisation(info).categories)
+    _grades = field_validator("urgency", "confidentiality", "category", mode="before")(_grade)
 
     def given(self) -> dict[str, str]:
         return {key: value for key, value in self.model_dump().items() if value is not None}
