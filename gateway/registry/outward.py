@@ -83,11 +83,11 @@ def _locked(conn: Connection, number: str) -> Any:
     return row
 
 
-def _waiting(conn: Connection, letter_id: int) -> SenderRequest | None:
-    row = conn.execute(select(SenderRequest).where(SenderRequest.letter_id == letter_id,
-                                                   SenderRequest.status == "waiting")
-                       .order_by(SenderRequest.id.desc())).first()
-    return row[0] if row else None
+def _waiting(conn: Connection, letter_id: int) -> Any:
+    """The letter's waiting request (its id and remaining_days), locked; None when none waits."""
+    return conn.execute(select(SenderRequest.id, SenderRequest.remaining_days).where(
+        SenderRequest.letter_id == letter_id, SenderRequest.status == "waiting")
+        .order_by(SenderRequest.id.desc()).with_for_update()).first()
 
 
 class OutwardRecords:

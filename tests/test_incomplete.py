@@ -1,0 +1,183 @@
+"""Incomplete submissions over the daemon's real SMTP listener with a real SMTP sink as the relay: the
+request reaches the sender, their follow-up resumes the letter as a supplement (not a new letter,
+its department told, the deadline counted on), a stranger quoting the number only gets recorded, a
+passed day reminds the department once, and withdrawal works only for a letter awaiting its sender."""
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import Gateway, Notify, wait_for
+from gateway import config as config_mod
+from smtp_sink import SmtpSink
+
+pytestmark = pytest.mark.timeout(300)
+
+EXTRA = """
+[outbound]
+relay = "{relay}"
+from_address = "gateway@example.org"
+poll_seconds = 0.2
+retry_min_seconds = 0.3
+retry_max_seconds = 1
+"""
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "sales@example.org",
+         headers: dict[str, str] | None = None, attachment: tuple[str, bytes] | None = None) -> None:
+    message = EmailMessage()
+    if sender:
+        message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{time.time_ns()}@partner.example>"
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    if attachment:
+        message.add_attachment(attachment[1], maintype="application", subtype="pdf", filename=attachment[0])
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.sendmail(sender or "robot@partner.example", [to], message.as_bytes())
+
+
+def events(gateway: Gateway, number: str, action: str) -> list[dict[str, Any]]:
+    return [e for e in gateway.show_json(number)["events"] if e["action"] == action]  # type: ignore[index]
+
+
+def next_working_day(after: date, n: int = 1) -> date:
+    day = after
+    while n:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            n -= 1
+    return day
+
+
+def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdrawal(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address))
+    calendar = config_mod.load(gateway.config).calendar
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        send(gateway, sender="Alice Partner <alice@partner.example>", subject="Order for next quarter",
+             body="Please find our order.\n")
+        send(gateway, sender="Bob Buyer <bob@buyer.example>", subject="Another order", body="Our order.\n")
+        sink.wait_for(4)  # each: a notification to the owner, a receipt to the sender
+        first = gateway.show_json("2026-000001")
+        assert first["status"] == "routed" and first["deadline"]
+
+        # Marked incomplete: the sender is asked, the letter waits with its deadline paused.
+        by = next_working_day(datetime.now(TZ).date(), 3)
+        done = gateway.run("letters", "incomplete", "2026-000001", "--missing", "The signed contract",
+                           "--missing", "A copy of the invoice", "--by", by.isoformat(), "--actor", "clerk")
+        assert "the request goes to alice@partner.example" in done.stdout
+        letter = gateway.show_json("2026-000001")
+        assert (letter["status"], letter["deadline"]) == ("awaiting-sender", None)
+        [asked] = events(gateway, "2026-000001", "incomplete")
+        assert asked["details"]["missing"] == ["The signed contract", "A copy of the invoice"]
+        assert asked["details"]["request_to"] == "alice@partner.example"
+        assert asked["details"]["paused_deadline"] is not None
+        request = wait_for_mail(sink, "alice@partner.example", 2)[-1]  # after the receipt
+        message = request.message
+        assert message["Subject"] == "[2026-000001] Materials missing from your letter"
+        assert message["X-Gateway-Letter"] == "2026-000001" and message["Auto-Submitted"] == "auto-generated"
+        text = message.get_content()
+        assert "1. The signed contract" in text and "2. A copy of the invoice" in text and by.isoformat() in text
+        assert message["Message-ID"] == asked["details"]["message_id"]
+        # No reminders while it waits (it has no deadline), and marking it again is refused.
+        assert "nothing due" in gateway.run("reminders", "run", "--dry-run").stdout
+        again = gateway.run("letters", "incomplete", "2026-000001", "--missing", "x", "--by", by.isoformat(),
+                            check=False)
+        assert again.returncode != 0 and "awaiting-sender" in again.stderr
+
+        # A stranger quoting the number: recorded on the letter, nothing resumed, no new letter.
+        send(gateway, sender="mallory@elsewhere.example", subject="Re: [2026-000001] here you are",
+             body="Here are the documents.\n")
+        wait_for(lambda: events(gateway, "2026-000001", "follow-up"), 30, "the stranger's mail recorded")
+        assert gateway.show_json("2026-000001")["status"] == "awaiting-sender"
+
+        # The sender answers our request (another address of theirs: the thread is what counts),
+        # with the contract attached: a supplement, resuming the letter.
+        send(gateway, sender="Alice at home <alice@home.example>", subject="Re: Materials missing",
+             body="Here is the signed contract.\n\n> the quoted request\n",
+             headers={"In-Reply-To": message["Message-ID"], "References": message["Message-ID"]},
+             attachment=("contract-signed.pdf", b"%PDF-1.4 signed contract"))
+        wait_for(lambda: events(gateway, "2026-000001", "supplemented"), 30, "the supplement recorded")
+        letter = gateway.show_json("2026-000001")
+        [supplement] = events(gateway, "2026-000001", "supplemented")
+        assert letter["status"] == "in-progress" and supplement["details"]["resumed"] is True
+        assert supplement["details"]["matched_by"] == "reply"
+        assert [a["filename"] for a in letter["attachments"]] == ["contract-signed.pdf"]  # type: ignore[index]
+        assert "Here is the signed contract." in str(letter["body_text"])
+        # The deadline counts on from the working days it had left.
+        remaining = asked["details"]["remaining_days"]
+        resumed_at = datetime.fromisoformat(supplement["at"])
+        assert datetime.fromisoformat(str(letter["deadline"])) == calendar.deadline(resumed_at, remaining)
+        assert len(gateway.list_json()) == 2  # not a letter of its own
+        told = wait_for_mail(sink, "sales.desk@example.org", 3)
+        notice = [r.message for r in told if "Supplement received" in str(r.message["Subject"])]
+        assert notice and notice[0]["Subject"] == "[2026-000001] Supplement received from the sender"
+        assert "contract-signed.pdf" in notice[0].get_content()
+        # A supplement resumes only a letter awaiting its sender: withdrawing it now is refused.
+        refused = gateway.run("letters", "withdraw", "2026-000001", check=False)
+        assert refused.returncode != 0 and "in-progress" in refused.stderr
+
+        # The second letter's sender never answers: once its day has passed the department is
+        # reminded, once, and may withdraw it.
+        soon = next_working_day(datetime.now(TZ).date())
+        gateway.run("letters", "incomplete", "2026-000002", "--missing", "Your company stamp", "--by", soon.isoformat())
+        later = f"{next_working_day(soon).isoformat()} 10:00"
+        ran = gateway.run("reminders", "run", "--now", later).stdout
+        assert "2026-000002: reminder (awaiting-sender) to sales.desk@example.org" in ran
+        assert "2026-000002" not in gateway.run("reminders", "run", "--now", later).stdout
+        [reminded] = [e for e in events(gateway, "2026-000002", "reminded")
+                      if e["details"]["kind"] == "awaiting-sender"]
+        assert reminded["details"]["to"] == ["sales.desk@example.org"]
+        wait_for(lambda: any("did not send" in str(r.message["Subject"]) for r in sink.to("sales.desk@example.org")),
+                 30, "the department reminded")
+        assert "awaiting-sender -> withdrawn" in gateway.run("letters", "withdraw", "2026-000002",
+                                                             "--reason", "no stamp").stdout
+        assert gateway.show_json("2026-000002")["status"] == "withdrawn"
+        assert len(events(gateway, "2026-000002", "withdrawn")) == 1
+    finally:
+        daemon.stop()
+
+
+def wait_for_mail(sink: SmtpSink, address: str, count: int) -> list[Any]:
+    wait_for(lambda: len(sink.to(address)) >= count, 30, f"{count} mail(s) to {address}")
+    return sink.to(address)
+
+
+def test_a_sender_without_an_address_is_to_be_contacted_by_other_means(
+        tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    raw = (b"To: sales@example.org\r\nSubject: A letter with no sender\r\nMessage-ID: <x1@partner.example>\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\n\r\nNo From header at all.\r\n")
+    (tmp_path / "nofrom.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "nofrom.eml"))
+    by = next_working_day(datetime.now(TZ).date(), 2).isoformat()
+    done = gateway.run("letters", "incomplete", "2026-000001", "--missing", "Who you are", "--by", by)
+    assert "contact them by other means" in done.stdout
+    [asked] = events(gateway, "2026-000001", "incomplete")
+    assert asked["details"]["contact"] == "other-means" and "request_to" not in asked["details"]
+    assert not [m for m in gateway.show_json("2026-000001")["outbox"]  # type: ignore[union-attr]
+                if m["kind"] == "request"]
+    past = gateway.run("letters", "incomplete", "2026-000001", "--missing", "x", "--by", "2020-01-01", check=False)
+    assert past.returncode != 0
