@@ -37,7 +37,7 @@ _PLAIN_EVERY = 5.0  # seconds between progress lines when the output is not a te
                    "(default: registered quietly, no deadline). Senders never get a receipt.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
               help="Take in at most N messages not yet registered, then stop (run again for the next N).")
-@click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=200, show_default=True,
+@click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=500, show_default=True,
               help="Messages registered per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
@@ -87,7 +87,7 @@ def import_backlog(state: State, path: Path, notify: bool, limit: int | None, ba
         registry.close()
     seconds = time.monotonic() - started
     code = (EX_INTERRUPTED if summary.interrupted else EX_TEMPFAIL if summary.unavailable
-            else 1 if summary.quarantined or summary.refused else 0)
+            else 1 if summary.quarantined or summary.quarantined_before or summary.refused else 0)
     if as_json:
         click.echo(json.dumps({**summary.as_dict(), "seconds": round(seconds, 2), "exit_status": code},
                               ensure_ascii=False, indent=2))
@@ -107,6 +107,7 @@ class _progress:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.last = 0.0
+        self.final_shown = False
         self.started = time.monotonic()
 
     def __enter__(self) -> Callable[[Summary], None]:
@@ -127,9 +128,9 @@ class _progress:
             self.bar.update(self.task, total=summary.total, completed=summary.seen, rate=f"{rate:,.0f}")
             return
         now = time.monotonic()
-        if now - self.last < _PLAIN_EVERY and summary.seen < summary.total:
+        if now - self.last < _PLAIN_EVERY and (summary.seen < summary.total or self.final_shown):
             return
-        self.last = now
+        self.last, self.final_shown = now, summary.seen >= summary.total
         left = (summary.total - summary.seen) / rate if rate > 0 else 0.0
         share = 100 * summary.seen / summary.total if summary.total else 100.0
         self.console.print(f"import: {summary.seen}/{summary.total} ({share:.0f}%), {rate:,.0f} msg/s, "
@@ -160,6 +161,8 @@ def _print_summary(summary: Summary, seconds: float, code: int) -> None:
         lines.append(f"answers recorded:    {summary.answers}")
     lines.append(f"quarantined:         {len(summary.quarantined)}")
     lines += [f"  {where}: {reason}" for where, reason in list(summary.quarantined.items())[:50]]
+    if summary.quarantined_before:
+        lines.append(f"quarantined before:  {summary.quarantined_before} (gateway quarantine list, then retry)")
     lines.append(f"refused:             {len(summary.refused)}")
     lines += [f"  {where}: {reason}" for where, reason in list(summary.refused.items())[:50]]
     if summary.waiting:

@@ -18,11 +18,13 @@ import hashlib
 import mmap
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from queue import Queue
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -297,6 +299,7 @@ class Summary:
     recovered: int = 0  # of `registered`: left in the spool by an interrupted earlier run
     already: int = 0  # registered before (by an earlier run, or the same bytes through another intake)
     quarantined: dict[str, str] = field(default_factory=dict)  # locator or item -> reason
+    quarantined_before: int = 0  # by an earlier run, still in quarantine: not spooled again
     refused: dict[str, str] = field(default_factory=dict)  # never spooled: locator -> reason
     waiting: int = 0  # spooled but not registered (the registry is unavailable): the daemon or a re-run does it
     answers: int = 0  # answers to letters of ours, recorded on them
@@ -307,19 +310,29 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "seen": self.seen, "registered": self.registered, "recovered": self.recovered,
                 "already_registered": self.already, "answers": self.answers,
-                "quarantined": len(self.quarantined), "refused": len(self.refused), "waiting": self.waiting,
+                "quarantined": len(self.quarantined), "quarantined_before": self.quarantined_before,
+                "refused": len(self.refused), "waiting": self.waiting,
                 "quarantine_reasons": self.quarantined, "refusal_reasons": self.refused,
                 "interrupted": self.interrupted, "registry_unavailable": self.unavailable}
 
 
 Progress = Callable[[Summary], None]
+BATCH_BYTES = 64 * 1024 * 1024  # a batch of large messages is cut short: its bytes are held until spooled
+
+
+@dataclass
+class Spooled:
+    """A batch in the spool, claimed, waiting for registration."""
+
+    items: list[SpoolItem]
+    locators: dict[str, str]  # item id -> where the message is in the source
 
 
 class BacklogImport:
     """One run of `gateway import` over one source."""
 
     def __init__(self, spool: Spool, pipeline: Pipeline, registry: Registry, source: Source, *,
-                 notify: bool = False, batch_size: int = 200, limit: int | None = None):
+                 notify: bool = False, batch_size: int = 500, limit: int | None = None):
         self.spool = spool
         self.pipeline = pipeline
         self.registry = registry
@@ -328,35 +341,70 @@ class BacklogImport:
         self.batch_size = max(1, batch_size)
         self.limit = limit
         self.stop = False  # set (by a signal handler) to end after the batch in hand
+        self.quarantined_keys: set[str] = set()
+        self.taken = 0  # spooled from the last batch
         self.summary = Summary()
 
     def run(self, progress: Progress | None = None) -> Summary:
+        """Import until the source is done, `limit` messages are taken in, `stop` is set or the spool or
+        the registry can take no more. One thread reads and spools the next batch while this one
+        registers the last: the one waits on the disk while the other parses."""
         report = progress or (lambda summary: None)
         summary = self.summary
         summary.total = self.source.count()
         self._recover(report)
-        taken = 0
+        # An earlier run's quarantined messages stay there (`gateway quarantine retry` takes them
+        # again): spooling them anew would only quarantine them twice.
+        self.quarantined_keys = {str(q.meta["source_key"]) for q in self.spool.quarantined()
+                                 if q.meta.get("intake") == INTAKE and q.meta.get("source_key")}
+        spooled: Queue[Spooled | None] = Queue(maxsize=1)
+        failure: list[BaseException] = []
+
+        def spool_batches() -> None:
+            try:
+                for batch in self._batches():
+                    spooled.put(self._spool(batch))
+            except BaseException as exc:  # handed to the registering thread, which raises it
+                failure.append(exc)
+            finally:
+                spooled.put(None)
+
+        # A daemon thread: a second Ctrl-C ends the process at once; what it spooled is recovered later.
+        threading.Thread(target=spool_batches, name="import-spool", daemon=True).start()
+        while (batch := spooled.get()) is not None:
+            if batch.items:
+                for outcome in self.pipeline.process(batch.items):
+                    self._count(outcome, batch.locators.get(outcome.item_id, outcome.item_id))
+            report(summary)
+        if failure:
+            raise failure[0]
+        summary.interrupted = self.stop
+        report(summary)
+        return summary
+
+    def _batches(self) -> Iterator[list[Message]]:
+        """The messages of the source, a batch at a time (by count and by size), up to the limit."""
+        summary = self.summary
+        taken = size = 0
         batch: list[Message] = []
         for message in self.source.messages():
             if self.stop or summary.unavailable:
-                break
+                return
             summary.seen += 1
             if isinstance(message, tuple):
                 summary.refused[message[0]] = message[1]
                 continue
             batch.append(message)
+            size += len(message.raw)
             room = self.batch_size if self.limit is None else min(self.batch_size, self.limit - taken)
-            if len(batch) >= room:
-                taken += self._batch(batch)
-                batch = []
-                report(summary)
+            if len(batch) >= room or size >= BATCH_BYTES:
+                yield batch
+                taken += self.taken
+                batch, size = [], 0
                 if self.limit is not None and taken >= self.limit:
-                    break
-        if batch and not summary.unavailable:
-            taken += self._batch(batch)
-        summary.interrupted = self.stop
-        report(summary)
-        return summary
+                    return
+        if batch and not self.stop and not summary.unavailable:
+            yield batch
 
     def _recover(self, report: Progress) -> None:
         """Register what an interrupted earlier run (or any intake) left in the spool, before going on:
@@ -370,17 +418,19 @@ class BacklogImport:
                 self._count(outcome, outcome.item_id, recovered=True)
             report(self.summary)
 
-    def _batch(self, batch: list[Message]) -> int:
-        """Skip what is registered, spool the rest and register it. Returns how many were spooled."""
+    def _spool(self, batch: list[Message]) -> Spooled:
+        """Skip what is registered (or quarantined) and spool the rest, claimed by this process."""
         summary = self.summary
         keys = {m.locator: self.source.key(m.locator) for m in batch}
         shas = {m.locator: hashlib.sha256(m.raw).hexdigest() for m in batch}
         known_keys, known_shas = self._known(list(keys.values()), list(shas.values()))
-        items: list[SpoolItem] = []
-        locators: dict[str, str] = {}
+        spooled = Spooled([], {})
         for message in batch:
             if keys[message.locator] in known_keys or shas[message.locator] in known_shas:
                 summary.already += 1
+                continue
+            if keys[message.locator] in self.quarantined_keys:
+                summary.quarantined_before += 1
                 continue
             meta = {"channel": "email", "intake": INTAKE, "source_key": keys[message.locator],
                     "flags": self.flags, "received_at": message.received_at.isoformat(),
@@ -400,14 +450,12 @@ class BacklogImport:
             # The bytes come from a file that stays: a message the pipeline cannot read now will not
             # read better later, so it is quarantined at once (retryable there) rather than retried.
             item.attempts = self.spool.max_attempts - 1
-            items.append(item)
-            locators[item.id] = message.locator
-        if not items:
-            return 0
-        self.spool.sync()  # durable before registration: each file becomes its letter's raw copy
-        for outcome in self.pipeline.process(items):
-            self._count(outcome, locators.get(outcome.item_id, outcome.item_id))
-        return len(items)
+            spooled.items.append(item)
+            spooled.locators[item.id] = message.locator
+        if spooled.items:
+            self.spool.sync()  # durable before registration: each file becomes its letter's raw copy
+        self.taken = len(spooled.items)
+        return spooled
 
     def _quarantine_empty(self, message: Message, meta: dict[str, Any]) -> None:
         reason = "an empty message"

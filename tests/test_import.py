@@ -1,0 +1,265 @@
+"""`gateway import`: a backlog from an mbox, a Maildir or a folder of .eml files, killed or interrupted
+midway and run again, gives each message exactly once, and sends nothing unless told to."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Gateway, Notify, wait_for
+from smtp_sink import SmtpSink
+from sqlalchemy import Engine, text
+
+from gateway.registry.store import make_engine
+
+pytestmark = pytest.mark.timeout(300)
+
+MESSAGES = 10_000
+
+
+def message(n: int, *, to: str = "liaison@example.org", extra_body: str = "") -> bytes:
+    """A small message; every one is different (its number is in the subject and the Message-ID)."""
+    return (f"From: Partner {n % 97} <p{n % 97}@partner.example>\nTo: {to}\nSubject: Old letter {n}\n"
+            f"Date: Mon, 23 Nov 2020 10:{n % 60:02d}:00 +0800\nMessage-ID: <old-{n}@partner.example>\n"
+            f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"
+            f"Dear colleagues,\nthis is letter {n} of the old system.\n{extra_body}").encode()
+
+
+def from_line(n: int) -> bytes:
+    return f"From p{n % 97}@partner.example Mon Nov 23 10:{n % 60:02d}:00 2020\n".encode()
+
+
+# Messages that an export really contains, each registered with its defects (or quarantined), never
+# stopping the import: (subject, bytes after the From line).
+MALFORMED = [
+    ("charset", b"From: Bob <bob@old.example>\nTo: liaison@example.org\nSubject: Unknown charset\n"
+                b"Content-Type: text/plain; charset=x-no-such-charset\n\nBody in an unknown charset.\n"),
+    ("multipart", b"From: Carol <carol@old.example>\nTo: sales@example.org\nSubject: Broken multipart\n"
+                  b"MIME-Version: 1.0\nContent-Type: multipart/mixed\n\nno boundary here\n"),
+    # An unescaped "From " line after a blank line inside a body (mboxo): part of the body, not a new message.
+    ("from-line", b"From: Dan <dan@old.example>\nTo: liaison@example.org\nSubject: A From line inside\n\n"
+                  b"First paragraph.\n\nFrom the desk of Dan: this line is in the body.\n"),
+    # Raw 8-bit GB 18030 in the headers and body, with no MIME declaration at all.
+    ("8bit", "From: 张三 <zhang@old.example>\nTo: liaison@example.org\nSubject: 合同续签\n\n"
+             "请查收合同。\n".encode("gb18030")),
+]
+
+
+def write_mbox(path: Path) -> tuple[int, set[str]]:
+    """10,000 letters, the malformed ones, a second copy of letter 5 (same bytes) and an empty message
+    at the end. Returns the number of messages and the subjects of the distinct letters."""
+    subjects = {f"Old letter {n}" for n in range(MESSAGES)}
+    with open(path, "wb") as fh:
+        for n in range(MESSAGES):
+            fh.write(from_line(n) + message(n) + b"\n")
+        for _, raw in MALFORMED:
+            fh.write(b"From someone@old.example Tue Nov 24 09:00:00 2020\n" + raw + b"\n")
+        fh.write(from_line(5) + message(5) + b"\n")  # exported twice
+        fh.write(b"From nobody Tue Nov 24 09:30:00 2020\n\n")  # an empty message
+    subjects |= {"Unknown charset", "Broken multipart", "A From line inside", "合同续签"}
+    return MESSAGES + len(MALFORMED) + 2, subjects
+
+
+@pytest.fixture
+def engines() -> Iterator[list[Engine]]:
+    """The test's own connections to the registry, closed at the end."""
+    made: list[Engine] = []
+    yield made
+    for engine in made:
+        engine.dispose()
+
+
+def engine_of(engines: list[Engine], gateway: Gateway, url: str = "") -> Engine:
+    engines.append(make_engine(url or f"sqlite:///{gateway.state / 'registry.sqlite3'}"))
+    return engines[-1]
+
+
+def letter_count(engine: Engine) -> int:
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM letters")).scalar_one())
+    except Exception:
+        return 0  # not created yet
+
+
+def start_import(gateway: Gateway, *args: str) -> subprocess.Popen[str]:
+    with open(gateway.config.parent / f"import-{time.monotonic_ns()}.log", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(gateway.config), "import",
+                                 *args], stdout=subprocess.PIPE, stderr=log, text=True, env=gateway.env(), cwd=ROOT)
+
+
+def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        return dict(json.loads(proc.stdout))
+    except ValueError:
+        raise AssertionError(f"no summary (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
+
+
+def spool_left(gateway: Gateway) -> list[str]:
+    return gateway.spool_files("new") + gateway.spool_files("work")
+
+
+def test_a_10000_message_mbox_killed_midway_and_run_again_gives_each_message_once(
+        gateway: Gateway, tmp_path: Path, engines: list[Engine]) -> None:
+    mbox = tmp_path / "export.mbox"
+    total, subjects = write_mbox(mbox)
+    engine = engine_of(engines, gateway)
+
+    first = start_import(gateway, str(mbox), "--json")
+    wait_for(lambda: letter_count(engine) >= 2000 or first.poll() is not None, 120, "2,000 letters")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "the import ended before it was killed: the test proves nothing"
+    before = letter_count(engine)
+    assert 2000 <= before < len(subjects)
+
+    started = time.monotonic()
+    second = gateway.run("import", str(mbox), "--json", check=False, timeout=240)
+    seconds = time.monotonic() - started
+    summary = summary_of(second)
+    assert second.returncode == 1, second.stderr  # one message quarantined
+    new_letters = summary["registered"]
+    print(f"\nimport of {new_letters} of {total} messages after the kill: {seconds:.1f} s, "
+          f"{new_letters / seconds:.0f} letters/s (the process included)")
+
+    # Each message exactly once: the letters are the distinct messages, each with one import key.
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT subject, backlog, deadline, defects, body_text, flags FROM letters")).all()
+        keyed = conn.execute(text("SELECT count(DISTINCT letter_id), count(*) FROM intake_keys "
+                                  "WHERE key LIKE 'import:%'")).one()
+        outbox = conn.execute(text("SELECT count(*) FROM outbox")).scalar_one()
+    assert sorted(r.subject for r in rows) == sorted(subjects)
+    assert keyed == (len(subjects), len(subjects))
+    assert before + new_letters == len(subjects)
+    assert summary["total"] == total and summary["seen"] == total
+    # What the killed run registered (and what it left in the spool, recovered first) is skipped now;
+    # the second copy of letter 5 is recognised by its bytes.
+    assert summary["already_registered"] + (summary["registered"] - summary["recovered"]) == total - 1
+    assert (summary["quarantined"], summary["refused"], summary["waiting"]) == (1, 0, 0)
+    assert list(summary["quarantine_reasons"].values()) == ["an empty message"]
+    assert spool_left(gateway) == []
+
+    # Backlog letters: no receipt, no notification, no deadline (so no reminder): nothing in the outbox.
+    assert outbox == 0
+    assert all(r.backlog and r.deadline is None for r in rows)
+    assert all({"backlog", "imported", "no-notifications"} <= set(json.loads(r.flags)) for r in rows)
+    by_subject = {r.subject: r for r in rows}
+    assert "From the desk of Dan: this line is in the body." in by_subject["A From line inside"].body_text
+    assert any("x-no-such-charset" in d for d in json.loads(by_subject["Unknown charset"].defects))
+    assert any("boundary" in d for d in json.loads(by_subject["Broken multipart"].defects))
+    assert "请查收合同" in by_subject["合同续签"].body_text
+
+    # A third run finds everything done, quickly, and quarantines nothing twice.
+    started = time.monotonic()
+    third = summary_of(gateway.run("import", str(mbox), "--json", check=False))
+    assert time.monotonic() - started < 15
+    assert (third["registered"], third["already_registered"], third["quarantined"], third["quarantined_before"]) \
+        == (0, total - 1, 0, 1)
+    assert letter_count(engine) == len(subjects)
+
+
+def write_maildir(root: Path, count: int) -> set[str]:
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    for n in range(count):
+        unique = f"{1606096800 + n}.M{n}P4242.oldhost"
+        # Read messages in cur/ with their flags, unread ones in new/, as mail servers keep them.
+        name = f"cur/{unique}:2,S" if n % 3 else f"new/{unique}"
+        (root / name).write_bytes(message(n, to="sales@example.org" if n % 2 else "liaison@example.org"))
+    (root / "tmp" / "1606200000.M1P1.oldhost").write_bytes(b"half a delivery")  # never read
+    return {f"Old letter {n}" for n in range(count)}
+
+
+OUTBOUND = """
+[outbound]
+relay = "{relay}"
+from_address = "gateway@example.org"
+poll_seconds = 0.2
+retry_min_seconds = 0.3
+retry_max_seconds = 1
+"""
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+def test_a_maildir_interrupted_and_run_again_then_a_notified_import(
+        tmp_path: Path, pg_url: str, sink: SmtpSink, notify: Notify, engines: list[Engine]) -> None:
+    gateway = Gateway(tmp_path, registry_url=pg_url, extra=OUTBOUND.format(relay=sink.address))
+    engine = engine_of(engines, gateway, pg_url)
+    maildir = tmp_path / "Maildir"
+    quiet = write_maildir(maildir, 1500)
+
+    # Ctrl-C: the batch in hand is finished, nothing is left in the spool.
+    first = start_import(gateway, str(maildir), "--json", "--batch", "25")
+    wait_for(lambda: letter_count(engine) >= 50 or first.poll() is not None, 60, "the first letters")
+    first.send_signal(signal.SIGINT)
+    out, _ = first.communicate(timeout=60)
+    assert first.returncode == 130, out
+    interrupted = json.loads(out)
+    assert interrupted["interrupted"] and 50 <= interrupted["registered"] < 1500
+    assert interrupted["registered"] == letter_count(engine)
+    assert spool_left(gateway) == []
+
+    second = gateway.run("import", str(maildir), "--json")
+    summary = summary_of(second)
+    assert (summary["total"], summary["registered"], summary["already_registered"]) == \
+        (1500, 1500 - interrupted["registered"], interrupted["registered"])
+    assert (summary["quarantined"], summary["refused"]) == (0, 0)
+
+    # Three old letters the departments are to handle now: notified, with deadlines from today.
+    folder = tmp_path / "eml"
+    (folder / "2020").mkdir(parents=True)
+    for n in (9001, 9002, 9003):
+        (folder / "2020" / f"{n}.eml").write_bytes(message(n, to="sales@example.org"))
+    notified = summary_of(gateway.run("import", str(folder), "--notify", "--json"))
+    assert notified["registered"] == 3
+
+    with engine.connect() as conn:
+        rows = {r.subject: r for r in conn.execute(text(
+            "SELECT number, subject, backlog, deadline, received_at, department FROM letters"))}
+    assert set(rows) == quiet | {"Old letter 9001", "Old letter 9002", "Old letter 9003"}
+    assert all(r.backlog for r in rows.values())
+    assert all(rows[s].deadline is None for s in quiet)
+    loud = [rows[f"Old letter {n}"] for n in (9001, 9002, 9003)]
+    # Counted from the import, not from 2020: not overdue the moment it is registered.
+    assert all(r.deadline is not None and r.deadline.year >= time.gmtime().tm_year for r in loud)
+    assert rows["Old letter 7"].received_at.year == 2020  # the Maildir's delivery time, kept
+
+    # The daemon sends what is queued: the three notifications to the business desk, nothing else.
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: len(sink.received) >= 3, 30, "the three notifications")
+        time.sleep(1.5)  # anything else queued would be sent by now
+    finally:
+        daemon.stop()
+    numbers = {r.number for r in loud}
+    assert len(sink.received) == 3  # and no reminder: their deadlines and acknowledgement count from today
+    for mail in sink.received:
+        assert mail.rcpt_tos == ["sales.desk@example.org"]
+        assert mail.message["Auto-Submitted"] != "auto-replied"  # no receipt
+        assert any(number in mail.message["Subject"] for number in numbers)
+
+
+def test_a_path_that_is_no_export_is_refused_with_a_clear_error(gateway: Gateway, tmp_path: Path) -> None:
+    single = tmp_path / "one.eml"
+    single.write_bytes(message(1))
+    empty = tmp_path / "empty-folder"
+    empty.mkdir()
+    for path, expected in ((single, "not an mbox"), (empty, "neither a Maildir"),
+                           (tmp_path / "missing", "no such file or folder")):
+        proc = gateway.run("import", str(path), check=False)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert not os.path.exists(gateway.state / "spool" / "new") or spool_left(gateway) == []
