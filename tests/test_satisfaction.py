@@ -1,0 +1,166 @@
+"""The sender's satisfaction over the daemon (its SMTP listener, outbox and web listener) with a real
+SMTP sink: the result mail's link rates once (a second use and a forged or altered link refused, no
+sign-in needed), a reply "2" to the result mail reopens the letter and tells the department head,
+and the public page is rate-limited per client address."""
+from __future__ import annotations
+
+import re
+import smtplib
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Gateway, Notify, wait_for
+from smtp_sink import SmtpSink
+from web_support import hidden
+
+pytestmark = pytest.mark.timeout(300)
+
+RULES = """
+rules:
+  - name: complaints
+    when: {keywords: [complaint]}
+    set: {category: external.inquiry_complaint, department: business}
+"""
+EXTRA = """
+[outbound]
+relay = "{relay}"
+from_address = "gateway@example.org"
+poll_seconds = 0.2
+retry_min_seconds = 0.3
+retry_max_seconds = 1
+
+[satisfaction]
+per_address_per_hour = {limit}
+"""
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+def configured(tmp_path: Path, sink: SmtpSink, limit: int = 100) -> Gateway:
+    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address, limit=limit), rules=RULES)
+    text = gateway.config.read_text()
+    listen = f'listen = "127.0.0.1:{gateway.web_port}"'
+    gateway.config.write_text(text.replace(listen, f'{listen}\nbase_url = "http://127.0.0.1:{gateway.web_port}"', 1))
+    return gateway
+
+
+def send(gateway: Gateway, *, subject: str, body: str, sender: str = "alice@partner.example",
+         headers: dict[str, str] | None = None) -> None:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "sales@example.org"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{time.time_ns()}@partner.example>"
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.sendmail(sender, ["sales@example.org"], message.as_bytes())
+
+
+def events(gateway: Gateway, number: str, action: str) -> list[dict[str, Any]]:
+    return [e for e in gateway.show_json(number)["events"] if e["action"] == action]  # type: ignore[index]
+
+
+def result_mail(sink: SmtpSink, number: str) -> EmailMessage:
+    def found() -> list[EmailMessage]:
+        return [r.message for r in sink.to("alice@partner.example")
+                if r.message["X-Gateway-Letter"] == number and "result" in str(r.message["Subject"])]
+    wait_for(found, 30, f"the result of {number}")
+    return found()[0]
+
+
+def test_a_rating_link_counts_once_and_a_reply_two_reopens_the_letter(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = configured(tmp_path, sink)
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        for n in (1, 2):
+            send(gateway, subject=f"A complaint {n}", body="I want to complain about the delivery.\n")
+        sink.wait_for(4)
+        gateway.run("letters", "close", "2026-000001", "--result", "We sent the goods again.")
+        result = result_mail(sink, "2026-000001")
+        text = result.get_content()
+        assert "We sent the goods again." in text
+        [link] = re.findall(rf"http://127\.0\.0\.1:{gateway.web_port}/rate/\S+", text)
+
+        with httpx.Client(timeout=30, follow_redirects=False) as browser:  # never signed in
+            page = browser.get(link)
+            assert page.status_code == 200 and "办理评价" in page.text and "How did we do?" in page.text
+            assert page.text.index("您对本次办理是否满意") < page.text.index("Were you satisfied")  # Chinese first
+            assert "2026-000001" in page.text and "A complaint 1" in page.text
+            token = hidden(page.text, "csrf")
+            # Without the form's own token (a post from another site): refused, nothing recorded.
+            with httpx.Client(timeout=30) as other:
+                assert other.post(link, data={"score": "1", "csrf": token}).status_code == 403
+            done = browser.post(link, data={"score": "4", "comment": "Quick, thank you", "csrf": token})
+            assert done.status_code == 200 and "感谢您的评价" in done.text
+            again = browser.post(link, data={"score": "1", "comment": "changed my mind", "csrf": token})
+            assert again.status_code == 409 and "已评价过" in again.text
+            assert "already been rated" in browser.get(link).text
+            # A forged link and an altered one: a clear 4xx page, never a 500.
+            forged = link.rsplit("/", 1)[0] + "/bm90IG91cnM.6789abcd.abcd" + "A" * 22
+            altered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+            for bad in (forged, altered, link.rsplit("/", 1)[0] + "/x"):
+                response = browser.get(bad)
+                assert response.status_code == 404 and "此评价链接无效" in response.text, bad
+        [rated] = events(gateway, "2026-000001", "rated")
+        assert (rated["details"]["score"], rated["details"]["comment"], rated["details"]["via"]) == \
+            (4, "Quick, thank you", "web")
+        assert gateway.show_json("2026-000001")["status"] == "closed"  # a 4 is satisfied
+
+        # The second: the sender answers the result mail with a 2 on its first line.
+        gateway.run("letters", "close", "2026-000002", "--result", "We looked into it.")
+        second = result_mail(sink, "2026-000002")
+        send(gateway, subject=f"Re: {second['Subject']}", body="2\nThe goods never came.\n\n> We looked into it.\n",
+             headers={"In-Reply-To": second["Message-ID"], "References": second["Message-ID"]})
+        wait_for(lambda: events(gateway, "2026-000002", "reopened"), 30, "the letter reopened")
+        letter = gateway.show_json("2026-000002")
+        assert letter["status"] == "in-progress" and letter["deadline"]
+        [rated] = events(gateway, "2026-000002", "rated")
+        assert (rated["details"]["score"], rated["details"]["comment"], rated["details"]["via"]) == \
+            (2, "The goods never came.", "mail")
+        [reopened] = events(gateway, "2026-000002", "reopened")
+        assert reopened["details"]["notify"] == ["business.head@example.org"]
+        wait_for(lambda: sink.to("business.head@example.org"), 30, "the head told")
+        [told] = [r.message for r in sink.to("business.head@example.org")]
+        assert told["Subject"] == "[2026-000002] Reopened: the sender is not satisfied"
+        assert "The goods never came." in told.get_content()
+        assert len(gateway.list_json()) == 2  # the rating is not a letter
+        # One rating per result mail: a second reply is recorded, not counted.
+        send(gateway, subject=f"Re: {second['Subject']}", body="1\nStill nothing.\n",
+             headers={"In-Reply-To": second["Message-ID"]})
+        wait_for(lambda: events(gateway, "2026-000002", "rating-refused"), 30, "the second rating refused")
+        assert len(events(gateway, "2026-000002", "rated")) == 1
+        # A stranger's reply with a score counts for nothing (it is not from the sender).
+        send(gateway, sender="mallory@elsewhere.example", subject="Re: Your letter 2026-000001: the result",
+             body="1\n", headers={"In-Reply-To": result["Message-ID"]})
+        wait_for(lambda: len(gateway.list_json()) == 3, 30, "the stranger's mail registered as a letter")
+        assert len(events(gateway, "2026-000001", "rated")) == 1
+    finally:
+        daemon.stop()
+
+
+def test_the_public_page_is_rate_limited_per_client_address(tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    gateway = configured(tmp_path, sink, limit=3)
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        url = f"http://127.0.0.1:{gateway.web_port}/rate/guessing"
+        with httpx.Client(timeout=30) as browser:
+            assert [browser.get(url).status_code for _ in range(4)] == [404, 404, 404, 429]
+            assert "访问过于频繁" in browser.get(url).text
+    finally:
+        daemon.stop()
