@@ -123,17 +123,17 @@ class _progress:
 
     def update(self, summary: Summary) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = summary.seen / elapsed
+        rate = summary.done / elapsed
         if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, total=summary.total, completed=summary.seen, rate=f"{rate:,.0f}")
+            self.bar.update(self.task, total=summary.total, completed=summary.done, rate=f"{rate:,.0f}")
             return
         now = time.monotonic()
-        if now - self.last < _PLAIN_EVERY and (summary.seen < summary.total or self.final_shown):
+        if now - self.last < _PLAIN_EVERY and (summary.done < summary.total or self.final_shown):
             return
-        self.last, self.final_shown = now, summary.seen >= summary.total
-        left = (summary.total - summary.seen) / rate if rate > 0 else 0.0
-        share = 100 * summary.seen / summary.total if summary.total else 100.0
-        self.console.print(f"import: {summary.seen}/{summary.total} ({share:.0f}%), {rate:,.0f} msg/s, "
+        self.last, self.final_shown = now, summary.done >= summary.total
+        left = (summary.total - summary.done) / rate if rate > 0 else 0.0
+        share = 100 * summary.done / summary.total if summary.total else 100.0
+        self.console.print(f"import: {summary.done}/{summary.total} ({share:.0f}%), {rate:,.0f} msg/s, "
                            f"about {_duration(left)} left", highlight=False, soft_wrap=True)
 
     def __exit__(self, *exc: object) -> None:

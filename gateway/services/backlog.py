@@ -20,7 +20,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -295,6 +295,7 @@ class Summary:
 
     total: int = 0  # messages in the source
     seen: int = 0  # of those, looked at so far
+    done: int = 0  # of those, registered, skipped or set aside (the progress)
     registered: int = 0
     recovered: int = 0  # of `registered`: left in the spool by an interrupted earlier run
     already: int = 0  # registered before (by an earlier run, or the same bytes through another intake)
@@ -308,7 +309,8 @@ class Summary:
     unavailable: str | None = None  # why the registry could not take more
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "seen": self.seen, "registered": self.registered, "recovered": self.recovered,
+        return {"total": self.total, "seen": self.seen, "done": self.done, "registered": self.registered,
+                "recovered": self.recovered,
                 "already_registered": self.already, "answers": self.answers,
                 "quarantined": len(self.quarantined), "quarantined_before": self.quarantined_before,
                 "refused": len(self.refused), "waiting": self.waiting,
@@ -326,6 +328,7 @@ class Spooled:
 
     items: list[SpoolItem]
     locators: dict[str, str]  # item id -> where the message is in the source
+    covered: int = 0  # messages of the source this batch dealt with (skipped and refused ones too)
 
 
 class BacklogImport:
@@ -362,8 +365,8 @@ class BacklogImport:
 
         def spool_batches() -> None:
             try:
-                for batch in self._batches():
-                    spooled.put(self._spool(batch))
+                for batch, covered in self._batches():
+                    spooled.put(replace(self._spool(batch), covered=covered))
             except BaseException as exc:  # handed to the registering thread, which raises it
                 failure.append(exc)
             finally:
@@ -375,6 +378,7 @@ class BacklogImport:
             if batch.items:
                 for outcome in self.pipeline.process(batch.items):
                     self._count(outcome, batch.locators.get(outcome.item_id, outcome.item_id))
+            summary.done += batch.covered
             report(summary)
         if failure:
             raise failure[0]
@@ -382,15 +386,17 @@ class BacklogImport:
         report(summary)
         return summary
 
-    def _batches(self) -> Iterator[list[Message]]:
-        """The messages of the source, a batch at a time (by count and by size), up to the limit."""
+    def _batches(self) -> Iterator[tuple[list[Message], int]]:
+        """The messages of the source, a batch at a time (by count and by size), up to the limit; with
+        each, how many messages of the source it covers (those that could not be read too)."""
         summary = self.summary
-        taken = size = 0
+        taken = size = covered = 0
         batch: list[Message] = []
         for message in self.source.messages():
             if self.stop or summary.unavailable:
                 return
             summary.seen += 1
+            covered += 1
             if isinstance(message, tuple):
                 summary.refused[message[0]] = message[1]
                 continue
@@ -398,13 +404,13 @@ class BacklogImport:
             size += len(message.raw)
             room = self.batch_size if self.limit is None else min(self.batch_size, self.limit - taken)
             if len(batch) >= room or size >= BATCH_BYTES:
-                yield batch
+                yield batch, covered
                 taken += self.taken
-                batch, size = [], 0
+                batch, size, covered = [], 0, 0
                 if self.limit is not None and taken >= self.limit:
                     return
-        if batch and not self.stop and not summary.unavailable:
-            yield batch
+        if covered and not self.stop and not summary.unavailable:
+            yield batch, covered
 
     def _recover(self, report: Progress) -> None:
         """Register what an interrupted earlier run (or any intake) left in the spool, before going on:
