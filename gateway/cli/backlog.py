@@ -37,7 +37,7 @@ _PLAIN_EVERY = 5.0  # seconds between progress lines when the output is not a te
                    "(default: registered quietly, no deadline). Senders never get a receipt.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N",
               help="Take in at most N messages not yet registered, then stop (run again for the next N).")
-@click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=500, show_default=True,
+@click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=500, show_default=True, metavar="N",
               help="Messages registered per transaction.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
@@ -48,8 +48,9 @@ def import_backlog(state: State, path: Path, notify: bool, limit: int | None, ba
     Every message is registered as a backlog letter (flag `backlog`): no receipt to its sender and,
     unless --notify, no notification and no deadline. Run it again after a crash or Ctrl-C: what
     is registered is skipped, what was cut short is taken from the spool; nothing comes twice.
-    Exit status: 0 all registered, 1 some quarantined or refused, 75 the registry or the spool
-    could not take more (run again later), 130 interrupted."""
+    It acts as the server's operator, like `gateway ingest`. Exit status: 0 all registered, 1 some
+    quarantined or refused, 75 the registry or the spool could not take more (run again later),
+    130 interrupted."""
     from gateway.daemon.pipeline import Pipeline
     from gateway.services.backlog import BacklogImport, SourceError, open_source
 
