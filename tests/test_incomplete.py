@@ -17,6 +17,9 @@ import pytest
 
 from conftest import Gateway, Notify, wait_for
 from gateway import config as config_mod
+from gateway.registry import Registry
+from gateway.services.access import Access
+from gateway.services.people import Principal
 from smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(300)
@@ -126,6 +129,15 @@ def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdra
         assert supplement["details"]["matched_by"] == "reply"
         assert [a["filename"] for a in letter["attachments"]] == ["contract-signed.pdf"]  # type: ignore[index]
         assert "Here is the signed contract." in str(letter["body_text"])
+        # Its attachment is read from the supplement's own mail, kept in the message store.
+        registry = Registry.from_config(config_mod.load(gateway.config))
+        try:
+            [position] = [a.position for a in registry.letter("2026-000001").attachments]  # type: ignore[union-attr]
+            found = Access(config_mod.load(gateway.config), registry).attachment(
+                Principal.operator("test"), "2026-000001", position, address="test")
+            assert found is not None and found[:2] == ("contract-signed.pdf", b"%PDF-1.4 signed contract")
+        finally:
+            registry.close()
         # The deadline counts on from the working days it had left.
         remaining = asked["details"]["remaining_days"]
         resumed_at = datetime.fromisoformat(supplement["at"])

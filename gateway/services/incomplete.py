@@ -186,3 +186,23 @@ def department_notice(config: Config, letter: Letter, about: str, *, head: bool 
         return []
     to = [department.head] if head else ([letter.owner] if letter.owner else list(department.owners))
     return [new_mail(config, "sender-notice", r, about=about, **details) for r in dict.fromkeys(to) if r]
+
+
+def supplement_content(config: Config, letter: Letter, sha256: str) -> bytes | None:
+    """The bytes of an attachment a supplement brought (origin "supplement"): it is in the
+    supplement's own mail, kept in the message store, not in the letter's original."""
+    from gateway.spool import DamagedItem, read_raw
+    from gateway.stages.normalise import Limits, normalise
+
+    for event in reversed(letter.events):
+        raw_path = event.details.get("raw_path") if event.action == "supplemented" else None
+        if not raw_path:
+            continue
+        try:
+            raw = read_raw(config.state_dir / str(raw_path))
+        except (OSError, DamagedItem):
+            continue
+        for attachment in normalise(raw, limits=Limits.of(config.model.normalise)).attachments:
+            if attachment.sha256 == sha256:
+                return attachment.content
+    return None
