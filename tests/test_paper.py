@@ -119,7 +119,7 @@ def test_a_scanned_two_page_pdf_registered_in_the_browser(site: Site, sign_in: S
     assert downloaded.content == scan.read_bytes()
     # The channel is a filter of the queues and a column of the export.
     page.goto("/letters?queue=all&channel=courier")
-    expect(page.locator("table")).to_contain_text(number)
+    expect(page.locator("table.letters")).to_contain_text(number)
     csv = site.sign_in("rita").get("/letters.csv", params={"queue": "all", "channel": "courier"}).text
     assert re.search(rf"^{number},[^,]+,courier,王建国,", csv, re.M)
 
@@ -281,7 +281,7 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert (detail["channel"], detail["sender_name"], detail["subject"]) == ("post", "Wang Wei", "Order 4711 by post")
     assert detail["received_at"].startswith("2026-11-20T01:30:00")
     assert [a["original_filename"] for a in detail["attachments"]] == ["page1.pdf", "page2.png"]
-    assert detail["envelope"]["paper"]["note"] == "opened by the front desk"
+    assert detail["envelope"]["paper"]["note"] == "opened by the front desk" and detail["defects"] == []
     assert [e["actor"] for e in detail["events"] if e["action"] == "registered"] == ["rita"]
     [listed] = gw.list_json()
     assert listed["channel"] == "post"

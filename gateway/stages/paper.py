@@ -51,7 +51,9 @@ def build_paper(config: Config, item: SpoolItem, raw: bytes, stored_path: Callab
         # What the office recorded beyond the register's columns; the text comes from the scans.
         envelope={"paper": {"registered_by": paper.get("registered_by", ""), "note": paper.get("note", ""),
                             "pages": paper.get("pages")}},
-        defects=list(parsed.defects), flags=[*meta.get("flags", []), "ocr-pending"],
+        # The message is ours; without an e-mail address it has no From on purpose.
+        defects=[d for d in parsed.defects if d != "message: missing From header"],
+        flags=[*meta.get("flags", []), "ocr-pending"],
         attachments=[NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type, a.size,
                                    a.sha256, "scan") for a in parsed.attachments],
         actor=str(paper.get("registered_by") or "gateway"), needs_ocr=True,
