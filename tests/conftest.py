@@ -12,12 +12,13 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from dovecot_server import dovecot_fixture
+from smtp_sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -292,6 +293,24 @@ def notify(tmp_path: Path) -> Iterator[Notify]:
     n = Notify(tmp_path / "notify.sock")
     yield n
     n.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A relay on loopback that keeps what the gateway sends."""
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+def write_messages(folder: Path, messages: Iterable[bytes]) -> list[str]:
+    """Each message in a file of its own in `folder`, as `gateway ingest` takes them: the paths."""
+    paths = []
+    for n, raw in enumerate(messages):
+        path = folder / f"{n}.eml"
+        path.write_bytes(raw)
+        paths.append(str(path))
+    return paths
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, make_message
+from conftest import Gateway, make_message, write_messages
 from fax_samples import ENGLISH, tiff_fax
 
 RULES = """
@@ -42,13 +42,12 @@ def archived(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Gateway, s
     """Four mails in two categories and a fax, one letter closed, all received in 2026-03."""
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
     gateway = Gateway(tmp_path, rules=RULES, registry_url=url)
-    files = []
-    for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
-                                       ("Order 2\nFrom here", "sales@example.org"), ("complaint two", "liaison@example.org")]):
-        path = tmp_path / f"{n}.eml"
-        body = "Dear team,\nFrom the start we were unhappy.\n>From a quote.\n" if n == 0 else "Hello.\n"
-        path.write_bytes(make_message(n, subject=subject.split("\n")[0], to=to, body=body))
-        files.append(str(path))
+    files = write_messages(tmp_path, (
+        make_message(n, subject=subject, to=to,
+                     body="Dear team,\nFrom the start we were unhappy.\n>From a quote.\n" if n == 0 else "Hello.\n")
+        for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
+                                           ("Order 2", "sales@example.org"),
+                                           ("complaint two", "liaison@example.org")])))
     fax = tmp_path / "fax_0105551234.tif"
     fax.write_bytes(tiff_fax([ENGLISH], resolution="fine", compression="group4"))
     files.append(str(fax))
@@ -149,12 +148,9 @@ def test_a_crash_midway_then_the_run_resumes(archived: tuple[Gateway, str]) -> N
 def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, rules=RULES, extra="[archive]\nretention_years = 10\n[archive.retention]\n"
                                                    '"external.business" = 5\n')
-    files = []
-    for n, subject in enumerate(["complaint", "order"]):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n, subject=subject, to="sales@example.org" if n else "liaison@example.org"))
-        files.append(str(path))
-    gateway.run("ingest", *files)
+    gateway.run("ingest", *write_messages(tmp_path, (
+        make_message(n, subject=subject, to="sales@example.org" if n else "liaison@example.org")
+        for n, subject in enumerate(["complaint", "order"]))))
     with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # received long ago
         db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
     gateway.run("archive", "run", "--month", "2019-05")

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ADDRESS_RULES, Daemon, Gateway, Notify, make_message, wait_for
+from conftest import ADDRESS_RULES, Daemon, Gateway, Notify, make_message, wait_for, write_messages
 from dovecot_server import DovecotServer
 from fax_samples import ENGLISH, tiff_fax
 from powerloss import PowerLossDisk
@@ -278,13 +278,10 @@ def test_queued_mail_is_delivered_after_a_power_cut_with_the_same_message_id(
 
 def test_an_archive_run_that_returned_survives_a_power_cut(machine_factory: MachineFactory, tmp_path: Path) -> None:
     machine = machine_factory(rules=ARCHIVE_RULES)
-    files = []
-    for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
-                                       ("Order 2", "sales@example.org")]):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n, subject=subject, to=to))
-        files.append(str(path))
-    machine.run("ingest", *files)
+    machine.run("ingest", *write_messages(tmp_path, (
+        make_message(n, subject=subject, to=to)
+        for n, (subject, to) in enumerate([("complaint one", "liaison@example.org"), ("Order 1", "sales@example.org"),
+                                           ("Order 2", "sales@example.org")]))))
     machine.registry("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000'")  # as if in March
     machine.run("archive", "run", "--month", "2026-03")
     before = json.loads(machine.run("archive", "list", "--json"))

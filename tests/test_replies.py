@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import smtplib
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -53,13 +52,6 @@ timeout_seconds = 0.5
 lifetime_seconds = 1
 """
 NO_DNS = "127.0.0.1:9"  # a closed port: every lookup fails at once
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
 
 
 def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "gateway@example.org",

@@ -9,7 +9,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
-from conftest import Gateway, make_message
+from conftest import Gateway, make_message, write_messages
 
 RULES = """
 rules:
@@ -24,12 +24,8 @@ rules:
 
 def test_quarter_report_figures_as_json_csv_and_html(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, rules=RULES)
-    files = []
-    for n, subject in enumerate(["A complaint", "Order 1", "Hello", "Order 2"]):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n, subject=subject))
-        files.append(str(path))
-    gateway.run("ingest", *files)
+    gateway.run("ingest", *write_messages(tmp_path, (
+        make_message(n, subject=subject) for n, subject in enumerate(["A complaint", "Order 1", "Hello", "Order 2"]))))
     gateway.run("letters", "ack", "2026-000001")
     gateway.run("letters", "close", "2026-000001", "--result", "answered")
     gateway.run("letters", "close", "2026-000002", "--result", "late")

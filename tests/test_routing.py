@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from conftest import Daemon, Gateway, Notify, make_message, wait_for, write_messages
 from gateway import config as config_mod
 from gateway.config import Config
 from gateway.stages.tokens import check_reply_token, find_reply_tokens, loop_marker, loop_marker_state
@@ -57,13 +57,6 @@ retry_max_seconds = 1
 [receipts]
 per_sender_per_day = 3
 """
-
-
-@pytest.fixture
-def sink() -> SmtpSink:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
 
 
 # Answers by mail count only when authenticated: here by an Authentication-Results header of the
@@ -406,13 +399,10 @@ def test_a_broken_rules_file_is_refused_on_reload_and_the_previous_rules_stay(
 
 def test_replay_lists_the_letters_new_rules_would_change_and_changes_nothing(tmp_path: Path) -> None:
     gateway = configure(tmp_path, "")
-    files = []
-    for n, (subject, to) in enumerate([("A complaint", "liaison@example.org"), ("Order", "sales@example.org"),
-                                       ("Hello", "liaison@example.org")]):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n, subject=subject, to=to))
-        files.append(str(path))
-    gateway.run("ingest", *files)
+    gateway.run("ingest", *write_messages(tmp_path, (
+        make_message(n, subject=subject, to=to)
+        for n, (subject, to) in enumerate([("A complaint", "liaison@example.org"), ("Order", "sales@example.org"),
+                                           ("Hello", "liaison@example.org")]))))
     before = gateway.list_json()
     gateway.rules.write_text(RULES.replace("department: customer-service", "department: business")
                              + "  - name: greetings\n    when: {subject: [hello]}\n    set: {department: business}\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, make_message
+from conftest import Gateway, make_message, write_messages
 from gateway.track.calendar import WorkingCalendar
 
 # 2026: 1-7 October a holiday week; Saturday 10 October worked instead.
@@ -65,12 +65,8 @@ urgency = { urgent = 1 }
 [deadlines.category]
 "external.official" = 3
 """)
-    files = []
-    for n, subject in enumerate(["notice", "urgent notice", "quick", "hello"]):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n, subject=subject))
-        files.append(str(path))
-    gateway.run("ingest", *files)
+    gateway.run("ingest", *write_messages(tmp_path, (
+        make_message(n, subject=subject) for n, subject in enumerate(["notice", "urgent notice", "quick", "hello"]))))
     received = {l["subject"]: l for l in gateway.list_json()}
     start = datetime.fromisoformat(str(received["notice"]["received_at"]))
     cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [date(2026, 11, 25)], [])
@@ -116,12 +112,7 @@ def test_the_lifecycle_moves_and_refuses(tmp_path: Path) -> None:
 def test_overdue_lists_open_letters_past_their_deadline(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, rules="rules:\n  - name: all\n    when: {channel: email}\n"
                                       "    set: {department: business, deadline_days: 2}\n")
-    files = []
-    for n in range(3):
-        path = tmp_path / f"{n}.eml"
-        path.write_bytes(make_message(n))
-        files.append(str(path))
-    gateway.run("ingest", *files)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n) for n in range(3))))
     gateway.run("letters", "close", "2026-000002", "--result", "done")
     assert gateway.list_json("--overdue") == []  # nothing is due yet
     deadline = datetime.fromisoformat(str(gateway.list_json()[0]["deadline"]))
