@@ -58,8 +58,11 @@ class Department(_Strict):
     head: Email
     addresses: list[Email] = []
     members: list[Email] = []
+    # The leaders in charge (分管领导): they approve what needs more than the head, such as
+    # borrowing a confidential archived letter.
+    leaders: list[Email] = []
 
-    @field_validator("owners", "addresses", "members")
+    @field_validator("owners", "addresses", "members", "leaders")
     @classmethod
     def _addresses(cls, values: list[str]) -> list[str]:
         return [_check_address(v) for v in values]
@@ -185,6 +188,29 @@ class RemindersSection(_Strict):
     escalate_after: int = Field(default=2, ge=1, le=100)
 
 
+class SatisfactionSection(_Strict):
+    """The sender's satisfaction: the rating link in a result mail and its public page."""
+
+    link_days: int = Field(default=30, ge=1, le=365)  # how long a rating link stays valid
+    # Visits of the rating page (forms shown and sent) allowed per client address and hour.
+    per_address_per_hour: int = Field(default=30, ge=1, le=100000)
+    reopen_at_most: int = Field(default=2, ge=1, le=4)  # a rating this low or lower reopens the letter
+
+
+class CirculationSection(_Strict):
+    """A letter read and signed by people or departments in order (传阅)."""
+
+    reading_working_days: int = Field(default=2, ge=1, le=30)  # each reader's time to read and sign
+    max_readers: int = Field(default=20, ge=1, le=100)
+
+
+class BorrowingSection(_Strict):
+    """Reading an archived letter: a request approved by its department's head (a confidential
+    one: by a leader in charge), for a number of days."""
+
+    max_days: int = Field(default=30, ge=1, le=365)
+
+
 class ArchiveSection(_Strict):
     enabled: bool = True
     folder: Path = Path("archive")  # relative to state_dir
@@ -265,10 +291,38 @@ class ReceiptsSection(_Strict):
         return self
 
 
+class ApprovalRule(_Strict):
+    """Which letters' replies need which approvals: `when` names letter fields (category, urgency,
+    confidentiality, tags) and the values that match (a list: any of them; tags: any tag given);
+    `chain` the approvers in order: head (the department's head), leader (its leaders in charge,
+    [[departments]] leaders), top (replies.top_leadership). The first rule that matches decides."""
+
+    when: dict[Literal["category", "urgency", "confidentiality", "tags"], str | list[str]] = {}
+    chain: list[Literal["head", "leader", "top"]] = Field(min_length=1)
+
+    @field_validator("chain")
+    @classmethod
+    def _once(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("an approver appears twice in the chain")
+        return values
+
+
 class RepliesSection(_Strict):
-    """Signed reply addresses (gateway.stages.tokens): how long a retired key still counts."""
+    """Signed reply addresses (gateway.stages.tokens): how long a retired key still counts; and
+    replies to senders under approval (gateway.services.replies)."""
 
     previous_key_grace_days: float = Field(default=14.0, ge=0, le=365)
+    approval: list[ApprovalRule] = []
+    default_chain: list[Literal["head", "leader", "top"]] = Field(default=["head"], min_length=1)
+    top_leadership: list[Email] = []
+    approval_reminder_working_days: int = Field(default=1, ge=1, le=30)
+    max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # a reply's attachments together
+
+    @field_validator("top_leadership")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        return [_check_address(v) for v in values]
 
 
 class DaemonSection(_Strict):
@@ -457,6 +511,8 @@ class FaxSection(_Strict):
     ocr_languages: str = Field(default="eng+chi_sim+chi_tra", pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")
     ocr_workers: int = Field(default=1, ge=1, le=16)
     ocr_timeout_seconds: float = Field(default=120.0, gt=0)
+    ocr_reader: Literal["auto", "ppocr", "tesseract"] = "auto"
+    ocr_min_confidence: float = Field(default=0.85, ge=0, le=1)
     email: FaxEmailSection = FaxEmailSection()
 
     @field_validator("filename_pattern")
@@ -589,6 +645,9 @@ class ConfigModel(_Strict):
     calendar: CalendarSection = CalendarSection()
     deadlines: DeadlinesSection = DeadlinesSection()
     reminders: RemindersSection = RemindersSection()
+    satisfaction: SatisfactionSection = SatisfactionSection()
+    circulation: CirculationSection = CirculationSection()
+    borrowing: BorrowingSection = BorrowingSection()
     archive: ArchiveSection = ArchiveSection()
     outbound: OutboundSection = OutboundSection()
     receipts: ReceiptsSection = ReceiptsSection()
@@ -863,6 +922,14 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                       for language in ("zh", "en")] if templates is not None else []):
         if not os.access(template, os.R_OK):
             issues.append(ConfigIssue(config.path, "receipts.templates", f"cannot read {template}"))
+    replies = config.model.replies
+    chains = [(f"replies.approval[{i}].chain", rule.chain) for i, rule in enumerate(replies.approval)]
+    for key, chain in [*chains, ("replies.default_chain", replies.default_chain)]:
+        if "top" in chain and not replies.top_leadership:
+            issues.append(ConfigIssue(config.path, key, "names top, but replies.top_leadership is empty"))
+        if "leader" in chain and (bare := [d.id for d in config.model.departments if not d.leaders]):
+            issues.append(ConfigIssue(config.path, key, f"names leader, but departments {', '.join(bare)} have no "
+                                                        "leaders (their replies could never be approved)"))
     if config.model.triage.department not in known:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"

@@ -110,12 +110,24 @@ def note_rule(login: str | None, key: str) -> int:
     return 404 if rights is None else 303 if "note" in rights[1] else 403
 
 
+def incomplete_rule(status: int) -> Rule:
+    """Asking the sender for missing materials, and withdrawing: the registry office and the letter's
+    department (its people and its owner) only; with nothing filled in, `status`."""
+    def rule(login: str | None, key: str) -> int:
+        if login is None:
+            return SIGNIN
+        rights = EXPECTED[login][key]
+        return 404 if rights is None else status if rights[1] & {"ack", "reassign"} else 403
+    return rule
+
+
 def person(status: int) -> Rule:
     return lambda login, key: SIGNIN if login is None else status
 
 
 def role(name: str, status: int = 200) -> Rule:
-    roles = {"auditor": {"auditor"}, "admin": {"admin"}, "report": {"auditor", "leader", "reg"}}[name]
+    roles = {"auditor": {"auditor"}, "admin": {"admin"}, "report": {"auditor", "leader", "reg"},
+             "registry": {"reg"}}[name]
     return lambda login, key: SIGNIN if login is None else status if login in roles else 403
 
 
@@ -170,6 +182,13 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/operations/quarantine/retry"): role("admin", 400),
     ("POST", "/operations/outbox/retry"): role("admin", 400),
     ("GET", "/static/{path}"): public(200, 200),
+    ("GET", "/paper"): role("registry"),
+    ("POST", "/paper"): role("registry", 400),  # no scans, no sender: refused, naming the fields
+    # nothing named as missing: 400; no letter awaits its sender: withdrawing is refused, 409
+    ("POST", "/letters/{number}/incomplete"): incomplete_rule(400),
+    ("POST", "/letters/{number}/withdraw"): incomplete_rule(409),
+    ("GET", "/rate/{token}"): public(404, 404),  # the sender's page, no sign-in: a made-up link is none
+    ("POST", "/rate/{token}"): public(403, 403),  # without the form's own token (rating: test_satisfaction)
 }
 LETTER_ROUTES = [key for key in RULES if "{number}" in key[1]]
 

@@ -6,6 +6,7 @@ Layout under the archive folder, one set per month and category:
     2026/11/external.business/part-001.manifest.csv       archive no., letter no., SHA-256, size, ...
     2026/11/external.official/part-001-faxes/A202611-00007_fax.tif   fax originals, as received
     2026/11/external.official/part-001-faxes.manifest.csv
+    2026/11/external.official/circulation-part-001-faxes.csv  who read and signed its circulated letters
 
 `zstd -dc part-001.mbox.zst > part-001.mbox` and any mail client opens it; the
 manifest is CSV. Each message sits in the mbox byte for byte (mboxrd quoting
@@ -202,6 +203,7 @@ class Archiver:
         if kind == "fax":
             sha = hashlib.sha256(data).hexdigest()
         write_file(manifest, data)
+        self._circulation_record(manifest, letters, numbers)
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
         self.registry.archive_commit(
             package={"month": month, "category": category, "part": part, "kind": kind,
@@ -210,6 +212,20 @@ class Archiver:
             assignments=[(letter.id, number) for letter, number in zip(letters, numbers, strict=True)],
             series=series, expected_last=first - 1)
         return Written(str(target.relative_to(self.root)), len(letters), size)
+
+    def _circulation_record(self, manifest: Path, letters: list[ToArchive], numbers: list[str]) -> None:
+        """Who read and signed the package's circulated letters, when, and their instructions: a CSV
+        beside the manifest (none when nothing of it was circulated)."""
+        from gateway.services.circulation import ARCHIVE_FIELDS, archive_rows
+
+        rows = archive_rows(self.registry, [(letter.id, letter.number, number)
+                                            for letter, number in zip(letters, numbers, strict=True)])
+        if rows:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=ARCHIVE_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            write_file(circulation_path(manifest), text.getvalue().encode())
 
     def _compressor(self, raw_file: IO[bytes]) -> Any:
         if self.config.model.archive.compression == "zstd":
@@ -353,13 +369,20 @@ class Archiver:
         return [p.path for p in due if p.id in destroyed_ids], kept
 
     def _delete_files(self, package: ArchivePackage) -> None:
-        for path in (self.root / package.path, self.root / package.manifest):
+        manifest = self.root / package.manifest
+        for path in (self.root / package.path, manifest, circulation_path(manifest)):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
         for letter in self.registry.archived_letters(package.id):
             (self.config.state_dir / letter.raw_path).unlink(missing_ok=True)
+
+
+def circulation_path(manifest: Path) -> Path:
+    """The circulation record beside a manifest: circulation-part-001.csv (its name does not start
+    with part-, so a run never takes it for a crashed run's leftover)."""
+    return manifest.with_name("circulation-" + manifest.name.replace(".manifest.csv", ".csv"))
 
 
 def _message_of(block: bytes, size: int) -> bytes:

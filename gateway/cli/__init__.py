@@ -6,6 +6,7 @@ import click
 
 from gateway import config as config_mod
 from gateway.cli.archive import archive
+from gateway.cli.backlog import import_backlog
 from gateway.cli.config import check_config
 from gateway.cli.db import db
 from gateway.cli.intake import ingest
@@ -38,5 +39,5 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 
 
 for command in (run, check_config, status, db, ingest, letters, quarantine, rules, outbox, reminders, archive,
-                report, smtp_passwd, keys, users, web):
+                report, smtp_passwd, keys, users, web, import_backlog):
     main.add_command(command)

@@ -22,7 +22,7 @@ def register_filters(command: F) -> F:
     """The filters `list` and `search` share: status, department, category, channel, received days."""
     for option in reversed([
         click.option("--status"), click.option("--department"), click.option("--category"),
-        click.option("--channel", type=click.Choice(["email", "fax"])),
+        click.option("--channel", type=click.Choice(["email", "fax", "post", "courier", "front-desk"])),
         click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time)."),
         click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day."),
     ]):
@@ -336,3 +336,51 @@ def letters_extract(state: State, number: str, directory: Path, as_login: str | 
     access.record(who, "download", address="cli", letter_id=letter.id, subject=", ".join(p.name for p in written))
     for target in written:
         click.echo(str(target))
+
+
+@letters.command("incomplete")
+@click.argument("number")
+@click.option("--missing", "missing", multiple=True, required=True,
+              help="What the sender must still send (repeat for each item).")
+@click.option("--by", "by_day", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="The day it is needed by (local time, YYYY-MM-DD).")
+@click.option("--actor", "by", help="Who decides (default: the user running the command).")
+@as_option
+@pass_state
+def letters_incomplete(state: State, number: str, missing: tuple[str, ...], by_day: datetime, by: str | None,
+                       as_login: str | None) -> None:
+    """Materials are missing: ask the sender for them by a day; the letter waits (-> awaiting-sender),
+    its deadline paused."""
+    from gateway.services.access import Refused
+    from gateway.services.incomplete import Incomplete
+
+    try:
+        marked = Incomplete(state.config, state.registry()).mark(principal(state, as_login, by), number,
+                                                                 missing=list(missing), by=by_day.date())
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    if marked.sent_to:
+        click.echo(f"{number}: awaiting the sender; the request goes to {marked.sent_to}")
+        state.wake_daemon()
+    else:
+        click.echo(f"{number}: awaiting the sender; there is no e-mail address to ask them at: contact them by "
+                   "other means (recorded on the letter)")
+
+
+@letters.command("withdraw")
+@click.argument("number")
+@click.option("--reason", default="", help="A remark, recorded with the event.")
+@by_option
+@as_option
+@pass_state
+def letters_withdraw(state: State, number: str, reason: str, by: str | None, as_login: str | None) -> None:
+    """The sender never sent the missing materials: close the letter as withdrawn."""
+    from gateway.services.access import Refused
+    from gateway.services.incomplete import Incomplete
+
+    try:
+        before, after = Incomplete(state.config, state.registry()).withdraw(principal(state, as_login, by), number,
+                                                                            reason=reason)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    click.echo(f"{number}: {before} -> {after}")

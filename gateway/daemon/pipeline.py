@@ -18,6 +18,8 @@ from typing import Any
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.registry import NewLetter, Registered, Registry, RegistryUnavailable
+from gateway.registry.outward import OutwardRecords
+from gateway.services.incomplete import SenderMail
 from gateway.services.letters import LetterSteps
 from gateway.spool import Spool, SpoolItem
 from gateway.stages.build import AnswerItem, LetterBuilder
@@ -44,7 +46,8 @@ class Pipeline:
         self.publish = publish or (lambda topic, body: None)
         self.steps = LetterSteps(config, registry)
         self.builder = LetterBuilder(config, registry.answered_letter,
-                                     lambda sha: str(spool.stored_path(sha).relative_to(self.config.state_dir)))
+                                     lambda sha: str(spool.stored_path(sha).relative_to(self.config.state_dir)),
+                                     OutwardRecords(registry).sender_thread)
 
     @property
     def config(self) -> Config:
@@ -109,9 +112,14 @@ class Pipeline:
 
     def _record_answer(self, item: SpoolItem, answer: AnswerItem, discard_when_unavailable: bool) -> Outcome:
         try:
-            result = self.steps.record_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
-                                              raw_path=answer.raw_path, received_at=answer.received_at,
-                                              trust=answer.trust)
+            if answer.follow_up is not None:  # the letter's sender writing back, not a department
+                result = SenderMail(self.config, self.registry).record(
+                    answer.follow_up, keys=answer.keys, raw_sha256=answer.sha256, raw_path=answer.raw_path,
+                    received_at=answer.received_at)
+            else:
+                result = self.steps.record_answer(answer.answer, keys=answer.keys, raw_sha256=answer.sha256,
+                                                  raw_path=answer.raw_path, received_at=answer.received_at,
+                                                  trust=answer.trust)
         except RegistryUnavailable as exc:
             return self._unavailable(item, exc, discard_when_unavailable)
         except Exception as exc:
@@ -119,6 +127,9 @@ class Pipeline:
             return self._failed(item, f"answer not recorded: {type(exc).__name__}: {exc}")
         self._store([(item, answer.sha256)], [result])
         a = answer.answer
+        if answer.follow_up is not None:
+            log.info("%s: %s from its sender %s", result.number, answer.follow_up.kind, a.sender)
+            return self._published(item, result)
         log.info("%s: answer from %s%s", result.number, a.sender,
                  f": {a.command} {a.argument}".rstrip() if a.command else " (no command)")
         return self._published(item, result)

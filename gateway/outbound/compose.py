@@ -206,7 +206,12 @@ def receipt(config: Config, mail: OutboxMail, letter: Letter, kind: str = "recei
     if original:
         message["In-Reply-To"] = f"<{original.group(1)}>"
         message["References"] = f"<{original.group(1)}>"
-    message.set_content(string.Template(body).safe_substitute(values))
+    text = string.Template(body).safe_substitute(values)
+    if kind == "feedback":  # the sender is asked whether they are satisfied
+        from gateway.outbound.outward import invitation
+
+        text = text.rstrip("\n") + "\n\n" + invitation(config, mail, language)
+    message.set_content(text)
     return message
 
 

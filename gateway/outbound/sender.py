@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
 from gateway.faults import checkpoint
+from gateway.outbound import outward, replies
 from gateway.outbound.compose import ComposeError, notification, receipt, refusal, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
@@ -195,6 +196,10 @@ class OutboxSender(Runner):
             return reminder(self.config, mail, letter).as_bytes()
         if mail.kind == "refused-command":
             return refusal(self.config, mail, letter).as_bytes()
+        if mail.kind in outward.KINDS:
+            return outward.compose(self.config, mail, letter).as_bytes()
+        if mail.kind in replies.KINDS:
+            return replies.compose(self.config, self.registry, mail, letter)
         raw = self._original(letter) if letter.confidentiality != "confidential" else None
         try:
             return notification(self.config, mail, letter, raw).as_bytes()

@@ -108,7 +108,8 @@ class Registration(SearchRecords):
         """Register a batch in one transaction; retried when a concurrent writer collides."""
         # The search terms are cut before the write lock is taken; only the number is added inside.
         terms = [(entry_terms(number="", sender_name=new.sender_name, sender_address=new.sender_address,
-                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name")),
+                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name"),
+                              sender_details=(new.sender_organisation, new.sender_phone, new.sender_postal_address)),
                   content_terms(subject=new.subject, body_text=new.body_text,
                                 attachment_names=[a.original_filename or a.filename for a in new.attachments]))
                  for new in letters]
@@ -181,6 +182,9 @@ class Registration(SearchRecords):
                 "fax_number": fax.get("number"), "fax_caller_id": fax.get("caller_id"),
                 "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),
                 "fax_sent_at": fax.get("sent_at"), "created_at": now, "updated_at": now,
+                "sender_organisation": new.sender_organisation, "sender_postal_address": new.sender_postal_address,
+                "sender_phone": new.sender_phone,
+                "backlog": "backlog" in new.flags,
             })
         ids: list[int] = []
         if rows:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
-                        TypeDecorator, UniqueConstraint, func)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        TypeDecorator, UniqueConstraint, false, func)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -100,6 +100,13 @@ class Letter(Base):
     fax_sender_name: Mapped[str | None] = mapped_column(Text)
     fax_pages: Mapped[int | None] = mapped_column(Integer)
     fax_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # A paper letter's sender as the registry office recorded it (post, courier, front desk).
+    sender_organisation: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    sender_postal_address: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
+    sender_phone: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
+    # Taken over from another mail system (`gateway import`, an IMAP folder's first import): no receipt.
+    backlog: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
@@ -358,3 +365,194 @@ Index("ix_letters_owner_lower", func.lower(Letter.owner))
 Index("ix_audit_letter", AuditRow.letter_id, AuditRow.at)
 Index("ix_audit_actor_action", AuditRow.actor, AuditRow.action, AuditRow.at)
 Index("ix_audit_address_action", AuditRow.address, AuditRow.action, AuditRow.at)
+
+
+class SenderRequest(Base):
+    """Materials a letter's sender was asked for (an incomplete submission), and how it ended.
+
+    While it waits the letter is awaiting-sender and has no deadline: the working days that were
+    left are kept here and counted again from the day the supplement arrives."""
+
+    __tablename__ = "sender_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False)
+    missing: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)  # the end of the day asked for
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    requested_by: Mapped[str] = mapped_column(Text, nullable=False)
+    recipient: Mapped[str] = mapped_column(Text, nullable=False, default="")  # '': asked by other means
+    message_id: Mapped[str | None] = mapped_column(Text)  # the request mail's, to match the follow-up
+    paused_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    remaining_days: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # waiting | supplemented | withdrawn
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Rating(Base):
+    """A sender's rating of how their letter was handled, one per result mail."""
+
+    __tablename__ = "ratings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False)
+    feedback_message_id: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    score: Mapped[int] = mapped_column(Integer, nullable=False)  # 1..5
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    via: Mapped[str] = mapped_column(String(8), nullable=False)  # web | mail
+    department: Mapped[str | None] = mapped_column(String(64))  # the letter's when rated
+    category: Mapped[str | None] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+Index("ix_sender_requests_letter", SenderRequest.letter_id)
+Index("ix_sender_requests_status_due", SenderRequest.status, SenderRequest.due_at)
+Index("ix_sender_requests_message_id", SenderRequest.message_id)
+Index("ix_ratings_letter", Rating.letter_id)
+Index("ix_ratings_department_at", Rating.department, Rating.at)
+
+
+class OcrReading(Base):
+    """How a fax's or scan's text was read: by which reader, its version, each page's confidence,
+    and the pages a person should check (a low confidence, or nothing read on them)."""
+
+    __tablename__ = "ocr_readings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    reader: Mapped[str] = mapped_column(String(32), nullable=False)  # ppocr | ppocr+tesseract | tesseract
+    version: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    pages: Mapped[int] = mapped_column(Integer, nullable=False)
+    confidences: Mapped[list[float | None]] = mapped_column(JSONType, nullable=False, default=list)
+    low_confidence: Mapped[list[int]] = mapped_column(JSONType, nullable=False, default=list)  # page numbers
+    header: Mapped[str | None] = mapped_column(Text)  # the sending machine's header line, as read
+    read_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class Circulation(Base):
+    """A letter read and signed in order by people or departments (传阅): who started it, for
+    which department's handling, and where it stands. Its steps are CirculationStep rows."""
+
+    __tablename__ = "circulations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running | finished
+    started_by: Mapped[str] = mapped_column(Text, nullable=False)  # a login
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    current: Mapped[int | None] = mapped_column(Integer)  # the position of the step being read; None when finished
+
+
+class CirculationStep(Base):
+    """One reader of a circulation: a person (by login) or a department (its head signs for it)."""
+
+    __tablename__ = "circulation_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    circulation_id: Mapped[int] = mapped_column(ForeignKey("circulations.id"), nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # 1, 2, ...
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # person | department
+    target: Mapped[str] = mapped_column(String(64), nullable=False)  # a login or a department id
+    reached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when it became this reader's turn
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signed_by: Mapped[str | None] = mapped_column(Text)  # the login that signed
+    instruction: Mapped[str] = mapped_column(Text, nullable=False, default="")  # 批示
+    reminders: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("circulation_id", "position", name="uq_circulation_steps_position"),)
+
+
+class Borrowing(Base):
+    """A request to read an archived letter for some days, its approval, and how it ended."""
+
+    __tablename__ = "borrowings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), nullable=False)
+    login: Mapped[str] = mapped_column(String(64), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    days: Mapped[int] = mapped_column(Integer, nullable=False)
+    approver: Mapped[str] = mapped_column(String(16), nullable=False)  # head | leader: who must approve
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # requested | granted | refused | returned | expired
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # granted until
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # returned or expired
+
+
+Index("ix_circulation_steps_circulation", CirculationStep.circulation_id)
+Index("ix_circulations_status", Circulation.status)
+Index("ix_borrowings_letter_person", Borrowing.letter_id, Borrowing.person_id)
+Index("ix_borrowings_status", Borrowing.status, Borrowing.ends_at)
+
+
+class Reply(Base):
+    """A reply to a letter's sender: drafted by its handler, approved step by step along a chain
+    chosen by [[replies.approval]], then sent through the outbox (or, with no address, by post).
+
+    status: draft | pending (under approval) | returned (back to the handler) | sent | to-post |
+    posted. `step` is the position in `chain` awaiting approval; each submission is a new
+    `round`, whose approvals start again from the first step."""
+
+    __tablename__ = "replies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    authors: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)  # logins who wrote it
+    chain: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)  # head | leader | top
+    rule: Mapped[str] = mapped_column(Text, nullable=False, default="")  # which rule chose the chain
+    step: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    round: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    step_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when the current step began waiting
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the current step's last reminder
+    recipient: Mapped[str] = mapped_column(Text, nullable=False, default="")  # '': by post
+    message_id: Mapped[str | None] = mapped_column(Text)
+    outbox_id: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[bytes | None] = mapped_column(LargeBinary)  # the mail as sent, byte for byte
+    message_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReplyAttachment(Base):
+    __tablename__ = "reply_attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reply_id: Mapped[int] = mapped_column(ForeignKey("replies.id"), nullable=False, index=True)
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    content_type: Mapped[str] = mapped_column(Text, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    content: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ReplyStep(Base):
+    """One approver's decision on one round of a reply: approved or returned, with a comment."""
+
+    __tablename__ = "reply_steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reply_id: Mapped[int] = mapped_column(ForeignKey("replies.id"), nullable=False, index=True)
+    round: Mapped[int] = mapped_column(Integer, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    approver: Mapped[str] = mapped_column(Text, nullable=False)
+    decision: Mapped[str] = mapped_column(String(16), nullable=False)  # approved | returned
+    comment: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+Index("ix_replies_status", Reply.status)

@@ -86,6 +86,10 @@ class NewLetter:
     needs_ocr: bool = False  # a fax whose text is read afterwards, off the registration path
     routing: Routing | None = None  # None: classified later (a fax, once its text is read)
     trust: dict[str, Any] = field(default_factory=dict)  # the check stage's verdict (stages/check.py)
+    # A paper letter's sender beyond name and e-mail address, as the registry office recorded it.
+    sender_organisation: str = ""
+    sender_postal_address: str = ""
+    sender_phone: str = ""
 
 
 @dataclass

@@ -25,6 +25,7 @@ class OpenLetter:
     owner: str | None
     received_at: datetime
     deadline: datetime | None  # never None here (the query asks for a deadline); typed as the column is
+    registered_at: datetime | None = None  # later than received_at for a backlog imported long after
 
 
 class ReminderRecords(Store):
@@ -34,7 +35,8 @@ class ReminderRecords(Store):
         with self.read() as conn:
             letters = [OpenLetter(*row) for row in conn.execute(
                 select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner,
-                       Letter.received_at, Letter.deadline).where(*open_with_deadline).order_by(Letter.id))]
+                       Letter.received_at, Letter.deadline, Letter.created_at)
+                .where(*open_with_deadline).order_by(Letter.id))]
             sent: dict[int, list[dict[str, Any]]] = {}
             # A subquery, not a list of thousands of ids (SQLite caps the parameters of a statement).
             for letter_id, details, at in conn.execute(

@@ -17,11 +17,16 @@ The rule, in words:
   handle, answer and close it; the registry office and the department reassign; the registry
   office and the department's people assign; the registry office, leaders and the department's
   head put it under legal hold; anyone who may act, and leaders and the registry office, add notes.
+- Circulation (gateway.services.circulation): its readers see its register entry, and the reader
+  whose turn it is an ordinary letter's content too, whatever their department.
+- An archived letter's content: only through a borrowing granted for now (gateway.services.borrowing),
+  for everyone; a confidential one in page previews only, never as a download.
 """
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -30,6 +35,7 @@ import regex
 
 from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
+from gateway.registry.circulation import CirculationRecords
 from gateway.registry.people import ContentScope
 from gateway.registry.models import AuditRow, Letter, OutboxMail
 from gateway.services import queries
@@ -180,6 +186,8 @@ class Access:
         self.registry = registry
         self.people = People(config, registry)
         self.steps = LetterSteps(config, registry)
+        # What time it is for time-limited rights (borrowings); a test sets its own.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
     # -- what a person sees -------------------------------------------
     def scope(self, who: Principal) -> Scope:
@@ -201,16 +209,24 @@ class Access:
         return ContentScope(ordinary=who.has("registry", "leader"), related=who.departments, owners=who.emails,
                             headed=who.headed, person_id=who.person_id)
 
-    def content_allowed(self, who: Principal, letter: Letter) -> bool:
-        return letter.id in self.content_ids(who, [letter])
+    def content_allowed(self, who: Principal, letter: Letter, *, now: datetime | None = None) -> bool:
+        return letter.id in self.content_ids(who, [letter], now=now)
 
-    def content_ids(self, who: Principal, letters: list[Letter]) -> set[int]:
+    def content_ids(self, who: Principal, letters: list[Letter], *, now: datetime | None = None) -> set[int]:
         """Of these letters (all within the person's scope), those whose content they may read."""
         if who.is_operator:
             return {letter.id for letter in letters}
         allowed = set()
         undecided = []
+        archived = [letter for letter in letters if letter.status == "archived"]
+        if archived:
+            # An archived letter's content: only through a borrowing granted for now, whoever asks.
+            records = CirculationRecords(self.registry)
+            allowed |= records.lent(who.person_id, [a.id for a in archived], now or self.clock()) \
+                if who.person_id is not None else set()
         for letter in letters:
+            if letter.status == "archived":
+                continue
             owner = (letter.owner or "").lower() in who.emails
             if letter.confidentiality == "confidential":
                 if owner or letter.department in who.headed:
@@ -223,6 +239,12 @@ class Access:
                 undecided.append(letter)
         if undecided and who.person_id is not None:
             allowed |= {letter.id for letter in undecided if self.registry.granted(who.person_id, letter.id)}
+        ordinary = [letter.id for letter in undecided if letter.id not in allowed
+                    and letter.confidentiality != "confidential"]
+        if ordinary:  # the reader whose turn it is in a circulation, whatever their department
+            turns = CirculationRecords(self.registry).current_readers(ordinary)
+            allowed |= {letter_id for letter_id, (kind, target) in turns.items()
+                        if (kind, target) == ("person", who.login) or (kind == "department" and target in who.headed)}
         return allowed
 
     def _related(self, who: Principal, letter: Letter) -> bool:
@@ -233,7 +255,10 @@ class Access:
 
     def visible(self, who: Principal, number: str) -> Letter | None:
         letter = self.registry.letter(number)
-        if letter is None or not self.registry.in_scope(self.scope(who), letter.id):
+        if letter is None:
+            return None
+        if not self.registry.in_scope(self.scope(who), letter.id) and not CirculationRecords(
+                self.registry).is_reader(letter.id, who.login, who.headed):  # circulated to them
             return None
         return letter
 
@@ -298,6 +323,11 @@ class Access:
             self.record(who, "read", address=address, letter_id=letter.id, subject=letter.number)
         return LetterView(letter, rights)
 
+    @staticmethod
+    def _downloadable(who: Principal, letter: Letter) -> bool:
+        """A borrowed confidential letter is read in the browser only: page previews, no files."""
+        return who.is_operator or not (letter.status == "archived" and letter.confidentiality == "confidential")
+
     def _content(self, who: Principal, number: str) -> Letter | None:
         letter = self.visible(who, number)
         return letter if letter is not None and self.content_allowed(who, letter) else None
@@ -305,21 +335,13 @@ class Access:
     def attachment(self, who: Principal, number: str, position: int, *, address: str,
                    purpose: str = "download") -> tuple[str, bytes, str] | None:
         """(name, bytes, detected type) of one attachment; an audited read."""
-        from gateway.archive.packer import read_original
-        from gateway.stages.normalise import Limits, normalise
-
         letter = self._content(who, number)
         if letter is None:
             return None
         attachment = next((a for a in letter.attachments if a.position == position), None)
-        if attachment is None:
+        if attachment is None or (purpose != "preview" and not self._downloadable(who, letter)):
             return None
-        raw = read_original(self.config, self.registry, letter)
-        if letter.is_fax_file:  # the fax itself is the document
-            content: bytes | None = raw
-        else:
-            content = next((a.content for a in normalise(raw, limits=Limits.of(self.config.model.normalise)).attachments
-                            if a.sha256 == attachment.sha256), None)
+        content = queries.attachment_content(self.config, self.registry, letter, attachment)
         if content is None:
             return None
         # The page images of a letter just opened are part of that read: one row, not one per image.
@@ -333,7 +355,7 @@ class Access:
         from gateway.archive.packer import read_original
 
         letter = self._content(who, number)
-        if letter is None:
+        if letter is None or not self._downloadable(who, letter):
             return None
         raw = read_original(self.config, self.registry, letter)
         name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.registry import Registry
@@ -24,9 +23,6 @@ from gateway.services.access import Access, Forbidden, Refused
 from gateway.services.people import Principal
 from gateway.stages.autoreply import safe_address
 from gateway.stages.route import new_mail
-
-if TYPE_CHECKING:
-    from gateway.track.reminders import Reminder
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ITEMS = 20
@@ -128,24 +124,6 @@ class Incomplete:
         return self.records.waiting_request(number)
 
     # -- the reminder pass ---------------------------------------------------------
-    def expired(self, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
-        """Remind the department, once, of each request whose day passed without a supplement:
-        it may withdraw the letter (or go on without). Part of `gateway reminders run`."""
-        from gateway.registry.reminders import OpenLetter
-        from gateway.track.reminders import Reminder
-
-        out = []
-        for waiting in self.records.expired(now):
-            department = self.config.departments.get(waiting.department or "")
-            if department is None:
-                continue
-            owners = [waiting.owner] if waiting.owner else list(department.owners)
-            mail = [new_mail(self.config, "sender-notice", owner, about="expired", missing=waiting.missing,
-                             by=waiting.due_at.isoformat()) for owner in owners]
-            if dry_run or self.records.remind_expired(waiting.request_id, mail, now):
-                out.append(Reminder(OpenLetter(waiting.letter_id, waiting.number, "awaiting-sender", waiting.department,
-                                               waiting.owner, waiting.received_at, None), "awaiting-sender", mail, 1))
-        return out
 
 
 class SenderMail:

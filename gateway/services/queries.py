@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.registry import Registry, Scope
-from gateway.registry.models import Letter, OutboxMail
+from gateway.registry.models import Attachment, Letter, OutboxMail
 
 
 def local_zone(config: Config) -> ZoneInfo:
@@ -84,6 +84,8 @@ def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None) -> dic
         "fax": {"number": letter.fax_number, "caller_id": letter.fax_caller_id,
                 "sender_name": letter.fax_sender_name, "pages": letter.fax_pages,
                 "sent_at": iso(letter.fax_sent_at)},
+        "sender_organisation": letter.sender_organisation, "sender_postal_address": letter.sender_postal_address,
+        "sender_phone": letter.sender_phone, "backlog": letter.backlog,
         "attachments": [{"filename": a.filename, "original_filename": a.original_filename,
                          "declared_type": a.declared_type, "detected_type": a.detected_type,
                          "size": a.size, "sha256": a.sha256, "origin": a.origin} for a in letter.attachments],
@@ -128,6 +130,24 @@ class ExtractRefused(LookupError):
     that whoever reports a letter that is not there reports this the same way."""
 
 
+def attachment_content(config: Config, registry: Registry, letter: Letter, attachment: Attachment,
+                       original: bytes | None = None) -> bytes | None:
+    """The bytes of one of a letter's attachments: a fax file is its own document, one a sender's
+    supplement brought is in that mail, the others are in the letter's original (`original`, when
+    the caller has read it already). None when it is not found there."""
+    from gateway.archive.packer import read_original
+    from gateway.services.incomplete import supplement_content
+    from gateway.stages.normalise import Limits, normalise
+
+    if attachment.origin == "supplement":
+        return supplement_content(config, letter, attachment.sha256)
+    raw = original if original is not None else read_original(config, registry, letter)
+    if letter.is_fax_file:
+        return raw
+    return next((a.content for a in normalise(raw, limits=Limits.of(config.model.normalise)).attachments
+                 if a.sha256 == attachment.sha256), None)
+
+
 def extract_attachments(config: Config, registry: Registry, number: str, directory: Path) -> list[Path]:
     """Write a letter's documents into `directory` under their safe names; returns the files written.
 
@@ -144,6 +164,9 @@ def extract_attachments(config: Config, registry: Registry, number: str, directo
     else:  # names are safe and unique within a letter
         documents = [(a.filename, a.content)
                      for a in normalise(raw, limits=Limits.of(config.model.normalise)).attachments]
+    # What the sender's supplements brought is in their own mails.
+    documents += [(a.filename, content) for a in letter.attachments if a.origin == "supplement"
+                  and (content := attachment_content(config, registry, letter, a)) is not None]
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -16,17 +16,20 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.registry.intake import sent_key
+from gateway.registry.outward import FollowUp
 from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
-from gateway.stages.answers import FORWARD, bracketed_numbers, own_text, parse_command
+from gateway.stages.answers import (FORWARD, FindSenderThread, bracketed_numbers, follow_up_of, own_text,
+                                    parse_command)
 from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, parse_time
 from gateway.stages.normalise import Limits, Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
-from gateway.stages.route import route
+from gateway.stages.paper import build_paper, is_paper
+from gateway.stages.route import IMPORTED, route
 from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
 # The letter a mail answers, if any: (numbers in its subject, Message-IDs it replies to) -> number.
@@ -43,6 +46,7 @@ class AnswerItem:
     raw_path: str
     received_at: datetime
     trust: dict[str, Any] = field(default_factory=dict)  # the check stage's verdict of the answer's sender
+    follow_up: FollowUp | None = None  # not a department's answer: the letter's sender writing back
 
 
 
@@ -60,9 +64,11 @@ class LetterBuilder:
     """Builds the plan for each item, with the configuration in force and a way to look up the
     letter a reply answers (a read of the registry, never a write)."""
 
-    def __init__(self, config: Config, answered_letter: FindAnswered, stored_path: Callable[[str], str]):
+    def __init__(self, config: Config, answered_letter: FindAnswered, stored_path: Callable[[str], str],
+                 sender_thread: FindSenderThread | None = None):
         self.config = config
         self.answered_letter = answered_letter
+        self.sender_thread = sender_thread  # the letter a sender's follow-up or rating is about
         self.stored_path = stored_path  # sha256 -> the raw copy's path, relative to the state directory
         self._checker: tuple[Config, Checker] | None = None
 
@@ -87,6 +93,8 @@ class LetterBuilder:
         meta = item.meta
         if meta.get("channel") == "fax" and "fax" in meta:  # a fax file, not a mail
             return _storable(self._build_fax_file(item, raw))
+        if is_paper(meta):  # registered by the registry office: its record is in the meta
+            return _storable(build_paper(self.config, item, raw, self.stored_path))
         sha = meta["sha256"]
         parsed: Normalised = normalise(raw, summary_chars=self.config.model.normalise.summary_chars,
                                        limits=Limits.of(self.config.model.normalise))
@@ -114,7 +122,13 @@ class LetterBuilder:
             flags += fax_flags
             defects += fax_defects
         received_at = _parse_time(meta.get("received_at"))
-        answer = self._answer(parsed, channel, rcpts)
+        # A sender writing back about their letter (old mail imported as backlog is not writing back now).
+        follow = follow_up_of(parsed, envelope_from=envelope.get("mail_from"),
+                              domains=self.config.model.gateway.domains, find=self.sender_thread) \
+            if self.sender_thread and channel == "email" and "backlog" not in flags else None
+        # Mail imported from another system was answered there: never a command for a letter here.
+        answer = Answer(follow.number, follow.sender, None, "", follow.text) if follow else \
+            None if IMPORTED in flags else self._answer(parsed, channel, rcpts)
         if answer is not None:
             # The same answer again (the same bytes, or the same mail through another mailbox)
             # is recognised, not obeyed twice.
@@ -122,13 +136,13 @@ class LetterBuilder:
             if parsed.message_id:
                 keys.append(f"answer-message-id:{parsed.message_id[:400]}")
             return AnswerItem(answer, keys, sha, self.stored_path(sha),
-                              received_at, trust=trust)
+                              received_at, trust=trust, follow_up=follow)
         routing = None
         if not needs_ocr:  # a fax with pages to read is classified once its text is known
             facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
                                     fax_number=fax.get("number"), trust=trust)
             routing = route(self.config, facts, received_at=received_at, envelope_from=envelope.get("mail_from"),
-                            backlog="backlog" in flags)
+                            backlog="backlog" in flags, flags=flags)
         return _storable(NewLetter(
             intake_keys=keys,
             channel=channel,

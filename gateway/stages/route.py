@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _MARKER_FLAGS = {"forged": ["forged-loop-marker"], "to-sender": ["receipt-loop-marker"]}
+# A letter taken over by `gateway import` (beside "backlog", which stops its receipt) is IMPORTED; without
+# --notify also QUIET: the old system handled it, so no department is notified and it gets no deadline
+# (no reminders, never overdue). With --notify its deadline counts from the import, not from its old date.
+IMPORTED, QUIET = "imported", "no-notifications"
 
 
 def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
@@ -34,13 +39,15 @@ def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMa
 
 
 def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
-         channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool) -> Routing:
+         channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool,
+         flags: Sequence[str] = ()) -> Routing:
     departments = config.departments
     department = departments[decision.department or config.model.triage.department]
     urgency = decision.urgency or "regular"
     days = (decision.deadline_days if decision.deadline_days is not None
             else config.model.deadlines.answer_within(decision.category, urgency))
-    deadline = config.calendar.deadline(received_at, days)
+    start = max(received_at, datetime.now(timezone.utc)) if IMPORTED in flags else received_at
+    deadline = None if QUIET in flags else config.calendar.deadline(start, days)
     owners = [decision.owner] if decision.owner else list(department.owners)
     mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
     no_notification = None
@@ -50,6 +57,8 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         # answered and never forwarded again, or each notification would beget another. A
         # receipt's marker ("to-sender") never gets here: its holder could hide any letter.
         mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
+    elif QUIET in flags:
+        mail, no_notification = [], "backlog import (gateway import without --notify)"
     reply_to = reply_address(sender, headers, envelope_from)
     receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
                                         own_mail=marker in ("ours", "to-sender"))
@@ -72,12 +81,12 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
 
 
 def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
-          backlog: bool) -> Routing:
+          backlog: bool, flags: Sequence[str] = ()) -> Routing:
     """Classify by the rules in force and plan the mail that routing causes."""
     decision = config.ruleset.classify(facts)
     return plan(config, decision, received_at=received_at, sender=facts.sender_address, subject=facts.subject,
                 body=facts.body, channel=facts.channel, headers=facts.headers, envelope_from=envelope_from,
-                backlog=backlog)
+                backlog=backlog, flags=flags)
 
 
 def letter_facts(config: Config, letter: Letter) -> Facts:
@@ -94,7 +103,8 @@ def letter_facts(config: Config, letter: Letter) -> Facts:
 def route_letter(config: Config, letter: Letter) -> Routing:
     """Classify and plan a registered letter (a fax whose text was just read)."""
     return route(config, letter_facts(config, letter), received_at=letter.received_at,
-                 envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags)
+                 envelope_from=(letter.envelope or {}).get("mail_from"), backlog="backlog" in letter.flags,
+                 flags=letter.flags)
 
 
 def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Routing | None]:
@@ -144,8 +154,9 @@ def _no_receipt(config: Config, sender: str, reply_to: str, channel: str, header
 
 
 def feedback(config: Config, letter: Letter, result: str) -> list[NewMail]:
-    """The result of a closed inquiry or complaint, for its sender (when it may be answered)."""
-    if letter.category != "external.inquiry_complaint" or letter.channel != "email":
+    """The result of a closed inquiry or complaint, for its sender (when it may be answered): by
+    e-mail, and for a paper letter when the registry office recorded an e-mail address."""
+    if letter.category != "external.inquiry_complaint" or letter.channel == "fax":
         return []
     facts = letter_facts(config, letter)
     envelope_from = (letter.envelope or {}).get("mail_from")

@@ -7,7 +7,11 @@ reminders already recorded as its events, what is due now:
 - `before`: the deadline is `before_working_days` working days away or less;
 - `overdue`: the deadline has passed; repeated every `repeat_working_days`;
 - `escalation`: to the department head, once, after `escalate_after` reminders
-  when the letter is overdue.
+  when the letter is overdue;
+- `awaiting-sender`: once, when the day a sender was given for missing materials
+  has passed without them (gateway.services.incomplete asked); the department may
+  withdraw the letter or go on without them;
+- late readers of a circulation, and borrowings whose period is over (gateway.track.circulation).
 
 Each is an outbox mail and an event written in one transaction, so a pass that
 is cut short sends nothing twice and loses nothing. The clock is a parameter:
@@ -21,13 +25,14 @@ from datetime import datetime
 from gateway.config import Config
 from gateway.stages.route import NewMail, new_mail
 from gateway.registry import Registry
+from gateway.registry.outward import OutwardRecords
 from gateway.registry.reminders import OpenLetter
 
 
 @dataclass
 class Reminder:
     letter: OpenLetter
-    kind: str  # unacknowledged | before | overdue | escalation
+    kind: str  # unacknowledged | before | overdue | escalation | awaiting-sender
     mail: list[NewMail]
     count: int  # reminders for this letter including this one
 
@@ -47,9 +52,13 @@ def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
             continue
         owners = [letter.owner] if letter.owner else list(department.owners)
         kinds = [s["kind"] for s in sent]
-        reminders = sum(1 for k in kinds if k != "escalation")
+        # Reminders of this deadline; not the one about a sender's missing materials.
+        reminders = sum(1 for k in kinds if k not in ("escalation", "awaiting-sender"))
 
-        ack_deadline = calendar.deadline(letter.received_at, config.model.deadlines.acknowledge_days)
+        # Counted from when the department could first know of it: an old letter imported with
+        # `gateway import --notify` is not unacknowledged the moment it is registered.
+        ack_from = max(letter.received_at, letter.registered_at or letter.received_at)
+        ack_deadline = calendar.deadline(ack_from, config.model.deadlines.acknowledge_days)
         if letter.status == "routed" and now > ack_deadline and "unacknowledged" not in kinds:
             reminders += 1
             out.append(_reminder(config, letter, "unacknowledged", owners, reminders))
@@ -67,9 +76,32 @@ def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
     return out
 
 
+def expired_requests(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
+    """Letters awaiting their sender have no deadline (it is paused): their department hears once
+    when the day the sender was given has passed, recorded with the request."""
+    records = OutwardRecords(registry)
+    out = []
+    for waiting in records.expired(now):
+        department = config.departments.get(waiting.department or "")
+        if department is None:
+            continue
+        owners = [waiting.owner] if waiting.owner else list(department.owners)
+        mail = [new_mail(config, "sender-notice", owner, about="expired", missing=waiting.missing,
+                         by=waiting.due_at.isoformat()) for owner in owners]
+        if dry_run or records.remind_expired(waiting.request_id, mail, now):
+            out.append(Reminder(OpenLetter(waiting.letter_id, waiting.number, "awaiting-sender", waiting.department,
+                                           waiting.owner, waiting.received_at, None), "awaiting-sender", mail, 1))
+    return out
+
+
 def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
     reminders = due(config, registry, now)
     if not dry_run:
         for reminder in reminders:
             registry.remind(reminder.letter.id, reminder.kind, reminder.mail, reminder.count, now)
-    return reminders
+    from gateway.track import circulation
+
+    # Readers late to sign a circulation; borrowings of archived letters whose period is over.
+    circulation.expire_borrowings(registry, now, dry_run=dry_run)
+    return (reminders + expired_requests(config, registry, now, dry_run=dry_run)
+            + circulation.due(config, registry, now, dry_run=dry_run))

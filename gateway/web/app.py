@@ -212,9 +212,10 @@ def show(value: Any) -> str:
 
 
 def routes() -> list[BaseRoute]:
-    from gateway.web.routes import audit, auth, letters, overview, people, work
+    from gateway.web.routes import audit, auth, incomplete, letters, overview, paper, people, rate, work
 
     return [*auth.routes(), *work.routes(), *letters.routes(), *audit.routes(), *people.routes(), *overview.routes(),
+            *paper.routes(), *incomplete.routes(), *rate.routes(),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static")]
 
 

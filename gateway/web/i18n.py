@@ -116,6 +116,8 @@ EVENT = {
     "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
     "incomplete": N_("materials requested from the sender"), "supplemented": N_("supplement received"),
     "withdrawn": N_("withdrawn"), "rated": N_("rated by the sender"), "reopened": N_("reopened"),
+    "follow-up": N_("mail from someone else about it"), "rating-refused": N_("second rating not counted"),
+    "request-sent": N_("request to the sender sent"), "sender-notice-sent": N_("notice about the sender sent"),
     "archived": N_("archived"), "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
     "hold-released": N_("legal hold lifted"), "tagged": N_("tagged"), "search": N_("search"),
     "text-read": N_("fax text read"),
@@ -136,7 +138,8 @@ EVENT = {
     "grant-revoked": N_("access revoked"),
 }
 MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feedback": N_("result to sender"),
-             "reminder": N_("reminder"), "escalation": N_("escalation")}
+             "reminder": N_("reminder"), "escalation": N_("escalation"),
+             "request": N_("request to the sender"), "sender-notice": N_("notice about the sender")}
 MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
 KINDS = {"status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
          "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT,
@@ -179,6 +182,13 @@ REFUSAL = {
     "need-person": N_("choose the person to assign it to"),
     "no-assignee": N_("%(person)s cannot be assigned letters (unknown, disabled or no e-mail address)"),
     "not-in-department": N_("%(person)s is not in department %(department)s"),
+    "forbidden-incomplete": N_("only the people of department %(department)s and the registry office may ask its "
+                               "sender for missing materials"),
+    "forbidden-withdraw": N_("only the people of department %(department)s and the registry office may withdraw it"),
+    "need-missing": N_("name what is missing"),
+    "too-many-missing": N_("at most %(limit)s missing items"),
+    "need-date": N_("give the day it is needed by"),
+    "date-passed": N_("%(day)s has passed: give a later day"),
 }
 
 
