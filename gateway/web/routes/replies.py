@@ -1,0 +1,187 @@
+"""Replies under approval on the letter page, and the queue of replies awaiting one's approval
+(gateway.services.replies decides who may do what; the pages show its answer)."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.registry.models import Letter
+from gateway.registry.replies import NewReplyAttachment
+from gateway.services.access import Forbidden, Refused
+from gateway.services.people import Principal
+from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies
+from gateway.web import i18n, security
+from gateway.web.app import Problem, Req, Web, page
+from gateway.web.i18n import N_, _
+from gateway.web.routes.letters import _letter_page, letter_url
+
+# This module's events, mail and refusals among the register's labels.
+i18n.EVENT.update({
+    "reply-drafted": N_("reply drafted"), "reply-submitted": N_("reply submitted for approval"),
+    "reply-approved": N_("reply approved"), "reply-returned": N_("reply returned"),
+    "reply-sent": N_("reply sent"), "reply-to-post": N_("reply to be posted"),
+    "reply-reminded": N_("approver reminded"), "approval-sent": N_("approval notice sent"),
+})
+i18n.MAIL_KIND.update({"reply": N_("reply to the sender"), "approval": N_("approval notice")})
+i18n.REFUSAL.update({
+    "forbidden-reply": N_("only the people of department %(department)s may reply to %(number)s"),
+    "forbidden-reply-content": N_("%(number)s is confidential: only those who may read it reply to it"),
+    "reply-state": N_("%(number)s is %(status)s: a reply is drafted while it is routed, acknowledged or in progress"),
+    "reply-too-long": N_("a reply of at most %(limit)s characters"),
+    "reply-locked": N_("the reply is %(status)s: it can no longer be changed"),
+    "too-many-attachments": N_("at most %(limit)s attachments"),
+    "attachments-too-large": N_("the attachments come to more than %(limit)s"),
+    "reply-moved": N_("the reply moved on meanwhile: reload the page"),
+    "no-reply": N_("%(number)s has no reply"),
+    "need-reply-text": N_("write the reply first"),
+    "no-approver": N_("no one is configured to approve as %(role)s"),
+    "not-pending": N_("the reply is %(status)s, not waiting for approval"),
+    "approver-person": N_("an approval is given by a person"),
+    "own-draft": N_("you wrote this reply: someone else approves it"),
+    "out-of-order": N_("step %(step)s (%(role)s) has not approved it yet: approvals go in order"),
+    "not-approver": N_("this step is for %(role)s"),
+    "need-comment": N_("say what is to change"),
+    "sent-already": N_("the reply was sent already"),
+    "chain-incomplete": N_("nothing is sent before every approver of its chain approved (%(left)s step(s) to go)"),
+    "forbidden-post": N_("the registry office posts replies"),
+})
+ROLE = {"head": N_("department head"), "leader": N_("leader in charge"), "top": N_("top leadership")}
+STATUS = {"draft": N_("draft"), "pending": N_("awaiting approval"), "returned": N_("returned"), "sent": N_("sent"),
+          "to-post": N_("to be posted"), "posted": N_("posted")}
+STEP = {"approved": N_("approved"), "returned": N_("returned"), "waiting": N_("waiting"), "later": N_("not yet")}
+DONE = {"saved": N_("Draft saved."), "submitted": N_("Submitted for approval."), "approved": N_("Approved."),
+        "returned": N_("Returned to the handler."), "sent": N_("Approved and sent to the sender."),
+        "to-post": N_("Approved: the registry office posts it."), "posted": N_("Recorded as posted.")}
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/approvals", queue, methods=["GET"]),
+        Route("/letters/{number}/reply", save, methods=["POST"]),
+        Route("/letters/{number}/reply/approve", approve, methods=["POST"]),
+        Route("/letters/{number}/reply/return", give_back, methods=["POST"]),
+        Route("/letters/{number}/reply/send", send, methods=["POST"]),
+        Route("/letters/{number}/reply/{reply:int}/attachments/{attachment:int}", attachment, methods=["GET"]),
+    ]
+
+
+def template_globals() -> dict[str, Any]:
+    """What the letter page and the sidebar ask of this module."""
+    return {"reply_panel": panel, "approvals_waiting": waiting_count, "reply_label": reply_label,
+            "i18n_refusal": i18n.refusal}
+
+
+def panel(web: Web, who: Principal, letter: Letter) -> ReplyPanel:
+    return Replies(web.config, web.registry).panel(who, letter)
+
+
+def waiting_count(web: Web, who: Principal) -> int:
+    return len(Replies(web.config, web.registry).awaiting(who))
+
+
+def reply_label(kind: str, value: str) -> str:
+    known = {"role": ROLE, "status": STATUS, "step": STEP}[kind].get(value)
+    return i18n.gettext(known) if known else value
+
+
+def _refused(req: Req, number: str, exc: Refused, action: str) -> Response:
+    view = req.web.access.letter(req.who, number, address=req.address, audit=False)
+    if view is None:  # an approver who sees the letter only for its reply
+        raise Problem(403 if isinstance(exc, Forbidden) else 409, i18n.refusal(exc))
+    status = 403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409
+    return _letter_page(req, view, status=status, failed_action=action,
+                        error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
+
+
+def _done(number: str, done: str) -> Response:
+    return RedirectResponse(f"{letter_url(number)}?reply={done}#reply", status_code=303)
+
+
+def _uploads(req: Req) -> list[NewReplyAttachment]:
+    out = []
+    for item in req.form.getlist("files"):
+        if isinstance(item, UploadFile) and item.filename:
+            content = item.file.read()
+            out.append(NewReplyAttachment(item.filename, item.content_type or "application/octet-stream", content))
+    return out
+
+
+@page()
+def save(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    replies = Replies(req.web.config, req.web.registry)
+    remove = [int(v) for v in req.fields("remove") if v.isdigit()]
+    submit = req.field("action") == "submit"
+    try:
+        replies.draft(req.who, number, text=req.field("text"), attach=_uploads(req), remove=remove)
+        if submit:
+            replies.submit(req.who, number)
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _refused(req, number, exc, "reply")
+    return _done(number, "submitted" if submit else "saved")
+
+
+def _decide(req: Req, decision: str) -> Response:
+    number = req.request.path_params["number"]
+    replies = Replies(req.web.config, req.web.registry)
+    try:
+        if decision == "approve":
+            status = replies.approve(req.who, number, comment=req.field("comment"))
+        else:
+            status = replies.give_back(req.who, number, comment=req.field("comment"))
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _refused(req, number, exc, decision)
+    done = {"pending": "approved", "returned": "returned"}.get(status, status)
+    if req.web.access.visible(req.who, number) is None:  # no letter page for them: back to their queue
+        return RedirectResponse(f"/approvals?done={done}", status_code=303)
+    return _done(number, done)
+
+
+@page()
+def approve(req: Req) -> Response:
+    return _decide(req, "approve")
+
+
+@page()
+def give_back(req: Req) -> Response:
+    return _decide(req, "return")
+
+
+@page()
+def send(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    try:
+        Replies(req.web.config, req.web.registry).send(req.who, number, note=req.field("note"))
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _refused(req, number, exc, "send")
+    return _done(number, "posted")
+
+
+@page()
+def attachment(req: Req) -> Response:
+    params = req.request.path_params
+    found = Replies(req.web.config, req.web.registry).attachment(req.who, params["number"], params["reply"],
+                                                                 params["attachment"], address=req.address)
+    if found is None:
+        raise Problem(404)
+    # Never shown in the browser: HTML, SVG and the like would run in our origin.
+    return Response(found.content, media_type=found.content_type or "application/octet-stream",
+                    headers={"Content-Disposition": security.content_disposition(found.filename),
+                             "Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+@page()
+def queue(req: Req) -> Response:
+    rows = Replies(req.web.config, req.web.registry).awaiting(req.who)
+    done = req.arg("done")
+    return req.render("replies/queue.html", rows=rows, letter_url=letter_url, departments=req.web.config.departments,
+                      message=i18n.gettext(DONE[done]) if done in DONE else "")
