@@ -1,0 +1,92 @@
+"""Circulation on the web: start it on the letter page, sign it when it is your turn, and the
+"to read" queue (gateway.services.circulation decides who may and whose turn it is)."""
+from __future__ import annotations
+
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.services.access import Forbidden, Refused
+from gateway.services.circulation import INPUT_REFUSALS, Circulations
+from gateway.web import i18n
+from gateway.web.app import Problem, Req, page
+from gateway.web.i18n import N_, _
+from gateway.web.routes.letters import _letter_page, letter_url
+
+# Why a circulation step was refused, in the page's language (the service's words are English).
+REFUSAL = {
+    "forbidden-circulate": N_("only the registry office and leaders start a circulation"),
+    "need-readers": N_("name the readers in order"),
+    "too-many-readers": N_("at most %(limit)s readers"),
+    "unknown-reader": N_("no person or department %(reader)s"),
+    "reader-twice": N_("%(reader)s is named twice: each reader signs once"),
+    "reader-confidential": N_("the letter is confidential and %(reader)s may not read it: circulate it only to "
+                              "people allowed its content"),
+    "circulation-state": N_("%(number)s cannot be circulated now (closed, or being circulated already)"),
+    "no-circulation": N_("%(number)s is not being circulated"),
+    "not-a-reader": N_("only the readers it was circulated to sign it, in order; it is %(reader)s's turn and it "
+                       "cannot be passed on to anyone else"),
+    "not-your-turn": N_("it is %(reader)s's turn: it comes to you once they have signed"),
+    "signed-already": N_("you have signed it already"),
+    "instruction-too-long": N_("an instruction of at most %(limit)s characters"),
+}
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/to-read", to_read, methods=["GET"]),
+        Route("/letters/{number}/circulate", circulate, methods=["POST"]),
+        Route("/letters/{number}/sign", sign, methods=["POST"]),
+    ]
+
+
+def refusal(exc: Refused) -> str:
+    template = REFUSAL.get(exc.key)
+    if template is None or i18n.current() == "en":
+        return str(exc)
+    return i18n.gettext(template) % exc.params
+
+
+def service(req: Req) -> Circulations:
+    return Circulations(req.web.config, req.web.registry, req.web.access)
+
+
+def _refused(req: Req, number: str, exc: Refused, action: str) -> Response:
+    view = req.web.access.letter(req.who, number, address=req.address, audit=False)
+    if view is None:
+        raise Problem(404)
+    status = 403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409
+    return _letter_page(req, view, status=status, failed_action=action,
+                        error=_("Not done: %(reason)s") % {"reason": refusal(exc)})
+
+
+@page()
+def to_read(req: Req) -> Response:
+    items = service(req).to_read(req.who)
+    now = req.web.access.clock()
+    return req.render("circulation/to_read.html", items=items, now=now, letter_url=letter_url,
+                      departments=req.web.config.departments)
+
+
+@page()
+def circulate(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    names = [line for value in req.fields("readers") for line in value.replace(",", "\n").splitlines()]
+    try:
+        service(req).start(req.who, number, names, now=req.web.access.clock())
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _refused(req, number, exc, "circulate")
+    return RedirectResponse(f"{letter_url(number)}?done=circulate#circulation", status_code=303)
+
+
+@page()
+def sign(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    try:
+        service(req).sign(req.who, number, req.field("instruction"), now=req.web.access.clock())
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        return _refused(req, number, exc, "sign")
+    return RedirectResponse(f"{letter_url(number)}?done=sign#circulation", status_code=303)
