@@ -22,7 +22,7 @@ from gateway.registry.plan import NewMail
 from gateway.registry.replies import ReplyRecords
 from gateway.stages.autoreply import safe_address
 
-KINDS = frozenset({"reply", "approval"})
+KINDS = frozenset({"sender-reply", "approval"})
 _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
 _RE = re.compile(r"^\s*((re|aw|sv|回复|答复)\s*[:：]\s*)+", re.I)
 
@@ -75,7 +75,7 @@ _NOTICES = {
 
 
 def compose(config: Config, registry: Registry, mail: OutboxMail, letter: Letter) -> bytes:
-    if mail.kind == "reply":
+    if mail.kind == "sender-reply":
         message = ReplyRecords(registry).message_by_id(mail.message_id)
         if not message:
             raise ComposeError(f"the reply {mail.message_id} is not in the register")

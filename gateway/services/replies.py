@@ -430,7 +430,7 @@ class Replies:
         address = request_address(letter)
         if not address:
             return Outgoing(None, None)
-        mail = new_mail(self.config, "reply", address, draft=reply.id)
+        mail = new_mail(self.config, "sender-reply", address, draft=reply.id)
         attachments = [a for a in (self.records.attachment_content(reply.id, a.id)
                                    for a in self.records.attachments(reply.id)) if a is not None]
         return Outgoing(mail, reply_message(self.config, letter, reply.text, attachments, mail))

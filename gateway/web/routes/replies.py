@@ -24,8 +24,9 @@ i18n.EVENT.update({
     "reply-approved": N_("reply approved"), "reply-returned": N_("reply returned"),
     "reply-sent": N_("reply sent"), "reply-to-post": N_("reply to be posted"),
     "reply-reminded": N_("approver reminded"), "approval-sent": N_("approval notice sent"),
+    "sender-reply-sent": N_("reply delivered to the relay"),
 })
-i18n.MAIL_KIND.update({"reply": N_("reply to the sender"), "approval": N_("approval notice")})
+i18n.MAIL_KIND.update({"sender-reply": N_("reply to the sender"), "approval": N_("approval notice")})
 i18n.REFUSAL.update({
     "forbidden-reply": N_("only the people of department %(department)s may reply to %(number)s"),
     "forbidden-reply-content": N_("%(number)s is confidential: only those who may read it reply to it"),
