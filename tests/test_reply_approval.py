@@ -110,7 +110,7 @@ def test_a_reply_returned_redrafted_approved_in_order_and_delivered(site: Site, 
         replies.approve(site.people.principal("gina"), number)  # type: ignore[arg-type]
     web_leo = site.sign_in("leo")
     refused_web = web_leo.post(f"/letters/{number}/reply/approve", data={"csrf": web_leo.csrf})
-    assert refused_web.status_code == 409 and "approvals go in order" in refused_web.text
+    assert refused_web.status_code == 409 and "须按顺序审批" in refused_web.text  # in Chinese, the default
     refused_web = web_leo.post(f"/letters/{number}/reply/send", data={"csrf": web_leo.csrf})
     assert refused_web.status_code == 409
     cli = site.gateway.run("letters", "approve", number, "--as", "leo", check=False)
