@@ -326,6 +326,17 @@ class CirculationRecords:
             rows = session.execute(query.order_by(Borrowing.id.desc()).limit(limit)).all()
         return [(r[0], r[1]) for r in rows]
 
+    def borrow_read(self, letter_id: int, person_id: int, login: str, now: datetime) -> None:
+        """A borrower opened the letter: an event on it (the read is in the audit log as always)."""
+        s = self.store
+        with s.write() as conn:
+            borrowing_id = conn.execute(select(Borrowing.id).where(
+                Borrowing.letter_id == letter_id, Borrowing.person_id == person_id, Borrowing.status == "granted",
+                Borrowing.ends_at > now).order_by(Borrowing.id.desc())).scalar()
+            if borrowing_id is not None:
+                conn.execute(insert(Event), [s.event_row(letter_id, now, login, "borrow-read", None, {
+                    "borrowing": borrowing_id, "borrower": login})])
+
     def lent(self, person_id: int, letter_ids: list[int], now: datetime) -> set[int]:
         """Of these letters, those lent to the person now (granted, the period not over)."""
         if not letter_ids:

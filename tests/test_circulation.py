@@ -1,0 +1,213 @@
+"""Circulation with sign-off in a real browser (Debian's chromium) under a controllable clock: the
+registry office circulates a letter to a leader, a department and a head in that order; the second
+reader can neither read nor sign before the first has signed; the leader's instruction goes to the
+handling department; a late reader is reminded and the starter told; nobody off the list signs; the
+record goes into the archive package. The CLI starts and signs through the same service."""
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from playwright.sync_api import Browser, Page, expect
+from web_support import PASSWORD, Person, Site
+
+from gateway.archive.packer import Archiver, circulation_path
+from gateway.services.people import Principal
+from gateway.track import reminders
+
+pytestmark = pytest.mark.timeout(300)
+
+TZ = ZoneInfo("Asia/Shanghai")
+TODAY = datetime.now(TZ).date()
+# The next Monday, 9:00 (a working day: the test configuration has no holidays), after the letters came in.
+MONDAY = datetime.combine(TODAY + timedelta(days=7 - TODAY.weekday()), time(9, 0), TZ)
+INSTRUCTION = "请业务部本周内办理并回复。"
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    s = Site(tmp_path_factory.mktemp("circulation"))
+    s.add_people()
+    # The General Office's head (by the configuration's address), who signs for it.
+    s.add_people((Person("olga", emails=("office.head@example.org",)),))
+    s.add_letters()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock(site: Site) -> Clock:
+    clock = Clock(MONDAY)
+    site.app.state.web.access.clock = clock
+    return clock
+
+
+@pytest.fixture
+def sign_in(site: Site, browser: Browser, request: pytest.FixtureRequest) -> Iterator[SignIn]:
+    yield from signed_in_pages(browser, site.url, PASSWORD, request)
+
+
+def events(site: Site, number: str, action: str) -> list[dict[str, Any]]:
+    letter = site.registry.letter(number)
+    assert letter is not None
+    return [e.details for e in letter.events if e.action == action]
+
+
+def mails(site: Site, number: str, about: str) -> list[Any]:
+    letter = site.registry.letter(number)
+    assert letter is not None
+    return [m for m in site.registry.outbox(letter_id=letter.id)
+            if m.kind == "circulation" and m.details.get("about") == about]
+
+
+def post(page: Page, url: str, form: dict[str, str]) -> Any:
+    """A form sent from the signed-in page (its cookies), as a crafted request would be."""
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content") or ""
+    return page.request.post(url, form={**form, "csrf": csrf}, max_redirects=0)
+
+
+def test_three_readers_in_order_the_instruction_to_the_department_and_a_late_reader_reminded(
+        site: Site, sign_in: SignIn, clock: Clock) -> None:
+    number = site.letters["business"]
+    url = f"/letters/{number}"
+
+    # The registry office starts it: a leader, then the General Office (its head signs), then Bella.
+    rita = sign_in("rita")
+    rita.goto(url)
+    rita.click("text=Circulate")
+    rita.fill("textarea[name=readers]", "leo\ngeneral-office\nbella")
+    rita.click("button:has-text('Start the circulation')")
+    panel = rita.locator("#circulation")
+    expect(panel).to_contain_text("running")
+    expect(panel.locator("li.current")).to_contain_text("leo")
+    [started] = events(site, number, "circulation-started")
+    assert started["readers"] == ["person:leo", "department:general-office", "person:bella"]
+    assert [m.recipient for m in mails(site, number, "to-read")] == ["leo@example.org"]
+
+    # The second reader has nothing to read yet: not in their queue, no content, no signing.
+    olga = sign_in("olga")
+    olga.goto("/to-read")
+    expect(olga.locator("main")).to_contain_text("Nothing to read and sign.")
+    olga.goto(url)
+    expect(olga.locator("main")).not_to_contain_text("Please confirm the order")
+    early = post(olga, f"{url}/sign", {"instruction": "too early"})
+    assert early.status == 409 and "turn: it comes to you once they have signed" in early.text()
+    # Nor anyone off the list, though they see the letter: it is never passed sideways.
+    sam = sign_in("sam")
+    sideways = post(sam, f"{url}/sign", {})
+    assert sideways.status == 403 and "cannot be passed on to anyone else" in sideways.text()
+
+    # The leader reads it (in their queue) and signs with an instruction, an hour later.
+    clock.now = MONDAY + timedelta(hours=1)
+    leo = sign_in("leo")
+    leo.goto("/to-read")
+    leo.click(f"text={number}")
+    expect(leo.locator("pre.body")).to_contain_text("Please confirm the order")
+    leo.fill("textarea[name=instruction]", INSTRUCTION)
+    leo.click("button:has-text('Read and sign')")
+    expect(leo.locator("#circulation li.signed")).to_contain_text(INSTRUCTION)
+    [signed] = events(site, number, "circulation-signed")
+    assert (signed["reader"], signed["instruction"], signed["step"]) == ("person:leo", INSTRUCTION, 1)
+    assert signed["deadline"] and signed["next_reader"] == "department:general-office"
+    # The handling department (Business's owners) hears of the instruction by mail.
+    [told] = mails(site, number, "instruction")
+    assert (told.recipient, told.details["instruction"], told.details["reader"]) == (
+        "sales.desk@example.org", INSTRUCTION, "Leo")
+
+    # Now it is the General Office's turn: in its head's queue, its content readable.
+    olga.goto("/to-read")
+    expect(olga.locator("main table")).to_contain_text(number)
+    olga.goto(url)
+    expect(olga.locator("pre.body")).to_contain_text("Please confirm the order")
+
+    # Two working days pass unsigned: the reader is reminded; a working day later again, and the
+    # registry office (who started it) is told.
+    thursday = MONDAY + timedelta(days=3)
+    done = reminders.run(site.config, site.registry, thursday)
+    assert [(r.letter.number, r.kind) for r in done if r.kind.startswith("circulation")] == [(number, "circulation")]
+    assert events(site, number, "circulation-reminded")[0]["reader"] == "department:general-office"
+    assert [m.recipient for m in mails(site, number, "reminder")] == ["office.head@example.org"]
+    reminders.run(site.config, site.registry, thursday + timedelta(days=1))
+    [escalated] = events(site, number, "circulation-escalated")
+    assert escalated["to"] == ["rita@example.org"]
+    assert not [r for r in reminders.run(site.config, site.registry, thursday + timedelta(days=1, hours=1),
+                                         dry_run=True) if r.kind.startswith("circulation")]
+    clock.now = thursday + timedelta(days=1)
+    olga.goto("/to-read")
+    expect(olga.locator("main table .badge.overdue")).to_be_visible()
+
+    # The General Office signs late, then Bella: the circulation is finished, the department told.
+    olga.goto(url)
+    olga.click("button:has-text('Read and sign')")
+    assert events(site, number, "circulation-signed")[-1]["late"] is True
+    bella = sign_in("bella")
+    bella.goto(url)
+    bella.fill("textarea[name=instruction]", "已阅。")
+    bella.click("button:has-text('Read and sign')")
+    expect(bella.locator("#circulation")).to_contain_text("finished")
+    assert events(site, number, "circulation-finished")
+    finished = mails(site, number, "finished")  # to the department, and to whoever started it
+    assert [m.recipient for m in finished] == ["sales.desk@example.org", "rita@example.org"]
+    assert [s["instruction"] for s in finished[0].details["signed"]] == [INSTRUCTION, "", "已阅。"]
+
+    # The department sees the instruction on the letter; the leader has nothing left to read.
+    sam.goto(url)
+    expect(sam.locator("#circulation blockquote.instruction").first).to_contain_text(INSTRUCTION)
+    leo.goto("/to-read")
+    expect(leo.locator("main")).to_contain_text("Nothing to read and sign.")
+
+
+def test_a_confidential_letter_only_to_readers_allowed_its_content_and_the_cli(site: Site, sign_in: SignIn,
+                                                                             clock: Clock) -> None:
+    secret = site.letters["secret"]
+    refused = site.gateway.run("letters", "circulate", secret, "--reader", "leo", "--reader", "bella",
+                               check=False)
+    assert refused.returncode != 0 and "confidential" in refused.stderr
+    # An ordinary letter over the CLI: started by the operator, signed by the reader named with --as.
+    office = site.letters["office"]
+    started = site.gateway.run("letters", "circulate", office, "--reader", "gina", "--reader", "leo")
+    assert "gina" in started.stdout
+    refused = site.gateway.run("letters", "sign", office, "--as", "leo", check=False)
+    assert refused.returncode != 0 and "turn" in refused.stderr
+    signed = site.gateway.run("letters", "sign", office, "--as", "gina", "--instruction", "阅")
+    assert "leo" in signed.stdout
+    rita = sign_in("rita", lang="zh")
+    rita.goto(f"/letters/{office}")
+    expect(rita.locator("#circulation")).to_contain_text("传阅")
+
+
+def test_the_circulation_record_goes_into_the_archive_package(site: Site, tmp_path: Path) -> None:
+    number = site.letters["business"]
+    operator = Principal.operator("test")
+    site.access.act(operator, number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None and events(site, number, "circulation-finished")
+    month = letter.received_at.astimezone(TZ).strftime("%Y-%m")
+    archiver = Archiver(site.config, site.registry)
+    archiver.run(month)
+    assert all(c.ok for c in archiver.verify(month))
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.archive_number
+    package = site.registry.archive_package(letter.archive_package_id or 0)
+    assert package is not None
+    record = circulation_path(site.config.archive_dir / package.manifest)
+    rows = [r for r in csv.DictReader(io.StringIO(record.read_text())) if r["letter_number"] == number]
+    assert [(r["letter_number"], r["step"], r["reader"], r["signed_by"], r["instruction"]) for r in rows] == [
+        (number, "1", "person:leo", "leo", INSTRUCTION), (number, "2", "department:general-office", "olga", ""),
+        (number, "3", "person:bella", "bella", "已阅。")]
+    assert {r["archive_number"] for r in rows} == {letter.archive_number}
