@@ -187,13 +187,6 @@ retry_max_seconds = 1
 """
 
 
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
-
-
 def test_a_maildir_interrupted_and_run_again_then_a_notified_import(
         tmp_path: Path, pg_url: str, sink: SmtpSink, notify: Notify, engines: list[Engine]) -> None:
     gateway = Gateway(tmp_path, registry_url=pg_url, extra=OUTBOUND.format(relay=sink.address))

@@ -4,9 +4,9 @@ its department told, the deadline counted on), a stranger quoting the number onl
 passed day reminds the department once, and withdrawal works only for a letter awaiting its sender."""
 from __future__ import annotations
 
+import json
 import smtplib
 import time
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -33,13 +33,6 @@ retry_min_seconds = 0.3
 retry_max_seconds = 1
 """
 TZ = ZoneInfo("Asia/Shanghai")
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
 
 
 def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "sales@example.org",
@@ -168,6 +161,10 @@ def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdra
                                                              "--reason", "no stamp").stdout
         assert gateway.show_json("2026-000002")["status"] == "withdrawn"
         assert len(events(gateway, "2026-000002", "withdrawn")) == 1
+        # The month's report: two senders asked, one supplemented, one withdrawn, none still awaited.
+        report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"),
+                                        "--format", "json").stdout)
+        assert report["incomplete"] == {"requested": 2, "supplemented": 1, "withdrawn": 1, "awaiting": 0}
     finally:
         daemon.stop()
 
@@ -193,3 +190,5 @@ def test_a_sender_without_an_address_is_to_be_contacted_by_other_means(
                 if m["kind"] == "request"]
     past = gateway.run("letters", "incomplete", "2026-000001", "--missing", "x", "--by", "2020-01-01", check=False)
     assert past.returncode != 0
+    report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"), "--format", "json").stdout)
+    assert report["incomplete"] == {"requested": 1, "supplemented": 0, "withdrawn": 0, "awaiting": 1}

@@ -4,6 +4,7 @@ register, what is refused (each fault naming its field), and no receipt without 
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -293,6 +294,11 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert "error: --received-at: the time it was received cannot be in the future" in refused.stderr
     assert gw.run("ingest", "--sender", "x", str(page1), check=False).returncode == 2  # --sender needs --channel
     assert len(gw.list_json()) == 1
+    # The paper channel in the month's figures; found by the organisation too.
+    report = json.loads(gw.run("report", "--month", "2026-11", "--format", "json").stdout)
+    assert (report["volumes"]["channel"], report["paper"]) == ({"post": 1}, 1)
+    hits = json.loads(gw.run("letters", "search", "Example Trading", "--json").stdout)["letters"]
+    assert [hit["number"] for hit in hits] == [found.group(1)]
 
 
 def test_a_crash_between_the_upload_and_the_registration_loses_nothing(paper_gateway: Gateway,

@@ -4,13 +4,15 @@ sign-in needed), a reply "2" to the result mail reopens the letter and tells the
 and the public page is rate-limited per client address."""
 from __future__ import annotations
 
+import json
 import re
 import smtplib
 import time
-from collections.abc import Iterator
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -38,13 +40,6 @@ retry_max_seconds = 1
 [satisfaction]
 per_address_per_hour = {limit}
 """
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    s = SmtpSink().start()
-    yield s
-    s.stop()
 
 
 def configured(tmp_path: Path, sink: SmtpSink, limit: int = 100) -> Gateway:
@@ -149,6 +144,17 @@ def test_a_rating_link_counts_once_and_a_reply_two_reopens_the_letter(
              body="1\n", headers={"In-Reply-To": result["Message-ID"]})
         wait_for(lambda: len(gateway.list_json()) == 3, 30, "the stranger's mail registered as a letter")
         assert len(events(gateway, "2026-000001", "rated")) == 1
+
+        # The month's report, against the ratings given here: a 4 and a 2 (the refused 1 not counted).
+        month = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+        report = json.loads(gateway.run("report", "--month", month, "--format", "json").stdout)
+        overall = {"rated": 2, "mean": (4 + 2) / 2, "satisfied": 1, "share_satisfied": 0.5}
+        assert {key: report["satisfaction"][key] for key in overall} == overall
+        assert report["satisfaction"]["by_department"] == {"business": overall}
+        assert report["satisfaction"]["by_category"] == {"external.inquiry_complaint": overall}
+        assert report["reopened"] == {"letters": 1, "times": 1}
+        table = gateway.run("report", "--month", month, "--format", "csv").stdout
+        assert "satisfaction,share_satisfied,0.5" in table and "reopened,letters,1" in table
     finally:
         daemon.stop()
 
