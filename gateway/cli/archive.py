@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gateway.cli.state import State, actor, fail, pass_state, print_json, wide_console
+from gateway.cli.state import State, actor, fail, pass_state, principal, print_json, wide_console
 
 
 @click.group()
@@ -107,3 +107,65 @@ def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
         click.echo(f"kept {reason}")
     if not destroyed:
         click.echo("nothing is past retention")
+
+
+# -- borrowing from the archive (借阅) --------------------------------------------------------
+_AS = click.option("--as", "as_login", metavar="LOGIN", required=True, help="Who acts (a person of the web register).")
+
+
+@archive.command("borrow")
+@click.argument("number")
+@click.option("--reason", required=True, help="Why the archived letter is to be read.")
+@click.option("--days", type=int, required=True, help="For how many days ([borrowing] max_days at most).")
+@_AS
+@pass_state
+def archive_borrow(state: State, number: str, reason: str, days: int, as_login: str) -> None:
+    """Ask to read an archived letter: the head of its department (a confidential one: a leader in
+    charge) approves; prints the request's id."""
+    from gateway.services.access import Refused
+    from gateway.services.borrowing import Borrowings
+
+    try:
+        borrowing_id = Borrowings(state.config, state.registry()).request(principal(state, as_login), number,
+                                                                         reason=reason, days=days)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    click.echo(f"{number}: borrowing {borrowing_id} requested, awaiting approval")
+    state.wake_daemon()
+
+
+@archive.command("grant")
+@click.argument("borrowing_id", type=int)
+@click.option("--refuse", is_flag=True, help="Refuse the request instead.")
+@click.option("--comment", default="", help="A remark for the borrower.")
+@_AS
+@pass_state
+def archive_grant(state: State, borrowing_id: int, refuse: bool, comment: str, as_login: str) -> None:
+    """Grant (or --refuse) a borrowing request, as its approver: the period counts from now."""
+    from gateway.services.access import Refused
+    from gateway.services.borrowing import Borrowings
+
+    try:
+        done = Borrowings(state.config, state.registry()).decide(principal(state, as_login), borrowing_id,
+                                                                 grant=not refuse, comment=comment)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    until = f" until {done.ends_at.isoformat(timespec='minutes')}" if done.ends_at else ""
+    click.echo(f"borrowing {borrowing_id}: {done.status}{until}")
+    state.wake_daemon()
+
+
+@archive.command("return")
+@click.argument("borrowing_id", type=int)
+@_AS
+@pass_state
+def archive_return(state: State, borrowing_id: int, as_login: str) -> None:
+    """Return a borrowed letter before its period ends."""
+    from gateway.services.access import Refused
+    from gateway.services.borrowing import Borrowings
+
+    try:
+        Borrowings(state.config, state.registry()).give_back(principal(state, as_login), borrowing_id)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    click.echo(f"borrowing {borrowing_id}: returned")

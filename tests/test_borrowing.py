@@ -1,0 +1,168 @@
+"""Borrowing from the archive in a real browser (Debian's chromium) under a controllable clock: an
+archived letter's content is refused without an approved borrowing (the registry office's too), a
+request refused, one granted by the department's head, read (each read audited) and expired at the
+end of its period; a confidential one approved only by a leader and read as previews only, never
+downloaded; the register for the registry office and auditors; the CLI through the same service."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from playwright.sync_api import Browser, Page, expect
+from web_support import PASSWORD, Site
+
+from gateway.archive.packer import Archiver
+from gateway.services.people import Principal
+from gateway.track import reminders
+
+pytestmark = pytest.mark.timeout(300)
+
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+class Clock:
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The standard letters; the Business order and the confidential one closed and archived."""
+    s = Site(tmp_path_factory.mktemp("borrowing"))
+    s.add_people()
+    s.add_letters()
+    operator = Principal.operator("test")
+    for name in ("business", "secret"):
+        s.access.act(operator, s.letters[name], "close", text="done")
+    letter = s.registry.letter(s.letters["business"])
+    assert letter is not None
+    Archiver(s.config, s.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock(site: Site) -> Clock:
+    clock = Clock(datetime.now(timezone.utc))
+    site.app.state.web.access.clock = clock
+    return clock
+
+
+@pytest.fixture
+def sign_in(site: Site, browser: Browser, request: pytest.FixtureRequest) -> Iterator[SignIn]:
+    yield from signed_in_pages(browser, site.url, PASSWORD, request)
+
+
+def events(site: Site, number: str, action: str) -> list[dict[str, Any]]:
+    letter = site.registry.letter(number)
+    assert letter is not None
+    return [e.details for e in letter.events if e.action == action]
+
+
+def ask(page: Page, number: str, reason: str, days: int) -> None:
+    page.goto(f"/letters/{number}")
+    page.click("text=Ask to borrow")
+    page.fill("textarea[name=reason]", reason)
+    page.fill("input[name=days]", str(days))
+    page.click("button:has-text('Send the request')")
+    expect(page.locator(".flash.ok")).to_contain_text("once the request is approved")
+
+
+def decide(page: Page, reason: str, button: str) -> None:
+    page.goto("/borrowing")
+    row = page.locator("#awaiting tr", has_text=reason)
+    row.locator("input[name=comment]").fill(f"{button}: seen")
+    row.locator(f"button:has-text('{button}')").click()
+    expect(page.locator(".flash.ok")).to_be_visible()
+
+
+def test_refused_without_approval_then_granted_read_and_expired(site: Site, sign_in: SignIn, clock: Clock) -> None:
+    number = site.letters["business"]
+    url = f"/letters/{number}"
+    assert site.registry.letter(number).status == "archived"  # type: ignore[union-attr]
+
+    # Archived: nobody reads its content without a borrowing, the registry office neither.
+    sam = sign_in("sam")
+    sam.goto(url)
+    expect(sam.locator("#borrowing")).to_contain_text("This letter is archived")
+    expect(sam.locator("main")).not_to_contain_text("Please confirm the order")
+    assert sam.request.get(f"{url}/original").status == 404
+    rita = sign_in("rita")
+    rita.goto(url)
+    expect(rita.locator("main")).not_to_contain_text("Please confirm the order")
+
+    # The registry office asks, the head refuses: still nothing to read.
+    ask(rita, number, "Checking the register", 1)
+    bella = sign_in("bella")
+    decide(bella, "Checking the register", "Refuse")
+    rita.goto(url)
+    expect(rita.locator("main")).not_to_contain_text("Please confirm the order")
+    assert events(site, number, "borrow-refused")[0]["approver"] == "bella"
+
+    # A member asks for two days; the head grants it: read-only in the browser, each read audited.
+    ask(sam, number, "Preparing the next order", 2)
+    assert events(site, number, "borrow-requested")[-1] | {"borrowing": 0} == {
+        "borrowing": 0, "reason": "Preparing the next order", "days": 2, "approver": "head"}
+    decide(bella, "Preparing the next order", "Grant")
+    sam.goto(url)
+    expect(sam.locator("pre.body")).to_contain_text("Please confirm the order")
+    expect(sam.locator("#borrowing")).to_contain_text("Lent to you until")
+    reads = [a for a in site.access.audit(Principal.operator("t"), letter=number) if a.actor == "sam"]
+    assert [a.action for a in reads] == ["read"]
+    assert [e["borrower"] for e in events(site, number, "borrow-read")] == ["sam"]
+
+    # The period ends by itself: from then on the content is refused again, and the pass records it.
+    clock.now = clock.now + timedelta(days=2, minutes=1)
+    sam.goto(url)
+    expect(sam.locator("main")).not_to_contain_text("Please confirm the order")
+    expect(sam.locator("#borrowing")).to_contain_text("This letter is archived")
+    reminders.run(site.config, site.registry, clock.now)
+    [expired] = events(site, number, "borrow-expired")
+    assert expired["borrower"] == "sam"
+
+    # The register: the registry office and auditors see every request and how it ended.
+    for login in ("rita", "audrey"):
+        page = sign_in(login)
+        page.goto("/borrowing")
+        register = page.locator("#register")
+        expect(register).to_contain_text("Preparing the next order")
+        expect(register.locator(".badge.borrow-expired")).to_have_count(1)
+        expect(register.locator(".badge.borrow-refused")).to_have_count(1)
+    sam.goto("/borrowing")
+    expect(sam.locator("#register")).to_have_count(0)
+
+
+def test_a_confidential_letter_approved_by_a_leader_read_as_previews_only(site: Site, sign_in: SignIn,
+                                                                        clock: Clock) -> None:
+    number = site.letters["secret"]
+    bella = sign_in("bella", lang="zh")  # heads Business, the letter's department
+    bella.goto(f"/letters/{number}")
+    expect(bella.locator("#borrowing")).to_contain_text("该来信已归档")
+    # Over the CLI: the head asks; she may not approve it (confidential: a leader in charge does).
+    asked = site.gateway.run("archive", "borrow", number, "--reason", "The merger file", "--days", "3",
+                             "--as", "bella")
+    borrowing_id = asked.stdout.split("borrowing ")[1].split()[0]
+    refused = site.gateway.run("archive", "grant", borrowing_id, "--as", "bella", check=False)
+    assert refused.returncode != 0 and "leader in charge" in refused.stderr
+    leo = sign_in("leo")
+    leo.goto("/borrowing")
+    expect(leo.locator("#awaiting")).to_contain_text("The merger file")
+    decide(leo, "The merger file", "Grant")
+
+    bella.goto(f"/letters/{number}")
+    expect(bella.locator("pre.body")).to_contain_text("The terms are attached.")
+    expect(bella.locator("#borrowing")).to_contain_text("仅可预览页面")
+    expect(bella.locator("a[href$='/original']")).to_have_count(0)
+    assert bella.request.get(f"/letters/{number}/original").status == 404
+    # Returned early: the reading ends there.
+    bella.click("button:has-text('立即归还')")
+    bella.goto(f"/letters/{number}")
+    expect(bella.locator("main")).not_to_contain_text("The terms are attached.")
+    assert events(site, number, "borrow-returned")[0]["borrower"] == "bella"
