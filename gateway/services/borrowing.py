@@ -127,7 +127,9 @@ class Borrowings:
         if grant and who.person_id is not None and who.person_id == borrowing.person_id:
             raise Forbidden("nobody approves their own request", "own-request")
         comment = comment.strip()[:MAX_REASON]
-        ends_at = now + timedelta(days=borrowing.days) if grant else None
+        # In the organisation's time zone, as people read it in the event and the mail.
+        ends_at = (now + timedelta(days=borrowing.days)).astimezone(self.config.calendar.tz).replace(microsecond=0) \
+            if grant else None
         borrower = self.people.get(borrowing.login)
         to = sorted(borrower.emails)[:1] if borrower and borrower.emails else []
         mail = [new_mail(self.config, "borrowing", r, about="granted" if grant else "refused", comment=comment,

@@ -23,8 +23,8 @@ REFUSAL = {
     "forbidden-borrow-leader": N_("only a leader in charge of its department approves reading %(number)s"),
     "own-request": N_("nobody approves their own request"),
 }
-STATUS = {"requested": N_("awaiting approval"), "granted": N_("granted"), "refused": N_("refused"),
-          "returned": N_("returned"), "expired": N_("expired")}
+STATUS = {"requested": N_("awaiting approval"), "granted": N_("lent"), "refused": N_("not granted"),
+          "returned": N_("given back"), "expired": N_("period over")}
 
 
 def routes() -> list[BaseRoute]:
