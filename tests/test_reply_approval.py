@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import conftest
 import pytest
@@ -18,6 +19,7 @@ from smtp_sink import SmtpSink
 from web_support import PASSWORD, PEOPLE, Person, Site
 
 from gateway.outbound.sender import OutboxSender
+from gateway.report.figures import Period, compute
 from gateway.services.access import Forbidden, Refused
 from gateway.services.replies import Replies
 from gateway.track import reminders
@@ -200,3 +202,14 @@ def test_an_approval_waiting_too_long_is_reminded(site: Site, sink: SmtpSink) ->
     # Approved by the head alone, the reply leaves.
     olga = site.people.principal("olga")
     assert olga is not None and replies.approve(olga, number) == "sent"
+    # The month's report: one draft submitted and approved, none returned, approved in the time between.
+    letter = site.registry.letter(number)
+    assert letter is not None
+    submitted = next(e.at for e in letter.events if e.action == "reply-submitted")
+    approved = next(e.at for e in letter.events if e.action == "reply-approved")
+    tz = site.config.model.gateway.timezone
+    month = Period.parse(submitted.astimezone(ZoneInfo(tz)).strftime("%Y-%m"), tz)
+    report = compute(site.registry, month, tz)
+    assert report["replies"] == {"submitted": 1, "approved": 1, "returned": 0}
+    hours = round((approved - submitted).total_seconds() / 3600, 2)
+    assert report["time_to_approve"] == {"count": 1, "mean_hours": hours, "p90_hours": hours}

@@ -22,7 +22,10 @@ come from the events of each letter:
   dissatisfied sender's case goes on, and their last word is the one that
   stands); mean score and the share of satisfied senders (4 or 5), overall,
   per department and per category;
-- reopened: letters a sender's low rating reopened, and how often.
+- reopened: letters a sender's low rating reopened, and how often;
+- replies under approval: drafts submitted, approved (the whole chain) and
+  returned to their handler; the time to approve, from a draft's submission
+  to the last approval of its chain (mean and 90th percentile, hours).
 """
 from __future__ import annotations
 
@@ -113,6 +116,28 @@ def _incomplete_outcome(events: list[Any], moment: datetime) -> str | None:
     return outcome
 
 
+def _approval_hours(events: list[Any], moment: datetime) -> tuple[Counter[str], list[float]]:
+    """A letter's replies: how many were submitted, fully approved and returned, and the hours from
+    each approved draft's (last) submission to its last approval."""
+    counts: Counter[str] = Counter()
+    hours: list[float] = []
+    submitted: dict[Any, datetime] = {}
+    for event in events:
+        if event.at > moment:
+            break
+        draft = (event.details or {}).get("draft")
+        if event.action == "reply-submitted":
+            counts["submitted"] += 1
+            submitted[draft] = event.at
+        elif event.action == "reply-returned":
+            counts["returned"] += 1
+        elif event.action == "reply-approved" and (event.details or {}).get("complete"):
+            counts["approved"] += 1
+            if draft in submitted:
+                hours.append((event.at - submitted[draft]).total_seconds() / 3600)
+    return counts, hours
+
+
 def _score(event: Any) -> int | None:
     score = (event.details or {}).get("score")
     return score if isinstance(score, int) and 1 <= score <= 5 else None
@@ -140,6 +165,8 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
     scores: list[int] = []
     scores_by: dict[str, dict[str, list[int]]] = {"department": {}, "category": {}}
     reopened_letters = reopened_times = 0
+    replies: Counter[str] = Counter()
+    to_approve: list[float] = []
     for letter in letters:
         by_channel[letter.channel] += 1
         by_category[letter.category or "uncategorised"] += 1
@@ -155,6 +182,9 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
             scores.append(latest)
             scores_by["department"].setdefault(letter.department or "-", []).append(latest)
             scores_by["category"].setdefault(letter.category or "uncategorised", []).append(latest)
+        reply_counts, reply_hours = _approval_hours(events, moment)
+        replies.update(reply_counts)
+        to_approve += reply_hours
         reopenings = sum(e.action == "reopened" and e.at <= moment for e in events)
         reopened_letters += reopenings > 0
         reopened_times += reopenings
@@ -204,4 +234,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
                          **{f"by_{dimension}": {key: _satisfaction(values) for key, values in sorted(groups.items())}
                             for dimension, groups in scores_by.items()}},
         "reopened": {"letters": reopened_letters, "times": reopened_times},
+        "replies": {"submitted": replies["submitted"], "approved": replies["approved"],
+                    "returned": replies["returned"]},
+        "time_to_approve": _stats(to_approve),
     }

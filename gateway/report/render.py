@@ -33,6 +33,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
             out += [(f"satisfaction by {dimension}", f"{group} {key}", figures[key])
                     for key in ("rated", "mean", "share_satisfied")]
     out += [("reopened", key, value) for key, value in report["reopened"].items()]
+    out += [("replies", key, value) for key, value in report["replies"].items()]
+    out += [("time_to_approve", key, value) for key, value in report["time_to_approve"].items()]
     out += [("overdue", item["number"], item["days_overdue"]) for item in report["overdue"]]
     return out
 
@@ -95,6 +97,7 @@ def _satisfaction_table(report: dict[str, Any]) -> str:
 def as_html(report: dict[str, Any], organisation: str = "") -> str:
     t, a, c = report["timeliness"], report["accuracy"], report["archive"]
     s, i, r = report["satisfaction"], report["incomplete"], report["reopened"]
+    replies, approve = report["replies"], report["time_to_approve"]
     ack, close = report["time_to_acknowledge"], report["time_to_close"]
     overdue_rows = "".join(
         f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
@@ -120,6 +123,9 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
         _row("Reopened", f"<td>{r['letters']}</td>",
              f"<td>letters reopened after a sender's low rating ({r['times']} time(s))</td>"),
         _row("Paper letters", f"<td>{report['paper']}</td>", "<td>by post, courier and at the front desk</td>"),
+        _row("Time to approve a reply", f"<td>{_hours(approve['mean_hours'])} h mean</td>",
+             f"<td>{_hours(approve['p90_hours'])} h at the 90th percentile; {replies['approved']} of "
+             f"{replies['submitted']} submitted drafts approved, {replies['returned']} returned</td>"),
     ])
     overdue_head = "".join(f"<th>{name}</th>" for name in
                            ("Number", "Department", "Category", "Deadline", "Days overdue", "Subject"))
