@@ -2,11 +2,13 @@
 archived letter's content is refused without an approved borrowing (the registry office's too), a
 request refused, one granted by the department's head, read (each read audited) and expired at the
 end of its period; a confidential one approved only by a leader and read as previews only, never
-downloaded; the register for the registry office and auditors; the CLI through the same service."""
+downloaded; the register for the registry office and auditors; the CLI through the same service; the
+records of circulation and borrowing on PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -16,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from web_support import PASSWORD, Site
 
 from gateway.archive.packer import Archiver
+from gateway.services.access import Refused
 from gateway.services.people import Principal
 from gateway.track import reminders
 
@@ -166,3 +169,52 @@ def test_a_confidential_letter_approved_by_a_leader_read_as_previews_only(site: 
     bella.goto(f"/letters/{number}")
     expect(bella.locator("main")).not_to_contain_text("The terms are attached.")
     assert events(site, number, "borrow-returned")[0]["borrower"] == "bella"
+
+
+def test_circulation_and_borrowing_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same records on PostgreSQL: a circulation signed in turn and reminded; a borrowing granted,
+    read and expired."""
+    from gateway.services.borrowing import Borrowings
+    from gateway.services.circulation import Circulations
+
+    site = Site(tmp_path, registry_url=pg_url)
+    try:
+        site.add_people()
+        site.add_letters()
+        def who(login: str) -> Principal:
+            person = site.people.principal(login)
+            assert person is not None
+            return person
+
+        now = datetime.now(timezone.utc)
+        circulations = Circulations(site.config, site.registry)
+        number = site.letters["office"]
+        circulations.start(who("rita"), number, ["leo", "gina"], now=now)
+        with pytest.raises(Refused, match="turn"):
+            circulations.sign(who("gina"), number, now=now)
+        following = circulations.sign(who("leo"), number, "阅办", now=now)
+        assert following is not None and following.target == "gina"
+        assert [letter.number for letter, _ in circulations.to_read(who("gina"))] == [number]
+        late = [r for r in reminders.run(site.config, site.registry, now + timedelta(days=7))
+                if r.kind.startswith("circulation")]
+        assert [r.kind for r in late] == ["circulation"]
+        assert circulations.sign(who("gina"), number, now=now + timedelta(days=7)) is None
+
+        operator = Principal.operator("test")
+        archived = site.letters["business"]
+        site.access.act(operator, archived, "close", text="done")
+        letter = site.registry.letter(archived)
+        assert letter is not None
+        Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+        books = Borrowings(site.config, site.registry)
+        sam = who("sam")
+        borrowing_id = books.request(sam, archived, reason="an order", days=1, now=now)
+        letter = site.registry.letter(archived)
+        assert letter is not None and not site.access.content_allowed(sam, letter, now=now)
+        books.decide(who("bella"), borrowing_id, grant=True, now=now)
+        assert site.access.content_allowed(sam, letter, now=now + timedelta(hours=23))
+        assert not site.access.content_allowed(sam, letter, now=now + timedelta(days=1, minutes=1))
+        reminders.run(site.config, site.registry, now + timedelta(days=1, minutes=1))
+        assert [b.borrowing.status for b in books.mine(sam)] == ["expired"]
+    finally:
+        site.close()
