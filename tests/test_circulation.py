@@ -167,7 +167,7 @@ def test_three_readers_in_order_the_instruction_to_the_department_and_a_late_rea
 
     # The department sees the instruction on the letter; the leader has nothing left to read.
     sam.goto(url)
-    expect(sam.locator("#circulation blockquote.instruction").first).to_contain_text(INSTRUCTION)
+    expect(sam.locator("#circulation .instruction").first).to_contain_text(INSTRUCTION)
     leo.goto("/to-read")
     expect(leo.locator("main")).to_contain_text("Nothing to read and sign.")
 
