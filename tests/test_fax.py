@@ -84,7 +84,7 @@ def drop(gateway: Gateway, name: str, data: bytes, *, age: float = 5.0) -> Path:
 
 def fax_letters(gateway: Gateway, count: int, timeout: float = 60) -> list[dict]:
     wait_for(lambda: len(gateway.list_json("--channel", "fax")) >= count, timeout, f"{count} fax letter(s)")
-    return [gateway.show_json(str(l["number"])) for l in gateway.list_json("--channel", "fax")]
+    return [gateway.show_json(str(item["number"])) for item in gateway.list_json("--channel", "fax")]
 
 
 def text_read(gateway: Gateway, number: str, timeout: float = 90) -> dict:
@@ -297,7 +297,7 @@ def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify
             client.sendmail("fax@faxservice.example", ["fax-inbox@example.org"],
                             fax_mail("Fax from +86 21 6666 9999", []))
             client.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1, subject="plain"))
-        letters = {l["fax"]["number"]: l for l in fax_letters(gateway, 3)}
+        letters = {item["fax"]["number"]: item for item in fax_letters(gateway, 3)}
         complete, short, empty = (letters["+86 21 6666 7777"], letters["+86 21 6666 8888"],
                                   letters["+86 21 6666 9999"])
         assert complete["channel"] == "fax" and complete["fax"]["pages"] == 2
@@ -305,7 +305,7 @@ def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify
         assert "partial-reception" in short["flags"] and "fax: 3 page(s) announced, 2 received" in short["defects"]
         assert "partial-reception" in empty["flags"]
         assert "fax: the fax mail carries no TIFF or PDF document" in empty["defects"]
-        assert [l["channel"] for l in gateway.list_json() if l["subject"] == "plain"] == ["email"]
+        assert [item["channel"] for item in gateway.list_json() if item["subject"] == "plain"] == ["email"]
         assert "DELIVERY" in text_read(gateway, str(complete["number"]))["body_text"].upper()
     finally:
         daemon.stop()
@@ -314,8 +314,10 @@ def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify
 def test_an_ocr_failure_is_a_defect_and_registration_goes_on(tmp_path: Path, notify: Notify,
                                                              faxes: dict[str, bytes]) -> None:
     gateway = configure(tmp_path)
-    gateway.config.write_text(gateway.config.read_text().replace("ocr_workers = 1",
-                                                                 'ocr_workers = 1\nocr_languages = "xxx"'))
+    # The tesseract reader, with language data that does not exist (the gateway's own reader
+    # takes no language list).
+    gateway.config.write_text(gateway.config.read_text().replace(
+        "ocr_workers = 1", 'ocr_workers = 1\nocr_reader = "tesseract"\nocr_languages = "xxx"'))
     daemon = start(gateway, notify)
     try:
         drop(gateway, "unreadable-text.tif", faxes["two"])

@@ -1,6 +1,6 @@
 """How well the gateway reads faxes: the character error rate on a generated corpus of known letters
 (simplified, traditional, Chinese mixed with English, English; fine and standard resolution; skewed,
-speckled, stamped, with a fax header line), per class, measured without folding anything. A change
+speckled, stamped, with a fax header line), per class and resolution, measured without folding anything. A change
 that reads worse fails here. Also: the header line feeds the fax's facts, and a page that cannot be
 read is flagged for a person to check."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import wait_for
-from ocr_corpus import FINE_ROWS, FAX_WIDTH, Sample, cer, corpus, sample, tiff_bytes
+from ocr_corpus import FINE_ROWS, FAX_WIDTH, LETTERS, Sample, cer, corpus, render, sample, tiff_bytes
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 from web_support import Site
@@ -24,9 +24,13 @@ from gateway.stages.fax.ocr import OcrResult, ocr_document
 from gateway.stages.fax.reader import restore_punctuation
 from gateway.stages.fax.text import TextReader
 
-# Measured on this corpus: simplified 0.4 %, traditional 2.5 %, mixed 1.0 %, English 0.9 %.
-# The issue's bars (2 % simplified, 3 % traditional) are the limits.
-LIMITS = {"simplified": 0.02, "traditional": 0.03, "mixed": 0.02, "english": 0.02}
+# Limits per class and resolution, a few characters above what this corpus measures (in brackets),
+# so that a reader that gets worse fails here; the issue's bars (simplified 2 %, traditional 3 %)
+# are never exceeded: simplified fine 1 % (0.0), standard 1.5 % (0.8); traditional 3 % (2.3, 2.2);
+# mixed 1 % (0.0), 1.5 % (0.4); English (standard only) 1 % (0.2).
+LIMITS = {("simplified", "fine"): 0.01, ("simplified", "standard"): 0.015,
+          ("traditional", "fine"): 0.03, ("traditional", "standard"): 0.03,
+          ("mixed", "fine"): 0.01, ("mixed", "standard"): 0.015, ("english", "standard"): 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -34,25 +38,24 @@ def readings() -> list[tuple[Sample, OcrResult]]:
     return [(page, ocr_document(page.tiff, "tiff", reader="auto")) for page in corpus("test")]
 
 
-@pytest.mark.parametrize("script", sorted(LIMITS))
-def test_character_error_rate_per_class(readings: list[tuple[Sample, OcrResult]], script: str) -> None:
+def test_the_corpus_has_every_class_at_the_resolutions_measured() -> None:
+    assert {(page.script, page.resolution) for page in corpus("test")} == set(LIMITS)
+
+
+@pytest.mark.parametrize(("script", "resolution"), sorted(LIMITS))
+def test_character_error_rate_per_class_and_resolution(readings: list[tuple[Sample, OcrResult]], script: str,
+                                                       resolution: str) -> None:
     errors = characters = 0
     report = []
     for page, result in readings:
-        if page.script != script:
+        if (page.script, page.resolution) != (script, resolution):
             continue
         assert result.defects == [], (page.name, result.defects)
         e, n = cer(page.text, result.text)
         errors, characters = errors + e, characters + n
         report.append(f"{page.name}: {e}/{n}")
     assert characters > 0
-    assert errors / characters < LIMITS[script], report
-
-
-def test_each_resolution_is_read_as_well(readings: list[tuple[Sample, OcrResult]]) -> None:
-    for resolution in ("fine", "standard"):
-        pairs = [cer(page.text, result.text) for page, result in readings if page.resolution == resolution]
-        assert sum(e for e, _ in pairs) / sum(n for _, n in pairs) < 0.02, resolution
+    assert errors / characters < LIMITS[script, resolution], report
 
 
 def test_the_reader_and_its_confidence_are_reported(readings: list[tuple[Sample, OcrResult]]) -> None:
@@ -60,10 +63,12 @@ def test_the_reader_and_its_confidence_are_reported(readings: list[tuple[Sample,
         assert result.pages == 1 and len(result.confidences) == 1
         assert result.low_confidence == [], (page.name, result.confidences)
         assert result.version.startswith("rapidocr-onnxruntime ")
-        # Traditional pages borrow tesseract's characters; others are PP-OCR's alone.
-        expected = "ppocr+tesseract" if page.script == "traditional" else "ppocr"
-        if page.script in ("traditional", "simplified", "english"):
-            assert result.reader == expected, page.name
+        # Traditional pages borrow tesseract's characters, English ones never need them; a
+        # simplified page does where PP-OCR was unsure of a character.
+        if page.script == "traditional":
+            assert result.reader == "ppocr+tesseract", page.name
+        elif page.script == "english":
+            assert result.reader == "ppocr", page.name
 
 
 def test_the_header_line_gives_the_senders_number_and_time(readings: list[tuple[Sample, OcrResult]]) -> None:
@@ -158,3 +163,24 @@ def test_the_daemon_records_the_reading_flags_the_bad_page_and_takes_the_number_
         assert reading.header is not None and "P.01/01" in reading.header
     finally:
         site.close()
+
+
+def test_a_paper_letters_png_scan_is_read(tmp_path: Path) -> None:
+    """A scan is a picture, not a fax: grey, at the scanner's resolution, in a mail of its own."""
+    from email.message import EmailMessage
+
+    from gateway.spool import Spool
+    from gateway.stages.fax.text import read_text
+
+    page = render(LETTERS["simplified"][1], "simplified").convert("L")
+    png = io.BytesIO()
+    page.save(png, "PNG", dpi=(200, 200))
+    message = EmailMessage()
+    message["Subject"] = "paper letter"
+    message.set_content("registry office record")
+    message.add_attachment(png.getvalue(), maintype="image", subtype="png", filename="scan-1.png")
+    item = Spool(tmp_path / "spool", tmp_path / "messages").enqueue(message.as_bytes(), {"channel": "paper"})
+    read = read_text(str(item.path), "eng+chi_sim", 120)
+    assert read.pages == 1 and read.defects == []
+    assert "广州市恒通物流有限公司财务部：" in read.text
+    assert read.reading is not None and read.reading["version"].startswith("rapidocr-onnxruntime ")

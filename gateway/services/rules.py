@@ -66,7 +66,8 @@ def classify_file(config: Config, registry: Registry, path: Path, *, ocr: bool) 
         if ocr:
             settings = config.model.fax
             text = read_text(str(scratch.state_dir / built.raw_path), settings.ocr_languages,
-                             settings.ocr_timeout_seconds, Limits.of(config.model.normalise))[0]
+                             settings.ocr_timeout_seconds, Limits.of(config.model.normalise),
+                             reader=settings.ocr_reader, min_confidence=settings.ocr_min_confidence)[0]
         letter = _as_letter(built, text)
         return FileDecision(path, routing=route_letter(scratch, letter))
 

@@ -46,7 +46,8 @@ class _OcrFailed(Exception):
 def ocr_document(data: bytes, kind: str, *, languages: str = DEFAULT_LANGUAGES,
                  timeout: float = 120.0, reader: str = "tesseract",
                  min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> OcrResult:
-    """Read the text of every page of a fax ("tiff" or "pdf"). Never raises for an OCR failure.
+    """Read the text of every page of a fax or scan ("tiff", "pdf" or "image"). Never raises for
+    an OCR failure.
 
     `reader` "auto" (or "ppocr") is the gateway's reader, "tesseract" the tesseract command alone
     in `languages`. `timeout` bounds the whole document; pages not reached in time are reported

@@ -53,9 +53,10 @@ def read_text(raw_path: str, languages: str, timeout: float, limits: Limits | No
               reader: str = "auto", min_confidence: float = DEFAULT_MIN_CONFIDENCE,
               timezone: str = "UTC") -> TextRead:
     """In a worker process: the text of every fax document or scan in a stored letter (a
-    fax-to-email message examined within the configured [normalise] limits), and how it was read.
+    fax-to-email message or a paper letter examined within the configured [normalise] limits),
+    and how it was read.
     """
-    from gateway.stages.fax.document import FaxUnreadable, read_fax
+    from gateway.stages.fax.document import FaxUnreadable, read_fax, read_scan
     from gateway.stages.fax.metadata import FaxFacts, read_header_line
     from gateway.stages.fax.ocr import ocr_document
     from gateway.stages.normalise import normalise
@@ -66,7 +67,7 @@ def read_text(raw_path: str, languages: str, timeout: float, limits: Limits | No
     try:
         read_fax(raw)
         documents = [raw]  # a fax file
-    except FaxUnreadable:  # fax-to-email: the TIFF and PDF attachments
+    except FaxUnreadable:  # fax-to-email or a paper letter: the TIFF, PDF, JPEG and PNG attachments
         documents = [a.content for a in normalise(raw, limits=limits or Limits()).attachments]
     texts, defects, pages = [], [], 0
     readers: list[str] = []
@@ -76,7 +77,7 @@ def read_text(raw_path: str, languages: str, timeout: float, limits: Limits | No
     header: str | None = None
     for data in documents:
         try:
-            kind = read_fax(data).kind
+            kind = read_scan(data).kind  # a paper letter's scans may be pictures
         except FaxUnreadable:
             continue
         result = ocr_document(data, kind, languages=languages, timeout=timeout, reader=reader,
