@@ -249,7 +249,7 @@ def corpus(size: str = "test") -> list[Sample]:
             sample("mix-std-noise", "mixed", 1, resolution="standard", noise=0.05, seed=3),
             sample("eng-std-skew", "english", 0, resolution="standard", skew=-2.0),
         ]
-    pages = []
+    pages: list[Sample] = []
     for script, letters in LETTERS.items():
         for index in range(len(letters)):
             for resolution in ("fine", "standard"):
