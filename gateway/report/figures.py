@@ -25,7 +25,12 @@ come from the events of each letter:
 - reopened: letters a sender's low rating reopened, and how often;
 - replies under approval: drafts submitted, approved (the whole chain) and
   returned to their handler; the time to approve, from a draft's submission
-  to the last approval of its chain (mean and 90th percentile, hours).
+  to the last approval of its chain (mean and 90th percentile, hours);
+- circulation timeliness per reader: of the steps that reached a reader in the
+  period and were due by the report's moment, the share signed within their
+  deadline (a step still unsigned past its deadline counts as late);
+- borrowings: requests made in the period, and how they stand (granted,
+  refused, returned, expired, awaiting a decision).
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
-from gateway.registry.models import Letter
+from gateway.registry.models import Borrowing, CirculationStep, Letter
 
 PAPER_CHANNELS = ("post", "courier", "front-desk")
 SATISFIED = 4  # a rating of 4 or 5 of 5
@@ -153,6 +158,10 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         letters = list(session.scalars(
             select(Letter).where(Letter.received_at >= period.start, Letter.received_at < period.end)
             .options(selectinload(Letter.events)).order_by(Letter.received_at, Letter.id)))
+        steps = list(session.scalars(select(CirculationStep).where(
+            CirculationStep.reached_at >= period.start, CirculationStep.reached_at < period.end)))
+        borrowings = list(session.scalars(select(Borrowing).where(
+            Borrowing.requested_at >= period.start, Borrowing.requested_at < period.end)))
 
     by_channel: Counter[str] = Counter()
     by_category: Counter[str] = Counter()
@@ -237,4 +246,38 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         "replies": {"submitted": replies["submitted"], "approved": replies["approved"],
                     "returned": replies["returned"]},
         "time_to_approve": _stats(to_approve),
+        "circulation": _circulation(steps, moment),
+        "borrowings": _borrowings(borrowings, moment),
     }
+
+
+def _circulation(steps: list[CirculationStep], moment: datetime) -> dict[str, Any]:
+    """Per reader ("person:login" or "department:id"): steps due, signed within the deadline, late."""
+    readers: dict[str, Counter[str]] = {}
+    for step in steps:
+        signed = step.signed_at is not None and step.signed_at <= moment
+        if not signed and (step.deadline is None or step.deadline >= moment):
+            continue  # not yet due
+        counts = readers.setdefault(f"{step.kind}:{step.target}", Counter())
+        counts["due"] += 1
+        on_time = signed and (step.deadline is None or step.signed_at <= step.deadline)  # type: ignore[operator]
+        counts["on_time" if on_time else "late"] += 1
+    per_reader = {reader: {"due": c["due"], "on_time": c["on_time"], "late": c["late"],
+                           "rate": _rate(c["on_time"], c["due"])} for reader, c in sorted(readers.items())}
+    total = sum(readers.values(), Counter())
+    return {"due": total["due"], "on_time": total["on_time"], "rate": _rate(total["on_time"], total["due"]),
+            "by_reader": per_reader}
+
+
+def _borrowings(borrowings: list[Borrowing], moment: datetime) -> dict[str, int]:
+    out = Counter({"requested": len(borrowings)})
+    for borrowing in borrowings:
+        if borrowing.status == "requested":
+            out["awaiting"] += 1
+        elif borrowing.status == "refused":
+            out["refused"] += 1
+        else:  # granted, and perhaps returned or over since
+            out["granted"] += 1
+            if borrowing.status in ("returned", "expired"):
+                out[borrowing.status] += 1
+    return {key: out[key] for key in ("requested", "granted", "refused", "returned", "expired", "awaiting")}

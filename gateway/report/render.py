@@ -35,6 +35,11 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
     out += [("reopened", key, value) for key, value in report["reopened"].items()]
     out += [("replies", key, value) for key, value in report["replies"].items()]
     out += [("time_to_approve", key, value) for key, value in report["time_to_approve"].items()]
+    circulation = report["circulation"]
+    out += [("circulation", key, circulation[key]) for key in ("due", "on_time", "rate")]
+    for reader, figures in circulation["by_reader"].items():
+        out += [("circulation by reader", f"{reader} {key}", value) for key, value in figures.items()]
+    out += [("borrowings", key, value) for key, value in report["borrowings"].items()]
     out += [("overdue", item["number"], item["days_overdue"]) for item in report["overdue"]]
     return out
 
@@ -98,6 +103,7 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
     t, a, c = report["timeliness"], report["accuracy"], report["archive"]
     s, i, r = report["satisfaction"], report["incomplete"], report["reopened"]
     replies, approve = report["replies"], report["time_to_approve"]
+    circulation, borrowed = report["circulation"], report["borrowings"]
     ack, close = report["time_to_acknowledge"], report["time_to_close"]
     overdue_rows = "".join(
         f"<tr><td>{html.escape(o['number'])}</td><td>{html.escape(str(o['department']))}</td>"
@@ -126,6 +132,11 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
         _row("Time to approve a reply", f"<td>{_hours(approve['mean_hours'])} h mean</td>",
              f"<td>{_hours(approve['p90_hours'])} h at the 90th percentile; {replies['approved']} of "
              f"{replies['submitted']} submitted drafts approved, {replies['returned']} returned</td>"),
+        _row("Circulation on time", f'<td class="k">{_pct(circulation["rate"])}</td>',
+             f"<td>{circulation['on_time']} of {circulation['due']} readings signed within their deadline</td>"),
+        _row("Borrowings", f"<td>{borrowed['requested']}</td>",
+             f"<td>requested: {borrowed['granted']} granted, {borrowed['refused']} refused, {borrowed['returned']} "
+             f"returned, {borrowed['expired']} expired, {borrowed['awaiting']} awaiting a decision</td>"),
     ])
     overdue_head = "".join(f"<th>{name}</th>" for name in
                            ("Number", "Department", "Category", "Deadline", "Days overdue", "Subject"))
