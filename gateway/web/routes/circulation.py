@@ -2,13 +2,17 @@
 "to read" queue (gateway.services.circulation decides who may and whose turn it is)."""
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.services.access import Forbidden, Refused
 from gateway.services.circulation import INPUT_REFUSALS, Circulations
 from gateway.web import i18n
-from gateway.web.app import Problem, Req, page
+from gateway.services.borrowing import Borrowings
+from gateway.services.people import Principal
+from gateway.web.app import Problem, Req, Web, page
 from gateway.web.i18n import N_, _
 from gateway.web.routes.letters import _letter_page, letter_url
 
@@ -37,6 +41,19 @@ def routes() -> list[BaseRoute]:
         Route("/letters/{number}/circulate", circulate, methods=["POST"]),
         Route("/letters/{number}/sign", sign, methods=["POST"]),
     ]
+
+
+def template_globals() -> dict[str, Any]:
+    """What the sidebar asks of this module: the counts beside "To read" and "Borrowing"."""
+    return {"to_read_count": to_read_count, "borrowings_waiting": borrowings_waiting}
+
+
+def to_read_count(web: Web, who: Principal) -> int:
+    return len(Circulations(web.config, web.registry, web.access).to_read(who))
+
+
+def borrowings_waiting(web: Web, who: Principal) -> int:
+    return len(Borrowings(web.config, web.registry, web.access).awaiting(who))
 
 
 def refusal(exc: Refused) -> str:
