@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 from web_support import PASSWORD, Site
 
 from gateway.archive.packer import Archiver
+from gateway.report.figures import Period, compute
 from gateway.services.access import Refused
 from gateway.services.people import Principal
 from gateway.track import reminders
@@ -140,6 +141,12 @@ def test_refused_without_approval_then_granted_read_and_expired(site: Site, sign
         expect(register.locator(".badge.borrow-refused")).to_have_count(1)
     sam.goto("/borrowing")
     expect(sam.locator("#register")).to_have_count(0)
+
+    # The report's borrowings of the weeks around: one refused, one granted that expired.
+    tz = site.config.model.gateway.timezone
+    weeks = Period("weeks", clock.now - timedelta(days=30), clock.now + timedelta(days=1))
+    assert compute(site.registry, weeks, tz, now=clock.now)["borrowings"] == {
+        "requested": 2, "granted": 1, "refused": 1, "returned": 0, "expired": 1, "awaiting": 0}
 
 
 def test_a_confidential_letter_approved_by_a_leader_read_as_previews_only(site: Site, sign_in: SignIn,

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import conftest
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
+from smtp_sink import SmtpSink
 from web_support import PASSWORD, Person, Site
 
 from gateway.archive.packer import Archiver, circulation_path
+from gateway.outbound.sender import OutboxSender
+from gateway.report.figures import Period, compute
+from gateway.services.circulation import Circulations
 from gateway.services.people import Principal
 from gateway.track import reminders
 
@@ -171,6 +176,16 @@ def test_three_readers_in_order_the_instruction_to_the_department_and_a_late_rea
     leo.goto("/to-read")
     expect(leo.locator("main")).to_contain_text("Nothing to read and sign.")
 
+    # The report's circulation timeliness per reader, as the clock saw it: the General Office late.
+    tz = site.config.model.gateway.timezone
+    weeks = Period("weeks", MONDAY - timedelta(days=1), MONDAY + timedelta(days=30))
+    figures = compute(site.registry, weeks, tz, now=thursday + timedelta(days=2))["circulation"]
+    assert figures["by_reader"] == {
+        "department:general-office": {"due": 1, "on_time": 0, "late": 1, "rate": 0.0},
+        "person:bella": {"due": 1, "on_time": 1, "late": 0, "rate": 1.0},
+        "person:leo": {"due": 1, "on_time": 1, "late": 0, "rate": 1.0}}
+    assert (figures["due"], figures["on_time"]) == (3, 2)
+
 
 def test_a_confidential_letter_only_to_readers_allowed_its_content_and_the_cli(site: Site, sign_in: SignIn,
                                                                              clock: Clock) -> None:
@@ -211,3 +226,30 @@ def test_the_circulation_record_goes_into_the_archive_package(site: Site, tmp_pa
         (number, "1", "person:leo", "leo", INSTRUCTION), (number, "2", "department:general-office", "olga", ""),
         (number, "3", "person:bella", "bella", "已阅。")]
     assert {r["archive_number"] for r in rows} == {letter.archive_number}
+
+
+def test_the_mail_of_a_circulation_reaches_its_readers_and_the_department(tmp_path: Path, sink: SmtpSink) -> None:
+    """Through the outbox and a relay: the reader whose turn it is, and the handling department told
+    of the leader's instruction."""
+    site = Site(tmp_path, extra=f'[outbound]\nrelay = "{sink.address}"\nfrom_address = "gateway@example.org"\n')
+    try:
+        site.add_people()
+        site.add_people((Person("olga", emails=("office.head@example.org",)),))
+        site.add_letters()
+        number = site.letters["business"]
+        rita, leo = site.people.principal("rita"), site.people.principal("leo")
+        assert rita is not None and leo is not None
+        circulations = Circulations(site.config, site.registry)
+        circulations.start(rita, number, ["leo", "general-office"])
+        circulations.sign(leo, number, INSTRUCTION)
+        OutboxSender(site.config, site.registry).deliver_due()
+
+        def circulated(address: str) -> list[Any]:  # beside the letters' own notifications
+            return [r.message for r in sink.to(address) if "kind=circulation" in str(r.message["X-Gateway-Loop"])]
+        conftest.wait_for(lambda: len(circulated("sales.desk@example.org")), 30, "the department told")
+        [to_leo], [to_office] = circulated("leo@example.org"), circulated("office.head@example.org")
+        [to_department] = circulated("sales.desk@example.org")
+        assert number in str(to_leo["Subject"]) and number in str(to_office["Subject"])
+        assert INSTRUCTION in to_department.get_content()
+    finally:
+        site.close()
