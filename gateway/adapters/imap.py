@@ -13,6 +13,11 @@ by its source key: no duplicate, and nothing skipped.
 One folder failing (a refused login, a dropped connection, a message the
 server cannot deliver) never holds up another: each watcher reconnects on its
 own with exponential backoff and jitter.
+
+With several nodes on one registry, each (account, folder) is leased (registry/leases.py):
+only the node holding the lease connects to it; the others wait, and one of them takes it
+over within `[cluster] takeover_seconds` of the holder's last heartbeat. The node names
+itself to the server (IMAP ID) so that the server's log tells the nodes apart.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 from gateway.config import Config, ImapAccount
 from gateway.faults import checkpoint
 from gateway.registry import RegistryUnavailable
+from gateway.registry.leases import Cluster
 from gateway.registry.ledger import FolderState, ImapLedger, Settled
 from gateway.spool import Spool, SpoolError, SpoolItem
 
@@ -46,6 +52,10 @@ class AccountError(Exception):
 
 class TokenError(AccountError):
     """The token command failed: an operator must look (expired consent, revoked secret)."""
+
+
+class LeaseLost(Exception):
+    """Another node watches this folder now (this node was cut off for longer than the takeover time)."""
 
 
 def _chunks(values: list[int], size: int) -> Iterator[list[int]]:
@@ -137,8 +147,10 @@ class FolderWatcher:
     """One account's one folder: connect, settle what is new, wait, again."""
 
     def __init__(self, config: Config, account: ImapAccount, folder: str, spool: Spool,
-                 ledger: ImapLedger, wake: Callable[[], None] | None = None):
+                 ledger: ImapLedger, wake: Callable[[], None] | None = None, cluster: Cluster | None = None):
         self.config = config
+        self.cluster = cluster
+        self.lease = f"imap:{account.name}/{folder}"
         self.account = account
         self.folder = folder
         self.spool = spool
@@ -165,12 +177,47 @@ class FolderWatcher:
 
     # -- the watcher thread --------------------------------------------
     def _run(self) -> None:
+        try:
+            self._watching()
+        finally:
+            if self.cluster is not None:
+                try:
+                    self.cluster.release(self.lease)
+                except RegistryUnavailable:
+                    pass  # it expires on its own
+
+    def _leased(self) -> bool:
+        """Hold the folder's lease, or wait while another node holds it (True once held)."""
+        if self.cluster is None:
+            return True
+        waited = False
+        while not self._stop.is_set():
+            try:
+                if self.cluster.acquire(self.lease):
+                    if waited:
+                        log.info("%s: taken over from another node", self.name)
+                    return True
+            except RegistryUnavailable as exc:
+                log.warning("%s: cannot take the folder's lease: %s", self.name, exc)
+            if not waited:
+                log.info("%s: watched by another node; this one takes over if that one stops", self.name)
+                waited = True
+            self._stop.wait(self.cluster.takeover.total_seconds() / 3)
+        return False
+
+    def _watching(self) -> None:
         settings = self.config.model.imap
         while not self._stop.is_set():
+            if not self._leased():
+                return
             client: IMAPClient | None = None
             try:
                 client = connect(self.config, self.account)
+                if self.cluster is not None and client.has_capability("ID"):
+                    client.id_({"name": "correspondence-gateway", "x-node": self.cluster.name})
                 self._watch(client)
+            except LeaseLost as exc:
+                log.warning("%s: %s", self.name, exc)
             except (AccountError, RegistryUnavailable, IMAPClientError, OSError) as exc:
                 self._failures += 1
                 failures = self._failures
@@ -207,6 +254,8 @@ class FolderWatcher:
             log.info("%s: the server offers no IDLE; polling every %.0f s", self.name, self.account.poll_seconds)
         while not self._stop.is_set():
             self._sync(client)
+            if self.cluster is not None and not self.cluster.holds(self.lease):
+                raise LeaseLost("another node watches this folder now; this one lets it go")
             if self._failures:
                 log.info("%s: working again after %d failed attempt(s)", self.name, self._failures)
                 self._failures = 0
@@ -493,7 +542,8 @@ class ImapIntake:
     """All the watchers; started and stopped by the daemon."""
 
     def __init__(self, config: Config, spool: Spool, ledger: ImapLedger,
-                 wake: Callable[[], None] | None = None):
+                 wake: Callable[[], None] | None = None, *, cluster: Cluster | None = None):
+        self.cluster = cluster
         self.spool = spool
         self.ledger = ledger
         self._wake = wake
@@ -507,7 +557,7 @@ class ImapIntake:
         return [w.name for _, w in self.watchers.values()]
 
     def _start(self, account: ImapAccount, folder: str) -> None:
-        watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake)
+        watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake, self.cluster)
         self.watchers[(account.name, folder)] = (account, watcher)
         watcher.start()
 

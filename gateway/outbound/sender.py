@@ -1,5 +1,8 @@
 """Delivering the outbox through the relay: retries with backoff, dead letters with an alert.
 
+Mails are claimed, never picked (registry/outbox.py, registry/leases.py): with several nodes
+on one registry each mail is sent by the node that claimed it, once.
+
 A row is marked sent only after the relay accepted it, so a crash between the
 two sends it again at the next start (with the same Message-ID): at least
 once, never lost. Connection failures and 4xx answers are retried, doubling
@@ -18,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from gateway.config import Config
 from gateway.faults import checkpoint
-from gateway.outbound import outward, replies
+from gateway.outbound import circulation, outward, replies
 from gateway.outbound.compose import ComposeError, notification, receipt, refusal, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
@@ -86,7 +89,12 @@ class OutboxSender(Runner):
         now = datetime.now(timezone.utc)
         live = []
         for mail in due:
-            if now - mail.created_at > give_up:
+            if mail.claims - mail.attempts > self.registry.max_claims:
+                # Claims minus finished attempts: the times its node died with it. A mail that takes
+                # the sender down is not tried again.
+                self._dead(mail, f"claimed {mail.claims - mail.attempts - 1} times and never finished (the node "
+                                 "sending it stopped each time)")
+            elif now - mail.created_at > give_up:
                 self._dead(mail, f"not delivered within {settings.give_up_hours:g} hours: {mail.last_error or '-'}")
             else:
                 live.append(mail)
@@ -106,7 +114,12 @@ class OutboxSender(Runner):
         try:
             for n, mail in enumerate(live):
                 if self.stopping:
+                    self.registry.outbox_release([m.id for m in live[n:]])
                     break
+                if not self.registry.outbox_still_mine(mail.id):
+                    log.warning("outbox: %s #%d: claim lost (this node was cut off from the registry); another "
+                                "node sends it", mail.kind, mail.id)
+                    continue
                 try:
                     self._send(client, mail)
                 except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -200,6 +213,8 @@ class OutboxSender(Runner):
             return outward.compose(self.config, mail, letter).as_bytes()
         if mail.kind in replies.KINDS:
             return replies.compose(self.config, self.registry, mail, letter)
+        if mail.kind in circulation.KINDS:
+            return circulation.compose(self.config, mail, letter).as_bytes()
         raw = self._original(letter) if letter.confidentiality != "confidential" else None
         try:
             return notification(self.config, mail, letter, raw).as_bytes()

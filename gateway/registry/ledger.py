@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -48,11 +48,16 @@ class ImapLedger:
         self.registry = registry
 
     def _upsert(self, conn: Any, table: type, values: list[dict[str, Any]] | dict[str, Any],
-                keys: list[str], update_columns: list[str]) -> None:
+                keys: list[str], update_columns: list[str], *, forward: str | None = None) -> None:
+        """Insert or update; the column `forward` (a position) only ever moves forward within
+        one UIDVALIDITY, so that a node finishing late never sets a folder back."""
         ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
-        stmt = ins.on_conflict_do_update(index_elements=keys,
-                                         set_={c: getattr(ins.excluded, c) for c in update_columns})
-        conn.execute(stmt, values)
+        set_: dict[str, Any] = {c: getattr(ins.excluded, c) for c in update_columns}
+        if forward is not None:
+            current, new = getattr(table, forward), getattr(ins.excluded, forward)
+            set_[forward] = case((table.uidvalidity != ins.excluded.uidvalidity, new),  # type: ignore[attr-defined]
+                                 (new > current, new), else_=current)
+        conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=set_), values)
 
     def folder(self, account: str, folder: str) -> FolderState | None:
         with self.registry.read() as conn:
@@ -100,7 +105,7 @@ class ImapLedger:
                 "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None,
                 "backlog": backlog, "updated_at": now}, ["account", "folder"],
                 ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
-                 "updated_at"])
+                 "updated_at"], forward="last_uid")
 
     def failed(self, account: str, folder: str, error: str) -> None:
         self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})

@@ -2,21 +2,60 @@
 sent, retried with backoff, or dead-lettered."""
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 
 from gateway.registry.models import Event, OutboxMail
 from gateway.registry.store import Store, utcnow
 
+log = logging.getLogger("gateway.outbox")
+
 
 class Outbox(Store):
     def outbox_due(self, limit: int, now: datetime | None = None) -> list[OutboxMail]:
+        """Claim up to `limit` mails that are due and not claimed by a live node (registry/leases.py).
+
+        On PostgreSQL the rows are locked with SKIP LOCKED, so nodes claiming at once take different
+        mails instead of waiting for each other; the claim (`claimed_by`, `lease_until`) is what
+        keeps them apart afterwards. A mail claimed `max_claims` times and never finished (its node
+        died sending it, every time) comes back among the returned ones with `claims` over the
+        limit: the sender dead-letters it rather than letting it take a node down again."""
+        now = now or utcnow()
+        due = (select(OutboxMail.id).where(
+            OutboxMail.status == "pending", OutboxMail.next_attempt_at <= now,
+            or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < now))
+            .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit))
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            ids = list(conn.execute(due).scalars())
+            if not ids:
+                return []
+            conn.execute(update(OutboxMail).where(OutboxMail.id.in_(ids)).values(
+                claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
+                claims=OutboxMail.claims + 1))
         with self.session() as session:
-            return list(session.scalars(
-                select(OutboxMail).where(OutboxMail.status == "pending",
-                                         OutboxMail.next_attempt_at <= (now or utcnow()))
-                .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit)))
+            return list(session.scalars(select(OutboxMail).where(OutboxMail.id.in_(ids))
+                                        .order_by(OutboxMail.next_attempt_at, OutboxMail.id)))
+
+    def outbox_still_mine(self, mail_id: int) -> bool:
+        """Checked just before a mail goes to the relay: a claim that expired (this node was cut off
+        from the registry longer than the takeover time) may have been taken by another node."""
+        with self.read() as conn:
+            return bool(conn.execute(select(OutboxMail.id).where(
+                OutboxMail.id == mail_id, OutboxMail.status == "pending",
+                OutboxMail.claimed_by == self.claimant)).first())
+
+    def outbox_release(self, mail_ids: list[int]) -> None:
+        """Give claimed mails back unsent (a stop in the middle of a batch)."""
+        if not mail_ids:
+            return
+        with self.write() as conn:
+            conn.execute(update(OutboxMail).where(OutboxMail.id.in_(mail_ids),
+                                                  OutboxMail.claimed_by == self.claimant)
+                         .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
 
     def outbox_next_due(self) -> datetime | None:
         with self.read() as conn:
@@ -27,20 +66,29 @@ class Outbox(Store):
         now = utcnow()
         with self.write() as conn:
             mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
-                                       OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
+                                       OutboxMail.attempts, OutboxMail.claimed_by).where(OutboxMail.id == mail_id)
+                                .with_for_update()).one()
+            if mail.claimed_by != self.claimant:
+                # Claimed by another node meanwhile (ours expired): it was sent, by us; theirs is a second copy
+                # with the same Message-ID, which receivers drop. Recorded as sent all the same.
+                log.warning("outbox: mail #%d was sent by %s while claimed by %s", mail_id, self.claimant,
+                            mail.claimed_by)
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
-                status="sent", sent_at=now, updated_at=now, attempts=mail.attempts + 1, last_error=None))
+                status="sent", sent_at=now, updated_at=now, attempts=mail.attempts + 1, last_error=None,
+                claimed_by=None, lease_until=None))
             if mail.letter_id is not None:
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, "gateway", f"{mail.kind}-sent", None,
                                                          {"to": mail.recipient, "outbox": mail_id,
                                                           "relay": response[:200]})])
 
     def outbox_retry_later(self, mail_id: int, error: str, at: datetime) -> int:
+        """Count a failed attempt and let the mail go until `at`; only by the node that holds its claim."""
         now = utcnow()
         with self.write() as conn:
             attempts = conn.execute(select(OutboxMail.attempts).where(OutboxMail.id == mail_id)).scalar_one() + 1
-            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
-                attempts=attempts, next_attempt_at=at, updated_at=now, last_error=error[:1000]))
+            conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id, OutboxMail.claimed_by == self.claimant)
+                         .values(attempts=attempts, next_attempt_at=at, updated_at=now, last_error=error[:1000],
+                                 claimed_by=None, lease_until=None))
         return attempts
 
     def outbox_dead(self, mail_id: int, error: str) -> None:
@@ -49,7 +97,8 @@ class Outbox(Store):
             mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
                                        OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
-                status="dead", updated_at=now, attempts=mail.attempts + 1, last_error=error[:1000]))
+                status="dead", updated_at=now, attempts=mail.attempts + 1, last_error=error[:1000],
+                claimed_by=None, lease_until=None))
             if mail.letter_id is not None:
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, "gateway",
                                                          f"{mail.kind}-dead-lettered", None,
@@ -66,7 +115,8 @@ class Outbox(Store):
                 raise ValueError(f"outbox mail {mail_id} is {mail.status}, not dead")
             # A fresh queue time: the give-up clock starts again.
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
-                status="pending", next_attempt_at=now, created_at=now, updated_at=now))
+                status="pending", next_attempt_at=now, created_at=now, updated_at=now, claims=0,
+                claimed_by=None, lease_until=None))
             if mail.letter_id is not None:
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, actor, "mail-requeued", None,
                                                          {"outbox": mail_id})])

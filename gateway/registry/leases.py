@@ -1,0 +1,287 @@
+"""Several nodes on one registry: who they are, their heartbeats, and what each holds.
+
+PostgreSQL is the only coordinator; nothing here talks to another node.
+
+* A node is a row in `nodes` (its name, and the instance of this start), refreshed by a
+  heartbeat every third of `[cluster] takeover_seconds`.
+* Outbox mail and OCR jobs are claimed with `SELECT ... FOR UPDATE SKIP LOCKED` (outbox.py,
+  intake.py): the row gets `claimed_by` (the instance) and `lease_until`. The heartbeat pushes
+  the leases of what the instance holds forward; a dead node's stop moving and expire, and
+  another node claims them. Completing is conditional on still holding the claim.
+* An IMAP folder is a row in `leases`, renewed by the same heartbeat: one node watches it, and
+  another takes it over within `takeover_seconds` of the holder's last beat.
+* A periodic job (archive, reminders, retention) runs under a session advisory lock on a
+  connection of its own, so it dies with the node; `job_runs` records the period it ran for,
+  so a node coming second within the same period skips it instead of doing it again.
+
+SQLite serves one node: no SKIP LOCKED and no advisory locks there (a write transaction
+already excludes every other writer), the rest works alike.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from gateway.registry.models import JobRun, Lease, Node, OcrJob, OutboxMail
+from gateway.registry.store import RegistryUnavailable, Store, utcnow
+
+log = logging.getLogger("gateway.cluster")
+
+_LOCK_SPACE = 724312  # advisory lock namespace of periodic jobs (724311: schema migrations)
+T = TypeVar("T")
+
+
+class ClaimLost(Exception):
+    """A claimed job's result came back after the claim expired and another node took the job."""
+
+
+class NodeConflict(Exception):
+    """Another live node has this node's name."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A periodic job not run here: another node runs it now, or ran it for this period."""
+
+    reason: str
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Cluster:
+    """This node's membership: join, beat, lease, run once, leave."""
+
+    def __init__(self, registry: Store, name: str, *, takeover_seconds: float = 60.0, max_claims: int = 5):
+        self.registry = registry
+        self.name = name
+        self.instance = f"{name}#{uuid.uuid4().hex[:8]}"
+        self.takeover = timedelta(seconds=takeover_seconds)
+        self.host = socket.gethostname()
+        registry.claimant = self.instance
+        registry.lease_seconds = takeover_seconds
+        registry.max_claims = max_claims
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lost: list[Callable[[], None]] = []
+
+    @property
+    def postgres(self) -> bool:
+        return self.registry.engine.dialect.name == "postgresql"
+
+    # -- membership -----------------------------------------------------
+    def join(self) -> int:
+        """Record this node; refuse if a live node has its name. What a dead earlier run of this
+        node held is let go at once (it is ours). Returns how many claims were let go."""
+        now = utcnow()
+        with self.registry.write() as conn:
+            node = conn.execute(select(Node.host, Node.pid, Node.heartbeat_at, Node.stopped_at)
+                                .where(Node.name == self.name).with_for_update()).first()
+            if node is not None:
+                fresh = node.stopped_at is None and now - node.heartbeat_at < self.takeover
+                if fresh and not (node.host == self.host and not _alive(node.pid)):
+                    raise NodeConflict(
+                        f"another node named {self.name!r} is alive (host {node.host}, pid {node.pid}, heartbeat "
+                        f"{(now - node.heartbeat_at).total_seconds():.0f} s ago): give each node its own [node] name")
+            values = {"instance": self.instance, "host": self.host, "pid": os.getpid(), "started_at": now,
+                      "heartbeat_at": now, "stopped_at": None}
+            if node is None:
+                conn.execute(insert(Node).values(name=self.name, **values))
+            else:
+                conn.execute(update(Node).where(Node.name == self.name).values(**values))
+            freed = conn.execute(update(OutboxMail).where(OutboxMail.claimed_by.like(f"{self.name}#%"),
+                                                          OutboxMail.claimed_by != self.instance)
+                                 .values(claimed_by=None, lease_until=None)).rowcount
+            freed += conn.execute(update(OcrJob).where(OcrJob.claimed_by.like(f"{self.name}#%"),
+                                                       OcrJob.claimed_by != self.instance)
+                                  .values(claimed_by=None, lease_until=None)).rowcount
+            freed += conn.execute(delete(Lease).where(Lease.holder.like(f"{self.name}#%"),
+                                                      Lease.holder != self.instance)).rowcount
+        return int(freed)
+
+    def beat(self) -> None:
+        """The heartbeat: this node is alive, and keeps what it holds for another takeover period."""
+        now = utcnow()
+        until = now + self.takeover
+        with self.registry.write() as conn:
+            conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
+                         .values(heartbeat_at=now))
+            conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance).values(lease_until=until))
+            conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance).values(lease_until=until))
+            conn.execute(update(Lease).where(Lease.holder == self.instance).values(expires_at=until))
+
+    def leave(self) -> None:
+        """A clean stop: everything held goes back at once, for the other nodes to take (and
+        uncounted: a claim given back is not a claim that never finished)."""
+        now = utcnow()
+        with self.registry.write() as conn:
+            conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
+                         .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
+            conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance)
+                         .values(claimed_by=None, lease_until=None, claims=OcrJob.claims - 1))
+            conn.execute(delete(Lease).where(Lease.holder == self.instance))
+            conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
+                         .values(stopped_at=now, heartbeat_at=now))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._beating, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            self.leave()
+        except RegistryUnavailable as exc:
+            log.warning("cluster: could not hand back this node's claims (%s); they expire in %.0f s", exc,
+                        self.takeover.total_seconds())
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _beating(self) -> None:
+        interval = self.takeover.total_seconds() / 3
+        while not self._stop.wait(interval):
+            try:
+                self.beat()
+            except RegistryUnavailable as exc:
+                log.warning("cluster: heartbeat not recorded: %s", exc)
+            except Exception:  # the heartbeat must outlive a bug in one beat
+                log.exception("cluster: heartbeat failed")
+
+    # -- leases (IMAP folders) --------------------------------------------
+    def acquire(self, name: str) -> bool:
+        """Take the lease `name` if nobody holds it, or its holder stopped beating; True if held now."""
+        now = utcnow()
+        table = Lease.__table__
+        ins = (pg_insert if self.postgres else sqlite_insert)(Lease).values(
+            name=name, holder=self.instance, acquired_at=now, expires_at=now + self.takeover)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[Lease.name],
+            set_={"holder": ins.excluded.holder, "acquired_at": ins.excluded.acquired_at,
+                  "expires_at": ins.excluded.expires_at},
+            where=or_(table.c.expires_at < now, table.c.holder == self.instance),
+        ).returning(table.c.holder)
+        with self.registry.write() as conn:
+            holder = conn.execute(stmt).scalar()
+        return holder == self.instance
+
+    def holds(self, name: str) -> bool:
+        """Still ours and not expired (a node cut off from the registry loses its leases)."""
+        with self.registry.read() as conn:
+            return bool(conn.execute(select(Lease.name).where(
+                Lease.name == name, Lease.holder == self.instance, Lease.expires_at > utcnow())).first())
+
+    def release(self, name: str) -> None:
+        with self.registry.write() as conn:
+            conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == self.instance))
+
+    # -- periodic jobs, once across nodes -----------------------------------
+    def once(self, job: str, slot: str, work: Callable[[], T]) -> T | Skipped:
+        """Run `work` for the period `slot` (a month, an interval) unless another node runs it now
+        or has run it for that period. The lock is a session advisory lock on a connection of its
+        own: if this node dies mid-run the lock goes with it, and the job is not marked done, so
+        the next run on any node does it."""
+        with self.registry.read() as lock_conn:
+            if self.postgres:
+                key = zlib.crc32(job.encode()) - 2 ** 31  # a signed int4
+                got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:space, :key)"),
+                                        {"space": _LOCK_SPACE, "key": key}).scalar()
+                lock_conn.commit()
+                if not got:
+                    return Skipped("another node runs it now")
+            try:
+                with self.registry.write() as conn:
+                    done = conn.execute(select(JobRun.slot, JobRun.node, JobRun.finished_at)
+                                        .where(JobRun.job == job)).first()
+                    if done is not None and done.slot == slot and done.finished_at is not None:
+                        return Skipped(f"done for {slot} by {done.node.partition('#')[0]}")
+                    row = {"slot": slot, "node": self.instance, "started_at": utcnow(), "finished_at": None,
+                           "outcome": None}
+                    if done is None:
+                        conn.execute(insert(JobRun).values(job=job, **row))
+                    else:
+                        conn.execute(update(JobRun).where(JobRun.job == job).values(**row))
+                outcome = "failed"
+                try:
+                    result = work()
+                    outcome = "done"
+                    return result
+                finally:
+                    # A failed run is recorded as finished too: it is retried at its next period,
+                    # as on one node, not again and again by every node.
+                    with self.registry.write() as conn:
+                        conn.execute(update(JobRun).where(JobRun.job == job, JobRun.node == self.instance)
+                                     .values(finished_at=utcnow(), outcome=outcome))
+            finally:
+                if self.postgres:
+                    lock_conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"),
+                                      {"space": _LOCK_SPACE, "key": key})
+                    lock_conn.commit()
+
+
+def last_run(registry: Store, job: str) -> str | None:
+    """The period a periodic job last finished for, on any node."""
+    with registry.read() as conn:
+        return conn.execute(select(JobRun.slot).where(JobRun.job == job, JobRun.finished_at.is_not(None))).scalar()
+
+
+# -- what `gateway status` and the metrics show -------------------------------
+def cluster_status(registry: Store, takeover_seconds: float) -> list[dict[str, Any]]:
+    """Every node: its last heartbeat, whether it is alive, its claims, folders and running jobs."""
+    now = utcnow()
+    with registry.session() as session:
+        nodes = list(session.scalars(select(Node).order_by(Node.name)))
+        runs = list(session.scalars(select(JobRun).order_by(JobRun.job)))
+    with registry.read() as conn:
+        claims: dict[str, dict[str, int]] = {}
+        for table, kind in ((OutboxMail, "outbox"), (OcrJob, "ocr")):
+            for holder, count in conn.execute(select(table.claimed_by, func.count())
+                                              .where(table.claimed_by.is_not(None), table.lease_until > now)
+                                              .group_by(table.claimed_by)):
+                claims.setdefault(str(holder), {"outbox": 0, "ocr": 0})[kind] = int(count)
+        folders: dict[str, list[str]] = {}
+        for name, holder in conn.execute(select(Lease.name, Lease.holder).where(Lease.expires_at > now)
+                                         .order_by(Lease.name)):
+            folders.setdefault(holder, []).append(name.removeprefix("imap:"))
+    jobs: dict[str, list[str]] = {}
+    for run in runs:
+        if run.finished_at is None:
+            jobs.setdefault(run.node, []).append(run.job)
+    takeover = timedelta(seconds=takeover_seconds)
+    result = []
+    for node in nodes:
+        alive = node.stopped_at is None and now - node.heartbeat_at < takeover
+        held = claims.get(node.instance, {"outbox": 0, "ocr": 0}) if alive else {"outbox": 0, "ocr": 0}
+        result.append({
+            "name": node.name, "instance": node.instance, "host": node.host, "pid": node.pid,
+            "started_at": node.started_at, "heartbeat_at": node.heartbeat_at,
+            "heartbeat_age_seconds": round((now - node.heartbeat_at).total_seconds(), 1),
+            "state": "stopped" if node.stopped_at is not None else "alive" if alive else "silent",
+            "claims": held, "folders": folders.get(node.instance, []) if alive else [],
+            "jobs": jobs.get(node.instance, []) if alive else [],
+            "last_jobs": {r.job: {"slot": r.slot, "finished_at": r.finished_at, "outcome": r.outcome}
+                          for r in runs if r.node == node.instance},
+        })
+    return result
+
