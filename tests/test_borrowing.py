@@ -101,6 +101,9 @@ def test_refused_without_approval_then_granted_read_and_expired(site: Site, sign
     rita = sign_in("rita")
     rita.goto(url)
     expect(rita.locator("main")).not_to_contain_text("Please confirm the order")
+    # Nor does a word of its content find it (its register entry still does).
+    assert number not in sam.request.get("/search?q=confirm").text()
+    assert number in sam.request.get(f"/search?q={number}").text()
 
     # The registry office asks, the head refuses: still nothing to read.
     ask(rita, number, "Checking the register", 1)
@@ -118,6 +121,7 @@ def test_refused_without_approval_then_granted_read_and_expired(site: Site, sign
     sam.goto(url)
     expect(sam.locator("pre.body")).to_contain_text("Please confirm the order")
     expect(sam.locator("#borrowing")).to_contain_text("Lent to you until")
+    assert number in sam.request.get("/search?q=confirm").text()  # lent: its content is searched too
     reads = [a for a in site.access.audit(Principal.operator("t"), letter=number) if a.actor == "sam"]
     assert [a.action for a in reads] == ["read"]
     assert [e["borrower"] for e in events(site, number, "borrow-read")] == ["sam"]

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, update
 
 from gateway.registry import lifecycle
-from gateway.registry.models import AuditRow, Event, Grant, Letter, OutboxMail, Person, SavedView, WebSession
+from gateway.registry.models import (AuditRow, Borrowing, Event, Grant, Letter, OutboxMail, Person, SavedView,
+                                     WebSession)
 from gateway.registry.plan import NewMail
 from gateway.registry.store import Store, utcnow
 
@@ -39,11 +40,22 @@ class ContentScope:
     owners: frozenset[str] = frozenset()  # letters assigned to these addresses
     headed: frozenset[str] = frozenset()  # letters of the departments they head
     person_id: int | None = None  # letters granted to them
+    # Set: an archived letter's content only through a borrowing of person_id's running at that moment.
+    lent_at: datetime | None = None
 
 
 def content_clause(scope: ContentScope) -> ColumnElement[bool]:
     if scope.everything:
         return true()
+    clause = _content_rights(scope)
+    if scope.lent_at is None:
+        return clause
+    lent = Letter.id.in_(select(Borrowing.letter_id).where(
+        Borrowing.person_id == scope.person_id, Borrowing.status == "granted", Borrowing.ends_at > scope.lent_at))
+    return or_(and_(Letter.status != "archived", clause), and_(Letter.status == "archived", lent))
+
+
+def _content_rights(scope: ContentScope) -> ColumnElement[bool]:
     parts: list[ColumnElement[bool]] = []
     if scope.ordinary:
         parts.append(Letter.confidentiality != "confidential")

@@ -37,7 +37,7 @@ from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.people import ContentScope
-from gateway.registry.models import AuditRow, Letter, OutboxMail
+from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
@@ -206,8 +206,9 @@ class Access:
         """The same rule as content_ids(), as a filter the registry applies in SQL (search)."""
         if who.is_operator:
             return ContentScope(everything=True)
+        # Archived letters: only those lent to them now (a borrowing), as content_ids() decides.
         return ContentScope(ordinary=who.has("registry", "leader"), related=who.departments, owners=who.emails,
-                            headed=who.headed, person_id=who.person_id)
+                            headed=who.headed, person_id=who.person_id, lent_at=self.clock())
 
     def content_allowed(self, who: Principal, letter: Letter, *, now: datetime | None = None) -> bool:
         return letter.id in self.content_ids(who, [letter], now=now)
@@ -321,6 +322,8 @@ class Access:
         rights = self.rights(who, letter)
         if rights.content and audit:
             self.record(who, "read", address=address, letter_id=letter.id, subject=letter.number)
+            if letter.status == "archived" and who.person_id is not None and not who.is_operator:
+                CirculationRecords(self.registry).borrow_read(letter.id, who.person_id, who.login, self.clock())
         return LetterView(letter, rights)
 
     @staticmethod
@@ -397,6 +400,15 @@ class Access:
     def outbox(self, who: Principal, number: str) -> list[OutboxMail]:
         letter = self.visible(who, number)
         return self.registry.outbox(letter_id=letter.id) if letter is not None else []
+
+    def ocr_reading(self, who: Principal, number: str) -> OcrReading | None:
+        """How a fax's or scan's text was read; part of the content, like the text itself."""
+        from gateway.services.queries import ocr_reading
+
+        letter = self.visible(who, number)
+        if letter is None or letter.id not in self.content_ids(who, [letter]):
+            return None
+        return ocr_reading(self.registry, letter.id)
 
     # -- queues ---------------------------------------------------------
     def queues(self, who: Principal) -> list[str]:
