@@ -327,7 +327,7 @@ class Access:
         return LetterView(letter, rights)
 
     @staticmethod
-    def _downloadable(who: Principal, letter: Letter) -> bool:
+    def downloadable(who: Principal, letter: Letter) -> bool:
         """A borrowed confidential letter is read in the browser only: page previews, no files."""
         return who.is_operator or not (letter.status == "archived" and letter.confidentiality == "confidential")
 
@@ -342,7 +342,7 @@ class Access:
         if letter is None:
             return None
         attachment = next((a for a in letter.attachments if a.position == position), None)
-        if attachment is None or (purpose != "preview" and not self._downloadable(who, letter)):
+        if attachment is None or (purpose != "preview" and not self.downloadable(who, letter)):
             return None
         content = queries.attachment_content(self.config, self.registry, letter, attachment)
         if content is None:
@@ -358,7 +358,7 @@ class Access:
         from gateway.archive.packer import read_original
 
         letter = self._content(who, number)
-        if letter is None or not self._downloadable(who, letter):
+        if letter is None or not self.downloadable(who, letter):
             return None
         raw = read_original(self.config, self.registry, letter)
         name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.registry import Registry, Scope
-from gateway.registry.models import Attachment, Letter, OutboxMail
+from gateway.registry.models import Attachment, Letter, OcrReading, OutboxMail
 
 
 def local_zone(config: Config) -> ZoneInfo:
@@ -65,10 +65,13 @@ def letter_summary(letter: Letter) -> dict[str, Any]:
             "deadline": iso(letter.deadline), "flags": letter.flags}
 
 
-def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None) -> dict[str, Any]:
-    """Every field of a letter, its attachments, events and the mail sent about it."""
+def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None,
+                  reading: OcrReading | None = None) -> dict[str, Any]:
+    """Every field of a letter, its attachments, events, the mail sent about it and how its text
+    was read (a fax or scan)."""
     out = letter_summary(letter)
     out.update({
+        "text_read": ocr_reading_row(reading) if reading is not None else None,
         "owner": letter.owner, "tags": letter.tags, "classification": letter.classification,
         "archive_number": letter.archive_number, "archived_at": iso(letter.archived_at),
         "legal_hold": letter.legal_hold, "raw_released": letter.raw_released, "purged_at": iso(letter.purged_at),
@@ -106,7 +109,22 @@ def letter_or_fail(registry: Registry, number: str) -> Letter:
 def show_letter(registry: Registry, number: str) -> tuple[Letter, dict[str, Any]]:
     """The letter and its detail. Raises LookupError."""
     letter = letter_or_fail(registry, number)
-    return letter, letter_detail(letter, registry.outbox(letter_id=letter.id))
+    return letter, letter_detail(letter, registry.outbox(letter_id=letter.id), ocr_reading(registry, letter.id))
+
+
+def ocr_reading(registry: Registry, letter_id: int) -> OcrReading | None:
+    """How the letter's text was last read (a fax or scan), if it has been."""
+    from sqlalchemy import select
+
+    with registry.session() as session:
+        return session.scalars(select(OcrReading).where(OcrReading.letter_id == letter_id)
+                               .order_by(OcrReading.read_at.desc(), OcrReading.id.desc()).limit(1)).first()
+
+
+def ocr_reading_row(reading: OcrReading) -> dict[str, Any]:
+    return {"reader": reading.reader, "version": reading.version, "pages": reading.pages,
+            "confidences": reading.confidences, "low_confidence": reading.low_confidence,
+            "header": reading.header, "read_at": iso(reading.read_at)}
 
 
 def outbox_row(mail: OutboxMail) -> dict[str, Any]:

@@ -140,9 +140,11 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
     return req.render(
         "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
+        downloadable=access.downloadable(who, letter),
         failed_action=failed_action, events=events,
         readers=_readers(access.readers(who, number)) if rights.content else [],
         outbox=access.outbox(who, number) if rights.content else [],
+        ocr_reading=access.ocr_reading(who, number) if rights.content else None,
         assignees=assignees, departments=req.web.config.departments, actions=ACTIONS,
         previewable=lambda a: preview.kind(a.detected_type) is not None,
         letter_url=letter_url(number), trace=letter.classification if rights.content else None,
@@ -243,6 +245,7 @@ def attachment_pages(req: Req) -> Response:
     except preview.PreviewError as exc:
         count, error = 0, str(exc)
     return req.render("pages.html", letter=view.letter, rights=view.rights, name=name, count=count,
+                      downloadable=req.web.access.downloadable(req.who, view.letter),
                       shown=min(count, MAX_PREVIEW_PAGES), error=error, position=position,
                       letter_url=letter_url(number))
 
