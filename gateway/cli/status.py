@@ -15,7 +15,15 @@ def status(state: State, as_json: bool) -> None:
     """The daemon, the spool, the register, and the health of every IMAP folder."""
     from gateway.services import operations
 
-    data = operations.status(state.config, state.spool(), state.registry())
+    from gateway.registry.leases import cluster_status
+
+    registry = state.registry()
+    data = operations.status(state.config, state.spool(), registry)
+    data["nodes"] = [{**node, "started_at": node["started_at"].isoformat(),
+                      "heartbeat_at": node["heartbeat_at"].isoformat(),
+                      "last_jobs": {job: {**run, "finished_at": run["finished_at"] and run["finished_at"].isoformat()}
+                                    for job, run in node["last_jobs"].items()}}
+                     for node in cluster_status(registry, state.config.model.cluster.takeover_seconds)]
     if as_json:
         print_json(data)
         return
@@ -36,3 +44,13 @@ def status(state: State, as_json: bool) -> None:
                           "" if row["backlog"] is None else str(row["backlog"]), str(row["failing"]),
                           error)
         console.print(table)
+    if data["nodes"]:
+        nodes = Table(title="Nodes")
+        for column in ("node", "state", "last heartbeat", "claimed outbox / OCR", "IMAP folders", "running jobs"):
+            nodes.add_column(column, overflow="fold")
+        for node in data["nodes"]:
+            nodes.add_row(f"{node['name']} ({node['host']}, pid {node['pid']})", node["state"],
+                          f"{node['heartbeat_at']} ({node['heartbeat_age_seconds']:.0f} s ago)",
+                          f"{node['claims']['outbox']} / {node['claims']['ocr']}",
+                          ", ".join(node["folders"]), ", ".join(node["jobs"]))
+        console.print(nodes)

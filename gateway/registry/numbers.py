@@ -49,3 +49,15 @@ class NumberTemplate:
 
     def render(self, received_at: datetime, channel: str, seq: int) -> str:
         return self.template.format(seq=seq, **self._fields(received_at, channel))
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize access": two transactions met,
+# neither is wrong, and the one that lost is simply run again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def conflict(exc: BaseException) -> bool:
+    """Did a transaction lose a deadlock or a serialisation race (retry it), rather than meet a
+    database that is away or a row that is wrong?"""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES

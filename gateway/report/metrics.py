@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from gateway.registry import Registry
+from gateway.registry.leases import cluster_status
 from gateway.registry.ledger import ImapLedger
 from gateway.registry.models import Letter, OutboxMail
 from gateway.spool import Spool
@@ -69,6 +70,8 @@ class GatewayCollector(Collector):
             retrying = conn.execute(select(func.count(OutboxMail.id)).where(
                 OutboxMail.status == "pending", OutboxMail.attempts > 0)).scalar_one()
         folders = ImapLedger(self.registry).status()
+        # lease_seconds is the takeover time the daemon's cluster set on the registry.
+        nodes = cluster_status(self.registry, self.registry.lease_seconds)
 
         received = CounterMetricFamily("gateway_letters_received", "Letters registered, by channel",
                                        labels=["channel"])
@@ -85,7 +88,23 @@ class GatewayCollector(Collector):
         for row in folders:
             if row.get("last_poll_at"):
                 polls.add_metric([row["account"], row["folder"]], row["last_poll_at"].timestamp())
-        return [received, states, depth, polls,
+        heartbeats = GaugeMetricFamily("gateway_node_heartbeat_timestamp_seconds",
+                                       "Each node's last heartbeat", labels=["node"])
+        up = GaugeMetricFamily("gateway_node_up", "Whether each node beats within the takeover time", labels=["node"])
+        claims = GaugeMetricFamily("gateway_node_claims", "Work each live node has claimed, by kind",
+                                   labels=["node", "kind"])
+        held = GaugeMetricFamily("gateway_node_holds", "IMAP folders and periodic jobs each live node holds",
+                                 labels=["node", "kind", "name"])
+        for node in nodes:
+            heartbeats.add_metric([node["name"]], node["heartbeat_at"].timestamp())
+            up.add_metric([node["name"]], 1.0 if node["state"] == "alive" else 0.0)
+            for kind, count in node["claims"].items():
+                claims.add_metric([node["name"], kind], count)
+            for folder in node["folders"]:
+                held.add_metric([node["name"], "imap-folder", folder], 1.0)
+            for job in node["jobs"]:
+                held.add_metric([node["name"], "job", job], 1.0)
+        return [received, states, depth, polls, heartbeats, up, claims, held,
                 GaugeMetricFamily("gateway_letters_overdue", "Open letters past their deadline", value=overdue),
                 GaugeMetricFamily("gateway_outbox_retrying", "Pending mail that failed at least once",
                                   value=retrying)]
