@@ -43,6 +43,7 @@ from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.registry import Registry, ToArchive
+from gateway.registry.circulation import CirculationRecords
 from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, read_item_file, read_raw
 from gateway.spool.durable import make_dirs, move, write_file, writing
@@ -176,6 +177,9 @@ class Archiver:
                     out.write(block)
                     rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
                     offset += len(block)
+                    for sent in self._replies(letter):  # the replies sent to its sender follow it
+                        out.write(sent)
+                        offset += len(sent)
             size, sha = target.stat().st_size, _sha_file(target)
             manifest = folder / f"part-{part:03d}.manifest.csv"
         else:
@@ -191,6 +195,9 @@ class Archiver:
                 write_file(tmp / file_name, raw)
                 rows.append(self._row(number, letter, len(raw), 0, len(raw), file_name))
                 size += len(raw)
+                for n, sent in enumerate(self._replies(letter, mbox=False), 1):  # as mailed to its sender
+                    write_file(tmp / f"{number}_reply-{n}.eml", sent)
+                    size += len(sent)
             # The folder is complete and durable: now it takes its name.
             move(tmp, target)
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
@@ -216,16 +223,26 @@ class Archiver:
     def _circulation_record(self, manifest: Path, letters: list[ToArchive], numbers: list[str]) -> None:
         """Who read and signed the package's circulated letters, when, and their instructions: a CSV
         beside the manifest (none when nothing of it was circulated)."""
-        from gateway.services.circulation import ARCHIVE_FIELDS, archive_rows
-
-        rows = archive_rows(self.registry, [(letter.id, letter.number, number)
+        rows = _circulation_rows(self.registry, [(letter.id, letter.number, number)
                                             for letter, number in zip(letters, numbers, strict=True)])
         if rows:
             text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=ARCHIVE_FIELDS, lineterminator="\n")
+            writer = csv.DictWriter(text, fieldnames=CIRCULATION_FIELDS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             write_file(circulation_path(manifest), text.getvalue().encode())
+
+    def _replies(self, letter: ToArchive, *, mbox: bool = True) -> list[bytes]:
+        """The replies sent to the letter's sender, byte for byte as mailed (gateway.services.replies);
+        as mbox messages beside the letter's, or as they are."""
+        from gateway.registry.replies import ReplyRecords
+
+        sent = ReplyRecords(self.registry).sent_messages(letter.id)
+        if not mbox:
+            return sent
+        when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
+        blocks = [f"From gateway@archive {when}\n".encode() + mbox_escape(raw) for raw in sent]
+        return [b + (b"\n" if b.endswith(b"\n") else b"\n\n") for b in blocks]
 
     def _compressor(self, raw_file: IO[bytes]) -> Any:
         if self.config.model.archive.compression == "zstd":
@@ -420,3 +437,24 @@ def read_original(config: Config, registry: Registry, letter: Letter) -> bytes:
     if letter.raw_released:
         return Archiver(config, registry).read(letter)
     return read_raw(config.state_dir / letter.raw_path)
+
+
+CIRCULATION_FIELDS = ["archive_number", "letter_number", "circulation", "started_by", "started_at", "step", "reader",
+                      "deadline", "signed_by", "signed_at", "instruction"]
+
+
+def _circulation_rows(registry: Registry, letters: list[tuple[int, str, str]]) -> list[dict[str, str]]:
+    """The circulation record of letters being archived ((id, letter number, archive number)), one
+    row per reader, for the CSV beside the package's manifest."""
+    steps = CirculationRecords(registry).steps_of([letter_id for letter_id, _, _ in letters])
+    rows = []
+    for letter_id, number, archive_number in letters:
+        for circ, step in steps.get(letter_id, []):
+            rows.append({"archive_number": archive_number, "letter_number": number, "circulation": str(circ.id),
+                         "started_by": circ.started_by, "started_at": circ.started_at.isoformat(),
+                         "step": str(step.position), "reader": f"{step.kind}:{step.target}",
+                         "deadline": step.deadline.isoformat() if step.deadline else "",
+                         "signed_by": step.signed_by or "",
+                         "signed_at": step.signed_at.isoformat() if step.signed_at else "",
+                         "instruction": step.instruction})
+    return rows

@@ -229,24 +229,3 @@ class Circulations:
 
     def of_letter(self, letter: Letter) -> list[CirculationRecord]:
         return self.records.circulations(letter.id)
-
-
-def archive_rows(registry: Registry, letters: list[tuple[int, str, str]]) -> list[dict[str, str]]:
-    """The circulation record of letters being archived ((id, letter number, archive number)), one
-    row per reader, for the CSV beside the package's manifest."""
-    steps = CirculationRecords(registry).steps_of([letter_id for letter_id, _, _ in letters])
-    rows = []
-    for letter_id, number, archive_number in letters:
-        for circ, step in steps.get(letter_id, []):
-            rows.append({"archive_number": archive_number, "letter_number": number, "circulation": str(circ.id),
-                         "started_by": circ.started_by, "started_at": circ.started_at.isoformat(),
-                         "step": str(step.position), "reader": f"{step.kind}:{step.target}",
-                         "deadline": step.deadline.isoformat() if step.deadline else "",
-                         "signed_by": step.signed_by or "",
-                         "signed_at": step.signed_at.isoformat() if step.signed_at else "",
-                         "instruction": step.instruction})
-    return rows
-
-
-ARCHIVE_FIELDS = ["archive_number", "letter_number", "circulation", "started_by", "started_at", "step", "reader",
-                  "deadline", "signed_by", "signed_at", "instruction"]

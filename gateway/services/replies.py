@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from gateway.config import Config
 from gateway.registry import Registry
@@ -30,9 +29,7 @@ from gateway.services.incomplete import request_address
 from gateway.services.people import People, Principal
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.route import new_mail
-
-if TYPE_CHECKING:
-    from gateway.track.reminders import Reminder
+from gateway.track.approvals import approvers
 
 ROLES = ("head", "leader", "top")
 MAX_TEXT = 50_000
@@ -96,16 +93,6 @@ def _matches(letter: Letter, key: str, value: str | list[str]) -> bool:
     if key == "tags":
         return bool(wanted & set(letter.tags or []))
     return getattr(letter, key) in wanted
-
-
-def approvers(config: Config, letter: Letter, role: str) -> list[str]:
-    """The addresses that may take a step of this role on this letter's reply."""
-    department = config.departments.get(letter.department or "")
-    if role == "head":
-        return [department.head] if department else []
-    if role == "leader":
-        return list(department.leaders) if department else []
-    return list(config.model.replies.top_leadership)
 
 
 def may_take(config: Config, who: Principal, letter: Letter, role: str) -> bool:
@@ -381,32 +368,6 @@ class Replies:
         return out
 
     # -- the reminder pass ----------------------------------------------------------------
-    def remind(self, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
-        """Remind the approvers of a step waiting [replies] approval_reminder_working_days or more
-        (and again after as many more). Part of `gateway reminders run`."""
-        from gateway.registry.reminders import OpenLetter
-        from gateway.track.reminders import Reminder
-
-        days = self.config.model.replies.approval_reminder_working_days
-        calendar = self.config.calendar
-        out = []
-        for waiting in self.records.waiting():
-            since = waiting.reminded_at or waiting.step_since
-            if since is None or calendar.working_days_between(since, now) < days:
-                continue
-            letter = self.registry.letter(waiting.number)
-            if letter is None:
-                continue
-            role = waiting.chain[waiting.step]
-            mail = self._notify(letter, role, waiting.reply_id, "reminder", step=waiting.step + 1,
-                               since=waiting.step_since)
-            if dry_run or self.records.remind(waiting.reply_id, step=waiting.step, round_=waiting.round, at=now,
-                                              mail=mail):
-                out.append(Reminder(OpenLetter(letter.id, letter.number, letter.status, letter.department,
-                                               letter.owner, letter.received_at, letter.deadline),
-                                    "reply-approval", mail, 1))
-        return out
-
     # -- mail -------------------------------------------------------------------------
     def _notify(self, letter: Letter, role: str, reply_id: int, about: str, **details: object) -> list[NewMail]:
         return [new_mail(self.config, "approval", address, about=about, draft=reply_id, role=role,

@@ -11,6 +11,8 @@ reminders already recorded as its events, what is due now:
 - `awaiting-sender`: once, when the day a sender was given for missing materials
   has passed without them (gateway.services.incomplete asked); the department may
   withdraw the letter or go on without them;
+- `reply-approval`: an approver whose step of a reply's chain has waited
+  `[replies] approval_reminder_working_days`;
 - late readers of a circulation, and borrowings whose period is over (gateway.track.circulation).
 
 Each is an outbox mail and an event written in one transaction, so a pass that
@@ -104,4 +106,12 @@ def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = Fa
     # Readers late to sign a circulation; borrowings of archived letters whose period is over.
     circulation.expire_borrowings(registry, now, dry_run=dry_run)
     return (reminders + expired_requests(config, registry, now, dry_run=dry_run)
-            + circulation.due(config, registry, now, dry_run=dry_run))
+            + circulation.due(config, registry, now, dry_run=dry_run)
+            + approvals(config, registry, now, dry_run=dry_run))
+
+
+def approvals(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
+    """Approvers of a reply waiting past [replies] approval_reminder_working_days (kind reply-approval)."""
+    from gateway.track import approvals as approval_steps
+
+    return approval_steps.due(config, registry, now, dry_run=dry_run)
