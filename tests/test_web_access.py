@@ -121,6 +121,22 @@ def incomplete_rule(status: int) -> Rule:
     return rule
 
 
+def reply_rule(status: int) -> Rule:
+    """Drafting a reply: those who may answer the letter and read it (`status`: nothing written,
+    400); the others who see it 403."""
+    def rule(login: str | None, key: str) -> int:
+        if login is None:
+            return SIGNIN
+        rights = EXPECTED[login][key]
+        return 404 if rights is None else status if rights[0] and "answer" in rights[1] else 403
+    return rule
+
+
+def seen_rule(status: int) -> Rule:
+    """`status` for whoever sees the letter, else 404."""
+    return lambda login, key: SIGNIN if login is None else 404 if EXPECTED[login][key] is None else status
+
+
 def person(status: int) -> Rule:
     return lambda login, key: SIGNIN if login is None else status
 
@@ -140,6 +156,12 @@ def triage_rule(status: int) -> Rule:
 
 def public(anonymous: int, signed_in: int) -> Rule:
     return lambda login, key: anonymous if login is None else signed_in
+
+
+def circulate_rule(login: str | None, key: str) -> int:
+    if login is None:
+        return SIGNIN
+    return 404 if not visible(login, key) else 400 if login in ("reg", "leader") else 403
 
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -189,6 +211,21 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/letters/{number}/withdraw"): incomplete_rule(409),
     ("GET", "/rate/{token}"): public(404, 404),  # the sender's page, no sign-in: a made-up link is none
     ("POST", "/rate/{token}"): public(403, 403),  # without the form's own token (rating: test_satisfaction)
+    ("GET", "/approvals"): person(200),
+    ("POST", "/letters/{number}/reply"): reply_rule(400),  # nothing written: 400 (replies: test_reply_approval)
+    # no reply to approve, return or send: refused, 409
+    ("POST", "/letters/{number}/reply/approve"): seen_rule(409),
+    ("POST", "/letters/{number}/reply/return"): seen_rule(409),
+    ("POST", "/letters/{number}/reply/send"): seen_rule(409),
+    ("GET", "/letters/{number}/reply/{reply:int}/attachments/{attachment:int}"): public(404, 404),  # none such
+    ("GET", "/to-read"): person(200),
+    # no readers named: 400 for the registry office and leaders, the others may not start one
+    ("POST", "/letters/{number}/circulate"): circulate_rule,
+    ("POST", "/letters/{number}/sign"): seen_rule(409),  # nothing circulating: refused, 409
+    ("POST", "/letters/{number}/borrow"): seen_rule(400),  # no reason given: 400
+    ("GET", "/borrowing"): person(200),
+    ("POST", "/borrowing/{id:int}/decide"): person(400),  # neither grant nor refuse chosen
+    ("POST", "/borrowing/{id:int}/return"): person(404),  # no such borrowing
 }
 LETTER_ROUTES = [key for key in RULES if "{number}" in key[1]]
 

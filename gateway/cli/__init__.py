@@ -14,6 +14,7 @@ from gateway.cli.keys import keys
 from gateway.cli.letters import letters
 from gateway.cli.outbox import outbox
 from gateway.cli.quarantine import quarantine
+from gateway.cli.replies import COMMANDS as REPLY_COMMANDS
 from gateway.cli.reminders import reminders
 from gateway.cli.report import report
 from gateway.cli.rules import rules
@@ -41,3 +42,5 @@ def main(ctx: click.Context, config_arg: str | None) -> None:
 for command in (run, check_config, status, db, ingest, letters, quarantine, rules, outbox, reminders, archive,
                 report, smtp_passwd, keys, users, web, import_backlog):
     main.add_command(command)
+for command in REPLY_COMMANDS:  # gateway letters reply|approve|return
+    letters.add_command(command)

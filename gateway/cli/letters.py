@@ -150,7 +150,8 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
             for key, value in entry.items():
                 click.echo(f"{key}: {'-' if value in (None, '', []) else value}")
         return
-    letter, detail = view.letter, queries.letter_detail(view.letter, registry.outbox(letter_id=view.letter.id))
+    letter, detail = view.letter, queries.letter_detail(view.letter, registry.outbox(letter_id=view.letter.id),
+                                                        queries.ocr_reading(registry, view.letter.id))
     if as_json:
         print_json(detail)
         return
@@ -161,7 +162,7 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
     fields.add_column(overflow="fold")
     for key, value in detail.items():
         if key in ("attachments", "events", "recipients", "envelope", "fax", "body_text", "classification",
-                   "outbox", "trust"):
+                   "outbox", "trust", "text_read"):
             continue
         if key.endswith("_at") or key == "deadline":
             value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
@@ -174,6 +175,8 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
         fields.add_row("fax", json.dumps(detail["fax"], ensure_ascii=False))
     if letter.channel == "email" or detail["trust"]:
         fields.add_row("Sender verified", describe(detail["trust"]))
+    if detail["text_read"]:
+        fields.add_row("Text read", _text_read(detail["text_read"]))
     console.print(fields)
     print_trace(console, letter.classification)
     console.print(Panel(letter.body_text or "(no text)", title="Text", title_align="left"))
@@ -384,3 +387,60 @@ def letters_withdraw(state: State, number: str, reason: str, by: str | None, as_
     except (LookupError, Refused) as exc:
         fail(str(exc))
     click.echo(f"{number}: {before} -> {after}")
+
+
+@letters.command("circulate")
+@click.argument("number")
+@click.option("--reader", "readers", multiple=True, required=True,
+              help="A reader, in order (repeat): a sign-in name, or a department id (its head signs for it).")
+@by_option
+@as_option
+@pass_state
+def letters_circulate(state: State, number: str, readers: tuple[str, ...], by: str | None,
+                      as_login: str | None) -> None:
+    """Circulate a letter to readers in order (the registry office or a leader): each reads and signs
+    it within [circulation] reading_working_days, and only then does the next one get it."""
+    from gateway.services.access import Refused
+    from gateway.services.circulation import Circulations
+
+    try:
+        Circulations(state.config, state.registry()).start(principal(state, as_login, by), number, list(readers))
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    click.echo(f"{number}: circulated to {', '.join(readers)}; {readers[0]} reads it first")
+    state.wake_daemon()
+
+
+@letters.command("sign")
+@click.argument("number")
+@click.option("--instruction", default="", help="An instruction (批示) for the handling department.")
+@click.option("--as", "as_login", metavar="LOGIN", required=True,
+              help="The reader whose turn it is (a person of the web register).")
+@pass_state
+def letters_sign(state: State, number: str, instruction: str, as_login: str) -> None:
+    """Sign a circulated letter as the reader whose turn it is; the next reader gets it."""
+    from gateway.services.access import Refused
+    from gateway.services.circulation import Circulations
+
+    circulations = Circulations(state.config, state.registry())
+    try:
+        following = circulations.sign(principal(state, as_login), number, instruction)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    if following is None:
+        click.echo(f"{number}: signed; every reader has signed: the circulation is finished")
+    else:
+        click.echo(f"{number}: signed; {circulations.name(following.kind, following.target)} "
+                   f"({following.target}) reads it next")
+    state.wake_daemon()
+
+
+def _text_read(reading: dict[str, Any]) -> str:
+    """How a fax's or scan's text was read, on one line: reader, each page's confidence, pages to check."""
+    pages = ", ".join(f"p.{n} {'-' if c is None else f'{c * 100:.0f}%'}"
+                      for n, c in enumerate(reading["confidences"], 1))
+    line = f"{reading['version'] or reading['reader']} ({reading['reader']}); {pages or 'no page read'}"
+    if reading["low_confidence"]:
+        line += (f"; low confidence on page(s) {', '.join(map(str, reading['low_confidence']))}: "
+                 "compare with the original")
+    return line

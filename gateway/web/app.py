@@ -197,6 +197,12 @@ def environment() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True)
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
     env.filters["show"] = show
+    from gateway.web.routes import replies  # its pages' parts on the letter page and in the sidebar
+
+    env.globals.update(replies.template_globals())
+    from gateway.web.routes import circulation  # the sidebar's counts of letters to read and borrowings to approve
+
+    env.globals.update(circulation.template_globals())
     return env
 
 
@@ -212,10 +218,12 @@ def show(value: Any) -> str:
 
 
 def routes() -> list[BaseRoute]:
-    from gateway.web.routes import audit, auth, incomplete, letters, overview, paper, people, rate, work
+    from gateway.web.routes import (audit, auth, borrowing, circulation, incomplete, letters, overview, paper, people,
+                                    rate, replies, work)
 
     return [*auth.routes(), *work.routes(), *letters.routes(), *audit.routes(), *people.routes(), *overview.routes(),
-            *paper.routes(), *incomplete.routes(), *rate.routes(),
+            *paper.routes(), *incomplete.routes(), *rate.routes(), *replies.routes(), *circulation.routes(),
+            *borrowing.routes(),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static")]
 
 

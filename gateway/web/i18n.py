@@ -137,9 +137,19 @@ EVENT = {
     "quarantine-retry": N_("quarantined item retried"), "grant": N_("access granted"),
     "grant-revoked": N_("access revoked"),
 }
+# Circulation (传阅) and borrowing from the archive (借阅).
+EVENT |= {
+    "circulation-started": N_("circulation started"), "circulation-signed": N_("signed in circulation"),
+    "circulation-reminded": N_("circulation reader reminded"), "circulation-escalated": N_("late reader reported"),
+    "circulation-finished": N_("circulation finished"), "borrow-requested": N_("borrowing requested"),
+    "borrow-granted": N_("borrowing granted"), "borrow-refused": N_("borrowing refused"),
+    "borrow-read": N_("borrowed letter read"), "borrow-returned": N_("borrowed letter returned"),
+    "borrow-expired": N_("borrowing expired"),
+}
 MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feedback": N_("result to sender"),
              "reminder": N_("reminder"), "escalation": N_("escalation"),
-             "request": N_("request to the sender"), "sender-notice": N_("notice about the sender")}
+             "request": N_("request to the sender"), "sender-notice": N_("notice about the sender"),
+             "circulation": N_("circulation notice"), "borrowing": N_("borrowing notice")}
 MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
 KINDS = {"status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
          "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT,
