@@ -27,6 +27,9 @@ class Outbox(Store):
             OutboxMail.status == "pending", OutboxMail.next_attempt_at <= now,
             or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < now))
             .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit))
+        with self.read() as conn:
+            if conn.execute(due).first() is None:
+                return []  # the common case, answered without a write transaction
         with self.write() as conn:
             if conn.dialect.name == "postgresql":
                 due = due.with_for_update(skip_locked=True)
