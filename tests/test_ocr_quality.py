@@ -161,6 +161,17 @@ def test_the_daemon_records_the_reading_flags_the_bad_page_and_takes_the_number_
         assert (reading.reader, reading.pages, reading.low_confidence) == ("ppocr", 2, [2])
         assert reading.confidences[0] is not None and reading.confidences[0] > 0.9
         assert reading.header is not None and "P.01/01" in reading.header
+        # The letter page and `gateway letters show` say how it was read and which page to check.
+        site.add_people()
+        browser = site.sign_in("rita")
+        for language, notice in (("zh", "部分页面识别置信度较低——请与原件核对。"),
+                                 ("en", "Some pages were read with low confidence — compare with the original.")):
+            site.people.set_language("rita", language)
+            page = browser.get(f"/letters/{number}").text
+            assert notice in page and "rapidocr-onnxruntime" in page, language
+        shown = site.gateway.show_json(number)["text_read"]
+        assert isinstance(shown, dict) and shown["low_confidence"] == [2] and shown["reader"] == "ppocr"
+        assert "compare with the original" in site.gateway.run("letters", "show", number).stdout
     finally:
         site.close()
 
