@@ -635,6 +635,26 @@ class TrustSection(_Strict):
         return [v.strip().lower() for v in values]
 
 
+class NodeSection(_Strict):
+    # This node's name among the nodes sharing the registry; empty: the host name.
+    name: str = Field(default="", max_length=100, pattern=r"^[A-Za-z0-9._-]*$")
+
+
+class ClusterSection(_Strict):
+    # A dead node's IMAP folders and claimed work (outbox mail, OCR jobs) move on after this long
+    # without its heartbeat; the heartbeat comes every third of it.
+    takeover_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+    # A job claimed this often without being finished (its node died each time) is given up.
+    max_claims: int = Field(default=5, ge=1, le=100)
+
+
+class StorageSection(_Strict):
+    # The message store and the archive: directories every node mounts (NFS, CephFS, ...) when
+    # several nodes share the registry. Empty: under the state directory (one node).
+    messages_dir: Path | None = None
+    archive_dir: Path | None = None
+
+
 class ConfigModel(_Strict):
     gateway: GatewaySection = GatewaySection()
     registry: RegistrySection = RegistrySection()
@@ -660,6 +680,9 @@ class ConfigModel(_Strict):
     metrics: MetricsSection = MetricsSection()
     web: WebSection = WebSection()
     logging: LoggingSection = LoggingSection()
+    node: NodeSection = NodeSection()
+    cluster: ClusterSection = ClusterSection()
+    storage: StorageSection = StorageSection()
     departments: list[Department] = Field(min_length=1)
 
 
@@ -738,8 +761,39 @@ class Config:
 
     @property
     def archive_dir(self) -> Path:
-        folder = self.model.archive.folder
+        folder = self.model.storage.archive_dir or self.model.archive.folder
         return folder if folder.is_absolute() else self.state_dir / folder
+
+    @property
+    def shared_message_dir(self) -> Path | None:
+        """Where the message store really lives when `[storage] messages_dir` names a shared
+        directory; `message_dir` (the name every stored path is relative to) points there."""
+        folder = self.model.storage.messages_dir
+        if folder is None:
+            return None
+        folder = folder if folder.is_absolute() else self.state_dir / folder
+        return None if folder == self.message_dir else folder
+
+    @property
+    def node_name(self) -> str:
+        import socket
+
+        return self.model.node.name or socket.gethostname()
+
+    def cluster_warnings(self) -> list[str]:
+        """What `gateway check-config` warns about when several nodes may share the registry."""
+        if not self.registry_url.startswith("postgresql"):
+            return []
+        warnings = []
+        if not self.model.node.name:
+            warnings.append(f"node.name: not set; the host name {self.node_name!r} names this node, and two "
+                            "nodes must never share a name")
+        if self.model.storage.messages_dir is None:
+            warnings.append(f"storage.messages_dir: not set; the message store is {self.message_dir}, local to "
+                            "this node: with several nodes on this registry, the others cannot read the originals")
+        if self.model.storage.archive_dir is None and not self.model.archive.folder.is_absolute():
+            warnings.append(f"storage.archive_dir: not set; the archive is {self.archive_dir}, local to this node")
+        return warnings
 
     @property
     def run_dir(self) -> Path:

@@ -9,9 +9,8 @@ other, and nothing that reads an original needs to know. The archive is `[storag
 (or `[archive] folder`), used as it is. The spool stays on each node's own disk: it is the
 node's queue, drained by that node, as an MTA's is.
 
-Storing an original is a hard link from the spool into the store (gateway/spool): that needs
-the spool and the store on one filesystem; a shared store on another one needs the spool's
-copy-then-link instead.
+Storing an original is a hard link from the spool into the store (gateway/spool); a shared
+store on another filesystem gets a copy, synced under a temporary name and then linked into place.
 """
 from __future__ import annotations
 

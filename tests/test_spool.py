@@ -316,3 +316,33 @@ def test_every_name_that_must_survive_a_power_cut_is_synced(tmp_path: Path) -> N
             assert synced_after(os.path.dirname(path), n), f"directory not synced after {call}"
             checked += 1
     assert checked > 10
+
+
+def test_a_store_on_another_filesystem_gets_a_synced_copy(tmp_path: Path) -> None:
+    """A message store that several nodes mount is on another filesystem than the local spool: the
+    raw copy is written and fsynced under a temporary name there, linked into place (never over bytes
+    already stored), and only then does the spool's file go."""
+    shared = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="gateway-store-"))
+    try:
+        assert os.stat(shared).st_dev != os.stat(tmp_path).st_dev  # tmpfs against the disk
+        script = (f"from pathlib import Path\nfrom gateway.spool import Spool\n"
+                  f"s = Spool(Path({str(tmp_path / 'spool')!r}), Path({str(shared / 'messages')!r}))\n"
+                  f"for n in range(2): s.enqueue(b'same', {{}})\n"
+                  f"a, b = s.claim(2)\ns.finish(a, 'cd' * 32)\ns.finish(b, 'cd' * 32)\n")
+        trace = tmp_path / "trace"
+        subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=fsync,link,linkat,unlink,unlinkat", "-o", str(trace),
+                        sys.executable, "-c", script], check=True, cwd=ROOT, timeout=60)
+        stored = shared / "messages" / "cd" / f"{'cd' * 32}.msg"
+        assert read_item_file(stored)[1] == b"same"
+        assert os.listdir(stored.parent) == [stored.name]  # once, and no temporary copy left
+        assert os.listdir(tmp_path / "spool" / "work") == []
+        calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if str(shared) in line
+                 or str(tmp_path / "spool" / "work") in line]
+        copy_synced = next(n for n, c in enumerate(calls) if c.startswith("fsync(") and ".tmp>" in c)
+        linked = next(n for n, c in enumerate(calls)
+                      if c.startswith(("link(", "linkat(")) and ".tmp" in c and c.endswith(" 0"))
+        folder_synced = next(n for n, c in enumerate(calls) if c.startswith("fsync(") and f"{stored.parent}>)" in c)
+        spool_removed = min(n for n, c in enumerate(calls) if c.startswith(("unlink(", "unlinkat(")) and "/work/" in c)
+        assert copy_synced < linked < folder_synced < spool_removed, calls
+    finally:
+        shutil.rmtree(shared)

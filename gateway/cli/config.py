@@ -23,5 +23,7 @@ def check_config(state: State) -> None:
         sys.exit(1)
     click.echo(f"{cfg.path}: OK ({len(cfg.model.departments)} departments, state in {cfg.state_dir}, "
                f"registry {cfg.registry_url.split('@')[-1]})")
+    for warning in cfg.cluster_warnings():  # a PostgreSQL registry: other nodes may share it
+        click.echo(f"warning: {cfg.path}: {warning}", err=True)
     rules = cfg.ruleset
     click.echo(f"{rules.file}: OK ({len(rules)} rule(s), {len(rules.keywords)} keyword(s), version {rules.version})")

@@ -54,21 +54,33 @@ class State:
         logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
         return config
 
-    def registry(self) -> Registry:
+    def registry(self, *, check_schema: bool = True) -> Registry:
+        """The registry, refused (exit 1) when its schema is older or newer than this gateway's;
+        only `gateway db upgrade` changes it. An empty database is set up."""
         from gateway.registry import Registry, RegistryUnavailable
+        from gateway.registry.schema import SchemaMismatch
 
         registry = Registry.from_config(self.config)
         try:
-            registry.upgrade()
+            if check_schema:
+                registry.check_schema()
         except RegistryUnavailable as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EX_TEMPFAIL)
+        except SchemaMismatch as exc:
+            click.echo(f"error: registry {registry.safe_url}: {exc}", err=True)
+            sys.exit(1)
         return registry
 
     def spool(self) -> Spool:
+        from gateway import storage
         from gateway.spool import Spool
 
         cfg = self.config
+        try:
+            storage.mount(cfg)  # the shared message store, before the spool makes a local one
+        except storage.StorageError as exc:
+            fail(str(exc))
         return Spool(cfg.spool_dir, cfg.message_dir, max_attempts=cfg.model.spool.max_attempts)
 
     def link(self) -> DaemonLink:

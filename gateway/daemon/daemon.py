@@ -19,7 +19,7 @@ import zmq.asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway.stages import rulebook, tokens
-from gateway import logs
+from gateway import logs, storage
 from gateway.config import Config, ConfigError
 from gateway.adapters.fax_drop import FaxDropWatcher
 from gateway.adapters.imap import ImapIntake
@@ -31,7 +31,10 @@ from gateway.daemon.pipeline import Outcome, Pipeline
 from gateway.daemon.registrar import Registrar
 from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry import schema
+from gateway.registry.leases import Cluster, NodeConflict, Skipped, last_run
 from gateway.registry.ledger import ImapLedger
+from gateway.registry.schema import SchemaMismatch
 from gateway.daemon.sdnotify import Notifier
 from gateway.daemon.workers import SpoolWorker
 from gateway.spool import Spool
@@ -71,6 +74,11 @@ class Daemon:
         self.config = config
         self._config_arg = config_arg
         self.notifier = Notifier()
+        self.store_error: str | None = None
+        try:
+            storage.mount(config)  # before the spool makes a local store of its own
+        except storage.StorageError as exc:
+            self.store_error = str(exc)
         self.spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
         self.registry = Registry.from_config(config)
         self.totals: Counter[str] = Counter()
@@ -87,6 +95,7 @@ class Daemon:
         self.outbox: OutboxSender | None = None
         self.metrics: MetricsServer | None = None
         self.web: WebServer | None = None
+        self.cluster: Cluster | None = None
 
     # -- life cycle -----------------------------------------------------
     def run(self) -> int:
@@ -104,10 +113,31 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
         pidlock = PidLock(self.config.run_dir / "gateway.pid")
-        self.notifier.status("starting: opening the registry")
-        if not await self._wait_for_registry():
+        if self.store_error is not None:
+            log.error("cannot start: %s", self.store_error)
             pidlock.release()
-            return 0
+            return 1
+        self.notifier.status("starting: opening the registry")
+        try:
+            if not await self._wait_for_registry():
+                pidlock.release()
+                return 0
+        except SchemaMismatch as exc:
+            log.error("cannot start: registry %s: %s", self.registry.safe_url, exc)
+            pidlock.release()
+            return 1
+        settings = self.config.model.cluster
+        self.cluster = Cluster(self.registry, self.config.node_name, takeover_seconds=settings.takeover_seconds,
+                               max_claims=settings.max_claims)
+        try:
+            freed = await asyncio.to_thread(self.cluster.join)
+        except (NodeConflict, RegistryUnavailable) as exc:
+            log.error("cannot start: %s", exc)
+            pidlock.release()
+            return 1
+        if freed:
+            log.info("node %s: %d claim(s) of its previous run handed back", self.cluster.name, freed)
+        self.cluster.start()
 
         try:
             # Created at first start; a damaged file stops the start here, naming it, instead of
@@ -167,7 +197,7 @@ class Daemon:
                 return 1
 
         if self.config.model.imap.accounts:
-            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake)
+            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake, cluster=self.cluster)
             listening += ", IMAP " + ", ".join(self.imap.start())
         if self.config.model.fax.enabled:
             self.fax_drop = FaxDropWatcher(self.config, self.spool, self.wake)
@@ -193,10 +223,12 @@ class Daemon:
         scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
                           id="spool-rescan", max_instances=1, coalesce=True)
         if self.config.model.archive.enabled:
-            settings = self.config.model.archive
-            scheduler.add_job(self._archive_last_month, "cron", day=settings.run_day, hour=settings.run_hour,
+            archive = self.config.model.archive
+            # Given as None, next_run_time would pause the job: it is passed only to run it at once.
+            missed = {"next_run_time": datetime.now(timezone.utc)} if await self._archive_missed() else {}
+            scheduler.add_job(self._archive_last_month, "cron", day=archive.run_day, hour=archive.run_hour,
                               timezone=self.config.model.gateway.timezone, id="archive", max_instances=1,
-                              coalesce=True, misfire_grace_time=24 * 3600)
+                              coalesce=True, misfire_grace_time=24 * 3600, **missed)
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._remind, "interval", minutes=self.config.model.reminders.check_minutes,
                               id="reminders", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
@@ -231,6 +263,8 @@ class Daemon:
         if self.web is not None:
             await asyncio.to_thread(self.web.stop)
         scheduler.shutdown(wait=False)
+        # What this node held (folders, claimed mail and OCR jobs) goes to the others now.
+        await asyncio.to_thread(self.cluster.stop)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -270,8 +304,8 @@ class Daemon:
         delay = 1.0
         while not self._stop.is_set():
             try:
-                if await asyncio.to_thread(self.registry.upgrade):
-                    log.info("registry schema upgraded")
+                if await asyncio.to_thread(self.registry.check_schema):
+                    log.info("registry set up (schema %s)", schema.HEAD)
                 return True
             except RegistryUnavailable as exc:
                 log.error("registry unavailable, retrying in %.0f s: %s", delay, exc)
@@ -349,29 +383,62 @@ class Daemon:
         today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
         month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
         archiver = Archiver(self.config, self.registry)
+        assert self.cluster is not None
+
+        def archive() -> tuple[list[Any], list[Any]]:
+            return archiver.run(month), archiver.verify(month)
         try:
-            written = await asyncio.to_thread(archiver.run, month)
-            checked = await asyncio.to_thread(archiver.verify, month)
+            # Once across the nodes: the others skip it, quietly.
+            done = await asyncio.to_thread(self.cluster.once, "archive", month, archive)
         except Exception as exc:
             log.error("ALERT archive of %s failed: %s", month, exc)
             return
+        if isinstance(done, Skipped):
+            log.info("archive of %s: not run on this node (%s)", month, done.reason)
+            return
+        written, checked = done
         bad = [c for c in checked if not c.ok]
         log.info("archive of %s: %d package(s) written, %d letter(s); %d verified, %d failed", month, len(written),
                  sum(w.letters for w in written), len(checked) - len(bad), len(bad))
         for c in bad:
             log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
 
+    async def _archive_missed(self) -> bool:
+        """Was last month's archive due on this month's run day, and not done by any node (all of
+        them down at the time)? Only once an archive has run on this registry: a new one has none due."""
+        from zoneinfo import ZoneInfo
+
+        settings = self.config.model.archive
+        now = datetime.now(ZoneInfo(self.config.model.gateway.timezone))
+        if (now.day, now.hour) < (settings.run_day, settings.run_hour):
+            return False
+        month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
+        try:
+            last = await asyncio.to_thread(last_run, self.registry, "archive")
+        except RegistryUnavailable:
+            return False
+        return last is not None and last < month
+
     async def _remind(self) -> None:
         from gateway.track import reminders
 
+        assert self.cluster is not None
+        now = datetime.now(timezone.utc)
+        # One pass per check interval across the nodes: the first node to reach it does it.
+        slot = str(int(now.timestamp() // (self.config.model.reminders.check_minutes * 60)))
         try:
-            sent = await asyncio.to_thread(reminders.run, self.config, self.registry, datetime.now(timezone.utc))
+            done = await asyncio.to_thread(self.cluster.once, "reminders", slot,
+                                           lambda: reminders.run(self.config, self.registry, now))
         except RegistryUnavailable as exc:
             log.warning("reminders: registry unavailable: %s", exc)
             return
         except Exception:
             log.exception("reminders: unexpected error")
             return
+        if isinstance(done, Skipped):
+            log.debug("reminders: not run on this node (%s)", done.reason)
+            return
+        sent = done
         for reminder in sent:
             log.info("%s: %s to %s (reminder %d)", reminder.letter.number,
                      "escalation" if reminder.kind == "escalation" else f"reminder ({reminder.kind})",
@@ -396,6 +463,7 @@ class Daemon:
         while True:
             # Ping only while every worker is alive: a dead worker should get us restarted.
             if (all(w.alive() for w in self._workers) and (self.imap is None or self.imap.alive())
+                    and (self.cluster is None or self.cluster.alive())
                     and all(c is None or c.alive() for c in (self.fax_drop, self.text_reader, self.outbox))):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import logging
+import random
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, true, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, delete, func, insert, or_, select, true, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import selectinload
 
+from gateway.registry.leases import ClaimLost
+from gateway.registry.numbers import conflict
 from gateway.registry.models import Attachment, Event, IntakeKey, Letter, OcrJob, OcrReading, OutboxMail
 from gateway.registry.plan import NewLetter, Registered, Routing
 from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms, registered_terms
@@ -122,6 +126,12 @@ class Registration(SearchRecords):
                 # new series at the same moment; a fresh look will see it.
                 if attempt == 4:
                     raise
+            except DBAPIError as exc:
+                # Another node's batch and this one met (a deadlock or serialisation failure):
+                # run again after a moment, never reported as the registry being down.
+                if not conflict(exc) or attempt == 4:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _register_batch(self, conn: Connection, letters: list[NewLetter],
@@ -156,7 +166,9 @@ class Registration(SearchRecords):
         for i in fresh:
             per_series.setdefault(self.template.series(locals_[i], letters[i].channel), []).append(i)
         seqs: dict[int, tuple[str, int]] = {}
-        for series, members in per_series.items():
+        # Counters locked in one order (by series name) in every batch on every node: two batches
+        # spanning the same series wait for each other, and can never hold one each and deadlock.
+        for series, members in sorted(per_series.items()):
             last = self.advance(conn, series, len(members))
             for offset, i in enumerate(members):
                 seqs[i] = (series, last - len(members) + 1 + offset)
@@ -307,13 +319,50 @@ class Registration(SearchRecords):
 
     # -- reading a fax's text afterwards ---------------------------------
     def ocr_jobs(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, str]]:
-        """Letters waiting for their text: (letter id, raw path)."""
+        """Claim letters waiting for their text: (letter id, raw path). Claimed like outbox mail
+        (registry/leases.py): SKIP LOCKED on PostgreSQL, a lease the node's heartbeat renews. A job
+        claimed `max_claims` times and never finished (the reader took its node down each time) is
+        given up here, as a failed read is, instead of being offered again."""
+        now = utcnow()
+        free = or_(OcrJob.claimed_by.is_(None), OcrJob.lease_until < now, OcrJob.claimed_by == self.claimant)
+        stmt = (select(OcrJob.letter_id, OcrJob.claims, OcrJob.attempts).where(free)
+                .where(OcrJob.letter_id.not_in(exclude) if exclude else true())
+                .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
         with self.read() as conn:
-            rows = conn.execute(select(OcrJob.letter_id, Letter.raw_path)
-                                .join(Letter, OcrJob.letter_id == Letter.id)
-                                .where(OcrJob.letter_id.not_in(exclude) if exclude else true())
-                                .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
-            return [(r.letter_id, r.raw_path) for r in rows]
+            if conn.execute(stmt).first() is None:
+                return []  # the common case, answered without a write transaction
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = conn.execute(stmt).all()
+            # Claims minus counted attempts: the times a reading never came back.
+            worn = [r.letter_id for r in rows if r.claims - r.attempts >= self.max_claims]
+            ids = [r.letter_id for r in rows if r.claims - r.attempts < self.max_claims]
+            for letter_id in worn:
+                self._give_up_ocr(conn, letter_id, now, {"claims": self.max_claims,
+                                                         "error": "its reading never finished: the node "
+                                                                  "reading it stopped each time"})
+            if ids:
+                conn.execute(update(OcrJob).where(OcrJob.letter_id.in_(ids)).values(
+                    claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
+                    claims=OcrJob.claims + 1))
+            paths = dict(conn.execute(select(Letter.id, Letter.raw_path).where(Letter.id.in_(ids))).tuples().all())
+        return [(letter_id, paths[letter_id]) for letter_id in ids]
+
+    def _give_up_ocr(self, conn: Connection, letter_id: int, now: datetime, details: dict[str, Any]) -> None:
+        row = conn.execute(select(Letter.flags).where(Letter.id == letter_id).with_for_update()).one()
+        flags = merged([f for f in row.flags if f != "ocr-pending"], ["ocr-failed"])
+        conn.execute(update(Letter).where(Letter.id == letter_id).values(flags=flags, updated_at=now))
+        conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "text-not-read", None, details)])
+        conn.execute(delete(OcrJob).where(OcrJob.letter_id == letter_id))
+
+    def ocr_still_mine(self, conn: Connection, letter_id: int) -> bool:
+        """Inside the transaction storing a result: the job is still there, and ours or free (an
+        expired claim nobody took since). Locks the job row until the transaction ends."""
+        holder = conn.execute(select(OcrJob.claimed_by, OcrJob.lease_until).where(OcrJob.letter_id == letter_id)
+                              .with_for_update()).first()
+        return holder is not None and (holder.claimed_by in (None, self.claimant)
+                                       or holder.lease_until is None or holder.lease_until < utcnow())
 
     def ocr_done(self, letter_id: int, text: str, *, summary: str, defects: list[str], pages: int,
                  seconds: float, routing: Routing | None, reading: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -331,6 +380,8 @@ class Registration(SearchRecords):
                                      .options(selectinload(Letter.attachments))).one()
             terms = registered_terms(before, f"{before.body_text}\n\n{text}")
         with self.write() as conn:
+            if not self.ocr_still_mine(conn, letter_id):
+                raise ClaimLost(f"the text of letter {letter_id} is read by another node (this node's claim expired)")
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status,
                                       Letter.fax_number, Letter.fax_sent_at)
@@ -380,19 +431,13 @@ class Registration(SearchRecords):
         Returns True when given up. The letter stays registered (and routable by a person)."""
         now = utcnow()
         with self.write() as conn:
-            attempts = conn.execute(select(OcrJob.attempts).where(OcrJob.letter_id == letter_id)
-                                    .with_for_update()).scalar()
-            if attempts is None:
-                return True  # done meanwhile
-            attempts += 1
+            if not self.ocr_still_mine(conn, letter_id):
+                return True  # done meanwhile, or another node's now: not ours to count
+            attempts = conn.execute(select(OcrJob.attempts).where(OcrJob.letter_id == letter_id)).scalar_one() + 1
             if attempts < give_up_after:
+                # Free again at once: the next pass (here or on another node) reads it anew.
                 conn.execute(update(OcrJob).where(OcrJob.letter_id == letter_id)
-                             .values(attempts=attempts))
+                             .values(attempts=attempts, claimed_by=None, lease_until=None))
                 return False
-            row = conn.execute(select(Letter.flags).where(Letter.id == letter_id).with_for_update()).one()
-            flags = merged([f for f in row.flags if f != "ocr-pending"], ["ocr-failed"])
-            conn.execute(update(Letter).where(Letter.id == letter_id).values(flags=flags, updated_at=now))
-            conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "text-not-read", None,
-                                                        {"attempts": attempts, "error": error[:1000]})])
-            conn.execute(delete(OcrJob).where(OcrJob.letter_id == letter_id))
+            self._give_up_ocr(conn, letter_id, now, {"attempts": attempts, "error": error[:1000]})
             return True

@@ -176,6 +176,10 @@ class OcrJob(Base):
     letter_id: Mapped[int] = mapped_column(ForeignKey("letters.id"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # The claim (see registry/leases.py): which node's run holds it, until when, how often taken.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claims: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
 class OutboxMail(Base):
@@ -199,6 +203,9 @@ class OutboxMail(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claims: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
 class ArchivePackage(Base):
@@ -556,3 +563,42 @@ class ReplyStep(Base):
 
 
 Index("ix_replies_status", Reply.status)
+
+
+class Node(Base):
+    """A gateway node sharing this registry: who it is, and its heartbeat."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(200), nullable=False)  # "name#run": one per start
+    host: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Lease(Base):
+    """Something one node at a time may do (an IMAP folder), held until `expires_at`,
+    renewed by the holder's heartbeat."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(700), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200), nullable=False)  # the node's instance
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class JobRun(Base):
+    """The last run of a periodic job done once across nodes (archive, reminders, ...)."""
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[str] = mapped_column(String(64), nullable=False)  # the period it ran for
+    node: Mapped[str] = mapped_column(String(200), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(Text)

@@ -1,4 +1,10 @@
-"""Schema migrations (Alembic), applied by `gateway db upgrade` and at start-up."""
+"""Schema migrations (Alembic), applied by `gateway db upgrade` only.
+
+Daemons and commands check the registry's revision against theirs (`check`) and refuse to work
+on an older or a newer one: with several nodes on one registry, a node started with a newer
+release must not change the schema under the others. Only an empty database (a first start)
+is set up without being asked.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +20,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test keeps the two in step).
 # Known here so that the common case, an up-to-date schema, needs one query
 # and no import of Alembic, which costs a command-line call a noticeable pause.
-HEAD = "0016"
+HEAD = "0017"
 
 
 def _alembic_config() -> AlembicConfig:
@@ -54,3 +60,29 @@ def upgrade(engine: Engine) -> bool:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return True
+
+
+class SchemaMismatch(Exception):
+    """The registry's schema is not the one this gateway was written for."""
+
+
+def _order(revision: str) -> int:
+    return int(revision) if revision.isdigit() else -1
+
+
+def check(engine: Engine) -> bool:
+    """Refuse a registry whose schema is older or newer than HEAD; set up an empty one. Returns True
+    when it was set up now."""
+    current = current_revision(engine)
+    if current == HEAD:
+        return False
+    if current is None:
+        with engine.connect() as conn:
+            tables = [t for t in inspect(conn).get_table_names() if t != "alembic_version"]
+        if not tables:
+            return upgrade(engine)  # a new registry: nothing to migrate, nobody else on it yet
+        raise SchemaMismatch("the registry has tables but no schema revision: it was not made by this gateway")
+    if _order(current) > _order(HEAD):
+        raise SchemaMismatch(f"the registry's schema is {current}, which is newer than this gateway's ({HEAD}): "
+                             "run the gateway release that upgraded it")
+    raise SchemaMismatch(f"the registry's schema is {current}, this gateway needs {HEAD}: run `gateway db upgrade`")

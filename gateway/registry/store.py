@@ -6,6 +6,8 @@ later", never as the item's fault.
 """
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.registry import schema
 from gateway.registry.models import NumberSeries
-from gateway.registry.numbers import NumberTemplate
+from gateway.registry.numbers import NumberTemplate, conflict
 from gateway.registry.plan import NewMail
 
 
@@ -30,6 +32,8 @@ class RegistryUnavailable(Exception):
 
 def unreachable(exc: DBAPIError) -> bool:
     """Is this the database being away (retry later) rather than this item's fault?"""
+    if conflict(exc):
+        return False  # a deadlock or serialisation failure: the caller retries, the database is fine
     return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
@@ -76,6 +80,11 @@ class Store:
         self.template = NumberTemplate(number_template)
         self.tz = ZoneInfo(timezone_name)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Who claims outbox mail and OCR jobs through this object, and for how long (registry/leases.py:
+        # a daemon sets its node's instance; a command claims in its own name).
+        self.claimant = f"{socket.gethostname()}#{os.getpid()}"
+        self.lease_seconds = 60.0
+        self.max_claims = 5
 
     @property
     def safe_url(self) -> str:
@@ -84,6 +93,11 @@ class Store:
     def upgrade(self) -> bool:
         with self._translated():
             return schema.upgrade(self.engine)
+
+    def check_schema(self) -> bool:
+        """Refuse an older or newer schema (schema.SchemaMismatch); set up an empty registry."""
+        with self._translated():
+            return schema.check(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

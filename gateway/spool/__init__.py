@@ -227,6 +227,28 @@ class SpoolWriter:
         _unlink_quietly(self._tmp)
 
 
+def _copy_into(src: Path, dst: Path) -> bool:
+    """`src` copied to `dst` on another filesystem, as durable as a link would be: written and
+    fsynced under a temporary name beside `dst`, then linked into place, so that `dst` is never a
+    partial copy and bytes already there are never replaced (False: `dst` existed). The caller syncs
+    the folder before it removes `src`."""
+    if dst.exists():
+        return False
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(src, "rb") as source, open(tmp, "wb") as copy:
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.link(tmp, dst)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def _unlink_quietly(path: Path) -> None:
     """Remove a file nobody was told about; a leftover is logged, recover() clears tmp/ later."""
     try:
@@ -350,6 +372,12 @@ class Spool:
                     folders.add(stored.parent)
                 except FileExistsError:
                     pass  # the same bytes arrived before: their copy is the letter's
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    # The store is on another filesystem (one that several nodes mount): a copy.
+                    if _copy_into(item.path, stored):
+                        folders.add(stored.parent)
             for folder in sorted(folders):
                 # On a journalling filesystem the first of these commits all the links at once.
                 fsync_dir(folder)
