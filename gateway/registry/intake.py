@@ -346,7 +346,8 @@ class Registration(SearchRecords):
                 conn.execute(update(OcrJob).where(OcrJob.letter_id.in_(ids)).values(
                     claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
                     claims=OcrJob.claims + 1))
-            paths = dict(conn.execute(select(Letter.id, Letter.raw_path).where(Letter.id.in_(ids))).tuples().all())
+            paths = {letter_id: raw_path for letter_id, raw_path in
+                     conn.execute(select(Letter.id, Letter.raw_path).where(Letter.id.in_(ids)))}
         return [(letter_id, paths[letter_id]) for letter_id in ids]
 
     def _give_up_ocr(self, conn: Connection, letter_id: int, now: datetime, details: dict[str, Any]) -> None:

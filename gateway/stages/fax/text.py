@@ -24,6 +24,7 @@ from gateway.stages.fax.ocr import DEFAULT_MIN_CONFIDENCE
 from gateway.stages.normalise import Limits
 from gateway.stages.route import route_with_text
 from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry.leases import ClaimLost
 from gateway.runner import Runner
 
 log = logging.getLogger("gateway.stages.fax")
@@ -163,6 +164,11 @@ class TextReader(Runner):
                 number, status = self._store(letter_id, text, defects, pages, seconds, reading)
             except RegistryUnavailable:
                 raise  # not the job's fault: its result waits here, and the pass backs off
+            except ClaimLost:
+                # Too late: the claim expired and another node reads the fax; its result counts.
+                del self._running[letter_id]
+                log.info("the text of letter %d read here is dropped: another node took the job over", letter_id)
+                continue
             except Exception as exc:
                 # The worker is free again; a job not given up is offered again by ocr_jobs() and read anew.
                 del self._running[letter_id]
