@@ -303,6 +303,12 @@ def sink() -> Iterator[SmtpSink]:
     s.stop()
 
 
+def outbound_settings(relay: str) -> str:
+    """The [outbound] section for a relay on loopback, polled and retried without delay."""
+    return (f'\n[outbound]\nrelay = "{relay}"\nfrom_address = "gateway@example.org"\n'
+            "poll_seconds = 0.2\nretry_min_seconds = 0.3\nretry_max_seconds = 1\n")
+
+
 def write_messages(folder: Path, messages: Iterable[bytes]) -> list[str]:
     """Each message in a file of its own in `folder`, as `gateway ingest` takes them: the paths."""
     paths = []

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Gateway, Notify, wait_for
+from conftest import ROOT, Gateway, Notify, outbound_settings, wait_for
 from smtp_sink import SmtpSink
 from sqlalchemy import Engine, text
 
@@ -177,19 +177,9 @@ def write_maildir(root: Path, count: int) -> set[str]:
     return {f"Old letter {n}" for n in range(count)}
 
 
-OUTBOUND = """
-[outbound]
-relay = "{relay}"
-from_address = "gateway@example.org"
-poll_seconds = 0.2
-retry_min_seconds = 0.3
-retry_max_seconds = 1
-"""
-
-
 def test_a_maildir_interrupted_and_run_again_then_a_notified_import(
         tmp_path: Path, pg_url: str, sink: SmtpSink, notify: Notify, engines: list[Engine]) -> None:
-    gateway = Gateway(tmp_path, registry_url=pg_url, extra=OUTBOUND.format(relay=sink.address))
+    gateway = Gateway(tmp_path, registry_url=pg_url, extra=outbound_settings(sink.address))
     engine = engine_of(engines, gateway, pg_url)
     maildir = tmp_path / "Maildir"
     quiet = write_maildir(maildir, 1500)

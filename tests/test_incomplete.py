@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import Gateway, Notify, wait_for
+from conftest import Gateway, Notify, outbound_settings, wait_for
 from gateway import config as config_mod
 from gateway.registry import Registry
 from gateway.services.access import Access
@@ -24,14 +24,6 @@ from smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(300)
 
-EXTRA = """
-[outbound]
-relay = "{relay}"
-from_address = "gateway@example.org"
-poll_seconds = 0.2
-retry_min_seconds = 0.3
-retry_max_seconds = 1
-"""
 TZ = ZoneInfo("Asia/Shanghai")
 
 
@@ -67,7 +59,7 @@ def next_working_day(after: date, n: int = 1) -> date:
 
 def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdrawal(
         tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address))
+    gateway = Gateway(tmp_path, extra=outbound_settings(sink.address))
     calendar = config_mod.load(gateway.config).calendar
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import dns_server as dns_fixtures
-from conftest import Daemon, Gateway, Notify, wait_for
+from conftest import Daemon, Gateway, Notify, outbound_settings, wait_for
 from dns_server import DnsServer
 from gateway import config as config_mod
 from gateway.stages.tokens import loop_marker
@@ -34,13 +34,7 @@ rules:
 # trusted relay, here the loopback client). The resolver is given by each test: a real one that
 # publishes example.org's SPF and DMARC, or a closed port (every lookup a temporary error).
 EXTRA = """
-[outbound]
-relay = "{relay}"
-from_address = "gateway@example.org"
-poll_seconds = 0.2
-retry_min_seconds = 0.3
-retry_max_seconds = 1
-
+{outbound}
 [replies]
 previous_key_grace_days = 0
 
@@ -84,7 +78,7 @@ def wait_answers(gateway: Gateway, number: str, count: int) -> list[dict[str, An
 
 def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_for_them_commands(
         tmp_path: Path, notify: Notify, sink: SmtpSink, dns_server: DnsServer) -> None:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address, nameserver=dns_server.nameserver),
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=dns_server.nameserver),
                       rules=RULES)
     daemon: Daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
@@ -175,7 +169,7 @@ def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_fo
 
 def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address, nameserver=NO_DNS), rules=RULES)
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS), rules=RULES)
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     try:
@@ -245,7 +239,7 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
 def test_an_owners_reply_that_dns_could_not_verify_is_refused_as_such_not_as_forged(
         tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
     """A DNS failure leaves the sender unproven, not disproven: the refusal says to send again."""
-    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address, nameserver=NO_DNS), rules=RULES)
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS), rules=RULES)
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     try:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from conftest import Gateway, Notify, wait_for
+from conftest import Gateway, Notify, outbound_settings, wait_for
 from smtp_sink import SmtpSink
 from web_support import hidden
 
@@ -30,20 +30,14 @@ rules:
     set: {category: external.inquiry_complaint, department: business}
 """
 EXTRA = """
-[outbound]
-relay = "{relay}"
-from_address = "gateway@example.org"
-poll_seconds = 0.2
-retry_min_seconds = 0.3
-retry_max_seconds = 1
-
+{outbound}
 [satisfaction]
 per_address_per_hour = {limit}
 """
 
 
 def configured(tmp_path: Path, sink: SmtpSink, limit: int = 100) -> Gateway:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(relay=sink.address, limit=limit), rules=RULES)
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), limit=limit), rules=RULES)
     text = gateway.config.read_text()
     listen = f'listen = "127.0.0.1:{gateway.web_port}"'
     gateway.config.write_text(text.replace(listen, f'{listen}\nbase_url = "http://127.0.0.1:{gateway.web_port}"', 1))

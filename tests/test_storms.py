@@ -12,7 +12,7 @@ from email.utils import make_msgid
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from conftest import Daemon, Gateway, Notify, make_message, outbound_settings, wait_for
 from smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,13 +22,7 @@ STORM_SECONDS = 20.0  # the responder answers for this long at most
 EXTRA = """
 max_connections_per_minute = 0
 
-[outbound]
-relay = "{relay}"
-from_address = "gateway@example.org"
-poll_seconds = 0.2
-retry_min_seconds = 0.3
-retry_max_seconds = 1
-
+{outbound}
 [receipts]
 per_domain_per_hour = 4
 per_hour = 10
@@ -86,7 +80,7 @@ class Responder:
 def storm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Daemon, SmtpSink]]:
     tmp = tmp_path_factory.mktemp("storm")
     sink = SmtpSink().start()
-    gateway = Gateway(tmp, extra=EXTRA.format(relay=sink.address))
+    gateway = Gateway(tmp, extra=EXTRA.format(outbound=outbound_settings(sink.address)))
     notify = Notify(tmp / "notify.sock")
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     try:
