@@ -199,6 +199,8 @@ class FolderWatcher:
                     return True
             except RegistryUnavailable as exc:
                 log.warning("%s: cannot take the folder's lease: %s", self.name, exc)
+                self._stop.wait(self.cluster.takeover.total_seconds() / 3)
+                continue
             if not waited:
                 log.info("%s: watched by another node; this one takes over if that one stops", self.name)
                 waited = True

@@ -197,7 +197,10 @@ class Daemon:
                 return 1
 
         if self.config.model.imap.accounts:
-            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake, cluster=self.cluster)
+            # Folders are leased only where several nodes can share the registry: a SQLite registry
+            # is one node's, and its folders are never contested (nor held up by a full disk).
+            leases = self.cluster if self.cluster is not None and self.cluster.postgres else None
+            self.imap = ImapIntake(self.config, self.spool, ImapLedger(self.registry), self.wake, cluster=leases)
             listening += ", IMAP " + ", ".join(self.imap.start())
         if self.config.model.fax.enabled:
             self.fax_drop = FaxDropWatcher(self.config, self.spool, self.wake)
