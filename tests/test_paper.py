@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages
 from conftest import Daemon, Gateway, wait_for
@@ -20,6 +21,7 @@ from playwright.sync_api import Browser, expect
 from web_support import PASSWORD, Site, hidden, meta_csrf
 
 from gateway.registry import Registry
+from gateway.registry.models import OcrJob
 from gateway.services.paper import PaperLetter, PaperRefused, Scan, register_paper
 from gateway.stages import rulebook
 from gateway.stages.fax.document import FaxPages, read_scan
@@ -59,7 +61,8 @@ def read_texts(site: Site) -> None:
     try:
         def read() -> bool:
             reader.run_once()
-            return not site.registry.ocr_jobs(10)
+            with site.registry.read() as conn:  # a look, not a claim
+                return conn.execute(select(OcrJob.letter_id)).first() is None
         wait_for(read, timeout=120, what="the scans read")
     finally:
         reader.stop()
