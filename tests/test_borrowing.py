@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
-from web_support import PASSWORD, Site
+from web_support import PASSWORD, Clock, Site
 
 from gateway.archive.packer import Archiver
 from gateway.report.figures import Period, compute
@@ -26,14 +26,6 @@ from gateway.track import reminders
 pytestmark = pytest.mark.timeout(300)
 
 TZ = ZoneInfo("Asia/Shanghai")
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")

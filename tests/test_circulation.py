@@ -18,7 +18,7 @@ import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
 from smtp_sink import SmtpSink
-from web_support import PASSWORD, Person, Site
+from web_support import PASSWORD, Clock, Person, Site
 
 from gateway.archive.packer import Archiver, circulation_path
 from gateway.outbound.sender import OutboxSender
@@ -34,14 +34,6 @@ TODAY = datetime.now(TZ).date()
 # The next Monday, 9:00 (a working day: the test configuration has no holidays), after the letters came in.
 MONDAY = datetime.combine(TODAY + timedelta(days=7 - TODAY.weekday()), time(9, 0), TZ)
 INSTRUCTION = "请业务部本周内办理并回复。"
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")

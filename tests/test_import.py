@@ -225,7 +225,9 @@ def test_a_maildir_interrupted_and_run_again_then_a_notified_import(
     try:
         notify.wait_for("READY=1")
         wait_for(lambda: len(sink.received) >= 3, 30, "the three notifications")
-        time.sleep(1.5)  # anything else queued would be sent by now
+        # Nothing left to send: whatever was queued has reached the sink.
+        wait_for(lambda: not json.loads(gateway.run("outbox", "list", "--status", "pending", "--json").stdout),
+                 30, "the outbox sent")
     finally:
         daemon.stop()
     numbers = {r.number for r in loud}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -378,7 +377,4 @@ def _answers(client: httpx.Client) -> bool:
 
 
 def _dead(daemon: Daemon) -> int:
-    deadline = time.monotonic() + 30
-    while daemon.returncode is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return daemon.wait(5)
+    return daemon.wait(30)

@@ -7,6 +7,7 @@ import re
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -87,6 +88,16 @@ class Browser(httpx.Client):
     """A client with the session's CSRF token, as a page gives it to forms and htmx."""
 
     csrf = ""
+
+
+class Clock:
+    """A settable time for the web's time-limited rights (Access.clock)."""
+
+    def __init__(self, now: datetime):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 class Site:
