@@ -17,6 +17,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from gateway.services.access import Refused
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
@@ -202,9 +204,10 @@ REFUSAL = {
 }
 
 
-def refusal(exc: Refused) -> str:
-    """A refusal in the current language: in English the service's own (more detailed) words."""
-    template = REFUSAL.get(exc.key)
+def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
+    """A refusal in the current language: in English the service's own (more detailed) words.
+    `own` holds the words of a page's own refusals, looked up before the common ones."""
+    template = (own or {}).get(exc.key) or REFUSAL.get(exc.key)
     if template is None or current() == "en":
         return str(exc)
     params = dict(exc.params)

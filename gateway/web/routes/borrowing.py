@@ -11,7 +11,7 @@ from gateway.services.borrowing import INPUT_REFUSALS, Borrowings
 from gateway.web import i18n
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
-from gateway.web.routes.letters import _letter_page, letter_url
+from gateway.web.routes.letters import letter_step, letter_url
 
 REFUSAL = {
     "borrow-person": N_("only a person of the register borrows"),
@@ -34,13 +34,6 @@ def routes() -> list[BaseRoute]:
         Route("/borrowing/{id:int}/decide", decide, methods=["POST"]),
         Route("/borrowing/{id:int}/return", give_back, methods=["POST"]),
     ]
-
-
-def refusal(exc: Refused) -> str:
-    template = REFUSAL.get(exc.key)
-    if template is None or i18n.current() == "en":
-        return str(exc)
-    return i18n.gettext(template) % exc.params
 
 
 def service(req: Req) -> Borrowings:
@@ -71,17 +64,11 @@ def borrow(req: Req) -> Response:
         days = int(req.field("days") or "0")
     except ValueError:
         days = 0
-    try:
-        service(req).request(req.who, number, reason=req.field("reason"), days=days, now=req.web.access.clock())
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        view = req.web.access.letter(req.who, number, address=req.address, audit=False)
-        if view is None:
-            raise Problem(404) from None
-        status = 403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409
-        return _letter_page(req, view, status=status, failed_action="borrow",
-                            error=_("Not done: %(reason)s") % {"reason": refusal(exc)})
+    refused = letter_step(req, number, "borrow", lambda: service(req).request(
+        req.who, number, reason=req.field("reason"), days=days, now=req.web.access.clock()),
+        input_refusals=INPUT_REFUSALS, words=REFUSAL)
+    if isinstance(refused, Response):
+        return refused
     return RedirectResponse(f"{letter_url(number)}?done=borrow", status_code=303)
 
 
@@ -98,7 +85,7 @@ def _step(req: Req, action: str) -> Response:
         raise Problem(404) from None
     except Refused as exc:
         return _page(req, status=403 if isinstance(exc, Forbidden) else 409,
-                     error=_("Not done: %(reason)s") % {"reason": refusal(exc)})
+                     error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc, REFUSAL)})
     return RedirectResponse(f"/borrowing?done={'returned' if action == 'return' else action}", status_code=303)
 
 

@@ -7,14 +7,12 @@ from typing import Any
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.access import Forbidden, Refused
 from gateway.services.circulation import INPUT_REFUSALS, Circulations
-from gateway.web import i18n
 from gateway.services.borrowing import Borrowings
 from gateway.services.people import Principal
-from gateway.web.app import Problem, Req, Web, page
-from gateway.web.i18n import N_, _
-from gateway.web.routes.letters import _letter_page, letter_url
+from gateway.web.app import Req, Web, page
+from gateway.web.i18n import N_
+from gateway.web.routes.letters import letter_step, letter_url
 
 # Why a circulation step was refused, in the page's language (the service's words are English).
 REFUSAL = {
@@ -56,24 +54,8 @@ def borrowings_waiting(web: Web, who: Principal) -> int:
     return len(Borrowings(web.config, web.registry, web.access).awaiting(who))
 
 
-def refusal(exc: Refused) -> str:
-    template = REFUSAL.get(exc.key)
-    if template is None or i18n.current() == "en":
-        return str(exc)
-    return i18n.gettext(template) % exc.params
-
-
 def service(req: Req) -> Circulations:
     return Circulations(req.web.config, req.web.registry, req.web.access)
-
-
-def _refused(req: Req, number: str, exc: Refused, action: str) -> Response:
-    view = req.web.access.letter(req.who, number, address=req.address, audit=False)
-    if view is None:
-        raise Problem(404)
-    status = 403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409
-    return _letter_page(req, view, status=status, failed_action=action,
-                        error=_("Not done: %(reason)s") % {"reason": refusal(exc)})
 
 
 @page()
@@ -88,22 +70,19 @@ def to_read(req: Req) -> Response:
 def circulate(req: Req) -> Response:
     number = req.request.path_params["number"]
     names = [line for value in req.fields("readers") for line in value.replace(",", "\n").splitlines()]
-    try:
-        service(req).start(req.who, number, names, now=req.web.access.clock())
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        return _refused(req, number, exc, "circulate")
+    refused = letter_step(req, number, "circulate", lambda: service(req).start(
+        req.who, number, names, now=req.web.access.clock()), input_refusals=INPUT_REFUSALS, words=REFUSAL)
+    if isinstance(refused, Response):
+        return refused
     return RedirectResponse(f"{letter_url(number)}?done=circulate#circulation", status_code=303)
 
 
 @page()
 def sign(req: Req) -> Response:
     number = req.request.path_params["number"]
-    try:
-        service(req).sign(req.who, number, req.field("instruction"), now=req.web.access.clock())
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        return _refused(req, number, exc, "sign")
+    refused = letter_step(req, number, "sign", lambda: service(req).sign(
+        req.who, number, req.field("instruction"), now=req.web.access.clock()),
+        input_refusals=INPUT_REFUSALS, words=REFUSAL)
+    if isinstance(refused, Response):
+        return refused
     return RedirectResponse(f"{letter_url(number)}?done=sign#circulation", status_code=303)

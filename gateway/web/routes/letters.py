@@ -1,9 +1,10 @@
 """The queues, the letter page, its steps, attachments, previews and original."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
@@ -23,6 +24,7 @@ DONE = {"ack": N_("Acknowledged."), "progress": N_("Marked in progress."), "answ
         "close": N_("Closed."), "note": N_("Note added."), "assign": N_("Assigned."),
         "reassign": N_("Reassigned."), "hold-on": N_("Legal hold set."), "hold-off": N_("Legal hold lifted.")}
 MAX_PREVIEW_PAGES = 30
+T = TypeVar("T")
 
 
 def routes() -> list[BaseRoute]:
@@ -181,22 +183,42 @@ def letter(req: Req) -> Response:
     return _letter_page(req, view, message=i18n.gettext(DONE[done]) if done in DONE else "")
 
 
+def letter_step(req: Req, number: str, action: str, step: Callable[[], T], *,
+                input_refusals: frozenset[str] = frozenset(), words: Mapping[str, str] | None = None,
+                refused_unseen: bool = False) -> T | Response:
+    """Run one step on a letter for a web form: what the step returns, or the page to answer with.
+
+    An unknown letter is 404. A refused step re-renders the letter page with the reason where
+    the form was: 403 when the person may not, 400 for bad input (`input_refusals`), 409 when the
+    letter is not in a state for it. Someone who cannot see the letter gets 404 — or, with
+    `refused_unseen` (an approver who sees only the letter's reply), the bare refusal."""
+    try:
+        return step()
+    except LookupError:
+        raise Problem(404) from None
+    except Refused as exc:
+        reason = i18n.refusal(exc, words)
+        forbidden = isinstance(exc, Forbidden)
+        view = req.web.access.letter(req.who, number, address=req.address, audit=False)
+        if view is None:
+            if refused_unseen:
+                raise Problem(403 if forbidden else 409, reason) from None
+            raise Problem(404) from None
+        status = 403 if forbidden else 400 if exc.key in input_refusals else 409
+        return _letter_page(req, view, status=status, failed_action=action,
+                            error=_("Not done: %(reason)s") % {"reason": reason})
+
+
 @page()
 def act(req: Req) -> Response:
     number = req.request.path_params["number"]
     action = req.field("action")
     hold_on = {"on": True, "off": False}.get(req.field("on"))
-    try:
-        req.web.access.act(req.who, number, action, text=req.field("text"), department=req.field("department") or None,
-                           assignee=req.field("assignee") or None, on=hold_on, address=req.address)
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        view = req.web.access.letter(req.who, number, address=req.address, audit=False)
-        if view is None:
-            raise Problem(404) from None
-        return _letter_page(req, view, status=403 if isinstance(exc, Forbidden) else 409, failed_action=action,
-                            error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
+    refused = letter_step(req, number, action, lambda: req.web.access.act(
+        req.who, number, action, text=req.field("text"), department=req.field("department") or None,
+        assignee=req.field("assignee") or None, on=hold_on, address=req.address))
+    if isinstance(refused, Response):
+        return refused
     done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")
     return RedirectResponse(f"{letter_url(number)}?done={done}", status_code=303)
 

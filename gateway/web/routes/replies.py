@@ -10,13 +10,12 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.registry.models import Letter
 from gateway.registry.replies import NewReplyAttachment
-from gateway.services.access import Forbidden, Refused
 from gateway.services.people import Principal
 from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies
 from gateway.web import i18n, security
 from gateway.web.app import Problem, Req, Web, page
-from gateway.web.i18n import N_, _
-from gateway.web.routes.letters import _letter_page, letter_url
+from gateway.web.i18n import N_
+from gateway.web.routes.letters import letter_step, letter_url
 
 # This module's events, mail and refusals among the register's labels.
 i18n.EVENT.update({
@@ -88,15 +87,6 @@ def reply_label(kind: str, value: str) -> str:
     return i18n.gettext(known) if known else value
 
 
-def _refused(req: Req, number: str, exc: Refused, action: str) -> Response:
-    view = req.web.access.letter(req.who, number, address=req.address, audit=False)
-    if view is None:  # an approver who sees the letter only for its reply
-        raise Problem(403 if isinstance(exc, Forbidden) else 409, i18n.refusal(exc))
-    status = 403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409
-    return _letter_page(req, view, status=status, failed_action=action,
-                        error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
-
-
 def _done(number: str, done: str) -> Response:
     return RedirectResponse(f"{letter_url(number)}?reply={done}#reply", status_code=303)
 
@@ -116,29 +106,26 @@ def save(req: Req) -> Response:
     replies = Replies(req.web.config, req.web.registry)
     remove = [int(v) for v in req.fields("remove") if v.isdigit()]
     submit = req.field("action") == "submit"
-    try:
+
+    def save_and_submit() -> None:
         replies.draft(req.who, number, text=req.field("text"), attach=_uploads(req), remove=remove)
         if submit:
             replies.submit(req.who, number)
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        return _refused(req, number, exc, "reply")
+
+    refused = letter_step(req, number, "reply", save_and_submit, input_refusals=INPUT_REFUSALS, refused_unseen=True)
+    if isinstance(refused, Response):
+        return refused
     return _done(number, "submitted" if submit else "saved")
 
 
 def _decide(req: Req, decision: str) -> Response:
     number = req.request.path_params["number"]
     replies = Replies(req.web.config, req.web.registry)
-    try:
-        if decision == "approve":
-            status = replies.approve(req.who, number, comment=req.field("comment"))
-        else:
-            status = replies.give_back(req.who, number, comment=req.field("comment"))
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        return _refused(req, number, exc, decision)
+    decide = replies.approve if decision == "approve" else replies.give_back
+    status = letter_step(req, number, decision, lambda: decide(req.who, number, comment=req.field("comment")),
+                         input_refusals=INPUT_REFUSALS, refused_unseen=True)
+    if isinstance(status, Response):
+        return status
     done = {"pending": "approved", "returned": "returned"}.get(status, status)
     if req.web.access.visible(req.who, number) is None:  # no letter page for them: back to their queue
         return RedirectResponse(f"/approvals?done={done}", status_code=303)
@@ -158,12 +145,10 @@ def give_back(req: Req) -> Response:
 @page()
 def send(req: Req) -> Response:
     number = req.request.path_params["number"]
-    try:
-        Replies(req.web.config, req.web.registry).send(req.who, number, note=req.field("note"))
-    except LookupError:
-        raise Problem(404) from None
-    except Refused as exc:
-        return _refused(req, number, exc, "send")
+    refused = letter_step(req, number, "send", lambda: Replies(req.web.config, req.web.registry).send(
+        req.who, number, note=req.field("note")), input_refusals=INPUT_REFUSALS, refused_unseen=True)
+    if isinstance(refused, Response):
+        return refused
     return _done(number, "posted")
 
 
