@@ -125,7 +125,10 @@ def test_a_confidential_letter_is_hidden_from_a_member_and_shown_to_its_owner(re
     expect(owner.locator("h1")).to_contain_text(subject)
     expect(owner.locator("pre.body")).to_contain_text("please see the scan attached (CO)")
     expect(owner.locator(".previews img")).to_have_count(1)
-    assert owner.locator(".previews img").evaluate("img => img.complete && img.naturalWidth > 0")
+    # The preview is lazy-loaded and rendered on demand: wait until the browser has decoded it.
+    owner.locator(".previews img").scroll_into_view_if_needed()
+    owner.wait_for_function("() => { const img = document.querySelector('.previews img');"
+                            " return img.complete && img.naturalWidth > 0; }")
 
 
 def test_acknowledge_then_close_with_a_result_the_sender_receives(register: Register, sign_in: SignIn) -> None:
