@@ -348,6 +348,9 @@ class SmtpSection(_Strict):
     rate_limit_exempt: list[str] = []
     command_timeout: float = Field(default=300.0, gt=0)
     data_timeout: float = Field(default=600.0, gt=0)
+    # When 250 is answered: once the message is in the registry ("registered"), or once it is
+    # fsynced in the spool ("spooled", Postfix's promise), registration following from the spool.
+    acknowledge: Literal["registered", "spooled"] = "registered"
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     require_tls: bool = False
