@@ -27,6 +27,8 @@ from dovecot_server import DovecotServer
 from fax_samples import ENGLISH, tiff_fax
 from smtp_sink import SmtpSink
 
+from gateway.registry import schema
+
 pytestmark = pytest.mark.timeout(300)
 
 TAKEOVER = 3
@@ -237,7 +239,8 @@ def test_a_schema_other_than_the_gateways_is_refused(tmp_path: Path, pg_url: str
         conn.execute("UPDATE alembic_version SET version_num = '0016'")
     daemon = gateway.start()
     assert daemon.wait(60) == 1
-    assert "the registry's schema is 0016, this gateway needs 0017: run `gateway db upgrade`" in daemon.output()
+    assert f"the registry's schema is 0016, this gateway needs {schema.HEAD}: run `gateway db upgrade`" \
+        in daemon.output()
     listed = gateway.run("letters", "list", check=False)
     assert listed.returncode == 1 and "gateway db upgrade" in listed.stderr
     assert query(pg_url, "SELECT version_num FROM alembic_version") == [("0016",)]
@@ -245,7 +248,7 @@ def test_a_schema_other_than_the_gateways_is_refused(tmp_path: Path, pg_url: str
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
     daemon = gateway.start()
     assert daemon.wait(60) == 1
-    assert "the registry's schema is 0099, which is newer than this gateway's (0017)" in daemon.output()
+    assert f"the registry's schema is 0099, which is newer than this gateway's ({schema.HEAD})" in daemon.output()
     upgrade = gateway.run("db", "upgrade", check=False)
     assert upgrade.returncode == 1 and "newer" in upgrade.stderr
 

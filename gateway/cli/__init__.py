@@ -1,34 +1,38 @@
 """The `gateway` command: one module per command group; each command parses its arguments,
-calls a service (gateway.services) and prints."""
+calls a service (gateway.services) and prints. A command group's module is imported only when
+it runs (or help lists it), so that a quick read of the register starts quickly."""
 from __future__ import annotations
 
 import click
 
 from gateway import config as config_mod
-from gateway.cli.archive import archive
-from gateway.cli.backlog import import_backlog
-from gateway.cli.config import check_config
-from gateway.cli.db import db
-from gateway.cli.intake import ingest
-from gateway.cli.keys import keys
-from gateway.cli.letters import letters
-from gateway.cli.outbox import outbox
-from gateway.cli.quarantine import quarantine
-from gateway.cli.replies import COMMANDS as REPLY_COMMANDS
-from gateway.cli.reminders import reminders
-from gateway.cli.report import report
-from gateway.cli.rules import rules
-from gateway.cli.run import run
-from gateway.cli.smtp import smtp_passwd
-from gateway.cli.status import status
-from gateway.cli.users import users
-from gateway.cli.web import web
+from gateway.cli.lazy import LazyGroup
 from gateway.cli.state import EX_TEMPFAIL, State
 
 __all__ = ["EX_TEMPFAIL", "State", "main"]
 
+COMMANDS = {
+    "archive": "gateway.cli.archive:archive",
+    "check-config": "gateway.cli.config:check_config",
+    "db": "gateway.cli.db:db",
+    "import": "gateway.cli.backlog:import_backlog",
+    "ingest": "gateway.cli.intake:ingest",
+    "keys": "gateway.cli.keys:keys",
+    "letters": "gateway.cli.letters:letters",
+    "outbox": "gateway.cli.outbox:outbox",
+    "quarantine": "gateway.cli.quarantine:quarantine",
+    "reminders": "gateway.cli.reminders:reminders",
+    "report": "gateway.cli.report:report",
+    "rules": "gateway.cli.rules:rules",
+    "run": "gateway.cli.run:run",
+    "smtp-passwd": "gateway.cli.smtp:smtp_passwd",
+    "status": "gateway.cli.status:status",
+    "users": "gateway.cli.users:users",
+    "web": "gateway.cli.web:web",
+}
 
-@click.group()
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.option("--config", "config_arg", metavar="PATH", envvar=config_mod.ENV_VAR,
               help="Configuration file (default: $GATEWAY_CONFIG, else the checkout's config/gateway.toml, "
                    "else /etc/gateway/gateway.toml).")
@@ -37,10 +41,3 @@ __all__ = ["EX_TEMPFAIL", "State", "main"]
 def main(ctx: click.Context, config_arg: str | None) -> None:
     """Correspondence Gateway: receive, register, route and track letters."""
     ctx.obj = State(config_arg)
-
-
-for command in (run, check_config, status, db, ingest, letters, quarantine, rules, outbox, reminders, archive,
-                report, smtp_passwd, keys, users, web, import_backlog):
-    main.add_command(command)
-for command in REPLY_COMMANDS:  # gateway letters reply|approve|return
-    letters.add_command(command)

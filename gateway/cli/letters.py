@@ -11,6 +11,7 @@ import click
 from rich.panel import Panel
 from rich.table import Table
 
+from gateway.cli.lazy import LazyGroup
 from gateway.cli.state import (State, as_option, by_option, fail, pass_state, principal, print_json, print_trace,
                                wide_console)
 
@@ -30,7 +31,9 @@ def register_filters(command: F) -> F:
     return command
 
 
-@click.group()
+# gateway letters reply|approve|return live in gateway/cli/replies.py
+@click.group(cls=LazyGroup, lazy={"reply": "gateway.cli.replies:reply", "approve": "gateway.cli.replies:approve",
+                                  "return": "gateway.cli.replies:give_back"})
 def letters() -> None:
     """The register."""
 
@@ -133,7 +136,7 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
     """Every field of one letter, its attachments and its events (an audited read of its content)."""
     from gateway.services import queries
     from gateway.services.access import Access
-    from gateway.stages.check import describe
+    from gateway.stages.verdict import describe
 
     registry = state.registry()
     view = Access(state.config, registry).letter(principal(state, as_login, by), number, address="cli")

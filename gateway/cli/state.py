@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.panel import Panel
 
+from gateway import config as config_mod
 from gateway import logs
 from gateway.config import Config, ConfigError
-from gateway.stages import rulebook
 
 if TYPE_CHECKING:
     from gateway.daemon.events import DaemonLink
@@ -46,7 +46,12 @@ class State:
 
     def _load(self, with_rules: bool) -> Config:
         try:
-            config = rulebook.load(self.config_arg, with_rules=with_rules)
+            if with_rules:
+                from gateway.stages import rulebook  # compiling rules: only for commands that classify
+
+                config = rulebook.load(self.config_arg)
+            else:
+                config = config_mod.load(self.config_arg)
         except ConfigError as exc:
             for issue in exc.issues:
                 click.echo(f"error: {issue}", err=True)

@@ -56,7 +56,7 @@ class Letter(Base):
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
     channel: Mapped[str] = mapped_column(String(16), nullable=False)  # email | fax
     intake: Mapped[str] = mapped_column(String(32), nullable=False)  # file | smtp | imap | fax-drop
-    status: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(32), nullable=False)
 
     sender_name: Mapped[str] = mapped_column(Text, nullable=False, default="")
     sender_address: Mapped[str] = mapped_column(Text, nullable=False, default="", index=True)
@@ -70,7 +70,7 @@ class Letter(Base):
     summary: Mapped[str] = mapped_column(Text, nullable=False, default="")
     body_text: Mapped[str] = mapped_column(Text, nullable=False, default="")
 
-    category: Mapped[str | None] = mapped_column(String(64), index=True)
+    category: Mapped[str | None] = mapped_column(String(64))
     urgency: Mapped[str] = mapped_column(String(16), nullable=False, default="regular")
     confidentiality: Mapped[str] = mapped_column(String(16), nullable=False, default="normal")
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -368,6 +368,8 @@ Index("ix_events_to_department", Event.to_department, Event.letter_id)
 Index("ix_letters_department_received", Letter.department, Letter.received_at)
 Index("ix_letters_deadline", Letter.deadline)
 Index("ix_letters_status_deadline", Letter.status, Letter.deadline)
+Index("ix_letters_status_received", Letter.status, Letter.received_at)
+Index("ix_letters_category_received", Letter.category, Letter.received_at)
 Index("ix_letters_owner_lower", func.lower(Letter.owner))
 Index("ix_audit_letter", AuditRow.letter_id, AuditRow.at)
 Index("ix_audit_actor_action", AuditRow.actor, AuditRow.action, AuditRow.at)

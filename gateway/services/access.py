@@ -41,7 +41,6 @@ from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
-from gateway.stages.route import new_mail
 
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
 BULK_LIMIT = 500  # letters in one bulk step
@@ -648,6 +647,8 @@ class Access:
         if letter.department not in person.departments:
             raise Refused(f"{person.name} is not in department {letter.department}", "not-in-department",
                           person=person.name, department=str(letter.department))
+        from gateway.stages.route import new_mail  # composing mail: not for commands that only read
+
         email = sorted(person.emails)[0]
         notify = [] if email in who.emails else [
             new_mail(self.config, "notification", email, department=letter.department, assigned_by=who.name)]

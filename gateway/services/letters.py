@@ -11,8 +11,6 @@ from gateway.registry.lifecycle import ACTIONS
 from gateway.registry.models import Letter
 from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
 from gateway.services.people import People
-from gateway.stages.route import feedback, new_mail
-from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
 
 class UnknownDepartment(ValueError):
@@ -28,6 +26,8 @@ class LetterSteps:
 
     def notifications(self, department: str) -> list[NewMail]:
         """The mail telling a department's owners that a letter was moved to them."""
+        from gateway.stages.route import new_mail  # composing mail: not for commands that only read
+
         return [new_mail(self.config, "notification", owner, department=department, reassigned=True)
                 for owner in self.config.departments[department].owners]
 
@@ -60,6 +60,8 @@ class LetterSteps:
         Raises LookupError and TransitionRefused."""
         if action not in ACTIONS or action == "reassign":
             raise ValueError(f"no step {action!r}")
+        from gateway.stages.route import feedback
+
         letter = self._letter(number)
         # Composed before the transaction; queued only if the step really closes the letter.
         result_mail = feedback(self.config, letter, text.strip()) if ACTIONS[action].to == "closed" else []
@@ -75,6 +77,8 @@ class LetterSteps:
         answered through a reply address signed for this letter and for them, and is entitled
         (decided by the registry under the letter's lock). A command refused for want of
         authority is told to the department's owners."""
+        from gateway.stages.route import feedback, new_mail
+
         letter = self._letter(answer.number)
         departments = self.config.departments
         authenticated = str(trust["address"]).lower() if trust and trust.get("authenticated") and trust.get("address") \
@@ -106,6 +110,8 @@ class LetterSteps:
 
     def _token_refusal(self, answer: Answer, address: str) -> str | None:
         """Why none of the answer's reply addresses vouches for (its letter, `address`), or None."""
+        from gateway.stages.tokens import check_reply_token, find_reply_tokens
+
         tokens = find_reply_tokens(self.config, answer.reply_addresses)
         if not tokens:
             return "no reply token: commands count only through the reply address of a notification or reminder"

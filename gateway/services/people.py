@@ -6,6 +6,7 @@ what the configuration says of their addresses — a department's owners and mem
 members, its head is its head — so a department's people need no second list to keep in step."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -28,8 +29,14 @@ MIN_PASSWORD = 10
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 _HASHER = PasswordHasher()
-# Verified against when the name is unknown, so that a wrong name takes as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so that a wrong name takes as long as a wrong
+    password. Made on the first sign-in, not at import: a command that never signs anyone in
+    does not pay for a hash."""
+    return _HASHER.hash(secrets.token_hex(16))
 
 
 @dataclass(frozen=True)
@@ -248,9 +255,10 @@ class People:
             self.registry.audit([self._audit(login, "sign-in-throttled", login, address, {})])
             raise Throttled("too many failed sign-ins; try again later",
                             retry_after=int(window.total_seconds()))
+        dummy = _dummy_hash()  # before the look-up: the first sign-in pays for it whatever the name
         person = self.registry.person(login)
         try:
-            _HASHER.verify(person.password_hash if person and person.password_hash else _DUMMY_HASH, password)
+            _HASHER.verify(person.password_hash if person and person.password_hash else dummy, password)
             ok = person is not None and bool(person.password_hash) and not person.disabled
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             ok = False
