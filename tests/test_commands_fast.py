@@ -124,3 +124,12 @@ def test_a_filtered_listing_is_read_in_order_from_an_index(tmp_path: Path, filte
     registry.close()
     assert not [step for step in plan if "TEMP B-TREE" in step or step.startswith("SCAN letters") and
                 "INDEX" not in step], plan
+
+
+def test_a_subject_that_looks_like_markup_is_listed_as_written(gateway: Gateway) -> None:
+    gateway.run("db", "upgrade")
+    path = gateway.state.parent / "markup.eml"
+    path.write_bytes(make_message(2, subject="[/x] offer [bold]now"))
+    gateway.run("ingest", str(path))
+    listed = gateway.run("letters", "list").stdout
+    assert "[/x] offer" in listed and "[bold]now" in listed

@@ -136,7 +136,9 @@ def print_json(data: Any) -> None:
 
 
 def wide_console() -> Console:
-    return Console(width=max(Console().width, 120))
+    """A console for tables of what senders wrote: no markup, so that a subject such as
+    "[/x] offer" is printed as it is instead of styling the table or failing."""
+    return Console(width=max(Console().width, 120), markup=False)
 
 
 def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "Decision") -> None:
