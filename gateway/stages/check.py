@@ -31,6 +31,7 @@ are two organisations, mail.example.co.uk belongs to example.co.uk.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import re
@@ -48,6 +49,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 import spf
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed
 from publicsuffixlist import PublicSuffixList
 
 from gateway.stages.addresses import is_internal
@@ -391,7 +393,7 @@ class Checker:
 
     def _dkim(self, raw: bytes, verdict: Verdict, lookups: Lookups) -> None:
         try:
-            checker = dkim.DKIM(raw, logger=_DKIM_LOG)
+            checker = _StreamedBodyDKIM(raw, logger=_DKIM_LOG)
             signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
         except Exception:
             return  # not parseable as a message: no signature can be checked
@@ -524,3 +526,82 @@ class Checker:
             # Bounded: a message can carry any number of such headers.
             if len(stored["ignored"]) < MAX_AUTHENTICATION_RESULTS:
                 stored["ignored"].append(entry)
+
+
+# -- DKIM over a large body -------------------------------------------------
+
+_BLANK_LINE = re.compile(rb"(?:\A|\n)\r?\n")  # the first empty line, as dkimpy splits lines
+_LINE_END = re.compile(rb"\r?\n")
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP = re.compile(rb"[\t ]+")
+_BODY_BLOCK = 1 << 20
+
+
+class _StreamedBodyDKIM(dkim.DKIM):
+    """dkimpy, but the body is canonicalised and hashed a block at a time from the raw message.
+
+    dkimpy splits the whole message into lines, joins the body again and canonicalises it in
+    several whole copies: four times a large message's size. Here it is given only the header
+    (which is all it needs besides the body hash); the body hash is computed as dkimpy computes
+    it and checked against bh=, and dkimpy checks the rest of the signature as ever."""
+
+    def __init__(self, raw: bytes, **kwargs: Any) -> None:
+        blank = _BLANK_LINE.search(raw)
+        self._raw = raw
+        self._body_start = blank.end() if blank else len(raw)
+        super().__init__(raw[:self._body_start] if blank else raw, **kwargs)
+
+    def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
+                           sig_header: tuple[bytes, bytes], dnsfunc: Any) -> Any:
+        if b"bh" in sig:
+            try:
+                policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
+            except InvalidCanonicalizationPolicyError:
+                return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # says why
+            hasher = dkim.HASH_ALGORITHMS[sig[b"a"]]()
+            limit = int(sig[b"l"]) if b"l" in sig and not self.tlsrpt else None
+            for block in _canonical_body(self._raw, self._body_start, policy.body_algorithm is Relaxed):
+                if limit is not None:
+                    block = block[:limit]
+                    limit -= len(block)
+                hasher.update(block)
+            try:
+                expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
+            except TypeError as exc:
+                raise dkim.MessageFormatError(str(exc)) from exc
+            if hasher.digest() != expected:
+                raise dkim.ValidationError(f"body hash mismatch (expected {sig[b'bh']!r})")
+            sig = {tag: value for tag, value in sig.items() if tag != b"bh"}  # checked: dkimpy skips it
+        return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)
+
+
+def _canonical_body(raw: bytes, start: int, relaxed: bool) -> Iterator[bytes]:
+    """The body as dkimpy canonicalises it (lines joined with CRLF; for relaxed, white space at
+    line ends removed and runs of it made one space; empty lines at the end dropped, one CRLF
+    closing the body, and a relaxed body of nothing but that CRLF empty), in blocks of whole lines."""
+    withheld = 0  # CRLFs that count only if more content follows
+    emitted = False
+    position, size = start, len(raw)
+    while position < size:
+        cut = size
+        if position + _BODY_BLOCK < size:
+            found = raw.rfind(b"\n", position, position + _BODY_BLOCK)
+            if found < 0:
+                found = raw.find(b"\n", position + _BODY_BLOCK)
+            cut = size if found < 0 else found + 1
+        block = _LINE_END.sub(b"\r\n", raw[position:cut])
+        position = cut
+        if relaxed:
+            block = _WSP.sub(b" ", _TRAILING_WSP.sub(b"\r\n", block))
+        end = len(block)
+        while block.endswith(b"\r\n", 0, end):
+            end -= 2
+        if end:
+            if withheld:
+                yield b"\r\n" * withheld
+            yield block if end == len(block) else block[:end]
+            emitted = True
+            withheld = 0
+        withheld += (len(block) - end) // 2
+    if emitted or not relaxed:
+        yield b"\r\n"

@@ -18,6 +18,7 @@ from email.parser import BytesParser
 from typing import Any
 
 from .model import Limits
+from .stream import Stash
 
 
 class Budget:
@@ -84,8 +85,9 @@ class BoundedMessage(Message):
 _FEED_BYTES = 8192  # as the standard parser reads: lines are parsed as they come, not all held at once
 
 
-def parse(raw: bytes, budget: Budget, *, depth: int = 0) -> Message:
-    """The message as far as the budget reaches; never raises because of a limit."""
+def parse(raw: bytes, budget: Budget, *, depth: int = 0, stash: Stash | None = None) -> Message:
+    """The message as far as the budget reaches; never raises because of a limit. With a
+    stash, long runs of base64 lines stay out of the tree (see stream.py)."""
     limits = budget.limits
     made: list[BoundedMessage] = []
     probing = True  # the parser calls the factory once, when it is made, to see how to call it
@@ -105,8 +107,11 @@ def parse(raw: bytes, budget: Budget, *, depth: int = 0) -> Message:
     parser = BytesFeedParser(_factory=factory, policy=email_policy.compat32)
     probing = False
     try:
-        for start in range(0, len(raw), _FEED_BYTES):
-            parser.feed(raw[start:start + _FEED_BYTES])
+        if stash is not None:
+            stash.feed(parser, raw)
+        else:
+            for start in range(0, len(raw), _FEED_BYTES):
+                parser.feed(raw[start:start + _FEED_BYTES])
         return parser.close()
     except _Stop:
         # Every part made so far hangs from the first; those still open simply end here.

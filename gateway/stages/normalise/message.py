@@ -30,6 +30,7 @@ from .headers import (
 )
 from .model import Address, Attachment, Limits, Normalised
 from .params import read_parameter
+from .stream import NotStreamable, Stash, Streamed, base64_chunks, raw_chunks
 from .summary import summarise
 from .tnef import extract_tnef, is_tnef
 
@@ -51,9 +52,12 @@ _FILE_NAME_PARAMETERS = (("content-disposition", "filename"), ("content-type", "
 
 def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = None) -> Normalised:
     """Parse one raw message. Never raises: what cannot be read is recorded in `defects`, and so
-    is whatever lies beyond `limits` (parts, nesting, header fields), which is not examined."""
+    is whatever lies beyond `limits` (parts, nesting, header fields), which is not examined.
+    Large base64 attachments are never held decoded (see stream.py): their content is decoded
+    from `raw` again when asked for."""
     limits = limits or Limits()
     budget = Budget(limits)
+    stash = Stash()
     defects: list[str] = []
     result = Normalised(
         sender=None, to=[], cc=[], reply_to=[], subject="", date=None, message_id=None,
@@ -61,7 +65,7 @@ def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = N
         defects=defects, header_fields=[],
     )
     try:
-        message = parse(raw, budget)
+        message = parse(raw, budget, stash=stash)
         structure_readable = True
     except RecursionError:
         # The parser recurses once per nesting level; a hostile message can exhaust the stack.
@@ -74,7 +78,7 @@ def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = N
     if budget.too_deep:
         defects.append(f"message: MIME parts nested more than {limits.max_depth} deep; the part found "
                        "there and everything after it were not examined (they are in the original)")
-    if not raw.strip():
+    if not raw or raw.isspace():  # not raw.strip(): that would copy the whole message
         defects.append("message: empty")
     elif not message.keys():
         defects.append("message: no header fields")
@@ -82,7 +86,7 @@ def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = N
     guesses = _declared_charsets(message, structure_readable)
     _guarded(defects, "headers", lambda: _read_headers(message, result, guesses))
     walker = _PartWalker(defects, linesep="\r\n" if b"\r\n" in raw[:8192] else "\n", guesses=guesses,
-                         budget=budget)
+                         budget=budget, stash=stash)
     if structure_readable:
         _guarded(defects, "body", lambda: _read_body(message, walker, result))
     else:
@@ -100,11 +104,13 @@ def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
     """The HTML a message's sender wrote (its first inline text/html part, decoded like its text),
     or None when it has none. For showing the letter as it was formatted; never for the register."""
     budget = Budget(limits or Limits())
+    stash = Stash()
     try:
-        message = parse(raw, budget)
+        message = parse(raw, budget, stash=stash)
     except Exception:  # a message that cannot be parsed has no HTML to show; its text says why
         return None
-    walker = _PartWalker([], linesep="\n", guesses=_declared_charsets(message, True), budget=budget)
+    walker = _PartWalker([], linesep="\n", guesses=_declared_charsets(message, True), budget=budget,
+                         stash=stash)
     for part in message.walk():
         if (part.get_content_type() == "text/html" and part.get_content_disposition() != "attachment"
                 and not part.get_filename()):
@@ -242,10 +248,12 @@ def _clean_body(text: str) -> str:
 class _PartWalker:
     """Walks the MIME tree once: collects body fragments, attachments and part defects."""
 
-    def __init__(self, defects: list[str], linesep: str, guesses: list[Guess], budget: Budget) -> None:
+    def __init__(self, defects: list[str], linesep: str, guesses: list[Guess], budget: Budget,
+                 stash: Stash) -> None:
         self.defects = defects
         self.guesses = guesses
         self.budget = budget
+        self.stash = stash
         self.limits = budget.limits
         self.attachments: list[Attachment] = []
         self.tnef_bodies: list[_Fragment] = []
@@ -297,7 +305,7 @@ class _PartWalker:
         main_type = content_type.split("/", 1)[0]
         if part.is_multipart():
             if main_type != "multipart":  # e.g. message/delivery-status
-                self._add_attachment(self._flatten_payload(part), self._filename(part, where),
+                self._add_attachment(self._flattened(part), self._filename(part, where),
                                      content_type, origin, where)
                 return []
             options = [
@@ -320,15 +328,38 @@ class _PartWalker:
         if content_type in _BODY_TYPES and disposition != "attachment" and not filename:
             html = content_type == "text/html"
             return [_Fragment("html" if html else "plain", self._text(part, where, html), where)]
-        content = _payload_bytes(part)
         if is_tnef(content_type, filename):
-            self._tnef(content, filename, content_type, origin, where)
+            self._tnef(self._payload_bytes(part), filename, content_type, origin, where)
         else:
-            self._add_attachment(content, filename, content_type, origin, where)
+            self._add_attachment(self._content(part), filename, content_type, origin, where)
         return []
 
+    def _content(self, part: Message) -> bytes | Streamed:
+        """A leaf's decoded content: streamed from the raw message when it is a long base64 run,
+        otherwise decoded the ordinary way."""
+        payload = part.get_payload()
+        if (isinstance(payload, str) and self.stash.holds(payload)
+                and str(part.get("content-transfer-encoding", "")).lower() == "base64"):  # as get_payload reads it
+            pieces = self.stash.pieces(payload)
+            try:
+                return Streamed(lambda: base64_chunks(pieces))
+            except NotStreamable:
+                pass
+        return self._payload_bytes(part)
+
+    def _payload_bytes(self, part: Message) -> bytes:
+        """The transfer-decoded content of a leaf part, runs held out of the tree put back."""
+        stored = getattr(part, "_payload", None)  # get_payload() would hand 8-bit text back re-decoded
+        if isinstance(stored, str) and self.stash.holds(stored):
+            part.set_payload(self.stash.restore(stored))
+            try:
+                return _payload_bytes(part)
+            finally:
+                part.set_payload(stored)
+        return _payload_bytes(part)
+
     def _text(self, part: Message, where: str, html: bool) -> str:
-        payload = _payload_bytes(part)
+        payload = self._payload_bytes(part)
         charset = part.get_content_charset(None)
         if charset is None and html:
             declared = _HTML_META_CHARSET.search(payload[:4096])
@@ -401,19 +432,18 @@ class _PartWalker:
         root_label = label if multipart_root else _child_label(label, 1)
         self.visit(attached, root_label, "message/rfc822", depth + 1)
 
-    def _unwrap_message(self, part: Message, where: str, depth: int) -> tuple[Message, bytes]:
+    def _unwrap_message(self, part: Message, where: str, depth: int) -> tuple[Message, bytes | Streamed]:
         """The attached message, parsed, and its bytes."""
         payload = part.get_payload()
         encoding = _raw_header(part, "content-transfer-encoding").strip().lower()
         if (isinstance(payload, list) and payload and isinstance(payload[0], Message)
                 and encoding not in ("base64", "quoted-printable")):
             try:
-                content = self._flatten_payload(part)
+                return payload[0], self._flattened(part)
             except RecursionError:
                 self.defects.append(f"{where}: attached message nested too deeply to re-serialise")
-                content = b""
-            return payload[0], content
-        content = self._flatten_payload(part)
+                return payload[0], b""
+        content = b"".join(raw_chunks(self.stash.restore_bytes(self._flatten_payload(part))))
         if encoding == "base64":  # not allowed for message/rfc822, but sent anyway
             content, defect = lenient_b64decode(content)
             if defect:
@@ -421,10 +451,18 @@ class _PartWalker:
         elif encoding == "quoted-printable":
             content = binascii.a2b_qp(content)
         # Parsed here, not by the parser of the whole message: within what is left of its budget.
-        return parse(content, self.budget, depth=depth + 1), content
+        return parse(content, self.budget, depth=depth + 1, stash=self.stash), content
+
+    def _flattened(self, part: Message) -> bytes | Streamed:
+        """The body of a part as bytes again, runs held out of the tree streamed from the raw message."""
+        pieces = self.stash.restore_bytes(self._flatten_payload(part))
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return Streamed(lambda: raw_chunks(pieces))
 
     def _flatten_payload(self, part: Message) -> bytes:
-        """The body of a part the parser split into sub-messages, as bytes again."""
+        """The body of a part the parser split into sub-messages, as bytes again (with the
+        markers of the runs held out of the tree)."""
         payload = part.get_payload()
         if isinstance(payload, str):
             return payload.encode("ascii", "surrogateescape").lstrip(b"\r\n")
@@ -460,7 +498,7 @@ class _PartWalker:
         elif extracted.body_html:
             self.tnef_bodies.append(_Fragment("html", _clean_body(extracted.body_html), where))
 
-    def _add_attachment(self, content: bytes, original_filename: str, declared_type: str,
+    def _add_attachment(self, content: bytes | Streamed, original_filename: str, declared_type: str,
                         origin: str, where: str, name_hint: str = "") -> None:
         if len(self.attachments) >= self.limits.max_parts:  # files inside winmail.dat count too
             if not self.attachments_left_out:
@@ -468,8 +506,14 @@ class _PartWalker:
                                     "the rest are not listed (they are in the original)")
             self.attachments_left_out += 1
             return
+        if isinstance(content, Streamed):
+            size, sha256, head, read = content.size, content.sha256, content.head, content.read
+        else:
+            size, sha256, head = len(content), hashlib.sha256(content).hexdigest(), content
+            read = _holding(content)
         try:
-            detected_type = magic.from_buffer(content, mime=True)
+            # libmagic reads no more of a file than the head a streamed attachment keeps.
+            detected_type = magic.from_buffer(head, mime=True)
         except Exception as exc:
             self.defects.append(f"{where}: content type could not be detected ({exc})")
             detected_type = "application/octet-stream"
@@ -483,10 +527,10 @@ class _PartWalker:
             original_filename=original_filename,
             declared_type=declared_type,
             detected_type=detected_type,
-            size=len(content),
-            sha256=hashlib.sha256(content).hexdigest(),
-            content=content,
+            size=size,
+            sha256=sha256,
             origin=origin,
+            read=read,
         ))
 
     def _unique(self, filename: str) -> str:
@@ -520,6 +564,10 @@ def _raw_header_bytes(message: Message, name: str) -> bytes:
     """The first value of a header as it was sent, 8-bit bytes and all, unfolded."""
     value = _raw_header(message, name).replace("\r", "").replace("\n", "")
     return value.encode("utf-8", "surrogateescape")
+
+
+def _holding(content: bytes) -> Callable[[], bytes]:
+    return lambda: content
 
 
 def _payload_bytes(part: Message) -> bytes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,8 +22,14 @@ class Attachment:
     detected_type: str  # from the content itself (libmagic over the whole content)
     size: int
     sha256: str  # hex
-    content: bytes
     origin: str  # 'mime', 'tnef' (from winmail.dat) or 'message/rfc822' (inside an attached message)
+    # A large attachment is not held decoded: its content is decoded again from the message
+    # each time it is asked for.
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+
+    @property
+    def content(self) -> bytes:
+        return self.read()
 
 
 @dataclass
