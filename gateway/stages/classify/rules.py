@@ -6,7 +6,7 @@ and fill fields left unset), and a matching rule stops the search unless it
 says `stop: false`. Whatever no rule routes goes to triage.
 
 Speed does not depend much on the number of rules: every keyword of every rule
-sits in one Aho-Corasick automaton (a DFA) that reads each field of a letter once, and
+sits in one Aho-Corasick automaton that reads each field of a letter once, and
 a rule that needs a keyword (or a sender domain) is only looked at when that
 keyword was found (or the domain matches). Rules that need neither are always
 looked at.
@@ -224,8 +224,10 @@ class RuleSet:
         self.defaults = defaults
         self.regex_timeout = regex_timeout
         self.triage_department = source.organisation.triage_department
-        # A DFA: its cost per character hardly grows with the number of keywords.
-        self.automaton = ahocorasick_rs.AhoCorasick(keywords, implementation=ahocorasick_rs.Implementation.DFA)
+        # A contiguous NFA: its cost per character hardly grows with the number of keywords, as a
+        # DFA's, and it is built several times faster (16,000 keywords: some 25 ms against 140 ms).
+        self.automaton = ahocorasick_rs.AhoCorasick(
+            keywords, implementation=ahocorasick_rs.Implementation.ContiguousNFA)
         self.always: list[int] = []
         self.by_trigger: dict[tuple[str, Any], list[int]] = {}
         # Keyword -> rules naming a department that use it: a letter with the keyword but not the

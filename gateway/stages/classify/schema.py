@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeAlias
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn, TypeAlias
 
 import regex
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, ValidationInfo,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationInfo,
                       ValidatorFunctionWrapHandler, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
@@ -30,6 +31,7 @@ CHANNELS = ("email", "fax")
 TEXT_FIELDS = ("subject", "body", "sender_name", "attachment_names")
 SCALAR_ACTIONS = ("category", "department", "owner", "urgency", "confidentiality", "deadline_days")
 DEPARTMENT_REFERENCES = ("recipient", "sender")  # `department: recipient` and `department: sender`
+_TAG = re.compile(r"[\w.:-]+")
 
 
 def _organisation(info: ValidationInfo) -> Organisation:
@@ -136,21 +138,33 @@ class _Schema(BaseModel):
 
 
 class _Ordered(_Schema):
-    """Remembers the order its keys were written in: evidence and traces follow the file."""
+    """Remembers the order its keys were written in: evidence and traces follow the file.
 
-    _keys: tuple[str, ...] = PrivateAttr(())
+    The order sits in a slot, not a private attribute: pydantic sets up a model's private
+    attributes after every validation, which 10,000 rules would pay 20,000 times."""
+
+    __slots__ = ("_keys",)
+    if TYPE_CHECKING:  # annotated only for type checkers: pydantic would take it for a private attribute
+        _keys: tuple[str, ...]
+    shape_hint: ClassVar[str]  # what the mapping should look like, when it is not one
 
     @model_validator(mode="wrap")
     @classmethod
     def _remember_order(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        model = handler(value)
-        model._keys = tuple(value)
+        model = handler(_mapping(value, cls.shape_hint))
+        object.__setattr__(model, "_keys", tuple(value))  # frozen: set once, here
         return model
 
     def given(self) -> list[tuple[str, Any]]:
         """(key in rules.yaml, validated value), in the file's order."""
-        attribute = {(f.alias or name): name for name, f in type(self).model_fields.items()}
-        return [(key, getattr(self, attribute[key])) for key in self._keys]
+        attribute, values = _attributes(type(self)), self.__dict__
+        return [(key, values[attribute[key]]) for key in self._keys]
+
+
+@cache
+def _attributes(model: type[BaseModel]) -> dict[str, str]:
+    """A model's keys in rules.yaml (aliases) and the attributes that hold them."""
+    return {(f.alias or name): name for name, f in model.model_fields.items()}
 
 
 _KeywordMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use any, all and in")]]
@@ -269,11 +283,7 @@ class Conditions(_Ordered):
     all_: list[Conditions] | None = Field(None, alias="all")
     any_: list[Conditions] | None = Field(None, alias="any")
     not_: Conditions | None = Field(None, alias="not")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, "a condition is a mapping such as {sender_domain: [\"*.gov.cn\"]}")
+    shape_hint = "a condition is a mapping such as {sender_domain: [\"*.gov.cn\"]}"
 
     @field_validator("all_", "any_", mode="before")
     @classmethod
@@ -335,11 +345,7 @@ class Actions(_Ordered):
     confidentiality: Any = None
     deadline_days: Any = None
     tags: Tags | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, f"give the fields to set: {', '.join(ACTION_KEYS)}")
+    shape_hint = f"give the fields to set: {', '.join(ACTION_KEYS)}"
 
     _grades = field_validator("category", "urgency", "confidentiality")(_grade)
 
@@ -375,7 +381,7 @@ class Actions(_Ordered):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
-        if bad := [t for t in value if not re.fullmatch(r"[\w.:-]+", t)]:
+        if bad := [t for t in value if not _TAG.fullmatch(t)]:
             raise _error("tag", f"tag {bad[0]!r}: letters, digits, '.', ':', '_' and '-' only")
         return value
 
