@@ -148,13 +148,10 @@ class Located:
                                          f"cannot read this value ({node.tag}): {problem}"))
             return None
 
-    def line(self, path: Path_) -> int | None:
-        """The line of the value at this path, or of the nearest value above it that the file has."""
+    def _nearest(self, path: Path_) -> tuple[yaml.Node | None, int]:
+        """The node at this path, or the nearest one above it that the file has; and its depth."""
         node = self._root
-        if node is None:
-            return None
-        line: int = node.start_mark.line + 1
-        for part in path:
+        for depth, part in enumerate(path):
             child = None
             if isinstance(node, yaml.MappingNode):
                 # The first of keys given twice: the one the data holds.
@@ -162,10 +159,21 @@ class Located:
             elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
                 child = node.value[part]
             if child is None:
-                break
+                return node, depth
             node = child
-            line = node.start_mark.line + 1
-        return line
+        return node, len(path)
+
+    def line(self, path: Path_) -> int | None:
+        """The line of the value at this path, or of the nearest value above it that the file has."""
+        node, _ = self._nearest(path)
+        return None if node is None else node.start_mark.line + 1
+
+    def item_lines(self, path: Path_) -> list[int]:
+        """The line of every item of the list at this path (none when there is no list there)."""
+        node, depth = self._nearest(path)
+        if depth < len(path) or not isinstance(node, yaml.SequenceNode):
+            return []
+        return [item.start_mark.line + 1 for item in node.value]
 
     def issue(self, path: Path_, reason: str) -> RuleIssue:
         return RuleIssue(self.file, self.line(path), key_path(path), reason)
