@@ -338,19 +338,20 @@ class _Builder:
             self.keywords.append(folded)
         return self.keyword_ids[folded]
 
-    def condition(self, when: schema.Conditions) -> Condition:
-        parts = [getattr(self, f"_when_{key}")(value) for key, value in when.given()]
+    def condition(self, when: schema.Conditions, written: dict[str, Any]) -> Condition:
+        """`written`: the same conditions as the file has them, whose order the evidence follows."""
+        parts = [self._part(key, value, written[key]) for key, value in when.given(written)]
         return parts[0] if len(parts) == 1 else AllOf(parts)
 
-    # Conditions, one method each; the name after _when_ is the key in rules.yaml.
-    def _when_all(self, value: list[schema.Conditions]) -> Condition:
-        return AllOf([self.condition(c) for c in value])
+    def _part(self, key: str, value: Any, written: Any) -> Condition:
+        if key in ("all", "any"):
+            parts = [self.condition(c, w) for c, w in zip(value, written, strict=True)]
+            return AllOf(parts) if key == "all" else AnyOf(parts)
+        if key == "not":
+            return Not(self.condition(value, written), value.label(written))
+        return getattr(self, f"_when_{key}")(value)
 
-    def _when_any(self, value: list[schema.Conditions]) -> Condition:
-        return AnyOf([self.condition(c) for c in value])
-
-    def _when_not(self, value: schema.Conditions) -> Condition:
-        return Not(self.condition(value), value.label())
+    # Conditions, one method each; the name after _when_ is the key in rules.yaml (all, any and not: `_part`).
 
     def _when_channel(self, channels: list[str]) -> Condition:
         return Test(lambda s: f"channel is {s.facts.channel}" if s.facts.channel in channels else None)
@@ -614,10 +615,11 @@ def _compile(file: Path, text: str, organisation: Organisation) -> RuleSet:
         raise RulesError(sorted(issues, key=lambda i: i.line or 0))
     builder = _Builder()
     rules: list[Rule] = []
-    for rule, line in zip(validated.rules, source.item_lines(("rules",)), strict=True):
-        actions = rule.actions.scalars()
+    # The rules as written beside them: conditions and actions follow the file's order.
+    for rule, written, line in zip(validated.rules, source.data["rules"], source.item_lines(("rules",)), strict=True):
+        actions = rule.actions.scalars(written["set"])
         department = actions.get("department")
-        rules.append(Rule(name=rule.name, line=line, condition=builder.condition(rule.when),
+        rules.append(Rule(name=rule.name, line=line, condition=builder.condition(rule.when, written["when"]),
                           actions=actions, tags=rule.actions.tags or [], stop=rule.stop,
                           department_literal=department if department in organisation.departments else None))
     return RuleSet(RulesSource(file, text, organisation), rules, builder.keywords, validated.defaults.given(),
