@@ -118,7 +118,7 @@ class Located:
     def _scalar(self, node: yaml.Node) -> Any:
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError):
+        except (yaml.YAMLError, ValueError, TypeError, LookupError):
             raise _Unusual from None
 
     def _value(self, node: yaml.Node, path: Path_) -> Any:
@@ -139,10 +139,10 @@ class Located:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._value(child, (*path, i)) for i, child in enumerate(node.value)]
-        # Scalars through the safe constructor: true/false, numbers, strings.
+        # Scalars through the safe constructor: true/false, numbers, strings (`!!bool perhaps`: a LookupError).
         try:
             return self._constructor.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
+        except (yaml.YAMLError, ValueError, TypeError, LookupError) as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             self.issues.append(RuleIssue(self.file, node.start_mark.line + 1, key_path(path),
                                          f"cannot read this value ({node.tag}): {problem}"))
