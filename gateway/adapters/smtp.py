@@ -2,9 +2,13 @@
 
 The server is aiosmtpd's protocol with DATA replaced: the message streams
 into a spool item (a Received: trace header first) instead of a list of lines
-in memory, and 250 is answered only after the item is fsynced and registered.
-When the spool or the registry cannot take it, the item is dropped and the
-client gets a 451, so the sending MTA keeps its copy and retries.
+in memory, and 250 is answered only after the item is fsynced and, with
+`[smtp] acknowledge = "registered"`, registered; with "spooled", registration
+follows from the spool once the sender has its 250. Every file operation runs
+in the intake's file threads, never on the event loop, and sessions finishing
+at the same moment share one sync (group commit). When the spool or the
+registry cannot take a message, the item is dropped and the client gets a 451,
+so the sending MTA keeps its copy and retries.
 """
 from __future__ import annotations
 
@@ -19,22 +23,25 @@ import secrets
 import ssl
 import time
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AnyStr, cast
+from typing import Any, AnyStr, TypeVar, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import Config
 from gateway.daemon.registrar import Registrar
 from gateway.faults import checkpoint
-from gateway.spool import Spool, SpoolError, SpoolWriter
+from gateway.spool import Spool, SpoolError, SpoolItem, SpoolWriter
 
 log = logging.getLogger("gateway.intake.smtp")
 
 IDENT = "Correspondence Gateway"
+
+_T = TypeVar("_T")
 
 
 # -- credentials ---------------------------------------------------------------
@@ -207,6 +214,28 @@ def _clean(value: str, limit: int = 200) -> str:
     return "".join(c if 32 < ord(c) < 127 else "?" for c in value)[:limit]
 
 
+class _FileSteps:
+    """One message's spool operations, run one after another in the intake's file threads.
+
+    Each step is awaited before the next is started, so they never overlap; only a
+    session cut off mid-step leaves one running, and abort() then drops the item
+    after that step instead of under its feet."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool = pool
+        self._last: Future[Any] | None = None
+
+    async def run(self, step: Callable[..., _T], *args: Any) -> _T:
+        self._last = self._pool.submit(step, *args)
+        return await asyncio.wrap_future(self._last)
+
+    def abort(self, writer: SpoolWriter) -> None:
+        if self._last is not None and not self._last.done():
+            self._last.add_done_callback(lambda _: writer.abort())
+        else:
+            writer.abort()
+
+
 # -- the protocol ------------------------------------------------------------
 class IntakeSMTP(SMTP):
     # Real mail has lines longer than RFC 5321's 1000 octets; Postfix takes
@@ -333,10 +362,11 @@ class IntakeSMTP(SMTP):
 
     async def _transaction(self) -> None:
         assert self.envelope is not None and self.session is not None
-        trace = self.intake.received_header(self, self._session_id)
+        intake = self.intake
+        trace = intake.received_header(self, self._session_id)
+        files = _FileSteps(intake.file_threads)
         try:
-            writer = self.intake.spool.writer(self.intake.meta(self, self._transactions, trace))
-            writer.write(trace)
+            writer = await files.run(intake.open_item, intake.meta(self, self._transactions, trace), trace)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
             await self.push(_unstored(exc))
@@ -344,25 +374,35 @@ class IntakeSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            status = await self._receive(writer)
+            status = await self._receive(writer, files)
         except BaseException:  # connection lost mid-DATA: nothing was acknowledged
-            writer.abort()
+            files.abort(writer)
             raise
         if status is not None:
-            writer.abort()
+            files.abort(writer)
             self._set_post_data_state()
             await self.push(status)
             return
         # Registration must not be cut off half-way: neither by the client going
         # away (the task runs on; the letter is registered or refused cleanly)
         # nor by the command timeout while the registry works.
-        self._reset_timeout(self.intake.data_timeout)
-        status = await asyncio.shield(asyncio.ensure_future(self.intake.accept(writer, self)))
+        self._reset_timeout(intake.data_timeout)
+        accepting = asyncio.ensure_future(intake.accept(writer, self))
+        try:
+            reply, spooled = await asyncio.shield(accepting)
+        except asyncio.CancelledError:
+            accepting.add_done_callback(intake.register_when_spooled)  # the client left: registered all the same
+            raise
         self._reset_timeout()
         self._set_post_data_state()
-        await self.push(status)
+        try:
+            await self.push(reply)
+        finally:
+            if spooled is not None:
+                checkpoint("smtp-spooled-before-registering")  # durable and acknowledged, not registered yet
+                intake.registrar.follow(spooled)
 
-    async def _receive(self, writer: SpoolWriter) -> str | None:
+    async def _receive(self, writer: SpoolWriter, files: _FileSteps) -> str | None:
         """Stream the data into the spool writer; None when it all arrived and fits."""
         limit = self.data_size_limit
         failure: str | None = None
@@ -401,24 +441,24 @@ class IntakeSMTP(SMTP):
             if failure is None:
                 pending += line
                 if len(pending) >= 65536:
-                    failure = self._flush(writer, pending)
+                    failure = await self._flush(writer, files, pending)
         if not ended:
             failure = "451 4.3.0 connection closed during DATA"
         if failure is None and pending:
-            failure = self._flush(writer, pending)
+            failure = await self._flush(writer, files, pending)
         self._reset_timeout()
         if failure:
             log.warning("%s: message refused: %s (%d bytes)", _peer(self.session), failure, received)
         return failure
 
-    def _flush(self, writer: SpoolWriter, pending: bytearray) -> str | None:
+    async def _flush(self, writer: SpoolWriter, files: _FileSteps, pending: bytearray) -> str | None:
+        chunk = bytes(pending)
+        pending.clear()
         try:
-            writer.write(bytes(pending))
+            await files.run(writer.write, chunk)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
             return _unstored(exc)
-        finally:
-            pending.clear()
         return None
 
 
@@ -443,6 +483,10 @@ class SmtpIntake:
         self.auth_guard = AuthGuard(smtp.max_auth_failures_per_address, smtp.auth_failure_window,
                                     smtp.auth_check_threads)
         self.auth_failure_delay = smtp.auth_failure_delay
+        # Spool writes and syncs, off the event loop: enough threads for every session to wait in
+        # the same group sync (threads are started only as sessions need them).
+        self.file_threads = ThreadPoolExecutor(max_workers=min(smtp.max_sessions, 128),
+                                               thread_name_prefix="smtp-spool")
         self._servers: list[asyncio.base_events.Server] = []
         self.sessions: set[IntakeSMTP] = set()
         self.stopping = False
@@ -501,6 +545,7 @@ class SmtpIntake:
         for session in list(self.sessions):
             session.hang_up("421 4.3.2 {} shutting down, try again later")
         self.auth_guard.pool.shutdown(wait=False)
+        # The file threads stay: a session still closing may have a last write and its removal to do.
 
     def _short_of_space(self, mail_options: list[str]) -> bool:
         """Whether the spool's filesystem is below the free-space floor, or would be with the
@@ -585,29 +630,52 @@ class SmtpIntake:
                   f"\t{stamp}\r\n")
         return header.encode("ascii")
 
-    async def accept(self, writer: SpoolWriter, server: IntakeSMTP) -> str:
-        """Commit the item, register it, and say what happened in the reply."""
+    def open_item(self, meta: dict[str, Any], trace: bytes) -> SpoolWriter:
+        """A new spool item, our Received: header first (in a file thread)."""
+        writer = self.spool.writer(meta)
+        writer.write(trace)
+        return writer
+
+    def register_when_spooled(self, accepting: asyncio.Future[tuple[str, SpoolItem | None]]) -> None:
+        """An item whose client left while it was being accepted: a spooled one still goes to the registry."""
+        if not accepting.cancelled() and accepting.exception() is None:
+            _, spooled = accepting.result()
+            if spooled is not None:
+                self.registrar.follow(spooled)
+
+    async def accept(self, writer: SpoolWriter, server: IntakeSMTP) -> tuple[str, SpoolItem | None]:
+        """Commit the item and say what happened in the reply; with acknowledge = "spooled", the
+        item is durable and still to be registered (the caller hands it on once the client has
+        its 250), else it has been registered (or refused) already and None comes with the reply."""
         peer = _peer(server.session)
+        spooled = self.config.model.smtp.acknowledge == "spooled"
         try:
-            item = await asyncio.to_thread(writer.commit, claim=True, durable=False)
+            if spooled:
+                # One syncfs for every session that finishes meanwhile (group commit).
+                item = await asyncio.wrap_future(self.file_threads.submit(self.spool.commit_grouped, writer))
+            else:
+                # Made durable by the registrar, in the same sync and transaction as its batch.
+                item = await asyncio.wrap_future(self.file_threads.submit(writer.commit, claim=True, durable=False))
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", peer, exc)
-            return _unstored(exc)
+            return _unstored(exc), None
+        if spooled:
+            return f"250 2.0.0 OK queued as {item.id}", item
         try:
             outcome = await self.registrar.register(item)
         except Exception:
-            return "451 4.3.0 Error: local problem, try again later"
+            return "451 4.3.0 Error: local problem, try again later", None
         checkpoint("smtp-before-reply")  # durable and registered, the client not told yet
         if outcome.result == "released":
-            return "451 4.3.0 Error: the register is unavailable, try again later"
+            return "451 4.3.0 Error: the register is unavailable, try again later", None
         if outcome.result == "unstored":
-            return _CANNOT_STORE
+            return _CANNOT_STORE, None
         if outcome.result == "refused":  # the DMARC policy in force; the item is gone
             # Printable ASCII on one line: the reason names a domain taken from the From header.
             reason = "".join(c if " " <= c <= "~" else "?" for c in outcome.reason or "refused")[:300]
-            return f"550 5.7.1 {reason}"
+            return f"550 5.7.1 {reason}", None
         if outcome.number:
             verb = {"registered": "registered as", "answer": "recorded on"}.get(outcome.result, "already registered as")
-            return f"250 2.0.0 OK {verb} {outcome.number}"
+            return f"250 2.0.0 OK {verb} {outcome.number}", None
         # Durable in the spool, to be registered after a retry or by an operator.
-        return f"250 2.0.0 OK queued as {item.id}"
+        return f"250 2.0.0 OK queued as {item.id}", None

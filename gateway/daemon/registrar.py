@@ -1,10 +1,12 @@
 """Registration, in batches, in a process of its own.
 
 Two kinds of items come here: those an SMTP session has just streamed into the
-spool, whose sender waits for the answer, and durable items the spool workers
-have claimed (from IMAP, the drop folder, `gateway ingest`, or a retry). Sessions that finish DATA at the
+spool, whose sender waits for the answer, and durable items: those the spool workers
+have claimed (from IMAP, the drop folder, `gateway ingest`, or a retry), and SMTP's
+when `[smtp] acknowledge = "spooled"` (the sender has had its 250; the sessions made
+them durable with one shared syncfs). Sessions that finish DATA at the
 same moment share one syncfs of the spool and one registry transaction (group
-commit). Items come sealed and renamed but not yet fsynced; nobody is told
+commit). Items whose sender waits come sealed and renamed but not yet fsynced; nobody is told
 they are accepted until their batch's sync has returned.
 
 Normalising and registering are CPU work; in the event loop's process they
@@ -151,6 +153,12 @@ class Registrar:
     async def register(self, item: SpoolItem) -> Outcome:
         """For the event loop: one item, answered when its batch is done."""
         return await asyncio.wrap_future(self._submit(item, durable=False))
+
+    def follow(self, item: SpoolItem) -> None:
+        """For the event loop: a durable item whose sender has been answered already, registered
+        in the next batch without anyone waiting. The pipeline logs what became of it; an item
+        the registry cannot take now stays in the spool for a later attempt."""
+        self._submit(item, durable=True)
 
     def register_all(self, items: list[SpoolItem], *, durable: bool = True) -> list[Outcome]:
         """For a thread (a spool worker): durable items, registered in the same group commits."""

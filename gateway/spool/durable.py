@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["DirectorySync", "fsync_dir", "make_dirs", "move", "remove", "write_file", "writing"]
+__all__ = ["DirectorySync", "SharedSync", "fsync_dir", "make_dirs", "move", "remove", "write_file", "writing"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,16 +96,18 @@ def remove(path: Path) -> bool:
     return True
 
 
-class DirectorySync:
-    """fsync a directory, shared by threads that renamed into it at the same time.
+class SharedSync:
+    """One sync shared by the threads that need it at the same time (group commit).
 
-    A rename is durable once its directory is fsynced. Each caller takes a
-    ticket after its rename; an fsync that starts after that ticket covers it,
-    so concurrent intakes pay for one directory fsync between them.
+    Each caller takes a ticket after its writes; a sync that starts after that
+    ticket covers it. While one sync runs, every caller arriving meanwhile waits
+    for the next one, which then covers them all: N threads pay for about two
+    syncs, not N. A sync that fails covers nobody: the next caller runs it again,
+    and the one that ran it gets the error.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, sync: Callable[[], None]):
+        self._sync = sync
         self._cond = threading.Condition()
         self._requested = 0
         self._done = 0
@@ -123,9 +125,18 @@ class DirectorySync:
                 covers = self._requested
                 self._cond.release()
                 try:
-                    fsync_dir(self.path)
+                    self._sync()
                 finally:
                     self._cond.acquire()
                     self._running = False
                     self._cond.notify_all()
                 self._done = max(self._done, covers)
+
+
+class DirectorySync(SharedSync):
+    """fsync a directory, shared by threads that renamed into it at the same time:
+    a rename is durable once its directory is fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(lambda: fsync_dir(path))
