@@ -42,7 +42,7 @@ def assert_registered_once(letters: list[dict], subjects: set[str]) -> None:
         counted[str(letter["subject"])] = counted.get(str(letter["subject"]), 0) + 1
     assert {s: counted.get(s, 0) for s in subjects} == {s: 1 for s in subjects}
     assert all(n == 1 for n in counted.values())
-    assert sorted(int(str(l["number"]).split("-")[1]) for l in letters) == list(range(1, len(letters) + 1))
+    assert sorted(int(str(letter["number"]).split("-")[1]) for letter in letters) == list(range(1, len(letters) + 1))
 
 
 def test_spooled_250_names_the_item_and_every_message_is_registered(gateway: Gateway, notify: Notify) -> None:
