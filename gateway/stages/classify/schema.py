@@ -140,7 +140,7 @@ class _Schema(BaseModel):
 class _Ordered(_Schema):
     """A mapping whose order counts (evidence and traces follow the file), read with the mapping
     as written beside it. The order is not kept on the model: a model validator that could see
-    it (a wrapping one) would cost 10,000 rules a tenth of their validation."""
+    it (a wrapping one) would cost 10,000 rules a fifth of their validation."""
 
     shape_hint: ClassVar[str]  # what the mapping should look like, when it is not one
 
