@@ -83,29 +83,42 @@ def _split_name(name: str) -> tuple[str, int] | None:
     return item_id, int(attempts)
 
 
+def _syncfs(path: Path) -> None:
+    """syncfs(2): everything written to the filesystem holding `path` is durable once it returns."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def read_item_file(path: Path) -> tuple[dict[str, Any], bytes]:
     """Split a spool or message-store file into its meta and its raw bytes."""
     with open(path, "rb") as fh:
-        return _parse(fh.read(), path)
+        # The header line and the bytes read apart: slicing one read would hold a large
+        # message twice at once.
+        head = fh.readline()
+        raw = fh.read()
+    return _parse(head, raw, path)
 
 
 def read_raw(path: Path) -> bytes:
     return read_item_file(path)[1]
 
 
-def _parse(data: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
-    if not data.startswith(MAGIC):
+def _parse(head: bytes, raw: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
+    if not head.startswith(MAGIC):
         raise DamagedItem(f"{path}: not a spool item (bad header)")
-    seal = data[_SEAL_AT:_SEAL_AT + _SEAL_LEN]
-    end = data.find(b"\n")
-    if seal == _UNSEALED or end < 0:
+    seal = head[_SEAL_AT:_SEAL_AT + _SEAL_LEN]
+    if seal == _UNSEALED or not head.endswith(b"\n"):
         raise DamagedItem(f"{path}: incomplete spool item (never sealed)")
-    raw = data[end + 1:]
     length, _, sha = seal.partition(b" ")
     if not length.isdigit() or int(length) != len(raw) or hashlib.sha256(raw).hexdigest().encode() != sha:
         raise DamagedItem(f"{path}: damaged spool item ({len(raw)} bytes do not match the seal)")
     try:
-        meta = json.loads(data[_SEAL_AT + _SEAL_LEN + 1:end])
+        meta = json.loads(head[_SEAL_AT + _SEAL_LEN + 1:-1])
     except ValueError:
         raise DamagedItem(f"{path}: damaged spool item (unreadable header)") from None
     meta["sha256"] = sha.decode()
@@ -395,9 +408,13 @@ class Spool:
                     # The store is on another filesystem (one that several nodes mount): a copy.
                     if _copy_into(item.path, stored):
                         folders.add(stored.parent)
-            for folder in sorted(folders):
-                # On a journalling filesystem the first of these commits all the links at once.
-                fsync_dir(folder)
+            if len(folders) == 1:
+                fsync_dir(folders.pop())
+            elif folders:
+                # A batch's copies spread over many store folders (named by hash): one syncfs of
+                # the store's filesystem makes all their names durable, where a fsync each would
+                # wait for the disk once per folder.
+                _syncfs(self.message_dir)
             for item, _ in finished:
                 item.path.unlink(missing_ok=True)
         finally:
@@ -450,13 +467,7 @@ class Spool:
     def sync(self) -> None:
         """Make every item written so far durable: one syncfs(2) for a batch
         instead of a file and a directory fsync for each item."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _libc.syncfs(fd) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-        finally:
-            os.close(fd)
+        _syncfs(self.root)
 
     def discard(self, item: SpoolItem) -> None:
         """Drop an item that its sender was told to send again (SMTP 4xx)."""

@@ -18,6 +18,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from email.feedparser import BytesFeedParser
 
 import magic
@@ -53,7 +54,11 @@ class Stash:
     def __init__(self) -> None:
         self._token = secrets.token_hex(8)
         self._runs: list[memoryview] = []
-        self._marker = re.compile("\x00GW%s\\.(\\d+)\x00" % self._token)
+
+    @cached_property
+    def _marker(self) -> re.Pattern[str]:
+        # Compiled only for a message that has runs: most have none.
+        return re.compile("\x00GW%s\\.(\\d+)\x00" % self._token)
 
     def feed(self, parser: BytesFeedParser, raw: bytes) -> None:
         """Feed `raw` to the parser, each long run of base64 lines replaced by its marker."""
