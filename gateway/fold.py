@@ -24,9 +24,19 @@ def _t2s() -> dict[int, int]:
     return table
 
 
-def fold(text: str) -> str:
-    """Lower case, simplified script, and always the same length as `text`."""
+def lower(text: str) -> str:
+    """Lower case, always the same length as `text`."""
     lowered = text.lower()
     if len(lowered) != len(text):  # a few letters (İ) lower to two characters
         lowered = "".join(c.lower()[:1] for c in text)
-    return lowered.translate(_t2s())
+    return lowered
+
+
+def simplified(text: str) -> str:
+    """Traditional Chinese characters mapped to simplified, one for one."""
+    return text.translate(_t2s())
+
+
+def fold(text: str) -> str:
+    """Lower case, simplified script, and always the same length as `text`."""
+    return simplified(lower(text))
