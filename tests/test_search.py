@@ -171,3 +171,26 @@ def test_gateway_letters_search(register: Register) -> None:
     assert [(row["number"], row["subject"]) for row in as_sam["letters"]] == [(register.numbers["secret"], "")]
     table = register.gateway.run("letters", "search", "合同").stdout
     assert register.numbers["contract"] in table and "1 letter(s) match '合同'" in table
+
+
+def test_index_terms_are_the_folded_text_cut_into_pieces() -> None:
+    """The index folds only where folding can change a token; its tokens must stay those of the
+    whole text folded and cut, or letters indexed before would no longer be found."""
+    import random
+
+    from gateway.fold import fold
+    from gateway.registry.search import _CJK_RUN, _PIECES, _bigrams, index_terms
+
+    def reference(*texts: str) -> str:
+        tokens: list[str] = []
+        for text in texts:
+            for piece in _PIECES.findall(fold(text)):
+                tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+        return " ".join(tokens)
+
+    alphabet = "abcXYZİß投訴诉合同續簽ｱアあ한국1２٣_-. \n\t😀ǅΣσςÉ"
+    chooser = random.Random(20)
+    for _ in range(5000):
+        text = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 40)))
+        assert index_terms(text, text[:7]) == reference(text, text[:7]), text
+    assert index_terms("供貨合同續簽 İstanbul") == "供货 货合 合同 同续 续签 istanbul"
