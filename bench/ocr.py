@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,16 +31,20 @@ def read(data: bytes, reader: str) -> str:
     return ocr_document(data, "tiff", reader=reader).text
 
 
-def _ready() -> None:
-    """Nothing: waiting for it proves a worker has started (and loaded its models)."""
+def _ready() -> int:
+    """The worker's process id: once every worker has given its own, all have started (and warmed
+    up). A short nap, so that one worker does not take every call while another still starts."""
+    time.sleep(0.05)
+    return os.getpid()
 
 
 def run(pages: list[Sample], reader: str, workers: int) -> tuple[list[str], float]:
     """The texts read and the pages per minute, with `workers` processes as the daemon's pool has."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=warm_up, initargs=(reader,)) as pool:
-        for future in [pool.submit(_ready) for _ in range(workers * 2)]:
-            future.result()  # the models are loaded before the clock starts, as in a running daemon
+        started: set[int] = set()
+        while len(started) < workers:  # every worker warm before the clock starts, as in a running daemon
+            started |= {future.result() for future in [pool.submit(_ready) for _ in range(workers * 2)]}
         started = time.monotonic()
         texts = list(pool.map(read, [p.tiff for p in pages], [reader] * len(pages)))
         seconds = time.monotonic() - started
@@ -63,21 +68,25 @@ def main() -> None:
     args = parser.parse_args()
     pages = corpus("bench")
     print(f"{len(pages)} pages, {sum(len(p.text) for p in pages)} characters")
-    tesseract_texts, tesseract_speed = run(pages, "tesseract", 2)
-    baseline = rates(pages, tesseract_texts)
+    sizes = [int(w) for w in args.workers.split(",")]
+    tesseract: dict[int, float] = {}
     gateway: dict[int, float] = {}
     texts: list[str] = []
-    for workers in (int(w) for w in args.workers.split(",")):
+    for workers in sizes:
+        tesseract_texts, tesseract[workers] = run(pages, "tesseract", workers)
         texts, gateway[workers] = run(pages, "auto", workers)
+    baseline = rates(pages, tesseract_texts)
     ours = rates(pages, texts)
     print(f"\n{'class':24s} {'gateway CER':>12s} {'tesseract CER':>14s} {'ratio':>7s}")
     for key in sorted(ours, key=lambda k: (k == "all", k)):
         ratio = ours[key] / baseline[key] if baseline[key] else float("nan")
         print(f"{key:24s} {ours[key] * 100:11.2f}% {baseline[key] * 100:13.2f}% {ratio:7.2f}")
-    print(f"\nbare tesseract, 2 workers: {tesseract_speed:6.1f} pages/min")
+    print()
     for workers, speed in gateway.items():
-        print(f"gateway reader, {workers} worker(s): {speed:6.1f} pages/min "
-              f"({speed / tesseract_speed:.2f} × tesseract)")
+        print(f"tesseract, {workers} worker(s): {tesseract[workers]:6.1f} pages/min; gateway reader: "
+              f"{speed:6.1f} pages/min ({speed / tesseract[workers]:.2f} × tesseract)")
+    if len(sizes) > 1:
+        print(f"gateway reader, {sizes[-1]} workers / {sizes[0]}: {gateway[sizes[-1]] / gateway[sizes[0]]:.2f}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ from gateway.runner import Runner
 log = logging.getLogger("gateway.stages.fax")
 
 GIVE_UP_AFTER = 3  # failed attempts to store a fax's text before its job is given up
+# A pool with nothing to read for this long is closed: each warm worker holds its models and the
+# engine's memory arena (about 1.2 GB), and a burst of faxes that comes later pays a few seconds
+# to start it again.
+POOL_IDLE_SECONDS = 600.0
 
 
 class TextRead(NamedTuple):
@@ -41,13 +45,22 @@ class TextRead(NamedTuple):
 
 
 def warm_up(reader: str) -> None:
-    """A worker process's initializer: load the reader's models once, not for every fax."""
+    """A worker process's initializer: load the reader's models once and run them on a made-up
+    page, so that neither is paid on a fax."""
     if reader != "tesseract":
         try:
-            from gateway.stages.fax.reader import engine
-            engine()
+            import cv2
+            # One thread, as the engine has: the pool already has a process per core it may use.
+            cv2.setNumThreads(1)
+            from gateway.stages.fax.reader import warm_up_engine
+            warm_up_engine()
         except Exception:  # reported with the first fax it cannot read, not here
             log.debug("the OCR engine did not load", exc_info=True)
+
+
+def _started() -> None:
+    """Nothing: submitted once per worker when the pool is made, so that every worker starts (and
+    warms up) at once instead of when a second fax finds the first worker busy."""
 
 
 def read_text(raw_path: str, languages: str, timeout: float, limits: Limits | None = None, *,
@@ -120,6 +133,7 @@ class TextReader(Runner):
         self.registry = registry
         self._pool: ProcessPoolExecutor | None = None  # made on the first job: most days have none
         self._running: dict[int, Future[TextRead]] = {}
+        self._idle_since: float | None = None  # monotonic time the pool last had nothing to read
 
     def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
@@ -135,7 +149,22 @@ class TextReader(Runner):
             self._pool = ProcessPoolExecutor(max_workers=settings.ocr_workers,
                                              mp_context=multiprocessing.get_context("spawn"),
                                              initializer=warm_up, initargs=(settings.ocr_reader,))
+            for _ in range(settings.ocr_workers):
+                self._pool.submit(_started)
         return self._pool
+
+    def _close_idle_pool(self) -> None:
+        if self._running or self._pool is None:
+            self._idle_since = None
+            return
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= POOL_IDLE_SECONDS:
+            log.info("OCR workers closed after %.0f s without a fax to read", now - self._idle_since)
+            self._pool.shutdown(wait=False)
+            self._pool = None
+            self._idle_since = None
 
     def run_once(self) -> None:
         settings = self.config.model.fax
@@ -150,6 +179,7 @@ class TextReader(Runner):
                                                 timezone=self.config.model.gateway.timezone)
                 future.add_done_callback(lambda _: self.wake())
                 self._running[letter_id] = future
+        self._close_idle_pool()
 
     def _collect(self) -> None:
         for letter_id, future in list(self._running.items()):
