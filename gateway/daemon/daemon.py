@@ -176,6 +176,8 @@ class Daemon:
             publisher.publish(topic, body)
             if topic == "letter.registered":
                 outbox.wake()  # a routed letter has mail waiting
+                if body.get("channel") == "fax" and self.text_reader is not None:
+                    self.text_reader.wake()  # its text is to be read: no wait for the next poll
 
         self.pipeline = Pipeline(self.config, self.spool, self.registry, publish)
         listening = ""
