@@ -2,7 +2,7 @@
 
 Layout under the archive folder, one set per month and category:
 
-    2026/11/external.business/part-001.mbox.zst           mail (mboxrd), zstd or gzip
+    2026/11/external.business/part-001.mbox.zst           mail (mboxrd), zstd or gzip, one frame a message
     2026/11/external.business/part-001.manifest.csv       archive no., letter no., SHA-256, size, ...
     2026/11/external.official/part-001-faxes/A202611-00007_fax.tif   fax originals, as received
     2026/11/external.official/part-001-faxes.manifest.csv
@@ -12,6 +12,14 @@ Layout under the archive folder, one set per month and category:
 manifest is CSV. Each message sits in the mbox byte for byte (mboxrd quoting
 of "From " lines aside, which reading undoes), so its SHA-256 can be checked
 against the register.
+
+Each mbox message (a letter, and each reply sent to its sender after it) is
+compressed as a frame of its own (a zstd frame, or a gzip member); frames back
+to back decompress to the whole mbox. The manifest gives each letter's place
+twice: `offset`/`length` in the mbox, `frame_offset`/`frame_length` in the
+package file, so reading one letter decompresses its frame and nothing else.
+Packages written before (one frame for the month, no frame columns) are read
+and verified by decompressing the whole stream.
 
 A run is idempotent and resumable: letters already archived are skipped, a
 package is written under a temporary name, fsynced and renamed before the
@@ -29,12 +37,16 @@ import io
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import zstandard
@@ -48,11 +60,14 @@ from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, read_item_file, read_raw
 from gateway.spool.durable import make_dirs, move, write_file, writing
 
+T = TypeVar("T")
+R = TypeVar("R")
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _FROM_LINE = re.compile(rb"^(>*From )", re.M)
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
 MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", "sha256", "size", "offset", "length",
-                   "file"]
+                   "file", "frame_offset", "frame_length"]
+CHUNK = 256  # letters handed to a worker thread at a time: enough to make the hand-over cheap
 
 
 class ArchiveError(Exception):
@@ -101,6 +116,7 @@ class Archiver:
         self.config = config
         self.registry = registry
         self.root = config.archive_dir
+        self._local = threading.local()  # a compressor per worker thread: they are not thread-safe
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -121,13 +137,14 @@ class Archiver:
         with self._locked():
             self._remove_unrecorded(month)
             letters = self.registry.letters_to_archive(start, end)
+            replied, circulated = self.registry.archive_extras(start, end)
             groups: dict[tuple[str, str], list[ToArchive]] = {}
             for letter in letters:
                 kind = "fax" if letter.fax_file_name is not None else "mail"
                 groups.setdefault((letter.category or "uncategorised", kind), []).append(letter)
             written = []
             for (category, kind), members in sorted(groups.items()):
-                written.append(self._pack(month, category, kind, members))
+                written.append(self._pack(month, category, kind, members, replied, circulated))
             return written
 
     def _folder(self, month: str, category: str) -> Path:
@@ -154,33 +171,19 @@ class Archiver:
                 make_dirs(aside.parent)
                 move(entry, aside)
 
-    def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive]) -> Written:
+    def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive], replied: set[int],
+              circulated: set[int]) -> Written:
         folder = self._folder(month, category)
         make_dirs(folder)
         part = self.registry.next_archive_part(month, category, kind)
         series = f"archive-{month}"
         first = self.registry.series_last(series) + 1
         numbers = [f"A{month.replace('-', '')}-{first + i:05d}" for i in range(len(letters))]
-        rows: list[dict[str, Any]] = []
+        rows: list[list[Any]] = []
         if kind == "mail":
             suffix = ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
             target = folder / f"part-{part:03d}{suffix}"
-            offset = 0
-            # In place only once complete and durable; a crash leaves a hidden
-            # temporary file, which the next run removes.
-            with writing(target) as raw_file, self._compressor(raw_file) as out:
-                for letter, number in zip(letters, numbers, strict=True):
-                    raw = self._raw(letter)
-                    when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
-                    block = f"From gateway@archive {when}\n".encode() + mbox_escape(raw)
-                    block += b"\n" if block.endswith(b"\n") else b"\n\n"
-                    out.write(block)
-                    rows.append(self._row(number, letter, len(raw), offset, len(block), ""))
-                    offset += len(block)
-                    for sent in self._replies(letter):  # the replies sent to its sender follow it
-                        out.write(sent)
-                        offset += len(sent)
-            size, sha = target.stat().st_size, _sha_file(target)
+            size, sha = self._write_mail(target, letters, numbers, replied, rows)
             manifest = folder / f"part-{part:03d}.manifest.csv"
         else:
             name = f"part-{part:03d}-faxes"
@@ -189,13 +192,14 @@ class Archiver:
             shutil.rmtree(tmp, ignore_errors=True)
             make_dirs(tmp)
             size = 0
+            replies = self.registry.sent_replies([letter.id for letter in letters if letter.id in replied])
             for letter, number in zip(letters, numbers, strict=True):
                 raw = self._raw(letter)
                 file_name = f"{number}_{safe_filename(letter.fax_file_name or 'fax')}"
                 write_file(tmp / file_name, raw)
-                rows.append(self._row(number, letter, len(raw), 0, len(raw), file_name))
+                rows.append(_row(number, letter, len(raw), 0, len(raw), file_name, "", ""))
                 size += len(raw)
-                for n, sent in enumerate(self._replies(letter, mbox=False), 1):  # as mailed to its sender
+                for n, sent in enumerate(replies.get(letter.id, []), 1):  # as mailed to its sender
                     write_file(tmp / f"{number}_reply-{n}.eml", sent)
                     size += len(sent)
             # The folder is complete and durable: now it takes its name.
@@ -203,14 +207,15 @@ class Archiver:
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
             sha = ""
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(MANIFEST_FIELDS)
         writer.writerows(rows)
         data = text.getvalue().encode()
         if kind == "fax":
             sha = hashlib.sha256(data).hexdigest()
         write_file(manifest, data)
-        self._circulation_record(manifest, letters, numbers)
+        self._circulation_record(manifest, [(letter, number) for letter, number in zip(letters, numbers, strict=True)
+                                            if letter.id in circulated])
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
         self.registry.archive_commit(
             package={"month": month, "category": category, "part": part, "kind": kind,
@@ -220,34 +225,84 @@ class Archiver:
             series=series, expected_last=first - 1)
         return Written(str(target.relative_to(self.root)), len(letters), size)
 
-    def _circulation_record(self, manifest: Path, letters: list[ToArchive], numbers: list[str]) -> None:
-        """Who read and signed the package's circulated letters, when, and their instructions: a CSV
-        beside the manifest (none when nothing of it was circulated)."""
-        rows = _circulation_rows(self.registry, [(letter.id, letter.number, number)
-                                            for letter, number in zip(letters, numbers, strict=True)])
+    def _write_mail(self, target: Path, letters: list[ToArchive], numbers: list[str], replied: set[int],
+                    rows: list[list[Any]]) -> tuple[int, str]:
+        """The mbox package, one frame per message, its manifest rows appended to `rows`.
+        Returns (its size, its SHA-256), both taken while writing it.
+
+        Worker threads read, check and compress the letters a chunk at a time (the file reads,
+        SHA-256 and the compressor release the GIL); this thread writes the chunks in order. The
+        file is in place only once complete and durable (one fsync at the end); a crash leaves a
+        hidden temporary file, which the next run removes."""
+        digest = hashlib.sha256()
+        offset = frame_offset = 0
+
+        def chunks() -> Iterator[tuple[list[ToArchive], dict[int, list[bytes]]]]:
+            for first in range(0, len(letters), CHUNK):
+                chunk = letters[first:first + CHUNK]
+                yield chunk, self.registry.sent_replies([letter.id for letter in chunk if letter.id in replied])
+
+        with writing(target) as out:
+            numbered = iter(numbers)
+            for packed in _in_order(lambda job: self._pack_chunk(*job), chunks()):
+                out.write(packed.data)
+                digest.update(packed.data)
+                for letter, size, at, length, frame_at, frame_length in packed.letters:
+                    rows.append(_row(next(numbered), letter, size, offset + at, length, "", frame_offset + frame_at,
+                                     frame_length))
+                offset += packed.mbox_size
+                frame_offset += len(packed.data)
+        return frame_offset, digest.hexdigest()
+
+    def _pack_chunk(self, letters: list[ToArchive], replies: dict[int, list[bytes]]) -> _Packed:
+        """In a worker thread: each letter read, checked against its seal and the register, and
+        compressed into a frame, then the frames of its sent replies."""
+        compress = self._frame_compressor()
+        frames: list[bytes] = []
+        placed = []
+        at = frame_at = 0
+        for letter in letters:
+            raw = self._raw(letter)
+            separator = f"From gateway@archive {letter.received_at.strftime('%a %b %d %H:%M:%S %Y')}\n".encode()
+            for n, message in enumerate([raw, *replies.get(letter.id, [])]):
+                block = _mbox_block(separator, message)
+                frame = compress(block)
+                if n == 0:
+                    placed.append((letter, len(raw), at, len(block), frame_at, len(frame)))
+                frames.append(frame)
+                at += len(block)
+                frame_at += len(frame)
+        return _Packed(b"".join(frames), placed, at)
+
+    def _frame_compressor(self) -> Callable[[bytes], bytes]:
+        """One message into one self-contained frame: a zstd frame (with its content size and a
+        checksum) or a gzip member; concatenated, they decompress to the concatenation."""
+        if self.config.model.archive.compression == "gzip":
+            return _gzip_member
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+        return compressor.compress
+
+    def _frame_decompressor(self, path: Path) -> Callable[[bytes], bytes]:
+        if not path.name.endswith(".zst"):
+            return _gunzip_member
+        decompressor = getattr(self._local, "decompressor", None)
+        if decompressor is None:
+            decompressor = self._local.decompressor = zstandard.ZstdDecompressor()
+        return decompressor.decompress
+
+    def _circulation_record(self, manifest: Path, letters: list[tuple[ToArchive, str]]) -> None:
+        """Who read and signed the package's circulated letters (given with their archive numbers),
+        when, and their instructions: a CSV beside the manifest (none when nothing of it was
+        circulated)."""
+        rows = _circulation_rows(self.registry, [(letter.id, letter.number, number) for letter, number in letters])
         if rows:
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=CIRCULATION_FIELDS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             write_file(circulation_path(manifest), text.getvalue().encode())
-
-    def _replies(self, letter: ToArchive, *, mbox: bool = True) -> list[bytes]:
-        """The replies sent to the letter's sender, byte for byte as mailed (gateway.services.replies);
-        as mbox messages beside the letter's, or as they are."""
-        from gateway.registry.replies import ReplyRecords
-
-        sent = ReplyRecords(self.registry).sent_messages(letter.id)
-        if not mbox:
-            return sent
-        when = letter.received_at.strftime("%a %b %d %H:%M:%S %Y")
-        blocks = [f"From gateway@archive {when}\n".encode() + mbox_escape(raw) for raw in sent]
-        return [b + (b"\n" if b.endswith(b"\n") else b"\n\n") for b in blocks]
-
-    def _compressor(self, raw_file: IO[bytes]) -> Any:
-        if self.config.model.archive.compression == "zstd":
-            return zstandard.ZstdCompressor(level=3).stream_writer(raw_file, closefd=False)
-        return gzip.GzipFile(fileobj=raw_file, mode="wb", compresslevel=6, mtime=0)
 
     def _raw(self, letter: ToArchive) -> bytes:
         try:
@@ -258,12 +313,6 @@ class Archiver:
         if meta["sha256"] != letter.raw_sha256:
             raise ArchiveError(f"{letter.number}: its stored original does not match the register's SHA-256")
         return raw
-
-    @staticmethod
-    def _row(number: str, letter: ToArchive, size: int, offset: int, length: int, file_name: str) -> dict[str, Any]:
-        return {"archive_number": number, "letter_number": letter.number,
-                "received_at": letter.received_at.isoformat(), "channel": letter.channel,
-                "sha256": letter.raw_sha256, "size": size, "offset": offset, "length": length, "file": file_name}
 
     # -- checking ---------------------------------------------------------
     def verify(self, month: str | None = None) -> list[Checked]:
@@ -293,7 +342,9 @@ class Archiver:
         problems: list[str] = []
         if len(rows) != package.letters:
             problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
-        if package.kind == "mail":
+        if package.kind == "mail" and rows and rows[0].get("frame_offset"):
+            return problems + self._check_frames(package, path, rows, registered)
+        if package.kind == "mail":  # a package of one frame for the month, as written before
             try:
                 if _sha_file(path) != package.sha256:
                     problems.append("SHA-256 differs from the one recorded when it was written")
@@ -315,6 +366,42 @@ class Archiver:
                     problems.append(f"{row['archive_number']}: {row['file']}: {exc.strerror or exc}")
                     continue
                 problems += _compare(row, raw, registered)
+        return problems
+
+    def _check_frames(self, package: ArchivePackage, path: Path, rows: list[dict[str, str]],
+                      registered: dict[str, str]) -> list[str]:
+        """A package of one frame per message, read once front to back: this thread reads and
+        hashes the file, worker threads decompress and check its letters' frames a chunk at a time."""
+        digest = hashlib.sha256()
+        problems: list[str] = []
+        try:
+            with open(path, "rb") as f:
+                batches = _frames_of(f, sorted(rows, key=lambda row: int(row["frame_offset"])), digest)
+                for found in _in_order(lambda batch: self._check_batch(path, batch, registered), batches):
+                    problems += found
+                for piece in iter(lambda: f.read(1 << 23), b""):  # what follows the last letter: replies
+                    digest.update(piece)
+        except OSError as exc:
+            return [f"cannot be read: {exc.strerror or exc}"]
+        if digest.hexdigest() != package.sha256:
+            problems.insert(0, "SHA-256 differs from the one recorded when it was written")
+        return problems
+
+    def _check_batch(self, path: Path, batch: list[tuple[dict[str, str], bytes]],
+                     registered: dict[str, str]) -> list[str]:
+        decompress = self._frame_decompressor(path)
+        problems = []
+        for row, frame in batch:
+            if len(frame) != int(row["frame_length"]):
+                problems.append(f"{row['archive_number']} ({row['letter_number']}): its frame is cut short")
+                continue
+            try:
+                block = decompress(frame)
+            except (zstandard.ZstdError, zlib.error, EOFError) as exc:
+                problems.append(f"{row['archive_number']} ({row['letter_number']}): its frame cannot be "
+                                f"decompressed: {exc}")
+                continue
+            problems += _compare(row, _message_of(block, int(row["size"])), registered)
         return problems
 
     def _decompress(self, path: Path) -> bytes:
@@ -342,8 +429,20 @@ class Archiver:
                 continue
             if package.kind == "fax":
                 return (self.root / package.path / row["file"]).read_bytes()
-            data = self._decompress(self.root / package.path)
-            return _message_of(data[int(row["offset"]):int(row["offset"]) + int(row["length"])], int(row["size"]))
+            path = self.root / package.path
+            if not row.get("frame_offset"):  # a package of one frame for the month, as written before
+                data = self._decompress(path)
+                return _message_of(data[int(row["offset"]):int(row["offset"]) + int(row["length"])], int(row["size"]))
+            with open(path, "rb") as f:  # its own frame, and nothing else
+                f.seek(int(row["frame_offset"]))
+                frame = f.read(int(row["frame_length"]))
+            try:
+                raw = _message_of(self._frame_decompressor(path)(frame), int(row["size"]))
+            except (zstandard.ZstdError, zlib.error, EOFError) as exc:
+                raise ArchiveError(f"{letter.number}: its frame in {package.path} cannot be read: {exc}") from None
+            if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+                raise ArchiveError(f"{letter.number}: its copy in {package.path} differs from the manifest")
+            return raw
         raise ArchiveError(f"{letter.number}: not in the manifest of {package.path}")
 
     # -- destruction ------------------------------------------------------
@@ -400,6 +499,81 @@ def circulation_path(manifest: Path) -> Path:
     """The circulation record beside a manifest: circulation-part-001.csv (its name does not start
     with part-, so a run never takes it for a crashed run's leftover)."""
     return manifest.with_name("circulation-" + manifest.name.replace(".manifest.csv", ".csv"))
+
+
+@dataclass
+class _Packed:
+    """A chunk of letters compressed: their frames back to back, and for each letter (letter, its
+    size, offset and length of its mbox message, offset and length of its frame), offsets counted
+    from the chunk's start."""
+    data: bytes
+    letters: list[tuple[ToArchive, int, int, int, int, int]]
+    mbox_size: int
+
+
+def _row(number: str, letter: ToArchive, size: int, offset: int, length: int, file_name: str,
+         frame_offset: int | str, frame_length: int | str) -> list[Any]:
+    """A manifest row, in the order of MANIFEST_FIELDS."""
+    return [number, letter.number, letter.received_at.isoformat(), letter.channel, letter.raw_sha256, size, offset,
+            length, file_name, frame_offset, frame_length]
+
+
+def _mbox_block(separator: bytes, raw: bytes) -> bytes:
+    block = separator + mbox_escape(raw)
+    return block + (b"\n" if block.endswith(b"\n") else b"\n\n")
+
+
+def _gzip_member(block: bytes) -> bytes:
+    return gzip.compress(block, compresslevel=6, mtime=0)
+
+
+def _gunzip_member(frame: bytes) -> bytes:
+    return zlib.decompress(frame, wbits=31)
+
+
+def _workers() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def _in_order(work: Callable[[T], R], jobs: Iterable[T]) -> Iterator[R]:
+    """work(job) for each job on a few worker threads, the results yielded in the jobs' order. Only
+    a few jobs are taken ahead of the consumer (the jobs iterable is read lazily), so memory
+    stays bounded; when the consumer stops or fails, the jobs not started are cancelled."""
+    workers = _workers()
+    with ThreadPoolExecutor(workers, thread_name_prefix="archive") as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for job in jobs:
+                pending.append(pool.submit(work, job))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _frames_of(f: Any, rows: list[dict[str, str]], digest: Any) -> Iterator[list[tuple[dict[str, str], bytes]]]:
+    """(row, its frame's bytes) in batches, reading the package once from the start and feeding
+    every byte read to `digest`. A frame beyond the end of the file comes out short."""
+    buffer, start = b"", 0  # the bytes read and not yet passed, and where in the file they start
+    batch: list[tuple[dict[str, str], bytes]] = []
+    for row in rows:
+        at, length = int(row["frame_offset"]), int(row["frame_length"])
+        while at + length > start + len(buffer):
+            piece = f.read(max(1 << 23, at + length - start - len(buffer)))
+            if not piece:
+                break
+            digest.update(piece)
+            keep = max(0, min(at - start, len(buffer)))
+            buffer, start = buffer[keep:] + piece, start + keep
+        batch.append((row, buffer[max(0, at - start):max(0, at + length - start)]))
+        if len(batch) == CHUNK:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _message_of(block: bytes, size: int) -> bytes:

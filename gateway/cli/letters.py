@@ -326,6 +326,7 @@ def letters_hold(state: State, number: str, reason: str, release: bool, by: str 
 @pass_state
 def letters_extract(state: State, number: str, directory: Path, as_login: str | None, by: str | None) -> None:
     """Write a letter's attachments into DIRECTORY, under their safe names (an audited read)."""
+    from gateway.archive.packer import ArchiveError
     from gateway.services import queries
     from gateway.services.access import Access
 
@@ -337,7 +338,7 @@ def letters_extract(state: State, number: str, directory: Path, as_login: str | 
         fail(f"no letter {number}" if letter is None else f"{number}: its content is not yours to read")
     try:
         written = queries.extract_attachments(state.config, registry, number, directory)
-    except LookupError as exc:
+    except (LookupError, ArchiveError) as exc:  # ArchiveError: its archived copy is gone or damaged
         fail(str(exc))
     access.record(who, "download", address="cli", letter_id=letter.id, subject=", ".join(p.name for p in written))
     for target in written:

@@ -6,7 +6,8 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, func, insert, select, update
 
-from gateway.registry.models import ArchivePackage, Attachment, DestructionRecord, Event, Letter, NumberSeries
+from gateway.registry.models import (ArchivePackage, Attachment, Circulation, DestructionRecord, Event, Letter,
+                                     NumberSeries, Reply)
 from gateway.registry.plan import ToArchive
 from gateway.registry.store import Store, utcnow
 
@@ -27,6 +28,33 @@ class ArchiveRecords(Store):
                                              Attachment.origin == "fax")).all())
         return [ToArchive(r.id, r.number, r.received_at, r.channel, r.category, r.raw_path, r.raw_sha256,
                           faxes.get(r.id)) for r in rows]
+
+    def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
+        """Of the month's letters not archived yet, (those with sent replies, those circulated): the
+        few whose packages carry more than the original. Asked once, not letter by letter."""
+        month = (Letter.received_at >= start, Letter.received_at < end, Letter.archive_number.is_(None))
+        with self.read() as conn:
+            replied = set(conn.execute(select(Reply.letter_id).distinct().join(Letter, Reply.letter_id == Letter.id)
+                                       .where(*month, Reply.status == "sent", Reply.message.is_not(None))).scalars())
+            circulated = set(conn.execute(select(Circulation.letter_id).distinct()
+                                          .join(Letter, Circulation.letter_id == Letter.id).where(*month)).scalars())
+        return replied, circulated
+
+    def sent_replies(self, letter_ids: list[int]) -> dict[int, list[bytes]]:
+        """The mails of these letters' sent replies, byte for byte as mailed, oldest first, by letter
+        (as gateway.registry.replies.ReplyRecords.sent_messages gives them one letter at a time)."""
+        if not letter_ids:
+            return {}
+        out: dict[int, list[bytes]] = {}
+        with self.read() as conn:
+            for first in range(0, len(letter_ids), 1000):
+                for letter_id, message in conn.execute(
+                        select(Reply.letter_id, Reply.message).where(
+                            Reply.letter_id.in_(letter_ids[first:first + 1000]), Reply.status == "sent",
+                            Reply.message.is_not(None)).order_by(Reply.id)):
+                    if message:
+                        out.setdefault(letter_id, []).append(message)
+        return out
 
     def archive_paths(self, month: str) -> set[str]:
         with self.read() as conn:

@@ -1,0 +1,205 @@
+"""The archive's mail packages hold one frame per message: a letter is read back from its own frame
+alone, ordinary tools (`zstd -dc`, `gzip -dc`, Python's mailbox) still open the month, a damaged
+frame spoils only its letter, and packages written as one frame for the month stay readable."""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import mailbox
+import sqlite3
+import subprocess
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from conftest import Gateway, write_messages
+from test_archive import RULES, package_rows
+
+from gateway.archive.packer import mbox_unescape
+
+MONTH = "2026-03"
+REPLY = (b"From: liaison@example.org\r\nTo: alice@partner.example\r\nSubject: Re: Order 1\r\n"
+         b"Message-ID: <reply-1@example.org>\r\n\r\nFrom our side: thank you, the order is confirmed.\r\n")
+
+
+def letter(n: int, subject: str, to: str, body: str) -> bytes:
+    """A mail with an attachment of its own, to be extracted from the archive."""
+    msg = EmailMessage()
+    msg["From"] = "Alice Partner <alice@partner.example>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<frames-{n}@partner.example>"
+    msg["Date"] = "Tue, 10 Mar 2026 10:00:00 +0800"
+    msg.set_content(body)
+    msg.add_attachment(attachment(n), maintype="application", subtype="octet-stream", filename=f"scan-{n}.bin")
+    return msg.as_bytes()
+
+
+def attachment(n: int) -> bytes:
+    return bytes((n * 7 + i * 13) % 256 for i in range(3000))
+
+
+def month_of_letters(tmp_path: Path, compression: str = "zstd", reply: bool = False) -> Gateway:
+    """Four mails with an attachment each, in two categories, all closed (so that verifying releases
+    the message store's copies and every read afterwards comes from the archive), received in March.
+    With `reply`, letter 2026-000002 had a reply sent to its sender."""
+    gateway = Gateway(tmp_path, rules=RULES, extra=f'[archive]\ncompression = "{compression}"\n')
+    gateway.run("ingest", *write_messages(tmp_path, [
+        letter(0, "complaint one", "liaison@example.org",
+               "Dear team,\nFrom the start we were unhappy.\n>From a quote.\n>>From a quote of a quote.\n"),
+        letter(1, "Order 1", "sales@example.org", "Please confirm.\n"),
+        letter(2, "Order 2", "sales@example.org", "From now on, weekly.\n"),
+        letter(3, "complaint two", "liaison@example.org", "Still waiting.\n")]))
+    for n in range(1, 5):
+        gateway.run("letters", "close", f"2026-00000{n}", "--result", "answered")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000'")
+        if reply:
+            db.execute("INSERT INTO replies (letter_id, status, text, authors, chain, rule, step, round, recipient, "
+                       "message, created_at, updated_at, sent_at) SELECT id, 'sent', 'confirmed', '[]', '[]', '', "
+                       "0, 0, 'alice@partner.example', ?, received_at, received_at, received_at FROM letters "
+                       "WHERE number = '2026-000002'", (REPLY,))
+    return gateway
+
+
+def manifest_of(gateway: Gateway, package: dict) -> list[dict[str, str]]:
+    with open(gateway.state / "archive" / package["manifest"], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def decompress_frame(frame: bytes, compression: str) -> bytes:
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().decompress(frame)
+    return gzip.decompress(frame)
+
+
+def extracted(gateway: Gateway, number: str, into: Path) -> bytes:
+    [path] = gateway.run("letters", "extract", number, str(into)).stdout.split()
+    return Path(path).read_bytes()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_each_letter_is_a_frame_of_its_own(tmp_path: Path, compression: str) -> None:
+    gateway = month_of_letters(tmp_path, compression)
+    gateway.run("archive", "run", "--month", MONTH)
+    packages = package_rows(gateway)
+    assert len(packages) == 2 and all(p["status"] == "verified" for p in packages)
+    assert all(gateway.show_json(f"2026-00000{n}")["raw_released"] for n in range(1, 5))  # read from the archive now
+    for package in packages:
+        path = gateway.state / "archive" / package["path"]
+        data = path.read_bytes()
+        rows = manifest_of(gateway, package)
+        # Ordinary tools open the month: frames back to back decompress to the whole mbox.
+        tool = ["zstd", "-dcq"] if compression == "zstd" else ["gzip", "-dc"]
+        whole = subprocess.run([*tool, str(path)], capture_output=True, check=True).stdout
+        end = 0
+        for row in rows:
+            at, length = int(row["frame_offset"]), int(row["frame_length"])
+            assert at == end  # the letters' frames are back to back, nothing between them
+            end = at + length
+            block = decompress_frame(data[at:end], compression)  # alone, without what comes before it
+            assert block == whole[int(row["offset"]):int(row["offset"]) + int(row["length"])]
+            assert block.startswith(b"From gateway@archive ")
+            raw = mbox_unescape(block.split(b"\n", 1)[1])[:int(row["size"])]
+            assert hashlib.sha256(raw).hexdigest() == row["sha256"]
+        assert end == len(data)
+        mbox_file = tmp_path / f"{package['category']}.mbox"
+        mbox_file.write_bytes(whole)
+        box = mailbox.mbox(str(mbox_file))
+        try:
+            messages = list(box)
+        finally:
+            box.close()
+        assert [m["Message-ID"] for m in messages] == [f"<frames-{n}@partner.example>" for n in
+                                                       ((0, 3) if "complaint" in package["category"] else (1, 2))]
+    for n in range(4):  # each one read back from its frame
+        assert extracted(gateway, f"2026-00000{n + 1}", tmp_path / f"out-{n}") == attachment(n)
+
+
+def test_a_damaged_frame_spoils_only_its_letter(tmp_path: Path) -> None:
+    gateway = month_of_letters(tmp_path)
+    gateway.run("archive", "run", "--month", MONTH)
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    first, second = manifest_of(gateway, business)
+    path = gateway.state / "archive" / business["path"]
+    data = bytearray(path.read_bytes())
+    data[int(second["frame_offset"]) + int(second["frame_length"]) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    assert extracted(gateway, first["letter_number"], tmp_path / "first") == attachment(1)
+    refused = gateway.run("letters", "extract", second["letter_number"], str(tmp_path / "second"), check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"{second['letter_number']}: its frame in {business['path']} cannot be read" in refused.stderr
+
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1
+    problems = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert problems == [f"error: {business['path']}: SHA-256 differs from the one recorded when it was written",
+                        f"error: {business['path']}: {second['archive_number']} ({second['letter_number']}): its "
+                        "frame cannot be decompressed: " + problems[1].split("decompressed: ", 1)[1]]
+    assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
+        "external.business": "corrupt", "external.inquiry_complaint": "verified"}
+
+
+def test_replies_sent_follow_their_letter_in_frames_of_their_own(tmp_path: Path) -> None:
+    gateway = month_of_letters(tmp_path, reply=True)
+    gateway.run("archive", "run", "--month", MONTH)
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    assert business["status"] == "verified"
+    first, second = manifest_of(gateway, business)
+    path = gateway.state / "archive" / business["path"]
+    data = path.read_bytes()
+    reply_frame = data[int(first["frame_offset"]) + int(first["frame_length"]):int(second["frame_offset"])]
+    assert mbox_unescape(decompress_frame(reply_frame, "zstd")).split(b"\n", 1)[1].rstrip(b"\n") == \
+        REPLY.rstrip(b"\n")
+    whole = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=True).stdout
+    (tmp_path / "business.mbox").write_bytes(whole)
+    box = mailbox.mbox(str(tmp_path / "business.mbox"))
+    try:
+        assert [m["Message-ID"] for m in box] == ["<frames-1@partner.example>", "<reply-1@example.org>",
+                                                  "<frames-2@partner.example>"]
+    finally:
+        box.close()
+    assert extracted(gateway, second["letter_number"], tmp_path / "second") == attachment(2)
+
+
+def test_a_package_of_one_frame_for_the_month_stays_readable(tmp_path: Path) -> None:
+    """As packages were written before: the whole mbox in one zstd frame, a manifest without frame
+    columns. Verified, released from the message store, and its letters read back."""
+    gateway = month_of_letters(tmp_path)
+    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+    root = gateway.state / "archive"
+    for package in package_rows(gateway):
+        path = root / package["path"]
+        whole = subprocess.run(["zstd", "-dcq", str(path)], capture_output=True, check=True).stdout
+        out = io.BytesIO()
+        with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:
+            writer.write(whole)
+        path.write_bytes(out.getvalue())
+        rows = manifest_of(gateway, package)
+        text = io.StringIO()
+        old_fields = [f for f in rows[0] if f not in ("frame_offset", "frame_length")]
+        writer_csv = csv.DictWriter(text, fieldnames=old_fields, lineterminator="\n", extrasaction="ignore")
+        writer_csv.writeheader()
+        writer_csv.writerows(rows)
+        (root / package["manifest"]).write_text(text.getvalue())
+        with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+            db.execute("UPDATE archive_packages SET sha256 = ?, size = ? WHERE path = ?",
+                       (hashlib.sha256(out.getvalue()).hexdigest(), len(out.getvalue()), package["path"]))
+    verified = gateway.run("archive", "verify")
+    assert verified.stdout.count("verified") == 2
+    assert all(gateway.show_json(f"2026-00000{n}")["raw_released"] for n in range(1, 5))
+    for n in range(4):
+        assert extracted(gateway, f"2026-00000{n + 1}", tmp_path / f"out-{n}") == attachment(n)
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    path = root / business["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1
+    assert f"error: {business['path']}: SHA-256 differs from the one recorded when it was written" in proc.stderr
