@@ -22,6 +22,8 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    helo: str = ""  # the name the client gave in EHLO/HELO
+    at: float = 0.0  # time.time() when the sink answered 250 to DATA
 
     @property
     def message(self) -> EmailMessage:
@@ -49,7 +51,8 @@ class _Handler:
         if not self.sink.data_answer.startswith("250"):
             return self.sink.data_answer
         with self.sink.lock:
-            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
+                                               session.host_name or "", time.time()))
         return "250 OK queued"
 
 

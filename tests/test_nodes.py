@@ -62,6 +62,7 @@ def node_config(name: str, shared: Path, sink: SmtpSink, dovecot: DovecotServer,
         [outbound]
         relay = "{sink.address}"
         from_address = "gateway@example.org"
+        helo_name = "{name}.example.org"
         poll_seconds = 0.2
         retry_min_seconds = 0.3
         retry_max_seconds = 1
@@ -187,7 +188,13 @@ def test_three_nodes_do_every_piece_of_work_once(tmp_path: Path, pg_url: str, si
         assert {status for _, _, status in outbox} == {"sent"}
         delivered = Counter(str(r.message["Message-ID"]) for r in sink.received)
         assert sorted(delivered) == sorted(mid for mid, _, _ in outbox)
-        assert set(delivered.values()) == {1}, [m for m, c in delivered.items() if c > 1]
+        # Once each, except in the documented window of at-least-once delivery: the killed node had
+        # the relay's 250 and died before marking the mail sent, so another node sent it again.
+        for message_id in (m for m, count in delivered.items() if count > 1):
+            copies = sorted((r.at, r.helo) for r in sink.received if str(r.message["Message-ID"]) == message_id)
+            assert len(copies) == 2, (message_id, copies)
+            assert copies[0][1] == "n2.example.org" and copies[0][0] <= killed_at, (message_id, copies)
+            assert copies[1][1] != "n2.example.org" or copies[1][0] > killed_at, (message_id, copies)
         kinds = {mid: kind for mid, kind, _ in outbox}
         notifications = [r.message for r in sink.received if kinds[str(r.message["Message-ID"])] == "notification"]
         assert len(notifications) >= smtp
