@@ -293,7 +293,9 @@ def test_one_account_with_a_wrong_password_does_not_stop_another(dovecot: Doveco
         rows = {r["account"]: r for r in status(gateway)["imap"]}
         assert "login" in rows["broken"]["last_error"] and "refused" in rows["broken"]["last_error"]
         assert rows["working"]["last_error"] is None and rows["working"]["last_poll_at"]
-        assert "gateway status" not in gateway.run("status").stdout  # the table prints
+        table = gateway.run("status").stdout
+        assert "gateway status" not in table  # the table prints, the server's words in it as they came
+        assert "[AUTHENTICATIONFAI" in table
     finally:
         log = daemon.stop()
     assert "broken/INBOX: login as" in log

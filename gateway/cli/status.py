@@ -28,7 +28,7 @@ def status(state: State, as_json: bool) -> None:
         print_json(data)
         return
     pid = data["daemon"]["pid"]
-    console = Console()
+    console = Console(markup=False)  # error texts from servers carry [brackets] of their own
     console.print(f"daemon: {'running, pid ' + str(pid) if pid else 'not running'}; {data['letters']} letter(s); "
                   f"spool: {data['spool']['waiting']} waiting, {data['spool']['quarantined']} quarantined")
     out = data["outbox"]
