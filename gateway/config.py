@@ -122,6 +122,8 @@ class SpoolSection(_Strict):
     # Items larger than this are registered in a lane of their own (a second helper process), so
     # that parsing a huge message never keeps ordinary senders waiting; 0: one lane for all.
     large_item_bytes: int = Field(default=1024 * 1024, ge=0, le=2 ** 40)
+    # That lane's helper is started by the first large item and stopped after this long without one.
+    large_item_idle_seconds: float = Field(default=600.0, gt=0)
 
 
 class NormaliseSection(_Strict):

@@ -163,7 +163,8 @@ def test_imap_leaves_the_message_on_the_server_until_space_returns(setup: Setup)
     assert setup.spool_empty()
     disk.release()
     wait_for(lambda: flags() == (b"\\Seen",), 30, "the message to be taken")
-    assert "Waits on the server" in setup.subjects()
+    # Flagged once it is safe in the spool; registered after that (a large item: by a helper started for it).
+    wait_for(lambda: "Waits on the server" in setup.subjects(), 30, "the message to be registered")
 
 
 def test_the_fax_stays_in_the_drop_folder_until_space_returns(setup: Setup) -> None:

@@ -153,6 +153,47 @@ def test_a_huge_slow_message_is_registered_in_a_lane_of_its_own(running: tuple[G
     assert "Traceback" not in daemon.output()
 
 
+def large_helpers(pid: int) -> list[int]:
+    """The daemon's registrar helper for large items, if it runs (its last argument names it)."""
+    pids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+    found = []
+    for child in pids:
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().endswith(b"\0large\0"):
+                found.append(child)
+        except OSError:
+            pass  # ended meanwhile
+    return found
+
+
+def test_the_helper_for_large_items_runs_only_while_there_are_some(tmp_path: Path) -> None:
+    """Not started with the daemon nor by ordinary mail; started by the first large item, stopped
+    after the idle time, started again by the next large item."""
+    gateway = Gateway(tmp_path)
+    gateway.config.write_text(gateway.config.read_text().replace(
+        "rescan_seconds = 1\n", "rescan_seconds = 1\nlarge_item_bytes = 65536\nlarge_item_idle_seconds = 3\n", 1))
+    notify = Notify(tmp_path / "notify.sock")
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        send(gateway.smtp_port, make_message(1, subject="small"), timeout=60)
+        assert large_helpers(daemon.pid) == []
+        send(gateway.smtp_port, make_message(2, subject="large 1", size=200_000), timeout=60)
+        first = large_helpers(daemon.pid)
+        assert len(first) == 1
+        wait_for(lambda: not large_helpers(daemon.pid), 30, "the idle helper for large items to stop")
+        send(gateway.smtp_port, make_message(3, subject="large 2", size=200_000), timeout=60)
+        second = large_helpers(daemon.pid)
+        assert len(second) == 1 and second != first
+        assert sorted(str(letter["subject"]) for letter in gateway.list_json()) == ["large 1", "large 2", "small"]
+    finally:
+        log = daemon.stop()
+        notify.close()
+    assert log.count("registrar helper for large items started") == 2
+    assert f"registrar helper for large items (pid {first[0]}) stopped: idle" in log
+    assert "Traceback" not in log
+
+
 # -- normalising: linear, bounded, configurable -------------------------------------------------
 def test_normalising_is_linear_in_the_number_of_parts() -> None:
     """Four times the parts (every one named alike) take about four times as long, not sixteen."""

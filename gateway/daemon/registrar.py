@@ -126,19 +126,23 @@ def _moved_by_helper(spool: Spool, item: SpoolItem, durable: bool) -> Outcome | 
 class Registrar:
     """Registers items in batches through a helper process. With `large_item_bytes`, items larger
     than that go through a second registrar (its own thread and helper): parsing one huge or
-    hostile message can take seconds, and the senders of ordinary mail must not wait behind it."""
+    hostile message can take seconds, and the senders of ordinary mail must not wait behind it.
+    That lane's helper is started by its first item and stopped after `large_item_idle_seconds`
+    without one: most days have no large item, and a helper holds some 75 MiB."""
 
     def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True, large_item_bytes: int = 0,
-                 lane: str = ""):
+                 large_item_idle_seconds: float = 600.0, lane: str = ""):
         self.pipeline = pipeline
         self.batch_size = batch_size
         self.large_item_bytes = large_item_bytes
         self.lane = lane  # "" for ordinary items, "large" for the lane of large ones
-        self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper, lane="large") \
-            if large_item_bytes else None
+        self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper, lane="large",
+                                large_item_idle_seconds=large_item_idle_seconds) if large_item_bytes else None
+        self._idle_seconds = large_item_idle_seconds
         self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._helper: _Helper | None = None
         self._use_helper = helper
+        self._on_demand = lane == "large"
         self._helper_failed_at = 0.0
         self._closing = False
         self._ready = threading.Event()
@@ -186,16 +190,22 @@ class Registrar:
 
     # -- the registrar thread --------------------------------------------
     def _run(self) -> None:
-        if self._use_helper:
+        if self._use_helper and not self._on_demand:
             self._start_helper()
         self._ready.set()
         try:
             while True:
                 try:
-                    # Without a helper, wake up to start a new one even when idle.
-                    first = self._queue.get(timeout=_RESTART_DELAY if self._helper_missing() else None)
+                    # Without a helper, wake up to start a new one even when idle; with one started
+                    # on demand, wake up to stop it when it has been idle long enough.
+                    first = self._queue.get(timeout=_RESTART_DELAY if self._helper_missing() else
+                                            self._idle_seconds if self._on_demand and self._helper else None)
                 except queue.Empty:
-                    self._restart_helper_when_due()
+                    if self._on_demand and self._helper is not None:
+                        log.info("registrar helper for large items (pid %d) stopped: idle", self._helper.pid)
+                        self._helper.stop()
+                        self._helper = None
+                    self._start_helper_when_due()
                     continue
                 if first is None:
                     return
@@ -247,16 +257,17 @@ class Registrar:
                     future.set_exception(exc)
 
     def _helper_missing(self) -> bool:
-        return self._use_helper and self._helper is None
+        """A helper that should be running is not (one started on demand is missed only by an item)."""
+        return self._use_helper and self._helper is None and not self._on_demand
 
-    def _restart_helper_when_due(self) -> None:
-        if (self._helper_missing() and not self._closing
-                and time.monotonic() - self._helper_failed_at >= _RESTART_DELAY):
+    def _start_helper_when_due(self, *, for_items: bool = False) -> None:
+        wanted = self._helper_missing() or (for_items and self._use_helper and self._helper is None)
+        if wanted and not self._closing and time.monotonic() - self._helper_failed_at >= _RESTART_DELAY:
             self._start_helper()
 
     def _by_helper(self, items: list[SpoolItem], durable: bool) -> list[Outcome] | None:
         """The batch's outcomes; None when there is no helper to do it."""
-        self._restart_helper_when_due()
+        self._start_helper_when_due(for_items=True)
         if self._helper is None:
             return None
         try:

@@ -12,10 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
 from gateway.registry import Registry
@@ -28,7 +25,17 @@ LANGUAGES = ("zh", "en")
 MIN_PASSWORD = 10
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
-_HASHER = PasswordHasher()
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
+
+@functools.cache
+def _hasher() -> PasswordHasher:
+    """Imported by the first password: the daemon and its helpers, which sign nobody in, never load it."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
 
 
 @functools.cache
@@ -36,7 +43,7 @@ def _dummy_hash() -> str:
     """Verified against when the name is unknown, so that a wrong name takes as long as a wrong
     password. Made on the first sign-in, not at import: a command that never signs anyone in
     does not pay for a hash."""
-    return _HASHER.hash(secrets.token_hex(16))
+    return _hasher().hash(secrets.token_hex(16))
 
 
 @dataclass(frozen=True)
@@ -257,8 +264,10 @@ class People:
                             retry_after=int(window.total_seconds()))
         dummy = _dummy_hash()  # before the look-up: the first sign-in pays for it whatever the name
         person = self.registry.person(login)
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
         try:
-            _HASHER.verify(person.password_hash if person and person.password_hash else dummy, password)
+            _hasher().verify(person.password_hash if person and person.password_hash else dummy, password)
             ok = person is not None and bool(person.password_hash) and not person.disabled
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             ok = False
@@ -267,8 +276,8 @@ class People:
                 "no password" if not person.password_hash else "wrong password"
             self.registry.audit([self._audit(login, "sign-in-failed", login, address, {"reason": why})])
             raise SignInRefused("wrong name or password")
-        if person.password_hash and _HASHER.check_needs_rehash(person.password_hash):
-            self.registry.update_person(login, {"password_hash": _HASHER.hash(password)}, audit=None)
+        if person.password_hash and _hasher().check_needs_rehash(person.password_hash):
+            self.registry.update_person(login, {"password_hash": _hasher().hash(password)}, audit=None)
         return self._principal(person)
 
     def principal_for_oidc(self, claims: dict[str, Any], *, address: str) -> Principal:
@@ -385,7 +394,7 @@ class People:
             raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
         if len(password) > 1024:
             raise ValueError("a password of at most 1024 characters")
-        return _HASHER.hash(password)
+        return _hasher().hash(password)
 
     @staticmethod
     def _audit(actor: str, action: str, subject: str, address: str, details: dict[str, Any]) -> dict[str, Any]:

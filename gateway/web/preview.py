@@ -7,7 +7,6 @@ import io
 import subprocess
 import warnings
 
-import pypdf
 from PIL import Image, UnidentifiedImageError
 
 MAX_BYTES = 50 * 1024 * 1024
@@ -35,6 +34,8 @@ def kind(detected_type: str) -> str | None:
 def page_count(data: bytes, detected_type: str) -> int:
     what = _check(data, detected_type)
     if what == "pdf":
+        import pypdf  # by the first PDF shown: the daemon serving the register need not hold it
+
         try:
             return len(pypdf.PdfReader(io.BytesIO(data)).pages)
         except Exception as exc:  # pypdf raises many kinds on a damaged file

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import magic
-import pypdf
 from PIL import Image, ImageOps
-from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject
+
+if TYPE_CHECKING:
+    import pypdf
+    from pypdf.generic import DictionaryObject
 
 from gateway.stages.normalise.charsets import decode_bytes
 
@@ -482,6 +484,9 @@ def _read_pdf(data: bytes, name: str) -> FaxDocument:
 
 
 def _open_pdf(data: bytes, name: str) -> pypdf.PdfReader:
+    # pypdf is imported here, by the first PDF: it would be a fifth of every process's memory.
+    import pypdf
+
     # Non-strict parsing repairs what real fax-to-mail PDFs often get slightly wrong (xref
     # offsets, trailing bytes); garbage and truncated files still fail here or when the page
     # tree is read.
@@ -533,6 +538,8 @@ def _pdf_page(page: pypdf.PageObject, number: int, name: str) -> FaxPage:
 
 def _largest_image(resources: Any, depth: int) -> tuple[int, int, str] | None:
     """Width, height and compression of the largest image on a page, looking into forms."""
+    from pypdf.generic import DictionaryObject
+
     resources = _resolve(resources)
     if not isinstance(resources, DictionaryObject) or depth > 4:
         return None
@@ -557,6 +564,8 @@ def _largest_image(resources: Any, depth: int) -> tuple[int, int, str] | None:
 
 
 def _pdf_compression(image: DictionaryObject) -> str:
+    from pypdf.generic import ArrayObject, DictionaryObject
+
     filters = _resolve(image.get("/Filter"))
     params = _resolve(image.get("/DecodeParms"))
     filter_list = list(filters) if isinstance(filters, ArrayObject) else [filters] if filters else []
@@ -619,6 +628,8 @@ def _pdf_date_iso(text: str) -> str | None:
 
 
 def _resolve(value: Any) -> Any:
+    from pypdf.generic import IndirectObject
+
     return value.get_object() if isinstance(value, IndirectObject) else value
 
 

@@ -14,7 +14,6 @@ from email.generator import BytesGenerator
 from email.message import Message
 
 import magic
-from inscriptis import get_text as html_to_text
 
 from .bounded import BoundedMessage, Budget, parse, parse_headers
 from .charsets import Guess, decode_bytes, resolve_charset
@@ -32,8 +31,8 @@ from .model import Address, Attachment, Limits, Normalised
 from .params import read_parameter
 from .stream import NotStreamable, Stash, Streamed, base64_chunks, raw_chunks
 from .summary import summarise
-from .tnef import extract_tnef, is_tnef
 
+_TNEF_CONTENT_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})  # and any winmail.dat
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
 _KNOWN_TRANSFER_ENCODINGS = frozenset(
     {"7bit", "8bit", "binary", "base64", "quoted-printable", "uuencode", "x-uuencode", "uue",
@@ -229,6 +228,9 @@ class _Fragment:
     def render(self, defects: list[str]) -> str:
         if self.kind == "plain":
             return self.content.strip(_ASCII_WHITESPACE)  # a letter may open with U+3000 indents
+        # inscriptis (with lxml) is loaded by the first HTML mail, not by every process that might see one.
+        from inscriptis import get_text as html_to_text
+
         try:
             return _tidy_rendered_html(html_to_text(self.content))
         except Exception as exc:
@@ -328,7 +330,7 @@ class _PartWalker:
         if content_type in _BODY_TYPES and disposition != "attachment" and not filename:
             html = content_type == "text/html"
             return [_Fragment("html" if html else "plain", self._text(part, where, html), where)]
-        if is_tnef(content_type, filename):
+        if content_type in _TNEF_CONTENT_TYPES or filename.lower() == "winmail.dat":
             self._tnef(self._payload_bytes(part), filename, content_type, origin, where)
         else:
             self._add_attachment(self._content(part), filename, content_type, origin, where)
@@ -480,6 +482,8 @@ class _PartWalker:
 
     def _tnef(self, content: bytes, filename: str, content_type: str, origin: str,
               where: str) -> None:
+        from .tnef import extract_tnef  # tnefparse is loaded by the first winmail.dat
+
         try:
             extracted = extract_tnef(content)
         except Exception as exc:

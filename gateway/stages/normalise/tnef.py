@@ -10,7 +10,6 @@ from tnefparse.tnef import TNEF, TNEFAttachment
 
 from .charsets import charset_for_windows_codepage, decode_bytes
 
-TNEF_CONTENT_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 _DEFAULT_CHARSET = "cp1252"  # what Outlook assumes when a TNEF stream names no code page
 
 
@@ -27,10 +26,6 @@ class TnefContent:
     body_text: str | None = None
     body_html: str | None = None
     defects: list[str] = field(default_factory=list)
-
-
-def is_tnef(content_type: str, filename: str) -> bool:
-    return content_type in TNEF_CONTENT_TYPES or filename.lower() == "winmail.dat"
 
 
 def extract_tnef(data: bytes) -> TnefContent:
