@@ -101,7 +101,10 @@ def test_a_month_of_mail_and_fax_is_packed_verified_and_released(archived: tuple
     assert original.returncode == 0  # read back from the package
     extracted = gateway.run("letters", "extract", "2026-000005", str(gateway.state.parent / "x")).stdout
     assert extracted.strip().endswith(".tif")
-    assert "archived" in [e["action"] for e in letters["2026-000003"]["events"]]
+    for number, letter in letters.items():  # each letter says where it went, once
+        [event] = [e for e in letter["events"] if e["action"] == "archived"]
+        assert event["actor"] == "gateway" and event["details"]["archive_number"] == letter["archive_number"]
+        assert event["details"]["package"] in {p["path"] for p in packages.values()}, (number, event)
     # Idempotent.
     assert "nothing (more) to archive" in gateway.run("archive", "run", "--month", month).stdout
     assert len(package_rows(gateway)) == 3

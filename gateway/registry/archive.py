@@ -4,10 +4,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy import (Connection, Integer, Table, Text, case, column, func, insert, literal, literal_column, null,
+                        select, table, update)
+from sqlalchemy import cast as sql_cast
 
 from gateway.registry.models import (ArchivePackage, Attachment, Circulation, DestructionRecord, Event, Letter,
-                                     NumberSeries, Reply)
+                                     NumberSeries, Reply, UTCDateTime)
 from gateway.registry.plan import ToArchive
 from gateway.registry.store import Store, utcnow
 
@@ -84,16 +86,44 @@ class ArchiveRecords(Store):
             package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
                 {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None},
             ]).scalar_one()
-            table = cast(Table, Letter.__table__)  # the Core table: one UPDATE executed for many parameter sets
-            # One statement executed for many rows: a month can hold tens of thousands of letters.
-            conn.execute(table.update().where(table.c.id == bindparam("letter_id")).values(
-                archive_number=bindparam("archive_number"), archived_at=now, archive_package_id=package_id,
-                updated_at=now, status=case((table.c.status == "closed", "archived"), else_=table.c.status)),
-                [{"letter_id": letter_id, "archive_number": number} for letter_id, number in assignments])
-            conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "archived", None,
-                                                     {"archive_number": number, "package": package["path"]})
-                                         for letter_id, number in assignments])
+            self._assign_archive_numbers(conn, package_id, package["path"], assignments, now)
             return int(package_id)
+
+    @staticmethod
+    def _assign_archive_numbers(conn: Connection, package_id: int, path: str, assignments: list[tuple[int, str]],
+                                now: datetime) -> None:
+        """Every letter's archive number and its `archived` event, in the caller's transaction.
+
+        A month can hold a hundred thousand letters: the pairs go into a temporary table through the
+        driver (plain integers and strings, no per-row work in SQLAlchemy), and one UPDATE ... FROM
+        and one INSERT ... SELECT do the rest inside the database."""
+        postgresql = conn.dialect.name == "postgresql"
+        if postgresql:
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE archive_assign (position INTEGER PRIMARY KEY, "
+                                 "letter_id INTEGER NOT NULL, archive_number TEXT NOT NULL) ON COMMIT DROP")
+        else:  # SQLite has no ON COMMIT DROP; the table is dropped below, or rolled back with the rest
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE archive_assign (position INTEGER PRIMARY KEY, "
+                                 "letter_id INTEGER NOT NULL, archive_number TEXT NOT NULL)")
+        mark = "%s" if postgresql else "?"
+        conn.exec_driver_sql(f"INSERT INTO archive_assign (position, letter_id, archive_number) "
+                             f"VALUES ({mark}, {mark}, {mark})",
+                             [(n, letter_id, number) for n, (letter_id, number) in enumerate(assignments)])
+        assign = table("archive_assign", column("position", Integer), column("letter_id", Integer),
+                       column("archive_number", Text))
+        letters = cast(Table, Letter.__table__)
+        conn.execute(update(letters).where(letters.c.id == assign.c.letter_id).values(
+            archive_number=assign.c.archive_number, archived_at=now, archive_package_id=package_id,
+            updated_at=now, status=case((letters.c.status == "closed", "archived"), else_=letters.c.status)))
+        # Typed, not left for PostgreSQL to guess: jsonb_build_object takes arguments of any type.
+        details = (func.jsonb_build_object if postgresql else func.json_object)(
+            literal_column("'archive_number'"), assign.c.archive_number, literal_column("'package'"),
+            sql_cast(literal(path), Text))
+        conn.execute(insert(Event).from_select(
+            ["letter_id", "at", "actor", "action", "from_department", "to_department", "details"],
+            select(assign.c.letter_id, literal(now, UTCDateTime), literal_column("'gateway'"),
+                   literal_column("'archived'"), null(), null(), details).order_by(assign.c.position)))
+        if not postgresql:
+            conn.exec_driver_sql("DROP TABLE temp.archive_assign")
 
     def archive_packages(self, month: str | None) -> list[ArchivePackage]:
         stmt = select(ArchivePackage).order_by(ArchivePackage.month, ArchivePackage.category, ArchivePackage.kind,
