@@ -230,7 +230,7 @@ class Archiver:
         """The mbox package, one frame per message, its manifest rows appended to `rows`.
         Returns (its size, its SHA-256), both taken while writing it.
 
-        Worker threads read, check and compress the letters a chunk at a time (the file reads,
+        A worker thread reads, checks and compresses the letters a chunk at a time (the file reads,
         SHA-256 and the compressor release the GIL); this thread writes the chunks in order. The
         file is in place only once complete and durable (one fsync at the end); a crash leaves a
         hidden temporary file, which the next run removes."""
@@ -371,7 +371,7 @@ class Archiver:
     def _check_frames(self, package: ArchivePackage, path: Path, rows: list[dict[str, str]],
                       registered: dict[str, str]) -> list[str]:
         """A package of one frame per message, read once front to back: this thread reads and
-        hashes the file, worker threads decompress and check its letters' frames a chunk at a time."""
+        hashes the file, a worker thread decompresses and checks its letters' frames a chunk at a time."""
         digest = hashlib.sha256()
         problems: list[str] = []
         try:
@@ -531,15 +531,17 @@ def _gunzip_member(frame: bytes) -> bytes:
     return zlib.decompress(frame, wbits=31)
 
 
-def _workers() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+# One worker thread beside the consumer: it reads and compresses while the consumer writes and
+# hashes. A second one made packing a month of 4 KiB letters about a third slower on two cores
+# (the threads contend for the interpreter lock over the many small steps of each letter).
+_WORKERS = 1
 
 
 def _in_order(work: Callable[[T], R], jobs: Iterable[T]) -> Iterator[R]:
-    """work(job) for each job on a few worker threads, the results yielded in the jobs' order. Only
+    """work(job) for each job on a worker thread, the results yielded in the jobs' order. Only
     a few jobs are taken ahead of the consumer (the jobs iterable is read lazily), so memory
     stays bounded; when the consumer stops or fails, the jobs not started are cancelled."""
-    workers = _workers()
+    workers = _WORKERS
     with ThreadPoolExecutor(workers, thread_name_prefix="archive") as pool:
         pending: deque[Future[R]] = deque()
         try:
