@@ -1,3 +1,3 @@
-from gateway.cli import main
+from gateway.launcher import main
 
-main(prog_name="gateway")
+main()

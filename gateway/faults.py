@@ -12,6 +12,12 @@ import signal
 _POINT = os.environ.get("GATEWAY_CRASH_AT", "")
 
 
+def read_environment() -> None:
+    """Read GATEWAY_CRASH_AT again: for a process forked with another environment (gateway.launcher)."""
+    global _POINT
+    _POINT = os.environ.get("GATEWAY_CRASH_AT", "")
+
+
 def checkpoint(point: str) -> None:
     if _POINT == point:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -110,6 +110,16 @@ def nothing_left_in_the_checkout() -> Iterator[None]:
     assert not left, f"the test run left files in the checkout: {left[:10]}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def command_servers() -> Iterator[None]:
+    """Read commands run by the tests go through the warm command server (gateway/launcher.py), one
+    for this worker, in a directory of its own: removing it at the end sends the server away."""
+    runtime = Path(tempfile.mkdtemp(prefix="gw-commands-"))
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    yield
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
