@@ -38,6 +38,7 @@ QUICK = {("letters", "list"), ("letters", "show"), ("letters", "search"), ("stat
          ("outbox", "list"), ("quarantine", "list")}
 _HEADER = struct.Struct("!I")
 EX_SOFTWARE = 70
+_SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path less its final NUL)
 _LOOK_SECONDS = 5  # how often an idle server checks that its socket is still there
 
 
@@ -89,6 +90,8 @@ def socket_path() -> str | None:
     base = os.environ.get("XDG_RUNTIME_DIR") or ""
     if not base or not _private(base, uid, parent=True):
         base = os.environ.get("TMPDIR") or "/tmp"
+    if len(os.fsencode(base)) > _SOCKET_PATH_MAX - 45:  # the rest of the path takes up to 45 bytes
+        base = "/tmp"
     directory = os.path.join(base, f"gateway-commands-{uid}")
     try:
         os.mkdir(directory, 0o700)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import termios
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,15 @@ from conftest import ROOT, Gateway, make_message, wait_for, write_messages
 from gateway import launcher
 
 
+@pytest.fixture
+def runtime() -> Iterator[Path]:
+    """A runtime directory of the test's own: short, as a socket's path must be (107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="gw-run-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def server_env(gateway: Gateway, runtime: Path, **extra: str) -> dict[str, str]:
-    runtime.mkdir(mode=0o700, exist_ok=True)
     return gateway.env(XDG_RUNTIME_DIR=str(runtime), **extra)
 
 
@@ -95,8 +103,8 @@ def registered(gateway: Gateway) -> Gateway:
     return gateway
 
 
-def test_read_commands_answer_through_the_server_exactly_as_in_process(registered: Gateway, tmp_path: Path) -> None:
-    env = server_env(registered, tmp_path / "run")
+def test_read_commands_answer_through_the_server_exactly_as_in_process(registered: Gateway, runtime: Path) -> None:
+    env = server_env(registered, runtime)
     try:
         warm(registered, env)
         number = registered.list_json()[0]["number"]
@@ -122,8 +130,9 @@ def test_read_commands_answer_through_the_server_exactly_as_in_process(registere
         stop(env)
 
 
-def test_the_child_takes_the_clients_directory_environment_and_terminal(registered: Gateway, tmp_path: Path) -> None:
-    env = server_env(registered, tmp_path / "run")
+def test_the_child_takes_the_clients_directory_environment_and_terminal(registered: Gateway, runtime: Path,
+                                                                       tmp_path: Path) -> None:
+    env = server_env(registered, runtime)
     try:
         warm(registered, env)
         # A relative --config is read from the client's directory; GATEWAY_CONFIG from its environment.
@@ -170,8 +179,8 @@ def on_terminal(gateway: Gateway, env: dict[str, str], columns: int) -> str:
     return output.decode().replace("\r\n", "\n")
 
 
-def test_a_changed_installation_sends_the_server_away(registered: Gateway, tmp_path: Path) -> None:
-    env = server_env(registered, tmp_path / "run")
+def test_a_changed_installation_sends_the_server_away(registered: Gateway, runtime: Path) -> None:
+    env = server_env(registered, runtime)
     module = Path(launcher.__file__).parent / "cli" / "status.py"
     before = module.stat()
     try:
@@ -185,9 +194,7 @@ def test_a_changed_installation_sends_the_server_away(registered: Gateway, tmp_p
         stop(env)
 
 
-def test_only_its_own_user_reaches_the_server(registered: Gateway) -> None:
-    # Outside pytest's own temporary directory, which only root may enter.
-    runtime = Path(tempfile.mkdtemp(prefix="gw-run-"))
+def test_only_its_own_user_reaches_the_server(registered: Gateway, runtime: Path) -> None:
     env = server_env(registered, runtime)
     # A directory others may enter is never used: the command runs in-process and starts nothing.
     exposed = socket_of(env)
@@ -216,11 +223,10 @@ def test_only_its_own_user_reaches_the_server(registered: Gateway) -> None:
         assert served.returncode == 0 and not in_process  # and its own user is still served
     finally:
         stop(env)
-        shutil.rmtree(runtime, ignore_errors=True)
 
 
-def test_one_server_at_a_time_and_gone_with_its_socket(registered: Gateway, tmp_path: Path) -> None:
-    env = server_env(registered, tmp_path / "run")
+def test_one_server_at_a_time_and_gone_with_its_socket(registered: Gateway, runtime: Path) -> None:
+    env = server_env(registered, runtime)
     try:
         pid = warm(registered, env)
         sock = next(socket_of(env).glob("*.sock"))
@@ -235,12 +241,12 @@ def test_one_server_at_a_time_and_gone_with_its_socket(registered: Gateway, tmp_
         stop(env)
 
 
-def test_a_signal_to_the_client_reaches_the_command(registered: Gateway, tmp_path: Path) -> None:
+def test_a_signal_to_the_client_reaches_the_command(registered: Gateway, runtime: Path) -> None:
     folder = registered.state.parent / "more"
     folder.mkdir()
     long_subjects = [make_message(n, subject=f"{n} " + "长" * 300) for n in range(120)]
     registered.run("ingest", *write_messages(folder, long_subjects))
-    env = server_env(registered, tmp_path / "run")
+    env = server_env(registered, runtime)
     try:
         server = warm(registered, env)
         # Output nobody reads: the command blocks writing to the full pipe until it is signalled.
@@ -266,8 +272,8 @@ def command_children(server: int) -> list[int]:
     return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
 
-def test_a_connection_that_sends_nothing_useful_changes_nothing(registered: Gateway, tmp_path: Path) -> None:
-    env = server_env(registered, tmp_path / "run")
+def test_a_connection_that_sends_nothing_useful_changes_nothing(registered: Gateway, runtime: Path) -> None:
+    env = server_env(registered, runtime)
     try:
         warm(registered, env)
         sock = next(socket_of(env).glob("*.sock"))
@@ -279,3 +285,16 @@ def test_a_connection_that_sends_nothing_useful_changes_nothing(registered: Gate
         assert served.returncode == 0 and not in_process
     finally:
         stop(env)
+
+
+def test_the_socket_path_always_fits(monkeypatch: pytest.MonkeyPatch, runtime: Path) -> None:
+    """A Unix socket's path holds 107 bytes: a long TMPDIR falls back to /tmp."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    deep = runtime / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    path = launcher.socket_path()
+    assert path is not None and path.startswith(f"/tmp/gateway-commands-{os.getuid()}/")
+    assert len(os.fsencode(path)) <= 107
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert launcher.socket_path() == f"{runtime}/gateway-commands-{os.getuid()}/{Path(path).name}"
