@@ -194,3 +194,8 @@ def test_index_terms_are_the_folded_text_cut_into_pieces() -> None:
         text = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 40)))
         assert index_terms(text, text[:7]) == reference(text, text[:7]), text
     assert index_terms("供貨合同續簽 İstanbul") == "供货 货合 合同 同续 续签 istanbul"
+    # Every character there is (lone surrogates too), beside ASCII punctuation and Chinese.
+    everything = "".join(map(chr, range(0x110000)))
+    for start in range(0, len(everything), 3000):
+        text = everything[start:start + 3000] + "a.b,c合同!"
+        assert index_terms(text) == reference(text), hex(start)
