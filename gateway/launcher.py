@@ -102,7 +102,8 @@ def socket_path() -> str | None:
     if not _private(directory, uid):
         return None  # someone else's, or open to others: never talk through it
     here = os.path.dirname(os.path.abspath(__file__))
-    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{here}".encode()).hexdigest()[:16]
+    installation = f"{os.path.realpath(sys.executable)}\0{here}\0{os.environ.get('PYTHONPATH', '')}"
+    key = hashlib.sha256(installation.encode()).hexdigest()[:16]
     return os.path.join(directory, f"{key}.sock")
 
 
@@ -213,11 +214,15 @@ def _start_server(path: str) -> None:
     at the same moment finds the first one's lock and exits."""
     import subprocess
 
+    # Started from /, with -P: nothing in the caller's directory can stand in for a module (the
+    # package's own parent directory is on the path, whether it is installed or a checkout).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
     try:
-        subprocess.Popen([sys.executable, "-m", "gateway.launcher", "--serve", path],
+        subprocess.Popen([sys.executable, "-P", "-m", "gateway.launcher", "--serve", path], cwd="/",
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")})
+                         start_new_session=True, close_fds=True, env=env)
     except OSError:
         pass
 
