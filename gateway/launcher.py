@@ -39,6 +39,8 @@ QUICK = {("letters", "list"), ("letters", "show"), ("letters", "search"), ("stat
 _HEADER = struct.Struct("!I")
 EX_SOFTWARE = 70
 _SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path less its final NUL)
+_REQUEST_MAX = 1 << 22  # bytes of a request: arguments and environment
+_START_SECONDS = 10  # for a command to be handed over and started
 _LOOK_SECONDS = 5  # how often an idle server checks that its socket is still there
 
 
@@ -135,8 +137,19 @@ def _through_server(argv: list[str]) -> int | None:
         request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(),
                    "streams": [_stream(sys.stdin), _stream(sys.stdout), _stream(sys.stderr)]}
         payload = json.dumps(request).encode("utf-8", "surrogateescape")
-        socket.send_fds(client, [_HEADER.pack(len(payload)) + payload], [0, 1, 2])
+        # A server that does not start the command at once (stopped, overloaded) is passed by: the
+        # child that would have run it finds this end closed and runs nothing. The descriptors go
+        # only to a child that has answered: sent into a stopped server's queue, they would hold
+        # this process's output open (a pipe's reader waiting) long after it ran the command itself.
+        client.settimeout(_START_SECONDS)
+        client.sendall(_HEADER.pack(len(payload)) + payload)
+        ready = _receive(client)
+        if ready is None or not ready.get("ready"):
+            client.close()
+            return None  # a stale server (it exits now), or a child that could not read the request
+        socket.send_fds(client, [b"\0"], [0, 1, 2])
         started = _receive(client)
+        client.settimeout(None)
     except (OSError, ValueError):
         client.close()
         return None
@@ -351,16 +364,18 @@ def _fingerprint() -> dict[str, float]:
 def _child(conn: socket.socket) -> int:
     """Receive the command, take over the client's streams and surroundings, run it, report."""
     try:
-        message, fds, _flags, _address = socket.recv_fds(conn, 1 << 20, 3)
-        size = _HEADER.unpack(message[:_HEADER.size])[0]
-        body = message[_HEADER.size:]
-        while len(body) < size:
-            chunk = conn.recv(size - len(body))
-            if not chunk:
-                return 1
-            body += chunk
+        conn.settimeout(_START_SECONDS)  # a client that sends nothing does not keep a child waiting
+        header = _read_exactly(conn, _HEADER.size)
+        size = _HEADER.unpack(header)[0] if header is not None else 0
+        body = _read_exactly(conn, size) if 0 < size <= _REQUEST_MAX else None
+        if body is None:
+            return 1
         request = json.loads(body.decode("utf-8", "surrogateescape"))
+        _send(conn, {"ready": True})
+        _marker, fds, _flags, _address = socket.recv_fds(conn, 1, 3)
         if len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
             return 1
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -380,7 +395,8 @@ def _child(conn: socket.socket) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = ["gateway", *request["argv"]]
         _send(conn, {"pid": os.getpid()})
-    except (OSError, ValueError, KeyError, TypeError):
+        conn.settimeout(None)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
         return 1
     code = 0
     try:

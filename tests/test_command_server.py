@@ -11,6 +11,7 @@ import pty
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -180,17 +181,24 @@ def on_terminal(gateway: Gateway, env: dict[str, str], columns: int) -> str:
 
 
 def test_a_changed_installation_sends_the_server_away(registered: Gateway, runtime: Path) -> None:
-    env = server_env(registered, runtime)
-    module = Path(launcher.__file__).parent / "cli" / "status.py"
-    before = module.stat()
+    # A module of this test's own that every process loads at start (Python imports sitecustomize
+    # from its path), standing for an upgraded library: the installation's own files stay untouched,
+    # so that the servers of tests running beside this one carry on.
+    site = runtime / "site"
+    site.mkdir()
+    module = site / "sitecustomize.py"
+    module.write_text("LOADED = True\n")
+    env = server_env(registered, runtime, PYTHONPATH=str(site))
     try:
         pid = warm(registered, env)
+        served, in_process = command(registered, env, "status")
+        assert served.returncode == 0 and not in_process
+        before = module.stat()
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
         done, in_process = command(registered, env, "status")
         assert done.returncode == 0 and in_process  # the server stepped aside; nothing ran twice
         wait_for(lambda: _zombie(pid) or not Path(f"/proc/{pid}").exists(), what="the stale server to exit")
     finally:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
         stop(env)
 
 
@@ -298,3 +306,40 @@ def test_the_socket_path_always_fits(monkeypatch: pytest.MonkeyPatch, runtime: P
     assert len(os.fsencode(path)) <= 107
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     assert launcher.socket_path() == f"{runtime}/gateway-commands-{os.getuid()}/{Path(path).name}"
+
+
+def test_a_server_that_does_not_answer_is_passed_by_and_runs_nothing_later(registered: Gateway,
+                                                                            runtime: Path) -> None:
+    """A stopped server: the command runs in-process after the hand-over's 10 s; once the server
+    goes on, the child it makes for the abandoned request runs nothing (one audited read, not two)."""
+    env = server_env(registered, runtime)
+    number = registered.list_json()[0]["number"]
+
+    def reads() -> int:
+        # A connection of its own each time: an open read must not hold up the command's audit row.
+        database = sqlite3.connect(registered.state / "registry.sqlite3")
+        try:
+            return int(database.execute("SELECT count(*) FROM audit WHERE action = 'read' AND letter_id = "
+                                        "(SELECT id FROM letters WHERE number = ?)", (number,)).fetchall()[0][0])
+        finally:
+            database.close()
+
+    try:
+        server = warm(registered, env)
+        before = reads()
+        os.kill(server, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            done, in_process = command(registered, env, "letters", "show", number)
+            assert done.returncode == 0 and in_process and number in done.stdout
+            assert 9 < time.monotonic() - started < 60
+        finally:
+            os.kill(server, signal.SIGCONT)
+        assert reads() == before + 1
+        time.sleep(3)  # the server accepts the abandoned request now; its child must not run it
+        assert reads() == before + 1
+        served, in_process = command(registered, env, "letters", "show", number)
+        assert served.returncode == 0 and not in_process
+        assert reads() == before + 2
+    finally:
+        stop(env)
