@@ -39,7 +39,7 @@ QUICK = {("letters", "list"), ("letters", "show"), ("letters", "search"), ("stat
 _HEADER = struct.Struct("!I")
 EX_SOFTWARE = 70
 _SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path less its final NUL)
-_REQUEST_MAX = 1 << 22  # bytes of a request: arguments and environment
+_REQUEST_MAX = 1 << 22  # bytes of a message (a request: arguments and environment)
 _START_SECONDS = 10  # for a command to be handed over and started
 _LOOK_SECONDS = 5  # how often an idle server checks that its socket is still there
 
@@ -136,7 +136,7 @@ def _through_server(argv: list[str]) -> int | None:
     try:
         request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": _umask(),
                    "streams": [_stream(sys.stdin), _stream(sys.stdout), _stream(sys.stderr)]}
-        payload = json.dumps(request).encode("utf-8", "surrogateescape")
+        payload = json.dumps(request).encode()  # ASCII: lone surrogates travel as \udcxx escapes
         # A server that does not start the command at once (stopped, overloaded) is passed by: the
         # child that would have run it finds this end closed and runs nothing. The descriptors go
         # only to a child that has answered: sent into a stopped server's queue, they would hold
@@ -198,7 +198,10 @@ def _receive(sock: socket.socket) -> dict[str, Any] | None:
     header = _read_exactly(sock, _HEADER.size)
     if header is None:
         return None
-    body = _read_exactly(sock, _HEADER.unpack(header)[0])
+    size = _HEADER.unpack(header)[0]
+    if size > _REQUEST_MAX:
+        raise ValueError("a message too large")
+    body = _read_exactly(sock, size)
     if body is None:
         return None
     message = json.loads(body)
@@ -365,12 +368,9 @@ def _child(conn: socket.socket) -> int:
     """Receive the command, take over the client's streams and surroundings, run it, report."""
     try:
         conn.settimeout(_START_SECONDS)  # a client that sends nothing does not keep a child waiting
-        header = _read_exactly(conn, _HEADER.size)
-        size = _HEADER.unpack(header)[0] if header is not None else 0
-        body = _read_exactly(conn, size) if 0 < size <= _REQUEST_MAX else None
-        if body is None:
+        request = _receive(conn)
+        if request is None:
             return 1
-        request = json.loads(body.decode("utf-8", "surrogateescape"))
         _send(conn, {"ready": True})
         _marker, fds, _flags, _address = socket.recv_fds(conn, 1, 3)
         if len(fds) != 3:
@@ -396,7 +396,7 @@ def _child(conn: socket.socket) -> int:
         sys.argv = ["gateway", *request["argv"]]
         _send(conn, {"pid": os.getpid()})
         conn.settimeout(None)
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except (OSError, ValueError, KeyError, TypeError):
         return 1
     code = 0
     try:

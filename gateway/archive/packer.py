@@ -286,12 +286,14 @@ class Archiver:
         return compressor.compress
 
     def _frame_decompressor(self, path: Path) -> Callable[[bytes], bytes]:
-        if not path.name.endswith(".zst"):
-            return _gunzip_member
+        return self._zstd_decompressor().decompress if path.name.endswith(".zst") else _gunzip_member
+
+    def _zstd_decompressor(self) -> zstandard.ZstdDecompressor:
+        """This thread's decompressor, made once."""
         decompressor = getattr(self._local, "decompressor", None)
         if decompressor is None:
             decompressor = self._local.decompressor = zstandard.ZstdDecompressor()
-        return decompressor.decompress
+        return decompressor
 
     def _circulation_record(self, manifest: Path, letters: list[tuple[ToArchive, str]]) -> None:
         """Who read and signed the package's circulated letters (given with their archive numbers),
@@ -395,7 +397,7 @@ class Archiver:
             # (each frame's checksum checked); a batch with a damaged frame is read again one frame
             # at a time below, to name the frame.
             try:
-                blocks = zstandard.ZstdDecompressor().multi_decompress_to_buffer(
+                blocks = self._zstd_decompressor().multi_decompress_to_buffer(
                     [frame for _, frame in batch], threads=_DECOMPRESS_THREADS)
             except (zstandard.ZstdError, ValueError):  # ValueError: a header without its content size
                 pass

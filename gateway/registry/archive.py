@@ -104,7 +104,7 @@ class ArchiveRecords(Store):
         else:  # SQLite has no ON COMMIT DROP; the table is dropped below, or rolled back with the rest
             conn.exec_driver_sql("CREATE TEMPORARY TABLE archive_assign (position INTEGER PRIMARY KEY, "
                                  "letter_id INTEGER NOT NULL, archive_number TEXT NOT NULL)")
-        mark = "%s" if postgresql else "?"
+        mark = _placeholder(conn)
         conn.exec_driver_sql(f"INSERT INTO archive_assign (position, letter_id, archive_number) "
                              f"VALUES ({mark}, {mark}, {mark})",
                              [(n, letter_id, number) for n, (letter_id, number) in enumerate(assignments)])
@@ -148,7 +148,7 @@ class ArchiveRecords(Store):
         """Archive number → SHA-256 of every letter in the package: a month's hundred thousand
         pairs read through the driver (plain strings, no per-row work in SQLAlchemy)."""
         with self.read() as conn:
-            mark = "%s" if conn.dialect.name == "postgresql" else "?"
+            mark = _placeholder(conn)
             # A packed letter always has its archive number: both are written in one transaction.
             rows = conn.exec_driver_sql(f"SELECT archive_number, raw_sha256 FROM letters WHERE archive_package_id = "
                                         f"{mark} AND archive_number IS NOT NULL", (package_id,))
@@ -208,3 +208,8 @@ class ArchiveRecords(Store):
     def destruction_records(self) -> list[DestructionRecord]:
         with self.session() as session:
             return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))
+
+
+def _placeholder(conn: Connection) -> str:
+    """The driver's own parameter mark, for statements sent through it (exec_driver_sql)."""
+    return "%s" if conn.dialect.name == "postgresql" else "?"
