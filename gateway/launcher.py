@@ -41,6 +41,7 @@ EX_SOFTWARE = 70
 _SOCKET_PATH_MAX = 107  # bytes in a Unix socket's path (sun_path less its final NUL)
 _REQUEST_MAX = 1 << 22  # bytes of a message (a request: arguments and environment)
 _START_SECONDS = 10  # for a command to be handed over and started
+_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # from the client to the command
 _LOOK_SECONDS = 5  # how often an idle server checks that its socket is still there
 
 
@@ -147,14 +148,19 @@ def _through_server(argv: list[str]) -> int | None:
         if ready is None or not ready.get("ready"):
             client.close()
             return None  # a stale server (it exits now), or a child that could not read the request
+        # Held from the hand-over until they can be passed on: a signal in between would end this
+        # process and leave the command running with nobody to pass it its signals.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
         socket.send_fds(client, [b"\0"], [0, 1, 2])
         started = _receive(client)
         client.settimeout(None)
     except (OSError, ValueError):
         client.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
         return None
     if started is None or "pid" not in started:
         client.close()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
         return None  # a stale server (it exits now), or one that could not start the command
     child = int(started["pid"])
     passed_on: list[int] = []
@@ -166,8 +172,9 @@ def _through_server(argv: list[str]) -> int | None:
         except ProcessLookupError:
             pass
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    for signum in _PASSED_ON:
         signal.signal(signum, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)  # one that came meanwhile is passed on now
     # From here on the command is running: it must never run a second time in-process.
     try:
         finished = _receive(client)

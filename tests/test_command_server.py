@@ -269,6 +269,8 @@ def test_a_signal_to_the_client_reaches_the_command(registered: Gateway, runtime
                                    "letters", "list", "--json"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
         children = wait_for(lambda: command_children(server), what="the server's child for the command")
+        # The client passes signals on once the command has started: until then one would end it.
+        wait_for(lambda: catches(client.pid, signal.SIGTERM), what="the client to pass signals on")
         assert client.poll() is None
         client.send_signal(signal.SIGTERM)
         assert client.wait(timeout=30) == 128 + signal.SIGTERM
@@ -279,6 +281,12 @@ def test_a_signal_to_the_client_reaches_the_command(registered: Gateway, runtime
                      what="the command to end with its client")
     finally:
         stop(env)
+
+
+def catches(pid: int, signum: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signum - 1) & 1)
 
 
 def command_children(server: int) -> list[int]:
