@@ -550,3 +550,27 @@ def test_a_line_longer_than_the_limit_is_refused_without_ending_data(gateway: Ga
         s.close()
         running.stop()
     assert gateway.list_json() == [] and gateway.spool_files("tmp") == []
+
+
+def test_addresses_in_mail_and_rcpt_parse_as_aiosmtpd_parses_them() -> None:
+    """The remembered parse gives aiosmtpd's results, the second time (from memory) as the first,
+    for good, odd and malformed arguments and a local part over the limit."""
+    from types import SimpleNamespace
+
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.adapters.smtp import IntakeSMTP
+
+    session = SimpleNamespace(local_part_limit=64)
+    arguments = ["<alice@partner.example>", "alice@partner.example", "<alice@partner.example> SIZE=4096",
+                 "<> BODY=8BITMIME", "<\"quoted local\"@partner.example>", "<@relay.example:bob@partner.example>",
+                 "<alice@partner.example", "<<alice@partner.example>>", "@", "<张三@例子.中国> SMTPUTF8",
+                 "<" + "x" * 65 + "@partner.example>", "<" + "x" * 64 + "@partner.example>", "", "   ",
+                 "<alice@[127.0.0.1]>", "alice"]
+    for argument in arguments:
+        expected = SMTP._getaddr(session, argument)
+        assert IntakeSMTP._getaddr(session, argument) == expected, argument
+        assert IntakeSMTP._getaddr(session, argument) == expected, argument
+    assert IntakeSMTP._getaddr(session, "<" + "x" * 65 + "@partner.example>") == (None, None)
+    assert IntakeSMTP._getaddr(SimpleNamespace(local_part_limit=0),
+                               "<" + "x" * 65 + "@partner.example>")[0] == "x" * 65 + "@partner.example"

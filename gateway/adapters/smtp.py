@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -25,6 +26,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from email.utils import format_datetime
 from datetime import datetime, timezone
 from pathlib import Path
@@ -236,6 +239,19 @@ class _FileSteps:
             writer.abort()
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_path(arg: str) -> tuple[str, str] | None:
+    """The address and the rest of a MAIL or RCPT argument, parsed as aiosmtpd parses them (the
+    email package's RFC 5322 grammar); None when it does not parse. Remembered, since the same few
+    addresses come again and again and the grammar costs more than the rest of the command."""
+    parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+    try:
+        address, rest = parse(arg)
+    except HeaderParseError:
+        return None
+    return address.addr_spec, rest
+
+
 # -- the protocol ------------------------------------------------------------
 class IntakeSMTP(SMTP):
     # Real mail has lines longer than RFC 5321's 1000 octets; Postfix takes
@@ -276,6 +292,18 @@ class IntakeSMTP(SMTP):
             self._counted = False
         self.intake.sessions.discard(self)
         super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's own, without building a class on every call; the same checks and results."""
+        if not arg:
+            return "", ""
+        parsed = _parse_path(arg) if len(arg) <= 1024 else _parse_path.__wrapped__(arg)
+        if parsed is None:
+            return None, None
+        addr, rest = parsed
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def _stream(self) -> asyncio.Transport | None:
         # aiosmtpd types its transport as a BaseTransport; a stream server's (plain or TLS) can write.
@@ -374,7 +402,7 @@ class IntakeSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            status = await self._receive(writer, files)
+            status, tail = await self._receive(writer, files)
         except BaseException:  # connection lost mid-DATA: nothing was acknowledged
             files.abort(writer)
             raise
@@ -387,7 +415,7 @@ class IntakeSMTP(SMTP):
         # away (the task runs on; the letter is registered or refused cleanly)
         # nor by the command timeout while the registry works.
         self._reset_timeout(intake.data_timeout)
-        accepting = asyncio.ensure_future(intake.accept(writer, self))
+        accepting = asyncio.ensure_future(intake.accept(writer, tail, self))
         try:
             reply, spooled = await asyncio.shield(accepting)
         except asyncio.CancelledError:
@@ -402,8 +430,9 @@ class IntakeSMTP(SMTP):
                 checkpoint("smtp-spooled-before-registering")  # durable and acknowledged, not registered yet
                 intake.registrar.follow(spooled)
 
-    async def _receive(self, writer: SpoolWriter, files: _FileSteps) -> str | None:
-        """Stream the data into the spool writer; None when it all arrived and fits."""
+    async def _receive(self, writer: SpoolWriter, files: _FileSteps) -> tuple[str | None, bytes]:
+        """Stream the data into the spool writer. Returns the refusal (None when it all arrived and
+        fits) and the last bytes not written yet: they go with the commit, in the same file step."""
         limit = self.data_size_limit
         failure: str | None = None
         received = 0
@@ -444,12 +473,10 @@ class IntakeSMTP(SMTP):
                     failure = await self._flush(writer, files, pending)
         if not ended:
             failure = "451 4.3.0 connection closed during DATA"
-        if failure is None and pending:
-            failure = await self._flush(writer, files, pending)
         self._reset_timeout()
         if failure:
             log.warning("%s: message refused: %s (%d bytes)", _peer(self.session), failure, received)
-        return failure
+        return failure, bytes(pending)
 
     async def _flush(self, writer: SpoolWriter, files: _FileSteps, pending: bytearray) -> str | None:
         chunk = bytes(pending)
@@ -643,19 +670,25 @@ class SmtpIntake:
             if spooled is not None:
                 self.registrar.follow(spooled)
 
-    async def accept(self, writer: SpoolWriter, server: IntakeSMTP) -> tuple[str, SpoolItem | None]:
-        """Commit the item and say what happened in the reply; with acknowledge = "spooled", the
-        item is durable and still to be registered (the caller hands it on once the client has
-        its 250), else it has been registered (or refused) already and None comes with the reply."""
+    def _write_and_commit(self, writer: SpoolWriter, tail: bytes, spooled: bool) -> SpoolItem:
+        """The message's last bytes written and the item committed, in one file step (a file thread)."""
+        if tail:
+            writer.write(tail)
+        if spooled:
+            # One syncfs for every session that finishes meanwhile (group commit).
+            return self.spool.commit_grouped(writer)
+        # Made durable by the registrar, in the same sync and transaction as its batch.
+        return writer.commit(claim=True, durable=False)
+
+    async def accept(self, writer: SpoolWriter, tail: bytes, server: IntakeSMTP) -> tuple[str, SpoolItem | None]:
+        """Write the message's last bytes, commit the item and say what happened in the reply; with
+        acknowledge = "spooled", the item is durable and still to be registered (the caller hands it
+        on once the client has its 250), else it has been registered (or refused) already and None
+        comes with the reply."""
         peer = _peer(server.session)
         spooled = self.config.model.smtp.acknowledge == "spooled"
         try:
-            if spooled:
-                # One syncfs for every session that finishes meanwhile (group commit).
-                item = await asyncio.wrap_future(self.file_threads.submit(self.spool.commit_grouped, writer))
-            else:
-                # Made durable by the registrar, in the same sync and transaction as its batch.
-                item = await asyncio.wrap_future(self.file_threads.submit(writer.commit, claim=True, durable=False))
+            item = await asyncio.wrap_future(self.file_threads.submit(self._write_and_commit, writer, tail, spooled))
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", peer, exc)
             return _unstored(exc), None
