@@ -199,3 +199,18 @@ def test_index_terms_are_the_folded_text_cut_into_pieces() -> None:
     for start in range(0, len(everything), 3000):
         text = everything[start:start + 3000] + "a.b,c合同!"
         assert index_terms(text) == reference(text), hex(start)
+
+
+def test_simplified_maps_every_traditional_character_and_leaves_the_rest() -> None:
+    """The shortcut for text without traditional characters gives what the table gives, for every
+    character there is, alone and beside traditional, simplified and ASCII text."""
+    from gateway.fold import _t2s, simplified
+
+    table = _t2s()
+    assert simplified("投訴與合同續簽") == "投诉与合同续签"
+    assert simplified("投诉 complaint") == "投诉 complaint"
+    everything = "".join(map(chr, range(0x110000)))
+    for start in range(0, len(everything), 3000):
+        text = everything[start:start + 3000]
+        for variant in (text, text + "續", "合同" + text, text.encode("ascii", "ignore").decode()):
+            assert simplified(variant) == variant.translate(table), hex(start)

@@ -11,6 +11,7 @@ prefix. The tokens are plain words separated by spaces, which FTS5's `unicode61`
 `simple` configuration both take as they are."""
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ MAX_INDEXED_CHARS = 200_000  # of one letter's text: enough for any letter, boun
 
 
 def _bigrams(run: str) -> list[str]:
-    return [run] if len(run) == 1 else [run[i:i + 2] for i in range(len(run) - 1)]
+    return [run] if len(run) == 1 else list(map(operator.add, run, run[1:]))
 
 
 # ASCII bytes that are neither letters nor digits, as spaces; every other byte (letters, digits and
@@ -48,11 +49,12 @@ def index_terms(*texts: str) -> str:
     """The tokens of a letter's searchable text, in order, separated by spaces.
 
     The same tokens as folding the whole text and cutting it into pieces, only cheaper (every
-    letter registered pays it). ASCII punctuation and spaces always separate pieces, so the text is
-    first cut there by a byte table over its UTF-8 (a few nanoseconds a character, where a Unicode
-    pattern costs some tens): a chunk of ASCII is then a piece of its own, and only chunks with
-    other characters are cut by the pattern. The script table of fold() maps Han characters to Han
-    characters only, so it is applied to the runs of Han and kana, and case to the rest."""
+    letter registered pays it). ASCII punctuation and spaces always separate pieces, so they are
+    first turned into spaces by a byte table over the text's UTF-8 (a few nanoseconds a character,
+    where a Unicode pattern costs some tens) and the text is split there: a word of ASCII is then a
+    piece of its own, and only words with other characters are cut by the pattern. The script
+    table of fold() maps Han characters to Han characters only, so it is applied to the runs of
+    Han and kana, and case to the rest."""
     tokens: list[str] = []
     budget = MAX_INDEXED_CHARS
     for text in texts:
@@ -60,12 +62,18 @@ def index_terms(*texts: str) -> str:
             continue
         text = lower(text[:budget])
         budget -= len(text)
-        # surrogatepass: a lone surrogate (from a hostile header) is kept as the pattern would see it
-        for chunk in text.encode("utf-8", "surrogatepass").translate(_ASCII_SEPARATORS).split():
-            if chunk.isascii():
-                tokens.append(chunk.decode("ascii"))
+        # Only ASCII bytes change, so the result is still UTF-8. surrogatepass: a lone surrogate
+        # (from a hostile header) is kept as the pattern would see it. Any whitespace that str.split
+        # cuts at beyond ASCII (U+3000, say) is neither letter nor digit: the pattern would cut there too.
+        cut = text.encode("utf-8", "surrogatepass").translate(_ASCII_SEPARATORS).decode("utf-8", "surrogatepass")
+        if cut.isascii():
+            tokens += cut.split()
+            continue
+        for word in cut.split():
+            if word.isascii():
+                tokens.append(word)
                 continue
-            for piece in _GROUPED_PIECES.finditer(chunk.decode("utf-8", "surrogatepass")):
+            for piece in _GROUPED_PIECES.finditer(word):
                 run = piece.group(1)
                 if run is None:
                     tokens.append(piece.group())
