@@ -180,4 +180,5 @@ def test_the_fax_stays_in_the_drop_folder_until_space_returns(setup: Setup) -> N
     assert fax.exists()
     disk.release()
     wait_for(lambda: not fax.exists(), 30, "the fax to be taken")
-    assert "Fax from an unknown number, 1 page(s)" in setup.subjects()
+    # It leaves the drop folder once it is safe in the spool; it is registered after that.
+    wait_for(lambda: "Fax from an unknown number, 1 page(s)" in setup.subjects(), 30, "the fax to be registered")
