@@ -19,7 +19,10 @@ import zstandard
 from conftest import Gateway, write_messages
 from test_archive import RULES, package_rows
 
-from gateway.archive.packer import mbox_unescape
+from gateway import config as config_mod
+from gateway.archive import packer
+from gateway.archive.packer import Archiver, mbox_escape, mbox_unescape
+from gateway.registry import Registry
 
 MONTH = "2026-03"
 REPLY = (b"From: liaison@example.org\r\nTo: alice@partner.example\r\nSubject: Re: Order 1\r\n"
@@ -203,3 +206,69 @@ def test_a_package_of_one_frame_for_the_month_stays_readable(tmp_path: Path) -> 
     proc = gateway.run("archive", "verify", check=False)
     assert proc.returncode == 1
     assert f"error: {business['path']}: SHA-256 differs from the one recorded when it was written" in proc.stderr
+
+
+@pytest.mark.parametrize("piece", [1, 100, 5000, 1 << 20])
+def test_verify_reads_the_package_a_piece_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     piece: int) -> None:
+    """Verifying reads a package a piece at a time, frames lying across pieces: every letter is
+    checked whatever the piece size, and the package's hash covers every byte once. A package cut
+    short names the letter whose frame it ends in."""
+    gateway = month_of_letters(tmp_path, reply=True)
+    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+    monkeypatch.setattr(packer, "_PIECE", piece)
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        checked = Archiver(config, registry).verify(MONTH)
+        assert [(c.package.category, c.problems) for c in checked] == [
+            ("external.business", []), ("external.inquiry_complaint", [])]
+        business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+        first, second = manifest_of(gateway, business)
+        path = gateway.state / "archive" / business["path"]
+        path.write_bytes(path.read_bytes()[:int(second["frame_offset"]) + 10])
+        checked = Archiver(config, registry).verify(MONTH)
+        assert checked[0].problems == [
+            "SHA-256 differs from the one recorded when it was written",
+            f"{second['archive_number']} ({second['letter_number']}): its frame is cut short"]
+        assert checked[1].problems == []
+    finally:
+        registry.close()
+
+
+def test_a_damaged_manifest_row_is_named_and_the_rest_checked(tmp_path: Path) -> None:
+    gateway = month_of_letters(tmp_path)
+    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    manifest = gateway.state / "archive" / business["manifest"]
+    first, second = manifest_of(gateway, business)
+    lines = manifest.read_text().splitlines()
+    lines[2] = lines[2].replace(f",{second['frame_offset']},{second['frame_length']}", ",twelve,")
+    manifest.write_text("\n".join(lines) + "\n")
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    problems = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert problems == [f"error: {business['path']}: {second['archive_number']} ({second['letter_number']}): "
+                        "its manifest row is damaged"]
+    assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
+        "external.business": "corrupt", "external.inquiry_complaint": "verified"}
+
+
+@pytest.mark.parametrize("raw", [
+    b"Subject: plain\n\nNothing quoted here.\n",
+    b"Subject: quoted\n\nFrom the start.\n>From a quote.\n>>From a quote of a quote.\n",
+    b"From the first line\nand no newline at the end",
+])
+def test_a_letter_is_found_in_its_block_in_place_or_unquoted(raw: bytes) -> None:
+    """Verifying and reading take a letter from its mbox block in place when it hashes right there
+    (no "From " line was quoted), and unquote it otherwise: the same bytes either way."""
+    sha = hashlib.sha256(raw).hexdigest()
+    separator = b"From gateway@archive Tue Mar 10 02:00:00 2026\n"
+    block = packer._mbox_block(separator, raw)
+    in_place = block[len(separator):len(separator) + len(raw)]
+    assert (in_place != raw) == (mbox_escape(raw) != raw) == (b"From " in raw)  # the quoted ones differ in place
+    message, digest = packer._original_in(block, len(raw), sha)
+    assert bytes(message) == raw and digest == sha
+    damaged = block.replace(b"here", b"HERE").replace(b"quote.", b"QUOTE.").replace(b"newline", b"NEWLINE")
+    message, digest = packer._original_in(damaged, len(raw), sha)
+    assert digest != sha and digest == hashlib.sha256(bytes(message)).hexdigest()

@@ -50,23 +50,29 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
 
     def __init__(self, stream: str):
         super().__init__(stream)
-        self._plain_tags: dict[str, str] = {}
+        # Set on the instance, where the C composer finds them first: a closure over its locals
+        # for resolving, and built-in callables that take the arguments and do nothing for the
+        # resolver's descending and ascending (their results are ignored). Three calls a node,
+        # 160,000 nodes for 10,000 rules: a tenth of the reading.
+        plain_tags: dict[str, str] = {}
+        resolve_plain = super().resolve
+        scalar, sequence = yaml.ScalarNode, yaml.SequenceNode
+        sequence_tag, mapping_tag = self.DEFAULT_SEQUENCE_TAG, self.DEFAULT_MAPPING_TAG
 
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        return None
+        def resolve(kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+            if kind is scalar:
+                if not implicit[0]:
+                    return _STR
+                tag = plain_tags.get(value)
+                if tag is None:
+                    tag = plain_tags[value] = resolve_plain(kind, value, implicit)
+                return tag
+            return sequence_tag if kind is sequence else mapping_tag
 
-    def ascend_resolver(self) -> None:
-        return None
-
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
-        if kind is yaml.ScalarNode:
-            if not implicit[0]:
-                return _STR
-            tag = self._plain_tags.get(value)
-            if tag is None:
-                tag = self._plain_tags[value] = super().resolve(kind, value, implicit)
-            return tag
-        return self.DEFAULT_SEQUENCE_TAG if kind is yaml.SequenceNode else self.DEFAULT_MAPPING_TAG
+        nothing: dict[Any, Any] = {}
+        self.resolve = resolve
+        self.descend_resolver = nothing.get  # (parent, index): a lookup in an empty dict
+        self.ascend_resolver = tuple  # (): an empty tuple
 
 
 class _Unusual(Exception):
