@@ -46,7 +46,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from itertools import accumulate
+from typing import Any, NamedTuple, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import zstandard
@@ -71,12 +72,13 @@ MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", 
 # hashes. A second made packing a month of 4 KiB letters about a third slower on two cores (the
 # threads contend for the interpreter lock over the many small steps of each letter).
 _PACKING_WORKERS = 1
+_COMPRESS_THREADS = 2  # zstd's own, for a chunk's frames: per-message frames cost zstd twice a stream's time
 # Verifying: two worker threads, each decompressing a piece of the package at a time (outside the
 # interpreter lock) and hashing its letters (also outside it), while this one reads the next
 # piece: on two cores, a month of 4 KiB letters in some 15% less time than one worker that
 # decompresses with two of zstd's threads.
 _CHECKING_WORKERS = 2
-CHUNK = 256  # letters handed to a worker thread at a time: enough to make the hand-over cheap
+CHUNK = 1024  # letters handed to the packing thread at a time: enough for zstd to keep two cores busy
 _PIECE = 1 << 20  # package bytes read at a time when verifying: hundreds of frames for a worker
 _SEPARATOR_MAX = 128  # an mbox separator line ("From gateway@archive <date>") is shorter
 
@@ -268,32 +270,34 @@ class Archiver:
     def _pack_chunk(self, letters: list[ToArchive], replies: dict[int, list[bytes]]) -> _Packed:
         """In a worker thread: each letter read, checked against its seal and the register, and
         compressed into a frame, then the frames of its sent replies."""
-        compress = self._frame_compressor()
-        frames: list[bytes] = []
+        blocks: list[bytes] = []
         placed = []
-        at = frame_at = 0
+        at = 0
         for letter in letters:
             raw = self._raw(letter)
             separator = f"From gateway@archive {letter.received_at.strftime('%a %b %d %H:%M:%S %Y')}\n".encode()
-            for n, message in enumerate([raw, *replies.get(letter.id, [])]):
-                block = _mbox_block(separator, message)
-                frame = compress(block)
-                if n == 0:
-                    placed.append((letter, len(raw), at, len(block), frame_at, len(frame)))
-                frames.append(frame)
-                at += len(block)
-                frame_at += len(frame)
-        return _Packed(b"".join(frames), placed, at)
+            placed.append((letter, len(raw), at, len(blocks)))
+            for message in [raw, *replies.get(letter.id, [])]:
+                blocks.append(_mbox_block(separator, message))
+                at += len(blocks[-1])
+        frames = self._compress_frames(blocks)
+        frame_at = list(accumulate((len(frame) for frame in frames), initial=0))
+        return _Packed(b"".join(frames),
+                       [(letter, size, offset, len(blocks[n]), frame_at[n], len(frames[n]))
+                        for letter, size, offset, n in placed], at)
 
-    def _frame_compressor(self) -> Callable[[bytes], bytes]:
-        """One message into one self-contained frame: a zstd frame (with its content size and a
-        checksum) or a gzip member; concatenated, they decompress to the concatenation."""
+    def _compress_frames(self, blocks: list[bytes]) -> list[bytes] | list[memoryview]:
+        """Each block into a self-contained frame: a zstd frame (with its content size and a
+        checksum) or a gzip member; concatenated, they decompress to the concatenation. zstd
+        compresses the chunk's blocks in one call, on both cores, outside the interpreter lock."""
         if self.config.model.archive.compression == "gzip":
-            return _gzip_member
+            return [_gzip_member(block) for block in blocks]
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
-        return compressor.compress
+        compressed = compressor.multi_compress_to_buffer(cast(list[bytes | bytearray | memoryview], blocks),
+                                                         threads=_COMPRESS_THREADS)
+        return [memoryview(compressed[n]) for n in range(len(blocks))]  # type: ignore[arg-type]
 
     def _frame_decompressor(self, path: Path) -> Callable[[bytes], bytes]:
         return self._zstd_decompressor().decompress if path.name.endswith(".zst") else _gunzip_member
@@ -350,13 +354,18 @@ class Archiver:
             manifest_bytes = manifest_path.read_bytes()
         except OSError as exc:
             return [f"manifest {package.manifest}: {exc.strerror or exc}"]
-        rows = _manifest_rows(manifest_bytes.decode())
+        text = manifest_bytes.decode()
         registered = self.registry.archived_hashes(package.id)
-        problems: list[str] = []
+        framed = _frame_places(text) if package.kind == "mail" else None
+        if framed is not None:
+            places, problems, count = framed
+            if count != package.letters:
+                problems.insert(0, f"manifest lists {count} letter(s), the register {package.letters}")
+            return problems + self._check_frames(package, path, places, registered)
+        rows = _manifest_rows(text)
+        problems = []
         if len(rows) != package.letters:
             problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
-        if package.kind == "mail" and rows and rows[0].get("frame_offset"):
-            return problems + self._check_frames(package, path, rows, registered)
         if package.kind == "mail":  # a package of one frame for the month, as written before
             try:
                 if _sha_file(path) != package.sha256:
@@ -367,7 +376,7 @@ class Archiver:
             for row in rows:
                 block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
                 raw = _message_of(block, int(row["size"]))
-                problems += _compare(row, raw, "", registered)
+                problems += _compare(row, raw, registered)
         else:
             if hashlib.sha256(manifest_bytes).hexdigest() != package.sha256:
                 problems.append(f"manifest {package.manifest}: SHA-256 differs from the one recorded "
@@ -378,16 +387,16 @@ class Archiver:
                 except OSError as exc:
                     problems.append(f"{row['archive_number']}: {row['file']}: {exc.strerror or exc}")
                     continue
-                problems += _compare(row, raw, "", registered)
+                problems += _compare(row, raw, registered)
         return problems
 
-    def _check_frames(self, package: ArchivePackage, path: Path, rows: list[dict[str, str]],
+    def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
                       registered: dict[str, str]) -> list[str]:
         """A package of one frame per message, read once front to back: this thread reads and
         hashes the file a piece at a time, a worker thread decompresses and checks the frames that
         each piece holds whole."""
         digest = hashlib.sha256()
-        places, problems = _frame_places(rows)
+        problems: list[str] = []
         try:
             with open(path, "rb") as f:
                 pieces = _pieces_of(f, places, digest)
@@ -406,9 +415,9 @@ class Archiver:
                      registered: dict[str, str]) -> list[str]:
         """The frames of `places` in `data` (package bytes from file offset `start`) decompressed
         and each letter checked against its manifest row and the register."""
-        frames = [data[max(0, at - start):at + length - start] for at, length, _ in places]
+        frames = [data[max(0, place.at - start):place.at + place.length - start] for place in places]
         problems: list[str] = []
-        if path.name.endswith(".zst") and all(len(frame) == place[1]
+        if path.name.endswith(".zst") and all(len(frame) == place.length
                                               for frame, place in zip(frames, places, strict=True)):
             # The whole piece decompressed in one call, outside the interpreter lock (each frame's
             # checksum checked); a piece with a damaged frame is read again one frame at a time
@@ -419,22 +428,21 @@ class Archiver:
             except (zstandard.ZstdError, ValueError):  # ValueError: a header without its content size
                 pass
             else:
-                for i, (_, _, row) in enumerate(places):
+                for i, place in enumerate(places):
                     segment = memoryview(blocks[i])  # type: ignore[arg-type]  # a BufferSegment has the buffer protocol
-                    problems += _compare(row, *_original_in(segment, int(row["size"]), row["sha256"]), registered)
+                    problems += _compare_place(place, *_original_in(segment, place.size, place.sha256), registered)
                 return problems
         decompress = self._frame_decompressor(path)
-        for frame, (_, length, row) in zip(frames, places, strict=True):
-            if len(frame) != length:
-                problems.append(f"{row['archive_number']} ({row['letter_number']}): its frame is cut short")
+        for frame, place in zip(frames, places, strict=True):
+            if len(frame) != place.length:
+                problems.append(f"{place.label}: its frame is cut short")
                 continue
             try:
                 block = decompress(frame)
             except (zstandard.ZstdError, zlib.error, EOFError) as exc:
-                problems.append(f"{row['archive_number']} ({row['letter_number']}): its frame cannot be "
-                                f"decompressed: {exc}")
+                problems.append(f"{place.label}: its frame cannot be decompressed: {exc}")
                 continue
-            problems += _compare(row, *_original_in(block, int(row["size"]), row["sha256"]), registered)
+            problems += _compare_place(place, *_original_in(block, place.size, place.sha256), registered)
         return problems
 
     def _decompress(self, path: Path) -> bytes:
@@ -583,22 +591,46 @@ def _in_order(work: Callable[[T], R], jobs: Iterable[T], workers: int) -> Iterat
                 future.cancel()
 
 
-_Place = tuple[int, int, dict[str, str]]  # a letter's frame in the package: offset, length, its manifest row
+class _Place(NamedTuple):
+    """A letter in a package of one frame per message, as its manifest row gives it."""
+    at: int  # its frame's offset in the package
+    length: int  # its frame's length
+    size: int  # the letter's
+    sha256: str
+    archive_number: str
+    letter_number: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.archive_number} ({self.letter_number})"
 
 
-def _frame_places(rows: list[dict[str, str]]) -> tuple[list[_Place], list[str]]:
-    """The letters' frames in the order they sit in the package, and a problem for each row that
-    gives no place (a damaged manifest)."""
+def _frame_places(text: str) -> tuple[list[_Place], list[str], int] | None:
+    """The letters of a manifest with frame columns, in the order their frames sit in the
+    package; a problem for each row that gives no place (a damaged manifest); the number of
+    rows. None for a manifest of a package of one frame for the month (no frame columns)."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    rows = [row for row in reader if row]
+    if "frame_offset" not in header or not rows:
+        return None
+    column = {name: n for n, name in enumerate(header)}
+    at, length, size, sha, number, letter = (column[name] for name in (
+        "frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number"))
+    if len(rows[0]) <= at or not rows[0][at]:
+        return None
     places: list[_Place] = []
     problems = []
+    width = len(header)
     for row in rows:
-        at, length = row["frame_offset"], row["frame_length"]
-        if at.isdecimal() and length.isdecimal() and row["size"].isdecimal():
-            places.append((int(at), int(length), row))
+        if len(row) < width:
+            row += [""] * (width - len(row))  # a row cut short: empty values, which no check takes for right
+        if row[at].isdecimal() and row[length].isdecimal() and row[size].isdecimal():
+            places.append(_Place(int(row[at]), int(row[length]), int(row[size]), row[sha], row[number], row[letter]))
         else:
-            problems.append(f"{row['archive_number']} ({row['letter_number']}): its manifest row is damaged")
-    places.sort(key=lambda place: place[0])
-    return places, problems
+            problems.append(f"{row[number]} ({row[letter]}): its manifest row is damaged")
+    places.sort(key=lambda place: place.at)
+    return places, problems, len(rows)
 
 
 def _pieces_of(f: Any, places: list[_Place], digest: Any) -> Iterator[tuple[bytes, int, list[_Place]]]:
@@ -609,13 +641,13 @@ def _pieces_of(f: Any, places: list[_Place], digest: Any) -> Iterator[tuple[byte
     first, count = 0, len(places)
     while first < count:
         end, last = start + len(buffer), first
-        while last < count and places[last][0] + places[last][1] <= end:
+        while last < count and places[last].at + places[last].length <= end:
             last += 1
         if last > first:
             yield buffer, start, places[first:last]
             first = last
             continue
-        at, length, _ = places[first]
+        at, length = places[first].at, places[first].length
         piece = f.read(max(_PIECE, at + length - end))
         if not piece:
             yield buffer, start, places[first:]
@@ -657,15 +689,27 @@ def _original_in(block: bytes | memoryview, size: int, sha256: str) -> tuple[byt
     return unquoted, hashlib.sha256(unquoted).hexdigest()
 
 
-def _compare(row: dict[str, str], raw: bytes | memoryview, sha: str, registered: dict[str, str]) -> list[str]:
-    """A letter read back (and its SHA-256, when known) against its manifest row and the register."""
-    sha = sha or hashlib.sha256(raw).hexdigest()
-    problems = []
-    if sha != row["sha256"] or len(raw) != int(row["size"]):
-        problems.append(f"{row['archive_number']} ({row['letter_number']}): content differs from the manifest")
-    elif registered.get(row["archive_number"]) != sha:
-        problems.append(f"{row['archive_number']} ({row['letter_number']}): the register's SHA-256 differs")
-    return problems
+def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
+    """A letter read back against its manifest row and the register."""
+    sha = hashlib.sha256(raw).hexdigest()
+    return _verdict(f"{row['archive_number']} ({row['letter_number']})", row["sha256"], int(row["size"]), raw, sha,
+                    registered.get(row["archive_number"]))
+
+
+def _compare_place(place: _Place, raw: bytes | memoryview, sha: str, registered: dict[str, str]) -> list[str]:
+    """A letter read back from its frame (and its SHA-256) against its manifest row and the register."""
+    if sha == place.sha256 and len(raw) == place.size and registered.get(place.archive_number) == sha:
+        return []
+    return _verdict(place.label, place.sha256, place.size, raw, sha, registered.get(place.archive_number))
+
+
+def _verdict(label: str, manifest_sha: str, size: int, raw: bytes | memoryview, sha: str,
+             registered_sha: str | None) -> list[str]:
+    if sha != manifest_sha or len(raw) != size:
+        return [f"{label}: content differs from the manifest"]
+    if registered_sha != sha:
+        return [f"{label}: the register's SHA-256 differs"]
+    return []
 
 
 def _sha_file(path: Path) -> str:

@@ -1,11 +1,11 @@
 """The archive's records: packages, archive numbers, verification, release and destruction."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, cast
 
-from sqlalchemy import (Connection, Integer, Table, Text, case, column, func, insert, literal, literal_column, null,
-                        select, table, update)
+from sqlalchemy import (Connection, Integer, String, Table, Text, case, column, func, insert, literal, literal_column,
+                        null, select, table, type_coerce, update)
 from sqlalchemy import cast as sql_cast
 
 from gateway.registry.models import (ArchivePackage, Attachment, Circulation, DestructionRecord, Event, Letter,
@@ -16,10 +16,11 @@ from gateway.registry.store import Store, utcnow
 
 class ArchiveRecords(Store):
     def letters_to_archive(self, start: datetime, end: datetime) -> list[ToArchive]:
-        """The month's letters not archived yet: only what packing needs (a month can be large)."""
+        """The month's letters not archived yet: only what packing needs (a month can be large: the
+        times are read as the driver gives them, and made aware here, at a fraction of the cost)."""
         with self.read() as conn:
-            rows = conn.execute(select(Letter.id, Letter.number, Letter.received_at, Letter.channel, Letter.category,
-                                       Letter.raw_path, Letter.raw_sha256)
+            rows = conn.execute(select(Letter.id, Letter.number, type_coerce(Letter.received_at, String),
+                                       Letter.channel, Letter.category, Letter.raw_path, Letter.raw_sha256)
                                 .where(Letter.received_at >= start, Letter.received_at < end,
                                        Letter.archive_number.is_(None))
                                 .order_by(Letter.received_at, Letter.id)).all()
@@ -28,8 +29,8 @@ class ArchiveRecords(Store):
                                       .where(Letter.received_at >= start, Letter.received_at < end,
                                              Letter.archive_number.is_(None), Letter.channel == "fax",
                                              Attachment.origin == "fax")).all())
-        return [ToArchive(r.id, r.number, r.received_at, r.channel, r.category, r.raw_path, r.raw_sha256,
-                          faxes.get(r.id)) for r in rows]
+        return [ToArchive(id_, number, _utc(received), channel, category, raw_path, raw_sha256, faxes.get(id_))
+                for id_, number, received, channel, category, raw_path, raw_sha256 in rows]
 
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
@@ -208,6 +209,13 @@ class ArchiveRecords(Store):
     def destruction_records(self) -> list[DestructionRecord]:
         with self.session() as session:
             return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A time as the driver gives it (PostgreSQL: aware; SQLite: the text UTCDateTime stored,
+    in UTC), aware and in UTC, as UTCDateTime reads it."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def _placeholder(conn: Connection) -> str:

@@ -133,7 +133,7 @@ class AnswerPlan:
     refusal_notices: dict[str, list[NewMail]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ToArchive:
     id: int
     number: str
