@@ -194,6 +194,31 @@ def test_seal_catches_damaged_bytes(spool: Spool) -> None:
     assert spool.fail(claimed, "damaged") is False  # it stays visible until quarantined
 
 
+@pytest.mark.parametrize("one_read", [1 << 18, 0], ids=["one read", "buffered"])
+def test_an_item_file_reads_the_same_in_one_read_or_buffered(spool: Spool, monkeypatch: pytest.MonkeyPatch,
+                                                              one_read: int) -> None:
+    """Small files are read in one system call, large ones header line and bytes apart: the same
+    meta and bytes either way, and the same refusals of a file cut short or damaged."""
+    import gateway.spool as spool_module
+    monkeypatch.setattr(spool_module, "_ONE_READ", one_read)
+    raw = b"Subject: x\r\n\r\n" + b"line\n" * 2000 + b"no newline at the end"
+    item = spool.enqueue(raw, {"intake": "smtp"})
+    path = spool.root / "new" / f"{item.id}.0"
+    meta, read = read_item_file(path)
+    assert read == raw and meta["intake"] == "smtp" and meta["id"] == item.id
+    data = path.read_bytes()
+    header = data[:data.index(b"\n")]
+    path.write_bytes(header)  # the header line without its newline
+    with pytest.raises(DamagedItem, match="incomplete spool item"):
+        read_item_file(path)
+    path.write_bytes(b"not a spool file")
+    with pytest.raises(DamagedItem, match="not a spool item"):
+        read_item_file(path)
+    path.write_bytes(data[:-1])
+    with pytest.raises(DamagedItem, match="do not match the seal"):
+        read_item_file(path)
+
+
 def test_recover_sets_aside_a_claimed_item_cut_short_before_its_fsync(spool: Spool) -> None:
     """Killed between rename and fsync of a claimed item: it is not processed, but kept in quarantine."""
     writer = spool.writer({"intake": "smtp"})
