@@ -297,7 +297,7 @@ class IntakeSMTP(SMTP):
         """aiosmtpd's own, without building a class on every call; the same checks and results."""
         if not arg:
             return "", ""
-        parsed = _parse_path(arg) if len(arg) <= 1024 else _parse_path.__wrapped__(arg)
+        parsed = _parse_path(arg)  # short: aiosmtpd refuses a command line over about 550 octets first
         if parsed is None:
             return None, None
         addr, rest = parsed
