@@ -253,6 +253,13 @@ def test_a_damaged_manifest_row_is_named_and_the_rest_checked(tmp_path: Path) ->
     assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
         "external.business": "corrupt", "external.inquiry_complaint": "verified"}
 
+    lines[0] = lines[0].replace(",sha256,", ",checksum,")  # a column gone: named, nothing taken for right
+    manifest.write_text("\n".join(lines) + "\n")
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {business['path']}: the manifest has no column sha256"]
+
 
 @pytest.mark.parametrize("raw", [
     b"Subject: plain\n\nNothing quoted here.\n",

@@ -75,9 +75,9 @@ MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", 
 _PACKING_WORKERS = 1
 _COMPRESS_THREADS = 2  # zstd's own, for a chunk's frames: per-message frames cost zstd twice a stream's time
 # Verifying: two worker threads, each decompressing a piece of the package at a time (outside the
-# interpreter lock) and hashing its letters (also outside it), while this one reads the next
-# piece: on two cores, a month of 4 KiB letters in some 15% less time than one worker that
-# decompresses with two of zstd's threads.
+# interpreter lock) and hashing its letters (one thread at a time: Archiver._hashing), while this
+# one reads the next piece: on two cores, a month of 4 KiB letters in some 15% less time than one
+# worker that decompresses with two of zstd's threads.
 _CHECKING_WORKERS = 2
 CHUNK = 1024  # letters handed to the packing thread at a time: enough for zstd to keep two cores busy
 _PIECE = 1 << 20  # package bytes read at a time when verifying: hundreds of frames for a worker
@@ -408,8 +408,8 @@ class Archiver:
     def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
                       registered: dict[str, str]) -> list[str]:
         """A package of one frame per message, read once front to back: this thread reads and
-        hashes the file a piece at a time, a worker thread decompresses and checks the frames that
-        each piece holds whole."""
+        hashes the file a piece at a time, and two worker threads decompress and check the frames
+        that each piece holds whole."""
         digest = hashlib.sha256()
         problems: list[str] = []
         try:
@@ -652,8 +652,10 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int] | None:
     if "frame_offset" not in header or not rows:
         return None
     column = {name: n for n, name in enumerate(header)}
-    at, length, size, sha, number, letter = (column[name] for name in (
-        "frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number"))
+    needed = ("frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number")
+    if missing := [name for name in needed if name not in column]:
+        return [], [f"the manifest has no column {', '.join(missing)}"], len(rows)
+    at, length, size, sha, number, letter = (column[name] for name in needed)
     if len(rows[0]) <= at or not rows[0][at]:
         return None
     places: list[_Place] = []
