@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, make_message
+from conftest import Daemon, Gateway, Notify, make_message, wait_for
 
 
 def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path: Path) -> None:
@@ -141,11 +141,12 @@ def test_sigkill_at_each_durable_step_gives_exactly_one_letter(gateway: Gateway,
     assert len(gateway.spool_files("work")) == 1  # the claim died with the process
     expected = 1 if point == "after-commit" else 0
     assert len(gateway.list_json()) == expected
-    daemon = start_and_wait_ready(gateway, notify)  # READY comes after recovery
+    daemon = start_and_wait_ready(gateway, notify)  # READY comes after recovery; the workers then register it
     try:
+        wait_for(lambda: gateway.spool_files("work") == gateway.spool_files("new") == [] and gateway.list_json(),
+                 20, "the recovered item's registration and release")
         letters = gateway.list_json()
         assert len(letters) == 1 and letters[0]["number"] == "2026-000001"
-        assert gateway.spool_files("work") == gateway.spool_files("new") == []
         events = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
         assert events[:2] == ["received", "registered"] and events.count("routed") == 1 and "duplicate-arrival" not in events
     finally:
@@ -166,6 +167,8 @@ def test_the_daemon_killed_while_processing_recovers_on_restart(gateway: Gateway
     assert gateway.list_json() == []
     daemon = start_and_wait_ready(gateway, notify)
     try:
+        wait_for(lambda: gateway.spool_files("work") == gateway.spool_files("new") == [] and gateway.list_json(),
+                 20, "the recovered item's registration and release")
         assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
     finally:
         stop(daemon)
