@@ -729,25 +729,17 @@ def _original_in(block: bytes | memoryview, size: int, sha256: str) -> tuple[byt
 
 
 def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
-    """A letter read back against its manifest row and the register."""
-    sha = hashlib.sha256(raw).hexdigest()
-    return _verdict(f"{row['archive_number']} ({row['letter_number']})", row["sha256"], int(row["size"]), raw, sha,
-                    registered.get(row["archive_number"]))
+    """A letter read back against its manifest row (a package without frames, or of faxes) and the register."""
+    place = _Place(0, 0, int(row["size"]), row["sha256"], row["archive_number"], row["letter_number"])
+    return _compare_place(place, raw, hashlib.sha256(raw).hexdigest(), registered)
 
 
 def _compare_place(place: _Place, raw: bytes | memoryview, sha: str, registered: dict[str, str]) -> list[str]:
-    """A letter read back from its frame (and its SHA-256) against its manifest row and the register."""
-    if sha == place.sha256 and len(raw) == place.size and registered.get(place.archive_number) == sha:
-        return []
-    return _verdict(place.label, place.sha256, place.size, raw, sha, registered.get(place.archive_number))
-
-
-def _verdict(label: str, manifest_sha: str, size: int, raw: bytes | memoryview, sha: str,
-             registered_sha: str | None) -> list[str]:
-    if sha != manifest_sha or len(raw) != size:
-        return [f"{label}: content differs from the manifest"]
-    if registered_sha != sha:
-        return [f"{label}: the register's SHA-256 differs"]
+    """A letter read back (and its SHA-256) against its manifest row and the register."""
+    if sha != place.sha256 or len(raw) != place.size:
+        return [f"{place.label}: content differs from the manifest"]
+    if registered.get(place.archive_number) != sha:
+        return [f"{place.label}: the register's SHA-256 differs"]
     return []
 
 

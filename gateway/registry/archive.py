@@ -1,7 +1,7 @@
 """The archive's records: packages, archive numbers, verification, release and destruction."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (Connection, Integer, String, Table, Text, case, column, func, insert, literal, literal_column,
@@ -211,11 +211,15 @@ class ArchiveRecords(Store):
             return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))
 
 
+_AS_READ = UTCDateTime()
+
+
 def _utc(value: datetime | str) -> datetime:
-    """A time as the driver gives it (PostgreSQL: aware; SQLite: the text UTCDateTime stored,
-    in UTC), aware and in UTC, as UTCDateTime reads it."""
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    """A time as the driver gives it (PostgreSQL: aware; SQLite: the text UTCDateTime stored),
+    made aware and UTC as UTCDateTime reads it."""
+    when = _AS_READ.process_result_value(value if isinstance(value, datetime) else datetime.fromisoformat(value), None)
+    assert when is not None
+    return when
 
 
 def _placeholder(conn: Connection) -> str:
