@@ -39,14 +39,14 @@ def test_read_commands_on_an_older_schema_name_db_upgrade_and_change_nothing(gat
     config = schema._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0017")  # the release before this one's
+        command.upgrade(config, "0018")  # the release before this one's
     engine.dispose()
     before = schema_of(url)
-    assert before[0] == "0017"
+    assert before[0] == "0018"
     for args in READ_COMMANDS:
         done = gateway.run(*args, check=False)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
-        assert f"the registry's schema is 0017, this gateway needs {schema.HEAD}: run `gateway db upgrade`" \
+        assert f"the registry's schema is 0018, this gateway needs {schema.HEAD}: run `gateway db upgrade`" \
             in done.stderr, (args, done.stderr)
     assert schema_of(url) == before  # not migrated, not touched
     gateway.run("db", "upgrade")

@@ -207,3 +207,26 @@ def test_schema_head_constant_matches_the_migrations(tmp_path: Path) -> None:
     assert schema.current_revision(reg.engine) == schema.HEAD
     assert reg.upgrade() is False
     reg.close()
+
+
+def test_a_packages_letters_are_found_through_an_index(tmp_path: Path) -> None:
+    """Verifying, releasing and destroying a package look its letters up by package, not by reading
+    every letter of every year."""
+    from sqlalchemy import event
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    reg.upgrade()
+    reg.register([new_letter(1)])
+    statements: list[tuple[str, object]] = []
+    event.listen(reg.engine, "before_cursor_execute",
+                 lambda conn, cursor, sql, params, context, many: statements.append((sql, params)))
+    assert reg.archived_hashes(7) == {}
+    assert reg.releasable(7) == []
+    assert reg.record_destruction([7], approved_by="leader", actor="operator") == ([], [])
+    by_package = [(sql, params) for sql, params in statements if "archive_package_id" in sql.split("WHERE", 1)[-1]]
+    assert len(by_package) == 3, statements
+    with reg.engine.connect() as conn:
+        for sql, params in by_package:
+            plan = " ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "INDEX ix_letters_archive_package" in plan, (sql, plan)
+    reg.close()
