@@ -410,3 +410,18 @@ def test_a_quoted_big5_display_name_ending_in_a_backslash_byte_is_one_clean_addr
     assert (parsed.sender.name, parsed.sender.address) == ("許功蓋", "hsu@example.tw")
     assert parsed.defects == ["header From: raw 8-bit text without charset is not valid utf-8, decoded as big5, "
                               "the charset declared in the message"]
+
+
+@pytest.mark.parametrize(("text", "collapsed"), [
+    (" \t Price\r\n\f\vlist \n", "Price list"),
+    ("会議通知\u3000\u3000第二期", "会議通知\u3000\u3000第二期"),  # ideographic spaces are written on purpose
+    ("Price\u00a0list\u2028next\x85end", "Price\u00a0list\u2028next\x85end"),  # no-break, line and NEL kept
+    ("a\x1cb\x1fc", "a\x1cb\x1fc"),  # str.split() would cut at these separators; they are not whitespace here
+    ("bad \udc80 byte\t\t kept", "bad \udc80 byte kept"),  # a lone surrogate survives the round trip
+    ("", ""),
+    (" \r\n\t ", ""),
+])
+def test_only_runs_of_ascii_whitespace_are_collapsed(text: str, collapsed: str) -> None:
+    from gateway.stages.normalise.headers import collapse_whitespace
+
+    assert collapse_whitespace(text) == collapsed
