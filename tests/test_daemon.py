@@ -192,14 +192,15 @@ def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, noti
             link = DaemonLink(f"ipc://{gw.state}/run/wakeup.sock")
             link.wake()
             link.close()
-            # The worker tries, finds no registry, and puts the item back without counting it.
-            wait_for(lambda: gw.spool_files("new") and not gw.spool_files("work"), 20, "a failed try")
+            # The worker tries, finds no registry, and puts the item back without counting it. (The
+            # spool alone cannot tell: before the worker claims it, the item is in `new` too.)
+            wait_for(lambda: "registry unavailable, 1 item(s) stay spooled" in daemon.output(), 20, "a failed try")
+            wait_for(lambda: gw.spool_files("new") and not gw.spool_files("work"), 20, "the item put back")
             server.start()
             wait_for(lambda: len(gw.list_json()) == 2, 60, "the spooled item to be registered")
             assert gw.spool_files("new") == gw.spool_files("work") == []
             assert json.loads(gw.run("quarantine", "list", "--json").stdout) == []
         finally:
-            out = stop(daemon)
-        assert "registry unavailable, 1 item(s) stay spooled" in out
+            stop(daemon)
     finally:
         server.destroy()
