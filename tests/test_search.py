@@ -193,6 +193,13 @@ def test_index_terms_are_the_folded_text_cut_into_pieces() -> None:
     for _ in range(5000):
         text = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 40)))
         assert index_terms(text, text[:7]) == reference(text, text[:7]), text
+    # Long words of Chinese (sentences between spaces), cut another way: with Latin words, lone
+    # characters and punctuation among them, or none.
+    chinese, punctuation = "供貨合同續簽关于本季度的供货安排我方已按约定完成备货ｱアあ한국", "，。、：「」！？"
+    for _ in range(3000):
+        text = "".join(chooser.choice(chooser.choices((chinese, punctuation, alphabet), (94, 5, 1))[0])
+                       for _ in range(chooser.randint(20, 200)))
+        assert index_terms(text) == reference(text), text
     assert index_terms("供貨合同續簽 İstanbul") == "供货 货合 合同 同续 续签 istanbul"
     # Every character there is (lone surrogates too), beside ASCII punctuation and Chinese.
     everything = "".join(map(chr, range(0x110000)))
