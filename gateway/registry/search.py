@@ -74,9 +74,9 @@ def index_terms(*texts: str) -> str:
     letter registered pays it). ASCII punctuation and spaces always separate pieces, so they are
     first turned into spaces by a byte table over the text's UTF-8 (a few nanoseconds a character,
     where a Unicode pattern costs some tens) and the text is split there: a word of ASCII is then a
-    piece of its own, and only words with other characters are cut by the pattern. The script
-    table of fold() maps Han characters to Han characters only, so it is applied to the runs of
-    Han and kana, and case to the rest."""
+    piece of its own, and only words with other characters are cut by the pattern. Case is folded
+    over the whole text; the script table of fold() maps Han characters to Han characters only, so
+    it is applied only to the words that have characters beyond ASCII."""
     tokens: list[str] = []
     budget = MAX_INDEXED_CHARS
     for text in texts:
