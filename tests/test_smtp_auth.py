@@ -134,8 +134,10 @@ def test_failed_attempts_capped_per_address_over_a_window(gateway: Gateway, noti
 def test_password_guessing_does_not_delay_other_sessions(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
     """Two clients guess passwords against a costly hash; a third session's NOOP and EHLO stay quick.
 
-    Were checks run on the event loop, a command arriving during one would wait for it (and
-    for the other guesser's), so the worst round-trip would be about one check or more."""
+    Were checks run on the event loop, it would be blocked nearly all the time the guessers run:
+    a command arriving during a check would wait for the rest of it (and for the other guesser's),
+    so a typical round trip would take half a check or more. Off the loop they take milliseconds;
+    on a busy machine a single one may still wait for the scheduler, so the typical one is judged."""
     n, r, p = 2 ** 14, 8, 8  # 16 MiB of memory per check, as the default; p makes each check cost more
     started = time.monotonic()
     hashlib.scrypt(b"guess", salt=b"0123456789abcdef", n=n, r=r, p=p, dklen=32)
@@ -168,8 +170,9 @@ def test_password_guessing_does_not_delay_other_sessions(gateway: Gateway, notif
         listener.stop()
     assert refused == [535] * (2 * guesses)
     checking = 2 * guesses * one_check
-    assert max(round_trips) < one_check / 2, (max(round_trips), one_check)
-    assert max(round_trips) < checking / 3
+    typical = sorted(round_trips)[len(round_trips) // 2]
+    assert typical < one_check / 10, (typical, one_check)
+    assert max(round_trips) < checking / 3, (max(round_trips), checking)
     assert len(round_trips) > 2 * guesses  # the other session was busy all along
 
 
