@@ -102,10 +102,8 @@ def index_terms(*texts: str) -> str:
             for run, other in pieces:
                 if other:
                     tokens.append(other)
-                elif len(run) == 1:
-                    tokens.append(run)
                 else:
-                    tokens += map(operator.add, run, run[1:])
+                    tokens += _bigrams(run)
     return " ".join(tokens)
 
 
