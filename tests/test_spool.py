@@ -61,6 +61,30 @@ def test_finish_keeps_the_raw_copy_once(spool: Spool) -> None:
     assert a.id != b.id
 
 
+def test_recovery_leaves_an_item_its_worker_finished_while_it_looked(spool: Spool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rescan opens a claimed item, its worker finishes it and lets go, then the rescan gets the
+    lock: the file is in the message store now, nothing is left to requeue (nor to trip over)."""
+    import fcntl
+
+    import gateway.spool as spool_module
+
+    spool.enqueue(b"Subject: done\r\n\r\nbody\r\n", {})
+    [item] = spool.claim(1)
+    real_flock = fcntl.flock
+
+    def worker_finishes_first(fd: int, operation: int) -> None:
+        if item.path.exists():
+            spool.finish(item, "cd" * 32)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(spool_module.fcntl, "flock", worker_finishes_first)
+    assert spool.recover() == (0, 0)
+    monkeypatch.setattr(spool_module.fcntl, "flock", real_flock)
+    assert os.listdir(spool.root / "work") == os.listdir(spool.root / "new") == []
+    assert read_item_file(spool.stored_path("cd" * 32))[1] == b"Subject: done\r\n\r\nbody\r\n"
+
+
 def test_failures_back_off_then_quarantine(spool: Spool) -> None:
     """A failing item waits before its next try, and after max_attempts sits in quarantine with its reasons."""
     item = spool.enqueue(b"poison", {"intake": "file"})

@@ -551,7 +551,13 @@ class Spool:
             except BlockingIOError:
                 yield False
                 return
-            yield True
+            # Its holder may have finished with it between the open and the lock (moved it into
+            # the message store, or removed it): then there is nothing here to recover.
+            try:
+                still_here = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                still_here = False
+            yield still_here
         finally:
             os.close(fd)
 
