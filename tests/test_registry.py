@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -84,6 +85,26 @@ def test_same_bytes_twice_in_one_batch(registry: Registry) -> None:
     assert results[2].number == results[0].number == "2026-000001"
     assert results[1].number == "2026-000002"
     assert [e.action for e in registry.letter("2026-000001").events][-1] == "duplicate-arrival"
+
+
+def test_every_letter_of_a_large_batch_gets_its_own_id_events_and_keys(registry: Registry) -> None:
+    """Forty letters in one batch, over two series and with a twin: each result names the row of
+    its own letter, and that letter's events and intake key are its own (ids are paired with
+    letters by number, whatever order the database returns them in)."""
+    letters = [new_letter(n, when=datetime(2026, 12, 31, 17 if n % 3 == 0 else 1, 0, tzinfo=timezone.utc))
+               for n in range(1, 41)]
+    letters.append(new_letter(99, body=b"letter 7", keys=["spool:twin-of-7"]))
+    results = registry.register(letters)
+    assert [r.outcome for r in results] == ["registered"] * 40 + ["duplicate"]
+    assert len({r.letter_id for r in results[:40]}) == 40
+    assert results[40].letter_id == results[6].letter_id
+    for n, result in enumerate(results[:40], start=1):
+        letter = registry.letter(result.number)
+        assert (letter.id, letter.subject) == (result.letter_id, f"Letter {n}")
+        assert result.number.startswith("2027-" if n % 3 == 0 else "2026-")
+        assert {e.letter_id for e in letter.events} == {result.letter_id}
+        assert registry.register([new_letter(n)])[0] == replace(result, outcome="known")
+    assert [e.action for e in registry.letter(results[6].number).events][-1] == "duplicate-arrival"
 
 
 def test_same_intake_key_again_is_known_without_a_new_event(registry: Registry) -> None:

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
-from sqlalchemy import (Connection, Text, and_, cast, column, delete, func, insert, literal, literal_column, or_,
-                        select, table)
+from sqlalchemy import (Connection, Text, and_, bindparam, cast, column, delete, func, insert, literal,
+                        literal_column, or_, select, table)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import selectinload
 
@@ -168,6 +168,13 @@ def _tsquery(terms: list[Term]) -> str:
 _SQLITE_INDEX = table("letter_search", column("rowid"), column("entry"), column("content"))
 _PG_INDEX = table("letter_search", column("letter_id"), column("entry"), column("content"), column("tsv"),
                   column("tsv_entry"))
+# Built once: every registration batch writes its terms.
+_SQLITE_DELETE = delete(_SQLITE_INDEX).where(_SQLITE_INDEX.c.rowid.in_(bindparam("ids", expanding=True)))
+_SQLITE_INSERT = insert(_SQLITE_INDEX)
+_PG_INSERT = pg_insert(_PG_INDEX)
+_PG_UPSERT = _PG_INSERT.on_conflict_do_update(index_elements=["letter_id"],
+                                              set_={"entry": _PG_INSERT.excluded.entry,
+                                                    "content": _PG_INSERT.excluded.content})
 
 
 class SearchRecords(Store):
@@ -180,14 +187,11 @@ class SearchRecords(Store):
         if not rows:
             return
         if conn.dialect.name == "postgresql":
-            stmt = pg_insert(_PG_INDEX).values([{"letter_id": i, "entry": e, "content": c} for i, e, c in rows])
-            conn.execute(stmt.on_conflict_do_update(index_elements=["letter_id"],
-                                                    set_={"entry": stmt.excluded.entry,
-                                                          "content": stmt.excluded.content}))
+            conn.execute(_PG_UPSERT, [{"letter_id": i, "entry": e, "content": c} for i, e, c in rows])
             return
         # An FTS5 table has no upsert: the old row goes first.
-        conn.execute(delete(_SQLITE_INDEX).where(_SQLITE_INDEX.c.rowid.in_([i for i, _, _ in rows])))
-        conn.execute(insert(_SQLITE_INDEX), [{"rowid": i, "entry": e, "content": c} for i, e, c in rows])
+        conn.execute(_SQLITE_DELETE, {"ids": [i for i, _, _ in rows]})
+        conn.execute(_SQLITE_INSERT, [{"rowid": i, "entry": e, "content": c} for i, e, c in rows])
 
     def unindexed(self, limit: int) -> list[Letter]:
         """Letters not in the index yet (registered before it existed), with their attachments."""

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -24,6 +24,18 @@ from gateway.registry import schema
 from gateway.registry.models import NumberSeries
 from gateway.registry.numbers import NumberTemplate, conflict
 from gateway.registry.plan import NewMail
+
+
+def _advance_statement(insert: Any) -> Any:
+    series = NumberSeries.__table__
+    stmt = insert(series).values(series=bindparam("series"), last_seq=bindparam("count"))
+    return stmt.on_conflict_do_update(index_elements=[series.c.series],
+                                      set_={"last_seq": series.c.last_seq + bindparam("count")},
+                                      ).returning(series.c.last_seq)
+
+
+# Built once per dialect: every registration batch runs it, and building it costs more than running it.
+_ADVANCE = {"postgresql": _advance_statement(pg_insert), "sqlite": _advance_statement(sqlite_insert)}
 
 
 class RegistryUnavailable(Exception):
@@ -150,8 +162,4 @@ class Store:
         One statement that holds the counter's row lock until commit: that is
         what keeps numbers gap-free across processes.
         """
-        ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(NumberSeries)
-        stmt = ins.values(series=series, last_seq=count).on_conflict_do_update(
-            index_elements=[NumberSeries.series], set_={"last_seq": NumberSeries.last_seq + count},
-        ).returning(NumberSeries.last_seq)
-        return int(conn.execute(stmt).scalar_one())
+        return int(conn.execute(_ADVANCE[conn.dialect.name], {"series": series, "count": count}).scalar_one())
