@@ -46,9 +46,12 @@ _SEEN_KEYS = (select(_KEYS.c.key, _LETTERS.c.id, _LETTERS.c.number, _LETTERS.c.s
 _SEEN_BYTES = (select(_LETTERS.c.raw_sha256, _LETTERS.c.id, _LETTERS.c.number, _LETTERS.c.status,
                       _LETTERS.c.envelope)
                .where(_LETTERS.c.raw_sha256.in_(bindparam("shas", expanding=True))))
-# Paired with their rows by number (unique), not by the order of RETURNING: asking SQLAlchemy for
-# that order makes it insert one row per statement on SQLite.
-_NEW_LETTERS = insert(_LETTERS).returning(_LETTERS.c.number, _LETTERS.c.id)
+# Inserted in one executemany of a one-row statement, then their ids found by number (unique).
+# RETURNING in the order given makes SQLAlchemy run one statement per row on SQLite; RETURNING in
+# any order, one statement of many rows per batch size, each of which SQLite's statement cache
+# keeps with the texts last bound to it (a batch of 100 KiB letters: megabytes per size).
+_NEW_LETTERS = insert(_LETTERS)
+_NUMBERED = select(_LETTERS.c.number, _LETTERS.c.id).where(_LETTERS.c.number.in_(bindparam("numbers", expanding=True)))
 _NEW_ROWS = {model: insert(cast(Table, model.__table__))
              for model in (Attachment, Event, IntakeKey, OcrJob, OutboxMail)}
 _RECEIPTS_TO = (select(_OUTBOX.c.recipient, func.count(_OUTBOX.c.id))
@@ -222,7 +225,9 @@ class Registration(SearchRecords):
             })
         ids: list[int] = []
         if rows:
-            by_number = {number: letter_id for number, letter_id in conn.execute(_NEW_LETTERS, rows)}
+            conn.execute(_NEW_LETTERS, rows)
+            by_number = {number: letter_id for number, letter_id
+                         in conn.execute(_NUMBERED, {"numbers": [row["number"] for row in rows]})}
             ids = [by_number[row["number"]] for row in rows]
 
         events: list[dict[str, Any]] = []
