@@ -94,8 +94,12 @@ def registered(registry: Path) -> int:
 
 def peak_mib(pid: int) -> float:
     """The daemon's and its children's (the registrar helpers') peak resident memory, added up."""
-    pids = [pid] + [int(p) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for p in (task / "children").read_text().split()]
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile: its children belong to the others
     return sum(next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
                     if line.startswith("VmHWM:")) for p in pids) / 1024
 

@@ -39,6 +39,18 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+
+def child_pids(pid: int) -> list[int]:
+    """The processes a running process has started, read from each of its threads' lists (a thread
+    that ends while they are read has none left to list: its children belong to the others)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return pids
+
 # -- PostgreSQL -------------------------------------------------------------
 class PostgresServer:
     """A throwaway cluster run as the unprivileged `postgres` user (it refuses root)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from conftest import Daemon, Gateway, Notify, child_pids, make_message, wait_for
 from gateway.config import ConfigError, load
 from gateway.stages.normalise import Limits, normalise
 
@@ -155,9 +155,8 @@ def test_a_huge_slow_message_is_registered_in_a_lane_of_its_own(running: tuple[G
 
 def large_helpers(pid: int) -> list[int]:
     """The daemon's registrar helper for large items, if it runs (its last argument names it)."""
-    pids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
     found = []
-    for child in pids:
+    for child in child_pids(pid):
         try:
             if Path(f"/proc/{child}/cmdline").read_bytes().endswith(b"\0large\0"):
                 found.append(child)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, PostgresServer, make_message, wait_for
+from conftest import Daemon, Gateway, Notify, PostgresServer, child_pids, make_message, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -230,8 +230,8 @@ class Load:
 def children(pid: int) -> list[int]:
     """The daemon's registrar helper processes for ordinary items (it has other children too: the OCR
     pool, and the helper for large items, named by its last argument)."""
-    pids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
-    return [p for p in pids if b"gateway.daemon.registrar" in _cmdline(p) and not _cmdline(p).endswith(b"\0large\0")]
+    return [p for p in child_pids(pid)
+            if b"gateway.daemon.registrar" in _cmdline(p) and not _cmdline(p).endswith(b"\0large\0")]
 
 
 def _cmdline(pid: int) -> bytes:
