@@ -39,7 +39,6 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-
 def child_pids(pid: int) -> list[int]:
     """The processes a running process has started, read from each of its threads' lists (a thread
     that ends while they are read has none left to list: its children belong to the others)."""
@@ -50,6 +49,7 @@ def child_pids(pid: int) -> list[int]:
         except FileNotFoundError:
             continue
     return pids
+
 
 # -- PostgreSQL -------------------------------------------------------------
 class PostgresServer:
