@@ -1,7 +1,9 @@
 """The spool's group commit: one sync shared by the threads that need it at the same time
-(gateway.spool.durable.SharedSync), and Spool.commit_grouped on top of it."""
+(gateway.spool.durable.SharedSync), the same for the coroutines of an event loop (LoopSync), and
+what becomes of an item whose sync failed."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import Spool, SpoolError, read_item_file
-from gateway.spool.durable import SharedSync
+from gateway.spool.durable import LoopSync, SharedSync
 
 
 class SlowSync:
@@ -59,34 +61,62 @@ def test_a_failed_sync_covers_nobody() -> None:
     assert len(slow.runs) == 2
 
 
-def test_commit_grouped_leaves_the_item_claimed_sealed_and_synced(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    spool = Spool(tmp_path / "spool", tmp_path / "messages")
-    synced: list[int] = []
-    monkeypatch.setattr(spool, "sync", lambda: synced.append(1))
-    spool._shared_sync = SharedSync(spool.sync)
-    writer = spool.writer({"intake": "smtp"})
-    writer.write(b"Subject: hi\r\n\r\nbody\r\n")
-    item = spool.commit_grouped(writer)
-    try:
-        assert synced == [1]
-        assert item.path.parent.name == "work" and item._fd is not None  # still locked by us
-        meta, raw = read_item_file(item.path)
-        assert raw == b"Subject: hi\r\n\r\nbody\r\n" and meta["intake"] == "smtp"
-    finally:
-        item._unlock()
+def test_coroutines_waiting_together_share_a_few_syncs_each_started_after_their_call() -> None:
+    slow = SlowSync()
+    shared = LoopSync(slow, "test-sync")
+
+    async def caller() -> tuple[float, float]:
+        asked = time.monotonic()
+        await shared.sync()
+        return asked, time.monotonic()
+
+    async def callers() -> list[tuple[float, float]]:
+        first = [asyncio.ensure_future(caller()) for _ in range(8)]
+        await asyncio.sleep(0.01)  # while the first sync runs
+        return await asyncio.gather(*first, *(caller() for _ in range(8)))
+
+    calls = asyncio.run(callers())
+    assert len(slow.runs) <= 3, slow.runs  # not one per caller
+    for asked, returned in calls:
+        assert any(asked <= start and end <= returned for start, end in slow.runs)
 
 
-def test_commit_grouped_drops_the_item_when_the_sync_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_loop_sync_fails_every_caller_it_covered_and_the_next_sync_runs_again() -> None:
+    slow = SlowSync(seconds=0.01, fail_first=1)
+    shared = LoopSync(slow, "test-sync")
+
+    async def callers() -> tuple[list[BaseException | None], None]:
+        failed = await asyncio.gather(*(shared.sync() for _ in range(4)), return_exceptions=True)
+        return failed, await shared.sync()
+
+    failed, _ = asyncio.run(callers())
+    assert [type(error) for error in failed] == [OSError] * 4
+    assert len(slow.runs) == 2
+
+
+def test_a_cancelled_caller_leaves_the_others_covered() -> None:
+    slow = SlowSync(seconds=0.05)
+    shared = LoopSync(slow, "test-sync")
+
+    async def callers() -> None:
+        left = asyncio.ensure_future(shared.sync())
+        stays = asyncio.ensure_future(shared.sync())
+        await asyncio.sleep(0.01)
+        left.cancel()
+        await stays
+
+    asyncio.run(callers())
+    assert len(slow.runs) == 1
+
+
+def test_an_item_whose_sync_failed_is_abandoned_leaving_nothing(tmp_path: Path) -> None:
     """Never acknowledged, so nothing stays behind: the sender keeps its copy and retries."""
     spool = Spool(tmp_path / "spool", tmp_path / "messages")
-
-    def failing() -> None:
-        raise OSError(5, "Input/output error")
-
-    spool._shared_sync = SharedSync(failing)
     writer = spool.writer({"intake": "smtp"})
     writer.write(b"Subject: hi\r\n\r\nbody\r\n")
-    with pytest.raises(SpoolError, match="cannot make item durable"):
-        spool.commit_grouped(writer)
+    item = writer.commit(claim=True, durable=False)
+    assert item.path.parent.name == "work" and read_item_file(item.path)[1] == b"Subject: hi\r\n\r\nbody\r\n"
+    error = spool.abandon(item, OSError(5, "Input/output error"))
+    assert isinstance(error, SpoolError) and "cannot make item durable" in str(error)
     assert [p for d in ("tmp", "new", "work") for p in (tmp_path / "spool" / d).iterdir()] == []
+    assert spool.recover() == (0, 0)

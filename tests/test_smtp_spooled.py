@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import signal
 import smtplib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -129,3 +130,27 @@ def test_without_the_shared_syncfs_a_power_cut_loses_spooled_250s(machine_factor
     registered = {str(letter["subject"]) for letter in machine.letters()}
     machine.stop()
     assert not acked <= registered or machine.letters_without_raw_copy(), "nothing was lost without the syncfs"
+
+
+def test_a_failed_sync_answers_451_and_keeps_nothing_then_the_retry_is_registered(
+        machine_factory: MachineFactory) -> None:  # noqa: F811
+    """The disk's syncs fail (EIO): sessions that wait for the same sync all get 451, the spool keeps
+    nothing of them (never acknowledged: their senders retry), and the daemon goes on. Once syncs work
+    again, the same messages sent again get 250 and are registered once each."""
+    machine = spooled(machine_factory())
+    machine.start()
+    machine.disk.fail_syncs()
+    with ThreadPoolExecutor(4) as pool:
+        refused = list(pool.map(lambda n: send(machine.gateway.smtp_port, n, f"retried {n}"), range(4)))
+    assert [code for code, _ in refused] == [451] * 4, refused
+    assert all(b"try again later" in reply for _, reply in refused), refused
+    assert [machine.gateway.spool_files(d) for d in ("tmp", "new", "work")] == [[], [], []]
+    machine.disk.fail_syncs(False)
+    for n in range(4):
+        code, reply = send(machine.gateway.smtp_port, n, f"retried {n}")
+        assert code == 250 and QUEUED.fullmatch(reply), reply
+    machine.wait_spool_empty()
+    wait_for(lambda: len(machine.letters()) == 4, 30, "the four letters")
+    assert_registered_once(machine.letters(), {f"retried {n}" for n in range(4)})
+    log = machine.stop()
+    assert "cannot make item durable" in log and "Traceback" not in log

@@ -39,6 +39,7 @@ from gateway.config import Config
 from gateway.daemon.registrar import Registrar
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError, SpoolItem, SpoolWriter
+from gateway.spool.durable import LoopSync
 
 log = logging.getLogger("gateway.intake.smtp")
 
@@ -218,7 +219,7 @@ def _clean(value: str, limit: int = 200) -> str:
 
 
 class _FileSteps:
-    """One message's spool operations, run one after another in the intake's file threads.
+    """The writes of a large message's pieces, run one after another in the intake's file threads.
 
     Each step is awaited before the next is started, so they never overlap; only a
     session cut off mid-step leaves one running, and abort() then drops the item
@@ -394,7 +395,9 @@ class IntakeSMTP(SMTP):
         trace = intake.received_header(self, self._session_id)
         files = _FileSteps(intake.file_threads)
         try:
-            writer = await files.run(intake.open_item, intake.meta(self, self._transactions, trace), trace)
+            # On the loop: creating a file and locking it are quick, and a trip to a file thread
+            # and back cost more than they do (see SmtpIntake.accept).
+            writer = intake.open_item(intake.meta(self, self._transactions, trace), trace)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", _peer(self.session), exc)
             await self.push(_unstored(exc))
@@ -510,10 +513,10 @@ class SmtpIntake:
         self.auth_guard = AuthGuard(smtp.max_auth_failures_per_address, smtp.auth_failure_window,
                                     smtp.auth_check_threads)
         self.auth_failure_delay = smtp.auth_failure_delay
-        # Spool writes and syncs, off the event loop: enough threads for every session to wait in
-        # the same group sync (threads are started only as sessions need them).
-        self.file_threads = ThreadPoolExecutor(max_workers=min(smtp.max_sessions, 128),
-                                               thread_name_prefix="smtp-spool")
+        # A large message's pieces are written off the event loop, as they come; the syncs that
+        # make items durable run in a thread of their own, one for every session waiting meanwhile.
+        self.file_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smtp-spool")
+        self.spool_sync = LoopSync(spool.sync, "smtp-spool-sync")
         self._servers: list[asyncio.base_events.Server] = []
         self.sessions: set[IntakeSMTP] = set()
         self.stopping = False
@@ -658,7 +661,7 @@ class SmtpIntake:
         return header.encode("ascii")
 
     def open_item(self, meta: dict[str, Any], trace: bytes) -> SpoolWriter:
-        """A new spool item, our Received: header first (in a file thread)."""
+        """A new spool item, our Received: header first."""
         writer = self.spool.writer(meta)
         writer.write(trace)
         return writer
@@ -670,16 +673,6 @@ class SmtpIntake:
             if spooled is not None:
                 self.registrar.follow(spooled)
 
-    def _write_and_commit(self, writer: SpoolWriter, tail: bytes, spooled: bool) -> SpoolItem:
-        """The message's last bytes written and the item committed, in one file step (a file thread)."""
-        if tail:
-            writer.write(tail)
-        if spooled:
-            # One syncfs for every session that finishes meanwhile (group commit).
-            return self.spool.commit_grouped(writer)
-        # Made durable by the registrar, in the same sync and transaction as its batch.
-        return writer.commit(claim=True, durable=False)
-
     async def accept(self, writer: SpoolWriter, tail: bytes, server: IntakeSMTP) -> tuple[str, SpoolItem | None]:
         """Write the message's last bytes, commit the item and say what happened in the reply; with
         acknowledge = "spooled", the item is durable and still to be registered (the caller hands it
@@ -688,11 +681,22 @@ class SmtpIntake:
         peer = _peer(server.session)
         spooled = self.config.model.smtp.acknowledge == "spooled"
         try:
-            item = await asyncio.wrap_future(self.file_threads.submit(self._write_and_commit, writer, tail, spooled))
+            # The last bytes, the seal and the rename into work/ (still locked by us) go to the page
+            # cache at once, on the loop; only the sync waits for the disk. With "registered", the
+            # registrar makes the item durable in the same sync and transaction as its batch.
+            if tail:
+                writer.write(tail)
+            item = writer.commit(claim=True, durable=False)
         except SpoolError as exc:
             log.error("%s: cannot spool: %s", peer, exc)
             return _unstored(exc), None
         if spooled:
+            try:
+                await self.spool_sync.sync()  # one syncfs for every session that commits meanwhile
+            except OSError as exc:
+                unstored = await asyncio.wrap_future(self.file_threads.submit(self.spool.abandon, item, exc))
+                log.error("%s: cannot spool: %s", peer, unstored)
+                return _unstored(unstored), None
             return f"250 2.0.0 OK queued as {item.id}", item
         try:
             outcome = await self.registrar.register(item)

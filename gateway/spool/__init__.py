@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gateway.spool.durable import DirectorySync, SharedSync, fsync_dir, make_dirs, move, remove, write_file
+from gateway.spool.durable import DirectorySync, fsync_dir, make_dirs, move, remove, write_file
 
 log = logging.getLogger("gateway.spool")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -293,7 +293,6 @@ class Spool:
         self.max_attempts = max_attempts
         make_dirs(*(root / name for name in _DIRS), message_dir)
         self.dir_sync = {name: DirectorySync(root / name) for name in ("new", "work")}
-        self._shared_sync = SharedSync(self.sync)
         # The store's 256 fan-out folders exist up front: no mkdir on the hot path.
         # "ff" is made last, after the others are durable: its presence says they all are.
         if not (message_dir / "ff").is_dir():
@@ -306,21 +305,14 @@ class Spool:
     def writer(self, meta: dict[str, Any]) -> SpoolWriter:
         return SpoolWriter(self, meta)
 
-    def commit_grouped(self, writer: SpoolWriter) -> SpoolItem:
-        """Commit a writer's item claimed (in work/, locked by us) and make it durable in a sync
-        shared with the other threads committing at the same time: one syncfs for them all
-        instead of a file and a directory fsync each. Returns only once the item is durable;
-        raises SpoolError with nothing kept otherwise."""
-        item = writer.commit(claim=True, durable=False)
+    def abandon(self, item: SpoolItem, exc: OSError) -> SpoolError:
+        """An item committed with durable=False whose sync failed: never acknowledged, so it is
+        removed (the sender keeps its copy and retries); returns the error to report."""
         try:
-            self._shared_sync.sync()
-        except OSError as exc:
-            try:
-                self.discard(item)  # never acknowledged: the sender keeps its copy and retries
-            except OSError as cleanup_error:
-                log.error("cannot remove spool item %s: %s", item.path, cleanup_error.strerror or cleanup_error)
-            raise _failed(self, "cannot make item durable", exc) from exc
-        return item
+            self.discard(item)
+        except OSError as cleanup_error:
+            log.error("cannot remove spool item %s: %s", item.path, cleanup_error.strerror or cleanup_error)
+        return _failed(self, "cannot make item durable", exc)
 
     def enqueue(self, raw: bytes | Iterable[bytes], meta: dict[str, Any], *, claim: bool = False) -> SpoolItem:
         """Make an item durable. Returns only after fsync; raises SpoolError otherwise."""

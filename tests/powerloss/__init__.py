@@ -82,6 +82,11 @@ class PowerLossDisk:
         """sync(1): everything written so far becomes durable."""
         self._command("sync")
 
+    def fail_syncs(self, failing: bool = True) -> None:
+        """From now on, every syncfs() on the disk fails with EIO and makes nothing durable (or
+        works again)."""
+        self._command("fail-syncs" if failing else "honour-syncs")
+
     def pull_plug(self, *pids: int) -> None:
         """Power cut: what was not synced is lost at this instant, and the processes
         `pids` (with their children) die with the machine."""

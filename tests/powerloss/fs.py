@@ -432,16 +432,24 @@ class LossyFS:
 
 
 def serve_control(fs: LossyFS, control: Path) -> None:
-    """One command a connection: `sync` or `cut`, answered with `ok`."""
+    """One command a connection: `sync` or `cut`, answered with `ok`; `fail-syncs` and `honour-syncs`
+    (answered with `ok`) make the `sync`s that follow fail without making anything durable, answered
+    with `failed` (the shim's syncfs then fails with EIO, as a failing device's does), or work again."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(control))
     server.listen(16)
+    failing = threading.Event()
 
     def handle(conn: socket.socket) -> None:
         with conn:
             command = conn.recv(64).decode().strip()
-            if command == "sync":
+            if command == "sync" and failing.is_set():
+                conn.sendall(b"failed\n")
+            elif command == "sync":
                 fs.sync_all()
+                conn.sendall(b"ok\n")
+            elif command in ("fail-syncs", "honour-syncs"):
+                (failing.set if command == "fail-syncs" else failing.clear)()
                 conn.sendall(b"ok\n")
             elif command == "cut":
                 fs.mutex.acquire()  # held until the process is gone: no operation completes after the cut
