@@ -2,6 +2,7 @@
 Authentication-Results, spoofed internal senders, and the verdict stored and shown."""
 from __future__ import annotations
 
+import dataclasses
 import smtplib
 import textwrap
 import time
@@ -17,7 +18,7 @@ from conftest import Gateway, Notify, wait_for
 import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
 from gateway.stages.check import (MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Checker, DmarcRefused, TrustPolicy,
-                                  aligned, make_resolver, organisational_domain, parse_relays)
+                                  Verdict, aligned, make_resolver, organisational_domain, parse_relays)
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
@@ -132,6 +133,25 @@ def test_authentication_results_count_only_from_a_trusted_authserv_id(dns_server
                     .replace("header.d=example.org", "header.d=x.example").replace("header.from=example.org",
                                                                                    "header.from=x.example"))
     assert not check(c, other, "office@example.org", "", intake="imap")["authenticated"]
+
+
+def test_a_verdict_as_plain_data_is_what_asdict_gives_and_shares_nothing_with_it() -> None:
+    verdict = Verdict("office@example.org", "example.org", smtp_auth_user="clerk",
+                      dkim=[{"domain": "example.org", "selector": "s1", "result": "pass", "aligned": True}],
+                      spf={"result": "softfail", "domain": "example.org"},
+                      dmarc={"result": "pass", "policy": None, "domain": "example.org"},
+                      authentication_results={"trusted": [{"authserv_id": "mx.example.org", "results": ["dkim=pass"]}],
+                                              "ignored": [{"authserv_id": "x", "results": [], "reason": "not ours"}]},
+                      flags=["unverified-internal-sender"], temperror=True)
+    verdict.prove("dkim")
+    plain = verdict.as_dict()
+    assert plain == dataclasses.asdict(verdict) and list(plain) == list(dataclasses.asdict(verdict))
+    plain["dkim"][0]["result"] = "fail"
+    plain["authentication_results"]["trusted"][0]["results"].append("spf=pass")
+    plain["flags"].clear()
+    assert verdict.dkim[0]["result"] == "pass" and verdict.flags == ["unverified-internal-sender"]
+    assert verdict.authentication_results["trusted"][0]["results"] == ["dkim=pass"]
+    assert Verdict("", "").as_dict() == dataclasses.asdict(Verdict("", ""))
 
 
 def test_sender_verified_rule_and_spoofed_internal_sender_is_external() -> None:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import dkim
@@ -88,11 +88,25 @@ class Verdict:
     temperror: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The verdict as plain data, sharing nothing with it: what dataclasses.asdict gives, without
+        its deep copy of every string (a few percent of a letter's registration)."""
+        return {name: _plain_copy(getattr(self, name)) for name in _VERDICT_FIELDS}
 
     def prove(self, method: str) -> None:
         if not self.authenticated:
             self.authenticated, self.method, self.address = True, method, self.from_address
+
+
+_VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+
+
+def _plain_copy(value: Any) -> Any:
+    """A copy of JSON-like data: new dicts and lists, the same immutable leaves."""
+    if isinstance(value, dict):
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(item) for item in value]
+    return value
 
 
 def is_authenticated(trust: dict[str, Any] | None) -> bool:
