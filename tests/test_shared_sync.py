@@ -94,6 +94,14 @@ def test_a_failed_loop_sync_fails_every_caller_it_covered_and_the_next_sync_runs
     assert len(slow.runs) == 2
 
 
+def test_a_loop_sync_serves_the_next_event_loop_once_the_first_has_closed() -> None:
+    slow = SlowSync(seconds=0.01)
+    shared = LoopSync(slow, "test-sync")
+    asyncio.run(shared.sync())
+    asyncio.run(shared.sync())
+    assert len(slow.runs) == 2
+
+
 def test_a_cancelled_caller_leaves_the_others_covered() -> None:
     slow = SlowSync(seconds=0.05)
     shared = LoopSync(slow, "test-sync")

@@ -168,10 +168,10 @@ class LoopSync:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if self._loop is None:
+            if self._loop is None or self._loop.is_closed():
                 self._loop = loop
             elif self._loop is not loop:
-                raise RuntimeError(f"{self._name} serves one event loop")
+                raise RuntimeError(f"{self._name} serves one event loop at a time")
             self._waiting.append(done)
             if self._thread is None:
                 # A daemon thread: it holds nothing but callers' futures, which die with the loop.
@@ -196,13 +196,13 @@ class LoopSync:
             try:
                 loop.call_soon_threadsafe(_settle, covered, error)
             except RuntimeError:
-                return  # the loop has closed: nobody waits any more
+                pass  # that loop has closed: nobody waits for these any more
 
 
 def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
     for future in futures:
-        if future.done():
-            continue  # its caller was cancelled
+        if future.done() or future.get_loop().is_closed():
+            continue  # its caller was cancelled, or its loop has gone
         if error is None:
             future.set_result(None)
         else:
