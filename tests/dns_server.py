@@ -86,15 +86,23 @@ class DnsServer:
         return signature + message
 
 
-def start_dns(zone: DnsZone) -> DnsServer:
+def start_dns(zone: DnsZone, *, ttl: int = 0, authoritative_for: str = "") -> DnsServer:
+    """dnsmasq publishing the zone's records with this TTL (0: nothing may be cached). With
+    `authoritative_for`, it answers for that domain as its authoritative server: a name there with
+    no records gets NXDOMAIN (or an empty answer) with the domain's SOA, whose TTL (and minimum) is
+    `ttl`, so that negative answers may be cached as long."""
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     port = _free_port()
     scratch = Path(tempfile.mkdtemp(prefix="gateway-dns-"))
     args = [binary, "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
             f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root" if _root() else "",
             f"--pid-file={scratch / 'dnsmasq.pid'}", "--log-facility=-", "--conf-file=/dev/null",
-            # Every name not published here has no answer, instead of being asked upstream.
-            "--address=/#/", "--local=/#/"]
+            f"--local-ttl={ttl}"]
+    if authoritative_for:
+        args += [f"--auth-server=ns.{authoritative_for},127.0.0.1", f"--auth-zone={authoritative_for}",
+                 f"--auth-soa=1,hostmaster.{authoritative_for},1200,120,1209600", f"--auth-ttl={ttl}"]
+    # Every name not published here has no answer, instead of being asked upstream.
+    args += ["--address=/#/", "--local=/#/"]
     args += [_txt_option(name, text) for name, text in [*zone.txt.items(), *zone.more_txt]]
     process = subprocess.Popen([a for a in args if a], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = DnsServer(port, zone, process)

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import dns.exception
+import dns.rdatatype
 import dns.resolver
 import pytest
 
 from conftest import Gateway, Notify, wait_for
 import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
-from gateway.stages.check import (MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Checker, DmarcRefused, TrustPolicy,
-                                  Verdict, aligned, make_resolver, organisational_domain, parse_relays)
+from gateway.stages.check import (MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Answers, Checker, DmarcRefused,
+                                  TrustPolicy, Verdict, aligned, make_resolver, organisational_domain, parse_relays)
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
@@ -133,6 +135,34 @@ def test_authentication_results_count_only_from_a_trusted_authserv_id(dns_server
                     .replace("header.d=example.org", "header.d=x.example").replace("header.from=example.org",
                                                                                    "header.from=x.example"))
     assert not check(c, other, "office@example.org", "", intake="imap")["authenticated"]
+
+
+@pytest.mark.parametrize("ttl", [0, 2])
+def test_answers_are_kept_as_long_as_their_ttl_and_no_longer(ttl: int) -> None:
+    """Records, NXDOMAIN and empty answers (the last two with their domain's SOA) are answered again
+    without the server until their TTL runs out, then asked again; with a TTL of 0, never kept."""
+    zone = dns_fixtures.DnsZone()
+    zone.txt["kept.example"] = "v=spf1 -all"
+    server = dns_fixtures.start_dns(zone, ttl=ttl, authoritative_for="kept.example")
+    answers = Answers(make_resolver([server.nameserver], timeout=0.3, lifetime=0.3))
+    try:
+        asked = time.time()
+        record = answers.lookup("kept.example", dns.rdatatype.TXT, lifetime=0.3)
+        assert record is not None and [b"".join(r.strings) for r in record] == [b"v=spf1 -all"]
+        assert answers.lookup("_dmarc.kept.example", dns.rdatatype.TXT, lifetime=0.3) is None  # NXDOMAIN
+        assert answers.lookup("kept.example", "A", lifetime=0.3) is None  # the name exists, no such records
+    finally:
+        dns_fixtures.stop_dns(server)
+    if ttl:
+        assert answers.lookup("kept.example", dns.rdatatype.TXT, lifetime=0.3) is record
+        assert answers.lookup("_dmarc.kept.example", dns.rdatatype.TXT, lifetime=0.3) is None
+        assert answers.lookup("kept.example", "A", lifetime=0.3) is None
+        assert time.time() < asked + ttl, "too slow to tell"
+        time.sleep(asked + ttl + 0.1 - time.time())
+    for name, rdtype in (("kept.example", dns.rdatatype.TXT), ("_dmarc.kept.example", dns.rdatatype.TXT),
+                         ("kept.example", "A")):
+        with pytest.raises(dns.exception.DNSException):  # asked again, of a server that is gone
+            answers.lookup(name, rdtype, lifetime=0.3)
 
 
 def test_a_verdict_as_plain_data_is_what_asdict_gives_and_shares_nothing_with_it() -> None:
