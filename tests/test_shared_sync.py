@@ -81,17 +81,48 @@ def test_coroutines_waiting_together_share_a_few_syncs_each_started_after_their_
         assert any(asked <= start and end <= returned for start, end in slow.runs)
 
 
+class HeldSync:
+    """Syncs in turn: the first is held until released, the second fails (EIO), the rest work."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.release = threading.Event()
+
+    def __call__(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            self.release.wait(10)
+        elif self.runs == 2:
+            raise OSError(5, "Input/output error")
+
+
+async def asking_meanwhile(shared: LoopSync, held: HeldSync, callers: int) -> tuple[asyncio.Future[None],
+                                                                                    list[asyncio.Future[None]]]:
+    """The first caller, whose sync is held, and `callers` more who asked while it was held: the
+    next sync covers them all."""
+    first = asyncio.ensure_future(shared.sync())
+    while not held.runs:  # the first sync has started
+        await asyncio.sleep(0.001)
+    more = [asyncio.ensure_future(shared.sync()) for _ in range(callers)]
+    await asyncio.sleep(0)  # each of them has asked
+    return first, more
+
+
 def test_a_failed_loop_sync_fails_every_caller_it_covered_and_the_next_sync_runs_again() -> None:
-    slow = SlowSync(seconds=0.01, fail_first=1)
-    shared = LoopSync(slow, "test-sync")
+    held = HeldSync()
+    shared = LoopSync(held, "test-sync")
 
-    async def callers() -> tuple[list[BaseException | None], None]:
-        failed = await asyncio.gather(*(shared.sync() for _ in range(4)), return_exceptions=True)
-        return failed, await shared.sync()
+    async def callers() -> list[BaseException | None]:
+        first, more = await asking_meanwhile(shared, held, 4)
+        held.release.set()
+        await first
+        failed = await asyncio.gather(*more, return_exceptions=True)
+        await shared.sync()  # a third sync, which works
+        return failed
 
-    failed, _ = asyncio.run(callers())
+    failed = asyncio.run(callers())
     assert [type(error) for error in failed] == [OSError] * 4
-    assert len(slow.runs) == 2
+    assert held.runs == 3
 
 
 def test_a_loop_sync_serves_the_next_event_loop_once_the_first_has_closed() -> None:
@@ -102,19 +133,20 @@ def test_a_loop_sync_serves_the_next_event_loop_once_the_first_has_closed() -> N
     assert len(slow.runs) == 2
 
 
-def test_a_cancelled_caller_leaves_the_others_covered() -> None:
-    slow = SlowSync(seconds=0.05)
-    shared = LoopSync(slow, "test-sync")
+def test_a_cancelled_caller_leaves_the_others_covered_by_the_same_sync() -> None:
+    held = HeldSync()
+    shared = LoopSync(held, "test-sync")
 
-    async def callers() -> None:
-        left = asyncio.ensure_future(shared.sync())
-        stays = asyncio.ensure_future(shared.sync())
-        await asyncio.sleep(0.01)
+    async def callers() -> list[BaseException | None]:
+        first, (left, stays) = await asking_meanwhile(shared, held, 2)
         left.cancel()
-        await stays
+        held.release.set()
+        await first
+        return await asyncio.gather(left, stays, return_exceptions=True)
 
-    asyncio.run(callers())
-    assert len(slow.runs) == 1
+    outcomes = asyncio.run(callers())
+    assert isinstance(outcomes[0], asyncio.CancelledError) and isinstance(outcomes[1], OSError)
+    assert held.runs == 2
 
 
 def test_an_item_whose_sync_failed_is_abandoned_leaving_nothing(tmp_path: Path) -> None:
