@@ -145,8 +145,8 @@ class DirectorySync(SharedSync):
 
 
 class LoopSync:
-    """Group commit for the coroutines of one event loop: a thread of its own runs the syncs, each
-    covering every caller that asked before it started, and wakes the loop once per sync.
+    """Group commit for coroutines: a thread of its own runs the syncs, each covering every caller
+    that asked before it started, and wakes each waiting event loop once per sync.
 
     SharedSync does the same for threads, but a coroutine waiting there needs a thread to wait in:
     handing each message to a thread and back cost two thread switches and two wake-ups of the
@@ -157,24 +157,17 @@ class LoopSync:
     def __init__(self, sync: Callable[[], None], name: str):
         self._sync = sync
         self._name = name
-        self._lock = threading.Lock()
-        self._asked = threading.Condition(self._lock)
+        self._asked = threading.Condition()
         self._waiting: list[asyncio.Future[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
     async def sync(self) -> None:
         """Return once a sync that started after this call has ended; raise its error if it failed."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                self._loop = loop
-            elif self._loop is not loop:
-                raise RuntimeError(f"{self._name} serves one event loop at a time")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._asked:
             self._waiting.append(done)
             if self._thread is None:
-                # A daemon thread: it holds nothing but callers' futures, which die with the loop.
+                # A daemon thread: it holds nothing but callers' futures, which die with their loop.
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
             self._asked.notify()
@@ -182,27 +175,26 @@ class LoopSync:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
+            with self._asked:
                 while not self._waiting:
                     self._asked.wait()
                 covered, self._waiting = self._waiting, []
-                loop = self._loop
-            assert loop is not None
             error: BaseException | None = None
             try:
                 self._sync()
             except Exception as exc:  # every waiter hears of it; the thread goes on for the next ones
                 error = exc
-            try:
-                loop.call_soon_threadsafe(_settle, covered, error)
-            except RuntimeError:
-                pass  # that loop has closed: nobody waits for these any more
+            for loop in {future.get_loop() for future in covered}:  # one wake-up for each loop waiting
+                try:
+                    loop.call_soon_threadsafe(_settle, [f for f in covered if f.get_loop() is loop], error)
+                except RuntimeError:
+                    pass  # that loop has closed: nobody waits for these any more
 
 
 def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
     for future in futures:
-        if future.done() or future.get_loop().is_closed():
-            continue  # its caller was cancelled, or its loop has gone
+        if future.done():
+            continue  # its caller was cancelled
         if error is None:
             future.set_result(None)
         else:
