@@ -6,6 +6,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
 import zmq
 
 from conftest import Gateway, Notify, PostgresServer, make_message, wait_for
@@ -204,3 +205,56 @@ def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, noti
             stop(daemon)
     finally:
         server.destroy()
+
+
+# Loaded by the daemon's interpreter at its start (PYTHONPATH): each spool rescan takes as long as
+# RESCAN_SLEEP, and writes down when it starts and when it ends.
+SLOW_RESCAN = '''
+import os, time
+import gateway.spool as spool
+
+_recover = spool.Spool.recover
+
+
+def recover(self, *args, **kwargs):
+    with open(os.environ["RESCAN_LOG"], "a") as log:
+        log.write("start\\n")
+    time.sleep(float(os.environ["RESCAN_SLEEP"]))
+    try:
+        return _recover(self, *args, **kwargs)
+    finally:
+        with open(os.environ["RESCAN_LOG"], "a") as log:
+            log.write("end\\n")
+
+
+spool.Spool.recover = recover
+'''
+
+
+@pytest.mark.parametrize("grace, sleep", [(20, 2), (1, 6)], ids=["within-grace", "past-grace"])
+def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Path, notify: Notify,
+                                                                   grace: float, sleep: float) -> None:
+    """A rescan running when the daemon is told to stop is waited for, up to the grace; past it the rescan
+    is cut short with a warning. Neither is an error with a traceback, and the daemon exits 0."""
+    gw = Gateway(tmp_path, extra=f"\n[daemon]\nshutdown_grace_seconds = {grace}\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_RESCAN)
+    rescans = tmp_path / "rescans.log"
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), RESCAN_LOG=str(rescans),
+                      RESCAN_SLEEP=str(sleep))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: rescans.exists() and rescans.read_text().endswith("start\n"), 30, "a rescan under way")
+        daemon.send_signal(signal.SIGTERM)
+        out = stop(daemon)
+    finally:
+        daemon.stop()
+    assert "Traceback" not in out and "Error running job" not in out, out[-3000:]
+    assert "stopped:" in out
+    if grace > sleep:
+        assert rescans.read_text().endswith("end\n")  # finished before the daemon went on stopping
+        assert "cut short" not in out
+    else:
+        assert "stopping: spool rescan cut short; it runs again after the next start" in out
+        assert "1 scheduled job(s) still running after 1 s" in out

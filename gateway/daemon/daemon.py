@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,7 @@ class Daemon:
         self.registry = Registry.from_config(config)
         self.totals: Counter[str] = Counter()
         self._workers: list[SpoolWorker] = []
+        self._jobs_running: set[asyncio.Task[Any]] = set()
         self._totals_lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self.publisher: EventPublisher | None = None
@@ -226,18 +228,19 @@ class Daemon:
         self._start_workers()
         threading.Thread(target=self._index_older_letters, name="search-index", daemon=True).start()
         scheduler = AsyncIOScheduler()
-        scheduler.add_job(self._rescan, "interval", seconds=self.config.model.spool.rescan_seconds,
-                          id="spool-rescan", max_instances=1, coalesce=True)
+        scheduler.add_job(self._job("spool rescan", self._rescan), "interval", id="spool-rescan",
+                          seconds=self.config.model.spool.rescan_seconds, max_instances=1, coalesce=True)
         if self.config.model.archive.enabled:
             archive = self.config.model.archive
             # Given as None, next_run_time would pause the job: it is passed only to run it at once.
             missed = {"next_run_time": datetime.now(timezone.utc)} if await self._archive_missed() else {}
-            scheduler.add_job(self._archive_last_month, "cron", day=archive.run_day, hour=archive.run_hour,
-                              timezone=self.config.model.gateway.timezone, id="archive", max_instances=1,
-                              coalesce=True, misfire_grace_time=24 * 3600, **missed)
+            scheduler.add_job(self._job("archive", self._archive_last_month), "cron", id="archive",
+                              day=archive.run_day, hour=archive.run_hour, timezone=self.config.model.gateway.timezone,
+                              max_instances=1, coalesce=True, misfire_grace_time=24 * 3600, **missed)
         if self.config.model.reminders.enabled:
-            scheduler.add_job(self._remind, "interval", minutes=self.config.model.reminders.check_minutes,
-                              id="reminders", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+            scheduler.add_job(self._job("reminders", self._remind), "interval", id="reminders",
+                              minutes=self.config.model.reminders.check_minutes, max_instances=1, coalesce=True,
+                              next_run_time=datetime.now(timezone.utc))
         scheduler.start()
         tasks = [asyncio.create_task(self._listen(wakeup))]
         interval = self.notifier.watchdog_interval()
@@ -253,6 +256,7 @@ class Daemon:
 
         self.notifier.stopping("stopping: finishing items in progress")
         log.info("stopping: letting in-flight items finish")
+        scheduler.pause()  # no job starts any more; those running are waited for below
         if self.smtp is not None:
             # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
@@ -268,6 +272,7 @@ class Daemon:
             await asyncio.to_thread(self.metrics.stop)
         if self.web is not None:
             await asyncio.to_thread(self.web.stop)
+        await self._jobs_finished(self.config.model.daemon.shutdown_grace_seconds)
         scheduler.shutdown(wait=False)
         # What this node held (folders, claimed mail and OCR jobs) goes to the others now.
         await asyncio.to_thread(self.cluster.stop)
@@ -374,6 +379,31 @@ class Daemon:
             return ", ".join(f"{v} {k}" for k, v in sorted(self.totals.items())) or "nothing processed"
 
     # -- periodic and signalled jobs -----------------------------------
+    def _job(self, name: str, run: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        """A scheduled job that the stop can wait for. The scheduler's own shutdown cancels the
+        jobs it is running, and logs each as an error with a traceback; a job's thread (a rescan, an
+        archive run) would go on working while the registry closes beneath it."""
+        async def job() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._jobs_running.add(task)
+            try:
+                await run()
+            except asyncio.CancelledError:
+                # Only the stop cancels a job, once its grace is over: every job's steps are
+                # durable, and what it left is done again by its next run.
+                log.warning("stopping: %s cut short; it runs again after the next start", name)
+            finally:
+                self._jobs_running.discard(task)
+        return job
+
+    async def _jobs_finished(self, grace: float) -> None:
+        if not self._jobs_running:
+            return
+        _, late = await asyncio.wait(set(self._jobs_running), timeout=grace)
+        if late:
+            log.warning("stopping: %d scheduled job(s) still running after %.0f s", len(late), grace)
+
     async def _rescan(self) -> None:
         requeued, quarantined = await asyncio.to_thread(self.spool.recover)
         if requeued or quarantined:
