@@ -261,4 +261,4 @@ def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Pa
         assert "cut short" not in out
     else:
         assert "stopping: spool rescan cut short; it runs again after the next start" in out
-        assert "1 scheduled job(s) still running after 1 s" in out
+        assert "1 scheduled job(s) still running after the grace of 1 s" in out

@@ -257,6 +257,9 @@ class Daemon:
         self.notifier.stopping("stopping: finishing items in progress")
         log.info("stopping: letting in-flight items finish")
         scheduler.pause()  # no job starts any more; those running are waited for below
+        # The jobs run on while intake stops: their grace counts from here, so that the stop as a
+        # whole stays within systemd's TimeoutStopSec.
+        jobs_deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
         if self.smtp is not None:
             # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
@@ -272,7 +275,7 @@ class Daemon:
             await asyncio.to_thread(self.metrics.stop)
         if self.web is not None:
             await asyncio.to_thread(self.web.stop)
-        await self._jobs_finished(self.config.model.daemon.shutdown_grace_seconds)
+        await self._jobs_finished(jobs_deadline)
         scheduler.shutdown(wait=False)
         # What this node held (folders, claimed mail and OCR jobs) goes to the others now.
         await asyncio.to_thread(self.cluster.stop)
@@ -397,12 +400,13 @@ class Daemon:
                 self._jobs_running.discard(task)
         return job
 
-    async def _jobs_finished(self, grace: float) -> None:
+    async def _jobs_finished(self, deadline: float) -> None:
         if not self._jobs_running:
             return
-        _, late = await asyncio.wait(set(self._jobs_running), timeout=grace)
+        _, late = await asyncio.wait(set(self._jobs_running), timeout=max(0.0, deadline - time.monotonic()))
         if late:
-            log.warning("stopping: %d scheduled job(s) still running after %.0f s", len(late), grace)
+            log.warning("stopping: %d scheduled job(s) still running after the grace of %.0f s", len(late),
+                        self.config.model.daemon.shutdown_grace_seconds)
 
     async def _rescan(self) -> None:
         requeued, quarantined = await asyncio.to_thread(self.spool.recover)
