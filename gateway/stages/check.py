@@ -401,7 +401,6 @@ class TrustPolicy:
 
 class Checker:
     def __init__(self, resolver: dns.resolver.Resolver, policy: TrustPolicy, may_send_as: MaySendAs):
-        self.resolver = resolver
         self.answers = Answers(resolver)
         self.policy = policy
         self.may_send_as = may_send_as
@@ -499,7 +498,7 @@ class Checker:
             return
         sender = mail_from or f"postmaster@{helo}"
         # pyspf's own limit, besides the deadline each lookup keeps to
-        limit = max(0.1, min(float(self.resolver.lifetime or 5) * 4, lookups.remaining()))
+        limit = max(0.1, min(float(self.answers.resolver.lifetime or 5) * 4, lookups.remaining()))
         with _spf_using(lookups):
             try:
                 result, _explanation = spf.check2(i=client, s=sender, h=helo, timeout=limit, querytime=limit)
