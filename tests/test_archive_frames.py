@@ -10,6 +10,7 @@ import io
 import mailbox
 import sqlite3
 import subprocess
+import threading
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from test_archive import RULES, package_rows
 from gateway import config as config_mod
 from gateway.archive import packer
 from gateway.archive.packer import Archiver, mbox_escape, mbox_unescape
-from gateway.registry import Registry
+from gateway.registry import Registry, ToArchive
+from gateway.registry.leases import Cluster, due
 
 MONTH = "2026-03"
 REPLY = (b"From: liaison@example.org\r\nTo: alice@partner.example\r\nSubject: Re: Order 1\r\n"
@@ -279,3 +281,44 @@ def test_a_letter_is_found_in_its_block_in_place_or_unquoted(raw: bytes) -> None
     damaged = block.replace(b"here", b"HERE").replace(b"quote.", b"QUOTE.").replace(b"newline", b"NEWLINE")
     message, digest = packer._original_in(damaged, len(raw), sha)
     assert digest != sha and digest == hashlib.sha256(bytes(message)).hexdigest()
+
+
+def test_a_stopped_run_leaves_its_month_to_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told to stop, a run ends at its next letter: the packages it finished stay recorded, the one
+    it was writing leaves nothing behind, and its job run stays unfinished, so the month is due
+    again; the next run does the rest. A check told to stop ends the same way."""
+    gateway = month_of_letters(tmp_path)
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    stop = threading.Event()
+    read = packer.Archiver._raw
+
+    def raw_then_stop(archiver: Archiver, letter: ToArchive) -> bytes:
+        raw = read(archiver, letter)
+        if letter.number == "2026-000001":  # the first letter of the second package (by category)
+            stop.set()
+        return raw
+    monkeypatch.setattr(packer.Archiver, "_raw", raw_then_stop)
+    try:
+        cluster = Cluster(registry, "n1")
+        assert not due(registry, "archive", MONTH)  # no archive has run on this registry
+        with pytest.raises(packer.ArchiveStopped):
+            cluster.once("archive", MONTH, lambda: Archiver(config, registry, stop=stop).run(MONTH))
+        assert [p["category"] for p in package_rows(gateway)] == ["external.business"]
+        folder = gateway.state / "archive" / MONTH.replace("-", "/")
+        assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == [
+            "part-001.manifest.csv", "part-001.mbox.zst"]  # the business package, none of the other
+        assert due(registry, "archive", MONTH)
+
+        with pytest.raises(packer.ArchiveStopped):
+            Archiver(config, registry, stop=stop).verify(MONTH)
+        assert [p["status"] for p in package_rows(gateway)] == ["written"]  # not checked
+
+        written = cluster.once("archive", MONTH, lambda: Archiver(config, registry).run(MONTH))
+        assert [(w.package, w.letters) for w in written] == [  # type: ignore[union-attr]
+            (f"{MONTH.replace('-', '/')}/external.inquiry_complaint/part-001.mbox.zst", 2)]
+        assert [c.ok for c in Archiver(config, registry).verify(MONTH)] == [True, True]
+        assert not due(registry, "archive", MONTH)
+        assert due(registry, "archive", "2026-04")
+    finally:
+        registry.close()

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
+import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import zmq
 
-from conftest import Gateway, Notify, PostgresServer, make_message, wait_for
+from conftest import Gateway, Notify, PostgresServer, make_message, wait_for, write_messages
 from test_pipeline import start_and_wait_ready, stop
 
 from gateway.daemon.events import DaemonLink
@@ -235,7 +239,7 @@ spool.Spool.recover = recover
 '''
 
 
-@pytest.mark.parametrize("grace, sleep", [(20, 2), (1, 4)], ids=["within-grace", "past-grace"])
+@pytest.mark.parametrize("grace, sleep", [(20, 2), (1, 6)], ids=["within-grace", "past-grace"])
 def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Path, notify: Notify,
                                                                    grace: float, sleep: float) -> None:
     """A rescan running when the daemon is told to stop is waited for, up to the grace; past it the rescan
@@ -262,3 +266,80 @@ def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Pa
     else:
         assert "stopping: spool rescan cut short; it runs again after the next start" in out
         assert "1 scheduled job(s) still running after the grace of 1 s" in out
+
+
+# Loaded by the daemon's interpreter at its start (PYTHONPATH): the archive takes ARCHIVE_SLEEP
+# seconds over each letter it reads, and writes down each one.
+SLOW_ARCHIVE = '''
+import os, time
+from gateway.archive import packer
+
+_raw = packer.Archiver._raw
+
+
+def raw(self, letter):
+    with open(os.environ["ARCHIVE_LOG"], "a") as log:
+        log.write("letter\\n")
+    time.sleep(float(os.environ["ARCHIVE_SLEEP"]))
+    return _raw(self, letter)
+
+
+packer.Archiver._raw = raw
+'''
+
+
+def test_a_stop_past_the_grace_ends_the_archive_run_and_the_next_start_finishes_it(tmp_path: Path,
+                                                                                  notify: Notify) -> None:
+    """An archive run still going when the stop's grace is over ends at its next letter, leaves no
+    package behind and its run unfinished, and the daemon exits at once instead of waiting for it;
+    the next start runs the month's archive again, whole."""
+    gw = Gateway(tmp_path, extra="\n[daemon]\nshutdown_grace_seconds = 1\n\n[archive]\nrun_day = 1\nrun_hour = 0\n")
+    (tmp_path / "mail").mkdir()
+    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(40))))
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
+        # Received last month, and an archive has run on this registry before: last month's is due.
+        db.execute(f"UPDATE letters SET received_at = '{month}-15 04:00:00.000000'")
+        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
+                   "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_ARCHIVE)
+    read = tmp_path / "archive.log"
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), ARCHIVE_LOG=str(read),
+                      ARCHIVE_SLEEP="1")  # 40 s for the month
+    try:
+        notify.wait_for("READY=1")
+        wait_for(read.exists, 30, "the archive run under way")
+        signalled = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        out = stop(daemon)
+        took = time.monotonic() - signalled
+    finally:
+        daemon.stop()
+    assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
+    assert f"stopping: archive of {month} cut short past the grace; it runs again after the next start" in out
+    assert "scheduled job(s) still running" not in out  # it ended by itself
+    assert took < 15, f"the stop took {took:.1f} s"  # not the 40 s of the whole run
+    assert len(read.read_text().splitlines()) < 40
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT slot, finished_at, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [
+            (month, None, "stopped")]
+        assert db.execute("SELECT count(*) FROM letters WHERE archive_number IS NOT NULL").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM archive_packages").fetchone() == (0,)
+    month_folder = gw.state / "archive" / month.replace("-", "/")
+    assert [p.name for p in month_folder.rglob("*") if p.is_file()] == []  # the package being written is gone
+
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        pattern = rf"archive of {month}: (\d+) package\(s\) written, 40 letter\(s\); \1 verified, 0 failed"
+        wait_for(lambda: re.search(pattern, daemon.output()), 60, "the archive run again at the start")
+    finally:
+        out = stop(daemon)
+    assert "Traceback" not in out, out[-3000:]
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(month, "done")]
+        assert db.execute("SELECT count(*) FROM letters WHERE archive_number IS NOT NULL").fetchone() == (40,)

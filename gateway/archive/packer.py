@@ -58,6 +58,7 @@ from gateway.faults import checkpoint
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.registry import Registry, ToArchive
 from gateway.registry.circulation import CirculationRecords
+from gateway.registry.leases import JobStopped
 from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, read_item_file, read_raw
 from gateway.spool.durable import make_dirs, move, write_file, writing
@@ -86,6 +87,12 @@ _SEPARATOR_MAX = 128  # an mbox separator line ("From gateway@archive <date>") i
 
 class ArchiveError(Exception):
     pass
+
+
+class ArchiveStopped(ArchiveError, JobStopped):
+    """The run or the check was told to stop (the daemon stopping, past its grace) before it was
+    done. What it finished stays recorded; a package it was writing was never recorded, and the
+    next run removes what is left of it and does the rest."""
 
 
 @dataclass
@@ -126,10 +133,13 @@ def mbox_unescape(data: bytes) -> bytes:
 
 
 class Archiver:
-    def __init__(self, config: Config, registry: Registry):
+    def __init__(self, config: Config, registry: Registry, stop: threading.Event | None = None):
+        """`stop`, once set, ends a run at its next letter and a check at its next piece of a
+        package (ArchiveStopped)."""
         self.config = config
         self.registry = registry
         self.root = config.archive_dir
+        self._stop = stop or threading.Event()
         self._local = threading.local()  # a compressor per worker thread: they are not thread-safe
         # One checking thread at a time hashes its letters, while the other decompresses: hashing 4 KiB
         # lets go of the interpreter lock and takes it back, and two threads doing that at once
@@ -150,6 +160,15 @@ class Archiver:
         finally:
             os.close(fd)
 
+    def _stop_here(self) -> None:
+        if self._stop.is_set():
+            raise ArchiveStopped("stopped before it was done; the next run does the rest")
+
+    def _until_stopped(self, items: Iterable[T]) -> Iterator[T]:
+        for item in items:
+            self._stop_here()
+            yield item
+
     # -- packing ------------------------------------------------------------
     def run(self, month: str) -> list[Written]:
         start, end = month_bounds(month, self.config.model.gateway.timezone)
@@ -162,7 +181,7 @@ class Archiver:
                 kind = "fax" if letter.fax_file_name is not None else "mail"
                 groups.setdefault((letter.category or "uncategorised", kind), []).append(letter)
             written = []
-            for (category, kind), members in sorted(groups.items()):
+            for (category, kind), members in self._until_stopped(sorted(groups.items())):
                 written.append(self._pack(month, category, kind, members, replied, circulated))
             return written
 
@@ -212,7 +231,7 @@ class Archiver:
             make_dirs(tmp)
             size = 0
             replies = self.registry.sent_replies([letter.id for letter in letters if letter.id in replied])
-            for letter, number in zip(letters, numbers, strict=True):
+            for letter, number in self._until_stopped(zip(letters, numbers, strict=True)):
                 raw = self._raw(letter)
                 file_name = f"{number}_{safe_filename(letter.fax_file_name or 'fax')}"
                 write_file(tmp / file_name, raw)
@@ -280,6 +299,7 @@ class Archiver:
         placed = []
         at = 0
         for letter in letters:
+            self._stop_here()
             raw = self._raw(letter)
             separator = f"From gateway@archive {letter.received_at.strftime('%a %b %d %H:%M:%S %Y')}\n".encode()
             placed.append((letter, len(raw), at, len(blocks)))
@@ -348,7 +368,8 @@ class Archiver:
         # The collector waits: a month's manifests are objects by the hundred thousand (a tenth of
         # the time went to walking them), all garbage once their package is checked.
         with _collector_paused():
-            for package, manifest in zip(packages, map(self._read_manifest, packages), strict=True):
+            for package, manifest in zip(packages, map(self._read_manifest, self._until_stopped(packages)),
+                                         strict=True):
                 results.append(self._checked(package, manifest))
         return results
 
@@ -414,7 +435,7 @@ class Archiver:
         problems: list[str] = []
         try:
             with open(path, "rb") as f:
-                pieces = _pieces_of(f, places, digest)
+                pieces = self._until_stopped(_pieces_of(f, places, digest))
                 for found in _in_order(lambda piece: self._check_piece(path, *piece, registered), pieces,
                                        _CHECKING_WORKERS):
                     problems += found

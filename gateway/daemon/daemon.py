@@ -33,7 +33,7 @@ from gateway.daemon.registrar import Registrar
 from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry import schema
-from gateway.registry.leases import Cluster, NodeConflict, Skipped, last_run
+from gateway.registry.leases import Cluster, JobStopped, NodeConflict, Skipped, due
 from gateway.registry.ledger import ImapLedger
 from gateway.registry.schema import SchemaMismatch
 from gateway.daemon.sdnotify import Notifier
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.daemon")
+# What a job told to stop past the grace has to end by itself: the archive looks between letters.
+_JOBS_STOPPING_SECONDS = 2.0
 
 
 class AlreadyRunning(Exception):
@@ -85,6 +87,9 @@ class Daemon:
         self.totals: Counter[str] = Counter()
         self._workers: list[SpoolWorker] = []
         self._jobs_running: set[asyncio.Task[Any]] = set()
+        # Set once the stop's grace is over: the jobs that can stop halfway (the archive, at its next
+        # letter) stop then, unfinished, and their next run does the rest.
+        self._jobs_cut_short = threading.Event()
         self._totals_lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self.publisher: EventPublisher | None = None
@@ -260,6 +265,8 @@ class Daemon:
         # The jobs run on while intake stops: their grace counts from here, so that the stop as a
         # whole stays within systemd's TimeoutStopSec.
         jobs_deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
+        asyncio.get_running_loop().call_later(self.config.model.daemon.shutdown_grace_seconds,
+                                              self._jobs_cut_short.set)
         if self.smtp is not None:
             # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
@@ -403,7 +410,10 @@ class Daemon:
     async def _jobs_finished(self, deadline: float) -> None:
         if not self._jobs_running:
             return
-        _, late = await asyncio.wait(set(self._jobs_running), timeout=max(0.0, deadline - time.monotonic()))
+        # Past the deadline, a job that can stop halfway has been told to (_jobs_cut_short): a
+        # moment more lets it reach its next step and end by itself.
+        _, late = await asyncio.wait(set(self._jobs_running),
+                                     timeout=max(0.0, deadline - time.monotonic()) + _JOBS_STOPPING_SECONDS)
         if late:
             log.warning("stopping: %d scheduled job(s) still running after the grace of %.0f s", len(late),
                         self.config.model.daemon.shutdown_grace_seconds)
@@ -422,7 +432,7 @@ class Daemon:
 
         today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
         month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
-        archiver = Archiver(self.config, self.registry)
+        archiver = Archiver(self.config, self.registry, stop=self._jobs_cut_short)
         assert self.cluster is not None
 
         def archive() -> tuple[list[Any], list[Any]]:
@@ -430,6 +440,10 @@ class Daemon:
         try:
             # Once across the nodes: the others skip it, quietly.
             done = await asyncio.to_thread(self.cluster.once, "archive", month, archive)
+        except JobStopped:
+            log.warning("stopping: archive of %s cut short past the grace; it runs again after the next start",
+                        month)
+            return
         except Exception as exc:
             log.error("ALERT archive of %s failed: %s", month, exc)
             return
@@ -445,7 +459,8 @@ class Daemon:
 
     async def _archive_missed(self) -> bool:
         """Was last month's archive due on this month's run day, and not done by any node (all of
-        them down at the time)? Only once an archive has run on this registry: a new one has none due."""
+        them down at the time, or the one running it stopped or died in it)? Only once an archive
+        has run on this registry: a new one has none due."""
         from zoneinfo import ZoneInfo
 
         settings = self.config.model.archive
@@ -454,10 +469,9 @@ class Daemon:
             return False
         month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
         try:
-            last = await asyncio.to_thread(last_run, self.registry, "archive")
+            return await asyncio.to_thread(due, self.registry, "archive", month)
         except RegistryUnavailable:
             return False
-        return last is not None and last < month
 
     async def _remind(self) -> None:
         from gateway.track import reminders

@@ -58,6 +58,11 @@ class Skipped:
     reason: str
 
 
+class JobStopped(Exception):
+    """Raised by a periodic job's work when its node stops before the work is done. The run is
+    left unfinished, as if the node had died in it, so that the next start runs it again."""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -227,12 +232,17 @@ class Cluster:
                     result = work()
                     outcome = "done"
                     return result
+                except JobStopped:
+                    outcome = "stopped"
+                    raise
                 finally:
                     # A failed run is recorded as finished too: it is retried at its next period,
-                    # as on one node, not again and again by every node.
+                    # as on one node, not again and again by every node. A stopped one is not
+                    # finished: the next start does the rest (see `due`).
                     with self.registry.write() as conn:
                         conn.execute(update(JobRun).where(JobRun.job == job, JobRun.node == self.instance)
-                                     .values(finished_at=utcnow(), outcome=outcome))
+                                     .values(finished_at=None if outcome == "stopped" else utcnow(),
+                                             outcome=outcome))
             finally:
                 if self.postgres:
                     lock_conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"),
@@ -240,10 +250,13 @@ class Cluster:
                     lock_conn.commit()
 
 
-def last_run(registry: Store, job: str) -> str | None:
-    """The period a periodic job last finished for, on any node."""
+def due(registry: Store, job: str, slot: str) -> bool:
+    """Whether a periodic job that has run on this registry before still has `slot` to do: the
+    period it last ran for is an earlier one, or its run for `slot` never finished (its node
+    stopped or died in it). A registry where it never ran has none due."""
     with registry.read() as conn:
-        return conn.execute(select(JobRun.slot).where(JobRun.job == job, JobRun.finished_at.is_not(None))).scalar()
+        last = conn.execute(select(JobRun.slot, JobRun.finished_at).where(JobRun.job == job)).first()
+    return last is not None and (last.slot < slot or (last.slot == slot and last.finished_at is None))
 
 
 # -- what `gateway status` and the metrics show -------------------------------
