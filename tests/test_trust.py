@@ -137,7 +137,8 @@ def test_authentication_results_count_only_from_a_trusted_authserv_id(dns_server
     assert not check(c, other, "office@example.org", "", intake="imap")["authenticated"]
 
 
-@pytest.mark.parametrize("ttl", [0, 2])
+# 5 s: the three look-ups and the server's stop have to fit in the TTL on a loaded machine.
+@pytest.mark.parametrize("ttl", [0, 5])
 def test_answers_are_kept_as_long_as_their_ttl_and_no_longer(ttl: int) -> None:
     """Records, NXDOMAIN and empty answers (the last two with their domain's SOA) are answered again
     without the server until their TTL runs out, then asked again; with a TTL of 0, never kept."""
