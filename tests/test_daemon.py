@@ -268,6 +268,73 @@ def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Pa
         assert "1 scheduled job(s) still running after the grace of 1 s" in out
 
 
+# Loaded by the daemon's interpreter at its start (PYTHONPATH): each reminder takes REMIND_SLEEP
+# seconds to record, and is written down.
+SLOW_REMINDERS = '''
+import os, time
+from gateway.registry import reminders
+
+_remind = reminders.ReminderRecords.remind
+
+
+def remind(self, letter_id, *args):
+    with open(os.environ["REMIND_LOG"], "a") as log:
+        log.write(f"{letter_id}\\n")
+    time.sleep(float(os.environ["REMIND_SLEEP"]))
+    return _remind(self, letter_id, *args)
+
+
+reminders.ReminderRecords.remind = remind
+'''
+
+
+def test_a_stop_past_the_grace_ends_the_reminders_pass_and_the_next_pass_sends_the_rest(
+        tmp_path: Path, notify: Notify) -> None:
+    """The reminders' pass still going when the stop's grace is over ends before its next
+    reminder; the daemon exits at once, what was sent stays sent, and the next pass sends the
+    rest, none twice."""
+    gw = Gateway(tmp_path, extra="\n[daemon]\nshutdown_grace_seconds = 1\n\n[reminders]\ncheck_minutes = 60\n")
+    (tmp_path / "mail").mkdir()
+    letters = 30
+    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n, to="sales@example.org")
+                                                         for n in range(letters))))
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
+        # Long overdue, and never acknowledged.
+        db.execute("UPDATE letters SET received_at = '2026-01-05 02:00:00.000000', "
+                   "deadline = '2026-01-10 09:00:00.000000'")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_REMINDERS)
+    sent = tmp_path / "reminders.log"
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), REMIND_LOG=str(sent),
+                      REMIND_SLEEP="1")  # 30 s for the pass
+    try:
+        notify.wait_for("READY=1")
+        wait_for(sent.exists, 30, "the reminders' pass under way")
+        signalled = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        out = stop(daemon)
+        took = time.monotonic() - signalled
+    finally:
+        daemon.stop()
+    assert "Traceback" not in out and "ALERT" not in out and "unexpected error" not in out, out[-3000:]
+    assert "stopping: reminders' pass cut short past the grace; the next pass sends the rest" in out
+    assert "scheduled job(s) still running" not in out  # it ended by itself
+    assert took < 15, f"the stop took {took:.1f} s"  # not the 30 s of the whole pass
+
+    def reminded() -> list[tuple[int, str]]:
+        with sqlite3.connect(registry) as db:
+            return db.execute("SELECT letter_id, json_extract(details, '$.kind') FROM events "
+                              "WHERE action IN ('reminded', 'escalated') ORDER BY letter_id").fetchall()
+    before = reminded()
+    assert 0 < len(before) < letters
+    gw.run("reminders", "run")
+    after = reminded()
+    assert set(before) < set(after) and len(after) == len(set(after))  # the rest, none twice
+    assert {letter for letter, _ in after} == set(range(1, letters + 1))
+
+
 # Loaded by the daemon's interpreter at its start (PYTHONPATH): the archive takes ARCHIVE_SLEEP
 # seconds over each letter it reads, and writes down each one.
 SLOW_ARCHIVE = '''

@@ -22,10 +22,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from conftest import Daemon, Gateway, make_message, wait_for
+from conftest import Daemon, Gateway, make_message, wait_for, write_messages
 from dovecot_server import DovecotServer
 from fax_samples import ENGLISH, tiff_fax
 from smtp_sink import SmtpSink
+from test_daemon import SLOW_ARCHIVE
 
 from gateway.registry import schema
 
@@ -267,3 +268,66 @@ def test_check_config_warns_about_local_stores_with_postgresql(tmp_path: Path, p
     (tmp_path / "alone").mkdir()
     alone = Gateway(tmp_path / "alone")
     assert "warning" not in alone.run("check-config").stderr
+
+
+def test_an_archive_run_left_by_a_dead_node_is_taken_up_by_a_running_one(tmp_path: Path, pg_url: str) -> None:
+    """A node dies in the middle of last month's archive; another node, already running, takes the
+    run up within the takeover period and archives the whole month, once."""
+    shared = tmp_path / "shared"
+    extra = textwrap.dedent(f"""
+        [cluster]
+        takeover_seconds = {TAKEOVER}
+
+        [storage]
+        messages_dir = "{shared / 'messages'}"
+        archive_dir = "{shared / 'archive'}"
+
+        [archive]
+        run_day = 1
+        run_hour = 0
+        """)
+    gateways = []
+    for name in ("n1", "n2"):
+        (tmp_path / name).mkdir()
+        gateways.append(Gateway(tmp_path / name, registry_url=pg_url, extra=f'[node]\nname = "{name}"\n' + extra))
+    first, second = gateways
+    first.run("db", "upgrade")
+    (tmp_path / "mail").mkdir()
+    first.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(30))))
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
+    with psycopg.connect(pg_url) as conn:
+        # Received last month, and an archive has run on this registry before: last month's is due.
+        conn.execute(f"UPDATE letters SET received_at = '{month}-15 04:00:00+08'")
+        conn.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) "
+                     "VALUES ('archive', '2000-01', 'old#0', now(), now(), 'done')")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_ARCHIVE)
+    read = tmp_path / "archive.log"
+    dying = first.start(PYTHONPATH=str(site), ARCHIVE_LOG=str(read), ARCHIVE_SLEEP="1")  # 30 s for the month
+    running = None
+    try:
+        wait_for(read.exists, 60, "the first node's archive run under way")
+        running = second.start()
+        wait_for(lambda: ready(running), 60, "the second node to start")  # type: ignore[arg-type]
+        time.sleep(TAKEOVER + 1)  # it has looked at least twice, and left the run to its holder
+        assert query(pg_url, "SELECT node LIKE 'n1#%', finished_at FROM job_runs WHERE job = 'archive'") == [
+            (True, None)]
+        dying.send_signal(signal.SIGKILL)
+        dying.wait(10)
+        assert len(read.read_text().splitlines()) < 30  # it died halfway
+        pattern = rf"archive of {month}: (\d+) package\(s\) written, 30 letter\(s\); \1 verified, 0 failed"
+        wait_for(lambda: re.search(pattern, running.output()), 60,  # type: ignore[union-attr]
+                 "the running node to take the archive up")
+    finally:
+        out = running.stop() if running is not None else ""
+        dying.stop()
+    assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
+    assert f"archive of {month}: due and not done" in out
+    assert query(pg_url, "SELECT slot, node LIKE 'n2#%', outcome FROM job_runs WHERE job = 'archive'") == [
+        (month, True, "done")]
+    assert query(pg_url, "SELECT count(*), count(DISTINCT archive_number) FROM letters "
+                         "WHERE archive_number IS NOT NULL") == [(30, 30)]
+    left = [p.name for p in (shared / "archive" / month.replace("-", "/")).rglob(".*")]
+    assert left == [], left  # what the dead node was writing is gone

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from gateway.web.server import WebServer
 
 log = logging.getLogger("gateway.daemon")
-# What a job told to stop past the grace has to end by itself: the archive looks between letters.
+# What a job told to stop past the grace has to end by itself: the archive looks between letters,
+# the reminders' pass between reminders.
 _JOBS_STOPPING_SECONDS = 2.0
 
 
@@ -87,9 +88,10 @@ class Daemon:
         self.totals: Counter[str] = Counter()
         self._workers: list[SpoolWorker] = []
         self._jobs_running: set[asyncio.Task[Any]] = set()
-        # Set once the stop's grace is over: the jobs that can stop halfway (the archive, at its next
-        # letter) stop then, unfinished, and their next run does the rest.
+        # Set once the stop's grace is over: the jobs that can stop halfway (the archive at its next
+        # letter, the reminders' pass at its next reminder) stop then, and their next run does the rest.
         self._jobs_cut_short = threading.Event()
+        self._archiving = asyncio.Lock()
         self._totals_lock = threading.Lock()
         self._stop: asyncio.Event | None = None
         self.publisher: EventPublisher | None = None
@@ -237,11 +239,15 @@ class Daemon:
                           seconds=self.config.model.spool.rescan_seconds, max_instances=1, coalesce=True)
         if self.config.model.archive.enabled:
             archive = self.config.model.archive
-            # Given as None, next_run_time would pause the job: it is passed only to run it at once.
-            missed = {"next_run_time": datetime.now(timezone.utc)} if await self._archive_missed() else {}
             scheduler.add_job(self._job("archive", self._archive_last_month), "cron", id="archive",
                               day=archive.run_day, hour=archive.run_hour, timezone=self.config.model.gateway.timezone,
-                              max_instances=1, coalesce=True, misfire_grace_time=24 * 3600, **missed)
+                              max_instances=1, coalesce=True, misfire_grace_time=24 * 3600)
+            # At the start, and then as often as a node takes over what another held: last month's
+            # archive missed while every node was down, or left unfinished by a node that stopped
+            # or died in it.
+            scheduler.add_job(self._job("archive", self._archive_if_missed), "interval", id="archive-missed",
+                              seconds=self.config.model.cluster.takeover_seconds, max_instances=1, coalesce=True,
+                              next_run_time=datetime.now(timezone.utc))
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._job("reminders", self._remind), "interval", id="reminders",
                               minutes=self.config.model.reminders.check_minutes, max_instances=1, coalesce=True,
@@ -425,21 +431,27 @@ class Daemon:
         self.wake()
         self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
 
-    async def _archive_last_month(self) -> None:
+    async def _archive_last_month(self, *, missed: bool = False) -> None:
         from zoneinfo import ZoneInfo
 
         from gateway.archive.packer import Archiver
 
+        if self._archiving.locked():
+            return  # the run on its day and the look for a missed one: this node runs one at a time
         today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
         month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
         archiver = Archiver(self.config, self.registry, stop=self._jobs_cut_short)
         assert self.cluster is not None
 
         def archive() -> tuple[list[Any], list[Any]]:
+            if missed:
+                log.info("archive of %s: due and not done (missed, or left unfinished by a node that stopped or "
+                         "died in it): running it now", month)
             return archiver.run(month), archiver.verify(month)
         try:
-            # Once across the nodes: the others skip it, quietly.
-            done = await asyncio.to_thread(self.cluster.once, "archive", month, archive)
+            async with self._archiving:
+                # Once across the nodes: the others skip it, quietly.
+                done = await asyncio.to_thread(self.cluster.once, "archive", month, archive)
         except JobStopped:
             log.warning("stopping: archive of %s cut short past the grace; it runs again after the next start",
                         month)
@@ -448,7 +460,9 @@ class Daemon:
             log.error("ALERT archive of %s failed: %s", month, exc)
             return
         if isinstance(done, Skipped):
-            log.info("archive of %s: not run on this node (%s)", month, done.reason)
+            # Looking for a missed run while another node does it: every takeover period, so quietly.
+            log.log(logging.DEBUG if missed else logging.INFO, "archive of %s: not run on this node (%s)", month,
+                    done.reason)
             return
         written, checked = done
         bad = [c for c in checked if not c.ok]
@@ -457,21 +471,23 @@ class Daemon:
         for c in bad:
             log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
 
-    async def _archive_missed(self) -> bool:
-        """Was last month's archive due on this month's run day, and not done by any node (all of
-        them down at the time, or the one running it stopped or died in it)? Only once an archive
-        has run on this registry: a new one has none due."""
+    async def _archive_if_missed(self) -> None:
+        """Runs last month's archive if it was due on this month's run day and no node has done it
+        (all of them down at the time, or the one running it stopped or died in it). Only once an
+        archive has run on this registry: a new one has none due."""
         from zoneinfo import ZoneInfo
 
         settings = self.config.model.archive
         now = datetime.now(ZoneInfo(self.config.model.gateway.timezone))
-        if (now.day, now.hour) < (settings.run_day, settings.run_hour):
-            return False
+        if (now.day, now.hour) < (settings.run_day, settings.run_hour) or self._archiving.locked():
+            return
         month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
         try:
-            return await asyncio.to_thread(due, self.registry, "archive", month)
+            missed = await asyncio.to_thread(due, self.registry, "archive", month)
         except RegistryUnavailable:
-            return False
+            return  # looked for again at the next period
+        if missed:
+            await self._archive_last_month(missed=True)
 
     async def _remind(self) -> None:
         from gateway.track import reminders
@@ -482,7 +498,11 @@ class Daemon:
         slot = str(int(now.timestamp() // (self.config.model.reminders.check_minutes * 60)))
         try:
             done = await asyncio.to_thread(self.cluster.once, "reminders", slot,
-                                           lambda: reminders.run(self.config, self.registry, now))
+                                           lambda: reminders.run(self.config, self.registry, now,
+                                                                 stop=self._jobs_cut_short))
+        except JobStopped:
+            log.warning("stopping: reminders' pass cut short past the grace; the next pass sends the rest")
+            return
         except RegistryUnavailable as exc:
             log.warning("reminders: registry unavailable: %s", exc)
             return

@@ -21,12 +21,14 @@ is cut short sends nothing twice and loses nothing. The clock is a parameter:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.config import Config
 from gateway.stages.route import NewMail, new_mail
 from gateway.registry import Registry
+from gateway.registry.leases import JobStopped
 from gateway.registry.outward import OutwardRecords
 from gateway.registry.reminders import OpenLetter
 
@@ -96,18 +98,29 @@ def expired_requests(config: Config, registry: Registry, now: datetime, *, dry_r
     return out
 
 
-def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
+def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False,
+        stop: threading.Event | None = None) -> list[Reminder]:
+    """One pass: what is due now, sent. Once `stop` is set (the daemon stopping past its grace),
+    the pass ends before its next reminder with JobStopped; what it sent stays recorded, and the
+    next pass sends the rest, as it would after a crash."""
+    def stop_here() -> None:
+        if stop is not None and stop.is_set():
+            raise JobStopped("the reminders' pass stopped before it was done; the next pass does the rest")
+
     reminders = due(config, registry, now)
     if not dry_run:
         for reminder in reminders:
+            stop_here()
             registry.remind(reminder.letter.id, reminder.kind, reminder.mail, reminder.count, now)
     from gateway.track import circulation
 
     # Readers late to sign a circulation; borrowings of archived letters whose period is over.
+    stop_here()
     circulation.expire_borrowings(registry, now, dry_run=dry_run)
-    return (reminders + expired_requests(config, registry, now, dry_run=dry_run)
-            + circulation.due(config, registry, now, dry_run=dry_run)
-            + approvals(config, registry, now, dry_run=dry_run))
+    for phase in (expired_requests, circulation.due, approvals):
+        stop_here()
+        reminders += phase(config, registry, now, dry_run=dry_run)
+    return reminders
 
 
 def approvals(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
