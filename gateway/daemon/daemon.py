@@ -244,9 +244,10 @@ class Daemon:
                               max_instances=1, coalesce=True, misfire_grace_time=24 * 3600)
             # At the start, and then as often as a node takes over what another held: last month's
             # archive missed while every node was down, or left unfinished by a node that stopped
-            # or died in it.
+            # or died in it. Two instances: while one archives, the next look finds the run under way
+            # and returns at once, where the scheduler would warn of a skipped run every period.
             scheduler.add_job(self._job("archive", self._archive_if_missed), "interval", id="archive-missed",
-                              seconds=self.config.model.cluster.takeover_seconds, max_instances=1, coalesce=True,
+                              seconds=self.config.model.cluster.takeover_seconds, max_instances=2, coalesce=True,
                               next_run_time=datetime.now(timezone.utc))
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._job("reminders", self._remind), "interval", id="reminders",
