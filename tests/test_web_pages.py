@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from web_support import PASSWORD, Site, hidden, site_fixture  # noqa: F401  (the `site` fixture)
+from web_support import PASSWORD, Person, Site, hidden, site_fixture  # noqa: F401  (the `site` fixture)
 
 from gateway.web import i18n, preview, security
 
@@ -263,3 +263,48 @@ def test_client_address_is_believed_only_through_trusted_proxies(tmp_path: Path)
         assert row.address == "203.0.113.9"
     finally:
         proxied.close()
+
+
+def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: Site) -> None:
+    """A borrower reads a confidential letter as page previews only: its reply's attachments are
+    named on the page but not downloads, as its own attachments and original are not."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from gateway.archive.packer import Archiver
+    from gateway.registry.replies import NewReplyAttachment
+    from gateway.services.borrowing import Borrowings
+    from gateway.services.people import Principal
+    from gateway.services.replies import Replies
+
+    # A second head of Business, to approve what bella writes.
+    site.add_people((Person("hank", roles=("head",), departments=("business",), emails=("hank@example.org",)),))
+    number = site.letters["secret"]  # confidential, of Business
+    replies = Replies(site.config, site.registry)
+    bella, hank = site.people.principal("bella"), site.people.principal("hank")
+    assert bella is not None and hank is not None
+    replies.draft(bella, number, text="Our answer on the merger.",
+                  attach=[NewReplyAttachment("terms-signed.pdf", "application/pdf", b"%PDF-1.4 secret terms")])
+    replies.submit(bella, number)
+    assert replies.approve(hank, number) == "sent"
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
+                                             .strftime("%Y-%m"))
+    [reply] = replies.records.replies(letter.id)
+    [attachment] = replies.records.attachments(reply.id)
+    url = f"/letters/{number}/reply/{reply.id}/attachments/{attachment.id}"
+    assert site.sign_in("bella").get(url).status_code == 404  # archived: read only when borrowed
+
+    books = Borrowings(site.config, site.registry, site.access)
+    now = datetime.now(timezone.utc)
+    sam = site.people.principal("sam")
+    leo = site.people.principal("leo")
+    assert sam is not None and leo is not None
+    books.decide(leo, books.request(sam, number, reason="check the terms", days=3, now=now), grant=True, now=now)
+    browser = site.sign_in("sam")
+    page = browser.get(f"/letters/{number}")
+    assert page.status_code == 200 and "terms-signed.pdf" in page.text and url not in page.text
+    assert browser.get(url).status_code == 404
+    assert browser.get(f"/letters/{number}/original").status_code == 404

@@ -647,6 +647,10 @@ class Access:
         if letter.department not in person.departments:
             raise Refused(f"{person.name} is not in department {letter.department}", "not-in-department",
                           person=person.name, department=str(letter.department))
+        if person.login == who.login and not self.content_allowed(who, letter):
+            # The owner reads a confidential letter: taking it would be reading it without a right to.
+            raise Forbidden(f"{letter.number} is confidential: only the head of its department or the registry "
+                            "office may assign it to you", "self-assign-confidential", number=letter.number)
         from gateway.stages.route import new_mail  # composing mail: not for commands that only read
 
         email = sorted(person.emails)[0]

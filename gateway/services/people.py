@@ -170,6 +170,10 @@ class People:
         if actor == login and ({"roles", "departments"} & set(changed)):
             # An administrator who could widen their own rights could read what the roles keep from them.
             raise ValueError("no one changes their own roles or departments: another administrator must")
+        if actor == login and set(values["emails"]) - set(current.emails):
+            # An address carries rights too: the departments the configuration gives it, and the
+            # letters assigned to it (a confidential one's owner reads it).
+            raise ValueError("no one adds e-mail addresses to themselves: another administrator must")
         self.registry.update_person(login, values, audit=self._audit(actor, "person-changed", login, address, changed))
         return self._person(login)
 
@@ -284,7 +288,10 @@ class People:
         """The person single sign-on vouches for: matched by a verified e-mail address; the
         provider never creates people or grants rights. Raises SignInRefused."""
         email = str(claims.get("email") or "").lower()
-        if not email or claims.get("email_verified") is False:
+        # Verified only when the provider says so: a claim left out (or "false") proves nothing,
+        # and anyone may give a provider someone else's address. Some send it as text.
+        verified = claims.get("email_verified")
+        if not email or not (verified is True or (isinstance(verified, str) and verified.lower() == "true")):
             self.registry.audit([self._audit(email or "(none)", "sign-in-failed", email, address,
                                              {"reason": "no verified e-mail from single sign-on"})])
             raise SignInRefused("single sign-on gave no verified e-mail address")

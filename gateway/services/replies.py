@@ -192,10 +192,13 @@ class Replies:
 
     def attachment(self, who: Principal, number: str, reply_id: int, attachment_id: int, *,
                    address: str) -> ReplyAttachment | None:
-        """A reply's attachment, for those who see the reply; an audited read."""
+        """A reply's attachment, for those who see the reply and may take the letter's files away
+        (not a borrower of a confidential letter); an audited read."""
         try:
             letter = self.letter_of(who, number)
         except LookupError:
+            return None
+        if not self.access.downloadable(who, letter):
             return None
         reply = self.records.reply(reply_id)
         if reply is None or reply.letter_id != letter.id or self.panel(who, letter).reply is None:

@@ -194,6 +194,8 @@ REFUSAL = {
     "need-person": N_("choose the person to assign it to"),
     "no-assignee": N_("%(person)s cannot be assigned letters (unknown, disabled or no e-mail address)"),
     "not-in-department": N_("%(person)s is not in department %(department)s"),
+    "self-assign-confidential": N_("%(number)s is confidential: only the head of its department or the registry "
+                                   "office may assign it to you"),
     "forbidden-incomplete": N_("only the people of department %(department)s and the registry office may ask its "
                                "sender for missing materials"),
     "forbidden-withdraw": N_("only the people of department %(department)s and the registry office may withdraw it"),
