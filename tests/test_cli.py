@@ -121,6 +121,25 @@ def test_local_days_bound_listings_in_the_organisations_time_zone(tmp_path: Path
         datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
 
 
+def test_days_outside_the_registers_years_are_refused_by_name(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    for args in (("letters", "list", "--until", "9998-12-31", "--since", "1900-01-01"),
+                 ("report", "--month", "1900-01")):
+        assert gateway.run(*args).returncode == 0
+    for args, option, value in ((("letters", "list", "--until", "9999-12-31"), "--until", "9999-12-31"),
+                                (("letters", "search", "order", "--since", "0001-01-01"), "--since", "0001-01-01"),
+                                (("letters", "list", "--overdue", "--as-of", "9999-12-31"), "--as-of", "9999-12-31"),
+                                (("reminders", "run", "--dry-run", "--now", "9999-12-31 09:00"), "--now",
+                                 "9999-12-31 09:00"),
+                                (("rules", "replay", "--since", "1899-12-31"), "--since", "1899-12-31")):
+        refused = gateway.run(*args, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, (args, refused.stderr)
+        assert f"Invalid value for '{option}': {value}: outside the register's days (1900-01-01 to 9998-12-31)" \
+            in refused.stderr, refused.stderr
+    refused = gateway.run("report", "--month", "0001-01", check=False)
+    assert refused.returncode == 2 and "the year is outside 1900 to 9998" in refused.stderr
+
+
 def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:
     config = loaded(Gateway(tmp_path))
     spool = Spool(config.spool_dir, config.message_dir)

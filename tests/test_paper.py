@@ -178,6 +178,10 @@ def test_bad_input_over_http_gives_400_naming_the_field(site: Site) -> None:
         ({"sender_name": "A", "channel": "pigeon"}, ("a.pdf", pdf_fax([ENGLISH])), "channel", "choose how it came"),
         ({"sender_name": "A", "channel": "post", "received_at": "yesterday"}, ("a.pdf", pdf_fax([ENGLISH])),
          "received_at", "is not a date and time"),
+        # A year no register holds, and 2026 typed as 0026: refused before anything is spooled.
+        *[({"sender_name": "A", "channel": "post", "received_at": when}, ("a.pdf", pdf_fax([ENGLISH])),
+           "received_at", f"“{when}” is outside the register&#39;s years (1900 to 9998): check the year")
+          for when in ("0001-01-01 00:00", "0026-11-22 09:30", "9999-12-31 23:59")],
         ({"sender_name": "A", "channel": "post", "phone": "call me"}, ("a.pdf", pdf_fax([ENGLISH])), "phone",
          "a telephone number has digits"),
     ]

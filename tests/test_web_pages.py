@@ -308,3 +308,30 @@ def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: S
     assert page.status_code == 200 and "terms-signed.pdf" in page.text and url not in page.text
     assert browser.get(url).status_code == 404
     assert browser.get(f"/letters/{number}/original").status_code == 404
+
+
+def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) -> None:
+    """A day or period beyond what the register holds is a 400 naming it, a page number beyond any
+    queue shows an empty page: neither is an error of the server."""
+    site.people.set_language("rita", "en")
+    site.people.set_language("audrey", "en")
+    rita, audrey = site.sign_in("rita"), site.sign_in("audrey")
+    for client, path, value in (
+            (rita, "/letters?queue=all&until=9999-12-31", "9999-12-31"),
+            (rita, "/letters?queue=all&since=0001-01-01", "0001-01-01"),
+            (rita, "/letters?queue=all&deadline_before=0001-01-01", "0001-01-01"),
+            (rita, "/letters.csv?queue=all&until=9999-12-31", "9999-12-31"),
+            (rita, "/search?q=order&until=9999-12-31", "9999-12-31"),
+            (audrey, "/audit?until=9999-12-31", "9999-12-31"),
+            (audrey, "/audit.csv?since=1899-12-31", "1899-12-31")):
+        refused = client.get(path)
+        assert refused.status_code == 400, path
+        assert f"{value} is outside the register&#39;s years (1900 to 9998)." in refused.text, path
+    for period in ("0001-01", "9999-12", "9999-Q4"):
+        refused = rita.get(f"/reports?period={period}")
+        assert refused.status_code == 400 and "is neither a month" in refused.text, period
+    huge = "99999999999999999999999"
+    for path in (f"/letters?queue=all&page={huge}", f"/search?q=order&page={huge}", f"/triage?page={huge}"):
+        shown = rita.get(path)
+        assert shown.status_code == 200 and site.letters["business"] not in shown.text, path
+    assert site.letters["business"] in rita.get("/letters?queue=all&since=1900-01-01&until=9998-12-31").text

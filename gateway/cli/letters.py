@@ -12,8 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 
 from gateway.cli.lazy import LazyGroup
-from gateway.cli.state import (State, as_option, by_option, fail, pass_state, principal, print_json, print_trace,
-                               wide_console)
+from gateway.cli.state import (RegisterDay, State, as_option, by_option, fail, pass_state, principal, print_json,
+                               print_trace, wide_console)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,8 +24,8 @@ def register_filters(command: F) -> F:
     for option in reversed([
         click.option("--status"), click.option("--department"), click.option("--category"),
         click.option("--channel", type=click.Choice(["email", "fax", "post", "courier", "front-desk"])),
-        click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Received on or after this day (local time)."),
-        click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day."),
+        click.option("--since", type=RegisterDay(), help="Received on or after this day (local time)."),
+        click.option("--until", type=RegisterDay(), help="Received before the end of this day."),
     ]):
         command = option(command)
     return command
@@ -41,7 +41,7 @@ def letters() -> None:
 @letters.command("list")
 @register_filters
 @click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
-@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]),
+@click.option("--as-of", "as_of", type=RegisterDay(),
               help="With --overdue: overdue by the end of this day (local) instead of now.")
 @click.option("--limit", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -349,7 +349,7 @@ def letters_extract(state: State, number: str, directory: Path, as_login: str | 
 @click.argument("number")
 @click.option("--missing", "missing", multiple=True, required=True,
               help="What the sender must still send (repeat for each item).")
-@click.option("--by", "by_day", required=True, type=click.DateTime(["%Y-%m-%d"]),
+@click.option("--by", "by_day", required=True, type=RegisterDay(),
               help="The day it is needed by (local time, YYYY-MM-DD).")
 @click.option("--actor", "by", help="Who decides (default: the user running the command).")
 @as_option

@@ -5,7 +5,7 @@ from datetime import datetime
 
 import click
 
-from gateway.cli.state import State, pass_state
+from gateway.cli.state import RegisterDay, State, pass_state
 
 
 @click.group()
@@ -14,7 +14,7 @@ def reminders() -> None:
 
 
 @reminders.command("run")
-@click.option("--now", "at", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"]),
+@click.option("--now", "at", type=RegisterDay(("%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d")),
               help="Decide as if it were this local time (default: now).")
 @click.option("--dry-run", is_flag=True, help="Only show what would be sent.")
 @pass_state

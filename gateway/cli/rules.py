@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gateway.cli.state import State, pass_state, print_json, print_trace, wide_console
+from gateway.cli.state import RegisterDay, State, pass_state, print_json, print_trace, wide_console
 
 
 @click.group()
@@ -54,9 +54,9 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
 
 
 @rules.command("replay")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True,
+@click.option("--since", type=RegisterDay(), required=True,
               help="Letters received on or after this day.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Received before the end of this day.")
+@click.option("--until", type=RegisterDay(), help="Received before the end of this day.")
 @click.option("--all", "show_all", is_flag=True, help="List every letter, not only those that would change.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_state

@@ -167,3 +167,21 @@ def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "De
                  + (f", tags={' '.join(result['tags'])}" if result.get("tags") else ""))
     lines.append(f"rules version {trace.get('rules')}")
     console.print(Panel("\n".join(lines), title=title, title_align="left"))
+
+
+class RegisterDay(click.DateTime):
+    """A day (or a moment, with `formats`) within the register's years: a year 1 or 9999 is
+    refused by name, not left to overflow in a query."""
+
+    def __init__(self, formats: tuple[str, ...] = ("%Y-%m-%d",)) -> None:
+        super().__init__(list(formats))
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import datetime
+
+        from gateway.services.queries import FIRST_DAY, LAST_DAY, in_register  # only when a day is given
+
+        moment = super().convert(value, param, ctx)
+        if isinstance(moment, datetime) and not in_register(moment.date()):
+            self.fail(f"{value}: outside the register's days ({FIRST_DAY} to {LAST_DAY})", param, ctx)
+        return moment

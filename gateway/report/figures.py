@@ -66,6 +66,8 @@ class Period:
         if not match:
             raise ValueError(f"{value!r} is neither a month (YYYY-MM) nor a quarter (YYYY-Qn)")
         year = int(match.group(1))
+        if not 1900 <= year <= 9998:  # as the register's days (services.queries): bounds within datetime's
+            raise ValueError(f"{value!r}: the year is outside 1900 to 9998")
         first = int(match.group(2)) if match.group(2) else (int(match.group(3)) - 1) * 3 + 1
         months = 1 if match.group(2) else 3
         tz = ZoneInfo(timezone_name)

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.faults import checkpoint
+from gateway.services.queries import in_register
 from gateway.spool import Spool
 from gateway.stages.autoreply import safe_address
 from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_scan
@@ -104,6 +105,10 @@ def parse_received(text: str, tz: ZoneInfo) -> datetime:
     except ValueError:
         raise PaperRefused([FieldError("received_at", "“%(value)s” is not a date and time such as "
                                                       "2026-11-22 09:30", {"value": text.strip()[:40]})]) from None
+    if not in_register(moment.date()):
+        # "0026-11-22" for 2026: refused here, before the spool takes a time no query can hold.
+        raise PaperRefused([FieldError("received_at", "“%(value)s” is outside the register's years (1900 to 9998): "
+                                                      "check the year", {"value": text.strip()[:40]})])
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 

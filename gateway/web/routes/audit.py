@@ -1,7 +1,6 @@
 """The audit log for auditors: filters, and the same rows as CSV."""
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
@@ -11,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.services.access import Refused
 from gateway.web import security
 from gateway.web.app import Problem, Req, page
-from gateway.web.i18n import _
+from gateway.web.routes.letters import day_arg
 
 FILTERS = ("since", "until", "actor", "action", "letter")
 
@@ -27,10 +26,7 @@ def _filters(req: Req) -> dict[str, Any]:
         if not value:
             continue
         if name in ("since", "until"):
-            try:
-                out[name] = date.fromisoformat(value)
-            except ValueError:
-                raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": value}) from None
+            out[name] = day_arg(value)
         else:
             out[name] = value
     return out

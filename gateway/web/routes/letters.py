@@ -11,6 +11,7 @@ from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.services import queries
 from gateway.services.access import ACTIONS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery, Refused
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
@@ -61,11 +62,27 @@ def home(req: Req) -> Response:
     return req.render("empty.html")
 
 
-def _day(text: str) -> date | None:
+# Past the last page a queue shows none; beyond this one the offset would be out of SQL's range.
+MAX_PAGE = 100_000
+
+
+def page_number(req: Req) -> int:
+    """The `page` of the query string: a whole number from 1 to MAX_PAGE (anything else, the first)."""
     try:
-        return date.fromisoformat(text) if text else None
+        return min(max(1, int(req.arg("page") or 1)), MAX_PAGE)
+    except ValueError:
+        return 1
+
+
+def day_arg(text: str) -> date | None:
+    """A day of a query string or form (YYYY-MM-DD), or None when not given; 400 naming it otherwise."""
+    try:
+        day = date.fromisoformat(text) if text else None
     except ValueError:
         raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": text}) from None
+    if day is not None and not queries.in_register(day):
+        raise Problem(400, _("%(value)s is outside the register's years (1900 to 9998).") % {"value": text})
+    return day
 
 
 def _query(req: Req, default: str = "") -> QueueQuery:
@@ -75,16 +92,13 @@ def _query(req: Req, default: str = "") -> QueueQuery:
     name = req.arg("queue") or default or (queues[0] if queues else "all")
     if name not in QUEUES or name not in queues:
         raise Problem(404)
-    try:
-        number = max(1, int(req.arg("page") or 1))
-    except ValueError:
-        number = 1
+    number = page_number(req)
     sort = req.arg("sort")
     return QueueQuery(queue=name, status=req.arg("status") or None, category=req.arg("category") or None,
                       urgency=req.arg("urgency") or None, channel=req.arg("channel") or None,
-                      department=req.arg("department") or None, since=_day(req.arg("since")),
-                      until=_day(req.arg("until")), deadline_before=_day(req.arg("deadline_before")),
-                      deadline_after=_day(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
+                      department=req.arg("department") or None, since=day_arg(req.arg("since")),
+                      until=day_arg(req.arg("until")), deadline_before=day_arg(req.arg("deadline_before")),
+                      deadline_after=day_arg(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
                       page=number)
 
 

@@ -17,7 +17,7 @@ from gateway.services.access import Forbidden, QueuePage, QueueQuery, Refused, q
 from gateway.web import i18n
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
-from gateway.web.routes.letters import DONE, FILTERS, _query, letter_url
+from gateway.web.routes.letters import DONE, FILTERS, _query, letter_url, page_number
 
 BULK_ACTIONS = ("ack", "assign", "reassign", "tag")
 BULK_DONE = {**DONE, "tag": N_("Tag added.")}
@@ -102,11 +102,7 @@ def _triage_page(req: Req, *, status: int = 200, message: str = "", error: str =
     who = req.who
     if "triage" not in req.web.access.queues(who):
         raise Problem(404)
-    try:
-        number = max(1, int(req.arg("page") or 1))
-    except ValueError:
-        number = 1
-    result = req.web.access.queue(who, QueueQuery(queue="triage", sort="received", page=number))
+    result = req.web.access.queue(who, QueueQuery(queue="triage", sort="received", page=page_number(req)))
     items = []
     for letter in result.rows:
         rights = req.web.access.rights(who, letter)
