@@ -31,8 +31,19 @@ SYSTEM_CONFIG = Path("/etc/gateway/gateway.toml")
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
+# Seconds, minutes and the like: beyond this a wait would overflow the platform's clock.
+_LARGEST_NUMBER = 1e9
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, float) and abs(value) > _LARGEST_NUMBER:
+            raise ValueError(f"at most {_LARGEST_NUMBER:,.0f}")
+        return value
 
 
 def _check_address(value: str) -> str:
@@ -993,6 +1004,38 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"
                                   f" (known: {', '.join(sorted(known))})"))
+    return issues + _folder_checks(config)
+
+
+def _folder_checks(config: Config) -> list[ConfigIssue]:
+    """The folders a setting names must be folders of their own: the fax drop folder is emptied
+    (every file in it is taken in or set aside), and the archive and the message store are
+    written and purged. A drop folder at the state directory would take the registry itself."""
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))  # a symbolic link is the folder it leads to
+
+    state = real(config.state_dir)
+    own = {f"{name} (in gateway.state_dir)": state / name for name in ("spool", "messages", "keys", "paper-forms")}
+    named: dict[str, Path] = {}
+    if config.model.fax.enabled:
+        named["fax.drop_folder"] = real(config.fax_drop_dir)
+    named["storage.archive_dir" if config.model.storage.archive_dir else "archive.folder"] = real(config.archive_dir)
+    if config.shared_message_dir is not None:
+        named["storage.messages_dir"] = real(config.shared_message_dir)
+    issues: list[ConfigIssue] = []
+    keys = list(named)
+    for i, key in enumerate(keys):
+        folder = named[key]
+        if state == folder or state.is_relative_to(folder):
+            issues.append(ConfigIssue(config.path, key, f"{folder} is the state directory or holds it "
+                                                        f"({state}): give it a folder of its own"))
+            continue
+        others = [*own.items(), *((k, named[k]) for k in keys[i + 1:])]
+        for other_key, other in others:
+            if folder == other or folder.is_relative_to(other) or other.is_relative_to(folder):
+                issues.append(ConfigIssue(config.path, key, f"{folder} is, holds or lies in {other} ({other_key}):"
+                                                            " give it a folder of its own"))
+                break
     return issues
 
 

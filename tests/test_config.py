@@ -184,3 +184,32 @@ def test_configuration_and_classification_import_each_other_not() -> None:
         rules_side = _modules_after_import(module)
         assert module in rules_side
         assert "gateway.config" not in rules_side, rules_side
+
+
+
+def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
+    """The fax drop folder is emptied and the archive written and purged: neither may be the state
+    directory (the registry is there), hold it, or share a folder with the spool, the message
+    store or each other. An interval of inf (or beyond any clock) is refused by name."""
+    text = gateway.config.read_text()
+    state = gateway.state
+    spool_new, shared = state / "spool" / "new", state / "shared"
+    for edited, key, says in (
+            (text + '\n[fax]\ndrop_folder = ""\n', "fax.drop_folder", f"{state} is the state directory or holds it"),
+            (text + '\n[fax]\ndrop_folder = ".."\n', "fax.drop_folder",
+             f"{state.parent} is the state directory or holds it"),
+            (text + '\n[fax]\ndrop_folder = "spool/new"\n', "fax.drop_folder",
+             f"{spool_new} is, holds or lies in {state / 'spool'} (spool (in gateway.state_dir))"),
+            (text + '\n[archive]\nfolder = "messages"\n', "archive.folder",
+             f"{state / 'messages'} is, holds or lies in {state / 'messages'}"),
+            (text + f'\n[fax]\ndrop_folder = "{shared}"\n[storage]\narchive_dir = "{shared / "archive"}"\n',
+             "fax.drop_folder", f"{shared} is, holds or lies in {shared / 'archive'} (storage.archive_dir)"),
+            (text.replace("rescan_seconds = 1", "rescan_seconds = inf"), "spool.rescan_seconds",
+             "Input should be a finite number"),
+            (text + "\n[fax]\npoll_seconds = 1e12\n", "fax.poll_seconds", "at most 1,000,000,000")):
+        gateway.config.write_text(edited)
+        proc = _check(gateway.config)
+        assert proc.returncode == 1, edited[-200:]
+        assert f"error: {gateway.config}: {key}: {says}" in proc.stderr, proc.stderr
+    gateway.config.write_text(text + '\n[fax]\ndrop_folder = "fax-drop"\n')
+    assert _check(gateway.config).returncode == 0

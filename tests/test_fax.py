@@ -253,6 +253,35 @@ def test_an_unreadable_file_goes_to_the_spool_quarantine_with_its_reason(tmp_pat
     assert "fax broken.tif set aside in quarantine" in log
 
 
+def test_a_file_name_that_is_not_utf8_is_taken_in_and_holds_up_nothing(tmp_path: Path, notify: Notify,
+                                                                       faxes: dict[str, bytes]) -> None:
+    """A fax server's name in another encoding (bytes that are not UTF-8) is no text the registry
+    can hold: the fax is taken in under the name written readably, and the files after it in the
+    folder are taken too; an unreadable one goes to quarantine the same way."""
+    gateway = configure(tmp_path)
+    folder = os.fsencode(gateway.state / "fax-drop")
+    os.makedirs(folder, exist_ok=True)
+    past = time.time() - 5
+    for name, data in ((b"fax\xb4\xab\xd5\xe6.tif", faxes["tagged"]), (b"junk\xff.tif", b"not a fax\n"),
+                       (b"zz-good.tif", faxes["two"])):
+        path = os.path.join(folder, name)
+        with open(path, "wb") as out:
+            out.write(data)
+        os.utime(path, (past, past))
+    daemon = start(gateway, notify)
+    try:
+        letters = fax_letters(gateway, 2)
+        wait_for(lambda: os.listdir(folder) == [], 30, "the drop folder empty")
+        [quarantined] = json.loads(gateway.run("quarantine", "list", "--json").stdout)
+    finally:
+        log = daemon.stop()
+    names = sorted(str(attachment["original_filename"]) for letter in letters for attachment in letter["attachments"])
+    assert names == ["fax\\xb4\\xab\\xd5\\xe6.tif", "zz-good.tif"], names
+    shown = json.loads(gateway.run("quarantine", "show", quarantined["id"], "--json").stdout)
+    assert shown["meta"]["fax_drop"]["file_name"] == "junk\\xff.tif"
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+
+
 def test_sigkill_between_spool_and_removal_gives_exactly_one_letter(tmp_path: Path, notify: Notify,
                                                                     faxes: dict[str, bytes]) -> None:
     gateway = configure(tmp_path)

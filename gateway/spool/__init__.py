@@ -67,6 +67,30 @@ class SpoolError(Exception):
         return self.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _readable(value: Any) -> Any:
+    """`value` with every text that is not Unicode made readable: a file name the filesystem
+    holds as bytes that are not UTF-8 (b"fax\\xff.tif") comes from os as lone surrogates, which
+    neither UTF-8 nor the registry can store; it is kept as the text "fax\\xff.tif"."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return value
+    if isinstance(value, dict):
+        return {_readable(k): _readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_readable(v) for v in value]
+    return value
+
+
+def _json_bytes(value: Any, **options: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, **options).encode()
+    except UnicodeEncodeError:
+        return json.dumps(_readable(value), ensure_ascii=False, **options).encode()
+
+
 def _failed(spool: Spool, what: str, exc: OSError) -> SpoolError:
     return SpoolError(f"spool {spool.root}: {what}: {exc.strerror or exc}", code=exc.errno)
 
@@ -186,12 +210,16 @@ class SpoolWriter:
         self.size = 0
         meta = {**meta, "id": self.id}
         meta.setdefault("received_at", datetime.now(timezone.utc).isoformat())
+        try:
+            header = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            meta = _readable(meta)
+            header = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
         self.meta = meta
         try:
             self._fh: BinaryIO = open(self._tmp, "xb")
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._fh.write(MAGIC + _UNSEALED + b" " +
-                           json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+            self._fh.write(MAGIC + _UNSEALED + b" " + header + b"\n")
             self._hash = hashlib.sha256()
         except OSError as exc:
             self.abort()
@@ -582,7 +610,7 @@ class Spool:
                   "quarantined_at": datetime.now(timezone.utc).isoformat(),
                   "history": history + [reason]}
         # The reason first: a quarantined item is never without one.
-        write_file(reason_file, json.dumps(record, ensure_ascii=False, indent=2).encode())
+        write_file(reason_file, _json_bytes(record, indent=2))
         move(path, qdir / f"{item_id}.item")
 
     def quarantined(self) -> list[QuarantinedItem]:
