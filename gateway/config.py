@@ -899,7 +899,7 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     The rules file is not read here: gateway.stages.rulebook.load reads both."""
     file = locate(path).resolve()
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # Notepad starts a file with a BOM
     except FileNotFoundError:
         raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:

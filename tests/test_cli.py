@@ -136,8 +136,46 @@ def test_days_outside_the_registers_years_are_refused_by_name(tmp_path: Path) ->
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, (args, refused.stderr)
         assert f"Invalid value for '{option}': {value}: outside the register's days (1900-01-01 to 9998-12-31)" \
             in refused.stderr, refused.stderr
-    refused = gateway.run("report", "--month", "0001-01", check=False)
-    assert refused.returncode == 2 and "the year is outside 1900 to 9998" in refused.stderr
+    for args in (("report", "--month", "0001-01"), ("archive", "run", "--month", "0000-01"),
+                 ("archive", "verify", "--month", "9999-12")):
+        refused = gateway.run(*args, check=False)
+        assert refused.returncode == 2 and "the year is outside 1900 to 9998" in refused.stderr, refused.stderr
+
+
+def test_a_misspelt_filter_is_refused_by_name_not_answered_with_nothing(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path)
+    for args, option, says in ((("letters", "list", "--status", "needs_triage"), "--status",
+                                "'needs_triage' is none of acknowledged,"),
+                               (("letters", "search", "order", "--department", "sales"), "--department",
+                                "'sales' is none of business, general-office"),
+                               (("letters", "list", "--category", "inquiry"), "--category",
+                                "'inquiry' is none of external.business,"),
+                               (("letters", "list", "--limit", "-5"), "'--limit'", "-5 is not in the range x>=1")):
+        refused = gateway.run(*args, check=False)
+        assert refused.returncode == 2 and f"Invalid value for {option}: {says}" in refused.stderr, refused.stderr
+    assert gateway.run("letters", "list", "--status", "needs-triage", "--department", "business",
+                       "--category", "external.business", "--limit", "1").returncode == 0
+
+
+def test_commands_name_what_they_cannot_use(tmp_path: Path) -> None:
+    """A FIFO is no letter (reading it would wait for ever), a report has no folder to go to, a mail
+    id no registry can hold, nobody of that name, a configuration saved with a byte-order mark."""
+    import os
+
+    gateway = Gateway(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "one.eml").write_bytes(make_message(1))
+    taken = gateway.run("ingest", str(tmp_path / "pipe"), str(tmp_path / "one.eml"), check=False, timeout=60)
+    assert taken.returncode == 1 and f"{tmp_path / 'pipe'}: not a regular file" in taken.stderr, taken.stderr
+    assert "registered as 2026-000001" in taken.stdout
+    report = gateway.run("report", "--month", "2026-11", "-o", str(tmp_path / "missing" / "r.html"), check=False)
+    assert report.returncode == 2 and f"cannot write {tmp_path / 'missing' / 'r.html'}: No such file" in report.stderr
+    retry = gateway.run("outbox", "retry", "99999999999999999999999", check=False)
+    assert retry.returncode == 2 and "is not in the range" in retry.stderr and "Traceback" not in retry.stderr
+    nobody = gateway.run("users", "disable", "nobody", check=False)
+    assert nobody.returncode == 1 and "no person named 'nobody'" in nobody.stderr, nobody.stderr
+    gateway.config.write_bytes(b"\xef\xbb\xbf" + gateway.config.read_bytes())
+    assert gateway.run("check-config").returncode == 0
 
 
 def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:

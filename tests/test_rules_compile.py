@@ -108,3 +108,23 @@ def test_compiling_leaves_the_collector_as_it_was(organisation: Organisation) ->
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_aliases_of_aliases_are_refused_before_they_are_expanded(organisation: Organisation) -> None:
+    """Eight lines of aliases that would expand to a hundred million keywords: refused at once,
+    by name. Fewer levels expand, and the error quotes only the start of the value."""
+    levels = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    levels += [f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
+    bomb = "\n".join([*levels, "rules:", "  - name: x", "    when: {keywords: *h}", "    set: {department: hr}", ""])
+    with pytest.raises(RulesError) as caught:
+        compile_rules(Path("rules.yaml"), bomb, organisation)
+    [issue] = caught.value.issues
+    assert issue.reason.startswith("its aliases expand to more than 2,000,000 values")
+    nested = "\n".join([*levels[:4], "rules:", "  - name: x", "    when: {keywords: [*d]}",
+                        "    set: {department: hr}", ""])
+    with pytest.raises(RulesError) as caught:
+        compile_rules(Path("rules.yaml"), nested, organisation)
+    assert len(str(caught.value)) < 1000, str(caught.value)[:2000]
+    [keywords] = [issue for issue in caught.value.issues if issue.key.startswith("rules[0]")]
+    assert keywords.reason.startswith("keyword must be non-empty text (got ["), keywords
+    assert keywords.reason.endswith("…; quote it)"), keywords

@@ -31,6 +31,17 @@ def register_filters(command: F) -> F:
     return command
 
 
+def check_filters(state: State, status: str | None, department: str | None, category: str | None) -> None:
+    """A misspelt filter is refused by name, not answered with no letters at all."""
+    from gateway.config import CATEGORY_NAMES
+    from gateway.registry.lifecycle import STATES
+
+    for hint, value, known in (("--status", status, STATES), ("--department", department, state.config.departments),
+                               ("--category", category, CATEGORY_NAMES)):
+        if value is not None and value not in known:
+            raise click.BadParameter(f"{value!r} is none of {', '.join(sorted(known))}", param_hint=hint)
+
+
 # gateway letters reply|approve|return live in gateway/cli/replies.py
 @click.group(cls=LazyGroup, lazy={"reply": "gateway.cli.replies:reply", "approve": "gateway.cli.replies:approve",
                                   "return": "gateway.cli.replies:give_back"})
@@ -43,7 +54,7 @@ def letters() -> None:
 @click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
 @click.option("--as-of", "as_of", type=RegisterDay(),
               help="With --overdue: overdue by the end of this day (local) instead of now.")
-@click.option("--limit", type=int)
+@click.option("--limit", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @as_option
 @pass_state
@@ -54,6 +65,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
     from gateway.services import queries
     from gateway.services.access import Access
 
+    check_filters(state, status, department, category)
     cfg = state.config
     registry = state.registry()
     who = principal(state, as_login)
@@ -101,6 +113,7 @@ def letters_search(state: State, query: str, status: str | None, department: str
     from gateway.services import queries
     from gateway.services.access import Access, QueueQuery
 
+    check_filters(state, status, department, category)
     registry = state.registry()
     access = Access(state.config, registry)
     filters = QueueQuery(queue="all", status=status, department=department, category=category, channel=channel,

@@ -37,7 +37,7 @@ def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> 
 
 
 @outbox.command("retry")
-@click.argument("mail_ids", nargs=-1, type=int, required=True)
+@click.argument("mail_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1), required=True)
 @pass_state
 def outbox_retry(state: State, mail_ids: tuple[int, ...]) -> None:
     """Queue dead-lettered mail again (after fixing what stopped it)."""

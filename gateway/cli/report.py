@@ -32,5 +32,8 @@ def report(state: State, month: str | None, quarter: str | None, fmt: str, outpu
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {output}: {exc.strerror}", param_hint="--output") from None
         click.echo(f"{output}: {fmt}, {figures['letters']} letter(s)")

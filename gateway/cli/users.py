@@ -115,7 +115,7 @@ def users_passwd(state: State, login: str, password: str | None, password_stdin:
     try:
         _people(state).set_password(login, secret, actor=f"cli:{actor(None)}")
     except (LookupError, ValueError) as exc:
-        fail(str(exc).strip("'\""))
+        fail(str(exc.args[0]) if exc.args else str(exc))
     click.echo(f"password of {login} set; their sessions were ended")
 
 
@@ -128,7 +128,7 @@ def users_disable(state: State, login: str, enable: bool) -> None:
     try:
         _people(state).set_disabled(login, not enable, actor=f"cli:{actor(None)}")
     except LookupError as exc:
-        fail(str(exc).strip("'\""))
+        fail(str(exc.args[0]) if exc.args else str(exc))
     click.echo(f"{login} {'enabled' if enable else 'disabled'}")
 
 
@@ -149,5 +149,5 @@ def users_grant(state: State, login: str, roles: tuple[str, ...], departments: t
         changes = _people(state).grant(login, roles=list(roles), departments=list(departments), letter=letter,
                                        reason=reason, revoke=revoke, actor=f"cli:{actor(None)}")
     except (LookupError, ValueError) as exc:
-        fail(str(exc).strip("'\""))
+        fail(str(exc.args[0]) if exc.args else str(exc))
     click.echo(f"{login}: {', '.join(changes) if changes else 'nothing changed'}")

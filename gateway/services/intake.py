@@ -5,6 +5,8 @@ drop folder gives its faxes (sidecar, TIFF tags, file name), so the pipeline can
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +55,16 @@ class Ingested:
 def ingest_file(config: Config, spool: Spool, pipeline: Pipeline, path: Path) -> Ingested:
     """Spool one file and push it through the pipeline at once, as the daemon would."""
     try:
-        raw = path.read_bytes()
+        # Opened without waiting, and read only if a regular file: a FIFO or a device would hold
+        # the command (and every file after it) until someone wrote to it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return Ingested(path, "refused", reason="not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                raw = file.read()
+        finally:
+            os.close(fd)
     except OSError as exc:
         return Ingested(path, "refused", reason=f"cannot read: {exc.strerror}")
     try:

@@ -59,10 +59,16 @@ def _mapping(value: Any, hint: str) -> dict[str, Any]:
     return value
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as an error quotes it: the start of a long one (a list of a thousand items, say)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _text(what: str, *, lower: bool = False) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise _error("text", f"{what} must be non-empty text (got {value!r}; quote it)")
+            raise _error("text", f"{what} must be non-empty text (got {_shown(value)}; quote it)")
         return value.strip().lower() if lower else value.strip()
     return check
 

@@ -75,6 +75,27 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         self.ascend_resolver = tuple  # (): an empty tuple
 
 
+# Values a rules file may hold once its aliases are expanded: 10,000 rules hold some 160,000. A
+# few lines of aliases of aliases would otherwise expand to billions.
+_MOST_VALUES = 2_000_000
+
+
+def _expands_beyond(root: yaml.Node, most: int) -> bool:
+    """Whether the document, each alias expanded, holds more than `most` values. Only a document
+    with anchors is walked; the walk stops at `most`."""
+    seen, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > most:
+            return True
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(value for pair in node.value for value in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return False
+
+
 class _Unusual(Exception):
     """Something the quick reading of a document does not handle: the careful one takes over."""
 
@@ -94,6 +115,9 @@ class Located:
             problem = getattr(exc, "problem", None) or str(exc)
             raise RulesError([RuleIssue(file, mark.line + 1 if mark else None, "",
                                         f"not valid YAML: {problem}")]) from None
+        if "&" in text and self._root is not None and _expands_beyond(self._root, _MOST_VALUES):
+            raise RulesError([RuleIssue(file, None, "", f"its aliases expand to more than {_MOST_VALUES:,} values "
+                                                        "(an alias refers to a list of aliases, over and over)")])
         try:
             try:
                 self.data: Any = {} if self._root is None else self._quick(self._root)
