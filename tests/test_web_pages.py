@@ -335,3 +335,21 @@ def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) ->
         shown = rita.get(path)
         assert shown.status_code == 200 and site.letters["business"] not in shown.text, path
     assert site.letters["business"] in rita.get("/letters?queue=all&since=1900-01-01&until=9998-12-31").text
+
+
+def test_asking_the_sender_twice_or_for_a_day_years_away_is_refused_with_the_reason(site: Site) -> None:
+    """A second request while the first waits (a second tab, a second click) is a refusal saying
+    why, not an error of the server; a day more than a year away is refused as the past is."""
+    from datetime import date, timedelta
+
+    site.people.set_language("sam", "en")
+    sam = site.sign_in("sam")
+    url = f"/letters/{site.letters['business']}/incomplete"
+    far = (date.today() + timedelta(days=400)).isoformat()
+    refused = sam.post(url, data={"csrf": sam.csrf, "missing": "the signed contract", "by": far})
+    assert refused.status_code in (400, 409) and f"{far} is more than a year away" in refused.text
+    near = (date.today() + timedelta(days=10)).isoformat()
+    asked = sam.post(url, data={"csrf": sam.csrf, "missing": "the signed contract", "by": near})
+    assert asked.status_code == 303, asked.text[-500:]
+    again = sam.post(url, data={"csrf": sam.csrf, "missing": "the signed contract", "by": near})
+    assert again.status_code == 409 and "is awaiting-sender" in again.text, again.text[-1000:]

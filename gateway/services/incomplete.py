@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 
 from gateway.config import Config
 from gateway.registry import Registry
@@ -27,7 +27,7 @@ from gateway.stages.route import new_mail
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ITEMS = 20
 # Refusals for what was filled in (the others: rights and the letter's state).
-INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "need-date", "date-passed"})
+INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "need-date", "date-passed", "date-far"})
 MAX_ITEM_CHARS = 300
 
 
@@ -93,6 +93,9 @@ class Incomplete:
         due_at = datetime.combine(by, time(23, 59, 59), calendar.tz)
         if due_at <= datetime.now(calendar.tz):
             raise Refused(f"{by.isoformat()} has passed: give a later day", "date-passed", day=by.isoformat())
+        if by > datetime.now(calendar.tz).date() + timedelta(days=366):
+            raise Refused(f"{by.isoformat()} is more than a year away: give a nearer day", "date-far",
+                          day=by.isoformat())
         address = request_address(letter)
         mail = new_mail(self.config, "request", address, language=language_of(letter), missing=items,
                         by=by.isoformat()) if address else None
@@ -102,10 +105,12 @@ class Incomplete:
                 return None
             return calendar.working_days_between(now, deadline) if deadline > now else 0
 
+        from gateway.registry.lifecycle import TransitionRefused
+
         try:
             request = self.records.mark_incomplete(number, actor=who.login, missing=items, due_at=due_at,
                                                    remaining=remaining, recipient=address, request=mail)
-        except ValueError as exc:  # TransitionRefused among them
+        except (TransitionRefused, ValueError) as exc:  # asked already (a second tab, a second click)
             raise Refused(str(exc), "state", number=number, status=letter.status, action="incomplete") from None
         return Marked(request, address)
 

@@ -203,6 +203,7 @@ REFUSAL = {
     "too-many-missing": N_("at most %(limit)s missing items"),
     "need-date": N_("give the day it is needed by"),
     "date-passed": N_("%(day)s has passed: give a later day"),
+    "date-far": N_("%(day)s is more than a year away: give a nearer day"),
 }
 
 
