@@ -84,11 +84,13 @@ def _readable(value: Any) -> Any:
     return value
 
 
-def _json_bytes(value: Any, **options: Any) -> bytes:
+def _json_bytes(value: Any, **options: Any) -> tuple[bytes, Any]:
+    """`value` as UTF-8 JSON, and the value the bytes hold (made readable if it had to be)."""
     try:
-        return json.dumps(value, ensure_ascii=False, **options).encode()
+        return json.dumps(value, ensure_ascii=False, **options).encode(), value
     except UnicodeEncodeError:
-        return json.dumps(_readable(value), ensure_ascii=False, **options).encode()
+        value = _readable(value)
+        return json.dumps(value, ensure_ascii=False, **options).encode(), value
 
 
 def _failed(spool: Spool, what: str, exc: OSError) -> SpoolError:
@@ -210,12 +212,7 @@ class SpoolWriter:
         self.size = 0
         meta = {**meta, "id": self.id}
         meta.setdefault("received_at", datetime.now(timezone.utc).isoformat())
-        try:
-            header = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
-        except UnicodeEncodeError:
-            meta = _readable(meta)
-            header = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
-        self.meta = meta
+        header, self.meta = _json_bytes(meta, separators=(",", ":"))
         try:
             self._fh: BinaryIO = open(self._tmp, "xb")
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -610,7 +607,7 @@ class Spool:
                   "quarantined_at": datetime.now(timezone.utc).isoformat(),
                   "history": history + [reason]}
         # The reason first: a quarantined item is never without one.
-        write_file(reason_file, _json_bytes(record, indent=2))
+        write_file(reason_file, _json_bytes(record, indent=2)[0])
         move(path, qdir / f"{item_id}.item")
 
     def quarantined(self) -> list[QuarantinedItem]:
