@@ -268,6 +268,29 @@ def test_a_stop_during_a_spool_rescan_waits_for_it_within_the_grace(tmp_path: Pa
         assert "1 scheduled job(s) still running after the grace of 1 s" in out
 
 
+def slowed_site(tmp_path: Path, code: str) -> Path:
+    """A folder whose sitecustomize.py (`code`) a daemon started with it on PYTHONPATH runs first."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(code)
+    return site
+
+
+def stopped_while_under_way(gw: Gateway, notify: Notify, site: Path, started: Path, **env: str) -> tuple[str, float]:
+    """The daemon started with `site`, sent SIGTERM once its slowed job has written `started`:
+    what it logged, and how long it took to stop."""
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), **env)
+    try:
+        notify.wait_for("READY=1")
+        wait_for(started.exists, 30, f"the job writing {started.name} under way")
+        signalled = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        out = stop(daemon)
+        return out, time.monotonic() - signalled
+    finally:
+        daemon.stop()
+
+
 # Loaded by the daemon's interpreter at its start (PYTHONPATH): each reminder takes REMIND_SLEEP
 # seconds to record, and is written down.
 SLOW_REMINDERS = '''
@@ -303,21 +326,9 @@ def test_a_stop_past_the_grace_ends_the_reminders_pass_and_the_next_pass_sends_t
         # Long overdue, and never acknowledged.
         db.execute("UPDATE letters SET received_at = '2026-01-05 02:00:00.000000', "
                    "deadline = '2026-01-10 09:00:00.000000'")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_REMINDERS)
     sent = tmp_path / "reminders.log"
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), REMIND_LOG=str(sent),
-                      REMIND_SLEEP="1")  # 30 s for the pass
-    try:
-        notify.wait_for("READY=1")
-        wait_for(sent.exists, 30, "the reminders' pass under way")
-        signalled = time.monotonic()
-        daemon.send_signal(signal.SIGTERM)
-        out = stop(daemon)
-        took = time.monotonic() - signalled
-    finally:
-        daemon.stop()
+    out, took = stopped_while_under_way(gw, notify, slowed_site(tmp_path, SLOW_REMINDERS), sent,
+                                        REMIND_LOG=str(sent), REMIND_SLEEP="1")  # 30 s for the pass
     assert "Traceback" not in out and "ALERT" not in out and "unexpected error" not in out, out[-3000:]
     assert "stopping: reminders' pass cut short past the grace; the next pass sends the rest" in out
     assert "scheduled job(s) still running" not in out  # it ended by itself
@@ -371,21 +382,9 @@ def test_a_stop_past_the_grace_ends_the_archive_run_and_the_next_start_finishes_
         db.execute(f"UPDATE letters SET received_at = '{month}-15 04:00:00.000000'")
         db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
                    "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_ARCHIVE)
     read = tmp_path / "archive.log"
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path), PYTHONPATH=str(site), ARCHIVE_LOG=str(read),
-                      ARCHIVE_SLEEP="1")  # 40 s for the month
-    try:
-        notify.wait_for("READY=1")
-        wait_for(read.exists, 30, "the archive run under way")
-        signalled = time.monotonic()
-        daemon.send_signal(signal.SIGTERM)
-        out = stop(daemon)
-        took = time.monotonic() - signalled
-    finally:
-        daemon.stop()
+    out, took = stopped_while_under_way(gw, notify, slowed_site(tmp_path, SLOW_ARCHIVE), read,
+                                        ARCHIVE_LOG=str(read), ARCHIVE_SLEEP="1")  # 40 s for the month
     assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
     assert f"stopping: archive of {month} cut short past the grace; it runs again after the next start" in out
     assert "scheduled job(s) still running" not in out  # it ended by itself

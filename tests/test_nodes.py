@@ -26,7 +26,7 @@ from conftest import Daemon, Gateway, make_message, wait_for, write_messages
 from dovecot_server import DovecotServer
 from fax_samples import ENGLISH, tiff_fax
 from smtp_sink import SmtpSink
-from test_daemon import SLOW_ARCHIVE
+from test_daemon import SLOW_ARCHIVE, slowed_site
 
 from gateway.registry import schema
 
@@ -301,11 +301,9 @@ def test_an_archive_run_left_by_a_dead_node_is_taken_up_by_a_running_one(tmp_pat
         conn.execute(f"UPDATE letters SET received_at = '{month}-15 04:00:00+08'")
         conn.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) "
                      "VALUES ('archive', '2000-01', 'old#0', now(), now(), 'done')")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_ARCHIVE)
     read = tmp_path / "archive.log"
-    dying = first.start(PYTHONPATH=str(site), ARCHIVE_LOG=str(read), ARCHIVE_SLEEP="1")  # 30 s for the month
+    dying = first.start(PYTHONPATH=str(slowed_site(tmp_path, SLOW_ARCHIVE)), ARCHIVE_LOG=str(read),
+                        ARCHIVE_SLEEP="1")  # 30 s for the month
     running = None
     try:
         wait_for(read.exists, 60, "the first node's archive run under way")
