@@ -22,8 +22,11 @@ def _month(value: str) -> str:
 
     if not MONTH.match(value):
         raise click.BadParameter(f"{value!r} is not YYYY-MM", param_hint="--month")
-    if not 1900 <= int(value[:4]) <= 9998:  # the register's years (gateway.services.queries)
-        raise click.BadParameter(f"{value!r}: the year is outside 1900 to 9998", param_hint="--month")
+    from gateway.registry.store import FIRST_DAY, LAST_DAY
+
+    if not FIRST_DAY.year <= int(value[:4]) <= LAST_DAY.year:
+        raise click.BadParameter(f"{value!r}: the year is outside {FIRST_DAY.year} to {LAST_DAY.year}",
+                                 param_hint="--month")
     return value
 
 

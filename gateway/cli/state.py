@@ -179,7 +179,7 @@ class RegisterDay(click.DateTime):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from datetime import datetime
 
-        from gateway.services.queries import FIRST_DAY, LAST_DAY, in_register  # only when a day is given
+        from gateway.registry.store import FIRST_DAY, LAST_DAY, in_register  # only when a day is given
 
         moment = super().convert(value, param, ctx)
         if isinstance(moment, datetime) and not in_register(moment.date()):

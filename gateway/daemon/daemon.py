@@ -439,8 +439,7 @@ class Daemon:
 
         if self._archiving.locked():
             return  # the run on its day and the look for a missed one: this node runs one at a time
-        today = datetime.now(ZoneInfo(self.config.model.gateway.timezone)).date()
-        month = f"{today.year - (today.month == 1)}-{(today.month - 2) % 12 + 1:02d}"
+        month = _month_before(datetime.now(ZoneInfo(self.config.model.gateway.timezone)))
         archiver = Archiver(self.config, self.registry, stop=self._jobs_cut_short)
         assert self.cluster is not None
 
@@ -482,7 +481,7 @@ class Daemon:
         now = datetime.now(ZoneInfo(self.config.model.gateway.timezone))
         if (now.day, now.hour) < (settings.run_day, settings.run_hour) or self._archiving.locked():
             return
-        month = f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
+        month = _month_before(now)
         try:
             missed = await asyncio.to_thread(due, self.registry, "archive", month)
         except RegistryUnavailable:
@@ -598,6 +597,11 @@ class Daemon:
                  len(new.ruleset), new.ruleset.file, new.ruleset.version,
                  f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
         self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")
+
+
+def _month_before(now: datetime) -> str:
+    """The month the archive run of `now`'s month archives (YYYY-MM)."""
+    return f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
 
 
 def _listener_settings(config: Config) -> tuple[object, ...]:

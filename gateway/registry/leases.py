@@ -60,7 +60,7 @@ class Skipped:
 
 class JobStopped(Exception):
     """Raised by a periodic job's work when its node stops before the work is done. The run is
-    left unfinished, as if the node had died in it, so that the next start runs it again."""
+    left unfinished, as if the node had died in it, so that it is run again (see `due`)."""
 
 
 def _alive(pid: int) -> bool:
@@ -238,7 +238,7 @@ class Cluster:
                 finally:
                     # A failed run is recorded as finished too: it is retried at its next period,
                     # as on one node, not again and again by every node. A stopped one is not
-                    # finished: the next start does the rest (see `due`).
+                    # finished: a node looking for missed runs does the rest (see `due`).
                     with self.registry.write() as conn:
                         conn.execute(update(JobRun).where(JobRun.job == job, JobRun.node == self.instance)
                                      .values(finished_at=None if outcome == "stopped" else utcnow(),

@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -51,6 +51,16 @@ def unreachable(exc: DBAPIError) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# The days a register knows: far enough either way for any letter, and near enough that a day's
+# bounds in UTC (a day later, in any time zone) stay within what datetime holds. Days and periods
+# from people (filters, forms, options) are refused outside them.
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
+
+
+def in_register(day: date) -> bool:
+    return FIRST_DAY <= day <= LAST_DAY
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

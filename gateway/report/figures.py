@@ -47,6 +47,7 @@ from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
 from gateway.registry.models import Borrowing, CirculationStep, Letter
+from gateway.registry.store import FIRST_DAY, LAST_DAY
 
 PAPER_CHANNELS = ("post", "courier", "front-desk")
 SATISFIED = 4  # a rating of 4 or 5 of 5
@@ -66,8 +67,8 @@ class Period:
         if not match:
             raise ValueError(f"{value!r} is neither a month (YYYY-MM) nor a quarter (YYYY-Qn)")
         year = int(match.group(1))
-        if not 1900 <= year <= 9998:  # as the register's days (services.queries): bounds within datetime's
-            raise ValueError(f"{value!r}: the year is outside 1900 to 9998")
+        if not FIRST_DAY.year <= year <= LAST_DAY.year:
+            raise ValueError(f"{value!r}: the year is outside {FIRST_DAY.year} to {LAST_DAY.year}")
         first = int(match.group(2)) if match.group(2) else (int(match.group(3)) - 1) * 3 + 1
         months = 1 if match.group(2) else 3
         tz = ZoneInfo(timezone_name)

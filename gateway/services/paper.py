@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.faults import checkpoint
-from gateway.services.queries import in_register
+from gateway.registry.store import in_register
 from gateway.spool import Spool
 from gateway.stages.autoreply import safe_address
 from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_scan

@@ -14,15 +14,6 @@ from gateway.registry import Registry, Scope
 from gateway.registry.models import Attachment, Letter, OcrReading, OutboxMail
 
 
-# The days a register knows: far enough either way for any letter, and near enough that a day's
-# bounds in UTC (a day later, in any time zone) stay within what datetime holds.
-FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
-
-
-def in_register(day: date) -> bool:
-    return FIRST_DAY <= day <= LAST_DAY
-
-
 def local_zone(config: Config) -> ZoneInfo:
     return ZoneInfo(config.model.gateway.timezone)
 

@@ -11,7 +11,7 @@ from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services import queries
+from gateway.registry.store import in_register
 from gateway.services.access import ACTIONS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery, Refused
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
@@ -80,7 +80,7 @@ def day_arg(text: str) -> date | None:
         day = date.fromisoformat(text) if text else None
     except ValueError:
         raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": text}) from None
-    if day is not None and not queries.in_register(day):
+    if day is not None and not in_register(day):
         raise Problem(400, _("%(value)s is outside the register's years (1900 to 9998).") % {"value": text})
     return day
 
