@@ -157,6 +157,20 @@ def test_a_misspelt_filter_is_refused_by_name_not_answered_with_nothing(tmp_path
                        "--category", "external.business", "--limit", "1").returncode == 0
 
 
+def test_a_department_removed_from_the_configuration_still_lists_its_letters(tmp_path: Path) -> None:
+    records = '\n[[departments]]\nid = "records"\nname = "Records"\nowners = ["records.desk@example.org"]\n' \
+              'head = "records.head@example.org"\naddresses = ["records@example.org"]\n'
+    gateway = Gateway(tmp_path, extra=records)
+    (tmp_path / "letter.eml").write_bytes(make_message(1, to="records@example.org"))
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    assert [row["department"] for row in gateway.list_json("--department", "records")] == ["records"]
+    gateway.config.write_text(gateway.config.read_text().replace(records, "\n"))
+    assert "records" not in loaded(gateway).departments
+    assert [row["number"] for row in gateway.list_json("--department", "records")] == ["2026-000001"]
+    refused = gateway.run("letters", "list", "--department", "recordz", check=False)
+    assert refused.returncode == 2 and "'recordz' is none of business, general-office" in refused.stderr
+
+
 def test_commands_name_what_they_cannot_use(tmp_path: Path) -> None:
     """A FIFO is no letter (reading it would wait for ever), a report has no folder to go to, a mail
     id no registry can hold, nobody of that name, a configuration saved with a byte-order mark."""

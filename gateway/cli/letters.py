@@ -38,8 +38,12 @@ def check_filters(state: State, status: str | None, department: str | None, cate
 
     for hint, value, known in (("--status", status, STATES), ("--department", department, state.config.departments),
                                ("--category", category, CATEGORY_NAMES)):
-        if value is not None and value not in known:
-            raise click.BadParameter(f"{value!r} is none of {', '.join(sorted(known))}", param_hint=hint)
+        if value is None or value in known:
+            continue
+        # A department since removed from the configuration still has its letters.
+        if hint == "--department" and state.registry().department_in_register(value):
+            continue
+        raise click.BadParameter(f"{value!r} is none of {', '.join(sorted(known))}", param_hint=hint)
 
 
 # gateway letters reply|approve|return live in gateway/cli/replies.py

@@ -53,6 +53,11 @@ class Reads(Store):
         with self.session() as session:
             return list(session.scalars(stmt))
 
+    def department_in_register(self, department: str) -> bool:
+        """Whether any letter is in this department (one removed from the configuration may still have letters)."""
+        with self.session() as session:
+            return session.scalar(select(Letter.id).where(Letter.department == department).limit(1)) is not None
+
     def count(self) -> int:
         with self.session() as session:
             return int(session.scalar(select(func.count(Letter.id))) or 0)
