@@ -106,6 +106,10 @@ def test_ingest_file_registers_a_message_and_refuses_what_it_cannot_read(tmp_pat
         assert refused.result == "refused" and refused.number is None and spool.pending() == []
         missing = intake.ingest_file(config, spool, pipeline, tmp_path / "missing.eml")
         assert missing.result == "refused" and missing.reason == "cannot read: No such file or directory"
+        (tmp_path / "empty.eml").write_bytes(b"")
+        empty = intake.ingest_file(config, spool, pipeline, tmp_path / "empty.eml")
+        assert (empty.result, empty.reason) == ("refused", "empty file: nothing to register")
+        assert spool.pending() == [] and registry.count() == 1
     finally:
         registry.close()
 

@@ -67,6 +67,8 @@ def ingest_file(config: Config, spool: Spool, pipeline: Pipeline, path: Path) ->
             os.close(fd)
     except OSError as exc:
         return Ingested(path, "refused", reason=f"cannot read: {exc.strerror}")
+    if not raw:  # as the fax drop and the paper form: no message, most likely a copy cut short
+        return Ingested(path, "refused", reason="empty file: nothing to register")
     try:
         meta = file_meta(config, path, raw)
     except FaxUnreadable as exc:
