@@ -137,6 +137,29 @@ def test_authentication_results_count_only_from_a_trusted_authserv_id(dns_server
     assert not check(c, other, "office@example.org", "", intake="imap")["authenticated"]
 
 
+def test_authentication_results_are_read_where_the_header_puts_them_not_out_of_quoted_strings(
+        dns_server: DnsServer) -> None:
+    """An envelope sender's local part is the sender's to choose, and a trusted MTA may write it
+    quoted into smtp.mailfrom: a result inside it, or inside a comment, proves nothing."""
+    c = checker(dns_server.nameserver)
+    for forged in ('mx.example.org; spf=pass smtp.mailfrom="x dmarc=pass header.from=example.org y"@evil.example; '
+                   'dkim=none; dmarc=fail (p=reject) header.from=example.org',
+                   'mx.example.org; spf=pass smtp.mailfrom="a; dkim=pass header.d=example.org"@evil.example',
+                   'mx.example.org (dmarc=pass header.from=example.org); dmarc=fail header.from=example.org'):
+        verdict = check(c, message("office@example.org", extra=f"Authentication-Results: {forged}\r\n"),
+                        "office@example.org", "", intake="imap")
+        assert not verdict["authenticated"] and "unverified-internal-sender" in verdict["flags"], forged
+    [read] = check(c, message("office@example.org", extra='Authentication-Results: mx.example.org; spf=pass '
+                                                           'smtp.mailfrom="a b"@evil.example; dmarc=fail '
+                                                           'header.from=example.org\r\n'),
+                   "office@example.org", "", intake="imap")["authentication_results"]["trusted"]
+    assert read["results"] == ["spf=pass smtp.mailfrom=a b@evil.example", "dmarc=fail header.from=example.org"]
+    # Versions, comments and quoted values where RFC 8601 has them are read as before.
+    well_formed = message("office@example.org", extra='Authentication-Results: mx.example.org 1; dkim/1=pass '
+                                                      '(good signature) header.d="example.org" header.s=s1\r\n')
+    assert check(c, well_formed, "office@example.org", "", intake="imap")["authenticated"]
+
+
 # 5 s: the three look-ups and the server's stop have to fit in the TTL on a loaded machine.
 @pytest.mark.parametrize("ttl", [0, 5])
 def test_answers_are_kept_as_long_as_their_ttl_and_no_longer(ttl: int) -> None:

@@ -342,32 +342,85 @@ def _tags(record: bytes | str) -> dict[str, str]:
 
 # -- Authentication-Results (RFC 8601) ------------------------------------
 
-_AR_RESULT = re.compile(r"\b(dkim|spf|dmarc)\s*=\s*([a-z]+)((?:\s+[a-z]+\.[a-z-]+\s*=\s*[^\s;]+)*)", re.I)
-_AR_PROPERTY = re.compile(r"([a-z]+\.[a-z-]+)\s*=\s*([^\s;]+)", re.I)
+_AR_METHODS = ("dkim", "spf", "dmarc")
 
 
-def _strip_comments(value: str) -> str:
-    out, depth = [], 0
-    for char in value:
-        if char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif not depth:
-            out.append(char)
-    return "".join(out)
+def _ar_tokens(value: str) -> list[list[str | tuple[str]]]:
+    """The header cut into its parts at the semicolons, each part its words: atoms, "=" and "/" as
+    str, a quoted string's content as a 1-tuple (never taken for a word of the header's own; joined
+    to the atom it runs into, as in "local part"@domain, it is part of that value).
+    Comments are dropped. A quoted string can hold ';', '=' or "dmarc=pass": an address's local
+    part, say, which the sender chooses."""
+    parts: list[list[str | tuple[str]]] = [[]]
+    atom: list[str] = []
+    i, length = 0, len(value)
+
+    def end_atom() -> None:
+        if atom:
+            parts[-1].append("".join(atom))
+            atom.clear()
+
+    while i < length:
+        char = value[i]
+        if char == '"':
+            end_atom()
+            quoted, i = [], i + 1
+            while i < length and value[i] != '"':
+                if value[i] == "\\" and i + 1 < length:
+                    i += 1
+                quoted.append(value[i])
+                i += 1
+            if i + 1 < length and not value[i + 1].isspace() and value[i + 1] not in ';=/()"':
+                atom.extend(quoted)  # "local part"@domain: one value
+            else:
+                parts[-1].append(("".join(quoted),))
+        elif char == "(":
+            end_atom()
+            depth, i = 1, i + 1
+            while i < length and depth:
+                if value[i] == "\\":
+                    i += 1
+                elif value[i] == "(":
+                    depth += 1
+                elif value[i] == ")":
+                    depth -= 1
+                i += 1
+            continue
+        elif char == ";":
+            end_atom()
+            parts.append([])
+        elif char in "=/":
+            end_atom()
+            parts[-1].append(char)
+        elif char.isspace():
+            end_atom()
+        else:
+            atom.append(char)
+        i += 1
+    end_atom()
+    return parts
 
 
 def parse_authentication_results(value: str) -> dict[str, Any]:
-    """{"authserv_id", "results": [{"method", "result", "properties": {...}}]}."""
-    text = " ".join(_strip_comments(value).split())
-    head, _, rest = text.partition(";")
-    authserv_id = head.split()[0].lower() if head.split() else ""
+    """{"authserv_id", "results": [{"method", "result", "properties": {...}}]}, read as RFC 8601
+    writes it: results only where the header puts them, never out of a quoted string or a comment."""
+    head, *resinfos = _ar_tokens(value)
+    authserv_id = head[0].lower() if head and isinstance(head[0], str) else ""
     results = []
-    for match in _AR_RESULT.finditer(rest):
-        properties = {k.lower(): v.strip('"').lower() for k, v in _AR_PROPERTY.findall(match.group(3))}
-        results.append({"method": match.group(1).lower(), "result": match.group(2).lower(),
-                        "properties": properties})
+    for words in resinfos:
+        # method [/ version] = result, then ptype.property = value ... (a value: an atom or a quoted string)
+        if len(words) < 3 or not isinstance(words[0], str) or words[0].lower() not in _AR_METHODS:
+            continue
+        at = 3 if words[1] == "/" else 1
+        if words[at:at + 1] != ["="] or len(words) <= at + 1 or not isinstance(words[at + 1], str):
+            continue
+        properties: dict[str, str] = {}
+        rest = words[at + 2:]
+        for n in range(len(rest) - 2):
+            key, equals, given = rest[n], rest[n + 1], rest[n + 2]
+            if isinstance(key, str) and "." in key and equals == "=" and given != "=":
+                properties.setdefault(key.lower(), (given if isinstance(given, str) else given[0]).lower())
+        results.append({"method": words[0].lower(), "result": str(words[at + 1]).lower(), "properties": properties})
     return {"authserv_id": authserv_id, "results": results}
 
 
