@@ -100,6 +100,16 @@ def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdra
              body="Here are the documents.\n")
         wait_for(lambda: events(gateway, "2026-000001", "follow-up"), 30, "the stranger's mail recorded")
         assert gateway.show_json("2026-000001")["status"] == "awaiting-sender"
+        # So is a mail that only says it is from the sender (its From unproven, not in our thread),
+        # its attachment kept out of the letter's.
+        send(gateway, sender="Alice Partner <alice@partner.example>", subject="Re: [2026-000001] the contract",
+             body="Here it is.\n", attachment=("forged.pdf", b"%PDF-1.4 not from alice"))
+        wait_for(lambda: len(events(gateway, "2026-000001", "follow-up")) == 2, 30, "the forged mail recorded")
+        forged = events(gateway, "2026-000001", "follow-up")[-1]["details"]
+        assert forged["from"] == "alice@partner.example" and forged["attachments"] == ["forged.pdf"]
+        assert forged["reason"] == "neither a reply to our request nor from the letter's sender, proven: recorded only"
+        letter = gateway.show_json("2026-000001")
+        assert letter["status"] == "awaiting-sender" and letter["attachments"] == []
 
         # The sender answers our request (another address of theirs: the thread is what counts),
         # with the contract attached: a supplement, resuming the letter.
@@ -184,3 +194,33 @@ def test_a_sender_without_an_address_is_to_be_contacted_by_other_means(
     assert past.returncode != 0
     report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"), "--format", "json").stdout)
     assert report["incomplete"] == {"requested": 1, "supplemented": 0, "withdrawn": 0, "awaiting": 1}
+
+
+def test_only_a_reply_in_our_thread_or_a_proven_from_counts_for_the_letters_sender() -> None:
+    """The decision itself: a From header naming the sender resumes nothing and rates nothing."""
+    from gateway.registry.outward import SenderThread
+    from gateway.stages.answers import sender_follow_up
+
+    def follow(thread: SenderThread, *, sender: str = "alice@partner.example", proven: bool,
+               subject: str = "Re: [2026-000001]", body: str = "Here it is.", replying: bool = False) -> Any:
+        return sender_follow_up(subject=subject, sender=sender, message_ids=["<ours@example.org>"] if replying else [],
+                                body=body, message_id="<x@partner.example>", internal=False, automatic=False,
+                                proven=proven, find=lambda numbers, ids: thread)
+
+    waiting = SenderThread("2026-000001", "awaiting-sender", "alice@partner.example", None, "<ours@example.org>",
+                           None, None)
+    assert follow(waiting, proven=False).verified is False
+    assert follow(waiting, proven=True).verified is True
+    assert follow(waiting, sender="mallory@elsewhere.example", proven=True).verified is False
+    in_thread = SenderThread("2026-000001", "awaiting-sender", "alice@partner.example", "request",
+                             "<ours@example.org>", None, None)
+    assert follow(in_thread, sender="alice@home.example", proven=False, replying=True).verified is True
+    closed = SenderThread("2026-000001", "closed", "alice@partner.example", None, None, "<result@example.org>",
+                          "alice@partner.example")
+    named = follow(closed, proven=False, body="1 terrible")
+    assert (named.kind, named.score, named.verified) == ("rating", 1, False)
+    assert follow(closed, proven=True, body="1 terrible").verified is True
+    answered = SenderThread("2026-000001", "closed", "alice@partner.example", "feedback", None,
+                            "<result@example.org>", "alice@partner.example")
+    assert follow(answered, proven=False, body="2", replying=True).verified is True
+

@@ -113,6 +113,13 @@ def test_a_rating_link_counts_once_and_a_reply_two_reopens_the_letter(
         # The second: the sender answers the result mail with a 2 on its first line.
         gateway.run("letters", "close", "2026-000002", "--result", "We looked into it.")
         second = result_mail(sink, "2026-000002")
+        # Before that, a mail that only claims the sender's From and names the number: not counted,
+        # nothing reopened, and the sender's own rating still to come.
+        send(gateway, subject="Re: [2026-000002] your result", body="1\nterrible\n")
+        wait_for(lambda: events(gateway, "2026-000002", "rating-refused"), 30, "the forged rating refused")
+        [forged] = events(gateway, "2026-000002", "rating-refused")
+        assert forged["details"]["reason"].startswith("neither a reply to the result mail nor from a proven address")
+        assert gateway.show_json("2026-000002")["status"] == "closed" and not events(gateway, "2026-000002", "rated")
         send(gateway, subject=f"Re: {second['Subject']}", body="2\nThe goods never came.\n\n> We looked into it.\n",
              headers={"In-Reply-To": second["Message-ID"], "References": second["Message-ID"]})
         wait_for(lambda: events(gateway, "2026-000002", "reopened"), 30, "the letter reopened")
@@ -131,7 +138,7 @@ def test_a_rating_link_counts_once_and_a_reply_two_reopens_the_letter(
         # One rating per result mail: a second reply is recorded, not counted.
         send(gateway, subject=f"Re: {second['Subject']}", body="1\nStill nothing.\n",
              headers={"In-Reply-To": second["Message-ID"]})
-        wait_for(lambda: events(gateway, "2026-000002", "rating-refused"), 30, "the second rating refused")
+        wait_for(lambda: len(events(gateway, "2026-000002", "rating-refused")) == 2, 30, "the second rating refused")
         assert len(events(gateway, "2026-000002", "rated")) == 1
         # A stranger's reply with a score counts for nothing (it is not from the sender).
         send(gateway, sender="mallory@elsewhere.example", subject="Re: Your letter 2026-000001: the result",

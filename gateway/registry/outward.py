@@ -51,7 +51,7 @@ class FollowUp:
     kind: str  # supplement | rating
     sender: str
     text: str
-    verified: bool  # from the letter's sender, or in the thread of our request / result mail
+    verified: bool  # in the thread of our request / result mail, or from the letter's sender, proven
     matched_by: str  # reply | number
     subject: str = ""
     message_id: str | None = None
@@ -184,7 +184,7 @@ class OutwardRecords:
                    received_at: datetime, resume: Resume, notify: list[NewMail]) -> Registered:
         """A sender's follow-up to a request, recorded on the letter (never a letter of its own).
 
-        Verified (from the letter's sender, or in our request's thread): its text and attachments
+        Verified (in our request's thread, or from the letter's sender, proven): its text and attachments
         become the letter's and a letter awaiting its sender resumes (in progress, the deadline
         moved on by the working days it had left), its department told. Otherwise it is only
         recorded."""
@@ -200,7 +200,8 @@ class OutwardRecords:
                 "raw_path": raw_path, "received_at": received_at.isoformat(),
                 "attachments": [a.filename for a in follow.attachments]}
             if not follow.verified:
-                details["reason"] = "neither from the letter's sender nor a reply to our request: recorded only"
+                details["reason"] = ("neither a reply to our request nor from the letter's sender, proven: "
+                                     "recorded only")
                 conn.execute(insert(Event), [s.event_row(row.id, now, follow.sender, "follow-up", None, details)])
             else:
                 waiting = _waiting(conn, row.id)

@@ -93,6 +93,12 @@ class Satisfaction:
 
         parsed = parse_rating(follow.text)
         comment = parsed[1] if parsed else ""
+        if not follow.verified:
+            return self.records.record_mail_event(letter.number, "rating-refused", follow.sender, {
+                "score": follow.score, "comment": comment[:MAX_COMMENT], "via": "mail",
+                "reason": "neither a reply to the result mail nor from a proven address (DKIM, DMARC, SMTP AUTH): "
+                          "not counted",
+                "raw_sha256": raw_sha256, "raw_path": raw_path}, keys)
         try:
             self._rate(letter, follow.feedback_id, follow.score, comment, via="mail", address="", keys=keys,
                        details={"from": follow.sender, "raw_sha256": raw_sha256, "raw_path": raw_path,

@@ -21,10 +21,11 @@ A letter's sender writes back too (`sender_follow_up`): with the materials a
 request asked for (a supplement, recorded on the letter, never a letter of its
 own), or with a rating of the result, a first line of 1 to 5 (the rest is the
 comment). A supplement names its letter by replying to our request or by the
-number in its subject; it resumes the letter only when it comes from the
-letter's sender or replies to our request. A rating counts only from the
-address the result went to (or the letter's sender) and when it replies to the
-result mail or names the letter's number.
+number in its subject; it resumes the letter only when it replies to our
+request or comes from the letter's sender, proven (DKIM, DMARC, SMTP AUTH): a
+From header alone is anyone's to write. A rating counts only from the address
+the result went to (or the letter's sender), and when it replies to the result
+mail or names the letter's number from a proven address.
 """
 from __future__ import annotations
 
@@ -99,9 +100,14 @@ def parse_rating(text: str) -> tuple[int, str] | None:
 
 
 def sender_follow_up(*, subject: str, sender: str, message_ids: list[str], body: str, message_id: str | None,
-                     internal: bool, automatic: bool, find: FindSenderThread) -> FollowUp | None:
+                     internal: bool, automatic: bool, proven: bool, find: FindSenderThread) -> FollowUp | None:
     """Is this a letter's sender writing back about it (a supplement, a rating)? None: it is
-    not (a department's answer, or correspondence of its own)."""
+    not (a department's answer, or correspondence of its own).
+
+    `proven`: the trust verdict proved the From address (DKIM, DMARC, SMTP AUTH). A From header
+    alone is anyone's to write: a mail that only names the letter's number counts (resumes the
+    letter, rates its result) when its From is proven; a reply to our request or result mail
+    counts by itself, since only who received that mail knows its Message-ID (random)."""
     if FORWARD.match(subject) or not sender:
         return None
     numbers = bracketed_numbers(subject)
@@ -117,23 +123,26 @@ def sender_follow_up(*, subject: str, sender: str, message_ids: list[str], body:
     rating = parse_rating(text) if thread.feedback_id and not automatic else None
     if rating is not None and thread.replied_to != "request" and (thread.replied_to == "feedback" or named) \
             and (from_sender or sender == (thread.feedback_to or "").lower()):
-        return FollowUp(thread.number, "rating", sender, text, True, "reply" if thread.replied_to else "number",
+        return FollowUp(thread.number, "rating", sender, text, thread.replied_to == "feedback" or proven,
+                        "reply" if thread.replied_to else "number",
                         subject=subject, message_id=message_id, score=rating[0], feedback_id=thread.feedback_id)
     if automatic:
         return None  # an automatic reply (an absence notice) supplies nothing
     if thread.replied_to == "request" or (thread.status == "awaiting-sender" and named
                                           and (from_sender or not internal)):
         # Anyone outside may write quoting the number: recorded on the letter; only the sender,
-        # or a reply in our request's thread, resumes it. Nothing else rests on a follow-up.
-        return FollowUp(thread.number, "supplement", sender, text, thread.replied_to == "request" or from_sender,
+        # proven, or a reply in our request's thread, resumes it. Nothing else rests on a follow-up.
+        return FollowUp(thread.number, "supplement", sender, text,
+                        thread.replied_to == "request" or (from_sender and proven),
                         "reply" if thread.replied_to == "request" else "number", subject=subject,
                         message_id=message_id)
     return None
 
 
-def follow_up_of(parsed: Normalised, *, envelope_from: str | None, domains: list[str],
+def follow_up_of(parsed: Normalised, *, envelope_from: str | None, domains: list[str], proven_address: str | None,
                  find: FindSenderThread) -> FollowUp | None:
-    """`sender_follow_up` for a normalised mail, its attachments with it."""
+    """`sender_follow_up` for a normalised mail, its attachments with it; `proven_address`: the
+    From address as the trust verdict proved it (None when it did not)."""
     if parsed.sender is None:
         return None
     headers: dict[str, list[str]] = {}
@@ -144,7 +153,7 @@ def follow_up_of(parsed: Normalised, *, envelope_from: str | None, domains: list
         message_ids=[i for i in [parsed.in_reply_to, *parsed.references] if i], body=parsed.body_text,
         message_id=parsed.message_id, internal=is_internal(parsed.sender.address, domains),
         automatic=no_reply_reason(headers, parsed.sender.address, envelope_from, own_mail=False) is not None,
-        find=find)
+        proven=bool(proven_address) and (proven_address or "").lower() == parsed.sender.address.lower(), find=find)
     if follow is not None and follow.kind == "supplement":
         follow.attachments = [NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
                                             a.size, a.sha256, a.origin) for a in parsed.attachments]

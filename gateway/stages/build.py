@@ -124,7 +124,9 @@ class LetterBuilder:
         received_at = _parse_time(meta.get("received_at"))
         # A sender writing back about their letter (old mail imported as backlog is not writing back now).
         follow = follow_up_of(parsed, envelope_from=envelope.get("mail_from"),
-                              domains=self.config.model.gateway.domains, find=self.sender_thread) \
+                              domains=self.config.model.gateway.domains,
+                              proven_address=trust["address"] if trust["authenticated"] else None,
+                              find=self.sender_thread) \
             if self.sender_thread and channel == "email" and "backlog" not in flags else None
         # Mail imported from another system was answered there: never a command for a letter here.
         answer = Answer(follow.number, follow.sender, None, "", follow.text) if follow else \
