@@ -325,10 +325,15 @@ def test_a_dkim_signed_reply_from_the_owner_through_her_reply_address_is_obeyed_
         def intact() -> bytes:
             return dns_server.sign(reply("received\r\n"), "example.org", "mail")
 
-        cases: list[tuple[Callable[[], bytes], bool]] = [(tampered, False), (wrong_selector, False), (intact, True)]
-        for count, (make, obeyed) in enumerate(cases, start=1):
+        def send(raw: bytes) -> None:
             with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
-                c.sendmail(owner, [reply_to], make())
+                c.sendmail(owner, [reply_to], raw)
+
+        cases: list[tuple[Callable[[], bytes], bool]] = [(tampered, False), (wrong_selector, False), (intact, True)]
+        sent: dict[str, bytes] = {}
+        for count, (make, obeyed) in enumerate(cases, start=1):
+            sent[make.__name__] = make()
+            send(sent[make.__name__])
             answer = wait_answers(gateway, number, count)[-1]["details"]
             assert answer["from"] == owner and answer["obeyed"] is obeyed, (make.__name__, answer)
             if obeyed:
@@ -346,6 +351,21 @@ def test_a_dkim_signed_reply_from_the_owner_through_her_reply_address_is_obeyed_
                 assert (letter["status"], letter["department"]) == ("routed", "business"), make.__name__
         letter = gateway.show_json(number)
         assert (letter["status"], letter["department"]) == ("acknowledged", "business")
+
+        # The signed answer again with a Message-ID of its own above the signed one (DKIM still
+        # passes): the same signature, recognised, not obeyed twice.
+        send(b"Message-ID: <replayed@evil.example>\r\n" + sent["intact"])
+        wait_for(lambda: proc.output().count(f"{number}: answer from {owner}") == 4, 30, "the replay taken in")
+        assert len(answers(gateway, number)) == 3
+        # A signed mail with another From or Subject above the signed one: the reader would take
+        # the added one, the signature covers the other; nothing is proven.
+        for count, (added, sender) in enumerate(((f"Subject: Re: [{number}] Delivery late", owner),
+                                                 ("From: Business Head <business.head@example.org>",
+                                                  "business.head@example.org")), start=4):
+            send(added.encode() + b"\r\n" + dns_server.sign(reply("in progress\r\n"), "example.org", "mail"))
+            answer = wait_answers(gateway, number, count)[-1]["details"]
+            assert (answer["from"], answer["obeyed"], answer["authenticated"]) == (sender, False, None), answer
+            assert gateway.show_json(number)["status"] == "acknowledged"
     finally:
         proc.stop()
         sink.stop()

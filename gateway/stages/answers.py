@@ -29,6 +29,7 @@ mail or names the letter's number from a proven address.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 
@@ -50,6 +51,21 @@ _COMMANDS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?:note|备注|備註)\s*[:：]\s*(?P<text>.+)$", re.I), "note"),
 ]
 
+
+
+_SIGNATURE_B = re.compile(r"(?:^|;)\s*b\s*=([^;]*)")
+
+
+def signature_keys(header_fields: list[tuple[str, str]]) -> list[str]:
+    """A key for each DKIM signature of a mail (its b= value): the same signed mail again has the
+    same keys, whatever headers were added above it or changed outside what the signature covers
+    (a second Message-ID, say), so a signed answer is obeyed once."""
+    keys = []
+    for name, value in header_fields:
+        found = _SIGNATURE_B.search(value) if name.strip().lower() == "dkim-signature" else None
+        if found and (signed := "".join(found.group(1).split())):
+            keys.append("answer-signature:" + hashlib.sha256(signed.encode()).hexdigest()[:40])
+    return keys
 
 
 def bracketed_numbers(subject: str) -> list[str]:

@@ -21,7 +21,7 @@ from gateway.registry.plan import Answer, NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
 from gateway.stages.answers import (FORWARD, FindSenderThread, bracketed_numbers, follow_up_of, own_text,
-                                    parse_command)
+                                    parse_command, signature_keys)
 from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
 from gateway.stages.classify.facts import facts_from_mail
 from gateway.stages.fax.document import FaxUnreadable, read_fax
@@ -137,6 +137,7 @@ class LetterBuilder:
             keys.append(f"answer:{sent or sha}")
             if parsed.message_id:
                 keys.append(f"answer-message-id:{parsed.message_id[:400]}")
+            keys += signature_keys(parsed.header_fields)
             return AnswerItem(answer, keys, sha, self.stored_path(sha),
                               received_at, trust=trust, follow_up=follow)
         routing = None

@@ -56,6 +56,12 @@ from publicsuffixlist import PublicSuffixList
 from gateway.stages.addresses import is_internal
 
 UNVERIFIED_INTERNAL = "unverified-internal-sender"
+# Header fields a message has at most once (RFC 5322 3.6). A DKIM verifier checks the last of each
+# (the one a signature covers); a reader takes the first: a field added above a signed mail would
+# be read as the signed one's (another From of the signing domain, another Subject).
+SINGLE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
+                 "references")
+REPEATED_FIELD = "repeated-header"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -330,6 +336,19 @@ def aligned(domain: str, from_domain: str, mode: str) -> bool:
     return organisational_domain(domain) == organisational_domain(from_domain)
 
 
+def _repeated_fields(header_fields: list[tuple[str, str]]) -> list[str]:
+    """The fields a message may have once that it has more than once (as written: "Subject")."""
+    seen: dict[str, str] = {}
+    repeated: dict[str, None] = {}
+    for name, _ in header_fields:
+        key = name.strip().lower()
+        if key in SINGLE_FIELDS:
+            if key in seen:
+                repeated[seen[key]] = None
+            seen.setdefault(key, name.strip())
+    return list(repeated)
+
+
 def _tags(record: bytes | str) -> dict[str, str]:
     text = record.decode("ascii", "replace") if isinstance(record, bytes) else record
     tags: dict[str, str] = {}
@@ -483,6 +502,11 @@ class Checker:
         # organisation's MTA's only when that MTA is the client.
         relayed = not smtp or self._trusted_relay(envelope.get("client"))
         self._authentication_results(header_fields, verdict, relayed)
+        repeated = _repeated_fields(header_fields)
+        if repeated:
+            verdict.flags.append(f"{REPEATED_FIELD}: {', '.join(repeated)}")
+            if verdict.authenticated and verdict.method != "smtp-auth":  # the submitter's account vouches
+                verdict.authenticated, verdict.address, verdict.method = False, None, None
         if from_domain and not verdict.authenticated and is_internal(from_address, self.policy.internal_domains):
             verdict.flags.append(UNVERIFIED_INTERNAL)
         dmarc = verdict.dmarc or {}
