@@ -106,10 +106,17 @@ def test_ingest_file_registers_a_message_and_refuses_what_it_cannot_read(tmp_pat
         assert refused.result == "refused" and refused.number is None and spool.pending() == []
         missing = intake.ingest_file(config, spool, pipeline, tmp_path / "missing.eml")
         assert missing.result == "refused" and missing.reason == "cannot read: No such file or directory"
+        # A Date whose moment in UTC is past the year 9999: registered, its date a defect.
+        (tmp_path / "far.eml").write_bytes(make_message(2).replace(b"Mon, 23 Nov 2026 10:00:00 +0800",
+                                                                   b"Fri, 31 Dec 9999 23:59:59 -1400"))
+        far = intake.ingest_file(config, spool, pipeline, tmp_path / "far.eml")
+        assert (far.result, far.number) == ("registered", "2026-000002"), far
+        kept = registry.letter("2026-000002")
+        assert kept is not None and kept.sent_at is None and any("beyond the calendar" in d for d in kept.defects)
         (tmp_path / "empty.eml").write_bytes(b"")
         empty = intake.ingest_file(config, spool, pipeline, tmp_path / "empty.eml")
         assert (empty.result, empty.reason) == ("refused", "empty file: nothing to register")
-        assert spool.pending() == [] and registry.count() == 1
+        assert spool.pending() == [] and registry.count() == 2
     finally:
         registry.close()
 

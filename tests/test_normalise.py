@@ -366,6 +366,10 @@ def test_date_parsing():
     missing = normalise(message([b"Subject: x"], date=False))
     assert missing.date is None
     assert missing.defects == ["message: missing Date header"]
+    for beyond in (b"Fri, 31 Dec 9999 23:59:59 -1400", b"Fri, 31 Dec 9999 14:00:00 -1000"):
+        result = normalise(message([b"Date: " + beyond]))
+        assert result.date is None
+        assert result.defects == [f"header Date: a date beyond the calendar in UTC {beyond.decode()!r}"]
 
 
 def test_message_ids_lose_their_brackets():

@@ -207,3 +207,21 @@ def test_logs_for_journald_carry_priority_and_letter_number(gateway: Gateway, tm
     proc = gateway.run("ingest", str(eml), env=gateway.env(JOURNAL_STREAM="8:12345"))
     assert "<6>gateway.daemon.pipeline: 2026-000001 registered: 'Journal' from Alice Partner <alice@partner.example>" \
         in proc.stderr.splitlines()[0]
+
+
+def test_a_failed_items_reason_is_one_line_naming_the_cause_not_the_statement() -> None:
+    """What a quarantined item says: the database's own error, not SQLAlchemy's statement and its
+    parameters (a letter's whole text among them)."""
+    from sqlalchemy import create_engine, text
+
+    from gateway.daemon.pipeline import failure
+
+    engine = create_engine("sqlite://")
+    with pytest.raises(Exception) as raised, engine.connect() as conn:
+        conn.execute(text("INSERT INTO missing VALUES (:body)"), {"body": "x" * 5000})
+    assert "[SQL:" in str(raised.value) and "[parameters:" in str(raised.value)
+    assert failure("registration failed", raised.value) == \
+        "registration failed: OperationalError: no such table: missing"
+    assert failure("cannot read item", ValueError("line one\nline two " + "y" * 400)) == \
+        "cannot read item: ValueError: line one"
+    assert len(failure("x", ValueError("z" * 1000))) == len("x: ValueError: ") + 300

@@ -79,7 +79,7 @@ class Pipeline:
                 outcomes.append(Outcome(item.id, "refused", reason=exc.reason))
                 continue
             except Exception as exc:  # one bad item never blocks the others
-                outcomes.append(self._failed(item, f"cannot read item: {type(exc).__name__}: {exc}"))
+                outcomes.append(self._failed(item, failure("cannot read item", exc)))
                 item.forget_raw()
                 continue
             item.forget_raw()  # a batch of large messages must not stay in memory
@@ -124,7 +124,7 @@ class Pipeline:
             return self._unavailable(item, exc, discard_when_unavailable)
         except Exception as exc:
             log.exception("item %s: answer not recorded", item.id)
-            return self._failed(item, f"answer not recorded: {type(exc).__name__}: {exc}")
+            return self._failed(item, failure("answer not recorded", exc))
         self._store([(item, answer.sha256)], [result])
         a = answer.answer
         if answer.follow_up is not None:
@@ -141,7 +141,7 @@ class Pipeline:
             return [self._unavailable(item, exc, discard_when_unavailable)]
         except Exception as exc:
             log.exception("item %s: registration failed", item.id)
-            return [self._failed(item, f"registration failed: {type(exc).__name__}: {exc}")]
+            return [self._failed(item, failure("registration failed", exc))]
         self._store([(item, new.raw_sha256)], [result])
         return [self._finish(item, new, result)]
 
@@ -187,6 +187,15 @@ class Pipeline:
         log.warning("item %s failed (attempt %d of %d), will retry: %s", item.id, item.attempts + 1,
                     self.spool.max_attempts, reason)
         return Outcome(item.id, "retry", reason=reason)
+
+
+def failure(what: str, exc: BaseException, limit: int = 300) -> str:
+    """A failed item's reason, one line: a database error's own cause, not the statement and
+    its parameters that SQLAlchemy adds (kilobytes of them; the log has the whole error)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    return f"{what}: {type(cause).__name__}: {text if len(text) <= limit else text[:limit - 1] + '…'}"
 
 
 def _quote(text: str, limit: int = 80) -> str:

@@ -197,6 +197,10 @@ def parse_date(raw: str | None) -> tuple[datetime | None, str | None]:
     except (TypeError, ValueError, OverflowError, IndexError):
         return None, f"header Date: unparseable date {value[:100]!r}"
     if parsed.tzinfo is not None:
+        try:
+            parsed.astimezone(UTC)  # kept in UTC: 31 Dec 9999 23:00 -1400 is a moment of the year 10000
+        except OverflowError:
+            return None, f"header Date: a date beyond the calendar in UTC {value[:100]!r}"
         return parsed, None
     # "-0000" means UTC with the sender's zone unknown (RFC 5322 §3.3); no zone at all is a defect.
     parsed = parsed.replace(tzinfo=UTC)
