@@ -1,4 +1,5 @@
-"""The mail the gateway writes, composed from register entries (no relay needed)."""
+"""The mail the gateway writes, composed from register entries (no relay needed but for the one
+original a relay would refuse as it came)."""
 from __future__ import annotations
 
 import email
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, Gateway, Notify, make_message, outbound_settings, wait_for
 from gateway import config as config_mod
 from gateway.config import Config
 from gateway.outbound.compose import ComposeError, clean, notification, receipt
 from gateway.registry.models import Attachment, Letter, OutboxMail
+from smtp_sink import SmtpSink
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,33 @@ def test_an_original_the_email_package_cannot_rewrite_is_attached_as_a_file(conf
     m = email.message_from_bytes(sender._compose(mail(), letter(raw_size=len(raw))), policy=policy.default)
     [part] = list(m.iter_attachments())
     assert part.get_filename() == "original.eml" and part.get_content() == raw
+
+
+def test_an_original_with_a_line_longer_than_smtp_carries_reaches_the_department_as_a_file(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    """HTML written on one line of 1,500 characters: as message/rfc822 (sent as it is) the relay
+    refuses it ("500 Line too long", aiosmtpd as Postfix would) and the department never hears of
+    the letter; base64 in a file it arrives, byte for byte."""
+    gateway = Gateway(tmp_path, extra=outbound_settings(sink.address))
+    raw = make_message(1, body="<p>" + "Please see our offer. " * 68 + "</p>\n").replace(
+        b"text/plain", b"text/html")
+    assert max(len(line) for line in raw.splitlines()) > 1400
+    (tmp_path / "long.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "long.eml"))
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: sink.to("office@example.org"), 30, "the department's notification")
+        told = email.message_from_bytes(sink.to("office@example.org")[0].data, policy=policy.default)
+        [original] = list(told.iter_attachments())  # type: ignore[attr-defined]
+        assert (original.get_content_type(), original.get_filename()) == ("application/octet-stream", "original.eml")
+        assert original["Content-Transfer-Encoding"] == "base64" and original.get_content() == raw
+    finally:
+        daemon.stop()
+    # An ordinary original still goes as a message of its own.
+    ordinary = parsed(notification(config_mod.load(gateway.config), mail(), letter(raw_size=100), make_message(2)))
+    [part] = list(ordinary.iter_attachments())  # type: ignore[attr-defined]
+    assert part.get_content_type() == "message/rfc822"
 
 
 def test_reminders_and_escalations_say_what_is_due_and_never_a_secret(config: Config) -> None:

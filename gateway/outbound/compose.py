@@ -158,13 +158,25 @@ def notification(config: Config, mail: OutboxMail, letter: Letter, raw: bytes | 
             kind = (letter.attachments[0].detected_type if letter.attachments else "") or "application/octet-stream"
             maintype, _, subtype = kind.partition("/")
             message.add_attachment(raw, maintype=maintype, subtype=subtype or "octet-stream", filename=name)
-        elif original_as_file:
+        elif original_as_file or not _fits_rfc822(raw):
             message.add_attachment(raw, maintype="application", subtype="octet-stream", filename="original.eml")
         else:
             message.make_mixed()
             # typeshed lets an EmailMessage attach only its own kind; any Message is attached alike at run time.
             message.attach(_rfc822(raw))  # type: ignore[arg-type]
     return message
+
+
+# A line longer than SMTP carries (RFC 5321 4.5.3.1.6: 998 octets and CRLF), or a NUL. Tried at line
+# starts only, so a long original is read once.
+_UNSENDABLE_LINE = re.compile(rb"^[^\r\n]{999}|\x00", re.M)
+
+
+def _fits_rfc822(raw: bytes) -> bool:
+    """Whether the original can go as a message/rfc822 part, which is sent as it is (RFC 2046
+    allows it no transfer encoding): a relay refuses a line past 998 octets, so such an original
+    goes as a file (base64), or the department would never hear of the letter."""
+    return _UNSENDABLE_LINE.search(raw) is None
 
 
 def _rfc822(raw: bytes) -> MIMEMessage:
