@@ -121,6 +121,15 @@ class RegistrySection(_Strict):
     url: str = ""
     echo_sql: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # The two databases the registry runs on; anything else would fail only at the first command.
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("a SQLite URL (sqlite:////path/registry.sqlite3) or a PostgreSQL one "
+                             "(postgresql://user@host/database); empty: SQLite in the state directory")
+        return value
+
 
 class SpoolSection(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=100)

@@ -190,7 +190,8 @@ def test_configuration_and_classification_import_each_other_not() -> None:
 def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
     """The fax drop folder is emptied and the archive written and purged: neither may be the state
     directory (the registry is there), hold it, or share a folder with the spool, the message
-    store or each other. An interval of inf (or beyond any clock) is refused by name."""
+    store or each other. An interval of inf (or beyond any clock) is refused by name, and so is a
+    registry URL of neither database (it would fail only at the first command)."""
     text = gateway.config.read_text()
     state = gateway.state
     spool_new, shared = state / "spool" / "new", state / "shared"
@@ -206,7 +207,10 @@ def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
              "fax.drop_folder", f"{shared} is, holds or lies in {shared / 'archive'} (storage.archive_dir)"),
             (text.replace("rescan_seconds = 1", "rescan_seconds = inf"), "spool.rescan_seconds",
              "Input should be a finite number"),
-            (text + "\n[fax]\npoll_seconds = 1e12\n", "fax.poll_seconds", "at most 1,000,000,000")):
+            (text + "\n[fax]\npoll_seconds = 1e12\n", "fax.poll_seconds", "at most 1,000,000,000"),
+            (text.replace('url = ""', 'url = "not a url"'), "registry.url", "a SQLite URL (sqlite:////path/"),
+            (text.replace('url = ""', 'url = "mysql://x@localhost/register"'), "registry.url",
+             "a SQLite URL (sqlite:////path/registry.sqlite3) or a PostgreSQL one (postgresql://user@host/database)")):
         gateway.config.write_text(edited)
         proc = _check(gateway.config)
         assert proc.returncode == 1, edited[-200:]

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from gateway.cli.state import State, actor, fail, pass_state, principal, print_json, wide_console
+from gateway.cli.state import ROW_ID, State, actor, fail, pass_state, principal, print_json, wide_console
 
 
 @click.group()
@@ -140,7 +140,7 @@ def archive_borrow(state: State, number: str, reason: str, days: int, as_login: 
 
 
 @archive.command("grant")
-@click.argument("borrowing_id", type=int)
+@click.argument("borrowing_id", type=ROW_ID)
 @click.option("--refuse", is_flag=True, help="Refuse the request instead.")
 @click.option("--comment", default="", help="A remark for the borrower.")
 @_AS
@@ -161,7 +161,7 @@ def archive_grant(state: State, borrowing_id: int, refuse: bool, comment: str, a
 
 
 @archive.command("return")
-@click.argument("borrowing_id", type=int)
+@click.argument("borrowing_id", type=ROW_ID)
 @_AS
 @pass_state
 def archive_return(state: State, borrowing_id: int, as_login: str) -> None:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from gateway.cli.state import EX_TEMPFAIL, State, pass_state
+from gateway.cli.state import COUNT, EX_TEMPFAIL, State, pass_state
 
 if TYPE_CHECKING:
     from gateway.services.backlog import Summary
@@ -35,7 +35,7 @@ _PLAIN_EVERY = 5.0  # seconds between progress lines when the output is not a te
 @click.option("--notify", is_flag=True,
               help="Notify the departments and give the letters deadlines counted from now, as for new mail "
                    "(default: registered quietly, no deadline). Senders never get a receipt.")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+@click.option("--limit", type=COUNT, metavar="N",
               help="Take in at most N messages not yet registered, then stop (run again for the next N).")
 @click.option("--batch", "batch_size", type=click.IntRange(1, 5000), default=500, show_default=True, metavar="N",
               help="Messages registered per transaction.")

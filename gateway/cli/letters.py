@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from gateway.cli.lazy import LazyGroup
-from gateway.cli.state import (RegisterDay, State, as_option, by_option, fail, pass_state, principal, print_json,
+from gateway.cli.state import (COUNT, RegisterDay, State, as_option, by_option, fail, pass_state, principal, print_json,
                                print_trace, wide_console)
 
 
@@ -58,7 +58,7 @@ def letters() -> None:
 @click.option("--overdue", is_flag=True, help="Only open letters past their deadline.")
 @click.option("--as-of", "as_of", type=RegisterDay(),
               help="With --overdue: overdue by the end of this day (local) instead of now.")
-@click.option("--limit", type=click.IntRange(min=1))
+@click.option("--limit", type=COUNT)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @as_option
 @pass_state

@@ -6,7 +6,7 @@ import sys
 import click
 from rich.table import Table
 
-from gateway.cli.state import State, actor, pass_state, print_json, wide_console
+from gateway.cli.state import COUNT, ROW_ID, State, actor, pass_state, print_json, wide_console
 
 
 @click.group()
@@ -16,7 +16,7 @@ def outbox() -> None:
 
 @outbox.command("list")
 @click.option("--status", type=click.Choice(["pending", "sent", "dead"]))
-@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--limit", type=COUNT, default=200, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> None:
@@ -37,7 +37,7 @@ def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> 
 
 
 @outbox.command("retry")
-@click.argument("mail_ids", nargs=-1, type=click.IntRange(1, 2**63 - 1), required=True)
+@click.argument("mail_ids", nargs=-1, type=ROW_ID, required=True)
 @pass_state
 def outbox_retry(state: State, mail_ids: tuple[int, ...]) -> None:
     """Queue dead-lettered mail again (after fixing what stopped it)."""

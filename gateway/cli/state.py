@@ -169,6 +169,12 @@ def print_trace(console: Console, trace: dict[str, Any] | None, title: str = "De
     console.print(Panel("\n".join(lines), title=title, title_align="left"))
 
 
+# A count or a row id the registry can hold (its integers are 64-bit): a larger one is refused by
+# name instead of failing in the database driver.
+COUNT = click.IntRange(1, 2**63 - 1)
+ROW_ID = COUNT
+
+
 class RegisterDay(click.DateTime):
     """A day (or a moment, with `formats`) within the register's years: a year 1 or 9999 is
     refused by name, not left to overflow in a query."""
