@@ -12,9 +12,10 @@ its own text (quoted lines and blank lines skipped) may be a command:
     note: <text>           a remark
 
 Chinese forms are understood too (收到, 办理中, 办结: ..., 转 <department>).
-An answer is obeyed only when it comes from an owner or the head of the
-letter's department (or the letter's own owner); anyone else's is recorded on
-the letter, not obeyed. Whatever happens, the text is kept as an event and
+An answer is obeyed only when it comes from one of the letter's department's
+people (its owners, head and members) or the letter's own owner, authenticated
+and through the reply address issued to them; anyone else's is recorded on the
+letter, not obeyed. Whatever happens, the text is kept as an event and
 the mail itself in the message store.
 
 A letter's sender writes back too (`sender_follow_up`): with the materials a
