@@ -870,6 +870,19 @@ def test_binary_garbage_never_raises():
         assert isinstance(normalise(prefix + garbage), Normalised)
 
 
+def test_terminal_controls_never_reach_the_register():
+    """ESC and the C1 controls (U+009B is CSI on its own, as ESC [ is) are dropped from the
+    subject, names and text, which commands print to a terminal; NEL is a line break."""
+    hostile = "hi \x1b[31m red \x9b31m C1 \x90q\x9c end".encode()
+    raw = (b"From: =?utf-8?b?" + base64.b64encode("Ma\x9bllory".encode()) + b"?= <m@attacker.example>\r\n"
+           b"To: liaison@example.org\r\nSubject: =?utf-8?b?" + base64.b64encode(hostile) + b"?=\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + hostile + "\x85second line".encode())
+    result = normalise(raw)
+    assert result.subject == "hi [31m red 31m C1 q end"
+    assert result.sender is not None and result.sender.name == "Mallory"
+    assert result.body_text == "hi [31m red 31m C1 q end\nsecond line"
+
+
 def test_missing_closing_boundary():
     """A multipart without its closing boundary keeps parts read so far and records the defect."""
     raw = message([b'Content-Type: multipart/mixed; boundary="zz"'],

@@ -13,9 +13,11 @@ from .model import Address
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
-# Control characters are dropped from decoded header text; tabs and line breaks become spaces.
-_HEADER_CONTROLS = {code: None for code in (*range(0x20), 0x7F)} | {ord(ch): " " for ch in "\t\r\n"}
-_HAS_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters are dropped from decoded header text, C1 ones too (U+009B is a terminal's
+# CSI, as ESC [ is); tabs and line breaks (NEL among them) become spaces.
+_HEADER_CONTROLS = {code: None for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
+    ord(ch): " " for ch in "\t\r\n\x85"}
+_HAS_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _WHITESPACE = re.compile(r"\s")
 # "Name <local@domain>" or "local@domain" with nothing that needs the full RFC 5322 parser.
 _ADDR_SPEC = r"[^\s<>\"(),;:\\]+@[^\s<>\"(),;:\\]+"

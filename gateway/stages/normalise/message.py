@@ -38,7 +38,7 @@ _KNOWN_TRANSFER_ENCODINGS = frozenset(
     {"7bit", "8bit", "binary", "base64", "quoted-printable", "uuencode", "x-uuencode", "uue",
      "x-uue"}
 )
-_BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")  # C1 too, but NEL: a line break
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
@@ -243,7 +243,7 @@ def _tidy_rendered_html(text: str) -> str:
 
 
 def _clean_body(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").removeprefix("\ufeff")
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x85", "\n").removeprefix("\ufeff")
     return _BODY_CONTROLS.sub("", text) if _BODY_CONTROLS.search(text) else text
 
 
