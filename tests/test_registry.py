@@ -55,13 +55,19 @@ def test_numbers_follow_the_template_per_series(registry: Registry) -> None:
 
 def test_number_template_validation() -> None:
     """Templates need exactly one {seq} and only known fields; the series leaves the counter out."""
-    t = NumberTemplate("GW/{year}{month}/{seq:04d}")
+    t = NumberTemplate("GW-{year}{month}-{seq:04d}")
     when = datetime(2026, 3, 1)
-    assert t.render(when, "fax", 7) == "GW/202603/0007"
-    assert t.series(when, "fax") == "GW/202603/"
+    assert t.render(when, "fax", 7) == "GW-202603-0007"
+    assert t.series(when, "fax") == "GW-202603-"
+    assert NumberTemplate("收文〔{year}〕{seq}号").render(when, "post", 15) == "收文〔2026〕15号"
     for bad, reason in [("{year}", "exactly once"), ("{seq}{seq}", "exactly once"),
                         ("{year}-{seq:s}", "integer format"), ("{year-{seq}", "unexpected '{'"),
-                        ("{who}-{seq}", "unknown field {who}")]:
+                        ("{who}-{seq}", "unknown field {who}"),
+                        # A width that would make every number 100 MB is refused before any is made.
+                        ("{seq:099999999d}", "numbers of at most 64 characters"),
+                        ("{channel}-{year}-{month}-{day}-" + "x" * 40 + "-{seq}", r"\('front-desk-9998-12-31-x"),
+                        ("{year}/{seq}", "may not hold '/'"), ("{year} {seq}", "may not hold ' '"),
+                        ("[{year}]{seq}", "may not hold '\\['")]:
         with pytest.raises(ValueError, match=reason):
             NumberTemplate(bad)
 

@@ -6,11 +6,17 @@ as `{seq:06d}`) is the running number; the other fields name the series, so
 """
 from __future__ import annotations
 
+import re
 import string
 from datetime import datetime
 
 FIELDS = {"year", "month", "day", "channel"}
 _SEQ = "seq"
+MAX_LENGTH = 64  # the register's column, and what a subject's [number] is looked for as
+# A number names its letter in subjects ([2026-000123]), reply addresses and the web register's
+# links: no spaces, brackets, slashes or characters a link would have to escape.
+_NOT_IN_A_NUMBER = re.compile(r"[\s\[\]/\\?#%<>\"'`{}|^]")
+_WIDTH = re.compile(r"\D*(\d+)")
 
 
 class NumberTemplate:
@@ -33,12 +39,24 @@ class NumberTemplate:
             fields.append(field)
         if fields.count(_SEQ) != 1:
             raise ValueError(f"letter number template {template!r}: must contain {{seq}} exactly once")
+        widths = [int(m.group(1)) for _, field, spec, _ in parsed if field and spec and (m := _WIDTH.match(spec))]
+        if len(template) > 4 * MAX_LENGTH or any(width > MAX_LENGTH for width in widths):
+            raise ValueError(f"letter number template {template!r}: numbers of at most {MAX_LENGTH} characters")
         self.template = template
         # The series key is the template with the counter taken out.
         self._series_template = "".join(
             lit + ("" if f is None or f == _SEQ else "{" + f + (":" + s if s else "") + "}")
             for lit, f, s, _ in parsed
         )
+
+        # The longest number it can give (a billion letters in a series, the longest channel).
+        widest = self.render(datetime(9998, 12, 31), "front-desk", 999_999_999)
+        if len(widest) > MAX_LENGTH:
+            raise ValueError(f"letter number template {template!r}: numbers of at most {MAX_LENGTH} characters "
+                             f"({widest!r} has {len(widest)})")
+        if unsafe := _NOT_IN_A_NUMBER.search(widest):
+            raise ValueError(f"letter number template {template!r}: a number may not hold {unsafe.group()!r} "
+                             "(it names the letter in subjects, reply addresses and links)")
 
     def _fields(self, received_at: datetime, channel: str) -> dict[str, str]:
         return {"year": f"{received_at.year:04d}", "month": f"{received_at.month:02d}",
