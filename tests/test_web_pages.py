@@ -201,6 +201,42 @@ def test_the_audit_log_and_its_export(site: Site) -> None:
     assert "attachment;" in export.headers["content-disposition"] and ",rita,read," in export.text
 
 
+def test_a_refused_step_showing_the_letter_again_is_an_audited_read(site: Site) -> None:
+    """A step refused (a stale tab, an unknown action) shows the letter page again, content and all:
+    that is a read like any other, in the audit log."""
+    number = site.letters["business"]
+    letter_id = site.registry.letter(number).id  # type: ignore[union-attr]
+    rita = site.sign_in("rita")
+    refused = rita.post(f"/letters/{number}/act", data={"action": "bogus", "csrf": rita.csrf})
+    assert refused.status_code == 409 and "Please confirm the order." in refused.text
+    rows = site.registry.audit_rows(actor="rita", letter_id=letter_id)
+    assert [row.action for row, _ in rows] == ["read"]
+
+
+def test_the_audit_log_names_no_file_of_a_confidential_letter(site: Site) -> None:
+    """An attachment's name is content: an auditor, who may not read a confidential letter, does not
+    learn it from the log of who downloaded it (an ordinary letter's file keeps its name there)."""
+    from email.message import EmailMessage
+
+    def with_file(subject: str, name: str) -> bytes:
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "a@partner.example", "sales@example.org", subject
+        message.set_content("See the file.\n")
+        message.add_attachment(b"%PDF-1.4 offer", maintype="application", subtype="pdf", filename=name)
+        return message.as_bytes()
+
+    secret = site.ingest("offer", with_file("Confidential: the offer", "Acme-takeover-offer-EUR-40M.pdf"))
+    plain = site.ingest("price", with_file("Price list", "prices-2027.pdf"))
+    bella = site.sign_in("bella")
+    for number in (secret, plain):
+        [position] = [a.position for a in site.registry.letter(number).attachments]  # type: ignore[union-attr]
+        assert bella.get(f"/letters/{number}/attachments/{position}").status_code == 200
+        assert bella.get(f"/letters/{number}/original").status_code == 200
+    log = site.sign_in("audrey").get("/audit?actor=bella").text
+    assert "Acme-takeover-offer" not in log and f"{secret} original" in log
+    assert "prices-2027.pdf" in log and f"{plain}.eml" in log
+
+
 def test_language_is_switched_per_person(site: Site) -> None:
     client = site.sign_in("rita")
     client.post("/me/language", data={"language": "en", "next": "/letters?queue=all", "csrf": client.csrf})
@@ -335,6 +371,37 @@ def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) ->
         shown = rita.get(path)
         assert shown.status_code == 200 and site.letters["business"] not in shown.text, path
     assert site.letters["business"] in rita.get("/letters?queue=all&since=1900-01-01&until=9998-12-31").text
+
+
+def test_a_nul_in_any_value_is_refused_by_name_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """PostgreSQL refuses a NUL in any text it is given: a query, a form field, a path or a session
+    cookie holding one is a 400 naming it (in either language), never a 500, signed in or not."""
+    site = Site(tmp_path, registry_url=pg_url)
+    try:
+        site.add_people()
+        site.add_letters()
+        site.people.set_language("rita", "en")
+        number = site.letters["business"]
+        stranger = site.client()
+        form = stranger.get("/signin")
+        refused = stranger.post("/signin", data={"login": "a\x00b", "password": "x", "csrf": hidden(form.text, "csrf")})
+        assert refused.status_code == 400 and "login 含有空字符" in refused.text  # not signed in: Chinese first
+        stranger.cookies.set("gw_session", '"made\\000up"')  # a quoted cookie's octal escape: a NUL
+        assert stranger.get("/").status_code == 303  # no session: to the sign-in page
+        rita = site.sign_in("rita")
+        for path, field in (("/letters?queue=all&category=%00", "category"), ("/search?q=a%00b", "q"),
+                            ("/letters/%00", "the address"), ("/audit?actor=%00", "actor")):
+            refused = rita.get(path)
+            assert refused.status_code == 400 and f"{field} holds a NUL character" in refused.text, path
+        note = rita.post(f"/letters/{number}/act", data={"action": "note", "text": "a\x00b", "csrf": rita.csrf})
+        assert note.status_code == 400 and "text holds a NUL character" in note.text
+        site.people.set_language("rita", "zh")
+        assert "text 含有空字符" in rita.post(f"/letters/{number}/act",
+                                            data={"action": "note", "text": "\x00", "csrf": rita.csrf}).text
+        assert not [e for e in site.registry.letter(number).events if e.action == "note"]  # type: ignore[union-attr]
+        assert rita.get("/letters?queue=all&category=external.business").status_code == 200
+    finally:
+        site.close()
 
 
 def test_asking_the_sender_twice_or_for_a_day_years_away_is_refused_with_the_reason(site: Site) -> None:

@@ -349,7 +349,8 @@ class Access:
         # The page images of a letter just opened are part of that read: one row, not one per image.
         if purpose != "preview" or not self.registry.read_since(
                 who.login, letter.id, datetime.now(timezone.utc) - PREVIEW_WITHIN_READ, ("read", "preview")):
-            self.record(who, purpose, address=address, letter_id=letter.id, subject=attachment.filename)
+            self.record(who, purpose, address=address, letter_id=letter.id,
+                        subject=_named(letter, attachment.filename, f"attachment {attachment.position}"))
         return attachment.filename, content, attachment.detected_type or "application/octet-stream"
 
     def original(self, who: Principal, number: str, *, address: str) -> tuple[str, bytes] | None:
@@ -361,7 +362,8 @@ class Access:
             return None
         raw = read_original(self.config, self.registry, letter)
         name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"
-        self.record(who, "original", address=address, letter_id=letter.id, subject=name)
+        self.record(who, "original", address=address, letter_id=letter.id,
+                    subject=_named(letter, name, f"{letter.number} original"))
         return name, raw
 
     def formatted(self, who: Principal, number: str) -> str | None:
@@ -693,3 +695,9 @@ class Access:
                              r.address, "; ".join(f"{k}={v}" for k, v in r.details.items())])
         self.record(who, "audit-export", address=address, details={"rows": len(rows)})
         return out.getvalue()
+
+
+def _named(letter: Letter, name: str, neutral: str) -> str:
+    """What an audit row calls a file read: its name, but for a confidential letter's (a name is
+    content, and the audit log is read by auditors, who may not read the letter)."""
+    return neutral if letter.confidentiality == "confidential" else name

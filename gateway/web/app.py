@@ -151,6 +151,11 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
 def serve(request: Request, form: FormData, handler: Handler, public: bool, role: str | None) -> Response:
     req = start(request, form)
     try:
+        if (where := _nul_in(request, form)) is not None:
+            # No text of the register holds one, and PostgreSQL refuses it in any query: said here,
+            # by name, for every page, before a handler passes it to the database.
+            raise Problem(400, _("%(field)s holds a NUL character (\\0), which no text here may hold.")
+                          % {"field": where})
         if not public:
             if req.session is None:
                 return RedirectResponse(security.signin_url(request), status_code=303)
@@ -168,10 +173,21 @@ def serve(request: Request, form: FormData, handler: Handler, public: bool, role
         return req.error(500)
 
 
+def _nul_in(request: Request, form: FormData) -> str | None:
+    """The name of the first query, path or form value (or name) that holds a NUL, if one does."""
+    if "\x00" in request.url.path:
+        return _("the address")
+    for name, value in (*request.query_params.multi_items(), *request.path_params.items(), *form.multi_items()):
+        if "\x00" in name or (isinstance(value, str) and "\x00" in value):
+            return name.replace("\x00", "\\0")
+    return None
+
+
 def start(request: Request, form: FormData) -> Req:
     """The request's person (if signed in) and language."""
     web: Web = request.app.state.web
     token = request.cookies.get(security.SESSION_COOKIE)
+    token = token if token and "\x00" not in token else None  # no session holds one (nor may a query)
     info = web.people.session(token) if token else None
     default = web.config.model.web.language
     if info is not None:

@@ -213,7 +213,8 @@ def letter_step(req: Req, number: str, action: str, step: Callable[[], T], *,
     except Refused as exc:
         reason = i18n.refusal(exc, words)
         forbidden = isinstance(exc, Forbidden)
-        view = req.web.access.letter(req.who, number, address=req.address, audit=False)
+        # The page shown again with the reason is a read of the letter like any other: audited.
+        view = req.web.access.letter(req.who, number, address=req.address)
         if view is None:
             if refused_unseen:
                 raise Problem(403 if forbidden else 409, reason) from None
