@@ -201,6 +201,34 @@ def test_the_audit_log_and_its_export(site: Site) -> None:
     assert "attachment;" in export.headers["content-disposition"] and ",rita,read," in export.text
 
 
+def test_ids_beyond_the_registry_and_files_for_passwords_are_refused_not_errors(site: Site) -> None:
+    """What a hand-made request may send: an id past 64 bits is no row (404), a file where a password
+    or a number is expected is no such value; never a 500. A password keeps the spaces typed."""
+    huge = "99999999999999999999999"
+    ada, rita = site.sign_in("ada"), site.sign_in("rita")
+    number = site.letters["business"]
+    for client, path in ((rita, f"/borrowing/{huge}/decide"), (rita, f"/borrowing/{huge}/return"),
+                         (rita, f"/views/{huge}/delete")):
+        assert client.post(path, data={"decision": "grant", "csrf": client.csrf}).status_code == 404, path
+    assert rita.get(f"/letters/{number}/reply/{huge}/attachments/1").status_code == 404
+    assert rita.get(f"/letters/{number}/attachments/{huge}").status_code == 404
+    assert ada.post("/operations/outbox/retry", data={"mail": huge, "csrf": ada.csrf}).status_code == 404
+    as_file = ada.post("/people/sam/password", data={"csrf": ada.csrf}, files={"password": ("p.txt", b"x" * 20)})
+    assert as_file.status_code == 400
+    stranger = site.client()
+    form = stranger.get("/signin")
+    signin = stranger.post("/signin", data={"login": "sam", "csrf": hidden(form.text, "csrf")},
+                           files={"password": ("p.txt", PASSWORD.encode())})
+    assert signin.status_code == 401
+    sam_reply = site.sign_in("sam")
+    saved = sam_reply.post(f"/letters/{number}/reply", data={"text": "Thank you.", "remove": "²", "csrf": sam_reply.csrf})
+    assert saved.status_code in (200, 303), saved.text[:300]
+    # Spaces at a password's ends are part of it, when added as when changed.
+    assert ada.post("/people", data={"login": "pat", "name": "Pat", "password": " padded secret ",
+                                     "csrf": ada.csrf}).status_code == 303
+    site.sign_in("pat", " padded secret ")
+
+
 def test_a_refused_step_showing_the_letter_again_is_an_audited_read(site: Site) -> None:
     """A step refused (a stale tab, an unknown action) shows the letter page again, content and all:
     that is a read like any other, in the audit log."""

@@ -101,6 +101,11 @@ class Req:
     def fields(self, name: str) -> list[str]:
         return [v for v in self.form.getlist(name) if isinstance(v, str)]
 
+    def secret(self, name: str) -> str:
+        """A password as typed (spaces at its ends are part of it); a file sent in its place is none."""
+        value = self.form.get(name)
+        return value if isinstance(value, str) else ""
+
     def arg(self, name: str) -> str:
         return self.request.query_params.get(name, "").strip()
 
@@ -151,6 +156,8 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
 def serve(request: Request, form: FormData, handler: Handler, public: bool, role: str | None) -> Response:
     req = start(request, form)
     try:
+        if any(isinstance(v, int) and v > LARGEST_ID for v in request.path_params.values()):
+            raise Problem(404)  # no row has such an id (and the database driver would fail on it)
         if (where := _nul_in(request, form)) is not None:
             # No text of the register holds one, and PostgreSQL refuses it in any query: said here,
             # by name, for every page, before a handler passes it to the database.
@@ -171,6 +178,9 @@ def serve(request: Request, form: FormData, handler: Handler, public: bool, role
     except Exception:
         log.exception("web: %s %s failed", request.method, request.url.path)
         return req.error(500)
+
+
+LARGEST_ID = 2**63 - 1  # the registry's integers are 64-bit
 
 
 def _nul_in(request: Request, form: FormData) -> str | None:

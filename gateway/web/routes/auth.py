@@ -51,8 +51,7 @@ def signin(req: Req) -> Response:
         return _signin_page(req, status=403, error=_("This form has expired. Reload the page and try again."))
     login = req.field("login")
     try:
-        principal = req.web.people.authenticate(login, req.form.get("password", "") or "",  # type: ignore[arg-type]
-                                                address=req.address)
+        principal = req.web.people.authenticate(login, req.secret("password"), address=req.address)
     except Throttled as exc:
         minutes = max(1, math.ceil(exc.retry_after / 60))
         return _signin_page(req, status=429, login=login, error=i18n.ngettext(

@@ -19,7 +19,7 @@ from gateway.services import dashboard, operations
 from gateway.services.queries import outbox_mail
 from gateway.spool import Spool
 from gateway.web import i18n, security
-from gateway.web.app import Problem, Req, page
+from gateway.web.app import LARGEST_ID, Problem, Req, page
 from gateway.web.i18n import N_, _
 from gateway.web.routes.letters import letter_url
 
@@ -241,6 +241,8 @@ def outbox_retry(req: Req) -> Response:
         mail_id = int(req.field("mail"))
     except ValueError:
         raise Problem(400, _("Name a mail to send again.")) from None
+    if not 0 < mail_id <= LARGEST_ID:
+        raise Problem(404)
     try:
         mail = req.web.registry.outbox_requeue(mail_id, req.who.login)
     except LookupError:

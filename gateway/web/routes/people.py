@@ -74,7 +74,7 @@ def add(req: Req) -> Response:
         record = req.web.people.add(
             req.field("login"), name=req.field("name"), emails=_split(req.field("emails")),
             departments=req.fields("departments"), roles=req.fields("roles"),
-            password=req.field("password") or None, language=req.field("language") or None,
+            password=req.secret("password") or None, language=req.field("language") or None,
             actor=req.who.login, address=req.address)
     except ValueError as exc:
         return _form(req, None, status=400, error=str(exc), values=values)
@@ -110,8 +110,8 @@ def update(req: Req) -> Response:
 def password(req: Req) -> Response:
     record = _record(req)
     try:
-        req.web.people.set_password(record.login, req.form.get("password", "") or "",  # type: ignore[arg-type]
-                                    actor=req.who.login, address=req.address)
+        req.web.people.set_password(record.login, req.secret("password"), actor=req.who.login,
+                                    address=req.address)
     except ValueError as exc:
         return _form(req, record, status=400, error=str(exc))
     return RedirectResponse(person_url(record.login) + "?done=password", status_code=303)

@@ -13,7 +13,7 @@ from gateway.registry.replies import NewReplyAttachment
 from gateway.services.people import Principal
 from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies
 from gateway.web import i18n, security
-from gateway.web.app import Problem, Req, Web, page
+from gateway.web.app import LARGEST_ID, Problem, Req, Web, page
 from gateway.web.i18n import N_
 from gateway.web.routes.letters import letter_step, letter_url
 
@@ -104,7 +104,7 @@ def _uploads(req: Req) -> list[NewReplyAttachment]:
 def save(req: Req) -> Response:
     number = req.request.path_params["number"]
     replies = Replies(req.web.config, req.web.registry)
-    remove = [int(v) for v in req.fields("remove") if v.isdigit()]
+    remove = [int(v) for v in req.fields("remove") if v.isascii() and v.isdigit() and int(v) <= LARGEST_ID]
     submit = req.field("action") == "submit"
 
     def save_and_submit() -> None:
