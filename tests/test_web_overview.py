@@ -167,6 +167,17 @@ def test_reports_in_the_browser_and_downloaded_as_html_csv_and_json(site: Site) 
     assert "Order 4711" not in audrey.get(f"/reports?period={month}").text
     assert rita.get("/reports?period=2026-13").status_code == 400
     assert rita.get(f"/reports/download?period={month}&format=pdf").status_code == 404
+    # An archived letter's subject is read only through a borrowing: not in the registry office's list.
+    from sqlalchemy import update
+
+    from gateway.registry.models import Letter
+
+    with site.registry.writer.begin() as conn:
+        conn.execute(update(Letter).where(Letter.number == site.letters["business"]).values(status="archived"))
+    listed = json.loads(rita.get(f"/reports/download?period={month}&format=json").text)["overdue"]
+    [archived] = [o for o in listed if o["number"] == site.letters["business"]]
+    assert archived["subject"] == "" and any(o["subject"] for o in listed if o["status"] != "archived")
+    assert "Order 4711" not in rita.get(f"/reports?period={month}").text
 
 
 def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: Site) -> None:
