@@ -157,6 +157,10 @@ def test_a_confidential_letter_approved_by_a_leader_read_as_previews_only(site: 
     borrowing_id = asked.stdout.split("borrowing ")[1].split()[0]
     refused = site.gateway.run("archive", "grant", borrowing_id, "--as", "bella", check=False)
     assert refused.returncode != 0 and "leader in charge" in refused.stderr
+    # Someone who cannot see the letter learns nothing of it from the request's (sequential) id.
+    unseen = site.gateway.run("archive", "grant", borrowing_id, "--as", "gina", check=False)
+    assert unseen.returncode != 0 and f"no borrowing {borrowing_id}" in unseen.stderr
+    assert number not in unseen.stderr and "leader" not in unseen.stderr
     leo = sign_in("leo")
     leo.goto("/borrowing")
     expect(leo.locator("#awaiting")).to_contain_text("The merger file")

@@ -120,6 +120,9 @@ class Borrowings:
             raise LookupError(f"no borrowing {borrowing_id}")
         borrowing, letter = found
         if not self.may_decide(who, letter, borrowing.approver):
+            if self.access.visible(who, letter.number) is None:
+                # Ids run in order: a refusal must not tell anyone of a letter they cannot see.
+                raise LookupError(f"no borrowing {borrowing_id}")
             whom = ("the head of its department" if borrowing.approver == "head"
                     else "a leader in charge of its department")
             raise Forbidden(f"only {whom} approves reading {letter.number}", f"forbidden-borrow-{borrowing.approver}",
