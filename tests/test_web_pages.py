@@ -229,6 +229,22 @@ def test_ids_beyond_the_registry_and_files_for_passwords_are_refused_not_errors(
     site.sign_in("pat", " padded secret ")
 
 
+def test_a_refused_reassignment_or_unknown_step_is_worded_in_the_pages_language(site: Site) -> None:
+    number = site.letters["business"]
+    rita = site.sign_in("rita")  # Chinese
+    for data, says in (({"action": "reassign", "department": "general-office", "text": "  "}, "请填写原因"),
+                       ({"action": "reassign", "department": "nope", "text": "wrong desk"}, "没有部门 nope"),
+                       ({"action": "reassign", "department": "business", "text": "again"},
+                        f"{number} 已在部门 business"),
+                       ({"action": "bogus"}, "没有“bogus”这一步骤")):
+        refused = rita.post(f"/letters/{number}/act", data={**data, "csrf": rita.csrf})
+        assert refused.status_code == 409 and says in refused.text, (data, refused.text[-3000:])
+    site.people.set_language("rita", "en")
+    refused = rita.post(f"/letters/{number}/act", data={"action": "reassign", "department": "nope", "text": "x",
+                                                         "csrf": rita.csrf})
+    assert "no department &#39;nope&#39; (known: business, general-office)" in refused.text
+
+
 def test_a_refused_step_showing_the_letter_again_is_an_audited_read(site: Site) -> None:
     """A step refused (a stale tab, an unknown action) shows the letter page again, content and all:
     that is a read like any other, in the audit log."""

@@ -574,6 +574,16 @@ class Access:
             if action == "reassign":
                 if not department:
                     raise Refused("choose the department to send it to", "need-department")
+                # Said here with their keys (the page words them in its language); the service
+                # below checks them again under the letter's lock.
+                if department not in self.config.departments:
+                    raise Refused(f"no department {department!r} (known: {', '.join(sorted(self.config.departments))})",
+                                  "unknown-department", department=department)
+                if department == letter.department:
+                    raise Refused(f"{number} is with {department} already", "already-there", number=number,
+                                  department=department)
+                if not text:
+                    raise Refused("a reassignment needs a reason", "need-reason")
                 before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login)
                 return f"{number}: {before or '-'} → {after}"
             if action == "assign":
