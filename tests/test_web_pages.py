@@ -239,6 +239,9 @@ def test_a_refused_reassignment_or_unknown_step_is_worded_in_the_pages_language(
                        ({"action": "bogus"}, "没有“bogus”这一步骤")):
         refused = rita.post(f"/letters/{number}/act", data={**data, "csrf": rita.csrf})
         assert refused.status_code == 409 and says in refused.text, (data, refused.text[-3000:])
+    long_note = rita.post(f"/letters/{number}/act", data={"action": "note", "text": "x" * 900_000, "csrf": rita.csrf})
+    assert long_note.status_code == 409 and "最多 2000 个字符" in long_note.text
+    assert not [e for e in site.registry.letter(number).events if e.action == "note"]  # type: ignore[union-attr]
     site.people.set_language("rita", "en")
     refused = rita.post(f"/letters/{number}/act", data={"action": "reassign", "department": "nope", "text": "x",
                                                          "csrf": rita.csrf})

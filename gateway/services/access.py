@@ -44,6 +44,9 @@ from gateway.services.people import People, PersonRecord, Principal
 
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
 BULK_LIMIT = 500  # letters in one bulk step
+# A step's text (a note, a reason, a close's result, which an inquiry's sender is mailed): the forms
+# take 2,000 characters; a request made by hand may not store or mail more.
+MAX_STEP_TEXT = 2000
 QUEUES = ("mine", "departments", "triage", "overdue", "all")
 CONTENT_READS = ("read", "download", "original", "preview")
 PREVIEW_WITHIN_READ = timedelta(minutes=10)
@@ -570,6 +573,9 @@ class Access:
         if why is not None:
             raise why
         text = text.strip()
+        if len(text) > MAX_STEP_TEXT:
+            raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
+                          limit=str(MAX_STEP_TEXT))
         try:
             if action == "reassign":
                 if not department:

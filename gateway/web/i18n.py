@@ -191,6 +191,7 @@ REFUSAL = {
     "unknown-department": N_("there is no department %(department)s"),
     "already-there": N_("%(number)s is with department %(department)s already"),
     "impossible": N_("there is no step “%(action)s”"),
+    "too-long": N_("at most %(limit)s characters"),
     "need-reason": N_("give the reason"),
     "need-text": N_("a note needs text"),
     "need-result": N_("closing an inquiry or complaint needs its result: the sender receives it"),
