@@ -187,6 +187,13 @@ def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:
     assert "退出登录" in nora.get("/letters?queue=departments").text
     bad = client.post("/people", data={"login": "Bad Name", "name": "x", "csrf": client.csrf})
     assert bad.status_code == 400 and "sign-in name" in bad.text
+    # Her language back to the register's default ("" in the form), then her entry as it was.
+    entry = {"name": "Nora", "emails": "nora@example.org", "roles": ["member"], "departments": ["business"],
+             "csrf": client.csrf}
+    assert client.post("/people/nora", data={**entry, "language": ""}).status_code == 303
+    assert site.people.get("nora").language is None  # type: ignore[union-attr]
+    assert client.post("/people/nora", data={**entry, "language": "en"}).status_code == 303
+    assert site.people.get("nora").language == "en"  # type: ignore[union-attr]
     assert client.post("/people/nora/disabled", data={"disabled": "1", "csrf": client.csrf}).status_code == 303
     assert nora.get("/letters?queue=departments").status_code == 303  # signed out at once
 

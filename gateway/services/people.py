@@ -159,13 +159,15 @@ class People:
     def update(self, login: str, *, name: str | None = None, emails: Names | None = None,
                departments: Names | None = None, roles: Names | None = None,
                language: str | None = None, actor: str, address: str = "") -> PersonRecord:
-        """Raises LookupError and ValueError."""
+        """None leaves a field as it is; a language of "" sets the register's default again.
+        Raises LookupError and ValueError."""
         current = self._person(login)
         values = self._checked(name=current.name if name is None else name,
                                emails=current.emails if emails is None else emails,
                                departments=current.departments if departments is None else departments,
                                roles=current.roles if roles is None else roles,
-                               language=current.language if language is None else language)
+                               # None: as it is; "": the register's default again
+                               language=current.language if language is None else (language or None))
         changed = {k: v for k, v in values.items() if getattr(current, k) != v}
         if actor == login and ({"roles", "departments"} & set(changed)):
             # An administrator who could widen their own rights could read what the roles keep from them.

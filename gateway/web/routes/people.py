@@ -100,7 +100,7 @@ def update(req: Req) -> Response:
     try:
         req.web.people.update(record.login, name=req.field("name"), emails=_split(req.field("emails")),
                               departments=req.fields("departments"), roles=req.fields("roles"),
-                              language=req.field("language") or None, actor=req.who.login, address=req.address)
+                              language=req.field("language"), actor=req.who.login, address=req.address)
     except ValueError as exc:
         return _form(req, record, status=400, error=str(exc), values=values)
     return RedirectResponse(person_url(record.login) + "?done=saved", status_code=303)
