@@ -255,6 +255,18 @@ def test_a_refused_reassignment_or_unknown_step_is_worded_in_the_pages_language(
     assert "no department &#39;nope&#39; (known: business, general-office)" in refused.text
 
 
+def test_a_letter_whose_content_a_role_does_not_see_is_called_confidential_only_if_it_is(site: Site) -> None:
+    site.people.set_language("audrey", "en")
+    audrey = site.sign_in("audrey")
+    ordinary = audrey.get(f"/letters/{site.letters['business']}").text
+    assert "Your role sees this letter's register entry, not its content" in ordinary
+    assert "Confidential: the content" not in ordinary and "Please confirm the order." not in ordinary
+    secret = audrey.get(f"/letters/{site.letters['secret']}").text
+    assert "Confidential: the content is visible to its owner" in secret
+    queue = audrey.get("/letters?queue=all").text
+    assert queue.count('<span class="badge confidential">') == 1 and "content not shown" in queue
+
+
 def test_a_refused_step_showing_the_letter_again_is_an_audited_read(site: Site) -> None:
     """A step refused (a stale tab, an unknown action) shows the letter page again, content and all:
     that is a read like any other, in the audit log."""
