@@ -111,6 +111,7 @@ class OutboxSender(Runner):
             for mail in live:
                 self._later(mail, f"relay {settings.relay}: {error}")
             return len(due)
+        n = 0
         try:
             for n, mail in enumerate(live):
                 if self.stopping:
@@ -127,6 +128,16 @@ class OutboxSender(Runner):
                     for rest in live[n:]:
                         self._later(rest, f"relay {settings.relay}: {_describe(exc)}")
                     return len(due)
+        except BaseException:
+            # The registry gone, say: the mails not finished are given back at once for any node
+            # to send (this one takes its own back at its next round if the registry cannot be
+            # told now). The one under way may have reached the relay: at least once, never lost.
+            try:
+                self.registry.outbox_release([m.id for m in live[n:]])
+            except Exception:
+                log.warning("outbox: %d claimed mail(s) not given back now; taken up at the next round",
+                            len(live) - n)
+            raise
         finally:
             try:
                 client.quit()
@@ -172,6 +183,8 @@ class OutboxSender(Runner):
         except KeyFileError as exc:  # damaged since the round began: the installation's fault
             self._keys_broken([mail], exc)
             return
+        except RegistryUnavailable:
+            raise  # composing reads the registry too (a reply, an archived original): not the mail's fault
         except Exception as exc:  # this mail's fault, never the whole outbox's
             self._dead(mail, f"cannot be written: {type(exc).__name__}: {exc}")
             return

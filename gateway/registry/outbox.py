@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import case, func, insert, or_, select, update
 
 from gateway.registry.models import Event, OutboxMail
 from gateway.registry.store import Store, utcnow
@@ -23,9 +23,13 @@ class Outbox(Store):
         died sending it, every time) comes back among the returned ones with `claims` over the
         limit: the sender dead-letters it rather than letting it take a node down again."""
         now = now or utcnow()
+        # This node's own claims too: a node sends from one thread, so a mail it still holds when
+        # it looks for more is one a failed round left claimed (its heartbeat would keep that claim
+        # alive, and no node would ever send it).
+        mine = OutboxMail.claimed_by == self.claimant
         due = (select(OutboxMail.id).where(
             OutboxMail.status == "pending", OutboxMail.next_attempt_at <= now,
-            or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < now))
+            or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < now, mine))
             .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit))
         with self.read() as conn:
             if conn.execute(due).first() is None:
@@ -38,7 +42,8 @@ class Outbox(Store):
                 return []
             conn.execute(update(OutboxMail).where(OutboxMail.id.in_(ids)).values(
                 claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
-                claims=OutboxMail.claims + 1))
+                # Taken back from itself, a mail is not claimed again: no node died sending it.
+                claims=case((mine, OutboxMail.claims), else_=OutboxMail.claims + 1)))
         with self.session() as session:
             return list(session.scalars(select(OutboxMail).where(OutboxMail.id.in_(ids))
                                         .order_by(OutboxMail.next_attempt_at, OutboxMail.id)))

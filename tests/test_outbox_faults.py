@@ -1,0 +1,130 @@
+"""The outbox when the registry fails under it, with a real SMTP sink as the relay: a round cut
+short by the registry leaves no mail claimed for ever (the node's heartbeat would keep such a
+claim alive), and a mail whose composing reads the registry waits for it instead of being
+dead-lettered. The registry's failure is injected into one call, as a dropped connection would
+raise it; everything else is the real registry and the real sender."""
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from conftest import ROOT
+from gateway import config as config_mod
+from gateway.config import Config
+from gateway.outbound.sender import OutboxSender
+from gateway.registry import Registry, RegistryUnavailable
+from gateway.registry.leases import Cluster
+from gateway.registry.models import Letter
+from gateway.registry.plan import NewLetter, NewMail, Routing
+from gateway.stages.tokens import keyring
+from smtp_sink import SmtpSink
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+def configured(tmp_path: Path, relay: str) -> tuple[Config, Registry]:
+    text = (ROOT / "config" / "gateway.toml").read_text()
+    text = text.replace('state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"')
+    text = text.replace('relay = ""', f'relay = "{relay}"')
+    text = re.sub(r"(?m)^retry_min_seconds = .*$", "retry_min_seconds = 0.01", text)
+    text = re.sub(r"(?m)^retry_max_seconds = .*$", "retry_max_seconds = 0.01", text)
+    (tmp_path / "gateway.toml").write_text(text)
+    shutil.copy(ROOT / "config" / "rules.yaml", tmp_path / "rules.yaml")
+    config = config_mod.load(tmp_path / "gateway.toml")
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    keyring(config)
+    return config, registry
+
+
+def letter_with_mail(registry: Registry, mails: int) -> None:
+    routing = Routing(status="routed", department="business", category=None, urgency="regular",
+                      confidentiality="normal", owner=None, tags=[], deadline=None, trace={}, flags=[],
+                      mail=[NewMail("notification", f"desk{k}@example.org", {}, f"<n{k}@example.org>")
+                            for k in range(mails)],
+                      receipt=None, no_receipt="a test")
+    registry.register([NewLetter(["test:1"], "email", "smtp", datetime.now(timezone.utc), "1" * 64, 0,
+                                 "none", subject="Contract", routing=routing)])
+
+
+def failing_once(call: Callable[..., Any], at: int) -> Callable[..., Any]:
+    """`call`, except that its `at`-th call raises what a dropped registry connection raises."""
+    calls = 0
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == at:
+            raise RegistryUnavailable("registry: server closed the connection unexpectedly")
+        return call(*args, **kwargs)
+    return wrapped
+
+
+def test_a_round_cut_short_by_the_registry_leaves_no_mail_claimed_for_ever(tmp_path: Path,
+                                                                            relay: SmtpSink) -> None:
+    config, registry = configured(tmp_path, relay.address)
+    try:
+        letter_with_mail(registry, 3)
+        cluster = Cluster(registry, "node1", takeover_seconds=60)
+        cluster.join()
+        sender = OutboxSender(config, registry)
+        real = registry.outbox_still_mine
+        registry.outbox_still_mine = failing_once(real, 2)  # type: ignore[method-assign]
+        with pytest.raises(RegistryUnavailable):
+            sender.deliver_due()  # the loop logs it and tries again after a pause
+        registry.outbox_still_mine = real  # type: ignore[method-assign]
+        assert len(relay.received) == 1
+        # Given back at once: unclaimed, for any node.
+        assert [(m.status, m.claimed_by) for m in registry.outbox() if m.status != "sent"] == [("pending", None)] * 2
+
+        # And when they could not be given back either, the node takes its own claims up again.
+        release = registry.outbox_release
+        registry.outbox_release = failing_once(release, 1)  # type: ignore[method-assign]
+        registry.outbox_still_mine = failing_once(real, 1)  # type: ignore[method-assign]
+        with pytest.raises(RegistryUnavailable):
+            sender.deliver_due()
+        registry.outbox_still_mine = real  # type: ignore[method-assign]
+        registry.outbox_release = release  # type: ignore[method-assign]
+        assert {m.claimed_by for m in registry.outbox() if m.status != "sent"} == {registry.claimant}
+        cluster.beat()  # the heartbeat keeps the node's claims alive
+        sender.deliver_due()
+        assert len(relay.received) == 3 and {m.status for m in registry.outbox()} == {"sent"}
+        assert all(m.claims == 1 for m in registry.outbox() if m.recipient != "desk0@example.org")
+    finally:
+        registry.close()
+
+
+def test_a_mail_whose_composing_finds_the_registry_gone_waits_for_it(tmp_path: Path, relay: SmtpSink) -> None:
+    """A notification of a letter whose original is read back from the archive: the registry gone
+    while composing it is not the mail's fault (no dead letter); the next round sends it."""
+    config, registry = configured(tmp_path, relay.address)
+    try:
+        letter_with_mail(registry, 1)
+        with registry.write() as conn:  # verified and released: its original is read from the archive
+            conn.execute(update(Letter).values(raw_released=True, archive_package_id=1))
+        real = registry.archive_package
+        registry.archive_package = failing_once(real, 1)  # type: ignore[method-assign]
+        sender = OutboxSender(config, registry)
+        with pytest.raises(RegistryUnavailable):
+            sender.deliver_due()
+        [mail] = registry.outbox()
+        assert (mail.status, mail.claimed_by, mail.last_error) == ("pending", None, None)
+        sender.deliver_due()  # the package is not there: sent without its original, as for any unreadable one
+        [mail] = registry.outbox()
+        assert mail.status == "sent" and len(relay.received) == 1
+    finally:
+        registry.close()
