@@ -245,3 +245,35 @@ def test_the_mail_of_a_circulation_reaches_its_readers_and_the_department(tmp_pa
         assert INSTRUCTION in to_department.get_content()
     finally:
         site.close()
+
+
+def test_two_reminder_passes_that_meet_remind_a_late_reader_once(tmp_path: Path) -> None:
+    """The daemon's pass and `gateway reminders run` may run at once: the one that reads a step
+    as due after the other has reminded it (its decision read without a lock) queues nothing."""
+    from gateway.registry.circulation import CirculationRecords
+    from gateway.track import circulation
+
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        records = CirculationRecords(site.registry)
+        start = datetime.now(TZ) - timedelta(days=30)
+        records.start(site.letters["office"], actor="rita", readers=[("person", "leo")],
+                      deadline=start + timedelta(days=1), now=start, mail=[], allowed=("routed",))
+        now = datetime.now(TZ)
+        read_before = records.due_steps()  # pass A reads the due step ...
+        first = circulation.due(site.config, site.registry, now)  # ... pass B runs in full ...
+        original = CirculationRecords.due_steps
+        CirculationRecords.due_steps = lambda self: read_before  # type: ignore[method-assign]
+        try:
+            second = circulation.due(site.config, site.registry, now)  # ... and A goes on with what it read
+        finally:
+            CirculationRecords.due_steps = original  # type: ignore[method-assign]
+        assert [r.kind for r in first] == ["circulation"] and second == []
+        letter = site.registry.letter(site.letters["office"])
+        assert letter is not None
+        assert [e.action for e in letter.events].count("circulation-reminded") == 1
+        assert len([m for m in site.registry.outbox(letter_id=letter.id) if m.kind == "circulation"]) == 1
+    finally:
+        site.close()

@@ -166,17 +166,24 @@ class CirculationRecords:
         return [DueStep(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def remind(self, step_id: int, *, kind: str, letter_id: int, mail: list[NewMail], now: datetime,
-               details: dict[str, Any]) -> None:
+               details: dict[str, Any], seen_reminded_at: datetime | None = None) -> bool:
         """A reminder to the reader, or (kind escalated) a word to the starter: the step's count, an
-        event and the mail, in one transaction."""
+        event and the mail, in one transaction. False, and nothing done, when another pass got
+        there first (the step reminded since `seen_reminded_at`, or escalated already): the
+        decision was read without a lock, and two passes (the daemon's and `reminders run`) may meet."""
         s = self.store
         values: dict[str, Any] = {"escalated_at": now} if kind == "escalated" else {
             "reminders": CirculationStep.reminders + 1, "reminded_at": now}
         with s.write() as conn:
+            step = conn.execute(select(CirculationStep.reminded_at, CirculationStep.escalated_at)
+                                .where(CirculationStep.id == step_id).with_for_update()).one()
+            if (step.escalated_at is not None) if kind == "escalated" else (step.reminded_at != seen_reminded_at):
+                return False
             conn.execute(update(CirculationStep).where(CirculationStep.id == step_id).values(**values))
             conn.execute(insert(Event), [s.event_row(letter_id, now, "gateway", f"circulation-{kind}", None, details)])
             if mail:
                 conn.execute(insert(OutboxMail), [s.mail_row(letter_id, m, now) for m in mail])
+        return True
 
     def to_read(self, login: str, headed: frozenset[str]) -> list[tuple[Letter, CirculationStep]]:
         """Letters whose running circulation waits for this person (by login) or a department they head."""

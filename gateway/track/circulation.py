@@ -67,18 +67,18 @@ def due(config: Config, registry: Registry, now: datetime, *, dry_run: bool = Fa
             address = _address(config, registry, step.kind, step.target)
             mail = [new_mail(config, "circulation", address, about="reminder", count=count,
                              deadline=step.deadline.isoformat())] if address else []
-            if not dry_run:
-                records.remind(step.id, kind="reminded", letter_id=current.letter_id, mail=mail, now=now,
-                               details={**details, "count": count})
-            out.append(Reminder(letter, "circulation", mail, count))
+            if dry_run or records.remind(step.id, kind="reminded", letter_id=current.letter_id, mail=mail, now=now,
+                                         details={**details, "count": count}, seen_reminded_at=step.reminded_at):
+                out.append(Reminder(letter, "circulation", mail, count))
+            else:
+                continue  # another pass reminded it meanwhile, and decides its escalation
         if count >= settings.escalate_after and step.escalated_at is None:
             mail = [new_mail(config, "circulation", r, about="escalation",
                              reader=_name(config, registry, step.kind, step.target), count=count,
                              deadline=step.deadline.isoformat()) for r in _starter(registry, current.started_by)]
-            if not dry_run:
-                records.remind(step.id, kind="escalated", letter_id=current.letter_id, mail=mail, now=now,
-                               details={**details, "to": [m.recipient for m in mail]})
-            out.append(Reminder(letter, "circulation-escalation", mail, count))
+            if dry_run or records.remind(step.id, kind="escalated", letter_id=current.letter_id, mail=mail, now=now,
+                                         details={**details, "to": [m.recipient for m in mail]}):
+                out.append(Reminder(letter, "circulation-escalation", mail, count))
     return out
 
 
