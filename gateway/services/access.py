@@ -586,7 +586,7 @@ class Access:
                     raise Refused(f"no department {department!r} (known: {', '.join(sorted(self.config.departments))})",
                                   "unknown-department", department=department)
                 if department == letter.department:
-                    raise Refused(f"{number} is with {department} already", "already-there", number=number,
+                    raise Refused(f"{number} is already with {department}", "already-there", number=number,
                                   department=department)
                 if not text:
                     raise Refused("a reassignment needs a reason", "need-reason")

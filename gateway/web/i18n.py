@@ -189,7 +189,7 @@ REFUSAL = {
     "destroyed": N_("%(number)s was destroyed"),
     "need-department": N_("choose the department to send it to"),
     "unknown-department": N_("there is no department %(department)s"),
-    "already-there": N_("%(number)s is with department %(department)s already"),
+    "already-there": N_("%(number)s is already with department %(department)s"),
     "impossible": N_("there is no step “%(action)s”"),
     "too-long": N_("at most %(limit)s characters"),
     "need-reason": N_("give the reason"),
