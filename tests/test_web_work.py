@@ -132,6 +132,16 @@ def test_triage_settled_in_one_click(site: Site, sign_in: SignIn) -> None:
     [event] = [e for e in letter.events if e.action == "reassigned"]
     assert event.actor == "rita"
     assert "Settled on the triage page" in str(event.details)
+    # The words come from the register, never from the link: a forged one says nothing.
+    page.goto("/triage?done=Your+session+expired%2C+call+0800&to=business")
+    expect(page.locator(".flash")).to_have_count(0)
+    page.goto(f"/triage?done={number}&to=hr")  # not where the letter is
+    expect(page.locator(".flash")).to_have_count(0)
+    page.goto(f"/triage?done={site.letters['office-contract']}&to=general-office")
+    expect(page.locator(".flash.ok")).to_have_text(f"{site.letters['office-contract']} sent to General Office.")
+    sam = sign_in("sam")  # Business: never sees the General Office's letter, so is not told of it
+    sam.goto(f"/triage?done={site.letters['office-contract']}&to=general-office")
+    expect(sam.locator(".flash")).to_have_count(0)
 
 
 def test_bulk_acknowledge_of_fifty_letters_some_refused_with_reasons(site: Site, sign_in: SignIn) -> None:

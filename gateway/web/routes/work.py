@@ -126,8 +126,13 @@ def _triage_page(req: Req, *, status: int = 200, message: str = "", error: str =
 @page()
 def triage(req: Req) -> Response:
     done, to = req.arg("done"), req.arg("to")
-    message = _("%(number)s sent to %(department)s.") % {"number": done, "department": _department_name(req, to)} \
-        if done else ""
+    # Said only of a letter the person sees and that is with that department: the query string is
+    # anyone's to write, and a link must not put words of its own on the register's page.
+    letter = req.web.access.visible(req.who, done) if done else None
+    message = ""
+    if letter is not None and letter.department == to:
+        message = _("%(number)s sent to %(department)s.") % {"number": letter.number,
+                                                              "department": _department_name(req, to)}
     return _triage_page(req, message=message)
 
 
