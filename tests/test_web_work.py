@@ -185,6 +185,27 @@ def test_bulk_acknowledge_of_fifty_letters_some_refused_with_reasons(site: Site,
     expect(page.locator("table.bulk-results tr.refused")).to_contain_text("只有")
 
 
+def test_a_bulk_reassignment_asks_for_its_reason_before_it_is_sent(site: Site, sign_in: SignIn) -> None:
+    page = sign_in("rita")
+    page.goto("/letters?queue=all")
+    page.locator("main table.letters tbody input[name=number]").first.check()
+    reason = page.locator("form#bulk input[name=text]")
+    department = page.locator("form#bulk select[name=department]")
+    page.select_option("select[name=action]", "tag")
+    expect(reason).not_to_have_attribute("required", "")
+    page.select_option("select[name=action]", "reassign")
+    expect(page.locator("form#bulk [data-bulk-for='assign reassign tag'] span")).to_have_text("Reason (required)")
+    page.click("form#bulk button[type=submit]")  # neither department nor reason: the browser holds it back
+    assert department.evaluate("e => e.validity.valueMissing")
+    department.select_option("business")
+    page.click("form#bulk button[type=submit]")
+    assert reason.evaluate("e => e.validity.valueMissing")
+    expect(page.locator(".bulk-summary")).to_have_count(0)
+    assert "/letters/bulk" not in page.url
+    page.select_option("select[name=action]", "assign")  # a note is optional there
+    assert not reason.evaluate("e => e.required")
+
+
 def test_a_saved_view_is_in_the_sidebar_and_applies_its_filters(site: Site, sign_in: SignIn) -> None:
     page = sign_in("rita")
     page.goto("/letters?queue=all&urgency=urgent")

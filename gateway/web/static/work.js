@@ -147,6 +147,11 @@
       var span = field.querySelector("span");
       if (words && span) span.textContent = words;
     });
+    // Required only where the chosen step needs it (a reassignment's department and reason):
+    // a hidden field that is required would hold the form back without a word.
+    form.querySelectorAll("[data-required-for]").forEach(function (field) {
+      field.required = field.dataset.requiredFor.split(" ").indexOf(action.value) >= 0;
+    });
   }
 
   document.addEventListener("change", function (event) {
