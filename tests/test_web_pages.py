@@ -242,7 +242,8 @@ def test_a_refused_reassignment_or_unknown_step_is_worded_in_the_pages_language(
     for data, says in (({"action": "reassign", "department": "general-office", "text": "  "}, "请填写原因"),
                        ({"action": "reassign", "department": "nope", "text": "wrong desk"}, "没有部门 nope"),
                        ({"action": "reassign", "department": "business", "text": "again"},
-                        f"{number} 已在部门 business"),
+                        f"{number} 已在部门 Business"),  # by its name, as the page names it
+                       ({"action": "assign", "assignee": "gina"}, "Gina 不属于 Business 部门"),
                        ({"action": "bogus"}, "没有“bogus”这一步骤")):
         refused = rita.post(f"/letters/{number}/act", data={**data, "csrf": rita.csrf})
         assert refused.status_code == 409 and says in refused.text, (data, refused.text[-3000:])

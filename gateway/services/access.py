@@ -250,6 +250,11 @@ class Access:
                         if (kind, target) == ("person", who.login) or (kind == "department" and target in who.headed)}
         return allowed
 
+    def _department_name(self, department: str | None) -> str:
+        """A department as a refusal names it to a person: its name, or its id once it is no longer configured."""
+        known = self.config.departments.get(department or "")
+        return known.name if known else (department or "-")
+
     def _related(self, who: Principal, letter: Letter) -> bool:
         """Is, or was, the letter with one of the person's departments?"""
         if letter.department in who.departments:
@@ -281,8 +286,7 @@ class Access:
         }
         actions: set[str] = set()
         reasons: dict[str, Refused] = {}
-        known = self.config.departments.get(letter.department or "")
-        department = known.name if known else (letter.department or "-")
+        department = self._department_name(letter.department)
         for action, allowed in may.items():
             if not allowed:
                 who_may = {"assign": "the people of department {d} and the registry office",
@@ -587,7 +591,7 @@ class Access:
                                   "unknown-department", department=department)
                 if department == letter.department:
                     raise Refused(f"{number} is already with {department}", "already-there", number=number,
-                                  department=department)
+                                  department=self._department_name(department))
                 if not text:
                     raise Refused("a reassignment needs a reason", "need-reason")
                 before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login)
@@ -664,7 +668,7 @@ class Access:
                           "no-assignee", person=assignee)
         if letter.department not in person.departments:
             raise Refused(f"{person.name} is not in department {letter.department}", "not-in-department",
-                          person=person.name, department=str(letter.department))
+                          person=person.name, department=self._department_name(letter.department))
         if person.login == who.login and not self.content_allowed(who, letter):
             # The owner reads a confidential letter: taking it would be reading it without a right to.
             raise Forbidden(f"{letter.number} is confidential: only the head of its department or the registry "
