@@ -228,7 +228,8 @@ def test_ids_beyond_the_registry_and_files_for_passwords_are_refused_not_errors(
                            files={"password": ("p.txt", PASSWORD.encode())})
     assert signin.status_code == 401
     sam_reply = site.sign_in("sam")
-    saved = sam_reply.post(f"/letters/{number}/reply", data={"text": "Thank you.", "remove": "²", "csrf": sam_reply.csrf})
+    saved = sam_reply.post(f"/letters/{number}/reply",
+                           data={"text": "Thank you.", "remove": "²", "csrf": sam_reply.csrf})
     assert saved.status_code in (200, 303), saved.text[:300]
     # Spaces at a password's ends are part of it, when added as when changed.
     assert ada.post("/people", data={"login": "pat", "name": "Pat", "password": " padded secret ",
@@ -351,6 +352,25 @@ def test_previews_are_redrawn_and_bombs_refused() -> None:
         preview.render_page(b"<html>", "text/html", 1)
     with pytest.raises(preview.PreviewError, match="at most 50 MB"):
         preview.page_count(b"\0" * (preview.MAX_BYTES + 1), "image/png")
+
+
+def test_a_page_that_cannot_be_shown_says_why_in_the_pages_language(site: Site) -> None:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"], message["To"] = "alice@partner.example", "sales@example.org"
+    message["Subject"], message["Date"] = "Damaged scan", "Mon, 23 Nov 2026 10:00:00 +0800"
+    message.set_content("The scan is attached.\n")
+    message.add_attachment(b"%PDF-1.4\n1 0 obj <<\n" + b"\x00" * 64, maintype="application", subtype="pdf",
+                           filename="scan.pdf")
+    number = site.ingest("damaged-pdf", message.as_bytes())
+    rita = site.sign_in("rita")  # Chinese
+    pages = rita.get(f"/letters/{number}/attachments/0/pages")
+    assert pages.status_code == 200 and "PDF 无法读取" in pages.text, pages.text[-2000:]
+    assert rita.get(f"/letters/{number}/attachments/0/pages/1.png").status_code == 422
+    rita.post("/me/language", data={"language": "en", "next": "/", "csrf": rita.csrf})
+    assert "the PDF cannot be read" in rita.get(f"/letters/{number}/attachments/0/pages").text
+    rita.post("/me/language", data={"language": "zh", "next": "/", "csrf": rita.csrf})
 
 
 def test_client_address_is_believed_only_through_trusted_proxies(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from gateway.services.access import Refused
+    from gateway.web.preview import PreviewError
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 LANGUAGES = ("zh", "en")
@@ -223,3 +224,27 @@ def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
     if "action" in params:
         params["action"] = label("action", params["action"])
     return gettext(template) % params
+
+
+# Why an attachment's page cannot be shown (`preview.PreviewError`'s keys). A reader's detail
+# (pypdf's or Pillow's words) stays as the library wrote it.
+PREVIEW_PROBLEM = {
+    "no-page": N_("no such page"),
+    "no-preview": N_("no preview for %(type)s"),
+    "too-large": N_("too large for a preview (%(size)s MB; at most 50 MB)"),
+    "bomb": N_("the picture is too large to show (a decompression bomb?)"),
+    "picture-unreadable": N_("the picture cannot be read: %(detail)s"),
+    "picture-undecodable": N_("the picture cannot be decoded: %(detail)s"),
+    "pdf-unreadable": N_("the PDF cannot be read: %(detail)s"),
+    "pdf-undrawable": N_("the PDF cannot be drawn: %(detail)s"),
+    "pdf-slow": N_("the PDF page took longer than %(seconds)s s to draw"),
+    "no-pdftoppm": N_("pdftoppm cannot run: %(detail)s"),
+}
+
+
+def preview_problem(exc: PreviewError) -> str:
+    """Why a page cannot be shown, in the current language (in English, the preview's own words)."""
+    template = PREVIEW_PROBLEM.get(exc.key)
+    if template is None or current() == "en":
+        return str(exc)
+    return gettext(template) % exc.params

@@ -18,7 +18,13 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/bmp", "i
 
 
 class PreviewError(Exception):
-    """The page cannot be shown as a picture; the message says why."""
+    """The page cannot be shown as a picture; the message says why, in English. `key` and `params`
+    let the page say it in its own language (`i18n.preview_problem`)."""
+
+    def __init__(self, message: str, key: str, **params: str):
+        super().__init__(message)
+        self.key = key
+        self.params = params
 
 
 def kind(detected_type: str) -> str | None:
@@ -39,7 +45,7 @@ def page_count(data: bytes, detected_type: str) -> int:
         try:
             return len(pypdf.PdfReader(io.BytesIO(data)).pages)
         except Exception as exc:  # pypdf raises many kinds on a damaged file
-            raise PreviewError(f"the PDF cannot be read: {exc}") from exc
+            raise PreviewError(f"the PDF cannot be read: {exc}", "pdf-unreadable", detail=str(exc)) from exc
     with _open(data) as image:
         return getattr(image, "n_frames", 1)
 
@@ -48,12 +54,12 @@ def render_page(data: bytes, detected_type: str, page: int) -> bytes:
     """Page `page` (from 1) as a PNG at most MAX_SIDE pixels on its longer side."""
     what = _check(data, detected_type)
     if page < 1:
-        raise PreviewError("no such page")
+        raise PreviewError("no such page", "no-page")
     if what == "pdf":
         return _encode(_pdf_page(data, page))
     with _open(data) as image:
         if page > getattr(image, "n_frames", 1):
-            raise PreviewError("no such page")
+            raise PreviewError("no such page", "no-page")
         image.seek(page - 1)
         return _encode(image)
 
@@ -61,9 +67,11 @@ def render_page(data: bytes, detected_type: str, page: int) -> bytes:
 def _check(data: bytes, detected_type: str) -> str:
     what = kind(detected_type)
     if what is None:
-        raise PreviewError(f"no preview for {detected_type or 'this type'}")
+        raise PreviewError(f"no preview for {detected_type or 'this type'}", "no-preview",
+                           type=detected_type or "?")
     if len(data) > MAX_BYTES:
-        raise PreviewError(f"too large for a preview ({len(data) // (1024 * 1024)} MB; at most 50 MB)")
+        size = str(len(data) // (1024 * 1024))
+        raise PreviewError(f"too large for a preview ({size} MB; at most 50 MB)", "too-large", size=size)
     return what
 
 
@@ -74,9 +82,9 @@ def _open(data: bytes) -> Image.Image:
         try:
             return Image.open(io.BytesIO(data))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise PreviewError("the picture is too large to show (a decompression bomb?)") from exc
+            raise PreviewError("the picture is too large to show (a decompression bomb?)", "bomb") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise PreviewError(f"the picture cannot be read: {exc}") from exc
+            raise PreviewError(f"the picture cannot be read: {exc}", "picture-unreadable", detail=str(exc)) from exc
 
 
 def _pdf_page(data: bytes, page: int) -> Image.Image:
@@ -84,13 +92,15 @@ def _pdf_page(data: bytes, page: int) -> Image.Image:
         done = subprocess.run(["pdftoppm", "-png", "-r", str(PDF_DPI), "-f", str(page), "-l", str(page), "-"],
                               input=data, capture_output=True, timeout=PDF_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise PreviewError(f"the PDF page took longer than {PDF_TIMEOUT:.0f} s to draw") from exc
+        seconds = f"{PDF_TIMEOUT:.0f}"
+        raise PreviewError(f"the PDF page took longer than {seconds} s to draw", "pdf-slow", seconds=seconds) from exc
     except OSError as exc:
-        raise PreviewError(f"pdftoppm cannot run: {exc}") from exc
+        raise PreviewError(f"pdftoppm cannot run: {exc}", "no-pdftoppm", detail=str(exc)) from exc
     if done.returncode != 0 or not done.stdout:
         error = done.stderr.decode(errors="replace").strip().splitlines()
-        raise PreviewError("no such page" if not error or "Wrong page range" in error[-1]
-                           else f"the PDF cannot be drawn: {error[-1]}")
+        if not error or "Wrong page range" in error[-1]:
+            raise PreviewError("no such page", "no-page")
+        raise PreviewError(f"the PDF cannot be drawn: {error[-1]}", "pdf-undrawable", detail=error[-1])
     return _open(done.stdout)
 
 
@@ -101,5 +111,5 @@ def _encode(image: Image.Image) -> bytes:
         out = io.BytesIO()
         frame.save(out, "PNG")
     except (OSError, ValueError) as exc:
-        raise PreviewError(f"the picture cannot be decoded: {exc}") from exc
+        raise PreviewError(f"the picture cannot be decoded: {exc}", "picture-undecodable", detail=str(exc)) from exc
     return out.getvalue()

@@ -280,7 +280,7 @@ def attachment_pages(req: Req) -> Response:
         count = preview.page_count(data, detected)
         error = ""
     except preview.PreviewError as exc:
-        count, error = 0, str(exc)
+        count, error = 0, i18n.preview_problem(exc)
     return req.render("pages.html", letter=view.letter, rights=view.rights, name=name, count=count,
                       downloadable=req.web.access.downloadable(req.who, view.letter),
                       shown=min(count, MAX_PREVIEW_PAGES), error=error, position=position,
@@ -293,5 +293,5 @@ def attachment_page(req: Req) -> Response:
     try:
         png = preview.render_page(data, detected, req.request.path_params["page"])
     except preview.PreviewError as exc:
-        raise Problem(404 if str(exc) == "no such page" else 422, str(exc)) from None
+        raise Problem(404 if exc.key == "no-page" else 422, i18n.preview_problem(exc)) from None
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
