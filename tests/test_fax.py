@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import smtplib
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,7 +17,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import Daemon, Gateway, Notify, make_message, wait_for
-from gateway.spool import read_raw
+from gateway.adapters.fax_drop import FaxDropWatcher
+from gateway.config import Config
+from gateway.daemon.pipeline import Pipeline
+from gateway.registry import Registry
+from gateway.spool import Spool, read_raw
+from gateway.stages import rulebook
 
 from fax_samples import ENGLISH, SIMPLIFIED, TRADITIONAL, corrupt, pdf_fax, tiff_fax
 
@@ -237,6 +244,8 @@ def test_an_unreadable_file_goes_to_the_spool_quarantine_with_its_reason(tmp_pat
         assert rejected["meta"]["fax_drop"]["sidecar_name"] == "broken.info"
         assert "+86 10 5555 0000" in rejected["meta"]["fax_drop"]["sidecar"]
         assert by_name["notes.txt"]["meta"]["fax_drop"]["sidecar"] is None
+        # Named like an information file, it waited for a fax that never came: set aside as what it is.
+        assert "an information file (txt) without its fax" in by_name["notes.txt"]["reason"]
         assert read_raw(gateway.state / "spool" / "quarantine" / f"{rejected['id']}.item") == broken  # nothing lost
         assert gateway.list_json("--channel", "fax") == []
 
@@ -396,3 +405,113 @@ def test_gateway_ingest_takes_a_fax_file_and_the_daemon_reads_its_text_later(
         assert "DELIVERY" in text_read(gateway, str(letter["number"]))["body_text"].upper()
     finally:
         daemon.stop()
+
+
+# -- the drop folder's watcher on its own: what it takes, when, and what it leaves ---------------
+
+WATCHED = """
+[fax]
+poll_seconds = 0.2
+stable_seconds = 0
+ocr_workers = 1
+"""
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Config, Spool, FaxDropWatcher]]:
+    gateway = Gateway(tmp_path, extra=WATCHED)
+    config = rulebook.load(str(gateway.config))
+    spool = Spool(config.spool_dir, config.message_dir)
+    config.fax_drop_dir.mkdir(parents=True, exist_ok=True)
+    yield config, spool, FaxDropWatcher(config, spool)
+
+
+def aged(path: Path, data: bytes | str, seconds: float = 3600) -> Path:
+    """Written with an old mtime, as `cp --preserve` or a share that keeps the writer's time leave it."""
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+    return path
+
+
+def test_a_fax_first_seen_is_not_taken_and_one_still_growing_never_is(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    config, spool, watcher = watched
+    whole = faxes["two"]
+    fax = aged(config.fax_drop_dir / "c.tif", whole[:len(whole) // 2])  # half copied, its mtime old
+    assert watcher.scan() == 0  # a first sighting proves nothing
+    with open(fax, "ab") as rest:
+        rest.write(whole[len(whole) // 2:])
+    os.utime(fax, (time.time() - 3600, time.time() - 3600))
+    assert watcher.scan() == 0  # it grew: seen anew
+    assert spool.quarantined() == [] and fax.exists()
+    assert watcher.scan() == 1  # unchanged since the last scan: taken whole
+    [item] = spool.claim(1)
+    assert item.raw == whole and not fax.exists()
+
+
+def test_a_fax_waits_for_its_information_file_to_be_complete(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    config, spool, watcher = watched
+    aged(config.fax_drop_dir / "a.tif", faxes["two"])
+    info = aged(config.fax_drop_dir / "a.info", "Sender: +86 10 1\n")
+    assert watcher.scan() == 0
+    aged(info, "Sender: +86 10 1234 5678\nPages: 2\n")  # still being written
+    assert watcher.scan() == 0
+    assert watcher.scan() == 1
+    [item] = spool.claim(1)
+    assert item.raw == faxes["two"] and item.meta["fax"]["number"] == "+86 10 1234 5678"
+    assert os.listdir(config.fax_drop_dir) == []
+
+
+def test_an_information_file_without_its_fax_waits_then_is_set_aside_as_what_it_is(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    config, spool, watcher = watched
+    aged(config.fax_drop_dir / "b.tif", faxes["two"])
+    assert watcher.scan() == 0 and watcher.scan() == 1  # taken before its information file came
+    late = aged(config.fax_drop_dir / "b.info", "Sender: +86 21 5555 0000\n")
+    assert watcher.scan() == 0 and late.exists()  # it may be a fax's coming first: it waits
+    watcher.scan()
+    [aside] = spool.quarantined()
+    assert "b.info: an information file (info) without its fax" in aside.reason
+    assert aside.meta["fax_drop"]["file_name"] == "b.info" and not late.exists()
+    assert read_raw(aside.path) == b"Sender: +86 21 5555 0000\n"
+
+
+def test_another_fax_of_the_same_name_size_and_time_is_a_letter_of_its_own(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    config, spool, watcher = watched
+    first, second = faxes["two"], bytearray(faxes["two"])
+    second[-1] ^= 0xFF  # the same length, other bytes
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    numbers = []
+    for data in (first, bytes(second)):
+        fax = aged(config.fax_drop_dir / "fax0001.tif", data)
+        os.utime(fax, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        assert watcher.scan() == 0 and watcher.scan() == 1
+        [outcome] = Pipeline(config, spool, registry).process(spool.claim(1))
+        assert outcome.result == "registered", outcome
+        numbers.append(outcome.number)
+    registry.close()
+    assert len(set(numbers)) == 2
+
+
+def test_empty_files_folders_and_links_stay_in_the_folder_named_once(
+        watched: tuple[Config, Spool, FaxDropWatcher], caplog: pytest.LogCaptureFixture) -> None:
+    config, spool, watcher = watched
+    folder = config.fax_drop_dir
+    aged(folder / "empty.tif", b"")
+    (folder / "sub").mkdir()
+    (folder / "link.tif").symlink_to("/etc/passwd")
+    with caplog.at_level(logging.WARNING, logger="gateway.stages.fax"):
+        for _ in range(4):
+            assert watcher.scan() == 0
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("empty.tif is empty" in m for m in said) == 1
+    assert sum("sub is not a plain file" in m for m in said) == 1
+    assert sum("link.tif is not a plain file" in m for m in said) == 1
+    assert sorted(os.listdir(folder)) == ["empty.tif", "link.tif", "sub"] and spool.quarantined() == []

@@ -133,7 +133,8 @@ def test_an_ocr_result_that_cannot_be_stored_is_given_up_and_frees_its_worker(tm
     fax.parent.mkdir(parents=True, exist_ok=True)
     fax.write_bytes(tiff_fax([ENGLISH]))
     os.utime(fax, (time.time() - 60, time.time() - 60))
-    assert FaxDropWatcher(config, spool).scan() == 1
+    watcher = FaxDropWatcher(config, spool)
+    assert watcher.scan() == 0 and watcher.scan() == 1  # seen once, then taken unchanged
     [outcome] = Pipeline(config, spool, registry).process(spool.claim(1))
     assert outcome.result == "registered"
     db = sqlite3.connect(config.state_dir / "registry.sqlite3", timeout=30)

@@ -1,22 +1,29 @@
 """The fax drop folder: files a fax machine or fax server writes, taken once they are complete.
 
 Polled, not watched with inotify: fax machines write to network shares, where
-inotify does not fire. A file is taken only when its size and modification
-time have stayed the same for `stable_seconds`; temporary and partial names
-are never taken. The file (and its information sidecar, if any) leaves the
-folder only after its bytes are durable in the spool. A file that is not a
-readable TIFF or PDF fax goes, with its sidecar's content and the reason, to
-the spool's quarantine (`gateway quarantine list`), from where `retry` puts it
-through the pipeline again; it too leaves the folder only once durable there:
-nothing is ever deleted unread.
+inotify does not fire. A file is taken only when this watcher has seen its
+size, modification time and inode stay the same for `stable_seconds` (a first
+sighting proves nothing: a copy that keeps the source's old mtime is still
+being written), and so has its information file; temporary and partial names
+are never taken. An information file alone in the folder (its fax not yet
+written, or taken before it came) waits three times `stable_seconds` for its
+fax, and is then set aside in quarantine as what it is, never read as a fax.
+The file (and its information sidecar, if any) leaves the folder only after
+its bytes are durable in the spool. A file that is not a readable TIFF or PDF
+fax goes, with its sidecar's content and the reason, to the spool's quarantine
+(`gateway quarantine list`), from where `retry` puts it through the pipeline
+again; it too leaves the folder only once durable there: nothing is ever
+deleted unread. Empty files, folders and links are never taken, and named once
+in the log.
 """
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,12 +31,32 @@ from typing import Any
 from gateway.config import Config
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.facts import fax_facts, read_sidecar_text
-from gateway.stages.fax.metadata import find_sidecar
+from gateway.stages.fax.metadata import SIDECAR_SUFFIXES
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
 
 log = logging.getLogger("gateway.stages.fax")
+
+_State = tuple[int, int, int]  # size, mtime_ns, inode
+SIDECAR_NAMES = frozenset(suffix.lstrip(".") for suffix in SIDECAR_SUFFIXES)
+LONE_INFORMATION_WAIT = 3  # times stable_seconds an information file waits for its fax
+
+
+def _is_information_file(name: str) -> bool:
+    return name.rpartition(".")[2] in SIDECAR_NAMES and "." in name
+
+
+def _information_file(fax: str, files: Collection[str]) -> str | None:
+    """The information file of the fax `fax` among the folder's plain files: foo.info for foo.tif,
+    or foo.tif.info (as `find_sidecar` looks for them); None for an information file itself."""
+    if _is_information_file(fax):
+        return None
+    base = fax.rpartition(".")[0] or fax
+    for candidate in [*(base + suffix for suffix in SIDECAR_SUFFIXES), *(fax + suffix for suffix in SIDECAR_SUFFIXES)]:
+        if candidate != fax and candidate in files:
+            return candidate
+    return None
 
 
 class FaxDropWatcher(Runner):
@@ -41,7 +68,10 @@ class FaxDropWatcher(Runner):
         # Fixed for the daemon's life: another folder takes a restart (reload keeps this one).
         self.folder = config.fax_drop_dir
         self._wake_spool = wake
-        self._seen: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) at the last scan
+        # name -> ((size, mtime_ns, inode), when this watcher first saw it so), for every file
+        # of the folder at the last scan: faxes and information files alike.
+        self._seen: dict[str, tuple[_State, float]] = {}
+        self._named: set[str] = set()  # files left in the folder and said so in the log, once each
         self._spool_failure: str | None = None  # logged once, not at every poll while the disk is full
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -55,50 +85,82 @@ class FaxDropWatcher(Runner):
         settings = self.config.model.fax
         now = time.time()
         taken = 0
-        current: dict[str, tuple[int, int]] = {}
+        current: dict[str, tuple[_State, float]] = {}
         try:
             entries = list(os.scandir(self.folder))
         except OSError as exc:
             log.error("fax drop folder %s cannot be read: %s", self.folder, exc.strerror)
             return 0
-        names = {e.name for e in entries}
-        for entry in sorted(entries, key=lambda e: e.name):
-            if self.stopping:
-                break
-            name = entry.name
-            if not entry.is_file(follow_symlinks=False) or self._ignored(name) or self._is_sidecar(name, names):
+        files: dict[str, os.DirEntry[str]] = {}
+        for entry in entries:
+            if self._ignored(entry.name):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                self._name_once(entry.name, "is not a plain file (a folder or a link): it is not taken")
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            state = (st.st_size, st.st_mtime_ns)
-            current[name] = state
-            # Complete: unchanged since the last scan (or first seen already old), and quiet
-            # for long enough. A fax being written keeps changing its size or mtime.
-            quiet = now - st.st_mtime >= settings.stable_seconds
-            unchanged = self._seen.get(name, state) == state
-            if st.st_size == 0 or not quiet or not unchanged:
+            state = (st.st_size, st.st_mtime_ns, st.st_ino)
+            seen = self._seen.get(entry.name)
+            current[entry.name] = (state, seen[1] if seen is not None and seen[0] == state else now)
+            files[entry.name] = entry
+
+        def stable(name: str, times: int = 1) -> bool:
+            # Seen unchanged for stable_seconds by this watcher, and its mtime as old: a file being
+            # written keeps changing its size or mtime, and one first seen may be half a copy.
+            state, since = current[name]
+            before = self._seen.get(name)
+            wait = times * settings.stable_seconds
+            return (before is not None and before[0] == state and now - since >= wait
+                    and now - state[1] / 1e9 >= wait)
+
+        with_fax = {_information_file(name, files) for name in files}
+        for name in sorted(files):
+            if self.stopping:
+                break
+            if _is_information_file(name):
+                if name not in with_fax and stable(name, LONE_INFORMATION_WAIT):
+                    alone = (f"an information file ({name.rpartition('.')[2]}) without its fax: none came "
+                             f"within {LONE_INFORMATION_WAIT * settings.stable_seconds:g} s")
+                    self._take(Path(files[name].path), current[name][0], None, refuse=alone)
+                    self._forget_gone(current, name)
                 continue
-            if self._take(Path(entry.path), state):
+            if current[name][0][0] == 0:
+                if stable(name):
+                    self._name_once(name, "is empty: it is left there")
+                continue
+            sidecar = _information_file(name, files)
+            if not stable(name) or (sidecar is not None and not stable(sidecar)):
+                continue
+            if self._take(Path(files[name].path), current[name][0],
+                          None if sidecar is None else Path(files[sidecar].path)):
                 taken += 1
+            self._forget_gone(current, name, sidecar)
         self._seen = current
+        self._named &= {entry.name for entry in entries}
         if taken and self._wake_spool is not None:
             self._wake_spool()
         return taken
 
+    def _forget_gone(self, current: dict[str, tuple[_State, float]], *names: str | None) -> None:
+        """Files taken (or set aside) are not seen again: another written under the same name, even
+        of the same size and time on a reused inode, starts its wait afresh."""
+        for name in names:
+            if name is not None and not os.path.lexists(self.folder / name):
+                current.pop(name, None)
+
     def _ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.config.model.fax.ignore)
 
-    @staticmethod
-    def _is_sidecar(name: str, names: set[str]) -> bool:
-        stem, dot, suffix = name.rpartition(".")
-        if f".{suffix}" not in (".info", ".qf", ".txt") or not dot:
-            return False
-        # foo.info beside foo.tif, or foo.tif.info beside foo.tif
-        return stem in names or any(n.rpartition(".")[0] == stem for n in names if n != name)
+    def _name_once(self, name: str, what: str) -> None:
+        if name not in self._named:
+            self._named.add(name)
+            log.warning("fax drop folder: %s %s", name, what)
 
-    def _take(self, path: Path, state: tuple[int, int]) -> bool:
+    def _take(self, path: Path, state: _State, sidecar: Path | None, *, refuse: str | None = None) -> bool:
+        """The fax at `path` into the spool, or into quarantine when unreadable (or `refuse` says why not)."""
         try:
             data = path.read_bytes()
             after = path.stat()
@@ -107,15 +169,16 @@ class FaxDropWatcher(Runner):
         except OSError as exc:
             log.error("fax %s cannot be read: %s", path.name, exc.strerror)
             return False
-        if (after.st_size, after.st_mtime_ns) != state or len(data) != state[0]:
+        if (after.st_size, after.st_mtime_ns, after.st_ino) != state or len(data) != state[0]:
             return False  # written to while we read: next time
-        sidecar = find_sidecar(path)
         try:
+            if refuse is not None:
+                raise FaxUnreadable(refuse)
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
             self._quarantine(path, sidecar, data, state, str(exc))
             return False
-        meta = self._meta(path, state, fax_facts(self.config, path, document, sidecar))
+        meta = self._meta(path, data, state, fax_facts(self.config, path, document, sidecar))
         try:
             item = self.spool.enqueue(data, meta)
         except SpoolError as exc:
@@ -134,9 +197,12 @@ class FaxDropWatcher(Runner):
         return True
 
     @staticmethod
-    def _meta(path: Path, state: tuple[int, int], facts: dict[str, Any]) -> dict[str, Any]:
+    def _meta(path: Path, data: bytes, state: _State, facts: dict[str, Any]) -> dict[str, Any]:
+        # The key recognises this very file taken again (a crash before it left the folder); its
+        # bytes' digest keeps another fax of the same name, size and mtime from passing for it.
+        digest = hashlib.sha256(data).hexdigest()[:32]
         return {"channel": "fax", "intake": "fax-drop",
-                "source_key": f"fax-drop:{path.name}:{state[0]}:{state[1]}",
+                "source_key": f"fax-drop:{path.name}:{state[0]}:{state[1]}:{digest}",
                 "received_at": datetime.now(timezone.utc).isoformat(), "fax": facts}
 
     @staticmethod
@@ -152,11 +218,11 @@ class FaxDropWatcher(Runner):
                     log.error("fax %s is spooled (item %s) but cannot be removed from the drop folder: %s; "
                               "it will be recognised if taken again", leaving.name, item_id, exc.strerror)
 
-    def _quarantine(self, path: Path, sidecar: Path | None, data: bytes, state: tuple[int, int],
+    def _quarantine(self, path: Path, sidecar: Path | None, data: bytes, state: _State,
                     reason: str) -> None:
         """Not a readable fax: into the spool's quarantine with everything known about it,
         where operators see it beside every other item set aside, and can retry it."""
-        meta = self._meta(path, state, fax_facts(self.config, path, None, sidecar))
+        meta = self._meta(path, data, state, fax_facts(self.config, path, None, sidecar))
         meta["fax_drop"] = {"file_name": path.name, "reason": reason,
                             "sidecar_name": sidecar.name if sidecar is not None else None,
                             "sidecar": read_sidecar_text(sidecar)}
