@@ -455,6 +455,11 @@ class ImapAccount(_Strict):
             raise ValueError(f"tls = \"plain\" is allowed only towards loopback, not {self.host!r}")
         if self.after == "move" and not self.move_to:
             raise ValueError('after = "move" needs move_to')
+        if self.after == "move" and self.move_to is not None and any(
+                _same_folder(self.move_to, folder) for folder in self.folders):
+            # Moved into a folder it watches, a message comes back under a new UID at every poll.
+            raise ValueError(f"move_to {self.move_to!r} is one of the folders this account watches: "
+                             "each message would be taken again and again; move them elsewhere")
         if self.first_import == "since" and self.import_since is None:
             raise ValueError('first_import = "since" needs import_since')
         if self.auth == "password" and (self.password_env is None) == (self.password_file is None):
@@ -466,6 +471,11 @@ class ImapAccount(_Strict):
     @property
     def effective_port(self) -> int:
         return self.port or (993 if self.tls == "implicit" else 143)
+
+
+def _same_folder(a: str, b: str) -> bool:
+    """IMAP folder names are case-sensitive, but for INBOX (RFC 3501 §5.1)."""
+    return a == b or a.upper() == b.upper() == "INBOX"
 
 
 class ImapSection(_Strict):

@@ -208,6 +208,9 @@ def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
             (text.replace("rescan_seconds = 1", "rescan_seconds = inf"), "spool.rescan_seconds",
              "Input should be a finite number"),
             (text + "\n[fax]\npoll_seconds = 1e12\n", "fax.poll_seconds", "at most 1,000,000,000"),
+            (text + '\n[[imap.accounts]]\nname = "a"\nhost = "127.0.0.1"\nusername = "a"\npassword_env = "PW"\n'
+                    'folders = ["INBOX", "Done"]\nafter = "move"\nmove_to = "Done"\n', "imap.accounts[0]",
+             "move_to 'Done' is one of the folders this account watches: each message would be taken again"),
             (text.replace('url = ""', 'url = "not a url"'), "registry.url", "a SQLite URL (sqlite:////path/"),
             (text.replace('url = ""', 'url = "mysql://x@localhost/register"'), "registry.url",
              "a SQLite URL (sqlite:////path/registry.sqlite3) or a PostgreSQL one (postgresql://user@host/database)")):
