@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,7 +300,26 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert "error: --sender: the sender's name is needed" in refused.stderr
     assert "error: --received-at: the time it was received cannot be in the future" in refused.stderr
     assert gw.run("ingest", "--sender", "x", str(page1), check=False).returncode == 2  # --sender needs --channel
+    # A line break would be a header of its own in the letter: refused by name, not a traceback.
+    forged = gw.run("ingest", "--channel", "post", "--sender", "Wang\nWei", "--subject", "Order\nBcc: x@evil.example",
+                    str(page1), check=False)
+    assert forged.returncode == 1 and "Traceback" not in forged.stderr, forged.stderr
+    assert "error: --subject: one line, without line breaks or control characters" in forged.stderr
+    assert "error: --sender: one line" in forged.stderr
     assert len(gw.list_json()) == 1
+    # Scan names from the shell: another encoding read, a line break dropped.
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    latin, broken = os.fsdecode(b"fax\xb4\xab.pdf"), "new\nline.pdf"
+    for name in (latin, broken):
+        (odd / name).write_bytes(pdf_fax([ENGLISH]))
+    out = gw.run("ingest", "--channel", "post", "--sender", "Wang Wei", str(odd / latin), str(odd / broken)).stdout
+    named = re.search(r"registered as (\S+)", out)
+    assert named, out
+    assert "odd/fax\\xb4\\xab.pdf, " in out and "odd/new\\nline.pdf: registered" in out  # shown, never raw
+    names = [a["original_filename"] for a in gw.show_json(named.group(1))["attachments"]]
+    assert names == ["fax传.pdf", "newline.pdf"], names  # a scanner's GBK name, read as such
+    assert len(gw.list_json()) == 2
     # The paper channel in the month's figures; found by the organisation too.
     report = json.loads(gw.run("report", "--month", "2026-11", "--format", "json").stdout)
     assert (report["volumes"]["channel"], report["paper"]) == ({"post": 1}, 1)

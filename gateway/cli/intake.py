@@ -2,6 +2,7 @@
 the scans of one paper letter."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -57,17 +58,17 @@ def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: s
         done = ingest_file(cfg, spool, pipeline, path)
         if done.result == "refused":
             failures += 1
-            click.echo(f"{path}: {done.reason}", err=True)
+            click.echo(f"{_shown(path)}: {done.reason}", err=True)
         elif done.number:
-            click.echo(f"{path}: {_REGISTERED[done.result]} {done.number}")
+            click.echo(f"{_shown(path)}: {_REGISTERED[done.result]} {done.number}")
         elif done.result == "released":
             tempfail += 1
             link.wake()
-            click.echo(f"{path}: spooled as item {done.item_id}; the registry is unavailable, "
+            click.echo(f"{_shown(path)}: spooled as item {done.item_id}; the registry is unavailable, "
                        f"the daemon registers it when it is back ({done.reason})", err=True)
         else:
             failures += 1
-            click.echo(f"{path}: {done.result} (item {done.item_id}): {done.reason}", err=True)
+            click.echo(f"{_shown(path)}: {done.result} (item {done.item_id}): {done.reason}", err=True)
     link.close()
     registry.close()
     sys.exit(1 if failures else EX_TEMPFAIL if tempfail else 0)
@@ -88,7 +89,7 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
         try:
             scans.append(Scan(path.name, path.read_bytes()))
         except OSError as exc:
-            click.echo(f"error: {path}: cannot read: {exc.strerror}", err=True)
+            click.echo(f"error: {_shown(path)}: cannot read: {exc.strerror}", err=True)
             sys.exit(1)
     try:
         when = parse_received(received_at, ZoneInfo(cfg.model.gateway.timezone)) if received_at else None
@@ -110,7 +111,7 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
     finally:
         link.close()
         registry.close()
-    names = ", ".join(str(p) for p in files)
+    names = ", ".join(_shown(p) for p in files)
     if done.number:
         click.echo(f"{names}: {_REGISTERED[done.result]} {done.number} ({channel}, {done.pages} page(s))")
     elif done.result == "released":
@@ -120,6 +121,13 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
     else:
         click.echo(f"{names}: {done.result} (item {done.item_id}): {done.reason}", err=True)
         sys.exit(1)
+
+
+def _shown(path: Path) -> str:
+    """A file's path as a terminal should show it: bytes of another encoding and controls (a line
+    break in a name) escaped, never written raw."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _refused(refused: PaperRefused) -> NoReturn:

@@ -27,6 +27,8 @@ from gateway.registry.store import in_register
 from gateway.spool import Spool
 from gateway.stages.autoreply import safe_address
 from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_scan
+from gateway.stages.normalise.charsets import decode_bytes
+from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import PAPER_CHANNELS
 
 if TYPE_CHECKING:
@@ -40,6 +42,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 _PHONE = re.compile(r"[0-9+()\-./ #*extEXT]{3,64}")
 _MEDIA = {"pdf": "application/pdf", "tiff": "image/tiff", "jpeg": "image/jpeg", "png": "image/png"}
 _LIMITS = {"sender_name": 200, "organisation": 300, "address": 1000, "subject": 500, "note": 4000}
+# Fields of one line, written into the letter's header (Subject, From) or its record: a line break
+# there would add a header of its own (`Order\nBcc: x`), and other controls have no place.
+_ONE_LINE = ("sender_name", "organisation", "subject", "email", "phone")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,9 @@ def check(letter: PaperLetter, *, now: datetime | None = None) -> tuple[list[Fie
     for name, limit in _LIMITS.items():
         if len(getattr(letter, name)) > limit:
             errors.append(FieldError(name, "at most %(limit)s characters", {"limit": limit}))
+    for name in _ONE_LINE:
+        if _CONTROL.search(getattr(letter, name)):
+            errors.append(FieldError(name, "one line, without line breaks or control characters"))
     if letter.email.strip() and not safe_address(letter.email.strip()):
         errors.append(FieldError("email", "“%(value)s” is not an e-mail address", {"value": letter.email[:80]}))
     if letter.phone.strip() and not _PHONE.fullmatch(letter.phone.strip()):
@@ -169,8 +178,11 @@ def compose(letter: PaperLetter, received_at: datetime, documents: list[FaxDocum
 
 
 def _base_name(name: str) -> str:
-    # Some browsers send the whole path of an uploaded file.
-    return re.split(r"[/\\]", name)[-1] or "scan"
+    # Some browsers send the whole path of an uploaded file; a name from the shell may hold bytes
+    # of another encoding (a scanner's GBK `\xb4\xab` is 传), decoded as mail's raw 8-bit names
+    # are, and controls (dropped).
+    readable, _ = decode_bytes(name.encode("utf-8", "surrogateescape"), None)
+    return safe_filename(readable, "scan")
 
 
 def _default_subject(letter: PaperLetter, pages: int) -> str:
