@@ -19,6 +19,7 @@ from smtp_sink import SmtpSink
 from web_support import PASSWORD, PEOPLE, Person, Site
 
 from gateway.outbound.sender import OutboxSender
+from gateway.registry.replies import ReplyRecords
 from gateway.report.figures import Period, compute
 from gateway.services.access import Forbidden, Refused
 from gateway.services.replies import Replies
@@ -180,7 +181,8 @@ def test_a_reply_returned_redrafted_approved_in_order_and_delivered(site: Site, 
     assert cli.returncode == 1 and "sent already" in cli.stderr
 
 
-def test_an_approval_waiting_too_long_is_reminded(site: Site, sink: SmtpSink) -> None:
+def test_an_approval_waiting_too_long_is_reminded(site: Site, sink: SmtpSink,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     number = site.letters["office"]  # ordinary: the head alone approves
     replies = Replies(site.config, site.registry)
     gina = site.people.principal("gina")
@@ -192,9 +194,15 @@ def test_an_approval_waiting_too_long_is_reminded(site: Site, sink: SmtpSink) ->
     now = datetime.now(timezone.utc)
     assert not [r for r in reminders.approvals(site.config, site.registry, now)]
     later = now + timedelta(days=4)  # at least one working day on
+    stale = ReplyRecords(site.registry).waiting()  # what a second pass read before the first one committed
     [reminded] = reminders.approvals(site.config, site.registry, later)
     assert reminded.kind == "reply-approval" and [m.recipient for m in reminded.mail] == ["office.head@example.org"]
     assert reminders.approvals(site.config, site.registry, later) == []  # once per pass
+    # Two passes at once (the daemon's and `gateway reminders run`): the one that read the step before
+    # the other reminded it finds it changed under the lock, and reminds no one.
+    with monkeypatch.context() as patch:
+        patch.setattr(ReplyRecords, "waiting", lambda self: stale)
+        assert reminders.approvals(site.config, site.registry, later + timedelta(seconds=2)) == []
     assert actions(site, number).count("reply-reminded") == 1
     deliver(site)
     notices = [r.message["Subject"] for r in sink.to("office.head@example.org")]

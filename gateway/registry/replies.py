@@ -268,16 +268,19 @@ class ReplyRecords:
             conn.execute(insert(Event), [s.event_row(reply.letter_id, now, actor, "reply-sent", None, {
                 "draft": reply_id, "via": "post", "recipient": note, "from": letter.status, "to": move.to})])
 
-    def remind(self, reply_id: int, *, step: int, round_: int, at: datetime, mail: list[NewMail]) -> bool:
+    def remind(self, reply_id: int, *, step: int, round_: int, at: datetime, mail: list[NewMail],
+               seen_reminded_at: datetime | None) -> bool:
         """Queue a reminder to the approvers of the step still waiting; False when that step has
-        moved on or was reminded by another pass."""
+        moved on or was reminded by another pass. The decision was read without a lock and two
+        passes (the daemon's and `reminders run`) may meet: only the one that finds the step as it
+        read it (`seen_reminded_at`) reminds."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             reply = conn.execute(select(Reply.letter_id, Reply.status, Reply.step, Reply.round, Reply.chain,
                                         Reply.reminded_at, Reply.step_since)
                                  .where(Reply.id == reply_id).with_for_update()).first()
             if (reply is None or reply.status != "pending" or reply.step != step or reply.round != round_
-                    or (reply.reminded_at is not None and reply.reminded_at >= at)):
+                    or reply.reminded_at != seen_reminded_at):
                 return False
             conn.execute(update(Reply).where(Reply.id == reply_id).values(reminded_at=at))
             conn.execute(insert(Event), [s.event_row(reply.letter_id, at, "gateway", "reply-reminded", None, {

@@ -45,7 +45,8 @@ def due(config: Config, registry: Registry, now: datetime, *, dry_run: bool = Fa
         mail = [new_mail(config, "approval", address, about="reminder", draft=waiting.reply_id, role=role,
                          step=waiting.step + 1, since=waiting.step_since.isoformat() if waiting.step_since else None)
                 for address in dict.fromkeys(approvers(config, letter, role))]
-        if dry_run or records.remind(waiting.reply_id, step=waiting.step, round_=waiting.round, at=now, mail=mail):
+        if dry_run or records.remind(waiting.reply_id, step=waiting.step, round_=waiting.round, at=now, mail=mail,
+                                            seen_reminded_at=waiting.reminded_at):
             out.append(Reminder(OpenLetter(letter.id, letter.number, letter.status, letter.department,
                                            letter.owner, letter.received_at, letter.deadline),
                                 "reply-approval", mail, 1))
