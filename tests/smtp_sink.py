@@ -1,10 +1,11 @@
 """A real SMTP server on loopback standing in for the outbound relay.
 
 It keeps what it receives and can be told to answer 4xx or 5xx, to RCPT
-(per recipient) or to DATA, or to be down altogether.
+(per recipient) or to DATA, to answer DATA late, or to be down altogether.
 """
 from __future__ import annotations
 
+import asyncio
 import email
 import socket
 import threading
@@ -48,6 +49,8 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.sink.attempts += 1
+        if self.sink.data_delay:
+            await asyncio.sleep(self.sink.data_delay)  # a slow relay, answering at last
         if not self.sink.data_answer.startswith("250"):
             return self.sink.data_answer
         with self.sink.lock:
@@ -70,6 +73,7 @@ class SmtpSink:
         self.rcpt_answer = "250 OK"
         self.rcpt_answers: dict[str, str] = {}
         self.data_answer = "250 OK"
+        self.data_delay = 0.0
         self._controller: Controller | None = None
 
     @property

@@ -2,18 +2,25 @@
 short by the registry leaves no mail claimed for ever (the node's heartbeat would keep such a
 claim alive), and a mail whose composing reads the registry waits for it instead of being
 dead-lettered. The registry's failure is injected into one call, as a dropped connection would
-raise it; everything else is the real registry and the real sender."""
+raise it; everything else is the real registry and the real sender.
+
+With two nodes on a real PostgreSQL: a node cut off while a slow relay holds its mail loses the claim
+to another node, and what the first one's relay answers at last neither dead-letters a mail the other
+delivered nor records one delivery twice; a claim whose lease ran out is not sent on; a node named
+`gw_1` joining does not free the claims of a live `gw-1` (`_` is no wildcard)."""
 from __future__ import annotations
 
 import re
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from conftest import ROOT
 from gateway import config as config_mod
@@ -21,7 +28,7 @@ from gateway.config import Config
 from gateway.outbound.sender import OutboxSender
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.leases import Cluster
-from gateway.registry.models import Letter
+from gateway.registry.models import Event, Letter
 from gateway.registry.plan import NewLetter, NewMail, Routing
 from gateway.stages.tokens import keyring
 from smtp_sink import SmtpSink
@@ -36,8 +43,10 @@ def relay() -> Iterator[SmtpSink]:
     sink.stop()
 
 
-def configured(tmp_path: Path, relay: str) -> tuple[Config, Registry]:
+def configured(tmp_path: Path, relay: str, registry_url: str = "") -> tuple[Config, Registry]:
+    tmp_path.mkdir(exist_ok=True)
     text = (ROOT / "config" / "gateway.toml").read_text()
+    text = text.replace('url = ""', f'url = "{registry_url}"', 1)
     text = text.replace('state_dir = "../storage"', f'state_dir = "{tmp_path / "state"}"')
     text = text.replace('relay = ""', f'relay = "{relay}"')
     text = re.sub(r"(?m)^retry_min_seconds = .*$", "retry_min_seconds = 0.01", text)
@@ -128,3 +137,68 @@ def test_a_mail_whose_composing_finds_the_registry_gone_waits_for_it(tmp_path: P
         assert mail.status == "sent" and len(relay.received) == 1
     finally:
         registry.close()
+
+
+def actions(registry: Registry) -> list[str]:
+    with registry.read() as conn:
+        return list(conn.execute(select(Event.action).order_by(Event.id)).scalars())
+
+
+@pytest.mark.parametrize("late_answer", ["550 5.1.1 no such user", "250 OK"])
+def test_a_claim_taken_over_during_a_slow_send_is_recorded_once(tmp_path: Path, pg_url: str,
+                                                               late_answer: str) -> None:
+    slow, quick = SmtpSink(), SmtpSink().start()
+    slow.data_delay, slow.data_answer = 3.0, late_answer
+    slow.start()
+    config_a, registry_a = configured(tmp_path / "a", slow.address, pg_url)
+    config_b, registry_b = configured(tmp_path / "b", quick.address, pg_url)
+    try:
+        letter_with_mail(registry_a, 1)
+        # No heartbeats: node a is cut off from the registry while its relay is slow.
+        Cluster(registry_a, "node-a", takeover_seconds=1).join()
+        Cluster(registry_b, "node-b", takeover_seconds=1).join()
+        first = threading.Thread(target=OutboxSender(config_a, registry_a).deliver_due)
+        first.start()
+        time.sleep(1.6)  # a is in DATA at its relay, and its one-second lease has run out
+        assert OutboxSender(config_b, registry_b).deliver_due() == 1
+        assert len(quick.received) == 1
+        first.join()
+        [mail] = registry_a.outbox()
+        assert mail.status == "sent", mail.last_error  # b delivered it: a's late 550 gives nothing up
+        assert actions(registry_a).count("notification-sent") == 1
+        assert "notification-dead-lettered" not in actions(registry_a)
+    finally:
+        slow.stop()
+        quick.stop()
+        registry_a.close()
+        registry_b.close()
+
+
+def test_a_claim_whose_lease_ran_out_is_not_sent_on(tmp_path: Path, pg_url: str, relay: SmtpSink) -> None:
+    _, registry = configured(tmp_path, relay.address, pg_url)
+    try:
+        letter_with_mail(registry, 2)
+        Cluster(registry, "node-a", takeover_seconds=1).join()
+        first, second = registry.outbox_due(10)
+        assert registry.outbox_still_mine(first.id)  # and renewed, for the time the sending takes
+        time.sleep(1.2)
+        assert not registry.outbox_still_mine(second.id)  # another node may be taking it this moment
+    finally:
+        registry.close()
+
+
+def test_a_node_name_is_no_pattern(tmp_path: Path, pg_url: str, relay: SmtpSink) -> None:
+    _, registry_a = configured(tmp_path / "a", relay.address, pg_url)
+    _, registry_b = configured(tmp_path / "b", relay.address, pg_url)
+    try:
+        letter_with_mail(registry_a, 1)
+        alive = Cluster(registry_a, "gw-1", takeover_seconds=60)
+        alive.join()
+        [mail] = registry_a.outbox_due(10)
+        assert alive.acquire("imap:liaison/INBOX")
+        assert Cluster(registry_b, "gw_1", takeover_seconds=60).join() == 0
+        assert [m.claimed_by for m in registry_a.outbox()] == [alive.instance]
+        assert alive.holds("imap:liaison/INBOX")
+    finally:
+        registry_a.close()
+        registry_b.close()

@@ -273,7 +273,8 @@ class OutboxSender(Runner):
                     mail.kind, mail.id, mail.recipient, attempts, delay, error)
 
     def _dead(self, mail: OutboxMail, error: str) -> None:
-        self.registry.outbox_dead(mail.id, error)
+        if not self.registry.outbox_dead(mail.id, error):
+            return  # another node holds it now, and decides
         log.error("ALERT outbox: %s #%d to %s dead-lettered: %s (gateway outbox retry %d queues it again)",
                   mail.kind, mail.id, mail.recipient, error, mail.id)
 

@@ -113,13 +113,15 @@ class Cluster:
                 conn.execute(insert(Node).values(name=self.name, **values))
             else:
                 conn.execute(update(Node).where(Node.name == self.name).values(**values))
-            freed = conn.execute(update(OutboxMail).where(OutboxMail.claimed_by.like(f"{self.name}#%"),
+            # An earlier instance of this node, matched as plain text: a name may hold `_` or `%`.
+            earlier = f"{self.name}#"
+            freed = conn.execute(update(OutboxMail).where(OutboxMail.claimed_by.startswith(earlier, autoescape=True),
                                                           OutboxMail.claimed_by != self.instance)
                                  .values(claimed_by=None, lease_until=None)).rowcount
-            freed += conn.execute(update(OcrJob).where(OcrJob.claimed_by.like(f"{self.name}#%"),
+            freed += conn.execute(update(OcrJob).where(OcrJob.claimed_by.startswith(earlier, autoescape=True),
                                                        OcrJob.claimed_by != self.instance)
                                   .values(claimed_by=None, lease_until=None)).rowcount
-            freed += conn.execute(delete(Lease).where(Lease.holder.like(f"{self.name}#%"),
+            freed += conn.execute(delete(Lease).where(Lease.holder.startswith(earlier, autoescape=True),
                                                       Lease.holder != self.instance)).rowcount
         return int(freed)
 

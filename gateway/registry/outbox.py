@@ -49,12 +49,17 @@ class Outbox(Store):
                                         .order_by(OutboxMail.next_attempt_at, OutboxMail.id)))
 
     def outbox_still_mine(self, mail_id: int) -> bool:
-        """Checked just before a mail goes to the relay: a claim that expired (this node was cut off
-        from the registry longer than the takeover time) may have been taken by another node."""
-        with self.read() as conn:
-            return bool(conn.execute(select(OutboxMail.id).where(
+        """Checked just before a mail goes to the relay, and the claim renewed for the time the
+        sending takes. A claim whose lease ran out (this node was cut off from the registry longer
+        than the takeover time) is not ours any more, even if no node has taken it yet: one may be
+        taking it now. The check and the renewal are one conditional UPDATE, so a node claiming the
+        mail at the same moment either finds it renewed or has it already."""
+        now = utcnow()
+        with self.write() as conn:
+            return bool(conn.execute(update(OutboxMail).where(
                 OutboxMail.id == mail_id, OutboxMail.status == "pending",
-                OutboxMail.claimed_by == self.claimant)).first())
+                OutboxMail.claimed_by == self.claimant, OutboxMail.lease_until >= now)
+                .values(lease_until=now + timedelta(seconds=self.lease_seconds))).rowcount)
 
     def outbox_release(self, mail_ids: list[int]) -> None:
         """Give claimed mails back unsent (a stop in the middle of a batch)."""
@@ -71,14 +76,19 @@ class Outbox(Store):
                                 .where(OutboxMail.status == "pending")).scalar()
 
     def outbox_sent(self, mail_id: int, response: str) -> None:
+        """The relay took it. Recorded even when another node claimed the mail meanwhile (ours ran
+        out while the relay was slow): it was delivered, by us. Whichever node comes second finds
+        it sent and adds nothing, so one delivery is one sent event; the receiver drops the second
+        copy by its Message-ID."""
         now = utcnow()
         with self.write() as conn:
-            mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
+            mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient, OutboxMail.status,
                                        OutboxMail.attempts, OutboxMail.claimed_by).where(OutboxMail.id == mail_id)
                                 .with_for_update()).one()
+            if mail.status == "sent":
+                log.warning("outbox: mail #%d was sent by %s too; already recorded as sent", mail_id, self.claimant)
+                return
             if mail.claimed_by != self.claimant:
-                # Claimed by another node meanwhile (ours expired): it was sent, by us; theirs is a second copy
-                # with the same Message-ID, which receivers drop. Recorded as sent all the same.
                 log.warning("outbox: mail #%d was sent by %s while claimed by %s", mail_id, self.claimant,
                             mail.claimed_by)
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
@@ -99,11 +109,20 @@ class Outbox(Store):
                                  claimed_by=None, lease_until=None))
         return attempts
 
-    def outbox_dead(self, mail_id: int, error: str) -> None:
+    def outbox_dead(self, mail_id: int, error: str) -> bool:
+        """Give the mail up; only while this node holds its claim. A node whose claim was taken over
+        (it was cut off, and a slow relay answered it at last) does not give up a mail another node
+        is sending or has delivered: False, and nothing recorded."""
         now = utcnow()
         with self.write() as conn:
             mail = conn.execute(select(OutboxMail.letter_id, OutboxMail.kind, OutboxMail.recipient,
-                                       OutboxMail.attempts).where(OutboxMail.id == mail_id)).one()
+                                       OutboxMail.attempts).where(
+                OutboxMail.id == mail_id, OutboxMail.status == "pending",
+                OutboxMail.claimed_by == self.claimant).with_for_update()).first()
+            if mail is None:
+                log.warning("outbox: mail #%d is no longer claimed by %s; not dead-lettered by it", mail_id,
+                            self.claimant)
+                return False
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
                 status="dead", updated_at=now, attempts=mail.attempts + 1, last_error=error[:1000],
                 claimed_by=None, lease_until=None))
@@ -112,6 +131,7 @@ class Outbox(Store):
                                                          f"{mail.kind}-dead-lettered", None,
                                                          {"to": mail.recipient, "outbox": mail_id,
                                                           "error": error[:500]})])
+        return True
 
     def outbox_requeue(self, mail_id: int, actor: str) -> OutboxMail:
         now = utcnow()
