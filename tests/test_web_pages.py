@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 from web_support import PASSWORD, Person, Site, hidden, site_fixture  # noqa: F401  (the `site` fixture)
 
+from gateway.services.access import Refused
+from gateway.services.people import Principal
 from gateway.web import i18n, preview, security
 
 
@@ -109,7 +111,7 @@ def test_the_chinese_catalogue_translates_every_string() -> None:
         untranslated = [m.id for m in catalog if m.id and not m.string]
         assert not untranslated, (path.name, untranslated[:10])
         translated |= {m.id for m in catalog if m.id and isinstance(m.id, str)}
-    for table in i18n.KINDS.values():
+    for table in (*i18n.KINDS.values(), i18n.REFUSAL, i18n.PREVIEW_PROBLEM):
         for text in table.values():
             assert text in translated, text
 
@@ -175,6 +177,69 @@ def test_steps_are_taken_and_refusals_say_why(site: Site) -> None:
     assert refused.status_code == 403
     assert gina.post(f"/letters/{office}/act",
                      data={"action": "note", "text": "Called back.", "csrf": gina.csrf}).status_code == 303
+
+
+def test_a_page_left_open_does_not_move_a_letter_that_moved_meanwhile(site: Site) -> None:
+    rita, bella = site.sign_in("rita"), site.sign_in("bella")  # [web] language = "zh"
+    number = site.letters["triage"]
+    desk = rita.get("/triage").text
+    form = re.search(rf'name="number" value="{number}">\s*<input type="hidden" name="seen" value="([^"]*)"', desk)
+    assert form is not None  # the form is for the letter as it was shown (a triage letter may have a default)
+    shown = form.group(1)
+    assert shown == (site.registry.letter(number).department or "")  # type: ignore[union-attr]
+    # A colleague settles it and Business acknowledges it while Rita's desk stays open.
+    site.access.act(Principal.operator("colleague"), number, "reassign", department="business", text="settled")
+    site.access.act(site.people.principal("sam"), number, "ack")  # type: ignore[arg-type]
+    stale = rita.post("/triage", data={"number": number, "department": "general-office", "seen": shown,
+                                       "reason": "Settled on the triage page", "csrf": rita.csrf})
+    assert stale.status_code == 409 and "在此期间已易手（现在部门 Business）" in stale.text
+    letter = site.registry.letter(number)
+    assert letter is not None and (letter.department, letter.status) == ("business", "acknowledged")
+    # The letter page's forms carry the department they were shown for, too.
+    page = bella.get(f"/letters/{number}").text
+    assert hidden(page, "seen") == "business"
+    site.access.act(site.people.principal("rita"), number, "reassign", department="general-office",  # type: ignore[arg-type]
+                    text="belongs to the office")
+    refused = bella.post(f"/letters/{number}/act", data={"action": "reassign", "department": "general-office",
+                                                         "text": "ours? no", "seen": "business", "csrf": bella.csrf})
+    assert refused.status_code == 409 and "未作任何处理" in refused.text
+    assert [e.action for e in site.registry.letter(number).events].count("reassigned") == 2  # type: ignore[union-attr]
+
+
+def test_an_assignment_racing_a_reassignment_is_refused_under_the_letters_lock(site: Site) -> None:
+    number = site.letters["business"]
+    bella, sam = site.people.principal("bella"), site.people.principal("sam")
+    assert bella is not None and sam is not None
+    assign = site.registry.assign
+
+    def reassigned_meanwhile(*args: object, **kwargs: object) -> object:
+        # Rita's reassignment lands between Bella's rights being checked and her step's lock.
+        site.registry.reassign(number, "general-office", reason="wrong department", actor="rita", notify=[])
+        return assign(*args, **kwargs)  # type: ignore[arg-type]
+
+    site.registry.assign = reassigned_meanwhile  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Refused) as refused:
+            site.access.act(bella, number, "assign", assignee="sam")
+    finally:
+        site.registry.assign = assign  # type: ignore[method-assign]
+    assert refused.value.key == "moved" and refused.value.params["department"] == "General Office"
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.department == "general-office" and letter.owner is None
+
+
+def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site: Site) -> None:
+    bella = site.sign_in("bella")
+    url = f"/letters/{site.letters['business']}/act"
+    assert bella.post(url, data={"action": "assign", "assignee": "sam", "csrf": bella.csrf}).status_code == 303
+    again = bella.post(url, data={"action": "assign", "assignee": "sam", "csrf": bella.csrf})
+    assert again.status_code == 409 and "已分派给 sales.desk@example.org" in again.text
+    assert "already assigned" not in again.text
+    rita = site.sign_in("rita")
+    hold = {"action": "hold", "on": "on", "text": "a claim is expected", "csrf": rita.csrf}
+    assert rita.post(url, data=hold).status_code == 303
+    twice = rita.post(url, data=hold)  # the same form sent again
+    assert twice.status_code == 409 and "已处于诉讼保留" in twice.text
 
 
 def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:

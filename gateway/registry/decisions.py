@@ -22,7 +22,8 @@ REFUSAL_NOTICE_INTERVAL = timedelta(hours=1)
 
 class Decisions(Store):
     def reassign(self, number: str, department: str, *, reason: str, actor: str, notify: list[NewMail],
-                 deadline: datetime | None = None, by_mail: bool = False) -> tuple[str | None, str]:
+                 deadline: datetime | None = None, by_mail: bool = False,
+                 seen: lifecycle.Seen | None = None) -> tuple[str | None, str]:
         """A person moves a letter to another department. Returns (from, to).
 
         Recorded as a `reassigned` event with `by_person`, which the accuracy rate counts; the new
@@ -30,9 +31,11 @@ class Decisions(Store):
         letter has none yet (a fax moved before its text was read)."""
         with self.write() as conn:
             row = self._locked(conn, number)
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             lifecycle.check(number, row.status, "reassign")
             if row.department == department:
-                raise ValueError(f"{number} is already with {department}")
+                raise lifecycle.Unchanged(f"{number} is already with {department}", "already-there", number=number,
+                                          department=department)
             self._move(conn, row, department, reason=reason, actor=actor, notify=notify, deadline=deadline,
                        by_mail=by_mail, now=utcnow())
         return row.department, department
@@ -54,15 +57,18 @@ class Decisions(Store):
             conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in notify])
 
     def transition(self, number: str, action: str, *, actor: str, text: str = "",
-                   on_close: list[NewMail] | None = None, by_mail: bool = False) -> tuple[str, str]:
+                   on_close: list[NewMail] | None = None, by_mail: bool = False,
+                   seen: lifecycle.Seen | None = None) -> tuple[str, str]:
         """A person's step in the letter's life (ack, progress, answer, close, note).
 
         `on_close` is the mail queued if the step closes the letter (its result for the sender),
         composed by the caller beforehand. Refused with TransitionRefused when the letter's state
-        does not allow it. Returns (state before, state after).
+        does not allow it, and LetterMoved when it is not with whom `seen` says (the department
+        and owner the person's rights were decided for). Returns (state before, state after).
         """
         with self.write() as conn:
             row = self._locked(conn, number)
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             after = self._step(conn, row, action, actor=actor, text=text, on_close=on_close or [],
                                by_mail=by_mail, now=utcnow())
         return row.status, after
@@ -212,15 +218,17 @@ class Decisions(Store):
         return None
 
     # -- legal hold -----------------------------------------------------
-    def hold(self, number: str, *, on: bool, reason: str, actor: str) -> None:
+    def hold(self, number: str, *, on: bool, reason: str, actor: str, seen: lifecycle.Seen | None = None) -> None:
         now = utcnow()
         with self.write() as conn:
-            row = conn.execute(select(Letter.id, Letter.legal_hold).where(Letter.number == number)
-                               .with_for_update()).first()
+            row = conn.execute(select(Letter.id, Letter.legal_hold, Letter.department, Letter.owner)
+                               .where(Letter.number == number).with_for_update()).first()
             if row is None:
                 raise LookupError(f"no letter {number}")
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             if row.legal_hold == on:
-                raise ValueError(f"{number} is {'already' if on else 'not'} on legal hold")
+                raise lifecycle.Unchanged(f"{number} is {'already' if on else 'not'} on legal hold",
+                                          "hold-already-on" if on else "hold-already-off", number=number)
             conn.execute(update(Letter).where(Letter.id == row.id).values(legal_hold=on, updated_at=now))
             conn.execute(insert(Event), [self.event_row(row.id, now, actor, "hold" if on else "hold-released", None,
                                                         {"reason": reason})])

@@ -47,6 +47,37 @@ class TransitionRefused(Exception):
     """The letter's state does not allow this action."""
 
 
+class Unchanged(ValueError):
+    """The step would change nothing: the letter is already as asked (a form sent twice, or a
+    colleague was quicker). `key` and `params` name the case for those who word it in another
+    language."""
+
+    def __init__(self, message: str, key: str, **params: str):
+        super().__init__(message)
+        self.key, self.params = key, params
+
+
+class LetterMoved(TransitionRefused):
+    """The letter changed hands (department or owner) between the moment a person's rights to it
+    were decided and the moment their step took its lock."""
+
+    def __init__(self, number: str, department: str | None, owner: str | None):
+        super().__init__(f"{number} changed hands meanwhile (now with {department or 'no department'}"
+                         f"{', assigned to ' + owner if owner else ''}): nothing was done; look at it again")
+        self.number, self.department, self.owner = number, department, owner
+
+
+# Who a letter was with when a person's rights to it were decided: (department, owner).
+Seen = tuple[str | None, str | None]
+
+
+def unmoved(number: str, department: str | None, owner: str | None, seen: Seen | None) -> None:
+    """Raise LetterMoved if the letter, read under its lock, is not with whom the rights were
+    decided for (a step checked before the lock must not land on a letter that moved meanwhile)."""
+    if seen is not None and (department, (owner or "").lower()) != (seen[0], (seen[1] or "").lower()):
+        raise LetterMoved(number, department, owner)
+
+
 def check(number: str, status: str, action: str) -> Action:
     move = ACTIONS[action]
     if status not in move.allowed_from:

@@ -258,14 +258,16 @@ class PeopleRecords(Store):
                                                              SavedView.person_id == person_id)).rowcount)
 
     # -- tags ---------------------------------------------------------------
-    def add_tag(self, number: str, tag: str, *, actor: str) -> bool:
-        """Add a tag to a letter (an event); False when it has it already. Raises LookupError."""
+    def add_tag(self, number: str, tag: str, *, actor: str, seen: lifecycle.Seen | None = None) -> bool:
+        """Add a tag to a letter (an event); False when it has it already. Raises LookupError and
+        LetterMoved (not with whom `seen` says)."""
         now = utcnow()
         with self.write() as conn:
-            row = conn.execute(select(Letter.id, Letter.tags).where(Letter.number == number)
-                               .with_for_update()).first()
+            row = conn.execute(select(Letter.id, Letter.tags, Letter.department, Letter.owner)
+                               .where(Letter.number == number).with_for_update()).first()
             if row is None:
                 raise LookupError(f"no letter {number}")
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             if tag in row.tags:
                 return False
             conn.execute(update(Letter).where(Letter.id == row.id).values(tags=[*row.tags, tag], updated_at=now))
@@ -349,21 +351,25 @@ class PeopleRecords(Store):
         return {d for d in (*past, now) if d}
 
     def assign(self, number: str, owner: str | None, *, actor: str, note: str,
-               notify: list[NewMail]) -> tuple[str | None, str | None]:
+               notify: list[NewMail], seen: lifecycle.Seen | None = None) -> tuple[str | None, str | None]:
         """Assign a letter to a person (their address), or clear it; they are notified in the same
-        transaction. Returns (before, after). Raises LookupError, ValueError (already theirs) and
-        TransitionRefused (a closed letter)."""
+        transaction. Returns (before, after). Raises LookupError, Unchanged (already theirs), TransitionRefused
+        (a closed letter) and LetterMoved (not with whom `seen` says: the assignee was checked
+        against the department it was with)."""
         now = utcnow()
         with self.write() as conn:
             row = conn.execute(select(Letter.id, Letter.status, Letter.owner, Letter.department)
                                .where(Letter.number == number).with_for_update()).first()
             if row is None:
                 raise LookupError(f"no letter {number}")
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             if row.status not in lifecycle.OPEN:
                 raise lifecycle.TransitionRefused(f"{number} is {row.status}: it cannot be assigned "
                                                   f"(only when {', '.join(lifecycle.OPEN)})")
             if (row.owner or "").lower() == (owner or ""):
-                raise ValueError(f"{number} is already assigned to {owner}" if owner else f"{number} has no one")
+                raise (lifecycle.Unchanged(f"{number} is already assigned to {owner}", "already-assigned",
+                                           number=number, person=owner) if owner else
+                       lifecycle.Unchanged(f"{number} has no one", "no-one-assigned", number=number))
             conn.execute(update(Letter).where(Letter.id == row.id).values(owner=owner, updated_at=now))
             conn.execute(insert(Event), [self.event_row(row.id, now, actor, "assigned", None,
                                                         {"from": row.owner, "to": owner,

@@ -565,14 +565,22 @@ class Access:
         return out
 
     def act(self, who: Principal, number: str, action: str, *, text: str = "", department: str | None = None,
-            assignee: str | None = None, on: bool | None = None, address: str = "") -> str:
+            assignee: str | None = None, on: bool | None = None, address: str = "",
+            as_seen: str | None = None) -> str:
         """Take a step on a letter. Returns what happened, in words. Raises LookupError (no letter
-        the person may know of) and Refused (why not)."""
+        the person may know of) and Refused (why not).
+
+        `as_seen`: the department the letter was with on the page the person acted from ("" for
+        none, as on the triage desk); a letter moved since is refused, not moved again by a page
+        left open. None: not checked (a command names its letter afresh)."""
         if action not in ACTIONS:
             raise Refused(f"no step {action!r}", "impossible", action=action)
         letter = self.visible(who, number)
         if letter is None:
             raise LookupError(f"no letter {number}")
+        if as_seen is not None and as_seen != (letter.department or ""):
+            moved = lifecycle.LetterMoved(number, letter.department, letter.owner)
+            raise Refused(str(moved), "moved", number=number, department=self._department_name(letter.department))
         why = self.rights(who, letter).refusal(action)
         if why is not None:
             raise why
@@ -580,6 +588,9 @@ class Access:
         if len(text) > MAX_STEP_TEXT:
             raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
                           limit=str(MAX_STEP_TEXT))
+        # The rights above were decided for the letter as it was read; the registry takes the step
+        # only if, under the letter's lock, it is still with that department and owner.
+        seen = (letter.department, letter.owner)
         try:
             if action == "reassign":
                 if not department:
@@ -594,27 +605,35 @@ class Access:
                                   department=self._department_name(department))
                 if not text:
                     raise Refused("a reassignment needs a reason", "need-reason")
-                before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login)
+                before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login, seen=seen)
                 return f"{number}: {before or '-'} → {after}"
             if action == "assign":
-                return self._assign(who, letter, assignee, text)
+                return self._assign(who, letter, assignee, text, seen)
             if action == "hold":
                 if not text:
                     raise Refused("a legal hold needs a reason", "need-reason")
                 on = not letter.legal_hold if on is None else on
-                self.steps.hold(number, on=on, reason=text, actor=who.login)
+                self.steps.hold(number, on=on, reason=text, actor=who.login, seen=seen)
                 return f"{number}: legal hold {'on' if on else 'off'}"
             if action == "tag":
                 tag = _tag(text)
-                added = self.registry.add_tag(number, tag, actor=who.login)
+                added = self.registry.add_tag(number, tag, actor=who.login, seen=seen)
                 return f"{number}: tagged {tag}" if added else f"{number}: already tagged {tag}"
             if action == "note" and not text:
                 raise Refused("a note needs text", "need-text")
             if action == "close" and letter.category == "external.inquiry_complaint" and not text:
                 raise Refused("closing an inquiry or complaint needs its result: the sender receives it",
                               "need-result")
-            before, after = self.steps.step(number, action, actor=who.login, text=text)
+            before, after = self.steps.step(number, action, actor=who.login, text=text, seen=seen)
             return f"{number}: {before} → {after}" if before != after else f"{number}: note recorded ({after})"
+        except lifecycle.LetterMoved as exc:
+            raise Refused(str(exc), "moved", number=number,
+                          department=self._department_name(exc.department)) from None
+        except lifecycle.Unchanged as exc:
+            params = dict(exc.params)
+            if "department" in params:
+                params["department"] = self._department_name(params["department"])
+            raise Refused(str(exc), exc.key, **params) from None
         except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
 
@@ -659,7 +678,7 @@ class Access:
     def delete_view(self, who: Principal, view_id: int) -> bool:
         return who.person_id is not None and self.registry.delete_view(who.person_id, view_id)
 
-    def _assign(self, who: Principal, letter: Letter, assignee: str | None, note: str) -> str:
+    def _assign(self, who: Principal, letter: Letter, assignee: str | None, note: str, seen: lifecycle.Seen) -> str:
         if not assignee:
             raise Refused("choose the person to assign it to", "need-person")
         person = self.people.principal(assignee)
@@ -678,7 +697,7 @@ class Access:
         email = sorted(person.emails)[0]
         notify = [] if email in who.emails else [
             new_mail(self.config, "notification", email, department=letter.department, assigned_by=who.name)]
-        self.registry.assign(letter.number, email, actor=who.login, note=note, notify=notify)
+        self.registry.assign(letter.number, email, actor=who.login, note=note, notify=notify, seen=seen)
         return f"{letter.number}: assigned to {person.name}"
 
     # -- the audit log --------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.registry import Registry
-from gateway.registry.lifecycle import ACTIONS
+from gateway.registry.lifecycle import ACTIONS, Seen
 from gateway.registry.models import Letter
 from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
 from gateway.services.people import People
@@ -37,8 +37,8 @@ class LetterSteps:
         days = self.config.model.deadlines.answer_within(letter.category, letter.urgency)
         return self.config.calendar.deadline(letter.received_at, days)
 
-    def reassign(self, number: str, department: str, *, reason: str,
-                 actor: str) -> tuple[str | None, str, list[NewMail]]:
+    def reassign(self, number: str, department: str, *, reason: str, actor: str,
+                 seen: Seen | None = None) -> tuple[str | None, str, list[NewMail]]:
         """Move a letter to another department; its owners are notified. Returns (from, to, mail).
 
         Raises LookupError (no such letter), UnknownDepartment, ValueError (already there, no
@@ -51,10 +51,11 @@ class LetterSteps:
         letter = self._letter(number)
         notify = self.notifications(department)
         before, after = self.registry.reassign(number, department, reason=reason.strip(), actor=actor,
-                                               notify=notify, deadline=self.deadline(letter))
+                                               notify=notify, deadline=self.deadline(letter), seen=seen)
         return before, after, notify
 
-    def step(self, number: str, action: str, *, actor: str, text: str = "") -> tuple[str, str]:
+    def step(self, number: str, action: str, *, actor: str, text: str = "",
+             seen: Seen | None = None) -> tuple[str, str]:
         """A step in the letter's life (ack, progress, answer, close, note). Returns (before, after).
 
         Raises LookupError and TransitionRefused."""
@@ -65,10 +66,11 @@ class LetterSteps:
         letter = self._letter(number)
         # Composed before the transaction; queued only if the step really closes the letter.
         result_mail = feedback(self.config, letter, text.strip()) if ACTIONS[action].to == "closed" else []
-        return self.registry.transition(number, action, actor=actor, text=text.strip(), on_close=result_mail)
+        return self.registry.transition(number, action, actor=actor, text=text.strip(), on_close=result_mail,
+                                        seen=seen)
 
-    def hold(self, number: str, *, on: bool, reason: str, actor: str) -> None:
-        self.registry.hold(number, on=on, reason=reason, actor=actor)
+    def hold(self, number: str, *, on: bool, reason: str, actor: str, seen: Seen | None = None) -> None:
+        self.registry.hold(number, on=on, reason=reason, actor=actor, seen=seen)
 
     def record_answer(self, answer: Answer, *, keys: list[str], raw_sha256: str, raw_path: str,
                       received_at: datetime, trust: dict[str, Any] | None = None) -> Registered:

@@ -191,6 +191,12 @@ REFUSAL = {
     "need-department": N_("choose the department to send it to"),
     "unknown-department": N_("there is no department %(department)s"),
     "already-there": N_("%(number)s is already with department %(department)s"),
+    "already-assigned": N_("%(number)s is already assigned to %(person)s"),
+    "no-one-assigned": N_("%(number)s is assigned to no one"),
+    "hold-already-on": N_("%(number)s is already on legal hold"),
+    "hold-already-off": N_("%(number)s is not on legal hold"),
+    "moved": N_("%(number)s changed hands meanwhile (now with department %(department)s): nothing was done; "
+                "look at it again"),
     "impossible": N_("there is no step “%(action)s”"),
     "too-long": N_("at most %(limit)s characters"),
     "need-reason": N_("give the reason"),

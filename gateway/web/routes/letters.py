@@ -231,7 +231,8 @@ def act(req: Req) -> Response:
     hold_on = {"on": True, "off": False}.get(req.field("on"))
     refused = letter_step(req, number, action, lambda: req.web.access.act(
         req.who, number, action, text=req.field("text"), department=req.field("department") or None,
-        assignee=req.field("assignee") or None, on=hold_on, address=req.address))
+        assignee=req.field("assignee") or None, on=hold_on, address=req.address,
+        as_seen=req.field("seen") if "seen" in req.form else None))
     if isinstance(refused, Response):
         return refused
     done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")

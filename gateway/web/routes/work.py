@@ -143,7 +143,8 @@ def settle(req: Req) -> Response:
     department = req.field("department") or req.field("other")
     try:
         req.web.access.act(req.who, number, "reassign", department=department or None,
-                           text=req.field("reason") or _("Settled on the triage page"), address=req.address)
+                           text=req.field("reason") or _("Settled on the triage page"), address=req.address,
+                           as_seen=req.field("seen"))
     except LookupError:
         raise Problem(404) from None
     except Refused as exc:
