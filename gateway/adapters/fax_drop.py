@@ -31,7 +31,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.facts import fax_facts, read_sidecar_text
-from gateway.stages.fax.metadata import SIDECAR_SUFFIXES
+from gateway.stages.fax.metadata import SIDECAR_SUFFIXES, sidecar_names
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
@@ -52,11 +52,7 @@ def _information_file(fax: str, files: Collection[str]) -> str | None:
     or foo.tif.info (as `find_sidecar` looks for them); None for an information file itself."""
     if _is_information_file(fax):
         return None
-    base = fax.rpartition(".")[0] or fax
-    for candidate in [*(base + suffix for suffix in SIDECAR_SUFFIXES), *(fax + suffix for suffix in SIDECAR_SUFFIXES)]:
-        if candidate != fax and candidate in files:
-            return candidate
-    return None
+    return next((name for name in sidecar_names(fax) if name in files), None)
 
 
 class FaxDropWatcher(Runner):
@@ -124,7 +120,9 @@ class FaxDropWatcher(Runner):
                 if name not in with_fax and stable(name, LONE_INFORMATION_WAIT):
                     alone = (f"an information file ({name.rpartition('.')[2]}) without its fax: none came "
                              f"within {LONE_INFORMATION_WAIT * settings.stable_seconds:g} s")
-                    self._take(Path(files[name].path), current[name][0], None, refuse=alone)
+                    path, state = Path(files[name].path), current[name][0]
+                    if (data := self._read(path, state)) is not None:
+                        self._quarantine(path, None, data, state, alone)
                     self._forget_gone(current, name)
                 continue
             if current[name][0][0] == 0:
@@ -159,21 +157,27 @@ class FaxDropWatcher(Runner):
             self._named.add(name)
             log.warning("fax drop folder: %s %s", name, what)
 
-    def _take(self, path: Path, state: _State, sidecar: Path | None, *, refuse: str | None = None) -> bool:
-        """The fax at `path` into the spool, or into quarantine when unreadable (or `refuse` says why not)."""
+    @staticmethod
+    def _read(path: Path, state: _State) -> bytes | None:
+        """The file's bytes, if they are still those of the state seen stable; None: next time."""
         try:
             data = path.read_bytes()
             after = path.stat()
         except FileNotFoundError:
-            return False
+            return None
         except OSError as exc:
             log.error("fax %s cannot be read: %s", path.name, exc.strerror)
-            return False
+            return None
         if (after.st_size, after.st_mtime_ns, after.st_ino) != state or len(data) != state[0]:
-            return False  # written to while we read: next time
+            return None  # written to while we read
+        return data
+
+    def _take(self, path: Path, state: _State, sidecar: Path | None) -> bool:
+        """The fax at `path` into the spool, or into quarantine when unreadable."""
+        data = self._read(path, state)
+        if data is None:
+            return False
         try:
-            if refuse is not None:
-                raise FaxUnreadable(refuse)
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
             self._quarantine(path, sidecar, data, state, str(exc))

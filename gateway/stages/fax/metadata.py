@@ -100,10 +100,17 @@ def parse_time(value: str, tz: ZoneInfo, formats: tuple[str, ...] = _TIME_FORMAT
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
+def sidecar_names(fax_name: str) -> list[str]:
+    """The names a fax's information file may have, in the order they are looked for: foo.info
+    for foo.tif, then foo.tif.info (and the other suffixes likewise)."""
+    base = fax_name.rpartition(".")[0] or fax_name
+    names = [*(base + s for s in SIDECAR_SUFFIXES), *(fax_name + s for s in SIDECAR_SUFFIXES)]
+    return [name for name in names if name != fax_name]
+
+
 def find_sidecar(fax_path: Path) -> Path | None:
-    for candidate in [*(fax_path.with_suffix(s) for s in SIDECAR_SUFFIXES),
-                      *(fax_path.with_name(fax_path.name + s) for s in SIDECAR_SUFFIXES)]:
-        if candidate != fax_path and candidate.is_file():
+    for name in sidecar_names(fax_path.name):
+        if (candidate := fax_path.with_name(name)).is_file():
             return candidate
     return None
 
