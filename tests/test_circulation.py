@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -277,3 +278,26 @@ def test_two_reminder_passes_that_meet_remind_a_late_reader_once(tmp_path: Path)
         assert len([m for m in site.registry.outbox(letter_id=letter.id) if m.kind == "circulation"]) == 1
     finally:
         site.close()
+
+
+def test_a_signing_form_sent_twice_signs_one_step(site: Site, clock: Clock) -> None:
+    number = site.letters["inquiry"]  # Business: Bella reads it in person, then heads the department that reads it
+    rita = site.sign_in("rita")
+    assert rita.post(f"/letters/{number}/circulate",
+                     data={"readers": "bella\nbusiness\nleo", "csrf": rita.csrf}).status_code == 303
+    site.people.set_language("bella", "zh")
+    bella = site.sign_in("bella")
+    page = bella.get(f"/letters/{number}").text
+    step = re.search(r'name="step" value="([^"]+)"', page)
+    assert step is not None and step.group(1).endswith(".1")
+    form = {"instruction": "同意", "step": step.group(1), "csrf": bella.csrf}
+    assert bella.post(f"/letters/{number}/sign", data=form).status_code == 303
+    again = bella.post(f"/letters/{number}/sign", data=form)  # a double click, a form sent again
+    assert again.status_code == 409 and "传阅已进入下一步：未作签阅" in again.text
+    assert [e["step"] for e in events(site, number, "circulation-signed")] == [1]
+    # From the page as it is now, the department's turn is signed.
+    page = bella.get(f"/letters/{number}").text
+    step = re.search(r'name="step" value="([^"]+)"', page)
+    assert step is not None and step.group(1).endswith(".2")
+    assert bella.post(f"/letters/{number}/sign", data={**form, "step": step.group(1)}).status_code == 303
+    assert [e["step"] for e in events(site, number, "circulation-signed")] == [1, 2]

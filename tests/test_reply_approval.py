@@ -6,8 +6,9 @@ approving before the chain completes is refused in the web and the CLI; an appro
 long is reminded under a given clock, once per pass."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from gateway.outbound.sender import OutboxSender
 from gateway.registry.replies import ReplyRecords
 from gateway.report.figures import Period, compute
 from gateway.services.access import Forbidden, Refused
+from gateway.services.incomplete import Incomplete
 from gateway.services.replies import Replies
 from gateway.track import reminders
 
@@ -221,3 +223,90 @@ def test_an_approval_waiting_too_long_is_reminded(site: Site, sink: SmtpSink,
     assert report["replies"] == {"submitted": 1, "approved": 1, "returned": 0}
     hours = round((approved - submitted).total_seconds() / 3600, 2)
     assert report["time_to_approve"] == {"count": 1, "mean_hours": hours, "p90_hours": hours}
+
+
+def form_field(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found is not None, name
+    return found.group(1)
+
+
+def test_a_page_left_open_approves_nothing_it_did_not_show(site: Site) -> None:
+    number = site.letters["urgent"]  # head, then the leader in charge
+    gina, olga, leo = site.sign_in("gina"), site.sign_in("olga"), site.sign_in("leo")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "V1: we sign today.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    assert olga.post(f"{url}/approve", data={"stage": form_field(olga.get(f"/letters/{number}").text, "stage"),
+                                             "csrf": olga.csrf}).status_code == 303
+    read = leo.get(f"/letters/{number}").text  # Leo reads V1 ...
+    assert "V1: we sign today." in read
+    stale = {"stage": form_field(read, "stage"), "comment": "V1 is fine", "csrf": leo.csrf}
+    # ... and, in another tab, returns it; it is rewritten and the head approves the new text.
+    assert leo.post(f"{url}/return", data={**stale, "comment": "redo"}).status_code == 303
+    assert gina.post(url, data={"text": "V2: we pay a penalty.", "action": "submit", "csrf": gina.csrf,
+                                "draft_of": form_field(gina.get(f"/letters/{number}").text, "draft_of")}
+                     ).status_code == 303
+    assert olga.post(f"{url}/approve", data={"stage": form_field(olga.get(f"/letters/{number}").text, "stage"),
+                                             "csrf": olga.csrf}).status_code == 303
+    # The form of the page Leo read approves nothing: he never saw V2. His comment stays in the form.
+    refused = leo.post(f"{url}/approve", data=stale)
+    assert refused.status_code == 409 and "V1 is fine</textarea>" in refused.text
+    assert "回复已被他人处理：请刷新页面" in refused.text
+    assert actions(site, number).count("reply-sent") == 0
+    assert leo.post(f"{url}/approve", data={**stale, "stage": form_field(refused.text, "stage")}).status_code == 303
+    assert actions(site, number).count("reply-sent") == 1
+
+
+def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
+    site.add_people((Person("gwen", roles=("member",), departments=("general-office",),
+                            emails=("gwen@example.org",)),))
+    number = site.letters["office"]
+    gina, gwen = site.sign_in("gina"), site.sign_in("gwen")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "Dear Alice,", "action": "save", "draft_of": "",
+                                "csrf": gina.csrf}).status_code == 303
+    opened = form_field(gwen.get(f"/letters/{number}").text, "draft_of")  # Gwen opens the draft ...
+    assert gina.post(url, data={"text": "Dear Alice, Gina's paragraph.", "action": "save", "csrf": gina.csrf,
+                                "draft_of": form_field(gina.get(f"/letters/{number}").text, "draft_of")}
+                     ).status_code == 303
+    # ... and saves hers over a draft Gina has changed since: refused, her text kept beside Gina's.
+    refused = gwen.post(url, data={"text": "Dear Alice, Gwen's paragraph.", "action": "save", "draft_of": opened,
+                                   "csrf": gwen.csrf})
+    assert refused.status_code == 409 and "在此期间已有他人保存了草稿" in refused.text
+    assert "Gwen&#39;s paragraph.</textarea>" in refused.text and "Gina&#39;s paragraph." in refused.text
+    reply = Replies(site.config, site.registry)._open(site.registry.letter(number))  # type: ignore[arg-type]
+    assert reply is not None and reply.text == "Dear Alice, Gina's paragraph."
+    # A first draft written by two at once: the second is told, not merged away.
+    inquiry = site.letters["inquiry"]
+    site.add_people((Person("bob", roles=("member",), departments=("business",), emails=("bob@example.org",)),))
+    bob, sam = site.sign_in("bob"), site.sign_in("sam")
+    assert bob.post(f"/letters/{inquiry}/reply", data={"text": "Bob's", "action": "save", "draft_of": "",
+                                                       "csrf": bob.csrf}).status_code == 303
+    late = sam.post(f"/letters/{inquiry}/reply", data={"text": "Sam's", "action": "save", "draft_of": "",
+                                                       "csrf": sam.csrf})
+    assert late.status_code == 409 and "Sam&#39;s</textarea>" in late.text
+    # Merged and saved from the page as it is now.
+    assert gwen.post(url, data={"text": "Dear Alice, both paragraphs.", "action": "save", "csrf": gwen.csrf,
+                                "draft_of": form_field(refused.text, "draft_of")}).status_code == 303
+
+
+def test_a_letter_whose_reply_waits_is_not_closed_under_it(site: Site) -> None:
+    number = site.letters["office"]  # the head alone approves
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")
+    assert gina.post(f"/letters/{number}/reply", data={"text": "Our reply.", "action": "submit",
+                                                       "csrf": gina.csrf}).status_code == 303
+    closed = gina.post(f"/letters/{number}/act", data={"action": "close", "text": "done", "csrf": gina.csrf,
+                                                       "seen": "general-office"})
+    assert closed.status_code == 409 and "有一份答复正在等待审批或邮寄" in closed.text
+    gina_principal = site.people.principal("gina")
+    assert gina_principal is not None
+    for action, department in (("answer", None), ("close", None), ("reassign", "business")):
+        with pytest.raises(Refused, match="reply waiting for approval"):
+            site.access.act(gina_principal, number, action, text="done", department=department)
+    with pytest.raises(Refused, match="reply waiting for approval"):
+        Incomplete(site.config, site.registry).mark(gina_principal, number, missing=["the invoice"],
+                                                        by=date.today() + timedelta(days=7))
+    assert site.registry.letter(number).status == "routed"  # type: ignore[union-attr]
+    assert olga.post(f"/letters/{number}/reply/approve", data={"csrf": olga.csrf}).status_code == 303
+    assert site.registry.letter(number).status == "answered"  # type: ignore[union-attr]
+    assert site.access.act(gina_principal, number, "close", text="done") == f"{number}: answered → closed"

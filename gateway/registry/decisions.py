@@ -13,6 +13,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from gateway.registry import lifecycle
 from gateway.registry.models import Event, IntakeKey, Letter, OutboxMail
 from gateway.registry.plan import AnswerPlan, NewMail, Registered
+from gateway.registry.replies import refuse_past_reply
 from gateway.registry.store import Store, utcnow
 
 # At most one notice of a refused command per letter, owner and this long: forged answers,
@@ -33,6 +34,7 @@ class Decisions(Store):
             row = self._locked(conn, number)
             lifecycle.unmoved(number, row.department, row.owner, seen)
             lifecycle.check(number, row.status, "reassign")
+            refuse_past_reply(conn, row.id, number, "reassign")
             if row.department == department:
                 raise lifecycle.Unchanged(f"{number} is already with {department}", "already-there", number=number,
                                           department=department)
@@ -76,6 +78,7 @@ class Decisions(Store):
     def _step(self, conn: Connection, row: Any, action: str, *, actor: str, text: str, on_close: list[NewMail],
               by_mail: bool, now: datetime) -> str:
         move = lifecycle.check(row.number, row.status, action)
+        refuse_past_reply(conn, row.id, row.number, action)
         after = move.to or row.status
         if move.to is not None:
             conn.execute(update(Letter).where(Letter.id == row.id).values(status=after, updated_at=now))
@@ -206,6 +209,7 @@ class Decisions(Store):
         if answer.command == "reassign":
             target = answer.argument
             lifecycle.check(row.number, row.status, "reassign")
+            refuse_past_reply(conn, row.id, row.number, "reassign")
             if target not in plan.departments:
                 return f"no department {target!r}"
             if target == row.department:

@@ -57,6 +57,17 @@ class Unchanged(ValueError):
         self.key, self.params = key, params
 
 
+class ReplyInHand(TransitionRefused):
+    """A reply waits for approval or for the post, and the step would leave the letter where that
+    reply could no longer answer it (closed, answered otherwise, waiting for its sender)."""
+
+    def __init__(self, number: str, reply_status: str, action: str):
+        waits = "for approval" if reply_status == "pending" else "for the registry office to post it"
+        super().__init__(f"{number} has a reply waiting {waits}: it cannot be {ACTIONS[action].verb} before the "
+                         "reply has gone or was returned to its handler")
+        self.number, self.reply_status, self.action = number, reply_status, action
+
+
 class LetterMoved(TransitionRefused):
     """The letter changed hands (department or owner) between the moment a person's rights to it
     were decided and the moment their step took its lock."""

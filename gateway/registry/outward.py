@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from gateway.registry import lifecycle
 from gateway.registry.models import Attachment, AuditRow, Event, IntakeKey, Letter, OutboxMail, Rating, SenderRequest
 from gateway.registry.plan import NewAttachment, NewMail, Registered
+from gateway.registry.replies import refuse_past_reply
 from gateway.registry.store import Store, utcnow
 
 # The deadline a letter gets again when it resumes: from the working days it had left (None: it
@@ -107,6 +108,7 @@ class OutwardRecords:
         with s.write() as conn:
             row = _locked(conn, number)
             lifecycle.check(number, row.status, "incomplete")
+            refuse_past_reply(conn, row.id, number, "incomplete")
             days = remaining(row.deadline, now)
             conn.execute(update(Letter).where(Letter.id == row.id).values(
                 status="awaiting-sender", deadline=None, updated_at=now))

@@ -30,6 +30,15 @@ class ReplyChanged(Exception):
     """The reply is not where the caller saw it (another step was taken meanwhile)."""
 
 
+class DraftChanged(ReplyChanged):
+    """The draft's text is not the one the writer started from: someone saved theirs meanwhile."""
+
+
+def text_digest(text: str) -> str:
+    """What a draft form carries of the text it was opened with, to tell a save made meanwhile."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class NewReplyAttachment:
     filename: str
@@ -73,6 +82,21 @@ def _reply(conn: Connection, reply_id: int) -> Any:
 def _letter(conn: Connection, letter_id: int) -> Any:
     return conn.execute(select(Letter.id, Letter.number, Letter.status).where(Letter.id == letter_id)
                         .with_for_update()).one()
+
+
+def refuse_past_reply(conn: Connection, letter_id: int, number: str, action: str) -> None:
+    """Raise ReplyInHand if `action` would move the letter where its reply in hand (waiting for
+    approval or for the post) could no longer answer it: the approval would then fail for good,
+    leaving the reply in its approver's queue and no new draft possible. A reassignment too: the
+    reply is its department's, and another department's head would be asked to approve it. Under
+    the letter's lock."""
+    move = lifecycle.ACTIONS[action]
+    if action != "reassign" and (move.to is None or move.to in lifecycle.ACTIONS["answer"].allowed_from):
+        return
+    waiting = conn.execute(select(Reply.status).where(Reply.letter_id == letter_id,
+                                                      Reply.status.in_(("pending", "to-post")))).scalar()
+    if waiting is not None:
+        raise lifecycle.ReplyInHand(number, waiting, action)
 
 
 class ReplyRecords:
@@ -136,8 +160,12 @@ class ReplyRecords:
 
     # -- the handler's side -----------------------------------------------------------
     def save_draft(self, letter_id: int, reply_id: int | None, *, actor: str, text: str,
-                   add: list[NewReplyAttachment], remove: list[int]) -> int:
-        """Create the letter's draft or change it (only a draft or a returned reply). Returns its id."""
+                   add: list[NewReplyAttachment], remove: list[int], started_from: str | None = None) -> int:
+        """Create the letter's draft or change it (only a draft or a returned reply). Returns its id.
+
+        `started_from`: the `text_digest` of the draft the writer's form was opened with; when the
+        draft's text is another by now (a colleague saved meanwhile), DraftChanged, and nothing is
+        overwritten. None: not checked."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             letter = _letter(conn, letter_id)
@@ -153,6 +181,10 @@ class ReplyRecords:
                 reply = _reply(conn, reply_id)
                 if reply.letter_id != letter_id or reply.status not in EDITABLE:
                     raise ReplyChanged(f"the reply is {reply.status}: it can no longer be changed")
+                if started_from is not None:
+                    saved = conn.execute(select(Reply.text).where(Reply.id == reply_id)).scalar_one()
+                    if text_digest(saved) != started_from:
+                        raise DraftChanged(f"the draft of {letter.number} was changed meanwhile by someone else")
                 authors = list(reply.authors) + ([actor] if actor not in reply.authors else [])
                 conn.execute(update(Reply).where(Reply.id == reply_id).values(text=text, authors=authors,
                                                                               updated_at=now))

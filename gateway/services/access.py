@@ -629,6 +629,8 @@ class Access:
         except lifecycle.LetterMoved as exc:
             raise Refused(str(exc), "moved", number=number,
                           department=self._department_name(exc.department)) from None
+        except lifecycle.ReplyInHand as exc:
+            raise Refused(str(exc), "reply-in-hand", number=number, action=action) from None
         except lifecycle.Unchanged as exc:
             params = dict(exc.params)
             if "department" in params:

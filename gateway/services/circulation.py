@@ -153,12 +153,17 @@ class Circulations:
     def running(self, letter: Letter) -> CirculationRecord | None:
         return next((c for c in self.records.circulations(letter.id) if c.circulation.status == "running"), None)
 
-    def sign(self, who: Principal, number: str, instruction: str = "", *, now: datetime | None = None
-             ) -> CirculationStep | None:
+    def sign(self, who: Principal, number: str, instruction: str = "", *, now: datetime | None = None,
+             seen: str | None = None) -> CirculationStep | None:
         """Sign the letter as the current reader, with an optional instruction; the next reader's turn
         starts. Returns the next step (None: the circulation is finished). Raises LookupError,
         Forbidden (not a reader: it is never passed sideways) and Refused (not their turn yet,
-        signed already, nothing circulating)."""
+        signed already, nothing circulating).
+
+        `seen`: the step the signing form was for (`circulation-id.position`). A form sent twice,
+        or kept open while the letter moved on, must not sign a later step that is the same
+        person's turn again (a head signing in person and then for their department). None: not
+        checked."""
         now = now or datetime.now(timezone.utc)
         letter = self.access.visible(who, number)
         if letter is None:
@@ -168,6 +173,10 @@ class Circulations:
             raise Refused(f"{number} is not being circulated", "no-circulation", number=number)
         step = record.current
         assert step is not None
+        if seen is not None and seen != f"{record.circulation.id}.{step.position}":
+            # The registry checks the position again under the circulation's lock (records.sign).
+            raise Refused(f"{number}'s circulation moved on since the page was opened: nothing was signed",
+                          "circulation-moved", number=number)
         if not self.is_turn(who, step):
             raise self._not_your_turn(who, record, step)
         instruction = instruction.strip()

@@ -105,11 +105,13 @@ class Incomplete:
                 return None
             return calendar.working_days_between(now, deadline) if deadline > now else 0
 
-        from gateway.registry.lifecycle import TransitionRefused
+        from gateway.registry.lifecycle import ReplyInHand, TransitionRefused
 
         try:
             request = self.records.mark_incomplete(number, actor=who.login, missing=items, due_at=due_at,
                                                    remaining=remaining, recipient=address, request=mail)
+        except ReplyInHand as exc:
+            raise Refused(str(exc), "reply-in-hand", number=number, action="incomplete") from None
         except (TransitionRefused, ValueError) as exc:  # asked already (a second tab, a second click)
             raise Refused(str(exc), "state", number=number, status=letter.status, action="incomplete") from None
         return Marked(request, address)

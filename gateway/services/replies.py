@@ -23,7 +23,8 @@ from gateway.registry import Registry
 from gateway.registry.lifecycle import TransitionRefused
 from gateway.registry.models import Letter, Reply, ReplyAttachment, ReplyStep
 from gateway.registry.plan import NewMail
-from gateway.registry.replies import EDITABLE, NewReplyAttachment, Outgoing, ReplyChanged, ReplyRecords
+from gateway.registry.replies import (EDITABLE, DraftChanged, NewReplyAttachment, Outgoing, ReplyChanged, ReplyRecords,
+                                      text_digest)
 from gateway.services.access import Access, Forbidden, Refused
 from gateway.services.incomplete import request_address
 from gateway.services.people import People, Principal
@@ -48,6 +49,17 @@ class StepState:
     approvers: list[str]  # who may take it (addresses)
     state: str  # approved | waiting | returned | later
     decision: ReplyStep | None = None
+
+
+def stage(reply: Reply) -> str:
+    """Where a reply stands, as an approval form carries it: the reply, its round and its step. A
+    form opened on an earlier round (returned and rewritten since) or step approves nothing."""
+    return f"{reply.id}.{reply.round}.{reply.step}"
+
+
+def draft_started_from(reply: Reply | None) -> str:
+    """What a draft form carries of the text it shows (see ReplyRecords.save_draft)."""
+    return text_digest(reply.text) if reply is not None else ""
 
 
 @dataclass
@@ -211,9 +223,10 @@ class Replies:
 
     # -- the handler's steps -------------------------------------------------------------
     def draft(self, who: Principal, number: str, *, text: str, attach: list[NewReplyAttachment] | None = None,
-              remove: list[int] | None = None) -> int:
+              remove: list[int] | None = None, started_from: str | None = None) -> int:
         """Write or change the letter's draft reply (a returned one too). Returns its id.
-        Raises LookupError, Forbidden and Refused."""
+        Raises LookupError, Forbidden and Refused. `started_from`: `draft_started_from` of the
+        draft the writer's form showed ("" for none yet); None: not checked (a command)."""
         letter = self.letter_of(who, number)
         self._may_handle(who, letter)
         text = text.replace("\r\n", "\n").strip()
@@ -223,6 +236,9 @@ class Replies:
         if reply is not None and reply.status not in EDITABLE:
             raise Refused(f"the reply to {number} is {reply.status}: it can no longer be changed", "reply-locked",
                           number=number, status=reply.status)
+        if started_from == "" and reply is not None:  # the form was for a first draft: one was saved meanwhile
+            raise Refused(f"the draft of {number} was changed meanwhile by someone else", "draft-changed",
+                          number=number)
         add = [NewReplyAttachment(safe_filename(a.filename), a.content_type or "application/octet-stream",
                                   a.content) for a in attach or [] if a.content]
         if reply is None and not text and not add:
@@ -239,7 +255,9 @@ class Replies:
                           "attachments-too-large", limit=f"{limit / 1048576:.0f} MiB")
         try:
             return self.records.save_draft(letter.id, reply.id if reply else None, actor=who.login, text=text,
-                                           add=add, remove=sorted(removed))
+                                           add=add, remove=sorted(removed), started_from=started_from or None)
+        except DraftChanged as exc:
+            raise Refused(str(exc), "draft-changed", number=number) from None
         except ReplyChanged as exc:
             raise Refused(str(exc), "reply-moved", number=number) from None
 
@@ -287,20 +305,25 @@ class Replies:
         raise Forbidden(f"step {reply.step + 1} of the reply to {number} is for {role}", "not-approver",
                         role=role, number=number)
 
-    def approve(self, who: Principal, number: str, *, comment: str = "") -> str:
+    def approve(self, who: Principal, number: str, *, comment: str = "", seen: str | None = None) -> str:
         """Approve the step waiting for this person. Returns the reply's status afterwards
-        (pending: the next step waits; sent; to-post)."""
-        return self._decide(who, number, "approved", comment)
+        (pending: the next step waits; sent; to-post). `seen`: the reply's `stage` on the page the
+        approver read; a reply that moved on since (returned and rewritten, say) is refused, never
+        approved unread. None: not checked (a command names the reply as it is)."""
+        return self._decide(who, number, "approved", comment, seen)
 
-    def give_back(self, who: Principal, number: str, *, comment: str) -> str:
+    def give_back(self, who: Principal, number: str, *, comment: str, seen: str | None = None) -> str:
         """Return the reply to its handler, saying why."""
-        return self._decide(who, number, "returned", comment)
+        return self._decide(who, number, "returned", comment, seen)
 
-    def _decide(self, who: Principal, number: str, decision: str, comment: str) -> str:
+    def _decide(self, who: Principal, number: str, decision: str, comment: str, seen: str | None) -> str:
         letter = self.letter_of(who, number)
         reply = self._open(letter)
         if reply is None:
             raise Refused(f"{number} has no reply waiting for approval", "no-reply", number=number)
+        if seen is not None and seen != stage(reply):
+            # The registry checks round and step again under the reply's lock (ReplyRecords.decide).
+            raise Refused("the reply moved on meanwhile: reload it", "reply-moved", number=number)
         self._check_approver(who, letter, reply)
         comment = comment.strip()[:4000]
         if decision == "returned" and not comment:

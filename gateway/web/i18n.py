@@ -195,6 +195,8 @@ REFUSAL = {
     "no-one-assigned": N_("%(number)s is assigned to no one"),
     "hold-already-on": N_("%(number)s is already on legal hold"),
     "hold-already-off": N_("%(number)s is not on legal hold"),
+    "reply-in-hand": N_("%(number)s has a reply waiting for approval or for the post: “%(action)s” waits until "
+                        "the reply has gone or was returned to its handler"),
     "moved": N_("%(number)s changed hands meanwhile (now with department %(department)s): nothing was done; "
                 "look at it again"),
     "impossible": N_("there is no step “%(action)s”"),

@@ -29,6 +29,8 @@ REFUSAL = {
                        "cannot be passed on to anyone else"),
     "not-your-turn": N_("it is %(reader)s's turn: it comes to you once they have signed"),
     "signed-already": N_("you have signed it already"),
+    "circulation-moved": N_("the circulation moved on since this page was opened: nothing was signed; look at it "
+                            "again"),
     "instruction-too-long": N_("an instruction of at most %(limit)s characters"),
 }
 
@@ -81,7 +83,8 @@ def circulate(req: Req) -> Response:
 def sign(req: Req) -> Response:
     number = req.request.path_params["number"]
     refused = letter_step(req, number, "sign", lambda: service(req).sign(
-        req.who, number, req.field("instruction"), now=req.web.access.clock()),
+        req.who, number, req.field("instruction"), now=req.web.access.clock(),
+        seen=req.field("step") if "step" in req.form else None),
         input_refusals=INPUT_REFUSALS, words=REFUSAL)
     if isinstance(refused, Response):
         return refused

@@ -148,7 +148,7 @@ def _view(req: Req, number: str) -> LetterView:
 
 
 def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str = "", error: str = "",
-                 failed_action: str = "") -> Response:
+                 failed_action: str = "", kept: Mapping[str, str] | None = None) -> Response:
     access, who, number = req.web.access, req.who, view.letter.number
     rights = view.rights
     assignees = access.assignees(who, number) if "assign" in rights.actions else []
@@ -157,7 +157,7 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     return req.render(
         "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
         downloadable=access.downloadable(who, letter),
-        failed_action=failed_action, events=events,
+        failed_action=failed_action, kept=kept or {}, events=events,
         readers=_readers(access.readers(who, number)) if rights.content else [],
         outbox=access.outbox(who, number) if rights.content else [],
         ocr_reading=access.ocr_reading(who, number) if rights.content else None,
@@ -199,13 +199,14 @@ def letter(req: Req) -> Response:
 
 def letter_step(req: Req, number: str, action: str, step: Callable[[], T], *,
                 input_refusals: frozenset[str] = frozenset(), words: Mapping[str, str] | None = None,
-                refused_unseen: bool = False) -> T | Response:
+                refused_unseen: bool = False, kept: Mapping[str, str] | None = None) -> T | Response:
     """Run one step on a letter for a web form: what the step returns, or the page to answer with.
 
     An unknown letter is 404. A refused step re-renders the letter page with the reason where
     the form was: 403 when the person may not, 400 for bad input (`input_refusals`), 409 when the
     letter is not in a state for it. Someone who cannot see the letter gets 404 — or, with
-    `refused_unseen` (an approver who sees only the letter's reply), the bare refusal."""
+    `refused_unseen` (an approver who sees only the letter's reply), the bare refusal. `kept`: what
+    the person wrote, shown again in the form instead of being lost with the refusal."""
     try:
         return step()
     except LookupError:
@@ -220,7 +221,7 @@ def letter_step(req: Req, number: str, action: str, step: Callable[[], T], *,
                 raise Problem(403 if forbidden else 409, reason) from None
             raise Problem(404) from None
         status = 403 if forbidden else 400 if exc.key in input_refusals else 409
-        return _letter_page(req, view, status=status, failed_action=action,
+        return _letter_page(req, view, status=status, failed_action=action, kept=kept,
                             error=_("Not done: %(reason)s") % {"reason": reason})
 
 

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.registry.models import Letter
 from gateway.registry.replies import NewReplyAttachment
 from gateway.services.people import Principal
-from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies
+from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies, draft_started_from, stage
 from gateway.web import i18n, security
 from gateway.web.app import LARGEST_ID, Problem, Req, Web, page
 from gateway.web.i18n import N_
@@ -35,6 +35,8 @@ i18n.REFUSAL.update({
     "too-many-attachments": N_("at most %(limit)s attachments"),
     "attachments-too-large": N_("the attachments come to more than %(limit)s"),
     "reply-moved": N_("the reply moved on meanwhile: reload the page"),
+    "draft-changed": N_("someone saved the draft meanwhile: your text is kept below, their version beside it; "
+                        "merge them and save again"),
     "no-reply": N_("%(number)s has no reply"),
     "need-reply-text": N_("write the reply first"),
     "no-approver": N_("no one is configured to approve as %(role)s"),
@@ -71,7 +73,7 @@ def routes() -> list[BaseRoute]:
 def template_globals() -> dict[str, Any]:
     """What the letter page and the sidebar ask of this module."""
     return {"reply_panel": panel, "approvals_waiting": waiting_count, "reply_label": reply_label,
-            "i18n_refusal": i18n.refusal}
+            "i18n_refusal": i18n.refusal, "reply_stage": stage, "draft_started_from": draft_started_from}
 
 
 def panel(web: Web, who: Principal, letter: Letter) -> ReplyPanel:
@@ -108,11 +110,13 @@ def save(req: Req) -> Response:
     submit = req.field("action") == "submit"
 
     def save_and_submit() -> None:
-        replies.draft(req.who, number, text=req.field("text"), attach=_uploads(req), remove=remove)
+        replies.draft(req.who, number, text=req.field("text"), attach=_uploads(req), remove=remove,
+                      started_from=req.field("draft_of") if "draft_of" in req.form else None)
         if submit:
             replies.submit(req.who, number)
 
-    refused = letter_step(req, number, "reply", save_and_submit, input_refusals=INPUT_REFUSALS, refused_unseen=True)
+    refused = letter_step(req, number, "reply", save_and_submit, input_refusals=INPUT_REFUSALS, refused_unseen=True,
+                          kept={"text": req.field("text")})
     if isinstance(refused, Response):
         return refused
     return _done(number, "submitted" if submit else "saved")
@@ -122,8 +126,10 @@ def _decide(req: Req, decision: str) -> Response:
     number = req.request.path_params["number"]
     replies = Replies(req.web.config, req.web.registry)
     decide = replies.approve if decision == "approve" else replies.give_back
-    status = letter_step(req, number, decision, lambda: decide(req.who, number, comment=req.field("comment")),
-                         input_refusals=INPUT_REFUSALS, refused_unseen=True)
+    seen = req.field("stage") if "stage" in req.form else None
+    status = letter_step(req, number, decision, lambda: decide(req.who, number, comment=req.field("comment"),
+                                                               seen=seen),
+                         input_refusals=INPUT_REFUSALS, refused_unseen=True, kept={"comment": req.field("comment")})
     if isinstance(status, Response):
         return status
     done = {"pending": "approved", "returned": "returned"}.get(status, status)
