@@ -346,10 +346,20 @@ class DovecotServer:
 
     def deliver(self, user: str, raw: bytes, folder: str = "INBOX", flags: Iterable[str] = ()) -> int:
         """APPEND one message as `user` (creating the folder if need be); returns its UID."""
-        with self.client(user) as imap:
-            _ensure_folder(imap, folder)
-            response = imap.append(folder, raw, flags=tuple(flags))
-        return _appended_uids(response)[0]
+        for attempt in range(5):
+            try:
+                with self.client(user) as imap:
+                    _ensure_folder(imap, folder)
+                    response = imap.append(folder, raw, flags=tuple(flags))
+                return _appended_uids(response)[0]
+            except IMAPClientError as exc:
+                # A folder just deleted and created again while another session (the gateway's)
+                # still had the old one open: Dovecot answers "Mailbox was deleted under us" until
+                # that session lets go. Nothing was appended; the next try appends it.
+                if "deleted under us" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def append_many(self, user: str, messages: Iterable[bytes], folder: str = "INBOX",
                     batch: int = 500) -> list[int]:
