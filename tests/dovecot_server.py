@@ -346,7 +346,7 @@ class DovecotServer:
 
     def deliver(self, user: str, raw: bytes, folder: str = "INBOX", flags: Iterable[str] = ()) -> int:
         """APPEND one message as `user` (creating the folder if need be); returns its UID."""
-        for attempt in range(5):
+        for attempt in range(10):
             try:
                 with self.client(user) as imap:
                     _ensure_folder(imap, folder)
@@ -354,11 +354,12 @@ class DovecotServer:
                 return _appended_uids(response)[0]
             except IMAPClientError as exc:
                 # A folder just deleted and created again while another session (the gateway's)
-                # still had the old one open: Dovecot answers "Mailbox was deleted under us" until
-                # that session lets go. Nothing was appended; the next try appends it.
-                if "deleted under us" not in str(exc) or attempt == 4:
+                # still had the old one open: until that session lets go, Dovecot's maildir answers
+                # the APPEND with NO ("Mailbox was deleted under us", or under load "[SERVERBUG]
+                # Internal error"). A NO appends nothing; the next try appends it.
+                if not ("deleted under us" in str(exc) or "[SERVERBUG]" in str(exc)) or attempt == 9:
                     raise
-                time.sleep(0.2)
+                time.sleep(0.3)
         raise AssertionError("unreachable")
 
     def append_many(self, user: str, messages: Iterable[bytes], folder: str = "INBOX",
