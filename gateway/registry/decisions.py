@@ -34,7 +34,6 @@ class Decisions(Store):
             row = self._locked(conn, number)
             lifecycle.unmoved(number, row.department, row.owner, seen)
             lifecycle.check(number, row.status, "reassign")
-            refuse_past_reply(conn, row.id, number, "reassign")
             if row.department == department:
                 raise lifecycle.Unchanged(f"{number} is already with {department}", "already-there", number=number,
                                           department=department)
@@ -44,6 +43,7 @@ class Decisions(Store):
 
     def _move(self, conn: Connection, row: Any, department: str, *, reason: str, actor: str,
               notify: list[NewMail], deadline: datetime | None, by_mail: bool, now: datetime) -> None:
+        refuse_past_reply(conn, row.id, row.number, "reassign")
         status = "routed" if row.status in ("registered", "needs-triage") else row.status
         # The new department's owners own it now (a rule's owner belonged to the old one).
         conn.execute(update(Letter).where(Letter.id == row.id).values(
@@ -209,7 +209,6 @@ class Decisions(Store):
         if answer.command == "reassign":
             target = answer.argument
             lifecycle.check(row.number, row.status, "reassign")
-            refuse_past_reply(conn, row.id, row.number, "reassign")
             if target not in plan.departments:
                 return f"no department {target!r}"
             if target == row.department:

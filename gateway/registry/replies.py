@@ -163,9 +163,9 @@ class ReplyRecords:
                    add: list[NewReplyAttachment], remove: list[int], started_from: str | None = None) -> int:
         """Create the letter's draft or change it (only a draft or a returned reply). Returns its id.
 
-        `started_from`: the `text_digest` of the draft the writer's form was opened with; when the
-        draft's text is another by now (a colleague saved meanwhile), DraftChanged, and nothing is
-        overwritten. None: not checked."""
+        `started_from`: the `text_digest` of the draft the writer's form was opened with ("": no
+        draft yet); when the draft is another by now (a colleague saved meanwhile, or started one),
+        DraftChanged, and nothing is overwritten. None: not checked."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             letter = _letter(conn, letter_id)
@@ -173,7 +173,9 @@ class ReplyRecords:
             if reply_id is None:
                 if conn.execute(select(Reply.id).where(Reply.letter_id == letter_id, Reply.status.in_(OPEN))
                                 ).first() is not None:
-                    raise ReplyChanged(f"{letter.number} has a reply in hand already")
+                    raise (DraftChanged(f"the draft of {letter.number} was changed meanwhile by someone else")
+                           if started_from is not None else
+                           ReplyChanged(f"{letter.number} has a reply in hand already"))
                 reply_id = conn.execute(insert(Reply).values(
                     letter_id=letter_id, status="draft", text=text, authors=[actor], chain=[], rule="", step=0,
                     round=0, recipient="", created_at=now, updated_at=now).returning(Reply.id)).scalar_one()

@@ -236,9 +236,6 @@ class Replies:
         if reply is not None and reply.status not in EDITABLE:
             raise Refused(f"the reply to {number} is {reply.status}: it can no longer be changed", "reply-locked",
                           number=number, status=reply.status)
-        if started_from == "" and reply is not None:  # the form was for a first draft: one was saved meanwhile
-            raise Refused(f"the draft of {number} was changed meanwhile by someone else", "draft-changed",
-                          number=number)
         add = [NewReplyAttachment(safe_filename(a.filename), a.content_type or "application/octet-stream",
                                   a.content) for a in attach or [] if a.content]
         if reply is None and not text and not add:
@@ -255,7 +252,7 @@ class Replies:
                           "attachments-too-large", limit=f"{limit / 1048576:.0f} MiB")
         try:
             return self.records.save_draft(letter.id, reply.id if reply else None, actor=who.login, text=text,
-                                           add=add, remove=sorted(removed), started_from=started_from or None)
+                                           add=add, remove=sorted(removed), started_from=started_from)
         except DraftChanged as exc:
             raise Refused(str(exc), "draft-changed", number=number) from None
         except ReplyChanged as exc:
