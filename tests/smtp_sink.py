@@ -1,7 +1,7 @@
 """A real SMTP server on loopback standing in for the outbound relay.
 
 It keeps what it receives and can be told to answer 4xx or 5xx, to RCPT
-(per recipient) or to DATA, to answer DATA late, or to be down altogether.
+(per recipient) or to DATA, to hold DATA until told, or to be down altogether.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ class _Handler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.sink.attempts += 1
-        if self.sink.data_delay:
-            await asyncio.sleep(self.sink.data_delay)  # a slow relay, answering at last
+        if self.sink.data_gate is not None:  # a slow relay: it answers once the test opens the gate
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.data_gate.wait, 60)
         if not self.sink.data_answer.startswith("250"):
             return self.sink.data_answer
         with self.sink.lock:
@@ -73,7 +73,7 @@ class SmtpSink:
         self.rcpt_answer = "250 OK"
         self.rcpt_answers: dict[str, str] = {}
         self.data_answer = "250 OK"
-        self.data_delay = 0.0
+        self.data_gate: threading.Event | None = None
         self._controller: Controller | None = None
 
     @property

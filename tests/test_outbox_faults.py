@@ -13,22 +13,22 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from gateway import config as config_mod
 from gateway.config import Config
 from gateway.outbound.sender import OutboxSender
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.leases import Cluster
-from gateway.registry.models import Event, Letter
+from gateway.registry.models import Event, Letter, OutboxMail
+from gateway.registry.store import utcnow
 from gateway.registry.plan import NewLetter, NewMail, Routing
 from gateway.stages.tokens import keyring
 from smtp_sink import SmtpSink
@@ -139,6 +139,12 @@ def test_a_mail_whose_composing_finds_the_registry_gone_waits_for_it(tmp_path: P
         registry.close()
 
 
+def run_out(registry: Registry) -> None:
+    """Every claim's lease over, as when its node was cut off longer than the takeover time."""
+    with registry.write() as conn:
+        conn.execute(update(OutboxMail).values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
 def actions(registry: Registry) -> list[str]:
     with registry.read() as conn:
         return list(conn.execute(select(Event.action).order_by(Event.id)).scalars())
@@ -148,20 +154,21 @@ def actions(registry: Registry) -> list[str]:
 def test_a_claim_taken_over_during_a_slow_send_is_recorded_once(tmp_path: Path, pg_url: str,
                                                                late_answer: str) -> None:
     slow, quick = SmtpSink(), SmtpSink().start()
-    slow.data_delay, slow.data_answer = 3.0, late_answer
+    slow.data_gate, slow.data_answer = threading.Event(), late_answer
     slow.start()
     config_a, registry_a = configured(tmp_path / "a", slow.address, pg_url)
     config_b, registry_b = configured(tmp_path / "b", quick.address, pg_url)
     try:
         letter_with_mail(registry_a, 1)
-        # No heartbeats: node a is cut off from the registry while its relay is slow.
-        Cluster(registry_a, "node-a", takeover_seconds=1).join()
-        Cluster(registry_b, "node-b", takeover_seconds=1).join()
+        Cluster(registry_a, "node-a", takeover_seconds=60).join()
+        Cluster(registry_b, "node-b", takeover_seconds=60).join()
         first = threading.Thread(target=OutboxSender(config_a, registry_a).deliver_due)
         first.start()
-        time.sleep(1.6)  # a is in DATA at its relay, and its one-second lease has run out
+        wait_for(lambda: slow.attempts == 1, 30, "node a in DATA at its relay")
+        run_out(registry_a)  # a is cut off from the registry longer than the takeover time
         assert OutboxSender(config_b, registry_b).deliver_due() == 1
         assert len(quick.received) == 1
+        slow.data_gate.set()  # a's relay answers at last
         first.join()
         [mail] = registry_a.outbox()
         assert mail.status == "sent", mail.last_error  # b delivered it: a's late 550 gives nothing up
@@ -178,11 +185,16 @@ def test_a_claim_whose_lease_ran_out_is_not_sent_on(tmp_path: Path, pg_url: str,
     _, registry = configured(tmp_path, relay.address, pg_url)
     try:
         letter_with_mail(registry, 2)
-        Cluster(registry, "node-a", takeover_seconds=1).join()
+        Cluster(registry, "node-a", takeover_seconds=60).join()
         first, second = registry.outbox_due(10)
-        assert registry.outbox_still_mine(first.id)  # and renewed, for the time the sending takes
-        time.sleep(1.2)
+        run_out(registry)
         assert not registry.outbox_still_mine(second.id)  # another node may be taking it this moment
+        # A claim still ours (if nearly out) is renewed for the time the sending takes.
+        with registry.write() as conn:
+            conn.execute(update(OutboxMail).where(OutboxMail.id == first.id).values(lease_until=utcnow() + timedelta(seconds=5)))
+        assert registry.outbox_still_mine(first.id)
+        [renewed] = [m for m in registry.outbox() if m.id == first.id]
+        assert renewed.lease_until is not None and renewed.lease_until > utcnow() + timedelta(seconds=30)
     finally:
         registry.close()
 
