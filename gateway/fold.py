@@ -49,4 +49,5 @@ def simplified(text: str) -> str:
 
 def fold(text: str) -> str:
     """Lower case, simplified script, and always the same length as `text`."""
-    return simplified(lower(text))
+    lowered = lower(text)
+    return lowered if lowered.isascii() else simplified(lowered)

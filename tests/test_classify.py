@@ -352,6 +352,20 @@ BROKEN = [
     ("settings:\n  regex_timeout_ms: 0\nrules: []\n", 2, "settings.regex_timeout_ms", "milliseconds from 1 to 10000"),
     ("rules:\n  - name: a\n    when: [subject, x]\n    set: {department: hr}\n",
      3, "rules[0].when", "a condition is a mapping"),
+    ("rules:\n  - name: a\n    when: {}\n    set: {department: hr}\n", 3, "rules[0].when", "a condition is a mapping"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {}\n", 4, "rules[0].set", "give the fields to set"),
+    ("rules:\n  - name: a\n    when: {subject: null}\n    set: {department: hr}\n",
+     3, "rules[0].when.subject", "empty: give the condition a value"),
+    ("rules:\n  - name: a\n    when:\n      any:\n        - {subject: [x]}\n        - {sender: }\n    set: {department: hr}\n",
+     6, "rules[0].when.any[1].sender", "empty: give the condition a value"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    set:\n      tags:\n        - ok\n        - bad tag\n",
+     7, "rules[0].set.tags[1]", "tag 'bad tag': letters, digits"),
+    ("rules:\n  - name: a\n    when: {header: {}}\n    set: {department: hr}\n",
+     3, "rules[0].when.header.name", "required: name (of the header)"),
+    ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {department: hr}\n    priority: 1\n",
+     5, "rules[0].priority", "unknown key; use name, description, when, set and stop"),
+    ("settings: {timeout: 5}\nrules: []\n", 1, "settings.timeout", "unknown setting; use regex_timeout_ms"),
+    ("- name: a\n", 1, "", "the file must be a mapping with a `rules:` list"),
 ]
 
 

@@ -131,7 +131,7 @@ class Keywords(Condition):
     def __init__(self, ids: list[int], words: list[str], mode: str, fields: tuple[str, ...]):
         self.ids, self.words, self.mode, self.fields = ids, words, mode, fields
         self.keyword_ids = frozenset(ids)
-        self.needs = frozenset(("kw", i) for i in ids)
+        self.needs = frozenset([("kw", i) for i in ids])
 
     def check(self, scan: Scan) -> Evidence | None:
         evidence: Evidence = []
@@ -324,6 +324,11 @@ class RuleSet:
 
 # -- compiling ------------------------------------------------------------
 
+class _EmptyCondition(Exception):
+    def __init__(self, path: Path_):
+        self.path = path
+
+
 class _Builder:
     """Validated rules (schema.py) into conditions that run: closures, keyword ids, triggers."""
 
@@ -331,24 +336,34 @@ class _Builder:
         self.keywords: list[str] = []
         self.keyword_ids: dict[str, int] = {}
 
-    def keyword(self, word: str) -> int:
-        folded = fold(word)
-        if folded not in self.keyword_ids:
-            self.keyword_ids[folded] = len(self.keywords)
-            self.keywords.append(folded)
-        return self.keyword_ids[folded]
+    def keyword_ids_of(self, words: list[str]) -> list[int]:
+        """The id of each keyword (folded; the same folded word has one id across all rules)."""
+        ids, known = [], self.keyword_ids
+        for word in words:
+            folded = fold(word)
+            kw_id = known.get(folded)
+            if kw_id is None:
+                kw_id = known[folded] = len(self.keywords)
+                self.keywords.append(folded)
+            ids.append(kw_id)
+        return ids
 
-    def condition(self, when: schema.Conditions, written: dict[str, Any]) -> Condition:
-        """`written`: the same conditions as the file has them, whose order the evidence follows."""
-        parts = [self._part(key, value, written[key]) for key, value in when.given(written)]
+    def condition(self, when: schema.Conditions, written: dict[str, Any], path: Path_) -> Condition:
+        """`written`: the same conditions as the file has them, whose order the evidence follows;
+        `path`: where they are in the file."""
+        parts = [self._part(key, value, written[key], path) for key, value in when.given(written)]
         return parts[0] if len(parts) == 1 else AllOf(parts)
 
-    def _part(self, key: str, value: Any, written: Any) -> Condition:
+    def _part(self, key: str, value: Any, written: Any, path: Path_) -> Condition:
+        if value is None:
+            # `subject:` with nothing after it: the schema lets every condition be absent, and
+            # takes an empty one for absent; refused here, where it costs no call of its own.
+            raise _EmptyCondition((*path, key))
         if key in ("all", "any"):
-            parts = [self.condition(c, w) for c, w in zip(value, written, strict=True)]
+            parts = [self.condition(c, w, (*path, key, n)) for n, (c, w) in enumerate(zip(value, written, strict=True))]
             return AllOf(parts) if key == "all" else AnyOf(parts)
         if key == "not":
-            return Not(self.condition(value, written), value.label(written))
+            return Not(self.condition(value, written, (*path, key)), value.label(written))
         return getattr(self, f"_when_{key}")(value)
 
     # Conditions, one method each; the name after _when_ is the key in rules.yaml (all, any and not: `_part`).
@@ -432,7 +447,7 @@ class _Builder:
 
     def _keywords(self, match: schema.KeywordMatch, fields: tuple[str, ...]) -> Condition:
         words = match.words
-        return Keywords([self.keyword(w) for w in words], words, match.mode,
+        return Keywords(self.keyword_ids_of(words), words, match.mode,
                         tuple(match.in_) if match.in_ is not None else fields)
 
     def _when_keywords(self, match: schema.KeywordMatch) -> Condition:
@@ -551,6 +566,10 @@ def _issues(error: ValidationError, source: Located) -> list[RuleIssue]:
                       else schema.MISSING.get(str(key), "required"))
         elif kind in ("bool_type", "bool_parsing"):
             reason = "true or false"
+        elif kind == "extra_forbidden" and (model := schema.model_at(e["loc"][:-1])):
+            reason = model.unknown_key
+        elif kind == "model_type" and (model := schema.model_at(e["loc"])):
+            reason = model.shape_hint
         else:
             reason = e["msg"].removeprefix("Value error, ")
         issues.append(source.issue(path, reason))
@@ -616,12 +635,20 @@ def _compile(file: Path, text: str, organisation: Organisation) -> RuleSet:
     builder = _Builder()
     rules: list[Rule] = []
     # The rules as written beside them: conditions and actions follow the file's order.
-    for rule, written, line in zip(validated.rules, source.data["rules"], source.item_lines(("rules",)), strict=True):
+    for n, (rule, written, line) in enumerate(zip(validated.rules, source.data["rules"],
+                                                  source.item_lines(("rules",)), strict=True)):
+        try:
+            condition = builder.condition(rule.when, written["when"], ("rules", n, "when"))
+        except _EmptyCondition as empty:
+            issues.append(source.issue(empty.path, "empty: give the condition a value, or leave the key out"))
+            continue
         actions = rule.actions.scalars(written["set"])
         department = actions.get("department")
-        rules.append(Rule(name=rule.name, line=line, condition=builder.condition(rule.when, written["when"]),
-                          actions=actions, tags=rule.actions.tags or [], stop=rule.stop,
+        rules.append(Rule(name=rule.name, line=line, condition=condition, actions=actions,
+                          tags=rule.actions.tags or [], stop=rule.stop,
                           department_literal=department if department in organisation.departments else None))
+    if issues:
+        raise RulesError(issues)
     return RuleSet(RulesSource(file, text, organisation), rules, builder.keywords, validated.defaults.given(),
                    validated.settings.regex_timeout_ms / 1000)
 

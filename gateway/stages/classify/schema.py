@@ -6,16 +6,17 @@ domains and intake addresses): it comes as the validation context, an
 is written for an operator; `rules.py` turns pydantic's error locations back
 into the file's lines and key paths.
 
-Unknown keys are refused through a typed `__pydantic_extra__`: the error then
-sits on the unknown key itself and can say what that mapping accepts.
-(Its `Field(init=False)` only keeps it out of the `__init__` that type checkers see.)
+Pydantic's own checks are kept where they are as good as a validator of ours, because
+every validator written in Python costs a call for each of 10,000 rules: an unknown key
+(`extra_forbidden`) and a value that is not a mapping (`model_type`) are pydantic's errors,
+which `reason` words with what that mapping accepts (`unknown_key`, `shape_hint`).
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
 from functools import cache
-from typing import Annotated, Any, ClassVar, NoReturn, TypeAlias
+from typing import Annotated, Any, ClassVar, TypeAlias, get_args
 
 import regex
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationInfo,
@@ -44,19 +45,6 @@ def _organisation(info: ValidationInfo) -> Organisation:
 def _error(kind: str, message: str) -> PydanticCustomError:
     # Without a context the message is taken as written: braces in it stay braces.
     return PydanticCustomError(kind, message)
-
-
-def _refusing(reason: str) -> BeforeValidator:
-    """The validator of a model's extra keys: every one is refused, saying which keys the mapping takes."""
-    def refuse(value: Any) -> NoReturn:
-        raise _error("unknown_key", reason)
-    return BeforeValidator(refuse)
-
-
-def _mapping(value: Any, hint: str) -> dict[str, Any]:
-    if not isinstance(value, dict) or not value:
-        raise _error("shape", hint)
-    return value
 
 
 def _shown(value: Any, limit: int = 80) -> str:
@@ -117,6 +105,13 @@ def _grade(value: Any, info: ValidationInfo) -> Any:
     return _choice(key, value, fixed[key] if key in fixed else _organisation(info).categories)
 
 
+def _tag(value: Any) -> str:
+    tag = _text("tag")(value)
+    if not _TAG.fullmatch(tag):
+        raise _error("tag", f"tag {tag!r}: letters, digits, '.', ':', '_' and '-' only")
+    return tag
+
+
 # The value types of rules.yaml, each with the words its errors use.
 Keywords: TypeAlias = Annotated[list[Annotated[str, _item("keyword")]], _one_or_more("keyword")]
 TextFields: TypeAlias = Annotated[list[Annotated[str, _item("field")]], _one_or_more("field")]
@@ -135,25 +130,30 @@ NamePatterns: TypeAlias = Annotated[list[Annotated[str, _item("name pattern", lo
                                     _one_or_more("name pattern")]
 ValuePatterns: TypeAlias = Annotated[list[Annotated[str, _item("value pattern", lower=True)]],
                                      _one_or_more("value pattern")]
-Tags: TypeAlias = Annotated[list[Annotated[str, _item("tag")]], _one_or_more("tag")]
+Tags: TypeAlias = Annotated[list[Annotated[str, BeforeValidator(_tag)]], _one_or_more("tag")]
 Regex: TypeAlias = Annotated[str, BeforeValidator(_check_regex)]
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    unknown_key: ClassVar[str]  # the reason given for a key the mapping does not take
+    shape_hint: ClassVar[str] = "a mapping"  # the reason given for a value that is not a mapping
 
 
-class _Ordered(_Schema):
+class _NonEmpty(_Schema):
+    """A mapping that says nothing when empty (`when: {}`): refused with its shape hint."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Any:
+        if not self.model_fields_set:
+            raise _error("shape", self.shape_hint)
+        return self
+
+
+class _Ordered(_NonEmpty):
     """A mapping whose order counts (evidence and traces follow the file), read with the mapping
     as written beside it. The order is not kept on the model: a model validator that could see
     it (a wrapping one) would cost 10,000 rules a fifth of their validation."""
-
-    shape_hint: ClassVar[str]  # what the mapping should look like, when it is not one
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, cls.shape_hint)
 
     def given(self, written: Iterable[str]) -> list[tuple[str, Any]]:
         """(key in rules.yaml, validated value), in the order of `written`, the mapping validated."""
@@ -167,13 +167,32 @@ def _attributes(model: type[BaseModel]) -> dict[str, str]:
     return {(f.alias or name): name for name, f in model.model_fields.items()}
 
 
-_KeywordMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use any, all and in")]]
+def _models_in(annotation: Any) -> list[type[_Schema]]:
+    """The models a field's type holds: `Conditions | None`, `list[Conditions]`, `Annotated[..]`."""
+    if isinstance(annotation, type) and issubclass(annotation, _Schema):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def model_at(loc: tuple[str | int, ...]) -> type[_Schema] | None:
+    """The model whose mapping sits at this location of pydantic's (list items are numbers, keys
+    are as in rules.yaml), or None where no mapping of the schema is."""
+    model: type[_Schema] = RulesFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        name = _attributes(model).get(part)
+        inner = _models_in(model.model_fields[name].annotation) if name else []
+        if not inner:
+            return None
+        model = inner[0]
+    return model
 
 
 class KeywordMatch(_Schema):
     """`[..]`, `{any: [..]}` or `{all: [..]}`, optionally with `in: [fields]`."""
 
-    __pydantic_extra__: _KeywordMatchKeys = Field(init=False)
+    unknown_key = "unknown key; use any, all and in"
     any_: Keywords | None = Field(None, alias="any")
     all_: Keywords | None = Field(None, alias="all")
     in_: TextFields | None = Field(None, alias="in")
@@ -200,13 +219,10 @@ class KeywordMatch(_Schema):
         return self.any_ if self.any_ is not None else self.all_  # type: ignore[return-value]
 
 
-_RegexMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use pattern and in")]]
-
-
 class RegexMatch(_Schema):
     """A pattern, or `{pattern: .., in: [fields]}`."""
 
-    __pydantic_extra__: _RegexMatchKeys = Field(init=False)
+    unknown_key = "unknown key; use pattern and in"
     pattern: Regex
     in_: TextFields | None = Field(None, alias="in")
 
@@ -218,35 +234,20 @@ class RegexMatch(_Schema):
     _fields = field_validator("in_")(_check_fields)
 
 
-_AttachmentMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use type and name")]]
-
-
-class AttachmentMatch(_Schema):
-    __pydantic_extra__: _AttachmentMatchKeys = Field(init=False)
+class AttachmentMatch(_NonEmpty):
+    unknown_key = "unknown key; use type and name"
+    shape_hint = "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}"
     type_: TypePatterns | None = Field(None, alias="type")
     name: NamePatterns | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, "give type and/or name patterns, e.g. {type: application/pdf, name: \"*.docx\"}")
-
-
-_HeaderMatchKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
-    "unknown key; use name and one of present, value or matches")]]
-
 
 class HeaderMatch(_Schema):
-    __pydantic_extra__: _HeaderMatchKeys = Field(init=False)
+    unknown_key = "unknown key; use name and one of present, value or matches"
+    shape_hint = "give name and one of present, value or matches"
     name: Annotated[str, BeforeValidator(_text("header name", lower=True))]
     present: StrictBool | None = None
     value: ValuePatterns | None = None
     matches: Regex | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, "give name and one of present, value or matches")
 
     @model_validator(mode="after")
     def _one_test(self) -> HeaderMatch:
@@ -255,14 +256,9 @@ class HeaderMatch(_Schema):
         return self
 
 
-def _refuse_condition(value: Any) -> NoReturn:
-    raise _error("unknown_key", f"unknown condition; use one of {', '.join(CONDITION_KEYS)}")
-
-
 class Conditions(_Ordered):
     """`when:`. Several conditions in one mapping must all hold. Keys are those of rules.yaml."""
 
-    __pydantic_extra__: dict[str, Annotated[Any, BeforeValidator(_refuse_condition)]] = Field(init=False)
     channel: Channels | None = None
     sender: AddressPatterns | None = None
     sender_domain: DomainPatterns | None = None
@@ -284,6 +280,7 @@ class Conditions(_Ordered):
     any_: list[Conditions] | None = Field(None, alias="any")
     not_: Conditions | None = Field(None, alias="not")
     shape_hint = "a condition is a mapping such as {sender_domain: [\"*.gov.cn\"]}"
+    unknown_key = "unknown condition"  # the keys it takes are added below, once they are known
 
     @field_validator("all_", "any_", mode="before")
     @classmethod
@@ -328,16 +325,14 @@ def _plain(value: Any) -> Any:
 
 
 CONDITION_KEYS = sorted((f.alias or name) for name, f in Conditions.model_fields.items())
+Conditions.unknown_key = f"unknown condition; use one of {', '.join(CONDITION_KEYS)}"
 ACTION_KEYS = (*SCALAR_ACTIONS, "tags")
-
-
-_ActionsKeys: TypeAlias = dict[str, Annotated[Any, _refusing(f"unknown action; use one of {', '.join(ACTION_KEYS)}")]]
 
 
 class Actions(_Ordered):
     """`set:`, the fields a matching rule sets."""
 
-    __pydantic_extra__: _ActionsKeys = Field(init=False)
+    unknown_key = f"unknown action; use one of {', '.join(ACTION_KEYS)}"
     category: Any = None
     department: Any = None
     owner: Any = None
@@ -378,40 +373,23 @@ class Actions(_Ordered):
             raise _error("days", "a whole number of working days from 0 to 365")
         return value
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        if bad := [t for t in value if not _TAG.fullmatch(t)]:
-            raise _error("tag", f"tag {bad[0]!r}: letters, digits, '.', ':', '_' and '-' only")
-        return value
-
     def scalars(self, written: Iterable[str]) -> dict[str, Any]:
         """The fields set besides tags, in the file's order (`written`, as `given` takes it; the trace follows it)."""
         return {key: value for key, value in self.given(written) if key != "tags"}
 
 
-_RuleKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown key; use name, description, when, set and stop")]]
-
-
 class Rule(_Schema):
-    __pydantic_extra__: _RuleKeys = Field(init=False)
+    unknown_key = "unknown key; use name, description, when, set and stop"
+    shape_hint = "a rule is a mapping with name, when and set"
     name: Annotated[str, BeforeValidator(_text("rule name"))]
     description: Any = None
     when: Conditions
     actions: Actions = Field(alias="set")
     stop: StrictBool = True
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        return _mapping(value, "a rule is a mapping with name, when and set")
-
-
-_SettingsKeys: TypeAlias = dict[str, Annotated[Any, _refusing("unknown setting; use regex_timeout_ms")]]
-
 
 class Settings(_Schema):
-    __pydantic_extra__: _SettingsKeys = Field(init=False)
+    unknown_key = "unknown setting; use regex_timeout_ms"
     regex_timeout_ms: float = 50
 
     @field_validator("regex_timeout_ms", mode="before")
@@ -422,12 +400,8 @@ class Settings(_Schema):
         return value
 
 
-_DefaultsKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
-    "unknown default; use urgency, confidentiality or category")]]
-
-
 class Defaults(_Schema):
-    __pydantic_extra__: _DefaultsKeys = Field(init=False)
+    unknown_key = "unknown default; use urgency, confidentiality or category"
     urgency: str = "regular"
     confidentiality: str = "normal"
     category: str | None = None
@@ -452,23 +426,13 @@ def _rule_list(value: Any) -> Any:
     return value
 
 
-_RulesFileKeys: TypeAlias = dict[str, Annotated[Any, _refusing(
-    "unknown key; use version, settings, defaults and rules")]]
-
-
 class RulesFile(_Schema):
-    __pydantic_extra__: _RulesFileKeys = Field(init=False)
+    unknown_key = "unknown key; use version, settings, defaults and rules"
+    shape_hint = "the file must be a mapping with a `rules:` list"
     version: Any = 1
     settings: Annotated[Settings, BeforeValidator(_optional_mapping)] = Settings()
     defaults: Annotated[Defaults, BeforeValidator(_optional_mapping)] = Defaults()
     rules: Annotated[list[Rule], BeforeValidator(_rule_list)]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shape(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise _error("shape", "the file must be a mapping with a `rules:` list")
-        return value
 
     @field_validator("version")
     @classmethod
@@ -480,4 +444,5 @@ class RulesFile(_Schema):
 
 # A missing required key: what the operator has to add.
 MISSING = {"rules": "required: a list of rules", "when": "required: when (the conditions)",
-           "set": "required: set (the actions)", "pattern": "required: pattern (a regular expression)"}
+           "set": "required: set (the actions)", "pattern": "required: pattern (a regular expression)",
+           "name": "required: name (of the header), and one of present, value or matches"}  # a rule's name: rules.py
