@@ -335,6 +335,9 @@ class _Builder:
     def __init__(self) -> None:
         self.keywords: list[str] = []
         self.keyword_ids: dict[str, int] = {}
+        # The method for each condition (`_when_` and its key), looked up once, not for every rule.
+        self.builds: dict[str, Callable[[Any], Condition]] = {
+            name.removeprefix("_when_"): getattr(self, name) for name in dir(self) if name.startswith("_when_")}
 
     def keyword_ids_of(self, words: list[str]) -> list[int]:
         """The id of each keyword (folded; the same folded word has one id across all rules)."""
@@ -364,7 +367,7 @@ class _Builder:
             return AllOf(parts) if key == "all" else AnyOf(parts)
         if key == "not":
             return Not(self.condition(value, written, (*path, key)), value.label(written))
-        return getattr(self, f"_when_{key}")(value)
+        return self.builds[key](value)
 
     # Conditions, one method each; the name after _when_ is the key in rules.yaml (all, any and not: `_part`).
 

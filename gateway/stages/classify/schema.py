@@ -105,8 +105,11 @@ def _grade(value: Any, info: ValidationInfo) -> Any:
     return _choice(key, value, fixed[key] if key in fixed else _organisation(info).categories)
 
 
+_tag_text = _text("tag")
+
+
 def _tag(value: Any) -> str:
-    tag = _text("tag")(value)
+    tag = _tag_text(value)
     if not _TAG.fullmatch(tag):
         raise _error("tag", f"tag {tag!r}: letters, digits, '.', ':', '_' and '-' only")
     return tag

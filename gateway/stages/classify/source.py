@@ -58,6 +58,10 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
         resolve_plain = super().resolve
         scalar, sequence = yaml.ScalarNode, yaml.SequenceNode
         sequence_tag, mapping_tag = self.DEFAULT_SEQUENCE_TAG, self.DEFAULT_MAPPING_TAG
+        # The implicit resolvers (null, booleans, numbers, ...) are found by a value's first
+        # character: a plain value that starts with none of theirs (a rule's name, a tag) is text.
+        implicit_starts = self.yaml_implicit_resolvers.keys()
+        every_start = None in implicit_starts
 
         def resolve(kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
             if kind is scalar:
@@ -65,6 +69,8 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
                     return _STR
                 tag = plain_tags.get(value)
                 if tag is None:
+                    if not every_start and value[:1] not in implicit_starts:
+                        return _STR
                     tag = plain_tags[value] = resolve_plain(kind, value, implicit)
                 return tag
             return sequence_tag if kind is sequence else mapping_tag
