@@ -225,6 +225,13 @@ def test_the_same_form_sent_twice_is_one_letter(site: Site) -> None:
     assert number and number.group(1) in again.headers["location"]
     page = client.get(again.headers["location"])
     assert "This form was registered already" in page.text
+    # The same page, changed for the next letter (the browser's Back): another letter, registered.
+    other = client.post("/paper", data=data | {"sender_name": "B"}, files=files)
+    assert "result=registered" in other.headers["location"]
+    assert number.group(1) not in other.headers["location"]
+    second = re.search(r"registered=([^&]+)", other.headers["location"])
+    assert second and (letter := site.registry.letter(second.group(1))) is not None
+    assert letter.sender_name == "B"
 
 
 # -- the service ------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ routes the letter.
 """
 from __future__ import annotations
 
-import re
 import dataclasses
+import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.headerregistry import Address
@@ -193,16 +194,31 @@ def _default_subject(letter: PaperLetter, pages: int) -> str:
     return f"Letter {by} from {who}, {pages} page(s)"
 
 
+def _content_digest(letter: PaperLetter) -> str:
+    """What the clerk sent, as typed (before a subject or a time is filled in) and every scan's bytes."""
+    digest = hashlib.sha256()
+    fields = (letter.channel, letter.sender_name, letter.organisation, letter.address, letter.phone, letter.email,
+              letter.subject, letter.note, letter.received_at.isoformat() if letter.received_at else "")
+    for value in fields:
+        digest.update(value.strip().encode("utf-8", "surrogateescape") + b"\0")
+    for scan in letter.scans:
+        digest.update(scan.name.encode("utf-8", "surrogateescape") + b"\0" + hashlib.sha256(scan.data).digest())
+    return digest.hexdigest()[:24]
+
+
 def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: PaperLetter, *, by: str,
                    intake: str, form_token: str = "") -> PaperRegistered:
     """Check, spool and register one paper letter. Raises PaperRefused (nothing spooled) and
     SpoolError (the spool cannot take it: nothing accepted either).
 
-    `form_token`: the same form sent twice (a double click, a reload) registers one letter."""
+    `form_token`: the same form sent twice (a double click, a reload) registers one letter. A
+    form sent again with other content (an old page, changed for the next letter) is another
+    letter, and is registered as one."""
     tz = ZoneInfo(config.model.gateway.timezone)
     errors, documents = check(letter)
     if errors:
         raise PaperRefused(errors)
+    form_key = f"paper-form:{form_token}:{_content_digest(letter)}" if form_token else ""
     received_at = (letter.received_at or datetime.now(timezone.utc)).astimezone(tz)
     pages = sum(d.page_count for d in documents)
     if not letter.subject.strip():
@@ -214,8 +230,8 @@ def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: Pap
                   "sender": {"name": letter.sender_name.strip(), "organisation": letter.organisation.strip(),
                              "address": letter.address.strip(), "phone": letter.phone.strip(),
                              "email": letter.email.strip()}}}
-    if form_token:
-        meta["source_key"] = f"paper-form:{form_token}"
+    if form_key:
+        meta["source_key"] = form_key
     item = spool.enqueue(raw, meta, claim=True)  # durable (fsynced) when it returns
     checkpoint("after-spool")
     [outcome] = pipeline.process([item])
