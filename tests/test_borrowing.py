@@ -7,6 +7,7 @@ records of circulation and borrowing on PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from email.message import EmailMessage
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -223,5 +224,36 @@ def test_circulation_and_borrowing_on_postgresql(tmp_path: Path, pg_url: str) ->
         assert not site.access.content_allowed(sam, letter, now=now + timedelta(days=1, minutes=1))
         reminders.run(site.config, site.registry, now + timedelta(days=1, minutes=1))
         assert [b.borrowing.status for b in books.mine(sam)] == ["expired"]
+    finally:
+        site.close()
+
+
+def test_a_borrowed_confidential_letter_is_not_extracted_as_files(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    site = Site(tmp_path / "site")
+    try:
+        site.add_people()
+        msg = EmailMessage()
+        msg["From"], msg["To"] = "Alice <alice@partner.example>", "sales@example.org"
+        msg["Subject"], msg["Date"] = "Confidential: merger terms", "Mon, 23 Nov 2026 10:00:00 +0800"
+        msg.set_content("The terms are attached.\n")
+        msg.add_attachment(b"secret terms", maintype="application", subtype="octet-stream", filename="terms.bin")
+        number = site.ingest("secret", msg.as_bytes())
+        site.access.act(Principal.operator("test"), number, "close", text="done")
+        letter = site.registry.letter(number)
+        assert letter is not None and letter.confidentiality == "confidential"
+        month = letter.received_at.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+        Archiver(site.config, site.registry).run(month)
+        asked = site.gateway.run("archive", "borrow", number, "--reason", "Merger file", "--days", "3", "--as", "bella")
+        bid = asked.stdout.split("borrowing ")[1].split()[0]
+        site.gateway.run("archive", "grant", bid, "--as", "leo")
+        out = tmp_path / "out"
+        done = site.gateway.run("letters", "extract", number, str(out), "--as", "bella", check=False)
+        # Previews only: no file of a borrowed confidential letter may be written.
+        assert not (out / "terms.bin").exists(), done.stdout
+        assert done.returncode != 0 and "read as page previews" in done.stderr
+        # The operator, who keeps the archive, still extracts it.
+        site.gateway.run("letters", "extract", number, str(tmp_path / "kept"))
+        assert (tmp_path / "kept" / "terms.bin").read_bytes() == b"secret terms"
     finally:
         site.close()

@@ -353,6 +353,8 @@ def letters_extract(state: State, number: str, directory: Path, as_login: str | 
     letter = access.visible(who, number)
     if letter is None or not access.content_allowed(who, letter):
         fail(f"no letter {number}" if letter is None else f"{number}: its content is not yours to read")
+    if not access.downloadable(who, letter):  # as on the web: page previews only, never files
+        fail(f"{number}: a borrowed confidential letter is read as page previews in the web register only")
     try:
         written = queries.extract_attachments(state.config, registry, number, directory)
     except (LookupError, ArchiveError) as exc:  # ArchiveError: its archived copy is gone or damaged
