@@ -109,3 +109,49 @@ def test_the_period_is_shown_in_the_organisations_local_dates(tmp_path: Path) ->
     assert ["period", "first_day", "2026-12-01"] in table and ["period", "last_day", "2026-12-31"] in table
     page = gateway.run("report", "--month", "2026-12").stdout
     assert "2026-12-01 – 2026-12-31" in page and "2026-11-30" not in page and "to before" not in page
+
+
+def test_a_letter_reopened_by_a_low_rating_counts_from_its_standing_close(tmp_path: Path) -> None:
+    """A sender's low rating reopens a closed letter: it is open again, overdue once past its new
+    deadline, and counts as closed (and on time or not) only from the close that follows."""
+    from datetime import timedelta
+
+    from web_support import Site
+
+    from gateway.registry.outward import OutwardRecords
+    from gateway.report.figures import Period, compute
+    from gateway.services.people import Principal
+
+    zone = "Asia/Shanghai"
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        number = site.letters["business"]
+        site.access.act(Principal.operator("test"), number, "close", text="done")
+        letter = site.registry.letter(number)
+        assert letter is not None
+        month = letter.received_at.astimezone(site.config.calendar.tz).strftime("%Y-%m")
+        later = datetime.now(timezone.utc) + timedelta(days=62)  # the month has ended
+
+        def figures() -> dict:
+            report = compute(site.registry, Period.parse(month, zone), zone, now=later)
+            return {"overdue": number in [o["number"] for o in report["overdue"]],
+                    "closed": report["timeliness"]["closed"], "to_close": report["time_to_close"]}
+
+        before = figures()
+        assert before["overdue"] is False
+        OutwardRecords(site.registry).rate(number, "fb-1@x", score=1, comment="no", via="web", actor="sender",
+                                           address="", reopen_at_most=2,
+                                           resume=lambda _deadline, now: now + timedelta(hours=1), notify=[])
+        letter = site.registry.letter(number)
+        assert letter is not None and letter.status == "in-progress" and letter.deadline is not None
+        reopened = figures()
+        assert reopened["overdue"] is True  # open again, its new deadline long past at the period's end
+        assert reopened["closed"] == before["closed"] - 1  # its first close no longer stands
+
+        site.access.act(Principal.operator("test"), number, "close", text="done again")
+        closed_again = figures()
+        assert closed_again["overdue"] is False and closed_again["closed"] == before["closed"]
+    finally:
+        site.close()

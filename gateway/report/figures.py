@@ -46,7 +46,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
-from gateway.registry.models import Borrowing, CirculationStep, Letter
+from gateway.registry.models import Borrowing, CirculationStep, Event, Letter
 from gateway.registry.store import FIRST_DAY, LAST_DAY
 
 PAPER_CHANNELS = ("post", "courier", "front-desk")
@@ -151,6 +151,20 @@ def _score(event: Any) -> int | None:
     return score if isinstance(score, int) and 1 <= score <= 5 else None
 
 
+def _closed_at(events: list[Event], until: datetime) -> datetime | None:
+    """When the letter was closed as of `until`, or None if it was open then: a reopening (a sender's
+    low rating) undoes the close before it, and a later close counts from its own time."""
+    closed_at = None
+    for event in events:
+        if event.at > until:
+            break
+        if event.action == "closed":
+            closed_at = event.at
+        elif event.action == "reopened":
+            closed_at = None
+    return closed_at
+
+
 def compute(registry: Registry, period: Period, timezone_name: str, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     moment = min(now, period.end)
@@ -202,7 +216,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         reopened_times += reopenings
         registered = next((e.at for e in events if e.action == "registered"), letter.received_at)
         acked = next((e.at for e in events if e.action == "acknowledged"), None)
-        closed_at = next((e.at for e in events if e.action == "closed"), None)
+        closed_at = _closed_at(events, now)  # the close that stands: a reopening undoes the one before it
         if acked is not None:
             to_ack.append((acked - registered).total_seconds() / 3600)
         if closed_at is not None:
@@ -219,7 +233,7 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         if letter.received_at.astimezone(tz) < this_month:  # its month has ended: due for archiving
             due_archive += 1
             archived += letter.archive_number is not None
-        open_at_moment = closed_at is None or closed_at > moment
+        open_at_moment = _closed_at(events, moment) is None
         if open_at_moment and letter.deadline is not None and letter.deadline < moment:
             overdue.append({"number": letter.number, "department": letter.department, "category": letter.category,
                             "deadline": letter.deadline.astimezone(tz).isoformat(), "status": letter.status,

@@ -96,10 +96,12 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     is_open = Letter.status.in_(lifecycle.OPEN)
     overdue = and_(Letter.deadline.is_not(None), Letter.deadline < now)
     due = and_(Letter.deadline.is_not(None), Letter.deadline >= now, Letter.deadline < week_stop)
-    # The first "closed" event of each letter received this month (the report's definition).
-    closed = (select(Letter.id, Letter.deadline, func.min(Event.at).label("closed_at"))
+    # The close that stands, as in the report: the last "closed" event of each letter received this
+    # month that is not open again (a sender's low rating reopens a letter and undoes its close).
+    closed = (select(Letter.id, Letter.deadline, func.max(Event.at).label("closed_at"))
               .join(Event, Event.letter_id == Letter.id)
-              .where(scope, Event.action == "closed", _between(Letter.received_at, month.start, month.end))
+              .where(scope, Event.action == "closed", ~is_open,
+                     _between(Letter.received_at, month.start, month.end))
               .group_by(Letter.id, Letter.deadline).subquery())
     with registry.read() as conn:
         intake = dict(conn.execute(
