@@ -322,3 +322,32 @@ def test_a_stopped_run_leaves_its_month_to_the_next_run(tmp_path: Path, monkeypa
         assert due(registry, "archive", "2026-04")
     finally:
         registry.close()
+
+
+def test_a_run_outnumbered_by_another_node_records_nothing_and_says_why(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes whose archive folders are not shared do not see each other's lock. When the other
+    one numbers the month's letters while this one packs, this one records nothing: a clear error,
+    and every letter keeps the one archive number the other gave it."""
+    gateway = month_of_letters(tmp_path)
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    elsewhere = Archiver(config, registry)
+    elsewhere.root = tmp_path / "other-node-archive"
+
+    def other_node_first(point: str) -> None:
+        if point == "archive-before-commit":
+            monkeypatch.setattr(packer, "checkpoint", lambda _point: None)
+            elsewhere.run(MONTH)  # the whole month, while this run waits to record its first package
+    monkeypatch.setattr(packer, "checkpoint", other_node_first)
+    try:
+        with pytest.raises(packer.ArchiveError) as refused:
+            Archiver(config, registry).run(MONTH)
+        assert "another archive run numbered letters of 2026-03 meanwhile" in str(refused.value)
+        assert "nothing of 2026/03/external.business/part-001.mbox.zst was recorded" in str(refused.value)
+        numbers = [gateway.show_json(f"2026-00000{n}")["archive_number"] for n in range(1, 5)]
+        assert sorted(numbers) == [f"A202603-0000{n}" for n in range(1, 5)]  # once each, by the other node
+        assert all((elsewhere.root / p["path"]).is_file() for p in package_rows(gateway))
+        assert Archiver(config, registry).run(MONTH) == []  # nothing left to archive here
+    finally:
+        registry.close()

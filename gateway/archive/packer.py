@@ -57,6 +57,7 @@ from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.registry import Registry, ToArchive
+from gateway.registry.archive import ArchiveSeriesMoved
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.leases import JobStopped
 from gateway.registry.models import ArchivePackage, Letter
@@ -255,12 +256,19 @@ class Archiver:
         self._circulation_record(manifest, [(letter, number) for letter, number in zip(letters, numbers, strict=True)
                                             if letter.id in circulated])
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
-        self.registry.archive_commit(
-            package={"month": month, "category": category, "part": part, "kind": kind,
-                     "path": str(target.relative_to(self.root)), "manifest": str(manifest.relative_to(self.root)),
-                     "letters": len(letters), "size": size, "sha256": sha},
-            assignments=[(letter.id, number) for letter, number in zip(letters, numbers, strict=True)],
-            series=series, expected_last=first - 1)
+        try:
+            self.registry.archive_commit(
+                package={"month": month, "category": category, "part": part, "kind": kind,
+                         "path": str(target.relative_to(self.root)), "manifest": str(manifest.relative_to(self.root)),
+                         "letters": len(letters), "size": size, "sha256": sha},
+                assignments=[(letter.id, number) for letter, number in zip(letters, numbers, strict=True)],
+                series=series, expected_last=first - 1)
+        except ArchiveSeriesMoved as exc:
+            # Only a run that does not share this folder's lock gets here: a node whose archive
+            # folder is its own. Nothing of this package is recorded; the next run sets it aside.
+            raise ArchiveError(f"{exc}: another archive run numbered letters of {month} meanwhile (is "
+                               f"{self.root} shared by every node?); nothing of "
+                               f"{target.relative_to(self.root)} was recorded; run again") from None
         return Written(str(target.relative_to(self.root)), len(letters), size)
 
     def _write_mail(self, target: Path, letters: list[ToArchive], numbers: list[str], replied: set[int],

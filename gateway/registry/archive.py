@@ -14,6 +14,10 @@ from gateway.registry.plan import ToArchive
 from gateway.registry.store import Store, utcnow
 
 
+class ArchiveSeriesMoved(Exception):
+    """Another run gave archive numbers of the same month while this one was packing."""
+
+
 class ArchiveRecords(Store):
     def letters_to_archive(self, start: datetime, end: datetime) -> list[ToArchive]:
         """The month's letters not archived yet: only what packing needs (a month can be large: the
@@ -83,7 +87,7 @@ class ArchiveRecords(Store):
         with self.write() as conn:
             last = self.advance(conn, series, len(assignments))
             if last != expected_last + len(assignments):
-                raise RuntimeError(f"archive series {series} moved while packing (at {last}); run again")
+                raise ArchiveSeriesMoved(f"archive series {series} moved while packing (at {last})")
             package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
                 {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None},
             ]).scalar_one()
