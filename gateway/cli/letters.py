@@ -344,22 +344,13 @@ def letters_hold(state: State, number: str, reason: str, release: bool, by: str 
 def letters_extract(state: State, number: str, directory: Path, as_login: str | None, by: str | None) -> None:
     """Write a letter's attachments into DIRECTORY, under their safe names (an audited read)."""
     from gateway.archive.packer import ArchiveError
-    from gateway.services import queries
-    from gateway.services.access import Access
+    from gateway.services.access import Access, Forbidden
 
-    registry = state.registry()
     who = principal(state, as_login, by)
-    access = Access(state.config, registry)
-    letter = access.visible(who, number)
-    if letter is None or not access.content_allowed(who, letter):
-        fail(f"no letter {number}" if letter is None else f"{number}: its content is not yours to read")
-    if not access.downloadable(who, letter):  # as on the web: page previews only, never files
-        fail(f"{number}: a borrowed confidential letter is read as page previews in the web register only")
     try:
-        written = queries.extract_attachments(state.config, registry, number, directory)
-    except (LookupError, ArchiveError) as exc:  # ArchiveError: its archived copy is gone or damaged
+        written = Access(state.config, state.registry()).extract(who, number, directory, address="cli")
+    except (LookupError, Forbidden, ArchiveError) as exc:  # ArchiveError: its archived copy is gone or damaged
         fail(str(exc))
-    access.record(who, "download", address="cli", letter_id=letter.id, subject=", ".join(p.name for p in written))
     for target in written:
         click.echo(str(target))
 

@@ -29,6 +29,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import regex
@@ -372,6 +373,23 @@ class Access:
         self.record(who, "original", address=address, letter_id=letter.id,
                     subject=_named(letter, name, f"{letter.number} original"))
         return name, raw
+
+    def extract(self, who: Principal, number: str, directory: Path, *, address: str) -> list[Path]:
+        """Write a letter's documents as files into `directory` (queries.extract_attachments) for
+        someone who may download them; an audited read. Raises LookupError for a letter they cannot
+        see, Forbidden for one they may not take files of, and what extracting raises."""
+        letter = self.visible(who, number)
+        if letter is None:
+            raise LookupError(f"no letter {number}")
+        if not self.content_allowed(who, letter):
+            raise Forbidden(f"{number}: its content is not yours to read")
+        if not self.downloadable(who, letter):  # as on the web: page previews only, never files
+            raise Forbidden(f"{number}: a borrowed confidential letter is read as page previews in the web "
+                            "register only")
+        written = queries.extract_attachments(self.config, self.registry, number, directory)
+        self.record(who, "download", address=address, letter_id=letter.id,
+                    subject=", ".join(path.name for path in written))
+        return written
 
     def formatted(self, who: Principal, number: str) -> str | None:
         """The letter's HTML as its sender formatted it, made safe to show inside a page: scripts,
