@@ -1,13 +1,14 @@
 """A report as JSON, as CSV (one figure per row) and as one HTML file with its charts inline (SVG)."""
 from __future__ import annotations
 
-import csv
 import html
 import io
 import json
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from gateway.report.spreadsheet import SheetWriter
 
 
 def as_json(report: dict[str, Any]) -> str:
@@ -46,7 +47,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 def as_csv(report: dict[str, Any]) -> str:
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
+    writer = SheetWriter(text, lineterminator="\n")
     writer.writerow(["section", "key", "value"])
     writer.writerows((section, key, "" if value is None else value) for section, key, value in rows(report))
     return text.getvalue()

@@ -24,7 +24,6 @@ The rule, in words:
 """
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.people import ContentScope
+from gateway.report.spreadsheet import SheetWriter
 from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
@@ -556,7 +556,7 @@ class Access:
             page = self.queue(who, replace(query, page=number, per_page=200))
         tz = queries.local_zone(self.config)
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = SheetWriter(out)
         writer.writerow(["number", "received_at", "channel", "sender_name", "sender_address", "subject",
                          "department", "category", "urgency", "confidentiality", "status", "deadline"])
         for r in rows[:limit]:
@@ -747,7 +747,7 @@ class Access:
         rows = self.audit(who, limit=100000, **filters)
         tz = queries.local_zone(self.config)
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = SheetWriter(out)
         writer.writerow(["at", "actor", "action", "letter", "subject", "address", "details"])
         for r in rows:
             writer.writerow([r.at.astimezone(tz).isoformat(), r.actor, r.action, r.letter_number or "", r.subject,

