@@ -269,6 +269,38 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
     assert forward.endswith("registered as 2026-000004")
 
 
+def test_a_letters_owner_commands_by_mail_only_while_not_disabled(tmp_path: Path) -> None:
+    """The letter's own owner may command it by mail, of whatever department they are; once they
+    are disabled in the web register, owning it grants them nothing."""
+    import sqlite3
+
+    gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
+    letter = tmp_path / "letter.eml"
+    letter.write_bytes(make_message(1, subject="Quotation please", to="sales@example.org"))
+    gateway.run("ingest", str(letter))
+    gateway.run("users", "add", "pat", "--email", "pat@example.org", "--role", "member", "--department", "general-office",
+                "--no-password")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # assigned to pat, of another department
+        db.execute("UPDATE letters SET owner = 'pat@example.org' WHERE number = '2026-000001'")
+    reply = reply_address(gateway, "2026-000001", "pat@example.org")
+
+    def answer(n: int, body: str) -> None:
+        path = tmp_path / f"answer{n}.eml"
+        path.write_bytes(authenticated(make_message(100 + n, subject="Re: Quotation please",
+                                                    sender="Pat <pat@example.org>", to=reply, body=body)))
+        gateway.run("ingest", str(path))
+
+    answer(1, "received\n")
+    assert gateway.show_json("2026-000001")["status"] == "acknowledged"
+    gateway.run("users", "disable", "pat")
+    answer(2, "done: closed by someone who left\n")
+    detail = gateway.show_json("2026-000001")
+    assert detail["status"] == "acknowledged"
+    answers = [e["details"] for e in detail["events"] if e["action"] == "answer"]
+    assert [(a["command"], a["obeyed"]) for a in answers] == [("ack", True), ("close", False)]
+    assert answers[1]["refused"].startswith("pat@example.org is disabled in the web register")
+
+
 def test_an_answer_reassigns_and_the_new_owners_are_notified(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
     path = tmp_path / "letter.eml"

@@ -187,10 +187,15 @@ class Decisions(Store):
 
         All three must hold: the sender is authenticated, answered through a reply address signed
         for this letter and for them, and is an owner or the head of the letter's department or
-        the letter's own owner (as the letter is now, under its lock)."""
+        the letter's own owner (as the letter is now, under its lock) while not a disabled person."""
         who = plan.authenticated or plan.answer.sender.lower()
         reasons = []
-        if who not in plan.entitled.get(row.department or "", set()) | {(row.owner or "").lower()}:
+        owner = (row.owner or "").lower()
+        if who in plan.entitled.get(row.department or "", set()):
+            pass
+        elif who == owner and who in plan.disabled:
+            reasons.append(f"{who} is disabled in the web register")
+        elif who != owner:
             reasons.append(f"{who} is not an owner of {row.department}")
         if plan.authenticated is None and plan.temperror:
             # A DNS failure is no proof of forgery: the sender may well be who they say.

@@ -111,7 +111,7 @@ class AnswerPlan:
     Whether it is obeyed is decided under the letter's lock: its sender must be authenticated
     (`authenticated`), have answered through a reply address signed for this letter and for
     them (`token_refusal` None), and be in `entitled` (the addresses that may command, per
-    department, plus the letter's own owner). The subject's number alone grants nothing.
+    department, plus the letter's own owner unless a disabled person). The subject's number alone grants nothing.
     Notices of a refused command go to each owner at most once per letter an hour."""
 
     answer: Answer
@@ -121,6 +121,7 @@ class AnswerPlan:
     received_at: datetime
     entitled: dict[str, set[str]]  # department -> addresses whose commands are obeyed
     departments: set[str]
+    disabled: set[str] = field(default_factory=set)  # disabled people's: owning the letter grants them nothing
     notify: list[NewMail] = field(default_factory=list)  # the new department's owners, for reassign
     deadline: datetime | None = None  # for reassign, when the letter has none yet
     feedback: list[NewMail] = field(default_factory=list)  # the result for the sender, if it closes

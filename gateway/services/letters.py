@@ -85,11 +85,12 @@ class LetterSteps:
         departments = self.config.departments
         authenticated = str(trust["address"]).lower() if trust and trust.get("authenticated") and trust.get("address") \
             else None
+        people = People(self.config, self.registry)
         plan = AnswerPlan(answer=answer, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
                           received_at=received_at,
                           # Who may act, as the access service says (gateway/services/access.py);
                           # the registry applies it to the letter's department under its lock.
-                          entitled=People(self.config, self.registry).department_addresses(),
+                          entitled=people.department_addresses(), disabled=people.disabled_addresses(),
                           departments=set(departments), authenticated=authenticated,
                           authenticated_by=str(trust.get("method")) if authenticated and trust else None,
                           method=str(trust["method"]) if trust and trust.get("method") else None,

@@ -255,6 +255,16 @@ class People:
                 out[department] |= principal.emails
         return out
 
+    def disabled_addresses(self) -> set[str]:
+        """Addresses of disabled people that no enabled person has and the configuration does not
+        name: a letter such a person still owns gives them no authority by mail."""
+        named = {a.lower() for d in self.config.model.departments for a in (*d.owners, d.head, *d.members) if a}
+        enabled: set[str] = set()
+        disabled: set[str] = set()
+        for person in self.registry.people():
+            (disabled if person.disabled else enabled).update(e.lower() for e in person.emails)
+        return disabled - enabled - named
+
     # -- signing in -----------------------------------------------------
     def authenticate(self, login: str, password: str, *, address: str) -> Principal:
         """Check a name and password, throttled per account and per client address. Raises
