@@ -265,7 +265,8 @@ class Archiver:
                 series=series, expected_last=first - 1)
         except ArchiveSeriesMoved as exc:
             # Only a run that does not share this folder's lock gets here: a node whose archive
-            # folder is its own. Nothing of this package is recorded; the next run sets it aside.
+            # folder is its own. Nothing of this package is recorded: the next run here sets it
+            # aside, unless the other run recorded a package of the same name.
             raise ArchiveError(f"{exc}: another archive run numbered letters of {month} meanwhile (is "
                                f"{self.root} shared by every node?); nothing of "
                                f"{target.relative_to(self.root)} was recorded; run again") from None

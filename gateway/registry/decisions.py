@@ -190,13 +190,11 @@ class Decisions(Store):
         the letter's own owner (as the letter is now, under its lock) while not a disabled person."""
         who = plan.authenticated or plan.answer.sender.lower()
         reasons = []
-        owner = (row.owner or "").lower()
-        if who in plan.entitled.get(row.department or "", set()):
-            pass
-        elif who == owner and who in plan.disabled:
-            reasons.append(f"{who} is disabled in the web register")
-        elif who != owner:
-            reasons.append(f"{who} is not an owner of {row.department}")
+        if who not in plan.entitled.get(row.department or "", set()):
+            if who != (row.owner or "").lower():
+                reasons.append(f"{who} is not an owner of {row.department}")
+            elif who in plan.disabled:
+                reasons.append(f"{who} is disabled in the web register")
         if plan.authenticated is None and plan.temperror:
             # A DNS failure is no proof of forgery: the sender may well be who they say.
             reasons.append(f"the sender {plan.answer.sender} could not be verified (DNS temporary error): "

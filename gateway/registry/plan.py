@@ -111,7 +111,7 @@ class AnswerPlan:
     Whether it is obeyed is decided under the letter's lock: its sender must be authenticated
     (`authenticated`), have answered through a reply address signed for this letter and for
     them (`token_refusal` None), and be in `entitled` (the addresses that may command, per
-    department, plus the letter's own owner unless a disabled person). The subject's number alone grants nothing.
+    department, plus the letter's own owner unless they are disabled). The subject's number alone grants nothing.
     Notices of a refused command go to each owner at most once per letter an hour."""
 
     answer: Answer

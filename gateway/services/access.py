@@ -37,8 +37,8 @@ from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.people import ContentScope
-from gateway.report.spreadsheet import SheetWriter
 from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
+from gateway.report.spreadsheet import SheetWriter
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
