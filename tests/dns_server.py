@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -92,42 +93,67 @@ def start_dns(zone: DnsZone, *, ttl: int = 0, authoritative_for: str = "") -> Dn
     no records gets NXDOMAIN (or an empty answer) with the domain's SOA, whose TTL (and minimum) is
     `ttl`, so that negative answers may be cached as long."""
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    port = _free_port()
     scratch = Path(tempfile.mkdtemp(prefix="gateway-dns-"))
-    args = [binary, "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
-            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root" if _root() else "",
-            f"--pid-file={scratch / 'dnsmasq.pid'}", "--log-facility=-", "--conf-file=/dev/null",
-            f"--local-ttl={ttl}"]
-    if authoritative_for:
-        args += [f"--auth-server=ns.{authoritative_for},127.0.0.1", f"--auth-zone={authoritative_for}",
-                 f"--auth-soa=1,hostmaster.{authoritative_for},1200,120,1209600", f"--auth-ttl={ttl}"]
-    # Every name not published here has no answer, instead of being asked upstream.
-    args += ["--address=/#/", "--local=/#/"]
-    args += [_txt_option(name, text) for name, text in [*zone.txt.items(), *zone.more_txt]]
-    process = subprocess.Popen([a for a in args if a], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = DnsServer(port, zone, process)
-    _wait_ready(server)
-    return server
+    # The port is free when probed, but another process may take it before dnsmasq binds it
+    # (or hold its TCP side): then try another.
+    attempts = 5
+    for _ in range(attempts):
+        port = _free_port()
+        args = [binary, "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
+                f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                "--user=root" if _root() else "", f"--pid-file={scratch / 'dnsmasq.pid'}", "--log-facility=-",
+                "--conf-file=/dev/null", f"--local-ttl={ttl}"]
+        if authoritative_for:
+            args += [f"--auth-server=ns.{authoritative_for},127.0.0.1", f"--auth-zone={authoritative_for}",
+                     f"--auth-soa=1,hostmaster.{authoritative_for},1200,120,1209600", f"--auth-ttl={ttl}"]
+        # Every name not published here has no answer, instead of being asked upstream.
+        args += ["--address=/#/", "--local=/#/"]
+        args += [_txt_option(name, text) for name, text in [*zone.txt.items(), *zone.more_txt]]
+        # A record only this server has: another server on the same port cannot pass for it. (An
+        # authoritative server refuses names outside its zone.)
+        nonce = secrets.token_hex(8)
+        ready_name = f"ready.{authoritative_for or 'test'}"
+        args += [f"--txt-record={ready_name},{nonce}"]
+        process = subprocess.Popen([a for a in args if a], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        server = DnsServer(port, zone, process)
+        try:
+            _wait_ready(server, ready_name, nonce)
+            return server
+        except _PortTaken:
+            continue
+    raise RuntimeError(f"dnsmasq found no free port on 127.0.0.1 in {attempts} attempts")
+
+
+class _PortTaken(RuntimeError):
+    pass
 
 
 def _root() -> bool:
     return os.geteuid() == 0
 
 
-def _wait_ready(server: DnsServer) -> None:
+def _wait_ready(server: DnsServer, name: str, nonce: str) -> None:
     import dns.message
     import dns.query
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            output = server.process.stderr.read().decode() if server.process.stderr else ""
+            _, error = server.process.communicate()  # reads and closes the pipe
+            output = error.decode(errors="replace") if error else ""
+            if "Address already in use" in output:
+                raise _PortTaken(output)
             raise RuntimeError(f"dnsmasq exited: {output}")
         try:
-            dns.query.udp(dns.message.make_query("ready.test.", "TXT"), "127.0.0.1", timeout=0.5, port=server.port)
-            return
+            answer = dns.query.udp(dns.message.make_query(name, "TXT"), "127.0.0.1", timeout=0.5,
+                                   port=server.port)
         except Exception:
             time.sleep(0.05)
+            continue
+        if nonce in answer.to_text():
+            return
+        time.sleep(0.05)  # another server holds the port: dnsmasq is about to exit
+    stop_dns(server)
     raise RuntimeError("dnsmasq did not answer")
 
 
