@@ -7,8 +7,9 @@ keyword rules (Chinese words of three or four characters and Latin words,
 in subject and body) and sender-domain rules, each routing to some
 department, over the shipped departments.
 
-Compiling: `compile_rules` (read with line numbers, validate, build conditions,
-index, keyword automaton) against the baseline of reading the same text with
+Compiling: `compile_rules` (read, by yaml_rs where it gives PyYAML's data, with
+the rules' lines; validate, build conditions, index, keyword automaton) against
+the baseline of reading the same text with
 PyYAML's C loader into plain dicts and lists (`yaml.load(text, CSafeLoader)`),
 with the cyclic collector paused for it as compiling pauses it (the collector
 running makes that load several times slower). Gateway and baseline alternate

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import shutil
 import textwrap
 from pathlib import Path
@@ -14,6 +15,7 @@ from gateway.stages import rulebook
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
+from gateway.stages.classify import source
 from gateway.stages.classify.source import Located, RulesError
 
 
@@ -128,3 +130,108 @@ def test_aliases_of_aliases_are_refused_before_they_are_expanded(organisation: O
     [keywords] = [issue for issue in caught.value.issues if issue.key.startswith("rules[0]")]
     assert keywords.reason.startswith("keyword must be non-empty text (got ["), keywords
     assert keywords.reason.endswith("…; quote it)"), keywords
+
+
+FAST_ALIKE = [
+    MIXED.replace("&business ", "").replace("*business", "{department: business, deadline_days: 3}")
+    .replace("25.5", "25").replace('"2026"', "'y2026'"),
+    "a: 1_000\nb: 1x1F\nc: -12\nd: a@b, 'c' d\ne: 2026年3月\n# R&D, `x`, [?y]\n",
+    "rules: []\n",
+    'rules:\n- name: "引号 \\u4e2d \\x41 \\t tab"\n  when: {subject: [\'it\'\'s\']}\n  set: {department: hr}\n',
+    "rules:\n  - name: folded\n    description: >\n      two\n      lines\n    note: |\n      - kept\n        as is\n"
+    "    when: {keywords: [plain text on, more]}\n    set: {department: hr, deadline_days: -3}\n",
+    "defaults: {urgency: regular, category: null}\nrules:\n  - {name: n, when: {channel: [fax]}, set: {stop: true}}\n",
+]
+# Read differently by YAML 1.2 (yaml_rs) and 1.1 (PyYAML), or beyond what the fast reading vouches
+# for: each is left to PyYAML, which gives what it always gave.
+FAST_UNALIKE = [
+    "a: yes\n", "a: [on, off]\n", "a: 017\n", "a: [-017]\n", "a: 12:30\n", "a: 2026-03-01\n", "a: 1e3\n",
+    "a: 0o17\n", "a: !custom x\n", "a: .inf\n", "a: 2.5\n", "'yes': 1\n", "a: 'no'\n", "a: &x 1\nb: *x\n",
+    "a: !!str 12\n",
+    "%YAML 1.1\n---\na: b\n", "a: 1\n---\nb: 2\n", "a: b\x07\n", "a: 1\na: 2\n", "a: [unclosed\n", "",
+    "a: _5\n", "a: [0O2]\n", "a: [?b]\n", "a: [b, |c]\n", "a: {b: >x}\n", "a: [b, :c]\n", "\ufeffa: b\n",
+    "a: b\x85c\n", "a: |\n   \n",
+]
+
+
+@pytest.mark.parametrize("text", FAST_ALIKE + FAST_UNALIKE)
+def test_whichever_reads_a_document_its_data_is_what_pyyaml_gives(text: str) -> None:
+    try:
+        expected = yaml.safe_load(text)
+    except yaml.YAMLError:
+        with pytest.raises(RulesError):
+            Located(Path("r.yaml"), text)
+        return
+    if text == "a: 1\na: 2\n":  # PyYAML keeps the last; a rules file names the key given twice
+        with pytest.raises(RulesError, match="key given twice"):
+            Located(Path("r.yaml"), text)
+        return
+    assert Located(Path("r.yaml"), text).data == ({} if expected is None else expected)
+    assert (source._read_fast(text) is source._UNREAD) == (text in FAST_UNALIKE)
+
+
+def test_a_plain_rules_file_is_read_fast_and_its_rules_keep_their_lines(organisation: Organisation) -> None:
+    shipped = (ROOT / "config" / "rules.yaml").read_text()
+    assert source._read_fast(shipped) is not source._UNREAD
+    text = textwrap.dedent("""\
+        # rules at the indentation of their key, comments and blank lines between them
+        rules:
+        - name: first
+          description: |
+            - a line of text,
+            - not a rule
+          when: {subject: [a]}
+
+          set: {department: hr}
+        # a comment
+        -   name: second
+            when:
+              subject: [b]
+            set: {department: hr}
+        -
+          name: third
+          when: {subject: [c]}
+          set: {department: hr}
+        defaults: {urgency: regular}
+        """)
+    flow = "rules: [{name: first, when: {subject: [a]}, set: {department: hr}},\n" \
+           "        {name: second, when: {subject: [b]}, set: {department: hr}}]\n"
+    for document, lines in ((text, [3, 11, 16]), (flow, [1, 2]), (shipped, None)):
+        fast = Located(Path("r.yaml"), document)
+        assert fast._composed is source._UNREAD  # nothing composed for reading it
+        composed = [node.start_mark.line + 1 for key, value in yaml.compose(document).value
+                    if key.value == "rules" for node in value.value]
+        assert fast.item_lines(("rules",)) == composed == (lines or composed)
+        ruleset = compile_rules(Path("r.yaml"), document, organisation)
+        assert [rule.line for rule in ruleset.rules] == composed
+
+
+def test_the_fast_reading_gives_pyyamls_data_for_any_value_and_any_damaged_file() -> None:
+    """Seeded random values (numbers, booleans, nulls and near misses) as a value, a list item and
+    a key, and rules files with a few characters changed: wherever the fast reading gives data and
+    PyYAML reads the document, the data are PyYAML's, types included."""
+    rng = random.Random(7)
+
+    def alike(text: str) -> None:
+        fast = source._read_fast(text)
+        if fast is source._UNREAD:
+            return
+        try:
+            expected = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return
+        assert repr(fast) == repr(expected), text
+
+    pieces = [*"0123456789_+-.eExobacdfABCDF:~ nNuUlLtTrRsSyYoOiI,", "inf", "nan", "true", "null", "0x", "0o", "e+"]
+    for _ in range(3000):
+        token = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))).strip()
+        for text in (f"a: {token}\n", f"a: [{token}]\n", f"{token}: a\n"):
+            alike(text)
+    shipped = (ROOT / "config" / "rules.yaml").read_text()
+    changes = [*" -:#[]{},'\"\n\t|>?&!%@`~0123456789yesno._x", "\n  ", "\n- ", "1e3", "\u2028", "\ufeff"]
+    for _ in range(300):
+        text = list(shipped)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(text))
+            text[at:at + rng.randint(0, 1)] = [rng.choice(changes)]
+        alike("".join(text))
