@@ -572,3 +572,45 @@ def test_asking_the_sender_twice_or_for_a_day_years_away_is_refused_with_the_rea
     assert asked.status_code == 303, asked.text[-500:]
     again = sam.post(url, data={"csrf": sam.csrf, "missing": "the signed contract", "by": near})
     assert again.status_code == 409 and "is awaiting-sender" in again.text, again.text[-1000:]
+
+
+def test_asking_the_sender_or_withdrawing_racing_a_reassignment_is_refused_under_the_letters_lock(
+        site: Site) -> None:
+    """Bella's rights to ask the sender, then to withdraw, are decided while the letter is her
+    department's; the registry office moves it before her step takes the letter's lock: nothing
+    is done, and she is told where it went."""
+    from datetime import date, timedelta
+
+    from gateway.services.incomplete import Incomplete
+
+    number = site.letters["business"]
+    bella = site.people.principal("bella")
+    assert bella is not None
+    incomplete = Incomplete(site.config, site.registry)
+    by = date.today() + timedelta(days=10)
+
+    def moved_meanwhile(step: str) -> object:
+        original = getattr(incomplete.records, step)
+
+        def racing(*args: object, **kwargs: object) -> object:
+            site.registry.reassign(number, "general-office", reason="wrong department", actor="rita", notify=[])
+            return original(*args, **kwargs)
+        return racing
+
+    incomplete.records.mark_incomplete = moved_meanwhile("mark_incomplete")  # type: ignore[method-assign]
+    with pytest.raises(Refused) as refused:
+        incomplete.mark(bella, number, missing=["the signed contract"], by=by)
+    assert refused.value.key == "moved" and refused.value.params["department"] == "General Office"
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status != "awaiting-sender" and not incomplete.request(number)
+
+    # Back with business, asked properly; then moved again while Bella withdraws it.
+    site.registry.reassign(number, "business", reason="it is theirs after all", actor="rita", notify=[])
+    del incomplete.records.mark_incomplete
+    incomplete.mark(bella, number, missing=["the signed contract"], by=by)
+    incomplete.records.withdraw = moved_meanwhile("withdraw")  # type: ignore[method-assign]
+    with pytest.raises(Refused) as refused:
+        incomplete.withdraw(bella, number, reason="never came")
+    assert refused.value.key == "moved"
+    letter = site.registry.letter(number)
+    assert letter is not None and (letter.department, letter.status) == ("general-office", "awaiting-sender")

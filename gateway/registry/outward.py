@@ -76,7 +76,7 @@ class Waiting:
 
 
 def _locked(conn: Connection, number: str) -> Any:
-    row = conn.execute(select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.category,
+    row = conn.execute(select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner, Letter.category,
                               Letter.deadline, Letter.body_text).where(Letter.number == number)
                        .with_for_update()).first()
     if row is None:
@@ -100,13 +100,14 @@ class OutwardRecords:
     # -- incomplete submissions -------------------------------------------------
     def mark_incomplete(self, number: str, *, actor: str, missing: list[str], due_at: datetime,
                         remaining: Callable[[datetime | None, datetime], int | None], recipient: str,
-                        request: NewMail | None) -> SenderRequest:
+                        request: NewMail | None, seen: lifecycle.Seen | None = None) -> SenderRequest:
         """The letter waits for its sender: state awaiting-sender, deadline paused (its remaining
         working days kept), the request recorded and its mail queued. Raises LookupError and
-        TransitionRefused."""
+        TransitionRefused (LetterMoved when it is not with whom `seen` says)."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             row = _locked(conn, number)
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             lifecycle.check(number, row.status, "incomplete")
             refuse_past_reply(conn, row.id, number, "incomplete")
             days = remaining(row.deadline, now)
@@ -129,11 +130,14 @@ class OutwardRecords:
             conn.execute(insert(Event), [s.event_row(row.id, now, actor, "incomplete", None, details)])
         return SenderRequest(id=request_id, **values)
 
-    def withdraw(self, number: str, *, actor: str, reason: str) -> tuple[str, str]:
-        """The sender never sent what was missing: the letter ends as withdrawn."""
+    def withdraw(self, number: str, *, actor: str, reason: str,
+                 seen: lifecycle.Seen | None = None) -> tuple[str, str]:
+        """The sender never sent what was missing: the letter ends as withdrawn. Raises LookupError
+        and TransitionRefused (LetterMoved when it is not with whom `seen` says)."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             row = _locked(conn, number)
+            lifecycle.unmoved(number, row.department, row.owner, seen)
             lifecycle.check(number, row.status, "withdraw")
             conn.execute(update(Letter).where(Letter.id == row.id).values(status="withdrawn", updated_at=now))
             waiting = _waiting(conn, row.id)

@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta
 
 from gateway.config import Config
 from gateway.registry import Registry
+from gateway.registry.lifecycle import LetterMoved, ReplyInHand, TransitionRefused
 from gateway.registry.models import Letter, SenderRequest
 from gateway.registry.outward import FollowUp, OutwardRecords
 from gateway.registry.plan import NewMail, Registered
@@ -76,6 +77,11 @@ class Incomplete:
                             f"{number}", f"forbidden-{action}", department=department, number=number)
         return letter
 
+    def _moved(self, exc: LetterMoved) -> Refused:
+        known = self.config.departments.get(exc.department or "")
+        return Refused(str(exc), "moved", number=exc.number,
+                       department=known.name if known else (exc.department or "-"))
+
     def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
         """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
 
@@ -105,11 +111,13 @@ class Incomplete:
                 return None
             return calendar.working_days_between(now, deadline) if deadline > now else 0
 
-        from gateway.registry.lifecycle import ReplyInHand, TransitionRefused
-
         try:
+            # Under the letter's lock, it must still be with whom the rights were decided for.
             request = self.records.mark_incomplete(number, actor=who.login, missing=items, due_at=due_at,
-                                                   remaining=remaining, recipient=address, request=mail)
+                                                   remaining=remaining, recipient=address, request=mail,
+                                                   seen=(letter.department, letter.owner))
+        except LetterMoved as exc:
+            raise self._moved(exc) from None
         except ReplyInHand as exc:
             raise Refused(str(exc), "reply-in-hand", number=number, action="incomplete") from None
         except (TransitionRefused, ValueError) as exc:  # asked already (a second tab, a second click)
@@ -119,10 +127,11 @@ class Incomplete:
     def withdraw(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str]:
         """Close a letter whose sender never sent what was missing (awaiting-sender -> withdrawn)."""
         letter = self._letter(who, number, "withdraw")
-        from gateway.registry.lifecycle import TransitionRefused
-
         try:
-            return self.records.withdraw(number, actor=who.login, reason=reason.strip())
+            return self.records.withdraw(number, actor=who.login, reason=reason.strip(),
+                                         seen=(letter.department, letter.owner))
+        except LetterMoved as exc:
+            raise self._moved(exc) from None
         except TransitionRefused as exc:
             raise Refused(str(exc), "state", number=number, status=letter.status, action="withdraw") from None
 
