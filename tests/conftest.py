@@ -18,15 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from dovecot_server import dovecot_fixture
+from ports import free_port
 from smtp_sink import SmtpSink
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:

@@ -20,12 +20,7 @@ from pathlib import Path
 
 import dkim
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from ports import free_port
 
 
 @dataclass
@@ -98,7 +93,7 @@ def start_dns(zone: DnsZone, *, ttl: int = 0, authoritative_for: str = "") -> Dn
     # (or hold its TCP side): then try another.
     attempts = 5
     for _ in range(attempts):
-        port = _free_port()
+        port = free_port()
         args = [binary, "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts", "--no-poll",
                 f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
                 "--user=root" if _root() else "", f"--pid-file={scratch / 'dnsmasq.pid'}", "--log-facility=-",

@@ -53,15 +53,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+from ports import free_port
 
 HOST = "127.0.0.1"
 DOVECOT = shutil.which("dovecot", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "/usr/sbin/dovecot"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- OAuth2 token endpoint ----------------------------------------------------------------------
@@ -175,7 +170,7 @@ class DovecotServer:
             raise RuntimeError("Dovecot is not installed (apt-get install dovecot-imapd)")
         # UNIX socket paths are limited to 107 bytes: keep this short (pytest's tmp_path may not be).
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-", dir=directory))
-        self.port = _free_port()
+        self.port = free_port()
         self.mail_format = mail_format
         self.capabilities = capabilities
         self.config = self.dir / "dovecot.conf"

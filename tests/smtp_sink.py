@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from ports import free_port
 
 
 @dataclass
@@ -62,9 +62,7 @@ class _Handler:
 class SmtpSink:
     def __init__(self, port: int | None = None):
         if port is None:
-            with socket.socket() as s:  # aiosmtpd cannot be given port 0
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()  # aiosmtpd cannot be given port 0
         self.port = port
         self.received: list[Received] = []
         self.attempts = 0
