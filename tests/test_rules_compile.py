@@ -235,3 +235,12 @@ def test_the_fast_reading_gives_pyyamls_data_for_any_value_and_any_damaged_file(
             at = rng.randrange(len(text))
             text[at:at + rng.randint(0, 1)] = [rng.choice(changes)]
         alike("".join(text))
+
+
+def test_a_default_category_of_null_is_no_default_category(organisation: Organisation) -> None:
+    rules = "rules:\n  - name: r\n    when: {subject: [x]}\n    set: {department: hr}\n"
+    written = compile_rules(Path("r.yaml"), "defaults: {urgency: urgent, category: null}\n" + rules, organisation)
+    left_out = compile_rules(Path("r.yaml"), "defaults: {urgency: urgent}\n" + rules, organisation)
+    assert written.defaults == left_out.defaults == {"urgency": "urgent", "confidentiality": "normal"}
+    with pytest.raises(RulesError, match="defaults.urgency"):
+        compile_rules(Path("r.yaml"), "defaults: {urgency: null}\n" + rules, organisation)

@@ -409,7 +409,13 @@ class Defaults(_Schema):
     confidentiality: str = "normal"
     category: str | None = None
 
-    _grades = field_validator("urgency", "confidentiality", "category", mode="before")(_grade)
+    _grades = field_validator("urgency", "confidentiality", mode="before")(_grade)
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _category(cls, value: Any, info: ValidationInfo) -> Any:
+        """`category: null` says what leaving the key out says: no default category."""
+        return None if value is None else _grade(value, info)
 
     def given(self) -> dict[str, str]:
         return {key: value for key, value in self.model_dump().items() if value is not None}
