@@ -234,6 +234,30 @@ def test_the_same_form_sent_twice_is_one_letter(site: Site) -> None:
     assert letter.sender_name == "B"
 
 
+
+def test_a_refused_form_corrected_and_sent_twice_with_its_kept_scans_is_one_letter(site: Site) -> None:
+    """The first sending registers it and drops the kept scans; the second (a double click) is
+    told the form was registered already, not asked for the scans again."""
+    client = site.sign_in("rita")
+    token = hidden(client.get("/paper").text, "token")
+    files = {"scans": ("a.pdf", pdf_fax([ENGLISH]), "application/pdf")}
+    refused = client.post("/paper", data={"csrf": client.csrf, "token": token, "sender_name": "",
+                                          "channel": "post"}, files=files)
+    assert refused.status_code == 400
+    kept = hidden(refused.text, "kept")
+    corrected = {"csrf": client.csrf, "token": token, "sender_name": "A", "channel": "post", "kept": kept}
+    first = client.post("/paper", data=corrected, files={"scans": ("", b"", "")})
+    again = client.post("/paper", data=corrected, files={"scans": ("", b"", "")})
+    assert "result=registered" in first.headers["location"], first.text[-500:]
+    number = re.search(r"registered=([^&]+)", first.headers["location"])
+    assert number and again.status_code == 303, again.text[-500:]
+    assert again.headers["location"] == f"/paper?registered={number.group(1)}&result=known"
+    assert len(site.registry.letters(channel="post")) == 1
+    # Kept scans gone and nothing registered from the form: asked for the scans, as before.
+    other = hidden(client.get("/paper").text, "token")
+    lost = client.post("/paper", data=corrected | {"token": other}, files={"scans": ("", b"", "")})
+    assert lost.status_code == 400 and "add the scans of the letter" in lost.text
+
 # -- the service ------------------------------------------------------------------------------
 def test_a_jpeg_and_a_png_scan_are_one_page_documents(tmp_path: Path) -> None:
     photo = io.BytesIO()

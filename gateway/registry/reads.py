@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import lifecycle
-from gateway.registry.models import Letter
+from gateway.registry.models import IntakeKey, Letter
 from gateway.registry.people import Scope, scope_clause
 from gateway.registry.store import Store
 
@@ -52,6 +52,13 @@ class Reads(Store):
             stmt = stmt.limit(limit)
         with self.session() as session:
             return list(session.scalars(stmt))
+
+    def number_by_key_prefix(self, prefix: str) -> str | None:
+        """The number of the letter registered under an intake key starting with this prefix (a
+        paper form's token: `paper-form:TOKEN:`), if one was."""
+        with self.session() as session:
+            return session.scalar(select(Letter.number).join(IntakeKey, IntakeKey.letter_id == Letter.id)
+                                  .where(IntakeKey.key.startswith(prefix, autoescape=True)).limit(1))
 
     def department_in_register(self, department: str) -> bool:
         """Whether any letter is in this department (one removed from the configuration may still have letters)."""

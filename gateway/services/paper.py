@@ -206,6 +206,11 @@ def _content_digest(letter: PaperLetter) -> str:
     return digest.hexdigest()[:24]
 
 
+def form_prefix(form_token: str) -> str:
+    """The start of the intake key of every letter registered from this form."""
+    return f"paper-form:{form_token}:"
+
+
 def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: PaperLetter, *, by: str,
                    intake: str, form_token: str = "") -> PaperRegistered:
     """Check, spool and register one paper letter. Raises PaperRefused (nothing spooled) and
@@ -218,7 +223,7 @@ def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: Pap
     errors, documents = check(letter)
     if errors:
         raise PaperRefused(errors)
-    form_key = f"paper-form:{form_token}:{_content_digest(letter)}" if form_token else ""
+    form_key = f"{form_prefix(form_token)}{_content_digest(letter)}" if form_token else ""
     received_at = (letter.received_at or datetime.now(timezone.utc)).astimezone(tz)
     pages = sum(d.page_count for d in documents)
     if not letter.subject.strip():

@@ -19,8 +19,8 @@ from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.paper import CHANNELS, FieldError, PaperLetter, PaperRefused, Scan, parse_received, \
-    register_paper
+from gateway.services.paper import CHANNELS, FieldError, PaperLetter, PaperRefused, Scan, form_prefix, \
+    parse_received, register_paper
 from gateway.spool import Spool, SpoolError
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.web import i18n
@@ -63,10 +63,16 @@ def register(req: Req) -> Response:
         token = secrets.token_urlsafe(18)
     staged = _staging(req, token)
     kept = [name for name in req.fields("kept") if (staged / name).is_file() and name == safe_filename(name)]
+    uploads = [u for u in req.form.getlist("scans") if isinstance(u, UploadFile) and u.filename]
+    if req.fields("kept") and not kept and not uploads:
+        # The scans this form kept are gone: the same form, sent twice, was registered by the
+        # first request (which removed them). Say so, rather than ask for the scans again.
+        number = req.web.registry.number_by_key_prefix(form_prefix(token))
+        if number:
+            return RedirectResponse("/paper?" + urlencode({"registered": number, "result": "known"}),
+                                    status_code=303)
     scans = [Scan(name.partition("-")[2], (staged / name).read_bytes()) for name in kept]
-    for upload in req.form.getlist("scans"):
-        if isinstance(upload, UploadFile) and upload.filename:
-            scans.append(Scan(upload.filename, upload.file.read()))
+    scans += [Scan(str(upload.filename), upload.file.read()) for upload in uploads]
     errors: list[FieldError] = []
     received_at = None
     if values["received_at"]:
