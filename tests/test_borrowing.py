@@ -257,3 +257,39 @@ def test_a_borrowed_confidential_letter_is_not_extracted_as_files(tmp_path: Path
         assert (tmp_path / "kept" / "terms.bin").read_bytes() == b"secret terms"
     finally:
         site.close()
+
+
+@pytest.fixture(name="fresh_site")
+def fresh_site_fixture(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path)
+    s.add_people()
+    s.add_letters()
+    yield s
+    s.close()
+
+
+def test_an_archived_letters_reply_is_content_its_approver_reads_only_by_borrowing(fresh_site: Site) -> None:
+    """The head approved the reply while the letter was open; archived, its reply is the letter's
+    content like the rest: not on the page without a borrowing granted for now."""
+    from gateway.services.replies import Replies
+
+    site = fresh_site
+    number = site.letters["business"]
+    sam, bella = site.people.principal("sam"), site.people.principal("bella")
+    assert sam is not None and bella is not None
+    replies = Replies(site.config, site.registry)
+    replies.draft(sam, number, text="Dear customer, order 4711 ships on 3 March; the discount of 17.5% stays.")
+    replies.submit(sam, number)
+    replies.approve(bella, number)  # the head: the default chain's only step; the reply goes out
+    assert replies.panel(bella, site.registry.letter(number)).reply is not None  # type: ignore[arg-type]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "archived" and not site.access.content_allowed(bella, letter)
+    assert replies.panel(bella, letter).reply is None
+    site.people.set_language("bella", "en")
+    page = site.sign_in("bella").get(f"/letters/{number}")
+    assert page.status_code == 200 and "Archived: its content is read through an approved borrowing." in page.text
+    assert "17.5%" not in page.text
