@@ -15,7 +15,7 @@ import httpx
 from sqlalchemy import select
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages
-from conftest import Daemon, Gateway, wait_for
+from conftest import Daemon, Gateway, make_message, wait_for
 from fax_samples import ENGLISH, SIMPLIFIED, pdf_fax, render_page
 from playwright.sync_api import Browser, expect
 from web_support import PASSWORD, Site, hidden, meta_csrf
@@ -433,3 +433,28 @@ def _answers(client: httpx.Client) -> bool:
 
 def _dead(daemon: Daemon) -> int:
     return daemon.wait(30)
+
+
+def test_the_page_says_registered_or_waiting_only_when_the_register_or_the_spool_does(site: Site) -> None:
+    """A link is anyone's to write: /paper?registered=... or ?spooled=... shows a banner only for a
+    letter in the register or an item the spool holds; an item registered since shows as its
+    letter."""
+    from gateway.registry.models import IntakeKey, Letter
+
+    site.people.set_language("rita", "en")
+    client = site.sign_in("rita")
+    banner = "This form was registered already"
+    assert banner not in client.get("/paper", params={"registered": "PAY-TO-IBAN-DE00", "result": "known"}).text
+    number = site.ingest("paper", make_message(9, subject="A letter", to="sales@example.org"))
+    assert banner in client.get("/paper", params={"registered": number, "result": "known"}).text
+    with site.registry.session() as session:
+        key = session.scalar(select(IntakeKey.key).join(Letter).where(
+            Letter.number == number, IntakeKey.key.startswith("spool:")))
+    assert key is not None
+    registered_since = client.get("/paper", params={"spooled": key.removeprefix("spool:")}).text
+    assert f"Registered as <a href=\"/letters/{number}\"" in registered_since
+    waiting = site.spool.enqueue(make_message(10), {"channel": "post", "intake": "web"})
+    assert waiting.id in client.get("/paper", params={"spooled": waiting.id}).text
+    for forged in ("00000000000000000000-deadbeef", "<script>", waiting.id + "x"):
+        page = client.get("/paper", params={"spooled": forged}).text
+        assert "kept safely" not in page and "Registered as" not in page, forged

@@ -53,12 +53,13 @@ class Reads(Store):
         with self.session() as session:
             return list(session.scalars(stmt))
 
-    def number_by_key_prefix(self, prefix: str) -> str | None:
-        """The number of the letter registered under an intake key starting with this prefix (a
-        paper form's token: `paper-form:TOKEN:`), if one was."""
+    def number_by_intake_key(self, key: str, *, prefix: bool = False) -> str | None:
+        """The number of the letter registered under this intake key (`spool:ITEM`), or under one
+        starting with it (a paper form's `paper-form:TOKEN:`), if one was."""
+        match = IntakeKey.key.startswith(key, autoescape=True) if prefix else IntakeKey.key == key
         with self.session() as session:
             return session.scalar(select(Letter.number).join(IntakeKey, IntakeKey.letter_id == Letter.id)
-                                  .where(IntakeKey.key.startswith(prefix, autoescape=True)).limit(1))
+                                  .where(match).limit(1))
 
     def department_in_register(self, department: str) -> bool:
         """Whether any letter is in this department (one removed from the configuration may still have letters)."""

@@ -41,6 +41,7 @@ MESSAGES = (N_("choose how it came: post, courier or front desk"), N_("the sende
             N_("add the scans of the letter (PDF, TIFF, JPEG or PNG)"), N_("at most %(limit)s files"),
             N_("the files together exceed %(limit)s MiB"), N_("%(reason)s"))
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_ITEM = re.compile(r"[0-9]{20}-[0-9a-f]{8}")  # a spool item's id
 KEEP_SECONDS = 24 * 3600  # scans of a form never sent again are dropped after a day
 
 
@@ -67,7 +68,7 @@ def register(req: Req) -> Response:
     if req.fields("kept") and not kept and not uploads:
         # The scans this form kept are gone: the same form, sent twice, was registered by the
         # first request (which removed them). Say so, rather than ask for the scans again.
-        number = req.web.registry.number_by_key_prefix(form_prefix(token))
+        number = req.web.registry.number_by_intake_key(form_prefix(token), prefix=True)
         if number:
             return RedirectResponse("/paper?" + urlencode({"registered": number, "result": "known"}),
                                     status_code=303)
@@ -112,10 +113,28 @@ def register(req: Req) -> Response:
 
 def _page(req: Req, values: dict[str, str], errors: dict[str, list[str]], token: str, kept: list[str],
           status: int = 200) -> Response:
+    registered, spooled = _outcome(req)
     return req.render("paper/register.html", status, values=values, errors=errors, token=token, kept=kept,
                       channels=CHANNELS, labels={k: _(v) for k, v in LABELS.items()},
-                      registered=req.arg("registered"), again=req.arg("result") == "known",
-                      spooled=req.arg("spooled"))
+                      registered=registered, again=req.arg("result") == "known", spooled=spooled)
+
+
+def _outcome(req: Req) -> tuple[str, str]:
+    """(the letter registered, the spool item waiting) that the address says the last sending
+    gave, each only if the register or the spool says so: a link is anyone's to write, and the
+    register's page does not repeat what it says. An item registered since shows as its letter."""
+    registered, spooled = req.arg("registered"), req.arg("spooled")
+    if spooled:
+        if not _ITEM.fullmatch(spooled):
+            return "", ""
+        registered = req.web.registry.number_by_intake_key(f"spool:{spooled}") or ""
+        if not registered:
+            config = req.web.config
+            waiting = any((config.spool_dir / folder / spooled).exists() for folder in ("new", "work"))
+            return "", spooled if waiting else ""
+    if registered and req.web.access.visible(req.who, registered) is None:
+        return "", ""
+    return registered, ""
 
 
 def _by_field(errors: list[FieldError]) -> dict[str, list[str]]:
