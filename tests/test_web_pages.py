@@ -614,3 +614,38 @@ def test_asking_the_sender_or_withdrawing_racing_a_reassignment_is_refused_under
     assert refused.value.key == "moved"
     letter = site.registry.letter(number)
     assert letter is not None and (letter.department, letter.status) == ("general-office", "awaiting-sender")
+
+
+def test_a_form_from_nobody_signed_in_is_not_read_and_one_too_large_is_refused(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload to a page that needs a signed-in person is not taken in before the sign-in check;
+    a form past the limit is refused with 413 before it is kept, whether it says its length or comes
+    in chunks."""
+    from starlette.datastructures import UploadFile
+
+    from gateway.web.app import Web
+
+    written: list[int] = []
+    original = UploadFile.write
+
+    async def counting(self: UploadFile, data: bytes) -> None:
+        written.append(len(data))
+        await original(self, data)
+
+    monkeypatch.setattr(UploadFile, "write", counting)
+    upload = {"scans": ("big.pdf", b"%PDF-1.4\n" + b"0" * (4 * 2**20), "application/pdf")}
+    anonymous = site.client()
+    answer = anonymous.post("/paper", data={"sender_name": "A", "channel": "post"}, files=upload)
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/signin")
+    assert sum(written) == 0
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    monkeypatch.setattr(Web, "body_limit", property(lambda self: 64 * 1024))
+    small = {"scans": ("a.pdf", b"%PDF-1.4\n" + b"0" * (128 * 1024), "application/pdf")}
+    large = rita.post("/paper", data={"csrf": rita.csrf, "sender_name": "A", "channel": "post"}, files=small)
+    assert large.status_code == 413
+    assert "What was sent is larger than the register takes" in large.text and sum(written) == 0
+    chunked = rita.post("/paper", content=(b"a" * 16384 for _ in range(8)),
+                        headers={"content-type": "application/x-www-form-urlencoded", "x-csrf-token": rita.csrf})
+    assert chunked.status_code == 413
+    assert site.spool.pending() == []

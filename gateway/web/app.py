@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message
 
 from gateway.config import Config
 from gateway.web import i18n, security
@@ -57,6 +58,14 @@ class Web:
     proxies: list[Any]
     tz: ZoneInfo
     oauth: Any = None
+
+    @property
+    def body_limit(self) -> int:
+        """The most a form may send: a paper letter's scans or a reply's attachments, whichever
+        may be larger, and room for the fields."""
+        from gateway.services.paper import MAX_SCAN_BYTES
+
+        return max(MAX_SCAN_BYTES, self.config.model.replies.max_attachment_bytes) + 2**20
 
     @property
     def secure(self) -> bool:
@@ -143,7 +152,18 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
     person (else to the sign-in page), the role if one is named, and on POST the CSRF token."""
     def wrap(handler: Handler) -> Endpoint:
         async def endpoint(request: Request) -> Response:
-            form = await request.form() if request.method in security.UNSAFE_METHODS else FormData()
+            form = FormData()
+            # Nobody signed in to a page that needs it: the body is not read (uploads would be taken
+            # in first); serve() sends them to the sign-in page.
+            if request.method in security.UNSAFE_METHODS and (
+                    public or await run_in_threadpool(_signed_in, request)):
+                try:
+                    form = await _read_form(request)
+                except _TooLarge as large:
+                    req = await run_in_threadpool(start, request, FormData())
+                    return await run_in_threadpool(req.error, 413, _(
+                        "What was sent is larger than the register takes (%(limit)s MiB together). Nothing "
+                        "was kept: send fewer or smaller files.") % {"limit": large.limit // 2**20})
             try:
                 return await run_in_threadpool(serve, request, form, handler, public, role)
             finally:
@@ -151,6 +171,38 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
         endpoint.__name__ = handler.__name__
         return endpoint
     return wrap
+
+
+class _TooLarge(Exception):
+    def __init__(self, limit: int):
+        self.limit = limit
+
+
+def _signed_in(request: Request) -> bool:
+    web: Web = request.app.state.web
+    token = request.cookies.get(security.SESSION_COOKIE)
+    return token is not None and "\x00" not in token and web.people.session(token) is not None
+
+
+async def _read_form(request: Request) -> FormData:
+    """The request's form, refused (_TooLarge) once its body passes the limit: at once when it says
+    its length, else as the bytes come (a body sent in chunks says none)."""
+    limit = request.app.state.web.body_limit
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(limit)
+    received = 0
+    receive = request.receive
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise _TooLarge(limit)
+        return message
+
+    return await Request(request.scope, counted).form()
 
 
 def serve(request: Request, form: FormData, handler: Handler, public: bool, role: str | None) -> Response:
