@@ -293,3 +293,30 @@ def test_an_archived_letters_reply_is_content_its_approver_reads_only_by_borrowi
     page = site.sign_in("bella").get(f"/letters/{number}")
     assert page.status_code == 200 and "Archived: its content is read through an approved borrowing." in page.text
     assert "17.5%" not in page.text
+
+
+def test_a_supplement_to_an_archived_letter_is_recorded_beside_it_not_made_part_of_it(fresh_site: Site) -> None:
+    from gateway.registry.outward import FollowUp, OutwardRecords
+    from gateway.registry.plan import NewAttachment
+
+    site = fresh_site
+    number = site.letters["business"]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+    before = site.registry.letter(number)
+    assert before is not None and before.status == "archived"
+    late = FollowUp(number, "supplement", "alice@partner.example", "Here is the signed contract after all.",
+                    verified=True, matched_by="reply", attachments=[NewAttachment(
+                        filename="contract.pdf", original_filename="contract.pdf", declared_type="application/pdf",
+                        detected_type="application/pdf", size=10, sha256="0" * 64, origin="supplement")])
+    done = OutwardRecords(site.registry).supplement(
+        late, keys=["test:late-supplement"], raw_sha256="1" * 64, raw_path="messages/late.eml",
+        received_at=datetime.now(timezone.utc), resume=lambda days, now: None, notify=[])
+    after = site.registry.letter(number)
+    assert done.number == number and after is not None and after.status == "archived"
+    assert after.body_text == before.body_text and len(after.attachments) == len(before.attachments)
+    [recorded] = [e for e in after.events if e.action == "follow-up"]
+    assert recorded.details["reason"].startswith("the letter is archived: recorded only")
+    assert recorded.details["attachments"] == ["contract.pdf"] and recorded.details["raw_path"] == "messages/late.eml"

@@ -192,8 +192,8 @@ class OutwardRecords:
 
         Verified (in our request's thread, or from the letter's sender, proven): its text and attachments
         become the letter's and a letter awaiting its sender resumes (in progress, the deadline
-        moved on by the working days it had left), its department told. Otherwise it is only
-        recorded."""
+        moved on by the working days it had left), its department told. Otherwise, and for an
+        archived letter, it is only recorded."""
         s, now = self.store, utcnow()
         with s.write() as conn:
             known = self._known(conn, keys)
@@ -205,9 +205,12 @@ class OutwardRecords:
                 "matched_by": follow.matched_by, "message_id": follow.message_id, "raw_sha256": raw_sha256,
                 "raw_path": raw_path, "received_at": received_at.isoformat(),
                 "attachments": [a.filename for a in follow.attachments]}
-            if not follow.verified:
-                details["reason"] = ("neither a reply to our request nor from the letter's sender, proven: "
-                                     "recorded only")
+            if not follow.verified or row.status == "archived":
+                # An archived letter's content is what its package holds: a late supplement is
+                # recorded beside it (its bytes kept), never made part of it.
+                details["reason"] = (
+                    "neither a reply to our request nor from the letter's sender, proven: recorded only"
+                    if not follow.verified else "the letter is archived: recorded only, its content stays as archived")
                 conn.execute(insert(Event), [s.event_row(row.id, now, follow.sender, "follow-up", None, details)])
             else:
                 waiting = _waiting(conn, row.id)
