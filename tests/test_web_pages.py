@@ -645,6 +645,9 @@ def test_a_form_from_nobody_signed_in_is_not_read_and_one_too_large_is_refused(
     large = rita.post("/paper", data={"csrf": rita.csrf, "sender_name": "A", "channel": "post"}, files=small)
     assert large.status_code == 413
     assert "What was sent is larger than the register takes" in large.text and sum(written) == 0
+    site.people.set_language("rita", "zh")  # said in the page's language, as every refusal is
+    large = rita.post("/paper", data={"csrf": rita.csrf, "sender_name": "A", "channel": "post"}, files=small)
+    assert large.status_code == 413 and "413 · 内容过大" in large.text and "发送的内容超过登记簿可接收的上限" in large.text
     chunked = rita.post("/paper", content=(b"a" * 16384 for _ in range(8)),
                         headers={"content-type": "application/x-www-form-urlencoded", "x-csrf-token": rita.csrf})
     assert chunked.status_code == 413

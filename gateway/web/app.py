@@ -160,10 +160,7 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
                 try:
                     form = await _read_form(request)
                 except _TooLarge as large:
-                    req = await run_in_threadpool(start, request, FormData())
-                    return await run_in_threadpool(req.error, 413, _(
-                        "What was sent is larger than the register takes (%(limit)s MiB together). Nothing "
-                        "was kept: send fewer or smaller files.") % {"limit": large.limit // 2**20})
+                    return await run_in_threadpool(_too_large, request, large.limit)
             try:
                 return await run_in_threadpool(serve, request, form, handler, public, role)
             finally:
@@ -176,6 +173,12 @@ def page(*, public: bool = False, role: str | None = None) -> Callable[[Handler]
 class _TooLarge(Exception):
     def __init__(self, limit: int):
         self.limit = limit
+
+
+def _too_large(request: Request, limit: int) -> Response:
+    req = start(request, FormData())  # the page's language is set here, in this thread
+    return req.error(413, _("What was sent is larger than the register takes (%(limit)s MiB together). Nothing "
+                            "was kept: send fewer or smaller files.") % {"limit": limit // 2**20})
 
 
 def _signed_in(request: Request) -> bool:
