@@ -37,7 +37,13 @@ def compose(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     about = str(details.get("about", ""))
     if about not in _TITLES:
         raise ComposeError(f"no {mail.kind} mail about {about!r}")
-    subject = clean(letter.subject, 120) if letter.confidentiality != "confidential" else "Confidential letter"
+    # Who gets these mails is not always a reader of the letter (the handling department's owners,
+    # a borrower refused): a confidential letter's instructions and subject, and an archived
+    # letter's subject (its content now), stay in the register.
+    confidential = letter.confidentiality == "confidential"
+    private = confidential or letter.status == "archived"
+    subject = "Confidential letter" if confidential else "Archived letter" if private else clean(letter.subject, 120)
+    kept = "(not sent by mail: read it in the register)"
     reader = clean(str(details.get("reader", "")), 120)
     lines: list[str] = []
     if about == "to-read":
@@ -53,11 +59,13 @@ def compose(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
                   f"{_when(config, details.get('deadline'))}, after {details.get('count')} reminder(s)."]
     elif about == "instruction":
         lines += [f"{reader} signed letter {letter.number} with this instruction for your department:", ""]
-        lines += ["  " + clean(line, 500) for line in str(details.get("instruction", "")).splitlines()[:40]]
+        lines += [f"  {kept}"] if private else [
+            "  " + clean(line, 500) for line in str(details.get("instruction", "")).splitlines()[:40]]
     elif about == "finished":
         lines += [f"Every reader has signed letter {letter.number}:", ""]
         for item in details.get("signed", [])[:50]:
             text = clean(str(item.get("instruction") or ""), 500)
+            text = kept if text and private else text
             lines.append(f"  {item.get('step')}. {clean(str(item.get('reader', '')), 120)}, "
                          f"{_when(config, item.get('at'))}" + (f": {text}" if text else ""))
     elif about == "request":

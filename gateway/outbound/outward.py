@@ -165,16 +165,23 @@ def notice(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
               "score": clean(str(mail.details.get("score", "?")), 4),
               "comment": "\n".join("  " + clean(line, 500) for line in
                                    str(mail.details.get("comment") or "-").splitlines()[:40])}
-    if letter.confidentiality == "confidential":
+    # A confidential letter's people are not all its readers, and an archived letter has none
+    # without a borrowing: what was asked for, the files that came and the comment stay in the register.
+    private = letter.confidentiality == "confidential" or letter.status == "archived"
+    if private:
         values["comment"] = "  (not sent by mail: read it in the register)"
     lines = [first.format(**values), ""]
     missing = [clean(str(m), 300) for m in mail.details.get("missing", [])]
     if missing:
-        lines += ["Missing:"] + [f"  {n}. {m}" for n, m in enumerate(missing, 1)] + [""]
+        lines += ["Missing:"] + ([f"  {len(missing)} item(s), named in the register"] if private else
+                                 [f"  {n}. {m}" for n, m in enumerate(missing, 1)]) + [""]
     attachments = [clean(str(a), 120) for a in mail.details.get("attachments", [])]
     if attachments:
-        lines += ["Attachments added:"] + [f"  {a}" for a in attachments] + [""]
+        lines += ["Attachments added:"] + ([f"  {len(attachments)} file(s), named in the register"] if private
+                                           else [f"  {a}" for a in attachments]) + [""]
     subject = clean(letter.subject, 120) if letter.confidentiality != "confidential" else "Confidential letter"
+    if letter.status == "archived" and letter.confidentiality != "confidential":
+        subject = "Archived letter"
     lines += [f"Number:    {letter.number}", f"Subject:   {subject or '(no subject)'}",
               f"Status:    {letter.status}", "", "In the register:",
               f"  {config.model.web.base_url}/letters/{letter.number}" if config.model.web.base_url

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
-from sqlalchemy import (Connection, Text, and_, bindparam, cast, column, delete, func, insert, literal,
+from sqlalchemy import (Connection, Text, and_, bindparam, case, cast, column, delete, func, insert, literal,
                         literal_column, or_, select, table)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import selectinload
@@ -216,23 +216,27 @@ class SearchRecords(Store):
             # 'simple' as a bare literal, so PostgreSQL reads it as the regconfig it is.
             query = func.to_tsquery(literal_column("'simple'"), cast(literal(_tsquery(terms)), Text))
             hits = (select(_PG_INDEX.c.letter_id.label("letter_id"),
-                           (-func.ts_rank_cd(_PG_INDEX.c.tsv, query)).label("rank"))
+                           (-func.ts_rank_cd(_PG_INDEX.c.tsv, query)).label("rank"),
+                           (-func.ts_rank_cd(_PG_INDEX.c.tsv_entry, query)).label("entry_rank"))
                     .where(_PG_INDEX.c.tsv.op("@@")(query)).subquery())
             in_entry = select(_PG_INDEX.c.letter_id).where(_PG_INDEX.c.tsv_entry.op("@@")(query))
         else:
             match = _fts5_query(terms)
-            # bm25() is lower for better matches.
+            # bm25() is lower for better matches; weighted 1 and 0, it ranks by the entry alone.
             hits = (select(_SQLITE_INDEX.c.rowid.label("letter_id"),
-                           literal_column("bm25(letter_search)").label("rank"))
+                           literal_column("bm25(letter_search)").label("rank"),
+                           literal_column("bm25(letter_search, 1.0, 0.0)").label("entry_rank"))
                     .where(literal_column("letter_search").op("MATCH")(literal(match))).subquery())
             in_entry = select(_SQLITE_INDEX.c.rowid).where(
                 literal_column("letter_search").op("MATCH")(literal(f"entry : ({match})")))
-        where = and_(scope_clause(scope), filter_clause(letter_filter),
-                     or_(content_clause(content), Letter.id.in_(in_entry)))
+        readable = content_clause(content)
+        where = and_(scope_clause(scope), filter_clause(letter_filter), or_(readable, Letter.id.in_(in_entry)))
+        # Nor does the order: a letter whose content is not the person's ranks by its entry alone.
+        rank = case((readable, hits.c.rank), else_=hits.c.entry_rank)
         with self.session() as session:
             total = int(session.scalar(select(func.count()).select_from(Letter)
                                        .join(hits, hits.c.letter_id == Letter.id).where(where)) or 0)
             rows = list(session.scalars(select(Letter).join(hits, hits.c.letter_id == Letter.id).where(where)
-                                        .order_by(hits.c.rank, Letter.received_at.desc(), Letter.id.desc())
+                                        .order_by(rank, Letter.received_at.desc(), Letter.id.desc())
                                         .offset(offset).limit(limit)))
         return rows, total

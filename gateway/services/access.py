@@ -358,7 +358,7 @@ class Access:
         if purpose != "preview" or not self.registry.read_since(
                 who.login, letter.id, datetime.now(timezone.utc) - PREVIEW_WITHIN_READ, ("read", "preview")):
             self.record(who, purpose, address=address, letter_id=letter.id,
-                        subject=_named(letter, attachment.filename, f"attachment {attachment.position}"))
+                        subject=named(letter, attachment.filename, f"attachment {attachment.position}"))
         return attachment.filename, content, attachment.detected_type or "application/octet-stream"
 
     def original(self, who: Principal, number: str, *, address: str) -> tuple[str, bytes] | None:
@@ -371,7 +371,7 @@ class Access:
         raw = read_original(self.config, self.registry, letter)
         name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"
         self.record(who, "original", address=address, letter_id=letter.id,
-                    subject=_named(letter, name, f"{letter.number} original"))
+                    subject=named(letter, name, f"{letter.number} original"))
         return name, raw
 
     def extract(self, who: Principal, number: str, directory: Path, *, address: str) -> list[Path]:
@@ -388,7 +388,7 @@ class Access:
                             "register only")
         written = queries.extract_attachments(self.config, self.registry, number, directory)
         self.record(who, "download", address=address, letter_id=letter.id,
-                    subject=", ".join(path.name for path in written))
+                    subject=named(letter, ", ".join(path.name for path in written), f"{len(written)} file(s)"))
         return written
 
     def formatted(self, who: Principal, number: str) -> str | None:
@@ -756,7 +756,7 @@ class Access:
         return out.getvalue()
 
 
-def _named(letter: Letter, name: str, neutral: str) -> str:
+def named(letter: Letter, name: str, neutral: str) -> str:
     """What an audit row calls a file read: its name, but for a confidential letter's (a name is
     content, and the audit log is read by auditors, who may not read the letter)."""
     return neutral if letter.confidentiality == "confidential" else name

@@ -25,7 +25,7 @@ from gateway.registry.models import Letter, Reply, ReplyAttachment, ReplyStep
 from gateway.registry.plan import NewMail
 from gateway.registry.replies import (EDITABLE, DraftChanged, NewReplyAttachment, Outgoing, ReplyChanged, ReplyRecords,
                                       text_digest)
-from gateway.services.access import Access, Forbidden, Refused
+from gateway.services.access import Access, Forbidden, Refused, named
 from gateway.services.incomplete import request_address
 from gateway.services.people import People, Principal
 from gateway.stages.normalise.filenames import safe_filename
@@ -220,7 +220,8 @@ class Replies:
             return None
         found = self.records.attachment_content(reply_id, attachment_id)
         if found is not None:
-            self.access.record(who, "download", address=address, letter_id=letter.id, subject=found.filename,
+            self.access.record(who, "download", address=address, letter_id=letter.id,
+                               subject=named(letter, found.filename, f"reply attachment {attachment_id}"),
                                details={"reply": reply_id})
         return found
 
