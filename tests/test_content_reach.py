@@ -172,12 +172,17 @@ def test_a_leaders_instruction_on_a_confidential_letter_stays_in_the_register(si
     assert "Receive them on Tuesday" in circulation_mail.compose(site.config, instruction, told).get_content()
 
 
-def test_the_to_read_page_shows_no_subject_of_a_letter_archived_while_circulating(site: Site) -> None:
+def test_a_letter_archived_while_circulating_leaves_the_readers_list_and_is_reminded_no_more(
+        site: Site) -> None:
+    from gateway.registry.circulation import CirculationRecords
+
     number = site.letters["business"]  # "Order 4711 for next quarter"
     circulations = Circulations(site.config, site.registry, site.access)
     circulations.start(Principal.operator("clerk"), number, ["gina"])
     gina = site.sign_in("gina")
     assert "Order 4711" in gina.get("/to-read").text  # her turn: hers to read
+    assert [step.number for step in CirculationRecords(site.registry).due_steps()] == [number]
     archived(site, "business")
     page = gina.get("/to-read")
-    assert page.status_code == 200 and number in page.text and "Order 4711" not in page.text
+    assert page.status_code == 200 and number not in page.text and "Order 4711" not in page.text
+    assert CirculationRecords(site.registry).due_steps() == []

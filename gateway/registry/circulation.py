@@ -154,7 +154,8 @@ class CirculationRecords:
         return next_step
 
     def due_steps(self) -> list[DueStep]:
-        """The current step of every running circulation."""
+        """The current step of every running circulation (of a letter not archived meanwhile: its
+        readers are reminded no more)."""
         with self.store.session() as session:
             rows = session.execute(
                 select(Letter.id, Letter.number, Letter.department, Circulation.id, Circulation.started_by,
@@ -162,7 +163,8 @@ class CirculationRecords:
                 .join(Circulation, Circulation.letter_id == Letter.id)
                 .join(CirculationStep, and_(CirculationStep.circulation_id == Circulation.id,
                                             CirculationStep.position == Circulation.current))
-                .where(Circulation.status == "running").order_by(Circulation.id)).all()
+                .where(Circulation.status == "running", Letter.status != "archived")
+                .order_by(Circulation.id)).all()
         return [DueStep(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def remind(self, step_id: int, *, kind: str, letter_id: int, mail: list[NewMail], now: datetime,
@@ -186,7 +188,8 @@ class CirculationRecords:
         return True
 
     def to_read(self, login: str, headed: frozenset[str]) -> list[tuple[Letter, CirculationStep]]:
-        """Letters whose running circulation waits for this person (by login) or a department they head."""
+        """Letters whose running circulation waits for this person (by login) or a department they head.
+        Not a letter archived meanwhile: its content is read only through a borrowing now."""
         target = and_(CirculationStep.kind == "person", CirculationStep.target == login)
         if headed:
             target = or_(target, and_(CirculationStep.kind == "department", CirculationStep.target.in_(headed)))
@@ -196,7 +199,8 @@ class CirculationRecords:
                 .join(Circulation, Circulation.letter_id == Letter.id)
                 .join(CirculationStep, and_(CirculationStep.circulation_id == Circulation.id,
                                             CirculationStep.position == Circulation.current))
-                .where(Circulation.status == "running", target).order_by(CirculationStep.deadline)).all()
+                .where(Circulation.status == "running", Letter.status != "archived", target)
+                .order_by(CirculationStep.deadline)).all()
         return [(r[0], r[1]) for r in rows]
 
     def current_readers(self, letter_ids: list[int]) -> dict[int, tuple[str, str]]:
