@@ -3,6 +3,8 @@ letter only as an entry learn nothing of what it says from search order, the aud
 mails about it or the pages that list it."""
 from __future__ import annotations
 
+import re
+import textwrap
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -11,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import make_message
-from web_support import Site
+from web_support import WEB_RULES, Site
 
 from gateway.archive.packer import Archiver
 from gateway.outbound import circulation as circulation_mail
@@ -186,3 +188,40 @@ def test_a_letter_archived_while_circulating_leaves_the_readers_list_and_is_remi
     page = gina.get("/to-read")
     assert page.status_code == 200 and number not in page.text and "Order 4711" not in page.text
     assert CirculationRecords(site.registry).due_steps() == []
+
+
+def test_the_triage_desk_shows_no_likely_department_drawn_from_a_letter_one_may_not_read(
+        tmp_path: Path) -> None:
+    """A confidential letter needing a department, whose subject's 订单 nearly matched the orders
+    rule: the registry office, which may not read it, is not shown Business as likely (that is the
+    subject's word); for an ordinary letter the hint stays."""
+    rules = WEB_RULES.replace("rules:\n", textwrap.dedent("""\
+        rules:
+          - name: orders
+            when:
+              all:
+                - keywords: {any: ["订单"], in: [subject]}
+                - sender_domain: ["vip.example"]
+            set: {department: business}
+        """), 1)
+    site = Site(tmp_path, rules=rules)
+    try:
+        site.add_people()
+        secret = site.ingest("secret-order", make_message(41, subject="Confidential: 订单 for the takeover",
+                                                          to="nobody@example.org"))
+        plain = site.ingest("plain-order", make_message(42, subject="订单 for next month", to="nobody@example.org"))
+        for number in (secret, plain):
+            letter = site.registry.letter(number)
+            assert letter is not None and letter.status == "needs-triage"
+        site.people.set_language("rita", "en")
+        desk = site.sign_in("rita").get("/triage").text
+
+        def item(number: str) -> str:
+            found = re.search(rf'id="t-{re.escape(number)}".*?</article>', desk, re.S)
+            assert found is not None
+            return found.group(0)
+
+        assert "Likely:" not in item(secret) and 'name="department" value="business"' not in item(secret)
+        assert "Likely:</strong> Business" in item(plain) and 'name="department" value="business"' in item(plain)
+    finally:
+        site.close()

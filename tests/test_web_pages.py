@@ -652,3 +652,35 @@ def test_a_form_from_nobody_signed_in_is_not_read_and_one_too_large_is_refused(
                         headers={"content-type": "application/x-www-form-urlencoded", "x-csrf-token": rita.csrf})
     assert chunked.status_code == 413
     assert site.spool.pending() == []
+
+
+def test_an_uploaded_files_declared_type_never_shapes_the_reply_mail(site: Site) -> None:
+    """The type a browser sends with a file is the uploader's word: `multipart/mixed; boundary=...`
+    is stored and mailed as a plain file (application/octet-stream), and the reply the sender gets
+    is one well-formed multipart with its text and two leaf attachments."""
+    from email import message_from_bytes, policy
+
+    from gateway.registry.replies import ReplyRecords
+    from gateway.services.replies import Replies
+
+    number = site.letters["business"]
+    sam = site.sign_in("sam")
+    done = sam.post(f"/letters/{number}/reply",
+                    data={"csrf": sam.csrf, "text": "Dear Alice,\nthe terms are attached.\n", "action": "submit"},
+                    files=[("files", ("terms.txt", b"our terms\n", 'multipart/mixed; boundary="zz"')),
+                           ("files", ("offer.pdf", b"%PDF-1.4\n", "Application/PDF; name=offer.pdf"))])
+    assert done.status_code == 303, done.text[-500:]
+    bella = site.people.principal("bella")
+    assert bella is not None
+    assert Replies(site.config, site.registry).approve(bella, number) == "sent"
+    letter = site.registry.letter(number)
+    assert letter is not None
+    [mail] = [m for m in site.registry.outbox(letter_id=letter.id) if m.kind == "sender-reply"]
+    raw = ReplyRecords(site.registry).message_by_id(mail.message_id)
+    assert raw
+    sent = message_from_bytes(raw, policy=policy.default)
+    parts = [(p.get_content_type(), p.get_filename(), p.defects) for p in sent.walk()]
+    assert [(kind, name) for kind, name, _ in parts] == [
+        ("multipart/mixed", None), ("text/plain", None), ("application/octet-stream", "terms.txt"),
+        ("application/pdf", "offer.pdf")], parts
+    assert not any(defects for _, _, defects in parts)

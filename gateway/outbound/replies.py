@@ -21,6 +21,7 @@ from gateway.registry.models import Letter, OutboxMail, ReplyAttachment
 from gateway.registry.plan import NewMail
 from gateway.registry.replies import ReplyRecords
 from gateway.stages.autoreply import safe_address
+from gateway.stages.normalise.filenames import safe_media_type
 
 KINDS = frozenset({"sender-reply", "approval"})
 _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
@@ -43,9 +44,8 @@ def reply_message(config: Config, letter: Letter, text: str, attachments: list[R
         message["References"] = f"<{original.group(1)}>"
     message.set_content(text.rstrip("\n") + "\n")
     for attachment in attachments:
-        maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
-        message.add_attachment(attachment.content, maintype=maintype or "application",
-                               subtype=subtype or "octet-stream", filename=attachment.filename)
+        maintype, _, subtype = safe_media_type(attachment.content_type or "").partition("/")
+        message.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
     return message.as_bytes()
 
 

@@ -28,7 +28,7 @@ from gateway.registry.replies import (EDITABLE, DraftChanged, NewReplyAttachment
 from gateway.services.access import Access, Forbidden, Refused, named
 from gateway.services.incomplete import request_address
 from gateway.services.people import People, Principal
-from gateway.stages.normalise.filenames import safe_filename
+from gateway.stages.normalise.filenames import safe_filename, safe_media_type
 from gateway.stages.route import new_mail
 from gateway.track.approvals import approvers
 
@@ -240,7 +240,7 @@ class Replies:
         if reply is not None and reply.status not in EDITABLE:
             raise Refused(f"the reply to {number} is {reply.status}: it can no longer be changed", "reply-locked",
                           number=number, status=reply.status)
-        add = [NewReplyAttachment(safe_filename(a.filename), a.content_type or "application/octet-stream",
+        add = [NewReplyAttachment(safe_filename(a.filename), safe_media_type(a.content_type),
                                   a.content) for a in attach or [] if a.content]
         if reply is None and not text and not add:
             raise Refused("write the reply first", "need-reply-text")

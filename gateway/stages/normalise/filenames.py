@@ -1,4 +1,5 @@
-"""File names from untrusted mail, made safe to create on disk and in archives."""
+"""File names from untrusted mail, made safe to create on disk and in archives; media types made
+safe to write in a part that carries a file."""
 
 from __future__ import annotations
 
@@ -92,3 +93,17 @@ def _truncate_utf8(text: str, limit: int) -> str:
     # Cutting the encoded form can split a character; the partial tail is dropped.
     cut = text.encode()[:max(limit, 0)].decode("utf-8", "ignore")
     return cut.rstrip(". ") if cut != text else cut
+
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
+def safe_media_type(declared: str) -> str:
+    """A file's media type as a part that carries it may say it: `type/subtype` without parameters,
+    never a multipart or message type (which would make the file a structure of the mail, its
+    boundary chosen by whoever uploaded it); anything else is application/octet-stream. A browser
+    sends what the uploader's system guesses, or whatever a crafted form says."""
+    value = declared.split(";", 1)[0].strip().lower()
+    if not _MEDIA_TYPE.fullmatch(value) or value.startswith(("multipart/", "message/")):
+        return "application/octet-stream"
+    return value

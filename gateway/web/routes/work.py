@@ -110,9 +110,11 @@ def _triage_page(req: Req, *, status: int = 200, message: str = "", error: str =
         triage = (letter.classification or {}).get("triage") or {}
         reason = triage.get("reason", "")
         refusal = rights.refusal("reassign")
+        content = letter.id in result.content
         items.append({
-            "letter": letter, "content": letter.id in result.content,
-            "candidates": [c for c in triage.get("candidates", []) if c in req.web.config.departments],
+            "letter": letter, "content": content,
+            # Likely departments come from the letter's words too: for those who may read it.
+            "candidates": [c for c in triage.get("candidates", []) if c in req.web.config.departments and content],
             "reason": i18n.gettext(TRIAGE_REASON[reason]) if reason in TRIAGE_REASON else reason,
             "matched": trace.get("matched", []),
             "refusal": i18n.refusal(refusal) if refusal is not None else "",
