@@ -4,16 +4,14 @@ mails about it or the pages that list it."""
 from __future__ import annotations
 
 import re
-import textwrap
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import make_message
-from web_support import WEB_RULES, Site
+from web_support import ORDERS_RULE, WEB_RULES, Site, site_fixture  # noqa: F401  (the `site` fixture)
 
 from gateway.archive.packer import Archiver
 from gateway.outbound import circulation as circulation_mail
@@ -29,15 +27,6 @@ pytestmark = pytest.mark.timeout(300)
 
 TZ = ZoneInfo("Asia/Shanghai")
 SECRET_NAME = "AcmeTakeoverPriceSheet.pdf"
-
-
-@pytest.fixture(name="site")
-def site_fixture(tmp_path: Path) -> Iterator[Site]:
-    s = Site(tmp_path)
-    s.add_people()
-    s.add_letters()
-    yield s
-    s.close()
 
 
 def archived(site: Site, name: str) -> str:
@@ -195,16 +184,7 @@ def test_the_triage_desk_shows_no_likely_department_drawn_from_a_letter_one_may_
     """A confidential letter needing a department, whose subject's 订单 nearly matched the orders
     rule: the registry office, which may not read it, is not shown Business as likely (that is the
     subject's word); for an ordinary letter the hint stays."""
-    rules = WEB_RULES.replace("rules:\n", textwrap.dedent("""\
-        rules:
-          - name: orders
-            when:
-              all:
-                - keywords: {any: ["订单"], in: [subject]}
-                - sender_domain: ["vip.example"]
-            set: {department: business}
-        """), 1)
-    site = Site(tmp_path, rules=rules)
+    site = Site(tmp_path, rules=WEB_RULES.replace("rules:\n", "rules:\n" + ORDERS_RULE, 1))
     try:
         site.add_people()
         secret = site.ingest("secret-order", make_message(41, subject="Confidential: 订单 for the takeover",
@@ -225,3 +205,55 @@ def test_the_triage_desk_shows_no_likely_department_drawn_from_a_letter_one_may_
         assert "Likely:</strong> Business" in item(plain) and 'name="department" value="business"' in item(plain)
     finally:
         site.close()
+
+
+def test_an_archived_letters_reply_is_content_its_approver_reads_only_by_borrowing(site: Site) -> None:
+    """The head approved the reply while the letter was open; archived, its reply is the letter's
+    content like the rest: not on the page without a borrowing granted for now."""
+    from gateway.services.replies import Replies
+
+    number = site.letters["business"]
+    sam, bella = site.people.principal("sam"), site.people.principal("bella")
+    assert sam is not None and bella is not None
+    replies = Replies(site.config, site.registry)
+    replies.draft(sam, number, text="Dear customer, order 4711 ships on 3 March; the discount of 17.5% stays.")
+    replies.submit(sam, number)
+    replies.approve(bella, number)  # the head: the default chain's only step; the reply goes out
+    assert replies.panel(bella, site.registry.letter(number)).reply is not None  # type: ignore[arg-type]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "archived" and not site.access.content_allowed(bella, letter)
+    assert replies.panel(bella, letter).reply is None
+    site.people.set_language("bella", "en")
+    page = site.sign_in("bella").get(f"/letters/{number}")
+    assert page.status_code == 200 and "Archived: its content is read through an approved borrowing." in page.text
+    assert "17.5%" not in page.text
+
+
+def test_a_supplement_to_an_archived_letter_is_recorded_beside_it_not_made_part_of_it(site: Site) -> None:
+    from gateway.registry.outward import FollowUp, OutwardRecords
+    from gateway.registry.plan import NewAttachment
+
+    number = site.letters["business"]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+    before = site.registry.letter(number)
+    assert before is not None and before.status == "archived"
+    late = FollowUp(number, "supplement", "alice@partner.example", "Here is the signed contract after all.",
+                    verified=True, matched_by="reply", attachments=[NewAttachment(
+                        filename="contract.pdf", original_filename="contract.pdf", declared_type="application/pdf",
+                        detected_type="application/pdf", size=10, sha256="0" * 64, origin="supplement")])
+    done = OutwardRecords(site.registry).supplement(
+        late, keys=["test:late-supplement"], raw_sha256="1" * 64, raw_path="messages/late.eml",
+        received_at=datetime.now(timezone.utc), resume=lambda days, now: None, notify=[])
+    after = site.registry.letter(number)
+    assert done.number == number and after is not None and after.status == "archived"
+    assert after.body_text == before.body_text and len(after.attachments) == len(before.attachments)
+    [recorded] = [e for e in after.events if e.action == "follow-up"]
+    assert recorded.details["reason"].startswith("the letter is archived: recorded only")
+    assert recorded.details["attachments"] == ["contract.pdf"] and recorded.details["raw_path"] == "messages/late.eml"

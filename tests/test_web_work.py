@@ -8,35 +8,27 @@ One register (web_support.Site on a real uvicorn) and one browser for the module
 own browser context. A failing test leaves screenshots of its pages and prints their paths."""
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator
 
 import pytest
 from conftest import make_message
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
-from web_support import PASSWORD, WEB_RULES, Site
+from web_support import ORDERS_RULE, PASSWORD, WEB_RULES, Site
 
 from gateway.services.people import Principal
 
 pytestmark = pytest.mark.timeout(300)
 
-# A subject word 订单 from a sender outside vip.example nearly matches "orders": its department is
-# then a likely one on the triage desk. 批量 marks the letters acted on at once (category official).
-RULES = WEB_RULES.replace("rules:\n", textwrap.dedent("""\
-    rules:
-      - name: orders
-        when:
-          all:
-            - keywords: {any: ["订单"], in: [subject]}
-            - sender_domain: ["vip.example"]
-        set: {department: business}
-      - name: batch
-        when:
-          keywords: {any: ["批量"], in: [subject]}
-        set: {category: external.official}
-        stop: false
-    """), 1)
+# 订单 nearly matches "orders" (see ORDERS_RULE); 批量 marks the letters acted on at once (category
+# official).
+RULES = WEB_RULES.replace("rules:\n", "rules:\n" + ORDERS_RULE + """\
+  - name: batch
+    when:
+      keywords: {any: ["批量"], in: [subject]}
+    set: {category: external.official}
+    stop: false
+""", 1)
 BATCH = 50
 FORBIDDEN = range(40, 45)  # reassigned away from Business: sam sees them but may not acknowledge them
 DONE_BEFORE = range(45, 50)  # already acknowledged
