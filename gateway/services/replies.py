@@ -240,7 +240,7 @@ class Replies:
         if reply is not None and reply.status not in EDITABLE:
             raise Refused(f"the reply to {number} is {reply.status}: it can no longer be changed", "reply-locked",
                           number=number, status=reply.status)
-        add = [NewReplyAttachment(safe_filename(a.filename), safe_media_type(a.content_type),
+        add = [NewReplyAttachment(safe_filename(a.filename), safe_media_type(a.content_type or ""),
                                   a.content) for a in attach or [] if a.content]
         if reply is None and not text and not add:
             raise Refused("write the reply first", "need-reply-text")

@@ -64,8 +64,8 @@ def service(req: Req) -> Circulations:
 def to_read(req: Req) -> Response:
     items = service(req).to_read(req.who)
     now = req.web.access.clock()
-    # A subject is shown only where the content is the person's (a letter archived while still
-    # circulating is read through a borrowing now).
+    # A subject is shown only where the content is the person's: the rule of every list of letters
+    # (the to-read list itself leaves out a letter archived while it circulated).
     content = req.web.access.content_ids(req.who, [letter for letter, _step in items], now=now)
     return req.render("circulation/to_read.html", items=items, now=now, letter_url=letter_url,
                       departments=req.web.config.departments, content=content)
