@@ -454,7 +454,7 @@ def test_the_page_says_registered_or_waiting_only_when_the_register_or_the_spool
     registered_since = client.get("/paper", params={"spooled": key.removeprefix("spool:")}).text
     assert f"Registered as <a href=\"/letters/{number}\"" in registered_since
     waiting = site.spool.enqueue(make_message(10), {"channel": "post", "intake": "web"})
-    assert waiting.id in client.get("/paper", params={"spooled": waiting.id}).text
+    assert f"kept safely (item {waiting.id})" in client.get("/paper", params={"spooled": waiting.id}).text
     for forged in ("00000000000000000000-deadbeef", "<script>", waiting.id + "x"):
         page = client.get("/paper", params={"spooled": forged}).text
         assert "kept safely" not in page and "Registered as" not in page, forged

@@ -355,6 +355,11 @@ class Spool:
     def pending(self) -> list[str]:
         return sorted(os.listdir(self.root / "new"))
 
+    def holds(self, item_id: str) -> bool:
+        """Whether the item waits in new/ or is being worked on (under any attempt's name)."""
+        return any((parsed := _split_name(name)) is not None and parsed[0] == item_id
+                   for folder in ("new", "work") for name in os.listdir(self.root / folder))
+
     def oldest_age(self) -> float:
         """Seconds since the oldest item waiting or in work was spooled (0 when there is none)."""
         oldest = None

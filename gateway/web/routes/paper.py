@@ -130,8 +130,7 @@ def _outcome(req: Req) -> tuple[str, str]:
         registered = req.web.registry.number_by_intake_key(f"spool:{spooled}") or ""
         if not registered:
             config = req.web.config
-            waiting = any((config.spool_dir / folder / spooled).exists() for folder in ("new", "work"))
-            return "", spooled if waiting else ""
+            return "", spooled if Spool(config.spool_dir, config.message_dir).holds(spooled) else ""
     if registered and req.web.access.visible(req.who, registered) is None:
         return "", ""
     return registered, ""
