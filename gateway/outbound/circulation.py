@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, _base, _local, clean
+from gateway.outbound.compose import ComposeError, _base, _local, clean, kept_from_mail, mail_subject
 from gateway.registry.models import Letter, OutboxMail
 
 KINDS = frozenset({"circulation", "borrowing"})
@@ -38,11 +38,9 @@ def compose(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     if about not in _TITLES:
         raise ComposeError(f"no {mail.kind} mail about {about!r}")
     # Who gets these mails is not always a reader of the letter (the handling department's owners,
-    # a borrower refused): a confidential letter's instructions and subject, and an archived
-    # letter's subject (its content now), stay in the register.
-    confidential = letter.confidentiality == "confidential"
-    private = confidential or letter.status == "archived"
-    subject = "Confidential letter" if confidential else "Archived letter" if private else clean(letter.subject, 120)
+    # a borrower refused): instructions stay in the register where its content does.
+    private = kept_from_mail(letter)
+    subject = mail_subject(letter)
     kept = "(not sent by mail: read it in the register)"
     reader = clean(str(details.get("reader", "")), 120)
     lines: list[str] = []

@@ -71,6 +71,19 @@ def _local(config: Config, when: datetime | None) -> str:
     return when.astimezone(ZoneInfo(config.model.gateway.timezone)).strftime("%Y-%m-%d %H:%M")
 
 
+def kept_from_mail(letter: Letter) -> bool:
+    """Whether what the letter says stays out of mail about it: a confidential letter's people are
+    not all its readers, and an archived letter has none without a borrowing."""
+    return letter.confidentiality == "confidential" or letter.status == "archived"
+
+
+def mail_subject(letter: Letter) -> str:
+    """The letter's subject as a mail about it may name it."""
+    if letter.confidentiality == "confidential":
+        return "Confidential letter"
+    return "Archived letter" if letter.status == "archived" else clean(letter.subject, 120)
+
+
 def _sender(letter: Letter) -> str:
     if letter.channel == "fax" and not letter.sender_address:
         name = clean(letter.fax_sender_name or letter.sender_name, 80)
@@ -240,7 +253,7 @@ def reminder(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     department = config.departments.get(letter.department or "")
     dept_name = department.name if department else (letter.department or "?")
     deadline = _local(config, letter.deadline)
-    subject = clean(letter.subject, 120) if letter.confidentiality != "confidential" else "Confidential letter"
+    subject = mail_subject(letter)
     if kind == "escalation":
         title = f"[{letter.number}] Escalation: overdue since {deadline}"
         first = (f"Letter {letter.number}, routed to {dept_name}, is overdue (due {deadline}) after "

@@ -20,7 +20,8 @@ from email.message import EmailMessage
 from typing import Any
 
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, _answerable, _base, _local, _sender, clean, template
+from gateway.outbound.compose import (ComposeError, _answerable, _base, _local, _sender, clean, kept_from_mail,
+                                      mail_subject, template)
 from gateway.registry.models import Letter, OutboxMail
 from gateway.stages.tokens import keyring
 
@@ -165,9 +166,8 @@ def notice(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
               "score": clean(str(mail.details.get("score", "?")), 4),
               "comment": "\n".join("  " + clean(line, 500) for line in
                                    str(mail.details.get("comment") or "-").splitlines()[:40])}
-    # A confidential letter's people are not all its readers, and an archived letter has none
-    # without a borrowing: what was asked for, the files that came and the comment stay in the register.
-    private = letter.confidentiality == "confidential" or letter.status == "archived"
+    # What was asked for, the files that came and the comment stay in the register.
+    private = kept_from_mail(letter)
     if private:
         values["comment"] = "  (not sent by mail: read it in the register)"
     lines = [first.format(**values), ""]
@@ -179,9 +179,7 @@ def notice(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     if attachments:
         lines += ["Attachments added:"] + ([f"  {len(attachments)} file(s), named in the register"] if private
                                            else [f"  {a}" for a in attachments]) + [""]
-    subject = clean(letter.subject, 120) if letter.confidentiality != "confidential" else "Confidential letter"
-    if letter.status == "archived" and letter.confidentiality != "confidential":
-        subject = "Archived letter"
+    subject = mail_subject(letter)
     lines += [f"Number:    {letter.number}", f"Subject:   {subject or '(no subject)'}",
               f"Status:    {letter.status}", "", "In the register:",
               f"  {config.model.web.base_url}/letters/{letter.number}" if config.model.web.base_url

@@ -251,7 +251,7 @@ class Access:
                         if (kind, target) == ("person", who.login) or (kind == "department" and target in who.headed)}
         return allowed
 
-    def _department_name(self, department: str | None) -> str:
+    def department_name(self, department: str | None) -> str:
         """A department as a refusal names it to a person: its name, or its id once it is no longer configured."""
         known = self.config.departments.get(department or "")
         return known.name if known else (department or "-")
@@ -287,7 +287,7 @@ class Access:
         }
         actions: set[str] = set()
         reasons: dict[str, Refused] = {}
-        department = self._department_name(letter.department)
+        department = self.department_name(letter.department)
         for action, allowed in may.items():
             if not allowed:
                 who_may = {"assign": "the people of department {d} and the registry office",
@@ -598,7 +598,7 @@ class Access:
             raise LookupError(f"no letter {number}")
         if as_seen is not None and as_seen != (letter.department or ""):
             moved = lifecycle.LetterMoved(number, letter.department, letter.owner)
-            raise Refused(str(moved), "moved", number=number, department=self._department_name(letter.department))
+            raise Refused(str(moved), "moved", number=number, department=self.department_name(letter.department))
         why = self.rights(who, letter).refusal(action)
         if why is not None:
             raise why
@@ -620,7 +620,7 @@ class Access:
                                   "unknown-department", department=department)
                 if department == letter.department:
                     raise Refused(f"{number} is already with {department}", "already-there", number=number,
-                                  department=self._department_name(department))
+                                  department=self.department_name(department))
                 if not text:
                     raise Refused("a reassignment needs a reason", "need-reason")
                 before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login, seen=seen)
@@ -646,13 +646,13 @@ class Access:
             return f"{number}: {before} → {after}" if before != after else f"{number}: note recorded ({after})"
         except lifecycle.LetterMoved as exc:
             raise Refused(str(exc), "moved", number=number,
-                          department=self._department_name(exc.department)) from None
+                          department=self.department_name(exc.department)) from None
         except lifecycle.ReplyInHand as exc:
             raise Refused(str(exc), "reply-in-hand", number=number, action=action) from None
         except lifecycle.Unchanged as exc:
             params = dict(exc.params)
             if "department" in params:
-                params["department"] = self._department_name(params["department"])
+                params["department"] = self.department_name(params["department"])
             raise Refused(str(exc), exc.key, **params) from None
         except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
@@ -707,7 +707,7 @@ class Access:
                           "no-assignee", person=assignee)
         if letter.department not in person.departments:
             raise Refused(f"{person.name} is not in department {letter.department}", "not-in-department",
-                          person=person.name, department=self._department_name(letter.department))
+                          person=person.name, department=self.department_name(letter.department))
         if person.login == who.login and not self.content_allowed(who, letter):
             # The owner reads a confidential letter: taking it would be reading it without a right to.
             raise Forbidden(f"{letter.number} is confidential: only the head of its department or the registry "

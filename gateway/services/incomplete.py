@@ -71,16 +71,13 @@ class Incomplete:
         if letter is None:
             raise LookupError(f"no letter {number}")
         if not self.may(who, letter):
-            known = self.config.departments.get(letter.department or "")
-            department = known.name if known else (letter.department or "-")
+            department = self.access.department_name(letter.department)
             raise Forbidden(f"only the people of department {department} and the registry office may {action} "
                             f"{number}", f"forbidden-{action}", department=department, number=number)
         return letter
 
     def _moved(self, exc: LetterMoved) -> Refused:
-        known = self.config.departments.get(exc.department or "")
-        return Refused(str(exc), "moved", number=exc.number,
-                       department=known.name if known else (exc.department or "-"))
+        return Refused(str(exc), "moved", number=exc.number, department=self.access.department_name(exc.department))
 
     def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
         """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
