@@ -147,7 +147,10 @@ class FolderWatcher:
     """One account's one folder: connect, settle what is new, wait, again."""
 
     def __init__(self, config: Config, account: ImapAccount, folder: str, spool: Spool,
-                 ledger: ImapLedger, wake: Callable[[], None] | None = None, cluster: Cluster | None = None):
+                 ledger: ImapLedger, wake: Callable[[], None] | None = None, cluster: Cluster | None = None,
+                 after: FolderWatcher | None = None):
+        """`after`: the watcher this one replaces (a reload changed its account), which it waits
+        for before it takes the folder."""
         self.config = config
         self.cluster = cluster
         self.lease = f"imap:{account.name}/{folder}"
@@ -162,6 +165,7 @@ class FolderWatcher:
         self.last_error: str | None = None
         self._failures = 0  # consecutive failed attempts, reset by a successful sync
         self._suspects: set[int] = set()  # UIDs fetched during a dropped connection
+        self._after = after
 
     def start(self) -> None:
         self._thread.start()
@@ -177,6 +181,12 @@ class FolderWatcher:
 
     # -- the watcher thread --------------------------------------------
     def _run(self) -> None:
+        # The watcher this one replaces ends after its current batch and then lets the folder's
+        # lease go: taken before that, the lease (held by this node either way) would be let go
+        # under this watcher, for another node to take while this one watches.
+        while self._after is not None and self._after.alive() and not self._stop.is_set():
+            self._after.join(0.5)
+        self._after = None
         try:
             self._watching()
         finally:
@@ -558,8 +568,9 @@ class ImapIntake:
                 self._start(account, folder)
         return [w.name for _, w in self.watchers.values()]
 
-    def _start(self, account: ImapAccount, folder: str) -> None:
-        watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake, self.cluster)
+    def _start(self, account: ImapAccount, folder: str, after: FolderWatcher | None = None) -> None:
+        watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake, self.cluster,
+                                after)
         self.watchers[(account.name, folder)] = (account, watcher)
         watcher.start()
 
@@ -567,15 +578,17 @@ class ImapIntake:
         """Restart the watchers whose account changed; start new ones, stop removed ones."""
         self.config = config
         wanted = {(a.name, f): a for a in config.model.imap.accounts for f in a.folders}
+        replaced: dict[tuple[str, str], FolderWatcher] = {}
         for key, (account, watcher) in list(self.watchers.items()):
             if wanted.get(key) != account:
-                # Not joined: the old watcher ends after its current batch, and anything both
-                # of them fetch is recognised by its source key.
+                # Not joined here: the old watcher ends after its current batch, and its
+                # replacement waits for that in its own thread.
                 watcher.stop()
+                replaced[key] = watcher
                 del self.watchers[key]
         for key, account in wanted.items():
             if key not in self.watchers:
-                self._start(account, key[1])
+                self._start(account, key[1], replaced.get(key))
         for _, watcher in self.watchers.values():
             watcher.config = config
 

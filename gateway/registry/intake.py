@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, select, true, update
+from sqlalchemy import Connection, Select, Table, bindparam, delete, func, insert, or_, select, true, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -20,7 +20,7 @@ from gateway.registry.models import (Attachment, Event, IntakeKey, Letter, OcrJo
                                      UTCDateTime)
 from gateway.registry.plan import NewLetter, Registered, Routing
 from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms, registered_terms
-from gateway.registry.store import utcnow
+from gateway.registry.store import lease_clock, utcnow
 
 log = logging.getLogger("gateway.registry")
 
@@ -344,15 +344,17 @@ class Registration(SearchRecords):
         (registry/leases.py): SKIP LOCKED on PostgreSQL, a lease the node's heartbeat renews. A job
         claimed `max_claims` times and never finished (the reader took its node down each time) is
         given up here, as a failed read is, instead of being offered again."""
-        now = utcnow()
-        free = or_(OcrJob.claimed_by.is_(None), OcrJob.lease_until < now, OcrJob.claimed_by == self.claimant)
-        stmt = (select(OcrJob.letter_id, OcrJob.claims, OcrJob.attempts).where(free)
-                .where(OcrJob.letter_id.not_in(exclude) if exclude else true())
-                .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
+        def claimable(at: datetime) -> Select[int, int, int]:
+            free = or_(OcrJob.claimed_by.is_(None), OcrJob.lease_until < at, OcrJob.claimed_by == self.claimant)
+            return (select(OcrJob.letter_id, OcrJob.claims, OcrJob.attempts).where(free)
+                    .where(OcrJob.letter_id.not_in(exclude) if exclude else true())
+                    .order_by(OcrJob.created_at, OcrJob.letter_id).limit(limit))
         with self.read() as conn:
-            if conn.execute(stmt).first() is None:
+            if conn.execute(claimable(lease_clock(conn))).first() is None:
                 return []  # the common case, answered without a write transaction
         with self.write() as conn:
+            now = lease_clock(conn)
+            stmt = claimable(now)
             if conn.dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = conn.execute(stmt).all()
@@ -360,9 +362,9 @@ class Registration(SearchRecords):
             worn = [r.letter_id for r in rows if r.claims - r.attempts >= self.max_claims]
             ids = [r.letter_id for r in rows if r.claims - r.attempts < self.max_claims]
             for letter_id in worn:
-                self._give_up_ocr(conn, letter_id, now, {"claims": self.max_claims,
-                                                         "error": "its reading never finished: the node "
-                                                                  "reading it stopped each time"})
+                self._give_up_ocr(conn, letter_id, utcnow(), {"claims": self.max_claims,
+                                                              "error": "its reading never finished: the node "
+                                                                       "reading it stopped each time"})
             if ids:
                 conn.execute(update(OcrJob).where(OcrJob.letter_id.in_(ids)).values(
                     claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
@@ -384,7 +386,7 @@ class Registration(SearchRecords):
         holder = conn.execute(select(OcrJob.claimed_by, OcrJob.lease_until).where(OcrJob.letter_id == letter_id)
                               .with_for_update()).first()
         return holder is not None and (holder.claimed_by in (None, self.claimant)
-                                       or holder.lease_until is None or holder.lease_until < utcnow())
+                                       or holder.lease_until is None or holder.lease_until < lease_clock(conn))
 
     def ocr_done(self, letter_id: int, text: str, *, summary: str, defects: list[str], pages: int,
                  seconds: float, routing: Routing | None, reading: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -12,7 +12,11 @@ PostgreSQL is the only coordinator; nothing here talks to another node.
   another takes it over within `takeover_seconds` of the holder's last beat.
 * A periodic job (archive, reminders, retention) runs under a session advisory lock on a
   connection of its own, so it dies with the node; `job_runs` records the period it ran for,
-  so a node coming second within the same period skips it instead of doing it again.
+  so a node coming second within the same period skips it instead of doing it again. The lock
+  can also go with its connection alone (a fail-over, an idle timeout) while its node runs on:
+  a run recorded as started by a node that still beats is left to it.
+* Every lease and claim is written and compared by the database's clock (`lease_clock`), never
+  a node's own: two nodes whose clocks disagree still agree on whose claim has run out.
 
 SQLite serves one node: no SKIP LOCKED and no advisory locks there (a write transaction
 already excludes every other writer), the rest works alike.
@@ -30,12 +34,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from gateway.registry.models import JobRun, Lease, Node, OcrJob, OutboxMail
-from gateway.registry.store import RegistryUnavailable, Store, utcnow
+from gateway.registry.store import RegistryUnavailable, Store, lease_clock, utcnow
 
 log = logging.getLogger("gateway.cluster")
 
@@ -97,8 +102,13 @@ class Cluster:
     def join(self) -> int:
         """Record this node; refuse if a live node has its name. What a dead earlier run of this
         node held is let go at once (it is ours). Returns how many claims were let go."""
-        now = utcnow()
         with self.registry.write() as conn:
+            now = lease_clock(conn)
+            skew = (utcnow() - now).total_seconds()
+            if abs(skew) > self.takeover.total_seconds() / 6:
+                log.warning("cluster: this node's clock is %.0f s %s the database's; claims and leases are timed "
+                            "by the database, but letters and events by this clock: synchronise it (NTP)",
+                            abs(skew), "ahead of" if skew > 0 else "behind")
             node = conn.execute(select(Node.host, Node.pid, Node.heartbeat_at, Node.stopped_at)
                                 .where(Node.name == self.name).with_for_update()).first()
             if node is not None:
@@ -127,9 +137,9 @@ class Cluster:
 
     def beat(self) -> None:
         """The heartbeat: this node is alive, and keeps what it holds for another takeover period."""
-        now = utcnow()
-        until = now + self.takeover
         with self.registry.write() as conn:
+            now = lease_clock(conn)
+            until = now + self.takeover
             conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
                          .values(heartbeat_at=now))
             conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance).values(lease_until=until))
@@ -139,8 +149,8 @@ class Cluster:
     def leave(self) -> None:
         """A clean stop: everything held goes back at once, for the other nodes to take (and
         uncounted: a claim given back is not a claim that never finished)."""
-        now = utcnow()
         with self.registry.write() as conn:
+            now = lease_clock(conn)
             conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
                          .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
             conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance)
@@ -179,25 +189,24 @@ class Cluster:
     # -- leases (IMAP folders) --------------------------------------------
     def acquire(self, name: str) -> bool:
         """Take the lease `name` if nobody holds it, or its holder stopped beating; True if held now."""
-        now = utcnow()
         table = Lease.__table__
-        ins = (pg_insert if self.postgres else sqlite_insert)(Lease).values(
-            name=name, holder=self.instance, acquired_at=now, expires_at=now + self.takeover)
-        stmt = ins.on_conflict_do_update(
-            index_elements=[Lease.name],
-            set_={"holder": ins.excluded.holder, "acquired_at": ins.excluded.acquired_at,
-                  "expires_at": ins.excluded.expires_at},
-            where=or_(table.c.expires_at < now, table.c.holder == self.instance),
-        ).returning(table.c.holder)
         with self.registry.write() as conn:
-            holder = conn.execute(stmt).scalar()
+            now = lease_clock(conn)
+            ins = (pg_insert if self.postgres else sqlite_insert)(Lease).values(
+                name=name, holder=self.instance, acquired_at=now, expires_at=now + self.takeover)
+            holder = conn.execute(ins.on_conflict_do_update(
+                index_elements=[Lease.name],
+                set_={"holder": ins.excluded.holder, "acquired_at": ins.excluded.acquired_at,
+                      "expires_at": ins.excluded.expires_at},
+                where=or_(table.c.expires_at < now, table.c.holder == self.instance),
+            ).returning(table.c.holder)).scalar()
         return holder == self.instance
 
     def holds(self, name: str) -> bool:
         """Still ours and not expired (a node cut off from the registry loses its leases)."""
         with self.registry.read() as conn:
             return bool(conn.execute(select(Lease.name).where(
-                Lease.name == name, Lease.holder == self.instance, Lease.expires_at > utcnow())).first())
+                Lease.name == name, Lease.holder == self.instance, Lease.expires_at > lease_clock(conn))).first())
 
     def release(self, name: str) -> None:
         with self.registry.write() as conn:
@@ -220,9 +229,15 @@ class Cluster:
             try:
                 with self.registry.write() as conn:
                     done = conn.execute(select(JobRun.slot, JobRun.node, JobRun.finished_at)
-                                        .where(JobRun.job == job)).first()
+                                        .where(JobRun.job == job).with_for_update()).first()
                     if done is not None and done.slot == slot and done.finished_at is not None:
                         return Skipped(f"done for {slot} by {done.node.partition('#')[0]}")
+                    # The lock alone is not proof: it goes with its connection (a fail-over, an idle
+                    # timeout), while the node holding it runs on. A run is under way while its
+                    # node still beats.
+                    if (done is not None and done.finished_at is None and done.node != self.instance
+                            and self._beating_instance(conn, done.node)):
+                        return Skipped(f"{done.node.partition('#')[0]} runs it now")
                     row = {"slot": slot, "node": self.instance, "started_at": utcnow(), "finished_at": None,
                            "outcome": None}
                     if done is None:
@@ -242,14 +257,27 @@ class Cluster:
                     # as on one node, not again and again by every node. A stopped one is not
                     # finished: a node looking for missed runs does the rest (see `due`).
                     with self.registry.write() as conn:
-                        conn.execute(update(JobRun).where(JobRun.job == job, JobRun.node == self.instance)
-                                     .values(finished_at=None if outcome == "stopped" else utcnow(),
-                                             outcome=outcome))
+                        recorded = conn.execute(
+                            update(JobRun).where(JobRun.job == job, JobRun.node == self.instance)
+                            .values(finished_at=None if outcome == "stopped" else utcnow(), outcome=outcome)).rowcount
+                    if not recorded:
+                        log.warning("cluster: %s for %s ended here (%s), but its run is recorded as another "
+                                    "node's: this node was taken for dead meanwhile", job, slot, outcome)
             finally:
                 if self.postgres:
-                    lock_conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"),
-                                      {"space": _LOCK_SPACE, "key": key})
-                    lock_conn.commit()
+                    try:
+                        lock_conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"),
+                                          {"space": _LOCK_SPACE, "key": key})
+                        lock_conn.commit()
+                    except DBAPIError as exc:  # the connection went, and the lock with it
+                        log.warning("cluster: the lock of %s went with its connection: %s", job, exc)
+
+    def _beating_instance(self, conn: Connection, instance: str) -> bool:
+        """Whether `instance` is a node's present run, not stopped, with a heartbeat younger than the
+        takeover period."""
+        return conn.execute(select(Node.name).where(
+            Node.instance == instance, Node.stopped_at.is_(None),
+            Node.heartbeat_at > lease_clock(conn) - self.takeover)).first() is not None
 
 
 def due(registry: Store, job: str, slot: str) -> bool:
@@ -264,11 +292,11 @@ def due(registry: Store, job: str, slot: str) -> bool:
 # -- what `gateway status` and the metrics show -------------------------------
 def cluster_status(registry: Store, takeover_seconds: float) -> list[dict[str, Any]]:
     """Every node: its last heartbeat, whether it is alive, its claims, folders and running jobs."""
-    now = utcnow()
     with registry.session() as session:
         nodes = list(session.scalars(select(Node).order_by(Node.name)))
         runs = list(session.scalars(select(JobRun).order_by(JobRun.job)))
     with registry.read() as conn:
+        now = lease_clock(conn)
         claims: dict[str, dict[str, int]] = {}
         for table, kind in ((OutboxMail, "outbox"), (OcrJob, "ocr")):
             for holder, count in conn.execute(select(table.claimed_by, func.count())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import Select, case, func, insert, or_, select, update
 
 from gateway.registry.models import Event, OutboxMail
-from gateway.registry.store import Store, utcnow
+from gateway.registry.store import Store, lease_clock, utcnow
 
 log = logging.getLogger("gateway.outbox")
 
@@ -22,26 +22,30 @@ class Outbox(Store):
         keeps them apart afterwards. A mail claimed `max_claims` times and never finished (its node
         died sending it, every time) comes back among the returned ones with `claims` over the
         limit: the sender dead-letters it rather than letting it take a node down again."""
-        now = now or utcnow()
         # This node's own claims too: a node sends from one thread, so a mail it still holds when
         # it looks for more is one a failed round left claimed (its heartbeat would keep that claim
         # alive, and no node would ever send it).
         mine = OutboxMail.claimed_by == self.claimant
-        due = (select(OutboxMail.id).where(
-            OutboxMail.status == "pending", OutboxMail.next_attempt_at <= now,
-            or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < now, mine))
-            .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit))
+        due_by = now or utcnow()  # attempts are timed by the nodes' clocks; claims by the lease clock
+
+        def due(at: datetime) -> Select[int]:
+            return (select(OutboxMail.id).where(
+                OutboxMail.status == "pending", OutboxMail.next_attempt_at <= due_by,
+                or_(OutboxMail.claimed_by.is_(None), OutboxMail.lease_until < at, mine))
+                .order_by(OutboxMail.next_attempt_at, OutboxMail.id).limit(limit))
         with self.read() as conn:
-            if conn.execute(due).first() is None:
+            if conn.execute(due(now or lease_clock(conn))).first() is None:
                 return []  # the common case, answered without a write transaction
         with self.write() as conn:
+            at = now or lease_clock(conn)
+            claimable = due(at)
             if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            ids = list(conn.execute(due).scalars())
+                claimable = claimable.with_for_update(skip_locked=True)
+            ids = list(conn.execute(claimable).scalars())
             if not ids:
                 return []
             conn.execute(update(OutboxMail).where(OutboxMail.id.in_(ids)).values(
-                claimed_by=self.claimant, lease_until=now + timedelta(seconds=self.lease_seconds),
+                claimed_by=self.claimant, lease_until=at + timedelta(seconds=self.lease_seconds),
                 # Taken back from itself, a mail is not claimed again: no node died sending it.
                 claims=case((mine, OutboxMail.claims), else_=OutboxMail.claims + 1)))
         with self.session() as session:
@@ -54,8 +58,8 @@ class Outbox(Store):
         than the takeover time) is not ours any more, even if no node has taken it yet: one may be
         taking it now. The check and the renewal are one conditional UPDATE, so a node claiming the
         mail at the same moment either finds it renewed or has it already."""
-        now = utcnow()
         with self.write() as conn:
+            now = lease_clock(conn)
             return bool(conn.execute(update(OutboxMail).where(
                 OutboxMail.id == mail_id, OutboxMail.status == "pending",
                 OutboxMail.claimed_by == self.claimant, OutboxMail.lease_until >= now)

@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -51,6 +51,18 @@ def unreachable(exc: DBAPIError) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_DATABASE_CLOCK = text("SELECT clock_timestamp()")
+
+
+def lease_clock(conn: Connection) -> datetime:
+    """The time claims and leases are written and compared by. On PostgreSQL it is the database's:
+    nodes whose own clocks disagree (one machine's NTP broken) must still agree on whose claim has
+    run out, or two of them send one mail or watch one folder. SQLite serves one node: its own."""
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_DATABASE_CLOCK).scalar_one()
+    return utcnow()
 
 
 # The days a register knows: far enough either way for any letter, and near enough that a day's

@@ -1,0 +1,202 @@
+"""Claims and leases between nodes on one PostgreSQL, where the nodes disagree: their clocks run
+apart, the connection holding a periodic job's lock drops, a reload replaces a folder's watcher.
+Each piece of work still runs once (DESIGN.md §2.9)."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import update
+from conftest import wait_for
+from smtp_sink import SmtpSink
+from test_outbox_faults import configured, letter_with_mail
+
+from gateway.adapters import imap as imap_mod
+from gateway.config import Config, ImapAccount
+from gateway.outbound.sender import OutboxSender
+from gateway.registry import leases as leases_mod
+from gateway.registry import outbox as outbox_mod
+from gateway.registry import Registry
+from gateway.registry.leases import Cluster, Skipped
+from gateway.registry.models import OutboxMail
+from gateway.registry.ledger import ImapLedger
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path, pg_url: str) -> Iterator[tuple[Config, Registry, Cluster, Config, Registry, Cluster]]:
+    sink = SmtpSink().start()
+    config_a, registry_a = configured(tmp_path / "a", sink.address, pg_url)
+    config_b, registry_b = configured(tmp_path / "b", sink.address, pg_url)
+    a, b = Cluster(registry_a, "node-a", takeover_seconds=60), Cluster(registry_b, "node-b", takeover_seconds=60)
+    a.join()
+    b.join()
+    try:
+        yield config_a, registry_a, a, config_b, registry_b, b
+    finally:
+        registry_a.close()
+        registry_b.close()
+        sink.stop()
+
+
+def skewed(monkeypatch: pytest.MonkeyPatch, module: Any, minutes: float) -> None:
+    """This node's clock, `minutes` off the others' (one machine's NTP broken)."""
+    monkeypatch.setattr(module, "utcnow", lambda: datetime.now(timezone.utc) + timedelta(minutes=minutes))
+
+
+def test_a_node_whose_clock_runs_ahead_leaves_a_live_nodes_mail_and_folder_alone(
+        two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, registry_a, a, _, registry_b, b = two_nodes
+    letter_with_mail(registry_a, 1)
+    [mail] = registry_a.outbox_due(10)
+    assert a.acquire("imap:liaison/INBOX")
+    a.beat()
+    assert registry_a.outbox_still_mine(mail.id)
+    # Node b's clock is two minutes ahead: node a's leases (a takeover period of 60 s) would look
+    # expired to it by its own clock.
+    skewed(monkeypatch, outbox_mod, 2)
+    skewed(monkeypatch, leases_mod, 2)
+    assert registry_b.outbox_due(10) == []
+    assert not b.acquire("imap:liaison/INBOX")
+    assert a.holds("imap:liaison/INBOX")
+
+
+def test_a_node_whose_clock_runs_behind_keeps_what_it_claims(two_nodes: tuple[Any, ...],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _, registry_a, _, _, registry_b, _ = two_nodes
+    letter_with_mail(registry_a, 1)
+    with registry_a.write() as conn:  # queued an hour ago
+        conn.execute(update(OutboxMail).values(next_attempt_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+    with monkeypatch.context() as behind:
+        skewed(behind, outbox_mod, -2)  # node a's clock is two minutes behind the others'
+        [_] = registry_a.outbox_due(10)
+    assert registry_b.outbox_due(10) == []
+
+
+def test_clock_skew_does_not_send_one_mail_twice(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end with the sender: node a is in DATA at its slow relay when node b, its clock two
+    minutes ahead, looks for mail to send."""
+    slow, quick = SmtpSink(), SmtpSink().start()
+    slow.data_gate = threading.Event()
+    slow.start()
+    config_a, registry_a = configured(tmp_path / "a", slow.address, pg_url)
+    config_b, registry_b = configured(tmp_path / "b", quick.address, pg_url)
+    try:
+        letter_with_mail(registry_a, 1)
+        a = Cluster(registry_a, "node-a", takeover_seconds=60)
+        a.join()
+        Cluster(registry_b, "node-b", takeover_seconds=60).join()
+        first = threading.Thread(target=OutboxSender(config_a, registry_a).deliver_due)
+        first.start()
+        wait_for(lambda: slow.attempts == 1, 30, "node a in DATA at its relay")
+        a.beat()
+        with monkeypatch.context() as ahead:
+            skewed(ahead, outbox_mod, 2)
+            OutboxSender(config_b, registry_b).deliver_due()
+        slow.data_gate.set()
+        first.join(30)
+        assert (len(slow.received), len(quick.received)) == (1, 0)
+    finally:
+        slow.data_gate.set()
+        slow.stop()
+        quick.stop()
+        registry_a.close()
+        registry_b.close()
+
+
+def test_a_periodic_job_whose_lock_connection_drops_is_left_to_its_running_node(
+        two_nodes: tuple[Any, ...], pg_url: str) -> None:
+    _, _, a, _, _, b = two_nodes
+    inside, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    outcome: dict[str, Any] = {}
+
+    def work_a() -> str:
+        ran.append("a")
+        inside.set()
+        release.wait(30)
+        return "a done"
+
+    def run_a() -> None:
+        try:
+            outcome["a"] = a.once("archive", "2026-03", work_a)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            outcome["a"] = exc
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        # The connection holding the lock drops (a fail-over, a firewall's idle timeout); node a
+        # itself is alive and archiving.
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                                  "WHERE locktype = 'advisory' AND classid = 724312").fetchall()
+            assert killed == [(True,)]
+            wait_for(lambda: not conn.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                                              "AND classid = 724312").fetchall(), 10, "the lock gone")
+        result_b = b.once("archive", "2026-03", lambda: ran.append("b") or "b done")
+    finally:
+        release.set()
+        thread.join(30)
+    assert result_b == Skipped("node-a runs it now")
+    assert ran == ["a"]
+    assert outcome["a"] == "a done"  # not the unlock's error on the dropped connection
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT slot, node LIKE 'node-a#%', outcome FROM job_runs").fetchall() == [
+            ("2026-03", True, "done")]
+    # A node that stopped beating (dead) leaves its run to the next: node a stops now.
+    a.leave()
+    assert b.once("archive", "2026-04", lambda: "b done") == "b done"
+
+
+def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting_it_go(
+        two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, registry_a, a, _, _, b = two_nodes
+
+    class Client:
+        def has_capability(self, _: str) -> bool:
+            return False
+
+        def noop(self) -> None:
+            pass
+
+        def logout(self) -> None:
+            pass
+
+    syncing: list[int] = []
+
+    def slow_sync(self: imap_mod.FolderWatcher, client: Any) -> None:
+        syncing.append(id(self))
+        time.sleep(0.5)  # a batch under way
+
+    monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
+    monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", slow_sync)
+
+    def with_account(poll: float) -> Config:
+        account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X",
+                              idle=False, poll_seconds=poll)
+        imap = config.model.imap.model_copy(update={"accounts": [account]})
+        return dataclasses.replace(config, model=config.model.model_copy(update={"imap": imap}))
+    intake = imap_mod.ImapIntake(with_account(0.05), None, ImapLedger(registry_a), cluster=a)  # type: ignore[arg-type]
+    intake.start()
+    try:
+        wait_for(lambda: a.holds("imap:liaison/INBOX"), 10, "node a watching the folder")
+        [(_, old)] = intake.watchers.values()
+        wait_for(lambda: id(old) in syncing, 10, "a sync under way")
+        intake.reload(with_account(5))  # SIGHUP with the account's poll interval changed
+        [(_, new)] = intake.watchers.values()
+        old.join(10)
+        assert not old.alive() and new.alive()
+        wait_for(lambda: id(new) in syncing, 10, "the new watcher syncing")
+        assert a.holds("imap:liaison/INBOX")
+        assert not b.acquire("imap:liaison/INBOX")
+    finally:
+        intake.stop(5)
