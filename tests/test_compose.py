@@ -2,11 +2,13 @@
 original a relay would refuse as it came)."""
 from __future__ import annotations
 
+import base64
 import email
 import re
 import shutil
 from datetime import datetime, timedelta, timezone
 from email import policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,10 @@ from conftest import ROOT, Gateway, Notify, make_message, outbound_settings, wai
 from gateway import config as config_mod
 from gateway.config import Config
 from gateway.outbound.compose import ComposeError, clean, notification, receipt
+from gateway.outbound.outward import request
+from gateway.outbound.replies import reply_message
 from gateway.registry.models import Attachment, Letter, OutboxMail
+from gateway.registry.plan import NewMail
 from smtp_sink import SmtpSink
 
 
@@ -90,6 +95,25 @@ def test_headers_take_one_clean_line_and_addresses_must_be_plain(config: Config)
     assert clean("a\u2028b\x85c") == "a b c" and len(clean("x" * 500, 200)) == 200
     with pytest.raises(ComposeError):
         notification(config, mail(to="x@evil.example\r\nBcc: y@evil.example"), hostile, None)
+
+
+def test_an_encoded_word_that_decodes_to_header_lines_stays_text(config: Config) -> None:
+    """A subject (decoded once when the letter came in) or a Message-ID holding an encoded-word of
+    "\r\nReply-To: ...": the email package decodes a value set on a header, so written as it is,
+    it would add the sender's own headers, and a body, to our mail."""
+    injected = "=?utf-8?b?" + base64.b64encode(b"\r\nReply-To: attacker@evil.example\r\nBcc: evil@evil.example"
+                                               b"\r\n\r\nPlease wire the money.").decode() + "?="
+    hostile = letter(subject=f"Offer {injected} tail", message_id=f"{injected}@evil.example")
+    plan = NewMail("sender-reply", "alice@partner.example", {}, "<r1@example.org>")
+    written = [notification(config, mail(), hostile, None),
+               receipt(config, mail("receipt", "alice@partner.example", language="en"), hostile),
+               request(config, mail("request", "alice@partner.example", language="zh", missing=["ID"]), hostile),
+               email.message_from_bytes(reply_message(config, hostile, "Answer.", [], plan), policy=policy.default)]
+    for message in written:
+        m = parsed(message) if isinstance(message, EmailMessage) else message
+        assert "Bcc" not in m and "attacker" not in str(m.get_all("Reply-To", [])) and "In-Reply-To" not in m
+        assert "Please wire" not in m.get_body(("plain",)).get_content()
+    assert "Offer =\u200b?utf-8?b?" in str(parsed(written[0])["Subject"])
 
 
 def test_receipts_in_both_languages_reply_to_the_letter(config: Config) -> None:

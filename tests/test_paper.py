@@ -3,6 +3,7 @@ same from `gateway ingest --channel`, a crash between the upload and the registr
 register, what is refused (each fault naming its field), and no receipt without an e-mail address."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -458,3 +459,17 @@ def test_the_page_says_registered_or_waiting_only_when_the_register_or_the_spool
     for forged in ("00000000000000000000-deadbeef", "<script>", waiting.id + "x"):
         page = client.get("/paper", params={"spooled": forged}).text
         assert "kept safely" not in page and "Registered as" not in page, forged
+
+
+def test_an_encoded_word_typed_into_the_form_stays_text_in_the_letters_message(site: Site) -> None:
+    """The form's values become the headers of the letter's message: an encoded-word of header
+    lines typed (or pasted) into the sender's name or the subject must not become headers."""
+    injected = "=?utf-8?b?" + base64.b64encode(b"\r\nFrom: boss@example.org\r\nX-Forged: yes").decode() + "?="
+    done = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
+        channel="post", sender_name=f"Alice {injected}", email="alice@partner.example", subject=f"Offer {injected}",
+        scans=[Scan("a.pdf", pdf_fax([ENGLISH]))]), by="rita", intake="web")
+    letter = site.registry.letter(done.number)
+    assert letter is not None and letter.sender_address == "alice@partner.example"
+    raw = (site.config.state_dir / letter.raw_path).read_bytes()
+    assert b"X-Forged" not in raw and b"boss@example.org" not in raw
+    assert letter.subject.startswith("Offer =\u200b?utf-8?b?")

@@ -29,10 +29,27 @@ _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
 
 
 def clean(value: str | None, limit: int = 200) -> str:
-    """One line of plain text, safe in a header or a template."""
+    """One line of plain text, safe in a template (and, through `header_text`, in a header)."""
     text = _CONTROLS.sub(" ", value or "").strip()
     text = re.sub(r" {2,}", " ", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def header_text(value: str | None, limit: int = 250) -> str:
+    """`clean`, and safe from a second decoding. The email package decodes RFC 2047 encoded-words
+    ("=?utf-8?b?...?=") in any value set on a header: a sender's subject, decoded once when it
+    came in, may decode to another encoded-word, of "\r\nBcc: ..." say, which would become real
+    header lines of our own mail. "=?" is broken with a zero-width space, which shows nothing."""
+    return clean(value, limit).replace("=?", "=\u200b?")
+
+
+def in_thread_of(message: EmailMessage, letter: Letter) -> None:
+    """In-Reply-To and References naming the letter's Message-ID, where it is one that can be
+    written as it is: no spaces, brackets or quotes, and no encoded-word (see `header_text`)."""
+    original = _MESSAGE_ID.match(letter.message_id or "")
+    if original and "=?" not in original.group(1):
+        message["In-Reply-To"] = f"<{original.group(1)}>"
+        message["References"] = f"<{original.group(1)}>"
 
 
 class ComposeError(Exception):
@@ -46,7 +63,7 @@ def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Let
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr((clean(out.from_name, 80), out.from_address))
     message["To"] = mail.recipient
-    message["Subject"] = clean(subject, 250)
+    message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
     message["Message-ID"] = mail.message_id
     # RFC 3834: mark it as automatic, so that well-behaved systems do not answer it.
@@ -227,10 +244,7 @@ def receipt(config: Config, mail: OutboxMail, letter: Letter, kind: str = "recei
         "organisation": clean(config.model.outbound.from_name, 100),
         "result": str(mail.details.get("result", "")).replace("\r", "")}
     message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-replied", letter)
-    original = _MESSAGE_ID.match(letter.message_id or "")
-    if original:
-        message["In-Reply-To"] = f"<{original.group(1)}>"
-        message["References"] = f"<{original.group(1)}>"
+    in_thread_of(message, letter)
     text = string.Template(body).safe_substitute(values)
     if kind == "feedback":  # the sender is asked whether they are satisfied
         from gateway.outbound.outward import invitation

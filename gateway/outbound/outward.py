@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.outbound.compose import (ComposeError, _answerable, _base, _local, _sender, clean, kept_from_mail,
-                                      mail_subject, template)
+                                      in_thread_of, mail_subject, template)
 from gateway.registry.models import Letter, OutboxMail
 from gateway.stages.tokens import keyring
 
@@ -132,10 +132,7 @@ def request(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
         "missing": "\n".join(f"  {n}. {m}" for n, m in enumerate(missing, 1)),
         "by": clean(str(mail.details.get("by", "")), 20)}
     message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-generated", letter)
-    original = (letter.message_id or "").strip().strip("<>")
-    if original and " " not in original:
-        message["In-Reply-To"] = f"<{original}>"
-        message["References"] = f"<{original}>"
+    in_thread_of(message, letter)
     message.set_content(string.Template(body).safe_substitute(values))
     return message
 

@@ -15,7 +15,7 @@ from email.utils import format_datetime, formataddr
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, _local, _sender, clean
+from gateway.outbound.compose import ComposeError, _local, _sender, clean, header_text, in_thread_of
 from gateway.registry import Registry
 from gateway.registry.models import Letter, OutboxMail, ReplyAttachment
 from gateway.registry.plan import NewMail
@@ -24,7 +24,6 @@ from gateway.stages.autoreply import safe_address
 from gateway.stages.normalise.filenames import safe_media_type
 
 KINDS = frozenset({"sender-reply", "approval"})
-_MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
 _RE = re.compile(r"^\s*((re|aw|sv|回复|答复)\s*[:：]\s*)+", re.I)
 
 
@@ -38,10 +37,7 @@ def reply_message(config: Config, letter: Letter, text: str, attachments: list[R
                   mail: NewMail) -> bytes:
     """The reply to the sender, as it will be sent: our From, in the thread of their letter."""
     message = _headers(config, mail.recipient, mail.message_id, reply_subject(letter), letter)
-    original = _MESSAGE_ID.match(letter.message_id or "")
-    if original:
-        message["In-Reply-To"] = f"<{original.group(1)}>"
-        message["References"] = f"<{original.group(1)}>"
+    in_thread_of(message, letter)
     message.set_content(text.rstrip("\n") + "\n")
     for attachment in attachments:
         maintype, _, subtype = safe_media_type(attachment.content_type or "").partition("/")
@@ -56,7 +52,7 @@ def _headers(config: Config, recipient: str, message_id: str, subject: str, lett
     message = EmailMessage(policy=SMTP)
     message["From"] = formataddr((clean(out.from_name, 80), out.from_address))
     message["To"] = recipient
-    message["Subject"] = clean(subject, 250)
+    message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
     message["Message-ID"] = message_id
     message["X-Gateway-Letter"] = letter.number

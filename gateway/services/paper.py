@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.faults import checkpoint
+from gateway.outbound.compose import header_text
 from gateway.registry.store import in_register
 from gateway.spool import Spool
 from gateway.stages.autoreply import safe_address
@@ -161,8 +162,8 @@ def compose(letter: PaperLetter, received_at: datetime, documents: list[FaxDocum
     Its own From only with an e-mail address: a name alone is no address to write to."""
     message = EmailMessage()
     if letter.email.strip():
-        message["From"] = Address(display_name=letter.sender_name.strip(), addr_spec=letter.email.strip())
-    message["Subject"] = letter.subject.strip()
+        message["From"] = Address(display_name=header_text(letter.sender_name, 200), addr_spec=letter.email.strip())
+    message["Subject"] = header_text(letter.subject, 500)
     message["Date"] = format_datetime(received_at)
     message["MIME-Version"] = "1.0"
     lines = [f"Paper letter received by {letter.channel} on {received_at.isoformat()}",
