@@ -849,8 +849,12 @@ class Config:
         """Is this a recipient the SMTP listener takes mail for?"""
         address = address.lower()
         smtp = self.model.smtp
-        return (address in smtp.accept_addresses or address.rpartition("@")[2] in smtp.accept_domains
+        local, _, domain = address.rpartition("@")
+        return (address in smtp.accept_addresses or domain in smtp.accept_domains
                 or self.department_for_address(address) is not None
+                # RFC 5321 4.5.1: mail about mail (abuse, delivery problems) reaches "postmaster",
+                # bare or at any of the organisation's domains; it is registered as a letter.
+                or address == "postmaster" or (local == "postmaster" and domain in self.model.gateway.domains)
                 # Departments answer the gateway's notifications by replying to them, at its
                 # address or at a signed reply address (<local>+<token>@<domain>) of it.
                 or address == self.model.outbound.from_address or self.is_reply_address(address))

@@ -136,10 +136,20 @@ def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_fo
         assert (replayed["details"]["method"], replayed["details"]["temperror"]) == ("authentication-results", False)
         assert gateway.show_json("2026-000001")["status"] == "routed"
 
+        # Her absence notice (RFC 3834), authenticated, through her reply address: recorded, never
+        # obeyed, though its first line reads like a command.
+        send(gateway, sender="sales.desk@example.org", authenticated=True, to=first["Reply-To"],
+             subject="Auto: [2026-000001] A complaint 1", body="Received.\n\nI am away until Monday.\n",
+             headers={"Auto-Submitted": "auto-replied", "Precedence": "bulk"})
+        absent = wait_answers(gateway, "2026-000001", 5)[-1]
+        assert (absent["details"]["command"], absent["details"]["obeyed"]) == (None, False)
+        assert absent["details"]["automatic"] == "Auto-Submitted: auto-replied"
+        assert gateway.show_json("2026-000001")["status"] == "routed"
+
         # The owner, authenticated, through her own reply address: obeyed (the subject need not say more).
         send(gateway, sender="sales.desk@example.org", authenticated=True, to=first["Reply-To"],
              subject="Re: your notification", body="received\n")
-        obeyed = wait_answers(gateway, "2026-000001", 5)[-1]
+        obeyed = wait_answers(gateway, "2026-000001", 6)[-1]
         assert (obeyed["details"]["obeyed"], obeyed["details"]["authenticated"]) == (True, "sales.desk@example.org")
         assert gateway.show_json("2026-000001")["status"] == "acknowledged"
 

@@ -537,3 +537,56 @@ def test_closing_an_inquiry_or_complaint_sends_its_result_to_the_sender(tmp_path
         assert "feedback-queued" in [e["action"] for e in gateway.show_json("2026-000001")["events"]]
     finally:
         daemon.stop()
+
+
+def delivery_report(returned: bytes, failed: str, *, whole: bool) -> bytes:
+    """What a mail server sends back for mail it could not deliver (RFC 3464 in RFC 6522): the
+    returned message whole, or only its headers."""
+    head = returned.split(b"\r\n\r\n", 1)[0] if b"\r\n\r\n" in returned else returned.split(b"\n\n", 1)[0]
+    part = (b"Content-Type: message/rfc822\r\n\r\n" + returned) if whole else (
+        b"Content-Type: text/rfc822-headers\r\n\r\n" + head + b"\r\n")
+    return (b"From: Mail Delivery System <MAILER-DAEMON@mx.partner.example>\r\nTo: gateway@example.org\r\n"
+            b"Subject: Undelivered Mail Returned to Sender\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\n"
+            b"Message-ID: <dsn-" + str(time.time_ns()).encode() + b"@mx.partner.example>\r\n"
+            b"Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=BB\r\n\r\n"
+            b"--BB\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+            b"<" + failed.encode() + b">: 550 5.1.1 User unknown\r\n\r\n"
+            b"--BB\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.partner.example\r\n\r\n"
+            b"Final-Recipient: rfc822; " + failed.encode() + b"\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+            b"--BB\r\n" + part + b"\r\n--BB--\r\n")
+
+
+def test_a_delivery_report_on_a_notification_is_registered_and_notifies_nobody(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    """An owner's mailbox is gone: the relay took the notification, then its server sends a
+    report back to our envelope sender. Notifying again would bring another report, for ever."""
+    gateway = configure(tmp_path, sink.address)
+    daemon = start(gateway, notify)
+    try:
+        send(gateway, complaint())
+        notes = by_kind(sink.wait_for(3))["notification"]
+        assert len(notes) == 2 and notes[0].mail_from == "gateway@example.org"
+        for whole in (False, True):
+            send(gateway, delivery_report(notes[0].data, notes[0].rcpt_tos[0], whole=whole), mail_from="",
+                 to=("gateway@example.org",))
+        wait_for(lambda: len(gateway.list_json()) == 3, 30, "the reports registered")
+        # A report on another system's mail is correspondence like any other.
+        foreign = complaint(2).replace(b"Subject: A complaint", b"Subject: Fwd: A complaint")
+        send(gateway, delivery_report(foreign, "someone@partner.example", whole=True), mail_from="",
+             to=("liaison@example.org",))
+        wait_for(lambda: len(sink.received) == 4, 30, "the foreign report's notification")
+        time.sleep(1.0)
+        # Two notifications and a receipt, then one notification of the foreign report (to triage).
+        assert [r.rcpt_tos for r in sink.received][3:] == [["office@example.org"]]
+        reports = [gateway.show_json(str(letter["number"])) for letter in gateway.list_json()
+                   if "Undelivered" in letter["subject"]]
+        assert len(reports) == 3
+        quiet = [r for r in reports if "returns-our-mail" in r["flags"]]
+        assert len(quiet) == 2
+        for report in quiet:
+            [routed] = [e["details"] for e in report["events"] if e["action"] == "needs-triage"]
+            assert (routed["notify"], routed["not_notified"]) == (
+                [], "a delivery report on the gateway's own mail (X-Gateway-Loop)")
+    finally:
+        daemon.stop()

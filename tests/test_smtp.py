@@ -58,6 +58,7 @@ def test_accepted_and_refused_recipients(smtp: Running) -> None:
         assert c.rcpt("liaison@example.org")[0] == 250
         code, reply = c.rcpt("victim@elsewhere.example")
         assert code == 550 and b"relay access denied" in reply
+        assert c.rcpt("postmaster@elsewhere.example")[0] == 550
         assert c.rcpt("fax-inbox@example.org")[0] == 250
         code, reply = c.data(make_message(1, subject="Partnership"))
         assert code == 250 and reply == b"2.0.0 OK registered as 2026-000001"
@@ -66,6 +67,11 @@ def test_accepted_and_refused_recipients(smtp: Running) -> None:
     env = detail["envelope"]
     assert env["mail_from"] == "alice@partner.example"
     assert env["rcpt_to"] == ["liaison@example.org", "fax-inbox@example.org"]
+    with smtp.client() as c:  # RFC 5321 4.5.1: postmaster, at the organisation's domains or bare
+        c.ehlo()
+        assert c.mail("alice@partner.example")[0] == 250
+        assert [c.rcpt(address)[0] for address in ("PostMaster@example.org", "<postmaster>")] == [250, 250]
+        assert c.data(make_message(2, subject="Abuse report"))[0] == 250
     assert env["client"] == "127.0.0.1" and env["helo"] == "client.partner.example"
     assert env["tls"] is False and env["auth_user"] is None
     assert detail["department"] == "general-office"

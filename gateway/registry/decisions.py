@@ -141,6 +141,8 @@ class Decisions(Store):
                                        "argument": answer.argument, "raw_sha256": plan.raw_sha256,
                                        "raw_path": plan.raw_path, "received_at": plan.received_at.isoformat()}
             refused = None
+            if answer.automatic:
+                details["automatic"] = answer.automatic
             if answer.command is None:
                 pass
             elif unentitled := self._no_authority(row, plan):

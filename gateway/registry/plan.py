@@ -102,6 +102,7 @@ class Answer:
     argument: str  # the result, note or department
     text: str  # the answer's own text (without the quoted part), as recorded
     reply_addresses: list[str] = field(default_factory=list)  # our signed reply addresses it was sent to
+    automatic: str | None = None  # why it is an automatic reply (then it commands nothing), if it is one
 
 
 @dataclass

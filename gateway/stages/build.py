@@ -22,8 +22,9 @@ from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
 from gateway.stages.answers import (FORWARD, FindSenderThread, bracketed_numbers, follow_up_of, own_text,
                                     parse_command, signature_keys)
+from gateway.stages.autoreply import no_reply_reason
 from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
-from gateway.stages.classify.facts import facts_from_mail
+from gateway.stages.classify.facts import facts_from_mail, header_map, returned_headers
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, parse_time
 from gateway.stages.normalise import Limits, Normalised, normalise
@@ -130,7 +131,7 @@ class LetterBuilder:
             if self.sender_thread and channel == "email" and "backlog" not in flags else None
         # Mail imported from another system was answered there: never a command for a letter here.
         answer = Answer(follow.number, follow.sender, None, "", follow.text) if follow else \
-            None if IMPORTED in flags else self._answer(parsed, channel, rcpts)
+            None if IMPORTED in flags else self._answer(parsed, channel, rcpts, envelope.get("mail_from"))
         if answer is not None:
             # The same answer again (the same bytes, or the same mail through another mailbox)
             # is recognised, not obeyed twice.
@@ -143,7 +144,8 @@ class LetterBuilder:
         routing = None
         if not needs_ocr:  # a fax with pages to read is classified once its text is known
             facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
-                                    fax_number=fax.get("number"), trust=trust)
+                                    fax_number=fax.get("number"), trust=trust,
+                                    returned=returned_headers(raw, parsed.header_fields))
             routing = route(self.config, facts, received_at=received_at, envelope_from=envelope.get("mail_from"),
                             backlog="backlog" in flags, flags=flags)
         return _storable(NewLetter(
@@ -176,7 +178,7 @@ class LetterBuilder:
             trust=trust,
         ))
 
-    def _answer(self, parsed: Normalised, channel: str, rcpts: list[str]) -> Answer | None:
+    def _answer(self, parsed: Normalised, channel: str, rcpts: list[str], envelope_from: str | None) -> Answer | None:
         """Is this a department answering one of our notifications? It names the letter by the
         number in its subject, by the mail of ours it replies to, or by the signed reply address it
         was sent to. From the organisation's domains that makes it an answer (whether it is obeyed
@@ -203,9 +205,12 @@ class LetterBuilder:
         if not internal and not any(check_reply_token(self.config, t, number, sender) is None for t in tokens):
             return None
         text = own_text(parsed.body_text)
-        command, argument = parse_command(text)
+        # An absence notice or a server's rule answering our notification (RFC 3834) is recorded,
+        # never obeyed: its first line ("Received", "收到") was not written to this letter.
+        automatic = no_reply_reason(header_map(parsed.header_fields), sender, envelope_from, own_mail=False)
+        command, argument = (None, "") if automatic else parse_command(text)
         reply_addresses = list(dict.fromkeys(a.lower() for a in addresses if find_reply_tokens(self.config, [a])))
-        return Answer(number, sender, command, argument, text, reply_addresses)
+        return Answer(number, sender, command, argument, text, reply_addresses, automatic)
 
     def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
         """A fax from the drop folder: its pages counted again from the bytes, its facts from intake."""

@@ -31,6 +31,7 @@ _MARKER_FLAGS = {"forged": ["forged-loop-marker"], "to-sender": ["receipt-loop-m
 # --notify also QUIET: the old system handled it, so no department is notified and it gets no deadline
 # (no reminders, never overdue). With --notify its deadline counts from the import, not from its old date.
 IMPORTED, QUIET = "imported", "no-notifications"
+RETURNED_OURS = "returns-our-mail"  # a delivery report on mail the gateway sent
 
 
 def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMail:
@@ -40,7 +41,7 @@ def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMa
 
 def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
          channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool,
-         flags: Sequence[str] = ()) -> Routing:
+         flags: Sequence[str] = (), returned: Sequence[dict[str, list[str]]] = ()) -> Routing:
     departments = config.departments
     department = departments[decision.department or config.model.triage.department]
     urgency = decision.urgency or "regular"
@@ -52,16 +53,22 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
     no_notification = None
     marker = loop_marker_state(config, headers)
+    # A delivery report on a notification of ours (its owner's mailbox is gone, say): notifying
+    # that owner again would bring another report, and so on for ever. Registered, for the
+    # registry office to see whose mail failed.
+    returns_ours = marker != "ours" and any(loop_marker_state(config, fields) == "ours" for fields in returned)
     if marker == "ours":
         # Our own internal mail came back in (a forward, an owner's rule): registered, never
         # answered and never forwarded again, or each notification would beget another. A
         # receipt's marker ("to-sender") never gets here: its holder could hide any letter.
         mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
+    elif returns_ours:
+        mail, no_notification = [], "a delivery report on the gateway's own mail (X-Gateway-Loop)"
     elif QUIET in flags:
         mail, no_notification = [], "backlog import (gateway import without --notify)"
     reply_to = reply_address(sender, headers, envelope_from)
     receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
-                                        own_mail=marker in ("ours", "to-sender"))
+                                        own_mail=marker in ("ours", "to-sender") or returns_ours)
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
@@ -73,7 +80,8 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         owner=decision.owner, tags=list(decision.tags), deadline=deadline, trace=decision.trace(),
         # A marker naming us that does not verify suppressed nothing, and a receipt's marker only
         # the receipt; the letter says which it had.
-        flags=(["needs-triage"] if triage else []) + (_MARKER_FLAGS.get(marker, []) if marker else []),
+        flags=(["needs-triage"] if triage else []) + (_MARKER_FLAGS.get(marker, []) if marker else [])
+        + ([RETURNED_OURS] if returns_ours else []),
         mail=mail, receipt=receipt, no_receipt=reason,
         receipt_cap=config.model.receipts.per_sender_per_day,
         receipt_domain_cap=config.model.receipts.per_domain_per_hour,
@@ -86,7 +94,7 @@ def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from:
     decision = config.ruleset.classify(facts)
     return plan(config, decision, received_at=received_at, sender=facts.sender_address, subject=facts.subject,
                 body=facts.body, channel=facts.channel, headers=facts.headers, envelope_from=envelope_from,
-                backlog=backlog, flags=flags)
+                backlog=backlog, flags=flags, returned=facts.returned_headers)
 
 
 def letter_facts(config: Config, letter: Letter) -> Facts:

@@ -34,6 +34,9 @@ class Facts:
     # The From address claims the organisation but is not proven: treated as external.
     unverified_internal: bool = False
     trust_method: str | None = None  # how the sender was proven (smtp-auth, dkim, ...), for the trace
+    # The headers of each message a delivery report (multipart/report) returns: a report on our
+    # own mail is known by the loop marker among them (route.py).
+    returned_headers: list[dict[str, list[str]]] = field(default_factory=list)
 
     @property
     def sender_domain(self) -> str:
@@ -57,6 +60,41 @@ def headers_of(raw: bytes) -> dict[str, list[str]]:
     return header_map([(name, decode_header_value(str(value))[0]) for name, value in message.raw_items()])
 
 
+_RETURNED_MESSAGES = frozenset({"message/rfc822", "message/global"})
+_RETURNED_HEADERS = frozenset({"text/rfc822-headers", "message/rfc822-headers", "message/global-headers"})
+
+
+def returned_headers(raw: bytes, header_fields: list[tuple[str, str]]) -> list[dict[str, list[str]]]:
+    """The headers of the messages a delivery report returns (RFC 6522: a multipart/report with
+    the returned message, or its headers, as a part), decoded; none for any other message."""
+    content_type = next((value for name, value in header_fields if name.lower() == "content-type"), "")
+    if not content_type.strip().lower().startswith("multipart/report"):
+        return []
+    try:
+        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+        found: list[dict[str, list[str]]] = []
+        for part in message.walk():
+            kind, payload = part.get_content_type(), part.get_payload()
+            if kind in _RETURNED_MESSAGES and isinstance(payload, list) and payload \
+                    and isinstance(payload[0], email.message.Message):
+                fields = payload[0].raw_items()
+            elif kind in _RETURNED_HEADERS:
+                data = part.get_payload(decode=True)
+                fields = email.parser.BytesHeaderParser(policy=email_policy.compat32).parsebytes(
+                    data if isinstance(data, bytes) else b"").raw_items()
+            else:
+                continue
+            found.append(header_map([(name, decode_header_value(_unfolded(str(value)))[0])
+                                     for name, value in fields]))
+        return found
+    except Exception:  # a report that cannot be read returns nothing we could recognise
+        return []
+
+
+def _unfolded(value: str) -> str:
+    return value.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", "\t").strip()
+
+
 def _trust_facts(trust: dict[str, Any] | None) -> dict[str, Any]:
     """What the rules may know of a verdict; without one nothing is proven (and nothing flagged:
     letters registered before the check stage existed keep their classification on replay)."""
@@ -68,7 +106,8 @@ def _trust_facts(trust: dict[str, Any] | None) -> dict[str, Any]:
 
 def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[str],
                     mailbox_department: str | None, fax_number: str | None = None,
-                    trust: dict[str, Any] | None = None) -> Facts:
+                    trust: dict[str, Any] | None = None,
+                    returned: list[dict[str, list[str]]] | None = None) -> Facts:
     return Facts(
         channel=channel,
         sender_address=parsed.sender.address.lower() if parsed.sender else "",
@@ -81,6 +120,7 @@ def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[st
         fax_number=fax_number,
         mailbox_department=mailbox_department,
         **_trust_facts(trust),
+        returned_headers=returned or [],
     )
 
 
