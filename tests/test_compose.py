@@ -18,9 +18,10 @@ from gateway import config as config_mod
 from gateway.config import Config
 from gateway.outbound.compose import ComposeError, clean, notification, receipt
 from gateway.outbound.outward import request
-from gateway.outbound.replies import reply_message
+from gateway.outbound.replies import notice, reply_message
 from gateway.registry.models import Attachment, Letter, OutboxMail
 from gateway.registry.plan import NewMail
+from gateway.stages.tokens import loop_marker_state
 from smtp_sink import SmtpSink
 
 
@@ -324,3 +325,16 @@ def test_an_unreadable_keys_file_holds_mail_back_and_never_dead_letters_it(tmp_p
         registry.close()
     finally:
         sink.stop()
+
+
+def test_replies_and_approval_notices_carry_our_loop_marker(config: Config) -> None:
+    """An approval notice an approver's rule sends back in is known as ours; a reply to the sender
+    stops their auto-responder's receipt."""
+    plan = NewMail("sender-reply", "alice@partner.example", {}, "<r2@example.org>")
+    reply = email.message_from_bytes(reply_message(config, letter(), "Answer.", [], plan), policy=policy.default)
+    approval = parsed(notice(config, OutboxMail(id=8, kind="approval", recipient="office.head@example.org",
+                                                message_id="<a8@example.org>", details={"about": "waiting"}),
+                             letter()))
+    states = [loop_marker_state(config, {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]})
+              for m in (reply, approval)]
+    assert states == ["to-sender", "ours"]

@@ -22,6 +22,7 @@ from gateway.registry.plan import NewMail
 from gateway.registry.replies import ReplyRecords
 from gateway.stages.autoreply import safe_address
 from gateway.stages.normalise.filenames import safe_media_type
+from gateway.stages.tokens import loop_marker
 
 KINDS = frozenset({"sender-reply", "approval"})
 _RE = re.compile(r"^\s*((re|aw|sv|回复|答复)\s*[:：]\s*)+", re.I)
@@ -36,7 +37,7 @@ def reply_subject(letter: Letter) -> str:
 def reply_message(config: Config, letter: Letter, text: str, attachments: list[ReplyAttachment],
                   mail: NewMail) -> bytes:
     """The reply to the sender, as it will be sent: our From, in the thread of their letter."""
-    message = _headers(config, mail.recipient, mail.message_id, reply_subject(letter), letter)
+    message = _headers(config, mail.recipient, mail.message_id, reply_subject(letter), letter, "sender-reply")
     in_thread_of(message, letter)
     message.set_content(text.rstrip("\n") + "\n")
     for attachment in attachments:
@@ -45,7 +46,8 @@ def reply_message(config: Config, letter: Letter, text: str, attachments: list[R
     return message.as_bytes()
 
 
-def _headers(config: Config, recipient: str, message_id: str, subject: str, letter: Letter) -> EmailMessage:
+def _headers(config: Config, recipient: str, message_id: str, subject: str, letter: Letter,
+             kind: str) -> EmailMessage:
     if not safe_address(recipient):
         raise ComposeError(f"recipient {recipient!r} is not a plain address")
     out = config.model.outbound
@@ -55,6 +57,10 @@ def _headers(config: Config, recipient: str, message_id: str, subject: str, lett
     message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
     message["Message-ID"] = message_id
+    # As on all our mail: an approval notice forwarded back in by its approver's rule is known
+    # as ours (no new letter's notification), a reply to the sender stops their auto-responder's
+    # receipt (see compose._base).
+    message["X-Gateway-Loop"] = loop_marker(config, message_id, kind=kind)
     message["X-Gateway-Letter"] = letter.number
     return message
 
@@ -98,7 +104,7 @@ def notice(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     lines = [first.format(**values), "", f"Number:    {letter.number}", f"Subject:   {subject or '(no subject)'}",
              f"From:      {_sender(letter)}", "", "In the register:",
              f"  {base}/letters/{letter.number}" if base else f"  gateway letters show {letter.number}"]
-    message = _headers(config, mail.recipient, mail.message_id, f"[{letter.number}] {title}", letter)
+    message = _headers(config, mail.recipient, mail.message_id, f"[{letter.number}] {title}", letter, "approval")
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: not to be answered automatically
     message.set_content("\n".join(lines) + "\n")
     return message
