@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway, make_message, write_messages
+from gateway.stages.answers import own_text, parse_command
 from gateway.track.calendar import WorkingCalendar
 
 # 2026: 1-7 October a holiday week; Saturday 10 October worked instead.
@@ -344,3 +345,16 @@ def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path
     assert by_mail["department"] == by_cli["department"] == "business"
     assert by_mail["status"] == by_cli["status"] == "routed"
     assert by_cli["deadline"] is not None and by_mail["deadline"] == by_cli["deadline"]
+
+
+@pytest.mark.parametrize("quoted", [
+    "在 2026年12月5日 10:00，张三 <office@example.org> 写道：",  # Chinese Gmail, Foxmail
+    "-----原始邮件-----", "----- Original Message -----", "_" * 32,  # Outlook, in Chinese and English
+    "发件人: office@example.org", "寄件者：office@example.org", "On Mon, 7 Dec 2026, Office wrote:",
+])
+def test_a_quoted_mail_without_quote_marks_is_not_the_answer(quoted: str) -> None:
+    """An HTML reply rendered as text keeps no ">": the quoted mail below the attribution line is
+    not the person's answer, and a command in it (someone else's "done: ...") is none of theirs."""
+    text = own_text(f"\n\n{quoted}\ndone: settled by someone else\n")
+    assert text == "" and parse_command(text) == (None, "")
+    assert parse_command(own_text(f"收到\n\n{quoted}\ndone: settled\n")) == ("ack", "")

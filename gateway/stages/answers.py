@@ -73,6 +73,13 @@ def bracketed_numbers(subject: str) -> list[str]:
     return _BRACKETED.findall(subject)
 
 
+# Where the quoted mail begins when its lines carry no ">" (an HTML reply rendered as text), as
+# mail programs write it: "On ... wrote:", "在 ...写道：" (Chinese Gmail, Foxmail), Outlook's
+# "-----Original Message-----", "-----原始邮件-----" or its line of underscores, a header block.
+_QUOTE_START = re.compile(r"^(?:On .+ wrote:|.*写道[:：]$|-{3,}\s*(?:Original Message|原始邮件|原始郵件)\s*-{3,}"
+                          r"|_{20,}$|(?:发件人|寄件者)[:：]|From:\s)", re.I)
+
+
 def own_text(body: str, limit: int = 4000) -> str:
     """The answer without the quoted notification below it."""
     lines = []
@@ -80,7 +87,7 @@ def own_text(body: str, limit: int = 4000) -> str:
         stripped = line.strip()
         if stripped.startswith(">"):
             continue
-        if re.match(r"^(?:On .+ wrote:|-----\s*Original Message\s*-----|发件人[:：]|From:\s)", stripped):
+        if _QUOTE_START.match(stripped):
             break
         lines.append(line.rstrip())
     return "\n".join(lines).strip()[:limit]
