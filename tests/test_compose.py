@@ -3,6 +3,7 @@ original a relay would refuse as it came)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email
 import re
 import shutil
@@ -338,3 +339,13 @@ def test_replies_and_approval_notices_carry_our_loop_marker(config: Config) -> N
     states = [loop_marker_state(config, {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]})
               for m in (reply, approval)]
     assert states == ["to-sender", "ours"]
+
+
+def test_an_organisation_name_with_a_comma_and_chinese_stays_one_address(config: Config) -> None:
+    outbound = config.model.outbound.model_copy(update={"from_name": 'Example Org, "Registry" 收发室'})
+    named = dataclasses.replace(config, model=config.model.model_copy(update={"outbound": outbound}))
+    for message in (parsed(notification(named, mail(), letter(), None)),
+                    email.message_from_bytes(reply_message(named, letter(), "Answer.", [], NewMail(
+                        "sender-reply", "alice@partner.example", {}, "<r3@example.org>")), policy=policy.default)):
+        [sender] = message["From"].addresses
+        assert (sender.display_name, sender.addr_spec) == ('Example Org, "Registry" 收发室', "gateway@example.org")

@@ -14,7 +14,8 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.mime.message import MIMEMessage
 from email.policy import SMTP, compat32
-from email.utils import format_datetime, formataddr
+from email.headerregistry import Address
+from email.utils import format_datetime
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +44,14 @@ def header_text(value: str | None, limit: int = 250) -> str:
     return clean(value, limit).replace("=?", "=\u200b?")
 
 
+def our_from(config: Config) -> Address:
+    """The From of our mail: `[outbound] from_name` and `from_address`. An Address, not a string:
+    the email package encodes its name whole, where a string's name with a comma and Chinese
+    ("Office, 收发室") would be written as two addresses."""
+    out = config.model.outbound
+    return Address(display_name=header_text(out.from_name, 80), addr_spec=out.from_address)
+
+
 def in_thread_of(message: EmailMessage, letter: Letter) -> None:
     """In-Reply-To and References naming the letter's Message-ID, where it is one that can be
     written as it is: no spaces, brackets or quotes, and no encoded-word (see `header_text`)."""
@@ -59,9 +68,8 @@ class ComposeError(Exception):
 def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Letter) -> EmailMessage:
     if not safe_address(mail.recipient):
         raise ComposeError(f"recipient {mail.recipient!r} is not a plain address")
-    out = config.model.outbound
     message = EmailMessage(policy=SMTP)
-    message["From"] = formataddr((clean(out.from_name, 80), out.from_address))
+    message["From"] = our_from(config)
     message["To"] = mail.recipient
     message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))

@@ -11,11 +11,11 @@ import re
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, _local, _sender, clean, header_text, in_thread_of
+from gateway.outbound.compose import ComposeError, _local, _sender, clean, header_text, in_thread_of, our_from
 from gateway.registry import Registry
 from gateway.registry.models import Letter, OutboxMail, ReplyAttachment
 from gateway.registry.plan import NewMail
@@ -50,9 +50,8 @@ def _headers(config: Config, recipient: str, message_id: str, subject: str, lett
              kind: str) -> EmailMessage:
     if not safe_address(recipient):
         raise ComposeError(f"recipient {recipient!r} is not a plain address")
-    out = config.model.outbound
     message = EmailMessage(policy=SMTP)
-    message["From"] = formataddr((clean(out.from_name, 80), out.from_address))
+    message["From"] = our_from(config)
     message["To"] = recipient
     message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
