@@ -437,6 +437,8 @@ def test_ten_thousand_rules_still_find_the_one_that_matches(shipped: Config) -> 
     ({"precedence": ["bulk; reason=x"]}, None, "a@b.example", "Precedence: bulk"),
     ({"return-path": ["< >"]}, None, "a@b.example", "null sender"),
     ({}, None, "news-request@b.example", "robot address"),
+    ({"auto-submitted": ["no", "auto-replied"]}, None, "a@b.example", "Auto-Submitted: auto-replied"),
+    ({"precedence": ["normal", "bulk"]}, None, "a@b.example", "Precedence: bulk"),
 ])
 def test_no_automatic_reply_where_rfc_3834_says_not_to(headers: dict[str, list[str]], envelope_from: str | None,
                                                        sender: str, why: str) -> None:

@@ -38,16 +38,20 @@ def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: s
         values = headers.get(name)
         return values[0].strip().lower() if values else ""
 
+    def each(name: str) -> list[str]:
+        return [value.strip().lower() for value in headers.get(name, [])]
+
     if envelope_from is not None and envelope_from.strip() in ("", "<>"):
         return "null envelope sender (a bounce or a notification)"
     if first("return-path").replace(" ", "") == "<>":
         return "null sender (Return-Path: <>)"
-    auto = first("auto-submitted")
-    if auto and auto.split(";")[0].strip() != "no":
-        return f"Auto-Submitted: {auto[:40]}"
-    precedence = first("precedence").split(";")[0].strip()
-    if precedence in ("bulk", "junk", "list", "auto_reply"):
-        return f"Precedence: {precedence}"
+    # Every value, not the first only: "Auto-Submitted: no" above "auto-replied" is still automatic.
+    for auto in each("auto-submitted"):
+        if auto and auto.split(";")[0].strip() != "no":
+            return f"Auto-Submitted: {auto[:40]}"
+    for precedence in (value.split(";")[0].strip() for value in each("precedence")):
+        if precedence in ("bulk", "junk", "list", "auto_reply"):
+            return f"Precedence: {precedence}"
     listed = sorted(name for name in headers if name.startswith("list-"))
     if listed:
         return f"mailing list ({listed[0]})"
