@@ -200,3 +200,19 @@ def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting
         assert not b.acquire("imap:liaison/INBOX")
     finally:
         intake.stop(5)
+
+
+def test_a_node_stopping_while_a_delivery_runs_on_leaves_that_mail_claimed(two_nodes: tuple[Any, ...]) -> None:
+    """A stop that waited for the sender in vain hands back every claim but the mail being sent:
+    another node sending it too would deliver it twice. It expires when the claim runs out."""
+    _, registry_a, a, _, registry_b, b = two_nodes
+    letter_with_mail(registry_a, 2)
+    held = registry_a.outbox_due(10)
+    assert len(held) == 2
+    a.leave(sending=True)
+    assert registry_b.outbox_due(10) == []
+    with registry_a.write() as conn:  # the claim runs out
+        conn.execute(update(OutboxMail).values(lease_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert len(registry_b.outbox_due(10)) == 2
+    b.leave()  # an ordinary stop hands them back at once
+    assert len(registry_a.outbox_due(10)) == 2

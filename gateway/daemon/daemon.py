@@ -291,8 +291,12 @@ class Daemon:
             await asyncio.to_thread(self.web.stop)
         await self._jobs_finished(jobs_deadline)
         scheduler.shutdown(wait=False)
-        # What this node held (folders, claimed mail and OCR jobs) goes to the others now.
-        await asyncio.to_thread(self.cluster.stop)
+        # What this node held (folders, claimed mail and OCR jobs) goes to the others now; but
+        # not mail a delivery that outlasted the wait may still be handing to its relay.
+        sending = self.outbox is not None and self.outbox.alive()
+        if sending:
+            log.warning("outbox: a delivery is still under way; its mail is left claimed until its claim expires")
+        await asyncio.to_thread(self.cluster.stop, sending=sending)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -146,13 +146,16 @@ class Cluster:
             conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance).values(lease_until=until))
             conn.execute(update(Lease).where(Lease.holder == self.instance).values(expires_at=until))
 
-    def leave(self) -> None:
+    def leave(self, *, sending: bool = False) -> None:
         """A clean stop: everything held goes back at once, for the other nodes to take (and
-        uncounted: a claim given back is not a claim that never finished)."""
+        uncounted: a claim given back is not a claim that never finished). `sending`: a delivery
+        outlasted the stop's wait, and may still reach its relay: its mail is not handed to another
+        node to send again, but left to expire (by then this process has ended)."""
         with self.registry.write() as conn:
             now = lease_clock(conn)
-            conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
-                         .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
+            if not sending:
+                conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
+                             .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
             conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance)
                          .values(claimed_by=None, lease_until=None, claims=OcrJob.claims - 1))
             conn.execute(delete(Lease).where(Lease.holder == self.instance))
@@ -163,12 +166,12 @@ class Cluster:
         self._thread = threading.Thread(target=self._beating, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, sending: bool = False) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
         try:
-            self.leave()
+            self.leave(sending=sending)
         except RegistryUnavailable as exc:
             log.warning("cluster: could not hand back this node's claims (%s); they expire in %.0f s", exc,
                         self.takeover.total_seconds())
