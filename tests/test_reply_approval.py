@@ -290,6 +290,28 @@ def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
                                 "draft_of": form_field(refused.text, "draft_of")}).status_code == 303
 
 
+def test_a_letter_whose_reply_waits_offers_no_step_the_reply_would_refuse(site: Site) -> None:
+    number = site.letters["office"]  # the head alone approves
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")
+    before = gina.get(f"/letters/{number}").text  # in Chinese, the default
+    assert 'value="close"' in before and 'value="reassign"' in before and "通知来信人补充" in before
+    assert gina.post(f"/letters/{number}/reply", data={"text": "Our reply.", "action": "submit",
+                                                       "csrf": gina.csrf}).status_code == 303
+    waiting = gina.get(f"/letters/{number}").text
+    assert "答复审批或邮寄中，暂不能办结、转办或标记已答复" in waiting
+    for step in ("close", "answer", "reassign"):
+        assert f'value="{step}"' not in waiting, step
+    assert "通知来信人补充" not in waiting  # asking the sender for more would be refused too
+    assert 'value="note"' in waiting and 'value="ack"' in waiting  # what the reply does not stop stays
+    gina_principal = site.people.principal("gina")
+    assert gina_principal is not None
+    with pytest.raises(Refused, match="reply waiting for approval"):  # the page offers what the service allows
+        site.access.act(gina_principal, number, "close", text="done")
+    assert olga.post(f"/letters/{number}/reply/approve", data={"csrf": olga.csrf}).status_code == 303
+    answered = gina.get(f"/letters/{number}").text
+    assert "答复审批或邮寄中" not in answered and 'value="close"' in answered
+
+
 def test_a_letter_whose_reply_waits_is_not_closed_under_it(site: Site) -> None:
     number = site.letters["office"]  # the head alone approves
     gina, olga = site.sign_in("gina"), site.sign_in("olga")

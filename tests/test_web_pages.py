@@ -684,3 +684,44 @@ def test_an_uploaded_files_declared_type_never_shapes_the_reply_mail(site: Site)
         ("multipart/mixed", None), ("text/plain", None), ("application/octet-stream", "terms.txt"),
         ("application/pdf", "offer.pdf")], parts
     assert not any(defects for _, _, defects in parts)
+
+
+def visible(html: str) -> str:
+    """A page's words as a reader sees them: no tags, no scripts, spaces collapsed."""
+    import html as entities
+
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", entities.unescape(re.sub(r"<[^>]+>", " ", html))).strip()
+
+
+def test_the_letter_page_words_its_history_trace_and_people(site: Site) -> None:
+    number = site.letters["business"]
+    bella = site.people.principal("bella")
+    assert bella is not None
+    site.access.act(bella, number, "assign", assignee="sam")
+    page = site.sign_in("sam").get(f"/letters/{number}")  # in Chinese, the default
+    assert page.status_code == 200
+    words = visible(page.text)
+    # People by their names (the sign-in name beside it), the system and the intake in words.
+    assert "承办人 Sam sam" in words
+    assert "文件导入 已接收" in words and "系统 已登记" in words and "Bella bella 已指派" in words
+    # The history's details under labels, times local, codes labelled; technical keys folded away.
+    assert "发现的缺陷: 0" in words and "原状态" not in words
+    assert "办理时限: " in words and "T23:59:59" not in words and "+00:00" not in words and "+08:00" not in words
+    assert "技术细节" in words and "spool:" in words  # nothing lost
+    assert "keys:" in words.split("技术细节", 1)[1] and "发现的缺陷: 0 keys" not in words
+    # The decision trace in Chinese: evidence, what was set, the result.
+    assert "收件地址属于部门 Business" in words and "addressed to department" not in words
+    assert "类别: 外部：业务往来" in words and "category=" not in words
+    triage = visible(site.sign_in("rita").get(f"/letters/{site.letters['triage']}").text)
+    assert "没有规则匹配" in triage and "no rule matched" not in triage
+    # Who read it: by name.
+    assert "查阅记录 Sam sam" in words
+
+
+def test_the_letter_page_words_its_history_in_english_too(site: Site) -> None:
+    site.people.set_language("rita", "en")
+    words = visible(site.sign_in("rita").get(f"/letters/{site.letters['business']}").text)
+    assert "System registered" in words and "File import received" in words
+    assert "defects found: 0" in words and "Technical details" in words
+    assert "addressed to department Business" in words and "category: external: business" in words

@@ -133,10 +133,16 @@ def render(req: Req, template: str, status_code: int = 200, **context: Any) -> H
     if who is not None:
         counts = web.access.counts(who)
         queues = [(name, counts.get(name)) for name in web.access.queues(who)]
+    from gateway.web import shown
+
+    person = shown.Names(lambda: [(p.login, p.name, p.emails) for p in web.people.list()])
+    departments = web.config.departments
     page = web.env.get_template(template).render(
         request=req.request, path=req.request.url.path, who=who, lang=req.lang, queues=queues,
         csrf=req.session.csrf if req.session else "", label=i18n.label, when=web.when, day=web.day,
-        languages=i18n.LANGUAGE_NAMES, html_lang=i18n.HTML_LANG[req.lang], **context)
+        languages=i18n.LANGUAGE_NAMES, html_lang=i18n.HTML_LANG[req.lang], person=person,
+        describe=shown.Describer(web.when, person, departments), trace_words=shown.Trace(departments),
+        **context)
     headers = dict(req.extra_headers)
     if who is not None:
         headers["Cache-Control"] = "no-store"  # pages of a signed-in person may show letters
@@ -276,8 +282,12 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
                              extensions=["jinja2.ext.i18n"], undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # type: ignore[attr-defined]
+    env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True,  # type: ignore[attr-defined]
+                                  pgettext=i18n.pgettext)
     env.filters["show"] = show
+    from gateway.web.shown import filesize
+
+    env.filters["filesize"] = filesize
     from gateway.web.routes import replies  # its pages' parts on the letter page and in the sidebar
 
     env.globals.update(replies.template_globals())

@@ -82,6 +82,11 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations(_current.get()).ngettext(singular, plural, n)
 
 
+def pgettext(context: str, message: str) -> str:
+    """A word whose translation depends on where it is used (the same English, other Chinese)."""
+    return translations(_current.get()).pgettext(context, message)
+
+
 _ = gettext
 
 # The register's values, shown translated wherever they appear.
@@ -154,7 +159,11 @@ MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feed
              "request": N_("request to the sender"), "sender-notice": N_("notice about the sender"),
              "circulation": N_("circulation notice"), "borrowing": N_("borrowing notice")}
 MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
-KINDS = {"status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
+# Where a letter came in (its intake), and the register's flags on it.
+INTAKE = {"smtp": N_("SMTP listener"), "imap": N_("IMAP mailbox"), "file": N_("File import"),
+          "fax-drop": N_("Fax folder"), "web": N_("Web register"), "paper": N_("Paper register")}
+FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs triage")}
+KINDS = {"intake": INTAKE, "flag": FLAG, "status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
          "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT,
          "mail_kind": MAIL_KIND, "mail_status": MAIL_STATUS}
 

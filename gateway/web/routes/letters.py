@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -11,6 +11,8 @@ from markupsafe import Markup
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway.registry import lifecycle
+from gateway.registry.replies import refuse_past_reply
 from gateway.registry.store import in_register
 from gateway.services.access import ACTIONS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery, Refused
 from gateway.web import i18n, preview, security
@@ -150,14 +152,16 @@ def _view(req: Req, number: str) -> LetterView:
 def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str = "", error: str = "",
                  failed_action: str = "", kept: Mapping[str, str] | None = None) -> Response:
     access, who, number = req.web.access, req.who, view.letter.number
-    rights = view.rights
+    # A step a reply in hand would refuse is not offered: the page says why instead.
+    held = held_by_reply(req, view.letter, view.rights.actions | {"incomplete"})
+    rights = replace(view.rights, actions=view.rights.actions - held)
     assignees = access.assignees(who, number) if "assign" in rights.actions else []
     letter = view.letter
     events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
     return req.render(
         "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
         downloadable=access.downloadable(who, letter),
-        failed_action=failed_action, kept=kept or {}, events=events,
+        failed_action=failed_action, kept=kept or {}, events=events, reply_holds=held,
         readers=_readers(access.readers(who, number)) if rights.content else [],
         outbox=access.outbox(who, number) if rights.content else [],
         ocr_reading=access.ocr_reading(who, number) if rights.content else None,
@@ -168,6 +172,23 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
         formatted=Markup(html) if rights.content and (html := access.formatted(who, number)) else None,
         overdue=bool(letter.deadline and letter.deadline < datetime.now(timezone.utc)
                      and letter.status not in ("closed", "archived")))
+
+
+# The steps that move a letter where a reply waiting for approval or the post could no longer answer it.
+REPLY_BOUND = frozenset({"ack", "progress", "answer", "close", "reassign", "incomplete"})
+
+
+def held_by_reply(req: Req, letter: Any, actions: frozenset[str] | set[str]) -> frozenset[str]:
+    """Which of `actions` a reply in hand would refuse now: the registry's own rule
+    (refuse_past_reply), asked without the letter's lock; the step itself asks it again under it."""
+    held = set()
+    with req.web.registry.read() as conn:
+        for action in sorted(REPLY_BOUND & set(actions)):
+            try:
+                refuse_past_reply(conn, letter.id, letter.number, action)
+            except lifecycle.ReplyInHand:
+                held.add(action)
+    return frozenset(held)
 
 
 @dataclass

@@ -1,0 +1,293 @@
+"""What the pages show of the register's own words: people by name, an event's details under
+labels in the page's language, the classifier's trace translated, file sizes in the page's units.
+
+Nothing here decides anything: it only words what the services recorded. A value no table knows is
+shown as it is, never dropped.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from gateway.web import i18n
+from gateway.web.i18n import N_, _
+
+# Who did something, when it was not a person.
+SYSTEM_ACTOR = {"gateway": N_("System"), "file": N_("File import"), "smtp": N_("SMTP listener"),
+                "imap": N_("IMAP mailbox"), "fax-drop": N_("Fax folder"), "web": N_("Web register"),
+                "setup": N_("System"), "cli": N_("Command line")}
+
+# An event's or audit row's detail keys, worded. Keys not listed are shown as they are.
+DETAIL = {
+    "to": N_("sent to"), "from": N_("from"), "notify": N_("notified"), "language": N_("language"),
+    "size": N_("size"), "number": N_("number"), "defects": N_("defects found"), "attachments": N_("attachments"),
+    "archive_number": N_("archive number"), "urgency": N_("urgency"), "category": N_("category"),
+    "confidentiality": N_("confidentiality"), "tags": N_("tags"), "tag": N_("tag"), "owner": N_("assigned to"),
+    "matched": N_("rules matched"), "deadline": N_("deadline"), "queue": N_("queue"), "matches": N_("matches"),
+    "roles": N_("roles"), "name": N_("name"), "emails": N_("e-mail addresses"), "departments": N_("departments"),
+    "department": N_("department"), "method": N_("method"), "reason": N_("reason"), "error": N_("error"),
+    "round": N_("round"), "request_to": N_("request sent to"), "remaining_days": N_("working days left"),
+    "paused_deadline": N_("paused deadline"), "next": N_("next step"), "missing": N_("missing"),
+    "created": N_("new draft"), "characters": N_("characters"), "chain": N_("approval chain"),
+    "by": N_("needed by"), "text": N_("text"), "readers": N_("readers"),
+    "first_deadline": N_("first reader's deadline"),
+    "next_deadline": N_("next reader's deadline"), "candidates": N_("likely departments"), "result": N_("result"),
+    "note": N_("note"), "comment": N_("comment"), "instruction": N_("instruction"), "late": N_("late"),
+    "until": N_("until"), "days": N_("days"), "borrower": N_("borrower"), "assignee": N_("assigned to"),
+    "status": N_("status"), "channel": N_("channel"), "kind": N_("kind"), "count": N_("count"),
+    "rows": N_("rows"), "format": N_("format"), "period": N_("period"), "report": N_("report"),
+    "pages": N_("pages"), "filename": N_("file name"), "recipient": N_("recipient"), "reader": N_("reader"),
+    "score": N_("score"), "trust": N_("trust"), "on": N_("on"), "step": N_("step"), "role": N_("role"),
+    "approver": N_("approver"), "reassign": N_("reassign"), "attempts": N_("attempts"), "query": N_("query"),
+    "letters": N_("letters"), "outcome": N_("outcome"), "summary": N_("summary"), "rule": N_("rule"),
+    "signed_by": N_("signed by"), "requested_by": N_("requested by"), "resumed": N_("resumed"),
+    "refused": N_("refused"), "contact": N_("contact"), "target": N_("target"), "via": N_("via"),
+}
+STATE_CHANGE = {"from": N_("status before"), "to": N_("status after")}
+OWNER_CHANGE = {"from": N_("assigned before to"), "to": N_("now assigned to")}
+# Kept for the record, of interest to the operator: shown folded away under "Technical details".
+TECHNICAL = frozenset({
+    "keys", "key", "package", "rules", "rules_then", "rules_now", "message_id", "sha", "sha256", "shas", "raw_path",
+    "draft", "outbox", "request", "circulation", "borrowing", "reply", "reply_id", "source_key", "uid",
+    "uidvalidity", "item_id", "path", "envelope", "seq", "rowid", "instance", "pid", "host", "selector",
+    "authserv_id", "line", "rule", "version", "series", "header", "slot",
+})
+# Keys whose values are a register code, shown through the label tables.
+CODED = {"status": "status", "category": "category", "urgency": "urgency", "confidentiality": "confidentiality",
+         "channel": "channel", "queue": "queue"}
+PEOPLE = frozenset({"owner", "notify", "assignee", "borrower", "reader", "signed_by", "requested_by", "approver"})
+DEPARTMENTS = frozenset({"department", "departments", "candidates", "to_department", "from_department"})
+LANGUAGE = {"zh": "中文", "en": "English"}
+ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+class Names:
+    """People's display names by sign-in name (or by one of their addresses: a letter's owner is
+    an address), read once per page when first asked. `load` gives (login, name, addresses)."""
+
+    def __init__(self, load: Callable[[], Iterable[tuple[str, str, Iterable[str]]]]):
+        self._load = load
+        self._names: dict[str, str] | None = None
+        self._logins: dict[str, str] = {}
+
+    def login(self, value: str) -> str:
+        """The sign-in name of a sign-in name or of a person's address; else the value as it is."""
+        self.name(value)
+        return self._logins.get(value.lower(), value)
+
+    def name(self, login: str | None) -> str | None:
+        if self._names is None:
+            self._names = {}
+            for person, name, addresses in self._load():
+                self._names[person] = name
+                for address in addresses:
+                    self._logins.setdefault(address.lower(), person)
+        return self._names.get(self._logins.get((login or "").lower(), login or ""))
+
+    def plain(self, login: str | None) -> str:
+        """A person (or the system) in words, for a sentence: the name, else the sign-in name."""
+        if not login:
+            return "—"
+        known = SYSTEM_ACTOR.get(login)
+        if known:
+            return _(known)
+        return self.name(login) or login
+
+    def __call__(self, login: str | None) -> Markup:
+        """A person as a page shows them: the name, then the sign-in name small and grey."""
+        if not login:
+            return Markup("—")
+        known = SYSTEM_ACTOR.get(login)
+        if known:
+            return Markup('<span title="{1}">{0}</span>').format(_(known), login)
+        if login.startswith("person:"):
+            return self(login.partition(":")[2])
+        name = self.name(login)
+        if name and name != login:
+            person = self.login(login)
+            title = Markup(' title="{0}"').format(login) if person != login else ""
+            return Markup('{0} <span class="muted small login"{2}>{1}</span>').format(name, person, title)
+        return Markup("{0}").format(login)
+
+
+@dataclass(frozen=True)
+class Detail:
+    key: str
+    label: str
+    value: Markup
+
+
+@dataclass
+class Details:
+    shown: list[Detail]
+    technical: list[Detail]
+
+
+def _text(value: Any) -> str:
+    from gateway.web.app import show
+
+    return show(value)
+
+
+class Describer:
+    """An event's details worded for one page: labels, local times, codes and names."""
+
+    def __init__(self, when: Callable[[datetime | None], str], names: Names, departments: Mapping[str, Any]):
+        self.when, self.names, self.departments = when, names, departments
+
+    def department(self, value: str) -> str:
+        known = self.departments.get(value)
+        return known.name if known is not None else value
+
+    def value(self, key: str, value: Any) -> Markup:
+        if value is None or value == "" or value == []:
+            return Markup("—")
+        if isinstance(value, (list, tuple)):
+            return Markup(", ").join(self.value(key, v) for v in value)
+        if isinstance(value, bool):
+            return Markup(escape(_("yes") if value else _("no")))
+        if isinstance(value, str):
+            if ISO_TIME.match(value):
+                try:
+                    return Markup(escape(self.when(datetime.fromisoformat(value))))
+                except ValueError:
+                    pass
+            if key in CODED:
+                return Markup(escape(i18n.label(CODED[key], value)))
+            if key in DEPARTMENTS:
+                return Markup(escape(self.department(value)))
+            if key in PEOPLE or (key == "readers" and value.startswith("person:")):
+                return self.names(value)
+            if key == "readers" and value.startswith("department:"):
+                return Markup(escape(self.department(value.partition(":")[2])))
+            if key == "chain" or key == "next" or key == "role":
+                return Markup(escape(_reply_role(value)))
+            if key == "reason":
+                from gateway.web.routes.work import TRIAGE_REASON
+
+                if value in TRIAGE_REASON:
+                    return Markup(escape(_(TRIAGE_REASON[value])))
+            if key == "language":
+                return Markup(escape(LANGUAGE.get(value, value)))
+            if key == "size" and value.isdigit():
+                return Markup(escape(filesize(int(value))))
+        if key == "size" and isinstance(value, int):
+            return Markup(escape(filesize(value)))
+        return Markup(escape(_text(value)))
+
+    def __call__(self, details: Mapping[str, Any] | None, action: str = "") -> Details:
+        out = Details([], [])
+        for key, value in (details or {}).items():
+            label = _(DETAIL[key]) if key in DETAIL else key
+            shown = self.value(key, value)
+            if key in ("from", "to") and action == "assigned":
+                label, shown = _(OWNER_CHANGE[key]), self.names(value) if value else Markup("—")
+            elif key in ("from", "to") and isinstance(value, str) and value in i18n.STATUS:
+                label, shown = _(STATE_CHANGE[key]), Markup(escape(i18n.label("status", value)))
+            (out.technical if key in TECHNICAL else out.shown).append(Detail(key, label, shown))
+        return out
+
+
+def _reply_role(value: str) -> str:
+    from gateway.web.routes.replies import reply_label
+
+    return reply_label("role", value)
+
+
+# -- file sizes --------------------------------------------------------------------------------
+def filesize(size: int | None) -> str:
+    """A size in bytes in the page's units: 字节/KB/MB in Chinese, bytes/kB/MB in English."""
+    if size is None:
+        return "—"
+    if size < 1024:
+        return i18n.ngettext("%(num)d byte", "%(num)d bytes", size) % {"num": size}
+    for unit in ("KB", "MB", "GB"):
+        size_f = size / 1024
+        if size_f < 1024 or unit == "GB":
+            return f"{size_f:.1f} {unit}".replace(".0 ", " ")
+        size = int(size_f)
+    return str(size)
+
+
+# -- the classifier's trace ----------------------------------------------------------------------
+# The classifier's evidence (gateway/stages/classify/rules.py), worded in the page's language. A
+# sentence no pattern knows is shown as the classifier wrote it.
+FIELD = {"subject": N_("subject"), "body": N_("text"), "sender name": N_("sender's name"),
+         "sender_name": N_("sender's name")}
+EVIDENCE: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?P<field>subject|body|sender name) has '(?P<word>.*?)': …(?P<snippet>.*)…$", re.S),
+     N_("%(field)s has “%(word)s”: …%(snippet)s…")),
+    (re.compile(r"^addressed to department (?P<dept>\S+)$"), N_("addressed to department %(dept)s")),
+    (re.compile(r"^fetched from the mailbox of (?P<dept>\S+)$"), N_("fetched from the mailbox of %(dept)s")),
+    (re.compile(r"^sender (?P<sender>\S+) belongs to (?P<dept>\S+)$"), N_("sender %(sender)s belongs to %(dept)s")),
+    (re.compile(r"^sender domain (?P<sender>\S+) matches '(?P<pattern>.*)'$"),
+     N_("sender's domain %(sender)s matches “%(pattern)s”")),
+    (re.compile(r"^sender (?P<sender>\S+) matches '(?P<pattern>.*)'$"), N_("sender %(sender)s matches “%(pattern)s”")),
+    (re.compile(r"^sender (?P<sender>\S+) claims the organisation but is not verified$"),
+     N_("sender %(sender)s claims to be of the organisation but is not verified")),
+    (re.compile(r"^sender (?P<sender>\S+) is in the organisation$"), N_("sender %(sender)s is in the organisation")),
+    (re.compile(r"^sender (?P<sender>\S+) is not in the organisation$"),
+     N_("sender %(sender)s is not in the organisation")),
+    (re.compile(r"^sender (?P<sender>\S+) is verified$"), N_("sender %(sender)s is verified")),
+    (re.compile(r"^sender (?P<sender>\S+) is not verified$"), N_("sender %(sender)s is not verified")),
+    (re.compile(r"^recipient (?P<address>\S+) matches '(?P<pattern>.*)'$"),
+     N_("recipient %(address)s matches “%(pattern)s”")),
+    (re.compile(r"^channel is (?P<channel>\S+)$"), N_("channel is %(channel)s")),
+    (re.compile(r"^fax number (?P<number>\S+) matches '(?P<pattern>.*)'$"),
+     N_("fax number %(number)s matches “%(pattern)s”")),
+    (re.compile(r"^attachment '(?P<name>.*)' \((?P<kind>.*)\)$"), N_("attachment “%(name)s” (%(kind)s)")),
+    (re.compile(r"^no (?P<dept>\S+) department$"), N_("there is no department %(dept)s")),
+    (re.compile(r"^already '(?P<value>.*)'$"), N_("already %(value)s")),
+]
+
+
+class Trace:
+    """The decision trace's sentences and values in the page's language."""
+
+    def __init__(self, departments: Mapping[str, Any]):
+        self.departments = departments
+
+    def department(self, value: str) -> str:
+        known = self.departments.get(value)
+        return known.name if known is not None else value
+
+    def evidence(self, text: str) -> str:
+        for pattern, template in EVIDENCE:
+            found = pattern.match(text)
+            if found is None:
+                continue
+            words = found.groupdict()
+            if "dept" in words:
+                words["dept"] = self.department(words["dept"])
+            if "field" in words:
+                words["field"] = _(FIELD.get(words["field"], words["field"]))
+            if "channel" in words:
+                words["channel"] = i18n.label("channel", words["channel"])
+            return _(template) % words
+        return text
+
+    def reason(self, text: str) -> str:
+        from gateway.web.routes.work import TRIAGE_REASON
+
+        return _(TRIAGE_REASON[text]) if text in TRIAGE_REASON else text
+
+    def field(self, key: str) -> str:
+        return _(DETAIL[key]) if key in DETAIL else key
+
+    def value(self, key: str, value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(self.value(key, v) for v in value)
+        if not isinstance(value, str):
+            return _text(value)
+        if key in CODED:
+            return i18n.label(CODED[key], value)
+        if key == "department":
+            return self.department(value)
+        if key == "owner":
+            return value
+        return value
