@@ -253,3 +253,30 @@ def test_the_dashboard_draws_its_charts_in_chromium(site: Site, tmp_path: Path) 
                 raise
         finally:
             browser.close()
+
+
+def test_the_dashboard_counts_letters_awaiting_their_sender_in_its_columns(tmp_path: Path) -> None:
+    from datetime import date
+
+    from gateway.services.incomplete import Incomplete
+
+    s = Site(tmp_path)
+    try:
+        s.add_people()
+        s.add_letters()
+        sam = s.people.principal("sam")
+        assert sam is not None
+        Incomplete(s.config, s.registry).mark(sam, s.letters["business"], missing=["the invoice"],
+                                              by=date.today() + timedelta(days=7))
+        html = s.sign_in("rita").get("/dashboard").text  # in Chinese, the default
+        head = re.search(r'<table class="grid compact figures">\s*<thead>(.*?)</thead>', html, re.S)
+        assert head is not None and "待来信人补充" in re.sub(r"<[^>]+>", " ", head.group(1))
+        row = re.search(r'<th scope="row">Business</th>(.*?)</tr>', html, re.S)
+        assert row is not None
+        numbers = [int(n) for n in re.findall(r">(\d+)<", row.group(1))]
+        states, still_open = numbers[:-3], numbers[-3]
+        assert still_open == 3 and sum(states) == still_open  # the columns add up to the open letters
+        css = Path(__file__).parents[1] / "gateway" / "web" / "static" / "overview.css"
+        assert ".seg.status-awaiting-sender" in css.read_text()  # its segment has a colour of its own
+    finally:
+        s.close()

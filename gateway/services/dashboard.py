@@ -26,7 +26,7 @@ from gateway.spool import Spool
 
 CHANNELS = ("email", "fax")
 # The open states, in the order a letter goes through them.
-WORK_STATES = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "answered")
+WORK_STATES = ("registered", "needs-triage", "routed", "acknowledged", "in-progress", "awaiting-sender", "answered")
 
 
 def queue_url(queue: str = "all", **filters: str) -> str:
