@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, expect
 from web_support import PASSWORD, Clock, Site
 
 from gateway.archive.packer import Archiver
@@ -76,7 +76,18 @@ def decide(page: Page, reason: str, button: str) -> None:
     page.goto("/borrowing")
     row = page.locator("#awaiting tr", has_text=reason)
     row.locator("input[name=comment]").fill(f"{button}: seen")
+    asked: list[str] = []  # a refusal is confirmed first, naming what it does
+
+    def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.accept()
+    page.once("dialog", answer)
     row.locator(f"button:has-text('{button}')").click()
+    if button == "Refuse":
+        expect(page.locator(".flash.ok")).to_be_visible()
+        assert len(asked) == 1 and asked[0].startswith("Refuse the borrowing of") and "ask again" in asked[0]
+    else:
+        page.remove_listener("dialog", answer)
     expect(page.locator(".flash.ok")).to_be_visible()
 
 

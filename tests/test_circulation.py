@@ -301,3 +301,26 @@ def test_a_signing_form_sent_twice_signs_one_step(site: Site, clock: Clock) -> N
     assert step is not None and step.group(1).endswith(".2")
     assert bella.post(f"/letters/{number}/sign", data={**form, "step": step.group(1)}).status_code == 303
     assert [e["step"] for e in events(site, number, "circulation-signed")] == [1, 2]
+
+
+def test_the_circulation_panel_names_its_people_and_says_it_is_under_way(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        number = site.letters["urgent"]
+        rita = site.people.principal("rita")
+        assert rita is not None
+        Circulations(site.config, site.registry).start(rita, number, ["leo", "general-office"])
+        page = site.sign_in("rita").get(f"/letters/{number}").text  # in Chinese, the default
+        html = page.split('id="circulation"', 1)[1].split("</section>")[0]
+        panel = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+        assert "传阅中" in panel and "运行中" not in panel  # not the daemon's word for running
+        assert "Leo leo" in panel and "Rita rita" in panel  # readers and who started it, by name
+        leo = site.sign_in("leo").get(f"/letters/{number}").text
+        assert "批示（可选）" in leo
+        site.people.set_language("leo", "en")
+        english = site.sign_in("leo").get(f"/letters/{number}").text
+        assert "Instruction (optional)" in english and "批示" not in english
+    finally:
+        site.close()

@@ -141,8 +141,14 @@ def test_acknowledge_then_close_with_a_result_the_sender_receives(register: Regi
     close = page.locator("form:has(input[name=action][value=close])")
     expect(close.locator(".hint")).to_contain_text("the sender receives this result")
     close.locator("textarea[name=text]").fill("The parcel was sent again on Monday.")
+    asked: list[str] = []  # closing is confirmed first; an inquiry's says the sender is mailed the result
+    page.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss() if len(asked) == 1
+                                      else dialog.accept()))
+    close.locator("button[type=submit]").click()  # dismissed: nothing is sent
+    expect(page.locator(".page-head .badge").first).to_have_class("badge status-acknowledged")
     close.locator("button[type=submit]").click()
     expect(page.locator(".flash.ok")).to_have_text("Closed.")
+    assert len(asked) == 2 and f"Close {number}?" in asked[0] and "mailed to the sender" in asked[0]
     expect(page.locator(".page-head .badge").first).to_have_class("badge status-closed")
     expect(page.locator("table.timeline")).to_contain_text("mem.a")
 

@@ -192,6 +192,14 @@ def test_a_bulk_reassignment_asks_for_its_reason_before_it_is_sent(site: Site, s
     department.select_option("business")
     page.click("form#bulk button[type=submit]")
     assert reason.evaluate("e => e.validity.valueMissing")
+    # With its reason, it is confirmed first, naming how many letters go where; dismissed, nothing is sent.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    reason.fill("Their business")
+    page.click("form#bulk button[type=submit]")
+    expect(page.locator("form#bulk")).to_be_visible()
+    assert asked == ["Reassign the 1 selected letters to Business? Each leaves its department, and the new one is "
+                     "notified."]
     expect(page.locator(".bulk-summary")).to_have_count(0)
     assert "/letters/bulk" not in page.url
     page.select_option("select[name=action]", "assign")  # a note is optional there
@@ -218,8 +226,11 @@ def test_a_saved_view_is_in_the_sidebar_and_applies_its_filters(site: Site, sign
     expect(rows).to_contain_text(site.letters["urgent"])
     assert "urgency=urgent" in page.url
 
+    asked: list[str] = []  # deleting is confirmed first, naming the view
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.click("form[action$='/delete'] button[type=submit]")
     expect(page.locator(".sidebar ul.views")).to_have_count(0)
+    assert asked == ["Delete the saved view “紧急件”? The letters stay as they are."]
     expect(page.locator("main h1")).to_have_text("All letters")
 
 

@@ -12,6 +12,15 @@ document.addEventListener("submit", function (event) {
   var form = event.target;
   var button = event.submitter;
   var question = (button && button.getAttribute("data-confirm")) || (form && form.getAttribute && form.getAttribute("data-confirm"));
+  // Several letters sent to another department at once: how many, and where.
+  var step = form && form.elements && form.elements.namedItem("action");
+  if (!question && form.getAttribute && form.getAttribute("data-confirm-reassign") && step && step.value === "reassign") {
+    var department = form.elements.namedItem("department");
+    var chosen = department && department.selectedIndex >= 0 ? department.options[department.selectedIndex].text : "";
+    question = form.getAttribute("data-confirm-reassign")
+      .replace("{count}", form.querySelectorAll('input[name="number"]:checked').length)
+      .replace("{department}", chosen);
+  }
   if (question && !window.confirm(question)) {
     event.preventDefault();
     event.stopImmediatePropagation();
