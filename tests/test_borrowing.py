@@ -6,6 +6,7 @@ downloaded; the register for the registry office and auditors; the CLI through t
 records of circulation and borrowing on PostgreSQL."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from email.message import EmailMessage
 from datetime import datetime, timedelta, timezone
@@ -269,3 +270,10 @@ def test_a_borrowed_confidential_letter_is_not_extracted_as_files(tmp_path: Path
     finally:
         site.close()
 
+
+
+def test_a_queue_says_an_archived_letter_is_read_by_borrowing_it(site: Site) -> None:
+    site.people.set_language("sam", "zh")
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", site.sign_in("sam").get("/letters?queue=all").text))
+    assert "已归档，需借阅" in words  # the Business order, archived: its subject is read through a borrowing
+    assert "Please confirm the order" not in words and "Order 4711" not in words

@@ -121,8 +121,7 @@ def _triage_page(req: Req, *, status: int = 200, message: str = "", error: str =
         })
     return req.render("work/triage.html", status, result=result, items=items, message=message, error=error,
                       failed=failed, departments=req.web.config.departments, letter_url=letter_url,
-                      triage_link=lambda page: f"/triage?page={page}",
-                      default_reason=_("Settled on the triage page"))
+                      triage_link=lambda page: f"/triage?page={page}")
 
 
 @page()
