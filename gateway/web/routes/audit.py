@@ -8,11 +8,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.services.access import Refused
-from gateway.web import security
+from gateway.web import i18n, security
 from gateway.web.app import Problem, Req, page
-from gateway.web.routes.letters import day_arg
+from gateway.web.routes.letters import day_arg, page_number
 
 FILTERS = ("since", "until", "actor", "action", "letter")
+# What the audit log records (the filter offers their labels; the rows' codes are these).
+ACTIONS = ("read", "download", "preview", "original", "export", "audit-export", "search", "sign-in",
+           "sign-in-failed", "sign-in-throttled", "sign-out", "person-added", "person-changed", "password-set",
+           "person-disabled", "person-enabled", "grant", "grant-revoked", "quarantine-retry", "borrow-read")
+PER_PAGE = 100
+MAX_PAGES = 200  # beyond, the CSV export has them all
 
 
 def routes() -> list[BaseRoute]:
@@ -35,13 +41,24 @@ def _filters(req: Req) -> dict[str, Any]:
 @page(role="auditor")
 def audit(req: Req) -> Response:
     filters = _filters(req)
+    number = min(page_number(req), MAX_PAGES)
     try:
-        rows = req.web.access.audit(req.who, **filters)
+        # The rows up to this page's and one more, to know whether a next page exists.
+        rows = req.web.access.audit(req.who, limit=number * PER_PAGE + 1, **filters)
     except Refused as exc:
         raise Problem(403, str(exc)) from None
+    more = len(rows) > number * PER_PAGE
+    rows = rows[(number - 1) * PER_PAGE:number * PER_PAGE]
     shown = {name: req.arg(name) for name in FILTERS if req.arg(name)}
-    return req.render("audit.html", rows=rows, filters=shown, limit=500,
-                      csv_link="/audit.csv" + ("?" + urlencode(shown) if shown else ""))
+
+    def link(page: int) -> str:
+        params = {**shown, **({"page": str(page)} if page > 1 else {})}
+        return "/audit" + ("?" + urlencode(params) if params else "")
+
+    known = set(ACTIONS) | ({shown["action"]} if shown.get("action") else set())
+    actions = sorted(known, key=lambda a: i18n.label("event", a))
+    return req.render("audit.html", rows=rows, filters=shown, page=number, more=more and number < MAX_PAGES,
+                      link=link, actions=actions, csv_link="/audit.csv" + ("?" + urlencode(shown) if shown else ""))
 
 
 @page(role="auditor")
