@@ -17,9 +17,11 @@ import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401
 from playwright.sync_api import Browser, expect
 from smtp_sink import SmtpSink
+from sqlalchemy import update
 from web_support import PASSWORD, PEOPLE, Person, Site
 
 from gateway.outbound.sender import OutboxSender
+from gateway.registry.models import Letter
 from gateway.registry.replies import ReplyRecords
 from gateway.report.figures import Period, compute
 from gateway.services.access import Forbidden, Refused
@@ -288,6 +290,22 @@ def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
     # Merged and saved from the page as it is now.
     assert gwen.post(url, data={"text": "Dear Alice, both paragraphs.", "action": "save", "csrf": gwen.csrf,
                                 "draft_of": form_field(refused.text, "draft_of")}).status_code == 303
+
+
+def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Site) -> None:
+    number = site.letters["urgent"]  # head, then leader
+    with site.registry.write() as conn:
+        conn.execute(update(Letter).where(Letter.number == number)
+                     .values(deadline=datetime.now(timezone.utc) - timedelta(hours=2)))
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")
+    assert gina.post(f"/letters/{number}/reply", data={"text": "Signed today.", "action": "submit",
+                                                       "csrf": gina.csrf}).status_code == 303
+    page = olga.get("/approvals")  # in Chinese, the default
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert number in words and "紧急：合同签署" in words  # the subject, as her queues show it
+    assert "拟稿人" in words and "Gina gina" in words  # who drafted it, by name
+    assert "紧急" in words and "已逾期" in words  # its urgency, and a deadline already passed
+    assert re.search(r'<td class="nowrap overdue">[^<]*\d{4}-\d{2}-\d{2} \d{2}:\d{2}', page.text)
 
 
 def test_a_letter_whose_reply_waits_offers_no_step_the_reply_would_refuse(site: Site) -> None:

@@ -2,6 +2,8 @@
 (gateway.services.replies decides who may do what; the pages show its answer)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -9,9 +11,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.registry.models import Letter
-from gateway.registry.replies import NewReplyAttachment
+from gateway.registry.replies import NewReplyAttachment, ReplyRecords
 from gateway.services.people import Principal
-from gateway.services.replies import INPUT_REFUSALS, ReplyPanel, Replies, draft_started_from, stage
+from gateway.services.replies import INPUT_REFUSALS, Awaiting, ReplyPanel, Replies, draft_started_from, stage
 from gateway.web import i18n, security
 from gateway.web.app import LARGEST_ID, Problem, Req, Web, page
 from gateway.web.i18n import N_
@@ -171,9 +173,30 @@ def attachment(req: Req) -> Response:
                              "Cache-Control": "no-store", "Content-Security-Policy": "default-src 'none'; sandbox"})
 
 
+@dataclass(frozen=True)
+class Row:
+    """A reply waiting for this person's approval, with its letter for the list: the subject only
+    where the queues would show it."""
+
+    waiting: Awaiting
+    letter: Letter
+    content: bool
+    drafted_by: str | None
+
+
+SOON = timedelta(days=1)  # a deadline this close is shown as pressing
+
+
 @page()
 def queue(req: Req) -> Response:
-    rows = Replies(req.web.config, req.web.registry).awaiting(req.who)
+    web = req.web
+    awaiting = Replies(web.config, web.registry).awaiting(req.who)
+    authors = {w.number: w.authors for w in ReplyRecords(web.registry).waiting()}
+    letters = {a.number: letter for a in awaiting if (letter := web.registry.letter(a.number)) is not None}
+    readable = web.access.content_ids(req.who, list(letters.values()))
+    rows = [Row(a, letters[a.number], letters[a.number].id in readable, next(iter(authors.get(a.number) or []), None))
+            for a in awaiting if a.number in letters]
     done = req.arg("done")
-    return req.render("replies/queue.html", rows=rows, letter_url=letter_url, departments=req.web.config.departments,
-                      message=i18n.gettext(DONE[done]) if done in DONE else "")
+    now = datetime.now(timezone.utc)
+    return req.render("replies/queue.html", rows=rows, letter_url=letter_url, departments=web.config.departments,
+                      now=now, soon=now + SOON, message=i18n.gettext(DONE[done]) if done in DONE else "")
