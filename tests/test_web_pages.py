@@ -725,3 +725,52 @@ def test_the_letter_page_words_its_history_in_english_too(site: Site) -> None:
     assert "System registered" in words and "File import received" in words
     assert "defects found: 0" in words and "Technical details" in words
     assert "addressed to department Business" in words and "category: external: business" in words
+
+
+def test_the_audit_log_offers_its_actions_by_name_names_people_and_pages(site: Site) -> None:
+    from gateway.web.routes import audit
+
+    rita = site.sign_in("rita")
+    for _ in range(audit.PER_PAGE + 5):  # more rows than a page holds
+        rita.get(f"/letters/{site.letters['business']}")
+    client = site.sign_in("audrey")  # in Chinese, the default
+    page = client.get("/audit?actor=rita&action=read")
+    words = visible(page.text)
+    assert page.status_code == 200
+    # The action filter: a list of labels whose values are the codes.
+    assert re.search(r'<select name="action">.*<option value="read" selected>阅读</option>', page.text, re.S)
+    assert 'list="audit-actions"' not in page.text
+    assert "对象" in words and "Rita rita" in words  # the target column; people by name
+    assert "下一页" in words and "第 1 页" in words and "最多显示" not in words
+    second = visible(client.get("/audit?actor=rita&action=read&page=2").text)
+    assert "第 2 页" in second and "上一页" in second and "下一页" not in second
+
+
+def test_irreversible_steps_ask_first_naming_the_outcome(site: Site) -> None:
+    inquiry = site.letters["inquiry"]
+    sam = site.sign_in("sam")  # in Chinese, the default
+    page = sam.get(f"/letters/{inquiry}").text
+    assert f"确认办结 {inquiry}？办理结果将通过电子邮件发送给来信人" in page
+    office = site.sign_in("gina").get(f"/letters/{site.letters['office']}").text
+    assert f"确认办结 {site.letters['office']}？信件将移出待办队列。" in office
+    assert "保全后不得删除或销毁" in site.sign_in("rita").get(f"/letters/{site.letters['office']}").text
+    ada = site.sign_in("ada")
+    assert "确认停用 Sam？其将立即退出登录" in ada.get("/people/sam").text
+    listing = sam.get("/letters?queue=departments").text
+    assert "确认将所选 {count} 封信件转办至 {department}？" in listing
+    created = sam.post("/views", data={"name": "Mine", "queue": "departments", "csrf": sam.csrf})
+    view = sam.get(created.headers["location"]).text
+    assert "确认删除常用视图“Mine”？" in view
+    assert 'data-confirm' in (Path(__file__).parents[1] / "gateway" / "web" / "static" / "app.js").read_text()
+
+
+def test_the_registers_words_for_holds_replies_withdrawals_and_triage(site: Site) -> None:
+    rita = site.sign_in("rita")  # in Chinese, the default
+    office = visible(rita.get(f"/letters/{site.letters['office']}").text)
+    assert "诉讼保全" in office and "诉讼保留" not in office
+    triage = rita.get("/triage").text
+    assert 'name="reason" value="" maxlength="500" placeholder="如：按业务范围转办"' in triage
+    assert "分办台分办" not in visible(triage)
+    i18n.use("zh")
+    assert i18n.gettext("Reply to the sender") == "答复来信人"
+    assert i18n.gettext("Close as withdrawn") == "作撤回处理（来信人未补充材料）"
