@@ -147,6 +147,8 @@ def test_reports_in_the_browser_and_downloaded_as_html_csv_and_json(site: Site) 
     assert page.status_code == 200 and page.text.count('class="chart bars"') == 3
     assert f"收文日期 {month}-01 至 " in page.text  # the local dates
     assert site.letters["business"] in page.text  # overdue at the report's moment
+    late = re.search(r'<td class="num nowrap" title="[0-9.]+">([^<]*)</td>', page.text)
+    assert late is not None and re.fullmatch(r"\d+ 天", late.group(1))  # whole days, not "2.0"
     data = rita.get(f"/reports/download?period={month}&format=json")
     assert data.headers["content-disposition"].startswith("attachment") and data.headers["cache-control"] == "no-store"
     report = json.loads(data.text)
@@ -188,6 +190,7 @@ def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: S
     page = ada.get("/operations")
     assert page.status_code == 200
     assert item in page.text and "cannot read item: test" in page.text and "550 5.1.1 no such user" in page.text
+    assert "<td>SMTP 接收</td>" in page.text and "<td>smtp</td>" not in page.text  # where it came in, in words
     assert ada.post("/operations/quarantine/retry", data={"item": item}).status_code == 403  # no CSRF token
     done = ada.post("/operations/quarantine/retry", data={"item": item, "csrf": ada.csrf})
     assert done.status_code == 303 and done.headers["location"] == "/operations?done=item"

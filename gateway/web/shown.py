@@ -6,6 +6,7 @@ shown as it is, never dropped.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -212,6 +213,14 @@ def filesize(size: int | None) -> str:
             return f"{size_f:.1f} {unit}".replace(".0 ", " ")
         size = int(size_f)
     return str(size)
+
+
+def whole_days(days: float | None) -> str:
+    """Days late as whole days (a day begun counts): "3 天" / "3 days", not "2.4"."""
+    if days is None:
+        return "—"
+    count = max(0, math.ceil(days))
+    return i18n.ngettext("%(num)d day", "%(num)d days", count) % {"num": count}
 
 
 # -- the classifier's trace ----------------------------------------------------------------------
