@@ -20,8 +20,9 @@ from gateway.web.i18n import N_, _
 
 # Who did something, when it was not a person.
 SYSTEM_ACTOR = {"gateway": N_("System"), "file": N_("File import"), "smtp": N_("SMTP listener"),
-                "imap": N_("IMAP mailbox"), "fax-drop": N_("Fax folder"), "web": N_("Web register"),
-                "setup": N_("System"), "cli": N_("Command line")}
+                "imap": N_("IMAP mailbox"), "fax-drop": N_("Fax folder"), "web": N_("Web register")}
+# How someone signed in.
+METHOD = {"password": N_("password"), "oidc": N_("single sign-on")}
 
 # An event's or audit row's detail keys, worded. Keys not listed are shown as they are.
 DETAIL = {
@@ -173,6 +174,10 @@ class Describer:
 
                 if value in TRIAGE_REASON:
                     return Markup(escape(_(TRIAGE_REASON[value])))
+            if key == "roles":
+                return Markup(escape(i18n.label("role", value)))
+            if key == "method" and value in METHOD:
+                return Markup(escape(_(METHOD[value])))
             if key == "language":
                 return Markup(escape(LANGUAGE.get(value, value)))
             if key == "size" and value.isdigit():
