@@ -177,3 +177,15 @@ def test_switching_language(register: Register, sign_in: SignIn) -> None:
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator(".notice")).to_contain_text("Confidential")
     expect(page).to_have_url(f"{register.url}/letters/{register.world.n('CA')}")
+
+
+def test_a_phone_sized_window_shows_pages_no_wider_than_its_screen(register: Register, sign_in: SignIn) -> None:
+    page = sign_in("mem.a", lang="zh")
+    page.set_viewport_size({"width": 390, "height": 800})
+    for path in ("/letters?queue=departments", f"/letters/{register.world.n('ACT')}", "/dashboard", "/search?q=a"):
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (path, width)
+        # The sidebar is a band above the page, not a column the page waits below.
+        top = page.evaluate("document.querySelector('main#content').getBoundingClientRect().top")
+        assert top < 400, (path, top)
