@@ -239,7 +239,7 @@ def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site:
     hold = {"action": "hold", "on": "on", "text": "a claim is expected", "csrf": rita.csrf}
     assert rita.post(url, data=hold).status_code == 303
     twice = rita.post(url, data=hold)  # the same form sent again
-    assert twice.status_code == 409 and "已处于诉讼保留" in twice.text
+    assert twice.status_code == 409 and "已处于诉讼保全" in twice.text
 
 
 def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:
