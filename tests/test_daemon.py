@@ -130,6 +130,9 @@ def test_poison_item_is_quarantined_without_blocking_others_and_can_be_retried(
     assert f"item {q['id']} quarantined after 3 attempts" in out
     missing = gateway.run("quarantine", "retry", "nope", check=False)
     assert missing.returncode == 1 and "no quarantined item nope" in missing.stderr
+    for command in ("show", "retry"):  # an id no file could be named: refused as unknown, no traceback
+        long = gateway.run("quarantine", command, "x" * 300, check=False)
+        assert long.returncode == 1 and "Traceback" not in long.stderr and "x" * 300 in long.stderr
 
 
 def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Notify, tmp_path: Path) -> None:

@@ -774,3 +774,22 @@ def test_the_registers_words_for_holds_replies_withdrawals_and_triage(site: Site
     i18n.use("zh")
     assert i18n.gettext("Reply to the sender") == "答复来信人"
     assert i18n.gettext("Close as withdrawn") == "作撤回处理（来信人未补充材料）"
+
+
+def test_forms_with_nothing_chosen_or_crafted_names_get_a_page_not_an_error(site: Site) -> None:
+    """A bulk step with no letter ticked or no action, a paper form naming a kept scan no file
+    could have, a quarantined item's id of 5,000 characters: each gets its page, never a 500."""
+    rita = site.sign_in("rita")
+    rita.post("/me/language", data={"language": "en", "next": "/", "csrf": rita.csrf})
+    none_ticked = rita.post("/letters/bulk", data={"action": "ack", "csrf": rita.csrf})
+    assert none_ticked.status_code == 400 and "No letters selected" in none_ticked.text
+    no_action = rita.post("/letters/bulk", data={"action": "", "number": site.letters["business"], "csrf": rita.csrf})
+    assert no_action.status_code == 400 and "Choose what to do" in no_action.text
+    paper = rita.post("/paper", data={"channel": "post", "sender_name": "X", "kept": "a" * 5000,
+                                      "token": "A" * 24, "csrf": rita.csrf})
+    assert paper.status_code == 400 and "scans" in paper.text.lower()
+    ada = site.sign_in("ada")
+    ada.post("/me/language", data={"language": "en", "next": "/", "csrf": ada.csrf})
+    for item in ("x" * 5000, "../new/x"):
+        retried = ada.post("/operations/quarantine/retry", data={"item": item, "csrf": ada.csrf})
+        assert retried.status_code == 404 and "No quarantined item" in retried.text

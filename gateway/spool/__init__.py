@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -95,6 +96,9 @@ def _json_bytes(value: Any, **options: Any) -> tuple[bytes, Any]:
 
 def _failed(spool: Spool, what: str, exc: OSError) -> SpoolError:
     return SpoolError(f"spool {spool.root}: {what}: {exc.strerror or exc}", code=exc.errno)
+
+
+_ITEM_ID = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,99}")
 
 
 def new_item_id() -> str:
@@ -624,8 +628,12 @@ class Spool:
 
     def quarantined_item(self, item_id: str) -> QuarantinedItem:
         qdir = self.root / "quarantine"
+        # An id as typed (a command's argument, a form's field): a name of one folder entry, not a
+        # path, and short enough for a file name (the spool's own are 29 characters).
+        if not _ITEM_ID.fullmatch(item_id):
+            raise KeyError(item_id)
         path = qdir / f"{item_id}.item"
-        if "/" in item_id or not path.exists():
+        if not path.exists():
             raise KeyError(item_id)
         try:
             record = json.loads((qdir / f"{item_id}.reason.json").read_text())

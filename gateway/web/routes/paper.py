@@ -63,7 +63,8 @@ def register(req: Req) -> Response:
     if not _TOKEN.fullmatch(token):
         token = secrets.token_urlsafe(18)
     staged = _staging(req, token)
-    kept = [name for name in req.fields("kept") if (staged / name).is_file() and name == safe_filename(name)]
+    # A kept scan's name is checked before the disk is asked: a crafted one may be no file name.
+    kept = [name for name in req.fields("kept") if name == safe_filename(name) and (staged / name).is_file()]
     uploads = [u for u in req.form.getlist("scans") if isinstance(u, UploadFile) and u.filename]
     if req.fields("kept") and not kept and not uploads:
         # The scans this form kept are gone: the same form, sent twice, was registered by the

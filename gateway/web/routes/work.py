@@ -162,17 +162,17 @@ def bulk(req: Req) -> Response:
     back = local_path(req.field("back"), "/letters")
     numbers = req.fields("number")
     if action not in BULK_ACTIONS:
-        return req.render("work/bulk.html", 400, results=[], action=action, back=back,
+        return req.render("work/bulk.html", 400, results=[], action="", back=back, target="",
                           error=_("Choose what to do with the selected letters."))
     if not numbers:
-        return req.render("work/bulk.html", 400, results=[], action=action, back=back,
+        return req.render("work/bulk.html", 400, results=[], action=action, back=back, target="",
                           error=_("No letters selected: tick the boxes of the letters first."))
     try:
         results = req.web.access.bulk(req.who, numbers, action, text=req.field("text"),
                                       department=req.field("department") or None,
                                       assignee=req.field("assignee") or None, address=req.address)
     except Refused as exc:
-        return req.render("work/bulk.html", 409, results=[], action=action, back=back,
+        return req.render("work/bulk.html", 409, results=[], action=action, back=back, target="",
                           error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
     rows = [{"number": r.number, "done": r.done,
              "message": i18n.gettext(BULK_DONE[action]) if r.done
