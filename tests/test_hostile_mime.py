@@ -236,6 +236,26 @@ def test_nesting_beyond_the_limit_is_a_defect_and_costs_little() -> None:
     assert elapsed < 3, f"{elapsed:.1f} s"
 
 
+def test_a_forwarded_message_cut_at_the_nesting_limit_keeps_what_lies_above_it() -> None:
+    """Alice forwards Bob's mail, which carries a PDF and a mail of Carol's: the limit falls inside
+    Carol's mail. Bob's mail and his PDF are still listed; only what lies past the limit is not."""
+    carol = b"Subject: original\r\nFrom: carol@y.example\r\nContent-Type: text/plain\r\n\r\noriginal text\r\n"
+    bob = (b"Subject: fw original\r\nFrom: bob@x.example\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=IN\r\n\r\n--IN\r\nContent-Type: text/plain\r\n\r\nbob's note\r\n"
+           b"--IN\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"bob.pdf\"\r\n\r\n"
+           b"%PDF-1.4 x\r\n--IN\r\nContent-Type: message/rfc822\r\n\r\n" + carol + b"\r\n--IN--\r\n")
+    raw = (b"From: Alice <alice@partner.example>\r\nSubject: fw fw\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nalice's text\r\n"
+           b"--XX\r\nContent-Type: message/rfc822\r\n\r\n" + bob + b"\r\n--XX--\r\n")
+    whole = normalise(raw, limits=Limits(max_depth=4))
+    assert [a.filename for a in whole.attachments] == ["fw original.eml", "bob.pdf", "original.eml"]
+    cut = normalise(raw, limits=Limits(max_depth=3))
+    assert [a.filename for a in cut.attachments][:2] == ["fw original.eml", "bob.pdf"]
+    assert cut.attachments[0].size > len(bob) // 2  # Bob's mail, up to the cut
+    assert "part 2: attached message cut short at the nesting limit (whole in the original)" in cut.defects
+    assert not any("could not be read" in defect for defect in cut.defects)
+
+
 def test_header_fields_beyond_the_limits_are_a_defect() -> None:
     """Too many fields: the first are kept, and the first of those that give the structure, the
     sender, the subject and the like wherever they are. Too long a field: cut short. In a part too."""
@@ -279,3 +299,17 @@ def test_limits_are_configured_in_the_normalise_section(tmp_path: Path) -> None:
     gateway.config.write_text(base + "\n[normalise]\nmax_depth = 1000\n")
     with pytest.raises(ConfigError, match="normalise.max_depth"):
         load(gateway.config, check_dirs=False)
+
+
+def test_html_nested_past_the_parsers_limit_keeps_its_text() -> None:
+    """libxml2 stops at 256 nested elements without a word: the rest of the letter would be lost.
+    Past what the renderer can walk, the tags are stripped instead, and a defect says so."""
+    def html_mail(depth: int) -> bytes:
+        body = (b"<p>Dear sir, please pay invoice 42.</p>" + b"<div>" * depth + b"Account number 1234"
+                + b"</div>" * depth + b"<p>Regards</p>")
+        return (b"From: a@partner.example\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+                b"Content-Type: text/html; charset=utf-8\r\n\r\n" + body)
+    for depth in (300, 5000):
+        result = normalise(html_mail(depth))
+        assert [word in result.body_text for word in ("invoice 42", "Account number 1234", "Regards")] == [True] * 3
+        assert any("HTML could not be rendered" in defect for defect in result.defects) == (depth == 5000)

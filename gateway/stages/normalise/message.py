@@ -41,6 +41,7 @@ _KNOWN_TRANSFER_ENCODINGS = frozenset(
 _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")  # C1 too, but NEL: a line break
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
+_XML_DECLARATION = re.compile(r"^<\?xml [^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 _ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)[^?\s]*\?[bBqQ]\?")
 _MAX_GUESSES = 8
@@ -228,14 +229,32 @@ class _Fragment:
     def render(self, defects: list[str]) -> str:
         if self.kind == "plain":
             return self.content.strip(_ASCII_WHITESPACE)  # a letter may open with U+3000 indents
-        # inscriptis (with lxml) is loaded by the first HTML mail, not by every process that might see one.
-        from inscriptis import get_text as html_to_text
-
         try:
-            return _tidy_rendered_html(html_to_text(self.content))
+            return _tidy_rendered_html(_html_to_text(self.content))
         except Exception as exc:
             defects.append(f"{self.where}: HTML could not be rendered ({exc}), tags stripped")
             return collapse_whitespace(_HTML_TAG.sub(" ", _SCRIPT_OR_STYLE.sub("", self.content)))
+
+
+def _html_to_text(html: str) -> str:
+    """HTML rendered as text by inscriptis, from a tree lxml parses without libxml2's limit of
+    256 nested elements: with it, everything past that depth is dropped without a word (a letter
+    whose text sits inside 300 <div>s would read as its first paragraph). A tree too deep for the
+    renderer's recursion raises, and the caller strips the tags instead."""
+    # inscriptis and lxml are loaded by the first HTML mail, not by every process that might see one.
+    from inscriptis import Inscriptis
+    from lxml.etree import ParserError
+    from lxml.html import HTMLParser, document_fromstring
+
+    html = _XML_DECLARATION.sub("", html.strip(), count=1)
+    if not html:
+        return ""
+    parser = HTMLParser(huge_tree=True)
+    try:
+        tree = document_fromstring(html, parser=parser)
+    except ParserError:  # as inscriptis does: text without any element
+        tree = document_fromstring(f"<pre>{html}</pre>", parser=parser)
+    return str(Inscriptis(tree).get_text())
 
 
 def _tidy_rendered_html(text: str) -> str:
@@ -445,6 +464,15 @@ class _PartWalker:
             except RecursionError:
                 self.defects.append(f"{where}: attached message nested too deeply to re-serialise")
                 return payload[0], b""
+            except (AttributeError, TypeError):
+                # Parsing stopped inside it at the nesting limit (bounded.py), leaving a part with
+                # no body, which the generator cannot write. What was parsed is kept, that part empty.
+                for inner in payload[0].walk():
+                    if inner.get_payload() is None:
+                        inner.set_payload("")
+                self.defects.append(f"{where}: attached message cut short at the nesting limit "
+                                    "(whole in the original)")
+                return payload[0], self._flattened(part)
         content = b"".join(raw_chunks(self.stash.restore_bytes(self._flatten_payload(part))))
         if encoding == "base64":  # not allowed for message/rfc822, but sent anyway
             content, defect = lenient_b64decode(content)
