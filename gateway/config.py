@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import ErrorDetails
 
 from gateway.spool.durable import make_dirs
@@ -38,12 +41,48 @@ _LARGEST_NUMBER = 1e9
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_written(cls, value: Any, info: ValidationInfo) -> Any:
+        """A value of the type its key takes, as TOML writes it: pydantic would read `true` as 1,
+        `"no"` as false, `"5"` as 5 and `0` as 1970-01-01, where the writer surely meant
+        something else."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            _written_as(field.annotation, value)
+        return value
+
     @field_validator("*")
     @classmethod
     def _finite(cls, value: Any) -> Any:
         if isinstance(value, float) and abs(value) > _LARGEST_NUMBER:
             raise ValueError(f"at most {_LARGEST_NUMBER:,.0f}")
+        if isinstance(value, (str, Path)) and "\x00" in str(value):
+            raise ValueError("contains a NUL character")
         return value
+
+
+def _written_as(annotation: Any, value: Any) -> None:
+    """Refuse `value` where TOML wrote another type than `annotation` (bool, int, float, date,
+    or a list or optional of one) takes."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) else [annotation]
+    if len(options) != 1 or value is None:
+        return
+    kind = options[0]
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        [item] = typing.get_args(kind) or [Any]
+        for element in value:
+            _written_as(item, element)
+        return
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"must be a number, not {value!r}")
+    if kind is int and isinstance(value, float):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    if kind is date and not isinstance(value, (date, str)):
+        raise ValueError(f"must be a date (2026-10-01), not {value!r}")
 
 
 def _check_address(value: str) -> str:
@@ -184,7 +223,8 @@ class DeadlinesSection(_Strict):
     acknowledge_days: int = Field(default=1, ge=0, le=365)
     answer_days: int = Field(default=5, ge=0, le=365)
     category: dict[str, int] = {}
-    urgency: dict[Literal["regular", "urgent", "special"], int] = {"urgent": 2, "special": 1}
+    urgency: dict[Literal["regular", "urgent", "special"], Annotated[int, Field(ge=0, le=365)]] = {
+        "urgent": 2, "special": 1}
 
     @field_validator("category")
     @classmethod
@@ -970,10 +1010,24 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                                           f"{owner} is an address of department {claimed[owner]!r}: its "
                                           "notifications would come back as letters; give owners their own addresses"))
     smtp = config.model.smtp
+    unreadable: set[str] = set()
     for key in ("tls_certificate", "tls_key", "auth_users_file"):
         path = config.resolve(getattr(smtp, key))
         if path is not None and not os.access(path, os.R_OK):
             issues.append(ConfigIssue(config.path, f"smtp.{key}", f"cannot read {path}"))
+            unreadable.add(key)
+    # What the listener loads when it starts, loaded now: check-config's OK is then the start's.
+    users = config.resolve(smtp.auth_users_file)
+    if users is not None and "auth_users_file" not in unreadable:
+        try:
+            read_auth_users(users)
+        except (OSError, ValueError) as exc:
+            issues.append(ConfigIssue(config.path, "smtp.auth_users_file", str(exc)))
+    certificate, private_key = config.resolve(smtp.tls_certificate), config.resolve(smtp.tls_key)
+    if certificate is not None and private_key is not None and not unreadable & {"tls_certificate", "tls_key"}:
+        problem = tls_problem(certificate, private_key)
+        if problem:
+            issues.append(ConfigIssue(config.path, "smtp.tls_certificate", problem))
     if (smtp.tls_certificate is None) != (smtp.tls_key is None):
         issues.append(ConfigIssue(config.path, "smtp.tls_key" if smtp.tls_key is None else "smtp.tls_certificate",
                                   "tls_certificate and tls_key go together"))
@@ -1028,6 +1082,34 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
                                   f"no department with id {config.model.triage.department!r}"
                                   f" (known: {', '.join(sorted(known))})"))
     return issues + _folder_checks(config)
+
+
+def read_auth_users(path: Path) -> dict[str, str]:
+    """The SMTP AUTH users file: `user:scrypt$...` lines, blank lines and # comments. Raises
+    ValueError naming the file and line of the first line that is none of these."""
+    users = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, encoded = line.partition(":")
+        if not sep or not user or not encoded.startswith("scrypt$"):
+            raise ValueError(f"{path}:{number}: expected 'user:scrypt$...' (as gateway smtp-passwd writes them)")
+        users[user] = encoded
+    return users
+
+
+def tls_problem(certificate: Path, key: Path) -> str | None:
+    """Why the certificate chain and its key do not load for a TLS server, or None if they do."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certificate, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        return (f"{certificate} and {key} do not load as a PEM certificate chain and its private key "
+                f"({reason})")
+    return None
 
 
 def _folder_checks(config: Config) -> list[ConfigIssue]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, Gateway
 
 from gateway import config as config_mod
@@ -49,8 +50,7 @@ def test_unknown_key_wrong_type_and_unknown_department(gateway: Gateway) -> None
     proc = _check(gateway.config)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
-    assert f"error: {gateway.config}: spool.max_attempts: wrong type: input should be a valid integer, " \
-           f"unable to parse string as an integer (got 'three')" in lines
+    assert f"error: {gateway.config}: spool.max_attempts: must be a number, not 'three'" in lines
     assert f"error: {gateway.config}: spool.max_atempts: unknown key" in lines
     assert f"error: {gateway.config}: departments[1].owners: 'not an address' is not an e-mail address" in lines
     # Cross-checks run only once the types are right, so fix those and look again.
@@ -220,3 +220,34 @@ def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
         assert f"error: {gateway.config}: {key}: {says}" in proc.stderr, proc.stderr
     gateway.config.write_text(text + '\n[fax]\ndrop_folder = "fax-drop"\n')
     assert _check(gateway.config).returncode == 0
+
+
+def test_values_of_another_type_than_their_key_takes_are_refused(gateway: Gateway, tmp_path: Path) -> None:
+    """What pydantic alone would read as something else (true as 1, "no" as false, 0 as
+    1970-01-01), a negative number of days, a NUL in a path, an AUTH users file or a certificate
+    the listener would refuse at start: each is an error naming its key, and check-config is not OK."""
+    text = gateway.config.read_text()
+    users, certificate = tmp_path / "users", tmp_path / "cert.pem"
+    users.write_text("# who may submit\nalice:notahash\n")
+    certificate.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    for edited, key, says in (
+            (text.replace("max_attempts = 3", "max_attempts = true"), "spool.max_attempts", "must be a number, not True"),
+            (text.replace("max_attempts = 3", "max_attempts = 2.5"), "spool.max_attempts", "must be a whole number"),
+            (text + "\n[reminders]\nenabled = 1\n", "reminders.enabled", "must be true or false, not 1"),
+            (text + '\n[archive]\nrelease_after_verify = "no"\n', "archive.release_after_verify",
+             "must be true or false, not 'no'"),
+            (text + "\n[calendar]\nholidays = [2026-10-01, 0]\n", "calendar.holidays", "must be a date"),
+            (text + "\n[deadlines]\nurgency = { urgent = -2 }\n", "deadlines.urgency.urgent", "greater than or equal to 0"),
+            (text + '\n[classify]\nrules_file = "rules\\u0000.yaml"\n', "classify.rules_file", "contains a NUL character"),
+            (text.replace("[smtp]\n", f'[smtp]\nauth_users_file = "{users}"\ntls_certificate = "{certificate}"\n'
+                                        f'tls_key = "{certificate}"\n', 1), "smtp.auth_users_file",
+             f"{users}:2: expected 'user:scrypt$...' (as gateway smtp-passwd writes them)"),
+            (text.replace("[smtp]\n", f'[smtp]\ntls_certificate = "{certificate}"\ntls_key = "{certificate}"\n', 1),
+             "smtp.tls_certificate", f"{certificate} and {certificate} do not load as a PEM certificate chain")):
+        gateway.config.write_text(edited)
+        with pytest.raises(config_mod.ConfigError) as refused:
+            config_mod.load(gateway.config)
+        assert any(issue.key == key and says in issue.reason for issue in refused.value.issues), \
+            (key, [str(issue) for issue in refused.value.issues])
+    gateway.config.write_text(text)
+    assert config_mod.load(gateway.config).model.spool.max_attempts == 3

@@ -177,10 +177,10 @@ def test_password_guessing_does_not_delay_other_sessions(gateway: Gateway, notif
 
 
 def _config_with(tmp_path: Path, smtp: str, senders: str, shipped: dict[str, str] | None = None) -> Path:
-    """The shipped configuration with AUTH set up (its files exist: only readability is checked),
+    """The shipped configuration with AUTH set up (a certificate of its own, no users yet),
     `shipped` lines replaced."""
-    for name in ("smtp.crt", "smtp.key", "smtp-users"):
-        (tmp_path / name).write_text("")
+    _certificate(tmp_path)
+    (tmp_path / "smtp-users").write_text("")
     text = (ROOT / "config" / "gateway.toml").read_text()
     for line, replacement in (shipped or {}).items():
         assert text.count(f"\n{line}\n") == 1

@@ -35,7 +35,7 @@ from typing import Any, AnyStr, TypeVar, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from gateway.config import Config
+from gateway.config import Config, read_auth_users, tls_problem
 from gateway.daemon.registrar import Registrar
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError, SpoolItem, SpoolWriter
@@ -76,15 +76,7 @@ class Credentials:
 
     def __init__(self, path: Path):
         self.path = path
-        self.users: dict[str, str] = {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            user, sep, encoded = line.partition(":")
-            if not sep or not encoded.startswith("scrypt$"):
-                raise ValueError(f"{path}:{number}: expected 'user:scrypt$...'")
-            self.users[user] = encoded
+        self.users: dict[str, str] = read_auth_users(path)
 
     def check(self, user: str, password: bytes) -> bool:
         """scrypt, tens of milliseconds of CPU: called in AuthGuard's threads, never on the event loop."""
@@ -504,10 +496,14 @@ class SmtpIntake:
                              smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
         self.tls_context: ssl.SSLContext | None = None
-        if smtp.tls_certificate and smtp.tls_key:
+        certificate, key = config.resolve(smtp.tls_certificate), config.resolve(smtp.tls_key)
+        if certificate is not None and key is not None:
+            # Checked with the configuration; a file replaced since is worded the same way.
+            problem = tls_problem(certificate, key)
+            if problem:
+                raise ValueError(f"smtp.tls_certificate: {problem}")
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self.tls_context.load_cert_chain(config.resolve(smtp.tls_certificate),  # type: ignore[arg-type]
-                                             config.resolve(smtp.tls_key))
+            self.tls_context.load_cert_chain(certificate, key)
         auth_file = config.resolve(smtp.auth_users_file)
         self.credentials = Credentials(auth_file) if auth_file else None
         self.auth_guard = AuthGuard(smtp.max_auth_failures_per_address, smtp.auth_failure_window,
