@@ -24,6 +24,7 @@ from gateway.stages.normalise import (
     safe_join,
     summarise,
 )
+from gateway.stages.normalise.headers import decode_header_value, lenient_b64decode
 
 # --- helpers -----------------------------------------------------------------------------------
 
@@ -951,3 +952,25 @@ def test_deeply_nested_multipart_does_not_raise():
         part = mime_part([header], body)
     result = normalise(message([header], body))
     assert defects_mentioning(result, "nested more than 40 deep")
+
+
+def test_a_second_from_subject_date_or_message_id_is_named_among_the_defects():
+    """The first is read; a second From (a way to show a mail program one sender and a filter
+    another) is named with its value, never dropped unseen."""
+    raw = (b"From: alice@partner.example\r\nFrom: Mallory <m@evil.example>\r\nTo: a@example.org\r\nTo: b@example.org\r\n"
+           b"Subject: one\r\nSubject: two\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\nDate: garbage\r\n"
+           b"Message-ID: <a@partner.example>\r\n\r\nbody\r\n")
+    result = normalise(raw)
+    assert (result.sender.address if result.sender else None, result.subject) == ("alice@partner.example", "one")
+    assert [a.address for a in result.to] == ["a@example.org", "b@example.org"]  # every To is read
+    assert result.defects == [
+        "message: 2 From header fields; the first was read (also: Mallory <m@evil.example>)",
+        "message: 2 Subject header fields; the first was read (also: two)",
+        "message: 2 Date header fields; the first was read (also: garbage)"]
+
+
+def test_characters_dropped_from_base64_are_named():
+    value, defects = decode_header_value("pre =?utf-8?B?@@@@?= post =?utf-8?B?5ZCI5ZCM?=")
+    assert value == "pre  post 合同"
+    assert defects == ["encoded word '=?utf-8?B?@@@@?=': 4 character(s) that are not base64 dropped"]
+    assert lenient_b64decode(b"aGVs\r\nbG8=\r\n") == (b"hello", None)  # line breaks and padding are no defect

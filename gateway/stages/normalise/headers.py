@@ -90,12 +90,17 @@ def _decode_encoded_text(encoding: str, text: str) -> tuple[bytes, str | None]:
 
 
 def lenient_b64decode(data: bytes) -> tuple[bytes, str | None]:
-    """Base64 that ignores stray characters and missing padding; (bytes, defect or None)."""
+    """Base64 that ignores stray characters and missing padding; (bytes, defect or None). Line
+    breaks and padding are no defect; any other character dropped is named."""
     alphabet_only = _NOT_BASE64.sub(b"", data)
-    defect = None
+    problems = []
+    stray = len(data) - len(alphabet_only) - sum(data.count(c) for c in (b"=", b"\r", b"\n", b" ", b"\t"))
+    if stray > 0:
+        problems.append(f"{stray} character(s) that are not base64 dropped")
     if len(alphabet_only) % 4 == 1:
         alphabet_only = alphabet_only[:-1]
-        defect = "truncated base64"
+        problems.append("truncated base64")
+    defect = "; ".join(problems) or None
     padded = alphabet_only + b"=" * (-len(alphabet_only) % 4)
     return binascii.a2b_base64(padded), defect
 

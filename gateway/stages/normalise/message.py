@@ -41,6 +41,7 @@ _KNOWN_TRANSFER_ENCODINGS = frozenset(
 _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")  # C1 too, but NEL: a line break
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
+_ONCE_ONLY = ("From", "Sender", "Subject", "Date", "Message-ID")
 _XML_DECLARATION = re.compile(r"^<\?xml [^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 _ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)[^?\s]*\?[bBqQ]\?")
@@ -174,6 +175,13 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
         all_raw.setdefault(key, []).append(raw_value)
 
     result.subject = collapse_whitespace(first_decoded.get("subject", ""))
+    # RFC 5322 allows each of these once. A second From is a known way to show a mail program one
+    # sender and a filter another: the register keeps the first and names the rest.
+    for name in _ONCE_ONLY:
+        values = all_raw.get(name.lower(), [])
+        if len(values) > 1:
+            others = "; ".join(collapse_whitespace(decode_header_value(v, guesses)[0])[:200] for v in values[1:])
+            defects.append(f"message: {len(values)} {name} header fields; the first was read (also: {others})")
 
     def addresses(header: str) -> list[Address]:
         if header.lower() not in all_raw:
