@@ -1060,6 +1060,13 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
             path = config.resolve(getattr(account, field))
             if path is not None and not os.access(path, os.R_OK):
                 issues.append(ConfigIssue(config.path, f"{key}.{field}", f"cannot read {path}"))
+    rules = config.resolve(config.model.classify.rules_file)
+    if rules is not None and not rules.is_file():
+        issues.append(ConfigIssue(config.path, "classify.rules_file",
+                                  f"{rules} is a directory, not a rules file" if rules.is_dir()
+                                  else f"{rules}: no such file"))
+    elif rules is not None and not os.access(rules, os.R_OK):
+        issues.append(ConfigIssue(config.path, "classify.rules_file", f"cannot read {rules}"))
     outbound = config.model.outbound
     path = config.resolve(outbound.tls_ca_file)
     if path is not None and not os.access(path, os.R_OK):

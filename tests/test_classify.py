@@ -392,7 +392,10 @@ def test_check_config_refuses_a_broken_rules_file(tmp_path: Path) -> None:
     assert f"{gateway.rules}: OK (0 rule(s)" in ok
     # A configured rules file must exist; an unconfigured one may be absent (all to triage).
     gateway.config.write_text(gateway.config.read_text() + '\n[classify]\nrules_file = "missing.yaml"\n')
-    with pytest.raises(ConfigError, match="missing.yaml: .*file not found"):
+    with pytest.raises(ConfigError, match=r"classify\.rules_file: .*missing\.yaml: no such file"):
+        rulebook.load(gateway.config)
+    gateway.config.write_text(gateway.config.read_text().replace('rules_file = "missing.yaml"', 'rules_file = ""'))
+    with pytest.raises(ConfigError, match=r"classify\.rules_file: .* is a directory, not a rules file"):
         rulebook.load(gateway.config)
 
 
