@@ -24,7 +24,7 @@ from gateway.outbound.sender import OutboxSender
 from gateway.registry import leases as leases_mod
 from gateway.registry import outbox as outbox_mod
 from gateway.registry import Registry
-from gateway.registry.leases import Cluster, Skipped
+from gateway.registry.leases import Cluster, NodeConflict, Skipped
 from gateway.registry.models import OutboxMail
 from gateway.registry.ledger import ImapLedger
 
@@ -216,3 +216,32 @@ def test_a_node_stopping_while_a_delivery_runs_on_leaves_that_mail_claimed(two_n
     assert len(registry_b.outbox_due(10)) == 2
     b.leave()  # an ordinary stop hands them back at once
     assert len(registry_a.outbox_due(10)) == 2
+
+
+def test_two_nodes_of_one_name_starting_at_once_are_told_so(tmp_path: Path, pg_url: str) -> None:
+    """Neither sees the other's row when it looks (not yet committed); the second to insert it is
+    refused with the name's conflict, not a database error."""
+    _, registry = configured(tmp_path, "127.0.0.1:9", pg_url)
+    try:
+        first = psycopg.connect(pg_url)
+        first.execute("INSERT INTO nodes (name, instance, host, pid, started_at, heartbeat_at) "
+                      "VALUES ('twin', 'twin#1', 'h', 1, now(), now())")  # not committed yet
+        refused: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                Cluster(registry, "twin").join()
+            except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                refused.append(exc)
+        thread = threading.Thread(target=second)
+        thread.start()
+        with psycopg.connect(pg_url, autocommit=True) as watch:
+            wait_for(lambda: watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                     .fetchone() == (1,), 10, "the second insert waiting for the first")
+        first.commit()
+        first.close()
+        thread.join(10)
+        assert [type(e) for e in refused] == [NodeConflict]
+        assert "another node named 'twin' started at the same moment" in str(refused[0])
+    finally:
+        registry.close()

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.registry.models import JobRun, Lease, Node, OcrJob, OutboxMail
 from gateway.registry.store import RegistryUnavailable, Store, lease_clock, utcnow
@@ -102,6 +102,13 @@ class Cluster:
     def join(self) -> int:
         """Record this node; refuse if a live node has its name. What a dead earlier run of this
         node held is let go at once (it is ours). Returns how many claims were let go."""
+        try:
+            return self._join()
+        except IntegrityError:  # both inserted the name's first row at once: neither saw the other
+            raise NodeConflict(f"another node named {self.name!r} started at the same moment: give each node "
+                               "its own [node] name") from None
+
+    def _join(self) -> int:
         with self.registry.write() as conn:
             now = lease_clock(conn)
             skew = (utcnow() - now).total_seconds()
