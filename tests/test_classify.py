@@ -21,7 +21,8 @@ from gateway.stages.classify.source import RulesError
 from gateway.config import Config, ConfigError
 from gateway.stages.normalise import normalise
 from gateway.stages.route import plan
-from gateway.stages.autoreply import no_reply_reason
+from gateway.stages.autoreply import automatic_reason, no_reply_reason
+from gateway.stages.classify.facts import returned_headers
 
 
 @pytest.fixture(scope="module")
@@ -449,6 +450,17 @@ def test_no_automatic_reply_where_rfc_3834_says_not_to(headers: dict[str, list[s
     assert reason is not None and why in reason
 
 
+def test_automatic_mail_is_told_by_its_marks_not_by_its_sender() -> None:
+    """A department's answer is automatic (and commands nothing) only by RFC 3834's marks: an owner
+    whose address we could not write a receipt to (李明@, office-request@) still commands."""
+    assert automatic_reason({"auto-submitted": ["no", "auto-replied"]}, None) == "Auto-Submitted: auto-replied"
+    assert automatic_reason({"precedence": ["bulk"]}, None) == "Precedence: bulk"
+    assert automatic_reason({"return-path": ["< >"]}, None) == "null sender (Return-Path: <>)"
+    assert automatic_reason({}, "") == "null envelope sender (a bounce or a notification)"
+    assert automatic_reason({"list-id": ["<x.example.org>"]}, "office-request@example.org") is None
+    assert automatic_reason({}, "李明@example.org") is None
+
+
 def test_only_our_own_verified_loop_marker_stops_a_reply() -> None:
     # own_mail: the X-Gateway-Loop token verified (gateway.stages.tokens); the bare header is anyone's to write.
     assert "our own loop header" in str(no_reply_reason({}, "a@b.example", None, own_mail=True))
@@ -532,3 +544,13 @@ def test_every_category_reaches_its_departments_owners(shipped: Config, tmp_path
         notified = sorted(m["recipient"] for m in detail["outbox"] if m["kind"] == "notification")
         assert notified == owners[sample.department], sample.name
         assert detail["status"] == ("needs-triage" if sample.triage else "routed")
+
+
+def test_a_delivery_report_is_read_within_the_normalisers_limits() -> None:
+    """A report of 300,000 returned messages is parsed no further than any message (its first
+    1,000 parts) and yields the first few returned headers, not a dict per part."""
+    part = b"--BB\r\nContent-Type: message/rfc822\r\n\r\nSubject: returned\r\nMessage-ID: <m@example.org>\r\n\r\nb\r\n"
+    raw = b"From: MAILER-DAEMON@mx.example\r\nContent-Type: multipart/report; boundary=BB\r\n\r\n" + part * 300_000
+    found = returned_headers(raw, [("Content-Type", "multipart/report; boundary=BB")])
+    assert len(found) == 10 and found[0]["subject"] == ["returned"]
+    assert returned_headers(raw, [("Content-Type", "multipart/mixed; boundary=BB")]) == []

@@ -175,7 +175,7 @@ def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting
 
     def slow_sync(self: imap_mod.FolderWatcher, client: Any) -> None:
         syncing.append(id(self))
-        time.sleep(0.5)  # a batch under way
+        time.sleep(2)  # a batch under way
 
     monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
     monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", slow_sync)
@@ -192,10 +192,15 @@ def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting
         [(_, old)] = intake.watchers.values()
         wait_for(lambda: id(old) in syncing, 10, "a sync under way")
         intake.reload(with_account(5))  # SIGHUP with the account's poll interval changed
+        [(_, middle)] = intake.watchers.values()
+        intake.reload(with_account(6))  # and again, within the same batch
         [(_, new)] = intake.watchers.values()
         old.join(10)
-        assert not old.alive() and new.alive()
+        middle.join(10)
+        assert not old.alive() and not middle.alive() and new.alive()
         wait_for(lambda: id(new) in syncing, 10, "the new watcher syncing")
+        assert id(middle) not in syncing
+        assert syncing.index(id(new)) > max(n for n, w in enumerate(syncing) if w == id(old))
         assert a.holds("imap:liaison/INBOX")
         assert not b.acquire("imap:liaison/INBOX")
     finally:

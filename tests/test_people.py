@@ -74,3 +74,12 @@ def test_single_sign_on_takes_a_verified_claim_given_as_text(site: Site) -> None
     people: People = site.people
     assert people.principal_for_oidc({"email": "Rita@example.org", "email_verified": "true"},
                                      address="127.0.0.1").login == "rita"
+
+
+def test_the_registers_own_actor_names_are_no_sign_in_names(site: Site) -> None:
+    """"gateway" (system events), "sender" (the rating page) and the intakes' names are who acted
+    when no person did: a person of that name would be taken for them in the history and the audit log."""
+    for login in ("gateway", "web", "sender", "file"):
+        with pytest.raises(ValueError, match="the register's own name for who acted"):
+            site.people.add(login, name="Someone", actor="ada")
+    assert site.people.add("webster", name="Webster", actor="ada").login == "webster"

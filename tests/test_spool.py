@@ -97,7 +97,8 @@ def test_failures_back_off_then_quarantine(spool: Spool) -> None:
     assert spool.fail(claimed, "boom 2", backoff_seconds=0) is False
     [claimed] = spool.claim(1)
     assert spool.fail(claimed, "boom 3") is True
-    [q] = spool.quarantined()
+    (spool.root / "quarantine" / f"{item.id} (copy).item").write_bytes(b"copied in by hand")
+    [q] = spool.quarantined()  # the hand-made copy is no item of the spool's, and breaks nothing
     assert q.id == item.id and q.reason == "boom 3" and q.attempts == 3
     assert q.meta["intake"] == "file"
     assert read_item_file(q.path)[1] == b"poison"

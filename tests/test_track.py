@@ -358,3 +358,8 @@ def test_a_quoted_mail_without_quote_marks_is_not_the_answer(quoted: str) -> Non
     text = own_text(f"\n\n{quoted}\ndone: settled by someone else\n")
     assert text == "" and parse_command(text) == (None, "")
     assert parse_command(own_text(f"收到\n\n{quoted}\ndone: settled\n")) == ("ack", "")
+
+
+def test_a_line_of_ones_own_ending_in_a_colon_is_still_ones_own() -> None:
+    text = own_text("办结：已处理\n鲁迅写道：\n“真的猛士，敢于直面惨淡的人生。”\n____\n谢谢\n")
+    assert text.endswith("谢谢") and parse_command(text) == ("close", "已处理")

@@ -148,8 +148,8 @@ class FolderWatcher:
 
     def __init__(self, config: Config, account: ImapAccount, folder: str, spool: Spool,
                  ledger: ImapLedger, wake: Callable[[], None] | None = None, cluster: Cluster | None = None,
-                 after: FolderWatcher | None = None):
-        """`after`: the watcher this one replaces (a reload changed its account), which it waits
+                 after: list[FolderWatcher] | None = None):
+        """`after`: the watchers this one replaces (a reload changed its account), which it waits
         for before it takes the folder."""
         self.config = config
         self.cluster = cluster
@@ -165,7 +165,7 @@ class FolderWatcher:
         self.last_error: str | None = None
         self._failures = 0  # consecutive failed attempts, reset by a successful sync
         self._suspects: set[int] = set()  # UIDs fetched during a dropped connection
-        self._after = after
+        self._after = list(after or [])
 
     def start(self) -> None:
         self._thread.start()
@@ -181,12 +181,15 @@ class FolderWatcher:
 
     # -- the watcher thread --------------------------------------------
     def _run(self) -> None:
-        # The watcher this one replaces ends after its current batch and then lets the folder's
+        # The watchers this one replaces end after their current batch and then let the folder's
         # lease go: taken before that, the lease (held by this node either way) would be let go
         # under this watcher, for another node to take while this one watches.
-        while self._after is not None and self._after.alive() and not self._stop.is_set():
-            self._after.join(0.5)
-        self._after = None
+        for earlier in self._after:
+            while earlier.alive() and not self._stop.is_set():
+                earlier.join(0.5)
+        if self._stop.is_set():
+            return  # stopped before it watched: the lease is not its own to let go
+        self._after = []
         try:
             self._watching()
         finally:
@@ -195,6 +198,11 @@ class FolderWatcher:
                     self.cluster.release(self.lease)
                 except RegistryUnavailable:
                     pass  # it expires on its own
+
+    def waits_for(self) -> list[FolderWatcher]:
+        """The watchers a replacement of this one must see end: itself, and those it still waits for
+        (a second reload within one batch replaces a watcher that has not started yet)."""
+        return [self, *self._after]
 
     def _leased(self) -> bool:
         """Hold the folder's lease, or wait while another node holds it (True once held)."""
@@ -568,7 +576,7 @@ class ImapIntake:
                 self._start(account, folder)
         return [w.name for _, w in self.watchers.values()]
 
-    def _start(self, account: ImapAccount, folder: str, after: FolderWatcher | None = None) -> None:
+    def _start(self, account: ImapAccount, folder: str, after: list[FolderWatcher] | None = None) -> None:
         watcher = FolderWatcher(self.config, account, folder, self.spool, self.ledger, self._wake, self.cluster,
                                 after)
         self.watchers[(account.name, folder)] = (account, watcher)
@@ -578,13 +586,13 @@ class ImapIntake:
         """Restart the watchers whose account changed; start new ones, stop removed ones."""
         self.config = config
         wanted = {(a.name, f): a for a in config.model.imap.accounts for f in a.folders}
-        replaced: dict[tuple[str, str], FolderWatcher] = {}
+        replaced: dict[tuple[str, str], list[FolderWatcher]] = {}
         for key, (account, watcher) in list(self.watchers.items()):
             if wanted.get(key) != account:
                 # Not joined here: the old watcher ends after its current batch, and its
                 # replacement waits for that in its own thread.
                 watcher.stop()
-                replaced[key] = watcher
+                replaced[key] = watcher.waits_for()
                 del self.watchers[key]
         for key, account in wanted.items():
             if key not in self.watchers:

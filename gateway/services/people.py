@@ -24,6 +24,9 @@ ROLES = ("registry", "member", "head", "leader", "auditor", "admin")
 LANGUAGES = ("zh", "en")
 MIN_PASSWORD = 10
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Names the register already uses for who acted when no person did (the gateway itself, a sender
+# on the rating page, an intake): a person of that name would be taken for it, or it for them.
+RESERVED_LOGINS = frozenset({"gateway", "sender", "system", "file", "smtp", "imap", "fax-drop", "web", "paper"})
 _EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 if TYPE_CHECKING:
@@ -146,6 +149,9 @@ class People:
         if not _LOGIN.match(login):
             raise ValueError(f"sign-in name {login!r}: use lower-case letters, digits, '.', '_' or '-' "
                              "(at most 64, starting with a letter or digit)")
+        if login in RESERVED_LOGINS:
+            raise ValueError(f"sign-in name {login!r} is the register's own name for who acted when no person did: "
+                             "choose another")
         values = self._checked(name=name or login, emails=emails, departments=departments, roles=roles,
                                language=language)
         if password is not None:

@@ -622,7 +622,8 @@ class Spool:
     def quarantined(self) -> list[QuarantinedItem]:
         out = []
         for name in sorted(os.listdir(self.root / "quarantine")):
-            if name.endswith(".item"):
+            # A file someone copied in by hand ("... (copy).item") is no item of the spool's.
+            if name.endswith(".item") and _ITEM_ID.fullmatch(name.removesuffix(".item")):
                 out.append(self.quarantined_item(name.removesuffix(".item")))
         return out
 

@@ -76,8 +76,11 @@ def bracketed_numbers(subject: str) -> list[str]:
 # Where the quoted mail begins when its lines carry no ">" (an HTML reply rendered as text), as
 # mail programs write it: "On ... wrote:", "在 ...写道：" (Chinese Gmail, Foxmail), Outlook's
 # "-----Original Message-----", "-----原始邮件-----" or its line of underscores, a header block.
-_QUOTE_START = re.compile(r"^(?:On .+ wrote:|.*写道[:：]$|-{3,}\s*(?:Original Message|原始邮件|原始郵件)\s*-{3,}"
-                          r"|_{20,}$|(?:发件人|寄件者)[:：]|From:\s)", re.I)
+# A line "...写道：" counts only with a date or an address in it, as mail programs write it ("他写道："
+# above a quotation of one's own is text); Outlook's line is 32 underscores.
+_QUOTE_START = re.compile(r"^(?:On .+ wrote:|.*[0-9@].*写道[:：]$"
+                          r"|-{3,}\s*(?:Original Message|原始邮件|原始郵件)\s*-{3,}"
+                          r"|_{30,}$|(?:发件人|寄件者)[:：]|From:\s)", re.I)
 
 
 def own_text(body: str, limit: int = 4000) -> str:

@@ -27,6 +27,26 @@ def answers_our_mail(headers: dict[str, list[str]], our_domain: str) -> bool:
                for found in _OUR_MESSAGE_ID.finditer(value))
 
 
+def automatic_reason(headers: dict[str, list[str]], envelope_from: str | None) -> str | None:
+    """Why a mail is an automatic one (a bounce, an absence notice, a server's rule or a list's
+    mail, RFC 3834), or None: what it says was not written by a person to this letter."""
+    def each(name: str) -> list[str]:
+        return [value.strip().lower() for value in headers.get(name, [])]
+
+    if envelope_from is not None and envelope_from.strip() in ("", "<>"):
+        return "null envelope sender (a bounce or a notification)"
+    if [value.replace(" ", "") for value in each("return-path")[:1]] == ["<>"]:
+        return "null sender (Return-Path: <>)"
+    # Every value, not the first only: "Auto-Submitted: no" above "auto-replied" is still automatic.
+    for auto in each("auto-submitted"):
+        if auto and auto.split(";")[0].strip() != "no":
+            return f"Auto-Submitted: {auto[:40]}"
+    for precedence in (value.split(";")[0].strip() for value in each("precedence")):
+        if precedence in ("bulk", "junk", "list", "auto_reply"):
+            return f"Precedence: {precedence}"
+    return None
+
+
 def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: str | None, *,
                     own_mail: bool) -> str | None:
     """Why no automatic reply may go to `sender` (the reply address), or None if one may.
@@ -38,20 +58,9 @@ def no_reply_reason(headers: dict[str, list[str]], sender: str, envelope_from: s
         values = headers.get(name)
         return values[0].strip().lower() if values else ""
 
-    def each(name: str) -> list[str]:
-        return [value.strip().lower() for value in headers.get(name, [])]
-
-    if envelope_from is not None and envelope_from.strip() in ("", "<>"):
-        return "null envelope sender (a bounce or a notification)"
-    if first("return-path").replace(" ", "") == "<>":
-        return "null sender (Return-Path: <>)"
-    # Every value, not the first only: "Auto-Submitted: no" above "auto-replied" is still automatic.
-    for auto in each("auto-submitted"):
-        if auto and auto.split(";")[0].strip() != "no":
-            return f"Auto-Submitted: {auto[:40]}"
-    for precedence in (value.split(";")[0].strip() for value in each("precedence")):
-        if precedence in ("bulk", "junk", "list", "auto_reply"):
-            return f"Precedence: {precedence}"
+    automatic = automatic_reason(headers, envelope_from)
+    if automatic:
+        return automatic
     listed = sorted(name for name in headers if name.startswith("list-"))
     if listed:
         return f"mailing list ({listed[0]})"

@@ -22,7 +22,7 @@ from gateway.spool import SpoolItem
 from gateway.stages.addresses import is_internal
 from gateway.stages.answers import (FORWARD, FindSenderThread, bracketed_numbers, follow_up_of, own_text,
                                     parse_command, signature_keys)
-from gateway.stages.autoreply import no_reply_reason
+from gateway.stages.autoreply import automatic_reason
 from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
 from gateway.stages.classify.facts import facts_from_mail, header_map, returned_headers
 from gateway.stages.fax.document import FaxUnreadable, read_fax
@@ -207,7 +207,7 @@ class LetterBuilder:
         text = own_text(parsed.body_text)
         # An absence notice or a server's rule answering our notification (RFC 3834) is recorded,
         # never obeyed: its first line ("Received", "收到") was not written to this letter.
-        automatic = no_reply_reason(header_map(parsed.header_fields), sender, envelope_from, own_mail=False)
+        automatic = automatic_reason(header_map(parsed.header_fields), envelope_from)
         command, argument = (None, "") if automatic else parse_command(text)
         reply_addresses = list(dict.fromkeys(a.lower() for a in addresses if find_reply_tokens(self.config, [a])))
         return Answer(number, sender, command, argument, text, reply_addresses, automatic)

@@ -143,7 +143,7 @@ EVENT = {
     "password-set": N_("password set"), "person-disabled": N_("person disabled"),
     "person-enabled": N_("person enabled"),
     "quarantine-retry": N_("quarantined item retried"), "grant": N_("access granted"),
-    "grant-revoked": N_("access revoked"),
+    "grant-revoked": N_("access revoked"), "rate-page": N_("rating page visited by a sender"),
 }
 # Circulation (传阅) and borrowing from the archive (借阅).
 EVENT |= {

@@ -95,21 +95,23 @@ class Names:
         """A person (or the system) in words, for a sentence: the name, else the sign-in name."""
         if not login:
             return "—"
+        # A person first: a login may be spelt as one of the gateway's own names ("web").
+        name = self.name(login)
+        if name:
+            return name
         known = SYSTEM_ACTOR.get(login)
-        if known:
-            return _(known)
-        return self.name(login) or login
+        return _(known) if known else login
 
     def __call__(self, login: str | None) -> Markup:
         """A person as a page shows them: the name, then the sign-in name small and grey."""
         if not login:
             return Markup("—")
-        known = SYSTEM_ACTOR.get(login)
-        if known:
-            return Markup('<span title="{1}">{0}</span>').format(_(known), login)
         if login.startswith("person:"):
             return self(login.partition(":")[2])
         name = self.name(login)
+        known = SYSTEM_ACTOR.get(login)
+        if known and not name:  # a person first: a login may be spelt as one of the gateway's names
+            return Markup('<span title="{1}">{0}</span>').format(_(known), login)
         if name and name != login:
             person = self.login(login)
             title = Markup(' title="{0}"').format(login) if person != login else ""

@@ -62,6 +62,7 @@ def headers_of(raw: bytes) -> dict[str, list[str]]:
 
 _RETURNED_MESSAGES = frozenset({"message/rfc822", "message/global"})
 _RETURNED_HEADERS = frozenset({"text/rfc822-headers", "message/rfc822-headers", "message/global-headers"})
+_MOST_RETURNED = 10  # a report returns one message; a few more are looked at, not thousands
 
 
 def returned_headers(raw: bytes, header_fields: list[tuple[str, str]]) -> list[dict[str, list[str]]]:
@@ -70,10 +71,16 @@ def returned_headers(raw: bytes, header_fields: list[tuple[str, str]]) -> list[d
     content_type = next((value for name, value in header_fields if name.lower() == "content-type"), "")
     if not content_type.strip().lower().startswith("multipart/report"):
         return []
+    # Parsed within the normaliser's limits: a report is a hostile sender's message like any other.
+    from gateway.stages.normalise.bounded import Budget, parse
+    from gateway.stages.normalise.model import Limits
+
     try:
-        message = email.message_from_bytes(raw, policy=email_policy.compat32)
+        message = parse(raw, Budget(Limits()))
         found: list[dict[str, list[str]]] = []
         for part in message.walk():
+            if len(found) >= _MOST_RETURNED:
+                break
             kind, payload = part.get_content_type(), part.get_payload()
             if kind in _RETURNED_MESSAGES and isinstance(payload, list) and payload \
                     and isinstance(payload[0], email.message.Message):
