@@ -154,8 +154,8 @@ def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: P
     gateway.run("ingest", *write_messages(tmp_path, (
         make_message(n, subject=subject, to="sales@example.org" if n else "liaison@example.org")
         for n, subject in enumerate(["complaint", "order"]))))
-    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # received long ago
-        db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # received and closed long ago
+        db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000', status = 'closed'")
     gateway.run("archive", "run", "--month", "2019-05")
 
     refused = gateway.run("archive", "purge", check=False)

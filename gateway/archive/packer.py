@@ -403,14 +403,16 @@ class Archiver:
             return [manifest.problem]
         path, registered = self.root / package.path, manifest.registered
         if manifest.framed is not None:
-            places, problems, count = manifest.framed
+            places, problems, count, damaged = manifest.framed
             if count != package.letters:
                 problems.insert(0, f"manifest lists {count} letter(s), the register {package.letters}")
+            problems += _coverage([place.archive_number for place in places] + damaged, registered)
             return problems + self._check_frames(package, path, places, registered)
         rows = _manifest_rows(manifest.text)
         problems = []
         if len(rows) != package.letters:
             problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
+        problems += _coverage([row["archive_number"] for row in rows], registered)
         if package.kind == "mail":  # a package of one frame for the month, as written before
             try:
                 if _sha_file(path) != package.sha256:
@@ -436,7 +438,7 @@ class Archiver:
         return problems
 
     def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
-                      registered: dict[str, str]) -> list[str]:
+                      registered: dict[str, tuple[str, str]]) -> list[str]:
         """A package of one frame per message, read once front to back: this thread reads and
         hashes the file a piece at a time, and two worker threads decompress and check the frames
         that each piece holds whole."""
@@ -457,7 +459,7 @@ class Archiver:
         return problems
 
     def _check_piece(self, path: Path, data: bytes, start: int, places: list[_Place],
-                     registered: dict[str, str]) -> list[str]:
+                     registered: dict[str, tuple[str, str]]) -> list[str]:
         """The frames of `places` in `data` (package bytes from file offset `start`) decompressed
         and each letter checked against its manifest row and the register."""
         frames = [data[max(0, place.at - start):place.at + place.length - start] for place in places]
@@ -515,11 +517,12 @@ class Archiver:
             if row["letter_number"] != letter.number:
                 continue
             if package.kind == "fax":
-                return (self.root / package.path / row["file"]).read_bytes()
+                return self._as_registered(letter, (self.root / package.path / row["file"]).read_bytes())
             path = self.root / package.path
             if not row.get("frame_offset"):  # a package of one frame for the month, as written before
                 data = self._decompress(path)
-                return _message_of(data[int(row["offset"]):int(row["offset"]) + int(row["length"])], int(row["size"]))
+                block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
+                return self._as_registered(letter, _message_of(block, int(row["size"])))
             with open(path, "rb") as f:  # its own frame, and nothing else
                 f.seek(int(row["frame_offset"]))
                 frame = f.read(int(row["frame_length"]))
@@ -530,13 +533,22 @@ class Archiver:
             raw, sha = _original_in(block, int(row["size"]), row["sha256"])
             if sha != row["sha256"]:
                 raise ArchiveError(f"{letter.number}: its copy in {package.path} differs from the manifest")
-            return bytes(raw)
+            return self._as_registered(letter, bytes(raw))
         raise ArchiveError(f"{letter.number}: not in the manifest of {package.path}")
+
+    @staticmethod
+    def _as_registered(letter: Letter, raw: bytes) -> bytes:
+        """The original only if it is the one the register holds: a manifest row altered to name
+        this letter must not hand over another letter's original."""
+        if hashlib.sha256(raw).hexdigest() != letter.raw_sha256:
+            raise ArchiveError(f"{letter.number}: the original found in the archive is not the one registered "
+                               "(its SHA-256 differs): run gateway archive verify")
+        return raw
 
     # -- destruction ------------------------------------------------------
     def purge(self, *, approved_by: str, actor: str, now: datetime,
               dry_run: bool = False) -> tuple[list[str], list[str]]:
-        """Destroy packages whose every letter is past retention and none on legal hold.
+        """Destroy packages whose every letter is archived (ended), past retention and none on legal hold.
         Returns (destroyed packages, packages kept with the reason).
 
         The destruction is recorded first (the registry re-checks every hold under lock in that
@@ -550,12 +562,16 @@ class Archiver:
                 continue
             letters = self.registry.archived_letters(package.id)
             held = [letter.number for letter in letters if letter.legal_hold]
+            # Packed with its month while still open: its store copy is its only working copy.
+            working = [letter.number for letter in letters if letter.status != "archived"]
             # Each letter by its own category now (a fax may have been classified after packing).
             young = [(letter.number, years) for letter in letters
                      if _add_years(letter.received_at, years := settings.retention.get(
                          letter.category or "uncategorised", settings.retention_years)) > now]
             if held:
                 kept.append(f"{package.path}: on legal hold ({', '.join(held[:5])})")
+            elif working:
+                kept.append(f"{package.path}: {len(working)} letter(s) still being worked on ({', '.join(working[:5])})")
             elif young:
                 kept.append(f"{package.path}: retention of {max(y for _, y in young)} years not over "
                             f"({len(young)} letter(s))")
@@ -595,8 +611,8 @@ class _Manifest:
     problem: str  # why the manifest cannot be read; empty when it was
     data: bytes
     text: str
-    framed: tuple[list[_Place], list[str], int] | None  # _frame_places(text), for a mail package
-    registered: dict[str, str]
+    framed: tuple[list[_Place], list[str], int, list[str]] | None  # _frame_places(text), for a mail package
+    registered: dict[str, tuple[str, str]]  # archive number -> (SHA-256, letter number)
 
 
 @contextmanager
@@ -672,10 +688,11 @@ class _Place(NamedTuple):
         return f"{self.archive_number} ({self.letter_number})"
 
 
-def _frame_places(text: str) -> tuple[list[_Place], list[str], int] | None:
+def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str]] | None:
     """The letters of a manifest with frame columns, in the order their frames sit in the
     package; a problem for each row that gives no place (a damaged manifest); the number of
-    rows. None for a manifest of a package of one frame for the month (no frame columns)."""
+    rows; the archive numbers of the rows that give none. None for a manifest of a package of one
+    frame for the month (no frame columns)."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     rows = [row for row in reader if row]
@@ -684,12 +701,16 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int] | None:
     column = {name: n for n, name in enumerate(header)}
     needed = ("frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number")
     if missing := [name for name in needed if name not in column]:
-        return [], [f"the manifest has no column {', '.join(missing)}"], len(rows)
+        # Said once; the letters are not said missing one by one besides.
+        listed = [row[column["archive_number"]] for row in rows if len(row) > column["archive_number"]] \
+            if "archive_number" in column else [f"row {n}" for n in range(len(rows))]
+        return [], [f"the manifest has no column {', '.join(missing)}"], len(rows), listed
     at, length, size, sha, number, letter = (column[name] for name in needed)
     if len(rows[0]) <= at or not rows[0][at]:
         return None
     places: list[_Place] = []
     problems = []
+    damaged = []  # the archive numbers of rows that give no place: named, not said missing besides
     width = len(header)
     for row in rows:
         if len(row) < width:
@@ -698,8 +719,9 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int] | None:
             places.append(_Place(int(row[at]), int(row[length]), int(row[size]), row[sha], row[number], row[letter]))
         except ValueError:
             problems.append(f"{row[number]} ({row[letter]}): its manifest row is damaged")
+            damaged.append(row[number])
     places.sort(key=lambda place: place.at)
-    return places, problems, len(rows)
+    return places, problems, len(rows), damaged
 
 
 def _pieces_of(f: Any, places: list[_Place], digest: Any) -> Iterator[tuple[bytes, int, list[_Place]]]:
@@ -758,19 +780,38 @@ def _original_in(block: bytes | memoryview, size: int, sha256: str) -> tuple[byt
     return unquoted, hashlib.sha256(unquoted).hexdigest()
 
 
-def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
+def _compare(row: dict[str, str], raw: bytes, registered: dict[str, tuple[str, str]]) -> list[str]:
     """A letter read back against its manifest row (a package without frames, or of faxes) and the register."""
     place = _Place(0, 0, int(row["size"]), row["sha256"], row["archive_number"], row["letter_number"])
     return _compare_place(place, raw, hashlib.sha256(raw).hexdigest(), registered)
 
 
-def _compare_place(place: _Place, raw: bytes | memoryview, sha: str, registered: dict[str, str]) -> list[str]:
-    """A letter read back (and its SHA-256) against its manifest row and the register."""
+def _compare_place(place: _Place, raw: bytes | memoryview, sha: str,
+                   registered: dict[str, tuple[str, str]]) -> list[str]:
+    """A letter read back (and its SHA-256) against its manifest row and the register: the
+    register's letter of that archive number, with that letter number (a manifest whose letter
+    numbers were swapped would give one letter's original for another's)."""
     if sha != place.sha256 or len(raw) != place.size:
         return [f"{place.label}: content differs from the manifest"]
-    if registered.get(place.archive_number) != sha:
+    if registered.get(place.archive_number) != (sha, place.letter_number):
+        known = registered.get(place.archive_number)
+        if known is not None and known[1] != place.letter_number:
+            return [f"{place.label}: the register gives archive number {place.archive_number} to {known[1]}"]
         return [f"{place.label}: the register's SHA-256 differs"]
     return []
+
+
+def _coverage(numbers: list[str], registered: dict[str, tuple[str, str]]) -> list[str]:
+    """Every archive number the register gives the package's letters, in its manifest once."""
+    problems = []
+    seen: set[str] = set()
+    for number in numbers:
+        if number in seen:
+            problems.append(f"{number}: listed twice in the manifest")
+        seen.add(number)
+    problems += [f"{number} ({letter}): in the register, not in the manifest"
+                 for number, (_, letter) in registered.items() if number not in seen]
+    return problems
 
 
 def _sha_file(path: Path) -> str:
@@ -789,10 +830,14 @@ def _add_years(when: datetime, years: int) -> datetime:
 
 
 def read_original(config: Config, registry: Registry, letter: Letter) -> bytes:
-    """A letter's original bytes, from the message store or, once released, from the archive."""
+    """A letter's original bytes, from the message store or, once released, from the archive.
+    Raises ArchiveError when neither holds it readable (destroyed with its package, damaged)."""
     if letter.raw_released:
         return Archiver(config, registry).read(letter)
-    return read_raw(config.state_dir / letter.raw_path)
+    try:
+        return read_raw(config.state_dir / letter.raw_path)
+    except (OSError, DamagedItem) as exc:
+        raise ArchiveError(f"{letter.number}: its original cannot be read: {exc}") from exc
 
 
 CIRCULATION_FIELDS = ["archive_number", "letter_number", "circulation", "started_by", "started_at", "step", "reader",

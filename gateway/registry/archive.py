@@ -8,10 +8,24 @@ from sqlalchemy import (Connection, Integer, String, Table, Text, case, column, 
                         null, select, table, type_coerce, update)
 from sqlalchemy import cast as sql_cast
 
+from gateway.registry import lifecycle
 from gateway.registry.models import (ArchivePackage, Attachment, Circulation, DestructionRecord, Event, Letter,
                                      NumberSeries, Reply, UTCDateTime)
 from gateway.registry.plan import ToArchive
 from gateway.registry.store import Store, utcnow
+
+
+def archived_when_ended(conn: Connection, letter_id: int, now: datetime) -> str | None:
+    """A letter ended now (closed, withdrawn) that was packed with its month while still open is
+    archived, as the letters that had ended before the run were: from here on its content is read
+    by borrowing. In the caller's transaction; returns its archive number (None: not packed)."""
+    number = conn.execute(select(Letter.archive_number).where(Letter.id == letter_id)).scalar()
+    if number is None:
+        return None
+    conn.execute(update(Letter).where(Letter.id == letter_id).values(status="archived", updated_at=now))
+    conn.execute(insert(Event), [Store.event_row(letter_id, now, "gateway", "archived", None,
+                                                 {"archive_number": number, "packed": "before it ended"})])
+    return str(number)
 
 
 class ArchiveSeriesMoved(Exception):
@@ -118,7 +132,8 @@ class ArchiveRecords(Store):
         letters = cast(Table, Letter.__table__)
         conn.execute(update(letters).where(letters.c.id == assign.c.letter_id).values(
             archive_number=assign.c.archive_number, archived_at=now, archive_package_id=package_id,
-            updated_at=now, status=case((letters.c.status == "closed", "archived"), else_=letters.c.status)))
+            updated_at=now, status=case((letters.c.status.in_(lifecycle.ENDED), "archived"),
+                                        else_=letters.c.status)))
         # Typed, not left for PostgreSQL to guess: jsonb_build_object takes arguments of any type.
         details = (func.jsonb_build_object if postgresql else func.json_object)(
             literal_column("'archive_number'"), assign.c.archive_number, literal_column("'package'"),
@@ -149,15 +164,16 @@ class ArchiveRecords(Store):
                 ArchivePackage.id == package_id, ArchivePackage.status != "purged").values(
                 status="corrupt" if problems else "verified", verified_at=None if problems else now))
 
-    def archived_hashes(self, package_id: int) -> dict[str, str]:
-        """Archive number → SHA-256 of every letter in the package: a month's hundred thousand
-        pairs read through the driver (plain strings, no per-row work in SQLAlchemy)."""
+    def archived_hashes(self, package_id: int) -> dict[str, tuple[str, str]]:
+        """Archive number → (SHA-256, letter number) of every letter in the package: a month's
+        hundred thousand read through the driver (plain strings, no per-row work in SQLAlchemy)."""
         with self.read() as conn:
             mark = _placeholder(conn)
             # A packed letter always has its archive number: both are written in one transaction.
-            rows = conn.exec_driver_sql(f"SELECT archive_number, raw_sha256 FROM letters WHERE archive_package_id = "
-                                        f"{mark} AND archive_number IS NOT NULL", (package_id,))
-            return dict(rows.cursor.fetchall()) if rows.cursor is not None else {}
+            rows = conn.exec_driver_sql(f"SELECT archive_number, raw_sha256, number FROM letters WHERE "
+                                        f"archive_package_id = {mark} AND archive_number IS NOT NULL", (package_id,))
+            return {archive_number: (sha, number) for archive_number, sha, number in rows.cursor.fetchall()} \
+                if rows.cursor is not None else {}
 
     def archived_letters(self, package_id: int) -> list[Letter]:
         with self.session() as session:
@@ -168,7 +184,7 @@ class ArchiveRecords(Store):
             # Open letters keep their copy: they are still being worked on (text to read, answers).
             return [(r[0], r[1]) for r in conn.execute(select(Letter.id, Letter.raw_path).where(
                 Letter.archive_package_id == package_id, Letter.raw_released.is_(False),
-                Letter.status.in_(("closed", "archived"))))]
+                Letter.status.in_((*lifecycle.ENDED, "archived"))))]
 
     def mark_released(self, letter_ids: list[int]) -> None:
         if not letter_ids:

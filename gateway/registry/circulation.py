@@ -59,6 +59,14 @@ def _locked(conn: Connection, number: str) -> Any:
     return row
 
 
+def _not_destroyed(conn: Connection, letter_id: int, number: str) -> None:
+    """Refuse to lend a letter whose original was destroyed with its package: nothing to read."""
+    purged = conn.execute(select(Letter.purged_at).where(Letter.id == letter_id)).scalar()
+    if purged is not None:
+        raise StepRefused(f"{number} was destroyed with its archive package on {purged:%Y-%m-%d}: "
+                          "there is nothing to borrow")
+
+
 def _reader(step: CirculationStep | Any) -> str:
     return f"{step.kind}:{step.target}"
 
@@ -248,6 +256,7 @@ class CirculationRecords:
             row = _locked(conn, number)
             if row.status != "archived":
                 raise StepRefused(f"{number} is {row.status}: only an archived letter is borrowed")
+            _not_destroyed(conn, row.id, number)
             if conn.execute(select(Borrowing.id).where(
                     Borrowing.letter_id == row.id, Borrowing.person_id == person_id,
                     or_(Borrowing.status == "requested",
@@ -307,11 +316,13 @@ class CirculationRecords:
             letter_id = conn.execute(select(Borrowing.letter_id).where(Borrowing.id == borrowing_id)).scalar()
             if letter_id is None:
                 raise LookupError(f"no borrowing {borrowing_id}")
-            conn.execute(select(Letter.id).where(Letter.id == letter_id).with_for_update()).first()
+            number = conn.execute(select(Letter.number).where(Letter.id == letter_id).with_for_update()).scalar_one()
             current = conn.execute(select(Borrowing.status, Borrowing.login, Borrowing.ends_at)
                                    .where(Borrowing.id == borrowing_id)).one()
             if current.status not in allowed or (open_at is not None and current.ends_at <= open_at):
                 raise StepRefused(f"borrowing {borrowing_id} is {current.status}")
+            if status == "granted":
+                _not_destroyed(conn, letter_id, number)
             conn.execute(update(Borrowing).where(Borrowing.id == borrowing_id).values(status=status, **values))
             event = {"granted": "borrow-granted", "refused": "borrow-refused", "returned": "borrow-returned",
                      "expired": "borrow-expired"}[status]

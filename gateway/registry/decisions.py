@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from gateway.registry import lifecycle
+from gateway.registry.archive import archived_when_ended
 from gateway.registry.models import Event, IntakeKey, Letter, OutboxMail
 from gateway.registry.plan import AnswerPlan, NewMail, Registered
 from gateway.registry.replies import refuse_past_reply
@@ -91,6 +92,8 @@ class Decisions(Store):
             conn.execute(insert(OutboxMail), [self.mail_row(row.id, m, now) for m in on_close])
             conn.execute(insert(Event), [self.event_row(row.id, now, "gateway", "feedback-queued", None,
                                                         {"to": [m.recipient for m in on_close]})])
+        if after in lifecycle.ENDED and archived_when_ended(conn, row.id, now):
+            after = "archived"
         return after
 
     @staticmethod

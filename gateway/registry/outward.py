@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from gateway.registry import lifecycle
+from gateway.registry.archive import archived_when_ended
 from gateway.registry.models import Attachment, AuditRow, Event, IntakeKey, Letter, OutboxMail, Rating, SenderRequest
 from gateway.registry.plan import NewAttachment, NewMail, Registered
 from gateway.registry.replies import refuse_past_reply
@@ -147,7 +148,8 @@ class OutwardRecords:
             conn.execute(insert(Event), [s.event_row(row.id, now, actor, "withdrawn", None, {
                 "from": row.status, "to": "withdrawn", "request": waiting.id if waiting else None,
                 **({"text": reason} if reason else {})})])
-        return row.status, "withdrawn"
+            after = "archived" if archived_when_ended(conn, row.id, now) else "withdrawn"
+        return row.status, after
 
     def waiting_request(self, number: str) -> SenderRequest | None:
         with self.store.session() as session:

@@ -351,7 +351,12 @@ class Access:
         attachment = next((a for a in letter.attachments if a.position == position), None)
         if attachment is None or (purpose != "preview" and not self.downloadable(who, letter)):
             return None
-        content = queries.attachment_content(self.config, self.registry, letter, attachment)
+        from gateway.archive.packer import ArchiveError
+
+        try:
+            content = queries.attachment_content(self.config, self.registry, letter, attachment)
+        except ArchiveError:  # its original destroyed with its package, or damaged: nothing to give
+            return None
         if content is None:
             return None
         # The page images of a letter just opened are part of that read: one row, not one per image.
@@ -363,12 +368,15 @@ class Access:
 
     def original(self, who: Principal, number: str, *, address: str) -> tuple[str, bytes] | None:
         """The original as received (.eml, or the fax file); an audited read."""
-        from gateway.archive.packer import read_original
+        from gateway.archive.packer import ArchiveError, read_original
 
         letter = self._content(who, number)
         if letter is None or not self.downloadable(who, letter):
             return None
-        raw = read_original(self.config, self.registry, letter)
+        try:
+            raw = read_original(self.config, self.registry, letter)
+        except ArchiveError:  # destroyed with its package, or damaged: nothing to give
+            return None
         name = letter.attachments[0].filename if letter.is_fax_file else f"{letter.number}.eml"
         self.record(who, "original", address=address, letter_id=letter.id,
                     subject=named(letter, name, f"{letter.number} original"))
@@ -398,13 +406,16 @@ class Access:
         or the person may not read it. Part of the read `letter()` audits."""
         import nh3
 
-        from gateway.archive.packer import read_original
+        from gateway.archive.packer import ArchiveError, read_original
         from gateway.stages.normalise import html_body
 
         letter = self._content(who, number)
         if letter is None or letter.is_fax_file:
             return None
-        html = html_body(read_original(self.config, self.registry, letter))
+        try:
+            html = html_body(read_original(self.config, self.registry, letter))
+        except ArchiveError:  # destroyed with its package, or damaged: the page shows its text
+            return None
         if not html:
             return None
 
