@@ -87,7 +87,7 @@ def test_an_altered_manifest_is_found_and_gives_no_letter_for_another(packed: tu
     rows[first] = list(rows[second])  # one letter's row twice, the other's gone
     manifest.write_text(written(rows))
     [checked] = [c for c in archiver.verify() if c.package.id == package.id]
-    assert any("listed twice in the manifest" in problem for problem in checked.problems)
+    assert any("listed 2 times in the manifest" in problem for problem in checked.problems)
     assert any(f"({business}): in the register, not in the manifest" in problem for problem in checked.problems)
 
 

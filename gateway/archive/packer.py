@@ -40,7 +40,7 @@ import re
 import shutil
 import threading
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -403,16 +403,17 @@ class Archiver:
             return [manifest.problem]
         path, registered = self.root / package.path, manifest.registered
         if manifest.framed is not None:
-            places, problems, count, damaged = manifest.framed
+            places, problems, count, listed = manifest.framed
             if count != package.letters:
                 problems.insert(0, f"manifest lists {count} letter(s), the register {package.letters}")
-            problems += _coverage([place.archive_number for place in places] + damaged, registered)
+            if listed is not None:
+                problems += _listed_once(listed, registered)
             return problems + self._check_frames(package, path, places, registered)
         rows = _manifest_rows(manifest.text)
         problems = []
         if len(rows) != package.letters:
             problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
-        problems += _coverage([row["archive_number"] for row in rows], registered)
+        problems += _listed_once([row["archive_number"] for row in rows], registered)
         if package.kind == "mail":  # a package of one frame for the month, as written before
             try:
                 if _sha_file(path) != package.sha256:
@@ -438,7 +439,7 @@ class Archiver:
         return problems
 
     def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
-                      registered: dict[str, tuple[str, str]]) -> list[str]:
+                      registered: dict[str, str]) -> list[str]:
         """A package of one frame per message, read once front to back: this thread reads and
         hashes the file a piece at a time, and two worker threads decompress and check the frames
         that each piece holds whole."""
@@ -459,7 +460,7 @@ class Archiver:
         return problems
 
     def _check_piece(self, path: Path, data: bytes, start: int, places: list[_Place],
-                     registered: dict[str, tuple[str, str]]) -> list[str]:
+                     registered: dict[str, str]) -> list[str]:
         """The frames of `places` in `data` (package bytes from file offset `start`) decompressed
         and each letter checked against its manifest row and the register."""
         frames = [data[max(0, place.at - start):place.at + place.length - start] for place in places]
@@ -513,7 +514,7 @@ class Archiver:
         package = self.registry.archive_package(letter.archive_package_id or 0)
         if package is None or package.status == "purged":
             raise ArchiveError(f"{letter.number}: its original was destroyed or is not archived")
-        for row in csv.DictReader(io.StringIO((self.root / package.manifest).read_text())):
+        for row in csv.DictReader(io.StringIO((self.root / package.manifest).read_text(encoding="utf-8"))):
             if row["letter_number"] != letter.number:
                 continue
             if package.kind == "fax":
@@ -571,7 +572,8 @@ class Archiver:
             if held:
                 kept.append(f"{package.path}: on legal hold ({', '.join(held[:5])})")
             elif working:
-                kept.append(f"{package.path}: {len(working)} letter(s) still being worked on ({', '.join(working[:5])})")
+                kept.append(f"{package.path}: {len(working)} letter(s) still being worked on "
+                            f"({', '.join(working[:5])})")
             elif young:
                 kept.append(f"{package.path}: retention of {max(y for _, y in young)} years not over "
                             f"({len(young)} letter(s))")
@@ -611,8 +613,8 @@ class _Manifest:
     problem: str  # why the manifest cannot be read; empty when it was
     data: bytes
     text: str
-    framed: tuple[list[_Place], list[str], int, list[str]] | None  # _frame_places(text), for a mail package
-    registered: dict[str, tuple[str, str]]  # archive number -> (SHA-256, letter number)
+    framed: tuple[list[_Place], list[str], int, list[str] | None] | None  # _frame_places(text), for mail
+    registered: dict[str, str]  # archive number -> "SHA-256 letter-number", as the register gives them
 
 
 @contextmanager
@@ -688,11 +690,11 @@ class _Place(NamedTuple):
         return f"{self.archive_number} ({self.letter_number})"
 
 
-def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str]] | None:
+def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str] | None] | None:
     """The letters of a manifest with frame columns, in the order their frames sit in the
     package; a problem for each row that gives no place (a damaged manifest); the number of
-    rows; the archive numbers of the rows that give none. None for a manifest of a package of one
-    frame for the month (no frame columns)."""
+    rows; every row's archive number. None for a manifest of a package of one frame for the
+    month (no frame columns)."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     rows = [row for row in reader if row]
@@ -701,16 +703,12 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str]] |
     column = {name: n for n, name in enumerate(header)}
     needed = ("frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number")
     if missing := [name for name in needed if name not in column]:
-        # Said once; the letters are not said missing one by one besides.
-        listed = [row[column["archive_number"]] for row in rows if len(row) > column["archive_number"]] \
-            if "archive_number" in column else [f"row {n}" for n in range(len(rows))]
-        return [], [f"the manifest has no column {', '.join(missing)}"], len(rows), listed
+        return [], [f"the manifest has no column {', '.join(missing)}"], len(rows), None  # said once: enough
     at, length, size, sha, number, letter = (column[name] for name in needed)
     if len(rows[0]) <= at or not rows[0][at]:
         return None
     places: list[_Place] = []
     problems = []
-    damaged = []  # the archive numbers of rows that give no place: named, not said missing besides
     width = len(header)
     for row in rows:
         if len(row) < width:
@@ -719,9 +717,8 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str]] |
             places.append(_Place(int(row[at]), int(row[length]), int(row[size]), row[sha], row[number], row[letter]))
         except ValueError:
             problems.append(f"{row[number]} ({row[letter]}): its manifest row is damaged")
-            damaged.append(row[number])
     places.sort(key=lambda place: place.at)
-    return places, problems, len(rows), damaged
+    return places, problems, len(rows), [row[number] for row in rows]
 
 
 def _pieces_of(f: Any, places: list[_Place], digest: Any) -> Iterator[tuple[bytes, int, list[_Place]]]:
@@ -780,38 +777,38 @@ def _original_in(block: bytes | memoryview, size: int, sha256: str) -> tuple[byt
     return unquoted, hashlib.sha256(unquoted).hexdigest()
 
 
-def _compare(row: dict[str, str], raw: bytes, registered: dict[str, tuple[str, str]]) -> list[str]:
+def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
     """A letter read back against its manifest row (a package without frames, or of faxes) and the register."""
     place = _Place(0, 0, int(row["size"]), row["sha256"], row["archive_number"], row["letter_number"])
     return _compare_place(place, raw, hashlib.sha256(raw).hexdigest(), registered)
 
 
-def _compare_place(place: _Place, raw: bytes | memoryview, sha: str,
-                   registered: dict[str, tuple[str, str]]) -> list[str]:
+def _compare_place(place: _Place, raw: bytes | memoryview, sha: str, registered: dict[str, str]) -> list[str]:
     """A letter read back (and its SHA-256) against its manifest row and the register: the
-    register's letter of that archive number, with that letter number (a manifest whose letter
+    register's letter of that archive number, by its letter number too (a manifest whose letter
     numbers were swapped would give one letter's original for another's)."""
     if sha != place.sha256 or len(raw) != place.size:
         return [f"{place.label}: content differs from the manifest"]
-    if registered.get(place.archive_number) != (sha, place.letter_number):
-        known = registered.get(place.archive_number)
-        if known is not None and known[1] != place.letter_number:
-            return [f"{place.label}: the register gives archive number {place.archive_number} to {known[1]}"]
+    known = registered.get(place.archive_number)
+    if known != f"{sha} {place.letter_number}":
+        if known is not None and known.startswith(f"{sha} "):
+            return [f"{place.label}: the register gives archive number {place.archive_number} to "
+                    f"{known.partition(' ')[2]}"]
         return [f"{place.label}: the register's SHA-256 differs"]
     return []
 
 
-def _coverage(numbers: list[str], registered: dict[str, tuple[str, str]]) -> list[str]:
-    """Every archive number the register gives the package's letters, in its manifest once."""
-    problems = []
-    seen: set[str] = set()
-    for number in numbers:
-        if number in seen:
-            problems.append(f"{number}: listed twice in the manifest")
-        seen.add(number)
-    problems += [f"{number} ({letter}): in the register, not in the manifest"
-                 for number, (_, letter) in registered.items() if number not in seen]
-    return problems
+def _listed_once(numbers: list[str], registered: dict[str, str]) -> list[str]:
+    """Every archive number of the manifest once. With as many rows as the register has letters
+    in the package, each found there (checked letter by letter), that is every one of them; a
+    row copied over another's is one listed twice and one missing. Only then is it spelt out."""
+    listed = set(numbers)
+    if len(listed) == len(numbers):
+        return []
+    problems = [f"{number}: listed {count} times in the manifest"
+                for number, count in Counter(numbers).items() if count > 1]
+    return problems + [f"{number} ({value.partition(' ')[2]}): in the register, not in the manifest"
+                       for number, value in registered.items() if number not in listed]
 
 
 def _sha_file(path: Path) -> str:

@@ -164,16 +164,16 @@ class ArchiveRecords(Store):
                 ArchivePackage.id == package_id, ArchivePackage.status != "purged").values(
                 status="corrupt" if problems else "verified", verified_at=None if problems else now))
 
-    def archived_hashes(self, package_id: int) -> dict[str, tuple[str, str]]:
-        """Archive number → (SHA-256, letter number) of every letter in the package: a month's
-        hundred thousand read through the driver (plain strings, no per-row work in SQLAlchemy)."""
+    def archived_hashes(self, package_id: int) -> dict[str, str]:
+        """Archive number → "SHA-256 letter-number" of every letter in the package: a month's
+        hundred thousand read through the driver (plain strings, no per-row work in SQLAlchemy,
+        and one string a letter for the check to compare with what it read)."""
         with self.read() as conn:
             mark = _placeholder(conn)
             # A packed letter always has its archive number: both are written in one transaction.
-            rows = conn.exec_driver_sql(f"SELECT archive_number, raw_sha256, number FROM letters WHERE "
+            rows = conn.exec_driver_sql(f"SELECT archive_number, raw_sha256 || ' ' || number FROM letters WHERE "
                                         f"archive_package_id = {mark} AND archive_number IS NOT NULL", (package_id,))
-            return {archive_number: (sha, number) for archive_number, sha, number in rows.cursor.fetchall()} \
-                if rows.cursor is not None else {}
+            return dict(rows.cursor.fetchall()) if rows.cursor is not None else {}
 
     def archived_letters(self, package_id: int) -> list[Letter]:
         with self.session() as session:

@@ -611,7 +611,7 @@ class Spool:
         reason_file = qdir / f"{item_id}.reason.json"
         history: list[str] = []
         if reason_file.exists():
-            history = json.loads(reason_file.read_text()).get("history", [])
+            history = json.loads(reason_file.read_text(encoding="utf-8")).get("history", [])
         record = {"id": item_id, "reason": reason, "attempts": attempts,
                   "quarantined_at": datetime.now(timezone.utc).isoformat(),
                   "history": history + [reason]}
@@ -637,7 +637,7 @@ class Spool:
         if not path.exists():
             raise KeyError(item_id)
         try:
-            record = json.loads((qdir / f"{item_id}.reason.json").read_text())
+            record = json.loads((qdir / f"{item_id}.reason.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = {"reason": "(reason file missing)", "attempts": 0, "quarantined_at": "", "history": []}
         try:
