@@ -141,3 +141,12 @@ def test_the_upgrade_archives_letters_packed_open_and_ended_before_it(packed: tu
     letter = site.registry.letter(number)
     assert letter is not None and letter.status == "archived"
     assert letter.events[-1].action == "archived" and letter.events[-1].actor == "gateway"
+
+
+def test_an_archived_letters_page_shows_no_empty_steps(packed: tuple[Site, Archiver]) -> None:
+    """A member has no step on an archived letter: the page shows no Steps card at all rather
+    than an empty one; the registry office, who may put it under legal hold, has the card."""
+    site, _ = packed
+    number = site.letters["business"]
+    assert 'class="card actions"' not in site.sign_in("sam").get(f"/letters/{number}").text
+    assert 'class="card actions"' in site.sign_in("rita").get(f"/letters/{number}").text

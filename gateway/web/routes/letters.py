@@ -142,6 +142,9 @@ def queue_csv(req: Req) -> Response:
                              "Cache-Control": "no-store"})
 
 
+STEP_CARD = frozenset({"ack", "progress", "answer", "close", "note", "assign", "reassign", "hold"})  # letter.html
+
+
 def _view(req: Req, number: str) -> LetterView:
     view = req.web.access.letter(req.who, number, address=req.address)
     if view is None:
@@ -155,6 +158,9 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     # A step a reply in hand would refuse is not offered: the page says why instead.
     held = held_by_reply(req, view.letter, view.rights.actions | {"incomplete"})
     rights = replace(view.rights, actions=view.rights.actions - held)
+    # The Steps card only with a step in it, or a step of this person's a reply holds back: an
+    # empty card, or a note about steps they never had, tells a reader nothing.
+    steps_card = bool(rights.actions & STEP_CARD) or bool(held & view.rights.actions)
     assignees = access.assignees(who, number) if "assign" in rights.actions else []
     letter = view.letter
     events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
@@ -162,6 +168,7 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
         "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
         downloadable=access.downloadable(who, letter),
         failed_action=failed_action, kept=kept or {}, events=events, reply_holds=held,
+        held_steps=held & view.rights.actions, steps_card=steps_card,
         readers=_readers(access.readers(who, number)) if rights.content else [],
         outbox=access.outbox(who, number) if rights.content else [],
         ocr_reading=access.ocr_reading(who, number) if rights.content else None,
