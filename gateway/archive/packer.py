@@ -534,14 +534,14 @@ class Archiver:
             raw, sha = _original_in(block, int(row["size"]), row["sha256"])
             if sha != row["sha256"]:
                 raise ArchiveError(f"{letter.number}: its copy in {package.path} differs from the manifest")
-            return self._as_registered(letter, bytes(raw))
+            return self._as_registered(letter, bytes(raw), sha)
         raise ArchiveError(f"{letter.number}: not in the manifest of {package.path}")
 
     @staticmethod
-    def _as_registered(letter: Letter, raw: bytes) -> bytes:
-        """The original only if it is the one the register holds: a manifest row altered to name
-        this letter must not hand over another letter's original."""
-        if hashlib.sha256(raw).hexdigest() != letter.raw_sha256:
+    def _as_registered(letter: Letter, raw: bytes, sha: str | None = None) -> bytes:
+        """The original only if it is the one the register holds (`sha`: its SHA-256, when known):
+        a manifest row altered to name this letter must not hand over another letter's original."""
+        if (sha or hashlib.sha256(raw).hexdigest()) != letter.raw_sha256:
             raise ArchiveError(f"{letter.number}: the original found in the archive is not the one registered "
                                "(its SHA-256 differs): run gateway archive verify")
         return raw
