@@ -61,7 +61,7 @@ from gateway.registry.archive import ArchiveSeriesMoved
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.leases import JobStopped
 from gateway.registry.models import ArchivePackage, Letter
-from gateway.spool import DamagedItem, read_item_file, read_raw
+from gateway.spool import DamagedItem, Sealed, read_raw, read_sealed
 from gateway.spool.durable import make_dirs, move, write_file, writing
 
 T = TypeVar("T")
@@ -71,17 +71,17 @@ _FROM_LINE = re.compile(rb"^(>*From )", re.M)
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
 MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", "sha256", "size", "offset", "length",
                    "file", "frame_offset", "frame_length"]
-# Packing: one worker thread beside this one, reading and compressing while this one writes and
-# hashes. A second made packing a month of 4 KiB letters about a third slower on two cores (the
-# threads contend for the interpreter lock over the many small steps of each letter).
-_PACKING_WORKERS = 1
-_COMPRESS_THREADS = 2  # zstd's own, for a chunk's frames: per-message frames cost zstd twice a stream's time
+# Packing: one thread reads the letters (file reads, seal checks, mbox blocks: work that holds the
+# interpreter lock) while the run's own thread compresses the chunk before (zstd lets go of it).
+_READING_WORKERS = 1
+_COMPRESS_THREADS = 1  # zstd's own, for a chunk's frames; the reading thread has the other core
 # Verifying: two worker threads, each decompressing a piece of the package at a time (outside the
 # interpreter lock) and hashing its letters (one thread at a time: Archiver._hashing), while this
 # one reads the next piece: on two cores, a month of 4 KiB letters in some 15% less time than one
 # worker that decompresses with two of zstd's threads.
 _CHECKING_WORKERS = 2
-CHUNK = 1024  # letters handed to the packing thread at a time: enough for zstd to keep two cores busy
+CHUNK = 1024  # letters read at a time: enough for zstd to keep its core busy
+CHUNK_BYTES = 16 << 20
 _PIECE = 1 << 20  # package bytes read at a time when verifying: hundreds of frames for a worker
 _SEPARATOR_MAX = 128  # an mbox separator line ("From gateway@archive <date>") is shorter
 
@@ -181,9 +181,23 @@ class Archiver:
             for letter in letters:
                 kind = "fax" if letter.fax_file_name is not None else "mail"
                 groups.setdefault((letter.category or "uncategorised", kind), []).append(letter)
-            written = []
-            for (category, kind), members in self._until_stopped(sorted(groups.items())):
-                written.append(self._pack(month, category, kind, members, replied, circulated))
+            series = f"archive-{month}"
+            last = self.registry.series_last(series)
+            written: list[Written] = []
+            # Each package is recorded (manifest written, letters numbered in the registry) on a
+            # thread of its own while the next one is packed: one waits on the database, the
+            # other on the files and the compressor. The with-block waits for the last recording
+            # however the loop ends, so what was packed before a stop is recorded.
+            with ThreadPoolExecutor(1, thread_name_prefix="archive-record") as recorder:
+                recording: Future[Written] | None = None
+                for (category, kind), members in self._until_stopped(sorted(groups.items())):
+                    package = self._pack(month, category, kind, members, replied, series, last)
+                    last += len(members)
+                    if recording is not None:
+                        written.append(self._recorded(recording, package))
+                    recording = recorder.submit(self._record, package, circulated)
+                if recording is not None:
+                    written.append(recording.result())
             return written
 
     def _folder(self, month: str, category: str) -> Path:
@@ -211,13 +225,13 @@ class Archiver:
                 move(entry, aside)
 
     def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive], replied: set[int],
-              circulated: set[int]) -> Written:
+              series: str, last: int) -> _Package:
+        """The package of these letters written, durable and in place (not its manifest), its letters
+        numbered from after `last`, the archive series' last number when the run began."""
         folder = self._folder(month, category)
         make_dirs(folder)
         part = self.registry.next_archive_part(month, category, kind)
-        series = f"archive-{month}"
-        first = self.registry.series_last(series) + 1
-        numbers = [f"A{month.replace('-', '')}-{first + i:05d}" for i in range(len(letters))]
+        numbers = [f"A{month.replace('-', '')}-{last + 1 + i:05d}" for i in range(len(letters))]
         rows: list[list[Any]] = []
         if kind == "mail":
             suffix = ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
@@ -244,87 +258,118 @@ class Archiver:
             # The folder is complete and durable: now it takes its name.
             move(tmp, target)
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
-            sha = ""
+            sha = ""  # a folder of faxes: its manifest's SHA-256 is recorded
+        return _Package(month, category, kind, part, target, manifest, letters, numbers, rows, size, sha, series, last)
+
+    def _record(self, package: _Package, circulated: set[int]) -> Written:
+        """On the recording thread: the package's manifest (and circulation record) written, then
+        the package and its letters' archive numbers recorded in the registry, in one transaction."""
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerow(MANIFEST_FIELDS)
-        writer.writerows(rows)
+        writer.writerows(package.rows)
         data = text.getvalue().encode()
-        if kind == "fax":
-            sha = hashlib.sha256(data).hexdigest()
-        write_file(manifest, data)
-        self._circulation_record(manifest, [(letter, number) for letter, number in zip(letters, numbers, strict=True)
-                                            if letter.id in circulated])
+        write_file(package.manifest, data)
+        numbered = list(zip(package.letters, package.numbers, strict=True))
+        self._circulation_record(package.manifest, [(letter, number) for letter, number in numbered
+                                                    if letter.id in circulated])
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
+        path = str(package.target.relative_to(self.root))
         try:
             self.registry.archive_commit(
-                package={"month": month, "category": category, "part": part, "kind": kind,
-                         "path": str(target.relative_to(self.root)), "manifest": str(manifest.relative_to(self.root)),
-                         "letters": len(letters), "size": size, "sha256": sha},
-                assignments=[(letter.id, number) for letter, number in zip(letters, numbers, strict=True)],
-                series=series, expected_last=first - 1)
+                package={"month": package.month, "category": package.category, "part": package.part,
+                         "kind": package.kind, "path": path, "manifest": str(package.manifest.relative_to(self.root)),
+                         "letters": len(package.letters), "size": package.size,
+                         "sha256": package.sha256 or hashlib.sha256(data).hexdigest()},
+                assignments=[(letter.id, number) for letter, number in numbered],
+                series=package.series, expected_last=package.last)
         except ArchiveSeriesMoved as exc:
             # Only a run that does not share this folder's lock gets here: a node whose archive
             # folder is its own. Nothing of this package is recorded: the next run here sets it
             # aside, unless the other run recorded a package of the same name.
-            raise ArchiveError(f"{exc}: another archive run numbered letters of {month} meanwhile (is "
-                               f"{self.root} shared by every node?); nothing of "
-                               f"{target.relative_to(self.root)} was recorded; run again") from None
-        return Written(str(target.relative_to(self.root)), len(letters), size)
+            raise ArchiveError(f"{exc}: another archive run numbered letters of {package.month} meanwhile (is "
+                               f"{self.root} shared by every node?); nothing of {path} was recorded; "
+                               "run again") from None
+        return Written(path, len(package.letters), package.size)
+
+    @staticmethod
+    def _recorded(recording: Future[Written], after: _Package) -> Written:
+        """The recording's outcome. Should it have failed, the package packed meanwhile (`after`)
+        will never be recorded either: its files go at once (they are this run's alone, and every
+        letter in them still has its copy in the message store)."""
+        try:
+            return recording.result()
+        except Exception:
+            if after.target.is_dir():
+                shutil.rmtree(after.target, ignore_errors=True)
+            else:
+                after.target.unlink(missing_ok=True)
+            raise
 
     def _write_mail(self, target: Path, letters: list[ToArchive], numbers: list[str], replied: set[int],
                     rows: list[list[Any]]) -> tuple[int, str]:
         """The mbox package, one frame per message, its manifest rows appended to `rows`.
         Returns (its size, its SHA-256), both taken while writing it.
 
-        A worker thread reads, checks and compresses the letters a chunk at a time (the file reads,
-        SHA-256 and the compressor release the GIL); this thread writes the chunks in order. The
-        file is in place only once complete and durable (one fsync at the end); a crash leaves a
-        hidden temporary file, which the next run removes."""
+        A reading thread reads and checks the letters a chunk at a time and lays out their mbox
+        blocks; this thread compresses each chunk (zstd works outside the interpreter lock, so the
+        reading goes on beside it) and writes it. The file is in place only once complete and
+        durable (one fsync at the end); a crash leaves a hidden temporary file, which the next run
+        removes."""
         digest = hashlib.sha256()
         offset = frame_offset = 0
 
         def chunks() -> Iterator[tuple[list[ToArchive], dict[int, list[bytes]]]]:
-            for first in range(0, len(letters), CHUNK):
-                chunk = letters[first:first + CHUNK]
+            for chunk in _chunked(letters):
                 yield chunk, self.registry.sent_replies([letter.id for letter in chunk if letter.id in replied])
 
         with writing(target) as out:
             numbered = iter(numbers)
-            for packed in _in_order(lambda job: self._pack_chunk(*job), chunks(), _PACKING_WORKERS):
-                out.write(packed.data)
-                digest.update(packed.data)
-                for letter, size, at, length, frame_at, frame_length in packed.letters:
-                    rows.append(_row(next(numbered), letter, size, offset + at, length, "", frame_offset + frame_at,
-                                     frame_length))
-                offset += packed.mbox_size
-                frame_offset += len(packed.data)
+            for read in _in_order(lambda job: self._read_chunk(*job), chunks(), _READING_WORKERS):
+                frames = self._compress_frames(read.blocks)
+                frame_at = list(accumulate((len(frame) for frame in frames), initial=0))
+                data = b"".join(frames)
+                out.write(data)
+                digest.update(data)
+                for letter, size, at, n in read.letters:
+                    rows.append(_row(next(numbered), letter, size, offset + at, len(read.blocks[n]),
+                                     "", frame_offset + frame_at[n], len(frames[n])))
+                offset += read.mbox_size
+                frame_offset += len(data)
         return frame_offset, digest.hexdigest()
 
-    def _pack_chunk(self, letters: list[ToArchive], replies: dict[int, list[bytes]]) -> _Packed:
-        """In a worker thread: each letter read, checked against its seal and the register, and
-        compressed into a frame, then the frames of its sent replies."""
+    def _read_chunk(self, letters: list[ToArchive], replies: dict[int, list[bytes]]) -> _Read:
+        """On the reading thread: each letter read and checked against its seal and the register,
+        in its mbox block, then the blocks of its sent replies."""
         blocks: list[bytes] = []
         placed = []
         at = 0
         for letter in letters:
             self._stop_here()
-            raw = self._raw(letter)
             separator = f"From gateway@archive {letter.received_at.strftime('%a %b %d %H:%M:%S %Y')}\n".encode()
-            placed.append((letter, len(raw), at, len(blocks)))
-            for message in [raw, *replies.get(letter.id, [])]:
+            block, size = self._letter_block(letter, separator)
+            placed.append((letter, size, at, len(blocks)))
+            blocks.append(block)
+            at += len(block)
+            for message in replies.get(letter.id, []):
                 blocks.append(_mbox_block(separator, message))
                 at += len(blocks[-1])
-        frames = self._compress_frames(blocks)
-        frame_at = list(accumulate((len(frame) for frame in frames), initial=0))
-        return _Packed(b"".join(frames),
-                       [(letter, size, offset, len(blocks[n]), frame_at[n], len(frames[n]))
-                        for letter, size, offset, n in placed], at)
+        return _Read(blocks, placed, at)
+
+    def _letter_block(self, letter: ToArchive, separator: bytes) -> tuple[bytes, int]:
+        """The letter's mbox block, as _mbox_block makes it, and the letter's size. Its bytes are
+        copied once, from the one read of its file into the block."""
+        data, start, _ = self._sealed(letter)
+        size = len(data) - start
+        body: bytes | memoryview = memoryview(data)[start:]
+        if data.find(b"From ", start) >= 0:  # rare: quoted for mboxrd
+            body = mbox_escape(bytes(body))
+        return b"".join((separator, body, b"\n" if size == 0 or data.endswith(b"\n") else b"\n\n")), size
 
     def _compress_frames(self, blocks: list[bytes]) -> list[bytes] | list[memoryview]:
         """Each block into a self-contained frame: a zstd frame (with its content size and a
         checksum) or a gzip member; concatenated, they decompress to the concatenation. zstd
-        compresses the chunk's blocks in one call, on both cores, outside the interpreter lock."""
+        compresses the chunk's blocks in one call, outside the interpreter lock."""
         if self.config.model.archive.compression == "gzip":
             return [_gzip_member(block) for block in blocks]
         compressor = getattr(self._local, "compressor", None)
@@ -357,14 +402,17 @@ class Archiver:
             write_file(circulation_path(manifest), text.getvalue().encode())
 
     def _raw(self, letter: ToArchive) -> bytes:
+        return bytes(self._sealed(letter).raw)
+
+    def _sealed(self, letter: ToArchive) -> Sealed:
         try:
             # Checked against its seal (length and SHA-256) while reading.
-            meta, raw = read_item_file(self.config.state_dir / letter.raw_path)
+            sealed = read_sealed(os.path.join(self.config.state_dir, letter.raw_path))  # a month of them: no Path
         except (OSError, DamagedItem) as exc:
             raise ArchiveError(f"{letter.number}: its original cannot be read: {exc}") from exc
-        if meta["sha256"] != letter.raw_sha256:
+        if sealed.sha256 != letter.raw_sha256:
             raise ArchiveError(f"{letter.number}: its stored original does not match the register's SHA-256")
-        return raw
+        return sealed
 
     # -- checking ---------------------------------------------------------
     def verify(self, month: str | None = None) -> list[Checked]:
@@ -629,13 +677,47 @@ def _collector_paused() -> Iterator[None]:
 
 
 @dataclass
-class _Packed:
-    """A chunk of letters compressed: their frames back to back, and for each letter (letter, its
-    size, offset and length of its mbox message, offset and length of its frame), offsets counted
-    from the chunk's start."""
-    data: bytes
-    letters: list[tuple[ToArchive, int, int, int, int, int]]
+class _Read:
+    """A chunk of letters read: their mbox blocks (each letter's, then its replies'), and for each
+    letter (letter, its size, offset of its block counted from the chunk's start, index of its
+    block); the blocks' total size."""
+    blocks: list[bytes]
+    letters: list[tuple[ToArchive, int, int, int]]
     mbox_size: int
+
+
+@dataclass
+class _Package:
+    """A package written, durable and in place, waiting to be recorded: its manifest rows, its
+    letters and the archive numbers they are to have."""
+    month: str
+    category: str
+    kind: str
+    part: int
+    target: Path
+    manifest: Path
+    letters: list[ToArchive]
+    numbers: list[str]
+    rows: list[list[Any]]
+    size: int
+    sha256: str  # the package file's; empty for a folder of faxes (its manifest's is recorded)
+    series: str
+    last: int  # the archive series' last number before these letters
+
+
+def _chunked(letters: list[ToArchive]) -> Iterator[list[ToArchive]]:
+    """The letters in chunks of at most CHUNK letters and, past its first letter, CHUNK_BYTES:
+    a few chunks are in memory at once, however large the month's letters."""
+    chunk: list[ToArchive] = []
+    size = 0
+    for letter in letters:
+        if chunk and (len(chunk) == CHUNK or size + letter.raw_size > CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(letter)
+        size += letter.raw_size
+    if chunk:
+        yield chunk
 
 
 def _row(number: str, letter: ToArchive, size: int, offset: int, length: int, file_name: str,

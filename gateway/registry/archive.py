@@ -1,7 +1,7 @@
 """The archive's records: packages, archive numbers, verification, release and destruction."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, cast
 
 from sqlalchemy import (Connection, Integer, String, Table, Text, case, column, func, insert, literal, literal_column,
@@ -38,7 +38,8 @@ class ArchiveRecords(Store):
         times are read as the driver gives them, and made aware here, at a fraction of the cost)."""
         with self.read() as conn:
             rows = conn.execute(select(Letter.id, Letter.number, type_coerce(Letter.received_at, String),
-                                       Letter.channel, Letter.category, Letter.raw_path, Letter.raw_sha256)
+                                       Letter.channel, Letter.category, Letter.raw_path, Letter.raw_sha256,
+                                       Letter.raw_size)
                                 .where(Letter.received_at >= start, Letter.received_at < end,
                                        Letter.archive_number.is_(None))
                                 .order_by(Letter.received_at, Letter.id)).all()
@@ -47,8 +48,9 @@ class ArchiveRecords(Store):
                                       .where(Letter.received_at >= start, Letter.received_at < end,
                                              Letter.archive_number.is_(None), Letter.channel == "fax",
                                              Attachment.origin == "fax")).all())
-        return [ToArchive(id_, number, _utc(received), channel, category, raw_path, raw_sha256, faxes.get(id_))
-                for id_, number, received, channel, category, raw_path, raw_sha256 in rows]
+        return [ToArchive(id_, number, _utc(received), channel, category, raw_path, raw_sha256, raw_size,
+                          faxes.get(id_))
+                for id_, number, received, channel, category, raw_path, raw_sha256, raw_size in rows]
 
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
@@ -231,15 +233,11 @@ class ArchiveRecords(Store):
             return list(session.scalars(select(DestructionRecord).order_by(DestructionRecord.id)))
 
 
-_AS_READ = UTCDateTime()
-
-
 def _utc(value: datetime | str) -> datetime:
-    """A time as the driver gives it (PostgreSQL: aware; SQLite: the text UTCDateTime stored),
-    made aware and UTC as UTCDateTime reads it."""
-    when = _AS_READ.process_result_value(value if isinstance(value, datetime) else datetime.fromisoformat(value), None)
-    assert when is not None
-    return when
+    """A time as the driver gives it (PostgreSQL: aware; SQLite: the naive UTC text UTCDateTime
+    stored), made aware and UTC as UTCDateTime reads it."""
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
 def _placeholder(conn: Connection) -> str:

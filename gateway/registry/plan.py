@@ -144,6 +144,7 @@ class ToArchive:
     category: str | None
     raw_path: str
     raw_sha256: str
+    raw_size: int
     fax_file_name: str | None  # a fax registered from its file: its original is that file
 
 
