@@ -355,17 +355,17 @@ SLOW_ARCHIVE = '''
 import os, time
 from gateway.archive import packer
 
-_raw = packer.Archiver._raw
+_sealed = packer.Archiver._sealed
 
 
-def raw(self, letter):
+def sealed(self, letter):
     with open(os.environ["ARCHIVE_LOG"], "a") as log:
         log.write("letter\\n")
     time.sleep(float(os.environ["ARCHIVE_SLEEP"]))
-    return _raw(self, letter)
+    return _sealed(self, letter)
 
 
-packer.Archiver._raw = raw
+packer.Archiver._sealed = sealed
 '''
 
 
