@@ -367,6 +367,19 @@ def test_date_parsing():
     missing = normalise(message([b"Subject: x"], date=False))
     assert missing.date is None
     assert missing.defects == ["message: missing Date header"]
+    # A year as written: four digits are that year (the standard library would read 0001 as 2001);
+    # three are counted from 1900, as RFC 5322 §4.3 says (clients of the year 2000 wrote 100).
+    for early in (b"Mon, 1 Jan 0001 00:00:00 +0000", b"Sat, 01 Jan 0099 10:00:00 +0800",
+                  b"Tue, 10 Mar 1026 10:00:00 +0800"):
+        result = normalise(message([b"Date: " + early]))
+        assert result.date is None
+        year = early.split()[3].decode()
+        assert result.defects == [f"header Date: the year {year} is not a year of this correspondence in "
+                                  f"{early.decode()!r}"]
+    y2k = normalise(message([b"Date: Sat, 01 Jan 100 10:00:00 +0800"]))
+    assert y2k.date == datetime(2000, 1, 1, 10, tzinfo=timezone(timedelta(hours=8))) and y2k.defects == []
+    two_digits = normalise(message([b"Date: Tue, 05 Mar 24 09:30:00 +0800"]))
+    assert two_digits.date == datetime(2024, 3, 5, 9, 30, tzinfo=timezone(timedelta(hours=8)))
     for beyond in (b"Fri, 31 Dec 9999 23:59:59 -1400", b"Fri, 31 Dec 9999 14:00:00 -1000"):
         result = normalise(message([b"Date: " + beyond]))
         assert result.date is None
@@ -974,3 +987,15 @@ def test_characters_dropped_from_base64_are_named():
     assert value == "pre  post 合同"
     assert defects == ["encoded word '=?utf-8?B?@@@@?=': 4 character(s) that are not base64 dropped"]
     assert lenient_b64decode(b"aGVs\r\nbG8=\r\n") == (b"hello", None)  # line breaks and padding are no defect
+
+
+def test_invalid_quoted_printable_is_kept_and_named():
+    """An "=" that starts no escape is kept as written, as decoders do, and named once among the
+    defects with how many there are; valid escapes and soft line breaks are no defect."""
+    headers = [b"Content-Type: text/plain; charset=utf-8", b"Content-Transfer-Encoding: quoted-printable"]
+    result = normalise(message(headers, b"Total =3D 5 =E4=BD=A0, 50=ZZ off, =\r\nsoft break; padded=  \r\nend=\r\n"))
+    assert "Total = 5 你, 50=ZZ off, soft break; padded=  \nend" in result.body_text
+    assert result.defects == [
+        "message: invalid quoted printable (2 \"=\" starting no escape, kept as written; the first: '=ZZ')"]
+    clean = normalise(message(headers, b"Total =3D 5 =E4=BD=A0, soft=\r\nbreak\r\n"))
+    assert clean.defects == [] and "Total = 5 你, softbreak" in clean.body_text

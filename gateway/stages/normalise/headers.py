@@ -25,6 +25,9 @@ _SIMPLE_MAILBOX = re.compile(rf"\s*(?:([^<>\"(),;:\\]*?)\s*<({_ADDR_SPEC})>|({_A
 _NEEDS_FULL_PARSER = re.compile(r"[\"(\\:;]")
 _MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
 _ZONE_MINUS_ZERO = re.compile(r"-0000\b")
+# The year of a date-time as written ("10 Mar 2026 10:00"): the standard library reads any year
+# below 100 as two digits, so "0001" would come back as 2001.
+_WRITTEN_YEAR = re.compile(r"\b\d{1,2}\s+[A-Za-z]+\s+(\d+)\s")
 
 
 def unfold(value: str) -> str:
@@ -203,6 +206,14 @@ def parse_date(raw: str | None) -> tuple[datetime | None, str | None]:
         parsed = parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError, IndexError):
         return None, f"header Date: unparseable date {value[:100]!r}"
+    if (written := _WRITTEN_YEAR.search(value)) and len(year := written.group(1)) >= 3:
+        if len(year) == 3:  # RFC 5322 §4.3: a three-digit year is counted from 1900 (clients of 2000 wrote 100)
+            try:
+                parsed = parsed.replace(year=1900 + int(year))
+            except ValueError:  # 29 February of a year that has none
+                return None, f"header Date: unparseable date {value[:100]!r}"
+        elif int(year) < 1900:
+            return None, f"header Date: the year {year} is not a year of this correspondence in {value[:100]!r}"
     if parsed.tzinfo is not None:
         try:
             parsed.astimezone(UTC)  # kept in UTC: 31 Dec 9999 23:00 -1400 is a moment of the year 10000

@@ -39,6 +39,9 @@ _KNOWN_TRANSFER_ENCODINGS = frozenset(
      "x-uue"}
 )
 _BODY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")  # C1 too, but NEL: a line break
+# "=" that starts neither an escape (two hex digits) nor a soft line break. Blanks between "=" and
+# the line's end are transport padding to RFC 2045, but the decoder keeps them, "=" included.
+_INVALID_QP = re.compile(r"=(?![0-9A-Fa-f]{2})(?!\r?\n|$)", re.M)
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _ONCE_ONLY = ("From", "Sender", "Subject", "Date", "Message-ID")
@@ -379,6 +382,9 @@ class _PartWalker:
     def _payload_bytes(self, part: Message) -> bytes:
         """The transfer-decoded content of a leaf part, runs held out of the tree put back."""
         stored = getattr(part, "_payload", None)  # get_payload() would hand 8-bit text back re-decoded
+        if isinstance(stored, str) and str(part.get("content-transfer-encoding", "")).strip().lower() == \
+                "quoted-printable":
+            _check_quoted_printable(part, stored)
         if isinstance(stored, str) and self.stash.holds(stored):
             part.set_payload(self.stash.restore(stored))
             try:
@@ -608,6 +614,18 @@ def _raw_header_bytes(message: Message, name: str) -> bytes:
 
 def _holding(content: bytes) -> Callable[[], bytes]:
     return lambda: content
+
+
+class InvalidQuotedPrintableDefect(MessageDefect):
+    """An "=" in quoted-printable that is no escape: decoders keep it as written, and so does the letter."""
+
+
+def _check_quoted_printable(part: Message, payload: str) -> None:
+    """Adds a defect to the part (once) for each kind of "=" its decoding keeps as written."""
+    invalid = [found.group() + payload[found.end():found.end() + 2] for found in _INVALID_QP.finditer(payload)]
+    if invalid and not any(isinstance(defect, InvalidQuotedPrintableDefect) for defect in part.defects):
+        part.defects.append(InvalidQuotedPrintableDefect(
+            f"{len(invalid)} \"=\" starting no escape, kept as written; the first: {invalid[0]!r}"))
 
 
 def _payload_bytes(part: Message) -> bytes:
