@@ -22,6 +22,16 @@ class Reads(Store):
             return session.scalars(select(Letter).where(Letter.id == letter_id)
                                    .options(selectinload(Letter.attachments))).first()
 
+    def letters_numbered(self, numbers: list[str]) -> dict[str, Letter]:
+        """The letters of these numbers (without attachments and events), by number; numbers not
+        in the register are left out."""
+        found: dict[str, Letter] = {}
+        with self.session() as session:
+            for first in range(0, len(numbers), 1000):
+                found.update((letter.number, letter) for letter in session.scalars(
+                    select(Letter).where(Letter.number.in_(numbers[first:first + 1000]))))
+        return found
+
     def letter(self, number: str) -> Letter | None:
         with self.session() as session:
             return session.scalars(
