@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta, timezone
+from datetime import timedelta, timezone
 from typing import Any
 
 from imapclient import IMAPClient
@@ -309,23 +309,28 @@ class FolderWatcher:
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         state = self.ledger.folder(account.name, self.folder)
-        seen_since: date | None = None
         if state is not None and state.uidvalidity != uidvalidity:
             # The folder was recreated or the server rebuilt its index: its UIDs mean nothing now.
             # Every message is looked at again (the registry knows the ones it has by their bytes),
             # within the first import's scope and as backlog, like the first import: what was
             # registered, or left out by the first import, must not be answered as new mail.
             # With first_import = "unseen", read mail that came in since the last sync is taken too
-            # (from the day before it, to be safe).
+            # (from the day before it, to be safe). That day is kept in the ledger with the import's
+            # position: an import resumed on another connection must search the same scope, or read
+            # mail that arrived since the last sync would be passed over for good.
             everything = client.search(["ALL"])
             log.warning("%s: UIDVALIDITY changed from %d to %d; checking the %d message(s) in the folder again "
                         "as backlog (no receipts)", self.name, state.uidvalidity, uidvalidity, len(everything))
+            seen_since = state.seen_since  # a reset in the middle of a reset's import keeps the earlier day
             if state.last_poll_at is not None:
-                seen_since = state.last_poll_at.astimezone(timezone.utc).date() - timedelta(days=1)
-            state = FolderState(uidvalidity, 0, max(everything, default=0) or None)
+                since = state.last_poll_at.astimezone(timezone.utc).date() - timedelta(days=1)
+                seen_since = since if seen_since is None else min(seen_since, since)
+            newest = max(everything, default=0) or None
+            state = FolderState(uidvalidity, 0, newest, backlog_until=newest, seen_since=seen_since)
         elif state is None:
             everything = client.search(["ALL"])
-            state = FolderState(uidvalidity, 0, max(everything, default=0) or None)
+            newest = max(everything, default=0) or None
+            state = FolderState(uidvalidity, 0, newest, backlog_until=newest)
             log.info("%s: first sync of %d message(s), importing %s", self.name, len(everything),
                      {"all": "all of them", "unseen": "the unseen ones",
                       "since": f"those since {account.import_since}"}[account.first_import])
@@ -335,16 +340,17 @@ class FolderWatcher:
             criteria_for: dict[str, list[Any]] = {"all": [], "unseen": ["UNSEEN"],
                                                   "since": ["SINCE", account.import_since]}
             criteria = criteria_for[account.first_import]
-            if seen_since is not None and account.first_import == "unseen":
-                criteria = ["OR", "UNSEEN", "SINCE", seen_since]  # ("since" takes such mail anyway)
+            if state.seen_since is not None and account.first_import == "unseen":
+                criteria = ["OR", "UNSEEN", "SINCE", state.seen_since]  # ("since" takes such mail anyway)
             # No CHARSET argument: many servers refuse one, and these criteria are ASCII.
             found = client.search([*criteria, "UID", f"{state.last_uid + 1}:{state.importing_until}"])
             uids = sorted(u for u in found if state.last_uid < u <= state.importing_until)
             self._settle_all(client, uidvalidity, uids, state, backlog=True)
             if self._stop.is_set():
                 return
-            state = FolderState(uidvalidity, state.importing_until, None)
-            self.ledger.settle(account.name, self.folder, uidvalidity, [], last_uid=state.last_uid, backlog=0)
+            state = FolderState(uidvalidity, state.importing_until, None, backlog_until=state.backlog_until)
+            self.ledger.settle(account.name, self.folder, uidvalidity, [], last_uid=state.last_uid, backlog=0,
+                               backlog_until=state.backlog_until)
             log.info("%s: first import done", self.name)
         found = client.search(["UID", f"{state.last_uid + 1}:*"])
         uids = sorted(u for u in found if u > state.last_uid)
@@ -357,7 +363,8 @@ class FolderWatcher:
         last_uid, remaining = state.last_uid, len(todo)
         if not todo:
             self.ledger.settle(self.account.name, self.folder, uidvalidity, [], last_uid=last_uid, backlog=0,
-                               importing_until=state.importing_until)
+                               importing_until=state.importing_until, backlog_until=state.backlog_until,
+                               seen_since=state.seen_since)
             return
         for batch in _chunks(todo, self.config.model.imap.fetch_batch):
             if self._stop.is_set():
@@ -365,10 +372,10 @@ class FolderWatcher:
             remaining -= len(batch)
             last_uid = max(last_uid, max(batch))
             self._settle_batch(client, uidvalidity, batch, retrying, backlog=backlog, last_uid=last_uid,
-                               remaining=remaining, importing_until=state.importing_until)
+                               remaining=remaining, state=state)
 
     def _settle_batch(self, client: IMAPClient, uidvalidity: int, uids: list[int], retrying: dict[int, tuple[int, str]],
-                      *, backlog: bool, last_uid: int, remaining: int, importing_until: int | None) -> None:
+                      *, backlog: bool, last_uid: int, remaining: int, state: FolderState) -> None:
         account, limit = self.account, self.config.model.imap.max_message_bytes
         max_attempts = self.config.model.imap.max_attempts
         floor = self.config.model.spool.min_free_bytes
@@ -398,7 +405,10 @@ class FolderWatcher:
         items: list[tuple[int, SpoolItem]] = []
         try:
             for uid, raw in [*bodies.items(), *heads.items()]:
-                flags = ["backlog"] if backlog else []
+                # A message of the first import (or of the import after a UIDVALIDITY change) is
+                # backlog also when it is fetched only later, in a new-mail pass that retries it.
+                in_import = state.backlog_until is not None and uid <= state.backlog_until
+                flags = ["backlog"] if backlog or in_import else []
                 if uid in heads:
                     flags.append("oversize")
                     log.warning("ALERT %s: UID %d is %d bytes, over the %d-byte limit: registered from its "
@@ -433,7 +443,8 @@ class FolderWatcher:
         settled = [Settled(uid, "spooled", actions[uid], None, item.id, sizes.get(uid)) for uid, item in items]
         settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]
         self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
-                           backlog=remaining, failing=failing, importing_until=importing_until)
+                           backlog=remaining, failing=failing, importing_until=state.importing_until,
+                           backlog_until=state.backlog_until, seen_since=state.seen_since)
         self._suspects.difference_update(safe)
         self._suspects.difference_update(given_up)
         if safe or given_up:

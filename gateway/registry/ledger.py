@@ -8,7 +8,7 @@ ledger has not seen means every UID in the folder is new to it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -26,6 +26,12 @@ class FolderState:
     last_uid: int
     importing_until: int | None = None  # set while the first import is under way
     last_poll_at: datetime | None = None  # the last sync that settled the folder
+    # The first import's newest UID (or the import's after a UIDVALIDITY change), kept after it
+    # ends: what it left failing and fetches later is still backlog.
+    backlog_until: int | None = None
+    # While an import after a UIDVALIDITY change is under way: read mail from this day on is in
+    # its scope too, also when it is resumed on another connection.
+    seen_since: date | None = None
 
 
 @dataclass(frozen=True)
@@ -62,9 +68,11 @@ class ImapLedger:
     def folder(self, account: str, folder: str) -> FolderState | None:
         with self.registry.read() as conn:
             row = conn.execute(select(ImapFolder.uidvalidity, ImapFolder.last_uid, ImapFolder.importing_until,
-                                      ImapFolder.last_poll_at).where(
+                                      ImapFolder.last_poll_at, ImapFolder.backlog_until,
+                                      ImapFolder.import_seen_since).where(
                 ImapFolder.account == account, ImapFolder.folder == folder)).first()
-        return (FolderState(row.uidvalidity, row.last_uid, row.importing_until, row.last_poll_at)
+        return (FolderState(row.uidvalidity, row.last_uid, row.importing_until, row.last_poll_at, row.backlog_until,
+                            row.import_seen_since)
                 if row and row.uidvalidity else None)
 
     def attempts(self, account: str, folder: str, uidvalidity: int) -> dict[int, tuple[int, str]]:
@@ -86,8 +94,12 @@ class ImapLedger:
 
     def settle(self, account: str, folder: str, uidvalidity: int, settled: list[Settled],
                *, last_uid: int, backlog: int, failing: dict[int, tuple[int, str]] | None = None,
-               importing_until: int | None = None) -> None:
-        """Record settled messages, failed fetches and the folder's new position in one transaction."""
+               importing_until: int | None = None, backlog_until: int | None = None,
+               seen_since: date | None = None) -> None:
+        """Record settled messages, failed fetches and the folder's new position in one transaction.
+
+        `importing_until`, `backlog_until` and `seen_since` are the folder's import scope
+        (FolderState's fields of those names), written as given."""
         now = _now()
         rows = [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": s.uid,
                  "outcome": s.outcome, "number": s.number, "item_id": s.item_id, "size": s.size,
@@ -102,10 +114,11 @@ class ImapLedger:
                              ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
             self._upsert(conn, ImapFolder, {
                 "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
-                "importing_until": importing_until, "last_poll_at": now, "last_error": None, "last_error_at": None,
+                "importing_until": importing_until, "backlog_until": backlog_until, "import_seen_since": seen_since,
+                "last_poll_at": now, "last_error": None, "last_error_at": None,
                 "backlog": backlog, "updated_at": now}, ["account", "folder"],
-                ["uidvalidity", "last_uid", "importing_until", "last_poll_at", "last_error", "last_error_at", "backlog",
-                 "updated_at"], forward="last_uid")
+                ["uidvalidity", "last_uid", "importing_until", "backlog_until", "import_seen_since", "last_poll_at",
+                 "last_error", "last_error_at", "backlog", "updated_at"], forward="last_uid")
 
     def failed(self, account: str, folder: str, error: str) -> None:
         self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})

@@ -1,11 +1,11 @@
 """The register: one row per item, its attachments, and an append-only event log."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        TypeDecorator, UniqueConstraint, false, func)
+from sqlalchemy import (JSON, BigInteger, Boolean, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, TypeDecorator, UniqueConstraint, false, func)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -252,6 +252,11 @@ class ImapFolder(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
     last_uid: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     importing_until: Mapped[int | None] = mapped_column(BigInteger)  # during the first import
+    # The first import's newest UID (or the import's after a UIDVALIDITY change), kept after it ends:
+    # a message of that import fetched only later is still backlog.
+    backlog_until: Mapped[int | None] = mapped_column(BigInteger)
+    # During an import after a UIDVALIDITY change: read mail from this day on is taken too.
+    import_seen_since: Mapped[date | None] = mapped_column(Date)
     last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

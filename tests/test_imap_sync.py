@@ -1,0 +1,240 @@
+"""One folder's sync, driven step by step against a real Dovecot and a real SQLite registry, with the
+faults a running daemon cannot be made to show on cue: a connection that drops at a chosen batch, a
+FETCH the server refuses, a size the server understates, a message expunged while it was failing."""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
+from sqlalchemy import text
+
+from conftest import Gateway, make_message
+from dovecot_server import DovecotServer
+from gateway.adapters import imap as imap_mod
+from gateway.config import Config, load
+from gateway.daemon.pipeline import Pipeline
+from gateway.registry import Registry, schema
+from gateway.registry.ledger import ImapLedger
+from gateway.spool import Spool, read_item_file
+from gateway.stages import rulebook
+
+pytestmark = pytest.mark.timeout(180)
+
+LONG_AGO = datetime.now() - timedelta(days=10)
+SEEN = b"\\Seen"
+
+class Folder:
+    """A fresh Dovecot user, one folder of it watched by a FolderWatcher whose syncs the test runs."""
+
+    def __init__(self, dovecot: DovecotServer, tmp: Path, *, folder: str = "INBOX", settings: str = "",
+                 **account: object):
+        self.dovecot, self.folder = dovecot, folder
+        self.user, password = f"u{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+        dovecot.add_user(self.user, password)
+        (tmp / "imap.pass").write_text(password + "\n")
+        values: dict[str, object] = {"name": "liaison", "host": "127.0.0.1", "port": dovecot.port, "tls": "plain",
+                                     "username": self.user, "password_file": str(tmp / "imap.pass"),
+                                     "idle": False, "folders": [folder], **account}
+        extra = ("\n[imap]\n" + settings + "\n[[imap.accounts]]\n"
+                 + "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + "\n")
+        self.gateway = Gateway(tmp, extra=extra)
+        self.config: Config = load(str(self.gateway.config))
+        self.registry = Registry.from_config(self.config)
+        self.registry.upgrade()
+        self.spool = Spool(self.config.spool_dir, self.config.message_dir)
+        self.ledger = ImapLedger(self.registry)
+        self.watcher = imap_mod.FolderWatcher(self.config, self.config.model.imap.accounts[0], folder, self.spool,
+                                              self.ledger)
+        self.wrap: Callable[[IMAPClient], None] = lambda client: None  # a fault a test puts in
+
+    def sync(self) -> None:
+        client = imap_mod.connect(self.config, self.watcher.account)
+        self.wrap(client)
+        try:
+            self.watcher._sync(client)
+        finally:
+            imap_mod._close(client)
+
+    def sync_until(self, done: Callable[[], bool], tries: int = 6) -> None:
+        """Sync again after each dropped connection, as the watcher does, until `done()`."""
+        for _ in range(tries):
+            try:
+                self.sync()
+            except (IMAPClientError, OSError):
+                pass
+            if done():
+                return
+        raise AssertionError(f"not done after {tries} syncs")
+
+    def append(self, messages: list[tuple[bytes, tuple[bytes, ...], datetime | None]]) -> None:
+        with self.dovecot.client(self.user) as imap:
+            if not imap.folder_exists(self.folder):
+                imap.create_folder(self.folder)
+            for raw, flags, when in messages:
+                imap.append(self.folder, raw, flags=flags, msg_time=when)
+
+    def rebuild(self) -> None:
+        """The folder replaced whole by the same messages with their flags and dates, under a new
+        UIDVALIDITY (a server migration, an index rebuild)."""
+        with self.dovecot.client(self.user) as imap:
+            imap.select_folder(self.folder, readonly=True)
+            data = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[]", "FLAGS", "INTERNALDATE"])
+        with self.dovecot.client(self.user) as imap:
+            imap.create_folder("Rebuilt")
+            for _, d in sorted(data.items()):
+                imap.append("Rebuilt", d[b"BODY[]"], flags=tuple(f for f in d[b"FLAGS"] if f != b"\\Recent"),
+                            msg_time=d[b"INTERNALDATE"])
+            imap.delete_folder(self.folder)
+            imap.rename_folder("Rebuilt", self.folder)
+
+    def on_server(self, folder: str | None = None) -> dict[str, set[bytes]]:
+        """Each message's subject and flags."""
+        with self.dovecot.client(self.user) as imap:
+            if not imap.folder_exists(folder or self.folder):
+                return {}
+            imap.select_folder(folder or self.folder, readonly=True)
+            data = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]", "FLAGS"])
+        return {d[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().split(":", 1)[1].strip():
+                set(d[b"FLAGS"]) - {b"\\Recent"} for d in data.values()}
+
+    def spooled(self) -> dict[str, tuple[list[str], bytes]]:
+        """Each spooled message's subject: its flags and its bytes (a message spooled again after a
+        reset, which the registry recognises, is one entry)."""
+        out: dict[str, tuple[list[str], bytes]] = {}
+        for sub in ("new", "work"):
+            for path in sorted((self.config.spool_dir / sub).glob("*")):
+                meta, raw = read_item_file(path)
+                subject = raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+                out[subject] = (meta["flags"], raw)
+        return out
+
+    def register(self) -> dict[str, int]:
+        """Register what is spooled; each letter's subject and how many receipts it queued."""
+        pipeline = Pipeline(rulebook.load(str(self.gateway.config)), self.spool, self.registry)
+        self.spool.recover()
+        pipeline.process(self.spool.claim(100))
+        with self.registry.read() as conn:
+            return dict(conn.exec_driver_sql(
+                "SELECT subject, (SELECT count(*) FROM outbox o WHERE o.letter_id = l.id AND o.kind = 'receipt') "
+                "FROM letters l").all())
+
+    def ledger_rows(self) -> dict[int, tuple[int, str]]:
+        with self.registry.read() as conn:
+            return {uid: (uidvalidity, outcome) for uidvalidity, uid, outcome in conn.exec_driver_sql(
+                "SELECT uidvalidity, uid, outcome FROM imap_ledger")}
+
+    def folder_row(self) -> tuple[Any, ...]:
+        with self.registry.read() as conn:
+            return tuple(conn.exec_driver_sql(
+                "SELECT uidvalidity, last_uid, importing_until, backlog_until, import_seen_since "
+                "FROM imap_folders").one())
+
+
+@pytest.fixture
+def close_registries() -> Iterator[list[Folder]]:
+    folders: list[Folder] = []
+    yield folders
+    for folder in folders:
+        folder.registry.engine.dispose()
+
+
+def refusing(uid: int, times: int) -> Callable[[IMAPClient], None]:
+    """The server answers NO to a FETCH that names `uid`, `times` times (Gmail's "Some messages could
+    not be FETCHed", Exchange's NO [UNAVAILABLE]); Dovecot itself never refuses one."""
+    left = [times]
+
+    def wrap(client: IMAPClient) -> None:
+        real = client.fetch
+
+        def fetch(uids: Any, what: Any, *args: Any, **kwargs: Any) -> Any:
+            if left[0] > 0 and uid in list(uids):
+                left[0] -= 1
+                raise IMAPClientError("FETCH command error: NO [b'Some messages could not be FETCHed (Failure)']")
+            return real(uids, what, *args, **kwargs)
+        client.fetch = fetch  # type: ignore[method-assign]
+    return wrap
+
+
+def test_an_import_after_a_reset_resumed_on_a_new_connection_keeps_mail_read_since_the_last_sync(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    box = Folder(dovecot, tmp_path, folder="Partners", settings="fetch_batch = 1",
+                 first_import="unseen", after="keep")
+    close_registries.append(box)
+    box.append([(make_message(0, subject="old read"), (SEEN,), LONG_AGO),
+                (make_message(1, subject="old unread"), (), LONG_AGO)])
+    box.sync()
+    box.append([(make_message(2, subject="new unread"), (), None),
+                (make_message(3, subject="new, read elsewhere"), (SEEN,), None)])
+    box.rebuild()
+    # The connection drops after the reset import's first batch.
+    real, calls = box.watcher._settle_batch, [0]
+
+    def dropping(client: IMAPClient, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            client.shutdown()
+        real(client, *args, **kwargs)
+    monkeypatch.setattr(box.watcher, "_settle_batch", dropping)
+    with pytest.raises((IMAPClientError, OSError)):
+        box.sync()
+    uidvalidity, last_uid, importing_until, _, seen_since = box.folder_row()
+    assert importing_until == 4 and last_uid < 4 and seen_since is not None  # kept for the resumed import
+    monkeypatch.setattr(box.watcher, "_settle_batch", real)
+    box.sync()
+    box.sync()
+    assert box.folder_row()[1:3] == (4, None)
+    assert box.folder_row()[4] is None  # the scope goes with the import
+    spooled = box.spooled()
+    # The read mail that arrived since the last sync is in the import's scope on the new connection
+    # too; the read mail the first import left out stays out.
+    assert sorted(spooled) == ["new unread", "new, read elsewhere", "old unread"]
+    assert all("backlog" in flags for flags, _ in spooled.values())
+
+
+def test_a_first_import_message_fetched_only_in_the_new_mail_pass_is_still_backlog(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    box = Folder(dovecot, tmp_path, after="keep")
+    close_registries.append(box)
+    for n in range(3):
+        dovecot.deliver(box.user, make_message(n, subject=f"old {n}"))
+    box.wrap = refusing(2, times=2)  # the batch, then the message alone: failing after the first import
+    box.sync()
+    assert box.folder_row()[3] == 3  # the first import's last UID, kept after it ended
+    dovecot.deliver(box.user, make_message(3, subject="new"))
+    box.sync()
+    spooled = box.spooled()
+    assert sorted(spooled) == ["new", "old 0", "old 1", "old 2"]
+    assert {s: "backlog" in flags for s, (flags, _) in spooled.items()} == {
+        "old 0": True, "old 1": True, "old 2": True, "new": False}
+    assert box.register() == {"old 0": 0, "old 1": 0, "old 2": 0, "new": 1}  # no receipt for the backlog
+
+
+def test_the_upgrade_keeps_the_end_of_a_first_import_under_way(tmp_path: Path) -> None:
+    """A registry of the release before, with one folder's first import under way and one done."""
+    from alembic import command
+
+    config = load(str(Gateway(tmp_path).config))
+    registry = Registry.from_config(config)
+    try:
+        alembic = schema._alembic_config()
+        with registry.engine.begin() as conn:
+            alembic.attributes["connection"] = conn
+            command.upgrade(alembic, "0020")
+            conn.execute(text("INSERT INTO imap_folders (account, folder, uidvalidity, last_uid, importing_until, "
+                              "backlog, updated_at) VALUES ('liaison', 'INBOX', 7, 40, 90, 50, '2026-11-23 10:00:00'), "
+                              "('liaison', 'Partners', 8, 12, NULL, 0, '2026-11-23 10:00:00')"))
+        assert registry.upgrade()
+        ledger = ImapLedger(registry)
+        under_way, done = ledger.folder("liaison", "INBOX"), ledger.folder("liaison", "Partners")
+        assert under_way is not None and (under_way.importing_until, under_way.backlog_until) == (90, 90)
+        assert done is not None and done.backlog_until is None and done.seen_since is None
+    finally:
+        registry.engine.dispose()
