@@ -16,7 +16,7 @@ from imapclient.exceptions import IMAPClientError
 from sqlalchemy import text
 
 from conftest import Gateway, make_message
-from dovecot_server import DovecotServer
+from dovecot_server import DovecotServer, dovecot_fixture
 from gateway.adapters import imap as imap_mod
 from gateway.config import Config, load
 from gateway.daemon.pipeline import Pipeline
@@ -28,7 +28,11 @@ from gateway.stages import rulebook
 pytestmark = pytest.mark.timeout(180)
 
 LONG_AGO = datetime.now() - timedelta(days=10)
-SEEN = b"\\Seen"
+SEEN, DELETED = b"\\Seen", b"\\Deleted"
+
+# A server that offers neither MOVE nor UIDPLUS: EXPUNGE is all it has.
+plain_dovecot = dovecot_fixture("plain_dovecot", scope="module", capabilities="IMAP4rev1 LITERAL+ SASL-IR NAMESPACE")
+
 
 class Folder:
     """A fresh Dovecot user, one folder of it watched by a FolderWatcher whose syncs the test runs."""
@@ -238,3 +242,25 @@ def test_the_upgrade_keeps_the_end_of_a_first_import_under_way(tmp_path: Path) -
         assert done is not None and done.backlog_until is None and done.seen_since is None
     finally:
         registry.engine.dispose()
+
+
+def test_without_uidplus_a_message_someone_flagged_deleted_is_not_expunged_unfetched(
+        plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    box = Folder(plain_dovecot, tmp_path, settings="fetch_batch = 1", first_import="unseen", after="move",
+                 move_to="Done")
+    close_registries.append(box)
+    with plain_dovecot.client(box.user) as imap:
+        assert not imap.has_capability("UIDPLUS") and not imap.has_capability("MOVE")
+    plain_dovecot.deliver(box.user, make_message(0, subject="old, read and deleted by a person"),
+                          flags=["\\Seen", "\\Deleted"])
+    plain_dovecot.deliver(box.user, make_message(1, subject="old unread"))
+    box.sync()
+    plain_dovecot.deliver(box.user, make_message(2, subject="new 2"))
+    plain_dovecot.deliver(box.user, make_message(3, subject="new 3, flagged deleted by a person"),
+                          flags=["\\Deleted"])
+    plain_dovecot.deliver(box.user, make_message(4, subject="new 4"))
+    box.sync()
+    assert sorted(box.spooled()) == ["new 2", "new 3, flagged deleted by a person", "new 4", "old unread"]
+    assert sorted(box.on_server("Done")) == sorted(box.spooled())
+    # What the first import left out stays as it was, its \Deleted flag too: its person expunges it.
+    assert box.on_server() == {"old, read and deleted by a person": {SEEN, DELETED}}

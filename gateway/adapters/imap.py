@@ -565,8 +565,21 @@ class FolderWatcher:
         client.add_flags(uids, [b"\\Deleted"], silent=True)
         if client.has_capability("UIDPLUS"):
             client.uid_expunge(uids)
-        else:
-            client.expunge()  # without UIDPLUS, every \\Deleted message in the folder goes
+            return
+        # Without UIDPLUS, EXPUNGE removes every message flagged \\Deleted in the folder, also one a
+        # person flagged that the gateway has not fetched yet (or left out): it would be gone
+        # unregistered. Such messages lose the flag for the moment of the EXPUNGE and get it back
+        # right after. Cut off in between, one stays on the server without its flag: nothing is
+        # lost, and it is fetched as usual if it is in the folder's scope.
+        ours = set(uids)
+        others = [u for u in client.search(["DELETED"]) if u not in ours]
+        if others:
+            client.remove_flags(others, [b"\\Deleted"], silent=True)
+        try:
+            client.expunge()
+        finally:
+            if others:
+                client.add_flags(others, [b"\\Deleted"], silent=True)
 
 
 class ImapIntake:
