@@ -244,6 +244,34 @@ def test_the_upgrade_keeps_the_end_of_a_first_import_under_way(tmp_path: Path) -
         registry.engine.dispose()
 
 
+def test_a_body_longer_than_the_size_the_server_gave_is_oversize(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    box = Folder(dovecot, tmp_path, settings="max_message_bytes = 100000", after="delete")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+
+    def understating(client: IMAPClient) -> None:
+        real = client.fetch
+
+        def fetch(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            for data in out.values():
+                if b"RFC822.SIZE" in data:
+                    data[b"RFC822.SIZE"] = int(data[b"RFC822.SIZE"] * 0.45)  # an estimate, as Exchange gives
+            return out
+        client.fetch = fetch  # type: ignore[method-assign]
+    box.wrap = understating
+    dovecot.deliver(box.user, make_message(1, subject="big one", size=200_000))
+    dovecot.deliver(box.user, make_message(2, subject="small one"))
+    box.sync()
+    spooled = box.spooled()
+    flags, raw = spooled["big one"]
+    assert "oversize" in flags and len(raw) < 2000  # its headers only, never a body cut off
+    assert "oversize" not in spooled["small one"][0]
+    # The original stays on the server (marked \Seen); the small one is deleted as configured.
+    assert box.on_server() == {"big one": {SEEN}}
+
+
 def test_without_uidplus_a_message_someone_flagged_deleted_is_not_expunged_unfetched(
         plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
     box = Folder(plain_dovecot, tmp_path, settings="fetch_batch = 1", first_import="unseen", after="move",

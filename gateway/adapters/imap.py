@@ -395,8 +395,13 @@ class FolderWatcher:
             client, uidvalidity, uids, [b"RFC822.SIZE", f"BODY.PEEK[]<0.{limit + 1}>".encode()], partial, retrying)
         failing.update(failing_bodies)
         sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in found.items()}
-        bodies = {uid: data[partial] for uid, data in found.items() if sizes[uid] <= limit}
-        oversize = [uid for uid in found if sizes[uid] > limit]
+        # RFC822.SIZE is the server's word, and some servers give an estimate: the body is asked for
+        # up to limit + 1 bytes, so one that came back longer than the limit was cut, whatever the
+        # size said. Such a message is oversize too (headers only, its original never deleted).
+        oversize = [uid for uid, data in found.items() if sizes[uid] > limit or len(data[partial]) > limit]
+        for uid in oversize:
+            sizes[uid] = max(sizes[uid], len(found[uid][partial]))
+        bodies = {uid: data[partial] for uid, data in found.items() if uid not in oversize}
         found_heads, failing_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
                                                  _HEADERS, retrying)
         heads = {uid: data[_HEADERS] for uid, data in found_heads.items()}
