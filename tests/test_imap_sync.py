@@ -292,3 +292,39 @@ def test_without_uidplus_a_message_someone_flagged_deleted_is_not_expunged_unfet
     assert sorted(box.on_server("Done")) == sorted(box.spooled())
     # What the first import left out stays as it was, its \Deleted flag too: its person expunges it.
     assert box.on_server() == {"old, read and deleted by a person": {SEEN, DELETED}}
+
+
+def test_a_failing_message_expunged_meanwhile_is_settled_and_an_old_uidvalidity_is_not_counted(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    box = Folder(dovecot, tmp_path, folder="Partners", settings="max_attempts = 5", after="keep")
+    close_registries.append(box)
+    box.append([])
+    box.sync()  # an empty folder: nothing to import
+    box.append([(make_message(n, subject=f"new {n}"), (), None) for n in range(3)])
+    # Dovecot cannot read the middle one: fetching it drops the connection.
+    maildir = dovecot.user_dir(box.user) / "Maildir" / ".Partners"
+    [poison] = [f for f in maildir.glob("*/*") if b"Subject: new 1" in f.read_bytes()]
+    poison.chmod(0)
+    box.sync_until(lambda: box.ledger_rows().get(2, (0, ""))[1] == "failing")  # counted once, not given up
+    uidvalidity = box.folder_row()[0]
+    assert box.ledger.status()[0]["failing"] == 1
+    with dovecot.client(box.user) as imap:  # its person deletes it
+        imap.select_folder("Partners")
+        imap.delete_messages([2])
+        imap.expunge()
+    box.sync()
+    assert box.ledger_rows() == {1: (uidvalidity, "spooled"), 2: (uidvalidity, "gone"), 3: (uidvalidity, "spooled")}
+    assert box.ledger.status()[0]["failing"] == 0
+
+    # A message failing under one UIDVALIDITY is not counted once the folder has another.
+    box.append([(make_message(4, subject="poison again"), (), None)])
+    [poison] = [f for f in maildir.glob("*/*") if b"Subject: poison again" in f.read_bytes()]
+    poison.chmod(0)
+    box.sync_until(lambda: box.ledger_rows().get(4, (0, ""))[1] == "failing")
+    assert box.ledger.status()[0]["failing"] == 1
+    with dovecot.client(box.user) as imap:
+        imap.delete_folder("Partners")
+    box.append([(make_message(5, subject="after the folder was recreated"), (), None)])
+    box.sync()
+    assert box.folder_row()[0] != uidvalidity
+    assert box.ledger.status()[0]["failing"] == 0

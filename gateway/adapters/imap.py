@@ -391,7 +391,7 @@ class FolderWatcher:
         # Size and body in one round trip; the body is cut at the limit, so an oversize
         # message is never downloaded whole (its headers are fetched on their own).
         partial = b"BODY[]<0>"
-        found, failing_bodies = self._fetch(
+        found, failing_bodies, gone = self._fetch(
             client, uidvalidity, uids, [b"RFC822.SIZE", f"BODY.PEEK[]<0.{limit + 1}>".encode()], partial, retrying)
         failing.update(failing_bodies)
         sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in found.items()}
@@ -402,10 +402,11 @@ class FolderWatcher:
         for uid in oversize:
             sizes[uid] = max(sizes[uid], len(found[uid][partial]))
         bodies = {uid: data[partial] for uid, data in found.items() if uid not in oversize}
-        found_heads, failing_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
-                                                 _HEADERS, retrying)
+        found_heads, failing_heads, gone_heads = self._fetch(client, uidvalidity, oversize, [b"BODY.PEEK[HEADER]"],
+                                                             _HEADERS, retrying)
         heads = {uid: data[_HEADERS] for uid, data in found_heads.items()}
         failing.update(failing_heads)
+        gone |= gone_heads
 
         items: list[tuple[int, SpoolItem]] = []
         try:
@@ -447,27 +448,34 @@ class FolderWatcher:
         actions = self._act(client, safe, oversize=set(heads))
         settled = [Settled(uid, "spooled", actions[uid], None, item.id, sizes.get(uid)) for uid, item in items]
         settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]
+        # A message that was failing and is gone from the server now (expunged, moved away) is
+        # settled as gone: otherwise it would be retried, and counted as failing, for ever.
+        settled += [Settled(uid, "gone", "none", reason="no longer on the server")
+                    for uid in sorted(gone) if uid in retrying]
         self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
                            backlog=remaining, failing=failing, importing_until=state.importing_until,
                            backlog_until=state.backlog_until, seen_since=state.seen_since)
         self._suspects.difference_update(safe)
         self._suspects.difference_update(given_up)
+        self._suspects.difference_update(gone)
         if safe or given_up:
             log.info("%s: %d message(s) taken, %d still to do%s", self.name, len(safe), remaining,
                      f", {len(failing)} failing" if failing else "")
 
     def _fetch(self, client: IMAPClient, uidvalidity: int, uids: list[int], what: list[bytes], key: bytes,
-               retrying: dict[int, tuple[int, str]]) -> tuple[dict[int, dict[bytes, Any]], dict[int, tuple[int, str]]]:
-        """Fetch a batch so that one bad message fails alone; returns each UID's data.
+               retrying: dict[int, tuple[int, str]]
+               ) -> tuple[dict[int, dict[bytes, Any]], dict[int, tuple[int, str]], set[int]]:
+        """Fetch a batch so that one bad message fails alone; returns each UID's data, the UIDs
+        that failed (attempts, reason) and those that are gone.
 
         A batch the server refuses is fetched again one message at a time. A
         batch during which the server drops the connection marks its messages
         as suspects, fetched one at a time from then on, so the one that
         drops it is found, counted in the ledger, and in the end given up.
-        A UID that is simply gone (expunged since the search) is in neither result.
+        A UID that is simply gone (expunged since the search) is in the third result only.
         """
         if not uids:
-            return {}, {}
+            return {}, {}, set()
         singles = [u for u in uids if u in self._suspects or u in retrying]
         batch = [u for u in uids if u not in singles]
         got: dict[int, dict[bytes, Any]] = {}
@@ -483,6 +491,7 @@ class FolderWatcher:
                 got = {uid: d for uid, d in data.items() if d.get(key) is not None}
                 singles += [u for u in batch if u not in got]
         failing: dict[int, tuple[int, str]] = {}
+        gone: set[int] = set()
         for uid in sorted(singles):
             attempts = retrying.get(uid, (0, ""))[0] + 1
             try:
@@ -491,7 +500,8 @@ class FolderWatcher:
                     got[uid] = one
                     continue
                 if uid not in client.search(["UID", str(uid)]):
-                    continue  # expunged meanwhile
+                    gone.add(uid)  # expunged meanwhile
+                    continue
                 reason = "the server returned no content"
             except IMAPClientAbortError as exc:
                 reason = f"the server dropped the connection fetching it: {_text(exc)}"
@@ -504,7 +514,7 @@ class FolderWatcher:
             log.warning("%s: UID %d could not be fetched (attempt %d of %d): %s", self.name, uid, attempts,
                         self.config.model.imap.max_attempts, reason)
             failing[uid] = (attempts, reason)
-        return got, failing
+        return got, failing, gone
 
     def _spool_item(self, uidvalidity: int, uid: int, raw: bytes, flags: list[str], size: int) -> SpoolItem:
         source_key = f"imap:{self.account.name}:{self.folder}:{uidvalidity}:{uid}"

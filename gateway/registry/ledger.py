@@ -138,8 +138,12 @@ class ImapLedger:
 
     def status(self) -> list[dict[str, Any]]:
         with self.registry.read() as conn:
+            # Only the folder's present UIDVALIDITY counts: the UIDs of an earlier one mean nothing now.
             unfetchable = dict(conn.execute(
                 select(ImapMessage.account + "/" + ImapMessage.folder, func.count())
+                .join(ImapFolder, (ImapFolder.account == ImapMessage.account)
+                      & (ImapFolder.folder == ImapMessage.folder)
+                      & (ImapFolder.uidvalidity == ImapMessage.uidvalidity))
                 .where(ImapMessage.outcome.in_(["unfetchable", "failing"]))
                 .group_by(ImapMessage.account, ImapMessage.folder)).all())
             rows = conn.execute(select(ImapFolder.__table__).order_by(ImapFolder.account, ImapFolder.folder))
