@@ -248,3 +248,29 @@ def test_a_path_that_is_no_export_is_refused_with_a_clear_error(gateway: Gateway
         proc = gateway.run("import", str(path), check=False)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert not os.path.exists(gateway.state / "spool" / "new") or spool_left(gateway) == []
+
+
+def test_file_names_that_are_not_utf8_are_imported_and_known_again(gateway: Gateway, tmp_path: Path,
+                                                                    engines: list[Engine]) -> None:
+    """An old system's export written under GBK: the names come from the filesystem as bytes that are
+    not UTF-8. Each message is keyed by its name made readable as the spool writes it, so a second run
+    finds what the first registered, and what it quarantined, by that key."""
+    folder = tmp_path / "eml"
+    folder.mkdir()
+    (folder / "plain.eml").write_bytes(message(1))
+    gbk = os.fsencode(folder)
+    with open(os.path.join(gbk, "合同.eml".encode("gbk")), "wb") as fh:
+        fh.write(message(2))
+    with open(os.path.join(gbk, "空白.eml".encode("gbk")), "wb"):
+        pass  # an empty message: quarantined
+    first = gateway.run("import", str(folder), "--json", check=False)
+    summary = summary_of(first)
+    assert (summary["registered"], summary["quarantined"], summary["refused"]) == (2, 1, 0), summary
+    engine = engine_of(engines, gateway)
+    with engine.connect() as conn:
+        keys = set(conn.execute(text("SELECT key FROM intake_keys WHERE key LIKE 'import:%'")).scalars())
+    readable = "合同.eml".encode("gbk").decode("utf-8", "backslashreplace")  # "\\xba\\xcf" and a stray "ͬ"
+    assert keys == {f"import:{folder}/plain.eml", f"import:{folder}/{readable}"}
+    again = summary_of(gateway.run("import", str(folder), "--json", check=False))
+    assert (again["registered"], again["already_registered"], again["quarantined_before"]) == (0, 2, 1), again
+    assert letter_count(engine) == 2

@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from gateway.registry.models import IntakeKey, Letter
-from gateway.spool import Spool, SpoolError, SpoolItem
+from gateway.spool import Spool, SpoolError, SpoolItem, readable_text
 from gateway.stages.route import IMPORTED, QUIET
 
 if TYPE_CHECKING:
@@ -85,10 +85,14 @@ class Source:
         raise NotImplementedError
 
     def key(self, locator: str) -> str:
-        """The intake key of a message: the source's path and the message's place in it."""
+        """The intake key of a message: the source's path and the message's place in it.
+
+        A name that is not UTF-8 is made readable as the spool makes it in the item's metadata
+        (b"\\xba\\xcf.eml" is the text "\\xba\\xcf.eml"): the registry stores that key, and
+        the lookup before spooling must find it."""
         key = f"{INTAKE}:{self.path}{locator if locator.startswith('#') else '/' + locator}"
-        if len(key) <= _KEY_LIMIT:
-            return key
+        if len(readable_text(key)) <= _KEY_LIMIT:
+            return readable_text(key)
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         return f"{INTAKE}:sha256:{digest}"
 
@@ -314,7 +318,9 @@ class Summary:
                 "already_registered": self.already, "answers": self.answers,
                 "quarantined": len(self.quarantined), "quarantined_before": self.quarantined_before,
                 "refused": len(self.refused), "waiting": self.waiting,
-                "quarantine_reasons": self.quarantined, "refusal_reasons": self.refused,
+                # JSON is UTF-8: a name that is not is given as its key gives it (Source.key).
+                "quarantine_reasons": {readable_text(k): v for k, v in self.quarantined.items()},
+                "refusal_reasons": {readable_text(k): v for k, v in self.refused.items()},
                 "interrupted": self.interrupted, "registry_unavailable": self.unavailable}
 
 

@@ -68,16 +68,22 @@ class SpoolError(Exception):
         return self.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def readable_text(text: str) -> str:
+    """`text` made readable if it is not Unicode: a file name the filesystem holds as bytes that
+    are not UTF-8 (b"fax\\xff.tif") comes from os as lone surrogates, which neither UTF-8 nor the
+    registry can store; it is kept as the text "fax\\xff.tif". What an intake looks up by such a
+    name must be made readable the same way, to match what the spool wrote."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def _readable(value: Any) -> Any:
-    """`value` with every text that is not Unicode made readable: a file name the filesystem
-    holds as bytes that are not UTF-8 (b"fax\\xff.tif") comes from os as lone surrogates, which
-    neither UTF-8 nor the registry can store; it is kept as the text "fax\\xff.tif"."""
+    """`value` with every text that is not Unicode made readable (readable_text)."""
     if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        return value
+        return readable_text(value)
     if isinstance(value, dict):
         return {_readable(k): _readable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
