@@ -4,6 +4,7 @@ register, what is refused (each fault naming its field), and no receipt without 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -258,6 +259,32 @@ def test_a_refused_form_corrected_and_sent_twice_with_its_kept_scans_is_one_lett
     other = hidden(client.get("/paper").text, "token")
     lost = client.post("/paper", data=corrected | {"token": other}, files={"scans": ("", b"", "")})
     assert lost.status_code == 400 and "add the scans of the letter" in lost.text
+
+
+def test_a_file_sent_again_for_a_refused_one_takes_its_place(site: Site) -> None:
+    """Pages 1 to 3, page 1's file cut short: refused by name, pages 2 and 3 kept. Page 1 scanned
+    again and sent with them: the letter's files are pages 1, 2 and 3, in that order."""
+    client = site.sign_in("rita")
+    token = hidden(client.get("/paper").text, "token")
+    pages = [pdf_fax([[f"PAGE {n}"]]) for n in (1, 2, 3)]
+    data = {"csrf": client.csrf, "token": token, "sender_name": "A", "channel": "post"}
+    refused = client.post("/paper", data=data, files=[
+        ("scans", ("page1.pdf", pages[0][:len(pages[0]) // 2], "application/pdf")),
+        ("scans", ("page2.pdf", pages[1], "application/pdf")), ("scans", ("page3.pdf", pages[2], "application/pdf"))])
+    assert refused.status_code == 400 and "page1.pdf" in refused.text
+    kept = re.findall(r'name="kept" value="([^"]*)"', refused.text)
+    assert [name.partition("-")[2] for name in kept] == ["page2.pdf", "page3.pdf"]
+    done = client.post("/paper", data=data | {"kept": kept}, files=[("scans", ("page1.pdf", pages[0],
+                                                                               "application/pdf"))])
+    found = re.search(r"registered=([^&]+)", done.headers.get("location", ""))
+    assert found, done.text[-500:]
+    letter = site.registry.letter(found.group(1))
+    assert letter is not None
+    with site.registry.read() as conn:
+        files = conn.exec_driver_sql("SELECT original_filename, sha256 FROM attachments WHERE letter_id = ? "
+                                     "ORDER BY position", (letter.id,)).all()
+    assert [name for name, _ in files] == ["page1.pdf", "page2.pdf", "page3.pdf"]
+    assert [sha for _, sha in files] == [hashlib.sha256(page).hexdigest() for page in pages]
 
 # -- the service ------------------------------------------------------------------------------
 def test_a_jpeg_and_a_png_scan_are_one_page_documents(tmp_path: Path) -> None:

@@ -73,8 +73,16 @@ def register(req: Req) -> Response:
         if number:
             return RedirectResponse("/paper?" + urlencode({"registered": number, "result": "known"}),
                                     status_code=303)
-    scans = [Scan(name.partition("-")[2], (staged / name).read_bytes()) for name in kept]
-    scans += [Scan(str(upload.filename), upload.file.read()) for upload in uploads]
+    placed = [(_position(name), Scan(name.partition("-")[2], (staged / name).read_bytes())) for name in kept]
+    # The files make one letter in the order given: a file sent again for a refused one goes back
+    # where that one was, into the places no scan kept on the server holds (checked or not), in
+    # order; further files follow the last.
+    held = {_position(p.name) for p in staged.iterdir()} if staged.is_dir() else set()
+    end = max(held, default=-1) + 1
+    free = iter([n for n in range(end) if n not in held] + list(range(end, end + len(uploads))))
+    placed += [(next(free), Scan(str(upload.filename), upload.file.read())) for upload in uploads]
+    placed.sort(key=lambda pair: pair[0])
+    scans = [scan for _, scan in placed]
     errors: list[FieldError] = []
     received_at = None
     if values["received_at"]:
@@ -96,11 +104,11 @@ def register(req: Req) -> Response:
         done = register_paper(config, spool, Pipeline(config, spool, req.web.registry), letter, by=req.who.login,
                               intake="web", form_token=token)
     except PaperRefused as refused:
-        return _page(req, values, _by_field(refused.errors), token, _stage(staged, scans, refused.errors), 400)
+        return _page(req, values, _by_field(refused.errors), token, _stage(staged, placed, refused.errors), 400)
     except SpoolError as exc:
         message = _("The spool cannot take the letter now (%(reason)s). Nothing was registered; try again.") \
             % {"reason": str(exc)}
-        return _page(req, values, {"": [message]}, token, _stage(staged, scans, []), 503)
+        return _page(req, values, {"": [message]}, token, _stage(staged, placed, []), 503)
     shutil.rmtree(staged, ignore_errors=True)
     if done.number:
         return RedirectResponse("/paper?" + urlencode({"registered": done.number, "result": done.result}),
@@ -152,15 +160,22 @@ def _staging(req: Req, token: str) -> Path:
     return root / token
 
 
-def _stage(staged: Path, scans: list[Scan], errors: list[FieldError]) -> list[str]:
-    """Keep a refused form's scans (the readable ones) until it is sent again; their names."""
+def _position(name: str) -> int:
+    """A kept scan's place among the form's files: its name's "NN-" (_stage)."""
+    head = name.partition("-")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _stage(staged: Path, scans: list[tuple[int, Scan]], errors: list[FieldError]) -> list[str]:
+    """Keep a refused form's scans (the readable ones), each with its place among the files, until
+    it is sent again; their names. A refused file leaves its place free for the one sent again."""
     if any(e.field == "scans" for e in errors):
         bad = {str(e) for e in errors if e.field == "scans"}
-        scans = [s for s in scans if not any(m.startswith(f"{s.name}:") for m in bad)]
+        scans = [(n, s) for n, s in scans if not any(m.startswith(f"{s.name}:") for m in bad)]
     shutil.rmtree(staged, ignore_errors=True)
     staged.mkdir(parents=True, exist_ok=True)
     names = []
-    for n, scan in enumerate(scans):
+    for n, scan in scans:
         name = safe_filename(f"{n:02d}-{scan.name}")
         (staged / name).write_bytes(scan.data)
         names.append(name)
