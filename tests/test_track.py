@@ -1,7 +1,7 @@
 """Tracking: working days across weekends, holidays and make-up days; deadlines; the lifecycle."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 import pytest
@@ -345,6 +345,41 @@ def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path
     assert by_mail["department"] == by_cli["department"] == "business"
     assert by_mail["status"] == by_cli["status"] == "routed"
     assert by_cli["deadline"] is not None and by_mail["deadline"] == by_cli["deadline"]
+    # And it is the right moment: the end of its day in the organisation's zone, stored as UTC
+    # (not that local wall time read back as UTC, eight hours late).
+    from gateway import config as config_mod
+
+    config = config_mod.load(gateway.config)
+    days = config.model.deadlines.answer_within(by_cli["category"], by_cli["urgency"])  # type: ignore[arg-type]
+    expected = config.calendar.deadline(datetime.fromisoformat(str(by_cli["received_at"])), days)
+    for letter in (by_cli, by_mail):
+        deadline = datetime.fromisoformat(str(letter["deadline"]))
+        assert deadline == expected and deadline.astimezone(CAL.tz).time() == time(23, 59, 59)
+
+
+def test_a_letter_awaiting_its_sender_keeps_no_deadline_when_moved(tmp_path: Path) -> None:
+    """Moved to another department while it waits for its sender's materials, by the command line
+    or by mail, the letter still waits with no deadline: no reminders, nothing overdue."""
+    from datetime import timedelta
+
+    gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n, to="sales@example.org") for n in (1, 2))))
+    by = (datetime.now(CAL.tz).date() + timedelta(days=60)).isoformat()
+    for number in ("2026-000001", "2026-000002"):
+        gateway.run("letters", "incomplete", number, "--missing", "The signed contract", "--by", by)
+    gateway.run("letters", "reassign", "2026-000001", "general-office", "--reason", "theirs")
+    reply = tmp_path / "reply.eml"
+    reply.write_bytes(authenticated(make_message(
+        3, subject="Re: [2026-000002] Order", sender="sales.desk@example.org",
+        to=reply_address(gateway, "2026-000002", "sales.desk@example.org"), body="reassign general-office\n")))
+    gateway.run("ingest", str(reply))
+    later = (datetime.now(CAL.tz) + timedelta(days=30)).strftime("%Y-%m-%d %H:%M")
+    for number in ("2026-000001", "2026-000002"):
+        letter = gateway.show_json(number)
+        assert (letter["department"], letter["status"], letter["deadline"]) == (
+            "general-office", "awaiting-sender", None), number
+    assert gateway.run("reminders", "run", "--now", later, "--dry-run").stdout.strip() == "nothing due"
+    assert gateway.list_json("--overdue", "--as-of", later[:10]) == []
 
 
 @pytest.mark.parametrize("quoted", [

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from gateway.registry import lifecycle
 from gateway.registry.archive import archived_when_ended
@@ -30,7 +30,8 @@ class Decisions(Store):
 
         Recorded as a `reassigned` event with `by_person`, which the accuracy rate counts; the new
         department's owners are notified in the same transaction. `deadline` is used only when the
-        letter has none yet (a fax moved before its text was read)."""
+        letter has none yet (a fax moved before its text was read), and never while the letter
+        waits for its sender (its deadline is paused until the materials arrive)."""
         with self.write() as conn:
             row = self._locked(conn, number)
             lifecycle.unmoved(number, row.department, row.owner, seen)
@@ -46,10 +47,14 @@ class Decisions(Store):
               notify: list[NewMail], deadline: datetime | None, by_mail: bool, now: datetime) -> None:
         refuse_past_reply(conn, row.id, row.number, "reassign")
         status = "routed" if row.status in ("registered", "needs-triage") else row.status
+        # Decided here from the locked row, not by COALESCE in SQL: a bare bound datetime skips the
+        # column's UTC conversion on SQLite. A letter awaiting its sender has no deadline on
+        # purpose (paused, its remaining days kept with the request): moving it must not start one.
+        keep = row.deadline is not None or row.status == "awaiting-sender"
         # The new department's owners own it now (a rule's owner belonged to the old one).
         conn.execute(update(Letter).where(Letter.id == row.id).values(
             department=department, status=status, updated_at=now, owner=None,
-            deadline=func.coalesce(Letter.deadline, deadline),
+            deadline=row.deadline if keep else deadline,
             flags=[f for f in row.flags if f != "needs-triage"]))
         conn.execute(insert(Event), [self.event_row(row.id, now, actor, "reassigned", department,
                                                     {"reason": reason, "by_person": True,
@@ -99,7 +104,8 @@ class Decisions(Store):
     @staticmethod
     def _locked(conn: Connection, number: str) -> Any:
         row = conn.execute(select(Letter.id, Letter.number, Letter.status, Letter.department, Letter.owner,
-                                  Letter.flags).where(Letter.number == number).with_for_update()).first()
+                                  Letter.flags, Letter.deadline)
+                           .where(Letter.number == number).with_for_update()).first()
         if row is None:
             raise LookupError(f"no letter {number}")
         return row
