@@ -1,8 +1,9 @@
 """Tracking: working days across weekends, holidays and make-up days; deadlines; the lifecycle."""
 from __future__ import annotations
 
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,7 +125,6 @@ def test_overdue_lists_open_letters_past_their_deadline(tmp_path: Path) -> None:
 
 def test_reminders_before_and_at_the_deadline_then_escalation_under_a_controlled_clock(tmp_path: Path) -> None:
     import json
-    from datetime import timedelta
 
     gateway = Gateway(tmp_path, rules="rules:\n  - name: all\n    when: {channel: email}\n"
                                       "    set: {department: business, deadline_days: 2}\n", extra="""
@@ -170,6 +170,169 @@ escalate_after = 3
     assert mails == [("reminder", "sales.desk@example.org")] * 3 + [("escalation", "business.head@example.org"),
                                                                    ("reminder", "sales.desk@example.org")]
     assert json.loads(gateway.run("status", "--json").stdout)["outbox"]["pending"] >= 5
+
+
+ALL_TO_BUSINESS = ("rules:\n  - name: all\n    when: {channel: email}\n"
+                   "    set: {department: business, deadline_days: 2}\n")
+
+
+def registry_of(gateway: Gateway) -> tuple[Any, Any]:
+    from gateway.config import load
+    from gateway.registry import Registry
+
+    config = load(gateway.config)
+    return config, Registry.from_config(config)
+
+
+def moved_back(gateway: Gateway, number: str, days: int) -> None:
+    """The letter arrived `days` earlier than it did (its events stay as they were)."""
+    import sqlite3
+
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute(f"UPDATE letters SET received_at = datetime(received_at, '-{days} days'), "
+                   f"created_at = datetime(created_at, '-{days} days'), deadline = datetime(deadline, '-{days} days') "
+                   "WHERE number = ?", (number,))
+
+
+def test_a_reopened_letter_is_reminded_before_and_after_its_new_deadline_and_escalated_again(tmp_path: Path) -> None:
+    """Reminders belong to a deadline: once a dissatisfied sender reopens the letter with a new
+    one, its department is reminded before it, at it, and its head told again when it passes."""
+    from datetime import time as clock
+
+    from gateway.registry.outward import OutwardRecords
+    from gateway.services.letters import LetterSteps
+    from gateway.track import reminders
+
+    gateway = Gateway(tmp_path, rules=ALL_TO_BUSINESS, extra="""
+[reminders]
+before_working_days = 1
+repeat_working_days = 1
+escalate_after = 2
+""")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    moved_back(gateway, "2026-000001", 21)
+    config, registry = registry_of(gateway)
+    cal, number = config.calendar, "2026-000001"
+    steps = LetterSteps(config, registry)
+    steps.step(number, "ack", actor="desk")
+
+    def run(day: date) -> list[str]:
+        return [r.kind for r in reminders.run(config, registry, datetime.combine(day, clock(9), cal.tz))]
+
+    def working_day_before(day: date) -> date:
+        day -= timedelta(days=1)
+        while not cal.is_working_day(day):
+            day -= timedelta(days=1)
+        return day
+
+    first = registry.letter(number).deadline.astimezone(cal.tz).date()
+    assert run(working_day_before(first)) == ["before"]
+    assert run(cal.add_working_days(first, 1)) == ["overdue", "escalation"]
+    steps.step(number, "close", actor="desk", text="done")
+    _, reopened = OutwardRecords(registry).rate(
+        number, "<result@example.org>", score=1, comment="not answered", via="web", actor="sender",
+        address="127.0.0.1", reopen_at_most=2, resume=lambda _days, now: cal.deadline(now, 5), notify=[])
+    assert reopened
+    renewed = registry.letter(number).deadline
+    second = renewed.astimezone(cal.tz).date()
+    assert run(working_day_before(second)) == ["before"]
+    assert run(cal.add_working_days(second, 1)) == ["overdue", "escalation"]
+    recorded = [(e.action, e.details["kind"], e.details["deadline"]) for e in registry.letter(number).events
+                if e.action in ("reminded", "escalated")]
+    assert recorded[-3:] == [("reminded", "before", renewed.isoformat()), ("reminded", "overdue", renewed.isoformat()),
+                             ("escalated", "escalation", renewed.isoformat())]
+    registry.close()
+
+
+def test_reminders_recorded_without_their_deadline_count_until_the_letter_has_a_new_one() -> None:
+    from gateway.registry.reminders import OpenLetter, Sent
+
+    at = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+    deadline = datetime(2026, 11, 23, 15, 59, 59, tzinfo=timezone.utc)
+    letter = OpenLetter(1, "2026-000001", "in-progress", "business", None, at, deadline)
+    assert Sent("before", at).of(letter)
+    assert Sent("before", at, deadline).of(letter)
+    assert not Sent("before", at, deadline - timedelta(days=7)).of(letter)
+    reopened = OpenLetter(1, "2026-000001", "in-progress", "business", None, at, deadline,
+                          renewed_at=at + timedelta(days=1))
+    assert not Sent("before", at).of(reopened) and Sent("before", at + timedelta(days=2)).of(reopened)
+
+
+def test_an_overdue_reminder_not_sent_is_neither_reported_nor_counted_towards_the_escalation(
+        tmp_path: Path) -> None:
+    """Passes just before and just after midnight: the second sends nothing, says nothing, and
+    does not escalate after a single reminder."""
+    gateway = Gateway(tmp_path, rules=ALL_TO_BUSINESS, extra="""
+[reminders]
+before_working_days = 0
+repeat_working_days = 1
+escalate_after = 2
+""")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    gateway.run("letters", "ack", "2026-000001")
+    cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [], [])
+    due = datetime.fromisoformat(str(gateway.show_json("2026-000001")["deadline"])).astimezone(cal.tz).date()
+    first, second = cal.add_working_days(due, 1), cal.add_working_days(due, 2)
+
+    def run(moment: str) -> str:
+        return gateway.run("reminders", "run", "--now", moment).stdout.strip()
+
+    assert run(f"{first} 23:50") == "2026-000001: reminder (overdue) to sales.desk@example.org"
+    assert run(f"{second} 00:10") == "nothing due"
+    assert run(f"{second} 09:00") == "nothing due"
+    assert run(f"{second} 12:00") == ("2026-000001: reminder (overdue) to sales.desk@example.org\n"
+                                      "2026-000001: escalation to business.head@example.org")
+    detail = gateway.show_json("2026-000001")
+    sent = [(e["details"]["kind"], e["details"]["count"]) for e in detail["events"]  # type: ignore[index]
+            if e["action"] in ("reminded", "escalated")]
+    assert sent == [("overdue", 1), ("overdue", 2), ("escalation", 2)]
+    assert [m["kind"] for m in detail["outbox"] if m["kind"] in ("reminder", "escalation")] == [  # type: ignore[index]
+        "reminder", "reminder", "escalation"]
+
+
+def test_two_passes_at_once_send_each_reminder_once_and_report_only_what_they_sent(tmp_path: Path) -> None:
+    from gateway.track import reminders
+
+    gateway = Gateway(tmp_path, rules=ALL_TO_BUSINESS, extra="""
+[reminders]
+before_working_days = 0
+repeat_working_days = 1
+escalate_after = 1
+""")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    gateway.run("letters", "ack", "2026-000001")
+    config, registry = registry_of(gateway)
+    later = registry.letter("2026-000001").deadline + timedelta(days=3)
+    seen = reminders.due(config, registry, later)  # one pass has decided...
+    assert [r.kind for r in seen] == ["overdue", "escalation"]
+    assert [r.kind for r in reminders.run(config, registry, later)] == ["overdue", "escalation"]  # ...another sent
+    assert [reminders.send(config, registry, r, later) for r in seen] == [None, None]
+    events = [e.details["kind"] for e in registry.letter("2026-000001").events if e.action in ("reminded", "escalated")]
+    assert events == ["overdue", "escalation"]
+    registry.close()
+
+
+def test_a_letter_routed_by_hand_out_of_triage_is_unacknowledged_only_a_day_after_it_reached_its_department(
+        tmp_path: Path) -> None:
+    from gateway.track import reminders
+
+    gateway = Gateway(tmp_path, rules="rules: []\n")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    moved_back(gateway, "2026-000001", 3)  # it waited in triage for three days
+    config, registry = registry_of(gateway)
+    assert registry.letter("2026-000001").status == "needs-triage"
+    gateway.run("letters", "reassign", "2026-000001", "business", "--reason", "triaged")
+    now = datetime.now(timezone.utc)
+
+    def unacknowledged(moment: datetime) -> list[list[str]]:
+        return [[m.recipient for m in r.mail] for r in reminders.run(config, registry, moment)
+                if r.kind == "unacknowledged"]
+
+    assert unacknowledged(now + timedelta(minutes=1)) == []
+    ack_deadline = config.calendar.deadline(now, config.model.deadlines.acknowledge_days)
+    assert unacknowledged(ack_deadline + timedelta(minutes=1)) == [["sales.desk@example.org"]]
+    assert unacknowledged(ack_deadline + timedelta(minutes=2)) == []  # once for this department
+    registry.close()
 
 
 # Answers by mail count only when authenticated: here by an Authentication-Results header from
@@ -360,8 +523,6 @@ def test_a_fax_reassigned_by_mail_gets_its_deadline_as_by_the_cli(tmp_path: Path
 def test_a_letter_awaiting_its_sender_keeps_no_deadline_when_moved(tmp_path: Path) -> None:
     """Moved to another department while it waits for its sender's materials, by the command line
     or by mail, the letter still waits with no deadline: no reminders, nothing overdue."""
-    from datetime import timedelta
-
     gateway = Gateway(tmp_path, extra=TRUSTED_MTA)
     gateway.run("ingest", *write_messages(tmp_path, (make_message(n, to="sales@example.org") for n in (1, 2))))
     by = (datetime.now(CAL.tz).date() + timedelta(days=60)).isoformat()

@@ -5,7 +5,8 @@ reminders already recorded as its events, what is due now:
 
 - `unacknowledged`: still only routed after `[deadlines] acknowledge_days`;
 - `before`: the deadline is `before_working_days` working days away or less;
-- `overdue`: the deadline has passed; repeated every `repeat_working_days`;
+- `overdue`: the deadline has passed; repeated every `repeat_working_days`
+  (at least 12 hours apart);
 - `escalation`: to the department head, once, after `escalate_after` reminders
   when the letter is overdue;
 - `awaiting-sender`: once, when the day a sender was given for missing materials
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.config import Config
 from gateway.stages.route import NewMail, new_mail
 from gateway.registry import Registry
 from gateway.registry.leases import JobStopped
 from gateway.registry.outward import OutwardRecords
-from gateway.registry.reminders import OpenLetter
+from gateway.registry.reminders import OpenLetter, Sent
 
 
 @dataclass
@@ -38,7 +39,12 @@ class Reminder:
     letter: OpenLetter
     kind: str  # unacknowledged | before | overdue | escalation | awaiting-sender
     mail: list[NewMail]
-    count: int  # reminders for this letter including this one
+    count: int  # reminders of this deadline including this one
+
+
+# Overdue reminders repeat every `repeat_working_days`, counted by the day, and never closer than
+# this: a pass just before midnight and one just after would otherwise both remind.
+MIN_OVERDUE_INTERVAL = timedelta(hours=12)
 
 
 def _reminder(config: Config, letter: OpenLetter, kind: str, to: list[str], count: int) -> Reminder:
@@ -46,38 +52,67 @@ def _reminder(config: Config, letter: OpenLetter, kind: str, to: list[str], coun
                                             reminder=kind, count=count) for r in to], count)
 
 
-def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
+def due_for(config: Config, letter: OpenLetter, sent: list[Sent], now: datetime) -> list[Reminder]:
+    """What is due now for one open letter, from the reminders already recorded for it. The pass
+    decides with it, and the registry decides again with it under the letter's lock."""
     settings = config.model.reminders
     calendar = config.calendar
+    department = config.departments.get(letter.department or "")
+    if department is None or letter.deadline is None:
+        return []
+    owners = [letter.owner] if letter.owner else list(department.owners)
+    # Reminders of the deadline in force: a reopened or resumed letter has a new one, reminded
+    # before and at it and escalated again. Not the one about a sender's missing materials.
+    current = [s for s in sent if s.kind != "awaiting-sender" and s.of(letter)]
+    kinds = {s.kind for s in current}
+    reminders = sum(1 for s in current if s.kind != "escalation")
     out: list[Reminder] = []
-    for letter, sent in registry.reminder_state():
-        department = config.departments.get(letter.department or "")
-        if department is None or letter.deadline is None:
-            continue
-        owners = [letter.owner] if letter.owner else list(department.owners)
-        kinds = [s["kind"] for s in sent]
-        # Reminders of this deadline; not the one about a sender's missing materials.
-        reminders = sum(1 for k in kinds if k not in ("escalation", "awaiting-sender"))
 
-        # Counted from when the department could first know of it: an old letter imported with
-        # `gateway import --notify` is not unacknowledged the moment it is registered.
-        ack_from = max(letter.received_at, letter.registered_at or letter.received_at)
-        ack_deadline = calendar.deadline(ack_from, config.model.deadlines.acknowledge_days)
-        if letter.status == "routed" and now > ack_deadline and "unacknowledged" not in kinds:
+    # Counted from when the department could first know of it: an old letter imported with
+    # `gateway import --notify` is not unacknowledged the moment it is registered, nor is one
+    # routed by hand out of triage days after it arrived; each department it reaches is reminded once.
+    ack_from = max(letter.received_at, letter.registered_at or letter.received_at,
+                   letter.arrived_at or letter.received_at)
+    ack_deadline = calendar.deadline(ack_from, config.model.deadlines.acknowledge_days)
+    unacknowledged = any(s.kind == "unacknowledged" and (letter.arrived_at is None or s.at >= letter.arrived_at)
+                         for s in sent)
+    if letter.status == "routed" and now > ack_deadline and not unacknowledged:
+        reminders += 1
+        out.append(_reminder(config, letter, "unacknowledged", owners, reminders))
+    if now > letter.deadline:
+        last = max((s.at for s in current if s.kind == "overdue"), default=None)
+        if last is None or (calendar.working_days_between(last, now) >= settings.repeat_working_days
+                            and now - last >= MIN_OVERDUE_INTERVAL):
             reminders += 1
-            out.append(_reminder(config, letter, "unacknowledged", owners, reminders))
-        if now > letter.deadline:
-            overdue = [s["at"] for s in sent if s["kind"] == "overdue"]
-            if not overdue or calendar.working_days_between(max(overdue), now) >= settings.repeat_working_days:
-                reminders += 1
-                out.append(_reminder(config, letter, "overdue", owners, reminders))
-            if reminders >= settings.escalate_after and "escalation" not in kinds:
-                out.append(_reminder(config, letter, "escalation", [department.head], reminders))
-        elif ("before" not in kinds and settings.before_working_days > 0
-              and calendar.working_days_between(now, letter.deadline) <= settings.before_working_days):
-            reminders += 1
-            out.append(_reminder(config, letter, "before", owners, reminders))
+            out.append(_reminder(config, letter, "overdue", owners, reminders))
+        if reminders >= settings.escalate_after and "escalation" not in kinds:
+            out.append(_reminder(config, letter, "escalation", [department.head], reminders))
+    elif ("before" not in kinds and settings.before_working_days > 0
+          and calendar.working_days_between(now, letter.deadline) <= settings.before_working_days):
+        reminders += 1
+        out.append(_reminder(config, letter, "before", owners, reminders))
     return out
+
+
+def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
+    return [r for letter, sent in registry.reminder_state() for r in due_for(config, letter, sent, now)]
+
+
+def send(config: Config, registry: Registry, reminder: Reminder, now: datetime) -> Reminder | None:
+    """Queue and record one reminder the pass found due, if it still is under the letter's lock
+    (decided again there: another pass may have sent it, or a step changed the letter). Returns
+    what was recorded (its count as it stands then), or None. An escalation is decided after the
+    reminders before it in the same pass were recorded or not, so it follows only real ones."""
+    made: list[Reminder] = []
+
+    def decide(letter: OpenLetter, sent: list[Sent]) -> tuple[list[NewMail], int] | None:
+        for found in due_for(config, letter, sent, now):
+            if found.kind == reminder.kind:
+                made.append(found)
+                return found.mail, found.count
+        return None
+
+    return made[-1] if registry.remind(reminder.letter.id, reminder.kind, now, decide) else None
 
 
 def expired_requests(config: Config, registry: Registry, now: datetime, *, dry_run: bool = False) -> list[Reminder]:
@@ -109,9 +144,13 @@ def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = Fa
 
     reminders = due(config, registry, now)
     if not dry_run:
+        # Only what was really queued is reported (and counted towards an escalation).
+        recorded = []
         for reminder in reminders:
             stop_here()
-            registry.remind(reminder.letter.id, reminder.kind, reminder.mail, reminder.count, now)
+            if (done := send(config, registry, reminder, now)) is not None:
+                recorded.append(done)
+        reminders = recorded
     from gateway.track import circulation
 
     # Readers late to sign a circulation; borrowings of archived letters whose period is over.
