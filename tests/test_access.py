@@ -291,6 +291,46 @@ def test_the_queues_of_a_member_a_head_an_owner_and_the_registry_office(world: W
             assert count == access.queue(who, QueueQuery(queue=name)).total, (login, name)
 
 
+def test_the_overdue_queue_lists_what_the_dashboard_counts_as_overdue(tmp_path: Path) -> None:
+    """A department's member chases their department's letters, those assigned to them and those
+    granted to them, whatever department holds them: the dashboard's overdue figure counts those,
+    and its link, the overdue queue (and its number in the sidebar), lists the same letters."""
+    import sqlite3
+
+    from conftest import make_message, write_messages
+    from gateway.services.dashboard import compute
+
+    gateway = Gateway(tmp_path)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n, to="sales@example.org") for n in range(4))))
+    gateway.run("users", "add", "pat", "--email", "pat@example.org", "--role", "member", "--department", B,
+                "--no-password")
+    gateway.run("users", "grant", "pat", "--letter", "2026-000003", "--reason", "to help")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET deadline = datetime('now', '-2 days')")  # all four overdue
+        # 2: with general-office, assigned to pat; 3: with general-office, granted to pat;
+        # 4: passed on to general-office by business, nothing to do with pat any more.
+        db.execute(f"UPDATE letters SET department = '{A}' WHERE number IN ('2026-000002', '2026-000003', "
+                   "'2026-000004')")
+        db.execute("UPDATE letters SET owner = 'pat@example.org' WHERE number = '2026-000002'")
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        access = Access(config, registry)
+        pat = People(config, registry).principal("pat")
+        assert pat is not None
+        board = compute(config, registry, access, pat)
+        page = access.queue(pat, QueueQuery(queue="overdue"))
+        assert sorted(letter.number for letter in page.rows) == ["2026-000001", "2026-000002", "2026-000003"]
+        assert board.overdue_total.count == page.total == access.counts(pat)["overdue"] == 3
+        assert board.overdue_total.url == "/letters?queue=overdue" and board.overdue_total.exact
+        # Each department's figure opens that department's part of the same queue.
+        for row in board.departments:
+            listed = access.queue(pat, QueueQuery(queue="overdue", department=row.id))
+            assert listed.total == row.overdue.count, row.id
+    finally:
+        registry.close()
+
+
 # -- audit of reads ---------------------------------------------------------
 def rows_for(world: World, *, actor: str, action: str, number: str) -> list[str]:
     return [r.address for r in world.access.audit(world.who("auditor"), actor=actor, action=action, letter=number)]

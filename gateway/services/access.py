@@ -488,11 +488,8 @@ class Access:
         if query.queue == "triage":
             return replace(f, statuses=("needs-triage",))
         if query.queue == "overdue":
-            f = replace(f, overdue_at=datetime.now(timezone.utc))
-            # A department's people chase their department's letters, not those it passed on.
-            if who.departments and not query.department and not self.scope(who).everything:
-                f = replace(f, departments=tuple(sorted(who.departments)))
-            return f
+            # Within the person's work scope (see _scope_for), as the dashboard counts it.
+            return replace(f, overdue_at=datetime.now(timezone.utc))
         return f
 
     def queue(self, who: Principal, query: QueueQuery) -> QueuePage:
@@ -504,8 +501,9 @@ class Access:
         per_page = max(1, min(query.per_page, 200))
         page = max(1, query.page)
         letter_filter = self._filter(who, query)
-        rows, total = self.registry.letters_page(self._scope_for(who, letter_filter), letter_filter, sort=sort,
-                                                 offset=(page - 1) * per_page, limit=per_page)
+        scope = self._scope_for(who, letter_filter, query.queue)
+        rows, total = self.registry.letters_page(scope, letter_filter, sort=sort, offset=(page - 1) * per_page,
+                                                 limit=per_page)
         pages = max(1, -(-total // per_page))
         return QueuePage(rows, total, page, pages, replace(query, sort=sort, page=page, per_page=per_page),
                          self.content_ids(who, rows))
@@ -521,7 +519,8 @@ class Access:
         terms = query_terms(text)
         per_page = max(1, min(query.per_page, 200))
         page = max(1, query.page)
-        rows, total = self.registry.search_page(self.scope(who), self.content_scope(who), self._filter(who, query),
+        scope = self.work_scope(who) if query.queue == "overdue" else self.scope(who)
+        rows, total = self.registry.search_page(scope, self.content_scope(who), self._filter(who, query),
                                                 terms, offset=(page - 1) * per_page, limit=per_page)
         content = self.content_ids(who, rows)
         self.record(who, "search", address=address, subject=text[:200],
@@ -536,14 +535,18 @@ class Access:
         for name in self.queues(who):
             if name != "all":
                 letter_filter = self._filter(who, QueueQuery(queue=name))
-                counts[name] = self.registry.letters_count(self._scope_for(who, letter_filter), letter_filter)
+                counts[name] = self.registry.letters_count(self._scope_for(who, letter_filter, name), letter_filter)
         return counts
 
-    def _scope_for(self, who: Principal, letter_filter: LetterFilter) -> Scope:
+    def _scope_for(self, who: Principal, letter_filter: LetterFilter, queue: str = "") -> Scope:
         """The person's scope, or none at all when the filter alone keeps within it (their own
         departments' letters, or those assigned to them): the same rows, without the costly part
-        of the scope (letters once with their departments)."""
-        scope = self.scope(who)
+        of the scope (letters once with their departments).
+
+        The overdue queue is what a person chases: their work scope (their departments' letters
+        now, those assigned to them, those granted), not letters their departments passed on;
+        the same letters the dashboard's overdue figure counts, which links to it."""
+        scope = self.work_scope(who) if queue == "overdue" else self.scope(who)
         if scope.everything:
             return scope
         if letter_filter.departments and set(letter_filter.departments) <= who.departments:
