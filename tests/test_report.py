@@ -155,3 +155,47 @@ def test_a_letter_reopened_by_a_low_rating_counts_from_its_standing_close(tmp_pa
         assert closed_again["overdue"] is False and closed_again["closed"] == before["closed"]
     finally:
         site.close()
+
+
+def test_the_dashboard_counts_the_closes_that_stand_as_the_report_does(tmp_path: Path) -> None:
+    """A close a sender's low rating undid no longer counts on the dashboard either, even when
+    the letter ended otherwise since (withdrawn for want of materials); a close after the
+    reopening counts."""
+    from datetime import timedelta
+
+    from gateway.config import load
+    from gateway.registry import Registry
+    from gateway.registry.outward import OutwardRecords
+    from gateway.report.figures import Period, compute as report
+    from gateway.services.access import Access
+    from gateway.services.dashboard import compute as dashboard
+    from gateway.services.incomplete import Incomplete
+    from gateway.services.letters import LetterSteps
+    from gateway.services.people import Principal
+
+    gateway = Gateway(tmp_path)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n, to="sales@example.org") for n in range(3))))
+    config = load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        steps, operator, cal = LetterSteps(config, registry), Principal.operator("test"), config.calendar
+        for number in ("2026-000001", "2026-000002", "2026-000003"):
+            steps.step(number, "close", actor="desk", text="done")
+        for number in ("2026-000002", "2026-000003"):
+            OutwardRecords(registry).rate(number, f"<result-{number}@example.org>", score=1, comment="no", via="web",
+                                          actor="sender", address="", reopen_at_most=2,
+                                          resume=lambda _days, now: cal.deadline(now, 5), notify=[])
+        Incomplete(config, registry).mark(operator, "2026-000002", missing=["The stamp"],
+                                          by=datetime.now(cal.tz).date() + timedelta(days=5))
+        Incomplete(config, registry).withdraw(operator, "2026-000002", reason="never sent")
+        steps.step("2026-000003", "close", actor="desk", text="done again")
+        assert [registry.letter(n).status for n in ("2026-000001", "2026-000002", "2026-000003")] == [  # type: ignore[union-attr]
+            "closed", "withdrawn", "closed"]
+        now = datetime.now(timezone.utc)
+        board = dashboard(config, registry, Access(config, registry), operator, now=now)
+        zone = config.model.gateway.timezone
+        figures = report(registry, Period.parse(now.astimezone(cal.tz).strftime("%Y-%m"), zone), zone, now=now)
+        assert figures["timeliness"]["closed"] == board.timeliness.closed.count == 2
+        assert figures["timeliness"]["closed_within_deadline"] == board.timeliness.on_time.count == 2
+    finally:
+        registry.close()

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 
 from gateway.config import Config
 from gateway.registry import Registry, lifecycle
@@ -96,13 +96,19 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     is_open = Letter.status.in_(lifecycle.OPEN)
     overdue = and_(Letter.deadline.is_not(None), Letter.deadline < now)
     due = and_(Letter.deadline.is_not(None), Letter.deadline >= now, Letter.deadline < week_stop)
-    # The close that stands, as in the report: the last "closed" event of each letter received this
-    # month that is not open again (a sender's low rating reopens a letter and undoes its close).
-    closed = (select(Letter.id, Letter.deadline, func.max(Event.at).label("closed_at"))
+    # The close that stands, as in the report (figures._closed_at): the last "closed" event of each
+    # letter received this month that is not open now, unless a reopening came after it (a sender's
+    # low rating undoes the close before it, even when the letter ended otherwise since: withdrawn).
+    last_close = func.max(case((Event.action == "closed", Event.at)))
+    last_reopening = func.max(case((Event.action == "reopened", Event.at)))
+    closes = (select(Letter.id, Letter.deadline, last_close.label("closed_at"), last_reopening.label("reopened_at"))
               .join(Event, Event.letter_id == Letter.id)
-              .where(scope, Event.action == "closed", ~is_open,
+              .where(scope, Event.action.in_(("closed", "reopened")), ~is_open,
                      _between(Letter.received_at, month.start, month.end))
               .group_by(Letter.id, Letter.deadline).subquery())
+    closed = (select(closes.c.closed_at, closes.c.deadline)
+              .where(closes.c.closed_at.is_not(None),
+                     or_(closes.c.reopened_at.is_(None), closes.c.closed_at > closes.c.reopened_at)).subquery())
     with registry.read() as conn:
         intake = dict(conn.execute(
             select(Letter.channel, func.count(Letter.id))
