@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import Gateway, Notify, outbound_settings, wait_for
+from conftest import Gateway, Notify, make_message, outbound_settings, wait_for
 from gateway import config as config_mod
 from gateway.registry import Registry
 from gateway.services.access import Access
@@ -166,7 +166,8 @@ def test_a_request_for_missing_materials_its_supplement_its_reminder_and_withdra
         # The month's report: two senders asked, one supplemented, one withdrawn, none still awaited.
         report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"),
                                         "--format", "json").stdout)
-        assert report["incomplete"] == {"requested": 2, "supplemented": 1, "withdrawn": 1, "awaiting": 0}
+        assert report["incomplete"] == {"requested": 2, "supplemented": 1, "withdrawn": 1, "proceeded": 0,
+                                        "awaiting": 0}
     finally:
         daemon.stop()
 
@@ -193,7 +194,8 @@ def test_a_sender_without_an_address_is_to_be_contacted_by_other_means(
     past = gateway.run("letters", "incomplete", "2026-000001", "--missing", "x", "--by", "2020-01-01", check=False)
     assert past.returncode != 0
     report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"), "--format", "json").stdout)
-    assert report["incomplete"] == {"requested": 1, "supplemented": 0, "withdrawn": 0, "awaiting": 1}
+    assert report["incomplete"] == {"requested": 1, "supplemented": 0, "withdrawn": 0, "proceeded": 0,
+                                    "awaiting": 1}
 
 
 def test_only_a_reply_in_our_thread_or_a_proven_from_counts_for_the_letters_sender() -> None:
@@ -224,3 +226,54 @@ def test_only_a_reply_in_our_thread_or_a_proven_from_counts_for_the_letters_send
                             "<result@example.org>", "alice@partner.example")
     assert follow(answered, proven=False, body="2", replying=True).verified is True
 
+
+
+def test_a_department_goes_on_without_the_materials_its_sender_did_not_send(tmp_path: Path) -> None:
+    """From awaiting-sender the letter's department may go on without the materials: the letter is
+    in progress again with the working days it had left, the request is settled (no reminder of it
+    any more), the history says so and the report counts it; no one else may, and only once."""
+    from gateway.services.incomplete import Incomplete
+    from gateway.services.letters import LetterSteps
+
+    gateway = Gateway(tmp_path)
+    for n in (1, 2):
+        (tmp_path / f"{n}.eml").write_bytes(make_message(n, to="sales@example.org"))
+        gateway.run("ingest", str(tmp_path / f"{n}.eml"))
+    gateway.run("users", "add", "leo", "--email", "leo@example.org", "--role", "leader", "--no-password")
+    calendar = config_mod.load(gateway.config).calendar
+    by = next_working_day(datetime.now(TZ).date(), 2)
+    for number in ("2026-000001", "2026-000002"):
+        gateway.run("letters", "incomplete", number, "--missing", "The signed contract", "--by", by.isoformat())
+    [asked] = events(gateway, "2026-000001", "incomplete")
+
+    refused = gateway.run("letters", "proceed", "2026-000001", "--as", "leo", check=False)
+    assert refused.returncode != 0 and "only the people of department" in refused.stderr
+    done = gateway.run("letters", "proceed", "2026-000001", "--reason", "the copy we have will do", "--by", "desk")
+    assert done.stdout.startswith("2026-000001: awaiting-sender -> in-progress, deadline ")
+    letter = gateway.show_json("2026-000001")
+    [went_on] = events(gateway, "2026-000001", "proceeded")
+    assert letter["status"] == "in-progress" and went_on["actor"] == "desk"
+    deadline = calendar.deadline(datetime.fromisoformat(went_on["at"]), asked["details"]["remaining_days"])
+    assert datetime.fromisoformat(str(letter["deadline"])) == deadline
+    assert went_on["details"] == {"from": "awaiting-sender", "to": "in-progress", "request": asked["details"]["request"],
+                                  "deadline": deadline.isoformat(), "text": "the copy we have will do"}
+    again = gateway.run("letters", "proceed", "2026-000001", check=False)
+    assert again.returncode != 0 and "2026-000001 is in-progress: it cannot be resumed without the materials" \
+        in again.stderr
+
+    registry = Registry.from_config(config_mod.load(gateway.config))
+    try:
+        config = config_mod.load(gateway.config)
+        request = Incomplete(config, registry).request("2026-000001")
+        assert request is not None and request.status == "waived" and request.settled_at is not None
+        # Only through its own path, which gives the deadline back: never as a bare step.
+        with pytest.raises(ValueError):
+            LetterSteps(config, registry).step("2026-000002", "proceed", actor="desk")
+    finally:
+        registry.close()
+    # Its day passed, only the letter still waiting is reminded of it.
+    ran = gateway.run("reminders", "run", "--now", f"{next_working_day(by).isoformat()} 10:00").stdout
+    assert "2026-000002: reminder (awaiting-sender)" in ran and "2026-000001: reminder (awaiting-sender)" not in ran
+    report = json.loads(gateway.run("report", "--month", datetime.now(TZ).strftime("%Y-%m"), "--format", "json").stdout)
+    assert report["incomplete"] == {"requested": 2, "supplemented": 0, "withdrawn": 0, "proceeded": 1,
+                                    "awaiting": 1}

@@ -793,3 +793,32 @@ def test_forms_with_nothing_chosen_or_crafted_names_get_a_page_not_an_error(site
     for item in ("x" * 5000, "../new/x"):
         retried = ada.post("/operations/quarantine/retry", data={"item": item, "csrf": ada.csrf})
         assert retried.status_code == 404 and "No quarantined item" in retried.text
+
+
+def test_going_on_without_the_missing_materials_on_the_letter_page(site: Site) -> None:
+    """A letter awaiting its sender offers its department to go on without the materials, in
+    Chinese first: done, it is in progress again with a deadline; a leader may not."""
+    from datetime import date, timedelta
+
+    number = site.letters["business"]
+    for login in ("sam", "leo"):
+        site.people.set_language(login, "zh")
+    sam = site.sign_in("sam")
+    by = (date.today() + timedelta(days=10)).isoformat()
+    asked = sam.post(f"/letters/{number}/incomplete", data={"csrf": sam.csrf, "missing": "the signed contract",
+                                                            "by": by})
+    assert asked.status_code == 303
+    page = sam.get(f"/letters/{number}").text
+    assert f'action="/letters/{number}/proceed"' in page and "不等补充材料，继续办理" in page
+
+    leo = site.sign_in("leo")
+    refused = leo.post(f"/letters/{number}/proceed", data={"csrf": leo.csrf})
+    assert refused.status_code == 403 and "可以决定不等补充材料、继续办理" in refused.text
+    done = sam.post(f"/letters/{number}/proceed", data={"csrf": sam.csrf, "text": "the copy will do"})
+    assert done.status_code == 303 and done.headers["location"].endswith("?done=proceed")
+    shown = sam.get(done.headers["location"]).text
+    assert "已不等补充材料继续办理" in shown and "未等补充材料，继续办理" in shown  # the flash, the history
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "in-progress" and letter.deadline is not None
+    again = sam.post(f"/letters/{number}/proceed", data={"csrf": sam.csrf})
+    assert again.status_code == 409

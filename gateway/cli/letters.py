@@ -403,6 +403,28 @@ def letters_withdraw(state: State, number: str, reason: str, by: str | None, as_
     click.echo(f"{number}: {before} -> {after}")
 
 
+@letters.command("proceed")
+@click.argument("number")
+@click.option("--reason", default="", help="A remark, recorded with the event.")
+@by_option
+@as_option
+@pass_state
+def letters_proceed(state: State, number: str, reason: str, by: str | None, as_login: str | None) -> None:
+    """Go on without the missing materials: the letter is in progress again, its deadline counted on
+    from the working days it had left."""
+    from gateway.services.access import Refused
+    from gateway.services.incomplete import Incomplete
+    from gateway.services.queries import local_zone
+
+    try:
+        before, after, deadline = Incomplete(state.config, state.registry()).proceed(
+            principal(state, as_login, by), number, reason=reason)
+    except (LookupError, Refused) as exc:
+        fail(str(exc))
+    due = f", deadline {deadline.astimezone(local_zone(state.config)):%Y-%m-%d %H:%M}" if deadline else ""
+    click.echo(f"{number}: {before} -> {after}{due}")
+
+
 @letters.command("circulate")
 @click.argument("number")
 @click.option("--reader", "readers", multiple=True, required=True,

@@ -144,7 +144,8 @@ _NOTICES = {
     "expired": ("The sender did not send the missing materials",
                 "The sender of letter {number} was asked for materials by {by} and has not sent them.\n"
                 "Withdraw the letter (gateway letters withdraw {number}, or on its page in the register), or go on\n"
-                "without them."),
+                "without them (gateway letters proceed {number}, or on its page): it is in progress again and\n"
+                "its deadline counts on from the working days it had left."),
     "reopened": ("Reopened: the sender is not satisfied",
                  "The sender of letter {number} rated its handling {score} of 5; the letter is in progress again\n"
                  "and its deadline is {deadline}. Their comment:\n\n{comment}"),

@@ -2,7 +2,8 @@
 
 received -> registered -> routed -> acknowledged -> in-progress -> answered -> closed -> archived,
 beside needs-triage (no department yet), awaiting-sender (materials are missing: the sender was asked
-for them and the deadline waits), withdrawn (the sender never sent them; ended like closed),
+for them and the deadline waits; it resumes with their supplement, or when its department goes on
+without them), withdrawn (the sender never sent them; ended like closed),
 quarantined (an item that could not be registered, kept in the spool) and dead-lettered (mail about
 it that could not be delivered; an event, the letter keeps its state). A dissatisfied sender's
 rating reopens an answered or closed letter.
@@ -36,6 +37,8 @@ ACTIONS = {
                          "marked incomplete"),
     "supplement": Action("supplemented", "in-progress", ("awaiting-sender",), "resumed with a supplement"),
     "withdraw": Action("withdrawn", "withdrawn", ("awaiting-sender",), "closed as withdrawn"),
+    # The department goes on without what the sender did not send: in progress, its deadline back.
+    "proceed": Action("proceeded", "in-progress", ("awaiting-sender",), "resumed without the materials"),
     # A dissatisfied sender: the case goes on until they are satisfied.
     "reopen": Action("reopened", "in-progress", ("answered", "closed"), "reopened"),
     "note": Action("note", None, OPEN + ENDED, "annotated"),

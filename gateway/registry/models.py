@@ -400,7 +400,7 @@ class SenderRequest(Base):
     message_id: Mapped[str | None] = mapped_column(Text)  # the request mail's, to match the follow-up
     paused_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
     remaining_days: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # waiting | supplemented | withdrawn
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # waiting | supplemented | withdrawn | waived
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

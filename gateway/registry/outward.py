@@ -151,6 +151,30 @@ class OutwardRecords:
             after = "archived" if archived_when_ended(conn, row.id, now) else "withdrawn"
         return row.status, after
 
+    def proceed(self, number: str, *, actor: str, reason: str, resume: Resume,
+                seen: lifecycle.Seen | None = None) -> tuple[str, str, datetime | None]:
+        """The department goes on without the materials its sender did not send: the letter is in
+        progress again with its deadline counted on from the working days it had left (as a
+        supplement would), and the waiting request is settled as waived. Returns (state before,
+        state after, the deadline). Raises LookupError and TransitionRefused (LetterMoved when it
+        is not with whom `seen` says)."""
+        s, now = self.store, utcnow()
+        with s.write() as conn:
+            row = _locked(conn, number)
+            lifecycle.unmoved(number, row.department, row.owner, seen)
+            move = lifecycle.check(number, row.status, "proceed")
+            waiting = _waiting(conn, row.id)
+            deadline = resume(waiting.remaining_days if waiting else None, now)
+            conn.execute(update(Letter).where(Letter.id == row.id).values(
+                status=move.to, deadline=deadline, updated_at=now))
+            if waiting is not None:
+                conn.execute(update(SenderRequest).where(SenderRequest.id == waiting.id).values(
+                    status="waived", settled_at=now))
+            conn.execute(insert(Event), [s.event_row(row.id, now, actor, move.name, None, {
+                "from": row.status, "to": move.to, "request": waiting.id if waiting else None,
+                "deadline": deadline.isoformat() if deadline else None, **({"text": reason} if reason else {})})])
+        return row.status, str(move.to), deadline
+
     def waiting_request(self, number: str) -> SenderRequest | None:
         with self.store.session() as session:
             letter_id = session.execute(select(Letter.id).where(Letter.number == number)).scalar()

@@ -16,8 +16,8 @@ come from the events of each letter:
 - volumes by channel: e-mail, fax and the paper channels (post, courier,
   front desk) each on their own, and paper as a whole;
 - incomplete submissions: the period's letters whose sender was asked for
-  missing materials, and how that ended (supplemented, withdrawn, still
-  awaiting the sender at the report's moment);
+  missing materials, and how that ended (supplemented, withdrawn, gone on
+  without them, still awaiting the sender at the report's moment);
 - satisfaction: each rated letter counts with its sender's latest rating (a
   dissatisfied sender's case goes on, and their last word is the one that
   stands); mean score and the share of satisfied senders (4 or 5), overall,
@@ -119,7 +119,7 @@ def _incomplete_outcome(events: list[Any], moment: datetime) -> str | None:
             break
         if event.action == "incomplete":
             outcome = "awaiting"
-        elif outcome == "awaiting" and event.action in ("supplemented", "withdrawn"):
+        elif outcome == "awaiting" and event.action in ("supplemented", "withdrawn", "proceeded"):
             outcome = event.action
     return outcome
 
@@ -255,7 +255,8 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         "accuracy": {"routed": routed, "rerouted_by_a_person": rerouted, "rate": _rate(routed - rerouted, routed)},
         "archive": {"due": due_archive, "archived": archived, "completeness": _rate(archived, due_archive)},
         "incomplete": {"requested": incomplete["requested"], "supplemented": incomplete["supplemented"],
-                       "withdrawn": incomplete["withdrawn"], "awaiting": incomplete["awaiting"]},
+                       "withdrawn": incomplete["withdrawn"], "proceeded": incomplete["proceeded"],
+                       "awaiting": incomplete["awaiting"]},
         "satisfaction": {**_satisfaction(scores),
                          **{f"by_{dimension}": {key: _satisfaction(values) for key, values in sorted(groups.items())}
                             for dimension, groups in scores_by.items()}},

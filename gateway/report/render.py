@@ -126,7 +126,7 @@ def as_html(report: dict[str, Any], organisation: str = "") -> str:
              f"<td>{s['satisfied']} of {s['rated']} rated letters rated 4 or 5; mean {_hours(s['mean'])} of 5</td>"),
         _row("Incomplete submissions", f"<td>{i['requested']}</td>",
              f"<td>senders asked for missing materials: {i['supplemented']} supplemented, {i['withdrawn']} withdrawn, "
-             f"{i['awaiting']} awaiting the sender</td>"),
+             f"{i['proceeded']} gone on without them, {i['awaiting']} awaiting the sender</td>"),
         _row("Reopened", f"<td>{r['letters']}</td>",
              f"<td>letters reopened after a sender's low rating ({r['times']} time(s))</td>"),
         _row("Paper letters", f"<td>{report['paper']}</td>", "<td>by post, courier and at the front desk</td>"),

@@ -5,7 +5,8 @@ and the day it is needed by. The sender is asked by mail (or, with no address to
 person is told to reach them another way, and that is recorded); the letter waits as
 awaiting-sender with its deadline paused. The sender's follow-up (a reply to our request, or a
 mail with the letter's number in its subject) is recorded on the letter as a supplement and
-resumes it; a day passed without one reminds the department once, and it may withdraw the letter.
+resumes it; a day passed without one reminds the department once, and it may withdraw the letter
+or go on without the materials.
 The web, the CLI and the daemon all come through here.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.lifecycle import LetterMoved, ReplyInHand, TransitionRefused
 from gateway.registry.models import Letter, SenderRequest
-from gateway.registry.outward import FollowUp, OutwardRecords
+from gateway.registry.outward import FollowUp, OutwardRecords, Resume
 from gateway.registry.plan import NewMail, Registered
 from gateway.services.access import Access, Forbidden, Refused
 from gateway.services.people import Principal
@@ -132,6 +133,19 @@ class Incomplete:
         except TransitionRefused as exc:
             raise Refused(str(exc), "state", number=number, status=letter.status, action="withdraw") from None
 
+    def proceed(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str, datetime | None]:
+        """Go on without the materials the sender did not send (awaiting-sender -> in-progress): the
+        request is settled and the deadline counted on from the working days the letter had left,
+        as a supplement would. Returns (before, after, the deadline)."""
+        letter = self._letter(who, number, "proceed")
+        try:
+            return self.records.proceed(number, actor=who.login, reason=reason.strip(),
+                                        resume=resumed_deadline(self.config), seen=(letter.department, letter.owner))
+        except LetterMoved as exc:
+            raise self._moved(exc) from None
+        except TransitionRefused as exc:
+            raise Refused(str(exc), "state", number=number, status=letter.status, action="proceed") from None
+
     def request(self, number: str) -> SenderRequest | None:
         """The letter's latest request to its sender, if it had any."""
         return self.records.waiting_request(number)
@@ -157,16 +171,21 @@ class SenderMail:
 
             return Satisfaction(self.config, self.registry).by_mail(letter, follow, keys=keys, raw_sha256=raw_sha256,
                                                                      raw_path=raw_path)
-        calendar = self.config.calendar
-
-        def resume(days: int | None, now: datetime) -> datetime | None:
-            return calendar.deadline(now, days) if days is not None else None
-
         return self.records.supplement(follow, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
-                                       received_at=received_at, resume=resume,
+                                       received_at=received_at, resume=resumed_deadline(self.config),
                                        notify=department_notice(self.config, letter, "supplemented",
                                                                 sender=follow.sender,
                                                                 attachments=[a.filename for a in follow.attachments]))
+
+
+def resumed_deadline(config: Config) -> Resume:
+    """The deadline of a letter that stops waiting for its sender: the working days it had left,
+    counted again from now (none when it had no deadline)."""
+    calendar = config.calendar
+
+    def resume(days: int | None, now: datetime) -> datetime | None:
+        return calendar.deadline(now, days) if days is not None else None
+    return resume
 
 
 def department_notice(config: Config, letter: Letter, about: str, *, head: bool = False, **details: object

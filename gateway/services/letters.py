@@ -13,6 +13,11 @@ from gateway.registry.plan import Answer, AnswerPlan, NewMail, Registered
 from gateway.services.people import People
 
 
+# Moves with a path of their own, which changes the deadline or a request to the sender with the
+# state (gateway.services.incomplete, gateway.services.satisfaction): never a bare step.
+OWN_PATHS = frozenset({"reassign", "incomplete", "supplement", "withdraw", "proceed", "reopen"})
+
+
 class UnknownDepartment(ValueError):
     """The department named is not configured."""
 
@@ -59,7 +64,7 @@ class LetterSteps:
         """A step in the letter's life (ack, progress, answer, close, note). Returns (before, after).
 
         Raises LookupError and TransitionRefused."""
-        if action not in ACTIONS or action == "reassign":
+        if action not in ACTIONS or action in OWN_PATHS:
             raise ValueError(f"no step {action!r}")
         from gateway.stages.route import feedback
 

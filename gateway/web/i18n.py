@@ -113,7 +113,7 @@ QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage"
          "overdue": N_("Overdue"), "all": N_("All letters")}
 ACTION = {"ack": N_("Acknowledge"), "progress": N_("In progress"), "answer": N_("Answered"),
           "close": N_("Close"), "note": N_("Note"), "assign": N_("Assign"), "reassign": N_("Reassign"),
-          "hold": N_("Legal hold"), "tag": N_("Tag")}
+          "hold": N_("Legal hold"), "tag": N_("Tag"), "proceed": N_("Go on without them")}
 ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("department head"),
         "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
 # Event and audit actions (what happened), as recorded in the timeline and the audit log.
@@ -124,6 +124,7 @@ EVENT = {
     "closed": N_("closed"), "note": N_("note"), "reassigned": N_("reassigned"), "assigned": N_("assigned"),
     "incomplete": N_("materials requested from the sender"), "supplemented": N_("supplement received"),
     "withdrawn": N_("withdrawn"), "rated": N_("rated by the sender"), "reopened": N_("reopened"),
+    "proceeded": N_("gone on without the missing materials"),
     "follow-up": N_("mail from someone else about it"), "rating-refused": N_("second rating not counted"),
     "request-sent": N_("request to the sender sent"), "sender-notice-sent": N_("notice about the sender sent"),
     "archived": N_("archived"), "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
@@ -221,6 +222,8 @@ REFUSAL = {
     "forbidden-incomplete": N_("only the people of department %(department)s and the registry office may ask its "
                                "sender for missing materials"),
     "forbidden-withdraw": N_("only the people of department %(department)s and the registry office may withdraw it"),
+    "forbidden-proceed": N_("only the people of department %(department)s and the registry office may go on "
+                            "without the missing materials"),
     "need-missing": N_("name what is missing"),
     "too-many-missing": N_("at most %(limit)s missing items"),
     "need-date": N_("give the day it is needed by"),

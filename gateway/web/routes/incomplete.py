@@ -1,5 +1,5 @@
 """Incomplete submissions on the letter page: ask the sender for what is missing, and withdraw a
-letter whose sender never sent it (gateway.services.incomplete decides who may)."""
+letter whose sender never sent it or go on without it (gateway.services.incomplete decides who may)."""
 from __future__ import annotations
 
 from datetime import date
@@ -16,6 +16,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/letters/{number}/incomplete", mark, methods=["POST"]),
         Route("/letters/{number}/withdraw", withdraw, methods=["POST"]),
+        Route("/letters/{number}/proceed", proceed, methods=["POST"]),
     ]
 
 
@@ -42,3 +43,13 @@ def withdraw(req: Req) -> Response:
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done=withdraw", status_code=303)
+
+
+@page()
+def proceed(req: Req) -> Response:
+    number = req.request.path_params["number"]
+    refused = letter_step(req, number, "proceed", lambda: Incomplete(req.web.config, req.web.registry).proceed(
+        req.who, number, reason=req.field("text")), input_refusals=INPUT_REFUSALS)
+    if isinstance(refused, Response):
+        return refused
+    return RedirectResponse(f"{letter_url(number)}?done=proceed", status_code=303)
