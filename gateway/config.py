@@ -580,6 +580,8 @@ class FaxSection(_Strict):
     drop_folder: Path = Path("fax-drop")
     poll_seconds: float = Field(default=5.0, gt=0)
     stable_seconds: float = Field(default=10.0, ge=0)
+    # A fax is read whole (pages decoded, text recognised): a larger file stays in the folder.
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     ignore: list[str] = [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~", "*.lock"]
     filename_pattern: str | None = None
     filename_time_format: str = "%Y%m%d%H%M%S"

@@ -515,3 +515,23 @@ def test_empty_files_folders_and_links_stay_in_the_folder_named_once(
     assert sum("sub is not a plain file" in m for m in said) == 1
     assert sum("link.tif is not a plain file" in m for m in said) == 1
     assert sorted(os.listdir(folder)) == ["empty.tif", "link.tif", "sub"] and spool.quarantined() == []
+
+
+def test_a_fax_over_max_file_bytes_stays_in_the_folder_with_an_alert(
+        tmp_path: Path, faxes: dict[str, bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """A file larger than [fax] max_file_bytes is not read (a fax is decoded whole in memory): it
+    stays in the folder, named once in an ALERT; one within the limit beside it is taken."""
+    limit = len(faxes["two"])
+    config = rulebook.load(str(Gateway(tmp_path, extra=WATCHED + f"max_file_bytes = {limit}\n").config))
+    spool = Spool(config.spool_dir, config.message_dir)
+    config.fax_drop_dir.mkdir(parents=True, exist_ok=True)
+    watcher = FaxDropWatcher(config, spool)
+    aged(config.fax_drop_dir / "huge.tif", faxes["two"] + b"\0" * 10)
+    aged(config.fax_drop_dir / "fits.tif", faxes["two"])
+    with caplog.at_level(logging.WARNING, logger="gateway.stages.fax"):
+        taken = [watcher.scan() for _ in range(4)]
+    assert sum(taken) == 1 and os.listdir(config.fax_drop_dir) == ["huge.tif"]
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert said == [f"ALERT fax drop folder: huge.tif is {limit + 10} bytes, over [fax] max_file_bytes ({limit}): "
+                    "it is left there"]
+    assert spool.quarantined() == []

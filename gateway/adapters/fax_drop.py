@@ -129,6 +129,12 @@ class FaxDropWatcher(Runner):
                 if stable(name):
                     self._name_once(name, "is empty: it is left there")
                 continue
+            if (size := current[name][0][0]) > settings.max_file_bytes:
+                # Not read: a fax is decoded whole in memory. The operator moves it, or raises the limit.
+                if stable(name):
+                    self._name_once(name, f"is {size} bytes, over [fax] max_file_bytes ({settings.max_file_bytes}): "
+                                          "it is left there", alert=True)
+                continue
             sidecar = _information_file(name, files)
             if not stable(name) or (sidecar is not None and not stable(sidecar)):
                 continue
@@ -152,10 +158,13 @@ class FaxDropWatcher(Runner):
     def _ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.config.model.fax.ignore)
 
-    def _name_once(self, name: str, what: str) -> None:
+    def _name_once(self, name: str, what: str, *, alert: bool = False) -> None:
         if name not in self._named:
             self._named.add(name)
-            log.warning("fax drop folder: %s %s", name, what)
+            if alert:
+                log.error("ALERT fax drop folder: %s %s", name, what)
+            else:
+                log.warning("fax drop folder: %s %s", name, what)
 
     @staticmethod
     def _read(path: Path, state: _State) -> bytes | None:
