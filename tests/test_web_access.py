@@ -111,8 +111,9 @@ def note_rule(login: str | None, key: str) -> int:
 
 
 def incomplete_rule(status: int) -> Rule:
-    """Asking the sender for missing materials, and withdrawing: the registry office and the letter's
-    department (its people and its owner) only; with nothing filled in, `status`."""
+    """Asking the sender for missing materials, withdrawing and going on without them: the registry
+    office and the letter's department (its people and its owner) only; with nothing filled in (or
+    no letter awaiting its sender), `status`."""
     def rule(login: str | None, key: str) -> int:
         if login is None:
             return SIGNIN
@@ -206,9 +207,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/static/{path}"): public(200, 200),
     ("GET", "/paper"): role("registry"),
     ("POST", "/paper"): role("registry", 400),  # no scans, no sender: refused, naming the fields
-    # nothing named as missing: 400; no letter awaits its sender: withdrawing is refused, 409
+    # nothing named as missing: 400; no letter awaits its sender: withdrawing or going on without the
+    # materials is refused, 409
     ("POST", "/letters/{number}/incomplete"): incomplete_rule(400),
     ("POST", "/letters/{number}/withdraw"): incomplete_rule(409),
+    ("POST", "/letters/{number}/proceed"): incomplete_rule(409),
     ("GET", "/rate/{token}"): public(404, 404),  # the sender's page, no sign-in: a made-up link is none
     ("POST", "/rate/{token}"): public(403, 403),  # without the form's own token (rating: test_satisfaction)
     ("GET", "/approvals"): person(200),
