@@ -2,6 +2,7 @@
 letter whose sender never sent it or go on without it (gateway.services.incomplete decides who may)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 
 from starlette.responses import RedirectResponse, Response
@@ -37,19 +38,20 @@ def mark(req: Req) -> Response:
 
 @page()
 def withdraw(req: Req) -> Response:
-    number = req.request.path_params["number"]
-    refused = letter_step(req, number, "withdraw", lambda: Incomplete(req.web.config, req.web.registry).withdraw(
-        req.who, number, reason=req.field("text")), input_refusals=INPUT_REFUSALS)
-    if isinstance(refused, Response):
-        return refused
-    return RedirectResponse(f"{letter_url(number)}?done=withdraw", status_code=303)
+    return _settled(req, "withdraw", Incomplete.withdraw)
 
 
 @page()
 def proceed(req: Req) -> Response:
+    return _settled(req, "proceed", Incomplete.proceed)
+
+
+def _settled(req: Req, step: str, settle: Callable[..., object]) -> Response:
+    """Ending a wait for the sender's materials (withdrawn, or going on without them), with the remark given."""
     number = req.request.path_params["number"]
-    refused = letter_step(req, number, "proceed", lambda: Incomplete(req.web.config, req.web.registry).proceed(
-        req.who, number, reason=req.field("text")), input_refusals=INPUT_REFUSALS)
+    refused = letter_step(req, number, step, lambda: settle(Incomplete(req.web.config, req.web.registry), req.who,
+                                                            number, reason=req.field("text")),
+                          input_refusals=INPUT_REFUSALS)
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done=proceed", status_code=303)
+    return RedirectResponse(f"{letter_url(number)}?done={step}", status_code=303)
