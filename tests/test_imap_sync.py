@@ -328,3 +328,40 @@ def test_a_failing_message_expunged_meanwhile_is_settled_and_an_old_uidvalidity_
     box.sync()
     assert box.folder_row()[0] != uidvalidity
     assert box.ledger.status()[0]["failing"] == 0
+
+
+def test_a_server_action_that_fails_is_done_again_without_spooling_the_messages_again(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """The spooled messages are recorded before their action on the server: a MOVE the server
+    refuses (a folder over quota) leaves them recorded with the action still to do, and the next
+    syncs do it again, without fetching and spooling the messages a second time."""
+    box = Folder(dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+    refusals = [2]
+
+    def over_quota(client: IMAPClient) -> None:
+        real = client.move
+
+        def move(*args: Any, **kwargs: Any) -> Any:
+            if refusals[0] > 0:
+                refusals[0] -= 1
+                raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
+            return real(*args, **kwargs)
+        client.move = move  # type: ignore[method-assign]
+    box.wrap = over_quota
+    dovecot.deliver(box.user, make_message(1, subject="one"))
+    dovecot.deliver(box.user, make_message(2, subject="two"))
+    for _ in range(2):
+        with pytest.raises(IMAPClientError, match="OVERQUOTA"):
+            box.sync()
+        assert box.on_server() == {"one": set(), "two": set()}
+        with box.registry.engine.connect() as conn:
+            assert conn.execute(text("SELECT uid, outcome, action FROM imap_ledger ORDER BY uid")).all() == [
+                (1, "spooled", "pending-move"), (2, "spooled", "pending-move")]
+    box.sync()  # the server takes the MOVE now
+    assert box.on_server() == {} and set(box.on_server("Done")) == {"one", "two"}
+    items = [p for sub in ("new", "work") for p in (box.config.spool_dir / sub).glob("*")]
+    assert len(items) == 2  # each spooled once
+    with box.registry.engine.connect() as conn:
+        assert conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all() == [(1, "move"), (2, "move")]

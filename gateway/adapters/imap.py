@@ -38,7 +38,7 @@ from gateway.config import Config, ImapAccount
 from gateway.faults import checkpoint
 from gateway.registry import RegistryUnavailable
 from gateway.registry.leases import Cluster
-from gateway.registry.ledger import FolderState, ImapLedger, Settled
+from gateway.registry.ledger import PENDING, FolderState, ImapLedger, Settled
 from gateway.spool import Spool, SpoolError, SpoolItem
 
 log = logging.getLogger("gateway.imap")
@@ -309,6 +309,12 @@ class FolderWatcher:
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         state = self.ledger.folder(account.name, self.folder)
+        if state is not None and state.uidvalidity == uidvalidity and (
+                undone := self.ledger.pending_actions(account.name, self.folder, uidvalidity)):
+            # Spooled at an earlier sync, whose action on the server failed or was cut short.
+            log.info("%s: doing the server's action (%s) left undone on %d message(s)", self.name,
+                     ", ".join(sorted(set(undone.values()))), len(undone))
+            self._act(client, uidvalidity, undone)
         if state is not None and state.uidvalidity != uidvalidity:
             # The folder was recreated or the server rebuilt its index: its UIDs mean nothing now.
             # Every message is looked at again (the registry knows the ones it has by their bytes),
@@ -443,10 +449,12 @@ class FolderWatcher:
                 self.spool.release(item)
             if self._wake_spool is not None:
                 self._wake_spool()
-        safe = [uid for uid, _ in items]
-        checkpoint("before-imap-action")
-        actions = self._act(client, safe, oversize=set(heads))
-        settled = [Settled(uid, "spooled", actions[uid], None, item.id, sizes.get(uid)) for uid, item in items]
+        # Recorded as spooled, with the server's action still to do, before it is done: should the
+        # action fail (a folder over quota) or the process stop before it, the messages are not
+        # fetched and spooled again at every sync; the action is done again at the next one.
+        planned = self._planned([uid for uid, _ in items], oversize=set(heads))
+        settled = [Settled(uid, "spooled", planned[uid] if planned[uid] == "keep" else PENDING + planned[uid], None,
+                           item.id, sizes.get(uid)) for uid, item in items]
         settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]
         # A message that was failing and is gone from the server now (expunged, moved away) is
         # settled as gone: otherwise it would be retried, and counted as failing, for ever.
@@ -455,11 +463,13 @@ class FolderWatcher:
         self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
                            backlog=remaining, failing=failing, importing_until=state.importing_until,
                            backlog_until=state.backlog_until, seen_since=state.seen_since)
-        self._suspects.difference_update(safe)
+        checkpoint("before-imap-action")
+        self._act(client, uidvalidity, {uid: action for uid, action in planned.items() if action != "keep"})
+        self._suspects.difference_update(planned)
         self._suspects.difference_update(given_up)
         self._suspects.difference_update(gone)
-        if safe or given_up:
-            log.info("%s: %d message(s) taken, %d still to do%s", self.name, len(safe), remaining,
+        if planned or given_up:
+            log.info("%s: %d message(s) taken, %d still to do%s", self.name, len(planned), remaining,
                      f", {len(failing)} failing" if failing else "")
 
     def _fetch(self, client: IMAPClient, uidvalidity: int, uids: list[int], what: list[bytes], key: bytes,
@@ -542,22 +552,20 @@ class FolderWatcher:
         log.error("ALERT %s: UID %d given up after %d attempts and quarantined (the message stays on the "
                   "server): %s", self.name, uid, self.config.model.imap.max_attempts, reason)
 
-    def _act(self, client: IMAPClient, uids: list[int], *, oversize: set[int]) -> dict[int, str]:
-        """Apply the account's action to messages whose bytes are safe with us."""
+    def _planned(self, uids: list[int], *, oversize: set[int]) -> dict[int, str]:
+        """The account's action for each message now safe with us; an oversize message, of which
+        only the headers are ours, is never deleted (it is marked \\Seen instead)."""
         after = self.account.after
-        actions: dict[int, str] = {u: after for u in uids}
-        if after == "delete":
-            # Only the headers of an oversize message are ours: never delete the original.
-            partial = [u for u in uids if u in oversize]
-            if partial:
-                client.add_flags(partial, [b"\\Seen"], silent=True)
-                actions.update({u: "seen" for u in partial})
-            uids = [u for u in uids if u not in oversize]
-        if not uids or after == "keep":
-            return actions
-        if after == "seen":
-            client.add_flags(uids, [b"\\Seen"], silent=True)
-        elif after == "move":
+        return {uid: "seen" if after == "delete" and uid in oversize else after for uid in uids}
+
+    def _act(self, client: IMAPClient, uidvalidity: int, planned: dict[int, str]) -> None:
+        """Apply the planned actions on the server, then record them done."""
+        by_action: dict[str, list[int]] = {}
+        for uid, action in sorted(planned.items()):
+            by_action.setdefault(action, []).append(uid)
+        if seen := by_action.get("seen"):
+            client.add_flags(seen, [b"\\Seen"], silent=True)
+        if moved := by_action.get("move"):
             target = self.account.move_to
             assert target is not None
             if not client.folder_exists(target):
@@ -568,13 +576,14 @@ class FolderWatcher:
                     if not client.folder_exists(target):  # another watcher may have just made it
                         raise
             if client.has_capability("MOVE"):
-                client.move(uids, target)
+                client.move(moved, target)
             else:
-                client.copy(uids, target)
-                self._expunge(client, uids)
-        elif after == "delete":
-            self._expunge(client, uids)
-        return actions
+                client.copy(moved, target)
+                self._expunge(client, moved)
+        if deleted := by_action.get("delete"):
+            self._expunge(client, deleted)
+        if planned:
+            self.ledger.actions_done(self.account.name, self.folder, uidvalidity, planned)
 
     def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
         client.add_flags(uids, [b"\\Deleted"], silent=True)

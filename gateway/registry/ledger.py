@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +43,10 @@ class Settled:
     item_id: str | None = None
     size: int | None = None
     reason: str | None = None
+
+
+# A spooled message's action on the server not done yet: "pending-move" until the MOVE is.
+PENDING = "pending-"
 
 
 def _now() -> datetime:
@@ -119,6 +123,28 @@ class ImapLedger:
                 "backlog": backlog, "updated_at": now}, ["account", "folder"],
                 ["uidvalidity", "last_uid", "importing_until", "backlog_until", "import_seen_since", "last_poll_at",
                  "last_error", "last_error_at", "backlog", "updated_at"], forward="last_uid")
+
+    def pending_actions(self, account: str, folder: str, uidvalidity: int) -> dict[int, str]:
+        """Messages spooled whose action on the server is still to be done (it failed, or the
+        process stopped before it): UID -> the action ("seen", "move", "delete")."""
+        with self.registry.read() as conn:
+            rows = conn.execute(select(ImapMessage.uid, ImapMessage.action).where(
+                ImapMessage.account == account, ImapMessage.folder == folder, ImapMessage.uidvalidity == uidvalidity,
+                ImapMessage.action.startswith(PENDING)))
+            return {int(uid): action.removeprefix(PENDING) for uid, action in rows}
+
+    def actions_done(self, account: str, folder: str, uidvalidity: int, done: dict[int, str]) -> None:
+        """The server has done these messages' actions (UID -> action)."""
+        by_action: dict[str, list[int]] = {}
+        for uid, action in done.items():
+            by_action.setdefault(action, []).append(uid)
+        with self.registry.write() as conn:
+            for action, uids in by_action.items():
+                for first in range(0, len(uids), 1000):
+                    conn.execute(update(ImapMessage).where(
+                        ImapMessage.account == account, ImapMessage.folder == folder,
+                        ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids[first:first + 1000]))
+                        .values(action=action))
 
     def failed(self, account: str, folder: str, error: str) -> None:
         self._health(account, folder, {"last_error": error[:2000], "last_error_at": _now()})
