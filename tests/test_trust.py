@@ -526,3 +526,38 @@ def test_stored_authentication_results_are_capped() -> None:
     assert len(verdict["authentication_results"]["ignored"]) == MAX_AUTHENTICATION_RESULTS
     assert len(verdict["authentication_results"]["trusted"]) == MAX_AUTHENTICATION_RESULTS
     assert verdict["authenticated"] and verdict["method"] == "authentication-results"
+
+
+def test_a_field_only_one_parser_sees_proves_nothing(dns_server: DnsServer) -> None:
+    """A signed mail rebuilt so that the header the letter is read with is not the one the
+    signature covers proves nothing: a bare CR ends the header for Python's parser (which then
+    reads a forged Subject placed above it) but not for dkimpy's; and fields past the normaliser's
+    bound (500) are not read, so a second Subject far down would pass unseen. Both are flagged
+    `ambiguous-header` and the sender is not authenticated."""
+    from gateway.stages.normalise import normalise
+
+    c = checker(dns_server.nameserver)
+    signed = dns_server.sign(message("Ann <ann@signed.example>", subject="Lunch on Friday"), "signed.example", "sel1")
+
+    def verdict_of(raw: bytes) -> dict:
+        parsed = normalise(raw)
+        return c.check(raw, "ann@signed.example", parsed.header_fields,
+                       {**SMTP_ENVELOPE, "mail_from": "ann@signed.example"}, "smtp").as_dict()
+    assert verdict_of(signed)["authenticated"] and verdict_of(signed)["flags"] == []
+
+    head, _, body = signed.partition(b"\r\n\r\n")
+    from_line = next(line for line in head.split(b"\r\n") if line.startswith(b"From:"))
+    rest = b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"From:"))
+    forged = (from_line + b"\r\nSubject: Urgent: approve the transfer\r\nX-A: v\r\r\n" + rest + b"\r\n\r\n" + body)
+    parsed = normalise(forged)
+    assert parsed.subject == "Urgent: approve the transfer"  # what the letter would show
+    verdict = verdict_of(forged)
+    assert verdict["dkim"][0]["result"] == "pass"  # the signature itself still verifies
+    assert not verdict["authenticated"] and verdict["address"] is None
+    assert "ambiguous-header" in verdict["flags"]
+
+    filler = b"".join(b"X-F%d: filler\r\n" % n for n in range(520))
+    buried = dns_server.sign(message("Ann <ann@signed.example>", subject="Lunch on Friday"), "signed.example", "sel1")
+    buried = b"Subject: Approve the transfer now\r\n" + filler + buried
+    verdict = verdict_of(buried)
+    assert not verdict["authenticated"] and "ambiguous-header" in verdict["flags"]

@@ -62,6 +62,10 @@ UNVERIFIED_INTERNAL = "unverified-internal-sender"
 SINGLE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
                  "references")
 REPEATED_FIELD = "repeated-header"
+# The header fields the DKIM check read are not those the letter was read with: a bare CR ends a
+# line for Python's parser and not for dkimpy's, and the normaliser reads a bounded number of
+# fields. A field placed so would be shown while the signature covers another.
+AMBIGUOUS_HEADER = "ambiguous-header"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -490,9 +494,10 @@ class Checker:
             verdict.smtp_auth_user = str(auth_user)
             if from_address and self.may_send_as(str(auth_user), from_address):
                 verdict.prove("smtp-auth")
+        signed_names: list[str] | None = None
         if smtp and from_domain:
             lookups = Lookups(self.answers, self.policy.check_deadline_seconds)
-            self._dkim(raw, verdict, lookups)
+            signed_names = self._dkim(raw, verdict, lookups)
             self._spf(envelope, verdict, lookups)
             if valid_domain(from_domain):
                 self._dmarc(verdict, lookups)
@@ -505,8 +510,12 @@ class Checker:
         repeated = _repeated_fields(header_fields)
         if repeated:
             verdict.flags.append(f"{REPEATED_FIELD}: {', '.join(repeated)}")
-            if verdict.authenticated and verdict.method != "smtp-auth":  # the submitter's account vouches
-                verdict.authenticated, verdict.address, verdict.method = False, None, None
+        ambiguous = signed_names is not None and signed_names != [name.strip().lower() for name, _ in header_fields]
+        if ambiguous:
+            verdict.flags.append(AMBIGUOUS_HEADER)
+        if (repeated or ambiguous) and verdict.authenticated and verdict.method != "smtp-auth":
+            # Proven by nothing but SMTP AUTH: the submitter's account vouches for what it sends.
+            verdict.authenticated, verdict.address, verdict.method = False, None, None
         if from_domain and not verdict.authenticated and is_internal(from_address, self.policy.internal_domains):
             verdict.flags.append(UNVERIFIED_INTERNAL)
         dmarc = verdict.dmarc or {}
@@ -525,12 +534,15 @@ class Checker:
             address = address.ipv4_mapped
         return any(address in network for network in self.policy.trusted_relays)
 
-    def _dkim(self, raw: bytes, verdict: Verdict, lookups: Lookups) -> None:
+    def _dkim(self, raw: bytes, verdict: Verdict, lookups: Lookups) -> list[str] | None:
+        """The signatures checked into the verdict; returns the names of the header fields as
+        dkimpy read them (lower case), or None when it could not read the message."""
         try:
             checker = _StreamedBodyDKIM(raw, logger=_DKIM_LOG)
             signatures = [value for name, value in checker.headers if name.lower() == b"dkim-signature"]
+            names = [name.decode("latin-1").strip().lower() for name, _ in checker.headers]
         except Exception:
-            return  # not parseable as a message: no signature can be checked
+            return None  # not parseable as a message: no signature can be checked
         for index, value in enumerate(signatures[:MAX_SIGNATURES]):
             tags = _tags(value)
             domain, selector = tags.get("d", "").lower(), tags.get("s", "")
@@ -562,6 +574,7 @@ class Checker:
                 verdict.temperror = True
             verdict.dkim.append({"domain": domain, "selector": selector, "result": result,
                                  "aligned": aligned(domain, verdict.from_domain, "r")})
+        return names
 
     def _spf(self, envelope: dict[str, Any], verdict: Verdict, lookups: Lookups) -> None:
         client = str(envelope.get("client") or "")
