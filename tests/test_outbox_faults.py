@@ -214,3 +214,23 @@ def test_a_node_name_is_no_pattern(tmp_path: Path, pg_url: str, relay: SmtpSink)
     finally:
         registry_a.close()
         registry_b.close()
+
+
+def test_a_mail_retried_a_thousand_times_keeps_its_backoff_and_blocks_no_other(tmp_path: Path,
+                                                                              relay: SmtpSink) -> None:
+    """Greylisted for days with a short ceiling, a mail reaches a thousand attempts: its next try is
+    still the ceiling away (2**attempts no longer fits a float), and the mails after it are sent."""
+    config, registry = configured(tmp_path, relay.address)
+    try:
+        letter_with_mail(registry, 3)
+        with registry.write() as conn:
+            conn.execute(update(OutboxMail).where(OutboxMail.recipient == "desk0@example.org").values(attempts=1100))
+        relay.rcpt_answers["desk0@example.org"] = "451 4.7.1 greylisted, try again later"
+        OutboxSender(config, registry).deliver_due()
+        mails = {mail.recipient: mail for mail in registry.outbox()}
+        assert mails["desk0@example.org"].status == "pending" and mails["desk0@example.org"].attempts == 1101
+        assert "451" in (mails["desk0@example.org"].last_error or "")
+        assert mails["desk1@example.org"].status == mails["desk2@example.org"].status == "sent"
+        assert sorted(r.rcpt_tos for r in relay.received) == [["desk1@example.org"], ["desk2@example.org"]]
+    finally:
+        registry.close()

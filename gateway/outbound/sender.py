@@ -265,7 +265,9 @@ class OutboxSender(Runner):
 
     def _later(self, mail: OutboxMail, error: str) -> None:
         settings = self.config.model.outbound
-        delay = min(settings.retry_min_seconds * 2 ** mail.attempts, settings.retry_max_seconds)
+        # The doubling stops at 2**40: after a thousand attempts (greylisting, a 60 s ceiling, two
+        # days) 2**attempts would no longer fit a float, and one mail would stop the whole outbox.
+        delay = min(settings.retry_min_seconds * 2.0 ** min(mail.attempts, 40), settings.retry_max_seconds)
         delay *= random.uniform(0.9, 1.1)  # many mails failing together do not retry together
         next_try = datetime.now(timezone.utc) + timedelta(seconds=delay)
         attempts = self.registry.outbox_retry_later(mail.id, error, next_try)
