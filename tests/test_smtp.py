@@ -396,7 +396,8 @@ def test_starttls_and_auth(gateway: Gateway, notify: Notify, tmp_path: Path) -> 
 
 
 def test_recipient_and_session_limits(gateway: Gateway, notify: Notify) -> None:
-    """Too many recipients get 452; sessions beyond the maximum and connections beyond the rate get 421."""
+    """Too many recipients get 452 (a recipient given again is none more: 250); sessions beyond the
+    maximum and connections beyond the rate get 421."""
     running = start(gateway, notify, "max_recipients = 2\nmax_sessions = 2\nmax_connections_per_minute = 4")
     try:
         with running.client() as c:
@@ -405,6 +406,7 @@ def test_recipient_and_session_limits(gateway: Gateway, notify: Notify) -> None:
             assert c.rcpt("liaison@example.org")[0] == 250
             assert c.rcpt("sales@example.org")[0] == 250
             assert c.rcpt("fax-inbox@example.org")[0] == 452
+            assert c.rcpt("Liaison@example.org")[0] == 250  # one of the two again: no recipient more
             with running.client() as d:  # second session: allowed
                 assert d.noop()[0] == 250
                 with pytest.raises(smtplib.SMTPConnectError) as refused:

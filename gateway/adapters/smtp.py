@@ -607,13 +607,14 @@ class SmtpIntake:
         if not self.config.accepts(address):
             log.info("%s: refused recipient <%s> (not ours; no relaying)", _peer(session), _clean(address))
             return "550 5.7.1 <{}>: relay access denied".format(_clean(address))
+        if address.lower() in (r.lower() for r in envelope.rcpt_tos):
+            return "250 2.1.5 OK"  # a recipient given twice is one recipient, also at the limit
         if len(envelope.rcpt_tos) >= self.config.model.smtp.max_recipients:
             log.warning("%s: refused recipient <%s>: more than %d recipients", _peer(session), _clean(address),
                         self.config.model.smtp.max_recipients)
             return "452 4.5.3 Error: too many recipients"
-        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
-            envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(rcpt_options)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
     # -- what DATA produces ------------------------------------------------
