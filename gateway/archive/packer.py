@@ -357,14 +357,10 @@ class Archiver:
         return _Read(blocks, placed, at)
 
     def _letter_block(self, letter: ToArchive, separator: bytes) -> tuple[bytes, int]:
-        """The letter's mbox block, as _mbox_block makes it, and the letter's size. Its bytes are
-        copied once, from the one read of its file into the block."""
+        """The letter's mbox block and the letter's size. Its bytes are copied once, from the one
+        read of its file into the block."""
         data, start, _ = self._sealed(letter)
-        size = len(data) - start
-        body: bytes | memoryview = memoryview(data)[start:]
-        if data.find(b"From ", start) >= 0:  # rare: quoted for mboxrd
-            body = mbox_escape(bytes(body))
-        return b"".join((separator, body, b"\n" if size == 0 or data.endswith(b"\n") else b"\n\n")), size
+        return _mbox_block(separator, data, start), len(data) - start
 
     def _compress_frames(self, blocks: list[bytes]) -> list[bytes] | list[memoryview]:
         """Each block into a self-contained frame: a zstd frame (with its content size and a
@@ -727,9 +723,13 @@ def _row(number: str, letter: ToArchive, size: int, offset: int, length: int, fi
             length, file_name, frame_offset, frame_length]
 
 
-def _mbox_block(separator: bytes, raw: bytes) -> bytes:
-    block = separator + mbox_escape(raw)
-    return block + (b"\n" if block.endswith(b"\n") else b"\n\n")
+def _mbox_block(separator: bytes, data: bytes, start: int = 0) -> bytes:
+    """The separator line, the message `data[start:]` ("From " lines quoted for mboxrd) and the
+    line that ends it; the message is copied once, not sliced out of a larger read first."""
+    body: bytes | memoryview = memoryview(data)[start:]
+    if data.find(b"From ", start) >= 0:  # rare: quoted
+        body = mbox_escape(bytes(body))
+    return b"".join((separator, body, b"\n" if len(data) == start or data.endswith(b"\n") else b"\n\n"))
 
 
 def _gzip_member(block: bytes) -> bytes:
