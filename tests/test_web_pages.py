@@ -116,6 +116,32 @@ def test_the_chinese_catalogue_translates_every_string() -> None:
             assert text in translated, text
 
 
+def test_every_string_marked_in_the_web_register_is_in_the_template_and_translated() -> None:
+    """The strings marked in the code and the templates, as `pybabel extract` finds them with
+    gateway/web/babel.cfg: each has its Chinese, and messages.pot lists exactly them."""
+    from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
+    from babel.messages.frontend import parse_mapping_cfg
+    from babel.messages.pofile import read_po
+
+    web = i18n.LOCALE_DIR.parent
+    with open(web / "babel.cfg") as config:
+        method_map, options_map = parse_mapping_cfg(config)
+    marked: dict[str, str] = {}
+    for filename, line, message, _comments, _context in extract_from_dir(str(web), method_map, options_map,
+                                                                          keywords=DEFAULT_KEYWORDS):
+        marked.setdefault(message if isinstance(message, str) else message[0], f"{filename}:{line}")
+    translated: set[str] = set()
+    for path in sorted((i18n.LOCALE_DIR / "zh_Hans" / "LC_MESSAGES").glob("*.po")):
+        with open(path, "rb") as po:
+            translated |= {m.id if isinstance(m.id, str) else m.id[0] for m in read_po(po) if m.id}
+    missing = {text: where for text, where in marked.items() if text not in translated}
+    assert not missing, f"no Chinese for {len(missing)} string(s), e.g. {list(missing.items())[:5]}"
+    with open(i18n.LOCALE_DIR / "messages.pot", "rb") as pot:
+        listed = {m.id if isinstance(m.id, str) else m.id[0] for m in read_po(pot) if m.id}
+    assert listed == set(marked), ("messages.pot is not current: run the extraction in gateway/web/babel.cfg",
+                                   sorted(set(marked) - listed)[:5], sorted(listed - set(marked))[:5])
+
+
 def test_a_confidential_letter_shows_only_its_entry(site: Site) -> None:
     site.people.set_language("sam", "en")
     page = site.sign_in("sam").get(f"/letters/{site.letters['secret']}")
