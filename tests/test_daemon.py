@@ -412,3 +412,84 @@ def test_a_stop_past_the_grace_ends_the_archive_run_and_the_next_start_finishes_
     with sqlite3.connect(registry) as db:
         assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(month, "done")]
         assert db.execute("SELECT count(*) FROM letters WHERE archive_number IS NOT NULL").fetchone() == (40,)
+
+
+def _month_back(months: int) -> str:
+    now = datetime.now(ZoneInfo("Asia/Shanghai"))
+    index = now.year * 12 + now.month - 1 - months
+    return f"{index // 12}-{index % 12 + 1:02d}"
+
+
+def test_the_archive_run_also_packs_letters_left_out_of_earlier_months(tmp_path: Path, notify: Notify) -> None:
+    """Last month's run first packs what earlier months still lack, oldest first: a letter entered
+    after its month was archived (in a part of its own) and a month no run ever did; a month with
+    nothing left is not run, and this month's letters wait for their own run."""
+    gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
+    (tmp_path / "mail").mkdir()
+    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(7))))
+    late, never, empty, last = _month_back(4), _month_back(3), _month_back(2), _month_back(1)
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
+        for ids, month in (((1, 2), late), ((3,), never), ((4, 5), last), ((6, 7), None)):
+            if month is not None:
+                db.execute(f"UPDATE letters SET received_at = '{month}-15 04:00:00.000000' "
+                           f"WHERE id IN ({', '.join(map(str, ids))})")
+        # Letter 2 is entered after its month's run: it is still in this month when the month runs.
+        db.execute("UPDATE letters SET received_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 2")
+    gw.run("archive", "run", "--month", late)
+    with sqlite3.connect(registry) as db:
+        db.execute(f"UPDATE letters SET received_at = '{late}-20 04:00:00.000000' WHERE id = 2")
+        # An archive ran on this registry before: last month's is due.
+        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
+                   f"'{late}', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
+                 60, "last month's archive")
+    finally:
+        out = stop(daemon)
+    assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
+    assert re.search(rf"archive of {late}: 1 letter\(s\) left out of its run packed now .* in 1 package\(s\); "
+                     r"2 verified, 0 failed", out), out[-3000:]
+    assert re.search(rf"archive of {never}: 1 letter\(s\) left out of its run packed now .* in 1 package\(s\)", out)
+    assert f"archive of {empty}" not in out
+    assert (out.index(f"archive of {late}: 1 letter") < out.index(f"archive of {never}: 1 letter")
+            < out.index(f"archive of {last}: 1 package"))
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT month, part, letters FROM archive_packages ORDER BY id").fetchall() == [
+            (late, 1, 1), (late, 2, 1), (never, 1, 1), (last, 1, 2)]
+        assert db.execute("SELECT id FROM letters WHERE archive_number IS NULL ORDER BY id").fetchall() == [(6,), (7,)]
+        assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(last, "done")]
+
+
+def test_an_earlier_month_that_cannot_be_packed_does_not_hold_up_last_months_archive(tmp_path: Path,
+                                                                                     notify: Notify) -> None:
+    gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
+    (tmp_path / "mail").mkdir()
+    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(3))))
+    earlier, last = _month_back(3), _month_back(1)
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
+        db.execute(f"UPDATE letters SET received_at = '{earlier}-15 04:00:00.000000' WHERE id = 1")
+        db.execute(f"UPDATE letters SET received_at = '{last}-15 04:00:00.000000' WHERE id IN (2, 3)")
+        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
+                   "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+        (damaged,) = db.execute("SELECT raw_path FROM letters WHERE id = 1").fetchone()
+    original = gw.state / damaged
+    original.write_bytes(original.read_bytes()[:-10])  # its seal no longer matches
+
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
+                 60, "last month's archive")
+    finally:
+        out = stop(daemon)
+    assert "Traceback" not in out, out[-3000:]
+    assert re.search(rf"ALERT archive of {earlier} \(letters left out of its run\) failed: \S+: its original cannot "
+                     "be read", out), out[-3000:]
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT id FROM letters WHERE archive_number IS NULL").fetchall() == [(1,)]
+        assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(last, "done")]

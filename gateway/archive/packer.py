@@ -200,6 +200,21 @@ class Archiver:
                     written.append(recording.result())
             return written
 
+    def months_behind(self, month: str) -> list[str]:
+        """The months before `month` that still have letters no package holds, oldest first: letters
+        registered after their month was archived (a paper letter entered late with the day it
+        came, an item released from quarantine), or months no run ever did (the daemon stopped
+        for longer than a month). A run of such a month packs only those letters, in a part of
+        its own."""
+        zone = self.config.model.gateway.timezone
+        end = month_bounds(month, zone)[0]
+        months: list[str] = []
+        oldest = self.registry.oldest_unarchived(None, end)
+        while oldest is not None:
+            months.append(oldest.astimezone(ZoneInfo(zone)).strftime("%Y-%m"))
+            oldest = self.registry.oldest_unarchived(month_bounds(months[-1], zone)[1], end)
+        return months
+
     def _folder(self, month: str, category: str) -> Path:
         year, mon = month.split("-")
         return self.root / year / mon / category

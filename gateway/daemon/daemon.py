@@ -439,7 +439,7 @@ class Daemon:
     async def _archive_last_month(self, *, missed: bool = False) -> None:
         from zoneinfo import ZoneInfo
 
-        from gateway.archive.packer import Archiver
+        from gateway.archive.packer import ArchiveError, Archiver
 
         if self._archiving.locked():
             return  # the run on its day and the look for a missed one: this node runs one at a time
@@ -451,6 +451,25 @@ class Daemon:
             if missed:
                 log.info("archive of %s: due and not done (missed, or left unfinished by a node that stopped or "
                          "died in it): running it now", month)
+            # Earlier months first, each with what it still lacks: otherwise a letter registered
+            # after its month's run would stay out of every package.
+            for behind in archiver.months_behind(month):
+                try:
+                    late = archiver.run(behind)
+                    checked = archiver.verify(behind) if late else []
+                except JobStopped:
+                    raise
+                except ArchiveError as exc:  # last month's run goes ahead all the same
+                    log.error("ALERT archive of %s (letters left out of its run) failed: %s", behind, exc)
+                    continue
+                log.info("archive of %s: %d letter(s) left out of its run packed now (registered late, or the "
+                         "month never run), in %d package(s); %d verified, %d failed", behind,
+                         sum(w.letters for w in late), len(late), sum(c.ok for c in checked),
+                         sum(not c.ok for c in checked))
+                for c in checked:
+                    if not c.ok:
+                        log.error("ALERT archive: %s failed verification: %s", c.package.path,
+                                  "; ".join(c.problems[:5]))
             return archiver.run(month), archiver.verify(month)
         try:
             async with self._archiving:

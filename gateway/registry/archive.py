@@ -52,6 +52,17 @@ class ArchiveRecords(Store):
                           faxes.get(id_))
                 for id_, number, received, channel, category, raw_path, raw_sha256, raw_size in rows]
 
+    def oldest_unarchived(self, start: datetime | None, end: datetime) -> datetime | None:
+        """When the oldest letter received in [start, end) that no package holds yet was received
+        (None: there is none). Looked up through the archive numbers' index: the letters without one
+        are the last month or two, however large the register."""
+        month = [Letter.archive_number.is_(None), Letter.received_at < end]
+        if start is not None:
+            month.append(Letter.received_at >= start)
+        with self.read() as conn:
+            oldest = conn.execute(select(func.min(type_coerce(Letter.received_at, String))).where(*month)).scalar()
+        return None if oldest is None else _utc(oldest)
+
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
         few whose packages carry more than the original. Asked once, not letter by letter."""
