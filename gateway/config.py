@@ -282,6 +282,16 @@ class ArchiveSection(_Strict):
     retention_years: int = Field(default=10, ge=1, le=100)
     retention: dict[str, int] = {}
     release_after_verify: bool = True
+    # Further folders (another disk, a network share) that each hold a copy of every package,
+    # written and checked when the package is verified; relative to state_dir.
+    copies: list[Path] = []
+
+    @field_validator("copies")
+    @classmethod
+    def _copies(cls, values: list[Path]) -> list[Path]:
+        if len(set(values)) != len(values):
+            raise ValueError("a folder is named twice")
+        return values
 
     @field_validator("retention")
     @classmethod
@@ -842,6 +852,10 @@ class Config:
         return folder if folder.is_absolute() else self.state_dir / folder
 
     @property
+    def archive_copies(self) -> list[Path]:
+        return [folder if folder.is_absolute() else self.state_dir / folder for folder in self.model.archive.copies]
+
+    @property
     def shared_message_dir(self) -> Path | None:
         """Where the message store really lives when `[storage] messages_dir` names a shared
         directory; `message_dir` (the name every stored path is relative to) points there."""
@@ -1134,6 +1148,8 @@ def _folder_checks(config: Config) -> list[ConfigIssue]:
     if config.model.fax.enabled:
         named["fax.drop_folder"] = real(config.fax_drop_dir)
     named["storage.archive_dir" if config.model.storage.archive_dir else "archive.folder"] = real(config.archive_dir)
+    for n, copy in enumerate(config.archive_copies):
+        named[f"archive.copies[{n}]"] = real(copy)
     if config.shared_message_dir is not None:
         named["storage.messages_dir"] = real(config.shared_message_dir)
     issues: list[ConfigIssue] = []

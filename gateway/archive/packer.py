@@ -35,6 +35,7 @@ import gc
 import gzip
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -62,8 +63,9 @@ from gateway.registry.circulation import CirculationRecords
 from gateway.registry.leases import JobStopped
 from gateway.registry.models import ArchivePackage, Letter
 from gateway.spool import DamagedItem, Sealed, read_raw, read_sealed
-from gateway.spool.durable import make_dirs, move, write_file, writing
+from gateway.spool.durable import fsync_dir, make_dirs, move, write_file, writing
 
+log = logging.getLogger("gateway.archive")
 T = TypeVar("T")
 R = TypeVar("R")
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -106,11 +108,32 @@ class Written:
 @dataclass
 class Checked:
     package: ArchivePackage
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the package's own, in the archive folder
+    # With [archive] copies: what is wrong with a copy that could not be put right (a folder that
+    # cannot be written); the copy folders written now; what was put right (a copy that differed,
+    # or the package itself restored from a copy).
+    copy_problems: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def log_checked(checked: list[Checked]) -> None:
+    """What a check found, in the log: ALERTs for a package or a copy that is wrong and stays so,
+    and for a package restored from its copy; a warning for a copy written again."""
+    for c in checked:
+        if c.problems:
+            log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
+        for problem in c.copy_problems:
+            log.error("ALERT archive: %s: %s", c.package.path, problem)
+        for repair in c.repaired:
+            if repair.startswith("restored"):
+                log.error("ALERT archive: %s %s", c.package.path, repair)
+            else:
+                log.warning("archive: %s: %s", c.package.path, repair)
 
 
 def month_bounds(month: str, timezone_name: str) -> tuple[datetime, datetime]:
@@ -140,6 +163,7 @@ class Archiver:
         self.config = config
         self.registry = registry
         self.root = config.archive_dir
+        self.copies = config.archive_copies
         self._stop = stop or threading.Event()
         self._local = threading.local()  # a compressor per worker thread: they are not thread-safe
         # One checking thread at a time hashes its letters, while the other decompresses: hashing 4 KiB
@@ -442,25 +466,105 @@ class Archiver:
         return results
 
     def _checked(self, package: ArchivePackage, manifest: _Manifest) -> Checked:
-        checked = Checked(package, self._check(package, manifest))
+        """The package checked; with copies, then each copy, each put right from a good one.
+
+        The message store's copies are released only once the package and every copy are right:
+        until then each original exists twice."""
+        checked = Checked(package, self._check(package, manifest, self.root))
+        if checked.problems and self.copies:
+            source = self._restored(package, manifest.registered)
+            if source is not None:
+                problems = checked.problems
+                checked.problems = self._check(package, self._read_manifest(package, self.root, manifest.registered),
+                                               self.root)
+                if not checked.problems:
+                    checked.repaired.append(f"restored from its copy in {source}; it had: {'; '.join(problems[:3])}")
+        if checked.ok:
+            for copy in self.copies:
+                self._check_copy(checked, copy, manifest.registered)
         self.registry.archive_checked(package.id, checked.problems)
-        if checked.ok and self.config.model.archive.release_after_verify:
+        if checked.ok and not checked.copy_problems and self.config.model.archive.release_after_verify:
             self._release(package)
         return checked
 
-    def _read_manifest(self, package: ArchivePackage) -> _Manifest:
+    def _check_copy(self, checked: Checked, copy: Path, registered: dict[str, str]) -> None:
+        """The package's copy in `copy` checked as the package is; missing or wrong, it is written
+        again from the package (just found right) and checked once more."""
+        package = checked.package
+        found = self._check(package, self._read_manifest(package, copy, registered), copy)
+        if not found:
+            return
+        existed = (copy / package.path).exists() or (copy / package.manifest).exists()
         try:
-            data = (self.root / package.manifest).read_bytes()
+            self._copy_package(package, self.root, copy)
+        except OSError as exc:
+            checked.copy_problems.append(f"copy in {copy}: cannot be written: {exc.strerror or exc}")
+            return
+        again = self._check(package, self._read_manifest(package, copy, registered), copy)
+        if again:
+            checked.copy_problems += [f"copy in {copy}: {problem}" for problem in again[:5]]
+        elif existed:
+            checked.repaired.append(f"its copy in {copy} was written again; it had: {'; '.join(found[:3])}")
+        else:
+            checked.copied.append(str(copy))
+
+    def _restored(self, package: ArchivePackage, registered: dict[str, str]) -> Path | None:
+        """The package (found wrong) written again from the first of its copies that is right;
+        the copy folder it came from, or None when none is right."""
+        for copy in self.copies:
+            if not self._check(package, self._read_manifest(package, copy, registered), copy):
+                try:
+                    self._copy_package(package, copy, self.root)
+                except OSError as exc:
+                    log.error("archive: %s cannot be restored from its copy in %s: %s", package.path, copy,
+                              exc.strerror or exc)
+                    continue
+                return copy
+        return None
+
+    @staticmethod
+    def _copy_package(package: ArchivePackage, source: Path, target: Path) -> None:
+        """The package's files (the package, its manifest, its circulation record) copied from the
+        archive folder `source` to `target`: each is durable before it takes its name, and a folder
+        of faxes takes its name only once whole."""
+        manifest = Path(package.manifest)
+        names = [Path(package.path), manifest]
+        if (source / circulation_path(manifest)).exists():
+            names.append(circulation_path(manifest))
+        for name in names:
+            origin, copy = source / name, target / name
+            make_dirs(copy.parent)
+            if not origin.is_dir():
+                _copy_file(origin, copy)
+                checkpoint("archive-copy")  # the package copied, not its manifest: checked again, copied again
+                continue
+            tmp = copy.with_name(f".{copy.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            make_dirs(tmp)
+            for entry in sorted(origin.iterdir()):
+                _copy_file(entry, tmp / entry.name)
+            fsync_dir(tmp)
+            if copy.exists():  # a wrong one; the new one is whole and durable beside it
+                shutil.rmtree(copy) if copy.is_dir() else copy.unlink()
+            move(tmp, copy)
+
+    def _read_manifest(self, package: ArchivePackage, root: Path | None = None,
+                       registered: dict[str, str] | None = None) -> _Manifest:
+        """The manifest in the archive folder (or in the folder `root`, a copy of it), with the
+        register's hashes of the package's letters (`registered`, when already read)."""
+        try:
+            data = ((root or self.root) / package.manifest).read_bytes()
             text = data.decode()
         except (OSError, UnicodeDecodeError) as exc:
-            return _Manifest(f"manifest {package.manifest}: {getattr(exc, 'strerror', None) or exc}", b"", "", None, {})
+            return _Manifest(f"manifest {package.manifest}: {getattr(exc, 'strerror', None) or exc}", b"", "", None,
+                             registered if registered is not None else self.registry.archived_hashes(package.id))
         return _Manifest("", data, text, _frame_places(text) if package.kind == "mail" else None,
-                         self.registry.archived_hashes(package.id))
+                         registered if registered is not None else self.registry.archived_hashes(package.id))
 
-    def _check(self, package: ArchivePackage, manifest: _Manifest) -> list[str]:
+    def _check(self, package: ArchivePackage, manifest: _Manifest, root: Path) -> list[str]:
         if manifest.problem:
             return [manifest.problem]
-        path, registered = self.root / package.path, manifest.registered
+        path, registered = root / package.path, manifest.registered
         if manifest.framed is not None:
             places, problems, count, listed = manifest.framed
             if count != package.letters:
@@ -569,16 +673,31 @@ class Archiver:
             (self.config.state_dir / raw_path).unlink(missing_ok=True)
 
     def read(self, letter: Letter) -> bytes:
-        """A letter's original from its package (once the message store's copy is released)."""
+        """A letter's original from its package (once the message store's copy is released); from a
+        copy of the package when the package cannot give it."""
         package = self.registry.archive_package(letter.archive_package_id or 0)
         if package is None or package.status == "purged":
             raise ArchiveError(f"{letter.number}: its original was destroyed or is not archived")
-        for row in csv.DictReader(io.StringIO((self.root / package.manifest).read_text(encoding="utf-8"))):
+        failures: list[OSError | ArchiveError] = []
+        for root in (self.root, *self.copies):
+            try:
+                original = self._read_in(root, package, letter)
+            except (OSError, ArchiveError) as exc:
+                failures.append(exc)
+                continue
+            if failures:
+                log.error("ALERT archive: %s: %s; read from its copy in %s (run gateway archive verify)",
+                          letter.number, failures[0], root)
+            return original
+        raise failures[0]
+
+    def _read_in(self, root: Path, package: ArchivePackage, letter: Letter) -> bytes:
+        for row in csv.DictReader(io.StringIO((root / package.manifest).read_text(encoding="utf-8"))):
             if row["letter_number"] != letter.number:
                 continue
             if package.kind == "fax":
-                return self._as_registered(letter, (self.root / package.path / row["file"]).read_bytes())
-            path = self.root / package.path
+                return self._as_registered(letter, (root / package.path / row["file"]).read_bytes())
+            path = root / package.path
             if not row.get("frame_offset"):  # a package of one frame for the month, as written before
                 data = self._decompress(path)
                 block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
@@ -650,14 +769,29 @@ class Archiver:
         return [p.path for p in due if p.id in destroyed_ids], kept
 
     def _delete_files(self, package: ArchivePackage) -> None:
-        manifest = self.root / package.manifest
-        for path in (self.root / package.path, manifest, circulation_path(manifest)):
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        for root in self.copies:
+            try:
+                _delete_package_files(root, package)
+            except OSError as exc:  # the next purge tries again: it goes over every purged package
+                log.error("ALERT archive: the copy of destroyed %s in %s cannot be removed: %s", package.path, root,
+                          exc.strerror or exc)
+        _delete_package_files(self.root, package)
         for letter in self.registry.archived_letters(package.id):
             (self.config.state_dir / letter.raw_path).unlink(missing_ok=True)
+
+
+def _delete_package_files(root: Path, package: ArchivePackage) -> None:
+    manifest = root / package.manifest
+    for path in (root / package.path, manifest, circulation_path(manifest)):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _copy_file(origin: Path, copy: Path) -> None:
+    with open(origin, "rb") as source, writing(copy) as out:
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 def circulation_path(manifest: Path) -> Path:

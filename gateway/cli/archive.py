@@ -52,7 +52,7 @@ def archive_run(state: State, month: str, no_verify: bool) -> None:
 
 
 def _report_checks(checked: list[Any]) -> None:
-    bad = 0
+    bad = uncopied = 0
     for c in checked:
         if c.ok:
             click.echo(f"{c.package.path}: verified ({c.package.letters} letter(s))")
@@ -60,8 +60,20 @@ def _report_checks(checked: list[Any]) -> None:
             bad += 1
             for problem in c.problems:
                 click.echo(f"error: {c.package.path}: {problem}", err=True)
+        for folder in c.copied:
+            click.echo(f"{c.package.path}: copied to {folder} and verified there")
+        for repair in c.repaired:
+            click.echo(f"warning: {c.package.path}: {repair}", err=True)
+        uncopied += bool(c.copy_problems)
+        for problem in c.copy_problems:
+            click.echo(f"error: {c.package.path}: {problem}", err=True)
+    log = logging.getLogger("gateway.archive")
     if bad:
-        logging.getLogger("gateway.archive").error("ALERT archive: %d package(s) failed verification", bad)
+        log.error("ALERT archive: %d package(s) failed verification", bad)
+    if uncopied:
+        log.error("ALERT archive: %d package(s) without every copy (their originals are kept in the message store)",
+                  uncopied)
+    if bad or uncopied:
         sys.exit(1)
 
 

@@ -439,7 +439,7 @@ class Daemon:
     async def _archive_last_month(self, *, missed: bool = False) -> None:
         from zoneinfo import ZoneInfo
 
-        from gateway.archive.packer import ArchiveError, Archiver
+        from gateway.archive.packer import ArchiveError, Archiver, log_checked
 
         if self._archiving.locked():
             return  # the run on its day and the look for a missed one: this node runs one at a time
@@ -466,10 +466,7 @@ class Daemon:
                          "month never run), in %d package(s); %d verified, %d failed", behind,
                          sum(w.letters for w in late), len(late), sum(c.ok for c in checked),
                          sum(not c.ok for c in checked))
-                for c in checked:
-                    if not c.ok:
-                        log.error("ALERT archive: %s failed verification: %s", c.package.path,
-                                  "; ".join(c.problems[:5]))
+                log_checked(checked)
             return archiver.run(month), archiver.verify(month)
         try:
             async with self._archiving:
@@ -491,8 +488,7 @@ class Daemon:
         bad = [c for c in checked if not c.ok]
         log.info("archive of %s: %d package(s) written, %d letter(s); %d verified, %d failed", month, len(written),
                  sum(w.letters for w in written), len(checked) - len(bad), len(bad))
-        for c in bad:
-            log.error("ALERT archive: %s failed verification: %s", c.package.path, "; ".join(c.problems[:5]))
+        log_checked(checked)
 
     async def _archive_if_missed(self) -> None:
         """Runs last month's archive if it was due on this month's run day and no node has done it

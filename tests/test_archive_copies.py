@@ -1,0 +1,153 @@
+"""Copies of the archive in further folders ([archive] copies): written and checked with each
+package, put right from a good one, read when the package cannot be, destroyed with it."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conftest import Gateway, make_message, write_messages
+from fax_samples import ENGLISH, tiff_fax
+
+RULES = """
+rules:
+  - name: business
+    when: {recipient_department: [business]}
+    set: {category: external.business, department: business}
+"""
+
+
+def archived_with_copy(tmp_path: Path, copy: Path, extra: str = "") -> Gateway:
+    """Two mails and a fax received in 2026-03, all closed, archived with one copy folder."""
+    gateway = Gateway(tmp_path, rules=RULES, extra=f'[archive]\ncopies = ["{copy}"]\n{extra}')
+    files = write_messages(tmp_path, (make_message(n, subject=f"Order {n}", to="sales@example.org") for n in range(2)))
+    fax = tmp_path / "fax_0105551234.tif"
+    fax.write_bytes(tiff_fax([ENGLISH], resolution="fine", compression="group4"))
+    gateway.run("ingest", *files, str(fax))
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000', status = 'closed'")
+    return gateway
+
+
+def packages(gateway: Gateway) -> dict[str, dict]:
+    return {p["kind"]: p for p in json.loads(gateway.run("archive", "list", "--json").stdout)}
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()
+            and not f.name.startswith(".")}
+
+
+def released(gateway: Gateway, number: str) -> bool:
+    return not (gateway.state / gateway.show_json(number)["raw_path"]).exists()
+
+
+def test_each_package_is_copied_and_checked_there_before_the_originals_go(tmp_path: Path) -> None:
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    out = gateway.run("archive", "run", "--month", "2026-03").stdout
+    mail, fax = packages(gateway)["mail"], packages(gateway)["fax"]
+    assert f"{mail['path']}: copied to {copy} and verified there" in out
+    assert f"{fax['path']}: copied to {copy} and verified there" in out
+    archive = files_of(gateway.state / "archive")
+    assert files_of(copy) == archive and mail["path"] in archive and len(archive) == 4  # mbox, 2 manifests, fax
+    assert all(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
+    # A second check finds both right and writes nothing.
+    again = gateway.run("archive", "verify").stdout
+    assert "copied to" not in again and f"{mail['path']}: verified" in again
+
+
+def test_a_copy_folder_that_cannot_be_written_keeps_the_originals_until_it_can(tmp_path: Path) -> None:
+    copy = tmp_path / "share"
+    copy.write_text("not a folder: the share is not mounted\n")
+    gateway = archived_with_copy(tmp_path, copy)
+    run = gateway.run("archive", "run", "--month", "2026-03", check=False)
+    assert run.returncode == 1
+    mail = packages(gateway)["mail"]
+    assert f"error: {mail['path']}: copy in {copy}: cannot be written:" in run.stderr
+    assert "ALERT archive: 2 package(s) without every copy (their originals are kept in the message store)" in run.stderr
+    # The packages themselves are right: not corrupt, and verified; nothing is released meanwhile.
+    assert {p["status"] for p in packages(gateway).values()} == {"verified"}
+    assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
+
+    copy.unlink()
+    out = gateway.run("archive", "verify").stdout
+    assert f"{mail['path']}: copied to {copy} and verified there" in out
+    assert files_of(copy) == files_of(gateway.state / "archive")
+    assert released(gateway, "2026-000001") and released(gateway, "2026-000003")
+
+
+def test_a_wrong_copy_is_written_again_and_a_wrong_package_is_restored_from_its_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03")
+    mail, fax = packages(gateway)["mail"], packages(gateway)["fax"]
+    archive = gateway.state / "archive"
+    right = files_of(archive)
+
+    damaged = bytearray((copy / mail["path"]).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (copy / mail["path"]).write_bytes(bytes(damaged))
+    fixed = gateway.run("archive", "verify")
+    assert (f"warning: {mail['path']}: its copy in {copy} was written again; it had: SHA-256 differs from the one "
+            "recorded when it was written") in fixed.stderr
+    assert files_of(copy) == right
+
+    (archive / mail["path"]).write_bytes(bytes(damaged))
+    [fax_file] = list((archive / fax["path"]).iterdir())
+    fax_file.write_bytes(fax_file.read_bytes()[:-10])
+    (archive / mail["manifest"]).unlink()
+    restored = gateway.run("archive", "verify")
+    assert restored.returncode == 0, restored.stderr
+    assert f"warning: {mail['path']}: restored from its copy in {copy}; it had: manifest" in restored.stderr
+    assert f"warning: {fax['path']}: restored from its copy in {copy}; it had: " in restored.stderr
+    assert files_of(archive) == right
+    assert {p["status"] for p in packages(gateway).values()} == {"verified"}
+    out = tmp_path / "out"
+    gateway.run("letters", "extract", "2026-000003", str(out))
+    assert [f.name for f in out.iterdir()] == ["fax_0105551234.tif"]
+
+
+def test_an_archived_letter_is_read_from_its_copy_when_its_package_cannot_give_it(tmp_path: Path) -> None:
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03")
+    mail = packages(gateway)["mail"]
+    (gateway.state / "archive" / mail["path"]).unlink()
+    shown = gateway.run("letters", "show", "2026-000001", "--json")
+    assert shown.returncode == 0
+    read = gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"), check=False)
+    assert read.returncode == 0, read.stderr
+    assert f"ALERT archive: 2026-000001: " in read.stderr and f"read from its copy in {copy}" in read.stderr
+
+
+def test_a_crash_while_copying_leaves_the_originals_and_the_next_check_finishes_the_copy(tmp_path: Path) -> None:
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    crashed = gateway.run("archive", "run", "--month", "2026-03", check=False,
+                          env=gateway.env(GATEWAY_CRASH_AT="archive-copy"))
+    assert crashed.returncode == -9
+    assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
+    gateway.run("archive", "verify")
+    assert files_of(copy) == files_of(gateway.state / "archive")
+    assert released(gateway, "2026-000001") and released(gateway, "2026-000003")
+
+
+def test_destroying_a_package_destroys_its_copies(tmp_path: Path) -> None:
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy, extra="retention_years = 1\n")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
+    gateway.run("archive", "run", "--month", "2019-05")
+    assert files_of(copy)
+    done = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    assert "destroyed" in done
+    assert files_of(copy) == {} and files_of(gateway.state / "archive") == {}
+
+
+def test_a_copy_folder_inside_the_archive_is_refused(tmp_path: Path) -> None:
+    gateway = Gateway(tmp_path, extra=f'[archive]\ncopies = ["{tmp_path / "storage" / "archive" / "copy"}"]\n')
+    checked = gateway.run("check-config", check=False)
+    assert checked.returncode == 1
+    assert "archive.copies[0]" in checked.stdout + checked.stderr and "give it a folder of its own" in (
+        checked.stdout + checked.stderr)
