@@ -561,3 +561,51 @@ def test_a_field_only_one_parser_sees_proves_nothing(dns_server: DnsServer) -> N
     buried = b"Subject: Approve the transfer now\r\n" + filler + buried
     verdict = verdict_of(buried)
     assert not verdict["authenticated"] and "ambiguous-header" in verdict["flags"]
+
+
+def test_a_dkim_signature_whose_l_leaves_the_end_of_the_body_unsigned_proves_nothing(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """RFC 6376 8.2: with l= a signature covers only the first l bytes of the body, so anyone can
+    append to a signed mail (a forged postscript, a part of their own) and it still verifies.
+    Over the daemon's listener: a signature whose l= covers the whole body proves the From as
+    any other; the same mail with text appended after the signed length is recorded as DKIM
+    `policy` with the reason, proves nothing, and DMARC fails."""
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    key = dns_server.zone.keys[("signed.example", "sel1")]
+
+    def signed_with_length(subject: str) -> bytes:
+        raw = message("Ann <ann@signed.example>", subject=subject)
+        return dkim.sign(raw, b"sel1", b"signed.example", key.private_pem, length=True,
+                         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + raw
+
+    whole = signed_with_length("Quarterly figures")
+    appended = signed_with_length("Payment details") + b"P.S. Our bank account has changed: pay to 6222 0000.\r\n"
+    assert b" l=26;" in whole and b" l=26;" in appended
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        # The envelope sender is not signed.example's (whose SPF passes from here): only DKIM can prove.
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("bounce@partner.example", ["liaison@example.org"], whole)
+            c.sendmail("bounce@partner.example", ["liaison@example.org"], appended)
+        letters = {row["subject"]: str(row["number"]) for row in gateway.list_json()}
+        trust = gateway.show_json(letters["Quarterly figures"])["trust"]
+        assert trust["authenticated"] and trust["method"] == "dkim"
+        assert trust["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "pass", "aligned": True}]
+
+        forged = gateway.show_json(letters["Payment details"])
+        trust = forged["trust"]
+        assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
+        assert trust["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "policy", "aligned": True,
+                                  "reason": "l=26 leaves 54 bytes of the body unsigned"}]
+        assert trust["dmarc"] == {"result": "fail", "policy": "reject", "domain": "signed.example"}
+        assert forged["classification"]["trust"]["sender_verified"] is False
+        shown = gateway.run("letters", "show", letters["Payment details"]).stdout
+        assert "DKIM policy d=signed.example s=sel1 (l=26 leaves 54 bytes of the body unsigned)" in shown
+    finally:
+        proc.stop()

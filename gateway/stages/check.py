@@ -5,7 +5,7 @@ address is proven, how, and the evidence. A From header alone proves nothing —
 write one. The address counts as proven by
 
 - SMTP AUTH: the session authenticated as a user allowed to send as that address;
-- DKIM: a valid signature whose d= is aligned with the From domain;
+- DKIM: a valid signature, covering the whole body, whose d= is aligned with the From domain;
 - DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
 - a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
   (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
@@ -66,6 +66,10 @@ REPEATED_FIELD = "repeated-header"
 # line for Python's parser and not for dkimpy's, and the normaliser reads a bounded number of
 # fields. A field placed so would be shown while the signature covers another.
 AMBIGUOUS_HEADER = "ambiguous-header"
+# A DKIM result for a signature that verifies but whose l= leaves the end of the body unsigned:
+# anything may have been appended there (RFC 6376 6.1.3 and 8.2 let a verifier refuse such a
+# signature, "PERMFAIL (unsigned content)"; RFC 8601's name for a signature not acceptable here).
+DKIM_UNSIGNED_CONTENT = "policy"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -90,7 +94,8 @@ class Verdict:
     address: str | None = None  # the From address, when proven
     method: str | None = None  # smtp-auth | dkim | dmarc | authentication-results
     smtp_auth_user: str | None = None
-    dkim: list[dict[str, Any]] = field(default_factory=list)  # domain, selector, result, aligned
+    # domain, selector, result, aligned; and reason, for a result of "policy"
+    dkim: list[dict[str, Any]] = field(default_factory=list)
     spf: dict[str, Any] | None = None  # result, domain
     dmarc: dict[str, Any] | None = None  # result, policy, domain
     authentication_results: dict[str, list[dict[str, Any]]] = field(
@@ -560,6 +565,7 @@ class Checker:
                 if key is None:
                     lookup["error"] = "permerror"  # no key at that selector
                 return key
+            checker.unsigned_body_bytes = 0
             try:
                 result = "pass" if checker.verify(idx=index, dnsfunc=key_record) else "fail"
             except dkim.DnsTimeoutError:
@@ -572,8 +578,14 @@ class Checker:
                 result = lookup["error"]
             if result == "temperror":
                 verdict.temperror = True
-            verdict.dkim.append({"domain": domain, "selector": selector, "result": result,
-                                 "aligned": aligned(domain, verdict.from_domain, "r")})
+            entry: dict[str, Any] = {"domain": domain, "selector": selector, "result": result,
+                                     "aligned": aligned(domain, verdict.from_domain, "r")}
+            if result == "pass" and checker.unsigned_body_bytes:
+                # The signed part verifies, but what follows it (a forged part, say) is anyone's.
+                entry["result"] = DKIM_UNSIGNED_CONTENT
+                entry["reason"] = (f"l={tags.get('l')} leaves {checker.unsigned_body_bytes} bytes "
+                                   "of the body unsigned")
+            verdict.dkim.append(entry)
         return names
 
     def _spf(self, envelope: dict[str, Any], verdict: Verdict, lookups: Lookups) -> None:
@@ -690,12 +702,16 @@ class _StreamedBodyDKIM(dkim.DKIM):
     dkimpy splits the whole message into lines, joins the body again and canonicalises it in
     several whole copies: four times a large message's size. Here it is given only the header
     (which is all it needs besides the body hash); the body hash is computed as dkimpy computes
-    it and checked against bh=, and dkimpy checks the rest of the signature as ever."""
+    it and checked against bh=, and dkimpy checks the rest of the signature as ever.
+
+    A signature with l= is checked over its first l bytes of the canonical body, as dkimpy checks
+    it; how many bytes follow them is left in `unsigned_body_bytes` for the caller to judge."""
 
     def __init__(self, raw: bytes, **kwargs: Any) -> None:
         blank = _BLANK_LINE.search(raw)
         self._raw = raw
         self._body_start = blank.end() if blank else len(raw)
+        self.unsigned_body_bytes = 0  # of the signature verified last: canonical body beyond its l=
         super().__init__(raw[:self._body_start] if blank else raw, **kwargs)
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
@@ -707,11 +723,14 @@ class _StreamedBodyDKIM(dkim.DKIM):
                 return super().verify_sig_process(sig, include_headers, sig_header, dnsfunc)  # says why
             hasher = dkim.HASH_ALGORITHMS[sig[b"a"]]()
             limit = int(sig[b"l"]) if b"l" in sig and not self.tlsrpt else None
+            unsigned = 0
             for block in _canonical_body(self._raw, self._body_start, policy.body_algorithm is Relaxed):
                 if limit is not None:
+                    unsigned += max(0, len(block) - limit)
                     block = block[:limit]
                     limit -= len(block)
                 hasher.update(block)
+            self.unsigned_body_bytes = unsigned
             try:
                 expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]))
             except TypeError as exc:

@@ -29,8 +29,9 @@ def describe(trust: dict[str, Any] | None) -> str:
         return f"yes, {trust.get('address')} by {method} ({evidence})"
     found = []
     for d in trust.get("dkim", []):
+        why = f" ({d['reason']})" if d.get("reason") else ""
         found.append(f"DKIM {d.get('result')} d={d.get('domain')} s={d.get('selector')}"
-                     f"{'' if d.get('aligned') else ' (not aligned)'}")
+                     f"{'' if d.get('aligned') else ' (not aligned)'}{why}")
     if trust.get("spf"):
         found.append(f"SPF {trust['spf'].get('result')} for {trust['spf'].get('domain')}")
     if trust.get("dmarc"):
