@@ -171,6 +171,7 @@ def dns_server() -> Iterator[DnsServer]:
     - example.org (the organisation): DKIM key `mail`, SPF -all, DMARC p=quarantine;
     - nodmarc.example: DKIM key `k1`, SPF pass, no DMARC record;
     - twice.example: SPF -all and two DMARC records (p=reject, p=quarantine): no DMARC at all;
+    - strict.example: DMARC p=reject with strict alignment (adkim=s, aspf=s), nothing else;
     - signed.example's selector `multi`: a site-verification TXT record answered before its DKIM key."""
     zone = DnsZone()
     zone.add_key("signed.example", "sel1")
@@ -185,6 +186,7 @@ def dns_server() -> Iterator[DnsServer]:
         "_dmarc.example.org": "v=DMARC1; p=quarantine",
         "nodmarc.example": "v=spf1 ip4:127.0.0.1 -all",
         "twice.example": "v=spf1 -all",
+        "_dmarc.strict.example": "v=DMARC1; p=reject; adkim=s; aspf=s",
     })
     zone.more_txt += [("_dmarc.twice.example", "v=DMARC1; p=reject"),
                       ("_dmarc.twice.example", "v=DMARC1; p=quarantine")]

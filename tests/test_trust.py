@@ -609,3 +609,37 @@ def test_a_dkim_signature_whose_l_leaves_the_end_of_the_body_unsigned_proves_not
         assert "DKIM policy d=signed.example s=sel1 (l=26 leaves 54 bytes of the body unsigned)" in shown
     finally:
         proc.stop()
+
+
+def test_a_trusted_headers_dkim_pass_aligns_as_the_from_domains_dmarc_record_says(
+        dns_server: DnsServer, silent_nameserver: str) -> None:
+    """A trusted Authentication-Results' DKIM pass for another name under the From domain proves
+    the From only where that domain's DMARC record allows relaxed alignment: strict.example says
+    adkim=s, so a pass for mail.strict.example is not its own; with no record (nodmarc.example)
+    or one without adkim (signed.example) relaxed, as before. The same for mail fetched by IMAP
+    (the record is asked for this alone) and for mail from a trusted relay over SMTP. A record
+    that cannot be looked up proves nothing (a temperror); an exact domain needs no lookup."""
+    def verdict(sender: str, signer: str, intake: str, c: Checker) -> dict:
+        raw = message(sender, extra=f"Authentication-Results: mx.example.org; dkim=pass header.d={signer}\r\n")
+        return check(c, raw, sender, "someone@partner.example", intake=intake)
+
+    c = checker(dns_server.nameserver, relays=("127.0.0.0/8",))
+    for intake in ("imap", "smtp"):
+        strict = verdict("boss@strict.example", "mail.strict.example", intake, c)
+        assert not strict["authenticated"] and strict["address"] is None, intake
+        assert not strict["temperror"] and len(strict["authentication_results"]["trusted"]) == 1
+        for sender, signer in (("boss@strict.example", "Strict.Example"), ("ann@nodmarc.example", "mail.nodmarc.example"),
+                               ("ann@signed.example", "mail.signed.example")):
+            proven = verdict(sender, signer, intake, c)
+            assert proven["authenticated"] and proven["method"] == "authentication-results", (intake, sender, signer)
+            assert proven["address"] == sender
+    # The MTA's own DMARC pass already applied the record's alignment: it counts as before.
+    raw = message("boss@strict.example",
+                  extra="Authentication-Results: mx.example.org; dmarc=pass header.from=strict.example\r\n")
+    assert check(c, raw, "boss@strict.example", "", intake="imap")["authenticated"]
+
+    unanswered = checker(silent_nameserver, lifetime=0.5)
+    relaxed = verdict("ann@signed.example", "mail.signed.example", "imap", unanswered)
+    assert not relaxed["authenticated"] and relaxed["temperror"]
+    exact = verdict("ann@signed.example", "signed.example", "imap", unanswered)
+    assert exact["authenticated"] and not exact["temperror"]

@@ -9,7 +9,8 @@ write one. The address counts as proven by
 - DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
 - a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
   (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
-  with an aligned d=. Every other Authentication-Results header is ignored (and recorded).
+  with a d= aligned as the From domain's DMARC record says (relaxed without one). Every other
+  Authentication-Results header is ignored (and recorded).
 
 DKIM, SPF and DMARC are checked only for mail received by the SMTP listener, which saw the
 connection. Mail fetched by IMAP, from the fax inbox or taken in by hand has no SMTP
@@ -452,17 +453,24 @@ def parse_authentication_results(value: str) -> dict[str, Any]:
     return {"authserv_id": authserv_id, "results": results}
 
 
-def _proves(results: list[dict[str, Any]], from_domain: str) -> bool:
-    """Does a trusted header say the From domain is authenticated?"""
+def _proves(results: list[dict[str, Any]], from_domain: str, dkim_alignment: Callable[[], str | None]) -> bool:
+    """Does a trusted header say the From domain is authenticated? dkim_alignment gives the From
+    domain's DMARC adkim ("r" without a record; None when it could not be looked up), asked only
+    for a DKIM pass of another domain than the From's."""
     for r in results:
         if r["result"] != "pass":
             continue
         props = r["properties"]
         if r["method"] == "dmarc" and props.get("header.from", "") == from_domain:
             return True
-        if r["method"] == "dkim" and aligned(props.get("header.d", props.get("header.i", "").rpartition("@")[2]),
-                                             from_domain, "r"):
-            return True
+        if r["method"] == "dkim":
+            domain = props.get("header.d", props.get("header.i", "").rpartition("@")[2])
+            if aligned(domain, from_domain, "s"):
+                return True
+            if aligned(domain, from_domain, "r"):
+                mode = dkim_alignment()
+                if mode is not None and aligned(domain, from_domain, mode):
+                    return True
     return False
 
 
@@ -500,18 +508,26 @@ class Checker:
             if from_address and self.may_send_as(str(auth_user), from_address):
                 verdict.prove("smtp-auth")
         signed_names: list[str] | None = None
+        # The From domain's DMARC adkim, once known: what a trusted header's DKIM pass must align by.
+        alignment: list[str | None] = []
         if smtp and from_domain:
             lookups = Lookups(self.answers, self.policy.check_deadline_seconds)
             signed_names = self._dkim(raw, verdict, lookups)
             self._spf(envelope, verdict, lookups)
             if valid_domain(from_domain):
-                self._dmarc(verdict, lookups)
+                alignment.append(self._dmarc(verdict, lookups))
             else:  # no DNS answer could ever exist for it: a permanent error, not a temporary one
                 verdict.dmarc = {"result": "permerror", "policy": None, "domain": from_domain}
+
+        def dkim_alignment() -> str | None:
+            if not alignment:  # mail not checked over SMTP: asked only now, and once
+                alignment.append(self._dkim_alignment(
+                    verdict, Lookups(self.answers, self.policy.check_deadline_seconds)))
+            return alignment[0]
         # Over SMTP, anyone can connect and write an Authentication-Results header; it is the
         # organisation's MTA's only when that MTA is the client.
         relayed = not smtp or self._trusted_relay(envelope.get("client"))
-        self._authentication_results(header_fields, verdict, relayed)
+        self._authentication_results(header_fields, verdict, relayed, dkim_alignment)
         repeated = _repeated_fields(header_fields)
         if repeated:
             verdict.flags.append(f"{REPEATED_FIELD}: {', '.join(repeated)}")
@@ -610,28 +626,45 @@ class Checker:
             verdict.temperror = True
         verdict.spf = {"result": str(result), "domain": domain}
 
-    def _dmarc(self, verdict: Verdict, lookups: Lookups) -> None:
-        from_domain = verdict.from_domain
-        organisational = organisational_domain(from_domain)
-        record: dict[str, str] | None = None
-        found_at = from_domain
+    @staticmethod
+    def _dmarc_record(from_domain: str, lookups: Lookups) -> tuple[dict[str, str], str] | None:
+        """The DMARC record that applies to the From domain, as tags, and where it was found;
+        None when there is none. Raises DnsTempError."""
+        for candidate in dict.fromkeys([from_domain, organisational_domain(from_domain)]):
+            records = [r for r in txt_records(lookups, f"_dmarc.{candidate}.")
+                       if re.match(rb"\s*v\s*=\s*DMARC1\s*(;|\Z)", r, re.I)]
+            if len(records) > 1:
+                return None  # RFC 7489 6.6.3: more than one record, no DMARC at all
+            if records:
+                return _tags(records[0]), candidate
+        return None
+
+    def _dkim_alignment(self, verdict: Verdict, lookups: Lookups) -> str | None:
+        """The From domain's DMARC adkim ("r" without a record); None when the lookup failed."""
+        if not valid_domain(verdict.from_domain):
+            return "r"
         try:
-            for candidate in dict.fromkeys([from_domain, organisational]):
-                records = [r for r in txt_records(lookups, f"_dmarc.{candidate}.")
-                           if re.match(rb"\s*v\s*=\s*DMARC1\s*(;|\Z)", r, re.I)]
-                if len(records) > 1:
-                    break  # RFC 7489 6.6.3: more than one record, no DMARC at all
-                if records:
-                    record, found_at = _tags(records[0]), candidate
-                    break
+            found = self._dmarc_record(verdict.from_domain, lookups)
+        except DnsTempError:
+            verdict.temperror = True
+            return None
+        return "r" if found is None else found[0].get("adkim", "r").lower()
+
+    def _dmarc(self, verdict: Verdict, lookups: Lookups) -> str | None:
+        """DMARC into the verdict; returns the record's adkim ("r" without a record), or None
+        when the record could not be looked up."""
+        from_domain = verdict.from_domain
+        try:
+            found = self._dmarc_record(from_domain, lookups)
         except DnsTempError:
             verdict.temperror = True
             verdict.dmarc = {"result": "temperror", "policy": None, "domain": from_domain}
-            return
-        if record is None:
+            return None
+        if found is None:
             verdict.dmarc = {"result": "none", "policy": None, "domain": from_domain}
             self._dkim_alone(verdict)
-            return
+            return "r"
+        record, found_at = found
         policy = record.get("p", "none").lower()
         if found_at != from_domain and "sp" in record:
             policy = record["sp"].lower()  # a subdomain under its organisation's record
@@ -652,6 +685,7 @@ class Checker:
             verdict.prove("dkim")
         elif spf_pass:
             verdict.prove("dmarc")
+        return adkim
 
     @staticmethod
     def _dkim_alone(verdict: Verdict) -> None:
@@ -661,9 +695,10 @@ class Checker:
             verdict.prove("dkim")
 
     def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict,
-                                relayed: bool) -> None:
+                                relayed: bool, dkim_alignment: Callable[[], str | None]) -> None:
         """relayed: the mail came through the organisation's own MTAs (or was fetched from their
-        mailboxes), so a header with their authserv-id is theirs."""
+        mailboxes), so a header with their authserv-id is theirs. A DKIM pass it reports aligns
+        with the From domain as that domain's DMARC record says (adkim), relaxed without one."""
         stored = verdict.authentication_results
         for name, value in header_fields:
             if name.strip().lower() != "authentication-results":
@@ -679,7 +714,7 @@ class Checker:
             else:
                 if len(stored["trusted"]) < MAX_AUTHENTICATION_RESULTS:
                     stored["trusted"].append(entry)
-                if verdict.from_domain and _proves(parsed["results"], verdict.from_domain):
+                if verdict.from_domain and _proves(parsed["results"], verdict.from_domain, dkim_alignment):
                     verdict.prove("authentication-results")
                 continue
             # Bounded: a message can carry any number of such headers.
