@@ -101,6 +101,42 @@ def test_null_sender_is_accepted_and_flagged(smtp: Running) -> None:
     assert detail["flags"] == ["bounce"] and detail["envelope"]["mail_from"] == ""
 
 
+def test_a_non_ascii_address_is_refused_without_smtputf8_and_taken_with_it(gateway: Gateway, notify: Notify) -> None:
+    """RFC 6531 3.5: a non-ASCII address given without MAIL's SMTPUTF8 parameter is refused, at MAIL
+    with 550 5.6.7, at RCPT with 553 5.6.7 (the reply, ASCII, does not repeat it); the session goes
+    on. With SMTPUTF8 the same addresses are taken and the letter's envelope keeps them."""
+    running = start(gateway, notify, 'accept_domains = ["例子.中国"]')
+    try:
+        with running.client() as c:
+            c.ehlo()
+            assert c.has_extn("smtputf8")
+            c.command_encoding = "utf-8"  # what a client ignoring the extension sends: UTF-8 all the same
+            code, reply = c.mail("张三@例子.中国")
+            assert code == 550 and reply.startswith(b"5.6.7 "), reply
+            assert b"SMTPUTF8" in reply and reply.isascii()
+            assert c.mail("alice@partner.example")[0] == 250
+            code, reply = c.rcpt("李四@例子.中国")
+            assert code == 553 and reply.startswith(b"5.6.7 "), reply
+            assert reply.isascii()
+            assert c.rcpt("liaison@example.org")[0] == 250
+            code, reply = c.data(make_message(1, subject="Plain"))
+            assert code == 250, reply
+        with running.client() as c:
+            c.ehlo()
+            refused = c.sendmail("张三@例子.中国", ["李四@例子.中国", "liaison@example.org"],
+                                 make_message(2, subject="Internationalised", sender="张三 <张三@例子.中国>"),
+                                 mail_options=["SMTPUTF8"])
+            assert refused == {}
+        letters = {row["subject"]: str(row["number"]) for row in running.gateway.list_json()}
+        assert set(letters) == {"Plain", "Internationalised"}
+        assert running.gateway.show_json(letters["Plain"])["envelope"]["rcpt_to"] == ["liaison@example.org"]
+        envelope = running.gateway.show_json(letters["Internationalised"])["envelope"]
+        assert envelope["mail_from"] == "张三@例子.中国"
+        assert envelope["rcpt_to"] == ["李四@例子.中国", "liaison@example.org"]
+    finally:
+        running.stop()
+
+
 def test_oversize_is_refused_and_not_stored(gateway: Gateway, notify: Notify) -> None:
     """SIZE above the maximum gets 552 at MAIL; data above it gets 552 after DATA; nothing is kept."""
     running = start(gateway, notify, "max_message_bytes = 20000")

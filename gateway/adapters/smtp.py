@@ -190,6 +190,13 @@ class Limits:
 
 
 _CANNOT_STORE = "451 4.3.0 Error: cannot store the message now, try again later"
+# RFC 6531 3.5: a non-ASCII address needs MAIL's SMTPUTF8 parameter; refused at MAIL with 550, at
+# RCPT with 553, both X.6.7. The reply does not repeat the address: without SMTPUTF8 a reply is
+# ASCII (3.7.4).
+_NON_ASCII_SENDER = ("550 5.6.7 Error: non-ASCII addresses not permitted for that sender "
+                     "without the SMTPUTF8 parameter")
+_NON_ASCII_RECIPIENT = ("553 5.6.7 Error: non-ASCII addresses not permitted for that recipient "
+                        "without the SMTPUTF8 parameter of MAIL")
 _NO_SPACE = "451 4.3.1 Error: insufficient system storage, try again later"
 
 
@@ -596,6 +603,9 @@ class SmtpIntake:
     # -- aiosmtpd hooks ----------------------------------------------------
     async def handle_MAIL(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if not envelope.smtp_utf8 and not address.isascii():  # aiosmtpd has read the parameter
+            log.info("%s: refused MAIL: a non-ASCII address without SMTPUTF8", _peer(session))
+            return _NON_ASCII_SENDER
         if self._short_of_space(mail_options):
             return "452 4.3.1 Error: insufficient system storage, try again later"
         envelope.mail_from = address
@@ -604,6 +614,10 @@ class SmtpIntake:
 
     async def handle_RCPT(self, server: IntakeSMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        if not envelope.smtp_utf8 and not address.isascii():
+            log.info("%s: refused recipient <%s>: a non-ASCII address without SMTPUTF8", _peer(session),
+                     _clean(address))
+            return _NON_ASCII_RECIPIENT
         if not self.config.accepts(address):
             log.info("%s: refused recipient <%s> (not ours; no relaying)", _peer(session), _clean(address))
             return "550 5.7.1 <{}>: relay access denied".format(_clean(address))
