@@ -420,6 +420,8 @@ class SmtpSection(_Strict):
     rate_limit_exempt: list[str] = []
     command_timeout: float = Field(default=300.0, gt=0)
     data_timeout: float = Field(default=600.0, gt=0)
+    # The whole of DATA, however steadily its lines come (data_timeout is silence between them).
+    data_total_timeout: float = Field(default=3600.0, gt=0)
     # When 250 is answered: once the message is in the registry ("registered"), or once it is
     # fsynced in the spool ("spooled", Postfix's promise), registration following from the spool.
     acknowledge: Literal["registered", "spooled"] = "registered"

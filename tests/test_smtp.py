@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import smtplib
 import socket
@@ -516,6 +517,44 @@ def test_command_and_data_timeouts(gateway: Gateway, notify: Notify) -> None:
         assert gateway.list_json() == []
     finally:
         running.stop()
+
+
+def test_a_client_dripping_lines_is_cut_off_at_the_total_data_deadline(gateway: Gateway, notify: Notify) -> None:
+    """data_timeout is silence, and starts again with every line: a client sending one line every
+    0.2 s is never silent for it (2 s), yet holds its session no longer than data_total_timeout
+    (3 s) from the 354. It gets 421 4.4.2 and is disconnected; nothing of its message is kept in
+    the spool or registered, and the next client is served."""
+    running = start(gateway, notify, "data_timeout = 2\ndata_total_timeout = 3")
+    try:
+        s, f = _dialogue(gateway.smtp_port)
+        started = time.monotonic()
+        sent = 0
+        try:
+            s.sendall(b"From: drip@partner.example\r\nSubject: drip\r\n\r\n")
+            while not select.select([s], [], [], 0.2)[0]:
+                assert time.monotonic() - started < 15, "DATA never cut off"
+                s.sendall(b"line %d\r\n" % sent)
+                sent += 1
+                if sent == 5:
+                    half_spooled = gateway.spool_files("tmp")
+            reply = f.readline()
+            elapsed = time.monotonic() - started
+            assert reply == b"421 4.4.2 gw.example.org DATA not completed within 3 s, closing\r\n", reply
+            assert f.readline() == b""
+        finally:
+            f.close()
+            s.close()
+        assert 2.9 < elapsed < 6 and sent >= 10, (elapsed, sent)
+        assert half_spooled, "the message was being spooled"
+        wait_for(lambda: not gateway.spool_files("tmp"), 10, "the partial message to be dropped")
+        assert gateway.spool_files("new") == gateway.spool_files("work") == []
+        assert gateway.list_json() == []
+        with running.client() as c:
+            c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1, subject="After"))
+        assert [row["subject"] for row in gateway.list_json()] == ["After"]
+    finally:
+        out = running.stop()
+    assert "DATA not completed within 3 s" in out
 
 
 def _dialogue(port: int) -> tuple[socket.socket, object]:

@@ -403,11 +403,17 @@ class IntakeSMTP(SMTP):
             self._set_post_data_state()
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # data_timeout restarts with every line: a client dripping one now and then would hold the
+        # session for ever. The whole of DATA has a deadline too; past it the connection is closed.
+        total = intake.data_total_timeout
+        overdue = self.loop.call_later(total, self._data_overdue, total)
         try:
             status, tail = await self._receive(writer, files)
-        except BaseException:  # connection lost mid-DATA: nothing was acknowledged
+        except BaseException:  # connection lost mid-DATA (or cut off): nothing was acknowledged
             files.abort(writer)
             raise
+        finally:
+            overdue.cancel()
         if status is not None:
             files.abort(writer)
             self._set_post_data_state()
@@ -431,6 +437,11 @@ class IntakeSMTP(SMTP):
             if spooled is not None:
                 checkpoint("smtp-spooled-before-registering")  # durable and acknowledged, not registered yet
                 intake.registrar.follow(spooled)
+
+    def _data_overdue(self, seconds: float) -> None:
+        log.warning("%s: session %s closed: DATA not completed within %g s", _peer(self.session),
+                    self._session_id, seconds)
+        self.hang_up(f"421 4.4.2 {{}} DATA not completed within {seconds:g} s, closing")
 
     async def _receive(self, writer: SpoolWriter, files: _FileSteps) -> tuple[str | None, bytes]:
         """Stream the data into the spool writer. Returns the refusal (None when it all arrived and
@@ -502,6 +513,7 @@ class SmtpIntake:
         self.limits = Limits(smtp.max_sessions, smtp.max_connections_per_minute, smtp.rate_limit_window,
                              smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
+        self.data_total_timeout = smtp.data_total_timeout
         self.tls_context: ssl.SSLContext | None = None
         certificate, key = config.resolve(smtp.tls_certificate), config.resolve(smtp.tls_key)
         if certificate is not None and key is not None:
@@ -543,6 +555,7 @@ class SmtpIntake:
         self.limits.max_sessions = smtp.max_sessions
         self.limits.configure(smtp.max_connections_per_minute, smtp.rate_limit_window, smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
+        self.data_total_timeout = smtp.data_total_timeout
         self.auth_guard.max_failures = smtp.max_auth_failures_per_address
         self.auth_guard.window = smtp.auth_failure_window
         self.auth_failure_delay = smtp.auth_failure_delay
