@@ -481,6 +481,50 @@ def test_an_information_file_without_its_fax_waits_then_is_set_aside_as_what_it_
     assert read_raw(aside.path) == b"Sender: +86 21 5555 0000\n"
 
 
+def test_an_information_file_whose_name_fits_two_faxes_is_given_to_neither_and_left_with_one_alert(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """f1.info beside f1.tif and f1.pdf could be either's: each fax is taken on its own, without
+    its facts, its letter saying so; f1.info stays, named once in an ALERT. f1.tif.info is still
+    f1.tif's. A fax of two taken first leaves the shared file the other's neither."""
+    config, spool, watcher = watched
+    folder = config.fax_drop_dir
+    aged(folder / "f1.tif", faxes["two"])
+    aged(folder / "f1.tif.info", "Sender: +86 10 1111 1111\n")
+    aged(folder / "f1.pdf", faxes["pdf"])
+    aged(folder / "f1.info", "Sender: +86 10 2222 2222\nPages: 9\n")
+    aged(folder / "f2.pdf", faxes["pdf"] + b"\n")  # other bytes: a fax of its own
+    aged(folder / "f2.info", "Sender: +86 10 3333 3333\n")
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    with caplog.at_level(logging.WARNING, logger="gateway.stages.fax"):
+        assert watcher.scan() == 0
+        aged(folder / "f2.tif", faxes["chinese"])  # first seen at the next scan: not yet taken
+        assert watcher.scan() == 3  # f1.pdf, f1.tif, f2.pdf
+        assert watcher.scan() == 1  # f2.tif, alone now with f2.info
+        for _ in range(3):
+            assert watcher.scan() == 0
+    assert sorted(os.listdir(folder)) == ["f1.info", "f2.info"] and spool.quarantined() == []
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert said == [
+        "ALERT fax drop folder: f1.info may be the information file of f1.pdf or f1.tif: it is given to neither "
+        "and left there; name it f1.pdf.info or f1.tif.info to have it taken with its fax",
+        "ALERT fax drop folder: f2.info may be the information file of f2.pdf or f2.tif: it is given to neither "
+        "and left there; name it f2.pdf.info or f2.tif.info to have it taken with its fax"]
+    outcomes = Pipeline(config, spool, registry).process(spool.claim(4))
+    assert [o.result for o in outcomes] == ["registered"] * 4, outcomes
+    letters = {letter.attachments[0].original_filename: letter
+               for letter in (registry.letter(str(o.number)) for o in outcomes) if letter is not None}
+    registry.close()
+    assert letters["f1.tif"].fax_number == "+86 10 1111 1111"
+    assert "fax: information file f1.info not read" not in " ".join(letters["f1.tif"].defects)
+    for name, info in (("f1.pdf", "f1.info"), ("f2.pdf", "f2.info"), ("f2.tif", "f2.info")):
+        letter = letters[name]
+        assert letter.fax_number is None and "partial-reception" not in letter.flags, name
+        assert f"fax: information file {info} not read: its name fits another fax as well (left in the drop " \
+               "folder)" in letter.defects, name
+
+
 def test_another_fax_of_the_same_name_size_and_time_is_a_letter_of_its_own(
         watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
     config, spool, watcher = watched

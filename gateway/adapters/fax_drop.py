@@ -8,6 +8,9 @@ being written), and so has its information file; temporary and partial names
 are never taken. An information file alone in the folder (its fax not yet
 written, or taken before it came) waits three times `stable_seconds` for its
 fax, and is then set aside in quarantine as what it is, never read as a fax.
+An information file whose name fits two faxes (foo.info beside foo.tif and
+foo.pdf) is neither's: each is taken without it, and it stays in the folder,
+named once in an ALERT.
 The file (and its information sidecar, if any) leaves the folder only after
 its bytes are durable in the spool. A file that is not a readable TIFF or PDF
 fax goes, with its sidecar's content and the reason, to the spool's quarantine
@@ -23,7 +26,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,12 +50,34 @@ def _is_information_file(name: str) -> bool:
     return name.rpartition(".")[2] in SIDECAR_NAMES and "." in name
 
 
-def _information_file(fax: str, files: Collection[str]) -> str | None:
-    """The information file of the fax `fax` among the folder's plain files: foo.info for foo.tif,
-    or foo.tif.info (as `find_sidecar` looks for them); None for an information file itself."""
-    if _is_information_file(fax):
-        return None
-    return next((name for name in sidecar_names(fax) if name in files), None)
+def _information_files(files: Collection[str], shared_before: Collection[str] = ()
+                       ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Whose information file is whose among the folder's plain files: each fax's (as `find_sidecar`
+    looks for them: foo.info for foo.tif, or foo.tif.info), and the information files that are
+    nobody's because their name fits more than one fax, with the faxes it fits.
+
+    foo.tif.info is foo.tif's alone. foo.info is foo.tif's only while no other fax is called foo:
+    beside foo.pdf it could be either's, and is neither's; so is one in `shared_before` (found
+    shared when a fax it fitted was taken), whichever of its faxes are still in the folder."""
+    faxes = sorted(name for name in files if not _is_information_file(name))
+    whole: dict[str, str] = {}  # foo.tif.info -> foo.tif
+    bare: dict[str, list[str]] = {}  # foo.info -> foo.tif, foo.pdf
+    for fax in faxes:
+        for name in dict.fromkeys(sidecar_names(fax)):
+            if name in files:
+                if name.startswith(fax + "."):
+                    whole[name] = fax
+                else:
+                    bare.setdefault(name, []).append(fax)
+    shared = {name: claim for name, claim in bare.items()
+              if name not in whole and (len(claim) > 1 or name in shared_before)}
+    owner = {**{name: claim[0] for name, claim in bare.items() if name not in shared}, **whole}
+    sidecars: dict[str, str] = {}
+    for fax in faxes:
+        mine = next((name for name in sidecar_names(fax) if owner.get(name) == fax), None)
+        if mine is not None:
+            sidecars[fax] = mine
+    return sidecars, shared
 
 
 class FaxDropWatcher(Runner):
@@ -68,6 +93,9 @@ class FaxDropWatcher(Runner):
         # of the folder at the last scan: faxes and information files alike.
         self._seen: dict[str, tuple[_State, float]] = {}
         self._named: set[str] = set()  # files left in the folder and said so in the log, once each
+        # Information files whose name fitted more than one fax when one of them was taken: given to
+        # none of them, left in the folder (named once in an ALERT) for as long as they are there.
+        self._shared: set[str] = set()
         self._spool_failure: str | None = None  # logged once, not at every poll while the disk is full
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -112,12 +140,14 @@ class FaxDropWatcher(Runner):
             return (before is not None and before[0] == state and now - since >= wait
                     and now - state[1] / 1e9 >= wait)
 
-        with_fax = {_information_file(name, files) for name in files}
+        self._shared.intersection_update(files)
+        sidecars, shared = _information_files(files, self._shared)
+        with_fax = {*sidecars.values(), *shared}
         for name in sorted(files):
             if self.stopping:
                 break
             if _is_information_file(name):
-                if name not in with_fax and stable(name, LONE_INFORMATION_WAIT):
+                if name not in with_fax and name not in self._shared and stable(name, LONE_INFORMATION_WAIT):
                     alone = (f"an information file ({name.rpartition('.')[2]}) without its fax: none came "
                              f"within {LONE_INFORMATION_WAIT * settings.stable_seconds:g} s")
                     path, state = Path(files[name].path), current[name][0]
@@ -135,11 +165,13 @@ class FaxDropWatcher(Runner):
                     self._name_once(name, f"is {size} bytes, over [fax] max_file_bytes ({settings.max_file_bytes}): "
                                           "it is left there", alert=True)
                 continue
-            sidecar = _information_file(name, files)
+            sidecar = sidecars.get(name)
             if not stable(name) or (sidecar is not None and not stable(sidecar)):
                 continue
+            notes = [self._not_read(info, fits) for info, fits in shared.items() if name in fits]
+            notes = notes if sidecar is None else []  # foo.tif with its foo.tif.info misses nothing
             if self._take(Path(files[name].path), current[name][0],
-                          None if sidecar is None else Path(files[sidecar].path)):
+                          None if sidecar is None else Path(files[sidecar].path), notes):
                 taken += 1
             self._forget_gone(current, name, sidecar)
         self._seen = current
@@ -154,6 +186,17 @@ class FaxDropWatcher(Runner):
         for name in names:
             if name is not None and not os.path.lexists(self.folder / name):
                 current.pop(name, None)
+
+    def _not_read(self, info: str, fits: list[str]) -> str:
+        """An information file whose name fits several faxes, one of them about to be taken: it
+        is left unread, named once in an ALERT; what the fax's letter records of it."""
+        if info not in self._shared:
+            self._shared.add(info)
+            suffix = "." + info.rpartition(".")[2]
+            log.error("ALERT fax drop folder: %s may be the information file of %s: it is given to neither and "
+                      "left there; name it %s to have it taken with its fax", info, " or ".join(fits),
+                      " or ".join(fax + suffix for fax in fits))
+        return f"information file {info} not read: its name fits another fax as well (left in the drop folder)"
 
     def _ignored(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.config.model.fax.ignore)
@@ -181,17 +224,20 @@ class FaxDropWatcher(Runner):
             return None  # written to while we read
         return data
 
-    def _take(self, path: Path, state: _State, sidecar: Path | None) -> bool:
-        """The fax at `path` into the spool, or into quarantine when unreadable."""
+    def _take(self, path: Path, state: _State, sidecar: Path | None, notes: Sequence[str]) -> bool:
+        """The fax at `path` into the spool, or into quarantine when unreadable; `notes` are
+        problems recorded with its facts (an information file left unread)."""
         data = self._read(path, state)
         if data is None:
             return False
         try:
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
-            self._quarantine(path, sidecar, data, state, str(exc))
+            self._quarantine(path, sidecar, data, state, str(exc), notes)
             return False
-        meta = self._meta(path, data, state, fax_facts(self.config, path, document, sidecar))
+        facts = fax_facts(self.config, path, document, sidecar)
+        facts["problems"] += notes
+        meta = self._meta(path, data, state, facts)
         try:
             item = self.spool.enqueue(data, meta)
         except SpoolError as exc:
@@ -232,10 +278,12 @@ class FaxDropWatcher(Runner):
                               "it will be recognised if taken again", leaving.name, item_id, exc.strerror)
 
     def _quarantine(self, path: Path, sidecar: Path | None, data: bytes, state: _State,
-                    reason: str) -> None:
+                    reason: str, notes: Sequence[str] = ()) -> None:
         """Not a readable fax: into the spool's quarantine with everything known about it,
         where operators see it beside every other item set aside, and can retry it."""
-        meta = self._meta(path, data, state, fax_facts(self.config, path, None, sidecar))
+        facts = fax_facts(self.config, path, None, sidecar)
+        facts["problems"] += notes
+        meta = self._meta(path, data, state, facts)
         meta["fax_drop"] = {"file_name": path.name, "reason": reason,
                             "sidecar_name": sidecar.name if sidecar is not None else None,
                             "sidecar": read_sidecar_text(sidecar)}
