@@ -7,6 +7,7 @@ import os
 import signal
 import smtplib
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import Daemon, Gateway, Notify, make_message, wait_for
+from gateway.adapters import fax_drop
 from gateway.adapters.fax_drop import FaxDropWatcher
 from gateway.config import Config
 from gateway.daemon.pipeline import Pipeline
@@ -523,6 +525,54 @@ def test_an_information_file_whose_name_fits_two_faxes_is_given_to_neither_and_l
         assert letter.fax_number is None and "partial-reception" not in letter.flags, name
         assert f"fax: information file {info} not read: its name fits another fax as well (left in the drop " \
                "folder)" in letter.defects, name
+
+
+def immutable(on: bool, *paths: Path) -> bool:
+    """chattr +i / -i: a file that cannot be removed, even by root, who ignores the folder's permissions."""
+    return subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], capture_output=True).returncode == 0
+
+
+def test_a_file_taken_that_cannot_be_removed_is_named_once_and_not_read_again_even_after_a_restart(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fax (with its information file) and an unreadable file, spooled or set aside but left in
+    the folder (a share the daemon may not write to): one ALERT each, then skipped unread while
+    they stay unchanged, also by the next watcher; a fax beside them is taken as ever."""
+    config, spool, watcher = watched
+    folder = config.fax_drop_dir
+    kept = [aged(folder / "kept.tif", faxes["two"]), aged(folder / "kept.tif.info", "Sender: +86 10 1234 5678\n"),
+            aged(folder / "broken.tif", corrupt(faxes["two"]))]
+    if not immutable(True, *kept):
+        pytest.skip("chattr +i does not work on this filesystem")
+    read: list[str] = []
+    real_read_fax = fax_drop.read_fax
+
+    def read_fax(data: bytes, name: str) -> object:
+        read.append(name)
+        return real_read_fax(data, name)
+
+    monkeypatch.setattr(fax_drop, "read_fax", read_fax)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.stages.fax"):
+            assert watcher.scan() == 0 and watcher.scan() == 1
+            aged(folder / "other.tif", faxes["chinese"])
+            assert [watcher.scan() for _ in range(4)] == [0, 1, 0, 0]
+            restarted = FaxDropWatcher(config, spool)
+            assert [restarted.scan() for _ in range(3)] == [0, 0, 0]
+        assert read == ["broken.tif", "kept.tif", "other.tif"]
+        assert len(spool.claim(10)) == 2 and len(spool.quarantined()) == 1
+        alerts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALERT")]
+        assert [a.split(" is kept in the spool ")[0] for a in alerts] == [
+            f"ALERT fax drop folder: {name}" for name in ("broken.tif", "kept.tif", "kept.tif.info")]
+        assert alerts[1].endswith("but cannot be removed: Operation not permitted; it is left there and not taken "
+                                  "again while unchanged: remove it by hand")
+        assert sorted(os.listdir(folder)) == ["broken.tif", "kept.tif", "kept.tif.info"]
+    finally:
+        immutable(False, *kept)
+    for path in kept:  # removed by hand: forgotten
+        path.unlink()
+    restarted.scan()
+    assert not (config.state_dir / fax_drop.LEFT_FILE).exists()
 
 
 def test_another_fax_of_the_same_name_size_and_time_is_a_letter_of_its_own(

@@ -16,13 +16,17 @@ its bytes are durable in the spool. A file that is not a readable TIFF or PDF
 fax goes, with its sidecar's content and the reason, to the spool's quarantine
 (`gateway quarantine list`), from where `retry` puts it through the pipeline
 again; it too leaves the folder only once durable there: nothing is ever
-deleted unread. Empty files, folders and links are never taken, and named once
-in the log.
+deleted unread. A file taken that cannot be removed (a share the daemon may not
+write to) is named once in an ALERT and remembered in the state directory by its
+name, size, modification time and inode: while it stays so it is not read
+again, after a restart too. Empty files, folders and links are never taken, and
+named once in the log.
 """
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import time
@@ -38,12 +42,15 @@ from gateway.stages.fax.metadata import SIDECAR_SUFFIXES, sidecar_names
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
+from gateway.spool.durable import remove, write_file
 
 log = logging.getLogger("gateway.stages.fax")
 
 _State = tuple[int, int, int]  # size, mtime_ns, inode
+_File = tuple[Path, _State]  # a file of the folder, and its state when it was read
 SIDECAR_NAMES = frozenset(suffix.lstrip(".") for suffix in SIDECAR_SUFFIXES)
 LONE_INFORMATION_WAIT = 3  # times stable_seconds an information file waits for its fax
+LEFT_FILE = "fax-drop-left.json"  # in the state directory: the files taken that could not be removed
 
 
 def _is_information_file(name: str) -> bool:
@@ -98,6 +105,10 @@ class FaxDropWatcher(Runner):
         self._shared: set[str] = set()
         self._spool_failure: str | None = None  # logged once, not at every poll while the disk is full
         self.folder.mkdir(parents=True, exist_ok=True)
+        # name -> state of the files taken (spooled or set aside) that could not be removed from the
+        # folder: not read again while they are there unchanged.
+        self._left_path = config.state_dir / LEFT_FILE
+        self._left: dict[str, _State] = self._load_left()
 
     def run_once(self) -> float:
         self.scan()
@@ -116,6 +127,7 @@ class FaxDropWatcher(Runner):
             log.error("fax drop folder %s cannot be read: %s", self.folder, exc.strerror)
             return 0
         files: dict[str, os.DirEntry[str]] = {}
+        left: set[str] = set()
         for entry in entries:
             if self._ignored(entry.name):
                 continue
@@ -127,6 +139,9 @@ class FaxDropWatcher(Runner):
             except FileNotFoundError:
                 continue
             state = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if self._left.get(entry.name) == state:
+                left.add(entry.name)  # taken already, and still there: it could not be removed
+                continue
             seen = self._seen.get(entry.name)
             current[entry.name] = (state, seen[1] if seen is not None and seen[0] == state else now)
             files[entry.name] = entry
@@ -140,6 +155,9 @@ class FaxDropWatcher(Runner):
             return (before is not None and before[0] == state and now - since >= wait
                     and now - state[1] / 1e9 >= wait)
 
+        if self._left.keys() - left:  # removed by hand, or changed since: forgotten
+            self._left = {name: state for name, state in self._left.items() if name in left}
+            self._save_left()
         self._shared.intersection_update(files)
         sidecars, shared = _information_files(files, self._shared)
         with_fax = {*sidecars.values(), *shared}
@@ -150,9 +168,9 @@ class FaxDropWatcher(Runner):
                 if name not in with_fax and name not in self._shared and stable(name, LONE_INFORMATION_WAIT):
                     alone = (f"an information file ({name.rpartition('.')[2]}) without its fax: none came "
                              f"within {LONE_INFORMATION_WAIT * settings.stable_seconds:g} s")
-                    path, state = Path(files[name].path), current[name][0]
-                    if (data := self._read(path, state)) is not None:
-                        self._quarantine(path, None, data, state, alone)
+                    lone: _File = (Path(files[name].path), current[name][0])
+                    if (data := self._read(*lone)) is not None:
+                        self._quarantine(lone, None, data, alone)
                     self._forget_gone(current, name)
                 continue
             if current[name][0][0] == 0:
@@ -170,8 +188,8 @@ class FaxDropWatcher(Runner):
                 continue
             notes = [self._not_read(info, fits) for info, fits in shared.items() if name in fits]
             notes = notes if sidecar is None else []  # foo.tif with its foo.tif.info misses nothing
-            if self._take(Path(files[name].path), current[name][0],
-                          None if sidecar is None else Path(files[sidecar].path), notes):
+            if self._take((Path(files[name].path), current[name][0]),
+                          None if sidecar is None else (Path(files[sidecar].path), current[sidecar][0]), notes):
                 taken += 1
             self._forget_gone(current, name, sidecar)
         self._seen = current
@@ -224,18 +242,19 @@ class FaxDropWatcher(Runner):
             return None  # written to while we read
         return data
 
-    def _take(self, path: Path, state: _State, sidecar: Path | None, notes: Sequence[str]) -> bool:
-        """The fax at `path` into the spool, or into quarantine when unreadable; `notes` are
-        problems recorded with its facts (an information file left unread)."""
+    def _take(self, fax: _File, sidecar: _File | None, notes: Sequence[str]) -> bool:
+        """The fax into the spool, or into quarantine when unreadable; `notes` are problems
+        recorded with its facts (an information file left unread)."""
+        path, state = fax
         data = self._read(path, state)
         if data is None:
             return False
         try:
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
-            self._quarantine(path, sidecar, data, state, str(exc), notes)
+            self._quarantine(fax, sidecar, data, str(exc), notes)
             return False
-        facts = fax_facts(self.config, path, document, sidecar)
+        facts = fax_facts(self.config, path, document, None if sidecar is None else sidecar[0])
         facts["problems"] += notes
         meta = self._meta(path, data, state, facts)
         try:
@@ -250,7 +269,7 @@ class FaxDropWatcher(Runner):
             log.warning("the spool takes faxes again")
             self._spool_failure = None
         checkpoint("before-fax-remove")
-        self._remove(path, sidecar, item.id)
+        self._remove(item.id, fax, sidecar)
         log.info("fax %s taken: %d page(s), from %s (item %s)", path.name, document.page_count,
                  meta["fax"]["number"] or "an unknown number", item.id)
         return True
@@ -264,29 +283,62 @@ class FaxDropWatcher(Runner):
                 "source_key": f"fax-drop:{path.name}:{state[0]}:{state[1]}:{digest}",
                 "received_at": datetime.now(timezone.utc).isoformat(), "fax": facts}
 
-    @staticmethod
-    def _remove(path: Path, sidecar: Path | None, item_id: str) -> None:
+    def _remove(self, item_id: str, *leaving: _File | None) -> None:
         # Durable in the spool: only now may the original leave the drop folder.
-        for leaving in (path, sidecar):
-            if leaving is not None:
-                try:
-                    leaving.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.error("fax %s is spooled (item %s) but cannot be removed from the drop folder: %s; "
-                              "it will be recognised if taken again", leaving.name, item_id, exc.strerror)
+        for file in leaving:
+            if file is None:
+                continue
+            path, state = file
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                # Remembered, so that it is not read, spooled and found known again at every poll.
+                self._left[path.name] = state
+                self._save_left()
+                log.error("ALERT fax drop folder: %s is kept in the spool (item %s) but cannot be removed: %s; "
+                          "it is left there and not taken again while unchanged: remove it by hand",
+                          path.name, item_id, exc.strerror)
 
-    def _quarantine(self, path: Path, sidecar: Path | None, data: bytes, state: _State,
-                    reason: str, notes: Sequence[str] = ()) -> None:
+    def _load_left(self) -> dict[str, _State]:
+        """The files taken that could not be removed, as recorded for this folder."""
+        try:
+            record = json.loads(self._left_path.read_bytes())
+            if record["folder"] != str(self.folder):
+                return {}
+            return {str(name): (int(size), int(mtime), int(inode))
+                    for name, (size, mtime, inode) in record["files"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.error("%s cannot be read (%s): a fax taken and left in the drop folder is read once again",
+                      self._left_path, exc)
+            return {}
+
+    def _save_left(self) -> None:
+        try:
+            if not self._left:
+                remove(self._left_path)
+                return
+            # ASCII JSON: a name that is not UTF-8 comes back as the same lone surrogates.
+            write_file(self._left_path, json.dumps({"folder": str(self.folder), "files": {
+                name: list(state) for name, state in sorted(self._left.items())}}).encode())
+        except OSError as exc:
+            log.error("%s cannot be written: %s", self._left_path, exc.strerror or exc)
+
+    def _quarantine(self, file: _File, sidecar: _File | None, data: bytes, reason: str,
+                    notes: Sequence[str] = ()) -> None:
         """Not a readable fax: into the spool's quarantine with everything known about it,
         where operators see it beside every other item set aside, and can retry it."""
-        facts = fax_facts(self.config, path, None, sidecar)
+        path, state = file
+        info = None if sidecar is None else sidecar[0]
+        facts = fax_facts(self.config, path, None, info)
         facts["problems"] += notes
         meta = self._meta(path, data, state, facts)
         meta["fax_drop"] = {"file_name": path.name, "reason": reason,
-                            "sidecar_name": sidecar.name if sidecar is not None else None,
-                            "sidecar": read_sidecar_text(sidecar)}
+                            "sidecar_name": info.name if info is not None else None,
+                            "sidecar": read_sidecar_text(info)}
         try:
             item_id = self.spool.quarantine_new(data, meta, f"fax drop file {path.name}: {reason}")
         except (SpoolError, OSError) as exc:
@@ -294,5 +346,5 @@ class FaxDropWatcher(Runner):
                       "drop folder", path.name, reason, exc)
             return
         checkpoint("before-fax-remove")
-        self._remove(path, sidecar, item_id)
+        self._remove(item_id, file, sidecar)
         log.error("fax %s set aside in quarantine as item %s: %s", path.name, item_id, reason)
