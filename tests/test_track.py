@@ -244,6 +244,40 @@ escalate_after = 2
     registry.close()
 
 
+def test_a_letter_reopened_by_its_sender_gets_again_the_working_days_its_rule_gave_it(tmp_path: Path) -> None:
+    """A rule's deadline_days, not the category's days, set the first deadline: a sender's low
+    rating reopens the letter with as many working days again, counted from the reopening."""
+    from gateway.outbound.outward import rating_token
+    from gateway.services.letters import LetterSteps
+    from gateway.services.satisfaction import Satisfaction
+
+    rules = ("rules:\n  - name: complaints\n    when: {channel: email}\n"
+             "    set: {category: external.inquiry_complaint, department: business, deadline_days: 2}\n")
+    gateway = Gateway(tmp_path, rules=rules, extra="""
+[deadlines]
+answer_days = 5
+
+[deadlines.category]
+"external.inquiry_complaint" = 12
+""")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    config, registry = registry_of(gateway)
+    cal, number = config.calendar, "2026-000001"
+    letter = registry.letter(number)
+    assert letter.deadline == cal.deadline(letter.received_at, 2)
+    LetterSteps(config, registry).step(number, "close", actor="desk", text="Answered by telephone.")
+    [result] = [m for m in registry.outbox(letter_id=letter.id) if m.kind == "feedback"]
+    _, reopened = Satisfaction(config, registry).by_link(
+        rating_token(config, result.message_id, result.created_at), 1, "not answered", address="127.0.0.1")
+    assert reopened
+    letter = registry.letter(number)
+    [event] = [e for e in letter.events if e.action == "reopened"]
+    assert letter.status == "in-progress"
+    assert letter.deadline == cal.deadline(event.at, 2) != cal.deadline(event.at, 12)
+    assert event.details["deadline"] == cal.deadline(event.at, 2).isoformat()
+    registry.close()
+
+
 def test_reminders_recorded_without_their_deadline_count_until_the_letter_has_a_new_one() -> None:
     from gateway.registry.reminders import OpenLetter, Sent
 

@@ -19,6 +19,7 @@ from gateway.registry.models import Letter, Rating
 from gateway.registry.outward import AlreadyRated, FollowUp, OutwardRecords
 from gateway.registry.plan import Registered
 from gateway.services.incomplete import department_notice
+from gateway.stages.route import letter_answer_days
 
 __all__ = ["AlreadyRated", "BadToken", "ExpiredToken", "RatingPage", "Satisfaction", "Throttled"]
 
@@ -115,10 +116,10 @@ class Satisfaction:
               keys: list[str] | None = None, details: dict[str, object] | None = None) -> tuple[Rating, bool]:
         comment = comment.strip()[:MAX_COMMENT]
         calendar = self.config.calendar
-        days = self.config.model.deadlines.answer_within(letter.category, letter.urgency)
+        days = letter_answer_days(self.config, letter)
 
         def resume(_days: int | None, now: datetime) -> datetime | None:
-            return calendar.deadline(now, days)  # a reopened case gets its answering time again
+            return calendar.deadline(now, days)  # a reopened case gets the answering time it was given again
 
         notify = department_notice(self.config, letter, "reopened", head=True, score=score, comment=comment)
         return self.records.rate(letter.number, feedback_id, score=score, comment=comment, via=via,

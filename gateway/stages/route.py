@@ -45,8 +45,7 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     departments = config.departments
     department = departments[decision.department or config.model.triage.department]
     urgency = decision.urgency or "regular"
-    days = (decision.deadline_days if decision.deadline_days is not None
-            else config.model.deadlines.answer_within(decision.category, urgency))
+    days = answer_days(config, decision.category, urgency, decision.deadline_days)
     start = max(received_at, datetime.now(timezone.utc)) if IMPORTED in flags else received_at
     deadline = None if QUIET in flags else config.calendar.deadline(start, days)
     owners = [decision.owner] if decision.owner else list(department.owners)
@@ -86,6 +85,19 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         receipt_cap=config.model.receipts.per_sender_per_day,
         receipt_domain_cap=config.model.receipts.per_domain_per_hour,
         receipt_hourly_cap=config.model.receipts.per_hour, no_notification=no_notification)
+
+
+def answer_days(config: Config, category: str | None, urgency: str, rule_days: int | None) -> int:
+    """The working days a letter is given to be answered in: a rule's `deadline_days`, else its
+    category's shortened by its urgency ([deadlines])."""
+    return rule_days if rule_days is not None else config.model.deadlines.answer_within(category, urgency)
+
+
+def letter_answer_days(config: Config, letter: Letter) -> int:
+    """The working days a letter was given when it was routed, for a deadline it gets again (a
+    reopening): the rule's `deadline_days` its classification records, else by its category."""
+    days = ((letter.classification or {}).get("result") or {}).get("deadline_days")
+    return answer_days(config, letter.category, letter.urgency, days if isinstance(days, int) else None)
 
 
 def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from: str | None,
