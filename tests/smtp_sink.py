@@ -2,6 +2,7 @@
 
 It keeps what it receives and can be told to answer 4xx or 5xx, to RCPT
 (per recipient) or to DATA, to hold DATA until told, or to be down altogether.
+With `smtputf8` it offers SMTPUTF8 (RFC 6531) in its EHLO, as aiosmtpd does when asked.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Received:
     data: bytes
     helo: str = ""  # the name the client gave in EHLO/HELO
     at: float = 0.0  # time.time() when the sink answered 250 to DATA
+    mail_options: tuple[str, ...] = ()  # the MAIL FROM parameters (SMTPUTF8, BODY=8BITMIME)
 
     @property
     def message(self) -> EmailMessage:
@@ -55,15 +57,16 @@ class _Handler:
             return self.sink.data_answer
         with self.sink.lock:
             self.sink.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.content,
-                                               session.host_name or "", time.time()))
+                                               session.host_name or "", time.time(), tuple(envelope.mail_options)))
         return "250 OK queued"
 
 
 class SmtpSink:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, smtputf8: bool = False):
         if port is None:
             port = free_port()  # aiosmtpd cannot be given port 0
         self.port = port
+        self.smtputf8 = smtputf8
         self.received: list[Received] = []
         self.attempts = 0
         self.lock = threading.Lock()
@@ -80,7 +83,7 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port,
-                                      data_size_limit=50 * 1024 * 1024)
+                                      data_size_limit=50 * 1024 * 1024, enable_SMTPUTF8=self.smtputf8)
         self._controller.start()
         return self
 

@@ -452,7 +452,7 @@ def test_no_automatic_reply_where_rfc_3834_says_not_to(headers: dict[str, list[s
 
 def test_automatic_mail_is_told_by_its_marks_not_by_its_sender() -> None:
     """A department's answer is automatic (and commands nothing) only by RFC 3834's marks: an owner
-    whose address we could not write a receipt to (李明@, office-request@) still commands."""
+    whose address we would not write a receipt to (office-request@) still commands."""
     assert automatic_reason({"auto-submitted": ["no", "auto-replied"]}, None) == "Auto-Submitted: auto-replied"
     assert automatic_reason({"precedence": ["bulk"]}, None) == "Precedence: bulk"
     assert automatic_reason({"return-path": ["< >"]}, None) == "null sender (Return-Path: <>)"

@@ -4,22 +4,29 @@ Nothing taken from an incoming message reaches a header as it came: values
 are stripped of CR, LF and other control characters, shortened, and set
 through the `email` package, which encodes them; addresses must be plain
 addr-specs. A subject carrying "\r\nBcc: someone" becomes one harmless line.
+
+A recipient whose local part is not ASCII (`李明@example.org`) is written to as RFC 6531/6532
+have it: its mail in UTF-8 headers (email.policy.SMTPUTF8), sent only through a relay that offers
+SMTPUTF8 (gateway.outbound.sender). A domain in Unicode alone is written in A-labels, which any
+relay carries.
 """
 from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from datetime import datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.mime.message import MIMEMessage
-from email.policy import SMTP, compat32
+from email.policy import SMTP, SMTPUTF8, Policy, compat32
 from email.headerregistry import Address
 from email.utils import format_datetime
 from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.addressing import ascii_domain
 from gateway.config import Config
 from gateway.registry.models import Letter, OutboxMail
 from gateway.stages.autoreply import safe_address
@@ -65,12 +72,29 @@ class ComposeError(Exception):
     """This mail cannot be written (an unsafe address, a missing letter): dead-letter it."""
 
 
+def deliverable(recipient: str) -> str:
+    """The recipient as its mail is addressed (RCPT TO and To): as written when it is ASCII; else in
+    NFC with its domain in A-labels, so that only a local part that is not ASCII needs SMTPUTF8.
+    Raises ComposeError for anything but a plain addr-spec."""
+    if not safe_address(recipient):
+        raise ComposeError(f"recipient {recipient!r} is not a plain address")
+    if recipient.isascii():
+        return recipient
+    local, _, domain = unicodedata.normalize("NFC", recipient).rpartition("@")
+    return f"{local}@{ascii_domain(domain)}"
+
+
+def policy_for(address: str) -> Policy:
+    """How mail to `deliverable(address)` is written: headers in UTF-8 (RFC 6532) when the address is
+    not ASCII, for an address cannot be an encoded-word; else as always, 7-bit headers."""
+    return SMTP if address.isascii() else SMTPUTF8
+
+
 def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Letter) -> EmailMessage:
-    if not safe_address(mail.recipient):
-        raise ComposeError(f"recipient {mail.recipient!r} is not a plain address")
-    message = EmailMessage(policy=SMTP)
+    to = deliverable(mail.recipient)
+    message = EmailMessage(policy=policy_for(to))
     message["From"] = our_from(config)
-    message["To"] = mail.recipient
+    message["To"] = to
     message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
     message["Message-ID"] = mail.message_id

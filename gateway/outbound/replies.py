@@ -10,17 +10,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from email.message import EmailMessage
-from email.policy import SMTP
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, _local, _sender, clean, header_text, in_thread_of, our_from
+from gateway.outbound.compose import (ComposeError, _local, _sender, clean, deliverable, header_text, in_thread_of,
+                                      our_from, policy_for)
 from gateway.registry import Registry
 from gateway.registry.models import Letter, OutboxMail, ReplyAttachment
 from gateway.registry.plan import NewMail
 from gateway.registry.replies import ReplyRecords
-from gateway.stages.autoreply import safe_address
 from gateway.stages.normalise.filenames import safe_media_type
 from gateway.stages.tokens import loop_marker
 
@@ -48,11 +47,10 @@ def reply_message(config: Config, letter: Letter, text: str, attachments: list[R
 
 def _headers(config: Config, recipient: str, message_id: str, subject: str, letter: Letter,
              kind: str) -> EmailMessage:
-    if not safe_address(recipient):
-        raise ComposeError(f"recipient {recipient!r} is not a plain address")
-    message = EmailMessage(policy=SMTP)
+    to = deliverable(recipient)
+    message = EmailMessage(policy=policy_for(to))
     message["From"] = our_from(config)
-    message["To"] = recipient
+    message["To"] = to
     message["Subject"] = header_text(subject)
     message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
     message["Message-ID"] = message_id

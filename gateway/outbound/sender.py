@@ -9,6 +9,10 @@ once, never lost. Connection failures and 4xx answers are retried, doubling
 the wait each time; a 5xx answer, or no delivery within `give_up_hours`,
 dead-letters the mail and says so in the log (ALERT) and on the letter. An
 unreadable reply-keys file holds every mail back (ALERT), never dead-letters it.
+
+Mail to an address whose local part is not ASCII (`李明@example.org`) goes with SMTPUTF8
+(RFC 6531) when the relay offers it in its EHLO; a relay that does not cannot carry it, however
+often it is tried, so such a mail is dead-lettered at once, saying so.
 """
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ import smtplib
 import ssl
 from datetime import datetime, timedelta, timezone
 
+from gateway.addressing import needs_smtputf8
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.outbound import circulation, outward, replies
-from gateway.outbound.compose import ComposeError, notification, receipt, refusal, reminder
+from gateway.outbound.compose import ComposeError, deliverable, notification, receipt, refusal, reminder
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
@@ -176,9 +181,17 @@ class OutboxSender(Runner):
 
     def _send(self, client: smtplib.SMTP, mail: OutboxMail) -> None:
         letter = self.registry.letter_by_id(mail.letter_id) if mail.letter_id is not None else None
+        relay = self.config.model.outbound.relay
         try:
             if letter is None:
                 raise ComposeError(f"letter {mail.letter_id} is not in the register")
+            recipient = deliverable(mail.recipient)
+            utf8 = needs_smtputf8(recipient)
+            if utf8 and not client.has_extn("smtputf8"):
+                # Not a passing fault: this relay never carries it (`gateway outbox retry` once it does).
+                self._dead(mail, f"relay {relay} does not offer SMTPUTF8 (RFC 6531), without which no mail "
+                                 f"reaches {mail.recipient}: its local part is not ASCII")
+                return
             data = self._compose(mail, letter)
         except KeyFileError as exc:  # damaged since the round began: the installation's fault
             self._keys_broken([mail], exc)
@@ -190,12 +203,12 @@ class OutboxSender(Runner):
             return
         sender = self.config.model.outbound.from_address
         try:
-            refused = client.sendmail(sender, [mail.recipient], data)
+            refused = client.sendmail(sender, [recipient], data, mail_options=["SMTPUTF8"] if utf8 else ())
             if refused:
-                code, text = refused[mail.recipient]
+                code, text = refused[recipient]
                 raise Refused(code, text.decode(errors="replace"))
         except smtplib.SMTPRecipientsRefused as exc:
-            code, text = exc.recipients.get(mail.recipient, (550, b"refused"))
+            code, text = exc.recipients.get(recipient, (550, b"refused"))
             self._answered(mail, code, text.decode(errors="replace"))
             return
         except smtplib.SMTPSenderRefused as exc:
@@ -211,7 +224,7 @@ class OutboxSender(Runner):
             self._answered(mail, exc.code, str(exc))
             return
         checkpoint("after-relay-accepted")  # the relay has it, the outbox does not know yet
-        self.registry.outbox_sent(mail.id, f"250 accepted by {self.config.model.outbound.relay}")
+        self.registry.outbox_sent(mail.id, f"250 accepted by {relay}")
         number = letter.number
         log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
 

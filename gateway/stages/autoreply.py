@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import re
+import unicodedata
+
+from gateway.addressing import ascii_domain
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_ASCII_ATEXT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.!#$%&'*+/=?^_`{|}~-")
 _ROBOT_LOCAL_PARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "do-not-reply", "donotreply",
                       "bounce", "bounces", "listserv", "majordomo", "owner-")
 _ROBOT_SUFFIXES = ("-request", "-bounces", "-owner")
@@ -13,8 +17,17 @@ _OUR_MESSAGE_ID = re.compile(r"<([0-9a-f]{32})@([^<>\s]+)>", re.IGNORECASE)
 
 
 def safe_address(address: str) -> bool:
-    """A plain addr-spec we can put in RCPT TO and a header: no spaces, quotes, CR/LF or comments."""
-    return len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
+    """A plain addr-spec we can put in RCPT TO and a header: no spaces, quotes, CR/LF or comments.
+
+    One in Unicode (RFC 6531) is one too: a local part of letters, digits and signs of any script
+    (no control, format or space characters), a domain that is a host name in A-labels or U-labels."""
+    if address.isascii():
+        return len(address) <= 254 and bool(_ADDRESS.fullmatch(address))
+    local, at, domain = address.rpartition("@")
+    domain = ascii_domain(domain) or ""
+    return (bool(at and local) and len(address.encode("utf-8", "surrogatepass")) <= 254
+            and bool(_ADDRESS.fullmatch(f"x@{domain}"))
+            and all(c in _ASCII_ATEXT if c.isascii() else unicodedata.category(c)[0] not in "CZ" for c in local))
 
 
 def answers_our_mail(headers: dict[str, list[str]], our_domain: str) -> bool:
