@@ -21,6 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 from pydantic_core import ErrorDetails
 
+from gateway.addressing import ascii_domain, canonical
 from gateway.spool.durable import make_dirs
 
 if TYPE_CHECKING:
@@ -86,9 +87,11 @@ def _written_as(annotation: Any, value: Any) -> None:
 
 
 def _check_address(value: str) -> str:
+    """The address in the one form addresses are compared in (gateway.addressing.canonical):
+    lower case, NFC, an internationalised domain in A-labels."""
     if not _EMAIL.match(value):
         raise ValueError(f"{value!r} is not an e-mail address")
-    return value.lower()
+    return canonical(value)
 
 
 Email = Annotated[str, Field(min_length=3)]
@@ -132,6 +135,8 @@ class GatewaySection(_Strict):
     @field_validator("domains")
     @classmethod
     def _domains(cls, values: list[str]) -> list[str]:
+        # A domain in Chinese (例子.中国) is kept in A-labels, the form addresses are compared in.
+        values = [ascii_domain(v) or v for v in values]
         for value in values:
             if "@" in value or "." not in value or not re.fullmatch(r"[A-Za-z0-9.-]+", value):
                 raise ValueError(f"{value!r} is not a domain name")
@@ -475,7 +480,7 @@ class SmtpSection(_Strict):
         for value in values:
             if "@" in value or "." not in value:
                 raise ValueError(f"{value!r} is not a domain name")
-        return [v.lower() for v in values]
+        return [ascii_domain(v) or v.lower() for v in values]  # as addresses are compared: in A-labels
 
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -905,7 +910,7 @@ class Config:
 
     def accepts(self, address: str) -> bool:
         """Is this a recipient the SMTP listener takes mail for?"""
-        address = address.lower()
+        address = canonical(address)
         smtp = self.model.smtp
         local, _, domain = address.rpartition("@")
         return (address in smtp.accept_addresses or domain in smtp.accept_domains
@@ -930,10 +935,10 @@ class Config:
         user without an entry proves no address at all."""
         if not user or not address:
             return False
-        return address.strip().strip("<>").lower() in self.model.smtp.auth_senders.get(user, ())
+        return canonical(address.strip().strip("<>")) in self.model.smtp.auth_senders.get(user, ())
 
     def department_for_address(self, address: str) -> str | None:
-        address = address.lower()
+        address = canonical(address)
         for dept in self.model.departments:
             if address in dept.addresses:
                 return dept.id

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import threading
 import time
+from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from conftest import ROOT, Gateway, Notify, make_message, wait_for
 from gateway import config as config_mod
 from gateway.adapters.smtp import hash_password
 from gateway.stages.check import UNVERIFIED_INTERNAL
+from smtp_sink import SmtpSink
 
 dns_server = dns_fixtures.dns_server
 
@@ -327,3 +329,63 @@ def test_an_answer_submitted_with_auth_counts_only_from_the_users_own_addresses(
         assert gateway.show_json("2026-000001")["department"] == "general-office"
     finally:
         listener.stop()
+
+
+def test_people_and_senders_whose_addresses_are_in_chinese_are_written_to_and_known_when_they_answer(
+        tmp_path: Path, notify: Notify, dns_server: dns_fixtures.DnsServer) -> None:
+    """Business's owners are 李明@example.org and desk@例子.中国 (an organisation domain in Chinese,
+    written in the file as a person would: `Desk@例子。中国`). Their notifications go out through a
+    relay with SMTPUTF8, and each one's answer through its reply address is obeyed, submitted as
+    clerk, who may send as both: 李明's with her address in UTF-8 (RFC 6532), desk's with its domain
+    in A-labels, as a mail program without SMTPUTF8 writes it. The sender 王芳@测试.com gets her
+    receipt. The organisation's domains and the AUTH senders may be written in Chinese too."""
+    relay = SmtpSink(smtputf8=True).start()
+    gateway = Gateway(tmp_path, extra=ANSWERS_EXTRA.format(nameserver=dns_server.nameserver).replace(
+        "[outbound]\n", f'[outbound]\nrelay = "{relay.address}"\npoll_seconds = 0.2\n'))
+    desk = "desk@xn--fsqu00a.xn--fiqs8s"
+    text = gateway.config.read_text().replace('domains = ["example.org"]',
+                                              'domains = ["example.org", "xn--fsqu00a.xn--fiqs8s"]')
+    gateway.config.write_text(text.replace('owners = ["sales.desk@example.org"]',
+                                           'owners = ["李明@example.org", "Desk@例子。中国"]'))
+    listener = Listener(gateway, notify, tmp_path,
+                        senders=f'[smtp.auth_senders]\n"clerk" = ["李明@example.org", "{desk}"]\n')
+    try:
+        letter = EmailMessage(policy=policy.SMTPUTF8)
+        letter["From"], letter["To"], letter["Subject"] = "王芳 <王芳@测试.com>", "sales@example.org", "关于合同"
+        letter["Message-ID"] = "<letter-1@xn--0zwm56d.com>"
+        letter.set_content("请回复。\n")
+        with listener.client(tls=False) as c:
+            c.sendmail("王芳@测试.com", ["sales@example.org"], letter.as_bytes(), mail_options=["SMTPUTF8"])
+        relay.wait_for(3)
+        [receipt] = relay.to("王芳@xn--0zwm56d.com")
+        assert "SMTPUTF8" in receipt.mail_options and "2026-000001" in receipt.message["Subject"]
+
+        def answer(sender: str, to: str, command: str) -> None:
+            [notification] = relay.to(to)
+            reply_to = str(notification.message["Reply-To"])
+            message = EmailMessage(policy=policy.SMTPUTF8)
+            message["From"], message["To"], message["Subject"] = sender, reply_to, "Re: [2026-000001] 关于合同"
+            message["Message-ID"] = f"<{time.time_ns()}@example.org>"
+            message.set_content(command + "\n")
+            with listener.client() as c:
+                c.login("clerk", "s3cret")
+                c.sendmail("clerk@example.org", [reply_to], message.as_bytes(),
+                           mail_options=["SMTPUTF8"] if not sender.isascii() else [])
+
+        answer("李明 <李明@example.org>", "李明@example.org", "ack")
+        [acked] = _answers(gateway, "2026-000001", 1)
+        assert (acked["details"]["obeyed"], acked["details"]["authenticated"]) == (True, "李明@example.org"), acked
+        assert gateway.show_json("2026-000001")["status"] == "acknowledged"
+
+        answer(f"Desk <{desk}>", desk, "reassign general-office")
+        moved = _answers(gateway, "2026-000001", 2)[-1]
+        assert (moved["details"]["obeyed"], moved["details"]["authenticated"]) == (True, desk), moved
+        assert gateway.show_json("2026-000001")["department"] == "general-office"
+    finally:
+        listener.stop()
+        relay.stop()
+    text = gateway.config.read_text()
+    gateway.config.write_text(text.replace('"xn--fsqu00a.xn--fiqs8s"]', '"例子.中国"]').replace(desk, "desk@例子.中国"))
+    config = config_mod.load(gateway.config)
+    assert (config.model.gateway.domains, config.model.smtp.auth_senders["clerk"]) == (
+        ["example.org", "xn--fsqu00a.xn--fiqs8s"], ["李明@example.org", desk])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from gateway.addressing import canonical
 from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.lifecycle import ACTIONS, Seen
@@ -88,8 +89,8 @@ class LetterSteps:
 
         letter = self._letter(answer.number)
         departments = self.config.departments
-        authenticated = str(trust["address"]).lower() if trust and trust.get("authenticated") and trust.get("address") \
-            else None
+        authenticated = canonical(str(trust["address"])) if trust and trust.get("authenticated") \
+            and trust.get("address") else None
         people = People(self.config, self.registry)
         plan = AnswerPlan(answer=answer, keys=keys, raw_sha256=raw_sha256, raw_path=raw_path,
                           received_at=received_at,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from gateway.addressing import canonical
 from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.models import Person
@@ -238,9 +239,9 @@ class People:
     def principal_by_email(self, address: str) -> Principal | None:
         """The enabled person with this address, or, for an address the configuration names as a
         department's owner, head or member and no person holds, its rights alone (answers by mail)."""
-        address = address.strip().lower()
+        address = canonical(address)
         for person in self.registry.people():
-            if not person.disabled and address in (e.lower() for e in person.emails):
+            if not person.disabled and address in (canonical(e) for e in person.emails):
                 return self._principal(person)
         departments, headed = self._configured(frozenset({address}))
         if not departments:
@@ -268,7 +269,7 @@ class People:
         enabled: set[str] = set()
         disabled: set[str] = set()
         for person in self.registry.people():
-            (disabled if person.disabled else enabled).update(e.lower() for e in person.emails)
+            (disabled if person.disabled else enabled).update(canonical(e) for e in person.emails)
         return disabled - enabled - named
 
     # -- signing in -----------------------------------------------------
@@ -305,7 +306,7 @@ class People:
     def principal_for_oidc(self, claims: dict[str, Any], *, address: str) -> Principal:
         """The person single sign-on vouches for: matched by a verified e-mail address; the
         provider never creates people or grants rights. Raises SignInRefused."""
-        email = str(claims.get("email") or "").lower()
+        email = canonical(str(claims.get("email") or ""))
         # Verified only when the provider says so: a claim left out (or "false") proves nothing,
         # and anyone may give a provider someone else's address. Some send it as text.
         verified = claims.get("email_verified")
@@ -314,7 +315,7 @@ class People:
                                              {"reason": "no verified e-mail from single sign-on"})])
             raise SignInRefused("single sign-on gave no verified e-mail address")
         for person in self.registry.people():
-            if email in (e.lower() for e in person.emails) and not person.disabled:
+            if email in (canonical(e) for e in person.emails) and not person.disabled:
                 return self._principal(person)
         self.registry.audit([self._audit(email, "sign-in-failed", email, address,
                                          {"reason": "no person with this address", "method": "oidc"})])
@@ -366,7 +367,7 @@ class People:
         return record
 
     def _principal(self, person: Person) -> Principal:
-        emails = frozenset(e.lower() for e in person.emails)
+        emails = frozenset(canonical(e) for e in person.emails)
         configured, headed = self._configured(emails)
         stored_departments = frozenset(person.departments)
         roles = set(person.roles)
@@ -392,7 +393,7 @@ class People:
         return frozenset(member), frozenset(head)
 
     def _checked(self, *, name: str, emails: Any, departments: Any, roles: Any, language: str | None) -> dict[str, Any]:
-        emails = [e.strip().lower() for e in emails if e.strip()]
+        emails = [canonical(e) for e in emails if e.strip()]  # as the configuration keeps its people
         if bad := [e for e in emails if not _EMAIL.match(e)]:
             raise ValueError(f"{bad[0]!r} is not an e-mail address")
         known = self.config.departments

@@ -34,6 +34,7 @@ import hashlib
 import re
 from collections.abc import Callable
 
+from gateway.addressing import canonical
 from gateway.registry.outward import FollowUp, SenderThread
 from gateway.registry.plan import NewAttachment
 from gateway.stages.addresses import is_internal
@@ -144,12 +145,12 @@ def sender_follow_up(*, subject: str, sender: str, message_ids: list[str], body:
     if thread is None:
         return None
     sender = sender.lower()
-    from_sender = bool(thread.sender_address) and sender == thread.sender_address.lower()
+    from_sender = bool(thread.sender_address) and canonical(sender) == canonical(thread.sender_address)
     text = own_text(body)
     named = thread.number in numbers
     rating = parse_rating(text) if thread.feedback_id and not automatic else None
     if rating is not None and thread.replied_to != "request" and (thread.replied_to == "feedback" or named) \
-            and (from_sender or sender == (thread.feedback_to or "").lower()):
+            and (from_sender or canonical(sender) == canonical(thread.feedback_to or "")):
         return FollowUp(thread.number, "rating", sender, text, thread.replied_to == "feedback" or proven,
                         "reply" if thread.replied_to else "number",
                         subject=subject, message_id=message_id, score=rating[0], feedback_id=thread.feedback_id)
@@ -180,7 +181,8 @@ def follow_up_of(parsed: Normalised, *, envelope_from: str | None, domains: list
         message_ids=[i for i in [parsed.in_reply_to, *parsed.references] if i], body=parsed.body_text,
         message_id=parsed.message_id, internal=is_internal(parsed.sender.address, domains),
         automatic=no_reply_reason(headers, parsed.sender.address, envelope_from, own_mail=False) is not None,
-        proven=bool(proven_address) and (proven_address or "").lower() == parsed.sender.address.lower(), find=find)
+        proven=bool(proven_address) and canonical(proven_address or "") == canonical(parsed.sender.address),
+        find=find)
     if follow is not None and follow.kind == "supplement":
         follow.attachments = [NewAttachment(a.filename, a.original_filename, a.declared_type, a.detected_type,
                                             a.size, a.sha256, a.origin) for a in parsed.attachments]

@@ -54,6 +54,7 @@ import spf
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError, Relaxed
 from publicsuffixlist import PublicSuffixList
 
+from gateway.addressing import canonical
 from gateway.stages.addresses import is_internal
 
 UNVERIFIED_INTERNAL = "unverified-internal-sender"
@@ -498,7 +499,7 @@ class Checker:
               envelope: dict[str, Any], intake: str, *, may_refuse: bool = False) -> Verdict:
         """The verdict of one mail. Raises DmarcRefused only with may_refuse (an SMTP client
         still waiting for the answer) and the refuse policy."""
-        from_address = from_address.strip().lower()
+        from_address = canonical(from_address)  # as the configuration names its people
         from_domain = from_address.rpartition("@")[2] if "@" in from_address else ""
         verdict = Verdict(from_address=from_address, from_domain=from_domain)
         smtp = intake == _SMTP_INTAKE

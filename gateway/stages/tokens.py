@@ -9,7 +9,8 @@ address, in lower-case base32 (address-safe, and mail systems that change the ca
 part do not break it). An answer carries it back in its envelope recipient or in To/Cc; it is
 obeyed only when the token is valid for *that* letter and was issued to the authenticated
 sender (gateway.registry.decisions). The number in the address only finds the letter; the
-HMAC is what vouches for it.
+HMAC is what vouches for it. The address is taken in the form addresses are compared in
+(gateway.addressing.canonical): 李明@例子.中国 and 李明@xn--fsqu00a.xn--fiqs8s are one.
 
 The loop marker, `X-Gateway-Loop: <loop_id>; kind=<kind>; token=<token>`, is an HMAC over the
 kind of mail and the Message-ID of the mail it is on. Only a verified marker of mail we send
@@ -43,6 +44,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.addressing import canonical
 from gateway.config import Config
 from gateway.spool.durable import make_dirs, writing
 
@@ -219,7 +221,7 @@ class ReplyToken:
 def reply_token(config: Config, number: str, recipient: str) -> str:
     key = keyring(config).current
     assert key.secret is not None
-    return key.id + _mac(key.secret, "reply", number, recipient.strip().lower())
+    return key.id + _mac(key.secret, "reply", number, canonical(recipient))
 
 
 def reply_address(config: Config, number: str, recipient: str) -> str:
@@ -255,9 +257,8 @@ def check_reply_token(config: Config, token: ReplyToken, number: str, address: s
     key, reason = _usable_key(config, token.token[:KEY_ID_CHARS], now)
     if key is None or key.secret is None:
         return f"the reply token does not count: {reason}"
-    if not hmac.compare_digest(_mac(key.secret, "reply", number, address.strip().lower()),
-                               token.token[KEY_ID_CHARS:]):
-        return f"the reply token was not issued to {address.strip().lower()} for {number}"
+    if not hmac.compare_digest(_mac(key.secret, "reply", number, canonical(address)), token.token[KEY_ID_CHARS:]):
+        return f"the reply token was not issued to {canonical(address)} for {number}"
     return None
 
 

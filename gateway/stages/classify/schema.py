@@ -23,6 +23,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool,
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
+from gateway.addressing import canonical
 from gateway.stages.autoreply import safe_address
 from gateway.stages.classify.organisation import Organisation
 
@@ -361,7 +362,7 @@ class Actions(_Ordered):
     def _owner(cls, value: Any, info: ValidationInfo) -> str:
         if not isinstance(value, str) or not safe_address(value.strip()):
             raise _error("owner", f"{value!r} is not a plain e-mail address")
-        address = value.strip().lower()
+        address = canonical(value)  # as the configuration keeps its people
         department = _organisation(info).department_addresses.get(address)
         if department is not None:
             # As for a department's owners in the configuration: what is sent there comes back as a letter.
