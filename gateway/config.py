@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 from pydantic_core import ErrorDetails
 
-from gateway.addressing import ascii_domain, canonical
+from gateway.addressing import ascii_domain, canonical, needs_smtputf8
 from gateway.spool.durable import make_dirs
 
 if TYPE_CHECKING:
@@ -84,6 +84,12 @@ def _written_as(annotation: Any, value: Any) -> None:
         raise ValueError(f"must be a whole number, not {value!r}")
     if kind is date and not isinstance(value, (date, str)):
         raise ValueError(f"must be a date (2026-10-01), not {value!r}")
+
+
+def smtputf8_warning(address: str) -> str:
+    """Why check-config warns about a person's address whose local part is not ASCII."""
+    return (f"{address}: its local part is not ASCII: mail to it needs an outbound relay that offers SMTPUTF8 "
+            "(RFC 6531); through one that does not, every mail to it is dead-lettered")
 
 
 def _check_address(value: str) -> str:
@@ -339,7 +345,12 @@ class OutboundSection(_Strict):
     @field_validator("from_address")
     @classmethod
     def _from(cls, value: str) -> str:
-        return _check_address(value)
+        address = _check_address(value)
+        if needs_smtputf8(address):
+            # It is the envelope sender of every mail and begins every reply address: each would
+            # need SMTPUTF8 (RFC 6531), and mail to ASCII addresses cannot say so.
+            raise ValueError(f"{value!r}: the gateway's own address needs a local part in ASCII")
+        return address
 
     @model_validator(mode="after")
     def _consistent(self) -> OutboundSection:
@@ -891,6 +902,20 @@ class Config:
                             "this node: with several nodes on this registry, the others cannot read the originals")
         if self.model.storage.archive_dir is None and not self.model.archive.folder.is_absolute():
             warnings.append(f"storage.archive_dir: not set; the archive is {self.archive_dir}, local to this node")
+        return warnings
+
+    def address_warnings(self) -> list[str]:
+        """What `gateway check-config` warns about people's addresses: one whose local part is not
+        ASCII (李明@example.org) gets mail only through a relay that offers SMTPUTF8 (RFC 6531),
+        which only the daemon finds out, in the relay's EHLO; through any other its mail is
+        dead-lettered. A domain in Unicode alone needs nothing: it is written in A-labels."""
+        warnings: list[str] = []
+        for i, dept in enumerate(self.model.departments):
+            people = [*((f"owners[{j}]", a) for j, a in enumerate(dept.owners)), ("head", dept.head),
+                      *((f"members[{j}]", a) for j, a in enumerate(dept.members)),
+                      *((f"leaders[{j}]", a) for j, a in enumerate(dept.leaders))]
+            warnings += [f"departments[{i}].{key}: {smtputf8_warning(address)}"
+                         for key, address in people if needs_smtputf8(address)]
         return warnings
 
     @property

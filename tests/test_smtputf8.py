@@ -1,7 +1,8 @@
 """Addresses in Unicode (RFC 6531/6532): an owner 李明@example.org, a sender 王芳@例子.中国. The
 outbox sends to them with SMTPUTF8 through a relay that offers it (a real aiosmtpd sink on
 loopback), dead-letters mail to them at once through one that does not, and writes a domain in
-Unicode alone in A-labels, which needs nothing of the relay."""
+Unicode alone in A-labels, which needs nothing of the relay; `gateway check-config` warns about
+such people."""
 from __future__ import annotations
 
 import email
@@ -9,6 +10,7 @@ import json
 import logging
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from email import policy
@@ -140,3 +142,31 @@ def test_mail_to_an_address_in_chinese_is_dead_lettered_at_once_by_a_relay_witho
     finally:
         registry.close()
 
+
+def test_check_config_warns_about_people_whose_addresses_need_smtputf8(tmp_path: Path) -> None:
+    """Owners, heads, members, leaders and a rule's owner whose local part is not ASCII: a warning
+    each (whether the relay offers SMTPUTF8 is known only when it answers the daemon), exit 0."""
+    gateway = Gateway(tmp_path, rules=textwrap.dedent("""
+        rules:
+          - name: to-li
+            when: {subject: 合同}
+            set: {department: business, owner: 张伟@example.org}
+    """))
+    international(gateway, "127.0.0.1:25")
+    text = gateway.config.read_text().replace('head = "business.head@example.org"', 'head = "王经理@example.org"')
+    gateway.config.write_text(text)
+    done = gateway.run("check-config")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    needs = ("its local part is not ASCII: mail to it needs an outbound relay that offers SMTPUTF8 (RFC 6531); "
+             "through one that does not, every mail to it is dead-lettered")
+    assert warnings == [f"warning: {gateway.config}: departments[1].owners[0]: {OWNER}: {needs}",
+                        f"warning: {gateway.config}: departments[1].head: 王经理@example.org: {needs}",
+                        f"warning: {gateway.rules}:3: rules[0].set.owner: 张伟@example.org: {needs}"], done.stderr
+    assert "desk@" not in done.stderr  # a domain in Chinese alone needs nothing of the relay
+
+    # The gateway's own address begins every mail's envelope and every reply address: an error.
+    gateway.config.write_text(text.replace('"gateway@example.org"', '"收发室@example.org"'))
+    refused = gateway.run("check-config", check=False)
+    assert refused.returncode == 1
+    assert (f"error: {gateway.config}: outbound.from_address: '收发室@example.org': the gateway's own address needs "
+            "a local part in ASCII") in refused.stderr

@@ -5,8 +5,9 @@ import sys
 
 import click
 
+from gateway.addressing import needs_smtputf8
 from gateway.cli.state import State, pass_state
-from gateway.config import ConfigError
+from gateway.config import ConfigError, smtputf8_warning
 from gateway.stages import rulebook
 
 
@@ -25,5 +26,11 @@ def check_config(state: State) -> None:
                f"registry {cfg.registry_url.split('@')[-1]})")
     for warning in cfg.cluster_warnings():  # a PostgreSQL registry: other nodes may share it
         click.echo(f"warning: {cfg.path}: {warning}", err=True)
+    for warning in cfg.address_warnings():  # the relay's SMTPUTF8 is known only when it answers
+        click.echo(f"warning: {cfg.path}: {warning}", err=True)
     rules = cfg.ruleset
     click.echo(f"{rules.file}: OK ({len(rules)} rule(s), {len(rules.keywords)} keyword(s), version {rules.version})")
+    for n, rule in enumerate(rules.rules):
+        owner = rule.actions.get("owner")
+        if isinstance(owner, str) and needs_smtputf8(owner):
+            click.echo(f"warning: {rules.file}:{rule.line}: rules[{n}].set.owner: {smtputf8_warning(owner)}", err=True)
