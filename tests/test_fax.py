@@ -409,6 +409,28 @@ def test_gateway_ingest_takes_a_fax_file_and_the_daemon_reads_its_text_later(
         daemon.stop()
 
 
+def test_gateway_ingest_reads_no_information_file_whose_name_fits_two_faxes(tmp_path: Path,
+                                                                          faxes: dict[str, bytes]) -> None:
+    """f1.info beside f1.tif and f1.pdf is neither's: both are registered without it, saying so;
+    f2.info beside f2.tif alone is read."""
+    gateway = configure(tmp_path)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "f1.tif").write_bytes(faxes["two"])
+    (folder / "f1.pdf").write_bytes(faxes["pdf"])
+    (folder / "f1.info").write_text("Sender: +86 10 2222 2222\n")
+    (folder / "f2.tif").write_bytes(faxes["chinese"])
+    (folder / "f2.info").write_text("Sender: +86 10 3333 3333\n")
+    gateway.run("ingest", *(str(folder / name) for name in ("f1.tif", "f1.pdf", "f2.tif")))
+    shown = {letter["attachments"][0]["filename"]: letter
+             for letter in (gateway.show_json(str(row["number"])) for row in gateway.list_json("--channel", "fax"))}
+    assert shown["f2.tif"]["fax"]["number"] == "+86 10 3333 3333"
+    for name, other in (("f1.tif", "f1.pdf"), ("f1.pdf", "f1.tif")):
+        assert shown[name]["fax"]["number"] is None, name
+        assert (f"fax: information file f1.info not read: its name fits another fax as well ({other}); named "
+                f"{name}.info it is read") in shown[name]["defects"], shown[name]["defects"]
+
+
 # -- the drop folder's watcher on its own: what it takes, when, and what it leaves ---------------
 
 WATCHED = """

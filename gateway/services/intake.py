@@ -16,7 +16,7 @@ from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError
 from gateway.stages.fax.document import FaxUnreadable, read_fax
-from gateway.stages.fax.metadata import find_sidecar
+from gateway.stages.fax.metadata import find_sidecar, shared_sidecar, sidecar_names
 
 if TYPE_CHECKING:
     from gateway.daemon.pipeline import Pipeline
@@ -35,7 +35,12 @@ def file_meta(config: Config, path: Path, raw: bytes) -> dict[str, Any]:
     meta: dict[str, Any] = {"channel": "email", "intake": "file",
                             "source": {"path": str(path.resolve()), "size": len(raw)}}
     if is_fax_file(raw):
-        meta.update(channel="fax", fax=fax_facts(config, path, read_fax(raw, path.name), find_sidecar(path)))
+        fax = fax_facts(config, path, read_fax(raw, path.name), find_sidecar(path))
+        for name in sidecar_names(path.name):
+            if (other := shared_sidecar(path, name)) is not None and path.with_name(name).is_file():
+                fax["problems"] = [*fax.get("problems", []), f"information file {name} not read: its name fits "
+                                   f"another fax as well ({other}); named {path.name}.info it is read"]
+        meta.update(channel="fax", fax=fax)
     return meta
 
 

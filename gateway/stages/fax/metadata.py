@@ -8,6 +8,8 @@ the file name. A field no source gives is recorded as missing, never guessed.
 """
 from __future__ import annotations
 
+import glob
+
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -109,9 +111,24 @@ def sidecar_names(fax_name: str) -> list[str]:
 
 
 def find_sidecar(fax_path: Path) -> Path | None:
+    """The fax's information file beside it, if any. foo.info beside foo.tif and foo.pdf could be
+    either's, and is neither's (see `shared_sidecar`); foo.tif.info is foo.tif's alone."""
     for name in sidecar_names(fax_path.name):
-        if (candidate := fax_path.with_name(name)).is_file():
+        if (candidate := fax_path.with_name(name)).is_file() and shared_sidecar(fax_path, name) is None:
             return candidate
+    return None
+
+
+def shared_sidecar(fax_path: Path, name: str) -> str | None:
+    """Another fax file (by its name: .tif, .tiff, .pdf) whose information file `name` could be as
+    well (foo.pdf, for foo.info beside foo.tif), or None when it fits this fax alone."""
+    if name.startswith(fax_path.name + "."):
+        return None
+    base = name.rpartition(".")[0]
+    for other in sorted(fax_path.parent.glob(glob.escape(base) + ".*")):
+        if (other.name != fax_path.name and other.name.rpartition(".")[0] == base
+                and other.suffix.lower() in (".tif", ".tiff", ".pdf") and other.is_file()):
+            return other.name
     return None
 
 
