@@ -420,6 +420,18 @@ def _month_back(months: int) -> str:
     return f"{index // 12}-{index % 12 + 1:02d}"
 
 
+def output_until_archived(gw: Gateway, notify: Notify, month: str, *, letters: int) -> str:
+    """The daemon's output, from its start until it archived `month` (one package of `letters`)."""
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: re.search(rf"archive of {month}: 1 package\(s\) written, {letters} letter\(s\)",
+                                   daemon.output()), 60, f"the archive of {month}")
+    finally:
+        out = stop(daemon)
+    return out
+
+
 def test_the_archive_run_also_packs_letters_left_out_of_earlier_months(tmp_path: Path, notify: Notify) -> None:
     """Last month's run first packs what earlier months still lack, oldest first: a letter entered
     after its month was archived (in a part of its own) and a month no run ever did; a month with
@@ -443,13 +455,7 @@ def test_the_archive_run_also_packs_letters_left_out_of_earlier_months(tmp_path:
         db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
                    f"'{late}', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
 
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
-    try:
-        notify.wait_for("READY=1")
-        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
-                 60, "last month's archive")
-    finally:
-        out = stop(daemon)
+    out = output_until_archived(gw, notify, last, letters=2)
     assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
     assert re.search(rf"archive of {late}: 1 letter\(s\) left out of its run packed now .* in 1 package\(s\); "
                      r"2 verified, 0 failed", out), out[-3000:]
@@ -480,13 +486,7 @@ def test_an_earlier_month_that_cannot_be_packed_does_not_hold_up_last_months_arc
     original = gw.state / damaged
     original.write_bytes(original.read_bytes()[:-10])  # its seal no longer matches
 
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
-    try:
-        notify.wait_for("READY=1")
-        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
-                 60, "last month's archive")
-    finally:
-        out = stop(daemon)
+    out = output_until_archived(gw, notify, last, letters=2)
     assert "Traceback" not in out, out[-3000:]
     assert re.search(rf"ALERT archive of {earlier} \(letters left out of its run\) failed: \S+: its original cannot "
                      "be read", out), out[-3000:]
