@@ -65,7 +65,8 @@ def test_a_copy_folder_that_cannot_be_written_keeps_the_originals_until_it_can(t
     assert run.returncode == 1
     mail = packages(gateway)["mail"]
     assert f"error: {mail['path']}: copy in {copy}: cannot be written:" in run.stderr
-    assert "ALERT archive: 2 package(s) without every copy (their originals are kept in the message store)" in run.stderr
+    assert ("ALERT archive: 2 package(s) without every copy (their originals are kept in the message store)"
+            in run.stderr)
     # The packages themselves are right: not corrupt, and verified; nothing is released meanwhile.
     assert {p["status"] for p in packages(gateway).values()} == {"verified"}
     assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
@@ -118,7 +119,7 @@ def test_an_archived_letter_is_read_from_its_copy_when_its_package_cannot_give_i
     assert shown.returncode == 0
     read = gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"), check=False)
     assert read.returncode == 0, read.stderr
-    assert f"ALERT archive: 2026-000001: " in read.stderr and f"read from its copy in {copy}" in read.stderr
+    assert "ALERT archive: 2026-000001: " in read.stderr and f"read from its copy in {copy}" in read.stderr
 
 
 def test_a_crash_while_copying_leaves_the_originals_and_the_next_check_finishes_the_copy(tmp_path: Path) -> None:
