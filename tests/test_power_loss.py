@@ -297,6 +297,25 @@ def test_an_archive_run_that_returned_survives_a_power_cut(machine_factory: Mach
     assert archived == [(3,)]
 
 
+def test_an_archive_copy_made_before_the_originals_were_released_survives_a_power_cut(
+        machine_factory: MachineFactory, disk: PowerLossDisk, tmp_path: Path) -> None:
+    """The message store's copies go only once the package's copy is written: after a cut, the copy
+    is whole (a copy that lost unsynced writes would be written again at the next check)."""
+    copy = disk.mount / "second-disk"
+    machine = machine_factory(rules=ARCHIVE_RULES, extra=f'[archive]\ncopies = ["{copy}"]\n')
+    machine.run("ingest", *write_messages(tmp_path, (make_message(n, subject=f"Order {n}", to="sales@example.org")
+                                                     for n in range(3))))
+    machine.registry("UPDATE letters SET received_at = '2026-03-10 02:00:00.000000', status = 'closed'")
+    out = machine.run("archive", "run", "--month", "2026-03")
+    assert f"copied to {copy}" in out
+    assert machine.registry("SELECT count(*) FROM letters WHERE raw_released = 1") == [(3,)]
+    machine.pull_plug()
+    verify = machine.gateway.run("archive", "verify", "--month", "2026-03", check=False,
+                                 env=machine.gateway.env(**machine.env))
+    assert verify.returncode == 0 and "written again" not in verify.stderr and "copied to" not in verify.stdout, (
+        f"the archive's copy after a power cut that followed its release:\n{verify.stdout}{verify.stderr}")
+
+
 def test_without_the_spools_syncfs_the_power_cut_loses_acknowledged_messages(
         machine_factory: MachineFactory) -> None:
     """The same SMTP scenario with the spool's syncfs made a no-op (the registrar's Spool.sync(), the only thing
