@@ -199,3 +199,30 @@ def test_the_dashboard_counts_the_closes_that_stand_as_the_report_does(tmp_path:
         assert figures["timeliness"]["closed_within_deadline"] == board.timeliness.on_time.count == 2
     finally:
         registry.close()
+
+
+def test_a_letter_overdue_at_the_periods_end_stays_so_when_its_sender_is_asked_later(tmp_path: Path) -> None:
+    """The overdue list is as of the end of the period: a letter late then stays on it, with the
+    deadline it had then, when its sender is asked for materials afterwards (its deadline paused)
+    or its department goes on without them (a new deadline)."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    gateway = Gateway(tmp_path, rules=RULES)
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1, subject="Order 1")]))
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = ?, deadline = ? WHERE number = ?",
+                   ("2026-03-10 02:00:00.000000", "2026-03-11 15:59:59.000000", "2026-000001"))
+    end_of_march = datetime(2026, 3, 31, 16, 0, tzinfo=timezone.utc)
+    late = ("2026-000001", "2026-03-11T23:59:59+08:00",
+            round((end_of_march - datetime(2026, 3, 11, 15, 59, 59, tzinfo=timezone.utc)).total_seconds() / 86400, 1))
+
+    def overdue() -> list[tuple[str, str, float]]:
+        report = json.loads(gateway.run("report", "--month", "2026-03", "--format", "json").stdout)
+        return [(o["number"], o["deadline"], o["days_overdue"]) for o in report["overdue"]]
+    assert overdue() == [late]
+    by = (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=5)).isoformat()
+    gateway.run("letters", "incomplete", "2026-000001", "--missing", "The stamp", "--by", by)
+    assert overdue() == [late]
+    gateway.run("letters", "proceed", "2026-000001")
+    assert overdue() == [late]

@@ -8,7 +8,8 @@ come from the events of each letter:
 - time to acknowledge: from registration to the department's acknowledgement;
   time to close: from receipt to closing (mean and 90th percentile, hours);
 - overdue: the period's letters still open past their deadline at the report's
-  moment (the end of the period, or now if it has not ended);
+  moment (the end of the period, or now if it has not ended), the deadline they
+  had then: a request for missing materials or a resumption since changes nothing;
 - accuracy rate: of the period's letters that were routed by the rules, the
   share not re-routed by a person afterwards;
 - archive completeness: of the period's letters due for archiving (received in
@@ -165,6 +166,22 @@ def _closed_at(events: list[Event], until: datetime) -> datetime | None:
     return closed_at
 
 
+def _deadline_at(deadline: datetime | None, events: list[Event], moment: datetime) -> datetime | None:
+    """The letter's deadline at `moment`, from its deadline now: a request for missing materials
+    since paused the one it had then (kept in the request's event), and a letter resumed since
+    had none while it waited."""
+    for event in reversed(events):
+        if event.at <= moment:
+            break
+        details = event.details or {}
+        if event.action == "incomplete":
+            paused = details.get("paused_deadline")
+            deadline = datetime.fromisoformat(paused) if paused else None
+        elif event.action == "proceeded" or (event.action == "supplemented" and details.get("to") == "in-progress"):
+            deadline = None
+    return deadline
+
+
 def compute(registry: Registry, period: Period, timezone_name: str, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(timezone.utc)
     moment = min(now, period.end)
@@ -234,11 +251,12 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
             due_archive += 1
             archived += letter.archive_number is not None
         open_at_moment = _closed_at(events, moment) is None
-        if open_at_moment and letter.deadline is not None and letter.deadline < moment:
+        deadline = _deadline_at(letter.deadline, events, moment)  # not the one a later request or resumption set
+        if open_at_moment and deadline is not None and deadline < moment:
             overdue.append({"number": letter.number, "department": letter.department, "category": letter.category,
-                            "deadline": letter.deadline.astimezone(tz).isoformat(), "status": letter.status,
+                            "deadline": deadline.astimezone(tz).isoformat(), "status": letter.status,
                             "subject": letter.subject if letter.confidentiality != "confidential" else "(confidential)",
-                            "days_overdue": round((moment - letter.deadline).total_seconds() / 86400, 1)})
+                            "days_overdue": round((moment - deadline).total_seconds() / 86400, 1)})
     return {
         # The bounds in the organisation's time zone: the same instants, its own dates.
         "period": period.name, "from": period.start.astimezone(tz).isoformat(),
