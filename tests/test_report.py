@@ -226,3 +226,29 @@ def test_a_letter_overdue_at_the_periods_end_stays_so_when_its_sender_is_asked_l
     assert overdue() == [late]
     gateway.run("letters", "proceed", "2026-000001")
     assert overdue() == [late]
+
+
+def test_a_letter_late_before_its_sender_was_asked_is_late_when_it_resumes(tmp_path: Path) -> None:
+    """The wait for a sender's materials does not count against timeliness, and does not undo a
+    lateness before it either: a letter already past its deadline when its sender was asked keeps
+    that deadline when it resumes, and its close counts late; one asked in time gets the working
+    days it had left again and closes on time."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    gateway = Gateway(tmp_path, rules=RULES)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n, subject=f"Order {n}") for n in range(2))))
+    now = datetime.now(timezone.utc)
+    past = (now - timedelta(days=3)).replace(microsecond=0)
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET deadline = ? WHERE number = ?",
+                   (past.strftime("%Y-%m-%d %H:%M:%S.000000"), "2026-000001"))
+    by = (now.astimezone(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=5)).isoformat()
+    for number in ("2026-000001", "2026-000002"):
+        gateway.run("letters", "incomplete", number, "--missing", "The stamp", "--by", by)
+        gateway.run("letters", "proceed", number)
+        gateway.run("letters", "close", number, "--result", "done")
+    assert datetime.fromisoformat(str(gateway.show_json("2026-000001")["deadline"])) == past
+    month = now.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+    report = json.loads(gateway.run("report", "--month", month, "--format", "json").stdout)
+    assert report["timeliness"] == {"closed": 2, "closed_within_deadline": 1, "rate": 0.5}

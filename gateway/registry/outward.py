@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -86,10 +86,21 @@ def _locked(conn: Connection, number: str) -> Any:
 
 
 def _waiting(conn: Connection, letter_id: int) -> Any:
-    """The letter's waiting request (its id and remaining_days), locked; None when none waits."""
-    return conn.execute(select(SenderRequest.id, SenderRequest.remaining_days).where(
+    """The letter's waiting request (its id, remaining_days, paused_deadline and requested_at),
+    locked; None when none waits."""
+    return conn.execute(select(SenderRequest.id, SenderRequest.remaining_days, SenderRequest.paused_deadline,
+                               SenderRequest.requested_at).where(
         SenderRequest.letter_id == letter_id, SenderRequest.status == "waiting")
         .order_by(SenderRequest.id.desc()).with_for_update()).first()
+
+
+def _resumed(waiting: Any, resume: Resume, now: datetime) -> datetime | None:
+    """The deadline of a letter that stops waiting for its sender: the working days it had left
+    counted again from now; a letter already past its deadline when its sender was asked had none
+    left and keeps that deadline (the wait does not make a late letter on time)."""
+    if waiting is not None and waiting.paused_deadline is not None and waiting.paused_deadline < waiting.requested_at:
+        return cast(datetime, waiting.paused_deadline)
+    return resume(waiting.remaining_days if waiting else None, now)
 
 
 class OutwardRecords:
@@ -164,7 +175,7 @@ class OutwardRecords:
             lifecycle.unmoved(number, row.department, row.owner, seen)
             move = lifecycle.check(number, row.status, "proceed")
             waiting = _waiting(conn, row.id)
-            deadline = resume(waiting.remaining_days if waiting else None, now)
+            deadline = _resumed(waiting, resume, now)
             conn.execute(update(Letter).where(Letter.id == row.id).values(
                 status=move.to, deadline=deadline, updated_at=now))
             if waiting is not None:
@@ -244,7 +255,7 @@ class OutwardRecords:
                 resumed = row.status == "awaiting-sender"
                 if resumed:
                     lifecycle.check(row.number, row.status, "supplement")
-                    deadline = resume(waiting.remaining_days if waiting else None, now)
+                    deadline = _resumed(waiting, resume, now)
                     values.update(status="in-progress", deadline=deadline)
                     details.update({"from_state": row.status, "to": "in-progress",
                                     "deadline": deadline.isoformat() if deadline else None})
