@@ -350,3 +350,26 @@ def test_a_letter_whose_reply_waits_is_not_closed_under_it(site: Site) -> None:
     assert olga.post(f"/letters/{number}/reply/approve", data={"csrf": olga.csrf}).status_code == 303
     assert site.registry.letter(number).status == "answered"  # type: ignore[union-attr]
     assert site.access.act(gina_principal, number, "close", text="done") == f"{number}: answered → closed"
+
+
+def test_a_reply_shown_by_the_command_is_an_audited_read(site: Site) -> None:
+    number = site.letters["office"]  # the head alone approves
+    gina = site.people.principal("gina")
+    assert gina is not None
+    Replies(site.config, site.registry).draft(gina, number, text="Dear Alice, we come on Tuesday.")
+    letter = site.registry.letter(number)
+    assert letter is not None
+
+    def reads(actor: str) -> list[str]:
+        return [row.actor for row, _ in site.registry.audit_rows(letter_id=letter.id, actor=actor, action="read")]
+
+    assert reads("gina") == []
+    shown = site.gateway.run("letters", "reply", number, "--as", "gina")
+    assert "we come on Tuesday" in shown.stdout
+    assert reads("gina") == ["gina"], "reading the reply is reading the letter's content"
+    # The operator reads it too, under their name; someone who may not see the letter reads nothing.
+    assert "we come on Tuesday" in site.gateway.run("letters", "reply", number, "--by", "desk").stdout
+    assert reads("desk") == ["desk"]
+    refused = site.gateway.run("letters", "reply", number, "--as", "sam", check=False)
+    assert refused.returncode == 1 and "we come on Tuesday" not in refused.stdout
+    assert reads("sam") == []

@@ -69,10 +69,9 @@ def reply(state: State, number: str, text: str | None, text_file: Path | None, a
 
 def _show(replies: Replies, who: Principal, number: str) -> None:
     try:
-        letter = replies.letter_of(who, number)
+        panel = replies.read(who, number, address="cli")
     except LookupError as exc:
         fail(str(exc))
-    panel = replies.panel(who, letter)
     if panel.reply is None:
         click.echo(f"{number}: no reply")
         return

@@ -205,6 +205,16 @@ class Replies:
                 panel.refusal = exc if approver else None
         return panel
 
+    def read(self, who: Principal, number: str, *, address: str) -> ReplyPanel:
+        """The letter's reply as `panel` shows it, read apart from the letter's page (the command):
+        its text is the letter's content, so showing it is an audited read. Raises LookupError."""
+        letter = self.letter_of(who, number)
+        panel = self.panel(who, letter)
+        if panel.reply is not None:
+            self.access.record(who, "read", address=address, letter_id=letter.id, subject=letter.number,
+                               details={"reply": panel.reply.id})
+        return panel
+
     def attachment(self, who: Principal, number: str, reply_id: int, attachment_id: int, *,
                    address: str) -> ReplyAttachment | None:
         """A reply's attachment, for those who see the reply and may take the letter's files away
