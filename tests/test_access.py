@@ -640,3 +640,24 @@ def test_the_users_command_round_trip(world: World) -> None:
         world.people.authenticate("zoe", "a new long password", address="10.7.0.3")
     audited = {r.action for r in world.access.audit(world.who("auditor")) if r.subject == "zoe"}
     assert {"person-added", "password-set", "grant", "grant-revoked", "person-changed", "person-disabled"} <= audited
+
+
+@sqlite_only
+def test_the_operator_is_named_by_no_one_elses_name(world: World) -> None:
+    """--by names the operator at the shell; it never writes another person's name, or the name the
+    register gives the sender or itself, into a letter's events or the audit log."""
+    gw, number, secret = world.gateway, world.n("ACT2"), world.n("CA")
+    letter = world.registry.letter(secret)
+    assert letter is not None
+    for name in ("reg", "Head.A", "sender", "system"):  # a person (any case), the register's own names
+        read = gw.run("letters", "show", secret, "--by", name, check=False)
+        assert read.returncode == 1 and "--as" in read.stderr and "contract draft" not in read.stdout, name
+        noted = gw.run("letters", "note", number, "a remark", "--by", name, check=False)
+        assert noted.returncode == 1 and "--as" in noted.stderr, name
+    assert not [row for row, _ in world.registry.audit_rows(letter_id=letter.id) if row.actor in ("reg", "Head.A")]
+    assert not [e for e in world.registry.letter(number).events  # type: ignore[union-attr]
+                if e.action == "note" and e.actor in ("reg", "Head.A", "sender", "system")]
+    # The person acts as themselves, with their rights; the operator under a name of their own.
+    assert "contract draft" not in gw.run("letters", "show", secret, "--as", "reg").stdout
+    assert "contract draft" in gw.run("letters", "show", secret, "--by", "night.clerk").stdout
+    assert len(world.registry.audit_rows(letter_id=letter.id, actor="night.clerk", action="read")) == 1

@@ -114,13 +114,18 @@ def actor(by: str | None) -> str:
 
 def principal(state: State, as_login: str | None, by: str | None = None) -> Principal:
     """Who a command acts as: a person named with --as (their rights), or the operator at the
-    server's shell (every right; named by --by or the login user). Either way, reads of content are
-    audited under that name."""
-    from gateway.services.people import People, Principal
+    server's shell (every right; named by --by or the login user, never by a person's sign-in name
+    or the register's own names: People.operator). Either way, reads of content are audited under
+    that name."""
+    from gateway.services.people import People
 
+    people = People(state.config, state.registry())
     if as_login is None:
-        return Principal.operator(actor(by))
-    person = People(state.config, state.registry()).principal(as_login)
+        try:
+            return people.operator(by, actor(None))
+        except ValueError as exc:
+            fail(f"--by: {exc}: --as LOGIN acts as a person, with their rights; --by names yourself")
+    person = people.principal(as_login)
     if person is None:
         fail(f"no enabled person named {as_login!r} (gateway users list)")
     return person

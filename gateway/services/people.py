@@ -232,6 +232,21 @@ class People:
                 changes.append(f"{'-' if revoke else '+'}content of {letter}")
         return changes
 
+    def operator(self, named: str | None, login: str) -> Principal:
+        """The operator at the server's shell (every right), under the name a command was given
+        (`--by`), else their login. A name given is their own, never someone else's: not a person's
+        sign-in name (a person acts as themselves, with their rights) nor one the register gives
+        whoever acted when no person did (the sender, the gateway), so that a letter's events and
+        the audit log never say someone did or read what they did not. Raises ValueError."""
+        if not named or named == login:
+            return Principal.operator(login)
+        key = named.strip().lower()
+        if key in RESERVED_LOGINS:
+            raise ValueError(f"{named!r} is the register's own name for who acted when no person did")
+        if self.registry.person(key) is not None:
+            raise ValueError(f"{named!r} is a person of the web register, who acts as themselves")
+        return Principal.operator(named)
+
     def principal(self, login: str) -> Principal | None:
         person = self.registry.person(login)
         return self._principal(person) if person and not person.disabled else None
