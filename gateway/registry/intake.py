@@ -140,10 +140,11 @@ class Registration(SearchRecords):
         """Register a batch in one transaction; retried when a concurrent writer collides."""
         # The search terms are cut before the write lock is taken; only the number is added inside.
         terms = [(entry_terms(number="", sender_name=new.sender_name, sender_address=new.sender_address,
-                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name"),
-                              sender_details=(new.sender_organisation, new.sender_phone, new.sender_postal_address)),
+                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name")),
                   content_terms(subject=new.subject, body_text=new.body_text,
-                                attachment_names=[a.original_filename or a.filename for a in new.attachments]))
+                                attachment_names=[a.original_filename or a.filename for a in new.attachments],
+                                sender_details=(new.sender_organisation, new.sender_phone,
+                                                new.sender_postal_address)))
                  for new in letters]
         for attempt in range(5):
             try:

@@ -133,26 +133,28 @@ def query_terms(query: str) -> list[Term]:
 
 
 def entry_terms(*, number: str, sender_name: str = "", sender_address: str = "", fax_number: str | None = None,
-                fax_sender: str | None = None, sender_details: Sequence[str] = ()) -> str:
-    """What anyone who sees a letter's register entry may find it by: number and sender (with a
-    paper letter's organisation, phone and postal address)."""
-    return index_terms(number, sender_name, sender_address, fax_number or "", fax_sender or "", *sender_details)
+                fax_sender: str | None = None) -> str:
+    """What anyone who sees a letter's register entry may find it by: its number and sender, as the
+    entry shows them (name and address, a fax's number and sender)."""
+    return index_terms(number, sender_name, sender_address, fax_number or "", fax_sender or "")
 
 
-def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = ()) -> str:
+def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = (),
+                  sender_details: Sequence[str] = ()) -> str:
     """What only those who may read a letter's content find it by: subject, text (a fax's read
-    text included) and attachment names."""
-    return index_terms(subject, " ".join(attachment_names), body_text)
+    text included), attachment names and a paper letter's organisation, telephone and postal
+    address (shown with its content, not in the register entry everyone sees)."""
+    return index_terms(subject, *sender_details, " ".join(attachment_names), body_text)
 
 
 def registered_terms(letter: Letter, body_text: str | None = None) -> tuple[str, str]:
     """(entry terms, content terms) of a registered letter, with `body_text` for its text if given."""
     return (entry_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
-                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name,
-                        sender_details=(letter.sender_organisation, letter.sender_phone,
-                                        letter.sender_postal_address)),
+                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name),
             content_terms(subject=letter.subject, body_text=letter.body_text if body_text is None else body_text,
-                          attachment_names=[a.original_filename or a.filename for a in letter.attachments]))
+                          attachment_names=[a.original_filename or a.filename for a in letter.attachments],
+                          sender_details=(letter.sender_organisation, letter.sender_phone,
+                                          letter.sender_postal_address)))
 
 
 def _fts5_query(terms: list[Term]) -> str:
