@@ -116,8 +116,27 @@ def test_chinese_latin_numbers_addresses_and_attachment_names_are_found(register
     check_finding(register)
 
 
+def check_full_width(register: Register) -> None:
+    """Latin letters, digits and punctuation typed in full width (a Chinese input method's 全角) find
+    their ordinary forms, and the other way round."""
+    full = {code: code + 0xFEE0 for code in range(0x21, 0x7F)}
+    register.ingest("iso", make_message(6, subject="ＩＳＯ９００１认证的复审", to="sales@example.org"))
+    assert register.find("ＱＵＯＴ") == ["quotation"]
+    assert register.find("ｑｕｏｔａｔｉｏｎ\u3000ｕｎｉｔｓ") == ["quotation"]  # an ideographic space
+    assert register.find(register.numbers["quotation"].translate(full)) == ["quotation"]  # ２０２６－０００００３
+    assert register.find("报价单２０２６") == ["attached"]
+    assert register.find("zhang.wei＠partner") == ["attached"]
+    assert register.find("iso9001认证") == ["iso"] and register.find("ＩＳＯ") == ["iso"]
+    assert register.find("ISO 复审") == ["iso"] and register.find("９００１") == []  # a word begins it
+
+
+def test_full_width_letters_and_digits_find_their_ordinary_forms(register: Register) -> None:
+    check_full_width(register)
+
+
 def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
     check_finding(pg_register)
+    check_full_width(pg_register)
     check_access(pg_register)
     check_paper_sender(pg_register)
 

@@ -7,8 +7,9 @@ characters is therefore indexed as overlapping two-character tokens (供货 货�
 a query's run is looked up as the same tokens in a row (a phrase), which finds any substring of two
 characters or more. A single character stands for itself. Traditional characters are folded to
 simplified on both sides (投訴 finds 投诉), Latin text to lower case, and Latin words match by
-prefix. The tokens are plain words separated by spaces, which FTS5's `unicode61` and PostgreSQL's
-`simple` configuration both take as they are."""
+prefix; a query's Latin letters and digits are looked up in both widths (ＡＢＣ１ and abc1), as a
+letter may have either. The tokens are plain words separated by spaces, which FTS5's `unicode61`
+and PostgreSQL's `simple` configuration both take as they are."""
 from __future__ import annotations
 
 import operator
@@ -109,26 +110,45 @@ def index_terms(*texts: str) -> str:
 
 @dataclass(frozen=True)
 class Term:
-    """One word of a query: tokens that must follow each other; the last may be a prefix."""
+    """One word of a query: tokens that must follow each other; the last may be a prefix. `other`:
+    the same word with its Latin letters, digits and punctuation in the other width (ａｂｃ１ for abc1),
+    which finds it as well; empty when it has none."""
 
     tokens: tuple[str, ...]
     prefix: bool
+    other: tuple[str, ...] = ()
+
+
+# ASCII's letters, digits and punctuation and their full-width forms (U+FF01 to U+FF5E), which a
+# Chinese input method types in its full-width mode (全角): a query finds the word in either width.
+_HALF_WIDTH = {code + 0xFEE0: code for code in range(0x21, 0x7F)} | {0x3000: 0x20}
+_FULL_WIDTH = {code: code + 0xFEE0 for code in range(0x21, 0x7F)}
+
+
+def _word_tokens(word: str) -> tuple[tuple[str, ...], bool] | None:
+    pieces = _PIECES.findall(word)
+    if not pieces:
+        return None
+    tokens: list[str] = []
+    for piece in pieces:
+        tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+    last = pieces[-1]
+    # A lone Chinese character is found at the start of a two-character token (合 finds 合同).
+    return tuple(tokens), not _CJK_RUN.fullmatch(last) or len(last) == 1
 
 
 def query_terms(query: str) -> list[Term]:
     """The query's words: a Chinese run is a phrase of its two-character tokens, a Latin word or
-    number a prefix; words joined by punctuation (an address, a letter number) are one phrase."""
+    number a prefix; words joined by punctuation (an address, a letter number) are one phrase.
+    Latin letters and digits are looked up in both widths: the index keeps them as the letter has them."""
     terms = []
-    for word in fold(query[:500]).split():
-        pieces = _PIECES.findall(word)
-        if not pieces:
+    for word in fold(query[:500]).translate(_HALF_WIDTH).split():
+        found = _word_tokens(word)
+        if found is None:
             continue
-        tokens: list[str] = []
-        for piece in pieces:
-            tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
-        last = pieces[-1]
-        # A lone Chinese character is found at the start of a two-character token (合 finds 合同).
-        terms.append(Term(tuple(tokens), prefix=not _CJK_RUN.fullmatch(last) or len(last) == 1))
+        tokens, prefix = found
+        other = _word_tokens(word.translate(_FULL_WIDTH))
+        terms.append(Term(tokens, prefix, other[0] if other and other[0] != tokens else ()))
     return terms
 
 
@@ -159,12 +179,20 @@ def registered_terms(letter: Letter, body_text: str | None = None) -> tuple[str,
 
 def _fts5_query(terms: list[Term]) -> str:
     # Tokens are letters and digits only, so quoting them needs no escaping.
-    return " ".join(f'"{" ".join(t.tokens)}"' + ("*" if t.prefix else "") for t in terms)
+    def phrase(tokens: tuple[str, ...], prefix: bool) -> str:
+        return f'"{" ".join(tokens)}"' + ("*" if prefix else "")
+
+    # An OR group joins the others only by an explicit AND.
+    return " AND ".join(f"({phrase(t.tokens, t.prefix)} OR {phrase(t.other, t.prefix)})" if t.other
+                        else phrase(t.tokens, t.prefix) for t in terms)
 
 
 def _tsquery(terms: list[Term]) -> str:
-    return " & ".join("(" + " <-> ".join(f"'{token}'" for token in t.tokens) + (":*" if t.prefix else "") + ")"
-                      for t in terms)
+    def phrase(tokens: tuple[str, ...], prefix: bool) -> str:
+        return "(" + " <-> ".join(f"'{token}'" for token in tokens) + (":*" if prefix else "") + ")"
+
+    return " & ".join(f"({phrase(t.tokens, t.prefix)} | {phrase(t.other, t.prefix)})" if t.other
+                      else phrase(t.tokens, t.prefix) for t in terms)
 
 
 _SQLITE_INDEX = table("letter_search", column("rowid"), column("entry"), column("content"))
