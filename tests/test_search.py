@@ -4,6 +4,7 @@ PostgreSQL — and never a letter, or a word of a letter's content, the person m
 from __future__ import annotations
 
 import json
+import random
 import textwrap
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -139,6 +140,15 @@ def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
     check_full_width(pg_register)
     check_access(pg_register)
     check_paper_sender(pg_register)
+
+
+def test_a_long_letter_in_chinese_is_registered_and_found_on_postgresql(pg_register: Register) -> None:
+    """150,000 characters of Chinese are some 1.6 MB of tsvector, more than PostgreSQL takes: the
+    index keeps the text as far as it fits, and the letter is registered all the same."""
+    rnd = random.Random(7)
+    words = "".join(chr(rnd.randrange(0x4E00, 0x9FA5)) for _ in range(150_000))
+    pg_register.ingest("long", make_message(7, subject="年度报告全文", to="sales@example.org", body=words + "\n"))
+    assert pg_register.find("年度报告") == ["long"] and pg_register.find(words[1000:1010]) == ["long"]
 
 
 def check_access(register: Register) -> None:

@@ -207,6 +207,35 @@ _PG_UPSERT = _PG_INSERT.on_conflict_do_update(index_elements=["letter_id"],
                                                     "content": _PG_INSERT.excluded.content})
 
 
+# PostgreSQL refuses a tsvector whose lexemes and positions take more than 1 MiB - 1 bytes (MAXSTRPOS),
+# and with it the letter's whole registration: 200,000 characters of Chinese text make some 2 MB.
+# A little less, for a token its parser cuts in two.
+_TSVECTOR_BYTES = 1_000_000
+
+
+def fit_tsvector(entry: str, content: str) -> str:
+    """`content`, cut short at the token where the tsvector of entry and content together would be
+    more than PostgreSQL takes (as it is when it fits: nearly always). Each distinct token costs its
+    UTF-8 bytes, an alignment byte, its count of positions and a position; each later occurrence a
+    position, up to the 256 kept: an upper bound of what PostgreSQL counts."""
+    tokens = entry.count(" ") + content.count(" ") + 2
+    if 4 * (len(entry) + len(content)) + 5 * tokens <= _TSVECTOR_BYTES:
+        return content
+    seen: dict[str, int] = {}
+    size = 0
+    head, words = entry.split(" "), content.split(" ")
+    for position, token in enumerate([*head, *words]):
+        count = seen.get(token, 0)
+        if count == 0:
+            size += len(token.encode("utf-8", "surrogatepass")) + 5
+        elif count < 256:
+            size += 2
+        seen[token] = count + 1
+        if size > _TSVECTOR_BYTES:
+            return " ".join(words[:max(0, position - len(head))])
+    return content
+
+
 class SearchRecords(Store):
     """The full-text index: one row per letter with the terms of its register entry and of its
     content (an FTS5 table on SQLite, tsvectors with GIN indexes on PostgreSQL), written in the
@@ -217,7 +246,7 @@ class SearchRecords(Store):
         if not rows:
             return
         if conn.dialect.name == "postgresql":
-            conn.execute(_PG_UPSERT, [{"letter_id": i, "entry": e, "content": c} for i, e, c in rows])
+            conn.execute(_PG_UPSERT, [{"letter_id": i, "entry": e, "content": fit_tsvector(e, c)} for i, e, c in rows])
             return
         # An FTS5 table has no upsert: the old row goes first.
         conn.execute(_SQLITE_DELETE, {"ids": [i for i, _, _ in rows]})
