@@ -209,6 +209,16 @@ def test_commands_name_what_they_cannot_use(tmp_path: Path) -> None:
     assert gateway.run("check-config").returncode == 0
 
 
+def test_retry_all_with_nothing_in_quarantine_is_not_an_error(gateway: Gateway) -> None:
+    """`quarantine retry --all` from a timer or a runbook: an empty quarantine is nothing to do
+    (exit 0), not a usage error; naming nothing at all still is one."""
+    emptied = gateway.run("quarantine", "retry", "--all", check=False)
+    assert emptied.returncode == 0 and emptied.stdout.strip() == "no quarantined items", emptied.stderr
+    assert "Usage" not in emptied.stderr
+    unnamed = gateway.run("quarantine", "retry", check=False)
+    assert unnamed.returncode == 2 and "name at least one item, or --all" in unnamed.stderr
+
+
 def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:
     config = loaded(Gateway(tmp_path))
     spool = Spool(config.spool_dir, config.message_dir)

@@ -68,8 +68,9 @@ def quarantine_retry(state: State, item_ids: tuple[str, ...], retry_all: bool) -
     if not retry_all and not item_ids:
         raise click.UsageError("name at least one item, or --all")
     done = retry_quarantined(state.spool(), None if retry_all else list(item_ids))
-    if not done:
-        raise click.UsageError("name at least one item, or --all")
+    if not done:  # --all on an empty quarantine: nothing to do is no error
+        click.echo("no quarantined items")
+        return
     for retried in done:
         if retried.found:
             click.echo(f"{retried.item_id}: back in the spool")
