@@ -169,6 +169,38 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
     assert len(refused) == 1 and "bogus: unknown key" in refused[0]
 
 
+def test_sighup_reaches_the_web_register_and_names_its_listener_as_needing_a_restart(
+        gateway: Gateway, notify: Notify) -> None:
+    """The web register served by the daemon takes a reload as the rest does (here its default
+    language); a new [web] listen address cannot be taken live, and the reload says so."""
+    import urllib.request
+
+    from ports import free_port
+
+    def signin_lang() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.web_port}/signin", timeout=10) as answer:
+            page = answer.read().decode()
+        found = re.search(r'<html lang="([^"]+)"', page)
+        assert found, page[:200]
+        return found.group(1)
+
+    daemon = start_and_wait_ready(gateway, notify)
+    good = gateway.config.read_text()
+    try:
+        assert signin_lang().startswith("zh")
+        gateway.config.write_text(good.replace(f'[web]\nlisten = "127.0.0.1:{gateway.web_port}"',
+                                               f'[web]\nlisten = "127.0.0.1:{free_port()}"\nlanguage = "en"'))
+        assert 'language = "en"' in gateway.config.read_text()
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        assert signin_lang() == "en"  # still on the address it was started with, in the new language
+    finally:
+        out = stop(daemon)
+    [reloaded] = [line for line in out.splitlines() if "configuration reloaded from" in line]
+    assert "web listener" in reloaded and "takes effect at restart" in reloaded, reloaded
+
+
 def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, notify: Notify) -> None:
     """With PostgreSQL stopped, ingest spools and exits 75; the daemon registers the item once it is back."""
     server = PostgresServer()

@@ -588,6 +588,9 @@ class Daemon:
              (new.model.reminders.enabled, new.model.reminders.check_minutes,
               new.model.archive.enabled, new.model.archive.run_day, new.model.archive.run_hour)),
             ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
+            ("web listener and single sign-on",
+             (self.config.model.web.enabled, self.config.model.web.listen, self.config.model.web.oidc),
+             (new.model.web.enabled, new.model.web.listen, new.model.web.oidc)),
             ("fax drop folder and OCR pool", (self.config.fax_drop_dir, self.config.model.fax.enabled,
                                               self.config.model.fax.ocr_workers),
              (new.fax_drop_dir, new.model.fax.enabled, new.model.fax.ocr_workers)),
@@ -606,6 +609,8 @@ class Daemon:
             self.smtp.reload(new)
         if self.imap is not None:
             self.imap.reload(new)
+        if self.web is not None:
+            self.web.reload(new)
         # Each takes what it can at its next pass: the fax drop its patterns and timings (another folder
         # needs a restart), the text reader its languages and time allowed (the pool size needs a restart).
         for runner in (self.fax_drop, self.text_reader, self.outbox, *self._workers):

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -350,6 +350,20 @@ def create_app(config: Config, *, registry: Registry | None = None) -> Starlette
                     exception_handlers={HTTPException: http_error})
     app.state.web = web
     return app
+
+
+def reload_app(app: Starlette, config: Config) -> None:
+    """A reloaded configuration for a running app: departments, roles, sessions, languages and
+    trusted proxies as the rest of the daemon takes them. Its registry connection and single
+    sign-on stay those it was made with (they take a restart). The pages read `app.state.web`
+    once per request, so each request sees one configuration, the old or the new."""
+    from gateway.services.access import Access
+    from gateway.services.people import People
+
+    old: Web = app.state.web
+    app.state.web = replace(
+        old, config=config, people=People(config, old.registry), access=Access(config, old.registry),
+        proxies=security.parse_networks(config.model.web.trusted_proxies), tz=ZoneInfo(config.model.gateway.timezone))
 
 
 def factory() -> Starlette:

@@ -33,6 +33,7 @@ class WebServer:
             app = create_app(target, registry=registry)
         else:
             app = target
+        self.app = app
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.requested_port = int(port)
@@ -56,6 +57,12 @@ class WebServer:
                 raise RuntimeError(f"the web register did not start within {self.start_timeout:.0f} s")
             time.sleep(0.02)
         return self.url.removeprefix("http://")
+
+    def reload(self, config: Config) -> None:
+        """A reloaded configuration for the pages; the address it listens on stays (a restart)."""
+        from gateway.web.app import reload_app
+
+        reload_app(self.app, config)
 
     @property
     def port(self) -> int:
