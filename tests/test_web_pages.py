@@ -848,3 +848,53 @@ def test_going_on_without_the_missing_materials_on_the_letter_page(site: Site) -
     assert letter is not None and letter.status == "in-progress" and letter.deadline is not None
     again = sam.post(f"/letters/{number}/proceed", data={"csrf": sam.csrf})
     assert again.status_code == 409
+
+
+def test_flags_and_why_no_receipt_went_are_worded_in_chinese(site: Site) -> None:
+    from conftest import make_message
+
+    internal = site.ingest("internal", make_message(30, subject="From inside", sender="Bob <bob@example.org>",
+                                                    to="sales@example.org"))
+    repeated = site.ingest("repeated", b"From: a@partner.example\r\nFrom: b@partner.example\r\n"
+                                       b"To: sales@example.org\r\nSubject: two\r\nSubject: three\r\n"
+                                       b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\n\r\nhi\r\n")
+    rita = site.sign_in("rita")  # in Chinese, the default
+    words = visible(rita.get(f"/letters/{internal}").text)
+    assert "标记 内部发件人未经验证" in words and "unverified-internal-sender" not in words
+    assert "事由: 内部发件人" in words and "internal sender" not in words
+    words = visible(rita.get(f"/letters/{repeated}").text)
+    assert "信头字段重复：From, Subject" in words and "repeated-header" not in words
+    # The fourth letter to one sender in a day gets no receipt: the cap, in words.
+    words = visible(rita.get(f"/letters/{site.letters['triage']}").text)
+    assert "24 小时内已向该发件人发送 3 份回执（上限 3 份）" in words and "receipt(s)" not in words
+    site.people.set_language("rita", "en")
+    words = visible(site.sign_in("rita").get(f"/letters/{internal}").text)
+    assert "internal sender not verified" in words and "reason: internal sender" in words
+
+
+def test_defects_and_why_mail_was_undeliverable_are_worded_in_the_pages_language() -> None:
+    from gateway.web.shown import flag, sentence
+
+    said = {
+        "fax: caller id unknown": "传真：主叫号码未知",
+        "fax: information file f1.info not read: its name fits another fax as well (f1.pdf); named f1.tif.info "
+        "it is read": "传真：未读取信息文件 f1.info：其文件名也与另一份传真（f1.pdf）相符；改名为 f1.tif.info 后即可读取",
+        "fax: 3 page(s) announced, 2 received": "传真：声明 3 页，实收 2 页",
+        "fax: page 2: OCR skipped: the time limit of 60 s was reached": "传真：第 2 页：未识别文字：已达 60 秒的时限",
+        "fax: text not read: OSError: gone": "传真：未识别文字：OSError: gone",
+        "relay mx.example.org does not offer SMTPUTF8 (RFC 6531), without which no mail reaches 李明@example.org: "
+        "its local part is not ASCII": "中继 mx.example.org 不支持 SMTPUTF8（RFC 6531）：李明@example.org 的用户名部分"
+                                       "不是 ASCII 字符，没有 SMTPUTF8 邮件无法送达",
+        "not delivered within 48 hours: 451 try later": "48 小时内未能送达：451 try later",
+        "Precedence: bulk": "自动邮件（Precedence: bulk）",
+    }
+    i18n.use("zh")
+    try:
+        for english, chinese in said.items():
+            assert sentence(english) == chinese
+        assert flag("partial-reception") == "未收全所有页" and flag("ambiguous-header") == "部分信头字段不在签名范围内"
+        assert sentence("something no one wrote before") == "something no one wrote before"
+        i18n.use("en")
+        assert sentence("fax: caller id unknown") == "fax: caller id unknown"
+    finally:
+        i18n.use("en")

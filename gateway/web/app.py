@@ -286,9 +286,11 @@ def environment() -> jinja2.Environment:
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True,  # type: ignore[attr-defined]
                                   pgettext=i18n.pgettext)
     env.filters["show"] = show
-    from gateway.web.shown import filesize
+    from gateway.web.shown import filesize, flag, sentence
 
     env.filters["filesize"] = filesize
+    env.filters["sentence"] = sentence
+    env.globals["flag"] = flag
     from gateway.web.routes import replies  # its pages' parts on the letter page and in the sidebar
 
     env.globals.update(replies.template_globals())

@@ -163,7 +163,15 @@ MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliv
 # Where a letter came in (its intake), and the register's flags on it.
 INTAKE = {"smtp": N_("SMTP listener"), "imap": N_("IMAP mailbox"), "file": N_("File import"),
           "fax-drop": N_("Fax folder"), "web": N_("Web register"), "paper": N_("Paper register")}
-FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs triage")}
+FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs triage"),
+        "partial-reception": N_("not all pages received"),
+        "ambiguous-header": N_("header fields not all covered by the signature"),
+        "unverified-internal-sender": N_("internal sender not verified"),
+        "repeated-header": N_("header fields given twice"),
+        "forged-loop-marker": N_("forged loop marker"), "receipt-loop-marker": N_("answer to our own receipt"),
+        "bounce": N_("bounce (no envelope sender)"),
+        "oversize": N_("too large: registered from its headers only"), "backlog": N_("backlog import"),
+        "imported": N_("taken over by an import"), "no-notifications": N_("imported without notifications")}
 KINDS = {"intake": INTAKE, "flag": FLAG, "status": STATUS, "category": CATEGORY, "urgency": URGENCY, "channel": CHANNEL,
          "confidentiality": CONFIDENTIALITY, "queue": QUEUE, "action": ACTION, "role": ROLE, "event": EVENT,
          "mail_kind": MAIL_KIND, "mail_status": MAIL_STATUS}

@@ -184,6 +184,12 @@ class Describer:
                 return Markup(escape(LANGUAGE.get(value, value)))
             if key == "size" and value.isdigit():
                 return Markup(escape(filesize(int(value))))
+            if key in SENTENCE_KEYS:
+                return Markup(escape(sentence(value)))
+            if key == "kind" and value in i18n.MAIL_KIND:
+                return Markup(escape(i18n.label("mail_kind", value)))
+            if key == "kind" and value in i18n.STATUS:
+                return Markup(escape(i18n.label("status", value)))
         if key == "size" and isinstance(value, int):
             return Markup(escape(filesize(value)))
         return Markup(escape(_text(value)))
@@ -205,6 +211,98 @@ def _reply_role(value: str) -> str:
     from gateway.web.routes.replies import reply_label
 
     return reply_label("role", value)
+
+
+# -- the pipeline's and services' own sentences ---------------------------------------------------
+# A letter's defects, a flag with its detail, why no receipt went, why mail was undeliverable: the
+# pipeline and the services write them in English for the log; a page words those it knows in its
+# language. A pattern's group named "rest" is itself such a sentence; a sentence no pattern knows
+# is shown as written.
+SENTENCE_KEYS = frozenset({"reason", "error", "defects", "last_error"})
+FAX_FIELD = {"number": N_("fax number"), "caller id": N_("caller ID"), "sender name": N_("sender's name"),
+             "received": N_("time sent"), "pages": N_("number of pages")}
+SENTENCES: list[tuple[re.Pattern[str], str]] = [
+    # Where a defect was found, then the defect.
+    (re.compile(r"^fax: (?P<rest>.+)$", re.S), N_("fax: %(rest)s")),
+    (re.compile(r"^page (?P<page>\d+): (?P<rest>.+)$", re.S), N_("page %(page)s: %(rest)s")),
+    # A fax's facts and pages (gateway/stages/build.py, gateway/services/intake.py).
+    (re.compile(r"^(?P<field>number|caller id|sender name|received|pages) unknown$"), N_("%(field)s unknown")),
+    (re.compile(r"^information file (?P<name>.+?) not read: its name fits another fax as well \((?P<other>.*)\); "
+                r"named (?P<fax>.+)\.info it is read$", re.S),
+     N_("information file %(name)s not read: its name fits another fax as well (%(other)s); it is read when "
+        "named %(fax)s.info")),
+    (re.compile(r"^(?P<declared>\d+) page\(s\) announced, (?P<pages>\d+) received$"),
+     N_("%(declared)s pages announced, %(pages)s received")),
+    (re.compile(r"^the fax mail carries no TIFF or PDF document$"), N_("the fax mail carries no TIFF or PDF document")),
+    (re.compile(r"^text not read: (?P<detail>.*)$", re.S), N_("text not read: %(detail)s")),
+    # Reading a fax's text (gateway/stages/fax/ocr.py).
+    (re.compile(r"^OCR skipped: the time limit of (?P<seconds>\S+) s was reached$"),
+     N_("text not read: the time limit of %(seconds)s s was reached")),
+    (re.compile(r"^OCR failed: (?P<detail>.*)$", re.S), N_("text could not be read: %(detail)s")),
+    (re.compile(r"^unreadable: (?P<detail>.*)$", re.S), N_("page unreadable: %(detail)s")),
+    (re.compile(r"^document unreadable: (?P<detail>.*)$", re.S), N_("document unreadable: %(detail)s")),
+    (re.compile(r"^OCR not run: (?P<detail>.*)$", re.S), N_("text not read (configuration): %(detail)s")),
+    (re.compile(r"^OCR language data not installed: (?P<languages>[^ ]+(?:, [^ ]+)*)(?P<detail> .*)?$", re.S),
+     N_("language data for reading text not installed: %(languages)s")),
+    # A flag with its detail (gateway/stages/check.py).
+    (re.compile(r"^repeated-header: (?P<fields>.+)$"), N_("header fields given twice: %(fields)s")),
+    # Why no receipt went (gateway/registry/intake.py, gateway/stages/route.py, autoreply.py).
+    (re.compile(r"^(?P<sent>\d+) receipt\(s\) to this sender in 24 hours \(cap (?P<cap>\d+)\)$"),
+     N_("%(sent)s receipts to this sender in 24 hours (at most %(cap)s)")),
+    (re.compile(r"^(?P<sent>\d+) receipt\(s\) to (?P<domain>\S+) in the last hour \(cap (?P<cap>\d+), .*\)$"),
+     N_("%(sent)s receipts to %(domain)s in the last hour (at most %(cap)s)")),
+    (re.compile(r"^(?P<sent>\d+) receipt\(s\) in the last hour \(cap (?P<cap>\d+), .*\)$"),
+     N_("%(sent)s receipts in the last hour (at most %(cap)s)")),
+    (re.compile(r"^receipts are switched off$"), N_("receipts are switched off")),
+    (re.compile(r"^backlog import$"), N_("backlog import")),
+    (re.compile(r"^a fax: no address to answer$"), N_("a fax: no address to answer")),
+    (re.compile(r"^internal sender$"), N_("internal sender")),
+    (re.compile(r"^our own address$"), N_("our own address")),
+    (re.compile(r"^an answer to our own mail \(In-Reply-To/References\)$"),
+     N_("an answer to our own mail (In-Reply-To/References)")),
+    (re.compile(r"^mailing list \((?P<header>.*)\)$"), N_("mailing list (%(header)s)")),
+    (re.compile(r"^(?P<header>Auto-Submitted|Precedence|X-Auto-Response-Suppress): (?P<value>.*)$"),
+     N_("automatic mail (%(header)s: %(value)s)")),
+    (re.compile(r"^our own loop header \(X-Gateway-Loop\)$"), N_("our own loop header (X-Gateway-Loop)")),
+    (re.compile(r"^no sender address$"), N_("no sender address")),
+    (re.compile(r"^sender (?P<sender>\S+) is a robot address$"), N_("sender %(sender)s is a robot address")),
+    (re.compile(r"^sender address (?P<sender>.*) is not one we can write to safely$", re.S),
+     N_("sender address %(sender)s is not one we can write to safely")),
+    # Why mail was undeliverable (gateway/outbound/sender.py).
+    (re.compile(r"^relay (?P<relay>\S+) does not offer SMTPUTF8 \(RFC 6531\), without which no mail reaches "
+                r"(?P<recipient>\S+): its local part is not ASCII$"),
+     N_("relay %(relay)s does not offer SMTPUTF8 (RFC 6531), without which no mail reaches %(recipient)s: its "
+        "local part is not ASCII")),
+    (re.compile(r"^claimed (?P<count>\d+) times and never finished \(the node sending it stopped each time\)$"),
+     N_("claimed %(count)s times and never finished (the node sending it stopped each time)")),
+    (re.compile(r"^not delivered within (?P<hours>\S+) hours: (?P<detail>.*)$", re.S),
+     N_("not delivered within %(hours)s hours: %(detail)s")),
+    (re.compile(r"^cannot be written: (?P<detail>.*)$", re.S), N_("cannot be written: %(detail)s")),
+]
+
+
+def sentence(text: str) -> str:
+    """One of the pipeline's or services' sentences in the page's language; unknown, as written
+    (in English, always as written)."""
+    if i18n.current() == "en":
+        return text
+    for pattern, template in SENTENCES:
+        found = pattern.match(text)
+        if found is None:
+            continue
+        words = {k: v or "" for k, v in found.groupdict().items()}
+        if "rest" in words:
+            words["rest"] = sentence(words["rest"])
+        if "field" in words:
+            words["field"] = _(FAX_FIELD[words["field"]])
+        return _(template) % words
+    return text
+
+
+def flag(value: str) -> str:
+    """A letter's flag in the page's language; one with its detail ("repeated-header: From") too."""
+    known = i18n.FLAG.get(value)
+    return _(known) if known else sentence(value)
 
 
 # -- file sizes --------------------------------------------------------------------------------
