@@ -872,6 +872,26 @@ def test_flags_and_why_no_receipt_went_are_worded_in_chinese(site: Site) -> None
     assert "internal sender not verified" in words and "reason: internal sender" in words
 
 
+def test_a_letters_defects_are_listed_on_its_page_for_those_who_read_its_content(site: Site) -> None:
+    number = site.ingest("defective", b"From: a@partner.example\r\nTo: sales@example.org\r\nSubject: odd\r\n"
+                                      b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+                                      b"Content-Type: text/plain; charset=x-no-such-charset\r\n"
+                                      b"Content-Transfer-Encoding: quoted-printable\r\n\r\nprice =ZZ 100\r\n")
+    defects = site.gateway.show_json(number)["defects"]
+    assert len(defects) == 2, defects
+    words = visible(site.sign_in("rita").get(f"/letters/{number}").text)  # the registry office, in Chinese
+    assert "缺陷 读取时发现 2 处缺陷" in words, words
+    assert "邮件：未知字符集 'x-no-such-charset'，按 utf-8 读取" in words, words
+    assert "邮件：quoted-printable 编码有误：1 处“=”不构成转义，按原样保留（第一处：'=ZZ'）" in words, words
+    assert "unknown charset" not in words and "starting no escape" not in words
+    site.people.set_language("rita", "en")
+    words = visible(site.sign_in("rita").get(f"/letters/{number}").text)
+    assert "Defects 2 defects found while reading it" in words and all(d in words for d in defects), words
+    # An auditor sees the register entry, not what was read from the letter.
+    words = visible(site.sign_in("audrey").get(f"/letters/{number}").text)
+    assert "x-no-such-charset" not in words and "Defects" not in words and "缺陷" not in words
+
+
 def test_defects_and_why_mail_was_undeliverable_are_worded_in_the_pages_language() -> None:
     from gateway.web.shown import flag, sentence
 

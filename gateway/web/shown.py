@@ -225,6 +225,15 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     # Where a defect was found, then the defect.
     (re.compile(r"^fax: (?P<rest>.+)$", re.S), N_("fax: %(rest)s")),
     (re.compile(r"^page (?P<page>\d+): (?P<rest>.+)$", re.S), N_("page %(page)s: %(rest)s")),
+    (re.compile(r"^message: (?P<rest>.+)$", re.S), N_("message: %(rest)s")),
+    (re.compile(r"^part (?P<part>[\d.]+): (?P<rest>.+)$", re.S), N_("part %(part)s: %(rest)s")),
+    # What reading a message found (gateway/stages/normalise): the commonest, worded; the rest as written.
+    (re.compile(r"^unknown charset (?P<charset>.+?), decoded as (?P<used>\S+)(?P<detail>, .*)?$", re.S),
+     N_("unknown character set %(charset)s, read as %(used)s")),
+    (re.compile(r"^invalid quoted printable \((?P<count>\d+) \"=\" starting no escape, kept as written; the first: "
+                r"(?P<first>.*)\)$", re.S),
+     N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
+    (re.compile(r"^missing From header$"), N_("no From header")),
     # A fax's facts and pages (gateway/stages/build.py, gateway/services/intake.py).
     (re.compile(r"^(?P<field>number|caller id|sender name|received|pages) unknown$"), N_("%(field)s unknown")),
     (re.compile(r"^information file (?P<name>.+?) not read: its name fits another fax as well \((?P<other>.*)\); "
