@@ -3,6 +3,7 @@ package, put right from a good one, read when the package cannot be, destroyed w
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -120,6 +121,24 @@ def test_an_archived_letter_is_read_from_its_copy_when_its_package_cannot_give_i
     read = gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"), check=False)
     assert read.returncode == 0, read.stderr
     assert "ALERT archive: 2026-000001: " in read.stderr and f"read from its copy in {copy}" in read.stderr
+
+
+def test_a_letter_whose_manifest_is_damaged_is_read_from_its_copy(tmp_path: Path) -> None:
+    """A manifest damaged where its bytes are no longer UTF-8 (one flipped byte) gives no letter of
+    its package, but the copy gives each; without a copy the reader is told, with no traceback."""
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03")
+    mail = packages(gateway)["mail"]
+    manifest = gateway.state / "archive" / mail["manifest"]
+    manifest.write_bytes(manifest.read_bytes().replace(b"2026-000001", b"2026-00000\xff", 1))
+    read = gateway.run("letters", "extract", "2026-000002", str(tmp_path / "out"), check=False)
+    assert read.returncode == 0, read.stderr
+    assert "ALERT archive: 2026-000002: " in read.stderr and f"read from its copy in {copy}" in read.stderr
+    shutil.rmtree(copy)
+    unread = gateway.run("letters", "extract", "2026-000002", str(tmp_path / "none"), check=False)
+    assert unread.returncode != 0 and "Traceback" not in unread.stderr, unread.stderr
+    assert f"2026-000002: {mail['path']} cannot be read: 'utf-8' codec" in unread.stderr
 
 
 def test_a_crash_while_copying_leaves_the_originals_and_the_next_check_finishes_the_copy(tmp_path: Path) -> None:

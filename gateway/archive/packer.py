@@ -678,18 +678,22 @@ class Archiver:
         package = self.registry.archive_package(letter.archive_package_id or 0)
         if package is None or package.status == "purged":
             raise ArchiveError(f"{letter.number}: its original was destroyed or is not archived")
-        failures: list[OSError | ArchiveError] = []
+        failures: list[Exception] = []
         for root in (self.root, *self.copies):
             try:
                 original = self._read_in(root, package, letter)
-            except (OSError, ArchiveError) as exc:
+            # ValueError, KeyError: a damaged manifest (bytes that are not UTF-8, a column or a
+            # number gone); ZstdError, zlib.error, EOFError: a damaged package of one frame.
+            except (OSError, ArchiveError, ValueError, KeyError, EOFError, zlib.error, zstandard.ZstdError) as exc:
                 failures.append(exc)
                 continue
             if failures:
                 log.error("ALERT archive: %s: %s; read from its copy in %s (run gateway archive verify)",
                           letter.number, failures[0], root)
             return original
-        raise failures[0]
+        if isinstance(failures[0], (OSError, ArchiveError)):
+            raise failures[0]
+        raise ArchiveError(f"{letter.number}: {package.path} cannot be read: {failures[0]}") from failures[0]
 
     def _read_in(self, root: Path, package: ArchivePackage, letter: Letter) -> bytes:
         for row in csv.DictReader(io.StringIO((root / package.manifest).read_text(encoding="utf-8"))):
