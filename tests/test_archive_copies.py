@@ -2,13 +2,22 @@
 package, put right from a good one, read when the package cannot be, destroyed with it."""
 from __future__ import annotations
 
+import errno
 import json
+import pathlib
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from conftest import Gateway, make_message, write_messages
 from fax_samples import ENGLISH, tiff_fax
+
+from gateway import config as config_mod
+from gateway.archive.packer import Archiver
+from gateway.registry import Registry
 
 RULES = """
 rules:
@@ -139,6 +148,32 @@ def test_a_letter_whose_manifest_is_damaged_is_read_from_its_copy(tmp_path: Path
     unread = gateway.run("letters", "extract", "2026-000002", str(tmp_path / "none"), check=False)
     assert unread.returncode != 0 and "Traceback" not in unread.stderr, unread.stderr
     assert f"2026-000002: {mail['path']} cannot be read: 'utf-8' codec" in unread.stderr
+
+
+def test_a_copy_folder_that_cannot_be_searched_stops_no_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy folder whose every look-up is refused (a share's permissions: EACCES) is a copy that
+    cannot be written, package by package; the check of the month goes on and releases nothing."""
+    copy = tmp_path / "share"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03", "--no-verify")
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    stat = pathlib.Path.stat
+
+    def refused(path: pathlib.Path, **kwargs: Any) -> Any:
+        if path.is_relative_to(copy) and path != copy:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return stat(path, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", refused)
+    try:
+        checked = Archiver(config, registry).verify("2026-03")
+    finally:
+        registry.close()
+    assert [(c.problems, len(c.copy_problems)) for c in checked] == [([], 1), ([], 1)]
+    assert all("cannot be written: Permission denied" in c.copy_problems[0] for c in checked)
+    monkeypatch.undo()
+    assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
 
 
 def test_a_crash_while_copying_leaves_the_originals_and_the_next_check_finishes_the_copy(tmp_path: Path) -> None:

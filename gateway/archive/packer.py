@@ -494,7 +494,9 @@ class Archiver:
         found = self._check(package, self._read_manifest(package, copy, registered), copy)
         if not found:
             return
-        existed = (copy / package.path).exists() or (copy / package.manifest).exists()
+        # os.path.exists: a folder that cannot be searched (a share's permissions, a stale mount)
+        # is found below, where writing fails, not here for the whole check.
+        existed = os.path.exists(copy / package.path) or os.path.exists(copy / package.manifest)
         try:
             self._copy_package(package, self.root, copy)
         except OSError as exc:
