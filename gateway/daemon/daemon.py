@@ -459,7 +459,9 @@ class Daemon:
                     checked = archiver.verify(behind) if late else []
                 except JobStopped:
                     raise
-                except ArchiveError as exc:  # last month's run goes ahead all the same
+                # An original that cannot be packed, or a folder of that month that cannot be
+                # written (read-only, full): last month's run goes ahead all the same.
+                except (ArchiveError, OSError) as exc:
                     log.error("ALERT archive of %s (letters left out of its run) failed: %s", behind, exc)
                     continue
                 log.info("archive of %s: %d letter(s) left out of its run packed now (registered late, or the "
