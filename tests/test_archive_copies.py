@@ -132,6 +132,33 @@ def test_an_archived_letter_is_read_from_its_copy_when_its_package_cannot_give_i
     assert "ALERT archive: 2026-000001: " in read.stderr and f"read from its copy in {copy}" in read.stderr
 
 
+def test_a_copy_without_its_circulation_record_or_a_fax_reply_is_written_again(tmp_path: Path) -> None:
+    """The files a check does not read against the manifest (the circulation record, a fax's reply
+    as mailed) are in each copy as in the archive folder: one missing there makes the copy wrong,
+    and it is written again."""
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03", "--no-verify")
+    mail, fax = packages(gateway)["mail"], packages(gateway)["fax"]
+    archive = gateway.state / "archive"
+    record = Path(mail["manifest"]).with_name("circulation-part-001.csv")
+    reply = Path(fax["path"]) / "A202603-00003_reply-1.eml"
+    (archive / record).write_text("archive_number,letter_number,circulation,started_by\nA202603-00001,x,1,leo\n")
+    (archive / reply).write_bytes(b"From: office@example.org\r\nSubject: Re: fax\r\n\r\nReceived.\r\n")
+    gateway.run("archive", "verify")
+    right = files_of(archive)
+    assert files_of(copy) == right and str(record) in right and str(reply) in right
+
+    (copy / record).unlink()
+    (copy / reply).unlink()
+    fixed = gateway.run("archive", "verify")
+    assert (f"warning: {mail['path']}: its copy in {copy} was written again; it had: circulation-part-001.csv: "
+            "not in the copy" in fixed.stderr), fixed.stderr
+    assert (f"warning: {fax['path']}: its copy in {copy} was written again; it had: A202603-00003_reply-1.eml: "
+            "not in the copy" in fixed.stderr), fixed.stderr
+    assert files_of(copy) == right
+
+
 def test_a_letter_whose_manifest_is_damaged_is_read_from_its_copy(tmp_path: Path) -> None:
     """A manifest damaged where its bytes are no longer UTF-8 (one flipped byte) gives no letter of
     its package, but the copy gives each; without a copy the reader is told, with no traceback."""

@@ -44,7 +44,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone
 from pathlib import Path
@@ -68,6 +68,7 @@ from gateway.spool.durable import fsync_dir, make_dirs, move, write_file, writin
 log = logging.getLogger("gateway.archive")
 T = TypeVar("T")
 R = TypeVar("R")
+_REPLY_FILE = re.compile(r"_reply-\d+\.eml$")  # a fax's reply as mailed, beside it in its folder
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _FROM_LINE = re.compile(rb"^(>*From )", re.M)
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
@@ -491,7 +492,8 @@ class Archiver:
         """The package's copy in `copy` checked as the package is; missing or wrong, it is written
         again from the package (just found right) and checked once more."""
         package = checked.package
-        found = self._check(package, self._read_manifest(package, copy, registered), copy)
+        found = self._check(package, self._read_manifest(package, copy, registered), copy) + self._unchecked(package,
+                                                                                                          copy)
         if not found:
             return
         # os.path.exists: a folder that cannot be searched (a share's permissions, a stale mount)
@@ -502,13 +504,26 @@ class Archiver:
         except OSError as exc:
             checked.copy_problems.append(f"copy in {copy}: cannot be written: {exc.strerror or exc}")
             return
-        again = self._check(package, self._read_manifest(package, copy, registered), copy)
+        again = self._check(package, self._read_manifest(package, copy, registered), copy) + self._unchecked(package,
+                                                                                                          copy)
         if again:
             checked.copy_problems += [f"copy in {copy}: {problem}" for problem in again[:5]]
         elif existed:
             checked.repaired.append(f"its copy in {copy} was written again; it had: {'; '.join(found[:3])}")
         else:
             checked.copied.append(str(copy))
+
+    def _unchecked(self, package: ArchivePackage, copy: Path) -> list[str]:
+        """The package's files its check does not read (its circulation record, a fax folder's
+        reply files): each in the copy when it is in the archive folder. Neither has a recorded
+        SHA-256 to tell the right one from a damaged one: one that differs is not written over."""
+        names = [circulation_path(Path(package.manifest))]
+        if package.kind == "fax":
+            with suppress(OSError):  # the folder itself was just checked
+                names += [Path(package.path) / entry.name for entry in (self.root / package.path).iterdir()
+                          if _REPLY_FILE.search(entry.name)]
+        return [f"{name.name}: not in the copy" for name in names
+                if os.path.exists(self.root / name) and not os.path.exists(copy / name)]
 
     def _restored(self, package: ArchivePackage, registered: dict[str, str]) -> Path | None:
         """The package (found wrong) written again from the first of its copies that is right;
