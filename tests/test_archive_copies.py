@@ -227,6 +227,28 @@ def test_destroying_a_package_destroys_its_copies(tmp_path: Path) -> None:
     assert files_of(copy) == {} and files_of(gateway.state / "archive") == {}
 
 
+def test_destroying_while_a_copy_folder_is_out_of_reach_says_so_and_the_next_purge_finishes(tmp_path: Path) -> None:
+    copy = tmp_path / "share"
+    gateway = archived_with_copy(tmp_path, copy, extra="retention_years = 1\n")
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
+    gateway.run("archive", "run", "--month", "2019-05")
+    copied = files_of(copy)
+    assert copied
+    copy.rename(tmp_path / "share-unmounted")
+    copy.write_text("not a folder: the share is not mounted\n")
+    done = gateway.run("archive", "purge", "--approved-by", "Director Wang")
+    assert "destroyed" in done.stdout and files_of(gateway.state / "archive") == {}
+    assert f"ALERT archive: the copy folder {copy} is out of reach" in done.stderr, done.stderr
+
+    copy.unlink()
+    (tmp_path / "share-unmounted").rename(copy)
+    assert files_of(copy) == copied  # destroyed letters, still on the share
+    again = gateway.run("archive", "purge", "--approved-by", "Director Wang")
+    assert "ALERT" not in again.stderr
+    assert files_of(copy) == {}
+
+
 def test_a_copy_folder_inside_the_archive_is_refused(tmp_path: Path) -> None:
     gateway = Gateway(tmp_path, extra=f'[archive]\ncopies = ["{tmp_path / "storage" / "archive" / "copy"}"]\n')
     checked = gateway.run("check-config", check=False)

@@ -784,9 +784,14 @@ class Archiver:
             destroyed_ids, refused = self.registry.record_destruction(
                 [p.id for p in due], approved_by=approved_by, actor=actor) if due else ([], [])
             kept += [f"{path}: on legal hold (placed meanwhile)" for path in refused]
-            for package in self.registry.archive_packages(None):
-                if package.status == "purged":  # this run's, and any a crash left with files
-                    self._delete_files(package)
+            purged = [package for package in self.registry.archive_packages(None) if package.status == "purged"]
+            for copy in self.copies:
+                # A share not mounted holds nothing to remove here, and would keep its copies unseen.
+                if purged and not os.path.isdir(copy):
+                    log.error("ALERT archive: the copy folder %s is out of reach (not a folder: a share not "
+                              "mounted?): the copies of destroyed packages in it are removed by the next purge", copy)
+            for package in purged:  # this run's, and any a crash left with files
+                self._delete_files(package)
         return [p.path for p in due if p.id in destroyed_ids], kept
 
     def _delete_files(self, package: ArchivePackage) -> None:
