@@ -16,6 +16,7 @@ from conftest import Gateway, make_message, write_messages
 from fax_samples import ENGLISH, tiff_fax
 
 from gateway import config as config_mod
+from gateway.archive import packer
 from gateway.archive.packer import Archiver
 from gateway.registry import Registry
 
@@ -201,6 +202,34 @@ def test_a_copy_folder_that_cannot_be_searched_stops_no_check(tmp_path: Path, mo
     assert all("cannot be written: Permission denied" in c.copy_problems[0] for c in checked)
     monkeypatch.undo()
     assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
+
+
+def test_a_copy_folder_that_fills_up_keeps_no_half_folder_of_faxes(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The share fills up while a folder of faxes is copied (ENOSPC at its second file): the copy
+    cannot be written, and nothing of it stays there, under its own name or a temporary one."""
+    copy = tmp_path / "share"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03", "--no-verify")
+    fax = packages(gateway)["fax"]
+    (gateway.state / "archive" / fax["path"] / "A202603-00003_reply-1.eml").write_bytes(b"Subject: Re: fax\r\n\r\n")
+    config = config_mod.load(gateway.config)
+    registry = Registry.from_config(config)
+    copy_file = packer._copy_file
+
+    def full(origin: Path, target: Path) -> None:
+        if target.is_relative_to(copy) and target.parent.name.endswith("-faxes.tmp") and any(target.parent.iterdir()):
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        copy_file(origin, target)
+
+    monkeypatch.setattr(packer, "_copy_file", full)
+    try:
+        checked = Archiver(config, registry).verify("2026-03")
+    finally:
+        registry.close()
+    [faxes] = [c for c in checked if c.package.kind == "fax"]
+    assert faxes.copy_problems == [f"copy in {copy}: cannot be written: No space left on device"]
+    assert [p.name for p in (copy / fax["path"]).parent.iterdir()] == []
 
 
 def test_a_crash_while_copying_leaves_the_originals_and_the_next_check_finishes_the_copy(tmp_path: Path) -> None:

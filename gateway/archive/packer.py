@@ -557,10 +557,14 @@ class Archiver:
                 continue
             tmp = copy.with_name(f".{copy.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            make_dirs(tmp)
-            for entry in sorted(origin.iterdir()):
-                _copy_file(entry, tmp / entry.name)
-            fsync_dir(tmp)
+            try:
+                make_dirs(tmp)
+                for entry in sorted(origin.iterdir()):
+                    _copy_file(entry, tmp / entry.name)
+                fsync_dir(tmp)
+            except OSError:  # a full disk: no half folder of faxes left behind (a destroyed package's, unseen)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             if copy.exists():  # a wrong one; the new one is whole and durable beside it
                 shutil.rmtree(copy) if copy.is_dir() else copy.unlink()
             move(tmp, copy)
