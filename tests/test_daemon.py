@@ -557,3 +557,33 @@ def test_an_earlier_month_whose_folder_cannot_be_written_does_not_hold_up_last_m
     with sqlite3.connect(registry) as db:
         assert db.execute("SELECT id FROM letters WHERE archive_number IS NULL").fetchall() == [(1,)]
         assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(last, "done")]
+
+
+def test_an_earlier_months_package_left_unverified_is_verified_by_the_next_run(tmp_path: Path, notify: Notify) -> None:
+    """A run that packed an earlier month's late letters and stopped before verifying them (killed,
+    a power cut, stopped past the grace) leaves a package written and never checked: nothing of
+    that month is left to pack, and the next run verifies it all the same."""
+    gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
+    (tmp_path / "mail").mkdir()
+    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(3))))
+    earlier, last = _month_back(3), _month_back(1)
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
+        db.execute(f"UPDATE letters SET received_at = '{earlier}-15 04:00:00.000000', status = 'closed' WHERE id = 1")
+        db.execute(f"UPDATE letters SET received_at = '{last}-15 04:00:00.000000' WHERE id IN (2, 3)")
+        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
+                   "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+    gw.run("archive", "run", "--month", earlier, "--no-verify")  # as the run that stopped left it
+
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
+                 60, "last month's archive")
+    finally:
+        out = stop(daemon)
+    assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
+    with sqlite3.connect(registry) as db:
+        assert db.execute("SELECT month, status FROM archive_packages ORDER BY id").fetchall() == [
+            (earlier, "verified"), (last, "verified")]
+        assert db.execute("SELECT raw_released FROM letters WHERE id = 1").fetchone() == (1,)

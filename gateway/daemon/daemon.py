@@ -453,10 +453,13 @@ class Daemon:
                          "died in it): running it now", month)
             # Earlier months first, each with what it still lacks: otherwise a letter registered
             # after its month's run would stay out of every package.
-            for behind in archiver.months_behind(month):
+            # And a month whose run packed and stopped before verifying (killed, a power cut): nothing
+            # of it is left to pack, but its package is checked (and copied) only now.
+            unverified = self.registry.unverified_months(month)
+            for behind in sorted({*archiver.months_behind(month), *unverified}):
                 try:
                     late = archiver.run(behind)
-                    checked = archiver.verify(behind) if late else []
+                    checked = archiver.verify(behind) if late or behind in unverified else []
                 except JobStopped:
                     raise
                 # An original that cannot be packed, or a folder of that month that cannot be

@@ -63,6 +63,14 @@ class ArchiveRecords(Store):
             oldest = conn.execute(select(func.min(type_coerce(Letter.received_at, String))).where(*month)).scalar()
         return None if oldest is None else _utc(oldest)
 
+    def unverified_months(self, before: str) -> list[str]:
+        """The months before `before` ("YYYY-MM") with a package written and never verified (its
+        run stopped between packing and verifying), oldest first."""
+        with self.read() as conn:
+            return list(conn.execute(select(ArchivePackage.month).distinct().where(
+                ArchivePackage.status == "written", ArchivePackage.month < before)
+                .order_by(ArchivePackage.month)).scalars())
+
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
         few whose packages carry more than the original. Asked once, not letter by letter."""
