@@ -502,18 +502,26 @@ def test_the_archive_run_also_packs_letters_left_out_of_earlier_months(tmp_path:
         assert db.execute("SELECT slot, outcome FROM job_runs WHERE job = 'archive'").fetchall() == [(last, "done")]
 
 
-def test_an_earlier_month_that_cannot_be_packed_does_not_hold_up_last_months_archive(tmp_path: Path,
-                                                                                     notify: Notify) -> None:
+def _letters_of_two_months(tmp_path: Path) -> tuple[Gateway, str, str]:
+    """Letter 1 received three months ago, letters 2 and 3 last month, and an archive that has run
+    on this registry before (last month's is due at the start): (the gateway, the two months)."""
     gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
     (tmp_path / "mail").mkdir()
     gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(3))))
     earlier, last = _month_back(3), _month_back(1)
-    registry = gw.state / "registry.sqlite3"
-    with sqlite3.connect(registry) as db:
+    with sqlite3.connect(gw.state / "registry.sqlite3") as db:
         db.execute(f"UPDATE letters SET received_at = '{earlier}-15 04:00:00.000000' WHERE id = 1")
         db.execute(f"UPDATE letters SET received_at = '{last}-15 04:00:00.000000' WHERE id IN (2, 3)")
         db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
                    "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+    return gw, earlier, last
+
+
+def test_an_earlier_month_that_cannot_be_packed_does_not_hold_up_last_months_archive(tmp_path: Path,
+                                                                                     notify: Notify) -> None:
+    gw, earlier, last = _letters_of_two_months(tmp_path)
+    registry = gw.state / "registry.sqlite3"
+    with sqlite3.connect(registry) as db:
         (damaged,) = db.execute("SELECT raw_path FROM letters WHERE id = 1").fetchone()
     original = gw.state / damaged
     original.write_bytes(original.read_bytes()[:-10])  # its seal no longer matches
@@ -531,27 +539,13 @@ def test_an_earlier_month_whose_folder_cannot_be_written_does_not_hold_up_last_m
         tmp_path: Path, notify: Notify) -> None:
     """The earlier month's folder cannot be written (here a file stands in its place; a read-only
     folder does the same): an ALERT for that month, and last month's archive is done all the same."""
-    gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
-    (tmp_path / "mail").mkdir()
-    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(3))))
-    earlier, last = _month_back(3), _month_back(1)
+    gw, earlier, last = _letters_of_two_months(tmp_path)
     registry = gw.state / "registry.sqlite3"
-    with sqlite3.connect(registry) as db:
-        db.execute(f"UPDATE letters SET received_at = '{earlier}-15 04:00:00.000000' WHERE id = 1")
-        db.execute(f"UPDATE letters SET received_at = '{last}-15 04:00:00.000000' WHERE id IN (2, 3)")
-        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
-                   "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
     year, month = earlier.split("-")
     (gw.state / "archive" / year).mkdir(parents=True, exist_ok=True)
     (gw.state / "archive" / year / month).write_text("not a folder\n")
 
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
-    try:
-        notify.wait_for("READY=1")
-        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
-                 60, "last month's archive")
-    finally:
-        out = stop(daemon)
+    out = output_until_archived(gw, notify, last, letters=2)
     assert "Traceback" not in out, out[-3000:]
     assert re.search(rf"ALERT archive of {earlier} \(letters left out of its run\) failed: ", out), out[-3000:]
     with sqlite3.connect(registry) as db:
@@ -563,25 +557,13 @@ def test_an_earlier_months_package_left_unverified_is_verified_by_the_next_run(t
     """A run that packed an earlier month's late letters and stopped before verifying them (killed,
     a power cut, stopped past the grace) leaves a package written and never checked: nothing of
     that month is left to pack, and the next run verifies it all the same."""
-    gw = Gateway(tmp_path, extra="\n[archive]\nrun_day = 1\nrun_hour = 0\n")
-    (tmp_path / "mail").mkdir()
-    gw.run("ingest", *write_messages(tmp_path / "mail", (make_message(n) for n in range(3))))
-    earlier, last = _month_back(3), _month_back(1)
+    gw, earlier, last = _letters_of_two_months(tmp_path)
     registry = gw.state / "registry.sqlite3"
     with sqlite3.connect(registry) as db:
-        db.execute(f"UPDATE letters SET received_at = '{earlier}-15 04:00:00.000000', status = 'closed' WHERE id = 1")
-        db.execute(f"UPDATE letters SET received_at = '{last}-15 04:00:00.000000' WHERE id IN (2, 3)")
-        db.execute("INSERT INTO job_runs (job, slot, node, started_at, finished_at, outcome) VALUES ('archive', "
-                   "'2000-01', 'old#0', '2000-02-01 00:00:00.000000', '2000-02-01 00:00:00.000000', 'done')")
+        db.execute("UPDATE letters SET status = 'closed' WHERE id = 1")
     gw.run("archive", "run", "--month", earlier, "--no-verify")  # as the run that stopped left it
 
-    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
-    try:
-        notify.wait_for("READY=1")
-        wait_for(lambda: re.search(rf"archive of {last}: 1 package\(s\) written, 2 letter\(s\)", daemon.output()),
-                 60, "last month's archive")
-    finally:
-        out = stop(daemon)
+    out = output_until_archived(gw, notify, last, letters=2)
     assert "Traceback" not in out and "ALERT" not in out, out[-3000:]
     with sqlite3.connect(registry) as db:
         assert db.execute("SELECT month, status FROM archive_packages ORDER BY id").fetchall() == [
