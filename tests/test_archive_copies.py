@@ -28,8 +28,11 @@ rules:
 """
 
 
-def archived_with_copy(tmp_path: Path, copy: Path, extra: str = "") -> Gateway:
-    """Two mails and a fax received in 2026-03, all closed, archived with one copy folder."""
+def archived_with_copy(tmp_path: Path, copy: Path, extra: str = "", *, made: bool = True) -> Gateway:
+    """Two mails and a fax received in 2026-03, all closed, archived with one copy folder (made,
+    as an operator makes it on the share, unless `made` is false)."""
+    if made and not copy.exists():
+        copy.mkdir()
     gateway = Gateway(tmp_path, rules=RULES, extra=f'[archive]\ncopies = ["{copy}"]\n{extra}')
     files = write_messages(tmp_path, (make_message(n, subject=f"Order {n}", to="sales@example.org") for n in range(2)))
     fax = tmp_path / "fax_0105551234.tif"
@@ -68,21 +71,24 @@ def test_each_package_is_copied_and_checked_there_before_the_originals_go(tmp_pa
     assert "copied to" not in again and f"{mail['path']}: verified" in again
 
 
-def test_a_copy_folder_that_cannot_be_written_keeps_the_originals_until_it_can(tmp_path: Path) -> None:
+def test_a_copy_folder_that_is_not_there_keeps_the_originals_until_it_is(tmp_path: Path) -> None:
+    """The copy folder is not there (the share not mounted; its mount point, empty, would be on the
+    archive's own disk): it is never made by the gateway, and nothing is released until it is."""
     copy = tmp_path / "share"
-    copy.write_text("not a folder: the share is not mounted\n")
-    gateway = archived_with_copy(tmp_path, copy)
+    gateway = archived_with_copy(tmp_path, copy, made=False)
     run = gateway.run("archive", "run", "--month", "2026-03", check=False)
     assert run.returncode == 1
     mail = packages(gateway)["mail"]
-    assert f"error: {mail['path']}: copy in {copy}: cannot be written:" in run.stderr
+    assert (f"error: {mail['path']}: copy in {copy}: the folder is not there (a share not mounted?); make it on "
+            "the share once it is mounted") in run.stderr
+    assert not copy.exists()
     assert ("ALERT archive: 2 package(s) without every copy (their originals are kept in the message store)"
             in run.stderr)
     # The packages themselves are right: not corrupt, and verified; nothing is released meanwhile.
     assert {p["status"] for p in packages(gateway).values()} == {"verified"}
     assert not any(released(gateway, number) for number in ("2026-000001", "2026-000002", "2026-000003"))
 
-    copy.unlink()
+    copy.mkdir()
     out = gateway.run("archive", "verify").stdout
     assert f"{mail['path']}: copied to {copy} and verified there" in out
     assert files_of(copy) == files_of(gateway.state / "archive")

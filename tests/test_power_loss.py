@@ -302,6 +302,8 @@ def test_an_archive_copy_made_before_the_originals_were_released_survives_a_powe
     """The message store's copies go only once the package's copy is written: after a cut, the copy
     is whole (a copy that lost unsynced writes would be written again at the next check)."""
     copy = disk.mount / "second-disk"
+    copy.mkdir()  # as its operator makes it
+    disk.sync()
     machine = machine_factory(rules=ARCHIVE_RULES, extra=f'[archive]\ncopies = ["{copy}"]\n')
     machine.run("ingest", *write_messages(tmp_path, (make_message(n, subject=f"Order {n}", to="sales@example.org")
                                                      for n in range(3))))

@@ -492,8 +492,14 @@ class Archiver:
         """The package's copy in `copy` checked as the package is; missing or wrong, it is written
         again from the package (just found right) and checked once more."""
         package = checked.package
-        found = self._check(package, self._read_manifest(package, copy, registered), copy) + self._unchecked(package,
-                                                                                                          copy)
+        if not os.path.isdir(copy):
+            # Never made here: a share that is not mounted leaves its empty mount point, and copies
+            # written there would be on the archive's own disk. The folder is made on the share.
+            checked.copy_problems.append(f"copy in {copy}: the folder is not there (a share not mounted?); make it "
+                                         "on the share once it is mounted")
+            return
+        found = [*self._check(package, self._read_manifest(package, copy, registered), copy),
+                 *self._unchecked(package, copy)]
         if not found:
             return
         # os.path.exists: a folder that cannot be searched (a share's permissions, a stale mount)
@@ -504,8 +510,8 @@ class Archiver:
         except OSError as exc:
             checked.copy_problems.append(f"copy in {copy}: cannot be written: {exc.strerror or exc}")
             return
-        again = self._check(package, self._read_manifest(package, copy, registered), copy) + self._unchecked(package,
-                                                                                                          copy)
+        again = [*self._check(package, self._read_manifest(package, copy, registered), copy),
+                 *self._unchecked(package, copy)]
         if again:
             checked.copy_problems += [f"copy in {copy}: {problem}" for problem in again[:5]]
         elif existed:
