@@ -307,6 +307,24 @@ def test_a_batch_made_durable_with_one_sync(spool: Spool) -> None:
     unclaimed.abort()
 
 
+def test_a_batch_released_at_once_is_waiting_again_even_if_one_of_it_is_gone(spool: Spool) -> None:
+    """release_all gives every item back to new/ under its own name, unlocked, claimable again;
+    one that vanished meanwhile is an error only after the others are back."""
+    items = []
+    for n in range(4):
+        writer = spool.writer({"intake": "imap"})
+        writer.write(f"message {n}".encode())
+        items.append(writer.commit(claim=True, durable=False))
+    spool.sync()
+    items[1].path.unlink()
+    with pytest.raises(FileNotFoundError):
+        spool.release_all(items)
+    back = [items[0], items[2], items[3]]
+    assert spool.pending() == [f"{i.id}.0" for i in back]
+    assert os.listdir(spool.root / "work") == []
+    assert [i.raw for i in spool.claim(10)] == [b"message 0", b"message 2", b"message 3"]
+
+
 DURABLE_STEPS = """
 import sys
 from pathlib import Path
@@ -319,6 +337,13 @@ spool.enqueue(b"x", {})
 spool.retry(item.id)
 [item] = spool.claim(1); spool.finish(item, "ab" * 32)
 spool.quarantine_new(b"y", {}, "set aside at once")
+batch = []
+for n in range(3):
+    writer = spool.writer({})
+    writer.write(b"batch %d" % n)
+    batch.append(writer.commit(claim=True, durable=False))
+spool.sync()
+spool.release_all(batch)
 """
 
 
@@ -329,18 +354,21 @@ def test_every_name_that_must_survive_a_power_cut_is_synced(tmp_path: Path) -> N
     waits) and finishing a registered item (work/ to the message store; undone, recover() finds it
     in work/ and the registry recognises it)."""
     trace = tmp_path / "trace"
-    subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=rename,renameat,renameat2,fsync,unlink,mkdir",
+    subprocess.run(["strace", "-f", "-y", "-qq", "-e", "trace=rename,renameat,renameat2,fsync,syncfs,unlink,mkdir",
                     "-o", str(trace), sys.executable, "-c", DURABLE_STEPS, str(tmp_path)],
                    check=True, cwd=ROOT, timeout=60)
     base = str(tmp_path)
     calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if base in line]
     synced_at: dict[str, list[int]] = {}
+    whole_filesystem_at: list[int] = []  # syncfs(2): everything written before it is durable
     for n, call in enumerate(calls):
         if call.startswith("fsync("):
             synced_at.setdefault(call.split("<", 1)[1].split(">", 1)[0], []).append(n)
+        elif call.startswith("syncfs("):
+            whole_filesystem_at.append(n)
 
     def synced_after(path: str, n: int) -> bool:
-        return any(at > n for at in synced_at.get(path, []))
+        return any(at > n for at in [*synced_at.get(path, []), *whole_filesystem_at])
 
     checked = 0
     for n, call in enumerate(calls):

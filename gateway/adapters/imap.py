@@ -445,8 +445,7 @@ class FolderWatcher:
                 for _, item in items:
                     self.spool.discard(item)
                 raise AccountError(f"cannot make the spool durable: {exc}") from None
-            for _, item in items:
-                self.spool.release(item)
+            self.spool.release_all([item for _, item in items])
             if self._wake_spool is not None:
                 self._wake_spool()
         # Recorded as spooled, with the server's action still to do, before it is done: should the

@@ -52,8 +52,7 @@ class SpoolWorker(Runner):
         held = [item for item in items if item._fd is not None and item.path.exists()]
         if len(items) > 1:
             # Which one trips it is unknown: each is taken again on its own, without an attempt counted.
-            for item in held:
-                self.spool.release(item)
+            self.spool.release_all(held)
             self._alone = len(items)
             return
         for item in held:
