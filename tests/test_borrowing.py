@@ -6,6 +6,7 @@ downloaded; the register for the registry office and auditors; the CLI through t
 records of circulation and borrowing on PostgreSQL."""
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -270,6 +271,36 @@ def test_a_borrowed_confidential_letter_is_not_extracted_as_files(tmp_path: Path
     finally:
         site.close()
 
+
+
+def test_the_command_line_names_why_a_letter_is_not_yours_to_read(tmp_path: Path) -> None:
+    """`letters show --as` on a letter whose entry the person sees and whose content they may not
+    read says why: archived (a borrowing), confidential, or a role that reads by grant only."""
+    (tmp_path / "site").mkdir()
+    site = Site(tmp_path / "site")
+    try:
+        site.add_people()
+        site.add_letters()
+        archived = site.letters["business"]
+        site.access.act(Principal.operator("test"), archived, "close", text="done")
+        letter = site.registry.letter(archived)
+        assert letter is not None and letter.confidentiality == "normal"
+        Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+        assert site.registry.letter(archived).status == "archived"  # type: ignore[union-attr]
+
+        def why(number: str, login: str) -> str:
+            shown = site.gateway.run("letters", "show", number, "--as", login, "--json")
+            return str(json.loads(shown.stdout)["content"])
+
+        for login in ("rita", "sam"):  # the registry office, and the department's member
+            reason = why(archived, login)
+            assert "archived" in reason and "borrowing" in reason and "confidential" not in reason, reason
+        reason = why(site.letters["secret"], "rita")
+        assert "confidential letters are read by their owner" in reason and "archived" not in reason, reason
+        reason = why(site.letters["office"], "audrey")  # an auditor reads an ordinary letter by grant
+        assert "your role" in reason and "grant" in reason and "confidential" not in reason, reason
+    finally:
+        site.close()
 
 
 def test_a_queue_says_an_archived_letter_is_read_by_borrowing_it(site: Site) -> None:

@@ -162,8 +162,7 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
     if not view.rights.content:
         entry = queries.letter_summary(view.letter)
         entry.update(subject="", confidentiality=view.letter.confidentiality,
-                     content="not yours to read: confidential letters are read by their owner, the head of "
-                             "their department and people granted them")
+                     content=f"not yours to read: {Access.withheld(view.letter)}")
         if as_json:
             print_json(entry)
         else:

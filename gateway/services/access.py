@@ -334,6 +334,18 @@ class Access:
         return LetterView(letter, rights)
 
     @staticmethod
+    def withheld(letter: Letter) -> str:
+        """Why someone who sees a letter's register entry may not read its content (the cases the
+        letter page names too): archived, confidential, or a role that reads by grant only."""
+        if letter.status == "archived":
+            return (f"{letter.number} is archived: its content is read through an approved borrowing "
+                    "(gateway archive borrow)")
+        if letter.confidentiality == "confidential":
+            return "confidential letters are read by their owner, the head of their department and people granted them"
+        return ("your role sees this letter's register entry, not its content; a grant opens it "
+                "(gateway users grant LOGIN --letter NUMBER)")
+
+    @staticmethod
     def downloadable(who: Principal, letter: Letter) -> bool:
         """A borrowed confidential letter is read in the browser only: page previews, no files."""
         return who.is_operator or not (letter.status == "archived" and letter.confidentiality == "confidential")
