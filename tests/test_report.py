@@ -252,3 +252,45 @@ def test_a_letter_late_before_its_sender_was_asked_is_late_when_it_resumes(tmp_p
     month = now.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
     report = json.loads(gateway.run("report", "--month", month, "--format", "json").stdout)
     assert report["timeliness"] == {"closed": 2, "closed_within_deadline": 1, "rate": 0.5}
+
+
+def test_a_letter_late_at_the_periods_end_stays_on_its_overdue_list_when_reopened_later(tmp_path: Path) -> None:
+    """A letter late at the end of the period and answered or closed afterwards is reopened by its
+    sender's low rating: the reopening gives it a new deadline, and the period's overdue list
+    still shows it, with the deadline it had then."""
+    from datetime import timedelta
+
+    from gateway.config import load
+    from gateway.registry import Registry
+    from gateway.registry.outward import OutwardRecords
+
+    gateway = Gateway(tmp_path, rules=RULES)
+    gateway.run("ingest", *write_messages(tmp_path, (make_message(n, subject=f"Order {n}") for n in range(2))))
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
+        db.execute("UPDATE letters SET received_at = ?, deadline = ?",
+                   ("2026-03-10 02:00:00.000000", "2026-03-11 15:59:59.000000"))
+    end_of_march = datetime(2026, 3, 31, 16, 0, tzinfo=timezone.utc)
+    days = round((end_of_march - datetime(2026, 3, 11, 15, 59, 59, tzinfo=timezone.utc)).total_seconds() / 86400, 1)
+    late = [(number, "2026-03-11T23:59:59+08:00", days) for number in ("2026-000001", "2026-000002")]
+
+    def overdue() -> list[tuple[str, str, float]]:
+        report = json.loads(gateway.run("report", "--month", "2026-03", "--format", "json").stdout)
+        return [(o["number"], o["deadline"], o["days_overdue"]) for o in report["overdue"]]
+    assert overdue() == late
+    gateway.run("letters", "answer", "2026-000001", "--text", "answered at last")
+    gateway.run("letters", "close", "2026-000002", "--result", "done at last")
+    assert overdue() == late  # open at the end of March, whatever happened since
+    config = load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        for number in ("2026-000001", "2026-000002"):
+            _, reopened = OutwardRecords(registry).rate(
+                number, f"<result-{number}@example.org>", score=1, comment="no", via="web", actor="sender",
+                address="", reopen_at_most=2, resume=lambda _days, now: config.calendar.deadline(now, 5), notify=[])
+            assert reopened
+            letter = registry.letter(number)
+            assert letter is not None and letter.status == "in-progress"
+            assert letter.deadline is not None and letter.deadline > datetime.now(timezone.utc) + timedelta(days=1)
+    finally:
+        registry.close()
+    assert overdue() == late

@@ -334,6 +334,8 @@ class OutwardRecords:
                     conn.execute(insert(Event), [s.event_row(row.id, now, "gateway", "reopened", None, {
                         "from": row.status, "to": "in-progress", "score": score, "comment": comment,
                         "deadline": deadline.isoformat() if deadline else None,
+                        # What it replaced: a report as of an earlier moment uses the deadline it had then.
+                        "replaced_deadline": row.deadline.isoformat() if row.deadline else None,
                         "notify": [m.recipient for m in notify]})])
                     if notify:
                         conn.execute(insert(OutboxMail), [s.mail_row(row.id, m, now) for m in notify])

@@ -9,7 +9,8 @@ come from the events of each letter:
   time to close: from receipt to closing (mean and 90th percentile, hours);
 - overdue: the period's letters still open past their deadline at the report's
   moment (the end of the period, or now if it has not ended), the deadline they
-  had then: a request for missing materials or a resumption since changes nothing;
+  had then: a request for missing materials, a resumption or a reopening since
+  changes nothing;
 - accuracy rate: of the period's letters that were routed by the rules, the
   share not re-routed by a person afterwards;
 - archive completeness: of the period's letters due for archiving (received in
@@ -168,8 +169,8 @@ def _closed_at(events: list[Event], until: datetime) -> datetime | None:
 
 def _deadline_at(deadline: datetime | None, events: list[Event], moment: datetime) -> datetime | None:
     """The letter's deadline at `moment`, from its deadline now: a request for missing materials
-    since paused the one it had then (kept in the request's event), and a letter resumed since
-    had none while it waited."""
+    since paused the one it had then (kept in the request's event), a letter resumed since had
+    none while it waited, and a reopening since replaced the one it had (kept in its event)."""
     for event in reversed(events):
         if event.at <= moment:
             break
@@ -179,6 +180,9 @@ def _deadline_at(deadline: datetime | None, events: list[Event], moment: datetim
             deadline = datetime.fromisoformat(paused) if paused else None
         elif event.action == "proceeded" or (event.action == "supplemented" and details.get("to") == "in-progress"):
             deadline = None
+        elif event.action == "reopened" and "replaced_deadline" in details:
+            replaced = details["replaced_deadline"]
+            deadline = datetime.fromisoformat(replaced) if replaced else None
     return deadline
 
 
