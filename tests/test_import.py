@@ -274,3 +274,44 @@ def test_file_names_that_are_not_utf8_are_imported_and_known_again(gateway: Gate
     again = summary_of(gateway.run("import", str(folder), "--json", check=False))
     assert (again["registered"], again["already_registered"], again["quarantined_before"]) == (0, 2, 1), again
     assert letter_count(engine) == 2
+
+
+def test_a_backlog_letter_without_a_deadline_counts_neither_on_time_nor_late(tmp_path: Path) -> None:
+    """Imported without --notify, a letter has no deadline (the old system handled it): its close
+    is left out of the timeliness rate, in the report and on the dashboard alike; one imported with
+    --notify has a deadline from the import and counts."""
+    from datetime import datetime, timezone
+    from email.utils import format_datetime
+
+    from gateway.config import load
+    from gateway.registry import Registry
+    from gateway.services.access import Access
+    from gateway.services.dashboard import compute as dashboard
+    from gateway.services.people import Principal
+
+    gateway = Gateway(tmp_path)
+    quiet, loud = tmp_path / "quiet", tmp_path / "loud"
+    for folder, numbers in ((quiet, (1, 2)), (loud, (3,))):
+        folder.mkdir()
+        for n in numbers:
+            (folder / f"{n}.eml").write_bytes(message(n, to="sales@example.org"))
+    now = datetime.now(timezone.utc)
+    (quiet / "recent.eml").write_bytes(message(4, to="sales@example.org").replace(
+        b"Mon, 23 Nov 2020 10:04:00 +0800", format_datetime(now).encode()))
+    assert summary_of(gateway.run("import", str(quiet), "--json"))["registered"] == 3
+    assert summary_of(gateway.run("import", str(loud), "--notify", "--json"))["registered"] == 1
+    letters = {str(row["subject"]): row for row in gateway.list_json()}
+    assert [letters[f"Old letter {n}"]["deadline"] is None for n in (1, 2, 3, 4)] == [True, True, False, True]
+    for row in letters.values():
+        gateway.run("letters", "close", str(row["number"]), "--result", "done")
+
+    report = json.loads(gateway.run("report", "--month", "2020-11", "--format", "json").stdout)
+    assert report["letters"] == 3 and report["time_to_close"]["count"] == 3
+    assert report["timeliness"] == {"closed": 1, "closed_within_deadline": 1, "rate": 1.0}  # the notified one
+    config = load(gateway.config)
+    registry = Registry.from_config(config)
+    try:
+        board = dashboard(config, registry, Access(config, registry), Principal.operator("test"))
+    finally:
+        registry.close()
+    assert (board.timeliness.closed.count, board.timeliness.on_time.count, board.timeliness.rate) == (0, 0, None)

@@ -3,8 +3,9 @@
 Letters belong to the period in which they were received (local time). Times
 come from the events of each letter:
 
-- timeliness rate: of the period's letters that were closed, the share closed
-  by their deadline;
+- timeliness rate: of the period's letters that were closed and have a
+  deadline, the share closed by it; a letter without one (a backlog letter
+  imported without --notify, which the old system handled) is in neither;
 - time to acknowledge: from registration to the department's acknowledgement;
   time to close: from receipt to closing (mean and 90th percentile, hours);
 - overdue: the period's letters still open past their deadline at the report's
@@ -44,7 +45,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
@@ -85,14 +86,22 @@ class Period:
         return self.start.astimezone(tz).date(), (self.end.astimezone(tz) - timedelta(microseconds=1)).date()
 
 
-def on_time(closed_at: datetime, deadline: datetime | None) -> bool:
-    """Timeliness: a letter closed by its deadline (one without a deadline is always on time)."""
-    return deadline is None or closed_at <= deadline
+def on_time(closed_at: datetime, deadline: datetime) -> bool:
+    """Timeliness: a letter closed by its deadline. Only a letter with a deadline counts in the
+    rate: a backlog letter imported without --notify has none (the old system handled it) and is
+    neither on time nor late."""
+    return closed_at <= deadline
+
+
+def timed_clause(deadline: Any) -> ColumnElement[bool]:
+    """A letter that counts in the timeliness rate (one with a deadline), as SQL for figures
+    counted in the database (the dashboard)."""
+    return deadline.is_not(None)
 
 
 def on_time_clause(closed_at: Any, deadline: Any) -> ColumnElement[bool]:
-    """on_time() as SQL, for figures counted in the database (the dashboard)."""
-    return or_(deadline.is_(None), closed_at <= deadline)
+    """on_time() as SQL."""
+    return closed_at <= deadline
 
 
 def _stats(hours: list[float]) -> dict[str, float | int | None]:
@@ -241,10 +250,10 @@ def compute(registry: Registry, period: Period, timezone_name: str, now: datetim
         if acked is not None:
             to_ack.append((acked - registered).total_seconds() / 3600)
         if closed_at is not None:
-            closed += 1
             to_close.append((closed_at - letter.received_at).total_seconds() / 3600)
-            if on_time(closed_at, letter.deadline):
-                within += 1
+            if letter.deadline is not None:  # on time or late only by a deadline
+                closed += 1
+                within += on_time(closed_at, letter.deadline)
         routed_at = next((e.at for e in events if e.action == "routed"), None)
         if routed_at is not None:
             routed += 1

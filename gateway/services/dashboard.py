@@ -19,7 +19,7 @@ from gateway.config import Config
 from gateway.registry import Registry, lifecycle
 from gateway.registry.models import Event, Letter
 from gateway.registry.people import scope_clause
-from gateway.report.figures import Period, on_time_clause
+from gateway.report.figures import Period, on_time_clause, timed_clause
 from gateway.services.access import Access
 from gateway.services.people import Principal
 from gateway.spool import Spool
@@ -107,7 +107,7 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
                      _between(Letter.received_at, month.start, month.end))
               .group_by(Letter.id, Letter.deadline).subquery())
     closed = (select(closes.c.closed_at, closes.c.deadline)
-              .where(closes.c.closed_at.is_not(None),
+              .where(closes.c.closed_at.is_not(None), timed_clause(closes.c.deadline),
                      or_(closes.c.reopened_at.is_(None), closes.c.closed_at > closes.c.reopened_at)).subquery())
     with registry.read() as conn:
         intake = dict(conn.execute(
