@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import select
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages
-from conftest import Daemon, Gateway, make_message, wait_for
+from conftest import Daemon, Gateway, PostgresServer, make_message, wait_for
 from fax_samples import ENGLISH, SIMPLIFIED, pdf_fax, render_page
 from playwright.sync_api import Browser, expect
 from web_support import PASSWORD, Site, hidden, meta_csrf
@@ -384,6 +384,44 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert (report["volumes"]["channel"], report["paper"]) == ({"post": 1}, 1)
     hits = json.loads(gw.run("letters", "search", "Example Trading", "--json").stdout)["letters"]
     assert [hit["number"] for hit in hits] == [found.group(1)]
+
+
+def test_ingest_by_names_the_clerk_never_a_person_or_the_registers_own_names(tmp_path: Path) -> None:
+    """`--by` of `gateway ingest --channel` is the clerk at the shell, as every command's: a person's
+    sign-in name (any case) or the register's own names are refused before anything is spooled. With
+    the registry unreachable the name cannot be checked: nothing is spooled and the command exits 75,
+    to be run again."""
+    server = PostgresServer()
+    server.start()
+    try:
+        gw = Gateway(tmp_path, registry_url=server.create_database(), rules=RULES)
+        gw.run("db", "upgrade")
+        gw.run("users", "add", "rita", "--role", "registry", "--email", "rita@example.org", "--no-password")
+        scan = tmp_path / "scan.pdf"
+        scan.write_bytes(pdf_fax([ENGLISH]))
+
+        def ingest(by: str) -> Any:
+            return gw.run("ingest", "--channel", "post", "--sender", "Wang Wei", "--by", by, str(scan), check=False)
+        for name in ("rita", "Rita", "sender", "system"):
+            refused = ingest(name)
+            assert refused.returncode == 1 and "--by" in refused.stderr and "/paper" in refused.stderr, refused.stderr
+        assert gw.list_json() == [] and gw.spool_files("new") == gw.spool_files("work") == []
+        server.stop()
+        for name in ("rita", "night.clerk"):
+            away = ingest(name)
+            assert away.returncode == 75 and "registry" in away.stderr, away.stderr
+        assert gw.spool_files("new") == gw.spool_files("work") == []  # unchecked, so not taken
+        server.start()
+        assert ingest("rita").returncode == 1
+        taken = ingest("night.clerk")
+        found = re.search(r"registered as (\S+)", taken.stdout)
+        assert taken.returncode == 0 and found, taken.stderr
+        detail = gw.show_json(found.group(1))
+        assert [e["actor"] for e in detail["events"] if e["action"] == "registered"] == ["night.clerk"]
+        assert detail["envelope"]["paper"]["registered_by"] == "night.clerk"
+        assert len(gw.list_json()) == 1
+    finally:
+        server.destroy()
 
 
 def test_a_crash_between_the_upload_and_the_registration_loses_nothing(paper_gateway: Gateway,

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from gateway.cli.state import EX_TEMPFAIL, State, actor, by_option, pass_state
+from gateway.cli.state import EX_TEMPFAIL, State, actor, by_option, fail, pass_state
 
 if TYPE_CHECKING:
+    from gateway.registry import Registry
     from gateway.services.paper import PaperRefused
 
 _REGISTERED = {"registered": "registered as", "duplicate": "already registered as",
@@ -41,7 +42,7 @@ def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: s
     With --channel post|courier|front-desk the files are the scans of one paper letter instead."""
     if channel is not None:
         _paper(state, files, channel, sender or "", organisation, address, phone, email, subject, received_at,
-               note, actor(by))
+               note, by)
         return
     given = [name for name, value in zip(_PAPER_OPTIONS, (sender, organisation, address, phone, email, subject,
                                                           received_at, note), strict=True) if value]
@@ -75,7 +76,7 @@ def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: s
 
 
 def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, organisation: str, address: str,
-           phone: str, email: str, subject: str, received_at: str, note: str, by: str) -> None:
+           phone: str, email: str, subject: str, received_at: str, note: str, by: str | None) -> None:
     """The files as the scans of one paper letter, through the service the web page uses."""
     from zoneinfo import ZoneInfo
 
@@ -99,8 +100,8 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
                          address=address, phone=phone, email=email, subject=subject, note=note, received_at=when)
     spool, registry, link = state.spool(), state.registry(), state.link()
     try:
-        done = register_paper(cfg, spool, Pipeline(cfg, spool, registry, link.publish), letter, by=by,
-                              intake="file")
+        done = register_paper(cfg, spool, Pipeline(cfg, spool, registry, link.publish), letter,
+                              by=_operator(state, registry, by), intake="file")
         if done.result == "released":
             link.wake()  # a running daemon registers it as soon as the registry is back
     except PaperRefused as refused:
@@ -121,6 +122,21 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
     else:
         click.echo(f"{names}: {done.result} (item {done.item_id}): {done.reason}", err=True)
         sys.exit(1)
+
+
+def _operator(state: State, registry: Registry, by: str | None) -> str:
+    """The name the letter is registered under: the operator's own (People.operator), checked before
+    anything is spooled. A registry gone since it was opened spools nothing either: exit 75, run it again."""
+    from gateway.registry import RegistryUnavailable
+    from gateway.services.people import People
+
+    try:
+        return People(state.config, registry).operator(by, actor(None)).login
+    except ValueError as exc:
+        fail(f"--by: {exc}: a person registers a paper letter as themselves, on the web page (/paper); "
+             "--by names yourself")
+    except RegistryUnavailable as exc:
+        fail(f"not taken, --by could not be checked: {exc}; nothing was spooled, run it again", EX_TEMPFAIL)
 
 
 def _shown(path: Path) -> str:
