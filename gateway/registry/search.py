@@ -3,13 +3,15 @@
 Chinese is written without spaces, and neither SQLite FTS5's tokenizers nor PostgreSQL's parsers
 cut it into words: `unicode61` keeps a run of Chinese as one token and `trigram` needs three
 characters, so 合同 inside 供货合同续签 is never found. Every run of Chinese (and Japanese, Korean)
-characters is therefore indexed as overlapping two-character tokens (供货 货合 合同 同续 续签), and
-a query's run is looked up as the same tokens in a row (a phrase), which finds any substring of two
-characters or more. A single character stands for itself. Traditional characters are folded to
-simplified on both sides (投訴 finds 投诉), Latin text to lower case, and Latin words match by
-prefix; a query's Latin letters and digits are looked up in both widths (ＡＢＣ１ and abc1), as a
-letter may have either. The tokens are plain words separated by spaces, which FTS5's `unicode61`
-and PostgreSQL's `simple` configuration both take as they are."""
+characters is therefore indexed as overlapping two-character tokens, and its last character as a
+token of its own (供货 货合 合同 同续 续签 签); a query's run is looked up as the same tokens in a row
+(a phrase), which finds any substring of two characters or more. A single character of a query is
+a prefix: it begins a two-character token, or it is the last of a run (国 finds 王建国).
+Traditional characters are folded to simplified on both sides (投訴 finds 投诉), Latin text to
+lower case, and Latin words match by prefix; a query's Latin letters and digits are looked up in
+both widths (ＡＢＣ１ and abc1), as a letter may have either. The tokens are plain words
+separated by spaces, which FTS5's `unicode61` and PostgreSQL's `simple` configuration both take
+as they are."""
 from __future__ import annotations
 
 import operator
@@ -44,23 +46,28 @@ def _bigrams(run: str) -> list[str]:
     return [run] if len(run) == 1 else list(map(operator.add, run, run[1:]))
 
 
-# A pair with the NUL that joined two runs: it spans a run's end, and is no token (the space after
-# it goes with it). Text never holds a NUL here: the byte table below makes it a space.
-_ACROSS_RUNS = re.compile(r"[^ ]?\x00[^ ]? ?")
+def _run_tokens(run: str) -> list[str]:
+    """A run's tokens in the index: its pairs, then its last character alone, which begins no pair."""
+    return [run] if len(run) == 1 else [*map(operator.add, run, run[1:]), run[-1]]
+
+
+# The two pairs with the NUL that joined two runs, the first run's last character kept as its own
+# token. Text never holds a NUL here: the byte table below makes it a space.
+_ACROSS_RUNS = re.compile(r"\x00 \x00[^ ] ")
 _LONG_WORD = 24  # characters: below this, making the tokens one by one costs less
 _CODE_POINT = next(code for code in "IL" if array(code).itemsize == 4)  # an unsigned 32-bit array item
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"  # its bytes in the machine's order
 
 
 def _bigram_text(runs: Sequence[str]) -> str:
-    """The two-character tokens of runs of two characters or more, in order, as one text: every
+    """The tokens of runs of two characters or more (_run_tokens), in order, as one text: every
     pair of neighbouring characters laid out by array slices (one code point in four bytes), not
     string by string. A long sentence of Chinese has hundreds of pairs; this takes a third of the time."""
     chars = array(_CODE_POINT, "\x00".join(runs).encode(_UTF32))
     pairs = array(_CODE_POINT, [32]) * (3 * (len(chars) - 1))  # first, second, space
     pairs[0::3] = chars[:-1]
     pairs[1::3] = chars[1:]
-    return _ACROSS_RUNS.sub("", pairs.tobytes().decode(_UTF32)).rstrip(" ")
+    return _ACROSS_RUNS.sub(" ", pairs.tobytes().decode(_UTF32)) + runs[-1][-1]
 
 
 # ASCII bytes that are neither letters nor digits, as spaces; every other byte (letters, digits and
@@ -104,7 +111,7 @@ def index_terms(*texts: str) -> str:
                 if other:
                     tokens.append(other)
                 else:
-                    tokens += _bigrams(run)
+                    tokens += _run_tokens(run)
     return " ".join(tokens)
 
 
@@ -130,11 +137,15 @@ def _word_tokens(word: str) -> tuple[tuple[str, ...], bool] | None:
     if not pieces:
         return None
     tokens: list[str] = []
-    for piece in pieces:
-        tokens += _bigrams(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+    for piece in pieces[:-1]:
+        # A run with more after it ends where the text's run ends, which has its last character's token.
+        tokens += _run_tokens(piece) if _CJK_RUN.fullmatch(piece) else [piece]
+    # The last may go on in the text: its pairs alone. A lone Chinese character is a prefix: it
+    # begins a two-character token (合 finds 合同) or is the token of a run's last (国 finds 王建国).
     last = pieces[-1]
-    # A lone Chinese character is found at the start of a two-character token (合 finds 合同).
-    return tuple(tokens), not _CJK_RUN.fullmatch(last) or len(last) == 1
+    cjk = _CJK_RUN.fullmatch(last)
+    tokens += _bigrams(last) if cjk else [last]
+    return tuple(tokens), not cjk or len(last) == 1
 
 
 def query_terms(query: str) -> list[Term]:
