@@ -40,6 +40,12 @@ RULES = textwrap.dedent("""
         set: {department: recipient, category: external.business}
 """)
 OPERATOR = Principal.operator("clerk")
+# Fax-to-email: the fax's number from the subject, its sender (the station's name) from the text.
+FAX_MAIL = """
+[fax.email]
+senders = ["fax@faxservice.example"]
+body_pattern = '(?i)station (?P<sender_name>[^.\\n]+)'
+"""
 
 
 class Register(Site):
@@ -79,7 +85,7 @@ def fill(register: Register) -> None:
 
 @pytest.fixture
 def register(tmp_path: Path) -> Iterator[Register]:
-    r = Register(tmp_path, rules=RULES)
+    r = Register(tmp_path, rules=RULES, extra=FAX_MAIL)
     fill(r)
     yield r
     r.close()
@@ -87,7 +93,7 @@ def register(tmp_path: Path) -> Iterator[Register]:
 
 @pytest.fixture
 def pg_register(tmp_path: Path, pg_url: str) -> Iterator[Register]:
-    r = Register(tmp_path, rules=RULES, registry_url=pg_url)
+    r = Register(tmp_path, rules=RULES, extra=FAX_MAIL, registry_url=pg_url)
     fill(r)
     yield r
     r.close()
@@ -169,6 +175,10 @@ def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
     check_full_width(pg_register)
     check_access(pg_register)
     check_paper_sender(pg_register)
+    add_fax_mails(pg_register)
+    for role, reads in FAX_READERS:
+        check_fax_mail(pg_register, role, reads)
+    check_fax_mail_reindexed(pg_register)
 
 
 def test_a_long_letter_in_chinese_is_registered_and_found_on_postgresql(pg_register: Register) -> None:
@@ -241,6 +251,92 @@ def check_paper_sender(register: Register) -> None:
 
 def test_a_paper_letters_sender_details_are_found_only_with_its_content(register: Register) -> None:
     check_paper_sender(register)
+
+
+def fax_mail(number: str, station: str, confidential: bool = False) -> bytes:
+    message = EmailMessage()
+    message["From"], message["To"] = "Fax Service <fax@faxservice.example>", "sales@example.org"
+    message["Subject"] = f"{'机密 ' if confidential else ''}Fax from {number} (1 page)"
+    message["Date"] = "Mon, 23 Nov 2026 10:00:00 +0800"
+    message.set_content(f"You have received a fax from station {station}.\n")
+    message.add_attachment(pdf_fax([ENGLISH]), maintype="application", subtype="pdf", filename="fax.pdf")
+    return bytes(message)
+
+
+def add_fax_mails(register: Register) -> None:
+    register.ingest("fax-mail", fax_mail("+86 21 6666 7777", "东方机电"))
+    register.ingest("fax-secret", fax_mail("+86 21 5555 8888", "蓝天贸易", confidential=True))
+    # A fax is classified once its text is read (not here): confidential as its rule would make it.
+    with register.registry.write() as conn:
+        conn.execute(text("UPDATE letters SET confidentiality = 'confidential' WHERE number = :n"),
+                     {"n": register.numbers["fax-secret"]})
+    for name in ("fax-mail", "fax-secret"):
+        letter = register.registry.letter(register.numbers[name])
+        assert letter is not None and (letter.channel, letter.department) == ("fax", "general-office")
+        assert letter.confidentiality == ("confidential" if name == "fax-secret" else "normal")
+        assert letter.sender_address == "fax@faxservice.example" and letter.fax_number and letter.fax_sender_name
+
+
+def principal_with(register: Register, role: str) -> Principal:
+    """Someone of that role: a member or the head of the faxes' department (the general office,
+    which triages them), or a role over every department."""
+    if known := register.people.principal(role):
+        return known
+    if role == "member":
+        register.people.add(role, emails=["office@example.org"], actor="test")
+    elif role == "head":
+        register.people.add(role, emails=["office.head@example.org"], actor="test")
+    else:
+        register.people.add(role, roles=[role], emails=[f"{role}@example.org"], actor="test")
+    who = register.people.principal(role)
+    assert who
+    return who
+
+
+def check_fax_mail(register: Register, role: str, reads: tuple[str, ...]) -> None:
+    """A fax that came by mail shows the mail's sender in its register entry, the fax's own number
+    and sender (the station's name) only with its content: only those who may read it find it by them."""
+    who = principal_with(register, role)
+    assert sorted(register.find("fax@faxservice.example", who)) == ["fax-mail", "fax-secret"]  # its entry
+    for name, words in (("fax-mail", "6666 7777"), ("fax-mail", "东方机电"), ("fax-secret", "5555 8888"),
+                        ("fax-secret", "蓝天贸易"), ("fax-secret", "faxservice 5555")):
+        page = register.access.search(who, words, QueueQuery(queue="all"), address="127.0.0.1")
+        found = [r.number for r in page.rows]
+        assert (found, page.total) == (([register.numbers[name]], 1) if name in reads else ([], 0)), (role, words)
+    for words in ("6666 7777", "5555 8888", "蓝天贸易"):  # whoever reads everything
+        assert len(register.find(words)) == 1
+
+
+FAX_READERS = [("auditor", ()), ("admin", ()), ("registry", ("fax-mail",)), ("leader", ("fax-mail",)),
+               ("member", ("fax-mail",)), ("head", ("fax-mail", "fax-secret"))]
+
+
+@pytest.mark.parametrize("role,reads", FAX_READERS)
+def test_a_fax_by_mails_number_and_sender_are_found_only_with_its_content(
+        register: Register, role: str, reads: tuple[str, ...]) -> None:
+    add_fax_mails(register)
+    check_fax_mail(register, role, reads)
+
+
+def check_fax_mail_reindexed(register: Register) -> None:
+    """A register indexed when they were entry terms: its upgrade takes such letters out of the
+    index, and the daemon's start puts them back with the terms cut now."""
+    auditor = principal_with(register, "auditor")
+    letter = register.registry.letter(register.numbers["fax-mail"])
+    assert letter is not None
+    entry, content = registered_terms(letter)
+    register.registry.index_letters([(letter.id, f"{entry} {index_terms(letter.fax_number or '')}", content)])
+    assert register.find("6666 7777", auditor) == ["fax-mail"]
+    with register.registry.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0023'"))
+    assert schema.upgrade(register.registry.engine)
+    assert register.find("6666 7777") == [] and reindex_missing(register.registry) == 2
+    assert register.find("6666 7777", auditor) == [] and register.find("6666 7777") == ["fax-mail"]
+
+
+def test_a_fax_by_mail_indexed_before_is_indexed_again(register: Register) -> None:
+    add_fax_mails(register)
+    check_fax_mail_reindexed(register)
 
 
 def test_a_faxs_text_is_found_once_read_and_older_letters_are_indexed(register: Register) -> None:

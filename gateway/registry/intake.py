@@ -19,7 +19,7 @@ from gateway.registry.numbers import conflict
 from gateway.registry.models import (Attachment, Event, IntakeKey, Letter, OcrJob, OcrReading, OutboxMail,
                                      UTCDateTime)
 from gateway.registry.plan import NewLetter, Registered, Routing
-from gateway.registry.search import SearchRecords, content_terms, entry_terms, index_terms, registered_terms
+from gateway.registry.search import SearchRecords, index_terms, letter_terms, registered_terms
 from gateway.registry.store import lease_clock, utcnow
 
 log = logging.getLogger("gateway.registry")
@@ -139,12 +139,11 @@ class Registration(SearchRecords):
     def register(self, letters: Sequence[NewLetter]) -> list[Registered]:
         """Register a batch in one transaction; retried when a concurrent writer collides."""
         # The search terms are cut before the write lock is taken; only the number is added inside.
-        terms = [(entry_terms(number="", sender_name=new.sender_name, sender_address=new.sender_address,
-                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name")),
-                  content_terms(subject=new.subject, body_text=new.body_text,
-                                attachment_names=[a.original_filename or a.filename for a in new.attachments],
-                                sender_details=(new.sender_organisation, new.sender_phone,
-                                                new.sender_postal_address)))
+        terms = [letter_terms(number="", sender_name=new.sender_name, sender_address=new.sender_address,
+                              fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name"),
+                              subject=new.subject, body_text=new.body_text,
+                              attachment_names=[a.original_filename or a.filename for a in new.attachments],
+                              sender_details=(new.sender_organisation, new.sender_phone, new.sender_postal_address))
                  for new in letters]
         for attempt in range(5):
             try:

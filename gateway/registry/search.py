@@ -166,26 +166,38 @@ def query_terms(query: str) -> list[Term]:
 def entry_terms(*, number: str, sender_name: str = "", sender_address: str = "", fax_number: str | None = None,
                 fax_sender: str | None = None) -> str:
     """What anyone who sees a letter's register entry may find it by: its number and sender, as the
-    entry shows them (name and address, a fax's number and sender)."""
-    return index_terms(number, sender_name, sender_address, fax_number or "", fax_sender or "")
+    entry shows them: the sender's name, else a fax's sender; the sender's address, else a fax's number."""
+    return index_terms(number, sender_name or fax_sender or "", sender_address or fax_number or "")
 
 
 def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = (),
                   sender_details: Sequence[str] = ()) -> str:
     """What only those who may read a letter's content find it by: subject, text (a fax's read
-    text included), attachment names and a paper letter's organisation, telephone and postal
-    address (shown with its content, not in the register entry everyone sees)."""
+    text included), attachment names and the sender's details shown with the content, not in the
+    register entry everyone sees (a paper letter's organisation, telephone and postal address)."""
     return index_terms(subject, *sender_details, " ".join(attachment_names), body_text)
+
+
+def letter_terms(*, number: str, sender_name: str, sender_address: str, fax_number: str | None,
+                 fax_sender: str | None, subject: str, body_text: str, attachment_names: Sequence[str],
+                 sender_details: Sequence[str]) -> tuple[str, str]:
+    """(entry terms, content terms) of a letter. A fax that came by mail shows the mail's sender in
+    its entry: the fax's own number and sender, shown with its content, are content terms."""
+    hidden = ((fax_sender or "") if sender_name else "", (fax_number or "") if sender_address else "")
+    return (entry_terms(number=number, sender_name=sender_name, sender_address=sender_address,
+                        fax_number=fax_number, fax_sender=fax_sender),
+            content_terms(subject=subject, body_text=body_text, attachment_names=attachment_names,
+                          sender_details=(*sender_details, *hidden)))
 
 
 def registered_terms(letter: Letter, body_text: str | None = None) -> tuple[str, str]:
     """(entry terms, content terms) of a registered letter, with `body_text` for its text if given."""
-    return (entry_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
-                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name),
-            content_terms(subject=letter.subject, body_text=letter.body_text if body_text is None else body_text,
-                          attachment_names=[a.original_filename or a.filename for a in letter.attachments],
-                          sender_details=(letter.sender_organisation, letter.sender_phone,
-                                          letter.sender_postal_address)))
+    return letter_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
+                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name, subject=letter.subject,
+                        body_text=letter.body_text if body_text is None else body_text,
+                        attachment_names=[a.original_filename or a.filename for a in letter.attachments],
+                        sender_details=(letter.sender_organisation, letter.sender_phone,
+                                        letter.sender_postal_address))
 
 
 def _fts5_query(terms: list[Term]) -> str:
