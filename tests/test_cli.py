@@ -3,6 +3,7 @@ files taken in by hand, the register's local days, and the spool's quarantine.""
 from __future__ import annotations
 
 import json
+import os
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -172,6 +173,35 @@ def test_a_misspelt_filter_is_refused_by_name_not_answered_with_nothing(tmp_path
         assert refused.returncode == 2 and f"Invalid value for {option}: {says}" in refused.stderr, refused.stderr
     assert gateway.run("letters", "list", "--status", "needs-triage", "--department", "business",
                        "--category", "external.business", "--limit", "1").returncode == 0
+
+
+def test_text_that_is_not_utf8_is_a_usage_error_naming_the_parameter(tmp_path: Path, fax: bytes) -> None:
+    """A byte that is not UTF-8 in an argument (a terminal set to GBK) reaches the command as a lone
+    surrogate: every command's text is refused where it is read, exit 2, never a traceback (nor a
+    note recorded with it)."""
+    gateway = Gateway(tmp_path)
+    message, scan = tmp_path / "letter.eml", tmp_path / "scan.tif"
+    message.write_bytes(make_message(1))
+    scan.write_bytes(fax)
+    gateway.run("ingest", str(message))
+    for args, parameter, shown in ((("letters", "search", "合同\udcff"), "'QUERY'", "合同\\xff"),
+                                   (("letters", "note", "2026-000001", "a\udcc4\udce3"), "'TEXT'", "a\\xc4\\xe3"),
+                                   (("letters", "show", "\udcff"), "'NUMBER'", "\\xff"),
+                                   (("letters", "list", "--department", "\udcff"), "'--department'", "\\xff"),
+                                   (("letters", "reply", "2026-000001", "--text", "\udcff"), "'--text'", "\\xff"),
+                                   (("users", "add", "bob", "--name", "B\udcff", "--no-password"), "'--name'",
+                                    "B\\xff"),
+                                   (("ingest", "--channel", "post", "--sender", "\udcff", str(scan)), "'--sender'",
+                                    "\\xff")):
+        refused = gateway.run(*args, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, (args, refused.stderr)
+        assert f"Invalid value for {parameter}: '{shown}' is not UTF-8 text" in refused.stderr, refused.stderr
+    assert [e["action"] for e in gateway.show_json("2026-000001")["events"]].count("note") == 0
+    assert len(gateway.list_json()) == 1
+    # A file's name is not text: one that is not UTF-8 is taken as it is.
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/\xff.eml"))
+    odd.write_bytes(make_message(2))
+    assert "registered as 2026-000002" in gateway.run("ingest", str(odd)).stdout
 
 
 def test_a_department_removed_from_the_configuration_still_lists_its_letters(tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def test_read_commands_answer_through_the_server_exactly_as_in_process(registere
         off = {**env, "GATEWAY_COMMAND_SERVER": "off"}
         for args in (("letters", "list", "--limit", "50"), ("letters", "list", "--json"),
                      ("letters", "show", number), ("letters", "show", number, "--json"),
-                     ("letters", "show", "2026-999999"), ("letters", "search", "合同"), ("status",),
+                     ("letters", "show", "2026-999999"), ("letters", "search", "合同"),
+                     ("letters", "search", "合同\udcff"), ("status",),
                      ("status", "--json"), ("outbox", "list"), ("quarantine", "list"),
                      ("letters", "list", "--as", "nobody-at-all")):
             served, in_process = command(registered, env, *args)
@@ -130,6 +131,9 @@ def test_read_commands_answer_through_the_server_exactly_as_in_process(registere
                 (alone.returncode, alone.stdout, alone.stderr), args
         missing, _ = command(registered, env, "letters", "show", "2026-999999")
         assert missing.returncode == 1 and "no letter 2026-999999" in missing.stderr
+        undecodable, _ = command(registered, env, "letters", "search", "合同\udcff")  # a byte that is not UTF-8
+        assert undecodable.returncode == 2 and "Invalid value for 'QUERY': '合同\\xff' is not UTF-8 text" \
+            in undecodable.stderr, undecodable.stderr
         # Commands that change anything, and help, never go to the server.
         for args in (("letters", "--help"), ("users", "list"), ("db", "upgrade")):
             done, in_process = command(registered, env, *args)

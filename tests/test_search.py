@@ -365,6 +365,10 @@ def test_gateway_letters_search(register: Register) -> None:
     assert [(row["number"], row["subject"]) for row in as_sam["letters"]] == [(register.numbers["secret"], "")]
     table = register.gateway.run("letters", "search", "合同").stdout
     assert register.numbers["contract"] in table and "1 letter(s) match '合同'" in table
+    # A query with a byte that is not UTF-8 (a terminal set to GBK) is a usage error, not a traceback.
+    refused = register.gateway.run("letters", "search", "合同\udcba\udcfc", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "Invalid value for 'QUERY': '合同\\xba\\xfc' is not UTF-8 text" in refused.stderr
 
 
 def test_index_terms_are_the_folded_text_cut_into_pieces() -> None:
