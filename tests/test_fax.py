@@ -431,6 +431,29 @@ def test_gateway_ingest_reads_no_information_file_whose_name_fits_two_faxes(tmp_
                 f"{name}.info it is read") in shown[name]["defects"], shown[name]["defects"]
 
 
+def test_gateway_ingest_counts_as_faxes_the_files_beside_one_that_are_faxes_whatever_their_names(
+        tmp_path: Path, faxes: dict[str, bytes]) -> None:
+    """As the drop folder: f3.info beside f3.tif and a TIFF named f3.fax is neither's; f4.info beside
+    f4.pdf and a document f4.docx (no fax) is f4.pdf's."""
+    gateway = configure(tmp_path)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "f3.tif").write_bytes(faxes["two"])
+    (folder / "f3.fax").write_bytes(faxes["chinese"])
+    (folder / "f3.info").write_text("Sender: +86 10 2222 2222\n")
+    (folder / "f4.pdf").write_bytes(faxes["pdf"])
+    (folder / "f4.docx").write_bytes(b"PK\x03\x04 a word processor's file\n")
+    (folder / "f4.info").write_text("Sender: +86 10 4444 4444\n")
+    gateway.run("ingest", str(folder / "f3.tif"), str(folder / "f4.pdf"))
+    shown = {letter["attachments"][0]["filename"]: letter
+             for letter in (gateway.show_json(str(row["number"])) for row in gateway.list_json("--channel", "fax"))}
+    assert shown["f3.tif"]["fax"]["number"] is None
+    assert ("fax: information file f3.info not read: its name fits another fax as well (f3.fax); named "
+            "f3.tif.info it is read") in shown["f3.tif"]["defects"], shown["f3.tif"]["defects"]
+    assert shown["f4.pdf"]["fax"]["number"] == "+86 10 4444 4444"
+    assert not [defect for defect in shown["f4.pdf"]["defects"] if "information file" in defect]
+
+
 # -- the drop folder's watcher on its own: what it takes, when, and what it leaves ---------------
 
 WATCHED = """
@@ -547,6 +570,35 @@ def test_an_information_file_whose_name_fits_two_faxes_is_given_to_neither_and_l
         assert letter.fax_number is None and "partial-reception" not in letter.flags, name
         assert f"fax: information file {info} not read: its name fits another fax as well (left in the drop " \
                "folder)" in letter.defects, name
+
+
+def test_an_information_file_is_shared_only_by_faxes_as_their_content_says_not_their_names(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    """f1.info beside f1.tif and f1.doc, which is no fax, is f1.tif's; f2.info beside f2.tif and a
+    TIFF named f2.fax is neither's. f3.info beside f3.doc alone stays with it in quarantine."""
+    config, spool, watcher = watched
+    folder = config.fax_drop_dir
+    aged(folder / "f1.tif", faxes["two"])
+    aged(folder / "f1.doc", b"\xd0\xcf\x11\xe0 a word processor's file\n")
+    aged(folder / "f1.info", "Sender: +86 10 1111 1111\n")
+    aged(folder / "f2.tif", faxes["chinese"])
+    aged(folder / "f2.fax", faxes["two"] + b"\n")
+    aged(folder / "f2.info", "Sender: +86 10 2222 2222\n")
+    aged(folder / "f3.doc", b"not a fax\n")
+    aged(folder / "f3.info", "Sender: +86 10 3333 3333\n")
+    assert watcher.scan() == 0
+    assert watcher.scan() == 3  # f1.tif, f2.fax, f2.tif
+    assert sorted(os.listdir(folder)) == ["f2.info"]
+    claimed = [item for item in spool.claim(3) if item.raw]  # its meta is read with its bytes
+    taken = {item.meta["fax"]["file_name"]: item.meta["fax"] for item in claimed}
+    assert taken["f1.tif"]["number"] == "+86 10 1111 1111" and taken["f1.tif"]["problems"] == []
+    for name in ("f2.fax", "f2.tif"):
+        assert taken[name]["number"] is None, name
+        assert "information file f2.info not read: its name fits another fax as well (left in the drop folder)" \
+            in taken[name]["problems"], name
+    aside = {item.meta["fax_drop"]["file_name"]: item.meta["fax_drop"] for item in spool.quarantined()}
+    assert aside["f1.doc"]["sidecar_name"] is None
+    assert aside["f3.doc"]["sidecar_name"] == "f3.info"
 
 
 def immutable(on: bool, *paths: Path) -> bool:

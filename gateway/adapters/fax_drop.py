@@ -9,8 +9,8 @@ are never taken. An information file alone in the folder (its fax not yet
 written, or taken before it came) waits three times `stable_seconds` for its
 fax, and is then set aside in quarantine as what it is, never read as a fax.
 An information file whose name fits two faxes (foo.info beside foo.tif and
-foo.pdf) is neither's: each is taken without it, and it stays in the folder,
-named once in an ALERT.
+foo.pdf, faxes by their content; foo.doc beside them is none) is neither's:
+each is taken without it, and it stays in the folder, named once in an ALERT.
 The file (and its information sidecar, if any) leaves the folder only after
 its bytes are durable in the spool. A file that is not a readable TIFF or PDF
 fax goes, with its sidecar's content and the reason, to the spool's quarantine
@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.facts import fax_facts, read_sidecar_text
-from gateway.stages.fax.metadata import SIDECAR_SUFFIXES, sidecar_names
+from gateway.stages.fax.metadata import information_files, is_information_file, may_be_fax
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
@@ -48,43 +48,8 @@ log = logging.getLogger("gateway.stages.fax")
 
 _State = tuple[int, int, int]  # size, mtime_ns, inode
 _File = tuple[Path, _State]  # a file of the folder, and its state when it was read
-SIDECAR_NAMES = frozenset(suffix.lstrip(".") for suffix in SIDECAR_SUFFIXES)
 LONE_INFORMATION_WAIT = 3  # times stable_seconds an information file waits for its fax
 LEFT_FILE = "fax-drop-left.json"  # in the state directory: the files taken that could not be removed
-
-
-def _is_information_file(name: str) -> bool:
-    return name.rpartition(".")[2] in SIDECAR_NAMES and "." in name
-
-
-def _information_files(files: Collection[str], shared_before: Collection[str] = ()
-                       ) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Whose information file is whose among the folder's plain files: each fax's (as `find_sidecar`
-    looks for them: foo.info for foo.tif, or foo.tif.info), and the information files that are
-    nobody's because their name fits more than one fax, with the faxes it fits.
-
-    foo.tif.info is foo.tif's alone. foo.info is foo.tif's only while no other fax is called foo:
-    beside foo.pdf it could be either's, and is neither's; so is one in `shared_before` (found
-    shared when a fax it fitted was taken), whichever of its faxes are still in the folder."""
-    faxes = sorted(name for name in files if not _is_information_file(name))
-    whole: dict[str, str] = {}  # foo.tif.info -> foo.tif
-    bare: dict[str, list[str]] = {}  # foo.info -> foo.tif, foo.pdf
-    for fax in faxes:
-        for name in dict.fromkeys(sidecar_names(fax)):
-            if name in files:
-                if name.startswith(fax + "."):
-                    whole[name] = fax
-                else:
-                    bare.setdefault(name, []).append(fax)
-    shared = {name: claim for name, claim in bare.items()
-              if name not in whole and (len(claim) > 1 or name in shared_before)}
-    owner = {**{name: claim[0] for name, claim in bare.items() if name not in shared}, **whole}
-    sidecars: dict[str, str] = {}
-    for fax in faxes:
-        mine = next((name for name in sidecar_names(fax) if owner.get(name) == fax), None)
-        if mine is not None:
-            sidecars[fax] = mine
-    return sidecars, shared
 
 
 class FaxDropWatcher(Runner):
@@ -159,12 +124,12 @@ class FaxDropWatcher(Runner):
             self._left = {name: state for name, state in self._left.items() if name in left}
             self._save_left()
         self._shared.intersection_update(files)
-        sidecars, shared = _information_files(files, self._shared)
+        sidecars, shared = information_files(files, lambda name: may_be_fax(self.folder / name), self._shared)
         with_fax = {*sidecars.values(), *shared}
         for name in sorted(files):
             if self.stopping:
                 break
-            if _is_information_file(name):
+            if is_information_file(name):
                 if name not in with_fax and name not in self._shared and stable(name, LONE_INFORMATION_WAIT):
                     alone = (f"an information file ({name.rpartition('.')[2]}) without its fax: none came "
                              f"within {LONE_INFORMATION_WAIT * settings.stable_seconds:g} s")

@@ -16,30 +16,22 @@ from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.spool import Spool, SpoolError
 from gateway.stages.fax.document import FaxUnreadable, read_fax
-from gateway.stages.fax.metadata import find_sidecar, shared_sidecar, sidecar_names
+from gateway.stages.fax.metadata import find_sidecar, is_fax_content
 
 if TYPE_CHECKING:
     from gateway.daemon.pipeline import Pipeline
-
-TIFF_MAGIC = (b"II*\0", b"MM\0*")
-PDF_MAGIC = b"%PDF-"
-
-
-def is_fax_file(raw: bytes) -> bool:
-    """A fax document (TIFF or PDF) rather than a message."""
-    return raw[:4] in TIFF_MAGIC or raw[:5] == PDF_MAGIC
-
 
 def file_meta(config: Config, path: Path, raw: bytes) -> dict[str, Any]:
     """The spool item's meta for a file taken in by hand. Raises FaxUnreadable for a broken fax."""
     meta: dict[str, Any] = {"channel": "email", "intake": "file",
                             "source": {"path": str(path.resolve()), "size": len(raw)}}
-    if is_fax_file(raw):
-        fax = fax_facts(config, path, read_fax(raw, path.name), find_sidecar(path))
-        for name in sidecar_names(path.name):
-            if (other := shared_sidecar(path, name)) is not None and path.with_name(name).is_file():
-                fax["problems"] = [*fax.get("problems", []), f"information file {name} not read: its name fits "
-                                   f"another fax as well ({other}); named {path.name}.info it is read"]
+    if is_fax_content(raw):
+        sidecar, skipped = find_sidecar(path, config.model.fax.ignore)
+        fax = fax_facts(config, path, read_fax(raw, path.name), sidecar)
+        for name, fits in skipped.items():
+            others = ", ".join(other for other in fits if other != path.name)
+            fax["problems"] = [*fax.get("problems", []), f"information file {name} not read: its name fits "
+                               f"another fax as well ({others}); named {path.name}.info it is read"]
         meta.update(channel="fax", fax=fax)
     return meta
 

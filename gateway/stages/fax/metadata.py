@@ -8,9 +8,11 @@ the file name. A field no source gives is recorded as missing, never guessed.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
-
+import os
 import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,26 +112,84 @@ def sidecar_names(fax_name: str) -> list[str]:
     return [name for name in names if name != fax_name]
 
 
-def find_sidecar(fax_path: Path) -> Path | None:
-    """The fax's information file beside it, if any. foo.info beside foo.tif and foo.pdf could be
-    either's, and is neither's (see `shared_sidecar`); foo.tif.info is foo.tif's alone."""
-    for name in sidecar_names(fax_path.name):
-        if (candidate := fax_path.with_name(name)).is_file() and shared_sidecar(fax_path, name) is None:
-            return candidate
-    return None
+FAX_MAGIC = (b"II*\0", b"MM\0*", b"%PDF-")  # TIFF (either byte order), PDF
 
 
-def shared_sidecar(fax_path: Path, name: str) -> str | None:
-    """Another fax file (by its name: .tif, .tiff, .pdf) whose information file `name` could be as
-    well (foo.pdf, for foo.info beside foo.tif), or None when it fits this fax alone."""
-    if name.startswith(fax_path.name + "."):
-        return None
-    base = name.rpartition(".")[0]
-    for other in sorted(fax_path.parent.glob(glob.escape(base) + ".*")):
-        if (other.name != fax_path.name and other.name.rpartition(".")[0] == base
-                and other.suffix.lower() in (".tif", ".tiff", ".pdf") and other.is_file()):
-            return other.name
-    return None
+def is_fax_content(raw: bytes) -> bool:
+    """A fax document (TIFF or PDF) by its first bytes, whatever the file is called."""
+    return raw.startswith(FAX_MAGIC)
+
+
+def is_information_file(name: str) -> bool:
+    """Named like an information file (foo.info, foo.tif.qf): never taken as a fax."""
+    return "." in name and "." + name.rpartition(".")[2] in SIDECAR_SUFFIXES
+
+
+def may_be_fax(path: Path) -> bool:
+    """A TIFF or PDF by its first bytes, or a file that has none yet (still being written) or
+    cannot be read: not known not to be a fax."""
+    try:
+        # Without waiting: a FIFO put in the file's place would hold the caller.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            head = os.read(fd, len(max(FAX_MAGIC, key=len)))
+        finally:
+            os.close(fd)
+    except OSError:
+        return True
+    return not head or is_fax_content(head)
+
+
+def information_files(files: Collection[str], may_be_fax: Callable[[str], bool], shared_before: Collection[str] = ()
+                      ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Whose information file is whose among a folder's plain files (as the drop folder takes
+    them: not an ignored name): each file's, and the information files that are nobody's because
+    their name fits more than one fax, with the faxes it fits.
+
+    foo.tif.info is foo.tif's alone. foo.info fits every file called foo.*: it is the one's if it
+    fits one; among several, only the faxes count (`may_be_fax`, by their content: foo.doc beside
+    foo.tif is not one), and beside foo.tif and foo.pdf it could be either's, and is neither's; so
+    is one in `shared_before` (found shared when a fax it fitted was taken), whichever of its faxes
+    are still there."""
+    candidates = sorted(name for name in files if not is_information_file(name))
+    whole: dict[str, str] = {}  # foo.tif.info -> foo.tif
+    bare: dict[str, list[str]] = {}  # foo.info -> foo.tif, foo.pdf
+    for candidate in candidates:
+        for name in dict.fromkeys(sidecar_names(candidate)):
+            if name in files:
+                if name.startswith(candidate + "."):
+                    whole[name] = candidate
+                else:
+                    bare.setdefault(name, []).append(candidate)
+    for name, claim in bare.items():
+        if len(claim) > 1:
+            bare[name] = [candidate for candidate in claim if may_be_fax(candidate)] or claim
+    shared = {name: claim for name, claim in bare.items()
+              if name not in whole and (len(claim) > 1 or name in shared_before)}
+    owner = {**{name: claim[0] for name, claim in bare.items() if name not in shared}, **whole}
+    sidecars: dict[str, str] = {}
+    for candidate in candidates:
+        mine = next((name for name in sidecar_names(candidate) if owner.get(name) == candidate), None)
+        if mine is not None:
+            sidecars[candidate] = mine
+    return sidecars, shared
+
+
+def find_sidecar(fax_path: Path, ignore: Sequence[str] = ()) -> tuple[Path | None, dict[str, list[str]]]:
+    """The fax's information file beside it, as the drop folder would give it (`information_files`,
+    over the files beside it whose names are not in `ignore`), or None; and, when there is none,
+    the information files skipped because their name fits another fax as well, with the faxes
+    each fits."""
+    folder = fax_path.parent
+    base = fax_path.name.rpartition(".")[0] or fax_path.name
+    # Every file an information file of this fax's could also fit is called base*.
+    files = {other.name for other in folder.glob(glob.escape(base) + "*")
+             if not any(fnmatch.fnmatch(other.name, pattern) for pattern in ignore) and other.is_file()}
+    files.add(fax_path.name)
+    sidecars, shared = information_files(files, lambda name: may_be_fax(folder / name))
+    if (mine := sidecars.get(fax_path.name)) is not None:
+        return folder / mine, {}
+    return None, {name: fits for name, fits in shared.items() if fax_path.name in fits}
 
 
 def read_sidecar(text: str, facts: FaxFacts, source: str, tz: ZoneInfo) -> None:
