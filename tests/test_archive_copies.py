@@ -2,7 +2,9 @@
 package, put right from a good one, read when the package cannot be, destroyed with it."""
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import pathlib
 import shutil
@@ -182,6 +184,59 @@ def test_a_letter_whose_manifest_is_damaged_is_read_from_its_copy(tmp_path: Path
     unread = gateway.run("letters", "extract", "2026-000002", str(tmp_path / "none"), check=False)
     assert unread.returncode != 0 and "Traceback" not in unread.stderr, unread.stderr
     assert f"2026-000002: {mail['path']} cannot be read: 'utf-8' codec" in unread.stderr
+
+
+def damaged_manifests(text: str) -> dict[str, str]:
+    """A manifest's text damaged in a few ways, each by what it is."""
+    header, row, *rest = text.splitlines(keepends=True)
+    fields = next(csv.reader([header]))
+    values = next(csv.reader([row]))
+
+    def with_value(name: str, value: str) -> str:
+        changed = list(values)
+        changed[fields.index(name)] = value
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerow(changed)
+        return "".join([header, out.getvalue(), *rest])
+
+    return {"a size that is no number": with_value("size", "12O4"),
+            "an empty size": with_value("size", ""),
+            "a negative size": with_value("size", "-1"),
+            "a file name that is a path": with_value("file", "../../../registry.sqlite3"),
+            "a column gone": text.replace(",size,", ",bytes,", 1),
+            "a row cut short": header + row[:row.index(",")] + "\n",
+            # The rest of the file read as one field, over the csv module's limit.
+            "a stray quote": header + '"' + row * 4000}
+
+
+def test_a_damaged_manifest_row_is_a_damaged_package_restored_from_its_copy(tmp_path: Path) -> None:
+    """A fax package's manifest with a damaged row is a damaged package, never a traceback: put right
+    from its copy when that is right; when the copy is damaged too, named, and the check fails."""
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03")
+    fax = packages(gateway)["fax"]
+    manifest, copied = gateway.state / "archive" / fax["manifest"], copy / fax["manifest"]
+    right = manifest.read_text()
+    for damage, text in damaged_manifests(right).items():
+        manifest.write_text(text)
+        restored = gateway.run("archive", "verify", check=False)
+        assert restored.returncode == 0 and "Traceback" not in restored.stderr, (damage, restored.stderr)
+        assert f"warning: {fax['path']}: restored from its copy in {copy}; it had: " in restored.stderr, damage
+        assert manifest.read_text() == right, damage
+
+        manifest.write_text(text)
+        copied.write_text(text)
+        failed = gateway.run("archive", "verify", check=False)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, (damage, failed.stderr)
+        assert f"error: {fax['path']}: " in failed.stderr, (damage, failed.stderr)
+        assert "ALERT archive: 1 package(s) failed verification" in failed.stderr, damage
+        assert packages(gateway)["fax"]["status"] == "corrupt", damage
+        read = gateway.run("letters", "extract", "2026-000003", str(tmp_path / damage), check=False)
+        assert "Traceback" not in read.stderr, (damage, read.stderr)  # given from its file, or refused
+        manifest.write_text(right)
+        copied.write_text(right)
+    assert gateway.run("archive", "verify").returncode == 0
 
 
 def test_a_copy_folder_that_cannot_be_searched_stops_no_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

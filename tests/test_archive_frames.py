@@ -173,11 +173,9 @@ def test_replies_sent_follow_their_letter_in_frames_of_their_own(tmp_path: Path)
     assert extracted(gateway, second["letter_number"], tmp_path / "second") == attachment(2)
 
 
-def test_a_package_of_one_frame_for_the_month_stays_readable(tmp_path: Path) -> None:
-    """As packages were written before: the whole mbox in one zstd frame, a manifest without frame
-    columns. Verified, released from the message store, and its letters read back."""
-    gateway = month_of_letters(tmp_path)
-    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+def as_written_before(gateway: Gateway) -> None:
+    """The month's packages rewritten as packages were written before: the whole mbox in one zstd
+    frame, a manifest without frame columns."""
     root = gateway.state / "archive"
     for package in package_rows(gateway):
         path = root / package["path"]
@@ -196,6 +194,15 @@ def test_a_package_of_one_frame_for_the_month_stays_readable(tmp_path: Path) -> 
         with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
             db.execute("UPDATE archive_packages SET sha256 = ?, size = ? WHERE path = ?",
                        (hashlib.sha256(out.getvalue()).hexdigest(), len(out.getvalue()), package["path"]))
+
+
+def test_a_package_of_one_frame_for_the_month_stays_readable(tmp_path: Path) -> None:
+    """As packages were written before: the whole mbox in one zstd frame, a manifest without frame
+    columns. Verified, released from the message store, and its letters read back."""
+    gateway = month_of_letters(tmp_path)
+    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+    root = gateway.state / "archive"
+    as_written_before(gateway)
     verified = gateway.run("archive", "verify")
     assert verified.stdout.count("verified") == 2
     assert all(gateway.show_json(f"2026-00000{n}")["raw_released"] for n in range(1, 5))
@@ -256,12 +263,60 @@ def test_a_damaged_manifest_row_is_named_and_the_rest_checked(tmp_path: Path) ->
     assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
         "external.business": "corrupt", "external.inquiry_complaint": "verified"}
 
+    # A length past the end of the package (a digit too many, many times over): named, never read.
+    lines[2] = lines[2].replace(",twelve,", f",{second['frame_offset']},{second['frame_length']}000000000000")
+    manifest.write_text("\n".join(lines) + "\n")
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {business['path']}: {second['archive_number']} ({second['letter_number']}): "
+        "its frame is cut short"]
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # read from the archive alone
+        db.execute("UPDATE letters SET raw_released = 1")
+    read = gateway.run("letters", "extract", second["letter_number"], str(tmp_path / "out"), check=False)
+    assert read.returncode != 0 and "Traceback" not in read.stderr, read.stderr
+    assert f"{second['letter_number']}: its frame in {business['path']} is cut short" in read.stderr
+
     lines[0] = lines[0].replace(",sha256,", ",checksum,")  # a column gone: named, nothing taken for right
     manifest.write_text("\n".join(lines) + "\n")
     proc = gateway.run("archive", "verify", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
         f"error: {business['path']}: the manifest has no column sha256"]
+
+
+def test_a_damaged_manifest_row_of_a_package_written_before_is_named_and_the_rest_checked(tmp_path: Path) -> None:
+    """A package of one frame for the month whose manifest row is damaged (a number that is none, a
+    row cut short, a column gone): a damaged package, named so, never a traceback."""
+    gateway = month_of_letters(tmp_path)
+    gateway.run("archive", "run", "--month", MONTH)  # verified: the message store's copies released
+    as_written_before(gateway)
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    manifest = gateway.state / "archive" / business["manifest"]
+    right = manifest.read_text()
+    header, first, second, *rest = right.splitlines(keepends=True)
+    fields = header.rstrip("\n").split(",")
+    number, letter_number = second.split(",")[:2]
+    values = second.rstrip("\n").split(",")
+    for damage, text in {
+            "an offset that is no number": header + first + ",".join(
+                "twelve" if name == "offset" else value for name, value in zip(fields, values, strict=True)) + "\n",
+            "a negative length": header + first + ",".join(
+                "-5" if name == "length" else value for name, value in zip(fields, values, strict=True)) + "\n",
+            "a row cut short": header + first + ",".join(values[:4]) + "\n"}.items():
+        manifest.write_text(text)
+        proc = gateway.run("archive", "verify", check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (damage, proc.stderr)
+        assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+            f"error: {business['path']}: {number} ({letter_number}): its manifest row is damaged"], damage
+        out = tmp_path / damage.replace(" ", "-")
+        assert extracted(gateway, first.split(",")[1], out) == attachment(1)  # the rest is read
+        read = gateway.run("letters", "extract", letter_number, str(out / "not"), check=False)
+        assert read.returncode != 0 and "Traceback" not in read.stderr, (damage, read.stderr)
+    manifest.write_text(right.replace(",offset,", ",place,", 1))
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: {business['path']}: the manifest has no column offset" in proc.stderr
 
 
 @pytest.mark.parametrize("raw", [

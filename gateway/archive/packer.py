@@ -585,7 +585,13 @@ class Archiver:
         except (OSError, UnicodeDecodeError) as exc:
             return _Manifest(f"manifest {package.manifest}: {getattr(exc, 'strerror', None) or exc}", b"", "", None,
                              registered if registered is not None else self.registry.archived_hashes(package.id))
-        return _Manifest("", data, text, _frame_places(text) if package.kind == "mail" else None,
+        try:
+            framed = _frame_places(text) if package.kind == "mail" else None
+        except csv.Error as exc:  # a stray quote: the rest of the file one field, over csv's limit
+            framed, problem = None, f"manifest {package.manifest}: {exc}"
+        else:
+            problem = ""
+        return _Manifest(problem, data, text, framed,
                          registered if registered is not None else self.registry.archived_hashes(package.id))
 
     def _check(self, package: ArchivePackage, manifest: _Manifest, root: Path) -> list[str]:
@@ -599,10 +605,17 @@ class Archiver:
             if listed is not None:
                 problems += _listed_once(listed, registered)
             return problems + self._check_frames(package, path, places, registered)
-        rows = _manifest_rows(manifest.text)
+        try:
+            rows = _manifest_rows(manifest.text)
+        except csv.Error as exc:
+            return [f"manifest {package.manifest}: {exc}"]
         problems = []
         if len(rows) != package.letters:
             problems.append(f"manifest lists {len(rows)} letter(s), the register {package.letters}")
+        needed = ("archive_number", "letter_number", "sha256", "size",
+                  *(("offset", "length") if package.kind == "mail" else ("file",)))
+        if rows and (missing := [name for name in needed if name not in rows[0]]):
+            return [*problems, f"the manifest has no column {', '.join(missing)}"]  # said once: enough
         problems += _listed_once([row["archive_number"] for row in rows], registered)
         if package.kind == "mail":  # a package of one frame for the month, as written before
             try:
@@ -612,20 +625,27 @@ class Archiver:
             except (OSError, zstandard.ZstdError, EOFError, gzip.BadGzipFile) as exc:
                 return problems + [f"cannot be read: {exc}"]
             for row in rows:
-                block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
-                raw = _message_of(block, int(row["size"]))
-                problems += _compare(row, raw, registered)
+                if (numbers := _whole_numbers(row, "offset", "length", "size")) is None:
+                    problems.append(_damaged(row))
+                    continue
+                offset, length, size = numbers
+                problems += _compare(row, size, _message_of(data[offset:offset + length], size), registered)
         else:
             if hashlib.sha256(manifest.data).hexdigest() != package.sha256:
                 problems.append(f"manifest {package.manifest}: SHA-256 differs from the one recorded "
                                 "when it was written")
             for row in rows:
-                try:
-                    raw = (path / row["file"]).read_bytes()
-                except OSError as exc:
-                    problems.append(f"{row['archive_number']}: {row['file']}: {exc.strerror or exc}")
+                name = row["file"]
+                # A name, not a path: a damaged row must not send the check to another file.
+                if (numbers := _whole_numbers(row, "size")) is None or name in ("", ".", "..") or "/" in name:
+                    problems.append(_damaged(row))
                     continue
-                problems += _compare(row, raw, registered)
+                try:
+                    raw = (path / name).read_bytes()
+                except OSError as exc:
+                    problems.append(f"{row['archive_number']}: {name}: {exc.strerror or exc}")
+                    continue
+                problems += _compare(row, numbers[0], raw, registered)
         return problems
 
     def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
@@ -637,6 +657,11 @@ class Archiver:
         problems: list[str] = []
         try:
             with open(path, "rb") as f:
+                # A frame said to end past the file (cut short, or a damaged row's length: never
+                # read, it could ask for more memory than there is) is named without reading it.
+                end = os.fstat(f.fileno()).st_size
+                beyond = [place for place in places if place.at + place.length > end]
+                places = [place for place in places if place.at + place.length <= end]
                 pieces = self._until_stopped(_pieces_of(f, places, digest))
                 for found in _in_order(lambda piece: self._check_piece(path, *piece, registered), pieces,
                                        _CHECKING_WORKERS):
@@ -645,6 +670,7 @@ class Archiver:
                     digest.update(rest)
         except OSError as exc:
             return [f"cannot be read: {exc.strerror or exc}"]
+        problems += [f"{place.label}: its frame is cut short" for place in beyond]
         if digest.hexdigest() != package.sha256:
             problems.insert(0, "SHA-256 differs from the one recorded when it was written")
         return problems
@@ -709,24 +735,29 @@ class Archiver:
         for root in (self.root, *self.copies):
             try:
                 original = self._read_in(root, package, letter)
-            # ValueError, KeyError: a damaged manifest (bytes that are not UTF-8, a column or a
-            # number gone); ZstdError, zlib.error, EOFError: a damaged package of one frame.
-            except (OSError, ArchiveError, ValueError, KeyError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+            # ValueError, KeyError, csv.Error: a damaged manifest (bytes that are not UTF-8, a column
+            # or a number gone, a stray quote); ZstdError, zlib.error, EOFError: a damaged package of
+            # one frame.
+            except (OSError, ArchiveError, ValueError, KeyError, csv.Error, EOFError, zlib.error,
+                    zstandard.ZstdError) as exc:
                 failures.append(exc)
                 continue
             if failures:
                 log.error("ALERT archive: %s: %s; read from its copy in %s (run gateway archive verify)",
                           letter.number, failures[0], root)
             return original
-        if isinstance(failures[0], (OSError, ArchiveError)):
+        if isinstance(failures[0], ArchiveError):
             raise failures[0]
+        # OSError too: its file gone or out of reach is what its reader (a page, a command) is told.
         raise ArchiveError(f"{letter.number}: {package.path} cannot be read: {failures[0]}") from failures[0]
 
     def _read_in(self, root: Path, package: ArchivePackage, letter: Letter) -> bytes:
-        for row in csv.DictReader(io.StringIO((root / package.manifest).read_text(encoding="utf-8"))):
+        for row in _manifest_rows((root / package.manifest).read_text(encoding="utf-8")):
             if row["letter_number"] != letter.number:
                 continue
             if package.kind == "fax":
+                if row["file"] in ("", ".", "..") or "/" in row["file"]:  # a name, not a path
+                    raise ArchiveError(f"{letter.number}: its manifest row in {package.path} is damaged")
                 return self._as_registered(letter, (root / package.path / row["file"]).read_bytes())
             path = root / package.path
             if not row.get("frame_offset"):  # a package of one frame for the month, as written before
@@ -734,8 +765,11 @@ class Archiver:
                 block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
                 return self._as_registered(letter, _message_of(block, int(row["size"])))
             with open(path, "rb") as f:  # its own frame, and nothing else
-                f.seek(int(row["frame_offset"]))
-                frame = f.read(int(row["frame_length"]))
+                at, length = int(row["frame_offset"]), int(row["frame_length"])
+                if at < 0 or length < 0 or at + length > os.fstat(f.fileno()).st_size:  # a damaged row
+                    raise ArchiveError(f"{letter.number}: its frame in {package.path} is cut short")
+                f.seek(at)
+                frame = f.read(length)
             try:
                 block = self._frame_decompressor(path)(frame)
             except (zstandard.ZstdError, zlib.error, EOFError) as exc:
@@ -981,9 +1015,13 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str] | 
         if len(row) < width:
             row += [""] * (width - len(row))  # a row cut short: empty values, which no check takes for right
         try:
-            places.append(_Place(int(row[at]), int(row[length]), int(row[size]), row[sha], row[number], row[letter]))
+            place = _Place(int(row[at]), int(row[length]), int(row[size]), row[sha], row[number], row[letter])
         except ValueError:
+            place = None
+        if place is None or min(place.at, place.length, place.size) < 0:
             problems.append(f"{row[number]} ({row[letter]}): its manifest row is damaged")
+        else:
+            places.append(place)
     places.sort(key=lambda place: place.at)
     return places, problems, len(rows), [row[number] for row in rows]
 
@@ -1044,9 +1082,24 @@ def _original_in(block: bytes | memoryview, size: int, sha256: str) -> tuple[byt
     return unquoted, hashlib.sha256(unquoted).hexdigest()
 
 
-def _compare(row: dict[str, str], raw: bytes, registered: dict[str, str]) -> list[str]:
-    """A letter read back against its manifest row (a package without frames, or of faxes) and the register."""
-    place = _Place(0, 0, int(row["size"]), row["sha256"], row["archive_number"], row["letter_number"])
+def _whole_numbers(row: dict[str, str], *names: str) -> list[int] | None:
+    """The row's values in the columns `names`, whole numbers not below zero as written; None when
+    one is not (a damaged manifest row)."""
+    try:
+        numbers = [int(row[name]) for name in names]
+    except ValueError:
+        return None
+    return numbers if all(number >= 0 for number in numbers) else None
+
+
+def _damaged(row: dict[str, str]) -> str:
+    return f"{row['archive_number']} ({row['letter_number']}): its manifest row is damaged"
+
+
+def _compare(row: dict[str, str], size: int, raw: bytes, registered: dict[str, str]) -> list[str]:
+    """A letter read back against its manifest row (a package without frames, or of faxes; `size`:
+    the row's) and the register."""
+    place = _Place(0, 0, size, row["sha256"], row["archive_number"], row["letter_number"])
     return _compare_place(place, raw, hashlib.sha256(raw).hexdigest(), registered)
 
 
