@@ -142,6 +142,9 @@ def test_a_crash_midway_then_the_run_resumes(archived: tuple[Gateway, str]) -> N
     assert leftovers  # written, never recorded
     gateway.run("archive", "run", "--month", month)
     assert list((gateway.state / "archive" / "orphans").rglob("part-001*"))  # set aside, not deleted
+    left = sum(1 for f in (gateway.state / "archive" / "orphans").rglob("*") if f.is_file())
+    assert (f"kept orphans/: {left} file(s) set aside from runs that crashed, in no package of the register: never "
+            "destroyed by a purge") in gateway.run("archive", "purge", "--dry-run").stdout
     rows = package_rows(gateway)
     assert len(rows) == 3 and all(r["part"] == 1 and r["status"] == "verified" for r in rows)
     numbers = [gateway.show_json(str(l["number"]))["archive_number"] for l in gateway.list_json()]
@@ -159,19 +162,31 @@ def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: P
     gateway.run("archive", "run", "--month", "2019-05")
 
     refused = gateway.run("archive", "purge", check=False)
-    assert refused.returncode == 2 and "destruction needs --approved-by" in refused.stderr
+    assert refused.returncode == 2 and "destruction needs --approved-by LOGIN" in refused.stderr
+    # Approved by a person of the register with the leader role, enabled: not by a name made up.
+    gateway.run("users", "add", "wang", "--name", "Director Wang", "--role", "leader", "--no-password")
+    gateway.run("users", "add", "li", "--name", "Clerk Li", "--role", "registry", "--no-password")
+    gateway.run("users", "add", "zhao", "--name", "Director Zhao", "--role", "leader", "--no-password")
+    gateway.run("users", "disable", "zhao")
+    for named, says in (("Director Wang", "no enabled person named 'Director Wang'"),
+                        ("li", "li (Clerk Li) does not have the leader role"),
+                        ("zhao", "no enabled person named 'zhao'")):
+        refused = gateway.run("archive", "purge", "--approved-by", named, check=False)
+        assert refused.returncode == 2 and f"error: --approved-by: {says}: destruction is approved by a person " \
+            "of the web register with the leader role" in refused.stderr, refused.stderr
+    assert (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
     dry = gateway.run("archive", "purge", "--dry-run").stdout
     # Business letters keep 5 years (over); complaints the default 10 (not over).
     assert "2019/05/external.business/part-001.mbox.zst: would be destroyed" in dry
     assert "retention of 10 years not over" in dry
 
     gateway.run("letters", "hold", "2026-000002", "--reason", "court case 17/2026")
-    held = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    held = gateway.run("archive", "purge", "--approved-by", "WANG").stdout
     assert "on legal hold (2026-000002)" in held and "nothing is past retention" in held
     assert (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
 
     gateway.run("letters", "hold", "2026-000002", "--reason", "case closed", "--release")
-    done = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    done = gateway.run("archive", "purge", "--approved-by", "wang").stdout
     assert "2019/05/external.business/part-001.mbox.zst: destroyed" in done
     assert not (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
     assert not (gateway.state / "archive/2019/05/external.business/part-001.manifest.csv").exists()
@@ -179,9 +194,14 @@ def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: P
     letter = gateway.show_json("2026-000002")
     assert letter["purged_at"] and letter["archive_number"]  # the register entry stays
     [destroyed] = [e for e in letter["events"] if e["action"] == "destroyed"]
-    assert destroyed["details"]["approved_by"] == "Director Wang"
+    assert destroyed["details"]["approved_by"] == "wang"
     with sqlite3.connect(gateway.state / "registry.sqlite3") as db:
         [(approved, packages, letters)] = db.execute("SELECT approved_by, packages, letters FROM destruction_records")
-    assert approved == "Director Wang" and json.loads(packages) == ["2019/05/external.business/part-001.mbox.zst"]
+    assert approved == "wang" and json.loads(packages) == ["2019/05/external.business/part-001.mbox.zst"]
     assert json.loads(letters) == [["2026-000002", letter["archive_number"]]]
-    assert "nothing is past retention" in gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # in the audit log, with who ran it
+        [(actor, subject, details)] = db.execute("SELECT actor, subject, details FROM audit WHERE action = 'destroyed'")
+    assert actor.startswith("cli:") and subject == "wang"
+    assert json.loads(details) == {"approved_by": "wang", "name": "Director Wang", "record": 1,
+                                   "packages": ["2019/05/external.business/part-001.mbox.zst"], "letters": 1}
+    assert "nothing is past retention" in gateway.run("archive", "purge", "--approved-by", "wang").stdout

@@ -312,7 +312,8 @@ def test_destroying_a_package_destroys_its_copies(tmp_path: Path) -> None:
         db.execute("UPDATE letters SET received_at = '2019-05-10 02:00:00.000000'")
     gateway.run("archive", "run", "--month", "2019-05")
     assert files_of(copy)
-    done = gateway.run("archive", "purge", "--approved-by", "Director Wang").stdout
+    gateway.run("users", "add", "wang", "--name", "Director Wang", "--role", "leader", "--no-password")
+    done = gateway.run("archive", "purge", "--approved-by", "wang").stdout
     assert "destroyed" in done
     assert files_of(copy) == {} and files_of(gateway.state / "archive") == {}
 
@@ -327,14 +328,15 @@ def test_destroying_while_a_copy_folder_is_out_of_reach_says_so_and_the_next_pur
     assert copied
     copy.rename(tmp_path / "share-unmounted")
     copy.write_text("not a folder: the share is not mounted\n")
-    done = gateway.run("archive", "purge", "--approved-by", "Director Wang")
+    gateway.run("users", "add", "wang", "--name", "Director Wang", "--role", "leader", "--no-password")
+    done = gateway.run("archive", "purge", "--approved-by", "wang")
     assert "destroyed" in done.stdout and files_of(gateway.state / "archive") == {}
     assert f"ALERT archive: the copy folder {copy} is out of reach" in done.stderr, done.stderr
 
     copy.unlink()
     (tmp_path / "share-unmounted").rename(copy)
     assert files_of(copy) == copied  # destroyed letters, still on the share
-    again = gateway.run("archive", "purge", "--approved-by", "Director Wang")
+    again = gateway.run("archive", "purge", "--approved-by", "wang")
     assert "ALERT" not in again.stderr
     assert files_of(copy) == {}
 

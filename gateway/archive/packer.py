@@ -790,10 +790,11 @@ class Archiver:
         return raw
 
     # -- destruction ------------------------------------------------------
-    def purge(self, *, approved_by: str, actor: str, now: datetime,
-              dry_run: bool = False) -> tuple[list[str], list[str]]:
+    def purge(self, *, approved_by: str, actor: str, now: datetime, dry_run: bool = False,
+              approver_name: str = "", audit_actor: str | None = None) -> tuple[list[str], list[str]]:
         """Destroy packages whose every letter is archived (ended), past retention and none on legal hold.
-        Returns (destroyed packages, packages kept with the reason).
+        Returns (destroyed packages, packages kept with the reason). `approved_by`: the approving
+        person's sign-in name; `audit_actor`: who runs it, as the audit log names them.
 
         The destruction is recorded first (the registry re-checks every hold under lock in that
         transaction), then the files go: a crash in between leaves files of a purged package,
@@ -822,11 +823,18 @@ class Archiver:
                             f"({len(young)} letter(s))")
             else:
                 due.append(package)
+        # What crashed runs left (`_remove_unrecorded`) is in no package of the register: after a
+        # registry restored from an older backup it may be a letter's only copy. Named, not destroyed.
+        with suppress(OSError):
+            if left := sum(1 for entry in (self.root / "orphans").rglob("*") if entry.is_file()):
+                kept.append(f"orphans/: {left} file(s) set aside from runs that crashed, in no package of the "
+                            "register: never destroyed by a purge; look through them and remove them by hand")
         if dry_run:
             return [p.path for p in due], kept
         with self._locked():
             destroyed_ids, refused = self.registry.record_destruction(
-                [p.id for p in due], approved_by=approved_by, actor=actor) if due else ([], [])
+                [p.id for p in due], approved_by=approved_by, actor=actor, approver_name=approver_name,
+                audit_actor=audit_actor or actor) if due else ([], [])
             kept += [f"{path}: on legal hold (placed meanwhile)" for path in refused]
             purged = [package for package in self.registry.archive_packages(None) if package.status == "purged"]
             for copy in self.copies:

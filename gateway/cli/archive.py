@@ -107,17 +107,28 @@ def archive_list(state: State, as_json: bool) -> None:
 
 
 @archive.command("purge")
-@click.option("--approved-by", help="Who approved the destruction (required to destroy anything).")
+@click.option("--approved-by", metavar="LOGIN",
+              help="The leader who approved the destruction, by their sign-in name (required to destroy anything).")
 @click.option("--dry-run", is_flag=True, help="Only show what would be destroyed.")
 @pass_state
 def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
     """Destroy packages past their category's retention, never letters on legal hold; records who approved."""
     from gateway.archive.packer import Archiver
+    from gateway.services.people import DESTRUCTION_APPROVER, People
 
-    if not dry_run and not (approved_by or "").strip():
-        fail("destruction needs --approved-by NAME (or --dry-run to see what is due)", code=2)
+    approver = None
+    if not dry_run:
+        if not (approved_by or "").strip():
+            fail("destruction needs --approved-by LOGIN, a person of the web register with the "
+                 f"{DESTRUCTION_APPROVER} role (or --dry-run to see what is due)", code=2)
+        try:
+            approver = People(state.config, state.registry()).approver(approved_by or "", DESTRUCTION_APPROVER)
+        except LookupError as exc:
+            fail(f"--approved-by: {exc}: destruction is approved by a person of the web register with the "
+                 f"{DESTRUCTION_APPROVER} role", code=2)
     destroyed, kept = Archiver(state.config, state.registry()).purge(
-        approved_by=(approved_by or "").strip(), actor=actor(None), now=datetime.now(timezone.utc), dry_run=dry_run)
+        approved_by=approver.login if approver else "", approver_name=approver.name if approver else "",
+        actor=actor(None), audit_actor=f"cli:{actor(None)}", now=datetime.now(timezone.utc), dry_run=dry_run)
     for path in destroyed:
         click.echo(f"{path}: {'would be destroyed' if dry_run else 'destroyed'}")
     for reason in kept:

@@ -9,8 +9,8 @@ from sqlalchemy import (Connection, Integer, String, Table, Text, case, column, 
 from sqlalchemy import cast as sql_cast
 
 from gateway.registry import lifecycle
-from gateway.registry.models import (ArchivePackage, Attachment, Circulation, DestructionRecord, Event, Letter,
-                                     NumberSeries, Reply, UTCDateTime)
+from gateway.registry.models import (ArchivePackage, Attachment, AuditRow, Circulation, DestructionRecord, Event,
+                                     Letter, NumberSeries, Reply, UTCDateTime)
 from gateway.registry.plan import ToArchive
 from gateway.registry.store import Store, utcnow
 
@@ -215,10 +215,11 @@ class ArchiveRecords(Store):
                 conn.execute(update(Letter).where(Letter.id.in_(letter_ids[start:start + 1000]))
                              .values(raw_released=True))
 
-    def record_destruction(self, package_ids: list[int], *, approved_by: str,
-                           actor: str) -> tuple[list[int], list[str]]:
-        """Mark packages destroyed and write the destruction record, re-checking legal holds under
-        lock. Returns (package ids destroyed, paths refused because a hold was placed meanwhile)."""
+    def record_destruction(self, package_ids: list[int], *, approved_by: str, actor: str,
+                           approver_name: str = "", audit_actor: str | None = None) -> tuple[list[int], list[str]]:
+        """Mark packages destroyed and write the destruction record and its audit row, re-checking
+        legal holds under lock. Returns (package ids destroyed, paths refused because a hold was
+        placed meanwhile)."""
         now = utcnow()
         with self.write() as conn:
             letters = conn.execute(select(Letter.id, Letter.number, Letter.archive_number, Letter.legal_hold,
@@ -245,6 +246,11 @@ class ArchiveRecords(Store):
                 conn.execute(insert(Event), [self.event_row(letter.id, now, actor, "destroyed", None,
                                                          {"approved_by": approved_by, "record": int(record)})
                                              for letter in letters])
+            conn.execute(insert(AuditRow), [{
+                "at": now, "actor": audit_actor or actor, "action": "destroyed", "letter_id": None,
+                "subject": approved_by, "address": "",
+                "details": {"approved_by": approved_by, "name": approver_name, "record": int(record),
+                            "packages": [p.path for p in chosen], "letters": len(letters)}}])
             return ids, refused
 
     def destruction_records(self) -> list[DestructionRecord]:

@@ -22,6 +22,9 @@ from gateway.registry.store import utcnow
 
 # registry = the registry office (收发室)
 ROLES = ("registry", "member", "head", "leader", "auditor", "admin")
+# Who approves destroying archive packages past retention: a leader of the organisation, a person
+# of the register, named in the destruction record, in each letter's events and in the audit log.
+DESTRUCTION_APPROVER = "leader"
 LANGUAGES = ("zh", "en")
 MIN_PASSWORD = 10
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -250,6 +253,16 @@ class People:
     def principal(self, login: str) -> Principal | None:
         person = self.registry.person(login)
         return self._principal(person) if person and not person.disabled else None
+
+    def approver(self, named: str, role: str) -> Principal:
+        """The enabled person signed in as `named` (in any case) who holds `role`: who approves a
+        step recorded in their name. Raises LookupError saying why they cannot."""
+        person = self.principal(named.strip().lower())
+        if person is None:
+            raise LookupError(f"no enabled person named {named!r}")
+        if role not in person.roles:
+            raise LookupError(f"{person.login} ({person.name}) does not have the {role} role")
+        return person
 
     def principal_by_email(self, address: str) -> Principal | None:
         """The enabled person with this address, or, for an address the configuration names as a

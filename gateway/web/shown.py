@@ -49,6 +49,7 @@ DETAIL = {
     "letters": N_("letters"), "outcome": N_("outcome"), "summary": N_("summary"), "rule": N_("rule"),
     "signed_by": N_("signed by"), "requested_by": N_("requested by"), "resumed": N_("resumed"),
     "refused": N_("refused"), "contact": N_("contact"), "target": N_("target"), "via": N_("via"),
+    "approved_by": N_("approved by"), "packages": N_("archive packages"),
 }
 STATE_CHANGE = {"from": N_("status before"), "to": N_("status after")}
 OWNER_CHANGE = {"from": N_("assigned before to"), "to": N_("now assigned to")}
@@ -57,12 +58,13 @@ TECHNICAL = frozenset({
     "keys", "key", "package", "rules", "rules_then", "rules_now", "message_id", "sha", "sha256", "shas", "raw_path",
     "draft", "outbox", "request", "circulation", "borrowing", "reply", "reply_id", "source_key", "uid",
     "uidvalidity", "item_id", "path", "envelope", "seq", "rowid", "instance", "pid", "host", "selector",
-    "authserv_id", "line", "rule", "version", "series", "header", "slot",
+    "authserv_id", "line", "rule", "version", "series", "header", "slot", "record",
 })
 # Keys whose values are a register code, shown through the label tables.
 CODED = {"status": "status", "category": "category", "urgency": "urgency", "confidentiality": "confidentiality",
          "channel": "channel", "queue": "queue"}
-PEOPLE = frozenset({"owner", "notify", "assignee", "borrower", "reader", "signed_by", "requested_by", "approver"})
+PEOPLE = frozenset({"owner", "notify", "assignee", "borrower", "reader", "signed_by", "requested_by", "approver",
+                    "approved_by"})
 DEPARTMENTS = frozenset({"department", "departments", "candidates", "to_department", "from_department"})
 LANGUAGE = {"zh": "中文", "en": "English"}
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
