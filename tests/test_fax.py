@@ -434,7 +434,8 @@ def test_gateway_ingest_reads_no_information_file_whose_name_fits_two_faxes(tmp_
 def test_gateway_ingest_counts_as_faxes_the_files_beside_one_that_are_faxes_whatever_their_names(
         tmp_path: Path, faxes: dict[str, bytes]) -> None:
     """As the drop folder: f3.info beside f3.tif and a TIFF named f3.fax is neither's; f4.info beside
-    f4.pdf and a document f4.docx (no fax) is f4.pdf's."""
+    f4.pdf and a document f4.docx (no fax) is f4.pdf's; f5.tif with its own f5.tif.info misses
+    nothing when f5.info beside it and f5.pdf is neither's."""
     gateway = configure(tmp_path)
     folder = tmp_path / "scans"
     folder.mkdir()
@@ -444,14 +445,20 @@ def test_gateway_ingest_counts_as_faxes_the_files_beside_one_that_are_faxes_what
     (folder / "f4.pdf").write_bytes(faxes["pdf"])
     (folder / "f4.docx").write_bytes(b"PK\x03\x04 a word processor's file\n")
     (folder / "f4.info").write_text("Sender: +86 10 4444 4444\n")
-    gateway.run("ingest", str(folder / "f3.tif"), str(folder / "f4.pdf"))
+    (folder / "f5.tif").write_bytes(faxes["tagged"])
+    (folder / "f5.tif.info").write_text("Sender: +86 10 5555 5555\n")
+    (folder / "f5.pdf").write_bytes(faxes["pdf"])
+    (folder / "f5.info").write_text("Sender: +86 10 6666 6666\n")
+    gateway.run("ingest", str(folder / "f3.tif"), str(folder / "f4.pdf"), str(folder / "f5.tif"))
     shown = {letter["attachments"][0]["filename"]: letter
              for letter in (gateway.show_json(str(row["number"])) for row in gateway.list_json("--channel", "fax"))}
     assert shown["f3.tif"]["fax"]["number"] is None
     assert ("fax: information file f3.info not read: its name fits another fax as well (f3.fax); named "
             "f3.tif.info it is read") in shown["f3.tif"]["defects"], shown["f3.tif"]["defects"]
     assert shown["f4.pdf"]["fax"]["number"] == "+86 10 4444 4444"
-    assert not [defect for defect in shown["f4.pdf"]["defects"] if "information file" in defect]
+    assert shown["f5.tif"]["fax"]["number"] == "+86 10 5555 5555"
+    for name in ("f4.pdf", "f5.tif"):
+        assert not [defect for defect in shown[name]["defects"] if "information file" in defect], name
 
 
 # -- the drop folder's watcher on its own: what it takes, when, and what it leaves ---------------
