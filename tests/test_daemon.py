@@ -201,6 +201,39 @@ def test_sighup_reaches_the_web_register_and_names_its_listener_as_needing_a_res
     assert "web listener" in reloaded and "takes effect at restart" in reloaded, reloaded
 
 
+def test_after_sighup_what_needs_a_restart_keeps_its_running_value(gateway: Gateway, notify: Notify) -> None:
+    """Single sign-on set up in the file and reloaded is not offered on the sign-in page until
+    the restart that starts it (its button would lead nowhere), while the page's new language is
+    taken at once."""
+    import urllib.error
+    import urllib.request
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{gateway.web_port}{path}", timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    daemon = start_and_wait_ready(gateway, notify)
+    good = gateway.config.read_text()
+    try:
+        gateway.config.write_text(good.replace("[web]\n", '[web]\nlanguage = "en"\n') + (
+            '\n[web.oidc]\nissuer = "https://sso.example.org"\nclient_id = "register"\nlabel = "Sign in with SSO"\n'))
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        status, page = get("/signin")
+        assert status == 200 and '<html lang="en"' in page, page[:200]
+        assert "Sign in with SSO" not in page and "/signin/oidc" not in page
+        assert get("/signin/oidc")[0] == 404
+    finally:
+        gateway.config.write_text(good)
+        out = stop(daemon)
+    [reloaded] = [line for line in out.splitlines() if "configuration reloaded from" in line]
+    assert "single sign-on" in reloaded and "takes effect at restart" in reloaded, reloaded
+
+
 def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, notify: Notify) -> None:
     """With PostgreSQL stopped, ingest spools and exits 75; the daemon registers the item once it is back."""
     server = PostgresServer()

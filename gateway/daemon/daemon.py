@@ -580,33 +580,7 @@ class Daemon:
             log.exception("reload refused, previous configuration stays in force: %s", exc)
             self.notifier.notify("READY=1")
             return
-        restart_needed = [key for key, old, cur in (
-            ("gateway.state_dir", self.config.state_dir, new.state_dir),
-            ("registry.url", self.config.registry_url, new.registry_url),
-            ("gateway.letter_number", self.config.model.gateway.letter_number, new.model.gateway.letter_number),
-            ("daemon", self.config.model.daemon, new.model.daemon),
-            ("spool", self.config.model.spool, new.model.spool),
-            ("metrics", self.config.model.metrics, new.model.metrics),
-            ("reminder and archive schedules",
-             (self.config.model.reminders.enabled, self.config.model.reminders.check_minutes,
-              self.config.model.archive.enabled, self.config.model.archive.run_day, self.config.model.archive.run_hour),
-             (new.model.reminders.enabled, new.model.reminders.check_minutes,
-              new.model.archive.enabled, new.model.archive.run_day, new.model.archive.run_hour)),
-            ("smtp listeners and TLS", _listener_settings(self.config), _listener_settings(new)),
-            ("web listener and single sign-on",
-             (self.config.model.web.enabled, self.config.model.web.listen, self.config.model.web.oidc),
-             (new.model.web.enabled, new.model.web.listen, new.model.web.oidc)),
-            ("fax drop folder and OCR pool", (self.config.fax_drop_dir, self.config.model.fax.enabled,
-                                              self.config.model.fax.ocr_workers),
-             (new.fax_drop_dir, new.model.fax.enabled, new.model.fax.ocr_workers)),
-        ) if old != cur]
-        if restart_needed:
-            # Keep what only a restart can change; apply the rest now.
-            old = self.config.model
-            new = Config(path=new.path, state_dir=self.config.state_dir, rules=new.rules,
-                         model=new.model.model_copy(update={
-                             "gateway": old.gateway, "registry": old.registry, "daemon": old.daemon,
-                             "spool": old.spool}))
+        new, restart_needed = _running(self.config, new)
         self.config = new
         if self.pipeline is not None:
             self.pipeline.config = new
@@ -633,7 +607,43 @@ def _month_before(now: datetime) -> str:
     return f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
 
 
-def _listener_settings(config: Config) -> tuple[object, ...]:
-    smtp = config.model.smtp
-    return (smtp.enabled, smtp.listen, smtp.hostname, smtp.tls_certificate, smtp.tls_key,
-            smtp.auth_users_file, smtp.max_message_bytes, smtp.command_timeout, smtp.require_tls)
+# What a reload cannot change, because it is read once at start (where the daemon listens, what
+# it schedules, which folders it watches): what the log names it, its section, and its keys (None:
+# the whole section).
+_RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("gateway.state_dir", "gateway", ("state_dir",)),
+    ("registry.url", "registry", None),
+    ("gateway.letter_number", "gateway", ("letter_number",)),
+    ("daemon", "daemon", None),
+    ("spool", "spool", None),
+    ("node.name", "node", None),
+    ("cluster", "cluster", None),
+    ("metrics", "metrics", None),
+    ("reminder schedule", "reminders", ("enabled", "check_minutes")),
+    ("archive schedule", "archive", ("enabled", "run_day", "run_hour")),
+    ("smtp listeners and TLS", "smtp", ("enabled", "listen", "hostname", "tls_certificate", "tls_key",
+                                        "auth_users_file", "max_message_bytes", "command_timeout", "require_tls")),
+    ("web listener and single sign-on", "web", ("enabled", "listen", "oidc")),
+    ("fax drop folder and OCR pool", "fax", ("enabled", "drop_folder", "ocr_workers")),
+)
+
+
+def _running(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """The configuration a reload puts in force: `new`, with the values of `old` (the running
+    ones) for what only a restart changes, so that nothing reading the configuration later acts
+    on a value not in effect; and the names of those that differ (they take effect at restart)."""
+    sections: dict[str, Any] = {}
+    changed = []
+    for name, section, keys in _RESTART_ONLY:
+        was, wanted = getattr(old.model, section), getattr(new.model, section)
+        if keys is None:
+            differs = was != wanted
+            sections[section] = was
+        else:
+            differs = any(getattr(was, key) != getattr(wanted, key) for key in keys)
+            kept = {key: getattr(was, key) for key in keys}
+            sections[section] = sections.get(section, wanted).model_copy(update=kept)
+        if differs:
+            changed.append(name)
+    model = new.model.model_copy(update=sections)
+    return Config(path=new.path, state_dir=old.state_dir, rules=new.rules, model=model), changed
