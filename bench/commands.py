@@ -64,7 +64,8 @@ def wall(argv: list[str], env: dict[str, str]) -> float:
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
+    # `gateway status` says by its exit status how things stand: 2, no daemon runs here.
+    if done.returncode != 0 and not (argv[-1] == "status" and done.returncode in (1, 2)):
         raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     CPU.setdefault((env.get("GATEWAY_COMMAND_SERVER", ""), *argv), []).append(cpu)
@@ -109,7 +110,9 @@ def main() -> None:
                      f"SELECT * FROM outbox WHERE letter_id = {letter_id}"]),
             ("status", ["status"],
              bare + ["SELECT count(*) FROM letters", "SELECT status, count(*) FROM outbox GROUP BY status",
-                     "SELECT * FROM imap_folders", "SELECT * FROM nodes"]),
+                     "SELECT * FROM imap_folders", "SELECT * FROM nodes",
+                     "SELECT count(*) FROM archive_packages WHERE status = 'corrupt'",
+                     "SELECT count(*) FROM archive_packages WHERE status = 'written' AND created_at < '2026-01-01'"]),
         ]
         cases = [(f"{label}, {mode}", gateway + words, baseline, mode_env)
                  for mode, mode_env in (("server", env), ("in-process", in_process))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import date, datetime, timezone
+import time
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, make_message
+from conftest import Gateway, Notify, make_message
 from fax_samples import ENGLISH, corrupt, tiff_fax
 from gateway import config as config_mod
 from gateway.config import Config
@@ -18,6 +19,7 @@ from gateway.registry import Registry
 from gateway.services import intake, operations, queries
 from gateway.spool import Spool
 from gateway.stages import rulebook
+from test_pipeline import start_and_wait_ready, stop
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -266,4 +268,75 @@ def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:
         status = operations.status(config, spool, registry)
     finally:
         registry.close()
-    assert status["spool"] == {"waiting": 1, "quarantined": 0} and status["daemon"] == {"running": False, "pid": None}
+    assert {k: status["spool"][k] for k in ("waiting", "in_progress", "quarantined")} == {
+        "waiting": 1, "in_progress": 0, "quarantined": 0}
+    assert status["daemon"] == {"running": False, "pid": None} and status["attention"] == []
+
+
+def test_status_names_an_archive_in_trouble_a_spool_backing_up_and_a_disk_too_full(tmp_path: Path) -> None:
+    """A package that failed its check, one written a day ago and never checked, an item waiting a
+    quarter of an hour, and a spool's disk below min_free_bytes each need an operator."""
+    from sqlalchemy import insert
+
+    from gateway.registry.models import ArchivePackage
+
+    config = loaded(Gateway(tmp_path))
+    spool = Spool(config.spool_dir, config.message_dir)
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    try:
+        assert operations.status(config, spool, registry)["attention"] == []
+        now = datetime.now(timezone.utc)
+        package = {"category": "external.business", "kind": "mail", "manifest": "{}", "letters": 1, "size": 1,
+                   "sha256": "0" * 64}
+        with registry.write() as conn:
+            conn.execute(insert(ArchivePackage), [
+                {**package, "month": "2026-09", "part": 1, "path": "a", "created_at": now, "status": "corrupt"},
+                {**package, "month": "2026-10", "part": 1, "path": "b", "created_at": now - timedelta(days=2),
+                 "status": "written"},
+                {**package, "month": "2026-11", "part": 1, "path": "c", "created_at": now, "status": "written"}])
+        item = spool.enqueue(make_message(1), {"intake": "file"})
+        old = time.time() - 20 * 60
+        os.utime(item.path, (old, old))
+        full = Config(path=config.path, state_dir=config.state_dir, model=config.model.model_copy(update={
+            "spool": config.model.spool.model_copy(update={"min_free_bytes": 2 ** 50})}))
+        attention = operations.status(full, spool, registry)["attention"]
+    finally:
+        registry.close()
+    assert attention[0] == "the spool is backing up: its oldest item has waited 20 min"
+    assert attention[1].startswith("the spool's disk has ") and "below [spool] min_free_bytes" in attention[1]
+    assert attention[2:] == ["1 archive package(s) failed verification (gateway archive verify)",
+                             "1 archive package(s) written over a day ago and never verified (gateway archive verify)"]
+
+
+def test_status_counts_items_in_progress_and_its_exit_status_says_how_things_stand(
+        gateway: Gateway, notify: Notify) -> None:
+    """0 all well, 1 something needs an operator (listed), 2 the daemon is not running, 3 the
+    status cannot be read; an item a worker holds in spool/work is counted as in progress."""
+    gateway.run("db", "upgrade")
+    spool = Spool(gateway.state / "spool", gateway.state / "messages")
+    stopped = gateway.run("status", check=False)
+    assert stopped.returncode == 2 and "daemon: not running" in stopped.stdout, stopped.stdout + stopped.stderr
+    daemon = start_and_wait_ready(gateway, notify)
+    try:
+        well = gateway.run("status", check=False)
+        assert well.returncode == 0, well.stdout + well.stderr
+        assert "spool: 0 waiting, 0 in progress, 0 quarantined" in well.stdout and "needs attention" not in well.stdout
+        # An item claimed by a worker (here this process, holding it as a worker does), and one
+        # given up on.
+        held = spool.enqueue(make_message(1), {"intake": "file"}, claim=True)
+        spool.quarantine_new(b"not a message", {"intake": "smtp"}, "cannot read item: test")
+        needs = gateway.run("status", check=False)
+        assert needs.returncode == 1, needs.stdout + needs.stderr
+        assert "spool: 0 waiting, 1 in progress, 1 quarantined" in needs.stdout
+        assert "needs attention:\n  1 item(s) in quarantine (gateway quarantine list)\n" in needs.stdout, needs.stdout
+        as_json = gateway.run("status", "--json", check=False)
+        data = json.loads(as_json.stdout)
+        assert as_json.returncode == 1 and data["attention"] == ["1 item(s) in quarantine (gateway quarantine list)"]
+        assert (data["spool"]["waiting"], data["spool"]["in_progress"]) == (0, 1)
+        spool.discard(held)
+    finally:
+        stop(daemon)
+    gateway.config.write_text(gateway.config.read_text() + "\n[bogus]\n")
+    unreadable = gateway.run("status", check=False)
+    assert unreadable.returncode == 3 and "bogus" in unreadable.stderr, unreadable.stderr

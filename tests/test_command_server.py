@@ -27,6 +27,9 @@ from conftest import ROOT, Gateway, make_message, wait_for, write_messages
 from gateway import launcher
 
 
+NO_DAEMON = 2  # gateway status's exit status when no daemon runs: the command ran
+
+
 @pytest.fixture
 def runtime() -> Iterator[Path]:
     """A runtime directory of the test's own: short, as a socket's path must be (107 bytes)."""
@@ -59,7 +62,7 @@ def command(gateway: Gateway, env: dict[str, str], *args: str, cwd: Path = ROOT,
 def warm(gateway: Gateway, env: dict[str, str]) -> int:
     """Start the server with a first command; its pid once it listens."""
     first, in_process = command(gateway, env, "status")
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == NO_DAEMON, first.stderr
     assert in_process  # the first one starts the server and runs itself
     wait_for(lambda: list(socket_of(env).glob("*.sock")), what="the command server's socket")
     return server_pid(env)
@@ -203,11 +206,11 @@ def test_a_changed_installation_sends_the_server_away(registered: Gateway, runti
     try:
         pid = warm(registered, env)
         served, in_process = command(registered, env, "status")
-        assert served.returncode == 0 and not in_process
+        assert served.returncode == NO_DAEMON and not in_process
         before = module.stat()
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
         done, in_process = command(registered, env, "status")
-        assert done.returncode == 0 and in_process  # the server stepped aside; nothing ran twice
+        assert done.returncode == NO_DAEMON and in_process  # the server stepped aside; nothing ran twice
         wait_for(lambda: _zombie(pid) or not Path(f"/proc/{pid}").exists(), what="the stale server to exit")
     finally:
         stop(env)
@@ -220,7 +223,7 @@ def test_only_its_own_user_reaches_the_server(registered: Gateway, runtime: Path
     exposed.mkdir(mode=0o755)
     os.chmod(exposed, 0o755)
     done, in_process = command(registered, env, "status")
-    assert done.returncode == 0 and in_process
+    assert done.returncode == NO_DAEMON and in_process
     # A server would have been started (Popen) before the command ended: there is none, and no socket.
     assert not servers(exposed) and not list(exposed.iterdir())
     os.chmod(exposed, 0o700)
@@ -239,7 +242,7 @@ def test_only_its_own_user_reaches_the_server(registered: Gateway, runtime: Path
         assert other.stdout.strip() == "b''"
         os.chmod(exposed, 0o700)
         served, in_process = command(registered, env, "status")
-        assert served.returncode == 0 and not in_process  # and its own user is still served
+        assert served.returncode == NO_DAEMON and not in_process  # and its own user is still served
     finally:
         stop(env)
 
@@ -308,7 +311,7 @@ def test_a_connection_that_sends_nothing_useful_changes_nothing(registered: Gate
             s.sendall(struct.pack("!I", 5) + b"{oops")
             assert s.recv(100) == b""
         served, in_process = command(registered, env, "status")
-        assert served.returncode == 0 and not in_process
+        assert served.returncode == NO_DAEMON and not in_process
     finally:
         stop(env)
 

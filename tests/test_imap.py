@@ -96,7 +96,7 @@ def wait_letters(gateway: Gateway, count: int, timeout: float = 60) -> dict[str,
 
 
 def status(gateway: Gateway) -> dict:
-    return json.loads(gateway.run("status", "--json").stdout)
+    return json.loads(gateway.run("status", "--json", check=False).stdout)
 
 
 SEEN = b"\\Seen"
@@ -293,7 +293,9 @@ def test_one_account_with_a_wrong_password_does_not_stop_another(dovecot: Doveco
         rows = {r["account"]: r for r in status(gateway)["imap"]}
         assert "login" in rows["broken"]["last_error"] and "refused" in rows["broken"]["last_error"]
         assert rows["working"]["last_error"] is None and rows["working"]["last_poll_at"]
-        table = gateway.run("status").stdout
+        shown = gateway.run("status", check=False)
+        table = shown.stdout
+        assert shown.returncode == 1 and "needs attention:\n  IMAP folder broken/INBOX failing since " in table, table
         assert "gateway status" not in table  # the table prints, the server's words in it as they came
         assert "[AUTHENTICATIONFAI" in table
     finally:

@@ -222,9 +222,11 @@ def test_4xx_is_retried_5xx_is_dead_lettered_and_a_dead_letter_can_be_queued_aga
         number = gateway.list_json()[1]["number"]
         assert "notification-dead-lettered" in [e["action"] for e in gateway.show_json(number)["events"]]
         assert gateway.run("outbox", "retry", "999", check=False).returncode == 1
-        state = json.loads(gateway.run("status", "--json").stdout)["outbox"]
+        state = json.loads(gateway.run("status", "--json", check=False).stdout)["outbox"]
         assert (state["dead"], state["sent"], state["relay"]) == (2, 2, sink.address)
-        assert "outbox: 0 pending, 2 dead-lettered, 2 sent" in gateway.run("status").stdout
+        shown = gateway.run("status", check=False)
+        assert "outbox: 0 pending, 2 dead-lettered, 2 sent" in shown.stdout
+        assert shown.returncode == 1 and "2 mail(s) dead-lettered (gateway outbox list --status dead)" in shown.stdout
 
         sink.accept()
         gateway.run("outbox", "retry", *(str(m["id"]) for m in dead))

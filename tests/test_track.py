@@ -169,7 +169,7 @@ escalate_after = 3
     mails = [(m["kind"], m["recipient"]) for m in detail["outbox"] if m["kind"] in ("reminder", "escalation")]
     assert mails == [("reminder", "sales.desk@example.org")] * 3 + [("escalation", "business.head@example.org"),
                                                                    ("reminder", "sales.desk@example.org")]
-    assert json.loads(gateway.run("status", "--json").stdout)["outbox"]["pending"] >= 5
+    assert json.loads(gateway.run("status", "--json", check=False).stdout)["outbox"]["pending"] >= 5
 
 
 ALL_TO_BUSINESS = ("rules:\n  - name: all\n    when: {channel: email}\n"

@@ -186,9 +186,11 @@ def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: S
     item = site.spool.quarantine_new(b"not a message", {"intake": "smtp"}, "cannot read item: test")
     mail = site.registry.outbox_due(1)[0]  # claimed, as the sender does before giving a mail up
     assert site.registry.outbox_dead(mail.id, "550 5.1.1 no such user")
+    held = site.spool.enqueue(b"Subject: x\r\n\r\nx\r\n", {"intake": "file"}, claim=True)  # a worker's
     ada = site.sign_in("ada")
     page = ada.get("/operations")
-    assert page.status_code == 200
+    site.spool.discard(held)
+    assert page.status_code == 200 and "另有 1 件正在处理" in page.text  # in spool/work, apart from those waiting
     assert item in page.text and "cannot read item: test" in page.text and "550 5.1.1 no such user" in page.text
     assert "<td>SMTP 接收</td>" in page.text and "<td>smtp</td>" not in page.text  # where it came in, in words
     assert ada.post("/operations/quarantine/retry", data={"item": item}).status_code == 403  # no CSRF token

@@ -8,29 +8,46 @@ from rich.table import Table
 from gateway.cli.state import State, pass_state, print_json
 
 
-@click.command()
+# The exit status, as monitoring plugins (Nagios and its kin) have it.
+OK, ATTENTION, NOT_RUNNING, UNKNOWN = 0, 1, 2, 3
+
+
+@click.command(epilog="Exit status: 0 the daemon runs and nothing needs an operator; 1 it runs and something "
+                      "does (listed under \"needs attention\"); 2 the daemon is not running; 3 the status "
+                      "could not be read (configuration invalid, registry unavailable or of another schema).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def status(state: State, as_json: bool) -> None:
-    """The daemon, the spool, the register, and the health of every IMAP folder."""
+    """The daemon, the spool, the register, the outbox, the archive and the health of every IMAP
+    folder, and what needs an operator."""
     from gateway.services import operations
 
+    from gateway.registry import RegistryUnavailable
     from gateway.registry.leases import cluster_status
 
-    registry = state.registry()
-    data = operations.status(state.config, state.spool(), registry)
+    try:
+        registry = state.registry()
+        data = operations.status(state.config, state.spool(), registry)
+    except SystemExit as exc:  # the reason is on stderr already
+        raise SystemExit(UNKNOWN if exc.code else OK) from None
+    except RegistryUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(UNKNOWN) from None
     data["nodes"] = [{**node, "started_at": node["started_at"].isoformat(),
                       "heartbeat_at": node["heartbeat_at"].isoformat(),
                       "last_jobs": {job: {**run, "finished_at": run["finished_at"] and run["finished_at"].isoformat()}
                                     for job, run in node["last_jobs"].items()}}
                      for node in cluster_status(registry, state.config.model.cluster.takeover_seconds)]
+    code = NOT_RUNNING if not data["daemon"]["running"] else ATTENTION if data["attention"] else OK
     if as_json:
         print_json(data)
-        return
+        click.get_current_context().exit(code)
     pid = data["daemon"]["pid"]
+    spool = data["spool"]
     console = Console(markup=False)  # error texts from servers carry [brackets] of their own
-    console.print(f"daemon: {'running, pid ' + str(pid) if pid else 'not running'}; {data['letters']} letter(s); "
-                  f"spool: {data['spool']['waiting']} waiting, {data['spool']['quarantined']} quarantined")
+    console.print(f"daemon: {'running, pid ' + str(pid) if pid else 'not running'}; {data['letters']} letter(s)")
+    console.print(f"spool: {spool['waiting']} waiting, {spool['in_progress']} in progress, "
+                  f"{spool['quarantined']} quarantined")
     out = data["outbox"]
     console.print(f"outbox: {out['pending']} pending, {out['dead']} dead-lettered, {out['sent']} sent; "
                   f"relay {out['relay'] or 'not configured'}")
@@ -54,3 +71,8 @@ def status(state: State, as_json: bool) -> None:
                           f"{node['claims']['outbox']} / {node['claims']['ocr']}",
                           ", ".join(node["folders"]), ", ".join(node["jobs"]))
         console.print(nodes)
+    if data["attention"]:
+        console.print("needs attention:")
+        for line in data["attention"]:
+            console.print(f"  {line}")
+    click.get_current_context().exit(code)

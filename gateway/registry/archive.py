@@ -71,6 +71,16 @@ class ArchiveRecords(Store):
                 ArchivePackage.status == "written", ArchivePackage.month < before)
                 .order_by(ArchivePackage.month)).scalars())
 
+    def archive_problems(self, written_before: datetime) -> dict[str, int]:
+        """How many packages failed their check ("corrupt"), and how many were written before
+        `written_before` and never checked ("unverified": their run stopped before verifying)."""
+        with self.read() as conn:
+            counted = select(func.count()).select_from(ArchivePackage)
+            corrupt = conn.execute(counted.where(ArchivePackage.status == "corrupt")).scalar_one()
+            unverified = conn.execute(counted.where(ArchivePackage.status == "written",
+                                                    ArchivePackage.created_at < written_before)).scalar_one()
+        return {"corrupt": int(corrupt), "unverified": int(unverified)}
+
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
         few whose packages carry more than the original. Asked once, not letter by letter."""

@@ -44,7 +44,8 @@ class GatewayCollector(Collector):
         yield processed
         waiting = GaugeMetricFamily("gateway_spool_items", "Items in the spool", labels=["state"])
         waiting.add_metric(["waiting"], len(self.spool.pending()))
-        waiting.add_metric(["quarantined"], len(self.spool.quarantined()))
+        waiting.add_metric(["in_progress"], len(self.spool.claimed()))
+        waiting.add_metric(["quarantined"], self.spool.quarantined_count())
         yield waiting
         yield GaugeMetricFamily("gateway_oldest_unprocessed_age_seconds",
                                 "Age of the oldest item not yet registered (0: none)", value=self.spool.oldest_age())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gateway.config import Config
@@ -32,8 +33,18 @@ def daemon_pid(config: Config) -> int | None:
         os.close(fd)
 
 
+# The spool is backing up when an item has waited this long (since it was spooled, or since its
+# last failed attempt's back-off ended): the daemon registers one in seconds, so the registry is
+# away or a worker is stuck.
+BACKING_UP_SECONDS = 15 * 60
+# A package is verified in the run that writes it; one written this long ago and never verified
+# was left by a run that stopped before verifying.
+UNVERIFIED_AFTER = timedelta(days=1)
+
+
 def status(config: Config, spool: Spool, registry: Registry) -> dict[str, Any]:
-    """The daemon, the spool, the register, the outbox and every configured IMAP folder."""
+    """The daemon, the spool, the register, the outbox, the archive's packages, every configured
+    IMAP folder, and what of it all needs an operator ("attention", in words)."""
     pid = daemon_pid(config)
     folders = {(r["account"], r["folder"]): r for r in ImapLedger(registry).status()}
     imap = []
@@ -46,11 +57,43 @@ def status(config: Config, spool: Spool, registry: Registry) -> dict[str, Any]:
                          "failing": row.get("failing", 0), "uidvalidity": row.get("uidvalidity") or None,
                          "last_uid": row.get("last_uid")})
     outbox = registry.outbox_counts()
-    return {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
-            "spool": {"waiting": len(spool.pending()), "quarantined": len(spool.quarantined())},
+    data = {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
+            "spool": {"waiting": len(spool.pending()), "in_progress": len(spool.claimed()),
+                      "quarantined": spool.quarantined_count(), "oldest_age_seconds": round(spool.oldest_age())},
             "outbox": {"pending": outbox.get("pending", 0), "sent": outbox.get("sent", 0),
                        "dead": outbox.get("dead", 0), "relay": config.model.outbound.relay or None},
+            "archive": registry.archive_problems(datetime.now(timezone.utc) - UNVERIFIED_AFTER),
             "imap": imap}
+    data["attention"] = attention(config, data, spool.free_bytes())
+    return data
+
+
+def attention(config: Config, state: dict[str, Any], free_bytes: int) -> list[str]:
+    """What in `state` (as status gives it) and the spool's free space needs an operator, each in
+    words with the command to look further; empty when nothing does. Whether the daemon runs is
+    apart."""
+    out = []
+    spool, outbox, archive = state["spool"], state["outbox"], state["archive"]
+    if spool["quarantined"]:
+        out.append(f"{spool['quarantined']} item(s) in quarantine (gateway quarantine list)")
+    if spool["oldest_age_seconds"] >= BACKING_UP_SECONDS:
+        out.append(f"the spool is backing up: its oldest item has waited {spool['oldest_age_seconds'] // 60} min")
+    floor = config.model.spool.min_free_bytes
+    if free_bytes < floor:
+        out.append(f"the spool's disk has {free_bytes} bytes free, below [spool] min_free_bytes ({floor}): "
+                   "new mail is refused")
+    if outbox["dead"]:
+        out.append(f"{outbox['dead']} mail(s) dead-lettered (gateway outbox list --status dead)")
+    for row in state["imap"]:
+        if row["last_error"]:
+            out.append(f"IMAP folder {row['account']}/{row['folder']} failing since {row['last_error_at']}: "
+                       f"{row['last_error']}")
+    if archive["corrupt"]:
+        out.append(f"{archive['corrupt']} archive package(s) failed verification (gateway archive verify)")
+    if archive["unverified"]:
+        out.append(f"{archive['unverified']} archive package(s) written over a day ago and never verified "
+                   "(gateway archive verify)")
+    return out
 
 
 def quarantine_row(item: QuarantinedItem) -> dict[str, Any]:

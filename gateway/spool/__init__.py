@@ -400,6 +400,11 @@ class Spool:
     def pending(self) -> list[str]:
         return sorted(os.listdir(self.root / "new"))
 
+    def claimed(self) -> list[str]:
+        """The items in work/: being processed, or left by a worker that stopped (the next
+        recover() puts those back in line)."""
+        return sorted(os.listdir(self.root / "work"))
+
     def holds(self, item_id: str) -> bool:
         """Whether the item waits in new/ or is being worked on (under any attempt's name)."""
         return any((parsed := _split_name(name)) is not None and parsed[0] == item_id
@@ -673,6 +678,11 @@ class Spool:
             if name.endswith(".item") and _ITEM_ID.fullmatch(name.removesuffix(".item")):
                 out.append(self.quarantined_item(name.removesuffix(".item")))
         return out
+
+    def quarantined_count(self) -> int:
+        """How many items are in quarantine, without reading them."""
+        return sum(1 for name in os.listdir(self.root / "quarantine")
+                   if name.endswith(".item") and _ITEM_ID.fullmatch(name.removesuffix(".item")))
 
     def quarantined_item(self, item_id: str) -> QuarantinedItem:
         qdir = self.root / "quarantine"
