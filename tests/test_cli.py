@@ -340,3 +340,5 @@ def test_status_counts_items_in_progress_and_its_exit_status_says_how_things_sta
     gateway.config.write_text(gateway.config.read_text() + "\n[bogus]\n")
     unreadable = gateway.run("status", check=False)
     assert unreadable.returncode == 3 and "bogus" in unreadable.stderr, unreadable.stderr
+    mistyped = gateway.run("status", "--jsno", check=False)  # as monitoring plugins do: not 2, "not running"
+    assert mistyped.returncode == 3 and "No such option" in mistyped.stderr, mistyped.stderr

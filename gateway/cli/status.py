@@ -1,6 +1,8 @@
 """`gateway status`."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -12,9 +14,21 @@ from gateway.cli.state import State, pass_state, print_json
 OK, ATTENTION, NOT_RUNNING, UNKNOWN = 0, 1, 2, 3
 
 
-@click.command(epilog="Exit status: 0 the daemon runs and nothing needs an operator; 1 it runs and something "
+class _StatusCommand(click.Command):
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            # Not click's 2: a mistyped option says nothing of the daemon.
+            exc.exit_code = UNKNOWN  # type: ignore[misc]  # click declares it on the class
+            raise
+
+
+@click.command(cls=_StatusCommand,
+               epilog="Exit status: 0 the daemon runs and nothing needs an operator; 1 it runs and something "
                       "does (listed under \"needs attention\"); 2 the daemon is not running; 3 the status "
-                      "could not be read (configuration invalid, registry unavailable or of another schema).")
+                      "could not be read (configuration invalid, registry unavailable or of another schema, "
+                      "or a usage error).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_state
 def status(state: State, as_json: bool) -> None:
