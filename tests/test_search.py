@@ -12,8 +12,9 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import make_message
+from conftest import make_message, wait_for
 from fax_samples import ENGLISH, pdf_fax, tiff_fax
+from ocr_corpus import sample
 from sqlalchemy import text
 from web_support import Site
 
@@ -24,6 +25,7 @@ from gateway.services.access import QueueQuery
 from gateway.services.paper import PaperLetter, Scan, register_paper
 from gateway.services.people import Principal
 from gateway.services.queries import reindex_missing
+from gateway.stages.fax.text import TextReader
 
 RULES = textwrap.dedent("""
     rules:
@@ -355,6 +357,41 @@ def test_a_faxs_text_is_found_once_read_and_older_letters_are_indexed(register: 
     assert reindex_missing(register.registry) == len(register.numbers)
     assert register.find("合同") == ["contract"] and register.find("采购") == ["fax"]
     assert reindex_missing(register.registry) == 0
+
+
+def read_fax(register: Register, number: str) -> None:
+    """The daemon's reader, until the fax is read."""
+    reader = TextReader(register.config, register.registry, poll_seconds=0.2)
+    reader.start()
+    try:
+        wait_for(lambda: "text-read" in [e.action for e in register.registry.letter(number).events],  # type: ignore[union-attr]
+                 120, "the fax to be read")
+    finally:
+        reader.stop()
+
+
+def test_a_fax_whose_number_only_its_header_line_gives_is_found_by_it(register: Register) -> None:
+    # No sidecar, no TIFF tags, a file name that says nothing: the number comes from the header
+    # line once the text is read, and is in the register entry, found by whoever sees the entry.
+    headed = sample("headed", "simplified", 1, header=True)
+    number = register.ingest("headed", headed.tiff, filename="scan0001.tif")
+    assert register.registry.letter(number).fax_number is None  # type: ignore[union-attr]
+    read_fax(register, number)
+    letter = register.registry.letter(number)
+    assert letter is not None and letter.fax_number == "+86 21 6234 5679"
+    entry_only = [principal_with(register, role) for role in ("auditor", "admin")]
+    for who in (*entry_only, OPERATOR):
+        assert register.find("+86 21 6234 5679", who) == ["headed"], who
+    # Letters read before: schema 0025 takes them out of the index, the daemon's start indexes them again.
+    entry, content = registered_terms(letter, fax_number="")
+    register.registry.index_letters([(letter.id, entry, content)])
+    assert register.find("6234 5679", entry_only[0]) == []
+    with register.registry.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0024'"))
+    assert schema.upgrade(register.registry.engine)
+    assert register.find("6234 5679") == [] and reindex_missing(register.registry) == 1
+    for who in (*entry_only, OPERATOR):
+        assert register.find("6234 5679", who) == ["headed"], who
 
 
 def test_gateway_letters_search(register: Register) -> None:

@@ -398,17 +398,22 @@ class Registration(SearchRecords):
         time the header line gave) is recorded; pages of low confidence flag the letter `ocr-check`,
         and the header line's number and time fill the letter's only where nothing else gave them."""
         now = utcnow()
-        # What the letter is found by from now on, cut before the write lock is taken.
+        read_number = str(reading["number"])[:64] if reading and reading.get("number") else None
+        # What the letter is found by from now on, cut before the write lock is taken: with the
+        # number the header line gives a fax that had none (a drop-folder fax's is an entry term).
+        # Only registration and this job, under its claim, set a fax number: it cannot change meanwhile.
         with self.session() as session:
             before = session.scalars(select(Letter).where(Letter.id == letter_id)
                                      .options(selectinload(Letter.attachments))).one()
-            terms = registered_terms(before, f"{before.body_text}\n\n{text}")
+            had_number = before.fax_number
+            fax_number = had_number if had_number is not None else read_number
+            terms = registered_terms(before, f"{before.body_text}\n\n{text}", fax_number=fax_number)
         with self.write() as conn:
             if not self.ocr_still_mine(conn, letter_id):
                 raise ClaimLost(f"the text of letter {letter_id} is read by another node (this node's claim expired)")
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status,
-                                      Letter.fax_number, Letter.fax_sent_at)
+                                      Letter.fax_sent_at)
                                .where(Letter.id == letter_id).with_for_update()).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
             self.write_terms(conn, [(letter_id, *terms)])
@@ -425,8 +430,8 @@ class Registration(SearchRecords):
             if reading:
                 details.update(reader=reading["reader"], version=reading["version"],
                                confidences=reading["confidences"], low_confidence=reading["low_confidence"])
-                if row.fax_number is None and reading.get("number"):
-                    values["fax_number"] = str(reading["number"])[:64]
+                if fax_number != had_number:
+                    values["fax_number"] = fax_number
                 if row.fax_sent_at is None and reading.get("sent_at") is not None:
                     values["fax_sent_at"] = reading["sent_at"]
                 conn.execute(insert(OcrReading).values(

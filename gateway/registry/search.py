@@ -190,10 +190,12 @@ def letter_terms(*, number: str, sender_name: str, sender_address: str, fax_numb
                           sender_details=(*sender_details, *hidden)))
 
 
-def registered_terms(letter: Letter, body_text: str | None = None) -> tuple[str, str]:
-    """(entry terms, content terms) of a registered letter, with `body_text` for its text if given."""
+def registered_terms(letter: Letter, body_text: str | None = None, *, fax_number: str | None = None) -> tuple[str, str]:
+    """(entry terms, content terms) of a registered letter, with `body_text` for its text and
+    `fax_number` for a fax's number if given (what the letter is about to have)."""
     return letter_terms(number=letter.number, sender_name=letter.sender_name, sender_address=letter.sender_address,
-                        fax_number=letter.fax_number, fax_sender=letter.fax_sender_name, subject=letter.subject,
+                        fax_number=letter.fax_number if fax_number is None else fax_number,
+                        fax_sender=letter.fax_sender_name, subject=letter.subject,
                         body_text=letter.body_text if body_text is None else body_text,
                         attachment_names=[a.original_filename or a.filename for a in letter.attachments],
                         sender_details=(letter.sender_organisation, letter.sender_phone,
