@@ -424,6 +424,25 @@ def test_ingest_by_names_the_clerk_never_a_person_or_the_registers_own_names(tmp
         server.destroy()
 
 
+def test_ingest_of_a_message_file_refuses_by_and_a_paper_letters_details(paper_gateway: Gateway,
+                                                                        tmp_path: Path) -> None:
+    """A message or fax file is registered by the gateway as it came: `--by` (the clerk of a paper
+    letter) or a paper letter's details without --channel would be recorded nowhere, so they are a
+    usage error and nothing is taken."""
+    gw = paper_gateway
+    message = tmp_path / "letter.eml"
+    message.write_bytes(make_message(1, to="sales@example.org"))
+    for given, says in ((("--by", "clerk.wang"), "--by names the clerk who registers a paper letter"),
+                        (("--sender", "Wang Wei"), "--sender describes a paper letter: give --channel too")):
+        refused = gw.run("ingest", *given, str(message), check=False)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    assert gw.list_json() == [] and gw.spool_files("new") == gw.spool_files("work") == []
+    taken = gw.run("ingest", str(message))
+    assert "registered as 2026-000001" in taken.stdout
+    events = gw.show_json("2026-000001")["events"]
+    assert [e["actor"] for e in events if e["action"] == "registered"] == ["gateway"]
+
+
 def test_a_crash_between_the_upload_and_the_registration_loses_nothing(paper_gateway: Gateway,
                                                                        tmp_path: Path) -> None:
     """Killed right after the scans are durable in the spool: the daemon registers the letter on

@@ -48,6 +48,11 @@ def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: s
                                                           received_at, note), strict=True) if value]
     if given:
         raise click.UsageError(f"--{given[0].replace('_', '-')} describes a paper letter: give --channel too")
+    if by is not None:
+        # Nothing would record it: a message or fax file is registered as the daemon registers it.
+        raise click.UsageError("--by names the clerk who registers a paper letter (with --channel); a message "
+                               "or fax file is registered by the gateway as it came, under no one's name: "
+                               "leave --by out")
     from gateway.daemon.pipeline import Pipeline
     from gateway.services.intake import ingest_file
 
