@@ -3,6 +3,7 @@ letter only as an entry learn nothing of what it says from search order, the aud
 mails about it or the pages that list it."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -11,11 +12,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import make_message
+from sqlalchemy import update
 from web_support import ORDERS_RULE, WEB_RULES, Site, site_fixture  # noqa: F401  (the `site` fixture)
 
 from gateway.archive.packer import Archiver
 from gateway.outbound import circulation as circulation_mail
 from gateway.outbound import outward
+from gateway.registry.models import Letter
 from gateway.services import intake
 from gateway.services.access import QueueQuery
 from gateway.services.borrowing import Borrowings
@@ -257,3 +260,27 @@ def test_a_supplement_to_an_archived_letter_is_recorded_beside_it_not_made_part_
     [recorded] = [e for e in after.events if e.action == "follow-up"]
     assert recorded.details["reason"].startswith("the letter is archived: recorded only")
     assert recorded.details["attachments"] == ["contract.pdf"] and recorded.details["raw_path"] == "messages/late.eml"
+
+
+@pytest.mark.parametrize("login", ["audrey", "rita", "ada"])
+def test_the_shell_shows_the_register_entry_the_page_shows(site: Site, login: str) -> None:
+    """Who sees a drop-folder fax's entry only (an auditor or administrator an ordinary one, the
+    registry office a confidential one) sees its sender's number from the shell as on the page:
+    the same entry, and nothing of its content."""
+    number = site.letters["fax"]
+    if login == "rita":
+        with site.registry.write() as conn:
+            conn.execute(update(Letter).where(Letter.number == number).values(confidentiality="confidential"))
+    site.people.set_language(login, "en")
+    page = site.sign_in(login).get(f"/letters/{number}").text
+    assert "Register entry" in page and "+8620123456" in page and "PURCHASE" not in page.upper()
+    shown = json.loads(site.gateway.run("letters", "show", number, "--json", "--as", login).stdout)
+    assert shown.pop("content").startswith("not yours to read: ")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    assert shown == {"number": number, "sender_name": "", "sender_address": "+8620123456", "status": letter.status,
+                     "received_at": letter.received_at.isoformat(), "department": "general-office",
+                     "urgency": letter.urgency, "confidentiality": letter.confidentiality, "legal_hold": False,
+                     "overdue": False}
+    text = site.gateway.run("letters", "show", number, "--as", login).stdout
+    assert "sender_address: +8620123456" in text

@@ -151,18 +151,21 @@ def letters_search(state: State, query: str, status: str | None, department: str
 @pass_state
 def letters_show(state: State, number: str, as_json: bool, as_login: str | None, by: str | None) -> None:
     """Every field of one letter, its attachments and its events (an audited read of its content)."""
+    from dataclasses import asdict
+
     from gateway.services import queries
     from gateway.services.access import Access
     from gateway.stages.verdict import describe
 
     registry = state.registry()
-    view = Access(state.config, registry).letter(principal(state, as_login, by), number, address="cli")
+    access = Access(state.config, registry)
+    view = access.letter(principal(state, as_login, by), number, address="cli")
     if view is None:
         fail(f"no letter {number}")
     if not view.rights.content:
-        entry = queries.letter_summary(view.letter)
-        entry.update(subject="", confidentiality=view.letter.confidentiality,
-                     content=f"not yours to read: {Access.withheld(view.letter)}")
+        # The register entry the web page shows, and why the content is not shown.
+        entry = {**asdict(access.entry(view.letter)), "content": f"not yours to read: {Access.withheld(view.letter)}"}
+        entry["received_at"] = queries.iso(view.letter.received_at)
         if as_json:
             print_json(entry)
         else:

@@ -88,6 +88,24 @@ class LetterView:
 
 
 @dataclass(frozen=True)
+class RegisterEntry:
+    """A letter's register entry as everyone who sees the letter sees it, whether or not they may
+    read its content: the web page's and `gateway letters show`'s alike. The sender is the sender's
+    name, else a fax's sender, and the sender's address, else a fax's number (a drop-folder fax has
+    only those); a fax by mail shows the mail's sender."""
+    number: str
+    sender_name: str
+    sender_address: str
+    status: str
+    received_at: datetime
+    department: str | None
+    urgency: str
+    confidentiality: str
+    legal_hold: bool
+    overdue: bool
+
+
+@dataclass(frozen=True)
 class QueueQuery:
     queue: str = "mine"
     status: str | None = None
@@ -332,6 +350,16 @@ class Access:
             if letter.status == "archived" and who.person_id is not None and not who.is_operator:
                 CirculationRecords(self.registry).borrow_read(letter.id, who.person_id, who.login, self.clock())
         return LetterView(letter, rights)
+
+    def entry(self, letter: Letter) -> RegisterEntry:
+        """The register entry of a letter the person sees (from `letter()`)."""
+        return RegisterEntry(
+            number=letter.number, sender_name=letter.sender_name or letter.fax_sender_name or "",
+            sender_address=letter.sender_address or letter.fax_number or "", status=letter.status,
+            received_at=letter.received_at, department=letter.department, urgency=letter.urgency,
+            confidentiality=letter.confidentiality, legal_hold=letter.legal_hold,
+            overdue=bool(letter.deadline and letter.deadline < self.clock()
+                         and letter.status not in ("closed", "archived")))
 
     @staticmethod
     def withheld(letter: Letter) -> str:

@@ -165,7 +165,8 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     letter = view.letter
     events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
     return req.render(
-        "letter.html", status, view=view, letter=letter, rights=rights, message=message, error=error,
+        "letter.html", status, view=view, letter=letter, entry=access.entry(letter), rights=rights,
+        message=message, error=error,
         downloadable=access.downloadable(who, letter),
         failed_action=failed_action, kept=kept or {}, events=events, reply_holds=held,
         held_steps=held & view.rights.actions, steps_card=steps_card,
@@ -176,9 +177,7 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
         previewable=lambda a: preview.kind(a.detected_type) is not None,
         letter_url=letter_url(number), trace=letter.classification if rights.content else None,
         # Sanitised by Access (nh3, remote content blocked); safe to place in the page as it is.
-        formatted=Markup(html) if rights.content and (html := access.formatted(who, number)) else None,
-        overdue=bool(letter.deadline and letter.deadline < datetime.now(timezone.utc)
-                     and letter.status not in ("closed", "archived")))
+        formatted=Markup(html) if rights.content and (html := access.formatted(who, number)) else None)
 
 
 # The steps that move a letter where a reply waiting for approval or the post could no longer answer it.
