@@ -918,3 +918,35 @@ def test_defects_and_why_mail_was_undeliverable_are_worded_in_the_pages_language
         assert sentence("fax: caller id unknown") == "fax: caller id unknown"
     finally:
         i18n.use("en")
+
+
+def test_the_subject_the_gateway_gives_a_fax_is_worded_in_the_pages_language(site: Site) -> None:
+    from conftest import make_message
+    from fax_samples import tiff_fax
+
+    fax = site.letters["fax"]  # fax_+8620123456_….tif, two pages
+    (site.tmp / "scan.tif.info").write_text("name: 张三 (Acme)\n")
+    unknown = site.ingest("scan", tiff_fax([["ONE PAGE"]]), filename="scan.tif")
+    stored = {n: site.gateway.show_json(n)["subject"] for n in (fax, unknown)}
+    assert stored == {fax: "Fax from +8620123456, 2 page(s)",
+                      unknown: "Fax from an unknown number (张三 (Acme)), 1 page(s)"}
+    # Someone's mail written like it is theirs, shown as written.
+    lookalike = site.ingest("lookalike", make_message(40, subject="Fax from +8620123456, 2 page(s)",
+                                                      to="sales@example.org"))
+    rita = site.sign_in("rita")  # in Chinese, the default
+    assert "传真，来自 +8620123456，共 2 页" in visible(rita.get(f"/letters/{fax}").text)
+    assert "传真，来自未知号码（张三 (Acme)），共 1 页" in visible(rita.get(f"/letters/{unknown}").text)
+    words = visible(rita.get("/search?q=8620123456").text)
+    # Searching finds both by their stored words; only the gateway's own is worded.
+    assert "传真，来自 +8620123456，共 2 页" in words and words.count("Fax from") == 1, words
+    words = visible(rita.get("/letters?queue=all").text)
+    assert "传真，来自 +8620123456，共 2 页" in words, words
+    assert "传真，来自未知号码（张三 (Acme)），共 1 页" in words and words.count("Fax from +8620123456") == 1, words
+    assert visible(rita.get(f"/letters/{lookalike}").text).count("Fax from +8620123456, 2 page(s)") == 1
+    # The export is the register's data: the subjects as stored.
+    csv = rita.get("/letters.csv?queue=all").text
+    assert "Fax from +8620123456, 2 page(s)" in csv and "传真" not in csv
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    assert "Fax from +8620123456, 2 page(s)" in visible(rita.get(f"/letters/{fax}").text)
+    assert "传真" not in visible(rita.get("/letters?queue=all").text)

@@ -26,7 +26,7 @@ from gateway.stages.autoreply import automatic_reason
 from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
 from gateway.stages.classify.facts import facts_from_mail, header_map, returned_headers
 from gateway.stages.fax.document import FaxUnreadable, read_fax
-from gateway.stages.fax.metadata import FaxFacts, parse_time
+from gateway.stages.fax.metadata import FaxFacts, fax_subject, parse_time
 from gateway.stages.normalise import Limits, Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import build_paper, is_paper
@@ -227,8 +227,7 @@ class LetterBuilder:
             defects.append(f"fax: {declared} page(s) announced, {document.page_count} received")
         flags += ["ocr-pending"]
         number, sender = facts.get("number"), facts.get("sender_name")
-        subject = f"Fax from {number or 'an unknown number'}{f' ({sender})' if sender else ''}, " \
-                  f"{document.page_count} page(s)"
+        subject = fax_subject(number, sender, document.page_count)
         sha = meta["sha256"]
         keys = [f"spool:{item.id}"] + ([str(meta["source_key"])] if meta.get("source_key") else [])
         return NewLetter(

@@ -286,9 +286,10 @@ def environment() -> jinja2.Environment:
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True,  # type: ignore[attr-defined]
                                   pgettext=i18n.pgettext)
     env.filters["show"] = show
-    from gateway.web.shown import filesize, flag, sentence
+    from gateway.web.shown import filesize, flag, sentence, subject
 
     env.filters["filesize"] = filesize
+    env.filters["subject"] = subject
     env.filters["sentence"] = sentence
     env.globals["flag"] = flag
     from gateway.web.routes import replies  # its pages' parts on the letter page and in the sidebar

@@ -15,6 +15,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from gateway.stages.fax.metadata import fax_subject
 from gateway.web import i18n
 from gateway.web.i18n import N_, _
 
@@ -315,6 +316,30 @@ def flag(value: str) -> str:
     known = i18n.FLAG.get(value)
     return _(known) if known else sentence(value)
 
+
+
+# A fax read from a file has no subject of its own: the gateway writes one in English
+# (gateway/stages/fax/metadata.py). A page words it in its language when the letter's subject is
+# exactly that form of the letter's own facts; a subject someone wrote (a fax service's mail) is
+# shown as written, however alike.
+FAX_SUBJECT = {(True, False): N_("Fax from %(number)s, %(pages)s pages"),
+               (True, True): N_("Fax from %(number)s (%(sender)s), %(pages)s pages"),
+               (False, False): N_("Fax from an unknown number, %(pages)s pages"),
+               (False, True): N_("Fax from an unknown number (%(sender)s), %(pages)s pages")}
+
+
+def subject(letter: Any) -> str:
+    """A letter's subject as a page shows it; "" when it has none."""
+    text: str = letter.subject or ""
+    if i18n.current() == "en" or letter.channel != "fax" or letter.sender_address or letter.fax_pages is None:
+        return text
+    sender = letter.fax_sender_name or ""
+    # The text reader may find the number after the subject was written without it.
+    for number in dict.fromkeys((letter.fax_number, None)):
+        if text == fax_subject(number, sender, letter.fax_pages):
+            return _(FAX_SUBJECT[bool(number), bool(sender)]) % {
+                "number": number, "sender": sender, "pages": letter.fax_pages}
+    return text
 
 # -- file sizes --------------------------------------------------------------------------------
 def filesize(size: int | None) -> str:

@@ -36,6 +36,12 @@ _TIME_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", 
 _NUMBERISH = re.compile(r"^\+?[0-9][0-9 ()./-]{2,}$")
 
 
+def fax_subject(number: str | None, sender: str | None, pages: int) -> str:
+    """The subject the gateway gives a fax it reads from a file (which has none of its own). The
+    web register recognises exactly this form to word it in a page's language."""
+    return f"Fax from {number or 'an unknown number'}{f' ({sender})' if sender else ''}, {pages} page(s)"
+
+
 @dataclass
 class FaxFacts:
     number: str | None = None  # the sender's fax number (TSI/CSID)
