@@ -219,24 +219,136 @@ def _reply_role(value: str) -> str:
 # -- the pipeline's and services' own sentences ---------------------------------------------------
 # A letter's defects, a flag with its detail, why no receipt went, why mail was undeliverable: the
 # pipeline and the services write them in English for the log; a page words those it knows in its
-# language. A pattern's group named "rest" is itself such a sentence; a sentence no pattern knows
-# is shown as written.
+# language. A pattern's group named "rest" (or "rest_...") is itself such a sentence; a sentence no
+# pattern knows is shown as written.
 SENTENCE_KEYS = frozenset({"reason", "error", "defects", "last_error"})
 FAX_FIELD = {"number": N_("fax number"), "caller id": N_("caller ID"), "sender name": N_("sender's name"),
              "received": N_("time sent"), "pages": N_("number of pages")}
+# email.errors' defects, named from their class as gateway/stages/normalise/message.py does.
+MIME_DEFECT = {
+    "close boundary not found": N_("closing MIME boundary not found"),
+    "start boundary not found": N_("opening MIME boundary not found"),
+    "first header line is continuation": N_("the first header line is a continuation line"),
+    "header missing required value": N_("a header field lacks its required value"),
+    "header": N_("damaged header field"),
+    "invalid base64 characters": N_("characters that are not base64"),
+    "invalid base64 length": N_("base64 of an impossible length"),
+    "invalid base64 padding": N_("damaged base64 padding"),
+    "invalid date": N_("invalid date"),
+    "invalid header": N_("invalid header field"),
+    "invalid multipart content transfer encoding": N_("a multipart part with an invalid Content-Transfer-Encoding"),
+    "malformed header": N_("malformed header field"),
+    "message": N_("damaged message"),
+    "misplaced envelope header": N_("an envelope header line (From ) in the wrong place"),
+    "missing header body separator": N_("no blank line between the headers and the body"),
+    "multipart invariant violation": N_("a multipart part that contradicts itself"),
+    "no boundary in multipart": N_("a multipart part without a boundary"),
+    "non asciilocal part": N_("an address whose local part is not ASCII"),
+    "non printable": N_("characters that cannot be printed"),
+    "obsolete header": N_("a header field in an obsolete form"),
+    "undecodable bytes": N_("bytes that cannot be decoded"),
+}
 SENTENCES: list[tuple[re.Pattern[str], str]] = [
     # Where a defect was found, then the defect.
     (re.compile(r"^fax: (?P<rest>.+)$", re.S), N_("fax: %(rest)s")),
     (re.compile(r"^page (?P<page>\d+): (?P<rest>.+)$", re.S), N_("page %(page)s: %(rest)s")),
     (re.compile(r"^message: (?P<rest>.+)$", re.S), N_("message: %(rest)s")),
     (re.compile(r"^part (?P<part>[\d.]+): (?P<rest>.+)$", re.S), N_("part %(part)s: %(rest)s")),
-    # What reading a message found (gateway/stages/normalise): the commonest, worded; the rest as written.
-    (re.compile(r"^unknown charset (?P<charset>.+?), decoded as (?P<used>\S+)(?P<detail>, .*)?$", re.S),
-     N_("unknown character set %(charset)s, read as %(used)s")),
+    (re.compile(r"^part (?P<part>[\d.]+) file name: (?P<rest>.+)$", re.S), N_("part %(part)s, file name: %(rest)s")),
+    (re.compile(r"^message file name: (?P<rest>.+)$", re.S), N_("message, file name: %(rest)s")),
+    (re.compile(r"^header (?P<header>[^\s:]+): (?P<rest>.+)$", re.S), N_("header %(header)s: %(rest)s")),
+    (re.compile(r"^headers: (?P<rest>.+)$", re.S), N_("headers: %(rest)s")),
+    (re.compile(r"^body: (?P<rest>.+)$", re.S), N_("body: %(rest)s")),
+    (re.compile(r"^encoded word (?P<word>'.*?'|\".*?\"): (?P<rest>.+)$", re.S), N_("encoded word %(word)s: %(rest)s")),
+    (re.compile(r"^raw (?P<rest>.+)$", re.S), N_("raw bytes: %(rest)s")),
+    (re.compile(r"^TNEF attachment name: (?P<rest>.+)$", re.S), N_("TNEF attachment name: %(rest)s")),
+    (re.compile(r"^TNEF body: (?P<rest>.+)$", re.S), N_("TNEF body: %(rest)s")),
+    (re.compile(r"^TNEF HTML body: (?P<rest>.+)$", re.S), N_("TNEF HTML body: %(rest)s")),
+    # What reading a message found (gateway/stages/normalise). Text that did not decode as labelled:
+    # what was wrong, then what it was read as (and whose charset that is).
+    (re.compile(r"^(?P<rest>(?:8-bit|unknown charset|charset|text is not valid) .+?), decoded as (?P<used>[^\s,]+), "
+                r"the charset (?P<rest_source>.+)$", re.S), N_("%(rest)s, read as %(used)s (%(rest_source)s)")),
+    (re.compile(r"^(?P<rest>(?:8-bit|unknown charset|charset|text is not valid) .+?), decoded as (?P<used>[^\s,]+)$",
+                re.S), N_("%(rest)s, read as %(used)s")),
+    (re.compile(r"^(?P<rest>charset .+ declared, byte-order mark says \S+), (?P<rest_also>invalid bytes for \S+, "
+                r"replaced)$", re.S), N_("%(rest)s; %(rest_also)s")),
+    (re.compile(r"^(?P<rest>[^;]+); (?P<rest_also>truncated base64)$"), N_("%(rest)s; %(rest_also)s")),
+    (re.compile(r"^8-bit text without charset is not valid utf-8$"),
+     N_("8-bit text declaring no character set is not valid UTF-8")),
+    (re.compile(r"^unknown charset (?P<charset>.+)$", re.S), N_("unknown character set %(charset)s")),
+    (re.compile(r"^charset (?P<charset>.+) declared, byte-order mark says (?P<bom>\S+)$", re.S),
+     N_("character set %(charset)s declared, the byte-order mark says %(bom)s")),
+    (re.compile(r"^charset (?P<charset>.+) declared$", re.S), N_("character set %(charset)s declared")),
+    (re.compile(r"^text is not valid (?P<charset>.+)$", re.S), N_("the text is not valid %(charset)s")),
+    (re.compile(r"^invalid bytes for (?:charset )?(?P<charset>.+), replaced$", re.S),
+     N_("bytes not valid in character set %(charset)s, replaced")),
+    (re.compile(r"^declared in the message$"), N_("the character set declared in the message")),
+    (re.compile(r"^of part (?P<part>[\d.]+)$"), N_("the character set of part %(part)s")),
+    (re.compile(r"^of message$"), N_("the character set of the message")),
     (re.compile(r"^invalid quoted printable \((?P<count>\d+) \"=\" starting no escape, kept as written; the first: "
                 r"(?P<first>.*)\)$", re.S),
      N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
+    # The mail parser's own findings (email.errors), as gateway/stages/normalise/message.py words them.
+    (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))})$"), N_("%(kind)s")),
+    (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))}) \((?P<detail>.*)\)$", re.S),
+     N_("%(kind)s (%(detail)s)")),
     (re.compile(r"^missing From header$"), N_("no From header")),
+    (re.compile(r"^missing Date header$"), N_("no Date header")),
+    (re.compile(r"^MIME structure nested too deeply to parse; headers only$"),
+     N_("MIME structure nested too deeply to parse; only the headers were read")),
+    (re.compile(r"^could not be parsed \((?P<error>.*)\)$", re.S), N_("could not be parsed (%(error)s)")),
+    (re.compile(r"^could not be read \((?P<error>.*)\)$", re.S), N_("could not be read (%(error)s)")),
+    (re.compile(r"^MIME parts nested more than (?P<depth>\d+) deep; the part found there and everything after it "
+                r"were not examined \(they are in the original\)$"),
+     N_("MIME parts nested more than %(depth)s deep; the part found there and everything after it were not "
+        "examined (they are in the original)")),
+    (re.compile(r"^empty$"), N_("empty")),
+    (re.compile(r"^no header fields$"), N_("no header fields")),
+    (re.compile(r"^more than (?P<count>\d+) MIME parts; the first (?P=count) were examined, the rest only kept in "
+                r"the original$"),
+     N_("more than %(count)s MIME parts; the first %(count)s were examined, the rest are only in the original")),
+    (re.compile(r"^(?P<count>\d+) (?P<header>\S+) header fields; the first was read \(also: (?P<others>.*)\)$", re.S),
+     N_("%(count)s %(header)s header fields; the first was read (the others: %(others)s)")),
+    (re.compile(r"^HTML could not be rendered \((?P<error>.*)\), tags stripped$", re.S),
+     N_("the HTML could not be rendered (%(error)s); its tags were removed")),
+    (re.compile(r"^nested more than (?P<depth>\d+) deep, not examined$"),
+     N_("nested more than %(depth)s deep, not examined")),
+    (re.compile(r"^(?P<count>\d+) header field\(s\) beyond the first (?P<limit>\d+) not read$"),
+     N_("%(count)s header fields beyond the first %(limit)s not read")),
+    (re.compile(r"^(?P<count>\d+) header field\(s\) longer than (?P<limit>\d+) bytes cut short$"),
+     N_("%(count)s header fields longer than %(limit)s bytes cut short")),
+    (re.compile(r"^unknown Content-Transfer-Encoding (?P<encoding>.*), content taken as is$", re.S),
+     N_("unknown Content-Transfer-Encoding %(encoding)s, the content taken as it is")),
+    (re.compile(r"^(?P<name>[\w-]+)=(?P<plain>.*) and (?P=name)\*=(?P<text>.*) differ, (?P=name)\* used$", re.S),
+     N_("%(name)s=%(plain)s and %(name)s*=%(text)s differ; %(name)s* used")),
+    (re.compile(r"^attached message nested too deeply to re-serialise$"),
+     N_("attached message nested too deeply to be written out again")),
+    (re.compile(r"^attached message cut short at the nesting limit \(whole in the original\)$"),
+     N_("attached message cut short at the nesting limit (whole in the original)")),
+    (re.compile(r"^(?P<count>\d+) character\(s\) that are not base64 dropped$"),
+     N_("%(count)s characters that are not base64 dropped")),
+    (re.compile(r"^truncated base64$"), N_("base64 cut short")),
+    (re.compile(r"^TNEF could not be decoded \((?P<error>.*)\), kept as is$", re.S),
+     N_("TNEF could not be decoded (%(error)s), kept as it is")),
+    (re.compile(r"^more than (?P<count>\d+) attachments; the rest are not listed \(they are in the original\)$"),
+     N_("more than %(count)s attachments; the rest are not listed (they are in the original)")),
+    (re.compile(r"^content type could not be detected \((?P<error>.*)\)$", re.S),
+     N_("the content type could not be detected (%(error)s)")),
+    (re.compile(r"^(?P<count>\d+) TNEF attribute\(s\) with a bad checksum$"),
+     N_("%(count)s TNEF attributes with a bad checksum")),
+    (re.compile(r"^TNEF MAPI property list with impossible counts skipped$"),
+     N_("TNEF MAPI property list with impossible counts skipped")),
+    (re.compile(r"^TNEF body is compressed RTF only; its text was not extracted$"),
+     N_("the TNEF body is compressed RTF only; its text was not extracted")),
+    (re.compile(r"^unparseable address in (?P<value>.*)$", re.S), N_("address not understood: %(value)s")),
+    (re.compile(r"^address hidden in encoded text (?P<value>.*)$", re.S),
+     N_("address hidden in encoded text: %(value)s")),
+    (re.compile(r"^unparseable date (?P<value>.*)$", re.S), N_("date not understood: %(value)s")),
+    (re.compile(r"^the year (?P<year>\d+) is not a year of this correspondence in (?P<value>.*)$", re.S),
+     N_("the year %(year)s is not a year of this correspondence, in %(value)s")),
+    (re.compile(r"^a date beyond the calendar in UTC (?P<value>.*)$", re.S),
+     N_("a date beyond the calendar in UTC: %(value)s")),
+    (re.compile(r"^no time zone in (?P<value>.*), assumed UTC$", re.S), N_("no time zone in %(value)s, UTC assumed")),
     # A fax's facts and pages (gateway/stages/build.py, gateway/services/intake.py).
     (re.compile(r"^(?P<field>number|caller id|sender name|received|pages) unknown$"), N_("%(field)s unknown")),
     (re.compile(r"^information file (?P<name>.+?) not read: its name fits another fax as well \((?P<other>.*)\); "
@@ -246,6 +358,15 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?P<declared>\d+) page\(s\) announced, (?P<pages>\d+) received$"),
      N_("%(declared)s pages announced, %(pages)s received")),
     (re.compile(r"^the fax mail carries no TIFF or PDF document$"), N_("the fax mail carries no TIFF or PDF document")),
+    (re.compile(r"^sidecar (?P<name>.+) cannot be read$", re.S), N_("information file %(name)s cannot be read")),
+    (re.compile(r"^(?P<rest_source>.+?): page count (?P<value>.*) is not a number$", re.S),
+     N_("%(rest_source)s: the page count %(value)s is not a number")),
+    (re.compile(r"^(?P<rest_source>.+?): time (?P<value>.*) not understood$", re.S),
+     N_("%(rest_source)s: time %(value)s not understood")),
+    (re.compile(r"^file name (?P<name>.*) does not match the configured pattern$", re.S),
+     N_("file name %(name)s does not match the configured pattern")),
+    (re.compile(r"^file name: time (?P<value>.*) does not match (?P<format>.*)$", re.S),
+     N_("file name: time %(value)s does not match %(format)s")),
     (re.compile(r"^text not read: (?P<detail>.*)$", re.S), N_("text not read: %(detail)s")),
     # Reading a fax's text (gateway/stages/fax/ocr.py).
     (re.compile(r"^OCR skipped: the time limit of (?P<seconds>\S+) s was reached$"),
@@ -253,6 +374,10 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^OCR failed: (?P<detail>.*)$", re.S), N_("text could not be read: %(detail)s")),
     (re.compile(r"^unreadable: (?P<detail>.*)$", re.S), N_("page unreadable: %(detail)s")),
     (re.compile(r"^document unreadable: (?P<detail>.*)$", re.S), N_("document unreadable: %(detail)s")),
+    (re.compile(r"^OCR not run: unknown reader (?P<reader>.*)$", re.S),
+     N_("text not read (configuration): unknown reader %(reader)s")),
+    (re.compile(r"^OCR not run: invalid language list (?P<languages>.*)$", re.S),
+     N_("text not read (configuration): invalid language list %(languages)s")),
     (re.compile(r"^OCR not run: (?P<detail>.*)$", re.S), N_("text not read (configuration): %(detail)s")),
     (re.compile(r"^OCR language data not installed: (?P<languages>[^ ]+(?:, [^ ]+)*)(?P<detail> .*)?$", re.S),
      N_("language data for reading text not installed: %(languages)s")),
@@ -290,6 +415,11 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^not delivered within (?P<hours>\S+) hours: (?P<detail>.*)$", re.S),
      N_("not delivered within %(hours)s hours: %(detail)s")),
     (re.compile(r"^cannot be written: (?P<detail>.*)$", re.S), N_("cannot be written: %(detail)s")),
+    # Where a fax's fact was read (the source of a fax's problem above); last: they are short.
+    (re.compile(r"^sidecar (?P<name>.+)$", re.S), N_("information file %(name)s")),
+    (re.compile(r"^file name$"), N_("file name")),
+    (re.compile(r"^fax header line$"), N_("the fax's header line")),
+    (re.compile(r"^TIFF (?P<tag>ImageDescription|DateTime)$"), N_("TIFF tag %(tag)s")),
 ]
 
 
@@ -303,10 +433,13 @@ def sentence(text: str) -> str:
         if found is None:
             continue
         words = {k: v or "" for k, v in found.groupdict().items()}
-        if "rest" in words:
-            words["rest"] = sentence(words["rest"])
+        for key in words:
+            if key.startswith("rest"):
+                words[key] = sentence(words[key])
         if "field" in words:
             words["field"] = _(FAX_FIELD[words["field"]])
+        if "kind" in words:
+            words["kind"] = _(MIME_DEFECT[words["kind"]])
         return _(template) % words
     return text
 
