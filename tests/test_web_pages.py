@@ -1103,3 +1103,28 @@ def test_a_letters_rarer_defects_are_worded_in_chinese_on_its_page(site: Site) -
     site.people.set_language("rita", "en")
     words = visible(site.sign_in("rita").get(f"/letters/{number}").text)
     assert all(d in words for d in defects), words
+
+
+def test_the_subject_the_gateway_gives_a_paper_letter_is_worded_in_the_pages_language(site: Site) -> None:
+    from fax_samples import ENGLISH, pdf_fax
+
+    from gateway.services.paper import PaperLetter, Scan, register_paper
+
+    def paper(subject: str = "", organisation: str = "", channel: str = "post", extra: bytes = b"") -> str:
+        done = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
+            channel=channel, sender_name="王芳", organisation=organisation, subject=subject,
+            scans=[Scan("a.pdf", pdf_fax([ENGLISH]) + extra)]), by="rita", intake="web")
+        assert done.number
+        return done.number
+
+    plain, courier = paper(), paper(organisation="Acme (Asia)", channel="courier", extra=b"\n")
+    typed = paper(subject="Letter by post from 王芳, 1 page(s)", organisation="Acme", extra=b"\n\n")
+    assert site.gateway.show_json(courier)["subject"] == "Letter by courier from 王芳 (Acme (Asia)), 1 page(s)"
+    rita = site.sign_in("rita")  # in Chinese, the default
+    assert "邮寄来信，来自 王芳，共 1 页" in visible(rita.get(f"/letters/{plain}").text)
+    assert "快递来信，来自 王芳（Acme (Asia)），共 1 页" in visible(rita.get(f"/letters/{courier}").text)
+    # A subject the clerk typed that is not the one the gateway would give this letter: as typed.
+    assert "Letter by post from 王芳, 1 page(s)" in visible(rita.get(f"/letters/{typed}").text)
+    site.people.set_language("rita", "en")
+    words = visible(site.sign_in("rita").get(f"/letters/{plain}").text)
+    assert "Letter by post from 王芳, 1 page(s)" in words and "邮寄" not in words

@@ -187,11 +187,13 @@ def _base_name(name: str) -> str:
     return safe_filename(readable, "scan")
 
 
-def _default_subject(letter: PaperLetter, pages: int) -> str:
-    by = {"post": "by post", "courier": "by courier", "front-desk": "at the front desk"}[letter.channel]
-    who = letter.sender_name.strip()
-    if letter.organisation.strip():
-        who += f" ({letter.organisation.strip()})"
+def paper_subject(channel: str, sender_name: str, organisation: str, pages: int) -> str:
+    """The subject of a paper letter registered without one. The web register recognises exactly
+    this form to word it in a page's language."""
+    by = {"post": "by post", "courier": "by courier", "front-desk": "at the front desk"}[channel]
+    who = sender_name.strip()
+    if organisation.strip():
+        who += f" ({organisation.strip()})"
     return f"Letter {by} from {who}, {pages} page(s)"
 
 
@@ -228,7 +230,7 @@ def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: Pap
     received_at = (letter.received_at or datetime.now(timezone.utc)).astimezone(tz)
     pages = sum(d.page_count for d in documents)
     if not letter.subject.strip():
-        letter.subject = _default_subject(letter, pages)
+        letter.subject = paper_subject(letter.channel, letter.sender_name, letter.organisation, pages)
     raw = compose(letter, received_at, documents)
     meta: dict[str, Any] = {
         "channel": letter.channel, "intake": intake, "received_at": received_at.isoformat(),

@@ -15,6 +15,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from gateway.services.paper import paper_subject
 from gateway.stages.fax.metadata import fax_subject
 from gateway.web import i18n
 from gateway.web.i18n import N_, _
@@ -461,10 +462,26 @@ FAX_SUBJECT = {(True, False): N_("Fax from %(number)s, %(pages)s pages"),
                (False, True): N_("Fax from an unknown number (%(sender)s), %(pages)s pages")}
 
 
+# A paper letter registered without a subject gets one likewise (gateway/services/paper.py).
+PAPER_CHANNELS = ("post", "courier", "front-desk")
+PAPER_SUBJECT = {
+    ("post", False): N_("Letter by post from %(who)s, %(pages)s pages"),
+    ("post", True): N_("Letter by post from %(who)s (%(organisation)s), %(pages)s pages"),
+    ("courier", False): N_("Letter by courier from %(who)s, %(pages)s pages"),
+    ("courier", True): N_("Letter by courier from %(who)s (%(organisation)s), %(pages)s pages"),
+    ("front-desk", False): N_("Letter at the front desk from %(who)s, %(pages)s pages"),
+    ("front-desk", True): N_("Letter at the front desk from %(who)s (%(organisation)s), %(pages)s pages"),
+}
+
+
 def subject(letter: Any) -> str:
     """A letter's subject as a page shows it; "" when it has none."""
     text: str = letter.subject or ""
-    if i18n.current() == "en" or letter.channel != "fax" or letter.sender_address or letter.fax_pages is None:
+    if i18n.current() == "en":
+        return text
+    if letter.channel in PAPER_CHANNELS:
+        return _paper_subject(letter, text)
+    if letter.channel != "fax" or letter.sender_address or letter.fax_pages is None:
         return text
     sender = letter.fax_sender_name or ""
     # The text reader may find the number after the subject was written without it.
@@ -473,6 +490,17 @@ def subject(letter: Any) -> str:
             return _(FAX_SUBJECT[bool(number), bool(sender)]) % {
                 "number": number, "sender": sender, "pages": letter.fax_pages}
     return text
+
+
+def _paper_subject(letter: Any, text: str) -> str:
+    found = re.fullmatch(r"Letter .+, (\d+) page\(s\)", text)
+    if found is None or text != paper_subject(letter.channel, letter.sender_name or "",
+                                              letter.sender_organisation or "", int(found.group(1))):
+        return text
+    who = (letter.sender_name or "").strip()
+    organisation = (letter.sender_organisation or "").strip()
+    return _(PAPER_SUBJECT[letter.channel, bool(organisation)]) % {
+        "who": who, "organisation": organisation, "pages": found.group(1)}
 
 # -- file sizes --------------------------------------------------------------------------------
 def filesize(size: int | None) -> str:
