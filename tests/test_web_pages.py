@@ -1128,3 +1128,27 @@ def test_the_subject_the_gateway_gives_a_paper_letter_is_worded_in_the_pages_lan
     site.people.set_language("rita", "en")
     words = visible(site.sign_in("rita").get(f"/letters/{plain}").text)
     assert "Letter by post from 王芳, 1 page(s)" in words and "邮寄" not in words
+
+
+def test_the_reports_overdue_list_words_a_faxs_subject_and_its_downloads_keep_the_register_s(site: Site) -> None:
+    import json
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import update
+
+    from gateway.registry.models import Letter
+
+    now = datetime.now(timezone.utc)
+    with site.registry.write() as conn:  # the fax late at the report's moment
+        conn.execute(update(Letter).where(Letter.number == site.letters["fax"])
+                     .values(deadline=now - timedelta(days=2)))
+    month = now.astimezone(ZoneInfo(site.config.model.gateway.timezone)).strftime("%Y-%m")
+    rita = site.sign_in("rita")  # in Chinese, the default
+    words = visible(rita.get(f"/reports?period={month}").text)
+    assert "传真，来自 +8620123456，共 2 页" in words and "Fax from" not in words, words
+    report = json.loads(rita.get(f"/reports/download?period={month}&format=json").text)
+    assert [o["subject"] for o in report["overdue"]] == ["Fax from +8620123456, 2 page(s)"]
+    site.people.set_language("rita", "en")
+    words = visible(site.sign_in("rita").get(f"/reports?period={month}").text)
+    assert "Fax from +8620123456, 2 page(s)" in words

@@ -22,6 +22,7 @@ from gateway.web import i18n, security
 from gateway.web.app import LARGEST_ID, Problem, Req, page
 from gateway.web.i18n import N_, _
 from gateway.web.routes.letters import letter_url
+from gateway.web.shown import subject as shown_subject
 
 REPORT_ROLES = ("auditor", "leader", "registry")
 FORMATS = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8",
@@ -144,6 +145,13 @@ def _report(req: Req) -> tuple[Period, dict[str, Any]]:
 def reports(req: Req) -> Response:
     _may_report(req)
     period, figures = _report(req)
+    # A subject the gateway wrote (a fax's, a paper letter's) in the page's language; the downloads
+    # keep the register's words. Only a subject the list shows as the letter's own is reworded.
+    letters = req.web.registry.letters_numbered([o["number"] for o in figures["overdue"] if o["subject"]])
+    for item in figures["overdue"]:
+        letter = letters.get(item["number"])
+        if letter is not None and item["subject"] == letter.subject:
+            item["subject"] = shown_subject(letter)
     departments = req.web.config.departments
     volumes = figures["volumes"]
     charts = [
