@@ -47,6 +47,14 @@ class NumberSeries(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+def entry_sender(sender_name: str, sender_address: str, fax_sender: str | None,
+                 fax_number: str | None) -> tuple[str, str]:
+    """The sender a letter's register entry shows, (name, address): the sender's name, else a
+    fax's sender; the sender's address, else a fax's number (a drop-folder fax has only those; a
+    fax by mail shows the mail's sender). Its search terms are exactly these."""
+    return sender_name or fax_sender or "", sender_address or fax_number or ""
+
+
 class Letter(Base):
     __tablename__ = "letters"
 

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import selectinload
 
 from gateway.fold import fold, lower, simplified
-from gateway.registry.models import Letter
+from gateway.registry.models import Letter, entry_sender
 from gateway.registry.people import ContentScope, LetterFilter, Scope, content_clause, filter_clause, scope_clause
 from gateway.registry.store import Store
 
@@ -166,8 +166,8 @@ def query_terms(query: str) -> list[Term]:
 def entry_terms(*, number: str, sender_name: str = "", sender_address: str = "", fax_number: str | None = None,
                 fax_sender: str | None = None) -> str:
     """What anyone who sees a letter's register entry may find it by: its number and sender, as the
-    entry shows them: the sender's name, else a fax's sender; the sender's address, else a fax's number."""
-    return index_terms(number, sender_name or fax_sender or "", sender_address or fax_number or "")
+    entry shows them (`entry_sender`)."""
+    return index_terms(number, *entry_sender(sender_name, sender_address, fax_sender, fax_number))
 
 
 def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = (),
@@ -183,7 +183,8 @@ def letter_terms(*, number: str, sender_name: str, sender_address: str, fax_numb
                  sender_details: Sequence[str]) -> tuple[str, str]:
     """(entry terms, content terms) of a letter. A fax that came by mail shows the mail's sender in
     its entry: the fax's own number and sender, shown with its content, are content terms."""
-    hidden = ((fax_sender or "") if sender_name else "", (fax_number or "") if sender_address else "")
+    shown = entry_sender(sender_name, sender_address, fax_sender, fax_number)
+    hidden = [value for value in (fax_sender, fax_number) if value and value not in shown]
     return (entry_terms(number=number, sender_name=sender_name, sender_address=sender_address,
                         fax_number=fax_number, fax_sender=fax_sender),
             content_terms(subject=subject, body_text=body_text, attachment_names=attachment_names,

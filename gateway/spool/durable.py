@@ -82,10 +82,7 @@ def write_file(path: Path, data: bytes) -> None:
 
 def move(src: Path, dst: Path) -> None:
     """Rename durably: the new name, and the old one's disappearance, both survive a crash."""
-    os.rename(src, dst)
-    fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
+    move_all([(src, dst)])
 
 
 def move_all(moves: list[tuple[Path, Path]]) -> None:
