@@ -194,6 +194,10 @@ class SpoolSection(_Strict):
     large_item_bytes: int = Field(default=1024 * 1024, ge=0, le=2 ** 40)
     # That lane's helper is started by the first large item and stopped after this long without one.
     large_item_idle_seconds: float = Field(default=600.0, gt=0)
+    # Helper processes that register the spool workers' full batches (worker n uses helper n mod
+    # this): a backlog (a first IMAP sync) is registered on as many cores. The first is the one
+    # SMTP's items and smaller batches use; the others run only while there is a backlog.
+    registrars: int = Field(default=2, ge=1, le=16)
 
 
 class NormaliseSection(_Strict):

@@ -46,6 +46,19 @@ def child_pids(pid: int) -> list[int]:
     return pids
 
 
+def lane_helpers(pid: int, lane: str) -> list[int]:
+    """The daemon's registrar helpers of that lane ("large", "spool-2"), if any run: their last
+    argument names the lane."""
+    found = []
+    for child in child_pids(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().endswith(b"\0" + lane.encode() + b"\0"):
+                found.append(child)
+        except OSError:
+            pass  # ended meanwhile
+    return found
+
+
 # -- PostgreSQL -------------------------------------------------------------
 class PostgresServer:
     """A throwaway cluster run as the unprivileged `postgres` user (it refuses root)."""

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sqlite3
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import zmq
 
-from conftest import Gateway, Notify, PostgresServer, make_message, wait_for, write_messages
+from conftest import Gateway, Notify, PostgresServer, lane_helpers, make_message, wait_for, write_messages
 from test_pipeline import start_and_wait_ready, stop
 
 from gateway.daemon.events import DaemonLink
@@ -91,6 +93,83 @@ def test_daemon_processes_items_spooled_elsewhere_when_woken(gateway: Gateway, n
         assert gateway.list_json()[0]["subject"] == "Letter 7"
     finally:
         stop(daemon)
+
+
+def registered_subjects(gateway: Gateway) -> Counter[str]:
+    """How many letters the registry holds of each subject (read from it directly: thousands)."""
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as conn:
+        return Counter(dict(conn.execute("SELECT subject, count(*) FROM letters GROUP BY subject").fetchall()))
+
+
+def spool_backlog(gateway: Gateway, count: int, first: int = 0) -> set[str]:
+    """`count` items waiting in the spool, as a first IMAP sync leaves them: their subjects (from
+    "backlog {first}" on)."""
+    spool = Spool(gateway.state / "spool", gateway.state / "messages")
+    items = []
+    for n in range(first, first + count):
+        writer = spool.writer({"intake": "file", "channel": "email"})
+        writer.write(make_message(n, subject=f"backlog {n}"))
+        items.append(writer.commit(claim=True, durable=False))
+    spool.sync()
+    spool.release_all(items)  # into new/, with one sync
+    return {f"backlog {n}" for n in range(first, first + count)}
+
+
+def test_a_backlog_is_registered_by_two_helpers_and_one_killed_costs_no_letter(gateway: Gateway,
+                                                                              notify: Notify) -> None:
+    """The spool workers share the backlog between two helper processes ([spool] registrars = 2,
+    the default). The second lane's helper, started by its first item, is killed mid-load: its
+    batch is registered by the daemon, nothing is lost or registered twice. The next backlog
+    starts a new helper in that lane, which stops once it has been idle for a while."""
+    subjects = spool_backlog(gateway, 3000)
+    gateway.config.write_text(gateway.config.read_text().replace(
+        "[spool]", "[spool]\nbatch_size = 8\nlarge_item_idle_seconds = 3", 1))
+    daemon = start_and_wait_ready(gateway, notify)
+    try:
+        started = wait_for(lambda: re.search(r"registrar helper for spool lane 2 started \(pid (\d+)\)",
+                                             daemon.output()), 60, "the second lane's helper")
+        second = int(started.group(1))  # type: ignore[attr-defined]
+        assert lane_helpers(daemon.pid, "spool-2") == [second]
+        os.kill(second, signal.SIGKILL)
+        wait_for(lambda: sum(registered_subjects(gateway).values()) >= len(subjects), 120, "the whole backlog")
+        assert registered_subjects(gateway) == Counter(dict.fromkeys(subjects, 1))
+        wait_for(lambda: not gateway.spool_files("new") and not gateway.spool_files("work"), 30, "an empty spool")
+        time.sleep(5)  # a lane starts a helper again only five seconds after one failed
+        subjects |= spool_backlog(gateway, 400, first=3000)
+        [again] = wait_for(lambda: [pid for pid in lane_helpers(daemon.pid, "spool-2") if pid != second], 60,
+                           "a new helper in the second lane")  # type: ignore[misc]
+        wait_for(lambda: sum(registered_subjects(gateway).values()) >= len(subjects), 120, "the next backlog")
+        assert registered_subjects(gateway) == Counter(dict.fromkeys(subjects, 1))
+        wait_for(lambda: not lane_helpers(daemon.pid, "spool-2"), 30, "the second lane's helper to stop, idle")
+        # A letter that comes alone is no backlog: the first lane's helper, always running, takes it.
+        subjects |= spool_backlog(gateway, 1, first=3400)
+        wait_for(lambda: sum(registered_subjects(gateway).values()) >= len(subjects), 60, "the lone letter")
+        assert lane_helpers(daemon.pid, "spool-2") == []
+    finally:
+        log = stop(daemon)
+    assert f"registrar helper for spool lane 2 (pid {second}) failed" in log
+    assert f"registrar helper for spool lane 2 (pid {again}) stopped: idle" in log
+    assert log.count("registrar helper for spool lane 2 started") == 2
+    assert gateway.spool_files("quarantine") == []
+
+
+def test_helpers_of_both_lanes_dying_after_their_commit_cost_no_letter(gateway: Gateway, notify: Notify) -> None:
+    """Every helper dies after its batch is committed and moved into the message store, before it
+    answers: each lane's daemon thread finds the items gone from work/ and answers for them."""
+    subjects = spool_backlog(gateway, 40)
+    gateway.config.write_text(gateway.config.read_text().replace("[spool]", "[spool]\nbatch_size = 4", 1))
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path), GATEWAY_CRASH_AT="registrar-helper-before-answer")
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: sum(registered_subjects(gateway).values()) >= len(subjects), 120, "the whole backlog")
+        assert registered_subjects(gateway) == Counter(dict.fromkeys(subjects, 1))
+        wait_for(lambda: not gateway.spool_files("new") and not gateway.spool_files("work"), 30, "an empty spool")
+    finally:
+        log = stop(daemon)
+    assert re.search(r"registrar helper \(pid \d+\) failed \(EOFError\)", log)
+    died = re.findall(r"registrar helper for spool lane 2 started \(pid (\d+)\)", log)
+    assert died and all(f"registrar helper for spool lane 2 (pid {pid}) failed (EOFError)" in log for pid in died)
+    assert "unexpected error" not in log and gateway.spool_files("quarantine") == []
 
 
 def test_poison_item_is_quarantined_without_blocking_others_and_can_be_retried(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, Gateway, Notify, child_pids, make_message, wait_for
+from conftest import Daemon, Gateway, Notify, lane_helpers, make_message, wait_for
 from gateway.config import ConfigError, load
 from gateway.stages.normalise import Limits, normalise
 
@@ -153,18 +153,6 @@ def test_a_huge_slow_message_is_registered_in_a_lane_of_its_own(running: tuple[G
     assert "Traceback" not in daemon.output()
 
 
-def large_helpers(pid: int) -> list[int]:
-    """The daemon's registrar helper for large items, if it runs (its last argument names it)."""
-    found = []
-    for child in child_pids(pid):
-        try:
-            if Path(f"/proc/{child}/cmdline").read_bytes().endswith(b"\0large\0"):
-                found.append(child)
-        except OSError:
-            pass  # ended meanwhile
-    return found
-
-
 def test_the_helper_for_large_items_runs_only_while_there_are_some(tmp_path: Path) -> None:
     """Not started with the daemon nor by ordinary mail; started by the first large item, stopped
     after the idle time, started again by the next large item."""
@@ -176,13 +164,13 @@ def test_the_helper_for_large_items_runs_only_while_there_are_some(tmp_path: Pat
     try:
         notify.wait_for("READY=1")
         send(gateway.smtp_port, make_message(1, subject="small"), timeout=60)
-        assert large_helpers(daemon.pid) == []
+        assert lane_helpers(daemon.pid, "large") == []
         send(gateway.smtp_port, make_message(2, subject="large 1", size=200_000), timeout=60)
-        first = large_helpers(daemon.pid)
+        first = lane_helpers(daemon.pid, "large")
         assert len(first) == 1
-        wait_for(lambda: not large_helpers(daemon.pid), 30, "the idle helper for large items to stop")
+        wait_for(lambda: not lane_helpers(daemon.pid, "large"), 30, "the idle helper for large items to stop")
         send(gateway.smtp_port, make_message(3, subject="large 2", size=200_000), timeout=60)
-        second = large_helpers(daemon.pid)
+        second = lane_helpers(daemon.pid, "large")
         assert len(second) == 1 and second != first
         assert sorted(str(letter["subject"]) for letter in gateway.list_json()) == ["large 1", "large 2", "small"]
     finally:

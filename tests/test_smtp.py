@@ -272,9 +272,9 @@ class Load:
 
 def children(pid: int) -> list[int]:
     """The daemon's registrar helper processes for ordinary items (it has other children too: the OCR
-    pool, and the helper for large items, named by its last argument)."""
+    pool, and the helpers of the other lanes, named by their last argument: "large", "spool-2")."""
     return [p for p in child_pids(pid)
-            if b"gateway.daemon.registrar" in _cmdline(p) and not _cmdline(p).endswith(b"\0large\0")]
+            if b"gateway.daemon.registrar" in _cmdline(p) and _cmdline(p).split(b"\0")[-2].isdigit()]
 
 
 def _cmdline(pid: int) -> bytes:

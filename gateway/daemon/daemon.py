@@ -194,7 +194,8 @@ class Daemon:
             self.notifier.status("starting: the registrar")
             self.registrar = Registrar(self.pipeline, self.config.model.spool.batch_size,
                                        large_item_bytes=self.config.model.spool.large_item_bytes,
-                                       large_item_idle_seconds=self.config.model.spool.large_item_idle_seconds)
+                                       large_item_idle_seconds=self.config.model.spool.large_item_idle_seconds,
+                                       spool_lanes=self.config.model.spool.registrars)
             await asyncio.to_thread(self.registrar.wait_ready)
         if self.config.model.smtp.enabled:
             assert self.registrar is not None

@@ -127,26 +127,37 @@ class Registrar:
     """Registers items in batches through a helper process. With `large_item_bytes`, items larger
     than that go through a second registrar (its own thread and helper): parsing one huge or
     hostile message can take seconds, and the senders of ordinary mail must not wait behind it.
-    That lane's helper is started by its first item and stopped after `large_item_idle_seconds`
-    without one: most days have no large item, and a helper holds some 75 MiB."""
+    With `spool_lanes` above 1, the spool workers' full batches are shared among that many
+    registrars (worker n uses lane n mod spool_lanes, the first being this one): a first IMAP sync
+    or a backlog in the spool is then registered on as many cores, where one helper doing all the
+    work (parsing, checking, classifying) would leave the others idle. The registry takes their
+    commits one after the other, as it takes those of several nodes.
+
+    The helpers of the lanes beyond this one are started by their first item and stopped after
+    `large_item_idle_seconds` without one: most hours have neither a large item nor a backlog, and
+    a helper holds some 75 MiB."""
 
     def __init__(self, pipeline: Pipeline, batch_size: int, *, helper: bool = True, large_item_bytes: int = 0,
-                 large_item_idle_seconds: float = 600.0, lane: str = ""):
+                 large_item_idle_seconds: float = 600.0, spool_lanes: int = 1, lane: str = ""):
         self.pipeline = pipeline
         self.batch_size = batch_size
         self.large_item_bytes = large_item_bytes
-        self.lane = lane  # "" for ordinary items, "large" for the lane of large ones
+        self.lane = lane  # "" for ordinary items, "large" for the lane of large ones, "spool-N" for a worker's
         self._large = Registrar(pipeline, max(1, batch_size // 8), helper=helper, lane="large",
                                 large_item_idle_seconds=large_item_idle_seconds) if large_item_bytes else None
+        self._spool_lanes = [self, *(Registrar(pipeline, batch_size, helper=helper, lane=f"spool-{n}",
+                                               large_item_idle_seconds=large_item_idle_seconds)
+                                     for n in range(2, spool_lanes + 1))]
         self._idle_seconds = large_item_idle_seconds
         self._queue: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._helper: _Helper | None = None
         self._use_helper = helper
-        self._on_demand = lane == "large"
+        self._on_demand = lane != ""
         self._helper_failed_at = 0.0
         self._closing = False
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="registrar", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"registrar-{lane}" if lane else "registrar",
+                                        daemon=True)
         self._thread.start()
 
     def wait_ready(self, timeout: float = _START_TIMEOUT) -> None:
@@ -164,13 +175,17 @@ class Registrar:
         the registry cannot take now stays in the spool for a later attempt."""
         self._submit(item, durable=True)
 
-    def register_all(self, items: list[SpoolItem], *, durable: bool = True) -> list[Outcome]:
-        """For a thread (a spool worker): durable items, registered in the same group commits."""
-        futures = [self._submit(item, durable=durable) for item in items]
+    def register_all(self, items: list[SpoolItem], *, durable: bool = True, worker: int = 0) -> list[Outcome]:
+        """For a thread (spool worker number `worker`): durable items, registered in the same group
+        commits as the other items of their lane. A full batch (a backlog) goes to the worker's
+        lane; a smaller one to the first, whose helper is always running: a letter that comes
+        alone never waits for a helper to start."""
+        lane = self._spool_lanes[worker % len(self._spool_lanes)] if len(items) >= self.batch_size else self
+        futures = [self._submit(item, durable=durable, lane=lane) for item in items]
         return [f.result() for f in futures]
 
-    def _submit(self, item: SpoolItem, *, durable: bool) -> Future[Outcome]:
-        lane = self
+    def _submit(self, item: SpoolItem, *, durable: bool, lane: Registrar | None = None) -> Future[Outcome]:
+        lane = lane or self
         if self._large is not None:
             try:
                 if item.path.stat().st_size > self.large_item_bytes:
@@ -185,8 +200,9 @@ class Registrar:
         self._closing = True
         self._queue.put(None)
         self._thread.join()
-        if self._large is not None:
-            self._large.close()
+        for other in [self._large, *self._spool_lanes[1:]]:
+            if other is not None:
+                other.close()
 
     # -- the registrar thread --------------------------------------------
     def _run(self) -> None:
@@ -202,7 +218,7 @@ class Registrar:
                                             self._idle_seconds if self._on_demand and self._helper else None)
                 except queue.Empty:
                     if self._on_demand and self._helper is not None:
-                        log.info("registrar helper for large items (pid %d) stopped: idle", self._helper.pid)
+                        log.info("registrar helper%s (pid %d) stopped: idle", self._for, self._helper.pid)
                         self._helper.stop()
                         self._helper = None
                     self._start_helper_when_due()
@@ -256,6 +272,13 @@ class Registrar:
                 if not future.done():
                     future.set_exception(exc)
 
+    @property
+    def _for(self) -> str:
+        """What the lane's helper is for, as its log lines say it."""
+        if self.lane == "large":
+            return " for large items"
+        return f" for spool lane {self.lane.removeprefix('spool-')}" if self.lane else ""
+
     def _helper_missing(self) -> bool:
         """A helper that should be running is not (one started on demand is missed only by an item)."""
         return self._use_helper and self._helper is None and not self._on_demand
@@ -273,8 +296,8 @@ class Registrar:
         try:
             outcomes, events = self._helper.register(self.pipeline.config, items, durable)
         except Exception as exc:  # died, or talks nonsense: either way it must not touch these items again
-            log.error("registrar helper (pid %s) failed (%s); this batch is registered by the daemon itself",
-                      self._helper.pid, str(exc) or type(exc).__name__)
+            log.error("registrar helper%s (pid %s) failed (%s); this batch is registered by the daemon itself",
+                      self._for, self._helper.pid, str(exc) or type(exc).__name__)
             self._helper.kill()  # reaped: from here on it moves no more files
             self._helper = None
             self._helper_failed_at = time.monotonic()
@@ -289,9 +312,9 @@ class Registrar:
     def _start_helper(self) -> None:
         try:
             self._helper = _Helper(self.pipeline.config, self.lane)
-            log.info("registrar helper%s started (pid %d)", " for large items" if self.lane else "", self._helper.pid)
+            log.info("registrar helper%s started (pid %d)", self._for, self._helper.pid)
         except (OSError, EOFError, TimeoutError) as exc:
-            log.error("cannot start the registrar helper, registering in the daemon: %s", exc)
+            log.error("cannot start the registrar helper%s, registering in the daemon: %s", self._for, exc)
             self._helper = None
             self._helper_failed_at = time.monotonic()
 

@@ -23,6 +23,7 @@ class SpoolWorker(Runner):
                          backoff_max=30.0)
         self.spool = spool
         self.pipeline = pipeline
+        self.number = n
         self.registrar = registrar
         self.count = count
         self._alone = 0  # passes left that take one item at a time (see run_once)
@@ -36,7 +37,7 @@ class SpoolWorker(Runner):
         try:
             # Through the registrar's helper process when there is one: the CPU work
             # then leaves this process (and its intakes) alone.
-            outcomes = (self.registrar.register_all(items) if self.registrar is not None
+            outcomes = (self.registrar.register_all(items, worker=self.number) if self.registrar is not None
                         else self.pipeline.process(items))
         except Exception as exc:
             # The pipeline handles an item's faults itself; this is a bug. The items it has
