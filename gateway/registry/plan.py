@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
@@ -135,8 +135,9 @@ class AnswerPlan:
     refusal_notices: dict[str, list[NewMail]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ToArchive:
+class ToArchive(NamedTuple):
+    """A letter as packing needs it (a month's hundred thousand are made at once: a tuple is made
+    in a third of a frozen dataclass's time)."""
     id: int
     number: str
     received_at: datetime
