@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.daemon.pipeline import Pipeline
 from gateway.registry import Registry
 from gateway.services import intake, operations, queries
 from gateway.spool import Spool
+from smtp_sink import SmtpSink
 from gateway.stages import rulebook
 from test_pipeline import start_and_wait_ready, stop
 
@@ -307,6 +309,96 @@ def test_status_names_an_archive_in_trouble_a_spool_backing_up_and_a_disk_too_fu
     assert attention[1].startswith("the spool's disk has ") and "below [spool] min_free_bytes" in attention[1]
     assert attention[2:] == ["1 archive package(s) failed verification (gateway archive verify)",
                              "1 archive package(s) written over a day ago and never verified (gateway archive verify)"]
+
+
+def test_status_names_the_files_the_fax_drop_folder_leaves_there(tmp_path: Path, fax: bytes) -> None:
+    """A file the watcher leaves in the drop folder (one over [fax] max_file_bytes, an empty one)
+    needs an operator once it has sat there a quarter of an hour; a fax it took, a file still being
+    written (a name it ignores) and a folder do not, nor anything with [fax] not enabled."""
+    from gateway.adapters.fax_drop import FaxDropWatcher
+
+    limit = max(1024, len(fax))
+    config = loaded(Gateway(tmp_path, extra=f"[fax]\nstable_seconds = 0\nmax_file_bytes = {limit}\n"))
+    spool = Spool(config.spool_dir, config.message_dir)
+    watcher = FaxDropWatcher(config, spool)
+    drop = config.fax_drop_dir
+    (drop / "fax_0105551234.tif").write_bytes(fax)
+    (drop / "huge.tif").write_bytes(b"II*\x00" + bytes(limit))
+    (drop / "empty.tif").write_bytes(b"")
+    (drop / "incoming.tif.part").write_bytes(b"II*\x00")
+    (drop / "done").mkdir()
+    watcher.scan()
+    assert watcher.scan() == 1 and len(spool.pending()) == 1  # the fax; the others are left
+    later = datetime.now(timezone.utc) + timedelta(minutes=20)
+    registry = Registry.from_config(config)
+    registry.upgrade()
+    try:
+        assert operations.status(config, spool, registry)["attention"] == []  # just written: waited on
+        attention = operations.status(config, spool, registry, later)["attention"]
+        off = Config(path=config.path, state_dir=config.state_dir, model=config.model.model_copy(update={
+            "fax": config.model.fax.model_copy(update={"enabled": False})}))
+        assert operations.status(off, spool, registry, later)["attention"] == []
+    finally:
+        registry.close()
+    assert attention == [f"2 file(s) in the fax drop folder {drop} not taken for over 15 min (the daemon's log "
+                         "names each and why it stays)"]
+
+
+def test_status_names_mail_the_relay_has_not_taken_for_a_quarter_of_an_hour(tmp_path: Path, sink: SmtpSink) -> None:
+    """Mail retried with an error for a quarter of an hour (a relay refusing the gateway, then not
+    answering at all) needs an operator, with the last error; mail just queued does not."""
+    from gateway.outbound.sender import OutboxSender
+    from test_outbox_faults import configured, letter_with_mail
+
+    config, registry = configured(tmp_path, sink.address)
+    spool = Spool(config.spool_dir, config.message_dir)
+    later = datetime.now(timezone.utc) + timedelta(minutes=20)
+    try:
+        letter_with_mail(registry, 2)
+        assert operations.status(config, spool, registry, later)["attention"] == []  # queued, never tried
+        sink.mail_answer = "530 5.7.0 Authentication required"
+        sender = OutboxSender(config, registry)
+        sender.deliver_due()
+        assert [m.status for m in registry.outbox()] == ["pending", "pending"]
+        assert operations.status(config, spool, registry)["attention"] == []  # failing for a moment only
+        refused = operations.status(config, spool, registry, later)["attention"]
+        sink.stop()
+        time.sleep(0.05)  # retried after 0.01 s
+        sender.deliver_due()
+        unreachable = operations.status(config, spool, registry, later)
+    finally:
+        registry.close()
+    assert refused == [f"2 mail(s) queued over 15 min ago and not delivered, the relay failing: relay refused the "
+                       f"sender {config.model.outbound.from_address}: 530 5.7.0 Authentication required "
+                       "(gateway outbox list --status pending)"]
+    [line] = unreachable["attention"]  # the last error now: the relay not answering
+    assert line.startswith(f"2 mail(s) queued over 15 min ago and not delivered, the relay failing: "
+                           f"relay {sink.address}: ")
+    assert "refused" in line and "530" not in line
+
+
+def test_status_names_archive_copies_missing_and_a_copy_folder_not_there(tmp_path: Path) -> None:
+    """A verified package missing from one of [archive] copies (removed by hand, a disk replaced)
+    needs an operator until `archive verify` writes it again; a copy folder not there at all is
+    one item, however many packages it lacks."""
+    from test_archive_copies import archived_with_copy, packages
+
+    copy = tmp_path / "second-disk"
+    gateway = archived_with_copy(tmp_path, copy)
+    gateway.run("archive", "run", "--month", "2026-03")
+
+    def attention() -> list[str]:
+        return list(json.loads(gateway.run("status", "--json", check=False).stdout)["attention"])
+
+    assert attention() == []
+    (copy / packages(gateway)["mail"]["path"]).unlink()
+    assert attention() == [f"1 verified archive package(s) missing from the copy folder {copy} "
+                           "(gateway archive verify writes them again)"]
+    gateway.run("archive", "verify")
+    assert attention() == []
+    shutil.rmtree(copy)
+    assert attention() == [f"the archive copy folder {copy} is not there (a share not mounted?): once it is, "
+                           "gateway archive verify writes the copies"]
 
 
 def test_status_counts_items_in_progress_and_its_exit_status_says_how_things_stand(

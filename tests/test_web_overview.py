@@ -209,6 +209,48 @@ def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: S
     assert {"quarantine-retry", "mail-requeued"} <= actions
 
 
+def test_operations_shows_first_what_needs_attention_in_either_language(site: Site) -> None:
+    """At the top of the page, for an administrator: each thing that needs an operator in words,
+    with what to do (a link to where the page does it); the daemon not running is one of them.
+    With the daemon running and nothing wrong, a calm line instead. Only administrators see it."""
+    from gateway.daemon.daemon import PidLock
+
+    item = site.spool.quarantine_new(b"not a message", {"intake": "smtp"}, "cannot read item: test")
+    mail = site.registry.outbox_due(1)[0]
+    assert site.registry.outbox_dead(mail.id, "550 5.1.1 no such user")
+    ada = site.sign_in("ada")
+    lock = PidLock(site.config.run_dir / "gateway.pid")  # as a running daemon holds it
+    try:
+        page = ada.get("/operations").text
+        head = page[page.index('id="attention"'):page.index('class="tiles"')]  # before the figures
+        assert "需要处理" in head and '<span class="count">2</span>' in head
+        assert "1 件来件多次处理失败，已放入隔离区。" in head and 'href="#quarantine"' in head
+        assert "1 封邮件投递失败，已停止发送。" in head and 'href="#dead"' in head
+        assert "后台服务未运行" not in head
+        site.people.set_language("ada", "en")
+        english = site.sign_in("ada")
+        page = english.get("/operations").text
+        head = page[page.index('id="attention"'):page.index('class="tiles"')]
+        assert "Needs attention" in head and "1 item failed repeatedly and is in quarantine." in head
+        assert "1 mail could not be delivered and was given up." in head
+        assert "Send each again below, once the address or the relay is fixed." in head
+        refused = site.sign_in("rita").get("/operations")  # the registry office: no administrator
+        assert refused.status_code == 403 and "Needs attention" not in refused.text and "需要处理" not in refused.text
+        assert english.post("/operations/quarantine/retry", data={"item": item, "csrf": english.csrf}
+                            ).status_code == 303
+        assert english.post("/operations/outbox/retry", data={"mail": str(mail.id), "csrf": english.csrf}
+                            ).status_code == 303
+        calm = english.get("/operations").text
+        assert "Nothing needs attention." in calm and "Needs attention" not in calm
+    finally:
+        lock.release()
+        site.people.set_language("ada", "zh")
+    stopped = ada.get("/operations").text  # no daemon: that needs attention by itself
+    head = stopped[stopped.index('id="attention"'):stopped.index('class="tiles"')]
+    assert "需要处理" in head and "后台服务未运行" in head and "systemctl start gateway" in head
+    assert "一切正常" not in stopped
+
+
 def test_the_wrong_roles_are_refused(site: Site) -> None:
     sam, ada, rita, leo = (site.sign_in(login) for login in ("sam", "ada", "rita", "leo"))
     for client, url in ((sam, "/operations"), (rita, "/operations"), (leo, "/operations"), (sam, "/reports"),

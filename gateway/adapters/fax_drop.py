@@ -38,7 +38,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.facts import fax_facts, read_sidecar_text
-from gateway.stages.fax.metadata import information_files, is_information_file, may_be_fax
+from gateway.stages.fax.metadata import LONE_INFORMATION_WAIT, information_files, is_information_file, may_be_fax
 from gateway.faults import checkpoint
 from gateway.runner import Runner
 from gateway.spool import Spool, SpoolError
@@ -48,7 +48,6 @@ log = logging.getLogger("gateway.stages.fax")
 
 _State = tuple[int, int, int]  # size, mtime_ns, inode
 _File = tuple[Path, _State]  # a file of the folder, and its state when it was read
-LONE_INFORMATION_WAIT = 3  # times stable_seconds an information file waits for its fax
 LEFT_FILE = "fax-drop-left.json"  # in the state directory: the files taken that could not be removed
 
 

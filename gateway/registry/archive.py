@@ -81,6 +81,13 @@ class ArchiveRecords(Store):
                                                     ArchivePackage.created_at < written_before)).scalar_one()
         return {"corrupt": int(corrupt), "unverified": int(unverified)}
 
+    def verified_files(self) -> list[tuple[str, str]]:
+        """(package, manifest) of every verified package, as paths relative to the archive folder:
+        what each of `[archive] copies` must hold."""
+        with self.read() as conn:
+            return [(path, manifest) for path, manifest in conn.execute(
+                select(ArchivePackage.path, ArchivePackage.manifest).where(ArchivePackage.status == "verified"))]
+
     def archive_extras(self, start: datetime, end: datetime) -> tuple[set[int], set[int]]:
         """Of the month's letters not archived yet, (those with sent replies, those circulated): the
         few whose packages carry more than the original. Asked once, not letter by letter."""

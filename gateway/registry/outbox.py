@@ -167,6 +167,17 @@ class Outbox(Store):
         with self.session() as session:
             return list(session.scalars(stmt))
 
+    def outbox_failing(self, queued_before: datetime) -> tuple[int, str | None]:
+        """How many mails queued before `queued_before` wait still, their last attempt failed, and
+        the error of the one tried last."""
+        failing = (OutboxMail.status == "pending", OutboxMail.last_error.is_not(None),
+                   OutboxMail.created_at < queued_before)
+        with self.read() as conn:
+            count = conn.execute(select(func.count()).select_from(OutboxMail).where(*failing)).scalar_one()
+            error = conn.execute(select(OutboxMail.last_error).where(*failing)
+                                 .order_by(OutboxMail.updated_at.desc(), OutboxMail.id.desc()).limit(1)).scalar()
+        return int(count), error
+
     def outbox_counts(self) -> dict[str, int]:
         with self.read() as conn:
             return {row[0]: int(row[1]) for row in conn.execute(

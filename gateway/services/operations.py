@@ -1,8 +1,10 @@
-"""Running the gateway: is the daemon up, what waits in the spool and the outbox, how every IMAP
-folder fares, and the spool's quarantine."""
+"""Running the gateway: is the daemon up, what waits in the spool, the outbox and the fax drop
+folder, how every IMAP folder and the archive's copies fare, what needs an operator, and the
+spool's quarantine."""
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -13,6 +15,7 @@ from gateway.registry import Registry
 from gateway.registry.ledger import ImapLedger
 from gateway.services.queries import iso
 from gateway.spool import QuarantinedItem, Spool
+from gateway.stages.fax.metadata import LONE_INFORMATION_WAIT
 
 
 def daemon_pid(config: Config) -> int | None:
@@ -40,11 +43,24 @@ BACKING_UP_SECONDS = 15 * 60
 # A package is verified in the run that writes it; one written this long ago and never verified
 # was left by a run that stopped before verifying.
 UNVERIFIED_AFTER = timedelta(days=1)
+# Mail queued this long and not delivered, its last attempt failed: a greylisting relay has taken
+# it by then (the retries come after 1, 2, 4 and 8 minutes by default), so the relay refuses the
+# gateway or cannot be reached.
+OUTBOX_FAILING_SECONDS = 15 * 60
 
 
-def status(config: Config, spool: Spool, registry: Registry) -> dict[str, Any]:
-    """The daemon, the spool, the register, the outbox, the archive's packages, every configured
-    IMAP folder, and what of it all needs an operator ("attention", in words)."""
+def fax_left_seconds(config: Config) -> float:
+    """How long a file may sit unchanged in the fax drop folder before it is one the watcher
+    leaves there (too large, empty, taken but not removable, an information file fitting two
+    faxes): at least the spool's quarter of an hour, and longer than the watcher's own waits."""
+    fax = config.model.fax
+    return max(BACKING_UP_SECONDS, LONE_INFORMATION_WAIT * fax.stable_seconds + 2 * fax.poll_seconds)
+
+
+def overview(config: Config, spool: Spool, registry: Registry, now: datetime | None = None) -> dict[str, Any]:
+    """The daemon, the spool, the register, the outbox, the archive's packages and copies, the
+    fax drop folder and every configured IMAP folder. The ages of packages, mails and fax files
+    are reckoned at `now` (this moment unless given)."""
     pid = daemon_pid(config)
     folders = {(r["account"], r["folder"]): r for r in ImapLedger(registry).status()}
     imap = []
@@ -57,43 +73,151 @@ def status(config: Config, spool: Spool, registry: Registry) -> dict[str, Any]:
                          "failing": row.get("failing", 0), "uidvalidity": row.get("uidvalidity") or None,
                          "last_uid": row.get("last_uid")})
     outbox = registry.outbox_counts()
-    data = {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
+    now = now or datetime.now(timezone.utc)
+    failing, failing_error = registry.outbox_failing(now - timedelta(seconds=OUTBOX_FAILING_SECONDS))
+    return {"daemon": {"running": pid is not None, "pid": pid}, "letters": registry.count(),
             "spool": {"waiting": len(spool.pending()), "in_progress": len(spool.claimed()),
                       "quarantined": spool.quarantined_count(), "oldest_age_seconds": round(spool.oldest_age())},
             "outbox": {"pending": outbox.get("pending", 0), "sent": outbox.get("sent", 0),
-                       "dead": outbox.get("dead", 0), "relay": config.model.outbound.relay or None},
-            "archive": registry.archive_problems(datetime.now(timezone.utc) - UNVERIFIED_AFTER),
+                       "dead": outbox.get("dead", 0), "failing": failing, "failing_error": failing_error,
+                       "relay": config.model.outbound.relay or None},
+            "archive": {**registry.archive_problems(now - UNVERIFIED_AFTER),
+                        "copies": archive_copies(config, registry)},
+            "fax_drop": fax_drop(config, now),
             "imap": imap}
-    data["attention"] = attention(config, data, spool.free_bytes())
+
+
+def status(config: Config, spool: Spool, registry: Registry, now: datetime | None = None) -> dict[str, Any]:
+    """The overview, and what of it all needs an operator ("attention", in English words)."""
+    data = overview(config, spool, registry, now)
+    data["attention"] = [in_words(item) for item in attention(config, data, spool.free_bytes())]
     return data
 
 
-def attention(config: Config, state: dict[str, Any], free_bytes: int) -> list[str]:
-    """What in `state` (as status gives it) and the spool's free space needs an operator, each in
-    words with the command to look further; empty when nothing does. Whether the daemon runs is
-    apart."""
+def archive_copies(config: Config, registry: Registry) -> list[dict[str, Any]]:
+    """Each of `[archive] copies`: whether the folder is there, and how many verified packages it
+    lacks (their package or manifest file). A stat or two per package: packages are monthly."""
+    copies = config.archive_copies
+    if not copies:
+        return []
+    files = registry.verified_files()
+    out = []
+    for copy in copies:
+        if not os.path.isdir(copy):  # a share not mounted, say: every package is missing from it
+            out.append({"folder": str(copy), "present": False, "missing": len(files)})
+            continue
+        missing = sum(1 for package, manifest in files
+                      if not (os.path.exists(copy / package) and os.path.exists(copy / manifest)))
+        out.append({"folder": str(copy), "present": True, "missing": missing})
+    return out
+
+
+def fax_drop(config: Config, now: datetime) -> dict[str, Any] | None:
+    """The fax drop folder (None when [fax] is not enabled) and how many files have sat in it
+    unchanged for longer than `fax_left_seconds`: those the watcher leaves there. Names it never
+    takes (`[fax] ignore`: files still being written), folders and links are not counted."""
+    settings = config.model.fax
+    if not settings.enabled:
+        return None
+    folder = config.fax_drop_dir
+    since = now.timestamp() - fax_left_seconds(config)
+    left = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if any(fnmatch.fnmatch(entry.name, pattern) for pattern in settings.ignore):
+                    continue
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                # ctime as well: a copy that keeps its source's old mtime is new all the same.
+                if max(st.st_mtime, st.st_ctime) < since:
+                    left += 1
+    except OSError:  # not made yet (the daemon makes it), or not readable by this user
+        pass
+    return {"folder": str(folder), "left": left, "minutes": round(fax_left_seconds(config) / 60)}
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One thing that needs an operator: what it is (`kind`) and the values its words take. The
+    command line words it in English (`in_words`), the operations page in the reader's language."""
+    kind: str
+    values: dict[str, Any]
+
+
+def attention(config: Config, state: dict[str, Any], free_bytes: int) -> list[Attention]:
+    """What in `state` (as `overview` gives it) and the spool's free space needs an operator;
+    empty when nothing does. Whether the daemon runs is apart."""
     out = []
     spool, outbox, archive = state["spool"], state["outbox"], state["archive"]
     if spool["quarantined"]:
-        out.append(f"{spool['quarantined']} item(s) in quarantine (gateway quarantine list)")
+        out.append(Attention("quarantined", {"n": spool["quarantined"]}))
     if spool["oldest_age_seconds"] >= BACKING_UP_SECONDS:
-        out.append(f"the spool is backing up: its oldest item has waited {spool['oldest_age_seconds'] // 60} min")
+        out.append(Attention("spool-backing-up", {"minutes": spool["oldest_age_seconds"] // 60}))
     floor = config.model.spool.min_free_bytes
     if free_bytes < floor:
-        out.append(f"the spool's disk has {free_bytes} bytes free, below [spool] min_free_bytes ({floor}): "
-                   "new mail is refused")
+        out.append(Attention("spool-disk-full", {"free": free_bytes, "floor": floor}))
+    fax = state["fax_drop"]
+    if fax is not None and fax["left"]:
+        out.append(Attention("fax-left", {"n": fax["left"], "folder": fax["folder"], "minutes": fax["minutes"]}))
     if outbox["dead"]:
-        out.append(f"{outbox['dead']} mail(s) dead-lettered (gateway outbox list --status dead)")
+        out.append(Attention("mail-dead", {"n": outbox["dead"]}))
+    if outbox["failing"]:
+        out.append(Attention("mail-failing", {"n": outbox["failing"], "minutes": OUTBOX_FAILING_SECONDS // 60,
+                                              "error": outbox["failing_error"], "relay": outbox["relay"]}))
     for row in state["imap"]:
         if row["last_error"]:
-            out.append(f"IMAP folder {row['account']}/{row['folder']} failing since {row['last_error_at']}: "
-                       f"{row['last_error']}")
+            out.append(Attention("imap-failing", {"account": row["account"], "folder": row["folder"],
+                                                  "since": row["last_error_at"], "error": row["last_error"]}))
     if archive["corrupt"]:
-        out.append(f"{archive['corrupt']} archive package(s) failed verification (gateway archive verify)")
+        out.append(Attention("archive-corrupt", {"n": archive["corrupt"]}))
     if archive["unverified"]:
-        out.append(f"{archive['unverified']} archive package(s) written over a day ago and never verified "
-                   "(gateway archive verify)")
+        out.append(Attention("archive-unverified", {"n": archive["unverified"]}))
+    for copy in archive["copies"]:
+        if not copy["present"]:
+            out.append(Attention("archive-copy-folder-missing", {"folder": copy["folder"]}))
+        elif copy["missing"]:
+            out.append(Attention("archive-copies-missing", {"n": copy["missing"], "folder": copy["folder"]}))
     return out
+
+
+def in_words(item: Attention) -> str:
+    """The item in English, with the command to look further (or to put it right)."""
+    v = item.values
+    match item.kind:
+        case "quarantined":
+            return f"{v['n']} item(s) in quarantine (gateway quarantine list)"
+        case "spool-backing-up":
+            return f"the spool is backing up: its oldest item has waited {v['minutes']} min"
+        case "spool-disk-full":
+            return (f"the spool's disk has {v['free']} bytes free, below [spool] min_free_bytes ({v['floor']}): "
+                    "new mail is refused")
+        case "fax-left":
+            return (f"{v['n']} file(s) in the fax drop folder {v['folder']} not taken for over {v['minutes']} min "
+                    "(the daemon's log names each and why it stays)")
+        case "mail-dead":
+            return f"{v['n']} mail(s) dead-lettered (gateway outbox list --status dead)"
+        case "mail-failing":
+            return (f"{v['n']} mail(s) queued over {v['minutes']} min ago and not delivered, the relay failing: "
+                    f"{v['error']} (gateway outbox list --status pending)")
+        case "imap-failing":
+            return f"IMAP folder {v['account']}/{v['folder']} failing since {v['since']}: {v['error']}"
+        case "archive-corrupt":
+            return f"{v['n']} archive package(s) failed verification (gateway archive verify)"
+        case "archive-unverified":
+            return (f"{v['n']} archive package(s) written over a day ago and never verified "
+                    "(gateway archive verify)")
+        case "archive-copy-folder-missing":
+            return (f"the archive copy folder {v['folder']} is not there (a share not mounted?): once it is, "
+                    "gateway archive verify writes the copies")
+        case "archive-copies-missing":
+            return (f"{v['n']} verified archive package(s) missing from the copy folder {v['folder']} "
+                    "(gateway archive verify writes them again)")
+    raise ValueError(f"no words for {item.kind}")
 
 
 def quarantine_row(item: QuarantinedItem) -> dict[str, Any]:

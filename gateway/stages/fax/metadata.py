@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 FIELDS = ("number", "caller_id", "sender_name", "received", "pages")
 SIDECAR_SUFFIXES = (".info", ".qf", ".txt")
+LONE_INFORMATION_WAIT = 3  # times [fax] stable_seconds an information file waits for its fax in the drop folder
 
 # Keys seen in qfiles, faxinfo output and fax servers' own sidecars, per field.
 _KEYS = {

@@ -218,7 +218,11 @@ def _wake(req: Req) -> None:
 def operations_page(req: Req) -> Response:
     web = req.web
     spool = _spool(req)
-    state = operations.status(web.config, spool, web.registry)
+    state = operations.overview(web.config, spool, web.registry)
+    # Worded by the template in the reader's language; a failing folder's time as the page shows times.
+    needs = [operations.Attention(item.kind, {**item.values, "since": _moment(item.values["since"])})
+             if item.kind == "imap-failing" else item
+             for item in operations.attention(web.config, state, spool.free_bytes())]
     for folder in state["imap"]:
         for key in ("last_poll_at", "last_error_at"):
             folder[key] = _moment(folder[key])
@@ -226,8 +230,9 @@ def operations_page(req: Req) -> Response:
                    for item in spool.quarantined()]
     dead, numbers = outbox_mail(web.registry, status="dead", limit=500)
     done = req.arg("done")
-    return req.render("overview/operations.html", state=state, quarantined=quarantined, dead=dead, numbers=numbers,
-                      message=i18n.gettext(DONE[done]) if done in DONE else "", letter_url=letter_url)
+    return req.render("overview/operations.html", state=state, needs=needs, quarantined=quarantined, dead=dead,
+                      numbers=numbers, message=i18n.gettext(DONE[done]) if done in DONE else "",
+                      letter_url=letter_url)
 
 
 @page(role="admin")
