@@ -142,6 +142,7 @@ def test_a_backlog_is_registered_by_two_helpers_and_one_killed_costs_no_letter(g
         assert registered_subjects(gateway) == Counter(dict.fromkeys(subjects, 1))
         wait_for(lambda: not lane_helpers(daemon.pid, "spool-2"), 30, "the second lane's helper to stop, idle")
         # A letter that comes alone is no backlog: the first lane's helper, always running, takes it.
+        started_before = daemon.output().count("registrar helper for spool lane 2 started")
         subjects |= spool_backlog(gateway, 1, first=3400)
         wait_for(lambda: sum(registered_subjects(gateway).values()) >= len(subjects), 60, "the lone letter")
         assert lane_helpers(daemon.pid, "spool-2") == []
@@ -149,7 +150,7 @@ def test_a_backlog_is_registered_by_two_helpers_and_one_killed_costs_no_letter(g
         log = stop(daemon)
     assert f"registrar helper for spool lane 2 (pid {second}) failed" in log
     assert f"registrar helper for spool lane 2 (pid {again}) stopped: idle" in log
-    assert log.count("registrar helper for spool lane 2 started") == 2
+    assert log.count("registrar helper for spool lane 2 started") == started_before
     assert gateway.spool_files("quarantine") == []
 
 

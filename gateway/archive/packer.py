@@ -54,6 +54,7 @@ from zoneinfo import ZoneInfo
 
 import zstandard
 
+from gateway.archive import ArchiveError as ArchiveError  # raised here; named by the callers from here too
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.stages.normalise.filenames import safe_filename
@@ -87,10 +88,6 @@ CHUNK = 1024  # letters read at a time: enough for zstd to keep its core busy
 CHUNK_BYTES = 16 << 20
 _PIECE = 1 << 20  # package bytes read at a time when verifying: hundreds of frames for a worker
 _SEPARATOR_MAX = 128  # an mbox separator line ("From gateway@archive <date>") is shorter
-
-
-class ArchiveError(Exception):
-    pass
 
 
 class ArchiveStopped(ArchiveError, JobStopped):

@@ -24,6 +24,7 @@ import ssl
 from datetime import datetime, timedelta, timezone
 
 from gateway.addressing import needs_smtputf8
+from gateway.archive import ArchiveError
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.outbound import circulation, outward, replies
@@ -31,8 +32,7 @@ from gateway.outbound.compose import ComposeError, deliverable, notification, re
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
-from gateway.archive.packer import ArchiveError, read_original
-from gateway.spool import DamagedItem
+from gateway.spool import DamagedItem, read_raw
 from gateway.stages.tokens import KeyFileError, keyring
 
 log = logging.getLogger("gateway.outbox")
@@ -257,7 +257,11 @@ class OutboxSender(Runner):
             return None
         path = self.config.state_dir / letter.raw_path
         try:
-            return read_original(self.config, self.registry, letter)  # checked against its seal
+            if not letter.raw_released:
+                return read_raw(path)  # checked against its seal
+            # Read from its archive package: the archive's code is loaded only for such a letter.
+            from gateway.archive.packer import read_original
+            return read_original(self.config, self.registry, letter)
         except (OSError, DamagedItem, ArchiveError) as exc:
             log.error("ALERT outbox: %s: original %s unreadable, notification sent without it: %s",
                       letter.number, path, exc)

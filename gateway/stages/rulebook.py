@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 from gateway import config as config_mod
 from gateway.config import CATEGORY_NAMES, Config, ConfigError, ConfigIssue
@@ -41,14 +42,17 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True,
 
 # A compiled rule set does not pickle (its conditions are closures). A process of its
 # own (the registrar's helper) gets the configuration without it and the rules'
-# source beside it, and compiles the rules once, explicitly.
-Portable = tuple[Config, RulesSource | None]
+# source beside it, with the source's data as read here (so that it needs no YAML
+# reader of its own), and compiles the rules once, explicitly.
+Portable = tuple[Config, RulesSource | None, Any]
 
 
 def portable(config: Config) -> Portable:
-    return replace(config, rules=None), None if config.rules is None else config.rules.source
+    if config.rules is None:
+        return config, None, None
+    return replace(config, rules=None), config.rules.source, config.rules.source.read()
 
 
 def restored(portable: Portable) -> Config:
-    config, source = portable
-    return config if source is None else replace(config, rules=source.compile())
+    config, source, data = portable
+    return config if source is None else replace(config, rules=source.compile(data))

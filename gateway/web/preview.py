@@ -6,8 +6,12 @@ from __future__ import annotations
 import io
 import subprocess
 import warnings
+from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+if TYPE_CHECKING:
+    # Pillow is loaded by the first page drawn: the web register runs inside the daemon, and a
+    # day without a picture to show should not cost its memory.
+    from PIL import Image
 
 MAX_BYTES = 50 * 1024 * 1024
 MAX_SIDE = 1600
@@ -76,6 +80,8 @@ def _check(data: bytes, detected_type: str) -> str:
 
 
 def _open(data: bytes) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     # A picture that decompresses to more than Pillow's MAX_IMAGE_PIXELS is refused, not decoded.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

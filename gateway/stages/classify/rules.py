@@ -207,8 +207,13 @@ class RulesSource:
     text: str
     organisation: Organisation
 
-    def compile(self) -> RuleSet:
-        return compile_rules(self.file, self.text, self.organisation)
+    def compile(self, data: Any = None) -> RuleSet:
+        """`data`: the file's data as read() gives it, when another process read it."""
+        return compile_rules(self.file, self.text, self.organisation, data)
+
+    def read(self) -> Any:
+        """The file's data (plain, picklable), for a process that compiles the rules from it."""
+        return Located(self.file, self.text).data
 
 
 class RuleSet:
@@ -617,17 +622,18 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def compile_rules(file: Path, text: str, organisation: Organisation) -> RuleSet:
+def compile_rules(file: Path, text: str, organisation: Organisation, data: Any = None) -> RuleSet:
     """Validate and compile a rules file, or raise RulesError naming file, line, key and reason of every problem.
 
     `organisation` gives what validation checks against (department ids, categories,
-    domains, intake addresses) and what conditions consult when they run."""
+    domains, intake addresses) and what conditions consult when they run. `data`: the text's
+    data, when it was read already (RulesSource.read)."""
     with _collector_paused():
-        return _compile(file, text, organisation)
+        return _compile(file, text, organisation, data)
 
 
-def _compile(file: Path, text: str, organisation: Organisation) -> RuleSet:
-    source = Located(file, text)
+def _compile(file: Path, text: str, organisation: Organisation, data: Any) -> RuleSet:
+    source = Located(file, text, data)
     issues = _duplicate_names(source)
     try:
         validated = schema.RulesFile.model_validate(source.data, context={"organisation": organisation})

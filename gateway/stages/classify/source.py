@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-import yaml_rs
 
 Path_ = tuple[str | int, ...]
 
@@ -113,12 +112,15 @@ class _Unusual(Exception):
 class Located:
     """The data of a YAML document and the line each value starts on."""
 
-    def __init__(self, file: Path, text: str):
+    def __init__(self, file: Path, text: str, data: Any = None):
+        """`data`: the document's data (never None) as another process read it from the same
+        text, which is then not read again."""
         self.file = file
         self.text = text
         self.issues: list[RuleIssue] = []
         self._composed: Any = _UNREAD  # the document's nodes (None: the document is empty)
-        data = _read_fast(text)
+        if data is None:
+            data = _read_fast(text)
         if data is not _UNREAD:
             self.data: Any = data
             return
@@ -281,6 +283,10 @@ def _read_fast(text: str) -> Any:
     code = _COMMENT_LINE.sub("", text)
     if any(pattern.search(code) for pattern in _NOT_FAST):
         return _UNREAD
+    # Loaded here, not with the module: it holds some 5 MiB, and the registrar's helpers, which
+    # compile the rules from the data the daemon read, never need it.
+    import yaml_rs
+
     try:
         data = yaml_rs.loads(text, parse_datetime=False, duplicate_key_policy=yaml_rs.DuplicateKeyPolicy.Error)
     except Exception:  # a mistake (or a key it cannot make, such as a list): PyYAML words it

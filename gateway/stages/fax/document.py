@@ -25,9 +25,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import magic
-from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
+    # Pillow is loaded by the first fax or scan read: every registrar process imports this module
+    # to recognise a fax, and most never see one.
+    from PIL import Image
     import pypdf
     from pypdf.generic import DictionaryObject
 
@@ -112,6 +114,8 @@ class FaxPages:
     """
 
     def __init__(self, data: bytes, kind: str, name: str = "fax") -> None:
+        from PIL import Image
+
         if kind not in ("tiff", "pdf", "image"):
             raise ValueError(f"unknown fax kind {kind!r}")
         self.kind = kind
@@ -161,6 +165,8 @@ class FaxPages:
         self.close()
 
     def _tiff_image(self, index: int, page: FaxPage) -> Image.Image:
+        from PIL import Image
+
         assert self._image is not None, "pages already closed"
         try:
             self._image.seek(index)
@@ -179,6 +185,8 @@ class FaxPages:
         return image
 
     def _scan_image(self, page: FaxPage) -> Image.Image:
+        from PIL import ImageOps
+
         assert self._image is not None, "pages already closed"
         try:
             # A photographed page is stored as the camera held it; its EXIF orientation turns it upright.
@@ -189,6 +197,8 @@ class FaxPages:
         return image
 
     def _pdf_image(self, index: int, page: FaxPage, timeout: float) -> Image.Image:
+        from PIL import Image
+
         assert self._tmp is not None, "pages already closed"
         number = index + 1
         if page.compression != "vector" and 100.0 <= page.x_dpi <= 600.0 and page.y_dpi > 0:
@@ -256,6 +266,8 @@ def _detect_kind(data: bytes, name: str, *, images: bool = False) -> str:
 # -- JPEG and PNG scans -------------------------------------------------------------------
 def _image_page(data: bytes, name: str) -> FaxPage:
     """The one page of a JPEG or PNG scan, decoded once to be sure it can be."""
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(data), formats=list(_IMAGE_FORMATS.values())) as image:
             kind = (image.format or "").lower()
@@ -305,6 +317,8 @@ _TIFF_TEXT_TAGS = {270: "ImageDescription", 306: "DateTime", 271: "Make", 272: "
 
 
 def _read_tiff(data: bytes, name: str) -> FaxDocument:
+    from PIL import Image
+
     order, directories, pages = _tiff_structure(data, name)
     try:
         with Image.open(io.BytesIO(data), formats=["TIFF"]) as image:
@@ -326,6 +340,8 @@ def _read_tiff(data: bytes, name: str) -> FaxDocument:
 
 def _tiff_structure(data: bytes, name: str) -> tuple[str, list[dict[int, _Entry]], list[FaxPage]]:
     """Byte order, image directories and page descriptions of a TIFF whose pages can be decoded."""
+    from PIL import Image
+
     try:
         order, directories = _walk_tiff(data)
         pages = [_tiff_page(order, directory, number, len(data))
@@ -635,6 +651,8 @@ def _resolve(value: Any) -> Any:
 
 def _render_scale(page: FaxPage, x_dpi: float, y_dpi: float) -> float:
     """1, or less if the rendered page would exceed Pillow's decompression-bomb limit."""
+    from PIL import Image
+
     limit = Image.MAX_IMAGE_PIXELS
     if not limit or page.x_dpi <= 0 or page.y_dpi <= 0:
         return 1.0

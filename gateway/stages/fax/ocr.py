@@ -9,10 +9,12 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from .document import FaxPages
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_LANGUAGES = "eng+chi_sim+chi_tra"
 READERS = ("auto", "ppocr", "tesseract")
