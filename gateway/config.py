@@ -442,6 +442,8 @@ class SmtpSection(_Strict):
     data_timeout: float = Field(default=600.0, gt=0)
     # The whole of DATA, however steadily its lines come (data_timeout is silence between them).
     data_total_timeout: float = Field(default=3600.0, gt=0)
+    # The whole session, however often its commands come; a DATA under way is let finish first.
+    session_timeout: float = Field(default=1800.0, gt=0)
     # When 250 is answered: once the message is in the registry ("registered"), or once it is
     # fsynced in the spool ("spooled", Postfix's promise), registration following from the spool.
     acknowledge: Literal["registered", "spooled"] = "registered"

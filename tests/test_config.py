@@ -239,6 +239,7 @@ def test_values_of_another_type_than_their_key_takes_are_refused(gateway: Gatewa
             (text + "\n[calendar]\nholidays = [2026-10-01, 0]\n", "calendar.holidays", "must be a date"),
             (text + "\n[deadlines]\nurgency = { urgent = -2 }\n", "deadlines.urgency.urgent", "greater than or equal to 0"),
             (text + '\n[classify]\nrules_file = "rules\\u0000.yaml"\n', "classify.rules_file", "contains a NUL character"),
+            (text.replace("[smtp]\n", "[smtp]\nsession_timeout = 0\n", 1), "smtp.session_timeout", "greater than 0"),
             (text.replace("[smtp]\n", f'[smtp]\nauth_users_file = "{users}"\ntls_certificate = "{certificate}"\n'
                                         f'tls_key = "{certificate}"\n', 1), "smtp.auth_users_file",
              f"{users}:2: expected 'user:scrypt$...' (as gateway smtp-passwd writes them)"),

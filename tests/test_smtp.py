@@ -557,6 +557,81 @@ def test_a_client_dripping_lines_is_cut_off_at_the_total_data_deadline(gateway: 
     assert "DATA not completed within 3 s" in out
 
 
+
+def test_a_client_that_never_falls_silent_is_closed_at_the_session_deadline(gateway: Gateway, notify: Notify) -> None:
+    """command_timeout (1 s) starts again with every command: a client that sends one harmless
+    command (NOOP, RSET, a refused RCPT) every 0.3 s is never silent for it, yet holds its session,
+    and here the only one of max_sessions, no longer than session_timeout (3 s). It gets 421 4.4.2
+    and is disconnected, and the next client is served. The letter it sent before is registered
+    once, as it was acknowledged."""
+    running = start(gateway, notify, "command_timeout = 1\nsession_timeout = 3\nmax_sessions = 1")
+    try:
+        with socket.create_connection(("127.0.0.1", gateway.smtp_port), timeout=10) as s:
+            f = s.makefile("rb")
+            started = time.monotonic()
+            assert f.readline().startswith(b"220 ")
+            s.sendall(b"HELO x\r\nMAIL FROM:<a@partner.example>\r\nRCPT TO:<liaison@example.org>\r\nDATA\r\n")
+            assert [f.readline()[:3] for _ in range(4)] == [b"250", b"250", b"250", b"354"]
+            s.sendall(make_message(1, subject="Before") + b"\r\n.\r\n")
+            assert f.readline() == b"250 2.0.0 OK registered as 2026-000001\r\n"
+            harmless = (b"NOOP\r\n", b"RSET\r\n", b"MAIL FROM:<a@partner.example>\r\n",
+                        b"RCPT TO:<victim@elsewhere.example>\r\n", b"HELO x\r\n")
+            sent = 0
+            while True:
+                assert time.monotonic() - started < 15, "the session was never closed"
+                time.sleep(0.3)
+                s.sendall(harmless[sent % len(harmless)])
+                sent += 1
+                reply = f.readline()
+                if reply[:3] not in (b"250", b"550"):  # 550: the refused RCPT
+                    break
+            elapsed = time.monotonic() - started
+            assert reply == b"421 4.4.2 gw.example.org session too long, closing\r\n", reply
+            assert f.readline() == b""
+            f.close()
+        assert 2.9 < elapsed < 6 and sent >= 8, (elapsed, sent)
+        with running.client() as c:  # the slot is free again
+            c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(2, subject="After"))
+        assert sorted(row["subject"] for row in gateway.list_json()) == ["After", "Before"]
+        assert gateway.spool_files("tmp") == gateway.spool_files("new") == gateway.spool_files("work") == []
+    finally:
+        out = running.stop()
+    assert "closed: longer than 3 s" in out
+
+
+def test_a_message_in_data_at_the_session_deadline_is_finished_then_the_session_closed(
+        gateway: Gateway, notify: Notify) -> None:
+    """The session deadline (2 s) falls while a message is still arriving: the message is not cut
+    short; it completes under the DATA deadlines, is registered once and acknowledged, and only then
+    does the session end with 421 4.4.2; a command the client pipelined behind the message's end
+    is not answered."""
+    running = start(gateway, notify, "session_timeout = 2")
+    try:
+        s, f = _dialogue(gateway.smtp_port)
+        started = time.monotonic()
+        try:
+            s.sendall(b"From: slow@partner.example\r\nSubject: slow\r\n\r\n")
+            sent = 0
+            while time.monotonic() - started < 3.5:
+                assert not select.select([s], [], [], 0.3)[0], f.readline()
+                s.sendall(b"line %d\r\n" % sent)
+                sent += 1
+            s.sendall(b".\r\nNOOP\r\n")
+            s.settimeout(10)
+            assert f.readline() == b"250 2.0.0 OK registered as 2026-000001\r\n"
+            assert f.readline() == b"421 4.4.2 gw.example.org session too long, closing\r\n"
+            assert f.readline() == b""
+        finally:
+            f.close()
+            s.close()
+        [letter] = gateway.list_json()
+        assert letter["subject"] == "slow"
+        raw = (gateway.state / gateway.show_json("2026-000001")["raw_path"]).read_bytes()
+        assert raw.count(b"\r\nline ") == sent, sent
+        assert gateway.spool_files("tmp") == gateway.spool_files("new") == gateway.spool_files("work") == []
+    finally:
+        running.stop()
+
 def _dialogue(port: int) -> tuple[socket.socket, object]:
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     f = s.makefile("rb")

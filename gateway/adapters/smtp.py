@@ -265,6 +265,8 @@ class IntakeSMTP(SMTP):
         self._transactions = 0
         self._session_id = secrets.token_hex(6)
         self._auth_failures = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._overdue: float | None = None  # the session deadline fell during DATA: close after its reply
         self.offered: tuple[str, LoginPassword] | None = None  # set by _offer during AUTH
         super().__init__(intake, **kwargs)
 
@@ -284,9 +286,15 @@ class IntakeSMTP(SMTP):
         self.intake.limits.sessions += 1
         self._counted = True
         self.intake.sessions.add(self)
+        # command_timeout restarts with every command: a client sending NOOP now and then would hold
+        # its session (and one of max_sessions) for ever. The whole session has a deadline too.
+        seconds = self.intake.session_timeout
+        self._deadline = self.loop.call_later(seconds, self._session_overdue, seconds)
         await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._counted:
             self.intake.limits.sessions -= 1
             self._counted = False
@@ -387,6 +395,21 @@ class IntakeSMTP(SMTP):
             await self._transaction()
         finally:
             self.in_transaction = False
+        if self._overdue is not None:
+            self._session_over(self._overdue)
+
+    def _session_overdue(self, seconds: float) -> None:
+        if self.in_transaction:
+            # Never cut a message short at this deadline: it finishes (accepted, or refused with
+            # nothing kept) under data_timeout and data_total_timeout, and the session ends after
+            # its reply.
+            self._overdue = seconds
+            return
+        self._session_over(seconds)
+
+    def _session_over(self, seconds: float) -> None:
+        log.warning("%s: session %s closed: longer than %g s", _peer(self.session), self._session_id, seconds)
+        self.hang_up("421 4.4.2 {} session too long, closing")
 
     async def _transaction(self) -> None:
         assert self.envelope is not None and self.session is not None
@@ -514,6 +537,7 @@ class SmtpIntake:
                              smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
         self.data_total_timeout = smtp.data_total_timeout
+        self.session_timeout = smtp.session_timeout
         self.tls_context: ssl.SSLContext | None = None
         certificate, key = config.resolve(smtp.tls_certificate), config.resolve(smtp.tls_key)
         if certificate is not None and key is not None:
@@ -556,6 +580,7 @@ class SmtpIntake:
         self.limits.configure(smtp.max_connections_per_minute, smtp.rate_limit_window, smtp.rate_limit_exempt)
         self.data_timeout = smtp.data_timeout
         self.data_total_timeout = smtp.data_total_timeout
+        self.session_timeout = smtp.session_timeout
         self.auth_guard.max_failures = smtp.max_auth_failures_per_address
         self.auth_guard.window = smtp.auth_failure_window
         self.auth_failure_delay = smtp.auth_failure_delay
