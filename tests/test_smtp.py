@@ -599,6 +599,37 @@ def test_a_client_that_never_falls_silent_is_closed_at_the_session_deadline(gate
     assert "closed: longer than 3 s" in out
 
 
+def test_a_client_reading_no_replies_is_cut_off_at_the_session_deadline(gateway: Gateway, notify: Notify) -> None:
+    """A client that sends EHLO after EHLO and never reads a reply: once the replies waiting for it
+    fill the buffers, the session stops reading commands, and closing it at the command timeout
+    would wait for ever for them to be sent. At the session deadline the connection is dropped
+    with what is still unsent, and its session (the only one of max_sessions) is free again."""
+    running = start(gateway, notify, "command_timeout = 1\nsession_timeout = 10\nmax_sessions = 1")
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", gateway.smtp_port))
+            s.setblocking(False)
+            started = time.monotonic()
+            flood = b"EHLO x\r\n" * 1000
+            while True:
+                assert time.monotonic() - started < 20, "the connection was never closed"
+                try:
+                    s.send(flood)
+                except BlockingIOError:
+                    time.sleep(0.05)
+                except (ConnectionResetError, BrokenPipeError):
+                    break
+            elapsed = time.monotonic() - started
+        assert 9.9 < elapsed < 15, elapsed
+        log = running.proc.output()
+        # The replies had stopped the session before the command timeout hung up on it.
+        assert log.index("timed out") < log.index("closed: longer than 10 s"), log
+        with running.client() as c:
+            assert c.noop()[0] == 250
+    finally:
+        running.stop()
+
 def test_a_message_in_data_at_the_session_deadline_is_finished_then_the_session_closed(
         gateway: Gateway, notify: Notify) -> None:
     """The session deadline (2 s) falls while a message is still arriving: the message is not cut

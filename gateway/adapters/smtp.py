@@ -410,6 +410,11 @@ class IntakeSMTP(SMTP):
     def _session_over(self, seconds: float) -> None:
         log.warning("%s: session %s closed: longer than %g s", _peer(self.session), self._session_id, seconds)
         self.hang_up("421 4.4.2 {} session too long, closing")
+        # A closing connection stays open until its replies are sent, which is never for a client
+        # that reads none of them: past this deadline, what is still unsent is dropped.
+        for transport in (self._stream(), cast("asyncio.Transport | None", self._original_transport)):
+            if transport is not None and transport.get_write_buffer_size():
+                transport.abort()
 
     async def _transaction(self) -> None:
         assert self.envelope is not None and self.session is not None
