@@ -43,3 +43,47 @@ def canonical(address: str) -> str:
     normal = unicodedata.normalize("NFC", address.lower())
     local, at, domain = normal.rpartition("@")
     return f"{local}@{ascii_domain(domain) or domain}" if at else normal
+
+
+def shown_domain(domain: str) -> str:
+    """The domain as a reader is shown it: a label of Han characters (digits and hyphens besides)
+    in Unicode, as its owner writes it (例子.中国); every other internationalised label as its
+    A-label. A label in one script can still pass for another (Cyrillic аррӏе for apple), and one
+    in several scripts for anything; Han has no character a Latin letter could be taken for, so a
+    domain shown in Unicode does not pass for one in ASCII. ASCII without A-labels is left as it is."""
+    if domain.isascii() and "xn--" not in domain.lower():
+        return domain
+    import idna
+    import regex
+
+    shown = []
+    for label in regex.split("[.\u3002\uff0e\uff61]", domain):  # the dots UTS 46 takes as dots
+        try:
+            a_label = idna.encode(label, uts46=True).decode("ascii") if label else label
+            u_label = idna.decode(a_label) if a_label.startswith("xn--") else a_label
+        except (idna.IDNAError, UnicodeError):
+            # No valid form: its Punycode, so that nothing but ASCII is shown for it either.
+            shown.append(label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii"))
+            continue
+        # 〇 (U+3007) is Han, and looks like a Latin o.
+        han = regex.fullmatch(r"[\p{Han}0-9-]+", u_label) is not None and "\u3007" not in u_label
+        shown.append(u_label if han else a_label)
+    return ".".join(shown)
+
+
+def shown_address(address: str) -> str:
+    """The address with its domain as shown_domain shows it; the local part as it is."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{shown_domain(domain)}" if at else address
+
+
+def address_forms(address: str) -> list[str]:
+    """The address as kept, and the other ways it is written, its domain in Unicode or in A-labels:
+    each finds the letter in a search."""
+    forms = [address]
+    local, at, domain = address.rpartition("@")
+    if at and not (domain.isascii() and "xn--" not in domain.lower()):
+        for form in (shown_domain(domain), ascii_domain(domain)):
+            if form is not None and f"{local}@{form}" not in forms:
+                forms.append(f"{local}@{form}")
+    return forms

@@ -171,6 +171,35 @@ def test_full_width_letters_and_digits_find_their_ordinary_forms(register: Regis
     check_full_width(register)
 
 
+def check_address_forms(register: Register) -> None:
+    """A sender's domain is found in Unicode and in A-labels alike, however the letter wrote it; a
+    register indexed before has those letters indexed again at the daemon's start."""
+    register.ingest("a-labels", make_message(7, subject="IDN", to="sales@example.org",
+                                             sender="Zhang San <zhang@xn--fsqu00a.xn--fiqs8s>"))
+    register.ingest("u-labels", make_message(8, subject="UTF-8", to="sales@example.org",
+                                             sender="Li Si <li@公司.中国>"))
+    for query, found in (("例子", ["a-labels"]), ("zhang@例子.中国", ["a-labels"]), ("xn--fsqu00a", ["a-labels"]),
+                         ("zhang@xn--fsqu00a.xn--fiqs8s", ["a-labels"]), ("公司", ["u-labels"]),
+                         ("li@xn--55qx5d.xn--fiqs8s", ["u-labels"]), ("li@公司.中国", ["u-labels"])):
+        assert register.find(query) == found, query
+    with register.registry.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0025'"))
+    for name in ("a-labels", "u-labels"):  # as they were indexed: the address as the letter gave it
+        letter = register.registry.letter(register.numbers[name])
+        assert letter is not None
+        entry, content = registered_terms(letter)
+        register.registry.index_letters([(letter.id, index_terms(letter.number, letter.sender_name,
+                                                                 letter.sender_address), content)])
+    assert register.find("例子") == [] and register.find("li@xn--55qx5d.xn--fiqs8s") == []
+    assert schema.upgrade(register.registry.engine)
+    assert reindex_missing(register.registry) == 2
+    assert register.find("例子") == ["a-labels"] and register.find("li@xn--55qx5d.xn--fiqs8s") == ["u-labels"]
+
+
+def test_a_senders_domain_is_found_in_unicode_and_in_a_labels(register: Register) -> None:
+    check_address_forms(register)
+
+
 def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
     check_finding(pg_register)
     check_reindexed_for_last_characters(pg_register)
@@ -181,6 +210,7 @@ def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
     for role, reads in FAX_READERS:
         check_fax_mail(pg_register, role, reads)
     check_fax_mail_reindexed(pg_register)
+    check_address_forms(pg_register)
 
 
 def test_a_long_letter_in_chinese_is_registered_and_found_on_postgresql(pg_register: Register) -> None:

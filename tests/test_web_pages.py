@@ -1152,3 +1152,26 @@ def test_the_reports_overdue_list_words_a_faxs_subject_and_its_downloads_keep_th
     site.people.set_language("rita", "en")
     words = visible(site.sign_in("rita").get(f"/reports?period={month}").text)
     assert "Fax from +8620123456, 2 page(s)" in words
+
+
+def test_an_internationalised_sender_domain_is_shown_in_chinese_unless_it_could_pass_for_another(site: Site) -> None:
+    """A domain in A-labels (xn--fsqu00a.xn--fiqs8s, as mail programs without SMTPUTF8 write it) is
+    shown as its owner writes it, 例子.中国, with the form the letter gave beside it on the letter's
+    page and under the pointer in the lists; a domain whose Unicode could pass for another (Cyrillic
+    аррӏе.com, for apple.com) is shown in A-labels, however the letter wrote it. The command line
+    shows them the same way."""
+    from conftest import make_message
+
+    idn = site.ingest("idn", make_message(7, subject="IDN", sender="Zhang San <zhang@xn--fsqu00a.xn--fiqs8s>"))
+    spoof = site.ingest("spoof", make_message(8, subject="Spoof", sender="Apple <pay@аррӏе.com>"))
+    rita = site.sign_in("rita")
+    assert "zhang@例子.中国 (zhang@xn--fsqu00a.xn--fiqs8s)" in rita.get(f"/letters/{idn}").text
+    assert "pay@xn--80ak6aa92e.com (pay@аррӏе.com)" in rita.get(f"/letters/{spoof}").text
+    listing = rita.get("/letters?queue=all").text
+    assert 'title="zhang@xn--fsqu00a.xn--fiqs8s">zhang@例子.中国</span>' in listing
+    assert 'title="pay@аррӏе.com">pay@xn--80ak6aa92e.com</span>' in listing
+    assert ">alice@partner.example</span>" in listing  # ASCII as it is, nothing beside it
+    shown = site.gateway.run("letters", "show", idn).stdout
+    assert "zhang@例子.中国 (zhang@xn--fsqu00a.xn--fiqs8s)" in shown
+    listed = site.gateway.run("letters", "list", env=site.gateway.env(COLUMNS="250")).stdout
+    assert "zhang@例子.中国" in listed and "pay@xn--80ak6aa92e.com" in listed and "аррӏе" not in listed

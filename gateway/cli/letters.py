@@ -11,6 +11,7 @@ import click
 from rich.panel import Panel
 from rich.table import Table
 
+from gateway.addressing import shown_address
 from gateway.cli.lazy import LazyGroup
 from gateway.cli.state import (COUNT, RegisterDay, State, as_option, by_option, fail, pass_state, principal, print_json,
                                print_trace, wide_console)
@@ -29,6 +30,12 @@ def register_filters(command: F) -> F:
     ]):
         command = option(command)
     return command
+
+
+def _address(address: str) -> str:
+    """A sender's address as shown, its domain in Unicode where that is safe, then as the letter gave it."""
+    shown = shown_address(address)
+    return f"{shown} ({address})" if shown != address else address
 
 
 def check_filters(state: State, status: str | None, department: str | None, category: str | None) -> None:
@@ -90,7 +97,7 @@ def letters_list(state: State, status: str | None, department: str | None, categ
     for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Deadline", "Flags"):
         table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received", "Deadline"))
     for r in rows:
-        sender = r.sender_address or r.fax_number or r.sender_name or "-"
+        sender = shown_address(r.sender_address) or r.fax_number or r.sender_name or "-"
         urgent = "" if r.urgency == "regular" else f" ({r.urgency})"
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
                       sender, r.subject or "(no subject)", r.department or "-", (r.category or "-") + urgent,
@@ -138,7 +145,7 @@ def letters_search(state: State, query: str, status: str | None, department: str
         table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received"))
     for r in rows:
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
-                      r.sender_address or r.fax_number or r.sender_name or "-", r.subject or "-",
+                      shown_address(r.sender_address) or r.fax_number or r.sender_name or "-", r.subject or "-",
                       r.department or "-", r.status)
     wide_console().print(table)
 
@@ -169,6 +176,7 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
         if as_json:
             print_json(entry)
         else:
+            entry["sender_address"] = _address(entry["sender_address"])
             for key, value in entry.items():
                 click.echo(f"{key}: {'-' if value in (None, '', []) else value}")
         return
@@ -188,6 +196,8 @@ def letters_show(state: State, number: str, as_json: bool, as_login: str | None,
             continue
         if key.endswith("_at") or key == "deadline":
             value = datetime.fromisoformat(value).astimezone(tz).isoformat(" ") if value else None
+        if key == "sender_address":
+            value = _address(value)
         fields.add_row(key, "-" if value in (None, "", []) else
                        ("; ".join(value) if isinstance(value, list) else str(value)))
     fields.add_row("recipients", json.dumps(detail["recipients"], ensure_ascii=False))

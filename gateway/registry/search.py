@@ -27,6 +27,7 @@ from sqlalchemy import (Connection, Text, and_, bindparam, case, cast, column, d
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import selectinload
 
+from gateway.addressing import address_forms
 from gateway.fold import fold, lower, simplified
 from gateway.registry.models import Letter, entry_sender
 from gateway.registry.people import ContentScope, LetterFilter, Scope, content_clause, filter_clause, scope_clause
@@ -166,8 +167,9 @@ def query_terms(query: str) -> list[Term]:
 def entry_terms(*, number: str, sender_name: str = "", sender_address: str = "", fax_number: str | None = None,
                 fax_sender: str | None = None) -> str:
     """What anyone who sees a letter's register entry may find it by: its number and sender, as the
-    entry shows them (`entry_sender`)."""
-    return index_terms(number, *entry_sender(sender_name, sender_address, fax_sender, fax_number))
+    entry shows them (`entry_sender`), the address's domain in Unicode and in A-labels alike."""
+    name, address = entry_sender(sender_name, sender_address, fax_sender, fax_number)
+    return index_terms(number, name, *address_forms(address))
 
 
 def content_terms(*, subject: str, body_text: str, attachment_names: Sequence[str] = (),

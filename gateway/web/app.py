@@ -286,6 +286,9 @@ def environment() -> jinja2.Environment:
     env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True,  # type: ignore[attr-defined]
                                   pgettext=i18n.pgettext)
     env.filters["show"] = show
+    from gateway.addressing import shown_address
+
+    env.filters["address"] = shown_address  # a domain in Unicode only where it cannot pass for another
     from gateway.web.shown import filesize, flag, sentence, subject
 
     env.filters["filesize"] = filesize
