@@ -171,14 +171,21 @@ def test_purge_needs_approval_spares_held_letters_and_keeps_a_record(tmp_path: P
     for named, says in (("Director Wang", "no enabled person named 'Director Wang'"),
                         ("li", "li (Clerk Li) does not have the leader role"),
                         ("zhao", "no enabled person named 'zhao'")):
-        refused = gateway.run("archive", "purge", "--approved-by", named, check=False)
-        assert refused.returncode == 2 and f"error: --approved-by: {says}: destruction is approved by a person " \
-            "of the web register with the leader role" in refused.stderr, refused.stderr
+        # A dry run naming who approves is refused the same way: its yes means the purge would go ahead.
+        for dry_run in ((), ("--dry-run",)):
+            refused = gateway.run("archive", "purge", *dry_run, "--approved-by", named, check=False)
+            assert refused.returncode == 2 and f"error: --approved-by: {says}: destruction is approved by a " \
+                "person of the web register with the leader role" in refused.stderr, (dry_run, refused.stderr)
+            assert "would be destroyed" not in refused.stdout
+    refused = gateway.run("archive", "purge", "--dry-run", "--approved-by", " ", check=False)
+    assert refused.returncode == 2 and "destruction needs --approved-by LOGIN" in refused.stderr
     assert (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
-    dry = gateway.run("archive", "purge", "--dry-run").stdout
-    # Business letters keep 5 years (over); complaints the default 10 (not over).
-    assert "2019/05/external.business/part-001.mbox.zst: would be destroyed" in dry
-    assert "retention of 10 years not over" in dry
+    for approved in ((), ("--approved-by", "wang")):  # without an approver, only what is due is shown
+        dry = gateway.run("archive", "purge", "--dry-run", *approved).stdout
+        # Business letters keep 5 years (over); complaints the default 10 (not over).
+        assert "2019/05/external.business/part-001.mbox.zst: would be destroyed" in dry
+        assert "retention of 10 years not over" in dry
+    assert (gateway.state / "archive/2019/05/external.business/part-001.mbox.zst").exists()
 
     gateway.run("letters", "hold", "2026-000002", "--reason", "court case 17/2026")
     held = gateway.run("archive", "purge", "--approved-by", "WANG").stdout

@@ -109,7 +109,8 @@ def archive_list(state: State, as_json: bool) -> None:
 @archive.command("purge")
 @click.option("--approved-by", metavar="LOGIN",
               help="The leader who approved the destruction, by their sign-in name (required to destroy anything).")
-@click.option("--dry-run", is_flag=True, help="Only show what would be destroyed.")
+@click.option("--dry-run", is_flag=True,
+              help="Only show what would be destroyed (with --approved-by, the approver is checked as for the purge).")
 @pass_state
 def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
     """Destroy packages past their category's retention, never letters on legal hold; records who approved."""
@@ -117,7 +118,8 @@ def archive_purge(state: State, approved_by: str | None, dry_run: bool) -> None:
     from gateway.services.people import DESTRUCTION_APPROVER, People
 
     approver = None
-    if not dry_run:
+    # A dry run naming its approver checks them as the purge does: its yes means the purge would go ahead.
+    if not dry_run or approved_by is not None:
         if not (approved_by or "").strip():
             fail("destruction needs --approved-by LOGIN, a person of the web register with the "
                  f"{DESTRUCTION_APPROVER} role (or --dry-run to see what is due)", code=2)
