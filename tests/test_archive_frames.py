@@ -49,11 +49,11 @@ def attachment(n: int) -> bytes:
     return bytes((n * 7 + i * 13) % 256 for i in range(3000))
 
 
-def month_of_letters(tmp_path: Path, compression: str = "zstd", reply: bool = False) -> Gateway:
+def month_of_letters(tmp_path: Path, compression: str = "zstd", reply: bool = False, extra: str = "") -> Gateway:
     """Four mails with an attachment each, in two categories, all closed (so that verifying releases
     the message store's copies and every read afterwards comes from the archive), received in March.
     With `reply`, letter 2026-000002 had a reply sent to its sender."""
-    gateway = Gateway(tmp_path, rules=RULES, extra=f'[archive]\ncompression = "{compression}"\n')
+    gateway = Gateway(tmp_path, rules=RULES, extra=f'[archive]\ncompression = "{compression}"\n{extra}')
     gateway.run("ingest", *write_messages(tmp_path, [
         letter(0, "complaint one", "liaison@example.org",
                "Dear team,\nFrom the start we were unhappy.\n>From a quote.\n>>From a quote of a quote.\n"),
@@ -283,6 +283,49 @@ def test_a_damaged_manifest_row_is_named_and_the_rest_checked(tmp_path: Path) ->
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
         f"error: {business['path']}: the manifest has no column sha256"]
+
+
+def test_a_damaged_first_row_of_a_package_of_frames_is_a_damaged_row(tmp_path: Path) -> None:
+    """The manifest's header, not its first row, says the package holds a frame per letter: a first
+    row whose frame place is gone is one damaged row (the package corrupt, put right from its copy),
+    never a package of one frame for the month in which every letter differs."""
+    copy = tmp_path / "second-disk"
+    copy.mkdir()
+    gateway = month_of_letters(tmp_path, extra=f'copies = ["{copy}"]\n')
+    gateway.run("archive", "run", "--month", MONTH, "--no-verify")
+    business = next(p for p in package_rows(gateway) if p["category"] == "external.business")
+    manifest = gateway.state / "archive" / business["manifest"]
+    right = manifest.read_text()
+    first, _ = manifest_of(gateway, business)
+    lines = right.splitlines()
+    lines[1] = lines[1].replace(f",{first['frame_offset']},{first['frame_length']}", f",,{first['frame_length']}")
+    damaged = "\n".join(lines) + "\n"
+    assert damaged != right
+    said = f"{first['archive_number']} ({first['letter_number']}): its manifest row is damaged"
+
+    manifest.write_text(damaged)
+    (copy / business["manifest"]).parent.mkdir(parents=True, exist_ok=True)
+    (copy / business["manifest"]).write_text(damaged)  # no copy to put it right: named, the package corrupt
+    (copy / business["path"]).write_bytes((gateway.state / "archive" / business["path"]).read_bytes())
+    proc = gateway.run("archive", "verify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+        f"error: {business['path']}: {said}"], proc.stderr
+    assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
+        "external.business": "corrupt", "external.inquiry_complaint": "verified"}
+    with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # read from the archive alone
+        db.execute("UPDATE letters SET raw_released = 1")
+    read = gateway.run("letters", "extract", first["letter_number"], str(tmp_path / "out"), check=False)
+    assert read.returncode != 0 and "Traceback" not in read.stderr, read.stderr
+    assert f"{first['letter_number']}: its manifest row in {business['path']} is damaged" in read.stderr
+
+    (copy / business["manifest"]).write_text(right)  # a right copy: the package is put right from it
+    restored = gateway.run("archive", "verify", check=False)
+    assert restored.returncode == 0 and "Traceback" not in restored.stderr, restored.stderr
+    assert f"warning: {business['path']}: restored from its copy in {copy}; it had: {said}\n" in restored.stderr
+    assert manifest.read_text() == right
+    assert {p["category"]: p["status"] for p in package_rows(gateway)} == {
+        "external.business": "verified", "external.inquiry_complaint": "verified"}
 
 
 def test_a_damaged_manifest_row_of_a_package_written_before_is_named_and_the_rest_checked(tmp_path: Path) -> None:

@@ -757,13 +757,15 @@ class Archiver:
                     raise ArchiveError(f"{letter.number}: its manifest row in {package.path} is damaged")
                 return self._as_registered(letter, (root / package.path / row["file"]).read_bytes())
             path = root / package.path
-            if not row.get("frame_offset"):  # a package of one frame for the month, as written before
+            if "frame_offset" not in row:  # a package of one frame for the month, as written before
                 data = self._decompress(path)
                 block = data[int(row["offset"]):int(row["offset"]) + int(row["length"])]
                 return self._as_registered(letter, _message_of(block, int(row["size"])))
+            if (place := _whole_numbers(row, "frame_offset", "frame_length")) is None:
+                raise ArchiveError(f"{letter.number}: its manifest row in {package.path} is damaged")
             with open(path, "rb") as f:  # its own frame, and nothing else
-                at, length = int(row["frame_offset"]), int(row["frame_length"])
-                if at < 0 or length < 0 or at + length > os.fstat(f.fileno()).st_size:  # a damaged row
+                at, length = place
+                if at + length > os.fstat(f.fileno()).st_size:  # a damaged row
                     raise ArchiveError(f"{letter.number}: its frame in {package.path} is cut short")
                 f.seek(at)
                 frame = f.read(length)
@@ -1010,9 +1012,9 @@ def _frame_places(text: str) -> tuple[list[_Place], list[str], int, list[str] | 
     needed = ("frame_offset", "frame_length", "size", "sha256", "archive_number", "letter_number")
     if missing := [name for name in needed if name not in column]:
         return [], [f"the manifest has no column {', '.join(missing)}"], len(rows), None  # said once: enough
+    # The header, not a row, says the package holds a frame per letter: a row without its frame
+    # place is a damaged row, never a sign of a package of one frame for the month.
     at, length, size, sha, number, letter = (column[name] for name in needed)
-    if len(rows[0]) <= at or not rows[0][at]:
-        return None
     places: list[_Place] = []
     problems = []
     width = len(header)
