@@ -134,17 +134,30 @@ def test_a_corrupted_package_is_detected(archived: tuple[Gateway, str]) -> None:
 
 def test_a_crash_midway_then_the_run_resumes(archived: tuple[Gateway, str]) -> None:
     gateway, month = archived
+    assert "orphans/" not in gateway.run("archive", "verify").stderr
     crashed = gateway.run("archive", "run", "--month", month, check=False,
                           env=gateway.env(GATEWAY_CRASH_AT="archive-before-commit"))
     assert crashed.returncode == -9
     assert package_rows(gateway) == []
     leftovers = list((gateway.state / "archive" / "2026").rglob("part-001*"))
     assert leftovers  # written, never recorded
-    gateway.run("archive", "run", "--month", month)
-    assert list((gateway.state / "archive" / "orphans").rglob("part-001*"))  # set aside, not deleted
+    resumed = gateway.run("archive", "run", "--month", month)
+    [aside] = list((gateway.state / "archive" / "orphans").iterdir())
+    assert list(aside.rglob("part-001*"))  # set aside, not deleted
+    assert (f"archive of {month}: what a run that crashed left, in no package of the register, set aside in "
+            f"{aside} (never removed by the gateway: gateway archive verify says what to do)") in resumed.stderr
     left = sum(1 for f in (gateway.state / "archive" / "orphans").rglob("*") if f.is_file())
     assert (f"kept orphans/: {left} file(s) set aside from runs that crashed, in no package of the register: never "
             "destroyed by a purge") in gateway.run("archive", "purge", "--dry-run").stdout
+    # Never removed by the gateway: verify tells the operator they wait, and what to do, once.
+    verified = gateway.run("archive", "verify")
+    said = [line for line in verified.stderr.splitlines() if "orphans/" in line]
+    assert said == [f"warning: orphans/: {left} file(s) set aside from runs that crashed wait in "
+                    f"{gateway.state / 'archive' / 'orphans'}, in no package of the register (after a registry "
+                    "restored from an older backup, perhaps the only copy of their letters): compare their "
+                    "manifests with the register (gateway archive list, gateway letters show NUMBER) and remove "
+                    "them by hand once they are not needed; the gateway never removes them"], verified.stderr
+    assert left and left == sum(1 for f in (gateway.state / "archive" / "orphans").rglob("*") if f.is_file())
     rows = package_rows(gateway)
     assert len(rows) == 3 and all(r["part"] == 1 and r["status"] == "verified" for r in rows)
     numbers = [gateway.show_json(str(l["number"]))["archive_number"] for l in gateway.list_json()]

@@ -241,6 +241,13 @@ class Archiver:
         year, mon = month.split("-")
         return self.root / year / mon / category
 
+    def orphans(self) -> int:
+        """How many files crashed runs left in orphans/ (`_remove_unrecorded`): never removed by the
+        gateway, only named for the operator."""
+        with suppress(OSError):
+            return sum(1 for entry in (self.root / "orphans").rglob("*") if entry.is_file())
+        return 0
+
     def _remove_unrecorded(self, month: str) -> None:
         """Files a crashed run left behind, never recorded. Moved aside to orphans/, not deleted:
         after a registry restored from an older backup they could be the only copies."""
@@ -249,6 +256,7 @@ class Archiver:
         if not base.is_dir():
             return
         recorded = self.registry.archive_paths(month)
+        aside_in: Path | None = None
         for folder in base.iterdir():
             for entry in folder.iterdir() if folder.is_dir() else []:
                 relative = str(entry.relative_to(self.root))
@@ -257,9 +265,13 @@ class Archiver:
                 if entry.name.startswith("."):  # never renamed into place: incomplete
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                     continue
-                aside = self.root / "orphans" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") / relative
+                aside_in = aside_in or self.root / "orphans" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+                aside = aside_in / relative
                 make_dirs(aside.parent)
                 move(entry, aside)
+        if aside_in is not None:
+            log.warning("archive of %s: what a run that crashed left, in no package of the register, set aside in "
+                        "%s (never removed by the gateway: gateway archive verify says what to do)", month, aside_in)
 
     def _pack(self, month: str, category: str, kind: str, letters: list[ToArchive], replied: set[int],
               series: str, last: int) -> _Package:
@@ -824,10 +836,9 @@ class Archiver:
                 due.append(package)
         # What crashed runs left (`_remove_unrecorded`) is in no package of the register: after a
         # registry restored from an older backup it may be a letter's only copy. Named, not destroyed.
-        with suppress(OSError):
-            if left := sum(1 for entry in (self.root / "orphans").rglob("*") if entry.is_file()):
-                kept.append(f"orphans/: {left} file(s) set aside from runs that crashed, in no package of the "
-                            "register: never destroyed by a purge; look through them and remove them by hand")
+        if left := self.orphans():
+            kept.append(f"orphans/: {left} file(s) set aside from runs that crashed, in no package of the "
+                        "register: never destroyed by a purge; look through them and remove them by hand")
         if dry_run:
             return [p.path for p in due], kept
         with self._locked():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -51,7 +52,9 @@ def archive_run(state: State, month: str, no_verify: bool) -> None:
         _report_checks(archiver.verify(month))
 
 
-def _report_checks(checked: list[Any]) -> None:
+def _report_checks(checked: list[Any], orphans: tuple[int, Path] = (0, Path())) -> None:
+    """Each package's check; with `orphans` (how many files crashed runs left, and where), a word
+    for the operator on those too."""
     bad = uncopied = 0
     for c in checked:
         if c.ok:
@@ -67,6 +70,12 @@ def _report_checks(checked: list[Any]) -> None:
         uncopied += bool(c.copy_problems)
         for problem in c.copy_problems:
             click.echo(f"error: {c.package.path}: {problem}", err=True)
+    if orphans[0]:
+        click.echo(f"warning: orphans/: {orphans[0]} file(s) set aside from runs that crashed wait in {orphans[1]}, "
+                   "in no package of the register (after a registry restored from an older backup, perhaps the "
+                   "only copy of their letters): compare their manifests with the register (gateway archive list, "
+                   "gateway letters show NUMBER) and remove them by hand once they are not needed; the gateway "
+                   "never removes them", err=True)
     log = logging.getLogger("gateway.archive")
     if bad:
         log.error("ALERT archive: %d package(s) failed verification", bad)
@@ -84,7 +93,8 @@ def archive_verify(state: State, month: str | None) -> None:
     """Re-read every package and check every hash; then release the message store's copies."""
     from gateway.archive.packer import Archiver
 
-    _report_checks(Archiver(state.config, state.registry()).verify(_month(month) if month else None))
+    archiver = Archiver(state.config, state.registry())
+    _report_checks(archiver.verify(_month(month) if month else None), (archiver.orphans(), archiver.root / "orphans"))
 
 
 @archive.command("list")
