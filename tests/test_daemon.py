@@ -314,6 +314,65 @@ def test_after_sighup_what_needs_a_restart_keeps_its_running_value(gateway: Gate
     assert "single sign-on" in reloaded and "takes effect at restart" in reloaded, reloaded
 
 
+def test_after_sighup_the_timezone_and_the_storage_folders_keep_their_running_values(
+        gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """The timezone is that of the registry's letter numbers and the archive's schedule, both fixed at
+    start: a letter registered after a reload that changes it gets its deadline (the end of a working
+    day) in the running one. The message store and archive folders stay where the daemon started
+    with them, and the reload says all three need a restart."""
+    daemon = start_and_wait_ready(gateway, notify)
+    good = gateway.config.read_text()
+    try:
+        assert 'timezone = "Asia/Shanghai"' in good
+        gateway.config.write_text(good.replace('timezone = "Asia/Shanghai"', 'timezone = "America/New_York"')
+                                  .replace("[logging]\n", f'[storage]\nmessages_dir = "{tmp_path / "nas" / "messages"}"'
+                                           f'\narchive_dir = "{tmp_path / "nas" / "archive"}"\n\n[logging]\n'))
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.wait_for("READY=1")
+        gateway.config.write_text(good)
+        spool = Spool(gateway.state / "spool", gateway.state / "messages")
+        spool.enqueue(make_message(1, to="sales@example.org"), {"intake": "file"})
+        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
+        link.wake()
+        link.close()
+        wait_for(lambda: gateway.list_json(), 20, "the letter")
+        letter = gateway.show_json("2026-000001")
+        deadline = datetime.fromisoformat(str(letter["deadline"])).astimezone(ZoneInfo("Asia/Shanghai"))
+        assert deadline.time().isoformat() == "23:59:59", letter["deadline"]
+        assert (gateway.state / str(letter["raw_path"])).is_file()
+    finally:
+        gateway.config.write_text(good)
+        out = stop(daemon)
+    [reloaded] = [line for line in out.splitlines() if "configuration reloaded from" in line]
+    assert "gateway.timezone, storage changed: takes effect at restart" in reloaded, reloaded
+    assert not (tmp_path / "nas").exists()
+
+
+def test_a_reload_keeps_the_running_timezone_and_folders_in_the_configuration_it_puts_in_force(
+        gateway: Gateway, tmp_path: Path) -> None:
+    """What the daemon hands every part after a reload: the timezone, the message store and the
+    archive folder (by [storage] or [archive] folder) it started with, each named as changed."""
+    from gateway.daemon.daemon import _running
+    from gateway.stages import rulebook
+
+    running = rulebook.load(str(gateway.config))
+    changed = tmp_path / "changed.toml"
+    for edit, names in (
+            (f'[storage]\nmessages_dir = "{tmp_path / "nas" / "messages"}"\n'
+             f'archive_dir = "{tmp_path / "nas" / "archive"}"\n', ["storage"]),
+            (f'[archive]\nfolder = "{tmp_path / "other-archive"}"\n', ["archive folder"])):
+        changed.write_text(gateway.config.read_text().replace('timezone = "Asia/Shanghai"',
+                                                              'timezone = "America/New_York"')
+                           .replace("[logging]\n", f"{edit}\n[logging]\n"))
+        config, restart_needed = _running(running, rulebook.load(str(changed)))
+        assert restart_needed == ["gateway.timezone", *names]
+        assert config.model.gateway.timezone == "Asia/Shanghai"
+        assert config.calendar.tz == ZoneInfo("Asia/Shanghai")
+        assert config.archive_dir == running.archive_dir == gateway.state / "archive"
+        assert config.shared_message_dir is None and config.model.storage == running.model.storage
+
+
 def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, notify: Notify) -> None:
     """With PostgreSQL stopped, ingest spools and exits 75; the daemon registers the item once it is back."""
     server = PostgresServer()

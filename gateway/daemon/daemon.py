@@ -610,11 +610,17 @@ def _month_before(now: datetime) -> str:
 
 # What a reload cannot change, because it is read once at start (where the daemon listens, what
 # it schedules, which folders it watches): what the log names it, its section, and its keys (None:
-# the whole section).
+# the whole section). The timezone is one: the registry numbers letters by the year in it and the
+# archive job is scheduled in it, both at start, so every other reader keeps it too. So are the
+# message store and archive folders: the store is mounted at start, and letters archived in a new
+# folder would be where none of the running parts (nor the register's packages) are.
 _RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("gateway.state_dir", "gateway", ("state_dir",)),
     ("registry.url", "registry", None),
     ("gateway.letter_number", "gateway", ("letter_number",)),
+    ("gateway.timezone", "gateway", ("timezone",)),
+    ("storage", "storage", None),
+    ("archive folder", "archive", ("folder",)),
     ("daemon", "daemon", None),
     ("spool", "spool", None),
     ("node.name", "node", None),
