@@ -9,13 +9,17 @@ own browser context. A failing test leaves screenshots of its pages and prints t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from email.message import EmailMessage
 
 import pytest
 from conftest import make_message
+from fax_samples import ENGLISH, pdf_fax, tiff_fax
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import text
 from web_support import ORDERS_RULE, PASSWORD, WEB_RULES, Site
 
+from gateway.services.paper import PaperLetter, Scan, register_paper
 from gateway.services.people import Principal
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,11 +36,17 @@ RULES = WEB_RULES.replace("rules:\n", "rules:\n" + ORDERS_RULE + """\
 BATCH = 50
 FORBIDDEN = range(40, 45)  # reassigned away from Business: sam sees them but may not acknowledge them
 DONE_BEFORE = range(45, 50)  # already acknowledged
+# Fax-to-email: the fax's number from the subject, its sender (the station's name) from the text.
+FAX_MAIL = """
+[fax.email]
+senders = ["fax@faxservice.example"]
+body_pattern = '(?i)station (?P<sender_name>[^.\\n]+)'
+"""
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    s = Site(tmp_path_factory.mktemp("web-work"), rules=RULES)
+    s = Site(tmp_path_factory.mktemp("web-work"), rules=RULES, extra=FAX_MAIL)
     s.add_people()
     operator = Principal.operator("test")
     for i in range(BATCH):
@@ -54,8 +64,37 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     s.ingest("urgent", make_message(5, subject="紧急：会议通知", to="liaison@example.org"))
     s.ingest("order", make_message(6, subject="新订单询价", to="nobody@example.org"))
     s.ingest("first", make_message(7, subject="Keyboard first", to="sales@example.org"))  # newest of Business
+    add_senders(s)
     yield s
     s.close()
+
+
+def add_senders(site: Site) -> None:
+    """A letter by mail, a fax by mail, a drop-folder fax (its number only) and a paper letter, all
+    on the triage desk (the faxes and the paper letter as when their text leads the rules nowhere)."""
+    site.ingest("mail-sender", make_message(8, subject="Who sent this", to="nobody@example.org",
+                                            sender="Carol Customer <carol@customer.example>"))
+    fax = EmailMessage()
+    fax["From"], fax["To"] = "Fax Service <fax@faxservice.example>", "nobody@example.org"
+    fax["Subject"], fax["Date"] = "Fax from +86 21 6666 7777 (1 page)", "Mon, 23 Nov 2026 10:00:00 +0800"
+    fax.set_content("You have received a fax from station 东方机电.\n")
+    fax.add_attachment(pdf_fax([ENGLISH]), maintype="application", subtype="pdf", filename="fax.pdf")
+    site.ingest("fax-mail", bytes(fax))
+    site.ingest("fax-drop", tiff_fax([["ONE PAGE"]]), filename="fax_+8620123456_20261122-090000.tif")
+    paper = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
+        channel="post", sender_name="王芳", scans=[Scan("a.pdf", pdf_fax([ENGLISH]))]), by="rita", intake="web")
+    assert paper.number
+    site.letters["paper"] = paper.number
+    with site.registry.write() as conn:
+        conn.execute(text("UPDATE letters SET status = 'needs-triage', department = NULL WHERE number IN "
+                          "(:a, :b, :c)"), {"a": site.letters["fax-mail"], "b": site.letters["fax-drop"],
+                                            "c": paper.number})
+
+
+# Each kind of letter's sender as its register entry shows it: (name, address).
+SENDERS = {"mail-sender": ("Carol Customer", "carol@customer.example"),
+           "fax-mail": ("Fax Service", "fax@faxservice.example"),  # the mail's sender, not the fax's
+           "fax-drop": ("", "+8620123456"), "paper": ("王芳", "")}
 
 
 @pytest.fixture
@@ -107,6 +146,24 @@ def test_a_confidential_letters_content_finds_nothing_for_those_who_may_not_read
     search(head, "保密条款")
     expect(head.locator("main table.letters")).to_contain_text(n["secret"])
     expect(head.locator("main table.letters")).to_contain_text("机密：价格调整")
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_rows_and_the_triage_desk_show_each_kind_of_letters_sender_as_its_register_entry(
+        site: Site, sign_in: SignIn, lang: str) -> None:
+    page = sign_in("rita", lang)
+    page.goto("/letters?queue=triage")
+    for name, (who, address) in SENDERS.items():
+        number = site.letters[name]
+        entry = site.access.entry(site.registry.letter(number))  # type: ignore[arg-type]
+        assert (entry.sender_name, entry.sender_address) == (who, address), name
+        cell = page.locator(f"tr[data-href$='/{number}'] td.sender")
+        expect(cell.locator("span").nth(0)).to_have_text(who)
+        expect(cell.locator("span.muted")).to_have_text(address)
+    page.goto("/triage")
+    for name, (who, address) in SENDERS.items():
+        meta = page.locator(f"article#t-{site.letters[name]} p.triage-meta")
+        expect(meta).to_contain_text(f" · {who} <{address}>")
 
 
 def test_triage_settled_in_one_click(site: Site, sign_in: SignIn) -> None:

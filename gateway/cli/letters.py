@@ -97,13 +97,22 @@ def letters_list(state: State, status: str | None, department: str | None, categ
     for column in ("Number", "Received", "Ch", "From", "Subject", "Dept", "Category", "Status", "Deadline", "Flags"):
         table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received", "Deadline"))
     for r in rows:
-        sender = shown_address(r.sender_address) or r.fax_number or r.sender_name or "-"
+        sender = _from(r)
         urgent = "" if r.urgency == "regular" else f" ({r.urgency})"
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
                       sender, r.subject or "(no subject)", r.department or "-", (r.category or "-") + urgent,
                       r.status, r.deadline.astimezone(tz).strftime("%Y-%m-%d") if r.deadline else "-",
                       " ".join(r.flags))
     wide_console().print(table)
+
+
+def _from(letter: Any) -> str:
+    """The table's one "From" column: the register entry's sender, its address (or fax number)
+    first, since a name alone may not tell two senders apart."""
+    from gateway.services.queries import letter_sender
+
+    name, address = letter_sender(letter)
+    return shown_address(address) or name or "-"
 
 
 @letters.command("search")
@@ -145,7 +154,7 @@ def letters_search(state: State, query: str, status: str | None, department: str
         table.add_column(column, overflow="fold", no_wrap=column in ("Number", "Received"))
     for r in rows:
         table.add_row(r.number, r.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"), r.channel,
-                      shown_address(r.sender_address) or r.fax_number or r.sender_name or "-", r.subject or "-",
+                      _from(r), r.subject or "-",
                       r.department or "-", r.status)
     wide_console().print(table)
 

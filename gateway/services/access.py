@@ -37,7 +37,7 @@ from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.people import ContentScope
-from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail, entry_sender
+from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
 from gateway.report.spreadsheet import SheetWriter
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
@@ -353,8 +353,7 @@ class Access:
 
     def entry(self, letter: Letter) -> RegisterEntry:
         """The register entry of a letter the person sees (from `letter()`)."""
-        sender_name, sender_address = entry_sender(letter.sender_name, letter.sender_address,
-                                                   letter.fax_sender_name, letter.fax_number)
+        sender_name, sender_address = queries.letter_sender(letter)
         return RegisterEntry(
             number=letter.number, sender_name=sender_name, sender_address=sender_address, status=letter.status,
             received_at=letter.received_at, department=letter.department, urgency=letter.urgency,

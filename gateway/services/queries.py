@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.registry import Registry, Scope
-from gateway.registry.models import Attachment, Letter, OcrReading, OutboxMail
+from gateway.registry.models import Attachment, Letter, OcrReading, OutboxMail, entry_sender
 
 
 def local_zone(config: Config) -> ZoneInfo:
@@ -55,6 +55,11 @@ def list_letters(config: Config, registry: Registry, *, status: str | None = Non
     return registry.letters(status=status, department=department, category=category, channel=channel,
                             since=start, until=end, limit=limit,
                             overdue_at=overdue_moment(config, as_of) if overdue else None, scope=scope)
+
+
+def letter_sender(letter: Letter) -> tuple[str, str]:
+    """The sender a letter's register entry shows, (name, address): see `entry_sender`."""
+    return entry_sender(letter.sender_name, letter.sender_address, letter.fax_sender_name, letter.fax_number)
 
 
 def letter_summary(letter: Letter) -> dict[str, Any]:

@@ -294,6 +294,9 @@ def environment() -> jinja2.Environment:
     env.filters["filesize"] = filesize
     env.filters["subject"] = subject
     env.filters["sentence"] = sentence
+    from gateway.services.queries import letter_sender
+
+    env.filters["sender"] = letter_sender  # (name, address), as the register entry shows it
     env.globals["flag"] = flag
     from gateway.web.routes import replies  # its pages' parts on the letter page and in the sidebar
 

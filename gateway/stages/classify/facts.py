@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from email import policy as email_policy
 from typing import TYPE_CHECKING, Any
 
+from gateway.registry.models import entry_sender
 from gateway.stages.normalise.headers import decode_header_value
 
 if TYPE_CHECKING:
@@ -142,8 +143,11 @@ def facts_from_letter(letter: Letter, headers: dict[str, list[str]],
     hint = (letter.envelope or {}).get("department_hint") if letter.envelope else None
     return Facts(
         channel=letter.channel,
+        # The rules' sender address is a mail address only: a fax's number is its own fact
+        # (fax_number), unlike the register entry's sender (entry_sender), which falls back to it.
         sender_address=(letter.sender_address or "").lower(),
-        sender_name=letter.sender_name or letter.fax_sender_name or "",
+        sender_name=entry_sender(letter.sender_name, letter.sender_address, letter.fax_sender_name,
+                                 letter.fax_number)[0],
         recipients=_unique([str(a).lower() for a in listed if a]),
         subject=letter.subject,
         body=letter.body_text[:BODY_LIMIT],
