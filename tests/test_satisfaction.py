@@ -171,3 +171,52 @@ def test_the_public_page_is_rate_limited_per_client_address(tmp_path: Path, noti
             assert "访问过于频繁" in browser.get(url).text
     finally:
         daemon.stop()
+
+
+def test_the_rating_page_words_a_paper_letters_subject_in_the_pages_language(tmp_path: Path) -> None:
+    """A paper letter's subject is the one the gateway wrote (in English in the register); the
+    sender's page shows it in the page's language, as the register's own pages do."""
+    from fax_samples import ENGLISH, pdf_fax
+    from web_support import WEB_RULES, Site
+
+    from gateway.outbound.outward import rating_token
+    from gateway.services.paper import PaperLetter, Scan, register_paper
+    from gateway.services.people import Principal
+    from gateway.registry.models import OcrJob
+    from gateway.stages.fax.text import TextReader
+    from sqlalchemy import select
+
+    rules = WEB_RULES.replace("rules:\n", """rules:
+  - name: complaint by post
+    when:
+      keywords: {any: ["王芳"], in: [sender_name]}
+    set: {category: external.inquiry_complaint, department: business}
+""", 1)
+    site = Site(tmp_path, rules=rules)
+    try:
+        done = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
+            channel="post", sender_name="王芳", organisation="东方机电", email="wang@partner.example",
+            scans=[Scan("a.pdf", pdf_fax([ENGLISH]))]), by="rita", intake="web")
+        assert done.number
+        reader = TextReader(site.config, site.registry)  # as the daemon does: read the scan, then classify
+        try:
+            def read() -> bool:
+                reader.run_once()
+                with site.registry.read() as conn:
+                    return conn.execute(select(OcrJob.letter_id)).first() is None
+            wait_for(read, 120, "the scan read")
+        finally:
+            reader.stop()
+        assert site.gateway.show_json(done.number)["department"] == "business"
+        site.access.act(Principal.operator("test"), done.number, "close", text="We sent the goods again.")
+        [mail] = [m for m in site.registry.outbox() if m.kind == "feedback"]
+        link = f"{site.url}/rate/{rating_token(site.config, mail.message_id, mail.created_at)}"
+        assert site.gateway.show_json(done.number)["subject"] == "Letter by post from 王芳 (东方机电), 1 page(s)"
+        with httpx.Client(timeout=30) as browser:
+            shown = {lang: browser.get(link, params={"lang": lang}) for lang in ("zh", "en")}
+        assert all(page.status_code == 200 and done.number in page.text for page in shown.values())
+        assert "Letter by post" not in shown["zh"].text
+        assert "邮寄来信，来自 王芳（东方机电），共 1 页" in shown["zh"].text
+        assert "Letter by post from 王芳 (东方机电), 1 page(s)" in shown["en"].text
+    finally:
+        site.close()

@@ -40,6 +40,15 @@ class RatingPage:
     subject: str
     feedback_id: str
     rating: Rating | None
+    # What the page needs to word a subject the gateway wrote (a fax's, a paper letter's) in its
+    # language (web/shown.subject): only what that subject line itself says. Empty when it is withheld.
+    channel: str = ""
+    sender_name: str = ""
+    sender_organisation: str = ""
+    sender_address: str = ""
+    fax_number: str | None = None
+    fax_sender_name: str | None = None
+    fax_pages: int | None = None
 
 
 class Satisfaction:
@@ -68,8 +77,13 @@ class Satisfaction:
         letter = self.registry.letter(number)
         if letter is None:
             raise BadToken("no such letter")
-        subject = letter.subject if letter.confidentiality != "confidential" else ""
-        return RatingPage(number, subject, checked.message_id, self.records.rated(checked.message_id))
+        rating = self.records.rated(checked.message_id)
+        if letter.confidentiality == "confidential":
+            return RatingPage(number, "", checked.message_id, rating)
+        return RatingPage(number, letter.subject, checked.message_id, rating, channel=letter.channel,
+                          sender_name=letter.sender_name, sender_organisation=letter.sender_organisation,
+                          sender_address=letter.sender_address, fax_number=letter.fax_number,
+                          fax_sender_name=letter.fax_sender_name, fax_pages=letter.fax_pages)
 
     def by_link(self, token: str, score: int, comment: str, *, address: str) -> tuple[Rating, bool]:
         """Rate through the link. Raises BadToken, ExpiredToken, AlreadyRated and ValueError (no score)."""
