@@ -327,3 +327,52 @@ def test_the_dashboard_counts_letters_awaiting_their_sender_in_its_columns(tmp_p
         assert ".seg.status-awaiting-sender" in css.read_text()  # its segment has a colour of its own
     finally:
         s.close()
+
+
+def test_the_timeliness_figures_open_exactly_the_letters_they_count(tmp_path: Path) -> None:
+    """Closed this month: only letters received in it, with a deadline, whose close stands (an
+    archived one still counts); and for a member, only the letters they work on (not those their
+    department passed on). Each figure's queue lists exactly the letters it counts."""
+    from conftest import make_message
+
+    s = Site(tmp_path)
+    try:
+        s.add_people()
+        operator = Principal.operator("test")
+        tz = ZoneInfo(s.config.model.gateway.timezone)
+        now = datetime.now(timezone.utc)
+        month_start = datetime.combine(now.astimezone(tz).date().replace(day=1), datetime.min.time(), tz)
+        names = ("on-time", "late", "archived", "no-deadline", "last-month", "passed-on", "passed-open")
+        for i, name in enumerate(names):
+            s.ingest(name, make_message(20 + i, subject=f"Order {i}", to="sales@example.org"))
+        n = s.letters
+        with s.registry.write() as conn:
+            for name in names:
+                deadline = now - timedelta(hours=1) if name == "late" else now + timedelta(days=3)
+                conn.execute(update(Letter).where(Letter.number == n[name]).values(
+                    deadline=None if name == "no-deadline" else deadline))
+            conn.execute(update(Letter).where(Letter.number == n["last-month"])
+                         .values(received_at=month_start - timedelta(days=1)))
+        for name in ("passed-on", "passed-open"):  # Business passes them on to the General Office
+            s.access.act(operator, n[name], "reassign", department="general-office", text="theirs")
+        for name in names[:-1]:
+            s.access.act(operator, n[name], "close", text="done")
+        with s.registry.write() as conn:  # as the month's archive leaves a closed letter
+            conn.execute(update(Letter).where(Letter.number == n["archived"]).values(status="archived"))
+
+        for login, closed, on_time in (("rita", 4, 3), ("sam", 3, 2)):  # sam: Business's letters now
+            client = s.sign_in(login)
+            numbers = figures(client.get("/dashboard").text)
+            [(closed_url, count)] = [(url, c) for url, exact, c in numbers if exact and "closed=timed" in url]
+            [(on_time_url, on_time_count)] = [(url, c) for url, exact, c in numbers
+                                              if exact and "closed=on-time" in url]
+            assert (count, on_time_count) == (closed, on_time), login
+            for url, is_exact, count in numbers:  # every figure, as the person's queue lists it
+                total = queue_total(client, url)
+                assert total == count if is_exact else total >= count, (login, url, total, count)
+            listed = client.get(closed_url).text
+            assert n["archived"] in listed and n["no-deadline"] not in listed and n["last-month"] not in listed
+            assert (n["passed-on"] in listed) == (login == "rita")
+            assert n["late"] not in client.get(on_time_url).text
+    finally:
+        s.close()

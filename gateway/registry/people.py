@@ -86,6 +86,9 @@ class LetterFilter:
     deadline_before: datetime | None = None
     deadline_after: datetime | None = None
     overdue_at: datetime | None = None  # open and past the deadline at this moment
+    # "timed": ended with a deadline and a close that stands (no reopening after it), the letters
+    # the timeliness rate counts; "on-time": of those, closed by the deadline.
+    closed: str | None = None
     nothing: bool = False  # matches no letter (a queue the person has none of)
 
 
@@ -136,7 +139,29 @@ def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
         parts.append(Letter.deadline >= f.deadline_after)
     if f.overdue_at is not None:
         parts.append(and_(Letter.deadline < f.overdue_at, Letter.status.in_(lifecycle.OPEN)))
+    if f.closed is not None:
+        parts.append(_closed_clause(f.closed))
     return and_(true(), *parts)
+
+
+CLOSED_FILTERS = ("timed", "on-time")
+
+
+def _closed_clause(which: str) -> ColumnElement[bool]:
+    """The close that stands, as the report and the dashboard count it (report/figures): the last
+    "closed" event of a letter not open now, unless a reopening came after it."""
+    def last(action: str) -> Any:
+        return (select(func.max(Event.at)).where(Event.letter_id == Letter.id, Event.action == action)
+                .correlate(Letter).scalar_subquery())
+
+    closed_at, reopened_at = last("closed"), last("reopened")
+    parts = [Letter.status.not_in(lifecycle.OPEN), Letter.deadline.is_not(None), closed_at.is_not(None),
+             or_(reopened_at.is_(None), closed_at > reopened_at)]
+    if which == "on-time":
+        parts.append(closed_at <= Letter.deadline)
+    elif which != "timed":
+        raise ValueError(f"no closed filter {which!r}")
+    return and_(*parts)
 
 
 class PeopleRecords(Store):

@@ -36,7 +36,7 @@ import regex
 from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
-from gateway.registry.people import ContentScope
+from gateway.registry.people import CLOSED_FILTERS, ContentScope
 from gateway.registry.models import AuditRow, Letter, OcrReading, OutboxMail
 from gateway.report.spreadsheet import SheetWriter
 from gateway.services import queries
@@ -117,6 +117,8 @@ class QueueQuery:
     until: date | None = None
     deadline_before: date | None = None
     deadline_after: date | None = None  # deadline on or after this local day
+    closed: str | None = None  # "timed" or "on-time": the letters the timeliness figures count
+    work: bool = False  # only the letters the person works on (work_scope), as the dashboard counts
     sort: str = "-received"
     page: int = 1
     per_page: int = 50
@@ -160,7 +162,7 @@ class SavedViewRecord:
 
 
 _VIEW_FIELDS = ("queue", "status", "category", "urgency", "channel", "department", "since", "until",
-                "deadline_before", "deadline_after", "sort", "per_page")
+                "deadline_before", "deadline_after", "closed", "work", "sort", "per_page")
 
 
 def query_to_dict(query: QueueQuery) -> dict[str, Any]:
@@ -512,7 +514,8 @@ class Access:
         f = LetterFilter(statuses=(query.status,) if query.status else (), category=query.category,
                          urgency=query.urgency, channel=query.channel,
                          departments=(query.department,) if query.department else (),
-                         since=since, until=until, deadline_before=deadline_before)
+                         since=since, until=until, deadline_before=deadline_before,
+                         closed=query.closed if query.closed in CLOSED_FILTERS else None)
         if query.status == "open":  # any state before closed
             f = replace(f, statuses=lifecycle.OPEN)
         if query.deadline_after is not None:
@@ -541,7 +544,7 @@ class Access:
         per_page = max(1, min(query.per_page, 200))
         page = max(1, query.page)
         letter_filter = self._filter(who, query)
-        scope = self._scope_for(who, letter_filter, query.queue)
+        scope = self._scope_for(who, letter_filter, work=query.queue == "overdue" or query.work)
         rows, total = self.registry.letters_page(scope, letter_filter, sort=sort, offset=(page - 1) * per_page,
                                                  limit=per_page)
         pages = max(1, -(-total // per_page))
@@ -559,7 +562,7 @@ class Access:
         terms = query_terms(text)
         per_page = max(1, min(query.per_page, 200))
         page = max(1, query.page)
-        scope = self.work_scope(who) if query.queue == "overdue" else self.scope(who)
+        scope = self.work_scope(who) if query.queue == "overdue" or query.work else self.scope(who)
         rows, total = self.registry.search_page(scope, self.content_scope(who), self._filter(who, query),
                                                 terms, offset=(page - 1) * per_page, limit=per_page)
         content = self.content_ids(who, rows)
@@ -575,18 +578,19 @@ class Access:
         for name in self.queues(who):
             if name != "all":
                 letter_filter = self._filter(who, QueueQuery(queue=name))
-                counts[name] = self.registry.letters_count(self._scope_for(who, letter_filter, name), letter_filter)
+                counts[name] = self.registry.letters_count(self._scope_for(who, letter_filter, work=name == "overdue"),
+                                                       letter_filter)
         return counts
 
-    def _scope_for(self, who: Principal, letter_filter: LetterFilter, queue: str = "") -> Scope:
+    def _scope_for(self, who: Principal, letter_filter: LetterFilter, *, work: bool) -> Scope:
         """The person's scope, or none at all when the filter alone keeps within it (their own
         departments' letters, or those assigned to them): the same rows, without the costly part
         of the scope (letters once with their departments).
 
-        The overdue queue is what a person chases: their work scope (their departments' letters
-        now, those assigned to them, those granted), not letters their departments passed on;
-        the same letters the dashboard's overdue figure counts, which links to it."""
-        scope = self.work_scope(who) if queue == "overdue" else self.scope(who)
+        `work`: only their work scope (their departments' letters now, those assigned to them,
+        those granted), not letters their departments passed on: what the overdue queue chases and
+        what the dashboard's figures count (their links ask for it)."""
+        scope = self.work_scope(who) if work else self.scope(who)
         if scope.everything:
             return scope
         if letter_filter.departments and set(letter_filter.departments) <= who.departments:

@@ -1,5 +1,5 @@
-"""The dashboard's figures for one person: counted in SQL over the letters their scope covers
-(Access.scope decides it), each with the queue that lists the same letters.
+"""The dashboard's figures for one person: counted in SQL over the letters their work scope covers
+(Access.work_scope decides it), each with the queue that lists the same letters.
 
 A figure's `url` opens `/letters` with filters giving exactly its count, unless `exact` is False:
 then the queue is the nearest one the queue filters can express (it shows more letters), and
@@ -92,7 +92,15 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     week_stop = datetime.combine(week_end + timedelta(days=1), datetime.min.time(), tz).astimezone(timezone.utc)
     month = Period.parse(f"{today.year}-{today.month:02d}", config.model.gateway.timezone)
     month_first = month.days(config.model.gateway.timezone)[0]
-    scope = scope_clause(access.work_scope(who))
+    work_scope = access.work_scope(who)
+    scope = scope_clause(work_scope)
+    # Each figure's queue lists what the figure counts: the person's work scope (the overdue queue
+    # is that scope already); for those who see the whole register it is the whole register.
+    work_only = "" if work_scope.everything else "1"
+
+    def url(queue: str = "all", **filters: str) -> str:
+        return queue_url(queue, **filters, work=work_only)
+
     is_open = Letter.status.in_(lifecycle.OPEN)
     overdue = and_(Letter.deadline.is_not(None), Letter.deadline < now)
     due = and_(Letter.deadline.is_not(None), Letter.deadline >= now, Letter.deadline < week_stop)
@@ -139,35 +147,38 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
         total = sum(v[0] for v in states.values())
         departments.append(DepartmentFigures(
             id=dep, name=known[dep].name if dep in known else dep,
-            open=Figure(total, queue_url(department=dep, status="open", sort="deadline")),
-            by_status={s: Figure(states[s][0], queue_url(department=dep, status=s))
+            open=Figure(total, url(department=dep, status="open", sort="deadline")),
+            by_status={s: Figure(states[s][0], url(department=dep, status=s))
                        for s in (*WORK_STATES, *sorted(set(states) - set(WORK_STATES))) if s in states},
             overdue=Figure(sum(v[1] for v in states.values()), queue_url("overdue", department=dep)),
             # Due by Sunday and not yet late: the queue's days also hold today's letters already late.
             due_this_week=Figure(sum(v[2] for v in states.values()),
-                                 queue_url(department=dep, status="open", deadline_after=today_text,
-                                           deadline_before=week_text, sort="deadline"),
+                                 url(department=dep, status="open", deadline_after=today_text,
+                                     deadline_before=week_text, sort="deadline"),
                                  exact=False)))
     queues = access.queues(who)
-    closed_url = queue_url(status="closed", since=month_first.isoformat())
+    # The timeliness figures' letters: received this month, with a deadline and a close that stands.
+    month_days = {"since": month_first.isoformat(), "until": month.days(config.model.gateway.timezone)[-1].isoformat()}
     board = Dashboard(
         today=today, week_end=week_end,
-        intake={c: Figure(int(intake.get(c, 0)), queue_url(channel=c, since=today_text, until=today_text))
+        intake={c: Figure(int(intake.get(c, 0)), url(channel=c, since=today_text, until=today_text))
                 for c in (*CHANNELS, *sorted(set(intake) - set(CHANNELS)))},
-        intake_total=Figure(sum(int(v) for v in intake.values()), queue_url(since=today_text, until=today_text)),
+        intake_total=Figure(sum(int(v) for v in intake.values()), url(since=today_text, until=today_text)),
         departments=departments,
-        open_total=Figure(totals[0], queue_url(status="open", sort="deadline")),
+        open_total=Figure(totals[0], url(status="open", sort="deadline")),
         overdue_total=Figure(totals[1], queue_url("overdue")),
-        due_this_week_total=Figure(totals[2], queue_url(status="open", deadline_after=today_text,
-                                                        deadline_before=week_text, sort="deadline"), exact=False),
+        due_this_week_total=Figure(totals[2], url(status="open", deadline_after=today_text,
+                                                  deadline_before=week_text, sort="deadline"), exact=False),
         timeliness=Timeliness(
-            month=f"{today.year}-{today.month:02d}", closed=Figure(int(closed_count or 0), closed_url),
-            on_time=Figure(int(on_time_count or 0), closed_url, exact=False),
+            month=f"{today.year}-{today.month:02d}",
+            closed=Figure(int(closed_count or 0), url(closed="timed", **month_days)),
+            on_time=Figure(int(on_time_count or 0), url(closed="on-time", **month_days)),
             rate=round(int(on_time_count or 0) / closed_count, 4) if closed_count else None),
-        triage=Figure(triage, queue_url("triage") if "triage" in queues else queue_url(status="needs-triage")))
+        triage=Figure(triage, url("triage") if "triage" in queues else url(status="needs-triage")))
     if who.has("admin", "registry"):
         spool = Spool(config.spool_dir, config.message_dir, max_attempts=config.model.spool.max_attempts)
-        url = "/operations" if who.has("admin") else None
-        board.quarantined = Figure(len(spool.quarantined()), url + "#quarantine" if url else None)
-        board.dead_letters = Figure(registry.outbox_counts().get("dead", 0), url + "#dead" if url else None)
+        operations = "/operations" if who.has("admin") else None
+        board.quarantined = Figure(len(spool.quarantined()), operations + "#quarantine" if operations else None)
+        board.dead_letters = Figure(registry.outbox_counts().get("dead", 0),
+                                    operations + "#dead" if operations else None)
     return board

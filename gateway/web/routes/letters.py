@@ -14,13 +14,14 @@ from starlette.routing import BaseRoute, Route
 from gateway.registry import lifecycle
 from gateway.registry.replies import refuse_past_reply
 from gateway.registry.store import in_register
-from gateway.services.access import ACTIONS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery, Refused
+from gateway.services.access import (ACTIONS, CLOSED_FILTERS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery,
+                                     Refused)
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
 
 FILTERS = ("status", "category", "urgency", "channel", "department", "since", "until", "deadline_before",
-           "deadline_after")
+           "deadline_after", "closed", "work")
 SORTS = ("received", "-received", "deadline", "-deadline", "number", "-number")
 # What a successful step says (the service's own message is English only).
 DONE = {"ack": N_("Acknowledged."), "progress": N_("Marked in progress."), "answer": N_("Marked answered."),
@@ -101,7 +102,8 @@ def _query(req: Req, default: str = "") -> QueueQuery:
                       department=req.arg("department") or None, since=day_arg(req.arg("since")),
                       until=day_arg(req.arg("until")), deadline_before=day_arg(req.arg("deadline_before")),
                       deadline_after=day_arg(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
-                      page=number)
+                      closed=req.arg("closed") if req.arg("closed") in CLOSED_FILTERS else None,
+                      work=req.arg("work") == "1", page=number)
 
 
 @page()
