@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -374,5 +375,13 @@ def test_the_timeliness_figures_open_exactly_the_letters_they_count(tmp_path: Pa
             assert n["archived"] in listed and n["no-deadline"] not in listed and n["last-month"] not in listed
             assert (n["passed-on"] in listed) == (login == "rita")
             assert n["late"] not in client.get(on_time_url).text
+            # Saved as a view, the list keeps what it lists.
+            fields = dict(parse_qsl(urlsplit(closed_url).query))
+            saved = client.post("/views", data={"csrf": client.csrf, "name": f"closed {login}", **fields})
+            assert saved.status_code == 303, saved.text
+            view = saved.headers["location"]
+            assert ("work=1" in view) == (login == "sam") and "closed=timed" in view, view
+            total = re.search(r'</h1>\s*<p class="muted">\D*(\d+)', client.get(view).text)
+            assert total and int(total.group(1)) == closed, view
     finally:
         s.close()

@@ -169,7 +169,10 @@ def query_to_dict(query: QueueQuery) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _VIEW_FIELDS:
         value = getattr(query, name)
-        if value not in (None, ""):
+        if name == "work":
+            if value:
+                out[name] = "1"  # as the queue page's link says it
+        elif value not in (None, ""):
             out[name] = value.isoformat() if isinstance(value, date) else value
     return out
 
@@ -185,6 +188,8 @@ def query_from_dict(data: dict[str, Any]) -> QueueQuery:
                 value = date.fromisoformat(str(value))
             except ValueError:
                 continue
+        elif name == "work":
+            value = value in (True, "1")
         values[name] = value
     return QueueQuery(**values)
 

@@ -192,7 +192,7 @@ def save_view(req: Req) -> Response:
     if name not in queues:
         raise Problem(404)
     values = {k: req.field(k) for k in ("status", "category", "urgency", "channel", "department", "since", "until",
-                                         "deadline_before", "sort")}
+                                         "deadline_before", "deadline_after", "closed", "work", "sort")}
     query = query_from_dict({"queue": name, **{k: v for k, v in values.items() if v}})
     try:
         view_id = req.web.access.save_view(req.who, req.field("name"), query)
