@@ -88,13 +88,13 @@ def test_a_month_of_mail_and_fax_is_packed_verified_and_released(archived: tuple
     [fax_file] = list((root / fax["path"]).iterdir())
     assert fax_file.name.endswith("_fax_0105551234.tif") and fax_file.read_bytes()[:4] == b"II*\x00"
 
-    letters = {l["number"]: gateway.show_json(str(l["number"])) for l in gateway.list_json()}
-    numbers = sorted(l["archive_number"] for l in letters.values())
+    letters = {letter["number"]: gateway.show_json(str(letter["number"])) for letter in gateway.list_json()}
+    numbers = sorted(letter["archive_number"] for letter in letters.values())
     assert numbers == [f"A202603-{n:05d}" for n in range(1, 6)]  # unique, gap-free
     assert letters["2026-000001"]["status"] == "archived"  # closed, then archived
     assert letters["2026-000002"]["status"] == "routed"  # still open: archived copy, live letter
     # Released after verification, for letters that are done; open ones keep their copy.
-    assert [n for n, l in sorted(letters.items()) if l["raw_released"]] == ["2026-000001"]
+    assert [n for n, letter in sorted(letters.items()) if letter["raw_released"]] == ["2026-000001"]
     assert not (gateway.state / letters["2026-000001"]["raw_path"]).exists()
     assert (gateway.state / letters["2026-000002"]["raw_path"]).exists()
     original = gateway.run("letters", "extract", "2026-000001", str(gateway.state.parent / "y"))
@@ -160,7 +160,7 @@ def test_a_crash_midway_then_the_run_resumes(archived: tuple[Gateway, str]) -> N
     assert left and left == sum(1 for f in (gateway.state / "archive" / "orphans").rglob("*") if f.is_file())
     rows = package_rows(gateway)
     assert len(rows) == 3 and all(r["part"] == 1 and r["status"] == "verified" for r in rows)
-    numbers = [gateway.show_json(str(l["number"]))["archive_number"] for l in gateway.list_json()]
+    numbers = [gateway.show_json(str(letter["number"]))["archive_number"] for letter in gateway.list_json()]
     assert sorted(numbers) == [f"A202603-{n:05d}" for n in range(1, 6)]
 
 

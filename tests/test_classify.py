@@ -357,7 +357,8 @@ BROKEN = [
     ("rules:\n  - name: a\n    when: {subject: [x]}\n    set: {}\n", 4, "rules[0].set", "give the fields to set"),
     ("rules:\n  - name: a\n    when: {subject: null}\n    set: {department: hr}\n",
      3, "rules[0].when.subject", "empty: give the condition a value"),
-    ("rules:\n  - name: a\n    when:\n      any:\n        - {subject: [x]}\n        - {sender: }\n    set: {department: hr}\n",
+    ("rules:\n  - name: a\n    when:\n      any:\n        - {subject: [x]}\n        - {sender: }\n"
+     "    set: {department: hr}\n",
      6, "rules[0].when.any[1].sender", "empty: give the condition a value"),
     ("rules:\n  - name: a\n    when: {subject: [x]}\n    set:\n      tags:\n        - ok\n        - bad tag\n",
      7, "rules[0].set.tags[1]", "tag 'bad tag': letters, digits"),

@@ -134,7 +134,8 @@ def test_receipts_in_both_languages_reply_to_the_letter(config: Config) -> None:
 def test_operator_templates_replace_the_built_in_ones(config: Config, tmp_path: Path) -> None:
     (tmp_path / "receipt.en.txt").write_text("Subject: Got it ($number)\n\nThanks, $organisation.\n")
     (tmp_path / "receipt.zh.txt").write_text("no subject line\n\nbody\n")
-    custom = config.model.model_copy(update={"receipts": config.model.receipts.model_copy(update={"templates": tmp_path})})
+    receipts = config.model.receipts.model_copy(update={"templates": tmp_path})
+    custom = config.model.model_copy(update={"receipts": receipts})
     own = Config(path=config.path, model=custom, state_dir=config.state_dir, rules=config.rules)
     en = parsed(receipt(own, mail("receipt", "a@b.example", language="en"), letter()))
     assert en["Subject"] == "Got it (2026-000042)" and en.get_content().strip() == "Thanks, Correspondence Gateway."

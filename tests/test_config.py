@@ -14,7 +14,8 @@ from conftest import ROOT, Gateway
 from gateway import config as config_mod
 
 
-def _check(path: Path, *, user: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _check(path: Path, *, user: str | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "--config", str(path), "check-config"],
                           capture_output=True, text=True, cwd=ROOT, user=user, env=env)
 
@@ -74,7 +75,8 @@ addresses = ["liaison@example.org"]
 ''')
     proc = _check(gateway.config)
     assert proc.returncode == 1
-    assert f"{gateway.config}: departments[2].id: duplicate department id 'business' (also departments[1])" in proc.stderr
+    assert (f"{gateway.config}: departments[2].id: duplicate department id 'business' (also departments[1])"
+            in proc.stderr)
     assert (f"{gateway.config}: departments[2].addresses[0]: liaison@example.org already belongs to "
             f"department 'general-office'") in proc.stderr
 
@@ -231,14 +233,17 @@ def test_values_of_another_type_than_their_key_takes_are_refused(gateway: Gatewa
     users.write_text("# who may submit\nalice:notahash\n")
     certificate.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
     for edited, key, says in (
-            (text.replace("max_attempts = 3", "max_attempts = true"), "spool.max_attempts", "must be a number, not True"),
+            (text.replace("max_attempts = 3", "max_attempts = true"), "spool.max_attempts",
+             "must be a number, not True"),
             (text.replace("max_attempts = 3", "max_attempts = 2.5"), "spool.max_attempts", "must be a whole number"),
             (text + "\n[reminders]\nenabled = 1\n", "reminders.enabled", "must be true or false, not 1"),
             (text + '\n[archive]\nrelease_after_verify = "no"\n', "archive.release_after_verify",
              "must be true or false, not 'no'"),
             (text + "\n[calendar]\nholidays = [2026-10-01, 0]\n", "calendar.holidays", "must be a date"),
-            (text + "\n[deadlines]\nurgency = { urgent = -2 }\n", "deadlines.urgency.urgent", "greater than or equal to 0"),
-            (text + '\n[classify]\nrules_file = "rules\\u0000.yaml"\n', "classify.rules_file", "contains a NUL character"),
+            (text + "\n[deadlines]\nurgency = { urgent = -2 }\n", "deadlines.urgency.urgent",
+             "greater than or equal to 0"),
+            (text + '\n[classify]\nrules_file = "rules\\u0000.yaml"\n', "classify.rules_file",
+             "contains a NUL character"),
             (text.replace("[smtp]\n", "[smtp]\nsession_timeout = 0\n", 1), "smtp.session_timeout", "greater than 0"),
             (text.replace("[smtp]\n", f'[smtp]\nauth_users_file = "{users}"\ntls_certificate = "{certificate}"\n'
                                         f'tls_key = "{certificate}"\n', 1), "smtp.auth_users_file",

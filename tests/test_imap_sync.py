@@ -364,4 +364,5 @@ def test_a_server_action_that_fails_is_done_again_without_spooling_the_messages_
     items = [p for sub in ("new", "work") for p in (box.config.spool_dir / sub).glob("*")]
     assert len(items) == 2  # each spooled once
     with box.registry.engine.connect() as conn:
-        assert conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all() == [(1, "move"), (2, "move")]
+        rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
+        assert rows == [(1, "move"), (2, "move")]

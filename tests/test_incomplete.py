@@ -255,8 +255,9 @@ def test_a_department_goes_on_without_the_materials_its_sender_did_not_send(tmp_
     assert letter["status"] == "in-progress" and went_on["actor"] == "desk"
     deadline = calendar.deadline(datetime.fromisoformat(went_on["at"]), asked["details"]["remaining_days"])
     assert datetime.fromisoformat(str(letter["deadline"])) == deadline
-    assert went_on["details"] == {"from": "awaiting-sender", "to": "in-progress", "request": asked["details"]["request"],
-                                  "deadline": deadline.isoformat(), "text": "the copy we have will do"}
+    assert went_on["details"] == {"from": "awaiting-sender", "to": "in-progress",
+                                  "request": asked["details"]["request"], "deadline": deadline.isoformat(),
+                                  "text": "the copy we have will do"}
     again = gateway.run("letters", "proceed", "2026-000001", check=False)
     assert again.returncode != 0 and "2026-000001 is in-progress: it cannot be resumed without the materials" \
         in again.stderr

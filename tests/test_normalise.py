@@ -970,7 +970,8 @@ def test_deeply_nested_multipart_does_not_raise():
 def test_a_second_from_subject_date_or_message_id_is_named_among_the_defects():
     """The first is read; a second From (a way to show a mail program one sender and a filter
     another) is named with its value, never dropped unseen."""
-    raw = (b"From: alice@partner.example\r\nFrom: Mallory <m@evil.example>\r\nTo: a@example.org\r\nTo: b@example.org\r\n"
+    raw = (b"From: alice@partner.example\r\nFrom: Mallory <m@evil.example>\r\n"
+           b"To: a@example.org\r\nTo: b@example.org\r\n"
            b"Subject: one\r\nSubject: two\r\nDate: Mon, 23 Nov 2026 10:00:00 +0800\r\nDate: garbage\r\n"
            b"Message-ID: <a@partner.example>\r\n\r\nbody\r\n")
     result = normalise(raw)

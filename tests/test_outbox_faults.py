@@ -191,7 +191,8 @@ def test_a_claim_whose_lease_ran_out_is_not_sent_on(tmp_path: Path, pg_url: str,
         assert not registry.outbox_still_mine(second.id)  # another node may be taking it this moment
         # A claim still ours (if nearly out) is renewed for the time the sending takes.
         with registry.write() as conn:
-            conn.execute(update(OutboxMail).where(OutboxMail.id == first.id).values(lease_until=utcnow() + timedelta(seconds=5)))
+            conn.execute(update(OutboxMail).where(OutboxMail.id == first.id)
+                         .values(lease_until=utcnow() + timedelta(seconds=5)))
         assert registry.outbox_still_mine(first.id)
         [renewed] = [m for m in registry.outbox() if m.id == first.id]
         assert renewed.lease_until is not None and renewed.lease_until > utcnow() + timedelta(seconds=30)

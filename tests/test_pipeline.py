@@ -24,7 +24,8 @@ def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path
     assert detail["status"] == "routed" and detail["channel"] == "email" and detail["intake"] == "file"
     assert detail["summary"] == "Dear team. We propose to renew the contract for 2027! Regards."
     assert detail["sent_at"] == "2026-11-23T02:00:00+00:00"
-    assert [e["action"] for e in detail["events"]] == ["received", "registered", "classified", "routed", "receipt-queued"]
+    assert [e["action"] for e in detail["events"]] == ["received", "registered", "classified", "routed",
+                                                       "receipt-queued"]
     raw = msg.read_bytes()
     assert detail["raw_size"] == len(raw)
     stored = gateway.state / detail["raw_path"]
@@ -42,7 +43,8 @@ def test_same_file_twice_is_one_letter(gateway: Gateway, tmp_path: Path) -> None
     assert gateway.run("ingest", str(msg)).stdout.strip() == f"{msg}: already registered as 2026-000001"
     assert len(gateway.list_json()) == 1
     actions = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
-    assert [a for a in actions if a != "classified" and not a.startswith(("routed", "receipt"))] == ["received", "registered", "duplicate-arrival"]
+    assert [a for a in actions if a != "classified" and not a.startswith(("routed", "receipt"))] == [
+        "received", "registered", "duplicate-arrival"]
 
 
 def test_shared_and_missing_message_ids_are_separate_letters(gateway: Gateway, tmp_path: Path) -> None:
@@ -53,7 +55,7 @@ def test_shared_and_missing_message_ids_are_separate_letters(gateway: Gateway, t
         f.write_bytes(make_message(i, message_id=mid))
         files.append(str(f))
     gateway.run("ingest", *files)
-    assert [l["number"] for l in gateway.list_json()] == [f"2026-00000{i}" for i in range(1, 5)]
+    assert [letter["number"] for letter in gateway.list_json()] == [f"2026-00000{i}" for i in range(1, 5)]
 
 
 def test_list_filters_and_json(gateway: Gateway, tmp_path: Path) -> None:
@@ -62,7 +64,7 @@ def test_list_filters_and_json(gateway: Gateway, tmp_path: Path) -> None:
     a.write_bytes(make_message(1, to="sales@example.org"))
     b.write_bytes(make_message(2, to="someone@else.example"))
     gateway.run("ingest", str(a), str(b))
-    assert [l["number"] for l in gateway.list_json("--department", "business")] == ["2026-000001"]
+    assert [letter["number"] for letter in gateway.list_json("--department", "business")] == ["2026-000001"]
     assert len(gateway.list_json("--status", "routed", "--channel", "email")) == 1
     assert len(gateway.list_json("--status", "needs-triage", "--channel", "email")) == 1
     assert gateway.list_json("--since", "2999-01-01") == []
@@ -133,7 +135,8 @@ def stop(daemon: Daemon) -> str:
 @pytest.mark.parametrize("point", ["after-spool", "before-commit", "after-commit"])
 def test_sigkill_at_each_durable_step_gives_exactly_one_letter(gateway: Gateway, notify: Notify,
                                                                 tmp_path: Path, point: str) -> None:
-    """Killed after the spool write, before the registry commit or before the spool release: one letter after restart."""
+    """Killed after the spool write, before the registry commit or before the spool release: one letter after
+    restart."""
     msg = tmp_path / "a.eml"
     msg.write_bytes(make_message(1))
     proc = gateway.run("ingest", str(msg), check=False, env=gateway.env(GATEWAY_CRASH_AT=point))
@@ -148,7 +151,8 @@ def test_sigkill_at_each_durable_step_gives_exactly_one_letter(gateway: Gateway,
         letters = gateway.list_json()
         assert len(letters) == 1 and letters[0]["number"] == "2026-000001"
         events = [e["action"] for e in gateway.show_json("2026-000001")["events"]]
-        assert events[:2] == ["received", "registered"] and events.count("routed") == 1 and "duplicate-arrival" not in events
+        assert events[:2] == ["received", "registered"] and events.count("routed") == 1
+        assert "duplicate-arrival" not in events
     finally:
         stop(daemon)
     # And the same file ingested once more is known, not new.
@@ -169,7 +173,7 @@ def test_the_daemon_killed_while_processing_recovers_on_restart(gateway: Gateway
     try:
         wait_for(lambda: gateway.spool_files("work") == gateway.spool_files("new") == [] and gateway.list_json(),
                  20, "the recovered item's registration and release")
-        assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+        assert [letter["number"] for letter in gateway.list_json()] == ["2026-000001"]
     finally:
         stop(daemon)
 

@@ -161,10 +161,10 @@ def test_filters(registry: Registry) -> None:
     letters[1].department = "business"
     letters[2].channel = "fax"
     registry.register(letters)
-    assert [l.subject for l in registry.letters(department="business")] == ["Letter 1"]
-    assert [l.subject for l in registry.letters(channel="fax")] == ["Letter 2"]
-    assert [l.subject for l in registry.letters(since=base + timedelta(days=1), until=base + timedelta(days=3))] \
-        == ["Letter 1", "Letter 2"]
+    assert [letter.subject for letter in registry.letters(department="business")] == ["Letter 1"]
+    assert [letter.subject for letter in registry.letters(channel="fax")] == ["Letter 2"]
+    between = registry.letters(since=base + timedelta(days=1), until=base + timedelta(days=3))
+    assert [letter.subject for letter in between] == ["Letter 1", "Letter 2"]
     assert len(registry.letters(status="registered")) == 5
     assert registry.letters(status="closed") == []
 

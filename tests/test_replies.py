@@ -78,8 +78,8 @@ def wait_answers(gateway: Gateway, number: str, count: int) -> list[dict[str, An
 
 def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_for_them_commands(
         tmp_path: Path, notify: Notify, sink: SmtpSink, dns_server: DnsServer) -> None:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=dns_server.nameserver),
-                      rules=RULES)
+    gateway = Gateway(tmp_path, rules=RULES,
+                      extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=dns_server.nameserver))
     daemon: Daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     try:
@@ -179,7 +179,8 @@ def test_only_an_authenticated_entitled_sender_through_a_reply_address_signed_fo
 
 def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
-    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS), rules=RULES)
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS),
+                      rules=RULES)
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     try:
@@ -249,7 +250,8 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
 def test_an_owners_reply_that_dns_could_not_verify_is_refused_as_such_not_as_forged(
         tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
     """A DNS failure leaves the sender unproven, not disproven: the refusal says to send again."""
-    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS), rules=RULES)
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS),
+                      rules=RULES)
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
     notify.wait_for("READY=1")
     try:

@@ -91,8 +91,9 @@ def send(gateway: Gateway, raw: bytes, *, mail_from: str = "alice@partner.exampl
         client.sendmail(mail_from, list(to), raw)
 
 
-def complaint(n: int = 1, *, subject: str = "A complaint about order 4711", sender: str = "Alice Partner <alice@partner.example>",
-              headers: dict[str, str] | None = None, to: str = "liaison@example.org") -> bytes:
+def complaint(n: int = 1, *, subject: str = "A complaint about order 4711",
+              sender: str = "Alice Partner <alice@partner.example>", headers: dict[str, str] | None = None,
+              to: str = "liaison@example.org") -> bytes:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to
@@ -118,8 +119,8 @@ def outbox(gateway: Gateway, *args: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_a_routed_letter_notifies_every_owner_and_receipts_the_sender(tmp_path: Path, notify: Notify, sink: SmtpSink,
-                                                                      backend: str, request: pytest.FixtureRequest) -> None:
+def test_a_routed_letter_notifies_every_owner_and_receipts_the_sender(
+        tmp_path: Path, notify: Notify, sink: SmtpSink, backend: str, request: pytest.FixtureRequest) -> None:
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else ""
     gateway = configure(tmp_path, sink.address, registry_url=url)
     daemon = start(gateway, notify)
@@ -319,7 +320,8 @@ def test_no_receipt_where_rfc_3834_says_not_and_at_most_n_per_sender_a_day(
                 raw = raw.replace(b"X-Gateway-Loop: signed", f"X-Gateway-Loop: {marker}".encode())
             send(gateway, raw, mail_from=sender)
         for n in range(5):  # five letters from one person: three receipts
-            send(gateway, complaint(100 + n, sender="Carol <carol@customer.example>"), mail_from="carol@customer.example")
+            send(gateway, complaint(100 + n, sender="Carol <carol@customer.example>"),
+                 mail_from="carol@customer.example")
         send(gateway, complaint(200, sender="Dan <dan@example.org>"), mail_from="dan@example.org")  # internal
         total = len(AUTOMATIC) + 5 + 1 - 1  # our own mail coming back is not forwarded again
         wait_for(lambda: len(by_kind(sink.received)["notification"]) == 2 * total, 60, "every notification")
@@ -383,7 +385,7 @@ def test_a_broken_rules_file_is_refused_on_reload_and_the_previous_rules_stay(
         gateway.rules.write_text(RULES + "  - name: broken\n    when: {subjct: [x]}\n    set: {department: business}\n")
         daemon.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in daemon.output(), 20, "the refusal")
-        [line] = [l for l in daemon.output().splitlines() if "reload refused" in l]
+        [line] = [text for text in daemon.output().splitlines() if "reload refused" in text]
         assert f"{gateway.rules}:14: rules[3].when.subjct: unknown condition" in line
         send(gateway, complaint(1))
         wait_for(lambda: len(gateway.list_json()) == 1, 20, "a letter")
@@ -431,7 +433,8 @@ def test_a_person_reassigns_a_letter(tmp_path: Path) -> None:
     detail = gateway.show_json("2026-000001")
     assert (detail["department"], detail["status"], detail["flags"]) == ("business", "routed", [])
     [event] = [e for e in detail["events"] if e["action"] == "reassigned"]
-    assert (event["actor"], event["from_department"], event["to_department"]) == ("clerk.wang", "general-office", "business")
+    assert (event["actor"], event["from_department"], event["to_department"]) == (
+        "clerk.wang", "general-office", "business")
     assert event["details"]["by_person"] is True and event["details"]["reason"] == "asks for a quotation"
     assert [(m["recipient"], m["status"]) for m in detail["outbox"] if m["kind"] == "notification"][-1] == \
         ("sales.desk@example.org", "pending")
@@ -442,7 +445,8 @@ def test_a_person_reassigns_a_letter(tmp_path: Path) -> None:
 
 
 def test_the_daemon_does_not_start_with_a_broken_rules_file(tmp_path: Path) -> None:
-    gateway = configure(tmp_path, "", rules="rules:\n  - name: a\n    when: {channel: telex}\n    set: {department: business}\n")
+    gateway = configure(tmp_path, "",
+                        rules="rules:\n  - name: a\n    when: {channel: telex}\n    set: {department: business}\n")
     proc = gateway.run("run", check=False, timeout=60)
     assert proc.returncode == 2
     assert f"{gateway.rules}:3: rules[0].when.channel: unknown channel 'telex'; use email or fax" in proc.stderr

@@ -154,7 +154,7 @@ def test_oversize_is_refused_and_not_stored(gateway: Gateway, notify: Notify) ->
             assert code == 552 and b"maximum message size" in reply
             # The session goes on: a message that fits is taken.
             c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(2, size=10000))
-        assert [l["subject"] for l in gateway.list_json()] == ["Letter 2"]
+        assert [letter["subject"] for letter in gateway.list_json()] == ["Letter 2"]
         assert gateway.spool_files("tmp") == gateway.spool_files("new") == gateway.spool_files("work") == []
     finally:
         running.stop()
@@ -183,7 +183,9 @@ def test_large_message_streams_to_disk_with_bounded_memory(gateway: Gateway, not
                     pass
             assert line.startswith(b"354")
             s.sendall(body)
-            spooled = lambda: sum(p.stat().st_size for p in (gateway.state / "spool" / "tmp").iterdir())
+            def spooled() -> int:
+                return sum(p.stat().st_size for p in (gateway.state / "spool" / "tmp").iterdir())
+
             # Lines are written in 64 KiB pieces: all but the last piece is on disk.
             wait_for(lambda: spooled() >= len(body) - 65536, 60, "the data to reach the spool")
             during = rss_mib()
@@ -300,7 +302,7 @@ def assert_each_acked_message_registered_once(gateway: Gateway, acked: dict[str,
     for subject, number in acked.items():
         assert by_subject.get(subject) == [number], subject
     assert all(len(numbers) == 1 for numbers in by_subject.values())
-    seqs = sorted(int(l["number"].split("-")[1]) for l in letters)
+    seqs = sorted(int(letter["number"].split("-")[1]) for letter in letters)
     assert seqs == list(range(1, len(letters) + 1))
     return letters
 
@@ -692,7 +694,7 @@ def test_sigterm_lets_a_transaction_in_data_finish(gateway: Gateway, notify: Not
         s.close()
     out = running.stop()
     assert running.proc.returncode == 0, out
-    assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+    assert [letter["number"] for letter in gateway.list_json()] == ["2026-000001"]
 
 
 def _refused(port: int) -> bool:
@@ -719,7 +721,7 @@ def test_451_when_the_spool_cannot_take_the_message(gateway: Gateway, notify: No
         tmp.with_name("tmp-away").rename(tmp)
         with running.client() as c:
             c.sendmail("alice@partner.example", ["liaison@example.org"], make_message(1))
-        assert [l["number"] for l in gateway.list_json()] == ["2026-000001"]
+        assert [letter["number"] for letter in gateway.list_json()] == ["2026-000001"]
     finally:
         out = running.stop()
     assert "cannot spool" in out

@@ -215,7 +215,7 @@ def test_seal_catches_damaged_bytes(spool: Spool) -> None:
     path.write_bytes(data[:-5] + b"XXXXX")
     [claimed] = spool.claim(1)
     with pytest.raises(DamagedItem, match="do not match the seal"):
-        claimed.raw
+        _ = claimed.raw
     assert spool.fail(claimed, "damaged") is False  # it stays visible until quarantined
 
 

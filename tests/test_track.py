@@ -69,7 +69,7 @@ urgency = { urgent = 1 }
 """)
     gateway.run("ingest", *write_messages(tmp_path, (
         make_message(n, subject=subject) for n, subject in enumerate(["notice", "urgent notice", "quick", "hello"]))))
-    received = {l["subject"]: l for l in gateway.list_json()}
+    received = {letter["subject"]: letter for letter in gateway.list_json()}
     start = datetime.fromisoformat(str(received["notice"]["received_at"]))
     cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [date(2026, 11, 25)], [])
     expected = {"notice": 3, "urgent notice": 1, "quick": 0, "hello": 5}
@@ -120,7 +120,7 @@ def test_overdue_lists_open_letters_past_their_deadline(tmp_path: Path) -> None:
     deadline = datetime.fromisoformat(str(gateway.list_json()[0]["deadline"]))
     later = deadline.astimezone(CAL.tz).date().isoformat()
     overdue = gateway.list_json("--overdue", "--as-of", later)
-    assert [l["number"] for l in overdue] == ["2026-000001", "2026-000003"]  # the closed one is not overdue
+    assert [letter["number"] for letter in overdue] == ["2026-000001", "2026-000003"]  # the closed one is not overdue
 
 
 def test_reminders_before_and_at_the_deadline_then_escalation_under_a_controlled_clock(tmp_path: Path) -> None:
@@ -405,7 +405,8 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
         return gateway.run("ingest", str(path)).stdout.strip()
 
     # A stranger in the organisation, through a colleague's reply address: recorded, not obeyed.
-    assert answer(1, "Bob <bob@example.org>", "done: not mine to close\n").endswith("an answer, recorded on 2026-000001")
+    answered = answer(1, "Bob <bob@example.org>", "done: not mine to close\n")
+    assert answered.endswith("an answer, recorded on 2026-000001")
     assert gateway.show_json("2026-000001")["status"] == "routed"
     # The owner unauthenticated, then authenticated but to the plain address: recorded, not obeyed.
     answer(10, "sales.desk@example.org", "received\n", proven=False)
@@ -450,7 +451,8 @@ def test_departments_answer_by_mail_and_strangers_are_recorded_not_obeyed(tmp_pa
                                  "text": "quotation sent, order expected"}
     assert len(gateway.list_json()) == 1  # answers are not letters
     # The same answer again is recognised, not obeyed twice; its bytes are kept.
-    assert gateway.run("ingest", str(tmp_path / "answer6.eml")).stdout.strip().endswith("already registered as 2026-000001")
+    ingested = gateway.run("ingest", str(tmp_path / "answer6.eml")).stdout.strip()
+    assert ingested.endswith("already registered as 2026-000001")
     stored = gateway.state / answers[7]["details"]["raw_path"]
     assert stored.exists()
     # A refused command arriving again is no second notice either.
@@ -476,8 +478,8 @@ def test_a_letters_owner_commands_by_mail_only_while_not_disabled(tmp_path: Path
     letter = tmp_path / "letter.eml"
     letter.write_bytes(make_message(1, subject="Quotation please", to="sales@example.org"))
     gateway.run("ingest", str(letter))
-    gateway.run("users", "add", "pat", "--email", "pat@example.org", "--role", "member", "--department", "general-office",
-                "--no-password")
+    gateway.run("users", "add", "pat", "--email", "pat@example.org", "--role", "member",
+                "--department", "general-office", "--no-password")
     with sqlite3.connect(gateway.state / "registry.sqlite3") as db:  # assigned to pat, of another department
         db.execute("UPDATE letters SET owner = 'pat@example.org' WHERE number = '2026-000001'")
     reply = reply_address(gateway, "2026-000001", "pat@example.org")

@@ -628,7 +628,8 @@ def test_a_trusted_headers_dkim_pass_aligns_as_the_from_domains_dmarc_record_say
         strict = verdict("boss@strict.example", "mail.strict.example", intake, c)
         assert not strict["authenticated"] and strict["address"] is None, intake
         assert not strict["temperror"] and len(strict["authentication_results"]["trusted"]) == 1
-        for sender, signer in (("boss@strict.example", "Strict.Example"), ("ann@nodmarc.example", "mail.nodmarc.example"),
+        for sender, signer in (("boss@strict.example", "Strict.Example"),
+                               ("ann@nodmarc.example", "mail.nodmarc.example"),
                                ("ann@signed.example", "mail.signed.example")):
             proven = verdict(sender, signer, intake, c)
             assert proven["authenticated"] and proven["method"] == "authentication-results", (intake, sender, signer)

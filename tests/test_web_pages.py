@@ -673,7 +673,8 @@ def test_a_form_from_nobody_signed_in_is_not_read_and_one_too_large_is_refused(
     assert "What was sent is larger than the register takes" in large.text and sum(written) == 0
     site.people.set_language("rita", "zh")  # said in the page's language, as every refusal is
     large = rita.post("/paper", data={"csrf": rita.csrf, "sender_name": "A", "channel": "post"}, files=small)
-    assert large.status_code == 413 and "413 · 内容过大" in large.text and "发送的内容超过登记簿可接收的上限" in large.text
+    assert large.status_code == 413 and "413 · 内容过大" in large.text
+    assert "发送的内容超过登记簿可接收的上限" in large.text
     chunked = rita.post("/paper", content=(b"a" * 16384 for _ in range(8)),
                         headers={"content-type": "application/x-www-form-urlencoded", "x-csrf-token": rita.csrf})
     assert chunked.status_code == 413
@@ -898,7 +899,8 @@ def test_defects_and_why_mail_was_undeliverable_are_worded_in_the_pages_language
     said = {
         "fax: caller id unknown": "传真：主叫号码未知",
         "fax: information file f1.info not read: its name fits another fax as well (f1.pdf); named f1.tif.info "
-        "it is read": "传真：未读取信息文件 f1.info：其文件名也与另一份传真（f1.pdf）相符；改名为 f1.tif.info 后即可读取",
+        "it is read":
+            "传真：未读取信息文件 f1.info：其文件名也与另一份传真（f1.pdf）相符；改名为 f1.tif.info 后即可读取",
         "fax: 3 page(s) announced, 2 received": "传真：声明 3 页，实收 2 页",
         "fax: page 2: OCR skipped: the time limit of 60 s was reached": "传真：第 2 页：未识别文字：已达 60 秒的时限",
         "fax: text not read: OSError: gone": "传真：未识别文字：OSError: gone",
