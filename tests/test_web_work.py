@@ -163,7 +163,8 @@ def test_the_rows_and_the_triage_desk_show_each_kind_of_letters_sender_as_its_re
     page.goto("/triage")
     for name, (who, address) in SENDERS.items():
         meta = page.locator(f"article#t-{site.letters[name]} p.triage-meta")
-        expect(meta).to_contain_text(f" · {who} <{address}>")
+        expect(meta).to_contain_text(f" · {who} <{address}>" if address else f" · {who}")
+        expect(meta).not_to_contain_text("<>")  # a sender without an address: no empty brackets
 
 
 def test_triage_settled_in_one_click(site: Site, sign_in: SignIn) -> None:
