@@ -80,16 +80,23 @@ def test_events_are_published_for_work_done_by_other_processes(gateway: Gateway,
         stop(daemon)
 
 
+def spool_elsewhere(gateway: Gateway, raw: bytes, meta: dict[str, str], what: str) -> None:
+    """An item put in the spool by another process, the daemon woken through ZeroMQ, and its letter
+    waited for (`what` names it in a timeout)."""
+    spool = Spool(gateway.state / "spool", gateway.state / "messages")
+    spool.enqueue(raw, meta)
+    link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
+    link.wake()
+    link.close()
+    wait_for(lambda: gateway.list_json(), 20, what)
+
+
 def test_daemon_processes_items_spooled_elsewhere_when_woken(gateway: Gateway, notify: Notify) -> None:
     """An item put in the spool by another process is registered after a ZeroMQ wake-up."""
     daemon = start_and_wait_ready(gateway, notify)
     try:
-        spool = Spool(gateway.state / "spool", gateway.state / "messages")
-        spool.enqueue(make_message(7), {"intake": "file", "channel": "email"})
-        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
-        link.wake()
-        link.close()
-        wait_for(lambda: gateway.list_json(), 20, "the daemon to register the item")
+        spool_elsewhere(gateway, make_message(7), {"intake": "file", "channel": "email"},
+                        "the daemon to register the item")
         assert gateway.list_json()[0]["subject"] == "Letter 7"
     finally:
         stop(daemon)
@@ -233,12 +240,7 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
         assert any("reload refused" in m for m in notify.wait_for("READY=1"))
         gateway.config.write_text(good)
         # The daemon still uses the last good configuration (orders@ belongs to business).
-        spool = Spool(gateway.state / "spool", gateway.state / "messages")
-        spool.enqueue(make_message(1, to="orders@example.org"), {"intake": "file"})
-        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
-        link.wake()
-        link.close()
-        wait_for(lambda: gateway.list_json(), 20, "the letter")
+        spool_elsewhere(gateway, make_message(1, to="orders@example.org"), {"intake": "file"}, "the letter")
         assert gateway.list_json()[0]["department"] == "business"
     finally:
         out = stop(daemon)
@@ -331,12 +333,7 @@ def test_after_sighup_the_timezone_and_the_storage_folders_keep_their_running_va
         notify.wait_for("RELOADING=1")
         notify.wait_for("READY=1")
         gateway.config.write_text(good)
-        spool = Spool(gateway.state / "spool", gateway.state / "messages")
-        spool.enqueue(make_message(1, to="sales@example.org"), {"intake": "file"})
-        link = DaemonLink(f"ipc://{gateway.state}/run/wakeup.sock")
-        link.wake()
-        link.close()
-        wait_for(lambda: gateway.list_json(), 20, "the letter")
+        spool_elsewhere(gateway, make_message(1, to="sales@example.org"), {"intake": "file"}, "the letter")
         letter = gateway.show_json("2026-000001")
         deadline = datetime.fromisoformat(str(letter["deadline"])).astimezone(ZoneInfo("Asia/Shanghai"))
         assert deadline.time().isoformat() == "23:59:59", letter["deadline"]
