@@ -140,16 +140,19 @@ def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
     if f.overdue_at is not None:
         parts.append(and_(Letter.deadline < f.overdue_at, Letter.status.in_(lifecycle.OPEN)))
     if f.closed is not None:
-        parts.append(_closed_clause(f.closed))
+        parts.append(closed_clause(f.closed))
     return and_(true(), *parts)
 
 
 CLOSED_FILTERS = ("timed", "on-time")
 
 
-def _closed_clause(which: str) -> ColumnElement[bool]:
-    """The close that stands, as the report and the dashboard count it (report/figures): the last
-    "closed" event of a letter not open now, unless a reopening came after it."""
+def closed_clause(which: str) -> ColumnElement[bool]:
+    """The letters the timeliness rate counts, as SQL for the dashboard's figures and the list they
+    link to: a letter not open now, with a deadline (report.figures.on_time), whose last "closed"
+    event stands, no reopening after it (report.figures._closed_at: a sender's low rating undoes
+    the close before it, even when the letter ended otherwise since). `which`: "timed" for all of
+    them, "on-time" for those closed by their deadline."""
     def last(action: str) -> Any:
         return (select(func.max(Event.at)).where(Event.letter_id == Letter.id, Event.action == action)
                 .correlate(Letter).scalar_subquery())

@@ -45,7 +45,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import Registry
@@ -90,17 +90,6 @@ def on_time(closed_at: datetime, deadline: datetime) -> bool:
     """Timeliness: a letter closed by its deadline. Only a letter with a deadline counts in the
     rate: a backlog letter imported without --notify has none (the old system handled it) and is
     neither on time nor late."""
-    return closed_at <= deadline
-
-
-def timed_clause(deadline: Any) -> ColumnElement[bool]:
-    """A letter that counts in the timeliness rate (one with a deadline), as SQL for figures
-    counted in the database (the dashboard)."""
-    return deadline.is_not(None)
-
-
-def on_time_clause(closed_at: Any, deadline: Any) -> ColumnElement[bool]:
-    """on_time() as SQL."""
     return closed_at <= deadline
 
 
