@@ -101,7 +101,8 @@ def test_a_rating_link_counts_once_and_a_reply_two_reopens_the_letter(
             assert "already been rated" in browser.get(link).text
             # A forged link and an altered one: a clear 4xx page, never a 500.
             forged = link.rsplit("/", 1)[0] + "/bm90IG91cnM.6789abcd.abcd" + "A" * 22
-            altered = link[:-3] + ("AAA" if not link.endswith("AAA") else "BBB")
+            bare = link.split("?")[0]
+            altered = bare[:-3] + ("AAA" if not bare.endswith("AAA") else "BBB")
             for bad in (forged, altered, link.rsplit("/", 1)[0] + "/x"):
                 response = browser.get(bad)
                 assert response.status_code == 404 and "此评价链接无效" in response.text, bad
@@ -179,7 +180,7 @@ def test_the_rating_page_words_a_paper_letters_subject_in_the_pages_language(tmp
     from fax_samples import ENGLISH, pdf_fax
     from web_support import WEB_RULES, Site
 
-    from gateway.outbound.outward import rating_token
+    from gateway.outbound.outward import invitation
     from gateway.services.paper import PaperLetter, Scan, register_paper
     from gateway.services.people import Principal
     from gateway.registry.models import OcrJob
@@ -192,7 +193,7 @@ def test_the_rating_page_words_a_paper_letters_subject_in_the_pages_language(tmp
       keywords: {any: ["王芳"], in: [sender_name]}
     set: {category: external.inquiry_complaint, department: business}
 """, 1)
-    site = Site(tmp_path, rules=rules)
+    site = Site(tmp_path, rules=rules, web='base_url = "http://letters.example.org"')
     try:
         done = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
             channel="post", sender_name="王芳", organisation="东方机电", email="wang@partner.example",
@@ -210,13 +211,22 @@ def test_the_rating_page_words_a_paper_letters_subject_in_the_pages_language(tmp
         assert site.gateway.show_json(done.number)["department"] == "business"
         site.access.act(Principal.operator("test"), done.number, "close", text="We sent the goods again.")
         [mail] = [m for m in site.registry.outbox() if m.kind == "feedback"]
-        link = f"{site.url}/rate/{rating_token(site.config, mail.message_id, mail.created_at)}"
         assert site.gateway.show_json(done.number)["subject"] == "Letter by post from 王芳 (东方机电), 1 page(s)"
+        # The link in a result mail names the mail's language, so the page opens in it whatever
+        # the web register's default, and the form keeps it for the page after sending.
+        links = {lang: re.findall(r"http://letters\.example\.org(/rate/\S+)", invitation(site.config, mail, lang))[0]
+                 for lang in ("zh", "en")}
+        assert links["zh"].endswith("?lang=zh") and links["en"].endswith("?lang=en")
+        links = {lang: site.url + path for lang, path in links.items()}
         with httpx.Client(timeout=30) as browser:
-            shown = {lang: browser.get(link, params={"lang": lang}) for lang in ("zh", "en")}
-        assert all(page.status_code == 200 and done.number in page.text for page in shown.values())
-        assert "Letter by post" not in shown["zh"].text
-        assert "邮寄来信，来自 王芳（东方机电），共 1 页" in shown["zh"].text
-        assert "Letter by post from 王芳 (东方机电), 1 page(s)" in shown["en"].text
+            shown = {lang: browser.get(link) for lang, link in links.items()}
+            assert all(page.status_code == 200 and done.number in page.text for page in shown.values())
+            assert "Letter by post" not in shown["zh"].text
+            assert "邮寄来信，来自 王芳（东方机电），共 1 页" in shown["zh"].text
+            assert "Letter by post from 王芳 (东方机电), 1 page(s)" in shown["en"].text
+            form = shown["en"].text  # the register's default language is Chinese
+            thanks = browser.post(links["en"].split("?")[0], data={"score": "5", "csrf": hidden(form, "csrf"),
+                                                                   "lang": hidden(form, "lang")})
+            assert thanks.status_code == 200 and "Letter by post from 王芳 (东方机电), 1 page(s)" in thanks.text
     finally:
         site.close()

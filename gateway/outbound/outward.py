@@ -77,9 +77,10 @@ def check_rating_token(config: Config, token: str, now: datetime | None = None) 
     return RatingToken(mid, issued)
 
 
-def rating_link(config: Config, mail: OutboxMail) -> str | None:
+def rating_link(config: Config, mail: OutboxMail, language: str) -> str | None:
+    """The link, naming the result mail's language: the page then words the letter's subject in it."""
     base = config.model.web.base_url
-    return f"{base}/rate/{rating_token(config, mail.message_id, mail.created_at)}" if base else None
+    return f"{base}/rate/{rating_token(config, mail.message_id, mail.created_at)}?lang={language}" if base else None
 
 
 _REPLY_ONLY = {
@@ -94,7 +95,7 @@ _REPLY_ONLY = {
 def invitation(config: Config, mail: OutboxMail, language: str) -> str:
     """The paragraph a result mail ends with: how to rate the handling."""
     language = language if language in _REPLY_ONLY else "en"
-    link = rating_link(config, mail)
+    link = rating_link(config, mail, language)
     if link is None:
         return _REPLY_ONLY[language]
     _subject, body = template(config, "rate-invitation", language)
