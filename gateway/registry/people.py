@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, union, update
 
 from gateway.registry import lifecycle
 from gateway.registry.models import (AuditRow, Borrowing, Event, Grant, Letter, OutboxMail, Person, SavedView,
@@ -98,11 +98,18 @@ SORTS: dict[str, Any] = {
     "-deadline": (Letter.deadline.is_(None), Letter.deadline.desc(), Letter.id.desc()),
     "number": (Letter.series, Letter.seq), "-number": (Letter.series.desc(), Letter.seq.desc()),
 }
+UNINDEXED_SORTS = ("deadline", "-deadline")  # letters without a deadline last: an order no index gives
 
 
 def scope_clause(scope: Scope) -> ColumnElement[bool]:
     if scope.everything:
         return true()
+    parts = _scope_parts(scope)
+    return or_(*parts) if parts else false()
+
+
+def _scope_parts(scope: Scope) -> list[ColumnElement[bool]]:
+    """The letters a scope (not everything) covers, one clause for each way of being in it."""
     parts: list[ColumnElement[bool]] = []
     if scope.departments:
         departments = sorted(scope.departments)
@@ -113,7 +120,25 @@ def scope_clause(scope: Scope) -> ColumnElement[bool]:
         parts.append(func.lower(Letter.owner).in_(sorted(scope.owners)))
     if scope.person_id is not None:
         parts.append(Letter.id.in_(select(Grant.letter_id).where(Grant.person_id == scope.person_id)))
-    return or_(*parts) if parts else false()
+    return parts
+
+
+def scoped_by_parts(scope: Scope, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`scope_clause(scope) AND condition`, part by part: the letters of each part of the scope that
+    meet the condition, as one set of ids. Against the OR of the parts, SQLite walks every letter
+    the condition's index gives (for a department's overdue count, every open letter overdue in the
+    register: with 100,000 letters 0.1-0.2 s) and reads each row to test the scope; part by part,
+    each is found through an index of its own (a department's open letters by
+    ix_letters_department_status_deadline, without reading a row). For counts and sums, and for
+    rows in an order no index gives (all are found before they are sorted); rows in an order an
+    index gives are found faster along that index, the OR tested as it goes, up to the page."""
+    if scope.everything:
+        return condition
+    parts = _scope_parts(scope)
+    if len(parts) <= 1:
+        return and_(parts[0] if parts else false(), condition)
+    # correlate(None): each part is a query of its own over letters, not a test of the outer row.
+    return Letter.id.in_(union(*(select(Letter.id).where(part, condition).correlate(None) for part in parts)))
 
 
 def filter_clause(f: LetterFilter) -> ColumnElement[bool]:
@@ -353,17 +378,18 @@ class PeopleRecords(Store):
     def letters_page(self, scope: Scope, letter_filter: LetterFilter, *, sort: str, offset: int,
                      limit: int) -> tuple[list[Letter], int]:
         """One page of the letters a scope covers, and how many there are in all: two queries."""
-        where = and_(scope_clause(scope), filter_clause(letter_filter))
+        by_parts = scoped_by_parts(scope, filter_clause(letter_filter))
+        where = by_parts if sort in UNINDEXED_SORTS else and_(scope_clause(scope), filter_clause(letter_filter))
         with self.session() as session:
-            total = int(session.scalar(select(func.count(Letter.id)).where(where)) or 0)
+            total = int(session.scalar(select(func.count(Letter.id)).where(by_parts)) or 0)
             rows = list(session.scalars(select(Letter).where(where).order_by(*SORTS[sort])
                                         .offset(offset).limit(limit)))
         return rows, total
 
     def letters_count(self, scope: Scope, letter_filter: LetterFilter) -> int:
         with self.read() as conn:
-            return int(conn.execute(select(func.count(Letter.id)).where(scope_clause(scope),
-                                                                        filter_clause(letter_filter))).scalar() or 0)
+            return int(conn.execute(select(func.count(Letter.id))
+                                    .where(scoped_by_parts(scope, filter_clause(letter_filter)))).scalar() or 0)
 
     def in_scope(self, scope: Scope, letter_id: int) -> bool:
         with self.read() as conn:
