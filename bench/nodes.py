@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import PostgresServer  # noqa: E402
 from daemon import running_daemon, write_config  # noqa: E402  (bench/ is the script's folder, on sys.path)
-from smtp_intake import free_port, smtp_source  # noqa: E402
+from smtp_intake import finished, free_port, smtp_source  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -94,7 +94,8 @@ def run(nodes: int, count: int, sessions: int, server: PostgresServer,
         pg0, gw0 = cpu_seconds("postgres"), cpu_seconds("gateway")
         start = time.perf_counter()
         with ThreadPoolExecutor(nodes) as pool:
-            list(pool.map(lambda port: smtp_source(port, max(1, sessions // nodes), count // nodes, 4096), ports))
+            list(pool.map(lambda port: finished(smtp_source(port, max(1, sessions // nodes), count // nodes, 4096)),
+                          ports))
         elapsed = time.perf_counter() - start
         busy1, total1 = cpu_busy()
         pg1, gw1 = cpu_seconds("postgres"), cpu_seconds("gateway")
