@@ -123,17 +123,23 @@ def _scope_parts(scope: Scope) -> list[ColumnElement[bool]]:
     return parts
 
 
-def scoped_by_parts(scope: Scope, condition: ColumnElement[bool]) -> ColumnElement[bool]:
-    """`scope_clause(scope) AND condition`, part by part: the letters of each part of the scope that
-    meet the condition, as one set of ids. Against the OR of the parts, SQLite walks every letter
+def scoped_by_parts(scope: Scope, dialect: str, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`scope_clause(scope) AND condition`, on SQLite part by part: the letters of each part of the
+    scope that meet the condition, as one set of ids. Against the OR of the parts, SQLite walks every letter
     the condition's index gives (for a department's overdue count, every open letter overdue in the
     register: with 100,000 letters 0.1-0.2 s) and reads each row to test the scope; part by part,
     each is found through an index of its own (a department's open letters by
     ix_letters_department_status_deadline, without reading a row). For counts and sums, and for
     rows in an order no index gives (all are found before they are sorted); rows in an order an
-    index gives are found faster along that index, the OR tested as it goes, up to the page."""
+    index gives are found faster along that index, the OR tested as it goes, up to the page.
+
+    PostgreSQL combines the parts' indexes for the OR itself (a BitmapOr), and took longer part by
+    part (a department member's page count: 6 ms as one condition, 65 ms by parts): there it is
+    the one condition."""
     if scope.everything:
         return condition
+    if dialect == "postgresql":
+        return and_(scope_clause(scope), condition)
     parts = _scope_parts(scope)
     if len(parts) <= 1:
         return and_(parts[0] if parts else false(), condition)
@@ -378,7 +384,7 @@ class PeopleRecords(Store):
     def letters_page(self, scope: Scope, letter_filter: LetterFilter, *, sort: str, offset: int,
                      limit: int) -> tuple[list[Letter], int]:
         """One page of the letters a scope covers, and how many there are in all: two queries."""
-        by_parts = scoped_by_parts(scope, filter_clause(letter_filter))
+        by_parts = scoped_by_parts(scope, self.engine.dialect.name, filter_clause(letter_filter))
         where = by_parts if sort in UNINDEXED_SORTS else and_(scope_clause(scope), filter_clause(letter_filter))
         with self.session() as session:
             total = int(session.scalar(select(func.count(Letter.id)).where(by_parts)) or 0)
@@ -389,7 +395,8 @@ class PeopleRecords(Store):
     def letters_count(self, scope: Scope, letter_filter: LetterFilter) -> int:
         with self.read() as conn:
             return int(conn.execute(select(func.count(Letter.id))
-                                    .where(scoped_by_parts(scope, filter_clause(letter_filter)))).scalar() or 0)
+                                    .where(scoped_by_parts(scope, self.engine.dialect.name,
+                                                          filter_clause(letter_filter)))).scalar() or 0)
 
     def in_scope(self, scope: Scope, letter_id: int) -> bool:
         with self.read() as conn:

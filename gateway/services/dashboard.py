@@ -93,6 +93,7 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     month = Period.parse(f"{today.year}-{today.month:02d}", config.model.gateway.timezone)
     month_first = month.days(config.model.gateway.timezone)[0]
     work_scope = access.work_scope(who)
+    dialect = registry.engine.dialect.name
     # Each figure's queue lists what the figure counts: the person's work scope (the overdue queue
     # is that scope already); for those who see the whole register it is the whole register.
     work_only = "" if work_scope.everything else "1"
@@ -106,20 +107,20 @@ def compute(config: Config, registry: Registry, access: Access, who: Principal,
     with registry.read() as conn:
         intake = dict(conn.execute(
             select(Letter.channel, func.count(Letter.id))
-            .where(scoped_by_parts(work_scope, _between(Letter.received_at, day_start, day_end)))
+            .where(scoped_by_parts(work_scope, dialect, _between(Letter.received_at, day_start, day_end)))
             .group_by(Letter.channel)).all())
         work = conn.execute(
             select(Letter.department, Letter.status, func.count(Letter.id),
                    func.sum(case((overdue, 1), else_=0)), func.sum(case((due, 1), else_=0)))
-            .where(scoped_by_parts(work_scope, is_open))
+            .where(scoped_by_parts(work_scope, dialect, is_open))
             .group_by(Letter.department, Letter.status)).all()
-        triage = int(conn.execute(select(func.count(Letter.id))
-                                  .where(scoped_by_parts(work_scope, Letter.status == "needs-triage"))).scalar() or 0)
+        in_triage = scoped_by_parts(work_scope, dialect, Letter.status == "needs-triage")
+        triage = int(conn.execute(select(func.count(Letter.id)).where(in_triage)).scalar() or 0)
         # The timeliness rate: the letters received this month whose close stands (the list its
         # figures link to applies the same clause).
         closed_count, on_time_count = conn.execute(
             select(func.count(), func.sum(case((closed_clause("on-time"), 1), else_=0)))
-            .where(scoped_by_parts(work_scope, and_(_between(Letter.received_at, month.start, month.end),
+            .where(scoped_by_parts(work_scope, dialect, and_(_between(Letter.received_at, month.start, month.end),
                                                    closed_clause("timed"))))).one()
     today_text = today.isoformat()
     week_text = (week_end + timedelta(days=1)).isoformat()  # deadline_before: the day after the week
