@@ -8,7 +8,7 @@ import io
 from email.message import EmailMessage
 from pathlib import Path
 
-from web_support import Site
+from web_support import Site, site_fixture  # noqa: F401  (the `site` fixture)
 
 from gateway.report.spreadsheet import cell
 
@@ -53,3 +53,23 @@ def test_a_hostile_subject_and_sender_are_text_in_every_export(tmp_path: Path) -
 
     finally:
         site.close()
+
+
+def test_the_export_names_each_sender_as_the_queues_row_does(site: Site) -> None:
+    """A fax from the drop folder, which has only a number, and a sender's domain in A-labels are
+    exported as the queue shows them: the fax by its number (as text, never a formula), the domain
+    as its owner writes it, the address as the letter gave it in a column of its own."""
+    from conftest import make_message
+
+    idn = site.ingest("idn", make_message(7, subject="IDN", sender="Zhang San <zhang@xn--fsqu00a.xn--fiqs8s>",
+                                          to="sales@example.org"))
+    rita = site.sign_in("rita")
+    exported = rita.get("/letters.csv", params={"queue": "all"})
+    rows = {r["number"]: r for r in csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig")))}
+    fax, mail = rows[site.letters["fax"]], rows[idn]
+    assert (fax["sender_address"], mail["sender_address"]) == ("'+8620123456", "zhang@例子.中国")
+    assert (fax["sender_address_as_given"], mail["sender_address_as_given"]) == (
+        "'+8620123456", "zhang@xn--fsqu00a.xn--fiqs8s")
+    assert mail["sender_name"] == "Zhang San"
+    listing = rita.get("/letters?queue=all").text
+    assert ">+8620123456</span>" in listing and ">zhang@例子.中国</span>" in listing

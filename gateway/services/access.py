@@ -33,6 +33,7 @@ from typing import Any
 
 import regex
 
+from gateway.addressing import shown_address
 from gateway.config import Config
 from gateway.registry import LetterFilter, Registry, Scope, lifecycle
 from gateway.registry.circulation import CirculationRecords
@@ -620,13 +621,17 @@ class Access:
         tz = queries.local_zone(self.config)
         out = io.StringIO()
         writer = SheetWriter(out)
+        # The sender as the queue's row shows it (a drop-folder fax by its number and sender, a
+        # domain as shown_address shows it); last, the address as the letter gave it.
         writer.writerow(["number", "received_at", "channel", "sender_name", "sender_address", "subject",
-                         "department", "category", "urgency", "confidentiality", "status", "deadline"])
+                         "department", "category", "urgency", "confidentiality", "status", "deadline",
+                         "sender_address_as_given"])
         for r in rows[:limit]:
-            writer.writerow([r.number, r.received_at.astimezone(tz).isoformat(), r.channel, r.sender_name,
-                             r.sender_address, r.subject if r.id in allowed else "", r.department or "",
-                             r.category or "", r.urgency, r.confidentiality, r.status,
-                             r.deadline.astimezone(tz).isoformat() if r.deadline else ""])
+            sender_name, sender_address = queries.letter_sender(r)
+            writer.writerow([r.number, r.received_at.astimezone(tz).isoformat(), r.channel, sender_name,
+                             shown_address(sender_address), r.subject if r.id in allowed else "",
+                             r.department or "", r.category or "", r.urgency, r.confidentiality, r.status,
+                             r.deadline.astimezone(tz).isoformat() if r.deadline else "", sender_address])
         self.record(who, "export", address=address, subject=f"queue {query.queue}",
                     details={"rows": min(len(rows), limit), "query": {k: str(v) for k, v in vars(query).items()
                                                                        if v not in (None, "")}})
