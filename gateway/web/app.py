@@ -304,6 +304,9 @@ def environment() -> jinja2.Environment:
     from gateway.web.routes import circulation  # the sidebar's counts of letters to read and borrowings to approve
 
     env.globals.update(circulation.template_globals())
+    from gateway.web.routes.work import view_url
+
+    env.globals["view_url"] = view_url  # the sidebar's saved views open as saving them did
     return env
 
 
