@@ -551,6 +551,22 @@ def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) ->
     assert site.letters["business"] in rita.get("/letters?queue=all&since=1900-01-01&until=9998-12-31").text
 
 
+def test_a_list_filter_the_form_does_not_offer_is_refused_by_name(site: Site) -> None:
+    """A misspelt status, category, urgency or channel in an address (a link typed or kept from
+    elsewhere) is a 400 naming it, in the page's language: not an empty list whose form says "any"."""
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    for path in ("/letters?queue=all&status=acknowleged", "/letters.csv?queue=all&category=external.busines",
+                 "/search?q=order&urgency=URGENT", "/letters?queue=all&channel=e-mail"):
+        refused = rita.get(path)
+        value = path.rpartition("=")[2]
+        assert refused.status_code == 400, path
+        assert f"there is none called “{value}”." in refused.text, path
+    assert "状态：没有“acknowleged”这一项。" in site.sign_in("sam").get(
+        "/letters?queue=departments&status=acknowleged").text
+    assert site.letters["business"] in rita.get("/letters?queue=all&status=open&channel=email").text
+
+
 def test_a_nul_in_any_value_is_refused_by_name_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     """PostgreSQL refuses a NUL in any text it is given: a query, a form field, a path or a session
     cookie holding one is a 400 naming it (in either language), never a 500, signed in or not."""

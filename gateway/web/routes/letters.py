@@ -88,6 +88,21 @@ def day_arg(text: str) -> date | None:
     return day
 
 
+# The filters offered as lists, each with the form's label and its values (i18n's words for them).
+CHOICES = {"status": (N_("Status"), i18n.STATUS), "category": (N_("Category"), i18n.CATEGORY),
+           "urgency": (N_("Urgency"), i18n.URGENCY), "channel": (N_("Channel"), i18n.CHANNEL)}
+
+
+def choice_arg(req: Req, name: str) -> str | None:
+    """A list filter of the query string, or None when not given; 400 naming it when it is none of
+    the form's values (a list that would be empty, its form showing "any", tells nobody why)."""
+    value = req.arg(name)
+    label, known = CHOICES[name]
+    if value and value not in known:
+        raise Problem(400, _("%(field)s: there is none called “%(value)s”.") % {"field": _(label), "value": value})
+    return value or None
+
+
 def _query(req: Req, default: str = "") -> QueueQuery:
     """The queue and its filters from the request's query string (`default`: the queue when none
     is named; else the person's first)."""
@@ -97,8 +112,8 @@ def _query(req: Req, default: str = "") -> QueueQuery:
         raise Problem(404)
     number = page_number(req)
     sort = req.arg("sort")
-    return QueueQuery(queue=name, status=req.arg("status") or None, category=req.arg("category") or None,
-                      urgency=req.arg("urgency") or None, channel=req.arg("channel") or None,
+    return QueueQuery(queue=name, status=choice_arg(req, "status"), category=choice_arg(req, "category"),
+                      urgency=choice_arg(req, "urgency"), channel=choice_arg(req, "channel"),
                       department=req.arg("department") or None, since=day_arg(req.arg("since")),
                       until=day_arg(req.arg("until")), deadline_before=day_arg(req.arg("deadline_before")),
                       deadline_after=day_arg(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
