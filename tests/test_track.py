@@ -595,3 +595,29 @@ def test_a_quoted_mail_without_quote_marks_is_not_the_answer(quoted: str) -> Non
 def test_a_line_of_ones_own_ending_in_a_colon_is_still_ones_own() -> None:
     text = own_text("办结：已处理\n鲁迅写道：\n“真的猛士，敢于直面惨淡的人生。”\n____\n谢谢\n")
     assert text.endswith("谢谢") and parse_command(text) == ("close", "已处理")
+
+
+def test_an_overdue_letter_handed_to_another_department_is_reminded_and_escalated_there(tmp_path: Path) -> None:
+    """The deadline stays the letter's when it is handed over, but its reminders are the holding
+    department's: the department it reaches overdue is reminded and its head told, once, although
+    the department before it had been."""
+    from gateway.track import reminders
+
+    gateway = Gateway(tmp_path, rules=ALL_TO_BUSINESS, extra="[reminders]\nescalate_after = 1\n")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    moved_back(gateway, "2026-000001", 10)  # overdue for days
+    config, registry = registry_of(gateway)
+    deadline = registry.letter("2026-000001").deadline
+    now = datetime.now(timezone.utc)
+
+    def run(moment: datetime) -> list[tuple[str, list[str]]]:
+        return [(r.kind, [m.recipient for m in r.mail]) for r in reminders.run(config, registry, moment)]
+
+    assert run(now) == [("overdue", ["sales.desk@example.org"]),
+                                               ("escalation", ["business.head@example.org"])]
+    gateway.run("letters", "reassign", "2026-000001", "general-office", "--reason", "theirs")
+    assert registry.letter("2026-000001").deadline == deadline  # the sender's clock runs on
+    later = datetime.now(timezone.utc) + timedelta(minutes=1)
+    assert run(later) == [("overdue", ["office@example.org"]), ("escalation", ["office.head@example.org"])]
+    assert run(later + timedelta(minutes=1)) == []
+    registry.close()

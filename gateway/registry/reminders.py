@@ -35,6 +35,7 @@ class OpenLetter:
     registered_at: datetime | None = None  # later than received_at for a backlog imported long after
     arrived_at: datetime | None = None  # the latest routing or reassignment to its current department
     renewed_at: datetime | None = None  # the latest reopening or resuming supplement (a new deadline)
+    handed_at: datetime | None = None  # the latest reassignment from another department to its current one
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,10 @@ def _state(conn: Connection, where: tuple[ColumnElement[bool], ...]) -> list[tup
     ids = select(Letter.id).where(*where)
     arrived: dict[int, datetime] = {}
     renewed: dict[int, datetime] = {}
-    for letter_id, action, at, to_department, department in conn.execute(
-            select(Event.letter_id, Event.action, Event.at, Event.to_department, Letter.department)
+    handed: dict[int, datetime] = {}
+    for letter_id, action, at, from_department, to_department, department in conn.execute(
+            select(Event.letter_id, Event.action, Event.at, Event.from_department, Event.to_department,
+                   Letter.department)
             .join(Letter, Letter.id == Event.letter_id)
             .where(Event.letter_id.in_(ids), or_(
                 Event.action.in_(_ARRIVAL), Event.action == "reopened",
@@ -81,6 +84,8 @@ def _state(conn: Connection, where: tuple[ColumnElement[bool], ...]) -> list[tup
             renewed[letter_id] = max(at, renewed.get(letter_id, at))
         elif to_department is not None and to_department == department:
             arrived[letter_id] = max(at, arrived.get(letter_id, at))
+            if action == "reassigned" and from_department is not None and from_department != department:
+                handed[letter_id] = max(at, handed.get(letter_id, at))
     sent: dict[int, list[Sent]] = {}
     for letter_id, details, at in conn.execute(
             select(Event.letter_id, Event.details, Event.at).where(
@@ -88,7 +93,8 @@ def _state(conn: Connection, where: tuple[ColumnElement[bool], ...]) -> list[tup
         deadline = details.get("deadline")
         sent.setdefault(letter_id, []).append(Sent(
             str(details.get("kind")), at, datetime.fromisoformat(deadline) if deadline else None))
-    return [(OpenLetter(*row, arrived_at=arrived.get(row.id), renewed_at=renewed.get(row.id)),
+    return [(OpenLetter(*row, arrived_at=arrived.get(row.id), renewed_at=renewed.get(row.id),
+                        handed_at=handed.get(row.id)),
              sent.get(row.id, [])) for row in letters]
 
 

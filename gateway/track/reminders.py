@@ -62,8 +62,11 @@ def due_for(config: Config, letter: OpenLetter, sent: list[Sent], now: datetime)
         return []
     owners = [letter.owner] if letter.owner else list(department.owners)
     # Reminders of the deadline in force: a reopened or resumed letter has a new one, reminded
-    # before and at it and escalated again. Not the one about a sender's missing materials.
-    current = [s for s in sent if s.kind != "awaiting-sender" and s.of(letter)]
+    # before and at it and escalated again. Not the one about a sender's missing materials. Only
+    # those since another department handed it to the one holding it: the letter keeps its
+    # deadline, and the new department is warned, reminded and its head told as the one before.
+    current = [s for s in sent if s.kind != "awaiting-sender" and s.of(letter)
+               and (letter.handed_at is None or s.at >= letter.handed_at)]
     kinds = {s.kind for s in current}
     reminders = sum(1 for s in current if s.kind != "escalation")
     out: list[Reminder] = []
