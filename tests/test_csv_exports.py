@@ -4,6 +4,7 @@ export (and the report's CSV); everything else is written as it is."""
 from __future__ import annotations
 
 import csv
+import json
 import io
 from email.message import EmailMessage
 from pathlib import Path
@@ -73,3 +74,21 @@ def test_the_export_names_each_sender_as_the_queues_row_does(site: Site) -> None
     assert mail["sender_name"] == "Zhang San"
     listing = rita.get("/letters?queue=all").text
     assert ">+8620123456</span>" in listing and ">zhang@例子.中国</span>" in listing
+
+
+def test_the_json_rows_name_each_sender_as_the_queues_row_does(site: Site) -> None:
+    """`letters list --json` and `letters search --json` name the sender as the register's row
+    does; `letters show --json` keeps every field as stored."""
+    from conftest import make_message
+
+    idn = site.ingest("idn", make_message(7, subject="IDN order", sender="Zhang San <zhang@xn--fsqu00a.xn--fiqs8s>",
+                                          to="sales@example.org"))
+    rows = {r["number"]: r for r in site.gateway.list_json()}
+    fax, mail = rows[site.letters["fax"]], rows[idn]
+    assert (fax["sender_address"], mail["sender_address"]) == ("+8620123456", "zhang@例子.中国")
+    assert (fax["sender_address_as_given"], mail["sender_address_as_given"]) == (
+        "+8620123456", "zhang@xn--fsqu00a.xn--fiqs8s")
+    found = json.loads(site.gateway.run("letters", "search", "IDN", "--json").stdout)["letters"]
+    assert [(r["number"], r["sender_address"]) for r in found] == [(idn, "zhang@例子.中国")]
+    stored = site.gateway.show_json(site.letters["fax"])
+    assert stored["sender_address"] == "" and "sender_address_as_given" not in stored

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.addressing import shown_address
 from gateway.config import Config
 from gateway.registry import Registry, Scope
 from gateway.registry.models import Attachment, Letter, OcrReading, OutboxMail, entry_sender
@@ -63,11 +64,15 @@ def letter_sender(letter: Letter) -> tuple[str, str]:
 
 
 def letter_summary(letter: Letter) -> dict[str, Any]:
+    """A letter as a row of the register (`letters list/search --json`): its sender as the row
+    shows it (a drop-folder fax by its number, a domain as shown_address shows it), and the
+    address as the letter gave it."""
+    sender_name, sender_address = letter_sender(letter)
     return {"number": letter.number, "status": letter.status, "channel": letter.channel,
-            "received_at": iso(letter.received_at), "sender_name": letter.sender_name,
-            "sender_address": letter.sender_address, "department": letter.department,
-            "category": letter.category, "urgency": letter.urgency, "subject": letter.subject,
-            "deadline": iso(letter.deadline), "flags": letter.flags}
+            "received_at": iso(letter.received_at), "sender_name": sender_name,
+            "sender_address": shown_address(sender_address), "sender_address_as_given": sender_address,
+            "department": letter.department, "category": letter.category, "urgency": letter.urgency,
+            "subject": letter.subject, "deadline": iso(letter.deadline), "flags": letter.flags}
 
 
 def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None,
@@ -75,7 +80,10 @@ def letter_detail(letter: Letter, outbox: list[OutboxMail] | None = None,
     """Every field of a letter, its attachments, events, the mail sent about it and how its text
     was read (a fax or scan)."""
     out = letter_summary(letter)
+    del out["sender_address_as_given"]
     out.update({
+        # Every field as stored: the row's sender is worked out from these and the fax's.
+        "sender_name": letter.sender_name, "sender_address": letter.sender_address,
         "text_read": ocr_reading_row(reading) if reading is not None else None,
         "owner": letter.owner, "tags": letter.tags, "classification": letter.classification,
         "archive_number": letter.archive_number, "archived_at": iso(letter.archived_at),
