@@ -146,7 +146,7 @@ def queue(req: Req) -> Response:
     return req.render("letters.html", result=result, query=query, filters=kept, link=link, sort_link=sort_link,
                       now=now, departments=req.web.config.departments, statuses=i18n.STATUS,
                       categories=i18n.CATEGORY, urgencies=i18n.URGENCY, channels=i18n.CHANNEL,
-                      csv_link="/letters.csv?" + urlencode(kept), letter_url=letter_url,
+                      csv_link="/letters.csv?" + urlencode({**kept, "sort": query.sort}), letter_url=letter_url,
                       **work.queue_context(req, query, result))
 
 
