@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, Notify, make_message
+from conftest import Gateway, Notify, make_message, write_messages
 from fax_samples import ENGLISH, corrupt, tiff_fax
 from gateway import config as config_mod
 from gateway.config import Config
@@ -177,6 +177,19 @@ def test_a_misspelt_filter_is_refused_by_name_not_answered_with_nothing(tmp_path
         assert refused.returncode == 2 and f"Invalid value for {option}: {says}" in refused.stderr, refused.stderr
     assert gateway.run("letters", "list", "--status", "needs-triage", "--department", "business",
                        "--category", "external.business", "--limit", "1").returncode == 0
+
+
+def test_status_open_lists_and_finds_every_letter_not_yet_closed(tmp_path: Path) -> None:
+    """`--status open`, as the queues' filter "open (not yet closed)": any state before closed."""
+    gateway = Gateway(tmp_path)
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(n, subject=f"Order {n}", to="sales@example.org")
+                                                     for n in range(3)]))
+    gateway.run("letters", "ack", "2026-000002")
+    gateway.run("letters", "close", "2026-000003", "--result", "done")
+    listed = [r["number"] for r in gateway.list_json("--status", "open")]
+    assert listed == ["2026-000001", "2026-000002"]
+    found = json.loads(gateway.run("letters", "search", "order", "--status", "open", "--json").stdout)["letters"]
+    assert sorted(r["number"] for r in found) == ["2026-000001", "2026-000002"]
 
 
 def test_text_that_is_not_utf8_is_a_usage_error_naming_the_parameter(tmp_path: Path, fax: bytes) -> None:

@@ -23,7 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def register_filters(command: F) -> F:
     """The filters `list` and `search` share: status, department, category, channel, received days."""
     for option in reversed([
-        click.option("--status"), click.option("--department"), click.option("--category"),
+        click.option("--status", help="A state, or open: any state before closed."), click.option("--department"),
+        click.option("--category"),
         click.option("--channel", type=click.Choice(["email", "fax", "post", "courier", "front-desk"])),
         click.option("--since", type=RegisterDay(), help="Received on or after this day (local time)."),
         click.option("--until", type=RegisterDay(), help="Received before the end of this day."),
@@ -43,7 +44,8 @@ def check_filters(state: State, status: str | None, department: str | None, cate
     from gateway.config import CATEGORY_NAMES
     from gateway.registry.lifecycle import STATES
 
-    for hint, value, known in (("--status", status, STATES), ("--department", department, state.config.departments),
+    for hint, value, known in (("--status", status, (*STATES, "open")),
+                               ("--department", department, state.config.departments),
                                ("--category", category, CATEGORY_NAMES)):
         if value is None or value in known:
             continue

@@ -50,6 +50,9 @@ class Reads(Store):
             stmt = stmt.where(Letter.deadline < overdue_at, Letter.status.in_(lifecycle.OPEN))
         if with_attachments:
             stmt = stmt.options(selectinload(Letter.attachments))
+        if status == "open":  # any state before closed, as the queues' filter says it
+            stmt = stmt.where(Letter.status.in_(lifecycle.OPEN))
+            status = None
         for column, value in ((Letter.status, status), (Letter.department, department),
                               (Letter.category, category), (Letter.channel, channel)):
             if value is not None:
