@@ -567,6 +567,26 @@ def test_a_list_filter_the_form_does_not_offer_is_refused_by_name(site: Site) ->
     assert site.letters["business"] in rita.get("/letters?queue=all&status=open&channel=email").text
 
 
+def test_a_department_filter_naming_no_department_is_refused_by_name(site: Site) -> None:
+    """A department no one configured and no letter is in is a 400 naming it; one removed from the
+    configuration whose letters are still in the register lists them."""
+    from sqlalchemy import update
+
+    from gateway.registry.models import Letter
+
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    for path in ("/letters?queue=all&department=sales", "/letters.csv?queue=all&department=sales",
+                 "/search?q=order&department=sales"):
+        refused = rita.get(path)
+        assert refused.status_code == 400 and "Department: there is none called “sales”." in refused.text, path
+    with site.registry.write() as conn:
+        conn.execute(update(Letter).where(Letter.number == site.letters["office"]).values(department="old-office"))
+    listed = rita.get("/letters?queue=all&department=old-office")
+    assert listed.status_code == 200 and site.letters["office"] in listed.text
+    assert site.letters["business"] not in listed.text
+
+
 def test_a_nul_in_any_value_is_refused_by_name_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     """PostgreSQL refuses a NUL in any text it is given: a query, a form field, a path or a session
     cookie holding one is a 400 naming it (in either language), never a 500, signed in or not."""

@@ -282,6 +282,10 @@ class Access:
         known = self.config.departments.get(department or "")
         return known.name if known else (department or "-")
 
+    def known_department(self, department: str) -> bool:
+        """A department a filter may name: one configured, or one since removed that still has letters."""
+        return department in self.config.departments or self.registry.department_in_register(department)
+
     def _related(self, who: Principal, letter: Letter) -> bool:
         """Is, or was, the letter with one of the person's departments?"""
         if letter.department in who.departments:

@@ -103,6 +103,15 @@ def choice_arg(req: Req, name: str) -> str | None:
     return value or None
 
 
+def department_arg(req: Req) -> str | None:
+    """The department filter, or None; 400 naming it when no department of that id is known."""
+    value = req.arg("department")
+    if value and not req.web.access.known_department(value):
+        raise Problem(400, _("%(field)s: there is none called “%(value)s”.") % {"field": _("Department"),
+                                                                            "value": value})
+    return value or None
+
+
 def _query(req: Req, default: str = "") -> QueueQuery:
     """The queue and its filters from the request's query string (`default`: the queue when none
     is named; else the person's first)."""
@@ -114,7 +123,7 @@ def _query(req: Req, default: str = "") -> QueueQuery:
     sort = req.arg("sort")
     return QueueQuery(queue=name, status=choice_arg(req, "status"), category=choice_arg(req, "category"),
                       urgency=choice_arg(req, "urgency"), channel=choice_arg(req, "channel"),
-                      department=req.arg("department") or None, since=day_arg(req.arg("since")),
+                      department=department_arg(req), since=day_arg(req.arg("since")),
                       until=day_arg(req.arg("until")), deadline_before=day_arg(req.arg("deadline_before")),
                       deadline_after=day_arg(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
                       closed=req.arg("closed") if req.arg("closed") in CLOSED_FILTERS else None,
