@@ -587,6 +587,26 @@ def test_a_department_filter_naming_no_department_is_refused_by_name(site: Site)
     assert site.letters["business"] not in listed.text
 
 
+def test_days_given_the_wrong_way_round_are_refused_saying_so(site: Site) -> None:
+    """Received from a day after the last one, or a deadline from a day not before the "before"
+    day, selects nothing: a 400 that says why, in the page's language; one day alone is a range."""
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    for path in ("/letters?queue=all&since=2026-12-10&until=2026-12-01",
+                 "/letters.csv?queue=all&since=2026-12-10&until=2026-12-01",
+                 "/search?q=order&since=2026-12-10&until=2026-12-01"):
+        refused = rita.get(path)
+        assert refused.status_code == 400, path
+        assert "Received from 2026-12-10 to 2026-12-01: the first day is after the last." in refused.text, path
+    refused = rita.get("/letters?queue=all&deadline_after=2026-12-07&deadline_before=2026-12-07")
+    assert refused.status_code == 400
+    assert "Deadline from 2026-12-07 and before 2026-12-07: no day is in between." in refused.text
+    assert "收文日期从 2026-12-10 到 2026-12-01：起始日期晚于结束日期。" in site.sign_in("sam").get(
+        "/letters?queue=departments&since=2026-12-10&until=2026-12-01").text
+    day = rita.get("/letters?queue=all&since=2026-12-01&until=2026-12-01")
+    assert day.status_code == 200
+
+
 def test_a_nul_in_any_value_is_refused_by_name_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     """PostgreSQL refuses a NUL in any text it is given: a query, a form field, a path or a session
     cookie holding one is a 400 naming it (in either language), never a 500, signed in or not."""

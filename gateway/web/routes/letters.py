@@ -121,11 +121,19 @@ def _query(req: Req, default: str = "") -> QueueQuery:
         raise Problem(404)
     number = page_number(req)
     sort = req.arg("sort")
+    since, until = day_arg(req.arg("since")), day_arg(req.arg("until"))
+    deadline_after, deadline_before = day_arg(req.arg("deadline_after")), day_arg(req.arg("deadline_before"))
+    # Days given the wrong way round select nothing: say so, rather than list no letters.
+    if since and until and since > until:
+        raise Problem(400, _("Received from %(first)s to %(last)s: the first day is after the last.")
+                      % {"first": since.isoformat(), "last": until.isoformat()})
+    if deadline_after and deadline_before and deadline_after >= deadline_before:
+        raise Problem(400, _("Deadline from %(first)s and before %(last)s: no day is in between.")
+                      % {"first": deadline_after.isoformat(), "last": deadline_before.isoformat()})
     return QueueQuery(queue=name, status=choice_arg(req, "status"), category=choice_arg(req, "category"),
                       urgency=choice_arg(req, "urgency"), channel=choice_arg(req, "channel"),
-                      department=department_arg(req), since=day_arg(req.arg("since")),
-                      until=day_arg(req.arg("until")), deadline_before=day_arg(req.arg("deadline_before")),
-                      deadline_after=day_arg(req.arg("deadline_after")), sort=sort if sort in SORTS else "-received",
+                      department=department_arg(req), since=since, until=until, deadline_before=deadline_before,
+                      deadline_after=deadline_after, sort=sort if sort in SORTS else "-received",
                       closed=req.arg("closed") if req.arg("closed") in CLOSED_FILTERS else None,
                       work=req.arg("work") == "1", page=number)
 
