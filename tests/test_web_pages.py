@@ -2,6 +2,7 @@
 form without its CSRF token, sign in and out, and show attachment pages as pictures."""
 from __future__ import annotations
 
+import base64
 import io
 import re
 from pathlib import Path
@@ -165,6 +166,30 @@ def test_a_letter_one_may_not_see_is_not_found(site: Site) -> None:
 def test_html_in_a_letter_is_shown_as_text(site: Site) -> None:
     page = site.sign_in("rita").get(f"/letters/{site.letters['business']}")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert(1)" not in page.text
+
+
+def test_direction_overrides_cannot_disguise_a_sender_subject_or_file_name(site: Site) -> None:
+    """U+202E turns round what follows it: "\u202emoc.knab@ecivres" reads as a bank's address (and the
+    real address after it is turned round too), "invoice\u202efdp.exe" as a PDF. The page shows the
+    text in its true order, and the defects say what was removed."""
+    def word(text: str) -> bytes:
+        return b"=?utf-8?b?" + base64.b64encode(text.encode()) + b"?="
+
+    raw = (b"From: " + word("\u202emoc.knab@ecivres") + b" <mallory@attacker.example>\r\n"
+           b"To: liaison@example.org\r\nSubject: " + word("Payment \u202egnp.exe") + b"\r\n"
+           b"Date: Mon, 23 Nov 2026 09:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+           b"--B\r\nContent-Type: text/plain\r\n\r\nSee the invoice.\r\n"
+           b"--B\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Disposition: attachment; filename*=utf-8''invoice%E2%80%AEfdp.exe\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAA=\r\n--B--\r\n")
+    number = site.ingest("disguised", raw)
+    page = site.sign_in("rita").get(f"/letters/{number}").text
+    for hidden_control in "\u202a\u202b\u202d\u202e\u2066\u2067\u2068":
+        assert hidden_control not in page
+    assert "moc.knab@ecivres" in page and "mallory@attacker.example" in page
+    assert "Payment gnp.exe" in page and "invoicefdp.exe" in page
+    assert page.count("已删除会改变文字显示顺序的方向控制字符 U+202E") == 3  # the defects, in the page's Chinese
 
 
 def test_a_step_without_the_csrf_token_is_refused(site: Site) -> None:

@@ -303,6 +303,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
                 r"were not examined \(they are in the original\)$"),
      N_("MIME parts nested more than %(depth)s deep; the part found there and everything after it were not "
         "examined (they are in the original)")),
+    (re.compile(r"^direction control character\(s\) (?P<chars>.+) removed$", re.S),
+     N_("direction control characters %(chars)s removed (they would reorder the text)")),
     (re.compile(r"^empty$"), N_("empty")),
     (re.compile(r"^no header fields$"), N_("no header fields")),
     (re.compile(r"^more than (?P<count>\d+) MIME parts; the first (?P=count) were examined, the rest only kept in "

@@ -15,9 +15,14 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 # Control characters are dropped from decoded header text, C1 ones too (U+009B is a terminal's
 # CSI, as ESC [ is); tabs and line breaks (NEL among them) become spaces.
+# The explicit direction controls (embeddings, overrides, isolates) go too: they reorder what
+# follows them, so a display name "\u202emoc.knab@ecivres" reads as a bank's address, and the
+# address shown after it is turned round. The marks (LRM, RLM) reorder nothing and stay.
+_DIRECTION_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _HEADER_CONTROLS = {code: None for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))} | {
-    ord(ch): " " for ch in "\t\r\n\x85"}
-_HAS_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+    ord(ch): " " for ch in "\t\r\n\x85"} | {ord(ch): None for ch in _DIRECTION_CONTROLS}
+_HAS_CONTROL = re.compile(rf"[\x00-\x1f\x7f-\x9f{_DIRECTION_CONTROLS}]")
+_DIRECTION_CONTROL = re.compile(f"[{_DIRECTION_CONTROLS}]")
 _WHITESPACE = re.compile(r"\s")
 # "Name <local@domain>" or "local@domain" with nothing that needs the full RFC 5322 parser.
 _ADDR_SPEC = r"[^\s<>\"(),;:\\]+@[^\s<>\"(),;:\\]+"
@@ -82,7 +87,7 @@ def decode_header_value(value: str, guesses: Sequence[Guess] = ()) -> tuple[str,
         after_encoded_word = True
     flush_run()
     pieces.append(_decode_raw(value[position:], defects, guesses))
-    return _clean_header_text("".join(pieces)), defects
+    return clean_header_text("".join(pieces), defects), defects
 
 
 def _decode_encoded_text(encoding: str, text: str) -> tuple[bytes, str | None]:
@@ -123,6 +128,16 @@ def _decode_raw(text: str, defects: list[str], guesses: Sequence[Guess]) -> str:
 def _clean_header_text(text: str) -> str:
     text = text.replace("\t", " ")  # folding leaves tabs in most long headers
     return text.translate(_HEADER_CONTROLS) if _HAS_CONTROL.search(text) else text
+
+
+def clean_header_text(text: str, defects: list[str]) -> str:
+    """Decoded header text (or a file name as given) without controls; direction controls
+    removed are named in `defects`, since they change how the text reads."""
+    found = sorted(set(_DIRECTION_CONTROL.findall(text)))
+    if found:
+        names = ", ".join(f"U+{ord(ch):04X}" for ch in found)
+        defects.append(f"direction control character(s) {names} removed")
+    return _clean_header_text(text)
 
 
 def collapse_whitespace(text: str) -> str:

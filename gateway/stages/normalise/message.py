@@ -20,6 +20,7 @@ from .charsets import Guess, decode_bytes, resolve_charset
 from .filenames import numbered_variant, safe_filename
 from .flowed import unflow
 from .headers import (
+    clean_header_text,
     collapse_whitespace,
     decode_header_value,
     lenient_b64decode,
@@ -552,6 +553,10 @@ class _PartWalker:
                                     "the rest are not listed (they are in the original)")
             self.attachments_left_out += 1
             return
+        # A name from RFC 2231 or from winmail.dat has not been through the header decoder.
+        name_defects: list[str] = []
+        original_filename = clean_header_text(original_filename, name_defects)
+        self.defects.extend(f"{where} file name: {defect}" for defect in name_defects)
         if isinstance(content, Streamed):
             size, sha256, head, read = content.size, content.sha256, content.head, content.read
         else:
