@@ -983,6 +983,32 @@ def test_a_second_from_subject_date_or_message_id_is_named_among_the_defects():
         "message: 2 Date header fields; the first was read (also: garbage)"]
 
 
+def test_a_second_content_type_encoding_or_disposition_is_named_among_the_defects():
+    """Which of two Content-Types is read decides whether a filter and a mail program see a text or
+    a multipart with a hidden part; which of two dispositions, whether a file is called evil.exe
+    or good.pdf. The first is read, as the stdlib does; the others are named, in the message and in
+    each part."""
+    raw = message([b"Subject: two types", b"MIME-Version: 1.0", b"Content-Type: text/plain; charset=utf-8",
+                   b'Content-Type: multipart/mixed; boundary="B"', b"Content-Transfer-Encoding: 8bit",
+                   b"Content-Transfer-Encoding: base64"],
+                  b"--B\r\nContent-Type: text/plain\r\n\r\nhidden\r\n--B--\r\n")
+    result = normalise(raw)
+    assert result.body_text == "--B\nContent-Type: text/plain\n\nhidden\n--B--"
+    assert result.defects == [
+        'message: 2 Content-Type header fields; the first was read (also: multipart/mixed; boundary="B")',
+        "message: 2 Content-Transfer-Encoding header fields; the first was read (also: base64)"]
+
+    part = (b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=evil.exe\r\n"
+            b"Content-Disposition: inline; filename=good.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + b64_lines(b"%PDF-1.4"))
+    raw = message([b"Subject: two dispositions", b"MIME-Version: 1.0", b'Content-Type: multipart/mixed; boundary="B"'],
+                  b"--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n" + part + b"--B--\r\n")
+    result = normalise(raw)
+    assert [a.filename for a in result.attachments] == ["evil.exe"]
+    assert result.defects == [
+        "part 2: 2 Content-Disposition header fields; the first was read (also: inline; filename=good.pdf)"]
+
+
 def test_characters_dropped_from_base64_are_named():
     value, defects = decode_header_value("pre =?utf-8?B?@@@@?= post =?utf-8?B?5ZCI5ZCM?=")
     assert value == "pre  post 合同"

@@ -46,6 +46,9 @@ _INVALID_QP = re.compile(r"=(?![0-9A-Fa-f]{2})(?!\r?\n|$)", re.M)
 _HTML_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _ONCE_ONLY = ("From", "Sender", "Subject", "Date", "Message-ID")
+# Once in the header of the message and of each part (RFC 2045): which of two Content-Types a
+# filter and a mail program each read decides what the message is to them.
+_ONCE_PER_PART = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition")
 _XML_DECLARATION = re.compile(r"^<\?xml [^>]*>")
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.I | re.S)
 _ENCODED_WORD_CHARSET = re.compile(r"=\?([^?\s*]+)[^?\s]*\?[bBqQ]\?")
@@ -303,6 +306,7 @@ class _PartWalker:
         try:
             self._record_defects(part.defects, where)
             self.header_defects(part, where)
+            self._repeated_fields(part, where)
             if depth > self.limits.max_depth:
                 self.defects.append(f"{where}: nested more than {self.limits.max_depth} deep, not examined")
                 return []
@@ -324,6 +328,18 @@ class _PartWalker:
         if part.fields_cut:
             self.defects.append(f"{where}: {part.fields_cut} header field(s) longer than "
                                 f"{self.limits.max_header_bytes} bytes cut short")
+
+    def _repeated_fields(self, part: Message, where: str) -> None:
+        """A second Content-Type, Content-Transfer-Encoding or Content-Disposition is named with its value."""
+        values: dict[str, list[str]] = {}
+        for name, value in part.raw_items():
+            values.setdefault(name.strip().lower(), []).append(str(value))
+        for name in _ONCE_PER_PART:
+            found = values.get(name.lower(), [])
+            if len(found) > 1:
+                others = "; ".join(collapse_whitespace(decode_header_value(v, self.guesses)[0])[:200]
+                                   for v in found[1:])
+                self.defects.append(f"{where}: {len(found)} {name} header fields; the first was read (also: {others})")
 
     def _record_defects(self, defects: list[MessageDefect], where: str) -> None:
         for defect in defects:
