@@ -153,6 +153,31 @@ def test_a_huge_slow_message_is_registered_in_a_lane_of_its_own(running: tuple[G
     assert "Traceback" not in daemon.output()
 
 
+def test_a_parameter_numbered_beyond_reading_costs_the_letter_nothing_else(running: tuple[Gateway, Daemon]) -> None:
+    """A section number of 5,000 digits (x*999...=1) made Python's parameter decoder raise for the
+    whole field, int() reading at most 4,300 digits: in the message's Content-Type the letter was
+    registered without sender, subject or text; in a part's, the text was lost. Only that
+    parameter is ignored now, and named where it was found."""
+    gateway, daemon = running
+    digits = "9" * 5000
+    raw = ("From: Mallory <mallory@attacker.example>\r\nTo: liaison@example.org\r\nSubject: overlong section\r\n"
+           "Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           f'Content-Type: multipart/mixed; boundary="B"; x*{digits}=1\r\n\r\n'
+           f"--B\r\nContent-Type: text/plain; charset=utf-8; x*{digits}*=1\r\n\r\nSee the report.\r\n"
+           f'--B\r\nContent-Type: application/pdf; name="report.pdf"\r\n'
+           f'Content-Disposition: attachment; filename*{digits}=evil.exe; filename="report.pdf"\r\n\r\n'
+           "%PDF-1.4\r\n--B--\r\n").encode()
+    number = send(gateway.smtp_port, raw, timeout=60)[1].decode().rsplit(" ", 1)[-1]
+    letter = gateway.show_json(number)
+    assert (letter["sender_address"], letter["subject"]) == ("mallory@attacker.example", "overlong section")
+    assert letter["body_text"] == "See the report."
+    assert [a["filename"] for a in letter["attachments"]] == ["report.pdf"]  # type: ignore[union-attr, index]
+    ignored = "9" * 38 + "... with a section number too long to read, ignored)"
+    assert letter["defects"] == [f"message: invalid header (content-type: parameter x*{ignored}",
+                                 f"part 1: invalid header (content-type: parameter x*{ignored}"]
+    assert "Traceback" not in daemon.output()
+
+
 def test_the_helper_for_large_items_runs_only_while_there_are_some(tmp_path: Path) -> None:
     """Not started with the daemon nor by ordinary mail; started by the first large item, stopped
     after the idle time, started again by the next large item."""

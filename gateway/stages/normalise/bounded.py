@@ -11,10 +11,13 @@ fields beyond the allowed number are not kept and overlong ones are cut short.
 
 from __future__ import annotations
 
+import re
 from email import policy as email_policy
-from email.message import Message
+from email.errors import InvalidHeaderDefect
+from email.message import Message, _parseparam  # type: ignore[attr-defined]
 from email.feedparser import BytesFeedParser
 from email.parser import BytesParser
+from email.utils import decode_params
 from typing import Any
 
 from .model import Limits
@@ -42,6 +45,9 @@ _ALWAYS_READ = frozenset({
     "content-type", "content-transfer-encoding", "content-disposition", "mime-version",
     "from", "sender", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references",
 })
+# An RFC 2231 section number (name*0, name*1*, ...) too long for int(): Python refuses more than
+# 4300 digits, and its decode_params would raise for every parameter of the field.
+_OVERLONG_SECTION = re.compile(r"\*[0-9]{10,}\*?$")
 
 
 class BoundedMessage(Message):
@@ -72,6 +78,25 @@ class BoundedMessage(Message):
             value = value[:max(self.limits.max_header_bytes - len(name), 0)]
             self.fields_cut += 1
         super().set_raw(name, value)
+
+    def _get_params_preserve(self, failobj: Any, header: str) -> Any:  # every get_param() reads here
+        try:
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
+        except ValueError:
+            pass
+        params = []
+        for index, item in enumerate(_parseparam(self.get(header, ""))):
+            name, _equals, value = item.partition("=")
+            if index and _OVERLONG_SECTION.search(name.strip()):  # the first is the value itself
+                self._note_overlong(header, name.strip())
+                continue
+            params.append((name.strip(), value.strip()))
+        return decode_params(params)
+
+    def _note_overlong(self, header: str, name: str) -> None:
+        detail = f"{header}: parameter {name[:40]}... with a section number too long to read, ignored"
+        if not any(str(defect) == detail for defect in self.defects):
+            self.defects.append(InvalidHeaderDefect(detail))
 
     def attach(self, payload: Any) -> None:  # the parser attaches each new part to its parent
         if isinstance(payload, BoundedMessage):

@@ -15,7 +15,9 @@ from urllib.parse import unquote_to_bytes
 _BACKSLASH, _QUOTE, _SEMICOLON, _EQUALS = 0x5C, 0x22, 0x3B, 0x3D
 _BLANKS = b" \t\r\n"
 # name, name*, name*0, name*0*, name*1, ... (RFC 2231 §3, §4)
-_SECTION = re.compile(r"^(?P<name>[^*]+)(?:\*(?P<number>[0-9]+))?(?P<encoded>\*)?$")
+# A section number of ten digits or more is no continuation anyone sent (and int() refuses more
+# than 4300 digits): such a parameter is not read, as bounded.py does for the parser.
+_SECTION = re.compile(r"^(?P<name>[^*]+)(?:\*(?P<number>[0-9]{1,9}))?(?P<encoded>\*)?$")
 
 
 @dataclass(frozen=True)
