@@ -137,6 +137,19 @@ def rfc2231_over_plain() -> Case:
         "part 2 file name: filename='????.xlsx' and filename*='预算表.xlsx' differ, filename* used"])
 
 
+def rfc2231_continuation_gap() -> Case:
+    """filename*0*, *1*, *3 with *2 lost on the way: the sections that came are joined in order
+    (the last carries the extension), the gap named; not the name cut at the gap."""
+    raw = multipart_letter(
+        [b"Subject: minutes"],
+        text_part(b"utf-8", "纪要见附件。".encode()),
+        attachment(b"attachment; filename*0*=utf-8''" + percent("会议") + b"; filename*1*=" + percent("纪要")
+                   + b"; filename*3=.pdf", PDF, b"application/pdf"),
+    )
+    return Case(raw, "minutes", "Sender", "纪要见附件。", [("会议纪要.pdf", PDF)], [
+        "part 2 file name: filename* continuation(s) 2 missing, the others joined"])
+
+
 FLOWED_DELSP = (
     "各位同事：\r\n"
     "关于下周一的会议安 \r\n排如下，请准时出 \r\n席。\r\n"
@@ -350,7 +363,7 @@ def cpython_msg_46() -> Case:
 
 
 CASES = {case.__name__: case for case in (
-    big5_raw_file_names, rfc2231_over_plain, flowed_delsp_yes, flowed_without_delsp,
+    big5_raw_file_names, rfc2231_over_plain, rfc2231_continuation_gap, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
@@ -369,8 +382,8 @@ def test_corpus_decodes_exactly(name: str) -> None:
     assert result.defects == case.defects
 
 
-END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "flowed_delsp_yes", "flowed_without_delsp",
-              "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions",
+END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "flowed_delsp_yes",
+              "flowed_without_delsp", "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions",
               "bom_against_label", "gbk_under_gb2312", "cpython_msg_07")
 
 

@@ -324,6 +324,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("unknown Content-Transfer-Encoding %(encoding)s, the content taken as it is")),
     (re.compile(r"^(?P<name>[\w-]+)=(?P<plain>.*) and (?P=name)\*=(?P<text>.*) differ, (?P=name)\* used$", re.S),
      N_("%(name)s=%(plain)s and %(name)s*=%(text)s differ; %(name)s* used")),
+    (re.compile(r"^(?P<name>[\w-]+)\* continuation\(s\) (?P<numbers>[\d, -]+) missing, the others joined$"),
+     N_("%(name)s*: continuation %(numbers)s missing, the others joined")),
     (re.compile(r"^attached message nested too deeply to re-serialise$"),
      N_("attached message nested too deeply to be written out again")),
     (re.compile(r"^attached message cut short at the nesting limit \(whole in the original\)$"),

@@ -444,6 +444,9 @@ class _PartWalker:
                 continue
             if defect:
                 self.defects.append(f"{where} file name: {defect}")
+            if extended.missing:
+                missing = ", ".join(extended.missing)
+                self.defects.append(f"{where} file name: {name}* continuation(s) {missing} missing, the others joined")
             if parameter.plain is not None:
                 # Webmail often sends both, the plain one with '?' for every non-ASCII character.
                 plain = self._plain_name(parameter.plain, guesses, where, report=False)

@@ -26,6 +26,7 @@ class ExtendedValue:
 
     octets: bytes
     charset: str  # '' if none was given
+    missing: tuple[str, ...] = ()  # continuation numbers skipped before the last that came ("1", "3-7")
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,17 @@ def read_parameter(header_value: bytes, wanted: str) -> Parameter:
 
 
 def _joined(sections: dict[int, tuple[bytes, bool]]) -> ExtendedValue:
-    """Continuations in order up to the first missing number; encoded ones percent-decoded."""
+    """Continuations in number order, encoded ones percent-decoded. A number missing between them
+    is noted, and those after it are joined all the same (as Python's own decode_params does): the
+    last one usually carries the extension."""
     octets = bytearray()
     charset = ""
-    number = 0
-    while number in sections:
+    missing: list[str] = []
+    previous = -1
+    for number in sorted(sections):
+        if number > previous + 1:
+            missing.append(str(number - 1) if number == previous + 2 else f"{previous + 1}-{number - 1}")
+        previous = number
         value, encoded = sections[number]
         if encoded:
             if number == 0 and value.count(b"'") >= 2:
@@ -62,8 +69,7 @@ def _joined(sections: dict[int, tuple[bytes, bool]]) -> ExtendedValue:
                 charset = declared.decode("ascii", "replace").strip()
             value = unquote_to_bytes(value)
         octets += value
-        number += 1
-    return ExtendedValue(bytes(octets), charset)
+    return ExtendedValue(bytes(octets), charset, tuple(missing))
 
 
 def _parameters(data: bytes) -> list[tuple[str, bytes]]:
