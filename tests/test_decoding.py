@@ -150,6 +150,19 @@ def rfc2231_continuation_gap() -> Case:
         "part 2 file name: filename* continuation(s) 2 missing, the others joined"])
 
 
+def eight_bit_inside_encoded_words() -> Case:
+    """Raw UTF-8 bytes inside Q encoded words (RFC 2047 allows none, some mailers send them): the
+    display name and subject read as the bytes say, each named once; they cost the letter its
+    sender, recipients and date before."""
+    raw = letter([b"From: =?utf-8?q?Caf\xc3\xa9_Lyon?= <cafe@partner.example>",
+                  b"Subject: =?utf-8?q?Men\xc3\xbc_f\xc3\xbcr_Montag?=", b"Content-Type: text/plain; charset=utf-8"],
+                 "Guten Tag.".encode())
+    inside = "8-bit text inside, kept as it is"
+    return Case(raw, "Menü für Montag", "Café Lyon", "Guten Tag.", [], [
+        f"header From: encoded word '=?utf-8?q?Café_Lyon?=': {inside}",
+        f"header Subject: encoded word '=?utf-8?q?Menü_für_Montag?=': {inside}"])
+
+
 FLOWED_DELSP = (
     "各位同事：\r\n"
     "关于下周一的会议安 \r\n排如下，请准时出 \r\n席。\r\n"
@@ -363,7 +376,8 @@ def cpython_msg_46() -> Case:
 
 
 CASES = {case.__name__: case for case in (
-    big5_raw_file_names, rfc2231_over_plain, rfc2231_continuation_gap, flowed_delsp_yes, flowed_without_delsp,
+    big5_raw_file_names, rfc2231_over_plain, rfc2231_continuation_gap, eight_bit_inside_encoded_words,
+    flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
@@ -382,9 +396,9 @@ def test_corpus_decodes_exactly(name: str) -> None:
     assert result.defects == case.defects
 
 
-END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "flowed_delsp_yes",
-              "flowed_without_delsp", "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions",
-              "bom_against_label", "gbk_under_gb2312", "cpython_msg_07")
+END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
+              "flowed_delsp_yes", "flowed_without_delsp", "windows_1252_under_latin1_labels", "meaningful_spaces",
+              "vendor_extensions", "bom_against_label", "gbk_under_gb2312", "cpython_msg_07")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

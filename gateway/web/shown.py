@@ -333,6 +333,7 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^(?P<count>\d+) character\(s\) that are not base64 dropped$"),
      N_("%(count)s characters that are not base64 dropped")),
     (re.compile(r"^truncated base64$"), N_("base64 cut short")),
+    (re.compile(r"^8-bit text inside, kept as it is$"), N_("8-bit text inside, kept as it is")),
     (re.compile(r"^TNEF could not be decoded \((?P<error>.*)\), kept as is$", re.S),
      N_("TNEF could not be decoded (%(error)s), kept as it is")),
     (re.compile(r"^more than (?P<count>\d+) attachments; the rest are not listed \(they are in the original\)$"),

@@ -80,7 +80,9 @@ def decode_header_value(value: str, guesses: Sequence[Guess] = ()) -> tuple[str,
             flush_run()
         data, defect = _decode_encoded_text(match.group(2), match.group(3))
         if defect:
-            defects.append(f"encoded word {match.group(0)[:60]!r}: {defect}")
+            # Raw 8-bit bytes in the word (surrogates) shown as UTF-8, as the address headers give them.
+            word = match.group(0).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            defects.append(f"encoded word {word[:60]!r}: {defect}")
         run_label, run_key = label, key
         run_bytes += data
         position = match.end()
@@ -91,9 +93,11 @@ def decode_header_value(value: str, guesses: Sequence[Guess] = ()) -> tuple[str,
 
 
 def _decode_encoded_text(encoding: str, text: str) -> tuple[bytes, str | None]:
-    raw = text.encode("ascii", "surrogateescape")
+    # Encoded text is ASCII by definition, but mailers put raw 8-bit bytes in it all the same
+    # (surrogates here), or text already decoded from them (address headers): both as UTF-8 bytes.
+    raw = text.encode("utf-8", "surrogateescape")
     if encoding in "qQ":
-        return binascii.a2b_qp(raw, header=True), None
+        return binascii.a2b_qp(raw, header=True), None if text.isascii() else "8-bit text inside, kept as it is"
     return lenient_b64decode(raw)
 
 
