@@ -163,6 +163,21 @@ def eight_bit_inside_encoded_words() -> Case:
         f"header Subject: encoded word '=?utf-8?q?Menü_für_Montag?=': {inside}"])
 
 
+def rfc2231_charset_parameters() -> Case:
+    """charset*= (RFC 2231 form) on an 8-bit attachment, and a charset*= whose own charset holds a
+    NUL on an 8-bit text: Python's parser raises reading either (a tuple where it expects a name; a
+    NUL in a codec name), which lost the attachment, or the text."""
+    binary = b"\x89PNG\x1a\xff\xfe\x00\x80 8-bit content"
+    raw = multipart_letter(
+        [b"Subject: charsets"],
+        part([b"Content-Type: text/plain; charset*=utf%00-8''gb2312", b"Content-Transfer-Encoding: 8bit"],
+             "请查收附件。".encode("gb2312")),
+        part([b"Content-Type: application/octet-stream; charset*=utf-8''utf-8",
+              b"Content-Disposition: attachment; filename=data.bin", b"Content-Transfer-Encoding: 8bit"], binary),
+    )
+    return Case(raw, "charsets", "Sender", "请查收附件。", [("data.bin", binary)])
+
+
 FLOWED_DELSP = (
     "各位同事：\r\n"
     "关于下周一的会议安 \r\n排如下，请准时出 \r\n席。\r\n"
@@ -377,7 +392,7 @@ def cpython_msg_46() -> Case:
 
 CASES = {case.__name__: case for case in (
     big5_raw_file_names, rfc2231_over_plain, rfc2231_continuation_gap, eight_bit_inside_encoded_words,
-    flowed_delsp_yes, flowed_without_delsp,
+    rfc2231_charset_parameters, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
@@ -397,8 +412,9 @@ def test_corpus_decodes_exactly(name: str) -> None:
 
 
 END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
-              "flowed_delsp_yes", "flowed_without_delsp", "windows_1252_under_latin1_labels", "meaningful_spaces",
-              "vendor_extensions", "bom_against_label", "gbk_under_gb2312", "cpython_msg_07")
+              "rfc2231_charset_parameters", "flowed_delsp_yes", "flowed_without_delsp",
+              "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions", "bom_against_label",
+              "gbk_under_gb2312", "cpython_msg_07")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
