@@ -794,6 +794,13 @@ def test_attached_message_keeps_its_given_file_name():
     ("CON", "_CON"),
     ("nul.txt", "_nul.txt"),
     ("com1.tar.gz", "_com1.tar.gz"),
+    ("com0.txt", "_com0.txt"),
+    ("LPT0", "_LPT0"),
+    ("COM\u00b9.txt", "_COM\u00b9.txt"),  # Windows counts the superscript digits too
+    ("lpt\u00b3.pdf", "_lpt\u00b3.pdf"),
+    ("conin$.log", "_conin$.log"),
+    ("CONOUT$", "_CONOUT$"),
+    ("com10.txt", "com10.txt"),
     ("contract.pdf", "contract.pdf"),
     ("report\u202egpj.exe", "reportgpj.exe"),
     ('what?*<>|".doc', "what______.doc"),

@@ -13,10 +13,11 @@ from .headers import collapse_whitespace, decode_header_value
 
 MAX_NAME_BYTES = 200
 _MAX_EXTENSION_BYTES = 16
+# Device names Windows will not open as files, with any extension (Microsoft's "Naming Files,
+# Paths, and Namespaces": COM0 and LPT0, and the superscript digits, count as well).
 _WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{n}" for n in range(1, 10)}
-    | {f"LPT{n}" for n in range(1, 10)}
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{device}{n}" for device in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"}
 )
 # Characters Windows refuses in names; replaced so archives open everywhere.
 _WINDOWS_FORBIDDEN = str.maketrans({ch: "_" for ch in '<>:"|?*'})
