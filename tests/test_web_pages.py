@@ -192,6 +192,26 @@ def test_direction_overrides_cannot_disguise_a_sender_subject_or_file_name(site:
     assert page.count("已删除会改变文字显示顺序的方向控制字符 U+202E") == 3  # the defects, in the page's Chinese
 
 
+def test_an_rfc_2231_value_whose_charset_holds_a_nul_costs_neither_the_letter_nor_its_page(site: Site) -> None:
+    """boundary*=, name*= or charset*= declared in a charset with a NUL in its name made Python's
+    decoder raise ValueError, where it expects an unknown charset's LookupError: a boundary given
+    so cost the letter its sender, subject and text, and a name on its HTML part made its page
+    an error. Such a value is read as one without a charset."""
+    head = (b"From: Alice <alice@partner.example>\r\nTo: liaison@example.org\r\n"
+            b"Date: Mon, 23 Nov 2026 09:00:00 +0800\r\nMIME-Version: 1.0\r\n")
+    boundary = site.ingest("boundary", head + b"Subject: boundary\r\n"
+                           b"Content-Type: multipart/mixed; boundary*=ut%00f''B\r\n\r\n"
+                           b"--B\r\nContent-Type: text/plain\r\n\r\nThe boundary held.\r\n--B--\r\n")
+    shown = site.gateway.show_json(boundary)
+    assert (shown["sender_address"], shown["subject"], shown["body_text"]) == (
+        "alice@partner.example", "boundary", "The boundary held.")
+    html = site.ingest("html", head + b"Subject: formatted\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+                       b"--B\r\nContent-Type: text/html; name*=ut%00f''letter.html\r\n\r\n"
+                       b"<p>Formatted <b>text</b>.</p>\r\n--B--\r\n")
+    page = site.sign_in("rita").get(f"/letters/{html}")
+    assert page.status_code == 200 and "letter.html" in page.text
+
+
 def test_a_step_without_the_csrf_token_is_refused(site: Site) -> None:
     client = site.sign_in("sam")
     url = f"/letters/{site.letters['business']}/act"

@@ -93,25 +93,27 @@ class BoundedMessage(Message):
             params.append((name.strip(), value.strip()))
         return decode_params(params)
 
-    # The stdlib hands the charset parameter on as it finds it: given in RFC 2231 form (charset*=)
-    # it is a tuple, and decoding 8-bit text with it raises TypeError; declared with a NUL in it,
-    # ValueError. Both are read as the stdlib reads a charset it does not know.
+    def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
+                  unquote: bool = True) -> Any:  # get_boundary, get_filename, get_content_charset read here
+        value = super().get_param(param, failobj, header, unquote)
+        if isinstance(value, tuple) and value[0] and "\x00" in value[0]:
+            # An RFC 2231 value (boundary*=, filename*=, charset*=) whose own charset holds a NUL:
+            # decoding with it raises ValueError, where the stdlib expects the LookupError of an
+            # unknown charset. Read as one without a charset.
+            return (None, *value[1:])
+        return value
+
+    # The stdlib decodes 8-bit text with the charset parameter as it finds it: given in RFC 2231
+    # form (charset*=), a tuple, which raises TypeError. Read as the stdlib reads a charset it does
+    # not know.
     def get_payload(self, i: Any = None, decode: bool = False) -> Any:
         try:
             return super().get_payload(i, decode)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+        except TypeError:
             stored = getattr(self, "_payload", None)
             if decode or i is not None or not isinstance(stored, str):
                 raise
             return stored.encode("ascii", "surrogateescape").decode("ascii", "replace")
-
-    def get_content_charset(self, failobj: Any = None) -> Any:
-        try:
-            return super().get_content_charset(failobj)
-        except ValueError:
-            declared = self.get_param("charset", failobj)
-            value = declared[2] if isinstance(declared, tuple) else declared
-            return value.lower() if isinstance(value, str) and value.isascii() else failobj
 
     def _note_overlong(self, header: str, name: str) -> None:
         detail = f"{header}: parameter {name[:40]}... with a section number too long to read, ignored"
