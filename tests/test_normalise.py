@@ -778,6 +778,17 @@ def test_attached_message_keeps_its_given_file_name():
         ("original letter.eml", "original letter.eml")]
 
 
+def test_attached_message_without_subject_or_name_is_named_as_a_message():
+    """Without a subject or a file name, an attached message is still a message-N.eml that a mail
+    program opens, not the message-N.txt libmagic's text/plain for it would make."""
+    inner = b"To: liaison@example.org\r\nMessage-ID: <inner@partner.example>\r\n\r\nforwarded text\r\n"
+    header, body = multipart("mixed", [mime_part([b"Content-Type: text/plain"], b"see attached"),
+                                       mime_part([b"Content-Type: message/rfc822"], inner)])
+    result = normalise(message([header], body))
+    assert [(a.filename, a.declared_type, a.detected_type) for a in result.attachments] == [
+        ("message-1.eml", "message/rfc822", "text/plain")]
+
+
 # --- file names --------------------------------------------------------------------------------
 
 

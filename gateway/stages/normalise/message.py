@@ -587,8 +587,11 @@ class _PartWalker:
         except Exception as exc:
             self.defects.append(f"{where}: content type could not be detected ({exc})")
             detected_type = "application/octet-stream"
-        extension = (mimetypes.guess_extension(detected_type)
-                     or mimetypes.guess_extension(declared_type) or ".bin")
+        if declared_type in ("message/rfc822", "message/global"):
+            extension = ".eml"  # for a mail program to open; libmagic calls many a message text/plain
+        else:
+            extension = (mimetypes.guess_extension(detected_type)
+                         or mimetypes.guess_extension(declared_type) or ".bin")
         number = len(self.attachments) + 1
         stem = "message" if declared_type.startswith("message/") else "attachment"
         filename = safe_filename(name_hint or original_filename, f"{stem}-{number}{extension}")
