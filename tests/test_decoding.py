@@ -178,6 +178,33 @@ def rfc2231_charset_parameters() -> Case:
     return Case(raw, "charsets", "Sender", "请查收附件。", [("data.bin", binary)])
 
 
+def iso2022cn(text: str) -> bytes:
+    """GB 2312 text in ISO-2022-CN (RFC 1922): designated on each line that needs it, shifted out
+    for Chinese, shifted in for ASCII."""
+    lines = []
+    for line in text.split("\n"):
+        out, designated, shifted = b"", False, False
+        for char in line:
+            if char.isascii():
+                out += (b"\x0f" if shifted else b"") + char.encode()
+                shifted = False
+                continue
+            out += (b"" if designated else b"\x1b$)A") + (b"" if shifted else b"\x0e")
+            out += bytes(byte & 0x7F for byte in char.encode("gb2312"))
+            designated = shifted = True
+        lines.append(out + (b"\x0f" if shifted else b""))
+    return b"\r\n".join(lines)
+
+
+def iso2022cn_subject_and_body() -> Case:
+    """ISO-2022-CN, which Python has no codec for: subject and body were an unknown charset read as
+    ASCII, escape sequences and all ("$)AVPND")."""
+    raw = letter([b"Subject: =?ISO-2022-CN?B?" + base64.b64encode(iso2022cn("关于 2024 年会议的通知")) + b"?=",
+                  b"Content-Type: text/plain; charset=ISO-2022-CN", b"Content-Transfer-Encoding: 7bit"],
+                 iso2022cn("各部门：\n请于周一上午 9 时准时参加。"))
+    return Case(raw, "关于 2024 年会议的通知", "Sender", "各部门：\n请于周一上午 9 时准时参加。")
+
+
 FLOWED_DELSP = (
     "各位同事：\r\n"
     "关于下周一的会议安 \r\n排如下，请准时出 \r\n席。\r\n"
@@ -392,7 +419,7 @@ def cpython_msg_46() -> Case:
 
 CASES = {case.__name__: case for case in (
     big5_raw_file_names, rfc2231_over_plain, rfc2231_continuation_gap, eight_bit_inside_encoded_words,
-    rfc2231_charset_parameters, flowed_delsp_yes, flowed_without_delsp,
+    rfc2231_charset_parameters, iso2022cn_subject_and_body, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
@@ -412,7 +439,7 @@ def test_corpus_decodes_exactly(name: str) -> None:
 
 
 END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
-              "rfc2231_charset_parameters", "flowed_delsp_yes", "flowed_without_delsp",
+              "rfc2231_charset_parameters", "iso2022cn_subject_and_body", "flowed_delsp_yes", "flowed_without_delsp",
               "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions", "bom_against_label",
               "gbk_under_gb2312", "cpython_msg_07")
 

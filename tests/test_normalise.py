@@ -212,6 +212,19 @@ def test_iso2022jp_with_windows_extensions():
     assert decode_bytes(b"\x1b(I1\x1b(B", "iso-2022-jp") == ("ｱ", None)
 
 
+def test_iso2022cn_reads_gb2312_and_names_what_it_cannot():
+    """ISO-2022-CN (RFC 1922): GB 2312 shifted out after ESC $ ) A, a line starting in ASCII again;
+    CNS 11643 characters (G1 after ESC $ ) G, or single-shifted from G2) have no decoder and are
+    replaced, counted; what is not ISO-2022-CN at all is read as undeclared text, and said so."""
+    gb = b"\x1b$)A\x0e\x56\x50\x4e\x44\x0f ok \x0e\x56\x50\r\nVP"  # shifted out to the line's end only
+    assert decode_bytes(gb, "ISO-2022-CN") == ("中文 ok 中\r\nVP", None)
+    cns = b"\x1b$)A\x0e\x56\x50\x0f \x1b$*H\x1bN\x21\x21 \x1b$)G\x0e\x44\x21\x0f."
+    assert decode_bytes(cns, "iso-2022-cn") == (
+        "中 \ufffd \ufffd.", "2 character(s) of 'iso-2022-cn' not in GB 2312, replaced")
+    assert decode_bytes("中文".encode(), "iso-2022-cn") == (
+        "中文", "text is not valid 'iso-2022-cn' (8-bit bytes), decoded as utf-8")
+
+
 def test_no_charset_raw_bytes_fall_back_with_defect():
     """Undeclared 8-bit text: UTF-8 silently, otherwise gb18030 with a defect."""
     assert decode_bytes("中文".encode(), None) == ("中文", None)

@@ -79,6 +79,8 @@ CHARSETS: tuple[Charset, ...] = (
     Charset(("iso-2022-jp", "csiso2022jp", "iso-2022-jp-ms", "cp50220", "cp50221", "cp50222"),
             ("iso-2022-jp",), (), reason=(
         "JIS with half-width kana and Windows' NEC/IBM rows (code page 50221), see _decode_iso2022jp")),
+    Charset(("iso-2022-cn", "csiso2022cn", "iso-2022-cn-ext"), ("iso-2022-cn",), (), reason=(
+        "RFC 1922 (Python has no codec): GB 2312 and ISO-IR-165 decoded, see _decode_iso2022cn")),
     Charset(("utf-8", "utf8", "unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8",
              "x-unicode20utf8"), ("utf-8",), (), reason="WHATWG utf-8 labels"),
     Charset(("iso-8859-8-i", "iso-8859-8-e", "csiso88598i", "logical"), ("iso-8859-8",), (),
@@ -89,6 +91,7 @@ CHARSETS: tuple[Charset, ...] = (
 
 _BY_LABEL: dict[str, Charset] = {label: entry for entry in CHARSETS for label in entry.labels}
 _ISO2022JP = _BY_LABEL["iso-2022-jp"]
+_ISO2022CN = _BY_LABEL["iso-2022-cn"]
 _UTF8 = _BY_LABEL["utf-8"]
 
 # Python codecs that are not charsets a sender could mean.
@@ -256,6 +259,8 @@ def decode_bytes(data: bytes, charset: str | None,
         return _decode_undeclared(data, guesses, f"unknown charset {shown}", always_report=True)
     if entry is _ISO2022JP:
         return _decode_iso2022jp(data, shown)
+    if entry is _ISO2022CN:
+        return _decode_iso2022cn(data, shown)
     if entry.single_byte and not data.isascii():
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
@@ -346,6 +351,64 @@ def _decode_iso2022jp(data: bytes, shown: str) -> tuple[str, str | None]:
             except UnicodeDecodeError:
                 continue
     return data.decode("iso2022_jp_ext", "replace"), f"invalid bytes for charset {shown}, replaced"
+
+
+# ISO-2022-CN designations (RFC 1922 §3): GB 2312 or ISO-IR-165 (GB 2312 and more) as G1, read as
+# GB 2312; CNS 11643 plane 1 as G1, plane 2 as G2, planes 3-7 (ISO-2022-CN-EXT) as G3.
+_GB_DESIGNATIONS = (b"\x1b$)A", b"\x1b$)E")
+_CNS_DESIGNATIONS = (b"\x1b$)G", b"\x1b$*H", *(b"\x1b$+" + bytes((final,)) for final in b"IJKLM"))
+_SINGLE_SHIFTS = (b"\x1bN", b"\x1bO")  # SS2, SS3: one CNS character from G2 or G3
+
+
+def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
+    """ISO-2022-CN: shifted-out pairs are GB 2312 (its bytes less 0x80) or, with CNS 11643
+    designated, characters no Python codec reads, replaced and counted in the defect."""
+    out: list[str] = []
+    g1_is_gb = shifted_out = False
+    replaced = 0
+    index, end = 0, len(data)
+    while index < end:
+        byte = data[index]
+        if byte == _ESC:
+            sequence = bytes(data[index:index + 4])
+            if sequence[:3] in (b"\x1b(B", b"\x1b(J"):  # ASCII as G0: not RFC 1922's, but harmless
+                index += 3
+                continue
+            if sequence in _GB_DESIGNATIONS or sequence in _CNS_DESIGNATIONS:
+                if sequence[2:3] == b")":  # G1, the set shifted out to
+                    g1_is_gb = sequence in _GB_DESIGNATIONS
+                index += 4
+                continue
+            if sequence[:2] in _SINGLE_SHIFTS:
+                out.append("\ufffd")
+                replaced += 1
+                index += 4
+                continue
+            return _decode_undeclared(data, (), f"text is not valid {shown} (escape sequence {sequence!r})",
+                                      always_report=True)
+        if byte >= 0x80:
+            return _decode_undeclared(data, (), f"text is not valid {shown} (8-bit bytes)", always_report=True)
+        if byte in (_SHIFT_OUT, _SHIFT_IN):
+            shifted_out = byte == _SHIFT_OUT
+        elif byte in (0x0A, 0x0D):
+            shifted_out = False  # RFC 1922: a line starts in ASCII
+            out.append(chr(byte))
+        elif shifted_out and 0x21 <= byte <= 0x7E:
+            pair = bytes((byte | 0x80, data[index + 1] | 0x80)) if index + 1 < end else b""
+            try:
+                out.append(pair.decode("gb2312") if g1_is_gb and len(pair) == 2 else "")
+            except UnicodeDecodeError:
+                out.append("")
+            if not out[-1]:
+                out[-1] = "\ufffd"
+                replaced += 1
+            index += 2
+            continue
+        else:
+            out.append(chr(byte))
+        index += 1
+    defect = f"{replaced} character(s) of {shown} not in GB 2312, replaced" if replaced else None
+    return "".join(out), defect
 
 
 _ASCII, _KANJI, _KANA = 0, 1, 2
