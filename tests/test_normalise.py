@@ -223,6 +223,11 @@ def test_iso2022cn_reads_gb2312_and_names_what_it_cannot():
         "中 \ufffd \ufffd.", "2 character(s) of 'iso-2022-cn' not in GB 2312, replaced")
     assert decode_bytes("中文".encode(), "iso-2022-cn") == (
         "中文", "text is not valid 'iso-2022-cn' (8-bit bytes), decoded as utf-8")
+    # Declared in the message, it is a guess for raw 8-bit text too, tried like any other charset.
+    raw = message([b"Subject: =?ISO-2022-CN?B?" + base64.b64encode(b"\x1b$)A\x0e\x56\x50\x4e\x44\x0f") + b"?=",
+                   b"To: " + "王五".encode("gbk") + b" <wang@example.org>"], b"x")
+    result = normalise(raw)
+    assert (result.subject, result.to) == ("中文", [Address("王五", "wang@example.org")])
 
 
 def test_no_charset_raw_bytes_fall_back_with_defect():

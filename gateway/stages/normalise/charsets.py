@@ -221,6 +221,14 @@ def decode_with(data: bytes, decoder: str, errors: str = "strict") -> str:
     """Decode with one of the table's decoders (or a Python codec); `errors` is strict or replace."""
     if decoder in _CHARMAP_TABLES:
         return codecs.charmap_decode(data, errors, _CHARMAP_TABLES[decoder])[0]
+    if decoder == "iso-2022-cn":  # no Python codec: text that fits it whole, as the codecs require
+        try:
+            text, replaced = _iso2022cn(data)
+        except ValueError:
+            text, replaced = data.decode("ascii", "replace"), -1
+        if replaced == 0 or errors != "strict":
+            return text
+        raise UnicodeDecodeError(decoder, data, 0, len(data), "not GB 2312 text in ISO-2022-CN")
     if decoder in _WITH_ERROR_HANDLER:
         codec, handler = _WITH_ERROR_HANDLER[decoder]
         return data.decode(codec, handler if errors == "strict" else f"{handler}-replace")
@@ -361,8 +369,17 @@ _SINGLE_SHIFTS = (b"\x1bN", b"\x1bO")  # SS2, SS3: one CNS character from G2 or 
 
 
 def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
+    try:
+        text, replaced = _iso2022cn(data)
+    except ValueError as exc:  # not ISO-2022-CN at all
+        return _decode_undeclared(data, (), f"text is not valid {shown} ({exc})", always_report=True)
+    return text, f"{replaced} character(s) of {shown} not in GB 2312, replaced" if replaced else None
+
+
+def _iso2022cn(data: bytes) -> tuple[str, int]:
     """ISO-2022-CN: shifted-out pairs are GB 2312 (its bytes less 0x80) or, with CNS 11643
-    designated, characters no Python codec reads, replaced and counted in the defect."""
+    designated, characters no Python codec reads, replaced. Returns the text and how many were
+    replaced; raises ValueError on what ISO-2022-CN cannot hold (8-bit bytes, other escapes)."""
     out: list[str] = []
     g1_is_gb = shifted_out = False
     replaced = 0
@@ -384,10 +401,9 @@ def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
                 replaced += 1
                 index += 4
                 continue
-            return _decode_undeclared(data, (), f"text is not valid {shown} (escape sequence {sequence!r})",
-                                      always_report=True)
+            raise ValueError(f"escape sequence {sequence!r}")
         if byte >= 0x80:
-            return _decode_undeclared(data, (), f"text is not valid {shown} (8-bit bytes)", always_report=True)
+            raise ValueError("8-bit bytes")
         if byte in (_SHIFT_OUT, _SHIFT_IN):
             shifted_out = byte == _SHIFT_OUT
         elif byte in (0x0A, 0x0D):
@@ -407,8 +423,7 @@ def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
         else:
             out.append(chr(byte))
         index += 1
-    defect = f"{replaced} character(s) of {shown} not in GB 2312, replaced" if replaced else None
-    return "".join(out), defect
+    return "".join(out), replaced
 
 
 _ASCII, _KANJI, _KANA = 0, 1, 2
