@@ -796,6 +796,20 @@ def test_attached_message_keeps_its_given_file_name():
         ("original letter.eml", "original letter.eml")]
 
 
+def test_attached_message_with_an_unsplit_8bit_multipart_is_listed_with_its_bytes():
+    """A forwarded message whose multipart its boundary does not split, with 8-bit text in it: the
+    parser keeps the bytes, but writing the message out again failed on them, and the attachment
+    went unlisted ('could not be read'). It is listed, its 8-bit bytes as they came."""
+    inner = (b"Subject: inner\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"X\"\r\n\r\n"
+             b"--Y\r\nContent-Type: text/plain\r\n\r\nGr\xfc\xdfe \xe4\xbd\xa0\r\n--Y--\r\n")
+    header, body = multipart("mixed", [mime_part([b"Content-Type: text/plain"], b"see attached"),
+                                       mime_part([b"Content-Type: message/rfc822"], inner)])
+    result = normalise(message([header], body))
+    assert [a.filename for a in result.attachments] == ["inner.eml"]
+    assert b"Gr\xfc\xdfe \xe4\xbd\xa0\r\n--Y--" in result.attachments[0].content
+    assert not [defect for defect in result.defects if "could not be read" in defect], result.defects
+
+
 def test_attached_message_without_subject_or_name_is_named_as_a_message():
     """Without a subject or a file name, an attached message is still a message-N.eml that a mail
     program opens, not the message-N.txt libmagic's text/plain for it would make."""

@@ -105,12 +105,16 @@ class BoundedMessage(Message):
 
     # The stdlib decodes 8-bit text with the charset parameter as it finds it: given in RFC 2231
     # form (charset*=), a tuple, which raises TypeError. Read as the stdlib reads a charset it does
-    # not know.
+    # not know. (The generator reads an unsplit multipart here too: see below.)
     def get_payload(self, i: Any = None, decode: bool = False) -> Any:
+        stored = getattr(self, "_payload", None)
+        if not decode and i is None and isinstance(stored, str) and self.get_content_maintype() == "multipart":
+            # A multipart its boundary did not split keeps its 8-bit bytes as they came: decoded as
+            # ASCII instead, the generator writing an attached message out again fails on U+FFFD.
+            return stored
         try:
             return super().get_payload(i, decode)  # type: ignore[call-overload]
         except TypeError:
-            stored = getattr(self, "_payload", None)
             if decode or i is not None or not isinstance(stored, str):
                 raise
             return stored.encode("ascii", "surrogateescape").decode("ascii", "replace")
