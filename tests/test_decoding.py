@@ -164,9 +164,10 @@ def eight_bit_inside_encoded_words() -> Case:
 
 
 def rfc2231_charset_parameters() -> Case:
-    """charset*= (RFC 2231 form) on an 8-bit attachment, and a charset*= whose own charset holds a
-    NUL on an 8-bit text: Python's parser raises reading either (a tuple where it expects a name; a
-    NUL in a codec name), which lost the attachment, or the text."""
+    """charset*= (RFC 2231 form) on an 8-bit attachment, a charset*= whose own charset holds a NUL
+    on an 8-bit text, and a plain charset holding a NUL on an 8-bit attachment: Python's parser
+    raises reading each (a tuple where it expects a name; a NUL in a codec name), which lost the
+    attachment, or the text."""
     binary = b"\x89PNG\x1a\xff\xfe\x00\x80 8-bit content"
     raw = multipart_letter(
         [b"Subject: charsets"],
@@ -174,8 +175,10 @@ def rfc2231_charset_parameters() -> Case:
              "请查收附件。".encode("gb2312")),
         part([b"Content-Type: application/octet-stream; charset*=utf-8''utf-8",
               b"Content-Disposition: attachment; filename=data.bin", b"Content-Transfer-Encoding: 8bit"], binary),
+        part([b'Content-Type: application/octet-stream; charset="utf\x00-8"',
+              b"Content-Disposition: attachment; filename=more.bin", b"Content-Transfer-Encoding: 8bit"], binary),
     )
-    return Case(raw, "charsets", "Sender", "请查收附件。", [("data.bin", binary)])
+    return Case(raw, "charsets", "Sender", "请查收附件。", [("data.bin", binary), ("more.bin", binary)])
 
 
 def iso2022cn(text: str) -> bytes:

@@ -104,8 +104,8 @@ class BoundedMessage(Message):
         return value
 
     # The stdlib decodes 8-bit text with the charset parameter as it finds it: given in RFC 2231
-    # form (charset*=), a tuple, which raises TypeError. Read as the stdlib reads a charset it does
-    # not know. (The generator reads an unsplit multipart here too: see below.)
+    # form (charset*=), a tuple, which raises TypeError; with a NUL in it, ValueError. Read as the
+    # stdlib reads a charset it does not know. (The generator reads an unsplit multipart here too.)
     def get_payload(self, i: Any = None, decode: bool = False) -> Any:
         stored = getattr(self, "_payload", None)
         if not decode and i is None and isinstance(stored, str) and self.get_content_maintype() == "multipart":
@@ -114,7 +114,7 @@ class BoundedMessage(Message):
             return stored
         try:
             return super().get_payload(i, decode)  # type: ignore[call-overload]
-        except TypeError:
+        except (TypeError, ValueError):
             if decode or i is not None or not isinstance(stored, str):
                 raise
             return stored.encode("ascii", "surrogateescape").decode("ascii", "replace")
