@@ -178,6 +178,26 @@ def test_a_parameter_numbered_beyond_reading_costs_the_letter_nothing_else(runni
     assert "Traceback" not in daemon.output()
 
 
+def test_a_parameter_both_whole_and_in_sections_costs_the_letter_nothing_else(running: tuple[Gateway, Daemon]) -> None:
+    """name*= beside name*0*=, name*1*= made Python's parameter decoder raise (it cannot order the
+    unnumbered one among the numbered): normalising raised, and the letter was quarantined instead
+    of registered. The unnumbered one is ignored and named; the sections make the name."""
+    gateway, daemon = running
+    raw = (b"From: Mallory <mallory@attacker.example>\r\nTo: liaison@example.org\r\nSubject: both forms\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+           b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSee the report.\r\n"
+           b"--B\r\nContent-Type: application/pdf; name*=utf-8''evil.exe; name*0*=utf-8''annual; name*1=.pdf\r\n"
+           b"\r\n%PDF-1.4\r\n--B--\r\n")
+    number = send(gateway.smtp_port, raw, timeout=60)[1].decode().rsplit(" ", 1)[-1]
+    letter = gateway.show_json(number)
+    assert (letter["subject"], letter["body_text"]) == ("both forms", "See the report.")
+    assert [a["filename"] for a in letter["attachments"]] == ["annual.pdf"]  # type: ignore[union-attr, index]
+    assert letter["defects"] == ["part 2: invalid header (content-type: parameter name* beside numbered sections "
+                                 "of the same name, ignored)"]
+    assert "Traceback" not in daemon.output()
+
+
 def test_the_helper_for_large_items_runs_only_while_there_are_some(tmp_path: Path) -> None:
     """Not started with the daemon nor by ordinary mail; started by the first large item, stopped
     after the idle time, started again by the next large item."""

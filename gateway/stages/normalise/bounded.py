@@ -45,9 +45,11 @@ _ALWAYS_READ = frozenset({
     "content-type", "content-transfer-encoding", "content-disposition", "mime-version",
     "from", "sender", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references",
 })
-# An RFC 2231 section number (name*0, name*1*, ...) too long for int(): Python refuses more than
-# 4300 digits, and its decode_params would raise for every parameter of the field.
+# Parameters Python's decode_params raises on, for every parameter of the field: an RFC 2231
+# section number (name*0, name*1*, ...) too long for int(), which refuses more than 4300 digits,
+# and name* beside numbered sections of the same name, which it cannot put in order.
 _OVERLONG_SECTION = re.compile(r"\*[0-9]{10,}\*?$")
+_RFC2231_NAME = re.compile(r"^(?P<name>\w+)\*(?:(?P<number>[0-9]+)\*?)?$", re.ASCII)  # as decode_params reads it
 
 
 class BoundedMessage(Message):
@@ -82,15 +84,21 @@ class BoundedMessage(Message):
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:  # every get_param() reads here
         try:
             return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
-        except ValueError:
+        except (ValueError, TypeError):
             pass
-        params = []
-        for index, item in enumerate(_parseparam(self.get(header, ""))):
-            name, _equals, value = item.partition("=")
-            if index and _OVERLONG_SECTION.search(name.strip()):  # the first is the value itself
-                self._note_overlong(header, name.strip())
-                continue
-            params.append((name.strip(), value.strip()))
+        items = [(name.strip(), value.strip())
+                 for name, _equals, value in (item.partition("=") for item in _parseparam(self.get(header, "")))]
+        numbered = {found["name"] for name, _value in items[1:]
+                    if (found := _RFC2231_NAME.match(name)) and found["number"] and len(found["number"]) < 10}
+        params = items[:1]  # the first is the value itself
+        for name, value in items[1:]:
+            found = _RFC2231_NAME.match(name)
+            if _OVERLONG_SECTION.search(name):
+                self._note_ignored(header, f"{name[:40]}... with a section number too long to read")
+            elif found and not found["number"] and found["name"] in numbered:
+                self._note_ignored(header, f"{name[:40]} beside numbered sections of the same name")
+            else:
+                params.append((name, value))
         return decode_params(params)
 
     def get_param(self, param: str, failobj: Any = None, header: str = "content-type",
@@ -119,8 +127,8 @@ class BoundedMessage(Message):
                 raise
             return stored.encode("ascii", "surrogateescape").decode("ascii", "replace")
 
-    def _note_overlong(self, header: str, name: str) -> None:
-        detail = f"{header}: parameter {name[:40]}... with a section number too long to read, ignored"
+    def _note_ignored(self, header: str, parameter: str) -> None:
+        detail = f"{header}: parameter {parameter}, ignored"
         if not any(str(defect) == detail for defect in self.defects):
             self.defects.append(InvalidHeaderDefect(detail))
 

@@ -38,15 +38,20 @@ class Parameter:
 def read_parameter(header_value: bytes, wanted: str) -> Parameter:
     """The RFC 2231 and plain forms of parameter `wanted` in one header's raw value."""
     plain: bytes | None = None
+    whole: bytes | None = None  # name*=, unnumbered
     sections: dict[int, tuple[bytes, bool]] = {}
     for name, value in _parameters(header_value):
         section = _SECTION.match(name)
         if section is None or section["name"] != wanted:
             continue
-        if section["number"] is None and not section["encoded"]:
-            plain = value if plain is None else plain
+        if section["number"] is not None:
+            sections.setdefault(int(section["number"]), (value, bool(section["encoded"])))
+        elif section["encoded"]:
+            whole = value if whole is None else whole
         else:
-            sections.setdefault(int(section["number"] or 0), (value, bool(section["encoded"])))
+            plain = value if plain is None else plain
+    if not sections and whole is not None:  # beside numbered sections, name*= is not read (as bounded.py)
+        sections[0] = (whole, True)
     return Parameter(_joined(sections) if sections else None, plain)
 
 
