@@ -432,8 +432,13 @@ class _PartWalker:
 
     def _filename(self, part: Message, where: str) -> str:
         """The part's file name: RFC 2231 values first (filename*, name*), then plain ones."""
-        found = [(name, read_parameter(_raw_header_bytes(part, header), name))
-                 for header, name in _FILE_NAME_PARAMETERS]
+        found = []
+        for header, name in _FILE_NAME_PARAMETERS:
+            parameter = read_parameter(_raw_header_bytes(part, header), name)
+            # Worded as bounded.py words them for the parser, so that one found by both is named once.
+            self.defects.extend(f"{where}: invalid header ({header}: parameter {ignored}, ignored)"
+                                for ignored in parameter.ignored)
+            found.append((name, parameter))
         guesses = self._guesses_for(part, where)
         for name, parameter in found:
             if parameter.extended is None:

@@ -18,6 +18,7 @@ _BLANKS = b" \t\r\n"
 # A section number of ten digits or more is no continuation anyone sent (and int() refuses more
 # than 4300 digits): such a parameter is not read, as bounded.py does for the parser.
 _SECTION = re.compile(r"^(?P<name>[^*]+)(?:\*(?P<number>[0-9]{1,9}))?(?P<encoded>\*)?$")
+_OVERLONG_SECTION = re.compile(r"^(?P<name>[^*]+)\*[0-9]{10,}\*?$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ExtendedValue:
 class Parameter:
     extended: ExtendedValue | None  # name*=... or continuations name*0...
     plain: bytes | None  # name=... as sent (quotes removed, 8-bit bytes kept)
+    ignored: tuple[str, ...] = ()  # forms of it not read, each as the parser's defect words it
 
 
 def read_parameter(header_value: bytes, wanted: str) -> Parameter:
@@ -40,9 +42,13 @@ def read_parameter(header_value: bytes, wanted: str) -> Parameter:
     plain: bytes | None = None
     whole: bytes | None = None  # name*=, unnumbered
     sections: dict[int, tuple[bytes, bool]] = {}
+    ignored: list[str] = []
     for name, value in _parameters(header_value):
         section = _SECTION.match(name)
         if section is None or section["name"] != wanted:
+            overlong = _OVERLONG_SECTION.match(name)
+            if overlong and overlong["name"] == wanted:
+                ignored.append(f"{name[:40]}... with a section number too long to read")
             continue
         if section["number"] is not None:
             sections.setdefault(int(section["number"]), (value, bool(section["encoded"])))
@@ -50,9 +56,11 @@ def read_parameter(header_value: bytes, wanted: str) -> Parameter:
             whole = value if whole is None else whole
         else:
             plain = value if plain is None else plain
-    if not sections and whole is not None:  # beside numbered sections, name*= is not read (as bounded.py)
+    if not sections and whole is not None:
         sections[0] = (whole, True)
-    return Parameter(_joined(sections) if sections else None, plain)
+    elif whole is not None:  # beside numbered sections, name*= is not read (as bounded.py does)
+        ignored.append(f"{wanted}* beside numbered sections of the same name")
+    return Parameter(_joined(sections) if sections else None, plain, tuple(ignored))
 
 
 def _joined(sections: dict[int, tuple[bytes, bool]]) -> ExtendedValue:
