@@ -299,6 +299,38 @@ def test_an_assignment_racing_a_reassignment_is_refused_under_the_letters_lock(s
     assert letter is not None and letter.department == "general-office" and letter.owner is None
 
 
+def test_a_step_a_colleagues_step_overtook_under_the_lock_is_refused_in_the_pages_language(site: Site) -> None:
+    sam = site.sign_in("sam")  # [web] language = "zh"
+    number, inquiry = site.letters["business"], site.letters["inquiry"]
+    transition, assign = site.registry.transition, site.registry.assign
+
+    def closed_meanwhile(*args: object, **kwargs: object) -> object:
+        # Bella closes it between Sam's rights being checked and his step's lock.
+        site.registry.transition = transition  # type: ignore[method-assign]
+        transition(number, "close", actor="bella", text="done")
+        return transition(*args, **kwargs)  # type: ignore[arg-type]
+
+    def inquiry_closed_meanwhile(*args: object, **kwargs: object) -> object:
+        site.registry.assign = assign  # type: ignore[method-assign]
+        transition(inquiry, "close", actor="bella", text="answered by phone")
+        return assign(*args, **kwargs)  # type: ignore[arg-type]
+
+    site.registry.transition = closed_meanwhile  # type: ignore[method-assign]
+    site.registry.assign = inquiry_closed_meanwhile  # type: ignore[method-assign]
+    try:
+        closed = sam.post(f"/letters/{number}/act", data={"action": "close", "text": "mine", "seen": "business",
+                                                          "csrf": sam.csrf})
+        assigned = sam.post(f"/letters/{inquiry}/act", data={"action": "assign", "assignee": "sam",
+                                                             "seen": "business", "csrf": sam.csrf})
+    finally:
+        site.registry.transition, site.registry.assign = transition, assign  # type: ignore[method-assign]
+    assert closed.status_code == 409 and "当前状态为“已办结”，现在不能“办结”" in closed.text
+    assert assigned.status_code == 409 and "当前状态为“已办结”，现在不能“指派”" in assigned.text
+    assert "cannot be" not in closed.text + assigned.text
+    events = [e.action for e in site.registry.letter(number).events]  # type: ignore[union-attr]
+    assert events.count("closed") == 1
+
+
 def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site: Site) -> None:
     bella = site.sign_in("bella")
     url = f"/letters/{site.letters['business']}/act"

@@ -726,7 +726,12 @@ class Access:
             if "department" in params:
                 params["department"] = self.department_name(params["department"])
             raise Refused(str(exc), exc.key, **params) from None
-        except (lifecycle.TransitionRefused, UnknownDepartment, ValueError) as exc:
+        except lifecycle.TransitionRefused as exc:
+            # A colleague's step landed first (two closes at once): said with the state it is in now.
+            now = self.registry.letter(number)
+            raise Refused(str(exc), "state", number=number, status=now.status if now else letter.status,
+                          action=action) from None
+        except (UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
 
     def bulk(self, who: Principal, numbers: list[str], action: str, *, text: str = "",
