@@ -277,6 +277,27 @@ def test_a_page_left_open_does_not_move_a_letter_that_moved_meanwhile(site: Site
     assert [e.action for e in site.registry.letter(number).events].count("reassigned") == 2  # type: ignore[union-attr]
 
 
+def test_an_assignment_from_a_page_left_open_does_not_overwrite_a_colleagues(site: Site) -> None:
+    rita, bella = site.sign_in("rita"), site.sign_in("bella")  # [web] language = "zh"
+    number = site.letters["business"]
+    page = bella.get(f"/letters/{number}").text
+    assert hidden(page, "owner_seen") == ""
+    # Rita assigns it to Sam while Bella's page, showing it assigned to no one, stays open.
+    assert rita.post(f"/letters/{number}/act", data={"action": "assign", "assignee": "sam", "seen": "business",
+                                                     "owner_seen": "", "csrf": rita.csrf}).status_code == 303
+    stale = bella.post(f"/letters/{number}/act", data={"action": "assign", "assignee": "bella", "seen": "business",
+                                                       "owner_seen": "", "csrf": bella.csrf})
+    assert stale.status_code == 409
+    assert "在此期间已易手（现在分派给 sales.desk@example.org）：未作任何处理" in stale.text
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.owner == "sales.desk@example.org"
+    # The page shown with the refusal is the letter as it is now: its form takes the step.
+    assert hidden(stale.text, "owner_seen") == "sales.desk@example.org"
+    done = bella.post(f"/letters/{number}/act", data={"action": "assign", "assignee": "bella", "seen": "business",
+                                                      "owner_seen": "Sales.Desk@example.org", "csrf": bella.csrf})
+    assert done.status_code == 303 and site.registry.letter(number).owner == "business.head@example.org"  # type: ignore[union-attr]
+
+
 def test_an_assignment_racing_a_reassignment_is_refused_under_the_letters_lock(site: Site) -> None:
     number = site.letters["business"]
     bella, sam = site.people.principal("bella"), site.people.principal("sam")

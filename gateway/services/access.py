@@ -656,13 +656,15 @@ class Access:
 
     def act(self, who: Principal, number: str, action: str, *, text: str = "", department: str | None = None,
             assignee: str | None = None, on: bool | None = None, address: str = "",
-            as_seen: str | None = None) -> str:
+            as_seen: str | None = None, as_owner: str | None = None) -> str:
         """Take a step on a letter. Returns what happened, in words. Raises LookupError (no letter
         the person may know of) and Refused (why not).
 
         `as_seen`: the department the letter was with on the page the person acted from ("" for
         none, as on the triage desk); a letter moved since is refused, not moved again by a page
-        left open. None: not checked (a command names its letter afresh)."""
+        left open. None: not checked (a command names its letter afresh). `as_owner`: likewise the
+        address it was assigned to there ("" for no one): a colleague's assignment since is not
+        overwritten unseen."""
         if action not in ACTIONS:
             raise Refused(f"no step {action!r}", "impossible", action=action)
         letter = self.visible(who, number)
@@ -671,6 +673,9 @@ class Access:
         if as_seen is not None and as_seen != (letter.department or ""):
             moved = lifecycle.LetterMoved(number, letter.department, letter.owner)
             raise Refused(str(moved), "moved", number=number, department=self.department_name(letter.department))
+        if as_owner is not None and as_owner.lower() != (letter.owner or "").lower():
+            moved = lifecycle.LetterMoved(number, letter.department, letter.owner)
+            raise Refused(str(moved), "moved-owner", number=number, person=letter.owner or "-")
         why = self.rights(who, letter).refusal(action)
         if why is not None:
             raise why

@@ -217,6 +217,8 @@ REFUSAL = {
                         "the reply has gone or was returned to its handler"),
     "moved": N_("%(number)s changed hands meanwhile (now with department %(department)s): nothing was done; "
                 "look at it again"),
+    "moved-owner": N_("%(number)s changed hands meanwhile (now assigned to %(person)s): nothing was done; look at "
+                      "it again"),
     "impossible": N_("there is no step “%(action)s”"),
     "too-long": N_("at most %(limit)s characters"),
     "need-reason": N_("give the reason"),
