@@ -366,6 +366,36 @@ def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site:
     assert twice.status_code == 409 and "已处于诉讼保全" in twice.text
 
 
+def test_what_was_written_in_a_refused_step_is_kept_in_its_form(site: Site) -> None:
+    bella, rita = site.sign_in("bella"), site.sign_in("rita")
+    number = site.letters["business"]
+    url = f"/letters/{number}/act"
+
+    def field(html: str, tag: str, action: str) -> str:
+        """The text of the form's `text` field, in the form for `action`."""
+        form = re.search(rf'value="{action}">(?:(?!</form>).)*?<{tag} name="text"[^>]*?'
+                         + (r'value="([^"]*)"' if tag == "input" else r'>([^<]*)</textarea>'), html, re.S)
+        assert form is not None, action
+        return form.group(1)
+
+    long_note = "根据来电记录，" * 300  # 2,100 characters: more than a note takes
+    refused = bella.post(url, data={"action": "note", "text": long_note, "csrf": bella.csrf})
+    assert "最多 2000 个字符" in refused.text
+    assert field(refused.text, "textarea", "note") == long_note
+    assert re.search(r'<textarea name="text" rows="2" required maxlength="2000">', refused.text)
+    assert field(bella.get(f"/letters/{number}").text, "textarea", "note") == ""  # a fresh page: empty
+    no_department = bella.post(url, data={"action": "reassign", "department": "", "text": "belongs to the office",
+                                          "seen": "business", "csrf": bella.csrf})
+    assert "请选择转办的部门" in no_department.text
+    assert field(no_department.text, "input", "reassign") == "belongs to the office"
+    # A hold put on by a colleague meanwhile: the reason given for putting it on is not offered for
+    # lifting it.
+    assert rita.post(url, data={"action": "hold", "on": "on", "text": "a claim", "csrf": rita.csrf}).status_code == 303
+    twice = bella.post(url, data={"action": "hold", "on": "on", "text": "a claim is expected", "csrf": bella.csrf})
+    assert "已处于诉讼保全" in twice.text and 'name="on" value="off"' in twice.text
+    assert "a claim is expected" not in twice.text
+
+
 def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:
     client = site.sign_in("ada")
     added = client.post("/people", data={"login": "nora", "name": "Nora", "emails": "nora@example.org",

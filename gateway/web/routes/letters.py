@@ -295,7 +295,8 @@ def act(req: Req) -> Response:
         req.who, number, action, text=req.field("text"), department=req.field("department") or None,
         assignee=req.field("assignee") or None, on=hold_on, address=req.address,
         as_seen=req.field("seen") if "seen" in req.form else None,
-        as_owner=req.field("owner_seen") if "owner_seen" in req.form else None))
+        as_owner=req.field("owner_seen") if "owner_seen" in req.form else None),
+        kept={name: req.field(name) for name in ("text", "department", "assignee", "on")})
     if isinstance(refused, Response):
         return refused
     done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")
