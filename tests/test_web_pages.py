@@ -784,6 +784,34 @@ def test_asking_the_sender_twice_or_for_a_day_years_away_is_refused_with_the_rea
     assert again.status_code == 409 and "is awaiting-sender" in again.text, again.text[-1000:]
 
 
+def test_asking_the_sender_keeps_what_was_written_and_cuts_nothing_it_would_send(site: Site) -> None:
+    from datetime import date, timedelta
+
+    bella = site.sign_in("bella")  # [web] language = "zh"
+    number = site.letters["business"]
+    url = f"/letters/{number}/incomplete"
+    missing = "the signed contract\nthe invoice of March"
+    past = bella.post(url, data={"csrf": bella.csrf, "missing": missing, "by": "2020-01-01"})
+    assert past.status_code == 400 and "2020-01-01 已过" in past.text
+    assert ">the signed contract\nthe invoice of March</textarea>" in past.text and 'value="2020-01-01"' in past.text
+    # An item longer than a request takes is refused, never cut short in the mail to the sender.
+    near = (date.today() + timedelta(days=10)).isoformat()
+    long_item = "the minutes of the meeting " * 12  # 324 characters
+    refused = bella.post(url, data={"csrf": bella.csrf, "missing": long_item, "by": near})
+    assert refused.status_code == 400 and "每项需补充的内容最多 300 个字符" in refused.text
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status != "awaiting-sender"
+    assert bella.post(url, data={"csrf": bella.csrf, "missing": "the signed contract", "by": near}
+                      ).status_code == 303
+    # A remark longer than any step's text is refused, and kept in its form.
+    remark = "电话联系未果，" * 300  # 2,100 characters
+    withdrawn = bella.post(f"/letters/{number}/withdraw", data={"csrf": bella.csrf, "text": remark})
+    assert withdrawn.status_code == 400 and "最多 2000 个字符" in withdrawn.text
+    assert f'value="{remark}"' in withdrawn.text
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "awaiting-sender"
+
+
 def test_asking_the_sender_or_withdrawing_racing_a_reassignment_is_refused_under_the_letters_lock(
         site: Site) -> None:
     """Bella's rights to ask the sender, then to withdraw, are decided while the letter is her

@@ -21,7 +21,7 @@ from gateway.registry.lifecycle import LetterMoved, ReplyInHand, TransitionRefus
 from gateway.registry.models import Letter, SenderRequest
 from gateway.registry.outward import FollowUp, OutwardRecords, Resume
 from gateway.registry.plan import NewMail, Registered
-from gateway.services.access import Access, Forbidden, Refused
+from gateway.services.access import MAX_STEP_TEXT, Access, Forbidden, Refused
 from gateway.services.people import Principal
 from gateway.stages.autoreply import safe_address
 from gateway.stages.route import new_mail
@@ -29,7 +29,8 @@ from gateway.stages.route import new_mail
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ITEMS = 20
 # Refusals for what was filled in (the others: rights and the letter's state).
-INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "need-date", "date-passed", "date-far"})
+INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "missing-too-long", "need-date", "date-passed",
+                            "date-far", "too-long"})
 MAX_ITEM_CHARS = 300
 
 
@@ -51,6 +52,15 @@ def request_address(letter: Letter) -> str:
     """Where the sender can be asked by mail; '' when nowhere (a fax, or a paper letter with only a phone)."""
     address = (letter.sender_address or "").strip().lower()
     return address if address and safe_address(address) else ""
+
+
+def _remark(text: str) -> str:
+    """A withdrawal's or a going-on's remark, at most as long as any step's text."""
+    text = text.strip()
+    if len(text) > MAX_STEP_TEXT:
+        raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
+                      limit=str(MAX_STEP_TEXT))
+    return text
 
 
 class Incomplete:
@@ -86,9 +96,13 @@ class Incomplete:
         Raises LookupError (no letter the person may know of), Forbidden (not theirs to ask) and
         Refused (nothing named, no day or one already past, a state that does not allow it)."""
         letter = self._letter(who, number, "incomplete")
-        items = [" ".join(m.split())[:MAX_ITEM_CHARS] for m in missing if m.strip()]
+        items = [" ".join(m.split()) for m in missing if m.strip()]
         if not items:
             raise Refused("name what is missing", "need-missing")
+        if any(len(item) > MAX_ITEM_CHARS for item in items):
+            # Refused, not cut: the sender would be asked for half of what is meant.
+            raise Refused(f"each missing item in at most {MAX_ITEM_CHARS} characters", "missing-too-long",
+                          limit=str(MAX_ITEM_CHARS))
         if len(items) > MAX_ITEMS:
             raise Refused(f"at most {MAX_ITEMS} missing items", "too-many-missing", limit=str(MAX_ITEMS))
         if by is None:
@@ -125,8 +139,9 @@ class Incomplete:
     def withdraw(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str]:
         """Close a letter whose sender never sent what was missing (awaiting-sender -> withdrawn)."""
         letter = self._letter(who, number, "withdraw")
+        reason = _remark(reason)
         try:
-            return self.records.withdraw(number, actor=who.login, reason=reason.strip(),
+            return self.records.withdraw(number, actor=who.login, reason=reason,
                                          seen=(letter.department, letter.owner))
         except LetterMoved as exc:
             raise self._moved(exc) from None
@@ -138,8 +153,9 @@ class Incomplete:
         request is settled and the deadline counted on from the working days the letter had left,
         as a supplement would. Returns (before, after, the deadline)."""
         letter = self._letter(who, number, "proceed")
+        reason = _remark(reason)
         try:
-            return self.records.proceed(number, actor=who.login, reason=reason.strip(),
+            return self.records.proceed(number, actor=who.login, reason=reason,
                                         resume=resumed_deadline(self.config), seen=(letter.department, letter.owner))
         except LetterMoved as exc:
             raise self._moved(exc) from None

@@ -236,6 +236,7 @@ REFUSAL = {
                             "without the missing materials"),
     "need-missing": N_("name what is missing"),
     "too-many-missing": N_("at most %(limit)s missing items"),
+    "missing-too-long": N_("each missing item in at most %(limit)s characters"),
     "need-date": N_("give the day it is needed by"),
     "date-passed": N_("%(day)s has passed: give a later day"),
     "date-far": N_("%(day)s is more than a year away: give a nearer day"),

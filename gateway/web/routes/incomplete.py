@@ -30,7 +30,8 @@ def mark(req: Req) -> Response:
         by = None
     missing = [line for field in req.fields("missing") for line in field.splitlines()]
     refused = letter_step(req, number, "incomplete", lambda: Incomplete(req.web.config, req.web.registry).mark(
-        req.who, number, missing=missing, by=by), input_refusals=INPUT_REFUSALS)
+        req.who, number, missing=missing, by=by), input_refusals=INPUT_REFUSALS,
+        kept={"missing": "\n".join(missing), "by": req.field("by")})
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done=incomplete", status_code=303)
@@ -51,7 +52,7 @@ def _settled(req: Req, step: str, settle: Callable[..., object]) -> Response:
     number = req.request.path_params["number"]
     refused = letter_step(req, number, step, lambda: settle(Incomplete(req.web.config, req.web.registry), req.who,
                                                             number, reason=req.field("text")),
-                          input_refusals=INPUT_REFUSALS)
+                          input_refusals=INPUT_REFUSALS, kept={"text": req.field("text")})
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done={step}", status_code=303)
