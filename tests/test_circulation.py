@@ -19,7 +19,7 @@ import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
 from smtp_sink import SmtpSink
-from web_support import PASSWORD, Clock, Person, Site
+from web_support import PASSWORD, Clock, Person, Site, hidden
 
 from gateway.archive.packer import Archiver, circulation_path
 from gateway.outbound.sender import OutboxSender
@@ -301,6 +301,40 @@ def test_a_signing_form_sent_twice_signs_one_step(site: Site, clock: Clock) -> N
     assert step is not None and step.group(1).endswith(".2")
     assert bella.post(f"/letters/{number}/sign", data={**form, "step": step.group(1)}).status_code == 303
     assert [e["step"] for e in events(site, number, "circulation-signed")] == [1, 2]
+
+
+def test_a_refused_circulation_keeps_its_readers_and_a_list_too_long_is_refused_unread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.services.people import People
+
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        number = site.letters["urgent"]
+        rita = site.sign_in("rita")  # in Chinese, the default
+        typo = rita.post(f"/letters/{number}/circulate", data={"readers": "leo\ngenral-office", "csrf": rita.csrf})
+        assert typo.status_code == 400 and "没有名为 genral-office 的人员或部门" in typo.text
+        assert ">leo\ngenral-office</textarea>" in typo.text  # to correct, not to type again
+        # Thousands of names are refused by their count, before any of them is looked up.
+        looked_up: list[str] = []
+        principal = People.principal
+        monkeypatch.setattr(People, "principal", lambda self, login: looked_up.append(login) or principal(self, login))
+        many = rita.post(f"/letters/{number}/circulate", data={"readers": "leo\n" * 5000, "csrf": rita.csrf})
+        assert many.status_code == 400 and "阅件人最多 20 位" in many.text
+        assert looked_up.count("leo") < 20  # the page itself names people; the list is not resolved
+        monkeypatch.undo()
+        assert rita.post(f"/letters/{number}/circulate",
+                         data={"readers": "leo", "csrf": rita.csrf}).status_code == 303
+        leo = site.sign_in("leo")
+        step = hidden(leo.get(f"/letters/{number}").text, "step")
+        instruction = "请办公室本周内办理。" * 210  # 2,100 characters
+        refused = leo.post(f"/letters/{number}/sign", data={"instruction": instruction, "step": step,
+                                                            "csrf": leo.csrf})
+        assert refused.status_code == 400 and "批示最多 2000 个字符" in refused.text
+        assert f">{instruction}</textarea>" in refused.text
+    finally:
+        site.close()
 
 
 def test_the_circulation_panel_names_its_people_and_says_it_is_under_way(tmp_path: Path) -> None:

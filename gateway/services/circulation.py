@@ -117,12 +117,13 @@ class Circulations:
             raise LookupError(f"no letter {number}")
         if not self.may_start(who):
             raise Forbidden("only the registry office and leaders start a circulation", "forbidden-circulate")
+        # Counted before each is looked up: a list of thousands is refused at once, not resolved first.
+        limit = self.config.model.circulation.max_readers
+        if sum(1 for name in names if name.strip()) > limit:
+            raise Refused(f"at most {limit} readers", "too-many-readers", limit=str(limit))
         readers = self.readers(names)
         if not readers:
             raise Refused("name the readers in order", "need-readers")
-        limit = self.config.model.circulation.max_readers
-        if len(readers) > limit:
-            raise Refused(f"at most {limit} readers", "too-many-readers", limit=str(limit))
         twice = next((r for n, r in enumerate(readers) if r in readers[:n]), None)
         if twice is not None:
             raise Refused(f"{twice.key} is named twice: each reader signs once", "reader-twice",

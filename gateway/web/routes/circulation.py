@@ -76,7 +76,8 @@ def circulate(req: Req) -> Response:
     number = req.request.path_params["number"]
     names = [line for value in req.fields("readers") for line in value.replace(",", "\n").splitlines()]
     refused = letter_step(req, number, "circulate", lambda: service(req).start(
-        req.who, number, names, now=req.web.access.clock()), input_refusals=INPUT_REFUSALS, words=REFUSAL)
+        req.who, number, names, now=req.web.access.clock()), input_refusals=INPUT_REFUSALS, words=REFUSAL,
+        kept={"readers": "\n".join(req.fields("readers")).strip()})
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done=circulate#circulation", status_code=303)
@@ -88,7 +89,7 @@ def sign(req: Req) -> Response:
     refused = letter_step(req, number, "sign", lambda: service(req).sign(
         req.who, number, req.field("instruction"), now=req.web.access.clock(),
         seen=req.field("step") if "step" in req.form else None),
-        input_refusals=INPUT_REFUSALS, words=REFUSAL)
+        input_refusals=INPUT_REFUSALS, words=REFUSAL, kept={"instruction": req.field("instruction")})
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done=sign#circulation", status_code=303)
