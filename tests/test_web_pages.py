@@ -298,6 +298,33 @@ def test_an_assignment_from_a_page_left_open_does_not_overwrite_a_colleagues(sit
     assert done.status_code == 303 and site.registry.letter(number).owner == "business.head@example.org"  # type: ignore[union-attr]
 
 
+def test_a_bulk_step_from_a_queue_left_open_does_not_move_a_letter_that_moved_meanwhile(tmp_path: Path) -> None:
+    legal = ('\n[[departments]]\nid = "legal"\nname = "Legal"\nowners = ["legal@example.org"]\n'
+             'head = "legal.head@example.org"\n')
+    site = Site(tmp_path, extra=legal)
+    try:
+        site.add_people()
+        site.add_letters()
+        rita = site.sign_in("rita")  # [web] language = "zh"
+        business, office = site.letters["business"], site.letters["office"]
+        queue = rita.get("/letters?queue=all").text
+        assert hidden(queue, f"seen-{business}") == "business"
+        # A colleague sends the Business letter to Legal while Rita's queue, showing it with
+        # Business, stays open; she sends it and the office's letter to the General Office.
+        site.access.act(Principal.operator("colleague"), business, "reassign", department="legal",
+                        text="a contract dispute")
+        done = rita.post("/letters/bulk", data={
+            "action": "reassign", "number": [business, office], "department": "business", "text": "their orders",
+            f"seen-{business}": "business", f"seen-{office}": "general-office", "back": "/letters?queue=all",
+            "csrf": rita.csrf})
+        assert done.status_code == 200 and "在此期间已易手（现在部门 Legal）" in done.text
+        assert site.registry.letter(office).department == "business"  # type: ignore[union-attr]
+        letter = site.registry.letter(business)
+        assert letter is not None and letter.department == "legal"
+    finally:
+        site.close()
+
+
 def test_an_assignment_racing_a_reassignment_is_refused_under_the_letters_lock(site: Site) -> None:
     number = site.letters["business"]
     bella, sam = site.people.principal("bella"), site.people.principal("sam")

@@ -25,7 +25,7 @@ The rule, in words:
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -740,9 +740,11 @@ class Access:
             raise Refused(str(exc)) from None
 
     def bulk(self, who: Principal, numbers: list[str], action: str, *, text: str = "",
-             department: str | None = None, assignee: str | None = None, address: str = "") -> list[BulkResult]:
+             department: str | None = None, assignee: str | None = None, address: str = "",
+             seen: Mapping[str, str] | None = None) -> list[BulkResult]:
         """One step on many letters, each checked for rights and state on its own: what one refuses
-        does not stop the others. The results in the order given."""
+        does not stop the others. The results in the order given. `seen`: by number, the department
+        each letter was with on the page the person acted from (see `act`'s `as_seen`)."""
         numbers = list(dict.fromkeys(n.strip() for n in numbers if n.strip()))
         if len(numbers) > BULK_LIMIT:
             raise Refused(f"at most {BULK_LIMIT} letters at once", "too-many", limit=str(BULK_LIMIT))
@@ -750,7 +752,7 @@ class Access:
         for number in numbers:
             try:
                 done = self.act(who, number, action, text=text, department=department, assignee=assignee,
-                                address=address)
+                                address=address, as_seen=(seen or {}).get(number))
                 results.append(BulkResult(number, True, done))
             except LookupError:
                 results.append(BulkResult(number, False, f"no letter {number}",

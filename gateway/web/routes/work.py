@@ -170,7 +170,9 @@ def bulk(req: Req) -> Response:
     try:
         results = req.web.access.bulk(req.who, numbers, action, text=req.field("text"),
                                       department=req.field("department") or None,
-                                      assignee=req.field("assignee") or None, address=req.address)
+                                      assignee=req.field("assignee") or None, address=req.address,
+                                      seen={n.strip(): req.field(f"seen-{n}") for n in numbers
+                                            if f"seen-{n}" in req.form})
     except Refused as exc:
         return req.render("work/bulk.html", 409, results=[], action=action, back=back, target="",
                           error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
