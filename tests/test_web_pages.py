@@ -881,6 +881,39 @@ def test_asking_the_sender_or_withdrawing_racing_a_reassignment_is_refused_under
     assert letter is not None and (letter.department, letter.status) == ("general-office", "awaiting-sender")
 
 
+def test_a_refused_withdrawal_or_request_names_the_state_it_is_in_now_and_the_step_in_chinese(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date, timedelta
+
+    from gateway.registry.outward import OutwardRecords
+    from gateway.services.incomplete import Incomplete
+
+    number = site.letters["business"]
+    bella = site.sign_in("bella")  # [web] language = "zh"
+    assert bella.post(f"/letters/{number}/incomplete", data={
+        "missing": "the signed contract", "by": (date.today() + timedelta(days=10)).isoformat(),
+        "csrf": bella.csrf}).status_code == 303
+    withdraw = OutwardRecords.withdraw
+
+    def went_on_meanwhile(self: OutwardRecords, *args: object, **kwargs: object) -> object:
+        # Sam goes on without the materials between Bella's rights being checked and her step's lock.
+        Incomplete(site.config, site.registry).proceed(site.people.principal("sam"), number)  # type: ignore[arg-type]
+        return withdraw(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OutwardRecords, "withdraw", went_on_meanwhile)
+    refused = bella.post(f"/letters/{number}/withdraw", data={"text": "never came", "csrf": bella.csrf})
+    monkeypatch.undo()
+    said = refused.text.split('role="alert">')[1].split("</p>")[0]
+    assert refused.status_code == 409 and "当前状态为“办理中”，现在不能“作撤回处理（来信人未补充材料）”" in said, said
+    assert site.registry.letter(number).status == "in-progress"  # type: ignore[union-attr]
+    # Asked again, then once more from a second tab: the step is named in Chinese too.
+    ask = {"missing": "the invoice", "by": (date.today() + timedelta(days=10)).isoformat(), "csrf": bella.csrf}
+    assert bella.post(f"/letters/{number}/incomplete", data=ask).status_code == 303
+    twice = bella.post(f"/letters/{number}/incomplete", data=ask)
+    said = twice.text.split('role="alert">')[1].split("</p>")[0]
+    assert twice.status_code == 409 and "当前状态为“待来信人补充”，现在不能“通知来信人补充”" in said, said
+
+
 def test_a_form_from_nobody_signed_in_is_not_read_and_one_too_large_is_refused(
         site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     """An upload to a page that needs a signed-in person is not taken in before the sign-in check;

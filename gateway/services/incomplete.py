@@ -90,6 +90,13 @@ class Incomplete:
     def _moved(self, exc: LetterMoved) -> Refused:
         return Refused(str(exc), "moved", number=exc.number, department=self.access.department_name(exc.department))
 
+    def _overtaken(self, exc: Exception, letter: Letter, action: str) -> Refused:
+        """A step the letter's state refused under its lock: said with the state it is in now (a
+        colleague's step may have landed since it was read)."""
+        now = self.registry.letter(letter.number)
+        return Refused(str(exc), "state", number=letter.number, status=now.status if now else letter.status,
+                       action=action)
+
     def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
         """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
 
@@ -133,7 +140,7 @@ class Incomplete:
         except ReplyInHand as exc:
             raise Refused(str(exc), "reply-in-hand", number=number, action="incomplete") from None
         except (TransitionRefused, ValueError) as exc:  # asked already (a second tab, a second click)
-            raise Refused(str(exc), "state", number=number, status=letter.status, action="incomplete") from None
+            raise self._overtaken(exc, letter, "incomplete") from None
         return Marked(request, address)
 
     def withdraw(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str]:
@@ -146,7 +153,7 @@ class Incomplete:
         except LetterMoved as exc:
             raise self._moved(exc) from None
         except TransitionRefused as exc:
-            raise Refused(str(exc), "state", number=number, status=letter.status, action="withdraw") from None
+            raise self._overtaken(exc, letter, "withdraw") from None
 
     def proceed(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str, datetime | None]:
         """Go on without the materials the sender did not send (awaiting-sender -> in-progress): the
@@ -160,7 +167,7 @@ class Incomplete:
         except LetterMoved as exc:
             raise self._moved(exc) from None
         except TransitionRefused as exc:
-            raise Refused(str(exc), "state", number=number, status=letter.status, action="proceed") from None
+            raise self._overtaken(exc, letter, "proceed") from None
 
     def request(self, number: str) -> SenderRequest | None:
         """The letter's latest request to its sender, if it had any."""

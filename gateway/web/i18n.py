@@ -113,7 +113,8 @@ QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage"
          "overdue": N_("Overdue"), "all": N_("All letters")}
 ACTION = {"ack": N_("Acknowledge"), "progress": N_("In progress"), "answer": N_("Answered"),
           "close": N_("Close"), "note": N_("Note"), "assign": N_("Assign"), "reassign": N_("Reassign"),
-          "hold": N_("Legal hold"), "tag": N_("Tag"), "proceed": N_("Go on without them")}
+          "hold": N_("Legal hold"), "tag": N_("Tag"), "proceed": N_("Go on without them"),
+          "incomplete": N_("Ask the sender"), "withdraw": N_("Close as withdrawn")}
 ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("department head"),
         "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
 # Event and audit actions (what happened), as recorded in the timeline and the audit log.
