@@ -292,6 +292,20 @@ def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
                                 "draft_of": form_field(refused.text, "draft_of")}).status_code == 303
 
 
+def test_an_empty_file_attached_to_a_reply_is_refused_not_dropped(site: Site) -> None:
+    number = site.letters["office"]
+    gina = site.sign_in("gina")  # in Chinese, the default
+    url = f"/letters/{number}/reply"
+    form = {"text": "Dear Alice, the signed contract is attached.", "action": "save", "draft_of": "",
+            "csrf": gina.csrf}
+    refused = gina.post(url, data=form, files=[("files", ("contract.pdf", b"", "application/pdf"))])
+    assert refused.status_code == 400 and "contract.pdf 是空文件（0 字节）：请重新选择文件" in refused.text
+    assert "the signed contract is attached.</textarea>" in refused.text
+    assert Replies(site.config, site.registry)._open(site.registry.letter(number)) is None  # type: ignore[arg-type]
+    saved = gina.post(url, data=form, files=[("files", ("contract.pdf", b"%PDF-1.4 ...", "application/pdf"))])
+    assert saved.status_code == 303
+
+
 def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Site) -> None:
     number = site.letters["urgent"]  # head, then leader
     with site.registry.write() as conn:

@@ -37,7 +37,7 @@ MAX_TEXT = 50_000
 MAX_ATTACHMENTS = 20
 # Refusals for what was filled in (the others: rights, order and the reply's state).
 INPUT_REFUSALS = frozenset({"need-reply-text", "reply-too-long", "too-many-attachments", "attachments-too-large",
-                            "need-comment"})
+                            "need-comment", "empty-attachment"})
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,10 @@ class Replies:
             raise Refused(f"the reply to {number} is {reply.status}: it can no longer be changed", "reply-locked",
                           number=number, status=reply.status)
         add = [NewReplyAttachment(safe_filename(a.filename), safe_media_type(a.content_type or ""),
-                                  a.content) for a in attach or [] if a.content]
+                                  a.content) for a in attach or []]
+        if empty := next((a.filename for a in add if not a.content), None):
+            # Refused, not dropped: the writer would believe the reply carries it.
+            raise Refused(f"{empty} is empty (0 bytes): choose the file again", "empty-attachment", name=empty)
         if reply is None and not text and not add:
             raise Refused("write the reply first", "need-reply-text")
         kept = self.records.attachments(reply.id) if reply is not None else []

@@ -35,6 +35,7 @@ i18n.REFUSAL.update({
     "reply-too-long": N_("a reply of at most %(limit)s characters"),
     "reply-locked": N_("the reply is %(status)s: it can no longer be changed"),
     "too-many-attachments": N_("at most %(limit)s attachments"),
+    "empty-attachment": N_("%(name)s is empty (0 bytes): choose the file again"),
     "attachments-too-large": N_("the attachments come to more than %(limit)s"),
     "reply-moved": N_("the reply moved on meanwhile: reload the page"),
     "draft-changed": N_("someone saved the draft meanwhile: your text is kept below, their version beside it; "
