@@ -333,6 +333,12 @@ def test_a_refused_circulation_keeps_its_readers_and_a_list_too_long_is_refused_
                                                             "csrf": leo.csrf})
         assert refused.status_code == 400 and "批示最多 2000 个字符" in refused.text
         assert f">{instruction}</textarea>" in refused.text
+        # As long as the form takes, line breaks counted as the browser counts them: signed whole.
+        lines = "\r\n".join(["请办公室本周内办理并于周五前回复。"] * 110)
+        assert len(lines.replace("\r\n", "\n")) <= 2000 < len(lines)
+        assert leo.post(f"/letters/{number}/sign", data={"instruction": lines, "step": step,
+                                                         "csrf": leo.csrf}).status_code == 303
+        assert events(site, number, "circulation-signed")[-1]["instruction"] == lines.replace("\r\n", "\n")
     finally:
         site.close()
 

@@ -259,6 +259,22 @@ def test_a_page_left_open_approves_nothing_it_did_not_show(site: Site) -> None:
     assert actions(site, number).count("reply-sent") == 1
 
 
+def test_a_comment_as_long_as_its_form_takes_is_kept_whole_with_its_line_breaks(site: Site) -> None:
+    number = site.letters["urgent"]
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We sign today.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    # 3,929 characters as the form counts them (maxlength 4000); a browser sends each line break as CRLF.
+    comment = "\r\n".join(["请补充违约条款和签署日期。"] * 280) + "\r\n最后：请今天改好。"
+    assert len(comment.replace("\r\n", "\n")) <= 4000 < len(comment)
+    assert olga.post(f"{url}/return", data={"stage": form_field(olga.get(f"/letters/{number}").text, "stage"),
+                                            "comment": comment, "csrf": olga.csrf}).status_code == 303
+    replies = Replies(site.config, site.registry)
+    reply = replies._open(site.registry.letter(number))  # type: ignore[arg-type]
+    assert reply is not None
+    assert [s.comment for s in replies.records.steps(reply.id)] == [comment.replace("\r\n", "\n")]
+
+
 def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
     site.add_people((Person("gwen", roles=("member",), departments=("general-office",),
                             emails=("gwen@example.org",)),))

@@ -423,6 +423,19 @@ def test_what_was_written_in_a_refused_step_is_kept_in_its_form(site: Site) -> N
     assert "a claim is expected" not in twice.text
 
 
+def test_a_note_as_long_as_its_form_takes_is_kept_with_its_line_breaks(site: Site) -> None:
+    bella = site.sign_in("bella")
+    number = site.letters["business"]
+    # 1,994 characters as the form counts them (maxlength 2000); a browser sends each line break as CRLF.
+    note = "\r\n".join(["请核对订单数量与交货地点并书面答复客户。"] * 95)
+    assert len(note.replace("\r\n", "\n")) <= 2000 < len(note)
+    done = bella.post(f"/letters/{number}/act", data={"action": "note", "text": note, "csrf": bella.csrf})
+    assert done.status_code == 303, done.text[-2000:]
+    notes = [e.details.get("text") for e in site.registry.letter(number).events  # type: ignore[union-attr]
+             if e.action == "note"]
+    assert notes == [note.replace("\r\n", "\n")]
+
+
 def test_people_are_added_and_disabled_by_an_administrator(site: Site) -> None:
     client = site.sign_in("ada")
     added = client.post("/people", data={"login": "nora", "name": "Nora", "emails": "nora@example.org",

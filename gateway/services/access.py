@@ -679,7 +679,8 @@ class Access:
         why = self.rights(who, letter).refusal(action)
         if why is not None:
             raise why
-        text = text.strip()
+        # A browser sends a textarea's line breaks as CRLF, counted as one character by its maxlength.
+        text = text.replace("\r\n", "\n").strip()
         if len(text) > MAX_STEP_TEXT:
             raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
                           limit=str(MAX_STEP_TEXT))

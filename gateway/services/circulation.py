@@ -180,7 +180,7 @@ class Circulations:
                           "circulation-moved", number=number)
         if not self.is_turn(who, step):
             raise self._not_your_turn(who, record, step)
-        instruction = instruction.strip()
+        instruction = instruction.replace("\r\n", "\n").strip()  # a browser's line breaks, one character each
         if len(instruction) > MAX_INSTRUCTION:
             raise Refused(f"an instruction of at most {MAX_INSTRUCTION} characters", "instruction-too-long",
                           limit=str(MAX_INSTRUCTION))

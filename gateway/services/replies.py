@@ -339,7 +339,7 @@ class Replies:
             # The registry checks round and step again under the reply's lock (ReplyRecords.decide).
             raise Refused("the reply moved on meanwhile: reload it", "reply-moved", number=number)
         self._check_approver(who, letter, reply)
-        comment = comment.strip()[:4000]
+        comment = comment.replace("\r\n", "\n").strip()[:4000]  # a browser's line breaks, one character each
         if decision == "returned" and not comment:
             raise Refused("say what is to change", "need-comment")
         last = reply.step + 1 == len(reply.chain)
