@@ -303,6 +303,22 @@ def test_the_command_line_names_why_a_letter_is_not_yours_to_read(tmp_path: Path
         site.close()
 
 
+def test_a_period_longer_than_allowed_is_held_back_by_the_form_and_refused_keeping_the_reason(site: Site) -> None:
+    site.people.set_language("sam", "zh")
+    sam = site.sign_in("sam")
+    number = site.letters["business"]
+    limit = site.config.model.borrowing.max_days
+    page = sam.get(f"/letters/{number}").text
+    assert f'name="days" type="number" min="1" max="{limit}"' in page  # the browser holds back a longer one
+    reason = "核对订单金额，准备年度审计"
+    before = len(events(site, number, "borrow-requested"))
+    refused = sam.post(f"/letters/{number}/borrow", data={"reason": reason, "days": str(limit + 30),
+                                                          "csrf": sam.csrf})
+    assert refused.status_code == 400 and f"借阅期限为 1 至 {limit} 天" in refused.text
+    assert f">{reason}</textarea>" in refused.text and f'value="{limit + 30}"' in refused.text
+    assert len(events(site, number, "borrow-requested")) == before
+
+
 def test_a_queue_says_an_archived_letter_is_read_by_borrowing_it(site: Site) -> None:
     site.people.set_language("sam", "zh")
     words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", site.sign_in("sam").get("/letters?queue=all").text))

@@ -66,7 +66,7 @@ def borrow(req: Req) -> Response:
         days = 0
     refused = letter_step(req, number, "borrow", lambda: service(req).request(
         req.who, number, reason=req.field("reason"), days=days, now=req.web.access.clock()),
-        input_refusals=INPUT_REFUSALS, words=REFUSAL)
+        input_refusals=INPUT_REFUSALS, words=REFUSAL, kept={"reason": req.field("reason"), "days": req.field("days")})
     if isinstance(refused, Response):
         return refused
     return RedirectResponse(f"{letter_url(number)}?done=borrow", status_code=303)
