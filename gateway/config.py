@@ -1142,7 +1142,42 @@ def _cross_checks(config: Config) -> list[ConfigIssue]:
         issues.append(ConfigIssue(config.path, "triage.department",
                                   f"no department with id {config.model.triage.department!r}"
                                   f" (known: {', '.join(sorted(known))})"))
-    return issues + _folder_checks(config)
+    return issues + _folder_checks(config) + _listener_checks(config)
+
+
+def _listener_checks(config: Config) -> list[ConfigIssue]:
+    """Two listeners on one port of one address: the second would fail to bind only at start (the
+    web register is counted even when the daemon does not serve it: `gateway web` listens there)."""
+    model = config.model
+    listeners = [(f"smtp.listen[{i}]", value) for i, value in enumerate(model.smtp.listen) if model.smtp.enabled]
+    listeners.append(("web.listen", model.web.listen))
+    if model.metrics.enabled:
+        listeners.append(("metrics.listen", model.metrics.listen))
+    issues: list[ConfigIssue] = []
+    for i, (key, value) in enumerate(listeners):
+        for other_key, other in listeners[:i]:
+            if _same_socket(value, other):
+                issues.append(ConfigIssue(config.path, key, f"{value} is also {other_key} ({other}): two "
+                                                            "listeners cannot share a port; give each its own"))
+                break
+    return issues
+
+
+def _same_socket(a: str, b: str) -> bool:
+    """Would listening on HOST:PORT `a` and `b` both bind the same port? A wildcard address
+    (0.0.0.0, ::) takes the port on every address of its family (:: on both)."""
+    (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
+    if int(port_a) != int(port_b):
+        return False
+    host_a, host_b = (_listen_host(host_a), _listen_host(host_b))
+    if host_a == host_b or "::" in (host_a, host_b):
+        return True
+    return "0.0.0.0" in (host_a, host_b) and ":" not in host_a + host_b
+
+
+def _listen_host(host: str) -> str:
+    host = host.strip("[]").lower()
+    return "127.0.0.1" if host == "localhost" else host
 
 
 def read_auth_users(path: Path) -> dict[str, str]:

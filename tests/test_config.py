@@ -257,3 +257,24 @@ def test_values_of_another_type_than_their_key_takes_are_refused(gateway: Gatewa
             (key, [str(issue) for issue in refused.value.issues])
     gateway.config.write_text(text)
     assert config_mod.load(gateway.config).model.spool.max_attempts == 3
+
+
+def test_two_listeners_on_one_port_are_refused_by_name(gateway: Gateway) -> None:
+    """The SMTP listener, the web register and the metrics on one port would fail only at start,
+    the second to bind: check-config names both keys (a wildcard address takes the port on all)."""
+    text = gateway.config.read_text()
+    smtp, web, metrics = (f"127.0.0.1:{port}" for port in (gateway.smtp_port, gateway.web_port, gateway.metrics_port))
+    for edited, key, says in (
+            (text.replace(f'listen = "{web}"', f'listen = "{smtp}"'), "web.listen",
+             f"{smtp} is also smtp.listen[0] ({smtp}): two listeners cannot share a port"),
+            (text.replace(f'listen = "{metrics}"', f'listen = "0.0.0.0:{gateway.web_port}"'), "metrics.listen",
+             f"0.0.0.0:{gateway.web_port} is also web.listen ({web})"),
+            (text.replace(f'listen = ["{smtp}"]', f'listen = ["{smtp}", "localhost:{gateway.smtp_port}"]'),
+             "smtp.listen[1]", f"localhost:{gateway.smtp_port} is also smtp.listen[0] ({smtp})")):
+        gateway.config.write_text(edited)
+        proc = _check(gateway.config)
+        assert proc.returncode == 1, edited
+        assert f"error: {gateway.config}: {key}: {says}" in proc.stderr, proc.stderr
+    # Another address on the same port is another socket.
+    gateway.config.write_text(text.replace(f'listen = "{web}"', f'listen = "127.0.0.2:{gateway.smtp_port}"'))
+    assert _check(gateway.config).returncode == 0
