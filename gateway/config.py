@@ -797,6 +797,33 @@ class ConfigModel(_Strict):
     departments: list[Department] = Field(min_length=1)
 
 
+# What a reload cannot change, because it is read once at start (where the daemon listens, what
+# it schedules, which folders it watches): what the log names it, its section, and its keys (None:
+# the whole section). The timezone is one: the registry numbers letters by the year in it and the
+# archive job is scheduled in it, both at start, so every other reader keeps it too. So are the
+# message store and archive folders: the store is mounted at start, and letters archived in a new
+# folder would be where none of the running parts (nor the register's packages) are.
+RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("gateway.state_dir", "gateway", ("state_dir",)),
+    ("registry.url", "registry", None),
+    ("gateway.letter_number", "gateway", ("letter_number",)),
+    ("gateway.timezone", "gateway", ("timezone",)),
+    ("storage", "storage", None),
+    ("archive folder", "archive", ("folder",)),
+    ("daemon", "daemon", None),
+    ("spool", "spool", None),
+    ("node.name", "node", None),
+    ("cluster", "cluster", None),
+    ("metrics", "metrics", None),
+    ("reminder schedule", "reminders", ("enabled", "check_minutes")),
+    ("archive schedule", "archive", ("enabled", "run_day", "run_hour")),
+    ("smtp listeners and TLS", "smtp", ("enabled", "listen", "hostname", "tls_certificate", "tls_key",
+                                        "auth_users_file", "max_message_bytes", "command_timeout", "require_tls")),
+    ("web listener and single sign-on", "web", ("enabled", "listen", "oidc")),
+    ("fax drop folder and OCR pool", "fax", ("enabled", "drop_folder", "ocr_workers")),
+)
+
+
 @dataclass(frozen=True)
 class ConfigIssue:
     file: Path

@@ -285,7 +285,7 @@ def test_quarantined_items_are_shown_and_put_back(tmp_path: Path) -> None:
         registry.close()
     assert {k: status["spool"][k] for k in ("waiting", "in_progress", "quarantined")} == {
         "waiting": 1, "in_progress": 0, "quarantined": 0}
-    assert status["daemon"] == {"running": False, "pid": None} and status["attention"] == []
+    assert status["daemon"] == {"running": False, "pid": None, "configuration": None} and status["attention"] == []
 
 
 def test_status_names_an_archive_in_trouble_a_spool_backing_up_and_a_disk_too_full(tmp_path: Path) -> None:

@@ -251,6 +251,58 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
     assert len(refused) == 1 and "bogus: unknown key" in refused[0]
 
 
+def test_status_and_commands_say_what_the_running_daemon_does_not_run_with(
+        gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """The commands read the file themselves: while the daemon runs with other values of settings
+    only a restart changes ([storage] here, the timezone), each command that opens the register
+    says so on stderr and `gateway status` lists it as needing attention; a refused reload is
+    there too, with the file's errors, until a reload is taken."""
+    gateway.run("db", "upgrade")
+    daemon = start_and_wait_ready(gateway, notify)
+    good = gateway.config.read_text()
+    elsewhere = good.replace('timezone = "Asia/Shanghai"', 'timezone = "America/New_York"').replace(
+        "[logging]\n", f'[storage]\narchive_dir = "{tmp_path / "nas" / "archive"}"\n\n[logging]\n')
+    try:
+        listed = gateway.run("letters", "list")
+        assert listed.stderr == ""
+        assert gateway.run("status").returncode == 0
+        gateway.config.write_text(elsewhere)
+        for args in (("letters", "list"), ("quarantine", "list"), ("status",), ("check-config",)):
+            done = gateway.run(*args, check=False)
+            assert (f"warning: {gateway.config}: gateway.timezone, storage differ from what the running daemon "
+                    f"(pid {daemon.pid}) uses: they take effect when it restarts") in done.stderr, (args, done.stderr)
+        status = gateway.run("status", "--json", check=False)
+        assert status.returncode == 1, status.stderr
+        [restart] = json.loads(status.stdout)["attention"]
+        assert restart == (f"gateway.timezone, storage differ in {gateway.config} from what the running daemon "
+                           "uses: only a restart puts them in force (systemctl restart gateway)")
+        daemon.send_signal(signal.SIGHUP)  # taken, but these two still wait for the restart
+        notify.wait_for("READY=1")
+        assert "gateway.timezone, storage differ" in gateway.run("letters", "list").stderr
+        gateway.config.write_text(good + "\n[bogus]\n")
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("READY=1")
+        gateway.config.write_text(good)
+        status = gateway.run("status", "--json", check=False)
+        assert status.returncode == 1 and status.stderr == "", status.stderr
+        data = json.loads(status.stdout)
+        assert data["daemon"]["configuration"]["reload"]["refused"] == [f"{gateway.config}: bogus: unknown key"]
+        [refused] = data["attention"]
+        assert refused.startswith("the reload at ") and refused.endswith(
+            "was refused; the daemon runs with the configuration it had before (systemctl reload gateway once "
+            f"the file is right): {gateway.config}: bogus: unknown key"), refused
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("READY=1")
+        status = gateway.run("status", "--json")
+        assert json.loads(status.stdout)["attention"] == [] and status.stderr == ""
+    finally:
+        gateway.config.write_text(good)
+        stop(daemon)
+    # No daemon: nothing to compare with.
+    gateway.config.write_text(elsewhere)
+    assert gateway.run("letters", "list").stderr == ""
+
+
 def test_sighup_reaches_the_web_register_and_names_its_listener_as_needing_a_restart(
         gateway: Gateway, notify: Notify) -> None:
     """The web register served by the daemon takes a reload as the rest does (here its default

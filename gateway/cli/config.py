@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from gateway import running
 from gateway.addressing import needs_smtputf8
 from gateway.cli.state import State, pass_state
 from gateway.config import ConfigError, smtputf8_warning
@@ -28,6 +29,9 @@ def check_config(state: State) -> None:
         click.echo(f"warning: {cfg.path}: {warning}", err=True)
     for warning in cfg.address_warnings():  # the relay's SMTPUTF8 is known only when it answers
         click.echo(f"warning: {cfg.path}: {warning}", err=True)
+    restart = running.difference_warning(cfg)  # a restart-only setting edited while the daemon runs
+    if restart is not None:
+        click.echo(f"warning: {restart}", err=True)
     rules = cfg.ruleset
     click.echo(f"{rules.file}: OK ({len(rules)} rule(s), {len(rules.keywords)} keyword(s), version {rules.version})")
     for n, rule in enumerate(rules.rules):

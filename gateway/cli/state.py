@@ -29,6 +29,7 @@ class State:
         self.config_arg = config_arg
         self._config: Config | None = None
         self._with_rules = False
+        self._warned = False
 
     @property
     def config(self) -> Config:
@@ -59,6 +60,18 @@ class State:
         logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
         return config
 
+    def warn_if_daemon_differs(self) -> None:
+        """Say once, on stderr, when the running daemon uses other values than the file of settings
+        only a restart changes ([storage], the timezone, ...): this command uses the file's."""
+        if self._warned:
+            return
+        self._warned = True
+        from gateway import running
+
+        warning = running.difference_warning(self.config)
+        if warning is not None:
+            click.echo(f"warning: {warning}", err=True)
+
     def registry(self, *, check_schema: bool = True) -> Registry:
         """The registry, refused (exit 1) when its schema is older or newer than this gateway's;
         only `gateway db upgrade` changes it. An empty database is set up."""
@@ -66,6 +79,7 @@ class State:
         from gateway.registry.schema import SchemaMismatch
 
         registry = Registry.from_config(self.config)
+        self.warn_if_daemon_differs()
         try:
             if check_schema:
                 registry.check_schema()
@@ -82,6 +96,7 @@ class State:
         from gateway.spool import Spool
 
         cfg = self.config
+        self.warn_if_daemon_differs()
         try:
             storage.mount(cfg)  # the shared message store, before the spool makes a local one
         except storage.StorageError as exc:

@@ -20,8 +20,8 @@ import zmq.asyncio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway.stages import rulebook, tokens
-from gateway import logs, storage
-from gateway.config import Config, ConfigError
+from gateway import logs, running, storage
+from gateway.config import RESTART_ONLY, Config, ConfigError
 from gateway.adapters.fax_drop import FaxDropWatcher
 from gateway.adapters.imap import ImapIntake
 from gateway.adapters.smtp import SmtpIntake
@@ -122,6 +122,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
 
         pidlock = PidLock(self.config.run_dir / "gateway.pid")
+        self._publish()
         if self.store_error is not None:
             log.error("cannot start: %s", self.store_error)
             pidlock.release()
@@ -567,6 +568,13 @@ class Daemon:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def _publish(self, *, reloaded: bool = False, refused: list[str] | None = None) -> None:
+        """Tell the commands what this daemon runs with and how its last reload went (`gateway status`)."""
+        try:
+            running.publish(self.config, reloaded=reloaded, refused=refused)
+        except OSError as exc:  # never a reason to stop taking mail
+            log.warning("cannot write %s: %s", self.config.run_dir / running.PUBLISHED, exc)
+
     def reload(self) -> None:
         self.notifier.reloading()
         try:
@@ -574,15 +582,18 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, previous configuration stays in force: %s",
                       "; ".join(str(i) for i in exc.issues))
+            self._publish(refused=[str(i) for i in exc.issues])
             self.notifier.status("running (reload refused: configuration invalid)")
             self.notifier.notify("READY=1")
             return
         except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
             log.exception("reload refused, previous configuration stays in force: %s", exc)
+            self._publish(refused=[f"{type(exc).__name__}: {exc}"])
             self.notifier.notify("READY=1")
             return
         new, restart_needed = _running(self.config, new)
         self.config = new
+        self._publish(reloaded=True)
         if self.pipeline is not None:
             self.pipeline.config = new
         if self.smtp is not None:
@@ -608,40 +619,13 @@ def _month_before(now: datetime) -> str:
     return f"{now.year - (now.month == 1)}-{(now.month - 2) % 12 + 1:02d}"
 
 
-# What a reload cannot change, because it is read once at start (where the daemon listens, what
-# it schedules, which folders it watches): what the log names it, its section, and its keys (None:
-# the whole section). The timezone is one: the registry numbers letters by the year in it and the
-# archive job is scheduled in it, both at start, so every other reader keeps it too. So are the
-# message store and archive folders: the store is mounted at start, and letters archived in a new
-# folder would be where none of the running parts (nor the register's packages) are.
-_RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
-    ("gateway.state_dir", "gateway", ("state_dir",)),
-    ("registry.url", "registry", None),
-    ("gateway.letter_number", "gateway", ("letter_number",)),
-    ("gateway.timezone", "gateway", ("timezone",)),
-    ("storage", "storage", None),
-    ("archive folder", "archive", ("folder",)),
-    ("daemon", "daemon", None),
-    ("spool", "spool", None),
-    ("node.name", "node", None),
-    ("cluster", "cluster", None),
-    ("metrics", "metrics", None),
-    ("reminder schedule", "reminders", ("enabled", "check_minutes")),
-    ("archive schedule", "archive", ("enabled", "run_day", "run_hour")),
-    ("smtp listeners and TLS", "smtp", ("enabled", "listen", "hostname", "tls_certificate", "tls_key",
-                                        "auth_users_file", "max_message_bytes", "command_timeout", "require_tls")),
-    ("web listener and single sign-on", "web", ("enabled", "listen", "oidc")),
-    ("fax drop folder and OCR pool", "fax", ("enabled", "drop_folder", "ocr_workers")),
-)
-
-
 def _running(old: Config, new: Config) -> tuple[Config, list[str]]:
     """The configuration a reload puts in force: `new`, with the values of `old` (the running
     ones) for what only a restart changes, so that nothing reading the configuration later acts
     on a value not in effect; and the names of those that differ (they take effect at restart)."""
     sections: dict[str, Any] = {}
     changed = []
-    for name, section, keys in _RESTART_ONLY:
+    for name, section, keys in RESTART_ONLY:
         was, wanted = getattr(old.model, section), getattr(new.model, section)
         if keys is None:
             differs = was != wanted

@@ -3,7 +3,6 @@ folder, how every IMAP folder and the archive's copies fare, what needs an opera
 spool's quarantine."""
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import os
 from dataclasses import dataclass
@@ -13,27 +12,11 @@ from typing import Any
 from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.ledger import ImapLedger
+from gateway import running
+from gateway.running import daemon_pid
 from gateway.services.queries import iso
 from gateway.spool import QuarantinedItem, Spool
 from gateway.stages.fax.metadata import LONE_INFORMATION_WAIT
-
-
-def daemon_pid(config: Config) -> int | None:
-    """The pid of the daemon holding this state directory's lock; -1 if it is held but the pid
-    file is unreadable; None when no daemon runs."""
-    path = config.run_dir / "gateway.pid"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None  # nobody holds it
-    except BlockingIOError:
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
 
 
 # The spool is backing up when an item has waited this long (since it was spooled, or since its
@@ -90,8 +73,36 @@ def overview(config: Config, spool: Spool, registry: Registry, now: datetime | N
 def status(config: Config, spool: Spool, registry: Registry, now: datetime | None = None) -> dict[str, Any]:
     """The overview, and what of it all needs an operator ("attention", in English words)."""
     data = overview(config, spool, registry, now)
-    data["attention"] = [in_words(item) for item in attention(config, data, spool.free_bytes())]
+    data["daemon"]["configuration"] = running_configuration(config)
+    data["attention"] = [in_words(item) for item in [*attention(config, data, spool.free_bytes()),
+                                                     *configuration_attention(config, data["daemon"]["configuration"])]]
     return data
+
+
+def running_configuration(config: Config) -> dict[str, Any] | None:
+    """The running daemon's configuration as it published it: the file it read, the settings only
+    a restart changes whose values in `config` (the file now) it does not run with, and its last
+    reload (`at`, and `refused`: the file's errors, or None when taken). None when no daemon runs."""
+    state = running.published(config)
+    if state is None:
+        return None
+    return {"file": state.get("file"), "restart_needed": running.restart_pending(config, state),
+            "reload": state.get("reload")}
+
+
+def configuration_attention(config: Config, configuration: dict[str, Any] | None) -> list[Attention]:
+    """A refused reload (the daemon runs with the configuration it had before), and settings edited
+    in `config`'s file that only a restart puts in force."""
+    if configuration is None:
+        return []
+    out = []
+    reload = configuration["reload"] or {}
+    if reload.get("refused"):
+        out.append(Attention("reload-refused", {"at": reload["at"], "errors": reload["refused"]}))
+    if configuration["restart_needed"]:
+        out.append(Attention("restart-needed", {"names": configuration["restart_needed"],
+                                                "file": str(config.path)}))
+    return out
 
 
 def archive_copies(config: Config, registry: Registry) -> list[dict[str, Any]]:
@@ -214,6 +225,12 @@ def in_words(item: Attention) -> str:
         case "archive-copy-folder-missing":
             return (f"the archive copy folder {v['folder']} is not there (a share not mounted?): once it is, "
                     "gateway archive verify writes the copies")
+        case "reload-refused":
+            return (f"the reload at {v['at']} was refused; the daemon runs with the configuration it had before "
+                    f"(systemctl reload gateway once the file is right): {'; '.join(v['errors'])}")
+        case "restart-needed":
+            return (f"{', '.join(v['names'])} differ in {v['file']} from what the running daemon uses: only a "
+                    "restart puts them in force (systemctl restart gateway)")
         case "archive-copies-missing":
             return (f"{v['n']} verified archive package(s) missing from the copy folder {v['folder']} "
                     "(gateway archive verify writes them again)")
