@@ -677,3 +677,14 @@ def test_the_operator_is_named_by_no_one_elses_name(world: World) -> None:
     assert "contract draft" not in gw.run("letters", "show", secret, "--as", "reg").stdout
     assert "contract draft" in gw.run("letters", "show", secret, "--by", "night.clerk").stdout
     assert len(world.registry.audit_rows(letter_id=letter.id, actor="night.clerk", action="read")) == 1
+    # A blank name, or one with a line break, names no one; --by beside --as would be dropped unsaid.
+    for name, says in (("   ", "--by: no name given"), ("", "--by: no name given"),
+                       ("night.clerk\nreg", "--by: 'night.clerk\\nreg' holds a control character")):
+        noted = gw.run("letters", "note", number, "a remark", "--by", name, check=False)
+        assert noted.returncode == 1 and says in noted.stderr, (name, noted.stderr)
+    both = gw.run("letters", "note", number, "a remark", "--as", "reg", "--by", "night.clerk", check=False)
+    assert both.returncode == 2 and "give one of them" in both.stderr, both.stderr
+    assert not [e for e in world.registry.letter(number).events  # type: ignore[union-attr]
+                if e.action == "note" and e.actor.strip() in ("", "reg", "night.clerk\nreg", "night.clerk")]
+    noted = gw.run("letters", "note", number, "a remark", "--by", " night.clerk ")
+    assert [e.actor for e in world.registry.letter(number).events if e.action == "note"] == ["night.clerk"]  # type: ignore[union-attr]

@@ -134,6 +134,10 @@ def principal(state: State, as_login: str | None, by: str | None = None) -> Prin
     that name."""
     from gateway.services.people import People
 
+    if as_login is not None and by is not None:
+        # One of them is recorded; the other would be dropped without a word.
+        raise click.UsageError("--as LOGIN acts as that person, under their name; --by NAME names the operator "
+                               "at the shell: give one of them")
     people = People(state.config, state.registry())
     if as_login is None:
         try:

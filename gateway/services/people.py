@@ -10,6 +10,7 @@ import functools
 import hashlib
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -241,9 +242,16 @@ class People:
         sign-in name (a person acts as themselves, with their rights) nor one the register gives
         whoever acted when no person did (the sender, the gateway), so that a letter's events and
         the audit log never say someone did or read what they did not. Raises ValueError."""
-        if not named or named == login:
+        if named is None or named == login:
             return Principal.operator(login)
-        key = named.strip().lower()
+        # Recorded as written in events and audit rows: a blank name names no one, and a line break
+        # or another control character would let a name pass for more than one.
+        if not named.strip():
+            raise ValueError("no name given")
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in named):
+            raise ValueError(f"{named!r} holds a control character")
+        named = named.strip()
+        key = named.lower()
         if key in RESERVED_LOGINS:
             raise ValueError(f"{named!r} is the register's own name for who acted when no person did")
         if self.registry.person(key) is not None:
