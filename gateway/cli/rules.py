@@ -1,6 +1,7 @@
 """`gateway rules`: trying the classification rules without registering anything."""
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
     registry = state.registry()
     console = wide_console()
     results: list[dict[str, Any]] = []
+    unreadable = 0
     for path in files:
         tested = classify_file(cfg, registry, path, ocr=ocr)
         if tested.unreadable is not None:
             click.echo(f"{path}: {tested.unreadable}", err=True)
+            unreadable += 1
             continue
         routing = tested.routing
         if routing is None:  # a department's answer to one of our letters
@@ -51,6 +54,8 @@ def rules_test(state: State, files: tuple[Path, ...], ocr: bool, as_json: bool) 
     registry.close()
     if as_json:
         print_json(results)
+    if unreadable:  # the others were classified all the same; a script must still learn of it
+        sys.exit(1)
 
 
 @rules.command("replay")
