@@ -6,6 +6,7 @@ directory of the config file, so a checkout runs the same from any cwd.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -1043,7 +1044,8 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     The rules file is not read here: gateway.stages.rulebook.load reads both."""
     file = locate(path).resolve()
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # Notepad starts a file with a BOM
+        text = file.read_text(encoding="utf-8-sig")  # Notepad starts a file with a BOM
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -1051,10 +1053,11 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue(file, "", f"not valid TOML: {exc}")]) from None
 
+    lines = _KeyLines(text)
     try:
         model = ConfigModel.model_validate(data)
     except ValidationError as exc:
-        issues = [ConfigIssue(file, _key_path(e["loc"]), _reason(e)) for e in exc.errors()]
+        issues = [ConfigIssue(file, _key_path(e["loc"]), _reason(e), lines.find(e["loc"])) for e in exc.errors()]
         raise ConfigError(issues) from None
 
     state_dir = model.gateway.state_dir
@@ -1066,8 +1069,70 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     if check_dirs:
         issues += _directory_checks(config)
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError([ConfigIssue(i.file, i.key, i.reason, lines.find(_key_loc(i.key)))
+                           if i.file == file and i.line is None else i for i in issues])
     return config
+
+
+_TOML_KEY = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_TOML_DOTTED = re.compile(rf"{_TOML_KEY}(?:\s*\.\s*{_TOML_KEY})*")
+_TOML_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_TOML_DOTTED.pattern})\s*\]")
+_TOML_ASSIGNMENT = re.compile(rf"^\s*({_TOML_DOTTED.pattern})\s*=")
+
+
+class _KeyLines:
+    """Where each table and key of a TOML file is written, so that an error names the line of the
+    setting it is about (or of its table, for a key left out)."""
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple[Any, ...], int] = {}
+        table: tuple[Any, ...] = ()
+        arrays: dict[tuple[Any, ...], int] = {}
+        in_string = False
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.count('"""') % 2 or line.count("'''") % 2:  # a multi-line string opens or closes
+                was, in_string = in_string, not in_string
+                if was:
+                    continue
+            elif in_string:
+                continue
+            header = _TOML_HEADER.match(line)
+            if header:
+                names = tuple(_key_parts(header.group(2)))
+                if header.group(1) == "[[":
+                    arrays[names] = arrays.get(names, -1) + 1
+                    table = (*names, arrays[names])
+                else:
+                    table = names
+                self.lines.setdefault(table, number)
+                continue
+            assignment = _TOML_ASSIGNMENT.match(line)
+            if assignment:
+                self.lines.setdefault((*table, *_key_parts(assignment.group(1))), number)
+
+    def find(self, loc: tuple[Any, ...]) -> int | None:
+        """The line of the longest part of `loc` written in the file (an element of a list, a key
+        of an inline table: the line its key is on); None if not even its table is."""
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _key_parts(dotted: str) -> list[str]:
+    parts = []
+    for part in re.findall(_TOML_KEY, dotted):
+        if part[0] == '"':
+            part = json.loads(part)
+        elif part[0] == "'":
+            part = part[1:-1]
+        parts.append(part)
+    return parts
+
+
+def _key_loc(key: str) -> tuple[Any, ...]:
+    """`departments[2].id` as the path pydantic gives: ("departments", 2, "id")."""
+    return tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", key))
 
 
 def _cross_checks(config: Config) -> list[ConfigIssue]:

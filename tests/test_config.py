@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import subprocess
@@ -18,6 +19,12 @@ def _check(path: Path, *, user: str | None = None,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "--config", str(path), "check-config"],
                           capture_output=True, text=True, cwd=ROOT, user=user, env=env)
+
+
+def _at(path: Path, needle: str, nth: int = 1) -> str:
+    """`path:LINE`, the line of the nth line of the file holding `needle`, as errors name it."""
+    found = [n for n, line in enumerate(path.read_text().splitlines(), 1) if needle in line]
+    return f"{path}:{found[nth - 1]}"
 
 
 def test_shipped_config_is_valid() -> None:
@@ -51,15 +58,19 @@ def test_unknown_key_wrong_type_and_unknown_department(gateway: Gateway) -> None
     proc = _check(gateway.config)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
-    assert f"error: {gateway.config}: spool.max_attempts: must be a number, not 'three'" in lines
-    assert f"error: {gateway.config}: spool.max_atempts: unknown key" in lines
-    assert f"error: {gateway.config}: departments[1].owners: 'not an address' is not an e-mail address" in lines
+    # Each names the line the setting is written on.
+    three = _at(gateway.config, 'max_attempts = "three"')
+    assert f"error: {three}: spool.max_attempts: must be a number, not 'three'" in lines
+    assert f"error: {_at(gateway.config, 'max_atempts = 4')}: spool.max_atempts: unknown key" in lines
+    assert (f"error: {_at(gateway.config, 'not an address')}: departments[1].owners: 'not an address' is not an "
+            "e-mail address") in lines
     # Cross-checks run only once the types are right, so fix those and look again.
     gateway.config.write_text(text.replace("max_attempts = \"three\"\nmax_atempts = 4", "max_attempts = 3")
                               .replace('["not an address"]', '["sales.desk@example.org"]'))
     proc = _check(gateway.config)
     assert proc.returncode == 1
-    assert (f"error: {gateway.config}: triage.department: no department with id 'mailroom' "
+    mailroom = _at(gateway.config, 'department = "mailroom"')
+    assert (f"error: {mailroom}: triage.department: no department with id 'mailroom' "
             f"(known: business, general-office)") in proc.stderr.splitlines()
 
 
@@ -75,9 +86,9 @@ addresses = ["liaison@example.org"]
 ''')
     proc = _check(gateway.config)
     assert proc.returncode == 1
-    assert (f"{gateway.config}: departments[2].id: duplicate department id 'business' (also departments[1])"
-            in proc.stderr)
-    assert (f"{gateway.config}: departments[2].addresses[0]: liaison@example.org already belongs to "
+    again, address = _at(gateway.config, 'id = "business"', 2), _at(gateway.config, 'addresses = ["liaison@', 2)
+    assert f"{again}: departments[2].id: duplicate department id 'business' (also departments[1])" in proc.stderr
+    assert (f"{address}: departments[2].addresses[0]: liaison@example.org already belongs to "
             f"department 'general-office'") in proc.stderr
 
 
@@ -109,9 +120,9 @@ def test_bad_timezone_and_number_template(gateway: Gateway) -> None:
         'timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"\nletter_number = "{year}-{serial}"'))
     proc = _check(gateway.config)
     assert proc.returncode == 1
-    assert f"{gateway.config}: gateway.timezone: unknown time zone 'Mars/Olympus'" in proc.stderr
-    assert (f"{gateway.config}: gateway.letter_number: letter number template '{{year}}-{{serial}}': "
-            f"unknown field {{serial}} (allowed: channel, day, month, seq, year)") in proc.stderr
+    assert f"{_at(gateway.config, 'Mars/Olympus')}: gateway.timezone: unknown time zone 'Mars/Olympus'" in proc.stderr
+    assert (f"{_at(gateway.config, 'letter_number')}: gateway.letter_number: letter number template "
+            f"'{{year}}-{{serial}}': unknown field {{serial}} (allowed: channel, day, month, seq, year)") in proc.stderr
 
 
 def test_unwritable_state_directory() -> None:
@@ -124,6 +135,7 @@ def test_unwritable_state_directory() -> None:
     gw = Gateway(tmp_path)
     gw.config.write_text(gw.config.read_text().replace(str(gw.state), str(locked)))
     config_text = gw.config.read_text()
+    where = _at(gw.config, "state_dir")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child becomes `nobody`, as a daemon's dedicated user would be
@@ -145,7 +157,7 @@ def test_unwritable_state_directory() -> None:
     os.waitpid(pid, 0)
     shutil.rmtree(tmp_path)
     assert config_text
-    assert message == f"{gw.config}: gateway.state_dir: directory {locked} is not writable: Permission denied"
+    assert message == f"{where}: gateway.state_dir: directory {locked} is not writable: Permission denied"
 
 
 def test_shipped_imap_examples_are_valid_and_every_account_key_is_documented(tmp_path: Path) -> None:
@@ -219,7 +231,8 @@ def test_folders_of_their_own_and_finite_numbers(gateway: Gateway) -> None:
         gateway.config.write_text(edited)
         proc = _check(gateway.config)
         assert proc.returncode == 1, edited[-200:]
-        assert f"error: {gateway.config}: {key}: {says}" in proc.stderr, proc.stderr
+        assert re.search(rf"^error: {re.escape(str(gateway.config))}:[0-9]+: {re.escape(f'{key}: {says}')}",
+                         proc.stderr, re.M), proc.stderr
     gateway.config.write_text(text + '\n[fax]\ndrop_folder = "fax-drop"\n')
     assert _check(gateway.config).returncode == 0
 
@@ -274,7 +287,8 @@ def test_two_listeners_on_one_port_are_refused_by_name(gateway: Gateway) -> None
         gateway.config.write_text(edited)
         proc = _check(gateway.config)
         assert proc.returncode == 1, edited
-        assert f"error: {gateway.config}: {key}: {says}" in proc.stderr, proc.stderr
+        assert re.search(rf"^error: {re.escape(str(gateway.config))}:[0-9]+: {re.escape(f'{key}: {says}')}",
+                         proc.stderr, re.M), proc.stderr
     # Another address on the same port is another socket.
     gateway.config.write_text(text.replace(f'listen = "{web}"', f'listen = "127.0.0.2:{gateway.smtp_port}"'))
     assert _check(gateway.config).returncode == 0

@@ -286,11 +286,12 @@ def test_status_and_commands_say_what_the_running_daemon_does_not_run_with(
         status = gateway.run("status", "--json", check=False)
         assert status.returncode == 1 and status.stderr == "", status.stderr
         data = json.loads(status.stdout)
-        assert data["daemon"]["configuration"]["reload"]["refused"] == [f"{gateway.config}: bogus: unknown key"]
+        bogus = f"{gateway.config}:{len(good.splitlines()) + 2}: bogus: unknown key"
+        assert data["daemon"]["configuration"]["reload"]["refused"] == [bogus]
         [refused] = data["attention"]
         assert refused.startswith("the reload at ") and refused.endswith(
             "was refused; the daemon runs with the configuration it had before (systemctl reload gateway once "
-            f"the file is right): {gateway.config}: bogus: unknown key"), refused
+            f"the file is right): {bogus}"), refused
         daemon.send_signal(signal.SIGHUP)
         notify.wait_for("READY=1")
         status = gateway.run("status", "--json")

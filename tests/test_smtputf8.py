@@ -168,5 +168,6 @@ def test_check_config_warns_about_people_whose_addresses_need_smtputf8(tmp_path:
     gateway.config.write_text(text.replace('"gateway@example.org"', '"收发室@example.org"'))
     refused = gateway.run("check-config", check=False)
     assert refused.returncode == 1
-    assert (f"error: {gateway.config}: outbound.from_address: '收发室@example.org': the gateway's own address needs "
-            "a local part in ASCII") in refused.stderr
+    line = next(n for n, text in enumerate(gateway.config.read_text().splitlines(), 1) if "收发室@" in text)
+    assert (f"error: {gateway.config}:{line}: outbound.from_address: '收发室@example.org': the gateway's own address "
+            "needs a local part in ASCII") in refused.stderr
