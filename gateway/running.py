@@ -98,5 +98,5 @@ def difference_warning(config: Config) -> str | None:
         return None
     read = "" if state.get("file") == str(config.path) else f" (it read {state.get('file')})"
     return (f"{config.path}: {', '.join(names)} differ from what the running daemon (pid {state['pid']}) uses"
-            f"{read}: they take effect when it restarts (systemctl restart gateway); until then this "
-            "command uses the file's values and the daemon its own")
+            f"{read}: they take effect when it restarts (systemctl restart gateway); until then the daemon "
+            "keeps its own")

@@ -304,6 +304,29 @@ def test_status_and_commands_say_what_the_running_daemon_does_not_run_with(
     assert gateway.run("letters", "list").stderr == ""
 
 
+def test_a_command_leaves_the_running_daemons_message_store_where_it_is(
+        tmp_path: Path, notify: Notify) -> None:
+    """A shared message store ([storage] messages_dir) moved in the file while the daemon runs: the
+    commands that open the spool keep the store the daemon mounted (its originals are there and
+    its new letters go there) until the restart, instead of moving the link from under it."""
+    first, second = tmp_path / "nas-a" / "messages", tmp_path / "nas-b" / "messages"
+    gateway = Gateway(tmp_path, extra=f'\n[storage]\nmessages_dir = "{first}"\n')
+    gateway.run("db", "upgrade")
+    daemon = start_and_wait_ready(gateway, notify)
+    try:
+        assert os.readlink(gateway.state / "messages") == str(first)
+        gateway.config.write_text(gateway.config.read_text().replace(str(first), str(second)))
+        for args in (("quarantine", "list"), ("status",)):
+            done = gateway.run(*args, check=False)
+            assert "storage differ from what the running daemon" in done.stderr, (args, done.stderr)
+        assert os.readlink(gateway.state / "messages") == str(first)
+        spool_elsewhere(gateway, make_message(1, to="sales@example.org"), {"intake": "file"}, "the letter")
+        raw = gateway.show_json("2026-000001")["raw_path"]
+        assert (first / str(raw).removeprefix("messages/")).is_file() and not second.exists()
+    finally:
+        stop(daemon)
+
+
 def test_sighup_reaches_the_web_register_and_names_its_listener_as_needing_a_restart(
         gateway: Gateway, notify: Notify) -> None:
     """The web register served by the daemon takes a reload as the rest does (here its default

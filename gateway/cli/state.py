@@ -95,12 +95,18 @@ class State:
         from gateway import storage
         from gateway.spool import Spool
 
+        from gateway import running
+
         cfg = self.config
         self.warn_if_daemon_differs()
-        try:
-            storage.mount(cfg)  # the shared message store, before the spool makes a local one
-        except storage.StorageError as exc:
-            fail(str(exc))
+        # The shared message store, before the spool makes a local one; while a daemon runs, the
+        # store is the one it mounted at its start: a [storage] edited since takes its restart, and
+        # a command must not move the store from under it.
+        if running.daemon_pid(cfg) is None:
+            try:
+                storage.mount(cfg)
+            except storage.StorageError as exc:
+                fail(str(exc))
         return Spool(cfg.spool_dir, cfg.message_dir, max_attempts=cfg.model.spool.max_attempts)
 
     def link(self) -> DaemonLink:
