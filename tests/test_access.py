@@ -687,4 +687,8 @@ def test_the_operator_is_named_by_no_one_elses_name(world: World) -> None:
     assert not [e for e in world.registry.letter(number).events  # type: ignore[union-attr]
                 if e.action == "note" and e.actor.strip() in ("", "reg", "night.clerk\nreg", "night.clerk")]
     noted = gw.run("letters", "note", number, "a remark", "--by", " night.clerk ")
+    # Run as the daemon's own user without sudo, the login is the register's name for the gateway.
+    env = {k: v for k, v in gw.env().items() if k != "SUDO_USER"}
+    as_daemon = gw.run("letters", "note", number, "a remark", check=False, env={**env, "LOGNAME": "gateway"})
+    assert as_daemon.returncode == 1 and "the login 'gateway' is the register's own name" in as_daemon.stderr
     assert [e.actor for e in world.registry.letter(number).events if e.action == "note"] == ["night.clerk"]  # type: ignore[union-attr]

@@ -243,6 +243,11 @@ class People:
         whoever acted when no person did (the sender, the gateway), so that a letter's events and
         the audit log never say someone did or read what they did not. Raises ValueError."""
         if named is None or named == login:
+            # The daemon's own user is named `gateway`: a command run as it, without sudo, would
+            # record the operator's steps as the gateway's own.
+            if login.lower() in RESERVED_LOGINS:
+                raise ValueError(f"not given, and the login {login!r} is the register's own name for who acted "
+                                 "when no person did")
             return Principal.operator(login)
         # Recorded as written in events and audit rows: a blank name names no one, and a line break
         # or another control character would let a name pass for more than one.
