@@ -424,6 +424,27 @@ class DaemonSection(_Strict):
     events_hwm: int = Field(default=100_000, ge=1000)
     shutdown_grace_seconds: float = Field(default=20.0, gt=0)
 
+    @field_validator("wakeup_endpoint", "events_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        # Bound by the daemon at start and reached by the commands: a ZeroMQ address another
+        # process can connect to, or the daemon would fail only when it binds it.
+        if value.startswith("ipc://") and len(value) > len("ipc://"):
+            return value
+        if value.startswith("tcp://"):
+            try:
+                _host_port(value.removeprefix("tcp://"))
+                return value
+            except ValueError:
+                pass
+        raise ValueError(f"{value!r} is not ipc://PATH or tcp://HOST:PORT")
+
+    @model_validator(mode="after")
+    def _apart(self) -> DaemonSection:
+        if self.wakeup_endpoint == self.events_endpoint:
+            raise ValueError("wakeup_endpoint and events_endpoint are one endpoint: each needs its own")
+        return self
+
 
 class SmtpSection(_Strict):
     enabled: bool = True
@@ -1246,6 +1267,13 @@ def _listener_checks(config: Config) -> list[ConfigIssue]:
     if model.metrics.enabled:
         listeners.append(("metrics.listen", model.metrics.listen))
     issues: list[ConfigIssue] = []
+    for key in ("wakeup_endpoint", "events_endpoint"):
+        endpoint = config.endpoint(getattr(model.daemon, key))
+        if endpoint.startswith("tcp://"):
+            listeners.append((f"daemon.{key}", endpoint.removeprefix("tcp://")))
+        elif len(os.fsencode(endpoint.removeprefix("ipc://"))) > _SOCKET_PATH_MAX:
+            issues.append(ConfigIssue(config.path, f"daemon.{key}", f"{endpoint}: a Unix socket's path has at most "
+                                                                    f"{_SOCKET_PATH_MAX} bytes: give a shorter one"))
     for i, (key, value) in enumerate(listeners):
         for other_key, other in listeners[:i]:
             if _same_socket(value, other):
@@ -1253,6 +1281,10 @@ def _listener_checks(config: Config) -> list[ConfigIssue]:
                                                             "listeners cannot share a port; give each its own"))
                 break
     return issues
+
+
+# sockaddr_un's sun_path on Linux, less its closing NUL.
+_SOCKET_PATH_MAX = 107
 
 
 def _same_socket(a: str, b: str) -> bool:
@@ -1269,7 +1301,7 @@ def _same_socket(a: str, b: str) -> bool:
 
 def _listen_host(host: str) -> str:
     host = host.strip("[]").lower()
-    return "127.0.0.1" if host == "localhost" else host
+    return "127.0.0.1" if host == "localhost" else "::" if host == "*" else host  # ZeroMQ's * is every address
 
 
 def read_auth_users(path: Path) -> dict[str, str]:

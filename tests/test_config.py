@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, Gateway
+from ports import free_port
 
 from gateway import config as config_mod
 
@@ -291,4 +292,30 @@ def test_two_listeners_on_one_port_are_refused_by_name(gateway: Gateway) -> None
                          proc.stderr, re.M), proc.stderr
     # Another address on the same port is another socket.
     gateway.config.write_text(text.replace(f'listen = "{web}"', f'listen = "127.0.0.2:{gateway.smtp_port}"'))
+    assert _check(gateway.config).returncode == 0
+
+
+def test_the_daemons_zeromq_endpoints_are_checked(gateway: Gateway) -> None:
+    """An endpoint the daemon could not bind at start (no such address, one for both sockets, a
+    port another listener has, a socket path longer than a Unix socket's) is an error naming it."""
+    text = gateway.config.read_text()
+    web = f"127.0.0.1:{gateway.web_port}"
+    deep = gateway.state / ("x" * 100) / "wakeup.sock"
+    for daemon, key, says in (
+            ('wakeup_endpoint = "nonsense"', "daemon.wakeup_endpoint", "'nonsense' is not ipc://PATH or tcp://HOST:PORT"),
+            ('events_endpoint = "tcp://127.0.0.1"', "daemon.events_endpoint",
+             "'tcp://127.0.0.1' is not ipc://PATH or tcp://HOST:PORT"),
+            ('events_endpoint = "ipc://{state_dir}/run/wakeup.sock"', "daemon",
+             "wakeup_endpoint and events_endpoint are one endpoint: each needs its own"),
+            (f'wakeup_endpoint = "tcp://{web}"', "daemon.wakeup_endpoint", f"{web} is also web.listen ({web})"),
+            (f'events_endpoint = "tcp://*:{gateway.smtp_port}"', "daemon.events_endpoint",
+             f"*:{gateway.smtp_port} is also smtp.listen[0]"),
+            (f'wakeup_endpoint = "ipc://{deep}"', "daemon.wakeup_endpoint",
+             f"ipc://{deep}: a Unix socket's path has at most 107 bytes")):
+        gateway.config.write_text(f"{text}\n[daemon]\n{daemon}\n")
+        proc = _check(gateway.config)
+        assert proc.returncode == 1, daemon
+        assert re.search(rf"^error: {re.escape(str(gateway.config))}:[0-9]+: {re.escape(f'{key}: {says}')}",
+                         proc.stderr, re.M), proc.stderr
+    gateway.config.write_text(f'{text}\n[daemon]\nwakeup_endpoint = "tcp://127.0.0.1:{free_port()}"\n')
     assert _check(gateway.config).returncode == 0
