@@ -49,6 +49,19 @@ def test_gateway_config_variable_chooses_the_file(gateway: Gateway) -> None:
     assert f"{gateway.config}: OK" in proc.stdout
 
 
+def test_an_empty_config_path_is_refused_not_replaced_by_the_default(gateway: Gateway) -> None:
+    """`--config ""` (a unit's `--config ${UNSET}`) is a usage error, not the default file; an
+    empty GATEWAY_CONFIG is as if unset."""
+    for args in (("check-config",), ("letters", "list")):
+        proc = subprocess.run([sys.executable, "-m", "gateway", "--config", "", *args], capture_output=True,
+                              text=True, cwd=ROOT, env=gateway.env())
+        assert proc.returncode == 2 and "--config: an empty path names no file" in proc.stderr, proc.stderr
+        assert "OK" not in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(gateway.config), "check-config"],
+                          capture_output=True, text=True, cwd=ROOT, env=gateway.env(GATEWAY_CONFIG=""))
+    assert proc.returncode == 0 and f"{gateway.config}: OK" in proc.stdout, proc.stderr
+
+
 def test_unknown_key_wrong_type_and_unknown_department(gateway: Gateway) -> None:
     """Each error is reported on its own line with file, dotted key and reason; exit status is non-zero."""
     text = gateway.config.read_text()

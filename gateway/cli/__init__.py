@@ -40,4 +40,6 @@ COMMANDS = {
 @click.pass_context
 def main(ctx: click.Context, config_arg: str | None) -> None:
     """Correspondence Gateway: receive, register, route and track letters."""
+    if config_arg == "":  # `--config "$UNSET"`: not the default file, taken without a word
+        raise click.BadParameter("an empty path names no file", param_hint="--config")
     ctx.obj = State(config_arg)
