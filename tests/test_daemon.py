@@ -238,6 +238,8 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
         daemon.send_signal(signal.SIGHUP)
         notify.wait_for("RELOADING=1")
         assert any("reload refused" in m for m in notify.wait_for("READY=1"))
+        # The next rescan's STATUS= (every second here) still says so: systemctl status shows it.
+        assert wait_for_status(notify, "running: ").endswith("; last reload refused: configuration invalid")
         gateway.config.write_text(good)
         # The daemon still uses the last good configuration (orders@ belongs to business).
         spool_elsewhere(gateway, make_message(1, to="orders@example.org"), {"intake": "file"}, "the letter")
@@ -249,6 +251,14 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
     assert not (tmp_path / "elsewhere" / "registry.sqlite3").exists()
     refused = [line for line in out.splitlines() if "reload refused" in line]
     assert len(refused) == 1 and "bogus: unknown key" in refused[0]
+
+
+def wait_for_status(notify: Notify, start: str) -> str:
+    """The next STATUS= the daemon sends that starts with `start`."""
+    while True:
+        for field in notify.sock.recv(4096).decode().split("\n"):
+            if field.startswith(f"STATUS={start}"):
+                return field.removeprefix("STATUS=")
 
 
 def test_status_and_commands_say_what_the_running_daemon_does_not_run_with(

@@ -79,6 +79,8 @@ class Daemon:
         self._config_arg = config_arg
         self.notifier = Notifier()
         self.store_error: str | None = None
+        # Said in every STATUS= until a reload is taken: the rescan's would otherwise hide it.
+        self._reload_refused = False
         try:
             storage.mount(config)  # before the spool makes a local store of its own
         except storage.StorageError as exc:
@@ -436,7 +438,8 @@ class Daemon:
         if requeued or quarantined:
             log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
         self.wake()
-        self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting")
+        self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting"
+                             + ("; last reload refused: configuration invalid" if self._reload_refused else ""))
 
     async def _archive_last_month(self, *, missed: bool = False) -> None:
         from zoneinfo import ZoneInfo
@@ -583,17 +586,21 @@ class Daemon:
             log.error("reload refused, previous configuration stays in force: %s",
                       "; ".join(str(i) for i in exc.issues))
             self._publish(refused=[str(i) for i in exc.issues])
+            self._reload_refused = True
             self.notifier.status("running (reload refused: configuration invalid)")
             self.notifier.notify("READY=1")
             return
         except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
             log.exception("reload refused, previous configuration stays in force: %s", exc)
             self._publish(refused=[f"{type(exc).__name__}: {exc}"])
+            self._reload_refused = True
+            self.notifier.status("running (reload refused)")
             self.notifier.notify("READY=1")
             return
         new, restart_needed = _running(self.config, new)
         self.config = new
         self._publish(reloaded=True)
+        self._reload_refused = False
         if self.pipeline is not None:
             self.pipeline.config = new
         if self.smtp is not None:
