@@ -227,23 +227,34 @@ def test_auth_settings_are_validated(tmp_path: Path) -> None:
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.load(path)
     assert [str(issue) for issue in caught.value.issues] == [
-        f"{path}: smtp.max_auth_failures_per_session: Input should be greater than or equal to 1",
-        f"{path}: smtp.auth_failure_delay: Input should be greater than or equal to 0",
+        f"{path}:{line_of(path, 'max_auth_failures_per_session')}: smtp.max_auth_failures_per_session: "
+        "Input should be greater than or equal to 1",
+        f"{path}:{line_of(path, 'auth_failure_delay')}: smtp.auth_failure_delay: Input should be greater than or "
+        "equal to 0",
     ]
     path = _config_with(tmp_path, "", '[smtp.auth_senders]\n"alice" = ["alice@example.org", "not an address"]\n')
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.load(path)
     assert [str(issue) for issue in caught.value.issues] == [
-        f"{path}: smtp.auth_senders: 'not an address' is not an e-mail address"]
+        f"{path}:{line_of(path, '[smtp.auth_senders]')}: smtp.auth_senders: 'not an address' is not an e-mail "
+        "address"]
     path = _config_with(tmp_path, "",
                         '[smtp.auth_senders]\n"alice" = ["alice@example.org", "partner@elsewhere.example"]\n')
     with pytest.raises(config_mod.ConfigError) as caught:
         config_mod.load(path)
     assert [str(issue) for issue in caught.value.issues] == [
-        f"{path}: smtp.auth_senders: needs auth_users_file",
-        f"{path}: smtp.auth_senders.alice[1]: partner@elsewhere.example is not in the organisation's domains "
-        "(gateway.domains: example.org); AUTH proves only our own senders",
+        f"{path}:{line_of(path, '[smtp.auth_senders]')}: smtp.auth_senders: needs auth_users_file",
+        f"{path}:{line_of(path, ALICE)}: smtp.auth_senders.alice[1]: partner@elsewhere.example is not in "
+        "the organisation's domains (gateway.domains: example.org); AUTH proves only our own senders",
     ]
+
+
+ALICE = '"alice"'
+
+
+def line_of(path: Path, start: str) -> int:
+    """The number of the configuration file's line that starts with `start`: where an error names it."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(start))
 
 
 def test_auth_user_proves_only_the_addresses_it_may_send_as(gateway: Gateway, notify: Notify,
