@@ -54,6 +54,22 @@ CONTENT_READS = ("read", "download", "original", "preview")
 PREVIEW_WITHIN_READ = timedelta(minutes=10)
 
 
+def typed_text(text: str) -> str:
+    """A text as a person typed it, its ends trimmed: a browser sends a textarea's line breaks as
+    CRLF, which its maxlength counts as one character each, so they are one here too."""
+    return text.replace("\r\n", "\n").strip()
+
+
+def step_text(text: str) -> str:
+    """A step's text (a note, a reason, a close's result, a remark): typed_text, refused past
+    MAX_STEP_TEXT characters."""
+    text = typed_text(text)
+    if len(text) > MAX_STEP_TEXT:
+        raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
+                      limit=str(MAX_STEP_TEXT))
+    return text
+
+
 class Refused(Exception):
     """A step the letter's state does not allow, or its input is wanting; the message says why.
 
@@ -281,6 +297,13 @@ class Access:
         """A department as a refusal names it to a person: its name, or its id once it is no longer configured."""
         known = self.config.departments.get(department or "")
         return known.name if known else (department or "-")
+
+    def overtaken(self, exc: Exception, letter: Letter, action: str) -> Refused:
+        """A step the letter's state refused under its lock: said with the state it is in now (a
+        colleague's step may have landed since it was read, two closes at once)."""
+        now = self.registry.letter(letter.number)
+        return Refused(str(exc), "state", number=letter.number, status=now.status if now else letter.status,
+                       action=action)
 
     def known_department(self, department: str) -> bool:
         """A department a filter may name: one configured, or one since removed that still has letters."""
@@ -679,11 +702,7 @@ class Access:
         why = self.rights(who, letter).refusal(action)
         if why is not None:
             raise why
-        # A browser sends a textarea's line breaks as CRLF, counted as one character by its maxlength.
-        text = text.replace("\r\n", "\n").strip()
-        if len(text) > MAX_STEP_TEXT:
-            raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
-                          limit=str(MAX_STEP_TEXT))
+        text = step_text(text)
         # The rights above were decided for the letter as it was read; the registry takes the step
         # only if, under the letter's lock, it is still with that department and owner.
         seen = (letter.department, letter.owner)
@@ -733,10 +752,7 @@ class Access:
                 params["department"] = self.department_name(params["department"])
             raise Refused(str(exc), exc.key, **params) from None
         except lifecycle.TransitionRefused as exc:
-            # A colleague's step landed first (two closes at once): said with the state it is in now.
-            now = self.registry.letter(number)
-            raise Refused(str(exc), "state", number=number, status=now.status if now else letter.status,
-                          action=action) from None
+            raise self.overtaken(exc, letter, action) from None
         except (UnknownDepartment, ValueError) as exc:
             raise Refused(str(exc)) from None
 

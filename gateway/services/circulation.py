@@ -21,7 +21,7 @@ from gateway.registry import Registry, lifecycle
 from gateway.registry.circulation import CirculationRecord, CirculationRecords, StepRefused
 from gateway.registry.models import CirculationStep, Letter
 from gateway.registry.plan import NewMail
-from gateway.services.access import Access, Forbidden, Refused
+from gateway.services.access import Access, Forbidden, Refused, typed_text
 from gateway.services.people import People, Principal
 from gateway.stages.route import new_mail
 
@@ -180,7 +180,7 @@ class Circulations:
                           "circulation-moved", number=number)
         if not self.is_turn(who, step):
             raise self._not_your_turn(who, record, step)
-        instruction = instruction.replace("\r\n", "\n").strip()  # a browser's line breaks, one character each
+        instruction = typed_text(instruction)
         if len(instruction) > MAX_INSTRUCTION:
             raise Refused(f"an instruction of at most {MAX_INSTRUCTION} characters", "instruction-too-long",
                           limit=str(MAX_INSTRUCTION))

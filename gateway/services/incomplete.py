@@ -21,7 +21,7 @@ from gateway.registry.lifecycle import LetterMoved, ReplyInHand, TransitionRefus
 from gateway.registry.models import Letter, SenderRequest
 from gateway.registry.outward import FollowUp, OutwardRecords, Resume
 from gateway.registry.plan import NewMail, Registered
-from gateway.services.access import MAX_STEP_TEXT, Access, Forbidden, Refused
+from gateway.services.access import Access, Forbidden, Refused, step_text
 from gateway.services.people import Principal
 from gateway.stages.autoreply import safe_address
 from gateway.stages.route import new_mail
@@ -54,15 +54,6 @@ def request_address(letter: Letter) -> str:
     return address if address and safe_address(address) else ""
 
 
-def _remark(text: str) -> str:
-    """A withdrawal's or a going-on's remark, at most as long as any step's text."""
-    text = text.strip()
-    if len(text) > MAX_STEP_TEXT:
-        raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
-                      limit=str(MAX_STEP_TEXT))
-    return text
-
-
 class Incomplete:
     """Incomplete submissions, for one configuration and registry."""
 
@@ -89,13 +80,6 @@ class Incomplete:
 
     def _moved(self, exc: LetterMoved) -> Refused:
         return Refused(str(exc), "moved", number=exc.number, department=self.access.department_name(exc.department))
-
-    def _overtaken(self, exc: Exception, letter: Letter, action: str) -> Refused:
-        """A step the letter's state refused under its lock: said with the state it is in now (a
-        colleague's step may have landed since it was read)."""
-        now = self.registry.letter(letter.number)
-        return Refused(str(exc), "state", number=letter.number, status=now.status if now else letter.status,
-                       action=action)
 
     def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
         """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
@@ -140,34 +124,34 @@ class Incomplete:
         except ReplyInHand as exc:
             raise Refused(str(exc), "reply-in-hand", number=number, action="incomplete") from None
         except (TransitionRefused, ValueError) as exc:  # asked already (a second tab, a second click)
-            raise self._overtaken(exc, letter, "incomplete") from None
+            raise self.access.overtaken(exc, letter, "incomplete") from None
         return Marked(request, address)
 
     def withdraw(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str]:
         """Close a letter whose sender never sent what was missing (awaiting-sender -> withdrawn)."""
         letter = self._letter(who, number, "withdraw")
-        reason = _remark(reason)
+        reason = step_text(reason)
         try:
             return self.records.withdraw(number, actor=who.login, reason=reason,
                                          seen=(letter.department, letter.owner))
         except LetterMoved as exc:
             raise self._moved(exc) from None
         except TransitionRefused as exc:
-            raise self._overtaken(exc, letter, "withdraw") from None
+            raise self.access.overtaken(exc, letter, "withdraw") from None
 
     def proceed(self, who: Principal, number: str, *, reason: str = "") -> tuple[str, str, datetime | None]:
         """Go on without the materials the sender did not send (awaiting-sender -> in-progress): the
         request is settled and the deadline counted on from the working days the letter had left,
         as a supplement would. Returns (before, after, the deadline)."""
         letter = self._letter(who, number, "proceed")
-        reason = _remark(reason)
+        reason = step_text(reason)
         try:
             return self.records.proceed(number, actor=who.login, reason=reason,
                                         resume=resumed_deadline(self.config), seen=(letter.department, letter.owner))
         except LetterMoved as exc:
             raise self._moved(exc) from None
         except TransitionRefused as exc:
-            raise self._overtaken(exc, letter, "proceed") from None
+            raise self.access.overtaken(exc, letter, "proceed") from None
 
     def request(self, number: str) -> SenderRequest | None:
         """The letter's latest request to its sender, if it had any."""

@@ -25,7 +25,7 @@ from gateway.registry.models import Letter, Reply, ReplyAttachment, ReplyStep
 from gateway.registry.plan import NewMail
 from gateway.registry.replies import (EDITABLE, DraftChanged, NewReplyAttachment, Outgoing, ReplyChanged, ReplyRecords,
                                       text_digest)
-from gateway.services.access import Access, Forbidden, Refused, named
+from gateway.services.access import Access, Forbidden, Refused, named, typed_text
 from gateway.services.incomplete import request_address
 from gateway.services.people import People, Principal
 from gateway.stages.normalise.filenames import safe_filename, safe_media_type
@@ -243,7 +243,7 @@ class Replies:
         draft the writer's form showed ("" for none yet); None: not checked (a command)."""
         letter = self.letter_of(who, number)
         self._may_handle(who, letter)
-        text = text.replace("\r\n", "\n").strip()
+        text = typed_text(text)
         if len(text) > MAX_TEXT:
             raise Refused(f"a reply of at most {MAX_TEXT} characters", "reply-too-long", limit=str(MAX_TEXT))
         reply = self._open(letter)
@@ -339,7 +339,7 @@ class Replies:
             # The registry checks round and step again under the reply's lock (ReplyRecords.decide).
             raise Refused("the reply moved on meanwhile: reload it", "reply-moved", number=number)
         self._check_approver(who, letter, reply)
-        comment = comment.replace("\r\n", "\n").strip()[:4000]  # a browser's line breaks, one character each
+        comment = typed_text(comment)[:4000]
         if decision == "returned" and not comment:
             raise Refused("say what is to change", "need-comment")
         last = reply.step + 1 == len(reply.chain)
