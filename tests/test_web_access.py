@@ -172,6 +172,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/signin/oidc/callback"): public(404, 404),
     ("POST", "/signout"): person(303),
     ("POST", "/me/language"): person(303),
+    ("GET", "/me"): person(200),
+    ("POST", "/me/password"): person(400),  # nothing filled in (changing it: test_web_account)
+    ("POST", "/me/sessions/end"): person(303),  # their other browsers: none but this one is signed in
     ("GET", "/"): person(303),
     ("GET", "/letters"): person(200),
     ("GET", "/letters.csv"): person(200),

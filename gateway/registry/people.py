@@ -230,9 +230,9 @@ class PeopleRecords(Store):
         return person
 
     def update_person(self, login: str, values: dict[str, Any], *, audit: dict[str, Any] | None,
-                      end_sessions: bool = False) -> None:
-        """Change a person; with `end_sessions` (disabled, new password) every browser of theirs is
-        signed out in the same transaction. Raises LookupError."""
+                      end_sessions: bool = False, keep_session: str | None = None) -> None:
+        """Change a person; with `end_sessions` (disabled, new password) every browser of theirs but
+        the one `keep_session` names is signed out in the same transaction. Raises LookupError."""
         now = utcnow()
         with self.write() as conn:
             person_id = conn.execute(select(Person.id).where(Person.login == login)).scalar()
@@ -241,7 +241,9 @@ class PeopleRecords(Store):
             conn.execute(update(Person).where(Person.id == person_id).values(updated_at=now, **values))
             if end_sessions:
                 conn.execute(update(WebSession).where(WebSession.person_id == person_id,
-                                                      WebSession.ended_at.is_(None)).values(ended_at=now))
+                                                      WebSession.ended_at.is_(None),
+                                                      WebSession.token_hash != (keep_session or ""))
+                             .values(ended_at=now))
             if audit is not None:
                 conn.execute(insert(AuditRow).values(at=now, **audit))
 
@@ -284,6 +286,24 @@ class PeopleRecords(Store):
     def touch_web_session(self, token_hash: str, now: datetime) -> None:
         with self.write() as conn:
             conn.execute(update(WebSession).where(WebSession.token_hash == token_hash).values(last_seen_at=now))
+
+    def open_web_sessions(self, person_id: int) -> list[WebSession]:
+        """A person's browsers not signed out, the latest seen first (some may have lapsed)."""
+        with self.session() as session:
+            return list(session.scalars(select(WebSession).where(WebSession.person_id == person_id,
+                                                                 WebSession.ended_at.is_(None))
+                                        .order_by(WebSession.last_seen_at.desc())))
+
+    def end_other_web_sessions(self, person_id: int, keep: str, audit: dict[str, Any]) -> int:
+        """Sign out every browser of a person but one; returns how many were signed out."""
+        now = utcnow()
+        with self.write() as conn:
+            ended = conn.execute(update(WebSession).where(WebSession.person_id == person_id,
+                                                          WebSession.ended_at.is_(None),
+                                                          WebSession.token_hash != keep).values(ended_at=now))
+            conn.execute(insert(AuditRow).values(at=now, **{**audit, "details": {**audit["details"],
+                                                                                 "signed_out": ended.rowcount}}))
+            return int(ended.rowcount)
 
     def end_web_session(self, token_hash: str, audit: dict[str, Any] | None) -> None:
         now = utcnow()

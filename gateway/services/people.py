@@ -28,6 +28,7 @@ ROLES = ("registry", "member", "head", "leader", "auditor", "admin")
 DESTRUCTION_APPROVER = "leader"
 LANGUAGES = ("zh", "en")
 MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # Names the register already uses for who acted when no person did (the gateway itself, a sender
 # on the rating page, an intake): a person of that name would be taken for it, or it for them.
@@ -112,9 +113,34 @@ class Throttled(SignInRefused):
         self.retry_after = retry_after
 
 
+class PasswordRefused(ValueError):
+    """A password not taken; `reason` (short, long, differ, same, none) lets a page say why in its language."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Browser:
+    """One of a person's signed-in browsers, as their account page lists them."""
+
+    address: str
+    signed_in_at: datetime
+    last_seen_at: datetime
+    current: bool
+
+
 # Module-level names for the types: inside People, `list` is its method.
 Names = list[str] | tuple[str, ...]
 Records = list[PersonRecord]
+Browsers = list[Browser]
+
+
+def _person_id(info: SessionInfo) -> int:
+    if info.principal.person_id is None:  # open_session gives sessions to people only
+        raise ValueError("a session without a person")
+    return info.principal.person_id
 
 
 def token_hash(token: str) -> str:
@@ -318,14 +344,7 @@ class People:
         """Check a name and password, throttled per account and per client address. Raises
         SignInRefused (generic message) or Throttled."""
         login = login.strip().lower()[:64]
-        now = utcnow()
-        window = timedelta(minutes=self.web.signin_window_minutes)
-        since = now - window
-        if (self.registry.failures_since(since, actor=login) >= self.web.signin_failures_per_account
-                or self.registry.failures_since(since, address=address) >= self.web.signin_failures_per_address):
-            self.registry.audit([self._audit(login, "sign-in-throttled", login, address, {})])
-            raise Throttled("too many failed sign-ins; try again later",
-                            retry_after=int(window.total_seconds()))
+        self._throttle(login, address)
         dummy = _dummy_hash()  # before the look-up: the first sign-in pays for it whatever the name
         person = self.registry.person(login)
         from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -362,6 +381,62 @@ class People:
                                          {"reason": "no person with this address", "method": "oidc"})])
         raise SignInRefused(f"no one with the address {email} may sign in here; ask an administrator")
 
+    def _throttle(self, login: str, address: str) -> None:
+        """Raises Throttled after too many failed sign-ins to this account, or from this address."""
+        window = timedelta(minutes=self.web.signin_window_minutes)
+        since = utcnow() - window
+        if (self.registry.failures_since(since, actor=login) >= self.web.signin_failures_per_account
+                or self.registry.failures_since(since, address=address) >= self.web.signin_failures_per_address):
+            self.registry.audit([self._audit(login, "sign-in-throttled", login, address, {})])
+            raise Throttled("too many failed sign-ins; try again later",
+                            retry_after=int(window.total_seconds()))
+
+    def change_own_password(self, info: SessionInfo, present: str, new: str, repeated: str, *,
+                            address: str) -> None:
+        """A person's own new password, given with their present one: a browser left signed in is
+        not enough to take the account over. A wrong present password is a failed sign-in, audited
+        and throttled alike. Their other browsers are signed out; this one stays signed in.
+        Raises Throttled, SignInRefused and PasswordRefused."""
+        login = info.principal.login
+        person = self.registry.person(login)
+        if person is None or not person.password_hash:
+            raise PasswordRefused("none", "there is no password to change (signing in is through single "
+                                          "sign-on); an administrator can set one")
+        self._throttle(login, address)
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        try:
+            _hasher().verify(person.password_hash, present)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address,
+                                             {"reason": "wrong present password when changing it"})])
+            raise SignInRefused("the present password is wrong") from None
+        if new != repeated:
+            raise PasswordRefused("differ", "the new password and its repetition differ")
+        if new == present:
+            raise PasswordRefused("same", "the new password is the present one")
+        self.registry.update_person(login, {"password_hash": self._hash(new)}, end_sessions=True,
+                                    keep_session=info.token_hash,
+                                    audit=self._audit(login, "password-changed", login, address, {}))
+
+    def browsers(self, info: SessionInfo) -> Browsers:
+        """The browsers a person is signed in on, this one first."""
+        now = utcnow()
+        out = [Browser(row.address, row.created_at, row.last_seen_at, row.token_hash == info.token_hash)
+               for row in self.registry.open_web_sessions(_person_id(info))
+               if not self._lapsed(row.created_at, row.last_seen_at, now)]
+        return sorted(out, key=lambda b: not b.current)
+
+    def sign_out_elsewhere(self, info: SessionInfo, *, address: str) -> int:
+        """Sign a person out of every browser but this one; returns how many."""
+        login = info.principal.login
+        return self.registry.end_other_web_sessions(_person_id(info), info.token_hash,
+                                                    self._audit(login, "signed-out-elsewhere", login, address, {}))
+
+    def _lapsed(self, created_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
+        return (now - last_seen_at > timedelta(minutes=self.web.session_idle_minutes)
+                or now - created_at > timedelta(hours=self.web.session_absolute_hours))
+
     # -- sessions -------------------------------------------------------
     def open_session(self, principal: Principal, *, address: str, method: str = "password") -> tuple[str, str]:
         """A new session (sign-in). Returns (cookie token, CSRF token); only the token's hash is stored."""
@@ -382,8 +457,7 @@ class People:
         if row is None or row.ended_at is not None:
             return None
         now = utcnow()
-        if (now - row.last_seen_at > timedelta(minutes=self.web.session_idle_minutes)
-                or now - row.created_at > timedelta(hours=self.web.session_absolute_hours)):
+        if self._lapsed(row.created_at, row.last_seen_at, now):
             self.registry.end_web_session(hashed, audit=None)
             return None
         person = self.registry.person_by_id(row.person_id)
@@ -458,9 +532,9 @@ class People:
     @staticmethod
     def _hash(password: str) -> str:
         if len(password) < MIN_PASSWORD:
-            raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
-        if len(password) > 1024:
-            raise ValueError("a password of at most 1024 characters")
+            raise PasswordRefused("short", f"a password needs at least {MIN_PASSWORD} characters")
+        if len(password) > MAX_PASSWORD:
+            raise PasswordRefused("long", f"a password of at most {MAX_PASSWORD} characters")
         return _hasher().hash(password)
 
     @staticmethod

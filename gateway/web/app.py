@@ -322,12 +322,12 @@ def show(value: Any) -> str:
 
 
 def routes() -> list[BaseRoute]:
-    from gateway.web.routes import (audit, auth, borrowing, circulation, incomplete, letters, overview, paper, people,
-                                    rate, replies, work)
+    from gateway.web.routes import (account, audit, auth, borrowing, circulation, incomplete, letters, overview, paper,
+                                    people, rate, replies, work)
 
-    return [*auth.routes(), *work.routes(), *letters.routes(), *audit.routes(), *people.routes(), *overview.routes(),
-            *paper.routes(), *incomplete.routes(), *rate.routes(), *replies.routes(), *circulation.routes(),
-            *borrowing.routes(),
+    return [*auth.routes(), *account.routes(), *work.routes(), *letters.routes(), *audit.routes(), *people.routes(),
+            *overview.routes(), *paper.routes(), *incomplete.routes(), *rate.routes(), *replies.routes(),
+            *circulation.routes(), *borrowing.routes(),
             Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static")]
 
 

@@ -16,6 +16,7 @@ FILTERS = ("since", "until", "actor", "action", "letter")
 # What the audit log records (the filter offers their labels; the rows' codes are these).
 ACTIONS = ("read", "download", "preview", "original", "export", "audit-export", "search", "sign-in",
            "sign-in-failed", "sign-in-throttled", "sign-out", "person-added", "person-changed", "password-set",
+           "password-changed", "signed-out-elsewhere",
            "person-disabled", "person-enabled", "grant", "grant-revoked", "quarantine-retry", "mail-requeued",
            "rate-page")
 PER_PAGE = 100

@@ -8,9 +8,10 @@ from urllib.parse import quote
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.people import ROLES, PersonRecord
+from gateway.services.people import ROLES, PasswordRefused, PersonRecord
 from gateway.web import i18n
 from gateway.web.app import Problem, Req, page
+from gateway.web.routes.account import password_refusal
 from gateway.web.i18n import N_, _
 
 DONE = {"added": N_("Person added."), "saved": N_("Changes saved."), "password": N_("Password set."),
@@ -76,6 +77,8 @@ def add(req: Req) -> Response:
             departments=req.fields("departments"), roles=req.fields("roles"),
             password=req.secret("password") or None, language=req.field("language") or None,
             actor=req.who.login, address=req.address)
+    except PasswordRefused as refused:
+        return _form(req, None, status=400, error=password_refusal(refused), values=values)
     except ValueError as exc:
         return _form(req, None, status=400, error=str(exc), values=values)
     return RedirectResponse(person_url(record.login) + "?done=added", status_code=303)
@@ -112,6 +115,8 @@ def password(req: Req) -> Response:
     try:
         req.web.people.set_password(record.login, req.secret("password"), actor=req.who.login,
                                     address=req.address)
+    except PasswordRefused as refused:
+        return _form(req, record, status=400, error=password_refusal(refused))
     except ValueError as exc:
         return _form(req, record, status=400, error=str(exc))
     return RedirectResponse(person_url(record.login) + "?done=password", status_code=303)
