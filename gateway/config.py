@@ -700,6 +700,9 @@ class WebSection(_Strict):
     signin_failures_per_account: int = Field(default=5, ge=1, le=1000)
     signin_failures_per_address: int = Field(default=20, ge=1, le=100000)
     signin_window_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    # People with any of these roles sign in with a password and an authenticator app's code; until
+    # they have turned two-step sign-in on, every page sends them to their account page to do so.
+    two_step_roles: list[Literal["registry", "member", "head", "leader", "auditor", "admin"]] = []
     oidc: OidcSection = OidcSection()
 
     @field_validator("listen")

@@ -168,6 +168,9 @@ def circulate_rule(login: str | None, key: str) -> int:
 RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/signin"): public(200, 303),
     ("POST", "/signin"): public(403, 403),  # without the pre-session token (signing in: its own test)
+    # the code after the password: nothing waits for one (two-step sign-in: test_web_account)
+    ("GET", "/signin/code"): public(303, 303),
+    ("POST", "/signin/code"): public(401, 401),
     ("GET", "/signin/oidc"): public(404, 404),  # no single sign-on configured
     ("GET", "/signin/oidc/callback"): public(404, 404),
     ("POST", "/signout"): person(303),
@@ -175,6 +178,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/me"): person(200),
     ("POST", "/me/password"): person(400),  # nothing filled in (changing it: test_web_account)
     ("POST", "/me/sessions/end"): person(303),  # their other browsers: none but this one is signed in
+    ("POST", "/me/two-step"): person(400),  # nothing chosen
     ("GET", "/"): person(303),
     ("GET", "/letters"): person(200),
     ("GET", "/letters.csv"): person(200),
@@ -193,6 +197,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/people/{login}"): role("admin", 303),
     ("POST", "/people/{login}/password"): role("admin", 303),
     ("POST", "/people/{login}/disabled"): role("admin", 303),
+    ("POST", "/people/{login}/two-step"): role("admin", 409),  # the person has no two-step sign-in
     ("GET", "/search"): person(200),
     ("GET", "/triage"): triage_rule(200),
     # sending the triage letter to the department it is with already: refused, 409 (others: 404)
@@ -394,7 +399,8 @@ def test_not_signed_in_every_page_leads_to_the_sign_in_page(site: Site) -> None:
 
 
 # -- CSRF -----------------------------------------------------------------------
-POSTS = [route for route in RULES if route[0] == "POST" and route[1] != "/signin"]
+# Signing in, and its code step, check their own tokens (test_sign_in_form_needs_its_own_token, test_web_account).
+POSTS = [route for route in RULES if route[0] == "POST" and route[1] not in ("/signin", "/signin/code")]
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "令牌"], ids=["missing", "wrong", "not-ascii"])

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import pyotp
 import pytest
+from sqlalchemy import update
 from web_support import PASSWORD, Browser, Person, Site, hidden, meta_csrf
 
+from gateway.registry.models import WebSession
 from gateway.web import security
 
 NEW = "a new and longer passphrase"
@@ -137,3 +142,188 @@ def test_an_administrator_is_told_why_a_password_is_refused_in_the_pages_languag
     added = ada.post("/people", data={"csrf": ada.csrf, "login": "pat", "name": "Pat", "password": "x" * 1025})
     assert added.status_code == 400 and "密码最多 1024 个字符" in added.text
     assert can_sign_in(site, "sam", PASSWORD) and site.people.get("pat") is None
+
+
+# -- two-step sign-in -------------------------------------------------------------------------
+def step(client: Browser, action: str, **fields: str) -> httpx.Response:
+    return client.post("/me/two-step", data={"csrf": client.csrf, "action": action, **fields})
+
+
+def set_up_two_step(client: Browser) -> tuple[pyotp.TOTP, list[str]]:
+    """Through the account page as a person would: start, read the key under the QR code, prove it."""
+    assert step(client, "start").headers["location"] == "/me#two-step"
+    page = client.get("/me").text
+    assert "<svg" in page and "腾讯身份验证器" in page
+    key = re.search(r'<code class="secret">([A-Z2-7 ]+)</code>', page)
+    assert key, "the key is shown for typing by hand"
+    totp = pyotp.TOTP(key.group(1).replace(" ", ""))
+    done = step(client, "on", present=PASSWORD, code=totp.now())
+    assert done.status_code == 200 and "两步登录已开启" in done.text, done.text[-3000:]
+    codes = re.findall(r"<li><code>([a-z0-9]{5}-[a-z0-9]{5})</code></li>", done.text)
+    assert len(codes) == 10 and len(set(codes)) == 10
+    return totp, codes
+
+
+def password_step(site: Site, login: str, client: Browser | None = None) -> Browser:
+    """The first step only: the right password, and the code page next."""
+    client = client or site.client()
+    token = hidden(client.get("/signin").text, "csrf")
+    done = client.post("/signin", data={"login": login, "password": PASSWORD, "csrf": token, "next": "/letters"})
+    assert done.status_code == 303 and done.headers["location"] == "/signin/code?next=%2Fletters", done.headers
+    return client
+
+
+def code_step(client: Browser, code: str) -> httpx.Response:
+    form = client.get("/signin/code?next=/letters")
+    assert form.status_code == 200, form.status_code
+    return client.post("/signin/code", data={"csrf": hidden(form.text, "csrf"), "code": code, "next": "/letters"})
+
+
+def later_code(totp: pyotp.TOTP) -> str:
+    """The code of the next 30 seconds, which the register takes (a phone's clock may be ahead): a
+    test need not wait for a fresh code after one was used."""
+    return totp.at(datetime.now(UTC) + timedelta(seconds=30))
+
+
+@pytest.fixture(name="lenient")
+def lenient_site(tmp_path: Path) -> Iterator[Site]:
+    """Room for the failures a test makes on purpose before the throttle stops it."""
+    s = Site(tmp_path, web="signin_failures_per_account = 50")
+    s.add_people()
+    yield s
+    s.close()
+
+
+def test_two_step_sign_in_from_setting_it_up_to_signing_in_with_a_code(lenient: Site) -> None:
+    site = lenient
+    here, elsewhere = site.sign_in("sam"), site.sign_in("sam")
+    assert "设置两步登录" in here.get("/me").text
+    assert step(here, "start").status_code == 303
+    key = re.search(r'<code class="secret">([A-Z2-7 ]+)</code>', here.get("/me").text)
+    assert key
+    totp = pyotp.TOTP(key.group(1).replace(" ", ""))
+    wrong_code = step(here, "on", present=PASSWORD, code="000000" if totp.now() != "000000" else "111111")
+    assert wrong_code.status_code == 400 and "验证码不正确" in wrong_code.text
+    wrong_password = step(here, "on", present="not my password", code=totp.now())
+    assert wrong_password.status_code == 400 and "当前密码不正确" in wrong_password.text
+    assert site.people.get("sam").two_step_since is None  # type: ignore[union-attr]
+    done = step(here, "on", present=PASSWORD, code=totp.now())
+    assert done.status_code == 200 and "两步登录已开启" in done.text
+    codes = re.findall(r"<li><code>([a-z0-9]{5}-[a-z0-9]{5})</code></li>", done.text)
+    assert len(codes) == 10
+    assert signed_in(here) and not signed_in(elsewhere), "the other browsers signed in with a password alone"
+    assert "恢复码只显示这一次" not in here.get("/me").text and "还剩 10 个恢复码" in here.get("/me").text
+
+    # The password alone no longer signs in: the session opens no page until the code is given.
+    waiting = password_step(site, "sam")
+    assert waiting.get("/letters").status_code == 303
+    assert code_step(waiting, "123 456" if totp.now() != "123456" else "654321").status_code == 401
+    code = later_code(totp)
+    signed = code_step(waiting, f" {code[:3]} {code[3:]} ")  # spaces as people type them
+    assert signed.status_code == 303 and signed.headers["location"] == "/letters"
+    assert signed_in(waiting)
+    replayed = code_step(password_step(site, "sam"), code)
+    assert replayed.status_code == 401 and "验证码不正确" in replayed.text, "a code works once"
+
+    # A recovery code works once in place of the code, whatever its case and dashes.
+    by_recovery = password_step(site, "sam")
+    assert code_step(by_recovery, codes[0].upper().replace("-", "")).status_code == 303 and signed_in(by_recovery)
+    assert code_step(password_step(site, "sam"), codes[0]).status_code == 401
+    assert "还剩 9 个恢复码" in here.get("/me").text
+
+    auditor = site.people.principal("audrey")
+    assert auditor is not None
+    rows = site.access.audit(auditor, actor="sam")
+    assert [r.details.get("method") for r in rows if r.action == "sign-in"][:2] == ["password+recovery-code",
+                                                                                     "password+code"]
+    assert "two-step-on" in [r.action for r in rows]
+
+    # New recovery codes replace the old ones; turning it off needs the password and a code.
+    renewed = step(here, "codes", present=PASSWORD)
+    fresh = re.findall(r"<li><code>([a-z0-9]{5}-[a-z0-9]{5})</code></li>", renewed.text)
+    assert len(fresh) == 10 and not set(fresh) & set(codes)
+    assert code_step(password_step(site, "sam"), codes[1]).status_code == 401, "the old codes no longer work"
+    refused = step(here, "off", present=PASSWORD, code="nothing")
+    assert refused.status_code == 400 and site.people.get("sam").two_step_since is not None  # type: ignore[union-attr]
+    off = step(here, "off", present=PASSWORD, code=fresh[0])
+    assert off.headers["location"] == "/me?done=two-step-off"
+    assert site.people.get("sam").two_step_since is None  # type: ignore[union-attr]
+    assert signed_in(site.sign_in("sam")), "the password alone signs in again"
+
+
+def test_the_code_step_is_throttled_lapses_and_needs_its_token(site: Site) -> None:
+    gina = site.sign_in("gina")
+    totp, _codes = set_up_two_step(gina)
+    waiting = password_step(site, "gina")
+    form = waiting.get("/signin/code").text
+    forged = waiting.post("/signin/code", data={"csrf": "forged", "code": later_code(totp)})
+    assert forged.status_code == 403 and waiting.get("/letters").status_code == 303
+    for _ in range(site.config.model.web.signin_failures_per_account):
+        assert waiting.post("/signin/code", data={"csrf": hidden(form, "csrf"), "code": "999999"}).status_code == 401
+    throttled = waiting.post("/signin/code", data={"csrf": hidden(form, "csrf"), "code": later_code(totp)})
+    assert throttled.status_code == 429 and "失败次数过多" in throttled.text
+    assert waiting.get("/letters").status_code == 303
+
+
+def test_a_right_password_waits_five_minutes_for_its_code(site: Site) -> None:
+    totp, _codes = set_up_two_step(site.sign_in("sam"))
+    late = password_step(site, "sam")
+    with site.registry.write() as conn:
+        conn.execute(update(WebSession).where(WebSession.awaiting_code.is_(True))
+                     .values(created_at=datetime.now(UTC) - timedelta(minutes=6)))
+    lapsed = late.post("/signin/code", data={"csrf": "any", "code": later_code(totp)})
+    assert lapsed.status_code == 401 and "登录等待时间过长" in lapsed.text
+    assert late.get("/signin/code").headers["location"] == "/signin"
+    assert late.get("/letters").status_code == 303
+
+
+def test_a_role_that_requires_two_step_sign_in(tmp_path: Path) -> None:
+    site = Site(tmp_path, web='two_step_roles = ["admin"]')
+    try:
+        site.add_people()
+        ada = site.sign_in("ada")
+        for path in ("/letters", "/people", "/operations"):
+            assert ada.get(path).headers.get("location") == "/me", path
+        page = ada.get("/me")
+        assert page.status_code == 200 and "您的角色要求两步登录" in page.text
+        assert site.sign_in("rita").get("/letters").status_code == 200, "other roles are not held up"
+        set_up_two_step(ada)
+        assert ada.get("/people").status_code == 200
+        refused = step(ada, "off", present=PASSWORD, code="whatever")
+        assert refused.status_code == 409 and "不能关闭" in refused.text
+        # Single sign-on asks for no code here: the provider's own second step counts.
+        admin = site.people.add("nadia", emails=["nadia@example.org"], roles=["admin"], actor="test")
+        principal = site.people.principal(admin.login)
+        assert principal is not None
+        token, _csrf = site.people.open_session(principal, address="127.0.0.1", method="oidc")
+        sso = site.client()
+        sso.cookies.set(security.SESSION_COOKIE, token)
+        assert sso.get("/people").status_code == 200
+    finally:
+        site.close()
+
+
+def test_an_administrator_turns_off_two_step_sign_in_for_a_lost_phone(site: Site) -> None:
+    sam, ada = site.sign_in("sam"), site.sign_in("ada")
+    set_up_two_step(sam)
+    assert "关闭两步登录" in ada.get("/people/sam").text
+    off = ada.post("/people/sam/two-step", data={"csrf": ada.csrf})
+    assert off.status_code == 303 and off.headers["location"] == "/people/sam?done=two-step-off"
+    assert not signed_in(sam), "signed out everywhere"
+    assert signed_in(site.sign_in("sam")), "the password alone signs in"
+    again = ada.post("/people/sam/two-step", data={"csrf": ada.csrf})
+    assert again.status_code == 409 and "没有开启两步登录" in again.text
+    set_up_two_step(ada)
+    own = ada.post("/people/ada/two-step", data={"csrf": ada.csrf})
+    assert own.status_code == 409 and site.people.get("ada").two_step_since is not None  # type: ignore[union-attr]
+
+    # From the server's shell, for the last administrator's lost phone.
+    done = site.gateway.run("users", "two-step-off", "ada")
+    assert "turned off" in done.stdout and site.people.get("ada").two_step_since is None  # type: ignore[union-attr]
+    refused = site.gateway.run("users", "two-step-off", "ada", check=False)
+    assert refused.returncode != 0 and "no two-step" in refused.stderr
+    auditor = site.people.principal("audrey")
+    assert auditor is not None
+    resets = site.access.audit(auditor, action="two-step-reset")
+    assert [r.subject for r in resets] == ["ada", "sam"]
+    assert resets[0].actor.startswith("cli:") and resets[1].actor == "ada"

@@ -84,7 +84,8 @@ def users_list(state: State, as_json: bool) -> None:
                      "roles": sorted(principal.roles) if principal else record.roles,
                      "departments": sorted(principal.departments) if principal else record.departments,
                      "heads": sorted(principal.headed) if principal else [],
-                     "disabled": record.disabled, "password": record.has_password, "language": record.language})
+                     "disabled": record.disabled, "password": record.has_password, "language": record.language,
+                     "two_step": record.two_step_since is not None})
     if as_json:
         print_json(rows)
         return
@@ -98,7 +99,8 @@ def users_list(state: State, as_json: bool) -> None:
     for r in rows:
         table.add_row(r["login"], r["name"], " ".join(r["emails"]), " ".join(r["roles"]) or "-",
                       " ".join(r["departments"]) or "-",
-                      "disabled" if r["disabled"] else ("active" if r["password"] else "no password"))
+                      "disabled" if r["disabled"] else ("active" if r["password"] else "no password")
+                      + (", two-step" if r["two_step"] else ""))
     wide_console().print(table)
 
 
@@ -130,6 +132,19 @@ def users_disable(state: State, login: str, enable: bool) -> None:
     except LookupError as exc:
         fail(str(exc.args[0]) if exc.args else str(exc))
     click.echo(f"{login} {'enabled' if enable else 'disabled'}")
+
+
+@users.command("two-step-off")
+@click.argument("login")
+@pass_state
+def users_two_step_off(state: State, login: str) -> None:
+    """Turn LOGIN's two-step sign-in off (a lost phone, no recovery code left); their sessions end.
+    They sign in with their password alone until they turn it on again under "My account"."""
+    try:
+        _people(state).reset_two_step(login, actor=f"cli:{actor(None)}")
+    except (LookupError, ValueError) as exc:
+        fail(str(exc.args[0]) if exc.args else str(exc))
+    click.echo(f"two-step sign-in of {login} turned off; their sessions were ended")
 
 
 @users.command("grant")

@@ -311,6 +311,14 @@ class Person(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    # Two-step sign-in (TOTP, RFC 6238): the secret is kept from the moment it is shown, and counts
+    # only once a code proved the app has it (totp_enabled_at). The last step used is kept so that a
+    # code seen over someone's shoulder cannot be used again; recovery codes are kept as SHA-256.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    recovery_codes: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list,
+                                                      server_default="[]")
 
 
 class WebSession(Base):
@@ -325,6 +333,10 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The password was right and the person has two-step sign-in: no page is open to this session
+    # until its code is given (or it lapses, a few minutes after created_at).
+    awaiting_code: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
+    method: Mapped[str] = mapped_column(String(16), nullable=False, default="password", server_default="password")
 
 
 class Grant(Base):

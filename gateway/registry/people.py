@@ -272,12 +272,47 @@ class PeopleRecords(Store):
 
     # -- sessions -------------------------------------------------------
     def open_web_session(self, token_hash: str, person_id: int, csrf: str, address: str,
-                         audit: dict[str, Any]) -> None:
+                         audit: dict[str, Any] | None, *, method: str, awaiting_code: bool = False) -> None:
         now = utcnow()
         with self.write() as conn:
             conn.execute(insert(WebSession).values(token_hash=token_hash, person_id=person_id, csrf=csrf,
-                                                   address=address, created_at=now, last_seen_at=now))
+                                                   address=address, created_at=now, last_seen_at=now,
+                                                   method=method, awaiting_code=awaiting_code))
+            if audit is not None:
+                conn.execute(insert(AuditRow).values(at=now, **audit))
+
+    def admit_web_session(self, token_hash: str, audit: dict[str, Any]) -> bool:
+        """A session that waited for its second step is signed in; False if it no longer waits."""
+        now = utcnow()
+        with self.write() as conn:
+            admitted = conn.execute(update(WebSession).where(WebSession.token_hash == token_hash,
+                                                             WebSession.awaiting_code.is_(True),
+                                                             WebSession.ended_at.is_(None))
+                                    .values(awaiting_code=False, last_seen_at=now))
+            if not admitted.rowcount:
+                return False
             conn.execute(insert(AuditRow).values(at=now, **audit))
+            return True
+
+    def use_totp_step(self, person_id: int, step: int) -> bool:
+        """Record that a code of this time step was used; False if it, or a later one, was already:
+        one condition in one statement, so two sign-ins racing with the same code cannot both pass."""
+        with self.write() as conn:
+            used = conn.execute(update(Person).where(
+                Person.id == person_id, Person.totp_enabled_at.is_not(None),
+                or_(Person.totp_last_step.is_(None), Person.totp_last_step < step)).values(totp_last_step=step))
+            return bool(used.rowcount)
+
+    def use_recovery_code(self, person_id: int, code_hash: str) -> int | None:
+        """Strike a recovery code off; returns how many are left, or None if it is not one of them."""
+        with self.write() as conn:
+            codes = conn.execute(select(Person.recovery_codes).where(Person.id == person_id)
+                                 .with_for_update()).scalar()
+            if not codes or code_hash not in codes:
+                return None
+            left = [c for c in codes if c != code_hash]
+            conn.execute(update(Person).where(Person.id == person_id).values(recovery_codes=left))
+            return len(left)
 
     def web_session(self, token_hash: str) -> WebSession | None:
         with self.session() as session:
@@ -291,7 +326,8 @@ class PeopleRecords(Store):
         """A person's browsers not signed out, the latest seen first (some may have lapsed)."""
         with self.session() as session:
             return list(session.scalars(select(WebSession).where(WebSession.person_id == person_id,
-                                                                 WebSession.ended_at.is_(None))
+                                                                 WebSession.ended_at.is_(None),
+                                                                 WebSession.awaiting_code.is_(False))
                                         .order_by(WebSession.last_seen_at.desc())))
 
     def end_other_web_sessions(self, person_id: int, keep: str, audit: dict[str, Any]) -> int:

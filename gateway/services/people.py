@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 import secrets
 import unicodedata
@@ -68,6 +69,7 @@ class Principal:
     language: str | None = None
     person_id: int | None = None
     kind: str = "person"  # person | operator (a shell on the server: everything, audited)
+    two_step: bool = False  # signs in with a password and an authenticator app's code
 
     def has(self, *roles: str) -> bool:
         return self.is_operator or bool(self.roles.intersection(roles))
@@ -94,6 +96,9 @@ class PersonRecord:
     has_password: bool
     created_at: datetime
     person_id: int
+    two_step_since: datetime | None = None
+    recovery_codes_left: int = 0
+    two_step_pending: bool = False  # a secret was shown, no code has proved it yet
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,10 @@ class SessionInfo:
     principal: Principal
     csrf: str
     token_hash: str
+    method: str = "password"  # how it signed in: password (with its code, if any) or oidc
+    # A password sign-in of someone whose role requires two-step sign-in, not yet turned on: every
+    # page but their account page sends them there.
+    owes_two_step: bool = False
 
 
 class SignInRefused(Exception):
@@ -135,6 +144,51 @@ class Browser:
 Names = list[str] | tuple[str, ...]
 Records = list[PersonRecord]
 Browsers = list[Browser]
+Codes = list[str]
+
+TOTP_ISSUER = "Correspondence register"
+CODE_WAIT = timedelta(minutes=5)  # between the right password and its code
+RECOVERY_CODES = 10
+_TWO_STEP_OFF: dict[str, Any] = {"totp_secret": None, "totp_enabled_at": None, "totp_last_step": None,
+                                 "recovery_codes": []}
+
+
+class TwoStepRefused(ValueError):
+    """A two-step sign-in step not taken; `reason` (on, off, none, code, required) lets a page say why."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _matching_step(secret: str, code: str) -> int | None:
+    """The time step (30 s) whose code this is, allowing one step either way for the phone's clock."""
+    import pyotp
+
+    code = re.sub(r"\s", "", code)
+    if not re.fullmatch(r"[0-9]{6}", code):
+        return None
+    totp, now = pyotp.TOTP(secret), int(utcnow().timestamp()) // 30
+    for step in (now, now - 1, now + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def _recovery_codes() -> list[str]:
+    """Ten codes of ten letters and digits (about 50 bits each), in two groups: xxxxx-xxxxx."""
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i to misread
+    codes = ["".join(secrets.choice(alphabet) for _ in range(10)) for _ in range(RECOVERY_CODES)]
+    return [f"{c[:5]}-{c[5:]}" for c in codes]
+
+
+def _recovery_plain(code: str) -> str:
+    plain = re.sub(r"[\s-]", "", code).lower()
+    return f"{plain[:5]}-{plain[5:]}" if re.fullmatch(r"[a-z0-9]{10}", plain) else ""
+
+
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def _person_id(info: SessionInfo) -> int:
@@ -151,7 +205,9 @@ def _record(person: Person) -> PersonRecord:
     return PersonRecord(login=person.login, name=person.name, emails=list(person.emails),
                         departments=list(person.departments), roles=list(person.roles), disabled=person.disabled,
                         language=person.language, has_password=bool(person.password_hash),
-                        created_at=person.created_at, person_id=person.id)
+                        created_at=person.created_at, person_id=person.id,
+                        two_step_since=person.totp_enabled_at, recovery_codes_left=len(person.recovery_codes or ()),
+                        two_step_pending=person.totp_enabled_at is None and person.totp_secret is not None)
 
 
 class People:
@@ -398,19 +454,7 @@ class People:
         and throttled alike. Their other browsers are signed out; this one stays signed in.
         Raises Throttled, SignInRefused and PasswordRefused."""
         login = info.principal.login
-        person = self.registry.person(login)
-        if person is None or not person.password_hash:
-            raise PasswordRefused("none", "there is no password to change (signing in is through single "
-                                          "sign-on); an administrator can set one")
-        self._throttle(login, address)
-        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
-        try:
-            _hasher().verify(person.password_hash, present)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            self.registry.audit([self._audit(login, "sign-in-failed", login, address,
-                                             {"reason": "wrong present password when changing it"})])
-            raise SignInRefused("the present password is wrong") from None
+        self._present_password(login, present, address, "changing it")
         if new != repeated:
             raise PasswordRefused("differ", "the new password and its repetition differ")
         if new == present:
@@ -418,6 +462,163 @@ class People:
         self.registry.update_person(login, {"password_hash": self._hash(new)}, end_sessions=True,
                                     keep_session=info.token_hash,
                                     audit=self._audit(login, "password-changed", login, address, {}))
+
+    def _present_password(self, login: str, present: str, address: str, doing: str) -> Person:
+        """The person, once their present password proves it is them; a wrong one is a failed
+        sign-in, audited and throttled alike. Raises Throttled, SignInRefused and PasswordRefused."""
+        person = self.registry.person(login)
+        if person is None or not person.password_hash:
+            raise PasswordRefused("none", "there is no password (signing in is through single sign-on); "
+                                          "an administrator can set one")
+        self._throttle(login, address)
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+        try:
+            _hasher().verify(person.password_hash, present)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address,
+                                             {"reason": f"wrong present password when {doing}"})])
+            raise SignInRefused("the present password is wrong") from None
+        return person
+
+    # -- two-step sign-in (TOTP) ---------------------------------------------
+    def start_two_step(self, info: SessionInfo) -> str:
+        """A new authenticator secret for the person to scan; it counts once a code proves it
+        (turn_on_two_step). Returns the otpauth:// URI. Raises TwoStepRefused."""
+        person = self._person_row(info)
+        if person.totp_enabled_at is not None:
+            raise TwoStepRefused("on", "two-step sign-in is on already")
+        import pyotp
+
+        self.registry.update_person(person.login, {"totp_secret": pyotp.random_base32(32), "totp_last_step": None},
+                                    audit=None)
+        return self.two_step_uri(info) or ""
+
+    def two_step_uri(self, info: SessionInfo) -> str | None:
+        """The otpauth:// URI of the secret waiting to be proved, for the QR code; None if none waits."""
+        person = self._person_row(info)
+        if person.totp_secret is None or person.totp_enabled_at is not None:
+            return None
+        import pyotp
+
+        return pyotp.TOTP(person.totp_secret).provisioning_uri(name=person.login, issuer_name=TOTP_ISSUER)
+
+    def turn_on_two_step(self, info: SessionInfo, present: str, code: str, *, address: str) -> Codes:
+        """Two-step sign-in on, once the present password and a code from the app are right; the
+        person's other browsers are signed out. Returns the recovery codes, shown once. Raises
+        Throttled, SignInRefused, PasswordRefused and TwoStepRefused."""
+        login = info.principal.login
+        person = self._present_password(login, present, address, "turning on two-step sign-in")
+        if person.totp_enabled_at is not None:
+            raise TwoStepRefused("on", "two-step sign-in is on already")
+        if person.totp_secret is None:
+            raise TwoStepRefused("none", "no secret was shown: start again")
+        step = _matching_step(person.totp_secret, code)
+        if step is None:
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address,
+                                             {"reason": "wrong code when turning on two-step sign-in"})])
+            raise TwoStepRefused("code", "the code is not the app's present one")
+        codes = _recovery_codes()
+        self.registry.update_person(login, {"totp_enabled_at": utcnow(), "totp_last_step": step,
+                                            "recovery_codes": [_code_hash(c) for c in codes]},
+                                    end_sessions=True, keep_session=info.token_hash,
+                                    audit=self._audit(login, "two-step-on", login, address, {}))
+        return codes
+
+    def renew_recovery_codes(self, info: SessionInfo, present: str, *, address: str) -> Codes:
+        """New recovery codes in place of the old ones. Raises Throttled, SignInRefused,
+        PasswordRefused and TwoStepRefused."""
+        login = info.principal.login
+        person = self._present_password(login, present, address, "renewing recovery codes")
+        if person.totp_enabled_at is None:
+            raise TwoStepRefused("off", "two-step sign-in is not on")
+        codes = _recovery_codes()
+        self.registry.update_person(login, {"recovery_codes": [_code_hash(c) for c in codes]},
+                                    audit=self._audit(login, "recovery-codes-renewed", login, address, {}))
+        return codes
+
+    def turn_off_two_step(self, info: SessionInfo, present: str, code: str, *, address: str) -> None:
+        """Two-step sign-in off, with the present password and a code (or a recovery code); not for
+        someone whose role requires it. Raises Throttled, SignInRefused, PasswordRefused and
+        TwoStepRefused."""
+        login = info.principal.login
+        if self.two_step_required(info.principal):
+            raise TwoStepRefused("required", "your role requires two-step sign-in")
+        person = self._present_password(login, present, address, "turning off two-step sign-in")
+        if person.totp_enabled_at is None:
+            raise TwoStepRefused("off", "two-step sign-in is not on")
+        if not self._second_factor(person, code):
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address,
+                                             {"reason": "wrong code when turning off two-step sign-in"})])
+            raise TwoStepRefused("code", "the code is not the app's present one, nor a recovery code")
+        self.registry.update_person(login, _TWO_STEP_OFF,
+                                    audit=self._audit(login, "two-step-off", login, address, {}))
+
+    def reset_two_step(self, login: str, *, actor: str, address: str = "") -> None:
+        """An administrator (or the operator) turns someone's two-step sign-in off, when their phone
+        is lost; their browsers are signed out. Not one's own. Raises LookupError and ValueError."""
+        person = self._person(login)
+        if actor == login:
+            raise ValueError("no one turns off their own two-step sign-in here: another administrator must")
+        if person.two_step_since is None and not person.two_step_pending:
+            raise ValueError(f"{login} has no two-step sign-in")
+        self.registry.update_person(login, _TWO_STEP_OFF, end_sessions=True,
+                                    audit=self._audit(actor, "two-step-reset", login, address, {}))
+
+    def two_step_required(self, principal: Principal) -> bool:
+        return bool(principal.roles & set(self.web.two_step_roles))
+
+    def awaiting_code(self, token: str) -> SessionInfo | None:
+        """The sign-in of a cookie whose password was right and whose code is still due, if it is
+        not too old (CODE_WAIT)."""
+        if not token or len(token) > 200:
+            return None
+        hashed = token_hash(token)
+        row = self.registry.web_session(hashed)
+        if (row is None or row.ended_at is not None or not row.awaiting_code
+                or utcnow() - row.created_at > CODE_WAIT):
+            return None
+        person = self.registry.person_by_id(row.person_id)
+        if person is None or person.disabled:
+            return None
+        return SessionInfo(self._principal(person), row.csrf, hashed, row.method)
+
+    def second_step(self, token: str, code: str, *, address: str) -> Principal:
+        """The code after the password: the app's present code (each used once) or a recovery code
+        (struck off). A wrong one is a failed sign-in. Raises Throttled and SignInRefused."""
+        info = self.awaiting_code(token)
+        if info is None:
+            raise SignInRefused("the sign-in has lapsed; sign in again")
+        login = info.principal.login
+        self._throttle(login, address)
+        person = self._person_row(info)
+        how = self._second_factor(person, code)
+        if how is None:
+            self.registry.audit([self._audit(login, "sign-in-failed", login, address, {"reason": "wrong code"})])
+            raise SignInRefused("wrong code")
+        if not self.registry.admit_web_session(info.token_hash, self._audit(
+                login, "sign-in", login, address, {"method": f"password+{how}"})):
+            raise SignInRefused("the sign-in has lapsed; sign in again")
+        return info.principal
+
+    def _second_factor(self, person: Person, code: str) -> str | None:
+        """How a code proves the second step ("code" or "recovery-code"), or None. A code of the
+        app's is used up, and so is a recovery code."""
+        if person.totp_secret is None or person.totp_enabled_at is None:
+            return None
+        step = _matching_step(person.totp_secret, code)
+        if step is not None:
+            return "code" if self.registry.use_totp_step(person.id, step) else None
+        plain = _recovery_plain(code)
+        if plain and self.registry.use_recovery_code(person.id, _code_hash(plain)) is not None:
+            return "recovery-code"
+        return None
+
+    def _person_row(self, info: SessionInfo) -> Person:
+        person = self.registry.person_by_id(_person_id(info))
+        if person is None:
+            raise LookupError(f"no person named {info.principal.login!r}")
+        return person
 
     def browsers(self, info: SessionInfo) -> Browsers:
         """The browsers a person is signed in on, this one first."""
@@ -443,9 +644,14 @@ class People:
         if principal.person_id is None:
             raise ValueError("only a person can have a session")
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        self.registry.open_web_session(token_hash(token), principal.person_id, csrf, address,
-                                       audit=self._audit(principal.login, "sign-in", principal.login, address,
-                                                         {"method": method}))
+        # A password is the first step only for someone with two-step sign-in: the session opens
+        # no page until second_step(), and its sign-in is audited then.
+        awaiting = principal.two_step and method == "password"
+        self.registry.open_web_session(token_hash(token), principal.person_id, csrf, address, method=method,
+                                       awaiting_code=awaiting,
+                                       audit=None if awaiting else self._audit(principal.login, "sign-in",
+                                                                               principal.login, address,
+                                                                               {"method": method}))
         return token, csrf
 
     def session(self, token: str) -> SessionInfo | None:
@@ -454,7 +660,7 @@ class People:
             return None
         hashed = token_hash(token)
         row = self.registry.web_session(hashed)
-        if row is None or row.ended_at is not None:
+        if row is None or row.ended_at is not None or row.awaiting_code:
             return None
         now = utcnow()
         if self._lapsed(row.created_at, row.last_seen_at, now):
@@ -466,7 +672,10 @@ class People:
         # Written at most once a minute: every page view need not be a write transaction.
         if now - row.last_seen_at > timedelta(seconds=60):
             self.registry.touch_web_session(hashed, now)
-        return SessionInfo(self._principal(person), row.csrf, hashed)
+        principal = self._principal(person)
+        return SessionInfo(principal, row.csrf, hashed, row.method,
+                           owes_two_step=row.method == "password" and not principal.two_step
+                           and self.two_step_required(principal))
 
     def close_session(self, token: str, *, address: str) -> None:
         info = self.session(token)
@@ -494,7 +703,8 @@ class People:
             headed |= stored_departments
         return Principal(login=person.login, name=person.name or person.login, emails=emails,
                          departments=stored_departments | configured, roles=frozenset(roles), headed=headed,
-                         language=person.language, person_id=person.id)
+                         language=person.language, person_id=person.id,
+                         two_step=person.totp_enabled_at is not None)
 
     def _configured(self, emails: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
         """(departments, headed) the configuration gives these addresses."""

@@ -228,6 +228,8 @@ def serve(request: Request, form: FormData, handler: Handler, public: bool, role
         if not public:
             if req.session is None:
                 return RedirectResponse(security.signin_url(request), status_code=303)
+            if req.session.owes_two_step and not _open_before_two_step(request.url.path):
+                return RedirectResponse("/me", status_code=303)
             if role and not req.who.has(role):
                 raise Problem(403, _("This page is for people with the role: %(role)s.")
                               % {"role": i18n.label("role", role)})
@@ -243,6 +245,11 @@ def serve(request: Request, form: FormData, handler: Handler, public: bool, role
 
 
 LARGEST_ID = 2**63 - 1  # the registry's integers are 64-bit
+
+
+def _open_before_two_step(path: str) -> bool:
+    """What someone whose role requires two-step sign-in may open before turning it on."""
+    return path in ("/me", "/signout") or path.startswith("/me/")
 
 
 def _nul_in(request: Request, form: FormData) -> str | None:

@@ -3,17 +3,22 @@ are signed in on. People decides and audits; this page asks."""
 from __future__ import annotations
 
 import math
+from urllib.parse import parse_qs, urlsplit
+
+from markupsafe import Markup
 
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.people import MAX_PASSWORD, MIN_PASSWORD, PasswordRefused, SignInRefused, Throttled
+from gateway.services.people import (MAX_PASSWORD, MIN_PASSWORD, PasswordRefused, SignInRefused, Throttled,
+                                     TwoStepRefused)
 from gateway.web import i18n
 from gateway.web.app import Req, page
 from gateway.web.i18n import N_, _
 
 DONE = {"password": N_("Password changed. Your other browsers are signed out."),
-        "elsewhere": N_("Your other browsers are signed out.")}
+        "elsewhere": N_("Your other browsers are signed out."),
+        "two-step-off": N_("Two-step sign-in is off. You sign in with your password alone.")}
 
 
 def routes() -> list[BaseRoute]:
@@ -21,15 +26,33 @@ def routes() -> list[BaseRoute]:
         Route("/me", account, methods=["GET"]),
         Route("/me/password", change_password, methods=["POST"]),
         Route("/me/sessions/end", sign_out_elsewhere, methods=["POST"]),
+        Route("/me/two-step", two_step, methods=["POST"]),
     ]
 
 
-def _page(req: Req, *, status: int = 200, error: str = "", message: str = "") -> Response:
+def _page(req: Req, *, status: int = 200, error: str = "", message: str = "",
+          codes: list[str] | None = None) -> Response:
+    assert req.session is not None  # page() lets only signed-in people through
     people = req.web.people
     record = people.get(req.who.login)
+    uri = people.two_step_uri(req.session)
     return req.render("account.html", status, record=record, error=error, message=message,
-                      browsers=people.browsers(req.session) if req.session else [],
-                      departments=req.web.config.departments)
+                      browsers=people.browsers(req.session), departments=req.web.config.departments,
+                      two_step_required=people.two_step_required(req.who), codes=codes or [],
+                      qr=_qr_svg(uri) if uri else "", secret=_grouped_secret(uri) if uri else "")
+
+
+def _qr_svg(uri: str) -> Markup:
+    """The otpauth:// URI as a QR code for the authenticator app, an SVG inline (no script, no style)."""
+    import segno
+
+    return Markup(segno.make(uri, error="m").svg_inline(scale=4, dark="#1d2330", light="#fff"))
+
+
+def _grouped_secret(uri: str) -> str:
+    """The secret from the URI, in groups of four, for typing into an app by hand."""
+    secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
+    return " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
 
 
 @page()
@@ -49,6 +72,56 @@ def password_refusal(refused: PasswordRefused) -> str:
     }.get(refused.reason, str(refused))
 
 
+def two_step_refusal(refused: TwoStepRefused) -> str:
+    """Why a two-step sign-in step was not taken, in the page's language."""
+    return {
+        "on": _("Two-step sign-in is on already."),
+        "off": _("Two-step sign-in is not on."),
+        "none": _("Start again: scan a new code with the app."),
+        "code": _("That code is not right. Take the one the app shows now."),
+        "required": _("Your role requires two-step sign-in; it cannot be turned off. If your phone is lost, "
+                      "an administrator can turn it off for you to set it up again."),
+    }.get(refused.reason, str(refused))
+
+
+def _throttled(exc: Throttled) -> str:
+    minutes = max(1, math.ceil(exc.retry_after / 60))
+    return i18n.ngettext("Too many failed attempts; try again in %(n)d minute.",
+                         "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes}
+
+
+@page()
+def two_step(req: Req) -> Response:
+    assert req.session is not None
+    people, action, present = req.web.people, req.field("action"), req.secret("present")
+    if action not in ("start", "on", "codes", "off"):
+        return _page(req, status=400, error=_("Choose what to do with two-step sign-in."))
+    if action != "start" and not present:
+        return _page(req, status=400, error=_("Give your present password."))
+    try:
+        if action == "start":
+            people.start_two_step(req.session)
+            return RedirectResponse("/me#two-step", status_code=303)
+        if action == "on":
+            codes = people.turn_on_two_step(req.session, present, req.field("code"), address=req.address)
+            return _page(req, codes=codes, message=_(
+                "Two-step sign-in is on. Your other browsers are signed out. Keep the recovery codes below."))
+        if action == "codes":
+            codes = people.renew_recovery_codes(req.session, present, address=req.address)
+            return _page(req, codes=codes, message=_("New recovery codes; the old ones no longer work."))
+        people.turn_off_two_step(req.session, present, req.field("code"), address=req.address)
+    except Throttled as exc:
+        return _page(req, status=429, error=_throttled(exc))
+    except SignInRefused:
+        return _page(req, status=400, error=_("The present password is wrong."))
+    except PasswordRefused as refused:
+        return _page(req, status=400, error=password_refusal(refused))
+    except TwoStepRefused as refused:
+        return _page(req, status=409 if refused.reason in ("on", "off", "required") else 400,
+                     error=two_step_refusal(refused))
+    return RedirectResponse("/me?done=two-step-off", status_code=303)
+
+
 @page()
 def change_password(req: Req) -> Response:
     assert req.session is not None  # page() lets only signed-in people through
@@ -58,10 +131,7 @@ def change_password(req: Req) -> Response:
     try:
         req.web.people.change_own_password(req.session, present, new, repeated, address=req.address)
     except Throttled as exc:
-        minutes = max(1, math.ceil(exc.retry_after / 60))
-        return _page(req, status=429, error=i18n.ngettext(
-            "Too many failed attempts; try again in %(n)d minute.",
-            "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes})
+        return _page(req, status=429, error=_throttled(exc))
     except SignInRefused:
         return _page(req, status=400, error=_("The present password is wrong."))
     except PasswordRefused as refused:

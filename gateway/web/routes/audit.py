@@ -16,7 +16,8 @@ FILTERS = ("since", "until", "actor", "action", "letter")
 # What the audit log records (the filter offers their labels; the rows' codes are these).
 ACTIONS = ("read", "download", "preview", "original", "export", "audit-export", "search", "sign-in",
            "sign-in-failed", "sign-in-throttled", "sign-out", "person-added", "person-changed", "password-set",
-           "password-changed", "signed-out-elsewhere",
+           "password-changed", "signed-out-elsewhere", "two-step-on", "two-step-off", "two-step-reset",
+           "recovery-codes-renewed",
            "person-disabled", "person-enabled", "grant", "grant-revoked", "quarantine-retry", "mail-requeued",
            "rate-page")
 PER_PAGE = 100

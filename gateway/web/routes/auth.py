@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -9,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.people import SignInRefused, Throttled
+from gateway.services.people import Principal, SessionInfo, SignInRefused, Throttled
 from gateway.web import i18n, security
 from gateway.web.app import Problem, Req, Web, page, start
 from gateway.web.i18n import _
@@ -19,6 +20,8 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/signin", signin_form, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
+        Route("/signin/code", code_form, methods=["GET"]),
+        Route("/signin/code", code, methods=["POST"]),
         Route("/signin/oidc", oidc_start, methods=["GET"]),
         Route("/signin/oidc/callback", oidc_callback, methods=["GET"]),
         Route("/signout", signout, methods=["POST"]),
@@ -59,15 +62,59 @@ def signin(req: Req) -> Response:
             "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes})
     except SignInRefused:
         return _signin_page(req, status=401, login=login, error=_("Wrong name or password."))
-    return _signed_in(req.web, principal, req.address, security.safe_next(req.field("next")))
+    target = security.safe_next(req.field("next"))
+    if principal.two_step:  # the password was the first step: the code page next, this target after it
+        return _signed_in(req.web, principal, req.address, "/signin/code?next=" + quote(target, safe=""))
+    return _signed_in(req.web, principal, req.address, target)
 
 
-def _signed_in(web: Web, principal: object, address: str, target: str, method: str = "password") -> Response:
-    token, _csrf = web.people.open_session(principal, address=address, method=method)  # type: ignore[arg-type]
+def _signed_in(web: Web, principal: Principal, address: str, target: str, method: str = "password") -> Response:
+    token, _csrf = web.people.open_session(principal, address=address, method=method)
     response = RedirectResponse(target, status_code=303)
     security.set_cookie(response, security.SESSION_COOKIE, token, secure=web.secure)
     security.forget_cookie(response, security.PRE_CSRF_COOKIE, secure=web.secure)
     return response
+
+
+def _code_page(req: Req, info: SessionInfo, *, status: int = 200, error: str = "") -> Response:
+    """The second step's form, in the person's own language; its token is the waiting session's."""
+    req.lang = i18n.language_of(info.principal.language, req.web.config.model.web.language)
+    i18n.use(req.lang)
+    return req.render("signin_code.html", status, error=error or "", name=info.principal.name,
+                      code_csrf=info.csrf, next=security.safe_next(req.arg("next") or req.field("next"), ""))
+
+
+def _waiting(req: Req) -> SessionInfo | None:
+    token = req.request.cookies.get(security.SESSION_COOKIE) or ""
+    return req.web.people.awaiting_code(token) if "\x00" not in token else None
+
+
+@page(public=True)
+def code_form(req: Req) -> Response:
+    info = _waiting(req)
+    if info is None:  # signed in already, or nothing waits (lapsed): the start
+        return RedirectResponse(security.safe_next(req.arg("next")) if req.session else "/signin", status_code=303)
+    return _code_page(req, info)
+
+
+@page(public=True)
+def code(req: Req) -> Response:
+    info = _waiting(req)
+    if info is None:
+        return _signin_page(req, status=401, error=_("The sign-in took too long. Sign in again."))
+    if not security.tokens_match(info.csrf, req.field(security.CSRF_FIELD)):
+        return _code_page(req, info, status=403, error=_("This form has expired. Reload the page and try again."))
+    try:
+        req.web.people.second_step(req.request.cookies.get(security.SESSION_COOKIE) or "", req.field("code"),
+                                   address=req.address)
+    except Throttled as exc:
+        minutes = max(1, math.ceil(exc.retry_after / 60))
+        return _code_page(req, info, status=429, error=i18n.ngettext(
+            "Too many failed attempts; try again in %(n)d minute.",
+            "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes})
+    except SignInRefused:
+        return _code_page(req, info, status=401, error=_("That code is not right. Take the one the app shows now."))
+    return RedirectResponse(security.safe_next(req.field("next")), status_code=303)
 
 
 @page()

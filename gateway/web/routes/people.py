@@ -15,7 +15,8 @@ from gateway.web.routes.account import password_refusal
 from gateway.web.i18n import N_, _
 
 DONE = {"added": N_("Person added."), "saved": N_("Changes saved."), "password": N_("Password set."),
-        "disabled": N_("Disabled: signed out everywhere."), "enabled": N_("Enabled.")}
+        "disabled": N_("Disabled: signed out everywhere."), "enabled": N_("Enabled."),
+        "two-step-off": N_("Two-step sign-in turned off: signed out everywhere.")}
 
 
 def routes() -> list[BaseRoute]:
@@ -27,6 +28,7 @@ def routes() -> list[BaseRoute]:
         Route("/people/{login}", update, methods=["POST"]),
         Route("/people/{login}/password", password, methods=["POST"]),
         Route("/people/{login}/disabled", disabled, methods=["POST"]),
+        Route("/people/{login}/two-step", two_step_off, methods=["POST"]),
     ]
 
 
@@ -131,3 +133,17 @@ def disabled(req: Req) -> Response:
     req.web.people.set_disabled(record.login, disable, actor=req.who.login, address=req.address)
     return RedirectResponse(person_url(record.login) + ("?done=disabled" if disable else "?done=enabled"),
                             status_code=303)
+
+
+@page(role="admin")
+def two_step_off(req: Req) -> Response:
+    """For a lost phone: the person signs in with their password alone until they set it up again."""
+    record = _record(req)
+    if record.login == req.who.login:
+        return _form(req, record, status=409, error=_(
+            "You cannot turn off your own two-step sign-in here; use My account, or ask another administrator."))
+    try:
+        req.web.people.reset_two_step(record.login, actor=req.who.login, address=req.address)
+    except ValueError:
+        return _form(req, record, status=409, error=_("%(login)s has no two-step sign-in.") % {"login": record.login})
+    return RedirectResponse(person_url(record.login) + "?done=two-step-off", status_code=303)

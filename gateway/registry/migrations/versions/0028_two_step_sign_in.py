@@ -1,0 +1,35 @@
+"""Two-step sign-in: a person's authenticator secret and recovery codes, and sign-ins waiting for their code
+
+Revision ID: 0028
+Revises: 0027
+"""
+from alembic import op
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+revision = '0028'
+down_revision = '0027'
+branch_labels = None
+depends_on = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), 'postgresql')
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('people') as batch:
+        batch.add_column(sa.Column('totp_secret', sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column('totp_enabled_at', sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column('totp_last_step', sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column('recovery_codes', JSON, nullable=False, server_default=sa.text("'[]'")))
+    with op.batch_alter_table('web_sessions') as batch:
+        batch.add_column(sa.Column('awaiting_code', sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column('method', sa.String(length=16), nullable=False, server_default='password'))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('web_sessions') as batch:
+        batch.drop_column('method')
+        batch.drop_column('awaiting_code')
+    with op.batch_alter_table('people') as batch:
+        for column in ('recovery_codes', 'totp_last_step', 'totp_enabled_at', 'totp_secret'):
+            batch.drop_column(column)
