@@ -101,16 +101,26 @@ def test_a_browser_left_signed_in_cannot_guess_the_password(site: Site) -> None:
     assert "password-changed" not in audit_actions(site, "gina")
 
 
+EDGE = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 "
+        "Safari/537.36 Edg/120.0.0.0")
+WECHAT = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Mobile/15E148 MicroMessenger/8.0.42")
+
+
 def test_signing_out_of_every_other_browser(site: Site) -> None:
-    here, phone, laptop = site.sign_in("rita"), site.sign_in("rita"), site.sign_in("rita")
+    here, phone, laptop = site.sign_in("rita"), site.client(), site.client()
+    phone.headers["User-Agent"], laptop.headers["User-Agent"] = WECHAT, EDGE
+    site.sign_in("rita", client=phone), site.sign_in("rita", client=laptop)
     other = site.sign_in("ada")
-    assert here.get("/me").text.count("<tr class=\"browser\">") == 3
+    listed = here.get("/me").text
+    assert listed.count('<tr class="browser">') == 3
+    assert "WeChat · iPhone" in listed and "Edge · Windows" in listed and "Python" in listed
     done = here.post("/me/sessions/end", data={"csrf": here.csrf})
     assert done.status_code == 303 and done.headers["location"] == "/me?done=elsewhere"
     assert signed_in(here) and not signed_in(phone) and not signed_in(laptop)
     assert signed_in(other), "someone else's browsers are theirs"
     page = here.get("/me").text
-    assert page.count("<tr class=\"browser\">") == 1 and "您只在此浏览器上登录" in page
+    assert page.count('<tr class="browser">') == 1 and "您只在此浏览器上登录" in page
     auditor = site.people.principal("audrey")
     assert auditor is not None
     [row] = [r for r in site.access.audit(auditor, actor="rita") if r.action == "signed-out-elsewhere"]

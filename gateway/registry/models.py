@@ -337,6 +337,7 @@ class WebSession(Base):
     # until its code is given (or it lapses, a few minutes after created_at).
     awaiting_code: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
     method: Mapped[str] = mapped_column(String(16), nullable=False, default="password", server_default="password")
+    user_agent: Mapped[str] = mapped_column(String(200), nullable=False, default="", server_default="")
 
 
 class Grant(Base):

@@ -272,12 +272,14 @@ class PeopleRecords(Store):
 
     # -- sessions -------------------------------------------------------
     def open_web_session(self, token_hash: str, person_id: int, csrf: str, address: str,
-                         audit: dict[str, Any] | None, *, method: str, awaiting_code: bool = False) -> None:
+                         audit: dict[str, Any] | None, *, method: str, awaiting_code: bool = False,
+                         user_agent: str = "") -> None:
         now = utcnow()
         with self.write() as conn:
             conn.execute(insert(WebSession).values(token_hash=token_hash, person_id=person_id, csrf=csrf,
                                                    address=address, created_at=now, last_seen_at=now,
-                                                   method=method, awaiting_code=awaiting_code))
+                                                   method=method, awaiting_code=awaiting_code,
+                                                   user_agent=user_agent[:200]))
             if audit is not None:
                 conn.execute(insert(AuditRow).values(at=now, **audit))
 

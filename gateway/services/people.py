@@ -138,6 +138,7 @@ class Browser:
     signed_in_at: datetime
     last_seen_at: datetime
     current: bool
+    user_agent: str = ""
 
 
 # Module-level names for the types: inside People, `list` is its method.
@@ -623,7 +624,7 @@ class People:
     def browsers(self, info: SessionInfo) -> Browsers:
         """The browsers a person is signed in on, this one first."""
         now = utcnow()
-        out = [Browser(row.address, row.created_at, row.last_seen_at, row.token_hash == info.token_hash)
+        out = [Browser(row.address, row.created_at, row.last_seen_at, row.token_hash == info.token_hash, row.user_agent)
                for row in self.registry.open_web_sessions(_person_id(info))
                if not self._lapsed(row.created_at, row.last_seen_at, now)]
         return sorted(out, key=lambda b: not b.current)
@@ -639,7 +640,8 @@ class People:
                 or now - created_at > timedelta(hours=self.web.session_absolute_hours))
 
     # -- sessions -------------------------------------------------------
-    def open_session(self, principal: Principal, *, address: str, method: str = "password") -> tuple[str, str]:
+    def open_session(self, principal: Principal, *, address: str, method: str = "password",
+                     user_agent: str = "") -> tuple[str, str]:
         """A new session (sign-in). Returns (cookie token, CSRF token); only the token's hash is stored."""
         if principal.person_id is None:
             raise ValueError("only a person can have a session")
@@ -648,7 +650,7 @@ class People:
         # no page until second_step(), and its sign-in is audited then.
         awaiting = principal.two_step and method == "password"
         self.registry.open_web_session(token_hash(token), principal.person_id, csrf, address, method=method,
-                                       awaiting_code=awaiting,
+                                       awaiting_code=awaiting, user_agent=user_agent,
                                        audit=None if awaiting else self._audit(principal.login, "sign-in",
                                                                                principal.login, address,
                                                                                {"method": method}))

@@ -3,6 +3,7 @@ are signed in on. People decides and audits; this page asks."""
 from __future__ import annotations
 
 import math
+import re
 from urllib.parse import parse_qs, urlsplit
 
 from markupsafe import Markup
@@ -38,8 +39,24 @@ def _page(req: Req, *, status: int = 200, error: str = "", message: str = "",
     uri = people.two_step_uri(req.session)
     return req.render("account.html", status, record=record, error=error, message=message,
                       browsers=people.browsers(req.session), departments=req.web.config.departments,
+                      browser_words=browser_words,
                       two_step_required=people.two_step_required(req.who), codes=codes or [],
                       qr=_qr_svg(uri) if uri else "", secret=_grouped_secret(uri) if uri else "")
+
+
+# (name, pattern) in the order that tells them apart: Edge and Opera say "Chrome" too, Chrome "Safari".
+_BROWSERS = (("WeChat", r"MicroMessenger"), ("Edge", r"Edg(?:e|A|iOS)?/"), ("Opera", r"OPR/|Opera"),
+             ("Firefox", r"Firefox/|FxiOS/"), ("Chromium", r"Chromium/"), ("Chrome", r"Chrome/|CriOS/"),
+             ("Safari", r"Safari/"), ("curl", r"^curl/"), ("Python", r"python-|httpx"))
+_SYSTEMS = (("iPhone", r"iPhone"), ("iPad", r"iPad"), ("Android", r"Android"), ("Windows", r"Windows"),
+            ("macOS", r"Mac OS X|Macintosh"), ("Linux", r"Linux|X11"))
+
+
+def browser_words(user_agent: str) -> str:
+    """What a person recognises of a User-Agent: "Firefox · Windows"; the header itself if neither is known."""
+    browser = next((name for name, pattern in _BROWSERS if re.search(pattern, user_agent)), "")
+    system = next((name for name, pattern in _SYSTEMS if re.search(pattern, user_agent)), "")
+    return " · ".join(part for part in (browser, system) if part) or user_agent[:60]
 
 
 def _qr_svg(uri: str) -> Markup:

@@ -64,12 +64,14 @@ def signin(req: Req) -> Response:
         return _signin_page(req, status=401, login=login, error=_("Wrong name or password."))
     target = security.safe_next(req.field("next"))
     if principal.two_step:  # the password was the first step: the code page next, this target after it
-        return _signed_in(req.web, principal, req.address, "/signin/code?next=" + quote(target, safe=""))
-    return _signed_in(req.web, principal, req.address, target)
+        return _signed_in(req, principal, "/signin/code?next=" + quote(target, safe=""))
+    return _signed_in(req, principal, target)
 
 
-def _signed_in(web: Web, principal: Principal, address: str, target: str, method: str = "password") -> Response:
-    token, _csrf = web.people.open_session(principal, address=address, method=method)
+def _signed_in(req: Req, principal: Principal, target: str, method: str = "password") -> Response:
+    web = req.web
+    token, _csrf = web.people.open_session(principal, address=req.address, method=method,
+                                           user_agent=req.request.headers.get("user-agent", ""))
     response = RedirectResponse(target, status_code=303)
     security.set_cookie(response, security.SESSION_COOKIE, token, secure=web.secure)
     security.forget_cookie(response, security.PRE_CSRF_COOKIE, secure=web.secure)
@@ -166,4 +168,4 @@ async def oidc_callback(request: Request) -> Response:
         return await run_in_threadpool(_signin_page, req, status=403, error=_(
             "Single sign-on named no one who may sign in here. Ask an administrator to add your e-mail address."))
     target = security.safe_next(request.session.pop("next", "/"))
-    return await run_in_threadpool(_signed_in, web, principal, req.address, target, "oidc")
+    return await run_in_threadpool(_signed_in, req, principal, target, "oidc")

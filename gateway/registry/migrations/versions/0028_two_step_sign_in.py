@@ -1,4 +1,5 @@
-"""Two-step sign-in: a person's authenticator secret and recovery codes, and sign-ins waiting for their code
+"""Two-step sign-in: a person's authenticator secret and recovery codes, sign-ins waiting for their code, and
+each session's browser
 
 Revision ID: 0028
 Revises: 0027
@@ -24,10 +25,12 @@ def upgrade() -> None:
     with op.batch_alter_table('web_sessions') as batch:
         batch.add_column(sa.Column('awaiting_code', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column('method', sa.String(length=16), nullable=False, server_default='password'))
+        batch.add_column(sa.Column('user_agent', sa.String(length=200), nullable=False, server_default=''))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('web_sessions') as batch:
+        batch.drop_column('user_agent')
         batch.drop_column('method')
         batch.drop_column('awaiting_code')
     with op.batch_alter_table('people') as batch:
