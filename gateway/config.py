@@ -703,6 +703,9 @@ class WebSection(_Strict):
     # People with any of these roles sign in with a password and an authenticator app's code; until
     # they have turned two-step sign-in on, every page sends them to their account page to do so.
     two_step_roles: list[Literal["registry", "member", "head", "leader", "auditor", "admin"]] = []
+    # "Forgot your password?" mails a link that works once, for this long; it needs base_url (the
+    # link's address) and is off with 0.
+    reset_minutes: int = Field(default=30, ge=0, le=24 * 60)
     oidc: OidcSection = OidcSection()
 
     @field_validator("listen")

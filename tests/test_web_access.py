@@ -170,6 +170,11 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/signin"): public(403, 403),  # without the pre-session token (signing in: its own test)
     # the code after the password: nothing waits for one (two-step sign-in: test_web_account)
     ("GET", "/signin/code"): public(303, 303),
+    # a forgotten password: no [web] base_url for a link to point to, so none is offered (test_web_account)
+    ("GET", "/signin/reset"): public(404, 404),
+    ("POST", "/signin/reset"): public(404, 404),
+    ("GET", "/signin/reset/{token}"): public(404, 404),
+    ("POST", "/signin/reset/{token}"): public(404, 404),
     ("POST", "/signin/code"): public(401, 401),
     ("GET", "/signin/oidc"): public(404, 404),  # no single sign-on configured
     ("GET", "/signin/oidc/callback"): public(404, 404),
@@ -399,8 +404,10 @@ def test_not_signed_in_every_page_leads_to_the_sign_in_page(site: Site) -> None:
 
 
 # -- CSRF -----------------------------------------------------------------------
-# Signing in, and its code step, check their own tokens (test_sign_in_form_needs_its_own_token, test_web_account).
-POSTS = [route for route in RULES if route[0] == "POST" and route[1] not in ("/signin", "/signin/code")]
+# Signing in, its code step and a forgotten password check their own tokens
+# (test_sign_in_form_needs_its_own_token, test_web_account).
+POSTS = [route for route in RULES if route[0] == "POST"
+         and route[1] not in ("/signin", "/signin/code", "/signin/reset", "/signin/reset/{token}")]
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "令牌"], ids=["missing", "wrong", "not-ascii"])

@@ -10,10 +10,12 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
+from smtp_sink import SmtpSink
 from sqlalchemy import update
 from web_support import PASSWORD, Browser, Person, Site, hidden, meta_csrf
 
-from gateway.registry.models import WebSession
+from gateway.outbound.sender import OutboxSender
+from gateway.registry.models import PasswordReset, WebSession
 from gateway.web import security
 
 NEW = "a new and longer passphrase"
@@ -337,3 +339,102 @@ def test_an_administrator_turns_off_two_step_sign_in_for_a_lost_phone(site: Site
     resets = site.access.audit(auditor, action="two-step-reset")
     assert [r.subject for r in resets] == ["ada", "sam"]
     assert resets[0].actor.startswith("cli:") and resets[1].actor == "ada"
+
+
+# -- a forgotten password ---------------------------------------------------------------------
+RESET_SETTINGS = 'base_url = "http://register.example.org"'
+
+
+@pytest.fixture(name="mailing")
+def mailing_site(tmp_path: Path, sink: SmtpSink) -> Iterator[Site]:
+    """Mail to a relay on loopback, and the address links point to."""
+    s = Site(tmp_path, extra=f'\n[outbound]\nrelay = "{sink.address}"\nfrom_address = "gateway@example.org"\n'
+                              'from_name = "Example Org"\n', web=RESET_SETTINGS)
+    s.add_people()
+    yield s
+    s.close()
+
+
+def ask_for_link(site: Site, given: str) -> httpx.Response:
+    client = site.client()
+    form = client.get("/signin/reset")
+    return client.post("/signin/reset", data={"csrf": hidden(form.text, "csrf"), "who": given})
+
+
+def mailed_link(site: Site, sink: SmtpSink, to: str) -> str:
+    OutboxSender(site.config, site.registry).deliver_due()
+    [received] = sink.wait_for(1, to=to)
+    text = received.message.get_content()
+    found = re.search(r"http://register\.example\.org(/signin/reset/\S+)", text)
+    assert found, text
+    return found.group(1)
+
+
+def test_a_forgotten_password_is_reset_through_a_link_mailed_to_the_persons_own_address(
+        mailing: Site, sink: SmtpSink) -> None:
+    site = mailing
+    signed_in_before = site.sign_in("gina")
+    assert "忘记密码" in site.client().get("/signin").text
+    sent = ask_for_link(site, "GINA@example.org")  # an address of hers, in any case
+    assert sent.status_code == 200 and "邮件" in sent.text and "30 分钟" in sent.text
+    link = mailed_link(site, sink, "gina@example.org")
+    [mail] = sink.to("gina@example.org")
+    assert mail.message["Subject"] == "重设收文登记系统的密码" and "127.0.0.1" in mail.message.get_content()
+    assert mail.message["Auto-Submitted"] == "auto-generated"
+
+    browser = site.client()
+    form = browser.get(link)
+    assert form.status_code == 200 and "Gina" in form.text
+    token = hidden(form.text, "csrf")
+    mismatch = browser.post(link, data={"csrf": token, "password": NEW, "repeated": NEW + "!"})
+    assert mismatch.status_code == 400 and "不一致" in mismatch.text
+    done = browser.post(link, data={"csrf": token, "password": NEW, "repeated": NEW})
+    assert done.status_code == 303 and done.headers["location"] == "/signin?done=reset"
+    assert "新密码已设置" in browser.get("/signin?done=reset").text
+    assert can_sign_in(site, "gina", NEW) and not can_sign_in(site, "gina", PASSWORD)
+    assert not signed_in(signed_in_before), "every browser of hers is signed out"
+    used = browser.get(link)
+    assert used.status_code == 404 and "请重新申请" in used.text, "a link works once"
+    assert browser.post(link, data={"csrf": token, "password": "yet another password", "repeated":
+                                    "yet another password"}).status_code == 404
+    actions = audit_actions(site, "gina")
+    assert "password-reset-asked" in actions and "password-reset" in actions
+
+
+def test_asking_for_a_link_tells_no_one_who_has_an_account(mailing: Site, sink: SmtpSink) -> None:
+    site = mailing
+    site.add_people((Person("nopass", emails=("nopass@example.org",)),))
+    site.registry.update_person("nopass", {"password_hash": None}, audit=None)
+    answers = {given: ask_for_link(site, given) for given in ("nobody", "nobody@example.org", "nopass", "rita")}
+    texts = {given: re.sub(r'name="csrf" value="[^"]*"', "", r.text) for given, r in answers.items()}
+    assert {r.status_code for r in answers.values()} == {200}
+    assert len(set(texts.values())) == 1, "the same page whoever was named"
+    OutboxSender(site.config, site.registry).deliver_due()
+    assert [r.rcpt_tos for r in sink.wait_for(1)] == [["rita@example.org"]], "only someone who may sign in is mailed"
+    # Three links an hour for a person at most: the fourth is not mailed, the page is the same.
+    for _ in range(3):
+        assert ask_for_link(site, "rita").status_code == 200
+    OutboxSender(site.config, site.registry).deliver_due()
+    assert len(sink.wait_for(3, to="rita@example.org")) == 3
+    assert site.registry.outbox_due(100) == []
+
+
+def test_a_reset_link_lapses_and_needs_its_form_token(mailing: Site, sink: SmtpSink) -> None:
+    site = mailing
+    ask_for_link(site, "sam")
+    link = mailed_link(site, sink, "sales.desk@example.org")
+    browser = site.client()
+    browser.get(link)
+    forged = browser.post(link, data={"csrf": "forged", "password": NEW, "repeated": NEW})
+    assert forged.status_code == 403 and can_sign_in(site, "sam", PASSWORD)
+    with site.registry.write() as conn:
+        conn.execute(update(PasswordReset).values(created_at=datetime.now(UTC) - timedelta(minutes=31)))
+    lapsed = browser.get(link)
+    assert lapsed.status_code == 404 and "请重新申请" in lapsed.text
+    assert browser.get("/signin/reset/made-up").status_code == 404
+
+
+def test_no_reset_link_without_the_address_people_open(site: Site) -> None:
+    """Without [web] base_url a mailed link could point nowhere: the sign-in page offers none."""
+    assert "忘记密码" not in site.client().get("/signin").text
+    assert site.client().get("/signin/reset").status_code == 404

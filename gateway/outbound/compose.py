@@ -344,3 +344,25 @@ def refusal(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:
     message = _base(config, mail, string.Template(subject).safe_substitute(values), "auto-generated", letter)
     message.set_content(string.Template(body).safe_substitute(values))
     return message
+
+
+def password_reset(config: Config, mail: OutboxMail) -> EmailMessage:
+    """The link for someone who forgot their password: to their own address, about no letter."""
+    language = str(mail.details.get("language", "zh"))
+    subject, body = template(config, "password-reset", language if language in ("zh", "en") else "zh")
+    details = mail.details
+    values = {"name": clean(str(details.get("name", "")), 100), "login": clean(str(details.get("login", "")), 64),
+              "link": clean(str(details.get("link", "")), 400), "minutes": str(details.get("minutes", "")),
+              "asked_from": clean(str(details.get("asked_from", "")), 64),
+              "organisation": clean(config.model.outbound.from_name, 100)}
+    to = deliverable(mail.recipient)
+    message = EmailMessage(policy=policy_for(to))
+    message["From"] = our_from(config)
+    message["To"] = to
+    message["Subject"] = header_text(string.Template(subject).safe_substitute(values))
+    message["Date"] = format_datetime(datetime.now(ZoneInfo(config.model.gateway.timezone)))
+    message["Message-ID"] = mail.message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id, kind=mail.kind)
+    message.set_content(string.Template(body).safe_substitute(values))
+    return message

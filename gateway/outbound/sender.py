@@ -28,7 +28,8 @@ from gateway.archive import ArchiveError
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.outbound import circulation, outward, replies
-from gateway.outbound.compose import ComposeError, deliverable, notification, receipt, refusal, reminder
+from gateway.outbound.compose import (ComposeError, deliverable, notification, password_reset, receipt, refusal,
+                                      reminder)
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
@@ -39,6 +40,9 @@ log = logging.getLogger("gateway.outbox")
 
 BATCH = 50
 
+
+# Mail about a person, not a letter.
+ABOUT_NO_LETTER = frozenset({"password-reset"})
 
 class Refused(Exception):
     def __init__(self, code: int, text: str):
@@ -183,7 +187,7 @@ class OutboxSender(Runner):
         letter = self.registry.letter_by_id(mail.letter_id) if mail.letter_id is not None else None
         relay = self.config.model.outbound.relay
         try:
-            if letter is None:
+            if letter is None and mail.kind not in ABOUT_NO_LETTER:
                 raise ComposeError(f"letter {mail.letter_id} is not in the register")
             recipient = deliverable(mail.recipient)
             utf8 = needs_smtputf8(recipient)
@@ -225,10 +229,13 @@ class OutboxSender(Runner):
             return
         checkpoint("after-relay-accepted")  # the relay has it, the outbox does not know yet
         self.registry.outbox_sent(mail.id, f"250 accepted by {relay}")
-        number = letter.number
-        log.info("%s: %s sent to %s", number, mail.kind, mail.recipient)
+        log.info("%s: %s sent to %s", letter.number if letter else "-", mail.kind, mail.recipient)
 
-    def _compose(self, mail: OutboxMail, letter: Letter) -> bytes:
+    def _compose(self, mail: OutboxMail, letter: Letter | None) -> bytes:
+        if mail.kind == "password-reset":
+            return password_reset(self.config, mail).as_bytes()
+        if letter is None:
+            raise ComposeError(f"a {mail.kind} mail about no letter")
         if mail.kind in ("receipt", "feedback"):
             return receipt(self.config, mail, letter, mail.kind).as_bytes()
         if mail.kind in ("reminder", "escalation"):

@@ -340,6 +340,20 @@ class WebSession(Base):
     user_agent: Mapped[str] = mapped_column(String(200), nullable=False, default="", server_default="")
 
 
+class PasswordReset(Base):
+    """A link mailed to someone who forgot their password: only the token's SHA-256 is kept; it works
+    once, and for a short while (the web's reset_minutes)."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), nullable=False, index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    address: Mapped[str] = mapped_column(String(64), nullable=False, default="")  # who asked
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Grant(Base):
     """An explicit right of one person to read one letter's content (a confidential letter's, or
     any letter's for a role that sees no content, such as an auditor)."""

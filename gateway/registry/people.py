@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, false, func, insert, or_, select, true, union, update
 
 from gateway.registry import lifecycle
-from gateway.registry.models import (AuditRow, Borrowing, Event, Grant, Letter, OutboxMail, Person, SavedView,
-                                     WebSession)
+from gateway.registry.models import (AuditRow, Borrowing, Event, Grant, Letter, OutboxMail, PasswordReset, Person,
+                                     SavedView, WebSession)
 from gateway.registry.plan import NewMail
 from gateway.registry.store import Store, utcnow
 
@@ -296,6 +296,48 @@ class PeopleRecords(Store):
             conn.execute(insert(AuditRow).values(at=now, **audit))
             return True
 
+    def ask_password_reset(self, person_id: int, token_hash: str, address: str, mail: NewMail,
+                           audit: dict[str, Any]) -> None:
+        """A reset link kept (by its hash) and its mail queued, in one transaction."""
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(insert(PasswordReset).values(person_id=person_id, token_hash=token_hash, address=address[:64],
+                                                      created_at=now))
+            conn.execute(insert(OutboxMail).values(**self.mail_row(None, mail, now)))
+            conn.execute(insert(AuditRow).values(at=now, **audit))
+
+    def password_resets_since(self, person_id: int, since: datetime) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count(PasswordReset.id)).where(
+                PasswordReset.person_id == person_id, PasswordReset.created_at >= since)).scalar() or 0)
+
+    def password_reset(self, token_hash: str, since: datetime) -> Person | None:
+        """The person of an unused reset link made after `since`, if it is one."""
+        with self.session() as session:
+            return session.scalars(select(Person).join(PasswordReset, PasswordReset.person_id == Person.id).where(
+                PasswordReset.token_hash == token_hash, PasswordReset.used_at.is_(None),
+                PasswordReset.created_at >= since)).first()
+
+    def use_password_reset(self, token_hash: str, since: datetime, password_hash: str,
+                           audit: dict[str, Any]) -> bool:
+        """The new password of a reset link, once: the link and every other of theirs are used up and
+        their browsers signed out, in one transaction. False if the link is used, lapsed or unknown."""
+        now = utcnow()
+        with self.write() as conn:
+            person_id = conn.execute(update(PasswordReset).where(
+                PasswordReset.token_hash == token_hash, PasswordReset.used_at.is_(None),
+                PasswordReset.created_at >= since).values(used_at=now).returning(PasswordReset.person_id)).scalar()
+            if person_id is None:
+                return False
+            conn.execute(update(PasswordReset).where(PasswordReset.person_id == person_id,
+                                                     PasswordReset.used_at.is_(None)).values(used_at=now))
+            conn.execute(update(Person).where(Person.id == person_id).values(password_hash=password_hash,
+                                                                              updated_at=now))
+            conn.execute(update(WebSession).where(WebSession.person_id == person_id,
+                                                  WebSession.ended_at.is_(None)).values(ended_at=now))
+            conn.execute(insert(AuditRow).values(at=now, **audit))
+            return True
+
     def use_totp_step(self, person_id: int, step: int) -> bool:
         """Record that a code of this time step was used; False if it, or a later one, was already:
         one condition in one statement, so two sign-ins racing with the same code cannot both pass."""
@@ -426,9 +468,10 @@ class PeopleRecords(Store):
                                                           AuditRow.action.in_(actions), AuditRow.at >= since)
                                 .limit(1)).first() is not None
 
-    def failures_since(self, since: datetime, *, actor: str | None = None, address: str | None = None) -> int:
-        """Failed sign-ins since a moment, for one account or one client address."""
-        stmt = select(func.count(AuditRow.id)).where(AuditRow.action == "sign-in-failed", AuditRow.at >= since)
+    def failures_since(self, since: datetime, *, actor: str | None = None, address: str | None = None,
+                       action: str = "sign-in-failed") -> int:
+        """Failed sign-ins (or other audited attempts) since a moment, for one account or one client address."""
+        stmt = select(func.count(AuditRow.id)).where(AuditRow.action == action, AuditRow.at >= since)
         stmt = stmt.where(AuditRow.actor == actor) if actor is not None else stmt.where(AuditRow.address == address)
         with self.read() as conn:
             return int(conn.execute(stmt).scalar() or 0)

@@ -150,6 +150,7 @@ Codes = list[str]
 TOTP_ISSUER = "Correspondence register"
 CODE_WAIT = timedelta(minutes=5)  # between the right password and its code
 RECOVERY_CODES = 10
+RESETS_PER_WINDOW = 3  # password reset links a person, within signin_window_minutes
 _TWO_STEP_OFF: dict[str, Any] = {"totp_secret": None, "totp_enabled_at": None, "totp_last_step": None,
                                  "recovery_codes": []}
 
@@ -634,6 +635,77 @@ class People:
         login = info.principal.login
         return self.registry.end_other_web_sessions(_person_id(info), info.token_hash,
                                                     self._audit(login, "signed-out-elsewhere", login, address, {}))
+
+    # -- forgotten passwords ------------------------------------------------------
+    @property
+    def reset_offered(self) -> bool:
+        """A reset link needs the address people open ([web] base_url) to point to."""
+        return bool(self.web.base_url) and self.web.reset_minutes > 0
+
+    def ask_password_reset(self, given: str, *, address: str) -> None:
+        """"Forgot your password?": a link mailed to the person's first address, when `given` (a
+        sign-in name or one of their addresses) is someone enabled with a password. The page says
+        the same whatever happened, so that it tells no one who has an account here. At most
+        RESETS_PER_WINDOW links a person in signin_window_minutes. Raises Throttled (too many asked
+        from this client address) and ValueError (not offered here)."""
+        if not self.reset_offered:
+            raise ValueError("password reset links need [web] base_url and reset_minutes")
+        given = given.strip()[:254]
+        since = utcnow() - timedelta(minutes=self.web.signin_window_minutes)
+        if self.registry.failures_since(since, address=address, action="password-reset-asked") \
+                >= self.web.signin_failures_per_address:
+            raise Throttled("too many password resets asked; try again later",
+                            retry_after=self.web.signin_window_minutes * 60)
+        person = self._reset_person(given)
+        if person is None or self.registry.password_resets_since(person.id, since) >= RESETS_PER_WINDOW:
+            self.registry.audit([self._audit(person.login if person else given[:64], "password-reset-asked",
+                                             person.login if person else given, address,
+                                             {"mailed": False, "why": "too many" if person else "no such person"})])
+            return
+        from gateway.stages.route import new_mail
+
+        token = secrets.token_urlsafe(32)
+        mail = new_mail(self.config, "password-reset", person.emails[0], login=person.login,
+                        name=person.name or person.login, language=person.language or self.web.language,
+                        link=f"{self.web.base_url}/signin/reset/{token}", minutes=self.web.reset_minutes,
+                        asked_from=address)
+        self.registry.ask_password_reset(person.id, token_hash(token), address, mail, self._audit(
+            person.login, "password-reset-asked", person.login, address, {"mailed": True, "to": person.emails[0]}))
+
+    def _reset_person(self, given: str) -> Person | None:
+        login = given.lower()
+        wanted = canonical(given) if "@" in given else ""
+        for person in self.registry.people():
+            if person.disabled or not person.password_hash or not person.emails:
+                continue
+            if person.login == login or (wanted and wanted in (canonical(e) for e in person.emails)):
+                return person
+        return None
+
+    def reset_link_person(self, token: str) -> PersonRecord | None:
+        """Whose a reset link is, while it works."""
+        if not token or len(token) > 200:
+            return None
+        person = self.registry.password_reset(token_hash(token), self._reset_since())
+        return _record(person) if person is not None and not person.disabled else None
+
+    def reset_password(self, token: str, new: str, repeated: str, *, address: str) -> str:
+        """The new password a reset link allows, once; every browser of theirs is signed out (two-step
+        sign-in, if on, still asks for its code). Returns the login. Raises SignInRefused (the link is
+        used, lapsed or unknown) and PasswordRefused."""
+        person = self.reset_link_person(token)
+        if person is None:
+            raise SignInRefused("the link is used, too old, or not one")
+        if new != repeated:
+            raise PasswordRefused("differ", "the new password and its repetition differ")
+        if not self.registry.use_password_reset(token_hash(token), self._reset_since(), self._hash(new),
+                                                self._audit(person.login, "password-reset", person.login,
+                                                            address, {})):
+            raise SignInRefused("the link is used, too old, or not one")
+        return person.login
+
+    def _reset_since(self) -> datetime:
+        return utcnow() - timedelta(minutes=self.web.reset_minutes)
 
     def _lapsed(self, created_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
         return (now - last_seen_at > timedelta(minutes=self.web.session_idle_minutes)

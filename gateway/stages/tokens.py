@@ -266,7 +266,7 @@ def check_reply_token(config: Config, token: ReplyToken, number: str, address: s
 # -- the loop marker ------------------------------------------------------------
 # Mail we send only inside the organisation: when one comes back, nobody needs telling again.
 INTERNAL_KINDS = frozenset({"notification", "reminder", "escalation", "refused-command", "sender-notice", "approval",
-                            "circulation", "borrowing"})
+                            "circulation", "borrowing", "password-reset"})
 # Mail we send to outside senders: its marker is in their hands, and anyone may copy it with
 # the Message-ID onto a new mail, so it may stop an automatic reply but never a notification.
 TO_SENDER_KINDS = frozenset({"receipt", "feedback", "request", "sender-reply"})

@@ -146,7 +146,9 @@ EVENT = {
     "signed-out-elsewhere": N_("signed out of other browsers"), "two-step-on": N_("two-step sign-in turned on"),
     "two-step-off": N_("two-step sign-in turned off"),
     "two-step-reset": N_("two-step sign-in reset by an administrator"),
-    "recovery-codes-renewed": N_("recovery codes renewed"), "person-disabled": N_("person disabled"),
+    "recovery-codes-renewed": N_("recovery codes renewed"),
+    "password-reset-asked": N_("password reset link asked for"), "password-reset": N_("password reset by link"),
+    "person-disabled": N_("person disabled"),
     "person-enabled": N_("person enabled"),
     "quarantine-retry": N_("quarantined item retried"), "grant": N_("access granted"),
     "grant-revoked": N_("access revoked"), "rate-page": N_("rating page visited by a sender"),
@@ -163,7 +165,8 @@ EVENT |= {
 MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feedback": N_("result to sender"),
              "reminder": N_("reminder"), "escalation": N_("escalation"),
              "request": N_("request to the sender"), "sender-notice": N_("notice about the sender"),
-             "circulation": N_("circulation notice"), "borrowing": N_("borrowing notice")}
+             "circulation": N_("circulation notice"), "borrowing": N_("borrowing notice"),
+             "password-reset": N_("password reset link")}
 MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
 # Where a letter came in (its intake), and the register's flags on it.
 INTAKE = {"smtp": N_("SMTP listener"), "imap": N_("IMAP mailbox"), "file": N_("File import"),

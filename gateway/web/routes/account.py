@@ -101,7 +101,8 @@ def two_step_refusal(refused: TwoStepRefused) -> str:
     }.get(refused.reason, str(refused))
 
 
-def _throttled(exc: Throttled) -> str:
+def throttled_text(exc: Throttled) -> str:
+    """Too many failed attempts, and for how long, in the page's language."""
     minutes = max(1, math.ceil(exc.retry_after / 60))
     return i18n.ngettext("Too many failed attempts; try again in %(n)d minute.",
                          "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes}
@@ -128,7 +129,7 @@ def two_step(req: Req) -> Response:
             return _page(req, codes=codes, message=_("New recovery codes; the old ones no longer work."))
         people.turn_off_two_step(req.session, present, req.field("code"), address=req.address)
     except Throttled as exc:
-        return _page(req, status=429, error=_throttled(exc))
+        return _page(req, status=429, error=throttled_text(exc))
     except SignInRefused:
         return _page(req, status=400, error=_("The present password is wrong."))
     except PasswordRefused as refused:
@@ -148,7 +149,7 @@ def change_password(req: Req) -> Response:
     try:
         req.web.people.change_own_password(req.session, present, new, repeated, address=req.address)
     except Throttled as exc:
-        return _page(req, status=429, error=_throttled(exc))
+        return _page(req, status=429, error=throttled_text(exc))
     except SignInRefused:
         return _page(req, status=400, error=_("The present password is wrong."))
     except PasswordRefused as refused:

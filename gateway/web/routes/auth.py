@@ -1,7 +1,6 @@
 """Signing in and out (password or single sign-on) and the person's language."""
 from __future__ import annotations
 
-import math
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -10,16 +9,21 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.people import Principal, SessionInfo, SignInRefused, Throttled
+from gateway.services.people import PasswordRefused, PersonRecord, Principal, SessionInfo, SignInRefused, Throttled
 from gateway.web import i18n, security
 from gateway.web.app import Problem, Req, Web, page, start
-from gateway.web.i18n import _
+from gateway.web.i18n import N_, _
+from gateway.web.routes.account import password_refusal, throttled_text
 
 
 def routes() -> list[BaseRoute]:
     return [
         Route("/signin", signin_form, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
+        Route("/signin/reset", reset_form, methods=["GET"]),
+        Route("/signin/reset", ask_reset, methods=["POST"]),
+        Route("/signin/reset/{token}", new_password_form, methods=["GET"]),
+        Route("/signin/reset/{token}", new_password, methods=["POST"]),
         Route("/signin/code", code_form, methods=["GET"]),
         Route("/signin/code", code, methods=["POST"]),
         Route("/signin/oidc", oidc_start, methods=["GET"]),
@@ -31,14 +35,90 @@ def routes() -> list[BaseRoute]:
 
 def _signin_page(req: Req, *, status: int = 200, error: str = "", login: str = "") -> Response:
     """The form, with a fresh pre-session CSRF token in a cookie and in the form (double submit)."""
-    token = req.request.cookies.get(security.PRE_CSRF_COOKIE) or security.new_token()
     oidc = req.web.config.model.web.oidc
-    response = req.render("signin.html", status, error=error, login=login, pre_csrf=token,
-                          next=security.safe_next(req.arg("next") or req.field("next"), ""),
-                          no_people=req.web.people.count() == 0,
-                          oidc_label=oidc.label if oidc.issuer else "")
+    return _pre_session(req, "signin.html", status, error=error, login=login,
+                        next=security.safe_next(req.arg("next") or req.field("next"), ""),
+                        no_people=req.web.people.count() == 0, oidc_label=oidc.label if oidc.issuer else "",
+                        reset_offered=req.web.people.reset_offered,
+                        message=_("Your new password is set. Sign in with it.") if req.arg("done") == "reset" else "")
+
+
+def _pre_session(req: Req, template: str, status: int, **context: object) -> Response:
+    """A page of someone not signed in, whose form carries the pre-session CSRF token (double submit)."""
+    token = req.request.cookies.get(security.PRE_CSRF_COOKIE) or security.new_token()
+    response = req.render(template, status, pre_csrf=token, **context)
     security.set_cookie(response, security.PRE_CSRF_COOKIE, token, secure=req.web.secure)
     return response
+
+
+def _pre_session_token_ok(req: Req) -> bool:
+    return security.tokens_match(req.request.cookies.get(security.PRE_CSRF_COOKIE), req.field(security.CSRF_FIELD))
+
+
+# -- a forgotten password: a link to the person's own address ---------------------------------
+def _reset_page(req: Req, status: int = 200, **context: object) -> Response:
+    if not req.web.people.reset_offered:
+        raise Problem(404)
+    defaults: dict[str, object] = {"sent": False, "for_person": None, "lapsed": False, "given": "", "error": "",
+                                   "minutes": req.web.config.model.web.reset_minutes}
+    return _pre_session(req, "signin_reset.html", status, **{**defaults, **context})
+
+
+@page(public=True)
+def reset_form(req: Req) -> Response:
+    return _reset_page(req)
+
+
+@page(public=True)
+def ask_reset(req: Req) -> Response:
+    given = req.field("who")
+    if not _pre_session_token_ok(req):
+        return _reset_page(req, 403, given=given, error=_("This form has expired. Reload the page and try again."))
+    if not given:
+        return _reset_page(req, 400, error=_("Give your sign-in name or e-mail address."))
+    try:
+        req.web.people.ask_password_reset(given, address=req.address)
+    except Throttled as exc:
+        return _reset_page(req, 429, given=given, error=throttled_text(exc))
+    except ValueError:
+        raise Problem(404) from None
+    return _reset_page(req, sent=True)
+
+
+def _link_person(req: Req) -> PersonRecord | None:
+    return req.web.people.reset_link_person(req.request.path_params["token"])
+
+
+_LAPSED = N_("This link is used, too old, or not one of ours. Ask for a new one.")
+
+
+@page(public=True)
+def new_password_form(req: Req) -> Response:
+    person = _link_person(req)
+    if person is None:
+        return _reset_page(req, 404, lapsed=True, error=_(_LAPSED))
+    return _reset_page(req, for_person=person)
+
+
+@page(public=True)
+def new_password(req: Req) -> Response:
+    person = _link_person(req)
+    if person is None:
+        return _reset_page(req, 404, lapsed=True, error=_(_LAPSED))
+    if not _pre_session_token_ok(req):
+        return _reset_page(req, 403, for_person=person,
+                           error=_("This form has expired. Reload the page and try again."))
+    try:
+        req.web.people.reset_password(req.request.path_params["token"], req.secret("password"),
+                                      req.secret("repeated"), address=req.address)
+    except PasswordRefused as refused:
+        return _reset_page(req, 400, for_person=person, error=password_refusal(refused))
+    except SignInRefused:
+        return _reset_page(req, 404, lapsed=True, error=_(_LAPSED))
+    response = RedirectResponse("/signin?done=reset", status_code=303)
+    security.forget_cookie(response, security.SESSION_COOKIE, secure=req.web.secure)
+    return response
+
 
 
 @page(public=True)
@@ -50,16 +130,13 @@ def signin_form(req: Req) -> Response:
 
 @page(public=True)
 def signin(req: Req) -> Response:
-    if not security.tokens_match(req.request.cookies.get(security.PRE_CSRF_COOKIE), req.field(security.CSRF_FIELD)):
+    if not _pre_session_token_ok(req):
         return _signin_page(req, status=403, error=_("This form has expired. Reload the page and try again."))
     login = req.field("login")
     try:
         principal = req.web.people.authenticate(login, req.secret("password"), address=req.address)
     except Throttled as exc:
-        minutes = max(1, math.ceil(exc.retry_after / 60))
-        return _signin_page(req, status=429, login=login, error=i18n.ngettext(
-            "Too many failed attempts; try again in %(n)d minute.",
-            "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes})
+        return _signin_page(req, status=429, login=login, error=throttled_text(exc))
     except SignInRefused:
         return _signin_page(req, status=401, login=login, error=_("Wrong name or password."))
     target = security.safe_next(req.field("next"))
@@ -110,10 +187,7 @@ def code(req: Req) -> Response:
         req.web.people.second_step(req.request.cookies.get(security.SESSION_COOKIE) or "", req.field("code"),
                                    address=req.address)
     except Throttled as exc:
-        minutes = max(1, math.ceil(exc.retry_after / 60))
-        return _code_page(req, info, status=429, error=i18n.ngettext(
-            "Too many failed attempts; try again in %(n)d minute.",
-            "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes})
+        return _code_page(req, info, status=429, error=throttled_text(exc))
     except SignInRefused:
         return _code_page(req, info, status=401, error=_("That code is not right. Take the one the app shows now."))
     return RedirectResponse(security.safe_next(req.field("next")), status_code=303)

@@ -1,5 +1,5 @@
-"""Two-step sign-in: a person's authenticator secret and recovery codes, sign-ins waiting for their code, and
-each session's browser
+"""People's own sign-in: two-step sign-in (a person's authenticator secret and recovery codes, sign-ins
+waiting for their code), each session's browser, and password reset links
 
 Revision ID: 0028
 Revises: 0027
@@ -17,6 +17,18 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), 'postgresql')
 
 
 def upgrade() -> None:
+    op.create_table('password_resets',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('address', sa.String(length=64), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['person_id'], ['people.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('token_hash')
+    )
+    op.create_index('ix_password_resets_person_id', 'password_resets', ['person_id'])
     with op.batch_alter_table('people') as batch:
         batch.add_column(sa.Column('totp_secret', sa.String(length=64), nullable=True))
         batch.add_column(sa.Column('totp_enabled_at', sa.DateTime(timezone=True), nullable=True))
@@ -36,3 +48,5 @@ def downgrade() -> None:
     with op.batch_alter_table('people') as batch:
         for column in ('recovery_codes', 'totp_last_step', 'totp_enabled_at', 'totp_secret'):
             batch.drop_column(column)
+    op.drop_index('ix_password_resets_person_id', 'password_resets')
+    op.drop_table('password_resets')
