@@ -1,15 +1,15 @@
 """People's own sign-in: two-step sign-in (a person's authenticator secret and recovery codes, sign-ins
 waiting for their code), each session's browser, and password reset links
 
-Revision ID: 0028
-Revises: 0027
+Revision ID: 0029
+Revises: 0028
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0028'
-down_revision = '0027'
+revision = '0029'
+down_revision = '0028'
 branch_labels = None
 depends_on = None
 
