@@ -7,6 +7,9 @@ Layout under the archive folder, one set per month and category:
     2026/11/external.official/part-001-faxes/A202611-00007_fax.tif   fax originals, as received
     2026/11/external.official/part-001-faxes.manifest.csv
     2026/11/external.official/circulation-part-001-faxes.csv  who read and signed its circulated letters
+    2026/11/external.official/part-003.mbox.zst           a late part: replies sent after their letter was
+    2026/11/external.official/part-003.manifest.csv       packed, and circulations finished after it (their
+    2026/11/external.official/circulation-part-003.csv    record), each named with its letter
 
 `zstd -dc part-001.mbox.zst > part-001.mbox` and any mail client opens it; the
 manifest is CSV. Each message sits in the mbox byte for byte (mboxrd quoting
@@ -58,7 +61,7 @@ from gateway.archive import ArchiveError as ArchiveError  # raised here; named b
 from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.stages.normalise.filenames import safe_filename
-from gateway.registry import Registry, ToArchive
+from gateway.registry import LateItem, Registry, ToArchive
 from gateway.registry.archive import ArchiveSeriesMoved
 from gateway.registry.circulation import CirculationRecords
 from gateway.registry.leases import JobStopped
@@ -75,6 +78,11 @@ _FROM_LINE = re.compile(rb"^(>*From )", re.M)
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.M)
 MANIFEST_FIELDS = ["archive_number", "letter_number", "received_at", "channel", "sha256", "size", "offset", "length",
                    "file", "frame_offset", "frame_length"]
+# A late part's manifest: a row per reply (its frame in the package, as a letter's) and per circulation
+# (its record in the circulation CSV beside it, whose SHA-256 and size each of its rows gives), each
+# with the archive number and letter number of the letter it belongs to.
+LATE_FIELDS = ["archive_number", "letter_number", "item", "at", "sha256", "size", "offset", "length", "file",
+               "frame_offset", "frame_length"]
 # Packing: one thread reads the letters (file reads, seal checks, mbox blocks: work that holds the
 # interpreter lock) while the run's own thread compresses the chunk before (zstd lets go of it).
 _READING_WORKERS = 1
@@ -101,6 +109,7 @@ class Written:
     package: str
     letters: int
     size: int
+    items: int = 0  # a late part's replies and circulations
 
 
 @dataclass
@@ -113,6 +122,7 @@ class Checked:
     copy_problems: list[str] = field(default_factory=list)
     copied: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    items: int = 0  # a late part's replies and circulations, as the register gives them
 
     @property
     def ok(self) -> bool:
@@ -222,6 +232,13 @@ class Archiver:
                     recording = recorder.submit(self._record, package, circulated)
                 if recording is not None:
                     written.append(recording.result())
+            # What was sent or finished after its letter was packed: a part of its own per category,
+            # never added to a package already written.
+            late: dict[str, list[LateItem]] = {}
+            for item in self.registry.late_items(start, end):
+                late.setdefault(item.category or "uncategorised", []).append(item)
+            for category, items in self._until_stopped(sorted(late.items())):
+                written.append(self._pack_late(month, category, items))
             return written
 
     def months_behind(self, month: str) -> list[str]:
@@ -237,7 +254,9 @@ class Archiver:
         while oldest is not None:
             months.append(oldest.astimezone(ZoneInfo(zone)).strftime("%Y-%m"))
             oldest = self.registry.oldest_unarchived(month_bounds(months[-1], zone)[1], end)
-        return months
+        # And the months of letters with a reply sent, or a circulation finished, after they were packed.
+        late = {when.astimezone(ZoneInfo(zone)).strftime("%Y-%m") for when in self.registry.late_received(end)}
+        return sorted(late.union(months))
 
     def _folder(self, month: str, category: str) -> Path:
         year, mon = month.split("-")
@@ -285,10 +304,10 @@ class Archiver:
         series_prefix = f"A{month.replace('-', '')}-"
         numbers = [f"{series_prefix}{n:05d}" for n in range(last + 1, last + 1 + len(letters))]
         rows: list[list[Any]] = []
+        packed: list[int] = []  # the sent replies it holds
         if kind == "mail":
-            suffix = ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
-            target = folder / f"part-{part:03d}{suffix}"
-            size, sha = self._write_mail(target, letters, numbers, replied, rows)
+            target = folder / f"part-{part:03d}{self._mbox_suffix()}"
+            size, sha = self._write_mail(target, letters, numbers, replied, rows, packed)
             manifest = folder / f"part-{part:03d}.manifest.csv"
         else:
             name = f"part-{part:03d}-faxes"
@@ -304,14 +323,73 @@ class Archiver:
                 write_file(tmp / file_name, raw)
                 rows.append(_row(number, letter, len(raw), 0, len(raw), file_name, "", ""))
                 size += len(raw)
-                for n, sent in enumerate(replies.get(letter.id, []), 1):  # as mailed to its sender
+                for n, (reply_id, sent) in enumerate(replies.get(letter.id, []), 1):  # as mailed to its sender
                     write_file(tmp / f"{number}_reply-{n}.eml", sent)
                     size += len(sent)
+                    packed.append(reply_id)
             # The folder is complete and durable: now it takes its name.
             move(tmp, target)
             manifest = folder / f"part-{part:03d}-faxes.manifest.csv"
             sha = ""  # a folder of faxes: its manifest's SHA-256 is recorded
-        return _Package(month, category, kind, part, target, manifest, letters, numbers, rows, size, sha, series, last)
+        return _Package(month, category, kind, part, target, manifest, letters, numbers, rows, size, sha, series, last,
+                        packed)
+
+    def _mbox_suffix(self) -> str:
+        return ".mbox.zst" if self.config.model.archive.compression == "zstd" else ".mbox.gz"
+
+    def _pack_late(self, month: str, category: str, items: list[LateItem]) -> Written:
+        """A late part: the replies sent and the circulations finished after their letters were
+        packed (`items`, of letters of this month and category), in a part of their own, written as
+        a package is (durable and in place, then its manifest), then recorded with what it holds in
+        one transaction. A crash before recording leaves files the next run sets aside, and the
+        items still unheld: that run packs them again."""
+        folder = self._folder(month, category)
+        make_dirs(folder)
+        part = self.registry.next_archive_part(month, category, "late")
+        target = folder / f"part-{part:03d}{self._mbox_suffix()}"
+        manifest = folder / f"part-{part:03d}.manifest.csv"
+        replies = [item for item in items if item.kind == "reply"]
+        circulations = [item for item in items if item.kind == "circulation"]
+        rows: list[list[Any]] = []
+        blocks = [_mbox_block(f"From gateway@archive {item.at.strftime('%a %b %d %H:%M:%S %Y')}\n".encode(),
+                              item.message or b"") for item in replies]
+        # With no reply, one frame of nothing: `zstd -dc` takes no file of no frames.
+        frames = self._compress_frames(blocks) if blocks else [self._empty_frame()]
+        offset = frame_offset = 0
+        with writing(target) as out:
+            for item, block, frame in zip(replies, blocks, frames, strict=False):
+                message = item.message or b""
+                rows.append([item.archive_number, item.letter_number, item.item, item.at.isoformat(),
+                             hashlib.sha256(message).hexdigest(), len(message), offset, len(block), "",
+                             frame_offset, len(frame)])
+                offset += len(block)
+                frame_offset += len(frame)
+            data = b"".join(frames)
+            out.write(data)
+        if circulations:
+            letters = dict.fromkeys((item.letter_id, item.letter_number, item.archive_number) for item in circulations)
+            record = self._circulation_record(manifest, list(letters), {item.id for item in circulations})
+            written = circulation_path(manifest)
+            sha, size = hashlib.sha256(record).hexdigest(), len(record)
+            rows += [[item.archive_number, item.letter_number, item.item, item.at.isoformat(), sha, size, "", "",
+                      written.name, "", ""] for item in circulations]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(LATE_FIELDS)
+        writer.writerows(rows)
+        write_file(manifest, text.getvalue().encode())
+        checkpoint("archive-before-commit")  # written, not yet recorded: the next run sets it aside
+        path = str(target.relative_to(self.root))
+        try:
+            self.registry.archive_commit_late(
+                package={"month": month, "category": category, "part": part, "path": path,
+                         "manifest": str(manifest.relative_to(self.root)), "size": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest()},
+                replies=[item.id for item in replies], circulations=[item.id for item in circulations])
+        except ArchiveSeriesMoved as exc:
+            raise ArchiveError(f"{exc}: another archive run packed them (is {self.root} shared by every node?); "
+                               f"nothing of {path} was recorded; run again") from None
+        return Written(path, 0, len(data), len(items))
 
     def _record(self, package: _Package, circulated: set[int]) -> Written:
         """On the recording thread: the package's manifest (and circulation record) written, then
@@ -323,8 +401,9 @@ class Archiver:
         data = text.getvalue().encode()
         write_file(package.manifest, data)
         numbered = list(zip(package.letters, package.numbers, strict=True))
-        self._circulation_record(package.manifest, [(letter, number) for letter, number in numbered
-                                                    if letter.id in circulated])
+        finished: set[int] = set()
+        self._circulation_record(package.manifest, [(letter.id, letter.number, number) for letter, number in numbered
+                                                    if letter.id in circulated], finished=finished)
         checkpoint("archive-before-commit")  # written, not yet recorded: the next run removes it
         path = str(package.target.relative_to(self.root))
         try:
@@ -334,7 +413,8 @@ class Archiver:
                          "letters": len(package.letters), "size": package.size,
                          "sha256": package.sha256 or hashlib.sha256(data).hexdigest()},
                 assignments=[(letter.id, number) for letter, number in numbered],
-                series=package.series, expected_last=package.last)
+                series=package.series, expected_last=package.last, replies=package.replies,
+                circulations=sorted(finished))
         except ArchiveSeriesMoved as exc:
             # Only a run that does not share this folder's lock gets here: a node whose archive
             # folder is its own. Nothing of this package is recorded: the next run here sets it
@@ -359,9 +439,10 @@ class Archiver:
             raise
 
     def _write_mail(self, target: Path, letters: list[ToArchive], numbers: list[str], replied: set[int],
-                    rows: list[list[Any]]) -> tuple[int, str]:
-        """The mbox package, one frame per message, its manifest rows appended to `rows`.
-        Returns (its size, its SHA-256), both taken while writing it.
+                    rows: list[list[Any]], packed: list[int] | None = None) -> tuple[int, str]:
+        """The mbox package, one frame per message, its manifest rows appended to `rows` (and the
+        ids of the sent replies it holds to `packed`). Returns (its size, its SHA-256), both taken
+        while writing it.
 
         A reading thread reads and checks the letters a chunk at a time and lays out their mbox
         blocks; this thread compresses each chunk (zstd works outside the interpreter lock, so the
@@ -371,9 +452,12 @@ class Archiver:
         digest = hashlib.sha256()
         offset = frame_offset = 0
 
-        def chunks() -> Iterator[tuple[list[ToArchive], dict[int, list[bytes]]]]:
+        def chunks() -> Iterator[tuple[list[ToArchive], dict[int, list[tuple[int, bytes]]]]]:
             for chunk in _chunked(letters):
-                yield chunk, self.registry.sent_replies([letter.id for letter in chunk if letter.id in replied])
+                replies = self.registry.sent_replies([letter.id for letter in chunk if letter.id in replied])
+                if packed is not None:
+                    packed.extend(reply_id for sent in replies.values() for reply_id, _ in sent)
+                yield chunk, replies
 
         with writing(target) as out:
             numbered = iter(numbers)
@@ -390,7 +474,7 @@ class Archiver:
                 frame_offset += len(data)
         return frame_offset, digest.hexdigest()
 
-    def _read_chunk(self, letters: list[ToArchive], replies: dict[int, list[bytes]]) -> _Read:
+    def _read_chunk(self, letters: list[ToArchive], replies: dict[int, list[tuple[int, bytes]]]) -> _Read:
         """On the reading thread: each letter read and checked against its seal and the register,
         in its mbox block, then the blocks of its sent replies."""
         blocks: list[bytes] = []
@@ -403,7 +487,7 @@ class Archiver:
             placed.append((letter, size, at, len(blocks)))
             blocks.append(block)
             at += len(block)
-            for message in replies.get(letter.id, []):
+            for _, message in replies.get(letter.id, []):
                 blocks.append(_mbox_block(separator, message))
                 at += len(blocks[-1])
         return _Read(blocks, placed, at)
@@ -427,6 +511,11 @@ class Archiver:
                                                          threads=_COMPRESS_THREADS)
         return [memoryview(compressed[n]) for n in range(len(blocks))]  # type: ignore[arg-type]
 
+    def _empty_frame(self) -> bytes:
+        if self.config.model.archive.compression == "gzip":
+            return _gzip_member(b"")
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(b"")
+
     def _frame_decompressor(self, path: Path) -> Callable[[bytes], bytes]:
         return self._zstd_decompressor().decompress if path.name.endswith(".zst") else _gunzip_member
 
@@ -437,17 +526,23 @@ class Archiver:
             decompressor = self._local.decompressor = zstandard.ZstdDecompressor()
         return decompressor
 
-    def _circulation_record(self, manifest: Path, letters: list[tuple[ToArchive, str]]) -> None:
-        """Who read and signed the package's circulated letters (given with their archive numbers),
-        when, and their instructions: a CSV beside the manifest (none when nothing of it was
-        circulated)."""
-        rows = _circulation_rows(self.registry, [(letter.id, letter.number, number) for letter, number in letters])
-        if rows:
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=CIRCULATION_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            write_file(circulation_path(manifest), text.getvalue().encode())
+    def _circulation_record(self, manifest: Path, letters: list[tuple[int, str, str]], only: set[int] | None = None,
+                            finished: set[int] | None = None) -> bytes:
+        """Who read and signed the package's circulated letters ((id, letter number, archive
+        number); `only`: of these circulations alone), when, and their instructions: a CSV beside
+        the manifest (none when nothing of it was circulated). Its bytes; the circulations in it
+        that were finished are added to `finished` (one still running is recorded as it stands,
+        and once finished goes into a late part)."""
+        rows = _circulation_rows(self.registry, letters, only, finished)
+        if not rows:
+            return b""
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=CIRCULATION_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        data = text.getvalue().encode()
+        write_file(circulation_path(manifest), data)
+        return data
 
     def _raw(self, letter: ToArchive) -> bytes:
         return bytes(self._sealed(letter).raw)
@@ -483,7 +578,8 @@ class Archiver:
 
         The message store's copies are released only once the package and every copy are right:
         until then each original exists twice."""
-        checked = Checked(package, self._check(package, manifest, self.root))
+        checked = Checked(package, self._check(package, manifest, self.root),
+                          items=len(manifest.registered) if package.kind == "late" else 0)
         if checked.problems and self.copies:
             source = self._restored(package, manifest.registered)
             if source is not None:
@@ -596,7 +692,7 @@ class Archiver:
             text = data.decode()
         except (OSError, UnicodeDecodeError) as exc:
             return _Manifest(f"manifest {package.manifest}: {getattr(exc, 'strerror', None) or exc}", b"", "", None,
-                             registered if registered is not None else self.registry.archived_hashes(package.id))
+                             registered if registered is not None else self._registered(package))
         try:
             framed = _frame_places(text) if package.kind == "mail" else None
         except csv.Error as exc:  # a stray quote: the rest of the file one field, over csv's limit
@@ -604,12 +700,20 @@ class Archiver:
         else:
             problem = ""
         return _Manifest(problem, data, text, framed,
-                         registered if registered is not None else self.registry.archived_hashes(package.id))
+                         registered if registered is not None else self._registered(package))
+
+    def _registered(self, package: ArchivePackage) -> dict[str, str]:
+        """What the register says the package holds, as its check compares it."""
+        if package.kind == "late":
+            return self.registry.late_hashes(package.id)
+        return self.registry.archived_hashes(package.id)
 
     def _check(self, package: ArchivePackage, manifest: _Manifest, root: Path) -> list[str]:
         if manifest.problem:
             return [manifest.problem]
         path, registered = root / package.path, manifest.registered
+        if package.kind == "late":
+            return self._check_late(package, manifest, root)
         if manifest.framed is not None:
             places, problems, count, listed = manifest.framed
             if count != package.letters:
@@ -658,6 +762,72 @@ class Archiver:
                     problems.append(f"{row['archive_number']}: {name}: {exc.strerror or exc}")
                     continue
                 problems += _compare(row, numbers[0], raw, registered)
+        return problems
+
+    def _check_late(self, package: ArchivePackage, manifest: _Manifest, root: Path) -> list[str]:
+        """A late part: the package file against its recorded SHA-256, each reply's frame against its
+        manifest row, the circulation record against the rows that name it, and each item against
+        the register (which letter it belongs to, a reply's mail as sent), each listed once."""
+        try:
+            rows = _manifest_rows(manifest.text)
+        except csv.Error as exc:
+            return [f"manifest {package.manifest}: {exc}"]
+        if rows and (missing := [name for name in LATE_FIELDS if name not in rows[0]]):
+            return [f"the manifest has no column {', '.join(missing)}"]
+        registered, problems = manifest.registered, []
+        listed = Counter(row["item"] for row in rows)
+        problems += [f"{item}: listed {count} times in the manifest" for item, count in listed.items() if count > 1]
+        problems += [f"{item} ({value.split(' ')[1]}): in the register, not in the manifest"
+                     for item, value in registered.items() if item not in listed]
+        path = root / package.path
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return [*problems, f"cannot be read: {exc.strerror or exc}"]
+        if hashlib.sha256(data).hexdigest() != package.sha256:
+            problems.insert(0, "SHA-256 differs from the one recorded when it was written")
+        decompress = self._frame_decompressor(path)
+        files: dict[str, bytes | None] = {}
+        for row in rows:
+            label = f"{row['item']} ({row['letter_number']})"
+            if row["item"].startswith("reply "):
+                if (numbers := _whole_numbers(row, "frame_offset", "frame_length", "size")) is None:
+                    problems.append(f"{label}: its manifest row is damaged")
+                    continue
+                at, length, size = numbers
+                try:
+                    block = decompress(data[at:at + length])
+                except (zstandard.ZstdError, zlib.error, EOFError) as exc:
+                    problems.append(f"{label}: its frame cannot be decompressed: {exc}")
+                    continue
+                raw, sha = _original_in(block, size, row["sha256"])
+                if sha != row["sha256"] or len(raw) != size:
+                    problems.append(f"{label}: content differs from the manifest")
+                    continue
+            else:
+                name = row["file"]
+                if name in ("", ".", "..") or "/" in name or (given := _whole_numbers(row, "size")) is None:
+                    problems.append(f"{label}: its manifest row is damaged")
+                    continue
+                if name not in files:
+                    try:
+                        files[name] = (root / package.manifest).parent.joinpath(name).read_bytes()
+                    except OSError as exc:
+                        problems.append(f"{label}: {name}: {exc.strerror or exc}")
+                        files[name] = None
+                if (record := files[name]) is None:
+                    continue
+                if hashlib.sha256(record).hexdigest() != row["sha256"] or len(record) != given[0]:
+                    problems.append(f"{label}: {name}: content differs from the manifest")
+                    continue
+                sha = "-"
+            known = registered.get(row["item"])
+            if known is None:
+                problems.append(f"{label}: not in the register's record of this part")
+            elif known.partition(" ")[2] != f"{row['letter_number']} {row['archive_number']}":
+                problems.append(f"{label}: the register gives it to {known.split(' ')[1]}")
+            elif known.partition(" ")[0] != sha:
+                problems.append(f"{label}: the register's SHA-256 differs")
         return problems
 
     def _check_frames(self, package: ArchivePackage, path: Path, places: list[_Place],
@@ -819,7 +989,9 @@ class Archiver:
         for package in self.registry.archive_packages(None):
             if package.status == "purged":
                 continue
-            letters = self.registry.archived_letters(package.id)
+            # A late part is kept and destroyed with the letters its replies and circulations belong to.
+            letters = (self.registry.late_letters(package.id) if package.kind == "late"
+                       else self.registry.archived_letters(package.id))
             held = [letter.number for letter in letters if letter.legal_hold]
             # Packed with its month while still open: its store copy is its only working copy.
             working = [letter.number for letter in letters if letter.status != "archived"]
@@ -939,6 +1111,7 @@ class _Package:
     sha256: str  # the package file's; empty for a folder of faxes (its manifest's is recorded)
     series: str
     last: int  # the archive series' last number before these letters
+    replies: list[int]  # the sent replies it holds
 
 
 def _chunked(letters: list[ToArchive]) -> Iterator[list[ToArchive]]:
@@ -1182,13 +1355,19 @@ CIRCULATION_FIELDS = ["archive_number", "letter_number", "circulation", "started
                       "deadline", "signed_by", "signed_at", "instruction"]
 
 
-def _circulation_rows(registry: Registry, letters: list[tuple[int, str, str]]) -> list[dict[str, str]]:
-    """The circulation record of letters being archived ((id, letter number, archive number)), one
-    row per reader, for the CSV beside the package's manifest."""
+def _circulation_rows(registry: Registry, letters: list[tuple[int, str, str]], only: set[int] | None = None,
+                      finished: set[int] | None = None) -> list[dict[str, str]]:
+    """The circulation record of letters being archived ((id, letter number, archive number); `only`:
+    of these circulations alone), one row per reader, for the CSV beside the package's manifest; the
+    finished circulations among them added to `finished`."""
     steps = CirculationRecords(registry).steps_of([letter_id for letter_id, _, _ in letters])
     rows = []
     for letter_id, number, archive_number in letters:
         for circ, step in steps.get(letter_id, []):
+            if only is not None and circ.id not in only:
+                continue
+            if finished is not None and circ.status == "finished":
+                finished.add(circ.id)
             rows.append({"archive_number": archive_number, "letter_number": number, "circulation": str(circ.id),
                          "started_by": circ.started_by, "started_at": circ.started_at.isoformat(),
                          "step": str(step.position), "reader": f"{step.kind}:{step.target}",

@@ -45,7 +45,11 @@ def archive_run(state: State, month: str, no_verify: bool) -> None:
     except ArchiveError as exc:
         fail(str(exc))
     for w in written:
-        click.echo(f"{w.package}: {w.letters} letter(s), {w.size} bytes")
+        if w.items:  # a late part
+            click.echo(f"{w.package}: {w.items} reply(ies) or circulation(s) after their letter was packed, "
+                       f"{w.size} bytes")
+        else:
+            click.echo(f"{w.package}: {w.letters} letter(s), {w.size} bytes")
     if not written:
         click.echo(f"{month}: nothing (more) to archive")
     if not no_verify:
@@ -58,7 +62,9 @@ def _report_checks(checked: list[Any], orphans: tuple[int, Path] = (0, Path())) 
     bad = uncopied = 0
     for c in checked:
         if c.ok:
-            click.echo(f"{c.package.path}: verified ({c.package.letters} letter(s))")
+            held = (f"{c.items} reply(ies) or circulation(s) after their letter was packed"
+                    if c.package.kind == "late" else f"{c.package.letters} letter(s)")
+            click.echo(f"{c.package.path}: verified ({held})")
         else:
             bad += 1
             for problem in c.problems:

@@ -473,8 +473,9 @@ class Daemon:
                     log.error("ALERT archive of %s (letters left out of its run) failed: %s", behind, exc)
                     continue
                 log.info("archive of %s: %d letter(s) left out of its run packed now (registered late, or the "
-                         "month never run), in %d package(s); %d verified, %d failed", behind,
-                         sum(w.letters for w in late), len(late), sum(c.ok for c in checked),
+                         "month never run), and %d reply(ies) or circulation(s) after their letter was packed, in "
+                         "%d package(s); %d verified, %d failed", behind, sum(w.letters for w in late),
+                         sum(w.items for w in late), len(late), sum(c.ok for c in checked),
                          sum(not c.ok for c in checked))
                 log_checked(checked)
             return archiver.run(month), archiver.verify(month)

@@ -22,8 +22,8 @@ from gateway.registry.intake import Registration
 from gateway.registry.models import Attachment, Event, Letter
 from gateway.registry.outbox import Outbox
 from gateway.registry.people import LetterFilter, PeopleRecords, Scope
-from gateway.registry.plan import (Answer, AnswerPlan, NewAttachment, NewLetter, NewMail, Registered, Routing,
-                                   ToArchive)
+from gateway.registry.plan import (Answer, AnswerPlan, LateItem, NewAttachment, NewLetter, NewMail, Registered,
+                                   Routing, ToArchive)
 from gateway.registry.reads import Reads
 from gateway.registry.reminders import ReminderRecords
 from gateway.registry.search import SearchRecords
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 __all__ = ["Registry", "NewLetter", "NewAttachment", "NewMail", "Routing", "Answer", "AnswerPlan", "Registered",
-           "ToArchive", "Scope", "LetterFilter", "RegistryUnavailable", "Letter", "Attachment", "Event", "make_engine"]
+           "ToArchive", "LateItem", "Scope", "LetterFilter", "RegistryUnavailable", "Letter", "Attachment", "Event",
+           "make_engine"]
 
 
 class Registry(Registration, Decisions, Outbox, ReminderRecords, ArchiveRecords, Reads, PeopleRecords,

@@ -1,6 +1,7 @@
 """The archive's records: packages, archive numbers, verification, release and destruction."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -11,7 +12,7 @@ from sqlalchemy import cast as sql_cast
 from gateway.registry import lifecycle
 from gateway.registry.models import (ArchivePackage, Attachment, AuditRow, Circulation, DestructionRecord, Event,
                                      Letter, NumberSeries, Reply, UTCDateTime)
-from gateway.registry.plan import ToArchive
+from gateway.registry.plan import LateItem, ToArchive
 from gateway.registry.store import Store, utcnow
 
 
@@ -99,21 +100,60 @@ class ArchiveRecords(Store):
                                           .join(Letter, Circulation.letter_id == Letter.id).where(*month)).scalars())
         return replied, circulated
 
-    def sent_replies(self, letter_ids: list[int]) -> dict[int, list[bytes]]:
-        """The mails of these letters' sent replies, byte for byte as mailed, oldest first, by letter
-        (as gateway.registry.replies.ReplyRecords.sent_messages gives them one letter at a time)."""
+    def sent_replies(self, letter_ids: list[int]) -> dict[int, list[tuple[int, bytes]]]:
+        """(reply id, its mail byte for byte as mailed) of these letters' sent replies, oldest first,
+        by letter (as gateway.registry.replies.ReplyRecords.sent_messages gives them one letter at a
+        time)."""
         if not letter_ids:
             return {}
-        out: dict[int, list[bytes]] = {}
+        out: dict[int, list[tuple[int, bytes]]] = {}
         with self.read() as conn:
             for first in range(0, len(letter_ids), 1000):
-                for letter_id, message in conn.execute(
-                        select(Reply.letter_id, Reply.message).where(
+                for reply_id, letter_id, message in conn.execute(
+                        select(Reply.id, Reply.letter_id, Reply.message).where(
                             Reply.letter_id.in_(letter_ids[first:first + 1000]), Reply.status == "sent",
                             Reply.message.is_not(None)).order_by(Reply.id)):
                     if message:
-                        out.setdefault(letter_id, []).append(message)
+                        out.setdefault(letter_id, []).append((reply_id, message))
         return out
+
+    @staticmethod
+    def _late(*where: Any) -> tuple[Any, Any]:
+        """The statements for what was sent (replies) or finished (circulations) after its letter
+        was packed and no package holds yet. Found through ix_replies_archive_package and
+        ix_circulations_archive_package (a NULL package id and the status): only what waits, however
+        many replies and circulations the register holds."""
+        packed = (Letter.archive_number.is_not(None), Letter.purged_at.is_(None), *where)
+        letter = (Letter.number, Letter.archive_number, Letter.category)
+        replies = (select(Reply.id, Reply.letter_id, *letter, Reply.sent_at, Reply.message)
+                   .join(Letter, Reply.letter_id == Letter.id)
+                   .where(Reply.archive_package_id.is_(None), Reply.status == "sent", Reply.message.is_not(None),
+                          *packed).order_by(Reply.id))
+        circulations = (select(Circulation.id, Circulation.letter_id, *letter, Circulation.finished_at, null())
+                        .join(Letter, Circulation.letter_id == Letter.id)
+                        .where(Circulation.archive_package_id.is_(None), Circulation.status == "finished", *packed)
+                        .order_by(Circulation.id))
+        return replies, circulations
+
+    def late_items(self, start: datetime, end: datetime) -> list[LateItem]:
+        """Of the letters received in [start, end) and packed, the replies sent and the circulations
+        finished after their letter was packed, that no package holds yet: replies first, each kind
+        oldest first."""
+        replies, circulations = self._late(Letter.received_at >= start, Letter.received_at < end)
+        with self.read() as conn:
+            return [LateItem(kind, item_id, letter_id, number, archive_number, category,
+                             _utc(at) if at is not None else utcnow(), message)
+                    for kind, stmt in (("reply", replies), ("circulation", circulations))
+                    for item_id, letter_id, number, archive_number, category, at, message in conn.execute(stmt)
+                    if kind == "circulation" or message]
+
+    def late_received(self, end: datetime) -> list[datetime]:
+        """When the letters received before `end` with late items (`late_items`) were received: the
+        months an archive run has something to add to."""
+        replies, circulations = self._late(Letter.received_at < end)
+        with self.read() as conn:
+            return [_utc(row[0]) for stmt in (replies, circulations)
+                    for row in conn.execute(stmt.with_only_columns(Letter.received_at).order_by(None).distinct())]
 
     def archive_paths(self, month: str) -> set[str]:
         with self.read() as conn:
@@ -122,10 +162,12 @@ class ArchiveRecords(Store):
             return {p for row in rows for p in row}
 
     def next_archive_part(self, month: str, category: str, kind: str) -> int:
+        # A late part's files are named as a mail package's (part-003.mbox.zst): they count together.
+        kinds = ("mail", "late") if kind in ("mail", "late") else (kind,)
         with self.read() as conn:
             last = conn.execute(select(func.max(ArchivePackage.part)).where(
                 ArchivePackage.month == month, ArchivePackage.category == category,
-                ArchivePackage.kind == kind)).scalar()
+                ArchivePackage.kind.in_(kinds))).scalar()
             return int(last or 0) + 1
 
     def series_last(self, series: str) -> int:
@@ -133,8 +175,10 @@ class ArchiveRecords(Store):
             return int(conn.execute(select(NumberSeries.last_seq).where(NumberSeries.series == series)).scalar() or 0)
 
     def archive_commit(self, *, package: dict[str, Any], assignments: list[tuple[int, str]], series: str,
-                       expected_last: int) -> int:
-        """Record a written package and give its letters their archive numbers, in one transaction."""
+                       expected_last: int, replies: list[int] | None = None,
+                       circulations: list[int] | None = None) -> int:
+        """Record a written package and give its letters their archive numbers, in one transaction;
+        with the sent replies and the finished circulations it holds beside them."""
         now = utcnow()
         with self.write() as conn:
             last = self.advance(conn, series, len(assignments))
@@ -144,7 +188,57 @@ class ArchiveRecords(Store):
                 {**package, "created_at": now, "status": "written", "verified_at": None, "purged_at": None},
             ]).scalar_one()
             self._assign_archive_numbers(conn, package_id, package["path"], assignments, now)
+            self._hold_items(conn, package_id, replies or [], circulations or [])
             return int(package_id)
+
+    def archive_commit_late(self, *, package: dict[str, Any], replies: list[int], circulations: list[int]) -> int:
+        """Record a late part (replies sent and circulations finished after their letters were
+        packed) and what it holds, in one transaction. Raises ArchiveSeriesMoved, recording
+        nothing, when a package was given one of them meanwhile."""
+        now = utcnow()
+        with self.write() as conn:
+            package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
+                {**package, "kind": "late", "letters": 0, "created_at": now, "status": "written",
+                 "verified_at": None, "purged_at": None},
+            ]).scalar_one()
+            if self._hold_items(conn, package_id, replies, circulations) != len(replies) + len(circulations):
+                raise ArchiveSeriesMoved(f"{package['path']}: what it holds was packed meanwhile")
+            return int(package_id)
+
+    @staticmethod
+    def _hold_items(conn: Connection, package_id: int, replies: list[int], circulations: list[int]) -> int:
+        """The replies and circulations given to the package, each only if no package holds it yet;
+        how many were."""
+        held = 0
+        for model, ids in ((Reply, replies), (Circulation, circulations)):
+            for first in range(0, len(ids), 1000):
+                held += conn.execute(update(model).where(
+                    model.id.in_(ids[first:first + 1000]), model.archive_package_id.is_(None)).values(
+                    archive_package_id=package_id)).rowcount
+        return held
+
+    def late_hashes(self, package_id: int) -> dict[str, str]:
+        """What the register says a late part holds: "reply 12" → "SHA-256 letter-number
+        archive-number" (the reply's mail as sent), "circulation 3" → "- letter-number
+        archive-number"."""
+        letter = (Letter.number, Letter.archive_number)
+        with self.read() as conn:
+            replies = conn.execute(select(Reply.id, Reply.message, *letter).join(Letter, Reply.letter_id == Letter.id)
+                                   .where(Reply.archive_package_id == package_id)).all()
+            circulations = conn.execute(select(Circulation.id, *letter)
+                                        .join(Letter, Circulation.letter_id == Letter.id)
+                                        .where(Circulation.archive_package_id == package_id)).all()
+        return {**{f"reply {id_}": f"{hashlib.sha256(message or b'').hexdigest()} {number} {archive_number}"
+                   for id_, message, number, archive_number in replies},
+                **{f"circulation {id_}": f"- {number} {archive_number}"
+                   for id_, number, archive_number in circulations}}
+
+    def late_letters(self, package_id: int) -> list[Letter]:
+        """The letters whose replies or circulations a late part holds."""
+        with self.session() as session:
+            ids = select(Reply.letter_id).where(Reply.archive_package_id == package_id).union(
+                select(Circulation.letter_id).where(Circulation.archive_package_id == package_id))
+            return list(session.scalars(select(Letter).where(Letter.id.in_(ids))))
 
     @staticmethod
     def _assign_archive_numbers(conn: Connection, package_id: int, path: str, assignments: list[tuple[int, str]],

@@ -225,7 +225,7 @@ class ArchivePackage(Base):
     month: Mapped[str] = mapped_column(String(7), nullable=False)  # YYYY-MM
     category: Mapped[str] = mapped_column(String(64), nullable=False)
     part: Mapped[int] = mapped_column(Integer, nullable=False)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # mail | fax
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # mail | fax | late (items after their letter)
     path: Mapped[str] = mapped_column(Text, nullable=False)  # relative to the archive folder
     manifest: Mapped[str] = mapped_column(Text, nullable=False)
     letters: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -495,6 +495,8 @@ class Circulation(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     current: Mapped[int | None] = mapped_column(Integer)  # the position of the step being read; None when finished
+    # The archive package that holds its record once finished: its letter's, or a late part's.
+    archive_package_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class CirculationStep(Base):
@@ -576,6 +578,14 @@ class Reply(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The archive package that holds it once sent: its letter's, or a late part's.
+    archive_package_id: Mapped[int | None] = mapped_column(Integer)
+
+
+# What the archive has not packed yet (a package id of NULL), found without reading every reply or
+# circulation: a run looks for what was sent or finished after its letter was packed.
+Index("ix_replies_archive_package", Reply.archive_package_id, Reply.status)
+Index("ix_circulations_archive_package", Circulation.archive_package_id, Circulation.status)
 
 
 class ReplyAttachment(Base):

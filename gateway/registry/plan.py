@@ -149,6 +149,24 @@ class ToArchive(NamedTuple):
     fax_file_name: str | None  # a fax registered from its file: its original is that file
 
 
+class LateItem(NamedTuple):
+    """What the archive holds for a letter beside its original, sent or finished after the letter
+    was packed: a reply as mailed, or a circulation's record."""
+    kind: str  # reply | circulation
+    id: int  # the reply's or the circulation's
+    letter_id: int
+    letter_number: str
+    archive_number: str
+    category: str | None
+    at: datetime  # when it was sent, or finished
+    message: bytes | None  # a reply's mail, byte for byte as sent
+
+    @property
+    def item(self) -> str:
+        """How the manifest names it: "reply 12", "circulation 3"."""
+        return f"{self.kind} {self.id}"
+
+
 @dataclass(frozen=True)
 class Registered:
     number: str
