@@ -268,6 +268,11 @@ def test_a_reply_sent_and_a_circulation_finished_after_packing_go_into_a_part_of
     assert archiver.run("2026-03") == [] and archiver.months_behind("2026-05") == []  # each once
     listed = site.gateway.run("archive", "verify", "--month", "2026-03").stdout
     assert f"{part.path}: verified (2 reply(ies) or circulation(s) after their letter was packed)" in listed
+    # Kept and destroyed with its letters: both still being worked on.
+    due, kept = archiver.purge(approved_by="leo", actor="test", now=datetime(2100, 1, 1, tzinfo=timezone.utc),
+                               dry_run=True)
+    assert part.path not in due
+    assert f"{part.path}: 2 letter(s) still being worked on ({business.number}, {urgent.number})" in kept, kept
 
     # A reply altered in its part, a circulation record altered, or a register that gives the reply
     # to another letter: each is found.
@@ -302,6 +307,27 @@ def test_a_late_part_of_a_circulation_alone_opens_with_ordinary_tools(answered: 
     opened = subprocess.run(["zstd", "-dc", str(site.config.archive_dir / part.path)], capture_output=True)
     assert (opened.returncode, opened.stdout) == (0, b"")
     assert all(c.ok for c in archiver.verify("2026-03"))
+
+
+def test_a_late_part_is_copied_and_its_copy_checked_as_a_package_is(answered: tuple[Site, Archiver],
+                                                                     tmp_path: Path) -> None:
+    site, archiver = answered
+    answered_late(site)
+    archiver.run("2026-03")
+    copy = tmp_path / "second-disk"
+    copy.mkdir()
+    archiver.copies = [copy]
+    checked = archiver.verify("2026-03")
+    assert all(c.ok and c.copied == [str(copy)] for c in checked)
+    [part] = late_parts(site)
+    names = [part.path, part.manifest, str(circulation_path(Path(part.manifest)))]
+    assert all((copy / name).read_bytes() == (site.config.archive_dir / name).read_bytes() for name in names)
+    record = copy / names[2]
+    right = record.read_bytes()
+    record.write_bytes(right.replace(b"Go ahead.", b"Go ahead!"))  # the copy of its circulation record altered
+    [late] = [c for c in archiver.verify("2026-03") if c.package.kind == "late"]
+    assert late.ok and not late.copy_problems and record.read_bytes() == right
+    assert late.repaired[0].startswith(f"its copy in {copy} was written again; it had: circulation ")
 
 
 def test_a_crash_between_writing_a_late_part_and_recording_it_loses_and_doubles_nothing(

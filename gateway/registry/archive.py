@@ -238,7 +238,7 @@ class ArchiveRecords(Store):
         with self.session() as session:
             ids = select(Reply.letter_id).where(Reply.archive_package_id == package_id).union(
                 select(Circulation.letter_id).where(Circulation.archive_package_id == package_id))
-            return list(session.scalars(select(Letter).where(Letter.id.in_(ids))))
+            return list(session.scalars(select(Letter).where(Letter.id.in_(ids)).order_by(Letter.id)))
 
     @staticmethod
     def _assign_archive_numbers(conn: Connection, package_id: int, path: str, assignments: list[tuple[int, str]],
