@@ -300,7 +300,11 @@ def test_a_role_that_requires_two_step_sign_in(tmp_path: Path) -> None:
         assert page.status_code == 200 and "您的角色要求两步登录" in page.text
         assert site.sign_in("rita").get("/letters").status_code == 200, "other roles are not held up"
         set_up_two_step(ada)
-        assert ada.get("/people").status_code == 200
+        site.add_people((Person("adam", roles=("admin",), emails=("adam@example.org",)),))
+        people = ada.get("/people")
+        assert people.status_code == 200
+        rows = dict(re.findall(r'<a href="/people/([a-z]+)">[a-z]+</a>(.*?)</tr>', people.text, re.S))
+        assert "开启" in rows["ada"] and "要求开启，尚未开启" in rows["adam"] and "要求开启" not in rows["rita"]
         refused = step(ada, "off", present=PASSWORD, code="whatever")
         assert refused.status_code == 409 and "不能关闭" in refused.text
         # Single sign-on asks for no code here: the provider's own second step counts.

@@ -61,8 +61,14 @@ def _submitted(req: Req) -> dict[str, object]:
 
 @page(role="admin")
 def people_list(req: Req) -> Response:
-    return req.render("people.html", people=req.web.people.list(), person_url=person_url,
-                      departments=req.web.config.departments)
+    people = req.web.people
+
+    def required(record: PersonRecord) -> bool:
+        principal = people.principal(record.login)
+        return principal is not None and people.two_step_required(principal)
+
+    return req.render("people.html", people=people.list(), person_url=person_url,
+                      departments=req.web.config.departments, required=required)
 
 
 @page(role="admin")
