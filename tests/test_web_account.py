@@ -249,6 +249,8 @@ def test_two_step_sign_in_from_setting_it_up_to_signing_in_with_a_code(lenient: 
     assert [r.details.get("method") for r in rows if r.action == "sign-in"][:2] == ["password+recovery-code",
                                                                                      "password+code"]
     assert "two-step-on" in [r.action for r in rows]
+    # every right password is audited as such, the sign-in once its code is given
+    assert [r.action for r in rows].count("sign-in-awaiting-code") == 4
 
     # New recovery codes replace the old ones; turning it off needs the password and a code.
     renewed = step(here, "codes", present=PASSWORD)

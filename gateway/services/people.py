@@ -719,13 +719,14 @@ class People:
             raise ValueError("only a person can have a session")
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         # A password is the first step only for someone with two-step sign-in: the session opens
-        # no page until second_step(), and its sign-in is audited then.
+        # no page until second_step(), whose sign-in is audited then. That the password was right is
+        # audited now: someone who knows it and not the code is worth an auditor's notice.
         awaiting = principal.two_step and method == "password"
         self.registry.open_web_session(token_hash(token), principal.person_id, csrf, address, method=method,
                                        awaiting_code=awaiting, user_agent=user_agent,
-                                       audit=None if awaiting else self._audit(principal.login, "sign-in",
-                                                                               principal.login, address,
-                                                                               {"method": method}))
+                                       audit=self._audit(principal.login, "sign-in-awaiting-code" if awaiting
+                                                         else "sign-in", principal.login, address,
+                                                         {"method": method}))
         return token, csrf
 
     def session(self, token: str) -> SessionInfo | None:

@@ -147,6 +147,7 @@ EVENT = {
     "two-step-off": N_("two-step sign-in turned off"),
     "two-step-reset": N_("two-step sign-in reset by an administrator"),
     "recovery-codes-renewed": N_("recovery codes renewed"),
+    "sign-in-awaiting-code": N_("password right, code awaited"),
     "password-reset-asked": N_("password reset link asked for"), "password-reset": N_("password reset by link"),
     "person-disabled": N_("person disabled"),
     "person-enabled": N_("person enabled"),

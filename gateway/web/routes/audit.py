@@ -17,7 +17,7 @@ FILTERS = ("since", "until", "actor", "action", "letter")
 ACTIONS = ("read", "download", "preview", "original", "export", "audit-export", "search", "sign-in",
            "sign-in-failed", "sign-in-throttled", "sign-out", "person-added", "person-changed", "password-set",
            "password-changed", "signed-out-elsewhere", "two-step-on", "two-step-off", "two-step-reset",
-           "recovery-codes-renewed", "password-reset-asked", "password-reset",
+           "recovery-codes-renewed", "password-reset-asked", "password-reset", "sign-in-awaiting-code",
            "person-disabled", "person-enabled", "grant", "grant-revoked", "quarantine-retry", "mail-requeued",
            "rate-page")
 PER_PAGE = 100
