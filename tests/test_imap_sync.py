@@ -366,3 +366,39 @@ def test_a_server_action_that_fails_is_done_again_without_spooling_the_messages_
     with box.registry.engine.connect() as conn:
         rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
         assert rows == [(1, "move"), (2, "move")]
+
+
+def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
+        plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """Without MOVE, a move is a COPY and then an expunge of the originals: a connection lost in
+    between leaves the originals in the folder with their action still to do. The next sync only
+    expunges them: the copies made already are not made a second time."""
+    box = Folder(plain_dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+
+    def cut_after_copy(client: IMAPClient) -> None:
+        real = client.copy
+
+        def copy(*args: Any, **kwargs: Any) -> Any:
+            answer = real(*args, **kwargs)
+            client.shutdown()  # the server goes away right after the COPY
+            return answer
+        client.copy = copy  # type: ignore[method-assign]
+    box.wrap = cut_after_copy
+    plain_dovecot.deliver(box.user, make_message(1, subject="one"))
+    plain_dovecot.deliver(box.user, make_message(2, subject="two"))
+    with pytest.raises((IMAPClientError, OSError)):
+        box.sync()
+    box.wrap = lambda client: None
+    box.sync()
+    assert box.on_server() == {}
+    with plain_dovecot.client(box.user) as imap:
+        imap.select_folder("Done", readonly=True)
+        data = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    assert sorted(d[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for d in data.values()) == [
+        b"Subject: one", b"Subject: two"]
+    assert len(box.spooled()) == 2
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
+    assert rows == [(1, "move"), (2, "move")]

@@ -558,7 +558,8 @@ class FolderWatcher:
         return {uid: "seen" if after == "delete" and uid in oversize else after for uid in uids}
 
     def _act(self, client: IMAPClient, uidvalidity: int, planned: dict[int, str]) -> None:
-        """Apply the planned actions on the server, then record them done."""
+        """Apply the planned actions on the server, then record them done. "expunge" is what is
+        left of a move without MOVE whose COPY was done: the originals' expunge."""
         by_action: dict[str, list[int]] = {}
         for uid, action in sorted(planned.items()):
             by_action.setdefault(action, []).append(uid)
@@ -578,11 +579,18 @@ class FolderWatcher:
                 client.move(moved, target)
             else:
                 client.copy(moved, target)
-                self._expunge(client, moved)
+                # Recorded before the expunge: cut off before it, the next sync must not copy again
+                # (a second copy of each message in move_to), only expunge.
+                self.ledger.actions_done(self.account.name, self.folder, uidvalidity,
+                                         {uid: PENDING + "expunge" for uid in moved})
+                by_action.setdefault("expunge", []).extend(moved)
+        if copied := by_action.get("expunge"):
+            self._expunge(client, sorted(copied))
         if deleted := by_action.get("delete"):
             self._expunge(client, deleted)
         if planned:
-            self.ledger.actions_done(self.account.name, self.folder, uidvalidity, planned)
+            done = {uid: "move" if action == "expunge" else action for uid, action in planned.items()}
+            self.ledger.actions_done(self.account.name, self.folder, uidvalidity, done)
 
     def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
         client.add_flags(uids, [b"\\Deleted"], silent=True)

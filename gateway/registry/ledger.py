@@ -45,7 +45,8 @@ class Settled:
     reason: str | None = None
 
 
-# A spooled message's action on the server not done yet: "pending-move" until the MOVE is.
+# A spooled message's action on the server not done yet: "pending-move" until the MOVE is
+# ("pending-expunge" once a move without MOVE has copied it, until the original is expunged).
 PENDING = "pending-"
 
 
