@@ -507,6 +507,27 @@ def test_a_fax_first_seen_is_not_taken_and_one_still_growing_never_is(
     assert item.raw == whole and not fax.exists()
 
 
+def test_a_fax_whose_time_is_ahead_of_the_clock_is_taken_once_unchanged(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A share keeps the time the writer's clock gave: a fax machine whose clock is an hour ahead
+    writes files dated in the future. Their age proves nothing then; seen unchanged, they are taken
+    (with a warning naming the file), not held until the machine's clock catches up."""
+    config, spool, watcher = watched
+    ahead = time.time() + 3600
+    fax = aged(config.fax_drop_dir / "ahead.tif", faxes["two"], seconds=-3600)
+    info = aged(config.fax_drop_dir / "ahead.tif.info", "Sender: +86 10 1234 5678\n", seconds=-3600)
+    assert os.stat(fax).st_mtime >= ahead - 60 and os.stat(info).st_mtime >= ahead - 60
+    with caplog.at_level(logging.WARNING, logger="gateway.stages.fax"):
+        assert watcher.scan() == 0  # a first sighting proves nothing
+        assert watcher.scan() == 1
+    [item] = spool.claim(1)
+    assert item.raw == faxes["two"] and item.meta["fax"]["number"] == "+86 10 1234 5678"
+    assert os.listdir(config.fax_drop_dir) == []
+    assert any("ahead.tif" in r.getMessage() and "ahead of this machine's clock" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_a_fax_waits_for_its_information_file_to_be_complete(
         watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
     config, spool, watcher = watched

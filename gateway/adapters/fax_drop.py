@@ -116,8 +116,16 @@ class FaxDropWatcher(Runner):
             state, since = current[name]
             before = self._seen.get(name)
             wait = times * settings.stable_seconds
-            return (before is not None and before[0] == state and now - since >= wait
-                    and now - state[1] / 1e9 >= wait)
+            if before is None or before[0] != state or now - since < wait:
+                return False
+            age = now - state[1] / 1e9
+            if age >= 0:
+                return age >= wait
+            # Dated in the future: the writer's clock is ahead (a share keeps the time it gave), and
+            # the age proves nothing; unchanged for the wait is proof enough.
+            log.warning("fax drop folder: %s is dated %.0f s ahead of this machine's clock (is the writer's "
+                        "clock right?); taken as unchanged for %g s", name, -age, wait)
+            return True
 
         if self._left.keys() - left:  # removed by hand, or changed since: forgotten
             self._left = {name: state for name, state in self._left.items() if name in left}
