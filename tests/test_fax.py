@@ -677,6 +677,37 @@ def test_a_file_taken_that_cannot_be_removed_is_named_once_and_not_read_again_ev
     assert not (config.state_dir / fax_drop.LEFT_FILE).exists()
 
 
+def test_a_fax_written_under_the_name_of_one_being_taken_is_not_removed_unread(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fax machine that reuses its file names writes the next fax (renamed into place over the
+    name) while the one before is being decoded and spooled: only the file that was read leaves the
+    folder; the new one stays and is taken at a later scan, with its information file."""
+    config, spool, watcher = watched
+    folder = config.fax_drop_dir
+    aged(folder / "fax.tif", faxes["two"])
+    aged(folder / "fax.tif.info", "Sender: +86 10 1111 1111\n")
+    real_read_fax = fax_drop.read_fax
+    replaced: list[str] = []
+
+    def read_fax(data: bytes, name: str) -> object:
+        if not replaced:  # the next fax arrives meanwhile, under the same names
+            replaced.append(name)
+            for final, content in (("fax.tif", faxes["chinese"]), ("fax.tif.info", "Sender: +86 10 2222 2222\n")):
+                aged(folder / (final + ".part"), content).rename(folder / final)
+        return real_read_fax(data, name)
+
+    monkeypatch.setattr(fax_drop, "read_fax", read_fax)
+    assert watcher.scan() == 0 and watcher.scan() == 1
+    assert sorted(os.listdir(folder)) == ["fax.tif", "fax.tif.info"]
+    assert (folder / "fax.tif").read_bytes() == faxes["chinese"]
+    assert [watcher.scan() for _ in range(3)] == [0, 1, 0]
+    assert os.listdir(folder) == []
+    items = spool.claim(2)
+    assert sorted((item.raw, item.meta["fax"]["number"]) for item in items) == sorted(
+        [(faxes["two"], "+86 10 1111 1111"), (faxes["chinese"], "+86 10 2222 2222")])
+
+
 def test_another_fax_of_the_same_name_size_and_time_is_a_letter_of_its_own(
         watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
     config, spool, watcher = watched

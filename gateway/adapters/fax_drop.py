@@ -11,8 +11,9 @@ fax, and is then set aside in quarantine as what it is, never read as a fax.
 An information file whose name fits two faxes (foo.info beside foo.tif and
 foo.pdf, faxes by their content; foo.doc beside them is none) is neither's:
 each is taken without it, and it stays in the folder, named once in an ALERT.
-The file (and its information sidecar, if any) leaves the folder only after
-its bytes are durable in the spool. A file that is not a readable TIFF or PDF
+The file (and its information sidecar, if any, read together with it) leaves the
+folder only after its bytes are durable in the spool, and only if it is still the file
+read: another put under its name meanwhile stays, to be taken on its own. A file that is not a readable TIFF or PDF
 fax goes, with its sidecar's content and the reason, to the spool's quarantine
 (`gateway quarantine list`), from where `retry` puts it through the pipeline
 again; it too leaves the folder only once durable there: nothing is ever
@@ -221,12 +222,19 @@ class FaxDropWatcher(Runner):
         data = self._read(path, state)
         if data is None:
             return False
+        # The information file is read beside the fax's bytes, not after the decoding: one written
+        # in its place meanwhile (a fax machine reusing its names) must not lend this fax its facts.
+        info_text = None
+        if sidecar is not None:
+            info_text = read_sidecar_text(sidecar[0])
+            if not self._unchanged(sidecar):
+                return False  # rewritten since it was seen complete: next time
         try:
             document = read_fax(data, path.name)
         except FaxUnreadable as exc:
-            self._quarantine(fax, sidecar, data, str(exc), notes)
+            self._quarantine(fax, sidecar, data, str(exc), notes, info_text)
             return False
-        facts = fax_facts(self.config, path, document, None if sidecar is None else sidecar[0])
+        facts = fax_facts(self.config, path, document, None if sidecar is None else sidecar[0], info_text)
         facts["problems"] += notes
         meta = self._meta(path, data, state, facts)
         try:
@@ -261,6 +269,13 @@ class FaxDropWatcher(Runner):
             if file is None:
                 continue
             path, state = file
+            if not self._unchanged(file):
+                # Another file put under its name since it was read (a fax machine reusing names) is
+                # a fax of its own, unread: it stays, and is taken as a new one.
+                if path.exists():
+                    log.warning("fax drop folder: %s was replaced after it was read (item %s): the new file "
+                                "stays, to be taken on its own", path.name, item_id)
+                continue
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -272,6 +287,16 @@ class FaxDropWatcher(Runner):
                 log.error("ALERT fax drop folder: %s is kept in the spool (item %s) but cannot be removed: %s; "
                           "it is left there and not taken again while unchanged: remove it by hand",
                           path.name, item_id, exc.strerror)
+
+    @staticmethod
+    def _unchanged(file: _File) -> bool:
+        """The file under its name is still the one seen (same size, time and inode)."""
+        path, state = file
+        try:
+            now = path.lstat()
+        except FileNotFoundError:
+            return False
+        return (now.st_size, now.st_mtime_ns, now.st_ino) == state
 
     def _load_left(self) -> dict[str, _State]:
         """The files taken that could not be removed, as recorded for this folder."""
@@ -300,17 +325,19 @@ class FaxDropWatcher(Runner):
             log.error("%s cannot be written: %s", self._left_path, exc.strerror or exc)
 
     def _quarantine(self, file: _File, sidecar: _File | None, data: bytes, reason: str,
-                    notes: Sequence[str] = ()) -> None:
+                    notes: Sequence[str] = (), info_text: str | None = None) -> None:
         """Not a readable fax: into the spool's quarantine with everything known about it,
         where operators see it beside every other item set aside, and can retry it."""
         path, state = file
         info = None if sidecar is None else sidecar[0]
-        facts = fax_facts(self.config, path, None, info)
+        if info_text is None:
+            info_text = read_sidecar_text(info)
+        facts = fax_facts(self.config, path, None, info, info_text)
         facts["problems"] += notes
         meta = self._meta(path, data, state, facts)
         meta["fax_drop"] = {"file_name": path.name, "reason": reason,
                             "sidecar_name": info.name if info is not None else None,
-                            "sidecar": read_sidecar_text(info)}
+                            "sidecar": info_text}
         try:
             item_id = self.spool.quarantine_new(data, meta, f"fax drop file {path.name}: {reason}")
         except (SpoolError, OSError) as exc:

@@ -20,13 +20,15 @@ def read_sidecar_text(sidecar: Path | None) -> str | None:
         return None
 
 
-def fax_facts(config: Config, path: Path, document: FaxDocument | None, sidecar: Path | None) -> dict[str, Any]:
+def fax_facts(config: Config, path: Path, document: FaxDocument | None, sidecar: Path | None,
+              sidecar_text: str | None = None) -> dict[str, Any]:
     """Everything known about a fax file, for its spool item: sidecar, then TIFF tags, then name.
-    Without a document (a file that is no readable fax) only the sidecar and the name speak."""
+    Without a document (a file that is no readable fax) only the sidecar and the name speak.
+    `sidecar_text`: the sidecar's content read already (else it is read from `sidecar`)."""
     tz = ZoneInfo(config.model.gateway.timezone)
     facts = FaxFacts()
     if sidecar is not None:
-        text = read_sidecar_text(sidecar)
+        text = read_sidecar_text(sidecar) if sidecar_text is None else sidecar_text
         if text is None:
             facts.problems.append(f"sidecar {sidecar.name} cannot be read")
         else:
