@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import smtplib
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -706,6 +708,45 @@ def test_a_fax_written_under_the_name_of_one_being_taken_is_not_removed_unread(
     items = spool.claim(2)
     assert sorted((item.raw, item.meta["fax"]["number"]) for item in items) == sorted(
         [(faxes["two"], "+86 10 1111 1111"), (faxes["chinese"], "+86 10 2222 2222")])
+
+
+SCAN_WITHOUT_ROOTS_READ = """
+import logging, sys
+from gateway.adapters.fax_drop import FaxDropWatcher
+from gateway.spool import Spool
+from gateway.stages import rulebook
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+config = rulebook.load(sys.argv[1])
+watcher = FaxDropWatcher(config, Spool(config.spool_dir, config.message_dir))
+print([watcher.scan() for _ in range(6)])
+"""
+
+
+def test_a_fax_the_daemon_may_not_read_is_named_once_and_taken_once_readable(
+        watched: tuple[Config, Spool, FaxDropWatcher], faxes: dict[str, bytes]) -> None:
+    """A file the fax server wrote with permissions that shut the daemon out stays in the folder,
+    named once in an ALERT (not at every poll), and is taken once its permissions are put right.
+    Run as root without the capabilities that read any file, as the daemon's own user would be."""
+    config, spool, watcher = watched
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to take away the reading of any file")
+    locked = aged(config.fax_drop_dir / "locked.tif", faxes["two"])
+    aged(config.fax_drop_dir / "open.tif", faxes["chinese"])
+    locked.chmod(0)
+    scan = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c",
+                           SCAN_WITHOUT_ROOTS_READ, str(config.path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert scan.returncode == 0, scan.stderr[-3000:]
+    assert scan.stdout.split() == ["[0,", "1,", "0,", "0,", "0,", "0]"], scan.stdout
+    said = [line for line in scan.stderr.splitlines() if "locked.tif" in line]
+    assert said == ["ERROR ALERT fax drop folder: locked.tif cannot be read (Permission denied): it is left "
+                    "there"], said
+    assert sorted(os.listdir(config.fax_drop_dir)) == ["locked.tif"]
+    locked.chmod(0o644)
+    assert watcher.scan() == 0 and watcher.scan() == 1
+    assert os.listdir(config.fax_drop_dir) == []
+    assert sorted(item.raw for item in spool.claim(2)) == sorted([faxes["two"], faxes["chinese"]])
 
 
 def test_another_fax_of_the_same_name_size_and_time_is_a_letter_of_its_own(

@@ -200,8 +200,7 @@ class FaxDropWatcher(Runner):
             else:
                 log.warning("fax drop folder: %s %s", name, what)
 
-    @staticmethod
-    def _read(path: Path, state: _State) -> bytes | None:
+    def _read(self, path: Path, state: _State) -> bytes | None:
         """The file's bytes, if they are still those of the state seen stable; None: next time."""
         try:
             data = path.read_bytes()
@@ -209,7 +208,8 @@ class FaxDropWatcher(Runner):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error("fax %s cannot be read: %s", path.name, exc.strerror)
+            # Named once, not at every poll: it is tried again at each, and taken once readable.
+            self._name_once(path.name, f"cannot be read ({exc.strerror}): it is left there", alert=True)
             return None
         if (after.st_size, after.st_mtime_ns, after.st_ino) != state or len(data) != state[0]:
             return None  # written to while we read
