@@ -4,6 +4,10 @@ FETCH the server refuses, a size the server understates, a message expunged whil
 from __future__ import annotations
 
 import json
+import select
+import socket
+import struct
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -17,6 +21,7 @@ from sqlalchemy import text
 
 from conftest import Gateway, make_message
 from dovecot_server import DovecotServer, dovecot_fixture
+from ports import free_port
 from gateway.adapters import imap as imap_mod
 from gateway.config import Config, load
 from gateway.daemon.pipeline import Pipeline
@@ -402,3 +407,66 @@ def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
     with box.registry.engine.connect() as conn:
         rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
     assert rows == [(1, "move"), (2, "move")]
+
+
+class ResettingProxy:
+    """A TCP proxy on loopback in front of Dovecot that resets the client's connection (RST, not a
+    clean close) when the server starts sending a message holding `marker`, as a middlebox or a
+    crashing server process does."""
+
+    def __init__(self, server_port: int, marker: bytes):
+        self.port, self.marker, self.server_port = free_port(), marker, server_port
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+
+    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
+        # One thread per connection: a socket closed while another thread waits in recv on it would
+        # not be reset until that recv returns.
+        try:
+            while True:
+                ready, _, _ = select.select([client, server], [], [])
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if source is server and self.marker in data:
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        return  # closed below with linger 0: the client reads ECONNRESET
+                    (server if source is client else client).sendall(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            server.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_message_whose_fetch_resets_the_connection_is_given_up_and_the_rest_go_on(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """A connection reset while a batch is fetched (an OS error, not the server's BYE) makes the
+    batch's messages suspects like any dropped connection: fetched one at a time, the one that
+    resets it is counted, given up after max_attempts and quarantined; the others are taken."""
+    proxy = ResettingProxy(dovecot.port, b"Subject: poison")
+    try:
+        box = Folder(dovecot, tmp_path, settings="max_attempts = 2\ntimeout_seconds = 5", after="keep", port=proxy.port)
+        close_registries.append(box)
+        box.sync()  # an empty folder: nothing to import
+        for n, subject in enumerate(("before", "poison", "after")):
+            dovecot.deliver(box.user, make_message(n, subject=subject))
+        box.sync_until(lambda: box.ledger_rows().get(2, (0, ""))[1] == "unfetchable")
+    finally:
+        proxy.close()
+    assert sorted(box.spooled()) == ["after", "before"]
+    [quarantined] = box.spool.quarantined()
+    assert "UID 2 could not be fetched: the server dropped the connection" in str(quarantined), quarantined

@@ -491,7 +491,7 @@ class FolderWatcher:
         if batch:
             try:
                 data = client.fetch(batch, what)
-            except IMAPClientAbortError:
+            except (IMAPClientAbortError, OSError):  # a reset or a timeout is an OSError, not an abort
                 self._suspects.update(batch)
                 raise
             except IMAPClientError:
@@ -512,7 +512,7 @@ class FolderWatcher:
                     gone.add(uid)  # expunged meanwhile
                     continue
                 reason = "the server returned no content"
-            except IMAPClientAbortError as exc:
+            except (IMAPClientAbortError, OSError) as exc:
                 reason = f"the server dropped the connection fetching it: {_text(exc)}"
                 log.warning("%s: UID %d could not be fetched (attempt %d of %d): %s", self.name, uid, attempts,
                             self.config.model.imap.max_attempts, reason)
