@@ -12,16 +12,16 @@ An information file whose name fits two faxes (foo.info beside foo.tif and
 foo.pdf, faxes by their content; foo.doc beside them is none) is neither's:
 each is taken without it, and it stays in the folder, named once in an ALERT.
 The file (and its information sidecar, if any, read together with it) leaves the
-folder only after its bytes are durable in the spool, and only if it is still the file
-read: another put under its name meanwhile stays, to be taken on its own. A file that is not a readable TIFF or PDF
-fax goes, with its sidecar's content and the reason, to the spool's quarantine
-(`gateway quarantine list`), from where `retry` puts it through the pipeline
-again; it too leaves the folder only once durable there: nothing is ever
-deleted unread. A file taken that cannot be removed (a share the daemon may not
-write to) is named once in an ALERT and remembered in the state directory by its
-name, size, modification time and inode: while it stays so it is not read
-again, after a restart too. Empty files, folders and links are never taken, and
-named once in the log.
+folder only after its bytes are durable in the spool, and only if it is still
+the file read: another put under its name meanwhile stays, to be taken on its
+own. A file that is not a readable TIFF or PDF fax goes, with its sidecar's
+content and the reason, to the spool's quarantine (`gateway quarantine list`),
+from where `retry` puts it through the pipeline again; it too leaves the folder
+only once durable there: nothing is ever deleted unread. A file taken that
+cannot be removed (a share the daemon may not write to) is named once in an
+ALERT and remembered in the state directory by its name, size, modification
+time and inode: while it stays so it is not read again, after a restart too.
+Empty files, folders and links are never taken, and named once in the log.
 """
 from __future__ import annotations
 
