@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+# What a message must not carry as it is: line breaks (a sender's subject or a fax's file name
+# could start a line that reads as an entry of its own), other control characters, and the
+# direction controls that reorder what a terminal shows.
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-class JournalFormatter(logging.Formatter):
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(char) or f"\\u{ord(char):04x}"
+
+
+class LineFormatter(logging.Formatter):
+    """One entry, one line: the message's unsafe characters are written as escapes. A traceback
+    (exc_info), which the code itself appends, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _UNSAFE.sub(_escaped, record.message)
+        return super().formatMessage(record)
+
+
+class JournalFormatter(LineFormatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         prio = _PRIORITY.get(record.levelno, 6)
@@ -28,9 +47,9 @@ def setup(level: str = "INFO", *, timestamps: bool = True) -> None:
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     elif timestamps:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(LineFormatter("%(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
