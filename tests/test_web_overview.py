@@ -210,6 +210,30 @@ def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: S
     assert {"quarantine-retry", "mail-requeued"} <= actions
 
 
+def test_a_mail_queued_again_no_longer_shows_its_old_failure_as_current(site: Site) -> None:
+    """By the web and by `gateway outbox retry`: the error that dead-lettered it stays in the
+    letter's history, not on the mail waiting for its next attempt."""
+    web_mail, cli_mail = site.registry.outbox_due(2)  # claimed, as the sender does before giving a mail up
+    assert site.registry.outbox_dead(web_mail.id, "550 5.1.1 <x@example.org>: no such user (web)")
+    assert site.registry.outbox_dead(cli_mail.id, "550 5.1.1 <y@example.org>: no such user (cli)")
+    ada = site.sign_in("ada")
+    assert ada.post("/operations/outbox/retry", data={"mail": str(web_mail.id), "csrf": ada.csrf}).status_code == 303
+    site.gateway.run("outbox", "retry", str(cli_mail.id))
+    mails = {m.id: m for m in site.registry.outbox()}
+    for mail, said in ((web_mail, "(web)"), (cli_mail, "(cli)")):
+        assert mails[mail.id].status == "pending" and mails[mail.id].last_error is None
+        listed = json.loads(site.gateway.run("outbox", "list", "--status", "pending", "--json").stdout)
+        assert next(m for m in listed if m["id"] == mail.id)["last_error"] is None
+        assert f"no such user {said}" not in ada.get("/operations").text
+        found = site.registry.letter_by_id(mail.letter_id)  # type: ignore[arg-type]
+        letter = site.registry.letter(found.number) if found is not None else None
+        assert letter is not None
+        requeued = [e for e in letter.events if e.action == "mail-requeued" and e.details.get("outbox") == mail.id]
+        assert requeued and f"no such user {said}" in requeued[-1].details["error"]
+    status = json.loads(site.gateway.run("status", "--json", check=False).stdout)["outbox"]
+    assert "no such user" not in json.dumps(status)
+
+
 def test_operations_shows_first_what_needs_attention_in_either_language(site: Site) -> None:
     """At the top of the page, for an administrator: each thing that needs an operator in words,
     with what to do (a link to where the page does it); the daemon not running is one of them.
