@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from smtp_sink import SmtpSink
 
-from conftest import Gateway, make_message, write_messages
+from conftest import Gateway, make_message, outbound_settings, write_messages
 from gateway.stages.answers import own_text, parse_command
 from gateway.track.calendar import WorkingCalendar
 
@@ -322,6 +323,52 @@ escalate_after = 2
     assert sent == [("overdue", 1), ("overdue", 2), ("escalation", 2)]
     assert [m["kind"] for m in detail["outbox"] if m["kind"] in ("reminder", "escalation")] == [  # type: ignore[index]
         "reminder", "reminder", "escalation"]
+
+
+def test_one_pass_sends_the_owners_only_the_most_advanced_reminder_due_and_never_the_others_later(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    """The daemon was down from before the acknowledgement day to after the deadline: its first
+    pass finds the letter unacknowledged and overdue at once. The owners get the overdue reminder
+    alone; the other is recorded as superseded, is never sent later, and does not count towards
+    the escalation (which follows two reminders really sent)."""
+    from gateway.outbound.sender import OutboxSender
+
+    gateway = Gateway(tmp_path, rules=ALL_TO_BUSINESS, extra=outbound_settings(sink.address) + """
+[reminders]
+before_working_days = 1
+repeat_working_days = 1
+escalate_after = 2
+""")
+    gateway.run("ingest", *write_messages(tmp_path, [make_message(1)]))
+    config, registry = registry_of(gateway)
+    cal = WorkingCalendar("Asia/Shanghai", ["saturday", "sunday"], [], [])
+    due = datetime.fromisoformat(str(gateway.show_json("2026-000001")["deadline"])).astimezone(cal.tz).date()
+    after, next_day = cal.add_working_days(due, 1), cal.add_working_days(due, 2)
+
+    def run(moment: str, *dry_run: str) -> list[str]:
+        return gateway.run("reminders", "run", "--now", moment, *dry_run).stdout.strip().splitlines()
+
+    def delivered(address: str) -> list[str]:
+        OutboxSender(config, registry).deliver_due()
+        return [r.message["Subject"] for r in sink.to(address) if "Reminder" in r.message["Subject"]
+                or "Escalation" in r.message["Subject"]]
+
+    # On the deadline's day, unacknowledged and before at once: the one before the deadline alone.
+    assert run(f"{due} 09:00", "--dry-run") == [
+        "2026-000001: reminder (before) to sales.desk@example.org (not sent: dry run)"]
+    assert run(f"{after} 09:00") == ["2026-000001: reminder (overdue) to sales.desk@example.org"]
+    assert delivered("sales.desk@example.org") == ["[2026-000001] Reminder: overdue"]
+    assert delivered("business.head@example.org") == []
+    assert run(f"{after} 15:00") == ["nothing due"]  # the unacknowledged one is not sent later either
+    assert run(f"{next_day} 09:00") == ["2026-000001: reminder (overdue) to sales.desk@example.org",
+                                        "2026-000001: escalation to business.head@example.org"]
+    assert delivered("sales.desk@example.org") == ["[2026-000001] Reminder: overdue"] * 2
+    assert len(delivered("business.head@example.org")) == 1
+    events = [(e.action, e.details["kind"], e.details["count"]) for e in registry.letter("2026-000001").events
+              if e.action in ("reminded", "escalated", "reminder-superseded")]
+    assert events == [("reminder-superseded", "unacknowledged", 1), ("reminded", "overdue", 1),
+                      ("reminded", "overdue", 2), ("escalated", "escalation", 2)]
+    registry.close()
 
 
 def test_two_passes_at_once_send_each_reminder_once_and_report_only_what_they_sent(tmp_path: Path) -> None:

@@ -46,6 +46,8 @@ class Sent:
     at: datetime
     # The deadline it was about; None in those recorded before reminders kept it.
     deadline: datetime | None = None
+    # Due in the same pass as a more advanced reminder, which was sent instead: done, not sent.
+    superseded: bool = False
 
     def of(self, letter: OpenLetter) -> bool:
         """Whether it was about the letter's deadline in force now (a reopened or resumed letter
@@ -56,8 +58,8 @@ class Sent:
 
 
 # The caller's decision, made under the letter's lock from the letter and what was sent for it:
-# the mail and count of the reminder of that kind if it is still due, else None.
-Decide = Callable[[OpenLetter, list[Sent]], tuple[list[NewMail], int] | None]
+# the mail, count and further details of the reminder of that kind if it is still due, else None.
+Decide = Callable[[OpenLetter, list[Sent]], tuple[list[NewMail], int, dict[str, Any]] | None]
 
 
 def _state(conn: Connection, where: tuple[ColumnElement[bool], ...]) -> list[tuple[OpenLetter, list[Sent]]]:
@@ -87,12 +89,13 @@ def _state(conn: Connection, where: tuple[ColumnElement[bool], ...]) -> list[tup
             if action == "reassigned" and from_department is not None and from_department != department:
                 handed[letter_id] = max(at, handed.get(letter_id, at))
     sent: dict[int, list[Sent]] = {}
-    for letter_id, details, at in conn.execute(
-            select(Event.letter_id, Event.details, Event.at).where(
-                Event.action.in_(("reminded", "escalated")), Event.letter_id.in_(ids))):
+    for letter_id, action, details, at in conn.execute(
+            select(Event.letter_id, Event.action, Event.details, Event.at).where(
+                Event.action.in_(("reminded", "escalated", "reminder-superseded")), Event.letter_id.in_(ids))):
         deadline = details.get("deadline")
         sent.setdefault(letter_id, []).append(Sent(
-            str(details.get("kind")), at, datetime.fromisoformat(deadline) if deadline else None))
+            str(details.get("kind")), at, datetime.fromisoformat(deadline) if deadline else None,
+            action == "reminder-superseded"))
     return [(OpenLetter(*row, arrived_at=arrived.get(row.id), renewed_at=renewed.get(row.id),
                         handed_at=handed.get(row.id)),
              sent.get(row.id, [])) for row in letters]
@@ -106,7 +109,9 @@ class ReminderRecords(Store):
 
     def remind(self, letter_id: int, kind: str, at: datetime, decide: Decide) -> bool:
         """Queue a reminder (or an escalation) and record it, in one transaction, if `decide`
-        still finds it due under the letter's lock. Returns whether it was recorded."""
+        still finds it due under the letter's lock. Returns whether it was recorded. A reminder
+        superseded by a more advanced one (`superseded_by` in the details) is recorded as such,
+        with no mail."""
         now = utcnow()
         with self.write() as conn:
             # Locked and decided again: two passes at once (the daemon's and a hand-run one) must
@@ -122,10 +127,11 @@ class ReminderRecords(Store):
             decided = decide(letter, sent)
             if decided is None:
                 return False
-            mail, count = decided
-            action = "escalated" if kind == "escalation" else "reminded"
+            mail, count, more = decided
+            action = ("escalated" if kind == "escalation" else
+                      "reminder-superseded" if more.get("superseded_by") else "reminded")
             details: dict[str, Any] = {"kind": kind, "count": count, "to": [m.recipient for m in mail],
-                                       "deadline": letter.deadline.isoformat() if letter.deadline else None}
+                                       "deadline": letter.deadline.isoformat() if letter.deadline else None, **more}
             conn.execute(insert(Event), [self.event_row(letter_id, at, "gateway", action, None, details)])
             if mail:
                 conn.execute(insert(OutboxMail), [self.mail_row(letter_id, m, now) for m in mail])

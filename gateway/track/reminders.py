@@ -16,6 +16,11 @@ reminders already recorded as its events, what is due now:
   `[replies] approval_reminder_working_days`;
 - late readers of a circulation, and borrowings whose period is over (gateway.track.circulation).
 
+The owners get one reminder of a letter per pass: when several are due at once (the daemon was
+down past the acknowledgement day and the deadline, say), the most advanced (overdue, then
+before, then unacknowledged) is sent, and the others are recorded as superseded by it, with no
+mail, so that no later pass sends them; only those sent count towards the escalation.
+
 Each is an outbox mail and an event written in one transaction, so a pass that
 is cut short sends nothing twice and loses nothing. The clock is a parameter:
 `gateway reminders run --now ...` shows what a given moment would send.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.config import Config
 from gateway.stages.route import NewMail, new_mail
@@ -40,6 +46,11 @@ class Reminder:
     kind: str  # unacknowledged | before | overdue | escalation | awaiting-sender
     mail: list[NewMail]
     count: int  # reminders of this deadline including this one
+    superseded_by: str | None = None  # due with a more advanced one, sent instead: recorded, no mail
+
+
+# The owners' reminders, the least advanced first: of those due together only the last is sent.
+ADVANCE = ("unacknowledged", "before", "overdue")
 
 
 # Overdue reminders repeat every `repeat_working_days`, counted by the day, and never closer than
@@ -68,8 +79,8 @@ def due_for(config: Config, letter: OpenLetter, sent: list[Sent], now: datetime)
     current = [s for s in sent if s.kind != "awaiting-sender" and s.of(letter)
                and (letter.handed_at is None or s.at >= letter.handed_at)]
     kinds = {s.kind for s in current}
-    reminders = sum(1 for s in current if s.kind != "escalation")
-    out: list[Reminder] = []
+    reminders = sum(1 for s in current if s.kind != "escalation" and not s.superseded)
+    kinds_due: list[str] = []
 
     # Counted from when the department could first know of it: an old letter imported with
     # `gateway import --notify` is not unacknowledged the moment it is registered, nor is one
@@ -80,21 +91,27 @@ def due_for(config: Config, letter: OpenLetter, sent: list[Sent], now: datetime)
     unacknowledged = any(s.kind == "unacknowledged" and (letter.arrived_at is None or s.at >= letter.arrived_at)
                          for s in sent)
     if letter.status == "routed" and now > ack_deadline and not unacknowledged:
-        reminders += 1
-        out.append(_reminder(config, letter, "unacknowledged", owners, reminders))
+        kinds_due.append("unacknowledged")
     if now > letter.deadline:
-        last = max((s.at for s in current if s.kind == "overdue"), default=None)
+        last = max((s.at for s in current if s.kind == "overdue" and not s.superseded), default=None)
         if last is None or (calendar.working_days_between(last, now) >= settings.repeat_working_days
                             and now - last >= MIN_OVERDUE_INTERVAL):
-            reminders += 1
-            out.append(_reminder(config, letter, "overdue", owners, reminders))
-        if reminders >= settings.escalate_after and "escalation" not in kinds:
-            out.append(_reminder(config, letter, "escalation", [department.head], reminders))
+            kinds_due.append("overdue")
     elif ("before" not in kinds and settings.before_working_days > 0
           and calendar.working_days_between(now, letter.deadline) <= settings.before_working_days):
+        kinds_due.append("before")
+    found: list[Reminder] = []
+    if kinds_due:
+        # The superseded are listed, and so recorded, first: no pass finds them due without the
+        # one sent instead.
+        sent_kind = max(kinds_due, key=ADVANCE.index)
         reminders += 1
-        out.append(_reminder(config, letter, "before", owners, reminders))
-    return out
+        found = [Reminder(letter, kind, [], reminders, superseded_by=sent_kind) for kind in kinds_due
+                 if kind != sent_kind]
+        found.append(_reminder(config, letter, sent_kind, owners, reminders))
+    if now > letter.deadline and reminders >= settings.escalate_after and "escalation" not in kinds:
+        found.append(_reminder(config, letter, "escalation", [department.head], reminders))
+    return found
 
 
 def due(config: Config, registry: Registry, now: datetime) -> list[Reminder]:
@@ -108,11 +125,11 @@ def send(config: Config, registry: Registry, reminder: Reminder, now: datetime) 
     reminders before it in the same pass were recorded or not, so it follows only real ones."""
     made: list[Reminder] = []
 
-    def decide(letter: OpenLetter, sent: list[Sent]) -> tuple[list[NewMail], int] | None:
+    def decide(letter: OpenLetter, sent: list[Sent]) -> tuple[list[NewMail], int, dict[str, Any]] | None:
         for found in due_for(config, letter, sent, now):
             if found.kind == reminder.kind:
                 made.append(found)
-                return found.mail, found.count
+                return found.mail, found.count, {"superseded_by": found.superseded_by} if found.superseded_by else {}
         return None
 
     return made[-1] if registry.remind(reminder.letter.id, reminder.kind, now, decide) else None
@@ -154,6 +171,7 @@ def run(config: Config, registry: Registry, now: datetime, *, dry_run: bool = Fa
             if (done := send(config, registry, reminder, now)) is not None:
                 recorded.append(done)
         reminders = recorded
+    reminders = [r for r in reminders if r.superseded_by is None]  # recorded, but nothing sent
     from gateway.track import circulation
 
     # Readers late to sign a circulation; borrowings of archived letters whose period is over.

@@ -137,6 +137,7 @@ EVENT = {
     "notification-sent": N_("notification sent"), "receipt-sent": N_("receipt sent"),
     "feedback-sent": N_("result sent to sender"), "reminder-sent": N_("reminder sent"),
     "escalation-sent": N_("escalation sent"), "reminded": N_("reminded"), "escalated": N_("escalated"),
+    "reminder-superseded": N_("reminder not sent: a more advanced one went instead"),
     "dead-lettered": N_("mail undeliverable"),
     "read": N_("read"), "preview": N_("preview"), "download": N_("download"), "original": N_("original downloaded"),
     "export": N_("export"), "audit-export": N_("audit log exported"), "sign-in": N_("sign-in"),
