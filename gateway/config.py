@@ -340,6 +340,9 @@ class OutboundSection(_Strict):
     give_up_hours: float = Field(default=48.0, gt=0)
     timeout_seconds: float = Field(default=60.0, gt=0)
     attach_original_max_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    # The largest message the relay takes (its SIZE); a reply whose mail would be larger is refused
+    # while it is drafted, not dead-lettered once approved.
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     loop_id: str = Field(default="", pattern=r"^[A-Za-z0-9.@_-]*$")
 
     @field_validator("relay")

@@ -322,6 +322,57 @@ def test_an_empty_file_attached_to_a_reply_is_refused_not_dropped(site: Site) ->
     assert saved.status_code == 303
 
 
+def test_a_replys_files_are_checked_as_its_text_is_each_named_when_refused(
+        tmp_path: Path, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file against the attachments' limit, the files together, their number, their names,
+    and the mail they make against what the relay takes: refused while drafted, naming the file,
+    in the web and the command alike; a reply within them all reaches the sender."""
+    monkeypatch.setattr(conftest, "DEPARTMENTS", conftest.DEPARTMENTS.replace(*LEADERS).replace(*LEADERS_B))
+    extra = EXTRA.format(relay=sink.address).replace("[replies]\n", "[replies]\nmax_attachment_bytes = 98304\n")
+    site = Site(tmp_path, extra=extra.replace("[outbound]\n", "[outbound]\nmax_message_bytes = 122880\n"))
+    try:
+        site.add_people(PEOPLE + MORE_PEOPLE)
+        site.add_letters()
+        number = site.letters["office"]  # the head alone approves
+        gina = site.sign_in("gina")  # in Chinese, the default
+        url = f"/letters/{number}/reply"
+        form = {"text": "Dear Alice, the files are attached.", "action": "save", "csrf": gina.csrf}
+
+        def refused(*files: tuple[str, int]) -> str:
+            answer = gina.post(url, data=form, files=[("files", (name, b"x" * size, "application/pdf"))
+                                                      for name, size in files])
+            assert answer.status_code == 400 and "the files are attached.</textarea>" in answer.text
+            return re.sub(r"\s+", " ", answer.text)
+
+        assert "a.pdf 大小为 100 KiB，超过回复附件合计允许的96 KiB" in refused(("a.pdf", 102400))
+        assert "加上 c.pdf，附件共 100 KiB，超过允许的96 KiB" in refused(("b.pdf", 51200), ("c.pdf", 51200))
+        mail = refused(("d.pdf", 46080), ("e.pdf", 46080))  # 90 KiB, but more than 120 KiB as mail
+        assert "加上 e.pdf，回复作为邮件将达" in mail and "超过发信服务器接受的120 KiB" in mail
+        assert Replies(site.config, site.registry)._open(site.registry.letter(number)) is None  # type: ignore[arg-type]
+        big = tmp_path / "big.pdf"
+        big.write_bytes(b"x" * 102400)
+        cli = site.gateway.run("letters", "reply", number, "--text", "Files attached.", "--attach", str(big),
+                               "--as", "gina", check=False)
+        assert cli.returncode == 1
+        assert "big.pdf is 100 KiB, more than the 96 KiB a reply's attachments may come to" in cli.stderr
+
+        saved = gina.post(url, data=form, files=[("files", ("f.pdf", b"%PDF-1.4 " + b"x" * 61440, "application/pdf"))])
+        assert saved.status_code == 303
+        assert "回复中已有名为 F.PDF 的附件：请删除其中一个或改名" in refused(("F.PDF", 10))
+        assert "最多20个附件：g19.txt 超出了这个数目" in refused(*((f"g{n}.txt", 1) for n in range(20)))
+
+        assert gina.post(url, data={**form, "action": "submit"}).status_code == 303
+        olga = site.people.principal("olga")
+        assert olga is not None and Replies(site.config, site.registry).approve(olga, number) == "sent"
+        deliver(site)
+        [sent] = [r for r in sink.to("alice@partner.example") if r.message["Subject"].startswith("Re:")]
+        assert len(sent.data) <= 122880
+        [attached] = list(sent.message.iter_attachments())
+        assert attached.get_filename() == "f.pdf"
+    finally:
+        site.close()
+
+
 def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Site) -> None:
     number = site.letters["urgent"]  # head, then leader
     with site.registry.write() as conn:

@@ -37,7 +37,34 @@ MAX_TEXT = 50_000
 MAX_ATTACHMENTS = 20
 # Refusals for what was filled in (the others: rights, order and the reply's state).
 INPUT_REFUSALS = frozenset({"need-reply-text", "reply-too-long", "too-many-attachments", "attachments-too-large",
-                            "need-comment", "empty-attachment"})
+                            "need-comment", "empty-attachment", "attachment-too-large", "attachment-name-twice",
+                            "reply-mail-too-large"})
+
+
+def _shown_size(size: int) -> str:
+    """A size as a person reads it."""
+    if size >= 1048576:
+        return f"{size / 1048576:.1f} MiB"
+    return f"{size / 1024:.0f} KiB" if size >= 1024 else f"{size} bytes"
+
+
+# What a reply's mail comes to, a little over rather than under: headers, the text and each file
+# in base64 (4 bytes for 3, lines of 76 and CRLF) with its part's headers.
+MAIL_HEADERS = 4096
+PART_HEADERS = 512
+
+
+def _base64_size(size: int) -> int:
+    encoded = 4 * -(-size // 3)
+    return encoded + 2 * -(-encoded // 76)
+
+
+def mail_size_of_text(text: str) -> int:
+    return MAIL_HEADERS + PART_HEADERS + _base64_size(len(text.encode("utf-8")))
+
+
+def mail_size_of_file(name: str, size: int) -> int:
+    return PART_HEADERS + 3 * len(name.encode("utf-8")) + _base64_size(size)
 
 
 @dataclass(frozen=True)
@@ -259,14 +286,8 @@ class Replies:
             raise Refused("write the reply first", "need-reply-text")
         kept = self.records.attachments(reply.id) if reply is not None else []
         removed = {a.id for a in kept if a.id in set(remove or [])}
-        sizes = sum(a.size for a in kept if a.id not in removed) + sum(len(a.content) for a in add)
-        if len(kept) - len(removed) + len(add) > MAX_ATTACHMENTS:
-            raise Refused(f"at most {MAX_ATTACHMENTS} attachments", "too-many-attachments",
-                          limit=str(MAX_ATTACHMENTS))
-        limit = self.config.model.replies.max_attachment_bytes
-        if sizes > limit:
-            raise Refused(f"the attachments come to {sizes} bytes, more than the {limit} allowed",
-                          "attachments-too-large", limit=f"{limit / 1048576:.0f} MiB")
+        self._check_files(text, [(a.filename, a.size) for a in kept if a.id not in removed],
+                          [(a.filename, len(a.content)) for a in add])
         try:
             return self.records.save_draft(letter.id, reply.id if reply else None, actor=who.login, text=text,
                                            add=add, remove=sorted(removed), started_from=started_from)
@@ -274,6 +295,46 @@ class Replies:
             raise Refused(str(exc), "draft-changed", number=number) from None
         except ReplyChanged as exc:
             raise Refused(str(exc), "reply-moved", number=number) from None
+
+    def _check_files(self, text: str, kept: list[tuple[str, int]], added: list[tuple[str, int]]) -> None:
+        """A reply's files (name, size) as its text is checked: each one, how many, how much together,
+        and the mail they make against what the relay takes; refused naming the file that does
+        not fit (the first added that does not, else the last kept). Names: two files of one
+        name (in any case) would overwrite each other where the sender saves them."""
+        limit = self.config.model.replies.max_attachment_bytes
+        relay_limit = self.config.model.outbound.max_message_bytes
+        files = kept + added
+        seen: set[str] = set()
+        for name, _size in files:
+            if name.casefold() in seen:
+                raise Refused(f"the reply already has an attachment named {name}: remove one or rename it",
+                              "attachment-name-twice", name=name)
+            seen.add(name.casefold())
+
+        def culprit(at: int) -> str:
+            return files[max(at, len(kept))][0] if added else files[at][0]
+
+        if len(files) > MAX_ATTACHMENTS:
+            raise Refused(f"at most {MAX_ATTACHMENTS} attachments: {culprit(MAX_ATTACHMENTS)} is one too many",
+                          "too-many-attachments", limit=str(MAX_ATTACHMENTS), name=culprit(MAX_ATTACHMENTS))
+        total, mail = 0, mail_size_of_text(text)
+        allowed, relay = _shown_size(limit), _shown_size(relay_limit)
+        for at, (name, size) in enumerate(files):
+            if size > limit:
+                shown = _shown_size(size)
+                raise Refused(f"{name} is {shown}, more than the {allowed} a reply's attachments may come to",
+                              "attachment-too-large", name=name, size=shown, limit=allowed)
+            total += size
+            mail += mail_size_of_file(name, size)
+            if total > limit:
+                shown = _shown_size(total)
+                raise Refused(f"with {culprit(at)} the attachments come to {shown}, more than the {allowed} allowed",
+                              "attachments-too-large", name=culprit(at), size=shown, limit=allowed)
+            if mail > relay_limit:
+                shown = _shown_size(mail)
+                raise Refused(f"with {culprit(at)} the reply would be {shown} as mail (attachments grow by a third "
+                              f"when encoded), more than the {relay} the outgoing mail server takes",
+                              "reply-mail-too-large", name=culprit(at), size=shown, limit=relay)
 
     def submit(self, who: Principal, number: str) -> list[str]:
         """Start the approval chain of the letter's draft. Returns the chain."""
@@ -287,6 +348,8 @@ class Replies:
                           number=number, status=reply.status)
         if not reply.text.strip():
             raise Refused("write the reply first", "need-reply-text")
+        # Again: the limits may have changed since the draft was saved.
+        self._check_files(reply.text, [], [(a.filename, a.size) for a in self.records.attachments(reply.id)])
         chain, rule = chain_for(self.config, letter)
         notify = self._notify(letter, chain[0], reply.id, "waiting", step=1)
         if not notify:

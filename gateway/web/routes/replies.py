@@ -34,9 +34,13 @@ i18n.REFUSAL.update({
     "reply-state": N_("%(number)s is %(status)s: a reply is drafted while it is routed, acknowledged or in progress"),
     "reply-too-long": N_("a reply of at most %(limit)s characters"),
     "reply-locked": N_("the reply is %(status)s: it can no longer be changed"),
-    "too-many-attachments": N_("at most %(limit)s attachments"),
+    "too-many-attachments": N_("at most %(limit)s attachments: %(name)s is one too many"),
     "empty-attachment": N_("%(name)s is empty (0 bytes): choose the file again"),
-    "attachments-too-large": N_("the attachments come to more than %(limit)s"),
+    "attachment-too-large": N_("%(name)s is %(size)s, more than the %(limit)s a reply's attachments may come to"),
+    "attachments-too-large": N_("with %(name)s the attachments come to %(size)s, more than the %(limit)s allowed"),
+    "attachment-name-twice": N_("the reply already has an attachment named %(name)s: remove one or rename it"),
+    "reply-mail-too-large": N_("with %(name)s the reply would be %(size)s as mail (attachments grow by a third when "
+                               "encoded), more than the %(limit)s the outgoing mail server takes"),
     "reply-moved": N_("the reply moved on meanwhile: reload the page"),
     "draft-changed": N_("someone saved the draft meanwhile: your text is kept below, their version beside it; "
                         "merge them and save again"),
