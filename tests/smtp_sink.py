@@ -62,11 +62,12 @@ class _Handler:
 
 
 class SmtpSink:
-    def __init__(self, port: int | None = None, smtputf8: bool = False):
+    def __init__(self, port: int | None = None, smtputf8: bool = False, size_limit: int = 50 * 1024 * 1024):
         if port is None:
             port = free_port()  # aiosmtpd cannot be given port 0
         self.port = port
         self.smtputf8 = smtputf8
+        self.size_limit = size_limit  # announced as SIZE in its EHLO; larger mail is refused with 552
         self.received: list[Received] = []
         self.attempts = 0
         self.lock = threading.Lock()
@@ -83,7 +84,7 @@ class SmtpSink:
 
     def start(self) -> SmtpSink:
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port,
-                                      data_size_limit=50 * 1024 * 1024, enable_SMTPUTF8=self.smtputf8)
+                                      data_size_limit=self.size_limit, enable_SMTPUTF8=self.smtputf8)
         self._controller.start()
         return self
 

@@ -235,3 +235,19 @@ def test_a_mail_retried_a_thousand_times_keeps_its_backoff_and_blocks_no_other(t
         assert sorted(r.rcpt_tos for r in relay.received) == [["desk1@example.org"], ["desk2@example.org"]]
     finally:
         registry.close()
+
+
+def test_a_mail_larger_than_the_relay_takes_is_dead_lettered_at_once_saying_so(tmp_path: Path) -> None:
+    """The relay announces its SIZE: a mail over it is never accepted, however often it is tried,
+    and is not the relay refusing the gateway: dead-lettered at once, the sizes named."""
+    relay = SmtpSink(size_limit=600).start()
+    config, registry = configured(tmp_path, relay.address)
+    try:
+        letter_with_mail(registry, 1)
+        OutboxSender(config, registry).deliver_due()
+        [mail] = registry.outbox()
+        assert (mail.status, mail.attempts) == ("dead", 1) and relay.received == []
+        assert f"more than the 600 bytes relay {relay.address} takes" in (mail.last_error or "")
+    finally:
+        relay.stop()
+        registry.close()

@@ -10,6 +10,9 @@ the wait each time; a 5xx answer, or no delivery within `give_up_hours`,
 dead-letters the mail and says so in the log (ALERT) and on the letter. An
 unreadable reply-keys file holds every mail back (ALERT), never dead-letters it.
 
+A mail larger than the SIZE the relay announces in its EHLO (RFC 1870) would be refused however
+often it is tried: it is dead-lettered at once, naming both sizes.
+
 Mail to an address whose local part is not ASCII (`李明@example.org`) goes with SMTPUTF8
 (RFC 6531) when the relay offers it in its EHLO; a relay that does not cannot carry it, however
 often it is tried, so such a mail is dead-lettered at once, saying so.
@@ -205,6 +208,12 @@ class OutboxSender(Runner):
         except Exception as exc:  # this mail's fault, never the whole outbox's
             self._dead(mail, f"cannot be written: {type(exc).__name__}: {exc}")
             return
+        size_limit = _announced_size(client)
+        if size_limit and len(data) > size_limit:
+            # Refused at MAIL FROM whatever is tried (RFC 1870), and no fault of the gateway's.
+            self._dead(mail, f"{len(data)} bytes, more than the {size_limit} bytes relay {relay} takes "
+                             "(the SIZE in its EHLO)")
+            return
         sender = self.config.model.outbound.from_address
         try:
             refused = client.sendmail(sender, [recipient], data, mail_options=["SMTPUTF8"] if utf8 else ())
@@ -303,6 +312,12 @@ class OutboxSender(Runner):
             return  # another node holds it now, and decides
         log.error("ALERT outbox: %s #%d to %s dead-lettered: %s (gateway outbox retry %d queues it again)",
                   mail.kind, mail.id, mail.recipient, error, mail.id)
+
+
+def _announced_size(client: smtplib.SMTP) -> int:
+    """The largest message the relay said it takes (EHLO SIZE); 0: it did not say."""
+    value = client.esmtp_features.get("size", "").strip() if client.has_extn("size") else ""
+    return int(value) if value.isdigit() else 0
 
 
 def _describe(exc: BaseException) -> str:
