@@ -380,7 +380,7 @@ def test_reads_downloads_originals_and_exports_are_audited(world: World) -> None
                                                       ("mem.a", "original")}
     assert all(r.letter_number == number for r in readers)
 
-    exported = access.export_csv(mem_a, QueueQuery(queue="departments"), address="198.51.100.6")
+    exported = "".join(access.export_csv(mem_a, QueueQuery(queue="departments"), address="198.51.100.6"))
     subjects = {row["number"]: row["subject"] for row in csv.DictReader(io.StringIO(exported))}
     assert subjects[number] == LETTERS["A"][0]
     assert subjects[world.n("CA")] == ""  # a confidential subject stays hidden in an export too
