@@ -90,7 +90,7 @@ def test_the_audit_log_names_no_file_of_a_confidential_letter(site: Site, tmp_pa
     attachment = replies.records.attachments(reply_id)[0]
     assert replies.attachment(bella, number, reply_id, attachment.id, address="127.0.0.1") is not None
     assert site.access.attachment(bella, number, 0, address="127.0.0.1") is not None
-    log = site.access.audit_csv(audrey, address="127.0.0.1")
+    log = "".join(site.access.audit_csv(audrey, address="127.0.0.1"))
     assert log.count(f"bella,download,{number},") == 3, log
     assert "Acme" not in log, log
 

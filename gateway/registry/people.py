@@ -442,10 +442,15 @@ class PeopleRecords(Store):
 
     def audit_rows(self, *, since: datetime | None = None, until: datetime | None = None,
                    actor: str | None = None, action: str | None = None, letter_id: int | None = None,
-                   actions: tuple[str, ...] = (), limit: int = 500) -> list[tuple[AuditRow, str | None]]:
-        """Audit rows, newest first, each with its letter's number."""
+                   actions: tuple[str, ...] = (), limit: int = 500,
+                   older_than: tuple[datetime, int] | None = None) -> list[tuple[AuditRow, str | None]]:
+        """Audit rows, newest first, each with its letter's number; `older_than`: only those after
+        this row (its time and id) in that order, for reading the log a chunk at a time."""
         stmt = (select(AuditRow, Letter.number).outerjoin(Letter, Letter.id == AuditRow.letter_id)
                 .order_by(AuditRow.at.desc(), AuditRow.id.desc()).limit(limit))
+        if older_than is not None:
+            at, row_id = older_than
+            stmt = stmt.where(or_(AuditRow.at < at, and_(AuditRow.at == at, AuditRow.id < row_id)))
         if since is not None:
             stmt = stmt.where(AuditRow.at >= since)
         if until is not None:

@@ -47,6 +47,7 @@ from gateway.services.people import People, PersonRecord, Principal
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
 BULK_LIMIT = 500  # letters in one bulk step
 EXPORT_CHUNK = 500  # letters read at a time for an export
+AUDIT_CHUNK = 2000  # audit rows read at a time for an export
 # A step's text (a note, a reason, a close's result, which an inquiry's sender is mailed): the forms
 # take 2,000 characters; a request made by hand may not store or mail more.
 MAX_STEP_TEXT = 2000
@@ -839,8 +840,9 @@ class Access:
 
     def audit(self, who: Principal, *, since: date | None = None, until: date | None = None,
               actor: str | None = None, action: str | None = None, letter: str | None = None,
-              limit: int = 500) -> list[AuditRecord]:
-        """Audit rows, newest first; only for auditors. Raises Refused."""
+              limit: int = 500, older_than: tuple[datetime, int] | None = None) -> list[AuditRecord]:
+        """Audit rows, newest first; only for auditors. Raises Refused. `older_than`: only those
+        after this row (its time and id), for the next chunk."""
         if not who.has("auditor"):
             raise Forbidden("only auditors read the audit log", "forbidden-audit")
         start, end = queries.received_between(self.config, since, until)
@@ -852,19 +854,31 @@ class Access:
             letter_id = row.id
         return [_record(row, number) for row, number in
                 self.registry.audit_rows(since=start, until=end, actor=actor or None, action=action or None,
-                                         letter_id=letter_id, limit=limit)]
+                                         letter_id=letter_id, limit=limit, older_than=older_than)]
 
-    def audit_csv(self, who: Principal, *, address: str, **filters: Any) -> str:
-        rows = self.audit(who, limit=100000, **filters)
+    def audit_csv(self, who: Principal, *, address: str, **filters: Any) -> Iterator[str]:
+        """The audit rows the filters select as CSV, every one, newest first, as the log stood
+        when the export began; read and written a chunk at a time. Its own audit row comes after
+        the rows it holds (it is not among them). Raises Refused."""
+        first = self.audit(who, limit=AUDIT_CHUNK, **filters)
+        self.record(who, "audit-export", address=address, details={"filters": {k: str(v) for k, v in filters.items()}})
+        return self._audit_rows(who, first, filters)
+
+    def _audit_rows(self, who: Principal, chunk: list[AuditRecord], filters: dict[str, Any]) -> Iterator[str]:
         tz = queries.local_zone(self.config)
         out = io.StringIO()
         writer = SheetWriter(out)
         writer.writerow(["at", "actor", "action", "letter", "subject", "address", "details"])
-        for r in rows:
-            writer.writerow([r.at.astimezone(tz).isoformat(), r.actor, r.action, r.letter_number or "", r.subject,
-                             r.address, "; ".join(f"{k}={v}" for k, v in r.details.items())])
-        self.record(who, "audit-export", address=address, details={"rows": len(rows)})
-        return out.getvalue()
+        while True:
+            for r in chunk:
+                writer.writerow([r.at.astimezone(tz).isoformat(), r.actor, r.action, r.letter_number or "",
+                                 r.subject, r.address, "; ".join(f"{k}={v}" for k, v in r.details.items())])
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if len(chunk) < AUDIT_CHUNK:
+                return
+            chunk = self.audit(who, limit=AUDIT_CHUNK, older_than=(chunk[-1].at, chunk[-1].id), **filters)
 
 
 def named(letter: Letter, name: str, neutral: str) -> str:

@@ -1,10 +1,11 @@
 """The audit log for auditors: filters, and the same rows as CSV."""
 from __future__ import annotations
 
+import itertools
 from typing import Any
 from urllib.parse import urlencode
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from gateway.services.access import Refused
@@ -70,6 +71,8 @@ def audit_csv(req: Req) -> Response:
         text = req.web.access.audit_csv(req.who, address=req.address, **_filters(req))
     except Refused as exc:
         raise Problem(403, str(exc)) from None
-    return Response(text.encode("utf-8-sig"), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": security.content_disposition("audit.csv"),
-                             "Cache-Control": "no-store"})
+    # Streamed: every row, however many, without holding them all.
+    body = itertools.chain(("\ufeff",), text)  # the byte order mark tells spreadsheets it is UTF-8
+    return StreamingResponse((piece.encode("utf-8") for piece in body), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": security.content_disposition("audit.csv"),
+                                      "Cache-Control": "no-store"})
