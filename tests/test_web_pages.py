@@ -735,6 +735,39 @@ def test_a_list_filter_the_form_does_not_offer_is_refused_by_name(site: Site) ->
     assert site.letters["business"] in rita.get("/letters?queue=all&status=open&channel=email").text
 
 
+def test_the_deadline_column_sorts_the_soonest_first_on_its_first_click(site: Site) -> None:
+    """A queue's Deadline header first sorts ascending (the soonest deadline first, letters without
+    one last), Received newest first, Number in order; a second click reverses, and the arrow
+    beside the sorted column says which way (▲ ascending, ▼ descending)."""
+    import html
+
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+
+    def header(page: str, label: str) -> tuple[str, str]:
+        found = re.search(rf'<th><a href="([^"]*)">{label} ?(▲|▼)?</a></th>', page)
+        assert found, label
+        return html.unescape(found.group(1)), found.group(2) or ""
+
+    page = rita.get("/letters?queue=all").text
+    assert "sort=deadline" in header(page, "Deadline")[0] and "sort=-deadline" not in header(page, "Deadline")[0]
+    assert header(page, "Received") == ("/letters?queue=all&sort=received", "▼")  # newest first, by default
+    soonest_link, _ = header(page, "Deadline")
+    soonest = rita.get(soonest_link).text
+    again, arrow = header(soonest, "Deadline")
+    assert arrow == "▲" and "sort=-deadline" in again
+    assert header(soonest, "Received") == ("/letters?queue=all&sort=-received", "")
+    assert header(soonest, "Number") == ("/letters?queue=all&sort=number", "")
+    shown = [n for n in re.findall(r"2026-\d{6}", soonest)]
+    deadlines = {n: site.registry.letter(n).deadline for n in dict.fromkeys(shown)}
+    dated = [d for d in deadlines.values() if d is not None]
+    assert len(set(dated)) > 1 and dated == sorted(dated)
+    assert [d for d in deadlines.values()][-1] is None  # the triage letter has none: last
+    latest = rita.get(again).text
+    back, arrow = header(latest, "Deadline")
+    assert arrow == "▼" and "sort=deadline" in back and "sort=-deadline" not in back
+
+
 def test_a_department_filter_naming_no_department_is_refused_by_name(site: Site) -> None:
     """A department no one configured and no letter is in is a 400 naming it; one removed from the
     configuration whose letters are still in the register lists them."""

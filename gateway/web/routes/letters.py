@@ -24,6 +24,8 @@ from gateway.web.i18n import N_, _
 FILTERS = ("status", "category", "urgency", "channel", "department", "since", "until", "deadline_before",
            "deadline_after", "closed", "work")
 SORTS = ("received", "-received", "deadline", "-deadline", "number", "-number")
+# A column's first click: the newest letters first, the soonest deadlines first, numbers in order.
+FIRST_SORT = {"received": "-received", "deadline": "deadline", "number": "number"}
 # What a successful step says (the service's own message is English only).
 DONE = {"ack": N_("Acknowledged."), "progress": N_("Marked in progress."), "answer": N_("Marked answered."),
         "close": N_("Closed."), "note": N_("Note added."), "assign": N_("Assigned."),
@@ -151,12 +153,13 @@ def queue(req: Req) -> Response:
         return "/letters?" + urlencode({k: v for k, v in params.items() if v and not (k == "page" and v == "1")})
 
     def sort_link(column: str) -> tuple[str, str]:
-        """The link that sorts by `column` (reversing the current order) and the arrow shown."""
+        """The link that sorts by `column` (reversing the current order) and the arrow shown: ▲
+        ascending, ▼ descending."""
         if query.sort == column:
             return link(sort="-" + column, page=1), "▲"
         if query.sort == "-" + column:
             return link(sort=column, page=1), "▼"
-        return link(sort="-" + column if column != "number" else column, page=1), ""
+        return link(sort=FIRST_SORT[column], page=1), ""
 
     from gateway.web.routes import work
 
