@@ -236,7 +236,7 @@ def test_steps_are_taken_and_refusals_say_why(site: Site) -> None:
     again = client.post(url, data={"action": "ack", "csrf": client.csrf})
     assert again.status_code == 409 and "Not done:" in again.text and "cannot be acknowledged" in again.text
     empty_close = client.post(url, data={"action": "close", "csrf": client.csrf})
-    assert empty_close.status_code == 409 and "the sender receives it" in empty_close.text
+    assert empty_close.status_code == 400 and "the sender receives it" in empty_close.text
     closed = client.post(url, data={"action": "close", "text": "Delivery on Monday.",
                                     "csrf": client.csrf})
     assert closed.status_code == 303
@@ -379,6 +379,47 @@ def test_a_step_a_colleagues_step_overtook_under_the_lock_is_refused_in_the_page
     assert events.count("closed") == 1
 
 
+def test_a_step_refused_for_what_was_sent_is_400_and_for_the_letters_state_409(site: Site) -> None:
+    """Bad input — no such step, a field missing, too long or naming no one — is the request's
+    fault (400); a letter whose state or hands are not what the step needs is a conflict (409);
+    a step the person may not take is 403. Nothing is done in any of them."""
+    site.people.set_language("sam", "en")
+    site.people.set_language("rita", "en")
+    sam, rita, leo = site.sign_in("sam"), site.sign_in("rita"), site.sign_in("leo")
+    business, inquiry = site.letters["business"], site.letters["inquiry"]
+    before = {n: len(site.registry.letter(n).events) for n in (business, inquiry)}  # type: ignore[union-attr]
+    bad_input = [
+        (rita, business, {"action": "bogus"}, "no step &#39;bogus&#39;"),
+        (rita, business, {}, "no step &#39;&#39;"),
+        (rita, business, {"action": "reassign", "text": "wrong desk"}, "choose the department"),
+        (rita, business, {"action": "reassign", "department": "nope", "text": "wrong desk"}, "no department"),
+        (rita, business, {"action": "reassign", "department": "general-office"}, "needs a reason"),
+        (rita, business, {"action": "assign"}, "choose the person"),
+        (rita, business, {"action": "assign", "assignee": "nobody"}, "no one named &#39;nobody&#39;"),
+        (rita, business, {"action": "assign", "assignee": "gina"}, "is not in department"),
+        (rita, business, {"action": "tag", "text": "no spaces allowed"}, "is not a tag"),
+        (sam, business, {"action": "note"}, "a note needs text"),
+        (sam, business, {"action": "note", "text": "x" * 2001}, "at most 2000 characters"),
+        (sam, inquiry, {"action": "close"}, "the sender receives it"),
+    ]
+    for client, number, data, says in bad_input:
+        refused = client.post(f"/letters/{number}/act", data={**data, "csrf": client.csrf})
+        assert refused.status_code == 400 and says in refused.text, (data, refused.status_code)
+    after = {n: len(site.registry.letter(n).events) for n in (business, inquiry)}  # type: ignore[union-attr]
+    assert after == before
+    # The letter's state: a step it does not allow now, or hands it is no longer in.
+    assert sam.post(f"/letters/{business}/act", data={"action": "ack", "csrf": sam.csrf}).status_code == 303
+    conflicts = [
+        (sam, {"action": "ack"}, "cannot be acknowledged"),
+        (rita, {"action": "reassign", "department": "business", "text": "again"}, "is already with business"),
+        (rita, {"action": "note", "text": "seen", "seen": "general-office"}, "changed hands meanwhile"),
+    ]
+    for client, data, says in conflicts:
+        refused = client.post(f"/letters/{business}/act", data={**data, "csrf": client.csrf})
+        assert refused.status_code == 409 and says in refused.text, (data, refused.status_code)
+    assert leo.post(f"/letters/{business}/act", data={"action": "ack", "csrf": leo.csrf}).status_code == 403
+
+
 def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site: Site) -> None:
     bella = site.sign_in("bella")
     url = f"/letters/{site.letters['business']}/act"
@@ -499,16 +540,18 @@ def test_ids_beyond_the_registry_and_files_for_passwords_are_refused_not_errors(
 def test_a_refused_reassignment_or_unknown_step_is_worded_in_the_pages_language(site: Site) -> None:
     number = site.letters["business"]
     rita = site.sign_in("rita")  # Chinese
-    for data, says in (({"action": "reassign", "department": "general-office", "text": "  "}, "请填写原因"),
-                       ({"action": "reassign", "department": "nope", "text": "wrong desk"}, "没有部门 nope"),
-                       ({"action": "reassign", "department": "business", "text": "again"},
-                        f"{number} 已在部门 Business"),  # by its name, as the page names it
-                       ({"action": "assign", "assignee": "gina"}, "Gina 不属于 Business 部门"),
-                       ({"action": "bogus"}, "没有“bogus”这一步骤")):
+    for data, says, status in (({"action": "reassign", "department": "general-office", "text": "  "}, "请填写原因",
+                                400),
+                               ({"action": "reassign", "department": "nope", "text": "wrong desk"}, "没有部门 nope",
+                                400),
+                               ({"action": "reassign", "department": "business", "text": "again"},
+                                f"{number} 已在部门 Business", 409),  # by its name, as the page names it
+                               ({"action": "assign", "assignee": "gina"}, "Gina 不属于 Business 部门", 400),
+                               ({"action": "bogus"}, "没有“bogus”这一步骤", 400)):
         refused = rita.post(f"/letters/{number}/act", data={**data, "csrf": rita.csrf})
-        assert refused.status_code == 409 and says in refused.text, (data, refused.text[-3000:])
+        assert refused.status_code == status and says in refused.text, (data, refused.text[-3000:])
     long_note = rita.post(f"/letters/{number}/act", data={"action": "note", "text": "x" * 900_000, "csrf": rita.csrf})
-    assert long_note.status_code == 409 and "最多 2000 个字符" in long_note.text
+    assert long_note.status_code == 400 and "最多 2000 个字符" in long_note.text
     assert not [e for e in site.registry.letter(number).events if e.action == "note"]  # type: ignore[union-attr]
     site.people.set_language("rita", "en")
     refused = rita.post(f"/letters/{number}/act", data={"action": "reassign", "department": "nope", "text": "x",
@@ -535,7 +578,7 @@ def test_a_refused_step_showing_the_letter_again_is_an_audited_read(site: Site) 
     letter_id = site.registry.letter(number).id  # type: ignore[union-attr]
     rita = site.sign_in("rita")
     refused = rita.post(f"/letters/{number}/act", data={"action": "bogus", "csrf": rita.csrf})
-    assert refused.status_code == 409 and "Please confirm the order." in refused.text
+    assert refused.status_code == 400 and "Please confirm the order." in refused.text
     rows = site.registry.audit_rows(actor="rita", letter_id=letter_id)
     assert [row.action for row, _ in rows] == ["read"]
 

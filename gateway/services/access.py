@@ -45,6 +45,11 @@ from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
 
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
+# Refusals of what was sent (no such step, a field missing or naming no one); the others are the
+# person's rights (Forbidden) and the letter's state, which a colleague's step may have changed.
+INPUT_REFUSALS = frozenset({"impossible", "need-department", "unknown-department", "need-reason", "need-text",
+                            "need-result", "need-person", "no-assignee", "not-in-department", "too-long",
+                            "bad-tag"})
 BULK_LIMIT = 500  # letters in one bulk step
 EXPORT_CHUNK = 500  # letters read at a time for an export
 AUDIT_CHUNK = 2000  # audit rows read at a time for an export

@@ -15,8 +15,8 @@ from starlette.routing import BaseRoute, Route
 from gateway.registry import lifecycle
 from gateway.registry.replies import refuse_past_reply
 from gateway.registry.store import in_register
-from gateway.services.access import (ACTIONS, CLOSED_FILTERS, QUEUES, AuditRecord, Forbidden, LetterView, QueueQuery,
-                                     Refused)
+from gateway.services.access import (ACTIONS, CLOSED_FILTERS, INPUT_REFUSALS, QUEUES, AuditRecord, Forbidden,
+                                     LetterView, QueueQuery, Refused)
 from gateway.web import i18n, preview, security
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
@@ -302,6 +302,7 @@ def act(req: Req) -> Response:
         assignee=req.field("assignee") or None, on=hold_on, address=req.address,
         as_seen=req.field("seen") if "seen" in req.form else None,
         as_owner=req.field("owner_seen") if "owner_seen" in req.form else None),
+        input_refusals=INPUT_REFUSALS,
         kept={name: req.field(name) for name in ("text", "department", "assignee", "on")})
     if isinstance(refused, Response):
         return refused
