@@ -434,6 +434,34 @@ def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site:
     assert twice.status_code == 409 and "已处于诉讼保全" in twice.text
 
 
+def test_a_hold_step_says_whether_to_set_or_lift_it_and_a_stale_one_flips_nothing(site: Site) -> None:
+    """A hold step without `on` (a form made by hand, or an old one) is refused with a 400 naming the
+    field, and the hold stays as it was; a page that shows no hold sent after a colleague set one
+    does not lift it."""
+    number = site.letters["business"]
+    rita, leo = site.sign_in("rita"), site.sign_in("leo")
+    url = f"/letters/{number}/act"
+
+    def held() -> bool:
+        return site.registry.letter(number).legal_hold  # type: ignore[union-attr]
+
+    for on in (None, "", "yes"):
+        data = {"action": "hold", "text": "a claim is expected", "csrf": rita.csrf, **({"on": on} if on is not None
+                                                                                          else {})}
+        refused = rita.post(url, data=data)
+        assert refused.status_code == 400 and "字段“on”" in refused.text, on
+        assert not held()
+    # Leo's page still shows no hold; Rita sets it meanwhile; Leo's form, sent now, does not lift it.
+    set_on = {"action": "hold", "on": "on", "text": "a claim is expected"}
+    assert rita.post(url, data={**set_on, "csrf": rita.csrf}).status_code == 303 and held()
+    stale = leo.post(url, data={**set_on, "csrf": leo.csrf})
+    assert stale.status_code == 409 and "已处于诉讼保全" in stale.text and held()
+    refused = leo.post(url, data={"action": "hold", "text": "no hold after all", "csrf": leo.csrf})
+    assert refused.status_code == 400 and held()
+    lifted = leo.post(url, data={"action": "hold", "on": "off", "text": "settled", "csrf": leo.csrf})
+    assert lifted.status_code == 303 and not held()
+
+
 def test_what_was_written_in_a_refused_step_is_kept_in_its_form(site: Site) -> None:
     bella, rita = site.sign_in("bella"), site.sign_in("rita")
     number = site.letters["business"]

@@ -49,7 +49,7 @@ ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "
 # person's rights (Forbidden) and the letter's state, which a colleague's step may have changed.
 INPUT_REFUSALS = frozenset({"impossible", "need-department", "unknown-department", "need-reason", "need-text",
                             "need-result", "need-person", "no-assignee", "not-in-department", "too-long",
-                            "bad-tag"})
+                            "bad-tag", "need-on"})
 BULK_LIMIT = 500  # letters in one bulk step
 EXPORT_CHUNK = 500  # letters read at a time for an export
 AUDIT_CHUNK = 2000  # audit rows read at a time for an export
@@ -741,9 +741,11 @@ class Access:
             if action == "assign":
                 return self._assign(who, letter, assignee, text, seen)
             if action == "hold":
+                # Said, never guessed from the letter: a page left open would lift the hold it meant to set.
+                if on is None:
+                    raise Refused("say whether to put the legal hold on or lift it (on: on or off)", "need-on")
                 if not text:
                     raise Refused("a legal hold needs a reason", "need-reason")
-                on = not letter.legal_hold if on is None else on
                 self.steps.hold(number, on=on, reason=text, actor=who.login, seen=seen)
                 return f"{number}: legal hold {'on' if on else 'off'}"
             if action == "tag":

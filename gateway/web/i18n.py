@@ -232,6 +232,7 @@ REFUSAL = {
     "impossible": N_("there is no step “%(action)s”"),
     "too-long": N_("at most %(limit)s characters"),
     "need-reason": N_("give the reason"),
+    "need-on": N_("say whether to put the legal hold on or lift it (field “on”: on or off)"),
     "need-text": N_("a note needs text"),
     "need-result": N_("closing an inquiry or complaint needs its result: the sender receives it"),
     "need-person": N_("choose the person to assign it to"),
