@@ -343,6 +343,39 @@ def test_a_refused_circulation_keeps_its_readers_and_a_list_too_long_is_refused_
         site.close()
 
 
+def test_a_confidential_letter_is_circulated_only_by_one_allowed_its_content(tmp_path: Path) -> None:
+    """The registry office and leaders see a confidential letter's entry, not its content: a form
+    made by hand, the CLI with --as, or any other way through the service, none of them starts its
+    circulation (to readers who may read it, too), unless the starter was granted the letter."""
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        secret = site.letters["secret"]
+        for login in ("rita", "leo"):
+            client = site.sign_in(login)  # in Chinese, the default
+            page = client.get(f"/letters/{secret}").text
+            assert f'action="/letters/{secret}/circulate"' not in page  # not offered
+            refused = client.post(f"/letters/{secret}/circulate", data={"readers": "bella", "csrf": client.csrf})
+            assert refused.status_code == 403 and f"{secret} 为机密来信" in refused.text, login
+            by_cli = site.gateway.run("letters", "circulate", secret, "--reader", "bella", "--as", login, check=False)
+            assert by_cli.returncode != 0 and "only one allowed its content" in by_cli.stderr, login
+        # A head reads it, but starting a circulation is for the registry office and leaders.
+        bella = site.sign_in("bella")
+        refused = bella.post(f"/letters/{secret}/circulate", data={"readers": "bella", "csrf": bella.csrf})
+        assert refused.status_code == 403 and "只有收发室和领导可以发起传阅" in refused.text
+        assert events(site, secret, "circulation-started") == []
+        # A leader granted the letter reads it, and may circulate it to readers who may read it too.
+        site.people.grant("leo", letter=secret, reason="board review", actor="test")
+        leo = site.sign_in("leo")
+        assert f'action="/letters/{secret}/circulate"' in leo.get(f"/letters/{secret}").text
+        assert leo.post(f"/letters/{secret}/circulate",
+                        data={"readers": "bella", "csrf": leo.csrf}).status_code == 303
+        assert len(events(site, secret, "circulation-started")) == 1
+    finally:
+        site.close()
+
+
 def test_the_circulation_panel_names_its_people_and_says_it_is_under_way(tmp_path: Path) -> None:
     site = Site(tmp_path)
     try:

@@ -1,14 +1,15 @@
 """Circulation with sign-off (传阅): a letter read and signed by people or departments in order.
 
-The registry office or a leader starts it with the readers in order: people (by sign-in name) or
-departments (their head signs for them). Only the reader whose turn it is has it in their "to read"
-queue and may read its content (gateway.services.access asks `CirculationRecords` for that); they
-sign it, with an optional instruction (批示), and only then does the next reader get it. Nobody
-passes it on: the list is fixed when it starts. Each reader has [circulation] reading_working_days
-working days; the reminder pass (gateway.track.circulation) reminds a late reader and, after
-[reminders] escalate_after reminders, tells the person who started it. A leader's instruction is mailed to the handling
-department (the letter's), and so is the whole record when the last reader has signed. The web,
-and the CLI come through here.
+The registry office or a leader starts it (a confidential letter only if they may read it) with
+the readers in order: people (by sign-in name) or departments (their head signs for them). Only
+the reader whose turn it is has it in their "to read" queue and may read its content
+(gateway.services.access asks `CirculationRecords` for that); they sign it, with an optional
+instruction (批示), and only then does the next reader get it. Nobody passes it on: the list is
+fixed when it starts. Each reader has [circulation] reading_working_days working days; the
+reminder pass (gateway.track.circulation) reminds a late reader and, after [reminders]
+escalate_after reminders, tells the person who started it. A leader's instruction is mailed to the
+handling department (the letter's), and so is the whole record when the last reader has signed.
+The web, and the CLI come through here.
 """
 from __future__ import annotations
 
@@ -117,6 +118,11 @@ class Circulations:
             raise LookupError(f"no letter {number}")
         if not self.may_start(who):
             raise Forbidden("only the registry office and leaders start a circulation", "forbidden-circulate")
+        if letter.confidentiality == "confidential" and not self.access.content_allowed(who, letter, now=now):
+            # Circulating a letter is handing its content on: not by one who may not read it (the
+            # registry office and leaders see a confidential letter's entry only, unless granted it).
+            raise Forbidden(f"{letter.number} is confidential: only one allowed its content (a grant: gateway users "
+                            "grant) may circulate it", "circulate-confidential", number=letter.number)
         # Counted before each is looked up: a list of thousands is refused at once, not resolved first.
         limit = self.config.model.circulation.max_readers
         if sum(1 for name in names if name.strip()) > limit:

@@ -17,6 +17,8 @@ from gateway.web.routes.letters import letter_step, letter_url
 # Why a circulation step was refused, in the page's language (the service's words are English).
 REFUSAL = {
     "forbidden-circulate": N_("only the registry office and leaders start a circulation"),
+    "circulate-confidential": N_("%(number)s is confidential: only one allowed its content (by a grant) may "
+                                 "circulate it"),
     "need-readers": N_("name the readers in order"),
     "too-many-readers": N_("at most %(limit)s readers"),
     "unknown-reader": N_("no person or department %(reader)s"),
