@@ -25,7 +25,7 @@ from gateway import config as config_mod
 from gateway.registry import Registry
 from gateway.registry.models import WebSession
 from gateway.registry.store import utcnow
-from gateway.services.access import ACTIONS, Access, Forbidden, QueueQuery, Refused
+from gateway.services.access import ACTIONS, INPUT_REFUSALS, Access, Forbidden, QueueQuery, Refused
 from gateway.services.people import People, Principal, SignInRefused, Throttled
 
 pytestmark = pytest.mark.timeout(300)
@@ -567,8 +567,11 @@ def test_steps_refused_for_want_of_rights(world: World) -> None:
 
 def test_steps_refused_for_the_letters_state_or_missing_input(world: World) -> None:
     access, number, mem_a = world.access, world.n("ACT2"), world.who("mem.a")
+    with pytest.raises(Refused, match="legal hold on or lift it") as unsaid:
+        access.act(world.who("head.a"), number, "hold", text="a lawsuit is expected", address="x")
+    assert unsaid.value.key in INPUT_REFUSALS
     with pytest.raises(Refused, match="reason"):
-        access.act(world.who("head.a"), number, "hold", address="x")
+        access.act(world.who("head.a"), number, "hold", on=True, address="x")
     for action, kwargs, words in (("note", {}, "text"), ("reassign", {}, "department"),
                                   ("reassign", {"department": "nowhere"}, "nowhere"),
                                   ("assign", {}, "person"), ("assign", {"assignee": "mem.b"}, "not in department"),
@@ -597,7 +600,7 @@ def test_a_complaint_acknowledged_assigned_and_closed_through_the_lifecycle(worl
         r.number for r in access.queue(head_a, QueueQuery(queue="mine")).rows}
     with pytest.raises(Refused, match="result"):
         access.act(head_a, number, "close", address="x")
-    access.act(head_a, number, "hold", text="a lawsuit is expected", address="x")
+    access.act(head_a, number, "hold", text="a lawsuit is expected", on=True, address="x")
     assert world.registry.letter(number).legal_hold  # type: ignore[union-attr]
     assert access.act(head_a, number, "close", text="Redelivered; a refund follows.", address="x") \
         == f"{number}: in-progress → closed"
