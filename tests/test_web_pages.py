@@ -6,6 +6,7 @@ import base64
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -323,6 +324,52 @@ def test_a_bulk_step_from_a_queue_left_open_does_not_move_a_letter_that_moved_me
         assert letter is not None and letter.department == "legal"
     finally:
         site.close()
+
+
+def test_a_letter_given_to_another_owner_is_theirs_to_acknowledge_with_its_deadline_kept(site: Site) -> None:
+    """Acknowledged by one, assigned to another person (or reassigned to another department, on
+    the web or with the CLI), a letter is routed again: the new owner acknowledges it. Its
+    deadline stays. Taking it oneself, or giving it to whoever acknowledged it, keeps it
+    acknowledged; a letter in progress stays in progress."""
+    sam, bella, rita, gina = (site.sign_in(login) for login in ("sam", "bella", "rita", "gina"))
+
+    def letter(name: str) -> Any:
+        return site.registry.letter(site.letters[name])
+
+    def act(client: Any, name: str, **data: str) -> None:
+        done = client.post(f"/letters/{site.letters[name]}/act", data={**data, "csrf": client.csrf})
+        assert done.status_code == 303, (data, done.text[-2000:])
+
+    deadline = letter("business").deadline
+    assert deadline is not None
+    act(sam, "business", action="ack")
+    act(rita, "business", action="assign", assignee="bella")
+    assert letter("business").status == "routed" and letter("business").deadline == deadline
+    assigned = [e for e in letter("business").events if e.action == "assigned"][-1]
+    assert assigned.details["status"] == "routed"
+    assert 'name="action" value="ack"' in bella.get(f"/letters/{site.letters['business']}").text
+    act(bella, "business", action="ack")
+    assert letter("business").status == "acknowledged"
+    # Whoever acknowledged it, given it: acknowledged still; taking it oneself is acknowledging it.
+    act(sam, "inquiry", action="ack")
+    act(bella, "inquiry", action="assign", assignee="sam")
+    assert letter("inquiry").status == "acknowledged"
+    act(gina, "office", action="ack")
+    act(gina, "office", action="assign", assignee="gina")
+    assert letter("office").status == "acknowledged"
+    # In progress: the work goes on with its new owner.
+    act(bella, "business", action="progress")
+    act(rita, "business", action="assign", assignee="sam")
+    assert letter("business").status == "in-progress"
+    # Reassigned to another department: routed there, on the web and with the CLI alike.
+    act(bella, "inquiry", action="reassign", department="general-office", text="theirs", seen="business")
+    assert letter("inquiry").status == "routed"
+    office = site.letters["office"]
+    office_deadline = letter("office").deadline
+    site.gateway.run("letters", "reassign", office, "business", "--reason", "a sales matter")
+    assert letter("office").status == "routed" and letter("office").deadline == office_deadline
+    shown = site.gateway.run("letters", "show", office).stdout
+    assert "routed" in shown
 
 
 def test_an_assignment_racing_a_reassignment_is_refused_under_the_letters_lock(site: Site) -> None:

@@ -46,7 +46,7 @@ class Decisions(Store):
     def _move(self, conn: Connection, row: Any, department: str, *, reason: str, actor: str,
               notify: list[NewMail], deadline: datetime | None, by_mail: bool, now: datetime) -> None:
         refuse_past_reply(conn, row.id, row.number, "reassign")
-        status = "routed" if row.status in ("registered", "needs-triage") else row.status
+        status = "routed" if row.status in ("registered", "needs-triage") else lifecycle.unacknowledged(row.status)
         # Decided here from the locked row, not by COALESCE in SQL: a bare bound datetime skips the
         # column's UTC conversion on SQLite. A letter awaiting its sender has no deadline on
         # purpose (paused, its remaining days kept with the request): moving it must not start one.
@@ -58,6 +58,8 @@ class Decisions(Store):
             flags=[f for f in row.flags if f != "needs-triage"]))
         conn.execute(insert(Event), [self.event_row(row.id, now, actor, "reassigned", department,
                                                     {"reason": reason, "by_person": True,
+                                                     **({"status": status} if row.status == "acknowledged"
+                                                        else {}),
                                                      **({"by_mail": True} if by_mail else {}),
                                                      "notify": [m.recipient for m in notify]},
                                                     from_department=row.department)])

@@ -46,6 +46,13 @@ ACTIONS = {
 }
 
 
+def unacknowledged(status: str) -> str:
+    """The state of a letter given to another owner (a person, or another department): an
+    acknowledgement is its owner's, so an acknowledged letter is routed again, for the new owner to
+    acknowledge; one further on (in progress, answered) keeps its state, and its deadline stays."""
+    return "routed" if status == "acknowledged" else status
+
+
 class TransitionRefused(Exception):
     """The letter's state does not allow this action."""
 

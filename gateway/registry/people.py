@@ -533,11 +533,16 @@ class PeopleRecords(Store):
         return {d for d in (*past, now) if d}
 
     def assign(self, number: str, owner: str | None, *, actor: str, note: str,
-               notify: list[NewMail], seen: lifecycle.Seen | None = None) -> tuple[str | None, str | None]:
+               notify: list[NewMail], seen: lifecycle.Seen | None = None,
+               acknowledged: bool = False) -> tuple[str | None, str | None]:
         """Assign a letter to a person (their address), or clear it; they are notified in the same
         transaction. Returns (before, after). Raises LookupError, Unchanged (already theirs), TransitionRefused
         (a closed letter) and LetterMoved (not with whom `seen` says: the assignee was checked
-        against the department it was with)."""
+        against the department it was with).
+
+        An acknowledged letter given to someone is `routed` again: its new owner has not
+        acknowledged it (lifecycle.unacknowledged). `acknowledged`: the new owner has (their own
+        acknowledgement stands, or they take it themselves, which is one)."""
         now = utcnow()
         with self.write() as conn:
             row = conn.execute(select(Letter.id, Letter.status, Letter.owner, Letter.department)
@@ -552,9 +557,12 @@ class PeopleRecords(Store):
                 raise (lifecycle.Unchanged(f"{number} is already assigned to {owner}", "already-assigned",
                                            number=number, person=owner) if owner else
                        lifecycle.Unchanged(f"{number} has no one", "no-one-assigned", number=number))
-            conn.execute(update(Letter).where(Letter.id == row.id).values(owner=owner, updated_at=now))
+            status = row.status if acknowledged or owner is None else lifecycle.unacknowledged(row.status)
+            conn.execute(update(Letter).where(Letter.id == row.id).values(owner=owner, status=status,
+                                                                          updated_at=now))
             conn.execute(insert(Event), [self.event_row(row.id, now, actor, "assigned", None,
                                                         {"from": row.owner, "to": owner,
+                                                         **({"status": status} if status != row.status else {}),
                                                          **({"text": note} if note else {}),
                                                          "notify": [m.recipient for m in notify]})])
             if notify:

@@ -836,7 +836,9 @@ class Access:
         email = sorted(person.emails)[0]
         notify = [] if email in who.emails else [
             new_mail(self.config, "notification", email, department=letter.department, assigned_by=who.name)]
-        self.registry.assign(letter.number, email, actor=who.login, note=note, notify=notify, seen=seen)
+        acks = sorted((e for e in letter.events if e.action == "acknowledged"), key=lambda e: (e.at, e.id))
+        self.registry.assign(letter.number, email, actor=who.login, note=note, notify=notify, seen=seen,
+                             acknowledged=person.login == who.login or bool(acks and acks[-1].actor == person.login))
         return f"{letter.number}: assigned to {person.name}"
 
     # -- the audit log --------------------------------------------------
