@@ -232,7 +232,7 @@ def test_steps_are_taken_and_refusals_say_why(site: Site) -> None:
     number = site.letters["inquiry"]
     url = f"/letters/{number}/act"
     done = client.post(url, data={"action": "ack", "csrf": client.csrf})
-    assert done.headers["location"] == f"/letters/{number}?done=ack"
+    assert done.headers["location"].startswith(f"/letters/{number}?done=ack.")
     assert "Acknowledged." in client.get(done.headers["location"]).text
     again = client.post(url, data={"action": "ack", "csrf": client.csrf})
     assert again.status_code == 409 and "Not done:" in again.text and "cannot be acknowledged" in again.text
@@ -465,6 +465,37 @@ def test_a_step_refused_for_what_was_sent_is_400_and_for_the_letters_state_409(s
         refused = client.post(f"/letters/{business}/act", data={**data, "csrf": client.csrf})
         assert refused.status_code == 409 and says in refused.text, (data, refused.status_code)
     assert leo.post(f"/letters/{business}/act", data={"action": "ack", "csrf": leo.csrf}).status_code == 403
+
+
+def test_a_letter_page_says_a_step_was_taken_only_after_its_own_persons_step(site: Site) -> None:
+    """The banner after a step ("Closed.", "Legal hold set.", a reply sent…) comes from the step's
+    own redirect, marked for that person's session and that letter: a link someone crafted, or one
+    another person was given, or one for another letter, shows no banner for a step never taken."""
+    for login in ("sam", "bella"):
+        site.people.set_language(login, "en")
+    sam, bella = site.sign_in("sam"), site.sign_in("bella")
+    business, inquiry = site.letters["business"], site.letters["inquiry"]
+    banners = ("Closed.", "Legal hold set.", "Acknowledged.", "Note added.", "Closed as withdrawn.",
+               "Circulation started", "Marked incomplete", "Approved and sent to the sender.", "Draft saved.")
+
+    def banner(client: Any, link: str) -> list[str]:
+        page = client.get(link)
+        assert page.status_code == 200, link
+        return [text for text in banners if text in page.text]
+
+    for forged in ("?done=close", "?done=hold-on", "?done=withdraw", "?done=circulate", "?done=incomplete",
+                   "?reply=sent", "?reply=saved", "?done=close.0123456789abcdef0123456789abcdef", "?done=close."):
+        assert banner(sam, f"/letters/{business}{forged}") == [], forged
+    noted = sam.post(f"/letters/{business}/act", data={"action": "note", "text": "called", "csrf": sam.csrf})
+    own = noted.headers["location"]
+    assert banner(sam, own) == ["Note added."]  # the step's own redirect, and the same page again
+    assert banner(sam, own) == ["Note added."]
+    assert banner(bella, own) == []  # sent to someone else, the link says nothing
+    assert banner(sam, own.replace(business, inquiry)) == []  # nor for another letter
+    step = own.partition("?done=")[2].partition(".")[0]
+    assert banner(sam, own.replace(f"?done={step}.", "?done=close.")) == []  # nor for another step
+    signed_out = site.sign_in("sam")  # a new session: an old link says nothing there either
+    assert banner(signed_out, own) == []
 
 
 def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site: Site) -> None:
@@ -1278,7 +1309,7 @@ def test_going_on_without_the_missing_materials_on_the_letter_page(site: Site) -
     refused = leo.post(f"/letters/{number}/proceed", data={"csrf": leo.csrf})
     assert refused.status_code == 403 and "可以决定不等补充材料、继续办理" in refused.text
     done = sam.post(f"/letters/{number}/proceed", data={"csrf": sam.csrf, "text": "the copy will do"})
-    assert done.status_code == 303 and done.headers["location"].endswith("?done=proceed")
+    assert done.status_code == 303 and done.headers["location"].startswith(f"/letters/{number}?done=proceed.")
     shown = sam.get(done.headers["location"]).text
     assert "已不等补充材料继续办理" in shown and "未等补充材料，继续办理" in shown  # the flash, the history
     letter = site.registry.letter(number)

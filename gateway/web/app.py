@@ -8,6 +8,7 @@ letters is never decided here: Access and People answer, the pages only show the
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlencode
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -117,6 +119,27 @@ class Req:
 
     def arg(self, name: str) -> str:
         return self.request.query_params.get(name, "").strip()
+
+    def done_url(self, path: str, step: str, *, name: str = "done", anchor: str = "") -> str:
+        """The page at `path` (as linked, quoted) naming in `name` the step this person has just
+        taken, for that page to say so (`done`). The name carries a mark of this session and page:
+        a link anyone else made, or made for another page, makes no page claim a step was taken."""
+        mark = self._done_mark(unquote(path), name, step)
+        return f"{path}?{urlencode({name: f'{step}.{mark}'})}" + (f"#{anchor}" if anchor else "")
+
+    def done(self, name: str = "done") -> str:
+        """The step `done_url` named for this page in this session; "" for none, or for a name
+        without its mark (a crafted link)."""
+        step, _, mark = self.arg(name).rpartition(".")
+        if not step or not security.tokens_match(self._done_mark(self.request.url.path, name, step), mark):
+            return ""
+        return step
+
+    def _done_mark(self, path: str, name: str, step: str) -> str:
+        if not self.session_token:
+            return ""
+        message = "\0".join(("done", path, name, step)).encode()
+        return hmac.new(self.session_token.encode(), message, hashlib.sha256).hexdigest()[:32]
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return render(self, template, status_code, **context)

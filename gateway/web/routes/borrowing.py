@@ -69,7 +69,7 @@ def borrow(req: Req) -> Response:
         input_refusals=INPUT_REFUSALS, words=REFUSAL, kept={"reason": req.field("reason"), "days": req.field("days")})
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done=borrow", status_code=303)
+    return RedirectResponse(req.done_url(letter_url(number), "borrow"), status_code=303)
 
 
 def _step(req: Req, action: str) -> Response:

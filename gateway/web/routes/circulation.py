@@ -82,7 +82,8 @@ def circulate(req: Req) -> Response:
         kept={"readers": "\n".join(req.fields("readers")).strip()})
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done=circulate#circulation", status_code=303)
+    return RedirectResponse(req.done_url(letter_url(number), "circulate", anchor="circulation"),
+                            status_code=303)
 
 
 @page()
@@ -94,4 +95,4 @@ def sign(req: Req) -> Response:
         input_refusals=INPUT_REFUSALS, words=REFUSAL, kept={"instruction": req.field("instruction")})
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done=sign#circulation", status_code=303)
+    return RedirectResponse(req.done_url(letter_url(number), "sign", anchor="circulation"), status_code=303)

@@ -34,7 +34,7 @@ def mark(req: Req) -> Response:
         kept={"missing": "\n".join(missing), "by": req.field("by")})
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done=incomplete", status_code=303)
+    return RedirectResponse(req.done_url(letter_url(number), "incomplete"), status_code=303)
 
 
 @page()
@@ -55,4 +55,4 @@ def _settled(req: Req, step: str, settle: Callable[..., object]) -> Response:
                           input_refusals=INPUT_REFUSALS, kept={"text": req.field("text")})
     if isinstance(refused, Response):
         return refused
-    return RedirectResponse(f"{letter_url(number)}?done={step}", status_code=303)
+    return RedirectResponse(req.done_url(letter_url(number), step), status_code=303)

@@ -206,7 +206,7 @@ def _letter_page(req: Req, view: LetterView, *, status: int = 200, message: str 
     events = sorted(letter.events, key=lambda e: (e.at, e.id)) if rights.content else []
     return req.render(
         "letter.html", status, view=view, letter=letter, entry=access.entry(letter), rights=rights,
-        message=message, error=error,
+        message=message, error=error, done=req.done(), reply_done=req.done("reply"),
         downloadable=access.downloadable(who, letter),
         failed_action=failed_action, kept=kept or {}, events=events, reply_holds=held,
         held_steps=held & view.rights.actions, steps_card=steps_card,
@@ -260,7 +260,7 @@ def _readers(rows: list[AuditRecord]) -> list[Reader]:
 @page()
 def letter(req: Req) -> Response:
     view = _view(req, req.request.path_params["number"])
-    done = req.arg("done")
+    done = req.done()
     return _letter_page(req, view, message=i18n.gettext(DONE[done]) if done in DONE else "")
 
 
@@ -306,8 +306,8 @@ def act(req: Req) -> Response:
         kept={name: req.field(name) for name in ("text", "department", "assignee", "on")})
     if isinstance(refused, Response):
         return refused
-    done = action if action != "hold" else ("hold-on" if hold_on is not False else "hold-off")
-    return RedirectResponse(f"{letter_url(number)}?done={done}", status_code=303)
+    done = action if action != "hold" else ("hold-on" if hold_on else "hold-off")
+    return RedirectResponse(req.done_url(letter_url(number), done), status_code=303)
 
 
 @page()

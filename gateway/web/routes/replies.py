@@ -96,8 +96,8 @@ def reply_label(kind: str, value: str) -> str:
     return i18n.gettext(known) if known else value
 
 
-def _done(number: str, done: str) -> Response:
-    return RedirectResponse(f"{letter_url(number)}?reply={done}#reply", status_code=303)
+def _done(req: Req, number: str, done: str) -> Response:
+    return RedirectResponse(req.done_url(letter_url(number), done, name="reply", anchor="reply"), status_code=303)
 
 
 def _uploads(req: Req) -> list[NewReplyAttachment]:
@@ -126,7 +126,7 @@ def save(req: Req) -> Response:
                           kept={"text": req.field("text")})
     if isinstance(refused, Response):
         return refused
-    return _done(number, "submitted" if submit else "saved")
+    return _done(req, number, "submitted" if submit else "saved")
 
 
 def _decide(req: Req, decision: str) -> Response:
@@ -142,7 +142,7 @@ def _decide(req: Req, decision: str) -> Response:
     done = {"pending": "approved", "returned": "returned"}.get(status, status)
     if req.web.access.visible(req.who, number) is None:  # no letter page for them: back to their queue
         return RedirectResponse(f"/approvals?done={done}", status_code=303)
-    return _done(number, done)
+    return _done(req, number, done)
 
 
 @page()
@@ -162,7 +162,7 @@ def send(req: Req) -> Response:
         req.who, number, note=req.field("note")), input_refusals=INPUT_REFUSALS, refused_unseen=True)
     if isinstance(refused, Response):
         return refused
-    return _done(number, "posted")
+    return _done(req, number, "posted")
 
 
 @page()
