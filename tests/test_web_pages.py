@@ -496,6 +496,17 @@ def test_a_letter_page_says_a_step_was_taken_only_after_its_own_persons_step(sit
     assert banner(sam, own.replace(f"?done={step}.", "?done=close.")) == []  # nor for another step
     signed_out = site.sign_in("sam")  # a new session: an old link says nothing there either
     assert banner(signed_out, own) == []
+    # The other pages that say a step was done likewise.
+    site.people.set_language("ada", "en")
+    site.people.set_language("leo", "en")
+    ada, leo = site.sign_in("ada"), site.sign_in("leo")
+    for client, link, words in ((ada, "/people/sam?done=disabled", "Disabled: signed out everywhere."),
+                                (ada, "/operations?done=mail", "Queued again; the gateway sends it now."),
+                                (ada, "/me?done=password", "Password changed."),
+                                (leo, "/approvals?done=sent", "Approved and sent to the sender."),
+                                (leo, "/borrowing?done=granted", "Granted.")):
+        page = client.get(link)
+        assert page.status_code == 200 and words not in page.text, link
 
 
 def test_a_step_that_would_change_nothing_is_refused_in_the_pages_language(site: Site) -> None:

@@ -74,7 +74,7 @@ def _grouped_secret(uri: str) -> str:
 
 @page()
 def account(req: Req) -> Response:
-    done = req.arg("done")
+    done = req.done()
     return _page(req, message=i18n.gettext(DONE[done]) if done in DONE else "")
 
 
@@ -137,7 +137,7 @@ def two_step(req: Req) -> Response:
     except TwoStepRefused as refused:
         return _page(req, status=409 if refused.reason in ("on", "off", "required") else 400,
                      error=two_step_refusal(refused))
-    return RedirectResponse("/me?done=two-step-off", status_code=303)
+    return RedirectResponse(req.done_url("/me", "two-step-off"), status_code=303)
 
 
 @page()
@@ -154,11 +154,11 @@ def change_password(req: Req) -> Response:
         return _page(req, status=400, error=_("The present password is wrong."))
     except PasswordRefused as refused:
         return _page(req, status=400, error=password_refusal(refused))
-    return RedirectResponse("/me?done=password", status_code=303)
+    return RedirectResponse(req.done_url("/me", "password"), status_code=303)
 
 
 @page()
 def sign_out_elsewhere(req: Req) -> Response:
     assert req.session is not None
     req.web.people.sign_out_elsewhere(req.session, address=req.address)
-    return RedirectResponse("/me?done=elsewhere", status_code=303)
+    return RedirectResponse(req.done_url("/me", "elsewhere"), status_code=303)

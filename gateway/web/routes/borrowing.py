@@ -52,7 +52,7 @@ def _page(req: Req, *, status: int = 200, error: str = "", message: str = "") ->
 
 @page()
 def borrowings(req: Req) -> Response:
-    done = req.arg("done")
+    done = req.done()
     messages = {"granted": _("Granted."), "refused": _("Refused."), "returned": _("Returned.")}
     return _page(req, message=messages.get(done, ""))
 
@@ -86,7 +86,7 @@ def _step(req: Req, action: str) -> Response:
     except Refused as exc:
         return _page(req, status=403 if isinstance(exc, Forbidden) else 409,
                      error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc, REFUSAL)})
-    return RedirectResponse(f"/borrowing?done={'returned' if action == 'return' else action}", status_code=303)
+    return RedirectResponse(req.done_url("/borrowing", "returned" if action == "return" else action), status_code=303)
 
 
 @page()

@@ -229,7 +229,7 @@ def operations_page(req: Req) -> Response:
     quarantined = [{**operations.quarantine_row(item), "quarantined_at": _moment(item.quarantined_at)}
                    for item in spool.quarantined()]
     dead, numbers = outbox_mail(web.registry, status="dead", limit=500)
-    done = req.arg("done")
+    done = req.done()
     return req.render("overview/operations.html", state=state, needs=needs, quarantined=quarantined, dead=dead,
                       numbers=numbers, message=i18n.gettext(DONE[done]) if done in DONE else "",
                       letter_url=letter_url)
@@ -247,7 +247,7 @@ def quarantine_retry(req: Req) -> Response:
     for retried in done:
         req.web.access.record(req.who, "quarantine-retry", address=req.address, subject=retried.item_id)
     _wake(req)
-    return RedirectResponse("/operations?done=" + ("items" if every else "item"), status_code=303)
+    return RedirectResponse(req.done_url("/operations", "items" if every else "item"), status_code=303)
 
 
 @page(role="admin")
@@ -267,4 +267,4 @@ def outbox_retry(req: Req) -> Response:
     req.web.access.record(req.who, "mail-requeued", address=req.address, letter_id=mail.letter_id,
                           subject=f"{mail.kind} → {mail.recipient}", details={"outbox": mail_id})
     _wake(req)
-    return RedirectResponse("/operations?done=mail", status_code=303)
+    return RedirectResponse(req.done_url("/operations", "mail"), status_code=303)

@@ -46,7 +46,7 @@ def _form(req: Req, record: PersonRecord | None, *, status: int = 200, error: st
                           "departments": record.departments, "roles": record.roles,
                           "language": record.language or ""} if record else
                          {"login": "", "name": "", "emails": "", "departments": [], "roles": [], "language": ""})
-    done = req.arg("done")
+    done = req.done()
     return req.render("person.html", status, record=record, values=current, error=error, roles=ROLES,
                       departments=req.web.config.departments,
                       message=i18n.gettext(DONE[done]) if done in DONE else "",
@@ -89,7 +89,7 @@ def add(req: Req) -> Response:
         return _form(req, None, status=400, error=password_refusal(refused), values=values)
     except ValueError as exc:
         return _form(req, None, status=400, error=str(exc), values=values)
-    return RedirectResponse(person_url(record.login) + "?done=added", status_code=303)
+    return RedirectResponse(req.done_url(person_url(record.login), "added"), status_code=303)
 
 
 def _record(req: Req) -> PersonRecord:
@@ -114,7 +114,7 @@ def update(req: Req) -> Response:
                               language=req.field("language"), actor=req.who.login, address=req.address)
     except ValueError as exc:
         return _form(req, record, status=400, error=str(exc), values=values)
-    return RedirectResponse(person_url(record.login) + "?done=saved", status_code=303)
+    return RedirectResponse(req.done_url(person_url(record.login), "saved"), status_code=303)
 
 
 @page(role="admin")
@@ -127,7 +127,7 @@ def password(req: Req) -> Response:
         return _form(req, record, status=400, error=password_refusal(refused))
     except ValueError as exc:
         return _form(req, record, status=400, error=str(exc))
-    return RedirectResponse(person_url(record.login) + "?done=password", status_code=303)
+    return RedirectResponse(req.done_url(person_url(record.login), "password"), status_code=303)
 
 
 @page(role="admin")
@@ -137,7 +137,7 @@ def disabled(req: Req) -> Response:
     if disable and record.login == req.who.login:
         return _form(req, record, status=409, error=_("You cannot disable yourself."))
     req.web.people.set_disabled(record.login, disable, actor=req.who.login, address=req.address)
-    return RedirectResponse(person_url(record.login) + ("?done=disabled" if disable else "?done=enabled"),
+    return RedirectResponse(req.done_url(person_url(record.login), "disabled" if disable else "enabled"),
                             status_code=303)
 
 
@@ -152,4 +152,4 @@ def two_step_off(req: Req) -> Response:
         req.web.people.reset_two_step(record.login, actor=req.who.login, address=req.address)
     except ValueError:
         return _form(req, record, status=409, error=_("%(login)s has no two-step sign-in.") % {"login": record.login})
-    return RedirectResponse(person_url(record.login) + "?done=two-step-off", status_code=303)
+    return RedirectResponse(req.done_url(person_url(record.login), "two-step-off"), status_code=303)

@@ -141,7 +141,7 @@ def _decide(req: Req, decision: str) -> Response:
         return status
     done = {"pending": "approved", "returned": "returned"}.get(status, status)
     if req.web.access.visible(req.who, number) is None:  # no letter page for them: back to their queue
-        return RedirectResponse(f"/approvals?done={done}", status_code=303)
+        return RedirectResponse(req.done_url("/approvals", done), status_code=303)
     return _done(req, number, done)
 
 
@@ -201,7 +201,7 @@ def queue(req: Req) -> Response:
     readable = web.access.content_ids(req.who, list(letters.values()))
     rows = [Row(a, letters[a.number], letters[a.number].id in readable, next(iter(authors.get(a.number) or []), None))
             for a in awaiting if a.number in letters]
-    done = req.arg("done")
+    done = req.done()
     now = datetime.now(timezone.utc)
     return req.render("replies/queue.html", rows=rows, letter_url=letter_url, departments=web.config.departments,
                       now=now, soon=now + SOON, message=i18n.gettext(DONE[done]) if done in DONE else "")
