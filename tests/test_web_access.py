@@ -162,7 +162,9 @@ def public(anonymous: int, signed_in: int) -> Rule:
 def circulate_rule(login: str | None, key: str) -> int:
     if login is None:
         return SIGNIN
-    return 404 if not visible(login, key) else 400 if login in ("reg", "leader") else 403
+    # the registry office and leaders: no readers named is 400, but a confidential letter they may
+    # not read is theirs to circulate no more than to read (403)
+    return 404 if not visible(login, key) else 400 if login in ("reg", "leader") and content(login, key) else 403
 
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -235,7 +237,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/letters/{number}/reply/send"): seen_rule(409),
     ("GET", "/letters/{number}/reply/{reply:int}/attachments/{attachment:int}"): public(404, 404),  # none such
     ("GET", "/to-read"): person(200),
-    # no readers named: 400 for the registry office and leaders, the others may not start one
+    # no readers named: 400 for the registry office and leaders (on letters they may read), the others
+    # may not start one
     ("POST", "/letters/{number}/circulate"): circulate_rule,
     ("POST", "/letters/{number}/sign"): seen_rule(409),  # nothing circulating: refused, 409
     ("POST", "/letters/{number}/borrow"): seen_rule(400),  # no reason given: 400
