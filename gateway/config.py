@@ -1083,10 +1083,11 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue(file, "", f"not valid TOML: {exc}")]) from None
 
-    lines = _KeyLines(text)
+    # Where each key is written matters only to an error message: a valid file is not scanned.
     try:
         model = ConfigModel.model_validate(data)
     except ValidationError as exc:
+        lines = _KeyLines(text)
         issues = [ConfigIssue(file, _key_path(e["loc"]), _reason(e), lines.find(e["loc"])) for e in exc.errors()]
         raise ConfigError(issues) from None
 
@@ -1099,6 +1100,7 @@ def load(path: str | os.PathLike[str] | None = None, *, check_dirs: bool = True)
     if check_dirs:
         issues += _directory_checks(config)
     if issues:
+        lines = _KeyLines(text)
         raise ConfigError([ConfigIssue(i.file, i.key, i.reason, lines.find(_key_loc(i.key)))
                            if i.file == file and i.line is None else i for i in issues])
     return config

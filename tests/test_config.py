@@ -88,6 +88,32 @@ def test_unknown_key_wrong_type_and_unknown_department(gateway: Gateway) -> None
             f"(known: business, general-office)") in proc.stderr.splitlines()
 
 
+def test_a_valid_file_is_not_scanned_for_lines(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding the line of each key is only for error messages: loading a valid file (each command
+    does, and each reload) does not scan it; an invalid one still names the line of each error."""
+    scans: list[str] = []
+    scanner = config_mod._KeyLines
+
+    def counted(text: str) -> config_mod._KeyLines:
+        scans.append(text)
+        return scanner(text)
+
+    monkeypatch.setattr(config_mod, "_KeyLines", counted)
+    config_mod.load(gateway.config)
+    assert scans == []
+    gateway.config.write_text(gateway.config.read_text().replace("max_attempts = 3", 'max_attempts = "three"'))
+    with pytest.raises(config_mod.ConfigError) as refused:
+        config_mod.load(gateway.config)
+    assert len(scans) == 1
+    assert str(refused.value.issues[0]).startswith(_at(gateway.config, 'max_attempts = "three"') + ": ")
+    gateway.config.write_text(gateway.config.read_text().replace('max_attempts = "three"', "max_attempts = 3")
+                              .replace('department = "general-office"', 'department = "mailroom"'))
+    with pytest.raises(config_mod.ConfigError) as refused:
+        config_mod.load(gateway.config)
+    assert len(scans) == 2
+    assert str(refused.value.issues[0]).startswith(_at(gateway.config, 'department = "mailroom"') + ": ")
+
+
 def test_duplicate_department_and_shared_address(gateway: Gateway) -> None:
     """Two departments with one id, or one address claimed by two departments, are refused."""
     gateway.config.write_text(gateway.config.read_text() + '''
