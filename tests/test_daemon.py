@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import sqlite3
+import textwrap
 import time
 from collections import Counter
 from datetime import datetime
@@ -251,6 +252,94 @@ def test_sighup_reloads_and_refuses_a_broken_file(gateway: Gateway, notify: Noti
     assert not (tmp_path / "elsewhere" / "registry.sqlite3").exists()
     refused = [line for line in out.splitlines() if "reload refused" in line]
     assert len(refused) == 1 and "bogus: unknown key" in refused[0]
+
+
+def test_a_reload_that_fails_while_put_in_force_ends_with_ready_and_keeps_the_old_configuration(
+        gateway: Gateway, notify: Notify, tmp_path: Path) -> None:
+    """A valid file whose putting in force fails part-way (here the web register refuses an English
+    default): systemd still hears READY=1 after RELOADING=1, with a STATUS= naming the failure; the
+    parts that took the new configuration go back to the running one, and the reload is recorded as
+    refused (`gateway status`) until one is taken."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    wrapper = tmp_path / "failing_reload.py"
+    wrapper.write_text(textwrap.dedent(f"""
+        import runpy, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from gateway.web import server
+
+        taken = server.WebServer.reload
+
+        def reload(self, config):
+            if config.model.web.language == "en":
+                raise RuntimeError("the web register cannot take it")
+            taken(self, config)
+
+        server.WebServer.reload = reload
+        sys.argv = ["gateway", "--config", {str(gateway.config)!r}, "run"]
+        runpy.run_module("gateway", run_name="__main__", alter_sys=True)
+    """))
+    log = tmp_path / "daemon.log"
+    gateway.run("db", "upgrade")
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, str(wrapper)], stdout=out, stderr=subprocess.STDOUT,
+                                  env=gateway.env(NOTIFY_SOCKET=str(notify.path)), cwd=ROOT)
+
+    def signin_lang() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway.web_port}/signin", timeout=10) as answer:
+            found = re.search(r'<html lang="([^"]+)"', answer.read().decode())
+        assert found
+        return found.group(1)
+
+    good = gateway.config.read_text()
+    try:
+        notify.wait_for("READY=1")
+        # A change the SMTP listener and the pipeline take before the web register fails (orders@).
+        gateway.config.write_text(good.replace('addresses = ["sales@example.org"]',
+                                               'addresses = ["sales@example.org", "orders@example.org"]')
+                                  .replace("[web]\n", '[web]\nlanguage = "en"\n'))
+        daemon.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        ready = ready_within(notify, 30)
+        assert ("STATUS=running (reload refused: applying it failed: RuntimeError: the web register cannot "
+                "take it)") in ready, ready
+        assert wait_for_status(notify, "running: ").endswith(
+            "; last reload refused: applying it failed: RuntimeError: the web register cannot take it")
+        assert signin_lang().startswith("zh")
+        status = gateway.run("status", "--json", check=False)
+        assert json.loads(status.stdout)["daemon"]["configuration"]["reload"]["refused"] == [
+            "applying it failed: RuntimeError: the web register cannot take it"], status.stdout
+        # The pipeline went back to the running configuration: orders@ is nobody's, so triage's.
+        spool_elsewhere(gateway, make_message(1, to="orders@example.org"), {"intake": "file"}, "the letter")
+        assert gateway.list_json()[0]["department"] == "general-office"
+        # A reload that can be put in force is taken, and clears the refusal.
+        gateway.config.write_text(good)
+        daemon.send_signal(signal.SIGHUP)
+        assert "STATUS=running (configuration reloaded)" in ready_within(notify, 30)
+        assert json.loads(gateway.run("status", "--json").stdout)["attention"] == []
+    finally:
+        gateway.config.write_text(good)
+        if daemon.poll() is None:
+            daemon.terminate()
+        daemon.wait(60)
+    output = log.read_text()
+    assert daemon.returncode == 0, output
+    assert "reload refused, previous configuration stays in force: applying it failed" in output
+
+
+def ready_within(notify: Notify, seconds: float) -> list[str]:
+    """The fields of the next message with READY=1, failing when none comes in time (the rescan's
+    STATUS= every second keeps the socket talking meanwhile)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fields = notify.sock.recv(4096).decode().split("\n")
+        if "READY=1" in fields:
+            return fields
+    raise AssertionError(f"no READY=1 within {seconds} s")
 
 
 def wait_for_status(notify: Notify, start: str) -> str:

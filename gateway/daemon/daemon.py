@@ -79,8 +79,9 @@ class Daemon:
         self._config_arg = config_arg
         self.notifier = Notifier()
         self.store_error: str | None = None
-        # Said in every STATUS= until a reload is taken: the rescan's would otherwise hide it.
-        self._reload_refused = False
+        # Why the last reload was refused, said in every STATUS= until one is taken: the rescan's
+        # would otherwise hide it.
+        self._reload_refused: str | None = None
         try:
             storage.mount(config)  # before the spool makes a local store of its own
         except storage.StorageError as exc:
@@ -439,7 +440,7 @@ class Daemon:
             log.warning("rescan: requeued %d abandoned item(s), quarantined %d", requeued, quarantined)
         self.wake()
         self.notifier.status(f"running: {self._summary()}; {len(self.spool.pending())} waiting"
-                             + ("; last reload refused: configuration invalid" if self._reload_refused else ""))
+                             + (f"; last reload refused: {self._reload_refused}" if self._reload_refused else ""))
 
     async def _archive_last_month(self, *, missed: bool = False) -> None:
         from zoneinfo import ZoneInfo
@@ -580,46 +581,66 @@ class Daemon:
             log.warning("cannot write %s: %s", self.config.run_dir / running.PUBLISHED, exc)
 
     def reload(self) -> None:
+        """SIGHUP: read the file again and put it in force, or keep the running configuration. Whatever
+        happens, systemd hears READY=1 after RELOADING=1 (it would otherwise wait for the reload's end)."""
         self.notifier.reloading()
+        try:
+            status = self._reload()
+        except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
+            log.exception("reload refused, previous configuration stays in force: %s", exc)
+            status = self._refuse([f"{type(exc).__name__}: {exc}"], f"{type(exc).__name__}: {exc}")
+        self.notifier.notify("READY=1", f"STATUS={status}")
+
+    def _refuse(self, reasons: list[str], summary: str) -> str:
+        """Record a refused reload (`gateway status`, the operations page, each STATUS=): its STATUS=."""
+        self._publish(refused=reasons)
+        self._reload_refused = summary
+        return f"running (reload refused: {summary})"
+
+    def _reload(self) -> str:
         try:
             new = rulebook.load(self._config_arg)
         except ConfigError as exc:
             log.error("reload refused, previous configuration stays in force: %s",
                       "; ".join(str(i) for i in exc.issues))
-            self._publish(refused=[str(i) for i in exc.issues])
-            self._reload_refused = True
-            self.notifier.status("running (reload refused: configuration invalid)")
-            self.notifier.notify("READY=1")
-            return
-        except Exception as exc:  # a bug must not leave systemd waiting for the end of the reload
-            log.exception("reload refused, previous configuration stays in force: %s", exc)
-            self._publish(refused=[f"{type(exc).__name__}: {exc}"])
-            self._reload_refused = True
-            self.notifier.status("running (reload refused)")
-            self.notifier.notify("READY=1")
-            return
+            return self._refuse([str(i) for i in exc.issues], "configuration invalid")
         new, restart_needed = _running(self.config, new)
-        self.config = new
+        old = self.config
+        try:
+            self._apply(new)
+        except Exception as exc:
+            log.exception("reload refused, previous configuration stays in force: applying it failed: %s", exc)
+            # Parts that took the new one go back to the old: one configuration in force, never half of each.
+            try:
+                self._apply(old)
+            except Exception:
+                log.exception("reload: putting the previous configuration back failed too")
+            return self._refuse([f"applying it failed: {type(exc).__name__}: {exc}"],
+                                f"applying it failed: {type(exc).__name__}: {exc}")
         self._publish(reloaded=True)
-        self._reload_refused = False
+        self._reload_refused = None
+        log.info("configuration reloaded from %s, %d rule(s) from %s (version %s)%s", new.path,
+                 len(new.ruleset), new.ruleset.file, new.ruleset.version,
+                 f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
+        return "running (configuration reloaded)"
+
+    def _apply(self, config: Config) -> None:
+        """Hand `config` to every running part."""
+        self.config = config
         if self.pipeline is not None:
-            self.pipeline.config = new
+            self.pipeline.config = config
         if self.smtp is not None:
-            self.smtp.reload(new)
+            self.smtp.reload(config)
         if self.imap is not None:
-            self.imap.reload(new)
+            self.imap.reload(config)
         if self.web is not None:
-            self.web.reload(new)
+            self.web.reload(config)
         # Each takes what it can at its next pass: the fax drop its patterns and timings (another folder
         # needs a restart), the text reader its languages and time allowed (the pool size needs a restart).
         for runner in (self.fax_drop, self.text_reader, self.outbox, *self._workers):
             if runner is not None:
-                runner.reload(new)
-        logs.setup(new.model.logging.level, timestamps=new.model.logging.timestamps)
-        log.info("configuration reloaded from %s, %d rule(s) from %s (version %s)%s", new.path,
-                 len(new.ruleset), new.ruleset.file, new.ruleset.version,
-                 f" ({', '.join(restart_needed)} changed: takes effect at restart)" if restart_needed else "")
-        self.notifier.notify("READY=1", "STATUS=running (configuration reloaded)")
+                runner.reload(config)
+        logs.setup(config.model.logging.level, timestamps=config.model.logging.timestamps)
 
 
 def _month_before(now: datetime) -> str:
