@@ -833,7 +833,9 @@ class ConfigModel(_Strict):
 # the whole section). The timezone is one: the registry numbers letters by the year in it and the
 # archive job is scheduled in it, both at start, so every other reader keeps it too. So are the
 # message store and archive folders: the store is mounted at start, and letters archived in a new
-# folder would be where none of the running parts (nor the register's packages) are.
+# folder would be where none of the running parts (nor the register's packages) are. So are the
+# archive's copies: which folders hold a package is fixed for those already written, and the running
+# parts read, restore and destroy packages in the copies they started with.
 RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("gateway.state_dir", "gateway", ("state_dir",)),
     ("registry.url", "registry", None),
@@ -841,6 +843,7 @@ RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("gateway.timezone", "gateway", ("timezone",)),
     ("storage", "storage", None),
     ("archive folder", "archive", ("folder",)),
+    ("archive copies", "archive", ("copies",)),
     ("daemon", "daemon", None),
     ("spool", "spool", None),
     ("node.name", "node", None),

@@ -523,8 +523,9 @@ def test_after_sighup_the_timezone_and_the_storage_folders_keep_their_running_va
 
 def test_a_reload_keeps_the_running_timezone_and_folders_in_the_configuration_it_puts_in_force(
         gateway: Gateway, tmp_path: Path) -> None:
-    """What the daemon hands every part after a reload: the timezone, the message store and the
-    archive folder (by [storage] or [archive] folder) it started with, each named as changed."""
+    """What the daemon hands every part after a reload: the timezone, the message store, the
+    archive folder (by [storage] or [archive] folder) and the archive's copies it started with, each
+    named as changed."""
     from gateway.daemon.daemon import _running
     from gateway.stages import rulebook
 
@@ -533,7 +534,8 @@ def test_a_reload_keeps_the_running_timezone_and_folders_in_the_configuration_it
     for edit, names in (
             (f'[storage]\nmessages_dir = "{tmp_path / "nas" / "messages"}"\n'
              f'archive_dir = "{tmp_path / "nas" / "archive"}"\n', ["storage"]),
-            (f'[archive]\nfolder = "{tmp_path / "other-archive"}"\n', ["archive folder"])):
+            (f'[archive]\nfolder = "{tmp_path / "other-archive"}"\n', ["archive folder"]),
+            (f'[archive]\ncopies = ["{tmp_path / "second-disk"}"]\n', ["archive copies"])):
         changed.write_text(gateway.config.read_text().replace('timezone = "Asia/Shanghai"',
                                                               'timezone = "America/New_York"')
                            .replace("[logging]\n", f"{edit}\n[logging]\n"))
@@ -543,6 +545,7 @@ def test_a_reload_keeps_the_running_timezone_and_folders_in_the_configuration_it
         assert config.calendar.tz == ZoneInfo("Asia/Shanghai")
         assert config.archive_dir == running.archive_dir == gateway.state / "archive"
         assert config.shared_message_dir is None and config.model.storage == running.model.storage
+        assert config.archive_copies == running.archive_copies == []
 
 
 def test_registry_down_keeps_items_spooled_until_it_returns(tmp_path: Path, notify: Notify) -> None:
