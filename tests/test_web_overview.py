@@ -297,6 +297,68 @@ def test_operations_shows_first_what_needs_attention_in_either_language(site: Si
     assert "一切正常" not in stopped
 
 
+def test_operations_says_a_reload_was_refused_and_a_restart_is_needed_in_either_language(
+        site: Site, tmp_path: Path) -> None:
+    """What `gateway status` says of the running daemon's configuration: its last reload refused,
+    with the file's errors, and settings edited in the file that only a restart puts in force."""
+    from gateway import running
+    from gateway.daemon.daemon import PidLock
+
+    ada = site.sign_in("ada")
+    file = site.config.path
+    good = file.read_text()
+    error = f"{file}:3: bogus: unknown key"
+    lock = PidLock(site.config.run_dir / "gateway.pid")  # as a running daemon holds it
+    try:
+        running.publish(site.config, refused=[error])
+        file.write_text(good.replace('timezone = "Asia/Shanghai"', 'timezone = "America/New_York"'))
+        page = ada.get("/operations").text
+        head = page[page.index('id="attention"'):page.index('class="tiles"')]
+        assert "配置重新加载被拒绝" in head and error in head and "systemctl reload gateway" in head
+        assert "仍按原配置运行" in head
+        assert f"{file} 中以下设置与正在运行的后台服务不同" in head and "gateway.timezone" in head
+        assert "systemctl restart gateway" in head
+        site.people.set_language("ada", "en")
+        english = site.sign_in("ada")
+        page = english.get("/operations").text
+        head = page[page.index('id="attention"'):page.index('class="tiles"')]
+        assert "was refused; the daemon runs with the configuration it had before:" in head and error in head
+        assert (f"These settings differ in {file} from what the running daemon uses; only a restart puts "
+                "them in force:") in head and "gateway.timezone" in head
+        shot = tmp_path / "operations.png"
+        screenshot(site, "/operations", shot)
+        print(f"screenshot: {shot}")
+        # A reload taken, and the file as the daemon runs it: nothing about the configuration.
+        running.publish(site.config, reloaded=True)
+        file.write_text(good)
+        calm = english.get("/operations").text
+        assert "was refused" not in calm and "These settings differ" not in calm
+    finally:
+        file.write_text(good)
+        lock.release()
+        site.people.set_language("ada", "zh")
+        (site.config.run_dir / running.PUBLISHED).unlink(missing_ok=True)
+
+
+def screenshot(site: Site, path: str, shot: Path) -> None:
+    """The page as an administrator (ada) sees it in chromium, saved in `shot`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(site.url + "/signin")
+            page.fill("input[name=login]", "ada")
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            page.goto(site.url + path)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+
 def test_the_wrong_roles_are_refused(site: Site) -> None:
     sam, ada, rita, leo = (site.sign_in(login) for login in ("sam", "ada", "rita", "leo"))
     for client, url in ((sam, "/operations"), (rita, "/operations"), (leo, "/operations"), (sam, "/reports"),

@@ -105,6 +105,22 @@ def configuration_attention(config: Config, configuration: dict[str, Any] | None
     return out
 
 
+def served_configuration_attention(config: Config) -> list[Attention]:
+    """`configuration_attention` for a page served with `config`: a web register the daemon serves
+    runs with its restart-only values, not the file's, so the file is read again to compare (a
+    file that does not load says nothing of its own: its errors are a reload's to refuse)."""
+    from gateway.config import ConfigError, load
+
+    state = running.published(config)
+    if state is None:
+        return []
+    try:
+        names = running.restart_pending(load(config.path, check_dirs=False), state)
+    except ConfigError:
+        names = []
+    return configuration_attention(config, {"restart_needed": names, "reload": state.get("reload")})
+
+
 def archive_copies(config: Config, registry: Registry) -> list[dict[str, Any]]:
     """Each of `[archive] copies`: whether the folder is there, and how many verified packages it
     lacks (their package or manifest file). A stat or two per package: packages are monthly."""

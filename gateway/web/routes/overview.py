@@ -221,8 +221,11 @@ def operations_page(req: Req) -> Response:
     state = operations.overview(web.config, spool, web.registry)
     # Worded by the template in the reader's language; a failing folder's time as the page shows times.
     needs = [operations.Attention(item.kind, {**item.values, "since": _moment(item.values["since"])})
-             if item.kind == "imap-failing" else item
-             for item in operations.attention(web.config, state, spool.free_bytes())]
+             if item.kind == "imap-failing"
+             else operations.Attention(item.kind, {**item.values, "at": _moment(item.values["at"])})
+             if item.kind == "reload-refused" else item
+             for item in [*operations.attention(web.config, state, spool.free_bytes()),
+                          *operations.served_configuration_attention(web.config)]]
     for folder in state["imap"]:
         for key in ("last_poll_at", "last_error_at"):
             folder[key] = _moment(folder[key])
