@@ -15,7 +15,7 @@ import pytest
 from conftest import make_message, wait_for
 from fax_samples import ENGLISH, pdf_fax, tiff_fax
 from ocr_corpus import sample
-from sqlalchemy import text
+from sqlalchemy import event, text
 from web_support import Site
 
 from gateway.registry import schema
@@ -211,6 +211,46 @@ def test_the_same_searches_on_postgresql(pg_register: Register) -> None:
         check_fax_mail(pg_register, role, reads)
     check_fax_mail_reindexed(pg_register)
     check_address_forms(pg_register)
+
+
+def check_one_full_text_query(register: Register) -> None:
+    """A search reads the index once: the page and the number of all matches come from one query
+    (a page past the last, which has no row to carry the number, counts apart)."""
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(register.registry.engine, "before_cursor_execute", seen)
+    try:
+        def search(query: str, **paging: int) -> tuple[list[str], int]:
+            statements.clear()
+            page = register.access.search(OPERATOR, query, QueueQuery(queue="all", **paging),  # type: ignore[arg-type]
+                                          address="127.0.0.1")
+            assert len([s for s in statements if "letter_search" in s]) == 1, statements
+            names = {number: name for name, number in register.letters.items()}
+            return [names[r.number] for r in page.rows], page.total
+
+        assert search("合同") == (["contract"], 1)
+        both, total = search("partner.cn")
+        assert sorted(both) == ["attached", "secret"] and total == 2
+        assert search("partner.cn", per_page=1) == (both[:1], 2)
+        assert search("partner.cn", per_page=1, page=2) == (both[1:], 2)
+        assert search("合同 quotation") == ([], 0)
+        statements.clear()
+        past = register.access.search(OPERATOR, "partner.cn", QueueQuery(queue="all", per_page=1, page=3),
+                                      address="127.0.0.1")
+        assert past.rows == [] and past.total == 2
+    finally:
+        event.remove(register.registry.engine, "before_cursor_execute", seen)
+
+
+def test_a_search_reads_the_index_once(register: Register) -> None:
+    check_one_full_text_query(register)
+
+
+def test_a_search_reads_the_index_once_on_postgresql(pg_register: Register) -> None:
+    check_one_full_text_query(pg_register)
 
 
 def test_a_long_letter_in_chinese_is_registered_and_found_on_postgresql(pg_register: Register) -> None:

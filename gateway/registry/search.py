@@ -320,10 +320,19 @@ class SearchRecords(Store):
         where = and_(scope_clause(scope), filter_clause(letter_filter), or_(readable, Letter.id.in_(in_entry)))
         # Nor does the order: a letter whose content is not the person's ranks by its entry alone.
         rank = case((readable, hits.c.rank), else_=hits.c.entry_rank)
+        order = (rank, Letter.received_at.desc(), Letter.id.desc())
+        matches = select(Letter.id).join(hits, hits.c.letter_id == Letter.id).where(where)
+        # The page and the number of all matches in one query, the full-text match made once; the
+        # count and the order over the letters' ids alone, their rows read for the page only.
+        page = (matches.add_columns(func.count().over().label("total"),
+                                    func.row_number().over(order_by=order).label("position"))
+                .order_by(*order).offset(offset).limit(limit).subquery())
         with self.session() as session:
-            total = int(session.scalar(select(func.count()).select_from(Letter)
-                                       .join(hits, hits.c.letter_id == Letter.id).where(where)) or 0)
-            rows = list(session.scalars(select(Letter).join(hits, hits.c.letter_id == Letter.id).where(where)
-                                        .order_by(rank, Letter.received_at.desc(), Letter.id.desc())
-                                        .offset(offset).limit(limit)))
-        return rows, total
+            found = session.execute(select(Letter, page.c.total).join(page, page.c.id == Letter.id)
+                                    .order_by(page.c.position)).all()
+            if found:
+                return [row[0] for row in found], int(found[0][1])
+            if offset == 0:
+                return [], 0
+            # A page past the last: only the count can say how many there are.
+            return [], int(session.scalar(select(func.count()).select_from(matches.subquery())) or 0)
