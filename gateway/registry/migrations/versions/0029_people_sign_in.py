@@ -17,27 +17,41 @@ JSON = sa.JSON().with_variant(postgresql.JSONB(), 'postgresql')
 
 
 def upgrade() -> None:
-    op.create_table('password_resets',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('person_id', sa.Integer(), nullable=False),
-    sa.Column('token_hash', sa.String(length=64), nullable=False),
-    sa.Column('address', sa.String(length=64), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['person_id'], ['people.id'], ),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('token_hash')
-    )
-    op.create_index('ix_password_resets_person_id', 'password_resets', ['person_id'])
-    with op.batch_alter_table('people') as batch:
-        batch.add_column(sa.Column('totp_secret', sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column('totp_enabled_at', sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column('totp_last_step', sa.BigInteger(), nullable=True))
-        batch.add_column(sa.Column('recovery_codes', JSON, nullable=False, server_default=sa.text("'[]'")))
-    with op.batch_alter_table('web_sessions') as batch:
-        batch.add_column(sa.Column('awaiting_code', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column('method', sa.String(length=16), nullable=False, server_default='password'))
-        batch.add_column(sa.Column('user_agent', sa.String(length=200), nullable=False, server_default=''))
+    # Run again (a register made from the present models has all this, or a revision set back),
+    # it adds nothing twice.
+    inspector = sa.inspect(op.get_bind())
+    if not inspector.has_table('password_resets'):
+        op.create_table('password_resets',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('person_id', sa.Integer(), nullable=False),
+        sa.Column('token_hash', sa.String(length=64), nullable=False),
+        sa.Column('address', sa.String(length=64), nullable=False),
+        sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(['person_id'], ['people.id'], ),
+        sa.PrimaryKeyConstraint('id'),
+        sa.UniqueConstraint('token_hash')
+        )
+    op.create_index('ix_password_resets_person_id', 'password_resets', ['person_id'], if_not_exists=True)
+    people = {c['name'] for c in inspector.get_columns('people')}
+    new_people = [c for c in (sa.Column('totp_secret', sa.String(length=64), nullable=True),
+                              sa.Column('totp_enabled_at', sa.DateTime(timezone=True), nullable=True),
+                              sa.Column('totp_last_step', sa.BigInteger(), nullable=True),
+                              sa.Column('recovery_codes', JSON, nullable=False, server_default=sa.text("'[]'")))
+                  if c.name not in people]
+    if new_people:
+        with op.batch_alter_table('people') as batch:
+            for column in new_people:
+                batch.add_column(column)
+    sessions = {c['name'] for c in inspector.get_columns('web_sessions')}
+    new_sessions = [c for c in (sa.Column('awaiting_code', sa.Boolean(), nullable=False, server_default=sa.false()),
+                                sa.Column('method', sa.String(length=16), nullable=False, server_default='password'),
+                                sa.Column('user_agent', sa.String(length=200), nullable=False, server_default=''))
+                    if c.name not in sessions]
+    if new_sessions:
+        with op.batch_alter_table('web_sessions') as batch:
+            for column in new_sessions:
+                batch.add_column(column)
 
 
 def downgrade() -> None:
@@ -48,5 +62,5 @@ def downgrade() -> None:
     with op.batch_alter_table('people') as batch:
         for column in ('recovery_codes', 'totp_last_step', 'totp_enabled_at', 'totp_secret'):
             batch.drop_column(column)
-    op.drop_index('ix_password_resets_person_id', 'password_resets')
+    op.drop_index('ix_password_resets_person_id', 'password_resets', if_exists=True)
     op.drop_table('password_resets')
