@@ -108,6 +108,18 @@ def throttled_text(exc: Throttled) -> str:
                          "Too many failed attempts; try again in %(n)d minutes.", minutes) % {"n": minutes}
 
 
+def _refused(req: Req, refused: SignInRefused | PasswordRefused | TwoStepRefused) -> Response:
+    """The account page again, saying why a step that needs the present password was refused."""
+    if isinstance(refused, Throttled):
+        return _page(req, status=429, error=throttled_text(refused))
+    if isinstance(refused, SignInRefused):
+        return _page(req, status=400, error=_("The present password is wrong."))
+    if isinstance(refused, PasswordRefused):
+        return _page(req, status=400, error=password_refusal(refused))
+    return _page(req, status=409 if refused.reason in ("on", "off", "required") else 400,
+                 error=two_step_refusal(refused))
+
+
 @page()
 def two_step(req: Req) -> Response:
     assert req.session is not None
@@ -128,15 +140,8 @@ def two_step(req: Req) -> Response:
             codes = people.renew_recovery_codes(req.session, present, address=req.address)
             return _page(req, codes=codes, message=_("New recovery codes; the old ones no longer work."))
         people.turn_off_two_step(req.session, present, req.field("code"), address=req.address)
-    except Throttled as exc:
-        return _page(req, status=429, error=throttled_text(exc))
-    except SignInRefused:
-        return _page(req, status=400, error=_("The present password is wrong."))
-    except PasswordRefused as refused:
-        return _page(req, status=400, error=password_refusal(refused))
-    except TwoStepRefused as refused:
-        return _page(req, status=409 if refused.reason in ("on", "off", "required") else 400,
-                     error=two_step_refusal(refused))
+    except (SignInRefused, PasswordRefused, TwoStepRefused) as refused:
+        return _refused(req, refused)
     return RedirectResponse(req.done_url("/me", "two-step-off"), status_code=303)
 
 
@@ -148,12 +153,8 @@ def change_password(req: Req) -> Response:
         return _page(req, status=400, error=_("Give your present password and the new one."))
     try:
         req.web.people.change_own_password(req.session, present, new, repeated, address=req.address)
-    except Throttled as exc:
-        return _page(req, status=429, error=throttled_text(exc))
-    except SignInRefused:
-        return _page(req, status=400, error=_("The present password is wrong."))
-    except PasswordRefused as refused:
-        return _page(req, status=400, error=password_refusal(refused))
+    except (SignInRefused, PasswordRefused) as refused:
+        return _refused(req, refused)
     return RedirectResponse(req.done_url("/me", "password"), status_code=303)
 
 
