@@ -233,8 +233,13 @@ def test_operations_retries_a_quarantined_item_and_an_undeliverable_mail(site: S
 
 def test_a_mail_queued_again_no_longer_shows_its_old_failure_as_current(site: Site) -> None:
     """By the web and by `gateway outbox retry`: the error that dead-lettered it stays in the
-    letter's history, not on the mail waiting for its next attempt."""
+    letter's history, not on the mail waiting for its next attempt. Its attempts are counted
+    afresh (the history keeps the old count): the back-off after its next failure is the first
+    one's, not the longest."""
     web_mail, cli_mail = site.registry.outbox_due(2)  # claimed, as the sender does before giving a mail up
+    for _ in range(3):  # three failed attempts, each released and claimed again as the sender does
+        site.registry.outbox_retry_later(web_mail.id, "451 4.3.0 try later", datetime(2000, 1, 1, tzinfo=timezone.utc))
+        [web_mail] = site.registry.outbox_due(1)
     assert site.registry.outbox_dead(web_mail.id, "550 5.1.1 <x@example.org>: no such user (web)")
     assert site.registry.outbox_dead(cli_mail.id, "550 5.1.1 <y@example.org>: no such user (cli)")
     ada = site.sign_in("ada")
@@ -243,6 +248,7 @@ def test_a_mail_queued_again_no_longer_shows_its_old_failure_as_current(site: Si
     mails = {m.id: m for m in site.registry.outbox()}
     for mail, said in ((web_mail, "(web)"), (cli_mail, "(cli)")):
         assert mails[mail.id].status == "pending" and mails[mail.id].last_error is None
+        assert mails[mail.id].attempts == 0 and mails[mail.id].claims == 0
         listed = json.loads(site.gateway.run("outbox", "list", "--status", "pending", "--json").stdout)
         assert next(m for m in listed if m["id"] == mail.id)["last_error"] is None
         assert f"no such user {said}" not in ada.get("/operations").text
@@ -251,6 +257,7 @@ def test_a_mail_queued_again_no_longer_shows_its_old_failure_as_current(site: Si
         assert letter is not None
         requeued = [e for e in letter.events if e.action == "mail-requeued" and e.details.get("outbox") == mail.id]
         assert requeued and f"no such user {said}" in requeued[-1].details["error"]
+        assert requeued[-1].details["attempts"] == (4 if mail is web_mail else 1)
     status = json.loads(site.gateway.run("status", "--json", check=False).stdout)["outbox"]
     assert "no such user" not in json.dumps(status)
 

@@ -41,11 +41,13 @@ def outbox_list(state: State, status: str | None, limit: int, as_json: bool) -> 
 @pass_state
 def outbox_retry(state: State, mail_ids: tuple[int, ...]) -> None:
     """Queue dead-lettered mail again (after fixing what stopped it)."""
+    from gateway.services.operations import requeue_mail
+
     registry = state.registry()
     failed = 0
     for mail_id in mail_ids:
         try:
-            mail = registry.outbox_requeue(mail_id, actor(None))
+            mail = requeue_mail(registry, mail_id, actor(None))
             click.echo(f"{mail_id}: {mail.kind} to {mail.recipient} queued again")
         except (LookupError, ValueError) as exc:
             click.echo(f"error: {exc}", err=True)

@@ -140,20 +140,24 @@ class Outbox(Store):
     def outbox_requeue(self, mail_id: int, actor: str) -> OutboxMail:
         now = utcnow()
         with self.write() as conn:
-            mail = conn.execute(select(OutboxMail.status, OutboxMail.letter_id, OutboxMail.last_error)
+            mail = conn.execute(select(OutboxMail.status, OutboxMail.letter_id, OutboxMail.last_error,
+                                       OutboxMail.attempts)
                                 .where(OutboxMail.id == mail_id).with_for_update()).first()
             if mail is None:
                 raise LookupError(f"no outbox mail {mail_id}")
             if mail.status != "dead":
                 raise ValueError(f"outbox mail {mail_id} is {mail.status}, not dead")
-            # A fresh queue time: the give-up clock starts again. The failure that stopped it is
-            # no longer the mail's state (lists and status would show it as current): the
-            # letter's history keeps it, in this event as in the dead-lettered one.
+            # A fresh queue time: the give-up clock starts again, and so does the count of
+            # attempts, which sets the back-off (a mail failing again after being fixed waits a
+            # minute, not the longest delay) and, against its claims, tells a mail whose node died
+            # with it. The failure that stopped it is no longer the mail's state (lists and status
+            # would show it as current): the letter's history keeps it and the attempts, in this
+            # event as in the dead-lettered one.
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id).values(
-                status="pending", next_attempt_at=now, created_at=now, updated_at=now, claims=0,
+                status="pending", next_attempt_at=now, created_at=now, updated_at=now, claims=0, attempts=0,
                 claimed_by=None, lease_until=None, last_error=None))
             if mail.letter_id is not None:
-                details: dict[str, object] = {"outbox": mail_id}
+                details: dict[str, object] = {"outbox": mail_id, "attempts": mail.attempts}
                 if mail.last_error:
                     details["error"] = mail.last_error[:500]
                 conn.execute(insert(Event), [self.event_row(mail.letter_id, now, actor, "mail-requeued", None,

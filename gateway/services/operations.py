@@ -12,6 +12,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.ledger import ImapLedger
+from gateway.registry.models import OutboxMail
 from gateway import running
 from gateway.running import daemon_pid
 from gateway.services.queries import iso
@@ -285,3 +286,9 @@ def retry_quarantined(spool: Spool, item_ids: list[str] | None) -> list[Retried]
         except KeyError:
             done.append(Retried(item_id, False))
     return done
+
+
+def requeue_mail(registry: Registry, mail_id: int, actor: str) -> OutboxMail:
+    """Queue a dead-lettered mail again, once what stopped it is fixed: sent at once, its attempts
+    counted afresh. Raises LookupError (no such mail) or ValueError (it is not dead-lettered)."""
+    return registry.outbox_requeue(mail_id, actor)

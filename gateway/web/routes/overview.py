@@ -262,7 +262,7 @@ def outbox_retry(req: Req) -> Response:
     if not 0 < mail_id <= LARGEST_ID:
         raise Problem(404)
     try:
-        mail = req.web.registry.outbox_requeue(mail_id, req.who.login)
+        mail = operations.requeue_mail(req.web.registry, mail_id, req.who.login)
     except LookupError:
         raise Problem(404) from None
     except ValueError:
