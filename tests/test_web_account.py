@@ -398,8 +398,11 @@ def test_a_forgotten_password_is_reset_through_a_link_mailed_to_the_persons_own_
     mismatch = browser.post(link, data={"csrf": token, "password": NEW, "repeated": NEW + "!"})
     assert mismatch.status_code == 400 and "不一致" in mismatch.text
     done = browser.post(link, data={"csrf": token, "password": NEW, "repeated": NEW})
-    assert done.status_code == 303 and done.headers["location"] == "/signin?done=reset"
-    assert "新密码已设置" in browser.get("/signin?done=reset").text
+    assert done.status_code == 303 and done.headers["location"].startswith("/signin?done=reset.")
+    assert "新密码已设置" in browser.get(done.headers["location"]).text
+    # A link saying so, made by anyone else, says nothing: not in another browser, nor unsigned.
+    assert "新密码已设置" not in site.client().get(done.headers["location"]).text
+    assert "新密码已设置" not in browser.get("/signin?done=reset").text
     assert can_sign_in(site, "gina", NEW) and not can_sign_in(site, "gina", PASSWORD)
     assert not signed_in(signed_in_before), "every browser of hers is signed out"
     used = browser.get(link)

@@ -120,26 +120,30 @@ class Req:
     def arg(self, name: str) -> str:
         return self.request.query_params.get(name, "").strip()
 
-    def done_url(self, path: str, step: str, *, name: str = "done", anchor: str = "") -> str:
+    def done_url(self, path: str, step: str, *, name: str = "done", anchor: str = "",
+                 signed_out: bool = False) -> str:
         """The page at `path` (as linked, quoted) naming in `name` the step this person has just
-        taken, for that page to say so (`done`). The name carries a mark of this session and page:
+        taken, for that page to say so (`done`). The name carries a mark of this session and page
+        (`signed_out`: of this browser's pre-session token, for a step taken before signing in):
         a link anyone else made, or made for another page, makes no page claim a step was taken."""
-        mark = self._done_mark(unquote(path), name, step)
+        mark = self._done_mark(unquote(path), name, step, signed_out)
         return f"{path}?{urlencode({name: f'{step}.{mark}'})}" + (f"#{anchor}" if anchor else "")
 
-    def done(self, name: str = "done") -> str:
+    def done(self, name: str = "done", *, signed_out: bool = False) -> str:
         """The step `done_url` named for this page in this session; "" for none, or for a name
         without its mark (a crafted link)."""
         step, _, mark = self.arg(name).rpartition(".")
-        if not step or not security.tokens_match(self._done_mark(self.request.url.path, name, step), mark):
+        if not step or not security.tokens_match(self._done_mark(self.request.url.path, name, step, signed_out),
+                                                 mark):
             return ""
         return step
 
-    def _done_mark(self, path: str, name: str, step: str) -> str:
-        if not self.session_token:
+    def _done_mark(self, path: str, name: str, step: str, signed_out: bool) -> str:
+        key = self.request.cookies.get(security.PRE_CSRF_COOKIE) if signed_out else self.session_token
+        if not key:
             return ""
         message = "\0".join(("done", path, name, step)).encode()
-        return hmac.new(self.session_token.encode(), message, hashlib.sha256).hexdigest()[:32]
+        return hmac.new(key.encode(), message, hashlib.sha256).hexdigest()[:32]
 
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return render(self, template, status_code, **context)

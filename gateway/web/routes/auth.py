@@ -40,7 +40,8 @@ def _signin_page(req: Req, *, status: int = 200, error: str = "", login: str = "
                         next=security.safe_next(req.arg("next") or req.field("next"), ""),
                         no_people=req.web.people.count() == 0, oidc_label=oidc.label if oidc.issuer else "",
                         reset_offered=req.web.people.reset_offered,
-                        message=_("Your new password is set. Sign in with it.") if req.arg("done") == "reset" else "")
+                        message=_("Your new password is set. Sign in with it.")
+                        if req.done(signed_out=True) == "reset" else "")
 
 
 def _pre_session(req: Req, template: str, status: int, **context: object) -> Response:
@@ -115,7 +116,7 @@ def new_password(req: Req) -> Response:
         return _reset_page(req, 400, for_person=person, error=password_refusal(refused))
     except SignInRefused:
         return _reset_page(req, 404, lapsed=True, error=_(_LAPSED))
-    response = RedirectResponse("/signin?done=reset", status_code=303)
+    response = RedirectResponse(req.done_url("/signin", "reset", signed_out=True), status_code=303)
     security.forget_cookie(response, security.SESSION_COOKIE, secure=req.web.secure)
     return response
 
