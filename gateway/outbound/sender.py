@@ -24,7 +24,9 @@ import os
 import random
 import smtplib
 import ssl
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
 
 from gateway.addressing import needs_smtputf8
 from gateway.archive import ArchiveError
@@ -44,8 +46,9 @@ log = logging.getLogger("gateway.outbox")
 BATCH = 50
 
 
-# Mail about a person, not a letter.
-ABOUT_NO_LETTER = frozenset({"password-reset"})
+# Mail about a person, not a letter, by kind: how each is written.
+ABOUT_NO_LETTER: dict[str, Callable[[Config, OutboxMail], EmailMessage]] = {"password-reset": password_reset}
+
 
 class Refused(Exception):
     def __init__(self, code: int, text: str):
@@ -241,8 +244,8 @@ class OutboxSender(Runner):
         log.info("%s: %s sent to %s", letter.number if letter else "-", mail.kind, mail.recipient)
 
     def _compose(self, mail: OutboxMail, letter: Letter | None) -> bytes:
-        if mail.kind == "password-reset":
-            return password_reset(self.config, mail).as_bytes()
+        if mail.kind in ABOUT_NO_LETTER:
+            return ABOUT_NO_LETTER[mail.kind](self.config, mail).as_bytes()
         if letter is None:
             raise ComposeError(f"a {mail.kind} mail about no letter")
         if mail.kind in ("receipt", "feedback"):

@@ -122,12 +122,16 @@ class Throttled(SignInRefused):
         self.retry_after = retry_after
 
 
-class PasswordRefused(ValueError):
-    """A password not taken; `reason` (short, long, differ, same, none) lets a page say why in its language."""
+class StepRefused(ValueError):
+    """A step on a person's account not taken; `reason` lets a page say why in its language."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+class PasswordRefused(StepRefused):
+    """A password not taken; `reason`: short, long, differ, same, none."""
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,8 @@ _TWO_STEP_OFF: dict[str, Any] = {"totp_secret": None, "totp_enabled_at": None, "
                                  "recovery_codes": []}
 
 
-class TwoStepRefused(ValueError):
-    """A two-step sign-in step not taken; `reason` (on, off, none, code, required) lets a page say why."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class TwoStepRefused(StepRefused):
+    """A two-step sign-in step not taken; `reason`: on, off, none, code, required."""
 
 
 def _matching_step(secret: str, code: str) -> int | None:
@@ -484,9 +484,9 @@ class People:
         return person
 
     # -- two-step sign-in (TOTP) ---------------------------------------------
-    def start_two_step(self, info: SessionInfo) -> str:
-        """A new authenticator secret for the person to scan; it counts once a code proves it
-        (turn_on_two_step). Returns the otpauth:// URI. Raises TwoStepRefused."""
+    def start_two_step(self, info: SessionInfo) -> None:
+        """A new authenticator secret for the person to scan (two_step_uri); it counts once a code
+        proves it (turn_on_two_step). Raises TwoStepRefused."""
         person = self._person_row(info)
         if person.totp_enabled_at is not None:
             raise TwoStepRefused("on", "two-step sign-in is on already")
@@ -494,7 +494,6 @@ class People:
 
         self.registry.update_person(person.login, {"totp_secret": pyotp.random_base32(32), "totp_last_step": None},
                                     audit=None)
-        return self.two_step_uri(info) or ""
 
     def two_step_uri(self, info: SessionInfo) -> str | None:
         """The otpauth:// URI of the secret waiting to be proved, for the QR code; None if none waits."""
