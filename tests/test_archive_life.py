@@ -239,6 +239,12 @@ def test_a_reply_sent_and_a_circulation_finished_after_packing_go_into_a_part_of
     assert (part.part, part.letters) == (2, 0) and part.path.endswith("/part-002.mbox.zst")
     # Packages already written are not rewritten.
     assert {f: f.read_bytes() for f in files} == before
+    # Each letter's history says where its later items went.
+    for name, counts in (("urgent", (1, 0)), ("business", (0, 1)), ("office", None)):
+        letter = site.registry.letter(site.letters[name])
+        assert letter is not None
+        events = [e.details for e in letter.events if e.action == "archived-late"]
+        assert events == ([{"package": part.path, "replies": counts[0], "circulations": counts[1]}] if counts else [])
     second = held(site, "replies")[1][0]
     assert held(site, "replies") == [(first, first_package), (second, part.id)]
     assert held(site, "circulations") == [(circulation, part.id)]

@@ -193,8 +193,9 @@ class ArchiveRecords(Store):
 
     def archive_commit_late(self, *, package: dict[str, Any], replies: list[int], circulations: list[int]) -> int:
         """Record a late part (replies sent and circulations finished after their letters were
-        packed) and what it holds, in one transaction. Raises ArchiveSeriesMoved, recording
-        nothing, when a package was given one of them meanwhile."""
+        packed) and what it holds, in one transaction, with an `archived-late` event on each of
+        their letters naming the part. Raises ArchiveSeriesMoved, recording nothing, when a package
+        was given one of them meanwhile."""
         now = utcnow()
         with self.write() as conn:
             package_id = conn.execute(insert(ArchivePackage).returning(ArchivePackage.id), [
@@ -203,6 +204,14 @@ class ArchiveRecords(Store):
             ]).scalar_one()
             if self._hold_items(conn, package_id, replies, circulations) != len(replies) + len(circulations):
                 raise ArchiveSeriesMoved(f"{package['path']}: what it holds was packed meanwhile")
+            held: dict[int, dict[str, Any]] = {}
+            for model, key in ((Reply, "replies"), (Circulation, "circulations")):
+                for (letter_id,) in conn.execute(select(model.letter_id).where(model.archive_package_id == package_id)):
+                    counts = held.setdefault(letter_id, {"package": package["path"], "replies": 0, "circulations": 0})
+                    counts[key] += 1
+            if held:
+                conn.execute(insert(Event), [self.event_row(letter_id, now, "gateway", "archived-late", None, details)
+                                             for letter_id, details in sorted(held.items())])
             return int(package_id)
 
     @staticmethod
