@@ -189,3 +189,21 @@ def test_a_phone_sized_window_shows_pages_no_wider_than_its_screen(register: Reg
         # The sidebar is a band above the page, not a column the page waits below.
         top = page.evaluate("document.querySelector('main#content').getBoundingClientRect().top")
         assert top < 400, (path, top)
+
+
+def test_a_laptop_sized_window_shows_every_column_beside_the_sidebar(register: Register, sign_in: SignIn) -> None:
+    """At 1024 and 1200 px, in either language: no page scrolls sideways, and no table scrolls
+    within its box: a queue's deadline (its last column), the dashboard's figures and the people
+    list are in sight without it."""
+    visible = "Math.max(0, ...[...document.querySelectorAll('.table-wrap')].map(w => w.scrollWidth - w.clientWidth))"
+    for login, paths in (("mem.a", ["/letters?queue=departments"]), ("reg", ["/letters?queue=all", "/dashboard"]),
+                         ("admin", ["/people"])):
+        for lang in ("zh", "en"):
+            page = sign_in(login, lang=lang)
+            for width in (1024, 1200):
+                page.set_viewport_size({"width": width, "height": 800})
+                for path in paths:
+                    page.goto(path)
+                    assert page.evaluate("document.documentElement.scrollWidth") <= width, (login, lang, width, path)
+                    assert page.evaluate(visible) == 0, (login, lang, width, path)
+            page.context.close()

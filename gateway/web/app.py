@@ -323,8 +323,9 @@ def environment() -> jinja2.Environment:
     from gateway.addressing import shown_address
 
     env.filters["address"] = shown_address  # a domain in Unicode only where it cannot pass for another
-    from gateway.web.shown import filesize, flag, sentence, subject
+    from gateway.web.shown import breakable, filesize, flag, sentence, subject
 
+    env.filters["breakable"] = breakable
     env.filters["filesize"] = filesize
     env.filters["subject"] = subject
     env.filters["sentence"] = sentence

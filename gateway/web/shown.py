@@ -47,7 +47,8 @@ DETAIL = {
     "rows": N_("rows"), "format": N_("format"), "period": N_("period"), "report": N_("report"),
     "pages": N_("pages"), "filename": N_("file name"), "recipient": N_("recipient"), "reader": N_("reader"),
     "score": N_("score"), "trust": N_("trust"), "on": N_("on"), "step": N_("step"), "role": N_("role"),
-    "approver": N_("approver"), "reassign": N_("reassign"), "attempts": N_("attempts"), "query": N_("query"),
+    "approver": N_("approver"), "reassign": N_("reassign"), "attempts": N_("attempts"),
+    "replies": N_("replies"), "circulations": N_("circulations"), "query": N_("query"),
     "letters": N_("letters"), "outcome": N_("outcome"), "summary": N_("summary"), "rule": N_("rule"),
     "signed_by": N_("signed by"), "requested_by": N_("requested by"), "resumed": N_("resumed"),
     "refused": N_("refused"), "contact": N_("contact"), "target": N_("target"), "via": N_("via"),
@@ -609,3 +610,13 @@ class Trace:
         if key == "owner":
             return value
         return value
+
+
+def breakable(address: str) -> Markup:
+    """An address that may wrap after its @, and a long domain before its dots too: a narrow column
+    breaks it where a reader expects, and the table need not widen to hold it on one line."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return escape(address)
+    labels = re.split(r"(?=\.)", domain) if len(domain) > 20 else [domain]
+    return Markup("<wbr>").join(escape(part) for part in [local + at, *labels])
