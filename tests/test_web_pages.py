@@ -1535,6 +1535,30 @@ def defect_samples() -> list[tuple[str, str]]:
     return found
 
 
+def test_the_outboxs_events_are_worded_in_chinese_for_every_kind_of_mail(site: Site) -> None:
+    """`<kind>-sent` and `<kind>-dead-lettered` are written for every kind of mail the gateway
+    sends; a kind without words of its own for them is worded from the kind's name."""
+    from gateway.web.routes import replies  # noqa: F401  (its kinds among the labels)
+
+    kinds = {"notification", "receipt", "feedback", "reminder", "escalation", "refused-command", "circulation",
+             "borrowing", "request", "sender-notice", "sender-reply", "approval", "password-reset"}
+    mail = site.registry.outbox_due(1)[0]  # claimed, as the sender does before giving a mail up
+    i18n.use("zh")
+    try:
+        for kind in kinds:
+            for outcome in ("sent", "dead-lettered"):
+                worded = i18n.label("event", f"{kind}-{outcome}")
+                assert not re.search("[a-z]", worded), (kind, worded)
+        expected = i18n.label("event", f"{mail.kind}-dead-lettered")
+    finally:
+        i18n.use("en")
+    assert site.registry.outbox_dead(mail.id, "550 5.1.1 no such user")
+    found = site.registry.letter_by_id(mail.letter_id)  # type: ignore[arg-type]
+    assert found is not None
+    words = visible(site.sign_in("rita").get(f"/letters/{found.number}").text)
+    assert expected in words and f"{mail.kind}-dead-lettered" not in words
+
+
 def test_every_defect_the_code_can_write_has_its_chinese() -> None:
     """A defect added to the code without a pattern and its Chinese in gateway/web/shown.py fails
     here: on a Chinese page it would stay in English."""

@@ -169,7 +169,7 @@ MAIL_KIND = {"notification": N_("notification"), "receipt": N_("receipt"), "feed
              "reminder": N_("reminder"), "escalation": N_("escalation"),
              "request": N_("request to the sender"), "sender-notice": N_("notice about the sender"),
              "circulation": N_("circulation notice"), "borrowing": N_("borrowing notice"),
-             "password-reset": N_("password reset link")}
+             "refused-command": N_("refusal of a mail command"), "password-reset": N_("password reset link")}
 MAIL_STATUS = {"pending": N_("pending"), "sent": N_("sent"), "dead": N_("undeliverable")}
 # Where a letter came in (its intake), and the register's flags on it.
 INTAKE = {"smtp": N_("SMTP listener"), "imap": N_("IMAP mailbox"), "file": N_("File import"),
@@ -188,12 +188,24 @@ KINDS = {"intake": INTAKE, "flag": FLAG, "status": STATUS, "category": CATEGORY,
          "mail_kind": MAIL_KIND, "mail_status": MAIL_STATUS}
 
 
+# The outbox's events on a letter, `<mail kind>-sent` and `<mail kind>-dead-lettered`, for the
+# kinds without words of their own above.
+MAIL_EVENT = {"sent": N_("%(mail)s sent"), "dead-lettered": N_("%(mail)s undeliverable")}
+
+
 def label(kind: str, value: str | None) -> str:
     """A register value in the current language; an unknown value is shown as it is."""
     if value is None:
         return ""
     known = KINDS[kind].get(value)
-    return gettext(known) if known else value
+    if known:
+        return gettext(known)
+    if kind == "event":
+        for outcome, words in MAIL_EVENT.items():
+            mail = value.removesuffix(f"-{outcome}")
+            if mail != value and mail in MAIL_KIND:
+                return gettext(words) % {"mail": gettext(MAIL_KIND[mail])}
+    return value
 
 
 # Why a step was refused (gateway/services/access.py Refused.key), worded in the page's language.
