@@ -88,14 +88,18 @@ MATRIX = ("A", "B", "CA", "CO", "AB")  # the rest: with general-office, ordinary
 A_NAME = "General Office"  # refusals name the department as people know it
 # tags go wherever notes do
 ALL8 = frozenset({"ack", "progress", "answer", "close", "note", "tag", "assign", "reassign"})
+# the sender's reference is put right by those of the department and the registry office who read it
+ALL9 = ALL8 | {"reference"}
 NONE: frozenset[str] = frozenset()
 HIDDEN = None  # the letter is not visible at all
 
 # person -> letter -> (content?, actions) or HIDDEN; every letter is routed and open here.
 EXPECTED: dict[str, dict[str, tuple[bool, frozenset[str]] | None]] = {
-    "reg": {k: (k not in ("CA", "CO"), frozenset({"note", "tag", "assign", "reassign", "hold"})) for k in MATRIX},
-    "mem.a": {"A": (True, ALL8), "B": HIDDEN, "CA": (False, ALL8), "CO": (False, ALL8), "AB": (True, NONE)},
-    "mem.b": {"A": HIDDEN, "B": (True, ALL8), "CA": HIDDEN, "CO": HIDDEN, "AB": (True, ALL8)},
+    "reg": {k: (k not in ("CA", "CO"), frozenset({"note", "tag", "assign", "reassign", "hold"}
+                                                 | ({"reference"} if k not in ("CA", "CO") else set())))
+            for k in MATRIX},
+    "mem.a": {"A": (True, ALL9), "B": HIDDEN, "CA": (False, ALL8), "CO": (False, ALL8), "AB": (True, NONE)},
+    "mem.b": {"A": HIDDEN, "B": (True, ALL9), "CA": HIDDEN, "CO": HIDDEN, "AB": (True, ALL9)},
     "head.a": {"A": (True, frozenset(ACTIONS)), "B": HIDDEN, "CA": (True, frozenset(ACTIONS)),
                "CO": (True, frozenset(ACTIONS)), "AB": (True, NONE)},
     "leader": {k: (k not in ("CA", "CO"), frozenset({"note", "tag", "hold"})) for k in MATRIX},
@@ -103,7 +107,7 @@ EXPECTED: dict[str, dict[str, tuple[bool, frozenset[str]] | None]] = {
     "auditor": {k: (k == "B", NONE) for k in MATRIX},
     "admin": {k: (False, NONE) for k in MATRIX},
     "owen": {"A": HIDDEN, "B": HIDDEN, "CA": HIDDEN, "AB": HIDDEN,
-             "CO": (True, frozenset({"ack", "progress", "answer", "close", "note", "tag"}))},
+             "CO": (True, frozenset({"ack", "progress", "answer", "close", "note", "tag", "reference"}))},
     "grace": {"A": HIDDEN, "B": HIDDEN, "CA": (True, NONE), "CO": HIDDEN, "AB": HIDDEN},
 }
 # who sees the other letters (all with general-office)
@@ -613,7 +617,7 @@ def test_a_complaint_acknowledged_assigned_and_closed_through_the_lifecycle(worl
                 and m.kind != "receipt"]
     assert feedback, [(m.kind, m.recipient) for m in access.outbox(mem_a, number)]
     view = access.letter(mem_a, number, address="x", audit=False)
-    assert view is not None and view.rights.actions == {"note", "tag"}
+    assert view is not None and view.rights.actions == {"note", "tag", "reference"}
     why = view.rights.refusal("close")
     assert why is not None and not isinstance(why, Forbidden) and "closed" in str(why)
 

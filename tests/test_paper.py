@@ -341,7 +341,7 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     out = gw.run("ingest", "--channel", "post", "--sender", "Wang Wei", "--organisation", "Example Trading",
                  "--address", "1 Harbour Road", "--phone", "+86 20 5555", "--subject", "Order 4711 by post",
                  "--received-at", "2026-11-20 09:30", "--note", "opened by the front desk", "--by", "rita",
-                 str(page1), str(page2)).stdout
+                 "--reference", "粤贸函〔2026〕8号", str(page1), str(page2)).stdout
     found = re.search(r"registered as (\S+) \(post, 2 page\(s\)\)", out)
     assert found, out
     detail: dict[str, Any] = gw.show_json(found.group(1))
@@ -349,6 +349,7 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert detail["received_at"].startswith("2026-11-20T01:30:00")
     assert [a["original_filename"] for a in detail["attachments"]] == ["page1.pdf", "page2.png"]
     assert detail["envelope"]["paper"]["note"] == "opened by the front desk" and detail["defects"] == []
+    assert detail["sender_reference"] == "粤贸函〔2026〕8号"
     assert [e["actor"] for e in detail["events"] if e["action"] == "registered"] == ["rita"]
     [listed] = gw.list_json()
     assert listed["channel"] == "post"
@@ -557,3 +558,79 @@ def test_an_encoded_word_typed_into_the_form_stays_text_in_the_letters_message(s
     raw = (site.config.state_dir / letter.raw_path).read_bytes()
     assert b"X-Forged" not in raw and b"boss@example.org" not in raw
     assert letter.subject.startswith("Offer =\u200b?utf-8?b?")
+
+
+def test_a_paper_letters_reference_is_typed_or_read_from_its_scans_and_found_by_search(site: Site) -> None:
+    """The sender's reference (来文字号): as the clerk typed it, spaces folded; else, once the scans
+    are read, the first one near the top of their text, written the standard's way; a typed one
+    is not overruled by the text. Shown on the letter's page, found by search, refused by name when
+    it is not one line or too long."""
+    client = site.sign_in("rita")
+
+    def register(fields: dict[str, str], lines: list[str]) -> str:
+        done = client.post("/paper", data={"csrf": client.csrf, "token": hidden(client.get("/paper").text, "token"),
+                                           "sender_name": "市应急管理局", "channel": "post", **fields},
+                           files={"scans": ("scan.png", png(lines), "image/png")})
+        assert done.status_code == 303, done.text[-500:]
+        found = re.search(r"registered=([^&]+)", done.headers["location"])
+        assert found is not None
+        return found.group(1)
+
+    typed = register({"reference": "  京应急函〔2026〕 3号 "}, ["国办发[2026]12号"])
+    read = register({"subject": "关于召开安全生产工作会议的通知"}, ["国办发[2026]12号", "FAX TRANSMISSION"])
+    none = register({"subject": "Purchase order"}, ENGLISH)
+    read_texts(site)
+    references = {number: letter.sender_reference for number in (typed, read, none)
+                  if (letter := site.registry.letter(number)) is not None}
+    assert references == {typed: "京应急函〔2026〕 3号", read: "国办发〔2026〕12号", none: ""}
+    assert "京应急函〔2026〕 3号" in client.get(f"/letters/{typed}").text
+    found = client.get("/search", params={"q": "京应急函"}).text
+    assert typed in found and read not in found
+    shown = json.loads(site.gateway.run("letters", "show", read, "--json").stdout)
+    assert shown["sender_reference"] == "国办发〔2026〕12号"
+    token = hidden(client.get("/paper").text, "token")
+    for reference, message in (("国办发〔2026〕\n12号", "one line"), ("号" * 101, "at most 100 characters")):
+        refused = client.post("/paper", data={"csrf": client.csrf, "token": token, "sender_name": "A",
+                                              "channel": "post", "reference": reference},
+                              files={"scans": ("a.png", png(ENGLISH), "image/png")})
+        assert refused.status_code == 400 and 'id="reference-error">' in refused.text and message in refused.text
+
+
+def test_a_sender_reference_is_put_right_on_the_letter_page_and_by_command(site: Site) -> None:
+    """By the registry office or the letter's department, not by a leader; an event keeps the one
+    before; search finds the letter by the new one; bad input and the same one again are refused."""
+    from conftest import make_message
+
+    number = site.ingest("plain", make_message(41, subject="关于会议的通知", body="各单位：请准时参加。\n"))
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.sender_reference == ""
+    rita = site.sign_in("rita")
+    page = rita.get(f"/letters/{number}").text
+    assert 'name="action" value="reference"' in page
+
+    def put(client: Any, text: str) -> Any:
+        return client.post(f"/letters/{number}/act", data={"csrf": client.csrf, "action": "reference", "text": text,
+                                                          "seen": letter.department or ""})
+
+    done = put(rita, " 粤贸函〔2026〕 8号 ")
+    assert done.status_code == 303 and "Sender&#39;s reference saved." in rita.get(done.headers["location"]).text
+    after = site.registry.letter(number)
+    assert after is not None and after.sender_reference == "粤贸函〔2026〕 8号"
+    [event] = [e for e in after.events if e.action == "reference-set"]
+    assert (event.actor, event.details) == ("rita", {"reference": "粤贸函〔2026〕 8号", "before": ""})
+    assert number in rita.get("/search", params={"q": "粤贸函"}).text
+    again = put(rita, "粤贸函〔2026〕 8号")
+    assert again.status_code == 409 and "reference is 粤贸函〔2026〕 8号 already" in again.text
+    for bad in ("粤贸函〔2026〕\n8号", "号" * 101):
+        refused = put(rita, bad)
+        assert refused.status_code == 400 and "one line of at most 100 characters" in refused.text
+    leo = site.sign_in("leo")
+    assert 'value="reference"' not in leo.get(f"/letters/{number}").text
+    assert put(leo, "x〔2026〕1号").status_code == 403
+    # The command, as the registry office: cleared, and no longer found by it.
+    site.gateway.run("letters", "reference", number, "", "--as", "rita")
+    cleared = site.registry.letter(number)
+    assert cleared is not None and cleared.sender_reference == ""
+    assert number not in rita.get("/search", params={"q": "粤贸函"}).text
+    refused_cli = site.gateway.run("letters", "reference", number, "x〔2026〕1号", "--as", "leo", check=False)
+    assert refused_cli.returncode == 1 and "registry office who may read it" in refused_cli.stderr

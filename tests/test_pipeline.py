@@ -35,6 +35,22 @@ def test_ingest_registers_and_show_prints_every_field(gateway: Gateway, tmp_path
     assert "Contract renewal" in table and "alice@partner.example" in table and "registered" in table
 
 
+def test_a_mails_sender_reference_is_found_in_its_subject_or_the_top_of_its_text(gateway: Gateway,
+                                                                                   tmp_path: Path) -> None:
+    """来文字号, written the standard's way whatever brackets and spaces the mail used; a subject's
+    words before it (关于转发) are not the issuer's; one far down the text cites another document."""
+    cases = [("关于转发国办发〔2026〕12号文件的通知", "各单位：\n", "国办发〔2026〕12号"),
+             ("关于召开会议的通知", "市应急管理局\n\n京应急函[2026] 3 号\n\n各单位：\n", "京应急函〔2026〕3号"),
+             ("Re: 会议纪要", "请查收。\n" + "会议内容。\n" * 400 + "依据粤府〔2025〕1号。\n", ""),
+             ("Order 4711", "Please confirm.\n", "")]
+    for n, (subject, body, _) in enumerate(cases, 1):
+        (tmp_path / f"{n}.eml").write_bytes(make_message(n, subject=subject, body=body))
+    gateway.run("ingest", *(str(tmp_path / f"{n}.eml") for n in range(1, len(cases) + 1)))
+    references = [gateway.show_json(f"2026-{n:06d}")["sender_reference"] for n in range(1, len(cases) + 1)]
+    assert references == [expected for _, _, expected in cases]
+    assert "国办发〔2026〕12号" in gateway.run("letters", "show", "2026-000001").stdout
+
+
 def test_same_file_twice_is_one_letter(gateway: Gateway, tmp_path: Path) -> None:
     """Ingesting identical bytes again is recorded on the existing letter, not registered anew."""
     msg = tmp_path / "a.eml"

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 _REGISTERED = {"registered": "registered as", "duplicate": "already registered as",
                "known": "already registered as", "answer": "an answer, recorded on"}
-_PAPER_OPTIONS = ("sender", "organisation", "address", "phone", "email", "subject", "received_at", "note")
+_PAPER_OPTIONS = ("sender", "organisation", "address", "phone", "email", "subject", "received_at", "note",
+                  "reference")
 
 
 @click.command()
@@ -33,19 +34,22 @@ _PAPER_OPTIONS = ("sender", "organisation", "address", "phone", "email", "subjec
 @click.option("--received-at", default="", help="When it arrived, e.g. '2026-11-22 09:30' (default: now; "
                                                 "the organisation's time zone unless an offset is given).")
 @click.option("--note", default="", help="A note of the registry office.")
+@click.option("--reference", default="", help="The sender's reference (来文字号) printed on the letter, "
+                                               "e.g. 国办发〔2026〕12号.")
 @by_option
 @pass_state
 def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: str | None, organisation: str,
-           address: str, phone: str, email: str, subject: str, received_at: str, note: str, by: str | None) -> None:
+           address: str, phone: str, email: str, subject: str, received_at: str, note: str, reference: str,
+           by: str | None) -> None:
     """Push message files (.eml) and fax files (TIFF, PDF) through the same pipeline as the daemon.
 
     With --channel post|courier|front-desk the files are the scans of one paper letter instead."""
     if channel is not None:
         _paper(state, files, channel, sender or "", organisation, address, phone, email, subject, received_at,
-               note, by)
+               note, reference, by)
         return
     given = [name for name, value in zip(_PAPER_OPTIONS, (sender, organisation, address, phone, email, subject,
-                                                          received_at, note), strict=True) if value]
+                                                          received_at, note, reference), strict=True) if value]
     if given:
         raise click.UsageError(f"--{given[0].replace('_', '-')} describes a paper letter: give --channel too")
     if by is not None:
@@ -81,7 +85,8 @@ def ingest(state: State, files: tuple[Path, ...], channel: str | None, sender: s
 
 
 def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, organisation: str, address: str,
-           phone: str, email: str, subject: str, received_at: str, note: str, by: str | None) -> None:
+           phone: str, email: str, subject: str, received_at: str, note: str, reference: str,
+           by: str | None) -> None:
     """The files as the scans of one paper letter, through the service the web page uses."""
     from zoneinfo import ZoneInfo
 
@@ -102,7 +107,8 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
     except PaperRefused as refused:
         _refused(refused)
     letter = PaperLetter(channel=channel, sender_name=sender, scans=scans, organisation=organisation,
-                         address=address, phone=phone, email=email, subject=subject, note=note, received_at=when)
+                         address=address, phone=phone, email=email, subject=subject, note=note, received_at=when,
+                         reference=reference)
     spool, registry, link = state.spool(), state.registry(), state.link()
     try:
         done = register_paper(cfg, spool, Pipeline(cfg, spool, registry, link.publish), letter,

@@ -345,6 +345,17 @@ def letters_note(state: State, number: str, text: str, by: str | None, as_login:
     _step(state, number, "note", text, by, as_login)
 
 
+@letters.command("reference")
+@click.argument("number")
+@click.argument("reference")
+@by_option
+@as_option
+@pass_state
+def letters_reference(state: State, number: str, reference: str, by: str | None, as_login: str | None) -> None:
+    """Put the letter's sender's reference (来文字号) right, e.g. 国办发〔2026〕12号; "" clears it."""
+    _step(state, number, "reference", reference, by, as_login)
+
+
 @letters.command("hold")
 @click.argument("number")
 @click.option("--reason", required=True)

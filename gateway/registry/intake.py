@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Select, Table, bindparam, delete, func, inser
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import selectinload
 
+from gateway.registry import lifecycle
 from gateway.registry.leases import ClaimLost
 from gateway.registry.numbers import conflict
 from gateway.registry.models import (Attachment, Event, IntakeKey, Letter, OcrJob, OcrReading, OutboxMail,
@@ -143,7 +144,8 @@ class Registration(SearchRecords):
                               fax_number=new.fax.get("number"), fax_sender=new.fax.get("sender_name"),
                               subject=new.subject, body_text=new.body_text,
                               attachment_names=[a.original_filename or a.filename for a in new.attachments],
-                              sender_details=(new.sender_organisation, new.sender_phone, new.sender_postal_address))
+                              sender_details=(new.sender_organisation, new.sender_phone, new.sender_postal_address,
+                                              new.sender_reference))
                  for new in letters]
         for attempt in range(5):
             try:
@@ -220,7 +222,7 @@ class Registration(SearchRecords):
                 "fax_sender_name": fax.get("sender_name"), "fax_pages": fax.get("pages"),
                 "fax_sent_at": fax.get("sent_at"), "created_at": now, "updated_at": now,
                 "sender_organisation": new.sender_organisation, "sender_postal_address": new.sender_postal_address,
-                "sender_phone": new.sender_phone,
+                "sender_phone": new.sender_phone, "sender_reference": new.sender_reference,
                 "backlog": "backlog" in new.flags,
             })
         ids: list[int] = []
@@ -389,14 +391,16 @@ class Registration(SearchRecords):
                                        or holder.lease_until is None or holder.lease_until < lease_clock(conn))
 
     def ocr_done(self, letter_id: int, text: str, *, summary: str, defects: list[str], pages: int,
-                 seconds: float, routing: Routing | None, reading: dict[str, Any] | None = None) -> tuple[str, str]:
+                 seconds: float, routing: Routing | None, reading: dict[str, Any] | None = None,
+                 reference: str = "") -> tuple[str, str]:
         """Store a fax's text: it becomes the letter's text and summary; the routing decided from it
         (outside this transaction) is applied only if the letter is still waiting for it — a person
         who routed it meanwhile is not overruled. Returns the number and the status.
 
         `reading` (reader, version, confidences, low_confidence, header, and the fax number and send
         time the header line gave) is recorded; pages of low confidence flag the letter `ocr-check`,
-        and the header line's number and time fill the letter's only where nothing else gave them."""
+        and the header line's number and time fill the letter's only where nothing else gave them;
+        so does `reference`, the sender's reference found in the text."""
         now = utcnow()
         read_number = str(reading["number"])[:64] if reading and reading.get("number") else None
         # What the letter is found by from now on, cut before the write lock is taken: with the
@@ -413,7 +417,7 @@ class Registration(SearchRecords):
                 raise ClaimLost(f"the text of letter {letter_id} is read by another node (this node's claim expired)")
             # Locked: a person reassigning the letter meanwhile waits, and is then not overruled.
             row = conn.execute(select(Letter.number, Letter.body_text, Letter.defects, Letter.flags, Letter.status,
-                                      Letter.fax_sent_at)
+                                      Letter.fax_sent_at, Letter.sender_reference)
                                .where(Letter.id == letter_id).with_for_update()).one()
             body = f"{row.body_text.rstrip()}\n\n{text}".strip() if row.body_text.strip() else text
             self.write_terms(conn, [(letter_id, *terms)])
@@ -425,6 +429,8 @@ class Registration(SearchRecords):
                 "flags": flags, "updated_at": now}
             if text.strip():
                 values["summary"] = summary
+            if reference and not row.sender_reference:
+                values["sender_reference"] = reference[:100]
             details: dict[str, Any] = {"pages": pages, "characters": len(text), "defects": defects,
                                        "seconds": round(seconds, 2)}
             if reading:
@@ -453,6 +459,35 @@ class Registration(SearchRecords):
                 conn.execute(insert(OutboxMail), outbox)
             conn.execute(delete(OcrJob).where(OcrJob.letter_id == letter_id))
         return str(row.number), status
+
+    def set_reference(self, number: str, reference: str, *, actor: str,
+                      seen: lifecycle.Seen | None = None) -> tuple[str, str]:
+        """Set (or, with "", clear) a letter's sender's reference, with a `reference-set` event, and
+        what search finds it by; (before, after). Raises LookupError, lifecycle.LetterMoved (not
+        with whom `seen` says) and lifecycle.Unchanged (it is that already)."""
+        now = utcnow()
+        with self.session() as session:
+            letter = session.scalars(select(Letter).where(Letter.number == number)
+                                     .options(selectinload(Letter.attachments))).first()
+            if letter is None:
+                raise LookupError(f"no letter {number}")
+            session.expunge(letter)
+        letter.sender_reference = reference
+        terms = registered_terms(letter)
+        with self.write() as conn:
+            row = conn.execute(select(Letter.id, Letter.sender_reference, Letter.department, Letter.owner,
+                                      Letter.body_text).where(Letter.number == number).with_for_update()).one()
+            lifecycle.unmoved(number, row.department, row.owner, seen)
+            if row.sender_reference == reference:
+                raise lifecycle.Unchanged(f"{number}'s sender's reference is {reference or 'none'} already",
+                                          "same-reference", number=number)
+            if row.body_text != letter.body_text:  # its text was read meanwhile: found by that too
+                terms = registered_terms(letter, row.body_text)
+            conn.execute(update(Letter).where(Letter.id == row.id).values(sender_reference=reference, updated_at=now))
+            self.write_terms(conn, [(row.id, *terms)])
+            conn.execute(insert(Event), [self.event_row(row.id, now, actor, "reference-set", None,
+                                                        {"reference": reference, "before": row.sender_reference})])
+        return row.sender_reference, reference
 
     def ocr_failed(self, letter_id: int, error: str, *, give_up_after: int) -> bool:
         """Count a failed attempt to read or store a fax's text. After `give_up_after` attempts the

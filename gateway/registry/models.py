@@ -113,6 +113,9 @@ class Letter(Base):
     sender_organisation: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     sender_postal_address: Mapped[str] = mapped_column(Text, nullable=False, default="", server_default="")
     sender_phone: Mapped[str] = mapped_column(String(64), nullable=False, default="", server_default="")
+    # The number its issuer gave the document (来文字号): typed for a paper letter, found in a mail's
+    # subject or text (gateway/stages/reference.py); "" if none.
+    sender_reference: Mapped[str] = mapped_column(String(100), nullable=False, default="", server_default="")
     # Taken over from another mail system (`gateway import`, an IMAP folder's first import): no receipt.
     backlog: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False, server_default=false())
 

@@ -90,6 +90,7 @@ class NewLetter:
     sender_organisation: str = ""
     sender_postal_address: str = ""
     sender_phone: str = ""
+    sender_reference: str = ""  # 来文字号 (gateway/stages/reference.py)
 
 
 @dataclass

@@ -202,7 +202,7 @@ def registered_terms(letter: Letter, body_text: str | None = None, *, fax_number
                         body_text=letter.body_text if body_text is None else body_text,
                         attachment_names=[a.original_filename or a.filename for a in letter.attachments],
                         sender_details=(letter.sender_organisation, letter.sender_phone,
-                                        letter.sender_postal_address))
+                                        letter.sender_postal_address, letter.sender_reference))
 
 
 def _fts5_query(terms: list[Term]) -> str:

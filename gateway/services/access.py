@@ -43,13 +43,15 @@ from gateway.report.spreadsheet import SheetWriter
 from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
+from gateway.stages.reference import LONGEST as REFERENCE_LONGEST
+from gateway.stages.reference import typed_reference
 
-ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag")
+ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag", "reference")
 # Refusals of what was sent (no such step, a field missing or naming no one); the others are the
 # person's rights (Forbidden) and the letter's state, which a colleague's step may have changed.
 INPUT_REFUSALS = frozenset({"impossible", "need-department", "unknown-department", "need-reason", "need-text",
                             "need-result", "need-person", "no-assignee", "not-in-department", "too-long",
-                            "bad-tag", "need-on"})
+                            "bad-tag", "need-on", "bad-reference"})
 BULK_LIMIT = 500  # letters in one bulk step
 EXPORT_CHUNK = 500  # letters read at a time for an export
 AUDIT_CHUNK = 2000  # audit rows read at a time for an export
@@ -59,6 +61,10 @@ MAX_STEP_TEXT = 2000
 QUEUES = ("mine", "departments", "triage", "overdue", "all")
 CONTENT_READS = ("read", "download", "original", "preview")
 PREVIEW_WITHIN_READ = timedelta(minutes=10)
+
+
+# No line break or other control in a one-line value (a sender's reference).
+_CONTROL = regex.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def typed_text(text: str) -> str:
@@ -344,6 +350,8 @@ class Access:
             "assign": registry or in_department, "reassign": registry or in_department,
             "hold": registry or who.has("leader") or head,
             "tag": in_department or assigned or who.has("registry", "leader"),
+            # Its sender's reference is part of its content: set by those who read it.
+            "reference": content and (in_department or assigned or registry),
         }
         actions: set[str] = set()
         reasons: dict[str, Refused] = {}
@@ -352,14 +360,15 @@ class Access:
             if not allowed:
                 who_may = {"assign": "the people of department {d} and the registry office",
                            "reassign": "the people of department {d} and the registry office",
-                           "hold": "the head of department {d}, the registry office and leaders"}.get(
+                           "hold": "the head of department {d}, the registry office and leaders",
+                           "reference": "those of department {d} and of the registry office who may read it"}.get(
                     action, "the people of department {d}" + (", the registry office and leaders"
                                                                if action in ("note", "tag") else ""))
                 reasons[action] = Forbidden(f"only {who_may.format(d=department)} may {action} {letter.number}",
                                             f"forbidden-{action}", department=department, number=letter.number)
                 continue
-            if action == "tag":
-                pass  # any letter, open or not, may be tagged
+            if action in ("tag", "reference"):
+                pass  # any letter, open or not, may be tagged, and its reference put right
             elif action == "assign":
                 if letter.status not in lifecycle.OPEN:
                     reasons[action] = Refused(f"{letter.number} is {letter.status}: only an open letter can be "
@@ -664,7 +673,7 @@ class Access:
         # domain as shown_address shows it); last, the address as the letter gave it.
         writer.writerow(["number", "received_at", "channel", "sender_name", "sender_address", "subject",
                          "department", "category", "urgency", "confidentiality", "status", "deadline",
-                         "sender_address_as_given"])
+                         "sender_address_as_given", "sender_reference"])
         for at in range(0, len(ids), EXPORT_CHUNK):
             rows = self.registry.letters_by_ids(ids[at:at + EXPORT_CHUNK])
             allowed = self.content_ids(who, rows)  # decided with each chunk
@@ -673,7 +682,8 @@ class Access:
                 writer.writerow([r.number, r.received_at.astimezone(tz).isoformat(), r.channel, sender_name,
                                  shown_address(sender_address), r.subject if r.id in allowed else "",
                                  r.department or "", r.category or "", r.urgency, r.confidentiality, r.status,
-                                 r.deadline.astimezone(tz).isoformat() if r.deadline else "", sender_address])
+                                 r.deadline.astimezone(tz).isoformat() if r.deadline else "", sender_address,
+                                 r.sender_reference if r.id in allowed else ""])
             yield out.getvalue()
             out.seek(0)
             out.truncate()
@@ -748,6 +758,13 @@ class Access:
                     raise Refused("a legal hold needs a reason", "need-reason")
                 self.steps.hold(number, on=on, reason=text, actor=who.login, seen=seen)
                 return f"{number}: legal hold {'on' if on else 'off'}"
+            if action == "reference":
+                reference = typed_reference(text)
+                if len(reference) > REFERENCE_LONGEST or _CONTROL.search(text):
+                    raise Refused(f"a sender's reference is one line of at most {REFERENCE_LONGEST} characters",
+                                  "bad-reference", limit=str(REFERENCE_LONGEST))
+                before, after = self.registry.set_reference(number, reference, actor=who.login, seen=seen)
+                return f"{number}: sender's reference {before or '-'} → {after or '-'}"
             if action == "tag":
                 tag = _tag(text)
                 added = self.registry.add_tag(number, tag, actor=who.login, seen=seen)

@@ -32,6 +32,8 @@ from gateway.stages.fax.document import FaxDocument, FaxUnreadable, read_scan
 from gateway.stages.normalise.charsets import decode_bytes
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import PAPER_CHANNELS
+from gateway.stages.reference import LONGEST as REFERENCE_LONGEST
+from gateway.stages.reference import typed_reference
 
 if TYPE_CHECKING:
     from gateway.daemon.pipeline import Pipeline
@@ -43,10 +45,11 @@ MAX_SCAN_BYTES = 100 * 1024 * 1024  # all the files of one letter together
 CLOCK_SKEW = timedelta(minutes=5)
 _PHONE = re.compile(r"[0-9+()\-./ #*extEXT]{3,64}")
 _MEDIA = {"pdf": "application/pdf", "tiff": "image/tiff", "jpeg": "image/jpeg", "png": "image/png"}
-_LIMITS = {"sender_name": 200, "organisation": 300, "address": 1000, "subject": 500, "note": 4000}
+_LIMITS = {"sender_name": 200, "organisation": 300, "address": 1000, "subject": 500, "note": 4000,
+           "reference": REFERENCE_LONGEST}
 # Fields of one line, written into the letter's header (Subject, From) or its record: a line break
 # there would add a header of its own (`Order\nBcc: x`), and other controls have no place.
-_ONE_LINE = ("sender_name", "organisation", "subject", "email", "phone")
+_ONE_LINE = ("sender_name", "organisation", "subject", "email", "phone", "reference")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -72,6 +75,7 @@ class PaperLetter:
     subject: str = ""
     note: str = ""
     received_at: datetime | None = None  # None: now
+    reference: str = ""  # the sender's reference (来文字号), as printed on the letter
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ def compose(letter: PaperLetter, received_at: datetime, documents: list[FaxDocum
              f"Sender: {letter.sender_name.strip()}"]
     lines += [f"{label}: {value.strip()}" for label, value in (
         ("Organisation", letter.organisation), ("Postal address", letter.address), ("Telephone", letter.phone),
-        ("E-mail", letter.email), ("Note", letter.note)) if value.strip()]
+        ("E-mail", letter.email), ("Reference", letter.reference), ("Note", letter.note)) if value.strip()]
     message.set_content("\n".join(lines) + "\n")
     for scan, document in zip(letter.scans, documents, strict=True):
         kind = document.pages[0].compression if document.kind == "image" else document.kind
@@ -201,7 +205,8 @@ def _content_digest(letter: PaperLetter) -> str:
     """What the clerk sent, as typed (before a subject or a time is filled in) and every scan's bytes."""
     digest = hashlib.sha256()
     fields = (letter.channel, letter.sender_name, letter.organisation, letter.address, letter.phone, letter.email,
-              letter.subject, letter.note, letter.received_at.isoformat() if letter.received_at else "")
+              letter.subject, letter.note, letter.received_at.isoformat() if letter.received_at else "",
+              letter.reference)
     for value in fields:
         digest.update(value.strip().encode("utf-8", "surrogateescape") + b"\0")
     for scan in letter.scans:
@@ -235,6 +240,7 @@ def register_paper(config: Config, spool: Spool, pipeline: Pipeline, letter: Pap
     meta: dict[str, Any] = {
         "channel": letter.channel, "intake": intake, "received_at": received_at.isoformat(),
         "paper": {"registered_by": by, "note": letter.note.strip(), "pages": pages,
+                  "reference": typed_reference(letter.reference),
                   "sender": {"name": letter.sender_name.strip(), "organisation": letter.organisation.strip(),
                              "address": letter.address.strip(), "phone": letter.phone.strip(),
                              "email": letter.email.strip()}}}

@@ -30,6 +30,7 @@ from gateway.stages.fax.metadata import FaxFacts, fax_subject, parse_time
 from gateway.stages.normalise import Limits, Normalised, normalise
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import build_paper, is_paper
+from gateway.stages.reference import find_reference
 from gateway.stages.route import IMPORTED, route
 from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
@@ -167,6 +168,7 @@ class LetterBuilder:
             message_id=parsed.message_id,
             summary=parsed.summary,
             body_text=parsed.body_text,
+            sender_reference=find_reference(parsed.subject, parsed.body_text),
             envelope=envelope,
             defects=defects,
             flags=flags,

@@ -16,6 +16,7 @@ from gateway.config import Config
 from gateway.registry.plan import NewAttachment, NewLetter
 from gateway.spool import SpoolItem
 from gateway.stages.normalise import Limits, normalise
+from gateway.stages.reference import LONGEST as REFERENCE_LONGEST
 
 PAPER_CHANNELS = ("post", "courier", "front-desk")
 
@@ -59,4 +60,5 @@ def build_paper(config: Config, item: SpoolItem, raw: bytes, stored_path: Callab
         actor=str(paper.get("registered_by") or "gateway"), needs_ocr=True,
         sender_organisation=str(sender.get("organisation") or ""),
         sender_postal_address=str(sender.get("address") or ""), sender_phone=str(sender.get("phone") or ""),
+        sender_reference=str(paper.get("reference") or "")[:REFERENCE_LONGEST],
     )

@@ -113,7 +113,8 @@ QUEUE = {"mine": N_("My letters"), "departments": N_("My departments"), "triage"
          "overdue": N_("Overdue"), "all": N_("All letters")}
 ACTION = {"ack": N_("Acknowledge"), "progress": N_("In progress"), "answer": N_("Answered"),
           "close": N_("Close"), "note": N_("Note"), "assign": N_("Assign"), "reassign": N_("Reassign"),
-          "hold": N_("Legal hold"), "tag": N_("Tag"), "proceed": N_("Go on without them"),
+          "hold": N_("Legal hold"), "tag": N_("Tag"), "reference": N_("Sender's reference"),
+          "proceed": N_("Go on without them"),
           "incomplete": N_("Ask the sender"), "withdraw": N_("Close as withdrawn")}
 ROLE = {"registry": N_("registry office"), "member": N_("member"), "head": N_("department head"),
         "leader": N_("leader"), "auditor": N_("auditor"), "admin": N_("administrator")}
@@ -129,6 +130,7 @@ EVENT = {
     "follow-up": N_("mail from someone else about it"), "rating-refused": N_("second rating not counted"),
     "request-sent": N_("request to the sender sent"), "sender-notice-sent": N_("notice about the sender sent"),
     "archived": N_("archived"), "archived-late": N_("later replies or circulation archived"),
+    "reference-set": N_("sender's reference set"),
     "destroyed": N_("destroyed"), "hold": N_("legal hold set"),
     "hold-released": N_("legal hold lifted"), "tagged": N_("tagged"), "search": N_("search"),
     "text-read": N_("fax text read"),
@@ -224,6 +226,10 @@ REFUSAL = {
     "forbidden-tag": N_("only the people of department %(department)s, the registry office and leaders may tag it"),
     "forbidden-audit": N_("only auditors read the audit log"),
     "bad-tag": N_("a tag is 1 to 40 letters, digits, '.', '_' or '-'"),
+    "forbidden-reference": N_("only those of department %(department)s and of the registry office who may read it "
+                              "may put its sender's reference right"),
+    "bad-reference": N_("a sender's reference is one line of at most %(limit)s characters"),
+    "same-reference": N_("%(number)s has this sender's reference already"),
     "no-letter": N_("no letter %(number)s"),
     "too-many": N_("at most %(limit)s letters at once"),
     "view-name": N_("a view needs a name of 1 to 60 characters"),

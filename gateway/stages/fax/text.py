@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from gateway.config import Config
 from gateway.stages.fax.ocr import DEFAULT_MIN_CONFIDENCE
 from gateway.stages.normalise import Limits
+from gateway.stages.reference import find_reference
 from gateway.stages.route import route_with_text
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.leases import ClaimLost
@@ -223,4 +224,5 @@ class TextReader(Runner):
         # Classified and routed on its text before the registry's transaction, which applies it.
         summary, routing = route_with_text(self.config, letter, text)
         return self.registry.ocr_done(letter_id, text, summary=summary, defects=defects, pages=pages,
-                                      seconds=seconds, routing=routing, reading=reading)
+                                      seconds=seconds, routing=routing, reading=reading,
+                                      reference="" if letter.sender_reference else find_reference(letter.subject, text))

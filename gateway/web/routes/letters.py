@@ -29,7 +29,8 @@ FIRST_SORT = {"received": "-received", "deadline": "deadline", "number": "number
 # What a successful step says (the service's own message is English only).
 DONE = {"ack": N_("Acknowledged."), "progress": N_("Marked in progress."), "answer": N_("Marked answered."),
         "close": N_("Closed."), "note": N_("Note added."), "assign": N_("Assigned."),
-        "reassign": N_("Reassigned."), "hold-on": N_("Legal hold set."), "hold-off": N_("Legal hold lifted.")}
+        "reassign": N_("Reassigned."), "hold-on": N_("Legal hold set."), "hold-off": N_("Legal hold lifted."),
+        "reference": N_("Sender's reference saved.")}
 MAX_PREVIEW_PAGES = 30
 T = TypeVar("T")
 

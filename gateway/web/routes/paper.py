@@ -28,10 +28,11 @@ from gateway.web.app import Req, page
 from gateway.web.i18n import N_, _
 
 TEXT_FIELDS = ("channel", "sender_name", "organisation", "address", "phone", "email", "received_at", "subject",
-               "note")
+               "reference", "note")
 LABELS = {"channel": N_("Received by"), "sender_name": N_("Sender"), "organisation": N_("Organisation"),
           "address": N_("Postal address"), "phone": N_("Telephone"), "email": N_("E-mail address"),
-          "received_at": N_("Received at"), "subject": N_("Subject"), "note": N_("Note"), "scans": N_("Scans")}
+          "received_at": N_("Received at"), "subject": N_("Subject"), "reference": N_("Sender's reference"),
+          "note": N_("Note"), "scans": N_("Scans")}
 # The service's messages (English, with parameters), for the catalogue.
 MESSAGES = (N_("choose how it came: post, courier or front desk"), N_("the sender's name is needed"),
             N_("at most %(limit)s characters"), N_("“%(value)s” is not an e-mail address"),
@@ -93,7 +94,7 @@ def register(req: Req) -> Response:
     letter = PaperLetter(channel=values["channel"], sender_name=values["sender_name"], scans=scans,
                          organisation=values["organisation"], address=values["address"], phone=values["phone"],
                          email=values["email"], subject=values["subject"], note=values["note"],
-                         received_at=received_at)
+                         received_at=received_at, reference=values["reference"])
     from gateway.daemon.pipeline import Pipeline
 
     config = req.web.config
