@@ -644,3 +644,48 @@ def test_a_trusted_headers_dkim_pass_aligns_as_the_from_domains_dmarc_record_say
     assert not relaxed["authenticated"] and relaxed["temperror"]
     exact = verdict("ann@signed.example", "signed.example", "imap", unanswered)
     assert exact["authenticated"] and not exact["temperror"]
+
+
+def sign_without_from(dns_server: DnsServer, raw: bytes, domain: str, selector: str) -> bytes:
+    """A valid signature whose h= leaves From out, as a misconfigured signer would make it
+    (dkimpy's own signer refuses to, hence made by hand)."""
+    import base64
+    import hashlib
+
+    from dkim.canonicalization import CanonicalizationPolicy
+    from dkim.crypto import parse_pem_private_key
+
+    key = dns_server.zone.keys[(domain, selector)]
+    signer = dkim.DKIM(raw)
+    signer.signature_algorithm, signer.hasher = b"rsa-sha256", hashlib.sha256
+    policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(signer.body)).digest())
+    signed = (b"to", b"subject", b"date", b"message-id")
+    fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", domain.encode()),
+              (b"s", selector.encode()), (b"h", b" : ".join(signed)), (b"bh", body_hash), (b"b", b"0" * 60)]
+    return b"DKIM-Signature: " + signer.gen_header(fields, signed, policy, b"DKIM-Signature",
+                                                   parse_pem_private_key(key.private_pem)) + raw
+
+
+def test_a_dkim_signature_that_does_not_cover_from_proves_nothing(dns_server: DnsServer) -> None:
+    """RFC 6376 5.4 and 6.1.1: a signature must cover From, or it says nothing about who wrote the
+    mail: anyone holding one such signed mail of a domain (one they were sent) could put any From
+    of that domain on it and it would still verify. Such a signature is a `permerror` with the
+    reason, proves nothing, and DMARC fails."""
+    from gateway.stages.verdict import describe
+
+    c = checker(dns_server.nameserver)
+    raw = message("Ann <ann@signed.example>", subject="Lunch on Friday")
+    signed = sign_without_from(dns_server, raw, "signed.example", "sel1")
+    forged = signed.replace(b"From: Ann <ann@signed.example>", b"From: CEO <ceo@signed.example>")
+    for sender, mail in (("ann@signed.example", signed), ("ceo@signed.example", forged)):
+        verdict = check(c, mail, sender, "bounce@partner.example")
+        assert not verdict["authenticated"] and verdict["address"] is None and verdict["method"] is None, sender
+        assert verdict["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "permerror",
+                                    "aligned": True, "reason": "the signature does not cover the From field"}]
+        assert verdict["dmarc"] == {"result": "fail", "policy": "reject", "domain": "signed.example"}
+        assert "DKIM permerror d=signed.example s=sel1 (the signature does not cover the From field)" \
+            in describe(verdict)
+    # The same mail signed over From still proves it.
+    assert check(c, dns_server.sign(raw, "signed.example", "sel1"), "ann@signed.example",
+                 "bounce@partner.example")["authenticated"]

@@ -5,7 +5,7 @@ address is proven, how, and the evidence. A From header alone proves nothing —
 write one. The address counts as proven by
 
 - SMTP AUTH: the session authenticated as a user allowed to send as that address;
-- DKIM: a valid signature, covering the whole body, whose d= is aligned with the From domain;
+- DKIM: a valid signature, covering From and the whole body, whose d= is aligned with the From domain;
 - DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
 - a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
   (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
@@ -72,6 +72,7 @@ AMBIGUOUS_HEADER = "ambiguous-header"
 # anything may have been appended there (RFC 6376 6.1.3 and 8.2 let a verifier refuse such a
 # signature, "PERMFAIL (unsigned content)"; RFC 8601's name for a signature not acceptable here).
 DKIM_UNSIGNED_CONTENT = "policy"
+FROM_NOT_SIGNED = "the signature does not cover the From field"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -96,7 +97,7 @@ class Verdict:
     address: str | None = None  # the From address, when proven
     method: str | None = None  # smtp-auth | dkim | dmarc | authentication-results
     smtp_auth_user: str | None = None
-    # domain, selector, result, aligned; and reason, for a result of "policy"
+    # domain, selector, result, aligned; and reason, for "policy" and a signature not covering From
     dkim: list[dict[str, Any]] = field(default_factory=list)
     spf: dict[str, Any] | None = None  # result, domain
     dmarc: dict[str, Any] | None = None  # result, policy, domain
@@ -582,11 +583,13 @@ class Checker:
                 if key is None:
                     lookup["error"] = "permerror"  # no key at that selector
                 return key
-            checker.unsigned_body_bytes = 0
+            checker.unsigned_body_bytes, reason = 0, ""
             try:
                 result = "pass" if checker.verify(idx=index, dnsfunc=key_record) else "fail"
             except dkim.DnsTimeoutError:
                 result = "temperror"
+            except _FromNotSigned:
+                result, reason = "permerror", FROM_NOT_SIGNED
             except dkim.DKIMException:
                 result = "fail"  # body hash or signature does not match
             except Exception:
@@ -597,6 +600,8 @@ class Checker:
                 verdict.temperror = True
             entry: dict[str, Any] = {"domain": domain, "selector": selector, "result": result,
                                      "aligned": aligned(domain, verdict.from_domain, "r")}
+            if reason:
+                entry["reason"] = reason
             if result == "pass" and checker.unsigned_body_bytes:
                 # The signed part verifies, but what follows it (a forged part, say) is anyone's.
                 entry["result"] = DKIM_UNSIGNED_CONTENT
@@ -732,6 +737,11 @@ _WSP = re.compile(rb"[\t ]+")
 _BODY_BLOCK = 1 << 20
 
 
+class _FromNotSigned(dkim.ValidationError):
+    """RFC 6376 5.4 and 6.1.1: a signature must cover From, or it vouches for no author; the
+    verifier ignores it (PERMFAIL). dkimpy refuses to sign so, but verifies such a signature."""
+
+
 class _StreamedBodyDKIM(dkim.DKIM):
     """dkimpy, but the body is canonicalised and hashed a block at a time from the raw message.
 
@@ -752,6 +762,8 @@ class _StreamedBodyDKIM(dkim.DKIM):
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
                            sig_header: tuple[bytes, bytes], dnsfunc: Any) -> Any:
+        if b"from" not in include_headers:
+            raise _FromNotSigned(FROM_NOT_SIGNED)
         if b"bh" in sig:
             try:
                 policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
