@@ -689,3 +689,25 @@ def test_a_dkim_signature_that_does_not_cover_from_proves_nothing(dns_server: Dn
     # The same mail signed over From still proves it.
     assert check(c, dns_server.sign(raw, "signed.example", "sel1"), "ann@signed.example",
                  "bounce@partner.example")["authenticated"]
+
+
+def test_a_dkim_signature_made_with_rsa_sha1_proves_nothing(dns_server: DnsServer) -> None:
+    """RFC 8301 3.1: verifiers must not consider signatures using RSA SHA-1 valid (SHA-1 collisions
+    can be bought). Such a signature is a `permerror` with the reason and proves nothing; the same
+    mail signed with rsa-sha256 still proves its From."""
+    from gateway.stages.verdict import describe
+
+    c = checker(dns_server.nameserver)
+    raw = message("Ann <ann@signed.example>")
+    key = dns_server.zone.keys[("signed.example", "sel1")]
+    sha1 = dkim.sign(raw, b"sel1", b"signed.example", key.private_pem, signature_algorithm=b"rsa-sha1",
+                     include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + raw
+    assert b"a=rsa-sha1" in sha1
+    verdict = check(c, sha1, "ann@signed.example", "bounce@partner.example")
+    assert not verdict["authenticated"] and verdict["address"] is None and verdict["method"] is None
+    assert verdict["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "permerror",
+                                "aligned": True, "reason": "rsa-sha1 is not accepted (RFC 8301)"}]
+    assert verdict["dmarc"] == {"result": "fail", "policy": "reject", "domain": "signed.example"}
+    assert "DKIM permerror d=signed.example s=sel1 (rsa-sha1 is not accepted (RFC 8301))" in describe(verdict)
+    assert check(c, dns_server.sign(raw, "signed.example", "sel1"), "ann@signed.example",
+                 "bounce@partner.example")["authenticated"]

@@ -5,7 +5,8 @@ address is proven, how, and the evidence. A From header alone proves nothing —
 write one. The address counts as proven by
 
 - SMTP AUTH: the session authenticated as a user allowed to send as that address;
-- DKIM: a valid signature, covering From and the whole body, whose d= is aligned with the From domain;
+- DKIM: a valid signature (not rsa-sha1), covering From and the whole body, whose d= is aligned with
+  the From domain;
 - DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
 - a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
   (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
@@ -73,6 +74,7 @@ AMBIGUOUS_HEADER = "ambiguous-header"
 # signature, "PERMFAIL (unsigned content)"; RFC 8601's name for a signature not acceptable here).
 DKIM_UNSIGNED_CONTENT = "policy"
 FROM_NOT_SIGNED = "the signature does not cover the From field"
+RSA_SHA1 = "rsa-sha1 is not accepted (RFC 8301)"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -97,7 +99,7 @@ class Verdict:
     address: str | None = None  # the From address, when proven
     method: str | None = None  # smtp-auth | dkim | dmarc | authentication-results
     smtp_auth_user: str | None = None
-    # domain, selector, result, aligned; and reason, for "policy" and a signature not covering From
+    # domain, selector, result, aligned; and reason, for "policy" and a "permerror" dkimpy would pass
     dkim: list[dict[str, Any]] = field(default_factory=list)
     spf: dict[str, Any] | None = None  # result, domain
     dmarc: dict[str, Any] | None = None  # result, policy, domain
@@ -588,8 +590,8 @@ class Checker:
                 result = "pass" if checker.verify(idx=index, dnsfunc=key_record) else "fail"
             except dkim.DnsTimeoutError:
                 result = "temperror"
-            except _FromNotSigned:
-                result, reason = "permerror", FROM_NOT_SIGNED
+            except _NotAcceptable as exc:
+                result, reason = "permerror", exc.reason
             except dkim.DKIMException:
                 result = "fail"  # body hash or signature does not match
             except Exception:
@@ -737,9 +739,12 @@ _WSP = re.compile(rb"[\t ]+")
 _BODY_BLOCK = 1 << 20
 
 
-class _FromNotSigned(dkim.ValidationError):
-    """RFC 6376 5.4 and 6.1.1: a signature must cover From, or it vouches for no author; the
-    verifier ignores it (PERMFAIL). dkimpy refuses to sign so, but verifies such a signature."""
+class _NotAcceptable(dkim.ValidationError):
+    """A signature dkimpy would verify but that proves nothing here, and why (`reason`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _StreamedBodyDKIM(dkim.DKIM):
@@ -763,7 +768,11 @@ class _StreamedBodyDKIM(dkim.DKIM):
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
                            sig_header: tuple[bytes, bytes], dnsfunc: Any) -> Any:
         if b"from" not in include_headers:
-            raise _FromNotSigned(FROM_NOT_SIGNED)
+            # RFC 6376 5.4 and 6.1.1: one not covering From vouches for no author (PERMFAIL);
+            # dkimpy refuses to sign so, but verifies such a signature.
+            raise _NotAcceptable(FROM_NOT_SIGNED)
+        if sig.get(b"a", b"").lower() == b"rsa-sha1":
+            raise _NotAcceptable(RSA_SHA1)  # RFC 8301 3.1: verifiers must not consider it valid
         if b"bh" in sig:
             try:
                 policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
