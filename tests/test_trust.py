@@ -711,3 +711,37 @@ def test_a_dkim_signature_made_with_rsa_sha1_proves_nothing(dns_server: DnsServe
     assert "DKIM permerror d=signed.example s=sel1 (rsa-sha1 is not accepted (RFC 8301))" in describe(verdict)
     assert check(c, dns_server.sign(raw, "signed.example", "sel1"), "ann@signed.example",
                  "bounce@partner.example")["authenticated"]
+
+
+def test_spf_is_recorded_for_the_domain_it_checked_not_the_helo_name(tmp_path: Path, notify: Notify,
+                                                                     dns_server: DnsServer) -> None:
+    """An envelope sender without an @ (`MAIL FROM:<signed.example>`) is a domain to SPF (RFC 7208
+    4.3): its pass is signed.example's, whose SPF allows this client. It must be recorded as
+    such, and not as a pass of the HELO name, which the client chose (`example.org`, whose SPF
+    allows nobody): that would align with a From of example.org and pass its DMARC, proving a
+    forged internal sender."""
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="example.org", timeout=60) as c:
+            c.ehlo()
+            code, reply = c.mail("signed.example")
+            assert code == 250, reply
+            assert c.rcpt("liaison@example.org")[0] == 250
+            code, reply = c.data(message("Director <director@example.org>", subject="Close 2026 files"))
+            assert code == 250, reply
+        [row] = gateway.list_json()
+        letter = gateway.show_json(str(row["number"]))
+        trust = letter["trust"]
+        assert trust["spf"] == {"result": "pass", "domain": "signed.example"}
+        assert trust["dmarc"] == {"result": "fail", "policy": "quarantine", "domain": "example.org"}
+        assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
+        assert "unverified-internal-sender" in letter["flags"]
+    finally:
+        proc.stop()

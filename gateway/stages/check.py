@@ -616,13 +616,15 @@ class Checker:
         client = str(envelope.get("client") or "")
         helo = str(envelope.get("helo") or "")
         mail_from = str(envelope.get("mail_from") or "")
-        domain = mail_from.rpartition("@")[2].lower() if "@" in mail_from else helo.lower()
+        sender = mail_from or f"postmaster@{helo}"
+        # The domain pyspf checks, and so the one its result is about: after the first @, and a
+        # sender without one is a domain itself (RFC 7208 4.3), never the HELO name beside it.
+        domain = spf.split_email(sender, helo)[1].lower()
         try:
             ipaddress.ip_address(client)
         except ValueError:
             verdict.spf = {"result": "none", "domain": domain}
             return
-        sender = mail_from or f"postmaster@{helo}"
         # pyspf's own limit, besides the deadline each lookup keeps to
         limit = max(0.1, min(float(self.answers.resolver.lifetime or 5) * 4, lookups.remaining()))
         with _spf_using(lookups):
