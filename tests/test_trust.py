@@ -646,9 +646,12 @@ def test_a_trusted_headers_dkim_pass_aligns_as_the_from_domains_dmarc_record_say
     assert exact["authenticated"] and not exact["temperror"]
 
 
-def sign_without_from(dns_server: DnsServer, raw: bytes, domain: str, selector: str) -> bytes:
-    """A valid signature whose h= leaves From out, as a misconfigured signer would make it
-    (dkimpy's own signer refuses to, hence made by hand)."""
+def sign_by_hand(dns_server: DnsServer, raw: bytes, domain: str, selector: str,
+                 signed: tuple[bytes, ...] = (b"from", b"to", b"subject", b"date", b"message-id"),
+                 extra: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
+    """A valid signature over the header fields `signed`, with tags of `extra` after d= and s=,
+    as a misconfigured or hostile signer would make it (dkimpy's own signer refuses to leave
+    From out and adds no tags of one's choosing)."""
     import base64
     import hashlib
 
@@ -660,9 +663,8 @@ def sign_without_from(dns_server: DnsServer, raw: bytes, domain: str, selector: 
     signer.signature_algorithm, signer.hasher = b"rsa-sha256", hashlib.sha256
     policy = CanonicalizationPolicy.from_c_value(b"relaxed/simple")
     body_hash = base64.b64encode(hashlib.sha256(policy.canonicalize_body(signer.body)).digest())
-    signed = (b"to", b"subject", b"date", b"message-id")
     fields = [(b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", domain.encode()),
-              (b"s", selector.encode()), (b"h", b" : ".join(signed)), (b"bh", body_hash), (b"b", b"0" * 60)]
+              (b"s", selector.encode()), *extra, (b"h", b" : ".join(signed)), (b"bh", body_hash), (b"b", b"0" * 60)]
     return b"DKIM-Signature: " + signer.gen_header(fields, signed, policy, b"DKIM-Signature",
                                                    parse_pem_private_key(key.private_pem)) + raw
 
@@ -676,7 +678,7 @@ def test_a_dkim_signature_that_does_not_cover_from_proves_nothing(dns_server: Dn
 
     c = checker(dns_server.nameserver)
     raw = message("Ann <ann@signed.example>", subject="Lunch on Friday")
-    signed = sign_without_from(dns_server, raw, "signed.example", "sel1")
+    signed = sign_by_hand(dns_server, raw, "signed.example", "sel1", signed=(b"to", b"subject", b"date", b"message-id"))
     forged = signed.replace(b"From: Ann <ann@signed.example>", b"From: CEO <ceo@signed.example>")
     for sender, mail in (("ann@signed.example", signed), ("ceo@signed.example", forged)):
         verdict = check(c, mail, sender, "bounce@partner.example")
@@ -740,6 +742,36 @@ def test_spf_is_recorded_for_the_domain_it_checked_not_the_helo_name(tmp_path: P
         letter = gateway.show_json(str(row["number"]))
         trust = letter["trust"]
         assert trust["spf"] == {"result": "pass", "domain": "signed.example"}
+        assert trust["dmarc"] == {"result": "fail", "policy": "quarantine", "domain": "example.org"}
+        assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
+        assert "unverified-internal-sender" in letter["flags"]
+    finally:
+        proc.stop()
+
+
+def test_a_dkim_signature_is_aligned_by_the_d_tag_it_was_verified_with(tmp_path: Path, notify: Notify,
+                                                                       dns_server: DnsServer) -> None:
+    """DKIM tags are case-sensitive (RFC 6376 3.2): `D=` is not `d=`, and dkimpy verifies a
+    signature by its `d=` and passes over an unknown `D=`. An outsider signing with their own
+    domain's key (d=signed.example) and adding `D=example.org` must not have the signature taken
+    for example.org's: over the daemon's listener, a From of example.org is not proven by it."""
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    raw = message("Director <director@example.org>", subject="Close 2026 files")
+    forged = sign_by_hand(dns_server, raw, "signed.example", "sel1", extra=((b"D", b"example.org"), (b"S", b"mail")))
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("bounce@partner.example", ["liaison@example.org"], forged)
+        [row] = gateway.list_json()
+        letter = gateway.show_json(str(row["number"]))
+        trust = letter["trust"]
+        assert trust["dkim"] == [{"domain": "signed.example", "selector": "sel1", "result": "pass", "aligned": False}]
         assert trust["dmarc"] == {"result": "fail", "policy": "quarantine", "domain": "example.org"}
         assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
         assert "unverified-internal-sender" in letter["flags"]

@@ -363,13 +363,14 @@ def _repeated_fields(header_fields: list[tuple[str, str]]) -> list[str]:
     return list(repeated)
 
 
-def _tags(record: bytes | str) -> dict[str, str]:
+def _tags(record: bytes | str, *, fold_case: bool = True) -> dict[str, str]:
+    """Tag=value pairs; fold_case=False keeps the names' case, as DKIM reads them (RFC 6376 3.2)."""
     text = record.decode("ascii", "replace") if isinstance(record, bytes) else record
     tags: dict[str, str] = {}
     for part in text.split(";"):
         key, sep, value = part.partition("=")
         if sep:
-            tags[key.strip().lower()] = re.sub(r"\s+", "", value)
+            tags[key.strip().lower() if fold_case else key.strip()] = re.sub(r"\s+", "", value)
     return tags
 
 
@@ -569,7 +570,9 @@ class Checker:
         except Exception:
             return None  # not parseable as a message: no signature can be checked
         for index, value in enumerate(signatures[:MAX_SIGNATURES]):
-            tags = _tags(value)
+            # The d= and s= dkimpy verifies with: a "D=" beside them is another tag, whose domain
+            # the signer chose freely.
+            tags = _tags(value, fold_case=False)
             domain, selector = tags.get("d", "").lower(), tags.get("s", "")
             # dkimpy turns most errors into a plain False: the key lookup says which it was.
             lookup: dict[str, str] = {}
