@@ -777,3 +777,45 @@ def test_a_dkim_signature_is_aligned_by_the_d_tag_it_was_verified_with(tmp_path:
         assert "unverified-internal-sender" in letter["flags"]
     finally:
         proc.stop()
+
+
+def test_spf_is_not_checked_against_a_trusted_relay(tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """SPF asks whether the client may send for the envelope sender's domain, which means something
+    only at the border. Mail handed over by one of the organisation's relays comes from the relay's
+    address, which a domain's SPF may well allow (its own outgoing MTA): a mail forged at the
+    border, From and envelope sender signed.example, would pass SPF, align, pass DMARC and prove
+    its From. From a trusted relay SPF is not checked (`none`, with the reason); the relay's own
+    Authentication-Results is what proves the sender, and DKIM still counts."""
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+        trusted_authserv_ids = ["mx.example.org"]
+        trusted_relays = ["127.0.0.1"]
+    """))
+    forged = message("CEO <ceo@signed.example>", subject="Wire transfer")
+    stamped = message("CEO <ceo@signed.example>", subject="Quarterly figures",
+                      extra="Authentication-Results: mx.example.org; dmarc=pass header.from=signed.example\r\n")
+    signed = dns_server.sign(message("Ann <ann@signed.example>", subject="Lunch on Friday"), "signed.example", "sel1")
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+            for sender, raw in (("ceo@signed.example", forged), ("ceo@signed.example", stamped),
+                                ("ann@signed.example", signed)):
+                c.sendmail(sender, ["liaison@example.org"], raw)
+        numbers = {row["subject"]: str(row["number"]) for row in gateway.list_json()}
+        letters = {subject: gateway.show_json(number)["trust"] for subject, number in numbers.items()}
+        trust = letters["Wire transfer"]
+        assert trust["spf"] == {"result": "none", "domain": "signed.example",
+                                "reason": "the client is a trusted relay, not the sender's server"}
+        assert trust["dmarc"] == {"result": "fail", "policy": "reject", "domain": "signed.example"}
+        assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
+        shown = gateway.run("letters", "show", numbers["Wire transfer"]).stdout
+        assert "SPF none for signed.example (the client is a trusted relay, not the sender's server)" in shown
+        assert letters["Quarterly figures"]["authenticated"]
+        assert letters["Quarterly figures"]["method"] == "authentication-results"
+        assert letters["Lunch on Friday"]["authenticated"] and letters["Lunch on Friday"]["method"] == "dkim"
+    finally:
+        proc.stop()

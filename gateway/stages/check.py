@@ -19,7 +19,8 @@ envelope worth checking: its verdict comes from trusted Authentication-Results o
 
 A trusted Authentication-Results header on mail received by the SMTP listener counts only when
 the SMTP client is one of the organisation's relays (`[trust] trusted_relays`): anyone else
-connecting to the listener could have written it.
+connecting to the listener could have written it. From such a relay SPF is not checked: the
+client's address is the relay's, not that of the server the sender used.
 
 DNS goes through a resolver built from `[trust]` (its own servers and time limits), and all of
 one message's lookups share one deadline (`check_deadline_seconds`): after it, a lookup is a
@@ -80,6 +81,7 @@ MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
 _SMTP_INTAKE = "smtp"
 NOT_A_TRUSTED_RELAY = "added before it reached us: the client is not a trusted relay"
+SPF_FROM_RELAY = "the client is a trusted relay, not the sender's server"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -101,7 +103,7 @@ class Verdict:
     smtp_auth_user: str | None = None
     # domain, selector, result, aligned; and reason, for "policy" and a "permerror" dkimpy would pass
     dkim: list[dict[str, Any]] = field(default_factory=list)
-    spf: dict[str, Any] | None = None  # result, domain
+    spf: dict[str, Any] | None = None  # result, domain; and reason, when not checked from a relay
     dmarc: dict[str, Any] | None = None  # result, policy, domain
     authentication_results: dict[str, list[dict[str, Any]]] = field(
         default_factory=lambda: {"trusted": [], "ignored": []})
@@ -515,10 +517,11 @@ class Checker:
         signed_names: list[str] | None = None
         # The From domain's DMARC adkim, once known: what a trusted header's DKIM pass must align by.
         alignment: list[str | None] = []
+        from_relay = smtp and self._trusted_relay(envelope.get("client"))
         if smtp and from_domain:
             lookups = Lookups(self.answers, self.policy.check_deadline_seconds)
             signed_names = self._dkim(raw, verdict, lookups)
-            self._spf(envelope, verdict, lookups)
+            self._spf(envelope, verdict, lookups, from_relay)
             if valid_domain(from_domain):
                 alignment.append(self._dmarc(verdict, lookups))
             else:  # no DNS answer could ever exist for it: a permanent error, not a temporary one
@@ -531,7 +534,7 @@ class Checker:
             return alignment[0]
         # Over SMTP, anyone can connect and write an Authentication-Results header; it is the
         # organisation's MTA's only when that MTA is the client.
-        relayed = not smtp or self._trusted_relay(envelope.get("client"))
+        relayed = not smtp or from_relay
         self._authentication_results(header_fields, verdict, relayed, dkim_alignment)
         repeated = _repeated_fields(header_fields)
         if repeated:
@@ -615,7 +618,7 @@ class Checker:
             verdict.dkim.append(entry)
         return names
 
-    def _spf(self, envelope: dict[str, Any], verdict: Verdict, lookups: Lookups) -> None:
+    def _spf(self, envelope: dict[str, Any], verdict: Verdict, lookups: Lookups, from_relay: bool) -> None:
         client = str(envelope.get("client") or "")
         helo = str(envelope.get("helo") or "")
         mail_from = str(envelope.get("mail_from") or "")
@@ -623,6 +626,12 @@ class Checker:
         # The domain pyspf checks, and so the one its result is about: after the first @, and a
         # sender without one is a domain itself (RFC 7208 4.3), never the HELO name beside it.
         domain = spf.split_email(sender, helo)[1].lower()
+        if from_relay:
+            # SPF is about the server that handed the mail over, here our own relay, which the
+            # sender's domain may well allow (its own outgoing MTA): it would pass mail forged
+            # at the border. The relay's Authentication-Results speaks for that hop.
+            verdict.spf = {"result": "none", "domain": domain, "reason": SPF_FROM_RELAY}
+            return
         try:
             ipaddress.ip_address(client)
         except ValueError:

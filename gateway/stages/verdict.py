@@ -33,7 +33,8 @@ def describe(trust: dict[str, Any] | None) -> str:
         found.append(f"DKIM {d.get('result')} d={d.get('domain')} s={d.get('selector')}"
                      f"{'' if d.get('aligned') else ' (not aligned)'}{why}")
     if trust.get("spf"):
-        found.append(f"SPF {trust['spf'].get('result')} for {trust['spf'].get('domain')}")
+        why = f" ({trust['spf']['reason']})" if trust["spf"].get("reason") else ""
+        found.append(f"SPF {trust['spf'].get('result')} for {trust['spf'].get('domain')}{why}")
     if trust.get("dmarc"):
         dmarc = trust["dmarc"]
         found.append(f"DMARC {dmarc.get('result')} (policy {dmarc.get('policy') or 'none'}) for {dmarc.get('domain')}")
