@@ -3,6 +3,7 @@ Authentication-Results, spoofed internal senders, and the verdict stored and sho
 from __future__ import annotations
 
 import dataclasses
+import re
 import smtplib
 import textwrap
 import time
@@ -819,3 +820,65 @@ def test_spf_is_not_checked_against_a_trusted_relay(tmp_path: Path, notify: Noti
         assert letters["Lunch on Friday"]["authenticated"] and letters["Lunch on Friday"]["method"] == "dkim"
     finally:
         proc.stop()
+
+
+def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """A signed answer is obeyed once: the same signature again is the same answer. Base64 leaves
+    the last character of b= two bits nobody reads (RFC 4648 3.5), so one signature can be written
+    four ways, each verifying. Someone holding the owner's signed answer (copied to them) must not
+    have it taken as a new one by writing its b= another way and giving it a Message-ID of their
+    own, where the signer did not sign the Message-ID."""
+    sink = SmtpSink().start()
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [outbound]
+        relay = "{sink.address}"
+        from_address = "gateway@example.org"
+        poll_seconds = 0.2
+        retry_min_seconds = 0.3
+        retry_max_seconds = 1
+
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    owner = "sales.desk@example.org"
+    key = dns_server.zone.keys[("example.org", "mail")]
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("alice@partner.example", ["sales@example.org"],
+                       message("alice@partner.example", subject="Delivery late", body="Where is my order?\r\n")
+                       .replace(b"To: liaison@example.org", b"To: sales@example.org"))
+        wait_for(lambda: sink.to(owner), 30, "the owner's notification")
+        [notification] = [r.message for r in sink.to(owner)]
+        number, reply_to = str(notification["X-Gateway-Letter"]), str(notification["Reply-To"])
+        raw = (f"From: Sales Desk <{owner}>\r\nTo: {reply_to}\r\nSubject: Re: [{number}] Delivery late\r\n"
+               f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <first@example.org>\r\n"
+               f"\r\nreceived\r\n").encode()
+        signed = dkim.sign(raw, b"mail", b"example.org", key.private_pem,
+                           include_headers=[b"from", b"to", b"subject", b"date"]) + raw
+        header, _, _ = signed.partition(b"\r\n\r\n")
+        b_value = re.search(rb"\bb=([A-Za-z0-9+/\s]+)(=*)", header.split(b"DKIM-Signature:", 1)[1])
+        assert b_value is not None and b_value.group(2) == b"="  # a 1024-bit signature: one pad
+        last = b_value.group(1).rstrip()[-1:]
+        alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        other = alphabet[alphabet.index(last) ^ 1:][:1]  # differs only in a bit base64 does not read
+        rewritten = signed.replace(b_value.group(1).rstrip() + b"=", b_value.group(1).rstrip()[:-1] + other + b"=", 1)
+        rewritten = rewritten.replace(b"Message-ID: <first@example.org>", b"Message-ID: <second@evil.example>")
+        assert rewritten != signed and check(checker(dns_server.nameserver), rewritten, owner, owner)["authenticated"]
+
+        def send(mail: bytes) -> None:
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+                c.sendmail(owner, [reply_to], mail)
+        send(signed)
+        [answer] = wait_answers(gateway, number, 1)
+        assert answer["details"]["obeyed"] is True and answer["details"]["authenticated_by"] == "dkim"
+        send(rewritten)
+        wait_for(lambda: proc.output().count(f"{number}: answer from {owner}") == 2, 30, "the copy taken in")
+        assert len(answers(gateway, number)) == 1
+    finally:
+        proc.stop()
+        sink.stop()
