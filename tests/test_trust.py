@@ -882,3 +882,30 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
     finally:
         proc.stop()
         sink.stop()
+
+
+def test_a_signature_under_a_key_in_testing_mode_proves_nothing() -> None:
+    """RFC 6376 3.6.1: a key published with t=y says its domain is testing DKIM, and verifiers
+    must not treat its mail differently from unsigned mail. Its signature, though it verifies, is
+    `policy` with the reason and proves nothing; the same domain's key without the flag proves."""
+    from gateway.stages.verdict import describe
+
+    zone = dns_fixtures.DnsZone()
+    trial = zone.add_key("trial.example", "sel")
+    zone.txt["sel._domainkey.trial.example"] = f"v=DKIM1; k=rsa; t=y; p={trial.public_b64}"
+    zone.add_key("trial.example", "live")
+    zone.txt["_dmarc.trial.example"] = "v=DMARC1; p=reject"
+    server = dns_fixtures.start_dns(zone)
+    try:
+        c = checker(server.nameserver)
+        raw = message("Ann <ann@trial.example>")
+        verdict = check(c, server.sign(raw, "trial.example", "sel"), "ann@trial.example", "bounce@partner.example")
+        assert not verdict["authenticated"] and verdict["address"] is None and verdict["method"] is None
+        assert verdict["dkim"] == [{"domain": "trial.example", "selector": "sel", "result": "policy", "aligned": True,
+                                    "reason": "the key is in testing mode (t=y)"}]
+        assert verdict["dmarc"] == {"result": "fail", "policy": "reject", "domain": "trial.example"}
+        assert "DKIM policy d=trial.example s=sel (the key is in testing mode (t=y))" in describe(verdict)
+        live = check(c, server.sign(raw, "trial.example", "live"), "ann@trial.example", "bounce@partner.example")
+        assert live["authenticated"] and live["method"] == "dkim"
+    finally:
+        dns_fixtures.stop_dns(server)

@@ -5,8 +5,8 @@ address is proven, how, and the evidence. A From header alone proves nothing —
 write one. The address counts as proven by
 
 - SMTP AUTH: the session authenticated as a user allowed to send as that address;
-- DKIM: a valid signature (not rsa-sha1), covering From and the whole body, whose d= is aligned with
-  the From domain;
+- DKIM: a valid signature (not rsa-sha1, nor under a key in testing mode), covering From and the
+  whole body, whose d= is aligned with the From domain;
 - DMARC: the From domain publishes a DMARC record and an aligned SPF (or DKIM) pass meets it;
 - a trusted `Authentication-Results` header: written by one of the organisation's own MTAs
   (its authserv-id is configured), saying DMARC passed for the From domain or DKIM passed
@@ -76,6 +76,7 @@ AMBIGUOUS_HEADER = "ambiguous-header"
 DKIM_UNSIGNED_CONTENT = "policy"
 FROM_NOT_SIGNED = "the signature does not cover the From field"
 RSA_SHA1 = "rsa-sha1 is not accepted (RFC 8301)"
+KEY_TESTING = "the key is in testing mode (t=y)"
 _DKIM_LOG = logging.getLogger("gateway.stages.check.dkim")
 MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
@@ -590,6 +591,8 @@ class Checker:
                     raise dkim.DnsTimeoutError(str(exc)) from exc
                 if key is None:
                     lookup["error"] = "permerror"  # no key at that selector
+                elif "y" in _tags(key).get("t", "").lower().split(":"):
+                    lookup["testing"] = "y"
                 return key
             checker.unsigned_body_bytes, reason = 0, ""
             try:
@@ -610,7 +613,10 @@ class Checker:
                                      "aligned": aligned(domain, verdict.from_domain, "r")}
             if reason:
                 entry["reason"] = reason
-            if result == "pass" and checker.unsigned_body_bytes:
+            if result == "pass" and lookup.get("testing"):
+                # RFC 6376 3.6.1: mail signed in testing mode is treated as unsigned mail.
+                entry["result"], entry["reason"] = DKIM_UNSIGNED_CONTENT, KEY_TESTING
+            elif result == "pass" and checker.unsigned_body_bytes:
                 # The signed part verifies, but what follows it (a forged part, say) is anyone's.
                 entry["result"] = DKIM_UNSIGNED_CONTENT
                 entry["reason"] = (f"l={tags.get('l')} leaves {checker.unsigned_body_bytes} bytes "
