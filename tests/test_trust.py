@@ -909,3 +909,34 @@ def test_a_signature_under_a_key_in_testing_mode_proves_nothing() -> None:
         assert live["authenticated"] and live["method"] == "dkim"
     finally:
         dns_fixtures.stop_dns(server)
+
+
+def test_a_sender_read_from_the_sender_field_is_proven_by_smtp_auth_alone(tmp_path: Path, notify: Notify,
+                                                                         dns_server: DnsServer) -> None:
+    """DKIM, DMARC and a trusted Authentication-Results vouch for the From field. When From names no
+    address (a group, `Board members:;`), the letter's sender is read from Sender, which none of
+    them covers: a Sender added above a mail example.org signed would pass for a proven
+    director. Such a sender is flagged `sender-not-from` and proven by nothing but SMTP AUTH."""
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    signed = dns_server.sign(message("Board members:;", subject="Minutes"), "example.org", "mail")
+    forged = b"Sender: Director <director@example.org>\r\n" + signed
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("bounce@partner.example", ["liaison@example.org"], forged)
+        [row] = gateway.list_json()
+        letter = gateway.show_json(str(row["number"]))
+        trust = letter["trust"]
+        assert letter["sender_address"] == "director@example.org"
+        assert trust["dkim"] == [{"domain": "example.org", "selector": "mail", "result": "pass", "aligned": True}]
+        assert not trust["authenticated"] and trust["address"] is None and trust["method"] is None
+        assert "sender-not-from" in trust["flags"] and "sender-not-from" in letter["flags"]
+        assert "unverified-internal-sender" in letter["flags"]
+    finally:
+        proc.stop()

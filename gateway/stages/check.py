@@ -66,6 +66,9 @@ UNVERIFIED_INTERNAL = "unverified-internal-sender"
 SINGLE_FIELDS = ("from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "in-reply-to",
                  "references")
 REPEATED_FIELD = "repeated-header"
+# The From field names no address and the sender was read from Sender, which DKIM, DMARC and an
+# Authentication-Results header do not vouch for (they are about From).
+SENDER_NOT_FROM = "sender-not-from"
 # The header fields the DKIM check read are not those the letter was read with: a bare CR ends a
 # line for Python's parser and not for dkimpy's, and the normaliser reads a bounded number of
 # fields. A field placed so would be shown while the signature covers another.
@@ -503,9 +506,11 @@ class Checker:
         self.may_send_as = may_send_as
 
     def check(self, raw: bytes, from_address: str, header_fields: list[tuple[str, str]],
-              envelope: dict[str, Any], intake: str, *, may_refuse: bool = False) -> Verdict:
+              envelope: dict[str, Any], intake: str, *, may_refuse: bool = False,
+              sender_field: str = "From") -> Verdict:
         """The verdict of one mail. Raises DmarcRefused only with may_refuse (an SMTP client
-        still waiting for the answer) and the refuse policy."""
+        still waiting for the answer) and the refuse policy. sender_field: the header field
+        from_address was read from (Sender, when From names no address)."""
         from_address = canonical(from_address)  # as the configuration names its people
         from_domain = from_address.rpartition("@")[2] if "@" in from_address else ""
         verdict = Verdict(from_address=from_address, from_domain=from_domain)
@@ -543,7 +548,10 @@ class Checker:
         ambiguous = signed_names is not None and signed_names != [name.strip().lower() for name, _ in header_fields]
         if ambiguous:
             verdict.flags.append(AMBIGUOUS_HEADER)
-        if (repeated or ambiguous) and verdict.authenticated and verdict.method != "smtp-auth":
+        not_from = bool(from_address) and sender_field.lower() != "from"
+        if not_from:
+            verdict.flags.append(SENDER_NOT_FROM)
+        if (repeated or ambiguous or not_from) and verdict.authenticated and verdict.method != "smtp-auth":
             # Proven by nothing but SMTP AUTH: the submitter's account vouches for what it sends.
             verdict.authenticated, verdict.address, verdict.method = False, None, None
         if from_domain and not verdict.authenticated and is_internal(from_address, self.policy.internal_domains):

@@ -200,9 +200,9 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
     from_addresses = addresses("From")
     sender_addresses = addresses("Sender")
     if from_addresses:
-        result.sender = from_addresses[0]
+        result.sender, result.sender_field = from_addresses[0], "From"
     elif sender_addresses:
-        result.sender = sender_addresses[0]
+        result.sender, result.sender_field = sender_addresses[0], "Sender"
     elif first_decoded.get("from", "").strip():
         # Keep what the sender wrote so a person can still see who it was.
         result.sender = Address(collapse_whitespace(first_decoded["from"]), "")

@@ -48,6 +48,7 @@ class Normalised:
     attachments: list[Attachment]
     defects: list[str]  # human-readable, each naming where it was found
     header_fields: list[tuple[str, str]]  # all top-level headers, decoded, in order
+    sender_field: str = ""  # where `sender`'s address was read: "From", "Sender", or "" for none
 
 
 @dataclass(frozen=True)
