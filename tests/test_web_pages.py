@@ -1343,6 +1343,11 @@ def test_flags_and_why_no_receipt_went_are_worded_in_chinese(site: Site) -> None
     assert "事由: 内部发件人" in words and "internal sender" not in words
     words = visible(rita.get(f"/letters/{repeated}").text)
     assert "信头字段重复：From, Subject" in words and "repeated-header" not in words
+    grouped = site.ingest("grouped", b"From: Board members:;\r\nSender: Bob <bob@example.org>\r\n"
+                                     b"To: sales@example.org\r\nSubject: minutes\r\n"
+                                     b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\n\r\nhi\r\n")
+    words = visible(rita.get(f"/letters/{grouped}").text)
+    assert "发件人取自 Sender 字段" in words and "sender-not-from" not in words
     # The fourth letter to one sender in a day gets no receipt: the cap, in words.
     words = visible(rita.get(f"/letters/{site.letters['triage']}").text)
     assert "24 小时内已向该发件人发送 3 份回执（上限 3 份）" in words and "receipt(s)" not in words

@@ -136,11 +136,6 @@ def _plain_copy(value: Any) -> Any:
     return value
 
 
-def is_authenticated(trust: dict[str, Any] | None) -> bool:
-    """A stored verdict's answer; no verdict at all proves nothing."""
-    return bool(trust and trust.get("authenticated"))
-
-
 # -- the resolver ---------------------------------------------------------
 
 def make_resolver(nameservers: list[str], timeout: float, lifetime: float) -> dns.resolver.Resolver:

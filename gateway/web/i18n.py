@@ -181,6 +181,7 @@ FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs tr
         "ambiguous-header": N_("header fields not all covered by the signature"),
         "unverified-internal-sender": N_("internal sender not verified"),
         "repeated-header": N_("header fields given twice"),
+        "sender-not-from": N_("sender taken from the Sender field: only SMTP AUTH proves it"),
         "forged-loop-marker": N_("forged loop marker"), "receipt-loop-marker": N_("answer to our own receipt"),
         "bounce": N_("bounce (no envelope sender)"),
         "oversize": N_("too large: registered from its headers only"), "backlog": N_("backlog import"),
