@@ -14,11 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import update
-from conftest import wait_for
+from conftest import make_message, wait_for
 from smtp_sink import SmtpSink
 from test_outbox_faults import configured, letter_with_mail
 
 from gateway.adapters import imap as imap_mod
+from gateway.daemon.pipeline import Pipeline
 from gateway.config import Config, ImapAccount
 from gateway.outbound.sender import OutboxSender
 from gateway.registry import leases as leases_mod
@@ -27,6 +28,8 @@ from gateway.registry import Registry
 from gateway.registry.leases import Cluster, NodeConflict, Skipped
 from gateway.registry.models import OutboxMail
 from gateway.registry.ledger import ImapLedger
+from gateway.spool import Spool
+from gateway.stages import rulebook
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -249,4 +252,36 @@ def test_two_nodes_of_one_name_starting_at_once_are_told_so(tmp_path: Path, pg_u
         assert [type(e) for e in refused] == [NodeConflict]
         assert "another node named 'twin' started at the same moment" in str(refused[0])
     finally:
+        registry.close()
+
+
+def test_a_registry_turned_read_only_keeps_items_spooled_and_is_left_once_writable(tmp_path: Path,
+                                                                                   pg_url: str) -> None:
+    """After a fail-over the name the nodes use may still lead to the old primary, now a standby:
+    it answers, but refuses every write. That is the registry being away, not the item's fault:
+    the item waits uncounted. And the connection to the standby is not kept: once the name leads to
+    a primary again, the next attempt registers the item."""
+    _, registry = configured(tmp_path, "127.0.0.1:9", pg_url)
+    config = rulebook.load(str(tmp_path / "gateway.toml"))
+    spool = Spool(config.spool_dir, config.message_dir)
+    database = pg_url.rpartition("/")[2]
+    admin = pg_url.rpartition("/")[0] + "/postgres"
+
+    def read_only(on: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = {"on" if on else "off"}')
+    try:
+        pipeline = Pipeline(config, spool, registry)
+        spool.enqueue(make_message(1), {"intake": "file"})
+        read_only(True)
+        registry.engine.dispose()  # every connection from now on reaches a server that refuses writes
+        [outcome] = pipeline.process(spool.claim(1))
+        assert outcome.result == "released", outcome
+        assert [name.rpartition(".")[2] for name in spool.pending()] == ["0"]  # no attempt counted
+        read_only(False)  # the primary again; no connection is thrown away by hand
+        [outcome] = pipeline.process(spool.claim(1))
+        assert outcome.result == "registered", outcome
+        assert spool.quarantined() == []
+    finally:
+        read_only(False)
         registry.close()

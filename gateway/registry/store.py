@@ -53,6 +53,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_READ_ONLY = "25006"  # PostgreSQL's read_only_sql_transaction: a standby, or a primary set read-only
+
 _DATABASE_CLOCK = text("SELECT clock_timestamp()")
 
 
@@ -100,7 +102,18 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    engine = create_engine(url, echo=echo, pool_pre_ping=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _read_only(context: Any) -> None:
+        # A server that refuses every write (after a fail-over, the old primary come back as a
+        # standby, still reached by the nodes' name for the registry) is the registry being away:
+        # and its connections are let go, every one, so that the next attempt connects anew and
+        # finds the primary (a pre-ping would find the standby answering, and keep them).
+        if getattr(context.original_exception, "sqlstate", None) == _READ_ONLY:
+            context.is_disconnect = True
+
+    return engine
 
 
 class Store:
