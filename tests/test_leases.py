@@ -26,7 +26,7 @@ from gateway.registry import leases as leases_mod
 from gateway.registry import outbox as outbox_mod
 from gateway.registry import Registry
 from gateway.registry.leases import Cluster, NodeConflict, Skipped
-from gateway.registry.models import OutboxMail
+from gateway.registry.models import Lease, OutboxMail
 from gateway.registry.ledger import ImapLedger
 from gateway.spool import Spool
 from gateway.stages import rulebook
@@ -206,6 +206,50 @@ def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting
         assert syncing.index(id(new)) > max(n for n, w in enumerate(syncing) if w == id(old))
         assert a.holds("imap:liaison/INBOX")
         assert not b.acquire("imap:liaison/INBOX")
+    finally:
+        intake.stop(5)
+
+
+def test_a_folder_taken_over_while_its_watcher_waits_is_not_synced_again_by_it(
+        two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node a, cut off from the registry past the takeover time while it waits for its next poll,
+    finds its folder's lease gone when it comes back: it does not sync the folder (fetch, spool,
+    move) beside node b, which watches it now."""
+    config, registry_a, a, _, _, b = two_nodes
+    syncs: list[bool] = []
+
+    def take_over() -> None:
+        with registry_a.write() as conn:  # a's lease runs out while it waits, and b takes the folder
+            conn.execute(update(Lease).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        assert b.acquire("imap:liaison/INBOX")
+
+    class Client:
+        def has_capability(self, _: str) -> bool:
+            return False
+
+        def noop(self) -> None:  # the poll's wait is over: the next sync comes right after this
+            if len(syncs) == 1:
+                take_over()
+
+        def logout(self) -> None:
+            pass
+
+    def sync(self: imap_mod.FolderWatcher, client: Any) -> None:
+        syncs.append(b.holds("imap:liaison/INBOX"))
+
+    monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
+    monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", sync)
+    account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X",
+                          idle=False, poll_seconds=0.05)
+    imap = config.model.imap.model_copy(update={"accounts": [account]})
+    intake = imap_mod.ImapIntake(dataclasses.replace(config, model=config.model.model_copy(update={"imap": imap})),
+                                 None, ImapLedger(registry_a), cluster=a)  # type: ignore[arg-type]
+    intake.start()
+    try:
+        wait_for(lambda: b.holds("imap:liaison/INBOX"), 10, "node b taking the folder over")
+        time.sleep(0.5)  # several of node a's polls
+        assert syncs == [False]
+        assert not a.holds("imap:liaison/INBOX")
     finally:
         intake.stop(5)
 

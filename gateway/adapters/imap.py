@@ -273,9 +273,11 @@ class FolderWatcher:
         if self.account.idle and not use_idle:
             log.info("%s: the server offers no IDLE; polling every %.0f s", self.name, self.account.poll_seconds)
         while not self._stop.is_set():
+            # Before every sync as after it: the lease can run out while this watcher waits for its
+            # next poll (its node cut off from the registry), and another node watch the folder since.
+            self._still_held()
             self._sync(client)
-            if self.cluster is not None and not self.cluster.holds(self.lease):
-                raise LeaseLost("another node watches this folder now; this one lets it go")
+            self._still_held()
             if self._failures:
                 log.info("%s: working again after %d failed attempt(s)", self.name, self._failures)
                 self._failures = 0
@@ -302,6 +304,10 @@ class FolderWatcher:
                         break
             finally:
                 client.idle_done()
+
+    def _still_held(self) -> None:
+        if self.cluster is not None and not self.cluster.holds(self.lease):
+            raise LeaseLost("another node watches this folder now; this one lets it go")
 
     # -- settling a folder ---------------------------------------------
     def _sync(self, client: IMAPClient) -> None:
