@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -158,6 +159,40 @@ def test_a_periodic_job_whose_lock_connection_drops_is_left_to_its_running_node(
     # A node that stopped beating (dead) leaves its run to the next: node a stops now.
     a.leave()
     assert b.once("archive", "2026-04", lambda: "b done") == "b done"
+
+
+def test_a_periodic_jobs_lock_held_by_a_node_that_vanished_is_taken_from_it(
+        two_nodes: tuple[Any, ...], pg_url: str) -> None:
+    """A node that vanishes without its connection being closed (a power cut, a network cut) keeps
+    its periodic job's lock until PostgreSQL notices, after its TCP keepalive time: two hours by
+    default, with no reminders meanwhile. Once that node no longer beats, another ends the
+    connection and runs the job; a lock held by a node that beats is left to it."""
+    _, _, a, _, _, b = two_nodes
+    key = zlib.crc32(b"reminders") - 2 ** 31
+
+    def holding(instance: str) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(pg_url, autocommit=True, application_name=instance)
+        conn.execute("SELECT pg_advisory_lock(724312, %s)", (key,))
+        return conn
+    live = holding(a.instance)  # node a, just starting a run
+    try:
+        assert b.once("reminders", "6", lambda: "b ran") == Skipped("another node runs it now")
+        assert live.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        live.close()
+    vanished = holding("node-c#gone")
+    try:
+        vanished.execute("INSERT INTO nodes (name, instance, host, pid, started_at, heartbeat_at) VALUES "
+                         "('node-c', 'node-c#gone', 'h', 1, now() - interval '1 hour', now() - interval '5 minutes')")
+        vanished.execute("INSERT INTO job_runs (job, slot, node, started_at) VALUES "
+                         "('reminders', '7', 'node-c#gone', now() - interval '6 minutes')")
+        assert b.once("reminders", "7", lambda: "b ran") == "b ran"
+        assert b.once("reminders", "8", lambda: "b ran again") == "b ran again"
+        assert a.once("reminders", "8", lambda: "a ran") == Skipped("done for 8 by node-b")
+        with pytest.raises(psycopg.OperationalError):
+            vanished.execute("SELECT 1")
+    finally:
+        vanished.close()
 
 
 def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting_it_go(

@@ -11,8 +11,10 @@ PostgreSQL is the only coordinator; nothing here talks to another node.
 * An IMAP folder is a row in `leases`, renewed by the same heartbeat: one node watches it, and
   another takes it over within `takeover_seconds` of the holder's last beat.
 * A periodic job (archive, reminders, retention) runs under a session advisory lock on a
-  connection of its own, so it dies with the node; `job_runs` records the period it ran for,
-  so a node coming second within the same period skips it instead of doing it again. The lock
+  connection of its own (named after the node's run), so it dies with the node, or is taken
+  from a node that vanished without its connection being closed and no longer beats; `job_runs`
+  records the period it ran for, so a node coming second within the same period skips it
+  instead of doing it again. The lock
   can also go with its connection alone (a fail-over, an idle timeout) while its node runs on:
   a run recorded as started by a node that still beats is left to it.
 * Every lease and claim is written and compared by the database's clock (`lease_clock`), never
@@ -27,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -231,9 +234,10 @@ class Cluster:
         with self.registry.read() as lock_conn:
             if self.postgres:
                 key = zlib.crc32(job.encode()) - 2 ** 31  # a signed int4
-                got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:space, :key)"),
-                                        {"space": _LOCK_SPACE, "key": key}).scalar()
-                lock_conn.commit()
+                # The lock's connection is named for this node's run: see _take_lock_from_the_dead.
+                lock_conn.execute(text("SELECT set_config('application_name', :name, false)"),
+                                  {"name": self.instance})
+                got = self._try_lock(lock_conn, key) or self._take_lock_from_the_dead(lock_conn, job, key)
                 if not got:
                     return Skipped("another node runs it now")
             try:
@@ -281,6 +285,47 @@ class Cluster:
                         lock_conn.commit()
                     except DBAPIError as exc:  # the connection went, and the lock with it
                         log.warning("cluster: the lock of %s went with its connection: %s", job, exc)
+
+    @staticmethod
+    def _try_lock(lock_conn: Connection, key: int) -> bool:
+        got = bool(lock_conn.execute(text("SELECT pg_try_advisory_lock(:space, :key)"),
+                                     {"space": _LOCK_SPACE, "key": key}).scalar())
+        lock_conn.commit()
+        return got
+
+    def _take_lock_from_the_dead(self, lock_conn: Connection, job: str, key: int) -> bool:
+        """The lock is held: by a node that no longer beats, its connection is ended and the lock
+        taken. A node that vanished without its connection being closed (a power cut, a network
+        cut) holds its lock until PostgreSQL notices, hours later by TCP keepalive: meanwhile no
+        node would run the job. The holder is known by its connection's name (its node's run)."""
+        holders = lock_conn.execute(text(
+            "SELECT l.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = :space "
+            "AND CAST(l.objid AS bigint) = CAST(:key AS bigint) & 4294967295"),
+            {"space": _LOCK_SPACE, "key": key}).all()
+        lock_conn.commit()
+        if not holders:  # let go meanwhile
+            return self._try_lock(lock_conn, key)
+        with self.registry.read() as conn:
+            dead = [(pid, name) for pid, name in holders
+                    if name and "#" in name and name != self.instance and not self._beating_instance(conn, name)]
+        if not dead or len(dead) != len(holders):
+            return False
+        for pid, name in dead:
+            log.warning("cluster: the lock of %s is held by %s, which no longer beats (its node vanished without "
+                        "closing its connection): its connection is ended", job, name.partition("#")[0])
+            try:
+                lock_conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                lock_conn.commit()
+            except DBAPIError as exc:  # not ours to end (another role's): the lock goes when PostgreSQL notices
+                lock_conn.rollback()
+                log.warning("cluster: cannot end that connection: %s", exc.orig)
+                return False
+        for _ in range(50):  # its backend lets the lock go as it exits, a moment after being told
+            if self._try_lock(lock_conn, key):
+                return True
+            time.sleep(0.1)
+        return False
 
     def _beating_instance(self, conn: Connection, instance: str) -> bool:
         """Whether `instance` is a node's present run, not stopped, with a heartbeat younger than the
