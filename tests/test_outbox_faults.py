@@ -200,6 +200,34 @@ def test_a_claim_whose_lease_ran_out_is_not_sent_on(tmp_path: Path, pg_url: str,
         registry.close()
 
 
+def test_only_the_mail_that_took_its_node_down_each_time_is_given_up(tmp_path: Path, pg_url: str,
+                                                                      relay: SmtpSink) -> None:
+    """A mail whose sending takes its node down (max_claims times, on one node or another) is
+    dead-lettered; the mails claimed in the same batches, never reached because their node died
+    first, are sent."""
+    _, registry_a = configured(tmp_path / "a", relay.address, pg_url)
+    config_b, registry_b = configured(tmp_path / "b", relay.address, pg_url)
+    try:
+        letter_with_mail(registry_a, 3)
+        Cluster(registry_a, "node-a", takeover_seconds=60).join()
+        Cluster(registry_b, "node-b", takeover_seconds=60).join()
+        for death in range(registry_a.max_claims):  # on one node and the other, the last on node a
+            node = (registry_a, registry_b)[(registry_a.max_claims - 1 - death) % 2]
+            first, *_ = node.outbox_due(10)
+            assert first.recipient == "desk0@example.org"
+            assert node.outbox_still_mine(first.id)  # its sending begins, and the node dies in it
+            run_out(node)
+        OutboxSender(config_b, registry_b).deliver_due()
+        mails = {mail.recipient: mail for mail in registry_b.outbox()}
+        assert mails["desk0@example.org"].status == "dead"
+        assert "never finished" in (mails["desk0@example.org"].last_error or "")
+        assert mails["desk1@example.org"].status == mails["desk2@example.org"].status == "sent"
+        assert sorted(r.rcpt_tos for r in relay.received) == [["desk1@example.org"], ["desk2@example.org"]]
+    finally:
+        registry_a.close()
+        registry_b.close()
+
+
 def test_a_node_name_is_no_pattern(tmp_path: Path, pg_url: str, relay: SmtpSink) -> None:
     _, registry_a = configured(tmp_path / "a", relay.address, pg_url)
     _, registry_b = configured(tmp_path / "b", relay.address, pg_url)

@@ -104,11 +104,11 @@ class OutboxSender(Runner):
         now = datetime.now(timezone.utc)
         live = []
         for mail in due:
-            if mail.claims - mail.attempts > self.registry.max_claims:
-                # Claims minus finished attempts: the times its node died with it. A mail that takes
-                # the sender down is not tried again.
-                self._dead(mail, f"claimed {mail.claims - mail.attempts - 1} times and never finished (the node "
-                                 "sending it stopped each time)")
+            if mail.claims - mail.attempts >= self.registry.max_claims:
+                # Sendings begun minus attempts ended: the times its node died with it. A mail that
+                # takes the sender down is not tried again.
+                self._dead(mail, f"its sending began {mail.claims - mail.attempts} times and never finished (the "
+                                 "node sending it stopped each time)")
             elif now - mail.created_at > give_up:
                 self._dead(mail, f"not delivered within {settings.give_up_hours:g} hours: {mail.last_error or '-'}")
             else:
@@ -124,9 +124,10 @@ class OutboxSender(Runner):
                 log.error("ALERT outbox: relay %s refuses the gateway: %s; %d mail(s) wait", settings.relay,
                           error, len(live))
             for mail in live:
-                self._later(mail, f"relay {settings.relay}: {error}")
+                self._later(mail, f"relay {settings.relay}: {error}", begun=False)
             return len(due)
         n = 0
+        begun: int | None = None  # the mail whose sending began and has not ended
         try:
             for n, mail in enumerate(live):
                 if self.stopping:
@@ -136,19 +137,21 @@ class OutboxSender(Runner):
                     log.warning("outbox: %s #%d: claim lost (this node was cut off from the registry); another "
                                 "node sends it", mail.kind, mail.id)
                     continue
+                begun = mail.id
                 try:
                     self._send(client, mail)
                 except (smtplib.SMTPServerDisconnected, OSError) as exc:
                     # The connection is gone: this one and the rest wait for the next round.
                     for rest in live[n:]:
-                        self._later(rest, f"relay {settings.relay}: {_describe(exc)}")
+                        self._later(rest, f"relay {settings.relay}: {_describe(exc)}", begun=rest.id == begun)
                     return len(due)
+                begun = None
         except BaseException:
             # The registry gone, say: the mails not finished are given back at once for any node
             # to send (this one takes its own back at its next round if the registry cannot be
             # told now). The one under way may have reached the relay: at least once, never lost.
             try:
-                self.registry.outbox_release([m.id for m in live[n:]])
+                self.registry.outbox_release([m.id for m in live[n:]], begun=begun)
             except Exception:
                 log.warning("outbox: %d claimed mail(s) not given back now; taken up at the next round",
                             len(live) - n)
@@ -204,7 +207,7 @@ class OutboxSender(Runner):
                 return
             data = self._compose(mail, letter)
         except KeyFileError as exc:  # damaged since the round began: the installation's fault
-            self._keys_broken([mail], exc)
+            self._keys_broken([mail], exc, begun=True)
             return
         except RegistryUnavailable:
             raise  # composing reads the registry too (a reply, an archived original): not the mail's fault
@@ -286,11 +289,11 @@ class OutboxSender(Runner):
                       letter.number, path, exc)
             return None
 
-    def _keys_broken(self, mails: list[OutboxMail], exc: KeyFileError) -> None:
+    def _keys_broken(self, mails: list[OutboxMail], exc: KeyFileError, *, begun: bool = False) -> None:
         log.error("ALERT outbox: the reply keys cannot be read (%s); %d mail(s) wait until the file is "
                   "mended or restored", exc, len(mails))
         for mail in mails:
-            self._later(mail, f"the reply keys cannot be read: {exc}")
+            self._later(mail, f"the reply keys cannot be read: {exc}", begun=begun)
 
     def _answered(self, mail: OutboxMail, code: int, text: str) -> None:
         error = f"relay answered {code} {text.strip()[:300]}"
@@ -299,14 +302,14 @@ class OutboxSender(Runner):
         else:
             self._dead(mail, error)
 
-    def _later(self, mail: OutboxMail, error: str) -> None:
+    def _later(self, mail: OutboxMail, error: str, *, begun: bool = True) -> None:
         settings = self.config.model.outbound
         # The doubling stops at 2**40: after a thousand attempts (greylisting, a 60 s ceiling, two
         # days) 2**attempts would no longer fit a float, and one mail would stop the whole outbox.
         delay = min(settings.retry_min_seconds * 2.0 ** min(mail.attempts, 40), settings.retry_max_seconds)
         delay *= random.uniform(0.9, 1.1)  # many mails failing together do not retry together
         next_try = datetime.now(timezone.utc) + timedelta(seconds=delay)
-        attempts = self.registry.outbox_retry_later(mail.id, error, next_try)
+        attempts = self.registry.outbox_retry_later(mail.id, error, next_try, begun=begun)
         log.warning("outbox: %s #%d to %s not delivered (attempt %d), next try in %.0f s: %s",
                     mail.kind, mail.id, mail.recipient, attempts, delay, error)
 

@@ -163,9 +163,9 @@ class Cluster:
         node to send again, but left to expire (by then this process has ended)."""
         with self.registry.write() as conn:
             now = lease_clock(conn)
-            if not sending:
+            if not sending:  # mail counts only the sendings begun (outbox.py): a claim given back began none
                 conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
-                             .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
+                             .values(claimed_by=None, lease_until=None))
             conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance)
                          .values(claimed_by=None, lease_until=None, claims=OcrJob.claims - 1))
             conn.execute(delete(Lease).where(Lease.holder == self.instance))

@@ -19,9 +19,11 @@ class Outbox(Store):
 
         On PostgreSQL the rows are locked with SKIP LOCKED, so nodes claiming at once take different
         mails instead of waiting for each other; the claim (`claimed_by`, `lease_until`) is what
-        keeps them apart afterwards. A mail claimed `max_claims` times and never finished (its node
-        died sending it, every time) comes back among the returned ones with `claims` over the
-        limit: the sender dead-letters it rather than letting it take a node down again."""
+        keeps them apart afterwards. A mail whose sending began `max_claims` times and never
+        finished (its node died sending it, every time) comes back among the returned ones with
+        `claims` that many over its `attempts`: the sender dead-letters it rather than letting it
+        take a node down again. Claiming counts nothing: of a batch claimed by a node that died,
+        only the mail it was sending is to blame (outbox_still_mine counts it)."""
         # This node's own claims too: a node sends from one thread, so a mail it still holds when
         # it looks for more is one a failed round left claimed (its heartbeat would keep that claim
         # alive, and no node would ever send it).
@@ -45,9 +47,7 @@ class Outbox(Store):
             if not ids:
                 return []
             conn.execute(update(OutboxMail).where(OutboxMail.id.in_(ids)).values(
-                claimed_by=self.claimant, lease_until=at + timedelta(seconds=self.lease_seconds),
-                # Taken back from itself, a mail is not claimed again: no node died sending it.
-                claims=case((mine, OutboxMail.claims), else_=OutboxMail.claims + 1)))
+                claimed_by=self.claimant, lease_until=at + timedelta(seconds=self.lease_seconds)))
         with self.session() as session:
             return list(session.scalars(select(OutboxMail).where(OutboxMail.id.in_(ids))
                                         .order_by(OutboxMail.next_attempt_at, OutboxMail.id)))
@@ -57,22 +57,28 @@ class Outbox(Store):
         sending takes. A claim whose lease ran out (this node was cut off from the registry longer
         than the takeover time) is not ours any more, even if no node has taken it yet: one may be
         taking it now. The check and the renewal are one conditional UPDATE, so a node claiming the
-        mail at the same moment either finds it renewed or has it already."""
+        mail at the same moment either finds it renewed or has it already. Its sending begins:
+        counted in `claims`, and balanced by the attempt recorded when it ends (sent, to be
+        retried, dead); one that never ends took its node down with it."""
         with self.write() as conn:
             now = lease_clock(conn)
             return bool(conn.execute(update(OutboxMail).where(
                 OutboxMail.id == mail_id, OutboxMail.status == "pending",
                 OutboxMail.claimed_by == self.claimant, OutboxMail.lease_until >= now)
-                .values(lease_until=now + timedelta(seconds=self.lease_seconds))).rowcount)
+                .values(lease_until=now + timedelta(seconds=self.lease_seconds), claims=OutboxMail.claims + 1))
+                .rowcount)
 
-    def outbox_release(self, mail_ids: list[int]) -> None:
-        """Give claimed mails back unsent (a stop in the middle of a batch)."""
+    def outbox_release(self, mail_ids: list[int], *, begun: int | None = None) -> None:
+        """Give claimed mails back unsent (a stop in the middle of a batch); `begun`: the one among
+        them whose sending began, uncounted (no node died in it)."""
         if not mail_ids:
             return
         with self.write() as conn:
             conn.execute(update(OutboxMail).where(OutboxMail.id.in_(mail_ids),
                                                   OutboxMail.claimed_by == self.claimant)
-                         .values(claimed_by=None, lease_until=None, claims=OutboxMail.claims - 1))
+                         .values(claimed_by=None, lease_until=None,
+                                 claims=case((OutboxMail.id == begun, OutboxMail.claims - 1),
+                                             else_=OutboxMail.claims)))
 
     def outbox_next_due(self) -> datetime | None:
         with self.read() as conn:
@@ -103,14 +109,17 @@ class Outbox(Store):
                                                          {"to": mail.recipient, "outbox": mail_id,
                                                           "relay": response[:200]})])
 
-    def outbox_retry_later(self, mail_id: int, error: str, at: datetime) -> int:
-        """Count a failed attempt and let the mail go until `at`; only by the node that holds its claim."""
+    def outbox_retry_later(self, mail_id: int, error: str, at: datetime, *, begun: bool = True) -> int:
+        """Count a failed attempt and let the mail go until `at`; only by the node that holds its claim.
+        `begun`: its sending began (outbox_still_mine); one that failed before (the relay refused
+        the connection) is counted as begun and ended, so that `claims` stays even with `attempts`."""
         now = utcnow()
         with self.write() as conn:
             attempts = conn.execute(select(OutboxMail.attempts).where(OutboxMail.id == mail_id)).scalar_one() + 1
             conn.execute(update(OutboxMail).where(OutboxMail.id == mail_id, OutboxMail.claimed_by == self.claimant)
                          .values(attempts=attempts, next_attempt_at=at, updated_at=now, last_error=error[:1000],
-                                 claimed_by=None, lease_until=None))
+                                 claimed_by=None, lease_until=None,
+                                 claims=OutboxMail.claims + (0 if begun else 1)))
         return attempts
 
     def outbox_dead(self, mail_id: int, error: str) -> bool:
