@@ -2,6 +2,8 @@
 closed and started again for the next fax, and the engine keeps onnxruntime's memory arena."""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,34 @@ def test_workers_start_together_and_an_idle_pool_is_closed(tmp_path: Path, monke
     finally:
         reader.stop()
         site.close()
+
+
+def test_a_reader_killed_mid_fax_costs_no_fax_its_text_and_the_pool_is_made_again(tmp_path: Path) -> None:
+    """A worker killed while faxes are read (the kernel's OOM killer, an engine that crashes) breaks
+    the whole pool: every fax in it fails with it, and the pool takes no more. None of those faxes
+    is stored without its text: they are read again, one at a time (to find one that breaks the
+    pool each time), by a new pool; and so is the fax that comes next."""
+    site = Site(tmp_path)
+    site.gateway.config.write_text(site.gateway.config.read_text().replace("ocr_workers = 1", "ocr_workers = 2"))
+    config = rulebook.load(str(site.gateway.config))
+    faxes = [site.ingest("fax", tiff_fax([[*ENGLISH, f"Reference {n}"]]),
+                         filename=f"fax_+862012345{n}_20261122-090000.tif") for n in range(2)]
+    reader = TextReader(config, site.registry, poll_seconds=0.1)
+    reader.start()
+    try:
+        wait_for(lambda: len(reader._running) == 2 and reader._pool is not None and len(reader._pool._processes) == 2,
+                 60, "both faxes in the pool")
+        os.kill(next(iter(reader._pool._processes)), signal.SIGKILL)  # type: ignore[union-attr]
+        for number in faxes:
+            wait_for(lambda number=number: _read(site, number), 180, f"{number} read")  # type: ignore[misc]
+        later = site.ingest("fax", tiff_fax([[*ENGLISH, "Reference 9"]]),
+                            filename="fax_+8620123459_20261122-091000.tif")
+        reader.wake()
+        wait_for(lambda: _read(site, later), 180, "the next fax read")
+    finally:
+        reader.stop()
+        site.close()
+    for number in [*faxes, later]:
+        letter = site.registry.letter(number)
+        assert letter is not None and "Purchase" in letter.body_text, (number, letter and letter.defects)
+        assert not [d for d in letter.defects if "text not read" in d]

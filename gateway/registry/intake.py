@@ -489,6 +489,14 @@ class Registration(SearchRecords):
                                                         {"reference": reference, "before": row.sender_reference})])
         return row.sender_reference, reference
 
+    def ocr_release(self, letter_ids: list[int]) -> None:
+        """Give claimed jobs back unread and uncounted, for this node or another to read anew."""
+        if not letter_ids:
+            return
+        with self.write() as conn:
+            conn.execute(update(OcrJob).where(OcrJob.letter_id.in_(letter_ids), OcrJob.claimed_by == self.claimant)
+                         .values(claimed_by=None, lease_until=None, claims=OcrJob.claims - 1))
+
     def ocr_failed(self, letter_id: int, error: str, *, give_up_after: int) -> bool:
         """Count a failed attempt to read or store a fax's text. After `give_up_after` attempts the
         job is given up: the letter is flagged `ocr-failed`, an event says why, and the job goes.

@@ -14,6 +14,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -135,6 +136,9 @@ class TextReader(Runner):
         self._pool: ProcessPoolExecutor | None = None  # made on the first job: most days have none
         self._running: dict[int, Future[TextRead]] = {}
         self._idle_since: float | None = None  # monotonic time the pool last had nothing to read
+        # After the pool broke with several faxes in it: how many faxes to read one at a time, so
+        # that one breaking the pool each time is found and given up, not those read beside it.
+        self._alone = 0
 
     def stop(self, timeout: float | None = None) -> None:
         super().stop(timeout)
@@ -171,8 +175,12 @@ class TextReader(Runner):
         settings = self.config.model.fax
         self._collect()
         free = settings.ocr_workers - len(self._running)
+        if self._alone:
+            free = 0 if self._running else 1
         if free > 0:
-            for letter_id, raw_path in self.registry.ocr_jobs(free, set(self._running)):
+            jobs = self.registry.ocr_jobs(free, set(self._running))
+            self._alone = max(0, self._alone - len(jobs))
+            for letter_id, raw_path in jobs:
                 path = str(self.config.state_dir / raw_path)
                 future = self._workers().submit(read_text, path, settings.ocr_languages,
                                                 settings.ocr_timeout_seconds, Limits.of(self.config.model.normalise),
@@ -183,6 +191,8 @@ class TextReader(Runner):
         self._close_idle_pool()
 
     def _collect(self) -> None:
+        if any(f.done() and isinstance(f.exception(), BrokenProcessPool) for f in self._running.values()):
+            self._pool_broke()
         for letter_id, future in list(self._running.items()):
             if not future.done():
                 continue
@@ -213,6 +223,23 @@ class TextReader(Runner):
                      status)
             if self.on_routed is not None:
                 self.on_routed()
+
+    def _pool_broke(self) -> None:
+        """A worker ended abruptly (the kernel's OOM killer, an engine crashing on a fax): every fax
+        in the pool fails with it, none by its own fault but maybe one, and the pool takes no more.
+        A new pool is made at the next fax; those faxes are read again."""
+        broken, self._running = list(self._running), {}
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if len(broken) == 1:  # read alone: its own doing
+            self.unit_failed(f"the text of letter {broken[0]}", "its reader ended abruptly (killed, or it crashed)",
+                             partial(self.registry.ocr_failed, broken[0], give_up_after=GIVE_UP_AFTER))
+            return
+        log.warning("an OCR worker ended abruptly (killed, or it crashed) while %d faxes were read; they are read "
+                    "again, one at a time", len(broken))
+        self.registry.ocr_release(broken)
+        self._alone = max(self._alone, len(broken))
 
     def _store(self, letter_id: int, text: str, defects: list[str], pages: int, seconds: float,
                reading: dict[str, Any] | None) -> tuple[str, str]:
