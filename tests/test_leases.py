@@ -4,6 +4,7 @@ Each piece of work still runs once (DESIGN.md §2.9)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 import zlib
@@ -26,7 +27,7 @@ from gateway.outbound.sender import OutboxSender
 from gateway.registry import leases as leases_mod
 from gateway.registry import outbox as outbox_mod
 from gateway.registry import Registry
-from gateway.registry.leases import Cluster, NodeConflict, Skipped
+from gateway.registry.leases import Cluster, NodeConflict, RulesWatch, Skipped
 from gateway.registry.models import Lease, OutboxMail
 from gateway.registry.ledger import ImapLedger
 from gateway.spool import Spool
@@ -193,6 +194,34 @@ def test_a_periodic_jobs_lock_held_by_a_node_that_vanished_is_taken_from_it(
             vanished.execute("SELECT 1")
     finally:
         vanished.close()
+
+
+def test_a_node_running_other_rules_is_named_by_the_others(two_nodes: tuple[Any, ...], tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Node b's rules file differs from node a's (edited on one machine only): a letter it classifies
+    is named by node a in an ALERT, once; letters node a classifies itself, by its own rules, are not."""
+    _, registry_a, _, _, registry_b, _ = two_nodes
+    with open(tmp_path / "b" / "rules.yaml", "a") as rules:
+        rules.write("# edited on node b only\n")
+    config_a, config_b = (rulebook.load(str(tmp_path / node / "gateway.toml")) for node in ("a", "b"))
+    assert config_a.ruleset.version != config_b.ruleset.version
+
+    def register(config: Config, registry: Registry, n: int) -> None:
+        spool = Spool(config.spool_dir, config.message_dir)
+        spool.enqueue(make_message(n), {"intake": "file"})
+        [outcome] = Pipeline(config, spool, registry).process(spool.claim(1))
+        assert outcome.result == "registered", outcome
+    watch = RulesWatch(registry_a, grace_seconds=0)
+    register(config_b, registry_b, 1)  # before node a's first look: not its business
+    assert watch.check(config_a.ruleset.version) == set()
+    register(config_a, registry_a, 2)
+    assert watch.check(config_a.ruleset.version) == set()
+    register(config_b, registry_b, 3)
+    with caplog.at_level(logging.ERROR, logger="gateway.cluster"):
+        assert watch.check(config_a.ruleset.version) == {config_b.ruleset.version}
+    assert [r.getMessage() for r in caplog.records if config_b.ruleset.version in r.getMessage()]
+    register(config_b, registry_b, 4)
+    assert watch.check(config_a.ruleset.version) == set()  # said once
 
 
 def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting_it_go(

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from gateway.daemon.registrar import Registrar
 from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry import schema
-from gateway.registry.leases import Cluster, JobStopped, NodeConflict, Skipped, due
+from gateway.registry.leases import Cluster, JobStopped, NodeConflict, RulesWatch, Skipped, due
 from gateway.registry.ledger import ImapLedger
 from gateway.registry.schema import SchemaMismatch
 from gateway.daemon.sdnotify import Notifier
@@ -253,6 +254,11 @@ class Daemon:
             # and returns at once, where the scheduler would warn of a skipped run every period.
             scheduler.add_job(self._job("archive", self._archive_if_missed), "interval", id="archive-missed",
                               seconds=self.config.model.cluster.takeover_seconds, max_instances=2, coalesce=True,
+                              next_run_time=datetime.now(timezone.utc))
+        if self.cluster.postgres:  # several nodes may share the registry: each must run the same rules
+            watch = RulesWatch(self.registry, grace_seconds=self.config.model.cluster.takeover_seconds)
+            scheduler.add_job(self._job("rules", partial(self._compare_rules, watch)), "interval", id="rules",
+                              seconds=self.config.model.cluster.takeover_seconds, max_instances=1, coalesce=True,
                               next_run_time=datetime.now(timezone.utc))
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._job("reminders", self._remind), "interval", id="reminders",
@@ -519,6 +525,12 @@ class Daemon:
             return  # looked for again at the next period
         if missed:
             await self._archive_last_month(missed=True)
+
+    async def _compare_rules(self, watch: RulesWatch) -> None:
+        try:
+            await asyncio.to_thread(watch.check, self.config.ruleset.version)
+        except RegistryUnavailable:
+            pass  # looked at again at the next period
 
     async def _remind(self) -> None:
         from gateway.track import reminders

@@ -43,6 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.registry.models import JobRun, Lease, Node, OcrJob, OutboxMail
+from gateway.registry.reads import Reads
 from gateway.registry.store import RegistryUnavailable, Store, lease_clock, utcnow
 
 log = logging.getLogger("gateway.cluster")
@@ -333,6 +334,39 @@ class Cluster:
         return conn.execute(select(Node.name).where(
             Node.instance == instance, Node.stopped_at.is_(None),
             Node.heartbeat_at > lease_clock(conn) - self.takeover)).first() is not None
+
+
+class RulesWatch:
+    """Every node must classify by the same rules (the same file): one that runs other rules routes
+    the same letter elsewhere than its neighbours. Each letter's classification records the rules'
+    version; letters registered since the last look that were classified by another version than
+    this node's are named, once per version, in an ALERT. For `grace_seconds` after this node's
+    rules changed (its start, a reload) nothing is said: letters registered meanwhile may still
+    have been classified by the rules it had before."""
+
+    def __init__(self, registry: Reads, grace_seconds: float):
+        self.registry = registry
+        self.grace = grace_seconds
+        self._version: str | None = None
+        self._since = 0.0
+        self._mark: int | None = None  # the newest letter at the last look
+        self._told: set[str] = set()
+
+    def check(self, version: str) -> set[str]:
+        """Look at the letters registered since the last look; the other versions newly found."""
+        now = time.monotonic()
+        if version != self._version:
+            self._version, self._since, self._told = version, now, set()
+        seen, self._mark = self.registry.rules_since(self._mark)
+        if now - self._since < self.grace:
+            return set()
+        other = seen - {version} - self._told
+        if other:
+            log.error("ALERT cluster: letters registered since the last look were classified by rules version %s, "
+                      "this node's are version %s: another node runs other rules; give every node the same rules "
+                      "file", ", ".join(sorted(other)), version)
+            self._told |= other
+        return other
 
 
 def due(registry: Store, job: str, slot: str) -> bool:

@@ -7,12 +7,23 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from gateway.registry import lifecycle
-from gateway.registry.models import IntakeKey, Letter
+from gateway.registry.models import Event, IntakeKey, Letter
 from gateway.registry.people import Scope, scope_clause
 from gateway.registry.store import Store
 
 
 class Reads(Store):
+    def rules_since(self, after_letter_id: int | None) -> tuple[set[str], int]:
+        """The rules versions (their files' digests) by which the letters registered after
+        `after_letter_id` were classified, and the newest letter's id; None: only that id."""
+        with self.read() as conn:
+            newest = int(conn.execute(select(func.max(Letter.id))).scalar() or 0)
+            if after_letter_id is None:
+                return set(), newest
+            versions = conn.execute(select(Event.details["rules"].as_string()).distinct().where(
+                Event.letter_id > after_letter_id, Event.letter_id <= newest, Event.action == "classified"))
+            return {str(v) for v in versions.scalars() if v}, newest
+
     def letters_by_id(self, ids: set[int | None]) -> list[Letter]:
         with self.session() as session:
             return list(session.scalars(select(Letter).where(Letter.id.in_({i for i in ids if i is not None}))))
