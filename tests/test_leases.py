@@ -318,6 +318,33 @@ def test_a_folder_taken_over_while_its_watcher_waits_is_not_synced_again_by_it(
         intake.stop(5)
 
 
+def test_a_folder_taken_over_during_a_long_import_is_let_go_before_its_next_batch(
+        two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first import of many batches: node a's lease runs out in the middle of it (its heartbeat
+    could not reach the registry, a fail-over) and node b takes the folder. Node a fetches no
+    further batch beside node b."""
+    config, registry_a, a, _, _, b = two_nodes
+    batches: list[list[int]] = []
+
+    def settle_batch(self: imap_mod.FolderWatcher, client: Any, uidvalidity: int, uids: list[int], *_: Any,
+                     **__: Any) -> None:
+        batches.append(uids)
+        if len(batches) == 1:  # node a's lease runs out while it fetches, and b takes the folder
+            with registry_a.write() as conn:
+                conn.execute(update(Lease).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+            assert b.acquire("imap:liaison/INBOX")
+
+    monkeypatch.setattr(imap_mod.FolderWatcher, "_settle_batch", settle_batch)
+    account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X")
+    imap = config.model.imap.model_copy(update={"accounts": [account], "fetch_batch": 2})
+    watcher = imap_mod.FolderWatcher(dataclasses.replace(config, model=config.model.model_copy(update={"imap": imap})),
+                                     account, "INBOX", None, ImapLedger(registry_a), cluster=a)  # type: ignore[arg-type]
+    assert a.acquire("imap:liaison/INBOX")
+    with pytest.raises(imap_mod.LeaseLost):
+        watcher._settle_all(None, 7, [1, 2, 3, 4, 5, 6], imap_mod.FolderState(7, 0), backlog=True)  # type: ignore[arg-type]
+    assert batches == [[1, 2]]
+
+
 def test_a_node_stopping_while_a_delivery_runs_on_leaves_that_mail_claimed(two_nodes: tuple[Any, ...]) -> None:
     """A stop that waited for the sender in vain hands back every claim but the mail being sent:
     another node sending it too would deliver it twice. It expires when the claim runs out."""

@@ -381,6 +381,7 @@ class FolderWatcher:
         for batch in _chunks(todo, self.config.model.imap.fetch_batch):
             if self._stop.is_set():
                 return
+            self._still_held()  # a long import outlasts a fail-over, after which another node may hold the folder
             remaining -= len(batch)
             last_uid = max(last_uid, max(batch))
             self._settle_batch(client, uidvalidity, batch, retrying, backlog=backlog, last_uid=last_uid,
