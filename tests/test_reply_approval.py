@@ -259,6 +259,21 @@ def test_a_page_left_open_approves_nothing_it_did_not_show(site: Site) -> None:
     assert actions(site, number).count("reply-sent") == 1
 
 
+def test_an_approval_sent_twice_sends_once_and_the_second_is_told_it_went(site: Site) -> None:
+    number = site.letters["office"]  # the head's step alone
+    gina, olga, olga_elsewhere = site.sign_in("gina"), site.sign_in("olga"), site.sign_in("olga")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    stage = form_field(olga.get(f"/letters/{number}").text, "stage")
+    assert olga.post(f"{url}/approve", data={"stage": stage, "csrf": olga.csrf}).status_code == 303
+    # The same page approved again from another browser (or a double click): nothing more is sent,
+    # and she is told the reply went, not that the letter has none.
+    again = olga_elsewhere.post(f"{url}/approve", data={"stage": stage, "comment": "Fine",
+                                                        "csrf": olga_elsewhere.csrf})
+    assert again.status_code == 409 and "回复已发送" in again.text and "没有回复" not in again.text
+    assert actions(site, number).count("reply-approved") == 1 and actions(site, number).count("reply-sent") == 1
+
+
 def test_a_comment_as_long_as_its_form_takes_is_kept_whole_with_its_line_breaks(site: Site) -> None:
     number = site.letters["urgent"]
     gina, olga = site.sign_in("gina"), site.sign_in("olga")

@@ -397,6 +397,9 @@ class Replies:
         letter = self.letter_of(who, number)
         reply = self._open(letter)
         if reply is None:
+            if any(r.status in ("sent", "posted") for r in self.records.replies(letter.id)):
+                # A second approval of the last step (another tab, a double click) finds it gone.
+                raise Refused(f"the reply to {number} was sent already", "sent-already", number=number)
             raise Refused(f"{number} has no reply waiting for approval", "no-reply", number=number)
         if seen is not None and seen != stage(reply):
             # The registry checks round and step again under the reply's lock (ReplyRecords.decide).
