@@ -274,6 +274,21 @@ def test_an_approval_sent_twice_sends_once_and_the_second_is_told_it_went(site: 
     assert actions(site, number).count("reply-approved") == 1 and actions(site, number).count("reply-sent") == 1
 
 
+def test_a_step_refused_for_the_replys_state_names_that_state_in_the_pages_language(site: Site) -> None:
+    number = site.letters["business"]  # the head's step alone
+    sam, bella = site.sign_in("sam"), site.sign_in("bella")  # both in Chinese, the default
+    url = f"/letters/{number}/reply"
+    submitted = {"text": "We confirm the order.", "action": "submit", "csrf": sam.csrf, "draft_of": ""}
+    assert sam.post(url, data=submitted).status_code == 303
+    again = sam.post(url, data=submitted)  # the same form sent twice
+    assert again.status_code == 409 and "回复当前为待审批：不能再修改" in again.text
+    stage = form_field(bella.get(f"/letters/{number}").text, "stage")
+    returned = {"stage": stage, "comment": "Name the quantity", "csrf": bella.csrf}
+    assert bella.post(f"{url}/return", data=returned).status_code == 303
+    twice = bella.post(f"{url}/return", data=returned)
+    assert twice.status_code == 409 and "回复当前为已退回，不在待审批状态" in twice.text
+
+
 def test_a_comment_as_long_as_its_form_takes_is_kept_whole_with_its_line_breaks(site: Site) -> None:
     number = site.letters["urgent"]
     gina, olga = site.sign_in("gina"), site.sign_in("olga")

@@ -274,6 +274,10 @@ REFUSAL = {
 }
 
 
+# Refusals whose `status` is not a letter's (a reply's, say): the kind of KINDS that words it.
+STATUS_OF: dict[str, str] = {}
+
+
 def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
     """A refusal in the current language: in English the service's own (more detailed) words.
     `own` holds the words of a page's own refusals, looked up before the common ones."""
@@ -282,7 +286,7 @@ def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
         return str(exc)
     params = dict(exc.params)
     if "status" in params:
-        params["status"] = label("status", params["status"])
+        params["status"] = label(STATUS_OF.get(exc.key, "status"), params["status"])
     if "action" in params:
         params["action"] = label("action", params["action"])
     return gettext(template) % params
