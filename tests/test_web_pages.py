@@ -852,6 +852,38 @@ def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: S
     assert browser.get(f"/letters/{number}/original").status_code == 404
 
 
+def test_a_borrowing_reason_or_comment_longer_than_its_form_takes_is_refused_not_cut_short(site: Site) -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.archive.packer import Archiver
+    from gateway.services.borrowing import Borrowings
+
+    number = site.letters["business"]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
+                                             .strftime("%Y-%m"))
+    sam, bella = site.sign_in("sam"), site.sign_in("bella")  # in Chinese, the default
+    books = Borrowings(site.config, site.registry, site.access)
+    long_reason = "核对订单数量。" * 300  # 2,100 characters: more than the form takes
+    refused = sam.post(f"/letters/{number}/borrow", data={"reason": long_reason, "days": "3", "csrf": sam.csrf})
+    assert refused.status_code == 400 and "借阅事由最多 2000 个字符" in refused.text
+    assert f"{long_reason}</textarea>" in refused.text  # kept in the form to shorten
+    assert books.records.borrowings() == []
+    assert sam.post(f"/letters/{number}/borrow", data={"reason": long_reason[:2000], "days": "3",
+                                                      "csrf": sam.csrf}).status_code == 303
+    [(asked, _)] = books.records.borrowings()
+    assert asked.reason == long_reason[:2000]
+    decided = bella.post(f"/borrowing/{asked.id}/decide", data={"decision": "grant", "comment": "可以。" * 700,
+                                                               "csrf": bella.csrf})
+    assert decided.status_code == 400 and "审批意见最多 2000 个字符" in decided.text
+    [(still, _)] = books.records.borrowings()
+    assert still.status == "requested"
+    assert bella.post(f"/borrowing/{asked.id}/decide", data={"decision": "grant", "comment": "可以。",
+                                                            "csrf": bella.csrf}).status_code == 303
+
+
 def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) -> None:
     """A day or period beyond what the register holds is a 400 naming it, a page number beyond any
     queue shows an empty page: neither is an error of the server."""

@@ -18,13 +18,21 @@ from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.circulation import CirculationRecords, StepRefused
 from gateway.registry.models import Borrowing, Letter
-from gateway.services.access import Access, Forbidden, Refused
+from gateway.services.access import MAX_STEP_TEXT, Access, Forbidden, Refused, typed_text
 from gateway.services.people import People, Principal
 from gateway.stages.route import new_mail
 
-MAX_REASON = 2000
-INPUT_REFUSALS = frozenset({"need-reason", "bad-days"})
+INPUT_REFUSALS = frozenset({"need-reason", "reason-too-long", "bad-days", "comment-too-long"})
 OPEN = ("requested", "granted")
+
+
+def _within(text: str, field: str) -> str:
+    """A reason or comment as typed, refused (never cut short) past what its form takes."""
+    text = typed_text(text)
+    if len(text) > MAX_STEP_TEXT:
+        raise Refused(f"a {field} of at most {MAX_STEP_TEXT} characters (this has {len(text)})", f"{field}-too-long",
+                      limit=str(MAX_STEP_TEXT))
+    return text
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class Borrowings:
         if who.person_id is None:
             raise Forbidden("only a person of the register borrows (gateway archive borrow --as LOGIN)",
                             "borrow-person")
+        reason = _within(reason, "reason")
         reason = " ".join(reason.split())
         if not reason:
             raise Refused("give the reason for reading it", "need-reason")
@@ -90,9 +99,9 @@ class Borrowings:
             raise Refused(f"a period of 1 to {limit} days", "bad-days", limit=str(limit))
         approver = self.approver_kind(letter)
         mail = [new_mail(self.config, "borrowing", r, about="request", borrower=who.name, days=days,
-                         reason=reason[:MAX_REASON]) for r in self._approvers(letter, approver)]
+                         reason=reason) for r in self._approvers(letter, approver)]
         try:
-            bid = self.records.borrow(number, person_id=who.person_id, login=who.login, reason=reason[:MAX_REASON],
+            bid = self.records.borrow(number, person_id=who.person_id, login=who.login, reason=reason,
                                       days=days, approver=approver, now=now, mail=mail)
         except StepRefused as exc:
             raise Refused(str(exc), "borrow-state", number=number) from None
@@ -129,7 +138,7 @@ class Borrowings:
                             number=letter.number)
         if grant and who.person_id is not None and who.person_id == borrowing.person_id:
             raise Forbidden("nobody approves their own request", "own-request")
-        comment = comment.strip()[:MAX_REASON]
+        comment = _within(comment, "comment")
         # In the organisation's time zone, as people read it in the event and the mail.
         ends_at = (now + timedelta(days=borrowing.days)).astimezone(self.config.calendar.tz).replace(microsecond=0) \
             if grant else None

@@ -16,6 +16,8 @@ from gateway.web.routes.letters import letter_step, letter_url
 REFUSAL = {
     "borrow-person": N_("only a person of the register borrows"),
     "need-reason": N_("give the reason for reading it"),
+    "reason-too-long": N_("a reason of at most %(limit)s characters"),
+    "comment-too-long": N_("a comment of at most %(limit)s characters"),
     "bad-days": N_("a period of 1 to %(limit)s days"),
     "borrow-state": N_("not possible for %(number)s now (not archived, a request of yours is open already, or "
                        "decided already)"),
@@ -84,7 +86,7 @@ def _step(req: Req, action: str) -> Response:
     except LookupError:
         raise Problem(404) from None
     except Refused as exc:
-        return _page(req, status=403 if isinstance(exc, Forbidden) else 409,
+        return _page(req, status=403 if isinstance(exc, Forbidden) else 400 if exc.key in INPUT_REFUSALS else 409,
                      error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc, REFUSAL)})
     return RedirectResponse(req.done_url("/borrowing", "returned" if action == "return" else action), status_code=303)
 
