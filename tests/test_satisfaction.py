@@ -230,3 +230,33 @@ def test_the_rating_page_words_a_paper_letters_subject_in_the_pages_language(tmp
             assert thanks.status_code == 200 and "Letter by post from 王芳 (东方机电), 1 page(s)" in thanks.text
     finally:
         site.close()
+
+
+def test_a_comment_as_long_as_the_rating_form_takes_is_kept_whole_with_its_line_breaks(tmp_path: Path) -> None:
+    """The page's comment box takes 2,000 characters, a line break one of them; a browser sends
+    each as CRLF, which must not push the comment's end off."""
+    from gateway.outbound.outward import invitation
+    from gateway.services.people import Principal
+    from web_support import Site
+
+    site = Site(tmp_path, web='base_url = "http://letters.example.org"')
+    try:
+        site.add_letters()
+        number = site.letters["inquiry"]
+        site.access.act(Principal.operator("test"), number, "close", text="The goods leave on Monday.")
+        [mail] = [m for m in site.registry.outbox() if m.kind == "feedback"]
+        path = re.findall(r"http://letters\.example\.org(/rate/\S+)", invitation(site.config, mail, "zh"))[0]
+        lines = ["送货晚了三天，包装也有破损。"] * 130 + ["最后：希望下次准时。"]
+        comment = "\r\n".join(lines)  # as the browser sends it
+        assert len(comment.replace("\r\n", "\n")) <= 2000 < len(comment)
+        with httpx.Client(timeout=30) as browser:
+            form = browser.get(site.url + path).text
+            thanks = browser.post(site.url + path.split("?")[0], data={
+                "score": "4", "comment": comment, "csrf": hidden(form, "csrf"), "lang": hidden(form, "lang")})
+            assert thanks.status_code == 200
+        letter = site.registry.letter(number)
+        assert letter is not None
+        [rated] = [e.details for e in letter.events if e.action == "rated"]
+        assert rated["comment"] == "\n".join(lines)
+    finally:
+        site.close()

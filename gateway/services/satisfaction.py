@@ -18,6 +18,7 @@ from gateway.registry import Registry
 from gateway.registry.models import Letter, Rating
 from gateway.registry.outward import AlreadyRated, FollowUp, OutwardRecords
 from gateway.registry.plan import Registered
+from gateway.services.access import typed_text
 from gateway.services.incomplete import department_notice
 from gateway.stages.route import letter_answer_days
 
@@ -128,7 +129,8 @@ class Satisfaction:
 
     def _rate(self, letter: Letter, feedback_id: str, score: int, comment: str, *, via: str, address: str,
               keys: list[str] | None = None, details: dict[str, object] | None = None) -> tuple[Rating, bool]:
-        comment = comment.strip()[:MAX_COMMENT]
+        # A form's line breaks come as CRLF, one character each in its maxlength: one here too.
+        comment = typed_text(comment)[:MAX_COMMENT]
         calendar = self.config.calendar
         days = letter_answer_days(self.config, letter)
 

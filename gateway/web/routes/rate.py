@@ -71,7 +71,7 @@ def rate(req: Req) -> Response:
     found = _open(req, service)
     if isinstance(found, Response):
         return found
-    comment = req.field("comment")[:2000]
+    comment = req.field("comment")  # its length as the form counts it: Satisfaction._rate
     try:
         score = int(req.field("score"))
     except ValueError:
