@@ -884,6 +884,37 @@ def test_a_borrowing_reason_or_comment_longer_than_its_form_takes_is_refused_not
                                                             "csrf": bella.csrf}).status_code == 303
 
 
+def test_a_borrowing_decided_or_returned_twice_is_refused_saying_how_it_stands(site: Site) -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.archive.packer import Archiver
+    from gateway.services.borrowing import Borrowings
+
+    number = site.letters["business"]
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
+                                             .strftime("%Y-%m"))
+    sam, bella, bella_elsewhere = site.sign_in("sam"), site.sign_in("bella"), site.sign_in("bella")
+    assert sam.post(f"/letters/{number}/borrow", data={"reason": "核对订单", "days": "3",
+                                                      "csrf": sam.csrf}).status_code == 303
+    [(asked, _)] = Borrowings(site.config, site.registry, site.access).records.borrowings()
+    url = f"/borrowing/{asked.id}"
+    assert bella.post(f"{url}/decide", data={"decision": "grant", "csrf": bella.csrf}).status_code == 303
+    # The same request refused from another browser: it was granted, and stays so.
+    again = bella_elsewhere.post(f"{url}/decide", data={"decision": "refuse", "comment": "不必",
+                                                        "csrf": bella_elsewhere.csrf})
+    assert again.status_code == 409 and f"{number} 的借阅申请已经处理过了：借阅中" in again.text
+    assert sam.post(f"{url}/return", data={"csrf": sam.csrf}).status_code == 303
+    twice = sam.post(f"{url}/return", data={"csrf": sam.csrf})
+    assert twice.status_code == 409 and f"{number} 的借阅申请已经处理过了：已归还" in twice.text
+    letter = site.registry.letter(number)
+    assert letter is not None
+    assert [e.action for e in letter.events if e.action.startswith("borrow-")] == [
+        "borrow-requested", "borrow-granted", "borrow-returned"]
+
+
 def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) -> None:
     """A day or period beyond what the register holds is a 400 naming it, a page number beyond any
     queue shows an empty page: neither is an error of the server."""

@@ -116,7 +116,7 @@ class Borrowings:
         try:
             return self.records.give_back(borrowing_id, actor=who.login, now=now)
         except StepRefused as exc:
-            raise Refused(str(exc), "borrow-state", number=found[1].number) from None
+            raise self._settled(borrowing_id, found[1].number, now, exc) from None
 
     # -- the approver ------------------------------------------------------------------
     def decide(self, who: Principal, borrowing_id: int, *, grant: bool, comment: str = "",
@@ -150,7 +150,19 @@ class Borrowings:
             return self.records.decide(borrowing_id, grant=grant, actor=who.login, comment=comment, now=now,
                                        ends_at=ends_at, mail=mail)
         except StepRefused as exc:
-            raise Refused(str(exc), "borrow-state", number=letter.number) from None
+            raise self._settled(borrowing_id, letter.number, now, exc) from None
+
+    def _settled(self, borrowing_id: int, number: str, now: datetime, exc: StepRefused) -> Refused:
+        """Why a step on a borrowing was refused under its lock: it was decided or ended meanwhile
+        (the same form sent twice, or by a colleague), said with where it stands now."""
+        found = self.records.borrowing(borrowing_id)
+        status = found[0].status if found else "requested"
+        if status == "granted" and found and found[0].ends_at is not None and found[0].ends_at <= now:
+            status = "expired"  # over, though the reminder pass has not recorded it yet
+        if status == "requested":
+            return Refused(str(exc), "borrow-state", number=number)
+        return Refused(f"the request to read {number} was settled already: {status}", "borrow-settled",
+                       number=number, status=status)
 
     def awaiting(self, who: Principal) -> list[BorrowingRow]:
         """Requests waiting for this person's approval."""

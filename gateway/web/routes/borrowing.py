@@ -24,9 +24,13 @@ REFUSAL = {
     "forbidden-borrow-head": N_("only the head of its department approves reading %(number)s"),
     "forbidden-borrow-leader": N_("only a leader in charge of its department approves reading %(number)s"),
     "own-request": N_("nobody approves their own request"),
+    "borrow-settled": N_("the request to read %(number)s was settled already: %(status)s"),
 }
 STATUS = {"requested": N_("awaiting approval"), "granted": N_("lent"), "refused": N_("not granted"),
           "returned": N_("given back"), "expired": N_("period over")}
+# A borrowing's status in a refusal, worded as the borrowing page words it.
+i18n.KINDS["borrow_status"] = STATUS
+i18n.STATUS_OF["borrow-settled"] = "borrow_status"
 
 
 def routes() -> list[BaseRoute]:
