@@ -397,3 +397,24 @@ def test_the_circulation_panel_names_its_people_and_says_it_is_under_way(tmp_pat
         assert "Instruction (optional)" in english and "批示" not in english
     finally:
         site.close()
+
+
+def test_the_letters_history_names_a_department_reader_and_the_next_reader(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_people((Person("olga", emails=("office.head@example.org",)),))
+        site.add_letters()
+        number = site.letters["urgent"]
+        rita, olga = site.people.principal("rita"), site.people.principal("olga")
+        assert rita is not None and olga is not None
+        circulations = Circulations(site.config, site.registry)
+        circulations.start(rita, number, ["general-office", "leo"])
+        circulations.sign(olga, number, "请阅")  # the head, for her department
+        page = site.sign_in("rita").get(f"/letters/{number}").text  # in Chinese, the default
+        history = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+        signed = history.split("传阅签阅", 1)[1].split("技术细节", 1)[0]
+        assert "阅读人: General Office" in signed and "下一位传阅人: Leo leo" in signed
+        assert "department:" not in signed and "person:" not in signed and "next_reader" not in signed
+    finally:
+        site.close()

@@ -40,7 +40,8 @@ DETAIL = {
     "created": N_("new draft"), "characters": N_("characters"), "chain": N_("approval chain"),
     "by": N_("needed by"), "text": N_("text"), "readers": N_("readers"),
     "first_deadline": N_("first reader's deadline"),
-    "next_deadline": N_("next reader's deadline"), "candidates": N_("likely departments"), "result": N_("result"),
+    "next_reader": N_("next reader"), "next_deadline": N_("next reader's deadline"),
+    "candidates": N_("likely departments"), "result": N_("result"),
     "note": N_("note"), "comment": N_("comment"), "instruction": N_("instruction"), "late": N_("late"),
     "until": N_("until"), "days": N_("days"), "borrower": N_("borrower"), "assignee": N_("assigned to"),
     "status": N_("status"), "channel": N_("channel"), "kind": N_("kind"), "count": N_("count"),
@@ -70,6 +71,8 @@ CODED = {"status": "status", "category": "category", "urgency": "urgency", "conf
 PEOPLE = frozenset({"owner", "notify", "assignee", "borrower", "reader", "signed_by", "requested_by", "approver",
                     "approved_by"})
 DEPARTMENTS = frozenset({"department", "departments", "candidates", "to_department", "from_department"})
+# A circulation's readers: `person:LOGIN` or `department:ID` (its head signs for it).
+READERS = frozenset({"readers", "reader", "next_reader"})
 LANGUAGE = {"zh": "中文", "en": "English"}
 ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
@@ -171,10 +174,10 @@ class Describer:
                 return Markup(escape(i18n.label(CODED[key], value)))
             if key in DEPARTMENTS:
                 return Markup(escape(self.department(value)))
-            if key in PEOPLE or (key == "readers" and value.startswith("person:")):
-                return self.names(value)
-            if key == "readers" and value.startswith("department:"):
+            if key in READERS and value.startswith("department:"):
                 return Markup(escape(self.department(value.partition(":")[2])))
+            if key in PEOPLE or (key in READERS and value.startswith("person:")):
+                return self.names(value)
             if key == "chain" or key == "next" or key == "role":
                 return Markup(escape(_reply_role(value)))
             if key == "reason":
