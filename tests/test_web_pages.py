@@ -1287,6 +1287,38 @@ def test_the_letter_page_words_its_history_trace_and_people(site: Site) -> None:
     assert "查阅记录 Sam sam" in words
 
 
+def test_the_history_words_a_replys_last_approval_a_rating_and_a_reopening_in_chinese(tmp_path: Path) -> None:
+    from gateway.outbound.outward import invitation
+    from gateway.services.replies import Replies
+    from gateway.services.satisfaction import Satisfaction
+
+    site = Site(tmp_path, web='base_url = "http://letters.example.org"')
+    try:
+        site.add_people()
+        site.add_letters()
+        number = site.letters["inquiry"]
+        sam, bella = site.people.principal("sam"), site.people.principal("bella")
+        assert sam is not None and bella is not None
+        replies = Replies(site.config, site.registry)
+        replies.draft(sam, number, text="The goods leave on Monday.")
+        replies.submit(sam, number)
+        assert replies.approve(bella, number) == "sent"
+        site.access.act(Principal.operator("test"), number, "close", text="The goods left on Monday.")
+        [mail] = [m for m in site.registry.outbox() if m.kind == "feedback"]
+        token = re.findall(r"/rate/([^?\s]+)", invitation(site.config, mail, "zh"))[0]
+        Satisfaction(site.config, site.registry).by_link(token, 1, "太慢了", address="127.0.0.1")
+        page = site.sign_in("bella").get(f"/letters/{number}").text  # in Chinese, the default
+        history = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+        assert "审批完毕: 是" in history and "complete:" not in history
+        assert "途径: 电子邮件" in history and "途径: 网页" in history  # the reply went by mail, the rating came by web
+        assert "原办理时限:" in history and "replaced_deadline" not in history
+        assert "来信人 来信人已评价" in history  # who rated: the sender, worded
+        shown = history.split("来信人已评价", 1)[1].split("技术细节", 1)[0]
+        assert "feedback" not in shown  # the result mail's Message-ID is a technical detail
+    finally:
+        site.close()
+
+
 def test_the_letter_page_words_its_history_in_english_too(site: Site) -> None:
     site.people.set_language("rita", "en")
     words = visible(site.sign_in("rita").get(f"/letters/{site.letters['business']}").text)

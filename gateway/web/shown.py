@@ -22,9 +22,12 @@ from gateway.web.i18n import N_, _
 
 # Who did something, when it was not a person.
 SYSTEM_ACTOR = {"gateway": N_("System"), "file": N_("File import"), "smtp": N_("SMTP listener"),
-                "imap": N_("IMAP mailbox"), "fax-drop": N_("Fax folder"), "web": N_("Web register")}
+                "imap": N_("IMAP mailbox"), "fax-drop": N_("Fax folder"), "web": N_("Web register"),
+                "sender": N_("Sender")}
 # How someone signed in.
 METHOD = {"password": N_("password"), "oidc": N_("single sign-on")}
+# How a rating came, or a reply went.
+VIA = {"web": N_("web page"), "mail": N_("e-mail"), "post": N_("post")}
 
 # An event's or audit row's detail keys, worded. Keys not listed are shown as they are.
 DETAIL = {
@@ -54,7 +57,9 @@ DETAIL = {
     "letters": N_("letters"), "outcome": N_("outcome"), "summary": N_("summary"), "rule": N_("rule"),
     "signed_by": N_("signed by"), "requested_by": N_("requested by"), "resumed": N_("resumed"),
     "refused": N_("refused"), "contact": N_("contact"), "target": N_("target"), "via": N_("via"),
-    "approved_by": N_("approved by"), "packages": N_("archive packages"),
+    "approved_by": N_("approved by"), "packages": N_("archive packages"), "complete": N_("chain complete"),
+    "waiting_since": N_("waiting since"), "replaced_deadline": N_("deadline before"),
+    "not_reopened": N_("not reopened"),
 }
 STATE_CHANGE = {"from": N_("status before"), "to": N_("status after")}
 OWNER_CHANGE = {"from": N_("assigned before to"), "to": N_("now assigned to")}
@@ -63,7 +68,7 @@ TECHNICAL = frozenset({
     "keys", "key", "package", "rules", "rules_then", "rules_now", "message_id", "sha", "sha256", "shas", "raw_path",
     "draft", "outbox", "request", "circulation", "borrowing", "reply", "reply_id", "source_key", "uid",
     "uidvalidity", "item_id", "path", "envelope", "seq", "rowid", "instance", "pid", "host", "selector",
-    "authserv_id", "line", "rule", "version", "series", "header", "slot", "record",
+    "authserv_id", "line", "rule", "version", "series", "header", "slot", "record", "feedback", "raw_sha256",
 })
 # Keys whose values are a register code, shown through the label tables.
 CODED = {"status": "status", "category": "category", "urgency": "urgency", "confidentiality": "confidentiality",
@@ -189,6 +194,8 @@ class Describer:
                 return Markup(escape(i18n.label("role", value)))
             if key == "method" and value in METHOD:
                 return Markup(escape(_(METHOD[value])))
+            if key == "via" and value in VIA:
+                return Markup(escape(_(VIA[value])))
             if key == "language":
                 return Markup(escape(LANGUAGE.get(value, value)))
             if key == "size" and value.isdigit():
