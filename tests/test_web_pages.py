@@ -915,6 +915,38 @@ def test_a_borrowing_decided_or_returned_twice_is_refused_saying_how_it_stands(s
         "borrow-requested", "borrow-granted", "borrow-returned"]
 
 
+def test_a_heads_request_to_borrow_goes_to_a_leader_not_back_to_the_head(site: Site) -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.archive.packer import Archiver
+    from gateway.services.borrowing import Borrowings
+
+    number, secret = site.letters["business"], site.letters["secret"]
+    for closed in (number, secret):
+        site.access.act(Principal.operator("test"), closed, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
+                                             .strftime("%Y-%m"))
+    bella, leo = site.sign_in("bella"), site.sign_in("leo")  # Business's head; a leader
+    # A leader's own request for a confidential letter waits for another leader, not in his list.
+    assert leo.post(f"/letters/{secret}/borrow", data={"reason": "核对条款", "days": "3",
+                                                      "csrf": leo.csrf}).status_code == 303
+    assert 'id="awaiting"' not in leo.get("/borrowing").text
+    assert bella.post(f"/letters/{number}/borrow", data={"reason": "核对订单", "days": "3",
+                                                        "csrf": bella.csrf}).status_code == 303
+    asked, _ = Borrowings(site.config, site.registry, site.access).records.borrowings()[0]  # newest first
+    # Not in her own list to approve (she may not), but in the leader's.
+    assert 'id="awaiting"' not in bella.get("/borrowing").text
+    assert 'id="awaiting"' in leo.get("/borrowing").text
+    assert leo.post(f"/borrowing/{asked.id}/decide", data={"decision": "grant", "csrf": leo.csrf}).status_code == 303
+    assert bella.get(f"/letters/{number}").status_code == 200
+    letter = site.registry.letter(number)
+    assert letter is not None
+    [granted] = [e.details for e in letter.events if e.action == "borrow-granted"]
+    assert granted["approver"] == "leo"
+
+
 def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) -> None:
     """A day or period beyond what the register holds is a 400 naming it, a page number beyond any
     queue shows an empty page: neither is an error of the server."""

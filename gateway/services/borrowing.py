@@ -98,6 +98,10 @@ class Borrowings:
         if not 1 <= days <= limit:
             raise Refused(f"a period of 1 to {limit} days", "bad-days", limit=str(limit))
         approver = self.approver_kind(letter)
+        if approver == "head" and letter.department in who.headed:
+            # Nobody approves their own request: a head's goes to a leader in charge, as a
+            # confidential letter's does, rather than waiting for ever on its own author.
+            approver = "leader"
         mail = [new_mail(self.config, "borrowing", r, about="request", borrower=who.name, days=days,
                          reason=reason) for r in self._approvers(letter, approver)]
         try:
@@ -167,7 +171,7 @@ class Borrowings:
     def awaiting(self, who: Principal) -> list[BorrowingRow]:
         """Requests waiting for this person's approval."""
         return [BorrowingRow(b, letter) for b, letter in self.records.borrowings(statuses=("requested",))
-                if self.may_decide(who, letter, b.approver) and not who.is_operator]
+                if self.may_decide(who, letter, b.approver) and not who.is_operator and b.person_id != who.person_id]
 
     # -- the register ------------------------------------------------------------------
     def may_see_register(self, who: Principal) -> bool:
