@@ -418,3 +418,27 @@ def test_the_letters_history_names_a_department_reader_and_the_next_reader(tmp_p
         assert "department:" not in signed and "person:" not in signed and "next_reader" not in signed
     finally:
         site.close()
+
+
+def test_a_letter_archived_while_it_circulates_is_signed_no_more(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_letters()
+        number = site.letters["business"]
+        rita, operator = site.people.principal("rita"), Principal.operator("test")
+        assert rita is not None
+        Circulations(site.config, site.registry).start(rita, number, ["leo", "bella"])
+        leo = site.sign_in("leo")
+        step = hidden(leo.get(f"/letters/{number}").text, "step")  # the signing form, left open ...
+        site.access.act(operator, number, "close", text="done")
+        letter = site.registry.letter(number)
+        assert letter is not None
+        Archiver(site.config, site.registry).run(letter.received_at.astimezone(TZ).strftime("%Y-%m"))
+        # ... signs nothing once the letter is archived: no step, no mail to the next reader.
+        refused = leo.post(f"/letters/{number}/sign", data={"step": step, "instruction": "请办理", "csrf": leo.csrf})
+        assert refused.status_code == 409 and f"{number} 已归档：传阅不再签阅" in refused.text
+        assert events(site, number, "circulation-signed") == []
+        assert [m.recipient for m in mails(site, number, "to-read")] == ["leo@example.org"]  # the first reader's
+    finally:
+        site.close()

@@ -127,6 +127,9 @@ class CirculationRecords:
         s = self.store
         with s.write() as conn:
             row = _locked(conn, number)
+            if row.status == "archived":
+                # Its content is read only through a borrowing now: its readers sign no more.
+                raise StepRefused(f"{number} is archived: its circulation is signed no more")
             circ = conn.execute(select(Circulation).where(Circulation.id == circulation_id,
                                                           Circulation.letter_id == row.id)).first()
             if circ is None or circ.status != "running" or circ.current != position:

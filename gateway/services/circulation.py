@@ -175,6 +175,8 @@ class Circulations:
         letter = self.access.visible(who, number)
         if letter is None:
             raise LookupError(f"no letter {number}")
+        if letter.status == "archived":
+            raise self._archived(number)
         record = self.running(letter)
         if record is None:
             raise Refused(f"{number} is not being circulated", "no-circulation", number=number)
@@ -217,7 +219,17 @@ class Circulations:
                                      instruction=instruction, now=now,
                                      next_deadline=deadline if following else now, mail=mail)
         except StepRefused as exc:
+            now_letter = self.registry.letter(number)
+            if now_letter is not None and now_letter.status == "archived":
+                raise self._archived(number) from None
             raise Refused(str(exc), "circulation-state", number=number) from None
+
+    @staticmethod
+    def _archived(number: str) -> Refused:
+        """A letter archived while it circulated: its content is read through a borrowing now, and
+        its readers sign no more."""
+        return Refused(f"{number} was archived: its circulation is signed no more", "circulation-archived",
+                       number=number)
 
     def _not_your_turn(self, who: Principal, record: CirculationRecord, step: CirculationStep) -> Refused:
         mine = [s for s in record.steps if self.is_turn(who, s)]

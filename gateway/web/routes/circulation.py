@@ -34,6 +34,7 @@ REFUSAL = {
     "circulation-moved": N_("the circulation moved on since this page was opened: nothing was signed; look at it "
                             "again"),
     "instruction-too-long": N_("an instruction of at most %(limit)s characters"),
+    "circulation-archived": N_("%(number)s was archived: its circulation is signed no more"),
 }
 
 
