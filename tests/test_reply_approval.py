@@ -289,6 +289,19 @@ def test_a_step_refused_for_the_replys_state_names_that_state_in_the_pages_langu
     assert twice.status_code == 409 and "回复当前为已退回，不在待审批状态" in twice.text
 
 
+def test_an_approval_out_of_order_names_the_step_waiting_in_the_pages_language(site: Site) -> None:
+    number = site.letters["urgent"]  # the head, then the leader in charge
+    gina, leo = site.sign_in("gina"), site.sign_in("leo")  # in Chinese, the default
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We sign today.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    page = leo.get(f"/letters/{number}").text
+    assert "第1步（部门负责人）尚未审批：须按顺序审批" in page and "（head）" not in page
+    stage = form_field(site.sign_in("olga").get(f"/letters/{number}").text, "stage")  # as the head's page has it
+    early = leo.post(f"{url}/approve", data={"stage": stage, "csrf": leo.csrf})
+    assert early.status_code == 409 and "第1步（部门负责人）尚未审批" in early.text
+    assert actions(site, number).count("reply-approved") == 0
+
+
 def test_a_comment_as_long_as_its_form_takes_is_kept_whole_with_its_line_breaks(site: Site) -> None:
     number = site.letters["urgent"]
     gina, olga = site.sign_in("gina"), site.sign_in("olga")

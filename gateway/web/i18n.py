@@ -274,8 +274,9 @@ REFUSAL = {
 }
 
 
-# Refusals whose `status` is not a letter's (a reply's, say): the kind of KINDS that words it.
-STATUS_OF: dict[str, str] = {}
+# Refusals whose values are not a letter's (a reply's status, an approver's role): by refusal
+# key, the kind of KINDS that words each such value.
+PARAM_KINDS: dict[str, dict[str, str]] = {}
 
 
 def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
@@ -285,10 +286,9 @@ def refusal(exc: Refused, own: Mapping[str, str] | None = None) -> str:
     if template is None or current() == "en":
         return str(exc)
     params = dict(exc.params)
-    if "status" in params:
-        params["status"] = label(STATUS_OF.get(exc.key, "status"), params["status"])
-    if "action" in params:
-        params["action"] = label("action", params["action"])
+    for name, kind in {"status": "status", "action": "action", **PARAM_KINDS.get(exc.key, {})}.items():
+        if name in params:
+            params[name] = label(kind, params[name])
     return gettext(template) % params
 
 

@@ -30,7 +30,7 @@ STATUS = {"requested": N_("awaiting approval"), "granted": N_("lent"), "refused"
           "returned": N_("given back"), "expired": N_("period over")}
 # A borrowing's status in a refusal, worded as the borrowing page words it.
 i18n.KINDS["borrow_status"] = STATUS
-i18n.STATUS_OF["borrow-settled"] = "borrow_status"
+i18n.PARAM_KINDS["borrow-settled"] = {"status": "borrow_status"}
 
 
 def routes() -> list[BaseRoute]:

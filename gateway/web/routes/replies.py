@@ -61,9 +61,10 @@ ROLE = {"head": N_("department head"), "leader": N_("leader in charge"), "top": 
 STATUS = {"draft": N_("draft"), "pending": N_("awaiting approval"), "returned": N_("returned"), "sent": N_("sent"),
           "to-post": N_("to be posted"), "posted": N_("posted")}
 STEP = {"approved": N_("approved"), "returned": N_("returned"), "waiting": N_("waiting"), "later": N_("not yet")}
-# A reply's status in a refusal is worded as the reply panel words it, not as a letter's.
-i18n.KINDS["reply_status"] = STATUS
-i18n.STATUS_OF.update({"reply-locked": "reply_status", "not-pending": "reply_status"})
+# A reply's status and an approver's role in a refusal are worded as the reply panel words them.
+i18n.KINDS.update({"reply_status": STATUS, "reply_role": ROLE})
+i18n.PARAM_KINDS.update({"reply-locked": {"status": "reply_status"}, "not-pending": {"status": "reply_status"},
+                         **{key: {"role": "reply_role"} for key in ("no-approver", "out-of-order", "not-approver")}})
 DONE = {"saved": N_("Draft saved."), "submitted": N_("Submitted for approval."), "approved": N_("Approved."),
         "returned": N_("Returned to the handler."), "sent": N_("Approved and sent to the sender."),
         "to-post": N_("Approved: the registry office posts it."), "posted": N_("Recorded as posted.")}
