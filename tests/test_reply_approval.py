@@ -318,6 +318,21 @@ def test_a_comment_as_long_as_its_form_takes_is_kept_whole_with_its_line_breaks(
     assert [s.comment for s in replies.records.steps(reply.id)] == [comment.replace("\r\n", "\n")]
 
 
+def test_a_comment_longer_than_its_form_takes_is_refused_not_cut_short(site: Site) -> None:
+    number = site.letters["office"]  # the head's step alone
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    stage = form_field(olga.get(f"/letters/{number}").text, "stage")
+    comment = "请核对日期。" * 700  # 4,200 characters: more than the form takes
+    refused = olga.post(f"{url}/approve", data={"stage": stage, "comment": comment, "csrf": olga.csrf})
+    assert refused.status_code == 400 and "审批意见最多 4000 个字符" in refused.text
+    assert f"{comment}</textarea>" in refused.text  # kept to shorten
+    assert actions(site, number).count("reply-approved") == 0
+    assert olga.post(f"{url}/approve", data={"stage": stage, "comment": comment[:4000],
+                                             "csrf": olga.csrf}).status_code == 303
+
+
 def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:
     site.add_people((Person("gwen", roles=("member",), departments=("general-office",),
                             emails=("gwen@example.org",)),))

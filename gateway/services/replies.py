@@ -35,10 +35,11 @@ from gateway.track.approvals import approvers
 ROLES = ("head", "leader", "top")
 MAX_TEXT = 50_000
 MAX_ATTACHMENTS = 20
+MAX_COMMENT = 4000  # an approver's comment, as its form takes it
 # Refusals for what was filled in (the others: rights, order and the reply's state).
 INPUT_REFUSALS = frozenset({"need-reply-text", "reply-too-long", "too-many-attachments", "attachments-too-large",
                             "need-comment", "empty-attachment", "attachment-too-large", "attachment-name-twice",
-                            "reply-mail-too-large"})
+                            "reply-mail-too-large", "comment-too-long"})
 
 
 def _shown_size(size: int) -> str:
@@ -405,7 +406,10 @@ class Replies:
             # The registry checks round and step again under the reply's lock (ReplyRecords.decide).
             raise Refused("the reply moved on meanwhile: reload it", "reply-moved", number=number)
         self._check_approver(who, letter, reply)
-        comment = typed_text(comment)[:4000]
+        comment = typed_text(comment)
+        if len(comment) > MAX_COMMENT:
+            raise Refused(f"a comment of at most {MAX_COMMENT} characters (this has {len(comment)})",
+                          "comment-too-long", limit=str(MAX_COMMENT))
         if decision == "returned" and not comment:
             raise Refused("say what is to change", "need-comment")
         last = reply.step + 1 == len(reply.chain)

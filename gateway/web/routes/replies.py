@@ -53,6 +53,7 @@ i18n.REFUSAL.update({
     "out-of-order": N_("step %(step)s (%(role)s) has not approved it yet: approvals go in order"),
     "not-approver": N_("this step is for %(role)s"),
     "need-comment": N_("say what is to change"),
+    "comment-too-long": N_("a comment of at most %(limit)s characters"),
     "sent-already": N_("the reply was sent already"),
     "chain-incomplete": N_("nothing is sent before every approver of its chain approved (%(left)s step(s) to go)"),
     "forbidden-post": N_("the registry office posts replies"),
