@@ -17,7 +17,7 @@ import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401
 from playwright.sync_api import Browser, expect
 from smtp_sink import SmtpSink
-from sqlalchemy import update
+from sqlalchemy import text, update
 from web_support import PASSWORD, PEOPLE, Person, Site
 
 from gateway.outbound.sender import OutboxSender
@@ -331,6 +331,35 @@ def test_a_comment_longer_than_its_form_takes_is_refused_not_cut_short(site: Sit
     assert actions(site, number).count("reply-approved") == 0
     assert olga.post(f"{url}/approve", data={"stage": stage, "comment": comment[:4000],
                                              "csrf": olga.csrf}).status_code == 303
+
+
+def test_a_posting_note_longer_than_its_form_takes_is_refused_not_cut_short(site: Site) -> None:
+    from fax_samples import ENGLISH, pdf_fax
+
+    from gateway.services.paper import PaperLetter, Scan, register_paper
+
+    done = register_paper(site.config, site.spool, site.pipeline, PaperLetter(
+        channel="post", sender_name="王芳", scans=[Scan("a.pdf", pdf_fax([ENGLISH]))]), by="rita", intake="web")
+    assert done.number
+    number = done.number
+    with site.registry.write() as conn:  # as when its scan has been read and routed to the General Office
+        conn.execute(text("UPDATE letters SET status = 'routed', department = 'general-office' WHERE number = :n"),
+                     {"n": number})
+    gina, olga, rita = site.sign_in("gina"), site.sign_in("olga"), site.sign_in("rita")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    stage = form_field(olga.get(f"/letters/{number}").text, "stage")
+    assert olga.post(f"{url}/approve", data={"stage": stage, "csrf": olga.csrf}).status_code == 303  # to be posted
+    note = "挂号信 RR123456789CN，寄往上海市浦东新区。" * 20  # more than the form's 500 characters
+    refused = rita.post(f"{url}/send", data={"note": note, "csrf": rita.csrf})
+    assert refused.status_code == 400 and "邮寄记录最多 500 个字符" in refused.text
+    assert f'value="{note}"' in refused.text  # kept to shorten
+    assert "reply-sent" not in actions(site, number)
+    assert rita.post(f"{url}/send", data={"note": note[:500], "csrf": rita.csrf}).status_code == 303
+    letter = site.registry.letter(number)
+    assert letter is not None
+    [sent] = [e.details for e in letter.events if e.action == "reply-sent"]
+    assert sent["recipient"] == note[:500]
 
 
 def test_two_writers_of_one_draft_lose_neither_text(site: Site) -> None:

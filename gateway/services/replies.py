@@ -36,10 +36,11 @@ ROLES = ("head", "leader", "top")
 MAX_TEXT = 50_000
 MAX_ATTACHMENTS = 20
 MAX_COMMENT = 4000  # an approver's comment, as its form takes it
+MAX_NOTE = 500  # where and how a reply was posted
 # Refusals for what was filled in (the others: rights, order and the reply's state).
 INPUT_REFUSALS = frozenset({"need-reply-text", "reply-too-long", "too-many-attachments", "attachments-too-large",
                             "need-comment", "empty-attachment", "attachment-too-large", "attachment-name-twice",
-                            "reply-mail-too-large", "comment-too-long"})
+                            "reply-mail-too-large", "comment-too-long", "note-too-long"})
 
 
 def _shown_size(size: int) -> str:
@@ -446,8 +447,12 @@ class Replies:
                           left=str(left))
         if not who.has("registry"):
             raise Forbidden("the registry office posts replies", "forbidden-post")
+        note = note.strip()
+        if len(note) > MAX_NOTE:
+            raise Refused(f"a note of at most {MAX_NOTE} characters (this has {len(note)})", "note-too-long",
+                          limit=str(MAX_NOTE))
         try:
-            self.records.posted(reply.id, actor=who.login, note=note.strip()[:500])
+            self.records.posted(reply.id, actor=who.login, note=note)
         except ReplyChanged as exc:
             raise Refused(str(exc), "reply-moved", number=number) from None
         except TransitionRefused as exc:

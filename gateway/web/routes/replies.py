@@ -54,6 +54,7 @@ i18n.REFUSAL.update({
     "not-approver": N_("this step is for %(role)s"),
     "need-comment": N_("say what is to change"),
     "comment-too-long": N_("a comment of at most %(limit)s characters"),
+    "note-too-long": N_("a note of where it was posted of at most %(limit)s characters"),
     "sent-already": N_("the reply was sent already"),
     "chain-incomplete": N_("nothing is sent before every approver of its chain approved (%(left)s step(s) to go)"),
     "forbidden-post": N_("the registry office posts replies"),
@@ -164,7 +165,8 @@ def give_back(req: Req) -> Response:
 def send(req: Req) -> Response:
     number = req.request.path_params["number"]
     refused = letter_step(req, number, "send", lambda: Replies(req.web.config, req.web.registry).send(
-        req.who, number, note=req.field("note")), input_refusals=INPUT_REFUSALS, refused_unseen=True)
+        req.who, number, note=req.field("note")), input_refusals=INPUT_REFUSALS, refused_unseen=True,
+        kept={"note": req.field("note")})
     if isinstance(refused, Response):
         return refused
     return _done(req, number, "posted")
