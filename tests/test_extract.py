@@ -4,6 +4,7 @@ left alone); no file is ever written through a link."""
 from __future__ import annotations
 
 import os
+from datetime import date, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -99,3 +100,38 @@ def test_links_of_other_names_are_left_alone_and_files_are_written(registered: G
     assert all(Path(p).parent == folder.resolve() for p in written)
     assert (folder / NAMES[2]).read_text() == f"content of {NAMES[2]}"
     assert list(outside.iterdir()) == [] and (folder / "shortcut").is_symlink()
+
+
+def test_a_supplement_of_the_same_name_as_the_letters_scan_is_written_beside_it(tmp_path: Path) -> None:
+    """The sender sends the missing page as scan.pdf, the name of the letter's own scan: both are
+    written, the supplement's numbered, as a mail's second file of one name is."""
+    gateway = Gateway(tmp_path)
+
+    def mail(subject: str, name: str, content: bytes, headers: dict[str, str]) -> Path:
+        msg = EmailMessage()
+        msg["From"] = "Alice Partner <alice@partner.example>"
+        msg["To"] = "sales@example.org"
+        msg["Subject"] = subject
+        for field, value in headers.items():
+            msg[field] = value
+        msg.set_content("See the attachment.")
+        msg.add_attachment(content, maintype="application", subtype="pdf", filename=name)
+        path = tmp_path / f"{len(list(tmp_path.glob('*.eml')))}.eml"
+        path.write_bytes(msg.as_bytes())
+        return path
+
+    gateway.run("ingest", str(mail("Order", "scan.pdf", b"%PDF-1.4 the letter", {})))
+    gateway.run("letters", "incomplete", "2026-000001", "--missing", "page 2", "--by",
+                (date.today() + timedelta(days=30)).isoformat())
+    [asked] = [e for e in gateway.show_json("2026-000001")["events"]  # type: ignore[attr-defined]
+               if e["action"] == "incomplete"]
+    thread = {"In-Reply-To": asked["details"]["message_id"], "References": asked["details"]["message_id"]}
+    gateway.run("ingest", str(mail("Re: Materials missing", "scan.pdf", b"%PDF-1.4 page 2", thread)))
+    gateway.run("ingest", str(mail("Re: Materials missing", "SCAN.pdf", b"%PDF-1.4 page 3", thread)))
+    letter = gateway.show_json("2026-000001")
+    assert [a["filename"] for a in letter["attachments"]] == ["scan.pdf", "scan.pdf", "SCAN.pdf"]  # type: ignore[index]
+    folder = tmp_path / "out"
+    written = gateway.run("letters", "extract", "2026-000001", str(folder)).stdout.split()
+    assert [Path(p).name for p in written] == ["scan.pdf", "scan-2.pdf", "SCAN-3.pdf"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
+        "scan.pdf": b"%PDF-1.4 the letter", "scan-2.pdf": b"%PDF-1.4 page 2", "SCAN-3.pdf": b"%PDF-1.4 page 3"}

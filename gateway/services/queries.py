@@ -180,24 +180,38 @@ def attachment_content(config: Config, registry: Registry, letter: Letter, attac
 
 
 def extract_attachments(config: Config, registry: Registry, number: str, directory: Path) -> list[Path]:
-    """Write a letter's documents into `directory` under their safe names; returns the files written.
+    """Write a letter's documents into `directory` under their safe names, one file each (a
+    supplement's file of a name taken is numbered); returns the files written.
 
     A file of the same name is replaced. Anything else of that name (a symbolic link, a folder, a
     pipe) makes it refuse before writing anything: a link could send a document anywhere, and
     half an extract is worse than none. Raises LookupError (ExtractRefused for the folder)."""
     from gateway.archive.packer import read_original
     from gateway.stages.normalise import Limits, normalise
+    from gateway.stages.normalise.filenames import numbered_variant
 
     letter = letter_or_fail(registry, number)
     raw = read_original(config, registry, letter)
     if letter.is_fax_file:  # the fax itself is the document
         documents = [(letter.attachments[0].filename, raw)]
-    else:  # names are safe and unique within a letter
+    else:  # names are safe and unique within one mail
         documents = [(a.filename, a.content)
                      for a in normalise(raw, limits=Limits.of(config.model.normalise)).attachments]
-    # What the sender's supplements brought is in their own mails.
-    documents += [(a.filename, content) for a in letter.attachments if a.origin == "supplement"
-                  and (content := attachment_content(config, registry, letter, a)) is not None]
+    # What the sender's supplements brought is in their own mails, named as the sender named it: a
+    # name the letter (or an earlier supplement) has already is numbered, as a mail's second one is.
+    taken = {name.casefold() for name, _ in documents}
+    for attachment in letter.attachments:
+        if attachment.origin != "supplement":
+            continue
+        content = attachment_content(config, registry, letter, attachment)
+        if content is None:
+            continue
+        filename, n = attachment.filename, 1
+        while filename.casefold() in taken:
+            n += 1
+            filename = numbered_variant(attachment.filename, n)
+        taken.add(filename.casefold())
+        documents.append((filename, content))
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
