@@ -315,3 +315,24 @@ def test_a_backlog_letter_without_a_deadline_counts_neither_on_time_nor_late(tmp
     finally:
         registry.close()
     assert (board.timeliness.closed.count, board.timeliness.on_time.count, board.timeliness.rate) == (0, 0, None)
+
+
+def test_a_year_written_as_0001_is_not_read_as_2001(gateway: Gateway, tmp_path: Path) -> None:
+    """Python's mail date parser reads a four-digit year before 1900 as two digits (0001 is 2001), so a
+    broken Date header or mbox From line would file the letter twenty-five years back, in the
+    wrong number series and archive month. Such a date is not believed: the file's time is used."""
+    file_time = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+    folder = tmp_path / "eml"
+    folder.mkdir()
+    eml = folder / "old.eml"
+    eml.write_bytes(message(1).replace(b"Mon, 23 Nov 2020 10:01:00 +0800", b"1 Jan 0001 00:00:00 +0000"))
+    os.utime(eml, (file_time, file_time))
+    mbox = tmp_path / "old.mbox"
+    mbox.write_bytes(b"From p2@partner.example Mon Jan  1 00:00:00 0001\n"
+                     + message(2).replace(b"Mon, 23 Nov 2020 10:02:00 +0800", b"Mon, 1 Jan 0001 00:00:00 +0000"))
+    os.utime(mbox, (file_time, file_time))
+    assert summary_of(gateway.run("import", str(folder), "--json"))["registered"] == 1
+    assert summary_of(gateway.run("import", str(mbox), "--json"))["registered"] == 1
+    letters = {str(row["subject"]): row for row in gateway.list_json()}
+    assert [(letters[f"Old letter {n}"]["number"], letters[f"Old letter {n}"]["received_at"]) for n in (1, 2)] == [
+        ("2023-000001", "2023-11-14T22:13:20+00:00"), ("2023-000002", "2023-11-14T22:13:20+00:00")]

@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from gateway.registry.models import IntakeKey, Letter
 from gateway.spool import Spool, SpoolError, SpoolItem, readable_text
+from gateway.stages.normalise.headers import parse_date
 from gateway.stages.route import IMPORTED, QUIET
 
 if TYPE_CHECKING:
@@ -262,6 +263,8 @@ def _from_line_time(line: bytes, tz: ZoneInfo) -> datetime | None:
     if not found:
         return None
     month, day, clock, zone, year = (g.decode("ascii") if g else "" for g in found.groups())
+    if int(year) < 1900:  # the mail date parser would read 0001 as 2001
+        return None
     try:
         value = parsedate_to_datetime(f"{day} {month} {year} {clock} {zone}".strip())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -275,11 +278,9 @@ def _date_header(raw: bytes) -> datetime | None:
     found = _DATE_HEADER.search(head)
     if not found:
         return None
-    try:
-        value = parsedate_to_datetime(found.group(1).decode("ascii", "replace").replace("\r\n", "").strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    # Read as the letter's own sent date is (a year 0001 is no year of 2001, a zone-less time is UTC).
+    value, _ = parse_date(found.group(1).decode("ascii", "replace").replace("\r\n", ""))
+    return value
 
 
 def _received_at(raw: bytes, delivered: Sequence[datetime | None], fallback: datetime) -> datetime:
