@@ -387,6 +387,20 @@ def test_gateway_ingest_channel_post(paper_gateway: Gateway, tmp_path: Path) -> 
     assert [hit["number"] for hit in hits] == [found.group(1)]
 
 
+def test_ingest_of_a_pipe_given_as_a_scan_is_refused_at_once(paper_gateway: Gateway, tmp_path: Path) -> None:
+    """A named pipe (or a device) in the list of scans, a slip at the shell: refused by name before
+    anything is read, instead of the command waiting for a writer that never comes."""
+    gw = paper_gateway
+    scan, pipe = tmp_path / "page1.pdf", tmp_path / "scanner-pipe"
+    scan.write_bytes(pdf_fax([ENGLISH]))
+    os.mkfifo(pipe)
+    refused = gw.run("ingest", "--channel", "post", "--sender", "Wang Wei", str(scan), str(pipe), check=False,
+                     timeout=60)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.strip() == f"error: {pipe}: not a regular file (a pipe or a device?)"
+    assert gw.list_json() == [] and gw.spool_files("new") == gw.spool_files("work") == []
+
+
 def test_ingest_by_names_the_clerk_never_a_person_or_the_registers_own_names(tmp_path: Path) -> None:
     """`--by` of `gateway ingest --channel` is the clerk at the shell, as every command's: a person's
     sign-in name (any case) or the register's own names are refused before anything is spooled. With

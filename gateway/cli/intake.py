@@ -3,6 +3,7 @@ the scans of one paper letter."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -91,14 +92,31 @@ def _paper(state: State, files: tuple[Path, ...], channel: str, sender: str, org
     from zoneinfo import ZoneInfo
 
     from gateway.daemon.pipeline import Pipeline
-    from gateway.services.paper import PaperLetter, PaperRefused, Scan, parse_received, register_paper
+    from gateway.services.paper import (MAX_SCAN_BYTES, FieldError, PaperLetter, PaperRefused, Scan, parse_received,
+                                        register_paper)
     from gateway.spool import SpoolError
 
     cfg = state.config_with_rules
     scans = []
+    size = 0
     for path in files:
         try:
-            scans.append(Scan(path.name, path.read_bytes()))
+            # As `ingest_file`: a pipe or a device given by mistake would hold the command (or fill
+            # the memory, /dev/zero) before any check; so would a file far past the letter's limit.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    click.echo(f"error: {_shown(path)}: not a regular file (a pipe or a device?)", err=True)
+                    sys.exit(1)
+                size += info.st_size
+                if size > MAX_SCAN_BYTES:
+                    _refused(PaperRefused([FieldError("scans", "the files together exceed %(limit)s MiB",
+                                                      {"limit": MAX_SCAN_BYTES // 2**20})]))
+                with os.fdopen(fd, "rb", closefd=False) as file:
+                    scans.append(Scan(path.name, file.read()))
+            finally:
+                os.close(fd)
         except OSError as exc:
             click.echo(f"error: {_shown(path)}: cannot read: {exc.strerror}", err=True)
             sys.exit(1)
