@@ -135,3 +135,31 @@ def test_a_supplement_of_the_same_name_as_the_letters_scan_is_written_beside_it(
     assert [Path(p).name for p in written] == ["scan.pdf", "scan-2.pdf", "SCAN-3.pdf"]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == {
         "scan.pdf": b"%PDF-1.4 the letter", "scan-2.pdf": b"%PDF-1.4 page 2", "SCAN-3.pdf": b"%PDF-1.4 page 3"}
+
+
+def test_base64_with_one_character_too_many_is_decoded_all_the_same(tmp_path: Path) -> None:
+    """A stray character at the end of a base64 part leaves one more than a multiple of four: Python's
+    decoder then gives back the base64 text itself, which became the letter's text and the file
+    written. What precedes the stray character is decoded, with the defect on the letter."""
+    import base64
+
+    gateway = Gateway(tmp_path)
+    scan = b"%PDF-1.4\n" + bytes(range(256)) * 3 + b"\n%%EOF\n\n\n"  # a multiple of three: no padding
+    assert len(scan) % 3 == 0
+    text = "合同已收到，请审阅附件。"
+    raw = (b"From: alice@partner.example\r\nTo: liaison@example.org\r\nSubject: stray characters\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes(text.encode()).replace(b"\n", b"\r\n") + b"x\r\n--B\r\n"
+           b'Content-Type: application/pdf; name="scan.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+           + base64.encodebytes(scan).replace(b"\n", b"\r\n") + b"A\r\n--B--\r\n")
+    (tmp_path / "letter.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    letter = gateway.show_json("2026-000001")
+    assert letter["body_text"] == text
+    assert [(a["filename"], a["size"]) for a in letter["attachments"]] == [("scan.pdf", len(scan))]  # type: ignore[index]
+    assert {"part 1: invalid base64 length", "part 2: invalid base64 length"} <= set(letter["defects"])  # type: ignore[arg-type]
+    folder = tmp_path / "out"
+    gateway.run("letters", "extract", "2026-000001", str(folder))
+    assert (folder / "scan.pdf").read_bytes() == scan
