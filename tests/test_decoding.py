@@ -356,6 +356,20 @@ def gbk_labelled_utf8() -> Case:
                 ["message: charset 'utf-8' declared, decoded as gb18030"])
 
 
+def utf8_under_gb_labels() -> Case:
+    """UTF-8 labelled gb2312 or gbk, as web forms and scripts send it: gb18030 (a wider decoder
+    for those labels) would read most of it as other characters (会议 as 浼氳), valid UTF-8 wins."""
+    raw = multipart_letter(
+        [b"Subject: " + b_word("gbk", "关于会议通知", "utf-8")],
+        text_part(b"gb2312", "您好，附件是我们的报价单，请查收。谢谢！".encode(), b"8bit"),
+        attachment(b"attachment; filename*=gb2312''" + percent("会议纪要.docx"), SHEET),
+    )
+    return Case(raw, "关于会议通知", "Sender", "您好，附件是我们的报价单，请查收。谢谢！", [("会议纪要.docx", SHEET)], [
+        "header Subject: charset 'gbk' declared, decoded as utf-8",
+        "part 1: charset 'gb2312' declared, decoded as utf-8",
+        "part 2 file name: charset 'gb2312' declared, decoded as utf-8"])
+
+
 def shift_jis_windows_characters() -> Case:
     """Shift_JIS labels mean windows-31j: ① and ～ as Windows writes them."""
     raw = letter([b"Subject: " + b_word("shift_jis", "納期①", "cp932"),
@@ -425,7 +439,7 @@ CASES = {case.__name__: case for case in (
     rfc2231_charset_parameters, iso2022cn_subject_and_body, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
-    shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
+    utf8_under_gb_labels, shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
     cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,
 )}
 
@@ -444,7 +458,7 @@ def test_corpus_decodes_exactly(name: str) -> None:
 END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
               "rfc2231_charset_parameters", "iso2022cn_subject_and_body", "flowed_delsp_yes", "flowed_without_delsp",
               "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions", "bom_against_label",
-              "gbk_under_gb2312", "cpython_msg_07")
+              "gbk_under_gb2312", "utf8_under_gb_labels", "cpython_msg_07")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -3,7 +3,8 @@
 What each charset label means, and how text declared with it is decoded, is one table
 (`CHARSETS`) with the reason for each row. Labels follow the web's Encoding Standard (WHATWG),
 which records what real senders mean by them; where a label is routinely put on text in a wider
-vendor encoding, the wider decoders are tried next and their use is reported as a repair.
+vendor encoding, the wider decoders are tried next (after UTF-8, which text that is valid UTF-8
+practically always is) and their use is reported as a repair.
 """
 
 from __future__ import annotations
@@ -251,9 +252,9 @@ def decode_bytes(data: bytes, charset: str | None,
     """Decode `data` declared as `charset`; returns (text, defect or None).
 
     Never raises. A byte-order mark outranks the label. Text that does not fit the label is
-    decoded with the table's wider decoders, then as UTF-8; undeclared or unknown-charset text
-    as UTF-8, then by `guesses` (charsets the message declares elsewhere), then gb18030 and
-    windows-1252. Every such repair is the returned defect, naming what was declared and used.
+    decoded as UTF-8 if it is valid UTF-8, else with the table's wider decoders; undeclared or
+    unknown-charset text as UTF-8, then by `guesses` (charsets the message declares elsewhere),
+    then gb18030 and windows-1252. Every such repair is the returned defect, naming what was declared and used.
     """
     label = (charset or "").strip()
     shown = repr(label[:40])
@@ -277,16 +278,18 @@ def decode_bytes(data: bytes, charset: str | None,
     fit = _first_fit(data, entry.exact)
     if fit is not None:
         return fit[0], None
-    fit = _first_fit(data, entry.repairs)
-    if fit is not None:
-        return fit[0], f"charset {shown} declared, decoded as {fit[1]}"
-    # Valid UTF-8 is strong evidence of a mislabelled part; gb18030 validity is weak evidence,
-    # so it is only tried when text labelled utf-8 is mostly invalid (GBK sent as "utf-8").
+    # Valid UTF-8 is strong evidence of a mislabelled part, stronger than a wider decoder's fit:
+    # gb18030 decodes most UTF-8 Chinese (会议 as 浼氳), so UTF-8 sent as "gb2312" is tried first.
+    # gb18030 validity is weak evidence, so it is only tried when text labelled utf-8 is mostly
+    # invalid (GBK sent as "utf-8").
     if entry is not _UTF8:
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
         except UnicodeDecodeError:
             pass
+    fit = _first_fit(data, entry.repairs)
+    if fit is not None:
+        return fit[0], f"charset {shown} declared, decoded as {fit[1]}"
     replaced = decode_with(data, entry.decoders[-1], "replace")
     if entry is _UTF8 and _mostly_invalid(data, replaced):
         try:
