@@ -336,3 +336,22 @@ def test_a_year_written_as_0001_is_not_read_as_2001(gateway: Gateway, tmp_path: 
     letters = {str(row["subject"]): row for row in gateway.list_json()}
     assert [(letters[f"Old letter {n}"]["number"], letters[f"Old letter {n}"]["received_at"]) for n in (1, 2)] == [
         ("2023-000001", "2023-11-14T22:13:20+00:00"), ("2023-000002", "2023-11-14T22:13:20+00:00")]
+
+
+def test_the_folders_of_a_maildir_are_named_and_imported_by_their_own_path(gateway: Gateway, tmp_path: Path) -> None:
+    """A Dovecot or Courier Maildir (Maildir++) keeps each folder but the inbox as a Maildir of its own
+    inside it (.Archive.2019, .Sent). Importing the inbox reads none of them, and says so, so that a
+    folder of old letters is not left out unnoticed; each is imported by its own path."""
+    maildir = tmp_path / "Maildir"
+    write_maildir(maildir, 2)
+    archive = maildir / ".Archive.2019"
+    write_maildir(archive, 0)
+    (archive / "cur" / "1560000000.M1P1.oldhost:2,S").write_bytes(message(7))
+    write_maildir(maildir / ".Sent", 0)
+    (maildir / ".cache").mkdir()  # not a folder of mail
+    summary = summary_of(gateway.run("import", str(maildir), "--json"))
+    assert (summary["registered"], summary["folders_not_read"]) == (2, [".Archive.2019", ".Sent"])
+    again = gateway.run("import", str(maildir))
+    assert "folders not read:    .Archive.2019, .Sent (each is imported by its own path)" in again.stdout
+    assert summary_of(gateway.run("import", str(archive), "--json"))["registered"] == 1
+    assert len(gateway.list_json()) == 3

@@ -158,6 +158,9 @@ def _print_summary(summary: Summary, seconds: float, code: int) -> None:
              f"in {_duration(seconds)} ({rate:,.0f} msg/s)",
              f"registered:          {summary.registered}{recovered}",
              f"already registered:  {summary.already}"]
+    if summary.folders_not_read:
+        lines.append(f"folders not read:    {', '.join(summary.folders_not_read)} "
+                     "(each is imported by its own path)")
     if summary.answers:
         lines.append(f"answers recorded:    {summary.answers}")
     lines.append(f"quarantined:         {len(summary.quarantined)}")

@@ -85,6 +85,10 @@ class Source:
         """Each message, or (locator, why it cannot be read)."""
         raise NotImplementedError
 
+    def folders_not_read(self) -> list[str]:
+        """Folders of mail in the source that this import does not read, to be named in its summary."""
+        return []
+
     def key(self, locator: str) -> str:
         """The intake key of a message: the source's path and the message's place in it.
 
@@ -191,6 +195,16 @@ class Maildir(Source):
             delivered = _MAILDIR_TIME.match(unique)
             hints = [datetime.fromtimestamp(int(delivered.group(1)), timezone.utc)] if delivered else []
             yield Message(unique, raw, _received_at(raw, hints, mtime))
+
+    def folders_not_read(self) -> list[str]:
+        # Maildir++ (Dovecot, Courier): each folder but the inbox is a Maildir of its own, named
+        # ".Sent", ".Archive.2019". Not read with the inbox (a Sent folder holds no letters to the
+        # organisation), but named, so that none is left out unnoticed.
+        with os.scandir(self.path) as entries:
+            return sorted(entry.name for entry in entries
+                          if entry.name.startswith(".") and entry.name not in (".", "..")
+                          and entry.is_dir(follow_symlinks=False)
+                          and (Path(entry.path) / "cur").is_dir() and (Path(entry.path) / "new").is_dir())
 
 
 class EmlFolder(Source):
@@ -310,6 +324,7 @@ class Summary:
     waiting: int = 0  # spooled but not registered (the registry is unavailable): the daemon or a re-run does it
     answers: int = 0  # answers to letters of ours, recorded on them
     numbers: list[str] = field(default_factory=list)  # of the letters registered
+    folders_not_read: list[str] = field(default_factory=list)  # a Maildir's own folders (.Sent): imported by path
     interrupted: bool = False
     unavailable: str | None = None  # why the registry could not take more
 
@@ -322,6 +337,7 @@ class Summary:
                 # JSON is UTF-8: a name that is not is given as its key gives it (Source.key).
                 "quarantine_reasons": {readable_text(k): v for k, v in self.quarantined.items()},
                 "refusal_reasons": {readable_text(k): v for k, v in self.refused.items()},
+                "folders_not_read": self.folders_not_read,
                 "interrupted": self.interrupted, "registry_unavailable": self.unavailable}
 
 
@@ -362,6 +378,7 @@ class BacklogImport:
         report = progress or (lambda summary: None)
         summary = self.summary
         summary.total = self.source.count()
+        summary.folders_not_read = [readable_text(name) for name in self.source.folders_not_read()]
         self._recover(report)
         # An earlier run's quarantined messages stay there (`gateway quarantine retry` takes them
         # again): spooling them anew would only quarantine them twice.
