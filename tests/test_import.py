@@ -355,3 +355,26 @@ def test_the_folders_of_a_maildir_are_named_and_imported_by_their_own_path(gatew
     assert "folders not read:    .Archive.2019, .Sent (each is imported by its own path)" in again.stdout
     assert summary_of(gateway.run("import", str(archive), "--json"))["registered"] == 1
     assert len(gateway.list_json()) == 3
+
+
+def test_a_symbolic_link_in_an_export_is_refused_by_name_not_passed_over(gateway: Gateway, tmp_path: Path) -> None:
+    """A link is not followed (it could point at any file the import's user may read), and the
+    summary names it among the refused, instead of the message being left out without a word."""
+    elsewhere = tmp_path / "elsewhere.eml"
+    elsewhere.write_bytes(message(3))
+    folder = tmp_path / "eml"
+    folder.mkdir()
+    (folder / "1.eml").write_bytes(message(1))
+    (folder / "2.eml").symlink_to(elsewhere)
+    maildir = tmp_path / "Maildir"
+    write_maildir(maildir, 1)
+    (maildir / "cur" / "1606200000.M9P9.oldhost:2,S").symlink_to(elsewhere)
+    reason = "a symbolic link, not followed: put the message itself there"
+    eml = summary_of(gateway.run("import", str(folder), "--json", check=False))
+    assert (eml["total"], eml["registered"], eml["refusal_reasons"], eml["exit_status"]) == (
+        2, 1, {"2.eml": reason}, 1)
+    mails = summary_of(gateway.run("import", str(maildir), "--json", check=False))
+    link = maildir / "cur" / "1606200000.M9P9.oldhost:2,S"
+    assert (mails["total"], mails["registered"], mails["refusal_reasons"]) == (
+        2, 1, {"1606200000.M9P9.oldhost": f"{link}: {reason}"})
+    assert {row["subject"] for row in gateway.list_json()} == {"Old letter 0", "Old letter 1"}

@@ -54,6 +54,9 @@ _FROM_TIME = re.compile(rb"([A-Z][a-z]{2}) +(\d{1,2}) +(\d{1,2}:\d\d(?::\d\d)?)(
 _DATE_HEADER = re.compile(rb"^Date:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MAILDIR_TIME = re.compile(r"^(\d{9,11})\.")
+# A link in an export is not followed: it could point at any file the import's user may read. It is
+# refused by name rather than passed over, so that the summary shows what was not taken in.
+_LINK = "a symbolic link, not followed: put the message itself there"
 
 
 class SourceError(Exception):
@@ -176,7 +179,8 @@ class Maildir(Source):
             for sub in ("new", "cur"):  # a name in both (a crash of the old system mid-move): cur/ wins
                 with os.scandir(self.path / sub) as entries:
                     for entry in entries:
-                        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        if entry.name.startswith(".") or not (entry.is_symlink()
+                                                               or entry.is_file(follow_symlinks=False)):
                             continue
                         found[entry.name.split(":", 1)[0]] = Path(entry.path)
             self._files = sorted(found.items())
@@ -187,6 +191,9 @@ class Maildir(Source):
 
     def messages(self) -> Iterator[Message | tuple[str, str]]:
         for unique, path in self.files():
+            if path.is_symlink():
+                yield unique, f"{path}: {_LINK}"
+                continue
             try:
                 raw, mtime = _read_file(path)
             except OSError as exc:
@@ -219,7 +226,7 @@ class EmlFolder(Source):
     def files(self) -> list[str]:
         if self._files is None:
             self._files = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
-                                 if p.suffix.lower() == ".eml" and p.is_file() and not p.is_symlink())
+                                 if p.suffix.lower() == ".eml" and (p.is_symlink() or p.is_file()))
         return self._files
 
     def count(self) -> int:
@@ -227,6 +234,9 @@ class EmlFolder(Source):
 
     def messages(self) -> Iterator[Message | tuple[str, str]]:
         for name in self.files():
+            if (self.path / name).is_symlink():
+                yield name, _LINK
+                continue
             try:
                 raw, mtime = _read_file(self.path / name)
             except OSError as exc:
