@@ -378,3 +378,24 @@ def test_a_symbolic_link_in_an_export_is_refused_by_name_not_passed_over(gateway
     assert (mails["total"], mails["registered"], mails["refusal_reasons"]) == (
         2, 1, {"1606200000.M9P9.oldhost": f"{link}: {reason}"})
     assert {row["subject"] for row in gateway.list_json()} == {"Old letter 0", "Old letter 1"}
+
+
+def test_messages_saved_with_a_byte_order_mark_or_blank_lines_first_keep_their_header(
+        gateway: Gateway, tmp_path: Path) -> None:
+    """An export script on Windows writes each .eml with a UTF-8 byte-order mark (PowerShell's
+    utf8), another puts a blank line first: the parser would take the whole message for a body
+    without a header, losing its sender, subject and date. What comes before the header is skipped,
+    and named; the original keeps it."""
+    folder = tmp_path / "eml"
+    folder.mkdir()
+    (folder / "bom.eml").write_bytes(b"\xef\xbb\xbf" + message(1))
+    (folder / "blank.eml").write_bytes(b"\r\n\r\n" + message(2))
+    assert summary_of(gateway.run("import", str(folder), "--json"))["registered"] == 2
+    letters = {str(row["subject"]): row for row in gateway.list_json()}
+    assert sorted(letters) == ["Old letter 1", "Old letter 2"]
+    for n, defect in ((1, "message: byte-order mark before the header, skipped"),
+                      (2, "message: blank line(s) before the header, skipped")):
+        shown = gateway.show_json(str(letters[f"Old letter {n}"]["number"]))
+        assert (shown["sender_address"], shown["sent_at"], shown["defects"]) == (
+            f"p{n}@partner.example", f"2020-11-23T02:0{n}:00+00:00", [defect]), shown
+        assert str(shown["body_text"]).startswith("Dear colleagues,")

@@ -321,6 +321,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("direction control characters %(chars)s removed (they would reorder the text)")),
     (re.compile(r"^empty$"), N_("empty")),
     (re.compile(r"^no header fields$"), N_("no header fields")),
+    (re.compile(r"^byte-order mark before the header, skipped$"), N_("a byte-order mark before the header, skipped")),
+    (re.compile(r"^blank line\(s\) before the header, skipped$"), N_("blank lines before the header, skipped")),
     (re.compile(r"^more than (?P<count>\d+) MIME parts; the first (?P=count) were examined, the rest only kept in "
                 r"the original$"),
      N_("more than %(count)s MIME parts; the first %(count)s were examined, the rest are only in the original")),

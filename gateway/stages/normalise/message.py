@@ -72,6 +72,11 @@ def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = N
         in_reply_to=None, references=[], body_text="", summary="", attachments=[],
         defects=defects, header_fields=[],
     )
+    raw, bom, blank = _from_header(raw)
+    if bom:
+        defects.append("message: byte-order mark before the header, skipped")
+    if blank:
+        defects.append("message: blank line(s) before the header, skipped")
     try:
         message = parse(raw, budget, stash=stash)
         structure_readable = True
@@ -113,6 +118,7 @@ def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
     or None when it has none. For showing the letter as it was formatted; never for the register."""
     budget = Budget(limits or Limits())
     stash = Stash()
+    raw, _, _ = _from_header(raw)
     try:
         message = parse(raw, budget, stash=stash)
     except Exception:  # a message that cannot be parsed has no HTML to show; its text says why
@@ -127,6 +133,19 @@ def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
             except Exception:
                 return None
     return None
+
+
+# Before the first header field: a UTF-8 byte-order mark (a Windows tool's export, PowerShell's
+# utf8) or blank lines. The parser would take the whole message for a body without a header.
+_BEFORE_HEADER = re.compile(rb"(\xef\xbb\xbf)?((?:[ \t]*\r?\n)*)(?=[!-9;-~]+[ \t]*:)")
+
+
+def _from_header(raw: bytes) -> tuple[bytes, bool, bool]:
+    """`raw` from its first header field on; whether a byte-order mark, and blank lines, were skipped."""
+    found = _BEFORE_HEADER.match(raw[:4096])
+    if not found or not found.end():
+        return raw, False, False
+    return raw[found.end():], bool(found.group(1)), bool(found.group(2))
 
 
 def _guarded(defects: list[str], step: str, action: Callable[[], None]) -> None:
