@@ -396,6 +396,6 @@ def test_messages_saved_with_a_byte_order_mark_or_blank_lines_first_keep_their_h
     for n, defect in ((1, "message: byte-order mark before the header, skipped"),
                       (2, "message: blank line(s) before the header, skipped")):
         shown = gateway.show_json(str(letters[f"Old letter {n}"]["number"]))
-        assert (shown["sender_address"], shown["sent_at"], shown["defects"]) == (
-            f"p{n}@partner.example", f"2020-11-23T02:0{n}:00+00:00", [defect]), shown
+        assert (shown["sender_address"], shown["sent_at"], shown["received_at"], shown["defects"]) == (
+            f"p{n}@partner.example", f"2020-11-23T02:0{n}:00+00:00", f"2020-11-23T02:0{n}:00+00:00", [defect]), shown
         assert str(shown["body_text"]).startswith("Dear colleagues,")

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from gateway.registry.models import IntakeKey, Letter
 from gateway.spool import Spool, SpoolError, SpoolItem, readable_text
 from gateway.stages.normalise.headers import parse_date
+from gateway.stages.normalise.message import skip_before_header
 from gateway.stages.route import IMPORTED, QUIET
 
 if TYPE_CHECKING:
@@ -297,6 +298,7 @@ def _from_line_time(line: bytes, tz: ZoneInfo) -> datetime | None:
 
 
 def _date_header(raw: bytes) -> datetime | None:
+    raw, _, _ = skip_before_header(raw)  # as the letter is read: a blank line first ends no header
     end = _HEADER_END.search(raw)
     head = raw[: end.start() if end else 64 * 1024]
     found = _DATE_HEADER.search(head)

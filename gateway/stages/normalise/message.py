@@ -72,7 +72,7 @@ def normalise(raw: bytes, *, summary_chars: int = 300, limits: Limits | None = N
         in_reply_to=None, references=[], body_text="", summary="", attachments=[],
         defects=defects, header_fields=[],
     )
-    raw, bom, blank = _from_header(raw)
+    raw, bom, blank = skip_before_header(raw)
     if bom:
         defects.append("message: byte-order mark before the header, skipped")
     if blank:
@@ -118,7 +118,7 @@ def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
     or None when it has none. For showing the letter as it was formatted; never for the register."""
     budget = Budget(limits or Limits())
     stash = Stash()
-    raw, _, _ = _from_header(raw)
+    raw, _, _ = skip_before_header(raw)
     try:
         message = parse(raw, budget, stash=stash)
     except Exception:  # a message that cannot be parsed has no HTML to show; its text says why
@@ -140,7 +140,7 @@ def html_body(raw: bytes, limits: Limits | None = None) -> str | None:
 _BEFORE_HEADER = re.compile(rb"(\xef\xbb\xbf)?((?:[ \t]*\r?\n)*)(?=[!-9;-~]+[ \t]*:)")
 
 
-def _from_header(raw: bytes) -> tuple[bytes, bool, bool]:
+def skip_before_header(raw: bytes) -> tuple[bytes, bool, bool]:
     """`raw` from its first header field on; whether a byte-order mark, and blank lines, were skipped."""
     found = _BEFORE_HEADER.match(raw[:4096])
     if not found or not found.end():
