@@ -163,3 +163,25 @@ def test_base64_with_one_character_too_many_is_decoded_all_the_same(tmp_path: Pa
     folder = tmp_path / "out"
     gateway.run("letters", "extract", "2026-000001", str(folder))
     assert (folder / "scan.pdf").read_bytes() == scan
+
+
+@pytest.mark.parametrize("parameter", [b'boundary="BB" (MIME boundary)', b'boundary="BB'])
+def test_a_quoted_boundary_with_a_comment_or_no_closing_quote_still_splits_the_parts(
+        parameter: bytes, tmp_path: Path) -> None:
+    """RFC 2045 allows a comment after a parameter; some senders drop the closing quote. Python's
+    parser then keeps the quotes in the boundary and never finds it: the whole mail became one text,
+    the attachment base64 in it. Read as what the quotes enclose, the parts are found."""
+    gateway = Gateway(tmp_path)
+    raw = (b"From: alice@partner.example\r\nTo: liaison@example.org\r\nSubject: quoted boundary\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; " + parameter + b"\r\n\r\n--BB\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\n\r\nPlease find the contract.\r\n--BB\r\n"
+           b'Content-Type: application/pdf; name="contract.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+           b"JVBERi0xLjQKJSVFT0YK\r\n--BB--\r\n")
+    (tmp_path / "letter.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    letter = gateway.show_json("2026-000001")
+    assert letter["body_text"] == "Please find the contract."
+    assert [a["filename"] for a in letter["attachments"]] == ["contract.pdf"]  # type: ignore[index]
+    gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "contract.pdf").read_bytes() == b"%PDF-1.4\n%%EOF\n"

@@ -111,6 +111,19 @@ class BoundedMessage(Message):
             return (None, *value[1:])
         return value
 
+    def get_boundary(self, failobj: Any = None) -> Any:  # the parser splits a multipart with this
+        boundary = super().get_boundary(failobj)
+        if isinstance(boundary, str) and boundary.startswith('"'):
+            # A quoted boundary the stdlib leaves quoted, its parts then never found: followed by a
+            # comment (`boundary="b1" (MIME boundary)`, as RFC 2045 allows) or missing its closing
+            # quote. No boundary holds a quote (RFC 2046), so the value is what the quotes enclose.
+            if '"' not in boundary[1:]:
+                detail = "content-type: boundary without its closing quote, read up to the end"
+                if not any(str(defect) == detail for defect in self.defects):
+                    self.defects.append(InvalidHeaderDefect(detail))
+            boundary = boundary[1:].split('"', 1)[0]
+        return boundary
+
     # The stdlib decodes 8-bit text with the charset parameter as it finds it: given in RFC 2231
     # form (charset*=), a tuple, which raises TypeError; with a NUL in it, ValueError. Read as the
     # stdlib reads a charset it does not know. (The generator reads an unsplit multipart here too.)
