@@ -185,3 +185,21 @@ def test_a_quoted_boundary_with_a_comment_or_no_closing_quote_still_splits_the_p
     assert [a["filename"] for a in letter["attachments"]] == ["contract.pdf"]  # type: ignore[index]
     gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
     assert (tmp_path / "out" / "contract.pdf").read_bytes() == b"%PDF-1.4\n%%EOF\n"
+
+
+def test_a_name_that_is_only_an_extension_keeps_it_on_a_name_of_the_gateways(tmp_path: Path) -> None:
+    """A file name with nothing before its extension but what is dropped (".pdf", or a direction
+    control and ".pdf") became "pdf", a file no program opens as a PDF; it is named as a nameless
+    attachment is, with the sender's extension."""
+    gateway = Gateway(tmp_path)
+    msg = EmailMessage()
+    msg["From"] = "alice@partner.example"
+    msg["To"] = "liaison@example.org"
+    msg["Subject"] = "nameless files"
+    msg.set_content("See the attachments.")
+    for name in ("report.pdf", ".pdf", "\u202e.pdf"):
+        msg.add_attachment(b"%PDF-1.4\n%%EOF\n" + name.encode(), maintype="application", subtype="pdf", filename=name)
+    (tmp_path / "letter.eml").write_bytes(msg.as_bytes())
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    written = gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out")).stdout.split()
+    assert [Path(p).name for p in written] == ["report.pdf", "attachment-2.pdf", "attachment-3.pdf"]

@@ -3,6 +3,7 @@ safe to write in a part that carries a file."""
 
 from __future__ import annotations
 
+import mimetypes
 import re
 import unicodedata
 from pathlib import Path
@@ -32,7 +33,14 @@ def safe_filename(name: str, fallback: str = "attachment") -> str:
     Encoded names (RFC 2231 or RFC 2047) are decoded first. The result is at most 200 bytes of
     UTF-8 with the extension kept; if nothing usable is left, `fallback` (made safe too) is used.
     """
-    cleaned = _sanitise(_decode_filename(name))
+    decoded = _decode_filename(name)
+    cleaned = _sanitise(decoded)
+    if (cleaned and _visible(decoded).lstrip(" ").startswith(".") and "." not in cleaned
+            and mimetypes.guess_type(f"x.{cleaned}")[0]):
+        # Nothing before a known extension but what is dropped (".pdf", or bidi controls then
+        # ".pdf"): it goes on the fallback's stem instead of becoming the whole name ("pdf").
+        stem, _ = _split_extension(_sanitise(fallback) or "attachment")
+        return _sanitise(f"{stem}.{cleaned}")
     if cleaned:
         return cleaned
     return _sanitise(fallback) or "attachment"
@@ -67,12 +75,16 @@ def _decode_filename(name: str) -> str:
     return text
 
 
-def _sanitise(name: str) -> str:
+def _visible(name: str) -> str:
+    """The name's last path part, without the characters that are dropped, Windows' forbidden ones replaced."""
     name = unicodedata.normalize("NFC", name)
     name = "".join(ch for ch in name if unicodedata.category(ch) not in _DROPPED_CATEGORIES)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = collapse_whitespace(name.translate(_WINDOWS_FORBIDDEN))  # U+3000 and the like stay
-    name = name.strip(". ")
+    return collapse_whitespace(name.translate(_WINDOWS_FORBIDDEN))  # U+3000 and the like stay
+
+
+def _sanitise(name: str) -> str:
+    name = _visible(name).strip(". ")
     if not name:
         return ""
     if name.split(".", 1)[0].strip().upper() in _WINDOWS_RESERVED:
