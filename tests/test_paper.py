@@ -401,6 +401,21 @@ def test_ingest_of_a_pipe_given_as_a_scan_is_refused_at_once(paper_gateway: Gate
     assert gw.list_json() == [] and gw.spool_files("new") == gw.spool_files("work") == []
 
 
+def test_a_direction_control_pasted_into_a_name_is_refused(paper_gateway: Gateway, tmp_path: Path) -> None:
+    """U+202E pasted with a sender's name or organisation turns what follows it round (a name that
+    reads as another): refused by field, as a line break is, and nothing is registered."""
+    gw = paper_gateway
+    scan = tmp_path / "page1.pdf"
+    scan.write_bytes(pdf_fax([ENGLISH]))
+    refused = gw.run("ingest", "--channel", "post", "--sender", "Wang \u202eieW", "--organisation",
+                     "\u2067Example Trading\u2069", str(scan), check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.splitlines() == [
+        "error: --sender: one line, without line breaks or control characters",
+        "error: --organisation: one line, without line breaks or control characters"]
+    assert gw.list_json() == [] and gw.spool_files("new") == gw.spool_files("work") == []
+
+
 def test_ingest_by_names_the_clerk_never_a_person_or_the_registers_own_names(tmp_path: Path) -> None:
     """`--by` of `gateway ingest --channel` is the clerk at the shell, as every command's: a person's
     sign-in name (any case) or the register's own names are refused before anything is spooled. With

@@ -48,9 +48,10 @@ _MEDIA = {"pdf": "application/pdf", "tiff": "image/tiff", "jpeg": "image/jpeg", 
 _LIMITS = {"sender_name": 200, "organisation": 300, "address": 1000, "subject": 500, "note": 4000,
            "reference": REFERENCE_LONGEST}
 # Fields of one line, written into the letter's header (Subject, From) or its record: a line break
-# there would add a header of its own (`Order\nBcc: x`), and other controls have no place.
+# there would add a header of its own (`Order\nBcc: x`), and other controls have no place; nor have
+# the direction controls, pasted with a name, that reorder how it reads (U+202E: "moc.knab").
 _ONE_LINE = ("sender_name", "organisation", "subject", "email", "phone", "reference")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
