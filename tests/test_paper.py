@@ -650,7 +650,7 @@ def test_a_sender_reference_is_put_right_on_the_letter_page_and_by_command(site:
     assert number in rita.get("/search", params={"q": "粤贸函"}).text
     again = put(rita, "粤贸函〔2026〕 8号")
     assert again.status_code == 409 and "reference is 粤贸函〔2026〕 8号 already" in again.text
-    for bad in ("粤贸函〔2026〕\n8号", "号" * 101):
+    for bad in ("粤贸函〔2026〕\n8号", "号" * 101, "\u202e号8〔2026〕函贸粤"):
         refused = put(rita, bad)
         assert refused.status_code == 400 and "one line of at most 100 characters" in refused.text
     leo = site.sign_in("leo")

@@ -63,8 +63,8 @@ CONTENT_READS = ("read", "download", "original", "preview")
 PREVIEW_WITHIN_READ = timedelta(minutes=10)
 
 
-# No line break or other control in a one-line value (a sender's reference).
-_CONTROL = regex.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# No line break, other control or direction control in a one-line value (a sender's reference).
+_CONTROL = regex.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def typed_text(text: str) -> str:
