@@ -12,9 +12,25 @@ import pytest
 from PIL import Image
 from web_support import PASSWORD, Person, Site, hidden, site_fixture  # noqa: F401  (the `site` fixture)
 
+from gateway.registry.models import Letter
 from gateway.services.access import Refused
 from gateway.services.people import Principal
 from gateway.web import i18n, preview, security
+
+
+def closed_and_archived(site: Site, number: str) -> Letter:
+    """The letter closed by an operator and its month archived: its content is read through a
+    borrowing from now on. Returns the letter as it was when closed."""
+    from zoneinfo import ZoneInfo
+
+    from gateway.archive.packer import Archiver
+
+    site.access.act(Principal.operator("test"), number, "close", text="done")
+    letter = site.registry.letter(number)
+    assert letter is not None
+    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
+                                             .strftime("%Y-%m"))
+    return letter
 
 
 def test_signing_in_and_out(site: Site) -> None:
@@ -811,12 +827,9 @@ def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: S
     """A borrower reads a confidential letter as page previews only: its reply's attachments are
     named on the page but not downloads, as its own attachments and original are not."""
     from datetime import datetime, timezone
-    from zoneinfo import ZoneInfo
 
-    from gateway.archive.packer import Archiver
     from gateway.registry.replies import NewReplyAttachment
     from gateway.services.borrowing import Borrowings
-    from gateway.services.people import Principal
     from gateway.services.replies import Replies
 
     # A second head of Business, to approve what bella writes.
@@ -829,11 +842,7 @@ def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: S
                   attach=[NewReplyAttachment("terms-signed.pdf", "application/pdf", b"%PDF-1.4 secret terms")])
     replies.submit(bella, number)
     assert replies.approve(hank, number) == "sent"
-    site.access.act(Principal.operator("test"), number, "close", text="done")
-    letter = site.registry.letter(number)
-    assert letter is not None
-    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
-                                             .strftime("%Y-%m"))
+    letter = closed_and_archived(site, number)
     [reply] = replies.records.replies(letter.id)
     [attachment] = replies.records.attachments(reply.id)
     url = f"/letters/{number}/reply/{reply.id}/attachments/{attachment.id}"
@@ -853,17 +862,10 @@ def test_a_borrowed_confidential_letters_reply_attachments_are_not_files(site: S
 
 
 def test_a_borrowing_reason_or_comment_longer_than_its_form_takes_is_refused_not_cut_short(site: Site) -> None:
-    from zoneinfo import ZoneInfo
-
-    from gateway.archive.packer import Archiver
     from gateway.services.borrowing import Borrowings
 
     number = site.letters["business"]
-    site.access.act(Principal.operator("test"), number, "close", text="done")
-    letter = site.registry.letter(number)
-    assert letter is not None
-    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
-                                             .strftime("%Y-%m"))
+    closed_and_archived(site, number)
     sam, bella = site.sign_in("sam"), site.sign_in("bella")  # in Chinese, the default
     books = Borrowings(site.config, site.registry, site.access)
     long_reason = "核对订单数量。" * 300  # 2,100 characters: more than the form takes
@@ -885,17 +887,10 @@ def test_a_borrowing_reason_or_comment_longer_than_its_form_takes_is_refused_not
 
 
 def test_a_borrowing_decided_or_returned_twice_is_refused_saying_how_it_stands(site: Site) -> None:
-    from zoneinfo import ZoneInfo
-
-    from gateway.archive.packer import Archiver
     from gateway.services.borrowing import Borrowings
 
     number = site.letters["business"]
-    site.access.act(Principal.operator("test"), number, "close", text="done")
-    letter = site.registry.letter(number)
-    assert letter is not None
-    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
-                                             .strftime("%Y-%m"))
+    closed_and_archived(site, number)
     sam, bella, bella_elsewhere = site.sign_in("sam"), site.sign_in("bella"), site.sign_in("bella")
     assert sam.post(f"/letters/{number}/borrow", data={"reason": "核对订单", "days": "3",
                                                       "csrf": sam.csrf}).status_code == 303
@@ -916,18 +911,11 @@ def test_a_borrowing_decided_or_returned_twice_is_refused_saying_how_it_stands(s
 
 
 def test_a_heads_request_to_borrow_goes_to_a_leader_not_back_to_the_head(site: Site) -> None:
-    from zoneinfo import ZoneInfo
-
-    from gateway.archive.packer import Archiver
     from gateway.services.borrowing import Borrowings
 
     number, secret = site.letters["business"], site.letters["secret"]
-    for closed in (number, secret):
-        site.access.act(Principal.operator("test"), closed, "close", text="done")
-    letter = site.registry.letter(number)
-    assert letter is not None
-    Archiver(site.config, site.registry).run(letter.received_at.astimezone(ZoneInfo("Asia/Shanghai"))
-                                             .strftime("%Y-%m"))
+    site.access.act(Principal.operator("test"), secret, "close", text="done")
+    closed_and_archived(site, number)  # and the secret letter, of the same month
     bella, leo = site.sign_in("bella"), site.sign_in("leo")  # Business's head; a leader
     # A leader's own request for a confidential letter waits for another leader, not in his list.
     assert leo.post(f"/letters/{secret}/borrow", data={"reason": "核对条款", "days": "3",
