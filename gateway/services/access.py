@@ -44,7 +44,7 @@ from gateway.services import queries
 from gateway.services.letters import LetterSteps, UnknownDepartment
 from gateway.services.people import People, PersonRecord, Principal
 from gateway.stages.reference import LONGEST as REFERENCE_LONGEST
-from gateway.stages.reference import typed_reference
+from gateway.stages.reference import ONE_LINE_CONTROL, typed_reference
 
 ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "hold", "tag", "reference")
 # Refusals of what was sent (no such step, a field missing or naming no one); the others are the
@@ -63,23 +63,21 @@ CONTENT_READS = ("read", "download", "original", "preview")
 PREVIEW_WITHIN_READ = timedelta(minutes=10)
 
 
-# No line break, other control or direction control in a one-line value (a sender's reference).
-_CONTROL = regex.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
 def typed_text(text: str) -> str:
     """A text as a person typed it, its ends trimmed: a browser sends a textarea's line breaks as
     CRLF, which its maxlength counts as one character each, so they are one here too."""
     return text.replace("\r\n", "\n").strip()
 
 
-def step_text(text: str) -> str:
-    """A step's text (a note, a reason, a close's result, a remark): typed_text, refused past
-    MAX_STEP_TEXT characters."""
+def step_text(text: str, field: str = "") -> str:
+    """A step's text (a note, a reason, a close's result, a remark): typed_text, refused (never
+    cut short) past MAX_STEP_TEXT characters. A `field` names it in the refusal and its key
+    (`reason-too-long`), for a form with more than one such field."""
     text = typed_text(text)
     if len(text) > MAX_STEP_TEXT:
-        raise Refused(f"at most {MAX_STEP_TEXT} characters (this has {len(text)})", "too-long",
-                      limit=str(MAX_STEP_TEXT))
+        what = f"a {field} of at most" if field else "at most"
+        raise Refused(f"{what} {MAX_STEP_TEXT} characters (this has {len(text)})",
+                      f"{field}-too-long" if field else "too-long", limit=str(MAX_STEP_TEXT))
     return text
 
 
@@ -760,7 +758,7 @@ class Access:
                 return f"{number}: legal hold {'on' if on else 'off'}"
             if action == "reference":
                 reference = typed_reference(text)
-                if len(reference) > REFERENCE_LONGEST or _CONTROL.search(text):
+                if len(reference) > REFERENCE_LONGEST or ONE_LINE_CONTROL.search(text):
                     raise Refused(f"a sender's reference is one line of at most {REFERENCE_LONGEST} characters",
                                   "bad-reference", limit=str(REFERENCE_LONGEST))
                 before, after = self.registry.set_reference(number, reference, actor=who.login, seen=seen)

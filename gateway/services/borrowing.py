@@ -18,21 +18,12 @@ from gateway.config import Config
 from gateway.registry import Registry
 from gateway.registry.circulation import CirculationRecords, StepRefused
 from gateway.registry.models import Borrowing, Letter
-from gateway.services.access import MAX_STEP_TEXT, Access, Forbidden, Refused, typed_text
+from gateway.services.access import Access, Forbidden, Refused, step_text
 from gateway.services.people import People, Principal
 from gateway.stages.route import new_mail
 
 INPUT_REFUSALS = frozenset({"need-reason", "reason-too-long", "bad-days", "comment-too-long"})
 OPEN = ("requested", "granted")
-
-
-def _within(text: str, field: str) -> str:
-    """A reason or comment as typed, refused (never cut short) past what its form takes."""
-    text = typed_text(text)
-    if len(text) > MAX_STEP_TEXT:
-        raise Refused(f"a {field} of at most {MAX_STEP_TEXT} characters (this has {len(text)})", f"{field}-too-long",
-                      limit=str(MAX_STEP_TEXT))
-    return text
 
 
 @dataclass(frozen=True)
@@ -90,7 +81,7 @@ class Borrowings:
         if who.person_id is None:
             raise Forbidden("only a person of the register borrows (gateway archive borrow --as LOGIN)",
                             "borrow-person")
-        reason = _within(reason, "reason")
+        reason = step_text(reason, "reason")
         reason = " ".join(reason.split())
         if not reason:
             raise Refused("give the reason for reading it", "need-reason")
@@ -142,7 +133,7 @@ class Borrowings:
                             number=letter.number)
         if grant and who.person_id is not None and who.person_id == borrowing.person_id:
             raise Forbidden("nobody approves their own request", "own-request")
-        comment = _within(comment, "comment")
+        comment = step_text(comment, "comment")
         # In the organisation's time zone, as people read it in the event and the mail.
         ends_at = (now + timedelta(days=borrowing.days)).astimezone(self.config.calendar.tz).replace(microsecond=0) \
             if grant else None

@@ -33,7 +33,7 @@ from gateway.stages.normalise.charsets import decode_bytes
 from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import PAPER_CHANNELS
 from gateway.stages.reference import LONGEST as REFERENCE_LONGEST
-from gateway.stages.reference import typed_reference
+from gateway.stages.reference import ONE_LINE_CONTROL, typed_reference
 
 if TYPE_CHECKING:
     from gateway.daemon.pipeline import Pipeline
@@ -51,7 +51,6 @@ _LIMITS = {"sender_name": 200, "organisation": 300, "address": 1000, "subject": 
 # there would add a header of its own (`Order\nBcc: x`), and other controls have no place; nor have
 # the direction controls, pasted with a name, that reorder how it reads (U+202E: "moc.knab").
 _ONE_LINE = ("sender_name", "organisation", "subject", "email", "phone", "reference")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def check(letter: PaperLetter, *, now: datetime | None = None) -> tuple[list[Fie
         if len(getattr(letter, name)) > limit:
             errors.append(FieldError(name, "at most %(limit)s characters", {"limit": limit}))
     for name in _ONE_LINE:
-        if _CONTROL.search(getattr(letter, name)):
+        if ONE_LINE_CONTROL.search(getattr(letter, name)):
             errors.append(FieldError(name, "one line, without line breaks or control characters"))
     if letter.email.strip() and not safe_address(letter.email.strip()):
         errors.append(FieldError("email", "“%(value)s” is not an e-mail address", {"value": letter.email[:80]}))

@@ -7,6 +7,10 @@ from __future__ import annotations
 import re
 
 LONGEST = 100  # characters; the register's column holds no more
+# A line break, another control or a direction control: none has a place in a one-line value a
+# person types (a reference, a sender's name), where it would start a header line of its own or,
+# pasted with a name, reorder how it reads (U+202E: "moc.knab").
+ONE_LINE_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # The issuer's abbreviation (Chinese characters, 1 to 16), the year in brackets of any of the
 # shapes seen in practice (〔〕 is the standard's, [] 【】 （） () by hand or by a mail program), the
 # serial number, and 号.
