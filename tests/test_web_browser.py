@@ -6,17 +6,21 @@ One daemon and one browser for the module; each test has its own browser context
 failing test leaves a screenshot of its pages, whose path it prints."""
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 
 from conftest import Daemon, Notify, wait_for
 from smtp_sink import Received, SmtpSink
-from test_access import LETTERS, PASSWORD, World, build_world
+from test_access import LETTERS, PASSWORD, A, World, build_world
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -207,3 +211,63 @@ def test_a_laptop_sized_window_shows_every_column_beside_the_sidebar(register: R
                     assert page.evaluate("document.documentElement.scrollWidth") <= width, (login, lang, width, path)
                     assert page.evaluate(visible) == 0, (login, lang, width, path)
             page.context.close()
+
+
+def printed_text(page: Page) -> tuple[str, list[tuple[float, float]]]:
+    """The page as Chromium prints it, to PDF: its text (pdftotext keeps the layout's order) and
+    each sheet's size in points."""
+    with tempfile.TemporaryDirectory(prefix="gw-print-") as tmp:
+        pdf = Path(tmp) / "page.pdf"
+        page.emulate_media(media="print")
+        page.pdf(path=str(pdf), prefer_css_page_size=True)
+        text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+        info = subprocess.run(["pdfinfo", "-l", "99", str(pdf)], capture_output=True, text=True, check=True).stdout
+    sizes = [(float(m[1]), float(m[2])) for m in re.finditer(r"Page +\d+ size: +([\d.]+) x ([\d.]+)", info)]
+    return " ".join(text.split()), sizes
+
+
+def test_a_letter_prints_as_its_processing_slip_and_a_queue_as_a_sheet_of_the_register(
+        register: Register, sign_in: SignIn) -> None:
+    """On paper a letter is its processing slip (收文处理单), with boxes for the handwritten
+    proposal, instruction and result, and a queue is a sheet of the register, across an A4 page:
+    what the page records, never its navigation, search, filters or forms; and a person who may
+    not read a letter's content does not print it either."""
+    world = register.world
+    page = sign_in("reg", lang="zh")
+    page.goto(f"/letters/{world.n('A')}")
+    button = page.locator("button[data-print]")
+    expect(button).to_have_text("打印处理单")
+    # The button opens the browser's print dialogue (which a headless browser has not).
+    page.evaluate("() => { window.print = () => { window.printed = (window.printed || 0) + 1; }; }")
+    button.click()
+    assert page.evaluate("window.printed") == 1
+    text, sizes = printed_text(page)
+    assert sizes and all(width < height for width, height in sizes), sizes  # portrait
+    for shown in ("收文处理单", "打印人：reg", world.n("A"), LETTERS["A"][0], "登记信息", "办理记录",
+                  "拟办意见", "领导批示", "办理结果", "签名", "日期"):
+        assert shown in text, (shown, text)
+    for hidden in ("退出登录", "检索", "添加备注", "转办", "打印处理单", "分办依据", "查阅记录", "下载原件"):
+        assert hidden not in text, (hidden, text)
+    expect(page.locator(".sidebar")).to_be_hidden()
+    expect(button).to_be_hidden()
+
+    page.emulate_media(media="screen")
+    page.goto(f"/letters?queue=all&department={A}&sort=number")
+    expect(page.locator("button[data-print]")).to_have_text("打印")
+    text, sizes = printed_text(page)
+    assert sizes and all(width > height for width, height in sizes), sizes  # landscape
+    assert "收文登记簿" in text and "全部信件 · 部门: General Office" in text, text
+    shown_rows = page.locator("table.grid.letters tbody tr").count()
+    assert f"第 1–{shown_rows} 件，共 {shown_rows} 件" in text, text
+    for name in ("A", "CA", "CO", "ACT"):
+        assert world.n(name) in text, (name, text)
+    assert world.n("B") not in text
+    for hidden in ("筛选", "清除", "保存视图", "导出 CSV", "对所选信件执行", "退出登录"):
+        assert hidden not in text, (hidden, text)
+
+    # A member who may see the confidential letter's entry, not its content: nor on paper.
+    member = sign_in("mem.a", lang="zh")
+    member.goto(f"/letters/{world.n('CO')}")
+    text, _sizes = printed_text(member)
+    assert world.n("CO") in text and "收文处理单" in text, text
+    assert LETTERS["CO"][0] not in text and "scan attached" not in text, text

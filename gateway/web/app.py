@@ -169,7 +169,7 @@ def render(req: Req, template: str, status_code: int = 200, **context: Any) -> H
         csrf=req.session.csrf if req.session else "", label=i18n.label, when=web.when, day=web.day,
         languages=i18n.LANGUAGE_NAMES, html_lang=i18n.HTML_LANG[req.lang], person=person,
         describe=shown.Describer(web.when, person, departments), trace_words=shown.Trace(departments),
-        whole_days=shown.whole_days,
+        whole_days=shown.whole_days, printed_at=lambda: web.when(web.access.clock()),
         **context)
     headers = dict(req.extra_headers)
     if who is not None:

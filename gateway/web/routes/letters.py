@@ -97,6 +97,27 @@ CHOICES = {"status": (N_("Status"), i18n.STATUS), "category": (N_("Category"), i
            "urgency": (N_("Urgency"), i18n.URGENCY), "channel": (N_("Channel"), i18n.CHANNEL)}
 
 
+# The other filters of a queue's form, as its labels name them.
+DAY_FILTERS = {"since": N_("Received from"), "until": N_("to"), "deadline_after": N_("Deadline from"),
+               "deadline_before": N_("Deadline before")}
+
+
+def filters_in_words(query: QueueQuery, departments: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The filters of a queue in use, as (label, value) in the page's language: what a printed
+    sheet of the register says it holds."""
+    used: list[tuple[str, str]] = []
+    for name, (title, _values) in CHOICES.items():
+        if value := getattr(query, name):
+            used.append((_(title), i18n.label(name, value)))
+    if query.department:
+        department = departments.get(query.department)
+        used.append((_("Department"), department.name if department else query.department))
+    for name, title in DAY_FILTERS.items():
+        if day := getattr(query, name):
+            used.append((_(title), day.isoformat()))
+    return used
+
+
 def choice_arg(req: Req, name: str) -> str | None:
     """A list filter of the query string, or None when not given; 400 naming it when it is none of
     the form's values (a list that would be empty, its form showing "any", tells nobody why)."""
@@ -169,6 +190,7 @@ def queue(req: Req) -> Response:
                       now=now, departments=req.web.config.departments, statuses=i18n.STATUS,
                       categories=i18n.CATEGORY, urgencies=i18n.URGENCY, channels=i18n.CHANNEL,
                       csv_link="/letters.csv?" + urlencode({**kept, "sort": query.sort}), letter_url=letter_url,
+                      filters_in_words=lambda: filters_in_words(query, req.web.config.departments),
                       **work.queue_context(req, query, result))
 
 
