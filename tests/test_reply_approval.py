@@ -541,3 +541,59 @@ def test_a_reply_shown_by_the_command_is_an_audited_read(site: Site) -> None:
     refused = site.gateway.run("letters", "reply", number, "--as", "sam", check=False)
     assert refused.returncode == 1 and "we come on Tuesday" not in refused.stdout
     assert reads("sam") == []
+
+
+def test_a_reply_written_by_its_only_approver_goes_up_a_level_not_waiting_for_ever(site: Site) -> None:
+    """Nobody approves a reply they wrote: a head answering their department's letter themselves,
+    its chain the head's step alone, would wait for ever. That step goes to the leader in charge,
+    as the draft says before it is submitted; where the chain goes to the leader already, it is
+    left out."""
+    number = site.letters["office"]  # the head's step alone; Olga heads the General Office
+    olga, leo = site.sign_in("olga"), site.sign_in("leo")  # in Chinese, the default
+    url = f"/letters/{number}/reply"
+    assert olga.post(url, data={"text": "We come on Monday.", "action": "save", "csrf": olga.csrf}).status_code == 303
+    draft = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", olga.get(f"/letters/{number}").text))
+    assert "撰写人不审批自己的答复：部门负责人一级改由分管领导审批。" in draft, draft
+    assert olga.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": olga.csrf,
+                                "draft_of": form_field(olga.get(f"/letters/{number}").text, "draft_of")}
+                     ).status_code == 303
+    replies = Replies(site.config, site.registry)
+    letter = site.registry.letter(number)
+    assert letter is not None
+    reply = replies.panel(site.people.principal("leo"), letter).reply
+    assert reply is not None and reply.chain == ["leader"] and "head → leader" in reply.rule
+    assert [a.number for a in replies.awaiting(site.people.principal("leo"))] == [number]
+    assert replies.awaiting(site.people.principal("olga")) == []
+    stage = form_field(leo.get(f"/letters/{number}").text, "stage")
+    assert leo.post(f"{url}/approve", data={"stage": stage, "csrf": leo.csrf}).status_code == 303
+    assert actions(site, number).count("reply-sent") == 1
+
+    # Head, then leader: the head wrote it, so the leader alone approves.
+    urgent = site.letters["urgent"]
+    assert olga.post(f"/letters/{urgent}/reply", data={"text": "We sign today.", "action": "submit",
+                                                       "csrf": olga.csrf}).status_code == 303
+    letter = site.registry.letter(urgent)
+    assert letter is not None
+    reply = replies.panel(site.people.principal("leo"), letter).reply
+    assert reply is not None and reply.chain == ["leader"]
+
+
+def test_a_reply_only_its_writers_could_approve_is_refused_when_submitted(
+        tmp_path: Path, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No leader in charge and no top leadership above the head who wrote it: submitting says so,
+    rather than start a chain nobody can take."""
+    monkeypatch.setattr(conftest, "DEPARTMENTS", conftest.DEPARTMENTS.replace(LEADERS[1], LEADERS[0]))
+    alone = Site(tmp_path, extra=f'[outbound]\nrelay = "{sink.address}"\nfrom_address = "gateway@example.org"\n')
+    try:
+        alone.add_people(PEOPLE + MORE_PEOPLE)
+        alone.add_letters()
+        number = alone.letters["office"]
+        olga = alone.sign_in("olga")
+        refused = olga.post(f"/letters/{number}/reply", data={"text": "We come on Monday.", "action": "submit",
+                                                              "csrf": olga.csrf})
+        assert refused.status_code == 409, refused.status_code
+        assert "除答复撰写人外，无人可作为部门负责人审批，上级亦无" in refused.text
+        assert "We come on Monday.</textarea>" in refused.text  # the text is kept to submit otherwise
+        assert "reply-submitted" not in actions(alone, number)
+    finally:
+        alone.close()

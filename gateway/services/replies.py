@@ -15,6 +15,7 @@ The web, the CLI and the reminder pass all come through here.
 """
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -101,6 +102,7 @@ class ReplyPanel:
     history: list[ReplyStep] = field(default_factory=list)  # every decision, every round
     chain: list[str] = field(default_factory=list)
     rule: str = ""
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (step, the level above taking it): its writers'
     may_draft: bool = False
     may_edit: bool = False
     may_approve: bool = False
@@ -211,7 +213,13 @@ class Replies:
             return ReplyPanel(None)
         panel.attachments = self.records.attachments(shown.id)
         panel.history = self.records.steps(shown.id)
-        panel.chain, panel.rule = (list(shown.chain), shown.rule) if shown.chain else chain_for(self.config, letter)
+        if shown.chain:
+            panel.chain, panel.rule = list(shown.chain), shown.rule
+        else:  # the chain it would take, submitted by this person
+            panel.chain, panel.rule = chain_for(self.config, letter)
+            if handler:
+                with suppress(Refused):
+                    panel.chain, panel.moved = self._others_approve(letter, panel.chain, [*shown.authors, who.login])
         panel.may_edit = handler and shown.status in EDITABLE
         panel.may_post = shown.status == "to-post" and who.has("registry")
         this_round = {s.position: s for s in panel.history if s.round == shown.round}
@@ -353,6 +361,10 @@ class Replies:
         # Again: the limits may have changed since the draft was saved.
         self._check_files(reply.text, [], [(a.filename, a.size) for a in self.records.attachments(reply.id)])
         chain, rule = chain_for(self.config, letter)
+        writers = list(dict.fromkeys([*reply.authors, who.login]))  # submitting makes one a writer too
+        chain, moved = self._others_approve(letter, chain, writers)
+        if moved:
+            rule += "; its only approvers wrote it: " + ", ".join(f"{role} → {above}" for role, above in moved)
         notify = self._notify(letter, chain[0], reply.id, "waiting", step=1)
         if not notify:
             raise Refused(f"no one is configured to approve as {chain[0]} for {number}", "no-approver",
@@ -362,6 +374,41 @@ class Replies:
         except ReplyChanged as exc:
             raise Refused(str(exc), "reply-moved", number=number) from None
         return chain
+
+    def _others_approve(self, letter: Letter, chain: list[str],
+                        writers: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The chain with every step someone other than the reply's writers can take, and the
+        steps moved up. Nobody approves a reply they wrote, so a step whose only approvers wrote
+        it (a head answering their department's letter themselves) would wait for ever: it goes
+        up a level instead — head to leader, leader to top — or is left out where the chain goes
+        there already. Refused when no level above has anyone else to approve."""
+        written_by = {address for login in writers if (person := self.people.principal(login)) is not None
+                      for address in person.emails}
+        kept: list[str] = []
+        moved: list[tuple[str, str]] = []
+        for role in chain:
+            taken = role
+            while not self._approvers_besides(letter, taken, writers, written_by):
+                above = ROLES[ROLES.index(taken) + 1:] if taken in ROLES else ()
+                if not above:
+                    raise Refused(f"nobody but the reply's writers may approve it as {role}, nor anyone above: "
+                                  "let someone else write or submit it", "no-other-approver", role=role,
+                                  number=letter.number)
+                taken = above[0]
+            if taken != role:
+                moved.append((role, taken))
+            if taken not in kept and (taken == role or taken not in chain):
+                kept.append(taken)
+        return kept, moved
+
+    def _approvers_besides(self, letter: Letter, role: str, writers: list[str], written_by: set[str]) -> bool:
+        """Has this step an approver who did not write the reply: a configured address of no
+        writer's, or a person of the role (a head by their stored department) who is no writer?"""
+        if set(approvers(self.config, letter, role)) - written_by:
+            return True
+        return role == "head" and any(
+            record.login not in writers and (person := self.people.principal(record.login)) is not None
+            and letter.department in person.headed for record in self.people.list())
 
     # -- the approvers' steps -------------------------------------------------------------
     def _check_approver(self, who: Principal, letter: Letter, reply: Reply) -> str:

@@ -47,6 +47,8 @@ i18n.REFUSAL.update({
     "no-reply": N_("%(number)s has no reply"),
     "need-reply-text": N_("write the reply first"),
     "no-approver": N_("no one is configured to approve as %(role)s"),
+    "no-other-approver": N_("nobody but the reply's writers may approve it as %(role)s, nor anyone above: "
+                            "let someone else write or submit it"),
     "not-pending": N_("the reply is %(status)s, not waiting for approval"),
     "approver-person": N_("an approval is given by a person"),
     "own-draft": N_("you wrote this reply: someone else approves it"),
@@ -66,7 +68,8 @@ STEP = {"approved": N_("approved"), "returned": N_("returned"), "waiting": N_("w
 # A reply's status and an approver's role in a refusal are worded as the reply panel words them.
 i18n.KINDS.update({"reply_status": STATUS, "reply_role": ROLE})
 i18n.PARAM_KINDS.update({"reply-locked": {"status": "reply_status"}, "not-pending": {"status": "reply_status"},
-                         **{key: {"role": "reply_role"} for key in ("no-approver", "out-of-order", "not-approver")}})
+                         **{key: {"role": "reply_role"}
+                            for key in ("no-approver", "no-other-approver", "out-of-order", "not-approver")}})
 DONE = {"saved": N_("Draft saved."), "submitted": N_("Submitted for approval."), "approved": N_("Approved."),
         "returned": N_("Returned to the handler."), "sent": N_("Approved and sent to the sender."),
         "to-post": N_("Approved: the registry office posts it."), "posted": N_("Recorded as posted.")}
