@@ -252,11 +252,14 @@ def test_a_letter_prints_as_its_processing_slip_and_a_queue_as_a_sheet_of_the_re
     expect(button).to_be_hidden()
 
     page.emulate_media(media="screen")
+    world.registry.set_reference(world.n("A"), "京应急函〔2026〕3号", actor="reg")
     page.goto(f"/letters?queue=all&department={A}&sort=number")
+    assert "京应急函" not in page.locator("table.grid.letters").inner_text()  # too wide beside the sidebar
     expect(page.locator("button[data-print]")).to_have_text("打印")
     text, sizes = printed_text(page)
     assert sizes and all(width > height for width, height in sizes), sizes  # landscape
     assert "收文登记簿" in text and "全部信件 · 部门: General Office" in text, text
+    assert "来文字号" in text and "京应急函" in text, text  # a column of the register on paper
     shown_rows = page.locator("table.grid.letters tbody tr").count()
     assert f"第 1–{shown_rows} 件，共 {shown_rows} 件" in text, text
     for name in ("A", "CA", "CO", "ACT"):
