@@ -370,6 +370,30 @@ def utf8_under_gb_labels() -> Case:
         "part 2 file name: charset 'gb2312' declared, decoded as utf-8"])
 
 
+def utf8_that_is_also_valid_gbk() -> Case:
+    """UTF-8 labelled gbk or Shift_JIS that the label's decoder reads without an error, as other
+    characters (合同 as 鍚堝悓, 请查收合同 as 隸ｷ譟･謾ｶ蜷亥酔): valid UTF-8 with characters of
+    three bytes outranks a double-byte label."""
+    for text, label in (("关于合同", "gbk"), ("请查收合同", "cp932")):
+        text.encode().decode(label)  # the trap: the label's decoder accepts these bytes
+    raw = letter([b"Subject: " + b_word("gbk", "关于合同", "utf-8"),
+                  b"Content-Type: text/plain; charset=shift_jis", b"Content-Transfer-Encoding: 8bit"],
+                 "请查收合同".encode())
+    return Case(raw, "关于合同", "Sender", "请查收合同", [], [
+        "header Subject: charset 'gbk' declared, decoded as utf-8",
+        "message: charset 'shift_jis' declared, decoded as utf-8"])
+
+
+def gbk_that_is_also_valid_utf8() -> Case:
+    """Real GBK whose bytes happen to be valid UTF-8 of two-byte characters (陆路 would read as
+    "½·"): the label stands, as it does for GBK text that is not valid UTF-8."""
+    raw = letter([b"Subject: " + b_word("gbk", "陆路运输"),
+                  b"Content-Type: text/plain; charset=gbk", b"Content-Transfer-Encoding: 8bit"],
+                 "陆路".encode("gbk"))
+    "陆路".encode("gbk").decode("utf-8")  # the trap: these GBK bytes are valid UTF-8
+    return Case(raw, "陆路运输", "Sender", "陆路")
+
+
 def shift_jis_windows_characters() -> Case:
     """Shift_JIS labels mean windows-31j: ① and ～ as Windows writes them."""
     raw = letter([b"Subject: " + b_word("shift_jis", "納期①", "cp932"),
@@ -439,7 +463,8 @@ CASES = {case.__name__: case for case in (
     rfc2231_charset_parameters, iso2022cn_subject_and_body, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
-    utf8_under_gb_labels, shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
+    utf8_under_gb_labels, utf8_that_is_also_valid_gbk, gbk_that_is_also_valid_utf8,
+    shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
     cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,
 )}
 
@@ -458,7 +483,7 @@ def test_corpus_decodes_exactly(name: str) -> None:
 END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
               "rfc2231_charset_parameters", "iso2022cn_subject_and_body", "flowed_delsp_yes", "flowed_without_delsp",
               "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions", "bom_against_label",
-              "gbk_under_gb2312", "utf8_under_gb_labels", "cpython_msg_07")
+              "gbk_under_gb2312", "utf8_under_gb_labels", "utf8_that_is_also_valid_gbk", "cpython_msg_07")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -10,6 +10,7 @@ practically always is) and their use is reported as a repair.
 from __future__ import annotations
 
 import codecs
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ class Charset:
     # Single-byte charsets decode any bytes, so valid UTF-8 under their label (which text in them
     # practically never is) is taken for the mislabelled UTF-8 it is.
     single_byte: bool = False
+    # The CJK double-byte charsets read most UTF-8 CJK text as other characters (合同 as GBK is
+    # 鍚堝悓), so valid UTF-8 with a character of three or more bytes (U+0800 up: CJK, kana,
+    # Hangul, full-width forms) outranks the label, as browsers' sniffers weigh it. Text really in
+    # these charsets is valid UTF-8 of that kind only by a run of improbable byte pairs; short text
+    # that is valid UTF-8 of two-byte characters only (陆路 in GBK reads as "½·") keeps the label.
+    wide_utf8_outranks: bool = False
 
     @property
     def name(self) -> str:
@@ -57,25 +64,31 @@ CHARSETS: tuple[Charset, ...] = (
             ("iso-8859-9",), ("windows-1254",), single_byte=True,
             reason="WHATWG: iso-8859-9 means windows-1254, as with Latin-1"),
     Charset(("gb2312", "euc-cn", "x-euc-cn", "csgb2312", "gb-2312", "gb-2312-80", "gb2312-80",
-             "chinese", "iso-ir-58", "csiso58gb231280"), ("gb2312",), ("gbk", "gb18030"), reason=(
+             "chinese", "iso-ir-58", "csiso58gb231280"), ("gb2312",), ("gbk", "gb18030"),
+            wide_utf8_outranks=True, reason=(
         "Chinese mail labelled gb2312 routinely uses GBK characters (镕, 喆) and cp936's €")),
-    Charset(("gbk", "x-gbk", "cp936", "ms936", "windows-936"), ("gbk",), ("gb18030",), reason=(
+    Charset(("gbk", "x-gbk", "cp936", "ms936", "windows-936"), ("gbk",), ("gb18030",),
+            wide_utf8_outranks=True, reason=(
         "GBK as Windows writes it (code page 936, 0x80 is €), which the WHATWG gbk decoder keeps")),
-    Charset(("gb18030",), ("gb18030",), (), reason="WHATWG gb18030, 0x80 read as € like GBK"),
+    Charset(("gb18030",), ("gb18030",), (), wide_utf8_outranks=True, reason=(
+        "WHATWG gb18030, 0x80 read as € like GBK")),
     Charset(("big5", "x-big5", "csbig5", "cn-big5", "x-x-big5"), ("big5",),
-            ("big5-hkscs", "big5-hkscs+cp950"), reason=(
+            ("big5-hkscs", "big5-hkscs+cp950"), wide_utf8_outranks=True, reason=(
         "Big5 mail routinely uses Hong Kong (HKSCS: 㗎, 嘅) and Windows (cp950: € at A3E1) "
         "extensions; HKSCS wins where the two disagree, as in the WHATWG big5 decoder")),
-    Charset(("cp950", "ms950", "windows-950"), ("cp950",), ("big5-hkscs+cp950",), reason=(
+    Charset(("cp950", "ms950", "windows-950"), ("cp950",), ("big5-hkscs+cp950",),
+            wide_utf8_outranks=True, reason=(
         "Windows Big5; HKSCS characters are its usual companions")),
     Charset(("big5-hkscs", "big5hkscs", "hkscs"), ("big5-hkscs",), ("big5-hkscs+cp950",),
-            reason="Hong Kong Big5; cp950's € and kana fill its gaps"),
+            wide_utf8_outranks=True, reason="Hong Kong Big5; cp950's € and kana fill its gaps"),
     Charset(("shift-jis", "shift_jis", "sjis", "x-sjis", "ms-kanji", "csshiftjis", "windows-31j",
-             "cp932", "ms932", "x-ms-cp932"), ("windows-31j",), (), reason=(
+             "cp932", "ms932", "x-ms-cp932"), ("windows-31j",), (),
+            wide_utf8_outranks=True, reason=(
         "WHATWG: Shift_JIS means windows-31j (NEC and IBM rows: ①, ㈱, 髙)")),
     Charset(("euc-kr", "cseuckr", "ks-c-5601-1987", "ks-c-5601-1989", "ks-c-5601", "ksc5601",
              "ksc-5601", "korean", "iso-ir-149", "csksc56011987", "cp949", "windows-949",
-             "x-windows-949", "uhc"), ("windows-949",), (), reason=(
+             "x-windows-949", "uhc"), ("windows-949",), (),
+            wide_utf8_outranks=True, reason=(
         "WHATWG: euc-kr means windows-949 (Unified Hangul Code)")),
     Charset(("iso-2022-jp", "csiso2022jp", "iso-2022-jp-ms", "cp50220", "cp50221", "cp50222"),
             ("iso-2022-jp",), (), reason=(
@@ -114,6 +127,8 @@ _LABEL_BY_CODEPAGE: dict[int, str] = {
 _BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_BE, "utf-16-be"),
          (codecs.BOM_UTF16_LE, "utf-16-le"))
 _FALLBACKS = ("gb18030", "windows-1252")  # after UTF-8 and any guesses; the last decodes anything
+# A UTF-8 sequence of three or four bytes (a character from U+0800 up); validity is checked apart.
+_WIDE_UTF8 = re.compile(rb"[\xe0-\xf4][\x80-\xbf]{2}")
 
 
 def charset_for_windows_codepage(codepage: int) -> str:
@@ -271,6 +286,11 @@ def decode_bytes(data: bytes, charset: str | None,
     if entry is _ISO2022CN:
         return _decode_iso2022cn(data, shown)
     if entry.single_byte and not data.isascii():
+        try:
+            return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
+        except UnicodeDecodeError:
+            pass
+    if entry.wide_utf8_outranks and _WIDE_UTF8.search(data):
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
         except UnicodeDecodeError:
