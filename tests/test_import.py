@@ -2,6 +2,7 @@
 midway and run again, gives each message exactly once, and sends nothing unless told to."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -399,3 +400,30 @@ def test_messages_saved_with_a_byte_order_mark_or_blank_lines_first_keep_their_h
         assert (shown["sender_address"], shown["sent_at"], shown["received_at"], shown["defects"]) == (
             f"p{n}@partner.example", f"2020-11-23T02:0{n}:00+00:00", f"2020-11-23T02:0{n}:00+00:00", [defect]), shown
         assert str(shown["body_text"]).startswith("Dear colleagues,")
+
+
+def test_an_mbox_with_classic_mac_line_ends_is_split_into_its_messages(gateway: Gateway, tmp_path: Path) -> None:
+    """An mbox from the classic Mac OS (Eudora, Mac OS 9) ends its lines with a bare CR: it was read
+    as one message. Each message is found, with or without dates on the From lines, an unescaped
+    "From " line in a body stays in its letter, and each message is kept byte for byte."""
+    def mac(text: bytes) -> bytes:
+        return text.replace(b"\n", b"\r")
+
+    dated = [mac(from_line(n) + message(n, extra_body="\nFrom the desk of the old system.\n") + b"\n")
+             for n in (1, 2)]
+    undated = [mac(f"From p{n}@partner.example\n".encode() + message(n) + b"\n") for n in (3, 4, 5)]
+    (tmp_path / "dated.mbox").write_bytes(b"".join(dated))
+    (tmp_path / "undated.mbox").write_bytes(b"".join(undated))
+    for name, count in (("dated", 2), ("undated", 3)):
+        summary = summary_of(gateway.run("import", str(tmp_path / f"{name}.mbox"), "--json"))
+        assert (summary["total"], summary["registered"]) == (count, count), summary
+    letters = {str(row["subject"]): row for row in gateway.list_json()}
+    assert sorted(letters) == [f"Old letter {n}" for n in range(1, 6)]
+    for n, raw in ((1, dated[0]), (2, dated[1]), (3, undated[0]), (4, undated[1]), (5, undated[2])):
+        shown = gateway.show_json(str(letters[f"Old letter {n}"]["number"]))
+        assert shown["sent_at"] == shown["received_at"] == f"2020-11-23T02:{n:02d}:00+00:00", shown
+        assert str(shown["body_text"]).startswith(f"Dear colleagues,\nthis is letter {n} of the old system.")
+        assert ("From the desk" in str(shown["body_text"])) == (n < 3)
+        # The message as the file holds it: after its From line, without the blank line that ends it.
+        kept = raw.split(b"\r", 1)[1][:-1]
+        assert shown["raw_sha256"] == hashlib.sha256(kept).hexdigest(), shown

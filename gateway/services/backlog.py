@@ -54,6 +54,9 @@ _LOOSE_FROM = re.compile(rb"(?:\A|(?<=\n\n)|(?<=\n\r\n))From [^\n]*\n")
 _FROM_TIME = re.compile(rb"([A-Z][a-z]{2}) +(\d{1,2}) +(\d{1,2}:\d\d(?::\d\d)?)(?: +([-+]\d{4}|[A-Z]{3,4}))? +(\d{4})")
 _DATE_HEADER = re.compile(rb"^Date:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# An mbox written on the classic Mac OS ends its lines with a bare CR, its first line included.
+_BARE_CR_FIRST_LINE = re.compile(rb"From [^\r\n]*\r(?!\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 _MAILDIR_TIME = re.compile(r"^(\d{9,11})\.")
 # A link in an export is not followed: it could point at any file the import's user may read. It is
 # refused by name rather than passed over, so that the summary shows what was not taken in.
@@ -145,20 +148,24 @@ def _mbox_spans(data: mmap.mmap) -> list[tuple[int, int, int]]:
     line that ends it). Raises SourceError when the file does not begin like an mbox."""
     if data[:5] != b"From ":
         raise SourceError("not an mbox: its first line is not a \"From \" line")
-    first = _STRICT_FROM.match(data)
+    # In an mbox whose first line ends with a bare CR (classic Mac OS), every bare CR ends a line:
+    # the places are found in a copy with LF for each bare CR, which keeps every byte's offset, and
+    # the messages are taken from the file as they are.
+    lines: bytes | mmap.mmap = _BARE_CR.sub(b"\n", data) if _BARE_CR_FIRST_LINE.match(data) else data
+    first = _STRICT_FROM.match(lines)
     # A first line the strict pattern takes means the exporter writes dates: only such lines separate.
-    starts = [m.start() for m in (_STRICT_FROM if first else _LOOSE_FROM).finditer(data)]
+    starts = [m.start() for m in (_STRICT_FROM if first else _LOOSE_FROM).finditer(lines)]
     if not starts or starts[0] != 0:
         starts.insert(0, 0)
     spans = []
     for n, line_start in enumerate(starts):
-        newline = data.find(b"\n", line_start)
-        start = len(data) if newline < 0 else newline + 1
-        end = starts[n + 1] if n + 1 < len(starts) else len(data)
+        newline = lines.find(b"\n", line_start)
+        start = len(lines) if newline < 0 else newline + 1
+        end = starts[n + 1] if n + 1 < len(starts) else len(lines)
         # The blank line before the next From line belongs to the mbox, not to the message.
-        if data[max(start, end - 2):end] == b"\n\n":
+        if lines[max(start, end - 2):end] == b"\n\n":
             end -= 1
-        elif data[max(start, end - 3):end] == b"\n\r\n":
+        elif lines[max(start, end - 3):end] == b"\n\r\n":
             end -= 2
         spans.append((line_start, start, max(start, end)))
     return spans
@@ -299,6 +306,8 @@ def _from_line_time(line: bytes, tz: ZoneInfo) -> datetime | None:
 
 def _date_header(raw: bytes) -> datetime | None:
     raw, _, _ = skip_before_header(raw)  # as the letter is read: a blank line first ends no header
+    if _BARE_CR.search(raw, 0, 1024):  # lines ended by a bare CR (classic Mac OS), as the parser reads them
+        raw = _BARE_CR.sub(b"\n", raw[:64 * 1024])
     end = _HEADER_END.search(raw)
     head = raw[: end.start() if end else 64 * 1024]
     found = _DATE_HEADER.search(head)
