@@ -203,3 +203,49 @@ def test_a_name_that_is_only_an_extension_keeps_it_on_a_name_of_the_gateways(tmp
     gateway.run("ingest", str(tmp_path / "letter.eml"))
     written = gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out")).stdout.split()
     assert [Path(p).name for p in written] == ["report.pdf", "attachment-2.pdf", "attachment-3.pdf"]
+
+
+def test_an_invitation_alone_becomes_the_letters_text_and_its_ics_is_kept(tmp_path: Path) -> None:
+    """A meeting invitation with nothing but a text/calendar part (Outlook, DingTalk) gave a letter
+    without any text: no summary, nothing for search to find. Its title, time, place, organiser and
+    description are the letter's text, and the .ics is kept as it came."""
+    import base64
+    import json
+
+    ics = ("BEGIN:VCALENDAR\r\nPRODID:-//Microsoft Corporation//Outlook 16.0 MIMEDIR//EN\r\nVERSION:2.0\r\n"
+           "METHOD:REQUEST\r\nBEGIN:VTIMEZONE\r\nTZID:China Standard Time\r\nBEGIN:STANDARD\r\n"
+           "DTSTART:16010101T000000\r\nTZOFFSETFROM:+0800\r\nTZOFFSETTO:+0800\r\nEND:STANDARD\r\n"
+           "END:VTIMEZONE\r\nBEGIN:VEVENT\r\n"
+           'ORGANIZER;CN="王经理: 采购部":mailto:wang@partner.example\r\n'
+           "ATTENDEE;ROLE=REQ-PARTICIPANT;RSVP=TRUE:mailto:liaison@example.org\r\n"
+           "DESCRIPTION;LANGUAGE=zh-CN:请准时参加续签会议。\\n议程：一\\, 价格\\; 二\\, 交期。\r\n"
+           "SUMMARY;LANGUAGE=zh-CN:合同续签会议\r\n"
+           "DTSTART;TZID=China Standard Time:20261203T140000\r\n"
+           "DTEND;TZID=China Standard Time:20261203T153000\r\n"
+           "LOCATION;LANGUAGE=zh-CN:北京市朝阳区建国路 88 号\r\n  3 楼会议室\r\n"
+           "UID:040000008200E00074C5B7101A82E008\r\nBEGIN:VALARM\r\nDESCRIPTION:REMINDER\r\n"
+           "TRIGGER;RELATED=START:-PT15M\r\nACTION:DISPLAY\r\nEND:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n").encode()
+    raw = (b"From: Wang <wang@partner.example>\r\nTo: liaison@example.org\r\nSubject: Invitation\r\n"
+           b"Date: Mon, 23 Nov 2026 09:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/calendar; charset=utf-8; method=REQUEST\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(ics).replace(b"\n", b"\r\n"))
+    gateway = Gateway(tmp_path)
+    (tmp_path / "invitation.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "invitation.eml"))
+    letter = gateway.show_json("2026-000001")
+    assert letter["body_text"] == (
+        "Invitation: 合同续签会议\n"
+        "When: 2026-12-03 14:00 (China Standard Time) – 15:30 (China Standard Time)\n"
+        "Where: 北京市朝阳区建国路 88 号 3 楼会议室\n"
+        "Organiser: 王经理: 采购部 <wang@partner.example>\n"
+        "\n"
+        "请准时参加续签会议。\n议程：一, 价格; 二, 交期。")
+    assert str(letter["summary"]).startswith("Invitation: 合同续签会议 When: 2026-12-03 14:00")
+    assert letter["defects"] == []
+    for words in ("续签", "建国路", "交期"):
+        found = json.loads(gateway.run("letters", "search", words, "--json").stdout)
+        assert [row["number"] for row in found["letters"]] == ["2026-000001"], words
+    assert [(a["filename"], a["declared_type"], a["size"]) for a in letter["attachments"]] == [  # type: ignore[index]
+        ("attachment-1.ics", "text/calendar", len(ics))]
+    gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "attachment-1.ics").read_bytes() == ics

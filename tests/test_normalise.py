@@ -1076,3 +1076,25 @@ def test_invalid_quoted_printable_is_kept_and_named():
         "message: invalid quoted printable (2 \"=\" starting no escape, kept as written; the first: '=ZZ')"]
     clean = normalise(message(headers, b"Total =3D 5 =E4=BD=A0, soft=\r\nbreak\r\n"))
     assert clean.defects == [] and "Total = 5 你, softbreak" in clean.body_text
+
+
+def test_an_invitation_is_the_text_only_where_no_text_part_is_there():
+    """The event is the letter's text only for a letter that is an invitation and nothing else;
+    beside a text part it is an attachment as before. Whatever the .ics holds, nothing raises."""
+    events = "".join(f"BEGIN:VEVENT\r\nSUMMARY:Meeting {n}\r\nDTSTART;VALUE=DATE:2026120{n % 9 + 1}\r\n"
+                     f"ORGANIZER;CN=\"unclosed:mailto:x@example.org\r\nno colon here\r\nEND:VEVENT\r\n"
+                     for n in range(25))
+    ics = f"BEGIN:VCALENDAR\r\nMETHOD:CANCEL\r\n{events}END:VCALENDAR\r\n"
+    head = ("From: a@partner.example\r\nTo: liaison@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+            "Date: Mon, 23 Nov 2026 09:00:00 +0800\r\n"
+            'Content-Type: multipart/mixed; boundary="B"\r\n\r\n')
+    calendar = f"--B\r\nContent-Type: application/ics; name=invite.ics\r\n\r\n{ics}\r\n"
+    alone = normalise((head + calendar + "--B--\r\n").encode())
+    texts = alone.body_text.split("\n\n")
+    assert texts[:2] == ["Cancelled: Meeting 0\nWhen: 2026-12-01", "Cancelled: Meeting 1\nWhen: 2026-12-02"]
+    assert len(texts) == 21 and texts[-1] == "(5 more events in the calendar file)"
+    assert [a.filename for a in alone.attachments] == ["invite.ics"] and alone.defects == []
+    with_text = normalise((head + "--B\r\nContent-Type: text/plain\r\n\r\nSee the invitation.\r\n"
+                           + calendar + "--B--\r\n").encode())
+    assert with_text.body_text == "See the invitation."
+    assert [a.filename for a in with_text.attachments] == ["invite.ics"]

@@ -16,6 +16,7 @@ from email.message import Message
 import magic
 
 from .bounded import BoundedMessage, Budget, parse, parse_headers
+from .calendar import calendar_text
 from .charsets import Guess, decode_bytes, resolve_charset
 from .filenames import numbered_variant, safe_filename
 from .flowed import unflow
@@ -35,6 +36,7 @@ from .summary import summarise
 
 _TNEF_CONTENT_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})  # and any winmail.dat
 _BODY_TYPES = frozenset({"text/plain", "text/html"})
+_CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
 _KNOWN_TRANSFER_ENCODINGS = frozenset(
     {"7bit", "8bit", "binary", "base64", "quoted-printable", "uuencode", "x-uuencode", "uue",
      "x-uue"}
@@ -244,6 +246,10 @@ def _read_body(message: Message, walker: _PartWalker, result: Normalised) -> Non
     texts = [text for text in (fragment.render(result.defects) for fragment in fragments) if text]
     if not texts and walker.tnef_bodies:
         texts = [walker.tnef_bodies[0].render(result.defects)]
+    if not texts:
+        # An invitation and nothing else: its event is the letter's text (the .ics stays attached).
+        # Google sends one event twice, inline and as invite.ics: each text once.
+        texts = list(dict.fromkeys(text for text in walker.calendar_texts if text))
     result.body_text = "\n\n".join(texts)
 
 
@@ -312,6 +318,7 @@ class _PartWalker:
         self.limits = budget.limits
         self.attachments: list[Attachment] = []
         self.tnef_bodies: list[_Fragment] = []
+        self.calendar_texts: list[str] = []
         self.attachments_left_out = 0
         self._linesep = linesep
         self._taken_names: set[str] = set()
@@ -400,6 +407,8 @@ class _PartWalker:
             self._tnef(self._payload_bytes(part), filename, content_type, origin, where)
         else:
             self._add_attachment(self._content(part), filename, content_type, origin, where)
+            if content_type in _CALENDAR_TYPES and len(self.calendar_texts) < self.limits.max_parts:
+                self.calendar_texts.append(calendar_text(self._text(part, where, html=False)))
         return []
 
     def _content(self, part: Message) -> bytes | Streamed:
