@@ -1098,3 +1098,13 @@ def test_an_invitation_is_the_text_only_where_no_text_part_is_there():
                            + calendar + "--B--\r\n").encode())
     assert with_text.body_text == "See the invitation."
     assert [a.filename for a in with_text.attachments] == ["invite.ics"]
+
+
+def test_a_from_with_several_addresses_names_those_not_taken_as_the_sender():
+    """RFC 5322 allows several authors in one From; the register has one sender. The others were
+    dropped without a word (a mail program shows them all); they are named in a defect."""
+    result = normalise(message([b"From: Zhang <zhang@partner.example>, =?utf-8?B?5p2O5Zub?= <li@partner.example>,"
+                                b"\r\n wang@partner.example"], sender=False))
+    assert result.sender == Address("Zhang", "zhang@partner.example")
+    assert result.defects == ["header From: 3 addresses; the first is the sender "
+                              "(also: li@partner.example, wang@partner.example)"]

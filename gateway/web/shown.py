@@ -328,6 +328,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("more than %(count)s MIME parts; the first %(count)s were examined, the rest are only in the original")),
     (re.compile(r"^(?P<count>\d+) (?P<header>\S+) header fields; the first was read \(also: (?P<others>.*)\)$", re.S),
      N_("%(count)s %(header)s header fields; the first was read (the others: %(others)s)")),
+    (re.compile(r"^(?P<count>\d+) addresses; the first is the sender \(also: (?P<others>.*)\)$", re.S),
+     N_("%(count)s addresses; the first is the sender (the others: %(others)s)")),
     (re.compile(r"^HTML could not be rendered \((?P<error>.*)\), tags stripped$", re.S),
      N_("the HTML could not be rendered (%(error)s); its tags were removed")),
     (re.compile(r"^nested more than (?P<depth>\d+) deep, not examined$"),

@@ -222,6 +222,12 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
     sender_addresses = addresses("Sender")
     if from_addresses:
         result.sender, result.sender_field = from_addresses[0], "From"
+        # RFC 5322 allows several authors in one From; the register has one sender, so the others
+        # are named (a second From field is named as a repeated field, above).
+        authors = parse_addresses(all_raw["from"][:1], "From", guesses)[0]
+        if len(authors) > 1:
+            others = ", ".join(a.address for a in authors[1:])
+            defects.append(f"header From: {len(authors)} addresses; the first is the sender (also: {others[:200]})")
     elif sender_addresses:
         result.sender, result.sender_field = sender_addresses[0], "Sender"
     elif first_decoded.get("from", "").strip():
