@@ -361,6 +361,14 @@ def test_garbled_from_keeps_text_and_records_defect():
     assert result.defects == ["header From: unparseable address in 'Finance Department'"]
 
 
+def test_an_empty_from_is_named_like_a_missing_one():
+    """A From field with nothing in it gave a letter without a sender and without a word why."""
+    for fields, sender in (([b"From: ", b"Subject: x"], None),
+                           ([b"From:\t\r\n ", b"Sender: clerk@example.org"], Address("", "clerk@example.org"))):
+        result = normalise(message(fields, sender=False))
+        assert (result.sender, result.defects) == (sender, ["header From: empty"])
+
+
 def test_no_sender_at_all():
     """No From and no Sender gives sender None."""
     result = normalise(message([b"Subject: hello"], b"body", sender=False))

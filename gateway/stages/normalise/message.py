@@ -235,6 +235,8 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
         result.sender = Address(collapse_whitespace(first_decoded["from"]), "")
     if "from" not in first_raw:
         defects.append("message: missing From header")
+    elif not first_decoded["from"].strip():
+        defects.append("header From: empty")
     result.to = addresses("To")
     result.cc = addresses("Cc")
     result.reply_to = addresses("Reply-To")
