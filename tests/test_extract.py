@@ -249,3 +249,27 @@ def test_an_invitation_alone_becomes_the_letters_text_and_its_ics_is_kept(tmp_pa
         ("attachment-1.ics", "text/calendar", len(ics))]
     gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
     assert (tmp_path / "out" / "attachment-1.ics").read_bytes() == ics
+
+
+def test_8bit_content_labelled_base64_is_taken_as_it_came(tmp_path: Path) -> None:
+    """A mailer that labels raw 8-bit content base64: decoding it as base64 gave noise in place of the
+    letter's text and of the file. Base64 is ASCII only, so such content is taken as it came, named."""
+    gateway = Gateway(tmp_path)
+    text = "合同已收到，请审阅附件。\r\nThanks, regards"
+    scan = b"%PDF-1.4\n" + bytes(range(0x80, 0x100)) + b"\n%%EOF"
+    raw = (b"From: alice@partner.example\r\nTo: liaison@example.org\r\nSubject: raw under base64\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + text.encode() + b"\r\n--B\r\n"
+           b'Content-Type: application/pdf; name="scan.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+           + scan + b"\r\n--B--\r\n")
+    (tmp_path / "letter.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    letter = gateway.show_json("2026-000001")
+    assert letter["body_text"] == text.replace("\r\n", "\n")
+    assert [(a["filename"], a["size"]) for a in letter["attachments"]] == [("scan.pdf", len(scan))]  # type: ignore[index]
+    assert letter["defects"] == [f"part {n}: not base64 (8-bit bytes under Content-Transfer-Encoding base64, "
+                                 "content taken as is)" for n in (1, 2)]
+    gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "scan.pdf").read_bytes() == scan

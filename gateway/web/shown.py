@@ -303,6 +303,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^invalid quoted printable \((?P<count>\d+) \"=\" starting no escape, kept as written; the first: "
                 r"(?P<first>.*)\)$", re.S),
      N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
+    (re.compile(r"^not base64 \(8-bit bytes under Content-Transfer-Encoding base64, content taken as is\)$"),
+     N_("not base64: 8-bit bytes under Content-Transfer-Encoding base64, the content taken as it is")),
     # The mail parser's own findings (email.errors), as gateway/stages/normalise/message.py words them.
     (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))})$"), N_("%(kind)s")),
     (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))}) \((?P<detail>.*)\)$", re.S),

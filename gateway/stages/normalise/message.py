@@ -696,8 +696,21 @@ def _check_quoted_printable(part: Message, payload: str) -> None:
             f"{len(invalid)} \"=\" starting no escape, kept as written; the first: {invalid[0]!r}"))
 
 
+class NotBase64Defect(MessageDefect):
+    """Content labelled base64 that holds 8-bit bytes: a mailer labelled raw content base64."""
+
+
 def _payload_bytes(part: Message) -> bytes:
     """The transfer-decoded content of a leaf part."""
+    kept = getattr(part, "_payload", None)  # get_payload() would hand 8-bit bytes back re-decoded
+    if (isinstance(kept, str) and not kept.isascii()
+            and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"):
+        # Base64 is ASCII only. Decoding 8-bit content as base64 would give noise in place of the
+        # letter's words (or of a file's bytes); the content is taken as it came, and named.
+        if not any(isinstance(defect, NotBase64Defect) for defect in part.defects):
+            part.defects.append(NotBase64Defect("8-bit bytes under Content-Transfer-Encoding base64, "
+                                                "content taken as is"))
+        return kept.encode("utf-8", "surrogateescape")
     payload = part.get_payload(decode=True)
     stored = part.get_payload()
     if isinstance(stored, str) and any(isinstance(d, InvalidBase64LengthDefect) for d in part.defects):
