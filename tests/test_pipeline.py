@@ -245,3 +245,20 @@ def test_a_failed_items_reason_is_one_line_naming_the_cause_not_the_statement() 
     assert failure("cannot read item", ValueError("line one\nline two " + "y" * 400)) == \
         "cannot read item: ValueError: line one"
     assert len(failure("x", ValueError("z" * 1000))) == len("x: ValueError: ") + 300
+
+
+def test_comments_nested_beyond_the_parsers_stack_cost_only_their_field(gateway: Gateway, tmp_path: Path) -> None:
+    """The address parser reads each nested comment one level deeper: a Cc of 5,000 nested "("
+    exhausted the stack, and the letter lost all of its header read after it (recipients, date,
+    Message-ID). Such a field is named as an address not understood; the rest of the header is read."""
+    nested = "(" * 5000 + "x@attacker.example" + ")" * 5000
+    msg = tmp_path / "nested.eml"
+    msg.write_bytes(make_message(1, subject="Contract renewal", to="Sales <sales@example.org>")
+                    .replace(b"\r\nSubject:", f"\r\nCc: {nested}\r\nSubject:".encode(), 1))
+    gateway.run("ingest", str(msg))
+    detail = gateway.show_json("2026-000001")
+    assert (detail["sender_address"], detail["subject"], detail["sent_at"]) == (
+        "alice@partner.example", "Contract renewal", "2026-11-23T02:00:00+00:00")
+    assert detail["recipients"]["to"] == [{"name": "Sales", "address": "sales@example.org"}]  # type: ignore[index]
+    assert detail["department"] == "business"
+    assert detail["defects"] == [f"header Cc: unparseable address in {nested[:200]!r}"]

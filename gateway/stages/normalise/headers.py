@@ -172,7 +172,15 @@ def parse_addresses(raw_values: list[str], header: str,
             defects.extend(f"header {header}: {d}" for d in raw_defects)
         found: list[Address] = []
         unparseable = False
-        for name, addr_spec in _mailboxes(unfolded):
+        try:
+            mailboxes = _mailboxes(unfolded)
+        except RecursionError:
+            # The standard parser reads each nested comment "((((...))))" one level deeper: such a
+            # field exhausts the stack. Named, it costs that field, not the letter's whole header.
+            defects.append(f"header {header}: unparseable address in "
+                           f"{decode_header_value(unfolded, guesses)[0][:200]!r}")
+            continue
+        for name, addr_spec in mailboxes:
             addr_spec = addr_spec.strip()
             if _is_addr_spec(addr_spec):
                 display_name, name_defects = decode_header_value(name, guesses)
