@@ -709,6 +709,23 @@ def test_tnef_without_files_is_listed_itself():
     assert result.defects == []
 
 
+def test_a_tnef_stream_cut_short_is_named_and_listed_as_it_came():
+    """A winmail.dat cut off inside a file (in transit, or by another system's size limit): the file
+    came out short without a word, and the container was not listed. The cut is named, and the
+    winmail.dat is listed as it came beside what could be read of its files."""
+    pdf = pdf_bytes()
+    whole = tnef_stream(1252, b"see the report", [(b"a.txt", b"data", {}), (b"report.pdf", pdf, {})])
+    stream = whole[:whole.index(pdf) + len(pdf) // 2]
+    part = mime_part([b"Content-Type: application/ms-tnef; name=winmail.dat",
+                      b"Content-Transfer-Encoding: base64"], b64_lines(stream))
+    header, body = multipart("mixed", [part])
+    result = normalise(message([header], body))
+    assert [(a.filename, a.origin) for a in result.attachments][:2] == [("winmail.dat", "mime"), ("a.txt", "tnef")]
+    assert result.attachments[0].content == stream and result.attachments[1].content == b"data"
+    assert result.body_text == "see the report"
+    assert "part 1: TNEF stream cut short inside an attribute; the winmail.dat is listed as it came" in result.defects
+
+
 def test_tnef_body_does_not_replace_a_text_part():
     """When the message has its own text part, the TNEF body is not used."""
     stream = tnef_stream(1252, b"from tnef", [(b"a.txt", b"data", {})])

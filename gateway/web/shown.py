@@ -362,6 +362,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("the content type could not be detected (%(error)s)")),
     (re.compile(r"^(?P<count>\d+) TNEF attribute\(s\) with a bad checksum$"),
      N_("%(count)s TNEF attributes with a bad checksum")),
+    (re.compile(r"^TNEF stream cut short inside an attribute; the winmail.dat is listed as it came$"),
+     N_("the TNEF stream is cut short inside an attribute; the winmail.dat is listed as it came")),
     (re.compile(r"^TNEF MAPI property list with impossible counts skipped$"),
      N_("TNEF MAPI property list with impossible counts skipped")),
     (re.compile(r"^TNEF body is compressed RTF only; its text was not extracted$"),

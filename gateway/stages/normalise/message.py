@@ -595,8 +595,9 @@ class _PartWalker:
             self._add_attachment(content, filename, content_type, origin, where)
             return
         self.defects.extend(f"{where}: {defect}" for defect in extracted.defects)
-        if not extracted.files:
-            # Nothing to list in its place (e.g. only an RTF body): list the container itself.
+        if not extracted.files or extracted.cut_short:
+            # Nothing to list in its place (e.g. only an RTF body), or files that may have come out
+            # short: list the container itself, to be opened by another program.
             self._add_attachment(content, filename, content_type, origin, where)
         for inner in extracted.files:
             self._add_attachment(inner.content, inner.name, inner.declared_type, "tnef", where)

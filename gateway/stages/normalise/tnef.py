@@ -26,12 +26,13 @@ class TnefContent:
     body_text: str | None = None
     body_html: str | None = None
     defects: list[str] = field(default_factory=list)
+    cut_short: bool = False  # the stream ends inside an attribute: what it held is not all there
 
 
 def extract_tnef(data: bytes) -> TnefContent:
     """Decode a TNEF stream; raises on a stream tnefparse cannot read at all."""
     result = TnefContent()
-    stream = TNEF(_decodable_attributes(data, result.defects), do_checksum=True)
+    stream = TNEF(_decodable_attributes(data, result), do_checksum=True)
     charset = _stream_charset(stream)
     bad_checksums = sum(1 for obj in stream.objects if not obj.good_checksum)
     if bad_checksums:
@@ -60,15 +61,22 @@ _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
 
-def _decodable_attributes(data: bytes, defects: list[str]) -> bytes:
+def _decodable_attributes(data: bytes, result: TnefContent) -> bytes:
     """The stream with only the wanted attributes, each safe for tnefparse to decode."""
+    defects = result.defects
     kept = [data[:_HEADER_SIZE]]
     offset = _HEADER_SIZE
     in_attachment = False
     # Records are delimited exactly as tnefparse delimits them, so both see the same ones.
     while offset + TNEF.MIN_OBJ_SIZE < len(data):
         level, name = data[offset], _U16(data, offset + 1)[0]
-        length = min(len(data) - offset, _U32(data, offset + 5)[0] + _RECORD_OVERHEAD)
+        declared = _U32(data, offset + 5)[0] + _RECORD_OVERHEAD
+        if declared > len(data) - offset and not result.cut_short:
+            # A winmail.dat cut off in transit or by a size limit: tnefparse reads the last record
+            # from what is there, so a file inside comes out short or empty, without a word.
+            result.cut_short = True
+            defects.append("TNEF stream cut short inside an attribute; the winmail.dat is listed as it came")
+        length = min(len(data) - offset, declared)
         record = data[offset:offset + length]
         offset += length
         in_attachment = in_attachment or name == TNEF.ATTATTACHRENDDATA
