@@ -427,3 +427,22 @@ def test_an_mbox_with_classic_mac_line_ends_is_split_into_its_messages(gateway: 
         # The message as the file holds it: after its From line, without the blank line that ends it.
         kept = raw.split(b"\r", 1)[1][:-1]
         assert shown["raw_sha256"] == hashlib.sha256(kept).hexdigest(), shown
+
+
+def test_a_compressed_mbox_is_refused_with_how_to_decompress_it(gateway: Gateway, tmp_path: Path) -> None:
+    """An export handed over compressed (the monthly archive's own mail is mbox.zst) was refused as a
+    file whose first line is not a "From " line, which says nothing of why. The refusal names the
+    compression and how to undo it; nothing is spooled."""
+    import gzip
+
+    import zstandard
+
+    mbox = from_line(1) + message(1) + b"\n"
+    (tmp_path / "export.mbox.gz").write_bytes(gzip.compress(mbox))
+    (tmp_path / "part-001.mbox.zst").write_bytes(zstandard.ZstdCompressor().compress(mbox))
+    for name, kind, command in (("export.mbox.gz", "gzip", "gzip -dc"), ("part-001.mbox.zst", "zstd", "zstd -dc")):
+        proc = gateway.run("import", str(tmp_path / name), check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert (f"{tmp_path / name}: not an mbox but a file compressed with {kind}: decompress it first "
+                f"({command} FILE > FILE.mbox) and import that") in proc.stderr, proc.stderr
+    assert not os.path.exists(gateway.state / "spool" / "new") or spool_left(gateway) == []

@@ -58,6 +58,9 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _BARE_CR_FIRST_LINE = re.compile(rb"From [^\r\n]*\r(?!\n)")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _MAILDIR_TIME = re.compile(r"^(\d{9,11})\.")
+# Compressed files, by their first bytes: (magic, what compressed it, how to decompress it).
+_COMPRESSED = ((b"\x1f\x8b", "gzip", "gzip -dc"), (b"\x28\xb5\x2f\xfd", "zstd", "zstd -dc"),
+               (b"BZh", "bzip2", "bzip2 -dc"), (b"\xfd7zXZ\x00", "xz", "xz -dc"), (b"PK\x03\x04", "zip", "unzip -p"))
 # A link in an export is not followed: it could point at any file the import's user may read. It is
 # refused by name rather than passed over, so that the summary shows what was not taken in.
 _LINK = "a symbolic link, not followed: put the message itself there"
@@ -275,10 +278,15 @@ def open_source(path: Path, tz: ZoneInfo) -> Source:
         raise SourceError(f"{path}: not a file or folder")
     try:
         with open(path, "rb") as fh:
-            head = fh.read(5)
+            head = fh.read(6)
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if head != b"From " and head:
+    for magic, kind, command in _COMPRESSED:
+        if head.startswith(magic):
+            # An export is often handed over compressed (and the monthly archive's mail is mbox.zst).
+            raise SourceError(f"{path}: not an mbox but a file compressed with {kind}: decompress it first "
+                              f"({command} FILE > FILE.mbox) and import that")
+    if head[:5] != b"From " and head:
         raise SourceError(f"{path}: not an mbox (its first line is not a \"From \" line); "
                           f"a single message is taken in with `gateway ingest`")
     source = Mbox(path, tz)
