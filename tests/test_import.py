@@ -446,3 +446,22 @@ def test_a_compressed_mbox_is_refused_with_how_to_decompress_it(gateway: Gateway
         assert (f"{tmp_path / name}: not an mbox but a file compressed with {kind}: decompress it first "
                 f"({command} FILE > FILE.mbox) and import that") in proc.stderr, proc.stderr
     assert not os.path.exists(gateway.state / "spool" / "new") or spool_left(gateway) == []
+
+
+def test_an_mbox_saved_with_a_byte_order_mark_or_blank_lines_first_is_read(gateway: Gateway, tmp_path: Path) -> None:
+    """A Windows editor or export script puts a UTF-8 byte-order mark, or blank lines, before an mbox's
+    first From line: the whole export was refused as no mbox. What precedes the first From line is
+    passed over (it belongs to no message), and every message is read byte for byte."""
+    messages = [from_line(n) + message(n) + b"\n" for n in (1, 2, 3, 4)]
+    (tmp_path / "bom.mbox").write_bytes(b"\xef\xbb\xbf" + messages[0] + messages[1])
+    (tmp_path / "blank.mbox").write_bytes(b"\r\n\n" + messages[2] + messages[3])
+    for name in ("bom", "blank"):
+        summary = summary_of(gateway.run("import", str(tmp_path / f"{name}.mbox"), "--json"))
+        assert (summary["total"], summary["registered"]) == (2, 2), summary
+    letters = {str(row["subject"]): row for row in gateway.list_json()}
+    assert sorted(letters) == [f"Old letter {n}" for n in (1, 2, 3, 4)]
+    for n, raw in zip((1, 2, 3, 4), messages, strict=True):
+        shown = gateway.show_json(str(letters[f"Old letter {n}"]["number"]))
+        kept = raw.split(b"\n", 1)[1][:-1]  # after its From line, without the blank line that ends it
+        assert (shown["raw_sha256"], shown["sender_address"], shown["defects"]) == (
+            hashlib.sha256(kept).hexdigest(), f"p{n}@partner.example", []), shown

@@ -54,6 +54,8 @@ _LOOSE_FROM = re.compile(rb"(?:\A|(?<=\n\n)|(?<=\n\r\n))From [^\n]*\n")
 _FROM_TIME = re.compile(rb"([A-Z][a-z]{2}) +(\d{1,2}) +(\d{1,2}:\d\d(?::\d\d)?)(?: +([-+]\d{4}|[A-Z]{3,4}))? +(\d{4})")
 _DATE_HEADER = re.compile(rb"^Date:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# What a Windows tool may put before an mbox's first From line: a UTF-8 byte-order mark, blank lines.
+_BEFORE_MBOX = re.compile(rb"(?:\xef\xbb\xbf)?(?:\r\n|\n|\r)*")
 # An mbox written on the classic Mac OS ends its lines with a bare CR, its first line included.
 _BARE_CR_FIRST_LINE = re.compile(rb"From [^\r\n]*\r(?!\n)")
 _BARE_CR = re.compile(rb"\r(?!\n)")
@@ -149,12 +151,18 @@ class Mbox(Source):
 def _mbox_spans(data: mmap.mmap) -> list[tuple[int, int, int]]:
     """Where each message of an mbox is: its From line, its first byte and its end (without the blank
     line that ends it). Raises SourceError when the file does not begin like an mbox."""
-    if data[:5] != b"From ":
+    found = _BEFORE_MBOX.match(data)
+    skip = found.end() if found else 0
+    if data[skip:skip + 5] != b"From ":
         raise SourceError("not an mbox: its first line is not a \"From \" line")
     # In an mbox whose first line ends with a bare CR (classic Mac OS), every bare CR ends a line:
     # the places are found in a copy with LF for each bare CR, which keeps every byte's offset, and
     # the messages are taken from the file as they are.
-    lines: bytes | mmap.mmap = _BARE_CR.sub(b"\n", data) if _BARE_CR_FIRST_LINE.match(data) else data
+    lines: bytes | mmap.mmap = _BARE_CR.sub(b"\n", data) if _BARE_CR_FIRST_LINE.match(data, skip) else data
+    if skip:
+        # Read from the first From line on (a pattern's "^" does not match where a search starts),
+        # its places counted from the file's start.
+        lines = bytes(lines[skip:])
     first = _STRICT_FROM.match(lines)
     # A first line the strict pattern takes means the exporter writes dates: only such lines separate.
     starts = [m.start() for m in (_STRICT_FROM if first else _LOOSE_FROM).finditer(lines)]
@@ -170,7 +178,7 @@ def _mbox_spans(data: mmap.mmap) -> list[tuple[int, int, int]]:
             end -= 1
         elif lines[max(start, end - 3):end] == b"\n\r\n":
             end -= 2
-        spans.append((line_start, start, max(start, end)))
+        spans.append((skip + line_start, skip + start, skip + max(start, end)))
     return spans
 
 
@@ -278,7 +286,7 @@ def open_source(path: Path, tz: ZoneInfo) -> Source:
         raise SourceError(f"{path}: not a file or folder")
     try:
         with open(path, "rb") as fh:
-            head = fh.read(6)
+            head = fh.read(4096)
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     for magic, kind, command in _COMPRESSED:
@@ -286,7 +294,8 @@ def open_source(path: Path, tz: ZoneInfo) -> Source:
             # An export is often handed over compressed (and the monthly archive's mail is mbox.zst).
             raise SourceError(f"{path}: not an mbox but a file compressed with {kind}: decompress it first "
                               f"({command} FILE > FILE.mbox) and import that")
-    if head[:5] != b"From " and head:
+    found = _BEFORE_MBOX.match(head)
+    if head and head[found.end() if found else 0:][:5] != b"From ":
         raise SourceError(f"{path}: not an mbox (its first line is not a \"From \" line); "
                           f"a single message is taken in with `gateway ingest`")
     source = Mbox(path, tz)
