@@ -394,6 +394,15 @@ def gbk_that_is_also_valid_utf8() -> Case:
     return Case(raw, "陆路运输", "Sender", "陆路")
 
 
+def windows_unicode_labels() -> Case:
+    """UTF-16LE without a byte-order mark under Windows' label "unicode" and under "ucs-2": read as
+    UTF-8 they gave the text's ASCII with NULs between and its Chinese as other characters."""
+    raw = letter([b"Subject: =?ucs-2?B?" + base64.b64encode("合同续签".encode("utf-16-le")) + b"?=",
+                  b"Content-Type: text/plain; charset=unicode", b"Content-Transfer-Encoding: base64"],
+                 b64("请查收 contract 2026。".encode("utf-16-le")))
+    return Case(raw, "合同续签", "Sender", "请查收 contract 2026。")
+
+
 def shift_jis_windows_characters() -> Case:
     """Shift_JIS labels mean windows-31j: ① and ～ as Windows writes them."""
     raw = letter([b"Subject: " + b_word("shift_jis", "納期①", "cp932"),
@@ -463,7 +472,7 @@ CASES = {case.__name__: case for case in (
     rfc2231_charset_parameters, iso2022cn_subject_and_body, flowed_delsp_yes, flowed_without_delsp,
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
-    utf8_under_gb_labels, utf8_that_is_also_valid_gbk, gbk_that_is_also_valid_utf8,
+    utf8_under_gb_labels, utf8_that_is_also_valid_gbk, gbk_that_is_also_valid_utf8, windows_unicode_labels,
     shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
     cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,
 )}

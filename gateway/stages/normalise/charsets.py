@@ -101,6 +101,10 @@ CHARSETS: tuple[Charset, ...] = (
             reason="Hebrew in logical or visual order: the same bytes"),
     Charset(("iso-8859-6-i", "iso-8859-6-e"), ("iso-8859-6",), (), reason="Arabic, as iso-8859-6"),
     Charset(("unicode-1-1-utf-7", "utf-7", "csunicode11utf7"), ("utf-7",), (), reason="RFC 2152"),
+    Charset(("utf-16-le", "utf-16le", "unicode", "ucs-2", "iso-10646-ucs-2", "csunicode", "unicodefeff"),
+            ("utf-16-le",), (), reason=(
+        "WHATWG: Windows calls UTF-16LE 'Unicode' (code page 1200); UCS-2 is its subset")),
+    Charset(("utf-16-be", "utf-16be", "unicodefffe"), ("utf-16-be",), (), reason="WHATWG utf-16be labels"),
 )
 
 _BY_LABEL: dict[str, Charset] = {label: entry for entry in CHARSETS for label in entry.labels}
