@@ -403,6 +403,28 @@ def windows_unicode_labels() -> Case:
     return Case(raw, "合同续签", "Sender", "请查收 contract 2026。")
 
 
+def gbk_under_latin1_labels() -> Case:
+    """Chinese in GBK sent as iso-8859-1 (an old Foxmail or Outlook Express set up): read as Latin-1
+    it was 'ÄúºÃ£¬ºÏÍ¬...'. 8-bit bytes only in pairs, side by side, reading as Chinese: GBK."""
+    raw = letter([b"Subject: =?iso-8859-1?B?" + base64.b64encode("关于合同续签".encode("gbk")) + b"?=",
+                  b"Content-Type: text/plain; charset=iso-8859-1", b"Content-Transfer-Encoding: 8bit"],
+                 "您好，合同已收到。Thanks".encode("gbk"))
+    return Case(raw, "关于合同续签", "Sender", "您好，合同已收到。Thanks", [], [
+        "header Subject: charset 'iso-8859-1' declared, decoded as gbk",
+        "message: charset 'iso-8859-1' declared, decoded as gbk"])
+
+
+def latin1_that_is_also_valid_gbk() -> Case:
+    """Western text whose accented letters stand alone or in pairs (São João, ÆØ), valid GBK all the
+    same: the label stands, as it does for text that is not valid GBK."""
+    text = "São João, ÆØ 5 kg"
+    assert text.encode("latin-1").decode("gbk")  # the trap: these bytes are valid GBK
+    raw = letter([b"Subject: =?iso-8859-1?Q?S=E3o_Jo=E3o?=",
+                  b"Content-Type: text/plain; charset=iso-8859-1", b"Content-Transfer-Encoding: 8bit"],
+                 text.encode("latin-1"))
+    return Case(raw, "São João", "Sender", text)
+
+
 def shift_jis_windows_characters() -> Case:
     """Shift_JIS labels mean windows-31j: ① and ～ as Windows writes them."""
     raw = letter([b"Subject: " + b_word("shift_jis", "納期①", "cp932"),
@@ -473,7 +495,8 @@ CASES = {case.__name__: case for case in (
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     utf8_under_gb_labels, utf8_that_is_also_valid_gbk, gbk_that_is_also_valid_utf8, windows_unicode_labels,
-    shift_jis_windows_characters, euc_kr_unified_hangul, html_meta_charset,
+    gbk_under_latin1_labels, latin1_that_is_also_valid_gbk, shift_jis_windows_characters, euc_kr_unified_hangul,
+    html_meta_charset,
     cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,
 )}
 
@@ -492,7 +515,8 @@ def test_corpus_decodes_exactly(name: str) -> None:
 END_TO_END = ("big5_raw_file_names", "rfc2231_over_plain", "rfc2231_continuation_gap", "eight_bit_inside_encoded_words",
               "rfc2231_charset_parameters", "iso2022cn_subject_and_body", "flowed_delsp_yes", "flowed_without_delsp",
               "windows_1252_under_latin1_labels", "meaningful_spaces", "vendor_extensions", "bom_against_label",
-              "gbk_under_gb2312", "utf8_under_gb_labels", "utf8_that_is_also_valid_gbk", "cpython_msg_07")
+              "gbk_under_gb2312", "utf8_under_gb_labels", "utf8_that_is_also_valid_gbk",
+              "gbk_under_latin1_labels", "cpython_msg_07")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -111,6 +111,10 @@ _BY_LABEL: dict[str, Charset] = {label: entry for entry in CHARSETS for label in
 _ISO2022JP = _BY_LABEL["iso-2022-jp"]
 _ISO2022CN = _BY_LABEL["iso-2022-cn"]
 _UTF8 = _BY_LABEL["utf-8"]
+_LATIN_ROWS = (_BY_LABEL["us-ascii"], _BY_LABEL["iso-8859-1"], _BY_LABEL["windows-1252"])
+_EIGHT_BIT_RUN = re.compile(rb"[\x80-\xff]+")
+# CJK ideographs (and extension A), CJK symbols and punctuation (、。「」), full-width forms (，：！).
+_CHINESE_TEXT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
 
 # Python codecs that are not charsets a sender could mean.
 _NOT_MAIL_CHARSETS = frozenset(
@@ -294,6 +298,10 @@ def decode_bytes(data: bytes, charset: str | None,
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
         except UnicodeDecodeError:
             pass
+        if entry in _LATIN_ROWS:
+            chinese = _gbk_under_latin_label(data)
+            if chinese is not None:
+                return chinese, f"charset {shown} declared, decoded as gbk"
     if entry.wide_utf8_outranks and _WIDE_UTF8.search(data):
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
@@ -321,6 +329,23 @@ def decode_bytes(data: bytes, charset: str | None,
         except UnicodeDecodeError:
             pass
     return replaced, f"invalid bytes for charset {shown}, replaced"
+
+
+def _gbk_under_latin_label(data: bytes) -> str | None:
+    """GBK text under a Western label (old Foxmail and Outlook Express set ups send Chinese as
+    iso-8859-1), or None. Western text has its non-ASCII letters alone or in pairs between ASCII
+    ones (café, ção); GBK has them in pairs, side by side. So only text whose 8-bit bytes all come
+    in runs of even length, one of them four bytes or more (two Chinese characters in a row), that
+    is valid GBK and reads as nothing but Chinese characters and full-width punctuation, is taken
+    for GBK."""
+    runs = _EIGHT_BIT_RUN.findall(data)
+    if any(len(run) % 2 for run in runs) or not any(len(run) >= 4 for run in runs):
+        return None
+    try:
+        text = data.decode("gbk")
+    except UnicodeDecodeError:
+        return None
+    return text if all(_CHINESE_TEXT.fullmatch(char) for char in text if not char.isascii()) else None
 
 
 def _decode_after_bom(data: bytes, bom_charset: str, label: str,
