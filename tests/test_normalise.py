@@ -1123,6 +1123,10 @@ def test_an_invitation_is_the_text_only_where_no_text_part_is_there():
                            + calendar + "--B--\r\n").encode())
     assert with_text.body_text == "See the invitation."
     assert [a.filename for a in with_text.attachments] == ["invite.ics"]
+    forwarded = normalise((head + "--B\r\nContent-Type: message/rfc822\r\n\r\nSubject: fwd\r\n"
+                           "Content-Type: text/calendar\r\n\r\n" + ics + "\r\n--B--\r\n").encode())
+    assert forwarded.body_text == ""  # an attached message's text is its own, its invitation too
+    assert [a.filename for a in forwarded.attachments] == ["fwd.eml", "attachment-2.ics"]
 
 
 def test_a_from_with_several_addresses_names_those_not_taken_as_the_sender():

@@ -415,7 +415,9 @@ class _PartWalker:
             self._tnef(self._payload_bytes(part), filename, content_type, origin, where)
         else:
             self._add_attachment(self._content(part), filename, content_type, origin, where)
-            if content_type in _CALENDAR_TYPES and len(self.calendar_texts) < self.limits.max_parts:
+            # An attached message's invitation is its text, not this message's (as its body is).
+            if (content_type in _CALENDAR_TYPES and origin == "mime"
+                    and len(self.calendar_texts) < self.limits.max_parts):
                 self.calendar_texts.append(calendar_text(self._text(part, where, html=False)))
         return []
 
