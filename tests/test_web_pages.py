@@ -1800,3 +1800,26 @@ def test_an_internationalised_sender_domain_is_shown_in_chinese_unless_it_could_
     assert "zhang@例子.中国 (zhang@xn--fsqu00a.xn--fiqs8s)" in shown
     listed = site.gateway.run("letters", "list", env=site.gateway.env(COLUMNS="250")).stdout
     assert "zhang@例子.中国" in listed and "pay@xn--80ak6aa92e.com" in listed and "аррӏе" not in listed
+
+
+def test_a_queue_shows_50_100_or_200_letters_a_page_and_keeps_the_choice(site: Site) -> None:
+    """A longer page (for a printed sheet of the register, say): 50, 100 or 200 letters, chosen
+    under the queue and kept by its links, sorting and filters; any other number is the first."""
+    from conftest import make_message
+
+    for n in range(60):
+        site.ingest(f"more{n}", make_message(100 + n, subject=f"Order {n}", to="liaison@example.org"))
+    client = site.sign_in("rita")
+    first = client.get("/letters?queue=all")
+    words = visible(first.text)
+    assert first.status_code == 200 and "第 1 页，共 2 页" in words, words[-400:]
+    assert first.text.count('name="number" value="') == 50
+    assert "每页显示：" in words and '<strong aria-current="true">50</strong>' in first.text
+    longer = client.get("/letters?queue=all&per_page=100")
+    assert longer.text.count('name="number" value="') == len(site.letters) > 60 and "第 1 页，共 2 页" not in visible(longer.text)
+    # Kept by the sort links and by the filter form (a hidden field).
+    assert "per_page=100" in longer.text and 'name="per_page" value="100"' in longer.text
+    assert '<strong aria-current="true">100</strong>' in longer.text
+    for odd in ("75", "-1", "many", "100000"):
+        page = client.get(f"/letters?queue=all&per_page={odd}")
+        assert page.status_code == 200 and page.text.count('name="number" value="') == 50, odd

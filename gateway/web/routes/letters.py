@@ -81,6 +81,18 @@ def page_number(req: Req) -> int:
         return 1
 
 
+PAGE_SIZES = (50, 100, 200)  # letters a page of a queue: the first the default, the last the most
+
+
+def page_size(req: Req) -> int:
+    """The `per_page` of the query string: one of PAGE_SIZES (anything else, the first)."""
+    try:
+        size = int(req.arg("per_page") or PAGE_SIZES[0])
+    except ValueError:
+        return PAGE_SIZES[0]
+    return size if size in PAGE_SIZES else PAGE_SIZES[0]
+
+
 def day_arg(text: str) -> date | None:
     """A day of a query string or form (YYYY-MM-DD), or None when not given; 400 naming it otherwise."""
     try:
@@ -160,7 +172,7 @@ def _query(req: Req, default: str = "") -> QueueQuery:
                       department=department_arg(req), since=since, until=until, deadline_before=deadline_before,
                       deadline_after=deadline_after, sort=sort if sort in SORTS else "-received",
                       closed=req.arg("closed") if req.arg("closed") in CLOSED_FILTERS else None,
-                      work=req.arg("work") == "1", page=number)
+                      work=req.arg("work") == "1", page=number, per_page=page_size(req))
 
 
 @page()
@@ -169,6 +181,8 @@ def queue(req: Req) -> Response:
     result = req.web.access.queue(req.who, query)
     kept = {name: req.arg(name) for name in ("queue", *FILTERS) if req.arg(name)}
     kept["queue"] = query.queue
+    if query.per_page != PAGE_SIZES[0]:
+        kept["per_page"] = str(query.per_page)
 
     def link(**change: Any) -> str:
         params = {**kept, "sort": query.sort, "page": str(query.page), **{k: str(v) for k, v in change.items()}}
@@ -191,6 +205,7 @@ def queue(req: Req) -> Response:
                       categories=i18n.CATEGORY, urgencies=i18n.URGENCY, channels=i18n.CHANNEL,
                       csv_link="/letters.csv?" + urlencode({**kept, "sort": query.sort}), letter_url=letter_url,
                       filters_in_words=lambda: filters_in_words(query, req.web.config.departments),
+                      page_sizes=PAGE_SIZES,
                       **work.queue_context(req, query, result))
 
 
