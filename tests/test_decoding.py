@@ -403,6 +403,15 @@ def windows_unicode_labels() -> Case:
     return Case(raw, "合同续签", "Sender", "请查收 contract 2026。")
 
 
+def mysql_utf8_labels() -> Case:
+    """utf8mb4 and utf8mb3, MySQL's names for UTF-8, as mail sent from a web application's database
+    names it: the text was right, yet each part said its charset was unknown."""
+    raw = letter([b"Subject: =?utf8mb4?B?" + base64.b64encode("合同续签".encode()) + b"?=",
+                  b"Content-Type: text/plain; charset=utf8mb3", b"Content-Transfer-Encoding: 8bit"],
+                 "请查收合同。".encode())
+    return Case(raw, "合同续签", "Sender", "请查收合同。")
+
+
 def gbk_under_latin1_labels() -> Case:
     """Chinese in GBK sent as iso-8859-1 (an old Foxmail or Outlook Express set up): read as Latin-1
     it was 'ÄúºÃ£¬ºÏÍ¬...'. 8-bit bytes only in pairs, side by side, reading as Chinese: GBK."""
@@ -495,6 +504,7 @@ CASES = {case.__name__: case for case in (
     windows_1252_under_latin1_labels, meaningful_spaces, vendor_extensions, bom_against_label,
     gbk_under_gb2312, hkscs_under_big5, iso2022jp_windows_rows, raw_utf8_headers, gbk_labelled_utf8,
     utf8_under_gb_labels, utf8_that_is_also_valid_gbk, gbk_that_is_also_valid_utf8, windows_unicode_labels,
+    mysql_utf8_labels,
     gbk_under_latin1_labels, latin1_that_is_also_valid_gbk, shift_jis_windows_characters, euc_kr_unified_hangul,
     html_meta_charset,
     cpython_msg_07, cpython_msg_22, cpython_msg_32, cpython_msg_46,

@@ -96,7 +96,8 @@ CHARSETS: tuple[Charset, ...] = (
     Charset(("iso-2022-cn", "csiso2022cn", "iso-2022-cn-ext"), ("iso-2022-cn",), (), reason=(
         "RFC 1922 (Python has no codec): GB 2312 and ISO-IR-165 decoded, see _decode_iso2022cn")),
     Charset(("utf-8", "utf8", "unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8",
-             "x-unicode20utf8"), ("utf-8",), (), reason="WHATWG utf-8 labels"),
+             "x-unicode20utf8", "utf8mb4", "utf8mb3"), ("utf-8",), (), reason=(
+        "WHATWG utf-8 labels; utf8mb4 and utf8mb3 as MySQL names it, in mail its programs send")),
     Charset(("iso-8859-8-i", "iso-8859-8-e", "csiso88598i", "logical"), ("iso-8859-8",), (),
             reason="Hebrew in logical or visual order: the same bytes"),
     Charset(("iso-8859-6-i", "iso-8859-6-e"), ("iso-8859-6",), (), reason="Arabic, as iso-8859-6"),
