@@ -301,8 +301,16 @@ def test_a_folder_taken_over_while_its_watcher_waits_is_not_synced_again_by_it(
     def sync(self: imap_mod.FolderWatcher, client: Any) -> None:
         syncs.append(b.holds("imap:liaison/INBOX"))
 
+    acquired: list[bool] = []  # node a's attempts to take the folder, each one's outcome
+    acquire = a.acquire
+
+    def counted_acquire(name: str) -> bool:
+        acquired.append(acquire(name))
+        return acquired[-1]
+
     monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
     monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", sync)
+    monkeypatch.setattr(a, "acquire", counted_acquire)
     account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X",
                           idle=False, poll_seconds=0.05)
     imap = config.model.imap.model_copy(update={"accounts": [account]})
@@ -310,8 +318,10 @@ def test_a_folder_taken_over_while_its_watcher_waits_is_not_synced_again_by_it(
                                  None, ImapLedger(registry_a), cluster=a)  # type: ignore[arg-type]
     intake.start()
     try:
-        wait_for(lambda: b.holds("imap:liaison/INBOX"), 10, "node b taking the folder over")
-        time.sleep(0.5)  # several of node a's polls
+        # Node a's first try to take the folder back after its poll's wait: a sync of the folder
+        # after that wait would have come before it.
+        wait_for(lambda: len(acquired) >= 2, 10, "node a looking for the folder's lease again")
+        assert acquired == [True, False]
         assert syncs == [False]
         assert not a.holds("imap:liaison/INBOX")
     finally:
