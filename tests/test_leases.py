@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 import zlib
@@ -396,6 +398,35 @@ def test_two_nodes_of_one_name_starting_at_once_are_told_so(tmp_path: Path, pg_u
         thread.join(10)
         assert [type(e) for e in refused] == [NodeConflict]
         assert "another node named 'twin' started at the same moment" in str(refused[0])
+    finally:
+        registry.close()
+
+
+def test_a_node_restarted_with_its_earlier_pid_joins_at_once(tmp_path: Path, pg_url: str) -> None:
+    """A container started again gives its node the same small pid as its run before, which beat
+    a moment ago: that pid is alive (it is this process), but it is another process than the one
+    recorded, so the node joins at once and takes back what its earlier run held. The run that is
+    still this very process is refused."""
+    _, registry = configured(tmp_path, "127.0.0.1:9", pg_url)
+    try:
+        boot, _, started = str(leases_mod.process_identity(os.getpid())).partition("/")
+        assert boot and started.isdigit()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO nodes (name, instance, host, pid, process, started_at, heartbeat_at) "
+                         "VALUES ('restarted', 'restarted#before', %s, %s, %s, now(), now()), "
+                         "('running', 'running#now', %s, %s, %s, now(), now())",
+                         (socket.gethostname(), os.getpid(), f"{boot}/{int(started) - 100}",
+                          socket.gethostname(), os.getpid(), f"{boot}/{started}"))
+            conn.execute("INSERT INTO leases (name, holder, acquired_at, expires_at) "
+                         "VALUES ('imap:liaison/INBOX', 'restarted#before', now(), now() + interval '1 minute')")
+        node = Cluster(registry, "restarted")
+        assert node.join() == 1  # the folder its earlier run held, let go at once
+        assert node.acquire("imap:liaison/INBOX")
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT process FROM nodes WHERE name = 'restarted'").fetchone() == (
+                f"{boot}/{started}",)
+        with pytest.raises(NodeConflict, match="another node named 'running' is alive"):
+            Cluster(registry, "running").join()
     finally:
         registry.close()
 

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, text, update
@@ -72,14 +73,35 @@ class JobStopped(Exception):
     left unfinished, as if the node had died in it, so that it is run again (see `due`)."""
 
 
-def _alive(pid: int) -> bool:
+def process_identity(pid: int) -> str | None:
+    """What tells this pid's process from a later one of the same pid: the machine's boot id and
+    the process's start time (in clock ticks since that boot). None where /proc does not tell (not
+    Linux, or no such process)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces and parentheses itself:
+    # the fields are counted from after its last ")"; the start time is field 22.
+    fields = stat.rpartition(")")[2].split()
+    return f"{boot}/{fields[19]}" if len(fields) > 19 else None
+
+
+def _alive(pid: int, process: str | None) -> bool:
+    """Whether the process recorded as `pid` (and `process`, its identity) still runs on this host.
+    A container started again gives its node the same small pid as before, and a host started
+    again may too: that pid alive is another process unless its identity is the one recorded."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    if process is None:  # recorded where /proc did not tell: the pid is all there is
         return True
-    return True
+    now = process_identity(pid)
+    return now is None or now == process
 
 
 class Cluster:
@@ -120,16 +142,17 @@ class Cluster:
                 log.warning("cluster: this node's clock is %.0f s %s the database's; claims and leases are timed "
                             "by the database, but letters and events by this clock: synchronise it (NTP)",
                             abs(skew), "ahead of" if skew > 0 else "behind")
-            node = conn.execute(select(Node.host, Node.pid, Node.heartbeat_at, Node.stopped_at)
+            node = conn.execute(select(Node.host, Node.pid, Node.process, Node.heartbeat_at, Node.stopped_at)
                                 .where(Node.name == self.name).with_for_update()).first()
             if node is not None:
                 fresh = node.stopped_at is None and now - node.heartbeat_at < self.takeover
-                if fresh and not (node.host == self.host and not _alive(node.pid)):
+                if fresh and not (node.host == self.host and not _alive(node.pid, node.process)):
                     raise NodeConflict(
                         f"another node named {self.name!r} is alive (host {node.host}, pid {node.pid}, heartbeat "
                         f"{(now - node.heartbeat_at).total_seconds():.0f} s ago): give each node its own [node] name")
-            values = {"instance": self.instance, "host": self.host, "pid": os.getpid(), "started_at": now,
-                      "heartbeat_at": now, "stopped_at": None}
+            values = {"instance": self.instance, "host": self.host, "pid": os.getpid(),
+                      "process": process_identity(os.getpid()), "started_at": now, "heartbeat_at": now,
+                      "stopped_at": None}
             if node is None:
                 conn.execute(insert(Node).values(name=self.name, **values))
             else:

@@ -631,6 +631,9 @@ class Node(Base):
     instance: Mapped[str] = mapped_column(String(200), nullable=False)  # "name#run": one per start
     host: Mapped[str] = mapped_column(Text, nullable=False)
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    # "boot id/start time" of that pid's process: after a restart (of a container most of all)
+    # the same small pid is another process's. None where /proc does not tell.
+    process: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
