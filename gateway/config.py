@@ -6,6 +6,7 @@ directory of the config file, so a checkout runs the same from any cwd.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -856,6 +857,37 @@ RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("web listener and single sign-on", "web", ("enabled", "listen", "oidc")),
     ("fax drop folder and OCR pool", "fax", ("enabled", "drop_folder", "ocr_workers")),
 )
+
+
+# What every node sharing one registry must be given alike, and each node compares with the others
+# (registry/leases.py, SettingsWatch): a node timing takeovers otherwise takes a live node's folders
+# and claims, or leaves a dead one's too long; other departments, triage, calendar, deadlines or
+# reminders route, time and chase the same letter otherwise depending on the node; another
+# timezone or number template numbers letters of one series differently. The rules are compared
+# by the version each letter records. Listed as in RESTART_ONLY.
+SHARED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("cluster", "cluster", None),
+    ("departments", "departments", None),
+    ("triage", "triage", None),
+    ("gateway.timezone", "gateway", ("timezone",)),
+    ("gateway.letter_number", "gateway", ("letter_number",)),
+    ("gateway.domains", "gateway", ("domains",)),
+    ("calendar", "calendar", None),
+    ("deadlines", "deadlines", None),
+    ("reminders", "reminders", None),
+)
+
+
+def shared_settings(model: ConfigModel) -> dict[str, str]:
+    """A digest of each of the SHARED settings, by the name the log gives it."""
+    digests = {}
+    for name, section, keys in SHARED:
+        value = getattr(model, section)
+        dumped = ([v.model_dump(mode="json") for v in value] if isinstance(value, list)
+                  else value.model_dump(mode="json", include=set(keys) if keys else None))
+        text = json.dumps(dumped, sort_keys=True, ensure_ascii=False)
+        digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digests
 
 
 @dataclass(frozen=True)

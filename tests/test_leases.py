@@ -24,12 +24,12 @@ from test_outbox_faults import configured, letter_with_mail
 
 from gateway.adapters import imap as imap_mod
 from gateway.daemon.pipeline import Pipeline
-from gateway.config import Config, ImapAccount
+from gateway.config import Config, ImapAccount, shared_settings
 from gateway.outbound.sender import OutboxSender
 from gateway.registry import leases as leases_mod
 from gateway.registry import outbox as outbox_mod
 from gateway.registry import Registry
-from gateway.registry.leases import Cluster, NodeConflict, RulesWatch, Skipped
+from gateway.registry.leases import Cluster, NodeConflict, RulesWatch, SettingsWatch, Skipped
 from gateway.registry.models import Lease, OutboxMail
 from gateway.registry.ledger import ImapLedger
 from gateway.spool import Spool
@@ -429,6 +429,38 @@ def test_a_node_restarted_with_its_earlier_pid_joins_at_once(tmp_path: Path, pg_
             Cluster(registry, "running").join()
     finally:
         registry.close()
+
+
+def test_nodes_given_other_settings_that_must_agree_are_named_in_an_alert(
+        two_nodes: tuple[Any, ...], caplog: pytest.LogCaptureFixture) -> None:
+    """Node b was given another takeover time and another department than node a: each names the
+    other in an ALERT, with those settings, once; settings that may differ (the relay, the state
+    directory) are not named. When b agrees again, nothing more is said."""
+    config_a, _, a, config_b, _, b = two_nodes
+    assert config_a.state_dir != config_b.state_dir
+    departments = [*config_b.model.departments]
+    departments[0] = departments[0].model_copy(update={"owners": ["someone.else@example.org"]})
+    other = config_b.model.model_copy(update={
+        "departments": departments,
+        "cluster": config_b.model.cluster.model_copy(update={"takeover_seconds": 120.0})})
+    watch_a, watch_b = SettingsWatch(a), SettingsWatch(b)
+    caplog.set_level(logging.ERROR, logger="gateway.cluster")
+    assert watch_a.check(shared_settings(config_a.model)) == {}  # node b has not said yet
+    assert watch_b.check(shared_settings(other)) == {"node-a": ["cluster", "departments"]}
+    assert watch_a.check(shared_settings(config_a.model)) == {"node-b": ["cluster", "departments"]}
+    assert [r.getMessage() for r in caplog.records] == [
+        "ALERT cluster: node node-a runs with other cluster, departments than this node (node-b): give every "
+        "node sharing the registry the same values",
+        "ALERT cluster: node node-b runs with other cluster, departments than this node (node-a): give every "
+        "node sharing the registry the same values"]
+    caplog.clear()
+    assert watch_a.check(shared_settings(config_a.model)) == {}  # said once
+    assert watch_b.check(shared_settings(config_b.model)) == {}
+    assert watch_a.check(shared_settings(config_a.model)) == {}
+    assert a.compare_settings(shared_settings(config_a.model)) == {}
+    assert caplog.records == []
+    b.leave()  # a stopped node is not compared
+    assert a.compare_settings(shared_settings(other)) == {}
 
 
 def test_a_registry_turned_read_only_keeps_items_spooled_and_is_left_once_writable(tmp_path: Path,

@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from gateway.stages import rulebook, tokens
 from gateway import logs, running, storage
-from gateway.config import RESTART_ONLY, Config, ConfigError
+from gateway.config import RESTART_ONLY, Config, ConfigError, shared_settings
 from gateway.adapters.fax_drop import FaxDropWatcher
 from gateway.adapters.imap import ImapIntake
 from gateway.adapters.smtp import SmtpIntake
@@ -34,7 +34,7 @@ from gateway.daemon.registrar import Registrar
 from gateway.report.metrics import MetricsServer
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry import schema
-from gateway.registry.leases import Cluster, JobStopped, NodeConflict, RulesWatch, Skipped, due
+from gateway.registry.leases import Cluster, JobStopped, NodeConflict, RulesWatch, SettingsWatch, Skipped, due
 from gateway.registry.ledger import ImapLedger
 from gateway.registry.schema import SchemaMismatch
 from gateway.daemon.sdnotify import Notifier
@@ -260,6 +260,11 @@ class Daemon:
             scheduler.add_job(self._job("rules", partial(self._compare_rules, watch)), "interval", id="rules",
                               seconds=self.config.model.cluster.takeover_seconds, max_instances=1, coalesce=True,
                               next_run_time=datetime.now(timezone.utc))
+            # And the settings that must agree between nodes (the departments, the takeover time, ...).
+            agreed = SettingsWatch(self.cluster)
+            scheduler.add_job(self._job("settings", partial(self._compare_settings, agreed)), "interval",
+                              id="settings", seconds=self.config.model.cluster.takeover_seconds, max_instances=1,
+                              coalesce=True, next_run_time=datetime.now(timezone.utc))
         if self.config.model.reminders.enabled:
             scheduler.add_job(self._job("reminders", self._remind), "interval", id="reminders",
                               minutes=self.config.model.reminders.check_minutes, max_instances=1, coalesce=True,
@@ -529,6 +534,12 @@ class Daemon:
     async def _compare_rules(self, watch: RulesWatch) -> None:
         try:
             await asyncio.to_thread(watch.check, self.config.ruleset.version)
+        except RegistryUnavailable:
+            pass  # looked at again at the next period
+
+    async def _compare_settings(self, watch: SettingsWatch) -> None:
+        try:  # the running values: a reload changes some, others only a restart (see _running)
+            await asyncio.to_thread(watch.check, shared_settings(self.config.model))
         except RegistryUnavailable:
             pass  # looked at again at the next period
 

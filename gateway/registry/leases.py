@@ -25,6 +25,7 @@ already excludes every other writer), the rest works alike.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -351,6 +352,24 @@ class Cluster:
             time.sleep(0.1)
         return False
 
+    # -- settings every node must be given alike ---------------------------
+    def compare_settings(self, settings: dict[str, str]) -> dict[str, list[str]]:
+        """Record this run's digests of the settings every node must be given alike, and compare
+        them with those of every other live node: node name -> the names of those that differ."""
+        with self.registry.write() as conn:
+            conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
+                         .values(settings=json.dumps(settings, sort_keys=True)))
+            others = conn.execute(select(Node.name, Node.settings).where(
+                Node.name != self.name, Node.settings.is_not(None), Node.stopped_at.is_(None),
+                Node.heartbeat_at > lease_clock(conn) - self.takeover)).all()
+        differing = {}
+        for name, recorded in others:
+            theirs = json.loads(str(recorded))
+            # A setting one side does not know (another release) is not compared.
+            if keys := sorted(k for k in settings.keys() & theirs.keys() if settings[k] != theirs[k]):
+                differing[name] = keys
+        return differing
+
     def _beating_instance(self, conn: Connection, instance: str) -> bool:
         """Whether `instance` is a node's present run, not stopped, with a heartbeat younger than the
         takeover period."""
@@ -390,6 +409,27 @@ class RulesWatch:
                       "file", ", ".join(sorted(other)), version)
             self._told |= other
         return other
+
+
+class SettingsWatch:
+    """Every node must be given alike the settings that decide where a letter goes, when it is
+    due, how it is numbered and when a silent node's work moves on (config.SHARED): each look
+    records this node's and compares them with the other live nodes'. A node whose settings differ
+    is named in an ALERT with the settings, once until they change."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self._told: dict[str, list[str]] = {}  # node name -> the settings it was named for
+
+    def check(self, settings: dict[str, str]) -> dict[str, list[str]]:
+        """Compare; the nodes newly found to differ, with the settings that differ."""
+        differing = self.cluster.compare_settings(settings)
+        new = {name: keys for name, keys in differing.items() if self._told.get(name) != keys}
+        for name, keys in sorted(new.items()):
+            log.error("ALERT cluster: node %s runs with other %s than this node (%s): give every node sharing "
+                      "the registry the same values", name, ", ".join(keys), self.cluster.name)
+        self._told = differing  # a node that agrees again is named again should it differ again
+        return new
 
 
 def due(registry: Store, job: str, slot: str) -> bool:

@@ -637,6 +637,9 @@ class Node(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The settings every node must be given alike, as this run has them: JSON, name -> digest
+    # (config.shared_settings). None until the run first compares them.
+    settings: Mapped[str | None] = mapped_column(Text)
 
 
 class Lease(Base):
