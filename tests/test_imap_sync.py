@@ -373,6 +373,44 @@ def test_a_server_action_that_fails_is_done_again_without_spooling_the_messages_
         assert rows == [(1, "move"), (2, "move")]
 
 
+def test_actions_left_undone_when_the_uidvalidity_changes_are_closed_out(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A MOVE the server refused leaves two messages with their action still to do; then the
+    folder is rebuilt under a new UIDVALIDITY. The old UIDs' actions can never be done: they are
+    closed out as void, with the reason, not left pending for ever, and the messages, still in
+    the folder, are moved under the new UIDVALIDITY."""
+    box = Folder(dovecot, tmp_path, folder="Partners", after="move", move_to="Done")
+    close_registries.append(box)
+    box.append([])
+    box.sync()  # an empty folder: nothing to import
+
+    def over_quota(client: IMAPClient) -> None:
+        def move(*args: Any, **kwargs: Any) -> Any:
+            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
+        client.move = move  # type: ignore[method-assign]
+    box.wrap = over_quota
+    box.append([(make_message(1, subject="one"), (), None), (make_message(2, subject="two"), (), None)])
+    with pytest.raises(IMAPClientError, match="OVERQUOTA"):
+        box.sync()
+    old = box.folder_row()[0]
+    box.wrap = lambda client: None
+    box.rebuild()
+    box.sync()
+    new = box.folder_row()[0]
+    assert new != old
+    assert box.on_server() == {} and set(box.on_server("Done")) == {"one", "two"}
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uidvalidity, uid, action, reason FROM imap_ledger "
+                                 "ORDER BY uidvalidity != :new, uid"), {"new": new}).all()
+    reason = f"the folder's UIDVALIDITY changed (now {new}) before this action was done"
+    assert [tuple(r) for r in rows] == [(new, 1, "move", None), (new, 2, "move", None),
+                                        (old, 1, "void-move", reason), (old, 2, "void-move", reason)]
+    assert box.ledger.pending_actions("liaison", "Partners", old) == {}
+    assert (f"liaison/Partners: the server's action (move: 2) left undone on 2 message(s) under UIDVALIDITY {old} "
+            "is void; those still in the folder get it now") in caplog.text
+
+
 def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
         plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
     """Without MOVE, a move is a COPY and then an expunge of the originals: a connection lost in

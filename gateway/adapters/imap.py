@@ -333,6 +333,13 @@ class FolderWatcher:
             everything = client.search(["ALL"])
             log.warning("%s: UIDVALIDITY changed from %d to %d; checking the %d message(s) in the folder again "
                         "as backlog (no receipts)", self.name, state.uidvalidity, uidvalidity, len(everything))
+            # Actions left undone under the old UIDVALIDITY can never be done by those UIDs: they
+            # are closed out, and a message still there gets its action under the new one.
+            if void := self.ledger.void_actions(account.name, self.folder, uidvalidity):
+                log.warning("%s: the server's action (%s) left undone on %d message(s) under UIDVALIDITY %d is "
+                            "void; those still in the folder get it now", self.name,
+                            ", ".join(f"{action}: {count}" for action, count in sorted(void.items())),
+                            sum(void.values()), state.uidvalidity)
             seen_since = state.seen_since  # a reset in the middle of a reset's import keeps the earlier day
             if state.last_poll_at is not None:
                 since = state.last_poll_at.astimezone(timezone.utc).date() - timedelta(days=1)

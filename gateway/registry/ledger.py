@@ -48,6 +48,10 @@ class Settled:
 # A spooled message's action on the server not done yet: "pending-move" until the MOVE is
 # ("pending-expunge" once a move without MOVE has copied it, until the original is expunged).
 PENDING = "pending-"
+# Such an action never done, closed out when the folder's UIDVALIDITY changed ("void-move"): the
+# UIDs it was for mean nothing now. A message still there is looked at again under the new
+# UIDVALIDITY, recognised by its bytes, and its action done there.
+VOID = "void-"
 
 
 def _now() -> datetime:
@@ -133,6 +137,22 @@ class ImapLedger:
                 ImapMessage.account == account, ImapMessage.folder == folder, ImapMessage.uidvalidity == uidvalidity,
                 ImapMessage.action.startswith(PENDING)))
             return {int(uid): action.removeprefix(PENDING) for uid, action in rows}
+
+    def void_actions(self, account: str, folder: str, uidvalidity: int) -> dict[str, int]:
+        """Close out the actions still to do under any UIDVALIDITY other than `uidvalidity` (the
+        folder's present one): they can never be done by their UIDs. How many, by action."""
+        with self.registry.write() as conn:
+            where = (ImapMessage.account == account, ImapMessage.folder == folder,
+                     ImapMessage.uidvalidity != uidvalidity, ImapMessage.action.startswith(PENDING))
+            counts: dict[str, int] = {}
+            for action, count in conn.execute(select(ImapMessage.action, func.count()).where(*where)
+                                              .group_by(ImapMessage.action)):
+                counts[action.removeprefix(PENDING)] = int(count)
+            conn.execute(update(ImapMessage).where(*where).values(
+                action=func.replace(ImapMessage.action, PENDING, VOID),
+                reason=f"the folder's UIDVALIDITY changed (now {uidvalidity}) before this action was done",
+                at=_now()))
+        return counts
 
     def actions_done(self, account: str, folder: str, uidvalidity: int, done: dict[int, str]) -> None:
         """The server has done these messages' actions (UID -> action)."""
