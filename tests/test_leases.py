@@ -198,6 +198,38 @@ def test_a_periodic_jobs_lock_held_by_a_node_that_vanished_is_taken_from_it(
         vanished.close()
 
 
+def test_a_node_whose_heartbeat_fell_behind_runs_a_periodic_job_once(two_nodes: tuple[Any, ...], pg_url: str,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Node a was cut off from the registry past the takeover time (its beats failed) and starts
+    the reminders' pass as it comes back, before its next beat. Node b, looking meanwhile, must not
+    take a for dead, end its lock's connection and run the pass a second time beside it. A run of
+    node a that was taken for dead and replaced by another start of its name runs nothing."""
+    _, registry_a, a, _, _, b = two_nodes
+
+    def fall_behind(name: str) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE nodes SET heartbeat_at = now() - interval '5 minutes' WHERE name = %s", (name,))
+    fall_behind("node-a")
+    looked: list[Any] = []
+
+    def work_a() -> str:
+        looked.append(b.once("reminders", "9", lambda: "b ran"))  # node b's look, while a runs it
+        return "a ran"
+    assert a.once("reminders", "9", work_a) == "a ran"
+    assert looked == [Skipped("another node runs it now")]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT slot, node = %s, outcome FROM job_runs", (a.instance,)).fetchall() == [
+            ("9", True, "done")]
+
+    fall_behind("node-a")  # taken for dead, and node a started again (elsewhere) since
+    again = Cluster(registry_a, "node-a", takeover_seconds=60)
+    again.join()
+    with caplog.at_level(logging.ERROR, logger="gateway.cluster"):
+        assert a.once("reminders", "10", lambda: "a ran") == Skipped("this node's run was taken for dead")
+    assert f"reminders for 10 not run here: this node's run {a.instance} was taken for dead" in caplog.text
+    assert again.once("reminders", "10", lambda: "a ran again") == "a ran again"
+
+
 def test_a_node_running_other_rules_is_named_by_the_others(two_nodes: tuple[Any, ...], tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """Node b's rules file differs from node a's (edited on one machine only): a letter it classifies

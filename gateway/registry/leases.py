@@ -267,6 +267,19 @@ class Cluster:
                     return Skipped("another node runs it now")
             try:
                 with self.registry.write() as conn:
+                    # The others must take this node for alive while it runs the job: one whose
+                    # heartbeat fell behind (its beats failing while it was cut off from the
+                    # registry) would be taken for dead mid-run, its lock's connection ended and
+                    # the job run again beside it. Its heartbeat is renewed here, with the run
+                    # recorded; a run taken for dead and replaced by another start of its name
+                    # runs nothing more.
+                    if self.postgres and not conn.execute(
+                            update(Node).where(Node.name == self.name, Node.instance == self.instance,
+                                               Node.stopped_at.is_(None))
+                            .values(heartbeat_at=lease_clock(conn))).rowcount:
+                        log.error("ALERT cluster: %s for %s not run here: this node's run %s was taken for dead and "
+                                  "its name started again", job, slot, self.instance)
+                        return Skipped("this node's run was taken for dead")
                     done = conn.execute(select(JobRun.slot, JobRun.node, JobRun.finished_at)
                                         .where(JobRun.job == job).with_for_update()).first()
                     if done is not None and done.slot == slot and done.finished_at is not None:
