@@ -411,6 +411,52 @@ def test_actions_left_undone_when_the_uidvalidity_changes_are_closed_out(
             "is void; those still in the folder get it now") in caplog.text
 
 
+def test_a_batch_finished_late_under_an_old_uidvalidity_does_not_set_the_folder_back(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node a fetches a batch; before it records it, the folder is rebuilt under a new UIDVALIDITY
+    and node b, which took the folder over meanwhile, syncs it. Node a's late record keeps its
+    messages (their action void until done), but does not set the folder back to the old
+    UIDVALIDITY: that would make the next sync take the folder for reset again, and check every
+    message in it again as backlog."""
+    box = Folder(dovecot, tmp_path, folder="Partners", after="move", move_to="Done")
+    close_registries.append(box)
+    box.append([])
+    box.sync()  # an empty folder: nothing to import
+    old = box.folder_row()[0]
+    node_b = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "Partners", box.spool,
+                                    box.ledger)
+    spool_sync = box.spool.sync
+    late: list[int] = []
+
+    def meanwhile() -> None:
+        spool_sync()
+        if not late:  # node a's batch is durable in its spool, not yet recorded
+            late.append(1)
+            box.rebuild()
+            client = imap_mod.connect(box.config, node_b.account)
+            try:
+                node_b._sync(client)
+            finally:
+                imap_mod._close(client)
+    monkeypatch.setattr(box.spool, "sync", meanwhile)
+    box.append([(make_message(1, subject="one"), (), None), (make_message(2, subject="two"), (), None)])
+    # Node a's MOVE finds its messages gone with the old folder; its record came first.
+    with pytest.raises(IMAPClientError, match="no longer exist"):
+        box.sync()
+    new = box.folder_row()[0]
+    assert new != old
+    assert box.on_server() == {} and set(box.on_server("Done")) == {"one", "two"}  # node b moved them
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uidvalidity, uid, action FROM imap_ledger ORDER BY uidvalidity, uid")).all()
+    assert sorted(tuple(r) for r in rows if r[0] == new) == [(new, 1, "move"), (new, 2, "move")]
+    assert [tuple(r) for r in rows if r[0] == old] == [(old, 1, "void-move"), (old, 2, "void-move")]
+    box.sync()  # the next sync finds the folder as node b left it: nothing is checked again
+    assert box.folder_row()[0] == new
+    with box.registry.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM imap_ledger")).scalar() == len(rows)
+
+
 def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
         plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
     """Without MOVE, a move is a COPY and then an expunge of the originals: a connection lost in

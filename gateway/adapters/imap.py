@@ -166,6 +166,7 @@ class FolderWatcher:
         self._failures = 0  # consecutive failed attempts, reset by a successful sync
         self._suspects: set[int] = set()  # UIDs fetched during a dropped connection
         self._after = list(after or [])
+        self._synced_from: int | None = None  # the ledger's UIDVALIDITY when the present sync began
 
     def start(self) -> None:
         self._thread.start()
@@ -315,6 +316,7 @@ class FolderWatcher:
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         state = self.ledger.folder(account.name, self.folder)
+        self._synced_from = state.uidvalidity if state is not None else None
         if state is not None and state.uidvalidity == uidvalidity and (
                 undone := self.ledger.pending_actions(account.name, self.folder, uidvalidity)):
             # Spooled at an earlier sync, whose action on the server failed or was cut short.
@@ -369,7 +371,7 @@ class FolderWatcher:
                 return
             state = FolderState(uidvalidity, state.importing_until, None, backlog_until=state.backlog_until)
             self.ledger.settle(account.name, self.folder, uidvalidity, [], last_uid=state.last_uid, backlog=0,
-                               backlog_until=state.backlog_until)
+                               backlog_until=state.backlog_until, was=self._synced_from)
             log.info("%s: first import done", self.name)
         found = client.search(["UID", f"{state.last_uid + 1}:*"])
         uids = sorted(u for u in found if u > state.last_uid)
@@ -383,7 +385,7 @@ class FolderWatcher:
         if not todo:
             self.ledger.settle(self.account.name, self.folder, uidvalidity, [], last_uid=last_uid, backlog=0,
                                importing_until=state.importing_until, backlog_until=state.backlog_until,
-                               seen_since=state.seen_since)
+                               seen_since=state.seen_since, was=self._synced_from)
             return
         for batch in _chunks(todo, self.config.model.imap.fetch_batch):
             if self._stop.is_set():
@@ -473,11 +475,16 @@ class FolderWatcher:
         # settled as gone: otherwise it would be retried, and counted as failing, for ever.
         settled += [Settled(uid, "gone", "none", reason="no longer on the server")
                     for uid in sorted(gone) if uid in retrying]
-        self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
-                           backlog=remaining, failing=failing, importing_until=state.importing_until,
-                           backlog_until=state.backlog_until, seen_since=state.seen_since)
+        recorded = self.ledger.settle(account.name, self.folder, uidvalidity, settled, last_uid=last_uid,
+                                      backlog=remaining, failing=failing, importing_until=state.importing_until,
+                                      backlog_until=state.backlog_until, seen_since=state.seen_since,
+                                      was=self._synced_from)
         checkpoint("before-imap-action")
+        # Done on this connection's UIDs, which its session keeps valid, whatever the ledger says now.
         self._act(client, uidvalidity, {uid: action for uid, action in planned.items() if action != "keep"})
+        if not recorded:
+            raise LeaseLost(f"the folder was synced meanwhile under a new UIDVALIDITY (this sync's is {uidvalidity}): "
+                            "its position is not set back; this sync ends here")
         self._suspects.difference_update(planned)
         self._suspects.difference_update(given_up)
         self._suspects.difference_update(gone)

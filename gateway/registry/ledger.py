@@ -104,13 +104,18 @@ class ImapLedger:
     def settle(self, account: str, folder: str, uidvalidity: int, settled: list[Settled],
                *, last_uid: int, backlog: int, failing: dict[int, tuple[int, str]] | None = None,
                importing_until: int | None = None, backlog_until: int | None = None,
-               seen_since: date | None = None) -> None:
+               seen_since: date | None = None, was: int | None) -> bool:
         """Record settled messages, failed fetches and the folder's new position in one transaction.
 
         `importing_until`, `backlog_until` and `seen_since` are the folder's import scope
-        (FolderState's fields of those names), written as given."""
+        (FolderState's fields of those names), written as given. `was`: the folder's UIDVALIDITY
+        in the ledger when this sync began (None: none yet). Should the ledger have another one
+        now, neither that nor `uidvalidity`, another node synced the folder under a new UIDVALIDITY
+        meanwhile (it took the folder over while this one finished a batch): this sync's position
+        would set the folder back to the old one, and is not written; its messages are recorded,
+        their actions void (as `void_actions`) until done. False then."""
         now = _now()
-        rows = [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": s.uid,
+        rows: list[dict[str, Any]] = [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": s.uid,
                  "outcome": s.outcome, "number": s.number, "item_id": s.item_id, "size": s.size,
                  "action": s.action, "attempts": 0, "reason": s.reason, "at": now} for s in settled]
         rows += [{"account": account, "folder": folder, "uidvalidity": uidvalidity, "uid": uid,
@@ -118,9 +123,20 @@ class ImapLedger:
                   "attempts": attempts, "reason": reason, "at": now}
                  for uid, (attempts, reason) in (failing or {}).items()]
         with self.registry.write() as conn:
+            now_at = conn.execute(select(ImapFolder.uidvalidity).where(
+                ImapFolder.account == account, ImapFolder.folder == folder).with_for_update()).scalar()
+            stale = bool(now_at) and now_at not in (uidvalidity, was)
+            if stale:
+                for row in rows:
+                    if row["action"].startswith(PENDING):
+                        row["action"] = VOID + row["action"].removeprefix(PENDING)
+                        row["reason"] = (f"the folder's UIDVALIDITY changed (now {now_at}) before this action "
+                                         "was done")
             if rows:
                 self._upsert(conn, ImapMessage, rows, ["account", "folder", "uidvalidity", "uid"],
                              ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
+            if stale:
+                return False
             self._upsert(conn, ImapFolder, {
                 "account": account, "folder": folder, "uidvalidity": uidvalidity, "last_uid": last_uid,
                 "importing_until": importing_until, "backlog_until": backlog_until, "import_seen_since": seen_since,
@@ -128,6 +144,7 @@ class ImapLedger:
                 "backlog": backlog, "updated_at": now}, ["account", "folder"],
                 ["uidvalidity", "last_uid", "importing_until", "backlog_until", "import_seen_since", "last_poll_at",
                  "last_error", "last_error_at", "backlog", "updated_at"], forward="last_uid")
+        return True
 
     def pending_actions(self, account: str, folder: str, uidvalidity: int) -> dict[int, str]:
         """Messages spooled whose action on the server is still to be done (it failed, or the
