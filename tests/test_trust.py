@@ -20,8 +20,9 @@ import pytest
 from conftest import Gateway, Notify, wait_for
 import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
-from gateway.stages.check import (MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Answers, Checker, DmarcRefused,
-                                  TrustPolicy, Verdict, aligned, make_resolver, organisational_domain, parse_relays)
+from gateway.stages.check import (BELOW_BORDER, MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Answers, Checker,
+                                  DmarcRefused, TrustPolicy, Verdict, aligned, make_resolver, organisational_domain,
+                                  parse_relays)
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
@@ -434,6 +435,75 @@ def test_over_smtp_a_trusted_authserv_id_counts_only_from_a_configured_relay(
             assert "unverified-internal-sender" in letter["flags"]
             assert trust["authentication_results"]["trusted"] == []
             assert [r["reason"] for r in trust["authentication_results"]["ignored"]] == [NOT_A_TRUSTED_RELAY]
+    finally:
+        proc.stop()
+
+
+# What the organisation's border MTA writes on top of a mail it took from an outside server: its
+# verdict, then its Received header recording that server. Anything below was there before.
+BORDER_FAIL = ("Authentication-Results: mx.example.org; dmarc=fail header.from=example.org\r\n"
+               "Received: from mail.attacker.example (mail.attacker.example [203.0.113.9])\r\n"
+               "\tby mx.example.org (Postfix) with ESMTP id 4QZ; Tue, 01 Dec 2026 10:00:01 +0800\r\n")
+
+
+def test_authentication_results_below_the_borders_received_prove_nothing(dns_server: DnsServer) -> None:
+    # The sender wrote one with our authserv-id into the mail; the border added its own above.
+    forged = (BORDER_FAIL + f"Authentication-Results: {AR_FORGED}\r\n").encode() + message("office@example.org")
+    relay = checker(dns_server.nameserver, relays=("127.0.0.1",))
+    for intake in ("smtp", "imap", "file"):
+        verdict = check(relay, forged, "office@example.org", "someone@partner.example", intake=intake)
+        assert not verdict["authenticated"] and "unverified-internal-sender" in verdict["flags"], intake
+        assert [r["results"] for r in verdict["authentication_results"]["trusted"]] == [
+            ["dmarc=fail header.from=example.org"]], intake
+        [ignored] = verdict["authentication_results"]["ignored"]
+        assert ignored["reason"] == BELOW_BORDER and ignored["results"] == ["dmarc=pass header.from=example.org"]
+    # The border's own verdict at the top still counts, under the mailbox's delivery trace too.
+    real = (BORDER_FAIL.replace("dmarc=fail", "dmarc=pass") + message("office@example.org").decode()).encode()
+    delivered = (b"Return-Path: <someone@partner.example>\r\nReceived: from mx.example.org ([10.0.0.5])\r\n"
+                 b"\tby imap.example.org with LMTP id 7; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + real)
+    for intake, raw in (("smtp", real), ("imap", real), ("imap", delivered), ("file", delivered)):
+        verdict = check(relay, raw, "office@example.org", "someone@partner.example", intake=intake)
+        assert verdict["authenticated"] and verdict["method"] == "authentication-results", intake
+    # A hop between the border and us counts as inside only when it is a trusted relay itself.
+    hub = (b"Received: from mx.example.org (mx.example.org [192.0.2.25])\r\n"
+           b"\tby hub.example.org (Postfix) with ESMTP id 9; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + real)
+    assert check(checker(dns_server.nameserver, relays=("127.0.0.1", "192.0.2.25")), hub, "office@example.org",
+                 "someone@partner.example")["authenticated"]
+    verdict = check(relay, hub, "office@example.org", "someone@partner.example")
+    assert not verdict["authenticated"] and verdict["authentication_results"]["ignored"][0]["reason"] == BELOW_BORDER
+    # An outside client naming a relay's address beside its own (as its HELO name) stays outside.
+    helo = forged.replace(b"from mail.attacker.example (", b"from [127.0.0.1] (", 1)
+    assert not check(relay, helo, "office@example.org", "someone@partner.example")["authenticated"]
+
+
+def test_over_smtp_a_forged_authentication_results_below_the_relays_received_is_ignored(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+        trusted_authserv_ids = ["mx.example.org"]
+        trusted_relays = ["127.0.0.1"]
+    """))
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        forged = BORDER_FAIL + f"Authentication-Results: {AR_FORGED}\r\n"
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+            c.sendmail("someone@partner.example", ["liaison@example.org"],
+                       forged.encode() + message("office@example.org", subject="Forged memo"))
+            c.sendmail("someone@partner.example", ["liaison@example.org"],
+                       BORDER_FAIL.replace("dmarc=fail", "dmarc=pass").encode()
+                       + message("office@example.org", subject="Real memo"))
+        wait_for(lambda: len(gateway.list_json()) == 2, 30, "two letters")
+        letters = {str(row["subject"]): gateway.show_json(str(row["number"])) for row in gateway.list_json()}
+        trust = letters["Forged memo"]["trust"]
+        assert not trust["authenticated"] and "unverified-internal-sender" in letters["Forged memo"]["flags"]
+        assert [r["reason"] for r in trust["authentication_results"]["ignored"]] == [BELOW_BORDER]
+        trust = letters["Real memo"]["trust"]
+        assert trust["authenticated"] and trust["method"] == "authentication-results"
+        assert "unverified-internal-sender" not in letters["Real memo"]["flags"]
     finally:
         proc.stop()
 

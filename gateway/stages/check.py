@@ -19,7 +19,9 @@ envelope worth checking: its verdict comes from trusted Authentication-Results o
 
 A trusted Authentication-Results header on mail received by the SMTP listener counts only when
 the SMTP client is one of the organisation's relays (`[trust] trusted_relays`): anyone else
-connecting to the listener could have written it. From such a relay SPF is not checked: the
+connecting to the listener could have written it. Whatever the intake, only the top of the header
+counts: one below the Received header of a hop from outside (the border's) was in the mail
+before it reached the organisation. From such a relay SPF is not checked: the
 client's address is the relay's, not that of the server the sender used.
 
 DNS goes through a resolver built from `[trust]` (its own servers and time limits), and all of
@@ -85,6 +87,7 @@ MAX_SIGNATURES = 5  # DKIM signatures verified per message: each costs a lookup
 MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per message
 _SMTP_INTAKE = "smtp"
 NOT_A_TRUSTED_RELAY = "added before it reached us: the client is not a trusted relay"
+BELOW_BORDER = "below the Received header of a hop from outside: written before the mail reached us"
 SPF_FROM_RELAY = "the client is a trusted relay, not the sender's server"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -459,6 +462,16 @@ def parse_authentication_results(value: str) -> dict[str, Any]:
     return {"authserv_id": authserv_id, "results": results}
 
 
+_ADDRESS_LITERAL = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]", re.I)
+
+
+def _received_from(value: str) -> list[str]:
+    """The address literals of a Received header ("[192.0.2.7]", "[IPv6:2001:db8::1]"), before its
+    date. The hop that wrote it put the client's address there; the client can only add more
+    (its HELO name, an address in the envelope), never take that one away."""
+    return _ADDRESS_LITERAL.findall(value.rpartition(";")[0] or value)
+
+
 def _proves(results: list[dict[str, Any]], from_domain: str, dkim_alignment: Callable[[], str | None]) -> bool:
     """Does a trusted header say the From domain is authenticated? dkim_alignment gives the From
     domain's DMARC adkim ("r" without a record; None when it could not be looked up), asked only
@@ -536,7 +549,7 @@ class Checker:
         # Over SMTP, anyone can connect and write an Authentication-Results header; it is the
         # organisation's MTA's only when that MTA is the client.
         relayed = not smtp or from_relay
-        self._authentication_results(header_fields, verdict, relayed, dkim_alignment)
+        self._authentication_results(header_fields, verdict, relayed, dkim_alignment, fetched=not smtp)
         repeated = _repeated_fields(header_fields)
         if repeated:
             verdict.flags.append(f"{REPEATED_FIELD}: {', '.join(repeated)}")
@@ -726,22 +739,43 @@ class Checker:
             verdict.prove("dkim")
 
     def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict,
-                                relayed: bool, dkim_alignment: Callable[[], str | None]) -> None:
+                                relayed: bool, dkim_alignment: Callable[[], str | None], *, fetched: bool) -> None:
         """relayed: the mail came through the organisation's own MTAs (or was fetched from their
-        mailboxes), so a header with their authserv-id is theirs. A DKIM pass it reports aligns
-        with the From domain as that domain's DMARC record says (adkim), relaxed without one."""
+        mailboxes), so a header with their authserv-id at the top of the header is theirs. A DKIM
+        pass it reports aligns with the From domain as that domain's DMARC record says (adkim),
+        relaxed without one.
+
+        Only the top of the header is theirs (RFC 8601 5 and 7.1; trace fields are prepended): each
+        hop writes above what it received, so everything below the Received header of a hop whose
+        client is not a trusted relay (the border's, recording the outside server) was there
+        before the mail reached the organisation, whatever authserv-id it names. Over SMTP the
+        walk starts at the top (our own Received records the relay the check already trusts);
+        fetched (IMAP, a file), the fields above the topmost trusted header are the mailbox's
+        delivery trace, written after it, and the walk starts at that header."""
         stored = verdict.authentication_results
+        inside = not fetched  # above every Received header that records a hop from outside
+        anchored = not fetched
         for name, value in header_fields:
-            if name.strip().lower() != "authentication-results":
+            key = name.strip().lower()
+            if key == "received":
+                if inside and not all(map(self._trusted_relay, _received_from(value) or [""])):
+                    inside = False
+                continue
+            if key != "authentication-results":
                 continue
             parsed = parse_authentication_results(value)
             entry: dict[str, Any] = {"authserv_id": parsed["authserv_id"],
                                      "results": [f"{r['method']}={r['result']}" + "".join(
                                          f" {k}={v}" for k, v in r["properties"].items()) for r in parsed["results"]]}
-            if not parsed["authserv_id"] or parsed["authserv_id"] not in self.policy.trusted_authserv_ids:
+            trusted_id = bool(parsed["authserv_id"]) and parsed["authserv_id"] in self.policy.trusted_authserv_ids
+            if trusted_id and not anchored:
+                inside = anchored = True  # the topmost one: the delivery trace above it is the organisation's
+            if not trusted_id:
                 entry["reason"] = "authserv-id not trusted"
             elif not relayed:
                 entry["reason"] = NOT_A_TRUSTED_RELAY
+            elif not inside:
+                entry["reason"] = BELOW_BORDER
             else:
                 if len(stored["trusted"]) < MAX_AUTHENTICATION_RESULTS:
                     stored["trusted"].append(entry)
