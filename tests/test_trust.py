@@ -22,7 +22,7 @@ import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
 from gateway.stages.check import (BELOW_BORDER, MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Answers, Checker,
                                   DmarcRefused, TrustPolicy, Verdict, aligned, make_resolver, organisational_domain,
-                                  parse_relays)
+                                  parse_relays, vouched_places)
 from gateway.stages.classify.facts import Facts
 from gateway.stages.classify.organisation import Organisation
 from gateway.stages.classify.rules import compile_rules
@@ -949,6 +949,89 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
         send(rewritten)
         wait_for(lambda: proc.output().count(f"{number}: answer from {owner}") == 2, 30, "the copy taken in")
         assert len(answers(gateway, number)) == 1
+    finally:
+        proc.stop()
+        sink.stop()
+
+
+def test_a_trusted_authentication_results_vouches_for_a_field_only_where_every_signature_covers_it() -> None:
+    """Fetched mail: the MTA's header does not say which signature passed, so each one of the From
+    domain's organisation must name the field, as often as it occurs; no such signature at all: the
+    domain's own servers sent it (SPF), and it vouches for everything."""
+    proven = {"authenticated": True, "method": "authentication-results", "from_domain": "example.org"}
+
+    def fields(*signed: str, cc: int = 0) -> list[tuple[str, str]]:
+        return ([("DKIM-Signature", f"v=1; a=rsa-sha256; d={d}; s=mail; h={h}; bh=AA; b=AA")
+                 for d, h in (s.split(" ") for s in signed)]
+                + [("From", "owner@example.org"), ("To", "gateway+x@example.org")] + [("Cc", "a@b.example")] * cc)
+    assert vouched_places(proven, fields()) == {"envelope", "to", "cc"}
+    assert vouched_places(proven, fields("mail.example.org from:to:subject")) == {"to", "cc"}
+    assert vouched_places(proven, fields("mail.example.org from:to:subject", cc=1)) == {"to"}
+    assert vouched_places(proven, fields("example.org from:to:cc", cc=2)) == {"to"}  # a second Cc, unsigned
+    assert vouched_places(proven, fields("example.org from:to:cc", "example.org from:subject")) == {"cc"}
+    assert vouched_places(proven, fields("partner.example from:subject")) == {"envelope", "to", "cc"}
+    assert vouched_places({**proven, "method": "smtp-auth"}, fields("example.org from")) == {"envelope", "to", "cc"}
+
+
+def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_reply_address_it_was_not_signed_with(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """A DKIM signature vouches for the header fields it names and the body, never for the SMTP
+    envelope nor for a field it does not name. Someone who holds a signed mail the owner wrote to
+    them ("Received.", about anything) and has seen the owner's reply address (copied on an
+    answer, say) must not make it a command by delivering it to that address, or by adding a Cc
+    naming it, which the signature does not cover. The owner's own reply, signed with its To, is obeyed."""
+    sink = SmtpSink().start()
+    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
+        [outbound]
+        relay = "{sink.address}"
+        from_address = "gateway@example.org"
+        poll_seconds = 0.2
+        retry_min_seconds = 0.3
+        retry_max_seconds = 1
+
+        [trust]
+        nameservers = ["{dns_server.nameserver}"]
+        timeout_seconds = 1
+        lifetime_seconds = 3
+    """))
+    owner = "sales.desk@example.org"
+    key = dns_server.zone.keys[("example.org", "mail")]
+    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+            c.sendmail("alice@partner.example", ["sales@example.org"],
+                       message("alice@partner.example", subject="Delivery late", body="Where is my order?\r\n")
+                       .replace(b"To: liaison@example.org", b"To: sales@example.org"))
+        wait_for(lambda: sink.to(owner), 30, "the owner's notification")
+        [notification] = [r.message for r in sink.to(owner)]
+        number, reply_to = str(notification["X-Gateway-Letter"]), str(notification["Reply-To"])
+
+        def signed(to: str, body: str) -> bytes:
+            raw = (f"From: Sales Desk <{owner}>\r\nTo: {to}\r\nSubject: Re: lunch on Friday\r\n"
+                   f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
+                   f"\r\n{body}").encode()
+            return dkim.sign(raw, b"mail", b"example.org", key.private_pem,
+                             include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + raw
+
+        def send(mail: bytes) -> None:
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
+                c.sendmail("bob@partner.example", [reply_to], mail)
+        # Delivered to the reply address, which only the envelope names.
+        send(signed("bob@partner.example", "Received.\r\n"))
+        # A Cc naming it added above the signed fields: no signed field changed.
+        send(f"Cc: {reply_to}\r\n".encode() + signed("bob@partner.example", "in progress\r\n"))
+        refused = wait_answers(gateway, number, 2)
+        for answer in refused:
+            details = answer["details"]
+            assert details["authenticated"] == owner and details["authenticated_by"] == "dkim", details
+            assert details["obeyed"] is False and "the DKIM signature does not cover" in details["refused"], details
+        assert gateway.show_json(number)["status"] == "routed"
+        # The owner's own reply, its To signed: obeyed.
+        send(signed(reply_to, "Received.\r\n"))
+        obeyed = wait_answers(gateway, number, 3)[-1]["details"]
+        assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "dkim", obeyed
+        assert gateway.show_json(number)["status"] == "acknowledged"
     finally:
         proc.stop()
         sink.stop()

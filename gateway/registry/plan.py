@@ -102,8 +102,12 @@ class Answer:
     command: str | None  # ack | progress | close | reassign | note | None (just text)
     argument: str  # the result, note or department
     text: str  # the answer's own text (without the quoted part), as recorded
-    reply_addresses: list[str] = field(default_factory=list)  # our signed reply addresses it was sent to
+    # Our signed reply addresses it was sent to, named where what proved its sender vouches for them.
+    reply_addresses: list[str] = field(default_factory=list)
     automatic: str | None = None  # why it is an automatic reply (then it commands nothing), if it is one
+    # Our reply addresses named only where that proof does not reach (the envelope, a To or Cc its
+    # DKIM signature does not cover): they vouch for nothing.
+    unvouched_addresses: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -122,6 +122,10 @@ class LetterSteps:
         from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
         tokens = find_reply_tokens(self.config, answer.reply_addresses)
+        if not tokens and answer.unvouched_addresses:
+            return (f"the reply address {answer.unvouched_addresses[0]} is named only where what proved the sender "
+                    "does not reach (the envelope, or a To or Cc the DKIM signature does not cover): anyone "
+                    "holding a signed mail of theirs could have sent it there")
         if not tokens:
             return "no reply token: commands count only through the reply address of a notification or reminder"
         reasons = []

@@ -23,7 +23,7 @@ from gateway.stages.addresses import is_internal
 from gateway.stages.answers import (FORWARD, FindSenderThread, bracketed_numbers, follow_up_of, own_text,
                                     parse_command, signature_keys)
 from gateway.stages.autoreply import automatic_reason
-from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays
+from gateway.stages.check import Checker, TrustPolicy, make_resolver, parse_relays, vouched_places
 from gateway.stages.classify.facts import facts_from_mail, header_map, returned_headers
 from gateway.stages.fax.document import FaxUnreadable, read_fax
 from gateway.stages.fax.metadata import FaxFacts, fax_subject, parse_time
@@ -133,7 +133,7 @@ class LetterBuilder:
             if self.sender_thread and channel == "email" and "backlog" not in flags else None
         # Mail imported from another system was answered there: never a command for a letter here.
         answer = Answer(follow.number, follow.sender, None, "", follow.text) if follow else \
-            None if IMPORTED in flags else self._answer(parsed, channel, rcpts, envelope.get("mail_from"))
+            None if IMPORTED in flags else self._answer(parsed, channel, rcpts, envelope.get("mail_from"), trust)
         if answer is not None:
             # The same answer again (the same bytes, or the same mail through another mailbox)
             # is recognised, not obeyed twice.
@@ -181,7 +181,8 @@ class LetterBuilder:
             trust=trust,
         ))
 
-    def _answer(self, parsed: Normalised, channel: str, rcpts: list[str], envelope_from: str | None) -> Answer | None:
+    def _answer(self, parsed: Normalised, channel: str, rcpts: list[str], envelope_from: str | None,
+                trust: dict[str, Any]) -> Answer | None:
         """Is this a department answering one of our notifications? It names the letter by the
         number in its subject, by the mail of ours it replies to, or by the signed reply address it
         was sent to. From the organisation's domains that makes it an answer (whether it is obeyed
@@ -212,8 +213,15 @@ class LetterBuilder:
         # never obeyed: its first line ("Received", "收到") was not written to this letter.
         automatic = automatic_reason(header_map(parsed.header_fields), envelope_from)
         command, argument = (None, "") if automatic else parse_command(text)
-        reply_addresses = list(dict.fromkeys(a.lower() for a in addresses if find_reply_tokens(self.config, [a])))
-        return Answer(number, sender, command, argument, text, reply_addresses, automatic)
+        vouched = vouched_places(trust, parsed.header_fields)
+        places = {"envelope": rcpts, "to": [a.address for a in parsed.to], "cc": [a.address for a in parsed.cc]}
+        reply: dict[str, bool] = {}  # our reply addresses, and whether a place the proof covers names them
+        for place, found in places.items():
+            for address in found:
+                if find_reply_tokens(self.config, [address]):
+                    reply[address.lower()] = reply.get(address.lower(), False) or place in vouched
+        return Answer(number, sender, command, argument, text, [a for a, ok in reply.items() if ok], automatic,
+                      unvouched_addresses=[a for a, ok in reply.items() if not ok])
 
     def _build_fax_file(self, item: SpoolItem, raw: bytes) -> NewLetter:
         """A fax from the drop folder: its pages counted again from the bytes, its facts from intake."""

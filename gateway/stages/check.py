@@ -378,6 +378,48 @@ def _tags(record: bytes | str, *, fold_case: bool = True) -> dict[str, str]:
     return tags
 
 
+# -- what a proof covers -----------------------------------------------------
+
+RECIPIENT_PLACES = ("envelope", "to", "cc")  # where a mail names its recipients
+
+
+def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) -> frozenset[str]:
+    """Where a proven mail's recipients are vouched for by what proved it: "envelope", "to", "cc".
+
+    SMTP AUTH vouches for everything the submitter sent, and SPF (DMARC met by SPF, or a trusted
+    Authentication-Results with no DKIM signature of the From domain beside it) for everything the
+    domain's own servers sent. A DKIM signature vouches only for the fields it names, each in all
+    its instances (RFC 6376 5.4: one it does not name, a Cc say, may be added by anyone holding the
+    signed mail), and never for the envelope. Over SMTP the signatures that passed are known; a
+    trusted Authentication-Results does not say which one passed, so every signature of the From
+    domain's organisation must cover the field. An unproven mail: everywhere (it commands nothing)."""
+    everything = frozenset(RECIPIENT_PLACES)
+    method = trust.get("method")
+    if not trust.get("authenticated") or method in ("smtp-auth", "dmarc"):
+        return everything
+    from_domain = str(trust.get("from_domain") or "")
+    signatures = [_tags(value, fold_case=False) for name, value in header_fields
+                  if name.strip().lower() == "dkim-signature"]
+    if method == "dkim":
+        # The i-th signature field is the i-th checked (the header was read alike, or nothing was
+        # proven); those past the first MAX_SIGNATURES were not checked.
+        results = trust.get("dkim") or []
+        signatures = [tags for tags, result in zip(signatures, results, strict=False)
+                      if result.get("result") == "pass" and result.get("aligned")]
+    else:
+        signatures = [tags for tags in signatures if aligned(tags.get("d", ""), from_domain, "r")]
+        if not signatures:
+            return everything
+    present = [name.strip().lower() for name, _ in header_fields]
+    covered: list[set[str]] = []
+    for tags in signatures:
+        named = [n.strip().lower() for n in tags.get("h", "").split(":")]
+        covered.append({f for f in ("to", "cc") if named.count(f) >= present.count(f)})
+    if method == "dkim":  # one verified signature covering the field proves it
+        return frozenset(set().union(*covered))
+    return frozenset(set.intersection(*covered)) if covered else frozenset()
+
+
 # -- Authentication-Results (RFC 8601) ------------------------------------
 
 _AR_METHODS = ("dkim", "spf", "dmarc")
