@@ -464,9 +464,11 @@ def test_authentication_results_below_the_borders_received_prove_nothing(dns_ser
     for intake, raw in (("smtp", real), ("imap", real), ("imap", delivered), ("file", delivered)):
         verdict = check(relay, raw, "office@example.org", "someone@partner.example", intake=intake)
         assert verdict["authenticated"] and verdict["method"] == "authentication-results", intake
-    # A hop between the border and us counts as inside only when it is a trusted relay itself.
+    # A hop between the border and us counts as inside only when it is a trusted relay itself:
+    # else it is taken for the border, and the border's Received below it for the outside server's.
+    below = (BORDER_BELOW.replace("dmarc=fail", "dmarc=pass") + message("office@example.org").decode()).encode()
     hub = (b"Received: from mx.example.org (mx.example.org [192.0.2.25])\r\n"
-           b"\tby hub.example.org (Postfix) with ESMTP id 9; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + real)
+           b"\tby hub.example.org (Postfix) with ESMTP id 9; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + below)
     assert check(checker(dns_server.nameserver, relays=("127.0.0.1", "192.0.2.25")), hub, "office@example.org",
                  "someone@partner.example")["authenticated"]
     verdict = check(relay, hub, "office@example.org", "someone@partner.example")
@@ -474,6 +476,36 @@ def test_authentication_results_below_the_borders_received_prove_nothing(dns_ser
     # An outside client naming a relay's address beside its own (as its HELO name) stays outside.
     helo = forged.replace(b"from mail.attacker.example (", b"from [127.0.0.1] (", 1)
     assert not check(relay, helo, "office@example.org", "someone@partner.example")["authenticated"]
+
+
+# The border's verdict just below its own Received header, as OpenDKIM and OpenDMARC insert it.
+BORDER_BELOW = ("Received: from mail.partner.example (mail.partner.example [203.0.113.9])\r\n"
+                "\tby mx.example.org (Postfix) with ESMTP id 4QZ; Tue, 01 Dec 2026 10:00:01 +0800\r\n"
+                "Authentication-Results: mx.example.org; dmarc=fail header.from=example.org\r\n")
+
+
+def test_the_borders_verdict_just_below_its_own_received_counts_and_one_further_down_does_not(
+        dns_server: DnsServer) -> None:
+    relay = checker(dns_server.nameserver, relays=("127.0.0.1",))
+    real = (BORDER_BELOW.replace("dmarc=fail", "dmarc=pass") + message("office@example.org").decode()).encode()
+    ours = (b"Received: from mx.example.org (mx.example.org [127.0.0.1])\r\n"
+            b"\tby gateway.example.org with ESMTP id 8; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + real)
+    delivered = (b"Return-Path: <someone@partner.example>\r\nReceived: from mx.example.org ([10.0.0.5])\r\n"
+                 b"\tby imap.example.org with LMTP id 7; Tue, 01 Dec 2026 10:00:02 +0800\r\n" + real)
+    for intake, raw in (("smtp", real), ("smtp", ours), ("imap", real), ("imap", delivered), ("file", delivered)):
+        verdict = check(relay, raw, "office@example.org", "someone@partner.example", intake=intake)
+        assert verdict["authenticated"] and verdict["method"] == "authentication-results", intake
+    # The sender's own server wrote a Received above the verdict it forged: that is below the
+    # border's part of the header, whichever side of its Received the border writes.
+    forged = (BORDER_BELOW + "Received: from pc.partner.example (pc.partner.example [198.51.100.7])\r\n"
+              "\tby mail.partner.example with ESMTP id 2; Tue, 01 Dec 2026 10:00:00 +0800\r\n"
+              f"Authentication-Results: {AR_FORGED}\r\n").encode() + message("office@example.org")
+    for intake in ("smtp", "imap", "file"):
+        verdict = check(relay, forged, "office@example.org", "someone@partner.example", intake=intake)
+        assert not verdict["authenticated"], intake
+        assert [r["results"] for r in verdict["authentication_results"]["trusted"]] == [
+            ["dmarc=fail header.from=example.org"]], intake
+        assert [r["reason"] for r in verdict["authentication_results"]["ignored"]] == [BELOW_BORDER], intake
 
 
 def test_over_smtp_a_forged_authentication_results_below_the_relays_received_is_ignored(

@@ -788,20 +788,35 @@ class Checker:
         relaxed without one.
 
         Only the top of the header is theirs (RFC 8601 5 and 7.1; trace fields are prepended): each
-        hop writes above what it received, so everything below the Received header of a hop whose
-        client is not a trusted relay (the border's, recording the outside server) was there
-        before the mail reached the organisation, whatever authserv-id it names. Over SMTP the
-        walk starts at the top (our own Received records the relay the check already trusts);
-        fetched (IMAP, a file), the fields above the topmost trusted header are the mailbox's
-        delivery trace, written after it, and the walk starts at that header."""
+        hop writes above what it received, so what lies below the border's own Received header
+        (the first recording a client that is not a trusted relay: the outside server) was, but
+        for the border's verdict, there before the mail reached the organisation, whatever
+        authserv-id it names. Where the border writes its verdict is its own choice: above its
+        Received header, or just below it, as OpenDKIM and OpenDMARC insert it (at index 1) and
+        Gmail does. Over SMTP the walk starts at the top (our own Received records the relay the
+        check already trusts): a verdict met above the border's Received says the border writes
+        there, and the zone ends at that Received; else it ends at the next Received below it, the
+        outside server's. Fetched (IMAP, a file), the fields above the topmost trusted header are
+        the mailbox's delivery trace, written after it; the walk starts at that header and ends at
+        the next Received of a client from outside. Between the border's Received and the next
+        one a header the sender put first in the mail cannot be told from the border's own by
+        where it is: the border deletes those with its authserv-id (RFC 8601 5), as OpenDKIM does."""
         stored = verdict.authentication_results
-        inside = not fetched  # above every Received header that records a hop from outside
+        inside = not fetched  # within the organisation's part of the header
         anchored = not fetched
+        border_seen = trusted_above_border = False
         for name, value in header_fields:
             key = name.strip().lower()
             if key == "received":
-                if inside and not all(map(self._trusted_relay, _received_from(value) or [""])):
-                    inside = False
+                if inside:
+                    outside = not all(map(self._trusted_relay, _received_from(value) or [""]))
+                    if fetched:
+                        inside = not outside
+                    elif border_seen:
+                        inside = False  # the outside server's own: all below is the sender's
+                    elif outside:
+                        border_seen = True  # the border's own: its verdict may follow just below it
+                        inside = not trusted_above_border
                 continue
             if key != "authentication-results":
                 continue
@@ -819,6 +834,7 @@ class Checker:
             elif not inside:
                 entry["reason"] = BELOW_BORDER
             else:
+                trusted_above_border = trusted_above_border or not border_seen
                 if len(stored["trusted"]) < MAX_AUTHENTICATION_RESULTS:
                     stored["trusted"].append(entry)
                 if verdict.from_domain and _proves(parsed["results"], verdict.from_domain, dkim_alignment):
