@@ -1003,6 +1003,14 @@ def test_a_trusted_authentication_results_vouches_for_a_field_only_where_every_s
     assert vouched_places(proven, fields("example.org from:to:cc", "example.org from:subject")) == {"cc"}
     assert vouched_places(proven, fields("partner.example from:subject")) == {"envelope", "to", "cc"}
     assert vouched_places({**proven, "method": "smtp-auth"}, fields("example.org from")) == {"envelope", "to", "cc"}
+    # Proven by DKIM, and SPF passed for the From domain's organisation as well: its own servers sent
+    # it, envelope and all, though its signature names no To (as Office 365's do not).
+    by_dkim = {**proven, "method": "dkim", "dkim": [{"domain": "example.org", "result": "pass", "aligned": True}]}
+    assert vouched_places(by_dkim, fields("example.org from:subject")) == {"cc"}  # there is none
+    assert vouched_places({**by_dkim, "spf": {"result": "pass", "domain": "mail.example.org"}},
+                          fields("example.org from:subject")) == {"envelope", "to", "cc"}
+    for spf in ({"result": "pass", "domain": "partner.example"}, {"result": "softfail", "domain": "example.org"}):
+        assert vouched_places({**by_dkim, "spf": spf}, fields("example.org from:subject")) == {"cc"}, spf
 
 
 def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_reply_address_it_was_not_signed_with(

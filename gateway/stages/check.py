@@ -392,12 +392,17 @@ def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) 
     its instances (RFC 6376 5.4: one it does not name, a Cc say, may be added by anyone holding the
     signed mail), and never for the envelope. Over SMTP the signatures that passed are known; a
     trusted Authentication-Results does not say which one passed, so every signature of the From
-    domain's organisation must cover the field. An unproven mail: everywhere (it commands nothing)."""
+    domain's organisation must cover the field. A DKIM-proven mail that SPF also passed for a domain
+    of the From domain's organisation came from that organisation's servers: everywhere. An
+    unproven mail: everywhere (it commands nothing)."""
     everything = frozenset(RECIPIENT_PLACES)
     method = trust.get("method")
     if not trust.get("authenticated") or method in ("smtp-auth", "dmarc"):
         return everything
     from_domain = str(trust.get("from_domain") or "")
+    spf = trust.get("spf") or {}
+    if spf.get("result") == "pass" and from_domain and aligned(str(spf.get("domain") or ""), from_domain, "r"):
+        return everything  # sent by the From domain's own servers as well (Office 365's signatures name no To)
     signatures = [_tags(value, fold_case=False) for name, value in header_fields
                   if name.strip().lower() == "dkim-signature"]
     if method == "dkim":
