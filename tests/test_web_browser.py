@@ -18,7 +18,7 @@ import pytest
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
 
-from conftest import Daemon, Notify, wait_for
+from conftest import Daemon, Notify, make_message, wait_for
 from smtp_sink import Received, SmtpSink
 from test_access import LETTERS, PASSWORD, A, World, build_world
 
@@ -198,7 +198,14 @@ def test_a_phone_sized_window_shows_pages_no_wider_than_its_screen(register: Reg
 def test_a_laptop_sized_window_shows_every_column_beside_the_sidebar(register: Register, sign_in: SignIn) -> None:
     """At 1024 and 1200 px, in either language: no page scrolls sideways, and no table scrolls
     within its box: a queue's deadline (its last column), the dashboard's figures and the people
-    list are in sight without it."""
+    list are in sight without it, even with a long unbroken address in a queue and in the list."""
+    world = register.world
+    long_mail = world.gateway.config.parent / "long-address.eml"
+    long_mail.write_bytes(make_message(90, subject="Long address", to="liaison@example.org",
+                                       sender="Verylong <verylongmailboxname1234@correspondence-partners.example>"))
+    world.gateway.run("ingest", str(long_mail))
+    world.people.add("long.address", emails=["verylongmailboxname1234@correspondence-partners.example"],
+                     password=PASSWORD, actor="test")
     visible = "Math.max(0, ...[...document.querySelectorAll('.table-wrap')].map(w => w.scrollWidth - w.clientWidth))"
     for login, paths in (("mem.a", ["/letters?queue=departments"]), ("reg", ["/letters?queue=all", "/dashboard"]),
                          ("admin", ["/people"])):
