@@ -195,6 +195,22 @@ def test_a_phone_sized_window_shows_pages_no_wider_than_its_screen(register: Reg
         assert top < 400, (path, top)
 
 
+def test_a_phone_shows_a_letters_history_without_scrolling_sideways(register: Register, sign_in: SignIn) -> None:
+    """At 390 px a letter's history is read down the screen: every event, its details too, is
+    within the screen, not in a table that scrolls sideways to a column out of sight."""
+    page = sign_in("mem.a", lang="zh")
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto(f"/letters/{register.world.n('ACT')}")
+    timeline = page.locator("table.timeline")
+    expect(timeline).to_contain_text("已登记")
+    assert timeline.evaluate("t => t.scrollWidth - t.clientWidth") == 0
+    details = page.locator("table.timeline td.details")
+    assert details.count() >= 3
+    for i in range(details.count()):
+        box = details.nth(i).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
+
+
 def test_a_laptop_sized_window_shows_every_column_beside_the_sidebar(register: Register, sign_in: SignIn) -> None:
     """At 1024 and 1200 px, in either language: no page scrolls sideways, and no table scrolls
     within its box: a queue's deadline (its last column), the dashboard's figures and the people
