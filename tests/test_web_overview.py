@@ -193,6 +193,24 @@ def test_a_member_sees_only_the_figures_of_their_departments(site: Site) -> None
     on_one_day(site, check)
 
 
+def test_a_letter_due_on_sunday_is_due_this_week_as_the_dashboard_says(site: Site) -> None:
+    """The week's figure counts a deadline on Sunday itself, and its caption says so in Chinese:
+    up to Sunday, not before it."""
+    now = datetime.now(timezone.utc)
+    stop = week_stop(site, now)
+    sunday = max(stop - timedelta(hours=1), now + (stop - now) / 2)  # late on Sunday, still to come
+    try:
+        with site.registry.write() as conn:
+            conn.execute(update(Letter).where(Letter.number == site.letters["secret"]).values(deadline=sunday))
+        html = site.sign_in("rita").get("/dashboard").text
+        assert tile(html, "week") == expected(site, principal(site, "rita"))["week"] == 1
+        day = (stop - timedelta(days=1)).date().isoformat()
+        caption = re.search(r'id="tile-week">.*?<p class="parts muted">([^<]*)</p>', html, re.S)
+        assert caption is not None and caption.group(1) == f"未办结，办理期限不晚于本周日（{day}）", caption
+    finally:
+        due_now(site)
+
+
 def test_reports_in_the_browser_and_downloaded_as_html_csv_and_json(site: Site) -> None:
     due_now(site)  # the six mails in this month's report
     tz = ZoneInfo(site.config.model.gateway.timezone)
