@@ -211,6 +211,28 @@ def test_a_phone_shows_a_letters_history_without_scrolling_sideways(register: Re
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
 
 
+def test_a_phone_shows_each_letter_of_a_queue_with_its_subject_and_deadline_in_sight(register: Register,
+                                                                                     sign_in: SignIn) -> None:
+    """At 390 px a queue is read down the screen, a letter a block: its number, subject and deadline
+    within the screen, not in columns scrolled out of sight; the sort links and the box that ticks
+    every letter are still there."""
+    page = sign_in("mem.a", lang="zh")
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto("/letters?queue=departments")
+    table = page.locator("table.letters")
+    assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
+    rows = page.locator("table.letters tbody tr")
+    assert rows.count() >= 3
+    for i in range(rows.count()):
+        for cell in ("a.open", "td.subject", "td.when.deadline"):
+            box = rows.nth(i).locator(cell).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, cell, box)
+        named = rows.nth(i).locator("td.when.deadline").evaluate("c => getComputedStyle(c, '::before').content")
+        assert "办理期限" in named, (i, named)  # which of its two times is the deadline
+    for control in ("thead a:has-text('收文时间')", "thead a:has-text('办理期限')", "thead input.pick-all"):
+        expect(table.locator(control)).to_be_visible()
+
+
 def test_a_laptop_sized_window_shows_every_column_beside_the_sidebar(register: Register, sign_in: SignIn) -> None:
     """At 1024 and 1200 px, in either language: no page scrolls sideways, and no table scrolls
     within its box: a queue's deadline (its last column), the dashboard's figures and the people
