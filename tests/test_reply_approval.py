@@ -144,16 +144,25 @@ def test_a_reply_returned_redrafted_approved_in_order_and_delivered(site: Site, 
     gina.click("#reply button[value=submit]")
     expect(gina.locator("#reply .flash")).to_contain_text("Submitted for approval")
 
-    # Head, then leader in charge approve.
+    # Head, then leader in charge approve; the last approval sends the reply at once, so it asks
+    # first, naming where it goes (an earlier step asks nothing: nothing leaves yet).
+    asked: list[str] = []
+    olga.on("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     olga.goto(f"/letters/{number}")
     olga.locator("#reply textarea[name=comment]").fill("Fine now.")
     olga.click("#reply button:has-text('Approve')")
     expect(olga.locator("#reply .flash")).to_contain_text("Approved")
+    assert asked == []
     assert site.registry.letter(number).status != "answered"  # type: ignore[union-attr]
     leo_page = sign_in("leo")
     leo_page.goto("/approvals")
     expect(leo_page.locator("nav a[href='/approvals'] .count")).to_have_text("1")
     leo_page.click(f"a[href='/letters/{number}#reply']")
+    leo_page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    leo_page.click("#reply button:has-text('Approve')")
+    assert asked == ["Approve and send the reply to alice@partner.example now? Once sent it cannot be called back."]
+    assert [r.status for r in replies.records.replies(letter.id)][-1] == "pending"  # not asked: nothing sent
+    leo_page.once("dialog", lambda dialog: dialog.accept())
     leo_page.click("#reply button:has-text('Approve')")
     expect(leo_page.locator("#reply .flash")).to_contain_text("sent to the sender")
     expect(leo_page.locator("#reply .reply-chain li.step-approved")).to_have_count(2)

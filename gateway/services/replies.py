@@ -107,6 +107,8 @@ class ReplyPanel:
     may_edit: bool = False
     may_approve: bool = False
     may_post: bool = False
+    # Where this person's approval mails the reply, when theirs is the chain's last step (asked first).
+    sends_to: str = ""
     refusal: Refused | None = None  # why this person cannot approve the waiting step
     earlier: list[Reply] = field(default_factory=list)  # replies sent before this one
 
@@ -238,6 +240,8 @@ class Replies:
             try:
                 self._check_approver(who, letter, shown)
                 panel.may_approve = True
+                if shown.step + 1 == len(shown.chain):
+                    panel.sends_to = request_address(letter) or ""
             except Refused as exc:
                 panel.refusal = exc if approver else None
         return panel
