@@ -283,6 +283,19 @@ def test_an_approval_sent_twice_sends_once_and_the_second_is_told_it_went(site: 
     assert actions(site, number).count("reply-approved") == 1 and actions(site, number).count("reply-sent") == 1
 
 
+def test_the_reply_panel_calls_the_letters_sender_as_the_page_does_in_chinese(site: Site) -> None:
+    """The page calls whoever wrote the letter 来信人 (its heading: 答复来信人); the reply sent to
+    them, and the mail that took it, are words for the same person, not 寄件人."""
+    number = site.letters["office"]  # the head's step alone
+    gina, olga = site.sign_in("gina"), site.sign_in("olga")  # in Chinese, the default
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    stage = form_field(olga.get(f"/letters/{number}").text, "stage")
+    done = olga.post(f"{url}/approve", data={"stage": stage, "csrf": olga.csrf}, follow_redirects=True)
+    assert done.status_code == 200 and "答复来信人" in done.text
+    assert "已审批通过并发送给来信人。" in done.text and "寄件人" not in done.text
+
+
 def test_a_step_refused_for_the_replys_state_names_that_state_in_the_pages_language(site: Site) -> None:
     number = site.letters["business"]  # the head's step alone
     sam, bella = site.sign_in("sam"), site.sign_in("bella")  # both in Chinese, the default
