@@ -261,6 +261,20 @@ def test_a_refused_form_corrected_and_sent_twice_with_its_kept_scans_is_one_lett
     assert lost.status_code == 400 and "add the scans of the letter" in lost.text
 
 
+def test_the_chinese_form_calls_the_sender_as_its_field_and_the_register_do(site: Site) -> None:
+    """In Chinese the register calls whoever wrote the letter 来信人 (the sender's field too): the
+    form's card, its hints and the refusal of an empty name say the same, not 寄件人."""
+    site.people.set_language("rita", "zh")
+    client = site.sign_in("rita")
+    token = hidden(client.get("/paper").text, "token")
+    refused = client.post("/paper", data={"csrf": client.csrf, "token": token, "sender_name": " ", "channel": "post",
+                                          "subject": "保留的主题"},
+                          files={"scans": ("a.pdf", pdf_fax([ENGLISH]), "application/pdf")})
+    assert refused.status_code == 400 and 'value="保留的主题"' in refused.text
+    assert "请填写来信人姓名" in refused.text and "<h2>来信人</h2>" in refused.text
+    assert "寄件人" not in refused.text
+
+
 def test_a_file_sent_again_for_a_refused_one_takes_its_place(site: Site) -> None:
     """Pages 1 to 3, page 1's file cut short: refused by name, pages 2 and 3 kept. Page 1 scanned
     again and sent with them: the letter's files are pages 1, 2 and 3, in that order."""
