@@ -399,6 +399,26 @@ def test_the_circulation_panel_names_its_people_and_says_it_is_under_way(tmp_pat
         site.close()
 
 
+def test_the_circulate_form_names_the_leaders_by_the_sign_in_names_it_asks_for(tmp_path: Path) -> None:
+    """Readers are typed by sign-in name or department id: the form lists the leaders with theirs
+    (not one disabled), as it lists the departments with their ids, and a list typed from it starts."""
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        site.add_people((Person("lin", roles=("leader",), emails=("lin@example.org",)),))
+        site.people.set_disabled("lin", True, actor="test")
+        number = site.ingest("official", conftest.make_message(30, subject="Notice", to="liaison@example.org"))
+        rita = site.sign_in("rita")  # in Chinese, the default
+        page = rita.get(f"/letters/{number}").text
+        form = page.split('action="/letters/' + number + '/circulate"', 1)[1].split("</form>")[0]
+        hint = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", form))
+        assert "领导： leo Leo" in hint and "lin" not in hint, hint
+        started = rita.post(f"/letters/{number}/circulate", data={"readers": "leo\ngeneral-office", "csrf": rita.csrf})
+        assert started.status_code == 303, started.text
+    finally:
+        site.close()
+
+
 def test_the_letters_history_names_a_department_reader_and_the_next_reader(tmp_path: Path) -> None:
     site = Site(tmp_path)
     try:

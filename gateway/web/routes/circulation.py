@@ -9,7 +9,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.services.circulation import INPUT_REFUSALS, Circulations
 from gateway.services.borrowing import Borrowings
-from gateway.services.people import Principal
+from gateway.services.people import PersonRecord, Principal
 from gateway.web.app import Req, Web, page
 from gateway.web.i18n import N_
 from gateway.web.routes.letters import letter_step, letter_url
@@ -47,8 +47,10 @@ def routes() -> list[BaseRoute]:
 
 
 def template_globals() -> dict[str, Any]:
-    """What the sidebar asks of this module: the counts beside "To read" and "Borrowing"."""
-    return {"to_read_count": to_read_count, "borrowings_waiting": borrowings_waiting}
+    """What the sidebar asks of this module: the counts beside "To read" and "Borrowing"; and the
+    leaders the circulate form names."""
+    return {"to_read_count": to_read_count, "borrowings_waiting": borrowings_waiting,
+            "circulation_leaders": circulation_leaders}
 
 
 def to_read_count(web: Web, who: Principal) -> int:
@@ -57,6 +59,12 @@ def to_read_count(web: Web, who: Principal) -> int:
 
 def borrowings_waiting(web: Web, who: Principal) -> int:
     return len(Borrowings(web.config, web.registry, web.access).awaiting(who))
+
+
+def circulation_leaders(web: Web) -> list[PersonRecord]:
+    """The leaders who can be named as readers (not disabled), by name: the circulate form asks for
+    sign-in names, which the one circulating need not know by heart."""
+    return sorted((p for p in web.people.list() if "leader" in p.roles and not p.disabled), key=lambda p: p.name)
 
 
 def service(req: Req) -> Circulations:
