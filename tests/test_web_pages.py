@@ -40,7 +40,8 @@ def test_signing_in_and_out(site: Site) -> None:
     token = hidden(form.text, "csrf")
     assert 'name="next" value="/letters?queue=all"' in form.text
     wrong = client.post("/signin", data={"login": "rita", "password": "nope", "csrf": token})
-    assert wrong.status_code == 401 and "用户名或密码错误" in wrong.text  # [web] language = "zh"
+    assert wrong.status_code == 401 and "登录名或密码错误" in wrong.text  # [web] language = "zh"
+    assert "登录名<input" in wrong.text and "用户名" not in wrong.text  # the refusal names the field as it is labelled
     done = client.post("/signin", data={"login": "rita", "password": PASSWORD, "csrf": token,
                                         "next": "/letters?queue=all"})
     assert done.status_code == 303 and done.headers["location"] == "/letters?queue=all"
