@@ -419,6 +419,35 @@ def test_the_circulate_form_names_the_leaders_by_the_sign_in_names_it_asks_for(t
         site.close()
 
 
+def test_a_phone_shows_each_letter_to_read_with_its_subject_and_deadline_in_sight(
+        tmp_path: Path, browser: Browser, request: pytest.FixtureRequest) -> None:
+    """At 390 px the To read list is read down the screen, a letter a block: its number, subject
+    and the day to sign by within the screen, the day named, not in a column scrolled out of sight."""
+    site = Site(tmp_path)
+    pages = signed_in_pages(browser, site.url, PASSWORD, request)
+    try:
+        site.add_people()
+        site.add_letters()
+        rita = site.people.principal("rita")
+        assert rita is not None
+        Circulations(site.config, site.registry).start(rita, site.letters["urgent"], ["leo", "general-office"])
+        page = next(pages)("leo", lang="zh")
+        page.set_viewport_size({"width": 390, "height": 800})
+        page.goto("/to-read")
+        table = page.locator("table.to-read")
+        assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
+        row = table.locator("tbody tr")
+        expect(row).to_have_count(1)
+        for cell in ("a", "td.subject", "td.sign-by"):
+            box = row.locator(cell).first.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (cell, box)
+        named = row.locator("td.sign-by").evaluate("c => getComputedStyle(c, '::before').content")
+        assert "签阅期限" in named, named
+    finally:
+        next(pages, None)
+        site.close()
+
+
 def test_the_letters_history_names_a_department_reader_and_the_next_reader(tmp_path: Path) -> None:
     site = Site(tmp_path)
     try:
