@@ -283,6 +283,30 @@ def test_an_approval_sent_twice_sends_once_and_the_second_is_told_it_went(site: 
     assert actions(site, number).count("reply-approved") == 1 and actions(site, number).count("reply-sent") == 1
 
 
+def test_a_phone_shows_each_reply_awaiting_approval_with_its_subject_and_deadline_in_sight(
+        site: Site, sign_in: SignIn) -> None:
+    """At 390 px the approvals list is read down the screen, a letter a block: its number, subject
+    (whole words) and deadline within the screen, the deadline named, no column out of sight."""
+    number = site.letters["office"]  # the head's step alone
+    gina = site.sign_in("gina")
+    url = f"/letters/{number}/reply"
+    assert gina.post(url, data={"text": "We come on Monday.", "action": "submit", "csrf": gina.csrf}).status_code == 303
+    olga = sign_in("olga", lang="zh")
+    olga.set_viewport_size({"width": 390, "height": 800})
+    olga.goto("/approvals")
+    table = olga.locator("table.approvals")
+    assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
+    row = table.locator("tbody tr")
+    expect(row).to_have_count(1)
+    for cell in ("a", "td.subject", "td.deadline"):
+        box = row.locator(cell).first.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (cell, box)
+    subject = row.locator("td.subject")
+    assert subject.evaluate("c => c.getClientRects().length && c.getBoundingClientRect().height") < 30  # one line
+    named = row.locator("td.deadline").evaluate("c => getComputedStyle(c, '::before').content")
+    assert "办理期限" in named, named
+
+
 def test_the_reply_panel_calls_the_letters_sender_as_the_page_does_in_chinese(site: Site) -> None:
     """The page calls whoever wrote the letter 来信人 (its heading: 答复来信人); the reply sent to
     them, and the mail that took it, are words for the same person, not 寄件人."""
@@ -495,7 +519,7 @@ def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Sit
     assert number in words and "紧急：合同签署" in words  # the subject, as her queues show it
     assert "拟稿人" in words and "Gina gina" in words  # who drafted it, by name
     assert "紧急" in words and "已逾期" in words  # its urgency, and a deadline already passed
-    assert re.search(r'<td class="nowrap overdue">[^<]*\d{4}-\d{2}-\d{2} \d{2}:\d{2}', page.text)
+    assert re.search(r'<td class="nowrap deadline overdue"[^>]*>[^<]*\d{4}-\d{2}-\d{2} \d{2}:\d{2}', page.text)
 
 
 def test_a_letter_whose_reply_waits_offers_no_step_the_reply_would_refuse(site: Site) -> None:
