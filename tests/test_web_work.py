@@ -8,6 +8,7 @@ One register (web_support.Site on a real uvicorn) and one browser for the module
 own browser context. A failing test leaves screenshots of its pages and prints their paths."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from email.message import EmailMessage
 
@@ -17,6 +18,7 @@ from fax_samples import ENGLISH, pdf_fax, tiff_fax
 from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import text
+import web_support
 from web_support import ORDERS_RULE, PASSWORD, WEB_RULES, Site
 
 from gateway.services.paper import PaperLetter, Scan, register_paper
@@ -290,6 +292,24 @@ def test_a_saved_view_is_in_the_sidebar_and_applies_its_filters(site: Site, sign
     expect(page.locator(".sidebar ul.views")).to_have_count(0)
     assert asked == ["Delete the saved view “紧急件”? The letters stay as they are."]
     expect(page.locator("main h1")).to_have_text("All letters")
+
+
+def test_a_view_name_of_only_spaces_is_refused_as_bad_input_with_the_way_back_to_its_list(site: Site) -> None:
+    """The form's `required` lets spaces through: the refusal says what the name needs (400, bad
+    input, not "not possible now"), saves nothing, and leads back to the list with its filters."""
+    rita = site.sign_in("rita")
+    views_before = saved_views(rita)
+    refused = rita.post("/views", data={"csrf": rita.csrf, "name": "   ", "queue": "all", "urgency": "urgent",
+                                        "sort": "deadline"})
+    assert refused.status_code == 400 and "a view needs a name of 1 to 60 characters" in refused.text
+    assert '<a href="/letters?queue=all&amp;urgency=urgent&amp;sort=deadline">Back to the list</a>' in refused.text
+    assert saved_views(rita) == views_before
+
+
+def saved_views(client: web_support.Browser) -> list[str]:
+    """The saved views in the sidebar, by name."""
+    page = client.get("/letters?queue=all").text
+    return re.findall(r'<li><a href="/letters\?[^"]*view=\d+"[^>]*><span>([^<]*)</span>', page)
 
 
 def test_keyboard_moves_through_a_queue_selects_opens_and_shows_its_help(site: Site, sign_in: SignIn) -> None:

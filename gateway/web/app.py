@@ -83,10 +83,12 @@ class Web:
 class Problem(Exception):
     """Stop and show an error page with this status and message."""
 
-    def __init__(self, status: int, message: str = ""):
+    def __init__(self, status: int, message: str = "", back: str = ""):
+        """`back`: the page to go back to (a path on this site) instead of the register's first page."""
         super().__init__(message)
         self.status = status
         self.message = message
+        self.back = back
 
 
 @dataclass
@@ -148,8 +150,8 @@ class Req:
     def render(self, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return render(self, template, status_code, **context)
 
-    def error(self, status: int, message: str = "") -> HTMLResponse:
-        return render(self, "error.html", status, status=status, message=message)
+    def error(self, status: int, message: str = "", back: str = "") -> HTMLResponse:
+        return render(self, "error.html", status, status=status, message=message, back=back)
 
 
 def render(req: Req, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -265,7 +267,7 @@ def serve(request: Request, form: FormData, handler: Handler, public: bool, role
                 raise Problem(403, _("This form has expired. Reload the page and try again."))
         return handler(req)
     except Problem as problem:
-        return req.error(problem.status, problem.message)
+        return req.error(problem.status, problem.message, problem.back)
     except Exception:
         log.exception("web: %s %s failed", request.method, request.url.path)
         return req.error(500)

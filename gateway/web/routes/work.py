@@ -36,10 +36,14 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+def list_url(query: QueueQuery) -> str:
+    """The queue page of these filters and sort."""
+    return "/letters?" + urlencode({k: str(v) for k, v in query_to_dict(query).items() if k != "per_page"})
+
+
 def view_url(query: QueueQuery, view_id: int) -> str:
     """The queue page a saved view opens: its filters and sort, and which view it is."""
-    params = {k: str(v) for k, v in query_to_dict(query).items() if k != "per_page"}
-    return "/letters?" + urlencode({**params, "view": str(view_id)})
+    return list_url(query) + "&" + urlencode({"view": str(view_id)})
 
 
 def local_path(value: str, fallback: str) -> str:
@@ -199,7 +203,11 @@ def save_view(req: Req) -> Response:
     try:
         view_id = req.web.access.save_view(req.who, req.field("name"), query)
     except Refused as exc:
-        raise Problem(409, _("The view was not saved: %(reason)s") % {"reason": i18n.refusal(exc)}) from None
+        # A name it cannot take is bad input (the form's `required` lets spaces through): back to the
+        # list as it was filtered, to name it again.
+        raise Problem(400 if exc.key == "view-name" else 409,
+                      _("The view was not saved: %(reason)s") % {"reason": i18n.refusal(exc)},
+                      back=list_url(query)) from None
     return RedirectResponse(view_url(query, view_id), status_code=303)
 
 
