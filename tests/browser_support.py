@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
+PHONE = 390  # px: a phone's screen, as the phone layouts are tested
 SignIn = Callable[..., Page]
 
 
@@ -56,3 +57,17 @@ def signed_in_pages(browser: Browser, url: str, password: str,
                 print(f"screenshot of {page.url}: {shot}")
     for context in contexts:
         context.close()
+
+
+def rows_within_the_screen(table: Locator, cells: tuple[str, ...], *, rows: int = 1, width: int = PHONE) -> Locator:
+    """The body rows of `table` (at least `rows`), once it is seen not to scroll sideways and each
+    of `cells` of every row to lie within a screen `width` wide."""
+    assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
+    found = table.locator("tbody tr")
+    expect(found.first).to_be_visible()
+    assert found.count() >= rows, found.count()
+    for i in range(found.count()):
+        for cell in cells:
+            box = found.nth(i).locator(cell).first.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (i, cell, box)
+    return found

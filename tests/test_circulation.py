@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import conftest
 import pytest
-from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from browser_support import SignIn, browser_fixture, rows_within_the_screen, signed_in_pages  # noqa: F401
 from playwright.sync_api import Browser, Page, expect
 from smtp_sink import SmtpSink
 from web_support import PASSWORD, Clock, Person, Site, hidden
@@ -434,13 +434,8 @@ def test_a_phone_shows_each_letter_to_read_with_its_subject_and_deadline_in_sigh
         page = next(pages)("leo", lang="zh")
         page.set_viewport_size({"width": 390, "height": 800})
         page.goto("/to-read")
-        table = page.locator("table.to-read")
-        assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
-        row = table.locator("tbody tr")
+        row = rows_within_the_screen(page.locator("table.to-read"), ("a", "td.subject", "td.sign-by"))
         expect(row).to_have_count(1)
-        for cell in ("a", "td.subject", "td.sign-by"):
-            box = row.locator(cell).first.bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (cell, box)
         named = row.locator("td.sign-by").evaluate("c => getComputedStyle(c, '::before').content")
         assert "签阅期限" in named, named
     finally:

@@ -7,7 +7,8 @@ import re
 import smtplib
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from conftest import Gateway, Notify, wait_for
+from conftest import Daemon, Gateway, Notify, wait_for
 import dns_server as dns_fixtures
 from dns_server import DkimKey, DnsServer
 from gateway.stages.check import (BELOW_BORDER, MAX_AUTHENTICATION_RESULTS, NOT_A_TRUSTED_RELAY, Answers, Checker,
@@ -924,13 +925,10 @@ def test_spf_is_not_checked_against_a_trusted_relay(tmp_path: Path, notify: Noti
         proc.stop()
 
 
-def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
-        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
-    """A signed answer is obeyed once: the same signature again is the same answer. Base64 leaves
-    the last character of b= two bits nobody reads (RFC 4648 3.5), so one signature can be written
-    four ways, each verifying. Someone holding the owner's signed answer (copied to them) must not
-    have it taken as a new one by writing its b= another way and giving it a Message-ID of their
-    own, where the signer did not sign the Message-ID."""
+@contextmanager
+def a_letter_for_the_owner(tmp_path: Path, notify: Notify, dns_server: DnsServer) -> Iterator[Answering]:
+    """A gateway answering to the test DNS, with a partner's letter to Sales registered and its
+    owner notified (at an SMTP sink): the letter's number and the owner's reply address."""
     sink = SmtpSink().start()
     gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
         [outbound]
@@ -946,7 +944,6 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
         lifetime_seconds = 3
     """))
     owner = "sales.desk@example.org"
-    key = dns_server.zone.keys[("example.org", "mail")]
     proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
     try:
         notify.wait_for("READY=1")
@@ -956,7 +953,33 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
                        .replace(b"To: liaison@example.org", b"To: sales@example.org"))
         wait_for(lambda: sink.to(owner), 30, "the owner's notification")
         [notification] = [r.message for r in sink.to(owner)]
-        number, reply_to = str(notification["X-Gateway-Letter"]), str(notification["Reply-To"])
+        yield Answering(gateway, proc, owner, dns_server.zone.keys[("example.org", "mail")],
+                        str(notification["X-Gateway-Letter"]), str(notification["Reply-To"]))
+    finally:
+        proc.stop()
+        sink.stop()
+
+
+@dataclasses.dataclass
+class Answering:
+    gateway: Gateway
+    proc: Daemon
+    owner: str
+    key: DkimKey  # example.org's, published at selector "mail"
+    number: str
+    reply_to: str
+
+
+def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """A signed answer is obeyed once: the same signature again is the same answer. Base64 leaves
+    the last character of b= two bits nobody reads (RFC 4648 3.5), so one signature can be written
+    four ways, each verifying. Someone holding the owner's signed answer (copied to them) must not
+    have it taken as a new one by writing its b= another way and giving it a Message-ID of their
+    own, where the signer did not sign the Message-ID."""
+    with a_letter_for_the_owner(tmp_path, notify, dns_server) as letter:
+        gateway, proc, owner, key = letter.gateway, letter.proc, letter.owner, letter.key
+        number, reply_to = letter.number, letter.reply_to
         raw = (f"From: Sales Desk <{owner}>\r\nTo: {reply_to}\r\nSubject: Re: [{number}] Delivery late\r\n"
                f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <first@example.org>\r\n"
                f"\r\nreceived\r\n").encode()
@@ -981,9 +1004,6 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
         send(rewritten)
         wait_for(lambda: proc.output().count(f"{number}: answer from {owner}") == 2, 30, "the copy taken in")
         assert len(answers(gateway, number)) == 1
-    finally:
-        proc.stop()
-        sink.stop()
 
 
 def test_a_trusted_authentication_results_vouches_for_a_field_only_where_every_signature_covers_it() -> None:
@@ -1020,32 +1040,9 @@ def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_r
     them ("Received.", about anything) and has seen the owner's reply address (copied on an
     answer, say) must not make it a command by delivering it to that address, or by adding a Cc
     naming it, which the signature does not cover. The owner's own reply, signed with its To, is obeyed."""
-    sink = SmtpSink().start()
-    gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
-        [outbound]
-        relay = "{sink.address}"
-        from_address = "gateway@example.org"
-        poll_seconds = 0.2
-        retry_min_seconds = 0.3
-        retry_max_seconds = 1
-
-        [trust]
-        nameservers = ["{dns_server.nameserver}"]
-        timeout_seconds = 1
-        lifetime_seconds = 3
-    """))
-    owner = "sales.desk@example.org"
-    key = dns_server.zone.keys[("example.org", "mail")]
-    proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
-    try:
-        notify.wait_for("READY=1")
-        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.partner.example", timeout=60) as c:
-            c.sendmail("alice@partner.example", ["sales@example.org"],
-                       message("alice@partner.example", subject="Delivery late", body="Where is my order?\r\n")
-                       .replace(b"To: liaison@example.org", b"To: sales@example.org"))
-        wait_for(lambda: sink.to(owner), 30, "the owner's notification")
-        [notification] = [r.message for r in sink.to(owner)]
-        number, reply_to = str(notification["X-Gateway-Letter"]), str(notification["Reply-To"])
+    with a_letter_for_the_owner(tmp_path, notify, dns_server) as letter:
+        gateway, owner, key = letter.gateway, letter.owner, letter.key
+        number, reply_to = letter.number, letter.reply_to
 
         def signed(to: str, body: str) -> bytes:
             raw = (f"From: Sales Desk <{owner}>\r\nTo: {to}\r\nSubject: Re: lunch on Friday\r\n"
@@ -1072,9 +1069,6 @@ def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_r
         obeyed = wait_answers(gateway, number, 3)[-1]["details"]
         assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "dkim", obeyed
         assert gateway.show_json(number)["status"] == "acknowledged"
-    finally:
-        proc.stop()
-        sink.stop()
 
 
 def test_a_signature_under_a_key_in_testing_mode_proves_nothing() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_support import SignIn, browser_fixture, signed_in_pages  # noqa: F401  (the `browser` fixture)
+from browser_support import SignIn, browser_fixture, rows_within_the_screen, signed_in_pages  # noqa: F401
 from playwright.sync_api import Browser, Page, expect
 
 from conftest import Daemon, Notify, make_message, wait_for
@@ -203,12 +203,7 @@ def test_a_phone_shows_a_letters_history_without_scrolling_sideways(register: Re
     page.goto(f"/letters/{register.world.n('ACT')}")
     timeline = page.locator("table.timeline")
     expect(timeline).to_contain_text("已登记")
-    assert timeline.evaluate("t => t.scrollWidth - t.clientWidth") == 0
-    details = page.locator("table.timeline td.details")
-    assert details.count() >= 3
-    for i in range(details.count()):
-        box = details.nth(i).bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, box)
+    rows_within_the_screen(timeline, ("td.details",), rows=3)
 
 
 def test_a_phone_shows_each_letter_of_a_queue_with_its_subject_and_deadline_in_sight(register: Register,
@@ -220,13 +215,8 @@ def test_a_phone_shows_each_letter_of_a_queue_with_its_subject_and_deadline_in_s
     page.set_viewport_size({"width": 390, "height": 800})
     page.goto("/letters?queue=departments")
     table = page.locator("table.letters")
-    assert table.evaluate("t => t.scrollWidth - t.clientWidth") == 0
-    rows = page.locator("table.letters tbody tr")
-    assert rows.count() >= 3
+    rows = rows_within_the_screen(table, ("a.open", "td.subject", "td.when.deadline"), rows=3)
     for i in range(rows.count()):
-        for cell in ("a.open", "td.subject", "td.when.deadline"):
-            box = rows.nth(i).locator(cell).bounding_box()
-            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (i, cell, box)
         named = rows.nth(i).locator("td.when.deadline").evaluate("c => getComputedStyle(c, '::before').content")
         assert "办理期限" in named, (i, named)  # which of its two times is the deadline
     for control in ("thead a:has-text('收文时间')", "thead a:has-text('办理期限')", "thead input.pick-all"):
