@@ -241,6 +241,9 @@ def test_reports_in_the_browser_and_downloaded_as_html_csv_and_json(site: Site) 
     assert theirs["overdue"] and all(o["subject"] == "" for o in theirs["overdue"])
     assert "Order 4711" not in audrey.get(f"/reports?period={month}").text
     assert rita.get("/reports?period=2026-13").status_code == 400
+    # A period without letters: a dash where a mean would be, no unit after it.
+    empty = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", rita.get("/reports?period=2020-01").text))
+    assert "— 小时" not in empty and "—" in empty, empty
     assert rita.get(f"/reports/download?period={month}&format=pdf").status_code == 404
     # An archived letter's subject is read only through a borrowing: not in the registry office's list.
     from sqlalchemy import update
