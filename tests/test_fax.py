@@ -344,6 +344,8 @@ def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify
                                   letters["+86 21 6666 9999"])
         assert complete["channel"] == "fax" and complete["fax"]["pages"] == 2
         assert "partial-reception" not in complete["flags"]
+        # Its From alone made it a fax: nothing proved the fax service sent it.
+        assert all("fax-sender-unproven" in letter["flags"] for letter in (complete, short, empty))
         assert "partial-reception" in short["flags"] and "fax: 3 page(s) announced, 2 received" in short["defects"]
         assert "partial-reception" in empty["flags"]
         assert "fax: the fax mail carries no TIFF or PDF document" in empty["defects"]
@@ -351,6 +353,20 @@ def test_fax_to_email_through_smtp_and_partial_receptions(tmp_path: Path, notify
         assert "DELIVERY" in text_read(gateway, str(complete["number"]))["body_text"].upper()
     finally:
         daemon.stop()
+
+
+def test_a_fax_mail_its_sender_proven_is_not_flagged_as_unproven(tmp_path: Path, faxes: dict[str, bytes]) -> None:
+    """Fetched from a mailbox behind the organisation's MTA, whose verdict proves the fax service's
+    domain: a fax like any other. The same mail with a verdict nobody trusts stays flagged."""
+    gateway = configure(tmp_path, extra='[trust]\ntrusted_authserv_ids = ["mx.example.org"]\n')
+    for number, authserv_id in (("+86 21 6666 7777", "mx.example.org"), ("+86 21 6666 8888", "mx.elsewhere.example")):
+        verdict = f"Authentication-Results: {authserv_id}; dmarc=pass header.from=faxservice.example\r\n"
+        path = tmp_path / f"{authserv_id}.eml"
+        path.write_bytes(verdict.encode() + fax_mail(f"Fax from {number} (2 pages)", [("fax.tif", faxes["two"])]))
+        gateway.run("ingest", str(path))
+    flags = {letter["fax"]["number"]: letter["flags"] for letter in fax_letters(gateway, 2)}
+    assert "fax-sender-unproven" not in flags["+86 21 6666 7777"], flags  # proven by the trusted verdict
+    assert "fax-sender-unproven" in flags["+86 21 6666 8888"], flags
 
 
 def test_an_ocr_failure_is_a_defect_and_registration_goes_on(tmp_path: Path, notify: Notify,

@@ -34,6 +34,8 @@ from gateway.stages.reference import find_reference
 from gateway.stages.route import IMPORTED, route
 from gateway.stages.tokens import check_reply_token, find_reply_tokens
 
+FAX_SENDER_UNPROVEN = "fax-sender-unproven"  # fax-to-email whose sender nothing proved
+
 # The letter a mail answers, if any: (numbers in its subject, Message-IDs it replies to) -> number.
 FindAnswered = Callable[[list[str], list[str]], "str | None"]
 
@@ -124,6 +126,11 @@ class LetterBuilder:
             fax, needs_ocr, fax_flags, fax_defects = fax_from_mail(self.config, parsed)
             flags += fax_flags
             defects += fax_defects
+            if not trust["authenticated"]:
+                # Its From alone made it a fax, with the number and sender it writes: anyone can
+                # write those. It is taken as a fax all the same (its content is one), and shown
+                # as not proven to come from the fax service.
+                flags.append(FAX_SENDER_UNPROVEN)
         received_at = _parse_time(meta.get("received_at"))
         # A sender writing back about their letter (old mail imported as backlog is not writing back now).
         follow = follow_up_of(parsed, envelope_from=envelope.get("mail_from"),

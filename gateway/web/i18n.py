@@ -178,6 +178,7 @@ INTAKE = {"smtp": N_("SMTP listener"), "imap": N_("IMAP mailbox"), "file": N_("F
           "fax-drop": N_("Fax folder"), "web": N_("Web register"), "paper": N_("Paper register")}
 FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs triage"),
         "partial-reception": N_("not all pages received"),
+        "fax-sender-unproven": N_("fax mail not proven to come from the fax service"),
         "ambiguous-header": N_("header fields not all covered by the signature"),
         "unverified-internal-sender": N_("internal sender not verified"),
         "repeated-header": N_("header fields given twice"),
