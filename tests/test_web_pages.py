@@ -1825,3 +1825,28 @@ def test_a_queue_shows_50_100_or_200_letters_a_page_and_keeps_the_choice(site: S
     for odd in ("75", "-1", "many", "100000"):
         page = client.get(f"/letters?queue=all&per_page={odd}")
         assert page.status_code == 200 and page.text.count('name="number" value="') == 50, odd
+
+
+def test_an_answer_by_mail_nothing_proved_says_so_beside_its_claimed_sender(site: Site) -> None:
+    """The history names an answer by the From it claims; one that nothing proved (no DKIM, DMARC,
+    SMTP AUTH or trusted verdict) says so there, not only in its refusal."""
+    from datetime import datetime, timezone
+
+    from gateway.registry.models import Event
+
+    number = site.letters["business"]
+    letter = site.registry.letter(number)
+    assert letter is not None
+    now = datetime.now(timezone.utc)
+    with site.registry.write() as conn:
+        conn.execute(Event.__table__.insert(), [
+            site.registry.event_row(letter.id, now, "sales.desk@example.org", "answer", None,
+                                    {"from": "sales.desk@example.org", "authenticated": None, "command": "ack",
+                                     "obeyed": False, "refused": "the sender is not proven: recorded, not obeyed"}),
+            site.registry.event_row(letter.id, now, "bella@example.org", "answer", None,
+                                    {"from": "bella@example.org", "authenticated": "bella@example.org",
+                                     "authenticated_by": "dkim", "command": None, "obeyed": False})])
+    words = visible(site.sign_in("rita").get(f"/letters/{number}").text)
+    assert words.count("收到答复") == 2 and words.count("发件人未经验证") == 1, words
+    assert re.search(r"Sam sam 发件人未经验证 收到答复", words), words  # beside the person it claims to be
+    assert "已验证发件人: —" in words and "指令: ack" in words and "已执行: 否" in words, words

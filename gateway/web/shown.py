@@ -60,6 +60,11 @@ DETAIL = {
     "approved_by": N_("approved by"), "packages": N_("archive packages"), "complete": N_("chain complete"),
     "waiting_since": N_("waiting since"), "replaced_deadline": N_("deadline before"),
     "not_reopened": N_("not reopened"),
+    # An answer by mail.
+    "authenticated": N_("sender proven as"), "authenticated_by": N_("proven by"), "command": N_("command"),
+    "argument": N_("argument"), "obeyed": N_("obeyed"), "automatic": N_("automatic reply"),
+    "temperror": N_("DNS lookup failed"), "received_at": N_("received at"),
+    "refusal_notice": N_("refusal sent to"), "notice_suppressed": N_("refusal not sent again to"),
 }
 STATE_CHANGE = {"from": N_("status before"), "to": N_("status after")}
 OWNER_CHANGE = {"from": N_("assigned before to"), "to": N_("now assigned to")}
