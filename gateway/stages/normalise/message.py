@@ -699,6 +699,9 @@ def _check_quoted_printable(part: Message, payload: str) -> None:
             f"{len(invalid)} \"=\" starting no escape, kept as written; the first: {invalid[0]!r}"))
 
 
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=\s]")
+
+
 class NotBase64Defect(MessageDefect):
     """Content labelled base64 that holds 8-bit bytes: a mailer labelled raw content base64."""
 
@@ -707,9 +710,12 @@ def _payload_bytes(part: Message) -> bytes:
     """The transfer-decoded content of a leaf part."""
     kept = getattr(part, "_payload", None)  # get_payload() would hand 8-bit bytes back re-decoded
     if (isinstance(kept, str) and not kept.isascii()
-            and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"):
+            and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"
+            and len(_NOT_BASE64.findall(kept)) * 20 >= len(kept)):
         # Base64 is ASCII only. Decoding 8-bit content as base64 would give noise in place of the
-        # letter's words (or of a file's bytes); the content is taken as it came, and named.
+        # letter's words (or of a file's bytes); the content is taken as it came, and named. Only
+        # where a twentieth or more is not base64 at all: a run of junk spoiling real base64 (a
+        # few bytes in a large file) is skipped in decoding, as the standard library skips it.
         if not any(isinstance(defect, NotBase64Defect) for defect in part.defects):
             part.defects.append(NotBase64Defect("8-bit bytes under Content-Transfer-Encoding base64, "
                                                 "content taken as is"))
