@@ -211,20 +211,18 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
             others = "; ".join(collapse_whitespace(decode_header_value(v, guesses)[0])[:200] for v in values[1:])
             defects.append(f"message: {len(values)} {name} header fields; the first was read (also: {others})")
 
-    def addresses(header: str) -> list[Address]:
-        if header.lower() not in all_raw:
-            return []
-        found, address_defects = parse_addresses(all_raw[header.lower()], header, guesses)
+    def addresses(header: str, fields: slice = slice(None)) -> list[Address]:
+        found, address_defects = parse_addresses(all_raw.get(header.lower(), [])[fields], header, guesses)
         defects.extend(address_defects)
         return found
 
-    from_addresses = addresses("From")
+    authors = addresses("From", slice(1))  # the first From field's, each field parsed once
+    from_addresses = authors + addresses("From", slice(1, None))
     sender_addresses = addresses("Sender")
     if from_addresses:
         result.sender, result.sender_field = from_addresses[0], "From"
         # RFC 5322 allows several authors in one From; the register has one sender, so the others
         # are named (a second From field is named as a repeated field, above).
-        authors = parse_addresses(all_raw["from"][:1], "From", guesses)[0]
         if len(authors) > 1:
             others = ", ".join(a.address for a in authors[1:])
             defects.append(f"header From: {len(authors)} addresses; the first is the sender (also: {others[:200]})")
