@@ -283,24 +283,11 @@ class _Fragment:
 
 
 def _html_to_text(html: str) -> str:
-    """HTML rendered as text by inscriptis, from a tree lxml parses without libxml2's limit of
-    256 nested elements: with it, everything past that depth is dropped without a word (a letter
-    whose text sits inside 300 <div>s would read as its first paragraph). A tree too deep for the
-    renderer's recursion raises, and the caller strips the tags instead."""
+    """HTML rendered as text (see htmltext.py); an XML declaration before it is no text."""
     # inscriptis and lxml are loaded by the first HTML mail, not by every process that might see one.
-    from inscriptis import Inscriptis
-    from lxml.etree import ParserError
-    from lxml.html import HTMLParser, document_fromstring
+    from .htmltext import html_to_text
 
-    html = _XML_DECLARATION.sub("", html.strip(), count=1)
-    if not html:
-        return ""
-    parser = HTMLParser(huge_tree=True)
-    try:
-        tree = document_fromstring(html, parser=parser)
-    except ParserError:  # as inscriptis does: text without any element
-        tree = document_fromstring(f"<pre>{html}</pre>", parser=parser)
-    return str(Inscriptis(tree).get_text())
+    return html_to_text(_XML_DECLARATION.sub("", html.strip(), count=1))
 
 
 def _tidy_rendered_html(text: str) -> str:
