@@ -273,3 +273,28 @@ def test_8bit_content_labelled_base64_is_taken_as_it_came(tmp_path: Path) -> Non
                                  "content taken as is)" for n in (1, 2)]
     gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
     assert (tmp_path / "out" / "scan.pdf").read_bytes() == scan
+
+
+def test_plain_text_labelled_base64_is_taken_as_it_came(tmp_path: Path) -> None:
+    """A sender that labels readable ASCII text base64: decoding it as base64 gave noise in place of
+    the letter's text. Text (words with blanks between them, lines with what base64 has not) is
+    taken as it came, named; real base64 spoiled by a few stray characters is still decoded."""
+    gateway = Gateway(tmp_path)
+    text = "Dear Sir,\r\n\r\nPlease find the signed contract (No. 2026-17) attached.\r\nRegards,\r\nAlice"
+    raw = (b"From: alice@partner.example\r\nTo: liaison@example.org\r\nSubject: text under base64\r\n"
+           b"Date: Mon, 23 Nov 2026 10:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+           b"Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + text.encode() + b"\r\n--B\r\n"
+           b'Content-Type: application/pdf; name="scan.pdf"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+           b"JVBERi0xLjQK*!*\r\n--B--\r\n")
+    (tmp_path / "letter.eml").write_bytes(raw)
+    gateway.run("ingest", str(tmp_path / "letter.eml"))
+    letter = gateway.show_json("2026-000001")
+    assert letter["body_text"] == text.replace("\r\n", "\n")
+    assert letter["defects"] == [
+        "part 1: not base64 (text under Content-Transfer-Encoding base64, 3 of its 4 line(s) no base64 "
+        "(the first: 'Dear Sir,'), content taken as is)",
+        "part 2: invalid base64 characters"]
+    gateway.run("letters", "extract", "2026-000001", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "scan.pdf").read_bytes() == b"%PDF-1.4\n"

@@ -310,6 +310,10 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
     (re.compile(r"^not base64 \(8-bit bytes under Content-Transfer-Encoding base64, content taken as is\)$"),
      N_("not base64: 8-bit bytes under Content-Transfer-Encoding base64, the content taken as it is")),
+    (re.compile(r"^not base64 \(text under Content-Transfer-Encoding base64, (?P<count>\d+) of its (?P<lines>\d+) "
+                r"line\(s\) no base64 \(the first: (?P<first>.*)\), content taken as is\)$", re.S),
+     N_("not base64: text under Content-Transfer-Encoding base64, %(count)s of its %(lines)s lines not base64 "
+        "(the first: %(first)s), the content taken as it is")),
     # The mail parser's own findings (email.errors), as gateway/stages/normalise/message.py words them.
     (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))})$"), N_("%(kind)s")),
     (re.compile(rf"^(?P<kind>{'|'.join(map(re.escape, MIME_DEFECT))}) \((?P<detail>.*)\)$", re.S),

@@ -685,25 +685,44 @@ def _check_quoted_printable(part: Message, payload: str) -> None:
 
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=\s]")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_WORDS = re.compile(r"\S[ \t]+\S")  # two words on one line: base64 has no blank inside a line
 
 
 class NotBase64Defect(MessageDefect):
-    """Content labelled base64 that holds 8-bit bytes: a mailer labelled raw content base64."""
+    """Content labelled base64 that is none: a mailer labelled raw content base64."""
+
+
+def _not_base64(kept: str) -> NotBase64Defect | None:
+    """Why content labelled base64 is none (to be taken as it came), or None to decode it.
+
+    8-bit bytes are never base64; ASCII text is told by its lines: words with blanks between them,
+    and most lines holding what base64 has not (punctuation, "=" before the end, blanks). Junk
+    spoiling real base64 (a stray "!!" after it, a few bytes in a large file) has neither, and is
+    skipped in decoding, as the standard library skips it."""
+    if not kept.isascii():
+        if len(_NOT_BASE64.findall(kept)) * 20 >= len(kept):  # a twentieth or more
+            return NotBase64Defect("8-bit bytes under Content-Transfer-Encoding base64, content taken as is")
+        return None
+    if not _WORDS.search(kept):
+        return None
+    lines = [line for line in (line.strip() for line in kept.splitlines()) if line]
+    invalid = [line for line in lines if not _BASE64_LINE.fullmatch(line)]
+    if len(invalid) * 2 < len(lines):
+        return None
+    return NotBase64Defect(f"text under Content-Transfer-Encoding base64, {len(invalid)} of its {len(lines)} "
+                           f"line(s) no base64 (the first: {invalid[0][:60]!r}), content taken as is")
 
 
 def _payload_bytes(part: Message) -> bytes:
     """The transfer-decoded content of a leaf part."""
     kept = getattr(part, "_payload", None)  # get_payload() would hand 8-bit bytes back re-decoded
-    if (isinstance(kept, str) and not kept.isascii()
-            and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"
-            and len(_NOT_BASE64.findall(kept)) * 20 >= len(kept)):
-        # Base64 is ASCII only. Decoding 8-bit content as base64 would give noise in place of the
-        # letter's words (or of a file's bytes); the content is taken as it came, and named. Only
-        # where a twentieth or more is not base64 at all: a run of junk spoiling real base64 (a
-        # few bytes in a large file) is skipped in decoding, as the standard library skips it.
+    if (isinstance(kept, str) and str(part.get("content-transfer-encoding", "")).strip().lower() == "base64"
+            and (not_base64 := _not_base64(kept)) is not None):
+        # Decoding it as base64 would give noise in place of the letter's words (or of a file's
+        # bytes); the content is taken as it came, and named.
         if not any(isinstance(defect, NotBase64Defect) for defect in part.defects):
-            part.defects.append(NotBase64Defect("8-bit bytes under Content-Transfer-Encoding base64, "
-                                                "content taken as is"))
+            part.defects.append(not_base64)
         return kept.encode("utf-8", "surrogateescape")
     payload = part.get_payload(decode=True)
     stored = part.get_payload()
