@@ -1137,3 +1137,25 @@ def test_a_from_with_several_addresses_names_those_not_taken_as_the_sender():
     assert result.sender == Address("Zhang", "zhang@partner.example")
     assert result.defects == ["header From: 3 addresses; the first is the sender "
                               "(also: li@partner.example, wang@partner.example)"]
+
+
+@pytest.mark.parametrize("disposition", [b'Content-Disposition: inline; filename="letter.txt"', b""])
+def test_an_inline_text_file_that_is_the_only_text_is_the_letters_text(disposition: bytes) -> None:
+    """A text part sent inline with a file name (a mail program's "insert file") and no other text
+    gave a letter without text; mail clients show it as the letter and list it as a file: so here."""
+    letter = "合同已收到，请审阅。\r\nRegards"
+    text_part = mime_part([b'Content-Type: text/plain; charset=gbk; name="letter.txt"',
+                           b"Content-Transfer-Encoding: base64", *([disposition] if disposition else [])],
+                          b64_lines(letter.encode("gbk")))
+    scan = mime_part([b"Content-Type: application/pdf", b'Content-Disposition: attachment; filename="scan.pdf"',
+                      b"Content-Transfer-Encoding: base64"], b64_lines(b"%PDF-1.4\n%%EOF\n"))
+    header, body = multipart("mixed", [text_part, scan])
+    result = normalise(message([header], body))
+    assert result.body_text == letter.replace("\r\n", "\n")
+    assert [(a.filename, a.content) for a in result.attachments] == [
+        ("letter.txt", letter.encode("gbk")), ("scan.pdf", b"%PDF-1.4\n%%EOF\n")]
+    assert result.defects == []
+    # Beside a text of the letter's own, it is a file only.
+    own = mime_part([b"Content-Type: text/plain"], b"See the files.")
+    header, body = multipart("mixed", [own, text_part, scan])
+    assert normalise(message([header], body)).body_text == "See the files."

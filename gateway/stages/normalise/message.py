@@ -250,6 +250,11 @@ def _read_headers(message: Message, result: Normalised, guesses: list[Guess]) ->
 def _read_body(message: Message, walker: _PartWalker, result: Normalised) -> None:
     fragments = walker.visit(message, "", origin="mime", depth=0)
     texts = [text for text in (fragment.render(result.defects) for fragment in fragments) if text]
+    if not texts:
+        # An inline text with a file name and no other text (a mail program's "insert file"):
+        # mail clients show it as the letter, and list it as a file too (it stays attached).
+        texts = [text for text in (fragment.render(result.defects) for fragment in walker.named_text_fragments())
+                 if text]
     if not texts and walker.tnef_bodies:
         texts = [walker.tnef_bodies[0].render(result.defects)]
     if not texts:
@@ -311,6 +316,8 @@ class _PartWalker:
         self.limits = budget.limits
         self.attachments: list[Attachment] = []
         self.tnef_bodies: list[_Fragment] = []
+        # Inline texts with a file name, listed as files: (part, where, html), decoded if needed.
+        self.named_texts: list[tuple[Message, str, bool]] = []
         self.calendar_texts: list[str] = []
         self.attachments_left_out = 0
         self._linesep = linesep
@@ -400,11 +407,19 @@ class _PartWalker:
             self._tnef(self._payload_bytes(part), filename, content_type, origin, where)
         else:
             self._add_attachment(self._content(part), filename, content_type, origin, where)
+            if (content_type in _BODY_TYPES and disposition != "attachment" and origin == "mime"
+                    and len(self.named_texts) < self.limits.max_parts):
+                self.named_texts.append((part, where, content_type == "text/html"))
             # An attached message's invitation is its text, not this message's (as its body is).
             if (content_type in _CALENDAR_TYPES and origin == "mime"
                     and len(self.calendar_texts) < self.limits.max_parts):
                 self.calendar_texts.append(calendar_text(self._text(part, where, html=False)))
         return []
+
+    def named_text_fragments(self) -> list[_Fragment]:
+        """The inline texts with a file name, decoded as a text part is."""
+        return [_Fragment("html" if html else "plain", self._text(part, where, html), where)
+                for part, where, html in self.named_texts]
 
     def _content(self, part: Message) -> bytes | Streamed:
         """A leaf's decoded content: streamed from the raw message when it is a long base64 run,
