@@ -580,3 +580,23 @@ def test_only_runs_of_ascii_whitespace_are_collapsed(text: str, collapsed: str) 
     from gateway.stages.normalise.headers import collapse_whitespace
 
     assert collapse_whitespace(text) == collapsed
+
+
+@pytest.mark.parametrize(("name", "charset", "used"), [
+    ("陳大文", "big5", "big5 (its characters common in Big5, rare in GBK)"),
+    ("中華電信股份有限公司", "big5", "big5 (its characters common in Big5, rare in GBK)"),
+    ("张伟", "gbk", "gb18030"),
+    ("朱镕基", "gbk", "gb18030"),  # a GBK character beyond GB 2312
+    ("國際貿易", "gbk", "gb18030"),  # traditional characters written in GBK
+    ("臺灣", "gbk", "gb18030"),  # ... whose Big5 reading needs Hong Kong's rows
+])
+def test_a_raw_display_name_without_any_charset_is_told_big5_or_gbk(name: str, charset: str, used: str) -> None:
+    """GBK reads almost any Big5 pair, as other characters: a Big5 name without a charset anywhere
+    came out as GB18030 mojibake (陳大文 as 陈, a private-use character and a kana). The reading
+    whose pairs fall in its charset's common rows wins; GBK keeps every tie."""
+    raw = (b'From: "' + name.encode(charset) + b'" <sender@partner.example>\r\nTo: liaison@example.org\r\n'
+           b"Subject: x\r\nDate: Mon, 23 Nov 2026 09:00:00 +0800\r\n\r\nHello\r\n")
+    parsed = normalise(raw, summary_chars=100)
+    assert parsed.sender is not None
+    assert (parsed.sender.name, parsed.sender.address) == (name, "sender@partner.example")
+    assert parsed.defects == [f"header From: raw 8-bit text without charset is not valid utf-8, decoded as {used}"]

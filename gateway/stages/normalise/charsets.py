@@ -278,7 +278,8 @@ def decode_bytes(data: bytes, charset: str | None,
     Never raises. A byte-order mark outranks the label. Text that does not fit the label is
     decoded as UTF-8 if it is valid UTF-8, else with the table's wider decoders; undeclared or
     unknown-charset text as UTF-8, then by `guesses` (charsets the message declares elsewhere),
-    then gb18030 and windows-1252. Every such repair is the returned defect, naming what was declared and used.
+    then Big5 where it reads better than GBK, gb18030 and windows-1252. Every such repair is the
+    returned defect, naming what was declared and used.
     """
     label = (charset or "").strip()
     shown = repr(label[:40])
@@ -384,9 +385,43 @@ def _decode_undeclared(data: bytes, guesses: Sequence[Guess], problem: str,
         fit = _first_fit(data, entry.decoders)
         if fit is not None:
             return fit[0], f"{problem}, decoded as {fit[1]}, the charset {source}"
+    big5 = _big5_rather_than_gbk(data)
+    if big5 is not None:
+        return big5, f"{problem}, decoded as big5 (its characters common in Big5, rare in GBK)"
     fit = _first_fit(data, _FALLBACKS)
     assert fit is not None  # windows-1252 decodes any bytes
     return fit[0], f"{problem}, decoded as {fit[1]}"
+
+
+# A double-byte pair as Big5 has it; GBK (and GB18030's two-byte form) accepts every one of them.
+_BIG5_PAIR = re.compile(rb"[\x81-\xfe][\x40-\x7e\xa1-\xfe]")
+
+
+def _big5_rather_than_gbk(data: bytes) -> str | None:
+    """Undeclared text that is Big5 rather than GBK, decoded; else None.
+
+    GBK reads almost every Big5 pair as some other character (Big5 陳大文 as 陈, a private-use
+    character and a kana), so validity tells nothing. Where their pairs fall does: text written in
+    one of them keeps mostly to its common rows (GB 2312's symbols A1-A3 and hanzi B0-F7, with
+    trail bytes A1-FE; Big5's symbols and level-1 hanzi, A140-C67E), while the wrong reading puts
+    pairs outside them. Big5 is taken only where fewer of its pairs fall outside: a tie keeps GBK,
+    whose GB 2312 text puts none outside."""
+    if data.isascii():
+        return None
+    try:
+        text = decode_with(data, "big5-hkscs+cp950")
+    except UnicodeDecodeError:
+        return None
+    rare_in_gbk = rare_in_big5 = 0
+    for pair in _BIG5_PAIR.findall(data):  # strict Big5 above: ASCII and these pairs, in step
+        lead, trail = pair
+        if not 0xA1 <= lead <= 0xF9:
+            return None  # outside Big5 proper (Hong Kong or Windows extensions): too weak a reading
+        if not ((0xA1 <= lead <= 0xA3 or 0xB0 <= lead <= 0xF7) and trail >= 0xA1):
+            rare_in_gbk += 1
+        if not (0xA1 <= lead <= 0xC5 or (lead == 0xC6 and trail <= 0x7E)):
+            rare_in_big5 += 1
+    return text if rare_in_big5 < rare_in_gbk else None
 
 
 def _decode_iso2022jp(data: bytes, shown: str) -> tuple[str, str | None]:
