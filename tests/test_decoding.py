@@ -600,3 +600,24 @@ def test_a_raw_display_name_without_any_charset_is_told_big5_or_gbk(name: str, c
     assert parsed.sender is not None
     assert (parsed.sender.name, parsed.sender.address) == (name, "sender@partner.example")
     assert parsed.defects == [f"header From: raw 8-bit text without charset is not valid utf-8, decoded as {used}"]
+
+
+def test_euc_tw_is_read_for_its_cns_11643_characters() -> None:
+    """EUC-TW (CNS 11643, Taiwan's national standard), for which Python has no codec, was an unknown
+    charset: its text came out as GB18030 mojibake. It is read as the C library's iconv reads it,
+    planes 1 and 2 alike (乂 is plane 2, four bytes); a byte that is no CNS 11643 is replaced and
+    counted, the rest read."""
+    text = "臺灣大學通知：會議改期。乂丐丟"
+    data = bytes.fromhex("ead7fda4c4cbf0d0ddd7cfa1a1a8e4c4fabecad1dfe6a1a48ea2a1a1c4e1c7a3")  # iconv -t EUC-TW
+    raw = letter([b"From: " + data[:4] + b" <office@ntu.example.tw>", b"Subject: =?euc-tw?B?"
+                  + base64.b64encode(data[:12]) + b"?=", b"Content-Type: text/plain; charset=x-euc-tw",
+                  b"Content-Transfer-Encoding: 8bit"], data + b"\r\n")
+    parsed = normalise(raw)
+    assert (parsed.subject, parsed.body_text) == (text[:6], text)
+    assert parsed.sender is not None and parsed.sender.name == "臺灣"
+    assert parsed.defects == ["header From: raw 8-bit text without charset is not valid utf-8, decoded as euc-tw, "
+                              "the charset declared in the message"]
+    spoiled = data[:4] + b"\xff" + data[4:]
+    parsed = normalise(letter([b"Subject: x", b"Content-Type: text/plain; charset=euc-tw"], spoiled))
+    assert parsed.body_text == "臺灣\ufffd大學通知：會議改期。乂丐丟"
+    assert parsed.defects == ["message: 1 character(s) of 'euc-tw' not in CNS 11643, replaced"]

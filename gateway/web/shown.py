@@ -304,6 +304,12 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("bytes not valid in character set %(charset)s, replaced")),
     (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) not in GB 2312, replaced$", re.S),
      N_("%(count)s characters of %(charset)s not in GB 2312, replaced")),
+    (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) not in CNS 11643, replaced$", re.S),
+     N_("%(count)s characters of %(charset)s not in CNS 11643, replaced")),
+    (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) replaced: this system's C library has no "
+                r"EUC-TW converter \(the original keeps them\)$", re.S),
+     N_("%(count)s characters of %(charset)s replaced: this system's C library has no EUC-TW converter (the "
+        "original keeps them)")),
     (re.compile(r"^declared in the message$"), N_("the character set declared in the message")),
     (re.compile(r"^of part (?P<part>[\d.]+)$"), N_("the character set of part %(part)s")),
     (re.compile(r"^of message$"), N_("the character set of the message")),

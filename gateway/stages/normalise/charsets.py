@@ -10,6 +10,8 @@ practically always is) and their use is reported as a repair.
 from __future__ import annotations
 
 import codecs
+import ctypes
+import ctypes.util
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -95,6 +97,8 @@ CHARSETS: tuple[Charset, ...] = (
         "JIS with half-width kana and Windows' NEC/IBM rows (code page 50221), see _decode_iso2022jp")),
     Charset(("iso-2022-cn", "csiso2022cn", "iso-2022-cn-ext"), ("iso-2022-cn",), (), reason=(
         "RFC 1922 (Python has no codec): GB 2312 and ISO-IR-165 decoded, see _decode_iso2022cn")),
+    Charset(("euc-tw", "euctw", "x-euc-tw", "cseuctw"), ("euc-tw",), (), reason=(
+        "CNS 11643 (Python has no codec): decoded by the C library's iconv, see _decode_euctw")),
     Charset(("utf-8", "utf8", "unicode-1-1-utf-8", "unicode11utf8", "unicode20utf8",
              "x-unicode20utf8", "utf8mb4", "utf8mb3"), ("utf-8",), (), reason=(
         "WHATWG utf-8 labels; utf8mb4 and utf8mb3 as MySQL names it, in mail its programs send")),
@@ -111,6 +115,7 @@ CHARSETS: tuple[Charset, ...] = (
 _BY_LABEL: dict[str, Charset] = {label: entry for entry in CHARSETS for label in entry.labels}
 _ISO2022JP = _BY_LABEL["iso-2022-jp"]
 _ISO2022CN = _BY_LABEL["iso-2022-cn"]
+_EUCTW = _BY_LABEL["euc-tw"]
 _UTF8 = _BY_LABEL["utf-8"]
 _LATIN_ROWS = (_BY_LABEL["us-ascii"], _BY_LABEL["iso-8859-1"], _BY_LABEL["windows-1252"])
 _EIGHT_BIT_RUN = re.compile(rb"[\x80-\xff]+")
@@ -254,6 +259,11 @@ def decode_with(data: bytes, decoder: str, errors: str = "strict") -> str:
         if replaced == 0 or errors != "strict":
             return text
         raise UnicodeDecodeError(decoder, data, 0, len(data), "not GB 2312 text in ISO-2022-CN")
+    if decoder == "euc-tw":  # no Python codec, as above
+        text, replaced = _euctw(data)
+        if replaced == 0 or errors != "strict":
+            return text
+        raise UnicodeDecodeError(decoder, data, 0, len(data), "not CNS 11643 text in EUC-TW")
     if decoder in _WITH_ERROR_HANDLER:
         codec, handler = _WITH_ERROR_HANDLER[decoder]
         return data.decode(codec, handler if errors == "strict" else f"{handler}-replace")
@@ -295,6 +305,8 @@ def decode_bytes(data: bytes, charset: str | None,
         return _decode_iso2022jp(data, shown)
     if entry is _ISO2022CN:
         return _decode_iso2022cn(data, shown)
+    if entry is _EUCTW:
+        return _decode_euctw(data, shown)
     if entry.single_byte and not data.isascii():
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
@@ -512,6 +524,83 @@ def _iso2022cn(data: bytes) -> tuple[str, int]:
             out.append(chr(byte))
         index += 1
     return "".join(out), replaced
+
+
+# EUC-TW: ASCII; CNS 11643 plane 1 as two bytes A1-FE; any plane as SS2 (8E), A1-B0 for planes
+# 1-16, and two bytes A1-FE. What fits none of these is one invalid byte.
+_EUCTW_UNIT = re.compile(rb"[\x00-\x7f]+|[\xa1-\xfe]{2}|\x8e[\xa1-\xb0][\xa1-\xfe]{2}|.", re.S)
+
+
+def _decode_euctw(data: bytes, shown: str) -> tuple[str, str | None]:
+    text, count = _euctw(data)
+    if not count:
+        return text, None
+    if _iconv(b"a", b"EUC-TW") is None:
+        return text, (f"{count} character(s) of {shown} replaced: this system's C library has no EUC-TW "
+                      "converter (the original keeps them)")
+    return text, f"{count} character(s) of {shown} not in CNS 11643, replaced"
+
+
+def _euctw(data: bytes) -> tuple[str, int]:
+    """EUC-TW as the C library's iconv reads it (CNS 11643 planes 1-7), whole where it can; else
+    unit by unit, each character it cannot read replaced. Returns the text and how many were."""
+    whole = _iconv(data, b"EUC-TW")
+    if whole is not None:
+        return whole, 0
+    out: list[str] = []
+    replaced = 0
+    for unit in _EUCTW_UNIT.findall(data):
+        if unit[0] < 0x80:
+            out.append(unit.decode("ascii"))
+            continue
+        char = _cns_character(unit)
+        if char is None:
+            replaced += 1
+        out.append(char or "\ufffd")
+    return "".join(out), replaced
+
+
+@lru_cache(maxsize=16384)
+def _cns_character(unit: bytes) -> str | None:
+    return _iconv(unit, b"EUC-TW") if len(unit) > 1 else None
+
+
+def _iconv(data: bytes, codec: bytes) -> str | None:
+    """`data` converted from `codec` to text by the C library's iconv (glibc's covers charsets
+    Python has none for); None where it has no such converter or `data` is not valid in it."""
+    libc = _libc()
+    if libc is None:
+        return None
+    handle = libc.iconv_open(b"UTF-8", codec)
+    if handle in (None, ctypes.c_void_p(-1).value):
+        return None
+    try:
+        source = ctypes.create_string_buffer(data, len(data))
+        target = ctypes.create_string_buffer(4 * len(data) + 16)  # UTF-8: at most 4 bytes a byte
+        source_at, source_left = ctypes.c_char_p(ctypes.addressof(source)), ctypes.c_size_t(len(data))
+        target_at, target_left = ctypes.c_char_p(ctypes.addressof(target)), ctypes.c_size_t(len(target))
+        done = libc.iconv(handle, ctypes.byref(source_at), ctypes.byref(source_left),
+                          ctypes.byref(target_at), ctypes.byref(target_left))
+        if done == ctypes.c_size_t(-1).value or source_left.value:
+            return None
+        return target.raw[:len(target) - target_left.value].decode("utf-8")
+    finally:
+        libc.iconv_close(handle)
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.iconv_open.restype = ctypes.c_void_p
+        libc.iconv_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.iconv.restype = ctypes.c_size_t
+        buffer, left = ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t)
+        libc.iconv.argtypes = [ctypes.c_void_p, buffer, left, buffer, left]
+        libc.iconv_close.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 _ASCII, _KANJI, _KANA = 0, 1, 2
