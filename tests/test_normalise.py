@@ -214,13 +214,18 @@ def test_iso2022jp_with_windows_extensions():
 
 def test_iso2022cn_reads_gb2312_and_names_what_it_cannot():
     """ISO-2022-CN (RFC 1922): GB 2312 shifted out after ESC $ ) A, a line starting in ASCII again;
-    CNS 11643 characters (G1 after ESC $ ) G, or single-shifted from G2) have no decoder and are
-    replaced, counted; what is not ISO-2022-CN at all is read as undeclared text, and said so."""
+    CNS 11643 characters (G1 after ESC $ ) G, or single-shifted from G2, plane 2) read as the C
+    library reads them, once replaced and counted; what can be read by neither is replaced and
+    counted; what is not ISO-2022-CN at all is read as undeclared text, and said so."""
     gb = b"\x1b$)A\x0e\x56\x50\x4e\x44\x0f ok \x0e\x56\x50\r\nVP"  # shifted out to the line's end only
     assert decode_bytes(gb, "ISO-2022-CN") == ("中文 ok 中\r\nVP", None)
-    cns = b"\x1b$)A\x0e\x56\x50\x0f \x1b$*H\x1bN\x21\x21 \x1b$)G\x0e\x44\x21\x0f."
+    cns = b"\x1b$)A\x0e\x56\x50\x0f \x1b$*H\x1bN\x21\x21 \x1b$)G\x0e\x44\x21\x7e\x7e\x0f."
     assert decode_bytes(cns, "iso-2022-cn") == (
-        "中 \ufffd \ufffd.", "2 character(s) of 'iso-2022-cn' not in GB 2312, replaced")
+        "中 乂 一\ufffd.", "1 character(s) of 'iso-2022-cn' not in GB 2312 or CNS 11643, replaced")
+    # As glibc's iconv -t ISO-2022-CN-EXT writes traditional text (planes 1 and 2).
+    tw = bytes.fromhex("1b2429470e6a577d24444b705021281b242a481b4e212144614723"
+                       "0f206f6b0a1b242a481b4e2a250f")
+    assert decode_bytes(tw, "iso-2022-cn-ext") == ("臺灣大學：乂丐丟 ok\n峇", None)
     assert decode_bytes("中文".encode(), "iso-2022-cn") == (
         "中文", "text is not valid 'iso-2022-cn' (8-bit bytes), decoded as utf-8")
     # Declared in the message, it is a guess for raw 8-bit text too, tried like any other charset.

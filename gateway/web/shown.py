@@ -302,8 +302,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^text is not valid (?P<charset>.+)$", re.S), N_("the text is not valid %(charset)s")),
     (re.compile(r"^invalid bytes for (?:charset )?(?P<charset>.+), replaced$", re.S),
      N_("bytes not valid in character set %(charset)s, replaced")),
-    (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) not in GB 2312, replaced$", re.S),
-     N_("%(count)s characters of %(charset)s not in GB 2312, replaced")),
+    (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) not in GB 2312 or CNS 11643, replaced$", re.S),
+     N_("%(count)s characters of %(charset)s not in GB 2312 or CNS 11643, replaced")),
     (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) not in CNS 11643, replaced$", re.S),
      N_("%(count)s characters of %(charset)s not in CNS 11643, replaced")),
     (re.compile(r"^(?P<count>\d+) character\(s\) of (?P<charset>.+) replaced: this system's C library has no "

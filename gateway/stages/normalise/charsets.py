@@ -258,7 +258,7 @@ def decode_with(data: bytes, decoder: str, errors: str = "strict") -> str:
             text, replaced = data.decode("ascii", "replace"), -1
         if replaced == 0 or errors != "strict":
             return text
-        raise UnicodeDecodeError(decoder, data, 0, len(data), "not GB 2312 text in ISO-2022-CN")
+        raise UnicodeDecodeError(decoder, data, 0, len(data), "not GB 2312 or CNS 11643 text in ISO-2022-CN")
     if decoder == "euc-tw":  # no Python codec, as above
         text, replaced = _euctw(data)
         if replaced == 0 or errors != "strict":
@@ -462,10 +462,12 @@ def _decode_iso2022jp(data: bytes, shown: str) -> tuple[str, str | None]:
 
 
 # ISO-2022-CN designations (RFC 1922 §3): GB 2312 or ISO-IR-165 (GB 2312 and more) as G1, read as
-# GB 2312; CNS 11643 plane 1 as G1, plane 2 as G2, planes 3-7 (ISO-2022-CN-EXT) as G3.
+# GB 2312; CNS 11643 plane 1 as G1, plane 2 as G2, planes 3-7 (ISO-2022-CN-EXT) as G3. A CNS
+# character is read as its EUC-TW form (SS2, 0xA0 + plane, the pair with the high bit set).
 _GB_DESIGNATIONS = (b"\x1b$)A", b"\x1b$)E")
-_CNS_DESIGNATIONS = (b"\x1b$)G", b"\x1b$*H", *(b"\x1b$+" + bytes((final,)) for final in b"IJKLM"))
-_SINGLE_SHIFTS = (b"\x1bN", b"\x1bO")  # SS2, SS3: one CNS character from G2 or G3
+_CNS_DESIGNATIONS = {b"\x1b$)G": 1, b"\x1b$*H": 2, **{b"\x1b$+" + bytes((final,)): plane
+                                                     for plane, final in enumerate(b"IJKLM", 3)}}
+_SINGLE_SHIFTS = {b"\x1bN": "G2", b"\x1bO": "G3"}  # SS2, SS3: one CNS character from G2 or G3
 
 
 def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
@@ -473,15 +475,18 @@ def _decode_iso2022cn(data: bytes, shown: str) -> tuple[str, str | None]:
         text, replaced = _iso2022cn(data)
     except ValueError as exc:  # not ISO-2022-CN at all
         return _decode_undeclared(data, (), f"text is not valid {shown} ({exc})", always_report=True)
-    return text, f"{replaced} character(s) of {shown} not in GB 2312, replaced" if replaced else None
+    return text, f"{replaced} character(s) of {shown} not in GB 2312 or CNS 11643, replaced" if replaced else None
 
 
 def _iso2022cn(data: bytes) -> tuple[str, int]:
-    """ISO-2022-CN: shifted-out pairs are GB 2312 (its bytes less 0x80) or, with CNS 11643
-    designated, characters no Python codec reads, replaced. Returns the text and how many were
-    replaced; raises ValueError on what ISO-2022-CN cannot hold (8-bit bytes, other escapes)."""
+    """ISO-2022-CN: shifted-out pairs are GB 2312 (its bytes less 0x80) or CNS 11643 plane 1, and
+    single-shifted ones CNS 11643 planes 2-7, as designated. Returns the text and how many
+    characters could not be read (replaced); raises ValueError on what ISO-2022-CN cannot hold
+    (8-bit bytes, other escapes)."""
     out: list[str] = []
-    g1_is_gb = shifted_out = False
+    # What each set holds: 0 is GB 2312, 1-7 the planes of CNS 11643, None nothing designated.
+    planes: dict[str, int | None] = {"G1": None, "G2": None, "G3": None}
+    shifted_out = False
     replaced = 0
     index, end = 0, len(data)
     while index < end:
@@ -491,14 +496,20 @@ def _iso2022cn(data: bytes) -> tuple[str, int]:
             if sequence[:3] in (b"\x1b(B", b"\x1b(J"):  # ASCII as G0: not RFC 1922's, but harmless
                 index += 3
                 continue
-            if sequence in _GB_DESIGNATIONS or sequence in _CNS_DESIGNATIONS:
-                if sequence[2:3] == b")":  # G1, the set shifted out to
-                    g1_is_gb = sequence in _GB_DESIGNATIONS
+            if sequence in _GB_DESIGNATIONS:
+                planes["G1"] = 0
+                index += 4
+                continue
+            if sequence in _CNS_DESIGNATIONS:
+                plane = _CNS_DESIGNATIONS[sequence]
+                planes["G1" if plane == 1 else "G2" if plane == 2 else "G3"] = plane
                 index += 4
                 continue
             if sequence[:2] in _SINGLE_SHIFTS:
-                out.append("\ufffd")
-                replaced += 1
+                char = _cns_pair(planes[_SINGLE_SHIFTS[sequence[:2]]], sequence[2:4])
+                if char is None:
+                    char, replaced = "\ufffd", replaced + 1
+                out.append(char)
                 index += 4
                 continue
             raise ValueError(f"escape sequence {sequence!r}")
@@ -510,20 +521,33 @@ def _iso2022cn(data: bytes) -> tuple[str, int]:
             shifted_out = False  # RFC 1922: a line starts in ASCII
             out.append(chr(byte))
         elif shifted_out and 0x21 <= byte <= 0x7E:
-            pair = bytes((byte | 0x80, data[index + 1] | 0x80)) if index + 1 < end else b""
-            try:
-                out.append(pair.decode("gb2312") if g1_is_gb and len(pair) == 2 else "")
-            except UnicodeDecodeError:
-                out.append("")
-            if not out[-1]:
-                out[-1] = "\ufffd"
-                replaced += 1
+            pair = bytes(data[index:index + 2])
+            char = _gb2312_pair(pair) if planes["G1"] == 0 else _cns_pair(planes["G1"], pair)
+            if char is None:
+                char, replaced = "\ufffd", replaced + 1
+            out.append(char)
             index += 2
             continue
         else:
             out.append(chr(byte))
         index += 1
     return "".join(out), replaced
+
+
+def _gb2312_pair(pair: bytes) -> str | None:
+    if len(pair) != 2:
+        return None
+    try:
+        return bytes((pair[0] | 0x80, pair[1] | 0x80)).decode("gb2312")
+    except UnicodeDecodeError:
+        return None
+
+
+def _cns_pair(plane: int | None, pair: bytes) -> str | None:
+    """A CNS 11643 character of `plane` given as two 7-bit bytes, None where it cannot be read."""
+    if not plane or len(pair) != 2 or not all(0x21 <= byte <= 0x7E for byte in pair):
+        return None
+    return _cns_character(bytes((0x8E, 0xA0 + plane, pair[0] | 0x80, pair[1] | 0x80)))
 
 
 # EUC-TW: ASCII; CNS 11643 plane 1 as two bytes A1-FE; any plane as SS2 (8E), A1-B0 for planes
