@@ -662,6 +662,24 @@ def test_base64_encoded_attached_message_is_decoded():
     assert result.attachments[0].content == inner
 
 
+def test_an_attached_message_labelled_base64_but_sent_as_it_is_is_kept_as_it_is():
+    """A forwarded message/rfc822 part labelled base64 but written out as a message (a sender's bug)
+    was decoded into noise: the forwarded mail and its attachment were lost from the letter. A
+    message opens with a header field, whose ":" base64 never holds: it is taken as it came,
+    expanded, and the label named."""
+    inner = message([b"Subject: inner", b'Content-Type: application/pdf; name="a.pdf"',
+                     b"Content-Transfer-Encoding: base64"], b64_lines(pdf_bytes()))
+    part = mime_part([b"Content-Type: message/rfc822", b"Content-Transfer-Encoding: base64"], inner)
+    header, body = multipart("mixed", [mime_part([b"Content-Type: text/plain"], b"x"), part])
+    result = normalise(message([header], body))
+    assert [(a.filename, a.origin) for a in result.attachments] == [
+        ("inner.eml", "mime"), ("a.pdf", "message/rfc822")]
+    assert result.attachments[0].content == inner
+    assert result.attachments[1].content == pdf_bytes()
+    assert result.defects == ["part 2: not base64 (a message under Content-Transfer-Encoding base64, its first "
+                              "line a header field: content taken as is)"]
+
+
 def test_tnef_files_get_names_in_the_stream_code_page():
     """winmail.dat is unpacked; a GBK title (code page 936) and a Unicode long name decode exactly."""
     pdf = pdf_bytes()

@@ -318,6 +318,10 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
     (re.compile(r"^not base64 \(8-bit bytes under Content-Transfer-Encoding base64, content taken as is\)$"),
      N_("not base64: 8-bit bytes under Content-Transfer-Encoding base64, the content taken as it is")),
+    (re.compile(r"^not base64 \(a message under Content-Transfer-Encoding base64, its first line a header field: "
+                r"content taken as is\)$"),
+     N_("not base64: a message under Content-Transfer-Encoding base64 (its first line is a header field), the "
+        "content taken as it is")),
     (re.compile(r"^not base64 \(text under Content-Transfer-Encoding base64, (?P<count>\d+) of its (?P<lines>\d+) "
                 r"line\(s\) no base64 \(the first: (?P<first>.*)\), content taken as is\)$", re.S),
      N_("not base64: text under Content-Transfer-Encoding base64, %(count)s of its %(lines)s lines not base64 "

@@ -551,7 +551,12 @@ class _PartWalker:
                                     "(whole in the original)")
                 return payload[0], self._flattened(part)
         content = b"".join(raw_chunks(self.stash.restore_bytes(self._flatten_payload(part))))
-        if encoding == "base64":  # not allowed for message/rfc822, but sent anyway
+        if encoding == "base64" and _HEADER_FIELD_FIRST.match(content):
+            # A message written out as it is under a base64 label (base64 has no ":"): decoding it
+            # would leave noise in place of the message and everything attached to it.
+            part.defects.append(NotBase64Defect("a message under Content-Transfer-Encoding base64, its first "
+                                                "line a header field: content taken as is"))
+        elif encoding == "base64":  # not allowed for message/rfc822, but sent anyway
             content, defect = lenient_b64decode(content)
             if defect:
                 self.defects.append(f"{where}: {defect}")
@@ -700,6 +705,7 @@ def _check_quoted_printable(part: Message, payload: str) -> None:
 
 
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=\s]")
+_HEADER_FIELD_FIRST = re.compile(rb"\s*[!-9;-~]+[ \t]*:")
 _BASE64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _WORDS = re.compile(r"\S[ \t]+\S")  # two words on one line: base64 has no blank inside a line
 
