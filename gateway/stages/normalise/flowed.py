@@ -16,32 +16,39 @@ def unflow(text: str, delsp: bool) -> str:
     words, so a space there only marks where the sender's program wrapped the line.
     """
     lines: list[str] = []
-    paragraph: str | None = None
+    # The paragraph being joined, as its pieces (none empty), joined once when it ends: adding each
+    # line to one string would copy the paragraph at every line, in time growing with its square.
+    paragraph: list[str] | None = None
     paragraph_depth = 0
     for line in text.split("\n"):
         depth = len(line) - len(line.lstrip(">"))
         content = line[depth:].removeprefix(" ")  # space-stuffing (§4.4)
         if paragraph is not None and depth == paragraph_depth:
-            paragraph = _join(paragraph, content, delsp)
+            _join(paragraph, content, delsp)
         else:
             if paragraph is not None:  # a soft break before a change of quote depth ends it anyway
-                lines.append(_quoted(paragraph_depth, _end_soft_break(paragraph, delsp)))
-            paragraph, paragraph_depth = content, depth
+                lines.append(_quoted(paragraph_depth, _end_soft_break("".join(paragraph), delsp)))
+            paragraph, paragraph_depth = [content] if content else [], depth
         if not content.endswith(" ") or content == _SIGNATURE_SEPARATOR:
-            lines.append(_quoted(paragraph_depth, paragraph))
+            lines.append(_quoted(paragraph_depth, "".join(paragraph)))
             paragraph = None
     if paragraph is not None:
-        lines.append(_quoted(paragraph_depth, _end_soft_break(paragraph, delsp)))
+        lines.append(_quoted(paragraph_depth, _end_soft_break("".join(paragraph), delsp)))
     return "\n".join(lines)
 
 
-def _join(before_break: str, after_break: str, delsp: bool) -> str:
-    if delsp:
-        return before_break[:-1] + after_break
-    last = before_break[-2:-1]
-    if last and after_break and _unspaced_script(last) and _unspaced_script(after_break[0]):
-        return before_break[:-1] + after_break
-    return before_break + after_break
+def _join(pieces: list[str], after_break: str, delsp: bool) -> None:
+    """Adds the line after a soft break to a paragraph's pieces, the last of which ends in the
+    break's space: dropped with delsp=yes, or between two characters of an unspaced script."""
+    tail = pieces[-1][-2:] if pieces and len(pieces[-1]) >= 2 else "".join(pieces[-2:])[-2:]
+    last = tail[-2:-1]
+    if delsp or (last and after_break and _unspaced_script(last) and _unspaced_script(after_break[0])):
+        if pieces:
+            pieces[-1] = pieces[-1][:-1]
+            if not pieces[-1]:
+                pieces.pop()
+    if after_break:
+        pieces.append(after_break)
 
 
 def _end_soft_break(paragraph: str, delsp: bool) -> str:
