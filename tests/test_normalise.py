@@ -1032,6 +1032,20 @@ def test_unknown_transfer_encoding_is_reported():
         "message: unknown Content-Transfer-Encoding 'x-magic', content taken as is"]
 
 
+@pytest.mark.parametrize("content", [b"Please call me back.", b"begin 644 a.txt\r\n%%% damaged\r\nend"])
+def test_content_that_is_no_uuencode_is_kept_and_named(content: bytes) -> None:
+    """Python's decoder hands content labelled uuencode that it cannot read back as it came, without a
+    word: kept so, and named; real uuencode is decoded."""
+    raw = message([b"Content-Type: text/plain", b"Content-Transfer-Encoding: x-uuencode"], content)
+    result = normalise(raw)
+    assert result.body_text == content.decode().replace("\r\n", "\n")
+    assert result.defects == ["message: not uuencoded (Content-Transfer-Encoding uuencode, but no uuencoded file "
+                              "could be read from it: content taken as is)"]
+    raw = message([b"Content-Type: text/plain", b"Content-Transfer-Encoding: x-uuencode"],
+                  b"begin 644 a.txt\r\n#86)C\r\n`\r\nend\r\n")
+    assert (normalise(raw).body_text, normalise(raw).defects) == ("abc", [])
+
+
 def test_bad_base64_in_a_part_names_the_part():
     """Decoding defects in a nested part are reported with that part's number."""
     broken = mime_part([b"Content-Type: application/pdf; name=a.pdf",

@@ -318,6 +318,10 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
      N_("damaged quoted-printable encoding: %(count)s “=” starting no escape, kept as written (the first: %(first)s)")),
     (re.compile(r"^not base64 \(8-bit bytes under Content-Transfer-Encoding base64, content taken as is\)$"),
      N_("not base64: 8-bit bytes under Content-Transfer-Encoding base64, the content taken as it is")),
+    (re.compile(r"^not uuencoded \(Content-Transfer-Encoding uuencode, but no uuencoded file could be read from "
+                r"it: content taken as is\)$"),
+     N_("not uuencoded: Content-Transfer-Encoding uuencode, but no uuencoded file could be read from it; the "
+        "content taken as it is")),
     (re.compile(r"^not base64 \(a message under Content-Transfer-Encoding base64, its first line a header field: "
                 r"content taken as is\)$"),
      N_("not base64: a message under Content-Transfer-Encoding base64 (its first line is a header field), the "

@@ -710,6 +710,13 @@ _BASE64_LINE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _WORDS = re.compile(r"\S[ \t]+\S")  # two words on one line: base64 has no blank inside a line
 
 
+_UUENCODE = frozenset({"uuencode", "x-uuencode", "uue", "x-uue"})
+
+
+class NotUuencodedDefect(MessageDefect):
+    """Content labelled uuencode that Python's decoder could not read and handed back as it came."""
+
+
 class NotBase64Defect(MessageDefect):
     """Content labelled base64 that is none: a mailer labelled raw content base64."""
 
@@ -747,6 +754,14 @@ def _payload_bytes(part: Message) -> bytes:
         return kept.encode("utf-8", "surrogateescape")
     payload = part.get_payload(decode=True)
     stored = part.get_payload()
+    if (isinstance(stored, str) and stored.strip() and isinstance(payload, bytes)
+            and str(part.get("content-transfer-encoding", "")).strip().lower() in _UUENCODE
+            and payload == stored.encode("ascii", "surrogateescape")):
+        # Python's decoder hands content that is no uuencode (no begin line, damaged lines) back as
+        # it came, without a word: the content is kept so, and named.
+        if not any(isinstance(defect, NotUuencodedDefect) for defect in part.defects):
+            part.defects.append(NotUuencodedDefect("Content-Transfer-Encoding uuencode, but no uuencoded file "
+                                                   "could be read from it: content taken as is"))
     if isinstance(stored, str) and any(isinstance(d, InvalidBase64LengthDefect) for d in part.defects):
         # One character too many for base64 (a stray one at the end): Python's decoder then hands
         # back the base64 text itself; what precedes it decodes all the same.
