@@ -621,3 +621,24 @@ def test_euc_tw_is_read_for_its_cns_11643_characters() -> None:
     parsed = normalise(letter([b"Subject: x", b"Content-Type: text/plain; charset=euc-tw"], spoiled))
     assert parsed.body_text == "臺灣\ufffd大學通知：會議改期。乂丐丟"
     assert parsed.defects == ["message: 1 character(s) of 'euc-tw' not in CNS 11643, replaced"]
+
+
+@pytest.mark.parametrize(("name", "charset", "used"), [
+    ("陳大文", "big5", "big5 (its characters common in Big5, rare in GBK)"),
+    ("张伟", "gbk", "gbk"),
+    ("Hélène Ärger", "latin-1", None),  # Western names keep the declared charset
+])
+@pytest.mark.parametrize("declared", ["us-ascii", "iso-8859-1"])
+def test_a_raw_chinese_name_beside_a_western_charset_is_read_as_chinese(name: str, charset: str, used: str | None,
+                                                                        declared: str) -> None:
+    """Mailers label an ASCII text us-ascii (or iso-8859-1) beside a Chinese name written raw in the
+    header; that charset, tried first, read the name as Western mojibake (³¯¤j¤å). Raw 8-bit text is
+    taken for Chinese as a text under a Western label is: pairs side by side, nothing but Chinese."""
+    raw = (b'From: "' + name.encode(charset) + b'" <sender@partner.example>\r\nTo: liaison@example.org\r\n'
+           b"Subject: x\r\nDate: Mon, 23 Nov 2026 09:00:00 +0800\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=" + declared.encode() + b"\r\n\r\nHello\r\n")
+    parsed = normalise(raw, summary_chars=100)
+    assert parsed.sender is not None and parsed.sender.name == name
+    shown = "windows-1252" if declared == "us-ascii" else declared
+    assert parsed.defects == ["header From: raw 8-bit text without charset is not valid utf-8, decoded as "
+                              + (used if used else f"{shown}, the charset declared in the message")]

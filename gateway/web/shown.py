@@ -288,7 +288,8 @@ SENTENCES: list[tuple[re.Pattern[str], str]] = [
                 r"the charset (?P<rest_source>.+)$", re.S), N_("%(rest)s, read as %(used)s (%(rest_source)s)")),
     (re.compile(r"^(?P<rest>(?:8-bit|unknown charset|charset|text is not valid) .+?), decoded as (?P<used>[^\s,]+)$",
                 re.S), N_("%(rest)s, read as %(used)s")),
-    (re.compile(r"^(?P<rest>8-bit .+?), decoded as big5 \(its characters common in Big5, rare in GBK\)$", re.S),
+    (re.compile(r"^(?P<rest>(?:8-bit|charset) .+?), decoded as big5 \(its characters common in Big5, rare in GBK\)$",
+                re.S),
      N_("%(rest)s, read as Big5 (its characters are common in Big5 and rare in GBK)")),
     (re.compile(r"^(?P<rest>charset .+ declared, byte-order mark says \S+), (?P<rest_also>invalid bytes for \S+, "
                 r"replaced)$", re.S), N_("%(rest)s; %(rest_also)s")),

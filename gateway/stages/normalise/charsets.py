@@ -313,9 +313,9 @@ def decode_bytes(data: bytes, charset: str | None,
         except UnicodeDecodeError:
             pass
         if entry in _LATIN_ROWS:
-            chinese = _gbk_under_latin_label(data)
+            chinese = _chinese_under_latin_label(data)
             if chinese is not None:
-                return chinese, f"charset {shown} declared, decoded as gbk"
+                return chinese[0], f"charset {shown} declared, decoded as {chinese[1]}"
     if entry.wide_utf8_outranks and _WIDE_UTF8.search(data):
         try:
             return data.decode("utf-8"), f"charset {shown} declared, decoded as utf-8"
@@ -345,21 +345,33 @@ def decode_bytes(data: bytes, charset: str | None,
     return replaced, f"invalid bytes for charset {shown}, replaced"
 
 
-def _gbk_under_latin_label(data: bytes) -> str | None:
-    """GBK text under a Western label (old Foxmail and Outlook Express set ups send Chinese as
-    iso-8859-1), or None. Western text has its non-ASCII letters alone or in pairs between ASCII
-    ones (café, ção); GBK has them in pairs, side by side. So only text whose 8-bit bytes all come
-    in runs of even length, one of them four bytes or more (two Chinese characters in a row), that
-    is valid GBK and reads as nothing but Chinese characters and full-width punctuation, is taken
-    for GBK."""
+def _chinese_under_latin_label(data: bytes) -> tuple[str, str] | None:
+    """Chinese text under a Western label (old Foxmail and Outlook Express set ups send Chinese
+    as iso-8859-1) as (text, what it was read as), or None. Western text has its non-ASCII letters
+    alone or in pairs between ASCII ones (café, ção); Chinese has them in pairs, side by side. So
+    only text whose 8-bit bytes all come in runs of even length, one of them four bytes or more
+    (two Chinese characters in a row), that reads as nothing but Chinese characters and full-width
+    punctuation is taken for Chinese: Big5 where it reads better (_big5_rather_than_gbk), else GBK.
+    A Big5 character's second byte may be an ASCII letter (陳 is B3 AF, 大 A4 6A), so for Big5 the
+    pairs are counted, not the runs of 8-bit bytes: two side by side somewhere."""
+    big5 = _big5_reading(data)
+    # Stricter than for text without any label: every pair in Big5's common rows ("Hélène Ärger"
+    # has pairs too, E9 6C and C4 72, but the first is a rare one).
+    if (big5 is not None and big5[1] == 0 < big5[2] and _all_chinese(big5[0])
+            and any(len(unit) >= 4 and unit[0] >= 0x80 for unit in _BIG5_UNITS.findall(data))):
+        return big5[0], _BIG5_USED
     runs = _EIGHT_BIT_RUN.findall(data)
     if any(len(run) % 2 for run in runs) or not any(len(run) >= 4 for run in runs):
         return None
     try:
-        text = data.decode("gbk")
+        gbk = data.decode("gbk")
     except UnicodeDecodeError:
         return None
-    return text if all(_CHINESE_TEXT.fullmatch(char) for char in text if not char.isascii()) else None
+    return (gbk, "gbk") if _all_chinese(gbk) else None
+
+
+def _all_chinese(text: str) -> bool:
+    return all(_CHINESE_TEXT.fullmatch(char) for char in text if not char.isascii())
 
 
 def _decode_after_bom(data: bytes, bom_charset: str, label: str,
@@ -394,17 +406,26 @@ def _decode_undeclared(data: bytes, guesses: Sequence[Guess], problem: str,
     ordered = ([pair for pair in entries if not pair[0].single_byte]
                + [pair for pair in entries if pair[0].single_byte])
     for entry, source in ordered:
+        if entry in _LATIN_ROWS:
+            # A Western charset declared for the message's text says little of its raw 8-bit
+            # headers: mailers label an ASCII body us-ascii beside a Chinese name written raw.
+            chinese = _chinese_under_latin_label(data)
+            if chinese is not None:
+                return chinese[0], f"{problem}, decoded as {chinese[1]}"
         fit = _first_fit(data, entry.decoders)
         if fit is not None:
             return fit[0], f"{problem}, decoded as {fit[1]}, the charset {source}"
     big5 = _big5_rather_than_gbk(data)
     if big5 is not None:
-        return big5, f"{problem}, decoded as big5 (its characters common in Big5, rare in GBK)"
+        return big5, f"{problem}, decoded as {_BIG5_USED}"
     fit = _first_fit(data, _FALLBACKS)
     assert fit is not None  # windows-1252 decodes any bytes
     return fit[0], f"{problem}, decoded as {fit[1]}"
 
 
+_BIG5_USED = "big5 (its characters common in Big5, rare in GBK)"
+# Text that is valid Big5, in step: runs of ASCII and runs of double-byte pairs.
+_BIG5_UNITS = re.compile(rb"[\x00-\x7f]+|(?:[\x81-\xfe][\x40-\x7e\xa1-\xfe])+")
 # A double-byte pair as Big5 has it; GBK (and GB18030's two-byte form) accepts every one of them.
 _BIG5_PAIR = re.compile(rb"[\x81-\xfe][\x40-\x7e\xa1-\xfe]")
 
@@ -418,6 +439,13 @@ def _big5_rather_than_gbk(data: bytes) -> str | None:
     trail bytes A1-FE; Big5's symbols and level-1 hanzi, A140-C67E), while the wrong reading puts
     pairs outside them. Big5 is taken only where fewer of its pairs fall outside: a tie keeps GBK,
     whose GB 2312 text puts none outside."""
+    reading = _big5_reading(data)
+    return reading[0] if reading is not None and reading[1] < reading[2] else None
+
+
+def _big5_reading(data: bytes) -> tuple[str, int, int] | None:
+    """`data` read as Big5, with how many of its pairs fall outside Big5's common rows and outside
+    GB 2312's (see _big5_rather_than_gbk); None where it is no Big5 proper."""
     if data.isascii():
         return None
     try:
@@ -433,7 +461,7 @@ def _big5_rather_than_gbk(data: bytes) -> str | None:
             rare_in_gbk += 1
         if not (0xA1 <= lead <= 0xC5 or (lead == 0xC6 and trail <= 0x7E)):
             rare_in_big5 += 1
-    return text if rare_in_big5 < rare_in_gbk else None
+    return text, rare_in_big5, rare_in_gbk
 
 
 def _decode_iso2022jp(data: bytes, shown: str) -> tuple[str, str | None]:
