@@ -878,16 +878,36 @@ SHARED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
 )
 
 
+# What of an IMAP account every node must be given alike: the folder it leases (account and folder
+# name) must be the same mailbox on every node, and whichever node watches it must do the same with
+# its mail (the action, where it moves it, what the first import takes, the department it hints).
+# How a node reaches the server and signs in (TLS, a CA file, a password file or token command, its
+# polling) is its own: paths and secrets may differ from node to node.
+_IMAP_SHARED = ("name", "host", "username", "folders", "department", "after", "move_to", "first_import",
+                "import_since")
+
+
+def _imap_accounts(model: ConfigModel) -> list[dict[str, Any]]:
+    accounts = []
+    for account in sorted(model.imap.accounts, key=lambda a: a.name):
+        dumped = account.model_dump(mode="json", include=set(_IMAP_SHARED))
+        dumped["port"] = account.effective_port
+        dumped["folders"] = sorted(dumped["folders"])
+        accounts.append(dumped)
+    return accounts
+
+
 def shared_settings(model: ConfigModel) -> dict[str, str]:
-    """A digest of each of the SHARED settings, by the name the log gives it."""
-    digests = {}
+    """A digest of each of the SHARED settings, by the name the log gives it, and of the IMAP
+    accounts' shared part ("imap accounts")."""
+    values: dict[str, Any] = {}
     for name, section, keys in SHARED:
         value = getattr(model, section)
-        dumped = ([v.model_dump(mode="json") for v in value] if isinstance(value, list)
-                  else value.model_dump(mode="json", include=set(keys) if keys else None))
-        text = json.dumps(dumped, sort_keys=True, ensure_ascii=False)
-        digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return digests
+        values[name] = ([v.model_dump(mode="json") for v in value] if isinstance(value, list)
+                        else value.model_dump(mode="json", include=set(keys) if keys else None))
+    values["imap accounts"] = _imap_accounts(model)
+    return {name: hashlib.sha256(json.dumps(dumped, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+            for name, dumped in values.items()}
 
 
 @dataclass(frozen=True)

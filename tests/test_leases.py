@@ -525,3 +525,31 @@ def test_a_registry_turned_read_only_keeps_items_spooled_and_is_left_once_writab
     finally:
         read_only(False)
         registry.close()
+
+
+def test_nodes_given_other_imap_accounts_are_named_but_not_for_their_own_paths(
+        two_nodes: tuple[Any, ...], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every node watches the same accounts' folders by turns: one that moves mail elsewhere, or
+    reads another user's mailbox under the same account name, is named in an ALERT. The password
+    file, the CA file and the polling are each node's own and not compared."""
+    config_a, _, a, config_b, _, b = two_nodes
+
+    def with_account(config: Config, **values: Any) -> Any:
+        account = ImapAccount(**{"name": "liaison", "host": "imap.example.org", "username": "liaison",
+                                 "folders": ["INBOX", "Partners"], "after": "move", "move_to": "Done",
+                                 **values})
+        return config.model.model_copy(update={"imap": config.model.imap.model_copy(update={"accounts": [account]})})
+    here = with_account(config_a, password_file=tmp_path / "a.pass")
+    alike = with_account(config_b, password_file=tmp_path / "elsewhere" / "imap.pass", poll_seconds=10,
+                         tls_ca_file=tmp_path / "ca.pem", folders=["Partners", "INBOX"])
+    watch_a, watch_b = SettingsWatch(a), SettingsWatch(b)
+    caplog.set_level(logging.ERROR, logger="gateway.cluster")
+    watch_a.check(shared_settings(here))
+    assert watch_b.check(shared_settings(alike)) == {}
+    other = with_account(config_b, password_env="IMAP_PASSWORD", move_to="Archive")
+    assert watch_b.check(shared_settings(other)) == {"node-a": ["imap accounts"]}
+    assert watch_a.check(shared_settings(here)) == {"node-b": ["imap accounts"]}
+    assert ("ALERT cluster: node node-b runs with other imap accounts than this node (node-a): give every node "
+            "sharing the registry the same values") in caplog.text
+    assert watch_b.check(shared_settings(with_account(config_b, password_env="X", username="someone"))) == {}
+    assert watch_a.check(shared_settings(here)) == {}  # still named for the accounts: said once
