@@ -553,3 +553,37 @@ def test_nodes_given_other_imap_accounts_are_named_but_not_for_their_own_paths(
             "sharing the registry the same values") in caplog.text
     assert watch_b.check(shared_settings(with_account(config_b, password_env="X", username="someone"))) == {}
     assert watch_a.check(shared_settings(here)) == {}  # still named for the accounts: said once
+
+
+def test_a_run_taken_for_dead_whose_name_started_again_claims_and_renews_nothing(
+        two_nodes: tuple[Any, ...], tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Node a is cut off from the registry past the takeover time (a network cut, a frozen VM),
+    taken for dead, and its name started again elsewhere. Back, the old run's next beat renews
+    nothing it holds and tells the node to stop; it takes no folder, mail or OCR job beside the new
+    run, and sends none of the mail it still holds."""
+    _, registry_a, a, _, _, _ = two_nodes
+    letter_with_mail(registry_a, 2)
+    assert a.acquire("imap:liaison/INBOX")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE nodes SET heartbeat_at = now() - interval '5 minutes' WHERE name = 'node-a'")
+    _, registry_again = configured(tmp_path / "again", "127.0.0.1:9", pg_url)
+    try:
+        again = Cluster(registry_again, "node-a", takeover_seconds=60)
+        assert again.join() == 1  # the folder the old run held
+        [held] = registry_a.outbox_due(1)  # the old run, back before its next beat
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # its claim about to run out
+            conn.execute("UPDATE outbox SET lease_until = now() - interval '1 second' WHERE id = %s", (held.id,))
+        caplog.set_level(logging.ERROR, logger="gateway.cluster")
+        a.beat()
+        assert len(registry_again.outbox_due(10)) == 2  # the old run's claim was not renewed
+        assert f"ALERT cluster: this node's run {a.instance} was taken for dead and its record replaced by " \
+               f"{again.instance}" in caplog.text
+        stopped: list[bool] = []
+        a.on_displaced(lambda: stopped.append(True))
+        assert stopped == [True]
+        assert not a.acquire("imap:liaison/Partners") and not a.holds("imap:liaison/INBOX")
+        assert registry_a.outbox_due(10) == [] and registry_a.ocr_jobs(10) == []
+        assert not registry_a.outbox_still_mine(held.id)
+        assert again.acquire("imap:liaison/INBOX") and again.acquire("imap:liaison/Partners")
+    finally:
+        registry_again.close()

@@ -151,6 +151,13 @@ class Daemon:
             return 1
         if freed:
             log.info("node %s: %d claim(s) of its previous run handed back", self.cluster.name, freed)
+        # A run taken for dead whose name was started again (elsewhere) stops: the other run does
+        # its work now, and two runs of one name would each take the other's claims for their own.
+        stop = self._stop
+
+        def displaced() -> None:
+            loop.call_soon_threadsafe(stop.set)
+        self.cluster.on_displaced(displaced)
         self.cluster.start()
 
         try:

@@ -346,6 +346,8 @@ class Registration(SearchRecords):
         (registry/leases.py): SKIP LOCKED on PostgreSQL, a lease the node's heartbeat renews. A job
         claimed `max_claims` times and never finished (the reader took its node down each time) is
         given up here, as a failed read is, instead of being offered again."""
+        if self.displaced:  # this node's run was taken for dead: it claims nothing more
+            return []
         def claimable(at: datetime) -> Select[int, int, int]:
             free = or_(OcrJob.claimed_by.is_(None), OcrJob.lease_until < at, OcrJob.claimed_by == self.claimant)
             return (select(OcrJob.letter_id, OcrJob.claims, OcrJob.attempts).where(free)

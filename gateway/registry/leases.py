@@ -120,6 +120,7 @@ class Cluster:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: list[Callable[[], None]] = []
+        self.displaced = threading.Event()
 
     @property
     def postgres(self) -> bool:
@@ -170,16 +171,47 @@ class Cluster:
                                                       Lease.holder != self.instance)).rowcount
         return int(freed)
 
+    def on_displaced(self, callback: Callable[[], None]) -> None:
+        """`callback` is called (once, from the thread that finds it) when this run finds its record
+        replaced: it was taken for dead and its name started again, or its record removed. At once
+        if that was found already."""
+        self._lost.append(callback)
+        if self.displaced.is_set():
+            callback()
+
     def beat(self) -> None:
-        """The heartbeat: this node is alive, and keeps what it holds for another takeover period."""
+        """The heartbeat: this node is alive, and keeps what it holds for another takeover period.
+        Only while its record is still this run's: one taken for dead (cut off from the registry
+        past the takeover time, frozen) whose name was started again meanwhile renews nothing, claims
+        nothing more, and is told to stop (`on_displaced`): two runs of one name would each take
+        the other's work for its own."""
+        if self.displaced.is_set():
+            return
         with self.registry.write() as conn:
             now = lease_clock(conn)
             until = now + self.takeover
-            conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
-                         .values(heartbeat_at=now))
-            conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance).values(lease_until=until))
-            conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance).values(lease_until=until))
-            conn.execute(update(Lease).where(Lease.holder == self.instance).values(expires_at=until))
+            if conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance,
+                                               Node.stopped_at.is_(None))
+                            .values(heartbeat_at=now)).rowcount:
+                conn.execute(update(OutboxMail).where(OutboxMail.claimed_by == self.instance)
+                             .values(lease_until=until))
+                conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance).values(lease_until=until))
+                conn.execute(update(Lease).where(Lease.holder == self.instance).values(expires_at=until))
+                return
+            now_run = conn.execute(select(Node.instance, Node.host).where(Node.name == self.name)).first()
+        self._displace(now_run)
+
+    def _displace(self, now_run: Any) -> None:
+        self.displaced.set()
+        self.registry.displaced = True
+        log.error("ALERT cluster: this node's run %s was taken for dead and its record %s: it claims and renews "
+                  "nothing more, and stops", self.instance,
+                  f"replaced by {now_run.instance} on host {now_run.host}" if now_run is not None else "removed")
+        for callback in self._lost:
+            try:
+                callback()
+            except Exception:  # one callback failing must not keep the others from being told
+                log.exception("cluster: telling a part of this node to stop failed")
 
     def leave(self, *, sending: bool = False) -> None:
         """A clean stop: everything held goes back at once, for the other nodes to take (and
@@ -226,22 +258,33 @@ class Cluster:
 
     # -- leases (IMAP folders) --------------------------------------------
     def acquire(self, name: str) -> bool:
-        """Take the lease `name` if nobody holds it, or its holder stopped beating; True if held now."""
+        """Take the lease `name` if nobody holds it, or its holder stopped beating; True if held now.
+        Never for a run taken for dead: its name runs elsewhere now."""
+        if self.displaced.is_set():
+            return False
         table = Lease.__table__
         with self.registry.write() as conn:
             now = lease_clock(conn)
-            ins = (pg_insert if self.postgres else sqlite_insert)(Lease).values(
-                name=name, holder=self.instance, acquired_at=now, expires_at=now + self.takeover)
-            holder = conn.execute(ins.on_conflict_do_update(
-                index_elements=[Lease.name],
-                set_={"holder": ins.excluded.holder, "acquired_at": ins.excluded.acquired_at,
-                      "expires_at": ins.excluded.expires_at},
-                where=or_(table.c.expires_at < now, table.c.holder == self.instance),
-            ).returning(table.c.holder)).scalar()
-        return holder == self.instance
+            # Looked at here too, not only at the next beat: a run taken for dead that comes back
+            # would otherwise take a folder beside the run of its name started since.
+            run = conn.execute(select(Node.instance, Node.host).where(Node.name == self.name)).first()
+            if run is None or run.instance == self.instance:
+                ins = (pg_insert if self.postgres else sqlite_insert)(Lease).values(
+                    name=name, holder=self.instance, acquired_at=now, expires_at=now + self.takeover)
+                holder = conn.execute(ins.on_conflict_do_update(
+                    index_elements=[Lease.name],
+                    set_={"holder": ins.excluded.holder, "acquired_at": ins.excluded.acquired_at,
+                          "expires_at": ins.excluded.expires_at},
+                    where=or_(table.c.expires_at < now, table.c.holder == self.instance),
+                ).returning(table.c.holder)).scalar()
+                return holder == self.instance
+        self._displace(run)
+        return False
 
     def holds(self, name: str) -> bool:
         """Still ours and not expired (a node cut off from the registry loses its leases)."""
+        if self.displaced.is_set():
+            return False
         with self.registry.read() as conn:
             return bool(conn.execute(select(Lease.name).where(
                 Lease.name == name, Lease.holder == self.instance, Lease.expires_at > lease_clock(conn))).first())

@@ -27,6 +27,8 @@ class Outbox(Store):
         # This node's own claims too: a node sends from one thread, so a mail it still holds when
         # it looks for more is one a failed round left claimed (its heartbeat would keep that claim
         # alive, and no node would ever send it).
+        if self.displaced:
+            return []
         mine = OutboxMail.claimed_by == self.claimant
         due_by = now or utcnow()  # attempts are timed by the nodes' clocks; claims by the lease clock
 
@@ -59,7 +61,10 @@ class Outbox(Store):
         taking it now. The check and the renewal are one conditional UPDATE, so a node claiming the
         mail at the same moment either finds it renewed or has it already. Its sending begins:
         counted in `claims`, and balanced by the attempt recorded when it ends (sent, to be
-        retried, dead); one that never ends took its node down with it."""
+        retried, dead); one that never ends took its node down with it. A run taken for dead
+        sends nothing more: its name runs elsewhere now."""
+        if self.displaced:
+            return False
         with self.write() as conn:
             now = lease_clock(conn)
             return bool(conn.execute(update(OutboxMail).where(

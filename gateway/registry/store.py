@@ -132,6 +132,9 @@ class Store:
         self.claimant = f"{socket.gethostname()}#{os.getpid()}"
         self.lease_seconds = 60.0
         self.max_claims = 5
+        # Set once the node's run was taken for dead and its record replaced (Cluster.beat): it
+        # claims nothing more, and sends nothing it still holds.
+        self.displaced = False
 
     @property
     def safe_url(self) -> str:
