@@ -587,3 +587,49 @@ def test_a_run_taken_for_dead_whose_name_started_again_claims_and_renews_nothing
         assert again.acquire("imap:liaison/INBOX") and again.acquire("imap:liaison/Partners")
     finally:
         registry_again.close()
+
+
+def test_a_folder_whose_watcher_outlasts_the_stops_wait_is_not_handed_over(
+        two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node stops while its watcher is in the middle of a batch that outlasts the stop's wait (a
+    slow server): the stop ends on time, and the node hands back what it holds, but not that
+    folder, which the watcher may still act on until the process ends: another node syncing it at
+    once would copy its messages into move_to a second time. The folder's lease expires instead."""
+    config, registry_a, a, _, _, b = two_nodes
+    syncing, release = threading.Event(), threading.Event()
+
+    class Client:
+        def has_capability(self, _: str) -> bool:
+            return False
+
+        def noop(self) -> None:
+            pass
+
+        def logout(self) -> None:
+            pass
+
+    def slow_sync(self: imap_mod.FolderWatcher, client: Any) -> None:
+        syncing.set()
+        release.wait(30)  # a batch under way
+
+    monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
+    monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", slow_sync)
+    account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X",
+                          idle=False, poll_seconds=0.05, folders=["INBOX", "Partners"])
+    imap = config.model.imap.model_copy(update={"accounts": [account]})
+    intake = imap_mod.ImapIntake(dataclasses.replace(config, model=config.model.model_copy(update={"imap": imap})),
+                                 None, ImapLedger(registry_a), cluster=a)  # type: ignore[arg-type]
+    intake.start()
+    try:
+        wait_for(syncing.is_set, 10, "a batch under way")
+        started = time.monotonic()
+        intake.stop(0.5)
+        assert time.monotonic() - started < 2
+        a.leave()
+        assert not b.acquire("imap:liaison/INBOX") and not b.acquire("imap:liaison/Partners")
+        with registry_a.write() as conn:  # its lease runs out
+            conn.execute(update(Lease).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        assert b.acquire("imap:liaison/INBOX")
+    finally:
+        release.set()
+        intake.stop(5)

@@ -676,12 +676,30 @@ class ImapIntake:
         for _, watcher in self.watchers.values():
             watcher.config = config
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop_soon(self) -> None:
+        """Tell every watcher to end after its current batch; `stop` waits for them."""
         for _, watcher in self.watchers.values():
             watcher.stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every watcher, waiting at most `timeout` seconds in all. A watcher still in a batch
+        then (a slow server, a large message) keeps its folder's lease when the node hands back what
+        it holds: it may still fetch, move or expunge until the process ends, and another node
+        syncing the folder beside it could copy a message into move_to a second time. The lease
+        expires `takeover_seconds` after the node's last beat, when this process has long ended."""
+        self.stop_soon()
         deadline = time.monotonic() + timeout
-        for _, watcher in self.watchers.values():
+        # Also the watchers a reload replaced that are still finishing their batch: their
+        # replacements, told to stop while waiting for them, end at once.
+        watching = [w for _, watcher in self.watchers.values() for w in watcher.waits_for()]
+        for watcher in watching:
             watcher.join(max(0.0, deadline - time.monotonic()))
+        for watcher in watching:
+            if watcher.alive():
+                log.warning("%s: still busy after the stop's wait of %.0f s; its folder is left to expire, not "
+                            "handed over while it may still be acted on", watcher.name, timeout)
+                if self.cluster is not None:
+                    self.cluster.keep(watcher.lease)
 
     def alive(self) -> bool:
         return all(w.alive() for _, w in self.watchers.values())

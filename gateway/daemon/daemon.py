@@ -297,11 +297,15 @@ class Daemon:
         jobs_deadline = time.monotonic() + self.config.model.daemon.shutdown_grace_seconds
         asyncio.get_running_loop().call_later(self.config.model.daemon.shutdown_grace_seconds,
                                               self._jobs_cut_short.set)
+        if self.imap is not None:
+            self.imap.stop_soon()  # each watcher finishes its batch while the SMTP sessions end
         if self.smtp is not None:
             # No new sessions; transactions in DATA finish their reply, idle sessions get 421.
             await self.smtp.stop(self.config.model.daemon.shutdown_grace_seconds)
         if self.imap is not None:
-            await asyncio.to_thread(self.imap.stop)
+            # Within the same grace, not a wait of its own after SMTP's: the stop as a whole must end
+            # before systemd's TimeoutStopSec kills it, and with it the hand-back of every claim.
+            await asyncio.to_thread(self.imap.stop, max(0.0, jobs_deadline - time.monotonic()))
         if self.fax_drop is not None:
             await asyncio.to_thread(self.fax_drop.stop)
         if self.text_reader is not None:

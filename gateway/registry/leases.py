@@ -121,6 +121,7 @@ class Cluster:
         self._thread: threading.Thread | None = None
         self._lost: list[Callable[[], None]] = []
         self.displaced = threading.Event()
+        self._kept: set[str] = set()  # leases a stop leaves to expire (see keep)
 
     @property
     def postgres(self) -> bool:
@@ -217,7 +218,8 @@ class Cluster:
         """A clean stop: everything held goes back at once, for the other nodes to take (and
         uncounted: a claim given back is not a claim that never finished). `sending`: a delivery
         outlasted the stop's wait, and may still reach its relay: its mail is not handed to another
-        node to send again, but left to expire (by then this process has ended)."""
+        node to send again, but left to expire (by then this process has ended); so are the leases
+        given to `keep`."""
         with self.registry.write() as conn:
             now = lease_clock(conn)
             if not sending:  # mail counts only the sendings begun (outbox.py): a claim given back began none
@@ -225,7 +227,7 @@ class Cluster:
                              .values(claimed_by=None, lease_until=None))
             conn.execute(update(OcrJob).where(OcrJob.claimed_by == self.instance)
                          .values(claimed_by=None, lease_until=None, claims=OcrJob.claims - 1))
-            conn.execute(delete(Lease).where(Lease.holder == self.instance))
+            conn.execute(delete(Lease).where(Lease.holder == self.instance, Lease.name.not_in(self._kept)))
             conn.execute(update(Node).where(Node.name == self.name, Node.instance == self.instance)
                          .values(stopped_at=now, heartbeat_at=now))
 
@@ -288,6 +290,11 @@ class Cluster:
         with self.registry.read() as conn:
             return bool(conn.execute(select(Lease.name).where(
                 Lease.name == name, Lease.holder == self.instance, Lease.expires_at > lease_clock(conn))).first())
+
+    def keep(self, name: str) -> None:
+        """The stop's `leave` does not hand back the lease `name`: its work may still be under way
+        (a watcher that outlasted the stop's wait). It expires on its own after the last beat."""
+        self._kept.add(name)
 
     def release(self, name: str) -> None:
         with self.registry.write() as conn:
