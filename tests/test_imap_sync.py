@@ -554,3 +554,41 @@ def test_a_message_whose_fetch_resets_the_connection_is_given_up_and_the_rest_go
     assert sorted(box.spooled()) == ["after", "before"]
     [quarantined] = box.spool.quarantined()
     assert "UID 2 could not be fetched: the server dropped the connection" in str(quarantined), quarantined
+
+
+def test_a_move_cut_off_after_its_copy_and_then_a_reset_leaves_one_copy(
+        plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """A move without MOVE is cut off between its COPY and the expunge; then the folder is rebuilt
+    under a new UIDVALIDITY, so the expunge still to do is void. The originals, taken again under
+    the new UIDVALIDITY, are found in move_to already (by their bytes) and only expunged: move_to
+    holds one copy of each. A message of the same size that was never copied is moved as usual."""
+    box = Folder(plain_dovecot, tmp_path, folder="Partners", after="move", move_to="Done")
+    close_registries.append(box)
+    box.append([])
+    box.sync()  # an empty folder: nothing to import
+
+    def cut_after_copy(client: IMAPClient) -> None:
+        real = client.copy
+
+        def copy(*args: Any, **kwargs: Any) -> Any:
+            answer = real(*args, **kwargs)
+            client.shutdown()  # the server goes away right after the COPY
+            return answer
+        client.copy = copy  # type: ignore[method-assign]
+    box.wrap = cut_after_copy
+    box.append([(make_message(1, subject="one"), (), None), (make_message(2, subject="two"), (), None)])
+    with pytest.raises((IMAPClientError, OSError)):
+        box.sync()
+    box.wrap = lambda client: None
+    box.append([(make_message(3, subject="six"), (), None)])  # arrives meanwhile, as long as "one"
+    box.rebuild()
+    box.sync()
+    assert box.on_server() == {}
+    with plain_dovecot.client(box.user) as imap:
+        imap.select_folder("Done", readonly=True)
+        data = imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    assert sorted(d[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for d in data.values()) == [
+        b"Subject: one", b"Subject: six", b"Subject: two"]
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uidvalidity, uid")).all()
+    assert [action for _, action in rows] == ["move"] * 5

@@ -21,12 +21,14 @@ itself to the server (IMAP ID) so that the server's log tells the nodes apart.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import ssl
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta, timezone
 from typing import Any
@@ -584,6 +586,7 @@ class FolderWatcher:
         by_action: dict[str, list[int]] = {}
         for uid, action in sorted(planned.items()):
             by_action.setdefault(action, []).append(uid)
+        found: dict[int, tuple[int, int]] = {}
         if seen := by_action.get("seen"):
             client.add_flags(seen, [b"\\Seen"], silent=True)
         if moved := by_action.get("move"):
@@ -596,9 +599,16 @@ class FolderWatcher:
                 except IMAPClientError:
                     if not client.folder_exists(target):  # another watcher may have just made it
                         raise
-            if client.has_capability("MOVE"):
+            # A move cut off between its COPY and the expunge, closed out when the folder got a new
+            # UIDVALIDITY, left its copy in move_to: the original, taken again under the new one, is
+            # only expunged. Copied (or moved) again, it would be in move_to twice.
+            found = self._copied_before(client, uidvalidity, moved, target)
+            if found:
+                moved = [uid for uid in moved if uid not in found]
+                by_action.setdefault("expunge", []).extend(found)
+            if moved and client.has_capability("MOVE"):
                 client.move(moved, target)
-            else:
+            elif moved:
                 client.copy(moved, target)
                 # Recorded before the expunge: cut off before it, the next sync must not copy again
                 # (a second copy of each message in move_to), only expunge.
@@ -607,11 +617,64 @@ class FolderWatcher:
                 by_action.setdefault("expunge", []).extend(moved)
         if copied := by_action.get("expunge"):
             self._expunge(client, sorted(copied))
+            if found:
+                self.ledger.copies_found(self.account.name, self.folder, uidvalidity, found)
         if deleted := by_action.get("delete"):
             self._expunge(client, deleted)
         if planned:
             done = {uid: "move" if action == "expunge" else action for uid, action in planned.items()}
             self.ledger.actions_done(self.account.name, self.folder, uidvalidity, done)
+
+    def _copied_before(self, client: IMAPClient, uidvalidity: int, uids: list[int],
+                       target: str) -> dict[int, tuple[int, int]]:
+        """Those of `uids` whose copy a move cut off under an earlier UIDVALIDITY left in `target`:
+        UID -> that copy's (UIDVALIDITY, UID) in the ledger. Known by size, then by the SHA-256 of
+        the bytes on both sides (of the headers, for a message over max_message_bytes, which is never
+        downloaded whole); each copy answers for one original. Nothing to look at (one query) unless
+        the ledger holds such a copy."""
+        copies = self.ledger.void_copies(self.account.name, self.folder, uidvalidity)
+        if not copies:
+            return {}
+        waiting: dict[int, list[tuple[int, int]]] = {}
+        for key, size in sorted(copies.items()):
+            waiting.setdefault(size, []).append(key)
+        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in client.fetch(uids, [b"RFC822.SIZE"]).items()}
+        candidates = [uid for uid in uids if sizes.get(uid) in waiting]
+        if not candidates:
+            return {}
+        mine = self._fingerprints(client, {uid: sizes[uid] for uid in candidates})
+        there: Counter[str] = Counter()
+        client.select_folder(target, readonly=True)
+        try:
+            for size in sorted({sizes[uid] for uid in candidates}):
+                same = client.search(["LARGER", str(size - 1), "SMALLER", str(size + 1)])
+                there.update(self._fingerprints(client, dict.fromkeys(same, size)).values())
+        finally:
+            info = client.select_folder(self.folder)
+        if int(info[b"UIDVALIDITY"]) != uidvalidity:
+            raise AccountError(f"the folder's UIDVALIDITY changed during the sync (from {uidvalidity} to "
+                               f"{int(info[b'UIDVALIDITY'])})")
+        found = {}
+        for uid in candidates:
+            if (digest := mine.get(uid)) and there[digest] > 0 and waiting[sizes[uid]]:
+                there[digest] -= 1
+                found[uid] = waiting[sizes[uid]].pop(0)
+        if found:
+            log.info("%s: %d message(s) copied into %s under an earlier UIDVALIDITY are there already: their "
+                     "originals are only expunged", self.name, len(found), target)
+        return found
+
+    def _fingerprints(self, client: IMAPClient, sizes: dict[int, int]) -> dict[int, str]:
+        """The SHA-256 of each message's bytes (of its headers, with its size, when over the limit)."""
+        limit = self.config.model.imap.max_message_bytes
+        digests: dict[int, str] = {}
+        for part, key, uids in ((b"BODY.PEEK[]", b"BODY[]", [u for u, s in sizes.items() if s <= limit]),
+                                (b"BODY.PEEK[HEADER]", _HEADERS, [u for u, s in sizes.items() if s > limit])):
+            if uids:
+                for uid, data in client.fetch(uids, [part]).items():
+                    if data.get(key) is not None:
+                        digests[uid] = hashlib.sha256(b"%d\n" % sizes[uid] + data[key]).hexdigest()
+        return digests
 
     def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
         client.add_flags(uids, [b"\\Deleted"], silent=True)

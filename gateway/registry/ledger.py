@@ -171,6 +171,29 @@ class ImapLedger:
                 at=_now()))
         return counts
 
+    def void_copies(self, account: str, folder: str, uidvalidity: int) -> dict[tuple[int, int], int]:
+        """Moves cut off between their COPY and the originals' expunge and closed out by a change
+        of UIDVALIDITY ("void-expunge"): each one's copy is in move_to, its original perhaps still
+        in the folder under a new UID. (UIDVALIDITY, UID) -> the message's size."""
+        with self.registry.read() as conn:
+            rows = conn.execute(select(ImapMessage.uidvalidity, ImapMessage.uid, ImapMessage.size).where(
+                ImapMessage.account == account, ImapMessage.folder == folder,
+                ImapMessage.uidvalidity != uidvalidity, ImapMessage.action == VOID + "expunge",
+                ImapMessage.size.is_not(None)))
+            return {(int(row.uidvalidity), int(row.uid)): int(row.size) for row in rows}
+
+    def copies_found(self, account: str, folder: str, uidvalidity: int, found: dict[int, tuple[int, int]]) -> None:
+        """Those void copies whose originals were found under `uidvalidity` (new UID -> the copy's
+        (UIDVALIDITY, UID)) and only expunged there: their moves are done."""
+        with self.registry.write() as conn:
+            for uid, (old_uidvalidity, old_uid) in found.items():
+                conn.execute(update(ImapMessage).where(
+                    ImapMessage.account == account, ImapMessage.folder == folder,
+                    ImapMessage.uidvalidity == old_uidvalidity, ImapMessage.uid == old_uid).values(
+                    action="move", at=_now(),
+                    reason=f"its copy was made under UIDVALIDITY {old_uidvalidity}; the original was expunged "
+                           f"under UIDVALIDITY {uidvalidity} (UID {uid}) without a second copy"))
+
     def actions_done(self, account: str, folder: str, uidvalidity: int, done: dict[int, str]) -> None:
         """The server has done these messages' actions (UID -> action)."""
         by_action: dict[str, list[int]] = {}
