@@ -26,6 +26,7 @@ from gateway.adapters import imap as imap_mod
 from gateway.config import Config, load
 from gateway.daemon.pipeline import Pipeline
 from gateway.registry import Registry, schema
+from gateway.registry.leases import Cluster
 from gateway.registry.ledger import ImapLedger
 from gateway.spool import Spool, read_item_file
 from gateway.stages import rulebook
@@ -592,3 +593,47 @@ def test_a_move_cut_off_after_its_copy_and_then_a_reset_leaves_one_copy(
     with box.registry.engine.connect() as conn:
         rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uidvalidity, uid")).all()
     assert [action for _, action in rows] == ["move"] * 5
+
+
+def test_a_node_that_lost_the_folder_during_a_batch_leaves_its_action_to_the_new_holder(
+        plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node a's lease runs out while it fetches a batch (its heartbeat cut off from the registry)
+    and node b takes the folder. Node a records its batch, but does not move the messages: node
+    b does, as actions still to do. On a server without MOVE both copying them would leave two
+    copies of each in move_to."""
+    box = Folder(plain_dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+    a = Cluster(box.registry, "node-a", takeover_seconds=60)
+    a.join()
+    registry_b = Registry.from_config(box.config)
+    try:
+        b = Cluster(registry_b, "node-b", takeover_seconds=60)
+        b.join()
+        account = box.config.model.imap.accounts[0]
+        box.watcher = imap_mod.FolderWatcher(box.config, account, "INBOX", box.spool, box.ledger, cluster=a)
+        assert a.acquire("imap:liaison/INBOX")
+        spool_sync = box.spool.sync
+
+        def lease_lost_meanwhile() -> None:
+            spool_sync()
+            with box.registry.write() as conn:
+                conn.execute(text("UPDATE leases SET expires_at = '2000-01-01 00:00:00'"))
+            assert b.acquire("imap:liaison/INBOX")
+        monkeypatch.setattr(box.spool, "sync", lease_lost_meanwhile)
+        plain_dovecot.deliver(box.user, make_message(1, subject="one"))
+        plain_dovecot.deliver(box.user, make_message(2, subject="two"))
+        with pytest.raises(imap_mod.LeaseLost):
+            box.sync()
+        assert box.on_server() == {"one": set(), "two": set()} and box.on_server("Done") == {}
+        assert box.ledger.pending_actions("liaison", "INBOX", box.folder_row()[0]) == {1: "move", 2: "move"}
+        monkeypatch.setattr(box.spool, "sync", spool_sync)
+        box.watcher = imap_mod.FolderWatcher(box.config, account, "INBOX", box.spool, box.ledger, cluster=b)
+        box.sync()
+        assert box.on_server() == {} and set(box.on_server("Done")) == {"one", "two"}
+        with plain_dovecot.client(box.user) as imap:
+            imap.select_folder("Done", readonly=True)
+            assert len(imap.search(["ALL"])) == 2
+    finally:
+        registry_b.engine.dispose()

@@ -482,6 +482,10 @@ class FolderWatcher:
                                       backlog_until=state.backlog_until, seen_since=state.seen_since,
                                       was=self._synced_from)
         checkpoint("before-imap-action")
+        # The batch's fetch may have outlasted the folder's lease (a long batch, the registry cut off
+        # meanwhile): the node watching the folder now does the actions recorded as still to do.
+        # Done here as well, a move without MOVE would put each message into move_to twice.
+        self._still_held()
         # Done on this connection's UIDs, which its session keeps valid, whatever the ledger says now.
         self._act(client, uidvalidity, {uid: action for uid, action in planned.items() if action != "keep"})
         if not recorded:
