@@ -25,7 +25,7 @@ from ports import free_port
 from gateway.adapters import imap as imap_mod
 from gateway.config import Config, load
 from gateway.daemon.pipeline import Pipeline
-from gateway.registry import Registry, schema
+from gateway.registry import Registry, RegistryUnavailable, schema
 from gateway.registry.leases import Cluster
 from gateway.registry.ledger import ImapLedger
 from gateway.spool import Spool, read_item_file
@@ -637,3 +637,35 @@ def test_a_node_that_lost_the_folder_during_a_batch_leaves_its_action_to_the_new
             assert len(imap.search(["ALL"])) == 2
     finally:
         registry_b.engine.dispose()
+
+
+def test_a_copy_not_recorded_because_the_registry_went_away_is_not_copied_again(
+        plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MOVE, a move's COPY is done, and the registry goes away before it is recorded done.
+    The next sync looks in move_to first: the copies made are found by their bytes, and only the
+    originals are expunged."""
+    box = Folder(plain_dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+    actions_done = box.ledger.actions_done
+
+    def registry_gone(account: str, folder: str, uidvalidity: int, done: dict[int, str]) -> None:
+        if "pending-expunge" in done.values():
+            raise RegistryUnavailable("registry: server closed the connection unexpectedly")
+        actions_done(account, folder, uidvalidity, done)
+    monkeypatch.setattr(box.ledger, "actions_done", registry_gone)
+    plain_dovecot.deliver(box.user, make_message(1, subject="one"))
+    plain_dovecot.deliver(box.user, make_message(2, subject="two"))
+    with pytest.raises(RegistryUnavailable):
+        box.sync()
+    assert set(box.on_server("Done")) == {"one", "two"} and set(box.on_server()) == {"one", "two"}
+    monkeypatch.setattr(box.ledger, "actions_done", actions_done)
+    box.sync()
+    assert box.on_server() == {}
+    with plain_dovecot.client(box.user) as imap:
+        imap.select_folder("Done", readonly=True)
+        assert len(imap.search(["ALL"])) == 2
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
+    assert rows == [(1, "move"), (2, "move")]

@@ -586,14 +586,16 @@ class FolderWatcher:
 
     def _act(self, client: IMAPClient, uidvalidity: int, planned: dict[int, str]) -> None:
         """Apply the planned actions on the server, then record them done. "expunge" is what is
-        left of a move without MOVE whose COPY was done: the originals' expunge."""
+        left of a move without MOVE whose COPY was done: the originals' expunge; "copy" a move
+        without MOVE whose COPY was begun, perhaps done, and not recorded done."""
         by_action: dict[str, list[int]] = {}
         for uid, action in sorted(planned.items()):
             by_action.setdefault(action, []).append(uid)
         found: dict[int, tuple[int, int]] = {}
         if seen := by_action.get("seen"):
             client.add_flags(seen, [b"\\Seen"], silent=True)
-        if moved := by_action.get("move"):
+        begun = by_action.get("copy", [])
+        if moved := sorted([*by_action.get("move", []), *begun]):
             target = self.account.move_to
             assert target is not None
             if not client.folder_exists(target):
@@ -603,16 +605,21 @@ class FolderWatcher:
                 except IMAPClientError:
                     if not client.folder_exists(target):  # another watcher may have just made it
                         raise
-            # A move cut off between its COPY and the expunge, closed out when the folder got a new
-            # UIDVALIDITY, left its copy in move_to: the original, taken again under the new one, is
-            # only expunged. Copied (or moved) again, it would be in move_to twice.
-            found = self._copied_before(client, uidvalidity, moved, target)
+            # A COPY may have been done without being recorded (cut off, or the registry gone, right
+            # after it), or a move cut off between its COPY and the expunge was closed out when the
+            # folder got a new UIDVALIDITY: such a message is in move_to already, and its original
+            # is only expunged. Copied (or moved) again, it would be in move_to twice.
+            found = self._copied_before(client, uidvalidity, moved, target, begun=set(begun))
             if found:
                 moved = [uid for uid in moved if uid not in found]
                 by_action.setdefault("expunge", []).extend(found)
             if moved and client.has_capability("MOVE"):
                 client.move(moved, target)
             elif moved:
+                # Recorded before the COPY, and again once it is done: cut off in between, the next
+                # sync looks in move_to before copying again.
+                self.ledger.actions_done(self.account.name, self.folder, uidvalidity,
+                                         {uid: PENDING + "copy" for uid in moved})
                 client.copy(moved, target)
                 # Recorded before the expunge: cut off before it, the next sync must not copy again
                 # (a second copy of each message in move_to), only expunge.
@@ -621,28 +628,38 @@ class FolderWatcher:
                 by_action.setdefault("expunge", []).extend(moved)
         if copied := by_action.get("expunge"):
             self._expunge(client, sorted(copied))
-            if found:
-                self.ledger.copies_found(self.account.name, self.folder, uidvalidity, found)
+            if earlier := {uid: key for uid, key in found.items() if key[0] != uidvalidity}:
+                self.ledger.copies_found(self.account.name, self.folder, uidvalidity, earlier)
         if deleted := by_action.get("delete"):
             self._expunge(client, deleted)
         if planned:
-            done = {uid: "move" if action == "expunge" else action for uid, action in planned.items()}
+            done = {uid: "move" if action in ("expunge", "copy") else action for uid, action in planned.items()}
             self.ledger.actions_done(self.account.name, self.folder, uidvalidity, done)
 
-    def _copied_before(self, client: IMAPClient, uidvalidity: int, uids: list[int],
-                       target: str) -> dict[int, tuple[int, int]]:
-        """Those of `uids` whose copy a move cut off under an earlier UIDVALIDITY left in `target`:
-        UID -> that copy's (UIDVALIDITY, UID) in the ledger. Known by size, then by the SHA-256 of
-        the bytes on both sides (of the headers, for a message over max_message_bytes, which is never
-        downloaded whole); each copy answers for one original. Nothing to look at (one query) unless
-        the ledger holds such a copy."""
+    def _copied_before(self, client: IMAPClient, uidvalidity: int, uids: list[int], target: str,
+                       *, begun: set[int]) -> dict[int, tuple[int, int]]:
+        """Those of `uids` whose copy is in `target` already: UID -> that copy's (UIDVALIDITY, UID)
+        in the ledger. Looked for are the copies of `begun` (a COPY begun and not recorded done), and
+        those a move cut off under an earlier UIDVALIDITY left there. Known by size, then by the
+        SHA-256 of the bytes on both sides (of the headers, for a message over max_message_bytes,
+        which is never downloaded whole); each copy answers for one original. Nothing to look at
+        (one query) unless there is such a copy."""
         copies = self.ledger.void_copies(self.account.name, self.folder, uidvalidity)
-        if not copies:
+        there_then: int | None = None
+        if copies:
+            # Only a message that was in the folder when its UIDVALIDITY changed can be the original
+            # of such a copy: mail that arrived since is never looked for in move_to.
+            state = self.ledger.folder(self.account.name, self.folder)
+            if state is not None and state.uidvalidity == uidvalidity:
+                there_then = state.backlog_until
+        uids = [uid for uid in uids if uid in begun or (there_then is not None and uid <= there_then)]
+        if not uids:
             return {}
+        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in client.fetch(uids, [b"RFC822.SIZE"]).items()}
+        copies.update({(uidvalidity, uid): sizes[uid] for uid in begun if uid in sizes})
         waiting: dict[int, list[tuple[int, int]]] = {}
         for key, size in sorted(copies.items()):
             waiting.setdefault(size, []).append(key)
-        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in client.fetch(uids, [b"RFC822.SIZE"]).items()}
         candidates = [uid for uid in uids if sizes.get(uid) in waiting]
         if not candidates:
             return {}
@@ -659,13 +676,17 @@ class FolderWatcher:
             raise AccountError(f"the folder's UIDVALIDITY changed during the sync (from {uidvalidity} to "
                                f"{int(info[b'UIDVALIDITY'])})")
         found = {}
-        for uid in candidates:
-            if (digest := mine.get(uid)) and there[digest] > 0 and waiting[sizes[uid]]:
+        # A begun COPY's own copy first; then those of earlier UIDVALIDITYs, whichever of that size.
+        for uid in sorted(candidates, key=lambda u: u not in begun):
+            pool = waiting[sizes[uid]]
+            mate = (uidvalidity, uid) if uid in begun else next((k for k in pool if k[0] != uidvalidity), None)
+            if mate is not None and mate in pool and (digest := mine.get(uid)) and there[digest] > 0:
                 there[digest] -= 1
-                found[uid] = waiting[sizes[uid]].pop(0)
+                pool.remove(mate)
+                found[uid] = mate
         if found:
-            log.info("%s: %d message(s) copied into %s under an earlier UIDVALIDITY are there already: their "
-                     "originals are only expunged", self.name, len(found), target)
+            log.info("%s: %d message(s) are in %s already, copied by an earlier attempt: their originals are "
+                     "only expunged", self.name, len(found), target)
         return found
 
     def _fingerprints(self, client: IMAPClient, sizes: dict[int, int]) -> dict[int, str]:

@@ -46,7 +46,8 @@ class Settled:
 
 
 # A spooled message's action on the server not done yet: "pending-move" until the MOVE is
-# ("pending-expunge" once a move without MOVE has copied it, until the original is expunged).
+# ("pending-copy" while a move without MOVE has begun its COPY, "pending-expunge" once the COPY is
+# done, until the original is expunged).
 PENDING = "pending-"
 # Such an action never done, closed out when the folder's UIDVALIDITY changed ("void-move"): the
 # UIDs it was for mean nothing now. A message still there is looked at again under the new
@@ -172,13 +173,13 @@ class ImapLedger:
         return counts
 
     def void_copies(self, account: str, folder: str, uidvalidity: int) -> dict[tuple[int, int], int]:
-        """Moves cut off between their COPY and the originals' expunge and closed out by a change
-        of UIDVALIDITY ("void-expunge"): each one's copy is in move_to, its original perhaps still
-        in the folder under a new UID. (UIDVALIDITY, UID) -> the message's size."""
+        """Moves cut off after their COPY was begun ("void-copy": perhaps done) or done ("void-expunge")
+        and closed out by a change of UIDVALIDITY: each one's copy may be in move_to, its original
+        still in the folder under a new UID. (UIDVALIDITY, UID) -> the message's size."""
         with self.registry.read() as conn:
             rows = conn.execute(select(ImapMessage.uidvalidity, ImapMessage.uid, ImapMessage.size).where(
                 ImapMessage.account == account, ImapMessage.folder == folder,
-                ImapMessage.uidvalidity != uidvalidity, ImapMessage.action == VOID + "expunge",
+                ImapMessage.uidvalidity != uidvalidity, ImapMessage.action.in_([VOID + "expunge", VOID + "copy"]),
                 ImapMessage.size.is_not(None)))
             return {(int(row.uidvalidity), int(row.uid)): int(row.size) for row in rows}
 
