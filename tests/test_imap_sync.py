@@ -669,3 +669,43 @@ def test_a_copy_not_recorded_because_the_registry_went_away_is_not_copied_again(
     with box.registry.engine.connect() as conn:
         rows = conn.execute(text("SELECT uid, action FROM imap_ledger ORDER BY uid")).all()
     assert rows == [(1, "move"), (2, "move")]
+
+
+def test_messages_spooled_by_a_node_that_died_before_its_action_are_fetched_again_by_the_next(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """Node a spools two messages and records them with their move still to do (the server
+    refused it: over quota), then dies for good with its disk, before registering them. Node b,
+    watching the folder now, does not simply move them away: their letters would exist nowhere. It
+    fetches them again into its own spool first, then moves them; a message node a had registered
+    is only moved."""
+    box = Folder(dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+    dovecot.deliver(box.user, make_message(0, subject="zero"))
+    box.sync()
+    box.register()  # node a registered this one
+
+    def over_quota(client: IMAPClient) -> None:
+        def move(*args: Any, **kwargs: Any) -> Any:
+            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
+        client.move = move  # type: ignore[method-assign]
+    box.wrap = over_quota
+    dovecot.deliver(box.user, make_message(1, subject="one"))
+    dovecot.deliver(box.user, make_message(2, subject="two"))
+    with pytest.raises(IMAPClientError, match="OVERQUOTA"):
+        box.sync()  # "zero" is moved by now; "one" and "two" are spooled, their move refused
+    with box.registry.engine.connect() as conn:  # and "zero" again, as if its move was refused too
+        conn.execute(text("UPDATE imap_ledger SET action = 'pending-move' WHERE uid = 1"))
+        conn.commit()
+    box.wrap = lambda client: None
+    # Node b: the same registry and message store, its own spool.
+    spool_b = Spool(tmp_path / "b" / "spool", box.config.message_dir)  # the message store is shared
+    box.watcher = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "INBOX", spool_b,
+                                         box.ledger)
+    box.sync()
+    assert box.on_server() == {} and set(box.on_server("Done")) == {"zero", "one", "two"}
+    box.spool = spool_b
+    assert box.register() == {"zero": 1, "one": 1, "two": 1}
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, outcome, action FROM imap_ledger ORDER BY uid")).all()
+    assert rows == [(1, "spooled", "move"), (2, "spooled", "move"), (3, "spooled", "move")]

@@ -322,9 +322,12 @@ class FolderWatcher:
         if state is not None and state.uidvalidity == uidvalidity and (
                 undone := self.ledger.pending_actions(account.name, self.folder, uidvalidity)):
             # Spooled at an earlier sync, whose action on the server failed or was cut short.
-            log.info("%s: doing the server's action (%s) left undone on %d message(s)", self.name,
-                     ", ".join(sorted(set(undone.values()))), len(undone))
-            self._act(client, uidvalidity, undone)
+            if orphans := self._spooled_elsewhere(uidvalidity, undone):
+                undone = {uid: action for uid, action in undone.items() if uid not in orphans}
+            if undone:
+                log.info("%s: doing the server's action (%s) left undone on %d message(s)", self.name,
+                         ", ".join(sorted(set(undone.values()))), len(undone))
+                self._act(client, uidvalidity, undone)
         if state is not None and state.uidvalidity != uidvalidity:
             # The folder was recreated or the server rebuilt its index: its UIDs mean nothing now.
             # Every message is looked at again (the registry knows the ones it has by their bytes),
@@ -378,6 +381,23 @@ class FolderWatcher:
         found = client.search(["UID", f"{state.last_uid + 1}:*"])
         uids = sorted(u for u in found if u > state.last_uid)
         self._settle_all(client, uidvalidity, uids, state, backlog=False)
+
+    def _spooled_elsewhere(self, uidvalidity: int, undone: dict[int, str]) -> list[int]:
+        """Messages with their action still to do, spooled by another node (or an earlier state
+        directory) whose spool never registered them: that node stopped or died between its spool
+        and its action, and its spool may never come back. Doing the action now (a move, a delete)
+        would leave them only there: they are fetched and spooled again here first (this sync's
+        next pass takes them, as it takes a failed fetch), and should that node come back, the
+        registry recognises its copy by the source key."""
+        unregistered = self.ledger.unregistered(self.account.name, self.folder, uidvalidity, sorted(undone))
+        orphans = sorted(uid for uid, item in unregistered.items()
+                         if not self.spool.holds(item) and not self.spool.quarantines(item))
+        if orphans:
+            log.warning("%s: %d message(s) spooled elsewhere and not registered are fetched again before their "
+                        "action", self.name, len(orphans))
+            self.ledger.fetch_again(self.account.name, self.folder, uidvalidity, orphans,
+                                    "spooled on another node (or state directory) and not registered: fetched again")
+        return orphans
 
     def _settle_all(self, client: IMAPClient, uidvalidity: int, uids: list[int], state: FolderState,
                     *, backlog: bool) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from gateway.registry.store import RegistryUnavailable, Store
-from gateway.registry.models import ImapFolder, ImapMessage
+from gateway.registry.models import ImapFolder, ImapMessage, IntakeKey
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,30 @@ class ImapLedger:
                 reason=f"the folder's UIDVALIDITY changed (now {uidvalidity}) before this action was done",
                 at=_now()))
         return counts
+
+    def unregistered(self, account: str, folder: str, uidvalidity: int, uids: list[int]) -> dict[int, str]:
+        """Of `uids`, those spooled whose action is still to do, not begun (seen, move, delete), and
+        whose letter the registry does not have (no intake key for the message's source): UID -> the
+        spool item that holds it, on whichever node spooled it."""
+        with self.registry.read() as conn:
+            rows = {int(uid): str(item) for uid, item in conn.execute(
+                select(ImapMessage.uid, ImapMessage.item_id).where(
+                    ImapMessage.account == account, ImapMessage.folder == folder,
+                    ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids),
+                    ImapMessage.outcome == "spooled", ImapMessage.item_id.is_not(None),
+                    ImapMessage.action.in_([PENDING + a for a in ("seen", "move", "delete")])))}
+            keys = {f"imap:{account}:{folder}:{uidvalidity}:{uid}": uid for uid in rows}
+            known = set(conn.execute(select(IntakeKey.key).where(IntakeKey.key.in_(list(keys)))).scalars())
+        return {uid: rows[uid] for key, uid in keys.items() if key not in known}
+
+    def fetch_again(self, account: str, folder: str, uidvalidity: int, uids: list[int], reason: str) -> None:
+        """These messages are fetched and spooled again at the sync's next pass (as a failed fetch
+        is), their action done after that."""
+        with self.registry.write() as conn:
+            conn.execute(update(ImapMessage).where(
+                ImapMessage.account == account, ImapMessage.folder == folder,
+                ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids)).values(
+                outcome="failing", action="none", item_id=None, attempts=0, reason=reason, at=_now()))
 
     def void_copies(self, account: str, folder: str, uidvalidity: int) -> dict[tuple[int, int], int]:
         """Moves cut off after their COPY was begun ("void-copy": perhaps done) or done ("void-expunge")

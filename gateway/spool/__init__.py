@@ -410,6 +410,10 @@ class Spool:
         return any((parsed := _split_name(name)) is not None and parsed[0] == item_id
                    for folder in ("new", "work") for name in os.listdir(self.root / folder))
 
+    def quarantines(self, item_id: str) -> bool:
+        """Whether the item was set aside in quarantine."""
+        return _ITEM_ID.fullmatch(item_id) is not None and (self.root / "quarantine" / f"{item_id}.item").exists()
+
     def oldest_age(self) -> float:
         """Seconds since the oldest item waiting or in work was spooled (0 when there is none)."""
         oldest = None
