@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from conftest import make_message, wait_for
 from smtp_sink import SmtpSink
 from test_outbox_faults import configured, letter_with_mail
@@ -28,7 +28,7 @@ from gateway.config import Config, ImapAccount, shared_settings
 from gateway.outbound.sender import OutboxSender
 from gateway.registry import leases as leases_mod
 from gateway.registry import outbox as outbox_mod
-from gateway.registry import Registry
+from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.leases import Cluster, NodeConflict, RulesWatch, SettingsWatch, Skipped
 from gateway.registry.models import Lease, OutboxMail
 from gateway.registry.ledger import ImapLedger
@@ -633,3 +633,35 @@ def test_a_folder_whose_watcher_outlasts_the_stops_wait_is_not_handed_over(
     finally:
         release.set()
         intake.stop(5)
+
+
+def test_a_registry_that_accepts_and_never_answers_does_not_hold_a_caller_for_ever(pg_url: str) -> None:
+    """A registry host that hangs (a stuck proxy in front of PostgreSQL) accepts the connection
+    and never answers: a registry call gives up within the connection's time limit, as with a
+    registry that refuses, instead of holding its caller (a heartbeat, a stop) for ever."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(hung.accept()[0]), daemon=True).start()
+    url = pg_url.replace(pg_url.partition("@")[2].partition("/")[0], f"127.0.0.1:{hung.getsockname()[1]}")
+    registry = Registry(url)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with registry.read() as conn:
+                conn.execute(select(1))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+    caller = threading.Thread(target=call, daemon=True)
+    try:
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "the registry call still waits"
+        assert [type(e) for e in outcome] == [RegistryUnavailable]
+    finally:
+        registry.close()
+        for conn in accepted:
+            conn.close()
+        hung.close()

@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, text
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, make_url, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -77,6 +77,13 @@ def in_register(day: date) -> bool:
     return FIRST_DAY <= day <= LAST_DAY
 
 
+# libpq's connection parameters that bound how long a registry that stopped answering can hold a
+# caller: connecting (seconds), and noticing a connection whose server is gone (keepalives, and
+# unacknowledged data, in milliseconds).
+_PG_BOUNDS: dict[str, Any] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                              "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60000}
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "isolation_level": None})
@@ -102,7 +109,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, echo=echo, pool_pre_ping=True)
+    # libpq waits for ever by default for a server that accepts and never answers (a hung host, a
+    # stuck proxy), and minutes for one gone without closing the connection: every part of the daemon
+    # would hang with it, its stop too (past systemd's TimeoutStopSec, leaving every claim to expire
+    # instead of being handed back). Bounded here, unless the URL says otherwise.
+    given = make_url(url).query
+    bounds = {key: value for key, value in _PG_BOUNDS.items() if key not in given}
+    engine = create_engine(url, echo=echo, pool_pre_ping=True, connect_args=bounds)
 
     @event.listens_for(engine, "handle_error")
     def _read_only(context: Any) -> None:
