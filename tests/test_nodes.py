@@ -331,3 +331,52 @@ def test_an_archive_run_left_by_a_dead_node_is_taken_up_by_a_running_one(tmp_pat
                          "WHERE archive_number IS NOT NULL") == [(30, 30)]
     left = [p.name for p in (shared / "archive" / month.replace("-", "/")).rglob(".*")]
     assert left == [], left  # what the dead node was writing is gone
+
+
+SLOW_REGISTRATION = '''
+import os, time
+import gateway.daemon.pipeline as pipeline
+
+_process = pipeline.Pipeline.process
+
+
+def process(self, items, *args, **kwargs):
+    time.sleep(float(os.environ["REGISTER_SLEEP"]))
+    return _process(self, items, *args, **kwargs)
+
+
+pipeline.Pipeline.process = process
+'''
+
+
+def test_a_node_taken_for_dead_and_started_elsewhere_registers_its_spool_before_it_stops(
+        tmp_path: Path, pg_url: str) -> None:
+    """Node z was taken for dead and its name started again elsewhere: at its next heartbeat it
+    stops, as it must. Its spool still holds mail acknowledged to the senders, which its next
+    start here (refused while the other run lives) would register: it registers it before it
+    stops."""
+    from gateway.spool import Spool
+    from gateway.stages import rulebook
+
+    gw = Gateway(tmp_path, registry_url=pg_url, extra=f"\n[node]\nname = \"node-z\"\n\n[cluster]\n"
+                                                      f"takeover_seconds = {TAKEOVER}\n")
+    gw.config.write_text(gw.config.read_text().replace("[spool]\n", "[spool]\nworkers = 1\nbatch_size = 1\n"
+                                                                     "registrars = 1\n", 1))
+    config = rulebook.load(str(gw.config))
+    daemon = gw.start(PYTHONPATH=str(slowed_site(tmp_path, SLOW_REGISTRATION)), REGISTER_SLEEP="1.5")
+    try:
+        wait_for(lambda: "gateway ready" in daemon.output(), 60, "the daemon ready")
+        spool = Spool(config.spool_dir, config.message_dir)
+        for n in range(4):
+            spool.enqueue(make_message(n, subject=f"spooled {n}"), {"intake": "file"})
+        wait_for(lambda: gw.spool_files("work"), 30, "a registration under way")
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("UPDATE nodes SET instance = 'node-z#elsewhere', host = 'elsewhere' WHERE name = 'node-z'")
+        assert daemon.wait(60) == 0
+        out = daemon.output()
+        assert "ALERT cluster: this node's run" in out and "replaced by node-z#elsewhere" in out
+        assert gw.spool_files("new") == [] and gw.spool_files("work") == []
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM letters").fetchone() == (4,)
+    finally:
+        daemon.stop()

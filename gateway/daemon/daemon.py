@@ -402,6 +402,13 @@ class Daemon:
     def _stop_workers(self) -> None:
         grace = self.config.model.daemon.shutdown_grace_seconds
         deadline = time.monotonic() + grace
+        if self.cluster is not None and self.cluster.displaced.is_set():
+            # This node's name runs elsewhere now, and a start here is refused while that run
+            # lives: what this spool holds (acknowledged to its senders) is registered before the
+            # stop, not left waiting for that start. Intake has stopped: the spool only drains.
+            while (self.spool.pending() or self.spool.claimed()) and time.monotonic() < deadline:
+                self.wake()
+                time.sleep(0.2)
         for worker in self._workers:
             worker.stop(0)  # all told at once; then each waited for within the one grace period
         for worker in self._workers:
