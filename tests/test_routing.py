@@ -519,7 +519,8 @@ def test_closing_an_inquiry_or_complaint_sends_its_result_to_the_sender(tmp_path
         [note] = [r.message for r in sink.received if r.rcpt_tos == ["service.desk@example.org"]
                   and r.message["X-Gateway-Letter"] == "2026-000002"]
         answer = EmailMessage()
-        answer["Authentication-Results"] = "mx.example.org; dkim=pass header.d=example.org"
+        answer["Authentication-Results"] = ("mx.example.org; dkim=pass header.d=example.org; "
+                                            "spf=pass smtp.mailfrom=service.desk@example.org")
         answer["From"] = "service.desk@example.org"
         answer["To"] = note["Reply-To"]
         answer["Subject"] = "Re: [2026-000002] 关于发票的投诉"

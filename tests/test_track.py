@@ -425,7 +425,9 @@ trusted_authserv_ids = ["mx.example.org"]
 
 
 def authenticated(raw: bytes, domain: str = "example.org") -> bytes:
-    return f"Authentication-Results: mx.example.org; dmarc=pass header.from={domain}\r\n".encode() + raw
+    """As the MTA stamps a mail from the domain's own servers: SPF and DMARC pass."""
+    return (f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom={domain}; "
+            f"dmarc=pass header.from={domain}\r\n").encode() + raw
 
 
 def reply_address(gateway: Gateway, number: str, owner: str) -> str:

@@ -926,9 +926,11 @@ def test_spf_is_not_checked_against_a_trusted_relay(tmp_path: Path, notify: Noti
 
 
 @contextmanager
-def a_letter_for_the_owner(tmp_path: Path, notify: Notify, dns_server: DnsServer) -> Iterator[Answering]:
+def a_letter_for_the_owner(tmp_path: Path, notify: Notify, dns_server: DnsServer,
+                           trust: str = "") -> Iterator[Answering]:
     """A gateway answering to the test DNS, with a partner's letter to Sales registered and its
-    owner notified (at an SMTP sink): the letter's number and the owner's reply address."""
+    owner notified (at an SMTP sink): the letter's number and the owner's reply address. `trust`:
+    more keys of its [trust] table."""
     sink = SmtpSink().start()
     gateway = Gateway(tmp_path, extra=textwrap.dedent(f"""
         [outbound]
@@ -942,7 +944,7 @@ def a_letter_for_the_owner(tmp_path: Path, notify: Notify, dns_server: DnsServer
         nameservers = ["{dns_server.nameserver}"]
         timeout_seconds = 1
         lifetime_seconds = 3
-    """))
+    """) + textwrap.dedent(trust))
     owner = "sales.desk@example.org"
     proc = gateway.start(NOTIFY_SOCKET=str(notify.path))
     try:
@@ -1008,20 +1010,25 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
 
 def test_a_trusted_authentication_results_vouches_for_a_field_only_where_every_signature_covers_it() -> None:
     """Fetched mail: the MTA's header does not say which signature passed, so each one of the From
-    domain's organisation must name the field, as often as it occurs; no such signature at all: the
-    domain's own servers sent it (SPF), and it vouches for everything."""
+    domain's organisation must name the field, as often as it occurs; no such signature at all: it
+    vouches for nothing, unless the header reports an SPF pass aligned with the From domain (the
+    domain's own servers sent it), which vouches for everything."""
     proven = {"authenticated": True, "method": "authentication-results", "from_domain": "example.org"}
+    by_spf = {**proven, "authentication_results": {"trusted": [{"authserv_id": "mx.example.org",
+                                                                 "spf_aligned": True}], "ignored": []}}
 
     def fields(*signed: str, cc: int = 0) -> list[tuple[str, str]]:
         return ([("DKIM-Signature", f"v=1; a=rsa-sha256; d={d}; s=mail; h={h}; bh=AA; b=AA")
                  for d, h in (s.split(" ") for s in signed)]
                 + [("From", "owner@example.org"), ("To", "gateway+x@example.org")] + [("Cc", "a@b.example")] * cc)
-    assert vouched_places(proven, fields()) == {"envelope", "to", "cc"}
+    assert vouched_places(proven, fields()) == set()
+    assert vouched_places(by_spf, fields()) == {"envelope", "to", "cc"}
+    assert vouched_places(by_spf, fields("example.org from:subject")) == {"envelope", "to", "cc"}
     assert vouched_places(proven, fields("mail.example.org from:to:subject")) == {"to", "cc"}
     assert vouched_places(proven, fields("mail.example.org from:to:subject", cc=1)) == {"to"}
     assert vouched_places(proven, fields("example.org from:to:cc", cc=2)) == {"to"}  # a second Cc, unsigned
     assert vouched_places(proven, fields("example.org from:to:cc", "example.org from:subject")) == {"cc"}
-    assert vouched_places(proven, fields("partner.example from:subject")) == {"envelope", "to", "cc"}
+    assert vouched_places(proven, fields("partner.example from:subject")) == set()
     assert vouched_places({**proven, "method": "smtp-auth"}, fields("example.org from")) == {"envelope", "to", "cc"}
     # Proven by DKIM, and SPF passed for the From domain's organisation as well: its own servers sent
     # it, envelope and all, though its signature names no To (as Office 365's do not).
@@ -1068,6 +1075,49 @@ def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_r
         send(signed(reply_to, "Received.\r\n"))
         obeyed = wait_answers(gateway, number, 3)[-1]["details"]
         assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "dkim", obeyed
+        assert gateway.show_json(number)["status"] == "acknowledged"
+
+
+def test_a_trusted_authentication_results_vouches_for_the_envelope_only_when_it_reports_an_aligned_spf_pass(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """A relay that checks DKIM and then removes the signatures leaves no signature to say which
+    fields were signed. The owner's signed mail to someone else ("Received.", about anything), its
+    signature checked and gone, delivered to the owner's reply address, must command nothing: the
+    relay's header proves the From by DKIM, which never vouches for the envelope. Only an SPF pass
+    for the From domain's organisation, reported in that same header, says the organisation's own
+    servers sent it, envelope and all."""
+    relay = """
+        trusted_authserv_ids = ["mx.example.org"]
+        trusted_relays = ["127.0.0.1"]
+    """
+    with a_letter_for_the_owner(tmp_path, notify, dns_server, trust=relay) as letter:
+        gateway, owner, number, reply_to = letter.gateway, letter.owner, letter.number, letter.reply_to
+
+        def stamped(results: str, body: str) -> bytes:
+            return (f"Authentication-Results: mx.example.org; {results}\r\n"
+                    f"From: Sales Desk <{owner}>\r\nTo: bob@partner.example\r\nSubject: Re: lunch on Friday\r\n"
+                    f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
+                    f"\r\n{body}").encode()
+
+        def send(mail: bytes) -> None:
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+                c.sendmail("bob@partner.example", [reply_to], mail)
+        # Replayed from outside: SPF passed for the replayer's domain, not the owner's.
+        send(stamped("dkim=pass header.d=example.org; spf=pass smtp.mailfrom=bob@partner.example; "
+                     "dmarc=pass header.from=example.org", "Received.\r\n"))
+        # Proven by DMARC alone: which of DKIM and SPF met it, the header does not say.
+        send(stamped("dmarc=pass header.from=example.org", "in progress\r\n"))
+        for answer in wait_answers(gateway, number, 2):
+            details = answer["details"]
+            assert details["authenticated"] == owner, details
+            assert details["authenticated_by"] == "authentication-results", details
+            assert details["obeyed"] is False and "is named only where what proved the sender" in details["refused"]
+        assert gateway.show_json(number)["status"] == "routed"
+        # The owner's own answer through the organisation's servers: SPF passed for her domain.
+        send(stamped("dkim=pass header.d=example.org; spf=pass smtp.mailfrom=sales.desk@mail.example.org; "
+                     "dmarc=pass header.from=example.org", "Received.\r\n"))
+        obeyed = wait_answers(gateway, number, 3)[-1]["details"]
+        assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "authentication-results", obeyed
         assert gateway.show_json(number)["status"] == "acknowledged"
 
 

@@ -387,14 +387,15 @@ def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) 
     """Where a proven mail's recipients are vouched for by what proved it: "envelope", "to", "cc".
 
     SMTP AUTH vouches for everything the submitter sent, and SPF (DMARC met by SPF, or a trusted
-    Authentication-Results with no DKIM signature of the From domain beside it) for everything the
-    domain's own servers sent. A DKIM signature vouches only for the fields it names, each in all
-    its instances (RFC 6376 5.4: one it does not name, a Cc say, may be added by anyone holding the
-    signed mail), and never for the envelope. Over SMTP the signatures that passed are known; a
-    trusted Authentication-Results does not say which one passed, so every signature of the From
-    domain's organisation must cover the field. A DKIM-proven mail that SPF also passed for a domain
-    of the From domain's organisation came from that organisation's servers: everywhere. An
-    unproven mail: everywhere (it commands nothing)."""
+    Authentication-Results reporting beside its proof an SPF pass aligned with the From domain) for
+    everything the domain's own servers sent; what else a trusted Authentication-Results proves
+    rests on DKIM, even where no signature is left on the mail. A DKIM signature vouches only for
+    the fields it names, each in all its instances (RFC 6376 5.4: one it does not name, a Cc say,
+    may be added by anyone holding the signed mail), and never for the envelope. Over SMTP the
+    signatures that passed are known; a trusted Authentication-Results does not say which one
+    passed, so every signature of the From domain's organisation must cover the field. A
+    DKIM-proven mail that SPF also passed for a domain of the From domain's organisation came from
+    that organisation's servers: everywhere. An unproven mail: everywhere (it commands nothing)."""
     everything = frozenset(RECIPIENT_PLACES)
     method = trust.get("method")
     if not trust.get("authenticated") or method in ("smtp-auth", "dmarc"):
@@ -403,6 +404,9 @@ def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) 
     spf = trust.get("spf") or {}
     if spf.get("result") == "pass" and from_domain and aligned(str(spf.get("domain") or ""), from_domain, "r"):
         return everything  # sent by the From domain's own servers as well (Office 365's signatures name no To)
+    if method == "authentication-results" and any(
+            entry.get("spf_aligned") for entry in (trust.get("authentication_results") or {}).get("trusted", [])):
+        return everything  # the trusted header itself says SPF passed, aligned: the domain's servers sent it
     signatures = [_tags(value, fold_case=False) for name, value in header_fields
                   if name.strip().lower() == "dkim-signature"]
     if method == "dkim":
@@ -412,9 +416,10 @@ def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) 
         signatures = [tags for tags, result in zip(signatures, results, strict=False)
                       if result.get("result") == "pass" and result.get("aligned")]
     else:
+        # Proven by DKIM as far as the header tells: a relay that removed the signatures it
+        # checked leaves none here, and none vouches for nothing (never for everything, or the
+        # owner's signed mail to someone else, delivered to the owner's reply address, would count).
         signatures = [tags for tags in signatures if aligned(tags.get("d", ""), from_domain, "r")]
-        if not signatures:
-            return everything
     present = [name.strip().lower() for name, _ in header_fields]
     covered: list[set[str]] = []
     for tags in signatures:
@@ -537,6 +542,19 @@ def _proves(results: list[dict[str, Any]], from_domain: str, dkim_alignment: Cal
                 mode = dkim_alignment()
                 if mode is not None and aligned(domain, from_domain, mode):
                     return True
+    return False
+
+
+def _spf_aligned_pass(results: list[dict[str, Any]], from_domain: str) -> bool:
+    """Does a header report an SPF pass for a domain of the From domain's organisation (the
+    envelope sender's, or the HELO name's when it names no envelope sender)?"""
+    for r in results:
+        if r["method"] != "spf" or r["result"] != "pass":
+            continue
+        props = r["properties"]
+        checked = props.get("smtp.mailfrom") or props.get("smtp.helo") or ""
+        if aligned(checked.rpartition("@")[2], from_domain, "r"):
+            return True
     return False
 
 
@@ -844,6 +862,9 @@ class Checker:
                     stored["trusted"].append(entry)
                 if verdict.from_domain and _proves(parsed["results"], verdict.from_domain, dkim_alignment):
                     verdict.prove("authentication-results")
+                    # What the proof rests on, as this same header says (vouched_places): only an SPF
+                    # pass aligned with the From domain vouches for the envelope and every field.
+                    entry["spf_aligned"] = _spf_aligned_pass(parsed["results"], verdict.from_domain)
                 continue
             # Bounded: a message can carry any number of such headers.
             if len(stored["ignored"]) < MAX_AUTHENTICATION_RESULTS:
