@@ -548,6 +548,10 @@ class ImapAccount(_Strict):
     move_to: str | None = None
     first_import: Literal["all", "since", "unseen"] = "all"
     import_since: date | None = None
+    # Its mail came through the organisation's MTAs, which remove incoming Authentication-Results
+    # naming their authserv-ids: false for a mailbox at an outside provider, where a sender's own
+    # such header would arrive untouched, and none counts.
+    authentication_results: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> ImapAccount:

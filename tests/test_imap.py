@@ -472,3 +472,33 @@ def test_what_the_server_sees_peek_no_charset_and_idle_renewed(mailbox: Mailbox,
     store = next(i for i, c in enumerate(commands) if c.startswith("UID STORE") and "\\Seen" in c)
     assert store > next(i for i, c in enumerate(commands) if c.startswith("UID FETCH") and "BODY.PEEK[]" in c)
     assert sent.count("\nDONE\n") >= 2
+
+
+def test_a_mailbox_at_an_outside_provider_proves_no_sender_by_authentication_results(
+        dovecot: DovecotServer, tmp_path: Path, notify: Notify) -> None:
+    """The organisation's MTAs remove incoming Authentication-Results naming their authserv-id, so
+    at the top of mail they delivered such a header is theirs. A mailbox at an outside provider
+    gets mail nobody cleaned: a sender there writes the organisation's verdict at the top of
+    their mail, and it must prove nothing. The same mail in an account of the organisation's own
+    servers is proven by it."""
+    own, outside = Mailbox(dovecot, tmp_path), Mailbox(dovecot, tmp_path)
+    trust = '\n[trust]\ntrusted_authserv_ids = ["mx.example.org"]\nnameservers = ["127.0.0.1:9"]\n'
+    gateway = configure(tmp_path, own.account("own"), outside.account("outside", authentication_results=False),
+                        settings=IMAP_SETTINGS + trust)
+    for box, subject in ((own, "through our MTA"), (outside, "from the outside mailbox")):
+        box.deliver(b"Authentication-Results: mx.example.org; dmarc=pass header.from=example.org\r\n"
+                    + make_message(1, subject=subject, sender="Head <business.head@example.org>"))
+    daemon = start(gateway, notify)
+    try:
+        letters = wait_letters(gateway, 2)
+        proven = gateway.show_json(str(letters["through our MTA"][0]["number"]))
+        assert proven["trust"]["authenticated"] and proven["trust"]["method"] == "authentication-results"
+        forged = gateway.show_json(str(letters["from the outside mailbox"][0]["number"]))
+        trust_seen = forged["trust"]
+        assert not trust_seen["authenticated"] and trust_seen["method"] is None
+        assert "unverified-internal-sender" in forged["flags"]
+        [ignored] = trust_seen["authentication_results"]["ignored"]
+        assert ignored["authserv_id"] == "mx.example.org"
+        assert ignored["reason"].startswith("fetched from a mailbox not behind the organisation's MTAs")
+    finally:
+        daemon.stop()

@@ -581,6 +581,9 @@ class FolderWatcher:
         }
         if self.account.department:
             meta["department_hint"] = self.account.department
+        if not self.account.authentication_results:
+            # Recorded with the item: a mailbox outside the organisation's MTAs proves no sender.
+            meta["imap"]["authentication_results"] = False
         writer = self.spool.writer(meta)
         writer.write(raw)
         # Made durable by one sync for the whole batch.

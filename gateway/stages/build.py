@@ -108,7 +108,9 @@ class LetterBuilder:
         flags = list(meta.get("flags", []))
         trust = self.checker().check(raw, parsed.sender.address if parsed.sender else "", parsed.header_fields,
                                      envelope, str(meta.get("intake", "file")), may_refuse=may_refuse,
-                                     sender_field=parsed.sender_field).as_dict()
+                                     sender_field=parsed.sender_field,
+                                     outside_mailbox=(meta.get("imap") or {}).get("authentication_results") is False
+                                     ).as_dict()
         flags += [f for f in trust["flags"] if f not in flags]
         hint = meta.get("department_hint") if meta.get("department_hint") in self.config.departments else None
         if hint:

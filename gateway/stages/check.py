@@ -88,6 +88,8 @@ MAX_AUTHENTICATION_RESULTS = 20  # trusted and ignored headers stored each, per 
 _SMTP_INTAKE = "smtp"
 NOT_A_TRUSTED_RELAY = "added before it reached us: the client is not a trusted relay"
 BELOW_BORDER = "below the Received header of a hop from outside: written before the mail reached us"
+OUTSIDE_MAILBOX = ("fetched from a mailbox not behind the organisation's MTAs (authentication_results = false): "
+                   "anyone may have written it")
 SPF_FROM_RELAY = "the client is a trusted relay, not the sender's server"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -580,10 +582,12 @@ class Checker:
 
     def check(self, raw: bytes, from_address: str, header_fields: list[tuple[str, str]],
               envelope: dict[str, Any], intake: str, *, may_refuse: bool = False,
-              sender_field: str = "From") -> Verdict:
+              sender_field: str = "From", outside_mailbox: bool = False) -> Verdict:
         """The verdict of one mail. Raises DmarcRefused only with may_refuse (an SMTP client
         still waiting for the answer) and the refuse policy. sender_field: the header field
-        from_address was read from (Sender, when From names no address)."""
+        from_address was read from (Sender, when From names no address). outside_mailbox: fetched
+        from a mailbox the organisation's MTAs do not deliver to, whose Authentication-Results
+        nobody removed on the way in."""
         from_address = canonical(from_address)  # as the configuration names its people
         from_domain = from_address.rpartition("@")[2] if "@" in from_address else ""
         verdict = Verdict(from_address=from_address, from_domain=from_domain)
@@ -614,7 +618,8 @@ class Checker:
         # Over SMTP, anyone can connect and write an Authentication-Results header; it is the
         # organisation's MTA's only when that MTA is the client.
         relayed = not smtp or from_relay
-        self._authentication_results(header_fields, verdict, relayed, dkim_alignment, fetched=not smtp)
+        self._authentication_results(header_fields, verdict, relayed, dkim_alignment, fetched=not smtp,
+                                     outside_mailbox=outside_mailbox)
         repeated = _repeated_fields(header_fields)
         if repeated:
             verdict.flags.append(f"{REPEATED_FIELD}: {', '.join(repeated)}")
@@ -804,7 +809,8 @@ class Checker:
             verdict.prove("dkim")
 
     def _authentication_results(self, header_fields: list[tuple[str, str]], verdict: Verdict,
-                                relayed: bool, dkim_alignment: Callable[[], str | None], *, fetched: bool) -> None:
+                                relayed: bool, dkim_alignment: Callable[[], str | None], *, fetched: bool,
+                                outside_mailbox: bool = False) -> None:
         """relayed: the mail came through the organisation's own MTAs (or was fetched from their
         mailboxes), so a header with their authserv-id at the top of the header is theirs. A DKIM
         pass it reports aligns with the From domain as that domain's DMARC record says (adkim),
@@ -852,6 +858,8 @@ class Checker:
                 inside = anchored = True  # the topmost one: the delivery trace above it is the organisation's
             if not trusted_id:
                 entry["reason"] = "authserv-id not trusted"
+            elif outside_mailbox:  # nobody removed a sender's own on the way in, wherever it stands
+                entry["reason"] = OUTSIDE_MAILBOX
             elif not relayed:
                 entry["reason"] = NOT_A_TRUSTED_RELAY
             elif not inside:
