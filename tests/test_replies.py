@@ -55,9 +55,8 @@ def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "g
     as the organisation's MTA relays a mail it authenticated (trusted_relays)."""
     message = EmailMessage()
     if authenticated:  # the MTA's stamp, which counts only because it comes from a trusted relay
-        domain = sender.rpartition("@")[2]
-        message["Authentication-Results"] = (f"mx.example.org; spf=pass smtp.mailfrom={domain}; "
-                                             f"dmarc=pass header.from={domain}")
+        message["Authentication-Results"] = (f"mx.example.org; spf=pass smtp.mailfrom={sender}; "
+                                             f"dmarc=pass header.from={sender.rpartition('@')[2]}")
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject

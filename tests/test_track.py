@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, timezone
+from email import message_from_bytes
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -424,10 +426,12 @@ trusted_authserv_ids = ["mx.example.org"]
 """
 
 
-def authenticated(raw: bytes, domain: str = "example.org") -> bytes:
-    """As the MTA stamps a mail from the domain's own servers: SPF and DMARC pass."""
-    return (f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom={domain}; "
-            f"dmarc=pass header.from={domain}\r\n").encode() + raw
+def authenticated(raw: bytes) -> bytes:
+    """As the MTA stamps a mail its From address sent through the domain's own servers: SPF (for
+    that address as envelope sender) and DMARC pass."""
+    sender = parseaddr(str(message_from_bytes(raw)["From"]))[1]
+    return (f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom={sender}; "
+            f"dmarc=pass header.from={sender.rpartition('@')[2]}\r\n").encode() + raw
 
 
 def reply_address(gateway: Gateway, number: str, owner: str) -> str:

@@ -1011,33 +1011,49 @@ def test_a_signed_answer_is_recognised_again_however_its_signature_is_written(
 def test_a_trusted_authentication_results_vouches_for_a_field_only_where_every_signature_covers_it() -> None:
     """Fetched mail: the MTA's header does not say which signature passed, so each one of the From
     domain's organisation must name the field, as often as it occurs; no such signature at all: it
-    vouches for nothing, unless the header reports an SPF pass aligned with the From domain (the
-    domain's own servers sent it), which vouches for everything."""
-    proven = {"authenticated": True, "method": "authentication-results", "from_domain": "example.org"}
-    by_spf = {**proven, "authentication_results": {"trusted": [{"authserv_id": "mx.example.org",
-                                                                 "spf_aligned": True}], "ignored": []}}
+    vouches for nothing, unless the header reports an SPF pass for the From address as envelope
+    sender (its own servers sent what that mailbox submitted), which vouches for everything."""
+    proven = {"authenticated": True, "method": "authentication-results", "from_domain": "example.org",
+              "address": "owner@example.org"}
+
+    def by_spf(mailfrom: str) -> dict[str, Any]:
+        return {**proven, "authentication_results": {"trusted": [{"authserv_id": "mx.example.org",
+                                                                  "spf_mailfrom": mailfrom}], "ignored": []}}
 
     def fields(*signed: str, cc: int = 0) -> list[tuple[str, str]]:
         return ([("DKIM-Signature", f"v=1; a=rsa-sha256; d={d}; s=mail; h={h}; bh=AA; b=AA")
                  for d, h in (s.split(" ") for s in signed)]
                 + [("From", "owner@example.org"), ("To", "gateway+x@example.org")] + [("Cc", "a@b.example")] * cc)
-    assert vouched_places(proven, fields()) == set()
-    assert vouched_places(by_spf, fields()) == {"envelope", "to", "cc"}
-    assert vouched_places(by_spf, fields("example.org from:subject")) == {"envelope", "to", "cc"}
-    assert vouched_places(proven, fields("mail.example.org from:to:subject")) == {"to", "cc"}
-    assert vouched_places(proven, fields("mail.example.org from:to:subject", cc=1)) == {"to"}
-    assert vouched_places(proven, fields("example.org from:to:cc", cc=2)) == {"to"}  # a second Cc, unsigned
-    assert vouched_places(proven, fields("example.org from:to:cc", "example.org from:subject")) == {"cc"}
-    assert vouched_places(proven, fields("partner.example from:subject")) == set()
-    assert vouched_places({**proven, "method": "smtp-auth"}, fields("example.org from")) == {"envelope", "to", "cc"}
-    # Proven by DKIM, and SPF passed for the From domain's organisation as well: its own servers sent
-    # it, envelope and all, though its signature names no To (as Office 365's do not).
+    assert vouched_places(proven, fields(), None) == set()
+    assert vouched_places(by_spf("Owner@example.org"), fields(), None) == {"envelope", "to", "cc"}
+    assert vouched_places(by_spf("owner@example.org"), fields("example.org from:subject"), None) == {
+        "envelope", "to", "cc"}
+    # Another mailbox of the organisation as envelope sender: SPF proves the domain, not the owner.
+    assert vouched_places(by_spf("bob@example.org"), fields(), None) == set()
+    assert vouched_places(by_spf("bob@example.org"), fields("example.org from:to"), None) == {"to", "cc"}
+    assert vouched_places(proven, fields("mail.example.org from:to:subject"), None) == {"to", "cc"}
+    assert vouched_places(proven, fields("mail.example.org from:to:subject", cc=1), None) == {"to"}
+    assert vouched_places(proven, fields("example.org from:to:cc", cc=2), None) == {"to"}  # a second Cc, unsigned
+    assert vouched_places(proven, fields("example.org from:to:cc", "example.org from:subject"), None) == {"cc"}
+    assert vouched_places(proven, fields("partner.example from:subject"), None) == set()
+    assert vouched_places({**proven, "method": "smtp-auth"}, fields("example.org from"), None) == {
+        "envelope", "to", "cc"}
+    # Proven by DKIM, and SPF passed for its From address as envelope sender as well: that mailbox
+    # sent it through its organisation's servers, envelope and all, though its signature names no To
+    # (as Office 365's do not). Another envelope sender of the organisation's: the signature alone.
     by_dkim = {**proven, "method": "dkim", "dkim": [{"domain": "example.org", "result": "pass", "aligned": True}]}
-    assert vouched_places(by_dkim, fields("example.org from:subject")) == {"cc"}  # there is none
-    assert vouched_places({**by_dkim, "spf": {"result": "pass", "domain": "mail.example.org"}},
-                          fields("example.org from:subject")) == {"envelope", "to", "cc"}
-    for spf in ({"result": "pass", "domain": "partner.example"}, {"result": "softfail", "domain": "example.org"}):
-        assert vouched_places({**by_dkim, "spf": spf}, fields("example.org from:subject")) == {"cc"}, spf
+    assert vouched_places(by_dkim, fields("example.org from:subject"), "owner@example.org") == {"cc"}  # there is none
+    assert vouched_places({**by_dkim, "spf": {"result": "pass", "domain": "example.org"}},
+                          fields("example.org from:subject"), "owner@example.org") == {"envelope", "to", "cc"}
+    for spf, sender in (({"result": "pass", "domain": "partner.example"}, "owner@partner.example"),
+                        ({"result": "softfail", "domain": "example.org"}, "owner@example.org"),
+                        ({"result": "pass", "domain": "example.org"}, "bob@example.org"),
+                        ({"result": "pass", "domain": "example.org"}, None)):
+        assert vouched_places({**by_dkim, "spf": spf}, fields("example.org from:subject"), sender) == {"cc"}, spf
+    # DMARC met by SPF alone: everything for the From address as envelope sender, else nothing.
+    by_dmarc = {**proven, "method": "dmarc", "spf": {"result": "pass", "domain": "example.org"}}
+    assert vouched_places(by_dmarc, fields(), "owner@example.org") == {"envelope", "to", "cc"}
+    assert vouched_places(by_dmarc, fields("example.org from:to"), "bob@example.org") == set()
 
 
 def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_reply_address_it_was_not_signed_with(
@@ -1113,10 +1129,47 @@ def test_a_trusted_authentication_results_vouches_for_the_envelope_only_when_it_
             assert details["authenticated_by"] == "authentication-results", details
             assert details["obeyed"] is False and "is named only where what proved the sender" in details["refused"]
         assert gateway.show_json(number)["status"] == "routed"
-        # The owner's own answer through the organisation's servers: SPF passed for her domain.
-        send(stamped("dkim=pass header.d=example.org; spf=pass smtp.mailfrom=sales.desk@mail.example.org; "
+        # The owner's own answer through the organisation's servers: SPF passed for her address.
+        send(stamped("dkim=pass header.d=example.org; spf=pass smtp.mailfrom=sales.desk@example.org; "
                      "dmarc=pass header.from=example.org", "Received.\r\n"))
         obeyed = wait_answers(gateway, number, 3)[-1]["details"]
+        assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "authentication-results", obeyed
+        assert gateway.show_json(number)["status"] == "acknowledged"
+
+
+def test_spf_for_a_colleagues_envelope_sender_vouches_for_no_reply_address(
+        tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
+    """SPF proves the envelope sender's domain: through a relay that checks only the envelope
+    sender against the login, a colleague (bob@example.org) can write the owner's From on a mail of
+    his own, and DMARC passes by SPF all the same. Having seen the owner's reply address (copied on
+    one of her answers), he must not command the letter with it: the SPF pass vouches for the reply
+    address only where the envelope sender it checked is the From address itself."""
+    relay = """
+        trusted_authserv_ids = ["mx.example.org"]
+        trusted_relays = ["127.0.0.1"]
+    """
+    with a_letter_for_the_owner(tmp_path, notify, dns_server, trust=relay) as letter:
+        gateway, owner, number, reply_to = letter.gateway, letter.owner, letter.number, letter.reply_to
+
+        def stamped(mailfrom: str, body: str) -> bytes:
+            return (f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom={mailfrom}; "
+                    f"dmarc=pass header.from=example.org\r\n"
+                    f"From: Sales Desk <{owner}>\r\nTo: {reply_to}\r\nSubject: Re: [{number}] Delivery late\r\n"
+                    f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
+                    f"\r\n{body}").encode()
+
+        def send(mailfrom: str, mail: bytes) -> None:
+            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
+                c.sendmail(mailfrom, [reply_to], mail)
+        send("bob@example.org", stamped("bob@example.org", "reassign general-office\r\n"))
+        [refused] = wait_answers(gateway, number, 1)
+        details = refused["details"]
+        assert details["authenticated"] == owner and details["obeyed"] is False, details
+        assert "is named only where what proved the sender" in details["refused"], details
+        assert gateway.show_json(number)["department"] == "business"
+        # The owner herself, her address the envelope sender SPF passed for: obeyed.
+        send(owner, stamped(owner, "received\r\n"))
+        obeyed = wait_answers(gateway, number, 2)[-1]["details"]
         assert obeyed["obeyed"] is True and obeyed["authenticated_by"] == "authentication-results", obeyed
         assert gateway.show_json(number)["status"] == "acknowledged"
 

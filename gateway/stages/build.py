@@ -222,7 +222,7 @@ class LetterBuilder:
         # never obeyed: its first line ("Received", "收到") was not written to this letter.
         automatic = automatic_reason(header_map(parsed.header_fields), envelope_from)
         command, argument = (None, "") if automatic else parse_command(text)
-        vouched = vouched_places(trust, parsed.header_fields)
+        vouched = vouched_places(trust, parsed.header_fields, envelope_from)
         places = {"envelope": rcpts, "to": [a.address for a in parsed.to], "cc": [a.address for a in parsed.cc]}
         reply: dict[str, bool] = {}  # our reply addresses, and whether a place the proof covers names them
         for place, found in places.items():

@@ -385,30 +385,40 @@ def _tags(record: bytes | str, *, fold_case: bool = True) -> dict[str, str]:
 RECIPIENT_PLACES = ("envelope", "to", "cc")  # where a mail names its recipients
 
 
-def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]]) -> frozenset[str]:
+def vouched_places(trust: dict[str, Any], header_fields: list[tuple[str, str]],
+                   envelope_from: str | None) -> frozenset[str]:
     """Where a proven mail's recipients are vouched for by what proved it: "envelope", "to", "cc".
 
-    SMTP AUTH vouches for everything the submitter sent, and SPF (DMARC met by SPF, or a trusted
-    Authentication-Results reporting beside its proof an SPF pass aligned with the From domain) for
-    everything the domain's own servers sent; what else a trusted Authentication-Results proves
-    rests on DKIM, even where no signature is left on the mail. A DKIM signature vouches only for
-    the fields it names, each in all its instances (RFC 6376 5.4: one it does not name, a Cc say,
-    may be added by anyone holding the signed mail), and never for the envelope. Over SMTP the
-    signatures that passed are known; a trusted Authentication-Results does not say which one
-    passed, so every signature of the From domain's organisation must cover the field. A
-    DKIM-proven mail that SPF also passed for a domain of the From domain's organisation came from
-    that organisation's servers: everywhere. An unproven mail: everywhere (it commands nothing)."""
+    SMTP AUTH vouches for everything the submitter sent. SPF (DMARC met by SPF, or a trusted
+    Authentication-Results reporting beside its proof an SPF pass aligned with the From domain)
+    proves the envelope sender's domain, and vouches for everything only when the envelope sender
+    it checked is the From address itself: the domain's servers sent what that mailbox submitted.
+    Sent by another of the domain's mailboxes (bob@ resending the owner's mail, or writing her
+    From, through a relay that checks only the envelope sender against the login) it vouches for
+    nothing; what else a trusted Authentication-Results proves rests on DKIM, even where no
+    signature is left on the mail. A DKIM signature vouches only for the fields it names, each in
+    all its instances (RFC 6376 5.4: one it does not name, a Cc say, may be added by anyone
+    holding the signed mail), and never for the envelope. Over SMTP the signatures that passed are
+    known; a trusted Authentication-Results does not say which one passed, so every signature of
+    the From domain's organisation must cover the field. A DKIM-proven mail that SPF also passed
+    for its From address came from that mailbox through the organisation's servers: everywhere.
+    An unproven mail: everywhere (it commands nothing)."""
     everything = frozenset(RECIPIENT_PLACES)
     method = trust.get("method")
-    if not trust.get("authenticated") or method in ("smtp-auth", "dmarc"):
+    if not trust.get("authenticated") or method == "smtp-auth":
         return everything
     from_domain = str(trust.get("from_domain") or "")
+    address = canonical(str(trust.get("address") or ""))
     spf = trust.get("spf") or {}
-    if spf.get("result") == "pass" and from_domain and aligned(str(spf.get("domain") or ""), from_domain, "r"):
-        return everything  # sent by the From domain's own servers as well (Office 365's signatures name no To)
+    if spf.get("result") == "pass" and from_domain and aligned(str(spf.get("domain") or ""), from_domain, "r") \
+            and envelope_from and canonical(envelope_from) == address:
+        return everything  # sent by that mailbox through the domain's servers (Office 365's signatures name no To)
+    if method == "dmarc":
+        return frozenset()  # SPF alone, for another envelope sender: no signature proved anything either
     if method == "authentication-results" and any(
-            entry.get("spf_aligned") for entry in (trust.get("authentication_results") or {}).get("trusted", [])):
-        return everything  # the trusted header itself says SPF passed, aligned: the domain's servers sent it
+            canonical(str(entry.get("spf_mailfrom") or "")) == address
+            for entry in (trust.get("authentication_results") or {}).get("trusted", [])):
+        return everything  # the trusted header itself says SPF passed for that mailbox as envelope sender
     signatures = [_tags(value, fold_case=False) for name, value in header_fields
                   if name.strip().lower() == "dkim-signature"]
     if method == "dkim":
@@ -547,17 +557,16 @@ def _proves(results: list[dict[str, Any]], from_domain: str, dkim_alignment: Cal
     return False
 
 
-def _spf_aligned_pass(results: list[dict[str, Any]], from_domain: str) -> bool:
-    """Does a header report an SPF pass for a domain of the From domain's organisation (the
-    envelope sender's, or the HELO name's when it names no envelope sender)?"""
+def _spf_pass_mailbox(results: list[dict[str, Any]], from_domain: str) -> str | None:
+    """The envelope sender a header reports an SPF pass for, when it is a mailbox of the From
+    domain's organisation; None when it reports none (a bare domain names no mailbox)."""
     for r in results:
         if r["method"] != "spf" or r["result"] != "pass":
             continue
-        props = r["properties"]
-        checked = props.get("smtp.mailfrom") or props.get("smtp.helo") or ""
-        if aligned(checked.rpartition("@")[2], from_domain, "r"):
-            return True
-    return False
+        mailfrom = r["properties"].get("smtp.mailfrom", "")
+        if "@" in mailfrom and aligned(mailfrom.rpartition("@")[2], from_domain, "r"):
+            return str(mailfrom)
+    return None
 
 
 # -- the check --------------------------------------------------------------
@@ -871,8 +880,10 @@ class Checker:
                 if verdict.from_domain and _proves(parsed["results"], verdict.from_domain, dkim_alignment):
                     verdict.prove("authentication-results")
                     # What the proof rests on, as this same header says (vouched_places): only an SPF
-                    # pass aligned with the From domain vouches for the envelope and every field.
-                    entry["spf_aligned"] = _spf_aligned_pass(parsed["results"], verdict.from_domain)
+                    # pass for the From address as envelope sender vouches for the envelope and every field.
+                    mailbox = _spf_pass_mailbox(parsed["results"], verdict.from_domain)
+                    if mailbox is not None:
+                        entry["spf_mailfrom"] = mailbox
                 continue
             # Bounded: a message can carry any number of such headers.
             if len(stored["ignored"]) < MAX_AUTHENTICATION_RESULTS:
