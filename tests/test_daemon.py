@@ -5,8 +5,10 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import textwrap
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -916,3 +918,38 @@ def test_an_earlier_months_package_left_unverified_is_verified_by_the_next_run(t
         assert db.execute("SELECT month, status FROM archive_packages ORDER BY id").fetchall() == [
             (earlier, "verified"), (last, "verified")]
         assert db.execute("SELECT raw_released FROM letters WHERE id = 1").fetchone() == (1,)
+
+
+def test_a_delivery_to_a_relay_that_never_answers_does_not_hold_the_stop(tmp_path: Path, notify: Notify) -> None:
+    """A notification being delivered to a relay that accepts and never answers (its timeout a
+    minute) is left to end with the process once the stop's grace is over: the daemon exits
+    within systemd's TimeoutStopSec, and the mail, still claimed, is neither sent nor lost."""
+    relay = socket.socket()
+    relay.bind(("127.0.0.1", 0))
+    relay.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(relay.accept()[0]), daemon=True).start()
+    gw = Gateway(tmp_path, extra=f"\n[daemon]\nshutdown_grace_seconds = 1\n\n[outbound]\n"
+                                 f"relay = \"127.0.0.1:{relay.getsockname()[1]}\"\ntimeout_seconds = 60\n")
+    msg = tmp_path / "a.eml"
+    msg.write_bytes(make_message(1, to="sales@example.org"))
+    gw.run("ingest", str(msg))
+    daemon = gw.start(NOTIFY_SOCKET=str(notify.path))
+    try:
+        notify.wait_for("READY=1")
+        wait_for(lambda: bool(accepted), 30, "the outbox connecting to the relay")
+        signalled = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        out = stop(daemon)
+        took = time.monotonic() - signalled
+    finally:
+        daemon.stop()
+        relay.close()
+        for connection in accepted:
+            connection.close()
+    assert took < 15, f"the stop took {took:.1f} s"  # not the delivery's 60 s
+    assert "outbox: a delivery is still under way; its mail is left claimed until its claim expires" in out
+    assert "Traceback" not in out, out[-3000:]
+    with sqlite3.connect(gw.state / "registry.sqlite3") as db:
+        statuses = [status for (status,) in db.execute("SELECT status FROM outbox")]
+    assert statuses and set(statuses) == {"pending"}, statuses  # the notification and the receipt

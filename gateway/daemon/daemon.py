@@ -306,12 +306,17 @@ class Daemon:
             # Within the same grace, not a wait of its own after SMTP's: the stop as a whole must end
             # before systemd's TimeoutStopSec kills it, and with it the hand-back of every claim.
             await asyncio.to_thread(self.imap.stop, max(0.0, jobs_deadline - time.monotonic()))
-        if self.fax_drop is not None:
-            await asyncio.to_thread(self.fax_drop.stop)
-        if self.text_reader is not None:
-            await asyncio.to_thread(self.text_reader.stop)
-        if self.outbox is not None:
-            await asyncio.to_thread(self.outbox.stop)
+        # The rest within the same grace too: a delivery to a relay that does not answer would
+        # otherwise hold the stop for its whole timeout (a minute), past TimeoutStopSec, and the
+        # kill would take the claims' hand-back with it. What is still under way is left to end
+        # with the process and is done again: a fax file stays in its folder, a text read is
+        # read at the next start, a delivery's mail stays claimed until its claim expires.
+        for runner in (self.fax_drop, self.text_reader, self.outbox):
+            if runner is not None:
+                runner.stop(0)  # all told at once
+        for runner in (self.fax_drop, self.text_reader, self.outbox):
+            if runner is not None:
+                await asyncio.to_thread(runner.stop, max(0.0, jobs_deadline - time.monotonic()))
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         if self.web is not None:
