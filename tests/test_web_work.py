@@ -306,6 +306,29 @@ def test_a_view_name_of_only_spaces_is_refused_as_bad_input_with_the_way_back_to
     assert saved_views(rita) == views_before
 
 
+def test_a_saved_view_keeps_the_queues_page_size(site: Site) -> None:
+    """A queue shown 100 letters a page and saved as a view opens again 100 a page, from the save
+    and from the sidebar."""
+    rita = site.sign_in("rita")
+    listed = rita.get("/letters?queue=all&per_page=100&sort=number").text
+    form = re.search(r'<form method="post" action="/views".*?</form>', listed, re.S)
+    assert form is not None
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(0)))
+    assert fields["per_page"] == "100"
+    saved = rita.post("/views", data={**fields, "name": "每页一百"})
+    assert saved.status_code == 303
+    location = saved.headers["location"]
+    assert "per_page=100" in location
+    opened = rita.get(location).text
+    assert '<strong aria-current="true">100</strong>' in opened
+    assert len(re.findall(r'<tr data-href="/letters/', opened)) > 50
+    view_id = re.search(r"view=(\d+)", location)
+    assert view_id is not None
+    link = re.search(rf'<a href="(/letters\?[^"]*view={view_id.group(1)})"', opened)
+    assert link is not None and "per_page=100" in link.group(1)
+    assert rita.post(f"/views/{view_id.group(1)}/delete", data={"csrf": rita.csrf}).status_code == 303
+
+
 def saved_views(client: web_support.Browser) -> list[str]:
     """The saved views in the sidebar, by name."""
     page = client.get("/letters?queue=all").text

@@ -218,6 +218,11 @@ def query_from_dict(data: dict[str, Any]) -> QueueQuery:
                 continue
         elif name == "work":
             value = value in (True, "1")
+        elif name == "per_page":
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                continue
         values[name] = value
     return QueueQuery(**values)
 

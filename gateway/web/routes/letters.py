@@ -84,10 +84,10 @@ def page_number(req: Req) -> int:
 PAGE_SIZES = (50, 100, 200)  # letters a page of a queue: the first the default, the last the most
 
 
-def page_size(req: Req) -> int:
-    """The `per_page` of the query string: one of PAGE_SIZES (anything else, the first)."""
+def page_size(text: str) -> int:
+    """A `per_page` of a query string or form: one of PAGE_SIZES (anything else, the first)."""
     try:
-        size = int(req.arg("per_page") or PAGE_SIZES[0])
+        size = int(text or PAGE_SIZES[0])
     except ValueError:
         return PAGE_SIZES[0]
     return size if size in PAGE_SIZES else PAGE_SIZES[0]
@@ -172,7 +172,7 @@ def _query(req: Req, default: str = "") -> QueueQuery:
                       department=department_arg(req), since=since, until=until, deadline_before=deadline_before,
                       deadline_after=deadline_after, sort=sort if sort in SORTS else "-received",
                       closed=req.arg("closed") if req.arg("closed") in CLOSED_FILTERS else None,
-                      work=req.arg("work") == "1", page=number, per_page=page_size(req))
+                      work=req.arg("work") == "1", page=number, per_page=page_size(req.arg("per_page")))
 
 
 @page()

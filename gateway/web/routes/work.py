@@ -6,6 +6,7 @@ or fifty acknowledged at once — goes through Access.act, which checks each let
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from gateway.services.access import Forbidden, QueuePage, QueueQuery, Refused, q
 from gateway.web import i18n
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
-from gateway.web.routes.letters import DONE, FILTERS, _query, letter_url, page_number
+from gateway.web.routes.letters import DONE, FILTERS, PAGE_SIZES, _query, letter_url, page_number, page_size
 
 BULK_ACTIONS = ("ack", "assign", "reassign", "tag")
 BULK_DONE = {**DONE, "tag": N_("Tag added.")}
@@ -37,8 +38,10 @@ def routes() -> list[BaseRoute]:
 
 
 def list_url(query: QueueQuery) -> str:
-    """The queue page of these filters and sort."""
-    return "/letters?" + urlencode({k: str(v) for k, v in query_to_dict(query).items() if k != "per_page"})
+    """The queue page of these filters, sort and page size (the default size left out, as the
+    queue page's own links do)."""
+    return "/letters?" + urlencode({k: str(v) for k, v in query_to_dict(query).items()
+                                    if not (k == "per_page" and v == PAGE_SIZES[0])})
 
 
 def view_url(query: QueueQuery, view_id: int) -> str:
@@ -192,14 +195,16 @@ def bulk(req: Req) -> Response:
 # -- saved views ----------------------------------------------------------------------------------------
 @page()
 def save_view(req: Req) -> Response:
-    """Save the queue's filters and sort (the hidden fields of the queue page's form) under a name."""
+    """Save the queue's filters, sort and page size (the hidden fields of the queue page's form)
+    under a name."""
     queues = req.web.access.queues(req.who)
     name = req.field("queue")
     if name not in queues:
         raise Problem(404)
     values = {k: req.field(k) for k in ("status", "category", "urgency", "channel", "department", "since", "until",
                                          "deadline_before", "deadline_after", "closed", "work", "sort")}
-    query = query_from_dict({"queue": name, **{k: v for k, v in values.items() if v}})
+    query = replace(query_from_dict({"queue": name, **{k: v for k, v in values.items() if v}}),
+                    per_page=page_size(req.field("per_page")))
     try:
         view_id = req.web.access.save_view(req.who, req.field("name"), query)
     except Refused as exc:
