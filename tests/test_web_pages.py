@@ -443,6 +443,32 @@ def test_a_step_a_colleagues_step_overtook_under_the_lock_is_refused_in_the_page
     assert events.count("closed") == 1
 
 
+def test_any_letter_closes_only_with_its_result_on_the_web_as_by_the_command(site: Site) -> None:
+    """Not only an inquiry: a letter closes with what came of it, as `gateway letters close
+    --result` requires. Without one the web form is bad input (400) said in the page's language,
+    the letter page shown again with its close form, nothing done; the service refuses it alike."""
+    sam = site.sign_in("sam")  # [web] language = "zh"
+    number = site.letters["business"]
+    form = sam.get(f"/letters/{number}").text
+    assert re.search(r'<textarea name="text" rows="3" maxlength="2000" required>', form)
+    before = len(site.registry.letter(number).events)  # type: ignore[union-attr]
+    refused = sam.post(f"/letters/{number}/act", data={"action": "close", "text": "  ", "seen": "business",
+                                                       "csrf": sam.csrf})
+    assert refused.status_code == 400
+    assert "未能办理：办结信件须填写办理结果" in refused.text and 'value="close"' in refused.text
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "routed" and len(letter.events) == before
+    with pytest.raises(Refused) as without:
+        site.access.act(Principal.operator("test"), number, "close")
+    assert without.value.key == "need-close-result"
+    closed = sam.post(f"/letters/{number}/act", data={"action": "close", "text": "已电话确认订单",
+                                                      "seen": "business", "csrf": sam.csrf})
+    assert closed.status_code == 303
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status == "closed"
+    assert [e.details.get("text") for e in letter.events if e.action == "closed"] == ["已电话确认订单"]
+
+
 def test_a_step_refused_for_what_was_sent_is_400_and_for_the_letters_state_409(site: Site) -> None:
     """Bad input — no such step, a field missing, too long or naming no one — is the request's
     fault (400); a letter whose state or hands are not what the step needs is a conflict (409);

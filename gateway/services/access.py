@@ -50,8 +50,8 @@ ACTIONS = ("ack", "progress", "answer", "close", "note", "assign", "reassign", "
 # Refusals of what was sent (no such step, a field missing or naming no one); the others are the
 # person's rights (Forbidden) and the letter's state, which a colleague's step may have changed.
 INPUT_REFUSALS = frozenset({"impossible", "need-department", "unknown-department", "need-reason", "need-text",
-                            "need-result", "need-person", "no-assignee", "not-in-department", "too-long",
-                            "bad-tag", "need-on", "bad-reference"})
+                            "need-result", "need-close-result", "need-person", "no-assignee", "not-in-department",
+                            "too-long", "bad-tag", "need-on", "bad-reference"})
 BULK_LIMIT = 500  # letters in one bulk step
 EXPORT_CHUNK = 500  # letters read at a time for an export
 AUDIT_CHUNK = 2000  # audit rows read at a time for an export
@@ -774,9 +774,14 @@ class Access:
                 return f"{number}: tagged {tag}" if added else f"{number}: already tagged {tag}"
             if action == "note" and not text:
                 raise Refused("a note needs text", "need-text")
-            if action == "close" and letter.category == "external.inquiry_complaint" and not text:
-                raise Refused("closing an inquiry or complaint needs its result: the sender receives it",
-                              "need-result")
+            # A letter closes with what came of it, as the register records it (`letters close
+            # --result`, `done: <result>` by mail); an inquiry's sender is mailed it besides.
+            if action == "close" and not text:
+                if letter.category == "external.inquiry_complaint":
+                    raise Refused("closing an inquiry or complaint needs its result: the sender receives it",
+                                  "need-result")
+                raise Refused("closing a letter needs its result: what came of it is recorded with the letter",
+                              "need-close-result")
             before, after = self.steps.step(number, action, actor=who.login, text=text, seen=seen)
             return f"{number}: {before} → {after}" if before != after else f"{number}: note recorded ({after})"
         except lifecycle.LetterMoved as exc:

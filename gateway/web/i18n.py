@@ -256,6 +256,7 @@ REFUSAL = {
     "need-on": N_("say whether to put the legal hold on or lift it (field “on”: on or off)"),
     "need-text": N_("a note needs text"),
     "need-result": N_("closing an inquiry or complaint needs its result: the sender receives it"),
+    "need-close-result": N_("closing a letter needs its result: what came of it is recorded with the letter"),
     "need-person": N_("choose the person to assign it to"),
     "no-assignee": N_("%(person)s cannot be assigned letters (unknown, disabled or no e-mail address)"),
     "not-in-department": N_("%(person)s is not in department %(department)s"),
