@@ -266,6 +266,31 @@ def test_a_bulk_reassignment_asks_for_its_reason_before_it_is_sent(site: Site, s
     assert not reason.evaluate("e => e.required")
 
 
+def test_reassigning_one_letter_is_confirmed_first_like_several(site: Site, sign_in: SignIn) -> None:
+    """The letter page's reassignment asks first, naming the letter and where it goes, in the
+    page's language; dismissed, nothing is sent; accepted, the letter moves."""
+    number = site.letters["urgent"]
+    page = sign_in("rita", lang="zh")
+    page.goto(f"/letters/{number}")
+    form = page.locator("form:has(input[name=action][value=reassign])")
+    page.click("details:has(input[name=action][value=reassign]) summary")
+    form.locator("select[name=department]").select_option("business")
+    form.locator("input[name=text]").fill("属业务部门")
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    form.locator("button[type=submit]").click()
+    expect(form).to_be_visible()
+    assert asked == [f"确认将 {number} 转办至 Business？信件将离开原部门，并通知新部门。"]
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.department == "general-office"
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    form.locator("button[type=submit]").click()
+    expect(page.locator(".flash.ok")).to_have_text("已转办。")
+    assert len(asked) == 2
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.department == "business"
+
+
 def test_a_saved_view_is_in_the_sidebar_and_applies_its_filters(site: Site, sign_in: SignIn) -> None:
     page = sign_in("rita")
     page.goto("/letters?queue=all&urgency=urgent")

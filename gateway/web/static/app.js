@@ -12,7 +12,7 @@ document.addEventListener("submit", function (event) {
   var form = event.target;
   var button = event.submitter;
   var question = (button && button.getAttribute("data-confirm")) || (form && form.getAttribute && form.getAttribute("data-confirm"));
-  // Several letters sent to another department at once: how many, and where.
+  // A letter, or several at once, sent to another department: which (how many), and where.
   var step = form && form.elements && form.elements.namedItem("action");
   if (!question && form.getAttribute && form.getAttribute("data-confirm-reassign") && step && step.value === "reassign") {
     var department = form.elements.namedItem("department");
