@@ -266,6 +266,25 @@ def test_a_bulk_reassignment_asks_for_its_reason_before_it_is_sent(site: Site, s
     assert not reason.evaluate("e => e.required")
 
 
+def test_a_bulk_reassignment_without_its_department_or_reason_is_bad_input_with_the_way_back(site: Site) -> None:
+    """Sent without the browser's checks: the form's fault said once (400), not a refusal on every
+    letter; nothing is done, and the page leads back to the list it came from."""
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    numbers = [site.letters["batch0"], site.letters["batch1"]]
+    before = {n: len(site.registry.letter(n).events) for n in numbers}  # type: ignore[union-attr]
+    back = "/letters?queue=all&category=external.official"
+    for fields, says in (({"text": "Their business"}, "choose the department to send it to"),
+                         ({"department": "general-office"}, "a reassignment needs a reason"),
+                         ({"department": "nowhere", "text": "Their business"}, "no department &#39;nowhere&#39;")):
+        refused = rita.post("/letters/bulk", data={"csrf": rita.csrf, "action": "reassign", "number": numbers,
+                                                   "back": back, **fields})
+        assert refused.status_code == 400, (fields, refused.status_code)
+        assert f"Not done: {says}" in refused.text and "bulk-results" not in refused.text
+        assert f'href="{back.replace("&", "&amp;")}"' in refused.text
+    assert {n: len(site.registry.letter(n).events) for n in numbers} == before  # type: ignore[union-attr]
+
+
 def test_reassigning_one_letter_is_confirmed_first_like_several(site: Site, sign_in: SignIn) -> None:
     """The letter page's reassignment asks first, naming the letter and where it goes, in the
     page's language; dismissed, nothing is sent; accepted, the letter moves."""

@@ -737,18 +737,12 @@ class Access:
         seen = (letter.department, letter.owner)
         try:
             if action == "reassign":
-                if not department:
-                    raise Refused("choose the department to send it to", "need-department")
                 # Said here with their keys (the page words them in its language); the service
                 # below checks them again under the letter's lock.
-                if department not in self.config.departments:
-                    raise Refused(f"no department {department!r} (known: {', '.join(sorted(self.config.departments))})",
-                                  "unknown-department", department=department)
+                department = self._reassign_input(department, text)
                 if department == letter.department:
                     raise Refused(f"{number} is already with {department}", "already-there", number=number,
                                   department=self.department_name(department))
-                if not text:
-                    raise Refused("a reassignment needs a reason", "need-reason")
                 before, after, _ = self.steps.reassign(number, department, reason=text, actor=who.login, seen=seen)
                 return f"{number}: {before or '-'} → {after}"
             if action == "assign":
@@ -808,6 +802,12 @@ class Access:
         numbers = list(dict.fromkeys(n.strip() for n in numbers if n.strip()))
         if len(numbers) > BULK_LIMIT:
             raise Refused(f"at most {BULK_LIMIT} letters at once", "too-many", limit=str(BULK_LIMIT))
+        # What the request itself lacks is refused once, as bad input, before any letter: not
+        # the same refusal on every letter as if each were at fault.
+        if action == "reassign":
+            self._reassign_input(department, step_text(text))
+        elif action == "assign" and not assignee:
+            raise Refused("choose the person to assign it to", "need-person")
         results = []
         for number in numbers:
             try:
@@ -820,6 +820,18 @@ class Access:
             except Refused as exc:
                 results.append(BulkResult(number, False, str(exc), exc))
         return results
+
+    def _reassign_input(self, department: str | None, text: str) -> str:
+        """A reassignment's department, its fields refused when they cannot do: no department, an
+        unknown one, no reason."""
+        if not department:
+            raise Refused("choose the department to send it to", "need-department")
+        if department not in self.config.departments:
+            raise Refused(f"no department {department!r} (known: {', '.join(sorted(self.config.departments))})",
+                          "unknown-department", department=department)
+        if not text:
+            raise Refused("a reassignment needs a reason", "need-reason")
+        return department
 
     # -- saved views ------------------------------------------------------
     def views(self, who: Principal) -> list[SavedViewRecord]:

@@ -14,7 +14,8 @@ from urllib.parse import urlencode
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.services.access import Forbidden, QueuePage, QueueQuery, Refused, query_from_dict, query_to_dict
+from gateway.services.access import (INPUT_REFUSALS, Forbidden, QueuePage, QueueQuery, Refused, query_from_dict,
+                                     query_to_dict)
 from gateway.web import i18n
 from gateway.web.app import Problem, Req, page
 from gateway.web.i18n import N_, _
@@ -22,6 +23,7 @@ from gateway.web.routes.letters import DONE, FILTERS, PAGE_SIZES, _query, letter
 
 BULK_ACTIONS = ("ack", "assign", "reassign", "tag")
 BULK_DONE = {**DONE, "tag": N_("Tag added.")}
+BULK_INPUT_REFUSALS = INPUT_REFUSALS | {"too-many"}
 # The triage reasons the classifier gives (gateway/stages/classify/rules.py), in the page's language.
 TRIAGE_REASON = {"no rule matched": N_("no rule matched"), "no rule set a department": N_("no rule set a department")}
 
@@ -181,7 +183,9 @@ def bulk(req: Req) -> Response:
                                       seen={n.strip(): req.field(f"seen-{n}") for n in numbers
                                             if f"seen-{n}" in req.form})
     except Refused as exc:
-        return req.render("work/bulk.html", 409, results=[], action=action, back=back, target="",
+        # A field missing or naming nothing, or too many letters: the form's fault (400), not the letters'.
+        return req.render("work/bulk.html", 400 if exc.key in BULK_INPUT_REFUSALS else 409, results=[],
+                          action=action, back=back, target="",
                           error=_("Not done: %(reason)s") % {"reason": i18n.refusal(exc)})
     rows = [{"number": r.number, "done": r.done,
              "message": i18n.gettext(BULK_DONE[action]) if r.done
