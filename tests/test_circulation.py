@@ -419,6 +419,32 @@ def test_the_circulate_form_names_the_leaders_by_the_sign_in_names_it_asks_for(t
         site.close()
 
 
+def test_the_circulate_forms_hint_is_punctuated_in_the_pages_language(tmp_path: Path) -> None:
+    """The departments and leaders the circulate form lists are separated and ended as the page's
+    language writes: ；and 。 in Chinese (no ASCII ; or . between Chinese words), ; and . in English."""
+    site = Site(tmp_path)
+    try:
+        site.add_people()
+        number = site.ingest("official", conftest.make_message(31, subject="Notice", to="liaison@example.org"))
+
+        def hint(login: str) -> str:
+            page = site.sign_in(login).get(f"/letters/{number}").text
+            form = page.split('action="/letters/' + number + '/circulate"', 1)[1].split("</form>")[0]
+            text = form.split('<p class="hint">', 1)[1].split("</p>")[0]
+            return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", text))
+
+        chinese = hint("rita")  # in Chinese, the default
+        assert chinese.startswith("部门： general-office General Office；business Business。"
+                                  "领导： leo Leo。按批示次序"), chinese
+        assert ";" not in chinese and "." not in chinese, chinese
+        site.people.set_language("rita", "en")
+        english = hint("rita")
+        assert english.startswith("Departments: general-office General Office; business Business. Leaders: leo Leo. "
+                                  "Each reads and signs"), english
+    finally:
+        site.close()
+
+
 def test_a_phone_shows_each_letter_to_read_with_its_subject_and_deadline_in_sight(
         tmp_path: Path, browser: Browser, request: pytest.FixtureRequest) -> None:
     """At 390 px the To read list is read down the screen, a letter a block: its number, subject
