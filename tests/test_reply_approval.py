@@ -502,6 +502,7 @@ def test_a_replys_files_are_checked_as_its_text_is_each_named_when_refused(
 
 
 def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Site) -> None:
+    """Each waiting reply with its letter's subject, drafter, urgency and deadline, and how many wait."""
     number = site.letters["urgent"]  # head, then leader
     with site.registry.write() as conn:
         conn.execute(update(Letter).where(Letter.number == number)
@@ -511,6 +512,7 @@ def test_the_approvals_list_shows_subject_drafter_urgency_and_deadline(site: Sit
                                                        "csrf": gina.csrf}).status_code == 303
     page = olga.get("/approvals")  # in Chinese, the default
     words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert "1 份答复待您审批" in words  # how many, as every list says
     assert number in words and "紧急：合同签署" in words  # the subject, as her queues show it
     assert "拟稿人" in words and "Gina gina" in words  # who drafted it, by name
     assert "紧急" in words and "已逾期" in words  # its urgency, and a deadline already passed
