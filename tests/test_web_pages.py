@@ -14,6 +14,7 @@ from web_support import PASSWORD, Person, Site, hidden, site_fixture  # noqa: F4
 
 from gateway.registry.models import Letter
 from gateway.services.access import Refused
+from gateway.services.incomplete import Incomplete
 from gateway.services.people import Principal
 from gateway.web import i18n, preview, security
 
@@ -1153,6 +1154,25 @@ def test_asking_the_sender_keeps_what_was_written_and_cuts_nothing_it_would_send
     assert f'value="{remark}"' in withdrawn.text
     letter = site.registry.letter(number)
     assert letter is not None and letter.status == "awaiting-sender"
+
+
+def test_asking_the_sender_by_an_impossible_day_says_it_is_no_date_and_keeps_the_form(site: Site) -> None:
+    """2026-02-30 is not taken for a day left out ("give the day"): the refusal names the field
+    and what was typed (400), and the form keeps both fields; nothing is asked."""
+    bella = site.sign_in("bella")  # [web] language = "zh"
+    number = site.letters["business"]
+    missing = "the signed contract"
+    refused = bella.post(f"/letters/{number}/incomplete", data={"csrf": bella.csrf, "missing": missing,
+                                                                "by": "2026-02-30"})
+    assert refused.status_code == 400
+    assert "补充期限“2026-02-30”不是有效日期" in refused.text and "请填写补充期限" not in refused.text
+    assert f">{missing}</textarea>" in refused.text and 'value="2026-02-30"' in refused.text
+    letter = site.registry.letter(number)
+    assert letter is not None and letter.status != "awaiting-sender"
+    with pytest.raises(Refused) as english:
+        Incomplete(site.config, site.registry).mark(Principal.operator("test"), number, missing=[missing],
+                                                    by="2026-13-01")
+    assert english.value.key == "not-a-date" and "“2026-13-01”, is not a date" in str(english.value)
 
 
 def test_asking_the_sender_or_withdrawing_racing_a_reassignment_is_refused_under_the_letters_lock(

@@ -29,8 +29,8 @@ from gateway.stages.route import new_mail
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 MAX_ITEMS = 20
 # Refusals for what was filled in (the others: rights and the letter's state).
-INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "missing-too-long", "need-date", "date-passed",
-                            "date-far", "too-long"})
+INPUT_REFUSALS = frozenset({"need-missing", "too-many-missing", "missing-too-long", "need-date", "not-a-date",
+                            "date-passed", "date-far", "too-long"})
 MAX_ITEM_CHARS = 300
 
 
@@ -52,6 +52,19 @@ def request_address(letter: Letter) -> str:
     """Where the sender can be asked by mail; '' when nowhere (a fax, or a paper letter with only a phone)."""
     address = (letter.sender_address or "").strip().lower()
     return address if address and safe_address(address) else ""
+
+
+def _day(text: str) -> date | None:
+    """The day a form gives (YYYY-MM-DD), None for none; one that names no day (2026-02-30) is
+    refused as such, not taken for a day left out."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise Refused(f"the day it is needed by, “{text[:40]}”, is not a date (YYYY-MM-DD)", "not-a-date",
+                      value=text[:40]) from None
 
 
 class Incomplete:
@@ -81,11 +94,13 @@ class Incomplete:
     def _moved(self, exc: LetterMoved) -> Refused:
         return Refused(str(exc), "moved", number=exc.number, department=self.access.department_name(exc.department))
 
-    def mark(self, who: Principal, number: str, *, missing: list[str], by: date | None) -> Marked:
-        """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by`.
+    def mark(self, who: Principal, number: str, *, missing: list[str], by: date | str | None) -> Marked:
+        """Mark a letter incomplete: the sender is asked for `missing` by the end of day `by` (a
+        date, or as a form sends it: YYYY-MM-DD, "" for none).
 
         Raises LookupError (no letter the person may know of), Forbidden (not theirs to ask) and
-        Refused (nothing named, no day or one already past, a state that does not allow it)."""
+        Refused (nothing named, no day, one that is no date or already past, a state that does
+        not allow it)."""
         letter = self._letter(who, number, "incomplete")
         items = [" ".join(m.split()) for m in missing if m.strip()]
         if not items:
@@ -96,6 +111,8 @@ class Incomplete:
                           limit=str(MAX_ITEM_CHARS))
         if len(items) > MAX_ITEMS:
             raise Refused(f"at most {MAX_ITEMS} missing items", "too-many-missing", limit=str(MAX_ITEMS))
+        if isinstance(by, str):
+            by = _day(by)
         if by is None:
             raise Refused("give the day it is needed by", "need-date")
         calendar = self.config.calendar

@@ -271,6 +271,7 @@ REFUSAL = {
     "too-many-missing": N_("at most %(limit)s missing items"),
     "missing-too-long": N_("each missing item in at most %(limit)s characters"),
     "need-date": N_("give the day it is needed by"),
+    "not-a-date": N_("the day it is needed by, “%(value)s”, is not a date (YYYY-MM-DD)"),
     "date-passed": N_("%(day)s has passed: give a later day"),
     "date-far": N_("%(day)s is more than a year away: give a nearer day"),
 }

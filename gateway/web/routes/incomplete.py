@@ -3,7 +3,6 @@ letter whose sender never sent it or go on without it (gateway.services.incomple
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
 
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -24,13 +23,9 @@ def routes() -> list[BaseRoute]:
 @page()
 def mark(req: Req) -> Response:
     number = req.request.path_params["number"]
-    try:
-        by: date | None = date.fromisoformat(req.field("by")) if req.field("by") else None
-    except ValueError:
-        by = None
     missing = [line for field in req.fields("missing") for line in field.splitlines()]
     refused = letter_step(req, number, "incomplete", lambda: Incomplete(req.web.config, req.web.registry).mark(
-        req.who, number, missing=missing, by=by), input_refusals=INPUT_REFUSALS,
+        req.who, number, missing=missing, by=req.field("by")), input_refusals=INPUT_REFUSALS,
         kept={"missing": "\n".join(missing), "by": req.field("by")})
     if isinstance(refused, Response):
         return refused
