@@ -162,6 +162,27 @@ def test_every_string_marked_in_the_web_register_is_in_the_template_and_translat
                                    sorted(set(marked) - listed)[:5], sorted(listed - set(marked))[:5])
 
 
+def test_the_decision_trace_is_punctuated_in_the_pages_language_and_names_its_outcome_apart(site: Site) -> None:
+    """In Chinese the trace writes ：；（） and 、, and calls the classification's outcome 分办结果, not
+    办理结果, the result a letter is closed with on the same page; English keeps its own marks."""
+
+    def trace(client: Any, name: str) -> str:
+        page = client.get(f"/letters/{site.letters[name]}").text
+        card = page.split('class="card trace-card"', 1)[1].split("</section>", 1)[0]
+        return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", card))
+
+    rita = site.sign_in("rita")  # [web] language = "zh"
+    chinese = trace(rita, "business")
+    assert re.search(r"规则 “by-address” （第 \d+ 行）：部门：Business；类别：外部：业务往来 ", chinese), chinese
+    assert "分办结果：类别：外部：业务往来；部门：Business；" in chinese and "办理结果" not in chinese, chinese
+    assert "待分办：没有规则匹配；可能的部门：" in trace(rita, "triage")
+    assert not re.search(r"[:;()]", chinese.replace("by-address", "")), chinese
+    site.people.set_language("rita", "en")
+    english = trace(site.sign_in("rita"), "business")
+    assert re.search(r"Rule “by-address” \(line \d+\): department: Business; category: external: business ", english)
+    assert "Result: category: external: business; department: Business;" in english, english
+
+
 def test_a_confidential_letter_shows_only_its_entry(site: Site) -> None:
     site.people.set_language("sam", "en")
     page = site.sign_in("sam").get(f"/letters/{site.letters['secret']}")
