@@ -484,7 +484,7 @@ def test_the_letters_history_names_a_department_reader_and_the_next_reader(tmp_p
         page = site.sign_in("rita").get(f"/letters/{number}").text  # in Chinese, the default
         history = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
         signed = history.split("传阅签阅", 1)[1].split("技术细节", 1)[0]
-        assert "阅读人: General Office" in signed and "下一位传阅人: Leo leo" in signed
+        assert "阅读人： General Office" in signed and "下一位传阅人： Leo leo" in signed
         assert "department:" not in signed and "person:" not in signed and "next_reader" not in signed
     finally:
         site.close()

@@ -293,7 +293,7 @@ def test_a_letter_prints_as_its_processing_slip_and_a_queue_as_a_sheet_of_the_re
     expect(page.locator("button[data-print]")).to_have_text("打印")
     text, sizes = printed_text(page)
     assert sizes and all(width > height for width, height in sizes), sizes  # landscape
-    assert "收文登记簿" in text and "全部信件 · 部门: General Office" in text, text
+    assert "收文登记簿" in text and "全部信件 · 部门：General Office" in text, text
     assert "来文字号" in text and "京应急函" in text, text  # a column of the register on paper
     shown_rows = page.locator("table.grid.letters tbody tr").count()
     assert f"第 1–{shown_rows} 件，共 {shown_rows} 件" in text, text

@@ -1362,13 +1362,13 @@ def test_the_letter_page_words_its_history_trace_and_people(site: Site) -> None:
     assert "承办人 Sam sam" in words
     assert "文件导入 已接收" in words and "系统 已登记" in words and "Bella bella 已指派" in words
     # The history's details under labels, times local, codes labelled; technical keys folded away.
-    assert "发现的缺陷: 0" in words and "原状态" not in words
-    assert "办理时限: " in words and "T23:59:59" not in words and "+00:00" not in words and "+08:00" not in words
+    assert "发现的缺陷： 0" in words and "原状态" not in words
+    assert "办理时限：" in words and "T23:59:59" not in words and "+00:00" not in words and "+08:00" not in words
     assert "技术细节" in words and "spool:" in words  # nothing lost
-    assert "keys:" in words.split("技术细节", 1)[1] and "发现的缺陷: 0 keys" not in words
+    assert "keys:" in words.split("技术细节", 1)[1] and "发现的缺陷： 0 keys" not in words
     # The decision trace in Chinese: evidence, what was set, the result.
     assert "收件地址属于部门 Business" in words and "addressed to department" not in words
-    assert "类别: 外部：业务往来" in words and "category=" not in words
+    assert "类别： 外部：业务往来" in words and "category=" not in words
     triage = visible(site.sign_in("rita").get(f"/letters/{site.letters['triage']}").text)
     assert "没有规则匹配" in triage and "no rule matched" not in triage
     # Who read it: by name.
@@ -1397,9 +1397,10 @@ def test_the_history_words_a_replys_last_approval_a_rating_and_a_reopening_in_ch
         Satisfaction(site.config, site.registry).by_link(token, 1, "太慢了", address="127.0.0.1")
         page = site.sign_in("bella").get(f"/letters/{number}").text  # in Chinese, the default
         history = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
-        assert "审批完毕: 是" in history and "complete:" not in history
-        assert "途径: 电子邮件" in history and "途径: 网页" in history  # the reply went by mail, the rating came by web
-        assert "原办理时限:" in history and "replaced_deadline" not in history
+        assert "审批完毕： 是" in history and "complete:" not in history
+        # The reply went by mail, the rating came by web.
+        assert "途径： 电子邮件" in history and "途径： 网页" in history
+        assert "原办理时限：" in history and "replaced_deadline" not in history
         assert "来信人 来信人已评价" in history  # who rated: the sender, worded
         shown = history.split("来信人已评价", 1)[1].split("技术细节", 1)[0]
         assert "feedback" not in shown  # the result mail's Message-ID is a technical detail
@@ -1523,7 +1524,7 @@ def test_flags_and_why_no_receipt_went_are_worded_in_chinese(site: Site) -> None
     rita = site.sign_in("rita")  # in Chinese, the default
     words = visible(rita.get(f"/letters/{internal}").text)
     assert "标记 内部发件人未经验证" in words and "unverified-internal-sender" not in words
-    assert "事由: 内部发件人" in words and "internal sender" not in words
+    assert "事由： 内部发件人" in words and "internal sender" not in words
     words = visible(rita.get(f"/letters/{repeated}").text)
     assert "信头字段重复：From, Subject" in words and "repeated-header" not in words
     grouped = site.ingest("grouped", b"From: Board members:;\r\nSender: Bob <bob@example.org>\r\n"
@@ -1916,4 +1917,4 @@ def test_an_answer_by_mail_nothing_proved_says_so_beside_its_claimed_sender(site
     words = visible(site.sign_in("rita").get(f"/letters/{number}").text)
     assert words.count("收到答复") == 2 and words.count("发件人未经验证") == 1, words
     assert re.search(r"Sam sam 发件人未经验证 收到答复", words), words  # beside the person it claims to be
-    assert "已验证发件人: —" in words and "指令: ack" in words and "已执行: 否" in words, words
+    assert "已验证发件人： —" in words and "指令： ack" in words and "已执行： 否" in words, words
