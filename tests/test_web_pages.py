@@ -183,6 +183,19 @@ def test_the_decision_trace_is_punctuated_in_the_pages_language_and_names_its_ou
     assert "Result: category: external: business; department: Business;" in english, english
 
 
+def test_the_letter_pages_and_reports_labels_end_with_the_pages_colon(site: Site) -> None:
+    """A letter's summary and the reports' downloads are labelled with ： in Chinese, : in English."""
+    rita = site.sign_in("rita")  # [web] language = "zh"
+    letter = rita.get(f"/letters/{site.letters['business']}").text
+    assert "<strong>摘要：</strong>Please confirm the order." in letter and "摘要:" not in letter
+    assert '<div class="downloads">下载：' in rita.get("/reports").text
+    site.people.set_language("rita", "en")
+    rita = site.sign_in("rita")
+    letter = rita.get(f"/letters/{site.letters['business']}").text
+    assert "<strong>Summary: </strong>Please confirm the order." in letter
+    assert '<div class="downloads">Download: ' in rita.get("/reports").text
+
+
 def test_a_confidential_letter_shows_only_its_entry(site: Site) -> None:
     site.people.set_language("sam", "en")
     page = site.sign_in("sam").get(f"/letters/{site.letters['secret']}")
