@@ -998,22 +998,30 @@ def test_a_heads_request_to_borrow_goes_to_a_leader_not_back_to_the_head(site: S
 
 
 def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) -> None:
-    """A day or period beyond what the register holds is a 400 naming it, a page number beyond any
-    queue shows an empty page: neither is an error of the server."""
+    """A day or period beyond what the register holds, or a day that is no date, is a 400 naming
+    the field and the value, a page number beyond any queue shows an empty page: neither is an
+    error of the server."""
     site.people.set_language("rita", "en")
     site.people.set_language("audrey", "en")
     rita, audrey = site.sign_in("rita"), site.sign_in("audrey")
-    for client, path, value in (
-            (rita, "/letters?queue=all&until=9999-12-31", "9999-12-31"),
-            (rita, "/letters?queue=all&since=0001-01-01", "0001-01-01"),
-            (rita, "/letters?queue=all&deadline_before=0001-01-01", "0001-01-01"),
-            (rita, "/letters.csv?queue=all&until=9999-12-31", "9999-12-31"),
-            (rita, "/search?q=order&until=9999-12-31", "9999-12-31"),
-            (audrey, "/audit?until=9999-12-31", "9999-12-31"),
-            (audrey, "/audit.csv?since=1899-12-31", "1899-12-31")):
+    for client, path, field, value in (
+            (rita, "/letters?queue=all&until=9999-12-31", "Received until", "9999-12-31"),
+            (rita, "/letters?queue=all&since=0001-01-01", "Received from", "0001-01-01"),
+            (rita, "/letters?queue=all&deadline_before=0001-01-01", "Deadline before", "0001-01-01"),
+            (rita, "/letters.csv?queue=all&until=9999-12-31", "Received until", "9999-12-31"),
+            (rita, "/search?q=order&until=9999-12-31", "Received until", "9999-12-31"),
+            (audrey, "/audit?until=9999-12-31", "Recorded until", "9999-12-31"),
+            (audrey, "/audit.csv?since=1899-12-31", "Recorded from", "1899-12-31")):
         refused = client.get(path)
         assert refused.status_code == 400, path
-        assert f"{value} is outside the register&#39;s years (1900 to 9998)." in refused.text, path
+        assert f"{field}: “{value}” is outside the register&#39;s years (1900 to 9998)." in refused.text, path
+    # A day no calendar has is said to be no date, naming the filter it was given for.
+    for client, path, says in (
+            (rita, "/letters?queue=all&deadline_after=2026-02-30", "Deadline from: “2026-02-30” is not a date"),
+            (rita, "/search?q=order&since=2026-13-01", "Received from: “2026-13-01” is not a date"),
+            (audrey, "/audit?since=2026-02-30", "Recorded from: “2026-02-30” is not a date")):
+        refused = client.get(path)
+        assert refused.status_code == 400 and says in refused.text, path
     for period in ("0001-01", "9999-12", "9999-Q4"):
         refused = rita.get(f"/reports?period={period}")
         assert refused.status_code == 400 and "is neither a month" in refused.text, period
@@ -1022,6 +1030,9 @@ def test_days_and_pages_out_of_range_are_refused_or_kept_in_range(site: Site) ->
         shown = rita.get(path)
         assert shown.status_code == 200 and site.letters["business"] not in shown.text, path
     assert site.letters["business"] in rita.get("/letters?queue=all&since=1900-01-01&until=9998-12-31").text
+    site.people.set_language("rita", "zh")
+    chinese = site.sign_in("rita").get("/letters?queue=all&until=2026-02-30")
+    assert chinese.status_code == 400 and "收文日期至：“2026-02-30”不是有效日期" in chinese.text
 
 
 def test_a_list_filter_the_form_does_not_offer_is_refused_by_name(site: Site) -> None:

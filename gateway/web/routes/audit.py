@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.services.access import Refused
 from gateway.web import i18n, security
 from gateway.web.app import Problem, Req, page
+from gateway.web.i18n import _
 from gateway.web.routes.letters import day_arg, page_number
 
 FILTERS = ("since", "until", "actor", "action", "letter")
@@ -36,7 +37,7 @@ def _filters(req: Req) -> dict[str, Any]:
         if not value:
             continue
         if name in ("since", "until"):
-            out[name] = day_arg(value)
+            out[name] = day_arg(value, _("Recorded from") if name == "since" else _("Recorded until"))
         else:
             out[name] = value
     return out

@@ -93,14 +93,17 @@ def page_size(text: str) -> int:
     return size if size in PAGE_SIZES else PAGE_SIZES[0]
 
 
-def day_arg(text: str) -> date | None:
-    """A day of a query string or form (YYYY-MM-DD), or None when not given; 400 naming it otherwise."""
+def day_arg(text: str, field: str) -> date | None:
+    """A day of a query string or form (YYYY-MM-DD), or None when not given; 400 naming the field
+    (`field`, as its form labels it) and the value otherwise."""
     try:
         day = date.fromisoformat(text) if text else None
     except ValueError:
-        raise Problem(400, _("%(value)s is not a date (YYYY-MM-DD).") % {"value": text}) from None
+        raise Problem(400, _("%(field)s: “%(value)s” is not a date (YYYY-MM-DD).")
+                      % {"field": field, "value": text}) from None
     if day is not None and not in_register(day):
-        raise Problem(400, _("%(value)s is outside the register's years (1900 to 9998).") % {"value": text})
+        raise Problem(400, _("%(field)s: “%(value)s” is outside the register's years (1900 to 9998).")
+                      % {"field": field, "value": text})
     return day
 
 
@@ -158,8 +161,9 @@ def _query(req: Req, default: str = "") -> QueueQuery:
         raise Problem(404)
     number = page_number(req)
     sort = req.arg("sort")
-    since, until = day_arg(req.arg("since")), day_arg(req.arg("until"))
-    deadline_after, deadline_before = day_arg(req.arg("deadline_after")), day_arg(req.arg("deadline_before"))
+    since, until = day_arg(req.arg("since"), _("Received from")), day_arg(req.arg("until"), _("Received until"))
+    deadline_after = day_arg(req.arg("deadline_after"), _("Deadline from"))
+    deadline_before = day_arg(req.arg("deadline_before"), _("Deadline before"))
     # Days given the wrong way round select nothing: say so, rather than list no letters.
     if since and until and since > until:
         raise Problem(400, _("Received from %(first)s to %(last)s: the first day is after the last.")
