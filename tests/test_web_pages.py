@@ -177,10 +177,12 @@ def test_the_decision_trace_is_punctuated_in_the_pages_language_and_names_its_ou
     assert "分办结果：类别：外部：业务往来；部门：Business；" in chinese and "办理结果" not in chinese, chinese
     assert "待分办：没有规则匹配；可能的部门：" in trace(rita, "triage")
     assert not re.search(r"[:;()]", chinese.replace("by-address", "")), chinese
+    assert "依据：" in chinese and "依据： " not in chinese, chinese  # no space after a Chinese colon
     site.people.set_language("rita", "en")
     english = trace(site.sign_in("rita"), "business")
     assert re.search(r"Rule “by-address” \(line \d+\): department: Business; category: external: business ", english)
     assert "Result: category: external: business; department: Business;" in english, english
+    assert re.search(r"because \S", english), english
 
 
 def test_the_letter_pages_and_reports_labels_end_with_the_pages_colon(site: Site) -> None:
