@@ -206,6 +206,28 @@ def test_a_phone_shows_a_letters_history_without_scrolling_sideways(register: Re
     rows_within_the_screen(timeline, ("td.details",), rows=3)
 
 
+def test_a_phone_shows_a_letters_steps_right_after_its_register_entry(register: Register, sign_in: SignIn) -> None:
+    """At 390 px the page is one column: the register entry, then the steps (acknowledge, close),
+    then the text and the history, with the mail sent about it and who read it last; not the steps
+    after the whole history. At 1,280 px the steps stay in the column beside the letter."""
+    page = sign_in("mem.a", lang="zh")
+    page.goto(f"/letters/{register.world.n('ACT')}")
+
+    def tops() -> dict[str, float]:
+        return page.evaluate("""() => Object.fromEntries([
+            ['entry', 'section.entry'], ['steps', 'section.actions'], ['text', 'pre.body'],
+            ['history', 'table.timeline'], ['read', 'section.record:last-of-type']].map(
+            ([name, css]) => [name, document.querySelector(css).getBoundingClientRect().top + window.scrollY]))""")
+
+    page.set_viewport_size({"width": 390, "height": 800})
+    at = tops()
+    assert at["entry"] < at["steps"] < at["text"] < at["history"] < at["read"], at
+    expect(page.locator("section.actions button[name=action][value=ack]")).to_be_visible()
+    page.set_viewport_size({"width": 1280, "height": 800})
+    at = tops()
+    assert at["steps"] < at["entry"] and at["steps"] < at["text"] < at["history"], at  # the column beside
+
+
 def test_a_phone_shows_each_letter_of_a_queue_with_its_subject_and_deadline_in_sight(register: Register,
                                                                                      sign_in: SignIn) -> None:
     """At 390 px a queue is read down the screen, a letter a block: its number, subject and deadline
