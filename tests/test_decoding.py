@@ -492,9 +492,10 @@ def cpython_msg_32() -> Case:
 
 
 def cpython_msg_46() -> Case:
-    """CPython msg_46.txt: a Groupwise forward, the whole message a message/rfc822."""
+    """CPython msg_46.txt: a Groupwise forward, the whole message a message/rfc822: its text is
+    the forwarded message's."""
     raw = cpython_message("msg_46.txt")
-    return Case(raw, "GroupwiseForwardingTest", "Sender", "",
+    return Case(raw, "GroupwiseForwardingTest", "Sender", "Testing email forwarding with Groupwise 1.2.2010",
                 [("GroupwiseForwardingTest.eml", raw.split(b"\n\n", 1)[1])])
 
 

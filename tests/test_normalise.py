@@ -649,6 +649,28 @@ def test_nested_message_and_its_attachments_are_listed():
     assert result.defects == []
 
 
+def test_a_message_forwarded_as_an_attachment_alone_gives_the_letter_its_text():
+    """A message forwarded as an attachment with no text of the outer message's own (Outlook's
+    "forward as attachment", a scanner's or a colleague's mail passed on) gave a letter without
+    text, which keyword rules cannot classify and search cannot find: its text is now the
+    forwarded message's, the .eml still attached. The first forwarded message with text counts;
+    an outer text of its own, even one word, keeps the forwarded text out."""
+    alternative_header, alternative_body = multipart("alternative", [
+        mime_part([b"Content-Type: text/plain; charset=utf-8"], "关于合同续签的函\r\n请于本周内回复。".encode()),
+        mime_part([b"Content-Type: text/html; charset=utf-8"], "<p>关于合同续签的函</p>".encode())], b"alt")
+    inner = message([b"Subject: " + b_word("utf-8", "合同续签".encode()), alternative_header], alternative_body)
+    empty = message([b"Subject: nothing"], b"")
+    header, body = multipart("mixed", [mime_part([b"Content-Type: message/rfc822"], empty),
+                                       mime_part([b"Content-Type: message/rfc822"], inner)])
+    result = normalise(message([b"Subject: Fwd: two", header], body))
+    assert result.body_text == "关于合同续签的函\n请于本周内回复。"
+    assert [a.filename for a in result.attachments] == ["nothing.eml", "合同续签.eml"]
+    assert result.defects == []
+    header, body = multipart("mixed", [mime_part([b"Content-Type: text/plain"], b"FYI"),
+                                       mime_part([b"Content-Type: message/rfc822"], inner)])
+    assert normalise(message([b"Subject: Fwd", header], body)).body_text == "FYI"
+
+
 def test_base64_encoded_attached_message_is_decoded():
     """A message/rfc822 part sent base64-encoded (against the RFC) is still expanded."""
     inner = message([b"Subject: inner", b'Content-Type: application/pdf; name="a.pdf"',

@@ -261,6 +261,13 @@ def _read_body(message: Message, walker: _PartWalker, result: Normalised) -> Non
         # An invitation and nothing else: its event is the letter's text (the .ics stays attached).
         # Google sends one event twice, inline and as invite.ics: each text once.
         texts = list(dict.fromkeys(text for text in walker.calendar_texts if text))
+    for fragments in walker.forwarded_texts if not texts else []:
+        # A message forwarded as an attachment with not a word of its own: the forwarded message's
+        # text is what the letter says (what rules classify and search finds); the .eml stays
+        # attached, its sender and subject with it.
+        texts = [text for text in (fragment.render(result.defects) for fragment in fragments) if text]
+        if texts:
+            break
     result.body_text = "\n\n".join(texts)
 
 
@@ -319,6 +326,8 @@ class _PartWalker:
         # Inline texts with a file name, listed as files: (part, where, html), decoded if needed.
         self.named_texts: list[tuple[Message, str, bool]] = []
         self.calendar_texts: list[str] = []
+        # The body text of each message attached to this one (not to an attached one), in order.
+        self.forwarded_texts: list[list[_Fragment]] = []
         self.attachments_left_out = 0
         self._linesep = linesep
         self._taken_names: set[str] = set()
@@ -528,7 +537,9 @@ class _PartWalker:
         # the body of a single-part one is 2.1. Its body text is not part of this message's body.
         multipart_root = attached.get_content_maintype() == "multipart" and attached.is_multipart()
         root_label = label if multipart_root else _child_label(label, 1)
-        self.visit(attached, root_label, "message/rfc822", depth + 1)
+        fragments = self.visit(attached, root_label, "message/rfc822", depth + 1)
+        if origin == "mime" and len(self.forwarded_texts) < self.limits.max_parts:
+            self.forwarded_texts.append(fragments)
 
     def _unwrap_message(self, part: Message, where: str, depth: int) -> tuple[Message, bytes | Streamed]:
         """The attached message, parsed, and its bytes."""
