@@ -458,6 +458,17 @@ def test_a_batch_finished_late_under_an_old_uidvalidity_does_not_set_the_folder_
         assert conn.execute(text("SELECT count(*) FROM imap_ledger")).scalar() == len(rows)
 
 
+def cut_after_copy(client: IMAPClient) -> None:
+    """The connection's COPY made, then the server gone before anything else."""
+    real = client.copy
+
+    def copy(*args: Any, **kwargs: Any) -> Any:
+        answer = real(*args, **kwargs)
+        client.shutdown()  # the server goes away right after the COPY
+        return answer
+    client.copy = copy  # type: ignore[method-assign]
+
+
 def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
         plain_dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
     """Without MOVE, a move is a COPY and then an expunge of the originals: a connection lost in
@@ -467,14 +478,6 @@ def test_a_move_cut_off_between_its_copy_and_its_expunge_leaves_one_copy(
     close_registries.append(box)
     box.sync()  # an empty folder: nothing to import
 
-    def cut_after_copy(client: IMAPClient) -> None:
-        real = client.copy
-
-        def copy(*args: Any, **kwargs: Any) -> Any:
-            answer = real(*args, **kwargs)
-            client.shutdown()  # the server goes away right after the COPY
-            return answer
-        client.copy = copy  # type: ignore[method-assign]
     box.wrap = cut_after_copy
     plain_dovecot.deliver(box.user, make_message(1, subject="one"))
     plain_dovecot.deliver(box.user, make_message(2, subject="two"))
@@ -568,14 +571,6 @@ def test_a_move_cut_off_after_its_copy_and_then_a_reset_leaves_one_copy(
     box.append([])
     box.sync()  # an empty folder: nothing to import
 
-    def cut_after_copy(client: IMAPClient) -> None:
-        real = client.copy
-
-        def copy(*args: Any, **kwargs: Any) -> Any:
-            answer = real(*args, **kwargs)
-            client.shutdown()  # the server goes away right after the COPY
-            return answer
-        client.copy = copy  # type: ignore[method-assign]
     box.wrap = cut_after_copy
     box.append([(make_message(1, subject="one"), (), None), (make_message(2, subject="two"), (), None)])
     with pytest.raises((IMAPClientError, OSError)):

@@ -258,19 +258,22 @@ def test_a_node_running_other_rules_is_named_by_the_others(two_nodes: tuple[Any,
     assert watch.check(config_a.ruleset.version) == set()  # said once
 
 
+class IdleClient:
+    """An IMAP connection that does nothing: the watcher's sync is replaced in these tests."""
+
+    def has_capability(self, _: str) -> bool:
+        return False
+
+    def noop(self) -> None:
+        pass
+
+    def logout(self) -> None:
+        pass
+
+
 def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting_it_go(
         two_nodes: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     config, registry_a, a, _, _, b = two_nodes
-
-    class Client:
-        def has_capability(self, _: str) -> bool:
-            return False
-
-        def noop(self) -> None:
-            pass
-
-        def logout(self) -> None:
-            pass
 
     syncing: list[int] = []
 
@@ -278,7 +281,7 @@ def test_a_reload_hands_a_folder_from_its_old_watcher_to_the_new_without_letting
         syncing.append(id(self))
         time.sleep(2)  # a batch under way
 
-    monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
+    monkeypatch.setattr(imap_mod, "connect", lambda config, account: IdleClient())
     monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", slow_sync)
 
     def with_account(poll: float) -> Config:
@@ -598,21 +601,11 @@ def test_a_folder_whose_watcher_outlasts_the_stops_wait_is_not_handed_over(
     config, registry_a, a, _, _, b = two_nodes
     syncing, release = threading.Event(), threading.Event()
 
-    class Client:
-        def has_capability(self, _: str) -> bool:
-            return False
-
-        def noop(self) -> None:
-            pass
-
-        def logout(self) -> None:
-            pass
-
     def slow_sync(self: imap_mod.FolderWatcher, client: Any) -> None:
         syncing.set()
         release.wait(30)  # a batch under way
 
-    monkeypatch.setattr(imap_mod, "connect", lambda config, account: Client())
+    monkeypatch.setattr(imap_mod, "connect", lambda config, account: IdleClient())
     monkeypatch.setattr(imap_mod.FolderWatcher, "_sync", slow_sync)
     account = ImapAccount(name="liaison", host="127.0.0.1", tls="plain", username="u", password_env="X",
                           idle=False, poll_seconds=0.05, folders=["INBOX", "Partners"])

@@ -1094,6 +1094,20 @@ def test_a_signed_mail_of_the_owners_sent_elsewhere_commands_nothing_through_a_r
         assert gateway.show_json(number)["status"] == "acknowledged"
 
 
+def relay_stamped(results: str, owner: str, to: str, subject: str, body: str) -> bytes:
+    """A mail from the owner's address under the trusted relay's Authentication-Results `results`."""
+    return (f"Authentication-Results: mx.example.org; {results}\r\n"
+            f"From: Sales Desk <{owner}>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
+            f"\r\n{body}").encode()
+
+
+def send_from_relay(gateway: Gateway, mailfrom: str, rcpt: str, mail: bytes) -> None:
+    """`mail` handed over by the trusted relay (mx.example.org on 127.0.0.1)."""
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as client:
+        client.sendmail(mailfrom, [rcpt], mail)
+
+
 def test_a_trusted_authentication_results_vouches_for_the_envelope_only_when_it_reports_an_aligned_spf_pass(
         tmp_path: Path, notify: Notify, dns_server: DnsServer) -> None:
     """A relay that checks DKIM and then removes the signatures leaves no signature to say which
@@ -1110,14 +1124,10 @@ def test_a_trusted_authentication_results_vouches_for_the_envelope_only_when_it_
         gateway, owner, number, reply_to = letter.gateway, letter.owner, letter.number, letter.reply_to
 
         def stamped(results: str, body: str) -> bytes:
-            return (f"Authentication-Results: mx.example.org; {results}\r\n"
-                    f"From: Sales Desk <{owner}>\r\nTo: bob@partner.example\r\nSubject: Re: lunch on Friday\r\n"
-                    f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
-                    f"\r\n{body}").encode()
+            return relay_stamped(results, owner, "bob@partner.example", "Re: lunch on Friday", body)
 
         def send(mail: bytes) -> None:
-            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
-                c.sendmail("bob@partner.example", [reply_to], mail)
+            send_from_relay(gateway, "bob@partner.example", reply_to, mail)
         # Replayed from outside: SPF passed for the replayer's domain, not the owner's.
         send(stamped("dkim=pass header.d=example.org; spf=pass smtp.mailfrom=bob@partner.example; "
                      "dmarc=pass header.from=example.org", "Received.\r\n"))
@@ -1152,15 +1162,11 @@ def test_spf_for_a_colleagues_envelope_sender_vouches_for_no_reply_address(
         gateway, owner, number, reply_to = letter.gateway, letter.owner, letter.number, letter.reply_to
 
         def stamped(mailfrom: str, body: str) -> bytes:
-            return (f"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom={mailfrom}; "
-                    f"dmarc=pass header.from=example.org\r\n"
-                    f"From: Sales Desk <{owner}>\r\nTo: {reply_to}\r\nSubject: Re: [{number}] Delivery late\r\n"
-                    f"Date: Tue, 01 Dec 2026 11:00:00 +0800\r\nMessage-ID: <{time.monotonic_ns()}@example.org>\r\n"
-                    f"\r\n{body}").encode()
+            return relay_stamped(f"spf=pass smtp.mailfrom={mailfrom}; dmarc=pass header.from=example.org", owner,
+                                 reply_to, f"Re: [{number}] Delivery late", body)
 
         def send(mailfrom: str, mail: bytes) -> None:
-            with smtplib.SMTP("127.0.0.1", gateway.smtp_port, local_hostname="mx.example.org", timeout=60) as c:
-                c.sendmail(mailfrom, [reply_to], mail)
+            send_from_relay(gateway, mailfrom, reply_to, mail)
         send("bob@example.org", stamped("bob@example.org", "reassign general-office\r\n"))
         [refused] = wait_answers(gateway, number, 1)
         details = refused["details"]
