@@ -17,12 +17,12 @@ import pytest
 from conftest import ROOT, Gateway, Notify, make_message, outbound_settings, wait_for
 from gateway import config as config_mod
 from gateway.config import Config
-from gateway.outbound.compose import ComposeError, clean, notification, receipt
+from gateway.outbound.compose import ComposeError, clean, notification, receipt, sealed
 from gateway.outbound.outward import request
 from gateway.outbound.replies import notice, reply_message
 from gateway.registry.models import Attachment, Letter, OutboxMail
 from gateway.registry.plan import NewMail
-from gateway.stages.tokens import loop_marker_state
+from gateway.stages.tokens import loop_content, loop_marker_state
 from smtp_sink import SmtpSink
 
 
@@ -220,16 +220,68 @@ def test_mail_an_owner_may_answer_carries_a_reply_address_signed_for_the_letter_
             check_reply_token(config, token, "2026-000043", message["To"]))
 
 
-def test_the_loop_marker_is_signed_over_the_mails_own_message_id(config: Config) -> None:
-    from gateway.stages.tokens import loop_marker_state
-
-    m = parsed(notification(config, mail(), letter(), None))
+def test_the_loop_marker_is_signed_over_the_mails_own_message_id_and_what_it_says(config: Config) -> None:
+    """Our internal mail come back is ours only as it was sent: a mail system may re-encode or
+    refold it on the way; its marker and Message-ID on another mail (another sender, subject, text
+    or attachment) verify only as copied. A delivery report's returned headers carry no content."""
+    raw = sealed(config, "notification", notification(config, mail(), letter(), None))
+    m = email.message_from_bytes(raw, policy=policy.default)
     ours = {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]}
-    assert loop_marker_state(config, ours) == "ours"
-    assert loop_marker_state(config, {**ours, "message-id": ["<other@example.org>"]}) == "forged"
-    assert loop_marker_state(config, {**ours, "x-gateway-loop": ["gateway@example.org"]}) == "forged"
-    assert loop_marker_state(config, {"x-gateway-loop": ["another-gateway@partner.example"]}) is None
-    assert loop_marker_state(config, {}) is None
+    assert "; content=" in m["X-Gateway-Loop"]
+    assert loop_marker_state(config, ours, content=loop_content(raw)) == "ours"
+    assert loop_marker_state(config, ours, content=None) == "ours"  # the headers alone
+    # As a mail system may pass it on: the text re-encoded as base64, CRLF line ends, the
+    # Subject folded anew; nothing it says changed.
+    text = m.get_body(("plain",))
+    assert text is not None
+    words = text.get_content()
+    del text["Content-Transfer-Encoding"]
+    text["Content-Transfer-Encoding"] = "base64"
+    text.set_payload(base64.encodebytes(words.replace("\n", "\r\n").encode()).decode())
+    passed_on = m.as_bytes().replace(b"Subject: [2026-000042] Contract", b"Subject: [2026-000042]\r\n Contract")
+    assert passed_on != raw and loop_content(passed_on) == loop_content(raw)
+    for changed in (raw.replace(b"From: ", b"From: Mallory <mallory@partner.example>, ", 1),
+                    raw.replace(b"Subject: [2026-000042] Contract", b"Subject: [2026-000042] Invoice"),
+                    raw.replace(b"Please sign.", b"Please pay."),
+                    raw.replace(b"X-Gateway-Letter: 2026-000042", b"X-Gateway-Letter: 2026-000043")):
+        assert changed != raw and loop_marker_state(config, ours, content=loop_content(changed)) == "copied"
+    # Without the content MAC (a marker copied from an older mail, or cut short): never ours.
+    bare = m["X-Gateway-Loop"].partition("; content=")[0]
+    assert loop_marker_state(config, {**ours, "x-gateway-loop": [bare]}, content=loop_content(raw)) == "copied"
+    assert loop_marker_state(config, {**ours, "message-id": ["<other@example.org>"]}, content=loop_content(raw)) \
+        == "forged"
+    assert loop_marker_state(config, {**ours, "x-gateway-loop": ["gateway@example.org"]}, content="") == "forged"
+    assert loop_marker_state(config, {"x-gateway-loop": ["another-gateway@partner.example"]}, content="") is None
+    assert loop_marker_state(config, {}, content="") is None
+
+
+def test_mail_about_a_letter_with_a_copied_marker_come_back_changed_is_told_to_nobody(config: Config) -> None:
+    """The loop breaker: what the owners are told of a letter that came with a copied marker says
+    so under its first MAC (after=copied). Come back as sent it is ours; changed on the way (a
+    relay's footer) it is "recopied": flagged, but not told of again, which would send one more
+    such mail, changed again, for ever. The mark cannot be put on an ordinary marker nor taken off."""
+    footer = b"\n-- \nThis e-mail is confidential.\n"
+    for flags, changed_state in (([], "copied"), (["copied-loop-marker"], "recopied")):
+        raw = sealed(config, "notification", notification(config, mail(), letter(flags=flags), None))
+        m = email.message_from_bytes(raw, policy=policy.default)
+        assert ("; after=copied;" in m["X-Gateway-Loop"]) == bool(flags)
+        ours = {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]}
+        assert loop_marker_state(config, ours, content=loop_content(raw)) == "ours"
+        changed = raw.replace(b"Please sign.", b"Please sign." + footer)
+        assert changed != raw and loop_marker_state(config, ours, content=loop_content(changed)) == changed_state
+        # Writing "after=copied" into a first-round marker, or leaving it out of a second-round
+        # one, changes nothing: the MAC decides.
+        relabelled = (m["X-Gateway-Loop"].replace("; after=copied", "") if flags
+                      else m["X-Gateway-Loop"].replace("kind=notification", "kind=notification; after=copied"))
+        assert loop_marker_state(config, {**ours, "x-gateway-loop": [relabelled]},
+                                 content=loop_content(changed)) == changed_state
+    # Beside a first-round copy, a second-round one does not spare the owners.
+    first = email.message_from_bytes(sealed(config, "notification", notification(config, mail(), letter(), None)),
+                                     policy=policy.default)
+    second = email.message_from_bytes(sealed(config, "notification", notification(
+        config, mail(), letter(flags=["copied-loop-marker"]), None)), policy=policy.default)
+    both = {"x-gateway-loop": [second["X-Gateway-Loop"], first["X-Gateway-Loop"]], "message-id": [first["Message-ID"]]}
+    assert loop_marker_state(config, both, content="") == "copied"
 
 
 def test_a_receipts_loop_marker_names_its_kind_under_the_mac_and_spares_only_a_receipt(config: Config) -> None:
@@ -240,17 +292,18 @@ def test_a_receipts_loop_marker_names_its_kind_under_the_mac_and_spares_only_a_r
     m = parsed(receipt(config, mail("receipt", to="alice@partner.example", language="en"), letter()))
     assert "; kind=receipt; token=" in m["X-Gateway-Loop"]
     theirs = {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]}
-    assert loop_marker_state(config, theirs) == "to-sender"
+    assert loop_marker_state(config, theirs, content=None) == "to-sender"
     for kind in ("notification", "reminder", "escalation", "refused-command"):
         relabelled = m["X-Gateway-Loop"].replace("kind=receipt", f"kind={kind}")
-        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [relabelled]}) == "forged"
+        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [relabelled]}, content=None) == "forged"
         ours = loop_marker(config, m["Message-ID"], kind=kind)
-        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [ours]}) == "ours"
+        assert loop_marker_state(config, {**theirs, "x-gateway-loop": [ours]}, content=None) == "ours"
     feedback = loop_marker(config, m["Message-ID"], kind="feedback")
-    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [feedback]}) == "to-sender"
+    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [feedback]}, content=None) == "to-sender"
     # A receipt's marker beside a forged notification's: it still counts only as a receipt's.
     forged = m["X-Gateway-Loop"].replace("kind=receipt", "kind=notification")
-    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [forged, m["X-Gateway-Loop"]]}) == "to-sender"
+    assert loop_marker_state(config, {**theirs, "x-gateway-loop": [forged, m["X-Gateway-Loop"]]},
+                             content=None) == "to-sender"
     with pytest.raises(ValueError):
         loop_marker(config, m["Message-ID"], kind="anything")
 
@@ -334,11 +387,11 @@ def test_replies_and_approval_notices_carry_our_loop_marker(config: Config) -> N
     stops their auto-responder's receipt."""
     plan = NewMail("sender-reply", "alice@partner.example", {}, "<r2@example.org>")
     reply = email.message_from_bytes(reply_message(config, letter(), "Answer.", [], plan), policy=policy.default)
-    approval = parsed(notice(config, OutboxMail(id=8, kind="approval", recipient="office.head@example.org",
-                                                message_id="<a8@example.org>", details={"about": "waiting"}),
-                             letter()))
-    states = [loop_marker_state(config, {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]})
-              for m in (reply, approval)]
+    approval = email.message_from_bytes(sealed(config, "approval", notice(
+        config, OutboxMail(id=8, kind="approval", recipient="office.head@example.org", message_id="<a8@example.org>",
+                           details={"about": "waiting"}), letter())), policy=policy.default)
+    states = [loop_marker_state(config, {"x-gateway-loop": [m["X-Gateway-Loop"]], "message-id": [m["Message-ID"]]},
+                                content=loop_content(m.as_bytes())) for m in (reply, approval)]
     assert states == ["to-sender", "ours"]
 
 

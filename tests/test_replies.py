@@ -3,8 +3,10 @@ the relay: the forged answer of issue 13 refused, a signed reply address that co
 letter, its recipient and its key's lifetime, and a loop marker nobody else can write."""
 from __future__ import annotations
 
+import email
 import smtplib
 import time
+from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import dns_server as dns_fixtures
 from conftest import Daemon, Gateway, Notify, outbound_settings, wait_for
 from dns_server import DnsServer
 from gateway import config as config_mod
-from gateway.stages.tokens import loop_marker
+from gateway.stages.tokens import loop_content, loop_marker
 from smtp_sink import SmtpSink
 
 dns_server = dns_fixtures.dns_server
@@ -230,9 +232,9 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         message["To"] = "sales@example.org"
         message["Subject"] = "A complaint, come back"
         message["Message-ID"] = "<looped.1@example.org>"
-        message["X-Gateway-Loop"] = loop_marker(config_mod.load(gateway.config), "<looped.1@example.org>",
-                                                kind="notification")
         message.set_content("I want to complain.\n")
+        message["X-Gateway-Loop"] = loop_marker(config_mod.load(gateway.config), "<looped.1@example.org>",
+                                                kind="notification", content=loop_content(message.as_bytes()))
         with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
             client.sendmail("alice@partner.example", ["sales@example.org"], message.as_bytes())
         wait_for(lambda: len(gateway.list_json()) == 4, 30, "the looped letter")
@@ -244,6 +246,102 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
         # Receipts: the first letter's, and the relabelled one's (its marker is forged); none to the replay or the loop.
         assert len(sink.to("alice@partner.example")) == 2 and len(sink.to("sales.desk@example.org")) == 3
         assert len(sink.received) == 5
+    finally:
+        daemon.stop()
+
+
+def test_a_notifications_loop_marker_copied_onto_another_mail_hides_nothing(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    """Whoever has seen a notification (its owner, or anyone it was forwarded to) holds its loop
+    marker and Message-ID. Copied onto a new mail, they must not make it pass for our own mail come
+    back, which nobody is told of: the marker is signed over what the notification says too. The
+    owners are notified, the letter is flagged; no receipt goes to it."""
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS),
+                      rules=RULES)
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        send(gateway, sender="alice@partner.example", to="sales@example.org", subject="A complaint",
+             body="I want to complain.\n")
+        [note] = [r.message for r in sink.wait_for(1, to="sales.desk@example.org")]
+        copy = EmailMessage()
+        copy["From"] = "mallory@partner.example"
+        copy["To"] = "sales@example.org"
+        copy["Subject"] = "A complaint nobody should hear of"
+        copy["Message-ID"] = note["Message-ID"]
+        copy["X-Gateway-Loop"] = note["X-Gateway-Loop"]
+        copy.set_content("I want to complain, quietly.\n")
+        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+            client.sendmail("mallory@partner.example", ["sales@example.org"], copy.as_bytes())
+        wait_for(lambda: len(sink.to("sales.desk@example.org")) == 2, 30, "the copy's notification")
+        [copied] = [letter for letter in gateway.list_json() if letter["subject"] == copy["Subject"]]
+        shown = gateway.show_json(str(copied["number"]))
+        assert "copied-loop-marker" in shown["flags"] and "forged-loop-marker" not in shown["flags"]  # type: ignore[operator]
+        [routed] = [e for e in shown["events"] if e["action"] == "routed"]  # type: ignore[union-attr]
+        assert "not_notified" not in routed["details"] and routed["details"]["notify"], routed
+        [suppressed] = [e for e in shown["events"] if e["action"] == "receipt-suppressed"]  # type: ignore[union-attr]
+        assert "our own loop header" in suppressed["details"]["reason"]
+        assert sink.to("mallory@partner.example") == []
+    finally:
+        daemon.stop()
+
+
+def loop_back(gateway: Gateway, raw: bytes, footer: str) -> None:
+    """Our notification sent on to the gateway's own address by an owner's forwarding rule (its
+    Subject marked Fwd:, its other header fields kept), a relay appending `footer` to its text."""
+    message = email.message_from_bytes(raw, policy=policy.default)
+    message.replace_header("Subject", f"Fwd: {message['Subject']}")
+    text = message.get_body(("plain",))
+    assert text is not None
+    text.set_content(text.get_content() + footer)  # type: ignore[attr-defined]
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.sendmail(str(message["To"]), ["sales@example.org"], message.as_bytes())
+
+
+def notifications(sink: SmtpSink) -> list[bytes]:
+    return [r.data for r in sink.wait_for(0) if "; kind=notification" in str(r.message["X-Gateway-Loop"])]
+
+
+def routed_event(gateway: Gateway, number: str) -> tuple[list[str], dict[str, Any]]:
+    shown = gateway.show_json(number)
+    [routed] = [e for e in shown["events"] if e["action"] == "routed"]  # type: ignore[union-attr]
+    return shown["flags"], routed["details"]  # type: ignore[return-value]
+
+
+def test_our_notification_come_back_changed_again_and_again_stops_after_one_round(
+        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+    """An owner's rule sends every notification back to the gateway's address, and a relay on the
+    way appends its disclaimer: the mail no longer says what we signed, so it is taken for a copied
+    marker and its owners are told. What they are told carries after=copied under its MAC, and that
+    come back changed again is flagged but told to nobody: the loop ends after one round."""
+    gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS),
+                      rules=RULES)
+    daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
+    notify.wait_for("READY=1")
+    try:
+        send(gateway, sender="alice@partner.example", to="sales@example.org", subject="A complaint",
+             body="I want to complain.\n")
+        wait_for(lambda: len(notifications(sink)) == 1, 30, "the first notification")
+        looped = 0
+        for _ in range(5):  # an endless loop would still be going after five rounds
+            sent = notifications(sink)
+            if looped == len(sent):
+                break
+            expected = len(gateway.list_json()) + len(sent) - looped
+            for raw in sent[looped:]:
+                loop_back(gateway, raw, footer="\n-- \nThis e-mail and its attachments are confidential.\n")
+            looped = len(sent)
+            wait_for(lambda n=expected: len(gateway.list_json()) == n, 30, "the looped mail registered")
+            numbers = sorted(str(letter["number"]) for letter in gateway.list_json())
+            told = sum(len(routed_event(gateway, n)[1].get("notify", [])) for n in numbers)
+            wait_for(lambda n=told: len(notifications(sink)) == n, 30, f"{told} notification(s)")
+        numbers = sorted(str(letter["number"]) for letter in gateway.list_json())
+        assert len(numbers) == 3 and len(notifications(sink)) == 2, (numbers, len(notifications(sink)))
+        (_, first), (flags2, second), (flags3, third) = [routed_event(gateway, n) for n in numbers]
+        assert first["notify"] and "copied-loop-marker" not in gateway.show_json(numbers[0])["flags"]  # type: ignore[operator]
+        assert "copied-loop-marker" in flags2 and second["notify"] and "not_notified" not in second
+        assert "copied-loop-marker" in flags3 and not third["notify"] and "copied loop marker" in third["not_notified"]
+        assert "; after=copied;" in str(email.message_from_bytes(notifications(sink)[1])["X-Gateway-Loop"])
     finally:
         daemon.stop()
 

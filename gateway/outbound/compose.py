@@ -30,7 +30,7 @@ from gateway.addressing import ascii_domain
 from gateway.config import Config
 from gateway.registry.models import Letter, OutboxMail
 from gateway.stages.autoreply import safe_address
-from gateway.stages.tokens import loop_marker, reply_address
+from gateway.stages.tokens import AFTER_COPY, loop_content, loop_marker, reply_address
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
@@ -100,11 +100,27 @@ def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Let
     message["Message-ID"] = mail.message_id
     # RFC 3834: mark it as automatic, so that well-behaved systems do not answer it.
     message["Auto-Submitted"] = auto
-    # Signed over this mail's kind and Message-ID: only our own internal mail coming back spares
-    # the owners a notification; a receipt's marker (an outsider holds it) stops only a receipt.
-    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id, kind=mail.kind)
+    # Signed over this mail's kind and Message-ID, and by sealed() over what it says: only our own
+    # internal mail coming back spares the owners a notification; a receipt's marker (an outsider
+    # holds it) stops only a receipt.
+    message["X-Gateway-Loop"] = loop_marker(config, mail.message_id, kind=mail.kind,
+                                            after_copy="copied-loop-marker" in (letter.flags or []))
     message["X-Gateway-Letter"] = letter.number
     return message
+
+
+def sealed(config: Config, kind: str, message: EmailMessage) -> bytes:
+    """The mail as it is sent, its loop marker signed over what it says as well: a copy of the
+    marker and the Message-ID on any other mail is then not taken for ours come back
+    (gateway.stages.tokens.loop_content)."""
+    if message["X-Gateway-Loop"] is None:
+        return message.as_bytes()
+    content = loop_content(message.as_bytes())  # read back as a receiver reads it
+    # Whether it is about a letter with a copied marker _base() wrote into the marker: kept.
+    after_copy = AFTER_COPY in str(message["X-Gateway-Loop"])
+    message.replace_header("X-Gateway-Loop", loop_marker(config, str(message["Message-ID"]), kind=kind,
+                                                         content=content, after_copy=after_copy))
+    return message.as_bytes()
 
 
 def _answerable(config: Config, message: EmailMessage, mail: OutboxMail, letter: Letter) -> EmailMessage:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import Config
 from gateway.outbound.compose import (ComposeError, _local, _sender, clean, deliverable, header_text, in_thread_of,
-                                      our_from, policy_for)
+                                      our_from, policy_for, sealed)
 from gateway.registry import Registry
 from gateway.registry.models import Letter, OutboxMail, ReplyAttachment
 from gateway.registry.plan import NewMail
@@ -79,7 +79,7 @@ def compose(config: Config, registry: Registry, mail: OutboxMail, letter: Letter
         if not message:
             raise ComposeError(f"the reply {mail.message_id} is not in the register")
         return message
-    return notice(config, mail, letter).as_bytes()
+    return sealed(config, mail.kind, notice(config, mail, letter))
 
 
 def notice(config: Config, mail: OutboxMail, letter: Letter) -> EmailMessage:

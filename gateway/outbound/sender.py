@@ -34,7 +34,7 @@ from gateway.config import Config
 from gateway.faults import checkpoint
 from gateway.outbound import circulation, outward, replies
 from gateway.outbound.compose import (ComposeError, deliverable, notification, password_reset, receipt, refusal,
-                                      reminder)
+                                      reminder, sealed)
 from gateway.registry import Registry, RegistryUnavailable
 from gateway.registry.models import Letter, OutboxMail
 from gateway.runner import Runner
@@ -248,31 +248,31 @@ class OutboxSender(Runner):
 
     def _compose(self, mail: OutboxMail, letter: Letter | None) -> bytes:
         if mail.kind in ABOUT_NO_LETTER:
-            return ABOUT_NO_LETTER[mail.kind](self.config, mail).as_bytes()
+            return sealed(self.config, mail.kind, ABOUT_NO_LETTER[mail.kind](self.config, mail))
         if letter is None:
             raise ComposeError(f"a {mail.kind} mail about no letter")
         if mail.kind in ("receipt", "feedback"):
-            return receipt(self.config, mail, letter, mail.kind).as_bytes()
+            return sealed(self.config, mail.kind, receipt(self.config, mail, letter, mail.kind))
         if mail.kind in ("reminder", "escalation"):
-            return reminder(self.config, mail, letter).as_bytes()
+            return sealed(self.config, mail.kind, reminder(self.config, mail, letter))
         if mail.kind == "refused-command":
-            return refusal(self.config, mail, letter).as_bytes()
+            return sealed(self.config, mail.kind, refusal(self.config, mail, letter))
         if mail.kind in outward.KINDS:
-            return outward.compose(self.config, mail, letter).as_bytes()
+            return sealed(self.config, mail.kind, outward.compose(self.config, mail, letter))
         if mail.kind in replies.KINDS:
             return replies.compose(self.config, self.registry, mail, letter)
         if mail.kind in circulation.KINDS:
-            return circulation.compose(self.config, mail, letter).as_bytes()
+            return sealed(self.config, mail.kind, circulation.compose(self.config, mail, letter))
         raw = self._original(letter) if letter.confidentiality != "confidential" else None
         try:
-            return notification(self.config, mail, letter, raw).as_bytes()
+            return sealed(self.config, mail.kind, notification(self.config, mail, letter, raw))
         except ComposeError:
             raise
         except Exception as exc:
             # An original the email package cannot re-serialise as message/rfc822 (hostile
             # headers): attach its bytes as a file instead; the department still hears of it.
             log.warning("%s: original attached as a file (%s: %s)", letter.number, type(exc).__name__, exc)
-            return notification(self.config, mail, letter, raw, original_as_file=True).as_bytes()
+            return sealed(self.config, mail.kind, notification(self.config, mail, letter, raw, original_as_file=True))
 
     def _original(self, letter: Letter) -> bytes | None:
         if letter.raw_size > self.config.model.outbound.attach_original_max_bytes:

@@ -32,7 +32,7 @@ from gateway.stages.normalise.filenames import safe_filename
 from gateway.stages.paper import build_paper, is_paper
 from gateway.stages.reference import find_reference
 from gateway.stages.route import IMPORTED, route
-from gateway.stages.tokens import check_reply_token, find_reply_tokens
+from gateway.stages.tokens import check_reply_token, find_reply_tokens, has_loop_marker, loop_content
 
 FAX_SENDER_UNPROVEN = "fax-sender-unproven"  # fax-to-email whose sender nothing proved
 
@@ -156,7 +156,9 @@ class LetterBuilder:
         if not needs_ocr:  # a fax with pages to read is classified once its text is known
             facts = facts_from_mail(parsed, channel=channel, envelope_rcpts=rcpts, mailbox_department=hint,
                                     fax_number=fax.get("number"), trust=trust,
-                                    returned=returned_headers(raw, parsed.header_fields))
+                                    returned=returned_headers(raw, parsed.header_fields),
+                                    loop_content=loop_content(raw) if has_loop_marker(
+                                        self.config, header_map(parsed.header_fields)) else "")
             routing = route(self.config, facts, received_at=received_at, envelope_from=envelope.get("mail_from"),
                             backlog="backlog" in flags, flags=flags)
         return _storable(NewLetter(

@@ -20,13 +20,14 @@ from gateway.stages.autoreply import answers_our_mail, no_reply_reason
 from gateway.stages.classify.facts import Facts, facts_from_letter, headers_of
 from gateway.stages.classify.rules import Decision
 from gateway.stages.normalise.summary import summarise
-from gateway.stages.tokens import loop_marker_state
+from gateway.stages.tokens import has_loop_marker, loop_content, loop_marker_state
 
 if TYPE_CHECKING:
     from gateway.registry.models import Letter
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_MARKER_FLAGS = {"forged": ["forged-loop-marker"], "to-sender": ["receipt-loop-marker"]}
+_MARKER_FLAGS = {"forged": ["forged-loop-marker"], "copied": ["copied-loop-marker"],
+                 "recopied": ["copied-loop-marker"], "to-sender": ["receipt-loop-marker"]}
 # A letter taken over by `gateway import` (beside "backlog", which stops its receipt) is IMPORTED; without
 # --notify also QUIET: the old system handled it, so no department is notified and it gets no deadline
 # (no reminders, never overdue). With --notify its deadline counts from the import, not from its old date.
@@ -41,7 +42,7 @@ def new_mail(config: Config, kind: str, recipient: str, **details: Any) -> NewMa
 
 def plan(config: Config, decision: Decision, *, received_at: datetime, sender: str, subject: str, body: str,
          channel: str, headers: dict[str, list[str]], envelope_from: str | None, backlog: bool,
-         flags: Sequence[str] = (), returned: Sequence[dict[str, list[str]]] = ()) -> Routing:
+         flags: Sequence[str] = (), returned: Sequence[dict[str, list[str]]] = (), loop_content: str = "") -> Routing:
     departments = config.departments
     department = departments[decision.department or config.model.triage.department]
     urgency = decision.urgency or "regular"
@@ -51,23 +52,31 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
     owners = [decision.owner] if decision.owner else list(department.owners)
     mail = [new_mail(config, "notification", owner, department=department.id) for owner in owners]
     no_notification = None
-    marker = loop_marker_state(config, headers)
+    marker = loop_marker_state(config, headers, content=loop_content)
     # A delivery report on a notification of ours (its owner's mailbox is gone, say): notifying
     # that owner again would bring another report, and so on for ever. Registered, for the
-    # registry office to see whose mail failed.
-    returns_ours = marker != "ours" and any(loop_marker_state(config, fields) == "ours" for fields in returned)
+    # registry office to see whose mail failed. A report may return only the headers: what the
+    # mail said cannot be checked there.
+    returns_ours = marker != "ours" and any(loop_marker_state(config, fields, content=None) == "ours"
+                                            for fields in returned)
     if marker == "ours":
         # Our own internal mail came back in (a forward, an owner's rule): registered, never
         # answered and never forwarded again, or each notification would beget another. A
-        # receipt's marker ("to-sender") never gets here: its holder could hide any letter.
+        # receipt's marker ("to-sender") never gets here, nor an internal mail's copied onto
+        # another ("copied"): its holder could hide any letter.
         mail, no_notification = [], "the gateway's own mail came back (X-Gateway-Loop)"
+    elif marker == "recopied":
+        # Our mail about a letter that came with a copied marker, come back changed (a relay's
+        # footer): telling its owners again would send them one more such mail, which may come
+        # back changed again, for ever. Flagged for the registry office to see.
+        mail, no_notification = [], "the gateway's own mail about a copied loop marker came back (X-Gateway-Loop)"
     elif returns_ours:
         mail, no_notification = [], "a delivery report on the gateway's own mail (X-Gateway-Loop)"
     elif QUIET in flags:
         mail, no_notification = [], "backlog import (gateway import without --notify)"
     reply_to = reply_address(sender, headers, envelope_from)
     receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
-                                        own_mail=marker in ("ours", "to-sender") or returns_ours)
+                                        own_mail=marker in ("ours", "copied", "recopied", "to-sender") or returns_ours)
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
@@ -106,18 +115,21 @@ def route(config: Config, facts: Facts, *, received_at: datetime, envelope_from:
     decision = config.ruleset.classify(facts)
     return plan(config, decision, received_at=received_at, sender=facts.sender_address, subject=facts.subject,
                 body=facts.body, channel=facts.channel, headers=facts.headers, envelope_from=envelope_from,
-                backlog=backlog, flags=flags, returned=facts.returned_headers)
+                backlog=backlog, flags=flags, returned=facts.returned_headers, loop_content=facts.loop_content)
 
 
 def letter_facts(config: Config, letter: Letter) -> Facts:
     """The facts of a registered letter, its headers read again from the stored original."""
     headers: dict[str, list[str]] = {}
+    content = ""
     if not letter.is_fax_file:  # a fax file has no headers
         try:
-            headers = headers_of(read_raw(config.state_dir / letter.raw_path))
+            raw = read_raw(config.state_dir / letter.raw_path)
+            headers = headers_of(raw)
+            content = loop_content(raw) if has_loop_marker(config, headers) else ""
         except (OSError, DamagedItem):
             pass
-    return facts_from_letter(letter, headers, config.departments)
+    return facts_from_letter(letter, headers, config.departments, loop_content=content)
 
 
 def route_letter(config: Config, letter: Letter) -> Routing:
@@ -140,7 +152,7 @@ def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Rou
 def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
     """Does this mail carry a verified X-Gateway-Loop marker of any kind of our mail, so that
     no automatic reply may go to it? Anyone can write the header; only we can sign it."""
-    return loop_marker_state(config, headers) in ("ours", "to-sender")
+    return loop_marker_state(config, headers, content=None) in ("ours", "copied", "recopied", "to-sender")
 
 
 def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:

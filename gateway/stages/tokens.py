@@ -12,13 +12,20 @@ sender (gateway.registry.decisions). The number in the address only finds the le
 HMAC is what vouches for it. The address is taken in the form addresses are compared in
 (gateway.addressing.canonical): 李明@例子.中国 and 李明@xn--fsqu00a.xn--fiqs8s are one.
 
-The loop marker, `X-Gateway-Loop: <loop_id>; kind=<kind>; token=<token>`, is an HMAC over the
-kind of mail and the Message-ID of the mail it is on. Only a verified marker of mail we send
-inside the organisation (notification, reminder, escalation, refused-command) means "our own
-mail came back" and spares the owners another notification; a receipt's or feedback's marker
-is in an outsider's hands (they may copy it and the Message-ID onto any new mail), so it
-stops only the automatic reply. A marker that names our loop id but does not verify is
-forged, suppresses nothing and is flagged on the letter.
+The loop marker, `X-Gateway-Loop: <loop_id>; kind=<kind>; token=<token>; content=<token>`,
+holds two HMACs: one over the kind of mail and the Message-ID of the mail it is on, one over
+those and what the mail says (loop_content: its From, To, Subject, letter and every part's
+content). Only a marker of mail we send inside the organisation (notification, reminder,
+escalation, refused-command, ...) whose both MACs verify against the mail it is on means "our
+own mail came back" and spares the owners another notification. Anyone who has seen one (its
+recipient, or whoever they forward it to) can copy the marker and the Message-ID onto a new
+mail: the first MAC still verifies, the second does not, and the letter is only flagged. Our
+own mail come back changed on the way looks the same and its owners are told; what they are told
+carries "after=copied", its first MAC over another label, and that come back changed again is
+flagged but told to nobody, so that no rewriting relay can keep a loop going. A delivery
+report returning only the headers of our mail is known by the first. A receipt's or feedback's
+marker is in an outsider's hands, so it stops only the automatic reply. A marker that names our
+loop id but does not verify is forged, suppresses nothing and is flagged.
 
 The secret: <state>/keys/replies.json (mode 0600, its folder 0700), created the first time it
 is needed, holding the current key and the previous ones with when they were retired.
@@ -40,6 +47,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.message import Message
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +65,7 @@ _BASE32 = "a-z2-7"
 # system keeps as they are; otherwise the answer's subject or In-Reply-To names the letter.
 _ADDRESS_SAFE_NUMBER = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _LOOP_TOKEN = re.compile(rf"\btoken=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
+_LOOP_CONTENT = re.compile(rf"\bcontent=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -277,27 +287,105 @@ def _message_id(value: str) -> str:
     return value.strip().strip("<>").strip()
 
 
-def loop_marker(config: Config, message_id: str, *, kind: str) -> str:
-    """The X-Gateway-Loop value for the mail of this kind with this Message-ID."""
+# A marker on mail about a letter that came in with a copied marker (copied-loop-marker) says so,
+# under its first MAC: that mail, come back changed, is not notified of again (the loop breaker).
+AFTER_COPY = "after=copied"
+
+
+def loop_marker(config: Config, message_id: str, *, kind: str, content: str | None = None,
+                after_copy: bool = False) -> str:
+    """The X-Gateway-Loop value for the mail of this kind with this Message-ID; `content`: the
+    mail's loop_content, once it is written (without it, its marker is never taken as ours);
+    `after_copy`: the mail is about a letter flagged copied-loop-marker."""
     if kind not in INTERNAL_KINDS | TO_SENDER_KINDS:
         raise ValueError(f"no loop marker for mail of kind {kind!r}")
     key = keyring(config).current
     assert key.secret is not None
-    return f"{config.loop_id}; kind={kind}; token={key.id}{_mac(key.secret, 'loop', kind, _message_id(message_id))}"
+    mid = _message_id(message_id)
+    label, after = ("loop-after-copy", f"; {AFTER_COPY}") if after_copy else ("loop", "")
+    marker = f"{config.loop_id}; kind={kind}{after}; token={key.id}{_mac(key.secret, label, kind, mid)}"
+    if content is not None:
+        marker += f"; content={key.id}{_mac(key.secret, 'loop-content', kind, mid, content)}"
+    return marker
+
+
+def has_loop_marker(config: Config, headers: dict[str, list[str]]) -> bool:
+    """Does the mail carry an X-Gateway-Loop naming our loop id (verified or not)?"""
+    return any(config.loop_id.lower() in v.lower() for v in headers.get("x-gateway-loop", []))
+
+
+def loop_content(raw: bytes) -> str:
+    """What the loop marker's second MAC covers of a mail (hex SHA-256): its From, To, Subject and
+    X-Gateway-Letter, decoded, and each part's type and content, decoded, with a message attached to
+    it (a notification's original) by its header fields too. Whitespace is left out everywhere: a
+    mail system passing our mail back may fold a header again, re-encode a part or change its line
+    ends without changing a word of it. "" for what cannot be read."""
+    from gateway.stages.normalise.bounded import Budget, parse
+    from gateway.stages.normalise.model import Limits
+
+    digest = hashlib.sha256()
+
+    def add(label: str, text: str) -> None:
+        data = "".join(text.split()).encode("utf-8", "surrogateescape")
+        digest.update(f"{label}\x00{len(data)}\x00".encode())
+        digest.update(data)
+    try:
+        message = parse(raw, Budget(Limits()))
+        for name in ("from", "to", "subject", "x-gateway-letter"):
+            add(f"header {name}", "\x00".join(_decoded(v) for v in message.get_all(name, [])))
+        for part in message.walk():
+            kind = part.get_content_type()
+            add("part", kind)
+            payload = part.get_payload()
+            if kind in ("message/rfc822", "message/global") and isinstance(payload, list) and payload \
+                    and isinstance(payload[0], Message):
+                for name, value in payload[0].items():
+                    add(f"attached {name.lower()}", _decoded(value))
+            if part.is_multipart():
+                continue
+            data = part.get_payload(decode=True)
+            data = data if isinstance(data, bytes) else b""
+            if part.get_content_maintype() == "text":
+                try:
+                    add("text", data.decode(part.get_content_charset() or "us-ascii", "replace"))
+                except LookupError:
+                    add("text", data.decode("latin-1"))
+            else:
+                add("data", base64.b64encode(data).decode())
+    except Exception:  # a hostile mail the parser gives up on says nothing of ours
+        return ""
+    return digest.hexdigest()
+
+
+def _decoded(value: Any) -> str:
+    try:
+        return str(make_header(decode_header(str(value))))
+    except Exception:  # an encoded-word Python cannot decode: compared as written
+        return str(value)
 
 
 # "ours": our own internal mail came back (a forward, an owner's rule): nobody is notified again.
+# "copied": an internal mail's marker and Message-ID on a mail that does not say what ours said:
+#   no automatic reply (it verified as our mail's), but the owners are told as of any letter.
+# "recopied": the same on mail about a letter that came in so ("after=copied"): flagged, but nobody
+#   is told again. Our notification of such a letter may come back changed on the way (a footer
+#   added by a relay); telling of it again would send one more, changed again, for ever.
 # "to-sender": a receipt or feedback of ours came back, or its marker was copied: no automatic
 #   reply, but the owners are told as of any letter.
 # "forged": it names our loop id and nothing verifies.
-LoopMarker = Literal["ours", "to-sender", "forged"]
+LoopMarker = Literal["ours", "copied", "recopied", "to-sender", "forged"]
+# Of several markers the one that tells most: "copied" above "recopied", so that a copy of a
+# second-round marker beside a first-round one does not spare the owners.
+_RANK: dict[LoopMarker, int] = {"forged": 0, "to-sender": 1, "recopied": 2, "copied": 3, "ours": 4}
 
 
-def loop_marker_state(config: Config, headers: dict[str, list[str]],
+def loop_marker_state(config: Config, headers: dict[str, list[str]], *, content: str | None,
                       now: datetime | None = None) -> LoopMarker | None:
     """What a mail's X-Gateway-Loop says, verified against its Message-ID and the kind it names
-    (both under the MAC); None when there is no marker of ours (another system's
-    X-Gateway-Loop is none of our business)."""
+    (both under the MAC), and for an internal kind against `content`, the mail's loop_content;
+    None when there is no marker of ours (another system's X-Gateway-Loop is none of our
+    business). `content` None: only the headers are at hand (those a delivery report returns),
+    and the first MAC is all that can be checked."""
     values = [v for v in headers.get("x-gateway-loop", []) if config.loop_id.lower() in v.lower()]
     if not values:
         return None
@@ -309,13 +397,31 @@ def loop_marker_state(config: Config, headers: dict[str, list[str]],
         if kind not in INTERNAL_KINDS | TO_SENDER_KINDS:
             continue
         for match in _LOOP_TOKEN.finditer(value):
-            token = match.group(1).lower()
-            key, _ = _usable_key(config, token[:KEY_ID_CHARS], now)
-            if key is None or key.secret is None:
+            after_copy = False
+            mid = _verified(config, match.group(1), now, message_ids, "loop", kind)
+            if mid is None:
+                after_copy = True
+                mid = _verified(config, match.group(1), now, message_ids, "loop-after-copy", kind)
+            if mid is None:
                 continue
-            if any(hmac.compare_digest(_mac(key.secret, "loop", kind, mid), token[KEY_ID_CHARS:])
-                   for mid in message_ids):
-                if kind in INTERNAL_KINDS:
-                    return "ours"
-                found = "to-sender"
+            state: LoopMarker = "to-sender"
+            if kind in INTERNAL_KINDS:
+                state = "ours" if content is None or any(
+                    _verified(config, c.group(1), now, [mid], "loop-content", kind, content)
+                    for c in _LOOP_CONTENT.finditer(value)) else "recopied" if after_copy else "copied"
+            if _RANK[state] > _RANK[found]:
+                found = state
     return found
+
+
+def _verified(config: Config, token: str, now: datetime | None, message_ids: list[str], label: str, kind: str,
+              *after: str) -> str | None:
+    """The Message-ID among `message_ids` for which `token` is the MAC over (label, kind, the
+    Message-ID, *after), if any."""
+    token = token.lower()
+    key, _ = _usable_key(config, token[:KEY_ID_CHARS], now)
+    if key is None or key.secret is None:
+        return None
+    secret = key.secret
+    return next((mid for mid in message_ids
+                 if hmac.compare_digest(_mac(secret, label, kind, mid, *after), token[KEY_ID_CHARS:])), None)

@@ -184,6 +184,7 @@ FLAG = {"ocr-pending": N_("fax text not read yet"), "needs-triage": N_("needs tr
         "repeated-header": N_("header fields given twice"),
         "sender-not-from": N_("sender taken from the Sender field: only SMTP AUTH proves it"),
         "forged-loop-marker": N_("forged loop marker"), "receipt-loop-marker": N_("answer to our own receipt"),
+        "copied-loop-marker": N_("loop marker of our mail copied onto another mail"),
         "bounce": N_("bounce (no envelope sender)"),
         "oversize": N_("too large: registered from its headers only"), "backlog": N_("backlog import"),
         "imported": N_("taken over by an import"), "no-notifications": N_("imported without notifications")}

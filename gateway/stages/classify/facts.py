@@ -38,6 +38,9 @@ class Facts:
     # The headers of each message a delivery report (multipart/report) returns: a report on our
     # own mail is known by the loop marker among them (route.py).
     returned_headers: list[dict[str, list[str]]] = field(default_factory=list)
+    # What the mail says, as our loop marker's MAC covers it (gateway.stages.tokens.loop_content):
+    # read only when it carries a marker naming us; "" otherwise, which verifies nothing.
+    loop_content: str = ""
 
     @property
     def sender_domain(self) -> str:
@@ -115,7 +118,7 @@ def _trust_facts(trust: dict[str, Any] | None) -> dict[str, Any]:
 def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[str],
                     mailbox_department: str | None, fax_number: str | None = None,
                     trust: dict[str, Any] | None = None,
-                    returned: list[dict[str, list[str]]] | None = None) -> Facts:
+                    returned: list[dict[str, list[str]]] | None = None, loop_content: str = "") -> Facts:
     return Facts(
         channel=channel,
         sender_address=parsed.sender.address.lower() if parsed.sender else "",
@@ -129,11 +132,12 @@ def facts_from_mail(parsed: Normalised, *, channel: str, envelope_rcpts: list[st
         mailbox_department=mailbox_department,
         **_trust_facts(trust),
         returned_headers=returned or [],
+        loop_content=loop_content,
     )
 
 
 def facts_from_letter(letter: Letter, headers: dict[str, list[str]],
-                      departments: Container[str] | None = None) -> Facts:
+                      departments: Container[str] | None = None, loop_content: str = "") -> Facts:
     """Facts from a registered letter (replay, and faxes classified once their text is read).
 
     A mailbox's department is kept only if it is among `departments` (the configured ids), when given."""
@@ -156,6 +160,7 @@ def facts_from_letter(letter: Letter, headers: dict[str, list[str]],
         fax_number=letter.fax_number,
         mailbox_department=hint if departments is None or hint in departments else None,
         **_trust_facts(letter.trust),
+        loop_content=loop_content,
     )
 
 
