@@ -8,7 +8,7 @@ import json
 import re
 import smtplib
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,9 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+
+from gateway import config as config_mod
+from gateway.outbound.outward import BadToken, ExpiredToken, check_rating_token, rating_token
 
 from conftest import Gateway, Notify, outbound_settings, wait_for
 from smtp_sink import SmtpSink
@@ -260,3 +263,23 @@ def test_a_comment_as_long_as_the_rating_form_takes_is_kept_whole_with_its_line_
         assert rated["comment"] == "\n".join(lines)
     finally:
         site.close()
+
+
+def test_a_rating_link_stops_counting_once_its_key_is_retired_past_the_grace(tmp_path: Path) -> None:
+    """As for reply addresses: a rotation because a secret may have leaked stops the links it
+    signed once [replies] previous_key_grace_days is over, though the link's own days are not."""
+    gateway = Gateway(tmp_path, extra="[replies]\nprevious_key_grace_days = 0\n", rules=RULES)
+    config = config_mod.load(str(gateway.config))
+    sent = datetime.now(timezone.utc)
+    token = rating_token(config, "result-1@example.org", sent)
+    assert check_rating_token(config, token).message_id == "<result-1@example.org>"
+
+    assert "is accepted for 0 more day(s)" in gateway.run("keys", "rotate").stdout
+    with pytest.raises(ExpiredToken, match=r"the link no longer counts: its key \w{4} was retired on .* "
+                                           r"more than 0 day\(s\) ago"):
+        check_rating_token(config, token, now=sent + timedelta(seconds=5))
+    fresh = rating_token(config, "result-1@example.org", sent)
+    assert check_rating_token(config, fresh).message_id == "<result-1@example.org>"
+    encoded, stamp, signed = fresh.split(".")
+    with pytest.raises(BadToken):  # an unknown key is still simply not ours
+        check_rating_token(config, f"{encoded}.{stamp}.zzzz{signed[4:]}")

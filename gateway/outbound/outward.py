@@ -23,7 +23,7 @@ from gateway.config import Config
 from gateway.outbound.compose import (ComposeError, _answerable, _base, _local, _sender, clean, kept_from_mail,
                                       in_thread_of, mail_subject, template)
 from gateway.registry.models import Letter, OutboxMail
-from gateway.stages.tokens import keyring
+from gateway.stages.tokens import _usable_key, keyring
 
 KINDS = frozenset({"request", "sender-notice"})
 _MAC_CHARS = 22
@@ -67,10 +67,15 @@ def check_rating_token(config: Config, token: str, now: datetime | None = None) 
         issued = datetime.fromtimestamp(stamp, timezone.utc)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
         raise BadToken("not a rating link") from None
-    ring = keyring(config)
     key_id, mac = signed[:4], signed[4:]
-    secrets = [k.secret for k in (ring.current, *ring.previous) if k.id == key_id and k.secret is not None]
-    if not secrets or not any(hmac.compare_digest(_mac(s, mid, stamp).encode(), mac.encode()) for s in secrets):
+    # A retired key counts for [replies] previous_key_grace_days, as for reply addresses: a
+    # rotation because the secret may have leaked must stop links signed with it too.
+    ring = keyring(config)
+    key, reason = _usable_key(config, key_id, now)
+    if key is None and any(k.id == key_id for k in ring.previous):
+        raise ExpiredToken(f"the link no longer counts: {reason}")
+    if key is None or key.secret is None or not hmac.compare_digest(_mac(key.secret, mid, stamp).encode(),
+                                                                    mac.encode()):
         raise BadToken("not a rating link of ours")
     if (now or datetime.now(timezone.utc)) - issued > timedelta(days=config.model.satisfaction.link_days):
         raise ExpiredToken(f"the link expired {config.model.satisfaction.link_days} days after it was sent")
