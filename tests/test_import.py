@@ -465,3 +465,27 @@ def test_an_mbox_saved_with_a_byte_order_mark_or_blank_lines_first_is_read(gatew
         kept = raw.split(b"\n", 1)[1][:-1]  # after its From line, without the blank line that ends it
         assert (shown["raw_sha256"], shown["sender_address"], shown["defects"]) == (
             hashlib.sha256(kept).hexdigest(), f"p{n}@partner.example", []), shown
+
+
+def test_files_of_another_kind_in_a_folder_of_eml_files_are_named_in_the_summary(
+        gateway: Gateway, tmp_path: Path) -> None:
+    """An export's .msg or .txt may be a letter: the import reads only .eml files, and says which
+    others it left (how many, the first ten by name, and why), rather than passing them over."""
+    folder = tmp_path / "export"
+    (folder / "2020").mkdir(parents=True)
+    (folder / "1.eml").write_bytes(message(1))
+    (folder / "2020" / "2.EML").write_bytes(message(2))
+    (folder / "2020" / "complaint.msg").write_bytes(b"\xd0\xcf\x11\xe0 an Outlook message")
+    (folder / "note.txt").write_bytes(message(3))
+    for n in range(11):
+        (folder / f"scan-{n:02d}.pdf").write_bytes(b"%PDF-1.4\n")
+    (folder / ".DS_Store").write_bytes(b"\x00")  # a file manager's, not the export's
+    summary = summary_of(gateway.run("import", str(folder), "--json"))
+    assert summary["registered"] == 2
+    assert summary["files_not_read"] == 13
+    assert summary["files_not_read_first"] == ["2020/complaint.msg", "note.txt"] + [
+        f"scan-{n:02d}.pdf" for n in range(8)]
+    again = gateway.run("import", str(folder)).stdout
+    assert ("files not read:      13 (not .eml files, so not read: save each message as .eml to import it): "
+            "2020/complaint.msg, note.txt, scan-00.pdf") in again
+    assert "scan-07.pdf and 3 more" in again

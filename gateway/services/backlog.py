@@ -101,6 +101,10 @@ class Source:
         """Folders of mail in the source that this import does not read, to be named in its summary."""
         return []
 
+    def files_not_read(self) -> list[str]:
+        """Files in the source that this import does not read, to be named in its summary."""
+        return []
+
     def key(self, locator: str) -> str:
         """The intake key of a message: the source's path and the message's place in it.
 
@@ -241,12 +245,21 @@ class EmlFolder(Source):
     def __init__(self, path: Path, tz: ZoneInfo):
         super().__init__(path, tz)
         self._files: list[str] | None = None
+        self._others: list[str] = []
 
     def files(self) -> list[str]:
         if self._files is None:
-            self._files = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
-                                 if p.suffix.lower() == ".eml" and (p.is_symlink() or p.is_file()))
+            found = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_symlink() or p.is_file())
+            self._files = [name for name in found if Path(name).suffix.lower() == ".eml"]
+            # A .msg or .txt in an export may well be a letter: named in the summary, not passed
+            # over unnoticed. Hidden files (.DS_Store) are a file manager's, not the export's.
+            self._others = [name for name in found if Path(name).suffix.lower() != ".eml"
+                            and not Path(name).name.startswith(".")]
         return self._files
+
+    def files_not_read(self) -> list[str]:
+        self.files()
+        return self._others
 
     def count(self) -> int:
         return len(self.files())
@@ -346,6 +359,10 @@ def _received_at(raw: bytes, delivered: Sequence[datetime | None], fallback: dat
 
 
 # -- the import ------------------------------------------------------------------
+FILES_NAMED = 10  # of the files not read, how many the summary names
+NOT_EML = "not .eml files, so not read: save each message as .eml to import it"
+
+
 @dataclass
 class Summary:
     """What an import did, for its summary and exit status."""
@@ -363,6 +380,7 @@ class Summary:
     answers: int = 0  # answers to letters of ours, recorded on them
     numbers: list[str] = field(default_factory=list)  # of the letters registered
     folders_not_read: list[str] = field(default_factory=list)  # a Maildir's own folders (.Sent): imported by path
+    files_not_read: list[str] = field(default_factory=list)  # in a folder of .eml files, those of another kind
     interrupted: bool = False
     unavailable: str | None = None  # why the registry could not take more
 
@@ -376,6 +394,8 @@ class Summary:
                 "quarantine_reasons": {readable_text(k): v for k, v in self.quarantined.items()},
                 "refusal_reasons": {readable_text(k): v for k, v in self.refused.items()},
                 "folders_not_read": self.folders_not_read,
+                "files_not_read": len(self.files_not_read),
+                "files_not_read_first": self.files_not_read[:FILES_NAMED],
                 "interrupted": self.interrupted, "registry_unavailable": self.unavailable}
 
 
@@ -417,6 +437,7 @@ class BacklogImport:
         summary = self.summary
         summary.total = self.source.count()
         summary.folders_not_read = [readable_text(name) for name in self.source.folders_not_read()]
+        summary.files_not_read = [readable_text(name) for name in self.source.files_not_read()]
         self._recover(report)
         # An earlier run's quarantined messages stay there (`gateway quarantine retry` takes them
         # again): spooling them anew would only quarantine them twice.
