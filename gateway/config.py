@@ -867,7 +867,8 @@ RESTART_ONLY: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
 # (registry/leases.py, SettingsWatch): a node timing takeovers otherwise takes a live node's folders
 # and claims, or leaves a dead one's too long; other departments, triage, calendar, deadlines or
 # reminders route, time and chase the same letter otherwise depending on the node; another
-# timezone or number template numbers letters of one series differently. The rules are compared
+# timezone or number template numbers letters of one series differently; other intake limits
+# make another letter of the same message. The rules are compared
 # by the version each letter records. Listed as in RESTART_ONLY.
 SHARED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("cluster", "cluster", None),
@@ -879,6 +880,11 @@ SHARED: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("calendar", "calendar", None),
     ("deadlines", "deadlines", None),
     ("reminders", "reminders", None),
+    # What a letter is made of: over [imap] max_message_bytes a message is registered from its
+    # headers only (and a move's copy is known by the digest of those), and [normalise] bounds how
+    # much of a message is examined; any node may watch a folder or register a spooled item.
+    ("imap.max_message_bytes", "imap", ("max_message_bytes",)),
+    ("normalise", "normalise", None),
 )
 
 

@@ -498,6 +498,26 @@ def test_nodes_given_other_settings_that_must_agree_are_named_in_an_alert(
     assert a.compare_settings(shared_settings(other)) == {}
 
 
+def test_nodes_given_other_intake_limits_are_named_in_an_alert(
+        two_nodes: tuple[Any, ...], caplog: pytest.LogCaptureFixture) -> None:
+    """Over [imap] max_message_bytes a message is registered from its headers only, and [normalise]
+    bounds how much of one is examined: a node given other values makes another letter of the same
+    message from a folder any node may watch, and is named. Its SMTP listener's limit is its own."""
+    config_a, _, a, config_b, _, b = two_nodes
+    other = config_b.model.model_copy(update={
+        "imap": config_b.model.imap.model_copy(update={"max_message_bytes": 1024 * 1024}),
+        "normalise": config_b.model.normalise.model_copy(update={"max_parts": 50}),
+        "smtp": config_b.model.smtp.model_copy(update={"max_message_bytes": 1024 * 1024})})
+    watch_a, watch_b = SettingsWatch(a), SettingsWatch(b)
+    caplog.set_level(logging.ERROR, logger="gateway.cluster")
+    assert watch_a.check(shared_settings(config_a.model)) == {}
+    assert watch_b.check(shared_settings(other)) == {"node-a": ["imap.max_message_bytes", "normalise"]}
+    assert watch_a.check(shared_settings(config_a.model)) == {"node-b": ["imap.max_message_bytes", "normalise"]}
+    assert caplog.records[-1].getMessage() == (
+        "ALERT cluster: node node-b runs with other imap.max_message_bytes, normalise than this node (node-a): "
+        "give every node sharing the registry the same values")
+
+
 def test_a_registry_turned_read_only_keeps_items_spooled_and_is_left_once_writable(tmp_path: Path,
                                                                                    pg_url: str) -> None:
     """After a fail-over the name the nodes use may still lead to the old primary, now a standby:
