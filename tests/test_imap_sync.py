@@ -704,3 +704,47 @@ def test_messages_spooled_by_a_node_that_died_before_its_action_are_fetched_agai
     with box.registry.engine.connect() as conn:
         rows = conn.execute(text("SELECT uid, outcome, action FROM imap_ledger ORDER BY uid")).all()
     assert rows == [(1, "spooled", "move"), (2, "spooled", "move"), (3, "spooled", "move")]
+
+
+def test_messages_a_dead_node_spooled_in_the_middle_of_a_move_are_fetched_again_and_not_copied_twice(
+        dovecot: DovecotServer, tmp_path: Path, close_registries: list[Folder]) -> None:
+    """Node a, moving without MOVE, died with its disk before registering two messages: one's COPY
+    was done (its original still to expunge), the other's begun. Node b fetches both again into its
+    own spool before the move goes on, and looks in move_to before copying: each ends there once."""
+    box = Folder(dovecot, tmp_path, after="move", move_to="Done")
+    close_registries.append(box)
+    box.sync()  # an empty folder: nothing to import
+
+    def over_quota(client: IMAPClient) -> None:
+        def move(*args: Any, **kwargs: Any) -> Any:
+            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
+        client.move = move  # type: ignore[method-assign]
+    box.wrap = over_quota
+    one, two = make_message(1, subject="one"), make_message(2, subject="two")
+    dovecot.deliver(box.user, one)
+    dovecot.deliver(box.user, two)
+    with pytest.raises(IMAPClientError, match="OVERQUOTA"):
+        box.sync()  # both spooled, their move refused
+    # As node a left them: "one" copied into Done, its original not yet expunged; "two"'s COPY begun.
+    dovecot.deliver(box.user, one, folder="Done")
+    with box.registry.engine.connect() as conn:
+        conn.execute(text("UPDATE imap_ledger SET action = 'pending-expunge' WHERE uid = 1"))
+        conn.execute(text("UPDATE imap_ledger SET action = 'pending-copy' WHERE uid = 2"))
+        conn.commit()
+    box.wrap = lambda client: None
+    spool_b = Spool(tmp_path / "b" / "spool", box.config.message_dir)  # the message store is shared
+    box.watcher = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "INBOX", spool_b,
+                                         box.ledger)
+    box.sync()
+    box.sync()  # the fetch again, then the move
+    assert box.on_server() == {}
+    with dovecot.client(box.user) as imap:
+        imap.select_folder("Done", readonly=True)
+        subjects = [d[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().split(":", 1)[1].strip()
+                    for d in imap.fetch(imap.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]).values()]
+    assert sorted(subjects) == ["one", "two"]
+    box.spool = spool_b
+    assert box.register() == {"one": 1, "two": 1}
+    with box.registry.engine.connect() as conn:
+        rows = conn.execute(text("SELECT uid, outcome, action FROM imap_ledger ORDER BY uid")).all()
+    assert rows == [(1, "spooled", "move"), (2, "spooled", "move")]

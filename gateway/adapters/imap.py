@@ -490,6 +490,11 @@ class FolderWatcher:
         # action fail (a folder over quota) or the process stop before it, the messages are not
         # fetched and spooled again at every sync; the action is done again at the next one.
         planned = self._planned([uid for uid, _ in items], oversize=set(heads))
+        if moving := [uid for uid, action in planned.items() if action == "move"]:
+            # Fetched again after another node's spool was lost in the middle of its move: its copy
+            # may be in move_to already, looked for there as a begun COPY's, not made twice.
+            for uid in self.ledger.copies_begun(account.name, self.folder, uidvalidity, moving):
+                planned[uid] = "copy"
         settled = [Settled(uid, "spooled", planned[uid] if planned[uid] == "keep" else PENDING + planned[uid], None,
                            item.id, sizes.get(uid)) for uid, item in items]
         settled += [Settled(uid, "unfetchable", "none", reason=reason) for uid, reason in given_up.items()]

@@ -53,6 +53,9 @@ PENDING = "pending-"
 # UIDs it was for mean nothing now. A message still there is looked at again under the new
 # UIDVALIDITY, recognised by its bytes, and its action done there.
 VOID = "void-"
+# A message to fetch again (its spool item lost with another node) whose move was cut off after its
+# COPY was begun: a copy may be in move_to already, looked for before its move is done again.
+COPY_BEGUN = "copy-begun"
 
 
 def _now() -> datetime:
@@ -123,6 +126,8 @@ class ImapLedger:
                   "outcome": "failing", "number": None, "item_id": None, "size": None, "action": "none",
                   "attempts": attempts, "reason": reason, "at": now}
                  for uid, (attempts, reason) in (failing or {}).items()]
+        # A failed fetch keeps the row's action: a message to fetch again may carry COPY_BEGUN.
+        failing_rows, rows = rows[len(settled):], rows[:len(settled)]
         with self.registry.write() as conn:
             now_at = conn.execute(select(ImapFolder.uidvalidity).where(
                 ImapFolder.account == account, ImapFolder.folder == folder).with_for_update()).scalar()
@@ -136,6 +141,9 @@ class ImapLedger:
             if rows:
                 self._upsert(conn, ImapMessage, rows, ["account", "folder", "uidvalidity", "uid"],
                              ["outcome", "number", "item_id", "size", "action", "attempts", "reason", "at"])
+            if failing_rows:
+                self._upsert(conn, ImapMessage, failing_rows, ["account", "folder", "uidvalidity", "uid"],
+                             ["outcome", "number", "item_id", "size", "attempts", "reason", "at"])
             if stale:
                 return False
             self._upsert(conn, ImapFolder, {
@@ -173,28 +181,39 @@ class ImapLedger:
         return counts
 
     def unregistered(self, account: str, folder: str, uidvalidity: int, uids: list[int]) -> dict[int, str]:
-        """Of `uids`, those spooled whose action is still to do, not begun (seen, move, delete), and
-        whose letter the registry does not have (no intake key for the message's source): UID -> the
-        spool item that holds it, on whichever node spooled it."""
+        """Of `uids`, those spooled whose action is still to do (a move's COPY begun or done too: the
+        original is still in the folder until its expunge), and whose letter the registry does not
+        have (no intake key for the message's source): UID -> the spool item that holds it, on
+        whichever node spooled it."""
         with self.registry.read() as conn:
             rows = {int(uid): str(item) for uid, item in conn.execute(
                 select(ImapMessage.uid, ImapMessage.item_id).where(
                     ImapMessage.account == account, ImapMessage.folder == folder,
                     ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids),
                     ImapMessage.outcome == "spooled", ImapMessage.item_id.is_not(None),
-                    ImapMessage.action.in_([PENDING + a for a in ("seen", "move", "delete")])))}
+                    ImapMessage.action.startswith(PENDING)))}
             keys = {f"imap:{account}:{folder}:{uidvalidity}:{uid}": uid for uid in rows}
             known = set(conn.execute(select(IntakeKey.key).where(IntakeKey.key.in_(list(keys)))).scalars())
         return {uid: rows[uid] for key, uid in keys.items() if key not in known}
 
     def fetch_again(self, account: str, folder: str, uidvalidity: int, uids: list[int], reason: str) -> None:
         """These messages are fetched and spooled again at the sync's next pass (as a failed fetch
-        is), their action done after that."""
+        is), their action done after that; one whose move had begun its COPY is marked COPY_BEGUN."""
+        begun = ImapMessage.action.in_([PENDING + "copy", PENDING + "expunge"])
         with self.registry.write() as conn:
             conn.execute(update(ImapMessage).where(
                 ImapMessage.account == account, ImapMessage.folder == folder,
                 ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids)).values(
-                outcome="failing", action="none", item_id=None, attempts=0, reason=reason, at=_now()))
+                outcome="failing", action=case((begun, COPY_BEGUN), else_="none"), item_id=None, attempts=0,
+                reason=reason, at=_now()))
+
+    def copies_begun(self, account: str, folder: str, uidvalidity: int, uids: list[int]) -> set[int]:
+        """Of `uids`, those fetched again whose move had begun its COPY (COPY_BEGUN)."""
+        with self.registry.read() as conn:
+            return {int(uid) for uid in conn.execute(select(ImapMessage.uid).where(
+                ImapMessage.account == account, ImapMessage.folder == folder,
+                ImapMessage.uidvalidity == uidvalidity, ImapMessage.uid.in_(uids),
+                ImapMessage.action == COPY_BEGUN)).scalars()}
 
     def void_copies(self, account: str, folder: str, uidvalidity: int) -> dict[tuple[int, int], int]:
         """Moves cut off after their COPY was begun ("void-copy": perhaps done) or done ("void-expunge")
