@@ -119,7 +119,7 @@ class Cluster:
         registry.max_claims = max_claims
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lost: list[Callable[[], None]] = []
+        self._told_when_displaced: list[Callable[[], None]] = []
         self.displaced = threading.Event()
         self._kept: set[str] = set()  # leases a stop leaves to expire (see keep)
 
@@ -176,7 +176,7 @@ class Cluster:
         """`callback` is called (once, from the thread that finds it) when this run finds its record
         replaced: it was taken for dead and its name started again, or its record removed. At once
         if that was found already."""
-        self._lost.append(callback)
+        self._told_when_displaced.append(callback)
         if self.displaced.is_set():
             callback()
 
@@ -208,7 +208,7 @@ class Cluster:
         log.error("ALERT cluster: this node's run %s was taken for dead and its record %s: it claims and renews "
                   "nothing more, and stops", self.instance,
                   f"replaced by {now_run.instance} on host {now_run.host}" if now_run is not None else "removed")
-        for callback in self._lost:
+        for callback in self._told_when_displaced:
             try:
                 callback()
             except Exception:  # one callback failing must not keep the others from being told
