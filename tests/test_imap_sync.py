@@ -386,11 +386,7 @@ def test_actions_left_undone_when_the_uidvalidity_changes_are_closed_out(
     box.append([])
     box.sync()  # an empty folder: nothing to import
 
-    def over_quota(client: IMAPClient) -> None:
-        def move(*args: Any, **kwargs: Any) -> Any:
-            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
-        client.move = move  # type: ignore[method-assign]
-    box.wrap = over_quota
+    box.wrap = refuse_move
     box.append([(make_message(1, subject="one"), (), None), (make_message(2, subject="two"), (), None)])
     with pytest.raises(IMAPClientError, match="OVERQUOTA"):
         box.sync()
@@ -456,6 +452,22 @@ def test_a_batch_finished_late_under_an_old_uidvalidity_does_not_set_the_folder_
     assert box.folder_row()[0] == new
     with box.registry.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM imap_ledger")).scalar() == len(rows)
+
+
+def refuse_move(client: IMAPClient) -> None:
+    """The connection's MOVE refused, as a full mailbox refuses it."""
+    def move(*args: Any, **kwargs: Any) -> Any:
+        raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
+    client.move = move  # type: ignore[method-assign]
+
+
+def as_node_b(box: Folder, tmp_path: Path) -> Spool:
+    """The box's folder watched from now on by node b: the same registry and message store, its own
+    spool (returned)."""
+    spool_b = Spool(tmp_path / "b" / "spool", box.config.message_dir)  # the message store is shared
+    box.watcher = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "INBOX", spool_b,
+                                         box.ledger)
+    return spool_b
 
 
 def cut_after_copy(client: IMAPClient) -> None:
@@ -680,11 +692,7 @@ def test_messages_spooled_by_a_node_that_died_before_its_action_are_fetched_agai
     box.sync()
     box.register()  # node a registered this one
 
-    def over_quota(client: IMAPClient) -> None:
-        def move(*args: Any, **kwargs: Any) -> Any:
-            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
-        client.move = move  # type: ignore[method-assign]
-    box.wrap = over_quota
+    box.wrap = refuse_move
     dovecot.deliver(box.user, make_message(1, subject="one"))
     dovecot.deliver(box.user, make_message(2, subject="two"))
     with pytest.raises(IMAPClientError, match="OVERQUOTA"):
@@ -694,9 +702,7 @@ def test_messages_spooled_by_a_node_that_died_before_its_action_are_fetched_agai
         conn.commit()
     box.wrap = lambda client: None
     # Node b: the same registry and message store, its own spool.
-    spool_b = Spool(tmp_path / "b" / "spool", box.config.message_dir)  # the message store is shared
-    box.watcher = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "INBOX", spool_b,
-                                         box.ledger)
+    spool_b = as_node_b(box, tmp_path)
     box.sync()
     assert box.on_server() == {} and set(box.on_server("Done")) == {"zero", "one", "two"}
     box.spool = spool_b
@@ -715,11 +721,7 @@ def test_messages_a_dead_node_spooled_in_the_middle_of_a_move_are_fetched_again_
     close_registries.append(box)
     box.sync()  # an empty folder: nothing to import
 
-    def over_quota(client: IMAPClient) -> None:
-        def move(*args: Any, **kwargs: Any) -> Any:
-            raise IMAPClientError("MOVE command error: NO [b'[OVERQUOTA] Quota exceeded']")
-        client.move = move  # type: ignore[method-assign]
-    box.wrap = over_quota
+    box.wrap = refuse_move
     one, two = make_message(1, subject="one"), make_message(2, subject="two")
     dovecot.deliver(box.user, one)
     dovecot.deliver(box.user, two)
@@ -732,9 +734,7 @@ def test_messages_a_dead_node_spooled_in_the_middle_of_a_move_are_fetched_again_
         conn.execute(text("UPDATE imap_ledger SET action = 'pending-copy' WHERE uid = 2"))
         conn.commit()
     box.wrap = lambda client: None
-    spool_b = Spool(tmp_path / "b" / "spool", box.config.message_dir)  # the message store is shared
-    box.watcher = imap_mod.FolderWatcher(box.config, box.config.model.imap.accounts[0], "INBOX", spool_b,
-                                         box.ledger)
+    spool_b = as_node_b(box, tmp_path)
     box.sync()
     box.sync()  # the fetch again, then the move
     assert box.on_server() == {}

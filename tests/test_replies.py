@@ -70,6 +70,21 @@ def send(gateway: Gateway, *, sender: str, subject: str, body: str, to: str = "g
         client.sendmail(mail_from or sender, [rcpt or to], message.as_bytes())
 
 
+def send_with_marker_of(gateway: Gateway, ours: EmailMessage, sender: str, subject: str, body: str) -> EmailMessage:
+    """A new mail to sales@ bearing the Message-ID and X-Gateway-Loop of `ours`, a mail the
+    gateway sent: sent over SMTP, and returned."""
+    mail = EmailMessage()
+    mail["From"] = sender
+    mail["To"] = "sales@example.org"
+    mail["Subject"] = subject
+    mail["Message-ID"] = ours["Message-ID"]
+    mail["X-Gateway-Loop"] = ours["X-Gateway-Loop"]
+    mail.set_content(body)
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.sendmail(sender, ["sales@example.org"], mail.as_bytes())
+    return mail
+
+
 def answers(gateway: Gateway, number: str) -> list[dict[str, Any]]:
     return [e for e in gateway.show_json(number)["events"] if e["action"] == "answer"]  # type: ignore[index]
 
@@ -199,15 +214,8 @@ def test_a_forged_loop_marker_suppresses_nothing_and_ours_still_stops_a_loop(
 
         # The receipt's Message-ID and marker, both in the sender's hands, copied onto a new mail:
         # the marker verifies, but as a receipt's; the owners are told, only the receipt is spared.
-        replay = EmailMessage()
-        replay["From"] = "alice@partner.example"
-        replay["To"] = "sales@example.org"
-        replay["Subject"] = "Another complaint, with a receipt's marker"
-        replay["Message-ID"] = receipt["Message-ID"]
-        replay["X-Gateway-Loop"] = receipt["X-Gateway-Loop"]
-        replay.set_content("I want to complain again.\n")
-        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
-            client.sendmail("alice@partner.example", ["sales@example.org"], replay.as_bytes())
+        replay = send_with_marker_of(gateway, receipt, "alice@partner.example",
+                                     "Another complaint, with a receipt's marker", "I want to complain again.\n")
         wait_for(lambda: len(sink.to("sales.desk@example.org")) == 2, 30, "the replayed letter's notification")
         replayed = gateway.show_json("2026-000002")
         assert "receipt-loop-marker" in replayed["flags"] and "forged-loop-marker" not in replayed["flags"]  # type: ignore[operator]
@@ -264,15 +272,8 @@ def test_a_notifications_loop_marker_copied_onto_another_mail_hides_nothing(
         send(gateway, sender="alice@partner.example", to="sales@example.org", subject="A complaint",
              body="I want to complain.\n")
         [note] = [r.message for r in sink.wait_for(1, to="sales.desk@example.org")]
-        copy = EmailMessage()
-        copy["From"] = "mallory@partner.example"
-        copy["To"] = "sales@example.org"
-        copy["Subject"] = "A complaint nobody should hear of"
-        copy["Message-ID"] = note["Message-ID"]
-        copy["X-Gateway-Loop"] = note["X-Gateway-Loop"]
-        copy.set_content("I want to complain, quietly.\n")
-        with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
-            client.sendmail("mallory@partner.example", ["sales@example.org"], copy.as_bytes())
+        copy = send_with_marker_of(gateway, note, "mallory@partner.example", "A complaint nobody should hear of",
+                                   "I want to complain, quietly.\n")
         wait_for(lambda: len(sink.to("sales.desk@example.org")) == 2, 30, "the copy's notification")
         [copied] = [letter for letter in gateway.list_json() if letter["subject"] == copy["Subject"]]
         shown = gateway.show_json(str(copied["number"]))
