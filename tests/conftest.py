@@ -21,6 +21,8 @@ from dovecot_server import dovecot_fixture
 from ports import free_port
 from smtp_sink import SmtpSink
 
+import warm_commands
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -236,10 +238,13 @@ class Gateway:
         return env
 
     def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config), *args],
-                              capture_output=True, text=True, env=env or self.env(), cwd=ROOT,
-                              timeout=timeout, input=input.decode() if input else None)
+            input: bytes | None = None, timeout: float = 120, cold: bool = False) -> subprocess.CompletedProcess[str]:
+        argv = ["--config", str(self.config), *args]
+        warm = None if cold else warm_commands.run(argv, env=env or self.env(), cwd=ROOT, input=input,
+                                                    timeout=timeout)
+        proc = warm or subprocess.run([sys.executable, "-m", "gateway", *argv],
+                                      capture_output=True, text=True, env=env or self.env(), cwd=ROOT,
+                                      timeout=timeout, input=input.decode() if input else None)
         if check and proc.returncode != 0:
             raise AssertionError(f"gateway {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout}\n{proc.stderr}")
