@@ -287,14 +287,18 @@ def test_a_notifications_loop_marker_copied_onto_another_mail_hides_nothing(
         daemon.stop()
 
 
-def loop_back(gateway: Gateway, raw: bytes, footer: str) -> None:
+def loop_back(gateway: Gateway, raw: bytes, footer: str = "", message_id: str | None = None) -> None:
     """Our notification sent on to the gateway's own address by an owner's forwarding rule (its
-    Subject marked Fwd:, its other header fields kept), a relay appending `footer` to its text."""
+    Subject marked Fwd:, its other header fields kept), a relay appending `footer` to its text or
+    giving it a Message-ID of its own."""
     message = email.message_from_bytes(raw, policy=policy.default)
     message.replace_header("Subject", f"Fwd: {message['Subject']}")
-    text = message.get_body(("plain",))
-    assert text is not None
-    text.set_content(text.get_content() + footer)  # type: ignore[attr-defined]
+    if footer:
+        text = message.get_body(("plain",))
+        assert text is not None
+        text.set_content(text.get_content() + footer)  # type: ignore[attr-defined]
+    if message_id:
+        message.replace_header("Message-ID", message_id)
     with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
         client.sendmail(str(message["To"]), ["sales@example.org"], message.as_bytes())
 
@@ -309,12 +313,19 @@ def routed_event(gateway: Gateway, number: str) -> tuple[list[str], dict[str, An
     return shown["flags"], routed["details"]  # type: ignore[return-value]
 
 
+@pytest.mark.parametrize("relay", ["footer", "message-id"])
 def test_our_notification_come_back_changed_again_and_again_stops_after_one_round(
-        tmp_path: Path, notify: Notify, sink: SmtpSink) -> None:
+        tmp_path: Path, notify: Notify, sink: SmtpSink, relay: str) -> None:
     """An owner's rule sends every notification back to the gateway's address, and a relay on the
     way appends its disclaimer: the mail no longer says what we signed, so it is taken for a copied
     marker and its owners are told. What they are told carries after=copied under its MAC, and that
-    come back changed again is flagged but told to nobody: the loop ends after one round."""
+    come back changed again is flagged but told to nobody: the loop ends after one round. A relay
+    that gives each mail a new Message-ID leaves a marker that verifies against nothing (forged);
+    the mail about that letter carries after=forged under a MAC over its letter number, and the
+    loop ends after one round as well."""
+    flag, after, why = (("copied-loop-marker", "; after=copied;", "copied loop marker") if relay == "footer"
+                        else ("forged-loop-marker", "; after=forged; letter=", "forged loop marker"))
+    rewritten = iter(range(1, 100))
     gateway = Gateway(tmp_path, extra=EXTRA.format(outbound=outbound_settings(sink.address), nameserver=NO_DNS),
                       rules=RULES)
     daemon = gateway.start(NOTIFY_SOCKET=str(notify.path))
@@ -330,7 +341,10 @@ def test_our_notification_come_back_changed_again_and_again_stops_after_one_roun
                 break
             expected = len(gateway.list_json()) + len(sent) - looped
             for raw in sent[looped:]:
-                loop_back(gateway, raw, footer="\n-- \nThis e-mail and its attachments are confidential.\n")
+                if relay == "footer":
+                    loop_back(gateway, raw, footer="\n-- \nThis e-mail and its attachments are confidential.\n")
+                else:
+                    loop_back(gateway, raw, message_id=f"<relay-{next(rewritten)}@mx.example.org>")
             looped = len(sent)
             wait_for(lambda n=expected: len(gateway.list_json()) == n, 30, "the looped mail registered")
             numbers = sorted(str(letter["number"]) for letter in gateway.list_json())
@@ -339,10 +353,10 @@ def test_our_notification_come_back_changed_again_and_again_stops_after_one_roun
         numbers = sorted(str(letter["number"]) for letter in gateway.list_json())
         assert len(numbers) == 3 and len(notifications(sink)) == 2, (numbers, len(notifications(sink)))
         (_, first), (flags2, second), (flags3, third) = [routed_event(gateway, n) for n in numbers]
-        assert first["notify"] and "copied-loop-marker" not in gateway.show_json(numbers[0])["flags"]  # type: ignore[operator]
-        assert "copied-loop-marker" in flags2 and second["notify"] and "not_notified" not in second
-        assert "copied-loop-marker" in flags3 and not third["notify"] and "copied loop marker" in third["not_notified"]
-        assert "; after=copied;" in str(email.message_from_bytes(notifications(sink)[1])["X-Gateway-Loop"])
+        assert first["notify"] and flag not in gateway.show_json(numbers[0])["flags"]  # type: ignore[operator]
+        assert flag in flags2 and second["notify"] and "not_notified" not in second
+        assert flag in flags3 and not third["notify"] and why in third["not_notified"]
+        assert after in str(email.message_from_bytes(notifications(sink)[1])["X-Gateway-Loop"])
     finally:
         daemon.stop()
 

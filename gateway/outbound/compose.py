@@ -30,7 +30,7 @@ from gateway.addressing import ascii_domain
 from gateway.config import Config
 from gateway.registry.models import Letter, OutboxMail
 from gateway.stages.autoreply import safe_address
-from gateway.stages.tokens import AFTER_COPY, loop_content, loop_marker, reply_address
+from gateway.stages.tokens import AFTER_COPY, AFTER_FORGED, loop_content, loop_marker, reply_address
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _MESSAGE_ID = re.compile(r"^<?([^<>\s\"]{1,250})>?$")
@@ -104,7 +104,9 @@ def _base(config: Config, mail: OutboxMail, subject: str, auto: str, letter: Let
     # internal mail coming back spares the owners a notification; a receipt's marker (an outsider
     # holds it) stops only a receipt.
     message["X-Gateway-Loop"] = loop_marker(config, mail.message_id, kind=mail.kind,
-                                            after_copy="copied-loop-marker" in (letter.flags or []))
+                                            after_copy="copied-loop-marker" in (letter.flags or []),
+                                            after_forged=letter.number if "forged-loop-marker" in (letter.flags or [])
+                                            else None)
     message["X-Gateway-Letter"] = letter.number
     return message
 
@@ -116,10 +118,12 @@ def sealed(config: Config, kind: str, message: EmailMessage) -> bytes:
     if message["X-Gateway-Loop"] is None:
         return message.as_bytes()
     content = loop_content(message.as_bytes())  # read back as a receiver reads it
-    # Whether it is about a letter with a copied marker _base() wrote into the marker: kept.
+    # Whether it is about a letter with a copied or forged marker _base() wrote into the marker: kept.
     after_copy = AFTER_COPY in str(message["X-Gateway-Loop"])
+    after_forged = str(message["X-Gateway-Letter"]) if AFTER_FORGED in str(message["X-Gateway-Loop"]) else None
     message.replace_header("X-Gateway-Loop", loop_marker(config, str(message["Message-ID"]), kind=kind,
-                                                         content=content, after_copy=after_copy))
+                                                         content=content, after_copy=after_copy,
+                                                         after_forged=after_forged))
     return message.as_bytes()
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from gateway.registry.models import Letter
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_MARKER_FLAGS = {"forged": ["forged-loop-marker"], "copied": ["copied-loop-marker"],
+_MARKER_FLAGS = {"forged": ["forged-loop-marker"], "reforged": ["forged-loop-marker"], "copied": ["copied-loop-marker"],
                  "recopied": ["copied-loop-marker"], "to-sender": ["receipt-loop-marker"]}
 # A letter taken over by `gateway import` (beside "backlog", which stops its receipt) is IMPORTED; without
 # --notify also QUIET: the old system handled it, so no department is notified and it gets no deadline
@@ -70,13 +70,18 @@ def plan(config: Config, decision: Decision, *, received_at: datetime, sender: s
         # footer): telling its owners again would send them one more such mail, which may come
         # back changed again, for ever. Flagged for the registry office to see.
         mail, no_notification = [], "the gateway's own mail about a copied loop marker came back (X-Gateway-Loop)"
+    elif marker == "reforged":
+        # The same for a relay that gives each mail a Message-ID of its own: our mail about the
+        # letter its first pass made (its marker then verified against nothing) came back so again.
+        mail, no_notification = [], "the gateway's own mail about a forged loop marker came back (X-Gateway-Loop)"
     elif returns_ours:
         mail, no_notification = [], "a delivery report on the gateway's own mail (X-Gateway-Loop)"
     elif QUIET in flags:
         mail, no_notification = [], "backlog import (gateway import without --notify)"
     reply_to = reply_address(sender, headers, envelope_from)
     receipt, reason = None, _no_receipt(config, sender, reply_to, channel, headers, envelope_from, backlog,
-                                        own_mail=marker in ("ours", "copied", "recopied", "to-sender") or returns_ours)
+                                        own_mail=marker in ("ours", "copied", "recopied", "reforged", "to-sender")
+                                        or returns_ours)
     if reason is None:
         language = "zh" if _CJK.search(subject) or _CJK.search(body[:2000]) else (
             "en" if subject or body else config.model.receipts.default_language)
@@ -152,7 +157,8 @@ def route_with_text(config: Config, letter: Letter, text: str) -> tuple[str, Rou
 def loop_id_seen(config: Config, headers: dict[str, list[str]]) -> bool:
     """Does this mail carry a verified X-Gateway-Loop marker of any kind of our mail, so that
     no automatic reply may go to it? Anyone can write the header; only we can sign it."""
-    return loop_marker_state(config, headers, content=None) in ("ours", "copied", "recopied", "to-sender")
+    return loop_marker_state(config, headers, content=None) in ("ours", "copied", "recopied", "reforged",
+                                                                "to-sender")
 
 
 def reply_address(sender: str, headers: dict[str, list[str]], envelope_from: str | None) -> str:

@@ -22,7 +22,11 @@ recipient, or whoever they forward it to) can copy the marker and the Message-ID
 mail: the first MAC still verifies, the second does not, and the letter is only flagged. Our
 own mail come back changed on the way looks the same and its owners are told; what they are told
 carries "after=copied", its first MAC over another label, and that come back changed again is
-flagged but told to nobody, so that no rewriting relay can keep a loop going. A delivery
+flagged but told to nobody, so that no rewriting relay can keep a loop going. A relay that gives
+our mail a Message-ID of its own leaves a marker that verifies against nothing, taken for forged
+and its owners told; what they are told carries "after=forged" and a third MAC, over its kind and
+the letter it is about (X-Gateway-Letter) only, and that come back under yet another Message-ID is
+flagged but told to nobody: that loop too ends after one round. A delivery
 report returning only the headers of our mail is known by the first. A receipt's or feedback's
 marker is in an outsider's hands, so it stops only the automatic reply. A marker that names our
 loop id but does not verify is forged, suppresses nothing and is flagged.
@@ -66,6 +70,7 @@ _BASE32 = "a-z2-7"
 _ADDRESS_SAFE_NUMBER = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _LOOP_TOKEN = re.compile(rf"\btoken=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
 _LOOP_CONTENT = re.compile(rf"\bcontent=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
+_LOOP_LETTER = re.compile(rf"\bletter=([{_BASE32}]{{{TOKEN_CHARS}}})\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -290,13 +295,18 @@ def _message_id(value: str) -> str:
 # A marker on mail about a letter that came in with a copied marker (copied-loop-marker) says so,
 # under its first MAC: that mail, come back changed, is not notified of again (the loop breaker).
 AFTER_COPY = "after=copied"
+# Mail about a letter that came in with a forged marker (forged-loop-marker) says so, under a MAC
+# over its kind and letter number, not its Message-ID: a relay that gives each mail passing through
+# a new Message-ID (and so made the first marker "forged") does the same to this one.
+AFTER_FORGED = "after=forged"
 
 
 def loop_marker(config: Config, message_id: str, *, kind: str, content: str | None = None,
-                after_copy: bool = False) -> str:
+                after_copy: bool = False, after_forged: str | None = None) -> str:
     """The X-Gateway-Loop value for the mail of this kind with this Message-ID; `content`: the
     mail's loop_content, once it is written (without it, its marker is never taken as ours);
-    `after_copy`: the mail is about a letter flagged copied-loop-marker."""
+    `after_copy`: the mail is about a letter flagged copied-loop-marker; `after_forged`: the number
+    of the letter flagged forged-loop-marker it is about (its X-Gateway-Letter)."""
     if kind not in INTERNAL_KINDS | TO_SENDER_KINDS:
         raise ValueError(f"no loop marker for mail of kind {kind!r}")
     key = keyring(config).current
@@ -304,6 +314,8 @@ def loop_marker(config: Config, message_id: str, *, kind: str, content: str | No
     mid = _message_id(message_id)
     label, after = ("loop-after-copy", f"; {AFTER_COPY}") if after_copy else ("loop", "")
     marker = f"{config.loop_id}; kind={kind}{after}; token={key.id}{_mac(key.secret, label, kind, mid)}"
+    if after_forged is not None and kind in INTERNAL_KINDS:
+        marker += f"; {AFTER_FORGED}; letter={key.id}{_mac(key.secret, 'loop-after-forged', kind, after_forged)}"
     if content is not None:
         marker += f"; content={key.id}{_mac(key.secret, 'loop-content', kind, mid, content)}"
     return marker
@@ -372,11 +384,14 @@ def _decoded(value: Any) -> str:
 #   added by a relay); telling of it again would send one more, changed again, for ever.
 # "to-sender": a receipt or feedback of ours came back, or its marker was copied: no automatic
 #   reply, but the owners are told as of any letter.
+# "reforged": nothing verifies against its Message-ID, but it is our internal mail about a letter that
+#   came in with a forged marker ("after=forged"), its letter MAC verifying against its
+#   X-Gateway-Letter: flagged as forged, but nobody is told again (the loop breaker, as "recopied").
 # "forged": it names our loop id and nothing verifies.
-LoopMarker = Literal["ours", "copied", "recopied", "to-sender", "forged"]
+LoopMarker = Literal["ours", "copied", "recopied", "to-sender", "reforged", "forged"]
 # Of several markers the one that tells most: "copied" above "recopied", so that a copy of a
 # second-round marker beside a first-round one does not spare the owners.
-_RANK: dict[LoopMarker, int] = {"forged": 0, "to-sender": 1, "recopied": 2, "copied": 3, "ours": 4}
+_RANK: dict[LoopMarker, int] = {"forged": 0, "reforged": 1, "to-sender": 2, "recopied": 3, "copied": 4, "ours": 5}
 
 
 def loop_marker_state(config: Config, headers: dict[str, list[str]], *, content: str | None,
@@ -390,6 +405,7 @@ def loop_marker_state(config: Config, headers: dict[str, list[str]], *, content:
     if not values:
         return None
     message_ids = [_message_id(m) for m in headers.get("message-id", []) if m.strip()]
+    letters = [v.strip() for v in headers.get("x-gateway-letter", []) if v.strip()]
     found: LoopMarker = "forged"
     for value in values:
         kind_match = _LOOP_KIND.search(value)
@@ -411,6 +427,10 @@ def loop_marker_state(config: Config, headers: dict[str, list[str]], *, content:
                     for c in _LOOP_CONTENT.finditer(value)) else "recopied" if after_copy else "copied"
             if _RANK[state] > _RANK[found]:
                 found = state
+        if found == "forged" and kind in INTERNAL_KINDS and any(
+                _verified(config, match.group(1), now, letters, "loop-after-forged", kind)
+                for match in _LOOP_LETTER.finditer(value)):
+            found = "reforged"
     return found
 
 
