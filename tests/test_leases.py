@@ -678,3 +678,28 @@ def test_a_registry_that_accepts_and_never_answers_does_not_hold_a_caller_for_ev
         for conn in accepted:
             conn.close()
         hung.close()
+
+
+def test_a_lock_held_by_a_frozen_session_is_waited_for_only_so_long(pg_url: str) -> None:
+    """A node frozen inside a transaction (a paused machine keeps its connection open) holds its
+    locks: another's write waits for them at most the lock timeout, a minute unless the URL says
+    otherwise, and then fails as the registry being away (the item is kept and tried again)."""
+    registry = Registry(pg_url)
+    try:
+        registry.upgrade()
+        with registry.read() as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "1min"
+    finally:
+        registry.close()
+    registry = Registry(f"{pg_url}?options=-c%20lock_timeout%3D1500")
+    frozen = psycopg.connect(pg_url)
+    try:
+        frozen.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")  # and then nothing, inside it
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match="lock timeout"):
+            with registry.write() as conn:
+                conn.execute(update(OutboxMail).values(attempts=0))
+        assert time.monotonic() - started < 30  # not for as long as the other stays frozen
+    finally:
+        frozen.close()
+        registry.close()

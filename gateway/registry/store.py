@@ -79,9 +79,14 @@ def in_register(day: date) -> bool:
 
 # libpq's connection parameters that bound how long a registry that stopped answering can hold a
 # caller: connecting (seconds), and noticing a connection whose server is gone (keepalives, and
-# unacknowledged data, in milliseconds).
+# unacknowledged data, in milliseconds). And how long a statement waits for a lock another session
+# holds, as SQLite's busy_timeout: a node frozen inside a transaction (a paused machine keeps its
+# connection) would otherwise hold every other node's registration, heartbeat and stop for as long
+# as it stays frozen. The statement fails instead, as the registry being away: the item is kept
+# and tried again.
 _PG_BOUNDS: dict[str, Any] = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-                              "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60000}
+                              "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60000,
+                              "options": "-c lock_timeout=60000"}
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
