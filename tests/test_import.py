@@ -244,10 +244,18 @@ def test_a_path_that_is_no_export_is_refused_with_a_clear_error(gateway: Gateway
     single.write_bytes(message(1))
     empty = tmp_path / "empty-folder"
     empty.mkdir()
+    outlook = tmp_path / "outlook-export"
+    (outlook / "2019").mkdir(parents=True)
+    for n in range(12):
+        (outlook / "2019" / f"letter-{n:02}.msg").write_bytes(b"\xd0\xcf\x11\xe0")
     for path, expected in ((single, "not an mbox"), (empty, "neither a Maildir"),
-                           (tmp_path / "missing", "no such file or folder")):
+                           (tmp_path / "missing", "no such file or folder"),
+                           # a folder of Outlook files: named, with what to do, not just "nothing here"
+                           (outlook, "its 12 file(s) are not .eml files, so not read: save each message as "
+                                     ".eml to import it: 2019/letter-00.msg, 2019/letter-01.msg")):
         proc = gateway.run("import", str(path), check=False)
         assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert "letter-09.msg and 2 more" in gateway.run("import", str(outlook), check=False).stderr
     assert not os.path.exists(gateway.state / "spool" / "new") or spool_left(gateway) == []
 
 

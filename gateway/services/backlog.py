@@ -292,6 +292,13 @@ def open_source(path: Path, tz: ZoneInfo) -> Source:
         folder = EmlFolder(path, tz)
         if folder.count():
             return folder
+        others = folder.files_not_read()
+        if others:  # an export saved as Outlook .msg files, say: named, and what to do about them
+            more = len(others) - FILES_NAMED
+            named = ", ".join(readable_text(name) for name in others[:FILES_NAMED]) \
+                + (f" and {more} more" if more > 0 else "")
+            raise SourceError(f"{path}: neither a Maildir (no cur/ and new/) nor a folder of .eml files: "
+                              f"its {len(others)} file(s) are {NOT_EML}: {named}")
         raise SourceError(f"{path}: neither a Maildir (no cur/ and new/) nor a folder of .eml files")
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
