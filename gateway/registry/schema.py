@@ -56,6 +56,9 @@ def upgrade(engine: Engine) -> bool:
     with engine.execution_options(write=True).begin() as conn:
         # Two processes starting at once must not both run the migration.
         if conn.dialect.name == "postgresql":
+            # A migration waits as long as it takes, for another's migration and for the tables'
+            # locks, rather than fail after the minute every other statement waits at most.
+            conn.execute(text("SET LOCAL lock_timeout = 0"))
             conn.execute(text("SELECT pg_advisory_xact_lock(724311)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
