@@ -133,6 +133,23 @@ def nothing_left_in_the_checkout() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashes() -> Iterator[None]:
+    """Passwords hashed and checked in the tests' own process (the web register's pages, people
+    added by the tests) with argon2 at its least cost: the same code and checks, a thousandth of
+    the CPU (the default costs a tenth of a second a hash, and hundreds of tests sign in). Commands
+    and daemons, processes of their own, hash at the default cost."""
+    from argon2 import PasswordHasher
+
+    from gateway.services import people
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    default = people._hasher
+    people._hasher = lambda: cheap  # type: ignore[assignment]
+    yield
+    people._hasher = default
+
+
+@pytest.fixture(scope="session", autouse=True)
 def command_servers() -> Iterator[None]:
     """Read commands run by the tests go through the warm command server (gateway/launcher.py), one
     for this worker, in a directory of its own: removing it at the end sends the server away."""
