@@ -255,10 +255,9 @@ class Gateway:
         return env
 
     def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            input: bytes | None = None, timeout: float = 120, cold: bool = False) -> subprocess.CompletedProcess[str]:
+            input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = ["--config", str(self.config), *args]
-        warm = None if cold else warm_commands.run(argv, env=env or self.env(), cwd=ROOT, input=input,
-                                                    timeout=timeout)
+        warm = warm_commands.run(argv, env=env or self.env(), cwd=ROOT, input=input, timeout=timeout)
         proc = warm or subprocess.run([sys.executable, "-m", "gateway", *argv],
                                       capture_output=True, text=True, env=env or self.env(), cwd=ROOT,
                                       timeout=timeout, input=input.decode() if input else None)

@@ -10,10 +10,10 @@ tests hand every command to it the way the launcher hands over a read command, e
   asserts, and only a parent sees it;
 - `gateway run`, the daemon, a process of its own as under systemd;
 - a command run with an environment that changes how Python starts (PYTHONPATH, as the power-loss
-  shim does; LD_PRELOAD) or that sets up or turns off the command server itself;
-- a command asked for with `cold=True`, where what is tested is the process starting.
+  shim does; LD_PRELOAD) or that sets up or turns off the command server itself.
 
-Those, and any command when the server cannot be reached, start a Python of their own.
+Those, and any command when the server cannot be reached, start a Python of their own, as do the
+tests of a command's start (tests/test_packaging.py, tests/test_config.py), which run it themselves.
 """
 from __future__ import annotations
 
@@ -66,8 +66,7 @@ def run(argv: list[str], *, env: dict[str, str], cwd: Path, input: bytes | None,
         finally:
             client.close()
         if finished is None or "exit" not in finished:
-            raise AssertionError(f"gateway {' '.join(argv)} ended without an exit status "
-                                 "(killed: run it with cold=True to see how)")
+            raise AssertionError(f"gateway {' '.join(argv)} ended without an exit status (killed?)")
         stdout.seek(0)
         stderr.seek(0)
         return subprocess.CompletedProcess(["gateway", *argv], int(finished["exit"]),
