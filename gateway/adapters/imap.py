@@ -390,8 +390,9 @@ class FolderWatcher:
         next pass takes them, as it takes a failed fetch), and should that node come back, the
         registry recognises its copy by the source key."""
         unregistered = self.ledger.unregistered(self.account.name, self.folder, uidvalidity, sorted(undone))
+        held = self.spool.held() if unregistered else set()
         orphans = sorted(uid for uid, item in unregistered.items()
-                         if not self.spool.holds(item) and not self.spool.quarantines(item))
+                         if item not in held and not self.spool.quarantines(item))
         if orphans:
             log.warning("%s: %d message(s) spooled elsewhere and not registered are fetched again before their "
                         "action", self.name, len(orphans))

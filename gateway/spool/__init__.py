@@ -407,8 +407,13 @@ class Spool:
 
     def holds(self, item_id: str) -> bool:
         """Whether the item waits in new/ or is being worked on (under any attempt's name)."""
-        return any((parsed := _split_name(name)) is not None and parsed[0] == item_id
-                   for folder in ("new", "work") for name in os.listdir(self.root / folder))
+        return item_id in self.held()
+
+    def held(self) -> set[str]:
+        """The ids of the items waiting in new/ or being worked on: one listing for many questions
+        (a spool with a backlog of thousands is listed once, not once an item)."""
+        return {parsed[0] for folder in ("new", "work") for name in os.listdir(self.root / folder)
+                if (parsed := _split_name(name)) is not None}
 
     def quarantines(self, item_id: str) -> bool:
         """Whether the item was set aside in quarantine."""
