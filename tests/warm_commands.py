@@ -30,6 +30,7 @@ from gateway import launcher
 
 _STREAM = {"encoding": "utf-8", "errors": "surrogateescape", "tty": False}
 _STDERR = {"encoding": "utf-8", "errors": "backslashreplace", "tty": False}
+_UMASK = launcher._umask()  # read (by setting it) once, before the tests' threads create files
 
 
 def run(argv: list[str], *, env: dict[str, str], cwd: Path, input: bytes | None,
@@ -46,7 +47,7 @@ def run(argv: list[str], *, env: dict[str, str], cwd: Path, input: bytes | None,
             stdin.write(input)
             stdin.seek(0)
         try:
-            request = {"argv": argv, "env": env, "cwd": str(cwd), "umask": launcher._umask(),
+            request = {"argv": argv, "env": env, "cwd": str(cwd), "umask": _UMASK,
                        "streams": [_STREAM, _STREAM, _STDERR]}
             client.settimeout(10)
             launcher._send(client, request)
