@@ -151,8 +151,9 @@ def cheap_password_hashes() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def command_servers() -> Iterator[None]:
-    """Read commands run by the tests go through the warm command server (gateway/launcher.py), one
-    for this worker, in a directory of its own: removing it at the end sends the server away."""
+    """The commands the tests run go through the warm command server (gateway/launcher.py; the
+    tests' own commands by tests/warm_commands.py), one for this worker, in a directory of its own:
+    removing it at the end sends the server away."""
     runtime = Path(tempfile.mkdtemp(prefix="gw-commands-"))
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     yield
