@@ -152,7 +152,7 @@ def _duration(seconds: float) -> str:
 
 
 def _print_summary(summary: Summary, seconds: float, code: int) -> None:
-    from gateway.services.backlog import FILES_NAMED, NOT_EML
+    from gateway.services.backlog import NOT_EML, first_named
     rate = summary.seen / seconds if seconds > 0 else 0.0
     recovered = f" ({summary.recovered} of them left in the spool by an earlier run)" if summary.recovered else ""
     lines = [f"messages in the source: {summary.total}, looked at: {summary.seen} "
@@ -163,9 +163,8 @@ def _print_summary(summary: Summary, seconds: float, code: int) -> None:
         lines.append(f"folders not read:    {', '.join(summary.folders_not_read)} "
                      "(each is imported by its own path)")
     if summary.files_not_read:
-        more = len(summary.files_not_read) - FILES_NAMED
-        named = ", ".join(summary.files_not_read[:FILES_NAMED]) + (f" and {more} more" if more > 0 else "")
-        lines.append(f"files not read:      {len(summary.files_not_read)} ({NOT_EML}): {named}")
+        lines.append(f"files not read:      {len(summary.files_not_read)} ({NOT_EML}): "
+                     f"{first_named(summary.files_not_read)}")
     if summary.answers:
         lines.append(f"answers recorded:    {summary.answers}")
     lines.append(f"quarantined:         {len(summary.quarantined)}")

@@ -292,13 +292,10 @@ def open_source(path: Path, tz: ZoneInfo) -> Source:
         folder = EmlFolder(path, tz)
         if folder.count():
             return folder
-        others = folder.files_not_read()
+        others = [readable_text(name) for name in folder.files_not_read()]
         if others:  # an export saved as Outlook .msg files, say: named, and what to do about them
-            more = len(others) - FILES_NAMED
-            named = ", ".join(readable_text(name) for name in others[:FILES_NAMED]) \
-                + (f" and {more} more" if more > 0 else "")
             raise SourceError(f"{path}: neither a Maildir (no cur/ and new/) nor a folder of .eml files: "
-                              f"its {len(others)} file(s) are {NOT_EML}: {named}")
+                              f"its {len(others)} file(s) are {NOT_EML}: {first_named(others)}")
         raise SourceError(f"{path}: neither a Maildir (no cur/ and new/) nor a folder of .eml files")
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
@@ -368,6 +365,12 @@ def _received_at(raw: bytes, delivered: Sequence[datetime | None], fallback: dat
 # -- the import ------------------------------------------------------------------
 FILES_NAMED = 10  # of the files not read, how many the summary names
 NOT_EML = "not .eml files, so not read: save each message as .eml to import it"
+
+
+def first_named(names: Sequence[str]) -> str:
+    """The first FILES_NAMED of `names`, and how many more there are."""
+    more = len(names) - FILES_NAMED
+    return ", ".join(names[:FILES_NAMED]) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass
