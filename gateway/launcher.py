@@ -29,7 +29,10 @@ import socket
 import stat
 import struct
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import subprocess
 
 ENV_SWITCH = "GATEWAY_COMMAND_SERVER"
 IDLE_SECONDS = 600
@@ -232,9 +235,9 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(_HEADER.pack(len(payload)) + payload)
 
 
-def _start_server(path: str) -> None:
+def _start_server(path: str) -> subprocess.Popen[bytes] | None:
     """Start the server in its own session, detached from this terminal; a second one started
-    at the same moment finds the first one's lock and exits."""
+    at the same moment finds the first one's lock and exits. Its Popen, or None."""
     import subprocess
 
     # Started from /, with -P: nothing in the caller's directory can stand in for a module (the
@@ -243,11 +246,11 @@ def _start_server(path: str) -> None:
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
     try:
-        subprocess.Popen([sys.executable, "-P", "-m", "gateway.launcher", "--serve", path], cwd="/",
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True, close_fds=True, env=env)
+        return subprocess.Popen([sys.executable, "-P", "-m", "gateway.launcher", "--serve", path], cwd="/",
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True, env=env)
     except OSError:
-        pass
+        return None
 
 
 # --- the server -------------------------------------------------------------------------------

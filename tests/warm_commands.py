@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -101,15 +100,6 @@ def _text(data: bytes) -> str:
 _servers: list[subprocess.Popen[bytes]] = []  # held, so that none is reaped as if forgotten
 
 
-def _start_server(path: str) -> None:
-    """As the launcher starts it (gateway.launcher._start_server), keeping hold of the process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["PYTHONPATH"] = str(Path(launcher.__file__).resolve().parent.parent)
-    _servers.append(subprocess.Popen([sys.executable, "-P", "-m", "gateway.launcher", "--serve", path],
-                                     cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True, env=env))
-
-
 def _connect() -> socket.socket | None:
     path = launcher.socket_path()
     if path is None:
@@ -124,7 +114,9 @@ def _connect() -> socket.socket | None:
         except OSError:
             client.close()
         if not started:
-            _start_server(path)
+            server = launcher._start_server(path)
+            if server is not None:
+                _servers.append(server)
             started = True
         if time.monotonic() > deadline:
             return None
